@@ -1,0 +1,36 @@
+//! # imageserver-core
+//!
+//! The library of a DICOM image archive: the storage heart of a PACS.
+//! Modalities and workstations send instances over DICOM; the archive writes
+//! them durably to filesystems, indexes them in a database and answers for
+//! them.
+//!
+//! The crate is layered the way Orthanc splits framework and server:
+//!
+//! - [`model`]: the shared vocabulary (validated UIDs, AE titles, records).
+//! - [`dicom`]: the network front-end: PDU framing, the DIMSE codec, the
+//!   association acceptor and the SCP handlers. It calls [`services`] and
+//!   never sees SQL or a path.
+//! - [`services`]: the use cases (ingest with group commit, import) over the
+//!   two seams below.
+//! - [`db`]: the index seam ([`db::IndexStore`]) and its backends.
+//! - [`storage`]: the file seam ([`storage::StorageBackend`]) and the
+//!   filesystem backend with its durable-write recipe.
+//! - [`server`]: the composition root ([`server::ServerBuilder`]) that wires
+//!   concrete backends together; the only module that names them.
+//! - [`config`]: the TOML settings, raw and validated.
+//!
+//! See ARCHITECTURE.md at the repository root for the data flow and the
+//! invariants.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod db;
+pub mod dicom;
+pub mod model;
+pub mod server;
+pub mod services;
+pub mod storage;
+
+pub use dicom_core;
+pub use dicom_object;

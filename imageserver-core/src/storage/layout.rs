@@ -1,0 +1,71 @@
+//! The on-disk layout: the only code that turns UIDs into relative paths.
+//!
+//! `<partition folder>/<study date>/<study uid>/<series uid>/<sop uid>.dcm`
+//! (ClearCanvas's layout). Every component is validated before it gets
+//! here: UIDs are [`Uid`]s (digits and dots), the partition folder is a
+//! [`crate::model::FolderName`], and the date folder is checked to be eight
+//! digits, so no component can be `..` or hold a separator.
+
+use std::path::PathBuf;
+
+use super::InstanceKey;
+use crate::model::StudyLocation;
+
+/// Name of the folder of temporary files under each filesystem root.
+pub const TEMP_DIR: &str = ".tmp";
+
+/// The study folder, relative to the filesystem root.
+pub fn study_dir(location: &StudyLocation) -> PathBuf {
+    let mut path = PathBuf::from(location.partition_folder.as_str());
+    path.push(date_component(&location.date_folder));
+    path.push(location.study_uid.as_str());
+    path
+}
+
+/// The instance file, relative to the filesystem root.
+pub fn instance_path(key: &InstanceKey) -> PathBuf {
+    let mut path = study_dir(&key.location);
+    path.push(key.series_uid.as_str());
+    path.push(format!("{}.dcm", key.sop_instance_uid.as_str()));
+    path
+}
+
+/// The date folder, or `00000000` for anything that is not eight digits
+/// (defence in depth: the services only ever produce eight digits).
+fn date_component(date: &str) -> &str {
+    if date.len() == 8 && date.bytes().all(|b| b.is_ascii_digit()) {
+        date
+    } else {
+        "00000000"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FilesystemId, FolderName, Uid};
+
+    #[test]
+    fn instance_paths_follow_the_layout() {
+        let key = InstanceKey {
+            location: StudyLocation {
+                filesystem: FilesystemId(1),
+                partition_folder: FolderName::parse("IMAGESERVER").unwrap(),
+                date_folder: "20240131".into(),
+                study_uid: Uid::parse("1.2.3").unwrap(),
+            },
+            series_uid: Uid::parse("1.2.3.4").unwrap(),
+            sop_instance_uid: Uid::parse("1.2.3.4.5").unwrap(),
+        };
+        assert_eq!(
+            instance_path(&key),
+            PathBuf::from("IMAGESERVER/20240131/1.2.3/1.2.3.4/1.2.3.4.5.dcm")
+        );
+        let mut odd = key.clone();
+        odd.location.date_folder = "../../x".into();
+        assert_eq!(
+            instance_path(&odd),
+            PathBuf::from("IMAGESERVER/00000000/1.2.3/1.2.3.4/1.2.3.4.5.dcm")
+        );
+    }
+}

@@ -1,0 +1,166 @@
+//! The file seam: where instance bytes live.
+//!
+//! [`StorageBackend`] writes, reads, moves and deletes stored instances on
+//! the filesystems the index knows. Callers name an instance by
+//! [`InstanceKey`] (validated UIDs and a study location); only
+//! [`layout`] turns that into a relative path, and only the backend joins it
+//! to a root. The DICOM layer never sees either.
+//!
+//! Writes are streamed and made durable in two steps so that many writers
+//! can share one directory sync (group commit):
+//! 1. [`StorageBackend::begin_write`] gives an [`ObjectWriter`] over a
+//!    temporary file on the destination filesystem;
+//! 2. [`ObjectWriter::persist`] fsyncs the file and renames it into place,
+//!    returning a [`PendingSync`]: the directories whose entries are not yet
+//!    durable;
+//! 3. [`StorageBackend::sync`] makes a batch of those durable (each distinct
+//!    directory once).
+//!
+//! Only after step 3 may anyone be told the instance is stored.
+
+pub mod fs;
+pub mod layout;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use crate::model::{Filesystem, StudyLocation, Uid};
+
+/// Errors of storage backends.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The filesystem is full (ENOSPC or quota): retrying elsewhere or later may work.
+    #[error("filesystem {root} is full")]
+    Full {
+        /// The filesystem root.
+        root: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stored object does not exist.
+    #[error("{what} does not exist")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// Any other IO failure.
+    #[error("storage failure while {operation} {path}")]
+    Io {
+        /// What was being done.
+        operation: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Names one stored instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceKey {
+    /// The study's location (filesystem, partition folder, date folder, study).
+    pub location: StudyLocation,
+    /// The series.
+    pub series_uid: Uid,
+    /// The instance.
+    pub sop_instance_uid: Uid,
+}
+
+/// Space on a filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Total bytes.
+    pub total_bytes: u64,
+    /// Bytes available to us.
+    pub available_bytes: u64,
+}
+
+impl Usage {
+    /// Used percentage, 0–100.
+    pub fn used_percent(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 100.0;
+        }
+        100.0 * (self.total_bytes - self.available_bytes.min(self.total_bytes)) as f64
+            / self.total_bytes as f64
+    }
+}
+
+/// Directory entries that a [`ObjectWriter::persist`] created or changed and
+/// that are not yet durable. Opaque: hand it back to [`StorageBackend::sync`].
+#[derive(Debug, Default)]
+pub struct PendingSync {
+    pub(crate) dirs: Vec<PathBuf>,
+}
+
+impl PendingSync {
+    /// Merges another pending set into this one.
+    pub fn merge(&mut self, other: PendingSync) {
+        self.dirs.extend(other.dirs);
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+}
+
+/// A streamed write of one object to a temporary location. Dropping it
+/// without [`persist`](ObjectWriter::persist) discards the temporary file.
+pub trait ObjectWriter: Write + Send {
+    /// Bytes written so far.
+    fn len(&self) -> u64;
+
+    /// Whether nothing has been written.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A reader over everything written so far, from the start (used to parse
+    /// a header that did not fit the caller's in-memory prefix).
+    fn read_back(&mut self) -> Result<Box<dyn Read + '_>, Error>;
+
+    /// Makes the file's data durable (fsync) and renames it to `key`,
+    /// replacing any file already there. The directory entries are durable
+    /// only after [`StorageBackend::sync`] of the returned value.
+    fn persist(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error>;
+}
+
+/// Storage of instance files on the filesystems of the index.
+pub trait StorageBackend: Send + Sync + std::fmt::Debug {
+    /// Starts writing a new object on `filesystem`.
+    fn begin_write(&self, filesystem: &Filesystem) -> Result<Box<dyn ObjectWriter>, Error>;
+
+    /// Makes the directory entries of many persisted writes durable, syncing
+    /// each distinct directory once.
+    fn sync(&self, pending: PendingSync) -> Result<(), Error>;
+
+    /// Opens a stored instance for streaming reads.
+    fn open(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+    ) -> Result<Box<dyn Read + Send>, Error>;
+
+    /// Whether the stored instance exists.
+    fn exists(&self, filesystem: &Filesystem, key: &InstanceKey) -> Result<bool, Error>;
+
+    /// Deletes a stored instance (durably); a missing file is not an error.
+    fn delete(&self, filesystem: &Filesystem, key: &InstanceKey) -> Result<(), Error>;
+
+    /// Copies an instance to another filesystem durably, verifies the copy's
+    /// size, then deletes the source. Returns the bytes moved.
+    fn move_instance(
+        &self,
+        from: &Filesystem,
+        to: &Filesystem,
+        key: &InstanceKey,
+        to_key: &InstanceKey,
+    ) -> Result<u64, Error>;
+
+    /// Space on a filesystem.
+    fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error>;
+}
