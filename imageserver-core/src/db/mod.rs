@@ -1,0 +1,123 @@
+//! The index: the database seam.
+//!
+//! [`IndexStore`] is the narrow trait the services call; it speaks
+//! [`crate::model`] values and never exposes SQL, rows or connections.
+//! Backends sit beside it: [`sqlite`] (rusqlite, the embedded default).
+//! A PostgreSQL backend implements the same trait.
+//!
+//! Every write method is one transaction: [`IndexStore::insert_instances`]
+//! takes a whole batch so the ingest group committer pays one commit for many
+//! instances. Transient contention (SQLite busy, serialization failures) is
+//! retried inside the backend and never reaches callers.
+
+pub mod sqlite;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use crate::model::{
+    DeviceSpec, Filesystem, FilesystemId, FilesystemSpec, IndexCounts, InsertOutcome,
+    InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
+};
+
+/// Errors of the index backends.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database could not be opened or reached.
+    #[error("cannot open the index database {url}")]
+    Open {
+        /// The URL or path that was tried.
+        url: String,
+        /// The underlying failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A schema migration failed.
+    #[error("schema migration to version {version} failed")]
+    Migrate {
+        /// The version being applied.
+        version: u32,
+        /// The underlying failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database holds a newer schema than this build understands.
+    #[error("the index schema is version {found}, newer than this build's {supported}")]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// The database is full or out of disk space: retrying later may work.
+    #[error("the index database is out of space")]
+    Full(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Any other database failure (IO, constraint, corrupt file).
+    #[error("index database failure while {operation}")]
+    Backend {
+        /// What was being done.
+        operation: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A row that must exist does not.
+    #[error("{what} not found in the index")]
+    NotFound {
+        /// A description of the missing row.
+        what: String,
+    },
+}
+
+/// The index of partitions, filesystems, devices, study locations and the
+/// Patient → Study → Series → Instance hierarchy.
+///
+/// Implementations are `Send + Sync` and do their own connection handling;
+/// calls block the calling thread (never call from an async executor thread).
+pub trait IndexStore: Send + Sync + std::fmt::Debug {
+    /// Creates the partition if its AE title is new, updates folder and
+    /// description otherwise, and returns its key.
+    fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error>;
+
+    /// The partition answering to `ae_title`, if any.
+    fn partition(&self, ae_title: &crate::model::AeTitle) -> Result<Option<PartitionId>, Error>;
+
+    /// Creates the filesystem if its path is new, updates its properties
+    /// otherwise, and returns its key.
+    fn ensure_filesystem(&self, spec: &FilesystemSpec) -> Result<FilesystemId, Error>;
+
+    /// All filesystems, ordered by tier then key.
+    fn filesystems(&self) -> Result<Vec<Filesystem>, Error>;
+
+    /// Creates or updates a known remote AE of a partition.
+    fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error>;
+
+    /// The devices of a partition, ordered by AE title.
+    fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error>;
+
+    /// Where a study of a partition lives, if it has arrived before.
+    fn study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<StudyLocation>, Error>;
+
+    /// Indexes a batch of instances in **one** transaction: creates or
+    /// updates the patient, study, series and study-storage rows, inserts or
+    /// replaces each instance row, and keeps the related counts right (a
+    /// replaced instance is not counted twice). Returns one outcome per
+    /// record, in order. All or nothing: on error nothing of the batch is
+    /// committed.
+    fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error>;
+
+    /// Looks up one instance of a partition by SOP Instance UID.
+    fn instance(
+        &self,
+        partition: PartitionId,
+        sop_instance_uid: &Uid,
+    ) -> Result<Option<StoredInstance>, Error>;
+
+    /// Row counts of a partition.
+    fn counts(&self, partition: PartitionId) -> Result<IndexCounts, Error>;
+}

@@ -1,0 +1,644 @@
+//! The SQLite backend of the index (rusqlite, bundled SQLite): the embedded
+//! default for one-process deployments.
+//!
+//! - One database file in WAL mode with `synchronous=FULL`: a committed batch
+//!   survives power loss (invariant 1).
+//! - One writer connection behind a mutex (SQLite has one writer anyway) and a
+//!   small pool of reader connections, so lookups never wait for a batch.
+//! - Every write method is one `BEGIN IMMEDIATE` transaction. Busy/locked
+//!   answers (another process holds the write lock) are retried with backoff
+//!   for up to [`RETRY_FOR`]; they never reach callers before that.
+//! - The schema is versioned by `PRAGMA user_version`; the embedded
+//!   `migrations/NNNN_*.sql` files are applied in order at open, each in its
+//!   own transaction.
+//!
+//! Time stamps are stored as INTEGER milliseconds since the Unix epoch (see
+//! `migrations/0001_initial.sql` for all conventions).
+
+mod ingest;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
+
+use crate::db::{Error, IndexStore};
+use crate::model::{
+    AeTitle, DeviceSpec, Filesystem, FilesystemId, FilesystemSpec, FolderName, IndexCounts,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Tier,
+    Uid,
+};
+
+/// The migrations, in order: `(version, SQL)`. Version `n` is the schema
+/// after applying the `n`-th file.
+const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+
+/// The newest schema version this build knows (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// How long busy/locked answers are retried before they become errors.
+pub const RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Tunables of a [`SqliteIndex`]; tests shorten the timeouts.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    /// SQLite's own busy handler wait per statement.
+    busy_timeout: Duration,
+    /// Total time busy answers are retried by [`with_retry`].
+    retry_for: Duration,
+    /// Most reader connections open at once.
+    readers: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            busy_timeout: Duration::from_secs(5),
+            retry_for: RETRY_FOR,
+            readers: 4,
+        }
+    }
+}
+
+/// The SQLite index: an [`IndexStore`] over one database file.
+pub struct SqliteIndex {
+    path: PathBuf,
+    options: Options,
+    writer: Mutex<Connection>,
+    readers: ReaderPool,
+}
+
+impl std::fmt::Debug for SqliteIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteIndex")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteIndex {
+    /// Opens the index database at `path`, creating the file if it is
+    /// missing, and brings its schema up to [`SCHEMA_VERSION`].
+    ///
+    /// Fails with [`Error::SchemaTooNew`] when the file was written by a newer
+    /// build, [`Error::Migrate`] when a migration fails, and [`Error::Open`]
+    /// otherwise.
+    pub fn open(path: &Path) -> Result<SqliteIndex, Error> {
+        Self::open_with(path, Options::default())
+    }
+
+    fn open_with(path: &Path, options: Options) -> Result<SqliteIndex, Error> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Open {
+            url: path.display().to_string(),
+            source,
+        };
+        let mut writer = Connection::open(path).map_err(|e| open_error(Box::new(e)))?;
+        configure(&writer, &options, Role::Writer).map_err(|e| open_error(Box::new(e)))?;
+        let mode: String = with_retry(options.retry_for, "enabling WAL", || {
+            writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        })
+        .map_err(|e| open_error(Box::new(e)))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_error(
+                format!("the database refuses WAL mode (journal_mode is {mode})").into(),
+            ));
+        }
+        migrate(&mut writer, &options)?;
+        // Keeps the planner's statistics fresh at a bounded cost.
+        with_retry(options.retry_for, "optimizing", || {
+            writer.execute_batch("PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002;")
+        })
+        .map_err(|e| open_error(Box::new(e)))?;
+        Ok(SqliteIndex {
+            path: path.to_path_buf(),
+            options,
+            writer: Mutex::new(writer),
+            readers: ReaderPool::new(path.to_path_buf(), options),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer connection,
+    /// retrying the whole transaction while the database is busy.
+    fn write<T>(
+        &self,
+        operation: &'static str,
+        mut f: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, Error> {
+        let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        with_retry(self.options.retry_for, operation, || {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .map_err(|e| map_error(operation, e))
+    }
+
+    /// Runs `f` on a pooled reader connection, retrying while busy.
+    fn read<T>(
+        &self,
+        operation: &'static str,
+        mut f: impl FnMut(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, Error> {
+        let conn = self.readers.get().map_err(|e| map_error(operation, e))?;
+        with_retry(self.options.retry_for, operation, || f(conn.conn()))
+            .map_err(|e| map_error(operation, e))
+    }
+}
+
+/// Which connection a [`configure`] call sets up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+}
+
+/// Per-connection settings (journal mode is per file and set once by the
+/// writer).
+fn configure(conn: &Connection, options: &Options, role: Role) -> rusqlite::Result<()> {
+    conn.busy_timeout(options.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA mmap_size = 268435456;
+         PRAGMA journal_size_limit = 67108864;",
+    )?;
+    match role {
+        // 32 MiB of page cache for the writer, 8 MiB per reader.
+        Role::Writer => conn.execute_batch("PRAGMA cache_size = -32768;"),
+        Role::Reader => conn.execute_batch("PRAGMA cache_size = -8192; PRAGMA query_only = ON;"),
+    }
+}
+
+/// Applies the migrations the database lacks, each in its own transaction.
+fn migrate(conn: &mut Connection, options: &Options) -> Result<(), Error> {
+    let user_version = |conn: &Connection| -> rusqlite::Result<u32> {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+    };
+    let too_new = |found: u32| Error::SchemaTooNew {
+        found,
+        supported: SCHEMA_VERSION,
+    };
+    let found = user_version(conn).map_err(|e| Error::Open {
+        url: conn.path().unwrap_or("").to_string(),
+        source: Box::new(e),
+    })?;
+    if found > SCHEMA_VERSION {
+        return Err(too_new(found));
+    }
+    for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+        let applied = with_retry(options.retry_for, "migrating", || {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Another process may have migrated since we looked.
+            let current = user_version(&tx)?;
+            if current >= version {
+                return Ok(current);
+            }
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version)?;
+            tx.commit()?;
+            Ok(version)
+        })
+        .map_err(|e| Error::Migrate {
+            version,
+            source: Box::new(e),
+        })?;
+        if applied > SCHEMA_VERSION {
+            return Err(too_new(applied));
+        }
+        if applied == version {
+            tracing::info!(version, "index schema migrated");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `e` is a transient lock conflict worth retrying.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Runs `f` until it succeeds, fails with something other than busy/locked,
+/// or `retry_for` has passed; sleeps 5 ms, doubling up to 200 ms, between tries.
+fn with_retry<T>(
+    retry_for: Duration,
+    operation: &'static str,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(5);
+    let mut attempt = 1u32;
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && start.elapsed() < retry_for => {
+                tracing::debug!(operation, attempt, "index database busy, retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(200));
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Maps a rusqlite failure to the backend-neutral [`Error`].
+fn map_error(operation: &'static str, e: rusqlite::Error) -> Error {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull => {
+            Error::Full(Box::new(e))
+        }
+        _ => Error::Backend {
+            operation,
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// An error for a value that cannot be stored.
+fn to_sql_error(message: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(message.into())
+}
+
+/// Reads a non-negative INTEGER column as `u64`.
+fn get_u64(row: &Row<'_>, idx: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(idx)?;
+    u64::try_from(value).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Integer, Box::new(e))
+    })
+}
+
+/// Reads column `idx` as text and validates it with `parse`.
+fn parse_column<T, E>(
+    row: &Row<'_>,
+    idx: usize,
+    parse: fn(&str) -> Result<T, E>,
+) -> rusqlite::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.get(idx)?;
+    parse(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// A bounded pool of reader connections, opened lazily.
+struct ReaderPool {
+    path: PathBuf,
+    options: Options,
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
+/// A reader connection checked out of the pool; returned on drop.
+struct PooledReader<'a> {
+    pool: &'a ReaderPool,
+    conn: Option<Connection>,
+}
+
+impl PooledReader<'_> {
+    fn conn(&self) -> &Connection {
+        // Always Some until drop.
+        self.conn
+            .as_ref()
+            .expect("pooled connection present until drop")
+    }
+}
+
+impl Drop for PooledReader<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.lock().idle.push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+impl ReaderPool {
+    fn new(path: PathBuf, options: Options) -> ReaderPool {
+        ReaderPool {
+            path,
+            options,
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            returned: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks out an idle connection, opens one if fewer than the maximum
+    /// are open, or waits for one to come back.
+    fn get(&self) -> rusqlite::Result<PooledReader<'_>> {
+        let mut state = self.lock();
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok(PooledReader {
+                    pool: self,
+                    conn: Some(conn),
+                });
+            }
+            if state.open < self.options.readers.max(1) {
+                state.open += 1;
+                drop(state);
+                return match self.open_one() {
+                    Ok(conn) => Ok(PooledReader {
+                        pool: self,
+                        conn: Some(conn),
+                    }),
+                    Err(e) => {
+                        self.lock().open -= 1;
+                        self.returned.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            state = self
+                .returned
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn open_one(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&self.path)?;
+        configure(&conn, &self.options, Role::Reader)?;
+        Ok(conn)
+    }
+}
+
+/// Maps a row of `study_storage.filesystem_id, partition.folder,
+/// study_storage.date_folder, study_uid` (starting at column `at`).
+fn location_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<StudyLocation> {
+    Ok(StudyLocation {
+        // NULL (a nearline study without online copy) is reported as an error.
+        filesystem: FilesystemId(row.get(at)?),
+        partition_folder: parse_column(row, at + 1, FolderName::parse)?,
+        date_folder: row.get(at + 2)?,
+        study_uid: parse_column(row, at + 3, Uid::parse)?,
+    })
+}
+
+impl IndexStore for SqliteIndex {
+    fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error> {
+        let now = now_ms();
+        self.write("ensuring a partition", |tx| {
+            tx.prepare_cached(
+                "INSERT INTO partition (ae_title, folder, description, created_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (ae_title) DO UPDATE
+                 SET folder = excluded.folder, description = excluded.description
+                 RETURNING id",
+            )?
+            .query_row(
+                params![
+                    spec.ae_title.as_str(),
+                    spec.folder.as_str(),
+                    spec.description,
+                    now
+                ],
+                |r| r.get(0).map(PartitionId),
+            )
+        })
+    }
+
+    fn partition(&self, ae_title: &AeTitle) -> Result<Option<PartitionId>, Error> {
+        self.read("looking up a partition", |conn| {
+            conn.prepare_cached("SELECT id FROM partition WHERE ae_title = ?1")?
+                .query_row([ae_title.as_str()], |r| r.get(0).map(PartitionId))
+                .optional()
+        })
+    }
+
+    fn ensure_filesystem(&self, spec: &FilesystemSpec) -> Result<FilesystemId, Error> {
+        const OPERATION: &str = "ensuring a filesystem";
+        let Some(path) = spec.path.to_str() else {
+            return Err(Error::Backend {
+                operation: OPERATION,
+                source: format!("filesystem path {} is not valid UTF-8", spec.path.display())
+                    .into(),
+            });
+        };
+        self.write(OPERATION, |tx| {
+            tx.prepare_cached(
+                "INSERT INTO filesystem
+                     (path, tier, high_watermark, low_watermark, read_only, write_only, description)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (path) DO UPDATE
+                 SET tier = excluded.tier, high_watermark = excluded.high_watermark,
+                     low_watermark = excluded.low_watermark, read_only = excluded.read_only,
+                     write_only = excluded.write_only, description = excluded.description
+                 RETURNING id",
+            )?
+            .query_row(
+                params![
+                    path,
+                    spec.tier.0,
+                    spec.high_watermark,
+                    spec.low_watermark,
+                    spec.read_only,
+                    spec.write_only,
+                    spec.description
+                ],
+                |r| r.get(0).map(FilesystemId),
+            )
+        })
+    }
+
+    fn filesystems(&self) -> Result<Vec<Filesystem>, Error> {
+        self.read("listing filesystems", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
+                        enabled, description
+                 FROM filesystem ORDER BY tier, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Filesystem {
+                    id: FilesystemId(r.get(0)?),
+                    spec: FilesystemSpec {
+                        path: PathBuf::from(r.get::<_, String>(1)?),
+                        tier: Tier(r.get(2)?),
+                        high_watermark: r.get(3)?,
+                        low_watermark: r.get(4)?,
+                        read_only: r.get(5)?,
+                        write_only: r.get(6)?,
+                        description: r.get(8)?,
+                    },
+                    enabled: r.get(7)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error> {
+        self.write("ensuring a device", |tx| {
+            tx.prepare_cached(
+                "INSERT INTO device
+                     (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (partition_id, ae_title) DO UPDATE
+                 SET host = excluded.host, port = excluded.port,
+                     allow_store = excluded.allow_store, allow_query = excluded.allow_query,
+                     allow_retrieve = excluded.allow_retrieve",
+            )?
+            .execute(params![
+                partition.0,
+                spec.ae_title.as_str(),
+                spec.host,
+                spec.port,
+                spec.allow_store,
+                spec.allow_query,
+                spec.allow_retrieve
+            ])
+            .map(drop)
+        })
+    }
+
+    fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
+        self.read("listing devices", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve
+                 FROM device WHERE partition_id = ?1 ORDER BY ae_title",
+            )?;
+            let rows = stmt.query_map([partition.0], |r| {
+                Ok(DeviceSpec {
+                    ae_title: parse_column(r, 0, AeTitle::parse)?,
+                    host: r.get(1)?,
+                    port: r.get(2)?,
+                    allow_store: r.get(3)?,
+                    allow_query: r.get(4)?,
+                    allow_retrieve: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<StudyLocation>, Error> {
+        self.read("looking up a study location", |conn| {
+            conn.prepare_cached(
+                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
+                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+                 WHERE ss.partition_id = ?1 AND ss.study_uid = ?2
+                   AND ss.filesystem_id IS NOT NULL",
+            )?
+            .query_row(params![partition.0, study_uid.as_str()], |r| {
+                location_from_row(r, 0)
+            })
+            .optional()
+        })
+    }
+
+    fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let now = now_ms();
+        let outcomes = self.write("indexing instances", |tx| {
+            ingest::insert_batch(tx, batch, now)
+        })?;
+        let replaced = outcomes
+            .iter()
+            .filter(|o| **o == InsertOutcome::Replaced)
+            .count();
+        tracing::debug!(
+            size = batch.len(),
+            replaced,
+            elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "index batch committed"
+        );
+        Ok(outcomes)
+    }
+
+    fn instance(
+        &self,
+        partition: PartitionId,
+        sop_instance_uid: &Uid,
+    ) -> Result<Option<StoredInstance>, Error> {
+        self.read("looking up an instance", |conn| {
+            conn.prepare_cached(
+                "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
+                        se.series_uid, i.sop_instance_uid, i.sop_class_uid,
+                        i.transfer_syntax_uid, i.file_size, i.digest
+                 FROM instance i
+                 JOIN series se ON se.id = i.series_fk
+                 JOIN study st ON st.id = se.study_fk
+                 JOIN study_storage ss ON ss.id = st.study_storage_id
+                 JOIN partition p ON p.id = ss.partition_id
+                 WHERE i.partition_id = ?1 AND i.sop_instance_uid = ?2",
+            )?
+            .query_row(params![partition.0, sop_instance_uid.as_str()], |r| {
+                Ok(StoredInstance {
+                    location: location_from_row(r, 0)?,
+                    series_uid: parse_column(r, 4, Uid::parse)?,
+                    sop_instance_uid: parse_column(r, 5, Uid::parse)?,
+                    sop_class_uid: parse_column(r, 6, Uid::parse)?,
+                    transfer_syntax_uid: parse_column(r, 7, Uid::parse)?,
+                    file_size: get_u64(r, 8)?,
+                    digest: r.get(9)?,
+                })
+            })
+            .optional()
+        })
+    }
+
+    fn counts(&self, partition: PartitionId) -> Result<IndexCounts, Error> {
+        // From the maintained counters: one pass over the partition's
+        // patients instead of counting millions of instance rows.
+        self.read("counting", |conn| {
+            conn.prepare_cached(
+                "SELECT COUNT(*), COALESCE(SUM(num_studies), 0), COALESCE(SUM(num_series), 0),
+                        COALESCE(SUM(num_instances), 0)
+                 FROM patient WHERE partition_id = ?1",
+            )?
+            .query_row([partition.0], |r| {
+                Ok(IndexCounts {
+                    patients: get_u64(r, 0)?,
+                    studies: get_u64(r, 1)?,
+                    series: get_u64(r, 2)?,
+                    instances: get_u64(r, 3)?,
+                })
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,596 @@
+//! SQLite-specific tests, and the shared conformance suite on SQLite.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::{Options, SqliteIndex, SCHEMA_VERSION};
+use crate::db::conformance::{self, StudySummaries, StudySummary};
+use crate::db::{Error, IndexStore};
+use crate::model::{
+    AeTitle, FilesystemId, FilesystemSpec, FolderName, IndexCounts, InsertOutcome, InstanceAttrs,
+    InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs, StudyAttrs,
+    StudyLocation, Tier, Uid,
+};
+
+impl StudySummaries for SqliteIndex {
+    fn study_summary(&self, partition: PartitionId, study_uid: &Uid) -> Option<StudySummary> {
+        self.read("probing a study", |conn| {
+            use rusqlite::OptionalExtension;
+            conn.query_row(
+                "SELECT num_series, num_instances, size_bytes, modalities_in_study,
+                        sop_classes_in_study
+                 FROM study WHERE partition_id = ?1 AND study_uid = ?2",
+                rusqlite::params![partition.0, study_uid.as_str()],
+                |r| {
+                    Ok(StudySummary {
+                        num_series: super::get_u64(r, 0)?,
+                        num_instances: super::get_u64(r, 1)?,
+                        size_bytes: super::get_u64(r, 2)?,
+                        modalities_in_study: r.get(3)?,
+                        sop_classes_in_study: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+        })
+        .expect("probe")
+    }
+}
+
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("index.sqlite");
+    (dir, path)
+}
+
+fn uid(value: &str) -> Uid {
+    Uid::parse(value).expect("uid")
+}
+
+fn setup(index: &SqliteIndex, name: &str) -> (PartitionId, FilesystemId) {
+    let partition = index
+        .ensure_partition(&PartitionSpec {
+            ae_title: AeTitle::parse(name).expect("ae"),
+            folder: FolderName::parse(name).expect("folder"),
+            description: String::new(),
+        })
+        .expect("partition");
+    let fs = index
+        .ensure_filesystem(&FilesystemSpec {
+            path: PathBuf::from("/data/fs1"),
+            tier: Tier(1),
+            high_watermark: 90.0,
+            low_watermark: 80.0,
+            read_only: false,
+            write_only: false,
+            description: String::new(),
+        })
+        .expect("filesystem");
+    (partition, fs)
+}
+
+/// A record with `n`-derived UIDs: patient `p`, study `st`, series `se`.
+fn record(
+    partition: PartitionId,
+    fs: FilesystemId,
+    p: u32,
+    st: u32,
+    se: u32,
+    sop: u32,
+) -> InstanceRecord {
+    let study_uid = uid(&format!("1.2.826.0.1.3680043.2.{st}"));
+    InstanceRecord {
+        partition,
+        location: StudyLocation {
+            filesystem: fs,
+            partition_folder: FolderName::parse("X").expect("folder"),
+            date_folder: "20240131".to_string(),
+            study_uid: study_uid.clone(),
+        },
+        patient: PatientAttrs {
+            patient_id: format!("PID{p}"),
+            issuer_of_patient_id: None,
+            patient_name: Some(format!("DOE^JOHN{p}")),
+            birth_date: Some("19800101".to_string()),
+            sex: Some("M".to_string()),
+        },
+        study: StudyAttrs {
+            study_uid,
+            study_date: Some("20240131".to_string()),
+            study_time: Some("120000".to_string()),
+            accession_number: Some(format!("A{st}")),
+            study_id: Some("1".to_string()),
+            study_description: Some("CT CHEST".to_string()),
+            referring_physician_name: Some("REF^DR".to_string()),
+            specific_character_set: Some("ISO_IR 100".to_string()),
+        },
+        series: SeriesAttrs {
+            series_uid: uid(&format!("1.2.826.0.1.3680043.2.{st}.{se}")),
+            modality: Some(["CT", "MR", "PT", "SR"][se as usize % 4].to_string()),
+            series_number: Some(i32::try_from(se).expect("small")),
+            series_description: Some("AXIAL".to_string()),
+            body_part_examined: Some("CHEST".to_string()),
+            series_date: Some("20240131".to_string()),
+            series_time: Some("120001".to_string()),
+        },
+        instance: InstanceAttrs {
+            sop_instance_uid: uid(&format!("1.2.826.0.1.3680043.3.{sop}")),
+            sop_class_uid: uid(if sop.is_multiple_of(7) {
+                "1.2.840.10008.5.1.4.1.1.7"
+            } else {
+                "1.2.840.10008.5.1.4.1.1.2"
+            }),
+            instance_number: Some(i32::try_from(sop % 1000).expect("small")),
+            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+            file_size: 500_000 + u64::from(sop % 13),
+            digest: format!("{sop:064x}"),
+            source_ae: Some("CT01".to_string()),
+        },
+    }
+}
+
+/// Checks every maintained counter and summary against a recount of the rows.
+fn verify_counters(path: &Path) {
+    let conn = Connection::open(path).expect("open");
+    let bad = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).expect(sql) };
+    assert_eq!(
+        bad("SELECT COUNT(*) FROM series s WHERE num_instances = 0
+             OR num_instances != (SELECT COUNT(*) FROM instance WHERE series_fk = s.id)"),
+        0,
+        "series counters"
+    );
+    assert_eq!(
+        bad("SELECT COUNT(*) FROM study st WHERE num_instances = 0
+             OR num_series != (SELECT COUNT(*) FROM series WHERE study_fk = st.id)
+             OR num_instances != (SELECT COUNT(*) FROM instance i JOIN series s ON s.id = i.series_fk
+                                  WHERE s.study_fk = st.id)
+             OR size_bytes != (SELECT COALESCE(SUM(i.file_size), 0) FROM instance i
+                               JOIN series s ON s.id = i.series_fk WHERE s.study_fk = st.id)"),
+        0,
+        "study counters"
+    );
+    assert_eq!(
+        bad("SELECT COUNT(*) FROM patient p WHERE num_studies = 0
+             OR num_studies != (SELECT COUNT(*) FROM study WHERE patient_fk = p.id)
+             OR num_series != (SELECT COUNT(*) FROM series s JOIN study st ON st.id = s.study_fk
+                               WHERE st.patient_fk = p.id)
+             OR num_instances != (SELECT COUNT(*) FROM instance i JOIN series s ON s.id = i.series_fk
+                                  JOIN study st ON st.id = s.study_fk WHERE st.patient_fk = p.id)"),
+        0,
+        "patient counters"
+    );
+    assert_eq!(
+        bad(
+            "SELECT COUNT(*) FROM instance i JOIN series s ON s.id = i.series_fk
+             JOIN study st ON st.id = s.study_fk WHERE st.partition_id != i.partition_id"
+        ),
+        0,
+        "instance partitions"
+    );
+    let mut stmt = conn
+        .prepare("SELECT id, modalities_in_study, sop_classes_in_study FROM study")
+        .expect("prepare");
+    let studies: Vec<(i64, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let distinct = |sql: &str, id: i64| -> String {
+        let mut stmt = conn.prepare(sql).expect("prepare");
+        let set: BTreeSet<String> = stmt
+            .query_map([id], |r| r.get::<_, Option<String>>(0))
+            .expect("query")
+            .filter_map(|v| v.expect("row"))
+            .collect();
+        set.into_iter().collect::<Vec<_>>().join("\\")
+    };
+    for (id, modalities, classes) in studies {
+        assert_eq!(
+            modalities,
+            distinct("SELECT modality FROM series WHERE study_fk = ?1", id)
+        );
+        assert_eq!(
+            classes,
+            distinct(
+                "SELECT sop_class_uid FROM instance i JOIN series s ON s.id = i.series_fk
+                 WHERE s.study_fk = ?1",
+                id
+            )
+        );
+    }
+    let fk: Vec<String> = conn
+        .prepare("PRAGMA foreign_key_check")
+        .expect("prepare")
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(fk.is_empty(), "foreign key violations in {fk:?}");
+}
+
+fn user_version(path: &Path) -> u32 {
+    Connection::open(path)
+        .expect("open")
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version")
+}
+
+#[test]
+fn conformance_suite() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    conformance::run_all(&index);
+    conformance::run_summaries(&index, &index);
+    verify_counters(&path);
+}
+
+#[test]
+fn pragmas_and_schema() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    {
+        let conn = index.writer.lock().expect("writer");
+        let get = |pragma: &str| -> String {
+            conn.query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .expect(pragma)
+        };
+        assert_eq!(get("journal_mode"), "wal");
+        assert_eq!(get("synchronous"), "2", "FULL");
+        assert_eq!(get("foreign_keys"), "1");
+        assert_eq!(get("busy_timeout"), "5000");
+    }
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    let conn = Connection::open(&path).expect("open");
+    let tables: BTreeSet<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    for table in [
+        "partition",
+        "filesystem",
+        "device",
+        "patient",
+        "study_storage",
+        "study",
+        "series",
+        "instance",
+        "work_queue",
+        "work_queue_uid",
+        "audit_log",
+        "service_lock",
+    ] {
+        assert!(tables.contains(table), "missing table {table}");
+    }
+    // The lookups C-FIND depends on use indexes.
+    let plan = |sql: &str| -> String {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan")
+            .query_map([], |r| r.get::<_, String>(3))
+            .expect("query")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("rows")
+            .join("; ")
+    };
+    for (sql, index) in [
+        ("SELECT id FROM patient WHERE partition_id = 1 AND patient_id = 'X'", "sqlite_autoindex_patient_1"),
+        (
+            "SELECT id FROM patient WHERE partition_id = 1 AND patient_name LIKE 'DOE%'",
+            "patient_name_idx",
+        ),
+        (
+            "SELECT id FROM study WHERE partition_id = 1 AND study_date BETWEEN '20240101' AND '20240131'",
+            "study_date_idx",
+        ),
+        ("SELECT id FROM study WHERE partition_id = 1 AND accession_number = 'A1'", "study_accession_idx"),
+        ("SELECT id FROM study WHERE patient_fk = 3", "study_patient_idx"),
+        ("SELECT id FROM series WHERE study_fk = 3", "sqlite_autoindex_series_1"),
+        ("SELECT id FROM series WHERE series_uid = '1.2'", "series_uid_idx"),
+        ("SELECT study_fk FROM series WHERE modality = 'CT'", "series_modality_idx"),
+        ("SELECT id FROM instance WHERE series_fk = 3", "instance_series_idx"),
+    ] {
+        let plan = plan(sql);
+        assert!(plan.contains(index), "{sql}: {plan}");
+    }
+}
+
+#[test]
+fn reopen_keeps_data_and_version() {
+    let (_dir, path) = temp_db();
+    let (partition, fs) = {
+        let index = SqliteIndex::open(&path).expect("open");
+        let (partition, fs) = setup(&index, "REOPEN");
+        index
+            .insert_instances(&[
+                record(partition, fs, 1, 1, 1, 1),
+                record(partition, fs, 1, 1, 2, 2),
+            ])
+            .expect("insert");
+        (partition, fs)
+    };
+    let index = SqliteIndex::open(&path).expect("reopen");
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    assert_eq!(
+        index
+            .partition(&AeTitle::parse("REOPEN").expect("ae"))
+            .expect("lookup"),
+        Some(partition)
+    );
+    assert_eq!(index.counts(partition).expect("counts").instances, 2);
+    assert_eq!(
+        setup(&index, "REOPEN"),
+        (partition, fs),
+        "upserts keep their keys"
+    );
+    assert!(index
+        .instance(partition, &uid("1.2.826.0.1.3680043.3.2"))
+        .expect("lookup")
+        .is_some());
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let (_dir, path) = temp_db();
+    drop(SqliteIndex::open(&path).expect("open"));
+    Connection::open(&path)
+        .expect("open")
+        .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .expect("bump");
+    match SqliteIndex::open(&path) {
+        Err(Error::SchemaTooNew { found, supported }) => {
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn unopenable_path_is_an_open_error() {
+    let (dir, _) = temp_db();
+    let path = dir.path().join("missing-dir").join("index.sqlite");
+    assert!(matches!(SqliteIndex::open(&path), Err(Error::Open { .. })));
+}
+
+#[test]
+fn two_handles_on_one_file_both_write() {
+    let (_dir, path) = temp_db();
+    let a = Arc::new(SqliteIndex::open(&path).expect("open a"));
+    let b = Arc::new(SqliteIndex::open(&path).expect("open b"));
+    let (partition, fs) = setup(&a, "SHARED");
+    let threads: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(n, index)| {
+            std::thread::spawn(move || {
+                let n = u32::try_from(n).expect("small");
+                for batch in 0..20u32 {
+                    let records: Vec<_> = (0..25u32)
+                        .map(|i| {
+                            let sop = n * 100_000 + batch * 100 + i;
+                            // Both handles also write to one shared study.
+                            record(
+                                partition,
+                                fs,
+                                1,
+                                if i % 2 == 0 { 7 } else { 10 + n },
+                                i % 3,
+                                sop,
+                            )
+                        })
+                        .collect();
+                    index.insert_instances(&records).expect("insert");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("writer thread");
+    }
+    assert_eq!(
+        a.counts(partition).expect("counts"),
+        b.counts(partition).expect("counts")
+    );
+    assert_eq!(a.counts(partition).expect("counts").instances, 2 * 20 * 25);
+    assert_eq!(a.counts(partition).expect("counts").studies, 3);
+    verify_counters(&path);
+}
+
+#[test]
+fn a_nearline_study_takes_the_location_of_new_arrivals() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    let (partition, fs) = setup(&index, "NEARLINE");
+    index
+        .insert_instances(&[record(partition, fs, 1, 1, 1, 1)])
+        .expect("first");
+    let study = record(partition, fs, 1, 1, 1, 1).study.study_uid;
+    Connection::open(&path)
+        .expect("open")
+        .execute(
+            "UPDATE study_storage SET filesystem_id = NULL, state = 'nearline'",
+            [],
+        )
+        .expect("purge");
+    assert_eq!(
+        index.study_location(partition, &study).expect("lookup"),
+        None
+    );
+    let mut arrival = record(partition, fs, 1, 1, 1, 2);
+    arrival.location.date_folder = "20991231".to_string();
+    index.insert_instances(&[arrival]).expect("arrival");
+    let location = index
+        .study_location(partition, &study)
+        .expect("lookup")
+        .expect("online");
+    assert_eq!(
+        (location.filesystem, location.date_folder.as_str()),
+        (fs, "20991231")
+    );
+}
+
+#[test]
+fn concurrent_first_opens_migrate_once() {
+    let (_dir, path) = temp_db();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || SqliteIndex::open(&path).map(drop))
+        })
+        .collect();
+    for handle in handles {
+        handle.join().expect("thread").expect("open");
+    }
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+/// Holds the write lock from another connection for `hold`.
+fn hold_write_lock(path: &Path, hold: Duration) -> std::thread::JoinHandle<()> {
+    let conn = Connection::open(path).expect("open");
+    conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO service_lock VALUES ('test', 'x', 0);")
+        .expect("lock");
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        conn.execute_batch("ROLLBACK").expect("release");
+    })
+}
+
+#[test]
+fn busy_database_is_retried() {
+    let (_dir, path) = temp_db();
+    let options = Options {
+        busy_timeout: Duration::from_millis(20),
+        retry_for: Duration::from_secs(10),
+        readers: 2,
+    };
+    let index = SqliteIndex::open_with(&path, options).expect("open");
+    let (partition, fs) = setup(&index, "BUSY");
+    let holder = hold_write_lock(&path, Duration::from_millis(800));
+    let start = Instant::now();
+    // Reads do not wait for the writer.
+    assert_eq!(
+        index.counts(partition).expect("counts"),
+        IndexCounts::default()
+    );
+    assert!(start.elapsed() < Duration::from_millis(700));
+    let outcome = index
+        .insert_instances(&[record(partition, fs, 1, 1, 1, 1)])
+        .expect("retried");
+    assert_eq!(outcome, [InsertOutcome::Inserted]);
+    assert!(
+        start.elapsed() >= Duration::from_millis(700),
+        "waited for the lock"
+    );
+    holder.join().expect("holder");
+}
+
+#[test]
+fn busy_database_gives_up_after_the_retry_window() {
+    let (_dir, path) = temp_db();
+    let options = Options {
+        busy_timeout: Duration::from_millis(20),
+        retry_for: Duration::from_millis(200),
+        readers: 2,
+    };
+    let index = SqliteIndex::open_with(&path, options).expect("open");
+    let (partition, fs) = setup(&index, "BUSY");
+    let holder = hold_write_lock(&path, Duration::from_millis(1500));
+    let result = index.insert_instances(&[record(partition, fs, 1, 1, 1, 1)]);
+    assert!(matches!(result, Err(Error::Backend { .. })), "{result:?}");
+    holder.join().expect("holder");
+    assert!(index
+        .insert_instances(&[record(partition, fs, 1, 1, 1, 1)])
+        .is_ok());
+}
+
+#[test]
+fn full_database_maps_to_full() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    let (partition, fs) = setup(&index, "FULL");
+    {
+        let conn = index.writer.lock().expect("writer");
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .expect("pages");
+        conn.execute_batch(&format!("PRAGMA max_page_count = {}", pages + 1))
+            .expect("limit");
+    }
+    let batch: Vec<_> = (0..500)
+        .map(|i| record(partition, fs, i, i, 1, i))
+        .collect();
+    let result = index.insert_instances(&batch);
+    assert!(matches!(result, Err(Error::Full(_))), "{result:?}");
+    assert_eq!(
+        index.counts(partition).expect("counts"),
+        IndexCounts::default()
+    );
+}
+
+#[test]
+fn lookups_do_not_wait_for_the_writer() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    let (partition, _) = setup(&index, "READERS");
+    let _writer = index.writer.lock().expect("writer");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let index = &index;
+            move || index.counts(partition).expect("counts")
+        })
+        .collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = threads.into_iter().map(|t| s.spawn(t)).collect();
+        for handle in handles {
+            assert_eq!(handle.join().expect("reader"), IndexCounts::default());
+        }
+    });
+    assert!(index.readers.lock().open <= 4);
+}
+
+#[test]
+fn mixed_workload_keeps_counters_exact() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    let (partition, fs) = setup(&index, "MIXED");
+    // A small deterministic generator: replacements, moves across series,
+    // studies and patients, studies changing patient.
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u32| -> u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        u32::try_from(seed % u64::from(n)).expect("small")
+    };
+    let mut total = 0;
+    for _ in 0..40 {
+        let batch: Vec<_> = (0..50)
+            .map(|_| {
+                let study = next(12);
+                let patient = if next(10) == 0 { next(5) } else { study % 5 };
+                record(partition, fs, patient, study, next(4), next(400))
+            })
+            .collect();
+        total += index.insert_instances(&batch).expect("batch").len();
+    }
+    assert_eq!(total, 2000);
+    verify_counters(&path);
+    let counts = index.counts(partition).expect("counts");
+    let conn = Connection::open(&path).expect("open");
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM instance", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(counts.instances, u64::try_from(rows).expect("count"));
+}
