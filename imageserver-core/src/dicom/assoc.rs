@@ -1,0 +1,593 @@
+//! The association acceptor: one listener per partition, one thread per
+//! association.
+//!
+//! dicom-ul negotiates the association (A-ASSOCIATE-RQ/AC/RJ); after that we
+//! read PDUs ourselves with [`PduReader`], which refuses oversized PDUs
+//! before allocating and lets every PDU carry a deadline, so that a slow or
+//! idle peer only ever costs its own thread:
+//!
+//! - the whole A-ASSOCIATE-RQ must arrive within the ARTIM timeout (checked
+//!   with `peek` before dicom-ul reads it, so a trickling peer cannot hold
+//!   the negotiation open);
+//! - every later PDU must arrive completely within the idle timeout;
+//! - beyond `max_associations` a new caller gets A-ASSOCIATE-RJ (transient,
+//!   local limit exceeded).
+//!
+//! Shutdown: the listener stops accepting; associations waiting between
+//! messages are aborted at once; those in the middle of a message finish it
+//! (a store in flight is completed and answered) and are aborted after.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dicom_ul::association::server::AccessControl;
+use dicom_ul::association::Association;
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
+    AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
+    AssociationRJSource, PresentationContextResultReason, UserIdentity,
+};
+use dicom_ul::{Pdu, ServerAssociationOptions};
+use tracing::{debug, info, info_span, warn};
+
+use super::pdu::{self, Incoming, PduError, PduReader, MAX_CONTROL_PDU_LEN};
+use super::scp::{Dispatcher, MessageOutcome};
+use super::sop_classes;
+
+/// Settings of one acceptor (one partition's AE title and port).
+#[derive(Debug, Clone)]
+pub struct AcceptorConfig {
+    /// The AE title we answer to.
+    pub ae_title: String,
+    /// Reject callers that call another AE title.
+    pub check_called_ae: bool,
+    /// Most associations open at once; beyond it callers are rejected.
+    pub max_associations: usize,
+    /// The largest P-DATA PDU we accept (our maximum length, 4 KiB–16 MiB).
+    pub max_pdu_length: u32,
+    /// Time for a caller to send its whole A-ASSOCIATE-RQ.
+    pub artim_timeout: Duration,
+    /// Time an association may stay silent (and the longest one PDU may
+    /// take to arrive) before it is aborted.
+    pub idle_timeout: Duration,
+    /// Private storage SOP classes accepted besides the standard ones.
+    pub extra_sop_classes: Vec<String>,
+}
+
+/// A running acceptor. [`Acceptor::shutdown`] stops it.
+pub struct Acceptor {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+struct Shared {
+    config: AcceptorConfig,
+    options: ServerAssociationOptions<
+        'static,
+        CalledAePolicy,
+        dicom_ul::association::server::DefaultNegotiation,
+    >,
+    dispatcher: Dispatcher,
+    stopping: AtomicBool,
+    next_id: AtomicU64,
+    /// Open associations: a handle to their socket and whether they are in
+    /// the middle of a message.
+    live: Mutex<HashMap<u64, Live>>,
+}
+
+struct Live {
+    socket: TcpStream,
+    busy: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Accepts or rejects by the called AE title.
+#[derive(Debug, Clone, Copy)]
+struct CalledAePolicy {
+    check_called_ae: bool,
+}
+
+impl AccessControl for CalledAePolicy {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if self.check_called_ae && this_ae_title.trim() != called_ae_title.trim() {
+            warn!(
+                called_ae = called_ae_title.trim(),
+                calling_ae = calling_ae_title.trim(),
+                "association rejected: called AE title not ours"
+            );
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+impl Acceptor {
+    /// Starts accepting on `listener` (bound by the caller) in a thread.
+    pub fn start(
+        listener: TcpListener,
+        config: AcceptorConfig,
+        dispatcher: Dispatcher,
+    ) -> io::Result<Acceptor> {
+        let local_addr = listener.local_addr()?;
+        let mut options = ServerAssociationOptions::new()
+            .ae_access_control(CalledAePolicy {
+                check_called_ae: config.check_called_ae,
+            })
+            .ae_title(config.ae_title.clone())
+            .max_pdu_length(config.max_pdu_length)
+            .strict(false)
+            .read_timeout(config.artim_timeout)
+            .write_timeout(Duration::from_secs(60))
+            .with_abstract_syntax(sop_classes::VERIFICATION);
+        for uid in sop_classes::STORAGE {
+            options = options.with_abstract_syntax(*uid);
+        }
+        for uid in &config.extra_sop_classes {
+            options = options.with_abstract_syntax(uid.clone());
+        }
+        let shared = Arc::new(Shared {
+            config,
+            options,
+            dispatcher,
+            stopping: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            live: Mutex::new(HashMap::new()),
+        });
+        let accept_shared = shared.clone();
+        let accept_thread = std::thread::Builder::new()
+            .name(format!("accept-{}", local_addr.port()))
+            .spawn(move || accept_loop(listener, accept_shared))?;
+        info!(%local_addr, ae_title = %shared.config.ae_title, "accepting associations");
+        Ok(Acceptor {
+            local_addr,
+            shared,
+            accept_thread: Some(accept_thread),
+        })
+    }
+
+    /// The address the acceptor listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Associations open now.
+    pub fn open_associations(&self) -> usize {
+        lock(&self.shared.live).len()
+    }
+
+    /// Stops accepting, aborts idle associations, lets messages in flight
+    /// finish (waiting at most `grace`), and returns when all are closed.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        if let Some(thread) = self.accept_thread.take() {
+            let _ = thread.join();
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            let threads: Vec<JoinHandle<()>> = {
+                let mut live = lock(&self.shared.live);
+                for association in live.values() {
+                    if !association.busy.load(Ordering::SeqCst) {
+                        let _ = association.socket.shutdown(Shutdown::Both);
+                    }
+                }
+                let finished: Vec<u64> = live
+                    .iter()
+                    .filter(|(_, a)| a.thread.as_ref().is_none_or(|t| t.is_finished()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                finished
+                    .into_iter()
+                    .filter_map(|id| live.remove(&id).and_then(|mut a| a.thread.take()))
+                    .collect()
+            };
+            for thread in threads {
+                let _ = thread.join();
+            }
+            if lock(&self.shared.live).is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let live = lock(&self.shared.live);
+                warn!(
+                    open = live.len(),
+                    "shutdown grace over: aborting associations"
+                );
+                for association in live.values() {
+                    let _ = association.socket.shutdown(Shutdown::Both);
+                }
+                drop(live);
+                std::thread::sleep(Duration::from_millis(100));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(
+            if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            addr.port(),
+        )
+    } else {
+        addr
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (socket, peer) = match listener.accept() {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                accepted
+            }
+            Err(error) => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(%error, "accept failed");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        reap_finished(&shared);
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let over_limit = lock(&shared.live).len() >= shared.config.max_associations;
+        if over_limit {
+            let config = shared.config.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("reject-{id}"))
+                .spawn(move || reject_over_limit(socket, peer, &config));
+            continue;
+        }
+        let Ok(handle) = socket.try_clone() else {
+            continue;
+        };
+        let busy = Arc::new(AtomicBool::new(false));
+        let thread_shared = shared.clone();
+        let thread_busy = busy.clone();
+        let mut live = lock(&shared.live);
+        let spawned = std::thread::Builder::new()
+            .name(format!("assoc-{id}"))
+            .spawn(move || {
+                let span = info_span!("association", assoc_id = id, peer = %peer, calling_ae = tracing::field::Empty);
+                let _entered = span.enter();
+                serve_association(socket, &thread_shared, &thread_busy, &span);
+                lock(&thread_shared.live).remove(&id);
+            });
+        match spawned {
+            Ok(thread) => {
+                live.insert(
+                    id,
+                    Live {
+                        socket: handle,
+                        busy,
+                        thread: Some(thread),
+                    },
+                );
+            }
+            Err(error) => warn!(%error, "cannot start an association thread"),
+        }
+    }
+}
+
+fn reap_finished(shared: &Shared) {
+    let mut live = lock(&shared.live);
+    live.retain(|_, a| a.thread.as_ref().is_some_and(|t| !t.is_finished()));
+}
+
+/// Waits (at most the ARTIM timeout) until a whole A-ASSOCIATE-RQ is in
+/// the socket's receive queue, without consuming it.
+fn await_association_rq(socket: &TcpStream, artim: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + artim;
+    let mut header = [0u8; pdu::PDU_HEADER_LEN];
+    let mut wanted = pdu::PDU_HEADER_LEN;
+    let mut buffer = Vec::new();
+    loop {
+        let remaining = deadline
+            .checked_duration_since(Instant::now())
+            .ok_or("the association request did not arrive within the ARTIM timeout")?;
+        socket
+            .set_read_timeout(Some(remaining.max(Duration::from_millis(1))))
+            .map_err(|e| e.to_string())?;
+        let available = if wanted == pdu::PDU_HEADER_LEN {
+            socket.peek(&mut header)
+        } else {
+            socket.peek(&mut buffer)
+        };
+        let available = match available {
+            Ok(0) => return Err("the peer closed the connection".into()),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(
+                    "the association request did not arrive within the ARTIM timeout".into(),
+                )
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if wanted == pdu::PDU_HEADER_LEN && available >= pdu::PDU_HEADER_LEN {
+            if header[0] != 0x01 {
+                return Err(format!(
+                    "expected an A-ASSOCIATE-RQ, got PDU type {:#04x}",
+                    header[0]
+                ));
+            }
+            let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
+            if length > MAX_CONTROL_PDU_LEN {
+                return Err(format!("A-ASSOCIATE-RQ of {length} bytes is too large"));
+            }
+            wanted = pdu::PDU_HEADER_LEN + length as usize;
+            buffer = vec![0u8; wanted];
+            continue;
+        }
+        if wanted > pdu::PDU_HEADER_LEN && available >= wanted {
+            return Ok(());
+        }
+        // Part of the PDU is queued; wait for more without spinning.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn abort_pdu(reason: AbortRQServiceProviderReason) -> Pdu {
+    Pdu::AbortRQ {
+        source: AbortRQSource::ServiceProvider(reason),
+    }
+}
+
+fn reject_over_limit(mut socket: TcpStream, peer: SocketAddr, config: &AcceptorConfig) {
+    if let Err(reason) = await_association_rq(&socket, config.artim_timeout) {
+        debug!(%peer, %reason, "over-limit caller sent no association request");
+        return;
+    }
+    let mut reader = PduReader::new(config.max_pdu_length);
+    let _ = reader.read(&mut socket);
+    warn!(%peer, max = config.max_associations, "association rejected: too many open associations");
+    let reply = Pdu::AssociationRJ(AssociationRJ {
+        result: AssociationRJResult::Transient,
+        source: AssociationRJSource::ServiceProviderPresentation(
+            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+        ),
+    });
+    let _ = pdu::write_pdu(&mut socket, &reply);
+    let _ = socket.shutdown(Shutdown::Both);
+}
+
+/// A reader that gives every PDU a deadline: each read waits at most until
+/// the deadline, so a peer trickling bytes cannot hold a thread forever.
+struct DeadlineReader<'a> {
+    socket: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let remaining = self
+            .deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "PDU deadline passed"))?;
+        self.socket.set_read_timeout(Some(remaining))?;
+        self.socket.read(buf)
+    }
+}
+
+fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span: &tracing::Span) {
+    let peer = socket.peer_addr().ok();
+    if let Err(reason) = await_association_rq(&socket, shared.config.artim_timeout) {
+        warn!(?peer, %reason, "association aborted before negotiation");
+        let mut socket = socket;
+        let _ = pdu::write_pdu(
+            &mut socket,
+            &abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
+        );
+        let _ = socket.shutdown(Shutdown::Both);
+        return;
+    }
+    let mut association = match shared.options.establish(socket) {
+        Ok(association) => association,
+        Err(error) => {
+            warn!(%error, "association not established");
+            return;
+        }
+    };
+    let calling_ae = association.peer_ae_title().trim().to_string();
+    span.record("calling_ae", calling_ae.as_str());
+    let contexts: HashMap<u8, (String, String)> = association
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.id,
+                (
+                    pc.abstract_syntax.trim_end_matches('\0').to_string(),
+                    pc.transfer_syntax.trim_end_matches('\0').to_string(),
+                ),
+            )
+        })
+        .collect();
+    info!(
+        accepted_contexts = contexts.len(),
+        peer_max_pdu = association.peer_max_pdu_length(),
+        "association established"
+    );
+    let peer_max_pdu = association.peer_max_pdu_length();
+    let socket = association.inner_stream();
+    let mut reader = PduReader::new(shared.config.max_pdu_length);
+    let mut session = shared
+        .dispatcher
+        .session(&calling_ae, contexts, peer_max_pdu);
+    loop {
+        let mut timed = DeadlineReader {
+            deadline: Instant::now() + shared.config.idle_timeout,
+            socket,
+        };
+        let incoming = reader.read(&mut timed);
+        let socket_ref = timed.socket;
+        match incoming {
+            Ok(Incoming::PData(data)) => {
+                busy.store(true, Ordering::SeqCst);
+                let mut outcome = MessageOutcome::Continue;
+                for pdv in data.pdvs() {
+                    match pdv {
+                        Ok(pdv) => {
+                            outcome = session.on_pdv(pdv, socket_ref);
+                            if !matches!(outcome, MessageOutcome::Continue | MessageOutcome::Done) {
+                                break;
+                            }
+                        }
+                        Err(error) => {
+                            outcome = MessageOutcome::Abort(format!("malformed P-DATA: {error}"));
+                            break;
+                        }
+                    }
+                }
+                match outcome {
+                    MessageOutcome::Abort(reason) => {
+                        warn!(%reason, "aborting association");
+                        let _ = pdu::write_pdu(
+                            socket_ref,
+                            &abort_pdu(AbortRQServiceProviderReason::InvalidPduParameter),
+                        );
+                        let _ = socket_ref.shutdown(Shutdown::Both);
+                        return;
+                    }
+                    MessageOutcome::Done if !session.in_message() => {
+                        busy.store(false, Ordering::SeqCst);
+                        if shared.stopping.load(Ordering::SeqCst) {
+                            info!("server stopping: aborting association after its last message");
+                            let _ = pdu::write_pdu(
+                                socket_ref,
+                                &abort_pdu(AbortRQServiceProviderReason::ReasonNotSpecified),
+                            );
+                            let _ = socket_ref.shutdown(Shutdown::Both);
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(Incoming::Other(Pdu::ReleaseRQ)) => {
+                let _ = pdu::write_pdu(socket_ref, &Pdu::ReleaseRP);
+                let _ = socket_ref.shutdown(Shutdown::Both);
+                info!("association released");
+                return;
+            }
+            Ok(Incoming::Other(Pdu::AbortRQ { source })) => {
+                info!(?source, "association aborted by the peer");
+                let _ = socket_ref.shutdown(Shutdown::Both);
+                return;
+            }
+            Ok(Incoming::Other(other)) => {
+                warn!(pdu = ?pdu_kind(&other), "unexpected PDU: aborting association");
+                let _ = pdu::write_pdu(
+                    socket_ref,
+                    &abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
+                );
+                let _ = socket_ref.shutdown(Shutdown::Both);
+                return;
+            }
+            Err(PduError::Closed) => {
+                if session.in_message() {
+                    warn!("peer closed the connection in the middle of a message");
+                } else if shared.stopping.load(Ordering::SeqCst) {
+                    info!("association closed for shutdown");
+                } else {
+                    info!("peer closed the connection");
+                }
+                return;
+            }
+            Err(PduError::Io(error))
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                warn!(
+                    timeout_s = shared.config.idle_timeout.as_secs(),
+                    "idle timeout: aborting association"
+                );
+                let _ = pdu::write_pdu(
+                    socket_ref,
+                    &abort_pdu(AbortRQServiceProviderReason::ReasonNotSpecified),
+                );
+                let _ = socket_ref.shutdown(Shutdown::Both);
+                return;
+            }
+            Err(error) => {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    info!("association closed for shutdown");
+                    return;
+                }
+                warn!(%error, "bad PDU: aborting association");
+                let reason = match error {
+                    PduError::TooLarge { .. } => AbortRQServiceProviderReason::InvalidPduParameter,
+                    PduError::UnknownType(_) => AbortRQServiceProviderReason::UnrecognizedPdu,
+                    _ => AbortRQServiceProviderReason::ReasonNotSpecified,
+                };
+                let _ = pdu::write_pdu(socket_ref, &abort_pdu(reason));
+                let _ = socket_ref.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    }
+}
+
+fn pdu_kind(pdu: &Pdu) -> &'static str {
+    match pdu {
+        Pdu::AssociationRQ(_) => "A-ASSOCIATE-RQ",
+        Pdu::AssociationAC(_) => "A-ASSOCIATE-AC",
+        Pdu::AssociationRJ(_) => "A-ASSOCIATE-RJ",
+        Pdu::PData { .. } => "P-DATA-TF",
+        Pdu::ReleaseRQ => "A-RELEASE-RQ",
+        Pdu::ReleaseRP => "A-RELEASE-RP",
+        Pdu::AbortRQ { .. } => "A-ABORT",
+        _ => "unknown",
+    }
+}

@@ -1,0 +1,76 @@
+//! Storage SCP (C-STORE): the data set streams into the ingest service as
+//! its fragments arrive; the response is sent only once ingest says the
+//! instance is durable and indexed.
+
+use tracing::{debug, warn};
+
+use super::Dispatcher;
+use crate::dicom::dimse::{Command, Status};
+use crate::services::{IngestError, IngestWriter, StoreRequest};
+
+/// A C-STORE whose data set is arriving.
+pub struct StoreInProgress {
+    writer: Result<IngestWriter, IngestError>,
+}
+
+impl StoreInProgress {
+    /// Appends data set bytes (dropped if the store already failed).
+    pub fn write(&mut self, bytes: &[u8]) {
+        if let Ok(writer) = &mut self.writer {
+            writer.write_data(bytes);
+        }
+    }
+}
+
+/// Starts a C-STORE on the presentation context's transfer syntax.
+pub fn begin(
+    dispatcher: &Dispatcher,
+    calling_ae: &str,
+    command: &Command,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+) -> StoreInProgress {
+    let sop_class_uid = command
+        .affected_sop_class_uid
+        .as_deref()
+        .unwrap_or(abstract_syntax);
+    let writer = dispatcher.ingest.begin(StoreRequest {
+        partition: &dispatcher.partition,
+        sop_class_uid,
+        sop_instance_uid: command.affected_sop_instance_uid.as_deref().unwrap_or(""),
+        transfer_syntax_uid: transfer_syntax,
+        source_ae: Some(calling_ae),
+    });
+    StoreInProgress { writer }
+}
+
+/// Completes a C-STORE and builds its response.
+pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInProgress) -> Command {
+    let result = in_progress
+        .writer
+        .and_then(|writer| dispatcher.ingest.finish(writer));
+    let sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or("");
+    match result {
+        Ok(outcome) => {
+            debug!(
+                study_uid = %outcome.study_uid,
+                sop_instance_uid,
+                bytes = outcome.file_size,
+                outcome = ?outcome.outcome,
+                "C-STORE stored"
+            );
+            Command::store_rsp(command, Status::SUCCESS)
+        }
+        Err(error) => {
+            let status = error.status();
+            let detail = crate::services::commit::error_chain(&error);
+            warn!(
+                sop_instance_uid = %sop_instance_uid.chars().take(80).collect::<String>(),
+                status = %status,
+                error = %detail,
+                "C-STORE failed"
+            );
+            Command::store_rsp(command, status).with_error_comment(detail)
+        }
+    }
+}
