@@ -1,0 +1,167 @@
+//! Group commit: many writers, one directory sync and one transaction.
+//!
+//! Every association thread fsyncs and renames its own file (that part runs
+//! in parallel), then hands the index record and its pending directory
+//! entries to [`GroupCommitter`]. One committer thread takes everything that
+//! queued up while it was busy, syncs each distinct directory once, commits
+//! all records in one index transaction, and only then answers each writer.
+//! Under load the batch grows by itself; with one writer it is a batch of one.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam::channel::{self, Receiver, Sender};
+
+use crate::db::IndexStore;
+use crate::model::{InsertOutcome, InstanceRecord};
+use crate::storage::{PendingSync, StorageBackend};
+
+/// Most records committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Why a group commit failed (every record of the batch gets the same).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// Directory entries could not be made durable.
+    #[error("cannot make directory entries durable: {0}")]
+    Storage(String),
+    /// The index transaction failed.
+    #[error("index commit failed: {0}")]
+    Index(String),
+    /// The index is out of space.
+    #[error("index is out of space: {0}")]
+    IndexFull(String),
+    /// The committer has stopped (server shutting down).
+    #[error("the committer has stopped")]
+    Stopped,
+}
+
+struct Request {
+    record: InstanceRecord,
+    pending: PendingSync,
+    reply: Sender<Result<InsertOutcome, CommitError>>,
+}
+
+/// Handle to the committer thread; cloning shares it. The thread ends when
+/// the last handle is dropped, after committing what is queued.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    sender: Sender<Request>,
+    _thread: Arc<ThreadGuard>,
+}
+
+impl std::fmt::Debug for GroupCommitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommitter")
+            .field("queued", &self.sender.len())
+            .finish()
+    }
+}
+
+struct ThreadGuard(Option<JoinHandle<()>>);
+
+impl Drop for ThreadGuard {
+    fn drop(&mut self) {
+        // Fields drop in declaration order: the last handle's `sender` is
+        // already gone, so the thread drains the queue, sees the channel
+        // closed and ends; joining waits for the final commit.
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl GroupCommitter {
+    /// Starts the committer thread.
+    pub fn start(index: Arc<dyn IndexStore>, storage: Arc<dyn StorageBackend>) -> GroupCommitter {
+        let (sender, receiver) = channel::unbounded::<Request>();
+        let handle = std::thread::Builder::new()
+            .name("group-commit".into())
+            .spawn(move || run(receiver, index, storage))
+            .expect("spawning the group-commit thread");
+        GroupCommitter {
+            sender,
+            _thread: Arc::new(ThreadGuard(Some(handle))),
+        }
+    }
+
+    /// Queues one record whose file is persisted and waits until it is durable
+    /// and indexed.
+    pub fn commit(
+        &self,
+        record: InstanceRecord,
+        pending: PendingSync,
+    ) -> Result<InsertOutcome, CommitError> {
+        let (reply, answer) = channel::bounded(1);
+        self.sender
+            .send(Request {
+                record,
+                pending,
+                reply,
+            })
+            .map_err(|_| CommitError::Stopped)?;
+        answer.recv().map_err(|_| CommitError::Stopped)?
+    }
+}
+
+fn run(receiver: Receiver<Request>, index: Arc<dyn IndexStore>, storage: Arc<dyn StorageBackend>) {
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut pending = PendingSync::default();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for request in batch {
+            pending.merge(request.pending);
+            records.push(request.record);
+            replies.push(request.reply);
+        }
+        let result = storage
+            .sync(pending)
+            .map_err(|e| CommitError::Storage(error_chain(&e)))
+            .and_then(|()| {
+                index.insert_instances(&records).map_err(|e| match e {
+                    crate::db::Error::Full(_) => CommitError::IndexFull(error_chain(&e)),
+                    other => CommitError::Index(error_chain(&other)),
+                })
+            });
+        tracing::debug!(
+            batch = records.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            ok = result.is_ok(),
+            "group commit"
+        );
+        match result {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                tracing::error!(batch = records.len(), %error, "group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

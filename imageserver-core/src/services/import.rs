@@ -1,0 +1,128 @@
+//! Import: existing DICOM Part 10 files into the archive, through the same
+//! durable path as a C-STORE. A file that fails is left where it was.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use dicom_object::meta::FileMetaTable;
+
+use super::commit::error_chain;
+use super::ingest::{Ingest, Partition, StoreRequest};
+use crate::model::Uid;
+
+/// What happened to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// Stored and indexed.
+    Imported,
+    /// Its SOP Instance UID is already indexed in the partition; not stored again.
+    AlreadyPresent,
+    /// Not imported, with the reason.
+    Rejected(String),
+}
+
+/// Totals of an import run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Files stored.
+    pub imported: u64,
+    /// Files whose instance was already indexed.
+    pub already_present: u64,
+    /// Files not imported, with reasons.
+    pub rejected: Vec<(PathBuf, String)>,
+}
+
+/// Lists the files under `paths` (directories recursively, sorted), so a
+/// caller can size a progress bar before importing.
+pub fn collect_files(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        collect(path, &mut files)?;
+    }
+    Ok(files)
+}
+
+fn collect(path: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<io::Result<_>>()?;
+        entries.sort();
+        for entry in entries {
+            collect(&entry, files)?;
+        }
+    } else if meta.is_file() {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Imports `files` into `partition`, calling `progress` after each file.
+pub fn import_files(
+    ingest: &Ingest,
+    partition: &Partition,
+    files: &[PathBuf],
+    progress: &mut dyn FnMut(&Path, &FileOutcome),
+) -> ImportSummary {
+    let mut summary = ImportSummary::default();
+    for path in files {
+        let outcome = match import_file(ingest, partition, path) {
+            Ok(outcome) => outcome,
+            Err(reason) => FileOutcome::Rejected(reason),
+        };
+        match &outcome {
+            FileOutcome::Imported => summary.imported += 1,
+            FileOutcome::AlreadyPresent => summary.already_present += 1,
+            FileOutcome::Rejected(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "import rejected");
+                summary.rejected.push((path.clone(), reason.clone()))
+            }
+        }
+        progress(path, &outcome);
+    }
+    summary
+}
+
+/// Imports one Part 10 file.
+pub fn import_file(
+    ingest: &Ingest,
+    partition: &Partition,
+    path: &Path,
+) -> Result<FileOutcome, String> {
+    let mut reader = BufReader::new(File::open(path).map_err(|e| format!("cannot open: {e}"))?);
+    let mut preamble = [0u8; 128];
+    reader
+        .read_exact(&mut preamble)
+        .map_err(|_| "not a DICOM Part 10 file (too short)".to_string())?;
+    let meta = FileMetaTable::from_reader(&mut reader)
+        .map_err(|e| format!("not a DICOM Part 10 file: {}", error_chain(&e)))?;
+    let sop_instance_uid = meta.media_storage_sop_instance_uid().to_string();
+    if let Ok(uid) = Uid::parse(&sop_instance_uid) {
+        let present = ingest
+            .index()
+            .instance(partition.id, &uid)
+            .map_err(|e| format!("index lookup failed: {}", error_chain(&e)))?;
+        if present.is_some() {
+            return Ok(FileOutcome::AlreadyPresent);
+        }
+    }
+    // The meta group is 12 bytes of group length element plus its value.
+    let data_start = 128 + 4 + 12 + u64::from(meta.information_group_length);
+    reader
+        .seek(SeekFrom::Start(data_start))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let mut writer = ingest
+        .begin(StoreRequest {
+            partition,
+            sop_class_uid: meta.media_storage_sop_class_uid(),
+            sop_instance_uid: &sop_instance_uid,
+            transfer_syntax_uid: meta.transfer_syntax(),
+            source_ae: meta.source_application_entity_title(),
+        })
+        .map_err(|e| error_chain(&e))?;
+    io::copy(&mut reader, &mut writer).map_err(|e| format!("cannot read: {e}"))?;
+    ingest.finish(writer).map_err(|e| error_chain(&e))?;
+    Ok(FileOutcome::Imported)
+}

@@ -1,0 +1,622 @@
+//! Ingest: from a stream of data set bytes to a durable, indexed instance.
+//!
+//! [`Ingest::begin`] opens an [`IngestWriter`] on the chosen filesystem and
+//! writes the Part 10 preamble and file meta group; the caller streams the
+//! received data set bytes into it verbatim; [`Ingest::finish`] checks the
+//! data set, reads its header (only up to Pixel Data), validates every UID,
+//! places the file, and waits for the group commit. Only an `Ok` from
+//! `finish` may become a C-STORE success.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, RwLock};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+
+use super::commit::{error_chain, CommitError, GroupCommitter};
+use super::walker::DataSetWalker;
+use crate::db::{self, IndexStore};
+use crate::dicom::dimse::Status;
+use crate::model::{
+    study_date_folder, AeTitle, Filesystem, FilesystemId, FolderName, InsertOutcome, InstanceAttrs,
+    InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs, StudyLocation, Uid,
+    UidError,
+};
+use crate::storage::{self, InstanceKey, ObjectWriter, StorageBackend};
+
+/// Our Implementation Class UID (PS3.7 D.3.3.2), written to every file meta.
+pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.28222852552463158573786484331843668477";
+/// Our Implementation Version Name.
+pub const IMPLEMENTATION_VERSION_NAME: &str = "IMAGESERVER_01";
+
+/// Bytes of each file kept in memory to parse the header from, without
+/// reading the file back. Headers larger than this are read back from disk.
+const HEADER_PREFIX: usize = 128 * 1024;
+/// Study locations remembered between instances before the cache is reset.
+const LOCATION_CACHE: usize = 16 * 1024;
+
+/// A partition as the services see it: a virtual server with its own AE
+/// title and storage folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    /// Index key.
+    pub id: PartitionId,
+    /// The AE title it answers to.
+    pub ae_title: AeTitle,
+    /// Its folder under each filesystem.
+    pub folder: FolderName,
+}
+
+/// What a caller knows about an instance before its data set arrives (from
+/// the C-STORE command and the presentation context, or a file's meta).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreRequest<'a> {
+    /// The partition it is stored into.
+    pub partition: &'a Partition,
+    /// Affected SOP Class UID of the command.
+    pub sop_class_uid: &'a str,
+    /// Affected SOP Instance UID of the command.
+    pub sop_instance_uid: &'a str,
+    /// The transfer syntax the data set is encoded in.
+    pub transfer_syntax_uid: &'a str,
+    /// The sending AE title (`None` for imports).
+    pub source_ae: Option<&'a str>,
+}
+
+/// Why an instance was not stored. [`IngestError::status`] maps each to the
+/// C-STORE status of PS3.4 B.2.3.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// A UID (in the command or the data set) is not a valid UID.
+    #[error("invalid {attribute} {value:?}: {source}")]
+    InvalidUid {
+        /// Which attribute.
+        attribute: &'static str,
+        /// The offending value (truncated).
+        value: String,
+        /// What is wrong with it.
+        #[source]
+        source: UidError,
+    },
+    /// A required attribute is missing from the data set.
+    #[error("the data set has no {0}")]
+    MissingAttribute(&'static str),
+    /// The data set is incomplete or structurally broken.
+    #[error("the data set is incomplete or malformed: {0}")]
+    Malformed(String),
+    /// The data set could not be parsed.
+    #[error("the data set cannot be parsed: {0}")]
+    Unparseable(String),
+    /// The data set's SOP Class or Instance UID differs from the command's.
+    #[error("{attribute} of the data set ({dataset}) differs from the command ({command})")]
+    Mismatch {
+        /// Which attribute.
+        attribute: &'static str,
+        /// The value in the command.
+        command: String,
+        /// The value in the data set.
+        dataset: String,
+    },
+    /// No writable filesystem has room.
+    #[error("no writable filesystem has room for new instances")]
+    NoFilesystem,
+    /// Writing the file failed.
+    #[error("storage failure: {0}")]
+    Storage(#[source] storage::Error),
+    /// Indexing failed.
+    #[error("index failure: {0}")]
+    Index(#[source] db::Error),
+    /// The durable commit failed.
+    #[error("commit failed: {0}")]
+    Commit(#[source] CommitError),
+}
+
+impl IngestError {
+    /// The C-STORE status for this error: A700 when resources ran out (disk,
+    /// database), A900 for an identifier mismatch, C000 for data we cannot
+    /// understand.
+    pub fn status(&self) -> Status {
+        match self {
+            IngestError::InvalidUid { .. }
+            | IngestError::MissingAttribute(_)
+            | IngestError::Malformed(_)
+            | IngestError::Unparseable(_) => Status::CANNOT_UNDERSTAND,
+            IngestError::Mismatch { .. } => Status::DATASET_MISMATCH,
+            IngestError::NoFilesystem
+            | IngestError::Storage(_)
+            | IngestError::Index(_)
+            | IngestError::Commit(_) => Status::OUT_OF_RESOURCES,
+        }
+    }
+}
+
+/// What a successful ingest did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOutcome {
+    /// New instance, or a replacement of an indexed one.
+    pub outcome: InsertOutcome,
+    /// The study it belongs to.
+    pub study_uid: Uid,
+    /// The series it belongs to.
+    pub series_uid: Uid,
+    /// Bytes of the stored file.
+    pub file_size: u64,
+}
+
+/// The ingest service. Cheap to clone; shared by every association.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    index: Arc<dyn IndexStore>,
+    storage: Arc<dyn StorageBackend>,
+    committer: GroupCommitter,
+    filesystems: RwLock<Vec<Filesystem>>,
+    locations: Mutex<HashMap<(PartitionId, Uid), StudyLocation>>,
+    min_free_bytes: u64,
+}
+
+impl Ingest {
+    /// Builds the service and starts its group committer. New studies go to
+    /// the writable filesystem of the lowest tier with the most room, never
+    /// below `min_free_bytes` free.
+    pub fn new(
+        index: Arc<dyn IndexStore>,
+        storage: Arc<dyn StorageBackend>,
+        min_free_bytes: u64,
+    ) -> Result<Ingest, db::Error> {
+        let filesystems = index.filesystems()?;
+        let committer = GroupCommitter::start(index.clone(), storage.clone());
+        Ok(Ingest {
+            inner: Arc::new(Inner {
+                index,
+                storage,
+                committer,
+                filesystems: RwLock::new(filesystems),
+                locations: Mutex::new(HashMap::new()),
+                min_free_bytes,
+            }),
+        })
+    }
+
+    /// Re-reads the filesystem list from the index.
+    pub fn refresh_filesystems(&self) -> Result<(), db::Error> {
+        let filesystems = self.inner.index.filesystems()?;
+        *self
+            .inner
+            .filesystems
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = filesystems;
+        Ok(())
+    }
+
+    /// The index this service writes to.
+    pub fn index(&self) -> &Arc<dyn IndexStore> {
+        &self.inner.index
+    }
+
+    /// Opens a writer for one instance and writes its file meta group.
+    pub fn begin(&self, request: StoreRequest<'_>) -> Result<IngestWriter, IngestError> {
+        let sop_class_uid = parse_uid("SOP Class UID", request.sop_class_uid)?;
+        let sop_instance_uid = parse_uid("SOP Instance UID", request.sop_instance_uid)?;
+        let transfer_syntax_uid = parse_uid("Transfer Syntax UID", request.transfer_syntax_uid)?;
+        let filesystem = self.choose_filesystem()?;
+        let object = self
+            .inner
+            .storage
+            .begin_write(&filesystem)
+            .map_err(IngestError::Storage)?;
+        let mut writer = IngestWriter {
+            object,
+            filesystem,
+            hasher: blake3::Hasher::new(),
+            prefix: Vec::with_capacity(4096),
+            walker: DataSetWalker::for_transfer_syntax(transfer_syntax_uid.as_str()),
+            written: 0,
+            error: None,
+            partition: request.partition.clone(),
+            sop_class_uid,
+            sop_instance_uid,
+            transfer_syntax_uid,
+            source_ae: request.source_ae.map(str::to_string),
+        };
+        let meta = file_meta(&writer, request.source_ae)?;
+        writer.put(&[0u8; 128]);
+        writer.put(&meta);
+        if let Some(error) = writer.error.take() {
+            return Err(IngestError::Storage(error));
+        }
+        Ok(writer)
+    }
+
+    /// Checks, places and commits an instance whose data set has been
+    /// written completely. On `Ok` the instance is durable and queryable.
+    pub fn finish(&self, mut writer: IngestWriter) -> Result<StoreOutcome, IngestError> {
+        if let Some(error) = writer.error.take() {
+            return Err(IngestError::Storage(error));
+        }
+        if let Some(walker) = writer.walker.take() {
+            walker.finish().map_err(IngestError::Malformed)?;
+        }
+        let header = writer.parse_header()?;
+        let record = self.record_for(&writer, &header)?;
+        let key = InstanceKey {
+            location: record.location.clone(),
+            series_uid: record.series.series_uid.clone(),
+            sop_instance_uid: record.instance.sop_instance_uid.clone(),
+        };
+        let file_size = record.instance.file_size;
+        let pending = if key.location.filesystem == writer.filesystem.id {
+            writer.object.persist(&key).map_err(IngestError::Storage)?
+        } else {
+            // The study already lives on another filesystem: keep it whole.
+            let target = self.filesystem(key.location.filesystem)?;
+            let mut staged = key.clone();
+            staged.location.filesystem = writer.filesystem.id;
+            let pending = writer
+                .object
+                .persist(&staged)
+                .map_err(IngestError::Storage)?;
+            self.inner
+                .storage
+                .sync(pending)
+                .map_err(IngestError::Storage)?;
+            self.inner
+                .storage
+                .move_instance(&writer.filesystem, &target, &staged, &key)
+                .map_err(IngestError::Storage)?;
+            storage::PendingSync::default()
+        };
+        let study_uid = record.study.study_uid.clone();
+        let series_uid = record.series.series_uid.clone();
+        let outcome = self
+            .inner
+            .committer
+            .commit(record, pending)
+            .map_err(IngestError::Commit)?;
+        Ok(StoreOutcome {
+            outcome,
+            study_uid,
+            series_uid,
+            file_size,
+        })
+    }
+
+    fn choose_filesystem(&self) -> Result<Filesystem, IngestError> {
+        let filesystems = self
+            .inner
+            .filesystems
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut best: Option<(&Filesystem, u64)> = None;
+        for fs in filesystems
+            .iter()
+            .filter(|fs| fs.enabled && !fs.spec.read_only)
+        {
+            if let Some((chosen, _)) = best {
+                if fs.spec.tier > chosen.spec.tier {
+                    continue;
+                }
+            }
+            let usage = match self.inner.storage.usage(fs) {
+                Ok(usage) => usage,
+                Err(error) => {
+                    tracing::warn!(filesystem = %fs.spec.path.display(), %error, "filesystem unusable");
+                    continue;
+                }
+            };
+            if usage.available_bytes < self.inner.min_free_bytes {
+                continue;
+            }
+            let better = match best {
+                None => true,
+                Some((chosen, room)) => {
+                    fs.spec.tier < chosen.spec.tier || usage.available_bytes > room
+                }
+            };
+            if better {
+                best = Some((fs, usage.available_bytes));
+            }
+        }
+        best.map(|(fs, _)| fs.clone())
+            .ok_or(IngestError::NoFilesystem)
+    }
+
+    fn filesystem(&self, id: FilesystemId) -> Result<Filesystem, IngestError> {
+        let known = self
+            .inner
+            .filesystems
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|fs| fs.id == id)
+            .cloned();
+        match known {
+            Some(fs) => Ok(fs),
+            None => {
+                self.refresh_filesystems().map_err(IngestError::Index)?;
+                self.inner
+                    .filesystems
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|fs| fs.id == id)
+                    .cloned()
+                    .ok_or(IngestError::NoFilesystem)
+            }
+        }
+    }
+
+    /// The study's location: remembered, indexed, or new on `filesystem`.
+    fn location(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+        study_date: Option<&str>,
+        filesystem: FilesystemId,
+    ) -> Result<StudyLocation, IngestError> {
+        let cache_key = (partition.id, study_uid.clone());
+        let mut cache = self
+            .inner
+            .locations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(location) = cache.get(&cache_key) {
+            return Ok(location.clone());
+        }
+        // Looking up under the lock serialises first instances of a study
+        // in this process, so concurrent associations agree on its folder.
+        let location = match self
+            .inner
+            .index
+            .study_location(partition.id, study_uid)
+            .map_err(IngestError::Index)?
+        {
+            Some(location) => location,
+            None => StudyLocation {
+                filesystem,
+                partition_folder: partition.folder.clone(),
+                date_folder: study_date_folder(study_date),
+                study_uid: study_uid.clone(),
+            },
+        };
+        if cache.len() >= LOCATION_CACHE {
+            cache.clear();
+        }
+        cache.insert(cache_key, location.clone());
+        Ok(location)
+    }
+
+    fn record_for(
+        &self,
+        writer: &IngestWriter,
+        header: &DefaultDicomObject,
+    ) -> Result<InstanceRecord, IngestError> {
+        let sop_class = required_uid(header, tags::SOP_CLASS_UID, "SOP Class UID")?;
+        let sop_instance = required_uid(header, tags::SOP_INSTANCE_UID, "SOP Instance UID")?;
+        if sop_class != writer.sop_class_uid {
+            return Err(IngestError::Mismatch {
+                attribute: "SOP Class UID",
+                command: writer.sop_class_uid.to_string(),
+                dataset: sop_class.to_string(),
+            });
+        }
+        if sop_instance != writer.sop_instance_uid {
+            return Err(IngestError::Mismatch {
+                attribute: "SOP Instance UID",
+                command: writer.sop_instance_uid.to_string(),
+                dataset: sop_instance.to_string(),
+            });
+        }
+        let study_uid = required_uid(header, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
+        let series_uid = required_uid(header, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
+        let study_date = text(header, tags::STUDY_DATE);
+        let location = self.location(
+            &writer.partition,
+            &study_uid,
+            study_date.as_deref(),
+            writer.filesystem.id,
+        )?;
+        Ok(InstanceRecord {
+            partition: writer.partition.id,
+            location,
+            patient: PatientAttrs {
+                patient_id: text(header, tags::PATIENT_ID).unwrap_or_default(),
+                issuer_of_patient_id: text(header, tags::ISSUER_OF_PATIENT_ID),
+                patient_name: text(header, tags::PATIENT_NAME),
+                birth_date: text(header, tags::PATIENT_BIRTH_DATE),
+                sex: text(header, tags::PATIENT_SEX),
+            },
+            study: StudyAttrs {
+                study_uid,
+                study_date,
+                study_time: text(header, tags::STUDY_TIME),
+                accession_number: text(header, tags::ACCESSION_NUMBER),
+                study_id: text(header, tags::STUDY_ID),
+                study_description: text(header, tags::STUDY_DESCRIPTION),
+                referring_physician_name: text(header, tags::REFERRING_PHYSICIAN_NAME),
+                specific_character_set: text(header, tags::SPECIFIC_CHARACTER_SET),
+            },
+            series: SeriesAttrs {
+                series_uid,
+                modality: text(header, tags::MODALITY),
+                series_number: int(header, tags::SERIES_NUMBER),
+                series_description: text(header, tags::SERIES_DESCRIPTION),
+                body_part_examined: text(header, tags::BODY_PART_EXAMINED),
+                series_date: text(header, tags::SERIES_DATE),
+                series_time: text(header, tags::SERIES_TIME),
+            },
+            instance: InstanceAttrs {
+                sop_instance_uid: sop_instance,
+                sop_class_uid: sop_class,
+                instance_number: int(header, tags::INSTANCE_NUMBER),
+                transfer_syntax_uid: writer.transfer_syntax_uid.clone(),
+                file_size: writer.written,
+                digest: writer.hasher.clone().finalize().to_hex().to_string(),
+                source_ae: writer.source_ae.clone(),
+            },
+        })
+    }
+}
+
+/// A streamed write of one instance's data set. Writes never fail: an IO
+/// error is remembered and reported by [`Ingest::finish`], so a receiver
+/// can keep draining the network until the message ends.
+pub struct IngestWriter {
+    object: Box<dyn ObjectWriter>,
+    filesystem: Filesystem,
+    hasher: blake3::Hasher,
+    /// The file from its `DICM` magic on, up to [`HEADER_PREFIX`] bytes.
+    prefix: Vec<u8>,
+    walker: Option<DataSetWalker>,
+    written: u64,
+    error: Option<storage::Error>,
+    partition: Partition,
+    sop_class_uid: Uid,
+    sop_instance_uid: Uid,
+    transfer_syntax_uid: Uid,
+    source_ae: Option<String>,
+}
+
+impl std::fmt::Debug for IngestWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestWriter")
+            .field("sop_instance_uid", &self.sop_instance_uid)
+            .field("written", &self.written)
+            .finish()
+    }
+}
+
+impl IngestWriter {
+    /// Appends data set bytes (received verbatim).
+    pub fn write_data(&mut self, bytes: &[u8]) {
+        if let Some(walker) = self.walker.as_mut() {
+            walker.feed(bytes);
+        }
+        self.put(bytes);
+    }
+
+    /// Bytes of the file so far (preamble and meta included).
+    pub fn len(&self) -> u64 {
+        self.written
+    }
+
+    /// Whether nothing has been written (never true after `begin`).
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(source) = self.object.write_all(bytes) {
+            let path = self.filesystem.spec.path.clone();
+            let full = matches!(source.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT);
+            self.error = Some(if full {
+                storage::Error::Full { root: path, source }
+            } else {
+                storage::Error::Io {
+                    operation: "writing",
+                    path,
+                    source,
+                }
+            });
+            return;
+        }
+        self.hasher.update(bytes);
+        let skip_preamble = 128u64.saturating_sub(self.written) as usize;
+        if self.prefix.len() < HEADER_PREFIX && bytes.len() > skip_preamble {
+            let wanted = HEADER_PREFIX - self.prefix.len();
+            let piece = &bytes[skip_preamble..];
+            self.prefix
+                .extend_from_slice(&piece[..piece.len().min(wanted)]);
+        }
+        self.written += bytes.len() as u64;
+    }
+
+    /// Parses the file's meta and data set up to Pixel Data.
+    fn parse_header(&mut self) -> Result<DefaultDicomObject, IngestError> {
+        let options = || OpenFileOptions::new().read_until(tags::PIXEL_DATA);
+        match options().from_reader(&self.prefix[..]) {
+            Ok(object) => return Ok(object),
+            Err(error) if self.written <= 128 + self.prefix.len() as u64 => {
+                return Err(IngestError::Unparseable(error_chain(&error)));
+            }
+            Err(_) => {}
+        }
+        let mut reader = self.object.read_back().map_err(IngestError::Storage)?;
+        let mut preamble = [0u8; 128];
+        reader
+            .read_exact(&mut preamble)
+            .map_err(|e| IngestError::Unparseable(e.to_string()))?;
+        options()
+            .from_reader(reader)
+            .map_err(|e| IngestError::Unparseable(error_chain(&e)))
+    }
+}
+
+impl Write for IngestWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_data(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn file_meta(writer: &IngestWriter, source_ae: Option<&str>) -> Result<Vec<u8>, IngestError> {
+    let mut builder = dicom_object::meta::FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(writer.sop_class_uid.as_str())
+        .media_storage_sop_instance_uid(writer.sop_instance_uid.as_str())
+        .transfer_syntax(writer.transfer_syntax_uid.as_str())
+        .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(IMPLEMENTATION_VERSION_NAME);
+    if let Some(ae) = source_ae.filter(|ae| !ae.trim().is_empty()) {
+        builder = builder.source_application_entity_title(ae.trim());
+    }
+    let meta = builder
+        .build()
+        .map_err(|e| IngestError::Unparseable(error_chain(&e)))?;
+    let mut bytes = b"DICM".to_vec();
+    meta.write(&mut bytes)
+        .map_err(|e| IngestError::Unparseable(error_chain(&e)))?;
+    Ok(bytes)
+}
+
+fn parse_uid(attribute: &'static str, value: &str) -> Result<Uid, IngestError> {
+    Uid::parse(value).map_err(|source| IngestError::InvalidUid {
+        attribute,
+        value: value.chars().take(80).collect(),
+        source,
+    })
+}
+
+fn required_uid(
+    header: &DefaultDicomObject,
+    tag: Tag,
+    attribute: &'static str,
+) -> Result<Uid, IngestError> {
+    let value = text(header, tag).ok_or(IngestError::MissingAttribute(attribute))?;
+    parse_uid(attribute, &value)
+}
+
+/// A trimmed, non-empty string value of a root-level attribute.
+fn text(header: &DefaultDicomObject, tag: Tag) -> Option<String> {
+    let element = header.element_opt(tag).ok().flatten()?;
+    let value = element.to_str().ok()?;
+    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+fn int(header: &DefaultDicomObject, tag: Tag) -> Option<i32> {
+    header.element_opt(tag).ok().flatten()?.to_int::<i32>().ok()
+}

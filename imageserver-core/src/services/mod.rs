@@ -1,0 +1,16 @@
+//! The use cases, over the [`crate::db`] and [`crate::storage`] seams.
+//!
+//! - [`ingest`]: a streamed data set becomes a durable, indexed instance.
+//! - [`commit`]: the group committer ingest waits on.
+//! - [`import`]: existing Part 10 files brought in through ingest.
+//!
+//! Errors of the use cases carry their DICOM status
+//! ([`ingest::IngestError::status`]): the one place where failures become
+//! statuses.
+
+pub mod commit;
+pub mod import;
+pub mod ingest;
+mod walker;
+
+pub use ingest::{Ingest, IngestError, IngestWriter, Partition, StoreOutcome, StoreRequest};
