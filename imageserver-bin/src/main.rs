@@ -1,0 +1,224 @@
+//! `imageserver`: the reference server binary over `imageserver-core`.
+//!
+//! Thin by design: parse flags into a [`Config`], validate it, open the
+//! archive, run. Errors are printed once with their chain and turned into an
+//! exit code here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use imageserver_core::config::{Config, DeviceConfig};
+use imageserver_core::server::{Archive, Server};
+use imageserver_core::services::import::{self, FileOutcome};
+
+/// A DICOM image archive: C-ECHO and durable C-STORE into an indexed,
+/// filesystem-backed study store.
+#[derive(Parser, Debug)]
+#[command(name = "imageserver", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the DICOM server until SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
+    /// Import DICOM Part 10 files or directories into the archive.
+    Import(ImportArgs),
+}
+
+/// Settings shared by every command that opens the archive.
+#[derive(Args, Debug)]
+struct ArchiveArgs {
+    /// TOML configuration file (every setting; flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: default index and filesystem location.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Index database URL, e.g. sqlite:/srv/pacs/index.db.
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// Our AE title (also the partition folder).
+    #[arg(long, value_name = "AE")]
+    aet: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// DICOM port.
+    #[arg(long, value_name = "N")]
+    port: Option<u16>,
+    /// A known remote AE, AE=HOST:PORT (repeatable).
+    #[arg(long = "device", value_name = "AE=HOST:PORT")]
+    devices: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct ImportArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Files or directories (searched recursively).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Import(args) => run_import(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("imageserver: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("IMAGESERVER_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The configuration file (if any) with the flags applied over it.
+fn load_config(args: &ArchiveArgs) -> Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(data) = &args.data {
+        config.data_dir = data.clone();
+    }
+    if let Some(db) = &args.db {
+        config.db = Some(db.clone());
+    }
+    if let Some(aet) = &args.aet {
+        config.dicom.ae_title = aet.clone();
+    }
+    Ok(config)
+}
+
+fn parse_device(text: &str) -> Result<DeviceConfig> {
+    let Some((ae, address)) = text.split_once('=') else {
+        bail!("--device {text:?}: expected AE=HOST:PORT");
+    };
+    let Some((host, port)) = address.rsplit_once(':') else {
+        bail!("--device {text:?}: expected AE=HOST:PORT");
+    };
+    let port = port
+        .parse()
+        .with_context(|| format!("--device {text:?}: bad port"))?;
+    Ok(DeviceConfig {
+        ae_title: ae.to_string(),
+        host: host.to_string(),
+        port,
+        allow_store: true,
+        allow_query: true,
+        allow_retrieve: true,
+    })
+}
+
+fn open_archive(config: &Config) -> Result<Archive> {
+    let settings = config.validate()?;
+    Archive::open(settings).context("cannot open the archive")
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    let mut config = load_config(&args.archive)?;
+    if let Some(bind) = args.bind {
+        config.dicom.bind = bind;
+    }
+    if let Some(port) = args.port {
+        config.dicom.port = port;
+    }
+    for device in &args.devices {
+        config.devices.push(parse_device(device)?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let archive = open_archive(&config)?;
+    let server = Server::start(archive)?;
+    tracing::info!(
+        address = %server.local_addr(),
+        ae_title = %config.dicom.ae_title,
+        db = %config.db_url(),
+        "imageserver ready"
+    );
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("stopping: no new associations; finishing messages in flight");
+    server.shutdown(Duration::from_secs(30));
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_import(args: ImportArgs) -> Result<ExitCode> {
+    let config = load_config(&args.archive)?;
+    let archive = open_archive(&config)?;
+    let files = import::collect_files(&args.paths).context("listing the files to import")?;
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(files.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} files  {per_sec}  eta {eta}  {msg}",
+        )
+        .expect("a valid progress template"),
+    );
+    let summary = import::import_files(
+        &archive.ingest,
+        &archive.partition,
+        &files,
+        &mut |path, outcome| {
+            if let FileOutcome::Rejected(reason) = outcome {
+                bar.println(format!("rejected {}: {reason}", path.display()));
+            }
+            bar.inc(1);
+        },
+    );
+    bar.finish_and_clear();
+    println!(
+        "imported {}, already present {}, rejected {}",
+        summary.imported,
+        summary.already_present,
+        summary.rejected.len()
+    );
+    for (path, reason) in &summary.rejected {
+        println!("  rejected {}: {reason}", path.display());
+    }
+    Ok(if summary.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
