@@ -1,0 +1,520 @@
+//! Malformed, lying, slow and too many peers: statuses, closes, limits.
+//!
+//! Each test runs its cases against one server and then checks that the
+//! server still answers C-ECHO. Durations below are failure bounds, never
+//! timing assertions.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::corpus::Rng;
+use crate::support::dcmtk;
+use crate::support::raw::{
+    self, ct_dataset, ct_dataset_header, ConnectionEnd, DatasetUids, Pdu, Proposal, RawPeer,
+};
+use crate::support::server::{test_dir, Server};
+use crate::support::{archived_files, files_under};
+
+/// ARTIM timeout the hostile tests configure, in seconds.
+const ARTIM_SECS: u64 = 3;
+/// Idle timeout the hostile tests configure, in seconds.
+const IDLE_SECS: u64 = 5;
+/// How much a hostile input may grow the server's RSS.
+const RSS_HEADROOM: u64 = 64 << 20;
+
+/// C-STORE statuses (PS3.4 Annex B, PS3.7 Annex C).
+const SUCCESS: u16 = 0x0000;
+const IDENTIFIER_MISMATCH: u16 = 0xA900;
+const CANNOT_UNDERSTAND: u16 = 0xC000;
+
+/// A server with short ARTIM and idle timeouts.
+fn start_hostile_target(root: &Path) -> Server {
+    Server::builder(root)
+        .dicom_setting("artim_timeout_secs", ARTIM_SECS)
+        .dicom_setting("idle_timeout_secs", IDLE_SECS)
+        .start()
+}
+
+/// The bound within which a misbehaving peer must be disconnected.
+fn close_bound(timeout_secs: u64) -> Duration {
+    Duration::from_secs(2 * timeout_secs)
+}
+
+/// Fails unless a C-ECHO succeeds (the server survived the last case).
+fn assert_still_answers(server: &Server, after: &str) {
+    let echo = dcmtk::echo(server.addr(), server.ae_title(), Duration::from_secs(10));
+    assert!(echo.success(), "no C-ECHO after {after}:\n{echo}");
+}
+
+/// Presentation context 1: CT Image Storage in Implicit VR LE.
+fn ct_context() -> Vec<Proposal> {
+    vec![Proposal::implicit(1, raw::CT_IMAGE_STORAGE)]
+}
+
+fn fresh_uids(rng: &mut Rng) -> DatasetUids {
+    DatasetUids {
+        sop_class_uid: raw::CT_IMAGE_STORAGE.to_string(),
+        sop_instance_uid: rng.uid(),
+        study_uid: rng.uid(),
+        series_uid: rng.uid(),
+    }
+}
+
+#[test]
+fn malformed_pdus_close_the_connection() {
+    let dir = test_dir("bad-pdus");
+    let server = start_hostile_target(dir.path());
+    let bound = close_bound(ARTIM_SECS);
+    let idle_rss = server.rss_bytes();
+    let sampler = server.sample_rss();
+
+    // An HTTP request instead of an A-ASSOCIATE-RQ.
+    let mut peer = RawPeer::connect(server.addr());
+    let _ = peer.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    peer.expect_closed_within(bound);
+    assert_still_answers(&server, "an HTTP request");
+
+    // Random bytes, starting with a byte that is no PDU type.
+    let mut rng = Rng::new(99);
+    let mut garbage: Vec<u8> = (0..4096).map(|_| rng.next_u64() as u8).collect();
+    garbage[0] = 0xA5;
+    let mut peer = RawPeer::connect(server.addr());
+    let _ = peer.send(&garbage);
+    peer.expect_closed_within(bound);
+    assert_still_answers(&server, "random bytes");
+
+    // P-DATA-TF before any association.
+    let mut peer = RawPeer::connect(server.addr());
+    let _ = peer.send(&raw::p_data_tf(1, true, true, &raw::c_echo_rq(1)));
+    peer.expect_closed_within(bound);
+    assert_still_answers(&server, "P-DATA before association");
+
+    // An A-ASSOCIATE-RQ whose PDU length claims 4 GiB, followed by 64 KiB.
+    let mut peer = RawPeer::connect(server.addr());
+    let _ = peer.send(&[raw::pdu_type::ASSOCIATE_RQ, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    let _ = peer.send(&[0u8; 64 * 1024]);
+    peer.expect_closed_within(bound);
+    assert_still_answers(&server, "a 4 GiB A-ASSOCIATE-RQ");
+
+    // A P-DATA-TF claiming 4 GiB on an established association.
+    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
+    let _ = peer.send(&[raw::pdu_type::P_DATA_TF, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    let _ = peer.send(&[0u8; 64 * 1024]);
+    peer.expect_closed_within(close_bound(IDLE_SECS));
+    assert_still_answers(&server, "a 4 GiB P-DATA-TF");
+
+    // An unknown PDU type on an established association.
+    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
+    let _ = peer.send(&[0x42, 0, 0, 0, 0, 4, 1, 2, 3, 4]);
+    peer.expect_closed_within(bound);
+    assert_still_answers(&server, "an unknown PDU type");
+
+    let peak_rss = sampler.stop();
+    assert!(
+        peak_rss <= idle_rss + RSS_HEADROOM,
+        "server RSS peaked at {} MiB, idle was {} MiB",
+        peak_rss >> 20,
+        idle_rss >> 20
+    );
+    assert!(
+        archived_files(server.archive()).is_empty(),
+        "files were archived"
+    );
+}
+
+/// One hostile C-STORE: the command's UIDs, the data set sent, the status
+/// expected.
+struct StoreCase {
+    name: &'static str,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+    dataset: Vec<u8>,
+    expected_status: u16,
+}
+
+#[test]
+fn malformed_data_sets_get_failure_statuses_and_write_nothing() {
+    let dir = test_dir("bad-datasets");
+    let server = start_hostile_target(dir.path());
+    let mut rng = Rng::new(1234);
+    let escape_target = dir.path().join("escaped");
+    let files_before: BTreeSet<PathBuf> = files_under(dir.path()).into_iter().collect();
+    // Traversal targets next to the test directory, in the temp dir root.
+    let outside = [
+        std::env::temp_dir().join("x"),
+        std::env::temp_dir().join("x.dcm"),
+    ];
+    let outside_before: Vec<bool> = outside.iter().map(|path| path.exists()).collect();
+
+    // Positive control: the hand-made data set itself is fine.
+    let control = fresh_uids(&mut rng);
+    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
+    let status = peer.c_store(
+        1,
+        &control.sop_class_uid,
+        &control.sop_instance_uid,
+        &ct_dataset(&control),
+    );
+    assert_eq!(status, Some(SUCCESS), "the control instance was not stored");
+    peer.release();
+    let control_path = server.archive().expected_path(
+        raw::CT_DATASET_STUDY_DATE,
+        &control.study_uid,
+        &control.series_uid,
+        &control.sop_instance_uid,
+    );
+    assert!(
+        control_path.is_file(),
+        "control not at {}",
+        control_path.display()
+    );
+
+    // A Study Date that is a path trick is stored under 00000000.
+    let undated = fresh_uids(&mut rng);
+    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
+    let status = peer.c_store(
+        1,
+        &undated.sop_class_uid,
+        &undated.sop_instance_uid,
+        &raw::ct_dataset_dated(&undated, "../../.."),
+    );
+    assert_eq!(status, Some(SUCCESS), "a hostile Study Date was refused");
+    peer.release();
+    let undated_path = server.archive().expected_path(
+        "00000000",
+        &undated.study_uid,
+        &undated.series_uid,
+        &undated.sop_instance_uid,
+    );
+    assert!(
+        undated_path.is_file(),
+        "the instance with a hostile Study Date is not at {}",
+        undated_path.display()
+    );
+
+    let idle_rss = server.rss_bytes();
+    let sampler = server.sample_rss();
+    let cases = hostile_store_cases(&mut rng, &escape_target);
+    for case in &cases {
+        let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
+        let status = peer.c_store(
+            1,
+            &case.sop_class_uid,
+            &case.sop_instance_uid,
+            &case.dataset,
+        );
+        assert_eq!(
+            status,
+            Some(case.expected_status),
+            "case {:?}: expected status {:04X}, got {:04X?}",
+            case.name,
+            case.expected_status,
+            status
+        );
+        peer.release();
+        assert_still_answers(&server, case.name);
+    }
+    let peak_rss = sampler.stop();
+    assert!(
+        peak_rss <= idle_rss + RSS_HEADROOM,
+        "server RSS peaked at {} MiB, idle was {} MiB",
+        peak_rss >> 20,
+        idle_rss >> 20
+    );
+
+    // Nothing but the two controls was archived, and nothing appeared
+    // outside the data directory's own files.
+    let mut expected_files = vec![control_path, undated_path];
+    expected_files.sort();
+    assert_eq!(archived_files(server.archive()), expected_files);
+    assert_eq!(
+        server.archive().index().counts().instances,
+        2,
+        "indexed instances"
+    );
+    let tmp = server.archive().fs1().join(".tmp");
+    let data = server.archive().data_dir().to_path_buf();
+    let unexpected: Vec<PathBuf> = files_under(dir.path())
+        .into_iter()
+        .filter(|path| !files_before.contains(path))
+        .filter(|path| !expected_files.contains(path) && !path.starts_with(&tmp))
+        .filter(|path| {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            !(path.parent() == Some(data.as_path()) && name.starts_with("index.db"))
+        })
+        .filter(|path| path.file_name().and_then(|n| n.to_str()) != Some("server.log"))
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected files: {unexpected:#?}");
+    assert!(
+        !escape_target.exists(),
+        "{} was created",
+        escape_target.display()
+    );
+    assert!(!dir.path().join("x").exists() && !data.join("x").exists());
+    for (path, existed) in outside.iter().zip(outside_before) {
+        assert!(existed || !path.exists(), "{} was created", path.display());
+    }
+}
+
+/// The hostile C-STOREs: truncations, length lies, mismatches, path tricks.
+fn hostile_store_cases(rng: &mut Rng, escape_target: &Path) -> Vec<StoreCase> {
+    let mut cases = Vec::new();
+    let mut case = |name, uids: &DatasetUids, dataset: Vec<u8>, expected_status| {
+        cases.push(StoreCase {
+            name,
+            sop_class_uid: uids.sop_class_uid.clone(),
+            sop_instance_uid: uids.sop_instance_uid.clone(),
+            dataset,
+            expected_status,
+        });
+    };
+
+    // Cut short in the middle of the header; the last fragment is flagged.
+    let uids = fresh_uids(rng);
+    let whole = ct_dataset(&uids);
+    case(
+        "truncated data set",
+        &uids,
+        whole[..whole.len() / 3].to_vec(),
+        CANNOT_UNDERSTAND,
+    );
+
+    // Pixel data claims 1 MB; 128 bytes follow.
+    let uids = fresh_uids(rng);
+    let dataset = ct_dataset_header(&uids)
+        .header_only(0x7FE0, 0x0010, 1_000_000)
+        .bytes(&[0x22; 128])
+        .build();
+    case(
+        "element length beyond the data",
+        &uids,
+        dataset,
+        CANNOT_UNDERSTAND,
+    );
+
+    // A header element claims almost 4 GiB in the middle of the data set.
+    let uids = fresh_uids(rng);
+    let dataset = raw::ImplicitLe::new()
+        .uid(0x0008, 0x0016, &uids.sop_class_uid)
+        .uid(0x0008, 0x0018, &uids.sop_instance_uid)
+        .header_only(0x0010, 0x0010, 0xFFFF_FFF0)
+        .bytes(b"HOSTILE^PEER")
+        .uid(0x0020, 0x000D, &uids.study_uid)
+        .uid(0x0020, 0x000E, &uids.series_uid)
+        .build();
+    case("a 4 GiB element length", &uids, dataset, CANNOT_UNDERSTAND);
+
+    // The data set names another SOP instance than the command.
+    let uids = fresh_uids(rng);
+    let other = DatasetUids {
+        sop_instance_uid: rng.uid(),
+        ..uids.clone()
+    };
+    case(
+        "SOP Instance UID mismatch",
+        &uids,
+        ct_dataset(&other),
+        IDENTIFIER_MISMATCH,
+    );
+
+    // The data set names another SOP class (MR) than the command (CT).
+    let uids = fresh_uids(rng);
+    let other = DatasetUids {
+        sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".to_string(),
+        ..uids.clone()
+    };
+    case(
+        "SOP Class UID mismatch",
+        &uids,
+        ct_dataset(&other),
+        IDENTIFIER_MISMATCH,
+    );
+
+    // Path tricks in every UID that becomes a path component.
+    let traversal = "1.2.3/../../x".to_string();
+    let absolute = format!(
+        "1.2.3/../../../../../../../../../../../..{}",
+        escape_target.display()
+    );
+    let too_long = format!("1.2.{}", "3".repeat(196));
+    for (name, hostile) in [
+        ("SOP Instance UID with ../", &traversal),
+        ("SOP Instance UID with an absolute escape", &absolute),
+        ("200-character SOP Instance UID", &too_long),
+    ] {
+        let uids = DatasetUids {
+            sop_instance_uid: hostile.clone(),
+            ..fresh_uids(rng)
+        };
+        case(name, &uids, ct_dataset(&uids), CANNOT_UNDERSTAND);
+    }
+    for (name, hostile) in [
+        ("Study Instance UID with ../", &traversal),
+        ("200-character Study Instance UID", &too_long),
+    ] {
+        let uids = DatasetUids {
+            study_uid: hostile.clone(),
+            ..fresh_uids(rng)
+        };
+        case(name, &uids, ct_dataset(&uids), CANNOT_UNDERSTAND);
+    }
+    for (name, hostile) in [
+        ("Series Instance UID with ../", &traversal),
+        ("Series Instance UID with an absolute escape", &absolute),
+    ] {
+        let uids = DatasetUids {
+            series_uid: hostile.clone(),
+            ..fresh_uids(rng)
+        };
+        case(name, &uids, ct_dataset(&uids), CANNOT_UNDERSTAND);
+    }
+    cases
+}
+
+#[test]
+fn fifty_idle_associations_do_not_block_a_new_peer() {
+    let dir = test_dir("idle-associations");
+    let server = Server::builder(dir.path())
+        .dicom_setting("max_associations", 64)
+        .dicom_setting("idle_timeout_secs", 120)
+        .start();
+
+    let idle_peers: Vec<RawPeer> = (0..50)
+        .map(|_| RawPeer::associate(server.addr(), server.ae_title(), &ct_context()))
+        .collect();
+
+    let echo = dcmtk::echo(server.addr(), server.ae_title(), Duration::from_secs(10));
+    assert!(
+        echo.success(),
+        "echoscu failed with 50 idle associations open:\n{echo}"
+    );
+    drop(idle_peers);
+    assert_still_answers(&server, "closing 50 idle associations");
+}
+
+#[test]
+fn slow_and_silent_peers_are_cut_off() {
+    let dir = test_dir("slow-peers");
+    let server = start_hostile_target(dir.path());
+    let addr = server.addr();
+    let called_ae = server.ae_title().to_string();
+
+    std::thread::scope(|scope| {
+        // An A-ASSOCIATE-RQ at one byte per second: ARTIM must end it.
+        let slow_request = scope.spawn(|| {
+            let mut peer = RawPeer::connect(addr);
+            let request = raw::associate_rq(&called_ae, "SLOWSCU", &ct_context(), 16384);
+            trickle_until_closed(&mut peer, &request, close_bound(ARTIM_SECS))
+        });
+        // Associated, then silent: the idle timeout must end it.
+        let silent = scope.spawn(|| {
+            let mut peer = RawPeer::associate(addr, &called_ae, &ct_context());
+            peer.expect_closed_within(close_bound(IDLE_SECS))
+        });
+        // Associated, then a C-ECHO-RQ at one byte per second.
+        let slow_message = scope.spawn(|| {
+            let mut peer = RawPeer::associate(addr, &called_ae, &ct_context());
+            let request = raw::p_data_tf(1, true, true, &raw::c_echo_rq(1));
+            trickle_until_closed(&mut peer, &request, close_bound(IDLE_SECS))
+        });
+        for (name, handle) in [
+            ("slow A-ASSOCIATE-RQ", slow_request),
+            ("silent association", silent),
+            ("slow P-DATA-TF", slow_message),
+        ] {
+            if let Err(panic) = handle.join() {
+                panic!("{name}: {}", panic_message(&panic));
+            }
+        }
+    });
+    assert_still_answers(&server, "slow peers");
+}
+
+/// Sends `bytes` one per second, watching for the server to close; panics
+/// if the connection is still open after `bound`.
+fn trickle_until_closed(peer: &mut RawPeer, bytes: &[u8], bound: Duration) -> ConnectionEnd {
+    let started = Instant::now();
+    let mut pdus = Vec::new();
+    let mut remaining = bytes.iter();
+    while started.elapsed() < bound {
+        if let Some(byte) = remaining.next() {
+            if peer.send(&[*byte]).is_err() {
+                return ConnectionEnd::Closed { pdus };
+            }
+        }
+        match peer.read_pdu(Duration::from_secs(1)) {
+            Ok(None) => return ConnectionEnd::Closed { pdus },
+            Ok(Some(pdu)) => pdus.push(pdu),
+            Err(e) if raw::is_timeout(&e) => {}
+            Err(_) => return ConnectionEnd::Closed { pdus },
+        }
+    }
+    panic!(
+        "the server kept a one-byte-per-second peer for more than {bound:?} (PDUs seen: {pdus:?})"
+    )
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(non-string panic)".to_string())
+}
+
+#[test]
+fn association_limit_rejects_the_extra_peer() {
+    const LIMIT: usize = 5;
+    let dir = test_dir("association-limit");
+    let server = Server::builder(dir.path())
+        .dicom_setting("max_associations", LIMIT)
+        .dicom_setting("idle_timeout_secs", 120)
+        .start();
+
+    // The readiness echo's slot may take a moment to be given back.
+    let mut open: Vec<RawPeer> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while open.len() < LIMIT {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {LIMIT} associations accepted",
+            open.len()
+        );
+        let mut peer = RawPeer::connect(server.addr());
+        match peer.request_association(server.ae_title(), "RAWSCU", &ct_context(), 16384) {
+            Some(Pdu::AssociateAc { .. }) => open.push(peer),
+            Some(Pdu::AssociateRj { .. }) => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!(
+                "unexpected reply to association {}: {other:?}",
+                open.len() + 1
+            ),
+        }
+    }
+
+    let mut extra = RawPeer::connect(server.addr());
+    let reply = extra.request_association(server.ae_title(), "RAWSCU", &ct_context(), 16384);
+    assert!(
+        matches!(reply, Some(Pdu::AssociateRj { .. })),
+        "association {} of {LIMIT} allowed: expected A-ASSOCIATE-RJ, got {reply:?}",
+        LIMIT + 1
+    );
+
+    open.pop().expect("five are open").release();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let echo = dcmtk::echo(server.addr(), server.ae_title(), Duration::from_secs(10));
+        if echo.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no C-ECHO after freeing a slot:\n{echo}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(open);
+}

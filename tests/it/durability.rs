@@ -1,0 +1,162 @@
+//! kill -9 during ingest: every acknowledged instance survives the restart.
+//!
+//! Senders run one `storescu` per instance, so an instance counts as
+//! acknowledged exactly when its storescu exited 0 after printing Success.
+//! The server is SIGKILLed while they are still sending.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::corpus::{generate_corpus, single_instance, CorpusShape, Instance};
+use crate::support::dcmtk::{self, CALLING_AE};
+use crate::support::server::{test_dir, Server};
+use crate::support::{archived_files, assert_archived, corpus};
+
+/// Parallel senders (the machine has two cores).
+const N_SENDERS: usize = 3;
+/// Instances generated (the upper bound of the sending loop).
+const N_INSTANCES: usize = 300;
+/// Acknowledged instances before the kill.
+const KILL_AFTER_ACKNOWLEDGED: usize = 40;
+/// Upper bound of the whole sending phase.
+const SEND_TIME_BOUND: Duration = Duration::from_secs(90);
+
+#[test]
+fn acknowledged_instances_survive_kill_9() {
+    let dir = test_dir("durability");
+    let corpus_dir = dir.path().join("corpus");
+    // 300 instances: 6 studies × 5 series × 10, half of them 256×256.
+    let corpus = generate_corpus(
+        &corpus_dir,
+        7,
+        CorpusShape {
+            studies: 6,
+            series_per_study: 5,
+            instances_per_series: N_INSTANCES / 30,
+            small: (64, 64),
+            large: (256, 256),
+        },
+    );
+    let mut server = Server::start(dir.path());
+
+    let acknowledged = send_until_killed(&mut server, &corpus);
+
+    assert!(
+        acknowledged.len() >= KILL_AFTER_ACKNOWLEDGED,
+        "only {} instances were acknowledged",
+        acknowledged.len()
+    );
+    server.restart();
+    eprintln!(
+        "durability: {} of {} instances acknowledged before the kill",
+        acknowledged.len(),
+        corpus.len()
+    );
+    let index = server.archive().index();
+    for instance in &acknowledged {
+        assert_archived(server.archive(), &index, instance, Some(CALLING_AE));
+    }
+    // Whatever else made it into the index must be whole as well.
+    for instance in &corpus {
+        if let Some(stored) = index.instance(&instance.sop_instance_uid) {
+            let path = server.archive().expected_path(
+                &instance.study_date,
+                &instance.study_uid,
+                &instance.series_uid,
+                &instance.sop_instance_uid,
+            );
+            assert_eq!(
+                stored.digest,
+                corpus::blake3_hex(&path),
+                "indexed but not whole: {}",
+                path.display()
+            );
+        }
+    }
+    let n_indexed = index.counts().instances;
+    eprintln!("durability: {n_indexed} indexed after the restart");
+    assert!(
+        n_indexed >= acknowledged.len() as u64,
+        "{n_indexed} indexed < {} acknowledged",
+        acknowledged.len()
+    );
+    assert!(archived_files(server.archive()).len() >= acknowledged.len());
+
+    // The restarted server takes new instances.
+    let after = single_instance(&dir.path().join("after.dcm"), 8, 64, 64);
+    let storescu = dcmtk::store(
+        server.addr(),
+        server.ae_title(),
+        &[&after.path],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        storescu.success(),
+        "storescu after the restart failed:\n{storescu}"
+    );
+    assert_archived(
+        server.archive(),
+        &server.archive().index(),
+        &after,
+        Some(CALLING_AE),
+    );
+    assert_eq!(server.archive().index().counts().instances, n_indexed + 1);
+}
+
+/// Sends the corpus one instance per storescu from [`N_SENDERS`] threads,
+/// SIGKILLs the server once [`KILL_AFTER_ACKNOWLEDGED`] are acknowledged,
+/// and returns the acknowledged instances.
+fn send_until_killed(server: &mut Server, corpus: &[Instance]) -> Vec<Instance> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let deadline = Instant::now() + SEND_TIME_BOUND;
+    let addr = server.addr();
+    let called_ae = server.ae_title().to_string();
+
+    std::thread::scope(|scope| {
+        for _ in 0..N_SENDERS {
+            let next = Arc::clone(&next);
+            let killed = Arc::clone(&killed);
+            let acknowledged = Arc::clone(&acknowledged);
+            let called_ae = called_ae.clone();
+            scope.spawn(move || {
+                let mut failures_after_kill = 0;
+                while Instant::now() < deadline && failures_after_kill < 3 {
+                    let instance_idx = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(instance) = corpus.get(instance_idx) else {
+                        break;
+                    };
+                    if store_one(addr, &called_ae, &instance.path) {
+                        acknowledged.lock().expect("lock").push(instance.clone());
+                    } else if killed.load(Ordering::SeqCst) {
+                        failures_after_kill += 1;
+                    }
+                }
+            });
+        }
+
+        // Kill once enough are acknowledged (bounded by the same deadline).
+        loop {
+            let n_acknowledged = acknowledged.lock().expect("lock").len();
+            if n_acknowledged >= KILL_AFTER_ACKNOWLEDGED || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.kill_9();
+        killed.store(true, Ordering::SeqCst);
+    });
+
+    let acknowledged = acknowledged.lock().expect("lock").clone();
+    acknowledged
+}
+
+/// One storescu of one file: acknowledged iff it exited 0 with Success.
+fn store_one(addr: std::net::SocketAddr, called_ae: &str, path: &Path) -> bool {
+    let storescu = dcmtk::store(addr, called_ae, &[path], &[], Duration::from_secs(30));
+    storescu.success() && dcmtk::acknowledged_files(&storescu.text()).len() == 1
+}

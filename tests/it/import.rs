@@ -1,0 +1,166 @@
+//! `imageserver import` of a folder with a bad file in it.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::corpus::{
+    generate_corpus, single_instance, write_instance, CorpusShape, Instance, InstanceSpec, Rng,
+};
+use crate::support::dcmtk::{self, ToolOutput};
+use crate::support::server::{test_dir, Archive, BINARY, SERVER_AE};
+use crate::support::{archived_files, assert_archived, files_under};
+
+/// Runs `imageserver import --data DATA --aet IMAGESERVER PATH` (bounded).
+fn import(data: &Path, path: &Path) -> ToolOutput {
+    let mut command = Command::new(BINARY);
+    command
+        .args(["import", "--quiet"])
+        .arg("--data")
+        .arg(data)
+        .args(["--aet", SERVER_AE])
+        .arg(path)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    dcmtk::run(command, Duration::from_secs(180))
+}
+
+/// Copies the corpus files and one non-DICOM file into `incoming`; returns
+/// the bad file's path.
+fn fill_incoming(incoming: &Path, corpus: &[Instance]) -> std::path::PathBuf {
+    for (instance_idx, instance) in corpus.iter().enumerate() {
+        let sub = incoming.join(format!("batch{}", instance_idx % 3));
+        std::fs::create_dir_all(&sub).expect("create an incoming folder");
+        std::fs::copy(&instance.path, sub.join(format!("{instance_idx}.dcm")))
+            .expect("copy an instance");
+    }
+    let garbage = incoming.join("batch0").join("garbage.dcm");
+    std::fs::write(&garbage, b"this is not a DICOM file\n".repeat(40)).expect("write garbage");
+    garbage
+}
+
+#[test]
+fn import_indexes_a_folder_and_leaves_the_bad_file_in_place() {
+    let dir = test_dir("import");
+    let corpus = generate_corpus(
+        &dir.path().join("corpus"),
+        5,
+        CorpusShape::uniform(2, 2, 3, (64, 64)),
+    );
+    let data = dir.path().join("data");
+    let archive = Archive::new(&data, SERVER_AE);
+
+    let incoming = dir.path().join("incoming");
+    let garbage = fill_incoming(&incoming, &corpus);
+    let first = import(&data, &incoming);
+
+    assert!(!first.timed_out(), "import hung:\n{first}");
+    assert_eq!(
+        first.status.and_then(|s| s.code()),
+        Some(1),
+        "exit code with a rejected file:\n{first}"
+    );
+    let summary = first.text();
+    assert!(
+        summary.contains(&format!("imported {}", corpus.len())),
+        "{first}"
+    );
+    assert!(summary.contains("rejected 1"), "{first}");
+    assert!(
+        summary.contains("garbage.dcm"),
+        "the rejected file is not named:\n{first}"
+    );
+    assert!(garbage.is_file(), "the rejected file was not left in place");
+
+    let index = archive.index();
+    for instance in &corpus {
+        assert_archived(&archive, &index, instance, None);
+    }
+    assert_eq!(index.counts().instances, corpus.len() as u64);
+    assert_eq!(archived_files(&archive).len(), corpus.len());
+
+    // The same files again, from a fresh copy: all already present.
+    let incoming_again = dir.path().join("incoming-again");
+    fill_incoming(&incoming_again, &corpus);
+    let second = import(&data, &incoming_again);
+
+    assert_eq!(second.status.and_then(|s| s.code()), Some(1), "{second}");
+    let summary = second.text();
+    assert!(summary.contains("imported 0"), "{second}");
+    assert!(
+        summary.contains(&format!("already present {}", corpus.len())),
+        "{second}"
+    );
+    assert!(summary.contains("rejected 1"), "{second}");
+    assert_eq!(archive.index().counts().instances, corpus.len() as u64);
+    assert_eq!(archived_files(&archive).len(), corpus.len());
+}
+
+#[test]
+fn import_of_only_good_files_exits_zero() {
+    let dir = test_dir("import-clean");
+    let corpus = generate_corpus(
+        &dir.path().join("corpus"),
+        6,
+        CorpusShape::uniform(1, 1, 4, (32, 32)),
+    );
+    let data = dir.path().join("data");
+
+    let output = import(&data, &dir.path().join("corpus"));
+
+    assert!(output.success(), "import failed:\n{output}");
+    assert!(output.text().contains("imported 4"), "{output}");
+    assert!(output.text().contains("rejected 0"), "{output}");
+    let archive = Archive::new(&data, SERVER_AE);
+    let index = archive.index();
+    for instance in &corpus {
+        assert_archived(&archive, &index, instance, None);
+    }
+}
+
+#[test]
+fn import_rejects_a_path_trick_in_a_uid_and_writes_nothing_for_it() {
+    let dir = test_dir("import-hostile");
+    let incoming = dir.path().join("incoming");
+    std::fs::create_dir_all(&incoming).expect("create the incoming folder");
+    let good = single_instance(&incoming.join("good.dcm"), 21, 32, 32);
+    let mut rng = Rng::new(22);
+    let hostile_path = incoming.join("hostile.dcm");
+    write_instance(
+        &hostile_path,
+        &InstanceSpec {
+            pixel_seed: 1,
+            patient_id: "HOSTILE".to_string(),
+            patient_name: "HOSTILE^FILE".to_string(),
+            study_date: "20240101".to_string(),
+            study_uid: "1.2.3/../../../../x".to_string(),
+            series_uid: rng.uid(),
+            sop_instance_uid: rng.uid(),
+            series_number: 1,
+            instance_number: 1,
+            rows: 8,
+            columns: 8,
+        },
+    );
+    let data = dir.path().join("data");
+
+    let output = import(&data, &incoming);
+
+    assert_eq!(output.status.and_then(|s| s.code()), Some(1), "{output}");
+    assert!(output.text().contains("imported 1"), "{output}");
+    assert!(output.text().contains("rejected 1"), "{output}");
+    assert!(
+        hostile_path.is_file(),
+        "the rejected file was not left in place"
+    );
+    let archive = Archive::new(&data, SERVER_AE);
+    assert_archived(&archive, &archive.index(), &good, None);
+    assert_eq!(archived_files(&archive).len(), 1);
+    for path in files_under(dir.path()) {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        assert_ne!(name, "x", "a path trick created {}", path.display());
+    }
+}

@@ -1,0 +1,20 @@
+//! Integration tests: the `imageserver` binary driven by real DCMTK clients
+//! and a hostile raw client, checked through its files and its index.
+
+// Spawning the server, DCMTK wrappers, the raw client and the corpus.
+mod support;
+
+// C-ECHO, and association rejection on a wrong called AE title.
+mod echo;
+// C-STORE of a generated corpus: index rows, digests, byte-identical data sets.
+mod store;
+// A 200 MiB instance in 4 KiB PDUs stays within a memory bound.
+mod large;
+// kill -9 during ingest: every acknowledged instance survives the restart.
+mod durability;
+// Malformed, lying, slow and too many peers: statuses, closes, limits.
+mod bad_input;
+// `imageserver import` of a folder with a bad file in it.
+mod import;
+// SIGTERM during a transfer: clean exit, nothing acknowledged is lost.
+mod shutdown;

@@ -1,0 +1,134 @@
+//! Shared test machinery: the server under test, DCMTK clients, a raw
+//! hostile client, the generated corpus, and the checks every store-like
+//! test makes.
+
+pub mod corpus;
+pub mod dcmtk;
+pub mod raw;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+use corpus::Instance;
+use server::{Archive, Index};
+
+/// Asserts that `instance` is archived as the contract says: indexed, at
+/// its layout path, with the indexed size and BLAKE3 digest, its data set
+/// byte-identical to the source file's, and a meta group naming the
+/// Explicit VR Little Endian syntax it travelled in and the AE that sent it
+/// (`None` for imports, whose source AE is not checked).
+pub fn assert_archived(
+    archive: &Archive,
+    index: &Index,
+    instance: &Instance,
+    calling_ae: Option<&str>,
+) {
+    let sop = &instance.sop_instance_uid;
+    let stored = index.instance(sop).unwrap_or_else(|| {
+        panic!(
+            "instance {sop} ({}) is not indexed",
+            instance.path.display()
+        )
+    });
+    let path = archive.expected_path(
+        &instance.study_date,
+        &instance.study_uid,
+        &instance.series_uid,
+        sop,
+    );
+    assert!(
+        path.is_file(),
+        "instance {sop} is not at {}",
+        path.display()
+    );
+    assert_eq!(
+        stored.location.date_folder, instance.study_date,
+        "date folder of {sop}"
+    );
+    assert_eq!(
+        stored.location.study_uid.as_str(),
+        instance.study_uid,
+        "study of {sop}"
+    );
+    assert_eq!(
+        stored.series_uid.as_str(),
+        instance.series_uid,
+        "series of {sop}"
+    );
+    assert_eq!(
+        stored.sop_class_uid.as_str(),
+        corpus::CT_IMAGE_STORAGE,
+        "SOP class of {sop}"
+    );
+    let file_size = std::fs::metadata(&path)
+        .expect("stat the stored file")
+        .len();
+    assert_eq!(stored.file_size, file_size, "indexed size of {sop}");
+    assert_eq!(
+        stored.digest,
+        corpus::blake3_hex(&path),
+        "indexed digest of {sop}"
+    );
+    let meta = corpus::file_meta(&path);
+    assert_eq!(
+        meta.transfer_syntax().trim_end_matches(['\0', ' ']),
+        corpus::EXPLICIT_VR_LITTLE_ENDIAN,
+        "stored transfer syntax of {sop}"
+    );
+    assert_eq!(
+        stored.transfer_syntax_uid.as_str(),
+        corpus::EXPLICIT_VR_LITTLE_ENDIAN,
+        "indexed transfer syntax of {sop}"
+    );
+    assert_eq!(
+        meta.media_storage_sop_instance_uid()
+            .trim_end_matches(['\0', ' ']),
+        sop.as_str(),
+        "MediaStorageSOPInstanceUID of {sop}"
+    );
+    if let Some(calling_ae) = calling_ae {
+        assert_eq!(
+            meta.source_application_entity_title()
+                .map(|ae| ae.trim_end_matches(['\0', ' '])),
+            Some(calling_ae),
+            "SourceApplicationEntityTitle of {sop}"
+        );
+    }
+    assert!(
+        corpus::same_dataset(&path, &instance.path),
+        "the stored data set of {sop} differs from the one sent"
+    );
+}
+
+/// Every regular file under `dir`, recursively (symlinks not followed).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            if file_type.is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The archived instance files under a data directory: `fs1` minus its
+/// `.tmp` folder.
+pub fn archived_files(archive: &Archive) -> Vec<PathBuf> {
+    let tmp = archive.fs1().join(".tmp");
+    files_under(&archive.fs1())
+        .into_iter()
+        .filter(|path| !path.starts_with(&tmp))
+        .collect()
+}

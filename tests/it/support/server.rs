@@ -1,0 +1,444 @@
+//! The `imageserver serve` binary under test: spawned on a temporary data
+//! directory and a free loopback port, its stderr logged to a file that is
+//! printed when a test fails, stopped with SIGKILL or SIGTERM and restarted
+//! on the same data.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imageserver_core::db::sqlite::SqliteIndex;
+use imageserver_core::db::IndexStore;
+use imageserver_core::model::{AeTitle, IndexCounts, PartitionId, StoredInstance, Uid};
+
+use super::dcmtk;
+
+/// The server binary cargo built for this test run.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_imageserver");
+/// The AE title the tests give the server.
+pub const SERVER_AE: &str = "IMAGESERVER";
+
+/// How long a server may take to answer its first C-ECHO.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERMed server may take to exit.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A fresh temporary directory for one test, named after it.
+pub fn test_dir(test_name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("imageserver-it-{test_name}-"))
+        .tempdir()
+        .expect("create the test directory")
+}
+
+/// How to start a server.
+#[derive(Debug, Clone)]
+pub struct ServerBuilder {
+    root: PathBuf,
+    ae_title: String,
+    settings: Vec<(String, String)>,
+    dicom_settings: Vec<(String, String)>,
+}
+
+impl ServerBuilder {
+    /// The server's AE title (default [`SERVER_AE`]).
+    pub fn ae_title(mut self, ae_title: &str) -> ServerBuilder {
+        self.ae_title = ae_title.to_string();
+        self
+    }
+
+    /// A top-level key of the config file, as a TOML value.
+    pub fn setting(mut self, key: &str, toml_value: impl ToString) -> ServerBuilder {
+        self.settings
+            .push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    /// A key of the config file's `[dicom]` table, as a TOML value.
+    pub fn dicom_setting(mut self, key: &str, toml_value: impl ToString) -> ServerBuilder {
+        self.dicom_settings
+            .push((key.to_string(), toml_value.to_string()));
+        self
+    }
+
+    /// Spawns the server and waits until it answers C-ECHO.
+    pub fn start(self) -> Server {
+        let data = self.root.join("data");
+        let config = if self.settings.is_empty() && self.dicom_settings.is_empty() {
+            None
+        } else {
+            let mut text = String::new();
+            for (key, value) in &self.settings {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+            text.push_str("[dicom]\n");
+            for (key, value) in &self.dicom_settings {
+                text.push_str(&format!("{key} = {value}\n"));
+            }
+            let path = self.root.join("imageserver.toml");
+            std::fs::write(&path, text).expect("write the config file");
+            Some(path)
+        };
+        let mut server = Server {
+            archive: Archive::new(&data, &self.ae_title),
+            log: self.root.join("server.log"),
+            root: self.root,
+            data,
+            config,
+            ae_title: self.ae_title,
+            port: free_port(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+}
+
+/// A data directory (`--data`) seen from outside: its layout and index.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    data: PathBuf,
+    ae_title: String,
+}
+
+impl Archive {
+    /// The archive in `data` for the partition `ae_title`.
+    pub fn new(data: &Path, ae_title: &str) -> Archive {
+        Archive {
+            data: data.to_path_buf(),
+            ae_title: ae_title.to_string(),
+        }
+    }
+
+    /// The `--data` directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// The tier-1 filesystem root.
+    pub fn fs1(&self) -> PathBuf {
+        self.data.join("fs1")
+    }
+
+    /// Where the contract says an instance lands.
+    pub fn expected_path(
+        &self,
+        study_date: &str,
+        study_uid: &str,
+        series_uid: &str,
+        sop_instance_uid: &str,
+    ) -> PathBuf {
+        self.fs1()
+            .join(&self.ae_title)
+            .join(study_date)
+            .join(study_uid)
+            .join(series_uid)
+            .join(format!("{sop_instance_uid}.dcm"))
+    }
+
+    /// Opens the index (allowed while the server runs: SQLite WAL readers).
+    pub fn index(&self) -> Index {
+        Index::open(&self.data, &self.ae_title)
+    }
+}
+
+/// A running (or stopped) `imageserver serve`.
+#[derive(Debug)]
+pub struct Server {
+    root: PathBuf,
+    archive: Archive,
+    data: PathBuf,
+    log: PathBuf,
+    config: Option<PathBuf>,
+    ae_title: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Settings for a server whose files live under `root`/data.
+    pub fn builder(root: &Path) -> ServerBuilder {
+        ServerBuilder {
+            root: root.to_path_buf(),
+            ae_title: SERVER_AE.to_string(),
+            settings: Vec::new(),
+            dicom_settings: Vec::new(),
+        }
+    }
+
+    /// A server with default settings under `root`/data, ready.
+    pub fn start(root: &Path) -> Server {
+        Server::builder(root).start()
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// Its AE title.
+    pub fn ae_title(&self) -> &str {
+        &self.ae_title
+    }
+
+    /// Its data directory.
+    pub fn archive(&self) -> &Archive {
+        &self.archive
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// Resident set size of the server process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.pid()).expect("read the server's VmRSS")
+    }
+
+    /// Starts sampling the server's RSS every 50 ms until the sampler is
+    /// stopped.
+    pub fn sample_rss(&self) -> RssSampler {
+        RssSampler::start(self.pid())
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("the server is running");
+        child.kill().expect("SIGKILL the server");
+        child.wait().expect("reap the server");
+    }
+
+    /// SIGTERM and wait (bounded) for the exit; returns the exit status.
+    pub fn sigterm(&mut self) -> ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(SHUTDOWN_TIMEOUT)
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn send_sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with our own child's pid has no memory effects.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM) failed");
+    }
+
+    /// Waits (bounded) for the server to exit; SIGKILLs it and fails the
+    /// test if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("the server is running");
+        loop {
+            if let Some(status) = child.try_wait().expect("poll the server") {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.child = None;
+                panic!("the server did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same data, port and settings.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running server");
+        self.spawn();
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(BINARY);
+        command.arg("serve");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        command
+            .args(["--aet", &self.ae_title, "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string()])
+            .arg("--data")
+            .arg(&self.data)
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "1")
+            // Plain log lines in the log file.
+            .env("NO_COLOR", "1")
+            .current_dir(&self.root)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the server log");
+        let mut command = self.command();
+        command
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {BINARY}: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls C-ECHO until it succeeds (bounded by [`READY_TIMEOUT`]).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("just spawned")
+                .try_wait()
+                .expect("poll the server")
+            {
+                self.child = None;
+                panic!("the server exited during startup: {status}");
+            }
+            let echo = dcmtk::echo(self.addr(), &self.ae_title, Duration::from_secs(5));
+            if echo.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not answer C-ECHO within {READY_TIMEOUT:?}; last echoscu:\n{echo}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "===== server log ({}), last 64 KiB =====\n{}\n===== end of server log =====",
+                self.log.display(),
+                tail(&self.log, 64 * 1024)
+            );
+        }
+    }
+}
+
+fn tail(path: &Path, max_bytes: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::from("(no log)");
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(max_bytes)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// VmRSS of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Samples a process's RSS every 50 ms on a thread and keeps the peak.
+#[derive(Debug)]
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss_bytes(pid).unwrap_or(0)));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let peak = Arc::clone(&peak);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(rss) = rss_bytes(pid) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        RssSampler {
+            stop,
+            peak,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling and returns the peak RSS in bytes.
+    pub fn stop(mut self) -> u64 {
+        self.halt();
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Read access to a data directory's index, for one partition.
+pub struct Index {
+    store: SqliteIndex,
+    partition: PartitionId,
+}
+
+impl Index {
+    /// Opens `data`/index.db and looks up the partition of `ae_title`.
+    pub fn open(data: &Path, ae_title: &str) -> Index {
+        let path = data.join("index.db");
+        let store = SqliteIndex::open(&path)
+            .unwrap_or_else(|e| panic!("open the index {}: {e:?}", path.display()));
+        let partition = store
+            .partition(&AeTitle::parse(ae_title).expect("valid AE title"))
+            .expect("look up the partition")
+            .unwrap_or_else(|| panic!("no partition {ae_title} in the index"));
+        Index { store, partition }
+    }
+
+    /// The indexed instance with this SOP Instance UID, if any.
+    pub fn instance(&self, sop_instance_uid: &str) -> Option<StoredInstance> {
+        let uid = Uid::parse(sop_instance_uid).expect("valid SOP Instance UID");
+        self.store
+            .instance(self.partition, &uid)
+            .expect("look up an instance")
+    }
+
+    /// Patient, study, series and instance counts of the partition.
+    pub fn counts(&self) -> IndexCounts {
+        self.store.counts(self.partition).expect("count the index")
+    }
+}
