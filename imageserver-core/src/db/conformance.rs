@@ -1,17 +1,20 @@
 //! The backend-agnostic test suite every [`IndexStore`] must pass (SQLite
 //! now, PostgreSQL later): each backend calls [`run_all`] on a fresh, empty
-//! store, and [`run_summaries`] with a probe of its study rows.
+//! store, [`run_summaries`] with a probe of its study rows, and
+//! [`run_query_suite`] (the [`QueryStore`] checks) on a fresh store.
 //!
 //! Every check works in partitions of its own, so the checks do not see each
 //! other's rows.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-use crate::db::{Error, IndexStore};
+use crate::db::{Error, IndexStore, QueryStore};
+use crate::model::query::{Attribute, Key, Level, Match, Matcher, Query, Root};
 use crate::model::{
-    AeTitle, DeviceSpec, FilesystemId, FilesystemSpec, FolderName, IndexCounts, InsertOutcome,
-    InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs,
-    StudyAttrs, StudyLocation, Tier, Uid,
+    AeTitle, DeviceSpec, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, IndexCounts,
+    InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs,
+    SeriesAttrs, StoredInstance, StudyAttrs, StudyLocation, Tier, Uid,
 };
 
 /// The study-level summary a backend keeps, read back by a backend-specific
@@ -188,6 +191,10 @@ impl<'a> Fixture<'a> {
                 ae_title: ae(name),
                 folder: folder.clone(),
                 description: format!("conformance {name}"),
+                port: 0,
+                accept_unknown_devices: true,
+                duplicate_policy: DuplicatePolicy::default(),
+                pn_case_insensitive: true,
             })
             .expect("ensure partition");
         let fs = store
@@ -271,6 +278,10 @@ fn partitions(store: &dyn IndexStore) {
         ae_title: ae("PARTS_A"),
         folder: FolderName::parse("PARTS_A").expect("folder"),
         description: "first".to_string(),
+        port: 0,
+        accept_unknown_devices: true,
+        duplicate_policy: DuplicatePolicy::default(),
+        pn_case_insensitive: true,
     };
     assert_eq!(store.partition(&spec.ae_title).expect("lookup"), None);
     let id = store.ensure_partition(&spec).expect("create");
@@ -287,6 +298,10 @@ fn partitions(store: &dyn IndexStore) {
             ae_title: ae("PARTS_B"),
             folder: FolderName::parse("PARTS_B").expect("folder"),
             description: String::new(),
+            port: 0,
+            accept_unknown_devices: true,
+            duplicate_policy: DuplicatePolicy::default(),
+            pn_case_insensitive: true,
         })
         .expect("second");
     assert_ne!(other, id);
@@ -381,6 +396,7 @@ fn devices(store: &dyn IndexStore) {
         allow_store: true,
         allow_query: true,
         allow_retrieve: false,
+        max_associations: 0,
     };
     let ct = DeviceSpec {
         ae_title: ae("CT1"),
@@ -694,4 +710,1441 @@ fn batch_is_all_or_nothing(store: &dyn IndexStore) {
 
 fn empty_batch(store: &dyn IndexStore) {
     assert_eq!(store.insert_instances(&[]).expect("empty"), []);
+}
+
+// ---------------------------------------------------------------- queries ---
+
+/// Takes a study offline (nearline: no filesystem), backend-specific, until
+/// the trait has a way to do it.
+pub(crate) trait Nearline {
+    /// Clears the study's online location.
+    fn take_offline(&self, partition: PartitionId, study_uid: &Uid);
+}
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const MR: &str = "1.2.840.10008.5.1.4.1.1.4";
+const SR: &str = "1.2.840.10008.5.1.4.1.1.88.22";
+const US: &str = "1.2.840.10008.5.1.4.1.1.6.1";
+const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
+
+/// A patient of the query fixture: ID, name, birth date, sex.
+type FixturePatient = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<&'static str>,
+);
+
+/// A series of the query fixture: UID, modality, series number, SOP class
+/// and instances (SOP Instance UID, instance number) in insertion order.
+type FixtureSeries = (
+    &'static str,
+    Option<&'static str>,
+    Option<i32>,
+    &'static str,
+    &'static [(&'static str, Option<i32>)],
+);
+
+/// A study of the query fixture.
+struct FixtureStudy {
+    uid: &'static str,
+    patient: FixturePatient,
+    date: Option<&'static str>,
+    time: Option<&'static str>,
+    accession: Option<&'static str>,
+    description: Option<&'static str>,
+    series: &'static [FixtureSeries],
+}
+
+const DOE_JOHN: FixturePatient = ("PID1", Some("DOE^JOHN"), Some("19700101"), Some("M"));
+const DOE_JANE: FixturePatient = ("PID2", Some("doe^jane"), Some("19800202"), Some("F"));
+const MULLER: FixturePatient = ("PID3", Some("Müller^Jürgen"), Some("19650303"), Some("M"));
+const SMITH: FixturePatient = ("PID4", Some("SMITH"), None, Some("O"));
+const MC_DONALD: FixturePatient = (
+    "PID_5%",
+    Some("MC_DONALD^100%"),
+    Some("19900505"),
+    Some("M"),
+);
+const MCX_DONALD: FixturePatient = (
+    "PIDX5%",
+    Some("MCXDONALD^100X"),
+    Some("19900505"),
+    Some("M"),
+);
+const NAMELESS: FixturePatient = ("PID7", None, Some("20000101"), Some("F"));
+
+/// Partition A of the query checks. Study-level order: S3, S1, S4, S2, S6,
+/// S7, S8, S5 (date, time, UID; S5 has no date).
+const QUERY_STUDIES: &[FixtureStudy] = &[
+    FixtureStudy {
+        uid: "1.2.10.1",
+        patient: DOE_JOHN,
+        date: Some("20240115"),
+        time: Some("101500"),
+        accession: Some("ACC1"),
+        description: Some("CT CHEST"),
+        series: &[
+            (
+                "1.2.10.1.1",
+                Some("CT"),
+                Some(1),
+                CT,
+                &[
+                    ("1.2.10.1.1.3", Some(3)),
+                    ("1.2.10.1.1.1", Some(1)),
+                    ("1.2.10.1.1.2", Some(2)),
+                ],
+            ),
+            (
+                "1.2.10.1.2",
+                Some("SR"),
+                Some(2),
+                SR,
+                &[("1.2.10.1.2.1", Some(1))],
+            ),
+        ],
+    },
+    FixtureStudy {
+        uid: "1.2.10.2",
+        patient: DOE_JOHN,
+        date: Some("20240220"),
+        time: Some("0930"),
+        accession: Some("ACC2"),
+        description: Some("MR KNEE"),
+        series: &[(
+            "1.2.10.2.1",
+            Some("MR"),
+            Some(1),
+            MR,
+            &[("1.2.10.2.1.1", Some(1)), ("1.2.10.2.1.2", Some(2))],
+        )],
+    },
+    FixtureStudy {
+        uid: "1.2.10.3",
+        patient: DOE_JANE,
+        date: Some("20231231"),
+        time: Some("235959.5"),
+        accession: Some("A%1"),
+        description: Some("CT ABDOMEN"),
+        series: &[
+            (
+                "1.2.10.3.2",
+                Some("CT"),
+                Some(2),
+                CT,
+                &[("1.2.10.3.2.1", None), ("1.2.10.3.2.2", Some(1))],
+            ),
+            (
+                "1.2.10.3.1",
+                Some("CT"),
+                Some(1),
+                CT,
+                &[("1.2.10.3.1.1", Some(1))],
+            ),
+        ],
+    },
+    FixtureStudy {
+        uid: "1.2.10.4",
+        patient: MULLER,
+        date: Some("20240115"),
+        time: Some("12"),
+        accession: Some("A_1"),
+        description: Some("Kopf"),
+        series: &[(
+            "1.2.10.4.1",
+            Some("MR"),
+            Some(1),
+            MR,
+            &[("1.2.10.4.1.1", Some(1))],
+        )],
+    },
+    FixtureStudy {
+        uid: "1.2.10.5",
+        patient: SMITH,
+        date: None,
+        time: None,
+        accession: None,
+        description: None,
+        series: &[(
+            "1.2.10.5.1",
+            Some("US"),
+            None,
+            US,
+            &[("1.2.10.5.1.1", None)],
+        )],
+    },
+    FixtureStudy {
+        uid: "1.2.10.6",
+        patient: MC_DONALD,
+        date: Some("20240301"),
+        time: Some("080000"),
+        accession: Some("A[1]"),
+        description: Some("CT HEAD"),
+        series: &[(
+            "1.2.10.6.1",
+            Some("CT"),
+            Some(1),
+            CT,
+            &[("1.2.10.6.1.1", Some(1))],
+        )],
+    },
+    FixtureStudy {
+        uid: "1.2.10.7",
+        patient: MCX_DONALD,
+        date: Some("20240302"),
+        time: Some("12:30:00"),
+        accession: Some("AX1"),
+        description: Some("CT HEAD"),
+        series: &[(
+            "1.2.10.7.1",
+            Some("CT"),
+            Some(1),
+            CT,
+            &[("1.2.10.7.1.1", Some(1))],
+        )],
+    },
+    FixtureStudy {
+        uid: "1.2.10.8",
+        patient: NAMELESS,
+        date: Some("20240303"),
+        time: Some("1700"),
+        accession: Some("ACC8"),
+        description: None,
+        series: &[(
+            "1.2.10.8.1",
+            Some("CR"),
+            Some(1),
+            CR,
+            &[("1.2.10.8.1.1", Some(1))],
+        )],
+    },
+];
+
+/// Partition B: the same UIDs as partition A's S1 (other values), and S9.
+const OTHER_PARTITION_STUDIES: &[FixtureStudy] = &[
+    FixtureStudy {
+        uid: "1.2.10.1",
+        patient: DOE_JOHN,
+        date: Some("20240115"),
+        time: Some("101500"),
+        accession: Some("B-ACC1"),
+        description: Some("OTHER"),
+        series: &[(
+            "1.2.10.1.1",
+            Some("CT"),
+            Some(1),
+            CT,
+            &[("1.2.10.1.1.1", Some(1))],
+        )],
+    },
+    FixtureStudy {
+        uid: "1.2.10.9",
+        patient: DOE_JOHN,
+        date: Some("20240101"),
+        time: None,
+        accession: Some("B-ACC9"),
+        description: None,
+        series: &[(
+            "1.2.10.9.1",
+            Some("MR"),
+            Some(1),
+            MR,
+            &[("1.2.10.9.1.1", Some(1))],
+        )],
+    },
+];
+
+impl Fixture<'_> {
+    /// Indexes the studies, one batch per study.
+    fn load(&self, studies: &[FixtureStudy]) {
+        for study in studies {
+            let (patient_id, name, birth, sex) = study.patient;
+            let mut batch = Vec::new();
+            for &(series_uid, modality, number, class, instances) in study.series {
+                for &(sop, instance_number) in instances {
+                    batch.push(InstanceRecord {
+                        partition: self.partition,
+                        location: self
+                            .location(study.uid, &crate::model::study_date_folder(study.date)),
+                        patient: PatientAttrs {
+                            patient_id: patient_id.to_string(),
+                            issuer_of_patient_id: None,
+                            patient_name: name.map(str::to_string),
+                            birth_date: birth.map(str::to_string),
+                            sex: sex.map(str::to_string),
+                        },
+                        study: StudyAttrs {
+                            study_uid: uid(study.uid),
+                            study_date: study.date.map(str::to_string),
+                            study_time: study.time.map(str::to_string),
+                            accession_number: study.accession.map(str::to_string),
+                            study_id: Some("1".to_string()),
+                            study_description: study.description.map(str::to_string),
+                            referring_physician_name: Some("REF^ONE".to_string()),
+                            specific_character_set: Some("ISO_IR 192".to_string()),
+                        },
+                        series: SeriesAttrs {
+                            series_uid: uid(series_uid),
+                            modality: modality.map(str::to_string),
+                            series_number: number,
+                            series_description: None,
+                            body_part_examined: None,
+                            series_date: None,
+                            series_time: None,
+                        },
+                        instance: InstanceAttrs {
+                            sop_instance_uid: uid(sop),
+                            sop_class_uid: uid(class),
+                            instance_number,
+                            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+                            file_size: u64::try_from(sop.len()).expect("small") * 100,
+                            digest: format!("{:0>64}", sop.replace('.', "")),
+                            source_ae: None,
+                        },
+                    });
+                }
+            }
+            self.store.insert_instances(&batch).expect("load fixture");
+        }
+    }
+}
+
+fn key(attribute: Attribute, matcher: Matcher) -> Key {
+    Key { attribute, matcher }
+}
+
+fn single(attribute: Attribute, value: &str) -> Key {
+    key(attribute, Matcher::Single(value.to_string()))
+}
+
+fn wild(attribute: Attribute, value: &str) -> Key {
+    key(attribute, Matcher::Wildcard(value.to_string()))
+}
+
+fn range(attribute: Attribute, from: Option<&str>, to: Option<&str>) -> Key {
+    key(
+        attribute,
+        Matcher::Range {
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+        },
+    )
+}
+
+fn list(attribute: Attribute, values: &[&str]) -> Key {
+    key(
+        attribute,
+        Matcher::List(values.iter().map(|v| v.to_string()).collect()),
+    )
+}
+
+fn universal(attribute: Attribute) -> Key {
+    key(attribute, Matcher::Universal)
+}
+
+fn query(partition: PartitionId, root: Root, level: Level, keys: Vec<Key>) -> Query {
+    Query {
+        partition,
+        root,
+        level,
+        keys,
+        pn_case_insensitive: true,
+        limit: None,
+    }
+}
+
+/// Every match of `query`.
+fn find_all(store: &dyn QueryStore, query: &Query) -> Vec<Match> {
+    let mut matches = Vec::new();
+    store
+        .find(query, &mut |m| {
+            matches.push(m);
+            ControlFlow::Continue(())
+        })
+        .expect("find");
+    matches
+}
+
+/// The values of one attribute over the matches (`-` for none).
+fn column_of(matches: &[Match], attribute: Attribute) -> Vec<String> {
+    matches
+        .iter()
+        .map(|m| m.get(attribute).unwrap_or("-").to_string())
+        .collect()
+}
+
+/// Study UIDs `1.2.10.n` for the numbers.
+fn studies(numbers: &[u32]) -> Vec<String> {
+    numbers.iter().map(|n| format!("1.2.10.{n}")).collect()
+}
+
+fn all_instances(store: &dyn QueryStore, query: &Query) -> Vec<StoredInstance> {
+    let mut instances = Vec::new();
+    store
+        .find_instances(query, &mut |i| {
+            instances.push(i);
+            ControlFlow::Continue(())
+        })
+        .expect("find_instances");
+    instances
+}
+
+/// Runs every query check on a fresh store (partitions QUERY_A, QUERY_B).
+pub(crate) fn run_query_suite<S: IndexStore + QueryStore>(store: &S, nearline: &dyn Nearline) {
+    let a = Fixture::new(store, "QUERY_A");
+    a.load(QUERY_STUDIES);
+    let b = Fixture::new(store, "QUERY_B");
+    b.load(OTHER_PARTITION_STUDIES);
+    study_matching(store, a.partition);
+    person_names(store, a.partition);
+    study_summaries(store, a.partition);
+    return_values(store, a.partition);
+    counts_at_every_level(store, a.partition);
+    hierarchy_and_order(store, a.partition);
+    partitions_are_isolated(store, a.partition, b.partition);
+    limits_and_cancel(store, a.partition);
+    retrieve_lists(store, &a, nearline);
+}
+
+/// Study-level matching in Study Root, table-driven: every matcher on every
+/// kind of value.
+fn study_matching(store: &dyn QueryStore, partition: PartitionId) {
+    use Attribute as A;
+    let cases: Vec<(&str, Vec<Key>, &[u32])> = vec![
+        (
+            "universal",
+            vec![universal(A::AccessionNumber)],
+            &[3, 1, 4, 2, 6, 7, 8, 5],
+        ),
+        ("no keys", vec![], &[3, 1, 4, 2, 6, 7, 8, 5]),
+        // Text.
+        ("text single", vec![single(A::PatientId, "PID1")], &[1, 2]),
+        (
+            "text single with %",
+            vec![single(A::AccessionNumber, "A%1")],
+            &[3],
+        ),
+        (
+            "text single is case-sensitive",
+            vec![single(A::AccessionNumber, "acc1")],
+            &[],
+        ),
+        (
+            "text ? wildcard",
+            vec![wild(A::PatientId, "PID?")],
+            &[3, 1, 4, 2, 8, 5],
+        ),
+        ("text literal _", vec![wild(A::PatientId, "PID_5*")], &[6]),
+        (
+            "text literal %",
+            vec![wild(A::AccessionNumber, "A%*")],
+            &[3],
+        ),
+        (
+            "text literal _ again",
+            vec![wild(A::AccessionNumber, "A_*")],
+            &[4],
+        ),
+        (
+            "text literal [",
+            vec![wild(A::AccessionNumber, "A[*")],
+            &[6],
+        ),
+        ("text literal ]", vec![wild(A::AccessionNumber, "*]")], &[6]),
+        (
+            "text middle ?",
+            vec![wild(A::AccessionNumber, "A?1")],
+            &[3, 4, 7],
+        ),
+        (
+            "text suffix",
+            vec![wild(A::AccessionNumber, "*1")],
+            &[3, 1, 4, 7],
+        ),
+        (
+            "text middle *",
+            vec![wild(A::AccessionNumber, "A*1*")],
+            &[3, 1, 4, 6, 7],
+        ),
+        (
+            "text wildcard case-sensitive",
+            vec![wild(A::AccessionNumber, "acc*")],
+            &[],
+        ),
+        (
+            "lone * matches empty",
+            vec![wild(A::AccessionNumber, "*")],
+            &[3, 1, 4, 2, 6, 7, 8, 5],
+        ),
+        (
+            "?* skips empty",
+            vec![wild(A::AccessionNumber, "?*")],
+            &[3, 1, 4, 2, 6, 7, 8],
+        ),
+        (
+            "text range skips empty",
+            vec![range(A::AccessionNumber, None, Some("B"))],
+            &[3, 1, 4, 2, 6, 7, 8],
+        ),
+        (
+            "text list",
+            vec![list(A::AccessionNumber, &["ACC2", "A_1", "NONE"])],
+            &[4, 2],
+        ),
+        (
+            "description wildcard",
+            vec![wild(A::StudyDescription, "*HEAD")],
+            &[6, 7],
+        ),
+        // Dates.
+        (
+            "date single",
+            vec![single(A::StudyDate, "20240115")],
+            &[1, 4],
+        ),
+        (
+            "date closed range",
+            vec![range(A::StudyDate, Some("20240101"), Some("20240229"))],
+            &[1, 4, 2],
+        ),
+        (
+            "date range bounds inclusive",
+            vec![range(A::StudyDate, Some("20240115"), Some("20240220"))],
+            &[1, 4, 2],
+        ),
+        (
+            "date open lower",
+            vec![range(A::StudyDate, None, Some("20231231"))],
+            &[3],
+        ),
+        (
+            "date open upper",
+            vec![range(A::StudyDate, Some("20240301"), None)],
+            &[6, 7, 8],
+        ),
+        (
+            "date list",
+            vec![list(A::StudyDate, &["20240301", "20231231"])],
+            &[3, 6],
+        ),
+        (
+            "date wildcard",
+            vec![wild(A::StudyDate, "202401*")],
+            &[1, 4],
+        ),
+        (
+            "patient birth date above the level",
+            vec![range(A::PatientBirthDate, None, Some("19700101"))],
+            &[1, 4, 2],
+        ),
+        // Times: partial values, colons.
+        (
+            "time single hour",
+            vec![single(A::StudyTime, "12")],
+            &[4, 7],
+        ),
+        (
+            "time single minute",
+            vec![single(A::StudyTime, "1015")],
+            &[1],
+        ),
+        (
+            "time single second",
+            vec![single(A::StudyTime, "101500")],
+            &[1],
+        ),
+        (
+            "time single no match",
+            vec![single(A::StudyTime, "1016")],
+            &[],
+        ),
+        (
+            "time single with colons",
+            vec![single(A::StudyTime, "12:30")],
+            &[7],
+        ),
+        (
+            "time closed range",
+            vec![range(A::StudyTime, Some("0900"), Some("1030"))],
+            &[1, 2],
+        ),
+        (
+            "time range partial upper",
+            vec![range(A::StudyTime, Some("0930"), Some("10"))],
+            &[1, 2],
+        ),
+        (
+            "time open lower",
+            vec![range(A::StudyTime, None, Some("0900"))],
+            &[6],
+        ),
+        (
+            "time open upper",
+            vec![range(A::StudyTime, Some("2359"), None)],
+            &[3],
+        ),
+        (
+            "time colon range",
+            vec![range(A::StudyTime, Some("12:00"), Some("12:59"))],
+            &[4, 7],
+        ),
+        (
+            "time fraction upper",
+            vec![range(A::StudyTime, Some("2359"), Some("235959.4"))],
+            &[],
+        ),
+        (
+            "time fraction",
+            vec![single(A::StudyTime, "235959.5")],
+            &[3],
+        ),
+        (
+            "time list",
+            vec![list(A::StudyTime, &["08", "2359"])],
+            &[3, 6],
+        ),
+        ("time wildcard", vec![wild(A::StudyTime, "12*")], &[4, 7]),
+        // UIDs.
+        (
+            "uid single",
+            vec![single(A::StudyInstanceUid, "1.2.10.4")],
+            &[4],
+        ),
+        (
+            "uid list",
+            vec![list(A::StudyInstanceUid, &["1.2.10.2", "1.2.10.5", "9.9"])],
+            &[2, 5],
+        ),
+        (
+            "uid list none",
+            vec![list(A::StudyInstanceUid, &["9.9"])],
+            &[],
+        ),
+        (
+            "uid wildcard",
+            vec![wild(A::StudyInstanceUid, "1.2.10.?")],
+            &[3, 1, 4, 2, 6, 7, 8, 5],
+        ),
+        (
+            "uid wildcard none",
+            vec![wild(A::StudyInstanceUid, "1.2.1?")],
+            &[],
+        ),
+        (
+            "uid range",
+            vec![range(A::StudyInstanceUid, Some("1.2.10.7"), None)],
+            &[7, 8],
+        ),
+        // Several keys.
+        (
+            "keys combine",
+            vec![
+                wild(A::PatientId, "PID*"),
+                range(A::StudyDate, Some("20240115"), None),
+                single(A::PatientSex, "M"),
+            ],
+            &[1, 4, 2, 6, 7],
+        ),
+        // A key below the level is ignored.
+        (
+            "series key ignored",
+            vec![single(A::Modality, "XX")],
+            &[3, 1, 4, 2, 6, 7, 8, 5],
+        ),
+        // Counts are never matched.
+        (
+            "count not matched",
+            vec![single(A::NumberOfStudyRelatedInstances, "99")],
+            &[3, 1, 4, 2, 6, 7, 8, 5],
+        ),
+    ];
+    for (name, keys, expected) in cases {
+        let q = query(partition, Root::Study, Level::Study, keys);
+        let found = column_of(&find_all(store, &q), A::StudyInstanceUid);
+        assert_eq!(found, studies(expected), "{name}");
+        // The same in Patient Root.
+        let q = Query {
+            root: Root::Patient,
+            ..q
+        };
+        let found = column_of(&find_all(store, &q), A::StudyInstanceUid);
+        assert_eq!(found, studies(expected), "{name} (patient root)");
+    }
+}
+
+/// PatientName matching with and without case folding, beyond ASCII.
+fn person_names(store: &dyn QueryStore, partition: PartitionId) {
+    use Attribute as A;
+    // (value, case-insensitive, wildcard, expected studies)
+    let cases: &[(&str, bool, bool, &[u32])] = &[
+        ("DOE^JOHN", true, false, &[1, 2]),
+        ("doe^john", true, false, &[1, 2]),
+        ("doe^john", false, false, &[]),
+        ("DOE^JOHN", false, false, &[1, 2]),
+        ("DOE*", true, true, &[3, 1, 2]),
+        ("DOE*", false, true, &[1, 2]),
+        ("doe*", false, true, &[3]),
+        ("*JANE", true, true, &[3]),
+        ("*JANE", false, true, &[]),
+        ("D?E^J*", true, true, &[3, 1, 2]),
+        ("*^J?HN", true, true, &[1, 2]),
+        // Beyond ASCII: simple case mappings fold.
+        ("müller*", true, true, &[4]),
+        ("MÜLLER*", true, true, &[4]),
+        ("*JÜRGEN", true, true, &[4]),
+        ("MÜLLER^JÜRGEN", true, false, &[4]),
+        ("müller^jürgen", true, false, &[4]),
+        ("Müller*", false, true, &[4]),
+        ("MÜLLER*", false, true, &[]),
+        ("Müller^Jürgen", false, false, &[4]),
+        ("MÜLLER^JÜRGEN", false, false, &[]),
+        // LIKE and GLOB metacharacters are literal.
+        ("MC_*", true, true, &[6]),
+        ("mc_donald^100%", true, false, &[6]),
+        ("*100%", true, true, &[6]),
+        ("*^100?", true, true, &[6, 7]),
+        ("MC[*", true, true, &[]),
+        // Empty names: only universal matching.
+        ("*", true, true, &[3, 1, 4, 2, 6, 7, 8, 5]),
+        ("?*", true, true, &[3, 1, 4, 2, 6, 7, 5]),
+    ];
+    for &(value, insensitive, wildcard, expected) in cases {
+        let matcher = if wildcard {
+            Matcher::Wildcard(value.to_string())
+        } else {
+            Matcher::Single(value.to_string())
+        };
+        let mut q = query(
+            partition,
+            Root::Study,
+            Level::Study,
+            vec![key(A::PatientName, matcher)],
+        );
+        q.pn_case_insensitive = insensitive;
+        let found = column_of(&find_all(store, &q), A::StudyInstanceUid);
+        assert_eq!(
+            found,
+            studies(expected),
+            "PatientName {value:?}, case-insensitive {insensitive}"
+        );
+    }
+    // Lists of names, both ways.
+    let names = ["doe^jane", "MÜLLER^JÜRGEN", "NOBODY"];
+    let mut q = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![list(A::PatientName, &names)],
+    );
+    assert_eq!(
+        column_of(&find_all(store, &q), A::StudyInstanceUid),
+        studies(&[3, 4])
+    );
+    q.pn_case_insensitive = false;
+    assert_eq!(
+        column_of(&find_all(store, &q), A::StudyInstanceUid),
+        studies(&[3])
+    );
+    // Another PN attribute (no index) folds the same way.
+    let q = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![wild(A::ReferringPhysicianName, "ref^o*")],
+    );
+    assert_eq!(find_all(store, &q).len(), 8);
+    // Patient level, Patient Root: ordered by patient ID.
+    let q = query(
+        partition,
+        Root::Patient,
+        Level::Patient,
+        vec![wild(A::PatientName, "doe*")],
+    );
+    let found = find_all(store, &q);
+    assert_eq!(column_of(&found, A::PatientId), ["PID1", "PID2"]);
+    assert_eq!(column_of(&found, A::PatientName), ["DOE^JOHN", "doe^jane"]);
+}
+
+/// ModalitiesInStudy and SOPClassesInStudy: a study matches when one of its
+/// series (instances) does.
+fn study_summaries(store: &dyn QueryStore, partition: PartitionId) {
+    use Attribute as A;
+    let cases: Vec<(&str, Key, &[u32])> = vec![
+        ("single", single(A::ModalitiesInStudy, "CT"), &[3, 1, 6, 7]),
+        (
+            "single second modality",
+            single(A::ModalitiesInStudy, "SR"),
+            &[1],
+        ),
+        ("single none", single(A::ModalitiesInStudy, "XA"), &[]),
+        (
+            "single is not a substring",
+            single(A::ModalitiesInStudy, "C"),
+            &[],
+        ),
+        (
+            "list",
+            list(A::ModalitiesInStudy, &["MR", "US"]),
+            &[4, 2, 5],
+        ),
+        (
+            "wildcard ?",
+            wild(A::ModalitiesInStudy, "C?"),
+            &[3, 1, 6, 7, 8],
+        ),
+        (
+            "wildcard suffix",
+            wild(A::ModalitiesInStudy, "*R"),
+            &[1, 4, 2, 8],
+        ),
+        (
+            "wildcard does not span modalities",
+            wild(A::ModalitiesInStudy, "C*R"),
+            &[8],
+        ),
+        (
+            "lone *",
+            wild(A::ModalitiesInStudy, "*"),
+            &[3, 1, 4, 2, 6, 7, 8, 5],
+        ),
+        ("sop class single", single(A::SopClassesInStudy, SR), &[1]),
+        (
+            "sop class list",
+            list(A::SopClassesInStudy, &[US, CR]),
+            &[8, 5],
+        ),
+        (
+            "sop class wildcard",
+            wild(A::SopClassesInStudy, "1.2.840.10008.5.1.4.1.1.88.*"),
+            &[1],
+        ),
+    ];
+    for (name, k, expected) in cases {
+        let q = query(partition, Root::Study, Level::Study, vec![k]);
+        let found = column_of(&find_all(store, &q), A::StudyInstanceUid);
+        assert_eq!(found, studies(expected), "{name}");
+    }
+    let q = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![
+            single(A::StudyInstanceUid, "1.2.10.1"),
+            universal(A::ModalitiesInStudy),
+            universal(A::SopClassesInStudy),
+        ],
+    );
+    let found = find_all(store, &q);
+    assert_eq!(found[0].get(A::ModalitiesInStudy), Some("CT\\SR"));
+    assert_eq!(
+        found[0].get(A::SopClassesInStudy),
+        Some(format!("{CT}\\{SR}").as_str())
+    );
+}
+
+/// Returned values: the query's keys in order (once each), then the missing
+/// unique keys; `None` for absent values; integers as decimal text.
+fn return_values(store: &dyn QueryStore, partition: PartitionId) {
+    use Attribute as A;
+    let q = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![
+            universal(A::PatientName),
+            single(A::StudyDate, "20240115"),
+            universal(A::ModalitiesInStudy),
+            universal(A::NumberOfStudyRelatedInstances),
+            universal(A::PatientName),
+            universal(A::IssuerOfPatientId),
+            universal(A::Modality),
+        ],
+    );
+    let found = find_all(store, &q);
+    let some = |v: &str| Some(v.to_string());
+    assert_eq!(
+        found[0].values,
+        vec![
+            (A::PatientName, some("DOE^JOHN")),
+            (A::StudyDate, some("20240115")),
+            (A::ModalitiesInStudy, some("CT\\SR")),
+            (A::NumberOfStudyRelatedInstances, some("4")),
+            (A::IssuerOfPatientId, None),
+            (A::PatientId, some("PID1")),
+            (A::StudyInstanceUid, some("1.2.10.1")),
+        ]
+    );
+    assert_eq!(found[1].get(A::PatientName), Some("Müller^Jürgen"));
+
+    // Absent values are None.
+    let q = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![
+            single(A::PatientId, "PID4"),
+            universal(A::StudyDate),
+            universal(A::AccessionNumber),
+            universal(A::StudyTime),
+        ],
+    );
+    let found = find_all(store, &q);
+    assert_eq!(
+        found[0].values,
+        vec![
+            (A::PatientId, some("PID4")),
+            (A::StudyDate, None),
+            (A::AccessionNumber, None),
+            (A::StudyTime, None),
+            (A::StudyInstanceUid, some("1.2.10.5")),
+        ]
+    );
+
+    // Series level: Study Root has no PatientID, Patient Root does.
+    let keys = vec![
+        single(A::SeriesInstanceUid, "1.2.10.1.2"),
+        universal(A::SeriesNumber),
+        universal(A::Modality),
+    ];
+    let found = find_all(
+        store,
+        &query(partition, Root::Study, Level::Series, keys.clone()),
+    );
+    assert_eq!(
+        found[0].values,
+        vec![
+            (A::SeriesInstanceUid, some("1.2.10.1.2")),
+            (A::SeriesNumber, some("2")),
+            (A::Modality, some("SR")),
+            (A::StudyInstanceUid, some("1.2.10.1")),
+        ]
+    );
+    let found = find_all(store, &query(partition, Root::Patient, Level::Series, keys));
+    assert_eq!(
+        found[0].values[3..],
+        [
+            (A::PatientId, some("PID1")),
+            (A::StudyInstanceUid, some("1.2.10.1")),
+        ]
+    );
+
+    // Image level: every unique key up the hierarchy.
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Patient,
+            Level::Image,
+            vec![
+                single(A::SopInstanceUid, "1.2.10.3.2.1"),
+                universal(A::InstanceNumber),
+                universal(A::SopClassUid),
+            ],
+        ),
+    );
+    assert_eq!(
+        found[0].values,
+        vec![
+            (A::SopInstanceUid, some("1.2.10.3.2.1")),
+            (A::InstanceNumber, None),
+            (A::SopClassUid, some(CT)),
+            (A::PatientId, some("PID2")),
+            (A::StudyInstanceUid, some("1.2.10.3")),
+            (A::SeriesInstanceUid, some("1.2.10.3.2")),
+        ]
+    );
+}
+
+/// Number of related studies, series and instances at every level and in
+/// both roots, from the counters.
+fn counts_at_every_level(store: &dyn QueryStore, partition: PartitionId) {
+    use Attribute as A;
+    let patient_counts = vec![
+        single(A::PatientId, "PID1"),
+        universal(A::NumberOfPatientRelatedStudies),
+        universal(A::NumberOfPatientRelatedSeries),
+        universal(A::NumberOfPatientRelatedInstances),
+    ];
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Patient,
+            Level::Patient,
+            patient_counts.clone(),
+        ),
+    );
+    assert_eq!(found.len(), 1);
+    assert_eq!(
+        [
+            A::NumberOfPatientRelatedStudies,
+            A::NumberOfPatientRelatedSeries,
+            A::NumberOfPatientRelatedInstances
+        ]
+        .map(|a| found[0].get(a)),
+        [Some("2"), Some("3"), Some("6")]
+    );
+    // Study Root, study level: still the patient's counters.
+    let found = find_all(
+        store,
+        &query(partition, Root::Study, Level::Study, patient_counts),
+    );
+    assert_eq!(
+        column_of(&found, A::NumberOfPatientRelatedInstances),
+        ["6", "6"]
+    );
+    assert_eq!(
+        column_of(&found, A::NumberOfPatientRelatedStudies),
+        ["2", "2"]
+    );
+
+    let study_counts = vec![
+        universal(A::NumberOfStudyRelatedSeries),
+        universal(A::NumberOfStudyRelatedInstances),
+    ];
+    for root in [Root::Study, Root::Patient] {
+        let found = find_all(
+            store,
+            &query(partition, root, Level::Study, study_counts.clone()),
+        );
+        assert_eq!(
+            column_of(&found, A::NumberOfStudyRelatedSeries),
+            ["2", "2", "1", "1", "1", "1", "1", "1"]
+        );
+        assert_eq!(
+            column_of(&found, A::NumberOfStudyRelatedInstances),
+            ["3", "4", "1", "2", "1", "1", "1", "1"]
+        );
+        let found = find_all(
+            store,
+            &query(
+                partition,
+                root,
+                Level::Series,
+                vec![
+                    single(A::StudyInstanceUid, "1.2.10.1"),
+                    universal(A::NumberOfSeriesRelatedInstances),
+                ],
+            ),
+        );
+        assert_eq!(
+            column_of(&found, A::NumberOfSeriesRelatedInstances),
+            ["3", "1"]
+        );
+    }
+}
+
+/// Hierarchical queries and the stable order of every level.
+fn hierarchy_and_order(store: &dyn QueryStore, partition: PartitionId) {
+    use Attribute as A;
+    // Series of one study, by series number.
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Study,
+            Level::Series,
+            vec![single(A::StudyInstanceUid, "1.2.10.3")],
+        ),
+    );
+    assert_eq!(
+        column_of(&found, A::SeriesInstanceUid),
+        ["1.2.10.3.1", "1.2.10.3.2"]
+    );
+    // A patient key restricts series through the study (Study Root).
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Study,
+            Level::Series,
+            vec![single(A::PatientId, "PID1"), single(A::Modality, "CT")],
+        ),
+    );
+    assert_eq!(column_of(&found, A::SeriesInstanceUid), ["1.2.10.1.1"]);
+    // All series: series number (none last), then UID.
+    let found = find_all(store, &query(partition, Root::Study, Level::Series, vec![]));
+    assert_eq!(
+        column_of(&found, A::SeriesInstanceUid),
+        [
+            "1.2.10.1.1",
+            "1.2.10.2.1",
+            "1.2.10.3.1",
+            "1.2.10.4.1",
+            "1.2.10.6.1",
+            "1.2.10.7.1",
+            "1.2.10.8.1",
+            "1.2.10.1.2",
+            "1.2.10.3.2",
+            "1.2.10.5.1"
+        ]
+    );
+    // Integers compare numerically; text that is no integer matches nothing.
+    let by_number = |matcher: Matcher| {
+        let q = query(
+            partition,
+            Root::Study,
+            Level::Series,
+            vec![key(A::SeriesNumber, matcher)],
+        );
+        column_of(&find_all(store, &q), A::SeriesInstanceUid)
+    };
+    assert_eq!(
+        by_number(Matcher::Single("2".into())),
+        ["1.2.10.1.2", "1.2.10.3.2"]
+    );
+    assert_eq!(
+        by_number(Matcher::Single(" 02".into())),
+        ["1.2.10.1.2", "1.2.10.3.2"]
+    );
+    assert_eq!(
+        by_number(Matcher::Single("two".into())),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        by_number(Matcher::List(vec!["2".into(), "x".into()])),
+        ["1.2.10.1.2", "1.2.10.3.2"]
+    );
+    assert_eq!(by_number(Matcher::Wildcard("*".into())).len(), 10);
+    assert_eq!(
+        by_number(Matcher::Wildcard("2*".into())),
+        ["1.2.10.1.2", "1.2.10.3.2"]
+    );
+    let number_range = |from: &str, to: &str| Matcher::Range {
+        from: Some(from.into()),
+        to: Some(to.into()),
+    };
+    assert_eq!(
+        by_number(number_range("2", "10")),
+        ["1.2.10.1.2", "1.2.10.3.2"]
+    );
+    assert_eq!(by_number(number_range("x", "10")), Vec::<String>::new());
+    // Series UID lists.
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Study,
+            Level::Series,
+            vec![list(A::SeriesInstanceUid, &["1.2.10.5.1", "1.2.10.2.1"])],
+        ),
+    );
+    assert_eq!(
+        column_of(&found, A::SeriesInstanceUid),
+        ["1.2.10.2.1", "1.2.10.5.1"]
+    );
+
+    // Images of one series, by instance number (none last).
+    let images = |series: &str| {
+        let q = query(
+            partition,
+            Root::Study,
+            Level::Image,
+            vec![
+                single(A::StudyInstanceUid, &series[..8]),
+                single(A::SeriesInstanceUid, series),
+            ],
+        );
+        column_of(&find_all(store, &q), A::SopInstanceUid)
+    };
+    assert_eq!(
+        images("1.2.10.1.1"),
+        ["1.2.10.1.1.1", "1.2.10.1.1.2", "1.2.10.1.1.3"]
+    );
+    assert_eq!(images("1.2.10.3.2"), ["1.2.10.3.2.2", "1.2.10.3.2.1"]);
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Patient,
+            Level::Image,
+            vec![
+                single(A::SeriesInstanceUid, "1.2.10.1.1"),
+                single(A::InstanceNumber, "2"),
+            ],
+        ),
+    );
+    assert_eq!(column_of(&found, A::SopInstanceUid), ["1.2.10.1.1.2"]);
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Study,
+            Level::Image,
+            vec![list(
+                A::SopInstanceUid,
+                &["1.2.10.2.1.2", "1.2.10.8.1.1", "1.2.10.1.1.3"],
+            )],
+        ),
+    );
+    assert_eq!(
+        column_of(&found, A::SopInstanceUid),
+        ["1.2.10.8.1.1", "1.2.10.2.1.2", "1.2.10.1.1.3"]
+    );
+    let found = find_all(
+        store,
+        &query(
+            partition,
+            Root::Study,
+            Level::Image,
+            vec![single(A::SopClassUid, SR)],
+        ),
+    );
+    assert_eq!(column_of(&found, A::SopInstanceUid), ["1.2.10.1.2.1"]);
+
+    // Patients, by patient ID.
+    let found = find_all(
+        store,
+        &query(partition, Root::Patient, Level::Patient, vec![]),
+    );
+    assert_eq!(
+        column_of(&found, A::PatientId),
+        ["PID1", "PID2", "PID3", "PID4", "PID7", "PIDX5%", "PID_5%"]
+    );
+
+    // The order is stable.
+    for level in [Level::Study, Level::Series, Level::Image] {
+        let q = query(partition, Root::Study, level, vec![]);
+        assert_eq!(find_all(store, &q), find_all(store, &q));
+    }
+}
+
+fn partitions_are_isolated(store: &dyn QueryStore, a: PartitionId, b: PartitionId) {
+    use Attribute as A;
+    let accession = |partition| {
+        let q = query(
+            partition,
+            Root::Study,
+            Level::Study,
+            vec![
+                single(A::StudyInstanceUid, "1.2.10.1"),
+                universal(A::AccessionNumber),
+            ],
+        );
+        column_of(&find_all(store, &q), A::AccessionNumber)
+    };
+    assert_eq!(accession(a), ["ACC1"]);
+    assert_eq!(accession(b), ["B-ACC1"]);
+    let q = query(b, Root::Study, Level::Study, vec![]);
+    assert_eq!(
+        column_of(&find_all(store, &q), A::StudyInstanceUid),
+        studies(&[9, 1])
+    );
+    let q = query(
+        b,
+        Root::Patient,
+        Level::Patient,
+        vec![universal(A::NumberOfPatientRelatedInstances)],
+    );
+    assert_eq!(
+        column_of(&find_all(store, &q), A::NumberOfPatientRelatedInstances),
+        ["2"]
+    );
+    let q = query(
+        b,
+        Root::Study,
+        Level::Series,
+        vec![single(A::StudyInstanceUid, "1.2.10.1")],
+    );
+    assert_eq!(
+        column_of(&find_all(store, &q), A::SeriesInstanceUid),
+        ["1.2.10.1.1"]
+    );
+    let q = query(
+        b,
+        Root::Study,
+        Level::Image,
+        vec![single(A::SeriesInstanceUid, "1.2.10.1.1")],
+    );
+    assert_eq!(
+        column_of(&find_all(store, &q), A::SopInstanceUid),
+        ["1.2.10.1.1.1"]
+    );
+    let q = query(
+        a,
+        Root::Study,
+        Level::Study,
+        vec![single(A::StudyInstanceUid, "1.2.10.9")],
+    );
+    assert!(find_all(store, &q).is_empty());
+    let q = query(PartitionId(i64::MAX - 3), Root::Study, Level::Study, vec![]);
+    assert!(find_all(store, &q).is_empty());
+}
+
+/// `limit` lets at most limit + 1 matches through; a sink's Break stops.
+fn limits_and_cancel(store: &dyn QueryStore, partition: PartitionId) {
+    for (limit, expected) in [(0, 1), (3, 4), (7, 8), (8, 8), (100, 8)] {
+        for level in [Level::Study, Level::Image] {
+            let mut q = query(partition, Root::Study, level, vec![]);
+            let all = find_all(store, &q);
+            q.limit = Some(limit);
+            let capped = find_all(store, &q);
+            let expected = if level == Level::Study {
+                expected
+            } else {
+                all.len().min(limit as usize + 1)
+            };
+            assert_eq!(capped.len(), expected, "limit {limit} at {level:?}");
+            assert_eq!(capped[..], all[..expected], "limit {limit} keeps the order");
+        }
+    }
+    let q = query(partition, Root::Study, Level::Study, vec![]);
+    let mut seen = 0;
+    store
+        .find(&q, &mut |_| {
+            seen += 1;
+            if seen == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("find");
+    assert_eq!(seen, 2);
+    let mut seen = 0;
+    store
+        .find_instances(&q, &mut |_| {
+            seen += 1;
+            if seen == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("find_instances");
+    assert_eq!(seen, 3);
+}
+
+/// The instances below matched entities, with their locations, in study,
+/// series and instance order; studies without an online copy are skipped.
+fn retrieve_lists(
+    store: &(impl IndexStore + QueryStore),
+    a: &Fixture<'_>,
+    nearline: &dyn Nearline,
+) {
+    use Attribute as A;
+    let partition = a.partition;
+    let sops = |instances: &[StoredInstance]| -> Vec<String> {
+        instances
+            .iter()
+            .map(|i| i.sop_instance_uid.to_string())
+            .collect()
+    };
+    let study = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![single(A::StudyInstanceUid, "1.2.10.1")],
+    );
+    let found = all_instances(store, &study);
+    assert_eq!(
+        sops(&found),
+        [
+            "1.2.10.1.1.1",
+            "1.2.10.1.1.2",
+            "1.2.10.1.1.3",
+            "1.2.10.1.2.1"
+        ]
+    );
+    for instance in &found {
+        assert_eq!(
+            Some(instance),
+            store
+                .instance(partition, &instance.sop_instance_uid)
+                .expect("lookup")
+                .as_ref()
+        );
+    }
+    assert_eq!(found[0].location, a.location("1.2.10.1", "20240115"));
+    assert_eq!(found[3].series_uid, uid("1.2.10.1.2"));
+    assert_eq!(found[3].sop_class_uid, uid(SR));
+    assert_eq!(found[3].transfer_syntax_uid, uid("1.2.840.10008.1.2.1"));
+    assert_eq!(found[3].file_size, 1200);
+    assert_eq!(found[3].digest, format!("{:0>64}", "1210121"));
+
+    // Every level: patient, series, image (a UID list), studies by a key.
+    let patient = query(
+        partition,
+        Root::Patient,
+        Level::Patient,
+        vec![single(A::PatientId, "PID1")],
+    );
+    assert_eq!(
+        sops(&all_instances(store, &patient)),
+        [
+            "1.2.10.1.1.1",
+            "1.2.10.1.1.2",
+            "1.2.10.1.1.3",
+            "1.2.10.1.2.1",
+            "1.2.10.2.1.1",
+            "1.2.10.2.1.2"
+        ]
+    );
+    let series = query(
+        partition,
+        Root::Study,
+        Level::Series,
+        vec![single(A::SeriesInstanceUid, "1.2.10.3.2")],
+    );
+    assert_eq!(
+        sops(&all_instances(store, &series)),
+        ["1.2.10.3.2.2", "1.2.10.3.2.1"]
+    );
+    let images = query(
+        partition,
+        Root::Study,
+        Level::Image,
+        vec![list(
+            A::SopInstanceUid,
+            &["1.2.10.2.1.2", "1.2.10.1.2.1", "1.2.10.1.1.3", "9.9"],
+        )],
+    );
+    assert_eq!(
+        sops(&all_instances(store, &images)),
+        ["1.2.10.1.1.3", "1.2.10.1.2.1", "1.2.10.2.1.2"]
+    );
+    let by_modality = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![single(A::ModalitiesInStudy, "MR")],
+    );
+    assert_eq!(
+        sops(&all_instances(store, &by_modality)),
+        ["1.2.10.4.1.1", "1.2.10.2.1.1", "1.2.10.2.1.2"]
+    );
+    // A limit caps matches, not instances: it does not apply here.
+    let capped = Query {
+        limit: Some(0),
+        ..patient.clone()
+    };
+    assert_eq!(all_instances(store, &capped).len(), 6);
+
+    // A nearline study has nothing to send.
+    nearline.take_offline(partition, &uid("1.2.10.2"));
+    assert_eq!(
+        sops(&all_instances(store, &patient)),
+        [
+            "1.2.10.1.1.1",
+            "1.2.10.1.1.2",
+            "1.2.10.1.1.3",
+            "1.2.10.1.2.1"
+        ]
+    );
+    let images = query(
+        partition,
+        Root::Study,
+        Level::Image,
+        vec![single(A::SopInstanceUid, "1.2.10.2.1.2")],
+    );
+    assert!(all_instances(store, &images).is_empty());
+    // C-FIND still finds it.
+    let q = query(
+        partition,
+        Root::Study,
+        Level::Study,
+        vec![single(A::StudyInstanceUid, "1.2.10.2")],
+    );
+    assert_eq!(find_all(store, &q).len(), 1);
 }

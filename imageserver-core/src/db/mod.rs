@@ -10,14 +10,18 @@
 //! instances. Transient contention (SQLite busy, serialization failures) is
 //! retried inside the backend and never reaches callers.
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(test)]
 pub(crate) mod conformance;
 
+use std::ops::ControlFlow;
+
+use crate::model::query::{Match, Query};
 use crate::model::{
-    DeviceSpec, Filesystem, FilesystemId, FilesystemSpec, IndexCounts, InsertOutcome,
-    InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
+    DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
 };
 
 /// Errors of the index backends.
@@ -120,4 +124,42 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
 
     /// Row counts of a partition.
     fn counts(&self, partition: PartitionId) -> Result<IndexCounts, Error>;
+
+    /// Records an instance kept aside under the `compare` duplicate policy.
+    fn record_duplicate(&self, duplicate: &DuplicateRecord) -> Result<(), Error>;
+
+    /// The kept-aside duplicates of a partition, oldest first.
+    fn duplicates(&self, partition: PartitionId) -> Result<Vec<DuplicateRecord>, Error>;
 }
+
+/// Queries against the index (C-FIND, retrieve, DICOMweb QIDO): matching per
+/// PS3.4 C.2.2.2, answered from the index alone, never from files.
+///
+/// Results stream to a sink (push style): the sink returns
+/// `ControlFlow::Break(())` to stop early (C-CANCEL, result caps), and the
+/// backend stops reading at once.
+pub trait QueryStore: Send + Sync + std::fmt::Debug {
+    /// Streams the entities at `query.level` that match every key, in a
+    /// stable order (by patient, study date and time, series number,
+    /// instance number, then key), each with the values of the query's keys
+    /// and the unique keys of its level and the levels above.
+    fn find(
+        &self,
+        query: &Query,
+        sink: &mut dyn FnMut(Match) -> ControlFlow<()>,
+    ) -> Result<(), Error>;
+
+    /// Streams every stored instance below the entities `query` matches (for
+    /// C-MOVE, C-GET and WADO), ordered by study, series, instance number.
+    fn find_instances(
+        &self,
+        query: &Query,
+        sink: &mut dyn FnMut(StoredInstance) -> ControlFlow<()>,
+    ) -> Result<(), Error>;
+}
+
+/// Everything an archive needs from its database: the index and its queries.
+/// Implemented for every type that implements both.
+pub trait Database: IndexStore + QueryStore {}
+
+impl<T: IndexStore + QueryStore + ?Sized> Database for T {}

@@ -16,6 +16,7 @@
 //! `migrations/0001_initial.sql` for all conventions).
 
 mod ingest;
+mod query;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -27,14 +28,17 @@ use rusqlite::{
 
 use crate::db::{Error, IndexStore};
 use crate::model::{
-    AeTitle, DeviceSpec, Filesystem, FilesystemId, FilesystemSpec, FolderName, IndexCounts,
-    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Tier,
-    Uid,
+    AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
+    IndexCounts, InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance,
+    StudyLocation, Tier, Uid,
 };
 
 /// The migrations, in order: `(version, SQL)`. Version `n` is the schema
 /// after applying the `n`-th file.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_query_indexes.sql")),
+];
 
 /// The newest schema version this build knows (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -415,10 +419,14 @@ impl IndexStore for SqliteIndex {
         let now = now_ms();
         self.write("ensuring a partition", |tx| {
             tx.prepare_cached(
-                "INSERT INTO partition (ae_title, folder, description, created_at)
-                 VALUES (?1, ?2, ?3, ?4)
+                "INSERT INTO partition (ae_title, folder, description, port, accept_any_device,
+                                        duplicate_policy, pn_case_insensitive, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (ae_title) DO UPDATE
-                 SET folder = excluded.folder, description = excluded.description
+                 SET folder = excluded.folder, description = excluded.description,
+                     port = excluded.port, accept_any_device = excluded.accept_any_device,
+                     duplicate_policy = excluded.duplicate_policy,
+                     pn_case_insensitive = excluded.pn_case_insensitive
                  RETURNING id",
             )?
             .query_row(
@@ -426,6 +434,10 @@ impl IndexStore for SqliteIndex {
                     spec.ae_title.as_str(),
                     spec.folder.as_str(),
                     spec.description,
+                    spec.port,
+                    spec.accept_unknown_devices,
+                    spec.duplicate_policy.as_str(),
+                    spec.pn_case_insensitive,
                     now
                 ],
                 |r| r.get(0).map(PartitionId),
@@ -506,12 +518,14 @@ impl IndexStore for SqliteIndex {
         self.write("ensuring a device", |tx| {
             tx.prepare_cached(
                 "INSERT INTO device
-                     (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
+                      max_associations)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (partition_id, ae_title) DO UPDATE
                  SET host = excluded.host, port = excluded.port,
                      allow_store = excluded.allow_store, allow_query = excluded.allow_query,
-                     allow_retrieve = excluded.allow_retrieve",
+                     allow_retrieve = excluded.allow_retrieve,
+                     max_associations = excluded.max_associations",
             )?
             .execute(params![
                 partition.0,
@@ -520,7 +534,8 @@ impl IndexStore for SqliteIndex {
                 spec.port,
                 spec.allow_store,
                 spec.allow_query,
-                spec.allow_retrieve
+                spec.allow_retrieve,
+                spec.max_associations
             ])
             .map(drop)
         })
@@ -529,7 +544,8 @@ impl IndexStore for SqliteIndex {
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
         self.read("listing devices", |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve
+                "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
+                        max_associations
                  FROM device WHERE partition_id = ?1 ORDER BY ae_title",
             )?;
             let rows = stmt.query_map([partition.0], |r| {
@@ -540,6 +556,7 @@ impl IndexStore for SqliteIndex {
                     allow_store: r.get(3)?,
                     allow_query: r.get(4)?,
                     allow_retrieve: r.get(5)?,
+                    max_associations: r.get(6)?,
                 })
             })?;
             rows.collect()
@@ -636,6 +653,56 @@ impl IndexStore for SqliteIndex {
                     instances: get_u64(r, 3)?,
                 })
             })
+        })
+    }
+
+    fn record_duplicate(&self, duplicate: &DuplicateRecord) -> Result<(), Error> {
+        self.write("recording a duplicate", |tx| {
+            tx.prepare_cached(
+                "INSERT INTO duplicate (partition_id, sop_instance_uid, filesystem_id, date_folder,
+                                        study_uid, series_uid, variant, file_size, digest,
+                                        source_ae, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                duplicate.partition.0,
+                duplicate.sop_instance_uid.as_str(),
+                duplicate.location.filesystem.0,
+                duplicate.location.date_folder,
+                duplicate.location.study_uid.as_str(),
+                duplicate.series_uid.as_str(),
+                duplicate.variant as i64,
+                duplicate.file_size as i64,
+                duplicate.digest,
+                duplicate.source_ae,
+                duplicate.received_at_ms
+            ])
+            .map(drop)
+        })
+    }
+
+    fn duplicates(&self, partition: PartitionId) -> Result<Vec<DuplicateRecord>, Error> {
+        self.read("listing duplicates", |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT d.filesystem_id, p.folder, d.date_folder, d.study_uid, d.sop_instance_uid,
+                        d.series_uid, d.variant, d.file_size, d.digest, d.source_ae, d.received_at
+                 FROM duplicate d JOIN partition p ON p.id = d.partition_id
+                 WHERE d.partition_id = ?1 ORDER BY d.received_at, d.id",
+            )?;
+            let rows = stmt.query_map([partition.0], |r| {
+                Ok(DuplicateRecord {
+                    partition,
+                    location: location_from_row(r, 0)?,
+                    sop_instance_uid: parse_column(r, 4, Uid::parse)?,
+                    series_uid: parse_column(r, 5, Uid::parse)?,
+                    variant: get_u64(r, 6)?,
+                    file_size: get_u64(r, 7)?,
+                    digest: r.get(8)?,
+                    source_ae: r.get(9)?,
+                    received_at_ms: r.get(10)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 }

@@ -1,6 +1,7 @@
 //! SQLite-specific tests, and the shared conformance suite on SQLite.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,12 +9,13 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use super::{Options, SqliteIndex, SCHEMA_VERSION};
-use crate::db::conformance::{self, StudySummaries, StudySummary};
-use crate::db::{Error, IndexStore};
+use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
+use crate::db::{Error, IndexStore, QueryStore};
+use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
 use crate::model::{
-    AeTitle, FilesystemId, FilesystemSpec, FolderName, IndexCounts, InsertOutcome, InstanceAttrs,
-    InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs, StudyAttrs,
-    StudyLocation, Tier, Uid,
+    AeTitle, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, IndexCounts, InsertOutcome,
+    InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs,
+    StudyAttrs, StudyLocation, Tier, Uid,
 };
 
 impl StudySummaries for SqliteIndex {
@@ -41,6 +43,20 @@ impl StudySummaries for SqliteIndex {
     }
 }
 
+impl Nearline for SqliteIndex {
+    fn take_offline(&self, partition: PartitionId, study_uid: &Uid) {
+        let conn = self.writer.lock().expect("writer");
+        let changed = conn
+            .execute(
+                "UPDATE study_storage SET filesystem_id = NULL, state = 'nearline'
+                 WHERE partition_id = ?1 AND study_uid = ?2",
+                rusqlite::params![partition.0, study_uid.as_str()],
+            )
+            .expect("take offline");
+        assert_eq!(changed, 1, "study {study_uid} exists");
+    }
+}
+
 fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("index.sqlite");
@@ -57,6 +73,10 @@ fn setup(index: &SqliteIndex, name: &str) -> (PartitionId, FilesystemId) {
             ae_title: AeTitle::parse(name).expect("ae"),
             folder: FolderName::parse(name).expect("folder"),
             description: String::new(),
+            port: 0,
+            accept_unknown_devices: true,
+            duplicate_policy: DuplicatePolicy::default(),
+            pn_case_insensitive: true,
         })
         .expect("partition");
     let fs = index
@@ -226,6 +246,240 @@ fn conformance_suite() {
     conformance::run_all(&index);
     conformance::run_summaries(&index, &index);
     verify_counters(&path);
+}
+
+#[test]
+fn query_conformance_suite() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    conformance::run_query_suite(&index, &index);
+}
+
+/// The study-level shapes of the C-FIND target (PatientID, AccessionNumber,
+/// StudyDate range, PatientName prefix, ModalitiesInStudy) and the
+/// hierarchical lower levels use indexes, with no statistics, sampled ones
+/// (what `PRAGMA optimize` leaves) and full ones: no full scan of a table,
+/// (a list's `json_each` is scanned, not a table), and the date-ordered
+/// shapes need no sort of the whole result.
+#[test]
+fn query_plans_use_indexes() {
+    let (_dir, path) = temp_db();
+    let index = SqliteIndex::open(&path).expect("open");
+    let (partition, fs) = setup(&index, "PLANS");
+    index
+        .insert_instances(&bench_records(partition, fs, 0..40))
+        .expect("insert");
+    let key = |attribute, matcher| Key { attribute, matcher };
+    let single = |attribute, value: &str| key(attribute, Matcher::Single(value.to_string()));
+    let study = |keys: &[Key]| bench_query(partition, keys, Some(100));
+    let lower = |level, keys: Vec<Key>| Query {
+        partition,
+        root: Root::Study,
+        level,
+        keys,
+        pn_case_insensitive: true,
+        limit: None,
+    };
+    let mut case_sensitive = study(&[single(Attribute::PatientName, "DOE1^GIVEN3")]);
+    case_sensitive.pn_case_insensitive = false;
+    // (shape, query, index and constraint the plan must show, ordered by the index)
+    let shapes: Vec<(&str, Query, &str, bool)> = vec![
+        (
+            "PatientID",
+            study(&[single(Attribute::PatientId, "PID000007")]),
+            "sqlite_autoindex_patient_1 (partition_id=? AND patient_id=?)",
+            false,
+        ),
+        (
+            "AccessionNumber",
+            study(&[single(Attribute::AccessionNumber, "ACC00000001")]),
+            "study_accession_idx (partition_id=? AND accession_number=?)",
+            false,
+        ),
+        (
+            "StudyDate range",
+            study(&[key(
+                Attribute::StudyDate,
+                Matcher::Range {
+                    from: Some("20170101".into()),
+                    to: Some("20220101".into()),
+                },
+            )]),
+            "study_date_idx (partition_id=? AND study_date>? AND study_date<?)",
+            true,
+        ),
+        (
+            "StudyDate open range",
+            study(&[key(
+                Attribute::StudyDate,
+                Matcher::Range {
+                    from: Some("20170101".into()),
+                    to: None,
+                },
+            )]),
+            "study_date_idx (partition_id=? AND study_date>?)",
+            true,
+        ),
+        (
+            "PatientName prefix",
+            study(&[key(
+                Attribute::PatientName,
+                Matcher::Wildcard("DOE*".into()),
+            )]),
+            "patient_name_idx (partition_id=? AND patient_name>? AND patient_name<?)",
+            false,
+        ),
+        (
+            "PatientName non-ASCII prefix",
+            study(&[key(
+                Attribute::PatientName,
+                Matcher::Wildcard("müller*".into()),
+            )]),
+            "patient_name_idx (partition_id=? AND patient_name>? AND patient_name<?)",
+            false,
+        ),
+        (
+            "PatientName case-sensitive",
+            case_sensitive,
+            "patient_name_idx (partition_id=? AND patient_name=?)",
+            false,
+        ),
+        (
+            "ModalitiesInStudy",
+            study(&[single(Attribute::ModalitiesInStudy, "CT")]),
+            "study_date_idx (partition_id=?)",
+            true,
+        ),
+        (
+            "ModalitiesInStudy list",
+            study(&[key(
+                Attribute::ModalitiesInStudy,
+                Matcher::List(vec!["CT".into(), "MR".into()]),
+            )]),
+            "study_date_idx (partition_id=?)",
+            true,
+        ),
+        (
+            "all studies",
+            study(&[]),
+            "study_date_idx (partition_id=?)",
+            true,
+        ),
+        (
+            "StudyInstanceUID list",
+            study(&[key(
+                Attribute::StudyInstanceUid,
+                Matcher::List(vec![
+                    "1.2.826.0.1.3680043.10.3".into(),
+                    "1.2.826.0.1.3680043.10.5".into(),
+                ]),
+            )]),
+            "sqlite_autoindex_study_1 (partition_id=? AND study_uid=?)",
+            false,
+        ),
+        (
+            "PatientID prefix",
+            study(&[key(
+                Attribute::PatientId,
+                Matcher::Wildcard("PID00001*".into()),
+            )]),
+            "sqlite_autoindex_patient_1 (partition_id=? AND patient_id>? AND patient_id<?)",
+            false,
+        ),
+        (
+            "series of a study",
+            lower(
+                Level::Series,
+                vec![single(
+                    Attribute::StudyInstanceUid,
+                    "1.2.826.0.1.3680043.10.3",
+                )],
+            ),
+            "sqlite_autoindex_study_1 (partition_id=? AND study_uid=?)",
+            false,
+        ),
+        (
+            "images of a series",
+            lower(
+                Level::Image,
+                vec![
+                    single(Attribute::StudyInstanceUid, "1.2.826.0.1.3680043.10.3"),
+                    single(Attribute::SeriesInstanceUid, "1.2.826.0.1.3680043.10.3.1"),
+                ],
+            ),
+            "instance_series_idx (series_fk=?)",
+            false,
+        ),
+        (
+            "image by SOP Instance UID",
+            lower(
+                Level::Image,
+                vec![single(
+                    Attribute::SopInstanceUid,
+                    "1.2.826.0.1.3680043.11.3.7",
+                )],
+            ),
+            "sqlite_autoindex_instance_1 (partition_id=? AND sop_instance_uid=?)",
+            false,
+        ),
+    ];
+    let conn = Connection::open(&path).expect("open");
+    for statistics in [
+        "DROP TABLE IF EXISTS sqlite_stat1; DROP TABLE IF EXISTS sqlite_stat4;",
+        "PRAGMA analysis_limit = 400; ANALYZE;",
+        "PRAGMA analysis_limit = 0; ANALYZE;",
+    ] {
+        conn.execute_batch(statistics).expect("statistics");
+        let conn = Connection::open(&path).expect("reopen with these statistics");
+        for (shape, query, expected, ordered) in &shapes {
+            let plan = explain(&conn, query);
+            assert!(plan.contains(expected), "{shape} ({statistics}): {plan}");
+            assert!(
+                !plan
+                    .split("; ")
+                    .any(|step| step.starts_with("SCAN") && !step.starts_with("SCAN json_each")),
+                "{shape} ({statistics}) scans: {plan}"
+            );
+            if *ordered {
+                assert!(
+                    !plan.contains("TEMP B-TREE FOR ORDER BY"),
+                    "{shape} ({statistics}) sorts: {plan}"
+                );
+            }
+            // And the statement runs.
+            index_find_count(&index, query);
+        }
+        // The retrieve lists: the per-entity statements and a study UID.
+        for level in [Level::Patient, Level::Study, Level::Series] {
+            let sql = super::query::instances_below(level);
+            let plan = plan_of(&conn, &sql, &[rusqlite::types::Value::Integer(1)]);
+            assert!(!plan.contains("SCAN"), "{level:?} ({statistics}): {plan}");
+        }
+        let by_uid = lower(
+            Level::Study,
+            vec![single(
+                Attribute::StudyInstanceUid,
+                "1.2.826.0.1.3680043.10.3",
+            )],
+        );
+        let plan = super::query::Plan::instances(&by_uid);
+        let plan = plan_of(&conn, &plan.sql.text, &plan.sql.params);
+        assert!(
+            plan.contains("sqlite_autoindex_study_1 (partition_id=? AND study_uid=?)"),
+            "retrieve a study ({statistics}): {plan}"
+        );
+    }
+}
+
+fn index_find_count(index: &SqliteIndex, query: &Query) -> usize {
+    let mut n = 0;
+    index
+        .find(query, &mut |_| {
+            n += 1;
+            ControlFlow::Continue(())
+        })
+        .expect("find");
+    n
 }
 
 #[test]
@@ -593,4 +847,137 @@ fn mixed_workload_keeps_counters_exact() {
         .query_row("SELECT COUNT(*) FROM instance", [], |r| r.get(0))
         .expect("count");
     assert_eq!(counts.instances, u64::try_from(rows).expect("count"));
+}
+
+/// A synthetic archive for the query benchmark: study `s` of `studies`, 100
+/// instances in 2–4 series, 2.5 studies per patient, ~27 studies a day over
+/// ten years, modalities CT, MR, CT+SR, US, CR.
+fn bench_records(
+    partition: PartitionId,
+    fs: FilesystemId,
+    studies: std::ops::Range<u32>,
+) -> Vec<InstanceRecord> {
+    const SURNAMES: [&str; 12] = [
+        "SMITH", "JONES", "MULLER", "GARCIA", "MARTIN", "BERNARD", "ROSSI", "DUPONT", "SCHMIDT",
+        "NGUYEN", "KOWALSKI", "DOE",
+    ];
+    let mut records = Vec::with_capacity(studies.len() * 100);
+    for s in studies {
+        let patient = s * 7 % 40_000;
+        let day = s * 37 % 3650;
+        let (y, m, d) = (2015 + day / 365, 1 + day % 365 / 31 % 12, 1 + day % 28);
+        let (modalities, series): (&[&str], u32) = match s % 10 {
+            0..=3 => (&["CT"], 2),
+            4..=6 => (&["MR"], 4),
+            7 => (&["CT", "SR"], 2),
+            8 => (&["US"], 2),
+            _ => (&["CR"], 2),
+        };
+        let study_uid = uid(&format!("1.2.826.0.1.3680043.10.{s}"));
+        for n in 0..100u32 {
+            let se = n % series;
+            let modality = modalities[usize::try_from(se).expect("small") % modalities.len()];
+            records.push(InstanceRecord {
+                partition,
+                location: StudyLocation {
+                    filesystem: fs,
+                    partition_folder: FolderName::parse("BENCH").expect("folder"),
+                    date_folder: format!("{y:04}{m:02}{d:02}"),
+                    study_uid: study_uid.clone(),
+                },
+                patient: PatientAttrs {
+                    patient_id: format!("PID{patient:06}"),
+                    issuer_of_patient_id: None,
+                    patient_name: Some(format!(
+                        "{}{}^GIVEN{}",
+                        SURNAMES[patient as usize % SURNAMES.len()],
+                        patient / 12,
+                        patient % 50
+                    )),
+                    birth_date: Some(format!("19{:02}0101", patient % 100)),
+                    sex: Some(if patient % 2 == 0 { "F" } else { "M" }.to_string()),
+                },
+                study: StudyAttrs {
+                    study_uid: study_uid.clone(),
+                    study_date: Some(format!("{y:04}{m:02}{d:02}")),
+                    study_time: Some(format!("{:02}{:02}{:02}", s % 24, s % 60, s % 59)),
+                    accession_number: Some(format!("ACC{s:08}")),
+                    study_id: Some(s.to_string()),
+                    study_description: Some("BENCH STUDY".to_string()),
+                    referring_physician_name: Some("REF^DR".to_string()),
+                    specific_character_set: None,
+                },
+                series: SeriesAttrs {
+                    series_uid: uid(&format!("1.2.826.0.1.3680043.10.{s}.{se}")),
+                    modality: Some(modality.to_string()),
+                    series_number: Some(i32::try_from(se + 1).expect("small")),
+                    series_description: None,
+                    body_part_examined: None,
+                    series_date: None,
+                    series_time: None,
+                },
+                instance: InstanceAttrs {
+                    sop_instance_uid: uid(&format!("1.2.826.0.1.3680043.11.{s}.{n}")),
+                    sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
+                    instance_number: Some(i32::try_from(n / series + 1).expect("small")),
+                    transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+                    file_size: 500_000,
+                    digest: format!("{s:032x}{n:032x}"),
+                    source_ae: Some("BENCH".to_string()),
+                },
+            });
+        }
+    }
+    records
+}
+
+fn bench_query(partition: PartitionId, keys: &[Key], limit: Option<u64>) -> Query {
+    let mut all: Vec<Key> = keys.to_vec();
+    for attribute in [
+        Attribute::StudyInstanceUid,
+        Attribute::PatientName,
+        Attribute::PatientId,
+        Attribute::StudyDate,
+        Attribute::StudyTime,
+        Attribute::AccessionNumber,
+        Attribute::StudyDescription,
+        Attribute::ModalitiesInStudy,
+        Attribute::NumberOfStudyRelatedInstances,
+    ] {
+        if !all.iter().any(|k| k.attribute == attribute) {
+            all.push(Key {
+                attribute,
+                matcher: Matcher::Universal,
+            });
+        }
+    }
+    Query {
+        partition,
+        root: Root::Study,
+        level: Level::Study,
+        keys: all,
+        pn_case_insensitive: true,
+        limit,
+    }
+}
+
+/// The query plan of a query's statement, one line.
+fn explain(conn: &Connection, query: &Query) -> String {
+    let plan = super::query::Plan::find(query);
+    plan_of(conn, &plan.sql.text, &plan.sql.params)
+}
+
+/// The query plan of a statement with these values bound, one line.
+fn plan_of(conn: &Connection, sql: &str, params: &[rusqlite::types::Value]) -> String {
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .expect("plan");
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(params), |r| {
+            r.get::<_, String>(3)
+        })
+        .expect("query");
+    rows.collect::<Result<Vec<_>, _>>()
+        .expect("rows")
+        .join("; ")
 }

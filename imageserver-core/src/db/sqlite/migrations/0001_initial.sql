@@ -215,6 +215,26 @@ CREATE TABLE work_queue_uid (
 ) STRICT;
 CREATE INDEX work_queue_uid_item_idx ON work_queue_uid (work_queue_id);
 
+-- Instances received for a SOP Instance UID already held, kept aside under
+-- the 'compare' duplicate policy until a person reconciles them. The file is
+-- <study folder>/<series_uid>/<sop_instance_uid>.dup<variant>.dcm on the
+-- filesystem of the study location recorded here.
+CREATE TABLE duplicate (
+    id               INTEGER PRIMARY KEY,
+    partition_id     INTEGER NOT NULL REFERENCES partition(id) ON DELETE CASCADE,
+    sop_instance_uid TEXT    NOT NULL,
+    filesystem_id    INTEGER NOT NULL REFERENCES filesystem(id),
+    date_folder      TEXT    NOT NULL,
+    study_uid        TEXT    NOT NULL,
+    series_uid       TEXT    NOT NULL,
+    variant          INTEGER NOT NULL,
+    file_size        INTEGER NOT NULL,
+    digest           TEXT    NOT NULL,
+    source_ae        TEXT,
+    received_at      INTEGER NOT NULL,
+    UNIQUE (partition_id, sop_instance_uid, variant)
+) STRICT;
+
 -- Who stored, queried, retrieved, deleted what. No foreign keys: the log
 -- outlives the rows it mentions.
 CREATE TABLE audit_log (

@@ -5,6 +5,8 @@
 //! ("parse, don't re-check"): a [`Uid`] can be used as a path component
 //! because it cannot hold anything but digits and dots.
 
+pub mod query;
+
 use std::fmt;
 
 /// A DICOM UID, validated against PS3.5 §9.1: at most 64 characters,
@@ -181,6 +183,47 @@ pub fn study_date_folder(value: Option<&str>) -> String {
     }
 }
 
+/// What a partition does with an instance whose SOP Instance UID it
+/// already holds (ClearCanvas's duplicate SOP policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DuplicatePolicy {
+    /// Answer success and keep the stored instance; the new one is dropped.
+    SendSuccess,
+    /// Answer a failure (0111, duplicate SOP instance); keep the stored one.
+    Reject,
+    /// Keep the stored instance, keep the new one aside and record it for a
+    /// person to reconcile (identical bytes are simply acknowledged).
+    Compare,
+    /// Replace the stored instance; the old file goes only once the new one
+    /// is durable and indexed.
+    #[default]
+    AcceptLatest,
+}
+
+impl DuplicatePolicy {
+    /// The stable name used in configuration and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicatePolicy::SendSuccess => "send_success",
+            DuplicatePolicy::Reject => "reject",
+            DuplicatePolicy::Compare => "compare",
+            DuplicatePolicy::AcceptLatest => "accept_latest",
+        }
+    }
+
+    /// Parses the stable name.
+    pub fn parse(name: &str) -> Option<DuplicatePolicy> {
+        [
+            DuplicatePolicy::SendSuccess,
+            DuplicatePolicy::Reject,
+            DuplicatePolicy::Compare,
+            DuplicatePolicy::AcceptLatest,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == name)
+    }
+}
+
 /// A partition as the configuration declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionSpec {
@@ -190,6 +233,15 @@ pub struct PartitionSpec {
     pub folder: FolderName,
     /// Human description.
     pub description: String,
+    /// The port its listener uses.
+    pub port: u16,
+    /// Accept callers that are not known devices (and register them), or
+    /// reject them with A-ASSOCIATE-RJ.
+    pub accept_unknown_devices: bool,
+    /// What to do with duplicate SOP instances.
+    pub duplicate_policy: DuplicatePolicy,
+    /// PN keys match case-insensitively in queries.
+    pub pn_case_insensitive: bool,
 }
 
 /// A filesystem as the configuration declares it.
@@ -237,6 +289,8 @@ pub struct DeviceSpec {
     pub allow_query: bool,
     /// May retrieve from us.
     pub allow_retrieve: bool,
+    /// Most associations it may have open with us at once (0: no limit).
+    pub max_associations: u32,
 }
 
 /// Where a study lives: one filesystem and a folder relative to its root.
@@ -369,6 +423,30 @@ pub struct StoredInstance {
     pub file_size: u64,
     /// BLAKE3 digest, lowercase hex.
     pub digest: String,
+}
+
+/// An instance received for a SOP Instance UID already held, kept aside
+/// under the `compare` duplicate policy for a person to reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuplicateRecord {
+    /// The partition.
+    pub partition: PartitionId,
+    /// The duplicated instance.
+    pub sop_instance_uid: Uid,
+    /// Where the kept-aside copy is (its study location and series).
+    pub location: StudyLocation,
+    /// The series of the kept-aside copy.
+    pub series_uid: Uid,
+    /// Distinguishes several kept-aside copies of one instance.
+    pub variant: u64,
+    /// Size of the kept-aside file.
+    pub file_size: u64,
+    /// BLAKE3 digest of the kept-aside file.
+    pub digest: String,
+    /// The AE title that sent it.
+    pub source_ae: Option<String>,
+    /// When it arrived (milliseconds since the Unix epoch).
+    pub received_at_ms: i64,
 }
 
 /// Row counts of one partition's index.
