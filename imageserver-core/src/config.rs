@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{AeTitle, DeviceSpec, FilesystemSpec, FolderName, PartitionSpec, Tier};
+use crate::model::{
+    AeTitle, DeviceSpec, DuplicatePolicy, FilesystemSpec, FolderName, PartitionSpec, Tier,
+};
 
 /// Why a configuration is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +47,11 @@ pub enum ConfigError {
 pub struct Config {
     /// Where the default index and filesystem live.
     pub data_dir: PathBuf,
-    /// Index database URL: `sqlite:PATH` (default `sqlite:<data_dir>/index.db`).
+    /// Index database URL: `sqlite:PATH` (default `sqlite:<data_dir>/index.db`)
+    /// or `postgres://user@host:port/database`.
     pub db: Option<String>,
+    /// Connection settings of a PostgreSQL index (`[database]`).
+    pub database: DatabaseConfig,
     /// New instances are refused (A700) when no writable filesystem has at
     /// least this many MiB free.
     pub min_free_space_mb: u64,
@@ -56,6 +61,36 @@ pub struct Config {
     pub filesystems: Vec<FilesystemConfig>,
     /// Known remote AEs.
     pub devices: Vec<DeviceConfig>,
+    /// Further partitions (virtual servers), besides the one `[dicom]` describes.
+    pub partitions: Vec<PartitionConfig>,
+}
+
+/// A further partition: its own AE title, port, folder, devices and policies.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// Its AE title.
+    pub ae_title: String,
+    /// Its port.
+    pub port: u16,
+    /// Its folder under each filesystem (default: the AE title).
+    #[serde(default)]
+    pub folder: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Accept (and register) callers that are not known devices.
+    #[serde(default = "yes")]
+    pub accept_unknown_devices: bool,
+    /// `send_success`, `reject`, `compare` or `accept_latest`.
+    #[serde(default = "default_duplicate_policy")]
+    pub duplicate_policy: String,
+    /// PN keys match case-insensitively.
+    #[serde(default = "yes")]
+    pub pn_case_insensitive: bool,
+    /// C-FIND result cap.
+    #[serde(default = "default_max_query_results")]
+    pub max_query_results: u64,
 }
 
 /// The DICOM acceptor's settings.
@@ -81,6 +116,15 @@ pub struct DicomConfig {
     pub idle_timeout_secs: u64,
     /// Private storage SOP Class UIDs accepted besides the standard ones.
     pub private_sop_classes: Vec<String>,
+    /// PN keys match case-insensitively in C-FIND (PS3.4 leaves it to us).
+    pub pn_case_insensitive: bool,
+    /// A C-FIND with more matches than this fails with A700 (out of resources).
+    pub max_query_results: u64,
+    /// Accept (and register) callers that are not known devices; otherwise
+    /// they get A-ASSOCIATE-RJ (calling AE title not recognised).
+    pub accept_unknown_devices: bool,
+    /// `send_success`, `reject`, `compare` or `accept_latest`.
+    pub duplicate_policy: String,
 }
 
 /// One storage filesystem.
@@ -128,6 +172,12 @@ pub struct DeviceConfig {
     /// May retrieve from us.
     #[serde(default = "yes")]
     pub allow_retrieve: bool,
+    /// Most associations it may hold open at once (0: no limit).
+    #[serde(default)]
+    pub max_associations: u32,
+    /// The AE title of the partition it belongs to (default: the `[dicom]` one).
+    #[serde(default)]
+    pub partition: Option<String>,
 }
 
 fn default_tier() -> u8 {
@@ -142,16 +192,24 @@ fn default_low_watermark() -> f64 {
 fn yes() -> bool {
     true
 }
+fn default_duplicate_policy() -> String {
+    DuplicatePolicy::AcceptLatest.as_str().to_string()
+}
+fn default_max_query_results() -> u64 {
+    10_000
+}
 
 impl Default for Config {
     fn default() -> Config {
         Config {
             data_dir: PathBuf::from("./imageserver-data"),
             db: None,
+            database: DatabaseConfig::default(),
             min_free_space_mb: 256,
             dicom: DicomConfig::default(),
             filesystems: Vec::new(),
             devices: Vec::new(),
+            partitions: Vec::new(),
         }
     }
 }
@@ -168,6 +226,10 @@ impl Default for DicomConfig {
             artim_timeout_secs: 30,
             idle_timeout_secs: 300,
             private_sop_classes: Vec::new(),
+            pn_case_insensitive: true,
+            max_query_results: default_max_query_results(),
+            accept_unknown_devices: true,
+            duplicate_policy: default_duplicate_policy(),
         }
     }
 }
@@ -179,15 +241,11 @@ pub struct Settings {
     pub db_url: String,
     /// Minimum free bytes for new instances.
     pub min_free_bytes: u64,
-    /// The partition the acceptor serves.
-    pub partition: PartitionSpec,
-    /// Listen address.
+    /// Listen address (all partitions).
     pub bind: String,
-    /// Listen port.
-    pub port: u16,
     /// Reject associations calling another AE title.
     pub check_called_ae: bool,
-    /// Association limit.
+    /// Association limit (per partition listener).
     pub max_associations: usize,
     /// Largest PDU we accept.
     pub max_pdu_length: u32,
@@ -199,8 +257,26 @@ pub struct Settings {
     pub private_sop_classes: Vec<String>,
     /// Filesystems.
     pub filesystems: Vec<FilesystemSpec>,
-    /// Devices.
+    /// Partitions; the first is the default (the `[dicom]` one).
+    pub partitions: Vec<PartitionSettings>,
+}
+
+/// One partition's validated settings.
+#[derive(Debug, Clone)]
+pub struct PartitionSettings {
+    /// Identity and policies.
+    pub spec: PartitionSpec,
+    /// C-FIND result cap.
+    pub max_query_results: u64,
+    /// Its known devices.
     pub devices: Vec<DeviceSpec>,
+}
+
+impl Settings {
+    /// The default partition (the `[dicom]` one).
+    pub fn default_partition(&self) -> &PartitionSettings {
+        &self.partitions[0]
+    }
 }
 
 impl Config {
@@ -220,9 +296,11 @@ impl Config {
 
     /// The index URL this configuration uses.
     pub fn db_url(&self) -> String {
-        self.db
+        let url = self
+            .db
             .clone()
-            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("index.db").display()))
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("index.db").display()));
+        self.database.apply_to(url)
     }
 
     /// Checks every value and resolves defaults.
@@ -231,10 +309,6 @@ impl Config {
             setting: setting.to_string(),
             reason,
         };
-        let ae_title = AeTitle::parse(&self.dicom.ae_title)
-            .map_err(|e| invalid("dicom.ae_title", e.to_string()))?;
-        let folder = FolderName::parse(ae_title.as_str())
-            .map_err(|e| invalid("dicom.ae_title", format!("not usable as a folder: {e}")))?;
         if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu_length) {
             return Err(invalid(
                 "dicom.max_pdu_length",
@@ -295,31 +369,69 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?
         };
-        let devices = self
-            .devices
-            .iter()
-            .map(|device| {
-                Ok(DeviceSpec {
-                    ae_title: AeTitle::parse(&device.ae_title)
-                        .map_err(|e| invalid("devices.ae_title", e.to_string()))?,
-                    host: device.host.clone(),
-                    port: device.port,
-                    allow_store: device.allow_store,
-                    allow_query: device.allow_query,
-                    allow_retrieve: device.allow_retrieve,
-                })
-            })
-            .collect::<Result<_, ConfigError>>()?;
+        let mut partitions = vec![self.validate_partition(
+            "dicom",
+            &PartitionConfig {
+                ae_title: self.dicom.ae_title.clone(),
+                port: self.dicom.port,
+                folder: None,
+                description: "default partition".into(),
+                accept_unknown_devices: self.dicom.accept_unknown_devices,
+                duplicate_policy: self.dicom.duplicate_policy.clone(),
+                pn_case_insensitive: self.dicom.pn_case_insensitive,
+                max_query_results: self.dicom.max_query_results,
+            },
+        )?];
+        for partition in &self.partitions {
+            let validated = self.validate_partition("partitions", partition)?;
+            let clash = partitions.iter().find(|p| {
+                p.spec.ae_title == validated.spec.ae_title
+                    || p.spec.port == validated.spec.port
+                    || p.spec
+                        .folder
+                        .as_str()
+                        .eq_ignore_ascii_case(validated.spec.folder.as_str())
+            });
+            if let Some(other) = clash {
+                return Err(invalid(
+                    "partitions",
+                    format!(
+                        "{} shares its AE title, port or folder with {}",
+                        validated.spec.ae_title, other.spec.ae_title
+                    ),
+                ));
+            }
+            partitions.push(validated);
+        }
+        for device in &self.devices {
+            let spec = DeviceSpec {
+                ae_title: AeTitle::parse(&device.ae_title)
+                    .map_err(|e| invalid("devices.ae_title", e.to_string()))?,
+                host: device.host.clone(),
+                port: device.port,
+                allow_store: device.allow_store,
+                allow_query: device.allow_query,
+                allow_retrieve: device.allow_retrieve,
+                max_associations: device.max_associations,
+            };
+            let owner = match &device.partition {
+                None => Some(&mut partitions[0]),
+                Some(ae) => partitions
+                    .iter_mut()
+                    .find(|p| p.spec.ae_title.as_str() == ae.trim()),
+            };
+            let Some(owner) = owner else {
+                return Err(invalid(
+                    "devices.partition",
+                    format!("no partition has AE title {ae:?}", ae = device.partition),
+                ));
+            };
+            owner.devices.push(spec);
+        }
         Ok(Settings {
             db_url: self.db_url(),
             min_free_bytes: self.min_free_space_mb * 1024 * 1024,
-            partition: PartitionSpec {
-                ae_title,
-                folder,
-                description: "default partition".into(),
-            },
             bind: self.dicom.bind.clone(),
-            port: self.dicom.port,
             check_called_ae: self.dicom.check_called_ae,
             max_associations: self.dicom.max_associations,
             max_pdu_length: self.dicom.max_pdu_length,
@@ -327,8 +439,112 @@ impl Config {
             idle_timeout: Duration::from_secs(self.dicom.idle_timeout_secs),
             private_sop_classes: self.dicom.private_sop_classes.clone(),
             filesystems,
-            devices,
+            partitions,
         })
+    }
+
+    fn validate_partition(
+        &self,
+        setting: &str,
+        partition: &PartitionConfig,
+    ) -> Result<PartitionSettings, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            setting: format!("{setting}.{}", partition.ae_title),
+            reason,
+        };
+        let ae_title = AeTitle::parse(&partition.ae_title).map_err(|e| invalid(e.to_string()))?;
+        let folder_name = partition
+            .folder
+            .clone()
+            .unwrap_or_else(|| ae_title.as_str().to_string());
+        let folder = FolderName::parse(&folder_name)
+            .map_err(|e| invalid(format!("not usable as a folder: {e}")))?;
+        let duplicate_policy =
+            DuplicatePolicy::parse(&partition.duplicate_policy).ok_or_else(|| {
+                invalid(format!(
+                "duplicate_policy {:?}: expected send_success, reject, compare or accept_latest",
+                partition.duplicate_policy
+            ))
+            })?;
+        Ok(PartitionSettings {
+            spec: PartitionSpec {
+                ae_title,
+                folder,
+                description: partition.description.clone(),
+                port: partition.port,
+                accept_unknown_devices: partition.accept_unknown_devices,
+                duplicate_policy,
+                pn_case_insensitive: partition.pn_case_insensitive,
+            },
+            max_query_results: partition.max_query_results,
+            devices: Vec::new(),
+        })
+    }
+}
+
+/// `[database]`: connection settings of a PostgreSQL index (ignored for
+/// SQLite). They travel as query parameters of the index URL, which
+/// `db::postgres` reads; parameters already in `db` win.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Most connections open at once (default 8).
+    pub pool_size: Option<u32>,
+    /// Seconds a call waits for a connection before it fails (default 5).
+    pub connect_timeout_secs: Option<u64>,
+    /// PostgreSQL `statement_timeout` in seconds, 0 for none (default 60).
+    pub statement_timeout_secs: Option<u64>,
+}
+
+impl DatabaseConfig {
+    /// `url` with these settings added as query parameters (PostgreSQL
+    /// URLs only).
+    fn apply_to(&self, url: String) -> String {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return url;
+        }
+        let mut url = url;
+        let settings = [
+            ("pool_size", self.pool_size.map(u64::from)),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("statement_timeout_secs", self.statement_timeout_secs),
+        ];
+        for (key, value) in settings {
+            let Some(value) = value else { continue };
+            let present = url.split_once('?').is_some_and(|(_, query)| {
+                query.split('&').any(|p| p.split('=').next() == Some(key))
+            });
+            if !present {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(&format!("{key}={value}"));
+            }
+        }
+        url
+    }
+}
+
+#[cfg(test)]
+mod database_tests {
+    use super::Config;
+
+    #[test]
+    fn database_settings_travel_in_the_postgres_url() {
+        let config = Config::from_toml(
+            r#"
+            db = "postgres://pacs@db.example:5432/index?pool_size=4"
+            [database]
+            pool_size = 16
+            connect_timeout_secs = 3
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.validate().unwrap().db_url,
+            "postgres://pacs@db.example:5432/index?pool_size=4&connect_timeout_secs=3"
+        );
+        let sqlite =
+            Config::from_toml("db = \"sqlite:/x/index.db\"\n[database]\npool_size = 2").unwrap();
+        assert_eq!(sqlite.db_url(), "sqlite:/x/index.db");
     }
 }
 
@@ -340,8 +556,11 @@ mod tests {
     fn empty_file_is_the_small_deployment() {
         let config = Config::from_toml("").unwrap();
         let settings = config.validate().unwrap();
-        assert_eq!(settings.partition.ae_title.as_str(), "IMAGESERVER");
-        assert_eq!(settings.port, 11112);
+        assert_eq!(
+            settings.default_partition().spec.ae_title.as_str(),
+            "IMAGESERVER"
+        );
+        assert_eq!(settings.default_partition().spec.port, 11112);
         assert_eq!(settings.db_url, "sqlite:./imageserver-data/index.db");
         assert_eq!(
             settings.filesystems[0].path,
@@ -376,13 +595,52 @@ mod tests {
         .unwrap();
         let settings = config.validate().unwrap();
         assert_eq!(settings.filesystems.len(), 2);
-        assert_eq!(settings.devices[0].ae_title.as_str(), "WORKSTATION");
+        assert_eq!(
+            settings.default_partition().devices[0].ae_title.as_str(),
+            "WORKSTATION"
+        );
         assert!(Config::from_toml("unknown_key = 1").is_err());
         let mut bad = config.clone();
         bad.dicom.max_pdu_length = 100;
         assert!(bad.validate().is_err());
-        bad = config;
+        bad = config.clone();
         bad.dicom.ae_title = "A/B".into();
         assert!(bad.validate().is_err());
+        bad = config;
+        bad.dicom.duplicate_policy = "keep_both".into();
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn partitions_and_their_devices() {
+        let config = Config::from_toml(
+            r#"
+            [dicom]
+            ae_title = "MAIN"
+            port = 11112
+            [[partitions]]
+            ae_title = "RESEARCH"
+            port = 11113
+            duplicate_policy = "reject"
+            accept_unknown_devices = false
+            [[devices]]
+            ae_title = "CT1"
+            host = "127.0.0.1"
+            port = 104
+            partition = "RESEARCH"
+            max_associations = 2
+            "#,
+        )
+        .unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(settings.partitions.len(), 2);
+        let research = &settings.partitions[1];
+        assert_eq!(research.spec.duplicate_policy, DuplicatePolicy::Reject);
+        assert!(!research.spec.accept_unknown_devices);
+        assert_eq!(research.devices[0].max_associations, 2);
+        assert!(settings.partitions[0].devices.is_empty());
+        let mut clash = config;
+        clash.partitions[0].port = 11112;
+        assert!(clash.validate().is_err());
     }
 }

@@ -10,11 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, PartitionSettings, Settings};
 use crate::db::sqlite::SqliteIndex;
-use crate::db::{self, IndexStore};
+use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
-use crate::dicom::scp::Dispatcher;
+use crate::dicom::scp::{Dispatcher, ScpOptions};
+use crate::services::devices::Devices;
+use crate::services::retrieve::Retrieve;
 use crate::services::{Ingest, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::StorageBackend;
@@ -52,8 +54,13 @@ pub enum Error {
     },
 }
 
-/// Opens the index a URL names: `sqlite:PATH` (or a bare path).
-pub fn open_index(url: &str) -> Result<Arc<dyn IndexStore>, Error> {
+/// Opens the index a URL names: `sqlite:PATH` (or a bare path), or
+/// `postgres://user@host:port/database` (also `postgresql://`; pool options
+/// as query parameters, see [`crate::db::postgres::PgOptions::from_url`]).
+pub fn open_index(url: &str) -> Result<Arc<dyn Database>, Error> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(crate::db::postgres::PgIndex::connect(url)?));
+    }
     let path = if let Some(path) = url.strip_prefix("sqlite:") {
         PathBuf::from(path.trim_start_matches("//"))
     } else if url.contains("://") {
@@ -74,7 +81,7 @@ pub fn open_index(url: &str) -> Result<Arc<dyn IndexStore>, Error> {
 #[derive(Debug)]
 pub struct ServerBuilder {
     settings: Settings,
-    index: Option<Arc<dyn IndexStore>>,
+    index: Option<Arc<dyn Database>>,
     storage: Option<Arc<dyn StorageBackend>>,
 }
 
@@ -89,7 +96,7 @@ impl ServerBuilder {
     }
 
     /// Uses this index instead of opening `settings.db_url`.
-    pub fn index(mut self, index: Arc<dyn IndexStore>) -> ServerBuilder {
+    pub fn index(mut self, index: Arc<dyn Database>) -> ServerBuilder {
         self.index = Some(index);
         self
     }
@@ -102,10 +109,12 @@ impl ServerBuilder {
 
     /// Opens the archive (index, storage, registrations) without listening.
     pub fn open(self) -> Result<Archive, Error> {
-        let index = match self.index {
-            Some(index) => index,
+        let database = match self.index {
+            Some(database) => database,
             None => open_index(&self.settings.db_url)?,
         };
+        let index: Arc<dyn IndexStore> = database.clone();
+        let query: Arc<dyn QueryStore> = database;
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(FsStorage::new()) as Arc<dyn StorageBackend>);
@@ -116,23 +125,47 @@ impl ServerBuilder {
             })?;
             index.ensure_filesystem(fs)?;
         }
-        let partition_id = index.ensure_partition(&self.settings.partition)?;
-        for device in &self.settings.devices {
-            index.ensure_device(partition_id, device)?;
+        let mut partitions = Vec::new();
+        for partition in &self.settings.partitions {
+            let id = index.ensure_partition(&partition.spec)?;
+            for device in &partition.devices {
+                index.ensure_device(id, device)?;
+            }
+            let devices = Devices::load(index.clone(), id, partition.spec.accept_unknown_devices)?;
+            partitions.push(ArchivePartition {
+                partition: Partition {
+                    id,
+                    ae_title: partition.spec.ae_title.clone(),
+                    folder: partition.spec.folder.clone(),
+                    duplicate_policy: partition.spec.duplicate_policy,
+                },
+                settings: partition.clone(),
+                devices,
+            });
         }
         let ingest = Ingest::new(index.clone(), storage.clone(), self.settings.min_free_bytes)?;
+        let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone());
         Ok(Archive {
-            partition: Partition {
-                id: partition_id,
-                ae_title: self.settings.partition.ae_title.clone(),
-                folder: self.settings.partition.folder.clone(),
-            },
+            query,
+            retrieve,
             settings: self.settings,
             index,
             storage,
             ingest,
+            partitions,
         })
     }
+}
+
+/// A partition of an opened archive: identity, settings and devices.
+#[derive(Debug, Clone)]
+pub struct ArchivePartition {
+    /// The partition as the services see it.
+    pub partition: Partition,
+    /// Its validated settings.
+    pub settings: PartitionSettings,
+    /// Its device registry.
+    pub devices: Devices,
 }
 
 /// An opened archive: index, storage and services, not yet on the network.
@@ -142,12 +175,16 @@ pub struct Archive {
     pub settings: Settings,
     /// The index.
     pub index: Arc<dyn IndexStore>,
+    /// The index's query side.
+    pub query: Arc<dyn QueryStore>,
+    /// The retrieve service.
+    pub retrieve: Retrieve,
     /// The storage backend.
     pub storage: Arc<dyn StorageBackend>,
     /// The ingest service.
     pub ingest: Ingest,
-    /// The partition of the settings.
-    pub partition: Partition,
+    /// The partitions, the default (`[dicom]`) one first.
+    pub partitions: Vec<ArchivePartition>,
 }
 
 impl Archive {
@@ -155,54 +192,88 @@ impl Archive {
     pub fn open(settings: Settings) -> Result<Archive, Error> {
         ServerBuilder::new(settings).open()
     }
+
+    /// The default partition.
+    pub fn default_partition(&self) -> &ArchivePartition {
+        &self.partitions[0]
+    }
+
+    /// The partition answering to `ae_title`.
+    pub fn partition(&self, ae_title: &str) -> Option<&ArchivePartition> {
+        self.partitions
+            .iter()
+            .find(|p| p.partition.ae_title.as_str() == ae_title.trim())
+    }
 }
 
-/// A running server: the archive plus its DICOM acceptor.
+/// A running server: the archive plus one DICOM acceptor per partition.
 #[derive(Debug)]
 pub struct Server {
     archive: Archive,
-    acceptor: Acceptor,
+    acceptors: Vec<Acceptor>,
 }
 
 impl Server {
-    /// Binds the configured address and starts accepting associations.
+    /// Binds each partition's port on the configured address and starts
+    /// accepting associations.
     pub fn start(archive: Archive) -> Result<Server, Error> {
-        let address = format!("{}:{}", archive.settings.bind, archive.settings.port);
-        let listener = TcpListener::bind(&address).map_err(|source| Error::Bind {
-            address: address.clone(),
-            source,
-        })?;
-        Server::start_on(archive, listener)
+        let mut listeners = Vec::new();
+        for partition in &archive.partitions {
+            let address = format!("{}:{}", archive.settings.bind, partition.settings.spec.port);
+            let listener = TcpListener::bind(&address).map_err(|source| Error::Bind {
+                address: address.clone(),
+                source,
+            })?;
+            listeners.push(listener);
+        }
+        Server::start_on(archive, listeners)
     }
 
-    /// Starts accepting on a listener the caller bound (tests bind port 0).
-    pub fn start_on(archive: Archive, listener: TcpListener) -> Result<Server, Error> {
+    /// Starts accepting on listeners the caller bound, one per partition in
+    /// order (tests bind port 0).
+    pub fn start_on(archive: Archive, listeners: Vec<TcpListener>) -> Result<Server, Error> {
         let settings = &archive.settings;
-        let config = AcceptorConfig {
-            ae_title: settings.partition.ae_title.as_str().to_string(),
-            check_called_ae: settings.check_called_ae,
-            max_associations: settings.max_associations,
-            max_pdu_length: settings.max_pdu_length,
-            artim_timeout: settings.artim_timeout,
-            idle_timeout: settings.idle_timeout,
-            extra_sop_classes: settings.private_sop_classes.clone(),
-        };
-        let dispatcher = Dispatcher {
-            ingest: archive.ingest.clone(),
-            partition: archive.partition.clone(),
-        };
-        let address = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let acceptor = Acceptor::start(listener, config, dispatcher)
-            .map_err(|source| Error::Bind { address, source })?;
-        Ok(Server { archive, acceptor })
+        let mut acceptors = Vec::new();
+        for (partition, listener) in archive.partitions.iter().zip(listeners) {
+            let config = AcceptorConfig {
+                ae_title: partition.partition.ae_title.as_str().to_string(),
+                check_called_ae: settings.check_called_ae,
+                max_associations: settings.max_associations,
+                max_pdu_length: settings.max_pdu_length,
+                artim_timeout: settings.artim_timeout,
+                idle_timeout: settings.idle_timeout,
+                extra_sop_classes: settings.private_sop_classes.clone(),
+            };
+            let dispatcher = Dispatcher {
+                ingest: archive.ingest.clone(),
+                query: archive.query.clone(),
+                retrieve: archive.retrieve.clone(),
+                devices: partition.devices.clone(),
+                partition: partition.partition.clone(),
+                options: ScpOptions {
+                    pn_case_insensitive: partition.settings.spec.pn_case_insensitive,
+                    max_query_results: partition.settings.max_query_results,
+                },
+            };
+            let address = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let acceptor = Acceptor::start(listener, config, dispatcher)
+                .map_err(|source| Error::Bind { address, source })?;
+            acceptors.push(acceptor);
+        }
+        Ok(Server { archive, acceptors })
     }
 
-    /// The address associations are accepted on.
+    /// The address of the default partition's listener.
     pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.acceptor.local_addr()
+        self.acceptors[0].local_addr()
+    }
+
+    /// The listener addresses, one per partition in order.
+    pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.acceptors.iter().map(Acceptor::local_addr).collect()
     }
 
     /// The archive behind the server.
@@ -213,7 +284,11 @@ impl Server {
     /// Stops accepting, lets messages in flight finish (at most `grace`),
     /// then commits what is queued and returns.
     pub fn shutdown(self, grace: Duration) {
-        self.acceptor.shutdown(grace);
+        std::thread::scope(|scope| {
+            for acceptor in self.acceptors {
+                scope.spawn(move || acceptor.shutdown(grace));
+            }
+        });
         // Dropping the archive drops the last ingest handle: the group
         // committer drains its queue and its thread is joined.
         drop(self.archive);

@@ -20,9 +20,9 @@ use super::walker::DataSetWalker;
 use crate::db::{self, IndexStore};
 use crate::dicom::dimse::Status;
 use crate::model::{
-    study_date_folder, AeTitle, Filesystem, FilesystemId, FolderName, InsertOutcome, InstanceAttrs,
-    InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs, StudyLocation, Uid,
-    UidError,
+    study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
+    FolderName, InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs,
+    SeriesAttrs, StudyAttrs, StudyLocation, Uid, UidError,
 };
 use crate::storage::{self, InstanceKey, ObjectWriter, StorageBackend};
 
@@ -47,6 +47,8 @@ pub struct Partition {
     pub ae_title: AeTitle,
     /// Its folder under each filesystem.
     pub folder: FolderName,
+    /// What to do with duplicate SOP instances.
+    pub duplicate_policy: DuplicatePolicy,
 }
 
 /// What a caller knows about an instance before its data set arrives (from
@@ -112,6 +114,9 @@ pub enum IngestError {
     /// The durable commit failed.
     #[error("commit failed: {0}")]
     Commit(#[source] CommitError),
+    /// The SOP instance is already stored and the partition rejects duplicates.
+    #[error("SOP instance {0} is already stored and duplicates are rejected")]
+    Duplicate(Uid),
 }
 
 impl IngestError {
@@ -129,15 +134,31 @@ impl IngestError {
             | IngestError::Storage(_)
             | IngestError::Index(_)
             | IngestError::Commit(_) => Status::OUT_OF_RESOURCES,
+            IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
         }
     }
+}
+
+/// What a successful ingest did with the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// A new instance, indexed.
+    Inserted,
+    /// It replaced the stored instance of the same UID (accept latest).
+    Replaced,
+    /// Byte-identical to the stored one: acknowledged, nothing changed.
+    Identical,
+    /// A duplicate dropped with a success answer (send-success policy).
+    DuplicateIgnored,
+    /// A duplicate kept aside for a person (compare policy).
+    DuplicateKeptAside,
 }
 
 /// What a successful ingest did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOutcome {
-    /// New instance, or a replacement of an indexed one.
-    pub outcome: InsertOutcome,
+    /// What happened to the instance.
+    pub outcome: Stored,
     /// The study it belongs to.
     pub study_uid: Uid,
     /// The series it belongs to.
@@ -252,6 +273,33 @@ impl Ingest {
             sop_instance_uid: record.instance.sop_instance_uid.clone(),
         };
         let file_size = record.instance.file_size;
+        let existing = self
+            .inner
+            .index
+            .instance(record.partition, &key.sop_instance_uid)
+            .map_err(IngestError::Index)?;
+        if let Some(existing) = &existing {
+            let early = |outcome| StoreOutcome {
+                outcome,
+                study_uid: record.study.study_uid.clone(),
+                series_uid: record.series.series_uid.clone(),
+                file_size,
+            };
+            if existing.digest == record.instance.digest {
+                return Ok(early(Stored::Identical));
+            }
+            match writer.partition.duplicate_policy {
+                DuplicatePolicy::SendSuccess => return Ok(early(Stored::DuplicateIgnored)),
+                DuplicatePolicy::Reject => {
+                    return Err(IngestError::Duplicate(key.sop_instance_uid.clone()))
+                }
+                DuplicatePolicy::Compare => {
+                    self.keep_aside(writer, &record, &key)?;
+                    return Ok(early(Stored::DuplicateKeptAside));
+                }
+                DuplicatePolicy::AcceptLatest => {}
+            }
+        }
         let pending = if key.location.filesystem == writer.filesystem.id {
             writer.object.persist(&key).map_err(IngestError::Storage)?
         } else {
@@ -280,12 +328,92 @@ impl Ingest {
             .committer
             .commit(record, pending)
             .map_err(IngestError::Commit)?;
+        if let Some(old) = existing {
+            self.remove_replaced(&old, &key);
+        }
         Ok(StoreOutcome {
-            outcome,
+            outcome: match outcome {
+                InsertOutcome::Inserted => Stored::Inserted,
+                InsertOutcome::Replaced => Stored::Replaced,
+            },
             study_uid,
             series_uid,
             file_size,
         })
+    }
+
+    /// Persists a duplicate beside the stored instance and records it.
+    fn keep_aside(
+        &self,
+        writer: IngestWriter,
+        record: &InstanceRecord,
+        key: &InstanceKey,
+    ) -> Result<(), IngestError> {
+        if key.location.filesystem != writer.filesystem.id {
+            // Rare: the study lives on another filesystem than the one the
+            // temporary file was written to; keep the copy with the study's.
+            tracing::warn!(sop_instance_uid = %key.sop_instance_uid, "duplicate kept aside on the receiving filesystem");
+        }
+        let mut aside_key = key.clone();
+        aside_key.location.filesystem = writer.filesystem.id;
+        let received_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let variant = received_at_ms as u64;
+        let pending = writer
+            .object
+            .persist_aside(&aside_key, variant)
+            .map_err(IngestError::Storage)?;
+        self.inner
+            .storage
+            .sync(pending)
+            .map_err(IngestError::Storage)?;
+        self.inner
+            .index
+            .record_duplicate(&DuplicateRecord {
+                partition: record.partition,
+                sop_instance_uid: key.sop_instance_uid.clone(),
+                location: aside_key.location.clone(),
+                series_uid: key.series_uid.clone(),
+                variant,
+                file_size: record.instance.file_size,
+                digest: record.instance.digest.clone(),
+                source_ae: record.instance.source_ae.clone(),
+                received_at_ms,
+            })
+            .map_err(IngestError::Index)?;
+        tracing::warn!(
+            sop_instance_uid = %key.sop_instance_uid,
+            study_uid = %key.location.study_uid,
+            "duplicate SOP instance kept aside for reconciliation"
+        );
+        Ok(())
+    }
+
+    /// After a replacement is durable and indexed: removes the old file when
+    /// it was at another path (the instance moved study or series).
+    fn remove_replaced(&self, old: &crate::model::StoredInstance, new_key: &InstanceKey) {
+        let old_key = InstanceKey {
+            location: old.location.clone(),
+            series_uid: old.series_uid.clone(),
+            sop_instance_uid: old.sop_instance_uid.clone(),
+        };
+        if old_key == *new_key {
+            return;
+        }
+        let result = self
+            .filesystem(old_key.location.filesystem)
+            .map_err(|e| e.to_string())
+            .and_then(|fs| {
+                self.inner
+                    .storage
+                    .delete(&fs, &old_key)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(error) = result {
+            tracing::warn!(sop_instance_uid = %old_key.sop_instance_uid, %error, "cannot remove the replaced file");
+        }
     }
 
     fn choose_filesystem(&self) -> Result<Filesystem, IngestError> {

@@ -9,8 +9,12 @@
 //! statuses.
 
 pub mod commit;
+pub mod devices;
 pub mod import;
 pub mod ingest;
+pub mod retrieve;
 mod walker;
 
-pub use ingest::{Ingest, IngestError, IngestWriter, Partition, StoreOutcome, StoreRequest};
+pub use ingest::{
+    Ingest, IngestError, IngestWriter, Partition, StoreOutcome, StoreRequest, Stored,
+};

@@ -16,6 +16,11 @@ const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+/// Deepest nesting of sequences and items accepted (each level is a
+/// sequence plus an item). Real data sets nest a handful of levels; the
+/// header parser recurses per level, so unbounded nesting could exhaust a
+/// thread's stack.
+pub(crate) const MAX_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Context {
@@ -207,6 +212,12 @@ impl DataSetWalker {
                         u32::from(self.u16_at(6)),
                     )
                 };
+                if self.stack.len() >= 2 * MAX_DEPTH
+                    && (length == UNDEFINED || vr.as_ref() == Some(b"SQ"))
+                {
+                    self.error = fail("sequences nested too deeply");
+                    return;
+                }
                 if length == UNDEFINED {
                     match vr.as_ref() {
                         None | Some(b"SQ") | Some(b"UN") => {
@@ -363,6 +374,32 @@ mod tests {
         data.extend_from_slice(&[0; 4]);
         assert_eq!(walk("1.2.840.10008.1.2", &data, 3), Ok(()));
         assert!(walk("1.2.840.10008.1.2", &data[..data.len() - 2], 3).is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected() {
+        let mut data = Vec::new();
+        for _ in 0..(MAX_DEPTH + 1) {
+            data.extend(raw((0x0008, 0x1140), UNDEFINED));
+            data.extend(raw(ITEM, UNDEFINED));
+        }
+        for _ in 0..(MAX_DEPTH + 1) {
+            data.extend(raw(ITEM_END, 0));
+            data.extend(raw(SEQUENCE_END, 0));
+        }
+        let result = walk("1.2.840.10008.1.2", &data, 64);
+        assert!(result.unwrap_err().contains("nested too deeply"));
+        // Within the limit the same shape passes.
+        let mut ok = Vec::new();
+        for _ in 0..MAX_DEPTH - 1 {
+            ok.extend(raw((0x0008, 0x1140), UNDEFINED));
+            ok.extend(raw(ITEM, UNDEFINED));
+        }
+        for _ in 0..MAX_DEPTH - 1 {
+            ok.extend(raw(ITEM_END, 0));
+            ok.extend(raw(SEQUENCE_END, 0));
+        }
+        assert_eq!(walk("1.2.840.10008.1.2", &ok, 64), Ok(()));
     }
 
     #[test]

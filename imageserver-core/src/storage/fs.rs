@@ -246,7 +246,23 @@ impl ObjectWriter for FsWriter {
         Ok(Box::new(io::BufReader::new(file)))
     }
 
-    fn persist(mut self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error> {
+    fn persist(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error> {
+        let relative = layout::instance_path(key);
+        (*self).persist_to(&relative)
+    }
+
+    fn persist_aside(
+        self: Box<Self>,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<PendingSync, Error> {
+        let relative = layout::aside_path(key, variant);
+        (*self).persist_to(&relative)
+    }
+}
+
+impl FsWriter {
+    fn persist_to(mut self, relative: &Path) -> Result<PendingSync, Error> {
         let root = self.root.clone();
         let temp_path = self.temp_path.clone();
         let buffered = self
@@ -260,7 +276,7 @@ impl ObjectWriter for FsWriter {
             .map_err(|e| io_error("syncing", &temp_path, &root, e))?;
         drop(file);
 
-        let final_path = root.join(layout::instance_path(key));
+        let final_path = root.join(relative);
         let parent = final_path
             .parent()
             .map(Path::to_path_buf)

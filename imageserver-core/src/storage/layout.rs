@@ -30,6 +30,18 @@ pub fn instance_path(key: &InstanceKey) -> PathBuf {
     path
 }
 
+/// A kept-aside duplicate of an instance, beside it in its series folder:
+/// `<sop uid>.dup<variant>.dcm`.
+pub fn aside_path(key: &InstanceKey, variant: u64) -> PathBuf {
+    let mut path = study_dir(&key.location);
+    path.push(key.series_uid.as_str());
+    path.push(format!(
+        "{}.dup{variant}.dcm",
+        key.sop_instance_uid.as_str()
+    ));
+    path
+}
+
 /// The date folder, or `00000000` for anything that is not eight digits
 /// (defence in depth: the services only ever produce eight digits).
 fn date_component(date: &str) -> &str {

@@ -127,6 +127,15 @@ pub trait ObjectWriter: Write + Send {
     /// replacing any file already there. The directory entries are durable
     /// only after [`StorageBackend::sync`] of the returned value.
     fn persist(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error>;
+
+    /// Like [`persist`](ObjectWriter::persist), but to a kept-aside name
+    /// beside `key` (a duplicate awaiting reconciliation), never replacing
+    /// the instance itself.
+    fn persist_aside(
+        self: Box<Self>,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<PendingSync, Error>;
 }
 
 /// Storage of instance files on the filesystems of the index.

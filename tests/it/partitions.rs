@@ -1,0 +1,284 @@
+//! Partitions, devices and the duplicate SOP policies, through real DCMTK
+//! clients: isolation between partitions, unknown callers, permissions,
+//! per-device association limits, and what happens to a second instance
+//! with a known SOP Instance UID under each policy.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::corpus::{
+    blake3_hex, generate_corpus, single_instance, write_instance, CorpusShape, InstanceSpec,
+};
+use crate::support::dcmtk::{self, CALLING_AE, ECHOSCU};
+use crate::support::raw::{self, Pdu, Proposal, RawPeer};
+use crate::support::server::{free_port, test_dir, Index, Server, BINARY};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `echoscu` with a chosen calling AE title.
+fn echo_as(addr: SocketAddr, calling_ae: &str, called_ae: &str) -> dcmtk::ToolOutput {
+    let mut command = dcmtk::command(ECHOSCU);
+    command
+        .args([
+            "-aet", calling_ae, "-aec", called_ae, "-to", "10", "-ta", "10",
+        ])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string());
+    dcmtk::run(command, TIMEOUT)
+}
+
+#[test]
+fn partitions_keep_their_data_apart() {
+    let dir = test_dir("partitions");
+    let port2 = free_port();
+    let server = Server::builder(dir.path())
+        .setting(
+            "partitions",
+            format!(r#"[{{ ae_title = "RESEARCH", port = {port2} }}]"#),
+        )
+        .start();
+    let research: SocketAddr = ([127, 0, 0, 1], port2).into();
+
+    let shape = CorpusShape::uniform(1, 1, 3, (32, 32));
+    let main_corpus = generate_corpus(&dir.path().join("a"), 11, shape);
+    let research_corpus = generate_corpus(&dir.path().join("b"), 12, shape);
+    let a = dcmtk::store(
+        server.addr(),
+        "IMAGESERVER",
+        &[&dir.path().join("a")],
+        &[],
+        TIMEOUT,
+    );
+    assert!(a.success(), "{a}");
+    let b = dcmtk::store(research, "RESEARCH", &[&dir.path().join("b")], &[], TIMEOUT);
+    assert!(b.success(), "{b}");
+    // The default partition's AE title is not answered on the other port.
+    let wrong = echo_as(research, CALLING_AE, "IMAGESERVER");
+    assert!(!wrong.success(), "{wrong}");
+
+    let data = server.archive().data_dir();
+    let main_index = server.archive().index_of("IMAGESERVER");
+    let research_index = server.archive().index_of("RESEARCH");
+    assert_eq!(main_index.counts().instances, 3);
+    assert_eq!(research_index.counts().instances, 3);
+    for instance in &main_corpus {
+        assert!(main_index.instance(&instance.sop_instance_uid).is_some());
+        assert!(research_index
+            .instance(&instance.sop_instance_uid)
+            .is_none());
+    }
+    for instance in &research_corpus {
+        assert!(research_index
+            .instance(&instance.sop_instance_uid)
+            .is_some());
+        assert!(main_index.instance(&instance.sop_instance_uid).is_none());
+        let folder = data.join("fs1/RESEARCH").join(&instance.study_date);
+        assert!(folder.join(&instance.study_uid).is_dir(), "{folder:?}");
+    }
+}
+
+#[test]
+fn unknown_callers_permissions_and_device_limits() {
+    let dir = test_dir("devices");
+    let server = Server::builder(dir.path())
+        .dicom_setting("accept_unknown_devices", false)
+        .setting(
+            "devices",
+            format!(
+                r#"[{{ ae_title = "{CALLING_AE}", host = "127.0.0.1", port = 104 }},
+                    {{ ae_title = "VIEWONLY", host = "127.0.0.1", port = 104, allow_store = false }},
+                    {{ ae_title = "RAWSCU", host = "127.0.0.1", port = 104, max_associations = 1 }}]"#
+            ),
+        )
+        .start();
+
+    // Unknown calling AE title: A-ASSOCIATE-RJ.
+    let stranger = echo_as(server.addr(), "STRANGER", "IMAGESERVER");
+    assert!(!stranger.success(), "{stranger}");
+    assert!(
+        stranger.text().contains("Association Rejected"),
+        "{stranger}"
+    );
+    assert!(echo_as(server.addr(), CALLING_AE, "IMAGESERVER").success());
+
+    // A device without the store permission: refused, nothing stored.
+    let file = dir.path().join("one.dcm");
+    single_instance(&file, 5, 16, 16);
+    let mut storescu = dcmtk::store_command(server.addr(), "IMAGESERVER", &[&file], &[]);
+    storescu.args(["-aet", "VIEWONLY"]);
+    let refused = dcmtk::run(storescu, TIMEOUT);
+    assert!(
+        refused.text().contains("0x124"),
+        "storescu without permission was not refused:\n{refused}"
+    );
+    let index = server.archive().index();
+    assert_eq!(index.counts().instances, 0);
+
+    // At most one association for RAWSCU: a second is rejected until the
+    // first is released.
+    let first = RawPeer::associate(
+        server.addr(),
+        "IMAGESERVER",
+        &[Proposal::implicit(1, raw::VERIFICATION)],
+    );
+    let mut second = RawPeer::connect(server.addr());
+    let reply = second.request_association(
+        "IMAGESERVER",
+        "RAWSCU",
+        &[Proposal::implicit(1, raw::VERIFICATION)],
+        raw::CLIENT_MAX_PDU,
+    );
+    assert!(matches!(reply, Some(Pdu::AssociateRj { .. })), "{reply:?}");
+    first.release();
+    let mut third = RawPeer::connect(server.addr());
+    let mut accepted = false;
+    // The server notices the release as soon as it reads it; retry briefly.
+    for _ in 0..50 {
+        let reply = third.request_association(
+            "IMAGESERVER",
+            "RAWSCU",
+            &[Proposal::implicit(1, raw::VERIFICATION)],
+            raw::CLIENT_MAX_PDU,
+        );
+        if matches!(reply, Some(Pdu::AssociateAc { .. })) {
+            accepted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        third = RawPeer::connect(server.addr());
+    }
+    assert!(
+        accepted,
+        "RAWSCU stayed rejected after releasing its association"
+    );
+}
+
+#[test]
+fn unknown_callers_are_registered_when_accepted() {
+    let dir = test_dir("register");
+    let server = Server::start(dir.path());
+    assert!(echo_as(server.addr(), "NEWMODALITY", "IMAGESERVER").success());
+    let index = server.archive().index();
+    let devices = index.devices();
+    assert!(
+        devices.iter().any(|d| d.ae_title.as_str() == "NEWMODALITY"),
+        "{devices:?}"
+    );
+}
+
+/// Stores an instance, then a different instance with the same UIDs, under
+/// `policy`; returns the second storescu output, the index and both files.
+fn store_twice(policy: &str) -> (dcmtk::ToolOutput, Index, String, String, tempfile::TempDir) {
+    let dir = test_dir(&format!("duplicates-{policy}"));
+    let server = Server::builder(dir.path())
+        .dicom_setting("duplicate_policy", format!("{policy:?}"))
+        .start();
+    let first = dir.path().join("first.dcm");
+    let original = single_instance(&first, 21, 32, 32);
+    let second = dir.path().join("second.dcm");
+    write_instance(
+        &second,
+        &InstanceSpec {
+            pixel_seed: 99,
+            patient_id: "DUP".into(),
+            patient_name: "DUPLICATE^SECOND".into(),
+            study_date: original.study_date.clone(),
+            study_uid: original.study_uid.clone(),
+            series_uid: original.series_uid.clone(),
+            sop_instance_uid: original.sop_instance_uid.clone(),
+            series_number: 1,
+            instance_number: 1,
+            rows: 32,
+            columns: 32,
+        },
+    );
+    let stored = dcmtk::store(server.addr(), "IMAGESERVER", &[&first], &[], TIMEOUT);
+    assert!(stored.success(), "{stored}");
+    let again = dcmtk::store(server.addr(), "IMAGESERVER", &[&second], &[], TIMEOUT);
+    let index = server.archive().index();
+    let path = server.archive().expected_path(
+        &original.study_date,
+        &original.study_uid,
+        &original.series_uid,
+        &original.sop_instance_uid,
+    );
+    assert!(path.is_file());
+    let stored_digest = blake3_hex(&path);
+    assert_eq!(
+        index
+            .instance(&original.sop_instance_uid)
+            .expect("indexed")
+            .digest,
+        stored_digest,
+        "index and file disagree"
+    );
+    let second_dataset_digest = dataset_digest(&second);
+    let stored_dataset_digest = dataset_digest(&path);
+    let which = if stored_dataset_digest == second_dataset_digest {
+        "second".to_string()
+    } else {
+        "first".to_string()
+    };
+    (again, index, which, original.sop_instance_uid, dir)
+}
+
+fn dataset_digest(path: &Path) -> String {
+    let bytes = std::fs::read(path).expect("read");
+    let offset = crate::support::corpus::dataset_offset(path) as usize;
+    blake3::hash(&bytes[offset..]).to_hex().to_string()
+}
+
+#[test]
+fn duplicate_policy_accept_latest_replaces() {
+    let (again, index, kept, _, _dir) = store_twice("accept_latest");
+    assert!(again.success(), "{again}");
+    assert_eq!(kept, "second");
+    assert_eq!(index.counts().instances, 1);
+}
+
+#[test]
+fn duplicate_policy_send_success_keeps_the_first() {
+    let (again, index, kept, _, _dir) = store_twice("send_success");
+    assert!(again.success(), "{again}");
+    assert_eq!(dcmtk::acknowledged_files(&again.text()).len(), 1);
+    assert_eq!(kept, "first");
+    assert_eq!(index.counts().instances, 1);
+}
+
+#[test]
+fn duplicate_policy_reject_refuses_the_second() {
+    let (again, index, kept, _, _dir) = store_twice("reject");
+    assert!(
+        dcmtk::acknowledged_files(&again.text()).is_empty(),
+        "a rejected duplicate was acknowledged:\n{again}"
+    );
+    assert!(again.text().contains("0x111"), "{again}");
+    assert_eq!(kept, "first");
+    assert_eq!(index.counts().instances, 1);
+}
+
+#[test]
+fn duplicate_policy_compare_keeps_both_for_a_person() {
+    let (again, index, kept, sop_instance_uid, dir) = store_twice("compare");
+    assert!(again.success(), "{again}");
+    assert_eq!(kept, "first");
+    assert_eq!(index.counts().instances, 1);
+    let listed = Command::new(BINARY)
+        .args(["duplicates", "--json", "--config"])
+        .arg(dir.path().join("imageserver.toml"))
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("run imageserver duplicates");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(&sop_instance_uid), "{text}");
+    let aside = crate::support::files_under(&dir.path().join("data/fs1"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".dup"))
+        .count();
+    assert_eq!(aside, 1, "the kept-aside copy is not on disk");
+}
