@@ -308,6 +308,26 @@ fn hostile_store_cases(rng: &mut Rng, escape_target: &Path) -> Vec<StoreCase> {
         .build();
     case("a 4 GiB element length", &uids, dataset, CANNOT_UNDERSTAND);
 
+    // 20,000 nested undefined-length sequences after a valid header: once
+    // overflowed the parser's stack and aborted the whole server.
+    let uids = fresh_uids(rng);
+    let mut nested = raw::ImplicitLe::new();
+    for _ in 0..20_000 {
+        nested = nested.header_only(0x0008, 0x1140, 0xFFFF_FFFF).header_only(
+            0xFFFE,
+            0xE000,
+            0xFFFF_FFFF,
+        );
+    }
+    for _ in 0..20_000 {
+        nested = nested
+            .header_only(0xFFFE, 0xE00D, 0)
+            .header_only(0xFFFE, 0xE0DD, 0);
+    }
+    let mut dataset = ct_dataset_header(&uids).build();
+    dataset.extend(nested.build());
+    case("20,000 nested sequences", &uids, dataset, CANNOT_UNDERSTAND);
+
     // The data set names another SOP instance than the command.
     let uids = fresh_uids(rng);
     let other = DatasetUids {

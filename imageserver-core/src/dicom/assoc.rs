@@ -25,19 +25,23 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dicom_ul::association::server::AccessControl;
+use dicom_ul::association::server::{AccessControl, Negotiation};
 use dicom_ul::association::Association;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
-    AssociationRJSource, PresentationContextResultReason, UserIdentity,
+    AssociationRJSource, PresentationContextResultReason, RequestorRoles, UserIdentity,
 };
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use tracing::{debug, info, info_span, warn};
 
 use super::pdu::{self, Incoming, PduError, PduReader, MAX_CONTROL_PDU_LEN};
-use super::scp::{Dispatcher, MessageOutcome};
+use super::scp::{Dispatcher, Link, MessageOutcome};
 use super::sop_classes;
+use crate::services::devices::{Admission, Devices};
+
+/// Stack of an association thread.
+const ASSOCIATION_STACK: usize = 8 * 1024 * 1024;
 
 /// Settings of one acceptor (one partition's AE title and port).
 #[derive(Debug, Clone)]
@@ -76,14 +80,12 @@ impl std::fmt::Debug for Acceptor {
 
 struct Shared {
     config: AcceptorConfig,
-    options: ServerAssociationOptions<
-        'static,
-        CalledAePolicy,
-        dicom_ul::association::server::DefaultNegotiation,
-    >,
+    options: ServerAssociationOptions<'static, CalledAePolicy, RoleSelection>,
     dispatcher: Dispatcher,
     stopping: AtomicBool,
     next_id: AtomicU64,
+    /// Open associations per calling AE title (device limits).
+    per_caller: Arc<Mutex<HashMap<String, u32>>>,
     /// Open associations: a handle to their socket and whether they are in
     /// the middle of a message.
     live: Mutex<HashMap<u64, Live>>,
@@ -95,10 +97,11 @@ struct Live {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Accepts or rejects by the called AE title.
-#[derive(Debug, Clone, Copy)]
+/// Accepts or rejects by the called AE title and the partition's devices.
+#[derive(Debug, Clone)]
 struct CalledAePolicy {
     check_called_ae: bool,
+    devices: Devices,
 }
 
 impl AccessControl for CalledAePolicy {
@@ -117,7 +120,41 @@ impl AccessControl for CalledAePolicy {
             );
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
-        Ok(())
+        let calling = calling_ae_title.trim();
+        match self.devices.admit(calling) {
+            Admission::Unknown => {
+                warn!(
+                    calling_ae = calling,
+                    "association rejected: unknown calling AE title"
+                );
+                Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+            }
+            Admission::Admit(_) => Ok(()),
+        }
+    }
+}
+
+/// SCP/SCU role selection: a caller may take the SCP role for storage SOP
+/// classes (it receives C-GET sub-operations); every other role request is
+/// answered with the default roles.
+#[derive(Debug, Clone)]
+struct RoleSelection {
+    extra_storage: Vec<String>,
+}
+
+impl Negotiation for RoleSelection {
+    fn negotiate_roles(
+        &self,
+        sop_class_uid: &str,
+        scu_role: bool,
+        scp_role: bool,
+    ) -> Option<RequestorRoles> {
+        let uid = sop_class_uid.trim_end_matches('\0');
+        let storage = sop_classes::is_storage(uid) || self.extra_storage.iter().any(|c| c == uid);
+        storage.then_some(RequestorRoles {
+            scu: scu_role,
+            scp: scp_role,
+        })
     }
 }
 
@@ -129,23 +166,32 @@ impl Acceptor {
         dispatcher: Dispatcher,
     ) -> io::Result<Acceptor> {
         let local_addr = listener.local_addr()?;
+        let per_caller = Arc::new(Mutex::new(HashMap::new()));
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(CalledAePolicy {
                 check_called_ae: config.check_called_ae,
+                devices: dispatcher.devices.clone(),
             })
             .ae_title(config.ae_title.clone())
             .max_pdu_length(config.max_pdu_length)
             .strict(false)
             .read_timeout(config.artim_timeout)
             .write_timeout(Duration::from_secs(60))
+            .with_negotiation(RoleSelection {
+                extra_storage: config.extra_sop_classes.clone(),
+            })
             .with_abstract_syntax(sop_classes::VERIFICATION);
-        for uid in sop_classes::STORAGE {
+        for uid in sop_classes::QUERY_RETRIEVE
+            .iter()
+            .chain(sop_classes::STORAGE)
+        {
             options = options.with_abstract_syntax(*uid);
         }
         for uid in &config.extra_sop_classes {
             options = options.with_abstract_syntax(uid.clone());
         }
         let shared = Arc::new(Shared {
+            per_caller,
             config,
             options,
             dispatcher,
@@ -290,6 +336,9 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let mut live = lock(&shared.live);
         let spawned = std::thread::Builder::new()
             .name(format!("assoc-{id}"))
+            // Headroom for dicom-object's recursive parsing of nested
+            // sequences (depth is also bounded before parsing).
+            .stack_size(ASSOCIATION_STACK)
             .spawn(move || {
                 let span = info_span!("association", assoc_id = id, peer = %peer, calling_ae = tracing::field::Empty);
                 let _entered = span.enter();
@@ -318,8 +367,9 @@ fn reap_finished(shared: &Shared) {
 }
 
 /// Waits (at most the ARTIM timeout) until a whole A-ASSOCIATE-RQ is in
-/// the socket's receive queue, without consuming it.
-fn await_association_rq(socket: &TcpStream, artim: Duration) -> Result<(), String> {
+/// the socket's receive queue, without consuming it; returns its calling AE
+/// title.
+fn await_association_rq(socket: &TcpStream, artim: Duration) -> Result<String, String> {
     let deadline = Instant::now() + artim;
     let mut header = [0u8; pdu::PDU_HEADER_LEN];
     let mut wanted = pdu::PDU_HEADER_LEN;
@@ -367,7 +417,11 @@ fn await_association_rq(socket: &TcpStream, artim: Duration) -> Result<(), Strin
             continue;
         }
         if wanted > pdu::PDU_HEADER_LEN && available >= wanted {
-            return Ok(());
+            // Calling AE title: bytes 26..42 of the PDU (PS3.8 9.3.2).
+            let calling = buffer.get(26..42).unwrap_or_default();
+            return Ok(String::from_utf8_lossy(calling)
+                .trim_matches([' ', '\0'])
+                .to_string());
         }
         // Part of the PDU is queued; wait for more without spinning.
         std::thread::sleep(Duration::from_millis(5));
@@ -380,14 +434,20 @@ fn abort_pdu(reason: AbortRQServiceProviderReason) -> Pdu {
     }
 }
 
-fn reject_over_limit(mut socket: TcpStream, peer: SocketAddr, config: &AcceptorConfig) {
+fn reject_over_limit(socket: TcpStream, peer: SocketAddr, config: &AcceptorConfig) {
     if let Err(reason) = await_association_rq(&socket, config.artim_timeout) {
         debug!(%peer, %reason, "over-limit caller sent no association request");
         return;
     }
-    let mut reader = PduReader::new(config.max_pdu_length);
-    let _ = reader.read(&mut socket);
     warn!(%peer, max = config.max_associations, "association rejected: too many open associations");
+    reject_local_limit(socket, config.max_pdu_length);
+}
+
+/// Consumes the queued A-ASSOCIATE-RQ and answers A-ASSOCIATE-RJ
+/// (transient, local limit exceeded).
+fn reject_local_limit(mut socket: TcpStream, max_pdu_length: u32) {
+    let mut reader = PduReader::new(max_pdu_length);
+    let _ = reader.read(&mut socket);
     let reply = Pdu::AssociationRJ(AssociationRJ {
         result: AssociationRJResult::Transient,
         source: AssociationRJSource::ServiceProviderPresentation(
@@ -396,6 +456,45 @@ fn reject_over_limit(mut socket: TcpStream, peer: SocketAddr, config: &AcceptorC
     });
     let _ = pdu::write_pdu(&mut socket, &reply);
     let _ = socket.shutdown(Shutdown::Both);
+}
+
+/// Counts an association against its calling AE title while it lives.
+struct CallerSlot {
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+    calling_ae: String,
+}
+
+impl CallerSlot {
+    /// Counts one more association of `calling_ae`, unless `limit` (0: none)
+    /// is reached.
+    fn try_take(
+        counts: &Arc<Mutex<HashMap<String, u32>>>,
+        calling_ae: &str,
+        limit: u32,
+    ) -> Option<CallerSlot> {
+        let mut map = lock(counts);
+        let open = map.entry(calling_ae.to_string()).or_insert(0);
+        if limit > 0 && *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(CallerSlot {
+            counts: counts.clone(),
+            calling_ae: calling_ae.to_string(),
+        })
+    }
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        if let Some(count) = counts.get_mut(&self.calling_ae) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.calling_ae);
+            }
+        }
+    }
 }
 
 /// A reader that gives every PDU a deadline: each read waits at most until
@@ -419,16 +518,34 @@ impl Read for DeadlineReader<'_> {
 
 fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span: &tracing::Span) {
     let peer = socket.peer_addr().ok();
-    if let Err(reason) = await_association_rq(&socket, shared.config.artim_timeout) {
-        warn!(?peer, %reason, "association aborted before negotiation");
-        let mut socket = socket;
-        let _ = pdu::write_pdu(
-            &mut socket,
-            &abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
-        );
-        let _ = socket.shutdown(Shutdown::Both);
+    let requested_by = match await_association_rq(&socket, shared.config.artim_timeout) {
+        Ok(calling_ae) => calling_ae,
+        Err(reason) => {
+            warn!(?peer, %reason, "association aborted before negotiation");
+            let mut socket = socket;
+            let _ = pdu::write_pdu(
+                &mut socket,
+                &abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
+            );
+            let _ = socket.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    // The per-device limit is checked and counted before negotiating, so a
+    // caller cannot slip a second association in while the first is being
+    // accepted.
+    let limit = shared
+        .dispatcher
+        .devices
+        .get(&requested_by)
+        .map_or(0, |device| device.max_associations);
+    let Some(_caller_slot) = CallerSlot::try_take(&shared.per_caller, &requested_by, limit) else {
+        warn!(calling_ae = %requested_by, limit, "association rejected: the device's association limit is reached");
+        // PS3.8 has no reason for a per-caller limit; "local limit exceeded"
+        // (transient) tells the caller to retry later.
+        reject_local_limit(socket, shared.config.max_pdu_length);
         return;
-    }
+    };
     let mut association = match shared.options.establish(socket) {
         Ok(association) => association,
         Err(error) => {
@@ -438,6 +555,16 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
     };
     let calling_ae = association.peer_ae_title().trim().to_string();
     span.record("calling_ae", calling_ae.as_str());
+    if shared.dispatcher.devices.get(&calling_ae).is_none() {
+        let host = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+        if let Err(error) = shared
+            .dispatcher
+            .devices
+            .register_unknown(&calling_ae, &host)
+        {
+            warn!(%error, "cannot register the calling AE as a device");
+        }
+    }
     let contexts: HashMap<u8, (String, String)> = association
         .presentation_contexts()
         .iter()
@@ -458,11 +585,30 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
         "association established"
     );
     let peer_max_pdu = association.peer_max_pdu_length();
+    let scp_roles: Vec<String> = contexts
+        .values()
+        .map(|(abstract_syntax, _)| abstract_syntax.clone())
+        .filter(|a| association.requestor_roles_for(a).scp)
+        .collect();
     let socket = association.inner_stream();
+    let link_socket = match socket.try_clone() {
+        Ok(clone) => clone,
+        Err(error) => {
+            warn!(%error, "cannot clone the association socket");
+            return;
+        }
+    };
+    let link = Link::new(
+        link_socket,
+        &calling_ae,
+        contexts,
+        scp_roles,
+        peer_max_pdu,
+        shared.config.max_pdu_length,
+        shared.config.idle_timeout,
+    );
     let mut reader = PduReader::new(shared.config.max_pdu_length);
-    let mut session = shared
-        .dispatcher
-        .session(&calling_ae, contexts, peer_max_pdu);
+    let mut session = shared.dispatcher.session(link);
     loop {
         let mut timed = DeadlineReader {
             deadline: Instant::now() + shared.config.idle_timeout,
@@ -477,7 +623,7 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
                 for pdv in data.pdvs() {
                     match pdv {
                         Ok(pdv) => {
-                            outcome = session.on_pdv(pdv, socket_ref);
+                            outcome = session.on_pdv(pdv);
                             if !matches!(outcome, MessageOutcome::Continue | MessageOutcome::Done) {
                                 break;
                             }

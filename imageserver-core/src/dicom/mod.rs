@@ -11,5 +11,7 @@
 pub mod assoc;
 pub mod dimse;
 pub mod pdu;
+pub mod query_keys;
 pub mod scp;
+pub mod scu;
 pub mod sop_classes;

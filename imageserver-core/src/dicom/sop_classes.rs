@@ -9,6 +9,29 @@
 /// Verification SOP Class.
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
+/// Patient Root Query/Retrieve Information Model – FIND.
+pub const PATIENT_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.1.1";
+/// Patient Root Query/Retrieve Information Model – MOVE.
+pub const PATIENT_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.1.2";
+/// Patient Root Query/Retrieve Information Model – GET.
+pub const PATIENT_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.1.3";
+/// Study Root Query/Retrieve Information Model – FIND.
+pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+/// Study Root Query/Retrieve Information Model – MOVE.
+pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
+/// Study Root Query/Retrieve Information Model – GET.
+pub const STUDY_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";
+
+/// The query/retrieve SOP classes we serve.
+pub const QUERY_RETRIEVE: &[&str] = &[
+    PATIENT_ROOT_FIND,
+    PATIENT_ROOT_MOVE,
+    PATIENT_ROOT_GET,
+    STUDY_ROOT_FIND,
+    STUDY_ROOT_MOVE,
+    STUDY_ROOT_GET,
+];
+
 /// The standard storage SOP classes.
 pub const STORAGE: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.1",

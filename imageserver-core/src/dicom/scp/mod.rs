@@ -2,33 +2,61 @@
 //!
 //! [`Session`] receives PDVs from [`crate::dicom::assoc`], assembles command
 //! sets, and routes each message to its handler: [`echo`] answers C-ECHO,
-//! [`store`] streams a C-STORE data set into [`crate::services::Ingest`].
-//! Any other command is answered with "unrecognized operation" (0211) after
-//! its data set, if any, has been drained. Handlers see services and statuses,
-//! never SQL or paths.
+//! [`store`] streams a C-STORE data set into [`crate::services::Ingest`],
+//! [`find`] answers C-FIND from the index, [`retrieve`] runs C-MOVE and
+//! C-GET. Any other command is answered with "unrecognized operation" (0211)
+//! after its data set, if any, has been drained. Handlers see services,
+//! model values and statuses, never SQL or paths; they talk to the peer
+//! through a [`Link`].
 
 pub mod echo;
+pub mod find;
+pub mod link;
+pub mod retrieve;
 pub mod store;
 
-use std::collections::HashMap;
-use std::net::TcpStream;
+use std::sync::Arc;
 
 use tracing::warn;
 
+pub use link::{Link, LinkError};
+
 use super::dimse::{Command, CommandField, FragmentBuffer, Status};
-use super::pdu::{self, Pdv};
+use super::pdu::Pdv;
+use crate::db::QueryStore;
+use crate::services::devices::{Devices, Operation};
+use crate::services::retrieve::Retrieve;
 use crate::services::{Ingest, Partition};
 
 /// Largest command set we assemble (real ones are a few hundred bytes).
 const MAX_COMMAND_LEN: usize = 64 * 1024;
+/// Largest C-FIND/C-MOVE/C-GET identifier we accept.
+const MAX_IDENTIFIER_LEN: usize = 1024 * 1024;
+
+/// Per-partition behaviour of the query/retrieve handlers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScpOptions {
+    /// PN values match case-insensitively.
+    pub pn_case_insensitive: bool,
+    /// A C-FIND with more matches than this fails (A700) instead of running away.
+    pub max_query_results: u64,
+}
 
 /// The services a partition's associations use. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     /// Ingest service for C-STORE.
     pub ingest: Ingest,
+    /// The index's query side, for C-FIND.
+    pub query: Arc<dyn QueryStore>,
+    /// Retrieve service for C-MOVE and C-GET.
+    pub retrieve: Retrieve,
+    /// The partition's devices: admission and permissions.
+    pub devices: Devices,
     /// The partition the associations belong to.
     pub partition: Partition,
+    /// Query/retrieve behaviour.
+    pub options: ScpOptions,
 }
 
 /// What the association loop should do after a PDV.
@@ -48,6 +76,10 @@ enum DataSink {
     Store(Box<store::StoreInProgress>),
     /// Nowhere: the command is answered with a failure once it ends.
     Discard(Status),
+    /// Into memory: a query/retrieve identifier.
+    Identifier(FragmentBuffer),
+    /// Nowhere: the prepared refusal is sent once the data set ends.
+    Refused(Box<Command>),
 }
 
 enum State {
@@ -64,31 +96,19 @@ enum State {
 /// One association's message state.
 pub struct Session<'a> {
     dispatcher: &'a Dispatcher,
-    calling_ae: String,
-    /// Accepted presentation contexts: id → (abstract syntax, transfer syntax).
-    contexts: HashMap<u8, (String, String)>,
-    peer_max_pdu: u32,
+    link: Link,
     command: FragmentBuffer,
     state: State,
-    scratch: Vec<u8>,
 }
 
 impl Dispatcher {
-    /// Message state for a new association.
-    pub fn session(
-        &self,
-        calling_ae: &str,
-        contexts: HashMap<u8, (String, String)>,
-        peer_max_pdu: u32,
-    ) -> Session<'_> {
+    /// Message state for a new association, talking through `link`.
+    pub fn session(&self, link: Link) -> Session<'_> {
         Session {
             dispatcher: self,
-            calling_ae: calling_ae.to_string(),
-            contexts,
-            peer_max_pdu,
+            link,
             command: FragmentBuffer::new(MAX_COMMAND_LEN),
             state: State::Command,
-            scratch: Vec::new(),
         }
     }
 }
@@ -99,22 +119,22 @@ impl Session<'_> {
         !self.command.is_empty() || matches!(self.state, State::Data { .. })
     }
 
-    /// Handles one PDV; responses are written to `socket`.
-    pub fn on_pdv(&mut self, pdv: Pdv<'_>, socket: &mut TcpStream) -> MessageOutcome {
-        if !self.contexts.contains_key(&pdv.pc_id) {
+    /// Handles one PDV; responses go out through the session's link.
+    pub fn on_pdv(&mut self, pdv: Pdv<'_>) -> MessageOutcome {
+        if self.link.context(pdv.pc_id).is_none() {
             return MessageOutcome::Abort(format!(
                 "PDV on presentation context {} that was not accepted",
                 pdv.pc_id
             ));
         }
         if pdv.is_command {
-            self.on_command_fragment(pdv, socket)
+            self.on_command_fragment(pdv)
         } else {
-            self.on_data_fragment(pdv, socket)
+            self.on_data_fragment(pdv)
         }
     }
 
-    fn on_command_fragment(&mut self, pdv: Pdv<'_>, socket: &mut TcpStream) -> MessageOutcome {
+    fn on_command_fragment(&mut self, pdv: Pdv<'_>) -> MessageOutcome {
         if matches!(self.state, State::Data { .. }) {
             return MessageOutcome::Abort("command fragment while a data set was expected".into());
         }
@@ -129,16 +149,51 @@ impl Session<'_> {
             Ok(command) => command,
             Err(error) => return MessageOutcome::Abort(error.to_string()),
         };
-        let (abstract_syntax, transfer_syntax) = self.contexts[&pdv.pc_id].clone();
+        let (abstract_syntax, transfer_syntax) = match self.link.context(pdv.pc_id) {
+            Some((a, t)) => (a.to_string(), t.to_string()),
+            None => return MessageOutcome::Abort("unknown presentation context".into()),
+        };
+        let operation = match command.field {
+            CommandField::CStoreRq => Some(Operation::Store),
+            CommandField::CFindRq => Some(Operation::Query),
+            CommandField::CMoveRq | CommandField::CGetRq => Some(Operation::Retrieve),
+            _ => None,
+        };
+        if let Some(operation) = operation {
+            if !self
+                .dispatcher
+                .devices
+                .permits(self.link.calling_ae(), operation)
+            {
+                warn!(
+                    ?operation,
+                    calling_ae = self.link.calling_ae(),
+                    "refused: the device lacks the permission"
+                );
+                let response = Command::response_for(&command, Status::NOT_AUTHORIZED)
+                    .with_error_comment(format!(
+                        "{operation:?} is not permitted for this AE title"
+                    ));
+                if command.has_dataset {
+                    self.state = State::Data {
+                        command: Box::new(command),
+                        pc_id: pdv.pc_id,
+                        sink: DataSink::Refused(Box::new(response)),
+                    };
+                    return MessageOutcome::Continue;
+                }
+                return self.respond(pdv.pc_id, &response);
+            }
+        }
         match command.field {
             CommandField::CEchoRq => {
                 let response = echo::handle(&command);
-                self.respond(socket, pdv.pc_id, &response)
+                self.respond(pdv.pc_id, &response)
             }
             CommandField::CStoreRq if command.has_dataset => {
                 let sink = DataSink::Store(Box::new(store::begin(
                     self.dispatcher,
-                    &self.calling_ae,
+                    self.link.calling_ae(),
                     &command,
                     &abstract_syntax,
                     &transfer_syntax,
@@ -150,6 +205,17 @@ impl Session<'_> {
                 };
                 MessageOutcome::Continue
             }
+            CommandField::CFindRq | CommandField::CMoveRq | CommandField::CGetRq
+                if command.has_dataset =>
+            {
+                self.state = State::Data {
+                    command: Box::new(command),
+                    pc_id: pdv.pc_id,
+                    sink: DataSink::Identifier(FragmentBuffer::new(MAX_IDENTIFIER_LEN)),
+                };
+                MessageOutcome::Continue
+            }
+            // A cancel for a request that already finished: nothing to do.
             CommandField::CCancelRq => MessageOutcome::Done,
             field if command.has_dataset => {
                 warn!(?field, "unsupported command: draining its data set");
@@ -168,12 +234,12 @@ impl Session<'_> {
                     Status::UNRECOGNIZED_OPERATION
                 };
                 let response = Command::response_for(&command, status);
-                self.respond(socket, pdv.pc_id, &response)
+                self.respond(pdv.pc_id, &response)
             }
         }
     }
 
-    fn on_data_fragment(&mut self, pdv: Pdv<'_>, socket: &mut TcpStream) -> MessageOutcome {
+    fn on_data_fragment(&mut self, pdv: Pdv<'_>) -> MessageOutcome {
         let State::Data { pc_id, sink, .. } = &mut self.state else {
             return MessageOutcome::Abort("data set fragment without a command".into());
         };
@@ -182,8 +248,14 @@ impl Session<'_> {
                 "data set fragment on another presentation context than its command".into(),
             );
         }
-        if let DataSink::Store(in_progress) = sink {
-            in_progress.write(pdv.data);
+        match sink {
+            DataSink::Store(in_progress) => in_progress.write(pdv.data),
+            DataSink::Identifier(buffer) => {
+                if let Err(error) = buffer.push(pdv.data) {
+                    return MessageOutcome::Abort(error.to_string());
+                }
+            }
+            DataSink::Discard(_) | DataSink::Refused(_) => {}
         }
         if !pdv.is_last {
             return MessageOutcome::Continue;
@@ -199,20 +271,30 @@ impl Session<'_> {
         let response = match sink {
             DataSink::Store(in_progress) => store::finish(self.dispatcher, &command, *in_progress),
             DataSink::Discard(status) => Command::response_for(&command, status),
+            DataSink::Refused(response) => *response,
+            DataSink::Identifier(mut buffer) => {
+                let identifier = buffer.take();
+                let (dispatcher, link) = (self.dispatcher, &mut self.link);
+                let handled = match command.field {
+                    CommandField::CFindRq => {
+                        find::handle(dispatcher, link, pc_id, &command, &identifier)
+                    }
+                    CommandField::CMoveRq => {
+                        retrieve::handle_move(dispatcher, link, pc_id, &command, &identifier)
+                    }
+                    _ => retrieve::handle_get(dispatcher, link, pc_id, &command, &identifier),
+                };
+                return match handled {
+                    Ok(()) => MessageOutcome::Done,
+                    Err(error) => MessageOutcome::Abort(error.to_string()),
+                };
+            }
         };
-        self.respond(socket, pc_id, &response)
+        self.respond(pc_id, &response)
     }
 
-    fn respond(&mut self, socket: &mut TcpStream, pc_id: u8, response: &Command) -> MessageOutcome {
-        let bytes = response.encode();
-        match pdu::write_pdata(
-            socket,
-            &mut self.scratch,
-            pc_id,
-            true,
-            &bytes,
-            self.peer_max_pdu,
-        ) {
+    fn respond(&mut self, pc_id: u8, response: &Command) -> MessageOutcome {
+        match self.link.send_command(pc_id, response) {
             Ok(()) => MessageOutcome::Done,
             Err(error) => MessageOutcome::Abort(format!("cannot send the response: {error}")),
         }
