@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The test command: make sure DCMTK is installed, then check formatting and
-# lints, build every target and run every test of the workspace.
+# The test command: make sure DCMTK and PostgreSQL are installed, then check
+# formatting and lints, build every target and run every test of the
+# workspace: once on SQLite, and the integration binary once more with the
+# index on PostgreSQL (a throwaway cluster this script starts and removes).
 #
 # In CI (CI=true) a missing tool fails the run; nothing is ever skipped.
 set -euo pipefail
@@ -21,7 +23,7 @@ as_root() {
 }
 
 # The DCMTK tools the integration tests call by full path.
-DCMTK_TOOLS=(/usr/bin/echoscu /usr/bin/storescu /usr/bin/dcmdump)
+DCMTK_TOOLS=(/usr/bin/echoscu /usr/bin/storescu /usr/bin/storescp /usr/bin/findscu /usr/bin/movescu /usr/bin/getscu /usr/bin/dcmdump)
 
 missing_dcmtk() {
     local tool
@@ -31,15 +33,40 @@ missing_dcmtk() {
     return 1
 }
 
-if missing_dcmtk; then
-    step "installing DCMTK: apt-get update && apt-get install -y dcmtk"
+# Orthanc is the peer PACS of the interoperability test (it queries and
+# retrieves from us); curl drives its REST API.
+ORTHANC=/usr/sbin/Orthanc
+
+# PostgreSQL 15 for the PostgreSQL backend's tests (scripts/pg.sh runs it).
+PG_INITDB=/usr/lib/postgresql/15/bin/initdb
+
+missing_packages() {
+    missing_dcmtk || [ ! -x "$ORTHANC" ] || ! command -v curl >/dev/null 2>&1 \
+        || [ ! -x "$PG_INITDB" ]
+}
+
+if missing_packages; then
+    step "installing DCMTK, Orthanc, curl and PostgreSQL: apt-get update && apt-get install -y dcmtk orthanc curl postgresql"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql
 fi
+[ -x "$PG_INITDB" ] || fail "PostgreSQL 15 is still missing after apt-get install ($PG_INITDB)"
+
 if missing_dcmtk; then
     fail "DCMTK is still missing after apt-get install (need ${DCMTK_TOOLS[*]})"
 fi
+[ -x "$ORTHANC" ] || fail "Orthanc is still missing after apt-get install ($ORTHANC)"
 step "DCMTK: $(/usr/bin/storescu --version 2>&1 | head -n 1)"
+
+# pynetdicom drives the finer query/retrieve semantics (cancel, pending
+# counts, role selection) in the integration tests.
+if ! python3 -c 'import pynetdicom, pydicom' >/dev/null 2>&1; then
+    step "installing pynetdicom: python3 -m pip install pynetdicom pydicom"
+    python3 -m pip install --quiet pynetdicom pydicom \
+        || fail "cannot install pynetdicom with pip"
+fi
+python3 -c 'import pynetdicom, pydicom' || fail "pynetdicom is still missing"
+step "pynetdicom $(python3 -c 'import pynetdicom; print(pynetdicom.__version__)')"
 
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
@@ -59,7 +86,20 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
-step "cargo test --workspace"
-cargo test --workspace
+# A throwaway PostgreSQL cluster for the tests, removed on exit (also when
+# a test fails). Tests create and drop their own databases in it.
+PG_DIR=$(mktemp -d /tmp/imageserver-test-pg.XXXXXX)
+trap 'bash scripts/pg.sh stop "$PG_DIR" >/dev/null 2>&1 || true' EXIT
+step "starting a throwaway PostgreSQL cluster: scripts/pg.sh start $PG_DIR"
+IMAGESERVER_PG_URL=$(bash scripts/pg.sh start "$PG_DIR") || fail "cannot start PostgreSQL"
+export IMAGESERVER_PG_URL
+step "PostgreSQL at $IMAGESERVER_PG_URL"
+
+# The PostgreSQL-only integration tests (postgres::pg_*) run in the second pass.
+step "cargo test --workspace (index on SQLite)"
+cargo test --workspace -- --skip postgres::pg_
+
+step "IMAGESERVER_IT_BACKEND=postgres cargo test --test it (index on PostgreSQL)"
+IMAGESERVER_IT_BACKEND=postgres cargo test --test it
 
 step "all checks passed"

@@ -31,6 +31,11 @@ enum Command {
     Serve(ServeArgs),
     /// Import DICOM Part 10 files or directories into the archive.
     Import(ImportArgs),
+    /// List instances kept aside under the `compare` duplicate policy.
+    Duplicates(DuplicatesArgs),
+    /// Copy a small deployment's SQLite index into an empty PostgreSQL
+    /// database (stop the server first; the SQLite file is only read).
+    MigrateDb(MigrateDbArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -77,12 +82,35 @@ struct ImportArgs {
     quiet: bool,
 }
 
+#[derive(Args, Debug)]
+struct DuplicatesArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct MigrateDbArgs {
+    /// The SQLite index to copy: the one `serve` would open with the same
+    /// --config, --data and --db.
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The empty PostgreSQL database to copy into,
+    /// e.g. postgres://imageserver@db-host:5432/imageserver.
+    #[arg(long, value_name = "URL")]
+    to: String,
+}
+
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Import(args) => run_import(args),
+        Command::Duplicates(args) => list_duplicates(args),
+        Command::MigrateDb(args) => migrate_db(args),
     };
     match result {
         Ok(code) => code,
@@ -140,6 +168,8 @@ fn parse_device(text: &str) -> Result<DeviceConfig> {
         allow_store: true,
         allow_query: true,
         allow_retrieve: true,
+        max_associations: 0,
+        partition: None,
     })
 }
 
@@ -197,7 +227,7 @@ fn run_import(args: ImportArgs) -> Result<ExitCode> {
     );
     let summary = import::import_files(
         &archive.ingest,
-        &archive.partition,
+        &archive.default_partition().partition,
         &files,
         &mut |path, outcome| {
             if let FileOutcome::Rejected(reason) = outcome {
@@ -221,4 +251,85 @@ fn run_import(args: ImportArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+fn list_duplicates(args: DuplicatesArgs) -> Result<ExitCode> {
+    let config = load_config(&args.archive)?;
+    let archive = open_archive(&config)?;
+    for partition in &archive.partitions {
+        let duplicates = archive.index.duplicates(partition.partition.id)?;
+        for duplicate in duplicates {
+            let stored = archive
+                .index
+                .instance(partition.partition.id, &duplicate.sop_instance_uid)?;
+            if args.json {
+                println!(
+                    "{{\"partition\":{:?},\"sop_instance_uid\":{:?},\"study_uid\":{:?},\"received_at_ms\":{},\"source_ae\":{:?},\"size\":{},\"digest\":{:?},\"stored_digest\":{:?}}}",
+                    partition.partition.ae_title.as_str(),
+                    duplicate.sop_instance_uid.as_str(),
+                    duplicate.location.study_uid.as_str(),
+                    duplicate.received_at_ms,
+                    duplicate.source_ae.as_deref().unwrap_or(""),
+                    duplicate.file_size,
+                    duplicate.digest,
+                    stored.as_ref().map(|s| s.digest.as_str()).unwrap_or(""),
+                );
+            } else {
+                println!(
+                    "{}  {}  study {}  from {}  {} bytes  (stored copy: {})",
+                    partition.partition.ae_title,
+                    duplicate.sop_instance_uid,
+                    duplicate.location.study_uid,
+                    duplicate.source_ae.as_deref().unwrap_or("-"),
+                    duplicate.file_size,
+                    stored
+                        .as_ref()
+                        .map(|s| format!("{} bytes", s.file_size))
+                        .unwrap_or_else(|| "missing".into()),
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `migrate-db`: copies the SQLite index into PostgreSQL, verifies it, and
+/// prints a summary; the SQLite file is opened read-only.
+fn migrate_db(args: MigrateDbArgs) -> Result<ExitCode> {
+    use imageserver_core::db::postgres;
+    let config = load_config(&args.archive)?;
+    let source = config.db_url();
+    let path = match source.strip_prefix("sqlite:") {
+        Some(path) => PathBuf::from(path.trim_start_matches("//")),
+        None if source.contains("://") => {
+            bail!("the source index {source} is not a SQLite file: migrate-db copies SQLite into PostgreSQL")
+        }
+        None => PathBuf::from(&source),
+    };
+    if !(args.to.starts_with("postgres://") || args.to.starts_with("postgresql://")) {
+        bail!("--to {:?}: expected a postgres:// URL", args.to);
+    }
+    let report = postgres::copy_from_sqlite(&path, &args.to)
+        .with_context(|| format!("cannot copy {} into PostgreSQL", path.display()))?;
+    println!("copied {} into {}", path.display(), report.target);
+    println!("  {:<16} {:>12} {:>9}", "table", "rows", "compared");
+    let mut rows = 0;
+    for table in &report.tables {
+        println!(
+            "  {:<16} {:>12} {:>9}",
+            table.table, table.rows, table.sampled
+        );
+        rows += table.rows;
+    }
+    println!(
+        "{rows} rows in {} tables; row counts equal on both sides, sampled rows identical; \
+         {} was not modified",
+        report.tables.len(),
+        path.display()
+    );
+    println!(
+        "next: imageserver serve --db {} (or db = \"...\" in the config file)",
+        report.target
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -11,13 +11,15 @@ use crate::support::dcmtk::{self, ToolOutput};
 use crate::support::server::{test_dir, Archive, BINARY, SERVER_AE};
 use crate::support::{archived_files, assert_archived, files_under};
 
-/// Runs `imageserver import --data DATA --aet IMAGESERVER PATH` (bounded).
-fn import(data: &Path, path: &Path) -> ToolOutput {
+/// Runs `imageserver import --data DATA [--db URL] --aet IMAGESERVER PATH`
+/// (bounded).
+fn import(archive: &Archive, path: &Path) -> ToolOutput {
     let mut command = Command::new(BINARY);
     command
         .args(["import", "--quiet"])
         .arg("--data")
-        .arg(data)
+        .arg(archive.data_dir())
+        .args(archive.db_args())
         .args(["--aet", SERVER_AE])
         .arg(path)
         .env("RUST_LOG", "info")
@@ -52,7 +54,7 @@ fn import_indexes_a_folder_and_leaves_the_bad_file_in_place() {
 
     let incoming = dir.path().join("incoming");
     let garbage = fill_incoming(&incoming, &corpus);
-    let first = import(&data, &incoming);
+    let first = import(&archive, &incoming);
 
     assert!(!first.timed_out(), "import hung:\n{first}");
     assert_eq!(
@@ -82,7 +84,7 @@ fn import_indexes_a_folder_and_leaves_the_bad_file_in_place() {
     // The same files again, from a fresh copy: all already present.
     let incoming_again = dir.path().join("incoming-again");
     fill_incoming(&incoming_again, &corpus);
-    let second = import(&data, &incoming_again);
+    let second = import(&archive, &incoming_again);
 
     assert_eq!(second.status.and_then(|s| s.code()), Some(1), "{second}");
     let summary = second.text();
@@ -105,13 +107,13 @@ fn import_of_only_good_files_exits_zero() {
         CorpusShape::uniform(1, 1, 4, (32, 32)),
     );
     let data = dir.path().join("data");
+    let archive = Archive::new(&data, SERVER_AE);
 
-    let output = import(&data, &dir.path().join("corpus"));
+    let output = import(&archive, &dir.path().join("corpus"));
 
     assert!(output.success(), "import failed:\n{output}");
     assert!(output.text().contains("imported 4"), "{output}");
     assert!(output.text().contains("rejected 0"), "{output}");
-    let archive = Archive::new(&data, SERVER_AE);
     let index = archive.index();
     for instance in &corpus {
         assert_archived(&archive, &index, instance, None);
@@ -143,8 +145,9 @@ fn import_rejects_a_path_trick_in_a_uid_and_writes_nothing_for_it() {
         },
     );
     let data = dir.path().join("data");
+    let archive = Archive::new(&data, SERVER_AE);
 
-    let output = import(&data, &incoming);
+    let output = import(&archive, &incoming);
 
     assert_eq!(output.status.and_then(|s| s.code()), Some(1), "{output}");
     assert!(output.text().contains("imported 1"), "{output}");
@@ -153,7 +156,6 @@ fn import_rejects_a_path_trick_in_a_uid_and_writes_nothing_for_it() {
         hostile_path.is_file(),
         "the rejected file was not left in place"
     );
-    let archive = Archive::new(&data, SERVER_AE);
     assert_archived(&archive, &archive.index(), &good, None);
     assert_eq!(archived_files(&archive).len(), 1);
     for path in files_under(dir.path()) {

@@ -18,3 +18,13 @@ mod bad_input;
 mod import;
 // SIGTERM during a transfer: clean exit, nothing acknowledged is lost.
 mod shutdown;
+// Partitions, devices and their permissions, duplicate SOP policies.
+mod partitions;
+// C-FIND: every matching rule, statuses, character sets, cancel and caps, via findscu and pynetdicom.
+mod find;
+// C-MOVE (movescu → storescp) and C-GET (getscu, pynetdicom): levels, counts, cancel, roles, failures.
+mod retrieve;
+// Orthanc, a real archive, queries and retrieves from us through its REST API.
+mod orthanc;
+// PostgreSQL only: the database stopping under load, and migrate-db from SQLite.
+mod postgres;

@@ -2,6 +2,12 @@
 //! directory and a free loopback port, its stderr logged to a file that is
 //! printed when a test fails, stopped with SIGKILL or SIGTERM and restarted
 //! on the same data.
+//!
+//! The index backend comes from `IMAGESERVER_IT_BACKEND`: `sqlite` (the
+//! default: `<data>/index.db`) or `postgres`: every [`Archive`] then gets a
+//! database of its own on the server `IMAGESERVER_PG_URL` names (which
+//! `scripts/test.sh` starts), passed to the binary with `--db` (and as `db`
+//! in the config file), and dropped when the archive's last handle goes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -12,8 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imageserver_core::db::postgres::{self, PgIndex};
 use imageserver_core::db::sqlite::SqliteIndex;
-use imageserver_core::db::IndexStore;
+use imageserver_core::db::Database;
 use imageserver_core::model::{AeTitle, IndexCounts, PartitionId, StoredInstance, Uid};
 
 use super::dcmtk;
@@ -49,9 +56,17 @@ pub struct ServerBuilder {
     ae_title: String,
     settings: Vec<(String, String)>,
     dicom_settings: Vec<(String, String)>,
+    db_url: Option<String>,
 }
 
 impl ServerBuilder {
+    /// Uses this index URL instead of the selected backend's own (a
+    /// PostgreSQL database the test manages itself).
+    pub fn db_url(mut self, url: &str) -> ServerBuilder {
+        self.db_url = Some(url.to_string());
+        self
+    }
+
     /// The server's AE title (default [`SERVER_AE`]).
     pub fn ae_title(mut self, ae_title: &str) -> ServerBuilder {
         self.ae_title = ae_title.to_string();
@@ -75,10 +90,17 @@ impl ServerBuilder {
     /// Spawns the server and waits until it answers C-ECHO.
     pub fn start(self) -> Server {
         let data = self.root.join("data");
+        let archive = match &self.db_url {
+            Some(url) => Archive::with_db_url(&data, &self.ae_title, url),
+            None => Archive::new(&data, &self.ae_title),
+        };
         let config = if self.settings.is_empty() && self.dicom_settings.is_empty() {
             None
         } else {
             let mut text = String::new();
+            if let Some(url) = archive.db_url() {
+                text.push_str(&format!("db = {url:?}\n"));
+            }
             for (key, value) in &self.settings {
                 text.push_str(&format!("{key} = {value}\n"));
             }
@@ -91,7 +113,7 @@ impl ServerBuilder {
             Some(path)
         };
         let mut server = Server {
-            archive: Archive::new(&data, &self.ae_title),
+            archive,
             log: self.root.join("server.log"),
             root: self.root,
             data,
@@ -105,19 +127,122 @@ impl ServerBuilder {
     }
 }
 
+/// The index backend of the integration tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `<data>/index.db`.
+    Sqlite,
+    /// A database of its own per archive on `IMAGESERVER_PG_URL`.
+    Postgres,
+}
+
+/// The backend `IMAGESERVER_IT_BACKEND` selects (`sqlite` by default).
+pub fn backend() -> Backend {
+    match std::env::var("IMAGESERVER_IT_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("postgres") => Backend::Postgres,
+        Ok(other) => panic!("IMAGESERVER_IT_BACKEND={other:?}: expected sqlite or postgres"),
+    }
+}
+
+/// The PostgreSQL server of the tests (`IMAGESERVER_PG_URL`).
+pub fn pg_server_url() -> String {
+    std::env::var("IMAGESERVER_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "IMAGESERVER_PG_URL is not set: run the tests through scripts/test.sh, which starts \
+             PostgreSQL"
+        )
+    })
+}
+
+/// A PostgreSQL database of one archive; dropped with its last handle.
+#[derive(Debug)]
+pub struct PgDatabase {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    /// Creates an empty database `it_<pid>_<n>` on `server`.
+    pub fn create(server: &str) -> PgDatabase {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "it_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let url = postgres::create_database(server, &name)
+            .unwrap_or_else(|e| panic!("create database {name} on {server}: {e:?}"));
+        PgDatabase {
+            server: server.to_string(),
+            name,
+            url,
+        }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Err(e) = postgres::drop_database(&self.server, &self.name) {
+            eprintln!("cannot drop test database {}: {e}", self.name);
+        }
+    }
+}
+
 /// A data directory (`--data`) seen from outside: its layout and index.
 #[derive(Debug, Clone)]
 pub struct Archive {
     data: PathBuf,
     ae_title: String,
+    /// The index URL (None: SQLite in `data`).
+    db_url: Option<String>,
+    /// The PostgreSQL database this archive created (dropped with it).
+    db: Option<Arc<PgDatabase>>,
 }
 
 impl Archive {
-    /// The archive in `data` for the partition `ae_title`.
+    /// The archive in `data` for the partition `ae_title`, with an index on
+    /// the selected [`backend`] (a new, empty database on PostgreSQL).
     pub fn new(data: &Path, ae_title: &str) -> Archive {
+        let db = match backend() {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(Arc::new(PgDatabase::create(&pg_server_url()))),
+        };
         Archive {
             data: data.to_path_buf(),
             ae_title: ae_title.to_string(),
+            db_url: db.as_ref().map(|db| db.url().to_string()),
+            db,
+        }
+    }
+
+    /// The archive in `data` indexed in the database `url`, which the caller
+    /// manages.
+    pub fn with_db_url(data: &Path, ae_title: &str, url: &str) -> Archive {
+        Archive {
+            data: data.to_path_buf(),
+            ae_title: ae_title.to_string(),
+            db_url: Some(url.to_string()),
+            db: None,
+        }
+    }
+
+    /// The index URL to pass as `--db` (None: the default SQLite file).
+    pub fn db_url(&self) -> Option<&str> {
+        self.db_url.as_deref()
+    }
+
+    /// `--db URL` for commands run on this archive (empty for SQLite).
+    pub fn db_args(&self) -> Vec<String> {
+        match self.db_url() {
+            Some(url) => vec!["--db".to_string(), url.to_string()],
+            None => Vec::new(),
         }
     }
 
@@ -147,9 +272,27 @@ impl Archive {
             .join(format!("{sop_instance_uid}.dcm"))
     }
 
-    /// Opens the index (allowed while the server runs: SQLite WAL readers).
+    /// Opens the index (allowed while the server runs: SQLite WAL readers,
+    /// PostgreSQL connections).
     pub fn index(&self) -> Index {
-        Index::open(&self.data, &self.ae_title)
+        self.index_of(&self.ae_title)
+    }
+
+    /// Opens the index for the partition `ae_title`.
+    pub fn index_of(&self, ae_title: &str) -> Index {
+        let mut index = match self.db_url() {
+            Some(url) if url.starts_with("postgres") => Index::open_url(url, ae_title),
+            Some(url) => {
+                let path = url.strip_prefix("sqlite:").unwrap_or(url);
+                let store = SqliteIndex::open(Path::new(path))
+                    .unwrap_or_else(|e| panic!("open the index {path}: {e:?}"));
+                Index::with_store(Box::new(store), ae_title)
+            }
+            None => Index::open(&self.data, ae_title),
+        };
+        // The database lives as long as any index opened on it.
+        index.db = self.db.clone();
+        index
     }
 }
 
@@ -174,6 +317,7 @@ impl Server {
             ae_title: SERVER_AE.to_string(),
             settings: Vec::new(),
             dicom_settings: Vec::new(),
+            db_url: None,
         }
     }
 
@@ -267,6 +411,7 @@ impl Server {
             command.arg("--config").arg(config);
         }
         command
+            .args(self.archive.db_args())
             .args(["--aet", &self.ae_title, "--bind", "127.0.0.1"])
             .args(["--port", &self.port.to_string()])
             .arg("--data")
@@ -410,23 +555,40 @@ impl Drop for RssSampler {
     }
 }
 
-/// Read access to a data directory's index, for one partition.
+/// Read access to an archive's index (either backend), for one partition.
 pub struct Index {
-    store: SqliteIndex,
+    store: Box<dyn Database>,
     partition: PartitionId,
+    /// Keeps the archive's PostgreSQL database from being dropped.
+    db: Option<Arc<PgDatabase>>,
 }
 
 impl Index {
-    /// Opens `data`/index.db and looks up the partition of `ae_title`.
+    /// Opens `data`/index.db (SQLite) and looks up the partition of `ae_title`.
     pub fn open(data: &Path, ae_title: &str) -> Index {
         let path = data.join("index.db");
         let store = SqliteIndex::open(&path)
             .unwrap_or_else(|e| panic!("open the index {}: {e:?}", path.display()));
+        Index::with_store(Box::new(store), ae_title)
+    }
+
+    /// Opens a PostgreSQL index and looks up the partition of `ae_title`.
+    pub fn open_url(url: &str, ae_title: &str) -> Index {
+        let store =
+            PgIndex::connect(url).unwrap_or_else(|e| panic!("connect to the index {url}: {e:?}"));
+        Index::with_store(Box::new(store), ae_title)
+    }
+
+    fn with_store(store: Box<dyn Database>, ae_title: &str) -> Index {
         let partition = store
             .partition(&AeTitle::parse(ae_title).expect("valid AE title"))
             .expect("look up the partition")
             .unwrap_or_else(|| panic!("no partition {ae_title} in the index"));
-        Index { store, partition }
+        Index {
+            store,
+            partition,
+            db: None,
+        }
     }
 
     /// The indexed instance with this SOP Instance UID, if any.
@@ -435,6 +597,11 @@ impl Index {
         self.store
             .instance(self.partition, &uid)
             .expect("look up an instance")
+    }
+
+    /// The partition's known devices.
+    pub fn devices(&self) -> Vec<imageserver_core::model::DeviceSpec> {
+        self.store.devices(self.partition).expect("list devices")
     }
 
     /// Patient, study, series and instance counts of the partition.

@@ -1,0 +1,1008 @@
+//! The hot path on PostgreSQL: indexing a batch of instances inside one
+//! transaction with a fixed number of set-based statements.
+//!
+//! The batch is first folded in memory, in record order, into one row per
+//! patient, study storage, study, series and instance, with the semantics of
+//! the SQLite backend applied record by record: later non-empty attributes
+//! win and absent ones never erase known ones (`COALESCE`); the first
+//! instance of a study fixes its location; a study follows the patient of
+//! its latest record; a SOP Instance UID seen twice is inserted then
+//! replaced. Each level is then one multi-row upsert over `UNNEST` arrays
+//! (`INSERT … ON CONFLICT … DO UPDATE … RETURNING`), so a batch costs about
+//! a dozen round trips whatever its size.
+//!
+//! **Concurrent nodes.** The upserts lock rows in a stable order: patients,
+//! then study storages (one row per study: the study's lock), then studies,
+//! series and instances, each level sorted by key; existing instance rows are
+//! read with `SELECT … FOR UPDATE` in key order before they are replaced. Two
+//! nodes therefore wait for each other instead of deadlocking, and a study's
+//! counters are only ever updated by the transaction holding its storage
+//! row. The few rows outside that order (the old side of an instance that
+//! moved to another study) can deadlock in theory; PostgreSQL then aborts one
+//! transaction (40P01) and `PgIndex::write` retries it. An instance row that
+//! another node inserted between our read and our upsert (detected from
+//! `xmax = 0` in RETURNING) is a conflict: the transaction is retried, so
+//! nothing is counted twice.
+//!
+//! Counters are kept as on SQLite: deltas for the common case, and an exact
+//! recount (which also deletes rows left empty) for the rows a moved
+//! instance or a study that changed patient left behind.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use sqlx::{PgConnection, Row};
+
+use super::TxError;
+use crate::model::{InsertOutcome, InstanceRecord};
+
+/// Trims DICOM padding and drops NULs; empty becomes `None`.
+fn text(value: Option<&str>) -> Option<String> {
+    value
+        .map(|v| v.trim_matches([' ', '\0']))
+        .filter(|v| !v.is_empty())
+        .map(|v| v.replace('\0', ""))
+}
+
+/// Overwrites `into` with the values of `from` that are present.
+fn merge<const N: usize>(into: &mut [Option<String>; N], from: [Option<String>; N]) {
+    for (slot, value) in into.iter_mut().zip(from) {
+        if value.is_some() {
+            *slot = value;
+        }
+    }
+}
+
+/// Joins distinct values with `\` in sorted order.
+fn joined(values: &BTreeSet<String>) -> String {
+    values
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\\")
+}
+
+fn split(values: &str) -> BTreeSet<String> {
+    values
+        .split('\\')
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+type PatientKey = (i64, String, String);
+type StudyKey = (i64, String);
+type SeriesKey = (i64, String);
+type InstanceKey = (i64, String);
+
+/// One study of the batch, folded.
+struct StudyRow {
+    storage_key: StudyKey,
+    attrs: [Option<String>; 7],
+    /// The patient of the latest record.
+    patient: PatientKey,
+    /// Every patient a record gave the study.
+    patients_seen: BTreeSet<PatientKey>,
+}
+
+/// One series of the batch, folded.
+#[derive(Default)]
+struct SeriesRow {
+    attrs: [Option<String>; 5],
+    series_number: Option<i32>,
+}
+
+/// The state of an instance row: series, size, SOP class.
+#[derive(Clone, PartialEq)]
+struct InstanceState {
+    series: i64,
+    size: i64,
+    class: String,
+}
+
+#[derive(Default, Clone, Copy)]
+struct StudyDelta {
+    series: i64,
+    instances: i64,
+    size: i64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct PatientDelta {
+    studies: i64,
+    series: i64,
+    instances: i64,
+}
+
+/// Indexes `batch` on `conn` (inside a transaction) and returns one outcome
+/// per record.
+pub(super) async fn insert_batch(
+    conn: &mut PgConnection,
+    batch: &[InstanceRecord],
+    now: i64,
+) -> Result<Vec<InsertOutcome>, TxError> {
+    // ---- Fold the batch, record by record.
+    let mut patients: BTreeMap<PatientKey, [Option<String>; 3]> = BTreeMap::new();
+    let mut storages: BTreeMap<StudyKey, &InstanceRecord> = BTreeMap::new();
+    let mut studies: BTreeMap<StudyKey, StudyRow> = BTreeMap::new();
+    let mut record_keys = Vec::with_capacity(batch.len());
+    for r in batch {
+        let partition = r.partition.0;
+        let p = &r.patient;
+        let patient_key = (
+            partition,
+            p.patient_id.trim_matches([' ', '\0']).replace('\0', ""),
+            text(p.issuer_of_patient_id.as_deref()).unwrap_or_default(),
+        );
+        merge(
+            patients.entry(patient_key.clone()).or_default(),
+            [
+                text(p.patient_name.as_deref()),
+                text(p.birth_date.as_deref()),
+                text(p.sex.as_deref()),
+            ],
+        );
+        let study_key = (partition, r.study.study_uid.as_str().to_string());
+        storages.entry(study_key.clone()).or_insert(r);
+        let s = &r.study;
+        let attrs = [
+            text(s.study_date.as_deref()),
+            text(s.study_time.as_deref()),
+            text(s.accession_number.as_deref()),
+            text(s.study_id.as_deref()),
+            text(s.study_description.as_deref()),
+            text(s.referring_physician_name.as_deref()),
+            text(s.specific_character_set.as_deref()),
+        ];
+        let study = studies
+            .entry(study_key.clone())
+            .or_insert_with(|| StudyRow {
+                storage_key: study_key.clone(),
+                attrs: Default::default(),
+                patient: patient_key.clone(),
+                patients_seen: BTreeSet::new(),
+            });
+        merge(&mut study.attrs, attrs);
+        study.patient = patient_key.clone();
+        study.patients_seen.insert(patient_key);
+        record_keys.push(study_key);
+    }
+
+    // ---- Patients (locked first, in key order).
+    let patient_ids = upsert_patients(conn, &patients).await?;
+
+    // ---- Study storages: the per-study locks, in key order.
+    let storage_ids = upsert_storages(conn, &storages, now).await?;
+
+    // ---- Studies.
+    let study_rows = upsert_studies(conn, &studies, &patient_ids, &storage_ids, now).await?;
+    let mut patient_delta: BTreeMap<i64, PatientDelta> = BTreeMap::new();
+    let mut recount_patients: BTreeSet<i64> = BTreeSet::new();
+    let mut study_ids: HashMap<StudyKey, i64> = HashMap::new();
+    let mut study_patient: HashMap<i64, i64> = HashMap::new();
+    let mut study_classes: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for (key, row) in &studies {
+        let (id, old_patient, old_classes) = study_rows
+            .get(key)
+            .cloned()
+            .ok_or(TxError::Conflict("a study row was not returned"))?;
+        let patient = patient_ids[&row.patient];
+        study_ids.insert(key.clone(), id);
+        study_patient.insert(id, patient);
+        match old_patient {
+            None => patient_delta.entry(patient).or_default().studies += 1,
+            Some(old) if old != patient => {
+                tracing::info!(study_uid = %key.1, "study moved to another patient");
+                recount_patients.insert(old);
+                recount_patients.insert(patient);
+            }
+            Some(_) => {}
+        }
+        for seen in &row.patients_seen {
+            let seen = patient_ids[seen];
+            if seen != patient {
+                recount_patients.insert(seen);
+                recount_patients.insert(patient);
+            }
+        }
+        study_classes.insert(id, split(old_classes.as_deref().unwrap_or("")));
+    }
+
+    // ---- Series.
+    let mut series: BTreeMap<SeriesKey, SeriesRow> = BTreeMap::new();
+    let mut record_series_keys = Vec::with_capacity(batch.len());
+    for (r, study_key) in batch.iter().zip(&record_keys) {
+        let key = (
+            study_ids[study_key],
+            r.series.series_uid.as_str().to_string(),
+        );
+        let s = &r.series;
+        let row = series.entry(key.clone()).or_default();
+        merge(
+            &mut row.attrs,
+            [
+                text(s.modality.as_deref()),
+                text(s.series_description.as_deref()),
+                text(s.body_part_examined.as_deref()),
+                text(s.series_date.as_deref()),
+                text(s.series_time.as_deref()),
+            ],
+        );
+        if s.series_number.is_some() {
+            row.series_number = s.series_number;
+        }
+        record_series_keys.push(key);
+    }
+    let series_rows = upsert_series(conn, &series).await?;
+    let mut study_delta: BTreeMap<i64, StudyDelta> = BTreeMap::new();
+    let mut modalities_dirty: BTreeSet<i64> = BTreeSet::new();
+    let mut series_ids: HashMap<SeriesKey, i64> = HashMap::new();
+    let mut series_study: HashMap<i64, i64> = HashMap::new();
+    for (key, row) in &series {
+        let (id, existed, old_modality) = series_rows
+            .get(key)
+            .cloned()
+            .ok_or(TxError::Conflict("a series row was not returned"))?;
+        series_ids.insert(key.clone(), id);
+        series_study.insert(id, key.0);
+        let modality = row.attrs[0].clone();
+        if existed {
+            if modality.is_some() && modality != old_modality {
+                modalities_dirty.insert(key.0);
+            }
+        } else {
+            study_delta.entry(key.0).or_default().series += 1;
+            patient_delta
+                .entry(study_patient[&key.0])
+                .or_default()
+                .series += 1;
+            if modality.is_some() {
+                modalities_dirty.insert(key.0);
+            }
+        }
+    }
+
+    // ---- Instances: existing rows, locked in key order.
+    let mut instance_keys: BTreeSet<InstanceKey> = BTreeSet::new();
+    for r in batch {
+        instance_keys.insert((
+            r.partition.0,
+            r.instance.sop_instance_uid.as_str().to_string(),
+        ));
+    }
+    let existing = lock_instances(conn, &instance_keys).await?;
+    let mut recount_series: BTreeSet<i64> = BTreeSet::new();
+    let mut recount_studies: BTreeSet<i64> = BTreeSet::new();
+    // Per key: the state before the batch and the state now.
+    let mut initial: HashMap<InstanceKey, Option<InstanceState>> = HashMap::new();
+    let mut current: HashMap<InstanceKey, InstanceState> = HashMap::new();
+    let mut last_record: BTreeMap<InstanceKey, usize> = BTreeMap::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (record_idx, (r, series_key)) in batch.iter().zip(&record_series_keys).enumerate() {
+        let i = &r.instance;
+        let key = (r.partition.0, i.sop_instance_uid.as_str().to_string());
+        let size = i64::try_from(i.file_size).map_err(|_| {
+            TxError::Sql(sqlx::Error::Encode(
+                format!("file size {} out of range", i.file_size).into(),
+            ))
+        })?;
+        let state = InstanceState {
+            series: series_ids[series_key],
+            size,
+            class: i.sop_class_uid.as_str().to_string(),
+        };
+        let previous = match current.get(&key) {
+            Some(previous) => Some(previous.clone()),
+            None => {
+                let before = existing.get(&key).map(|(state, _, _)| state.clone());
+                initial.insert(key.clone(), before.clone());
+                before
+            }
+        };
+        outcomes.push(match &previous {
+            Some(_) => InsertOutcome::Replaced,
+            None => InsertOutcome::Inserted,
+        });
+        // A series this instance passed through within the batch and left:
+        // recounted exactly.
+        if let Some(previous) = previous.filter(|p| p.series != state.series) {
+            if let Some(study) = series_study.get(&previous.series) {
+                recount_series.insert(previous.series);
+                recount_studies.insert(*study);
+                recount_patients.insert(study_patient[study]);
+            }
+        }
+        current.insert(key.clone(), state);
+        last_record.insert(key, record_idx);
+    }
+    let mut classes_added: BTreeSet<i64> = BTreeSet::new();
+    let mut classes_dirty: BTreeSet<i64> = BTreeSet::new();
+    let mut series_delta: BTreeMap<i64, i64> = BTreeMap::new();
+    for (key, state) in &current {
+        let study = series_study[&state.series];
+        match &initial[key] {
+            Some(before) if before.series == state.series => {
+                study_delta.entry(study).or_default().size += state.size - before.size;
+                if before.class != state.class {
+                    classes_dirty.insert(study);
+                }
+                continue;
+            }
+            Some(before) => {
+                // Moved: the old side is recounted from its rows.
+                let (_, old_study, old_patient) = existing[key];
+                recount_series.insert(before.series);
+                recount_studies.insert(old_study);
+                recount_patients.insert(old_patient);
+            }
+            None => {}
+        }
+        *series_delta.entry(state.series).or_default() += 1;
+        let delta = study_delta.entry(study).or_default();
+        delta.instances += 1;
+        delta.size += state.size;
+        patient_delta
+            .entry(study_patient[&study])
+            .or_default()
+            .instances += 1;
+        if let Some(classes) = study_classes.get_mut(&study) {
+            if classes.insert(state.class.clone()) {
+                classes_added.insert(study);
+            }
+        }
+    }
+    upsert_instances(conn, batch, &last_record, &current, &initial, now).await?;
+
+    // ---- Counters and summaries.
+    let flush = Flush {
+        series_delta,
+        study_delta,
+        patient_delta,
+        study_classes,
+        classes_added,
+        classes_dirty,
+        modalities_dirty,
+        recount_series,
+        recount_studies,
+        recount_patients,
+    };
+    flush.apply(conn, now).await?;
+    Ok(outcomes)
+}
+
+async fn upsert_patients(
+    conn: &mut PgConnection,
+    patients: &BTreeMap<PatientKey, [Option<String>; 3]>,
+) -> Result<HashMap<PatientKey, i64>, TxError> {
+    let mut partition = Vec::with_capacity(patients.len());
+    let mut patient_id = Vec::with_capacity(patients.len());
+    let mut issuer = Vec::with_capacity(patients.len());
+    let mut columns: [Vec<Option<String>>; 3] = Default::default();
+    for (key, values) in patients {
+        partition.push(key.0);
+        patient_id.push(key.1.clone());
+        issuer.push(key.2.clone());
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push(value.clone());
+        }
+    }
+    let rows = sqlx::query(
+        "INSERT INTO patient
+             (partition_id, patient_id, issuer_of_patient_id, patient_name, birth_date, sex)
+         SELECT p, id, iss, name, birth, sex
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+              WITH ORDINALITY AS t(p, id, iss, name, birth, sex, n)
+         ORDER BY n
+         ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE
+         SET patient_name = COALESCE(excluded.patient_name, patient.patient_name),
+             birth_date = COALESCE(excluded.birth_date, patient.birth_date),
+             sex = COALESCE(excluded.sex, patient.sex)
+         RETURNING id, partition_id, patient_id, issuer_of_patient_id",
+    )
+    .bind(&partition)
+    .bind(&patient_id)
+    .bind(&issuer)
+    .bind(&columns[0])
+    .bind(&columns[1])
+    .bind(&columns[2])
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids = HashMap::with_capacity(rows.len());
+    for row in rows {
+        ids.insert(
+            (
+                row.try_get("partition_id")?,
+                row.try_get("patient_id")?,
+                row.try_get("issuer_of_patient_id")?,
+            ),
+            row.try_get("id")?,
+        );
+    }
+    if ids.len() != patients.len() {
+        return Err(TxError::Conflict("a patient row was not returned"));
+    }
+    Ok(ids)
+}
+
+async fn upsert_storages(
+    conn: &mut PgConnection,
+    storages: &BTreeMap<StudyKey, &InstanceRecord>,
+    now: i64,
+) -> Result<HashMap<StudyKey, i64>, TxError> {
+    let mut partition = Vec::with_capacity(storages.len());
+    let mut study_uid = Vec::with_capacity(storages.len());
+    let mut filesystem = Vec::with_capacity(storages.len());
+    let mut date_folder = Vec::with_capacity(storages.len());
+    for (key, record) in storages {
+        partition.push(key.0);
+        study_uid.push(key.1.clone());
+        filesystem.push(record.location.filesystem.0);
+        date_folder.push(record.location.date_folder.replace('\0', ""));
+    }
+    // An existing row is kept, unless the study has no online copy
+    // (nearline): then the arriving instance's location becomes its home.
+    // Every touched row is updated (and so locked), in key order.
+    let rows = sqlx::query(
+        "INSERT INTO study_storage (partition_id, study_uid, filesystem_id, date_folder, created_at)
+         SELECT p, uid, fs, folder, $5
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[])
+              WITH ORDINALITY AS t(p, uid, fs, folder, n)
+         ORDER BY n
+         ON CONFLICT (partition_id, study_uid) DO UPDATE
+         SET filesystem_id = COALESCE(study_storage.filesystem_id, excluded.filesystem_id),
+             date_folder = CASE WHEN study_storage.filesystem_id IS NULL
+                                THEN excluded.date_folder ELSE study_storage.date_folder END
+         RETURNING id, partition_id, study_uid, filesystem_id, date_folder",
+    )
+    .bind(&partition)
+    .bind(&study_uid)
+    .bind(&filesystem)
+    .bind(&date_folder)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let key: StudyKey = (row.try_get("partition_id")?, row.try_get("study_uid")?);
+        let filesystem: Option<i64> = row.try_get("filesystem_id")?;
+        let date_folder: String = row.try_get("date_folder")?;
+        if let Some(record) = storages.get(&key) {
+            let location = &record.location;
+            if filesystem != Some(location.filesystem.0) || date_folder != location.date_folder {
+                tracing::warn!(
+                    study_uid = %record.study.study_uid,
+                    indexed_filesystem = ?filesystem,
+                    indexed_date_folder = %date_folder,
+                    record_filesystem = location.filesystem.0,
+                    record_date_folder = %location.date_folder,
+                    "instance stored outside its study's indexed location"
+                );
+            }
+        }
+        ids.insert(key, row.try_get("id")?);
+    }
+    if ids.len() != storages.len() {
+        return Err(TxError::Conflict("a study storage row was not returned"));
+    }
+    Ok(ids)
+}
+
+/// Upserts the studies; returns per key: id, the patient before (None: new
+/// study) and the SOP classes before.
+async fn upsert_studies(
+    conn: &mut PgConnection,
+    studies: &BTreeMap<StudyKey, StudyRow>,
+    patient_ids: &HashMap<PatientKey, i64>,
+    storage_ids: &HashMap<StudyKey, i64>,
+    now: i64,
+) -> Result<HashMap<StudyKey, (i64, Option<i64>, Option<String>)>, TxError> {
+    let mut partition = Vec::with_capacity(studies.len());
+    let mut study_uid = Vec::with_capacity(studies.len());
+    let mut patient = Vec::with_capacity(studies.len());
+    let mut storage = Vec::with_capacity(studies.len());
+    let mut columns: [Vec<Option<String>>; 7] = Default::default();
+    for (key, row) in studies {
+        partition.push(key.0);
+        study_uid.push(key.1.clone());
+        patient.push(patient_ids[&row.patient]);
+        storage.push(storage_ids[&row.storage_key]);
+        for (column, value) in columns.iter_mut().zip(&row.attrs) {
+            column.push(value.clone());
+        }
+    }
+    let rows = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
+                                  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                                  $10::text[], $11::text[])
+                 WITH ORDINALITY AS t(partition_id, study_uid, patient_fk, storage_id,
+                                      study_date, study_time, accession_number, study_id,
+                                      study_description, referring_physician_name,
+                                      specific_character_set, n)
+         ),
+         old AS (
+             SELECT s.partition_id, s.study_uid, s.patient_fk, s.sop_classes_in_study
+             FROM study s JOIN input i
+                  ON s.partition_id = i.partition_id AND s.study_uid = i.study_uid
+         ),
+         up AS (
+             INSERT INTO study
+                 (partition_id, patient_fk, study_storage_id, study_uid, study_date, study_time,
+                  accession_number, study_id, study_description, referring_physician_name,
+                  specific_character_set, created_at, updated_at)
+             SELECT partition_id, patient_fk, storage_id, study_uid, study_date, study_time,
+                    accession_number, study_id, study_description, referring_physician_name,
+                    specific_character_set, $12, $12
+             FROM input ORDER BY n
+             ON CONFLICT (partition_id, study_uid) DO UPDATE SET
+                 patient_fk = excluded.patient_fk,
+                 study_date = COALESCE(excluded.study_date, study.study_date),
+                 study_time = COALESCE(excluded.study_time, study.study_time),
+                 accession_number = COALESCE(excluded.accession_number, study.accession_number),
+                 study_id = COALESCE(excluded.study_id, study.study_id),
+                 study_description = COALESCE(excluded.study_description, study.study_description),
+                 referring_physician_name =
+                     COALESCE(excluded.referring_physician_name, study.referring_physician_name),
+                 specific_character_set =
+                     COALESCE(excluded.specific_character_set, study.specific_character_set),
+                 updated_at = excluded.updated_at
+             RETURNING id, partition_id, study_uid
+         )
+         SELECT up.id, up.partition_id, up.study_uid, old.patient_fk AS old_patient,
+                old.sop_classes_in_study AS old_classes
+         FROM up LEFT JOIN old
+              ON old.partition_id = up.partition_id AND old.study_uid = up.study_uid",
+    )
+    .bind(&partition)
+    .bind(&study_uid)
+    .bind(&patient)
+    .bind(&storage)
+    .bind(&columns[0])
+    .bind(&columns[1])
+    .bind(&columns[2])
+    .bind(&columns[3])
+    .bind(&columns[4])
+    .bind(&columns[5])
+    .bind(&columns[6])
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        out.insert(
+            (row.try_get("partition_id")?, row.try_get("study_uid")?),
+            (
+                row.try_get("id")?,
+                row.try_get("old_patient")?,
+                row.try_get("old_classes")?,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Upserts the series; returns per key: id, whether it existed, and its
+/// modality before.
+async fn upsert_series(
+    conn: &mut PgConnection,
+    series: &BTreeMap<SeriesKey, SeriesRow>,
+) -> Result<HashMap<SeriesKey, (i64, bool, Option<String>)>, TxError> {
+    let mut study = Vec::with_capacity(series.len());
+    let mut series_uid = Vec::with_capacity(series.len());
+    let mut number = Vec::with_capacity(series.len());
+    let mut columns: [Vec<Option<String>>; 5] = Default::default();
+    for (key, row) in series {
+        study.push(key.0);
+        series_uid.push(key.1.clone());
+        number.push(row.series_number);
+        for (column, value) in columns.iter_mut().zip(&row.attrs) {
+            column.push(value.clone());
+        }
+    }
+    let rows = sqlx::query(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::int4[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[])
+                 WITH ORDINALITY AS t(study_fk, series_uid, modality, series_number,
+                                      series_description, body_part_examined, series_date,
+                                      series_time, n)
+         ),
+         old AS (
+             SELECT s.study_fk, s.series_uid, s.modality
+             FROM series s JOIN input i ON s.study_fk = i.study_fk AND s.series_uid = i.series_uid
+         ),
+         up AS (
+             INSERT INTO series
+                 (study_fk, series_uid, modality, series_number, series_description,
+                  body_part_examined, series_date, series_time)
+             SELECT study_fk, series_uid, modality, series_number, series_description,
+                    body_part_examined, series_date, series_time
+             FROM input ORDER BY n
+             ON CONFLICT (study_fk, series_uid) DO UPDATE SET
+                 modality = COALESCE(excluded.modality, series.modality),
+                 series_number = COALESCE(excluded.series_number, series.series_number),
+                 series_description =
+                     COALESCE(excluded.series_description, series.series_description),
+                 body_part_examined =
+                     COALESCE(excluded.body_part_examined, series.body_part_examined),
+                 series_date = COALESCE(excluded.series_date, series.series_date),
+                 series_time = COALESCE(excluded.series_time, series.series_time)
+             RETURNING id, study_fk, series_uid
+         )
+         SELECT up.id, up.study_fk, up.series_uid, old.study_fk IS NOT NULL AS existed,
+                old.modality AS old_modality
+         FROM up LEFT JOIN old ON old.study_fk = up.study_fk AND old.series_uid = up.series_uid",
+    )
+    .bind(&study)
+    .bind(&series_uid)
+    .bind(&columns[0])
+    .bind(&number)
+    .bind(&columns[1])
+    .bind(&columns[2])
+    .bind(&columns[3])
+    .bind(&columns[4])
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        out.insert(
+            (row.try_get("study_fk")?, row.try_get("series_uid")?),
+            (
+                row.try_get("id")?,
+                row.try_get("existed")?,
+                row.try_get("old_modality")?,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Reads and locks (in key order) the instance rows the batch will replace:
+/// per key its state, its study and that study's patient.
+async fn lock_instances(
+    conn: &mut PgConnection,
+    keys: &BTreeSet<InstanceKey>,
+) -> Result<HashMap<InstanceKey, (InstanceState, i64, i64)>, TxError> {
+    let partition: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let uid: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT i.partition_id, i.sop_instance_uid, i.series_fk, i.file_size, i.sop_class_uid,
+                se.study_fk, st.patient_fk
+         FROM instance i
+         JOIN series se ON se.id = i.series_fk
+         JOIN study st ON st.id = se.study_fk
+         WHERE (i.partition_id, i.sop_instance_uid) IN
+               (SELECT * FROM UNNEST($1::bigint[], $2::text[]))
+         ORDER BY i.partition_id, i.sop_instance_uid
+         FOR UPDATE OF i",
+    )
+    .bind(&partition)
+    .bind(&uid)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        out.insert(
+            (
+                row.try_get("partition_id")?,
+                row.try_get("sop_instance_uid")?,
+            ),
+            (
+                InstanceState {
+                    series: row.try_get("series_fk")?,
+                    size: row.try_get("file_size")?,
+                    class: row.try_get("sop_class_uid")?,
+                },
+                row.try_get("study_fk")?,
+                row.try_get("patient_fk")?,
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Inserts or replaces one row per instance key with the values of its last
+/// record; fails with a conflict when a row we did not see appeared (another
+/// node inserted it meanwhile).
+async fn upsert_instances(
+    conn: &mut PgConnection,
+    batch: &[InstanceRecord],
+    last_record: &BTreeMap<InstanceKey, usize>,
+    current: &HashMap<InstanceKey, InstanceState>,
+    initial: &HashMap<InstanceKey, Option<InstanceState>>,
+    now: i64,
+) -> Result<(), TxError> {
+    let n = last_record.len();
+    let mut partition = Vec::with_capacity(n);
+    let mut series = Vec::with_capacity(n);
+    let mut sop = Vec::with_capacity(n);
+    let mut class = Vec::with_capacity(n);
+    let mut number = Vec::with_capacity(n);
+    let mut syntax = Vec::with_capacity(n);
+    let mut size = Vec::with_capacity(n);
+    let mut digest = Vec::with_capacity(n);
+    let mut source = Vec::with_capacity(n);
+    for (key, record_idx) in last_record {
+        let i = &batch[*record_idx].instance;
+        let state = &current[key];
+        partition.push(key.0);
+        series.push(state.series);
+        sop.push(key.1.as_str());
+        class.push(state.class.as_str());
+        number.push(i.instance_number);
+        syntax.push(i.transfer_syntax_uid.as_str());
+        size.push(state.size);
+        digest.push(i.digest.replace('\0', ""));
+        source.push(text(i.source_ae.as_deref()));
+    }
+    let rows = sqlx::query(
+        "INSERT INTO instance
+             (partition_id, series_fk, sop_instance_uid, sop_class_uid, instance_number,
+              transfer_syntax_uid, file_size, digest, source_ae, received_at)
+         SELECT p, se, uid, cls, num, ts, sz, dg, ae, $10
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int4[], $6::text[],
+                     $7::bigint[], $8::text[], $9::text[])
+              WITH ORDINALITY AS t(p, se, uid, cls, num, ts, sz, dg, ae, n)
+         ORDER BY n
+         ON CONFLICT (partition_id, sop_instance_uid) DO UPDATE
+         SET series_fk = excluded.series_fk, sop_class_uid = excluded.sop_class_uid,
+             instance_number = excluded.instance_number,
+             transfer_syntax_uid = excluded.transfer_syntax_uid,
+             file_size = excluded.file_size, digest = excluded.digest,
+             source_ae = excluded.source_ae, received_at = excluded.received_at
+         RETURNING partition_id, sop_instance_uid, (xmax = 0) AS inserted",
+    )
+    .bind(&partition)
+    .bind(&series)
+    .bind(&sop)
+    .bind(&class)
+    .bind(&number)
+    .bind(&syntax)
+    .bind(&size)
+    .bind(&digest)
+    .bind(&source)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() != n {
+        return Err(TxError::Conflict("an instance row was not returned"));
+    }
+    for row in rows {
+        let key: InstanceKey = (
+            row.try_get("partition_id")?,
+            row.try_get("sop_instance_uid")?,
+        );
+        let inserted: bool = row.try_get("inserted")?;
+        let expected = initial.get(&key).is_some_and(Option::is_none);
+        if inserted != expected {
+            return Err(TxError::Conflict(
+                "an instance was indexed by another writer meanwhile",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What remains to write once the rows are in: counters, summaries,
+/// recounts.
+struct Flush {
+    series_delta: BTreeMap<i64, i64>,
+    study_delta: BTreeMap<i64, StudyDelta>,
+    patient_delta: BTreeMap<i64, PatientDelta>,
+    /// Per study: its SOP classes as stored plus those the batch added.
+    study_classes: BTreeMap<i64, BTreeSet<String>>,
+    classes_added: BTreeSet<i64>,
+    classes_dirty: BTreeSet<i64>,
+    modalities_dirty: BTreeSet<i64>,
+    recount_series: BTreeSet<i64>,
+    recount_studies: BTreeSet<i64>,
+    recount_patients: BTreeSet<i64>,
+}
+
+impl Flush {
+    async fn apply(self, conn: &mut PgConnection, now: i64) -> Result<(), TxError> {
+        let Flush {
+            series_delta,
+            study_delta,
+            patient_delta,
+            study_classes,
+            classes_added,
+            mut classes_dirty,
+            mut modalities_dirty,
+            recount_series,
+            mut recount_studies,
+            mut recount_patients,
+        } = self;
+
+        // Series.
+        let (ids, deltas): (Vec<i64>, Vec<i64>) = series_delta
+            .iter()
+            .filter(|(id, delta)| !recount_series.contains(id) && **delta != 0)
+            .map(|(id, delta)| (*id, *delta))
+            .unzip();
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE series SET num_instances = series.num_instances + d.delta
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, delta)
+                 WHERE series.id = d.id",
+            )
+            .bind(&ids)
+            .bind(&deltas)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for id in &recount_series {
+            let row = sqlx::query(
+                "UPDATE series SET num_instances =
+                     (SELECT COUNT(*) FROM instance WHERE series_fk = $1)
+                 WHERE id = $1 RETURNING num_instances, study_fk",
+            )
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else { continue };
+            let count: i64 = row.try_get("num_instances")?;
+            if count == 0 {
+                sqlx::query("DELETE FROM series WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                recount_studies.insert(row.try_get("study_fk")?);
+            }
+        }
+
+        // Studies.
+        let mut ids = Vec::new();
+        let mut series = Vec::new();
+        let mut instances = Vec::new();
+        let mut sizes = Vec::new();
+        for (id, delta) in &study_delta {
+            if !recount_studies.contains(id) {
+                ids.push(*id);
+                series.push(delta.series);
+                instances.push(delta.instances);
+                sizes.push(delta.size);
+            }
+        }
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE study SET num_series = study.num_series + d.series,
+                     num_instances = study.num_instances + d.instances,
+                     size_bytes = study.size_bytes + d.size, updated_at = $5
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+                      AS d(id, series, instances, size)
+                 WHERE study.id = d.id",
+            )
+            .bind(&ids)
+            .bind(&series)
+            .bind(&instances)
+            .bind(&sizes)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for id in &recount_studies {
+            let row = sqlx::query(
+                "UPDATE study SET
+                     num_series = (SELECT COUNT(*) FROM series WHERE study_fk = $1),
+                     num_instances = (SELECT COALESCE(SUM(num_instances), 0)::BIGINT FROM series
+                                      WHERE study_fk = $1),
+                     size_bytes = (SELECT COALESCE(SUM(i.file_size), 0)::BIGINT FROM instance i
+                                   JOIN series se ON se.id = i.series_fk WHERE se.study_fk = $1),
+                     updated_at = $2
+                 WHERE id = $1 RETURNING num_instances, patient_fk",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(row) = row else { continue };
+            let instances: i64 = row.try_get("num_instances")?;
+            recount_patients.insert(row.try_get("patient_fk")?);
+            if instances == 0 {
+                sqlx::query("DELETE FROM series WHERE study_fk = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("DELETE FROM study WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+            } else {
+                modalities_dirty.insert(*id);
+                classes_dirty.insert(*id);
+            }
+        }
+        let (ids, classes): (Vec<i64>, Vec<String>) = classes_added
+            .iter()
+            .filter(|id| !classes_dirty.contains(id))
+            .filter_map(|id| study_classes.get(id).map(|c| (*id, joined(c))))
+            .unzip();
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE study SET sop_classes_in_study = d.classes
+                 FROM UNNEST($1::bigint[], $2::text[]) AS d(id, classes)
+                 WHERE study.id = d.id",
+            )
+            .bind(&ids)
+            .bind(&classes)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !classes_dirty.is_empty() {
+            let ids: Vec<i64> = classes_dirty.iter().copied().collect();
+            sqlx::query(
+                "UPDATE study SET sop_classes_in_study = COALESCE(
+                     (SELECT string_agg(DISTINCT i.sop_class_uid, '\\' ORDER BY i.sop_class_uid)
+                      FROM instance i JOIN series se ON se.id = i.series_fk
+                      WHERE se.study_fk = study.id AND i.sop_class_uid <> ''), '')
+                 WHERE id = ANY($1::bigint[])",
+            )
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !modalities_dirty.is_empty() {
+            let ids: Vec<i64> = modalities_dirty.iter().copied().collect();
+            sqlx::query(
+                "UPDATE study SET modalities_in_study = COALESCE(
+                     (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality)
+                      FROM series WHERE study_fk = study.id AND modality <> ''), '')
+                 WHERE id = ANY($1::bigint[])",
+            )
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
+        }
+
+        // Patients.
+        let mut ids = Vec::new();
+        let mut studies = Vec::new();
+        let mut series = Vec::new();
+        let mut instances = Vec::new();
+        for (id, delta) in &patient_delta {
+            if !recount_patients.contains(id) {
+                ids.push(*id);
+                studies.push(delta.studies);
+                series.push(delta.series);
+                instances.push(delta.instances);
+            }
+        }
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE patient SET num_studies = patient.num_studies + d.studies,
+                     num_series = patient.num_series + d.series,
+                     num_instances = patient.num_instances + d.instances
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+                      AS d(id, studies, series, instances)
+                 WHERE patient.id = d.id",
+            )
+            .bind(&ids)
+            .bind(&studies)
+            .bind(&series)
+            .bind(&instances)
+            .execute(&mut *conn)
+            .await?;
+        }
+        for id in &recount_patients {
+            let studies: Option<i64> = sqlx::query_scalar(
+                "UPDATE patient SET
+                     num_studies = (SELECT COUNT(*) FROM study WHERE patient_fk = $1),
+                     num_series = (SELECT COALESCE(SUM(num_series), 0)::BIGINT FROM study
+                                   WHERE patient_fk = $1),
+                     num_instances = (SELECT COALESCE(SUM(num_instances), 0)::BIGINT FROM study
+                                      WHERE patient_fk = $1)
+                 WHERE id = $1 RETURNING num_studies",
+            )
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if studies == Some(0) {
+                sqlx::query("DELETE FROM patient WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,895 @@
+//! The PostgreSQL backend of the index (sqlx): the dedicated database server
+//! of the medium deployment, and the shared database of a cluster.
+//!
+//! - **Sync trait, async driver.** [`IndexStore`] and [`QueryStore`] are
+//!   blocking traits; a [`PgIndex`] owns a private tokio runtime (multi-thread,
+//!   two workers) that drives sqlx's sockets, and every method `block_on`s a
+//!   future on the calling thread. Never call a `PgIndex` from inside a tokio
+//!   runtime (that panics): the archive calls it from its own threads
+//!   (associations, the group committer), never from an executor.
+//! - **Pool.** A sqlx pool of at most `pool_size` connections. Connections
+//!   are pinged before use, so after a database restart dead ones are
+//!   replaced; when the database is unreachable a call fails after
+//!   `connect_timeout` with [`Error::Backend`] (ingest answers A700, C-FIND a
+//!   failure status) and the next call tries again: reconnecting is the
+//!   pool's job, nothing restarts. Every call is also bounded as a whole
+//!   (statement timeout + connect timeout + a margin), so a vanished network
+//!   gives an error, not a hang.
+//! - **Transactions.** Every write method is one transaction at READ
+//!   COMMITTED. Serialization failures and deadlocks (SQLSTATE 40001, 40P01)
+//!   retry the whole transaction with backoff for up to [`RETRY_FOR`]; they
+//!   never reach callers before that. Other failures are not retried: a
+//!   commit that may not have happened is reported, so no C-STORE is
+//!   acknowledged without a commit.
+//! - **Group commit.** `insert_instances` indexes a whole batch with a fixed
+//!   number of set-based statements (UNNEST arrays, multi-row upserts), about
+//!   a dozen round trips whatever the batch size: see `ingest.rs`, which also
+//!   explains how concurrent nodes are kept from deadlocking or counting
+//!   twice.
+//! - **Migrations.** `migrations/NNNN_*.sql`, applied at connect inside one
+//!   transaction holding `pg_advisory_xact_lock`, so several nodes starting
+//!   together migrate once; the version lives in `schema_version`. A newer
+//!   version than this build knows is [`Error::SchemaTooNew`].
+//!
+//! The schema is SQLite's in PostgreSQL types (`migrations/0001_initial.sql`
+//! lists the differences); text columns use the "C" collation so that
+//! ordering and case folding match SQLite's BINARY and NOCASE exactly.
+//! PostgreSQL text cannot hold NUL characters: NULs inside received values
+//! are dropped before they are stored (SQLite keeps them).
+//!
+//! URL: `postgres://user[:password]@host[:port]/database`, plus optional
+//! query parameters read here and removed before sqlx sees the URL:
+//! `pool_size`, `connect_timeout_secs`, `statement_timeout_secs`.
+
+mod copy;
+mod ingest;
+mod query;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+
+use crate::db::{Error, IndexStore};
+use crate::model::{
+    AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
+    IndexCounts, InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance,
+    StudyLocation, Tier, Uid,
+};
+
+pub use copy::{copy_from_sqlite, CopyReport, TableCopy};
+
+/// The migrations, in order: `(version, SQL)`.
+const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+
+/// The newest schema version this build knows (`schema_version.version`).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
+
+/// How long serialization failures and deadlocks are retried.
+pub const RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// The key of the advisory lock migrations hold (any constant; "imgsrv").
+const MIGRATION_LOCK: i64 = 0x696d_6773_7276;
+
+/// Connection settings of a [`PgIndex`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PgOptions {
+    /// Most connections open at once.
+    pub pool_size: u32,
+    /// How long a call waits for a connection (including connecting)
+    /// before it fails.
+    pub connect_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` for every statement (None: no limit).
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+impl PgOptions {
+    /// Splits the options this module reads (`pool_size`,
+    /// `connect_timeout_secs`, `statement_timeout_secs`) off a URL's query
+    /// string; returns the URL without them and the options (defaults for
+    /// those absent).
+    pub fn from_url(url: &str) -> Result<(String, PgOptions), Error> {
+        let mut options = PgOptions::default();
+        let Some((base, query)) = url.split_once('?') else {
+            return Ok((url.to_string(), options));
+        };
+        let bad = |key: &str, value: &str| Error::Open {
+            url: redact(url),
+            source: format!("{key}={value}: expected a positive integer").into(),
+        };
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || value.parse::<u64>().ok().filter(|n| *n > 0);
+            match key {
+                "pool_size" => {
+                    options.pool_size = number()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| bad(key, value))?;
+                }
+                "connect_timeout_secs" => {
+                    options.connect_timeout =
+                        Duration::from_secs(number().ok_or_else(|| bad(key, value))?);
+                }
+                "statement_timeout_secs" => {
+                    options.statement_timeout = match value {
+                        "0" => None,
+                        _ => Some(Duration::from_secs(
+                            number().ok_or_else(|| bad(key, value))?,
+                        )),
+                    };
+                }
+                _ => rest.push(pair),
+            }
+        }
+        let url = if rest.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        Ok((url, options))
+    }
+
+    /// The longest a whole call may take before it is abandoned.
+    fn call_timeout(&self) -> Duration {
+        self.statement_timeout.unwrap_or(Duration::from_secs(600))
+            + self.connect_timeout
+            + Duration::from_secs(5)
+    }
+}
+
+/// The PostgreSQL index: an [`IndexStore`] and [`crate::db::QueryStore`]
+/// over a pool of connections to one database.
+pub struct PgIndex {
+    /// The URL without its password.
+    url: String,
+    options: PgOptions,
+    pool: PgPool,
+    /// Drives the pool's sockets; declared last so that it outlives the pool
+    /// when dropped.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for PgIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgIndex")
+            .field("url", &self.url)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgIndex {
+    fn drop(&mut self) {
+        // Closes the connections politely (bounded) before the runtime goes.
+        let pool = self.pool.clone();
+        self.runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+        });
+    }
+}
+
+/// A failure inside a transaction: a database error, or a conflict with a
+/// concurrent writer detected by the code (retried like a serialization
+/// failure).
+#[derive(Debug)]
+pub(crate) enum TxError {
+    Sql(sqlx::Error),
+    Conflict(&'static str),
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        TxError::Sql(e)
+    }
+}
+
+impl PgIndex {
+    /// Connects to the database a `postgres://` URL names (with the pool
+    /// options of its query string, see [`PgOptions::from_url`]) and brings
+    /// its schema up to [`SCHEMA_VERSION`].
+    pub fn connect(url: &str) -> Result<PgIndex, Error> {
+        let (url, options) = PgOptions::from_url(url)?;
+        PgIndex::connect_with(&url, options)
+    }
+
+    /// Like [`PgIndex::connect`] with explicit options (the URL's query
+    /// string must not carry them).
+    ///
+    /// Fails with [`Error::Open`] when the database cannot be reached within
+    /// the connect timeout, [`Error::SchemaTooNew`] when it was migrated by a
+    /// newer build, and [`Error::Migrate`] when a migration fails.
+    pub fn connect_with(url: &str, options: PgOptions) -> Result<PgIndex, Error> {
+        let redacted = redact(url);
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Open {
+            url: redacted.clone(),
+            source,
+        };
+        let mut connect = PgConnectOptions::from_str(url)
+            .map_err(|e| open_error(Box::new(e)))?
+            .application_name("imageserver")
+            .statement_cache_capacity(256)
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+        if let Some(timeout) = options.statement_timeout {
+            connect = connect.options([("statement_timeout", timeout.as_millis().to_string())]);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("imageserver-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| open_error(Box::new(e)))?;
+        let pool = runtime.block_on(async {
+            PgPoolOptions::new()
+                .max_connections(options.pool_size.max(1))
+                .min_connections(0)
+                .acquire_timeout(options.connect_timeout)
+                .idle_timeout(Some(Duration::from_secs(600)))
+                .test_before_acquire(true)
+                .connect_lazy_with(connect)
+        });
+        let index = PgIndex {
+            url: redacted,
+            options,
+            pool,
+            runtime,
+        };
+        index.migrate()?;
+        Ok(index)
+    }
+
+    /// The URL it connects to, without password.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Applies the migrations the database lacks, in one transaction that
+    /// holds the migration advisory lock.
+    fn migrate(&self) -> Result<(), Error> {
+        let open_error = |e: sqlx::Error| Error::Open {
+            url: self.url.clone(),
+            source: Box::new(e),
+        };
+        let applied = self
+            .block_on(async {
+                let mut tx = self.pool.begin().await.map_err(open_error)?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(open_error)?;
+                sqlx::raw_sql(
+                    "CREATE TABLE IF NOT EXISTS schema_version (
+                     version    INTEGER NOT NULL,
+                     applied_at BIGINT  NOT NULL
+                 )",
+                )
+                .execute(&mut *tx)
+                .await
+                .map_err(open_error)?;
+                let found: Option<i32> =
+                    sqlx::query_scalar("SELECT max(version) FROM schema_version")
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(open_error)?;
+                let found = u32::try_from(found.unwrap_or(0)).unwrap_or(0);
+                if found > SCHEMA_VERSION {
+                    return Err(Error::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                let mut applied = Vec::new();
+                for &(version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+                    let migrate_error = |e: sqlx::Error| Error::Migrate {
+                        version,
+                        source: Box::new(e),
+                    };
+                    sqlx::raw_sql(sql)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(migrate_error)?;
+                    sqlx::query("INSERT INTO schema_version (version, applied_at) VALUES ($1, $2)")
+                        .bind(i32::try_from(version).unwrap_or(i32::MAX))
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(migrate_error)?;
+                    applied.push(version);
+                }
+                tx.commit().await.map_err(open_error)?;
+                Ok(applied)
+            })
+            .unwrap_or_else(|elapsed| {
+                Err(Error::Open {
+                    url: self.url.clone(),
+                    source: Box::new(elapsed),
+                })
+            })?;
+        for version in applied {
+            tracing::info!(version, url = %self.url, "index schema migrated");
+        }
+        Ok(())
+    }
+
+    /// Runs `future` on the private runtime, bounded by the call timeout.
+    fn block_on<T>(
+        &self,
+        future: impl Future<Output = T>,
+    ) -> Result<T, tokio::time::error::Elapsed> {
+        let timeout = self.options.call_timeout();
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, future).await })
+    }
+
+    /// Runs `f` in one transaction, retrying the whole transaction on
+    /// serialization failures, deadlocks and detected conflicts.
+    pub(crate) fn write<T>(
+        &self,
+        operation: &'static str,
+        mut f: impl AsyncFnMut(&mut PgConnection) -> Result<T, TxError>,
+    ) -> Result<T, Error> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        let mut attempt = 1u32;
+        loop {
+            let result = self
+                .block_on(async {
+                    let mut tx = self.pool.begin().await?;
+                    let value = f(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok::<T, TxError>(value)
+                })
+                .unwrap_or_else(|elapsed| Err(TxError::Sql(sqlx::Error::Io(elapsed.into()))));
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if is_retryable(&e) && start.elapsed() < RETRY_FOR => {
+                    tracing::debug!(operation, attempt, error = ?e, "index transaction conflict, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                    attempt += 1;
+                }
+                Err(TxError::Sql(e)) => return Err(map_error(operation, e)),
+                Err(TxError::Conflict(what)) => {
+                    return Err(Error::Backend {
+                        operation,
+                        source: format!("concurrent writers kept conflicting: {what}").into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on a pooled connection (autocommit).
+    pub(crate) fn read<T>(
+        &self,
+        operation: &'static str,
+        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Error> {
+        self.block_on(async {
+            let mut conn = self.pool.acquire().await?;
+            f(&mut conn).await
+        })
+        .unwrap_or_else(|elapsed| Err(sqlx::Error::Io(elapsed.into())))
+        .map_err(|e| map_error(operation, e))
+    }
+}
+
+/// Whether a transaction failed in a way that a retry can fix.
+fn is_retryable(e: &TxError) -> bool {
+    match e {
+        TxError::Conflict(_) => true,
+        TxError::Sql(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        }
+        TxError::Sql(_) => false,
+    }
+}
+
+/// Maps a sqlx failure to the backend-neutral [`Error`]: out of disk space
+/// (SQLSTATE 53100) is [`Error::Full`]; everything else, including an
+/// unreachable database, a pool timeout and an administrator's shutdown, is
+/// [`Error::Backend`].
+fn map_error(operation: &'static str, e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("53100") => {
+            Error::Full(Box::new(e))
+        }
+        _ => Error::Backend {
+            operation,
+            source: Box::new(e),
+        },
+    }
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or("");
+            let hidden = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Text as PostgreSQL can store it: NUL characters removed.
+pub(crate) fn pg_text(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains('\0') {
+        std::borrow::Cow::Owned(value.replace('\0', ""))
+    } else {
+        std::borrow::Cow::Borrowed(value)
+    }
+}
+
+/// A decode error for a stored value the model refuses.
+fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// Reads a non-negative BIGINT column as `u64`.
+fn get_u64(row: &PgRow, column: &str) -> Result<u64, sqlx::Error> {
+    let value: i64 = row.try_get(column)?;
+    u64::try_from(value).map_err(|e| decode_error(column, e))
+}
+
+/// Reads a text column and validates it with `parse`.
+fn parse_column<T, E>(
+    row: &PgRow,
+    column: &str,
+    parse: fn(&str) -> Result<T, E>,
+) -> Result<T, sqlx::Error>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = row.try_get(column)?;
+    parse(&text).map_err(|e| decode_error(column, e))
+}
+
+/// Maps the columns `filesystem_id, folder, date_folder, study_uid` of a
+/// row to a [`StudyLocation`].
+fn location_from_row(row: &PgRow) -> Result<StudyLocation, sqlx::Error> {
+    Ok(StudyLocation {
+        // NULL (a nearline study without online copy) is reported as an error.
+        filesystem: FilesystemId(row.try_get("filesystem_id")?),
+        partition_folder: parse_column(row, "folder", FolderName::parse)?,
+        date_folder: row.try_get("date_folder")?,
+        study_uid: parse_column(row, "study_uid", Uid::parse)?,
+    })
+}
+
+/// Maps a row of the instance columns (see `query::INSTANCE_COLUMNS`).
+fn stored_instance(row: &PgRow) -> Result<StoredInstance, sqlx::Error> {
+    Ok(StoredInstance {
+        location: location_from_row(row)?,
+        series_uid: parse_column(row, "series_uid", Uid::parse)?,
+        sop_instance_uid: parse_column(row, "sop_instance_uid", Uid::parse)?,
+        sop_class_uid: parse_column(row, "sop_class_uid", Uid::parse)?,
+        transfer_syntax_uid: parse_column(row, "transfer_syntax_uid", Uid::parse)?,
+        file_size: get_u64(row, "file_size")?,
+        digest: row.try_get("digest")?,
+    })
+}
+
+impl IndexStore for PgIndex {
+    fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error> {
+        let now = now_ms();
+        self.write("ensuring a partition", async |conn| {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO partition (ae_title, folder, description, port, accept_any_device,
+                                        duplicate_policy, pn_case_insensitive, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (ae_title) DO UPDATE
+                 SET folder = excluded.folder, description = excluded.description,
+                     port = excluded.port, accept_any_device = excluded.accept_any_device,
+                     duplicate_policy = excluded.duplicate_policy,
+                     pn_case_insensitive = excluded.pn_case_insensitive
+                 RETURNING id",
+            )
+            .bind(spec.ae_title.as_str())
+            .bind(spec.folder.as_str())
+            .bind(pg_text(&spec.description).as_ref())
+            .bind(i32::from(spec.port))
+            .bind(spec.accept_unknown_devices)
+            .bind(spec.duplicate_policy.as_str())
+            .bind(spec.pn_case_insensitive)
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(PartitionId(id))
+        })
+    }
+
+    fn partition(&self, ae_title: &AeTitle) -> Result<Option<PartitionId>, Error> {
+        self.read("looking up a partition", async |conn| {
+            let id: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM partition WHERE ae_title = $1")
+                    .bind(ae_title.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            Ok(id.map(PartitionId))
+        })
+    }
+
+    fn ensure_filesystem(&self, spec: &FilesystemSpec) -> Result<FilesystemId, Error> {
+        const OPERATION: &str = "ensuring a filesystem";
+        let Some(path) = spec.path.to_str() else {
+            return Err(Error::Backend {
+                operation: OPERATION,
+                source: format!("filesystem path {} is not valid UTF-8", spec.path.display())
+                    .into(),
+            });
+        };
+        self.write(OPERATION, async |conn| {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO filesystem
+                     (path, tier, high_watermark, low_watermark, read_only, write_only, description)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (path) DO UPDATE
+                 SET tier = excluded.tier, high_watermark = excluded.high_watermark,
+                     low_watermark = excluded.low_watermark, read_only = excluded.read_only,
+                     write_only = excluded.write_only, description = excluded.description
+                 RETURNING id",
+            )
+            .bind(pg_text(path).as_ref())
+            .bind(i32::from(spec.tier.0))
+            .bind(spec.high_watermark)
+            .bind(spec.low_watermark)
+            .bind(spec.read_only)
+            .bind(spec.write_only)
+            .bind(pg_text(&spec.description).as_ref())
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(FilesystemId(id))
+        })
+    }
+
+    fn filesystems(&self) -> Result<Vec<Filesystem>, Error> {
+        self.read("listing filesystems", async |conn| {
+            let rows = sqlx::query(
+                "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
+                        enabled, description
+                 FROM filesystem ORDER BY tier, id",
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let tier: i32 = r.try_get("tier")?;
+                    Ok(Filesystem {
+                        id: FilesystemId(r.try_get("id")?),
+                        spec: FilesystemSpec {
+                            path: std::path::PathBuf::from(r.try_get::<String, _>("path")?),
+                            tier: Tier(u8::try_from(tier).map_err(|e| decode_error("tier", e))?),
+                            high_watermark: r.try_get("high_watermark")?,
+                            low_watermark: r.try_get("low_watermark")?,
+                            read_only: r.try_get("read_only")?,
+                            write_only: r.try_get("write_only")?,
+                            description: r.try_get("description")?,
+                        },
+                        enabled: r.try_get("enabled")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error> {
+        self.write("ensuring a device", async |conn| {
+            sqlx::query(
+                "INSERT INTO device
+                     (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
+                      max_associations)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (partition_id, ae_title) DO UPDATE
+                 SET host = excluded.host, port = excluded.port,
+                     allow_store = excluded.allow_store, allow_query = excluded.allow_query,
+                     allow_retrieve = excluded.allow_retrieve,
+                     max_associations = excluded.max_associations",
+            )
+            .bind(partition.0)
+            .bind(spec.ae_title.as_str())
+            .bind(pg_text(&spec.host).as_ref())
+            .bind(i32::from(spec.port))
+            .bind(spec.allow_store)
+            .bind(spec.allow_query)
+            .bind(spec.allow_retrieve)
+            .bind(i64::from(spec.max_associations))
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
+        self.read("listing devices", async |conn| {
+            let rows = sqlx::query(
+                "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
+                        max_associations
+                 FROM device WHERE partition_id = $1 ORDER BY ae_title",
+            )
+            .bind(partition.0)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let port: i32 = r.try_get("port")?;
+                    let max_associations: i64 = r.try_get("max_associations")?;
+                    Ok(DeviceSpec {
+                        ae_title: parse_column(r, "ae_title", AeTitle::parse)?,
+                        host: r.try_get("host")?,
+                        port: u16::try_from(port).map_err(|e| decode_error("port", e))?,
+                        allow_store: r.try_get("allow_store")?,
+                        allow_query: r.try_get("allow_query")?,
+                        allow_retrieve: r.try_get("allow_retrieve")?,
+                        max_associations: u32::try_from(max_associations)
+                            .map_err(|e| decode_error("max_associations", e))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<StudyLocation>, Error> {
+        self.read("looking up a study location", async |conn| {
+            let row = sqlx::query(
+                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
+                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+                 WHERE ss.partition_id = $1 AND ss.study_uid = $2
+                   AND ss.filesystem_id IS NOT NULL",
+            )
+            .bind(partition.0)
+            .bind(study_uid.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.as_ref().map(location_from_row).transpose()
+        })
+    }
+
+    fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let now = now_ms();
+        let outcomes = self.write("indexing instances", async |conn| {
+            ingest::insert_batch(conn, batch, now).await
+        })?;
+        let replaced = outcomes
+            .iter()
+            .filter(|o| **o == InsertOutcome::Replaced)
+            .count();
+        tracing::debug!(
+            size = batch.len(),
+            replaced,
+            elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "index batch committed"
+        );
+        Ok(outcomes)
+    }
+
+    fn instance(
+        &self,
+        partition: PartitionId,
+        sop_instance_uid: &Uid,
+    ) -> Result<Option<StoredInstance>, Error> {
+        self.read("looking up an instance", async |conn| {
+            let row = sqlx::query(
+                "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
+                        se.series_uid, i.sop_instance_uid, i.sop_class_uid,
+                        i.transfer_syntax_uid, i.file_size, i.digest
+                 FROM instance i
+                 JOIN series se ON se.id = i.series_fk
+                 JOIN study st ON st.id = se.study_fk
+                 JOIN study_storage ss ON ss.id = st.study_storage_id
+                 JOIN partition p ON p.id = ss.partition_id
+                 WHERE i.partition_id = $1 AND i.sop_instance_uid = $2",
+            )
+            .bind(partition.0)
+            .bind(sop_instance_uid.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.as_ref().map(stored_instance).transpose()
+        })
+    }
+
+    fn counts(&self, partition: PartitionId) -> Result<IndexCounts, Error> {
+        // From the maintained counters, as on SQLite.
+        self.read("counting", async |conn| {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS patients,
+                        COALESCE(SUM(num_studies), 0)::BIGINT AS studies,
+                        COALESCE(SUM(num_series), 0)::BIGINT AS series,
+                        COALESCE(SUM(num_instances), 0)::BIGINT AS instances
+                 FROM patient WHERE partition_id = $1",
+            )
+            .bind(partition.0)
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(IndexCounts {
+                patients: get_u64(&row, "patients")?,
+                studies: get_u64(&row, "studies")?,
+                series: get_u64(&row, "series")?,
+                instances: get_u64(&row, "instances")?,
+            })
+        })
+    }
+
+    fn record_duplicate(&self, duplicate: &DuplicateRecord) -> Result<(), Error> {
+        let to_i64 = |value: u64, what: &str| {
+            i64::try_from(value).map_err(|_| Error::Backend {
+                operation: "recording a duplicate",
+                source: format!("{what} {value} out of range").into(),
+            })
+        };
+        let variant = to_i64(duplicate.variant, "variant")?;
+        let file_size = to_i64(duplicate.file_size, "file size")?;
+        self.write("recording a duplicate", async |conn| {
+            sqlx::query(
+                "INSERT INTO duplicate (partition_id, sop_instance_uid, filesystem_id, date_folder,
+                                        study_uid, series_uid, variant, file_size, digest,
+                                        source_ae, received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(duplicate.partition.0)
+            .bind(duplicate.sop_instance_uid.as_str())
+            .bind(duplicate.location.filesystem.0)
+            .bind(pg_text(&duplicate.location.date_folder).as_ref())
+            .bind(duplicate.location.study_uid.as_str())
+            .bind(duplicate.series_uid.as_str())
+            .bind(variant)
+            .bind(file_size)
+            .bind(pg_text(&duplicate.digest).as_ref())
+            .bind(duplicate.source_ae.as_deref().map(pg_text).as_deref())
+            .bind(duplicate.received_at_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn duplicates(&self, partition: PartitionId) -> Result<Vec<DuplicateRecord>, Error> {
+        self.read("listing duplicates", async |conn| {
+            let rows = sqlx::query(
+                "SELECT d.filesystem_id, p.folder, d.date_folder, d.study_uid, d.sop_instance_uid,
+                        d.series_uid, d.variant, d.file_size, d.digest, d.source_ae, d.received_at
+                 FROM duplicate d JOIN partition p ON p.id = d.partition_id
+                 WHERE d.partition_id = $1 ORDER BY d.received_at, d.id",
+            )
+            .bind(partition.0)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(DuplicateRecord {
+                        partition,
+                        location: location_from_row(r)?,
+                        sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
+                        series_uid: parse_column(r, "series_uid", Uid::parse)?,
+                        variant: get_u64(r, "variant")?,
+                        file_size: get_u64(r, "file_size")?,
+                        digest: r.try_get("digest")?,
+                        source_ae: r.try_get("source_ae")?,
+                        received_at_ms: r.try_get("received_at")?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+// ------------------------------------------------------ database admin ---
+
+/// The URL of database `name` on the server `url` points at (same user,
+/// host, port and parameters).
+pub fn database_url(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |at| at + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |at| authority_start + at);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Creates the empty database `name` (ASCII letters, digits and `_`) on the
+/// server `server_url` points at, connecting to the database that URL
+/// names; returns the new database's URL. For tests and try-outs: a
+/// production database is created by its administrator.
+pub fn create_database(server_url: &str, name: &str) -> Result<String, Error> {
+    admin(server_url, name, "creating a database", |name| {
+        format!("CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
+    })?;
+    Ok(database_url(server_url, name))
+}
+
+/// Drops database `name`, disconnecting its sessions (`WITH (FORCE)`).
+pub fn drop_database(server_url: &str, name: &str) -> Result<(), Error> {
+    admin(server_url, name, "dropping a database", |name| {
+        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
+    })
+}
+
+fn admin(
+    server_url: &str,
+    name: &str,
+    operation: &'static str,
+    statement: impl FnOnce(&str) -> String,
+) -> Result<(), Error> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(Error::Backend {
+            operation,
+            source: format!("database name {name:?}: use ASCII letters, digits and _").into(),
+        });
+    }
+    let (url, _) = PgOptions::from_url(server_url)?;
+    let sql = statement(name);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Backend {
+            operation,
+            source: Box::new(e),
+        })?;
+    runtime
+        .block_on(async {
+            let options = PgConnectOptions::from_str(&url)?;
+            let mut conn = tokio::time::timeout(Duration::from_secs(10), options.connect())
+                .await
+                .map_err(|e| sqlx::Error::Io(e.into()))??;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await?;
+            conn.close().await
+        })
+        .map_err(|e| map_error(operation, e))
+}
+
+#[cfg(test)]
+mod tests;

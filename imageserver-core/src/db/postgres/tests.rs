@@ -1,0 +1,691 @@
+//! PostgreSQL-specific tests, and the shared conformance suite on a real
+//! PostgreSQL (15): every test creates its own database `it_<random>` on the
+//! server `IMAGESERVER_PG_URL` names and drops it at the end.
+//!
+//! `scripts/test.sh` starts a throwaway cluster and sets the variable.
+//! Without it the tests fail, unless a developer sets `IMAGESERVER_SKIP_PG=1`
+//! explicitly: nothing skips silently.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{AssertSqlSafe, PgConnection, Row};
+
+use super::{create_database, drop_database, PgIndex, PgOptions, SCHEMA_VERSION};
+use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
+use crate::db::sqlite::SqliteIndex;
+use crate::db::{Error, IndexStore, QueryStore};
+use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
+use crate::model::{
+    AeTitle, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, InsertOutcome,
+    InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs,
+    StudyAttrs, StudyLocation, Tier, Uid,
+};
+
+/// A database of its own for one test, dropped at the end.
+struct TestDb {
+    server: String,
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    /// Creates `it_<random>`; `None` only when the developer set
+    /// `IMAGESERVER_SKIP_PG=1`.
+    fn new() -> Option<TestDb> {
+        let Ok(server) = std::env::var("IMAGESERVER_PG_URL") else {
+            if std::env::var("IMAGESERVER_SKIP_PG").as_deref() == Ok("1") {
+                eprintln!("note: IMAGESERVER_SKIP_PG=1: PostgreSQL test not run");
+                return None;
+            }
+            panic!(
+                "IMAGESERVER_PG_URL is not set: run the tests through scripts/test.sh, which \
+                 starts PostgreSQL (or set IMAGESERVER_SKIP_PG=1 to leave the PostgreSQL tests out)"
+            );
+        };
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "it_{}_{}_{}",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let url = create_database(&server, &name).expect("create the test database");
+        Some(TestDb { server, name, url })
+    }
+
+    fn connect(&self) -> PgIndex {
+        PgIndex::connect(&self.url).expect("connect")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Err(e) = drop_database(&self.server, &self.name) {
+            eprintln!("cannot drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+impl PgIndex {
+    /// Runs a statement returning one BIGINT (tests only).
+    fn scalar(&self, sql: &str) -> i64 {
+        let sql = sql.to_string();
+        self.read("test query", async |conn: &mut PgConnection| {
+            sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut *conn)
+                .await
+        })
+        .expect("test query")
+    }
+
+    fn execute(&self, sql: &str) {
+        let sql = sql.to_string();
+        self.read("test statement", async |conn: &mut PgConnection| {
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await
+        })
+        .expect("test statement");
+    }
+}
+
+impl StudySummaries for PgIndex {
+    fn study_summary(&self, partition: PartitionId, study_uid: &Uid) -> Option<StudySummary> {
+        self.read("probing a study", async |conn: &mut PgConnection| {
+            let row = sqlx::query(
+                "SELECT num_series, num_instances, size_bytes, modalities_in_study,
+                        sop_classes_in_study
+                 FROM study WHERE partition_id = $1 AND study_uid = $2",
+            )
+            .bind(partition.0)
+            .bind(study_uid.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.map(|r| {
+                Ok(StudySummary {
+                    num_series: super::get_u64(&r, "num_series")?,
+                    num_instances: super::get_u64(&r, "num_instances")?,
+                    size_bytes: super::get_u64(&r, "size_bytes")?,
+                    modalities_in_study: r.try_get("modalities_in_study")?,
+                    sop_classes_in_study: r.try_get("sop_classes_in_study")?,
+                })
+            })
+            .transpose()
+        })
+        .expect("probe")
+    }
+}
+
+impl Nearline for PgIndex {
+    fn take_offline(&self, partition: PartitionId, study_uid: &Uid) {
+        let changed = self
+            .read("taking a study offline", async |conn: &mut PgConnection| {
+                sqlx::query(
+                    "UPDATE study_storage SET filesystem_id = NULL, state = 'nearline'
+                     WHERE partition_id = $1 AND study_uid = $2",
+                )
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .execute(&mut *conn)
+                .await
+            })
+            .expect("take offline")
+            .rows_affected();
+        assert_eq!(changed, 1, "study {study_uid} exists");
+    }
+}
+
+fn uid(value: &str) -> Uid {
+    Uid::parse(value).expect("uid")
+}
+
+fn setup(index: &dyn IndexStore, name: &str) -> (PartitionId, FilesystemId) {
+    let partition = index
+        .ensure_partition(&PartitionSpec {
+            ae_title: AeTitle::parse(name).expect("ae"),
+            folder: FolderName::parse(name).expect("folder"),
+            description: String::new(),
+            port: 0,
+            accept_unknown_devices: true,
+            duplicate_policy: DuplicatePolicy::default(),
+            pn_case_insensitive: true,
+        })
+        .expect("partition");
+    let fs = index
+        .ensure_filesystem(&FilesystemSpec {
+            path: PathBuf::from("/data/fs1"),
+            tier: Tier(1),
+            high_watermark: 90.0,
+            low_watermark: 80.0,
+            read_only: false,
+            write_only: false,
+            description: String::new(),
+        })
+        .expect("filesystem");
+    (partition, fs)
+}
+
+/// A record with `n`-derived UIDs: patient `p`, study `st`, series `se`.
+fn record(
+    partition: PartitionId,
+    fs: FilesystemId,
+    p: u32,
+    st: u32,
+    se: u32,
+    sop: u32,
+) -> InstanceRecord {
+    let study_uid = uid(&format!("1.2.826.0.1.3680043.2.{st}"));
+    InstanceRecord {
+        partition,
+        location: StudyLocation {
+            filesystem: fs,
+            partition_folder: FolderName::parse("X").expect("folder"),
+            date_folder: "20240131".to_string(),
+            study_uid: study_uid.clone(),
+        },
+        patient: PatientAttrs {
+            patient_id: format!("PID{p}"),
+            issuer_of_patient_id: None,
+            patient_name: Some(format!("DOE^JOHN{p}")),
+            birth_date: Some("19800101".to_string()),
+            sex: Some("M".to_string()),
+        },
+        study: StudyAttrs {
+            study_uid,
+            study_date: Some("20240131".to_string()),
+            study_time: Some("120000".to_string()),
+            accession_number: Some(format!("A{st}")),
+            study_id: Some("1".to_string()),
+            study_description: Some("CT CHEST".to_string()),
+            referring_physician_name: Some("REF^DR".to_string()),
+            specific_character_set: Some("ISO_IR 100".to_string()),
+        },
+        series: SeriesAttrs {
+            series_uid: uid(&format!("1.2.826.0.1.3680043.2.{st}.{se}")),
+            modality: Some(["CT", "MR", "PT", "SR"][se as usize % 4].to_string()),
+            series_number: Some(i32::try_from(se).expect("small")),
+            series_description: Some("AXIAL".to_string()),
+            body_part_examined: Some("CHEST".to_string()),
+            series_date: Some("20240131".to_string()),
+            series_time: Some("120001".to_string()),
+        },
+        instance: InstanceAttrs {
+            sop_instance_uid: uid(&format!("1.2.826.0.1.3680043.3.{sop}")),
+            sop_class_uid: uid(if sop.is_multiple_of(7) {
+                "1.2.840.10008.5.1.4.1.1.7"
+            } else {
+                "1.2.840.10008.5.1.4.1.1.2"
+            }),
+            instance_number: Some(i32::try_from(sop % 1000).expect("small")),
+            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+            file_size: 500_000 + u64::from(sop % 13),
+            digest: format!("{sop:064x}"),
+            source_ae: Some("CT01".to_string()),
+        },
+    }
+}
+
+/// Checks every maintained counter and summary against a recount of the rows.
+fn verify_counters(index: &PgIndex) {
+    let checks = [
+        (
+            "series counters",
+            "SELECT COUNT(*) FROM series s WHERE num_instances = 0
+             OR num_instances != (SELECT COUNT(*) FROM instance WHERE series_fk = s.id)",
+        ),
+        (
+            "study counters",
+            "SELECT COUNT(*) FROM study st WHERE num_instances = 0
+             OR num_series != (SELECT COUNT(*) FROM series WHERE study_fk = st.id)
+             OR num_instances != (SELECT COUNT(*) FROM instance i JOIN series s ON s.id = i.series_fk
+                                  WHERE s.study_fk = st.id)
+             OR size_bytes != (SELECT COALESCE(SUM(i.file_size), 0) FROM instance i
+                               JOIN series s ON s.id = i.series_fk WHERE s.study_fk = st.id)",
+        ),
+        (
+            "patient counters",
+            "SELECT COUNT(*) FROM patient p WHERE num_studies = 0
+             OR num_studies != (SELECT COUNT(*) FROM study WHERE patient_fk = p.id)
+             OR num_series != (SELECT COUNT(*) FROM series s JOIN study st ON st.id = s.study_fk
+                               WHERE st.patient_fk = p.id)
+             OR num_instances != (SELECT COUNT(*) FROM instance i JOIN series s ON s.id = i.series_fk
+                                  JOIN study st ON st.id = s.study_fk WHERE st.patient_fk = p.id)",
+        ),
+        (
+            "instance partitions",
+            "SELECT COUNT(*) FROM instance i JOIN series s ON s.id = i.series_fk
+             JOIN study st ON st.id = s.study_fk WHERE st.partition_id != i.partition_id",
+        ),
+        (
+            "modalities in study",
+            "SELECT COUNT(*) FROM study st WHERE modalities_in_study != COALESCE(
+                 (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality) FROM series
+                  WHERE study_fk = st.id), '')",
+        ),
+        (
+            "SOP classes in study",
+            "SELECT COUNT(*) FROM study st WHERE sop_classes_in_study != COALESCE(
+                 (SELECT string_agg(DISTINCT i.sop_class_uid, '\\' ORDER BY i.sop_class_uid)
+                  FROM instance i JOIN series s ON s.id = i.series_fk WHERE s.study_fk = st.id), '')",
+        ),
+    ];
+    for (what, sql) in checks {
+        assert_eq!(index.scalar(sql), 0, "{what}");
+    }
+}
+
+#[test]
+fn conformance_suite() {
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    conformance::run_all(&index);
+    conformance::run_summaries(&index, &index);
+    verify_counters(&index);
+}
+
+#[test]
+fn query_conformance_suite() {
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    conformance::run_query_suite(&index, &index);
+}
+
+#[test]
+fn schema_is_versioned_and_migrations_run_once() {
+    let Some(db) = TestDb::new() else { return };
+    // Nodes starting together: one migrates, the others wait and find it done.
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| drop(db.connect()));
+        }
+    });
+    let index = db.connect();
+    assert_eq!(
+        index.scalar("SELECT COUNT(*) FROM schema_version"),
+        i64::from(SCHEMA_VERSION)
+    );
+    assert_eq!(
+        index.scalar("SELECT max(version)::BIGINT FROM schema_version"),
+        i64::from(SCHEMA_VERSION)
+    );
+    // Text columns are C-collated: code-point order, ASCII-only lower().
+    assert_eq!(
+        index.scalar(
+            "SELECT COUNT(*) FROM information_schema.columns
+             WHERE table_schema = 'public' AND data_type = 'text'
+               AND table_name <> 'schema_version' AND collation_name IS DISTINCT FROM 'C'"
+        ),
+        0
+    );
+    let (partition, fs) = setup(&index, "KEEP");
+    index
+        .insert_instances(&[record(partition, fs, 1, 1, 1, 1)])
+        .expect("insert");
+    drop(index);
+    let index = db.connect();
+    assert_eq!(index.counts(partition).expect("counts").instances, 1);
+
+    index.execute("INSERT INTO schema_version VALUES (99, 0)");
+    drop(index);
+    match PgIndex::connect(&db.url) {
+        Err(Error::SchemaTooNew { found, supported }) => {
+            assert_eq!((found, supported), (99, SCHEMA_VERSION));
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn url_options_are_read_and_removed() {
+    let (url, options) = PgOptions::from_url(
+        "postgres://u:secret@h:5/db?pool_size=3&sslmode=disable&connect_timeout_secs=2&statement_timeout_secs=0",
+    )
+    .expect("parse");
+    assert_eq!(url, "postgres://u:secret@h:5/db?sslmode=disable");
+    assert_eq!(options.pool_size, 3);
+    assert_eq!(options.connect_timeout, Duration::from_secs(2));
+    assert_eq!(options.statement_timeout, None);
+    assert!(PgOptions::from_url("postgres://h/db?pool_size=0").is_err());
+    assert_eq!(
+        super::redact("postgres://u:secret@h:5/db"),
+        "postgres://u:***@h:5/db"
+    );
+    assert_eq!(
+        super::database_url("postgres://u@h:5/postgres?sslmode=disable", "x"),
+        "postgres://u@h:5/x?sslmode=disable"
+    );
+}
+
+#[test]
+fn unreachable_database_fails_fast() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let start = Instant::now();
+    let result = PgIndex::connect(&format!(
+        "postgres://postgres@127.0.0.1:{port}/x?connect_timeout_secs=1"
+    ));
+    assert!(matches!(result, Err(Error::Open { .. })), "{result:?}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+/// Connections the server drops (a restart, an administrator) are replaced
+/// by the pool: the next calls work without a new `PgIndex`.
+#[test]
+fn dropped_connections_are_replaced() {
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    let (partition, fs) = setup(&index, "RECONNECT");
+    let mut sop = 0;
+    for round in 0..3 {
+        let batch: Vec<_> = (0..20)
+            .map(|_| {
+                sop += 1;
+                record(partition, fs, 1, round, 1, sop)
+            })
+            .collect();
+        index.insert_instances(&batch).expect("insert");
+        // Every other session on this database is terminated.
+        let killer = PgIndex::connect(&db.url).expect("second handle");
+        let killed = killer.scalar(&format!(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = '{}' AND pid <> pg_backend_pid()) t",
+            db.name
+        ));
+        assert!(killed >= 1, "round {round}: no session was terminated");
+    }
+    assert_eq!(index.counts(partition).expect("counts").instances, 60);
+    verify_counters(&index);
+}
+
+#[test]
+fn mixed_workload_keeps_counters_exact() {
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    let (partition, fs) = setup(&index, "MIXED");
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: u32| -> u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        u32::try_from(seed % u64::from(n)).expect("small")
+    };
+    let mut total = 0;
+    for _ in 0..40 {
+        let batch: Vec<_> = (0..50)
+            .map(|_| {
+                let study = next(12);
+                let patient = if next(10) == 0 { next(5) } else { study % 5 };
+                record(partition, fs, patient, study, next(4), next(400))
+            })
+            .collect();
+        total += index.insert_instances(&batch).expect("batch").len();
+    }
+    assert_eq!(total, 2000);
+    verify_counters(&index);
+    let counts = index.counts(partition).expect("counts");
+    let rows = index.scalar("SELECT COUNT(*) FROM instance");
+    assert_eq!(counts.instances, u64::try_from(rows).expect("count"));
+}
+
+/// The same generator on SQLite and PostgreSQL ends with the same counts and
+/// the same C-FIND answers: one semantics, two backends.
+#[test]
+fn same_batches_same_answers_as_sqlite() {
+    let Some(db) = TestDb::new() else { return };
+    let pg = db.connect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = SqliteIndex::open(&dir.path().join("index.db")).expect("sqlite");
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: u32| -> u32 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        u32::try_from(seed % u64::from(n)).expect("small")
+    };
+    let (pg_partition, pg_fs) = setup(&pg, "SAME");
+    let (sqlite_partition, sqlite_fs) = setup(&sqlite, "SAME");
+    assert_eq!((pg_partition, pg_fs), (sqlite_partition, sqlite_fs));
+    for _ in 0..20 {
+        let batch: Vec<_> = (0..40)
+            .map(|_| {
+                let study = next(10);
+                let patient = if next(8) == 0 { next(4) } else { study % 4 };
+                record(pg_partition, pg_fs, patient, study, next(3), next(200))
+            })
+            .collect();
+        assert_eq!(
+            pg.insert_instances(&batch).expect("pg"),
+            sqlite.insert_instances(&batch).expect("sqlite")
+        );
+    }
+    assert_eq!(
+        pg.counts(pg_partition).expect("pg"),
+        sqlite.counts(sqlite_partition).expect("sqlite")
+    );
+    for level in [Level::Patient, Level::Study, Level::Series, Level::Image] {
+        let query = Query {
+            partition: pg_partition,
+            root: Root::Patient,
+            level,
+            keys: vec![
+                Key {
+                    attribute: Attribute::PatientName,
+                    matcher: Matcher::Wildcard("doe*".to_string()),
+                },
+                Key {
+                    attribute: Attribute::NumberOfPatientRelatedInstances,
+                    matcher: Matcher::Universal,
+                },
+            ],
+            pn_case_insensitive: true,
+            limit: None,
+        };
+        let collect = |store: &dyn QueryStore| {
+            let mut out = Vec::new();
+            store
+                .find(&query, &mut |m| {
+                    out.push(m);
+                    ControlFlow::Continue(())
+                })
+                .expect("find");
+            out
+        };
+        assert_eq!(collect(&pg), collect(&sqlite), "{level:?}");
+        let instances = |store: &dyn QueryStore| {
+            let mut out = Vec::new();
+            store
+                .find_instances(&query, &mut |i| {
+                    out.push(i);
+                    ControlFlow::Continue(())
+                })
+                .expect("find_instances");
+            out
+        };
+        assert_eq!(instances(&pg), instances(&sqlite), "{level:?}");
+    }
+}
+
+/// Several nodes (handles with their own pools) index overlapping batches at
+/// once: no deadlock reaches the caller and every counter is exact.
+#[test]
+fn concurrent_nodes_do_not_deadlock_or_double_count() {
+    let Some(db) = TestDb::new() else { return };
+    let first = db.connect();
+    let (partition, fs) = setup(&first, "NODES");
+    drop(first);
+    let nodes: Vec<Arc<PgIndex>> = (0..3).map(|_| Arc::new(db.connect())).collect();
+    std::thread::scope(|scope| {
+        for (node_idx, node) in nodes.iter().enumerate() {
+            scope.spawn(move || {
+                let mut seed = 0x1234_5678_u64 + node_idx as u64 * 7919;
+                let mut next = |n: u32| -> u32 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    u32::try_from(seed % u64::from(n)).expect("small")
+                };
+                for _ in 0..15 {
+                    // Overlapping studies, patients and SOP Instance UIDs,
+                    // in a different order on every node.
+                    let batch: Vec<_> = (0..40)
+                        .map(|_| {
+                            let study = next(8);
+                            record(partition, fs, study % 3, study, next(3), next(300))
+                        })
+                        .collect();
+                    node.insert_instances(&batch).expect("concurrent batch");
+                }
+            });
+        }
+    });
+    let index = &nodes[0];
+    verify_counters(index);
+    let rows = index.scalar("SELECT COUNT(*) FROM instance");
+    assert_eq!(
+        index.counts(partition).expect("counts").instances,
+        u64::try_from(rows).expect("count")
+    );
+}
+
+#[test]
+fn nearline_study_takes_the_location_of_new_arrivals() {
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    let (partition, fs) = setup(&index, "NEARLINE");
+    let first = record(partition, fs, 1, 1, 1, 1);
+    index
+        .insert_instances(std::slice::from_ref(&first))
+        .expect("first");
+    index.take_offline(partition, &first.study.study_uid);
+    assert_eq!(
+        index
+            .study_location(partition, &first.study.study_uid)
+            .expect("lookup"),
+        None
+    );
+    let mut second = record(partition, fs, 1, 1, 1, 2);
+    second.location.date_folder = "20250101".to_string();
+    index
+        .insert_instances(std::slice::from_ref(&second))
+        .expect("second");
+    let location = index
+        .study_location(partition, &first.study.study_uid)
+        .expect("lookup")
+        .expect("online again");
+    assert_eq!(location.date_folder, "20250101");
+}
+
+#[test]
+fn nul_characters_are_dropped_not_fatal() {
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    let (partition, fs) = setup(&index, "NUL");
+    let mut bad = record(partition, fs, 1, 1, 1, 1);
+    bad.patient.patient_name = Some("DOE\0^JOHN".to_string());
+    bad.study.study_description = Some("A\0B".to_string());
+    assert_eq!(
+        index.insert_instances(&[bad]).expect("insert"),
+        [InsertOutcome::Inserted]
+    );
+    assert_eq!(
+        index.scalar("SELECT COUNT(*) FROM patient WHERE patient_name = 'DOE^JOHN'"),
+        1
+    );
+}
+
+/// Copying a SQLite index: every table, counts and a sample verified, the
+/// SQLite file unchanged, C-FIND answers equal; a non-empty target refused.
+#[test]
+fn copy_from_sqlite_keeps_everything() {
+    let Some(db) = TestDb::new() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("index.db");
+    {
+        let sqlite = SqliteIndex::open(&path).expect("sqlite");
+        let (partition, fs) = setup(&sqlite, "COPY");
+        let batch: Vec<_> = (0..300)
+            .map(|n| record(partition, fs, n % 7, n % 23, n % 3, n))
+            .collect();
+        sqlite.insert_instances(&batch).expect("insert");
+        sqlite
+            .ensure_device(
+                partition,
+                &crate::model::DeviceSpec {
+                    ae_title: AeTitle::parse("MODALITY").expect("ae"),
+                    host: "10.0.0.1".to_string(),
+                    port: 104,
+                    allow_store: true,
+                    allow_query: false,
+                    allow_retrieve: true,
+                    max_associations: 2,
+                },
+            )
+            .expect("device");
+    }
+    let before = std::fs::read(&path).expect("read");
+    let report = super::copy_from_sqlite(&path, &db.url).expect("copy");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "SQLite file changed"
+    );
+    let rows = |table: &str| {
+        report
+            .tables
+            .iter()
+            .find(|t| t.table == table)
+            .map(|t| t.rows)
+            .expect("table reported")
+    };
+    assert_eq!(rows("instance"), 300);
+    assert_eq!(rows("device"), 1);
+    assert_eq!(report.tables.len(), 13);
+
+    let sqlite = SqliteIndex::open(&path).expect("sqlite");
+    let pg = db.connect();
+    let partition = pg
+        .partition(&AeTitle::parse("COPY").expect("ae"))
+        .expect("lookup")
+        .expect("copied");
+    assert_eq!(
+        pg.counts(partition).expect("pg"),
+        sqlite.counts(partition).expect("sqlite")
+    );
+    assert_eq!(
+        pg.devices(partition).expect("pg"),
+        sqlite.devices(partition).expect("sqlite")
+    );
+    assert_eq!(
+        pg.filesystems().expect("pg"),
+        sqlite.filesystems().expect("sqlite")
+    );
+    for sop in [0, 1, 150, 299] {
+        let sop = uid(&format!("1.2.826.0.1.3680043.3.{sop}"));
+        assert_eq!(
+            pg.instance(partition, &sop).expect("pg"),
+            sqlite.instance(partition, &sop).expect("sqlite")
+        );
+    }
+    // New rows get fresh keys after the copied ones.
+    let (_, fs) = setup(&pg, "COPY");
+    pg.insert_instances(&[record(partition, fs, 99, 99, 1, 10_000)])
+        .expect("insert after copy");
+    verify_counters(&pg);
+
+    match super::copy_from_sqlite(&path, &db.url) {
+        Err(Error::Backend { source, .. }) => {
+            assert!(source.to_string().contains("not empty"), "{source}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
