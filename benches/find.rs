@@ -29,6 +29,12 @@
 //! parsed (StudyInstanceUID must be present). Shapes are interleaved; the
 //! first `--warmup` queries of each shape are not recorded.
 //!
+//! In index mode every query also goes, in the same loop, straight to
+//! `QueryStore::find` of the served archive (rows `index`): the difference
+//! to the association (rows `assoc`) is what DIMSE encoding, the socket and
+//! the client cost. The load average is printed with every table: the
+//! machine is shared, and the percentiles move with it.
+//!
 //! # Shapes (parameters drawn from the generated data)
 //!
 //! - `patient_id`: PatientID of a random study, exact;
@@ -48,7 +54,8 @@
 //! ```text
 //! cargo bench --bench find                         # quick: 10 k and 100 k instances
 //! cargo bench --bench find -- --max-instances 10000000 [--queries 200]
-//! cargo bench --bench find -- --milestones 100000,1000000 --db /tmp/find.db --keep
+//! cargo bench --bench find -- --milestones 100000,1000000 --db /tmp/find.db
+//! cargo bench --bench find -- --milestones 10000000 --db /tmp/find.db --shapes name_prefix
 //! cargo bench --bench find -- --manifest C/manifest.json \
 //!     --peer orthanc=ORTHANC@127.0.0.1:4242 --peer imageserver=IMAGESERVER@127.0.0.1:11112
 //! ```

@@ -16,6 +16,9 @@ use imageserver_core::config::{Config, DeviceConfig};
 use imageserver_core::server::{Archive, Server};
 use imageserver_core::services::import::{self, FileOutcome};
 
+mod study_cmd;
+mod workqueue_cmd;
+
 /// A DICOM image archive: C-ECHO and durable C-STORE into an indexed,
 /// filesystem-backed study store.
 #[derive(Parser, Debug)]
@@ -36,6 +39,12 @@ enum Command {
     /// Copy a small deployment's SQLite index into an empty PostgreSQL
     /// database (stop the server first; the SQLite file is only read).
     MigrateDb(MigrateDbArgs),
+    /// Study operations: delete, edit, reprocess, send, check, history.
+    Study(study_cmd::StudyArgs),
+    /// Rules: dry run on a stored study, validation of the rules file.
+    Rules(study_cmd::RulesArgs),
+    /// Work queue: list, show, retry, delete and reprioritise work items.
+    Workqueue(workqueue_cmd::WorkqueueArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -111,6 +120,9 @@ fn main() -> ExitCode {
         Command::Import(args) => run_import(args),
         Command::Duplicates(args) => list_duplicates(args),
         Command::MigrateDb(args) => migrate_db(args),
+        Command::Study(args) => study_cmd::study(args),
+        Command::Rules(args) => study_cmd::rules(args),
+        Command::Workqueue(args) => workqueue_cmd::workqueue(args),
     };
     match result {
         Ok(code) => code,

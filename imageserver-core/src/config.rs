@@ -63,6 +63,12 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     /// Further partitions (virtual servers), besides the one `[dicom]` describes.
     pub partitions: Vec<PartitionConfig>,
+    /// The rules file (F14): a separate, versioned TOML file (`version = 1`,
+    /// `[[rule]]` entries; see `rules::format`), reviewed on its own.
+    /// Relative paths are relative to the configuration file. None: no rules.
+    pub rules_file: Option<PathBuf>,
+    /// The WorkQueue engine (`[workqueue]`).
+    pub workqueue: WorkQueueConfig,
 }
 
 /// A further partition: its own AE title, port, folder, devices and policies.
@@ -210,6 +216,8 @@ impl Default for Config {
             filesystems: Vec::new(),
             devices: Vec::new(),
             partitions: Vec::new(),
+            rules_file: None,
+            workqueue: WorkQueueConfig::default(),
         }
     }
 }
@@ -259,6 +267,8 @@ pub struct Settings {
     pub filesystems: Vec<FilesystemSpec>,
     /// Partitions; the first is the default (the `[dicom]` one).
     pub partitions: Vec<PartitionSettings>,
+    /// The WorkQueue engine.
+    pub workqueue: WorkQueueSettings,
 }
 
 /// One partition's validated settings.
@@ -440,6 +450,7 @@ impl Config {
             private_sop_classes: self.dicom.private_sop_classes.clone(),
             filesystems,
             partitions,
+            workqueue: self.workqueue.validate()?,
         })
     }
 
@@ -642,5 +653,131 @@ mod tests {
         let mut clash = config;
         clash.partitions[0].port = 11112;
         assert!(clash.validate().is_err());
+    }
+}
+
+/// `[workqueue]`: the WorkQueue engine of this process.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkQueueConfig {
+    /// Worker threads (items running at once); 0 runs no engine in this
+    /// process (another node of the cluster does the work).
+    pub threads: usize,
+    /// Of those, the threads only High and Stat items may use.
+    pub high_priority_threads: usize,
+    /// Most memory-heavy items running at once.
+    pub memory_heavy_threads: usize,
+    /// Seconds a claim holds without renewal; a dead node's items are taken
+    /// over this long after its last renewal.
+    pub lease_secs: u64,
+    /// Longest wait, in seconds, before the engine looks for work it was
+    /// not told about (other processes on SQLite, expired leases).
+    pub poll_secs: u64,
+    /// Hours completed items are kept before they are purged.
+    pub keep_completed_hours: u64,
+}
+
+impl Default for WorkQueueConfig {
+    fn default() -> Self {
+        WorkQueueConfig {
+            threads: 10,
+            high_priority_threads: 2,
+            memory_heavy_threads: 4,
+            lease_secs: 60,
+            poll_secs: 5,
+            keep_completed_hours: 24,
+        }
+    }
+}
+
+/// The validated `[workqueue]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkQueueSettings {
+    /// Worker threads; 0: no engine in this process.
+    pub threads: usize,
+    /// Threads kept for High and Stat items.
+    pub high_priority_threads: usize,
+    /// Memory-heavy cap.
+    pub memory_heavy_threads: usize,
+    /// Lease duration.
+    pub lease: Duration,
+    /// Poll interval.
+    pub poll: Duration,
+    /// How long completed items are kept.
+    pub keep_completed: Duration,
+}
+
+impl WorkQueueConfig {
+    fn validate(&self) -> Result<WorkQueueSettings, ConfigError> {
+        let invalid = |setting: &str, reason: String| ConfigError::Invalid {
+            setting: format!("workqueue.{setting}"),
+            reason,
+        };
+        if self.threads > 0 && self.high_priority_threads >= self.threads {
+            return Err(invalid(
+                "high_priority_threads",
+                format!("must be below threads ({})", self.threads),
+            ));
+        }
+        if self.memory_heavy_threads == 0 {
+            return Err(invalid("memory_heavy_threads", "must be at least 1".into()));
+        }
+        if self.lease_secs == 0 || self.poll_secs == 0 {
+            return Err(invalid(
+                "lease_secs, poll_secs",
+                "must be at least 1 second".into(),
+            ));
+        }
+        Ok(WorkQueueSettings {
+            threads: self.threads,
+            high_priority_threads: self.high_priority_threads,
+            memory_heavy_threads: self.memory_heavy_threads.min(self.threads.max(1)),
+            lease: Duration::from_secs(self.lease_secs),
+            poll: Duration::from_secs(self.poll_secs),
+            keep_completed: Duration::from_secs(self.keep_completed_hours.saturating_mul(3600)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod workqueue_tests {
+    use super::Config;
+    use std::time::Duration;
+
+    #[test]
+    fn workqueue_table_defaults_and_limits() {
+        let settings = Config::from_toml("").unwrap().validate().unwrap().workqueue;
+        assert_eq!(settings.threads, 10);
+        assert_eq!(settings.lease, Duration::from_secs(60));
+        let config = Config::from_toml(
+            "[workqueue]\nthreads = 4\nhigh_priority_threads = 1\nmemory_heavy_threads = 2\n\
+             lease_secs = 30\npoll_secs = 2",
+        )
+        .unwrap();
+        let settings = config.validate().unwrap().workqueue;
+        assert_eq!(
+            (
+                settings.threads,
+                settings.high_priority_threads,
+                settings.memory_heavy_threads
+            ),
+            (4, 1, 2)
+        );
+        assert_eq!(settings.poll, Duration::from_secs(2));
+        assert!(
+            Config::from_toml("[workqueue]\nthreads = 2\nhigh_priority_threads = 2")
+                .unwrap()
+                .validate()
+                .is_err()
+        );
+        assert!(Config::from_toml("[workqueue]\nlease_secs = 0")
+            .unwrap()
+            .validate()
+            .is_err());
+        assert!(Config::from_toml("[workqueue]\nthreads = 0")
+            .unwrap()
+            .validate()
+            .is_ok());
+        assert!(Config::from_toml("[workqueue]\nthread = 3").is_err());
     }
 }

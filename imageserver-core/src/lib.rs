@@ -28,9 +28,11 @@ pub mod config;
 pub mod db;
 pub mod dicom;
 pub mod model;
+pub mod rules;
 pub mod server;
 pub mod services;
 pub mod storage;
+pub mod workqueue;
 
 pub use dicom_core;
 pub use dicom_object;

@@ -2,7 +2,8 @@
 //!
 //! [`Archive::open`] opens the index and storage a configuration describes
 //! and registers its partition, filesystems and devices: operator commands
-//! (import) use it alone. [`Server::start`] adds the DICOM acceptor.
+//! (import) use it alone. [`Server::start`] adds the DICOM acceptors and the
+//! WorkQueue engine.
 //! Embedders that bring their own backends use [`ServerBuilder`].
 
 use std::net::TcpListener;
@@ -20,6 +21,7 @@ use crate::services::retrieve::Retrieve;
 use crate::services::{Ingest, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::StorageBackend;
+use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue, WorkStore};
 
 /// Why an archive or server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The WorkQueue engine could not start.
+    #[error(transparent)]
+    WorkQueue(#[from] workqueue::Error),
     /// The listening socket could not be bound.
     #[error("cannot listen on {address}")]
     Bind {
@@ -83,6 +88,7 @@ pub struct ServerBuilder {
     settings: Settings,
     index: Option<Arc<dyn Database>>,
     storage: Option<Arc<dyn StorageBackend>>,
+    processors: Registry,
 }
 
 impl ServerBuilder {
@@ -92,7 +98,26 @@ impl ServerBuilder {
             settings,
             index: None,
             storage: None,
+            processors: Registry::new(),
         }
+    }
+
+    /// Runs these work item processors (replacing those registered so far).
+    pub fn processors(mut self, processors: Registry) -> ServerBuilder {
+        self.processors = processors;
+        self
+    }
+
+    /// Adds (or replaces) one kind of work: how an embedding product adds
+    /// its own work item type.
+    pub fn processor(
+        mut self,
+        kind: crate::model::work::WorkKind,
+        properties: workqueue::KindProperties,
+        processor: impl workqueue::Processor + 'static,
+    ) -> ServerBuilder {
+        self.processors.register(kind, properties, processor);
+        self
     }
 
     /// Uses this index instead of opening `settings.db_url`.
@@ -114,6 +139,7 @@ impl ServerBuilder {
             None => open_index(&self.settings.db_url)?,
         };
         let index: Arc<dyn IndexStore> = database.clone();
+        let work: Arc<dyn WorkStore> = database.clone();
         let query: Arc<dyn QueryStore> = database;
         let storage = self
             .storage
@@ -153,6 +179,8 @@ impl ServerBuilder {
             storage,
             ingest,
             partitions,
+            work,
+            processors: self.processors,
         })
     }
 }
@@ -185,6 +213,10 @@ pub struct Archive {
     pub ingest: Ingest,
     /// The partitions, the default (`[dicom]`) one first.
     pub partitions: Vec<ArchivePartition>,
+    /// The work queue's store (the index database).
+    pub work: Arc<dyn WorkStore>,
+    /// The work item kinds this archive runs.
+    pub processors: Registry,
 }
 
 impl Archive {
@@ -196,6 +228,12 @@ impl Archive {
     /// The default partition.
     pub fn default_partition(&self) -> &ArchivePartition {
         &self.partitions[0]
+    }
+
+    /// A work queue handle without an engine (operator commands): items
+    /// enqueued through it run on whichever engine shares the database.
+    pub fn work_queue(&self) -> WorkQueue {
+        WorkQueue::detached(self.work.clone(), self.processors.clone())
     }
 
     /// The partition answering to `ae_title`.
@@ -211,6 +249,8 @@ impl Archive {
 pub struct Server {
     archive: Archive,
     acceptors: Vec<Acceptor>,
+    /// The WorkQueue engine (None with `[workqueue] threads = 0`).
+    engine: Option<Engine>,
 }
 
 impl Server {
@@ -233,6 +273,22 @@ impl Server {
     /// order (tests bind port 0).
     pub fn start_on(archive: Archive, listeners: Vec<TcpListener>) -> Result<Server, Error> {
         let settings = &archive.settings;
+        let engine = match settings.workqueue.threads {
+            0 => None,
+            threads => Some(Engine::start(
+                archive.work.clone(),
+                archive.processors.clone(),
+                EngineConfig {
+                    threads,
+                    high_priority_threads: settings.workqueue.high_priority_threads,
+                    memory_heavy_threads: settings.workqueue.memory_heavy_threads,
+                    lease: settings.workqueue.lease,
+                    poll: settings.workqueue.poll,
+                    keep_completed: settings.workqueue.keep_completed,
+                    ..EngineConfig::default()
+                },
+            )?),
+        };
         let mut acceptors = Vec::new();
         for (partition, listener) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
@@ -263,7 +319,11 @@ impl Server {
                 .map_err(|source| Error::Bind { address, source })?;
             acceptors.push(acceptor);
         }
-        Ok(Server { archive, acceptors })
+        Ok(Server {
+            archive,
+            acceptors,
+            engine,
+        })
     }
 
     /// The address of the default partition's listener.
@@ -276,17 +336,29 @@ impl Server {
         self.acceptors.iter().map(Acceptor::local_addr).collect()
     }
 
+    /// The work queue: enqueues wake this server's engine at once.
+    pub fn work_queue(&self) -> WorkQueue {
+        match &self.engine {
+            Some(engine) => engine.handle(),
+            None => self.archive.work_queue(),
+        }
+    }
+
     /// The archive behind the server.
     pub fn archive(&self) -> &Archive {
         &self.archive
     }
 
-    /// Stops accepting, lets messages in flight finish (at most `grace`),
-    /// then commits what is queued and returns.
+    /// Stops accepting and claiming work, lets messages and work items in
+    /// flight finish (at most `grace`), then commits what is queued and
+    /// returns.
     pub fn shutdown(self, grace: Duration) {
         std::thread::scope(|scope| {
             for acceptor in self.acceptors {
                 scope.spawn(move || acceptor.shutdown(grace));
+            }
+            if let Some(engine) = self.engine {
+                scope.spawn(move || engine.shutdown(grace));
             }
         });
         // Dropping the archive drops the last ingest handle: the group

@@ -28,3 +28,7 @@ mod retrieve;
 mod orthanc;
 // PostgreSQL only: the database stopping under load, and migrate-db from SQLite.
 mod postgres;
+// Study delete, edit, reprocess, integrity check and send, and the rules dry run, via the CLI.
+mod studies;
+// WorkQueue: exactly-once claiming, failures and retries, study locks, engines in two processes, kill -9 takeover, the operator CLI.
+mod workqueue;

@@ -12,6 +12,8 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod studies;
+pub mod work;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -160,6 +162,6 @@ pub trait QueryStore: Send + Sync + std::fmt::Debug {
 
 /// Everything an archive needs from its database: the index and its queries.
 /// Implemented for every type that implements both.
-pub trait Database: IndexStore + QueryStore {}
+pub trait Database: IndexStore + QueryStore + work::WorkStore + studies::StudyStore {}
 
-impl<T: IndexStore + QueryStore + ?Sized> Database for T {}
+impl<T: IndexStore + QueryStore + work::WorkStore + studies::StudyStore + ?Sized> Database for T {}

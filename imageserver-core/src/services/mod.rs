@@ -13,6 +13,7 @@ pub mod devices;
 pub mod import;
 pub mod ingest;
 pub mod retrieve;
+pub mod studies;
 mod walker;
 
 pub use ingest::{

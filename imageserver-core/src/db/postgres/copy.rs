@@ -221,6 +221,29 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
+        "study_edit",
+        &[
+            ("id", Int),
+            ("partition_id", Int),
+            ("study_uid", Text),
+            ("actor", Text),
+            ("reason", Text),
+            ("status", Text),
+            ("requested_at", Int),
+            ("completed_at", Int),
+        ],
+    ),
+    (
+        // Keyed by (edit_id, attribute): counted, not sampled by key.
+        "study_edit_change",
+        &[
+            ("edit_id", Int),
+            ("attribute", Text),
+            ("old_value", Text),
+            ("new_value", Text),
+        ],
+    ),
+    (
         "audit_log",
         &[
             ("id", Int),
@@ -463,7 +486,9 @@ async fn copy_table(
                     Err(e) => return Ok(Err(sqlite_error(e))),
                 }
             }
-            if copied.is_multiple_of(step) && (samples.len() as u64) < SAMPLE {
+            // Rows are sampled by their first column, which must be unique.
+            let unique_key = table != "study_edit_change";
+            if unique_key && copied.is_multiple_of(step) && (samples.len() as u64) < SAMPLE {
                 samples.push(cells.clone());
             }
             for (column, c) in chunk.iter_mut().zip(cells) {

@@ -44,6 +44,8 @@
 mod copy;
 mod ingest;
 mod query;
+mod studies;
+mod work;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -62,7 +64,11 @@ use crate::model::{
 pub use copy::{copy_from_sqlite, CopyReport, TableCopy};
 
 /// The migrations, in order: `(version, SQL)`.
-const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("migrations/0001_initial.sql")),
+    (2, include_str!("migrations/0002_study_edit.sql")),
+    (3, include_str!("migrations/0003_work_queue_claim.sql")),
+];
 
 /// The newest schema version this build knows (`schema_version.version`).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -17,6 +17,8 @@
 
 mod ingest;
 mod query;
+mod studies;
+mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -38,6 +40,8 @@ use crate::model::{
 const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_query_indexes.sql")),
+    (3, include_str!("migrations/0003_study_edit.sql")),
+    (4, include_str!("migrations/0004_work_queue_claim.sql")),
 ];
 
 /// The newest schema version this build knows (`PRAGMA user_version`).

@@ -150,9 +150,7 @@ pub fn handle(
             }
         };
         let response = Command::find_rsp(command, pending, true);
-        let result = link
-            .send_command(pc_id, &response)
-            .and_then(|()| link.send_dataset(pc_id, &data));
+        let result = link.send_command_with_dataset(pc_id, &response, &data);
         if let Err(error) = result {
             outcome = Outcome::Link(error);
             return ControlFlow::Break(());

@@ -7,7 +7,7 @@
 //! handler never touches the loop's buffer.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,8 @@ pub struct Link {
     scp_roles: Vec<String>,
     /// PDVs read but not yet consumed (several messages in one PDU).
     pending: VecDeque<OwnedPdv>,
+    /// Reused buffer for messages written with one system call.
+    out: Vec<u8>,
 }
 
 /// A PDV copied out of the reader's buffer.
@@ -112,6 +114,7 @@ impl Link {
             contexts,
             scp_roles,
             pending: VecDeque::new(),
+            out: Vec::new(),
         }
     }
 
@@ -164,6 +167,41 @@ impl Link {
         Ok(())
     }
 
+    /// Sends a command set and its data set (held in memory) with one
+    /// `write`: a pending C-FIND response costs one system call, not two.
+    pub fn send_command_with_dataset(
+        &mut self,
+        pc_id: u8,
+        command: &Command,
+        data: &[u8],
+    ) -> Result<(), LinkError> {
+        let bytes = command.encode();
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let written = pdu::write_pdata(
+            &mut out,
+            &mut self.scratch,
+            pc_id,
+            true,
+            &bytes,
+            self.peer_max_pdu,
+        )
+        .and_then(|()| {
+            pdu::write_pdata(
+                &mut out,
+                &mut self.scratch,
+                pc_id,
+                false,
+                data,
+                self.peer_max_pdu,
+            )
+        })
+        .and_then(|()| self.socket.write_all(&out));
+        self.out = out;
+        written?;
+        Ok(())
+    }
+
     /// Sends a data set held in memory.
     pub fn send_dataset(&mut self, pc_id: u8, data: &[u8]) -> Result<(), LinkError> {
         pdu::write_pdata(
@@ -200,17 +238,30 @@ impl Link {
         if !self.pending.is_empty() {
             return self.cancel_arrived(message_id);
         }
-        self.socket.set_nonblocking(true)?;
+        // One non-blocking peek: no switching the socket's mode per call.
         let mut probe = [0u8; 1];
-        let waiting = match self.socket.peek(&mut probe) {
-            Ok(0) => Err(LinkError::Ended),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(LinkError::from(e)),
+        // SAFETY: the descriptor is this link's open socket and `probe` is a
+        // valid one-byte buffer.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(&self.socket),
+                probe.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
         };
-        self.socket.set_nonblocking(false)?;
-        if !waiting? {
-            return Ok(false);
+        if n == 0 {
+            return Err(LinkError::Ended);
+        }
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            if matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) {
+                return Ok(false);
+            }
+            return Err(LinkError::from(error));
         }
         self.cancel_arrived(message_id)
     }

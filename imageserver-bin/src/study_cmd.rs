@@ -1,0 +1,609 @@
+//! `imageserver study delete|edit|reprocess|send|check|history` and
+//! `imageserver rules test|check`: operator commands over the study
+//! operations (`services::studies`) and the rules (`rules`).
+//!
+//! For now the study commands run the operation directly and wait for it.
+//! Once the work queue runs DeleteStudy, EditStudy, ReprocessStudy and
+//! MoveStudy items, these commands will enqueue an item instead (the
+//! operations are the items' bodies, written to be retried).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use imageserver_core::config::Config;
+use imageserver_core::db::studies::StudyStore;
+use imageserver_core::db::Database;
+use imageserver_core::dicom::scu::ScuOptions;
+use imageserver_core::model::{AeTitle, Uid};
+use imageserver_core::rules::{dry_run, RuleSet};
+use imageserver_core::server::{open_index, Archive, ArchivePartition, ServerBuilder};
+use imageserver_core::services::studies::{
+    DeleteOutcome, EditOutcome, EditValue, Studies, StudyError,
+};
+
+use crate::{load_config, ArchiveArgs};
+
+const DIRECT: &str = "Runs the operation now and waits for it (a later version enqueues a \
+                      work item instead).";
+
+/// `imageserver study ...`.
+#[derive(Args, Debug)]
+pub struct StudyArgs {
+    #[command(subcommand)]
+    command: StudyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum StudyCommand {
+    /// Delete a study: its index rows (with an audit record: who, when,
+    /// why), then its files. Runs now and waits (a later version enqueues
+    /// a DeleteStudy work item). Safe to run again after an interruption.
+    Delete(DeleteArgs),
+    /// Change patient/study attributes in the index and in every file of a
+    /// study (history kept). Runs now and waits (a later version enqueues an
+    /// EditStudy work item). Run it again with the same values to finish an
+    /// interrupted edit.
+    Edit(EditArgs),
+    /// Rebuild a study's index rows from its files. Runs now and waits (a
+    /// later version enqueues a ReprocessStudy work item).
+    Reprocess(StudyOnlyArgs),
+    /// Send a study (or some of its instances) to a device with C-STORE.
+    /// Runs now and waits (a later version enqueues a MoveStudy work item).
+    Send(SendArgs),
+    /// Compare the index with a study's files (missing, extra, size,
+    /// digest). Exit status 1 when they disagree.
+    Check(CheckArgs),
+    /// Show a study's edit history and audit log.
+    History(StudyOnlyArgs),
+}
+
+/// Which study, in which partition.
+#[derive(Args, Debug)]
+struct Target {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The Study Instance UID.
+    study_uid: String,
+    /// The partition's AE title (default: the `[dicom]` one).
+    #[arg(long, value_name = "AE")]
+    partition: Option<String>,
+    /// Who asks, for the audit log (default: cli:$USER).
+    #[arg(long, value_name = "NAME")]
+    actor: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = DIRECT)]
+struct DeleteArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Why (recorded in the audit log).
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = DIRECT)]
+struct EditArgs {
+    #[command(flatten)]
+    target: Target,
+    /// An attribute and its new value, Keyword=value (repeatable), e.g.
+    /// --set PatientName=DOE^JANE --set StudyDescription="CT CHEST".
+    /// Editable: StudyDate, StudyTime, AccessionNumber,
+    /// ReferringPhysicianName, StudyDescription, PatientName, PatientID,
+    /// IssuerOfPatientID, PatientBirthDate, PatientSex, StudyID.
+    #[arg(long = "set", value_name = "KEYWORD=VALUE", required = true)]
+    set: Vec<String>,
+    /// Why (recorded in the history and the audit log).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    reason: String,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = DIRECT)]
+struct StudyOnlyArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = DIRECT)]
+struct SendArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The destination: a device of the partition (configured with
+    /// [[devices]] or --device on serve).
+    #[arg(long, value_name = "AE")]
+    to: String,
+    /// Send only this SOP Instance UID (repeatable; default: every instance).
+    #[arg(long = "instance", value_name = "UID")]
+    instances: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Compare sizes only (do not read every file for its digest).
+    #[arg(long)]
+    no_digests: bool,
+}
+
+/// `imageserver rules ...`.
+#[derive(Args, Debug)]
+pub struct RulesArgs {
+    #[command(subcommand)]
+    command: RulesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Dry run: what the rules would do with a stored study, and why.
+    /// Nothing is changed.
+    Test(RulesTestArgs),
+    /// Validate the rules file against the configuration.
+    Check(RulesCheckArgs),
+}
+
+#[derive(Args, Debug)]
+struct RulesTestArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The Study Instance UID.
+    #[arg(long, value_name = "UID")]
+    study: String,
+    /// Only this partition (default: every partition holding the study).
+    #[arg(long, value_name = "AE")]
+    partition: Option<String>,
+    /// The rules file (default: rules_file of the configuration).
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RulesCheckArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The rules file (default: rules_file of the configuration).
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+}
+
+/// Runs `imageserver study ...`.
+pub fn study(args: StudyArgs) -> Result<ExitCode> {
+    match args.command {
+        StudyCommand::Delete(args) => delete(args),
+        StudyCommand::Edit(args) => edit(args),
+        StudyCommand::Reprocess(args) => reprocess(args),
+        StudyCommand::Send(args) => send(args),
+        StudyCommand::Check(args) => check(args),
+        StudyCommand::History(args) => history(args),
+    }
+}
+
+/// Runs `imageserver rules ...`.
+pub fn rules(args: RulesArgs) -> Result<ExitCode> {
+    match args.command {
+        RulesCommand::Test(args) => rules_test(args),
+        RulesCommand::Check(args) => rules_check(args),
+    }
+}
+
+/// An opened archive with its database and study operations.
+struct Opened {
+    config: Config,
+    archive: Archive,
+    db: Arc<dyn Database>,
+    studies: Studies,
+}
+
+fn open(args: &ArchiveArgs) -> Result<Opened> {
+    let config = load_config(args)?;
+    let settings = config.validate()?;
+    let db = open_index(&settings.db_url).context("cannot open the index")?;
+    let archive = ServerBuilder::new(settings)
+        .index(db.clone())
+        .open()
+        .context("cannot open the archive")?;
+    let studies = Studies::new(db.clone(), archive.storage.clone());
+    Ok(Opened {
+        config,
+        archive,
+        db,
+        studies,
+    })
+}
+
+fn partition<'a>(archive: &'a Archive, ae: Option<&str>) -> Result<&'a ArchivePartition> {
+    match ae {
+        None => Ok(archive.default_partition()),
+        Some(ae) => archive.partition(ae).with_context(|| {
+            format!(
+                "no partition {ae:?}; partitions: {}",
+                archive
+                    .partitions
+                    .iter()
+                    .map(|p| p.partition.ae_title.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }),
+    }
+}
+
+fn study_uid(text: &str) -> Result<Uid> {
+    Uid::parse(text).with_context(|| format!("{text:?} is not a valid Study Instance UID"))
+}
+
+fn actor(target: &Target) -> String {
+    target.actor.clone().unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".to_string())
+        )
+    })
+}
+
+/// Turns an unknown study into the one clear message.
+fn unknown(error: StudyError) -> anyhow::Error {
+    match error {
+        e @ StudyError::UnknownStudy { .. } => anyhow::anyhow!("{e}"),
+        e => anyhow::Error::new(e),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` of a time in ms since the Unix epoch.
+fn timestamp(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        imageserver_core::rules::civil_date(ms),
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+}
+
+fn delete(args: DeleteArgs) -> Result<ExitCode> {
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    let actor = actor(&args.target);
+    if args.reason.trim().is_empty() {
+        bail!("--reason must say why the study is deleted");
+    }
+    match opened
+        .studies
+        .delete(&partition.partition, &uid, &actor, args.reason.trim())
+        .map_err(unknown)?
+    {
+        DeleteOutcome::Deleted(report) => println!(
+            "deleted study {uid} from partition {}: {} instances in {} series ({}), {} files \
+             removed; audit record by {actor}",
+            partition.partition.ae_title,
+            report.instances,
+            report.series,
+            megabytes(report.bytes),
+            report.files_deleted
+        ),
+        DeleteOutcome::Finished(report) => println!(
+            "study {uid}: its rows were already deleted by an interrupted run; removed the {} \
+             remaining files",
+            report.files_deleted
+        ),
+        DeleteOutcome::Absent => bail!(
+            "no study {uid} in partition {} (nothing deleted)",
+            partition.partition.ae_title
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn edit(args: EditArgs) -> Result<ExitCode> {
+    let values = args
+        .set
+        .iter()
+        .map(|text| EditValue::parse(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    let actor = actor(&args.target);
+    match opened
+        .studies
+        .edit(&partition.partition, &uid, &values, &actor, &args.reason)
+        .map_err(unknown)?
+    {
+        EditOutcome::Edited {
+            edit,
+            files_rewritten,
+            files_already_edited,
+            other_studies_of_patient,
+        } => {
+            println!(
+                "edited study {uid} (edit {}): {} files rewritten, {} already edited",
+                edit.id, files_rewritten, files_already_edited
+            );
+            for change in &edit.changes {
+                println!(
+                    "  {}: {:?} -> {:?}",
+                    change.attribute,
+                    change.old_value.as_deref().unwrap_or(""),
+                    change.new_value
+                );
+            }
+            if other_studies_of_patient > 0
+                && edit.changes.iter().any(|c| c.attribute.is_patient_level())
+            {
+                println!(
+                    "note: the patient has {other_studies_of_patient} other studies; their query \
+                     answers show the new patient attributes, their files keep the old ones"
+                );
+            }
+        }
+        EditOutcome::Unchanged => {
+            println!("study {uid} already has these values; nothing to do")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reprocess(args: StudyOnlyArgs) -> Result<ExitCode> {
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    let report = opened
+        .studies
+        .reprocess(&partition.partition, &uid, &actor(&args.target))
+        .map_err(unknown)?;
+    println!(
+        "reprocessed study {uid}: {} instance rows rebuilt from its files (there were {})",
+        report.indexed_instances, report.removed_instances
+    );
+    for (path, reason) in &report.skipped {
+        println!("  skipped {}: {reason}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn send(args: SendArgs) -> Result<ExitCode> {
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    let only = args
+        .instances
+        .iter()
+        .map(|text| Uid::parse(text).with_context(|| format!("--instance {text:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let device = opened
+        .studies
+        .destination(&partition.partition, &args.to)
+        .map_err(unknown)?;
+    let options = ScuOptions::new(partition.partition.ae_title.as_str());
+    let report = opened
+        .studies
+        .send(
+            &partition.partition,
+            &uid,
+            &device,
+            (!only.is_empty()).then_some(&only[..]),
+            &options,
+            &actor(&args.target),
+        )
+        .map_err(unknown)?;
+    let total = report.delivered.len() + report.warnings.len() + report.failed.len();
+    println!(
+        "sent {} of {total} instances of study {uid} to {}",
+        report.delivered.len() + report.warnings.len(),
+        report.destination
+    );
+    for (sop, why) in &report.warnings {
+        println!("  warning {sop}: {why}");
+    }
+    for (sop, why) in &report.failed {
+        println!("  failed {sop}: {why}");
+    }
+    for sop in &report.missing {
+        println!("  not in the study: {sop}");
+    }
+    Ok(if report.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn check(args: CheckArgs) -> Result<ExitCode> {
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    let report = opened
+        .studies
+        .check_integrity(&partition.partition, &uid, !args.no_digests)
+        .map_err(unknown)?;
+    println!(
+        "study {uid}: {} instances indexed, {} instance files",
+        report.indexed, report.files
+    );
+    for finding in &report.findings {
+        println!("  {finding}");
+    }
+    if report.is_clean() {
+        println!("index and files agree");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if report.needs_reprocess() {
+            println!("run `imageserver study reprocess {uid}` to rebuild the rows from the files");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn history(args: StudyOnlyArgs) -> Result<ExitCode> {
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    let store: &dyn StudyStore = &*opened.db;
+    let edits = store.edit_history(partition.partition.id, &uid)?;
+    let audit = store.audit_log(partition.partition.id, &uid)?;
+    if edits.is_empty() && audit.is_empty() && store.study(partition.partition.id, &uid)?.is_none()
+    {
+        bail!(
+            "no study {uid} in partition {} and no history of one",
+            partition.partition.ae_title
+        );
+    }
+    println!("edits of study {uid}:");
+    for edit in &edits {
+        println!(
+            "  edit {} {} by {} at {} ({}):",
+            edit.id,
+            edit.status.as_str(),
+            edit.actor,
+            timestamp(edit.requested_at_ms),
+            if edit.reason.is_empty() {
+                "no reason given"
+            } else {
+                &edit.reason
+            }
+        );
+        for change in &edit.changes {
+            println!(
+                "    {}: {:?} -> {:?}",
+                change.attribute,
+                change.old_value.as_deref().unwrap_or(""),
+                change.new_value
+            );
+        }
+    }
+    println!("audit log:");
+    for entry in &audit {
+        println!(
+            "  {} {} by {}: {}",
+            timestamp(entry.at_ms),
+            entry.action,
+            entry.actor,
+            entry.details
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The rules file: `--rules`, else the configuration's `rules_file`
+/// (relative to the configuration file).
+fn rules_path(config: &Config, config_file: Option<&Path>, flag: Option<&Path>) -> Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path.to_path_buf());
+    }
+    let Some(path) = &config.rules_file else {
+        bail!("no rules file: set rules_file in the configuration or pass --rules FILE");
+    };
+    Ok(match config_file.and_then(Path::parent) {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.clone(),
+    })
+}
+
+fn load_rules(opened: &Opened, config_file: Option<&Path>, flag: Option<&Path>) -> Result<RuleSet> {
+    let path = rules_path(&opened.config, config_file, flag)?;
+    let rules = RuleSet::from_file(&path)?;
+    let deployment: Vec<(AeTitle, Vec<AeTitle>)> = opened
+        .archive
+        .partitions
+        .iter()
+        .map(|p| {
+            (
+                p.partition.ae_title.clone(),
+                p.settings
+                    .devices
+                    .iter()
+                    .map(|d| d.ae_title.clone())
+                    .collect(),
+            )
+        })
+        .collect();
+    for warning in rules
+        .check_against(&deployment)
+        .map_err(|e| e.in_file(&path))?
+    {
+        eprintln!("warning: {warning}");
+    }
+    Ok(rules)
+}
+
+fn rules_test(args: RulesTestArgs) -> Result<ExitCode> {
+    let opened = open(&args.archive)?;
+    let rules = load_rules(
+        &opened,
+        args.archive.config.as_deref(),
+        args.rules.as_deref(),
+    )?;
+    let uid = study_uid(&args.study)?;
+    let partitions: Vec<&ArchivePartition> = match &args.partition {
+        Some(ae) => vec![partition(&opened.archive, Some(ae))?],
+        None => opened.archive.partitions.iter().collect(),
+    };
+    let now = imageserver_core::db::studies::now_ms();
+    let mut found = false;
+    for p in partitions {
+        let Some(facts) =
+            dry_run::study_facts(&*opened.archive.query, &*opened.db, p.partition.id, &uid)?
+        else {
+            continue;
+        };
+        found = true;
+        let evaluation = rules.evaluate(&p.partition.ae_title, &facts, now);
+        print!("{}", dry_run::render(&evaluation, &facts));
+    }
+    if !found {
+        bail!(
+            "no study {uid} in {}",
+            match &args.partition {
+                Some(ae) => format!("partition {ae}"),
+                None => "any partition".to_string(),
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rules_check(args: RulesCheckArgs) -> Result<ExitCode> {
+    let opened = open(&args.archive)?;
+    let path = rules_path(
+        &opened.config,
+        args.archive.config.as_deref(),
+        args.rules.as_deref(),
+    )?;
+    let rules = load_rules(
+        &opened,
+        args.archive.config.as_deref(),
+        args.rules.as_deref(),
+    )?;
+    println!("{}: {} rules, valid", path.display(), rules.rules.len());
+    for rule in &rules.rules {
+        println!(
+            "  {:?} ({}{}): {}",
+            rule.name,
+            rule.partition
+                .as_ref()
+                .map(|p| format!("partition {p}"))
+                .unwrap_or_else(|| "every partition".to_string()),
+            if rule.enabled { "" } else { ", disabled" },
+            rule.actions
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

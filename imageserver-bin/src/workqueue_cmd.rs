@@ -1,0 +1,498 @@
+//! `imageserver workqueue`: list, show and steer work items in the database
+//! a running server uses (any backend, also while it runs), and a hidden
+//! test engine for the integration tests and the benchmark.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use imageserver_core::server::open_index;
+use imageserver_core::workqueue::{
+    Engine, EngineConfig, KindProperties, ProcessContext, Registry, RetryPolicy, StepResult,
+    StudyLock, WorkError, WorkFilter, WorkItem, WorkItemId, WorkKind, WorkPriority, WorkStatus,
+    WorkStore,
+};
+
+use crate::{load_config, ArchiveArgs};
+
+#[derive(Args, Debug)]
+pub struct WorkqueueArgs {
+    #[command(subcommand)]
+    command: WorkqueueCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum WorkqueueCommand {
+    /// List work items, oldest first.
+    List(ListArgs),
+    /// Show one work item with its instances.
+    Show(ShowArgs),
+    /// Make a failed item run again (its failure count is kept).
+    Retry(IdArgs),
+    /// Delete an item that is not running.
+    Delete(IdArgs),
+    /// Change an item's priority (low, medium, high, stat).
+    #[command(alias = "reprioritize")]
+    Reprioritise(ReprioritiseArgs),
+    /// Run an engine with test processors (integration tests, benchmark).
+    #[command(hide = true)]
+    RunTestEngine(TestEngineArgs),
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Only items in these states (idle, pending, in_progress, completed,
+    /// failed); repeatable or comma-separated.
+    #[arg(long, value_name = "STATUS", value_delimiter = ',')]
+    status: Vec<String>,
+    /// Only items of these types (e.g. study_process); repeatable or
+    /// comma-separated.
+    #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
+    kind: Vec<String>,
+    /// Only items on this study.
+    #[arg(long, value_name = "UID")]
+    study: Option<String>,
+    /// At most this many items.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// One JSON object per line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ShowArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The item's id (as `list` prints it).
+    id: i64,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct IdArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The item's id (as `list` prints it).
+    id: i64,
+}
+
+#[derive(Args, Debug)]
+struct ReprioritiseArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The item's id (as `list` prints it).
+    id: i64,
+    /// low, medium, high or stat.
+    priority: String,
+}
+
+#[derive(Args, Debug)]
+struct TestEngineArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Lease in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    lease_ms: u64,
+    /// Poll interval in milliseconds.
+    #[arg(long, default_value_t = 1_000)]
+    poll_ms: u64,
+    /// Append a line per run start and end here.
+    #[arg(long, value_name = "FILE")]
+    spans: Option<PathBuf>,
+    /// Every item hangs after it started (until the process is killed).
+    #[arg(long)]
+    hang: bool,
+    /// Exit once this many runs have finished in this process.
+    #[arg(long, value_name = "N")]
+    exit_after: Option<usize>,
+}
+
+pub fn workqueue(args: WorkqueueArgs) -> Result<ExitCode> {
+    match args.command {
+        WorkqueueCommand::List(args) => list(args),
+        WorkqueueCommand::Show(args) => show(args),
+        WorkqueueCommand::Retry(args) => {
+            let store = open_store(&args.archive)?;
+            let id = WorkItemId(args.id);
+            operator(store.retry(id), || {
+                println!("work item {id} is pending again");
+            })
+        }
+        WorkqueueCommand::Delete(args) => {
+            let store = open_store(&args.archive)?;
+            let id = WorkItemId(args.id);
+            operator(store.delete(id), || println!("work item {id} deleted"))
+        }
+        WorkqueueCommand::Reprioritise(args) => {
+            let Some(priority) = WorkPriority::parse(&args.priority) else {
+                bail!(
+                    "unknown priority {:?}: expected low, medium, high or stat",
+                    args.priority
+                );
+            };
+            let store = open_store(&args.archive)?;
+            let id = WorkItemId(args.id);
+            operator(store.reprioritise(id, priority), || {
+                println!("work item {id} now has priority {priority}");
+            })
+        }
+        WorkqueueCommand::RunTestEngine(args) => run_test_engine(args),
+    }
+}
+
+fn open_store(args: &ArchiveArgs) -> Result<Arc<dyn WorkStore>> {
+    let config = load_config(args)?;
+    let url = config.db_url();
+    let database =
+        open_index(&url).with_context(|| format!("cannot open the index database {url}"))?;
+    let store: Arc<dyn WorkStore> = database;
+    Ok(store)
+}
+
+/// Prints the outcome of an operator action: refusals (unknown id, illegal
+/// transition) are a one-line message and exit code 1.
+fn operator(result: Result<(), WorkError>, done: impl FnOnce()) -> Result<ExitCode> {
+    match result {
+        Ok(()) => {
+            done();
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ (WorkError::NotFound { .. } | WorkError::IllegalTransition { .. })) => {
+            eprintln!("imageserver: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn list(args: ListArgs) -> Result<ExitCode> {
+    let statuses = args
+        .status
+        .iter()
+        .map(|s| {
+            WorkStatus::parse(s.trim()).with_context(|| {
+                format!(
+                    "unknown status {s:?}: expected idle, pending, in_progress, completed or failed"
+                )
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let kinds = args
+        .kind
+        .iter()
+        .map(|k| WorkKind::new(k.trim()).map_err(anyhow::Error::from))
+        .collect::<Result<Vec<_>>>()?;
+    let study_uid = args
+        .study
+        .as_deref()
+        .map(imageserver_core::model::Uid::parse)
+        .transpose()
+        .context("--study")?;
+    let store = open_store(&args.archive)?;
+    let items = store.list(&WorkFilter {
+        statuses,
+        kinds,
+        partition: None,
+        study_uid,
+        limit: args.limit,
+    })?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for item in &items {
+            writeln!(out, "{}", item_json(item, false))?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:>8}  {:<16} {:<11} {:<8} {:>4} {:>3}  {:<24}  STUDY",
+        "ID", "TYPE", "STATUS", "PRIORITY", "FAIL", "TRY", "SCHEDULED"
+    )?;
+    for item in &items {
+        writeln!(
+            out,
+            "{:>8}  {:<16} {:<11} {:<8} {:>4} {:>3}  {:<24}  {}",
+            item.id,
+            item.kind,
+            item.status,
+            item.priority,
+            item.failure_count,
+            item.attempt,
+            item.scheduled_at,
+            item.study_uid().map_or("-", |u| u.as_str()),
+        )?;
+    }
+    writeln!(out, "{} item(s)", items.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(args: ShowArgs) -> Result<ExitCode> {
+    let store = open_store(&args.archive)?;
+    let id = WorkItemId(args.id);
+    let Some(item) = store.get(id)? else {
+        eprintln!("imageserver: {}", WorkError::NotFound { id });
+        return Ok(ExitCode::from(1));
+    };
+    if args.json {
+        println!("{}", item_json(&item, true));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let optional = |t: Option<imageserver_core::workqueue::Timestamp>| {
+        t.map_or_else(|| "-".to_string(), |t| t.to_string())
+    };
+    println!("work item {}", item.id);
+    println!("  type          {}", item.kind);
+    println!("  status        {}", item.status);
+    println!("  priority      {}", item.priority);
+    println!("  partition     {}", item.partition.0);
+    println!(
+        "  study         {}",
+        item.study_uid().map_or("-", |u| u.as_str())
+    );
+    println!("  scheduled     {}", item.scheduled_at);
+    println!("  expires       {}", optional(item.expires_at));
+    println!("  failures      {}", item.failure_count);
+    println!(
+        "  last failure  {}",
+        item.failure_description.as_deref().unwrap_or("-")
+    );
+    println!("  attempt       {}", item.attempt);
+    println!(
+        "  processor     {}",
+        item.processor_id.as_deref().unwrap_or("-")
+    );
+    println!("  lease until   {}", optional(item.lease_expires_at));
+    println!("  created       {}", item.created_at);
+    println!("  updated       {}", item.updated_at);
+    println!("  payload       {}", item.payload);
+    println!("  instances     {}", item.uid_count);
+    for uid in &item.uids {
+        println!(
+            "    {} (series {}){}",
+            uid.sop_instance_uid,
+            uid.series_uid,
+            if uid.failed { " failed" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn item_json(item: &WorkItem, with_uids: bool) -> serde_json::Value {
+    let time = |t: Option<imageserver_core::workqueue::Timestamp>| {
+        t.map(|t| serde_json::json!({ "ms": t.as_millis(), "utc": t.to_string() }))
+    };
+    let payload: serde_json::Value = serde_json::from_str(&item.payload)
+        .unwrap_or(serde_json::Value::String(item.payload.clone()));
+    let mut value = serde_json::json!({
+        "id": item.id.0,
+        "type": item.kind.as_str(),
+        "status": item.status.as_str(),
+        "priority": item.priority.as_str(),
+        "partition": item.partition.0,
+        "study_uid": item.study_uid().map(|u| u.as_str()),
+        "scheduled_at": time(Some(item.scheduled_at)),
+        "expires_at": time(item.expires_at),
+        "failure_count": item.failure_count,
+        "failure_description": item.failure_description,
+        "attempt": item.attempt,
+        "processor_id": item.processor_id,
+        "lease_expires_at": time(item.lease_expires_at),
+        "created_at": time(Some(item.created_at)),
+        "updated_at": time(Some(item.updated_at)),
+        "payload": payload,
+        "instances": item.uid_count,
+    });
+    if with_uids {
+        value["uids"] = item
+            .uids
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "series_uid": u.series_uid.as_str(),
+                    "sop_instance_uid": u.sop_instance_uid.as_str(),
+                    "failed": u.failed,
+                    "failure_count": u.failure_count,
+                })
+            })
+            .collect();
+    }
+    value
+}
+
+// ------------------------------------------------------------ test engine
+
+/// The kinds the test engine runs: `test_write` (write lock on the study)
+/// and `test_read` (read lock), both driven by the payload:
+///
+/// - `sleep_ms`: sleep this long;
+/// - `wait_for`: wait (at most two minutes) until this file exists;
+/// - `fail`: fail permanently with this reason;
+/// - `retry_until_attempt`: ask for a retry until this attempt.
+///
+/// Each run appends `start <item> <attempt> <pid> <µs> <study>` and, unless
+/// it hangs, `end <item> <attempt> <pid> <start µs> <end µs> <study>` to
+/// `--spans`; lines are single `write`s to an O_APPEND file, so processes
+/// do not interleave them.
+struct TestProcessor {
+    spans: Option<Arc<std::fs::File>>,
+    hang: bool,
+    finished: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+impl TestProcessor {
+    fn record(&self, line: String) {
+        if let Some(file) = &self.spans {
+            let _ = (&**file).write_all(line.as_bytes());
+        }
+    }
+}
+
+impl imageserver_core::workqueue::Processor for TestProcessor {
+    fn process(&self, item: &WorkItem, ctx: &ProcessContext<'_>) -> StepResult {
+        let payload: serde_json::Value =
+            serde_json::from_str(&item.payload).unwrap_or(serde_json::Value::Null);
+        let study = item.study_uid().map_or("-", |u| u.as_str()).to_string();
+        let pid = std::process::id();
+        let start = now_us();
+        self.record(format!(
+            "start {} {} {pid} {start} {study}\n",
+            item.id,
+            ctx.attempt()
+        ));
+        if self.hang {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        let mut result = StepResult::Done;
+        if let Some(ms) = payload.get("sleep_ms").and_then(serde_json::Value::as_u64) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        if let Some(path) = payload.get("wait_for").and_then(serde_json::Value::as_str) {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !std::path::Path::new(path).exists() {
+                if Instant::now() > deadline {
+                    result = StepResult::Fail(format!("{path} never appeared"));
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        if let Some(until) = payload
+            .get("retry_until_attempt")
+            .and_then(serde_json::Value::as_u64)
+        {
+            if u64::from(ctx.attempt()) < until {
+                result = StepResult::RetryAfter(
+                    Duration::ZERO,
+                    format!("attempt {} asks for a retry", ctx.attempt()),
+                );
+            }
+        }
+        if let Some(reason) = payload.get("fail").and_then(serde_json::Value::as_str) {
+            result = StepResult::Fail(reason.to_string());
+        }
+        self.record(format!(
+            "end {} {} {pid} {start} {} {study}\n",
+            item.id,
+            ctx.attempt(),
+            now_us()
+        ));
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+}
+
+fn run_test_engine(args: TestEngineArgs) -> Result<ExitCode> {
+    let store = open_store(&args.archive)?;
+    let spans = match &args.spans {
+        Some(path) => Some(Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let processor = Arc::new(TestProcessor {
+        spans,
+        hang: args.hang,
+        finished: finished.clone(),
+    });
+    let retry = RetryPolicy {
+        max_failures: 10,
+        failure_delay: Duration::from_millis(50),
+        backoff: 2.0,
+        max_delay: Duration::from_secs(1),
+    };
+    let mut registry = Registry::new();
+    registry.register_shared(
+        WorkKind::new("test_write")?,
+        KindProperties::new()
+            .study_lock(StudyLock::Write)
+            .retry(retry.clone()),
+        processor.clone(),
+    );
+    registry.register_shared(
+        WorkKind::new("test_read")?,
+        KindProperties::new()
+            .study_lock(StudyLock::Read)
+            .retry(retry),
+        processor,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let engine = Engine::start(
+        store,
+        registry,
+        EngineConfig {
+            threads: args.threads,
+            high_priority_threads: 0,
+            memory_heavy_threads: args.threads,
+            lease: Duration::from_millis(args.lease_ms),
+            poll: Duration::from_millis(args.poll_ms),
+            ..EngineConfig::default()
+        },
+    )?;
+    println!("ready {}", engine.processor_id());
+    let _ = std::io::stdout().flush();
+    while !stop.load(Ordering::Relaxed)
+        && args
+            .exit_after
+            .is_none_or(|n| finished.load(Ordering::SeqCst) < n)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = engine.shutdown(Duration::from_secs(30));
+    println!(
+        "stopped: {} runs, {} released, {} abandoned",
+        finished.load(Ordering::SeqCst),
+        report.released,
+        report.abandoned
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,967 @@
+//! The work queue on PostgreSQL: [`WorkStore`] for [`PgIndex`], shared by
+//! every node of a cluster.
+//!
+//! - **Claim.** One READ COMMITTED transaction: the candidates are read
+//!   `FOR UPDATE SKIP LOCKED` (two nodes never pick the same row, and never
+//!   wait for each other's candidates); the chosen ones' studies are locked
+//!   with transaction-scoped advisory locks, in ascending key order so that
+//!   two claimers wait instead of deadlocking; only then is each study's
+//!   lock re-checked, by a statement whose snapshot sees every claim
+//!   committed by the previous holder of that study's advisory lock; then
+//!   the items are updated in one statement. Without the advisory lock two
+//!   nodes could each see the other's item as not yet running and run two
+//!   writers on one study.
+//! - **Clock.** Leases are set and compared by the database's clock
+//!   (`clock_timestamp()`), so nodes with skewed clocks agree on expiry.
+//! - **Wake-ups.** Enqueue, retry, release and finishing a study-bound item
+//!   `NOTIFY imageserver_work` (delivered at commit); [`WorkStore::watch`]
+//!   keeps a dedicated connection that `LISTEN`s and wakes the engine.
+//!   Notifications lost while that connection is down are covered by the
+//!   engine's polling.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Row};
+
+use super::{get_u64, parse_column, pg_text, PgIndex, TxError};
+use crate::db::work::{
+    lease_lost, refused, takeover_description, validate, ClaimKind, ClaimRequest, FailureAction,
+    WorkError, WorkStore, WorkWatch,
+};
+use crate::model::work::{
+    Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
+    WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkStudy, WorkUid,
+};
+use crate::model::{PartitionId, Uid};
+
+/// The notification channel engines listen on.
+pub const CHANNEL: &str = "imageserver_work";
+
+/// The database clock in milliseconds since the epoch, as SQL.
+const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+
+/// Advisory lock keys: a namespace in the top 16 bits, the study storage
+/// key below (keys stay below 2^48). Claims lock [`CLAIM_LOCK`], appends
+/// [`APPEND_LOCK`]: an append waits for the item rows a claimer holds, so
+/// it must not also wait for the claimer's study lock.
+const CLAIM_LOCK: i64 = 0x5751 << 48;
+const APPEND_LOCK: i64 = 0x5741 << 48;
+
+/// The item columns [`item_from_row`] reads, over `work_queue w LEFT JOIN
+/// study_storage ss`.
+const ITEM_SELECT: &str = "SELECT w.id, w.partition_id, w.study_storage_id, ss.study_uid,
+        w.type, w.status, w.priority, w.scheduled_time, w.expiration_time, w.failure_count,
+        w.failure_description, w.processor_id, w.lease_expires_at, w.attempt, w.payload,
+        w.created_at, w.updated_at,
+        (SELECT COUNT(*) FROM work_queue_uid u WHERE u.work_queue_id = w.id) AS uid_count
+     FROM work_queue w LEFT JOIN study_storage ss ON ss.id = w.study_storage_id";
+
+/// Claim candidates (see `db/sqlite/work.rs`): `$1` kinds, `$2` write
+/// kinds, `$3` now, `$4` most rows; locked, skipping rows others hold.
+fn candidates_sql(waiting: bool) -> &'static str {
+    if waiting {
+        "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
+                w.processor_id, w.attempt
+         FROM work_queue w
+         WHERE w.status IN ('pending', 'idle') AND w.scheduled_time <= $3
+           AND w.type = ANY($1::text[])
+           AND (w.study_storage_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM work_queue o
+                WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
+                  AND o.status = 'in_progress' AND o.lease_expires_at > $3
+                  AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
+         ORDER BY w.priority DESC, w.scheduled_time, w.id
+         LIMIT $4
+         FOR UPDATE SKIP LOCKED"
+    } else {
+        "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
+                w.processor_id, w.attempt
+         FROM work_queue w
+         WHERE w.status = 'in_progress' AND w.lease_expires_at <= $3
+           AND w.type = ANY($1::text[])
+           AND (w.study_storage_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM work_queue o
+                WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
+                  AND o.status = 'in_progress' AND o.lease_expires_at > $3
+                  AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
+         ORDER BY w.priority DESC, w.scheduled_time, w.id
+         LIMIT $4
+         FOR UPDATE SKIP LOCKED"
+    }
+}
+
+/// A claim candidate.
+struct Candidate {
+    id: i64,
+    study: Option<i64>,
+    kind: String,
+    priority: i64,
+    scheduled: i64,
+    in_progress: bool,
+    processor_id: Option<String>,
+    attempt: i64,
+}
+
+fn candidate(row: &PgRow) -> Result<Candidate, sqlx::Error> {
+    Ok(Candidate {
+        id: row.try_get("id")?,
+        study: row.try_get("study_storage_id")?,
+        kind: row.try_get("type")?,
+        priority: row.try_get("priority")?,
+        scheduled: row.try_get("scheduled_time")?,
+        in_progress: row.try_get::<String, _>("status")? == "in_progress",
+        processor_id: row.try_get("processor_id")?,
+        attempt: row.try_get("attempt")?,
+    })
+}
+
+async fn db_now(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {NOW_MS}")))
+        .fetch_one(&mut *conn)
+        .await
+}
+
+async fn notify(conn: &mut PgConnection, kind: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(kind)
+        .execute(&mut *conn)
+        .await
+        .map(drop)
+}
+
+/// The status and attempt of an item (None: no such item).
+async fn work_state(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<Option<(WorkStatus, i64)>, sqlx::Error> {
+    let row = sqlx::query("SELECT status, attempt FROM work_queue WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|r| {
+        Ok((
+            parse_status(&r.try_get::<String, _>("status")?)?,
+            r.try_get("attempt")?,
+        ))
+    })
+    .transpose()
+}
+
+fn parse_status(text: &str) -> Result<WorkStatus, sqlx::Error> {
+    WorkStatus::parse(text).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "status".into(),
+        source: format!("unknown work item status {text:?}").into(),
+    })
+}
+
+/// Maps a row of [`ITEM_SELECT`] (without instances).
+fn item_from_row(r: &PgRow) -> Result<WorkItem, sqlx::Error> {
+    let study = match r.try_get::<Option<i64>, _>("study_storage_id")? {
+        Some(storage) => Some(WorkStudy {
+            storage: StudyStorageId(storage),
+            study_uid: parse_column(r, "study_uid", Uid::parse)?,
+        }),
+        None => None,
+    };
+    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(WorkItem {
+        id: WorkItemId(r.try_get("id")?),
+        partition: PartitionId(r.try_get("partition_id")?),
+        study,
+        kind: parse_column(r, "type", WorkKind::new)?,
+        status: parse_status(&r.try_get::<String, _>("status")?)?,
+        priority: WorkPriority::from_rank(r.try_get("priority")?),
+        scheduled_at: Timestamp::from_millis(r.try_get("scheduled_time")?),
+        expires_at: r
+            .try_get::<Option<i64>, _>("expiration_time")?
+            .map(Timestamp::from_millis),
+        failure_count: to_u32(get_u64(r, "failure_count")?),
+        failure_description: r.try_get("failure_description")?,
+        processor_id: r.try_get("processor_id")?,
+        lease_expires_at: r
+            .try_get::<Option<i64>, _>("lease_expires_at")?
+            .map(Timestamp::from_millis),
+        attempt: to_u32(get_u64(r, "attempt")?),
+        payload: r.try_get("payload")?,
+        uids: Vec::new(),
+        uid_count: get_u64(r, "uid_count")?,
+        created_at: Timestamp::from_millis(r.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
+    })
+}
+
+/// Loads items with their instance lists, in the order of `ids`.
+async fn load_items(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<WorkItem>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{ITEM_SELECT} WHERE w.id = ANY($1::bigint[])"
+    )))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut items: HashMap<i64, WorkItem> = HashMap::new();
+    for row in &rows {
+        let item = item_from_row(row)?;
+        items.insert(item.id.0, item);
+    }
+    let uid_rows = sqlx::query(
+        "SELECT work_queue_id, series_uid, sop_instance_uid, failed, failure_count, duplicate,
+                relative_path
+         FROM work_queue_uid WHERE work_queue_id = ANY($1::bigint[])
+         ORDER BY work_queue_id, id",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in &uid_rows {
+        let owner: i64 = r.try_get("work_queue_id")?;
+        if let Some(item) = items.get_mut(&owner) {
+            item.uids.push(WorkUid {
+                series_uid: parse_column(r, "series_uid", Uid::parse)?,
+                sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
+                failed: r.try_get("failed")?,
+                failure_count: u32::try_from(get_u64(r, "failure_count")?).unwrap_or(u32::MAX),
+                duplicate: r.try_get("duplicate")?,
+                relative_path: r.try_get("relative_path")?,
+            });
+        }
+    }
+    Ok(ids.iter().filter_map(|id| items.remove(id)).collect())
+}
+
+/// The study storage key of a new item (Err: not stored in the partition).
+async fn study_of(
+    conn: &mut PgConnection,
+    item: &NewWorkItem,
+) -> Result<Result<Option<i64>, ()>, sqlx::Error> {
+    let Some(study_uid) = &item.study_uid else {
+        return Ok(Ok(None));
+    };
+    let id: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM study_storage WHERE partition_id = $1 AND study_uid = $2",
+    )
+    .bind(item.partition.0)
+    .bind(study_uid.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(id.map(Some).ok_or(()))
+}
+
+/// Adds instances to an item, skipping those it (or the list before them)
+/// has already.
+async fn add_uids(
+    conn: &mut PgConnection,
+    item_id: i64,
+    uids: &[WorkUid],
+) -> Result<(), sqlx::Error> {
+    let mut seen = std::collections::HashSet::new();
+    let uids: Vec<&WorkUid> = uids
+        .iter()
+        .filter(|u| seen.insert(u.sop_instance_uid.as_str()))
+        .collect();
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let series: Vec<&str> = uids.iter().map(|u| u.series_uid.as_str()).collect();
+    let sops: Vec<&str> = uids.iter().map(|u| u.sop_instance_uid.as_str()).collect();
+    let failed: Vec<bool> = uids.iter().map(|u| u.failed).collect();
+    let counts: Vec<i64> = uids.iter().map(|u| i64::from(u.failure_count)).collect();
+    let duplicate: Vec<bool> = uids.iter().map(|u| u.duplicate).collect();
+    let paths: Vec<Option<String>> = uids
+        .iter()
+        .map(|u| u.relative_path.as_deref().map(|p| pg_text(p).into_owned()))
+        .collect();
+    sqlx::query(
+        "INSERT INTO work_queue_uid (work_queue_id, series_uid, sop_instance_uid, failed,
+                                     failure_count, duplicate, relative_path)
+         SELECT $1, t.s, t.o, t.f, t.c, t.d, t.r
+         FROM UNNEST($2::text[], $3::text[], $4::bool[], $5::bigint[], $6::bool[], $7::text[])
+              WITH ORDINALITY AS t(s, o, f, c, d, r, n)
+         WHERE NOT EXISTS (SELECT 1 FROM work_queue_uid x
+                           WHERE x.work_queue_id = $1 AND x.sop_instance_uid = t.o)
+         ORDER BY t.n",
+    )
+    .bind(item_id)
+    .bind(&series)
+    .bind(&sops)
+    .bind(&failed)
+    .bind(&counts)
+    .bind(&duplicate)
+    .bind(&paths)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Creates an item (its study resolved) and signals it.
+async fn insert_item(
+    conn: &mut PgConnection,
+    item: &NewWorkItem,
+    study: Option<i64>,
+) -> Result<i64, sqlx::Error> {
+    let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO work_queue (partition_id, study_storage_id, type, status, priority,
+                                 scheduled_time, expiration_time, payload, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, {NOW_MS}), $7, $8, {NOW_MS}, {NOW_MS})
+         RETURNING id"
+    )))
+    .bind(item.partition.0)
+    .bind(study)
+    .bind(item.kind.as_str())
+    .bind(item.status.as_str())
+    .bind(item.priority.unwrap_or_default().rank())
+    .bind(item.scheduled_at.map(Timestamp::as_millis))
+    .bind(item.expires_at.map(Timestamp::as_millis))
+    .bind(pg_text(&item.payload).as_ref())
+    .fetch_one(&mut *conn)
+    .await?;
+    add_uids(conn, id, &item.uids).await?;
+    notify(conn, item.kind.as_str()).await?;
+    Ok(id)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unknown_study(item: &NewWorkItem) -> WorkError {
+    WorkError::UnknownStudy {
+        partition: item.partition.0,
+        study_uid: item
+            .study_uid
+            .as_ref()
+            .map(|u| u.as_str().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// What a fenced update found: done, or the item's current state.
+enum Fenced {
+    Done,
+    Lost(Option<(WorkStatus, i64)>),
+}
+
+impl PgIndex {
+    /// Runs a lease-fenced `UPDATE … WHERE id = $1 AND attempt = $2 AND
+    /// status = 'in_progress' RETURNING study_storage_id` with `bind` adding
+    /// `$3…`; notifies when `notify_study` and the item is study-bound.
+    fn fenced<'q>(
+        &self,
+        operation: &'static str,
+        lease: Lease,
+        sql: &'q str,
+        notify_study: bool,
+        bind: impl Fn(
+            sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(), WorkError> {
+        let outcome = self.write(operation, async |conn| {
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(lease.item.0)
+                .bind(i64::from(lease.attempt));
+            let row = bind(query).fetch_optional(&mut *conn).await?;
+            match row {
+                Some(row) => {
+                    let study: Option<i64> = row.try_get("study_storage_id")?;
+                    if notify_study && study.is_some() {
+                        notify(conn, "").await?;
+                    }
+                    Ok(Fenced::Done)
+                }
+                None => Ok(Fenced::Lost(work_state(conn, lease.item.0).await?)),
+            }
+        })?;
+        match outcome {
+            Fenced::Done => Ok(()),
+            Fenced::Lost(current) => Err(lease_lost(lease, current)),
+        }
+    }
+
+    /// Runs an operator update or delete (`$1` id, then `bind`); refuses
+    /// with the item's status when it matched nothing.
+    fn operator<'q>(
+        &self,
+        operation: &'static str,
+        id: WorkItemId,
+        sql: &'q str,
+        reason: &'static str,
+        notify_after: bool,
+        bind: impl Fn(
+            sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(), WorkError> {
+        let state = self.write(operation, async |conn| {
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.0);
+            let changed = bind(query).execute(&mut *conn).await?.rows_affected();
+            if changed == 1 {
+                if notify_after {
+                    notify(conn, "").await?;
+                }
+                Ok(None)
+            } else {
+                Ok(Some(work_state(conn, id.0).await?))
+            }
+        })?;
+        match state {
+            None => Ok(()),
+            Some(current) => Err(refused(id, current.map(|(s, _)| s), reason)),
+        }
+    }
+}
+
+impl WorkStore for PgIndex {
+    fn enqueue(&self, item: &NewWorkItem) -> Result<WorkItemId, WorkError> {
+        validate(item)?;
+        let id = self.write("enqueuing work", async |conn| {
+            let Ok(study) = study_of(conn, item).await? else {
+                return Ok(None);
+            };
+            Ok(Some(insert_item(conn, item, study).await?))
+        })?;
+        id.map(WorkItemId).ok_or_else(|| unknown_study(item))
+    }
+
+    fn enqueue_or_append(&self, item: &NewWorkItem) -> Result<Enqueued, WorkError> {
+        validate(item)?;
+        let outcome = self.write("enqueuing or appending work", async |conn| {
+            let Ok(study) = study_of(conn, item).await? else {
+                return Ok(None);
+            };
+            let Some(study) = study else {
+                let id = insert_item(conn, item, None).await?;
+                return Ok(Some(Enqueued::Created(WorkItemId(id))));
+            };
+            // One appender per study at a time, so that two nodes receiving
+            // instances of one study do not both create an item.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(APPEND_LOCK | study)
+                .execute(&mut *conn)
+                .await?;
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM work_queue
+                 WHERE study_storage_id = $1 AND partition_id = $2 AND type = $3
+                   AND status IN ('idle', 'pending')
+                 ORDER BY id LIMIT 1
+                 FOR UPDATE",
+            )
+            .bind(study)
+            .bind(item.partition.0)
+            .bind(item.kind.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(id) = existing else {
+                let id = insert_item(conn, item, Some(study)).await?;
+                return Ok(Some(Enqueued::Created(WorkItemId(id))));
+            };
+            let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE work_queue SET
+                     scheduled_time = GREATEST(scheduled_time, COALESCE($2, {NOW_MS})),
+                     expiration_time = CASE WHEN expiration_time IS NULL OR $3::BIGINT IS NULL
+                                            THEN NULL ELSE GREATEST(expiration_time, $3) END,
+                     priority = GREATEST(priority, $4),
+                     status = CASE WHEN $5 = 'pending' THEN 'pending' ELSE status END,
+                     updated_at = {NOW_MS}
+                 WHERE id = $1 AND status IN ('idle', 'pending')"
+            )))
+            .bind(id)
+            .bind(item.scheduled_at.map(Timestamp::as_millis))
+            .bind(item.expires_at.map(Timestamp::as_millis))
+            .bind(item.priority.unwrap_or_default().rank())
+            .bind(item.status.as_str())
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            if changed != 1 {
+                // Claimed between our read and our update: retry the whole
+                // transaction (it will create a new item).
+                return Err(TxError::Conflict("a work item was claimed while appending"));
+            }
+            add_uids(conn, id, &item.uids).await?;
+            Ok(Some(Enqueued::Appended(WorkItemId(id))))
+        })?;
+        outcome.ok_or_else(|| unknown_study(item))
+    }
+
+    fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<WorkItem>, WorkError> {
+        if request.limit == 0 || request.kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kinds: HashMap<&str, &ClaimKind> =
+            request.kinds.iter().map(|k| (k.kind.as_str(), k)).collect();
+        let all: Vec<&str> = kinds.keys().copied().collect();
+        let writers: Vec<&str> = request
+            .kinds
+            .iter()
+            .filter(|k| k.study_lock == StudyLock::Write)
+            .map(|k| k.kind.as_str())
+            .collect();
+        let window =
+            i64::try_from(request.limit.saturating_mul(2).saturating_add(8)).unwrap_or(i64::MAX);
+        let lease = millis(request.lease);
+        let items = self.write("claiming work", async |conn| {
+            let now = db_now(conn).await?;
+            let mut candidates = Vec::new();
+            for waiting in [false, true] {
+                let rows = sqlx::query(candidates_sql(waiting))
+                    .bind(&all)
+                    .bind(&writers)
+                    .bind(now)
+                    .bind(window)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                for row in &rows {
+                    candidates.push(candidate(row)?);
+                }
+            }
+            candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
+
+            // Choose within the caps, one writer (or only readers) per study.
+            let mut chosen: Vec<(Candidate, &ClaimKind)> = Vec::new();
+            let (mut normal, mut heavy) = (0usize, 0usize);
+            let mut studies: HashMap<i64, bool> = HashMap::new();
+            for c in candidates {
+                if chosen.len() >= request.limit {
+                    break;
+                }
+                let Some(kind) = kinds.get(c.kind.as_str()).copied() else {
+                    continue;
+                };
+                let high = WorkPriority::from_rank(c.priority).is_high();
+                if (!high && normal >= request.max_normal)
+                    || (kind.memory_heavy && heavy >= request.max_memory_heavy)
+                {
+                    continue;
+                }
+                let write = kind.study_lock == StudyLock::Write;
+                if let Some(study) = c.study {
+                    if matches!(studies.get(&study), Some(&writer) if writer || write) {
+                        continue;
+                    }
+                    studies.insert(study, write);
+                }
+                normal += usize::from(!high);
+                heavy += usize::from(kind.memory_heavy);
+                chosen.push((c, kind));
+            }
+
+            // Lock the studies (ascending) and re-check them with a fresh
+            // snapshot: claims other nodes committed meanwhile are visible.
+            let mut keys: Vec<i64> = studies.keys().map(|s| CLAIM_LOCK | s).collect();
+            if !keys.is_empty() {
+                keys.sort_unstable();
+                sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) AS k")
+                    .bind(&keys)
+                    .execute(&mut *conn)
+                    .await?;
+                let bound: Vec<&(Candidate, &ClaimKind)> =
+                    chosen.iter().filter(|(c, _)| c.study.is_some()).collect();
+                let ids: Vec<i64> = bound.iter().map(|(c, _)| c.id).collect();
+                let study_ids: Vec<i64> = bound.iter().filter_map(|(c, _)| c.study).collect();
+                let write: Vec<bool> = bound
+                    .iter()
+                    .map(|(_, k)| k.study_lock == StudyLock::Write)
+                    .collect();
+                let blocked: Vec<i64> = sqlx::query_scalar(
+                    "SELECT c.id
+                     FROM UNNEST($1::bigint[], $2::bigint[], $3::bool[]) AS c(id, study, write)
+                     WHERE EXISTS (
+                         SELECT 1 FROM work_queue o
+                         WHERE o.study_storage_id = c.study AND o.id != c.id
+                           AND o.status = 'in_progress' AND o.lease_expires_at > $4
+                           AND (o.study_lock = 'write' OR c.write))",
+                )
+                .bind(&ids)
+                .bind(&study_ids)
+                .bind(&write)
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+                chosen.retain(|(c, _)| !blocked.contains(&c.id));
+            }
+            if chosen.is_empty() {
+                return Ok(Vec::new());
+            }
+
+            let ids: Vec<i64> = chosen.iter().map(|(c, _)| c.id).collect();
+            let locks: Vec<&str> = chosen.iter().map(|(_, k)| k.study_lock.as_str()).collect();
+            let descriptions: Vec<Option<String>> = chosen
+                .iter()
+                .map(|(c, _)| {
+                    c.in_progress
+                        .then(|| takeover_description(c.processor_id.as_deref(), c.attempt))
+                })
+                .collect();
+            sqlx::query(
+                "UPDATE work_queue w SET
+                     failure_count = w.failure_count
+                         + CASE WHEN w.status = 'in_progress' THEN 1 ELSE 0 END,
+                     failure_description = COALESCE(c.description, w.failure_description),
+                     status = 'in_progress', processor_id = $4, lease_expires_at = $5,
+                     attempt = w.attempt + 1, study_lock = c.lock, updated_at = $6
+                 FROM UNNEST($1::bigint[], $2::text[], $3::text[]) AS c(id, lock, description)
+                 WHERE w.id = c.id",
+            )
+            .bind(&ids)
+            .bind(&locks)
+            .bind(&descriptions)
+            .bind(pg_text(request.processor_id).as_ref())
+            .bind(now.saturating_add(lease))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(load_items(conn, &ids).await?)
+        })?;
+        Ok(items)
+    }
+
+    fn renew_lease(&self, lease: Lease, duration: Duration) -> Result<Timestamp, WorkError> {
+        let outcome = self.write("renewing a work lease", async |conn| {
+            let expires: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "UPDATE work_queue SET lease_expires_at = {NOW_MS} + $3
+                 WHERE id = $1 AND attempt = $2 AND status = 'in_progress'
+                 RETURNING lease_expires_at"
+            )))
+            .bind(lease.item.0)
+            .bind(i64::from(lease.attempt))
+            .bind(millis(duration))
+            .fetch_optional(&mut *conn)
+            .await?;
+            match expires {
+                Some(expires) => Ok(Ok(expires)),
+                None => Ok(Err(work_state(conn, lease.item.0).await?)),
+            }
+        })?;
+        outcome
+            .map(Timestamp::from_millis)
+            .map_err(|current| lease_lost(lease, current))
+    }
+
+    fn complete(&self, lease: Lease) -> Result<(), WorkError> {
+        let sql = format!(
+            "UPDATE work_queue SET status = 'completed', lease_expires_at = NULL,
+                 updated_at = {NOW_MS}
+             WHERE id = $1 AND attempt = $2 AND status = 'in_progress'
+             RETURNING study_storage_id"
+        );
+        self.fenced("completing work", lease, &sql, true, |q| q)
+    }
+
+    fn fail(
+        &self,
+        lease: Lease,
+        description: &str,
+        action: FailureAction,
+    ) -> Result<(), WorkError> {
+        let (status, delay) = match action {
+            FailureAction::RetryAfter(delay) => ("pending", millis(delay)),
+            FailureAction::Permanent => ("failed", 0),
+        };
+        let sql = format!(
+            "UPDATE work_queue SET status = $3, failure_count = failure_count + 1,
+                 failure_description = $4, scheduled_time = {NOW_MS} + $5,
+                 lease_expires_at = NULL, updated_at = {NOW_MS}
+             WHERE id = $1 AND attempt = $2 AND status = 'in_progress'
+             RETURNING study_storage_id"
+        );
+        let description = pg_text(description).into_owned();
+        self.fenced("recording a work failure", lease, &sql, true, |q| {
+            q.bind(status).bind(description.clone()).bind(delay)
+        })
+    }
+
+    fn postpone(&self, lease: Lease, until: Timestamp) -> Result<(), WorkError> {
+        let sql = format!(
+            "UPDATE work_queue SET status = 'pending', scheduled_time = $3,
+                 lease_expires_at = NULL, updated_at = {NOW_MS}
+             WHERE id = $1 AND attempt = $2 AND status = 'in_progress'
+             RETURNING study_storage_id"
+        );
+        self.fenced("postponing work", lease, &sql, true, |q| {
+            q.bind(until.as_millis())
+        })
+    }
+
+    fn release(&self, lease: Lease) -> Result<(), WorkError> {
+        let sql = format!(
+            "UPDATE work_queue SET status = 'pending',
+                 scheduled_time = LEAST(scheduled_time, {NOW_MS}),
+                 lease_expires_at = NULL, updated_at = {NOW_MS}
+             WHERE id = $1 AND attempt = $2 AND status = 'in_progress'
+             RETURNING study_storage_id"
+        );
+        let outcome = self.write("releasing a work lease", async |conn| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(lease.item.0)
+                .bind(i64::from(lease.attempt))
+                .fetch_optional(&mut *conn)
+                .await?;
+            match row {
+                Some(_) => {
+                    notify(conn, "").await?;
+                    Ok(None)
+                }
+                None => Ok(Some(work_state(conn, lease.item.0).await?)),
+            }
+        })?;
+        match outcome {
+            None => Ok(()),
+            Some(current) => Err(lease_lost(lease, current)),
+        }
+    }
+
+    fn retry(&self, id: WorkItemId) -> Result<(), WorkError> {
+        let sql = format!(
+            "UPDATE work_queue SET status = 'pending', scheduled_time = {NOW_MS},
+                 lease_expires_at = NULL, updated_at = {NOW_MS}
+             WHERE id = $1 AND status = 'failed'"
+        );
+        self.operator(
+            "retrying work",
+            id,
+            &sql,
+            "only failed items can be retried",
+            true,
+            |q| q,
+        )
+    }
+
+    fn delete(&self, id: WorkItemId) -> Result<(), WorkError> {
+        let sql = format!(
+            "DELETE FROM work_queue
+             WHERE id = $1 AND NOT (status = 'in_progress' AND lease_expires_at > {NOW_MS})"
+        );
+        self.operator(
+            "deleting work",
+            id,
+            &sql,
+            "it is running under a valid lease; delete it once it has finished or its lease \
+             has expired",
+            false,
+            |q| q,
+        )
+    }
+
+    fn reprioritise(&self, id: WorkItemId, priority: WorkPriority) -> Result<(), WorkError> {
+        let sql = format!(
+            "UPDATE work_queue SET priority = $2, updated_at = {NOW_MS}
+             WHERE id = $1 AND status != 'completed'"
+        );
+        self.operator(
+            "reprioritising work",
+            id,
+            &sql,
+            "a completed item has no priority to change",
+            false,
+            |q| q.bind(priority.rank()),
+        )
+    }
+
+    fn list(&self, filter: &WorkFilter) -> Result<Vec<WorkItem>, WorkError> {
+        let statuses: Option<Vec<&str>> = (!filter.statuses.is_empty())
+            .then(|| filter.statuses.iter().map(|s| s.as_str()).collect());
+        let kinds: Option<Vec<&str>> =
+            (!filter.kinds.is_empty()).then(|| filter.kinds.iter().map(|k| k.as_str()).collect());
+        let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let items = self.read("listing work", async |conn| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{ITEM_SELECT}
+                 WHERE ($1::text[] IS NULL OR w.status = ANY($1::text[]))
+                   AND ($2::text[] IS NULL OR w.type = ANY($2::text[]))
+                   AND ($3::bigint IS NULL OR w.partition_id = $3)
+                   AND ($4::text IS NULL OR ss.study_uid = $4)
+                 ORDER BY w.id
+                 LIMIT $5"
+            )))
+            .bind(&statuses)
+            .bind(&kinds)
+            .bind(filter.partition.map(|p| p.0))
+            .bind(filter.study_uid.as_ref().map(Uid::as_str))
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+            rows.iter().map(item_from_row).collect()
+        })?;
+        Ok(items)
+    }
+
+    fn get(&self, id: WorkItemId) -> Result<Option<WorkItem>, WorkError> {
+        let mut items = self.read("reading a work item", async |conn| {
+            load_items(conn, &[id.0]).await
+        })?;
+        Ok(items.pop())
+    }
+
+    fn purge_completed(&self, before: Timestamp) -> Result<u64, WorkError> {
+        Ok(self.write("purging completed work", async |conn| {
+            Ok(
+                sqlx::query(
+                    "DELETE FROM work_queue WHERE status = 'completed' AND updated_at < $1",
+                )
+                .bind(before.as_millis())
+                .execute(&mut *conn)
+                .await?
+                .rows_affected(),
+            )
+        })?)
+    }
+
+    fn watch(&self, wake: Box<dyn Fn() + Send + Sync>) -> Result<Option<WorkWatch>, WorkError> {
+        let options = (*self.pool.connect_options()).clone();
+        let connect_timeout = self.options.connect_timeout;
+        let task = self.runtime.spawn(async move {
+            // A pool of one connection of its own: LISTEN holds it for good.
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .acquire_timeout(connect_timeout)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_lazy_with(options);
+            loop {
+                match listen(&pool).await {
+                    Ok(mut listener) => {
+                        // Whatever was signalled while we were not listening.
+                        wake();
+                        loop {
+                            match listener.recv().await {
+                                Ok(_) => wake(),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "work notification listener lost its connection; polling until it is back");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot listen for work notifications yet");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Ok(Some(WorkWatch::new(AbortOnDrop(task))))
+    }
+}
+
+async fn listen(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Stops the listener task when the watch is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use crate::db::postgres::{create_database, drop_database, PgIndex};
+    use crate::db::work::{conformance, WorkStore};
+    use crate::model::work::{NewWorkItem, WorkKind};
+    use crate::model::PartitionId;
+
+    /// A database of its own, dropped at the end (`IMAGESERVER_PG_URL`, as
+    /// in `db/postgres/tests.rs`; `IMAGESERVER_SKIP_PG=1` leaves it out).
+    struct TestDb {
+        server: String,
+        name: String,
+        url: String,
+    }
+
+    impl TestDb {
+        fn new() -> Option<TestDb> {
+            let Ok(server) = std::env::var("IMAGESERVER_PG_URL") else {
+                if std::env::var("IMAGESERVER_SKIP_PG").as_deref() == Ok("1") {
+                    eprintln!("note: IMAGESERVER_SKIP_PG=1: PostgreSQL test not run");
+                    return None;
+                }
+                panic!("IMAGESERVER_PG_URL is not set: run the tests through scripts/test.sh");
+            };
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let name = format!(
+                "it_work_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let url = create_database(&server, &name).expect("create the test database");
+            Some(TestDb { server, name, url })
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if let Err(e) = drop_database(&self.server, &self.name) {
+                eprintln!("cannot drop test database {}: {e}", self.name);
+            }
+        }
+    }
+
+    #[test]
+    fn work_store_conformance() {
+        let Some(db) = TestDb::new() else { return };
+        let index = PgIndex::connect(&db.url).expect("connect");
+        conformance::run_all(&index);
+    }
+
+    /// An enqueue through one connection pool wakes a watcher on another.
+    #[test]
+    fn enqueue_notifies_watchers() {
+        let Some(db) = TestDb::new() else { return };
+        let watcher = PgIndex::connect(&db.url).expect("connect");
+        let writer = PgIndex::connect(&db.url).expect("connect");
+        let woken = Arc::new(AtomicU64::new(0));
+        let counter = woken.clone();
+        let _watch = watcher
+            .watch(Box::new(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }))
+            .expect("watch")
+            .expect("PostgreSQL can watch");
+        // The first wake-up says the listener is connected.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while woken.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the listener never connected");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let before = woken.load(Ordering::SeqCst);
+        let partition = crate::db::IndexStore::ensure_partition(
+            &writer,
+            &crate::model::PartitionSpec {
+                ae_title: crate::model::AeTitle::parse("WATCH").expect("AE"),
+                folder: crate::model::FolderName::parse("WATCH").expect("folder"),
+                description: String::new(),
+                port: 0,
+                accept_unknown_devices: true,
+                duplicate_policy: crate::model::DuplicatePolicy::default(),
+                pn_case_insensitive: true,
+            },
+        )
+        .expect("partition");
+        let _: PartitionId = partition;
+        writer
+            .enqueue(&NewWorkItem::new(
+                WorkKind::new("watched").expect("kind"),
+                partition,
+            ))
+            .expect("enqueue");
+        while woken.load(Ordering::SeqCst) == before {
+            assert!(Instant::now() < deadline, "no notification arrived");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,670 @@
+//! The work queue on SQLite: [`WorkStore`] for [`SqliteIndex`].
+//!
+//! Every write is one `BEGIN IMMEDIATE` transaction on the writer
+//! connection, so a claim (candidates, study-lock check, updates) is atomic
+//! against every other writer, in this process and in others sharing the
+//! file. Kind and status lists travel as one JSON array parameter
+//! (`json_each`), so each statement is prepared once. Times come from this
+//! machine's clock (every process using the file runs on it).
+//!
+//! Another process's enqueue is noticed by polling: SQLite has no
+//! notifications ([`WorkStore::watch`] returns None).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+
+use super::{get_u64, now_ms, parse_column, SqliteIndex};
+use crate::db::work::{
+    lease_lost, refused, takeover_description, validate, ClaimRequest, FailureAction, WorkError,
+    WorkStore,
+};
+use crate::model::work::{
+    Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
+    WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkStudy, WorkUid,
+};
+use crate::model::{PartitionId, Uid};
+
+/// The columns [`item_from_row`] reads, over `work_queue w LEFT JOIN
+/// study_storage ss`.
+const ITEM_COLUMNS: &str = "w.id, w.partition_id, w.study_storage_id, ss.study_uid, w.type,
+     w.status, w.priority, w.scheduled_time, w.expiration_time, w.failure_count,
+     w.failure_description, w.processor_id, w.lease_expires_at, w.attempt, w.payload,
+     w.created_at, w.updated_at,
+     (SELECT COUNT(*) FROM work_queue_uid u WHERE u.work_queue_id = w.id)";
+
+/// The claim candidates: waiting items that are due, or in-progress items
+/// whose lease expired, of the requested kinds (`?1`, JSON), whose study is
+/// not locked against them (`?2`: the write kinds, JSON) at `?3` (now);
+/// in claim order, at most `?4`. `waiting` picks the half.
+fn candidates_sql(waiting: bool) -> String {
+    // The waiting half walks the ready index in claim order and stops at
+    // the limit (the planner, without statistics, would rather sort every
+    // due item); the expired half is small and uses the lease index.
+    let (index, status) = if waiting {
+        (
+            "INDEXED BY work_queue_ready_idx",
+            "w.status IN ('pending', 'idle') AND w.scheduled_time <= ?3",
+        )
+    } else {
+        ("", "w.status = 'in_progress' AND w.lease_expires_at <= ?3")
+    };
+    format!(
+        "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
+                w.processor_id, w.attempt
+         FROM work_queue w {index}
+         WHERE {status}
+           AND w.type IN (SELECT value FROM json_each(?1))
+           AND (w.study_storage_id IS NULL OR NOT EXISTS (
+                SELECT 1 FROM work_queue o
+                WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
+                  AND o.status = 'in_progress' AND o.lease_expires_at > ?3
+                  AND (o.study_lock = 'write' OR w.type IN (SELECT value FROM json_each(?2)))))
+         ORDER BY w.priority DESC, w.scheduled_time, w.id
+         LIMIT ?4"
+    )
+}
+
+/// A claim candidate.
+struct Candidate {
+    id: i64,
+    study: Option<i64>,
+    kind: String,
+    priority: i64,
+    scheduled: i64,
+    in_progress: bool,
+    processor_id: Option<String>,
+    attempt: i64,
+}
+
+impl SqliteIndex {
+    /// The current status and attempt of an item (None: no such item).
+    fn work_state(
+        conn: &rusqlite::Connection,
+        id: i64,
+    ) -> rusqlite::Result<Option<(WorkStatus, i64)>> {
+        conn.prepare_cached("SELECT status, attempt FROM work_queue WHERE id = ?1")?
+            .query_row([id], |r| {
+                let status: String = r.get(0)?;
+                Ok((parse_status(&status, 0)?, r.get(1)?))
+            })
+            .optional()
+    }
+
+    /// Runs a lease-fenced update (`?1` id, `?2` attempt, then `extra`);
+    /// refuses with [`WorkError::LeaseLost`] when it matched nothing.
+    fn fenced(
+        &self,
+        operation: &'static str,
+        lease: Lease,
+        sql: &str,
+        extra: &[&dyn rusqlite::ToSql],
+    ) -> Result<(), WorkError> {
+        let state = self.write(operation, |tx| {
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&lease.item.0, &lease.attempt];
+            values.extend_from_slice(extra);
+            let changed = tx.prepare_cached(sql)?.execute(values.as_slice())?;
+            if changed == 1 {
+                Ok(None)
+            } else {
+                Ok(Some(Self::work_state(tx, lease.item.0)?))
+            }
+        })?;
+        match state {
+            None => Ok(()),
+            Some(current) => Err(lease_lost(lease, current)),
+        }
+    }
+
+    /// Loads one item with its instance list.
+    fn load_item(conn: &rusqlite::Connection, id: i64) -> rusqlite::Result<Option<WorkItem>> {
+        let item = conn
+            .prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS}
+                 FROM work_queue w LEFT JOIN study_storage ss ON ss.id = w.study_storage_id
+                 WHERE w.id = ?1"
+            ))?
+            .query_row([id], item_from_row)
+            .optional()?;
+        let Some(mut item) = item else {
+            return Ok(None);
+        };
+        let mut stmt = conn.prepare_cached(
+            "SELECT series_uid, sop_instance_uid, failed, failure_count, duplicate, relative_path
+             FROM work_queue_uid WHERE work_queue_id = ?1 ORDER BY id",
+        )?;
+        let uids = stmt.query_map([id], |r| {
+            Ok(WorkUid {
+                series_uid: parse_column(r, 0, Uid::parse)?,
+                sop_instance_uid: parse_column(r, 1, Uid::parse)?,
+                failed: r.get(2)?,
+                failure_count: u32::try_from(get_u64(r, 3)?).unwrap_or(u32::MAX),
+                duplicate: r.get(4)?,
+                relative_path: r.get(5)?,
+            })
+        })?;
+        item.uids = uids.collect::<rusqlite::Result<_>>()?;
+        Ok(Some(item))
+    }
+}
+
+/// Resolves the study of a new item (Err: not stored in the partition).
+fn study_of(tx: &Transaction<'_>, item: &NewWorkItem) -> rusqlite::Result<Result<Option<i64>, ()>> {
+    let Some(study_uid) = &item.study_uid else {
+        return Ok(Ok(None));
+    };
+    let id: Option<i64> = tx
+        .prepare_cached("SELECT id FROM study_storage WHERE partition_id = ?1 AND study_uid = ?2")?
+        .query_row(params![item.partition.0, study_uid.as_str()], |r| r.get(0))
+        .optional()?;
+    Ok(id.map(Some).ok_or(()))
+}
+
+/// Adds instances to an item, skipping those it lists already.
+fn add_uids(tx: &Transaction<'_>, item_id: i64, uids: &[WorkUid]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO work_queue_uid (work_queue_id, series_uid, sop_instance_uid, failed,
+                                     failure_count, duplicate, relative_path)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7
+         WHERE NOT EXISTS (SELECT 1 FROM work_queue_uid
+                           WHERE work_queue_id = ?1 AND sop_instance_uid = ?3)",
+    )?;
+    for uid in uids {
+        stmt.execute(params![
+            item_id,
+            uid.series_uid.as_str(),
+            uid.sop_instance_uid.as_str(),
+            uid.failed,
+            uid.failure_count,
+            uid.duplicate,
+            uid.relative_path
+        ])?;
+    }
+    Ok(())
+}
+
+/// Creates an item (its study already resolved).
+fn insert_item(
+    tx: &Transaction<'_>,
+    item: &NewWorkItem,
+    study: Option<i64>,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    let id: i64 = tx
+        .prepare_cached(
+            "INSERT INTO work_queue (partition_id, study_storage_id, type, status, priority,
+                                     scheduled_time, expiration_time, payload, created_at,
+                                     updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                item.partition.0,
+                study,
+                item.kind.as_str(),
+                item.status.as_str(),
+                item.priority.unwrap_or_default().rank(),
+                item.scheduled_at.map_or(now, Timestamp::as_millis),
+                item.expires_at.map(Timestamp::as_millis),
+                item.payload,
+                now
+            ],
+            |r| r.get(0),
+        )?;
+    add_uids(tx, id, &item.uids)?;
+    Ok(id)
+}
+
+fn json_list<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    serde_json::to_string(&values.into_iter().collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
+}
+
+fn parse_status(text: &str, idx: usize) -> rusqlite::Result<WorkStatus> {
+    WorkStatus::parse(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("unknown work item status {text:?}").into(),
+        )
+    })
+}
+
+/// Maps a row of [`ITEM_COLUMNS`] (without instances).
+fn item_from_row(r: &Row<'_>) -> rusqlite::Result<WorkItem> {
+    let study = match r.get::<_, Option<i64>>(2)? {
+        Some(storage) => Some(WorkStudy {
+            storage: StudyStorageId(storage),
+            study_uid: parse_column(r, 3, Uid::parse)?,
+        }),
+        None => None,
+    };
+    let status: String = r.get(5)?;
+    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    Ok(WorkItem {
+        id: WorkItemId(r.get(0)?),
+        partition: PartitionId(r.get(1)?),
+        study,
+        kind: parse_column(r, 4, WorkKind::new)?,
+        status: parse_status(&status, 5)?,
+        priority: WorkPriority::from_rank(r.get(6)?),
+        scheduled_at: Timestamp::from_millis(r.get(7)?),
+        expires_at: r.get::<_, Option<i64>>(8)?.map(Timestamp::from_millis),
+        failure_count: to_u32(get_u64(r, 9)?),
+        failure_description: r.get(10)?,
+        processor_id: r.get(11)?,
+        lease_expires_at: r.get::<_, Option<i64>>(12)?.map(Timestamp::from_millis),
+        attempt: to_u32(get_u64(r, 13)?),
+        payload: r.get(14)?,
+        uids: Vec::new(),
+        uid_count: get_u64(r, 17)?,
+        created_at: Timestamp::from_millis(r.get(15)?),
+        updated_at: Timestamp::from_millis(r.get(16)?),
+    })
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl WorkStore for SqliteIndex {
+    fn enqueue(&self, item: &NewWorkItem) -> Result<WorkItemId, WorkError> {
+        validate(item)?;
+        let now = now_ms();
+        let id = self.write("enqueuing work", |tx| {
+            let Ok(study) = study_of(tx, item)? else {
+                return Ok(None);
+            };
+            insert_item(tx, item, study, now).map(Some)
+        })?;
+        id.map(WorkItemId).ok_or_else(|| unknown_study(item))
+    }
+
+    fn enqueue_or_append(&self, item: &NewWorkItem) -> Result<Enqueued, WorkError> {
+        validate(item)?;
+        let now = now_ms();
+        let outcome = self.write("enqueuing or appending work", |tx| {
+            let Ok(study) = study_of(tx, item)? else {
+                return Ok(None);
+            };
+            let existing: Option<i64> = match study {
+                None => None,
+                Some(study) => tx
+                    .prepare_cached(
+                        "SELECT id FROM work_queue
+                         WHERE study_storage_id = ?1 AND partition_id = ?2 AND type = ?3
+                           AND status IN ('idle', 'pending')
+                         ORDER BY id LIMIT 1",
+                    )?
+                    .query_row(params![study, item.partition.0, item.kind.as_str()], |r| {
+                        r.get(0)
+                    })
+                    .optional()?,
+            };
+            let Some(id) = existing else {
+                return insert_item(tx, item, study, now)
+                    .map(|id| Some(Enqueued::Created(WorkItemId(id))));
+            };
+            tx.prepare_cached(
+                "UPDATE work_queue SET
+                     scheduled_time = MAX(scheduled_time, ?2),
+                     expiration_time = CASE WHEN expiration_time IS NULL OR ?3 IS NULL THEN NULL
+                                            ELSE MAX(expiration_time, ?3) END,
+                     priority = MAX(priority, ?4),
+                     status = CASE WHEN ?5 = 'pending' THEN 'pending' ELSE status END,
+                     updated_at = ?6
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                item.scheduled_at.map_or(now, Timestamp::as_millis),
+                item.expires_at.map(Timestamp::as_millis),
+                item.priority.unwrap_or_default().rank(),
+                item.status.as_str(),
+                now
+            ])?;
+            add_uids(tx, id, &item.uids)?;
+            Ok(Some(Enqueued::Appended(WorkItemId(id))))
+        })?;
+        outcome.ok_or_else(|| unknown_study(item))
+    }
+
+    fn claim(&self, request: &ClaimRequest<'_>) -> Result<Vec<WorkItem>, WorkError> {
+        if request.limit == 0 || request.kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let kinds: HashMap<&str, &crate::db::work::ClaimKind> =
+            request.kinds.iter().map(|k| (k.kind.as_str(), k)).collect();
+        let all = json_list(kinds.keys().copied());
+        let writers = json_list(
+            request
+                .kinds
+                .iter()
+                .filter(|k| k.study_lock == StudyLock::Write)
+                .map(|k| k.kind.as_str()),
+        );
+        // Candidates a batch may skip (caps, studies claimed in this batch).
+        let window =
+            i64::try_from(request.limit.saturating_mul(4).saturating_add(32)).unwrap_or(i64::MAX);
+        let lease = millis(request.lease);
+        let claimed = self.write("claiming work", |tx| {
+            let now = now_ms();
+            let mut candidates = Vec::new();
+            for waiting in [false, true] {
+                let mut stmt = tx.prepare_cached(&candidates_sql(waiting))?;
+                let rows = stmt.query_map(params![all, writers, now, window], |r| {
+                    Ok(Candidate {
+                        id: r.get(0)?,
+                        study: r.get(1)?,
+                        kind: r.get(2)?,
+                        priority: r.get(3)?,
+                        scheduled: r.get(4)?,
+                        in_progress: r.get::<_, String>(5)? == "in_progress",
+                        processor_id: r.get(6)?,
+                        attempt: r.get(7)?,
+                    })
+                })?;
+                for row in rows {
+                    candidates.push(row?);
+                }
+            }
+            candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
+            let mut taken = Vec::new();
+            let (mut normal, mut heavy) = (0usize, 0usize);
+            // Studies claimed in this batch: true when a writer holds one.
+            let mut studies: HashMap<i64, bool> = HashMap::new();
+            for c in candidates {
+                if taken.len() >= request.limit {
+                    break;
+                }
+                let Some(kind) = kinds.get(c.kind.as_str()) else {
+                    continue;
+                };
+                let high = WorkPriority::from_rank(c.priority).is_high();
+                if (!high && normal >= request.max_normal)
+                    || (kind.memory_heavy && heavy >= request.max_memory_heavy)
+                {
+                    continue;
+                }
+                let write = kind.study_lock == StudyLock::Write;
+                if let Some(study) = c.study {
+                    match studies.get(&study) {
+                        Some(&writer) if writer || write => continue,
+                        _ => {}
+                    }
+                    studies.insert(study, write);
+                }
+                let description = c
+                    .in_progress
+                    .then(|| takeover_description(c.processor_id.as_deref(), c.attempt));
+                tx.prepare_cached(
+                    "UPDATE work_queue SET
+                         failure_count = failure_count + (status = 'in_progress'),
+                         failure_description = COALESCE(?5, failure_description),
+                         status = 'in_progress', processor_id = ?2, lease_expires_at = ?3,
+                         attempt = attempt + 1, study_lock = ?4, updated_at = ?6
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    c.id,
+                    request.processor_id,
+                    now.saturating_add(lease),
+                    kind.study_lock.as_str(),
+                    description,
+                    now
+                ])?;
+                normal += usize::from(!high);
+                heavy += usize::from(kind.memory_heavy);
+                taken.push(c.id);
+            }
+            let mut items = Vec::with_capacity(taken.len());
+            for id in taken {
+                if let Some(item) = Self::load_item(tx, id)? {
+                    items.push(item);
+                }
+            }
+            Ok(items)
+        })?;
+        Ok(claimed)
+    }
+
+    fn renew_lease(&self, lease: Lease, duration: Duration) -> Result<Timestamp, WorkError> {
+        let expires = now_ms().saturating_add(millis(duration));
+        self.fenced(
+            "renewing a work lease",
+            lease,
+            "UPDATE work_queue SET lease_expires_at = ?3
+             WHERE id = ?1 AND attempt = ?2 AND status = 'in_progress'",
+            &[&expires],
+        )?;
+        Ok(Timestamp::from_millis(expires))
+    }
+
+    fn complete(&self, lease: Lease) -> Result<(), WorkError> {
+        self.fenced(
+            "completing work",
+            lease,
+            "UPDATE work_queue SET status = 'completed', lease_expires_at = NULL, updated_at = ?3
+             WHERE id = ?1 AND attempt = ?2 AND status = 'in_progress'",
+            &[&now_ms()],
+        )
+    }
+
+    fn fail(
+        &self,
+        lease: Lease,
+        description: &str,
+        action: FailureAction,
+    ) -> Result<(), WorkError> {
+        let now = now_ms();
+        let (status, scheduled) = match action {
+            FailureAction::RetryAfter(delay) => ("pending", now.saturating_add(millis(delay))),
+            FailureAction::Permanent => ("failed", now),
+        };
+        self.fenced(
+            "recording a work failure",
+            lease,
+            "UPDATE work_queue SET status = ?3, failure_count = failure_count + 1,
+                 failure_description = ?4, scheduled_time = ?5, lease_expires_at = NULL,
+                 updated_at = ?6
+             WHERE id = ?1 AND attempt = ?2 AND status = 'in_progress'",
+            &[&status, &description, &scheduled, &now],
+        )
+    }
+
+    fn postpone(&self, lease: Lease, until: Timestamp) -> Result<(), WorkError> {
+        self.fenced(
+            "postponing work",
+            lease,
+            "UPDATE work_queue SET status = 'pending', scheduled_time = ?3,
+                 lease_expires_at = NULL, updated_at = ?4
+             WHERE id = ?1 AND attempt = ?2 AND status = 'in_progress'",
+            &[&until.as_millis(), &now_ms()],
+        )
+    }
+
+    fn release(&self, lease: Lease) -> Result<(), WorkError> {
+        let now = now_ms();
+        self.fenced(
+            "releasing a work lease",
+            lease,
+            "UPDATE work_queue SET status = 'pending', scheduled_time = MIN(scheduled_time, ?3),
+                 lease_expires_at = NULL, updated_at = ?3
+             WHERE id = ?1 AND attempt = ?2 AND status = 'in_progress'",
+            &[&now],
+        )
+    }
+
+    fn retry(&self, id: WorkItemId) -> Result<(), WorkError> {
+        let now = now_ms();
+        let state = self.write("retrying work", |tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE work_queue SET status = 'pending', scheduled_time = ?2,
+                         lease_expires_at = NULL, updated_at = ?2
+                     WHERE id = ?1 AND status = 'failed'",
+                )?
+                .execute(params![id.0, now])?;
+            if changed == 1 {
+                Ok(None)
+            } else {
+                Ok(Some(Self::work_state(tx, id.0)?))
+            }
+        })?;
+        match state {
+            None => Ok(()),
+            Some(current) => Err(refused(
+                id,
+                current.map(|(s, _)| s),
+                "only failed items can be retried",
+            )),
+        }
+    }
+
+    fn delete(&self, id: WorkItemId) -> Result<(), WorkError> {
+        let now = now_ms();
+        let state = self.write("deleting work", |tx| {
+            let changed = tx
+                .prepare_cached(
+                    "DELETE FROM work_queue
+                     WHERE id = ?1
+                       AND NOT (status = 'in_progress' AND lease_expires_at > ?2)",
+                )?
+                .execute(params![id.0, now])?;
+            if changed == 1 {
+                Ok(None)
+            } else {
+                Ok(Some(Self::work_state(tx, id.0)?))
+            }
+        })?;
+        match state {
+            None => Ok(()),
+            Some(current) => Err(refused(
+                id,
+                current.map(|(s, _)| s),
+                "it is running under a valid lease; delete it once it has finished or its lease \
+                 has expired",
+            )),
+        }
+    }
+
+    fn reprioritise(&self, id: WorkItemId, priority: WorkPriority) -> Result<(), WorkError> {
+        let now = now_ms();
+        let state = self.write("reprioritising work", |tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE work_queue SET priority = ?2, updated_at = ?3
+                     WHERE id = ?1 AND status != 'completed'",
+                )?
+                .execute(params![id.0, priority.rank(), now])?;
+            if changed == 1 {
+                Ok(None)
+            } else {
+                Ok(Some(Self::work_state(tx, id.0)?))
+            }
+        })?;
+        match state {
+            None => Ok(()),
+            Some(current) => Err(refused(
+                id,
+                current.map(|(s, _)| s),
+                "a completed item has no priority to change",
+            )),
+        }
+    }
+
+    fn list(&self, filter: &WorkFilter) -> Result<Vec<WorkItem>, WorkError> {
+        let statuses = (!filter.statuses.is_empty())
+            .then(|| json_list(filter.statuses.iter().map(|s| s.as_str())));
+        let kinds =
+            (!filter.kinds.is_empty()).then(|| json_list(filter.kinds.iter().map(|k| k.as_str())));
+        let limit = filter
+            .limit
+            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let items = self.read("listing work", |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {ITEM_COLUMNS}
+                 FROM work_queue w LEFT JOIN study_storage ss ON ss.id = w.study_storage_id
+                 WHERE (?1 IS NULL OR w.status IN (SELECT value FROM json_each(?1)))
+                   AND (?2 IS NULL OR w.type IN (SELECT value FROM json_each(?2)))
+                   AND (?3 IS NULL OR w.partition_id = ?3)
+                   AND (?4 IS NULL OR ss.study_uid = ?4)
+                 ORDER BY w.id
+                 LIMIT ?5"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    statuses,
+                    kinds,
+                    filter.partition.map(|p| p.0),
+                    filter.study_uid.as_ref().map(Uid::as_str),
+                    limit
+                ],
+                item_from_row,
+            )?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(items)
+    }
+
+    fn get(&self, id: WorkItemId) -> Result<Option<WorkItem>, WorkError> {
+        Ok(self.read("reading a work item", |conn| Self::load_item(conn, id.0))?)
+    }
+
+    fn purge_completed(&self, before: Timestamp) -> Result<u64, WorkError> {
+        let removed = self.write("purging completed work", |tx| {
+            tx.prepare_cached(
+                "DELETE FROM work_queue WHERE status = 'completed' AND updated_at < ?1",
+            )?
+            .execute([before.as_millis()])
+        })?;
+        Ok(removed as u64)
+    }
+}
+
+fn unknown_study(item: &NewWorkItem) -> WorkError {
+    WorkError::UnknownStudy {
+        partition: item.partition.0,
+        study_uid: item
+            .study_uid
+            .as_ref()
+            .map(|u| u.as_str().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::sqlite::SqliteIndex;
+    use crate::db::work::conformance;
+
+    #[test]
+    fn work_store_conformance() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = SqliteIndex::open(&dir.path().join("index.db")).expect("open");
+        conformance::run_all(&index);
+    }
+
+    /// The claim query walks the ready index instead of sorting the queue.
+    #[test]
+    fn claim_uses_the_ready_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = SqliteIndex::open(&dir.path().join("index.db")).expect("open");
+        let plan: Vec<String> = index
+            .read("explaining", |conn| {
+                let mut stmt = conn.prepare(&format!(
+                    "EXPLAIN QUERY PLAN {}",
+                    super::candidates_sql(true)
+                ))?;
+                let rows = stmt.query_map(rusqlite::params!["[\"a\"]", "[]", 0, 10], |r| {
+                    r.get::<_, String>(3)
+                })?;
+                rows.collect()
+            })
+            .expect("plan");
+        let plan = plan.join("\n");
+        assert!(plan.contains("work_queue_ready_idx"), "{plan}");
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    }
+}

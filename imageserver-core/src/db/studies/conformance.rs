@@ -1,0 +1,576 @@
+//! The backend-agnostic checks of [`StudyStore`]: both backends run
+//! [`run_all`] on a fresh store. Each check works in a partition of its own.
+
+use crate::db::studies::{
+    AttributeChange, AuditEntry, EditStatus, EditableAttribute, FileFacts, StudyStore,
+};
+use crate::db::{Error, IndexStore};
+use crate::model::{
+    AeTitle, DuplicatePolicy, DuplicateRecord, FilesystemId, FilesystemSpec, FolderName,
+    IndexCounts, InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs,
+    SeriesAttrs, StudyAttrs, StudyLocation, Tier, Uid,
+};
+
+/// Runs every check.
+pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
+    reads(store);
+    delete_keeps_counters_and_leaves_a_tombstone(store);
+    edit_demographics_and_history(store);
+    edit_patient_id_moves_the_study(store);
+    replace_rows(store);
+}
+
+fn uid(value: &str) -> Uid {
+    Uid::parse(value).expect("test UID")
+}
+
+struct Fixture<'a, S> {
+    store: &'a S,
+    partition: PartitionId,
+    folder: FolderName,
+    fs: FilesystemId,
+}
+
+impl<'a, S: IndexStore + StudyStore> Fixture<'a, S> {
+    fn new(store: &'a S, name: &str) -> Fixture<'a, S> {
+        let folder = FolderName::parse(name).expect("folder");
+        let partition = store
+            .ensure_partition(&PartitionSpec {
+                ae_title: AeTitle::parse(name).expect("AE"),
+                folder: folder.clone(),
+                description: String::new(),
+                port: 0,
+                accept_unknown_devices: true,
+                duplicate_policy: DuplicatePolicy::default(),
+                pn_case_insensitive: true,
+            })
+            .expect("partition");
+        let fs = store
+            .ensure_filesystem(&FilesystemSpec {
+                path: format!("/studies/{name}").into(),
+                tier: Tier(1),
+                high_watermark: 90.0,
+                low_watermark: 80.0,
+                read_only: false,
+                write_only: false,
+                description: String::new(),
+            })
+            .expect("filesystem");
+        Fixture {
+            store,
+            partition,
+            folder,
+            fs,
+        }
+    }
+
+    fn location(&self, study: &str) -> StudyLocation {
+        StudyLocation {
+            filesystem: self.fs,
+            partition_folder: self.folder.clone(),
+            date_folder: "20240131".to_string(),
+            study_uid: uid(study),
+        }
+    }
+
+    fn record(&self, patient: &str, study: &str, series: &str, sop: &str) -> InstanceRecord {
+        InstanceRecord {
+            partition: self.partition,
+            location: self.location(study),
+            patient: PatientAttrs {
+                patient_id: patient.to_string(),
+                issuer_of_patient_id: None,
+                patient_name: Some(format!("NAME^{patient}")),
+                birth_date: Some("19700101".to_string()),
+                sex: Some("O".to_string()),
+            },
+            study: StudyAttrs {
+                study_uid: uid(study),
+                study_date: Some("20240131".to_string()),
+                study_time: Some("101500".to_string()),
+                accession_number: Some("ACC1".to_string()),
+                study_id: Some("1".to_string()),
+                study_description: Some("before".to_string()),
+                referring_physician_name: None,
+                specific_character_set: None,
+            },
+            series: SeriesAttrs {
+                series_uid: uid(series),
+                modality: Some("CT".to_string()),
+                series_number: Some(1),
+                series_description: None,
+                body_part_examined: None,
+                series_date: None,
+                series_time: None,
+            },
+            instance: InstanceAttrs {
+                sop_instance_uid: uid(sop),
+                sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
+                instance_number: Some(1),
+                transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+                file_size: 100,
+                digest: "ab".repeat(32),
+                source_ae: None,
+            },
+        }
+    }
+
+    fn counts(&self) -> IndexCounts {
+        self.store.counts(self.partition).expect("counts")
+    }
+
+    fn audit(&self, action: &str, study: &str) -> AuditEntry {
+        AuditEntry::now(
+            "test",
+            action,
+            self.partition,
+            &uid(study),
+            "{}".to_string(),
+        )
+    }
+}
+
+fn counts(patients: u64, studies: u64, series: u64, instances: u64) -> IndexCounts {
+    IndexCounts {
+        patients,
+        studies,
+        series,
+        instances,
+    }
+}
+
+fn reads<S: IndexStore + StudyStore>(store: &S) {
+    let f = Fixture::new(store, "ST_READS");
+    store
+        .insert_instances(&[
+            f.record("P1", "1.5.1", "1.5.1.1", "1.5.1.1.2"),
+            f.record("P1", "1.5.1", "1.5.1.1", "1.5.1.1.1"),
+            f.record("P1", "1.5.1", "1.5.1.2", "1.5.1.2.1"),
+        ])
+        .expect("insert");
+    assert_eq!(
+        store.study(f.partition, &uid("1.5.9")).expect("lookup"),
+        None
+    );
+    let study = store
+        .study(f.partition, &uid("1.5.1"))
+        .expect("lookup")
+        .expect("known");
+    assert_eq!(study.location, Some(f.location("1.5.1")));
+    assert_eq!(study.patient.patient_id, "P1");
+    assert_eq!(study.patient.issuer_of_patient_id, None);
+    assert_eq!(study.patient.patient_name.as_deref(), Some("NAME^P1"));
+    assert_eq!(study.study.study_description.as_deref(), Some("before"));
+    assert_eq!(
+        (study.num_series, study.num_instances, study.size_bytes),
+        (2, 3, 300)
+    );
+    assert_eq!(study.modalities_in_study, "CT");
+    assert_eq!(study.patient_num_studies, 1);
+    assert!(study.received_at_ms > 0);
+    let instances = store
+        .study_instances(f.partition, &uid("1.5.1"))
+        .expect("instances");
+    let sops: Vec<&str> = instances
+        .iter()
+        .map(|i| i.sop_instance_uid.as_str())
+        .collect();
+    // Ordered by series, instance number, then SOP Instance UID.
+    assert_eq!(sops, ["1.5.1.1.1", "1.5.1.1.2", "1.5.1.2.1"]);
+    assert!(instances.iter().all(|i| i.location == f.location("1.5.1")));
+    assert!(store
+        .study_instances(f.partition, &uid("1.5.9"))
+        .expect("none")
+        .is_empty());
+}
+
+fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(store: &S) {
+    let f = Fixture::new(store, "ST_DELETE");
+    store
+        .insert_instances(&[
+            f.record("P1", "1.6.1", "1.6.1.1", "1.6.1.1.1"),
+            f.record("P1", "1.6.1", "1.6.1.1", "1.6.1.1.2"),
+            f.record("P1", "1.6.2", "1.6.2.1", "1.6.2.1.1"),
+            f.record("P2", "1.6.3", "1.6.3.1", "1.6.3.1.1"),
+        ])
+        .expect("insert");
+    store
+        .record_duplicate(&DuplicateRecord {
+            partition: f.partition,
+            sop_instance_uid: uid("1.6.1.1.1"),
+            location: f.location("1.6.1"),
+            series_uid: uid("1.6.1.1"),
+            variant: 7,
+            file_size: 10,
+            digest: "cd".repeat(32),
+            source_ae: None,
+            received_at_ms: 1,
+        })
+        .expect("duplicate");
+    assert_eq!(f.counts(), counts(2, 3, 3, 4));
+    // A pending edit is abandoned by the deletion.
+    store
+        .begin_edit(
+            f.partition,
+            &uid("1.6.1"),
+            &[AttributeChange {
+                attribute: EditableAttribute::StudyDescription,
+                old_value: Some("before".into()),
+                new_value: "after".into(),
+            }],
+            "test",
+            "",
+        )
+        .expect("begin edit");
+
+    let deleted = store
+        .delete_study_rows(
+            f.partition,
+            &uid("1.6.1"),
+            &f.audit("study.delete", "1.6.1"),
+        )
+        .expect("delete")
+        .expect("the study was there");
+    assert_eq!(deleted.location, f.location("1.6.1"));
+    assert_eq!(deleted.instances.len(), 2);
+    assert_eq!(deleted.duplicates.len(), 1);
+    assert_eq!((deleted.num_series, deleted.size_bytes), (1, 200));
+    assert!(deleted.since_ms > 0);
+    // The patient keeps its other study.
+    assert_eq!(f.counts(), counts(2, 2, 2, 2));
+    assert!(store.duplicates(f.partition).expect("dups").is_empty());
+    assert_eq!(store.study(f.partition, &uid("1.6.1")).expect("gone"), None);
+    assert!(store
+        .study_instances(f.partition, &uid("1.6.1"))
+        .expect("none")
+        .is_empty());
+    assert_eq!(
+        store
+            .instance(f.partition, &uid("1.6.1.1.1"))
+            .expect("gone"),
+        None
+    );
+    assert!(store
+        .pending_edit(f.partition, &uid("1.6.1"))
+        .expect("no pending")
+        .is_none());
+    let history = store
+        .edit_history(f.partition, &uid("1.6.1"))
+        .expect("history");
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].status, EditStatus::Abandoned);
+    let tombstone = store
+        .deleting_study(f.partition, &uid("1.6.1"))
+        .expect("tombstone")
+        .expect("left behind");
+    assert_eq!(tombstone.location, f.location("1.6.1"));
+    assert_eq!(tombstone.since_ms, deleted.since_ms);
+    let audit = store.audit_log(f.partition, &uid("1.6.1")).expect("audit");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, "study.delete");
+
+    // Again: nothing left to delete, nothing written.
+    assert_eq!(
+        store
+            .delete_study_rows(
+                f.partition,
+                &uid("1.6.1"),
+                &f.audit("study.delete", "1.6.1"),
+            )
+            .expect("again"),
+        None
+    );
+    assert_eq!(
+        store.audit_log(f.partition, &uid("1.6.1")).unwrap().len(),
+        1
+    );
+    assert!(store
+        .finish_study_delete(f.partition, &uid("1.6.1"))
+        .expect("finish"));
+    assert!(!store
+        .finish_study_delete(f.partition, &uid("1.6.1"))
+        .expect("finish again"));
+    assert_eq!(
+        store.deleting_study(f.partition, &uid("1.6.1")).unwrap(),
+        None
+    );
+    assert_eq!(
+        store.study_location(f.partition, &uid("1.6.1")).unwrap(),
+        None
+    );
+
+    // The last study of a patient takes the patient with it.
+    store
+        .delete_study_rows(
+            f.partition,
+            &uid("1.6.3"),
+            &f.audit("study.delete", "1.6.3"),
+        )
+        .expect("delete")
+        .expect("there");
+    assert_eq!(f.counts(), counts(1, 1, 1, 1));
+
+    // An instance of the study arriving before the deletion finishes keeps
+    // its storage row.
+    store
+        .delete_study_rows(
+            f.partition,
+            &uid("1.6.2"),
+            &f.audit("study.delete", "1.6.2"),
+        )
+        .expect("delete")
+        .expect("there");
+    assert_eq!(f.counts(), counts(0, 0, 0, 0));
+    store
+        .insert_instances(&[f.record("P1", "1.6.2", "1.6.2.1", "1.6.2.1.9")])
+        .expect("late arrival");
+    assert!(store
+        .finish_study_delete(f.partition, &uid("1.6.2"))
+        .expect("finish"));
+    assert_eq!(
+        store.study_location(f.partition, &uid("1.6.2")).unwrap(),
+        Some(f.location("1.6.2"))
+    );
+    assert_eq!(
+        store.deleting_study(f.partition, &uid("1.6.2")).unwrap(),
+        None
+    );
+    assert_eq!(f.counts(), counts(1, 1, 1, 1));
+}
+
+fn change(attribute: EditableAttribute, old: Option<&str>, new: &str) -> AttributeChange {
+    AttributeChange {
+        attribute,
+        old_value: old.map(str::to_string),
+        new_value: new.to_string(),
+    }
+}
+
+fn edit_demographics_and_history<S: IndexStore + StudyStore>(store: &S) {
+    let f = Fixture::new(store, "ST_EDIT");
+    store
+        .insert_instances(&[
+            f.record("P1", "1.7.1", "1.7.1.1", "1.7.1.1.1"),
+            f.record("P1", "1.7.1", "1.7.1.1", "1.7.1.1.2"),
+        ])
+        .expect("insert");
+    let changes = vec![
+        change(EditableAttribute::StudyDescription, Some("before"), "after"),
+        change(EditableAttribute::PatientName, Some("NAME^P1"), "DOE^JANE"),
+        change(EditableAttribute::AccessionNumber, Some("ACC1"), ""),
+    ];
+    assert!(matches!(
+        store.begin_edit(f.partition, &uid("1.7.9"), &changes, "test", "why"),
+        Err(Error::NotFound { .. })
+    ));
+    let edit = store
+        .begin_edit(f.partition, &uid("1.7.1"), &changes, "alice", "typo")
+        .expect("begin");
+    assert_eq!(edit.status, EditStatus::Pending);
+    assert_eq!(
+        (edit.actor.as_str(), edit.reason.as_str()),
+        ("alice", "typo")
+    );
+    // Changes come back in tag order.
+    let order: Vec<EditableAttribute> = edit.changes.iter().map(|c| c.attribute).collect();
+    assert_eq!(
+        order,
+        [
+            EditableAttribute::AccessionNumber,
+            EditableAttribute::StudyDescription,
+            EditableAttribute::PatientName
+        ]
+    );
+    // A second request while one is pending gets the pending one.
+    let again = store
+        .begin_edit(
+            f.partition,
+            &uid("1.7.1"),
+            &[change(EditableAttribute::StudyId, None, "9")],
+            "bob",
+            "",
+        )
+        .expect("pending");
+    assert_eq!(again, edit);
+    assert_eq!(
+        store.pending_edit(f.partition, &uid("1.7.1")).unwrap(),
+        Some(edit.clone())
+    );
+
+    let files = [
+        FileFacts {
+            sop_instance_uid: uid("1.7.1.1.1"),
+            file_size: 110,
+            digest: "01".repeat(32),
+        },
+        FileFacts {
+            sop_instance_uid: uid("1.7.1.1.2"),
+            file_size: 120,
+            digest: "02".repeat(32),
+        },
+    ];
+    store
+        .complete_edit(&edit, &files, &f.audit("study.edit", "1.7.1"))
+        .expect("complete");
+    let study = store.study(f.partition, &uid("1.7.1")).unwrap().unwrap();
+    assert_eq!(study.patient.patient_name.as_deref(), Some("DOE^JANE"));
+    assert_eq!(study.study.study_description.as_deref(), Some("after"));
+    assert_eq!(study.study.accession_number, None);
+    assert_eq!(study.size_bytes, 230);
+    let stored = store
+        .instance(f.partition, &uid("1.7.1.1.2"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.file_size, stored.digest.as_str()),
+        (120, "02".repeat(32).as_str())
+    );
+    assert_eq!(f.counts(), counts(1, 1, 1, 2));
+    // Completing twice is refused; nothing pending any more.
+    assert!(matches!(
+        store.complete_edit(&edit, &files, &f.audit("study.edit", "1.7.1")),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(
+        store.pending_edit(f.partition, &uid("1.7.1")).unwrap(),
+        None
+    );
+    let history = store.edit_history(f.partition, &uid("1.7.1")).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].status, EditStatus::Completed);
+    assert!(history[0].completed_at_ms.is_some());
+    assert_eq!(history[0].changes, edit.changes);
+    assert_eq!(
+        store.audit_log(f.partition, &uid("1.7.1")).unwrap().len(),
+        1
+    );
+}
+
+fn edit_patient_id_moves_the_study<S: IndexStore + StudyStore>(store: &S) {
+    let f = Fixture::new(store, "ST_MOVE");
+    store
+        .insert_instances(&[
+            f.record("P1", "1.8.1", "1.8.1.1", "1.8.1.1.1"),
+            f.record("P1", "1.8.2", "1.8.2.1", "1.8.2.1.1"),
+            f.record("P2", "1.8.3", "1.8.3.1", "1.8.3.1.1"),
+        ])
+        .expect("insert");
+    assert_eq!(f.counts(), counts(2, 3, 3, 3));
+    let complete = |study: &str, changes: &[AttributeChange]| {
+        let edit = store
+            .begin_edit(f.partition, &uid(study), changes, "test", "")
+            .expect("begin");
+        store
+            .complete_edit(&edit, &[], &f.audit("study.edit", study))
+            .expect("complete");
+    };
+    // To a new patient: created with the old demographics and the new ones.
+    complete(
+        "1.8.1",
+        &[change(EditableAttribute::PatientId, Some("P1"), "P9")],
+    );
+    assert_eq!(f.counts(), counts(3, 3, 3, 3));
+    let moved = store.study(f.partition, &uid("1.8.1")).unwrap().unwrap();
+    assert_eq!(moved.patient.patient_id, "P9");
+    assert_eq!(moved.patient.patient_name.as_deref(), Some("NAME^P1"));
+    assert_eq!(moved.patient_num_studies, 1);
+    // To an existing patient: the old one, now empty, goes.
+    complete(
+        "1.8.3",
+        &[
+            change(EditableAttribute::PatientId, Some("P2"), "P1"),
+            change(EditableAttribute::PatientSex, Some("O"), "F"),
+        ],
+    );
+    assert_eq!(f.counts(), counts(2, 3, 3, 3));
+    let merged = store.study(f.partition, &uid("1.8.3")).unwrap().unwrap();
+    assert_eq!(merged.patient.patient_id, "P1");
+    assert_eq!(merged.patient.sex.as_deref(), Some("F"));
+    assert_eq!(merged.patient_num_studies, 2);
+    // An issuer is part of the key.
+    complete(
+        "1.8.2",
+        &[change(EditableAttribute::IssuerOfPatientId, None, "HOSP")],
+    );
+    assert_eq!(f.counts(), counts(3, 3, 3, 3));
+    let issued = store.study(f.partition, &uid("1.8.2")).unwrap().unwrap();
+    assert_eq!(
+        (
+            issued.patient.patient_id.as_str(),
+            issued.patient.issuer_of_patient_id.as_deref()
+        ),
+        ("P1", Some("HOSP"))
+    );
+}
+
+fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
+    let f = Fixture::new(store, "ST_REPLACE");
+    let full = vec![
+        f.record("P1", "1.9.1", "1.9.1.1", "1.9.1.1.1"),
+        f.record("P1", "1.9.1", "1.9.1.1", "1.9.1.1.2"),
+        f.record("P1", "1.9.1", "1.9.1.2", "1.9.1.2.1"),
+    ];
+    store.insert_instances(&full).expect("insert");
+    store
+        .insert_instances(&[f.record("P2", "1.9.2", "1.9.2.1", "1.9.2.1.1")])
+        .expect("insert");
+    // Corrupt: only one instance left.
+    let outcome = store
+        .replace_study_rows(
+            f.partition,
+            &uid("1.9.1"),
+            &full[..1],
+            &f.audit("test.corrupt", "1.9.1"),
+        )
+        .expect("replace");
+    assert_eq!(
+        (outcome.removed_instances, outcome.inserted_instances),
+        (3, 1)
+    );
+    assert_eq!(f.counts(), counts(2, 2, 2, 2));
+    // Rebuilt, with a changed description and size.
+    let mut rebuilt = full.clone();
+    for record in &mut rebuilt {
+        record.study.study_description = Some("rebuilt".into());
+        record.instance.file_size = 50;
+    }
+    store
+        .replace_study_rows(
+            f.partition,
+            &uid("1.9.1"),
+            &rebuilt,
+            &f.audit("study.reprocess", "1.9.1"),
+        )
+        .expect("replace");
+    assert_eq!(f.counts(), counts(2, 2, 3, 4));
+    let study = store.study(f.partition, &uid("1.9.1")).unwrap().unwrap();
+    assert_eq!(study.study.study_description.as_deref(), Some("rebuilt"));
+    assert_eq!(
+        (study.num_series, study.num_instances, study.size_bytes),
+        (2, 3, 150)
+    );
+    // A record of another study is refused.
+    assert!(store
+        .replace_study_rows(
+            f.partition,
+            &uid("1.9.1"),
+            &[f.record("P2", "1.9.2", "1.9.2.1", "1.9.2.1.1")],
+            &f.audit("study.reprocess", "1.9.1"),
+        )
+        .is_err());
+    // None: the rows go; the patient with them; the location stays.
+    store
+        .replace_study_rows(
+            f.partition,
+            &uid("1.9.1"),
+            &[],
+            &f.audit("study.reprocess", "1.9.1"),
+        )
+        .expect("empty");
+    assert_eq!(f.counts(), counts(1, 1, 1, 1));
+    assert_eq!(store.study(f.partition, &uid("1.9.1")).unwrap(), None);
+    assert_eq!(
+        store.audit_log(f.partition, &uid("1.9.1")).unwrap().len(),
+        3
+    );
+}

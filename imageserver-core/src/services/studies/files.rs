@@ -1,0 +1,304 @@
+//! The files of one study folder: listing them, hashing them, and turning
+//! a file's header into an index record (reprocess).
+//!
+//! Listing reads the study folder of a filesystem directly (the layout is
+//! `storage::layout`'s; every name is parsed back into a [`Uid`] before it
+//! is used): `StorageBackend` has no listing yet, and every filesystem the
+//! index knows is a directory tree.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+
+use crate::model::{
+    Filesystem, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs,
+    StudyLocation, Uid,
+};
+use crate::storage::layout;
+
+/// A file found in a study folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FolderEntry {
+    /// `<series uid>/<sop uid>.dcm`: an instance file.
+    Instance(StudyFile),
+    /// `<series uid>/<sop uid>.dup<n>.dcm`: a kept-aside duplicate.
+    Aside(StudyFile, u64),
+    /// Anything else (not ours to interpret).
+    Stray(PathBuf),
+}
+
+/// An instance-like file of a study folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StudyFile {
+    /// The series folder's UID.
+    pub series_uid: Uid,
+    /// The SOP Instance UID of its name.
+    pub sop_instance_uid: Uid,
+    /// Its full path.
+    pub path: PathBuf,
+    /// Its size.
+    pub size: u64,
+    /// Its modification time (ms since the Unix epoch).
+    pub modified_ms: i64,
+}
+
+/// The study folder on its filesystem.
+pub(crate) fn study_folder(filesystem: &Filesystem, location: &StudyLocation) -> PathBuf {
+    filesystem.spec.path.join(layout::study_dir(location))
+}
+
+/// Every file of a study folder (none when the folder does not exist),
+/// sorted by path.
+pub(crate) fn list_study_folder(folder: &Path) -> io::Result<Vec<FolderEntry>> {
+    let mut entries = Vec::new();
+    let series_dirs = match fs::read_dir(folder) {
+        Ok(dirs) => dirs,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
+        Err(e) => return Err(e),
+    };
+    for series_dir in series_dirs {
+        let series_dir = series_dir?;
+        let path = series_dir.path();
+        if !series_dir.file_type()?.is_dir() {
+            entries.push(FolderEntry::Stray(path));
+            continue;
+        }
+        let Some(series_uid) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| Uid::parse(n).ok())
+        else {
+            entries.push(FolderEntry::Stray(path));
+            continue;
+        };
+        for file in fs::read_dir(&path)? {
+            let file = file?;
+            let file_path = file.path();
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                entries.push(FolderEntry::Stray(file_path));
+                continue;
+            }
+            let name = file_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            let modified_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            let entry = |sop: &str| {
+                Uid::parse(sop).ok().map(|sop_instance_uid| StudyFile {
+                    series_uid: series_uid.clone(),
+                    sop_instance_uid,
+                    path: file_path.clone(),
+                    size: meta.len(),
+                    modified_ms,
+                })
+            };
+            let parsed = match name.strip_suffix(".dcm") {
+                Some(stem) => match stem.rsplit_once(".dup") {
+                    Some((sop, variant)) if variant.bytes().all(|b| b.is_ascii_digit()) => {
+                        match (entry(sop), variant.parse::<u64>()) {
+                            (Some(file), Ok(variant)) => Some(FolderEntry::Aside(file, variant)),
+                            _ => None,
+                        }
+                    }
+                    _ => entry(stem).map(FolderEntry::Instance),
+                },
+                None => None,
+            };
+            entries.push(parsed.unwrap_or(FolderEntry::Stray(file_path)));
+        }
+    }
+    entries.sort_by(|a, b| entry_path(a).cmp(entry_path(b)));
+    Ok(entries)
+}
+
+fn entry_path(entry: &FolderEntry) -> &Path {
+    match entry {
+        FolderEntry::Instance(file) | FolderEntry::Aside(file, _) => &file.path,
+        FolderEntry::Stray(path) => path,
+    }
+}
+
+/// A reader that hashes (BLAKE3) and counts every byte read through it.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> HashingReader<R> {
+        HashingReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+        }
+    }
+
+    /// Reads the rest and returns (size, lowercase hex digest) of everything.
+    pub(crate) fn finish(mut self) -> io::Result<(u64, String)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((self.len, self.hasher.finalize().to_hex().to_string()))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// Size and BLAKE3 digest (lowercase hex) of a stream.
+pub(crate) fn digest(reader: impl Read) -> io::Result<(u64, String)> {
+    HashingReader::new(reader).finish()
+}
+
+/// Reads a Part 10 stream's header (meta and data set up to Pixel Data)
+/// and hashes the whole stream: (header, size, digest).
+pub(crate) fn read_header_and_digest(
+    reader: impl Read,
+) -> Result<(DefaultDicomObject, u64, String), String> {
+    let mut hashing = HashingReader::new(reader);
+    let mut preamble = [0u8; 128];
+    hashing
+        .read_exact(&mut preamble)
+        .map_err(|e| format!("cannot read the preamble: {e}"))?;
+    let header = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(&mut hashing)
+        .map_err(|e| format!("cannot parse the header: {e}"))?;
+    let (size, digest) = hashing
+        .finish()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    Ok((header, size, digest))
+}
+
+/// A trimmed, non-empty string value of a root-level attribute.
+pub(crate) fn text(header: &DefaultDicomObject, tag: Tag) -> Option<String> {
+    let element = header.element_opt(tag).ok().flatten()?;
+    let value = element.to_str().ok()?;
+    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
+    (!trimmed.is_empty()).then(|| trimmed.to_string())
+}
+
+fn int(header: &DefaultDicomObject, tag: Tag) -> Option<i32> {
+    header.element_opt(tag).ok().flatten()?.to_int::<i32>().ok()
+}
+
+fn uid(header: &DefaultDicomObject, tag: Tag, name: &str) -> Result<Uid, String> {
+    let value = text(header, tag).ok_or_else(|| format!("no {name}"))?;
+    Uid::parse(&value).map_err(|e| format!("invalid {name} {value:?}: {e}"))
+}
+
+/// The index record of a stored file, from its header (as ingest builds it)
+/// and its size and digest.
+pub(crate) fn record_from_header(
+    partition: PartitionId,
+    location: &StudyLocation,
+    header: &DefaultDicomObject,
+    file_size: u64,
+    digest: String,
+) -> Result<InstanceRecord, String> {
+    let meta = header.meta();
+    let transfer_syntax_uid = Uid::parse(meta.transfer_syntax())
+        .map_err(|e| format!("invalid transfer syntax {:?}: {e}", meta.transfer_syntax()))?;
+    let source_ae = meta
+        .source_application_entity_title()
+        .map(|ae| ae.trim_matches([' ', '\0']).to_string())
+        .filter(|ae| !ae.is_empty());
+    Ok(InstanceRecord {
+        partition,
+        location: location.clone(),
+        patient: PatientAttrs {
+            patient_id: text(header, tags::PATIENT_ID).unwrap_or_default(),
+            issuer_of_patient_id: text(header, tags::ISSUER_OF_PATIENT_ID),
+            patient_name: text(header, tags::PATIENT_NAME),
+            birth_date: text(header, tags::PATIENT_BIRTH_DATE),
+            sex: text(header, tags::PATIENT_SEX),
+        },
+        study: StudyAttrs {
+            study_uid: uid(header, tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
+            study_date: text(header, tags::STUDY_DATE),
+            study_time: text(header, tags::STUDY_TIME),
+            accession_number: text(header, tags::ACCESSION_NUMBER),
+            study_id: text(header, tags::STUDY_ID),
+            study_description: text(header, tags::STUDY_DESCRIPTION),
+            referring_physician_name: text(header, tags::REFERRING_PHYSICIAN_NAME),
+            specific_character_set: text(header, tags::SPECIFIC_CHARACTER_SET),
+        },
+        series: SeriesAttrs {
+            series_uid: uid(header, tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
+            modality: text(header, tags::MODALITY),
+            series_number: int(header, tags::SERIES_NUMBER),
+            series_description: text(header, tags::SERIES_DESCRIPTION),
+            body_part_examined: text(header, tags::BODY_PART_EXAMINED),
+            series_date: text(header, tags::SERIES_DATE),
+            series_time: text(header, tags::SERIES_TIME),
+        },
+        instance: InstanceAttrs {
+            sop_instance_uid: uid(header, tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
+            sop_class_uid: uid(header, tags::SOP_CLASS_UID, "SOP Class UID")?,
+            instance_number: int(header, tags::INSTANCE_NUMBER),
+            transfer_syntax_uid,
+            file_size,
+            digest,
+            source_ae,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn study_folders_are_listed_by_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let series = dir.path().join("1.2.3");
+        fs::create_dir_all(&series).unwrap();
+        fs::write(series.join("1.2.3.4.dcm"), b"x").unwrap();
+        fs::write(series.join("1.2.3.4.dup17.dcm"), b"yy").unwrap();
+        fs::write(series.join("1.2.3.4.dcm.bak"), b"z").unwrap();
+        fs::write(series.join("not-a-uid.dcm"), b"z").unwrap();
+        fs::create_dir_all(dir.path().join("junk")).unwrap();
+        let entries = list_study_folder(dir.path()).unwrap();
+        let instances: Vec<_> = entries
+            .iter()
+            .filter_map(|e| match e {
+                FolderEntry::Instance(f) => {
+                    Some((f.series_uid.as_str(), f.sop_instance_uid.as_str(), f.size))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(instances, [("1.2.3", "1.2.3.4", 1)]);
+        assert!(entries
+            .iter()
+            .any(|e| matches!(e, FolderEntry::Aside(f, 17) if f.size == 2)));
+        assert_eq!(
+            entries
+                .iter()
+                .filter(|e| matches!(e, FolderEntry::Stray(_)))
+                .count(),
+            3
+        );
+        assert!(list_study_folder(&dir.path().join("missing"))
+            .unwrap()
+            .is_empty());
+        assert_eq!(digest(&b"abc"[..]).unwrap().0, 3);
+    }
+}

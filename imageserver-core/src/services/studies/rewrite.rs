@@ -1,0 +1,695 @@
+//! Rewriting the patient/study attributes of a stored Part 10 file, and
+//! nothing else.
+//!
+//! The file is read as a stream: preamble, `DICM` and the file meta group
+//! are kept as they are; the data set's top-level elements of groups up to
+//! 0020 (where every editable attribute lives) are read into memory with
+//! their byte spans; everything after them (the rest of the header, Pixel
+//! Data) is copied byte for byte. In the head, the spans of the edited
+//! attributes are replaced by newly encoded elements (or new elements are
+//! inserted in tag order), every other element keeps its exact bytes, and
+//! the group length elements of edited groups, when a file has them, are
+//! corrected. Re-encoding the whole header with dicom-object would also
+//! normalise elements nobody asked to change (sequence lengths, padding,
+//! private VRs), so dicom-object only reads the values (old and, after the
+//! rewrite, new: every rewritten file is parsed back before it replaces the
+//! old one).
+//!
+//! Explicit and Implicit VR Little Endian data sets, and the encapsulated
+//! syntaxes (whose header is Explicit VR Little Endian), are supported;
+//! Deflated and Big Endian data sets are refused.
+
+use std::io::{self, Read, Write};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+
+use crate::db::studies::EditableAttribute;
+
+/// Value representations whose explicit-VR header has a 4-byte length.
+const LONG_VRS: [&[u8; 2]; 13] = [
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+];
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+/// The head (groups up to 0020) is read into memory up to this size.
+const MAX_HEAD: usize = 64 * 1024 * 1024;
+/// Deepest nesting of sequences followed in the head.
+const MAX_DEPTH: usize = 32;
+/// The last group the head holds.
+const LAST_GROUP: u16 = 0x0020;
+
+/// One attribute and the value it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    /// The attribute.
+    pub attribute: EditableAttribute,
+    /// Its value, without padding ("" empties it).
+    pub value: String,
+}
+
+/// A top-level element of the head: its tag and byte span.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    tag: (u16, u16),
+    start: usize,
+    header_len: usize,
+    end: usize,
+}
+
+/// The head of a file as read.
+pub(crate) struct Head {
+    /// Preamble, magic and file meta group, verbatim.
+    prefix: Vec<u8>,
+    explicit_vr: bool,
+    /// The data set's top-level elements of groups up to 0020, verbatim.
+    region: Vec<u8>,
+    spans: Vec<Span>,
+    /// The first bytes after the region already read (the tag of the first
+    /// element of a later group), to be written before the rest.
+    carry: Vec<u8>,
+    /// The parsed header (meta and head elements): the current values.
+    pub header: DefaultDicomObject,
+}
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Head")
+            .field("region", &self.region.len())
+            .field("spans", &self.spans.len())
+            .finish()
+    }
+}
+
+fn io_err(e: io::Error) -> String {
+    format!("cannot read the file: {e}")
+}
+
+/// Reads `n` bytes, appending them to `into`.
+fn take(reader: &mut dyn Read, into: &mut Vec<u8>, n: usize) -> Result<(), String> {
+    if into.len() + n > MAX_HEAD {
+        return Err(format!(
+            "the header before group 0021 is larger than {MAX_HEAD} bytes"
+        ));
+    }
+    let start = into.len();
+    into.resize(start + n, 0);
+    reader.read_exact(&mut into[start..]).map_err(io_err)
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Reads the head of a Part 10 stream; the stream is left right after it.
+pub(crate) fn read_head(reader: &mut dyn Read) -> Result<Head, String> {
+    let mut prefix = Vec::with_capacity(512);
+    take(reader, &mut prefix, 132)?;
+    if &prefix[128..132] != b"DICM" {
+        return Err("not a DICOM Part 10 file (no DICM magic)".to_string());
+    }
+    // (0002,0000) UL, explicit VR little endian: tag, "UL", 2-byte length, value.
+    take(reader, &mut prefix, 12)?;
+    if (u16_at(&prefix, 132), u16_at(&prefix, 134)) != (0x0002, 0x0000) {
+        return Err("the file meta group does not start with its group length".to_string());
+    }
+    let meta_len = u32_at(&prefix, 140) as usize;
+    take(reader, &mut prefix, meta_len)?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&prefix[128..])
+        .map_err(|e| format!("cannot parse the file meta group: {e}"))?;
+    let explicit_vr = match meta.transfer_syntax() {
+        "1.2.840.10008.1.2" => false,
+        "1.2.840.10008.1.2.2" => {
+            return Err("Explicit VR Big Endian files cannot be edited".to_string())
+        }
+        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => {
+            return Err("deflated files cannot be edited".to_string())
+        }
+        _ => true,
+    };
+
+    let mut region = Vec::with_capacity(4096);
+    let mut spans = Vec::new();
+    let mut carry = Vec::new();
+    loop {
+        let start = region.len();
+        let mut tag = [0u8; 4];
+        match read_full(reader, &mut tag).map_err(io_err)? {
+            0 => break,
+            4 => {}
+            _ => return Err("the data set ends inside an element header".to_string()),
+        }
+        let group = u16::from_le_bytes([tag[0], tag[1]]);
+        let element = u16::from_le_bytes([tag[2], tag[3]]);
+        if group > LAST_GROUP {
+            carry.extend_from_slice(&tag);
+            break;
+        }
+        if group == 0xFFFE {
+            return Err("an item or delimiter at the top level of the data set".to_string());
+        }
+        region.extend_from_slice(&tag);
+        let header_len = element_rest(reader, &mut region, explicit_vr, 0)?;
+        spans.push(Span {
+            tag: (group, element),
+            start,
+            header_len,
+            end: region.len(),
+        });
+    }
+    let mut parse_input = prefix[128..].to_vec();
+    parse_input.extend_from_slice(&region);
+    let header = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(&parse_input[..])
+        .map_err(|e| format!("cannot parse the header: {e}"))?;
+    Ok(Head {
+        prefix,
+        explicit_vr,
+        region,
+        spans,
+        carry,
+        header,
+    })
+}
+
+/// Reads as many bytes as fit (fewer only at the end of the stream).
+fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads the rest of an element whose 4-byte tag is already in `out`:
+/// VR and length, then its value (following undefined-length sequences).
+/// Returns the header length (tag included).
+fn element_rest(
+    reader: &mut dyn Read,
+    out: &mut Vec<u8>,
+    explicit_vr: bool,
+    depth: usize,
+) -> Result<usize, String> {
+    let at = out.len();
+    let (length, header_len, vr) = if explicit_vr {
+        take(reader, out, 4)?;
+        let vr = [out[at], out[at + 1]];
+        if LONG_VRS.contains(&&vr) {
+            take(reader, out, 4)?;
+            (u32_at(out, at + 4), 12, Some(vr))
+        } else {
+            (u32::from(u16_at(out, at + 2)), 8, Some(vr))
+        }
+    } else {
+        take(reader, out, 4)?;
+        (u32_at(out, at), 8, None)
+    };
+    if length == UNDEFINED {
+        // A sequence (or UN of undefined length, whose content is encoded
+        // as Implicit VR Little Endian).
+        let nested_explicit = explicit_vr && vr != Some(*b"UN");
+        sequence(reader, out, nested_explicit, depth + 1)?;
+    } else {
+        take(reader, out, length as usize)?;
+    }
+    Ok(header_len)
+}
+
+/// Reads the items of an undefined-length sequence up to its delimiter.
+fn sequence(
+    reader: &mut dyn Read,
+    out: &mut Vec<u8>,
+    explicit_vr: bool,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("sequences nested deeper than {MAX_DEPTH} levels"));
+    }
+    loop {
+        let at = out.len();
+        take(reader, out, 8)?;
+        let tag = (u16_at(out, at), u16_at(out, at + 2));
+        let length = u32_at(out, at + 4);
+        match tag {
+            (0xFFFE, 0xE0DD) => return Ok(()),
+            (0xFFFE, 0xE000) if length == UNDEFINED => loop {
+                let at = out.len();
+                take(reader, out, 4)?;
+                if (u16_at(out, at), u16_at(out, at + 2)) == (0xFFFE, 0xE00D) {
+                    take(reader, out, 4)?;
+                    break;
+                }
+                element_rest(reader, out, explicit_vr, depth)?;
+            },
+            (0xFFFE, 0xE000) => take(reader, out, length as usize)?,
+            other => {
+                return Err(format!(
+                    "unexpected ({:04X},{:04X}) inside a sequence",
+                    other.0, other.1
+                ))
+            }
+        }
+    }
+}
+
+/// A root-level value as the file holds it (decoded, padding trimmed);
+/// `None` when absent.
+pub(crate) fn current_value(
+    header: &DefaultDicomObject,
+    attribute: EditableAttribute,
+) -> Option<String> {
+    let (group, element) = attribute.tag();
+    let element = header.element_opt(Tag(group, element)).ok().flatten()?;
+    let value = element.to_str().ok()?;
+    Some(value.trim_matches([' ', '\0']).to_string())
+}
+
+/// Whether the file already holds every target value.
+pub(crate) fn holds(header: &DefaultDicomObject, targets: &[Target]) -> bool {
+    targets.iter().all(|t| {
+        let want = t.value.trim_matches([' ', '\0']);
+        match current_value(header, t.attribute) {
+            Some(value) => value == want,
+            None => want.is_empty(),
+        }
+    })
+}
+
+/// The file's character set, for encoding new values.
+fn charset_of(header: &DefaultDicomObject) -> Option<String> {
+    let element = header
+        .element_opt(tags::SPECIFIC_CHARACTER_SET)
+        .ok()
+        .flatten()?;
+    let value = element.to_str().ok()?;
+    let value = value.trim_matches([' ', '\0']).to_string();
+    (!value.is_empty()).then_some(value)
+}
+
+/// Encodes a value in the file's character set: anything for a single
+/// known character set, ASCII only for the default repertoire and for
+/// code extensions.
+pub(crate) fn encode_value(
+    header: &DefaultDicomObject,
+    target: &Target,
+) -> Result<Vec<u8>, String> {
+    let value = target.value.trim_matches([' ', '\0']);
+    if value.is_ascii() {
+        return Ok(value.as_bytes().to_vec());
+    }
+    let charset = charset_of(header);
+    let codec = charset
+        .as_deref()
+        .filter(|code| !code.contains('\\'))
+        .and_then(SpecificCharacterSet::from_code)
+        .filter(|codec| codec != &SpecificCharacterSet::ISO_IR_6);
+    match codec {
+        Some(codec) => codec.encode(value).map_err(|e| {
+            format!(
+                "{} {value:?} cannot be written in the file's character set {}: {e}",
+                target.attribute,
+                charset.as_deref().unwrap_or("ISO_IR 6")
+            )
+        }),
+        None => Err(format!(
+            "{} {value:?} has non-ASCII characters, but the file's character set is {} \
+             (the character set is not changed by an edit)",
+            target.attribute,
+            charset
+                .as_deref()
+                .unwrap_or("the default repertoire (ISO_IR 6)")
+        )),
+    }
+}
+
+/// Checks that a file can take the targets (every value encodable).
+pub(crate) fn check(head: &Head, targets: &[Target]) -> Result<(), String> {
+    for target in targets {
+        encode_value(&head.header, target)?;
+    }
+    Ok(())
+}
+
+fn encode_element(
+    explicit_vr: bool,
+    attribute: EditableAttribute,
+    mut value: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    if value.len() % 2 == 1 {
+        value.push(b' ');
+    }
+    let (group, element) = attribute.tag();
+    let mut out = Vec::with_capacity(value.len() + 8);
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&element.to_le_bytes());
+    if explicit_vr {
+        out.extend_from_slice(attribute.vr().as_bytes());
+        let len = u16::try_from(value.len())
+            .map_err(|_| format!("{attribute} is too long ({} bytes)", value.len()))?;
+        out.extend_from_slice(&len.to_le_bytes());
+    } else {
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    out.extend_from_slice(&value);
+    Ok(out)
+}
+
+/// The head's data set elements with the targets applied: (new region
+/// bytes). Elements other than the targets keep their bytes; group lengths
+/// of changed groups are corrected.
+fn new_region(head: &Head, targets: &[Target]) -> Result<Vec<u8>, String> {
+    let mut replacements: Vec<((u16, u16), Vec<u8>)> = Vec::new();
+    for target in targets {
+        let present = head.spans.iter().any(|s| s.tag == target.attribute.tag());
+        if !present && target.value.trim_matches([' ', '\0']).is_empty() {
+            continue;
+        }
+        let value = encode_value(&head.header, target)?;
+        replacements.push((
+            target.attribute.tag(),
+            encode_element(head.explicit_vr, target.attribute, value)?,
+        ));
+    }
+    replacements.sort_by_key(|(tag, _)| *tag);
+
+    // Per group: the change in length.
+    let mut delta: std::collections::BTreeMap<u16, i64> = Default::default();
+    for (tag, bytes) in &replacements {
+        let old = head
+            .spans
+            .iter()
+            .find(|s| s.tag == *tag)
+            .map(|s| (s.end - s.start) as i64)
+            .unwrap_or(0);
+        *delta.entry(tag.0).or_default() += bytes.len() as i64 - old;
+    }
+
+    let mut out = Vec::with_capacity(head.region.len() + 256);
+    let mut pending = replacements.iter().peekable();
+    for span in &head.spans {
+        while let Some((tag, bytes)) = pending.peek() {
+            if *tag < span.tag {
+                out.extend_from_slice(bytes);
+                pending.next();
+            } else {
+                break;
+            }
+        }
+        if let Some((tag, bytes)) = pending.peek() {
+            if *tag == span.tag {
+                out.extend_from_slice(bytes);
+                pending.next();
+                continue;
+            }
+        }
+        let bytes = &head.region[span.start..span.end];
+        let group_delta = delta.get(&span.tag.0).copied().unwrap_or(0);
+        if span.tag.1 == 0x0000 && group_delta != 0 && span.end - span.start == span.header_len + 4
+        {
+            let old = i64::from(u32_at(bytes, span.header_len));
+            let new = u32::try_from(old + group_delta)
+                .map_err(|_| format!("group {:04X} length out of range", span.tag.0))?;
+            out.extend_from_slice(&bytes[..span.header_len]);
+            out.extend_from_slice(&new.to_le_bytes());
+        } else {
+            out.extend_from_slice(bytes);
+        }
+    }
+    for (_, bytes) in pending {
+        out.extend_from_slice(bytes);
+    }
+    Ok(out)
+}
+
+/// A writer that hashes (BLAKE3) and counts what passes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the edited file: the prefix, the rewritten head, then the rest
+/// of `source` byte for byte. Returns (size, digest) of what was written.
+pub(crate) fn write_edited(
+    head: &Head,
+    targets: &[Target],
+    source: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<(u64, String), String> {
+    let region = new_region(head, targets)?;
+    let mut writer = HashingWriter {
+        inner: out,
+        hasher: blake3::Hasher::new(),
+        len: 0,
+    };
+    let write_err = |e: io::Error| format!("cannot write the edited file: {e}");
+    writer.write_all(&head.prefix).map_err(write_err)?;
+    writer.write_all(&region).map_err(write_err)?;
+    writer.write_all(&head.carry).map_err(write_err)?;
+    io::copy(source, &mut writer).map_err(|e| format!("cannot copy the rest of the file: {e}"))?;
+    writer.flush().map_err(write_err)?;
+    Ok((writer.len, writer.hasher.finalize().to_hex().to_string()))
+}
+
+/// Parses a written file back (up to Pixel Data) and checks that it holds
+/// the targets.
+pub(crate) fn verify(
+    reader: &mut dyn Read,
+    targets: &[Target],
+) -> Result<DefaultDicomObject, String> {
+    let mut preamble = [0u8; 128];
+    reader.read_exact(&mut preamble).map_err(io_err)?;
+    let header = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(reader)
+        .map_err(|e| format!("the edited file does not parse: {e}"))?;
+    if !holds(&header, targets) {
+        return Err("the edited file does not hold the new values".to_string());
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_object::meta::FileMetaTableBuilder;
+    use dicom_object::InMemDicomObject;
+
+    fn file(ts: &str, charset: Option<&str>, with_group_length: bool) -> Vec<u8> {
+        let text = |tag, vr, value: &str| DataElement::new(tag, vr, PrimitiveValue::from(value));
+        let mut object = InMemDicomObject::from_element_iter([
+            text(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
+            text(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"),
+            text(tags::STUDY_DATE, VR::DA, "20240101"),
+            text(tags::PATIENT_NAME, VR::PN, "OLD^NAME"),
+            text(tags::PATIENT_ID, VR::LO, "PID1"),
+            text(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+            text(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
+            text(tags::SERIES_NUMBER, VR::IS, "1"),
+            text(tags::MODALITY, VR::CS, "OT"),
+        ]);
+        if let Some(charset) = charset {
+            object.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, charset));
+        }
+        // A sequence of undefined length in group 0008.
+        object.put(DataElement::new(
+            tags::REFERENCED_IMAGE_SEQUENCE,
+            VR::SQ,
+            dicom_core::value::DataSetSequence::new(
+                vec![InMemDicomObject::from_element_iter([text(
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    "1.2.3.9",
+                )])],
+                dicom_core::Length::UNDEFINED,
+            ),
+        ));
+        object.put(text(Tag(0x0028, 0x0010), VR::US, "2"));
+        let mut bytes = Vec::new();
+        let file = object
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts))
+            .unwrap();
+        file.write_all(&mut bytes).unwrap();
+        if with_group_length {
+            // Insert (0010,0000) UL by rewriting through the splice itself is
+            // circular; skip: group lengths are covered by the arithmetic below.
+        }
+        // Pixel data, verbatim tail.
+        bytes.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
+        if ts == "1.2.840.10008.1.2" {
+            bytes.extend_from_slice(&4u32.to_le_bytes());
+        } else {
+            bytes.extend_from_slice(b"OW\0\0");
+            bytes.extend_from_slice(&4u32.to_le_bytes());
+        }
+        bytes.extend_from_slice(&[1, 2, 3, 4]);
+        bytes
+    }
+
+    fn edit(bytes: &[u8], targets: &[Target]) -> Result<Vec<u8>, String> {
+        let mut reader = bytes;
+        let head = read_head(&mut reader)?;
+        check(&head, targets)?;
+        let mut out = Vec::new();
+        write_edited(&head, targets, &mut reader, &mut out)?;
+        verify(&mut &out[..], targets)?;
+        Ok(out)
+    }
+
+    fn target(attribute: EditableAttribute, value: &str) -> Target {
+        Target {
+            attribute,
+            value: value.to_string(),
+        }
+    }
+
+    #[test]
+    fn only_the_edited_attributes_change() {
+        for ts in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"] {
+            let original = file(ts, None, false);
+            let targets = [
+                target(EditableAttribute::PatientName, "DOE^JANE"),
+                target(EditableAttribute::StudyDescription, "EDITED"),
+                target(EditableAttribute::AccessionNumber, ""),
+            ];
+            let edited = edit(&original, &targets).unwrap();
+            let mut reader = &edited[..];
+            let head = read_head(&mut reader).unwrap();
+            assert!(holds(&head.header, &targets));
+            // The tail (pixel data) is byte-identical.
+            assert_eq!(
+                &edited[edited.len() - 16..],
+                &original[original.len() - 16..]
+            );
+            // Every other element keeps its bytes: removing the edited ones
+            // from both gives the same bytes.
+            let mut original_reader = &original[..];
+            let before = read_head(&mut original_reader).unwrap();
+            let strip = |head: &Head| -> Vec<u8> {
+                head.spans
+                    .iter()
+                    .filter(|s| ![(0x0010, 0x0010), (0x0008, 0x1030)].contains(&s.tag))
+                    .flat_map(|s| head.region[s.start..s.end].to_vec())
+                    .collect()
+            };
+            assert_eq!(strip(&before), strip(&head), "{ts}");
+            assert_eq!(
+                current_value(&head.header, EditableAttribute::PatientId).as_deref(),
+                Some("PID1")
+            );
+            // Editing again to the same values is recognised.
+            assert!(holds(&head.header, &targets));
+        }
+    }
+
+    #[test]
+    fn group_lengths_follow_the_edit() {
+        // A group length element for group 0010 built by hand.
+        let original = file("1.2.840.10008.1.2.1", None, false);
+        let mut reader = &original[..];
+        let mut head = read_head(&mut reader).unwrap();
+        let group_10: usize = head
+            .spans
+            .iter()
+            .filter(|s| s.tag.0 == 0x0010)
+            .map(|s| s.end - s.start)
+            .sum();
+        let first = head.spans.iter().position(|s| s.tag.0 == 0x0010).unwrap();
+        let at = head.spans[first].start;
+        let mut element = vec![0x10, 0x00, 0x00, 0x00, b'U', b'L', 4, 0];
+        element.extend_from_slice(&(group_10 as u32).to_le_bytes());
+        head.region.splice(at..at, element.clone());
+        for span in head.spans.iter_mut().skip(first) {
+            span.start += 12;
+            span.end += 12;
+        }
+        head.spans.insert(
+            first,
+            Span {
+                tag: (0x0010, 0x0000),
+                start: at,
+                header_len: 8,
+                end: at + 12,
+            },
+        );
+        let targets = [target(EditableAttribute::PatientName, "A^MUCH^LONGER^NAME")];
+        let region = new_region(&head, &targets).unwrap();
+        let new_len = u32_at(&region, at + 8) as usize;
+        let grown = "A^MUCH^LONGER^NAME".len() - "OLD^NAME".len();
+        assert_eq!(new_len, group_10 + grown);
+    }
+
+    #[test]
+    fn character_sets_are_respected() {
+        let ascii = file("1.2.840.10008.1.2.1", None, false);
+        let err = edit(
+            &ascii,
+            &[target(EditableAttribute::PatientName, "MÜLLER^JO")],
+        )
+        .unwrap_err();
+        assert!(err.contains("non-ASCII"), "{err}");
+        let latin1 = file("1.2.840.10008.1.2.1", Some("ISO_IR 100"), false);
+        let edited = edit(
+            &latin1,
+            &[target(EditableAttribute::PatientName, "MÜLLER^JO")],
+        )
+        .unwrap();
+        assert!(edited.windows(2).any(|w| w == [b'M', 0xDC]));
+        let utf8 = file("1.2.840.10008.1.2.1", Some("ISO_IR 192"), false);
+        edit(&utf8, &[target(EditableAttribute::PatientName, "王^小明")]).unwrap();
+    }
+
+    #[test]
+    fn absent_attributes_are_inserted_in_tag_order() {
+        let original = file("1.2.840.10008.1.2.1", None, false);
+        let targets = [
+            target(EditableAttribute::ReferringPhysicianName, "WHO^DR"),
+            target(EditableAttribute::PatientSex, "F"),
+        ];
+        let edited = edit(&original, &targets).unwrap();
+        let mut reader = &edited[..];
+        let head = read_head(&mut reader).unwrap();
+        let tags: Vec<(u16, u16)> = head.spans.iter().map(|s| s.tag).collect();
+        let mut sorted = tags.clone();
+        sorted.sort();
+        assert_eq!(tags, sorted);
+        assert!(holds(&head.header, &targets));
+    }
+
+    #[test]
+    fn unsupported_files_are_refused() {
+        assert!(read_head(&mut &b"not dicom"[..]).is_err());
+        let big = file("1.2.840.10008.1.2.1", None, false);
+        let mut bytes = big.clone();
+        // Pretend the meta names Deflate: refused before the data set is read.
+        let ts = b"1.2.840.10008.1.2.1\0";
+        let at = bytes.windows(ts.len()).position(|w| w == ts).unwrap();
+        bytes.splice(at..at + ts.len(), b"1.2.840.10008.1.2.1.99".iter().copied());
+        assert!(read_head(&mut &bytes[..]).is_err());
+    }
+}
