@@ -75,8 +75,7 @@ use std::time::{Duration, Instant};
 use dicom_ul::pdu::PresentationContextResultReason;
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use imageserver_core::config::Config;
-use imageserver_core::db::sqlite::SqliteIndex;
-use imageserver_core::db::{IndexStore, QueryStore};
+use imageserver_core::db::QueryStore;
 use imageserver_core::dicom::dimse::{Command, CommandField, Priority};
 use imageserver_core::dicom::pdu::{self, Incoming, PduReader};
 use imageserver_core::model::query::{Attribute, Key, Kind, Level, Matcher, Query, Root};
@@ -148,6 +147,8 @@ struct Options {
     /// once it has passed.
     time_limit: Duration,
     db: Option<PathBuf>,
+    /// Index on PostgreSQL at this URL (an empty database) instead of SQLite.
+    pg: Option<String>,
     keep: bool,
     seed: u64,
     peers: Vec<Peer>,
@@ -174,6 +175,7 @@ usage: cargo bench --bench find -- [options]
   --measure-for S      seconds of queries per milestone at most (default 300)
   --time-limit S       seconds for the whole run (default 3600)
   --db PATH            keep the index here (resumed if it exists) instead of a tempdir
+  --pg URL             index on PostgreSQL (postgres://…/db, resumed if it holds data)
   --keep               do not delete the temporary directory
   --seed N             query parameter seed (default 1)
   --shapes A,B,..      only these shapes (patient_id, accession, date_month,
@@ -199,6 +201,7 @@ impl Options {
             measure_for: Duration::from_secs(300),
             time_limit: Duration::from_secs(if bench { 3600 } else { 300 }),
             db: None,
+            pg: None,
             keep: false,
             seed: 1,
             peers: Vec::new(),
@@ -241,6 +244,7 @@ impl Options {
                 "--measure-for" => o.measure_for = Duration::from_secs(value()?.parse()?),
                 "--time-limit" => o.time_limit = Duration::from_secs(value()?.parse()?),
                 "--db" => o.db = Some(PathBuf::from(value()?)),
+                "--pg" => o.pg = Some(value()?),
                 "--keep" => o.keep = true,
                 "--seed" => o.seed = value()?.parse()?,
                 "--manifest" => o.manifest = Some(PathBuf::from(value()?)),
@@ -1150,7 +1154,10 @@ fn index_mode(options: &Options) -> Result<()> {
         .tempdir_in(&base)?;
     let dir = tmp.path().to_path_buf();
     let db = options.db.clone().unwrap_or_else(|| dir.join("index.db"));
-    let settings = settings_for(&dir, &db)?;
+    let mut settings = settings_for(&dir, &db)?;
+    if let Some(url) = &options.pg {
+        settings.db_url = url.clone();
+    }
     println!(
         "C-FIND bench: milestones {} instances, {} queries/shape (+{} warm-up), db {}",
         options
@@ -1190,7 +1197,7 @@ fn index_mode(options: &Options) -> Result<()> {
         let want = milestone / INSTANCES_PER_STUDY;
         // Insert up to the milestone through a bare index.
         if studies < want {
-            let index = SqliteIndex::open(&db)?;
+            let index = imageserver_core::server::open_index(&settings.db_url)?;
             let from = studies;
             let t0 = Instant::now();
             let mut batch =
@@ -1238,16 +1245,16 @@ fn index_mode(options: &Options) -> Result<()> {
         }
         // Open the archive on the index as a restart would and serve it.
         let t0 = Instant::now();
-        let index = Arc::new(SqliteIndex::open(&db)?);
-        let archive = ServerBuilder::new(settings.clone()).index(index).open()?;
+        let archive = ServerBuilder::new(settings.clone()).open()?;
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let server = Server::start_on(archive, vec![listener])?;
         let address = server.local_addr().to_string();
         let open_ms = ms(t0.elapsed());
         println!(
-            "\n== milestone {} instances: {} studies, db {:.2} GB, archive open + start {open_ms:.0} ms",
+            "\n== milestone {} instances: {} studies, db {} ({:.2} GB if SQLite), archive open + start {open_ms:.0} ms",
             human(milestone),
             studies,
+            if options.pg.is_some() { "PostgreSQL" } else { "SQLite" },
             file_size(&db) as f64 / 1e9
         );
         let load_before = load_average();
