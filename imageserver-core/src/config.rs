@@ -675,6 +675,9 @@ pub struct WorkQueueConfig {
     pub poll_secs: u64,
     /// Hours completed items are kept before they are purged.
     pub keep_completed_hours: u64,
+    /// Seconds a study must be quiet (no instance arriving) before its
+    /// StudyProcess item runs (rules, integrity check).
+    pub study_process_delay_secs: u64,
 }
 
 impl Default for WorkQueueConfig {
@@ -686,6 +689,7 @@ impl Default for WorkQueueConfig {
             lease_secs: 60,
             poll_secs: 5,
             keep_completed_hours: 24,
+            study_process_delay_secs: 60,
         }
     }
 }
@@ -705,6 +709,8 @@ pub struct WorkQueueSettings {
     pub poll: Duration,
     /// How long completed items are kept.
     pub keep_completed: Duration,
+    /// How long a study must be quiet before StudyProcess runs.
+    pub study_process_delay: Duration,
 }
 
 impl WorkQueueConfig {
@@ -735,6 +741,7 @@ impl WorkQueueConfig {
             lease: Duration::from_secs(self.lease_secs),
             poll: Duration::from_secs(self.poll_secs),
             keep_completed: Duration::from_secs(self.keep_completed_hours.saturating_mul(3600)),
+            study_process_delay: Duration::from_secs(self.study_process_delay_secs),
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod db;
 pub mod dicom;
 pub mod model;
+pub mod processors;
 pub mod rules;
 pub mod server;
 pub mod services;

@@ -16,8 +16,12 @@ use crate::db::sqlite::SqliteIndex;
 use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
 use crate::dicom::scp::{Dispatcher, ScpOptions};
+use crate::processors::{self, BuiltinDeps};
+use crate::rules::RuleSet;
+use crate::services::commit::StudyProcessHook;
 use crate::services::devices::Devices;
 use crate::services::retrieve::Retrieve;
+use crate::services::studies::Studies;
 use crate::services::{Ingest, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::StorageBackend;
@@ -83,12 +87,33 @@ pub fn open_index(url: &str) -> Result<Arc<dyn Database>, Error> {
 }
 
 /// Assembles an archive from parts; defaults to the backends the settings name.
-#[derive(Debug)]
 pub struct ServerBuilder {
     settings: Settings,
     index: Option<Arc<dyn Database>>,
     storage: Option<Arc<dyn StorageBackend>>,
-    processors: Registry,
+    /// Set by [`ServerBuilder::processors`]: used instead of the built-ins.
+    processors: Option<Registry>,
+    /// Added by [`ServerBuilder::processor`], on top of the rest.
+    extra: Vec<(
+        crate::model::work::WorkKind,
+        workqueue::KindProperties,
+        Arc<dyn workqueue::Processor>,
+    )>,
+    rules: Option<Arc<RuleSet>>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("settings", &self.settings)
+            .field("processors", &self.processors)
+            .field(
+                "extra",
+                &self.extra.iter().map(|(k, _, _)| k).collect::<Vec<_>>(),
+            )
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerBuilder {
@@ -98,13 +123,23 @@ impl ServerBuilder {
             settings,
             index: None,
             storage: None,
-            processors: Registry::new(),
+            processors: None,
+            extra: Vec::new(),
+            rules: None,
         }
     }
 
-    /// Runs these work item processors (replacing those registered so far).
+    /// Runs exactly these work item processors instead of the built-in ones
+    /// ([`crate::processors::register_builtin`]); kinds added with
+    /// [`ServerBuilder::processor`] still apply on top.
     pub fn processors(mut self, processors: Registry) -> ServerBuilder {
-        self.processors = processors;
+        self.processors = Some(processors);
+        self
+    }
+
+    /// The rules the built-in StudyProcess applies (default: none).
+    pub fn rules(mut self, rules: RuleSet) -> ServerBuilder {
+        self.rules = Some(Arc::new(rules));
         self
     }
 
@@ -116,7 +151,7 @@ impl ServerBuilder {
         properties: workqueue::KindProperties,
         processor: impl workqueue::Processor + 'static,
     ) -> ServerBuilder {
-        self.processors.register(kind, properties, processor);
+        self.extra.push((kind, properties, Arc::new(processor)));
         self
     }
 
@@ -138,6 +173,7 @@ impl ServerBuilder {
             Some(database) => database,
             None => open_index(&self.settings.db_url)?,
         };
+        let database_for_work = database.clone();
         let index: Arc<dyn IndexStore> = database.clone();
         let work: Arc<dyn WorkStore> = database.clone();
         let query: Arc<dyn QueryStore> = database;
@@ -169,8 +205,40 @@ impl ServerBuilder {
                 devices,
             });
         }
-        let ingest = Ingest::new(index.clone(), storage.clone(), self.settings.min_free_bytes)?;
         let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone());
+        let mut processors = match self.processors {
+            Some(processors) => processors,
+            None => {
+                let mut registry = Registry::new();
+                let deps = BuiltinDeps {
+                    studies: Studies::new(database_for_work.clone(), storage.clone()),
+                    db: database_for_work,
+                    partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
+                    rules: self.rules,
+                };
+                processors::register_builtin(
+                    &mut registry,
+                    deps,
+                    self.settings.workqueue.study_process_delay,
+                );
+                registry
+            }
+        };
+        for (kind, properties, processor) in self.extra {
+            processors.register_shared(kind, properties, processor);
+        }
+        let ingest = Ingest::with_study_process(
+            index.clone(),
+            storage.clone(),
+            self.settings.min_free_bytes,
+            // Only when something runs StudyProcess items.
+            processors
+                .properties(&crate::model::work::WorkKind::STUDY_PROCESS)
+                .map(|_| StudyProcessHook {
+                    work: work.clone(),
+                    delay: self.settings.workqueue.study_process_delay,
+                }),
+        )?;
         Ok(Archive {
             query,
             retrieve,
@@ -180,7 +248,7 @@ impl ServerBuilder {
             ingest,
             partitions,
             work,
-            processors: self.processors,
+            processors,
         })
     }
 }

@@ -32,3 +32,5 @@ mod postgres;
 mod studies;
 // WorkQueue: exactly-once claiming, failures and retries, study locks, engines in two processes, kill -9 takeover, the operator CLI.
 mod workqueue;
+// Built-in processors via a running server: queued send with retries, queued delete, StudyProcess after ingest.
+mod processors;

@@ -7,13 +7,17 @@
 //! all records in one index transaction, and only then answers each writer.
 //! Under load the batch grows by itself; with one writer it is a batch of one.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender};
 
+use crate::db::work::WorkStore;
 use crate::db::IndexStore;
-use crate::model::{InsertOutcome, InstanceRecord};
+use crate::model::work::{NewWorkItem, Timestamp, WorkKind, WorkUid};
+use crate::model::{InsertOutcome, InstanceRecord, PartitionId, Uid};
 use crate::storage::{PendingSync, StorageBackend};
 
 /// Most records committed in one transaction.
@@ -75,10 +79,20 @@ impl Drop for ThreadGuard {
 impl GroupCommitter {
     /// Starts the committer thread.
     pub fn start(index: Arc<dyn IndexStore>, storage: Arc<dyn StorageBackend>) -> GroupCommitter {
+        GroupCommitter::start_with(index, storage, None)
+    }
+
+    /// Starts the committer thread; with a hook, each committed batch
+    /// enqueues StudyProcess work for its studies.
+    pub fn start_with(
+        index: Arc<dyn IndexStore>,
+        storage: Arc<dyn StorageBackend>,
+        study_process: Option<StudyProcessHook>,
+    ) -> GroupCommitter {
         let (sender, receiver) = channel::unbounded::<Request>();
         let handle = std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(receiver, index, storage))
+            .spawn(move || run(receiver, index, storage, study_process))
             .expect("spawning the group-commit thread");
         GroupCommitter {
             sender,
@@ -105,7 +119,95 @@ impl GroupCommitter {
     }
 }
 
-fn run(receiver: Receiver<Request>, index: Arc<dyn IndexStore>, storage: Arc<dyn StorageBackend>) {
+/// What a committed batch schedules: one StudyProcess item per distinct
+/// study, due `delay` after the batch (appending to the study's waiting
+/// item moves it later, so it runs once the study has been quiet).
+#[derive(Debug, Clone)]
+pub struct StudyProcessHook {
+    /// Where the items go.
+    pub work: Arc<dyn WorkStore>,
+    /// How long a study must be quiet.
+    pub delay: Duration,
+}
+
+impl StudyProcessHook {
+    /// Starts the scheduler thread the committer hands committed records to.
+    /// Scheduling is off the commit path: the next batch never waits for
+    /// it, and studies that arrive within one window are merged into one
+    /// `enqueue_or_append` each. Failures are logged: the instances are
+    /// durable already and their C-STOREs succeeded.
+    fn spawn(self) -> Option<(Sender<Scheduled>, JoinHandle<()>)> {
+        let (sender, receiver) = channel::unbounded::<Scheduled>();
+        match std::thread::Builder::new()
+            .name("study-process-scheduler".into())
+            .spawn(move || self.run(receiver))
+        {
+            Ok(handle) => Some((sender, handle)),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the study-process scheduler");
+                None
+            }
+        }
+    }
+
+    fn run(self, receiver: Receiver<Scheduled>) {
+        let mut pending: BTreeMap<(PartitionId, Uid), Vec<WorkUid>> = BTreeMap::new();
+        loop {
+            let received = if pending.is_empty() {
+                receiver.recv().map_err(|_| true)
+            } else {
+                receiver
+                    .recv_timeout(SCHEDULE_WINDOW)
+                    .map_err(|e| e.is_disconnected())
+            };
+            match received {
+                Ok(entries) => {
+                    for (partition, study_uid, uid) in entries {
+                        pending.entry((partition, study_uid)).or_default().push(uid);
+                    }
+                    continue;
+                }
+                Err(disconnected) => {
+                    self.flush(&mut pending);
+                    if disconnected {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&self, pending: &mut BTreeMap<(PartitionId, Uid), Vec<WorkUid>>) {
+        let due = Timestamp::now().after(self.delay);
+        for ((partition, study_uid), uids) in std::mem::take(pending) {
+            let item = NewWorkItem::new(WorkKind::STUDY_PROCESS, partition)
+                .study(study_uid.clone())
+                .scheduled_at(due)
+                .uids(uids);
+            if let Err(error) = self.work.enqueue_or_append(&item) {
+                tracing::error!(
+                    study_uid = %study_uid,
+                    error = %error_chain(&error),
+                    "cannot schedule study processing"
+                );
+            }
+        }
+    }
+}
+
+/// Committed instances handed to the study-process scheduler.
+type Scheduled = Vec<(PartitionId, Uid, WorkUid)>;
+
+/// How long the scheduler gathers committed instances before enqueueing.
+const SCHEDULE_WINDOW: Duration = Duration::from_millis(500);
+
+fn run(
+    receiver: Receiver<Request>,
+    index: Arc<dyn IndexStore>,
+    storage: Arc<dyn StorageBackend>,
+    study_process: Option<StudyProcessHook>,
+) {
+    let scheduler = study_process.and_then(StudyProcessHook::spawn);
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -143,6 +245,24 @@ fn run(receiver: Receiver<Request>, index: Arc<dyn IndexStore>, storage: Arc<dyn
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
+                // After answering: the writers do not wait for it, and
+                // what queued meanwhile joins the next (larger) batch.
+                if let Some((scheduler, _)) = &scheduler {
+                    let entries = records
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.partition,
+                                r.study.study_uid.clone(),
+                                WorkUid::new(
+                                    r.series.series_uid.clone(),
+                                    r.instance.sop_instance_uid.clone(),
+                                ),
+                            )
+                        })
+                        .collect();
+                    let _ = scheduler.send(entries);
+                }
             }
             Err(error) => {
                 tracing::error!(batch = records.len(), %error, "group commit failed");
@@ -151,6 +271,11 @@ fn run(receiver: Receiver<Request>, index: Arc<dyn IndexStore>, storage: Arc<dyn
                 }
             }
         }
+    }
+    // The queue is drained: let the scheduler enqueue what it gathered.
+    if let Some((sender, handle)) = scheduler {
+        drop(sender);
+        let _ = handle.join();
     }
 }
 

@@ -15,7 +15,7 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
-use super::commit::{error_chain, CommitError, GroupCommitter};
+use super::commit::{error_chain, CommitError, GroupCommitter, StudyProcessHook};
 use super::walker::DataSetWalker;
 use crate::db::{self, IndexStore};
 use crate::dicom::dimse::Status;
@@ -192,8 +192,20 @@ impl Ingest {
         storage: Arc<dyn StorageBackend>,
         min_free_bytes: u64,
     ) -> Result<Ingest, db::Error> {
+        Ingest::with_study_process(index, storage, min_free_bytes, None)
+    }
+
+    /// As [`Ingest::new`], and after each group commit enqueues (or appends
+    /// to) one StudyProcess item per distinct study of the batch, due once
+    /// the study has been quiet for the hook's delay.
+    pub fn with_study_process(
+        index: Arc<dyn IndexStore>,
+        storage: Arc<dyn StorageBackend>,
+        min_free_bytes: u64,
+        study_process: Option<StudyProcessHook>,
+    ) -> Result<Ingest, db::Error> {
         let filesystems = index.filesystems()?;
-        let committer = GroupCommitter::start(index.clone(), storage.clone());
+        let committer = GroupCommitter::start_with(index.clone(), storage.clone(), study_process);
         Ok(Ingest {
             inner: Arc::new(Inner {
                 index,

@@ -1,0 +1,218 @@
+//! The archive's built-in work item processors: what the WorkQueue engine
+//! runs for the kinds of [`WorkKind`]'s constants.
+//!
+//! Each processor is a thin adapter from a work item (its study, its JSON
+//! payload, its instance list) to a study operation of
+//! [`crate::services::studies::Studies`]; the engine stays DICOM-free.
+//! [`register_builtin`] registers them all; the composition root
+//! ([`crate::server::ServerBuilder`]) calls it, and an embedding product may
+//! replace any of them afterwards by registering the kind again.
+//!
+//! | kind | payload | study lock |
+//! |---|---|---|
+//! | `delete_study` | `{"actor", "reason"}` | write |
+//! | `edit_study` | `{"values": ["Keyword=value"…], "actor", "reason"}` | write |
+//! | `reprocess_study` | `{"actor"}` | write |
+//! | `move_study` | `{"destination": AE}`; instance UIDs: a subset (none: all) | read |
+//! | `auto_route` | `{"destination": AE, "rule": name}`; as `move_study` | read |
+//! | `study_process` | none; instance UIDs: what arrived | read |
+//!
+//! All payload fields are optional but `destination`.
+
+mod auto_route;
+mod delete_study;
+mod edit_study;
+mod move_study;
+mod reprocess_study;
+mod study_process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use auto_route::AutoRoute;
+pub use delete_study::DeleteStudy;
+pub use edit_study::EditStudy;
+pub use move_study::{MoveStudy, SendPayload};
+pub use reprocess_study::ReprocessStudy;
+pub use study_process::StudyProcess;
+
+use crate::db::Database;
+use crate::model::work::{StudyLock, WorkItem, WorkKind, WorkPriority};
+use crate::rules::RuleSet;
+use crate::services::studies::{Studies, StudyError};
+use crate::services::Partition;
+use crate::workqueue::{KindProperties, Registry, RetryPolicy, StepResult};
+
+/// The actor recorded in audit entries when a payload names none.
+pub const DEFAULT_ACTOR: &str = "workqueue";
+
+/// What the built-in processors need from the archive.
+#[derive(Debug, Clone)]
+pub struct BuiltinDeps {
+    /// The study operations.
+    pub studies: Studies,
+    /// The index (rules facts, instance lists).
+    pub db: Arc<dyn Database>,
+    /// The archive's partitions.
+    pub partitions: Vec<Partition>,
+    /// The rules StudyProcess applies (None: no rules).
+    pub rules: Option<Arc<RuleSet>>,
+}
+
+impl BuiltinDeps {
+    /// The partition of an item.
+    pub(crate) fn partition(&self, item: &WorkItem) -> Result<&Partition, StepResult> {
+        self.partitions
+            .iter()
+            .find(|p| p.id == item.partition)
+            .ok_or_else(|| {
+                StepResult::Fail(format!(
+                    "partition {:?} is not served by this archive",
+                    item.partition
+                ))
+            })
+    }
+}
+
+/// The retry policy of sends: a destination may be down for a while.
+pub fn send_retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        max_failures: 10,
+        failure_delay: Duration::from_secs(10),
+        backoff: 2.0,
+        max_delay: Duration::from_secs(30 * 60),
+    }
+}
+
+/// Registers the built-in kinds. `study_process_delay` is how long a study
+/// must be quiet before StudyProcess runs.
+pub fn register_builtin(registry: &mut Registry, deps: BuiltinDeps, study_process_delay: Duration) {
+    let write = KindProperties::new().study_lock(StudyLock::Write);
+    let read = KindProperties::new().study_lock(StudyLock::Read);
+    registry
+        .register(
+            WorkKind::DELETE_STUDY,
+            write.clone(),
+            DeleteStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::EDIT_STUDY,
+            write.clone().priority(WorkPriority::High),
+            EditStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::REPROCESS_STUDY,
+            write.memory_heavy(true),
+            ReprocessStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::MOVE_STUDY,
+            read.clone()
+                .priority(WorkPriority::High)
+                .retry(send_retry_policy()),
+            MoveStudy::new(deps.clone(), WorkKind::MOVE_STUDY),
+        )
+        .register(
+            WorkKind::AUTO_ROUTE,
+            read.clone().retry(send_retry_policy()),
+            AutoRoute::new(deps.clone()),
+        )
+        .register(
+            WorkKind::STUDY_PROCESS,
+            read.processing_delay(study_process_delay),
+            StudyProcess::new(deps),
+        );
+}
+
+/// The outcome of a failed study operation: permanent for what a retry
+/// cannot change, transient otherwise.
+pub(crate) fn on_error(error: &StudyError, retry_after: Duration) -> StepResult {
+    let text = crate::services::commit::error_chain(error);
+    match error {
+        StudyError::UnknownStudy { .. }
+        | StudyError::Nearline(_)
+        | StudyError::EditPending(_)
+        | StudyError::InvalidEdit(_)
+        | StudyError::UnknownDevice { .. } => StepResult::Fail(text),
+        _ => StepResult::RetryAfter(retry_after, text),
+    }
+}
+
+/// Parses an item's JSON payload (`{}` or empty when none).
+pub(crate) fn payload<T: serde::de::DeserializeOwned + Default>(
+    item: &WorkItem,
+) -> Result<T, StepResult> {
+    let text = item.payload.trim();
+    if text.is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_str(text)
+        .map_err(|e| StepResult::Fail(format!("invalid {} payload: {e}", item.kind)))
+}
+
+/// The study an item is bound to.
+pub(crate) fn study_uid(item: &WorkItem) -> Result<&crate::model::Uid, StepResult> {
+    item.study_uid()
+        .ok_or_else(|| StepResult::Fail(format!("a {} item must name a study", item.kind)))
+}
+
+/// `?` for processors: the early return is the step result.
+macro_rules! step {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(step) => return step,
+        }
+    };
+}
+pub(crate) use step;
+
+/// Payload of delete, edit and reprocess items: who asked and why.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct AuditPayload {
+    /// Who asked (audit records).
+    pub actor: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Edit only: `Keyword=value` changes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl AuditPayload {
+    /// The actor, or [`DEFAULT_ACTOR`].
+    pub fn actor(&self) -> &str {
+        self.actor.as_deref().unwrap_or(DEFAULT_ACTOR)
+    }
+
+    /// The reason, or "".
+    pub fn reason(&self) -> &str {
+        self.reason.as_deref().unwrap_or("")
+    }
+
+    /// As JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip_and_default() {
+        let p = AuditPayload {
+            actor: Some("alice".into()),
+            reason: Some("duplicate".into()),
+            values: vec!["PatientName=DOE^JANE".into()],
+        };
+        let back: AuditPayload = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(back, p);
+        let empty: AuditPayload = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty.actor(), DEFAULT_ACTOR);
+        let send: SendPayload = serde_json::from_str(r#"{"destination":"DEST"}"#).unwrap();
+        assert_eq!(send.destination, "DEST");
+    }
+}
