@@ -47,11 +47,12 @@ DB_SETUP=':;'
 DB_FLAG=''
 if [[ $BACKEND == postgres ]]; then
   PG_DIR=$(mktemp -d "$TMP/imageserver-bench-pg.XXXXXX")
+  chmod 755 "$PG_DIR"  # the cluster runs as the postgres user
   PG_URL=$("$ROOT/scripts/pg.sh" start "$PG_DIR/cluster")
   trap '"$ROOT/scripts/pg.sh" stop "$PG_DIR/cluster" >/dev/null 2>&1 || true; rm -rf "$PG_DIR"' EXIT
   export PG_URL PG_ADMIN_BASE=${PG_URL%/postgres}
   # A fresh database per run, named after the run's work directory.
-  DB_SETUP='set -e; db=bench_$(basename "$TARGET_WORKDIR" | tr "A-Z" "a-z" | tr -c "a-z0-9_\n" _); psql -q "$PG_URL" -c "CREATE DATABASE $db" >/dev/null;'
+  DB_SETUP='set -e; db=bench_$(printf %s "$TARGET_WORKDIR" | md5sum | cut -c1-16); psql -q "$PG_URL" -c "CREATE DATABASE $db" >/dev/null;'
   DB_FLAG='--db "$PG_ADMIN_BASE/$db"'
 fi
 export TARGET_NAME="imageserver-$BACKEND"

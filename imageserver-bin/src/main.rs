@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use imageserver_core::config::{Config, DeviceConfig};
-use imageserver_core::server::{Archive, Server};
+use imageserver_core::rules::RuleSet;
+use imageserver_core::server::{Archive, Server, ServerBuilder};
 use imageserver_core::services::import::{self, FileOutcome};
 
 mod study_cmd;
@@ -205,7 +206,15 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    let archive = open_archive(&config)?;
+    let mut builder = ServerBuilder::new(config.validate()?);
+    if config.rules_file.is_some() {
+        let path = study_cmd::rules_path(&config, args.archive.config.as_deref(), None)?;
+        let rules = RuleSet::from_file(&path)
+            .with_context(|| format!("cannot load the rules file {}", path.display()))?;
+        tracing::info!(rules = %path.display(), "rules loaded");
+        builder = builder.rules(rules);
+    }
+    let archive = builder.open().context("cannot open the archive")?;
     let server = Server::start(archive)?;
     tracing::info!(
         address = %server.local_addr(),

@@ -17,7 +17,9 @@ use imageserver_core::config::Config;
 use imageserver_core::db::studies::StudyStore;
 use imageserver_core::db::Database;
 use imageserver_core::dicom::scu::ScuOptions;
+use imageserver_core::model::work::{NewWorkItem, WorkKind, WorkStatus, WorkUid};
 use imageserver_core::model::{AeTitle, Uid};
+use imageserver_core::processors::{AuditPayload, SendPayload};
 use imageserver_core::rules::{dry_run, RuleSet};
 use imageserver_core::server::{open_index, Archive, ArchivePartition, ServerBuilder};
 use imageserver_core::services::studies::{
@@ -26,8 +28,11 @@ use imageserver_core::services::studies::{
 
 use crate::{load_config, ArchiveArgs};
 
-const DIRECT: &str = "Runs the operation now and waits for it (a later version enqueues a \
-                      work item instead).";
+const DIRECT: &str = "Runs the operation now, in this process, and waits for it (the \
+                      default). With --queue it enqueues a work item instead (its id is \
+                      printed) for the engine of a running `imageserver serve` on the same \
+                      database; --wait also waits for that item to finish (exit status 1 \
+                      when it fails). `imageserver workqueue show ID` follows an item.";
 
 /// `imageserver study ...`.
 #[derive(Args, Debug)]
@@ -39,19 +44,22 @@ pub struct StudyArgs {
 #[derive(Subcommand, Debug)]
 enum StudyCommand {
     /// Delete a study: its index rows (with an audit record: who, when,
-    /// why), then its files. Runs now and waits (a later version enqueues
-    /// a DeleteStudy work item). Safe to run again after an interruption.
+    /// why), then its files. Runs now and waits, or with --queue/--wait
+    /// enqueues a delete_study work item. Safe to run again after an
+    /// interruption.
     Delete(DeleteArgs),
     /// Change patient/study attributes in the index and in every file of a
-    /// study (history kept). Runs now and waits (a later version enqueues an
-    /// EditStudy work item). Run it again with the same values to finish an
-    /// interrupted edit.
+    /// study (history kept). Runs now and waits, or with --queue/--wait
+    /// enqueues an edit_study work item. Run it again with the same values
+    /// to finish an interrupted edit.
     Edit(EditArgs),
-    /// Rebuild a study's index rows from its files. Runs now and waits (a
-    /// later version enqueues a ReprocessStudy work item).
-    Reprocess(StudyOnlyArgs),
+    /// Rebuild a study's index rows from its files. Runs now and waits, or
+    /// with --queue/--wait enqueues a reprocess_study work item.
+    Reprocess(ReprocessArgs),
     /// Send a study (or some of its instances) to a device with C-STORE.
-    /// Runs now and waits (a later version enqueues a MoveStudy work item).
+    /// Runs now and waits, or with --queue/--wait enqueues a move_study work
+    /// item (retried with backoff while the device is down; a partial
+    /// failure retries only the failed instances).
     Send(SendArgs),
     /// Compare the index with a study's files (missing, extra, size,
     /// digest). Exit status 1 when they disagree.
@@ -75,11 +83,33 @@ struct Target {
     actor: Option<String>,
 }
 
+/// How an operation runs: now, or as a work item.
+#[derive(Args, Debug, Clone, Copy)]
+struct Mode {
+    /// Run the operation now, in this process (the default).
+    #[arg(long, conflicts_with_all = ["queue", "wait"])]
+    now: bool,
+    /// Enqueue a work item for the server's engine and print its id.
+    #[arg(long)]
+    queue: bool,
+    /// Enqueue a work item and wait until it completes or fails.
+    #[arg(long)]
+    wait: bool,
+}
+
+impl Mode {
+    fn queued(self) -> bool {
+        !self.now && (self.queue || self.wait)
+    }
+}
+
 #[derive(Args, Debug)]
 #[command(after_help = DIRECT)]
 struct DeleteArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    mode: Mode,
     /// Why (recorded in the audit log).
     #[arg(long, value_name = "TEXT")]
     reason: String,
@@ -90,6 +120,8 @@ struct DeleteArgs {
 struct EditArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    mode: Mode,
     /// An attribute and its new value, Keyword=value (repeatable), e.g.
     /// --set PatientName=DOE^JANE --set StudyDescription="CT CHEST".
     /// Editable: StudyDate, StudyTime, AccessionNumber,
@@ -103,7 +135,6 @@ struct EditArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = DIRECT)]
 struct StudyOnlyArgs {
     #[command(flatten)]
     target: Target,
@@ -111,9 +142,20 @@ struct StudyOnlyArgs {
 
 #[derive(Args, Debug)]
 #[command(after_help = DIRECT)]
+struct ReprocessArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    mode: Mode,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = DIRECT)]
 struct SendArgs {
     #[command(flatten)]
     target: Target,
+    #[command(flatten)]
+    mode: Mode,
     /// The destination: a device of the partition (configured with
     /// [[devices]] or --device on serve).
     #[arg(long, value_name = "AE")]
@@ -269,6 +311,52 @@ fn timestamp(ms: i64) -> String {
     )
 }
 
+/// Enqueues a work item for the study, prints its id and, with `--wait`,
+/// polls it until it completes (success) or fails (exit status 1).
+fn enqueue(
+    opened: &Opened,
+    partition: &ArchivePartition,
+    uid: &Uid,
+    kind: WorkKind,
+    payload: String,
+    uids: Vec<WorkUid>,
+    mode: Mode,
+) -> Result<ExitCode> {
+    let queue = opened.archive.work_queue();
+    let item = NewWorkItem::new(kind.clone(), partition.partition.id)
+        .study(uid.clone())
+        .payload(payload)
+        .uids(uids);
+    let id = queue
+        .enqueue(item)
+        .with_context(|| format!("cannot enqueue {kind} for study {uid}"))?;
+    println!("enqueued {kind} work item {id} for study {uid}");
+    if !mode.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut last = None;
+    loop {
+        let Some(item) = queue.get(id)? else {
+            bail!("work item {id} was deleted before it finished");
+        };
+        if last != Some((item.status, item.failure_count)) {
+            match &item.failure_description {
+                Some(why) if item.failure_count > 0 => println!(
+                    "work item {id}: {} (failures: {}, last: {why}; next try {})",
+                    item.status, item.failure_count, item.scheduled_at
+                ),
+                _ => println!("work item {id}: {}", item.status),
+            }
+            last = Some((item.status, item.failure_count));
+        }
+        match item.status {
+            WorkStatus::Completed => return Ok(ExitCode::SUCCESS),
+            WorkStatus::Failed => return Ok(ExitCode::from(1)),
+            _ => std::thread::sleep(std::time::Duration::from_millis(250)),
+        }
+    }
+}
+
 fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_000_000.0)
 }
@@ -280,6 +368,22 @@ fn delete(args: DeleteArgs) -> Result<ExitCode> {
     let actor = actor(&args.target);
     if args.reason.trim().is_empty() {
         bail!("--reason must say why the study is deleted");
+    }
+    if args.mode.queued() {
+        let payload = AuditPayload {
+            actor: Some(actor.clone()),
+            reason: Some(args.reason.trim().to_string()),
+            values: Vec::new(),
+        };
+        return enqueue(
+            &opened,
+            partition,
+            &uid,
+            WorkKind::DELETE_STUDY,
+            payload.to_json(),
+            Vec::new(),
+            args.mode,
+        );
     }
     match opened
         .studies
@@ -318,6 +422,22 @@ fn edit(args: EditArgs) -> Result<ExitCode> {
     let partition = partition(&opened.archive, args.target.partition.as_deref())?;
     let uid = study_uid(&args.target.study_uid)?;
     let actor = actor(&args.target);
+    if args.mode.queued() {
+        let payload = AuditPayload {
+            actor: Some(actor.clone()),
+            reason: Some(args.reason.clone()),
+            values: args.set.clone(),
+        };
+        return enqueue(
+            &opened,
+            partition,
+            &uid,
+            WorkKind::EDIT_STUDY,
+            payload.to_json(),
+            Vec::new(),
+            args.mode,
+        );
+    }
     match opened
         .studies
         .edit(&partition.partition, &uid, &values, &actor, &args.reason)
@@ -357,10 +477,25 @@ fn edit(args: EditArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn reprocess(args: StudyOnlyArgs) -> Result<ExitCode> {
+fn reprocess(args: ReprocessArgs) -> Result<ExitCode> {
     let opened = open(&args.target.archive)?;
     let partition = partition(&opened.archive, args.target.partition.as_deref())?;
     let uid = study_uid(&args.target.study_uid)?;
+    if args.mode.queued() {
+        let payload = AuditPayload {
+            actor: Some(actor(&args.target)),
+            ..AuditPayload::default()
+        };
+        return enqueue(
+            &opened,
+            partition,
+            &uid,
+            WorkKind::REPROCESS_STUDY,
+            payload.to_json(),
+            Vec::new(),
+            args.mode,
+        );
+    }
     let report = opened
         .studies
         .reprocess(&partition.partition, &uid, &actor(&args.target))
@@ -388,6 +523,32 @@ fn send(args: SendArgs) -> Result<ExitCode> {
         .studies
         .destination(&partition.partition, &args.to)
         .map_err(unknown)?;
+    if args.mode.queued() {
+        let mut uids = Vec::new();
+        if !only.is_empty() {
+            let series: std::collections::BTreeMap<Uid, Uid> = opened
+                .db
+                .study_instances(partition.partition.id, &uid)?
+                .into_iter()
+                .map(|i| (i.sop_instance_uid, i.series_uid))
+                .collect();
+            for sop in &only {
+                let Some(series) = series.get(sop) else {
+                    bail!("{sop} is not an instance of study {uid}");
+                };
+                uids.push(WorkUid::new(series.clone(), sop.clone()));
+            }
+        }
+        return enqueue(
+            &opened,
+            partition,
+            &uid,
+            WorkKind::MOVE_STUDY,
+            SendPayload::to(device.ae_title.as_str()).to_json(),
+            uids,
+            args.mode,
+        );
+    }
     let options = ScuOptions::new(partition.partition.ae_title.as_str());
     let report = opened
         .studies
@@ -500,7 +661,11 @@ fn history(args: StudyOnlyArgs) -> Result<ExitCode> {
 
 /// The rules file: `--rules`, else the configuration's `rules_file`
 /// (relative to the configuration file).
-fn rules_path(config: &Config, config_file: Option<&Path>, flag: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn rules_path(
+    config: &Config,
+    config_file: Option<&Path>,
+    flag: Option<&Path>,
+) -> Result<PathBuf> {
     if let Some(path) = flag {
         return Ok(path.to_path_buf());
     }
