@@ -77,14 +77,9 @@ impl Drop for ThreadGuard {
 }
 
 impl GroupCommitter {
-    /// Starts the committer thread.
-    pub fn start(index: Arc<dyn IndexStore>, storage: Arc<dyn StorageBackend>) -> GroupCommitter {
-        GroupCommitter::start_with(index, storage, None)
-    }
-
     /// Starts the committer thread; with a hook, each committed batch
     /// enqueues StudyProcess work for its studies.
-    pub fn start_with(
+    pub fn start(
         index: Arc<dyn IndexStore>,
         storage: Arc<dyn StorageBackend>,
         study_process: Option<StudyProcessHook>,

@@ -205,7 +205,7 @@ impl Ingest {
         study_process: Option<StudyProcessHook>,
     ) -> Result<Ingest, db::Error> {
         let filesystems = index.filesystems()?;
-        let committer = GroupCommitter::start_with(index.clone(), storage.clone(), study_process);
+        let committer = GroupCommitter::start(index.clone(), storage.clone(), study_process);
         Ok(Ingest {
             inner: Arc::new(Inner {
                 index,

@@ -484,6 +484,26 @@ where
     parse(&text).map_err(|e| decode_error(column, e))
 }
 
+/// A `duplicate` row selected with the columns `filesystem_id, folder,
+/// date_folder, study_uid, sop_instance_uid, series_uid, variant, file_size,
+/// digest, source_ae, received_at`.
+pub(super) fn duplicate_from_row(
+    r: &PgRow,
+    partition: PartitionId,
+) -> Result<DuplicateRecord, sqlx::Error> {
+    Ok(DuplicateRecord {
+        partition,
+        location: location_from_row(r)?,
+        sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
+        series_uid: parse_column(r, "series_uid", Uid::parse)?,
+        variant: get_u64(r, "variant")?,
+        file_size: get_u64(r, "file_size")?,
+        digest: r.try_get("digest")?,
+        source_ae: r.try_get("source_ae")?,
+        received_at_ms: r.try_get("received_at")?,
+    })
+}
+
 /// Maps the columns `filesystem_id, folder, date_folder, study_uid` of a
 /// row to a [`StudyLocation`].
 fn location_from_row(row: &PgRow) -> Result<StudyLocation, sqlx::Error> {
@@ -802,19 +822,7 @@ impl IndexStore for PgIndex {
             .fetch_all(&mut *conn)
             .await?;
             rows.iter()
-                .map(|r| {
-                    Ok(DuplicateRecord {
-                        partition,
-                        location: location_from_row(r)?,
-                        sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
-                        series_uid: parse_column(r, "series_uid", Uid::parse)?,
-                        variant: get_u64(r, "variant")?,
-                        file_size: get_u64(r, "file_size")?,
-                        digest: r.try_get("digest")?,
-                        source_ae: r.try_get("source_ae")?,
-                        received_at_ms: r.try_get("received_at")?,
-                    })
-                })
+                .map(|r| duplicate_from_row(r, partition))
                 .collect()
         })
     }

@@ -132,19 +132,7 @@ async fn read_duplicates(
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
-        .map(|r| {
-            Ok(DuplicateRecord {
-                partition,
-                location: location_from_row(r)?,
-                sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
-                series_uid: parse_column(r, "series_uid", Uid::parse)?,
-                variant: get_u64(r, "variant")?,
-                file_size: get_u64(r, "file_size")?,
-                digest: r.try_get("digest")?,
-                source_ae: r.try_get("source_ae")?,
-                received_at_ms: r.try_get("received_at")?,
-            })
-        })
+        .map(|r| super::duplicate_from_row(r, partition))
         .collect()
 }
 

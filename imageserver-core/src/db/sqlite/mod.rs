@@ -408,6 +408,26 @@ impl ReaderPool {
 
 /// Maps a row of `study_storage.filesystem_id, partition.folder,
 /// study_storage.date_folder, study_uid` (starting at column `at`).
+/// A `duplicate` row selected as `d.filesystem_id, p.folder, d.date_folder,
+/// d.study_uid, d.sop_instance_uid, d.series_uid, d.variant, d.file_size,
+/// d.digest, d.source_ae, d.received_at`.
+pub(super) fn duplicate_from_row(
+    r: &Row<'_>,
+    partition: PartitionId,
+) -> rusqlite::Result<DuplicateRecord> {
+    Ok(DuplicateRecord {
+        partition,
+        location: location_from_row(r, 0)?,
+        sop_instance_uid: parse_column(r, 4, Uid::parse)?,
+        series_uid: parse_column(r, 5, Uid::parse)?,
+        variant: get_u64(r, 6)?,
+        file_size: get_u64(r, 7)?,
+        digest: r.get(8)?,
+        source_ae: r.get(9)?,
+        received_at_ms: r.get(10)?,
+    })
+}
+
 fn location_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<StudyLocation> {
     Ok(StudyLocation {
         // NULL (a nearline study without online copy) is reported as an error.
@@ -693,19 +713,7 @@ impl IndexStore for SqliteIndex {
                  FROM duplicate d JOIN partition p ON p.id = d.partition_id
                  WHERE d.partition_id = ?1 ORDER BY d.received_at, d.id",
             )?;
-            let rows = stmt.query_map([partition.0], |r| {
-                Ok(DuplicateRecord {
-                    partition,
-                    location: location_from_row(r, 0)?,
-                    sop_instance_uid: parse_column(r, 4, Uid::parse)?,
-                    series_uid: parse_column(r, 5, Uid::parse)?,
-                    variant: get_u64(r, 6)?,
-                    file_size: get_u64(r, 7)?,
-                    digest: r.get(8)?,
-                    source_ae: r.get(9)?,
-                    received_at_ms: r.get(10)?,
-                })
-            })?;
+            let rows = stmt.query_map([partition.0], |r| duplicate_from_row(r, partition))?;
             rows.collect()
         })
     }

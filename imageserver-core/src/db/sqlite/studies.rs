@@ -121,17 +121,7 @@ fn read_duplicates(
          WHERE d.partition_id = ?1 AND d.study_uid = ?2 ORDER BY d.id",
     )?;
     let rows = stmt.query_map(params![partition.0, study_uid.as_str()], |r| {
-        Ok(DuplicateRecord {
-            partition,
-            location: location_from_row(r, 0)?,
-            sop_instance_uid: parse_column(r, 4, Uid::parse)?,
-            series_uid: parse_column(r, 5, Uid::parse)?,
-            variant: get_u64(r, 6)?,
-            file_size: get_u64(r, 7)?,
-            digest: r.get(8)?,
-            source_ae: r.get(9)?,
-            received_at_ms: r.get(10)?,
-        })
+        super::duplicate_from_row(r, partition)
     })?;
     rows.collect()
 }
