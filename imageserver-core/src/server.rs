@@ -8,7 +8,7 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{ConfigError, PartitionSettings, Settings};
@@ -227,6 +227,7 @@ impl ServerBuilder {
         for (kind, properties, processor) in self.extra {
             processors.register_shared(kind, properties, processor);
         }
+        let study_process_wake = Arc::new(OnceLock::new());
         let ingest = Ingest::with_study_process(
             index.clone(),
             storage.clone(),
@@ -234,9 +235,10 @@ impl ServerBuilder {
             // Only when something runs StudyProcess items.
             processors
                 .properties(&crate::model::work::WorkKind::STUDY_PROCESS)
-                .map(|_| StudyProcessHook {
-                    work: work.clone(),
+                .map(|properties| StudyProcessHook {
                     delay: self.settings.workqueue.study_process_delay,
+                    priority: properties.priority,
+                    wake: study_process_wake.clone(),
                 }),
         )?;
         Ok(Archive {
@@ -249,6 +251,7 @@ impl ServerBuilder {
             partitions,
             work,
             processors,
+            study_process_wake,
         })
     }
 }
@@ -285,6 +288,9 @@ pub struct Archive {
     pub work: Arc<dyn WorkStore>,
     /// The work item kinds this archive runs.
     pub processors: Registry,
+    /// Where ingest finds the engine to wake for the StudyProcess items
+    /// it schedules (set by [`Server::start_on`]).
+    study_process_wake: Arc<OnceLock<WorkQueue>>,
 }
 
 impl Archive {
@@ -357,6 +363,9 @@ impl Server {
                 },
             )?),
         };
+        if let Some(engine) = &engine {
+            let _ = archive.study_process_wake.set(engine.handle());
+        }
         let mut acceptors = Vec::new();
         for (partition, listener) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {

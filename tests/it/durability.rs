@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::corpus::{generate_corpus, single_instance, CorpusShape, Instance};
 use crate::support::dcmtk::{self, CALLING_AE};
-use crate::support::server::{test_dir, Server};
+use crate::support::server::{test_dir, Server, BINARY};
 use crate::support::{archived_files, assert_archived, corpus};
 
 /// Parallel senders (the machine has two cores).
@@ -74,6 +74,16 @@ fn acknowledged_instances_survive_kill_9() {
                 path.display()
             );
         }
+    }
+    // Each acknowledged instance's study will be processed: its StudyProcess
+    // item committed with its index row (the default delay keeps it waiting).
+    let scheduled = study_process_uids(&server);
+    for instance in &acknowledged {
+        assert!(
+            scheduled.contains(&instance.sop_instance_uid),
+            "acknowledged {} is in no study_process item",
+            instance.sop_instance_uid
+        );
     }
     let n_indexed = index.counts().instances;
     eprintln!("durability: {n_indexed} indexed after the restart");
@@ -159,4 +169,34 @@ fn send_until_killed(server: &mut Server, corpus: &[Instance]) -> Vec<Instance> 
 fn store_one(addr: std::net::SocketAddr, called_ae: &str, path: &Path) -> bool {
     let storescu = dcmtk::store(addr, called_ae, &[path], &[], Duration::from_secs(30));
     storescu.success() && dcmtk::acknowledged_files(&storescu.text()).len() == 1
+}
+
+/// The instance UIDs the server's `study_process` items list, through
+/// `imageserver workqueue list` and `show --json`.
+fn study_process_uids(server: &Server) -> std::collections::BTreeSet<String> {
+    let archive = server.archive();
+    let run = |args: &[&str]| -> String {
+        let mut command = std::process::Command::new(BINARY);
+        command.args(args).arg("--data").arg(archive.data_dir());
+        command.args(archive.db_args());
+        let output = command.output().expect("run imageserver");
+        assert!(
+            output.status.success(),
+            "imageserver {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let mut uids = std::collections::BTreeSet::new();
+    let list = run(&["workqueue", "list", "--type", "study_process", "--json"]);
+    for line in list.lines() {
+        let item: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let id = item["id"].to_string();
+        let shown: serde_json::Value =
+            serde_json::from_str(&run(&["workqueue", "show", &id, "--json"])).expect("JSON");
+        for uid in shown["uids"].as_array().expect("uids") {
+            uids.insert(uid["sop_instance_uid"].as_str().expect("a UID").to_string());
+        }
+    }
+    uids
 }

@@ -21,6 +21,7 @@ pub(crate) mod conformance;
 use std::ops::ControlFlow;
 
 use crate::model::query::{Match, Query};
+use crate::model::work::{NewWorkItem, Timestamp, WorkKind, WorkPriority, WorkUid};
 use crate::model::{
     DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
     InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
@@ -115,7 +116,20 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// replaced instance is not counted twice). Returns one outcome per
     /// record, in order. All or nothing: on error nothing of the batch is
     /// committed.
-    fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error>;
+    fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error> {
+        self.insert_instances_then(batch, None)
+    }
+
+    /// [`IndexStore::insert_instances`], and in the **same** transaction the
+    /// follow-up work of the batch, if any (see [`FollowUp`]): the batch's
+    /// rows and the work they schedule commit together or not at all, so a
+    /// crash can never leave an acknowledged instance whose study will not
+    /// be processed.
+    fn insert_instances_then(
+        &self,
+        batch: &[InstanceRecord],
+        follow_up: Option<&FollowUp>,
+    ) -> Result<Vec<InsertOutcome>, Error>;
 
     /// Looks up one instance of a partition by SOP Instance UID.
     fn instance(
@@ -132,6 +146,52 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
 
     /// The kept-aside duplicates of a partition, oldest first.
     fn duplicates(&self, partition: PartitionId) -> Result<Vec<DuplicateRecord>, Error>;
+}
+
+/// Work an index batch schedules in its own transaction: for each distinct
+/// study of the batch, the batch's instances of that study are appended to
+/// the study's waiting (Idle or Pending) item of `kind`, or a new item is
+/// created ([`work::WorkStore::enqueue_or_append`] semantics). Its
+/// scheduled time becomes `due` (moving later, never earlier), so the item
+/// runs once the study has been quiet until then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    /// The kind of the items (StudyProcess for ingest).
+    pub kind: WorkKind,
+    /// Their priority.
+    pub priority: WorkPriority,
+    /// When they become due.
+    pub due: Timestamp,
+}
+
+impl FollowUp {
+    /// The items `batch` schedules: one per distinct study.
+    pub(crate) fn items_for<'a>(
+        &self,
+        batch: impl IntoIterator<Item = &'a InstanceRecord>,
+    ) -> Vec<NewWorkItem> {
+        let mut studies: std::collections::BTreeMap<(PartitionId, &Uid), Vec<WorkUid>> =
+            std::collections::BTreeMap::new();
+        for record in batch {
+            studies
+                .entry((record.partition, &record.study.study_uid))
+                .or_default()
+                .push(WorkUid::new(
+                    record.series.series_uid.clone(),
+                    record.instance.sop_instance_uid.clone(),
+                ));
+        }
+        studies
+            .into_iter()
+            .map(|((partition, study), uids)| {
+                NewWorkItem::new(self.kind.clone(), partition)
+                    .study(study.clone())
+                    .priority(self.priority)
+                    .scheduled_at(self.due)
+                    .uids(uids)
+            })
+            .collect()
+    }
 }
 
 /// Queries against the index (C-FIND, retrieve, DICOMweb QIDO): matching per

@@ -7,18 +7,17 @@
 //! all records in one index transaction, and only then answers each writer.
 //! Under load the batch grows by itself; with one writer it is a batch of one.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender};
 
-use crate::db::work::WorkStore;
-use crate::db::IndexStore;
-use crate::model::work::{NewWorkItem, Timestamp, WorkKind, WorkUid};
-use crate::model::{InsertOutcome, InstanceRecord, PartitionId, Uid};
+use crate::db::{FollowUp, IndexStore};
+use crate::model::work::{Timestamp, WorkKind, WorkPriority};
+use crate::model::{InsertOutcome, InstanceRecord};
 use crate::storage::{PendingSync, StorageBackend};
+use crate::workqueue::WorkQueue;
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -78,7 +77,7 @@ impl Drop for ThreadGuard {
 
 impl GroupCommitter {
     /// Starts the committer thread; with a hook, each committed batch
-    /// enqueues StudyProcess work for its studies.
+    /// schedules StudyProcess work for its studies in its own transaction.
     pub fn start(
         index: Arc<dyn IndexStore>,
         storage: Arc<dyn StorageBackend>,
@@ -114,87 +113,35 @@ impl GroupCommitter {
     }
 }
 
-/// What a committed batch schedules: one StudyProcess item per distinct
-/// study, due `delay` after the batch (appending to the study's waiting
-/// item moves it later, so it runs once the study has been quiet).
+/// What a committed batch schedules, in its own index transaction: one
+/// StudyProcess item per distinct study, due `delay` after the batch
+/// (appending to the study's waiting item moves it later, so it runs once
+/// the study has been quiet that long). See [`crate::db::FollowUp`].
 #[derive(Debug, Clone)]
 pub struct StudyProcessHook {
-    /// Where the items go.
-    pub work: Arc<dyn WorkStore>,
     /// How long a study must be quiet.
     pub delay: Duration,
+    /// The items' priority.
+    pub priority: WorkPriority,
+    /// The local engine, woken when the items fall due (set once it runs;
+    /// until then, or without one, engines find the items by polling).
+    pub wake: Arc<OnceLock<WorkQueue>>,
 }
 
 impl StudyProcessHook {
-    /// Starts the scheduler thread the committer hands committed records to.
-    /// Scheduling is off the commit path: the next batch never waits for
-    /// it, and studies that arrive within one window are merged into one
-    /// `enqueue_or_append` each. Failures are logged: the instances are
-    /// durable already and their C-STOREs succeeded.
-    fn spawn(self) -> Option<(Sender<Scheduled>, JoinHandle<()>)> {
-        let (sender, receiver) = channel::unbounded::<Scheduled>();
-        match std::thread::Builder::new()
-            .name("study-process-scheduler".into())
-            .spawn(move || self.run(receiver))
-        {
-            Ok(handle) => Some((sender, handle)),
-            Err(error) => {
-                tracing::error!(%error, "cannot start the study-process scheduler");
-                None
-            }
-        }
-    }
-
-    fn run(self, receiver: Receiver<Scheduled>) {
-        let mut pending: BTreeMap<(PartitionId, Uid), Vec<WorkUid>> = BTreeMap::new();
-        loop {
-            let received = if pending.is_empty() {
-                receiver.recv().map_err(|_| true)
-            } else {
-                receiver
-                    .recv_timeout(SCHEDULE_WINDOW)
-                    .map_err(|e| e.is_disconnected())
-            };
-            match received {
-                Ok(entries) => {
-                    for (partition, study_uid, uid) in entries {
-                        pending.entry((partition, study_uid)).or_default().push(uid);
-                    }
-                    continue;
-                }
-                Err(disconnected) => {
-                    self.flush(&mut pending);
-                    if disconnected {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    fn flush(&self, pending: &mut BTreeMap<(PartitionId, Uid), Vec<WorkUid>>) {
-        let due = Timestamp::now().after(self.delay);
-        for ((partition, study_uid), uids) in std::mem::take(pending) {
-            let item = NewWorkItem::new(WorkKind::STUDY_PROCESS, partition)
-                .study(study_uid.clone())
-                .scheduled_at(due)
-                .uids(uids);
-            if let Err(error) = self.work.enqueue_or_append(&item) {
-                tracing::error!(
-                    study_uid = %study_uid,
-                    error = %error_chain(&error),
-                    "cannot schedule study processing"
-                );
-            }
+    /// The follow-up of a batch committed now.
+    fn follow_up(&self) -> FollowUp {
+        FollowUp {
+            kind: WorkKind::STUDY_PROCESS,
+            priority: self.priority,
+            due: Timestamp::now().after(self.delay),
         }
     }
 }
 
-/// Committed instances handed to the study-process scheduler.
-type Scheduled = Vec<(PartitionId, Uid, WorkUid)>;
-
-/// How long the scheduler gathers committed instances before enqueueing.
-const SCHEDULE_WINDOW: Duration = Duration::from_millis(500);
+/// Wake-ups for scheduled items are rounded up to this step, so that a
+/// busy ingest sets one engine timer per step, not one per batch.
+const WAKE_STEP_MS: i64 = 100;
 
 fn run(
     receiver: Receiver<Request>,
@@ -202,7 +149,7 @@ fn run(
     storage: Arc<dyn StorageBackend>,
     study_process: Option<StudyProcessHook>,
 ) {
-    let scheduler = study_process.and_then(StudyProcessHook::spawn);
+    let mut last_wake: Option<Timestamp> = None;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -220,14 +167,17 @@ fn run(
             records.push(request.record);
             replies.push(request.reply);
         }
+        let follow_up = study_process.as_ref().map(StudyProcessHook::follow_up);
         let result = storage
             .sync(pending)
             .map_err(|e| CommitError::Storage(error_chain(&e)))
             .and_then(|()| {
-                index.insert_instances(&records).map_err(|e| match e {
-                    crate::db::Error::Full(_) => CommitError::IndexFull(error_chain(&e)),
-                    other => CommitError::Index(error_chain(&other)),
-                })
+                index
+                    .insert_instances_then(&records, follow_up.as_ref())
+                    .map_err(|e| match e {
+                        crate::db::Error::Full(_) => CommitError::IndexFull(error_chain(&e)),
+                        other => CommitError::Index(error_chain(&other)),
+                    })
             });
         tracing::debug!(
             batch = records.len(),
@@ -240,23 +190,16 @@ fn run(
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
-                // After answering: the writers do not wait for it, and
-                // what queued meanwhile joins the next (larger) batch.
-                if let Some((scheduler, _)) = &scheduler {
-                    let entries = records
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.partition,
-                                r.study.study_uid.clone(),
-                                WorkUid::new(
-                                    r.series.series_uid.clone(),
-                                    r.instance.sop_instance_uid.clone(),
-                                ),
-                            )
-                        })
-                        .collect();
-                    let _ = scheduler.send(entries);
+                if let (Some(hook), Some(follow_up)) = (&study_process, &follow_up) {
+                    let due = follow_up.due.as_millis();
+                    let step = (due + WAKE_STEP_MS - 1) / WAKE_STEP_MS * WAKE_STEP_MS;
+                    let wake_at = Timestamp::from_millis(step);
+                    if last_wake != Some(wake_at) {
+                        if let Some(queue) = hook.wake.get() {
+                            queue.wake_at(wake_at);
+                            last_wake = Some(wake_at);
+                        }
+                    }
                 }
             }
             Err(error) => {
@@ -266,11 +209,6 @@ fn run(
                 }
             }
         }
-    }
-    // The queue is drained: let the scheduler enqueue what it gathered.
-    if let Some((sender, handle)) = scheduler {
-        drop(sender);
-        let _ = handle.join();
     }
 }
 

@@ -195,9 +195,10 @@ impl Ingest {
         Ingest::with_study_process(index, storage, min_free_bytes, None)
     }
 
-    /// As [`Ingest::new`], and after each group commit enqueues (or appends
-    /// to) one StudyProcess item per distinct study of the batch, due once
-    /// the study has been quiet for the hook's delay.
+    /// As [`Ingest::new`], and each group commit schedules, in its own index
+    /// transaction, one StudyProcess item per distinct study of the batch
+    /// (or appends to the study's waiting one), due once the study has been
+    /// quiet for the hook's delay.
     pub fn with_study_process(
         index: Arc<dyn IndexStore>,
         storage: Arc<dyn StorageBackend>,

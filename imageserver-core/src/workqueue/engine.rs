@@ -207,6 +207,13 @@ impl WorkQueue {
         item
     }
 
+    /// Wakes the local engine at `at` (now, if past): for items scheduled
+    /// by other means than this handle, such as the StudyProcess items an
+    /// ingest batch schedules in its index transaction.
+    pub fn wake_at(&self, at: Timestamp) {
+        self.wake_for(Some(at));
+    }
+
     /// Wakes the local claimer now, or sets a timer for a later schedule.
     fn wake_for(&self, at: Option<Timestamp>) {
         let now = Timestamp::now();

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
-use crate::db::{Error, IndexStore};
+use crate::db::{Error, FollowUp, IndexStore};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
     IndexCounts, InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance,
@@ -708,14 +708,28 @@ impl IndexStore for PgIndex {
         })
     }
 
-    fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error> {
+    fn insert_instances_then(
+        &self,
+        batch: &[InstanceRecord],
+        follow_up: Option<&FollowUp>,
+    ) -> Result<Vec<InsertOutcome>, Error> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let start = Instant::now();
         let now = now_ms();
+        // In study UID order: every appender takes the studies' append
+        // locks in that one order, so two nodes' batches never deadlock.
+        let follow_ups = follow_up.map(|f| f.items_for(batch)).unwrap_or_default();
         let outcomes = self.write("indexing instances", async |conn| {
-            ingest::insert_batch(conn, batch, now).await
+            let outcomes = ingest::insert_batch(conn, batch, now).await?;
+            for item in &follow_ups {
+                // The batch has just written the study's storage row.
+                if let Ok(study) = work::study_of(conn, item).await? {
+                    work::append_in(conn, item, study).await?;
+                }
+            }
+            Ok(outcomes)
         })?;
         let replaced = outcomes
             .iter()

@@ -235,7 +235,68 @@ async fn load_items(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<WorkItem
 }
 
 /// The study storage key of a new item (Err: not stored in the partition).
-async fn study_of(
+/// [`WorkStore::enqueue_or_append`] inside a write transaction, the study
+/// resolved: appends to the study's waiting item of the kind, or creates one.
+/// Takes the study's append lock until the transaction ends.
+pub(super) async fn append_in(
+    conn: &mut PgConnection,
+    item: &NewWorkItem,
+    study: Option<i64>,
+) -> Result<Enqueued, TxError> {
+    let Some(study) = study else {
+        let id = insert_item(conn, item, None).await?;
+        return Ok(Enqueued::Created(WorkItemId(id)));
+    };
+    // One appender per study at a time, so that two nodes receiving
+    // instances of one study do not both create an item.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK | study)
+        .execute(&mut *conn)
+        .await?;
+    let existing: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM work_queue
+         WHERE study_storage_id = $1 AND partition_id = $2 AND type = $3
+           AND status IN ('idle', 'pending')
+         ORDER BY id LIMIT 1
+         FOR UPDATE",
+    )
+    .bind(study)
+    .bind(item.partition.0)
+    .bind(item.kind.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(id) = existing else {
+        let id = insert_item(conn, item, Some(study)).await?;
+        return Ok(Enqueued::Created(WorkItemId(id)));
+    };
+    let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE work_queue SET
+             scheduled_time = GREATEST(scheduled_time, COALESCE($2, {NOW_MS})),
+             expiration_time = CASE WHEN expiration_time IS NULL OR $3::BIGINT IS NULL
+                                    THEN NULL ELSE GREATEST(expiration_time, $3) END,
+             priority = GREATEST(priority, $4),
+             status = CASE WHEN $5 = 'pending' THEN 'pending' ELSE status END,
+             updated_at = {NOW_MS}
+         WHERE id = $1 AND status IN ('idle', 'pending')"
+    )))
+    .bind(id)
+    .bind(item.scheduled_at.map(Timestamp::as_millis))
+    .bind(item.expires_at.map(Timestamp::as_millis))
+    .bind(item.priority.unwrap_or_default().rank())
+    .bind(item.status.as_str())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed != 1 {
+        // Claimed between our read and our update: retry the whole
+        // transaction (it will create a new item).
+        return Err(TxError::Conflict("a work item was claimed while appending"));
+    }
+    add_uids(conn, id, &item.uids).await?;
+    Ok(Enqueued::Appended(WorkItemId(id)))
+}
+
+pub(super) async fn study_of(
     conn: &mut PgConnection,
     item: &NewWorkItem,
 ) -> Result<Result<Option<i64>, ()>, sqlx::Error> {
@@ -432,57 +493,7 @@ impl WorkStore for PgIndex {
             let Ok(study) = study_of(conn, item).await? else {
                 return Ok(None);
             };
-            let Some(study) = study else {
-                let id = insert_item(conn, item, None).await?;
-                return Ok(Some(Enqueued::Created(WorkItemId(id))));
-            };
-            // One appender per study at a time, so that two nodes receiving
-            // instances of one study do not both create an item.
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(APPEND_LOCK | study)
-                .execute(&mut *conn)
-                .await?;
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM work_queue
-                 WHERE study_storage_id = $1 AND partition_id = $2 AND type = $3
-                   AND status IN ('idle', 'pending')
-                 ORDER BY id LIMIT 1
-                 FOR UPDATE",
-            )
-            .bind(study)
-            .bind(item.partition.0)
-            .bind(item.kind.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some(id) = existing else {
-                let id = insert_item(conn, item, Some(study)).await?;
-                return Ok(Some(Enqueued::Created(WorkItemId(id))));
-            };
-            let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE work_queue SET
-                     scheduled_time = GREATEST(scheduled_time, COALESCE($2, {NOW_MS})),
-                     expiration_time = CASE WHEN expiration_time IS NULL OR $3::BIGINT IS NULL
-                                            THEN NULL ELSE GREATEST(expiration_time, $3) END,
-                     priority = GREATEST(priority, $4),
-                     status = CASE WHEN $5 = 'pending' THEN 'pending' ELSE status END,
-                     updated_at = {NOW_MS}
-                 WHERE id = $1 AND status IN ('idle', 'pending')"
-            )))
-            .bind(id)
-            .bind(item.scheduled_at.map(Timestamp::as_millis))
-            .bind(item.expires_at.map(Timestamp::as_millis))
-            .bind(item.priority.unwrap_or_default().rank())
-            .bind(item.status.as_str())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if changed != 1 {
-                // Claimed between our read and our update: retry the whole
-                // transaction (it will create a new item).
-                return Err(TxError::Conflict("a work item was claimed while appending"));
-            }
-            add_uids(conn, id, &item.uids).await?;
-            Ok(Some(Enqueued::Appended(WorkItemId(id))))
+            append_in(conn, item, study).await.map(Some)
         })?;
         outcome.ok_or_else(|| unknown_study(item))
     }

@@ -28,7 +28,7 @@ use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
-use crate::db::{Error, IndexStore};
+use crate::db::{Error, FollowUp, IndexStore};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
     IndexCounts, InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance,
@@ -606,14 +606,26 @@ impl IndexStore for SqliteIndex {
         })
     }
 
-    fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error> {
+    fn insert_instances_then(
+        &self,
+        batch: &[InstanceRecord],
+        follow_up: Option<&FollowUp>,
+    ) -> Result<Vec<InsertOutcome>, Error> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let start = Instant::now();
         let now = now_ms();
+        let follow_ups = follow_up.map(|f| f.items_for(batch)).unwrap_or_default();
         let outcomes = self.write("indexing instances", |tx| {
-            ingest::insert_batch(tx, batch, now)
+            let outcomes = ingest::insert_batch(tx, batch, now)?;
+            for item in &follow_ups {
+                // The batch has just written the study's storage row.
+                if let Ok(study) = work::study_of(tx, item)? {
+                    work::append_in(tx, item, study, now)?;
+                }
+            }
+            Ok(outcomes)
         })?;
         let replaced = outcomes
             .iter()

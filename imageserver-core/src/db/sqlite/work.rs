@@ -150,7 +150,10 @@ impl SqliteIndex {
 }
 
 /// Resolves the study of a new item (Err: not stored in the partition).
-fn study_of(tx: &Transaction<'_>, item: &NewWorkItem) -> rusqlite::Result<Result<Option<i64>, ()>> {
+pub(super) fn study_of(
+    tx: &Transaction<'_>,
+    item: &NewWorkItem,
+) -> rusqlite::Result<Result<Option<i64>, ()>> {
     let Some(study_uid) = &item.study_uid else {
         return Ok(Ok(None));
     };
@@ -159,6 +162,53 @@ fn study_of(tx: &Transaction<'_>, item: &NewWorkItem) -> rusqlite::Result<Result
         .query_row(params![item.partition.0, study_uid.as_str()], |r| r.get(0))
         .optional()?;
     Ok(id.map(Some).ok_or(()))
+}
+
+/// [`WorkStore::enqueue_or_append`] inside a write transaction, the study
+/// resolved: appends to the study's waiting item of the kind, or creates one.
+pub(super) fn append_in(
+    tx: &Transaction<'_>,
+    item: &NewWorkItem,
+    study: Option<i64>,
+    now: i64,
+) -> rusqlite::Result<Enqueued> {
+    let existing: Option<i64> = match study {
+        None => None,
+        Some(study) => tx
+            .prepare_cached(
+                "SELECT id FROM work_queue
+                 WHERE study_storage_id = ?1 AND partition_id = ?2 AND type = ?3
+                   AND status IN ('idle', 'pending')
+                 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![study, item.partition.0, item.kind.as_str()], |r| {
+                r.get(0)
+            })
+            .optional()?,
+    };
+    let Some(id) = existing else {
+        return insert_item(tx, item, study, now).map(|id| Enqueued::Created(WorkItemId(id)));
+    };
+    tx.prepare_cached(
+        "UPDATE work_queue SET
+             scheduled_time = MAX(scheduled_time, ?2),
+             expiration_time = CASE WHEN expiration_time IS NULL OR ?3 IS NULL THEN NULL
+                                    ELSE MAX(expiration_time, ?3) END,
+             priority = MAX(priority, ?4),
+             status = CASE WHEN ?5 = 'pending' THEN 'pending' ELSE status END,
+             updated_at = ?6
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        item.scheduled_at.map_or(now, Timestamp::as_millis),
+        item.expires_at.map(Timestamp::as_millis),
+        item.priority.unwrap_or_default().rank(),
+        item.status.as_str(),
+        now
+    ])?;
+    add_uids(tx, id, &item.uids)?;
+    Ok(Enqueued::Appended(WorkItemId(id)))
 }
 
 /// Adds instances to an item, skipping those it lists already.
@@ -288,44 +338,7 @@ impl WorkStore for SqliteIndex {
             let Ok(study) = study_of(tx, item)? else {
                 return Ok(None);
             };
-            let existing: Option<i64> = match study {
-                None => None,
-                Some(study) => tx
-                    .prepare_cached(
-                        "SELECT id FROM work_queue
-                         WHERE study_storage_id = ?1 AND partition_id = ?2 AND type = ?3
-                           AND status IN ('idle', 'pending')
-                         ORDER BY id LIMIT 1",
-                    )?
-                    .query_row(params![study, item.partition.0, item.kind.as_str()], |r| {
-                        r.get(0)
-                    })
-                    .optional()?,
-            };
-            let Some(id) = existing else {
-                return insert_item(tx, item, study, now)
-                    .map(|id| Some(Enqueued::Created(WorkItemId(id))));
-            };
-            tx.prepare_cached(
-                "UPDATE work_queue SET
-                     scheduled_time = MAX(scheduled_time, ?2),
-                     expiration_time = CASE WHEN expiration_time IS NULL OR ?3 IS NULL THEN NULL
-                                            ELSE MAX(expiration_time, ?3) END,
-                     priority = MAX(priority, ?4),
-                     status = CASE WHEN ?5 = 'pending' THEN 'pending' ELSE status END,
-                     updated_at = ?6
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                item.scheduled_at.map_or(now, Timestamp::as_millis),
-                item.expires_at.map(Timestamp::as_millis),
-                item.priority.unwrap_or_default().rank(),
-                item.status.as_str(),
-                now
-            ])?;
-            add_uids(tx, id, &item.uids)?;
-            Ok(Some(Enqueued::Appended(WorkItemId(id))))
+            append_in(tx, item, study, now).map(Some)
         })?;
         outcome.ok_or_else(|| unknown_study(item))
     }

@@ -33,6 +33,7 @@ pub(crate) fn run_all(db: &dyn Database) {
     failures_postpone_release(db);
     operator_transitions(db);
     list_filters_and_purge(db);
+    batch_follow_ups(db);
 }
 
 const LONG: Duration = Duration::from_secs(300);
@@ -88,8 +89,15 @@ impl<'a> Fixture<'a> {
 
     /// Stores one instance of `study` so that items can be bound to it.
     fn study(&self, study: &str) -> Uid {
+        let record = self.record(study, 1);
+        self.db.insert_instances(&[record]).expect("store a study");
+        uid(study)
+    }
+
+    /// Instance `n` of series 1 of `study`.
+    fn record(&self, study: &str, n: u32) -> InstanceRecord {
         let study_uid = uid(study);
-        let record = InstanceRecord {
+        InstanceRecord {
             partition: self.partition,
             location: StudyLocation {
                 filesystem: self.fs,
@@ -121,7 +129,7 @@ impl<'a> Fixture<'a> {
                 series_time: None,
             },
             instance: InstanceAttrs {
-                sop_instance_uid: uid(&format!("{study}.1.1")),
+                sop_instance_uid: uid(&format!("{study}.1.{n}")),
                 sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.7"),
                 instance_number: None,
                 transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
@@ -129,9 +137,7 @@ impl<'a> Fixture<'a> {
                 digest: "00".repeat(32),
                 source_ae: None,
             },
-        };
-        self.db.insert_instances(&[record]).expect("store a study");
-        study_uid
+        }
     }
 
     fn item(&self, kind_name: &str) -> NewWorkItem {
@@ -725,4 +731,78 @@ fn list_filters_and_purge(db: &dyn Database) {
     assert!(removed >= 1);
     assert!(db.get(a).expect("get").is_none());
     assert_eq!(list(mine), [b, c]);
+}
+
+/// `insert_instances_then`: the batch's follow-up items commit with it.
+fn batch_follow_ups(db: &dyn Database) {
+    let f = Fixture::new(db, "WQ_FOLLOW");
+    let process = kind("c10_process");
+    let items = |study: &str| -> Vec<WorkItem> {
+        db.list(&WorkFilter {
+            kinds: vec![process.clone()],
+            partition: Some(f.partition),
+            study_uid: Some(uid(study)),
+            ..WorkFilter::default()
+        })
+        .expect("list")
+        .into_iter()
+        .map(|i| f.get(i.id))
+        .collect()
+    };
+    let sops = |item: &WorkItem| -> Vec<String> {
+        item.uids
+            .iter()
+            .map(|u| u.sop_instance_uid.to_string())
+            .collect()
+    };
+    let t0 = Timestamp::now().after(Duration::from_secs(60));
+    let follow_up = |due| crate::db::FollowUp {
+        kind: process.clone(),
+        priority: WorkPriority::Low,
+        due,
+    };
+    // Two studies in one batch: one item each, listing their instances.
+    let batch = [
+        f.record("1.9.10.1", 1),
+        f.record("1.9.10.2", 1),
+        f.record("1.9.10.1", 2),
+    ];
+    db.insert_instances_then(&batch, Some(&follow_up(t0)))
+        .expect("batch");
+    let first = items("1.9.10.1");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(sops(&first[0]), ["1.9.10.1.1.1", "1.9.10.1.1.2"]);
+    assert_eq!(first[0].scheduled_at, t0);
+    assert_eq!(first[0].priority, WorkPriority::Low);
+    assert_eq!(first[0].status, WorkStatus::Pending);
+    assert_eq!(sops(&items("1.9.10.2")[0]), ["1.9.10.2.1.1"]);
+
+    // A later batch of the study appends and moves the item later.
+    let t1 = t0.after(Duration::from_secs(5));
+    db.insert_instances_then(&[f.record("1.9.10.1", 3)], Some(&follow_up(t1)))
+        .expect("second batch");
+    let again = items("1.9.10.1");
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].id, first[0].id);
+    assert_eq!(again[0].scheduled_at, t1);
+    assert_eq!(
+        sops(&again[0]),
+        ["1.9.10.1.1.1", "1.9.10.1.1.2", "1.9.10.1.1.3"]
+    );
+
+    // A failed batch schedules nothing: rows and items are one transaction.
+    let mut bad = f.record("1.9.10.4", 1);
+    bad.location.filesystem = FilesystemId(i64::MAX - 7);
+    assert!(db
+        .insert_instances_then(&[f.record("1.9.10.3", 1), bad], Some(&follow_up(t1)))
+        .is_err());
+    assert!(items("1.9.10.3").is_empty());
+    assert!(db
+        .study_location(f.partition, &uid("1.9.10.3"))
+        .expect("lookup")
+        .is_none());
+    // Without a follow-up, nothing is scheduled.
+    db.insert_instances(&[f.record("1.9.10.5", 1)])
+        .expect("plain batch");
+    assert!(items("1.9.10.5").is_empty());
 }
