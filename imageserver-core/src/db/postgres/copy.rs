@@ -185,6 +185,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("processor_id", Text),
             ("lease_expires_at", Int),
             ("attempt", Int),
+            ("study_lock", Text),
             ("payload", Text),
             ("created_at", Int),
             ("updated_at", Int),
@@ -376,6 +377,19 @@ pub fn copy_from_sqlite(sqlite_path: &Path, pg_url: &str) -> Result<CopyReport, 
             .into(),
         });
     }
+    // Nothing may be left behind silently: every column of the file must
+    // be one this build copies.
+    let uncovered = uncovered_columns(&source).map_err(source_error)?;
+    if !uncovered.is_empty() {
+        return Err(Error::Backend {
+            operation: OPERATION,
+            source: format!(
+                "this build does not know how to copy the SQLite columns {}",
+                uncovered.join(", ")
+            )
+            .into(),
+        });
+    }
     // One read transaction: a consistent snapshot of the whole file.
     source.execute_batch("BEGIN").map_err(source_error)?;
 
@@ -416,6 +430,30 @@ pub fn copy_from_sqlite(sqlite_path: &Path, pg_url: &str) -> Result<CopyReport, 
         .map_err(|e| map_error(OPERATION, e))??;
     let _ = source.execute_batch("COMMIT");
     Ok(report)
+}
+
+/// The `table.column`s of the SQLite file that [`TABLES`] does not copy
+/// (the schema bookkeeping tables aside).
+fn uncovered_columns(source: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = source.prepare(
+        "SELECT m.name, c.name FROM sqlite_schema m, pragma_table_info(m.name) c
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'
+         ORDER BY m.name, c.cid",
+    )?;
+    let columns =
+        statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut uncovered = Vec::new();
+    for column in columns {
+        let (table, column) = column?;
+        let known = TABLES
+            .iter()
+            .find(|(name, _)| *name == table)
+            .is_some_and(|(_, columns)| columns.iter().any(|(name, _)| *name == column));
+        if !known {
+            uncovered.push(format!("{table}.{column}"));
+        }
+    }
+    Ok(uncovered)
 }
 
 /// Copies and verifies one table inside the target transaction.
@@ -612,4 +650,22 @@ fn cell(value: ValueRef<'_>, kind: Kind) -> Result<Cell, String> {
             ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table and column of the current SQLite schema is copied.
+    #[test]
+    fn every_sqlite_column_is_copied() {
+        let dir = std::env::temp_dir().join(format!("copy-columns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("index.db");
+        drop(crate::db::sqlite::SqliteIndex::open(&path).expect("a fresh index"));
+        let source = Connection::open(&path).expect("open");
+        let uncovered = uncovered_columns(&source).expect("schema");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(uncovered, Vec::<String>::new());
+    }
 }
