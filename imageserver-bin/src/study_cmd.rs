@@ -2,10 +2,11 @@
 //! `imageserver rules test|check`: operator commands over the study
 //! operations (`services::studies`) and the rules (`rules`).
 //!
-//! For now the study commands run the operation directly and wait for it.
-//! Once the work queue runs DeleteStudy, EditStudy, ReprocessStudy and
-//! MoveStudy items, these commands will enqueue an item instead (the
-//! operations are the items' bodies, written to be retried).
+//! The study commands enqueue a work item for the engine of a running
+//! `imageserver serve` on the same database and wait for it (the default),
+//! so that they take the same per-study locks as everything the server
+//! runs; `--queue` returns once the item is queued, `--now` runs the
+//! operation in this process (for a stopped archive; it takes no lock).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,9 +16,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use imageserver_core::config::Config;
 use imageserver_core::db::studies::StudyStore;
+use imageserver_core::db::work::WorkError;
 use imageserver_core::db::Database;
 use imageserver_core::dicom::scu::ScuOptions;
-use imageserver_core::model::work::{NewWorkItem, WorkKind, WorkStatus, WorkUid};
+use imageserver_core::model::work::{NewWorkItem, Timestamp, WorkKind, WorkStatus, WorkUid};
 use imageserver_core::model::{AeTitle, Uid};
 use imageserver_core::processors::{AuditPayload, SendPayload};
 use imageserver_core::rules::{dry_run, RuleSet};
@@ -28,11 +30,13 @@ use imageserver_core::services::studies::{
 
 use crate::{load_config, ArchiveArgs};
 
-const DIRECT: &str = "Runs the operation now, in this process, and waits for it (the \
-                      default). With --queue it enqueues a work item instead (its id is \
-                      printed) for the engine of a running `imageserver serve` on the same \
-                      database; --wait also waits for that item to finish (exit status 1 \
-                      when it fails). `imageserver workqueue show ID` follows an item.";
+const MODES: &str = "By default the command enqueues a work item (its id is printed) for the \
+                     engine of a running `imageserver serve` on the same database and waits \
+                     until it completes (exit status 0) or fails (exit status 1); Ctrl-C \
+                     stops waiting and leaves the item queued. --queue returns as soon as \
+                     the item is queued. --now runs the operation in this process instead, \
+                     without the work queue's study locks: for an archive whose server is \
+                     stopped. `imageserver workqueue show ID` follows an item.";
 
 /// `imageserver study ...`.
 #[derive(Args, Debug)]
@@ -44,22 +48,21 @@ pub struct StudyArgs {
 #[derive(Subcommand, Debug)]
 enum StudyCommand {
     /// Delete a study: its index rows (with an audit record: who, when,
-    /// why), then its files. Runs now and waits, or with --queue/--wait
-    /// enqueues a delete_study work item. Safe to run again after an
-    /// interruption.
+    /// why), then its files, through a delete_study work item (--now: in
+    /// this process). Safe to run again after an interruption.
     Delete(DeleteArgs),
     /// Change patient/study attributes in the index and in every file of a
-    /// study (history kept). Runs now and waits, or with --queue/--wait
-    /// enqueues an edit_study work item. Run it again with the same values
-    /// to finish an interrupted edit.
+    /// study (history kept), through an edit_study work item (--now: in
+    /// this process). Run it again with the same values to finish an
+    /// interrupted edit.
     Edit(EditArgs),
-    /// Rebuild a study's index rows from its files. Runs now and waits, or
-    /// with --queue/--wait enqueues a reprocess_study work item.
+    /// Rebuild a study's index rows from its files, through a
+    /// reprocess_study work item (--now: in this process).
     Reprocess(ReprocessArgs),
-    /// Send a study (or some of its instances) to a device with C-STORE.
-    /// Runs now and waits, or with --queue/--wait enqueues a move_study work
-    /// item (retried with backoff while the device is down; a partial
-    /// failure retries only the failed instances).
+    /// Send a study (or some of its instances) to a device with C-STORE,
+    /// through a move_study work item (retried with backoff while the
+    /// device is down; a partial failure retries only the failed
+    /// instances), or with --now in this process, once.
     Send(SendArgs),
     /// Compare the index with a study's files (missing, extra, size,
     /// digest). Exit status 1 when they disagree.
@@ -83,28 +86,34 @@ struct Target {
     actor: Option<String>,
 }
 
-/// How an operation runs: now, or as a work item.
+/// How an operation runs: as a work item (waited for, or not), or now.
 #[derive(Args, Debug, Clone, Copy)]
 struct Mode {
-    /// Run the operation now, in this process (the default).
+    /// Run the operation now, in this process, without the work queue's
+    /// study locks (for a stopped archive).
     #[arg(long, conflicts_with_all = ["queue", "wait"])]
     now: bool,
-    /// Enqueue a work item for the server's engine and print its id.
-    #[arg(long)]
+    /// Enqueue the work item, print its id and return.
+    #[arg(long, conflicts_with = "wait")]
     queue: bool,
-    /// Enqueue a work item and wait until it completes or fails.
+    /// Enqueue the work item and wait until it completes or fails (the
+    /// default).
     #[arg(long)]
     wait: bool,
 }
 
 impl Mode {
     fn queued(self) -> bool {
-        !self.now && (self.queue || self.wait)
+        !self.now
+    }
+
+    fn waits(self) -> bool {
+        !self.queue
     }
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = DIRECT)]
+#[command(after_help = MODES)]
 struct DeleteArgs {
     #[command(flatten)]
     target: Target,
@@ -116,7 +125,7 @@ struct DeleteArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = DIRECT)]
+#[command(after_help = MODES)]
 struct EditArgs {
     #[command(flatten)]
     target: Target,
@@ -141,7 +150,7 @@ struct StudyOnlyArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = DIRECT)]
+#[command(after_help = MODES)]
 struct ReprocessArgs {
     #[command(flatten)]
     target: Target,
@@ -150,7 +159,7 @@ struct ReprocessArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = DIRECT)]
+#[command(after_help = MODES)]
 struct SendArgs {
     #[command(flatten)]
     target: Target,
@@ -311,8 +320,9 @@ fn timestamp(ms: i64) -> String {
     )
 }
 
-/// Enqueues a work item for the study, prints its id and, with `--wait`,
-/// polls it until it completes (success) or fails (exit status 1).
+/// Enqueues a work item for the study, prints its id and, unless
+/// `--queue`, polls it until it completes (success) or fails (exit
+/// status 1).
 fn enqueue(
     opened: &Opened,
     partition: &ArchivePartition,
@@ -327,18 +337,38 @@ fn enqueue(
         .study(uid.clone())
         .payload(payload)
         .uids(uids);
-    let id = queue
-        .enqueue(item)
-        .with_context(|| format!("cannot enqueue {kind} for study {uid}"))?;
+    let id = match queue.enqueue(item) {
+        Ok(id) => id,
+        Err(WorkError::UnknownStudy { .. }) => bail!(
+            "no study {uid} in partition {} (nothing enqueued)",
+            partition.partition.ae_title
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot enqueue {kind} for study {uid}")),
+    };
     println!("enqueued {kind} work item {id} for study {uid}");
-    if !mode.wait {
+    if !mode.waits() {
         return Ok(ExitCode::SUCCESS);
     }
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let mut last = None;
+    let hint_at = std::time::Instant::now() + UNCLAIMED_HINT;
+    let mut hinted = false;
     loop {
         let Some(item) = queue.get(id)? else {
             bail!("work item {id} was deleted before it finished");
         };
+        if !hinted
+            && item.attempt == 0
+            && item.scheduled_at <= Timestamp::now()
+            && std::time::Instant::now() >= hint_at
+        {
+            eprintln!(
+                "no engine has started work item {id} yet: is `imageserver serve` running on \
+                 this database? Still waiting (Ctrl-C leaves the item queued; --now runs the \
+                 operation in this process)"
+            );
+            hinted = true;
+        }
         if last != Some((item.status, item.failure_count)) {
             match &item.failure_description {
                 Some(why) if item.failure_count > 0 => println!(
@@ -356,6 +386,10 @@ fn enqueue(
         }
     }
 }
+
+/// How long `--wait` waits for an engine to start the item before it says
+/// that none may be running.
+const UNCLAIMED_HINT: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_000_000.0)

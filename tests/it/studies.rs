@@ -172,6 +172,7 @@ fn delete_removes_rows_counts_files_and_is_audited() {
         &[
             "study",
             "delete",
+            "--now",
             &first.study_uid,
             "--reason",
             "wrong patient",
@@ -210,7 +211,14 @@ fn delete_removes_rows_counts_files_and_is_audited() {
     let again = cli(
         dir.path(),
         archive,
-        &["study", "delete", &first.study_uid, "--reason", "again"],
+        &[
+            "study",
+            "delete",
+            "--now",
+            &first.study_uid,
+            "--reason",
+            "again",
+        ],
     );
     assert_eq!(again.status.code(), Some(2), "{}", text(&again));
     assert!(
@@ -247,7 +255,14 @@ fn delete_removes_rows_counts_files_and_is_audited() {
     let out = cli_ok(
         dir.path(),
         archive,
-        &["study", "delete", &second.study_uid, "--reason", "retry"],
+        &[
+            "study",
+            "delete",
+            "--now",
+            &second.study_uid,
+            "--reason",
+            "retry",
+        ],
     );
     assert!(out.contains("removed the 2 remaining files"), "{out}");
     assert!(!stored(&server, second).parent().unwrap().exists());
@@ -313,7 +328,14 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
     let other = cli(
         dir.path(),
         archive,
-        &["study", "edit", study, "--set", "PatientName=ROE^RICHARD"],
+        &[
+            "study",
+            "edit",
+            "--now",
+            study,
+            "--set",
+            "PatientName=ROE^RICHARD",
+        ],
     );
     assert_eq!(other.status.code(), Some(2), "{}", text(&other));
     assert!(
@@ -329,6 +351,7 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
         &[
             "study",
             "edit",
+            "--now",
             study,
             "--set",
             "PatientName=DOE^JANE",
@@ -388,6 +411,7 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
         &[
             "study",
             "edit",
+            "--now",
             study,
             "--set",
             "PatientName=DOE^JANE",
@@ -419,7 +443,11 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
             "cannot be written in the file's character set ISO_IR 100",
         ),
     ] {
-        let bad = cli(dir.path(), archive, &["study", "edit", study, "--set", set]);
+        let bad = cli(
+            dir.path(),
+            archive,
+            &["study", "edit", "--now", study, "--set", set],
+        );
         assert_eq!(bad.status.code(), Some(2), "{set}: {}", text(&bad));
         assert!(
             String::from_utf8_lossy(&bad.stderr).contains(message),
@@ -430,7 +458,14 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
     let unknown = cli(
         dir.path(),
         archive,
-        &["study", "edit", "1.2.3.4.5", "--set", "PatientName=X"],
+        &[
+            "study",
+            "edit",
+            "--now",
+            "1.2.3.4.5",
+            "--set",
+            "PatientName=X",
+        ],
     );
     assert!(
         String::from_utf8_lossy(&unknown.stderr)
@@ -480,7 +515,7 @@ fn reprocess_restores_the_rows_and_the_check_finds_what_differs() {
     );
     assert!(report.contains("study reprocess"), "{report}");
 
-    let out = cli_ok(dir.path(), archive, &["study", "reprocess", study]);
+    let out = cli_ok(dir.path(), archive, &["study", "reprocess", "--now", study]);
     assert!(
         out.contains("2 instance rows rebuilt from its files (there were 3)"),
         "{out}"
@@ -509,7 +544,7 @@ fn reprocess_restores_the_rows_and_the_check_finds_what_differs() {
     .unwrap();
     assert_eq!(db.counts(partition).unwrap(), counts(0, 0, 0, 0));
     assert!(find_study(&server, dir.path(), study).is_empty());
-    cli_ok(dir.path(), archive, &["study", "reprocess", study]);
+    cli_ok(dir.path(), archive, &["study", "reprocess", "--now", study]);
     assert_eq!(db.counts(partition).unwrap(), counts(1, 1, 1, 2));
     assert_eq!(find_study(&server, dir.path(), study).len(), 1);
     let study_row = db.study(partition, &uid(study)).unwrap().unwrap();
@@ -540,7 +575,7 @@ fn send_delivers_byte_identical_data_sets_and_reports_failed_uids() {
     let out = cli_ok(
         dir.path(),
         archive,
-        &["study", "send", study, "--to", "DEST"],
+        &["study", "send", "--now", study, "--to", "DEST"],
     );
     assert!(out.contains("sent 3 of 3 instances"), "{out}");
     let all: Vec<&Instance> = corpus.iter().collect();
@@ -554,6 +589,7 @@ fn send_delivers_byte_identical_data_sets_and_reports_failed_uids() {
         &[
             "study",
             "send",
+            "--now",
             study,
             "--to",
             "DEST",
@@ -567,7 +603,7 @@ fn send_delivers_byte_identical_data_sets_and_reports_failed_uids() {
     let down = cli(
         dir.path(),
         archive,
-        &["study", "send", study, "--to", "DOWN"],
+        &["study", "send", "--now", study, "--to", "DOWN"],
     );
     assert_eq!(down.status.code(), Some(1), "{}", text(&down));
     let stdout = String::from_utf8_lossy(&down.stdout);
@@ -584,7 +620,7 @@ fn send_delivers_byte_identical_data_sets_and_reports_failed_uids() {
     let unknown = cli(
         dir.path(),
         archive,
-        &["study", "send", study, "--to", "NOWHERE"],
+        &["study", "send", "--now", study, "--to", "NOWHERE"],
     );
     assert_eq!(unknown.status.code(), Some(2));
     assert!(
@@ -689,4 +725,106 @@ actions = [{{ type = "delete", after_days = 3650 }}, {{ type = "tier1_retention"
     );
     let out = cli_ok(dir.path(), archive, &["rules", "check"]);
     assert!(out.contains("3 rules, valid"), "{out}");
+}
+
+/// Without `--now`, the study commands go through the server's work queue:
+/// by default they wait for the item; `--queue` returns at once; an unknown
+/// study or device enqueues nothing.
+#[test]
+fn study_commands_queue_work_for_the_server_by_default() {
+    let dir = test_dir("study-queued");
+    let corpus_dir = dir.path().join("corpus");
+    let corpus = generate_corpus(&corpus_dir, 509, CorpusShape::uniform(2, 1, 2, (16, 16)));
+    let server = Server::start(dir.path());
+    load(&server, &corpus_dir, corpus.len());
+    let archive = server.archive();
+    let (db, partition) = database(archive);
+    let items = |kind: &str| -> Vec<serde_json::Value> {
+        cli_ok(
+            dir.path(),
+            archive,
+            &["workqueue", "list", "--type", kind, "--json"],
+        )
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+    };
+
+    // The default: enqueue, wait, report.
+    let (first, second) = (&corpus[0], &corpus[2]);
+    let out = cli_ok(
+        dir.path(),
+        archive,
+        &["study", "delete", &first.study_uid, "--reason", "queued"],
+    );
+    assert!(out.contains("enqueued delete_study work item"), "{out}");
+    assert!(out.contains(": completed"), "{out}");
+    assert_eq!(db.counts(partition).unwrap(), counts(1, 1, 1, 2));
+    assert!(!stored(&server, first).exists());
+    let deleted = items("delete_study");
+    assert_eq!(deleted.len(), 1, "{deleted:#?}");
+    assert_eq!(deleted[0]["status"], "completed");
+
+    // --queue: the id is printed at once; the server runs it.
+    let out = cli_ok(
+        dir.path(),
+        archive,
+        &[
+            "study",
+            "edit",
+            &second.study_uid,
+            "--set",
+            "PatientName=QUEUED^ONLY",
+            "--queue",
+        ],
+    );
+    assert!(!out.contains("completed"), "{out}");
+    let id = out
+        .split_whitespace()
+        .skip_while(|w| *w != "item")
+        .nth(1)
+        .expect("an item id")
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let shown: serde_json::Value = serde_json::from_str(&cli_ok(
+            dir.path(),
+            archive,
+            &["workqueue", "show", &id, "--json"],
+        ))
+        .expect("JSON");
+        if shown["status"] == "completed" {
+            break;
+        }
+        assert_ne!(shown["status"], "failed", "{shown:#?}");
+        assert!(std::time::Instant::now() < deadline, "{shown:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let found = find_study(&server, dir.path(), &second.study_uid);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "QUEUED^ONLY");
+
+    // Refusals before anything is queued.
+    let unknown = cli(dir.path(), archive, &["study", "reprocess", "1.2.3.4.5"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr)
+            .contains("no study 1.2.3.4.5 in partition IMAGESERVER (nothing enqueued)"),
+        "{}",
+        text(&unknown)
+    );
+    let nowhere = cli(
+        dir.path(),
+        archive,
+        &["study", "send", &second.study_uid, "--to", "NOWHERE"],
+    );
+    assert_eq!(nowhere.status.code(), Some(2), "{}", text(&nowhere));
+    assert!(items("reprocess_study").is_empty());
+    assert!(items("move_study").is_empty());
+    let both = cli(
+        dir.path(),
+        archive,
+        &["study", "reprocess", &second.study_uid, "--now", "--queue"],
+    );
+    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
 }
