@@ -29,13 +29,12 @@
 //! Without `--bench` (as `cargo test --benches` runs it) a smoke run of 50
 //! items per configuration checks that everything completes.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use imageserver_core::db::postgres::{self, PgIndex};
+use imageserver_core::db::postgres::PgIndex;
 use imageserver_core::db::sqlite::SqliteIndex;
 use imageserver_core::db::{Database, IndexStore};
 use imageserver_core::model::{AeTitle, DuplicatePolicy, FolderName, PartitionId, PartitionSpec};
@@ -43,6 +42,11 @@ use imageserver_core::workqueue::{
     Engine, EngineConfig, KindProperties, NewWorkItem, ProcessContext, Registry, StepResult,
     WorkFilter, WorkItem, WorkKind, WorkStatus, WorkStore,
 };
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use pg::PgServer;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -312,79 +316,4 @@ fn in_processes(url: &str, processes: usize, threads: usize, items: usize) -> Re
         items,
         elapsed,
     })
-}
-
-/// The PostgreSQL server of the runs: `IMAGESERVER_PG_URL`, or a cluster
-/// of our own (stopped on drop).
-struct PgServer {
-    url: String,
-    own: Option<PathBuf>,
-    counter: AtomicUsize,
-}
-
-struct PgDatabase {
-    server: String,
-    name: String,
-    url: String,
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        let _ = postgres::drop_database(&self.server, &self.name);
-    }
-}
-
-impl PgServer {
-    fn get(tmp: &Path) -> Result<PgServer> {
-        if let Ok(url) = std::env::var("IMAGESERVER_PG_URL") {
-            return Ok(PgServer {
-                url,
-                own: None,
-                counter: AtomicUsize::new(0),
-            });
-        }
-        let dir = tmp.join("pg");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(&dir)
-            .stderr(Stdio::inherit())
-            .output()?;
-        if !output.status.success() {
-            return Err("scripts/pg.sh start failed".into());
-        }
-        Ok(PgServer {
-            url: String::from_utf8(output.stdout)?.trim().to_string(),
-            own: Some(dir),
-            counter: AtomicUsize::new(0),
-        })
-    }
-
-    fn database(&self) -> Result<PgDatabase> {
-        let name = format!(
-            "bench_wq_{}_{}",
-            std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
-        let url = postgres::create_database(&self.url, &name)?;
-        Ok(PgDatabase {
-            server: self.url.clone(),
-            name,
-            url,
-        })
-    }
-}
-
-impl Drop for PgServer {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.own {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh");
-            let _ = Command::new("bash")
-                .arg(script)
-                .arg("stop")
-                .arg(dir)
-                .status();
-        }
-    }
 }
