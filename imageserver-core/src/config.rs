@@ -6,14 +6,17 @@
 //! file; the binary's flags then override single fields; [`Config::validate`]
 //! turns the raw values into checked model types once, at start-up.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::model::work::{WorkKind, WorkPriority};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicatePolicy, FilesystemSpec, FolderName, PartitionSpec, Tier,
 };
+use crate::workqueue::{KindOverride, Registry};
 
 /// Why a configuration is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -678,6 +681,27 @@ pub struct WorkQueueConfig {
     /// Seconds a study must be quiet (no instance arriving) before its
     /// StudyProcess item runs (rules, integrity check).
     pub study_process_delay_secs: u64,
+    /// Per-kind overrides (`[workqueue.kinds.<kind>]`), by kind name.
+    pub kinds: BTreeMap<String, KindConfig>,
+}
+
+/// `[workqueue.kinds.<kind>]`: an operator's changes to one kind of work
+/// item (ClearCanvas's WorkQueueTypeProperties); keys left out keep what
+/// the kind was registered with.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KindConfig {
+    /// `low`, `medium`, `high` or `stat`: the priority of new items that
+    /// name none.
+    pub priority: Option<String>,
+    /// Failures after which an item is left Failed (at least 1).
+    pub max_failures: Option<u32>,
+    /// Seconds to wait after the first failure (at least 1).
+    pub failure_delay_secs: Option<u64>,
+    /// Each further failure multiplies the wait by this (at least 1.0).
+    pub backoff: Option<f64>,
+    /// The longest wait between tries, in seconds (at least 1).
+    pub max_delay_secs: Option<u64>,
 }
 
 impl Default for WorkQueueConfig {
@@ -690,12 +714,13 @@ impl Default for WorkQueueConfig {
             poll_secs: 5,
             keep_completed_hours: 24,
             study_process_delay_secs: 60,
+            kinds: BTreeMap::new(),
         }
     }
 }
 
 /// The validated `[workqueue]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkQueueSettings {
     /// Worker threads; 0: no engine in this process.
     pub threads: usize,
@@ -711,6 +736,103 @@ pub struct WorkQueueSettings {
     pub keep_completed: Duration,
     /// How long a study must be quiet before StudyProcess runs.
     pub study_process_delay: Duration,
+    /// Per-kind overrides; the composition root applies them to the kinds
+    /// it registers ([`WorkQueueSettings::apply_kind_overrides`]).
+    pub kinds: BTreeMap<WorkKind, KindOverride>,
+}
+
+impl WorkQueueSettings {
+    /// Applies the per-kind overrides to the kinds `registry` runs (built-in
+    /// and embedder's alike). An override of a kind the registry does not
+    /// run, or one that leaves a kind's first retry delay beyond its
+    /// longest, is an error.
+    pub fn apply_kind_overrides(&self, registry: &mut Registry) -> Result<(), ConfigError> {
+        for (kind, changes) in &self.kinds {
+            let setting = format!("workqueue.kinds.{kind}");
+            if registry.properties(kind).is_none() {
+                let known: Vec<&str> = registry.kinds().map(WorkKind::as_str).collect();
+                return Err(ConfigError::Invalid {
+                    setting,
+                    reason: format!(
+                        "this archive runs no work item type {kind:?}; it runs: {}",
+                        known.join(", ")
+                    ),
+                });
+            }
+            let properties = registry.properties_mut(kind).expect("registered");
+            changes.apply(properties);
+            let retry = &properties.retry;
+            if retry.failure_delay > retry.max_delay {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    reason: format!(
+                        "failure_delay_secs ({}) is longer than max_delay_secs ({})",
+                        retry.failure_delay.as_secs(),
+                        retry.max_delay.as_secs()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl KindConfig {
+    fn validate(&self, name: &str) -> Result<(WorkKind, KindOverride), ConfigError> {
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            setting: format!("workqueue.kinds.{name}{key}"),
+            reason,
+        };
+        let kind = WorkKind::new(name).map_err(|e| invalid("", e.to_string()))?;
+        let priority = match &self.priority {
+            None => None,
+            Some(text) => Some(WorkPriority::parse(text).ok_or_else(|| {
+                invalid(
+                    ".priority",
+                    format!("{text:?}: expected low, medium, high or stat"),
+                )
+            })?),
+        };
+        if self.max_failures == Some(0) {
+            return Err(invalid(".max_failures", "must be at least 1".into()));
+        }
+        if let Some(backoff) = self.backoff {
+            if !(backoff.is_finite() && backoff >= 1.0) {
+                return Err(invalid(
+                    ".backoff",
+                    format!("{backoff}: must be a number of at least 1.0"),
+                ));
+            }
+        }
+        for (key, secs) in [
+            (".failure_delay_secs", self.failure_delay_secs),
+            (".max_delay_secs", self.max_delay_secs),
+        ] {
+            if secs == Some(0) {
+                return Err(invalid(key, "must be at least 1 second".into()));
+            }
+        }
+        if let (Some(first), Some(longest)) = (self.failure_delay_secs, self.max_delay_secs) {
+            if first > longest {
+                return Err(invalid(
+                    "",
+                    format!(
+                        "failure_delay_secs ({first}) is longer than max_delay_secs ({longest})"
+                    ),
+                ));
+            }
+        }
+        Ok((
+            kind,
+            KindOverride {
+                priority,
+                max_failures: self.max_failures,
+                failure_delay: self.failure_delay_secs.map(Duration::from_secs),
+                backoff: self.backoff,
+                max_delay: self.max_delay_secs.map(Duration::from_secs),
+            },
+        ))
+    }
 }
 
 impl WorkQueueConfig {
@@ -742,13 +864,20 @@ impl WorkQueueConfig {
             poll: Duration::from_secs(self.poll_secs),
             keep_completed: Duration::from_secs(self.keep_completed_hours.saturating_mul(3600)),
             study_process_delay: Duration::from_secs(self.study_process_delay_secs),
+            kinds: self
+                .kinds
+                .iter()
+                .map(|(name, kind)| kind.validate(name))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
 
 #[cfg(test)]
 mod workqueue_tests {
-    use super::Config;
+    use super::{Config, ConfigError};
+    use crate::model::work::{WorkItem, WorkKind, WorkPriority};
+    use crate::workqueue::{KindProperties, ProcessContext, Registry, RetryPolicy, StepResult};
     use std::time::Duration;
 
     #[test]
@@ -786,5 +915,177 @@ mod workqueue_tests {
             .validate()
             .is_ok());
         assert!(Config::from_toml("[workqueue]\nthread = 3").is_err());
+    }
+
+    /// A registry running `move_study` (High, sends' retry policy) and an
+    /// embedder's `notify_ris`, as `ServerBuilder::open` leaves it.
+    fn sample_registry() -> Registry {
+        let mut registry = Registry::new();
+        registry
+            .register(
+                WorkKind::MOVE_STUDY,
+                KindProperties::new()
+                    .priority(WorkPriority::High)
+                    .retry(crate::processors::send_retry_policy()),
+                |_: &WorkItem, _: &ProcessContext<'_>| StepResult::Done,
+            )
+            .register(
+                WorkKind::new("notify_ris").unwrap(),
+                KindProperties::new(),
+                |_: &WorkItem, _: &ProcessContext<'_>| StepResult::Done,
+            );
+        registry
+    }
+
+    fn invalid_setting(text: &str) -> (String, String) {
+        match Config::from_toml(text).unwrap().validate() {
+            Err(ConfigError::Invalid { setting, reason }) => (setting, reason),
+            other => panic!("{text}: expected an invalid setting, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn per_kind_overrides_parse_and_apply_to_registered_kinds_only() {
+        let settings = Config::from_toml(
+            r#"
+            [workqueue.kinds.move_study]
+            failure_delay_secs = 2
+            max_failures = 5
+            backoff = 2
+            max_delay_secs = 600
+            priority = "STAT"
+
+            [workqueue.kinds.notify_ris]
+            max_failures = 1
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap()
+        .workqueue;
+        assert_eq!(settings.kinds.len(), 2);
+        let mut registry = sample_registry();
+        settings.apply_kind_overrides(&mut registry).unwrap();
+        let moves = registry.properties(&WorkKind::MOVE_STUDY).unwrap();
+        assert_eq!(moves.priority, WorkPriority::Stat);
+        assert_eq!(
+            moves.retry,
+            RetryPolicy {
+                max_failures: 5,
+                failure_delay: Duration::from_secs(2),
+                backoff: 2.0,
+                max_delay: Duration::from_secs(600),
+            }
+        );
+        assert_eq!(moves.study_lock, KindProperties::new().study_lock);
+        let notify = registry
+            .properties(&WorkKind::new("notify_ris").unwrap())
+            .unwrap();
+        assert_eq!(notify.retry.max_failures, 1);
+        assert_eq!(
+            notify.retry.failure_delay,
+            RetryPolicy::default().failure_delay
+        );
+        assert_eq!(notify.priority, WorkPriority::Medium);
+
+        // A kind this archive does not run: refused, naming what it runs.
+        let unknown = Config::from_toml("[workqueue.kinds.auto_rout]\nmax_failures = 2")
+            .unwrap()
+            .validate()
+            .unwrap()
+            .workqueue;
+        match unknown.apply_kind_overrides(&mut sample_registry()) {
+            Err(ConfigError::Invalid { setting, reason }) => {
+                assert_eq!(setting, "workqueue.kinds.auto_rout");
+                assert!(reason.contains("move_study, notify_ris"), "{reason}");
+            }
+            other => panic!("expected an unknown kind, got {other:?}"),
+        }
+        // A first delay beyond the kind's registered longest (30 min).
+        let beyond = Config::from_toml("[workqueue.kinds.move_study]\nfailure_delay_secs = 3600")
+            .unwrap()
+            .validate()
+            .unwrap()
+            .workqueue;
+        assert!(beyond.apply_kind_overrides(&mut sample_registry()).is_err());
+        // No overrides: the registry is left as it was.
+        let mut untouched = sample_registry();
+        Config::from_toml("")
+            .unwrap()
+            .validate()
+            .unwrap()
+            .workqueue
+            .apply_kind_overrides(&mut untouched)
+            .unwrap();
+        assert_eq!(
+            format!("{untouched:?}"),
+            format!("{:?}", sample_registry()),
+            "no overrides, no change"
+        );
+    }
+
+    #[test]
+    fn per_kind_overrides_are_validated_strictly() {
+        let unknown_key =
+            Config::from_toml("[workqueue.kinds.move_study]\nfailure_delay = 2").unwrap_err();
+        let text = unknown_key.to_string();
+        assert!(
+            text.contains("unknown field `failure_delay`") && text.contains("failure_delay_secs"),
+            "{text}"
+        );
+        assert!(Config::from_toml("[workqueue.kinds.move_study]\nmax_failures = \"3\"").is_err());
+        assert!(Config::from_toml("[workqueue.kinds.move_study]\nmax_failures = -1").is_err());
+        let cases = [
+            (
+                "[workqueue.kinds.Move-Study]\nmax_failures = 2",
+                "workqueue.kinds.Move-Study",
+                "invalid work item type",
+            ),
+            (
+                "[workqueue.kinds.move_study]\npriority = \"urgent\"",
+                "workqueue.kinds.move_study.priority",
+                "expected low, medium, high or stat",
+            ),
+            (
+                "[workqueue.kinds.move_study]\nmax_failures = 0",
+                "workqueue.kinds.move_study.max_failures",
+                "at least 1",
+            ),
+            (
+                "[workqueue.kinds.move_study]\nbackoff = 0.5",
+                "workqueue.kinds.move_study.backoff",
+                "at least 1.0",
+            ),
+            (
+                "[workqueue.kinds.move_study]\nbackoff = nan",
+                "workqueue.kinds.move_study.backoff",
+                "at least 1.0",
+            ),
+            (
+                "[workqueue.kinds.move_study]\nfailure_delay_secs = 0",
+                "workqueue.kinds.move_study.failure_delay_secs",
+                "at least 1 second",
+            ),
+            (
+                "[workqueue.kinds.move_study]\nmax_delay_secs = 0",
+                "workqueue.kinds.move_study.max_delay_secs",
+                "at least 1 second",
+            ),
+            (
+                "[workqueue.kinds.move_study]\nfailure_delay_secs = 60\nmax_delay_secs = 30",
+                "workqueue.kinds.move_study",
+                "longer than max_delay_secs",
+            ),
+        ];
+        for (text, setting, reason) in cases {
+            let (got_setting, got_reason) = invalid_setting(text);
+            assert_eq!(got_setting, setting, "{text}");
+            assert!(got_reason.contains(reason), "{text}: {got_reason}");
+        }
+        // Every key is optional; an empty table changes nothing.
+        assert!(Config::from_toml("[workqueue.kinds.move_study]")
+            .unwrap()
+            .validate()
+            .is_ok());
     }
 }

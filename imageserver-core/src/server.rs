@@ -227,6 +227,10 @@ impl ServerBuilder {
         for (kind, properties, processor) in self.extra {
             processors.register_shared(kind, properties, processor);
         }
+        // The operator's `[workqueue.kinds.*]`, on every kind that runs.
+        self.settings
+            .workqueue
+            .apply_kind_overrides(&mut processors)?;
         let study_process_wake = Arc::new(OnceLock::new());
         let ingest = Ingest::with_study_process(
             index.clone(),

@@ -34,3 +34,5 @@ mod studies;
 mod workqueue;
 // Built-in processors via a running server: queued send with retries, queued delete, StudyProcess after ingest.
 mod processors;
+// Partial send failures: a destination refusing some instances once or forever; only what failed is sent again.
+mod routing;

@@ -6,7 +6,7 @@ use super::{on_error, payload, step, study_uid, BuiltinDeps};
 use crate::dicom::scu::ScuOptions;
 use crate::model::work::{NewWorkItem, Timestamp, WorkItem, WorkKind, WorkUid};
 use crate::model::Uid;
-use crate::workqueue::{ProcessContext, Processor, StepResult};
+use crate::workqueue::{ProcessContext, Processor, RetryPolicy, StepResult};
 
 /// Payload of `move_study` and `auto_route` items.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -53,6 +53,11 @@ impl SendPayload {
 ///   same kind carries only the failed instances, scheduled after the
 ///   backoff delay (the failure count carries over in its payload).
 ///
+/// The kind's failure limit and backoff count the failures of the whole
+/// chain (an item and the follow-ups that continue it): a follow-up that
+/// keeps failing is given up at the limit, not `max_failures` failures
+/// after its own start.
+///
 /// Sends are at-least-once: a rerun after a crash sends again.
 #[derive(Debug, Clone)]
 pub struct MoveStudy {
@@ -73,9 +78,14 @@ impl Processor for MoveStudy {
         let study = step!(study_uid(item));
         let send: SendPayload = step!(payload(item));
         let retry = &ctx.properties().retry;
+        // This run's failure, if it fails, counting the chain's earlier ones.
+        let failures = send
+            .previous_failures
+            .saturating_add(item.failure_count)
+            .saturating_add(1);
         let device = match self.deps.studies.destination(partition, &send.destination) {
             Ok(device) => device,
-            Err(error) => return on_error(&error, retry.failure_delay),
+            Err(error) => return failed(on_error(&error, retry.failure_delay), retry, failures),
         };
         let only: Vec<Uid> = item
             .uids
@@ -92,7 +102,7 @@ impl Processor for MoveStudy {
             ctx.processor_id(),
         ) {
             Ok(report) => report,
-            Err(error) => return on_error(&error, retry.failure_delay),
+            Err(error) => return failed(on_error(&error, retry.failure_delay), retry, failures),
         };
         if !report.missing.is_empty() {
             tracing::warn!(
@@ -121,12 +131,11 @@ impl Processor for MoveStudy {
             first.1
         );
         if report.delivered.is_empty() && report.warnings.is_empty() {
-            return StepResult::RetryAfter(retry.delay(item.failure_count + 1), description);
+            return retry_or_give_up(retry, failures, description);
         }
         // Partial failure: only what failed goes on, in a new item.
-        let failures = send.previous_failures + item.failure_count + 1;
         if retry.gives_up(failures) {
-            return StepResult::Fail(description);
+            return given_up(description, failures);
         }
         let series: BTreeMap<Uid, Uid> = match self.deps.db.study_instances(partition.id, study) {
             Ok(instances) => instances
@@ -134,8 +143,9 @@ impl Processor for MoveStudy {
                 .map(|i| (i.sop_instance_uid, i.series_uid))
                 .collect(),
             Err(error) => {
-                return StepResult::RetryAfter(
-                    retry.failure_delay,
+                return retry_or_give_up(
+                    retry,
+                    failures,
                     crate::services::commit::error_chain(&error),
                 )
             }
@@ -149,6 +159,12 @@ impl Processor for MoveStudy {
                     .map(|series| WorkUid::new(series.clone(), sop.clone()))
             })
             .collect();
+        if uids.is_empty() {
+            // What failed has left the study since: nothing to retry (an
+            // item without instances would send the whole study).
+            tracing::warn!(study_uid = %study, "{description}; those instances are no longer in the study");
+            return StepResult::Done;
+        }
         let next = SendPayload {
             previous_failures: failures,
             ..send.clone()
@@ -165,10 +181,38 @@ impl Processor for MoveStudy {
                 StepResult::Done
             }
             // Could not hand over: retry everything this item covers.
-            Err(error) => StepResult::RetryAfter(
-                retry.delay(item.failure_count + 1),
+            Err(error) => retry_or_give_up(
+                retry,
+                failures,
                 format!("{description}; cannot enqueue the retry: {error}"),
             ),
         }
     }
+}
+
+/// A transient failure as the `failures`-th of the chain: retried after
+/// that failure's backoff, or given up at the limit. (The engine counts
+/// only the item's own failures, so a follow-up would otherwise get the
+/// whole limit again.)
+fn retry_or_give_up(retry: &RetryPolicy, failures: u32, description: String) -> StepResult {
+    if retry.gives_up(failures) {
+        given_up(description, failures)
+    } else {
+        StepResult::RetryAfter(retry.delay(failures), description)
+    }
+}
+
+/// [`retry_or_give_up`] for what [`on_error`] decided: permanent failures
+/// stay permanent.
+fn failed(step: StepResult, retry: &RetryPolicy, failures: u32) -> StepResult {
+    match step {
+        StepResult::RetryAfter(_, description) => retry_or_give_up(retry, failures, description),
+        other => other,
+    }
+}
+
+/// The permanent failure at the chain's failure limit, worded as the
+/// engine words its own.
+fn given_up(description: String, failures: u32) -> StepResult {
+    StepResult::Fail(format!("{description} (gave up after {failures} failures)"))
 }

@@ -130,6 +130,45 @@ impl RetryPolicy {
     }
 }
 
+/// An operator's changes to a kind's [`KindProperties`] (the configuration's
+/// `[workqueue.kinds.<kind>]` table): each field that is set replaces the
+/// registered value, the others stay as the kind was registered.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KindOverride {
+    /// The priority of new items that do not name one.
+    pub priority: Option<WorkPriority>,
+    /// [`RetryPolicy::max_failures`].
+    pub max_failures: Option<u32>,
+    /// [`RetryPolicy::failure_delay`].
+    pub failure_delay: Option<Duration>,
+    /// [`RetryPolicy::backoff`].
+    pub backoff: Option<f64>,
+    /// [`RetryPolicy::max_delay`].
+    pub max_delay: Option<Duration>,
+}
+
+impl KindOverride {
+    /// Replaces, in `properties`, the fields this override sets.
+    pub fn apply(&self, properties: &mut KindProperties) {
+        if let Some(priority) = self.priority {
+            properties.priority = priority;
+        }
+        let retry = &mut properties.retry;
+        if let Some(max_failures) = self.max_failures {
+            retry.max_failures = max_failures;
+        }
+        if let Some(failure_delay) = self.failure_delay {
+            retry.failure_delay = failure_delay;
+        }
+        if let Some(backoff) = self.backoff {
+            retry.backoff = backoff;
+        }
+        if let Some(max_delay) = self.max_delay {
+            retry.max_delay = max_delay;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +191,33 @@ mod tests {
             ..policy
         };
         assert!(never_zero.gives_up(1), "at least one try");
+    }
+
+    #[test]
+    fn an_override_replaces_only_what_it_sets() {
+        let registered = KindProperties::new()
+            .priority(WorkPriority::High)
+            .study_lock(StudyLock::Read)
+            .retry(RetryPolicy {
+                max_failures: 10,
+                failure_delay: Duration::from_secs(10),
+                backoff: 2.0,
+                max_delay: Duration::from_secs(1800),
+            });
+        let mut properties = registered.clone();
+        KindOverride::default().apply(&mut properties);
+        assert_eq!(properties, registered);
+        KindOverride {
+            max_failures: Some(3),
+            failure_delay: Some(Duration::from_secs(1)),
+            ..KindOverride::default()
+        }
+        .apply(&mut properties);
+        assert_eq!(properties.priority, WorkPriority::High);
+        assert_eq!(properties.study_lock, StudyLock::Read);
+        assert_eq!(properties.retry.max_failures, 3);
+        assert_eq!(properties.retry.failure_delay, Duration::from_secs(1));
+        assert_eq!(properties.retry.backoff, 2.0);
+        assert_eq!(properties.retry.max_delay, Duration::from_secs(1800));
     }
 }

@@ -36,7 +36,7 @@ mod processor;
 mod registry;
 
 pub use engine::{default_processor_id, Engine, EngineConfig, Error, ShutdownReport, WorkQueue};
-pub use kind::{KindProperties, RetryPolicy};
+pub use kind::{KindOverride, KindProperties, RetryPolicy};
 pub use processor::{ProcessContext, Processor, StepResult};
 pub use registry::Registry;
 

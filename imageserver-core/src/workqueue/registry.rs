@@ -71,6 +71,12 @@ impl Registry {
         self.kinds.get(kind).map(|r| &r.properties)
     }
 
+    /// The properties of a registered kind, to change them (the
+    /// configuration's per-kind overrides).
+    pub fn properties_mut(&mut self, kind: &WorkKind) -> Option<&mut KindProperties> {
+        self.kinds.get_mut(kind).map(|r| &mut r.properties)
+    }
+
     /// The registered kinds, by name.
     pub fn kinds(&self) -> impl Iterator<Item = &WorkKind> {
         self.kinds.keys()

@@ -1,0 +1,522 @@
+//! Sends that partly fail, through a running server (`imageserver serve`)
+//! and the CLI, on the selected backend. The destination is a real Storage
+//! SCP (`tests/it/py/flaky_store_scp.py`, pynetdicom) that refuses chosen
+//! instances with 0xA700, once or forever, and logs every C-STORE it gets:
+//! the log shows what each round sent, the items show what the archive
+//! decided, the SCP's files show what arrived.
+//!
+//! - `study send --wait`: the first item completes, a follow-up carries
+//!   exactly the refused instances and sends only those; everything
+//!   arrives byte for byte; the `[workqueue.kinds.move_study]` override
+//!   sets the delay and the priority.
+//! - An auto-route rule to a destination refusing one instance forever:
+//!   the chain is given up at `max_failures` sends of that instance (the
+//!   carried failure count holds), naming it and the status; the others
+//!   are sent once.
+//! - An override of a kind nothing runs stops `serve` with a clear message.
+//!
+//! Outcomes are asserted; the bounds only stop a test that would hang.
+
+#[path = "support/retrieve_peers.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod retrieve_peers;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
+use crate::support::server::{free_port, test_dir, Archive, Server, BINARY};
+use crate::support::{dcmtk, files_under};
+use retrieve_peers::{assert_received, device_toml};
+
+/// The longest any awaited outcome may take.
+const BOUND: Duration = Duration::from_secs(120);
+/// The pynetdicom Storage SCP.
+const FLAKY_SCP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/it/py/flaky_store_scp.py"
+);
+/// Out of Resources: what the SCP answers a refused instance.
+const REFUSED: u16 = 0xA700;
+/// Coercion of Data Elements: stored, with a warning.
+const WARNING: u16 = 0xB000;
+
+/// `flaky_store_scp.py` on a loopback port, killed (by its handle) on drop.
+struct FlakyScp {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+    output: PathBuf,
+}
+
+/// Which instances the SCP refuses, and for how long.
+enum Refuse<'a> {
+    /// The first time each arrives.
+    FirstTime(&'a [&'a str]),
+    /// Every time.
+    Always(&'a [&'a str]),
+}
+
+impl FlakyScp {
+    /// Starts the SCP as `ae_title` on `port` under `root`, answering the
+    /// `warn` instances with 0xB000; waits until it listens.
+    fn start(
+        root: &Path,
+        ae_title: &str,
+        port: u16,
+        refuse: Refuse<'_>,
+        warn: &[&str],
+    ) -> FlakyScp {
+        let dir = root.join("dest");
+        let (mode, refused) = match refuse {
+            Refuse::FirstTime(uids) => ("first", uids),
+            Refuse::Always(uids) => ("always", uids),
+        };
+        let refuse_file = root.join("refuse.txt");
+        std::fs::write(&refuse_file, lines(refused)).expect("write the refuse list");
+        let warn_file = root.join("warn.txt");
+        std::fs::write(&warn_file, lines(warn)).expect("write the warn list");
+        let log = root.join("dest-stores.log");
+        let output = root.join("dest-output.log");
+        let out = std::fs::File::create(&output).expect("create the SCP output file");
+        let child = Command::new("python3")
+            .arg(FLAKY_SCP)
+            .args(["--port", &port.to_string(), "--aet", ae_title])
+            .arg("--out")
+            .arg(&dir)
+            .arg("--log")
+            .arg(&log)
+            .arg("--refuse")
+            .arg(&refuse_file)
+            .args(["--refuse-mode", mode])
+            .arg("--warn")
+            .arg(&warn_file)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("clone the output handle"))
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn python3 {FLAKY_SCP}: {e}"));
+        let mut scp = FlakyScp {
+            child,
+            dir,
+            log,
+            output,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let printed = std::fs::read_to_string(&scp.output).unwrap_or_default();
+            if printed.lines().any(|l| l == "READY") {
+                return scp;
+            }
+            if let Some(status) = scp.child.try_wait().expect("poll the SCP") {
+                panic!("{FLAKY_SCP} exited ({status}) before listening:\n{printed}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{FLAKY_SCP} did not listen:\n{printed}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Every C-STORE so far, in arrival order: SOP Instance UID and the
+    /// status answered.
+    fn stores(&self) -> Vec<(String, u16)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                assert!(
+                    fields.len() == 4 && fields[0] == "STORE",
+                    "bad log line {line:?}"
+                );
+                let status = u16::from_str_radix(fields[3], 16).expect("a hex status");
+                (fields[2].to_string(), status)
+            })
+            .collect()
+    }
+
+    /// The stored files by SOP Instance UID (from their meta group).
+    fn received(&self) -> BTreeMap<String, PathBuf> {
+        files_under(&self.dir)
+            .into_iter()
+            .filter(|path| path.extension().is_some_and(|e| e == "dcm"))
+            .map(|path| {
+                let uid = corpus::file_meta(&path)
+                    .media_storage_sop_instance_uid()
+                    .trim_end_matches(['\0', ' '])
+                    .to_string();
+                (uid, path)
+            })
+            .collect()
+    }
+}
+
+impl Drop for FlakyScp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "===== {FLAKY_SCP} output =====\n{}\n===== C-STOREs =====\n{}",
+                std::fs::read_to_string(&self.output).unwrap_or_default(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn lines(uids: &[&str]) -> String {
+    uids.iter().map(|uid| format!("{uid}\n")).collect()
+}
+
+fn load(server: &Server, dir: &Path, n: usize) {
+    let storescu = dcmtk::store(server.addr(), server.ae_title(), &[dir], &[], BOUND);
+    assert!(storescu.success(), "storescu failed:\n{storescu}");
+    assert_eq!(dcmtk::acknowledged_files(&storescu.text()).len(), n);
+}
+
+/// `imageserver ARGS` on the archive (and its config file, if any).
+fn command(root: &Path, archive: &Archive, args: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(args).arg("--data").arg(archive.data_dir());
+    command.args(archive.db_args());
+    let config = root.join("imageserver.toml");
+    if config.is_file() {
+        command.arg("--config").arg(config);
+    }
+    command
+        .env("IMAGESERVER_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    command
+}
+
+fn cli_ok(root: &Path, archive: &Archive, args: &[&str]) -> String {
+    let out = dcmtk::run(command(root, archive, args), BOUND);
+    assert!(out.success(), "imageserver {args:?}:\n{out}");
+    out.stdout
+}
+
+/// The items of a kind (`workqueue list --json`), by id.
+fn items(root: &Path, archive: &Archive, kind: &str) -> Vec<serde_json::Value> {
+    let mut found: Vec<serde_json::Value> = cli_ok(
+        root,
+        archive,
+        &["workqueue", "list", "--type", kind, "--json"],
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).expect("a JSON line"))
+    .collect();
+    found.sort_by_key(|item| item["id"].as_i64());
+    found
+}
+
+/// One item with its instances (`workqueue show ID --json`).
+fn show(root: &Path, archive: &Archive, item: &serde_json::Value) -> serde_json::Value {
+    let id = item["id"].to_string();
+    serde_json::from_str(&cli_ok(
+        root,
+        archive,
+        &["workqueue", "show", &id, "--json"],
+    ))
+    .expect("one JSON object")
+}
+
+/// The SOP Instance UIDs of a shown item, checked against their series.
+fn item_uids(shown: &serde_json::Value, corpus: &[Instance]) -> BTreeSet<String> {
+    let series: BTreeMap<&str, &str> = corpus
+        .iter()
+        .map(|i| (i.sop_instance_uid.as_str(), i.series_uid.as_str()))
+        .collect();
+    shown["uids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no uids in {shown:#}"))
+        .iter()
+        .map(|uid| {
+            let sop = uid["sop_instance_uid"]
+                .as_str()
+                .expect("a SOP Instance UID");
+            assert_eq!(
+                uid["series_uid"].as_str(),
+                series.get(sop).copied(),
+                "series of {sop} in {shown:#}"
+            );
+            sop.to_string()
+        })
+        .collect()
+}
+
+/// Waits until `done` holds for the items of `kind`; returns them.
+fn wait_items(
+    root: &Path,
+    archive: &Archive,
+    kind: &str,
+    what: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let found = items(root, archive, kind);
+        if done(&found) {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {kind} items are {found:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn uid_set<'a>(uids: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
+    uids.into_iter().map(str::to_string).collect()
+}
+
+fn count_of(stores: &[(String, u16)], uid: &str) -> usize {
+    stores.iter().filter(|(u, _)| u == uid).count()
+}
+
+#[test]
+fn a_partial_send_failure_retries_only_the_refused_instances() {
+    let dir = test_dir("route-partial");
+    let corpus_dir = dir.path().join("corpus");
+    // One study, three series of three instances.
+    let corpus = generate_corpus(&corpus_dir, 711, CorpusShape::uniform(1, 3, 3, (16, 16)));
+    let all_uids = uid_set(corpus.iter().map(|i| i.sop_instance_uid.as_str()));
+    // Every third instance is refused the first time; one is stored with a
+    // warning (delivered: never sent again).
+    let refused: Vec<&str> = corpus
+        .iter()
+        .skip(2)
+        .step_by(3)
+        .map(|i| i.sop_instance_uid.as_str())
+        .collect();
+    let warned = corpus[0].sop_instance_uid.as_str();
+    let dest_port = free_port();
+    let scp = FlakyScp::start(
+        dir.path(),
+        "DEST",
+        dest_port,
+        Refuse::FirstTime(&refused),
+        &[warned],
+    );
+    let server = Server::builder(dir.path())
+        .setting("devices", format!("[{}]", device_toml("DEST", dest_port)))
+        .setting(
+            "workqueue",
+            r#"{ kinds = { move_study = { failure_delay_secs = 1, priority = "stat" } } }"#,
+        )
+        .start();
+    load(&server, &corpus_dir, corpus.len());
+    let archive = server.archive();
+    let study = corpus[0].study_uid.clone();
+
+    // The first item completes: what was refused went on in a new item.
+    let out = cli_ok(
+        dir.path(),
+        archive,
+        &["study", "send", &study, "--to", "DEST", "--wait"],
+    );
+    assert!(out.contains("enqueued move_study work item"), "{out}");
+    assert!(out.contains("completed"), "{out}");
+    let done = wait_items(
+        dir.path(),
+        archive,
+        "move_study",
+        "the follow-up",
+        |items| items.len() == 2 && items.iter().all(|i| i["status"] == "completed"),
+    );
+    let (first, follow_up) = (&done[0], &done[1]);
+    assert_eq!(first["payload"], serde_json::json!({"destination": "DEST"}));
+    assert_eq!(
+        first["instances"], 0,
+        "the first item sends the whole study"
+    );
+    assert_eq!(first["failure_count"], 0, "{first:#}");
+    assert_eq!(
+        follow_up["payload"],
+        serde_json::json!({"destination": "DEST", "previous_failures": 1}),
+        "the failure count carries over"
+    );
+    assert_eq!(follow_up["failure_count"], 0, "{follow_up:#}");
+    assert_eq!(
+        item_uids(&show(dir.path(), archive, follow_up), &corpus),
+        uid_set(refused.iter().copied()),
+        "the follow-up carries exactly the refused instances"
+    );
+    // The override: the priority of items naming none (the CLI's), carried
+    // to the follow-up, and the first retry delay (1 s, not the default 10 s).
+    assert!(done.iter().all(|i| i["priority"] == "stat"), "{done:#?}");
+    let waited = follow_up["scheduled_at"]["ms"].as_i64().unwrap()
+        - follow_up["created_at"]["ms"].as_i64().unwrap();
+    assert!(
+        (100..9_000).contains(&waited),
+        "the follow-up was scheduled {waited} ms after its creation: {follow_up:#}"
+    );
+
+    // Round one offered every instance once; round two only the refused.
+    let stores = scp.stores();
+    assert_eq!(stores.len(), corpus.len() + refused.len(), "{stores:#?}");
+    let (round_one, round_two) = stores.split_at(corpus.len());
+    assert_eq!(
+        uid_set(round_one.iter().map(|(uid, _)| uid.as_str())),
+        all_uids,
+        "round one: {round_one:#?}"
+    );
+    for (uid, status) in round_one {
+        let expected = if refused.contains(&uid.as_str()) {
+            REFUSED
+        } else if uid == warned {
+            WARNING
+        } else {
+            0
+        };
+        assert_eq!(*status, expected, "round one, {uid}: {stores:#?}");
+    }
+    assert_eq!(
+        uid_set(round_two.iter().map(|(uid, _)| uid.as_str())),
+        uid_set(refused.iter().copied()),
+        "round two sends only what was refused: {round_two:#?}"
+    );
+    assert!(
+        round_two.iter().all(|(_, status)| *status == 0),
+        "{round_two:#?}"
+    );
+    for instance in &corpus {
+        let uid = instance.sop_instance_uid.as_str();
+        let times = if refused.contains(&uid) { 2 } else { 1 };
+        assert_eq!(count_of(&stores, uid), times, "{uid}: {stores:#?}");
+    }
+    let all: Vec<&Instance> = corpus.iter().collect();
+    assert_received(&scp.received(), &all, "partial send");
+}
+
+#[test]
+fn an_instance_refused_forever_fails_the_auto_route_at_max_failures() {
+    const MAX_FAILURES: usize = 3;
+    let dir = test_dir("route-forever");
+    let corpus_dir = dir.path().join("corpus");
+    let corpus = generate_corpus(&corpus_dir, 712, CorpusShape::uniform(1, 2, 3, (16, 16)));
+    let refused = corpus[4].sop_instance_uid.as_str();
+    let dest_port = free_port();
+    let scp = FlakyScp::start(
+        dir.path(),
+        "DEST",
+        dest_port,
+        Refuse::Always(&[refused]),
+        &[],
+    );
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        r#"
+version = 1
+
+[[rule]]
+name = "ct-to-dest"
+when = { attribute = "ModalitiesInStudy", contains = "CT" }
+actions = [{ type = "auto_route", device = "DEST" }]
+"#,
+    )
+    .unwrap();
+    let server = Server::builder(dir.path())
+        .setting("rules_file", r#""rules.toml""#)
+        .setting("devices", format!("[{}]", device_toml("DEST", dest_port)))
+        .setting(
+            "workqueue",
+            format!(
+                "{{ study_process_delay_secs = 2, poll_secs = 1, kinds = {{ auto_route = \
+                 {{ failure_delay_secs = 1, backoff = 1.0, max_failures = {MAX_FAILURES} }} }} }}"
+            ),
+        )
+        .start();
+    load(&server, &corpus_dir, corpus.len());
+    let archive = server.archive();
+    let others: Vec<&Instance> = corpus
+        .iter()
+        .filter(|i| i.sop_instance_uid != refused)
+        .collect();
+
+    // StudyProcess routes the study once it is quiet; the refused instance
+    // goes on alone until the chain gives up.
+    let settled = wait_items(dir.path(), archive, "auto_route", "giving up", |items| {
+        items.iter().any(|i| i["status"] == "failed")
+            && items
+                .iter()
+                .all(|i| i["status"] == "failed" || i["status"] == "completed")
+    });
+    let failed: Vec<&serde_json::Value> =
+        settled.iter().filter(|i| i["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{settled:#?}");
+    let failed = failed[0];
+    let why = failed["failure_description"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(refused) && why.contains("0xA700"),
+        "the failure names the instance and the status: {why}"
+    );
+    assert!(
+        why.contains(&format!("gave up after {MAX_FAILURES} failures")),
+        "{why}"
+    );
+    assert_eq!(
+        failed["payload"],
+        serde_json::json!({"destination": "DEST", "rule": "ct-to-dest", "previous_failures": 1}),
+        "{failed:#}"
+    );
+    assert_eq!(
+        item_uids(&show(dir.path(), archive, failed), &corpus),
+        uid_set([refused]),
+    );
+
+    // The refused instance was offered exactly max_failures times, every
+    // other instance once.
+    let stores = scp.stores();
+    let attempts: Vec<u16> = stores
+        .iter()
+        .filter(|(uid, _)| uid == refused)
+        .map(|(_, status)| *status)
+        .collect();
+    assert_eq!(attempts, vec![REFUSED; MAX_FAILURES], "{stores:#?}");
+    for instance in &others {
+        let uid = instance.sop_instance_uid.as_str();
+        assert_eq!(count_of(&stores, uid), 1, "{uid}: {stores:#?}");
+    }
+    assert!(
+        stores
+            .iter()
+            .all(|(uid, status)| uid == refused || *status == 0),
+        "{stores:#?}"
+    );
+    assert_received(&scp.received(), &others, "auto-route");
+}
+
+#[test]
+fn an_override_of_a_kind_nothing_runs_stops_serve() {
+    let dir = test_dir("route-unknown-kind");
+    let archive = Archive::new(&dir.path().join("data"), "IMAGESERVER");
+    let config = dir.path().join("imageserver.toml");
+    let db = archive
+        .db_url()
+        .map(|url| format!("db = {url:?}\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &config,
+        format!("{db}[workqueue.kinds.auto_rout]\nmax_failures = 2\n"),
+    )
+    .unwrap();
+    let mut serve = command(dir.path(), &archive, &["serve"]);
+    serve.args(["--bind", "127.0.0.1", "--port", &free_port().to_string()]);
+    let out = dcmtk::run(serve, BOUND);
+    assert!(
+        !out.success() && !out.timed_out(),
+        "serve must refuse to start:\n{out}"
+    );
+    let text = out.text();
+    assert!(
+        text.contains("workqueue.kinds.auto_rout") && text.contains("auto_route, delete_study"),
+        "the error names the setting and the kinds that run:\n{out}"
+    );
+}
