@@ -34,3 +34,5 @@ mod studies;
 mod workqueue;
 // Built-in processors via a running server: queued send with retries, queued delete, StudyProcess after ingest.
 mod processors;
+// Series metadata (DICOM JSON) written by StudyProcess, checked with pydicom; edit, reprocess, import and delete around it.
+mod metadata;
