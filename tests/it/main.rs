@@ -36,3 +36,5 @@ mod workqueue;
 mod processors;
 // Partial send failures: a destination refusing some instances once or forever; only what failed is sent again.
 mod routing;
+// Series metadata (DICOM JSON) written by StudyProcess, checked with pydicom; edit, reprocess, import and delete around it.
+mod metadata;

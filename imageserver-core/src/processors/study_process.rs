@@ -14,11 +14,16 @@ use crate::workqueue::{ProcessContext, Processor, StepResult};
 ///    `auto_route` items carrying the instances that arrived (the whole
 ///    study when the item lists none), `delete_study` items scheduled at
 ///    their due time;
-/// 2. checks integrity (index vs files, sizes and digests) and enqueues a
+/// 2. writes the series metadata (DICOM JSON, bulk data stripped:
+///    [`crate::services::studies::Studies::write_series_metadata`]) that
+///    the DICOMweb metadata endpoint will serve; a failure to write is
+///    transient (retried after the kind's failure delay);
+/// 3. checks integrity (index vs files, sizes and digests) and enqueues a
 ///    `reprocess_study` on a mismatch a reprocess fixes.
 ///
 /// A study gone meanwhile (deleted) is done. Rerunning enqueues again:
 /// sends are at-least-once; deletes of the same study merge into one item.
+/// Events are logged in a `study_process` span with the `study_uid` field.
 #[derive(Debug, Clone)]
 pub struct StudyProcess {
     deps: BuiltinDeps,
@@ -35,6 +40,7 @@ impl Processor for StudyProcess {
     fn process(&self, item: &WorkItem, ctx: &ProcessContext<'_>) -> StepResult {
         let partition = step!(self.deps.partition(item));
         let study = step!(study_uid(item));
+        let _span = tracing::info_span!("study_process", study_uid = %study).entered();
         let retry_after = ctx.properties().retry.failure_delay;
         let queue = ctx.work_queue();
         let transient = |what: &str, e: &dyn std::error::Error| {
@@ -95,6 +101,19 @@ impl Processor for StudyProcess {
                     Err(e) => return transient("enqueuing a rule action", &e),
                 }
             }
+        }
+        match self.deps.studies.write_series_metadata(partition, study) {
+            Ok(report) => tracing::debug!(
+                study_uid = %study,
+                series = report.series,
+                instances = report.instances,
+                skipped = report.skipped.len(),
+                "series metadata up to date"
+            ),
+            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {
+                return StepResult::Done
+            }
+            Err(e) => return transient("writing the series metadata", &e),
         }
         match self.deps.studies.check_integrity(partition, study, true) {
             Ok(report) if report.needs_reprocess() => {

@@ -10,6 +10,7 @@ use dicom_object::meta::FileMetaTable;
 use super::commit::error_chain;
 use super::ingest::{Ingest, Partition, StoreRequest};
 use crate::model::Uid;
+use crate::storage::layout;
 
 /// What happened to one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +35,9 @@ pub struct ImportSummary {
 }
 
 /// Lists the files under `paths` (directories recursively, sorted), so a
-/// caller can size a progress bar before importing.
+/// caller can size a progress bar before importing. Series metadata folders
+/// ([`layout::METADATA_DIR`], derived data of an archive's study folders,
+/// never instances) are not entered.
 pub fn collect_files(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
@@ -46,6 +49,9 @@ pub fn collect_files(paths: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
 fn collect(path: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
     let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
+        if path.file_name().is_some_and(|n| n == layout::METADATA_DIR) {
+            return Ok(());
+        }
         let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
             .map(|entry| entry.map(|e| e.path()))
             .collect::<io::Result<_>>()?;

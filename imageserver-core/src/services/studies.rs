@@ -1,5 +1,6 @@
-//! Study operations: delete, edit, reprocess and send a study, and check a
-//! study's integrity (index against files).
+//! Study operations: delete, edit, reprocess and send a study, check a
+//! study's integrity (index against files), and write and read its series
+//! metadata (`metadata.rs`).
 //!
 //! These are plain, blocking service functions over the index
 //! ([`crate::db::Database`], through its [`StudyStore`] part) and the
@@ -19,7 +20,8 @@
 //!   study folder older than the tombstone that no row names); (3) the
 //!   tombstone goes. Rows first: a crash never leaves a row pointing at a
 //!   missing file. A crash after (1) leaves files without rows; the retry
-//!   finds the tombstone and does (2) and (3).
+//!   finds the tombstone and does (2) and (3). The series metadata files
+//!   (`.metadata/`) go with the files in (2).
 //! - **Edit**: (1) the target values are recorded (a pending edit, with
 //!   the old values, who and why); (2) per instance, a new file is written
 //!   beside the old (only the edited attributes differ, Pixel Data copied
@@ -30,12 +32,23 @@
 //!   completes the edit and writes the audit record. A retry resumes the
 //!   pending edit. Between (2) and (4) index and files disagree only on the
 //!   edited attributes (and sizes/digests) of files already swapped.
+//!   The series metadata is deleted before (2) and written again after (4),
+//!   in the same operation: an interruption leaves the study without
+//!   metadata, never with the old values; a retry that finds the edit
+//!   complete writes it if it is missing.
 //! - **Reprocess**: the files are read (nothing is written), then one
-//!   transaction replaces the study's rows by the rebuilt set.
+//!   transaction replaces the study's rows by the rebuilt set, then the
+//!   series metadata is rewritten for the rebuilt rows (a retry rebuilds
+//!   the same rows and rewrites it).
+//! - **Series metadata** (written by StudyProcess, edit and reprocess):
+//!   derived data in the study folder, rebuilt from the files whenever it
+//!   is written; every operation that walks a study folder (reprocess,
+//!   integrity check, delete's sweep) knows it is not an instance.
 //! - **Send**: read-only; the outcome lists the UIDs that failed, which is
 //!   what a retry sends again.
 
 mod files;
+mod metadata;
 mod rewrite;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +68,7 @@ use crate::services::Partition;
 use crate::storage::{self, layout, InstanceKey, PendingSync, StorageBackend};
 
 use files::{FolderEntry, StudyFile};
+pub use metadata::{MetadataReport, BULK_DATA_THRESHOLD};
 use rewrite::Target;
 
 /// Why a study operation failed.
@@ -152,7 +166,7 @@ pub struct DeleteReport {
     pub series: u64,
     /// Bytes of the removed instances.
     pub bytes: u64,
-    /// Files deleted (instances, duplicates, leftovers).
+    /// Files deleted (instances, duplicates, leftovers, series metadata).
     pub files_deleted: u64,
 }
 
@@ -509,6 +523,15 @@ impl Studies {
         for entry in entries {
             let file = match entry {
                 FolderEntry::Instance(file) | FolderEntry::Aside(file, _) => file,
+                // Derived from the deleted rows' files (a newer one is of a
+                // study that arrived again since).
+                FolderEntry::Metadata(metadata) => {
+                    if metadata.modified_ms <= since_ms {
+                        remove_file(&metadata.path)?;
+                        deleted += 1;
+                    }
+                    continue;
+                }
                 FolderEntry::Stray(_) => continue,
             };
             // Newer files belong to instances that arrived after the rows
@@ -519,8 +542,9 @@ impl Studies {
             remove_file(&file.path)?;
             deleted += 1;
         }
-        // Empty series folders, then the study folder (a folder that is not
-        // empty keeps what is left: stray files, newer arrivals).
+        // Empty series folders (and the metadata folder), then the study
+        // folder (a folder that is not empty keeps what is left: stray
+        // files, newer arrivals).
         if let Ok(series_dirs) = std::fs::read_dir(&folder) {
             for series_dir in series_dirs.flatten() {
                 let _ = std::fs::remove_dir(series_dir.path());
@@ -580,6 +604,11 @@ impl Studies {
                     .iter()
                     .all(|c| c.old_value.as_deref() == index_text(&c.new_value))
                 {
+                    // An earlier run may have completed the edit and been
+                    // interrupted before writing the metadata again.
+                    if !self.has_series_metadata(partition, study_uid)? {
+                        self.write_series_metadata(partition, study_uid)?;
+                    }
                     return Ok(EditOutcome::Unchanged);
                 }
                 // Every file must be able to take the values before anything
@@ -611,6 +640,8 @@ impl Studies {
             }
         };
 
+        // No metadata with old values survives an interruption from here on.
+        self.drop_series_metadata(partition, study_uid)?;
         let record = self.online_study(partition, study_uid)?;
         let location = record.location.clone().expect("online");
         let filesystem = self.filesystem(location.filesystem)?;
@@ -701,6 +732,7 @@ impl Studies {
             .study(partition.id, study_uid)?
             .map(|r| r.patient_num_studies.saturating_sub(1))
             .unwrap_or(0);
+        self.write_series_metadata(partition, study_uid)?;
         tracing::info!(
             study_uid = %study_uid,
             edit = completed.id,
@@ -752,7 +784,7 @@ impl Studies {
         for entry in entries {
             let file = match entry {
                 FolderEntry::Instance(file) => file,
-                FolderEntry::Aside(..) => continue,
+                FolderEntry::Aside(..) | FolderEntry::Metadata(_) => continue,
                 FolderEntry::Stray(path) => {
                     report
                         .skipped
@@ -787,6 +819,12 @@ impl Studies {
             skipped = report.skipped.len(),
             "study reprocessed"
         );
+        // The series metadata follows the rebuilt rows.
+        match self.write_series_metadata(partition, study_uid) {
+            // No instance row left: no study to describe.
+            Ok(_) | Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {}
+            Err(e) => return Err(e),
+        }
         Ok(report)
     }
 

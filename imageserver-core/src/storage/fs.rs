@@ -18,8 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{layout, Error, InstanceKey, ObjectWriter, PendingSync, StorageBackend, Usage};
-use crate::model::Filesystem;
+use super::{
+    layout, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, Usage,
+};
+use crate::model::{Filesystem, StudyLocation, Uid};
 
 /// Write buffer per open instance: large enough that 4 KiB PDUs do not cost
 /// one syscall each, small enough to keep memory per association low.
@@ -192,6 +194,103 @@ impl StorageBackend for FsStorage {
         Ok(copied)
     }
 
+    fn read_series_metadata(
+        &self,
+        filesystem: &Filesystem,
+        key: &SeriesKey,
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let path = filesystem.spec.path.join(layout::series_metadata_path(key));
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("reading", &path, &filesystem.spec.path, e)),
+        }
+    }
+
+    fn series_with_metadata(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
+    ) -> Result<Vec<Uid>, Error> {
+        let root = &filesystem.spec.path;
+        let dir = root.join(layout::metadata_dir(location));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error("listing", &dir, root, e)),
+        };
+        let mut series = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("listing", &dir, root, e))?;
+            let name = entry.file_name();
+            let uid = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| Uid::parse(n).ok());
+            if let Some(uid) = uid {
+                series.push(uid);
+            }
+        }
+        series.sort();
+        Ok(series)
+    }
+
+    fn delete_series_metadata(
+        &self,
+        filesystem: &Filesystem,
+        key: &SeriesKey,
+    ) -> Result<(), Error> {
+        let root = &filesystem.spec.path;
+        let path = root.join(layout::series_metadata_path(key));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error("deleting", &path, root, e)),
+        }
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn delete_study_metadata(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
+    ) -> Result<u64, Error> {
+        let root = &filesystem.spec.path;
+        let dir = root.join(layout::metadata_dir(location));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_error("listing", &dir, root, e)),
+        };
+        let mut deleted = 0;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| io_error("listing", &dir, root, e))?
+                .path();
+            if !path.is_file() {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => deleted += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("deleting", &path, root, e)),
+            }
+        }
+        sync_dir(&dir)?;
+        // The folder is ours alone; one that is not empty now holds
+        // something we did not put there, and keeps it.
+        if fs::remove_dir(&dir).is_ok() {
+            self.lock_unsynced().remove(&dir);
+            if let Some(study) = dir.parent() {
+                sync_dir(study)?;
+            }
+        }
+        Ok(deleted)
+    }
+
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error> {
         statvfs(&filesystem.spec.path)
             .map_err(|e| io_error("measuring", &filesystem.spec.path, &filesystem.spec.path, e))
@@ -257,6 +356,11 @@ impl ObjectWriter for FsWriter {
         variant: u64,
     ) -> Result<PendingSync, Error> {
         let relative = layout::aside_path(key, variant);
+        (*self).persist_to(&relative)
+    }
+
+    fn persist_series_metadata(self: Box<Self>, key: &SeriesKey) -> Result<PendingSync, Error> {
+        let relative = layout::series_metadata_path(key);
         (*self).persist_to(&relative)
     }
 }
@@ -439,6 +543,54 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
+    }
+
+    #[test]
+    fn series_metadata_is_written_listed_read_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = filesystem(dir.path());
+        let storage = FsStorage::new();
+        let location = key("1.2.3", "1.2.3.4").location;
+        let series = |uid: &str| SeriesKey {
+            location: location.clone(),
+            series_uid: Uid::parse(uid).unwrap(),
+        };
+        assert_eq!(
+            storage.read_series_metadata(&fs, &series("1.9")).unwrap(),
+            None
+        );
+        assert!(storage
+            .series_with_metadata(&fs, &location)
+            .unwrap()
+            .is_empty());
+        for (uid, text) in [("1.9", "[1]"), ("1.8", "[2]"), ("1.9", "[3]")] {
+            let mut writer = storage.begin_write(&fs).unwrap();
+            writer.write_all(text.as_bytes()).unwrap();
+            let pending = writer.persist_series_metadata(&series(uid)).unwrap();
+            storage.sync(pending).unwrap();
+        }
+        assert!(storage.lock_unsynced().is_empty());
+        let metadata_dir = dir.path().join(layout::metadata_dir(&location));
+        assert!(metadata_dir.join("1.9.json").is_file());
+        // Something else in the folder is not a series' metadata.
+        fs::write(metadata_dir.join("notes.txt"), b"x").unwrap();
+        assert_eq!(
+            storage.series_with_metadata(&fs, &location).unwrap(),
+            [Uid::parse("1.8").unwrap(), Uid::parse("1.9").unwrap()]
+        );
+        assert_eq!(
+            storage.read_series_metadata(&fs, &series("1.9")).unwrap(),
+            Some(b"[3]".to_vec())
+        );
+        storage.delete_series_metadata(&fs, &series("1.8")).unwrap();
+        storage.delete_series_metadata(&fs, &series("1.8")).unwrap();
+        assert_eq!(
+            storage.series_with_metadata(&fs, &location).unwrap(),
+            [Uid::parse("1.9").unwrap()]
+        );
+        assert_eq!(storage.delete_study_metadata(&fs, &location).unwrap(), 2);
+        assert!(!metadata_dir.exists());
+        assert_eq!(storage.delete_study_metadata(&fs, &location).unwrap(), 0);
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! The on-disk layout: the only code that turns UIDs into relative paths.
 //!
 //! `<partition folder>/<study date>/<study uid>/<series uid>/<sop uid>.dcm`
-//! (ClearCanvas's layout). Every component is validated before it gets
+//! (ClearCanvas's layout). Data derived from a study's files lives in the
+//! study folder too, under [`METADATA_DIR`] (`.metadata/<series uid>.json`:
+//! the series metadata), so that whatever moves or deletes the study folder
+//! carries it; that name is never a UID, so it is never taken for a series. Every component is validated before it gets
 //! here: UIDs are [`Uid`]s (digits and dots), the partition folder is a
 //! [`crate::model::FolderName`], and the date folder is checked to be eight
 //! digits, so no component can be `..` or hold a separator.
 
 use std::path::PathBuf;
 
-use super::InstanceKey;
+use super::{InstanceKey, SeriesKey};
 use crate::model::StudyLocation;
 
 /// Name of the folder of temporary files under each filesystem root.
 pub const TEMP_DIR: &str = ".tmp";
+
+/// Name of the study subfolder reserved for derived data (series metadata).
+/// It starts with a dot, so it can never be a UID (a series folder).
+pub const METADATA_DIR: &str = ".metadata";
 
 /// The study folder, relative to the filesystem root.
 pub fn study_dir(location: &StudyLocation) -> PathBuf {
@@ -27,6 +34,22 @@ pub fn instance_path(key: &InstanceKey) -> PathBuf {
     let mut path = study_dir(&key.location);
     path.push(key.series_uid.as_str());
     path.push(format!("{}.dcm", key.sop_instance_uid.as_str()));
+    path
+}
+
+/// The study's derived-data folder, relative to the filesystem root:
+/// `<study folder>/.metadata`.
+pub fn metadata_dir(location: &StudyLocation) -> PathBuf {
+    let mut path = study_dir(location);
+    path.push(METADATA_DIR);
+    path
+}
+
+/// The metadata file of a series, relative to the filesystem root:
+/// `<study folder>/.metadata/<series uid>.json`.
+pub fn series_metadata_path(key: &SeriesKey) -> PathBuf {
+    let mut path = metadata_dir(&key.location);
+    path.push(format!("{}.json", key.series_uid.as_str()));
     path
 }
 
@@ -73,6 +96,15 @@ mod tests {
             instance_path(&key),
             PathBuf::from("IMAGESERVER/20240131/1.2.3/1.2.3.4/1.2.3.4.5.dcm")
         );
+        let series = SeriesKey {
+            location: key.location.clone(),
+            series_uid: key.series_uid.clone(),
+        };
+        assert_eq!(
+            series_metadata_path(&series),
+            PathBuf::from("IMAGESERVER/20240131/1.2.3/.metadata/1.2.3.4.json")
+        );
+        assert!(Uid::parse(METADATA_DIR).is_err());
         let mut odd = key.clone();
         odd.location.date_folder = "../../x".into();
         assert_eq!(

@@ -17,6 +17,10 @@
 //!    directory once).
 //!
 //! Only after step 3 may anyone be told the instance is stored.
+//!
+//! Series metadata (derived data, see [`layout::METADATA_DIR`]) is written
+//! the same way ([`ObjectWriter::persist_series_metadata`]) and read, listed
+//! and deleted by [`SeriesKey`].
 
 pub mod fs;
 pub mod layout;
@@ -67,6 +71,15 @@ pub struct InstanceKey {
     pub series_uid: Uid,
     /// The instance.
     pub sop_instance_uid: Uid,
+}
+
+/// Names the metadata file of one series of a study.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesKey {
+    /// The study's location.
+    pub location: StudyLocation,
+    /// The series.
+    pub series_uid: Uid,
 }
 
 /// Space on a filesystem.
@@ -136,6 +149,10 @@ pub trait ObjectWriter: Write + Send {
         key: &InstanceKey,
         variant: u64,
     ) -> Result<PendingSync, Error>;
+
+    /// Like [`persist`](ObjectWriter::persist), but as the metadata file of
+    /// a series (replacing the one there).
+    fn persist_series_metadata(self: Box<Self>, key: &SeriesKey) -> Result<PendingSync, Error>;
 }
 
 /// Storage of instance files on the filesystems of the index.
@@ -168,6 +185,33 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
         to: &Filesystem,
         key: &InstanceKey,
         to_key: &InstanceKey,
+    ) -> Result<u64, Error>;
+
+    /// The bytes of a series' metadata file, `None` when it has none.
+    fn read_series_metadata(
+        &self,
+        filesystem: &Filesystem,
+        key: &SeriesKey,
+    ) -> Result<Option<Vec<u8>>, Error>;
+
+    /// The series of a study that have a metadata file, sorted.
+    fn series_with_metadata(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
+    ) -> Result<Vec<Uid>, Error>;
+
+    /// Deletes a series' metadata file (durably); a missing file is not an
+    /// error.
+    fn delete_series_metadata(&self, filesystem: &Filesystem, key: &SeriesKey)
+        -> Result<(), Error>;
+
+    /// Deletes every metadata file of a study and its metadata folder
+    /// (durably). Returns the files deleted.
+    fn delete_study_metadata(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
     ) -> Result<u64, Error>;
 
     /// Space on a filesystem.

@@ -124,11 +124,13 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// The archived instance files under a data directory: `fs1` minus its
-/// `.tmp` folder.
+/// `.tmp` folder and the studies' series metadata (`.metadata` folders,
+/// which StudyProcess writes once a study has been quiet).
 pub fn archived_files(archive: &Archive) -> Vec<PathBuf> {
     let tmp = archive.fs1().join(".tmp");
     files_under(&archive.fs1())
         .into_iter()
         .filter(|path| !path.starts_with(&tmp))
+        .filter(|path| !path.components().any(|c| c.as_os_str() == ".metadata"))
         .collect()
 }

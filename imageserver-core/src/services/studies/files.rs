@@ -28,6 +28,9 @@ pub(crate) enum FolderEntry {
     Instance(StudyFile),
     /// `<series uid>/<sop uid>.dup<n>.dcm`: a kept-aside duplicate.
     Aside(StudyFile, u64),
+    /// `.metadata/<series uid>.json`: a series' metadata (derived data,
+    /// never an instance).
+    Metadata(MetadataFile),
     /// Anything else (not ours to interpret).
     Stray(PathBuf),
 }
@@ -45,6 +48,25 @@ pub(crate) struct StudyFile {
     pub size: u64,
     /// Its modification time (ms since the Unix epoch).
     pub modified_ms: i64,
+}
+
+/// A series metadata file of a study folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MetadataFile {
+    /// The series of its name.
+    pub series_uid: Uid,
+    /// Its full path.
+    pub path: PathBuf,
+    /// Its modification time (ms since the Unix epoch).
+    pub modified_ms: i64,
+}
+
+fn modified_ms(meta: &fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// The study folder on its filesystem.
@@ -68,6 +90,10 @@ pub(crate) fn list_study_folder(folder: &Path) -> io::Result<Vec<FolderEntry>> {
             entries.push(FolderEntry::Stray(path));
             continue;
         }
+        if series_dir.file_name() == layout::METADATA_DIR {
+            list_metadata_folder(&path, &mut entries)?;
+            continue;
+        }
         let Some(series_uid) = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -89,12 +115,7 @@ pub(crate) fn list_study_folder(folder: &Path) -> io::Result<Vec<FolderEntry>> {
                 .and_then(|n| n.to_str())
                 .unwrap_or("")
                 .to_string();
-            let modified_ms = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or(0);
+            let modified_ms = modified_ms(&meta);
             let entry = |sop: &str| {
                 Uid::parse(sop).ok().map(|sop_instance_uid| StudyFile {
                     series_uid: series_uid.clone(),
@@ -123,9 +144,35 @@ pub(crate) fn list_study_folder(folder: &Path) -> io::Result<Vec<FolderEntry>> {
     Ok(entries)
 }
 
+/// The entries of the study's `.metadata` folder.
+fn list_metadata_folder(folder: &Path, entries: &mut Vec<FolderEntry>) -> io::Result<()> {
+    for file in fs::read_dir(folder)? {
+        let file = file?;
+        let path = file.path();
+        let meta = file.metadata()?;
+        let series_uid = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| Uid::parse(n).ok());
+        match series_uid {
+            Some(series_uid) if meta.is_file() => {
+                entries.push(FolderEntry::Metadata(MetadataFile {
+                    series_uid,
+                    path,
+                    modified_ms: modified_ms(&meta),
+                }))
+            }
+            _ => entries.push(FolderEntry::Stray(path)),
+        }
+    }
+    Ok(())
+}
+
 fn entry_path(entry: &FolderEntry) -> &Path {
     match entry {
         FolderEntry::Instance(file) | FolderEntry::Aside(file, _) => &file.path,
+        FolderEntry::Metadata(file) => &file.path,
         FolderEntry::Stray(path) => path,
     }
 }
@@ -275,7 +322,19 @@ mod tests {
         fs::write(series.join("1.2.3.4.dcm.bak"), b"z").unwrap();
         fs::write(series.join("not-a-uid.dcm"), b"z").unwrap();
         fs::create_dir_all(dir.path().join("junk")).unwrap();
+        let metadata = dir.path().join(layout::METADATA_DIR);
+        fs::create_dir_all(&metadata).unwrap();
+        fs::write(metadata.join("1.2.3.json"), b"[]").unwrap();
+        fs::write(metadata.join("1.2.3.json.tmp"), b"[").unwrap();
         let entries = list_study_folder(dir.path()).unwrap();
+        let series_metadata: Vec<_> = entries
+            .iter()
+            .filter_map(|e| match e {
+                FolderEntry::Metadata(m) => Some(m.series_uid.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(series_metadata, ["1.2.3"]);
         let instances: Vec<_> = entries
             .iter()
             .filter_map(|e| match e {
@@ -294,7 +353,7 @@ mod tests {
                 .iter()
                 .filter(|e| matches!(e, FolderEntry::Stray(_)))
                 .count(),
-            3
+            4
         );
         assert!(list_study_folder(&dir.path().join("missing"))
             .unwrap()
