@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::cli::{work_item, work_items};
 use crate::support::corpus::{generate_corpus, single_instance, CorpusShape, Instance};
 use crate::support::dcmtk::{self, CALLING_AE};
-use crate::support::server::{test_dir, Server, BINARY};
+use crate::support::server::{test_dir, Server};
 use crate::support::{archived_files, assert_archived, corpus};
 
 /// Parallel senders (the machine has two cores).
@@ -77,7 +78,7 @@ fn acknowledged_instances_survive_kill_9() {
     }
     // Each acknowledged instance's study will be processed: its StudyProcess
     // item committed with its index row (the default delay keeps it waiting).
-    let scheduled = study_process_uids(&server);
+    let scheduled = study_process_uids(dir.path(), &server);
     for instance in &acknowledged {
         assert!(
             scheduled.contains(&instance.sop_instance_uid),
@@ -173,27 +174,11 @@ fn store_one(addr: std::net::SocketAddr, called_ae: &str, path: &Path) -> bool {
 
 /// The instance UIDs the server's `study_process` items list, through
 /// `imageserver workqueue list` and `show --json`.
-fn study_process_uids(server: &Server) -> std::collections::BTreeSet<String> {
+fn study_process_uids(root: &Path, server: &Server) -> std::collections::BTreeSet<String> {
     let archive = server.archive();
-    let run = |args: &[&str]| -> String {
-        let mut command = std::process::Command::new(BINARY);
-        command.args(args).arg("--data").arg(archive.data_dir());
-        command.args(archive.db_args());
-        let output = command.output().expect("run imageserver");
-        assert!(
-            output.status.success(),
-            "imageserver {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
     let mut uids = std::collections::BTreeSet::new();
-    let list = run(&["workqueue", "list", "--type", "study_process", "--json"]);
-    for line in list.lines() {
-        let item: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-        let id = item["id"].to_string();
-        let shown: serde_json::Value =
-            serde_json::from_str(&run(&["workqueue", "show", &id, "--json"])).expect("JSON");
+    for item in work_items(root, archive, "study_process") {
+        let shown = work_item(root, archive, &item);
         for uid in shown["uids"].as_array().expect("uids") {
             uids.insert(uid["sop_instance_uid"].as_str().expect("a UID").to_string());
         }

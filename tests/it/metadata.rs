@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use imageserver_core::config::Config;
@@ -20,52 +20,13 @@ use imageserver_core::server::{open_index, ServerBuilder};
 use imageserver_core::services::studies::{Studies, StudyError};
 use imageserver_core::services::Partition;
 
+use crate::support::cli::{cli_ok, load, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
-use crate::support::server::{test_dir, Archive, Server, BINARY, SERVER_AE};
+use crate::support::server::{test_dir, Archive, Server, SERVER_AE};
 use crate::support::{dcmtk, files_under};
 
-/// The longest any awaited outcome may take.
-const BOUND: Duration = Duration::from_secs(120);
 /// The pydicom checker of one series metadata file.
 const CHECK_METADATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/check_metadata.py");
-
-fn load(server: &Server, dir: &Path, n: usize) {
-    let storescu = dcmtk::store(server.addr(), server.ae_title(), &[dir], &[], BOUND);
-    assert!(storescu.success(), "storescu failed:\n{storescu}");
-    assert_eq!(dcmtk::acknowledged_files(&storescu.text()).len(), n);
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Runs `imageserver <args>` on the server's data, index and config and
-/// expects success; returns stdout.
-fn cli_ok(root: &Path, archive: &Archive, args: &[&str]) -> String {
-    let mut command = Command::new(BINARY);
-    command.args(args).arg("--data").arg(archive.data_dir());
-    command.args(archive.db_args());
-    let config = root.join("imageserver.toml");
-    if config.is_file() {
-        command.arg("--config").arg(config);
-    }
-    let output = command
-        .env("IMAGESERVER_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("run {BINARY}: {e}"));
-    assert!(
-        output.status.success(),
-        "imageserver {args:?}:\n{}",
-        text(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// Waits until every study of `studies` has a completed study_process item
 /// and none is left pending or running.
@@ -164,18 +125,13 @@ fn check_series(archive: &Archive, series: &[&Instance]) -> Vec<serde_json::Valu
     for instance in series {
         command.arg(stored(archive, instance));
     }
-    let output = command.output().expect("run python3 check_metadata.py");
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check_metadata.py printed no JSON ({e}):\n{}",
-            text(&output)
-        )
-    });
+    let output = dcmtk::run(command, BOUND);
+    let report: serde_json::Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("check_metadata.py printed no JSON ({e}):\n{output}"));
     assert!(
-        output.status.success() && report["errors"].as_array().is_some_and(Vec::is_empty),
-        "pydicom disagrees with {}:\n{}",
+        output.success() && report["errors"].as_array().is_some_and(Vec::is_empty),
+        "pydicom disagrees with {}:\n{output}",
         path.display(),
-        text(&output)
     );
     assert_eq!(report["instances"], series.len());
     let uris: BTreeSet<&str> = report["bulk_uris"]

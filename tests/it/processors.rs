@@ -12,89 +12,14 @@ mod retrieve_peers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::cli::{cli_ok, command, load, wait_work_items, work_items, BOUND};
 use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
-use crate::support::server::{free_port, test_dir, Archive, Server, BINARY};
+use crate::support::server::{free_port, test_dir, Archive, Server};
 use crate::support::{archived_files, dcmtk, files_under};
 use retrieve_peers::{assert_received, device_toml, STORESCP};
-
-/// The longest any awaited outcome may take.
-const BOUND: Duration = Duration::from_secs(120);
-
-fn load(server: &Server, dir: &Path, n: usize) {
-    let storescu = dcmtk::store(server.addr(), server.ae_title(), &[dir], &[], BOUND);
-    assert!(storescu.success(), "storescu failed:\n{storescu}");
-    assert_eq!(dcmtk::acknowledged_files(&storescu.text()).len(), n);
-}
-
-fn command(root: &Path, archive: &Archive, args: &[&str]) -> Command {
-    let mut command = Command::new(BINARY);
-    command.args(args).arg("--data").arg(archive.data_dir());
-    command.args(archive.db_args());
-    let config = root.join("imageserver.toml");
-    if config.is_file() {
-        command.arg("--config").arg(config);
-    }
-    command.env("IMAGESERVER_LOG", "warn").env("NO_COLOR", "1");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn cli_ok(root: &Path, archive: &Archive, args: &[&str]) -> String {
-    let output = command(root, archive, args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {BINARY}: {e}"));
-    assert!(
-        output.status.success(),
-        "imageserver {args:?}:\n{}",
-        text(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The items of a kind, as `workqueue list --json` prints them.
-fn items(root: &Path, archive: &Archive, kind: &str) -> Vec<serde_json::Value> {
-    cli_ok(
-        root,
-        archive,
-        &["workqueue", "list", "--type", kind, "--json"],
-    )
-    .lines()
-    .map(|l| serde_json::from_str(l).expect("a JSON line"))
-    .collect()
-}
-
-/// Waits until `done` holds for the items of `kind`; returns them.
-fn wait_items(
-    root: &Path,
-    archive: &Archive,
-    kind: &str,
-    what: &str,
-    done: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let found = items(root, archive, kind);
-        if done(&found) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {kind} items are {found:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// A storescp on a fixed port (the destination a server was told about
 /// before it was up), killed on drop.
@@ -177,7 +102,7 @@ fn queued_send_retries_while_the_destination_is_down_and_then_delivers_everythin
     .stderr(Stdio::inherit())
     .spawn()
     .expect("spawn study send --wait");
-    let failed = wait_items(
+    let failed = wait_work_items(
         dir.path(),
         archive,
         "move_study",
@@ -202,7 +127,7 @@ fn queued_send_retries_while_the_destination_is_down_and_then_delivers_everythin
         "{printed}"
     );
     assert!(printed.contains("completed"), "{printed}");
-    let done = items(dir.path(), archive, "move_study");
+    let done = work_items(dir.path(), archive, "move_study");
     assert_eq!(done[0]["status"], "completed", "{done:#?}");
     assert!(done[0]["failure_count"].as_u64() >= Some(1), "{done:#?}");
     let all: Vec<&Instance> = corpus.iter().collect();
@@ -256,7 +181,7 @@ fn ingest_schedules_one_study_process_per_study_once_it_is_quiet() {
     let archive = server.archive();
     let studies: std::collections::BTreeSet<&str> =
         corpus.iter().map(|i| i.study_uid.as_str()).collect();
-    let done = wait_items(
+    let done = wait_work_items(
         dir.path(),
         archive,
         "study_process",
@@ -274,7 +199,7 @@ fn ingest_schedules_one_study_process_per_study_once_it_is_quiet() {
     let instances: u64 = done.iter().filter_map(|i| i["instances"].as_u64()).sum();
     assert_eq!(instances, corpus.len() as u64, "{done:#?}");
     // The index and the files agree: no reprocess was scheduled.
-    assert!(items(dir.path(), archive, "reprocess_study").is_empty());
+    assert!(work_items(dir.path(), archive, "reprocess_study").is_empty());
 }
 
 #[test]

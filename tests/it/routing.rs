@@ -26,13 +26,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::cli::{cli_ok, command, load, wait_work_items, work_item, BOUND};
 use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
-use crate::support::server::{free_port, test_dir, Archive, Server, BINARY};
+use crate::support::server::{free_port, test_dir, Archive, Server};
 use crate::support::{dcmtk, files_under};
 use retrieve_peers::{assert_received, device_toml};
 
-/// The longest any awaited outcome may take.
-const BOUND: Duration = Duration::from_secs(120);
 /// The pynetdicom Storage SCP.
 const FLAKY_SCP: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -173,59 +172,6 @@ fn lines(uids: &[&str]) -> String {
     uids.iter().map(|uid| format!("{uid}\n")).collect()
 }
 
-fn load(server: &Server, dir: &Path, n: usize) {
-    let storescu = dcmtk::store(server.addr(), server.ae_title(), &[dir], &[], BOUND);
-    assert!(storescu.success(), "storescu failed:\n{storescu}");
-    assert_eq!(dcmtk::acknowledged_files(&storescu.text()).len(), n);
-}
-
-/// `imageserver ARGS` on the archive (and its config file, if any).
-fn command(root: &Path, archive: &Archive, args: &[&str]) -> Command {
-    let mut command = Command::new(BINARY);
-    command.args(args).arg("--data").arg(archive.data_dir());
-    command.args(archive.db_args());
-    let config = root.join("imageserver.toml");
-    if config.is_file() {
-        command.arg("--config").arg(config);
-    }
-    command
-        .env("IMAGESERVER_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    command
-}
-
-fn cli_ok(root: &Path, archive: &Archive, args: &[&str]) -> String {
-    let out = dcmtk::run(command(root, archive, args), BOUND);
-    assert!(out.success(), "imageserver {args:?}:\n{out}");
-    out.stdout
-}
-
-/// The items of a kind (`workqueue list --json`), by id.
-fn items(root: &Path, archive: &Archive, kind: &str) -> Vec<serde_json::Value> {
-    let mut found: Vec<serde_json::Value> = cli_ok(
-        root,
-        archive,
-        &["workqueue", "list", "--type", kind, "--json"],
-    )
-    .lines()
-    .map(|l| serde_json::from_str(l).expect("a JSON line"))
-    .collect();
-    found.sort_by_key(|item| item["id"].as_i64());
-    found
-}
-
-/// One item with its instances (`workqueue show ID --json`).
-fn show(root: &Path, archive: &Archive, item: &serde_json::Value) -> serde_json::Value {
-    let id = item["id"].to_string();
-    serde_json::from_str(&cli_ok(
-        root,
-        archive,
-        &["workqueue", "show", &id, "--json"],
-    ))
-    .expect("one JSON object")
-}
-
 /// The SOP Instance UIDs of a shown item, checked against their series.
 fn item_uids(shown: &serde_json::Value, corpus: &[Instance]) -> BTreeSet<String> {
     let series: BTreeMap<&str, &str> = corpus
@@ -248,28 +194,6 @@ fn item_uids(shown: &serde_json::Value, corpus: &[Instance]) -> BTreeSet<String>
             sop.to_string()
         })
         .collect()
-}
-
-/// Waits until `done` holds for the items of `kind`; returns them.
-fn wait_items(
-    root: &Path,
-    archive: &Archive,
-    kind: &str,
-    what: &str,
-    done: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let found = items(root, archive, kind);
-        if done(&found) {
-            return found;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {kind} items are {found:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn uid_set<'a>(uids: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
@@ -323,7 +247,7 @@ fn a_partial_send_failure_retries_only_the_refused_instances() {
     );
     assert!(out.contains("enqueued move_study work item"), "{out}");
     assert!(out.contains("completed"), "{out}");
-    let done = wait_items(
+    let done = wait_work_items(
         dir.path(),
         archive,
         "move_study",
@@ -344,7 +268,7 @@ fn a_partial_send_failure_retries_only_the_refused_instances() {
     );
     assert_eq!(follow_up["failure_count"], 0, "{follow_up:#}");
     assert_eq!(
-        item_uids(&show(dir.path(), archive, follow_up), &corpus),
+        item_uids(&work_item(dir.path(), archive, follow_up), &corpus),
         uid_set(refused.iter().copied()),
         "the follow-up carries exactly the refused instances"
     );
@@ -442,7 +366,7 @@ actions = [{ type = "auto_route", device = "DEST" }]
 
     // StudyProcess routes the study once it is quiet; the refused instance
     // goes on alone until the chain gives up.
-    let settled = wait_items(dir.path(), archive, "auto_route", "giving up", |items| {
+    let settled = wait_work_items(dir.path(), archive, "auto_route", "giving up", |items| {
         items.iter().any(|i| i["status"] == "failed")
             && items
                 .iter()
@@ -467,7 +391,7 @@ actions = [{ type = "auto_route", device = "DEST" }]
         "{failed:#}"
     );
     assert_eq!(
-        item_uids(&show(dir.path(), archive, failed), &corpus),
+        item_uids(&work_item(dir.path(), archive, failed), &corpus),
         uid_set([refused]),
     );
 

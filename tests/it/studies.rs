@@ -14,7 +14,6 @@ mod retrieve_peers;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use dicom_dictionary_std::tags;
@@ -24,60 +23,12 @@ use imageserver_core::db::studies::{AttributeChange, AuditEntry, EditStatus, Edi
 use imageserver_core::db::Database;
 use imageserver_core::model::{AeTitle, IndexCounts, PartitionId, Uid};
 
+use crate::support::cli::{cli, cli_ok, load};
 use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
-use crate::support::server::{free_port, test_dir, Archive, Server, BINARY, SERVER_AE};
+use crate::support::server::{free_port, test_dir, Archive, Server, SERVER_AE};
 use find_scu::{findscu, Model};
 use retrieve_peers::{assert_received, device_toml, StoreScp};
-
-/// Stores `dir` into the server with storescu; checks every file arrived.
-fn load(server: &Server, dir: &Path, n: usize) {
-    let storescu = dcmtk::store(
-        server.addr(),
-        server.ae_title(),
-        &[dir],
-        &[],
-        Duration::from_secs(120),
-    );
-    assert!(storescu.success(), "storescu failed:\n{storescu}");
-    assert_eq!(dcmtk::acknowledged_files(&storescu.text()).len(), n);
-}
-
-/// Runs `imageserver <args>` on the server's data, index and config.
-fn cli(server_root: &Path, archive: &Archive, args: &[&str]) -> Output {
-    let mut command = Command::new(BINARY);
-    command.args(args).arg("--data").arg(archive.data_dir());
-    command.args(archive.db_args());
-    let config = server_root.join("imageserver.toml");
-    if config.is_file() {
-        command.arg("--config").arg(config);
-    }
-    command
-        .env("IMAGESERVER_LOG", "warn")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("run {BINARY}: {e}"))
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Runs the CLI and expects success.
-fn cli_ok(root: &Path, archive: &Archive, args: &[&str]) -> String {
-    let output = cli(root, archive, args);
-    assert!(
-        output.status.success(),
-        "imageserver {args:?}:\n{}",
-        text(&output)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// The archive's index through the full `Database` trait (study store
 /// included), and the default partition.
@@ -220,14 +171,14 @@ fn delete_removes_rows_counts_files_and_is_audited() {
             "again",
         ],
     );
-    assert_eq!(again.status.code(), Some(2), "{}", text(&again));
+    assert_eq!(again.code(), Some(2), "{}", again);
     assert!(
-        String::from_utf8_lossy(&again.stderr).contains(&format!(
+        again.stderr.contains(&format!(
             "no study {} in partition IMAGESERVER",
             first.study_uid
         )),
         "{}",
-        text(&again)
+        again
     );
     assert_eq!(
         db.audit_log(partition, &uid(&first.study_uid))
@@ -337,12 +288,8 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
             "PatientName=ROE^RICHARD",
         ],
     );
-    assert_eq!(other.status.code(), Some(2), "{}", text(&other));
-    assert!(
-        String::from_utf8_lossy(&other.stderr).contains("is pending"),
-        "{}",
-        text(&other)
-    );
+    assert_eq!(other.code(), Some(2), "{}", other);
+    assert!(other.stderr.contains("is pending"), "{}", other);
 
     // The same edit again finishes it.
     let out = cli_ok(
@@ -448,12 +395,8 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
             archive,
             &["study", "edit", "--now", study, "--set", set],
         );
-        assert_eq!(bad.status.code(), Some(2), "{set}: {}", text(&bad));
-        assert!(
-            String::from_utf8_lossy(&bad.stderr).contains(message),
-            "{set}: {}",
-            text(&bad)
-        );
+        assert_eq!(bad.code(), Some(2), "{set}: {}", bad);
+        assert!(bad.stderr.contains(message), "{set}: {}", bad);
     }
     let unknown = cli(
         dir.path(),
@@ -468,10 +411,11 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
         ],
     );
     assert!(
-        String::from_utf8_lossy(&unknown.stderr)
+        unknown
+            .stderr
             .contains("no study 1.2.3.4.5 in partition IMAGESERVER"),
         "{}",
-        text(&unknown)
+        unknown
     );
 }
 
@@ -503,8 +447,8 @@ fn reprocess_restores_the_rows_and_the_check_finds_what_differs() {
     );
     assert!(dcmodify.success(), "{dcmodify}");
     let check = cli(dir.path(), archive, &["study", "check", study]);
-    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
-    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.code(), Some(1), "{}", check);
+    let report = &check.stdout;
     assert!(
         report.contains(&format!("missing file: {}", gone.sop_instance_uid)),
         "{report}"
@@ -605,8 +549,8 @@ fn send_delivers_byte_identical_data_sets_and_reports_failed_uids() {
         archive,
         &["study", "send", "--now", study, "--to", "DOWN"],
     );
-    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
-    let stdout = String::from_utf8_lossy(&down.stdout);
+    assert_eq!(down.code(), Some(1), "{}", down);
+    let stdout = &down.stdout;
     assert!(stdout.contains("sent 0 of 3 instances"), "{stdout}");
     let failed: BTreeSet<&str> = stdout
         .lines()
@@ -622,12 +566,13 @@ fn send_delivers_byte_identical_data_sets_and_reports_failed_uids() {
         archive,
         &["study", "send", "--now", study, "--to", "NOWHERE"],
     );
-    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(unknown.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&unknown.stderr)
+        unknown
+            .stderr
             .contains("partition IMAGESERVER has no device NOWHERE"),
         "{}",
-        text(&unknown)
+        unknown
     );
     let (db, partition) = database(archive);
     let sends = db
@@ -717,11 +662,13 @@ actions = [{{ type = "delete", after_days = 3650 }}, {{ type = "tier1_retention"
         archive,
         &["rules", "test", "--study", "1.2.3.4.5"],
     );
-    assert_eq!(unknown.status.code(), Some(2));
+    assert_eq!(unknown.code(), Some(2));
     assert!(
-        String::from_utf8_lossy(&unknown.stderr).contains("no study 1.2.3.4.5 in any partition"),
+        unknown
+            .stderr
+            .contains("no study 1.2.3.4.5 in any partition"),
         "{}",
-        text(&unknown)
+        unknown
     );
     let out = cli_ok(dir.path(), archive, &["rules", "check"]);
     assert!(out.contains("3 rules, valid"), "{out}");
@@ -806,19 +753,20 @@ fn study_commands_queue_work_for_the_server_by_default() {
 
     // Refusals before anything is queued.
     let unknown = cli(dir.path(), archive, &["study", "reprocess", "1.2.3.4.5"]);
-    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+    assert_eq!(unknown.code(), Some(2), "{}", unknown);
     assert!(
-        String::from_utf8_lossy(&unknown.stderr)
+        unknown
+            .stderr
             .contains("no study 1.2.3.4.5 in partition IMAGESERVER (nothing enqueued)"),
         "{}",
-        text(&unknown)
+        unknown
     );
     let nowhere = cli(
         dir.path(),
         archive,
         &["study", "send", &second.study_uid, "--to", "NOWHERE"],
     );
-    assert_eq!(nowhere.status.code(), Some(2), "{}", text(&nowhere));
+    assert_eq!(nowhere.code(), Some(2), "{}", nowhere);
     assert!(items("reprocess_study").is_empty());
     assert!(items("move_study").is_empty());
     let both = cli(
@@ -826,5 +774,5 @@ fn study_commands_queue_work_for_the_server_by_default() {
         archive,
         &["study", "reprocess", &second.study_uid, "--now", "--queue"],
     );
-    assert_eq!(both.status.code(), Some(2), "{}", text(&both));
+    assert_eq!(both.code(), Some(2), "{}", both);
 }

@@ -35,6 +35,11 @@ impl ToolOutput {
         self.status.is_some_and(|status| status.success())
     }
 
+    /// The exit code (None when killed).
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|status| status.code())
+    }
+
     /// Killed at the timeout.
     pub fn timed_out(&self) -> bool {
         self.status.is_none()

@@ -2,6 +2,7 @@
 //! hostile client, the generated corpus, and the checks every store-like
 //! test makes.
 
+pub mod cli;
 pub mod corpus;
 pub mod dcmtk;
 pub mod raw;
