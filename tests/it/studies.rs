@@ -23,7 +23,7 @@ use imageserver_core::db::studies::{AttributeChange, AuditEntry, EditStatus, Edi
 use imageserver_core::db::Database;
 use imageserver_core::model::{AeTitle, IndexCounts, PartitionId, Uid};
 
-use crate::support::cli::{cli, cli_ok, load};
+use crate::support::cli::{cli, cli_ok, load, wait_work_items, work_items};
 use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
 use crate::support::server::{free_port, test_dir, Archive, Server, SERVER_AE};
@@ -775,4 +775,87 @@ fn study_commands_queue_work_for_the_server_by_default() {
         &["study", "reprocess", &second.study_uid, "--now", "--queue"],
     );
     assert_eq!(both.code(), Some(2), "{}", both);
+}
+
+/// An instance sent after an edit keeps its sender's values (and puts them
+/// back in the index rows) until StudyProcess notices and applies the
+/// study's edit again: then every file and the index carry the edit.
+#[test]
+fn instances_arriving_after_an_edit_take_its_values() {
+    let dir = test_dir("study-late-arrival");
+    let corpus_dir = dir.path().join("corpus");
+    let corpus = generate_corpus(&corpus_dir, 511, CorpusShape::uniform(1, 1, 3, (16, 16)));
+    let server = Server::builder(dir.path())
+        .setting(
+            "workqueue",
+            "{ study_process_delay_secs = 1, poll_secs = 1 }",
+        )
+        .start();
+    let archive = server.archive();
+    let (db, partition) = database(archive);
+    let study = &corpus[0].study_uid;
+    let send = |instances: &[Instance]| {
+        let paths: Vec<&Path> = instances.iter().map(|i| i.path.as_path()).collect();
+        let storescu = dcmtk::store(
+            server.addr(),
+            server.ae_title(),
+            &paths,
+            &[],
+            Duration::from_secs(120),
+        );
+        assert!(storescu.success(), "storescu failed:\n{storescu}");
+        assert_eq!(
+            dcmtk::acknowledged_files(&storescu.text()).len(),
+            instances.len()
+        );
+    };
+
+    send(&corpus[..2]);
+    let out = cli_ok(
+        dir.path(),
+        archive,
+        &[
+            "study",
+            "edit",
+            study,
+            "--set",
+            "PatientName=EDITED^NAME",
+            "--reason",
+            "wrong name",
+        ],
+    );
+    assert!(out.contains(": completed"), "{out}");
+    // The third instance comes with the name its modality knows.
+    send(&corpus[2..]);
+
+    let edits = wait_work_items(
+        dir.path(),
+        archive,
+        "edit_study",
+        "the edit re-applied",
+        |items| items.len() == 2 && items.iter().all(|i| i["status"] == "completed"),
+    );
+    assert_eq!(edits[1]["payload"]["actor"], "study_process", "{edits:#?}");
+    assert_eq!(
+        edits[1]["payload"]["values"],
+        serde_json::json!(["PatientName=EDITED^NAME"])
+    );
+    // Once every StudyProcess has run, nothing else was re-applied.
+    wait_work_items(dir.path(), archive, "study_process", "quiet", |items| {
+        !items.is_empty() && items.iter().all(|i| i["status"] == "completed")
+    });
+    assert_eq!(work_items(dir.path(), archive, "edit_study").len(), 2);
+
+    for instance in &corpus {
+        let dump = dcmtk::dump(&stored(&server, instance));
+        assert!(dump.success(), "{dump}");
+        assert!(dump.stdout.contains("[EDITED^NAME]"), "{}", dump.stdout);
+    }
+    let found = find_study(&server, dir.path(), study);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "EDITED^NAME");
+    let history = db.edit_history(partition, &uid(study)).unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history.iter().all(|e| e.status == EditStatus::Completed));
+    assert_eq!(history[1].actor, "study_process");
 }

@@ -14,11 +14,14 @@ use crate::workqueue::{ProcessContext, Processor, StepResult};
 ///    `auto_route` items carrying the instances that arrived (the whole
 ///    study when the item lists none), `delete_study` items scheduled at
 ///    their due time;
-/// 2. writes the series metadata (DICOM JSON, bulk data stripped:
+/// 2. when instances that arrived lack the values of the study's completed
+///    edits (sent after an edit, or while it ran), enqueues an `edit_study`
+///    that applies them again to files and index rows;
+/// 3. writes the series metadata (DICOM JSON, bulk data stripped:
 ///    [`crate::services::studies::Studies::write_series_metadata`]) that
 ///    the DICOMweb metadata endpoint will serve; a failure to write is
 ///    transient (retried after the kind's failure delay);
-/// 3. checks integrity (index vs files, sizes and digests) and enqueues a
+/// 4. checks integrity (index vs files, sizes and digests) and enqueues a
 ///    `reprocess_study` on a mismatch a reprocess fixes.
 ///
 /// A study gone meanwhile (deleted) is done. Rerunning enqueues again:
@@ -101,6 +104,44 @@ impl Processor for StudyProcess {
                     Err(e) => return transient("enqueuing a rule action", &e),
                 }
             }
+        }
+        // Instances that arrived after an edit (or during it) keep their
+        // sender's values: apply the study's edits to them again.
+        let arrived: Vec<crate::model::Uid> = item
+            .uids
+            .iter()
+            .map(|u| u.sop_instance_uid.clone())
+            .collect();
+        match self
+            .deps
+            .studies
+            .edits_missing_from(partition, study, &arrived)
+        {
+            Ok(None) => {}
+            Ok(Some(values)) => {
+                let edit = NewWorkItem::new(WorkKind::EDIT_STUDY, item.partition)
+                    .study(study.clone())
+                    .payload(
+                        AuditPayload {
+                            actor: Some("study_process".into()),
+                            reason: Some("instances received after an edit take its values".into()),
+                            values: values.iter().map(ToString::to_string).collect(),
+                        }
+                        .to_json(),
+                    );
+                match queue.enqueue(edit) {
+                    Ok(id) => tracing::warn!(
+                        study_uid = %study,
+                        work_item = %id,
+                        "instances arrived without the study's edited values; re-applying the edit"
+                    ),
+                    Err(e) => return transient("enqueuing an edit", &e),
+                }
+            }
+            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {
+                return StepResult::Done
+            }
+            Err(e) => return transient("comparing arrivals with the study's edits", &e),
         }
         match self.deps.studies.write_series_metadata(partition, study) {
             Ok(report) => tracing::debug!(

@@ -58,8 +58,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::db::studies::{
-    index_text, json_strings, AttributeChange, AuditEntry, EditRecord, EditableAttribute,
-    FileFacts, JsonObject, StudyRecord, StudyStore,
+    index_text, json_strings, AttributeChange, AuditEntry, EditRecord, EditStatus,
+    EditableAttribute, FileFacts, JsonObject, StudyRecord, StudyStore,
 };
 use crate::db::{self, Database};
 use crate::dicom::scu::{self, Destination, Outgoing, ScuOptions, Tally};
@@ -177,6 +177,13 @@ pub struct EditValue {
     pub attribute: EditableAttribute,
     /// The new value ("" empties it).
     pub value: String,
+}
+
+impl std::fmt::Display for EditValue {
+    /// `Keyword=value`, what [`EditValue::parse`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.attribute.keyword(), self.value)
+    }
 }
 
 impl EditValue {
@@ -603,6 +610,7 @@ impl Studies {
                 if changes
                     .iter()
                     .all(|c| c.old_value.as_deref() == index_text(&c.new_value))
+                    && self.files_hold(partition, study_uid, &targets)?
                 {
                     // An earlier run may have completed the edit and been
                     // interrupted before writing the metadata again.
@@ -747,6 +755,89 @@ impl Studies {
             files_already_edited: already,
             other_studies_of_patient,
         })
+    }
+
+    /// Whether every file of the study already carries `targets` (the
+    /// index may agree with an edit while a file received after it does
+    /// not).
+    fn files_hold(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+        targets: &[Target],
+    ) -> Result<bool, StudyError> {
+        let instances = self.store().study_instances(partition.id, study_uid)?;
+        self.first_not_holding(&instances, targets)
+            .map(|found| found.is_none())
+    }
+
+    /// The first of `instances` whose file does not carry `targets`.
+    fn first_not_holding<'a>(
+        &self,
+        instances: &'a [StoredInstance],
+        targets: &[Target],
+    ) -> Result<Option<&'a StoredInstance>, StudyError> {
+        let mut filesystems: BTreeMap<FilesystemId, Filesystem> = BTreeMap::new();
+        for instance in instances {
+            let id = instance.location.filesystem;
+            if !filesystems.contains_key(&id) {
+                filesystems.insert(id, self.filesystem(id)?);
+            }
+            let mut source = self.storage.open(&filesystems[&id], &key_of(instance))?;
+            let head = rewrite::read_head(&mut source).map_err(|reason| StudyError::File {
+                sop_instance_uid: instance.sop_instance_uid.clone(),
+                reason,
+            })?;
+            if !rewrite::holds(&head.header, targets) {
+                return Ok(Some(instance));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The values of the study's completed edits (the latest value of each
+    /// attribute), when one of the `arrived` instances does not carry
+    /// them: an instance received after an edit, or while it ran, keeps the
+    /// values its sender gave it (and its arrival may have put them back in
+    /// the index rows). Applying the values again with [`Studies::edit`]
+    /// brings files and rows in line. `None`: the study has no completed
+    /// edit, or every arrived instance still in the study carries its values.
+    pub fn edits_missing_from(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+        arrived: &[Uid],
+    ) -> Result<Option<Vec<EditValue>>, StudyError> {
+        if arrived.is_empty() {
+            return Ok(None);
+        }
+        let mut latest: BTreeMap<EditableAttribute, String> = BTreeMap::new();
+        for edit in self.store().edit_history(partition.id, study_uid)? {
+            if edit.status == EditStatus::Completed {
+                for change in edit.changes {
+                    latest.insert(change.attribute, change.new_value);
+                }
+            }
+        }
+        if latest.is_empty() {
+            return Ok(None);
+        }
+        let values: Vec<EditValue> = latest
+            .into_iter()
+            .map(|(attribute, value)| EditValue { attribute, value })
+            .collect();
+        let targets = validate_values(&values)?;
+        let mut instances = Vec::new();
+        for sop in arrived {
+            match self.db.instance(partition.id, sop)? {
+                Some(stored) if stored.location.study_uid == *study_uid => instances.push(stored),
+                // Deleted or moved on since: nothing to bring in line.
+                _ => {}
+            }
+        }
+        Ok(self
+            .first_not_holding(&instances, &targets)?
+            .map(|_| values))
     }
 
     // ---------------------------------------------------------- reprocess
