@@ -780,10 +780,11 @@ impl Studies {
         let mut filesystems: BTreeMap<FilesystemId, Filesystem> = BTreeMap::new();
         for instance in instances {
             let id = instance.location.filesystem;
-            if !filesystems.contains_key(&id) {
-                filesystems.insert(id, self.filesystem(id)?);
-            }
-            let mut source = self.storage.open(&filesystems[&id], &key_of(instance))?;
+            let filesystem = match filesystems.entry(id) {
+                std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::btree_map::Entry::Vacant(new) => new.insert(self.filesystem(id)?),
+            };
+            let mut source = self.storage.open(filesystem, &key_of(instance))?;
             let head = rewrite::read_head(&mut source).map_err(|reason| StudyError::File {
                 sop_instance_uid: instance.sop_instance_uid.clone(),
                 reason,
