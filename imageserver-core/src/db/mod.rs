@@ -10,6 +10,7 @@
 //! instances. Transient contention (SQLite busy, serialization failures) is
 //! retried inside the backend and never reaches callers.
 
+mod matching;
 pub mod postgres;
 pub mod sqlite;
 pub mod studies;
