@@ -166,7 +166,7 @@ struct SendArgs {
     #[command(flatten)]
     mode: Mode,
     /// The destination: a device of the partition (configured with
-    /// [[devices]] or --device on serve).
+    /// the `devices` list of the configuration or --device on serve).
     #[arg(long, value_name = "AE")]
     to: String,
     /// Send only this SOP Instance UID (repeatable; default: every instance).

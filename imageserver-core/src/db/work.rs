@@ -2,7 +2,7 @@
 //!
 //! [`WorkStore`] is what the engine ([`crate::workqueue`]) and the operator
 //! commands call; both backends implement it with the same semantics, which
-//! the [`conformance`] suite checks on each.
+//! the `conformance` suite checks on each.
 //!
 //! # Claiming
 //!

@@ -13,7 +13,7 @@
 //! Evaluation is pure ([`RuleSet::evaluate`]): a study's attributes and the
 //! time in, the matching rules' actions out, each with the reason (the rule,
 //! and the conditions that held or failed). `imageserver rules test --study
-//! UID` prints it ([`dry_run`]). See [`format`] for the file format.
+//! UID` prints it ([`dry_run`]). See [`mod@format`] for the file format.
 
 pub mod dry_run;
 pub mod format;
@@ -290,7 +290,7 @@ impl Evaluation<'_> {
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl RuleSet {
-    /// The rules of a TOML text (see [`format`]).
+    /// The rules of a TOML text (see [`mod@format`]).
     pub fn from_toml(text: &str) -> Result<RuleSet, RulesError> {
         format::parse(text)
     }

@@ -1,7 +1,7 @@
 //! The PostgreSQL backend of the index (sqlx): the dedicated database server
 //! of the medium deployment, and the shared database of a cluster.
 //!
-//! - **Sync trait, async driver.** [`IndexStore`] and [`QueryStore`] are
+//! - **Sync trait, async driver.** [`IndexStore`] and [`QueryStore`](crate::db::QueryStore) are
 //!   blocking traits; a [`PgIndex`] owns a private tokio runtime (multi-thread,
 //!   two workers) that drives sqlx's sockets, and every method `block_on`s a
 //!   future on the calling thread. Never call a `PgIndex` from inside a tokio
