@@ -10,7 +10,9 @@
 //! alone: for each study, the time from its last C-STORE-RSP (client side)
 //! to its item starting, minus D. That excess is what a study waits beyond
 //! the quiet time it asked for (the engine's timer step, the claim, the
-//! clock's granularity). Each study must run exactly once.
+//! clock's granularity). Each study must run exactly once. Afterwards the
+//! series metadata the real StudyProcess writes is written for every study
+//! and timed (printed per instance).
 //!
 //! ```text
 //! cargo bench --bench study_process                          # 20 studies × 5, D = 1 s
@@ -37,7 +39,9 @@ use std::time::{Duration, Instant};
 use imageserver_core::config::Config;
 use imageserver_core::dicom::scu::{Destination, Outgoing, ScuOptions, StoreScu, Tally};
 use imageserver_core::model::work::StudyLock;
-use imageserver_core::server::{Server, ServerBuilder};
+use imageserver_core::model::Uid;
+use imageserver_core::server::{open_index, Server, ServerBuilder};
+use imageserver_core::services::studies::Studies;
 use imageserver_core::workqueue::{
     KindProperties, ProcessContext, Processor, StepResult, WorkItem, WorkKind,
 };
@@ -171,7 +175,9 @@ fn measure(
     let settings = Config::from_toml(&toml)?.validate()?;
     let ae = settings.partitions[0].spec.ae_title.as_str().to_string();
     let started = Recorder::default();
+    let db = open_index(&settings.db_url)?;
     let archive = ServerBuilder::new(settings)
+        .index(db.clone())
         .processor(
             WorkKind::STUDY_PROCESS,
             KindProperties::new().study_lock(StudyLock::Read),
@@ -220,6 +226,23 @@ fn measure(
     }
     // Give a duplicate run the chance to show up.
     std::thread::sleep(Duration::from_millis(500));
+
+    // What the real StudyProcess adds per study: its series metadata.
+    let studies = Studies::new(db.clone(), server.archive().storage.clone());
+    let partition = server.archive().default_partition().partition.clone();
+    let started_at = Instant::now();
+    let mut instances = 0;
+    for study in quiet_since.keys() {
+        let uid = Uid::parse(study).map_err(|e| format!("{study}: {e}"))?;
+        instances += studies.write_series_metadata(&partition, &uid)?.instances;
+    }
+    let metadata = started_at.elapsed();
+    eprintln!(
+        "series metadata: {} studies, {instances} instances in {:.1} ms ({:.0} µs per instance)",
+        quiet_since.len(),
+        metadata.as_secs_f64() * 1000.0,
+        metadata.as_secs_f64() * 1e6 / instances.max(1) as f64
+    );
     server.shutdown(Duration::from_secs(10));
     let runs = started.runs.lock().expect("lock");
     let delay = Duration::from_secs(options.delay);
