@@ -2,27 +2,29 @@
 
 use super::{on_error, step, study_uid, AuditPayload, BuiltinDeps, SendPayload};
 use crate::model::work::{NewWorkItem, Timestamp, WorkItem, WorkKind};
+use crate::model::Uid;
 use crate::rules::{dry_run, Action};
 use crate::services::studies::StudyError;
+use crate::services::Partition;
 use crate::workqueue::{ProcessContext, Processor, StepResult};
 
 /// Once a study has been quiet for the kind's processing delay (ingest
 /// enqueues, or appends to, one item per study and batch):
 ///
-/// 1. evaluates the partition's rules on the study (the facts `rules test
-///    --study` prints) and enqueues what the matching rules ask for:
-///    `auto_route` items carrying the instances that arrived (the whole
-///    study when the item lists none), `delete_study` items scheduled at
-///    their due time;
-/// 2. when instances that arrived lack the values of the study's completed
+/// 1. when instances that arrived lack the values of the study's completed
 ///    edits (sent after an edit, or while it ran), enqueues an `edit_study`
 ///    that applies them again to files and index rows;
-/// 3. writes the series metadata (DICOM JSON, bulk data stripped:
+/// 2. writes the series metadata (DICOM JSON, bulk data stripped:
 ///    [`crate::services::studies::Studies::write_series_metadata`]) that
-///    the DICOMweb metadata endpoint will serve; a failure to write is
-///    transient (retried after the kind's failure delay);
-/// 4. checks integrity (index vs files, sizes and digests) and enqueues a
-///    `reprocess_study` on a mismatch a reprocess fixes.
+///    the DICOMweb metadata endpoint will serve;
+/// 3. checks integrity (index vs files, sizes and digests) and enqueues a
+///    `reprocess_study` on a mismatch a reprocess fixes;
+/// 4. last, evaluates the partition's rules on the study (the facts `rules
+///    test --study` prints) and enqueues what the matching rules ask for:
+///    `auto_route` items carrying the instances that arrived (the whole
+///    study when the item lists none), `delete_study` items scheduled at
+///    their due time. Last, so that a transient failure of an earlier step
+///    (retried after the kind's failure delay) never sends twice.
 ///
 /// A study gone meanwhile (deleted) is done. Rerunning enqueues again:
 /// sends are at-least-once; deletes of the same study merge into one item.
@@ -44,70 +46,50 @@ impl Processor for StudyProcess {
         let partition = step!(self.deps.partition(item));
         let study = step!(study_uid(item));
         let _span = tracing::info_span!("study_process", study_uid = %study).entered();
-        let retry_after = ctx.properties().retry.failure_delay;
-        let queue = ctx.work_queue();
-        let transient = |what: &str, e: &dyn std::error::Error| {
-            StepResult::RetryAfter(
-                retry_after,
-                format!("{what}: {}", crate::services::commit::error_chain(e)),
-            )
+        let step = Step {
+            item,
+            partition,
+            study,
+            ctx,
         };
-        if let Some(rules) = &self.deps.rules {
-            let facts =
-                match dry_run::study_facts(&*self.deps.db, &*self.deps.db, partition.id, study) {
-                    Ok(Some(facts)) => facts,
-                    Ok(None) => return StepResult::Done,
-                    Err(e) => return transient("reading the study's facts", &e),
-                };
-            let now = Timestamp::now();
-            let evaluation = rules.evaluate(&partition.ae_title, &facts, now.as_millis());
-            for (rule, planned) in evaluation.actions() {
-                let new = match &planned.action {
-                    Action::AutoRoute { device } if planned.due_now => {
-                        let payload = SendPayload {
-                            rule: Some(rule.to_string()),
-                            ..SendPayload::to(device.as_str())
-                        };
-                        NewWorkItem::new(WorkKind::AUTO_ROUTE, item.partition)
-                            .payload(payload.to_json())
-                            .uids(item.uids.iter().cloned())
-                    }
-                    Action::Delete { .. } => {
-                        let payload = AuditPayload {
-                            actor: Some(format!("rule:{rule}")),
-                            reason: Some(planned.action.to_string()),
-                            values: Vec::new(),
-                        };
-                        let due = planned
-                            .due_at_ms
-                            .map_or(now, Timestamp::from_millis)
-                            .max(now);
-                        NewWorkItem::new(WorkKind::DELETE_STUDY, item.partition)
-                            .payload(payload.to_json())
-                            .scheduled_at(due)
-                    }
-                    // Declared hooks (and actions not due) are not executed.
-                    _ => continue,
-                }
-                .study(study.clone());
-                let kind = new.kind.clone();
-                let result = if kind == WorkKind::DELETE_STUDY {
-                    queue.enqueue_or_append(new).map(|e| e.id())
-                } else {
-                    queue.enqueue(new)
-                };
-                match result {
-                    Ok(id) => tracing::info!(
-                        study_uid = %study, rule, kind = %kind, work_item = %id,
-                        "rule action enqueued"
-                    ),
-                    Err(e) => return transient("enqueuing a rule action", &e),
-                }
-            }
-        }
-        // Instances that arrived after an edit (or during it) keep their
-        // sender's values: apply the study's edits to them again.
-        let arrived: Vec<crate::model::Uid> = item
+        // The rules last: a retry caused by an earlier step never enqueues
+        // their sends twice.
+        step!(self.reconcile_edits(&step));
+        step!(self.write_metadata(&step));
+        step!(self.check_integrity(&step));
+        step!(self.apply_rules(&step));
+        StepResult::Done
+    }
+}
+
+/// What every step of one run needs.
+struct Step<'a> {
+    item: &'a WorkItem,
+    partition: &'a Partition,
+    study: &'a Uid,
+    ctx: &'a ProcessContext<'a>,
+}
+
+impl Step<'_> {
+    /// A transient failure: retried after the kind's failure delay.
+    fn transient(&self, what: &str, e: &dyn std::error::Error) -> StepResult {
+        StepResult::RetryAfter(
+            self.ctx.properties().retry.failure_delay,
+            format!("{what}: {}", crate::services::commit::error_chain(e)),
+        )
+    }
+}
+
+/// Each step's outcome: go on, or end the run with this result (a study
+/// gone meanwhile ends it as done).
+type Next = Result<(), StepResult>;
+
+impl StudyProcess {
+    /// Instances that arrived after an edit (or during it) keep their
+    /// sender's values: an `edit_study` applies the study's edits again.
+    fn reconcile_edits(&self, step: &Step<'_>) -> Next {
+        let (item, partition, study) = (step.item, step.partition, step.study);
+        let arrived: Vec<Uid> = item
             .uids
             .iter()
             .map(|u| u.sop_instance_uid.clone())
@@ -117,7 +99,7 @@ impl Processor for StudyProcess {
             .studies
             .edits_missing_from(partition, study, &arrived)
         {
-            Ok(None) => {}
+            Ok(None) => Ok(()),
             Ok(Some(values)) => {
                 let edit = NewWorkItem::new(WorkKind::EDIT_STUDY, item.partition)
                     .study(study.clone())
@@ -129,34 +111,54 @@ impl Processor for StudyProcess {
                         }
                         .to_json(),
                     );
-                match queue.enqueue(edit) {
-                    Ok(id) => tracing::warn!(
-                        study_uid = %study,
-                        work_item = %id,
-                        "instances arrived without the study's edited values; re-applying the edit"
-                    ),
-                    Err(e) => return transient("enqueuing an edit", &e),
+                match step.ctx.work_queue().enqueue(edit) {
+                    Ok(id) => {
+                        tracing::warn!(
+                            study_uid = %study,
+                            work_item = %id,
+                            "instances arrived without the study's edited values; re-applying the edit"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(step.transient("enqueuing an edit", &e)),
                 }
             }
-            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {
-                return StepResult::Done
-            }
-            Err(e) => return transient("comparing arrivals with the study's edits", &e),
+            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => Err(StepResult::Done),
+            Err(e) => Err(step.transient("comparing arrivals with the study's edits", &e)),
         }
-        match self.deps.studies.write_series_metadata(partition, study) {
-            Ok(report) => tracing::debug!(
-                study_uid = %study,
-                series = report.series,
-                instances = report.instances,
-                skipped = report.skipped.len(),
-                "series metadata up to date"
-            ),
-            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {
-                return StepResult::Done
+    }
+
+    /// The series metadata (DICOM JSON, bulk data stripped).
+    fn write_metadata(&self, step: &Step<'_>) -> Next {
+        let study = step.study;
+        match self
+            .deps
+            .studies
+            .write_series_metadata(step.partition, study)
+        {
+            Ok(report) => {
+                tracing::debug!(
+                    study_uid = %study,
+                    series = report.series,
+                    instances = report.instances,
+                    skipped = report.skipped.len(),
+                    "series metadata up to date"
+                );
+                Ok(())
             }
-            Err(e) => return transient("writing the series metadata", &e),
+            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => Err(StepResult::Done),
+            Err(e) => Err(step.transient("writing the series metadata", &e)),
         }
-        match self.deps.studies.check_integrity(partition, study, true) {
+    }
+
+    /// Index against files; a mismatch a reprocess fixes enqueues one.
+    fn check_integrity(&self, step: &Step<'_>) -> Next {
+        let study = step.study;
+        match self
+            .deps
+            .studies
+            .check_integrity(step.partition, study, true)
+        {
             Ok(report) if report.needs_reprocess() => {
                 tracing::warn!(
                     study_uid = %study,
@@ -164,7 +166,7 @@ impl Processor for StudyProcess {
                     first = %report.findings[0],
                     "integrity mismatch; scheduling a reprocess"
                 );
-                let reprocess = NewWorkItem::new(WorkKind::REPROCESS_STUDY, item.partition)
+                let reprocess = NewWorkItem::new(WorkKind::REPROCESS_STUDY, step.item.partition)
                     .study(study.clone())
                     .payload(
                         AuditPayload {
@@ -173,14 +175,76 @@ impl Processor for StudyProcess {
                         }
                         .to_json(),
                     );
-                if let Err(e) = queue.enqueue_or_append(reprocess) {
-                    return transient("enqueuing a reprocess", &e);
+                match step.ctx.work_queue().enqueue_or_append(reprocess) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(step.transient("enqueuing a reprocess", &e)),
                 }
-                StepResult::Done
             }
-            Ok(_) => StepResult::Done,
-            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => StepResult::Done,
-            Err(error) => on_error(&error, retry_after),
+            Ok(_) => Ok(()),
+            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => Err(StepResult::Done),
+            Err(error) => Err(on_error(&error, step.ctx.properties().retry.failure_delay)),
         }
+    }
+
+    /// The partition's rules: the due `auto_route` and `delete_study`
+    /// items they ask for.
+    fn apply_rules(&self, step: &Step<'_>) -> Next {
+        let (item, partition, study) = (step.item, step.partition, step.study);
+        let queue = step.ctx.work_queue();
+        let Some(rules) = &self.deps.rules else {
+            return Ok(());
+        };
+        let facts = match dry_run::study_facts(&*self.deps.db, &*self.deps.db, partition.id, study)
+        {
+            Ok(Some(facts)) => facts,
+            Ok(None) => return Err(StepResult::Done),
+            Err(e) => return Err(step.transient("reading the study's facts", &e)),
+        };
+        let now = Timestamp::now();
+        let evaluation = rules.evaluate(&partition.ae_title, &facts, now.as_millis());
+        for (rule, planned) in evaluation.actions() {
+            let new = match &planned.action {
+                Action::AutoRoute { device } if planned.due_now => {
+                    let payload = SendPayload {
+                        rule: Some(rule.to_string()),
+                        ..SendPayload::to(device.as_str())
+                    };
+                    NewWorkItem::new(WorkKind::AUTO_ROUTE, item.partition)
+                        .payload(payload.to_json())
+                        .uids(item.uids.iter().cloned())
+                }
+                Action::Delete { .. } => {
+                    let payload = AuditPayload {
+                        actor: Some(format!("rule:{rule}")),
+                        reason: Some(planned.action.to_string()),
+                        values: Vec::new(),
+                    };
+                    let due = planned
+                        .due_at_ms
+                        .map_or(now, Timestamp::from_millis)
+                        .max(now);
+                    NewWorkItem::new(WorkKind::DELETE_STUDY, item.partition)
+                        .payload(payload.to_json())
+                        .scheduled_at(due)
+                }
+                // Declared hooks (and actions not due) are not executed.
+                _ => continue,
+            }
+            .study(study.clone());
+            let kind = new.kind.clone();
+            let result = if kind == WorkKind::DELETE_STUDY {
+                queue.enqueue_or_append(new).map(|e| e.id())
+            } else {
+                queue.enqueue(new)
+            };
+            match result {
+                Ok(id) => tracing::info!(
+                    study_uid = %study, rule, kind = %kind, work_item = %id,
+                    "rule action enqueued"
+                ),
+                Err(e) => return Err(step.transient("enqueuing a rule action", &e)),
+            }
+        }
+        Ok(())
     }
 }
