@@ -14,8 +14,8 @@ use clap::{Args, Subcommand};
 use imageserver_core::server::open_index;
 use imageserver_core::workqueue::{
     Engine, EngineConfig, KindProperties, ProcessContext, Registry, RetryPolicy, StepResult,
-    StudyLock, WorkError, WorkFilter, WorkItem, WorkItemId, WorkKind, WorkPriority, WorkStatus,
-    WorkStore,
+    StudyLock, Timestamp, WorkError, WorkFilter, WorkItem, WorkItemId, WorkKind, WorkPriority,
+    WorkStatus, WorkStore,
 };
 
 use crate::{load_config, ArchiveArgs};
@@ -39,6 +39,9 @@ enum WorkqueueCommand {
     /// Change an item's priority (low, medium, high, stat).
     #[command(alias = "reprioritize")]
     Reprioritise(ReprioritiseArgs),
+    /// Make a waiting item due at another time: later (postpone) or sooner.
+    #[command(visible_alias = "postpone")]
+    Reschedule(RescheduleArgs),
     /// Run an engine with test processors (integration tests, benchmark).
     #[command(hide = true)]
     RunTestEngine(TestEngineArgs),
@@ -97,6 +100,24 @@ struct ReprioritiseArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("when").required(true).args(["after", "at", "now"])))]
+struct RescheduleArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The item's id (as `list` prints it).
+    id: i64,
+    /// Due this long from now: a number and s, m, h or d (e.g. 90s, 2h).
+    #[arg(long = "in", value_name = "DURATION")]
+    after: Option<String>,
+    /// Due at this UTC time: YYYY-MM-DD HH:MM[:SS] (or with a T).
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
+    /// Due now.
+    #[arg(long)]
+    now: bool,
+}
+
+#[derive(Args, Debug)]
 struct TestEngineArgs {
     #[command(flatten)]
     archive: ArchiveArgs,
@@ -149,8 +170,71 @@ pub fn workqueue(args: WorkqueueArgs) -> Result<ExitCode> {
                 println!("work item {id} now has priority {priority}");
             })
         }
+        WorkqueueCommand::Reschedule(args) => {
+            let now = Timestamp::now();
+            let at = match (&args.after, &args.at) {
+                (Some(text), _) => now.after(parse_duration(text)?),
+                (None, Some(text)) => parse_utc(text)?,
+                (None, None) => now,
+            };
+            let store = open_store(&args.archive)?;
+            let id = WorkItemId(args.id);
+            operator(store.reschedule(id, at), || {
+                println!("work item {id} is now due at {at}");
+            })
+        }
         WorkqueueCommand::RunTestEngine(args) => run_test_engine(args),
     }
+}
+
+/// `90s`, `10m`, `2h`, `1d`.
+fn parse_duration(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("{text:?}: expected a number and s, m, h or d (e.g. 90s, 2h)"),
+    };
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?}: expected a number and s, m, h or d"))?;
+    number
+        .checked_mul(seconds)
+        .filter(|s| *s <= 366 * 86_400)
+        .map(Duration::from_secs)
+        .with_context(|| format!("{text:?}: at most a year"))
+}
+
+/// `YYYY-MM-DD HH:MM[:SS]` (or with a `T`, and an optional `Z`), UTC.
+fn parse_utc(text: &str) -> Result<Timestamp> {
+    let bad = || anyhow::anyhow!("{text:?}: expected a UTC time as YYYY-MM-DD HH:MM[:SS]");
+    let trimmed = text.trim().trim_end_matches('Z');
+    let (date, time) = trimmed.split_once([' ', 'T']).ok_or_else(bad)?;
+    let days = imageserver_core::rules::days_from_civil_text(&date.replace('-', ""))
+        .filter(|_| date.len() == 10)
+        .ok_or_else(bad)?;
+    let parts: Vec<&str> = time.split(':').collect();
+    if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
+        return Err(bad());
+    }
+    let field = |i: usize, max: i64| -> Result<i64> {
+        let value: i64 = parts
+            .get(i)
+            .map_or(Ok(0), |p| p.parse())
+            .map_err(|_| bad())?;
+        if value > max {
+            return Err(bad());
+        }
+        Ok(value)
+    };
+    let seconds = field(0, 23)? * 3600 + field(1, 59)? * 60 + field(2, 59)?;
+    Ok(Timestamp::from_millis((days * 86_400 + seconds) * 1000))
 }
 
 fn open_store(args: &ArchiveArgs) -> Result<Arc<dyn WorkStore>> {
@@ -495,4 +579,34 @@ fn run_test_engine(args: TestEngineArgs) -> Result<ExitCode> {
         report.abandoned
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_utc_times_parse() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        for bad in ["", "h", "2", "2w", "-1h", "9999d", "2 h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        let at = parse_utc("2030-01-02 03:04:05").unwrap();
+        assert_eq!(at.as_millis(), 1_893_553_445_000);
+        assert_eq!(
+            parse_utc("2030-01-02T03:04Z").unwrap().as_millis(),
+            1_893_553_440_000
+        );
+        for bad in [
+            "2030-01-02",
+            "2030-1-2 03:04",
+            "2030-01-02 24:00",
+            "2030-13-02 03:04",
+            "x",
+        ] {
+            assert!(parse_utc(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -791,6 +791,35 @@ fn cli_lists_shows_and_steers_real_items() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(stderr(&bad).contains("unknown priority"));
 
+    // reschedule (alias postpone): waiting items only.
+    let out = ok(setup.cli(&[
+        "postpone",
+        &pending.to_string(),
+        "--at",
+        "2030-01-02 03:04:05",
+    ]));
+    assert!(out.contains("2030-01-02T03:04:05"), "{out}");
+    assert_eq!(
+        setup.get(pending).scheduled_at.as_millis(),
+        1_893_553_445_000
+    );
+    let before = imageserver_core::workqueue::Timestamp::now().as_millis();
+    ok(setup.cli(&["reschedule", &pending.to_string(), "--in", "2h"]));
+    let due = setup.get(pending).scheduled_at.as_millis() - before;
+    assert!((7_200_000..7_260_000).contains(&due), "{due}");
+    ok(setup.cli(&["reschedule", &pending.to_string(), "--now"]));
+    assert!(setup.get(pending).scheduled_at.as_millis() <= before + 60_000);
+    refused(
+        setup.cli(&["reschedule", &completed.to_string(), "--now"]),
+        "only waiting (idle or pending) items can be rescheduled",
+    );
+    for bad in [["--in", "2 weeks"], ["--at", "2030-13-01 00:00"]] {
+        let out = setup.cli(&["reschedule", &pending.to_string(), bad[0], bad[1]]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    let neither = setup.cli(&["reschedule", &pending.to_string()]);
+    assert_eq!(neither.status.code(), Some(2));
+
     // delete: not while running under a valid lease.
     refused(
         setup.cli(&["delete", &running.to_string()]),
@@ -805,6 +834,7 @@ fn cli_lists_shows_and_steers_real_items() {
         vec!["retry", "999999"],
         vec!["delete", "999999"],
         vec!["reprioritise", "999999", "low"],
+        vec!["reschedule", "999999", "--now"],
     ] {
         refused(setup.cli(&args), "work item 999999 does not exist");
     }

@@ -194,6 +194,11 @@ pub trait WorkStore: Send + Sync + std::fmt::Debug {
     /// runs under a valid lease.
     fn delete(&self, id: WorkItemId) -> Result<(), WorkError>;
 
+    /// Operator: a waiting (Idle or Pending) item becomes due at `at`,
+    /// later (postpone) or sooner; refused for items running, failed or
+    /// completed.
+    fn reschedule(&self, id: WorkItemId, at: Timestamp) -> Result<(), WorkError>;
+
     /// Operator: changes an item's priority (refused once Completed).
     fn reprioritise(&self, id: WorkItemId, priority: WorkPriority) -> Result<(), WorkError>;
 
@@ -215,6 +220,10 @@ pub trait WorkStore: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 }
+
+/// Why [`WorkStore::reschedule`] refuses an item.
+pub(crate) const RESCHEDULE_REFUSED: &str =
+    "only waiting (idle or pending) items can be rescheduled; retry a failed one";
 
 /// Checks what a store accepts before it writes anything.
 pub(crate) fn validate(item: &NewWorkItem) -> Result<(), WorkError> {

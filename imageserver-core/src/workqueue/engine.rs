@@ -182,6 +182,14 @@ impl WorkQueue {
         self.store.delete(id)
     }
 
+    /// Operator: a waiting item becomes due at `at` (later: postponed;
+    /// sooner: run earlier).
+    pub fn reschedule(&self, id: WorkItemId, at: Timestamp) -> Result<(), WorkError> {
+        self.store.reschedule(id, at)?;
+        self.wake_for(Some(at));
+        Ok(())
+    }
+
     /// Operator: changes an item's priority.
     pub fn reprioritise(&self, id: WorkItemId, priority: WorkPriority) -> Result<(), WorkError> {
         self.store.reprioritise(id, priority)

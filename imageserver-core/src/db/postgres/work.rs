@@ -28,7 +28,7 @@ use sqlx::{PgConnection, Row};
 use super::{get_u64, parse_column, pg_text, PgIndex, TxError};
 use crate::db::work::{
     lease_lost, refused, takeover_description, validate, ClaimKind, ClaimRequest, FailureAction,
-    WorkError, WorkStore, WorkWatch,
+    WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
 };
 use crate::model::work::{
     Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
@@ -754,6 +754,21 @@ impl WorkStore for PgIndex {
              has expired",
             false,
             |q| q,
+        )
+    }
+
+    fn reschedule(&self, id: WorkItemId, at: Timestamp) -> Result<(), WorkError> {
+        let sql = format!(
+            "UPDATE work_queue SET scheduled_time = $2, updated_at = {NOW_MS}
+             WHERE id = $1 AND status IN ('idle', 'pending')"
+        );
+        self.operator(
+            "rescheduling work",
+            id,
+            &sql,
+            RESCHEDULE_REFUSED,
+            true,
+            |q| q.bind(at.as_millis()),
         )
     }
 

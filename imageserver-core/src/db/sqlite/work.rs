@@ -18,7 +18,7 @@ use rusqlite::{params, OptionalExtension, Row, Transaction};
 use super::{get_u64, now_ms, parse_column, SqliteIndex};
 use crate::db::work::{
     lease_lost, refused, takeover_description, validate, ClaimRequest, FailureAction, WorkError,
-    WorkStore,
+    WorkStore, RESCHEDULE_REFUSED,
 };
 use crate::model::work::{
     Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
@@ -559,6 +559,27 @@ impl WorkStore for SqliteIndex {
                 "it is running under a valid lease; delete it once it has finished or its lease \
                  has expired",
             )),
+        }
+    }
+
+    fn reschedule(&self, id: WorkItemId, at: Timestamp) -> Result<(), WorkError> {
+        let now = now_ms();
+        let state = self.write("rescheduling work", |tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE work_queue SET scheduled_time = ?2, updated_at = ?3
+                     WHERE id = ?1 AND status IN ('idle', 'pending')",
+                )?
+                .execute(params![id.0, at.as_millis(), now])?;
+            if changed == 1 {
+                Ok(None)
+            } else {
+                Ok(Some(Self::work_state(tx, id.0)?))
+            }
+        })?;
+        match state {
+            None => Ok(()),
+            Some(current) => Err(refused(id, current.map(|(s, _)| s), RESCHEDULE_REFUSED)),
         }
     }
 

@@ -611,15 +611,25 @@ fn operator_transitions(db: &dyn Database) {
     db.reprioritise(id, WorkPriority::Stat)
         .expect("reprioritise");
     assert_eq!(f.get(id).priority, WorkPriority::Stat);
+    // Postponed, it is not claimable; rescheduled to now, it is.
+    let later = Timestamp::now().after(LONG);
+    db.reschedule(id, later).expect("postpone");
+    assert_eq!(f.get(id).scheduled_at, later);
+    assert!(claim(db, "node-a", &kinds, 1, LONG).is_empty());
+    db.reschedule(id, Timestamp::now())
+        .expect("reschedule to now");
 
-    // Running under a valid lease: no delete.
+    // Running under a valid lease: no delete, no reschedule.
     let lease = claim(db, "node-a", &kinds, 1, LONG)[0].lease();
     illegal(db.delete(id), WorkStatus::InProgress);
     illegal(db.retry(id), WorkStatus::InProgress);
+    illegal(db.reschedule(id, later), WorkStatus::InProgress);
 
-    // Failed: retry keeps the failure count and makes it due now.
+    // Failed: no reschedule; retry keeps the failure count and makes it
+    // due now.
     db.fail(lease, "broken", FailureAction::Permanent)
         .expect("fail");
+    illegal(db.reschedule(id, later), WorkStatus::Failed);
     db.retry(id).expect("retry");
     let item = f.get(id);
     assert_eq!(item.status, WorkStatus::Pending);
@@ -635,6 +645,7 @@ fn operator_transitions(db: &dyn Database) {
         db.reprioritise(id, WorkPriority::Low),
         WorkStatus::Completed,
     );
+    illegal(db.reschedule(id, later), WorkStatus::Completed);
     db.delete(id).expect("delete");
     assert!(db.get(id).expect("get").is_none());
 
@@ -643,6 +654,7 @@ fn operator_transitions(db: &dyn Database) {
         db.retry(missing),
         db.delete(missing),
         db.reprioritise(missing, WorkPriority::High),
+        db.reschedule(missing, later),
     ] {
         assert!(
             matches!(result, Err(WorkError::NotFound { id }) if id == missing),
