@@ -321,6 +321,25 @@ fn study_process_writes_series_metadata_that_follows_edits_and_goes_with_delete(
     for instances in other_series.values() {
         check_series(archive, instances);
     }
+
+    // A reprocess that finds no instance file left removes the metadata:
+    // nothing may describe instances that are gone.
+    let other_folder = study_dir(archive, other);
+    for instances in other_series.values() {
+        for instance in instances {
+            std::fs::remove_file(stored(archive, instance)).unwrap();
+        }
+    }
+    cli_ok(
+        dir.path(),
+        archive,
+        &["study", "reprocess", &other.study_uid, "--now"],
+    );
+    let left: Vec<PathBuf> = files_under(&other_folder)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    assert!(left.is_empty(), "metadata left: {left:?}");
 }
 
 /// `cp -r FROM TO`.

@@ -913,8 +913,12 @@ impl Studies {
         );
         // The series metadata follows the rebuilt rows.
         match self.write_series_metadata(partition, study_uid) {
-            // No instance row left: no study to describe.
-            Ok(_) | Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {}
+            Ok(_) => {}
+            // No instance row left: no study to describe, and nothing may
+            // describe the instances that are gone.
+            Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {
+                self.storage.delete_study_metadata(&filesystem, &location)?;
+            }
             Err(e) => return Err(e),
         }
         Ok(report)
