@@ -109,7 +109,8 @@ struct RescheduleArgs {
     /// Due this long from now: a number and s, m, h or d (e.g. 90s, 2h).
     #[arg(long = "in", value_name = "DURATION")]
     after: Option<String>,
-    /// Due at this UTC time: YYYY-MM-DD HH:MM[:SS] (or with a T).
+    /// Due at this UTC time: YYYY-MM-DD HH:MM or YYYY-MM-DD HH:MM:SS (a T may
+    /// stand for the space).
     #[arg(long, value_name = "TIME")]
     at: Option<String>,
     /// Due now.
