@@ -18,7 +18,6 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use super::commit::{error_chain, CommitError, GroupCommitter, StudyProcessHook};
 use super::walker::DataSetWalker;
 use crate::db::{self, IndexStore};
-use crate::dicom::dimse::Status;
 use crate::model::{
     study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
     FolderName, InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs,
@@ -67,8 +66,8 @@ pub struct StoreRequest<'a> {
     pub source_ae: Option<&'a str>,
 }
 
-/// Why an instance was not stored. [`IngestError::status`] maps each to the
-/// C-STORE status of PS3.4 B.2.3.
+/// Why an instance was not stored. The Storage SCP maps each to a C-STORE
+/// status of PS3.4 B.2.3 (`dicom::scp::store::status_of`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngestError {
@@ -117,26 +116,6 @@ pub enum IngestError {
     /// The SOP instance is already stored and the partition rejects duplicates.
     #[error("SOP instance {0} is already stored and duplicates are rejected")]
     Duplicate(Uid),
-}
-
-impl IngestError {
-    /// The C-STORE status for this error: A700 when resources ran out (disk,
-    /// database), A900 for an identifier mismatch, C000 for data we cannot
-    /// understand.
-    pub fn status(&self) -> Status {
-        match self {
-            IngestError::InvalidUid { .. }
-            | IngestError::MissingAttribute(_)
-            | IngestError::Malformed(_)
-            | IngestError::Unparseable(_) => Status::CANNOT_UNDERSTAND,
-            IngestError::Mismatch { .. } => Status::DATASET_MISMATCH,
-            IngestError::NoFilesystem
-            | IngestError::Storage(_)
-            | IngestError::Index(_)
-            | IngestError::Commit(_) => Status::OUT_OF_RESOURCES,
-            IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
-        }
-    }
 }
 
 /// What a successful ingest did with the instance.

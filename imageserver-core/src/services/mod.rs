@@ -4,9 +4,8 @@
 //! - [`commit`]: the group committer ingest waits on.
 //! - [`import`]: existing Part 10 files brought in through ingest.
 //!
-//! Errors of the use cases carry their DICOM status
-//! ([`ingest::IngestError::status`]): the one place where failures become
-//! statuses.
+//! The use cases speak no DIMSE: the SCP handlers (`crate::dicom::scp`)
+//! turn their errors into DICOM statuses.
 
 pub mod commit;
 pub mod devices;

@@ -62,7 +62,7 @@ pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInPr
             Command::store_rsp(command, Status::SUCCESS)
         }
         Err(error) => {
-            let status = error.status();
+            let status = status_of(&error);
             let detail = crate::services::commit::error_chain(&error);
             warn!(
                 sop_instance_uid = %sop_instance_uid.chars().take(80).collect::<String>(),
@@ -72,5 +72,23 @@ pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInPr
             );
             Command::store_rsp(command, status).with_error_comment(detail)
         }
+    }
+}
+
+/// The C-STORE status of an ingest failure: A700 when resources ran out
+/// (disk, database), A900 for an identifier mismatch, C000 for data we
+/// cannot understand, 0111 for a rejected duplicate.
+pub fn status_of(error: &IngestError) -> Status {
+    match error {
+        IngestError::InvalidUid { .. }
+        | IngestError::MissingAttribute(_)
+        | IngestError::Malformed(_)
+        | IngestError::Unparseable(_) => Status::CANNOT_UNDERSTAND,
+        IngestError::Mismatch { .. } => Status::DATASET_MISMATCH,
+        IngestError::NoFilesystem
+        | IngestError::Storage(_)
+        | IngestError::Index(_)
+        | IngestError::Commit(_) => Status::OUT_OF_RESOURCES,
+        IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
     }
 }
