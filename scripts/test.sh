@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: make sure DCMTK and PostgreSQL are installed, then check
-# formatting and lints, build every target and run every test of the
+# formatting, lints and docs, build every target and run every test of the
 # workspace: once on SQLite, and the integration binary once more with the
-# index on PostgreSQL (a throwaway cluster this script starts and removes).
+# index on PostgreSQL (a throwaway cluster this script starts and removes);
+# last, run the examples for real (scripts/examples.sh).
 #
 # In CI (CI=true) a missing tool fails the run; nothing is ever skipped.
 set -euo pipefail
@@ -23,7 +24,7 @@ as_root() {
 }
 
 # The DCMTK tools the integration tests call by full path.
-DCMTK_TOOLS=(/usr/bin/echoscu /usr/bin/storescu /usr/bin/storescp /usr/bin/findscu /usr/bin/movescu /usr/bin/getscu /usr/bin/dcmdump)
+DCMTK_TOOLS=(/usr/bin/echoscu /usr/bin/storescu /usr/bin/storescp /usr/bin/findscu /usr/bin/movescu /usr/bin/getscu /usr/bin/dcmdump /usr/bin/dump2dcm)
 
 missing_dcmtk() {
     local tool
@@ -104,5 +105,8 @@ cargo test --workspace -- --skip postgres::pg_
 
 step "IMAGESERVER_IT_BACKEND=postgres cargo test --test it (index on PostgreSQL)"
 IMAGESERVER_IT_BACKEND=postgres cargo test --test it
+
+step "examples: custom_processor, and medium on PostgreSQL (scripts/examples.sh)"
+bash scripts/examples.sh "$IMAGESERVER_PG_URL"
 
 step "all checks passed"
