@@ -182,6 +182,7 @@ fn parse_device(text: &str) -> Result<DeviceConfig> {
         allow_query: true,
         allow_retrieve: true,
         max_associations: 0,
+        max_outgoing_associations: 0,
         partition: None,
     })
 }

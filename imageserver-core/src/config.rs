@@ -184,6 +184,10 @@ pub struct DeviceConfig {
     /// Most associations it may hold open at once (0: no limit).
     #[serde(default)]
     pub max_associations: u32,
+    /// Most associations this process opens to it at once for sends
+    /// (auto-route, study send; 0: no limit).
+    #[serde(default)]
+    pub max_outgoing_associations: u32,
     /// The AE title of the partition it belongs to (default: the `[dicom]` one).
     #[serde(default)]
     pub partition: Option<String>,
@@ -426,6 +430,7 @@ impl Config {
                 allow_query: device.allow_query,
                 allow_retrieve: device.allow_retrieve,
                 max_associations: device.max_associations,
+                max_outgoing_associations: device.max_outgoing_associations,
             };
             let owner = match &device.partition {
                 None => Some(&mut partitions[0]),

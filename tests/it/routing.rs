@@ -68,6 +68,18 @@ impl FlakyScp {
         refuse: Refuse<'_>,
         warn: &[&str],
     ) -> FlakyScp {
+        FlakyScp::start_slow(root, ae_title, port, refuse, warn, Duration::ZERO)
+    }
+
+    /// [`FlakyScp::start`], holding every C-STORE `delay` before answering.
+    fn start_slow(
+        root: &Path,
+        ae_title: &str,
+        port: u16,
+        refuse: Refuse<'_>,
+        warn: &[&str],
+        delay: Duration,
+    ) -> FlakyScp {
         let dir = root.join("dest");
         let (mode, refused) = match refuse {
             Refuse::FirstTime(uids) => ("first", uids),
@@ -92,6 +104,9 @@ impl FlakyScp {
             .args(["--refuse-mode", mode])
             .arg("--warn")
             .arg(&warn_file)
+            .args(["--delay", &delay.as_secs_f64().to_string()])
+            .arg("--conn-log")
+            .arg(root.join("dest-connections.log"))
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("clone the output handle"))
             .stderr(out)
@@ -134,6 +149,30 @@ impl FlakyScp {
                 );
                 let status = u16::from_str_radix(fields[3], 16).expect("a hex status");
                 (fields[2].to_string(), status)
+            })
+            .collect()
+    }
+
+    /// The most connections the SCP had open at once, over the lines of
+    /// its connection log from line `from` on.
+    fn max_open_connections(&self, from: usize) -> usize {
+        self.connection_events()
+            .into_iter()
+            .skip(from)
+            .map(|(_, open)| open)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Its connection log: (opened?, connections open after the event).
+    fn connection_events(&self) -> Vec<(bool, usize)> {
+        let path = self.log.with_file_name("dest-connections.log");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let (event, open) = line.split_once(' ').expect("EVENT COUNT");
+                (event == "OPEN", open.parse().expect("a count"))
             })
             .collect()
     }
@@ -442,5 +481,86 @@ fn an_override_of_a_kind_nothing_runs_stops_serve() {
     assert!(
         text.contains("workqueue.kinds.auto_rout") && text.contains("auto_route, delete_study"),
         "the error names the setting and the kinds that run:\n{out}"
+    );
+}
+
+/// Work-queue sends open at most a device's `max_outgoing_associations` to
+/// it at once: three studies queued together for a slow destination with a
+/// limit of one arrive one association at a time (the others wait, without
+/// counting a failure); with no limit they overlap.
+#[test]
+fn sends_keep_to_the_device_outgoing_association_limit() {
+    let dir = test_dir("route-limit");
+    let corpus_dir = dir.path().join("corpus");
+    let corpus = generate_corpus(&corpus_dir, 713, CorpusShape::uniform(3, 1, 3, (16, 16)));
+    let dest_port = free_port();
+    // Two device entries for the same SCP (it answers any called AE).
+    let limited = "[{ ae_title = \"LIMITED\", host = \"127.0.0.1\", port = PORT, \
+                   max_outgoing_associations = 1 }, \
+                   { ae_title = \"OPEN\", host = \"127.0.0.1\", port = PORT }]"
+        .replace("PORT", &dest_port.to_string());
+    let server = Server::builder(dir.path())
+        .setting("devices", limited)
+        .start();
+    load(&server, &corpus_dir, corpus.len());
+    let archive = server.archive();
+    let scp = FlakyScp::start_slow(
+        dir.path(),
+        "DEST",
+        dest_port,
+        Refuse::FirstTime(&[]),
+        &[],
+        Duration::from_millis(150),
+    );
+    let studies: BTreeSet<&str> = corpus.iter().map(|i| i.study_uid.as_str()).collect();
+    assert_eq!(studies.len(), 3);
+
+    let send_all = |device: &str| {
+        for study in &studies {
+            cli_ok(
+                dir.path(),
+                archive,
+                &["study", "send", study, "--to", device, "--queue"],
+            );
+        }
+    };
+    let all_done = |expected: usize| {
+        move |items: &[serde_json::Value]| {
+            items.len() == expected && items.iter().all(|i| i["status"] == "completed")
+        }
+    };
+
+    // Limit 1: one association at a time, every instance once, no failure.
+    send_all("LIMITED");
+    let done = wait_work_items(
+        dir.path(),
+        archive,
+        "move_study",
+        "limited sends",
+        all_done(3),
+    );
+    assert!(
+        done.iter().all(|i| i["failure_count"] == 0),
+        "waiting for the device is no failure: {done:#?}"
+    );
+    assert_eq!(
+        scp.max_open_connections(0),
+        1,
+        "{:?}",
+        scp.connection_events()
+    );
+    let stores = scp.stores();
+    assert_eq!(stores.len(), corpus.len(), "{stores:#?}");
+    let all: Vec<&Instance> = corpus.iter().collect();
+    assert_received(&scp.received(), &all, "limited sends");
+
+    // No limit: the same three sends overlap (each holds ~0.45 s).
+    let from = scp.connection_events().len();
+    send_all("OPEN");
+    wait_work_items(dir.path(), archive, "move_study", "open sends", all_done(6));
+    assert!(
+        scp.max_open_connections(from) >= 2,
+        "without a limit the sends overlap: {:?}",
+        scp.connection_events()
     );
 }

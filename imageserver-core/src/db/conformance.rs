@@ -397,6 +397,7 @@ fn devices(store: &dyn IndexStore) {
         allow_query: true,
         allow_retrieve: false,
         max_associations: 0,
+        max_outgoing_associations: 0,
     };
     let ct = DeviceSpec {
         ae_title: ae("CT1"),
@@ -410,6 +411,8 @@ fn devices(store: &dyn IndexStore) {
     ws.port = 65535;
     ws.allow_retrieve = true;
     ws.allow_store = false;
+    ws.max_associations = 3;
+    ws.max_outgoing_associations = 2;
     store.ensure_device(f.partition, &ws).expect("update ws");
     assert_eq!(store.devices(f.partition).expect("list"), [ct.clone(), ws]);
     assert_eq!(store.devices(g.partition).expect("list"), [ct]);

@@ -292,6 +292,9 @@ pub struct DeviceSpec {
     pub allow_retrieve: bool,
     /// Most associations it may have open with us at once (0: no limit).
     pub max_associations: u32,
+    /// Most associations this process opens to it at once for sends
+    /// (auto-route, move_study; 0: no limit). Items beyond it wait.
+    pub max_outgoing_associations: u32,
 }
 
 /// Where a study lives: one filesystem and a folder relative to its root.

@@ -43,6 +43,9 @@ use crate::services::studies::{Studies, StudyError};
 use crate::services::Partition;
 use crate::workqueue::{KindProperties, Registry, RetryPolicy, StepResult};
 
+/// How long a send waits when its device is at its association limit.
+const DEVICE_BUSY_POSTPONE: Duration = Duration::from_secs(2);
+
 /// The actor recorded in audit entries when a payload names none.
 pub const DEFAULT_ACTOR: &str = "workqueue";
 
@@ -129,6 +132,13 @@ pub fn register_builtin(registry: &mut Registry, deps: BuiltinDeps, study_proces
 pub(crate) fn on_error(error: &StudyError, retry_after: Duration) -> StepResult {
     let text = crate::services::commit::error_chain(error);
     match error {
+        // Not a failure: the item waits for an association to the device.
+        StudyError::DeviceBusy { ae_title, .. } => {
+            tracing::debug!(device = %ae_title, "device at its send limit; postponing");
+            StepResult::PostponeUntil(
+                crate::model::work::Timestamp::now().after(DEVICE_BUSY_POSTPONE),
+            )
+        }
         StudyError::UnknownStudy { .. }
         | StudyError::Nearline(_)
         | StudyError::EditPending(_)

@@ -113,6 +113,7 @@ impl Devices {
             allow_query: true,
             allow_retrieve: true,
             max_associations: 0,
+            max_outgoing_associations: 0,
         };
         self.inner
             .index
@@ -124,5 +125,101 @@ impl Devices {
             .unwrap_or_else(|p| p.into_inner())
             .insert(spec.ae_title.as_str().to_string(), spec);
         Ok(())
+    }
+}
+
+/// This process's limits on the associations it opens to devices for sends
+/// ([`DeviceSpec::max_outgoing_associations`]; 0: no limit). Cheap to
+/// clone; clones share the counts. In a cluster each node counts its own.
+#[derive(Debug, Clone, Default)]
+pub struct SendLimits {
+    open: Arc<std::sync::Mutex<HashMap<(PartitionId, AeTitle), u32>>>,
+}
+
+impl SendLimits {
+    /// A permit to open one association to `device`, or `None` when the
+    /// device's limit is reached. The permit is given back when dropped.
+    pub fn try_acquire(&self, partition: PartitionId, device: &DeviceSpec) -> Option<SendPermit> {
+        let key = (partition, device.ae_title.clone());
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(key.clone()).or_insert(0);
+        let limit = device.max_outgoing_associations;
+        if limit != 0 && *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(SendPermit {
+            limits: self.clone(),
+            key,
+        })
+    }
+
+    /// Associations open to a device now.
+    pub fn open(&self, partition: PartitionId, ae_title: &AeTitle) -> u32 {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&(partition, ae_title.clone()))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// One association's share of a device's send limit (see [`SendLimits`]).
+#[derive(Debug)]
+pub struct SendPermit {
+    limits: SendLimits,
+    key: (PartitionId, AeTitle),
+}
+
+impl Drop for SendPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod send_limit_tests {
+    use super::*;
+
+    fn device(limit: u32) -> DeviceSpec {
+        DeviceSpec {
+            ae_title: AeTitle::parse("DEST").unwrap(),
+            host: "127.0.0.1".into(),
+            port: 104,
+            allow_store: true,
+            allow_query: true,
+            allow_retrieve: true,
+            max_associations: 0,
+            max_outgoing_associations: limit,
+        }
+    }
+
+    #[test]
+    fn permits_are_counted_per_device_and_given_back_on_drop() {
+        let limits = SendLimits::default();
+        let (p1, p2) = (PartitionId(1), PartitionId(2));
+        let two = device(2);
+        let a = limits.try_acquire(p1, &two).expect("first");
+        let b = limits.clone().try_acquire(p1, &two).expect("second");
+        assert!(limits.try_acquire(p1, &two).is_none(), "the limit holds");
+        // Another partition's device of the same AE title counts apart.
+        let other = limits.try_acquire(p2, &two).expect("other partition");
+        assert_eq!(limits.open(p1, &two.ae_title), 2);
+        drop(a);
+        let c = limits.try_acquire(p1, &two).expect("a permit came back");
+        drop((b, c, other));
+        assert_eq!(limits.open(p1, &two.ae_title), 0);
+        // No limit.
+        let unlimited = device(0);
+        let many: Vec<_> = (0..50)
+            .map(|_| limits.try_acquire(p1, &unlimited).expect("no limit"))
+            .collect();
+        assert_eq!(limits.open(p1, &unlimited.ae_title), 50);
+        drop(many);
     }
 }

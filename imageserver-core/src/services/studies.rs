@@ -64,6 +64,7 @@ use crate::db::studies::{
 use crate::db::{self, Database};
 use crate::dicom::scu::{self, Destination, Outgoing, ScuOptions, Tally};
 use crate::model::{AeTitle, DeviceSpec, Filesystem, FilesystemId, StoredInstance, Uid};
+use crate::services::devices::SendLimits;
 use crate::services::Partition;
 use crate::storage::{self, layout, InstanceKey, PendingSync, StorageBackend};
 
@@ -114,6 +115,15 @@ pub enum StudyError {
         partition: String,
         /// The destination asked for.
         ae_title: String,
+    },
+    /// The device already has as many associations from this process as
+    /// its `max_outgoing_associations` allows: try again later.
+    #[error("device {ae_title} already has {limit} association(s) from this process (its limit)")]
+    DeviceBusy {
+        /// The device.
+        ae_title: String,
+        /// Its limit.
+        limit: u32,
     },
     /// The study lives on a filesystem the index does not list.
     #[error("filesystem {0:?} is unknown to the index")]
@@ -386,12 +396,23 @@ impl SendReport {
 pub struct Studies {
     db: Arc<dyn Database>,
     storage: Arc<dyn StorageBackend>,
+    sends: SendLimits,
 }
 
 impl Studies {
     /// The operations over `db` and `storage`.
     pub fn new(db: Arc<dyn Database>, storage: Arc<dyn StorageBackend>) -> Studies {
-        Studies { db, storage }
+        Studies {
+            db,
+            storage,
+            sends: SendLimits::default(),
+        }
+    }
+
+    /// This process's send limits per device (shared by every clone of
+    /// these operations).
+    pub fn send_limits(&self) -> &SendLimits {
+        &self.sends
     }
 
     fn store(&self) -> &dyn StudyStore {
@@ -1072,7 +1093,9 @@ impl Studies {
     /// Sends every instance of a study (or only `only`) to `device` with
     /// the storage SCU, one outcome per instance. Partial failure is not an
     /// error: [`SendReport::failed_uids`] is what a retry sends again; a
-    /// destination that cannot be reached fails every instance.
+    /// destination that cannot be reached fails every instance. Refused
+    /// with [`StudyError::DeviceBusy`], before anything is read or sent,
+    /// while the device has all the associations its limit allows.
     pub fn send(
         &self,
         partition: &Partition,
@@ -1082,6 +1105,13 @@ impl Studies {
         options: &ScuOptions,
         actor: &str,
     ) -> Result<SendReport, StudyError> {
+        let _permit = self
+            .sends
+            .try_acquire(partition.id, device)
+            .ok_or_else(|| StudyError::DeviceBusy {
+                ae_title: device.ae_title.to_string(),
+                limit: device.max_outgoing_associations,
+            })?;
         let record = self.online_study(partition, study_uid)?;
         let location = record.location.clone().expect("online");
         let filesystem = self.filesystem(location.filesystem)?;

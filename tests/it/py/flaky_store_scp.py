@@ -4,7 +4,7 @@ integration tests (pynetdicom 3.x).
 
     flaky_store_scp.py --port N --aet AE --out DIR --log FILE
                        [--refuse FILE] [--refuse-mode first|always]
-                       [--warn FILE]
+                       [--warn FILE] [--delay SECONDS] [--conn-log FILE]
 
 --refuse names a file of SOP Instance UIDs (one a line) answered 0xA700
 (Out of Resources), only the first time each arrives (`first`, the default)
@@ -18,8 +18,14 @@ one line each, written and flushed before the response is sent:
 
     STORE <n> <SOP Instance UID> <status, 4 hex digits>
 
-<n> counts C-STOREs from 1 in arrival order. "READY" is printed on stdout
-once the server listens. Runs until killed.
+<n> counts C-STOREs from 1 in arrival order. --delay holds every C-STORE
+that long before answering (a slow destination). --conn-log gets one line
+per TCP connection opened or closed, with the number open after it:
+
+    OPEN <open now>
+    CLOSE <open now>
+
+"READY" is printed on stdout once the server listens. Runs until killed.
 """
 
 import argparse
@@ -53,6 +59,8 @@ def main():
     parser.add_argument("--refuse")
     parser.add_argument("--refuse-mode", choices=["first", "always"], default="first")
     parser.add_argument("--warn")
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--conn-log")
     args = parser.parse_args()
 
     refuse = read_uids(args.refuse)
@@ -63,7 +71,19 @@ def main():
     seen = {}
     counter = [0]
 
+    conn_log = open(args.conn_log, "a", encoding="ascii") if args.conn_log else None
+    connections = [0]
+
+    def handle_connection(event, opened):
+        with lock:
+            connections[0] += 1 if opened else -1
+            if conn_log:
+                conn_log.write(f"{'OPEN' if opened else 'CLOSE'} {connections[0]}\n")
+                conn_log.flush()
+
     def handle_store(event):
+        if args.delay > 0:
+            time.sleep(args.delay)
         uid = str(event.request.AffectedSOPInstanceUID)
         with lock:
             seen[uid] = seen.get(uid, 0) + 1
@@ -99,7 +119,11 @@ def main():
     ae.start_server(
         ("127.0.0.1", args.port),
         block=False,
-        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
+        evt_handlers=[
+            (evt.EVT_C_STORE, handle_store),
+            (evt.EVT_CONN_OPEN, lambda event: handle_connection(event, True)),
+            (evt.EVT_CONN_CLOSE, lambda event: handle_connection(event, False)),
+        ],
     )
     print("READY", flush=True)
     while True:

@@ -78,6 +78,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("allow_retrieve", Bool),
             ("allow_autoroute", Bool),
             ("max_associations", Int),
+            ("max_outgoing_associations", Int),
             ("description", Text),
             ("enabled", Bool),
             ("last_seen", Int),

@@ -68,6 +68,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("migrations/0001_initial.sql")),
     (2, include_str!("migrations/0002_study_edit.sql")),
     (3, include_str!("migrations/0003_work_queue_claim.sql")),
+    (4, include_str!("migrations/0004_device_outgoing_limit.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).
@@ -637,13 +638,14 @@ impl IndexStore for PgIndex {
             sqlx::query(
                 "INSERT INTO device
                      (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                      max_associations)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                      max_associations, max_outgoing_associations)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (partition_id, ae_title) DO UPDATE
                  SET host = excluded.host, port = excluded.port,
                      allow_store = excluded.allow_store, allow_query = excluded.allow_query,
                      allow_retrieve = excluded.allow_retrieve,
-                     max_associations = excluded.max_associations",
+                     max_associations = excluded.max_associations,
+                     max_outgoing_associations = excluded.max_outgoing_associations",
             )
             .bind(partition.0)
             .bind(spec.ae_title.as_str())
@@ -653,6 +655,7 @@ impl IndexStore for PgIndex {
             .bind(spec.allow_query)
             .bind(spec.allow_retrieve)
             .bind(i64::from(spec.max_associations))
+            .bind(i64::from(spec.max_outgoing_associations))
             .execute(&mut *conn)
             .await?;
             Ok(())
@@ -663,7 +666,7 @@ impl IndexStore for PgIndex {
         self.read("listing devices", async |conn| {
             let rows = sqlx::query(
                 "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                        max_associations
+                        max_associations, max_outgoing_associations
                  FROM device WHERE partition_id = $1 ORDER BY ae_title",
             )
             .bind(partition.0)
@@ -673,6 +676,7 @@ impl IndexStore for PgIndex {
                 .map(|r| {
                     let port: i32 = r.try_get("port")?;
                     let max_associations: i64 = r.try_get("max_associations")?;
+                    let max_outgoing: i64 = r.try_get("max_outgoing_associations")?;
                     Ok(DeviceSpec {
                         ae_title: parse_column(r, "ae_title", AeTitle::parse)?,
                         host: r.try_get("host")?,
@@ -682,6 +686,8 @@ impl IndexStore for PgIndex {
                         allow_retrieve: r.try_get("allow_retrieve")?,
                         max_associations: u32::try_from(max_associations)
                             .map_err(|e| decode_error("max_associations", e))?,
+                        max_outgoing_associations: u32::try_from(max_outgoing)
+                            .map_err(|e| decode_error("max_outgoing_associations", e))?,
                     })
                 })
                 .collect()

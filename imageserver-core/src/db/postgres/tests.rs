@@ -628,6 +628,7 @@ fn copy_from_sqlite_keeps_everything() {
                     allow_query: false,
                     allow_retrieve: true,
                     max_associations: 2,
+                    max_outgoing_associations: 1,
                 },
             )
             .expect("device");

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("migrations/0002_query_indexes.sql")),
     (3, include_str!("migrations/0003_study_edit.sql")),
     (4, include_str!("migrations/0004_work_queue_claim.sql")),
+    (5, include_str!("migrations/0005_device_outgoing_limit.sql")),
 ];
 
 /// The newest schema version this build knows (`PRAGMA user_version`).
@@ -543,13 +544,14 @@ impl IndexStore for SqliteIndex {
             tx.prepare_cached(
                 "INSERT INTO device
                      (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                      max_associations)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                      max_associations, max_outgoing_associations)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (partition_id, ae_title) DO UPDATE
                  SET host = excluded.host, port = excluded.port,
                      allow_store = excluded.allow_store, allow_query = excluded.allow_query,
                      allow_retrieve = excluded.allow_retrieve,
-                     max_associations = excluded.max_associations",
+                     max_associations = excluded.max_associations,
+                     max_outgoing_associations = excluded.max_outgoing_associations",
             )?
             .execute(params![
                 partition.0,
@@ -559,7 +561,8 @@ impl IndexStore for SqliteIndex {
                 spec.allow_store,
                 spec.allow_query,
                 spec.allow_retrieve,
-                spec.max_associations
+                spec.max_associations,
+                spec.max_outgoing_associations
             ])
             .map(drop)
         })
@@ -569,7 +572,7 @@ impl IndexStore for SqliteIndex {
         self.read("listing devices", |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                        max_associations
+                        max_associations, max_outgoing_associations
                  FROM device WHERE partition_id = ?1 ORDER BY ae_title",
             )?;
             let rows = stmt.query_map([partition.0], |r| {
@@ -581,6 +584,7 @@ impl IndexStore for SqliteIndex {
                     allow_query: r.get(4)?,
                     allow_retrieve: r.get(5)?,
                     max_associations: r.get(6)?,
+                    max_outgoing_associations: r.get(7)?,
                 })
             })?;
             rows.collect()
