@@ -25,7 +25,7 @@ use imageserver_core::processors::{AuditPayload, SendPayload};
 use imageserver_core::rules::{dry_run, RuleSet};
 use imageserver_core::server::{open_index, Archive, ArchivePartition, ServerBuilder};
 use imageserver_core::services::studies::{
-    DeleteOutcome, EditOutcome, EditValue, Studies, StudyError,
+    DeleteOutcome, DigestCheck, EditOutcome, EditValue, Studies, StudyError,
 };
 
 use crate::{load_config, ArchiveArgs};
@@ -623,7 +623,15 @@ fn check(args: CheckArgs) -> Result<ExitCode> {
     let uid = study_uid(&args.target.study_uid)?;
     let report = opened
         .studies
-        .check_integrity(&partition.partition, &uid, !args.no_digests)
+        .check_integrity(
+            &partition.partition,
+            &uid,
+            if args.no_digests {
+                DigestCheck::None
+            } else {
+                DigestCheck::All
+            },
+        )
         .map_err(unknown)?;
     println!(
         "study {uid}: {} instances indexed, {} instance files",

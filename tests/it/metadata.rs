@@ -21,7 +21,7 @@ use imageserver_core::services::studies::{Studies, StudyError};
 use imageserver_core::services::Partition;
 
 use crate::support::cli::{cli_ok, load, BOUND};
-use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
+use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
 use crate::support::server::{test_dir, Archive, Server, SERVER_AE};
 use crate::support::{dcmtk, files_under};
 
@@ -347,4 +347,79 @@ fn cp_r(from: &Path, to: &Path) -> dcmtk::ToolOutput {
     let mut command = Command::new("cp");
     command.arg("-r").arg(from).arg(to);
     dcmtk::run(command, Duration::from_secs(60))
+}
+
+/// An instance arriving later rewrites the metadata of its own series only:
+/// the other series' files are left as they were (StudyProcess does not
+/// read a large study whole again for every batch of arrivals).
+#[test]
+fn a_later_arrival_rewrites_only_its_series_metadata() {
+    let dir = test_dir("metadata-later");
+    let corpus_dir = dir.path().join("corpus");
+    let seed = 802;
+    let corpus = generate_corpus(&corpus_dir, seed, CorpusShape::uniform(1, 2, 2, (16, 16)));
+    let server = Server::builder(dir.path())
+        .setting(
+            "workqueue",
+            "{ study_process_delay_secs = 1, poll_secs = 1 }",
+        )
+        .start();
+    load(&server, &corpus_dir, corpus.len());
+    let archive = server.archive();
+    let study = corpus[0].study_uid.as_str();
+    wait_study_process(dir.path(), archive, &BTreeSet::from([study]));
+    let (first, second) = (&corpus[0], &corpus[2]);
+    assert_ne!(first.series_uid, second.series_uid);
+    let modified = |instance: &Instance| {
+        std::fs::metadata(metadata_path(archive, instance))
+            .and_then(|m| m.modified())
+            .expect("the series has a metadata file")
+    };
+    let (first_before, second_before) = (modified(first), modified(second));
+    let second_bytes = std::fs::read(metadata_path(archive, second)).unwrap();
+
+    // A third instance of the first series.
+    let late = corpus::write_instance(
+        &dir.path().join("late.dcm"),
+        &corpus::InstanceSpec {
+            pixel_seed: 7,
+            patient_id: format!("PID{seed}-0"),
+            patient_name: format!("TEST^PATIENT0^SEED{seed}"),
+            study_date: first.study_date.clone(),
+            study_uid: study.to_string(),
+            series_uid: first.series_uid.clone(),
+            sop_instance_uid: format!("{}.3", first.series_uid),
+            series_number: 1,
+            instance_number: 3,
+            rows: 16,
+            columns: 16,
+        },
+    );
+    let storescu = dcmtk::store(server.addr(), server.ae_title(), &[&late.path], &[], BOUND);
+    assert!(storescu.success(), "{storescu}");
+    let deadline = Instant::now() + BOUND;
+    while modified(first) == first_before {
+        assert!(
+            Instant::now() < deadline,
+            "the first series' metadata was not rewritten"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_study_process(dir.path(), archive, &BTreeSet::from([study]));
+
+    let mut first_series: Vec<&Instance> = corpus
+        .iter()
+        .filter(|i| i.series_uid == first.series_uid)
+        .collect();
+    first_series.push(&late);
+    check_series(archive, &first_series);
+    assert_eq!(
+        modified(second),
+        second_before,
+        "the other series was rewritten"
+    );
+    assert_eq!(
+        std::fs::read(metadata_path(archive, second)).unwrap(),
+        second_bytes
+    );
 }

@@ -1,10 +1,12 @@
 //! `study_process`: what runs once a study has been quiet.
 
+use std::collections::BTreeSet;
+
 use super::{on_error, step, study_uid, AuditPayload, BuiltinDeps, SendPayload};
 use crate::model::work::{NewWorkItem, Timestamp, WorkItem, WorkKind};
 use crate::model::Uid;
 use crate::rules::{dry_run, Action};
-use crate::services::studies::StudyError;
+use crate::services::studies::{DigestCheck, StudyError};
 use crate::services::Partition;
 use crate::workqueue::{ProcessContext, Processor, StepResult};
 
@@ -15,9 +17,11 @@ use crate::workqueue::{ProcessContext, Processor, StepResult};
 ///    edits (sent after an edit, or while it ran), enqueues an `edit_study`
 ///    that applies them again to files and index rows;
 /// 2. writes the series metadata (DICOM JSON, bulk data stripped:
-///    [`crate::services::studies::Studies::write_series_metadata`]) that
-///    the DICOMweb metadata endpoint will serve;
-/// 3. checks integrity (index vs files, sizes and digests) and enqueues a
+///    [`crate::services::studies::Studies::update_series_metadata`]) that
+///    the DICOMweb metadata endpoint will serve, for the series that
+///    received instances (all of them when the item lists none);
+/// 3. checks integrity (index vs files: every file listed and sized, the
+///    digests of the instances that arrived) and enqueues a
 ///    `reprocess_study` on a mismatch a reprocess fixes;
 /// 4. last, evaluates the partition's rules on the study (the facts `rules
 ///    test --study` prints) and enqueues what the matching rules ask for:
@@ -128,13 +132,21 @@ impl StudyProcess {
         }
     }
 
-    /// The series metadata (DICOM JSON, bulk data stripped).
+    /// The series metadata (DICOM JSON, bulk data stripped) of the series
+    /// that received instances (all of them when the item lists none).
     fn write_metadata(&self, step: &Step<'_>) -> Next {
         let study = step.study;
+        let changed: BTreeSet<Uid> = step
+            .item
+            .uids
+            .iter()
+            .map(|u| u.series_uid.clone())
+            .collect();
+        let changed = (!changed.is_empty()).then_some(&changed);
         match self
             .deps
             .studies
-            .write_series_metadata(step.partition, study)
+            .update_series_metadata(step.partition, study, changed)
         {
             Ok(report) => {
                 tracing::debug!(
@@ -151,13 +163,26 @@ impl StudyProcess {
         }
     }
 
-    /// Index against files; a mismatch a reprocess fixes enqueues one.
+    /// Index against files (every file listed and sized; the digests of
+    /// the instances that arrived, of all when the item lists none); a
+    /// mismatch a reprocess fixes enqueues one.
     fn check_integrity(&self, step: &Step<'_>) -> Next {
         let study = step.study;
+        let arrived: BTreeSet<Uid> = step
+            .item
+            .uids
+            .iter()
+            .map(|u| u.sop_instance_uid.clone())
+            .collect();
+        let digests = if arrived.is_empty() {
+            DigestCheck::All
+        } else {
+            DigestCheck::Only(&arrived)
+        };
         match self
             .deps
             .studies
-            .check_integrity(step.partition, study, true)
+            .check_integrity(step.partition, study, digests)
         {
             Ok(report) if report.needs_reprocess() => {
                 tracing::warn!(

@@ -992,13 +992,13 @@ impl Studies {
     // ---------------------------------------------------------- integrity
 
     /// Compares the index with the study folder: missing files, files no
-    /// row names, sizes and (with `digests`) BLAKE3 digests. Reads files,
-    /// writes nothing.
+    /// row names, sizes and the BLAKE3 digests of the files `digests`
+    /// selects. Reads files, writes nothing.
     pub fn check_integrity(
         &self,
         partition: &Partition,
         study_uid: &Uid,
-        digests: bool,
+        digests: DigestCheck<'_>,
     ) -> Result<IntegrityReport, StudyError> {
         let record = self.online_study(partition, study_uid)?;
         let location = record.location.clone().expect("online");
@@ -1041,7 +1041,7 @@ impl Studies {
                 });
                 continue;
             }
-            if digests {
+            if digests.covers(sop) {
                 let digest = self
                     .storage
                     .open(&filesystem, &key_of(instance))
@@ -1202,6 +1202,28 @@ impl Studies {
             "study sent"
         );
         Ok(report)
+    }
+}
+
+/// Which files [`Studies::check_integrity`] hashes (every file is listed and
+/// its size compared either way).
+#[derive(Debug, Clone, Copy)]
+pub enum DigestCheck<'a> {
+    /// None: sizes only.
+    None,
+    /// Every file of the study.
+    All,
+    /// Only these instances (the ones that just arrived).
+    Only(&'a BTreeSet<Uid>),
+}
+
+impl DigestCheck<'_> {
+    fn covers(&self, sop_instance_uid: &Uid) -> bool {
+        match self {
+            DigestCheck::None => false,
+            DigestCheck::All => true,
+            DigestCheck::Only(uids) => uids.contains(sop_instance_uid),
+        }
     }
 }
 

@@ -42,7 +42,7 @@
 //! in any transfer syntax dicom-rs parses (Deflated inflated on the fly);
 //! strings are decoded with the data set's Specific Character Set.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 
 use base64::Engine;
@@ -108,6 +108,20 @@ impl Studies {
         partition: &Partition,
         study_uid: &Uid,
     ) -> Result<MetadataReport, StudyError> {
+        self.update_series_metadata(partition, study_uid, None)
+    }
+
+    /// As [`Studies::write_series_metadata`], but rewrites only the series
+    /// in `changed` (those that received instances) and the series that
+    /// have no file yet; `None` rewrites them all. What StudyProcess runs
+    /// after arrivals, so that a large study is not read again whole for
+    /// every batch of new instances.
+    pub fn update_series_metadata(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+        changed: Option<&BTreeSet<Uid>>,
+    ) -> Result<MetadataReport, StudyError> {
         let record = self.online_study(partition, study_uid)?;
         let location = record.location.clone().expect("online");
         let filesystem = self.filesystem(location.filesystem)?;
@@ -121,7 +135,20 @@ impl Studies {
         let mut report = MetadataReport::default();
         let mut pending = PendingSync::default();
         let mut written = Vec::new();
+        let existing: BTreeSet<Uid> = match changed {
+            Some(_) => self
+                .storage
+                .series_with_metadata(&filesystem, &location)?
+                .into_iter()
+                .collect(),
+            None => BTreeSet::new(),
+        };
         for (series_uid, instances) in &series {
+            if changed.is_some_and(|c| !c.contains(series_uid)) && existing.contains(series_uid) {
+                // Unchanged and written before: kept as it is.
+                written.push(series_uid.clone());
+                continue;
+            }
             let mut objects = Vec::with_capacity(instances.len());
             for instance in instances {
                 let bulk = BulkPrefix::new(study_uid, series_uid, &instance.sop_instance_uid);
