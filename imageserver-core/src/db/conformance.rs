@@ -45,6 +45,7 @@ pub(crate) fn run_all(store: &dyn IndexStore) {
     filesystems(store);
     devices(store);
     study_location_is_fixed_by_the_first_instance(store);
+    study_location_claims(store);
     batch_counts(store);
     replaced_instances_are_not_counted_twice(store);
     moved_instances_fix_both_sides(store);
@@ -416,6 +417,52 @@ fn devices(store: &dyn IndexStore) {
     store.ensure_device(f.partition, &ws).expect("update ws");
     assert_eq!(store.devices(f.partition).expect("list"), [ct.clone(), ws]);
     assert_eq!(store.devices(g.partition).expect("list"), [ct]);
+}
+
+/// The first claim of a new study's location wins; the batch that indexes
+/// the study keeps it.
+fn study_location_claims(store: &dyn IndexStore) {
+    let f = Fixture::new(store, "CLAIM");
+    let other_fs = store
+        .ensure_filesystem(&fs_spec("/conformance/CLAIM2", 1))
+        .expect("fs");
+    let study = uid("1.2.3.7.1");
+    let first = f.location("1.2.3.7.1", "20240101");
+    let mut second = first.clone();
+    second.filesystem = other_fs;
+    second.date_folder = "20991231".to_string();
+    assert_eq!(
+        store
+            .claim_study_location(f.partition, &first)
+            .expect("claim"),
+        first
+    );
+    assert_eq!(
+        store
+            .claim_study_location(f.partition, &second)
+            .expect("claim again"),
+        first,
+        "a later claim gets the first one's location"
+    );
+    assert_eq!(
+        store.study_location(f.partition, &study).expect("lookup"),
+        Some(first.clone())
+    );
+    // Indexing the study (even a record proposing the other place) keeps it.
+    let mut record = f.record("P", "1.2.3.7.1", "1.2.3.7.1.1", "CT", "1.2.3.7.1.1.1", 10);
+    record.location = first.clone();
+    store.insert_instances(&[record]).expect("index");
+    assert_eq!(
+        store.study_location(f.partition, &study).expect("lookup"),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store
+            .claim_study_location(f.partition, &second)
+            .expect("claim an indexed study"),
+        first
+    );
+    assert_eq!(f.counts(), counts(1, 1, 1, 1));
 }
 
 fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {

@@ -111,6 +111,18 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         study_uid: &Uid,
     ) -> Result<Option<StudyLocation>, Error>;
 
+    /// The study's location, claiming `proposed` for it when it has none
+    /// (no row, or a nearline one): the first claim wins atomically, so
+    /// processes receiving instances of a new study at once (cluster nodes,
+    /// an import beside the server) agree on its folder before any file is
+    /// placed. The claim need not be durable: the batch that indexes the
+    /// study's first instance writes the same row durably.
+    fn claim_study_location(
+        &self,
+        partition: PartitionId,
+        proposed: &StudyLocation,
+    ) -> Result<StudyLocation, Error>;
+
     /// Indexes a batch of instances in **one** transaction: creates or
     /// updates the patient, study, series and study-storage rows, inserts or
     /// replaces each instance row, and keeps the related counts right (a

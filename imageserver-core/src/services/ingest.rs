@@ -491,7 +491,9 @@ impl Ingest {
             return Ok(location.clone());
         }
         // Looking up under the lock serialises first instances of a study
-        // in this process, so concurrent associations agree on its folder.
+        // in this process; claiming a new study's location in the index
+        // makes other processes (cluster nodes, an import) agree with us
+        // before any file is placed.
         let location = match self
             .inner
             .index
@@ -499,12 +501,19 @@ impl Ingest {
             .map_err(IngestError::Index)?
         {
             Some(location) => location,
-            None => StudyLocation {
-                filesystem,
-                partition_folder: partition.folder.clone(),
-                date_folder: study_date_folder(study_date),
-                study_uid: study_uid.clone(),
-            },
+            None => self
+                .inner
+                .index
+                .claim_study_location(
+                    partition.id,
+                    &StudyLocation {
+                        filesystem,
+                        partition_folder: partition.folder.clone(),
+                        date_folder: study_date_folder(study_date),
+                        study_uid: study_uid.clone(),
+                    },
+                )
+                .map_err(IngestError::Index)?,
         };
         if cache.len() >= LOCATION_CACHE {
             cache.clear();

@@ -714,6 +714,48 @@ impl IndexStore for PgIndex {
         })
     }
 
+    fn claim_study_location(
+        &self,
+        partition: PartitionId,
+        proposed: &StudyLocation,
+    ) -> Result<StudyLocation, Error> {
+        let now = now_ms();
+        self.write("claiming a study location", async |conn| {
+            // Visible at once, durable with the batch that repeats it.
+            sqlx::query("SET LOCAL synchronous_commit TO OFF")
+                .execute(&mut *conn)
+                .await?;
+            // As the ingest batch does: an existing row is kept unless it
+            // has no online copy.
+            sqlx::query(
+                "INSERT INTO study_storage (partition_id, study_uid, filesystem_id, date_folder,
+                                            created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (partition_id, study_uid) DO UPDATE
+                 SET filesystem_id = COALESCE(study_storage.filesystem_id, excluded.filesystem_id),
+                     date_folder = CASE WHEN study_storage.filesystem_id IS NULL
+                                        THEN excluded.date_folder ELSE study_storage.date_folder END",
+            )
+            .bind(partition.0)
+            .bind(proposed.study_uid.as_str())
+            .bind(proposed.filesystem.0)
+            .bind(&proposed.date_folder)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            let row = sqlx::query(
+                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
+                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+                 WHERE ss.partition_id = $1 AND ss.study_uid = $2",
+            )
+            .bind(partition.0)
+            .bind(proposed.study_uid.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+            Ok(location_from_row(&row)?)
+        })
+    }
+
     fn insert_instances_then(
         &self,
         batch: &[InstanceRecord],

@@ -151,6 +151,31 @@ impl SqliteIndex {
         .map_err(|e| map_error(operation, e))
     }
 
+    /// [`SqliteIndex::write`] without waiting for the disk: the commit is
+    /// atomic and visible at once but may be lost in a power cut (WAL with
+    /// `synchronous=NORMAL`; the next full commit makes it durable). Only
+    /// for writes that something durable repeats later.
+    fn write_relaxed<T>(
+        &self,
+        operation: &'static str,
+        mut f: impl FnMut(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, Error> {
+        let mut conn = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(|e| map_error(operation, e))?;
+        let result = with_retry(self.options.retry_for, operation, || {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .map_err(|e| map_error(operation, e));
+        // Every other write stays durable.
+        conn.execute_batch("PRAGMA synchronous = FULL")
+            .map_err(|e| map_error(operation, e))?;
+        result
+    }
+
     /// Runs `f` on a pooled reader connection, retrying while busy.
     fn read<T>(
         &self,
@@ -607,6 +632,41 @@ impl IndexStore for SqliteIndex {
                 location_from_row(r, 0)
             })
             .optional()
+        })
+    }
+
+    fn claim_study_location(
+        &self,
+        partition: PartitionId,
+        proposed: &StudyLocation,
+    ) -> Result<StudyLocation, Error> {
+        let now = now_ms();
+        self.write_relaxed("claiming a study location", |tx| {
+            // As the ingest batch does: an existing row is kept unless it
+            // has no online copy.
+            tx.prepare_cached(
+                "INSERT INTO study_storage (partition_id, study_uid, filesystem_id, date_folder,
+                                            created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (partition_id, study_uid) DO UPDATE
+                 SET filesystem_id = excluded.filesystem_id, date_folder = excluded.date_folder
+                 WHERE study_storage.filesystem_id IS NULL",
+            )?
+            .execute(params![
+                partition.0,
+                proposed.study_uid.as_str(),
+                proposed.filesystem.0,
+                proposed.date_folder,
+                now
+            ])?;
+            tx.prepare_cached(
+                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
+                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+                 WHERE ss.partition_id = ?1 AND ss.study_uid = ?2",
+            )?
+            .query_row(params![partition.0, proposed.study_uid.as_str()], |r| {
+                location_from_row(r, 0)
+            })
         })
     }
 
