@@ -16,9 +16,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::cli::{cli_ok, command, load, wait_work_items, work_items, BOUND};
-use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
+use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::server::{free_port, test_dir, Archive, Server};
-use crate::support::{archived_files, dcmtk, files_under};
+use crate::support::{archived_files, dcmtk, received_by_uid};
 use retrieve_peers::{assert_received, device_toml, STORESCP};
 
 /// A storescp on a fixed port (the destination a server was told about
@@ -57,16 +57,7 @@ impl Dest {
     }
 
     fn received(&self) -> BTreeMap<String, PathBuf> {
-        files_under(&self.dir)
-            .into_iter()
-            .map(|path| {
-                let uid = corpus::file_meta(&path)
-                    .media_storage_sop_instance_uid()
-                    .trim_end_matches(['\0', ' '])
-                    .to_string();
-                (uid, path)
-            })
-            .collect()
+        received_by_uid(&self.dir)
     }
 }
 

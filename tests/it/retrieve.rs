@@ -5,7 +5,6 @@
 #[path = "support/retrieve_peers.rs"]
 mod retrieve_peers;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -289,14 +288,7 @@ fn getscu_receives_a_study_byte_identical() {
     assert_eq!(run.status, Some(0x0000), "{}", run.tool);
     assert_eq!(run.completed, Some(6), "{}", run.tool);
     assert_eq!(run.failed, Some(0));
-    let mut received = BTreeMap::new();
-    for path in crate::support::files_under(&out) {
-        let uid = crate::support::corpus::file_meta(&path)
-            .media_storage_sop_instance_uid()
-            .trim_end_matches(['\0', ' '])
-            .to_string();
-        received.insert(uid, path);
-    }
+    let received = crate::support::received_by_uid(&out);
     assert_received(&received, &studies[1], "C-GET study");
 }
 

@@ -27,9 +27,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::cli::{cli_ok, command, load, wait_work_items, work_item, BOUND};
-use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
+use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::server::{free_port, test_dir, Archive, Server};
-use crate::support::{dcmtk, files_under};
+use crate::support::{dcmtk, received_by_uid};
 use retrieve_peers::{assert_received, device_toml};
 
 /// The pynetdicom Storage SCP.
@@ -179,17 +179,7 @@ impl FlakyScp {
 
     /// The stored files by SOP Instance UID (from their meta group).
     fn received(&self) -> BTreeMap<String, PathBuf> {
-        files_under(&self.dir)
-            .into_iter()
-            .filter(|path| path.extension().is_some_and(|e| e == "dcm"))
-            .map(|path| {
-                let uid = corpus::file_meta(&path)
-                    .media_storage_sop_instance_uid()
-                    .trim_end_matches(['\0', ' '])
-                    .to_string();
-                (uid, path)
-            })
-            .collect()
+        received_by_uid(&self.dir)
     }
 }
 

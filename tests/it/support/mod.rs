@@ -101,6 +101,22 @@ pub fn assert_archived(
     );
 }
 
+/// The Part 10 files a peer wrote under `dir` (partial `.part` files left
+/// out), by the SOP Instance UID of their meta group.
+pub fn received_by_uid(dir: &Path) -> std::collections::BTreeMap<String, PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|path| path.extension().is_none_or(|e| e != "part"))
+        .map(|path| {
+            let uid = corpus::file_meta(&path)
+                .media_storage_sop_instance_uid()
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+            (uid, path)
+        })
+        .collect()
+}
+
 /// Every regular file under `dir`, recursively (symlinks not followed).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();

@@ -102,15 +102,7 @@ impl StoreScp {
 
     /// The received files by SOP Instance UID (from their meta group).
     pub fn received(&self) -> BTreeMap<String, PathBuf> {
-        let mut files = BTreeMap::new();
-        for path in crate::support::files_under(&self.dir) {
-            let uid = corpus::file_meta(&path)
-                .media_storage_sop_instance_uid()
-                .trim_end_matches(['\0', ' '])
-                .to_string();
-            files.insert(uid, path);
-        }
-        files
+        crate::support::received_by_uid(&self.dir)
     }
 
     /// Removes every received file.

@@ -79,6 +79,34 @@ struct Candidate {
 }
 
 impl SqliteIndex {
+    /// An operator transition: `sql` (`?1` the item's key, `?2` now, then
+    /// `extra`) changes the one item, or nothing: then the refusal says why,
+    /// from the item's current state (or that it does not exist).
+    fn operator(
+        &self,
+        operation: &'static str,
+        id: WorkItemId,
+        sql: &str,
+        extra: &[&dyn rusqlite::ToSql],
+        reason: &'static str,
+    ) -> Result<(), WorkError> {
+        let now = now_ms();
+        let state = self.write(operation, |tx| {
+            let mut values: Vec<&dyn rusqlite::ToSql> = vec![&id.0, &now];
+            values.extend_from_slice(extra);
+            let changed = tx.prepare_cached(sql)?.execute(values.as_slice())?;
+            if changed == 1 {
+                Ok(None)
+            } else {
+                Ok(Some(Self::work_state(tx, id.0)?))
+            }
+        })?;
+        match state {
+            None => Ok(()),
+            Some(current) => Err(refused(id, current.map(|(s, _)| s), reason)),
+        }
+    }
+
     /// The current status and attempt of an item (None: no such item).
     fn work_state(
         conn: &rusqlite::Connection,
@@ -510,102 +538,49 @@ impl WorkStore for SqliteIndex {
     }
 
     fn retry(&self, id: WorkItemId) -> Result<(), WorkError> {
-        let now = now_ms();
-        let state = self.write("retrying work", |tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE work_queue SET status = 'pending', scheduled_time = ?2,
-                         lease_expires_at = NULL, updated_at = ?2
-                     WHERE id = ?1 AND status = 'failed'",
-                )?
-                .execute(params![id.0, now])?;
-            if changed == 1 {
-                Ok(None)
-            } else {
-                Ok(Some(Self::work_state(tx, id.0)?))
-            }
-        })?;
-        match state {
-            None => Ok(()),
-            Some(current) => Err(refused(
-                id,
-                current.map(|(s, _)| s),
-                "only failed items can be retried",
-            )),
-        }
+        self.operator(
+            "retrying work",
+            id,
+            "UPDATE work_queue SET status = 'pending', scheduled_time = ?2,
+                 lease_expires_at = NULL, updated_at = ?2
+             WHERE id = ?1 AND status = 'failed'",
+            &[],
+            "only failed items can be retried",
+        )
     }
 
     fn delete(&self, id: WorkItemId) -> Result<(), WorkError> {
-        let now = now_ms();
-        let state = self.write("deleting work", |tx| {
-            let changed = tx
-                .prepare_cached(
-                    "DELETE FROM work_queue
-                     WHERE id = ?1
-                       AND NOT (status = 'in_progress' AND lease_expires_at > ?2)",
-                )?
-                .execute(params![id.0, now])?;
-            if changed == 1 {
-                Ok(None)
-            } else {
-                Ok(Some(Self::work_state(tx, id.0)?))
-            }
-        })?;
-        match state {
-            None => Ok(()),
-            Some(current) => Err(refused(
-                id,
-                current.map(|(s, _)| s),
-                "it is running under a valid lease; delete it once it has finished or its lease \
-                 has expired",
-            )),
-        }
+        self.operator(
+            "deleting work",
+            id,
+            "DELETE FROM work_queue
+             WHERE id = ?1 AND NOT (status = 'in_progress' AND lease_expires_at > ?2)",
+            &[],
+            "it is running under a valid lease; delete it once it has finished or its lease \
+             has expired",
+        )
     }
 
     fn reschedule(&self, id: WorkItemId, at: Timestamp) -> Result<(), WorkError> {
-        let now = now_ms();
-        let state = self.write("rescheduling work", |tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE work_queue SET scheduled_time = ?2, updated_at = ?3
-                     WHERE id = ?1 AND status IN ('idle', 'pending')",
-                )?
-                .execute(params![id.0, at.as_millis(), now])?;
-            if changed == 1 {
-                Ok(None)
-            } else {
-                Ok(Some(Self::work_state(tx, id.0)?))
-            }
-        })?;
-        match state {
-            None => Ok(()),
-            Some(current) => Err(refused(id, current.map(|(s, _)| s), RESCHEDULE_REFUSED)),
-        }
+        self.operator(
+            "rescheduling work",
+            id,
+            "UPDATE work_queue SET scheduled_time = ?3, updated_at = ?2
+             WHERE id = ?1 AND status IN ('idle', 'pending')",
+            &[&at.as_millis()],
+            RESCHEDULE_REFUSED,
+        )
     }
 
     fn reprioritise(&self, id: WorkItemId, priority: WorkPriority) -> Result<(), WorkError> {
-        let now = now_ms();
-        let state = self.write("reprioritising work", |tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE work_queue SET priority = ?2, updated_at = ?3
-                     WHERE id = ?1 AND status != 'completed'",
-                )?
-                .execute(params![id.0, priority.rank(), now])?;
-            if changed == 1 {
-                Ok(None)
-            } else {
-                Ok(Some(Self::work_state(tx, id.0)?))
-            }
-        })?;
-        match state {
-            None => Ok(()),
-            Some(current) => Err(refused(
-                id,
-                current.map(|(s, _)| s),
-                "a completed item has no priority to change",
-            )),
-        }
+        self.operator(
+            "reprioritising work",
+            id,
+            "UPDATE work_queue SET priority = ?3, updated_at = ?2
+             WHERE id = ?1 AND status != 'completed'",
+            &[&priority.rank()],
+            "a completed item has no priority to change",
+        )
     }
 
     fn list(&self, filter: &WorkFilter) -> Result<Vec<WorkItem>, WorkError> {
