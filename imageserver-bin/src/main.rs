@@ -44,7 +44,7 @@ enum Command {
     Study(study_cmd::StudyArgs),
     /// Rules: dry run on a stored study, validation of the rules file.
     Rules(study_cmd::RulesArgs),
-    /// Work queue: list, show, retry, delete and reprioritise work items.
+    /// Work queue: list, show, retry, delete, reprioritise and reschedule work items.
     Workqueue(workqueue_cmd::WorkqueueArgs),
 }
 
