@@ -155,7 +155,8 @@ impl SendLimits {
     }
 
     /// Associations open to a device now.
-    pub fn open(&self, partition: PartitionId, ae_title: &AeTitle) -> u32 {
+    #[cfg(test)]
+    fn open(&self, partition: PartitionId, ae_title: &AeTitle) -> u32 {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.get(&(partition, ae_title.clone()))
             .copied()

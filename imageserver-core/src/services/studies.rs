@@ -409,12 +409,6 @@ impl Studies {
         }
     }
 
-    /// This process's send limits per device (shared by every clone of
-    /// these operations).
-    pub fn send_limits(&self) -> &SendLimits {
-        &self.sends
-    }
-
     fn store(&self) -> &dyn StudyStore {
         &*self.db
     }

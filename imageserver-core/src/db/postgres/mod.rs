@@ -530,6 +530,12 @@ fn stored_instance(row: &PgRow) -> Result<StoredInstance, sqlx::Error> {
     })
 }
 
+/// A study's online location (`$1` partition, `$2` study UID), for
+/// `location_from_row`; none while it is nearline.
+const STUDY_LOCATION: &str = "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
+     FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+     WHERE ss.partition_id = $1 AND ss.study_uid = $2 AND ss.filesystem_id IS NOT NULL";
+
 impl IndexStore for PgIndex {
     fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error> {
         let now = now_ms();
@@ -700,16 +706,11 @@ impl IndexStore for PgIndex {
         study_uid: &Uid,
     ) -> Result<Option<StudyLocation>, Error> {
         self.read("looking up a study location", async |conn| {
-            let row = sqlx::query(
-                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
-                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
-                 WHERE ss.partition_id = $1 AND ss.study_uid = $2
-                   AND ss.filesystem_id IS NOT NULL",
-            )
-            .bind(partition.0)
-            .bind(study_uid.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
+            let row = sqlx::query(STUDY_LOCATION)
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
             row.as_ref().map(location_from_row).transpose()
         })
     }
@@ -743,11 +744,7 @@ impl IndexStore for PgIndex {
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            let row = sqlx::query(
-                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
-                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
-                 WHERE ss.partition_id = $1 AND ss.study_uid = $2",
-            )
+            let row = sqlx::query(STUDY_LOCATION)
             .bind(partition.0)
             .bind(proposed.study_uid.as_str())
             .fetch_one(&mut *conn)

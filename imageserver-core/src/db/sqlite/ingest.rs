@@ -23,6 +23,17 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use super::to_sql_error;
 use crate::model::{InsertOutcome, InstanceRecord, PatientAttrs, SeriesAttrs, StudyAttrs};
 
+/// Creates a study's storage row (`?1` partition, `?2` study UID, `?3`
+/// filesystem, `?4` date folder, `?5` now). An existing row is kept, unless
+/// the study has no online copy (nearline): then the proposed location
+/// becomes its home. The batch and the location claim both use it.
+pub(super) const UPSERT_STUDY_STORAGE: &str =
+    "INSERT INTO study_storage (partition_id, study_uid, filesystem_id, date_folder, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (partition_id, study_uid) DO UPDATE
+     SET filesystem_id = excluded.filesystem_id, date_folder = excluded.date_folder
+     WHERE study_storage.filesystem_id IS NULL";
+
 /// Indexes `batch` in `tx` and returns one outcome per record.
 pub(super) fn insert_batch(
     tx: &Transaction<'_>,
@@ -284,16 +295,13 @@ impl Batch {
             return Ok(*id);
         }
         let location = &r.location;
-        // An existing row is kept, unless the study has no online copy
-        // (nearline): then the arriving instance's location becomes its home.
-        tx.prepare_cached(
-            "INSERT INTO study_storage (partition_id, study_uid, filesystem_id, date_folder, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (partition_id, study_uid) DO UPDATE
-             SET filesystem_id = excluded.filesystem_id, date_folder = excluded.date_folder
-             WHERE study_storage.filesystem_id IS NULL",
-        )?
-        .execute(params![key.0, key.1, location.filesystem.0, location.date_folder, now])?;
+        tx.prepare_cached(UPSERT_STUDY_STORAGE)?.execute(params![
+            key.0,
+            key.1,
+            location.filesystem.0,
+            location.date_folder,
+            now
+        ])?;
         let (id, filesystem, date_folder): (i64, Option<i64>, String) = tx
             .prepare_cached(
                 "SELECT id, filesystem_id, date_folder FROM study_storage

@@ -454,6 +454,12 @@ pub(super) fn duplicate_from_row(
     })
 }
 
+/// A study's online location (`?1` partition, `?2` study UID), for
+/// [`location_from_row`]; none while it is nearline.
+const STUDY_LOCATION: &str = "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
+     FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+     WHERE ss.partition_id = ?1 AND ss.study_uid = ?2 AND ss.filesystem_id IS NOT NULL";
+
 fn location_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<StudyLocation> {
     Ok(StudyLocation {
         // NULL (a nearline study without online copy) is reported as an error.
@@ -622,16 +628,11 @@ impl IndexStore for SqliteIndex {
         study_uid: &Uid,
     ) -> Result<Option<StudyLocation>, Error> {
         self.read("looking up a study location", |conn| {
-            conn.prepare_cached(
-                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
-                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
-                 WHERE ss.partition_id = ?1 AND ss.study_uid = ?2
-                   AND ss.filesystem_id IS NOT NULL",
-            )?
-            .query_row(params![partition.0, study_uid.as_str()], |r| {
-                location_from_row(r, 0)
-            })
-            .optional()
+            conn.prepare_cached(STUDY_LOCATION)?
+                .query_row(params![partition.0, study_uid.as_str()], |r| {
+                    location_from_row(r, 0)
+                })
+                .optional()
         })
     }
 
@@ -642,31 +643,18 @@ impl IndexStore for SqliteIndex {
     ) -> Result<StudyLocation, Error> {
         let now = now_ms();
         self.write_relaxed("claiming a study location", |tx| {
-            // As the ingest batch does: an existing row is kept unless it
-            // has no online copy.
-            tx.prepare_cached(
-                "INSERT INTO study_storage (partition_id, study_uid, filesystem_id, date_folder,
-                                            created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (partition_id, study_uid) DO UPDATE
-                 SET filesystem_id = excluded.filesystem_id, date_folder = excluded.date_folder
-                 WHERE study_storage.filesystem_id IS NULL",
-            )?
-            .execute(params![
-                partition.0,
-                proposed.study_uid.as_str(),
-                proposed.filesystem.0,
-                proposed.date_folder,
-                now
-            ])?;
-            tx.prepare_cached(
-                "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
-                 FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
-                 WHERE ss.partition_id = ?1 AND ss.study_uid = ?2",
-            )?
-            .query_row(params![partition.0, proposed.study_uid.as_str()], |r| {
-                location_from_row(r, 0)
-            })
+            tx.prepare_cached(ingest::UPSERT_STUDY_STORAGE)?
+                .execute(params![
+                    partition.0,
+                    proposed.study_uid.as_str(),
+                    proposed.filesystem.0,
+                    proposed.date_folder,
+                    now
+                ])?;
+            tx.prepare_cached(STUDY_LOCATION)?
+                .query_row(params![partition.0, proposed.study_uid.as_str()], |r| {
+                    location_from_row(r, 0)
+                })
         })
     }
 
