@@ -482,18 +482,20 @@ impl Ingest {
         filesystem: FilesystemId,
     ) -> Result<StudyLocation, IngestError> {
         let cache_key = (partition.id, study_uid.clone());
-        let mut cache = self
-            .inner
-            .locations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(location) = cache.get(&cache_key) {
+        let cache = || {
+            self.inner
+                .locations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if let Some(location) = cache().get(&cache_key) {
             return Ok(location.clone());
         }
-        // Looking up under the lock serialises first instances of a study
-        // in this process; claiming a new study's location in the index
-        // makes other processes (cluster nodes, an import) agree with us
-        // before any file is placed.
+        // Not under the cache lock: a claim may wait for the index writer,
+        // and other associations' lookups must not wait with it. Claiming a
+        // new study's location in the index makes every association and
+        // every process (cluster nodes, an import) agree on it before any
+        // file is placed.
         let location = match self
             .inner
             .index
@@ -515,6 +517,7 @@ impl Ingest {
                 )
                 .map_err(IngestError::Index)?,
         };
+        let mut cache = cache();
         if cache.len() >= LOCATION_CACHE {
             cache.clear();
         }
