@@ -328,6 +328,30 @@ fn hostile_store_cases(rng: &mut Rng, escape_target: &Path) -> Vec<StoreCase> {
     dataset.extend(nested.build());
     case("20,000 nested sequences", &uids, dataset, CANNOT_UNDERSTAND);
 
+    // 20,000 nested *defined-length* sequences: in Implicit VR the parser
+    // takes (0008,1140) for a sequence from the dictionary and recurses,
+    // so the walker must follow them rather than skip their values.
+    let uids = fresh_uids(rng);
+    let mut nested = raw::ImplicitLe::new().uid(0x0008, 0x1155, "1.2").build();
+    for _ in 0..20_000 {
+        let item = raw::ImplicitLe::new()
+            .header_only(0xFFFE, 0xE000, nested.len() as u32)
+            .bytes(&nested)
+            .build();
+        nested = raw::ImplicitLe::new()
+            .header_only(0x0008, 0x1140, item.len() as u32)
+            .bytes(&item)
+            .build();
+    }
+    let mut dataset = ct_dataset_header(&uids).build();
+    dataset.extend(nested);
+    case(
+        "20,000 nested defined-length sequences",
+        &uids,
+        dataset,
+        CANNOT_UNDERSTAND,
+    );
+
     // The data set names another SOP instance than the command.
     let uids = fresh_uids(rng);
     let other = DatasetUids {
@@ -393,6 +417,179 @@ fn hostile_store_cases(rng: &mut Rng, escape_target: &Path) -> Vec<StoreCase> {
         case(name, &uids, ct_dataset(&uids), CANNOT_UNDERSTAND);
     }
     cases
+}
+
+/// Deflated Explicit VR Little Endian (PS3.5 A.5).
+const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1.99";
+
+/// Presentation context 1: CT Image Storage offered only deflated, so the
+/// server has to take the deflated data set or refuse the context.
+fn deflated_ct_context() -> Vec<Proposal> {
+    vec![Proposal {
+        id: 1,
+        abstract_syntax: raw::CT_IMAGE_STORAGE.to_string(),
+        transfer_syntaxes: vec![DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN.to_string()],
+    }]
+}
+
+/// Appends one Explicit VR Little Endian element (value padded to even
+/// length with `pad`).
+fn explicit_element(out: &mut Vec<u8>, tag: (u16, u16), vr: &[u8; 2], value: &[u8], pad: u8) {
+    const SHORT: [&[u8; 2]; 8] = [b"CS", b"DA", b"LO", b"PN", b"SH", b"UI", b"US", b"TM"];
+    let len = value.len() + value.len() % 2;
+    out.extend_from_slice(&tag.0.to_le_bytes());
+    out.extend_from_slice(&tag.1.to_le_bytes());
+    out.extend_from_slice(vr);
+    if SHORT.contains(&vr) {
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+    } else {
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+    }
+    out.extend_from_slice(value);
+    if value.len() % 2 == 1 {
+        out.push(pad);
+    }
+}
+
+/// The header of [`ct_dataset`] in Explicit VR Little Endian, up to (not
+/// including) Pixel Data.
+fn explicit_ct_header(uids: &DatasetUids) -> Vec<u8> {
+    let mut out = Vec::new();
+    type Text<'a> = ((u16, u16), &'a [u8; 2], &'a str, u8);
+    let text: [Text; 8] = [
+        ((0x0008, 0x0016), b"UI", &uids.sop_class_uid, 0),
+        ((0x0008, 0x0018), b"UI", &uids.sop_instance_uid, 0),
+        ((0x0008, 0x0020), b"DA", raw::CT_DATASET_STUDY_DATE, b' '),
+        ((0x0008, 0x0060), b"CS", "CT", b' '),
+        ((0x0010, 0x0010), b"PN", "HOSTILE^PEER", b' '),
+        ((0x0010, 0x0020), b"LO", "RAWPID", b' '),
+        ((0x0020, 0x000D), b"UI", &uids.study_uid, 0),
+        ((0x0020, 0x000E), b"UI", &uids.series_uid, 0),
+    ];
+    for (tag, vr, value, pad) in text {
+        explicit_element(&mut out, tag, vr, value.as_bytes(), pad);
+    }
+    for (tag, value) in [
+        ((0x0028, 0x0002), 1u16),
+        ((0x0028, 0x0010), 8),
+        ((0x0028, 0x0011), 8),
+    ] {
+        explicit_element(&mut out, tag, b"US", &value.to_le_bytes(), 0);
+    }
+    out
+}
+
+/// A raw deflate stream of `bytes`, as Deflated Explicit VR LE sends it.
+fn deflate(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(bytes).expect("deflate");
+    encoder.finish().expect("deflate")
+}
+
+#[test]
+fn deflated_data_sets_are_checked_before_they_are_parsed() {
+    let dir = test_dir("bad-deflated");
+    let server = start_hostile_target(dir.path());
+    let mut rng = Rng::new(4321);
+
+    // Positive control: a deflated CT is stored, byte for byte.
+    let control = fresh_uids(&mut rng);
+    let mut plain = explicit_ct_header(&control);
+    explicit_element(&mut plain, (0x7FE0, 0x0010), b"OW", &[0x11; 128], 0);
+    let control_dataset = deflate(&plain);
+    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &deflated_ct_context());
+    let status = peer.c_store(
+        1,
+        &control.sop_class_uid,
+        &control.sop_instance_uid,
+        &control_dataset,
+    );
+    assert_eq!(status, Some(SUCCESS), "the deflated control was not stored");
+    peer.release();
+    let control_path = server.archive().expected_path(
+        raw::CT_DATASET_STUDY_DATE,
+        &control.study_uid,
+        &control.series_uid,
+        &control.sop_instance_uid,
+    );
+    let stored = std::fs::read(&control_path).expect("the deflated control file");
+    assert!(
+        stored.ends_with(&control_dataset),
+        "stored data set differs"
+    );
+
+    let mut cases: Vec<(&str, DatasetUids, Vec<u8>)> = Vec::new();
+    // ~1 KB on the wire that inflates to 20,000 nested sequences: aborted
+    // the whole server through a stack overflow in the header parser.
+    let uids = fresh_uids(&mut rng);
+    let mut nested = explicit_ct_header(&uids);
+    let open: Vec<u8> = [
+        &[
+            0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+        ][..],
+        &[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF][..],
+    ]
+    .concat();
+    let close: Vec<u8> = [
+        &[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0][..],
+        &[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0][..],
+    ]
+    .concat();
+    nested.extend(open.repeat(20_000));
+    nested.extend(close.repeat(20_000));
+    let bomb = deflate(&nested);
+    assert!(
+        bomb.len() < 4096,
+        "the nesting bomb is {} bytes",
+        bomb.len()
+    );
+    cases.push(("20,000 nested sequences, deflated", uids, bomb));
+    // An element claiming 0xFFFFFFF0 bytes, 16 present: once made the
+    // parser allocate and zero-fill 4 GiB.
+    let uids = fresh_uids(&mut rng);
+    let mut lie = explicit_ct_header(&uids);
+    lie.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0]);
+    lie.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    lie.extend_from_slice(&[0; 16]);
+    cases.push(("a 4 GiB element length, deflated", uids, deflate(&lie)));
+    // A deflate stream cut short.
+    let uids = fresh_uids(&mut rng);
+    let mut whole = explicit_ct_header(&uids);
+    explicit_element(&mut whole, (0x7FE0, 0x0010), b"OW", &[0x11; 4096], 0);
+    let whole = deflate(&whole);
+    cases.push((
+        "a truncated deflate stream",
+        uids,
+        whole[..whole.len() - 5].to_vec(),
+    ));
+    // Not a deflate stream at all.
+    let uids = fresh_uids(&mut rng);
+    cases.push(("bytes that do not inflate", uids, vec![0xFF; 512]));
+
+    let idle_rss = server.rss_bytes();
+    let sampler = server.sample_rss();
+    for (name, uids, dataset) in &cases {
+        let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &deflated_ct_context());
+        let status = peer.c_store(1, &uids.sop_class_uid, &uids.sop_instance_uid, dataset);
+        assert_eq!(
+            status,
+            Some(CANNOT_UNDERSTAND),
+            "case {name:?}: expected C000, got {status:04X?}"
+        );
+        peer.release();
+        assert_still_answers(&server, name);
+    }
+    let peak_rss = sampler.stop();
+    assert!(
+        peak_rss <= idle_rss + RSS_HEADROOM,
+        "server RSS peaked at {} MiB, idle was {} MiB",
+        peak_rss >> 20,
+        idle_rss >> 20
+    );
+    assert_eq!(archived_files(server.archive()), vec![control_path]);
+    assert_eq!(server.archive().index().counts().instances, 1);
 }
 
 #[test]

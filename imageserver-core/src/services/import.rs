@@ -2,10 +2,10 @@
 //! durable path as a C-STORE. A file that fails is left where it was.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use dicom_object::meta::FileMetaTable;
+use super::walker::read_file_meta;
 
 use super::commit::error_chain;
 use super::ingest::{Ingest, Partition, StoreRequest};
@@ -98,12 +98,7 @@ pub fn import_file(
     path: &Path,
 ) -> Result<FileOutcome, String> {
     let mut reader = BufReader::new(File::open(path).map_err(|e| format!("cannot open: {e}"))?);
-    let mut preamble = [0u8; 128];
-    reader
-        .read_exact(&mut preamble)
-        .map_err(|_| "not a DICOM Part 10 file (too short)".to_string())?;
-    let meta = FileMetaTable::from_reader(&mut reader)
-        .map_err(|e| format!("not a DICOM Part 10 file: {}", error_chain(&e)))?;
+    let meta = read_file_meta(&mut reader)?;
     let sop_instance_uid = meta.media_storage_sop_instance_uid().to_string();
     if let Ok(uid) = Uid::parse(&sop_instance_uid) {
         let present = ingest

@@ -230,7 +230,9 @@ impl Ingest {
             filesystem,
             hasher: blake3::Hasher::new(),
             prefix: Vec::with_capacity(4096),
-            walker: DataSetWalker::for_transfer_syntax(transfer_syntax_uid.as_str()),
+            walker: Some(DataSetWalker::for_transfer_syntax(
+                transfer_syntax_uid.as_str(),
+            )),
             written: 0,
             error: None,
             partition: request.partition.clone(),

@@ -952,8 +952,12 @@ impl Studies {
             series_uid: file.series_uid.clone(),
             sop_instance_uid: file.sop_instance_uid.clone(),
         };
-        let reader = self.storage.open(filesystem, &key)?;
-        let (header, size, digest) = match files::read_header_and_digest(reader) {
+        let open = || {
+            self.storage
+                .open(filesystem, &key)
+                .map_err(|e| format!("cannot open the file: {e}"))
+        };
+        let (header, size, digest) = match files::read_header_and_digest(open) {
             Ok(parsed) => parsed,
             Err(reason) => return Ok(Err(reason)),
         };

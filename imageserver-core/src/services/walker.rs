@@ -6,11 +6,34 @@
 //! delimiter headers as the bytes stream by, skipping values without
 //! buffering them, and at the end says whether the data set ended exactly on
 //! an element boundary with every sequence and item closed.
+//!
+//! The walker is the guard in front of dicom-object's header parser, which
+//! recurses once per nesting level and allocates an element's claimed
+//! length before reading it. It therefore reads headers exactly as that
+//! parser does (an unknown explicit VR has a 4-byte length, as UN; in
+//! Implicit VR the dictionary says which elements are sequences), and a
+//! data set it accepts nests at most [`MAX_DEPTH`] levels and claims no
+//! length beyond the bytes present. Deflated transfer syntaxes are inflated
+//! through a fixed buffer and the inflated stream is walked, up to
+//! [`MAX_INFLATED_BYTES`].
 
-/// Value representations whose explicit-VR header has a 4-byte length.
-const LONG_VRS: [&[u8; 2]; 13] = [
-    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+use flate2::{Decompress, FlushDecompress, Status};
+
+/// Value representations whose explicit-VR header has a 2-byte length
+/// (PS3.5 Table 7.1-2); every other VR, known or not, has a 4-byte length,
+/// as dicom-rs reads it.
+const SHORT_VRS: [&[u8; 2]; 21] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 ];
+/// Deflated transfer syntaxes: the data set is a raw deflate stream.
+const DEFLATED: [&str; 2] = ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"];
+/// Most bytes a deflated data set may inflate to. Deflate reaches ratios
+/// of about 1000:1, so without a bound a few megabytes on the wire would
+/// keep a thread inflating for minutes.
+pub(crate) const MAX_INFLATED_BYTES: u64 = 4 << 30;
+/// Size of the buffer inflated bytes pass through.
+const INFLATE_CHUNK: usize = 64 * 1024;
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
@@ -42,9 +65,138 @@ impl Context {
     }
 }
 
-/// Follows the structure of a data set fed to it in arbitrary chunks.
+/// Follows the structure of a data set fed to it in arbitrary chunks,
+/// inflating it first when its transfer syntax is deflated.
 #[derive(Debug)]
 pub(crate) struct DataSetWalker {
+    structure: Structure,
+    inflate: Option<Box<Inflate>>,
+}
+
+impl DataSetWalker {
+    /// A walker for the data set of a transfer syntax. Every syntax but
+    /// the two big-endian and implicit ones is read as Explicit VR Little
+    /// Endian (encapsulated syntaxes differ only in their pixel data).
+    pub(crate) fn for_transfer_syntax(ts_uid: &str) -> DataSetWalker {
+        let (explicit_vr, big_endian) = match ts_uid {
+            "1.2.840.10008.1.2" => (false, false),
+            "1.2.840.10008.1.2.2" => (true, true),
+            _ => (true, false),
+        };
+        let inflate = DEFLATED.contains(&ts_uid).then(|| {
+            Box::new(Inflate {
+                decompress: Decompress::new(false),
+                out: vec![0; INFLATE_CHUNK],
+                ended: false,
+                limit: MAX_INFLATED_BYTES,
+                error: None,
+            })
+        });
+        DataSetWalker {
+            structure: Structure::new(explicit_vr, big_endian),
+            inflate,
+        }
+    }
+
+    /// Feeds the next bytes of the data set (as received: deflated ones
+    /// are inflated here).
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
+        match self.inflate.as_mut() {
+            None => self.structure.feed(bytes),
+            Some(inflate) => inflate.feed(bytes, &mut self.structure),
+        }
+    }
+
+    /// Whether the data set ended cleanly; otherwise why not.
+    pub(crate) fn finish(self) -> Result<(), String> {
+        if let Some(inflate) = self.inflate {
+            if let Some(error) = inflate.error {
+                return Err(error);
+            }
+            if let Some(error) = self.structure.error {
+                return Err(error);
+            }
+            if !inflate.ended {
+                return Err("the deflated data set ends before its deflate stream does".into());
+            }
+        }
+        self.structure.finish()
+    }
+}
+
+/// A raw deflate stream (PS3.5 A.5) inflated through a fixed buffer.
+struct Inflate {
+    decompress: Decompress,
+    out: Vec<u8>,
+    /// The deflate stream has ended; only padding may follow.
+    ended: bool,
+    /// Most bytes it may inflate to.
+    limit: u64,
+    error: Option<String>,
+}
+
+impl std::fmt::Debug for Inflate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inflate")
+            .field("total_in", &self.decompress.total_in())
+            .field("total_out", &self.decompress.total_out())
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl Inflate {
+    fn feed(&mut self, mut input: &[u8], structure: &mut Structure) {
+        loop {
+            if self.error.is_some() || structure.error.is_some() {
+                return;
+            }
+            if self.ended {
+                // An odd-length stream is padded with one null byte.
+                if input.iter().any(|&b| b != 0) {
+                    self.error = Some("bytes follow the end of the deflated data set".into());
+                }
+                return;
+            }
+            let (in_before, out_before) = (self.decompress.total_in(), self.decompress.total_out());
+            let status = self
+                .decompress
+                .decompress(input, &mut self.out, FlushDecompress::None);
+            let consumed = (self.decompress.total_in() - in_before) as usize;
+            let produced = (self.decompress.total_out() - out_before) as usize;
+            input = &input[consumed..];
+            if produced > 0 {
+                structure.feed(&self.out[..produced]);
+                if self.decompress.total_out() > self.limit {
+                    self.error = Some(format!(
+                        "the deflated data set inflates beyond {} bytes",
+                        self.limit
+                    ));
+                    return;
+                }
+            }
+            match status {
+                Err(error) => {
+                    self.error = Some(format!("the deflated data set cannot be inflated: {error}"));
+                    return;
+                }
+                Ok(Status::StreamEnd) => self.ended = true,
+                Ok(_) => {
+                    // All input taken and no output held back, or stuck.
+                    let drained = input.is_empty() && produced < self.out.len();
+                    if drained || (consumed == 0 && produced == 0) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Follows element, item and delimiter headers of a plain (not deflated)
+/// data set.
+#[derive(Debug)]
+struct Structure {
     explicit_vr: bool,
     big_endian: bool,
     pos: u64,
@@ -55,17 +207,9 @@ pub(crate) struct DataSetWalker {
     error: Option<String>,
 }
 
-impl DataSetWalker {
-    /// A walker for a transfer syntax, or `None` when its encoding cannot be
-    /// followed byte by byte (deflate).
-    pub(crate) fn for_transfer_syntax(ts_uid: &str) -> Option<DataSetWalker> {
-        let (explicit_vr, big_endian) = match ts_uid {
-            "1.2.840.10008.1.2" => (false, false),
-            "1.2.840.10008.1.2.2" => (true, true),
-            "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => return None,
-            _ => (true, false),
-        };
-        Some(DataSetWalker {
+impl Structure {
+    fn new(explicit_vr: bool, big_endian: bool) -> Structure {
+        Structure {
             explicit_vr,
             big_endian,
             pos: 0,
@@ -74,11 +218,10 @@ impl DataSetWalker {
             header_len: 0,
             stack: vec![Context::DataSet { end: None }],
             error: None,
-        })
+        }
     }
 
-    /// Feeds the next bytes of the data set.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) {
+    fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.error.is_none() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len() as u64) as usize;
@@ -100,8 +243,7 @@ impl DataSetWalker {
         }
     }
 
-    /// Whether the data set ended cleanly; otherwise why not.
-    pub(crate) fn finish(mut self) -> Result<(), String> {
+    fn finish(mut self) -> Result<(), String> {
         if let Some(error) = self.error {
             return Err(error);
         }
@@ -147,7 +289,7 @@ impl DataSetWalker {
         if self.explicit_vr
             && group != 0xFFFE
             && matches!(self.stack.last(), Some(Context::DataSet { .. }))
-            && LONG_VRS.contains(&&[self.header[4], self.header[5]])
+            && !SHORT_VRS.contains(&&[self.header[4], self.header[5]])
         {
             12
         } else {
@@ -212,23 +354,26 @@ impl DataSetWalker {
                         u32::from(self.u16_at(6)),
                     )
                 };
-                if self.stack.len() >= 2 * MAX_DEPTH
-                    && (length == UNDEFINED || vr.as_ref() == Some(b"SQ"))
-                {
+                // Implicit VR: the dictionary's VR decides, as in dicom-rs,
+                // so a defined-length sequence is followed, not skipped.
+                let sequence = match vr.as_ref() {
+                    Some(vr) => vr == b"SQ",
+                    None => implicit_is_sequence(tag),
+                };
+                if self.stack.len() >= 2 * MAX_DEPTH && (length == UNDEFINED || sequence) {
                     self.error = fail("sequences nested too deeply");
                     return;
                 }
                 if length == UNDEFINED {
                     match vr.as_ref() {
+                        // Whatever its VR, as dicom-rs reads it.
+                        _ if tag == PIXEL_DATA => self.stack.push(Context::Fragments),
                         None | Some(b"SQ") | Some(b"UN") => {
                             self.stack.push(Context::Sequence { end: None })
                         }
-                        Some(b"OB") | Some(b"OW") if tag == PIXEL_DATA => {
-                            self.stack.push(Context::Fragments)
-                        }
                         _ => self.error = fail("undefined length on a non-sequence element"),
                     }
-                } else if vr.as_ref() == Some(b"SQ") {
+                } else if sequence {
                     self.stack.push(Context::Sequence {
                         end: Some(self.pos + u64::from(length)),
                     });
@@ -261,6 +406,52 @@ impl DataSetWalker {
     }
 }
 
+/// Largest file meta group read (real ones are a few hundred bytes).
+const MAX_META: usize = 64 * 1024;
+
+/// Reads the head of a Part 10 stream — preamble, `DICM`, and the file
+/// meta group, whose size is bounded before anything is allocated — and
+/// leaves the stream at the first byte of the data set.
+pub(crate) fn read_file_meta(
+    reader: &mut dyn std::io::Read,
+) -> Result<dicom_object::meta::FileMetaTable, String> {
+    let mut head = vec![0u8; 144];
+    reader
+        .read_exact(&mut head)
+        .map_err(|_| "not a DICOM Part 10 file (too short)".to_string())?;
+    if &head[128..132] != b"DICM" {
+        return Err("not a DICOM Part 10 file (no DICM magic)".to_string());
+    }
+    // (0002,0000) UL: tag, "UL", 2-byte length, 4-byte value.
+    if head[132..138] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
+        return Err("the file meta group does not start with its group length".to_string());
+    }
+    let meta_len = u32::from_le_bytes([head[140], head[141], head[142], head[143]]) as usize;
+    if meta_len > MAX_META {
+        return Err(format!(
+            "the file meta group claims {meta_len} bytes (at most {MAX_META})"
+        ));
+    }
+    head.resize(144 + meta_len, 0);
+    reader
+        .read_exact(&mut head[144..])
+        .map_err(|e| format!("cannot read the file meta group: {e}"))?;
+    dicom_object::meta::FileMetaTable::from_reader(&head[128..])
+        .map_err(|e| format!("cannot parse the file meta group: {e}"))
+}
+
+/// Whether dicom-rs reads an Implicit VR element as a sequence: its tag is
+/// one the standard dictionary gives VR SQ.
+fn implicit_is_sequence((group, element): (u16, u16)) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if (group, element) == PIXEL_DATA || (group >> 8 == 0x60 && element == 0x3000) {
+        return false;
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(group, element))
+        .is_some_and(|entry| entry.vr().relaxed() == dicom_core::VR::SQ)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +461,7 @@ mod tests {
         out.extend_from_slice(&tag.0.to_le_bytes());
         out.extend_from_slice(&tag.1.to_le_bytes());
         out.extend_from_slice(vr);
-        if LONG_VRS.contains(&vr) {
+        if !SHORT_VRS.contains(&vr) {
             out.extend_from_slice(&[0, 0]);
             out.extend_from_slice(&(value.len() as u32).to_le_bytes());
         } else {
@@ -289,7 +480,7 @@ mod tests {
     }
 
     fn walk(ts: &str, bytes: &[u8], chunk: usize) -> Result<(), String> {
-        let mut walker = DataSetWalker::for_transfer_syntax(ts).unwrap();
+        let mut walker = DataSetWalker::for_transfer_syntax(ts);
         for piece in bytes.chunks(chunk.max(1)) {
             walker.feed(piece);
         }
@@ -406,6 +597,125 @@ mod tests {
     fn garbage_is_rejected() {
         let data = raw(ITEM_END, 0);
         assert!(walk("1.2.840.10008.1.2.1", &data, 8).is_err());
-        assert!(DataSetWalker::for_transfer_syntax("1.2.840.10008.1.2.1.99").is_none());
+    }
+
+    fn deflate(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    const DEFLATED_TS: &str = "1.2.840.10008.1.2.1.99";
+
+    /// `depth` explicit-VR undefined-length sequences, each with one
+    /// undefined-length item, all closed.
+    fn explicit_nesting(depth: usize) -> Vec<u8> {
+        let mut open = [0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0].to_vec();
+        open.extend_from_slice(&UNDEFINED.to_le_bytes());
+        open.extend(raw(ITEM, UNDEFINED));
+        let mut close = raw(ITEM_END, 0);
+        close.extend(raw(SEQUENCE_END, 0));
+        let mut data = open.repeat(depth);
+        data.extend(close.repeat(depth));
+        data
+    }
+
+    #[test]
+    fn deflated_data_sets_are_inflated_and_followed_in_any_chunking() {
+        let data = deflate(&sample());
+        for chunk in [1, 2, 5, 100, data.len()] {
+            assert_eq!(walk(DEFLATED_TS, &data, chunk), Ok(()), "chunk {chunk}");
+        }
+        // One null byte of padding (odd-length streams) is accepted.
+        let mut padded = data.clone();
+        padded.push(0);
+        assert_eq!(walk(DEFLATED_TS, &padded, 7), Ok(()));
+        // JPIP Referenced Deflate is deflated too.
+        assert_eq!(walk("1.2.840.10008.1.2.4.95", &data, 64), Ok(()));
+    }
+
+    #[test]
+    fn deeply_nested_deflated_data_sets_are_rejected() {
+        // ~1 KB on the wire, 20,000 levels once inflated: the attack that
+        // overflowed the header parser's stack.
+        let bomb = deflate(&explicit_nesting(20_000));
+        assert!(bomb.len() < 4096, "{} bytes", bomb.len());
+        let error = walk(DEFLATED_TS, &bomb, 1024).unwrap_err();
+        assert!(error.contains("nested too deeply"), "{error}");
+        assert_eq!(
+            walk(DEFLATED_TS, &deflate(&explicit_nesting(MAX_DEPTH - 1)), 64),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn deflated_lengths_beyond_the_inflated_data_are_rejected() {
+        let mut data = explicit((0x0010, 0x0010), b"PN", b"DOE^JOHN");
+        // A private OB element claiming 0xFFFFFFF0 bytes, with 16 present.
+        data.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0]);
+        data.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        data.extend_from_slice(&[0; 16]);
+        let error = walk(DEFLATED_TS, &deflate(&data), 64).unwrap_err();
+        assert!(
+            error.contains("before the end of an element value"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn broken_deflate_streams_are_rejected() {
+        let data = deflate(&sample());
+        let cut = walk(DEFLATED_TS, &data[..data.len() - 3], 16).unwrap_err();
+        assert!(!cut.is_empty());
+        let mut trailing = data.clone();
+        trailing.extend_from_slice(b"junk");
+        let error = walk(DEFLATED_TS, &trailing, 16).unwrap_err();
+        assert!(error.contains("follow the end"), "{error}");
+        let error = walk(DEFLATED_TS, &[0xFF; 64], 16).unwrap_err();
+        assert!(error.contains("cannot be inflated"), "{error}");
+    }
+
+    #[test]
+    fn inflation_is_bounded() {
+        // 64 MiB of one long value: a few dozen kilobytes deflated.
+        let mut data = [0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0].to_vec();
+        data.extend_from_slice(&(64u32 << 20).to_le_bytes());
+        data.resize(data.len() + (64 << 20), 0);
+        let deflated = deflate(&data);
+        assert!(deflated.len() < 128 * 1024);
+        let mut walker = DataSetWalker::for_transfer_syntax(DEFLATED_TS);
+        walker.inflate.as_mut().unwrap().limit = 16 << 20;
+        walker.feed(&deflated);
+        let error = walker.finish().unwrap_err();
+        assert!(error.contains("inflates beyond"), "{error}");
+        // Under the default limit the same data set passes.
+        assert_eq!(walk(DEFLATED_TS, &deflated, 4096), Ok(()));
+    }
+
+    #[test]
+    fn defined_length_sequences_in_implicit_vr_count_towards_the_depth() {
+        // Referenced Image Sequence is SQ in the dictionary: dicom-rs
+        // recurses into it even with a defined length.
+        let mut data = raw((0x0008, 0x1155), 4);
+        data.extend_from_slice(b"1.2\0");
+        for _ in 0..(MAX_DEPTH + 1) {
+            let mut item = raw(ITEM, data.len() as u32);
+            item.extend(&data);
+            data = raw((0x0008, 0x1140), item.len() as u32);
+            data.extend(item);
+        }
+        let error = walk("1.2.840.10008.1.2", &data, 64).unwrap_err();
+        assert!(error.contains("nested too deeply"), "{error}");
+    }
+
+    #[test]
+    fn unknown_explicit_vrs_have_a_four_byte_length() {
+        // As dicom-rs reads it: tag, "ZZ", two reserved bytes, 4-byte length.
+        let mut data = [0x09, 0x00, 0x10, 0x10, b'Z', b'Z', 0, 0].to_vec();
+        data.extend_from_slice(&4u32.to_le_bytes());
+        data.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(walk("1.2.840.10008.1.2.1", &data, 3), Ok(()));
     }
 }

@@ -19,6 +19,7 @@ use crate::model::{
     Filesystem, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs,
     StudyLocation, Uid,
 };
+use crate::services::walker::{self, DataSetWalker};
 use crate::storage::layout;
 
 /// A file found in a study folder.
@@ -214,23 +215,42 @@ pub(crate) fn digest(reader: impl Read) -> io::Result<(u64, String)> {
     HashingReader::new(reader).finish()
 }
 
-/// Reads a Part 10 stream's header (meta and data set up to Pixel Data)
-/// and hashes the whole stream: (header, size, digest).
-pub(crate) fn read_header_and_digest(
-    reader: impl Read,
+/// Reads a Part 10 file's header (meta and data set up to Pixel Data) and
+/// hashes the whole file: (header, size, digest). `open` is called twice:
+/// the first pass hashes the file and checks its structure (nesting depth,
+/// lengths within the data, deflated data sets inflated within bounds), and
+/// only a file that passes is handed to the header parser, which recurses
+/// per nesting level and allocates the lengths it reads.
+pub(crate) fn read_header_and_digest<R: Read>(
+    mut open: impl FnMut() -> Result<R, String>,
 ) -> Result<(DefaultDicomObject, u64, String), String> {
-    let mut hashing = HashingReader::new(reader);
+    let mut hashing = HashingReader::new(open()?);
+    let meta = walker::read_file_meta(&mut hashing)?;
+    let mut walker = DataSetWalker::for_transfer_syntax(meta.transfer_syntax());
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match hashing.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => walker.feed(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read the file: {e}")),
+        }
+    }
+    walker
+        .finish()
+        .map_err(|e| format!("the data set is incomplete or malformed: {e}"))?;
+    let (size, digest) = hashing
+        .finish()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut reader = open()?;
     let mut preamble = [0u8; 128];
-    hashing
+    reader
         .read_exact(&mut preamble)
         .map_err(|e| format!("cannot read the preamble: {e}"))?;
     let header = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
-        .from_reader(&mut hashing)
+        .from_reader(reader)
         .map_err(|e| format!("cannot parse the header: {e}"))?;
-    let (size, digest) = hashing
-        .finish()
-        .map_err(|e| format!("cannot read the file: {e}"))?;
     Ok((header, size, digest))
 }
 
@@ -311,6 +331,103 @@ pub(crate) fn record_from_header(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Part 10 file: preamble, meta for `ts`, then `data_set` as is.
+    fn part10(ts: &str, data_set: &[u8]) -> Vec<u8> {
+        let meta = dicom_object::meta::FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.2")
+            .media_storage_sop_instance_uid("1.2.3.4")
+            .transfer_syntax(ts)
+            .implementation_class_uid("1.2.3")
+            .build()
+            .unwrap();
+        let mut out = vec![0u8; 128];
+        out.extend_from_slice(b"DICM");
+        meta.write(&mut out).unwrap();
+        out.extend_from_slice(data_set);
+        out
+    }
+
+    fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut out = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
+        out.extend_from_slice(vr);
+        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        out.extend_from_slice(value);
+        out
+    }
+
+    fn deflate(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn read(file: &[u8]) -> Result<(DefaultDicomObject, u64, String), String> {
+        read_header_and_digest(|| Ok::<_, String>(file))
+    }
+
+    #[test]
+    fn reprocess_reads_deflated_files_and_refuses_hostile_ones() {
+        let header = [
+            explicit((0x0008, 0x0016), b"UI", b"1.2.840.10008.5.1.4.1.1.2\0"),
+            explicit((0x0008, 0x0018), b"UI", b"1.2.3.4\0"),
+        ]
+        .concat();
+        let ts = "1.2.840.10008.1.2.1.99";
+        let good = part10(ts, &deflate(&header));
+        let (parsed, size, digest) = read(&good).unwrap();
+        assert_eq!(
+            text(&parsed, tags::SOP_INSTANCE_UID).as_deref(),
+            Some("1.2.3.4")
+        );
+        assert_eq!(size, good.len() as u64);
+        assert_eq!(digest, blake3::hash(&good).to_hex().to_string());
+
+        // 20,000 nested sequences once inflated: refused before parsing
+        // (the parser would overflow the thread's stack).
+        let mut nested = header.clone();
+        let open = [
+            &[
+                0x08, 0x00, 0x40, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            ][..],
+            &[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF][..],
+        ]
+        .concat();
+        let close = [
+            &[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0][..],
+            &[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0][..],
+        ]
+        .concat();
+        nested.extend(open.repeat(20_000));
+        nested.extend(close.repeat(20_000));
+        let error = read(&part10(ts, &deflate(&nested))).unwrap_err();
+        assert!(error.contains("nested too deeply"), "{error}");
+
+        // A 4 GiB length claim with 16 bytes present.
+        let mut lie = header.clone();
+        lie.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0]);
+        lie.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        lie.extend_from_slice(&[0; 16]);
+        for file in [
+            part10(ts, &deflate(&lie)),
+            part10("1.2.840.10008.1.2.1", &lie),
+        ] {
+            let error = read(&file).unwrap_err();
+            assert!(
+                error.contains("before the end of an element value"),
+                "{error}"
+            );
+        }
+
+        // A meta group claiming 4 GiB is refused before allocating it.
+        let mut huge_meta = good.clone();
+        huge_meta[140..144].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        assert!(read(&huge_meta)
+            .unwrap_err()
+            .contains("file meta group claims"));
+    }
 
     #[test]
     fn study_folders_are_listed_by_kind() {
