@@ -929,6 +929,7 @@ impl DirectIndex {
             keys,
             pn_case_insensitive: true,
             limit: Some(10_001),
+            offset: 0,
         };
         let mut outcome = FindOutcome {
             status: 0,

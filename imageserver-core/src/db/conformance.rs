@@ -1101,6 +1101,7 @@ fn query(partition: PartitionId, root: Root, level: Level, keys: Vec<Key>) -> Qu
         keys,
         pn_case_insensitive: true,
         limit: None,
+        offset: 0,
     }
 }
 
@@ -1155,6 +1156,71 @@ pub(crate) fn run_query_suite<S: IndexStore + QueryStore>(store: &S, nearline: &
     partitions_are_isolated(store, a.partition, b.partition);
     limits_and_cancel(store, a.partition);
     retrieve_lists(store, &a, nearline);
+    pages_across_changes(store);
+}
+
+/// [`crate::services::query::Pages`] on this backend: every match once,
+/// also when an insert between two pages shifts the order, and patients
+/// that share an ID under different issuers are both answered.
+fn pages_across_changes<S: IndexStore + QueryStore>(store: &S) {
+    use crate::services::query::Pages;
+    let f = Fixture::new(store, "PAGES");
+    let study = |n: u32| format!("1.2.77.{n}");
+    let records: Vec<InstanceRecord> = (1..=6)
+        .map(|n| {
+            f.record(
+                "PG",
+                &study(n),
+                &format!("{}.1", study(n)),
+                "CT",
+                &format!("{}.1.1", study(n)),
+                1,
+            )
+        })
+        .collect();
+    store.insert_instances(&records).expect("insert");
+    let q = query(f.partition, Root::Study, Level::Study, vec![]);
+    let uids = |page: Vec<Match>| column_of(&page, Attribute::StudyInstanceUid);
+
+    let mut pages = Pages::with_page_size(store, q.clone(), 3);
+    let first = uids(pages.next().expect("a first page").expect("read"));
+    assert_eq!(first, [study(1), study(2), study(3)]);
+    // A study that sorts first arrives between the pages: 1.2.77.3 is read
+    // again on the second page and passed on once only.
+    let early = f.record("PG", &study(0), "1.2.77.0.1", "CT", "1.2.77.0.1.1", 1);
+    store.insert_instances(&[early]).expect("insert");
+    let rest: Vec<String> = pages.flat_map(|page| uids(page.expect("read"))).collect();
+    assert_eq!(rest, [study(4), study(5), study(6)]);
+
+    // Limits: at most limit + 1 in total, whatever the page size.
+    for (limit, page_size) in [(0, 3), (4, 3), (4, 5), (50, 2)] {
+        let mut capped = q.clone();
+        capped.limit = Some(limit);
+        let got: Vec<String> = Pages::with_page_size(store, capped, page_size)
+            .flat_map(|page| uids(page.expect("read")))
+            .collect();
+        let all: Vec<String> = (0..=6).map(study).collect();
+        assert_eq!(
+            got,
+            all[..all.len().min(limit as usize + 1)],
+            "limit {limit}, pages of {page_size}"
+        );
+    }
+
+    // Two patients with one ID, told apart by their issuers.
+    let mut other = f.record("PG", "1.2.78.1", "1.2.78.1.1", "CT", "1.2.78.1.1.1", 1);
+    other.patient.issuer_of_patient_id = Some("OTHER".to_string());
+    store.insert_instances(&[other]).expect("insert");
+    let patients = query(
+        f.partition,
+        Root::Patient,
+        Level::Patient,
+        vec![universal(Attribute::PatientId)],
+    );
+    let got: Vec<Match> = Pages::with_page_size(store, patients, 1)
+        .flat_map(|page| page.expect("read"))
+        .collect();
+    assert_eq!(column_of(&got, Attribute::PatientId), ["PG", "PG"]);
 }
 
 /// Study-level matching in Study Root, table-driven: every matcher on every
@@ -2039,6 +2105,44 @@ fn limits_and_cancel(store: &dyn QueryStore, partition: PartitionId) {
             assert_eq!(capped[..], all[..expected], "limit {limit} keeps the order");
         }
     }
+    // Pages (limit and offset) read back the whole answer in order, at
+    // every level, whatever the page size; an offset past the end is empty.
+    for level in [Level::Patient, Level::Study, Level::Series, Level::Image] {
+        let root = if level == Level::Patient {
+            Root::Patient
+        } else {
+            Root::Study
+        };
+        let mut q = query(partition, root, level, vec![]);
+        let all = find_all(store, &q);
+        assert!(all.len() >= 2, "{level:?}: {} matches", all.len());
+        for page in [1, 2, 3, all.len() as u64] {
+            let mut paged = Vec::new();
+            q.offset = 0;
+            q.limit = Some(page);
+            loop {
+                let mut got = find_all(store, &q);
+                let more = got.len() as u64 > page;
+                got.truncate(page as usize);
+                paged.extend(got);
+                if !more {
+                    break;
+                }
+                q.offset += page;
+            }
+            assert_eq!(paged, all, "{level:?} in pages of {page}");
+        }
+        q.limit = None;
+        q.offset = all.len() as u64;
+        assert!(find_all(store, &q).is_empty(), "{level:?} past the end");
+        q.offset = 1;
+        assert_eq!(
+            find_all(store, &q)[..],
+            all[1..],
+            "{level:?} offset, no limit"
+        );
+    }
+
     let q = query(partition, Root::Study, Level::Study, vec![]);
     let mut seen = 0;
     store

@@ -30,6 +30,11 @@ pub(crate) fn returned(query: &Query) -> Vec<Attribute> {
     if query.root == Root::Patient || level <= Level::Study {
         unique.push(Attribute::PatientId);
     }
+    // A patient is its ID *and* issuer: readers of patient matches (the
+    // pages of a C-FIND) tell two patients with one ID apart by it.
+    if level == Level::Patient {
+        unique.push(Attribute::IssuerOfPatientId);
+    }
     for l in [Level::Study, Level::Series, Level::Image] {
         if l <= level {
             unique.push(Attribute::unique_key(l));

@@ -352,6 +352,7 @@ pub fn parse_identifier(
             keys,
             pn_case_insensitive: options.pn_case_insensitive,
             limit: options.limit,
+            offset: 0,
         },
         requested,
         specific_character_set,

@@ -217,6 +217,9 @@ pub struct Query {
     /// Stop after this many matches (the backend may fetch one more to tell
     /// the caller the cap was exceeded).
     pub limit: Option<u64>,
+    /// Skip this many matches of the stable order first (a page after the
+    /// first).
+    pub offset: u64,
 }
 
 /// One matching entity: the value of every key of the query (in the query's

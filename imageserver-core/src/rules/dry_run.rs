@@ -39,6 +39,7 @@ pub fn study_facts(
         keys,
         pn_case_insensitive: false,
         limit: Some(1),
+        offset: 0,
     };
     let mut found = None;
     query.find(&request, &mut |m| {

@@ -3,6 +3,7 @@
 //! - [`ingest`]: a streamed data set becomes a durable, indexed instance.
 //! - [`commit`]: the group committer ingest waits on.
 //! - [`import`]: existing Part 10 files brought in through ingest.
+//! - [`query`]: C-FIND's matches, read from the index a page at a time.
 //!
 //! The use cases speak no DIMSE: the SCP handlers (`crate::dicom::scp`)
 //! turn their errors into DICOM statuses.
@@ -11,6 +12,7 @@ pub mod commit;
 pub mod devices;
 pub mod import;
 pub mod ingest;
+pub mod query;
 pub mod retrieve;
 pub mod studies;
 mod walker;

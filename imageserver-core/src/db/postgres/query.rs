@@ -195,6 +195,11 @@ impl Plan {
             let limit = sql.bind(Value::Int(limit));
             let _ = write!(text, " LIMIT {limit}");
         }
+        if query.offset > 0 {
+            let offset = i64::try_from(query.offset).unwrap_or(i64::MAX);
+            let offset = sql.bind(Value::Int(offset));
+            let _ = write!(text, " OFFSET {offset}");
+        }
         sql.text = text;
         Plan { sql, returned }
     }

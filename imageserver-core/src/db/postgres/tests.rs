@@ -489,6 +489,7 @@ fn same_batches_same_answers_as_sqlite() {
             ],
             pn_case_insensitive: true,
             limit: None,
+            offset: 0,
         };
         let collect = |store: &dyn QueryStore| {
             let mut out = Vec::new();

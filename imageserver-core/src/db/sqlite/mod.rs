@@ -58,8 +58,18 @@ struct Options {
     busy_timeout: Duration,
     /// Total time busy answers are retried by [`with_retry`].
     retry_for: Duration,
-    /// Most reader connections open at once.
+    /// Most reader connections open at once for the index's own lookups
+    /// (ingest, work items, study operations).
     readers: usize,
+    /// Most reader connections open at once for queries (C-FIND, retrieve
+    /// lists): a pool of their own, so no number of queries can take a
+    /// connection ingest needs.
+    query_readers: usize,
+    /// Longest wait for a free reader connection before the call fails.
+    pool_wait: Duration,
+    /// Longest a query statement may run before it is interrupted (SQLite's
+    /// progress handler; `statement_timeout` on PostgreSQL).
+    query_timeout: Duration,
 }
 
 impl Default for Options {
@@ -68,6 +78,9 @@ impl Default for Options {
             busy_timeout: Duration::from_secs(5),
             retry_for: RETRY_FOR,
             readers: 4,
+            query_readers: 4,
+            pool_wait: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -78,6 +91,7 @@ pub struct SqliteIndex {
     options: Options,
     writer: Mutex<Connection>,
     readers: ReaderPool,
+    query_readers: ReaderPool,
 }
 
 impl std::fmt::Debug for SqliteIndex {
@@ -125,7 +139,8 @@ impl SqliteIndex {
             path: path.to_path_buf(),
             options,
             writer: Mutex::new(writer),
-            readers: ReaderPool::new(path.to_path_buf(), options),
+            readers: ReaderPool::new(path.to_path_buf(), options, options.readers),
+            query_readers: ReaderPool::new(path.to_path_buf(), options, options.query_readers),
         })
     }
 
@@ -185,6 +200,39 @@ impl SqliteIndex {
         let conn = self.readers.get().map_err(|e| map_error(operation, e))?;
         with_retry(self.options.retry_for, operation, || f(conn.conn()))
             .map_err(|e| map_error(operation, e))
+    }
+
+    /// Runs a query's `f` on a connection of the query pool, interrupted
+    /// once it has run for the query timeout (retries included).
+    fn read_query<T>(
+        &self,
+        operation: &'static str,
+        mut f: impl FnMut(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, Error> {
+        let conn = self
+            .query_readers
+            .get()
+            .map_err(|e| map_error(operation, e))?;
+        let timeout = self.options.query_timeout;
+        let deadline = Instant::now() + timeout;
+        // Called every 10,000 virtual machine instructions: a few hundred
+        // microseconds, so the check costs nothing measurable.
+        conn.conn()
+            .progress_handler(10_000, Some(move || Instant::now() >= deadline))
+            .map_err(|e| map_error(operation, e))?;
+        let result = with_retry(self.options.retry_for, operation, || f(conn.conn()));
+        // A connection goes back to the pool without a deadline; should
+        // clearing fail, the old deadline only interrupts sooner.
+        let _ = conn.conn().progress_handler(0, None::<fn() -> bool>);
+        result.map_err(|e| match &e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::OperationInterrupted => {
+                Error::Backend {
+                    operation,
+                    source: format!("the query ran longer than {} s and was interrupted", timeout.as_secs_f32()).into(),
+                }
+            }
+            _ => map_error(operation, e),
+        })
     }
 }
 
@@ -342,6 +390,8 @@ where
 struct ReaderPool {
     path: PathBuf,
     options: Options,
+    /// Most connections open at once.
+    size: usize,
     state: Mutex<PoolState>,
     returned: Condvar,
 }
@@ -376,10 +426,11 @@ impl Drop for PooledReader<'_> {
 }
 
 impl ReaderPool {
-    fn new(path: PathBuf, options: Options) -> ReaderPool {
+    fn new(path: PathBuf, options: Options, size: usize) -> ReaderPool {
         ReaderPool {
             path,
             options,
+            size: size.max(1),
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
@@ -393,8 +444,10 @@ impl ReaderPool {
     }
 
     /// Checks out an idle connection, opens one if fewer than the maximum
-    /// are open, or waits for one to come back.
+    /// are open, or waits for one to come back — at most the pool wait,
+    /// then fails as busy.
     fn get(&self) -> rusqlite::Result<PooledReader<'_>> {
+        let deadline = Instant::now() + self.options.pool_wait;
         let mut state = self.lock();
         loop {
             if let Some(conn) = state.idle.pop() {
@@ -403,7 +456,7 @@ impl ReaderPool {
                     conn: Some(conn),
                 });
             }
-            if state.open < self.options.readers.max(1) {
+            if state.open < self.size {
                 state.open += 1;
                 drop(state);
                 return match self.open_one() {
@@ -418,10 +471,21 @@ impl ReaderPool {
                     }
                 };
             }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                    Some(format!(
+                        "no reader connection came free within {} s",
+                        self.options.pool_wait.as_secs_f32()
+                    )),
+                ));
+            }
             state = self
                 .returned
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 

@@ -158,7 +158,7 @@ impl SqliteIndex {
         mut f: impl FnMut(&Connection, &mut bool) -> rusqlite::Result<()>,
     ) -> Result<(), Error> {
         let mut delivered = false;
-        self.read(operation, |conn| match f(conn, &mut delivered) {
+        self.read_query(operation, |conn| match f(conn, &mut delivered) {
             Err(e) if delivered && is_busy(&e) => Err(rusqlite::Error::ToSqlConversionFailure(
                 format!("database busy after results were delivered: {e}").into(),
             )),
@@ -319,6 +319,13 @@ impl Plan {
             let limit = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
             let limit = sql.bind(limit);
             let _ = write!(text, " LIMIT {limit}");
+        }
+        if query.offset > 0 {
+            if query.limit.is_none() {
+                text.push_str(" LIMIT -1");
+            }
+            let offset = sql.bind(i64::try_from(query.offset).unwrap_or(i64::MAX));
+            let _ = write!(text, " OFFSET {offset}");
         }
         sql.text = text;
         Plan { sql, returned }

@@ -279,6 +279,7 @@ fn query_plans_use_indexes() {
         keys,
         pn_case_insensitive: true,
         limit: None,
+        offset: 0,
     };
     let mut case_sensitive = study(&[single(Attribute::PatientName, "DOE1^GIVEN3")]);
     case_sensitive.pn_case_insensitive = false;
@@ -728,6 +729,7 @@ fn busy_database_is_retried() {
         busy_timeout: Duration::from_millis(20),
         retry_for: Duration::from_secs(10),
         readers: 2,
+        ..Options::default()
     };
     let index = SqliteIndex::open_with(&path, options).expect("open");
     let (partition, fs) = setup(&index, "BUSY");
@@ -757,6 +759,7 @@ fn busy_database_gives_up_after_the_retry_window() {
         busy_timeout: Duration::from_millis(20),
         retry_for: Duration::from_millis(200),
         readers: 2,
+        ..Options::default()
     };
     let index = SqliteIndex::open_with(&path, options).expect("open");
     let (partition, fs) = setup(&index, "BUSY");
@@ -958,6 +961,7 @@ fn bench_query(partition: PartitionId, keys: &[Key], limit: Option<u64>) -> Quer
         keys: all,
         pn_case_insensitive: true,
         limit,
+        offset: 0,
     }
 }
 
@@ -980,4 +984,67 @@ fn plan_of(conn: &Connection, sql: &str, params: &[rusqlite::types::Value]) -> S
     rows.collect::<Result<Vec<_>, _>>()
         .expect("rows")
         .join("; ")
+}
+
+#[test]
+fn queries_have_their_own_bounded_pool_and_a_deadline() {
+    let (_dir, path) = temp_db();
+    let options = Options {
+        readers: 1,
+        query_readers: 1,
+        pool_wait: Duration::from_millis(300),
+        ..Options::default()
+    };
+    let index = SqliteIndex::open_with(&path, options).expect("open");
+    let (partition, fs) = setup(&index, "POOLS");
+    let batch: Vec<_> = (0..2_000)
+        .map(|i| record(partition, fs, i % 50, i % 200, i % 400, i))
+        .collect();
+    index.insert_instances(&batch).expect("insert");
+    let query = bench_query(partition, &[], None);
+
+    // While a query holds the only query connection, ingest's lookups
+    // still get theirs, and a second query fails after the pool wait
+    // instead of waiting for the first one to finish.
+    let mut inner = None;
+    let started = Instant::now();
+    index
+        .find(&query, &mut |_| {
+            let present = index.instance(partition, &batch[0].instance.sop_instance_uid);
+            assert!(matches!(present, Ok(Some(_))), "{present:?}");
+            inner = Some(index.find(&query, &mut |_| ControlFlow::Break(())));
+            ControlFlow::Break(())
+        })
+        .expect("the outer query");
+    let inner = inner.expect("the sink ran");
+    assert!(matches!(&inner, Err(Error::Backend { .. })), "{inner:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A query that runs past its deadline is interrupted, and the
+    // connection serves the next query with a fresh deadline.
+    let mut slow = index;
+    slow.options.query_timeout = Duration::ZERO;
+    let image = Query {
+        level: Level::Image,
+        keys: vec![Key {
+            attribute: Attribute::SopInstanceUid,
+            matcher: Matcher::Universal,
+        }],
+        ..query.clone()
+    };
+    let interrupted = slow.find(&image, &mut |_| ControlFlow::Continue(()));
+    match interrupted {
+        Err(Error::Backend { source, .. }) => {
+            assert!(source.to_string().contains("interrupted"), "{source}")
+        }
+        other => panic!("expected an interrupted query, got {other:?}"),
+    }
+    slow.options.query_timeout = Duration::from_secs(60);
+    let mut n = 0;
+    slow.find(&image, &mut |_| {
+        n += 1;
+        ControlFlow::Continue(())
+    })
+    .expect("a query within its deadline");
+    assert_eq!(n, 2_000);
 }

@@ -2,8 +2,9 @@
 //! information models.
 //!
 //! The identifier becomes a [`crate::model::query::Query`] through
-//! [`crate::dicom::query_keys`]; matches stream from the index straight to
-//! the peer (never collected), one pending C-FIND-RSP and identifier each.
+//! [`crate::dicom::query_keys`]; matches are read from the index a page at
+//! a time ([`Pages`], no connection held while the peer is written to),
+//! one pending C-FIND-RSP and identifier each.
 //!
 //! Statuses:
 //! - FF00 per match, FF01 when the identifier held keys we do not support
@@ -22,7 +23,6 @@
 //!   stands for here); C000 too when a response cannot be encoded;
 //! - 0122 when the presentation context is not a C-FIND SOP class we serve.
 
-use std::ops::ControlFlow;
 use std::time::Instant;
 
 use tracing::{info, warn};
@@ -32,6 +32,7 @@ use crate::dicom::dimse::{Command, Status};
 use crate::dicom::query_keys::{self, ParseOptions};
 use crate::dicom::sop_classes::{PATIENT_ROOT_FIND, STUDY_ROOT_FIND};
 use crate::model::query::Root;
+use crate::services::query::Pages;
 
 /// How the matching ended.
 enum Outcome {
@@ -126,38 +127,48 @@ pub fn handle(
     let message_id = command.message_id.unwrap_or_default();
     let mut sent: u64 = 0;
     let mut outcome = Outcome::Complete;
-    let found = dispatcher.query.find(&parsed.query, &mut |found| {
-        if sent >= cap {
-            outcome = Outcome::Capped;
-            return ControlFlow::Break(());
-        }
-        match link.poll_cancel(message_id) {
-            Ok(false) => {}
-            Ok(true) => {
-                outcome = Outcome::Cancelled;
-                return ControlFlow::Break(());
-            }
+    let mut found = Ok(());
+    // A page at a time: the index connection is back in its pool before a
+    // byte goes to the peer, so a peer that stalls holds no connection.
+    'pages: for page in Pages::new(dispatcher.query.as_ref(), parsed.query.clone()) {
+        let page = match page {
+            Ok(page) => page,
             Err(error) => {
-                outcome = Outcome::Link(error);
-                return ControlFlow::Break(());
-            }
-        }
-        let data = match query_keys::encode_response(&parsed, &found, &transfer_syntax) {
-            Ok(data) => data,
-            Err(error) => {
-                outcome = Outcome::Encode(error.to_string());
-                return ControlFlow::Break(());
+                found = Err(error);
+                break;
             }
         };
-        let response = Command::find_rsp(command, pending, true);
-        let result = link.send_command_with_dataset(pc_id, &response, &data);
-        if let Err(error) = result {
-            outcome = Outcome::Link(error);
-            return ControlFlow::Break(());
+        for matched in page {
+            if sent >= cap {
+                outcome = Outcome::Capped;
+                break 'pages;
+            }
+            match link.poll_cancel(message_id) {
+                Ok(false) => {}
+                Ok(true) => {
+                    outcome = Outcome::Cancelled;
+                    break 'pages;
+                }
+                Err(error) => {
+                    outcome = Outcome::Link(error);
+                    break 'pages;
+                }
+            }
+            let data = match query_keys::encode_response(&parsed, &matched, &transfer_syntax) {
+                Ok(data) => data,
+                Err(error) => {
+                    outcome = Outcome::Encode(error.to_string());
+                    break 'pages;
+                }
+            };
+            let response = Command::find_rsp(command, pending, true);
+            if let Err(error) = link.send_command_with_dataset(pc_id, &response, &data) {
+                outcome = Outcome::Link(error);
+                break 'pages;
+            }
+            sent += 1;
         }
-        sent += 1;
-        ControlFlow::Continue(())
-    });
+    }
 
     // (status, ErrorComment, failure detail for the log)
     let (status, comment, failure) = match (found, outcome) {

@@ -675,6 +675,7 @@ fn parse_request(
             keys,
             pn_case_insensitive: dispatcher.options.pn_case_insensitive,
             limit: None,
+            offset: 0,
         },
         transfer_syntax: ts,
     })
