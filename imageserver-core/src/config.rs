@@ -507,8 +507,12 @@ impl Config {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// Most connections open at once (default 8).
+    /// Most connections open at once for ingest, work and study
+    /// operations (default 8).
     pub pool_size: Option<u32>,
+    /// Most connections open at once for queries, a pool of their own
+    /// (default 4).
+    pub query_pool_size: Option<u32>,
     /// Seconds a call waits for a connection before it fails (default 5).
     pub connect_timeout_secs: Option<u64>,
     /// PostgreSQL `statement_timeout` in seconds, 0 for none (default 60).
@@ -525,6 +529,7 @@ impl DatabaseConfig {
         let mut url = url;
         let settings = [
             ("pool_size", self.pool_size.map(u64::from)),
+            ("query_pool_size", self.query_pool_size.map(u64::from)),
             ("connect_timeout_secs", self.connect_timeout_secs),
             ("statement_timeout_secs", self.statement_timeout_secs),
         ];

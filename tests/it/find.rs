@@ -7,7 +7,7 @@
 #[path = "support/find_corpus.rs"]
 mod find_corpus;
 #[path = "support/find_scu.rs"]
-mod find_scu;
+pub(crate) mod find_scu;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -14,6 +14,8 @@ mod large;
 mod durability;
 // Malformed, lying, slow and too many peers: statuses, closes, limits.
 mod bad_input;
+// Peers that hold resources to starve others: stalled C-FINDs vs ingest.
+mod hostile;
 // `imageserver import` of a folder with a bad file in it.
 mod import;
 // SIGTERM during a transfer: clean exit, nothing acknowledged is lost.

@@ -65,7 +65,9 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
 use crate::dicom::dimse::Status;
-use crate::model::query::{Attribute, Key, Kind, Level, Match, Matcher, Query, Root};
+use crate::model::query::{
+    Attribute, Key, Kind, Level, Match, Matcher, Query, Root, MAX_LIST_VALUES,
+};
 use crate::model::PartitionId;
 
 /// What a request is parsed with besides its bytes.
@@ -620,6 +622,10 @@ fn matcher_for(attribute: Attribute, values: &[String]) -> Result<(Matcher, bool
     if kind == Kind::Count {
         return Ok((Matcher::Universal, true));
     }
+    if non_empty.len() > MAX_LIST_VALUES {
+        return Err(bad(non_empty[0], "a list of more than 4096 values"));
+    }
+    const _: () = assert!(MAX_LIST_VALUES == 4096, "keep the message above in step");
     if non_empty.len() > 1 {
         for value in &non_empty {
             match kind {
@@ -1129,6 +1135,19 @@ mod tests {
                 .1
         );
         assert!(!matcher(Attribute::PatientName, "A*").unwrap().1);
+
+        // Lists are capped: 4096 values match, one more is C000.
+        let uids = |n: usize| {
+            (0..n)
+                .map(|i| format!("1.2.{i}"))
+                .collect::<Vec<_>>()
+                .join("\\")
+        };
+        let (longest, _) = matcher(Attribute::SopInstanceUid, &uids(MAX_LIST_VALUES)).unwrap();
+        assert!(matches!(longest, Matcher::List(values) if values.len() == MAX_LIST_VALUES));
+        let error = matcher(Attribute::SopInstanceUid, &uids(MAX_LIST_VALUES + 1)).unwrap_err();
+        assert_eq!(error.status(), Status::UNABLE_TO_PROCESS);
+        assert!(error.to_string().contains("more than 4096"), "{error}");
     }
 
     #[test]

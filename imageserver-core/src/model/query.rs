@@ -200,6 +200,11 @@ pub struct Key {
     pub matcher: Matcher,
 }
 
+/// Most values a list key (PS3.4 C.2.2.2.2 value lists, UID lists) may
+/// hold: enough for a retrieve of a whole large series by SOP Instance UID,
+/// small enough that no request makes one statement arbitrarily costly.
+pub const MAX_LIST_VALUES: usize = 4096;
+
 /// A query against one partition's index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query {

@@ -625,6 +625,21 @@ pub fn c_store_rq(message_id: u16, sop_class_uid: &str, sop_instance_uid: &str) 
     )
 }
 
+/// Study Root Query/Retrieve Information Model – FIND.
+pub const STUDY_ROOT_FIND: &str = "1.2.840.10008.5.1.4.1.2.2.1";
+
+/// A C-FIND-RQ command set (a data set follows).
+pub fn c_find_rq(message_id: u16, sop_class_uid: &str) -> Vec<u8> {
+    command_set(
+        ImplicitLe::new()
+            .uid(0x0000, 0x0002, sop_class_uid)
+            .us(0x0000, 0x0100, 0x0020)
+            .us(0x0000, 0x0110, message_id)
+            .us(0x0000, 0x0700, 0x0000)
+            .us(0x0000, 0x0800, 0x0000),
+    )
+}
+
 /// A C-ECHO-RQ command set.
 pub fn c_echo_rq(message_id: u16) -> Vec<u8> {
     command_set(

@@ -7,7 +7,9 @@
 //!   future on the calling thread. Never call a `PgIndex` from inside a tokio
 //!   runtime (that panics): the archive calls it from its own threads
 //!   (associations, the group committer), never from an executor.
-//! - **Pool.** A sqlx pool of at most `pool_size` connections. Connections
+//! - **Pools.** A sqlx pool of at most `pool_size` connections, and one of
+//!   `query_pool_size` for queries (C-FIND, retrieve lists), so that queries
+//!   can never take the connections ingest needs. Connections
 //!   are pinged before use, so after a database restart dead ones are
 //!   replaced; when the database is unreachable a call fails after
 //!   `connect_timeout` with [`Error::Backend`] (ingest answers A700, C-FIND a
@@ -39,7 +41,8 @@
 //!
 //! URL: `postgres://user[:password]@host[:port]/database`, plus optional
 //! query parameters read here and removed before sqlx sees the URL:
-//! `pool_size`, `connect_timeout_secs`, `statement_timeout_secs`.
+//! `pool_size`, `query_pool_size`, `connect_timeout_secs`,
+//! `statement_timeout_secs`.
 
 mod copy;
 mod ingest;
@@ -83,8 +86,13 @@ const MIGRATION_LOCK: i64 = 0x696d_6773_7276;
 /// Connection settings of a [`PgIndex`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PgOptions {
-    /// Most connections open at once.
+    /// Most connections open at once for ingest, work items and study
+    /// operations.
     pub pool_size: u32,
+    /// Most connections open at once for queries (C-FIND, retrieve lists):
+    /// a pool of their own, so no number of queries can take a connection
+    /// ingest needs.
+    pub query_pool_size: u32,
     /// How long a call waits for a connection (including connecting)
     /// before it fails.
     pub connect_timeout: Duration,
@@ -96,6 +104,7 @@ impl Default for PgOptions {
     fn default() -> Self {
         PgOptions {
             pool_size: 8,
+            query_pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Some(Duration::from_secs(60)),
         }
@@ -103,7 +112,7 @@ impl Default for PgOptions {
 }
 
 impl PgOptions {
-    /// Splits the options this module reads (`pool_size`,
+    /// Splits the options this module reads (`pool_size`, `query_pool_size`,
     /// `connect_timeout_secs`, `statement_timeout_secs`) off a URL's query
     /// string; returns the URL without them and the options (defaults for
     /// those absent).
@@ -123,6 +132,11 @@ impl PgOptions {
             match key {
                 "pool_size" => {
                     options.pool_size = number()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .ok_or_else(|| bad(key, value))?;
+                }
+                "query_pool_size" => {
+                    options.query_pool_size = number()
                         .and_then(|n| u32::try_from(n).ok())
                         .ok_or_else(|| bad(key, value))?;
                 }
@@ -164,6 +178,8 @@ pub struct PgIndex {
     url: String,
     options: PgOptions,
     pool: PgPool,
+    /// Queries' own connections (see [`PgOptions::query_pool_size`]).
+    query_pool: PgPool,
     /// Drives the pool's sockets; declared last so that it outlives the pool
     /// when dropped.
     runtime: tokio::runtime::Runtime,
@@ -181,9 +197,10 @@ impl std::fmt::Debug for PgIndex {
 impl Drop for PgIndex {
     fn drop(&mut self) {
         // Closes the connections politely (bounded) before the runtime goes.
-        let pool = self.pool.clone();
+        let pools = [self.pool.clone(), self.query_pool.clone()];
         self.runtime.block_on(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
+            let close = futures_util::future::join_all(pools.iter().map(|pool| pool.close()));
+            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
         });
     }
 }
@@ -239,19 +256,24 @@ impl PgIndex {
             .enable_all()
             .build()
             .map_err(|e| open_error(Box::new(e)))?;
-        let pool = runtime.block_on(async {
-            PgPoolOptions::new()
-                .max_connections(options.pool_size.max(1))
-                .min_connections(0)
-                .acquire_timeout(options.connect_timeout)
-                .idle_timeout(Some(Duration::from_secs(600)))
-                .test_before_acquire(true)
-                .connect_lazy_with(connect)
-        });
+        let pool_of = |size: u32| {
+            runtime.block_on(async {
+                PgPoolOptions::new()
+                    .max_connections(size.max(1))
+                    .min_connections(0)
+                    .acquire_timeout(options.connect_timeout)
+                    .idle_timeout(Some(Duration::from_secs(600)))
+                    .test_before_acquire(true)
+                    .connect_lazy_with(connect.clone())
+            })
+        };
+        let pool = pool_of(options.pool_size);
+        let query_pool = pool_of(options.query_pool_size);
         let index = PgIndex {
             url: redacted,
             options,
             pool,
+            query_pool,
             runtime,
         };
         index.migrate()?;
@@ -386,8 +408,26 @@ impl PgIndex {
         operation: &'static str,
         f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, Error> {
+        self.read_on(&self.pool, operation, f)
+    }
+
+    /// Runs a query's `f` on a connection of the query pool (autocommit).
+    pub(crate) fn read_query<T>(
+        &self,
+        operation: &'static str,
+        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Error> {
+        self.read_on(&self.query_pool, operation, f)
+    }
+
+    fn read_on<T>(
+        &self,
+        pool: &PgPool,
+        operation: &'static str,
+        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Error> {
         self.block_on(async {
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = pool.acquire().await?;
             f(&mut conn).await
         })
         .unwrap_or_else(|elapsed| Err(sqlx::Error::Io(elapsed.into())))

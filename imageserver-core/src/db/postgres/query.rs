@@ -51,7 +51,7 @@ impl QueryStore for PgIndex {
         sink: &mut dyn FnMut(Match) -> ControlFlow<()>,
     ) -> Result<(), Error> {
         let plan = Plan::find(query);
-        self.read("answering a query", async |conn: &mut PgConnection| {
+        self.read_query("answering a query", async |conn: &mut PgConnection| {
             let mut rows = plan.sql.query().fetch(&mut *conn);
             while let Some(row) = rows.try_next().await? {
                 let found = plan.row(&row)?;
@@ -72,7 +72,7 @@ impl QueryStore for PgIndex {
         sink: &mut dyn FnMut(StoredInstance) -> ControlFlow<()>,
     ) -> Result<(), Error> {
         let sql = instances(query);
-        let instances = self.read(
+        let instances = self.read_query(
             "listing instances to retrieve",
             async |conn: &mut PgConnection| {
                 let rows = sql.query().fetch_all(&mut *conn).await?;

@@ -344,11 +344,12 @@ fn schema_is_versioned_and_migrations_run_once() {
 #[test]
 fn url_options_are_read_and_removed() {
     let (url, options) = PgOptions::from_url(
-        "postgres://u:secret@h:5/db?pool_size=3&sslmode=disable&connect_timeout_secs=2&statement_timeout_secs=0",
+        "postgres://u:secret@h:5/db?pool_size=3&sslmode=disable&connect_timeout_secs=2&statement_timeout_secs=0&query_pool_size=2",
     )
     .expect("parse");
     assert_eq!(url, "postgres://u:secret@h:5/db?sslmode=disable");
     assert_eq!(options.pool_size, 3);
+    assert_eq!(options.query_pool_size, 2);
     assert_eq!(options.connect_timeout, Duration::from_secs(2));
     assert_eq!(options.statement_timeout, None);
     assert!(PgOptions::from_url("postgres://h/db?pool_size=0").is_err());
@@ -690,4 +691,65 @@ fn copy_from_sqlite_keeps_everything() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+/// Queries take connections from a pool of their own: with every query
+/// connection held by a query whose reader has stalled, ingest's lookups
+/// still run, and another query fails after the connect timeout instead
+/// of waiting for the stalled one.
+#[test]
+fn queries_have_their_own_pool() {
+    let Some(db) = TestDb::new() else { return };
+    let index = Arc::new(
+        PgIndex::connect(&format!(
+            "{}?pool_size=1&query_pool_size=1&connect_timeout_secs=1",
+            db.url
+        ))
+        .expect("connect"),
+    );
+    let (partition, fs) = setup(index.as_ref(), "POOLS");
+    let batch: Vec<_> = (0..20).map(|i| record(partition, fs, 1, 1, 1, i)).collect();
+    index.insert_instances(&batch).expect("insert");
+    let query = Query {
+        partition,
+        root: Root::Study,
+        level: Level::Image,
+        keys: vec![],
+        pn_case_insensitive: true,
+        limit: None,
+        offset: 0,
+    };
+
+    let (holding_tx, holding) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let stalled = {
+        let index = index.clone();
+        let query = query.clone();
+        std::thread::spawn(move || {
+            index.find(&query, &mut |_| {
+                holding_tx.send(()).expect("signal");
+                released.recv().expect("release");
+                ControlFlow::Break(())
+            })
+        })
+    };
+    holding
+        .recv()
+        .expect("the first query holds its connection");
+    let present = index.instance(partition, &batch[0].instance.sop_instance_uid);
+    assert!(matches!(present, Ok(Some(_))), "{present:?}");
+    let started = Instant::now();
+    let second = index.find(&query, &mut |_| ControlFlow::Continue(()));
+    assert!(matches!(second, Err(Error::Backend { .. })), "{second:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    release.send(()).expect("release");
+    stalled.join().expect("join").expect("the stalled query");
+    let mut n = 0;
+    index
+        .find(&query, &mut |_| {
+            n += 1;
+            ControlFlow::Continue(())
+        })
+        .expect("a query once the pool is free");
+    assert_eq!(n, 20);
 }

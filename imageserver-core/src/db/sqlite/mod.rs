@@ -228,7 +228,11 @@ impl SqliteIndex {
             rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::OperationInterrupted => {
                 Error::Backend {
                     operation,
-                    source: format!("the query ran longer than {} s and was interrupted", timeout.as_secs_f32()).into(),
+                    source: format!(
+                        "the query ran longer than {} s and was interrupted",
+                        timeout.as_secs_f32()
+                    )
+                    .into(),
                 }
             }
             _ => map_error(operation, e),

@@ -39,7 +39,7 @@ use super::{Dispatcher, Link, LinkError};
 use crate::dicom::dimse::{Command, CommandField, Priority, Status, SubOpCounts};
 use crate::dicom::scu::{self, DataSetReader, Destination, Outcome, Outgoing, ScuError, Tally};
 use crate::dicom::sop_classes;
-use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
+use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root, MAX_LIST_VALUES};
 use crate::model::Uid;
 use crate::services::retrieve::{Retrieve, RetrieveItem};
 
@@ -722,6 +722,13 @@ fn parse_identifier(object: &InMemDicomObject, root: Root) -> Result<(Level, Vec
             }
             continue;
         }
+        if values.len() > MAX_LIST_VALUES {
+            return Err(format!(
+                "{} lists {} values (at most {MAX_LIST_VALUES})",
+                attribute.keyword(),
+                values.len()
+            ));
+        }
         if attribute != Attribute::PatientId {
             for value in &values {
                 Uid::parse(value).map_err(|error| format!("{}: {error}", attribute.keyword()))?;
@@ -853,6 +860,24 @@ mod tests {
         for (name, object, root) in cases {
             assert!(parse_identifier(&object, root).is_err(), "{name}");
         }
+        // UID lists are capped: a whole large series, not without end.
+        let uids = |n: usize| {
+            (0..n)
+                .map(|i| format!("1.2.{i}"))
+                .collect::<Vec<_>>()
+                .join("\\")
+        };
+        let list = |n| {
+            identifier(&[
+                (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "IMAGE"),
+                (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+                (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.4"),
+                (tags::SOP_INSTANCE_UID, VR::UI, &uids(n)),
+            ])
+        };
+        assert!(parse_identifier(&list(MAX_LIST_VALUES), Root::Study).is_ok());
+        let error = parse_identifier(&list(MAX_LIST_VALUES + 1), Root::Study).unwrap_err();
+        assert!(error.contains("at most 4096"), "{error}");
     }
 
     fn progress(total: usize, completed: usize, warning: usize, failed: usize) -> Progress {
