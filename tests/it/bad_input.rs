@@ -133,6 +133,62 @@ struct StoreCase {
     expected_status: u16,
 }
 
+/// Stores a positive control (a data set the server must take) and returns
+/// where it must be.
+fn store_control(
+    server: &Server,
+    context: &[Proposal],
+    uids: &DatasetUids,
+    dataset: &[u8],
+) -> PathBuf {
+    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), context);
+    let status = peer.c_store(1, &uids.sop_class_uid, &uids.sop_instance_uid, dataset);
+    assert_eq!(status, Some(SUCCESS), "the control instance was not stored");
+    peer.release();
+    let path = server.archive().expected_path(
+        raw::CT_DATASET_STUDY_DATE,
+        &uids.study_uid,
+        &uids.series_uid,
+        &uids.sop_instance_uid,
+    );
+    assert!(path.is_file(), "control not at {}", path.display());
+    path
+}
+
+/// Stores each case on a fresh association with `context`, expects its
+/// status, checks the server still answers after each, and that its memory
+/// stayed within [`RSS_HEADROOM`] of idle throughout.
+fn run_store_cases(server: &Server, context: &[Proposal], cases: &[StoreCase]) {
+    let idle_rss = server.rss_bytes();
+    let sampler = server.sample_rss();
+    for case in cases {
+        let mut peer = RawPeer::associate(server.addr(), server.ae_title(), context);
+        let status = peer.c_store(
+            1,
+            &case.sop_class_uid,
+            &case.sop_instance_uid,
+            &case.dataset,
+        );
+        assert_eq!(
+            status,
+            Some(case.expected_status),
+            "case {:?}: expected status {:04X}, got {:04X?}",
+            case.name,
+            case.expected_status,
+            status
+        );
+        peer.release();
+        assert_still_answers(server, case.name);
+    }
+    let peak_rss = sampler.stop();
+    assert!(
+        peak_rss <= idle_rss + RSS_HEADROOM,
+        "server RSS peaked at {} MiB, idle was {} MiB",
+        peak_rss >> 20,
+        idle_rss >> 20
+    );
+}
+
 #[test]
 fn malformed_data_sets_get_failure_statuses_and_write_nothing() {
     let dir = test_dir("bad-datasets");
@@ -149,26 +205,7 @@ fn malformed_data_sets_get_failure_statuses_and_write_nothing() {
 
     // Positive control: the hand-made data set itself is fine.
     let control = fresh_uids(&mut rng);
-    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
-    let status = peer.c_store(
-        1,
-        &control.sop_class_uid,
-        &control.sop_instance_uid,
-        &ct_dataset(&control),
-    );
-    assert_eq!(status, Some(SUCCESS), "the control instance was not stored");
-    peer.release();
-    let control_path = server.archive().expected_path(
-        raw::CT_DATASET_STUDY_DATE,
-        &control.study_uid,
-        &control.series_uid,
-        &control.sop_instance_uid,
-    );
-    assert!(
-        control_path.is_file(),
-        "control not at {}",
-        control_path.display()
-    );
+    let control_path = store_control(&server, &ct_context(), &control, &ct_dataset(&control));
 
     // A Study Date that is a path trick is stored under 00000000.
     let undated = fresh_uids(&mut rng);
@@ -193,35 +230,8 @@ fn malformed_data_sets_get_failure_statuses_and_write_nothing() {
         undated_path.display()
     );
 
-    let idle_rss = server.rss_bytes();
-    let sampler = server.sample_rss();
     let cases = hostile_store_cases(&mut rng, &escape_target);
-    for case in &cases {
-        let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
-        let status = peer.c_store(
-            1,
-            &case.sop_class_uid,
-            &case.sop_instance_uid,
-            &case.dataset,
-        );
-        assert_eq!(
-            status,
-            Some(case.expected_status),
-            "case {:?}: expected status {:04X}, got {:04X?}",
-            case.name,
-            case.expected_status,
-            status
-        );
-        peer.release();
-        assert_still_answers(&server, case.name);
-    }
-    let peak_rss = sampler.stop();
-    assert!(
-        peak_rss <= idle_rss + RSS_HEADROOM,
-        "server RSS peaked at {} MiB, idle was {} MiB",
-        peak_rss >> 20,
-        idle_rss >> 20
-    );
+    run_store_cases(&server, &ct_context(), &cases);
 
     // Nothing but the two controls was archived, and nothing appeared
     // outside the data directory's own files.
@@ -499,21 +509,7 @@ fn deflated_data_sets_are_checked_before_they_are_parsed() {
     let mut plain = explicit_ct_header(&control);
     explicit_element(&mut plain, (0x7FE0, 0x0010), b"OW", &[0x11; 128], 0);
     let control_dataset = deflate(&plain);
-    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &deflated_ct_context());
-    let status = peer.c_store(
-        1,
-        &control.sop_class_uid,
-        &control.sop_instance_uid,
-        &control_dataset,
-    );
-    assert_eq!(status, Some(SUCCESS), "the deflated control was not stored");
-    peer.release();
-    let control_path = server.archive().expected_path(
-        raw::CT_DATASET_STUDY_DATE,
-        &control.study_uid,
-        &control.series_uid,
-        &control.sop_instance_uid,
-    );
+    let control_path = store_control(&server, &deflated_ct_context(), &control, &control_dataset);
     let stored = std::fs::read(&control_path).expect("the deflated control file");
     assert!(
         stored.ends_with(&control_dataset),
@@ -568,26 +564,17 @@ fn deflated_data_sets_are_checked_before_they_are_parsed() {
     let uids = fresh_uids(&mut rng);
     cases.push(("bytes that do not inflate", uids, vec![0xFF; 512]));
 
-    let idle_rss = server.rss_bytes();
-    let sampler = server.sample_rss();
-    for (name, uids, dataset) in &cases {
-        let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &deflated_ct_context());
-        let status = peer.c_store(1, &uids.sop_class_uid, &uids.sop_instance_uid, dataset);
-        assert_eq!(
-            status,
-            Some(CANNOT_UNDERSTAND),
-            "case {name:?}: expected C000, got {status:04X?}"
-        );
-        peer.release();
-        assert_still_answers(&server, name);
-    }
-    let peak_rss = sampler.stop();
-    assert!(
-        peak_rss <= idle_rss + RSS_HEADROOM,
-        "server RSS peaked at {} MiB, idle was {} MiB",
-        peak_rss >> 20,
-        idle_rss >> 20
-    );
+    let cases: Vec<StoreCase> = cases
+        .into_iter()
+        .map(|(name, uids, dataset)| StoreCase {
+            name,
+            sop_class_uid: uids.sop_class_uid,
+            sop_instance_uid: uids.sop_instance_uid,
+            dataset,
+            expected_status: CANNOT_UNDERSTAND,
+        })
+        .collect();
+    run_store_cases(&server, &deflated_ct_context(), &cases);
     assert_eq!(archived_files(server.archive()), vec![control_path]);
     assert_eq!(server.archive().index().counts().instances, 1);
 }

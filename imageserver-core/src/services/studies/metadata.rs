@@ -69,8 +69,6 @@ pub const BULK_DATA_THRESHOLD: u32 = 1024;
 
 /// Deepest nesting of sequences followed.
 const MAX_DEPTH: usize = 32;
-/// The file meta group is read into memory up to this size.
-const MAX_META: usize = 64 * 1024;
 
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
 const FLOAT_PIXEL_DATA: Tag = Tag(0x7FE0, 0x0008);
@@ -408,30 +406,7 @@ impl Serialize for Items<'_> {
 /// `bulk`. The reason is returned when the stream is not a parsable Part
 /// 10 file.
 pub(crate) fn encode_instance(mut reader: impl Read, bulk: &BulkPrefix) -> Result<Object, String> {
-    let mut head = vec![0u8; 144];
-    reader
-        .read_exact(&mut head)
-        .map_err(|e| format!("cannot read the file meta group: {e}"))?;
-    if &head[128..132] != b"DICM" {
-        return Err("not a DICOM Part 10 file (no DICM magic)".to_string());
-    }
-    // (0002,0000) UL: tag, "UL", 2-byte length, 4-byte value.
-    if head[132..138] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
-        return Err("the file meta group does not start with its group length".to_string());
-    }
-    let meta_len = u32::from_le_bytes([head[140], head[141], head[142], head[143]]) as usize;
-    if meta_len > MAX_META {
-        return Err(format!(
-            "the file meta group claims {meta_len} bytes (at most {MAX_META})"
-        ));
-    }
-    let start = head.len();
-    head.resize(start + meta_len, 0);
-    reader
-        .read_exact(&mut head[start..])
-        .map_err(|e| format!("cannot read the file meta group: {e}"))?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&head[128..])
-        .map_err(|e| format!("cannot parse the file meta group: {}", error_chain(&e)))?;
+    let meta = crate::services::walker::read_file_meta(&mut reader)?;
     let ts_uid = meta.transfer_syntax();
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
