@@ -8,9 +8,13 @@
 //! The crate is layered the way Orthanc splits framework and server:
 //!
 //! - [`model`]: the shared vocabulary (validated UIDs, AE titles, records).
-//! - [`dicom`]: the network front-end: PDU framing, the DIMSE codec, the
-//!   association acceptor and the SCP handlers. It calls [`services`] and
-//!   never sees SQL or a path.
+//! - [`dicom`]: the DICOM toolkit below the services: PDU framing, the DIMSE
+//!   codec, the association acceptor (with an access policy and a handler
+//!   factory of the caller's), the storage SCU, identifier codecs and Part
+//!   10 files. It imports only [`model`] and dicom-rs.
+//! - [`scp`]: the DIMSE service handlers above the services: C-ECHO,
+//!   C-STORE, C-FIND, C-MOVE and C-GET, each calling [`services`]; never SQL
+//!   or a path.
 //! - [`services`]: the use cases (ingest with group commit, import) over the
 //!   two seams below.
 //! - [`db`]: the index seam ([`db::IndexStore`]) and its backends.
@@ -30,6 +34,7 @@ pub mod dicom;
 pub mod model;
 pub mod processors;
 pub mod rules;
+pub mod scp;
 pub mod server;
 pub mod services;
 pub mod storage;

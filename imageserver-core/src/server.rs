@@ -15,11 +15,12 @@ use crate::config::{ConfigError, PartitionSettings, Settings};
 use crate::db::sqlite::SqliteIndex;
 use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
-use crate::dicom::scp::{Dispatcher, ScpOptions};
 use crate::processors::{self, BuiltinDeps};
 use crate::rules::RuleSet;
+use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
 use crate::services::commit::StudyProcessHook;
 use crate::services::devices::Devices;
+use crate::services::find::Find;
 use crate::services::retrieve::Retrieve;
 use crate::services::studies::Studies;
 use crate::services::{Ingest, Partition};
@@ -383,7 +384,7 @@ impl Server {
             };
             let dispatcher = Dispatcher {
                 ingest: archive.ingest.clone(),
-                query: archive.query.clone(),
+                find: Find::new(archive.query.clone()),
                 retrieve: archive.retrieve.clone(),
                 devices: partition.devices.clone(),
                 partition: partition.partition.clone(),
@@ -396,7 +397,8 @@ impl Server {
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let acceptor = Acceptor::start(listener, config, dispatcher)
+            let policy = Arc::new(DevicePolicy(partition.devices.clone()));
+            let acceptor = Acceptor::start(listener, config, policy, Arc::new(dispatcher))
                 .map_err(|source| Error::Bind { address, source })?;
             acceptors.push(acceptor);
         }

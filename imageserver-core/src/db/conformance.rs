@@ -1159,11 +1159,11 @@ pub(crate) fn run_query_suite<S: IndexStore + QueryStore>(store: &S, nearline: &
     pages_across_changes(store);
 }
 
-/// [`crate::services::query::Pages`] on this backend: every match once,
+/// [`crate::services::find::Pages`] on this backend: every match once,
 /// also when an insert between two pages shifts the order, and patients
 /// that share an ID under different issuers are both answered.
 fn pages_across_changes<S: IndexStore + QueryStore>(store: &S) {
-    use crate::services::query::Pages;
+    use crate::services::find::Pages;
     let f = Fixture::new(store, "PAGES");
     let study = |n: u32| format!("1.2.77.{n}");
     let records: Vec<InstanceRecord> = (1..=6)

@@ -35,10 +35,45 @@ use dicom_ul::pdu::{
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use tracing::{debug, info, info_span, warn};
 
-use super::pdu::{self, Incoming, PduError, PduReader, MAX_CONTROL_PDU_LEN};
-use super::scp::{Dispatcher, Link, MessageOutcome};
+use super::link::Link;
+use super::pdu::{self, Incoming, PduError, PduReader, Pdv, MAX_CONTROL_PDU_LEN};
 use super::sop_classes;
-use crate::services::devices::{Admission, Devices};
+
+/// Who may associate: decided above the protocol layer (the archive's
+/// devices), asked by the acceptor.
+pub trait AccessPolicy: Send + Sync {
+    /// Whether a caller with this AE title may associate at all.
+    fn admit(&self, calling_ae: &str) -> bool;
+    /// Most associations this caller may hold open at once (0: no limit).
+    fn max_associations(&self, calling_ae: &str) -> u32;
+    /// An association of this caller, from `peer`, was established.
+    fn established(&self, calling_ae: &str, peer: Option<SocketAddr>);
+}
+
+/// What serves the messages of each association.
+pub trait HandlerFactory: Send + Sync {
+    /// The message handler of a new association, answering through `link`.
+    fn handler(&self, link: Link) -> Box<dyn MessageHandler + '_>;
+}
+
+/// One association's message state: fed every PDV in order.
+pub trait MessageHandler {
+    /// Handles one PDV; responses go out through the handler's link.
+    fn on_pdv(&mut self, pdv: Pdv<'_>) -> MessageOutcome;
+    /// Whether a message is partly received.
+    fn in_message(&self) -> bool;
+}
+
+/// What the association loop should do after a PDV.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageOutcome {
+    /// The message goes on.
+    Continue,
+    /// A message was completed and answered.
+    Done,
+    /// A protocol violation: abort the association.
+    Abort(String),
+}
 
 /// Stack of an association thread.
 const ASSOCIATION_STACK: usize = 8 * 1024 * 1024;
@@ -81,7 +116,8 @@ impl std::fmt::Debug for Acceptor {
 struct Shared {
     config: AcceptorConfig,
     options: ServerAssociationOptions<'static, CalledAePolicy, RoleSelection>,
-    dispatcher: Dispatcher,
+    policy: Arc<dyn AccessPolicy>,
+    handlers: Arc<dyn HandlerFactory>,
     stopping: AtomicBool,
     next_id: AtomicU64,
     /// Open associations per calling AE title (device limits).
@@ -97,11 +133,19 @@ struct Live {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Accepts or rejects by the called AE title and the partition's devices.
-#[derive(Debug, Clone)]
+/// Accepts or rejects by the called AE title and the access policy.
+#[derive(Clone)]
 struct CalledAePolicy {
     check_called_ae: bool,
-    devices: Devices,
+    policy: Arc<dyn AccessPolicy>,
+}
+
+impl std::fmt::Debug for CalledAePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CalledAePolicy")
+            .field("check_called_ae", &self.check_called_ae)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AccessControl for CalledAePolicy {
@@ -121,15 +165,14 @@ impl AccessControl for CalledAePolicy {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         let calling = calling_ae_title.trim();
-        match self.devices.admit(calling) {
-            Admission::Unknown => {
-                warn!(
-                    calling_ae = calling,
-                    "association rejected: unknown calling AE title"
-                );
-                Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
-            }
-            Admission::Admit(_) => Ok(()),
+        if self.policy.admit(calling) {
+            Ok(())
+        } else {
+            warn!(
+                calling_ae = calling,
+                "association rejected: unknown calling AE title"
+            );
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         }
     }
 }
@@ -159,18 +202,21 @@ impl Negotiation for RoleSelection {
 }
 
 impl Acceptor {
-    /// Starts accepting on `listener` (bound by the caller) in a thread.
+    /// Starts accepting on `listener` (bound by the caller) in a thread:
+    /// `policy` says who may associate, `handlers` serves each
+    /// association's messages.
     pub fn start(
         listener: TcpListener,
         config: AcceptorConfig,
-        dispatcher: Dispatcher,
+        policy: Arc<dyn AccessPolicy>,
+        handlers: Arc<dyn HandlerFactory>,
     ) -> io::Result<Acceptor> {
         let local_addr = listener.local_addr()?;
         let per_caller = Arc::new(Mutex::new(HashMap::new()));
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(CalledAePolicy {
                 check_called_ae: config.check_called_ae,
-                devices: dispatcher.devices.clone(),
+                policy: policy.clone(),
             })
             .ae_title(config.ae_title.clone())
             .max_pdu_length(config.max_pdu_length)
@@ -194,7 +240,8 @@ impl Acceptor {
             per_caller,
             config,
             options,
-            dispatcher,
+            policy,
+            handlers,
             stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
@@ -534,11 +581,7 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
     // The per-device limit is checked and counted before negotiating, so a
     // caller cannot slip a second association in while the first is being
     // accepted.
-    let limit = shared
-        .dispatcher
-        .devices
-        .get(&requested_by)
-        .map_or(0, |device| device.max_associations);
+    let limit = shared.policy.max_associations(&requested_by);
     let Some(_caller_slot) = CallerSlot::try_take(&shared.per_caller, &requested_by, limit) else {
         warn!(calling_ae = %requested_by, limit, "association rejected: the device's association limit is reached");
         // PS3.8 has no reason for a per-caller limit; "local limit exceeded"
@@ -555,16 +598,7 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
     };
     let calling_ae = association.peer_ae_title().trim().to_string();
     span.record("calling_ae", calling_ae.as_str());
-    if shared.dispatcher.devices.get(&calling_ae).is_none() {
-        let host = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-        if let Err(error) = shared
-            .dispatcher
-            .devices
-            .register_unknown(&calling_ae, &host)
-        {
-            warn!(%error, "cannot register the calling AE as a device");
-        }
-    }
+    shared.policy.established(&calling_ae, peer);
     let contexts: HashMap<u8, (String, String)> = association
         .presentation_contexts()
         .iter()
@@ -608,7 +642,7 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
         shared.config.idle_timeout,
     );
     let mut reader = PduReader::new(shared.config.max_pdu_length);
-    let mut session = shared.dispatcher.session(link);
+    let mut session = shared.handlers.handler(link);
     loop {
         let mut timed = DeadlineReader {
             deadline: Instant::now() + shared.config.idle_timeout,

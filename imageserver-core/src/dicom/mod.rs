@@ -1,17 +1,27 @@
-//! The DICOM network front-end.
+//! The DICOM toolkit: the protocol layer below the services.
 //!
 //! - [`pdu`]: bounded PDU framing on a socket and P-DATA fragmenting.
 //! - [`dimse`]: the DIMSE command-set codec and status codes.
-//! - [`assoc`]: the acceptor: negotiation, limits, timeouts, the message loop.
-//! - [`scp`]: one handler per DIMSE service, calling [`crate::services`].
+//! - [`assoc`]: the acceptor: negotiation, limits, timeouts, the message
+//!   loop. Who may associate and what serves the messages are the caller's
+//!   ([`assoc::AccessPolicy`], [`assoc::HandlerFactory`]).
+//! - [`link`]: one association's outgoing side for the handlers (commands,
+//!   data sets, C-CANCEL, C-GET sub-operation responses).
+//! - [`scu`]: the storage SCU (client associations).
+//! - [`query_keys`]: C-FIND identifiers to [`crate::model::query::Query`]
+//!   and matches back to identifiers.
+//! - `part10`: Part 10 files and the structural walker that guards the
+//!   header parser.
 //! - [`sop_classes`]: the abstract syntaxes we accept.
 //!
-//! Nothing here touches SQL or file paths.
+//! It imports only [`crate::model`] and the dicom-rs crates: never the
+//! services, the index, the storage or the handlers above it.
 
 pub mod assoc;
 pub mod dimse;
+pub mod link;
+pub(crate) mod part10;
 pub mod pdu;
 pub mod query_keys;
-pub mod scp;
 pub mod scu;
 pub mod sop_classes;

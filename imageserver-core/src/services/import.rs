@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use super::walker::read_file_meta;
+use crate::dicom::part10::read_file_meta;
 
 use super::commit::error_chain;
 use super::ingest::{Ingest, Partition, StoreRequest};

@@ -16,8 +16,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use super::commit::{error_chain, CommitError, GroupCommitter, StudyProcessHook};
-use super::walker::DataSetWalker;
 use crate::db::{self, IndexStore};
+use crate::dicom::part10::DataSetWalker;
 use crate::model::{
     study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
     FolderName, InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs,
@@ -67,7 +67,7 @@ pub struct StoreRequest<'a> {
 }
 
 /// Why an instance was not stored. The Storage SCP maps each to a C-STORE
-/// status of PS3.4 B.2.3 (`dicom::scp::store::status_of`).
+/// status of PS3.4 B.2.3 (`scp::store::status_of`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IngestError {

@@ -3,19 +3,18 @@
 //! - [`ingest`]: a streamed data set becomes a durable, indexed instance.
 //! - [`commit`]: the group committer ingest waits on.
 //! - [`import`]: existing Part 10 files brought in through ingest.
-//! - [`query`]: C-FIND's matches, read from the index a page at a time.
+//! - [`find`]: C-FIND's matches, read from the index a page at a time.
 //!
-//! The use cases speak no DIMSE: the SCP handlers (`crate::dicom::scp`)
+//! The use cases speak no DIMSE: the SCP handlers (`crate::scp`)
 //! turn their errors into DICOM statuses.
 
 pub mod commit;
 pub mod devices;
+pub mod find;
 pub mod import;
 pub mod ingest;
-pub mod query;
 pub mod retrieve;
 pub mod studies;
-mod walker;
 
 pub use ingest::{
     Ingest, IngestError, IngestWriter, Partition, StoreOutcome, StoreRequest, Stored,

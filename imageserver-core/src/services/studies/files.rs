@@ -15,11 +15,11 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
+use crate::dicom::part10::{self, DataSetWalker};
 use crate::model::{
     Filesystem, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs,
     StudyLocation, Uid,
 };
-use crate::services::walker::{self, DataSetWalker};
 use crate::storage::layout;
 
 /// A file found in a study folder.
@@ -225,7 +225,7 @@ pub(crate) fn read_header_and_digest<R: Read>(
     mut open: impl FnMut() -> Result<R, String>,
 ) -> Result<(DefaultDicomObject, u64, String), String> {
     let mut hashing = HashingReader::new(open()?);
-    let meta = walker::read_file_meta(&mut hashing)?;
+    let meta = part10::read_file_meta(&mut hashing)?;
     let mut walker = DataSetWalker::for_transfer_syntax(meta.transfer_syntax());
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -406,7 +406,7 @@ impl Serialize for Items<'_> {
 /// `bulk`. The reason is returned when the stream is not a parsable Part
 /// 10 file.
 pub(crate) fn encode_instance(mut reader: impl Read, bulk: &BulkPrefix) -> Result<Object, String> {
-    let meta = crate::services::walker::read_file_meta(&mut reader)?;
+    let meta = crate::dicom::part10::read_file_meta(&mut reader)?;
     let ts_uid = meta.transfer_syntax();
     let ts = TransferSyntaxRegistry
         .get(ts_uid)

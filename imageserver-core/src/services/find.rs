@@ -1,5 +1,4 @@
-//! Queries: the use case C-FIND runs (and QIDO-RS will), over
-//! [`QueryStore`].
+//! C-FIND's use case (QIDO-RS will share it), over [`QueryStore`].
 //!
 //! [`Pages`] reads the matches of a query a page at a time. Each page is
 //! one statement on a pooled connection, and the connection is back in the
@@ -15,12 +14,31 @@
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use crate::db::{self, QueryStore};
 use crate::model::query::{Attribute, Level, Match, Query};
 
 /// Matches read per statement.
 pub const PAGE_SIZE: u64 = 500;
+
+/// The find service: queries against one index. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Find {
+    store: Arc<dyn QueryStore>,
+}
+
+impl Find {
+    /// The service over an index's query side.
+    pub fn new(store: Arc<dyn QueryStore>) -> Find {
+        Find { store }
+    }
+
+    /// The pages of `query`'s matches (see [`Pages`]).
+    pub fn pages(&self, query: Query) -> Pages<'_> {
+        Pages::new(self.store.as_ref(), query)
+    }
+}
 
 /// The pages of a query's matches, in the level's stable order. With a
 /// `limit` at most `limit + 1` matches come out in total, as from

@@ -1,4 +1,5 @@
-//! The DIMSE service handlers and the per-association message state machine.
+//! The DIMSE service handlers and the per-association message state machine,
+//! above the services (where the web front-end will stand beside them).
 //!
 //! [`Session`] receives PDVs from [`crate::dicom::assoc`], assembles command
 //! sets, and routes each message to its handler: [`echo`] answers C-ECHO,
@@ -11,20 +12,20 @@
 
 pub mod echo;
 pub mod find;
-pub mod link;
 pub mod retrieve;
 pub mod store;
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 
 use tracing::warn;
 
-pub use link::{Link, LinkError};
+pub use crate::dicom::link::{Link, LinkError};
 
-use super::dimse::{Command, CommandField, FragmentBuffer, Status};
-use super::pdu::Pdv;
-use crate::db::QueryStore;
-use crate::services::devices::{Devices, Operation};
+use crate::dicom::assoc::{AccessPolicy, HandlerFactory, MessageHandler, MessageOutcome};
+use crate::dicom::dimse::{Command, CommandField, FragmentBuffer, Status};
+use crate::dicom::pdu::Pdv;
+use crate::services::devices::{Admission, Devices, Operation};
+use crate::services::find::Find;
 use crate::services::retrieve::Retrieve;
 use crate::services::{Ingest, Partition};
 
@@ -47,8 +48,8 @@ pub struct ScpOptions {
 pub struct Dispatcher {
     /// Ingest service for C-STORE.
     pub ingest: Ingest,
-    /// The index's query side, for C-FIND.
-    pub query: Arc<dyn QueryStore>,
+    /// The find service, for C-FIND.
+    pub find: Find,
     /// Retrieve service for C-MOVE and C-GET.
     pub retrieve: Retrieve,
     /// The partition's devices: admission and permissions.
@@ -59,15 +60,47 @@ pub struct Dispatcher {
     pub options: ScpOptions,
 }
 
-/// What the association loop should do after a PDV.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MessageOutcome {
-    /// The message goes on.
-    Continue,
-    /// A message was completed and answered.
-    Done,
-    /// A protocol violation: abort the association.
-    Abort(String),
+/// The acceptor's access policy over a partition's devices: unknown
+/// callers are admitted or not by the partition's setting (and registered
+/// once associated), and a known device's association limit holds.
+#[derive(Debug, Clone)]
+pub struct DevicePolicy(pub Devices);
+
+impl AccessPolicy for DevicePolicy {
+    fn admit(&self, calling_ae: &str) -> bool {
+        matches!(self.0.admit(calling_ae), Admission::Admit(_))
+    }
+
+    fn max_associations(&self, calling_ae: &str) -> u32 {
+        self.0
+            .get(calling_ae)
+            .map_or(0, |device| device.max_associations)
+    }
+
+    fn established(&self, calling_ae: &str, peer: Option<SocketAddr>) {
+        if self.0.get(calling_ae).is_none() {
+            let host = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+            if let Err(error) = self.0.register_unknown(calling_ae, &host) {
+                warn!(%error, "cannot register the calling AE as a device");
+            }
+        }
+    }
+}
+
+impl HandlerFactory for Dispatcher {
+    fn handler(&self, link: Link) -> Box<dyn MessageHandler + '_> {
+        Box::new(self.session(link))
+    }
+}
+
+impl MessageHandler for Session<'_> {
+    fn on_pdv(&mut self, pdv: Pdv<'_>) -> MessageOutcome {
+        Session::on_pdv(self, pdv)
+    }
+
+    fn in_message(&self) -> bool {
+        Session::in_message(self)
+    }
 }
 
 /// Where the data set of the current message goes.

@@ -3,7 +3,7 @@
 //!
 //! The identifier becomes a [`crate::model::query::Query`] through
 //! [`crate::dicom::query_keys`]; matches are read from the index a page at
-//! a time ([`Pages`], no connection held while the peer is written to),
+//! a time ([`crate::services::find::Pages`], no connection held while the peer is written to),
 //! one pending C-FIND-RSP and identifier each.
 //!
 //! Statuses:
@@ -32,7 +32,6 @@ use crate::dicom::dimse::{Command, Status};
 use crate::dicom::query_keys::{self, ParseOptions};
 use crate::dicom::sop_classes::{PATIENT_ROOT_FIND, STUDY_ROOT_FIND};
 use crate::model::query::Root;
-use crate::services::query::Pages;
 
 /// How the matching ended.
 enum Outcome {
@@ -130,7 +129,7 @@ pub fn handle(
     let mut found = Ok(());
     // A page at a time: the index connection is back in its pool before a
     // byte goes to the peer, so a peer that stalls holds no connection.
-    'pages: for page in Pages::new(dispatcher.query.as_ref(), parsed.query.clone()) {
+    'pages: for page in dispatcher.find.pages(parsed.query.clone()) {
         let page = match page {
             Ok(page) => page,
             Err(error) => {
