@@ -96,6 +96,11 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "use cases speak no DIMSE and no SQL, and never call the handlers above them",
     ),
     (
+        "services/studies",
+        &["std::fs"],
+        "study operations reach files only through the storage seam",
+    ),
+    (
         "rules/",
         &[
             "crate::dicom",

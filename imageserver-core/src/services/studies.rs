@@ -66,9 +66,9 @@ use crate::dicom::scu::{self, Destination, Outgoing, ScuOptions, Tally};
 use crate::model::{AeTitle, DeviceSpec, Filesystem, FilesystemId, StoredInstance, Uid};
 use crate::services::devices::SendLimits;
 use crate::services::Partition;
-use crate::storage::{self, layout, InstanceKey, PendingSync, StorageBackend};
+use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
 
-use files::{FolderEntry, StudyFile};
+use crate::storage::{StoredObject, StudyObject};
 pub use metadata::{MetadataReport, BULK_DATA_THRESHOLD};
 use rewrite::Target;
 
@@ -501,11 +501,7 @@ impl Studies {
                 series_uid: duplicate.series_uid.clone(),
                 sop_instance_uid: duplicate.sop_instance_uid.clone(),
             };
-            let path = fs
-                .spec
-                .path
-                .join(layout::aside_path(&key, duplicate.variant));
-            remove_file(&path)?;
+            self.storage.delete_aside(&fs, &key, duplicate.variant)?;
             files_deleted += 1;
         }
         files_deleted += self.sweep(partition, &filesystem, &deleted.location, deleted.since_ms)?;
@@ -535,48 +531,51 @@ impl Studies {
         location: &crate::model::StudyLocation,
         since_ms: i64,
     ) -> Result<u64, StudyError> {
-        let folder = files::study_folder(filesystem, location);
-        let entries = files::list_study_folder(&folder).map_err(|source| StudyError::Io {
-            operation: "list",
-            path: folder.clone(),
-            source,
-        })?;
+        let objects = self.storage.list_study(filesystem, location)?;
         let mut deleted = 0;
-        for entry in entries {
-            let file = match entry {
-                FolderEntry::Instance(file) | FolderEntry::Aside(file, _) => file,
+        for object in objects {
+            let (file, variant) = match object {
+                StudyObject::Instance(file) => (file, None),
+                StudyObject::Aside(file, variant) => (file, Some(variant)),
                 // Derived from the deleted rows' files (a newer one is of a
                 // study that arrived again since).
-                FolderEntry::Metadata(metadata) => {
-                    if metadata.modified_ms <= since_ms {
-                        remove_file(&metadata.path)?;
+                StudyObject::Metadata {
+                    series_uid,
+                    modified_ms,
+                } => {
+                    if modified_ms <= since_ms {
+                        let key = SeriesKey {
+                            location: location.clone(),
+                            series_uid,
+                        };
+                        self.storage.delete_series_metadata(filesystem, &key)?;
                         deleted += 1;
                     }
                     continue;
                 }
-                FolderEntry::Stray(_) => continue,
+                StudyObject::Stray(_) => continue,
             };
             // Newer files belong to instances that arrived after the rows
             // went; an indexed one is someone's instance.
             if file.modified_ms > since_ms || self.indexed_here(partition, location, &file)? {
                 continue;
             }
-            remove_file(&file.path)?;
+            let key = InstanceKey {
+                location: location.clone(),
+                series_uid: file.series_uid,
+                sop_instance_uid: file.sop_instance_uid,
+            };
+            match variant {
+                None => self.storage.delete(filesystem, &key)?,
+                Some(variant) => self.storage.delete_aside(filesystem, &key, variant)?,
+            }
             deleted += 1;
         }
         // Empty series folders (and the metadata folder), then the study
-        // folder (a folder that is not empty keeps what is left: stray
-        // files, newer arrivals).
-        if let Ok(series_dirs) = std::fs::read_dir(&folder) {
-            for series_dir in series_dirs.flatten() {
-                let _ = std::fs::remove_dir(series_dir.path());
-            }
-        }
-        if std::fs::remove_dir(&folder).is_ok() {
-            if let Some(parent) = folder.parent() {
-                sync_dir(parent)?;
-            }
-        }
+        // folder: what is not empty keeps what is left (stray files, newer
+        // arrivals).
+        self.storage
+            .remove_empty_study_folders(filesystem, location)?;
         Ok(deleted)
     }
 
@@ -584,7 +583,7 @@ impl Studies {
         &self,
         partition: &Partition,
         location: &crate::model::StudyLocation,
-        file: &StudyFile,
+        file: &StoredObject,
     ) -> Result<bool, StudyError> {
         Ok(self
             .db
@@ -880,19 +879,14 @@ impl Studies {
             .study_location(partition.id, study_uid)?
             .ok_or_else(|| Self::unknown(partition, study_uid))?;
         let filesystem = self.filesystem(location.filesystem)?;
-        let folder = files::study_folder(&filesystem, &location);
-        let entries = files::list_study_folder(&folder).map_err(|source| StudyError::Io {
-            operation: "list",
-            path: folder.clone(),
-            source,
-        })?;
+        let objects = self.storage.list_study(&filesystem, &location)?;
         let mut report = ReprocessReport::default();
         let mut records = Vec::new();
-        for entry in entries {
-            let file = match entry {
-                FolderEntry::Instance(file) => file,
-                FolderEntry::Aside(..) | FolderEntry::Metadata(_) => continue,
-                FolderEntry::Stray(path) => {
+        for object in objects {
+            let file = match object {
+                StudyObject::Instance(file) => file,
+                StudyObject::Aside(..) | StudyObject::Metadata { .. } => continue,
+                StudyObject::Stray(path) => {
                     report
                         .skipped
                         .push((path, "not an instance file name".to_string()));
@@ -901,7 +895,16 @@ impl Studies {
             };
             match self.rebuild_record(partition, &location, &filesystem, &file)? {
                 Ok(record) => records.push(record),
-                Err(reason) => report.skipped.push((file.path.clone(), reason)),
+                Err(reason) => {
+                    let key = InstanceKey {
+                        location: location.clone(),
+                        series_uid: file.series_uid,
+                        sop_instance_uid: file.sop_instance_uid,
+                    };
+                    report
+                        .skipped
+                        .push((self.storage.describe(&filesystem, &key), reason));
+                }
             }
         }
         let audit = AuditEntry::now(
@@ -945,7 +948,7 @@ impl Studies {
         partition: &Partition,
         location: &crate::model::StudyLocation,
         filesystem: &Filesystem,
-        file: &StudyFile,
+        file: &StoredObject,
     ) -> Result<Result<crate::model::InstanceRecord, String>, StudyError> {
         let key = InstanceKey {
             location: location.clone(),
@@ -1001,16 +1004,10 @@ impl Studies {
         let record = self.online_study(partition, study_uid)?;
         let location = record.location.clone().expect("online");
         let filesystem = self.filesystem(location.filesystem)?;
-        let folder = files::study_folder(&filesystem, &location);
         let indexed = self.store().study_instances(partition.id, study_uid)?;
-        let mut on_disk: BTreeMap<Uid, StudyFile> = BTreeMap::new();
-        let entries = files::list_study_folder(&folder).map_err(|source| StudyError::Io {
-            operation: "list",
-            path: folder.clone(),
-            source,
-        })?;
-        for entry in entries {
-            if let FolderEntry::Instance(file) = entry {
+        let mut on_disk: BTreeMap<Uid, StoredObject> = BTreeMap::new();
+        for object in self.storage.list_study(&filesystem, &location)? {
+            if let StudyObject::Instance(file) = object {
                 on_disk.insert(file.sop_instance_uid.clone(), file);
             }
         }
@@ -1260,28 +1257,6 @@ fn key_of(stored: &StoredInstance) -> InstanceKey {
         series_uid: stored.series_uid.clone(),
         sop_instance_uid: stored.sop_instance_uid.clone(),
     }
-}
-
-fn remove_file(path: &std::path::Path) -> Result<(), StudyError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StudyError::Io {
-            operation: "delete",
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn sync_dir(dir: &std::path::Path) -> Result<(), StudyError> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| StudyError::Io {
-            operation: "sync",
-            path: dir.to_path_buf(),
-            source,
-        })
 }
 
 /// Checks the requested values (one per attribute, each valid for its VR)

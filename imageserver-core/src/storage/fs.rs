@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
-    layout, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, Usage,
+    layout, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, StoredObject,
+    StudyObject, Usage,
 };
 use crate::model::{Filesystem, StudyLocation, Uid};
 
@@ -291,6 +292,64 @@ impl StorageBackend for FsStorage {
         Ok(deleted)
     }
 
+    fn list_study(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
+    ) -> Result<Vec<StudyObject>, Error> {
+        let root = &filesystem.spec.path;
+        let folder = root.join(layout::study_dir(location));
+        list_study_folder(&folder).map_err(|e| io_error("listing", &folder, root, e))
+    }
+
+    fn delete_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), Error> {
+        let root = &filesystem.spec.path;
+        let path = root.join(layout::aside_path(key, variant));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error("deleting", &path, root, e)),
+        }
+        if let Some(parent) = path.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn remove_empty_study_folders(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
+    ) -> Result<(), Error> {
+        let folder = filesystem.spec.path.join(layout::study_dir(location));
+        // A folder that is not empty keeps what is left (stray files, newer
+        // arrivals): remove_dir refuses it.
+        if let Ok(series_dirs) = fs::read_dir(&folder) {
+            for series_dir in series_dirs.flatten() {
+                let path = series_dir.path();
+                if fs::remove_dir(&path).is_ok() {
+                    self.lock_unsynced().remove(&path);
+                }
+            }
+        }
+        if fs::remove_dir(&folder).is_ok() {
+            self.lock_unsynced().remove(&folder);
+            if let Some(parent) = folder.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self, filesystem: &Filesystem, key: &InstanceKey) -> PathBuf {
+        filesystem.spec.path.join(layout::instance_path(key))
+    }
+
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error> {
         statvfs(&filesystem.spec.path)
             .map_err(|e| io_error("measuring", &filesystem.spec.path, &filesystem.spec.path, e))
@@ -420,6 +479,111 @@ impl Drop for FsWriter {
             }
         }
     }
+}
+
+/// Every object of a study folder (none when the folder does not exist),
+/// sorted by path. Every name is parsed back into a [`Uid`] before it is
+/// used; anything else is a stray.
+fn list_study_folder(folder: &Path) -> io::Result<Vec<StudyObject>> {
+    let mut entries: Vec<(PathBuf, StudyObject)> = Vec::new();
+    let series_dirs = match fs::read_dir(folder) {
+        Ok(dirs) => dirs,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    for series_dir in series_dirs {
+        let series_dir = series_dir?;
+        let path = series_dir.path();
+        if !series_dir.file_type()?.is_dir() {
+            entries.push((path.clone(), StudyObject::Stray(path)));
+            continue;
+        }
+        if series_dir.file_name() == layout::METADATA_DIR {
+            list_metadata_folder(&path, &mut entries)?;
+            continue;
+        }
+        let Some(series_uid) = uid_of_name(&path, "") else {
+            entries.push((path.clone(), StudyObject::Stray(path)));
+            continue;
+        };
+        for file in fs::read_dir(&path)? {
+            let file = file?;
+            let file_path = file.path();
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                entries.push((file_path.clone(), StudyObject::Stray(file_path)));
+                continue;
+            }
+            let name = file_path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("")
+                .to_string();
+            let object = |sop: &str| {
+                Uid::parse(sop).ok().map(|sop_instance_uid| StoredObject {
+                    series_uid: series_uid.clone(),
+                    sop_instance_uid,
+                    size: meta.len(),
+                    modified_ms: modified_ms(&meta),
+                })
+            };
+            let parsed = match name.strip_suffix(".dcm") {
+                Some(stem) => match stem.rsplit_once(".dup") {
+                    Some((sop, variant)) if variant.bytes().all(|b| b.is_ascii_digit()) => {
+                        match (object(sop), variant.parse::<u64>()) {
+                            (Some(file), Ok(variant)) => Some(StudyObject::Aside(file, variant)),
+                            _ => None,
+                        }
+                    }
+                    _ => object(stem).map(StudyObject::Instance),
+                },
+                None => None,
+            };
+            let parsed = parsed.unwrap_or_else(|| StudyObject::Stray(file_path.clone()));
+            entries.push((file_path, parsed));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(entries.into_iter().map(|(_, object)| object).collect())
+}
+
+/// The entries of a study's metadata folder.
+fn list_metadata_folder(
+    folder: &Path,
+    entries: &mut Vec<(PathBuf, StudyObject)>,
+) -> io::Result<()> {
+    for file in fs::read_dir(folder)? {
+        let file = file?;
+        let path = file.path();
+        let meta = file.metadata()?;
+        match uid_of_name(&path, ".json") {
+            Some(series_uid) if meta.is_file() => {
+                let object = StudyObject::Metadata {
+                    series_uid,
+                    modified_ms: modified_ms(&meta),
+                };
+                entries.push((path, object));
+            }
+            _ => entries.push((path.clone(), StudyObject::Stray(path))),
+        }
+    }
+    Ok(())
+}
+
+/// The UID a file or folder is named after (with `suffix` removed).
+fn uid_of_name(path: &Path, suffix: &str) -> Option<Uid> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(suffix))
+        .and_then(|n| Uid::parse(n).ok())
+}
+
+fn modified_ms(meta: &fs::Metadata) -> i64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
@@ -644,5 +808,77 @@ mod tests {
         assert!(storage.exists(&fb, &to_key).unwrap());
         let usage = storage.usage(&fb).unwrap();
         assert!(usage.total_bytes > 0 && usage.used_percent() <= 100.0);
+    }
+
+    #[test]
+    fn studies_are_listed_by_kind_and_their_empty_folders_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = filesystem(dir.path());
+        let storage = FsStorage::new();
+        let k = key("1.2.3", "1.2.3.4");
+        let location = &k.location;
+        let study = dir.path().join(layout::study_dir(location));
+        let series = study.join("1.9");
+        std::fs::create_dir_all(&series).unwrap();
+        std::fs::write(series.join("1.2.3.4.dcm"), b"x").unwrap();
+        std::fs::write(series.join("1.2.3.4.dup17.dcm"), b"yy").unwrap();
+        std::fs::write(series.join("1.2.3.4.dcm.bak"), b"z").unwrap();
+        std::fs::write(series.join("not-a-uid.dcm"), b"z").unwrap();
+        std::fs::create_dir_all(study.join("junk")).unwrap();
+        let metadata = study.join(layout::METADATA_DIR);
+        std::fs::create_dir_all(&metadata).unwrap();
+        std::fs::write(metadata.join("1.9.json"), b"[]").unwrap();
+        std::fs::write(metadata.join("1.9.json.tmp"), b"[").unwrap();
+
+        let objects = storage.list_study(&fs, location).unwrap();
+        let instances: Vec<_> = objects
+            .iter()
+            .filter_map(|o| match o {
+                StudyObject::Instance(f) => {
+                    Some((f.series_uid.as_str(), f.sop_instance_uid.as_str(), f.size))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(instances, [("1.9", "1.2.3.4", 1)]);
+        assert!(objects
+            .iter()
+            .any(|o| matches!(o, StudyObject::Aside(f, 17) if f.size == 2)));
+        assert!(objects.iter().any(
+            |o| matches!(o, StudyObject::Metadata { series_uid, .. } if series_uid.as_str() == "1.9")
+        ));
+        let strays: Vec<_> = objects
+            .iter()
+            .filter_map(|o| match o {
+                StudyObject::Stray(path) => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            strays,
+            [
+                metadata.join("1.9.json.tmp"),
+                series.join("1.2.3.4.dcm.bak"),
+                series.join("not-a-uid.dcm"),
+                study.join("junk"),
+            ]
+        );
+        assert_eq!(storage.describe(&fs, &k), series.join("1.2.3.4.dcm"));
+
+        // Nothing is removed while something is left in a folder.
+        storage.delete_aside(&fs, &k, 17).unwrap();
+        storage.delete_aside(&fs, &k, 17).unwrap();
+        assert!(!series.join("1.2.3.4.dup17.dcm").exists());
+        storage.remove_empty_study_folders(&fs, location).unwrap();
+        assert!(series.join("1.2.3.4.dcm").exists());
+        assert!(!study.join("junk").exists(), "the empty folder goes");
+        for name in ["1.2.3.4.dcm", "1.2.3.4.dcm.bak", "not-a-uid.dcm"] {
+            std::fs::remove_file(series.join(name)).unwrap();
+        }
+        // Every file of the metadata folder, the stray one too.
+        assert_eq!(storage.delete_study_metadata(&fs, location).unwrap(), 2);
+        storage.remove_empty_study_folders(&fs, location).unwrap();
+        assert!(!study.exists(), "the emptied study folder goes");
+        assert!(storage.list_study(&fs, location).unwrap().is_empty());
     }
 }

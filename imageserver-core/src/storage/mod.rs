@@ -21,9 +21,20 @@
 //! Series metadata (derived data, see [`layout::METADATA_DIR`]) is written
 //! the same way ([`ObjectWriter::persist_series_metadata`]) and read, listed
 //! and deleted by [`SeriesKey`].
+//!
+//! A study's objects are listed ([`StorageBackend::list_study`]) and its
+//! emptied folders removed ([`StorageBackend::remove_empty_study_folders`])
+//! through the trait as well: the study operations (delete, reprocess,
+//! integrity check) never read a directory themselves.
+//!
+//! Which filesystem a new study goes to is a [`Placement`]'s decision
+//! ([`placement`]).
 
 pub mod fs;
 pub mod layout;
+pub mod placement;
+
+pub use placement::{LowestTierMostRoom, Placement};
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -80,6 +91,38 @@ pub struct SeriesKey {
     pub location: StudyLocation,
     /// The series.
     pub series_uid: Uid,
+}
+
+/// An instance-like file of a study, as [`StorageBackend::list_study`]
+/// finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The series it is filed under.
+    pub series_uid: Uid,
+    /// The SOP instance it is named after.
+    pub sop_instance_uid: Uid,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time (ms since the Unix epoch).
+    pub modified_ms: i64,
+}
+
+/// One object of a study's storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StudyObject {
+    /// An instance file.
+    Instance(StoredObject),
+    /// A duplicate kept aside beside an instance, with its variant.
+    Aside(StoredObject, u64),
+    /// A series' metadata file (derived data, never an instance).
+    Metadata {
+        /// The series it describes.
+        series_uid: Uid,
+        /// Its modification time (ms since the Unix epoch).
+        modified_ms: i64,
+    },
+    /// Anything else: not ours to interpret; where it is, for reports.
+    Stray(PathBuf),
 }
 
 /// Space on a filesystem.
@@ -213,6 +256,34 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
         filesystem: &Filesystem,
         location: &StudyLocation,
     ) -> Result<u64, Error>;
+
+    /// Every object of a study's storage, sorted (none when it has none).
+    fn list_study(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
+    ) -> Result<Vec<StudyObject>, Error>;
+
+    /// Deletes a kept-aside duplicate (durably); a missing file is not an
+    /// error.
+    fn delete_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), Error>;
+
+    /// Removes what of a study's storage is empty (series folders, the
+    /// metadata folder, the study folder itself), durably. Anything still
+    /// there keeps its place.
+    fn remove_empty_study_folders(
+        &self,
+        filesystem: &Filesystem,
+        location: &StudyLocation,
+    ) -> Result<(), Error>;
+
+    /// Where an instance is, for an operator's report (never for access).
+    fn describe(&self, filesystem: &Filesystem, key: &InstanceKey) -> PathBuf;
 
     /// Space on a filesystem.
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error>;

@@ -1,15 +1,8 @@
-//! The files of one study folder: listing them, hashing them, and turning
-//! a file's header into an index record (reprocess).
-//!
-//! Listing reads the study folder of a filesystem directly (the layout is
-//! `storage::layout`'s; every name is parsed back into a [`Uid`] before it
-//! is used): `StorageBackend` has no listing yet, and every filesystem the
-//! index knows is a directory tree.
+//! The files of one study: hashing them, and turning a file's header into
+//! an index record (reprocess). Listing a study's files is the storage
+//! seam's (`StorageBackend::list_study`).
 
-use std::fs;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -17,166 +10,9 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use crate::dicom::part10::{self, DataSetWalker};
 use crate::model::{
-    Filesystem, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs,
+    InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs,
     StudyLocation, Uid,
 };
-use crate::storage::layout;
-
-/// A file found in a study folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum FolderEntry {
-    /// `<series uid>/<sop uid>.dcm`: an instance file.
-    Instance(StudyFile),
-    /// `<series uid>/<sop uid>.dup<n>.dcm`: a kept-aside duplicate.
-    Aside(StudyFile, u64),
-    /// `.metadata/<series uid>.json`: a series' metadata (derived data,
-    /// never an instance).
-    Metadata(MetadataFile),
-    /// Anything else (not ours to interpret).
-    Stray(PathBuf),
-}
-
-/// An instance-like file of a study folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StudyFile {
-    /// The series folder's UID.
-    pub series_uid: Uid,
-    /// The SOP Instance UID of its name.
-    pub sop_instance_uid: Uid,
-    /// Its full path.
-    pub path: PathBuf,
-    /// Its size.
-    pub size: u64,
-    /// Its modification time (ms since the Unix epoch).
-    pub modified_ms: i64,
-}
-
-/// A series metadata file of a study folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MetadataFile {
-    /// The series of its name.
-    pub series_uid: Uid,
-    /// Its full path.
-    pub path: PathBuf,
-    /// Its modification time (ms since the Unix epoch).
-    pub modified_ms: i64,
-}
-
-fn modified_ms(meta: &fs::Metadata) -> i64 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// The study folder on its filesystem.
-pub(crate) fn study_folder(filesystem: &Filesystem, location: &StudyLocation) -> PathBuf {
-    filesystem.spec.path.join(layout::study_dir(location))
-}
-
-/// Every file of a study folder (none when the folder does not exist),
-/// sorted by path.
-pub(crate) fn list_study_folder(folder: &Path) -> io::Result<Vec<FolderEntry>> {
-    let mut entries = Vec::new();
-    let series_dirs = match fs::read_dir(folder) {
-        Ok(dirs) => dirs,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
-        Err(e) => return Err(e),
-    };
-    for series_dir in series_dirs {
-        let series_dir = series_dir?;
-        let path = series_dir.path();
-        if !series_dir.file_type()?.is_dir() {
-            entries.push(FolderEntry::Stray(path));
-            continue;
-        }
-        if series_dir.file_name() == layout::METADATA_DIR {
-            list_metadata_folder(&path, &mut entries)?;
-            continue;
-        }
-        let Some(series_uid) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| Uid::parse(n).ok())
-        else {
-            entries.push(FolderEntry::Stray(path));
-            continue;
-        };
-        for file in fs::read_dir(&path)? {
-            let file = file?;
-            let file_path = file.path();
-            let meta = file.metadata()?;
-            if !meta.is_file() {
-                entries.push(FolderEntry::Stray(file_path));
-                continue;
-            }
-            let name = file_path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .to_string();
-            let modified_ms = modified_ms(&meta);
-            let entry = |sop: &str| {
-                Uid::parse(sop).ok().map(|sop_instance_uid| StudyFile {
-                    series_uid: series_uid.clone(),
-                    sop_instance_uid,
-                    path: file_path.clone(),
-                    size: meta.len(),
-                    modified_ms,
-                })
-            };
-            let parsed = match name.strip_suffix(".dcm") {
-                Some(stem) => match stem.rsplit_once(".dup") {
-                    Some((sop, variant)) if variant.bytes().all(|b| b.is_ascii_digit()) => {
-                        match (entry(sop), variant.parse::<u64>()) {
-                            (Some(file), Ok(variant)) => Some(FolderEntry::Aside(file, variant)),
-                            _ => None,
-                        }
-                    }
-                    _ => entry(stem).map(FolderEntry::Instance),
-                },
-                None => None,
-            };
-            entries.push(parsed.unwrap_or(FolderEntry::Stray(file_path)));
-        }
-    }
-    entries.sort_by(|a, b| entry_path(a).cmp(entry_path(b)));
-    Ok(entries)
-}
-
-/// The entries of the study's `.metadata` folder.
-fn list_metadata_folder(folder: &Path, entries: &mut Vec<FolderEntry>) -> io::Result<()> {
-    for file in fs::read_dir(folder)? {
-        let file = file?;
-        let path = file.path();
-        let meta = file.metadata()?;
-        let series_uid = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|n| Uid::parse(n).ok());
-        match series_uid {
-            Some(series_uid) if meta.is_file() => {
-                entries.push(FolderEntry::Metadata(MetadataFile {
-                    series_uid,
-                    path,
-                    modified_ms: modified_ms(&meta),
-                }))
-            }
-            _ => entries.push(FolderEntry::Stray(path)),
-        }
-    }
-    Ok(())
-}
-
-fn entry_path(entry: &FolderEntry) -> &Path {
-    match entry {
-        FolderEntry::Instance(file) | FolderEntry::Aside(file, _) => &file.path,
-        FolderEntry::Metadata(file) => &file.path,
-        FolderEntry::Stray(path) => path,
-    }
-}
 
 /// A reader that hashes (BLAKE3) and counts every byte read through it.
 pub(crate) struct HashingReader<R> {
@@ -430,51 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn study_folders_are_listed_by_kind() {
-        let dir = tempfile::tempdir().unwrap();
-        let series = dir.path().join("1.2.3");
-        fs::create_dir_all(&series).unwrap();
-        fs::write(series.join("1.2.3.4.dcm"), b"x").unwrap();
-        fs::write(series.join("1.2.3.4.dup17.dcm"), b"yy").unwrap();
-        fs::write(series.join("1.2.3.4.dcm.bak"), b"z").unwrap();
-        fs::write(series.join("not-a-uid.dcm"), b"z").unwrap();
-        fs::create_dir_all(dir.path().join("junk")).unwrap();
-        let metadata = dir.path().join(layout::METADATA_DIR);
-        fs::create_dir_all(&metadata).unwrap();
-        fs::write(metadata.join("1.2.3.json"), b"[]").unwrap();
-        fs::write(metadata.join("1.2.3.json.tmp"), b"[").unwrap();
-        let entries = list_study_folder(dir.path()).unwrap();
-        let series_metadata: Vec<_> = entries
-            .iter()
-            .filter_map(|e| match e {
-                FolderEntry::Metadata(m) => Some(m.series_uid.as_str()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(series_metadata, ["1.2.3"]);
-        let instances: Vec<_> = entries
-            .iter()
-            .filter_map(|e| match e {
-                FolderEntry::Instance(f) => {
-                    Some((f.series_uid.as_str(), f.sop_instance_uid.as_str(), f.size))
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(instances, [("1.2.3", "1.2.3.4", 1)]);
-        assert!(entries
-            .iter()
-            .any(|e| matches!(e, FolderEntry::Aside(f, 17) if f.size == 2)));
-        assert_eq!(
-            entries
-                .iter()
-                .filter(|e| matches!(e, FolderEntry::Stray(_)))
-                .count(),
-            4
-        );
-        assert!(list_study_folder(&dir.path().join("missing"))
-            .unwrap()
-            .is_empty());
+    fn digests_count_every_byte() {
         assert_eq!(digest(&b"abc"[..]).unwrap().0, 3);
     }
 }
