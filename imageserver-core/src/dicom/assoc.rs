@@ -745,7 +745,7 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
                     info!("association closed for shutdown");
                     return;
                 }
-                warn!(%error, "bad PDU: aborting association");
+                warn!(error = %crate::model::error_chain(&error), "bad PDU: aborting association");
                 let reason = match error {
                     PduError::TooLarge { .. } => AbortRQServiceProviderReason::InvalidPduParameter,
                     PduError::UnknownType(_) => AbortRQServiceProviderReason::UnrecognizedPdu,

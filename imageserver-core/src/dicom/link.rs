@@ -42,7 +42,7 @@ impl From<io::Error> for LinkError {
 
 impl From<PduError> for LinkError {
     fn from(error: PduError) -> LinkError {
-        LinkError::Broken(error.to_string())
+        LinkError::Broken(crate::model::error_chain(&error))
     }
 }
 

@@ -58,7 +58,7 @@ const MCH_LAST: u8 = 0x02;
 pub enum PduError {
     /// The stream failed, timed out or ended inside a PDU; the kind of the
     /// `io::Error` is preserved (`TimedOut`/`WouldBlock`, `UnexpectedEof`...).
-    #[error("i/o error on the association: {0}")]
+    #[error("i/o error on the association")]
     Io(#[source] io::Error),
     /// The peer closed the stream cleanly at a PDU boundary.
     #[error("connection closed by peer")]

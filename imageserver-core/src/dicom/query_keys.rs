@@ -65,6 +65,7 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
 use crate::dicom::dimse::Status;
+use crate::model::error_chain;
 use crate::model::query::{
     Attribute, Key, Kind, Level, Match, Matcher, Query, Root, MAX_LIST_VALUES,
 };
@@ -878,17 +879,6 @@ pub fn encode_response(
         bytes.push(0);
     }
     Ok(bytes)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ use tracing::{debug, info, warn};
 
 use super::dimse::{Command, CommandField, FragmentBuffer, Priority, Status, StatusClass};
 use super::pdu::{self, Incoming, PduError, PduReader};
+use crate::model::error_chain;
 
 /// Explicit VR Little Endian.
 pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
@@ -1108,17 +1109,6 @@ fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(e) = current {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        current = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

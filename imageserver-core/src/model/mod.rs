@@ -466,6 +466,20 @@ pub struct IndexCounts {
     pub instances: u64,
 }
 
+/// An error and each of its causes on one line, joined with `": "`. The
+/// one way errors are printed for logs and error comments; an error's own
+/// message therefore never repeats its source's.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -130,7 +130,7 @@ pub fn register_builtin(registry: &mut Registry, deps: BuiltinDeps, study_proces
 /// The outcome of a failed study operation: permanent for what a retry
 /// cannot change, transient otherwise.
 pub(crate) fn on_error(error: &StudyError, retry_after: Duration) -> StepResult {
-    let text = crate::services::commit::error_chain(error);
+    let text = crate::model::error_chain(error);
     match error {
         // Not a failure: the item waits for an association to the device.
         StudyError::DeviceBusy { ae_title, .. } => {

@@ -143,11 +143,7 @@ impl Processor for MoveStudy {
                 .map(|i| (i.sop_instance_uid, i.series_uid))
                 .collect(),
             Err(error) => {
-                return retry_or_give_up(
-                    retry,
-                    failures,
-                    crate::services::commit::error_chain(&error),
-                )
+                return retry_or_give_up(retry, failures, crate::model::error_chain(&error))
             }
         };
         let uids: Vec<WorkUid> = report

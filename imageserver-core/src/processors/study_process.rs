@@ -79,7 +79,7 @@ impl Step<'_> {
     fn transient(&self, what: &str, e: &dyn std::error::Error) -> StepResult {
         StepResult::RetryAfter(
             self.ctx.properties().retry.failure_delay,
-            format!("{what}: {}", crate::services::commit::error_chain(e)),
+            format!("{what}: {}", crate::model::error_chain(e)),
         )
     }
 }

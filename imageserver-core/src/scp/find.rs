@@ -31,6 +31,7 @@ use super::{Dispatcher, Link, LinkError};
 use crate::dicom::dimse::{Command, Status};
 use crate::dicom::query_keys::{self, ParseOptions};
 use crate::dicom::sop_classes::{PATIENT_ROOT_FIND, STUDY_ROOT_FIND};
+use crate::model::error_chain;
 use crate::model::query::Root;
 
 /// How the matching ended.
@@ -229,15 +230,4 @@ fn ascii(text: &str) -> String {
             }
         })
         .collect()
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

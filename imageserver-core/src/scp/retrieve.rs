@@ -39,6 +39,7 @@ use super::{Dispatcher, Link, LinkError};
 use crate::dicom::dimse::{Command, CommandField, Priority, Status, SubOpCounts};
 use crate::dicom::scu::{self, DataSetReader, Destination, Outcome, Outgoing, ScuError, Tally};
 use crate::dicom::sop_classes;
+use crate::model::error_chain;
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root, MAX_LIST_VALUES};
 use crate::model::Uid;
 use crate::services::retrieve::{Retrieve, RetrieveItem};
@@ -742,17 +743,6 @@ fn parse_identifier(object: &InMemDicomObject, root: Root) -> Result<(Level, Vec
         keys.push(Key { attribute, matcher });
     }
     Ok((level, keys))
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error.source();
-    while let Some(e) = current {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        current = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

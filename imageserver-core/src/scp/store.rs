@@ -63,7 +63,7 @@ pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInPr
         }
         Err(error) => {
             let status = status_of(&error);
-            let detail = crate::services::commit::error_chain(&error);
+            let detail = crate::model::error_chain(&error);
             warn!(
                 sop_instance_uid = %sop_instance_uid.chars().take(80).collect::<String>(),
                 status = %status,

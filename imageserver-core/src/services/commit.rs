@@ -14,6 +14,7 @@ use std::time::Duration;
 use crossbeam::channel::{self, Receiver, Sender};
 
 use crate::db::{FollowUp, IndexStore};
+use crate::model::error_chain;
 use crate::model::work::{Timestamp, WorkKind, WorkPriority};
 use crate::model::{InsertOutcome, InstanceRecord};
 use crate::storage::{PendingSync, StorageBackend};
@@ -210,16 +211,4 @@ fn run(
             }
         }
     }
-}
-
-/// An error and its sources on one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::dicom::part10::read_file_meta;
 
-use super::commit::error_chain;
 use super::ingest::{Ingest, Partition, StoreRequest};
+use crate::model::error_chain;
 use crate::model::Uid;
 use crate::storage::layout;
 

@@ -15,15 +15,18 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
-use super::commit::{error_chain, CommitError, GroupCommitter, StudyProcessHook};
+use super::commit::{CommitError, GroupCommitter, StudyProcessHook};
 use crate::db::{self, IndexStore};
 use crate::dicom::part10::DataSetWalker;
+use crate::model::error_chain;
 use crate::model::{
     study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
     FolderName, InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs,
     SeriesAttrs, StudyAttrs, StudyLocation, Uid, UidError,
 };
-use crate::storage::{self, InstanceKey, ObjectWriter, StorageBackend};
+use crate::storage::{
+    self, InstanceKey, LowestTierMostRoom, ObjectWriter, Placement, StorageBackend,
+};
 
 /// Our Implementation Class UID (PS3.7 D.3.3.2), written to every file meta.
 pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.28222852552463158573786484331843668477";
@@ -105,13 +108,13 @@ pub enum IngestError {
     #[error("no writable filesystem has room for new instances")]
     NoFilesystem,
     /// Writing the file failed.
-    #[error("storage failure: {0}")]
+    #[error("storage failure")]
     Storage(#[source] storage::Error),
     /// Indexing failed.
-    #[error("index failure: {0}")]
+    #[error("index failure")]
     Index(#[source] db::Error),
     /// The durable commit failed.
-    #[error("commit failed: {0}")]
+    #[error("commit failed")]
     Commit(#[source] CommitError),
     /// The SOP instance is already stored and the partition rejects duplicates.
     #[error("SOP instance {0} is already stored and duplicates are rejected")]
@@ -159,7 +162,7 @@ struct Inner {
     committer: GroupCommitter,
     filesystems: RwLock<Vec<Filesystem>>,
     locations: Mutex<HashMap<(PartitionId, Uid), StudyLocation>>,
-    min_free_bytes: u64,
+    placement: Arc<dyn Placement>,
 }
 
 impl Ingest {
@@ -184,6 +187,18 @@ impl Ingest {
         min_free_bytes: u64,
         study_process: Option<StudyProcessHook>,
     ) -> Result<Ingest, db::Error> {
+        let placement = Arc::new(LowestTierMostRoom { min_free_bytes });
+        Ingest::with_placement(index, storage, placement, study_process)
+    }
+
+    /// As [`Ingest::with_study_process`], with the [`Placement`] that
+    /// decides which filesystem new studies go to.
+    pub fn with_placement(
+        index: Arc<dyn IndexStore>,
+        storage: Arc<dyn StorageBackend>,
+        placement: Arc<dyn Placement>,
+        study_process: Option<StudyProcessHook>,
+    ) -> Result<Ingest, db::Error> {
         let filesystems = index.filesystems()?;
         let committer = GroupCommitter::start(index.clone(), storage.clone(), study_process);
         Ok(Ingest {
@@ -193,7 +208,7 @@ impl Ingest {
                 committer,
                 filesystems: RwLock::new(filesystems),
                 locations: Mutex::new(HashMap::new()),
-                min_free_bytes,
+                placement,
             }),
         })
     }
@@ -416,37 +431,9 @@ impl Ingest {
             .filesystems
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        let mut best: Option<(&Filesystem, u64)> = None;
-        for fs in filesystems
-            .iter()
-            .filter(|fs| fs.enabled && !fs.spec.read_only)
-        {
-            if let Some((chosen, _)) = best {
-                if fs.spec.tier > chosen.spec.tier {
-                    continue;
-                }
-            }
-            let usage = match self.inner.storage.usage(fs) {
-                Ok(usage) => usage,
-                Err(error) => {
-                    tracing::warn!(filesystem = %fs.spec.path.display(), %error, "filesystem unusable");
-                    continue;
-                }
-            };
-            if usage.available_bytes < self.inner.min_free_bytes {
-                continue;
-            }
-            let better = match best {
-                None => true,
-                Some((chosen, room)) => {
-                    fs.spec.tier < chosen.spec.tier || usage.available_bytes > room
-                }
-            };
-            if better {
-                best = Some((fs, usage.available_bytes));
-            }
-        }
-        best.map(|(fs, _)| fs.clone())
+        self.inner
+            .placement
+            .place(&filesystems, self.inner.storage.as_ref())
             .ok_or(IngestError::NoFilesystem)
     }
 

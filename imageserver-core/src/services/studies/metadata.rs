@@ -58,8 +58,8 @@ use serde::{Serialize, Serializer};
 use serde_json::Value;
 
 use super::{key_of, Studies, StudyError};
+use crate::model::error_chain;
 use crate::model::{StoredInstance, Uid};
-use crate::services::commit::error_chain;
 use crate::services::Partition;
 use crate::storage::{self, layout, PendingSync, SeriesKey};
 
