@@ -6,7 +6,7 @@
 //! instance, each followed by a pending response with the counters:
 //!
 //! - C-MOVE stores to the move destination (a known device of the
-//!   partition) through the storage SCU, [`crate::dicom::scu::send`], on an
+//!   partition) through the storage SCU, [`crate::services::send::send`], on an
 //!   association of its own;
 //! - C-GET stores on the requestor's association, on an accepted context of
 //!   the instance's SOP class whose transfer syntax is the stored one and for
@@ -37,7 +37,8 @@ use tracing::{debug, info, warn};
 
 use super::{Dispatcher, Link, LinkError};
 use crate::dicom::dimse::{Command, CommandField, Priority, Status, SubOpCounts};
-use crate::dicom::scu::{self, DataSetReader, Destination, Outcome, Outgoing, ScuError, Tally};
+use crate::dicom::part10::DataSetReader;
+use crate::dicom::scu::{self, Destination, Outcome, Outgoing, ScuError, Tally};
 use crate::dicom::sop_classes;
 use crate::model::error_chain;
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root, MAX_LIST_VALUES};
@@ -167,7 +168,7 @@ pub fn handle_move(
     let mut link_error: Option<LinkError> = None;
     let mut comment: Option<String> = None;
     if !sources.is_empty() {
-        let sent = scu::send(
+        let sent = crate::services::send::send(
             &destination,
             &options,
             &sources,

@@ -4,6 +4,7 @@
 //! - [`commit`]: the group committer ingest waits on.
 //! - [`import`]: existing Part 10 files brought in through ingest.
 //! - [`find`]: C-FIND's matches, read from the index a page at a time.
+//! - [`send`]: instances to a remote AE: the send plan and retry policy.
 //!
 //! The use cases speak no DIMSE: the SCP handlers (`crate::scp`)
 //! turn their errors into DICOM statuses.
@@ -14,6 +15,7 @@ pub mod find;
 pub mod import;
 pub mod ingest;
 pub mod retrieve;
+pub mod send;
 pub mod studies;
 
 pub use ingest::{

@@ -1,9 +1,12 @@
 //! DICOM Part 10 files and data set streams, below every service: the
-//! structural [`walker`] that guards the header parser, and the bounded
-//! reader of a file's meta group.
+//! structural [`walker`] that guards the header parser, the bounded reader
+//! of a file's meta group, and [`reader`], a stored file's data set as a
+//! stream for sending.
 
+pub(crate) mod reader;
 pub(crate) mod walker;
 
+pub use reader::DataSetReader;
 pub(crate) use walker::DataSetWalker;
 
 /// Largest file meta group read (real ones are a few hundred bytes).
