@@ -14,13 +14,15 @@ use serde::Deserialize;
 
 use crate::model::work::{WorkKind, WorkPriority};
 use crate::model::{
-    AeTitle, DeviceSpec, DuplicatePolicy, FilesystemSpec, FolderName, PartitionSpec, Tier,
+    AeTitle, DeviceSpec, DuplicatePolicy, FilesystemSpec, FolderName, PartitionSpec,
 };
 use crate::workqueue::{KindOverride, Registry};
 
 mod database;
+mod storage;
 
 pub use database::DatabaseConfig;
+pub use storage::FilesystemConfig;
 
 /// Why a configuration is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -140,32 +142,6 @@ pub struct DicomConfig {
     pub duplicate_policy: String,
 }
 
-/// One storage filesystem.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FilesystemConfig {
-    /// Root directory (local disk or NAS mount).
-    pub path: PathBuf,
-    /// Tier, 1 = fastest.
-    #[serde(default = "default_tier")]
-    pub tier: u8,
-    /// Used percentage above which studies move away.
-    #[serde(default = "default_high_watermark")]
-    pub high_watermark: f64,
-    /// Used percentage migration drains down to.
-    #[serde(default = "default_low_watermark")]
-    pub low_watermark: f64,
-    /// Never written to.
-    #[serde(default)]
-    pub read_only: bool,
-    /// Never read from.
-    #[serde(default)]
-    pub write_only: bool,
-    /// Free text.
-    #[serde(default)]
-    pub description: String,
-}
-
 /// One known remote AE.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -197,15 +173,6 @@ pub struct DeviceConfig {
     pub partition: Option<String>,
 }
 
-fn default_tier() -> u8 {
-    1
-}
-fn default_high_watermark() -> f64 {
-    90.0
-}
-fn default_low_watermark() -> f64 {
-    80.0
-}
 fn yes() -> bool {
     true
 }
@@ -219,10 +186,10 @@ fn default_max_query_results() -> u64 {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            data_dir: PathBuf::from("./imageserver-data"),
+            data_dir: PathBuf::from(storage::DEFAULT_DATA_DIR),
             db: None,
             database: DatabaseConfig::default(),
-            min_free_space_mb: 256,
+            min_free_space_mb: storage::DEFAULT_MIN_FREE_SPACE_MB,
             dicom: DicomConfig::default(),
             filesystems: Vec::new(),
             devices: Vec::new(),
@@ -348,44 +315,7 @@ impl Config {
             crate::model::Uid::parse(uid)
                 .map_err(|e| invalid("dicom.private_sop_classes", format!("{uid:?}: {e}")))?;
         }
-        let filesystems = if self.filesystems.is_empty() {
-            vec![FilesystemSpec {
-                path: self.data_dir.join("fs1"),
-                tier: Tier(1),
-                high_watermark: default_high_watermark(),
-                low_watermark: default_low_watermark(),
-                read_only: false,
-                write_only: false,
-                description: "default tier-1 filesystem".into(),
-            }]
-        } else {
-            self.filesystems
-                .iter()
-                .map(|fs| {
-                    if fs.tier == 0 {
-                        return Err(invalid("filesystems.tier", "tiers start at 1".into()));
-                    }
-                    if !(0.0..=100.0).contains(&fs.low_watermark)
-                        || !(0.0..=100.0).contains(&fs.high_watermark)
-                        || fs.low_watermark > fs.high_watermark
-                    {
-                        return Err(invalid(
-                            "filesystems.watermarks",
-                            "need 0 <= low <= high <= 100".into(),
-                        ));
-                    }
-                    Ok(FilesystemSpec {
-                        path: fs.path.clone(),
-                        tier: Tier(fs.tier),
-                        high_watermark: fs.high_watermark,
-                        low_watermark: fs.low_watermark,
-                        read_only: fs.read_only,
-                        write_only: fs.write_only,
-                        description: fs.description.clone(),
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        };
+        let filesystems = storage::filesystems(&self.data_dir, &self.filesystems)?;
         let mut partitions = vec![self.validate_partition(
             "dicom",
             &PartitionConfig {
@@ -448,7 +378,7 @@ impl Config {
         }
         Ok(Settings {
             db_url: self.db_url(),
-            min_free_bytes: self.min_free_space_mb * 1024 * 1024,
+            min_free_bytes: storage::min_free_bytes(self.min_free_space_mb),
             bind: self.dicom.bind.clone(),
             check_called_ae: self.dicom.check_called_ae,
             max_associations: self.dicom.max_associations,
