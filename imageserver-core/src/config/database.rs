@@ -63,7 +63,7 @@ impl DatabaseConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
+    use crate::config::Config;
 
     #[test]
     fn database_settings_travel_in_the_postgres_url() {

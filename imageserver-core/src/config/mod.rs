@@ -13,15 +13,15 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::work::{WorkKind, WorkPriority};
-use crate::model::{
-    AeTitle, DeviceSpec, DuplicatePolicy, FilesystemSpec, FolderName, PartitionSpec,
-};
+use crate::model::FilesystemSpec;
 use crate::workqueue::{KindOverride, Registry};
 
 mod database;
+mod dicom;
 mod storage;
 
 pub use database::DatabaseConfig;
+pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
 pub use storage::FilesystemConfig;
 
 /// Why a configuration is not usable.
@@ -48,6 +48,16 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// An [`ConfigError::Invalid`] naming `setting` and saying why.
+    fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// The whole configuration, as written in TOML.
@@ -80,109 +90,6 @@ pub struct Config {
     pub workqueue: WorkQueueConfig,
 }
 
-/// A further partition: its own AE title, port, folder, devices and policies.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PartitionConfig {
-    /// Its AE title.
-    pub ae_title: String,
-    /// Its port.
-    pub port: u16,
-    /// Its folder under each filesystem (default: the AE title).
-    #[serde(default)]
-    pub folder: Option<String>,
-    /// Free text.
-    #[serde(default)]
-    pub description: String,
-    /// Accept (and register) callers that are not known devices.
-    #[serde(default = "yes")]
-    pub accept_unknown_devices: bool,
-    /// `send_success`, `reject`, `compare` or `accept_latest`.
-    #[serde(default = "default_duplicate_policy")]
-    pub duplicate_policy: String,
-    /// PN keys match case-insensitively.
-    #[serde(default = "yes")]
-    pub pn_case_insensitive: bool,
-    /// C-FIND result cap.
-    #[serde(default = "default_max_query_results")]
-    pub max_query_results: u64,
-}
-
-/// The DICOM acceptor's settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DicomConfig {
-    /// Our AE title.
-    pub ae_title: String,
-    /// Address to listen on.
-    pub bind: String,
-    /// Port to listen on.
-    pub port: u16,
-    /// Reject associations that call another AE title.
-    pub check_called_ae: bool,
-    /// Most associations open at once; more are rejected (A-ASSOCIATE-RJ).
-    pub max_associations: usize,
-    /// The largest PDU we accept, in bytes (4096 to 16777216).
-    pub max_pdu_length: u32,
-    /// Seconds a caller has to send its association request (ARTIM).
-    pub artim_timeout_secs: u64,
-    /// Seconds an association may stay silent, and the longest one PDU may
-    /// take to arrive, before it is aborted.
-    pub idle_timeout_secs: u64,
-    /// Private storage SOP Class UIDs accepted besides the standard ones.
-    pub private_sop_classes: Vec<String>,
-    /// PN keys match case-insensitively in C-FIND (PS3.4 leaves it to us).
-    pub pn_case_insensitive: bool,
-    /// A C-FIND with more matches than this fails with A700 (out of resources).
-    pub max_query_results: u64,
-    /// Accept (and register) callers that are not known devices; otherwise
-    /// they get A-ASSOCIATE-RJ (calling AE title not recognised).
-    pub accept_unknown_devices: bool,
-    /// `send_success`, `reject`, `compare` or `accept_latest`.
-    pub duplicate_policy: String,
-}
-
-/// One known remote AE.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceConfig {
-    /// Its AE title.
-    pub ae_title: String,
-    /// Host name or address.
-    pub host: String,
-    /// DICOM port.
-    pub port: u16,
-    /// May store to us.
-    #[serde(default = "yes")]
-    pub allow_store: bool,
-    /// May query us.
-    #[serde(default = "yes")]
-    pub allow_query: bool,
-    /// May retrieve from us.
-    #[serde(default = "yes")]
-    pub allow_retrieve: bool,
-    /// Most associations it may hold open at once (0: no limit).
-    #[serde(default)]
-    pub max_associations: u32,
-    /// Most associations this process opens to it at once for sends
-    /// (auto-route, study send; 0: no limit).
-    #[serde(default)]
-    pub max_outgoing_associations: u32,
-    /// The AE title of the partition it belongs to (default: the `[dicom]` one).
-    #[serde(default)]
-    pub partition: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_duplicate_policy() -> String {
-    DuplicatePolicy::AcceptLatest.as_str().to_string()
-}
-fn default_max_query_results() -> u64 {
-    10_000
-}
-
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -196,26 +103,6 @@ impl Default for Config {
             partitions: Vec::new(),
             rules_file: None,
             workqueue: WorkQueueConfig::default(),
-        }
-    }
-}
-
-impl Default for DicomConfig {
-    fn default() -> DicomConfig {
-        DicomConfig {
-            ae_title: "IMAGESERVER".into(),
-            bind: "0.0.0.0".into(),
-            port: 11112,
-            check_called_ae: true,
-            max_associations: 64,
-            max_pdu_length: 256 * 1024,
-            artim_timeout_secs: 30,
-            idle_timeout_secs: 300,
-            private_sop_classes: Vec::new(),
-            pn_case_insensitive: true,
-            max_query_results: default_max_query_results(),
-            accept_unknown_devices: true,
-            duplicate_policy: default_duplicate_policy(),
         }
     }
 }
@@ -249,17 +136,6 @@ pub struct Settings {
     pub workqueue: WorkQueueSettings,
 }
 
-/// One partition's validated settings.
-#[derive(Debug, Clone)]
-pub struct PartitionSettings {
-    /// Identity and policies.
-    pub spec: PartitionSpec,
-    /// C-FIND result cap.
-    pub max_query_results: u64,
-    /// Its known devices.
-    pub devices: Vec<DeviceSpec>,
-}
-
 impl Settings {
     /// The default partition (the `[dicom]` one).
     pub fn default_partition(&self) -> &PartitionSettings {
@@ -289,93 +165,9 @@ impl Config {
 
     /// Checks every value and resolves defaults.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let invalid = |setting: &str, reason: String| ConfigError::Invalid {
-            setting: setting.to_string(),
-            reason,
-        };
-        if !(4096..=16 * 1024 * 1024).contains(&self.dicom.max_pdu_length) {
-            return Err(invalid(
-                "dicom.max_pdu_length",
-                "must be between 4096 and 16777216".into(),
-            ));
-        }
-        if self.dicom.max_associations == 0 {
-            return Err(invalid(
-                "dicom.max_associations",
-                "must be at least 1".into(),
-            ));
-        }
-        if self.dicom.artim_timeout_secs == 0 || self.dicom.idle_timeout_secs == 0 {
-            return Err(invalid(
-                "dicom timeouts",
-                "must be at least 1 second".into(),
-            ));
-        }
-        for uid in &self.dicom.private_sop_classes {
-            crate::model::Uid::parse(uid)
-                .map_err(|e| invalid("dicom.private_sop_classes", format!("{uid:?}: {e}")))?;
-        }
+        self.dicom.validate_acceptor()?;
         let filesystems = storage::filesystems(&self.data_dir, &self.filesystems)?;
-        let mut partitions = vec![self.validate_partition(
-            "dicom",
-            &PartitionConfig {
-                ae_title: self.dicom.ae_title.clone(),
-                port: self.dicom.port,
-                folder: None,
-                description: "default partition".into(),
-                accept_unknown_devices: self.dicom.accept_unknown_devices,
-                duplicate_policy: self.dicom.duplicate_policy.clone(),
-                pn_case_insensitive: self.dicom.pn_case_insensitive,
-                max_query_results: self.dicom.max_query_results,
-            },
-        )?];
-        for partition in &self.partitions {
-            let validated = self.validate_partition("partitions", partition)?;
-            let clash = partitions.iter().find(|p| {
-                p.spec.ae_title == validated.spec.ae_title
-                    || p.spec.port == validated.spec.port
-                    || p.spec
-                        .folder
-                        .as_str()
-                        .eq_ignore_ascii_case(validated.spec.folder.as_str())
-            });
-            if let Some(other) = clash {
-                return Err(invalid(
-                    "partitions",
-                    format!(
-                        "{} shares its AE title, port or folder with {}",
-                        validated.spec.ae_title, other.spec.ae_title
-                    ),
-                ));
-            }
-            partitions.push(validated);
-        }
-        for device in &self.devices {
-            let spec = DeviceSpec {
-                ae_title: AeTitle::parse(&device.ae_title)
-                    .map_err(|e| invalid("devices.ae_title", e.to_string()))?,
-                host: device.host.clone(),
-                port: device.port,
-                allow_store: device.allow_store,
-                allow_query: device.allow_query,
-                allow_retrieve: device.allow_retrieve,
-                max_associations: device.max_associations,
-                max_outgoing_associations: device.max_outgoing_associations,
-            };
-            let owner = match &device.partition {
-                None => Some(&mut partitions[0]),
-                Some(ae) => partitions
-                    .iter_mut()
-                    .find(|p| p.spec.ae_title.as_str() == ae.trim()),
-            };
-            let Some(owner) = owner else {
-                return Err(invalid(
-                    "devices.partition",
-                    format!("no partition has AE title {ae:?}", ae = device.partition),
-                ));
-            };
-            owner.devices.push(spec);
-        }
+        let partitions = dicom::partitions(&self.dicom, &self.partitions, &self.devices)?;
         Ok(Settings {
             db_url: self.db_url(),
             min_free_bytes: storage::min_free_bytes(self.min_free_space_mb),
@@ -391,43 +183,14 @@ impl Config {
             workqueue: self.workqueue.validate()?,
         })
     }
+}
 
-    fn validate_partition(
-        &self,
-        setting: &str,
-        partition: &PartitionConfig,
-    ) -> Result<PartitionSettings, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            setting: format!("{setting}.{}", partition.ae_title),
-            reason,
-        };
-        let ae_title = AeTitle::parse(&partition.ae_title).map_err(|e| invalid(e.to_string()))?;
-        let folder_name = partition
-            .folder
-            .clone()
-            .unwrap_or_else(|| ae_title.as_str().to_string());
-        let folder = FolderName::parse(&folder_name)
-            .map_err(|e| invalid(format!("not usable as a folder: {e}")))?;
-        let duplicate_policy =
-            DuplicatePolicy::parse(&partition.duplicate_policy).ok_or_else(|| {
-                invalid(format!(
-                "duplicate_policy {:?}: expected send_success, reject, compare or accept_latest",
-                partition.duplicate_policy
-            ))
-            })?;
-        Ok(PartitionSettings {
-            spec: PartitionSpec {
-                ae_title,
-                folder,
-                description: partition.description.clone(),
-                port: partition.port,
-                accept_unknown_devices: partition.accept_unknown_devices,
-                duplicate_policy,
-                pn_case_insensitive: partition.pn_case_insensitive,
-            },
-            max_query_results: partition.max_query_results,
-            devices: Vec::new(),
-        })
+/// The setting and reason the configuration `text` is refused with.
+#[cfg(test)]
+fn refusal(text: &str) -> (String, String) {
+    match Config::from_toml(text).unwrap().validate() {
+        Err(ConfigError::Invalid { setting, reason }) => (setting, reason),
+        other => panic!("{text}: expected an invalid setting, got {other:?}"),
     }
 }
 
@@ -492,39 +255,6 @@ mod tests {
         bad = config;
         bad.dicom.duplicate_policy = "keep_both".into();
         assert!(bad.validate().is_err());
-    }
-
-    #[test]
-    fn partitions_and_their_devices() {
-        let config = Config::from_toml(
-            r#"
-            [dicom]
-            ae_title = "MAIN"
-            port = 11112
-            [[partitions]]
-            ae_title = "RESEARCH"
-            port = 11113
-            duplicate_policy = "reject"
-            accept_unknown_devices = false
-            [[devices]]
-            ae_title = "CT1"
-            host = "127.0.0.1"
-            port = 104
-            partition = "RESEARCH"
-            max_associations = 2
-            "#,
-        )
-        .unwrap();
-        let settings = config.validate().unwrap();
-        assert_eq!(settings.partitions.len(), 2);
-        let research = &settings.partitions[1];
-        assert_eq!(research.spec.duplicate_policy, DuplicatePolicy::Reject);
-        assert!(!research.spec.accept_unknown_devices);
-        assert_eq!(research.devices[0].max_associations, 2);
-        assert!(settings.partitions[0].devices.is_empty());
-        let mut clash = config;
-        clash.partitions[0].port = 11112;
-        assert!(clash.validate().is_err());
     }
 }
 

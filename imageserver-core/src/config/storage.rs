@@ -67,18 +67,14 @@ impl FilesystemConfig {
     }
 
     fn validate(&self) -> Result<FilesystemSpec, ConfigError> {
-        let invalid = |setting: &str, reason: &str| ConfigError::Invalid {
-            setting: setting.to_string(),
-            reason: reason.to_string(),
-        };
         if self.tier == 0 {
-            return Err(invalid("filesystems.tier", "tiers start at 1"));
+            return Err(ConfigError::invalid("filesystems.tier", "tiers start at 1"));
         }
         if !(0.0..=100.0).contains(&self.low_watermark)
             || !(0.0..=100.0).contains(&self.high_watermark)
             || self.low_watermark > self.high_watermark
         {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "filesystems.watermarks",
                 "need 0 <= low <= high <= 100",
             ));
@@ -113,15 +109,8 @@ pub(super) fn min_free_bytes(min_free_space_mb: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError};
+    use crate::config::{refusal, Config};
     use crate::model::Tier;
-
-    fn refusal(text: &str) -> (String, String) {
-        match Config::from_toml(text).unwrap().validate() {
-            Err(ConfigError::Invalid { setting, reason }) => (setting, reason),
-            other => panic!("{text}: expected an invalid setting, got {other:?}"),
-        }
-    }
 
     #[test]
     fn filesystems_default_to_one_in_the_data_dir_and_are_checked() {
