@@ -295,7 +295,7 @@ impl DeviceConfig {
 #[cfg(test)]
 mod tests {
     use super::PartitionSettings;
-    use crate::config::{refusal, Config};
+    use crate::config::{assert_refused, Config};
     use crate::model::DuplicatePolicy;
 
     #[test]
@@ -393,9 +393,7 @@ mod tests {
             ),
         ];
         for (text, setting, reason) in cases {
-            let (got, why) = refusal(text);
-            assert_eq!(got, setting, "{text}");
-            assert!(why.contains(reason), "{text}: {why}");
+            assert_refused(text, setting, reason);
         }
     }
 }

@@ -191,11 +191,18 @@ impl Config {
     }
 }
 
-/// The setting and reason the configuration `text` is refused with.
+/// Asserts that validating `text` fails on `setting`, for a reason that
+/// contains `reason`.
 #[cfg(test)]
-fn refusal(text: &str) -> (String, String) {
+fn assert_refused(text: &str, setting: &str, reason: &str) {
     match Config::from_toml(text).unwrap().validate() {
-        Err(ConfigError::Invalid { setting, reason }) => (setting, reason),
+        Err(ConfigError::Invalid {
+            setting: refused,
+            reason: why,
+        }) => {
+            assert_eq!(refused, setting, "{text}");
+            assert!(why.contains(reason), "{text}: {why}");
+        }
         other => panic!("{text}: expected an invalid setting, got {other:?}"),
     }
 }

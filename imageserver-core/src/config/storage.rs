@@ -109,7 +109,7 @@ pub(super) fn min_free_bytes(min_free_space_mb: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{refusal, Config};
+    use crate::config::{assert_refused, Config};
     use crate::model::Tier;
 
     #[test]
@@ -135,17 +135,17 @@ mod tests {
         assert_eq!(listed.filesystems[0].high_watermark, 90.0);
         assert_eq!(listed.filesystems[0].low_watermark, 50.0);
 
-        assert_eq!(
-            refusal("[[filesystems]]\npath = \"/mnt/a\"\ntier = 0"),
-            ("filesystems.tier".into(), "tiers start at 1".into())
+        let listed = "[[filesystems]]\npath = \"/mnt/a\"\n";
+        assert_refused(
+            &format!("{listed}tier = 0"),
+            "filesystems.tier",
+            "tiers start at 1",
         );
         for watermarks in ["low_watermark = 95", "high_watermark = 101"] {
-            assert_eq!(
-                refusal(&format!("[[filesystems]]\npath = \"/mnt/a\"\n{watermarks}")),
-                (
-                    "filesystems.watermarks".into(),
-                    "need 0 <= low <= high <= 100".into()
-                )
+            assert_refused(
+                &format!("{listed}{watermarks}"),
+                "filesystems.watermarks",
+                "need 0 <= low <= high <= 100",
             );
         }
         assert!(

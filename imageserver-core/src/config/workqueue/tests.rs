@@ -1,4 +1,4 @@
-use crate::config::{refusal, Config, ConfigError};
+use crate::config::{assert_refused, Config, ConfigError};
 use crate::model::work::{WorkItem, WorkKind, WorkPriority};
 use crate::workqueue::{
     EngineConfig, KindProperties, ProcessContext, Registry, RetryPolicy, StepResult,
@@ -215,9 +215,7 @@ fn per_kind_overrides_are_validated_strictly() {
         ),
     ];
     for (text, setting, reason) in cases {
-        let (got_setting, got_reason) = refusal(text);
-        assert_eq!(got_setting, setting, "{text}");
-        assert!(got_reason.contains(reason), "{text}: {got_reason}");
+        assert_refused(text, setting, reason);
     }
     // Every key is optional; an empty table changes nothing.
     assert!(Config::from_toml("[workqueue.kinds.move_study]")
