@@ -352,19 +352,14 @@ impl Server {
     /// order (tests bind port 0).
     pub fn start_on(archive: Archive, listeners: Vec<TcpListener>) -> Result<Server, Error> {
         let settings = &archive.settings;
-        let engine = match settings.workqueue.threads {
+        let engine = match settings.workqueue.engine.threads {
             0 => None,
-            threads => Some(Engine::start(
+            _ => Some(Engine::start(
                 archive.work.clone(),
                 archive.processors.clone(),
                 EngineConfig {
-                    threads,
-                    high_priority_threads: settings.workqueue.high_priority_threads,
-                    memory_heavy_threads: settings.workqueue.memory_heavy_threads,
-                    lease: settings.workqueue.lease,
-                    poll: settings.workqueue.poll,
-                    keep_completed: settings.workqueue.keep_completed,
-                    ..EngineConfig::default()
+                    processor_id: workqueue::default_processor_id(),
+                    ..settings.workqueue.engine.clone()
                 },
             )?),
         };

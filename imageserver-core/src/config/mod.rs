@@ -1,0 +1,272 @@
+//! Settings: the TOML file a deployment is described by.
+//!
+//! Every field has a default, so an empty file (or none) is the small
+//! deployment: AE `IMAGESERVER` on port 11112, data in `./imageserver-data`
+//! (SQLite index plus one tier-1 filesystem). [`Config::from_toml`] reads a
+//! file; the binary's flags then override single fields; [`Config::validate`]
+//! turns the raw values into checked model types once, at start-up.
+//!
+//! Each area has a module of its own, which validates its tables straight
+//! into the types their consumers take: `dicom` (`[dicom]`, partitions,
+//! devices), `storage` (data folder, filesystems, free space), `database`
+//! (`[database]`, the index URL) and `workqueue` (`[workqueue]`, per-kind
+//! overrides, into the engine's own settings). The types are re-exported
+//! here, so every one is `config::Name`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::FilesystemSpec;
+
+mod database;
+mod dicom;
+mod storage;
+mod workqueue;
+
+pub use database::DatabaseConfig;
+pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
+pub use storage::FilesystemConfig;
+pub use workqueue::{KindConfig, WorkQueueConfig, WorkQueueSettings};
+
+/// Why a configuration is not usable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or has unknown keys.
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// A value is out of range or malformed.
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        /// The setting's path, e.g. `dicom.ae_title`.
+        setting: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// A [`ConfigError::Invalid`] naming `setting` and saying why.
+    fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration, as written in TOML.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the default index and filesystem live.
+    pub data_dir: PathBuf,
+    /// Index database URL: `sqlite:PATH` (default `sqlite:<data_dir>/index.db`)
+    /// or `postgres://user@host:port/database`.
+    pub db: Option<String>,
+    /// Connection settings of a PostgreSQL index (`[database]`).
+    pub database: DatabaseConfig,
+    /// New instances are refused (A700) when no writable filesystem has at
+    /// least this many MiB free.
+    pub min_free_space_mb: u64,
+    /// The DICOM acceptor.
+    pub dicom: DicomConfig,
+    /// Storage filesystems; empty means one tier-1 filesystem at `<data_dir>/fs1`.
+    pub filesystems: Vec<FilesystemConfig>,
+    /// Known remote AEs.
+    pub devices: Vec<DeviceConfig>,
+    /// Further partitions (virtual servers), besides the one `[dicom]` describes.
+    pub partitions: Vec<PartitionConfig>,
+    /// The rules file (F14): a separate, versioned TOML file (`version = 1`,
+    /// `[[rule]]` entries; see `rules::format`), reviewed on its own.
+    /// Relative paths are relative to the configuration file. None: no rules.
+    pub rules_file: Option<PathBuf>,
+    /// The WorkQueue engine (`[workqueue]`).
+    pub workqueue: WorkQueueConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from(storage::DEFAULT_DATA_DIR),
+            db: None,
+            database: DatabaseConfig::default(),
+            min_free_space_mb: storage::DEFAULT_MIN_FREE_SPACE_MB,
+            dicom: DicomConfig::default(),
+            filesystems: Vec::new(),
+            devices: Vec::new(),
+            partitions: Vec::new(),
+            rules_file: None,
+            workqueue: WorkQueueConfig::default(),
+        }
+    }
+}
+
+/// The configuration after validation: model types, resolved defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The index database URL.
+    pub db_url: String,
+    /// Minimum free bytes for new instances.
+    pub min_free_bytes: u64,
+    /// Listen address (all partitions).
+    pub bind: String,
+    /// Reject associations calling another AE title.
+    pub check_called_ae: bool,
+    /// Association limit (per partition listener).
+    pub max_associations: usize,
+    /// Largest PDU we accept.
+    pub max_pdu_length: u32,
+    /// ARTIM timeout.
+    pub artim_timeout: Duration,
+    /// Idle timeout.
+    pub idle_timeout: Duration,
+    /// Private SOP classes, validated.
+    pub private_sop_classes: Vec<String>,
+    /// Filesystems.
+    pub filesystems: Vec<FilesystemSpec>,
+    /// Partitions; the first is the default (the `[dicom]` one).
+    pub partitions: Vec<PartitionSettings>,
+    /// The WorkQueue engine.
+    pub workqueue: WorkQueueSettings,
+}
+
+impl Settings {
+    /// The default partition (the `[dicom]` one).
+    pub fn default_partition(&self) -> &PartitionSettings {
+        &self.partitions[0]
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The index URL this configuration uses.
+    pub fn db_url(&self) -> String {
+        self.database.index_url(&self.data_dir, self.db.as_deref())
+    }
+
+    /// Checks every value and resolves defaults.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        self.dicom.validate_acceptor()?;
+        let filesystems = storage::filesystems(&self.data_dir, &self.filesystems)?;
+        let partitions = dicom::partitions(&self.dicom, &self.partitions, &self.devices)?;
+        Ok(Settings {
+            db_url: self.db_url(),
+            min_free_bytes: storage::min_free_bytes(self.min_free_space_mb),
+            bind: self.dicom.bind.clone(),
+            check_called_ae: self.dicom.check_called_ae,
+            max_associations: self.dicom.max_associations,
+            max_pdu_length: self.dicom.max_pdu_length,
+            artim_timeout: Duration::from_secs(self.dicom.artim_timeout_secs),
+            idle_timeout: Duration::from_secs(self.dicom.idle_timeout_secs),
+            private_sop_classes: self.dicom.private_sop_classes.clone(),
+            filesystems,
+            partitions,
+            workqueue: self.workqueue.validate()?,
+        })
+    }
+}
+
+/// Asserts that validating `text` fails on `setting`, for a reason that
+/// contains `reason`.
+#[cfg(test)]
+fn assert_refused(text: &str, setting: &str, reason: &str) {
+    match Config::from_toml(text).unwrap().validate() {
+        Err(ConfigError::Invalid {
+            setting: refused,
+            reason: why,
+        }) => {
+            assert_eq!(refused, setting, "{text}");
+            assert!(why.contains(reason), "{text}: {why}");
+        }
+        other => panic!("{text}: expected an invalid setting, got {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_small_deployment() {
+        let config = Config::from_toml("").unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(
+            settings.default_partition().spec.ae_title.as_str(),
+            "IMAGESERVER"
+        );
+        assert_eq!(settings.default_partition().spec.port, 11112);
+        assert_eq!(settings.db_url, "sqlite:./imageserver-data/index.db");
+        assert_eq!(
+            settings.filesystems[0].path,
+            PathBuf::from("./imageserver-data/fs1")
+        );
+    }
+
+    #[test]
+    fn full_file_parses_and_bad_values_are_refused() {
+        let config = Config::from_toml(
+            r#"
+            data_dir = "/srv/pacs"
+            db = "sqlite:/srv/pacs/index.db"
+            min_free_space_mb = 1024
+            [dicom]
+            ae_title = "ARCHIVE"
+            port = 104
+            max_pdu_length = 16384
+            [[filesystems]]
+            path = "/mnt/fast"
+            tier = 1
+            [[filesystems]]
+            path = "/mnt/nas"
+            tier = 2
+            high_watermark = 95.0
+            [[devices]]
+            ae_title = "WORKSTATION"
+            host = "10.0.0.5"
+            port = 11112
+            "#,
+        )
+        .unwrap();
+        let settings = config.validate().unwrap();
+        assert_eq!(settings.filesystems.len(), 2);
+        assert_eq!(
+            settings.default_partition().devices[0].ae_title.as_str(),
+            "WORKSTATION"
+        );
+        assert!(Config::from_toml("unknown_key = 1").is_err());
+        let mut bad = config.clone();
+        bad.dicom.max_pdu_length = 100;
+        assert!(bad.validate().is_err());
+        bad = config.clone();
+        bad.dicom.ae_title = "A/B".into();
+        assert!(bad.validate().is_err());
+        bad = config;
+        bad.dicom.duplicate_policy = "keep_both".into();
+        assert!(bad.validate().is_err());
+    }
+}
