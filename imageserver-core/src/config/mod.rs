@@ -44,7 +44,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML is invalid or has unknown keys.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Parse(#[from] toml::de::Error),
     /// A value is out of range or malformed.
     #[error("invalid setting {setting}: {reason}")]

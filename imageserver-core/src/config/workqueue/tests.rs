@@ -165,7 +165,7 @@ fn per_kind_overrides_parse_and_apply_to_registered_kinds_only() {
 fn per_kind_overrides_are_validated_strictly() {
     let unknown_key =
         Config::from_toml("[workqueue.kinds.move_study]\nfailure_delay = 2").unwrap_err();
-    let text = unknown_key.to_string();
+    let text = crate::model::error_chain(&unknown_key);
     assert!(
         text.contains("unknown field `failure_delay`") && text.contains("failure_delay_secs"),
         "{text}"

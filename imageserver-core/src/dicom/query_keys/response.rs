@@ -1,0 +1,148 @@
+//! Matches → C-FIND response identifiers, in the right Specific Character
+//! Set.
+
+use super::*;
+
+/// A response data set could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot encode the C-FIND response: {0}")]
+pub struct EncodeError(String);
+
+/// Whether text of this VR is encoded in the Specific Character Set (the
+/// others always use the default repertoire).
+fn uses_character_set(vr: VR) -> bool {
+    matches!(
+        vr,
+        VR::SH | VR::LO | VR::ST | VR::LT | VR::PN | VR::UC | VR::UT
+    )
+}
+
+/// The VR of an attribute in the standard dictionary.
+pub(super) fn dictionary_vr(tag: Tag) -> VR {
+    StandardDataDictionary
+        .by_tag(tag)
+        .map(|entry| entry.vr().relaxed())
+        .unwrap_or(VR::UN)
+}
+
+/// The Specific Character Set of a response holding `texts`.
+pub(super) fn response_character_set(request: Option<&str>, texts: &[&str]) -> Option<String> {
+    if texts.iter().all(|t| t.is_ascii()) {
+        // The request's own value when we can write it; ASCII is valid in
+        // every character set, and without one in the default repertoire.
+        return request
+            .filter(|cs| dicom_encoding::text::SpecificCharacterSet::from_code(cs).is_some())
+            .map(str::to_string);
+    }
+    let asked_latin1 = request.is_some_and(|cs| {
+        cs.split('\\')
+            .any(|v| matches!(trim(v), "ISO_IR 100" | "ISO 2022 IR 100"))
+    });
+    let latin1 = texts
+        .iter()
+        .all(|t| t.chars().all(|c| u32::from(c) <= 0xFF));
+    Some(if asked_latin1 && latin1 {
+        "ISO_IR 100".to_string()
+    } else {
+        "ISO_IR 192".to_string()
+    })
+}
+
+/// A text element with `value` split into its values where the VR allows
+/// several.
+fn text_element(tag: Tag, vr: VR, value: &str) -> DataElement<InMemDicomObject> {
+    let value = if uses_character_set(vr) {
+        Cow::Borrowed(value)
+    } else {
+        // Default-repertoire VRs cannot carry other characters.
+        Cow::Owned(
+            value
+                .chars()
+                .map(|c| if c.is_ascii() { c } else { '?' })
+                .collect(),
+        )
+    };
+    let single_valued = matches!(vr, VR::LT | VR::ST | VR::UT | VR::UR);
+    let primitive = if single_valued || !value.contains('\\') {
+        PrimitiveValue::from(value.into_owned())
+    } else {
+        PrimitiveValue::Strs(value.split('\\').map(str::to_string).collect())
+    };
+    DataElement::new(tag, vr, primitive)
+}
+
+pub(super) fn empty_element(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
+    if vr == VR::SQ {
+        DataElement::new(
+            tag,
+            VR::SQ,
+            Value::from(DataSetSequence::<InMemDicomObject>::empty()),
+        )
+    } else {
+        DataElement::new(tag, vr, PrimitiveValue::Empty)
+    }
+}
+
+/// Encodes the response identifier of one match in `transfer_syntax_uid`.
+/// See the module documentation for its content.
+pub fn encode_response(
+    parsed: &ParsedQuery,
+    found: &Match,
+    transfer_syntax_uid: &str,
+) -> Result<Vec<u8>, EncodeError> {
+    let ts = transfer_syntax(transfer_syntax_uid)
+        .ok_or_else(|| EncodeError(format!("unsupported transfer syntax {transfer_syntax_uid}")))?;
+    let attributes = parsed.response_attributes();
+    let values: Vec<(Attribute, VR, Option<&str>)> = attributes
+        .iter()
+        .map(|a| {
+            let (group, element) = a.tag();
+            (*a, dictionary_vr(Tag(group, element)), found.get(*a))
+        })
+        .collect();
+    let texts: Vec<&str> = values
+        .iter()
+        .filter(|(_, vr, _)| uses_character_set(*vr))
+        .filter_map(|(_, _, v)| *v)
+        .collect();
+    let character_set = response_character_set(parsed.specific_character_set(), &texts);
+
+    let mut object = InMemDicomObject::new_empty();
+    if let Some(cs) = &character_set {
+        object.put(text_element(tags::SPECIFIC_CHARACTER_SET, VR::CS, cs));
+    }
+    object.put(text_element(
+        tags::QUERY_RETRIEVE_LEVEL,
+        VR::CS,
+        parsed.query.level.code(),
+    ));
+    for (attribute, vr, value) in values {
+        let (group, element) = attribute.tag();
+        let tag = Tag(group, element);
+        object.put(match value {
+            Some(value) => text_element(tag, vr, value),
+            None => empty_element(tag, vr),
+        });
+    }
+    for requested in &parsed.requested {
+        let _replaced = match requested {
+            Requested::RetrieveAeTitle => object.put(text_element(
+                tags::RETRIEVE_AE_TITLE,
+                VR::AE,
+                &parsed.retrieve_ae_title,
+            )),
+            Requested::Unsupported(tag, vr) => object.put(empty_element(*tag, *vr)),
+            Requested::Attribute(_) => None,
+        };
+    }
+    let mut bytes = Vec::with_capacity(512);
+    object
+        .write_dataset_with_ts(&mut bytes, ts)
+        .map_err(|e| EncodeError(error_chain(&e)))?;
+    // PS3.5 A.5: an odd deflated stream gets one trailing NUL (the writer
+    // does not add it, and DCMTK refuses an odd fragment).
+    if bytes.len() % 2 == 1 && matches!(ts.codec(), Codec::Dataset(Some(_))) {
+        bytes.push(0);
+    }
+    Ok(bytes)
+}

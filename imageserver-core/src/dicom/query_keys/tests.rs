@@ -1,0 +1,829 @@
+use super::response::{empty_element, response_character_set};
+use super::*;
+use dicom_dictionary_std::uids;
+
+const EXPLICIT_LE: &str = uids::EXPLICIT_VR_LITTLE_ENDIAN;
+const IMPLICIT_LE: &str = uids::IMPLICIT_VR_LITTLE_ENDIAN;
+const DEFLATED: &str = uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN;
+/// Explicit VR Big Endian (retired, still negotiable).
+const EXPLICIT_BE: &str = "1.2.840.10008.1.2.2";
+const PARTITION: PartitionId = PartitionId(7);
+const OUR_AE: &str = "IMAGESERVER";
+const STUDY_UID: &str = "1.2.3";
+const SERIES_UID: &str = "1.2.3.4";
+
+fn tag_of(attribute: Attribute) -> Tag {
+    let (group, element) = attribute.tag();
+    Tag(group, element)
+}
+
+/// An identifier holding `elements` (VR, value; `SQ` gives an empty
+/// sequence), encoded in `ts`.
+fn identifier(ts: &str, elements: &[(Tag, VR, &str)]) -> Vec<u8> {
+    let mut object = InMemDicomObject::new_empty();
+    for &(tag, vr, value) in elements {
+        object.put(if value.is_empty() {
+            empty_element(tag, vr)
+        } else {
+            DataElement::new(tag, vr, PrimitiveValue::from(value))
+        });
+    }
+    let mut bytes = Vec::new();
+    object
+        .write_dataset_with_ts(&mut bytes, transfer_syntax(ts).unwrap())
+        .unwrap();
+    bytes
+}
+
+fn options() -> ParseOptions<'static> {
+    ParseOptions {
+        pn_case_insensitive: true,
+        limit: Some(11),
+        retrieve_ae_title: OUR_AE,
+    }
+}
+
+/// Parses an Explicit VR LE identifier at `level` in `root` holding
+/// `elements` besides QueryRetrieveLevel.
+fn parse(
+    root: Root,
+    level: &str,
+    elements: &[(Tag, VR, &str)],
+) -> Result<ParsedQuery, QueryKeyError> {
+    let mut all = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, level)];
+    all.extend_from_slice(elements);
+    parse_identifier(
+        &identifier(EXPLICIT_LE, &all),
+        EXPLICIT_LE,
+        root,
+        PARTITION,
+        &options(),
+    )
+}
+
+/// The matcher `value` gives `attribute` in a Study Root query at the
+/// attribute's level (with the unique keys above it), and whether the
+/// value was ignored.
+fn matcher(attribute: Attribute, value: &str) -> Result<(Matcher, bool), QueryKeyError> {
+    let vr = dictionary_vr(tag_of(attribute));
+    let level = attribute.level_in(Root::Study);
+    let mut elements = Vec::new();
+    if level >= Level::Series && attribute != Attribute::StudyInstanceUid {
+        elements.push((tag_of(Attribute::StudyInstanceUid), VR::UI, STUDY_UID));
+    }
+    if level >= Level::Image && attribute != Attribute::SeriesInstanceUid {
+        elements.push((tag_of(Attribute::SeriesInstanceUid), VR::UI, SERIES_UID));
+    }
+    elements.push((tag_of(attribute), vr, value));
+    elements.sort_by_key(|e| e.0);
+    let parsed = parse(Root::Study, level.code(), &elements)?;
+    let key = parsed
+        .query
+        .keys
+        .iter()
+        .find(|k| k.attribute == attribute)
+        .expect("the key is in the query");
+    Ok((key.matcher.clone(), parsed.optional_keys_unsupported()))
+}
+
+fn single(v: &str) -> Matcher {
+    Matcher::Single(v.to_string())
+}
+
+fn wildcard(v: &str) -> Matcher {
+    Matcher::Wildcard(v.to_string())
+}
+
+fn list(values: &[&str]) -> Matcher {
+    Matcher::List(values.iter().map(|v| v.to_string()).collect())
+}
+
+fn range(from: Option<&str>, to: Option<&str>) -> Matcher {
+    Matcher::Range {
+        from: from.map(str::to_string),
+        to: to.map(str::to_string),
+    }
+}
+
+#[test]
+fn matcher_forms_per_vr() {
+    use Attribute as A;
+    use Matcher::Universal;
+    // (attribute, request value, expected matcher or None for C000)
+    let cases: Vec<(Attribute, &str, Option<Matcher>)> = vec![
+        // PN
+        (A::PatientName, "", Some(Universal)),
+        (A::PatientName, "*", Some(Universal)),
+        (A::PatientName, "**", Some(Universal)),
+        (A::PatientName, "Doe^John", Some(single("Doe^John"))),
+        (A::PatientName, "  Doe^John ", Some(single("Doe^John"))),
+        (A::PatientName, "Doe*", Some(wildcard("Doe*"))),
+        (A::PatientName, "D?e^*n", Some(wildcard("D?e^*n"))),
+        (A::PatientName, "Doe\\Roe", Some(list(&["Doe", "Roe"]))),
+        (A::PatientName, "Doe*\\Roe", None),
+        // LO, SH, CS
+        (A::PatientId, "PID1", Some(single("PID1"))),
+        (A::PatientId, "PID*", Some(wildcard("PID*"))),
+        (A::AccessionNumber, "A?C", Some(wildcard("A?C"))),
+        (A::PatientSex, "F\\M", Some(list(&["F", "M"]))),
+        (A::ModalitiesInStudy, "CT", Some(single("CT"))),
+        (A::ModalitiesInStudy, "CT\\MR", Some(list(&["CT", "MR"]))),
+        (A::ModalitiesInStudy, "C*", Some(wildcard("C*"))),
+        (A::ModalitiesInStudy, "CT\\", Some(single("CT"))),
+        // DA
+        (A::StudyDate, "20200131", Some(single("20200131"))),
+        (
+            A::StudyDate,
+            "20200101-20201231",
+            Some(range(Some("20200101"), Some("20201231"))),
+        ),
+        (
+            A::StudyDate,
+            "20200101-",
+            Some(range(Some("20200101"), None)),
+        ),
+        (
+            A::StudyDate,
+            "-20201231",
+            Some(range(None, Some("20201231"))),
+        ),
+        (A::StudyDate, "-", Some(Universal)),
+        (A::StudyDate, "*", Some(Universal)),
+        (
+            A::StudyDate,
+            "20200101\\20200102",
+            Some(list(&["20200101", "20200102"])),
+        ),
+        (A::StudyDate, "2020*", None),
+        (A::StudyDate, "2020-01-01", None),
+        (A::StudyDate, "20201301", None),
+        (A::PatientBirthDate, "19700101", Some(single("19700101"))),
+        (
+            A::SeriesDate,
+            "-20000101",
+            Some(range(None, Some("20000101"))),
+        ),
+        // TM
+        (A::StudyTime, "1015", Some(single("1015"))),
+        (A::StudyTime, "101500.123", Some(single("101500.123"))),
+        (
+            A::StudyTime,
+            "080000-120000",
+            Some(range(Some("080000"), Some("120000"))),
+        ),
+        (A::StudyTime, "08-", Some(range(Some("08"), None))),
+        (A::SeriesTime, "-0930", Some(range(None, Some("0930")))),
+        (A::StudyTime, "25", None),
+        (A::StudyTime, "1015.5", None),
+        (A::StudyTime, "10:15", None),
+        // UI: no wildcards, lists
+        (A::StudyInstanceUid, "1.2.3", Some(single("1.2.3"))),
+        (
+            A::StudyInstanceUid,
+            "1.2.3\\1.2.4",
+            Some(list(&["1.2.3", "1.2.4"])),
+        ),
+        (A::StudyInstanceUid, "1.2.*", Some(single("1.2.*"))),
+        (A::StudyInstanceUid, "*", Some(Universal)),
+        (
+            A::SopClassUid,
+            "1.2.840.10008.5.1.4.1.1.2",
+            Some(single("1.2.840.10008.5.1.4.1.1.2")),
+        ),
+        (
+            A::SopClassesInStudy,
+            "1.2\\1.3",
+            Some(list(&["1.2", "1.3"])),
+        ),
+        // IS
+        (A::SeriesNumber, "3", Some(single("3"))),
+        (A::InstanceNumber, "-2", Some(single("-2"))),
+        (A::SeriesNumber, "1\\2", Some(list(&["1", "2"]))),
+        (A::SeriesNumber, "x", None),
+        (A::SeriesNumber, "1*", None),
+        // Counts: return only
+        (A::NumberOfStudyRelatedInstances, "", Some(Universal)),
+        (A::NumberOfSeriesRelatedInstances, "5", Some(Universal)),
+    ];
+    for (attribute, value, expected) in cases {
+        let got = matcher(attribute, value);
+        match (expected, got) {
+            (Some(expected), Ok((matcher, _))) => {
+                assert_eq!(matcher, expected, "{} {value:?}", attribute.keyword())
+            }
+            (None, Err(error)) => {
+                assert_eq!(
+                    error.status(),
+                    Status::UNABLE_TO_PROCESS,
+                    "{} {value:?}: {error}",
+                    attribute.keyword()
+                );
+                assert_eq!(
+                    error.offending_element(),
+                    Some((u32::from(attribute.tag().0) << 16) | u32::from(attribute.tag().1))
+                );
+            }
+            (expected, got) => panic!(
+                "{} {value:?}: expected {expected:?}, got {got:?}",
+                attribute.keyword()
+            ),
+        }
+    }
+    // A value on a count is ignored and warned about (FF01).
+    assert!(
+        matcher(Attribute::NumberOfStudyRelatedSeries, "2")
+            .unwrap()
+            .1
+    );
+    assert!(
+        !matcher(Attribute::NumberOfStudyRelatedSeries, "")
+            .unwrap()
+            .1
+    );
+    assert!(!matcher(Attribute::PatientName, "A*").unwrap().1);
+
+    // Lists are capped: 4096 values match, one more is C000.
+    let uids = |n: usize| {
+        (0..n)
+            .map(|i| format!("1.2.{i}"))
+            .collect::<Vec<_>>()
+            .join("\\")
+    };
+    let (longest, _) = matcher(Attribute::SopInstanceUid, &uids(MAX_LIST_VALUES)).unwrap();
+    assert!(matches!(longest, Matcher::List(values) if values.len() == MAX_LIST_VALUES));
+    let error = matcher(Attribute::SopInstanceUid, &uids(MAX_LIST_VALUES + 1)).unwrap_err();
+    assert_eq!(error.status(), Status::UNABLE_TO_PROCESS);
+    assert!(error.to_string().contains("more than 4096"), "{error}");
+}
+
+#[test]
+fn hierarchy_rules() {
+    use Attribute as A;
+    let pid = (tag_of(A::PatientId), VR::LO, "PID1");
+    let pid_wild = (tag_of(A::PatientId), VR::LO, "PID*");
+    let pname = (tag_of(A::PatientName), VR::PN, "Doe*");
+    let study = (tag_of(A::StudyInstanceUid), VR::UI, STUDY_UID);
+    let studies = (tag_of(A::StudyInstanceUid), VR::UI, "1.2.3\\1.2.5");
+    let series = (tag_of(A::SeriesInstanceUid), VR::UI, SERIES_UID);
+    let seriess = (tag_of(A::SeriesInstanceUid), VR::UI, "1.2.3.4\\1.2.3.5");
+    let sops = (tag_of(A::SopInstanceUid), VR::UI, "1.2.3.4.5\\1.2.3.4.6");
+    let modality = (tag_of(A::Modality), VR::CS, "CT");
+    let sop_class = (tag_of(A::SopClassUid), VR::UI, "");
+    let a900 = Some(Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS);
+    type Case<'a> = (
+        Root,
+        &'a str,
+        Vec<(Tag, VR, &'a str)>,
+        Option<Status>,
+        Option<Attribute>,
+    );
+    let cases: Vec<Case> = vec![
+        // Patient Root
+        (Root::Patient, "PATIENT", vec![pname], None, None),
+        (Root::Patient, "PATIENT", vec![pid_wild], None, None),
+        (Root::Patient, "STUDY", vec![], a900, Some(A::PatientId)),
+        (
+            Root::Patient,
+            "STUDY",
+            vec![pid_wild],
+            a900,
+            Some(A::PatientId),
+        ),
+        (Root::Patient, "STUDY", vec![pid], None, None),
+        (
+            Root::Patient,
+            "STUDY",
+            vec![pname, pid, studies],
+            None,
+            None,
+        ),
+        (
+            Root::Patient,
+            "SERIES",
+            vec![pid],
+            a900,
+            Some(A::StudyInstanceUid),
+        ),
+        (
+            Root::Patient,
+            "SERIES",
+            vec![pid, studies],
+            a900,
+            Some(A::StudyInstanceUid),
+        ),
+        (
+            Root::Patient,
+            "SERIES",
+            vec![pid, study, seriess],
+            None,
+            None,
+        ),
+        (
+            Root::Patient,
+            "IMAGE",
+            vec![pid, study],
+            a900,
+            Some(A::SeriesInstanceUid),
+        ),
+        (
+            Root::Patient,
+            "IMAGE",
+            vec![pid, study, seriess],
+            a900,
+            Some(A::SeriesInstanceUid),
+        ),
+        (
+            Root::Patient,
+            "IMAGE",
+            vec![study, series],
+            a900,
+            Some(A::PatientId),
+        ),
+        (
+            Root::Patient,
+            "IMAGE",
+            vec![sop_class, pid, study, series, sops],
+            None,
+            None,
+        ),
+        (
+            Root::Patient,
+            "PATIENT",
+            vec![study],
+            a900,
+            Some(A::StudyInstanceUid),
+        ),
+        (
+            Root::Patient,
+            "STUDY",
+            vec![modality, pid],
+            a900,
+            Some(A::Modality),
+        ),
+        // Study Root
+        (Root::Study, "PATIENT", vec![pid], a900, None),
+        (Root::Study, "STUDY", vec![], None, None),
+        (
+            Root::Study,
+            "STUDY",
+            vec![pname, pid_wild, studies],
+            None,
+            None,
+        ),
+        (
+            Root::Study,
+            "STUDY",
+            vec![modality],
+            a900,
+            Some(A::Modality),
+        ),
+        (
+            Root::Study,
+            "STUDY",
+            vec![sop_class],
+            a900,
+            Some(A::SopClassUid),
+        ),
+        (
+            Root::Study,
+            "SERIES",
+            vec![],
+            a900,
+            Some(A::StudyInstanceUid),
+        ),
+        (
+            Root::Study,
+            "SERIES",
+            vec![studies],
+            a900,
+            Some(A::StudyInstanceUid),
+        ),
+        (
+            Root::Study,
+            "SERIES",
+            vec![pname, study, modality],
+            None,
+            None,
+        ),
+        (
+            Root::Study,
+            "IMAGE",
+            vec![study],
+            a900,
+            Some(A::SeriesInstanceUid),
+        ),
+        (Root::Study, "IMAGE", vec![study, series, sops], None, None),
+        (Root::Study, "SERIES ", vec![study], None, None),
+        (Root::Study, "", vec![study], a900, None),
+        (Root::Study, "FRAME", vec![study], a900, None),
+        (Root::Study, "study", vec![], a900, None),
+    ];
+    for (root, level, mut elements, status, offending) in cases {
+        elements.sort_by_key(|e| e.0);
+        let result = parse(root, level, &elements);
+        let what = format!("{root:?} {level:?} {elements:?}");
+        match (status, result) {
+            (None, Ok(parsed)) => {
+                assert_eq!(parsed.query.level.code(), level.trim(), "{what}");
+                assert_eq!(parsed.query.root, root);
+                assert_eq!(parsed.query.partition, PARTITION);
+                assert!(parsed.query.pn_case_insensitive);
+                assert_eq!(parsed.query.limit, Some(11));
+                assert_eq!(parsed.query.keys.len(), elements.len(), "{what}");
+            }
+            (Some(status), Err(error)) => {
+                assert_eq!(error.status(), status, "{what}: {error}");
+                let tag = offending
+                    .map(|a| (u32::from(a.tag().0) << 16) | u32::from(a.tag().1))
+                    .unwrap_or(0x0008_0052);
+                assert_eq!(error.offending_element(), Some(tag), "{what}: {error}");
+                assert!(error.to_string().len() <= 64, "{error}");
+            }
+            (status, result) => panic!("{what}: expected {status:?}, got {result:?}"),
+        }
+    }
+    // No QueryRetrieveLevel at all.
+    let bytes = identifier(EXPLICIT_LE, &[study]);
+    let error =
+        parse_identifier(&bytes, EXPLICIT_LE, Root::Study, PARTITION, &options()).unwrap_err();
+    assert_eq!(error, QueryKeyError::MissingLevel);
+    assert_eq!(error.status(), Status::IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS);
+    // Garbage and unknown transfer syntaxes: unable to process.
+    let error = parse_identifier(
+        &[0x08, 0x00, 0x52, 0x00, 0xFF, 0xFF, 0xFF, 0x7F, 1],
+        IMPLICIT_LE,
+        Root::Study,
+        PARTITION,
+        &options(),
+    )
+    .unwrap_err();
+    assert_eq!(error.status(), Status::UNABLE_TO_PROCESS, "{error}");
+    let error =
+        parse_identifier(&bytes, "1.2.3.4.5", Root::Study, PARTITION, &options()).unwrap_err();
+    assert_eq!(error, QueryKeyError::TransferSyntax("1.2.3.4.5".into()));
+    assert_eq!(error.status(), Status::UNABLE_TO_PROCESS);
+}
+
+#[test]
+fn hostile_identifiers_are_refused_before_decoding() {
+    // (0008,0052) QueryRetrieveLevel "STUDY " in Implicit VR LE.
+    let level = || -> Vec<u8> {
+        let mut b = vec![0x08, 0x00, 0x52, 0x00, 6, 0, 0, 0];
+        b.extend(b"STUDY ");
+        b
+    };
+    // (0010,0010) claiming 2 GiB - 1, then one byte.
+    let mut implicit_huge = level();
+    implicit_huge.extend([0x10, 0x00, 0x10, 0x00, 0xFF, 0xFF, 0xFF, 0x7F, 1]);
+    let mut explicit_huge = Vec::new();
+    explicit_huge.extend([0x08, 0x00, 0x52, 0x00, b'C', b'S', 6, 0]);
+    explicit_huge.extend(b"STUDY ");
+    explicit_huge.extend([
+        0x09, 0x00, 0x10, 0x10, b'U', b'N', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F,
+    ]);
+    let mut big_huge = vec![0x00, 0x08, 0x00, 0x52, b'C', b'S', 0, 6];
+    big_huge.extend(b"STUDY ");
+    big_huge.extend([0x00, 0x10, 0x00, 0x10, b'P', b'N', 0xFF, 0xF0]);
+    // A sequence whose item claims more than the sequence holds.
+    let mut item_too_long = level();
+    item_too_long.extend([0x08, 0x00, 0x10, 0x11, 16, 0, 0, 0]);
+    item_too_long.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0x00]);
+    item_too_long.extend([0; 8]);
+    // Sequences of undefined length nested `depth` deep.
+    let nested = |depth: usize| {
+        let mut b = level();
+        for _ in 0..depth {
+            b.extend([0x08, 0x00, 0x10, 0x11, 0xFF, 0xFF, 0xFF, 0xFF]);
+            b.extend([0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        }
+        for _ in 0..depth {
+            b.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+            b.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        }
+        b
+    };
+    let mut truncated = level();
+    truncated.extend([0x10, 0x00, 0x10]);
+    // Deflated: a small stream inflating to 5 MiB.
+    let mut bomb = Vec::new();
+    {
+        let Codec::Dataset(Some(adapter)) = transfer_syntax(DEFLATED).unwrap().codec() else {
+            panic!("deflate is built in");
+        };
+        let mut writer = adapter.adapt_writer(Box::new(&mut bomb));
+        std::io::Write::write_all(&mut writer, &vec![0u8; 5 << 20]).unwrap();
+    }
+    assert!(bomb.len() < 64 << 10);
+
+    // (bytes, transfer syntax, expected error text or None for success)
+    let cases: Vec<(Vec<u8>, &str, Option<&str>)> = vec![
+        (implicit_huge, IMPLICIT_LE, Some("exceeds the data")),
+        (explicit_huge, EXPLICIT_LE, Some("exceeds the data")),
+        (big_huge, EXPLICIT_BE, Some("exceeds the data")),
+        (item_too_long, IMPLICIT_LE, Some("exceeds the data")),
+        (truncated, IMPLICIT_LE, Some("truncated")),
+        (nested(3), IMPLICIT_LE, None),
+        (nested(MAX_NESTING), IMPLICIT_LE, None),
+        (nested(MAX_NESTING + 1), IMPLICIT_LE, Some("nested deeper")),
+        (nested(100_000), IMPLICIT_LE, Some("nested deeper")),
+        (bomb, DEFLATED, Some("inflates to more than")),
+    ];
+    for (bytes, ts, expected) in cases {
+        let result = parse_identifier(&bytes, ts, Root::Study, PARTITION, &options());
+        match (expected, result) {
+            (None, Ok(parsed)) => {
+                assert_eq!(parsed.unsupported(), vec![Tag(0x0008, 0x1110)]);
+            }
+            (Some(text), Err(error)) => {
+                assert_eq!(error.status(), Status::UNABLE_TO_PROCESS, "{error}");
+                assert!(error.to_string().contains(text), "{error}");
+            }
+            (expected, result) => panic!("{ts}: expected {expected:?}, got {result:?}"),
+        }
+    }
+}
+
+/// Reads a response back.
+fn read(bytes: &[u8], ts: &str) -> InMemDicomObject {
+    InMemDicomObject::read_dataset_with_ts(bytes, transfer_syntax(ts).unwrap()).unwrap()
+}
+
+fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
+    object.element_opt(tag).unwrap().map(|e| {
+        e.to_str()
+            .unwrap()
+            .trim_end_matches([' ', '\0'])
+            .to_string()
+    })
+}
+
+#[test]
+fn unsupported_keys_are_returned_empty() {
+    let instance_availability = Tag(0x0008, 0x0056);
+    let referenced_studies = Tag(0x0008, 0x1110);
+    let private = Tag(0x0009, 0x1001);
+    let elements = [
+        (instance_availability, VR::CS, ""),
+        (tags::RETRIEVE_AE_TITLE, VR::AE, ""),
+        (referenced_studies, VR::SQ, ""),
+        (Tag(0x0009, 0x0010), VR::LO, "ACME"),
+        (private, VR::LO, "x"),
+        (tag_of(Attribute::PatientName), VR::PN, ""),
+        (tag_of(Attribute::StudyInstanceUid), VR::UI, STUDY_UID),
+    ];
+    for ts in [EXPLICIT_LE, IMPLICIT_LE] {
+        let mut all = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "SERIES")];
+        all.extend_from_slice(&elements);
+        let parsed = parse_identifier(
+            &identifier(ts, &all),
+            ts,
+            Root::Study,
+            PARTITION,
+            &options(),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.unsupported(),
+            vec![
+                instance_availability,
+                referenced_studies,
+                Tag(0x0009, 0x0010),
+                private
+            ],
+            "{ts}"
+        );
+        assert!(parsed.optional_keys_unsupported());
+        assert_eq!(parsed.query.keys.len(), 2);
+
+        let found = Match {
+            values: vec![
+                (Attribute::PatientName, Some("Doe^John".into())),
+                (Attribute::StudyInstanceUid, Some(STUDY_UID.into())),
+                (Attribute::SeriesInstanceUid, Some(SERIES_UID.into())),
+            ],
+        };
+        let response = read(&encode_response(&parsed, &found, ts).unwrap(), ts);
+        assert_eq!(
+            text(&response, tags::QUERY_RETRIEVE_LEVEL).unwrap(),
+            "SERIES"
+        );
+        assert_eq!(text(&response, tags::RETRIEVE_AE_TITLE).unwrap(), OUR_AE);
+        assert_eq!(
+            text(&response, tag_of(Attribute::PatientName)).unwrap(),
+            "Doe^John"
+        );
+        // The series UID was not asked for: it is the level's unique key.
+        assert_eq!(
+            text(&response, tag_of(Attribute::SeriesInstanceUid)).unwrap(),
+            SERIES_UID
+        );
+        for tag in parsed.unsupported() {
+            let element = response.element(tag).unwrap();
+            match element.items() {
+                // An empty sequence (its length may be undefined).
+                Some(items) => assert!(items.is_empty(), "{tag} in {ts}"),
+                None => assert_eq!(element.header().len.0, 0, "{tag} in {ts}"),
+            }
+        }
+        if ts == EXPLICIT_LE {
+            assert_eq!(response.element(referenced_studies).unwrap().vr(), VR::SQ);
+        }
+        assert!(response
+            .element_opt(tags::SPECIFIC_CHARACTER_SET)
+            .unwrap()
+            .is_none());
+        assert!(response
+            .element_opt(tag_of(Attribute::PatientId))
+            .unwrap()
+            .is_none());
+    }
+}
+
+#[test]
+fn responses_round_trip_in_every_transfer_syntax() {
+    use Attribute as A;
+    let elements = [
+        (tag_of(A::StudyDate), VR::DA, "20200101-"),
+        (tag_of(A::StudyTime), VR::TM, ""),
+        (tag_of(A::AccessionNumber), VR::SH, ""),
+        (tag_of(A::ModalitiesInStudy), VR::CS, "CT\\MR"),
+        (tag_of(A::SopClassesInStudy), VR::UI, ""),
+        (tag_of(A::ReferringPhysicianName), VR::PN, ""),
+        (tag_of(A::PatientName), VR::PN, ""),
+        (tag_of(A::PatientId), VR::LO, ""),
+        (tag_of(A::PatientBirthDate), VR::DA, ""),
+        (tag_of(A::NumberOfPatientRelatedStudies), VR::IS, ""),
+        (tag_of(A::StudyInstanceUid), VR::UI, ""),
+        (tag_of(A::NumberOfStudyRelatedSeries), VR::IS, ""),
+        (tag_of(A::NumberOfStudyRelatedInstances), VR::IS, ""),
+    ];
+    let found = Match {
+        values: vec![
+            (A::StudyDate, Some("20200105".into())),
+            (A::StudyTime, Some("101500".into())),
+            (A::AccessionNumber, None),
+            (A::ModalitiesInStudy, Some("CT\\MR".into())),
+            (
+                A::SopClassesInStudy,
+                Some("1.2.840.10008.5.1.4.1.1.2".into()),
+            ),
+            (A::ReferringPhysicianName, None),
+            (A::PatientName, Some("Doe^John".into())),
+            (A::PatientId, Some("PID1".into())),
+            (A::PatientBirthDate, Some("19700101".into())),
+            (A::NumberOfPatientRelatedStudies, Some("2".into())),
+            (A::StudyInstanceUid, Some("1.2.345".into())),
+            (A::NumberOfStudyRelatedSeries, Some("3".into())),
+            (A::NumberOfStudyRelatedInstances, Some("12".into())),
+        ],
+    };
+    for ts in [EXPLICIT_LE, IMPLICIT_LE, DEFLATED, EXPLICIT_BE] {
+        let mut all = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY")];
+        all.extend_from_slice(&elements);
+        all.sort_by_key(|e| e.0);
+        let bytes = identifier(ts, &all);
+        let parsed = parse_identifier(&bytes, ts, Root::Study, PARTITION, &options()).unwrap();
+        assert!(!parsed.optional_keys_unsupported());
+        assert_eq!(parsed.query.keys.len(), elements.len());
+        let encoded = encode_response(&parsed, &found, ts).unwrap();
+        assert_eq!(encoded.len() % 2, 0, "{ts}: odd length {}", encoded.len());
+        let response = read(&encoded, ts);
+        // Exactly the requested keys and the level.
+        let mut expected: Vec<Tag> = elements.iter().map(|e| e.0).collect();
+        expected.push(tags::QUERY_RETRIEVE_LEVEL);
+        expected.sort();
+        let got: Vec<Tag> = response.iter().map(|e| e.header().tag).collect();
+        assert_eq!(got, expected, "{ts}");
+        for (attribute, value) in &found.values {
+            let element = response.element(tag_of(*attribute)).unwrap();
+            assert_eq!(element.vr(), dictionary_vr(tag_of(*attribute)), "{ts}");
+            match value {
+                Some(value) => {
+                    let values = element.value().to_multi_str().unwrap().join("\\");
+                    assert_eq!(values.trim_end_matches([' ', '\0']), value, "{ts}");
+                }
+                None => assert_eq!(element.header().len.0, 0, "{ts}"),
+            }
+        }
+        let modalities = response.element(tag_of(A::ModalitiesInStudy)).unwrap();
+        assert_eq!(modalities.value().multiplicity(), 2);
+    }
+}
+
+#[test]
+fn character_sets() {
+    let name = tag_of(Attribute::PatientName);
+    // (request charset, request name, expected matcher value, stored
+    // name, expected response charset, expected name bytes)
+    type Case<'a> = (
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        &'a [u8],
+    );
+    let cases: &[Case] = &[
+        (
+            Some("ISO_IR 100"),
+            "Müller*",
+            "Müller*",
+            "Müller^Hans",
+            Some("ISO_IR 100"),
+            b"M\xFCller^Hans",
+        ),
+        (
+            Some("ISO_IR 192"),
+            "Müller*",
+            "Müller*",
+            "Müller^Hans",
+            Some("ISO_IR 192"),
+            "Müller^Hans".as_bytes(),
+        ),
+        (
+            None,
+            "M*",
+            "M*",
+            "Müller^Hans",
+            Some("ISO_IR 192"),
+            "Müller^Hans".as_bytes(),
+        ),
+        // Not in Latin-1: UTF-8 whatever the request asked for.
+        (
+            Some("ISO_IR 100"),
+            "Z*",
+            "Z*",
+            "Żółć^Jan",
+            Some("ISO_IR 192"),
+            "Żółć^Jan".as_bytes(),
+        ),
+        // ASCII: the request's character set is echoed, or none.
+        (
+            Some("ISO_IR 100"),
+            "Doe*",
+            "Doe*",
+            "Doe^John",
+            Some("ISO_IR 100"),
+            b"Doe^John",
+        ),
+        (
+            Some("ISO_IR 192"),
+            "Doe*",
+            "Doe*",
+            "Doe^John",
+            Some("ISO_IR 192"),
+            b"Doe^John",
+        ),
+        (None, "Doe*", "Doe*", "Doe^John", None, b"Doe^John"),
+        // A request in an ISO 2022 Latin-1 that dicom-encoding can read.
+        (
+            Some("ISO 2022 IR 100"),
+            "Mü*",
+            "Mü*",
+            "Müller^Hans",
+            Some("ISO_IR 100"),
+            b"M\xFCller^Hans",
+        ),
+    ];
+    for &(request_cs, request_name, matched, stored, response_cs, name_bytes) in cases {
+        for ts in [EXPLICIT_LE, IMPLICIT_LE] {
+            let what = format!("{request_cs:?} {request_name} {stored} {ts}");
+            let mut elements = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY")];
+            if let Some(cs) = request_cs {
+                elements.insert(0, (tags::SPECIFIC_CHARACTER_SET, VR::CS, cs));
+            }
+            elements.push((name, VR::PN, request_name));
+            let bytes = identifier(ts, &elements);
+            if request_cs == Some("ISO_IR 100") && request_name.contains('ü') {
+                // The request really is Latin-1 on the wire.
+                assert!(bytes.windows(2).any(|w| w == b"M\xFC"), "{what}");
+            }
+            let parsed = parse_identifier(&bytes, ts, Root::Study, PARTITION, &options()).unwrap();
+            assert_eq!(parsed.specific_character_set(), request_cs, "{what}");
+            assert_eq!(parsed.query.keys[0].matcher, wildcard(matched), "{what}");
+            let found = Match {
+                values: vec![
+                    (Attribute::PatientName, Some(stored.into())),
+                    (Attribute::StudyInstanceUid, Some(STUDY_UID.into())),
+                ],
+            };
+            let encoded = encode_response(&parsed, &found, ts).unwrap();
+            assert!(
+                encoded.windows(name_bytes.len()).any(|w| w == name_bytes),
+                "{what}: name bytes not found in {encoded:X?}"
+            );
+            let response = read(&encoded, ts);
+            assert_eq!(
+                text(&response, tags::SPECIFIC_CHARACTER_SET).as_deref(),
+                response_cs,
+                "{what}"
+            );
+            assert_eq!(text(&response, name).unwrap(), stored, "{what}");
+        }
+    }
+    assert_eq!(response_character_set(Some("ISO_IR 999"), &["Doe"]), None);
+    assert_eq!(
+        response_character_set(Some("\\ISO 2022 IR 100"), &["Müller"]).as_deref(),
+        Some("ISO_IR 100")
+    );
+}
