@@ -1,6 +1,6 @@
 //! `imageserver import` of a folder with a bad file in it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use crate::support::corpus::{
 };
 use crate::support::dcmtk::{self, ToolOutput};
 use crate::support::server::{test_dir, Archive, BINARY, SERVER_AE};
-use crate::support::{archived_files, assert_archived, files_under};
+use crate::support::{archived_files, assert_archived, entries_under};
 
 /// Runs `imageserver import --data DATA [--db URL] --aet IMAGESERVER PATH`
 /// (bounded).
@@ -146,6 +146,11 @@ fn import_rejects_a_path_trick_in_a_uid_and_writes_nothing_for_it() {
     );
     let data = dir.path().join("data");
     let archive = Archive::new(&data, SERVER_AE);
+    // Where the trick points, counted from the study folder up: inside the
+    // data directory, beside it, or beside the test directory.
+    let before = entries_under(dir.path());
+    let beside = dir.path().parent().expect("a parent").join("x");
+    let existed_beside = beside.exists();
 
     let output = import(&archive, &incoming);
 
@@ -158,11 +163,27 @@ fn import_rejects_a_path_trick_in_a_uid_and_writes_nothing_for_it() {
     );
     assert_archived(&archive, &archive.index(), &good, None);
     assert_eq!(archived_files(&archive).len(), 1);
-    for path in files_under(dir.path()) {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        assert_ne!(name, "x", "a path trick created {}", path.display());
+    // Everything the import created (files and folders) is the archive's:
+    // under the data directory, and nothing named after the trick.
+    let created: Vec<PathBuf> = entries_under(dir.path())
+        .difference(&before)
+        .cloned()
+        .collect();
+    for path in &created {
+        assert!(
+            path.starts_with(&data),
+            "the import created {} outside the data directory",
+            path.display()
+        );
+        assert!(
+            !path.components().any(|c| c.as_os_str() == "x"),
+            "a path trick created {}",
+            path.display()
+        );
     }
+    assert!(
+        existed_beside || !beside.exists(),
+        "a path trick created {}",
+        beside.display()
+    );
 }

@@ -117,6 +117,24 @@ pub fn received_by_uid(dir: &Path) -> std::collections::BTreeMap<String, PathBuf
         .collect()
 }
 
+/// Every file and folder under `dir`, recursively (symlinks not followed).
+pub fn entries_under(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
+    let mut entries = std::collections::BTreeSet::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        let Ok(read) = std::fs::read_dir(&current) else {
+            continue;
+        };
+        for entry in read.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+            entries.insert(entry.path());
+        }
+    }
+    entries
+}
+
 /// Every regular file under `dir`, recursively (symlinks not followed).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
