@@ -61,18 +61,39 @@ fn fresh_uids(rng: &mut Rng) -> DatasetUids {
     }
 }
 
+/// Closes and A-ABORT reasons (PS3.8 9.3.8, source 2: service provider).
+const ABORT_REASON_UNRECOGNIZED_PDU: u8 = 1;
+const ABORT_REASON_UNEXPECTED_PDU: u8 = 2;
+const ABORT_REASON_INVALID_PDU_PARAMETER: u8 = 6;
+
+/// Fails unless the server sent exactly one A-ABORT (service provider,
+/// `reason`) and closed the connection within two seconds: far less than
+/// the timeouts the test sets, so the close is the server's answer to the
+/// bad PDU, not a timer firing.
+fn expect_abort(peer: &mut RawPeer, reason: u8, case: &str) {
+    let ConnectionEnd::Closed { pdus } = peer.expect_closed_within(Duration::from_secs(2));
+    assert_eq!(
+        pdus,
+        [Pdu::Abort { source: 2, reason }],
+        "{case}: expected one A-ABORT (source 2, reason {reason})"
+    );
+}
+
 #[test]
 fn malformed_pdus_close_the_connection() {
     let dir = test_dir("bad-pdus");
-    let server = start_hostile_target(dir.path());
-    let bound = close_bound(ARTIM_SECS);
+    // Timers far beyond the two seconds each case may take.
+    let server = Server::builder(dir.path())
+        .dicom_setting("artim_timeout_secs", 60)
+        .dicom_setting("idle_timeout_secs", 60)
+        .start();
     let idle_rss = server.rss_bytes();
     let sampler = server.sample_rss();
 
     // An HTTP request instead of an A-ASSOCIATE-RQ.
     let mut peer = RawPeer::connect(server.addr());
     let _ = peer.send(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
-    peer.expect_closed_within(bound);
+    expect_abort(&mut peer, ABORT_REASON_UNEXPECTED_PDU, "an HTTP request");
     assert_still_answers(&server, "an HTTP request");
 
     // Random bytes, starting with a byte that is no PDU type.
@@ -81,33 +102,49 @@ fn malformed_pdus_close_the_connection() {
     garbage[0] = 0xA5;
     let mut peer = RawPeer::connect(server.addr());
     let _ = peer.send(&garbage);
-    peer.expect_closed_within(bound);
+    expect_abort(&mut peer, ABORT_REASON_UNEXPECTED_PDU, "random bytes");
     assert_still_answers(&server, "random bytes");
 
     // P-DATA-TF before any association.
     let mut peer = RawPeer::connect(server.addr());
     let _ = peer.send(&raw::p_data_tf(1, true, true, &raw::c_echo_rq(1)));
-    peer.expect_closed_within(bound);
+    expect_abort(
+        &mut peer,
+        ABORT_REASON_UNEXPECTED_PDU,
+        "P-DATA before association",
+    );
     assert_still_answers(&server, "P-DATA before association");
 
     // An A-ASSOCIATE-RQ whose PDU length claims 4 GiB, followed by 64 KiB.
     let mut peer = RawPeer::connect(server.addr());
     let _ = peer.send(&[raw::pdu_type::ASSOCIATE_RQ, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
     let _ = peer.send(&[0u8; 64 * 1024]);
-    peer.expect_closed_within(bound);
+    expect_abort(
+        &mut peer,
+        ABORT_REASON_INVALID_PDU_PARAMETER,
+        "a 4 GiB A-ASSOCIATE-RQ",
+    );
     assert_still_answers(&server, "a 4 GiB A-ASSOCIATE-RQ");
 
     // A P-DATA-TF claiming 4 GiB on an established association.
     let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
     let _ = peer.send(&[raw::pdu_type::P_DATA_TF, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
     let _ = peer.send(&[0u8; 64 * 1024]);
-    peer.expect_closed_within(close_bound(IDLE_SECS));
+    expect_abort(
+        &mut peer,
+        ABORT_REASON_INVALID_PDU_PARAMETER,
+        "a 4 GiB P-DATA-TF",
+    );
     assert_still_answers(&server, "a 4 GiB P-DATA-TF");
 
     // An unknown PDU type on an established association.
     let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
     let _ = peer.send(&[0x42, 0, 0, 0, 0, 4, 1, 2, 3, 4]);
-    peer.expect_closed_within(bound);
+    expect_abort(
+        &mut peer,
+        ABORT_REASON_UNRECOGNIZED_PDU,
+        "an unknown PDU type",
+    );
     assert_still_answers(&server, "an unknown PDU type");
 
     let peak_rss = sampler.stop();

@@ -416,7 +416,13 @@ fn reap_finished(shared: &Shared) {
 /// Waits (at most the ARTIM timeout) until a whole A-ASSOCIATE-RQ is in
 /// the socket's receive queue, without consuming it; returns its calling AE
 /// title.
-fn await_association_rq(socket: &TcpStream, artim: Duration) -> Result<String, String> {
+/// Waits for the whole A-ASSOCIATE-RQ (ARTIM) and returns its calling AE
+/// title; on failure, the A-ABORT reason to send and why.
+fn await_association_rq(
+    socket: &TcpStream,
+    artim: Duration,
+) -> Result<String, (AbortRQServiceProviderReason, String)> {
+    let unexpected = |why: String| (AbortRQServiceProviderReason::UnexpectedPdu, why);
     let deadline = Instant::now() + artim;
     let mut header = [0u8; pdu::PDU_HEADER_LEN];
     let mut wanted = pdu::PDU_HEADER_LEN;
@@ -424,17 +430,19 @@ fn await_association_rq(socket: &TcpStream, artim: Duration) -> Result<String, S
     loop {
         let remaining = deadline
             .checked_duration_since(Instant::now())
-            .ok_or("the association request did not arrive within the ARTIM timeout")?;
+            .ok_or_else(|| {
+                unexpected("the association request did not arrive within the ARTIM timeout".into())
+            })?;
         socket
             .set_read_timeout(Some(remaining.max(Duration::from_millis(1))))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| unexpected(e.to_string()))?;
         let available = if wanted == pdu::PDU_HEADER_LEN {
             socket.peek(&mut header)
         } else {
             socket.peek(&mut buffer)
         };
         let available = match available {
-            Ok(0) => return Err("the peer closed the connection".into()),
+            Ok(0) => return Err(unexpected("the peer closed the connection".into())),
             Ok(n) => n,
             Err(e)
                 if matches!(
@@ -442,22 +450,25 @@ fn await_association_rq(socket: &TcpStream, artim: Duration) -> Result<String, S
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(
+                return Err(unexpected(
                     "the association request did not arrive within the ARTIM timeout".into(),
-                )
+                ))
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(unexpected(e.to_string())),
         };
         if wanted == pdu::PDU_HEADER_LEN && available >= pdu::PDU_HEADER_LEN {
             if header[0] != 0x01 {
-                return Err(format!(
+                return Err(unexpected(format!(
                     "expected an A-ASSOCIATE-RQ, got PDU type {:#04x}",
                     header[0]
-                ));
+                )));
             }
             let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
             if length > MAX_CONTROL_PDU_LEN {
-                return Err(format!("A-ASSOCIATE-RQ of {length} bytes is too large"));
+                return Err((
+                    AbortRQServiceProviderReason::InvalidPduParameter,
+                    format!("A-ASSOCIATE-RQ of {length} bytes is too large"),
+                ));
             }
             wanted = pdu::PDU_HEADER_LEN + length as usize;
             buffer = vec![0u8; wanted];
@@ -482,7 +493,7 @@ fn abort_pdu(reason: AbortRQServiceProviderReason) -> Pdu {
 }
 
 fn reject_over_limit(socket: TcpStream, peer: SocketAddr, config: &AcceptorConfig) {
-    if let Err(reason) = await_association_rq(&socket, config.artim_timeout) {
+    if let Err((_, reason)) = await_association_rq(&socket, config.artim_timeout) {
         debug!(%peer, %reason, "over-limit caller sent no association request");
         return;
     }
@@ -567,13 +578,10 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
     let peer = socket.peer_addr().ok();
     let requested_by = match await_association_rq(&socket, shared.config.artim_timeout) {
         Ok(calling_ae) => calling_ae,
-        Err(reason) => {
+        Err((abort_reason, reason)) => {
             warn!(?peer, %reason, "association aborted before negotiation");
             let mut socket = socket;
-            let _ = pdu::write_pdu(
-                &mut socket,
-                &abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
-            );
+            let _ = pdu::write_pdu(&mut socket, &abort_pdu(abort_reason));
             let _ = socket.shutdown(Shutdown::Both);
             return;
         }
