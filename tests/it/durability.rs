@@ -42,12 +42,18 @@ fn acknowledged_instances_survive_kill_9() {
     );
     let mut server = Server::start(dir.path());
 
-    let acknowledged = send_until_killed(&mut server, &corpus);
+    let (acknowledged, in_flight) = send_until_killed(&mut server, &corpus);
 
     assert!(
         acknowledged.len() >= KILL_AFTER_ACKNOWLEDGED,
         "only {} instances were acknowledged",
         acknowledged.len()
+    );
+    // The kill must have hit stores under way, or the test proves only
+    // that a server stopped between stores keeps what it had.
+    assert!(
+        in_flight >= 1,
+        "no store was under way at the kill (every attempt was acknowledged)"
     );
     server.restart();
     eprintln!(
@@ -120,8 +126,14 @@ fn acknowledged_instances_survive_kill_9() {
 /// Sends the corpus one instance per storescu from [`N_SENDERS`] threads,
 /// SIGKILLs the server once [`KILL_AFTER_ACKNOWLEDGED`] are acknowledged,
 /// and returns the acknowledged instances.
-fn send_until_killed(server: &mut Server, corpus: &[Instance]) -> Vec<Instance> {
+/// Sends until the server is killed; returns the acknowledged instances
+/// and how many stores had started before the kill but were not
+/// acknowledged (in flight when it came).
+fn send_until_killed(server: &mut Server, corpus: &[Instance]) -> (Vec<Instance>, usize) {
     let next = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    // Set before the kill is sent: a store started earlier was under way.
+    let killing = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let deadline = Instant::now() + SEND_TIME_BOUND;
@@ -133,6 +145,8 @@ fn send_until_killed(server: &mut Server, corpus: &[Instance]) -> Vec<Instance> 
             let next = Arc::clone(&next);
             let killed = Arc::clone(&killed);
             let acknowledged = Arc::clone(&acknowledged);
+            let in_flight = Arc::clone(&in_flight);
+            let killing = Arc::clone(&killing);
             let called_ae = called_ae.clone();
             scope.spawn(move || {
                 let mut failures_after_kill = 0;
@@ -141,10 +155,14 @@ fn send_until_killed(server: &mut Server, corpus: &[Instance]) -> Vec<Instance> 
                     let Some(instance) = corpus.get(instance_idx) else {
                         break;
                     };
+                    let started_before_kill = !killing.load(Ordering::SeqCst);
                     if store_one(addr, &called_ae, &instance.path) {
                         acknowledged.lock().expect("lock").push(instance.clone());
                     } else if killed.load(Ordering::SeqCst) {
                         failures_after_kill += 1;
+                        if started_before_kill {
+                            in_flight.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                 }
             });
@@ -158,12 +176,13 @@ fn send_until_killed(server: &mut Server, corpus: &[Instance]) -> Vec<Instance> 
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        killing.store(true, Ordering::SeqCst);
         server.kill_9();
         killed.store(true, Ordering::SeqCst);
     });
 
     let acknowledged = acknowledged.lock().expect("lock").clone();
-    acknowledged
+    (acknowledged, in_flight.load(Ordering::SeqCst))
 }
 
 /// One storescu of one file: acknowledged iff it exited 0 with Success.
