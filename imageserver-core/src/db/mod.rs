@@ -18,6 +18,8 @@ pub mod work;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 use std::ops::ControlFlow;
 
