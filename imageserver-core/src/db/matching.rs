@@ -158,3 +158,21 @@ pub(crate) fn time_to(value: &str) -> String {
         None => format!("{v}.999999"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_cover_their_unit() {
+        assert_eq!(time_from("12"), "120000");
+        assert_eq!(time_from("12:30"), "123000");
+        assert_eq!(time_from("120000.5"), "120000.5");
+        assert_eq!(time_to("12"), "125959.999999");
+        assert_eq!(time_to("1200"), "120059.999999");
+        assert_eq!(time_to("120000"), "120000.999999");
+        assert_eq!(time_to("12:00:00"), "120000.999999");
+        assert_eq!(time_to("120000.5"), "120000.599999");
+        assert_eq!(time_to("120000.123456"), "120000.123456");
+    }
+}

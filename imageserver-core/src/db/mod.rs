@@ -11,6 +11,7 @@
 //! retried inside the backend and never reaches callers.
 
 mod matching;
+mod planner;
 pub mod postgres;
 pub mod sqlite;
 pub mod studies;

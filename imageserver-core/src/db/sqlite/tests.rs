@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use super::query::SqliteDialect;
 use super::{Options, SqliteIndex, SCHEMA_VERSION};
 use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
 use crate::db::fixtures::{record, setup, uid};
+use crate::db::planner;
 use crate::db::{Error, IndexStore, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
 use crate::model::{
@@ -362,7 +364,7 @@ fn query_plans_use_indexes() {
         }
         // The retrieve lists: the per-entity statements and a study UID.
         for level in [Level::Patient, Level::Study, Level::Series] {
-            let sql = super::query::instances_below(level);
+            let sql = planner::instances_below::<SqliteDialect>(level);
             let plan = plan_of(&conn, &sql, &[rusqlite::types::Value::Integer(1)]);
             assert!(!plan.contains("SCAN"), "{level:?} ({statistics}): {plan}");
         }
@@ -373,8 +375,8 @@ fn query_plans_use_indexes() {
                 "1.2.826.0.1.3680043.10.3",
             )],
         );
-        let plan = super::query::Plan::instances(&by_uid);
-        let plan = plan_of(&conn, &plan.sql.text, &plan.sql.params);
+        let sql = planner::retrieve_entities::<SqliteDialect>(&by_uid);
+        let plan = plan_of(&conn, &sql.text, &sql.params);
         assert!(
             plan.contains("sqlite_autoindex_study_1 (partition_id=? AND study_uid=?)"),
             "retrieve a study ({statistics}): {plan}"
@@ -877,7 +879,7 @@ fn bench_query(partition: PartitionId, keys: &[Key], limit: Option<u64>) -> Quer
 
 /// The query plan of a query's statement, one line.
 fn explain(conn: &Connection, query: &Query) -> String {
-    let plan = super::query::Plan::find(query);
+    let plan = planner::find::<SqliteDialect>(query);
     plan_of(conn, &plan.sql.text, &plan.sql.params)
 }
 
