@@ -84,11 +84,13 @@
 //!
 //! Keys of levels below the query level are ignored.
 //!
-//! The retrieve list of [`crate::db::QueryStore::find_instances`]:
-//! [`retrieve_entities`] lists the matching entities and
-//! [`instances_below`] each one's instances (SQLite: both in one read
-//! transaction, streamed, so memory stays bounded and the first instance
-//! goes out at once).
+//! The retrieve list of [`crate::db::QueryStore::find_instances`] has two
+//! forms, one per backend's way of reading: [`retrieve_entities`] lists the
+//! matching entities and [`instances_below`] each one's instances (SQLite:
+//! both in one read transaction, streamed, so memory stays bounded and the
+//! first instance goes out at once), and [`retrieve_instances`] lists every
+//! instance in one statement (PostgreSQL: one snapshot, read whole so that a
+//! slow sink never holds a statement open against `statement_timeout`).
 
 use std::fmt::{self, Write as _};
 
@@ -364,6 +366,60 @@ pub(crate) fn instances_below<D: Dialect>(level: Level) -> String {
          WHERE {entity} = {key} AND ss.filesystem_id IS NOT NULL
          ORDER BY {INSTANCE_ORDER}"
     )
+}
+
+/// The columns of a stored instance in [`retrieve_instances`], from its
+/// outer aliases (`x…`), named as PostgreSQL's reader takes them.
+const NAMED_INSTANCE_COLUMNS: &str = "xss.filesystem_id, xpa.folder, xss.date_folder, \
+     xst.study_uid, xse.series_uid, xi.sop_instance_uid, xi.sop_class_uid, \
+     xi.transfer_syntax_uid, xi.file_size, xi.digest";
+
+/// The joins from an instance up to its study's location and partition
+/// (outer aliases).
+const NAMED_INSTANCE_JOINS: &str = "instance xi JOIN series xse ON xse.id = xi.series_fk \
+     JOIN study xst ON xst.id = xse.study_fk \
+     JOIN study_storage xss ON xss.id = xst.study_storage_id \
+     JOIN partition xpa ON xpa.id = xss.partition_id";
+
+/// Study, series and instance order of retrieved instances (outer aliases).
+const NAMED_INSTANCE_ORDER: &str = "xst.study_date NULLS LAST, xst.study_time NULLS LAST, \
+     xst.study_uid, xse.series_number NULLS LAST, xse.series_uid, xse.id, \
+     xi.instance_number NULLS LAST, xi.sop_instance_uid";
+
+/// The retrieve list in one statement: the online instances below the
+/// matching entities (a subquery with the level's key), in the entities'
+/// order, then study, series, instance order, with the columns of
+/// [`NAMED_INSTANCE_COLUMNS`].
+pub(crate) fn retrieve_instances<D: Dialect>(query: &Query) -> Sql<D> {
+    let level = query.level;
+    let keys = keys(query);
+    let top = top(level, keys.iter().map(|k| &k.attribute));
+    let entry = D::entry(query, &keys);
+    let mut w = Where::<D>::new(query, level, top, entry);
+    for key in &keys {
+        w.key(key, query.pn_case_insensitive);
+    }
+    let (entity, outer, patient_join, patient_order) = match level {
+        Level::Patient => (
+            "p.id",
+            "xst.patient_fk",
+            " JOIN patient xp ON xp.id = xst.patient_fk",
+            "xp.patient_id, xp.issuer_of_patient_id, xp.id, ",
+        ),
+        Level::Study => ("st.id", "xst.id", "", ""),
+        Level::Series => ("se.id", "xse.id", "", ""),
+        Level::Image => ("i.id", "xi.id", "", ""),
+    };
+    let mut sql = w.sql;
+    sql.text = format!(
+        "SELECT {NAMED_INSTANCE_COLUMNS} FROM {NAMED_INSTANCE_JOINS}{patient_join}
+         WHERE xss.filesystem_id IS NOT NULL
+           AND {outer} IN (SELECT {entity} FROM {} WHERE {})
+         ORDER BY {patient_order}{NAMED_INSTANCE_ORDER}",
+        from::<D>(level, top, entry),
+        w.conditions.join(" AND ")
+    );
+    sql
 }
 
 /// The column holding an attribute (aliases: `p` patient, `st` study, `se`

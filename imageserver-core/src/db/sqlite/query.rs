@@ -143,7 +143,7 @@ fn stored_instance(row: &Row<'_>) -> rusqlite::Result<StoredInstance> {
 }
 
 /// SQLite's way of writing the planner's statements.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(super) struct SqliteDialect;
 
 impl Dialect for SqliteDialect {
