@@ -1,8 +1,8 @@
-//! Dialect-free pieces of C-FIND planning shared by the SQL backends
-//! (`sqlite/query.rs`, `postgres/query.rs`): which keys count at a query
+//! Dialect-free pieces of C-FIND planning: which keys count at a query
 //! level, which attributes a match returns, how far up the joins go, the
-//! matcher a key really needs, and the value transforms of prefix matching
-//! and time ranges. Each backend turns these into its own SQL.
+//! matcher a key really needs, and the value transforms of prefix matching,
+//! case folding and time ranges. The planner (`planner.rs`) turns them into
+//! SQL through each backend's dialect.
 
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
 

@@ -58,18 +58,18 @@
 //!   (`müller*` → `[mM][üÜ]…*`), on PostgreSQL in an anchored regular
 //!   expression (`^[mM][üÜ][lL][lL][eE][rR].*$`), so `MÜLLER^JÜRGEN`
 //!   matches. Mappings that change the length (`ß` ↔ `SS`) are not folded,
-//!   and stored letters are not normalised (NFC vs NFD). The name index
-//!   folds ASCII only (SQLite: `patient_name_idx` is NOCASE, whose
-//!   collation and `lower()` fold ASCII only; PostgreSQL: it is on
-//!   `lower(patient_name)`, and `lower()` of a `"C"` column folds ASCII
-//!   only, exactly as NOCASE), so it serves the index, not the match: it is
-//!   entered through an extra prefix condition on the value's literal ASCII
-//!   prefix, which every match satisfies (SQLite `col LIKE 'prefix%'`,
-//!   PostgreSQL `lower(col) LIKE 'prefix%'` with the prefix folded); an
-//!   all-ASCII single value is `col = ? COLLATE NOCASE` (PostgreSQL
-//!   `lower(col) = ?` with the value folded). Case-sensitive names add the
-//!   folded equality or prefix in the same way, so that they use the index
-//!   too ([`Dialect::equal_nocase`], [`Dialect::prefix_nocase`]).
+//!   and stored letters are not normalised (NFC vs NFD). The databases'
+//!   own folding is ASCII only (SQLite's NOCASE and `lower()`; PostgreSQL's
+//!   `lower()` of a `"C"` column, exactly as NOCASE), so it serves the
+//!   index, not the match: `patient_name_idx` (NOCASE on SQLite, on
+//!   `lower(patient_name)` on PostgreSQL) is entered through an extra prefix
+//!   condition on the value's literal ASCII prefix, which every match
+//!   satisfies (SQLite `col LIKE 'prefix%'`, PostgreSQL
+//!   `lower(col) LIKE 'prefix%'` with the prefix folded); an all-ASCII single
+//!   value is `col = ? COLLATE NOCASE` (PostgreSQL `lower(col) = ?` with the
+//!   value folded). Case-sensitive names add the folded equality or the
+//!   prefix in the same way, so that they use the index too
+//!   ([`Dialect::equal_nocase`], [`Dialect::prefix_nocase`]).
 //! - ModalitiesInStudy, SOPClassesInStudy: the study matches when one of its
 //!   series (instances) has a value that matches. Single values and lists
 //!   are whole-element lookups in the study's maintained summary
