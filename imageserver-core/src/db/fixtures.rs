@@ -1,6 +1,7 @@
 //! Test fixtures both backends' own tests use (`sqlite/tests.rs`,
-//! `postgres/tests.rs`): a partition and filesystem to store into, and
-//! instance records with UIDs derived from small numbers.
+//! `postgres/tests.rs`): a partition and filesystem to store into, instance
+//! records with UIDs derived from small numbers, and a deterministic
+//! generator of batches.
 
 use std::path::PathBuf;
 
@@ -102,4 +103,46 @@ pub(crate) fn record(
             source_ae: Some("CT01".to_string()),
         },
     }
+}
+
+/// A small deterministic generator (xorshift64).
+#[derive(Debug, Clone)]
+pub(crate) struct Xorshift(u64);
+
+impl Xorshift {
+    /// A generator starting from `seed` (not 0).
+    pub(crate) fn new(seed: u64) -> Xorshift {
+        Xorshift(seed)
+    }
+
+    /// The next number below `n`.
+    pub(crate) fn below(&mut self, n: u32) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        u32::try_from(self.0 % u64::from(n)).expect("small")
+    }
+}
+
+/// 40 batches of 50 records (2 000 in all) of a mixed workload:
+/// replacements, moves across series, studies and patients, studies
+/// changing patient.
+pub(crate) fn mixed_batches(partition: PartitionId, fs: FilesystemId) -> Vec<Vec<InstanceRecord>> {
+    let mut rng = Xorshift::new(0x2545_f491_4f6c_dd1d);
+    (0..40)
+        .map(|_| {
+            (0..50)
+                .map(|_| {
+                    let study = rng.below(12);
+                    let patient = if rng.below(10) == 0 {
+                        rng.below(5)
+                    } else {
+                        study % 5
+                    };
+                    let series = rng.below(4);
+                    record(partition, fs, patient, study, series, rng.below(400))
+                })
+                .collect()
+        })
+        .collect()
 }

@@ -15,7 +15,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::{create_database, drop_database, PgIndex, PgOptions, SCHEMA_VERSION};
 use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
-use crate::db::fixtures::{record, setup, uid};
+use crate::db::fixtures::{mixed_batches, record, setup, uid, Xorshift};
 use crate::db::sqlite::SqliteIndex;
 use crate::db::{Error, IndexStore, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
@@ -319,22 +319,8 @@ fn mixed_workload_keeps_counters_exact() {
     let Some(db) = TestDb::new() else { return };
     let index = db.connect();
     let (partition, fs) = setup(&index, "MIXED");
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u32| -> u32 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        u32::try_from(seed % u64::from(n)).expect("small")
-    };
     let mut total = 0;
-    for _ in 0..40 {
-        let batch: Vec<_> = (0..50)
-            .map(|_| {
-                let study = next(12);
-                let patient = if next(10) == 0 { next(5) } else { study % 5 };
-                record(partition, fs, patient, study, next(4), next(400))
-            })
-            .collect();
+    for batch in mixed_batches(partition, fs) {
         total += index.insert_instances(&batch).expect("batch").len();
     }
     assert_eq!(total, 2000);
@@ -352,13 +338,8 @@ fn same_batches_same_answers_as_sqlite() {
     let pg = db.connect();
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite = SqliteIndex::open(&dir.path().join("index.db")).expect("sqlite");
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = |n: u32| -> u32 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        u32::try_from(seed % u64::from(n)).expect("small")
-    };
+    let mut rng = Xorshift::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = |n: u32| rng.below(n);
     let (pg_partition, pg_fs) = setup(&pg, "SAME");
     let (sqlite_partition, sqlite_fs) = setup(&sqlite, "SAME");
     assert_eq!((pg_partition, pg_fs), (sqlite_partition, sqlite_fs));
@@ -435,13 +416,8 @@ fn concurrent_nodes_do_not_deadlock_or_double_count() {
     std::thread::scope(|scope| {
         for (node_idx, node) in nodes.iter().enumerate() {
             scope.spawn(move || {
-                let mut seed = 0x1234_5678_u64 + node_idx as u64 * 7919;
-                let mut next = |n: u32| -> u32 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    u32::try_from(seed % u64::from(n)).expect("small")
-                };
+                let mut rng = Xorshift::new(0x1234_5678_u64 + node_idx as u64 * 7919);
+                let mut next = |n: u32| rng.below(n);
                 for _ in 0..15 {
                     // Overlapping studies, patients and SOP Instance UIDs,
                     // in a different order on every node.

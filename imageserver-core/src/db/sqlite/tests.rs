@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use super::query::SqliteDialect;
 use super::{Options, SqliteIndex, SCHEMA_VERSION};
 use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
-use crate::db::fixtures::{record, setup, uid};
+use crate::db::fixtures::{mixed_batches, record, setup, uid};
 use crate::db::planner;
 use crate::db::{Error, IndexStore, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
@@ -734,24 +734,8 @@ fn mixed_workload_keeps_counters_exact() {
     let (_dir, path) = temp_db();
     let index = SqliteIndex::open(&path).expect("open");
     let (partition, fs) = setup(&index, "MIXED");
-    // A small deterministic generator: replacements, moves across series,
-    // studies and patients, studies changing patient.
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u32| -> u32 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        u32::try_from(seed % u64::from(n)).expect("small")
-    };
     let mut total = 0;
-    for _ in 0..40 {
-        let batch: Vec<_> = (0..50)
-            .map(|_| {
-                let study = next(12);
-                let patient = if next(10) == 0 { next(5) } else { study % 5 };
-                record(partition, fs, patient, study, next(4), next(400))
-            })
-            .collect();
+    for batch in mixed_batches(partition, fs) {
         total += index.insert_instances(&batch).expect("batch").len();
     }
     assert_eq!(total, 2000);
