@@ -175,4 +175,10 @@ mod tests {
         assert_eq!(time_to("120000.5"), "120000.599999");
         assert_eq!(time_to("120000.123456"), "120000.123456");
     }
+
+    #[test]
+    fn like_prefixes_escape_and_stop_at_wildcards() {
+        assert_eq!(like_prefix("DO%_\\E*X"), "DO\\%\\_\\\\E");
+        assert_eq!(like_prefix("Mü*"), "M");
+    }
 }

@@ -57,9 +57,6 @@ impl QueryStore for PgIndex {
         })
     }
 
-    /// Instances of studies without an online copy (`study_storage`
-    /// `filesystem_id` NULL: nearline) are skipped: there is no file to send.
-    /// `query.limit` caps matches, not instances, and is ignored here.
     fn find_instances(
         &self,
         query: &Query,
@@ -256,7 +253,6 @@ fn regex(value: &str) -> String {
 #[cfg(test)]
 mod unit {
     use super::*;
-    use crate::db::matching::{like_prefix, time_from, time_to};
 
     #[test]
     fn patterns_escape_and_fold() {
@@ -264,8 +260,5 @@ mod unit {
         assert_eq!(regex("mü*"), "^[mM][üÜ].*$");
         assert_eq!(regex("a.b?(c)"), "^[aA]\\.[bB].\\([cC]\\)$");
         assert_eq!(regex("1^ß"), "^1\\^ß$");
-        assert_eq!(like_prefix("DO%_\\E*X"), "DO\\%\\_\\\\E");
-        assert_eq!(time_to("12"), "125959.999999");
-        assert_eq!(time_from("12:30"), "123000");
     }
 }

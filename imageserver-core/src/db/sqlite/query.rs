@@ -43,10 +43,6 @@ impl QueryStore for SqliteIndex {
         })
     }
 
-    /// Instances of studies without an online copy (`study_storage`
-    /// `filesystem_id` NULL: nearline) are skipped: there is no file to send.
-    /// `query.limit` caps matches, not instances, and is ignored here.
-    ///
     /// At IMAGE level one statement lists the instances. Above it, the
     /// query's statement lists the matching entities in study, series order
     /// and a fixed statement lists each one's instances, in the same read
@@ -372,7 +368,6 @@ fn json_strings<'a>(values: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::matching::like_prefix;
 
     #[test]
     fn patterns_escape_and_fold() {
@@ -381,8 +376,6 @@ mod tests {
         // ß upper-cases to "SS": not folded; ẞ lower-cases to ß.
         assert_eq!(glob("1^ß", true), "1^ß");
         assert_eq!(glob("ẞ", true), "[ẞß]");
-        assert_eq!(like_prefix("DO%_\\E*X"), "DO\\%\\_\\\\E");
-        assert_eq!(like_prefix("Mü*"), "M");
         assert_eq!(
             json_strings(["a\"b", "c\\d", "\u{1}"].into_iter()),
             r#"["a\"b","c\\d","\u0001"]"#
