@@ -1,8 +1,8 @@
-//! Dialect-free pieces of C-FIND planning shared by the SQL backends
-//! (`sqlite/query.rs`, `postgres/query.rs`): which keys count at a query
+//! Dialect-free pieces of C-FIND planning: which keys count at a query
 //! level, which attributes a match returns, how far up the joins go, the
-//! matcher a key really needs, and the value transforms of prefix matching
-//! and time ranges. Each backend turns these into its own SQL.
+//! matcher a key really needs, and the value transforms of prefix matching,
+//! case folding and time ranges. The planner (`planner.rs`) turns them into
+//! SQL through each backend's dialect.
 
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
 
@@ -156,5 +156,29 @@ pub(crate) fn time_to(value: &str) -> String {
         Some(_) => v,
         None if v.len() < 6 => format!("{v}{}.999999", &"595959"[v.len()..]),
         None => format!("{v}.999999"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_cover_their_unit() {
+        assert_eq!(time_from("12"), "120000");
+        assert_eq!(time_from("12:30"), "123000");
+        assert_eq!(time_from("120000.5"), "120000.5");
+        assert_eq!(time_to("12"), "125959.999999");
+        assert_eq!(time_to("1200"), "120059.999999");
+        assert_eq!(time_to("120000"), "120000.999999");
+        assert_eq!(time_to("12:00:00"), "120000.999999");
+        assert_eq!(time_to("120000.5"), "120000.599999");
+        assert_eq!(time_to("120000.123456"), "120000.123456");
+    }
+
+    #[test]
+    fn like_prefixes_escape_and_stop_at_wildcards() {
+        assert_eq!(like_prefix("DO%_\\E*X"), "DO\\%\\_\\\\E");
+        assert_eq!(like_prefix("Mü*"), "M");
     }
 }

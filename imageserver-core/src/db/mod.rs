@@ -11,6 +11,7 @@
 //! retried inside the backend and never reaches callers.
 
 mod matching;
+mod planner;
 pub mod postgres;
 pub mod sqlite;
 pub mod studies;
@@ -18,6 +19,8 @@ pub mod work;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod fixtures;
 
 use std::ops::ControlFlow;
 
@@ -226,6 +229,10 @@ pub trait QueryStore: Send + Sync + std::fmt::Debug {
 
     /// Streams every stored instance below the entities `query` matches (for
     /// C-MOVE, C-GET and WADO), ordered by study, series, instance number.
+    /// Instances of studies without an online copy (`study_storage`
+    /// `filesystem_id` NULL: nearline) are skipped: there is no file to send.
+    /// `query.limit` and `query.offset` cap and page matches, not instances:
+    /// they are ignored.
     fn find_instances(
         &self,
         query: &Query,

@@ -557,7 +557,8 @@ fn location_from_row(row: &PgRow) -> Result<StudyLocation, sqlx::Error> {
     })
 }
 
-/// Maps a row of the instance columns (see `query::INSTANCE_COLUMNS`).
+/// Maps a row of the instance columns, read by name (the retrieve list's
+/// are those of `planner::retrieve_instances`).
 fn stored_instance(row: &PgRow) -> Result<StoredInstance, sqlx::Error> {
     Ok(StoredInstance {
         location: location_from_row(row)?,

@@ -7,7 +7,6 @@
 //! explicitly: nothing skips silently.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,14 +15,11 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::{create_database, drop_database, PgIndex, PgOptions, SCHEMA_VERSION};
 use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
+use crate::db::fixtures::{mixed_batches, record, setup, uid, Xorshift};
 use crate::db::sqlite::SqliteIndex;
 use crate::db::{Error, IndexStore, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
-use crate::model::{
-    AeTitle, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, InsertOutcome,
-    InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs,
-    StudyAttrs, StudyLocation, Tier, Uid,
-};
+use crate::model::{AeTitle, InsertOutcome, PartitionId, Uid};
 
 /// A database of its own for one test, dropped at the end.
 struct TestDb {
@@ -138,96 +134,6 @@ impl Nearline for PgIndex {
             .expect("take offline")
             .rows_affected();
         assert_eq!(changed, 1, "study {study_uid} exists");
-    }
-}
-
-fn uid(value: &str) -> Uid {
-    Uid::parse(value).expect("uid")
-}
-
-fn setup(index: &dyn IndexStore, name: &str) -> (PartitionId, FilesystemId) {
-    let partition = index
-        .ensure_partition(&PartitionSpec {
-            ae_title: AeTitle::parse(name).expect("ae"),
-            folder: FolderName::parse(name).expect("folder"),
-            description: String::new(),
-            port: 0,
-            accept_unknown_devices: true,
-            duplicate_policy: DuplicatePolicy::default(),
-            pn_case_insensitive: true,
-        })
-        .expect("partition");
-    let fs = index
-        .ensure_filesystem(&FilesystemSpec {
-            path: PathBuf::from("/data/fs1"),
-            tier: Tier(1),
-            high_watermark: 90.0,
-            low_watermark: 80.0,
-            read_only: false,
-            write_only: false,
-            description: String::new(),
-        })
-        .expect("filesystem");
-    (partition, fs)
-}
-
-/// A record with `n`-derived UIDs: patient `p`, study `st`, series `se`.
-fn record(
-    partition: PartitionId,
-    fs: FilesystemId,
-    p: u32,
-    st: u32,
-    se: u32,
-    sop: u32,
-) -> InstanceRecord {
-    let study_uid = uid(&format!("1.2.826.0.1.3680043.2.{st}"));
-    InstanceRecord {
-        partition,
-        location: StudyLocation {
-            filesystem: fs,
-            partition_folder: FolderName::parse("X").expect("folder"),
-            date_folder: "20240131".to_string(),
-            study_uid: study_uid.clone(),
-        },
-        patient: PatientAttrs {
-            patient_id: format!("PID{p}"),
-            issuer_of_patient_id: None,
-            patient_name: Some(format!("DOE^JOHN{p}")),
-            birth_date: Some("19800101".to_string()),
-            sex: Some("M".to_string()),
-        },
-        study: StudyAttrs {
-            study_uid,
-            study_date: Some("20240131".to_string()),
-            study_time: Some("120000".to_string()),
-            accession_number: Some(format!("A{st}")),
-            study_id: Some("1".to_string()),
-            study_description: Some("CT CHEST".to_string()),
-            referring_physician_name: Some("REF^DR".to_string()),
-            specific_character_set: Some("ISO_IR 100".to_string()),
-        },
-        series: SeriesAttrs {
-            series_uid: uid(&format!("1.2.826.0.1.3680043.2.{st}.{se}")),
-            modality: Some(["CT", "MR", "PT", "SR"][se as usize % 4].to_string()),
-            series_number: Some(i32::try_from(se).expect("small")),
-            series_description: Some("AXIAL".to_string()),
-            body_part_examined: Some("CHEST".to_string()),
-            series_date: Some("20240131".to_string()),
-            series_time: Some("120001".to_string()),
-        },
-        instance: InstanceAttrs {
-            sop_instance_uid: uid(&format!("1.2.826.0.1.3680043.3.{sop}")),
-            sop_class_uid: uid(if sop.is_multiple_of(7) {
-                "1.2.840.10008.5.1.4.1.1.7"
-            } else {
-                "1.2.840.10008.5.1.4.1.1.2"
-            }),
-            instance_number: Some(i32::try_from(sop % 1000).expect("small")),
-            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-            file_size: 500_000 + u64::from(sop % 13),
-            digest: format!("{sop:064x}"),
-            source_ae: Some("CT01".to_string()),
-        },
     }
 }
 
@@ -413,22 +319,8 @@ fn mixed_workload_keeps_counters_exact() {
     let Some(db) = TestDb::new() else { return };
     let index = db.connect();
     let (partition, fs) = setup(&index, "MIXED");
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u32| -> u32 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        u32::try_from(seed % u64::from(n)).expect("small")
-    };
     let mut total = 0;
-    for _ in 0..40 {
-        let batch: Vec<_> = (0..50)
-            .map(|_| {
-                let study = next(12);
-                let patient = if next(10) == 0 { next(5) } else { study % 5 };
-                record(partition, fs, patient, study, next(4), next(400))
-            })
-            .collect();
+    for batch in mixed_batches(partition, fs) {
         total += index.insert_instances(&batch).expect("batch").len();
     }
     assert_eq!(total, 2000);
@@ -446,13 +338,8 @@ fn same_batches_same_answers_as_sqlite() {
     let pg = db.connect();
     let dir = tempfile::tempdir().expect("tempdir");
     let sqlite = SqliteIndex::open(&dir.path().join("index.db")).expect("sqlite");
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = |n: u32| -> u32 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        u32::try_from(seed % u64::from(n)).expect("small")
-    };
+    let mut rng = Xorshift::new(0x9e37_79b9_7f4a_7c15);
+    let mut next = |n: u32| rng.below(n);
     let (pg_partition, pg_fs) = setup(&pg, "SAME");
     let (sqlite_partition, sqlite_fs) = setup(&sqlite, "SAME");
     assert_eq!((pg_partition, pg_fs), (sqlite_partition, sqlite_fs));
@@ -529,13 +416,8 @@ fn concurrent_nodes_do_not_deadlock_or_double_count() {
     std::thread::scope(|scope| {
         for (node_idx, node) in nodes.iter().enumerate() {
             scope.spawn(move || {
-                let mut seed = 0x1234_5678_u64 + node_idx as u64 * 7919;
-                let mut next = |n: u32| -> u32 {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    u32::try_from(seed % u64::from(n)).expect("small")
-                };
+                let mut rng = Xorshift::new(0x1234_5678_u64 + node_idx as u64 * 7919);
+                let mut next = |n: u32| rng.below(n);
                 for _ in 0..15 {
                     // Overlapping studies, patients and SOP Instance UIDs,
                     // in a different order on every node.

@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use super::query::SqliteDialect;
 use super::{Options, SqliteIndex, SCHEMA_VERSION};
 use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
+use crate::db::fixtures::{mixed_batches, record, setup, uid};
+use crate::db::planner;
 use crate::db::{Error, IndexStore, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
 use crate::model::{
-    AeTitle, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, IndexCounts, InsertOutcome,
-    InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs,
-    StudyAttrs, StudyLocation, Tier, Uid,
+    AeTitle, FilesystemId, FolderName, IndexCounts, InsertOutcome, InstanceAttrs, InstanceRecord,
+    PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs, StudyLocation, Uid,
 };
 
 impl StudySummaries for SqliteIndex {
@@ -61,96 +63,6 @@ fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("index.sqlite");
     (dir, path)
-}
-
-fn uid(value: &str) -> Uid {
-    Uid::parse(value).expect("uid")
-}
-
-fn setup(index: &SqliteIndex, name: &str) -> (PartitionId, FilesystemId) {
-    let partition = index
-        .ensure_partition(&PartitionSpec {
-            ae_title: AeTitle::parse(name).expect("ae"),
-            folder: FolderName::parse(name).expect("folder"),
-            description: String::new(),
-            port: 0,
-            accept_unknown_devices: true,
-            duplicate_policy: DuplicatePolicy::default(),
-            pn_case_insensitive: true,
-        })
-        .expect("partition");
-    let fs = index
-        .ensure_filesystem(&FilesystemSpec {
-            path: PathBuf::from("/data/fs1"),
-            tier: Tier(1),
-            high_watermark: 90.0,
-            low_watermark: 80.0,
-            read_only: false,
-            write_only: false,
-            description: String::new(),
-        })
-        .expect("filesystem");
-    (partition, fs)
-}
-
-/// A record with `n`-derived UIDs: patient `p`, study `st`, series `se`.
-fn record(
-    partition: PartitionId,
-    fs: FilesystemId,
-    p: u32,
-    st: u32,
-    se: u32,
-    sop: u32,
-) -> InstanceRecord {
-    let study_uid = uid(&format!("1.2.826.0.1.3680043.2.{st}"));
-    InstanceRecord {
-        partition,
-        location: StudyLocation {
-            filesystem: fs,
-            partition_folder: FolderName::parse("X").expect("folder"),
-            date_folder: "20240131".to_string(),
-            study_uid: study_uid.clone(),
-        },
-        patient: PatientAttrs {
-            patient_id: format!("PID{p}"),
-            issuer_of_patient_id: None,
-            patient_name: Some(format!("DOE^JOHN{p}")),
-            birth_date: Some("19800101".to_string()),
-            sex: Some("M".to_string()),
-        },
-        study: StudyAttrs {
-            study_uid,
-            study_date: Some("20240131".to_string()),
-            study_time: Some("120000".to_string()),
-            accession_number: Some(format!("A{st}")),
-            study_id: Some("1".to_string()),
-            study_description: Some("CT CHEST".to_string()),
-            referring_physician_name: Some("REF^DR".to_string()),
-            specific_character_set: Some("ISO_IR 100".to_string()),
-        },
-        series: SeriesAttrs {
-            series_uid: uid(&format!("1.2.826.0.1.3680043.2.{st}.{se}")),
-            modality: Some(["CT", "MR", "PT", "SR"][se as usize % 4].to_string()),
-            series_number: Some(i32::try_from(se).expect("small")),
-            series_description: Some("AXIAL".to_string()),
-            body_part_examined: Some("CHEST".to_string()),
-            series_date: Some("20240131".to_string()),
-            series_time: Some("120001".to_string()),
-        },
-        instance: InstanceAttrs {
-            sop_instance_uid: uid(&format!("1.2.826.0.1.3680043.3.{sop}")),
-            sop_class_uid: uid(if sop.is_multiple_of(7) {
-                "1.2.840.10008.5.1.4.1.1.7"
-            } else {
-                "1.2.840.10008.5.1.4.1.1.2"
-            }),
-            instance_number: Some(i32::try_from(sop % 1000).expect("small")),
-            transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-            file_size: 500_000 + u64::from(sop % 13),
-            digest: format!("{sop:064x}"),
-            source_ae: Some("CT01".to_string()),
-        },
-    }
 }
 
 /// Checks every maintained counter and summary against a recount of the rows.
@@ -452,7 +364,7 @@ fn query_plans_use_indexes() {
         }
         // The retrieve lists: the per-entity statements and a study UID.
         for level in [Level::Patient, Level::Study, Level::Series] {
-            let sql = super::query::instances_below(level);
+            let sql = planner::instances_below::<SqliteDialect>(level);
             let plan = plan_of(&conn, &sql, &[rusqlite::types::Value::Integer(1)]);
             assert!(!plan.contains("SCAN"), "{level:?} ({statistics}): {plan}");
         }
@@ -463,8 +375,8 @@ fn query_plans_use_indexes() {
                 "1.2.826.0.1.3680043.10.3",
             )],
         );
-        let plan = super::query::Plan::instances(&by_uid);
-        let plan = plan_of(&conn, &plan.sql.text, &plan.sql.params);
+        let sql = planner::retrieve_entities::<SqliteDialect>(&by_uid);
+        let plan = plan_of(&conn, &sql.text, &sql.params);
         assert!(
             plan.contains("sqlite_autoindex_study_1 (partition_id=? AND study_uid=?)"),
             "retrieve a study ({statistics}): {plan}"
@@ -624,7 +536,7 @@ fn two_handles_on_one_file_both_write() {
     let (_dir, path) = temp_db();
     let a = Arc::new(SqliteIndex::open(&path).expect("open a"));
     let b = Arc::new(SqliteIndex::open(&path).expect("open b"));
-    let (partition, fs) = setup(&a, "SHARED");
+    let (partition, fs) = setup(a.as_ref(), "SHARED");
     let threads: Vec<_> = [a.clone(), b.clone()]
         .into_iter()
         .enumerate()
@@ -822,24 +734,8 @@ fn mixed_workload_keeps_counters_exact() {
     let (_dir, path) = temp_db();
     let index = SqliteIndex::open(&path).expect("open");
     let (partition, fs) = setup(&index, "MIXED");
-    // A small deterministic generator: replacements, moves across series,
-    // studies and patients, studies changing patient.
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = |n: u32| -> u32 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        u32::try_from(seed % u64::from(n)).expect("small")
-    };
     let mut total = 0;
-    for _ in 0..40 {
-        let batch: Vec<_> = (0..50)
-            .map(|_| {
-                let study = next(12);
-                let patient = if next(10) == 0 { next(5) } else { study % 5 };
-                record(partition, fs, patient, study, next(4), next(400))
-            })
-            .collect();
+    for batch in mixed_batches(partition, fs) {
         total += index.insert_instances(&batch).expect("batch").len();
     }
     assert_eq!(total, 2000);
@@ -967,7 +863,7 @@ fn bench_query(partition: PartitionId, keys: &[Key], limit: Option<u64>) -> Quer
 
 /// The query plan of a query's statement, one line.
 fn explain(conn: &Connection, query: &Query) -> String {
-    let plan = super::query::Plan::find(query);
+    let plan = planner::find::<SqliteDialect>(query);
     plan_of(conn, &plan.sql.text, &plan.sql.params)
 }
 
