@@ -3,6 +3,7 @@
 # formatting, lints and docs, build every target and run every test of the
 # workspace: once on SQLite, and the integration binary once more with the
 # index on PostgreSQL (a throwaway cluster this script starts and removes);
+# then the library built with each index backend alone (cargo features);
 # last, run the examples for real (scripts/examples.sh).
 #
 # In CI (CI=true) a missing tool fails the run; nothing is ever skipped.
@@ -105,6 +106,12 @@ cargo test --workspace -- --skip postgres::pg_
 
 step "IMAGESERVER_IT_BACKEND=postgres cargo test --test it (index on PostgreSQL)"
 IMAGESERVER_IT_BACKEND=postgres cargo test --test it
+
+# An embedder may build the library with one index backend alone.
+step "cargo test -p imageserver-core --no-default-features --features sqlite (SQLite alone)"
+cargo test -p imageserver-core --no-default-features --features sqlite
+step "cargo test -p imageserver-core --no-default-features --features postgres (PostgreSQL alone)"
+cargo test -p imageserver-core --no-default-features --features postgres
 
 step "examples: custom_processor, and medium on PostgreSQL (scripts/examples.sh)"
 bash scripts/examples.sh "$IMAGESERVER_PG_URL"

@@ -28,6 +28,11 @@
 //! invariants.
 #![deny(missing_docs)]
 
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!(
+    "imageserver-core needs an index backend: enable feature `sqlite`, `postgres` or both"
+);
+
 pub mod config;
 pub mod db;
 pub mod dicom;

@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{ConfigError, PartitionSettings, Settings};
-use crate::db::sqlite::SqliteIndex;
 use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
 use crate::processors::{self, BuiltinDeps};
@@ -66,10 +65,15 @@ pub enum Error {
 
 /// Opens the index a URL names: `sqlite:PATH` (or a bare path), or
 /// `postgres://user@host:port/database` (also `postgresql://`; pool options
-/// as query parameters, see [`crate::db::postgres::PgOptions::from_url`]).
+/// as query parameters, see `db::postgres::PgOptions::from_url`).
 pub fn open_index(url: &str) -> Result<Arc<dyn Database>, Error> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
         return Ok(Arc::new(crate::db::postgres::PgIndex::connect(url)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::UnsupportedDb(format!(
+            "{url} (this build has no PostgreSQL backend: feature `postgres`)"
+        )));
     }
     let path = if let Some(path) = url.strip_prefix("sqlite:") {
         PathBuf::from(path.trim_start_matches("//"))
@@ -78,13 +82,26 @@ pub fn open_index(url: &str) -> Result<Arc<dyn Database>, Error> {
     } else {
         PathBuf::from(url)
     };
+    open_sqlite(&path)
+}
+
+#[cfg(feature = "sqlite")]
+fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn Database>, Error> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| Error::CreateDir {
             path: parent.to_path_buf(),
             source,
         })?;
     }
-    Ok(Arc::new(SqliteIndex::open(&path)?))
+    Ok(Arc::new(crate::db::sqlite::SqliteIndex::open(path)?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn Database>, Error> {
+    Err(Error::UnsupportedDb(format!(
+        "sqlite:{} (this build has no SQLite backend: feature `sqlite`)",
+        path.display()
+    )))
 }
 
 /// Assembles an archive from parts; defaults to the backends the settings name.

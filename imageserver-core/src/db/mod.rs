@@ -12,7 +12,9 @@
 
 mod matching;
 mod planner;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod studies;
 pub mod work;

@@ -290,17 +290,20 @@ fn order(level: Level) -> &'static str {
 /// The study location (filesystem, partition folder, date folder, study
 /// UID) and the instance columns of a stored instance, in this order, as
 /// SQLite's reader takes them by position.
+#[cfg(feature = "sqlite")]
 const INSTANCE_COLUMNS: &str = "ss.filesystem_id, \
      (SELECT pa.folder FROM partition pa WHERE pa.id = ss.partition_id), ss.date_folder, st.study_uid, \
      se.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_size, \
      i.digest";
 
 /// The joins from an instance up to its study's location.
+#[cfg(feature = "sqlite")]
 const INSTANCE_JOINS: &str = "instance i JOIN series se ON se.id = i.series_fk \
      JOIN study st ON st.id = se.study_fk \
      JOIN study_storage ss ON ss.id = st.study_storage_id";
 
 /// Study, series and instance order of retrieved instances.
+#[cfg(feature = "sqlite")]
 const INSTANCE_ORDER: &str = "st.study_date NULLS LAST, st.study_time NULLS LAST, st.study_uid, \
      se.series_number NULLS LAST, se.series_uid, se.id, i.instance_number NULLS LAST, \
      i.sop_instance_uid";
@@ -309,6 +312,7 @@ const INSTANCE_ORDER: &str = "st.study_date NULLS LAST, st.study_time NULLS LAST
 /// matching entities in study, series, instance order, each one's
 /// instances to be read with [`instances_below`]; at IMAGE level the online
 /// instances themselves (the columns of [`INSTANCE_COLUMNS`]).
+#[cfg(feature = "sqlite")]
 pub(crate) fn retrieve_entities<D: Dialect>(query: &Query) -> Sql<D> {
     let level = query.level;
     let keys = keys(query);
@@ -354,6 +358,7 @@ pub(crate) fn retrieve_entities<D: Dialect>(query: &Query) -> Sql<D> {
 /// The fixed statement listing the online instances below one entity (the
 /// first parameter: its row key) of a level above IMAGE, with the columns
 /// of [`INSTANCE_COLUMNS`].
+#[cfg(feature = "sqlite")]
 pub(crate) fn instances_below<D: Dialect>(level: Level) -> String {
     let entity = match level {
         Level::Patient => "st.patient_fk",
@@ -370,18 +375,21 @@ pub(crate) fn instances_below<D: Dialect>(level: Level) -> String {
 
 /// The columns of a stored instance in [`retrieve_instances`], from its
 /// outer aliases (`x…`), named as PostgreSQL's reader takes them.
+#[cfg(feature = "postgres")]
 const NAMED_INSTANCE_COLUMNS: &str = "xss.filesystem_id, xpa.folder, xss.date_folder, \
      xst.study_uid, xse.series_uid, xi.sop_instance_uid, xi.sop_class_uid, \
      xi.transfer_syntax_uid, xi.file_size, xi.digest";
 
 /// The joins from an instance up to its study's location and partition
 /// (outer aliases).
+#[cfg(feature = "postgres")]
 const NAMED_INSTANCE_JOINS: &str = "instance xi JOIN series xse ON xse.id = xi.series_fk \
      JOIN study xst ON xst.id = xse.study_fk \
      JOIN study_storage xss ON xss.id = xst.study_storage_id \
      JOIN partition xpa ON xpa.id = xss.partition_id";
 
 /// Study, series and instance order of retrieved instances (outer aliases).
+#[cfg(feature = "postgres")]
 const NAMED_INSTANCE_ORDER: &str = "xst.study_date NULLS LAST, xst.study_time NULLS LAST, \
      xst.study_uid, xse.series_number NULLS LAST, xse.series_uid, xse.id, \
      xi.instance_number NULLS LAST, xi.sop_instance_uid";
@@ -390,6 +398,7 @@ const NAMED_INSTANCE_ORDER: &str = "xst.study_date NULLS LAST, xst.study_time NU
 /// matching entities (a subquery with the level's key), in the entities'
 /// order, then study, series, instance order, with the columns of
 /// [`NAMED_INSTANCE_COLUMNS`].
+#[cfg(feature = "postgres")]
 pub(crate) fn retrieve_instances<D: Dialect>(query: &Query) -> Sql<D> {
     let level = query.level;
     let keys = keys(query);

@@ -46,5 +46,5 @@ pub use crate::model::work::{
     WorkPriority, WorkStatus, WorkUid,
 };
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests;

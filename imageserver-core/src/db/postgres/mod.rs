@@ -44,6 +44,7 @@
 //! `pool_size`, `query_pool_size`, `connect_timeout_secs`,
 //! `statement_timeout_secs`.
 
+#[cfg(feature = "sqlite")]
 mod copy;
 mod ingest;
 mod query;
@@ -64,6 +65,7 @@ use crate::model::{
     StudyLocation, Tier, Uid,
 };
 
+#[cfg(feature = "sqlite")]
 pub use copy::{copy_from_sqlite, CopyReport, TableCopy};
 
 /// The migrations, in order: `(version, SQL)`.

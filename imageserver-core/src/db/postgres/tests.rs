@@ -15,11 +15,18 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 
 use super::{create_database, drop_database, PgIndex, PgOptions, SCHEMA_VERSION};
 use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
-use crate::db::fixtures::{mixed_batches, record, setup, uid, Xorshift};
-use crate::db::sqlite::SqliteIndex;
+use crate::db::fixtures::{mixed_batches, record, setup, Xorshift};
 use crate::db::{Error, IndexStore, QueryStore};
-use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
-use crate::model::{AeTitle, InsertOutcome, PartitionId, Uid};
+use crate::model::query::{Level, Query, Root};
+use crate::model::{InsertOutcome, PartitionId, Uid};
+// What the comparisons with SQLite need.
+#[cfg(feature = "sqlite")]
+use crate::{
+    db::fixtures::uid,
+    db::sqlite::SqliteIndex,
+    model::query::{Attribute, Key, Matcher},
+    model::AeTitle,
+};
 
 /// A database of its own for one test, dropped at the end.
 struct TestDb {
@@ -333,6 +340,7 @@ fn mixed_workload_keeps_counters_exact() {
 /// The same generator on SQLite and PostgreSQL ends with the same counts and
 /// the same C-FIND answers: one semantics, two backends.
 #[test]
+#[cfg(feature = "sqlite")]
 fn same_batches_same_answers_as_sqlite() {
     let Some(db) = TestDb::new() else { return };
     let pg = db.connect();
@@ -490,6 +498,7 @@ fn nul_characters_are_dropped_not_fatal() {
 /// Copying a SQLite index: every table, counts and a sample verified, the
 /// SQLite file unchanged, C-FIND answers equal; a non-empty target refused.
 #[test]
+#[cfg(feature = "sqlite")]
 fn copy_from_sqlite_keeps_everything() {
     let Some(db) = TestDb::new() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
