@@ -106,7 +106,7 @@ cargo test --workspace -- --skip postgres::pg_
 step "IMAGESERVER_IT_BACKEND=postgres cargo test --test it (index on PostgreSQL)"
 IMAGESERVER_IT_BACKEND=postgres cargo test --test it
 
-step "examples: custom_processor, and medium on PostgreSQL (scripts/examples.sh)"
+step "examples: custom_processor, custom_storage, small, and medium on PostgreSQL (scripts/examples.sh)"
 bash scripts/examples.sh "$IMAGESERVER_PG_URL"
 
 step "all checks passed"
