@@ -790,24 +790,14 @@ mod tests {
     }
 
     #[test]
-    fn move_between_filesystems() {
-        let a = tempfile::tempdir().unwrap();
-        let b = tempfile::tempdir().unwrap();
-        let (fa, mut fb) = (filesystem(a.path()), filesystem(b.path()));
-        fb.id = FilesystemId(2);
+    fn keeps_the_storage_contract() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut other = filesystem(b.path());
+        other.id = FilesystemId(2);
         let storage = FsStorage::new();
-        let k = key("1.2.3", "1.2.3.4");
-        let mut writer = storage.begin_write(&fa).unwrap();
-        writer.write_all(b"payload").unwrap();
-        let pending = writer.persist(&k).unwrap();
-        storage.sync(pending).unwrap();
-        let mut to_key = k.clone();
-        to_key.location.filesystem = FilesystemId(2);
-        assert_eq!(storage.move_instance(&fa, &fb, &k, &to_key).unwrap(), 7);
-        assert!(!storage.exists(&fa, &k).unwrap());
-        assert!(storage.exists(&fb, &to_key).unwrap());
-        let usage = storage.usage(&fb).unwrap();
-        assert!(usage.total_bytes > 0 && usage.used_percent() <= 100.0);
+        crate::storage::conformance::run(&storage, &filesystem(a.path()), &other);
+        // Every directory the suite created was synced or removed.
+        assert!(storage.lock_unsynced().is_empty());
     }
 
     #[test]

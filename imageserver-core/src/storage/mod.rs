@@ -29,7 +29,11 @@
 //!
 //! Which filesystem a new study goes to is a [`Placement`]'s decision
 //! ([`placement`]).
+//!
+//! [`conformance::run`] checks a backend against this contract: the
+//! filesystem backend runs it in its tests, an embedder on its own backend.
 
+pub mod conformance;
 pub mod fs;
 pub mod layout;
 pub mod placement;
@@ -207,7 +211,8 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
     /// each distinct directory once.
     fn sync(&self, pending: PendingSync) -> Result<(), Error>;
 
-    /// Opens a stored instance for streaming reads.
+    /// Opens a stored instance for streaming reads. A missing instance is
+    /// [`Error::NotFound`].
     fn open(
         &self,
         filesystem: &Filesystem,
@@ -257,7 +262,9 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
         location: &StudyLocation,
     ) -> Result<u64, Error>;
 
-    /// Every object of a study's storage, sorted (none when it has none).
+    /// Every object of a study's storage (none when it has none), sorted
+    /// by its [`layout`] path: the metadata files first, then each series'
+    /// files by name.
     fn list_study(
         &self,
         filesystem: &Filesystem,
@@ -275,7 +282,8 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
 
     /// Removes what of a study's storage is empty (series folders, the
     /// metadata folder, the study folder itself), durably. Anything still
-    /// there keeps its place.
+    /// there keeps its place; a study with no storage at all is not an
+    /// error.
     fn remove_empty_study_folders(
         &self,
         filesystem: &Filesystem,
