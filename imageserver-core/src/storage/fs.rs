@@ -71,9 +71,14 @@ impl FsStorage {
             }
         }
         for created in missing.into_iter().rev() {
+            // Made and remembered in one step: a writer that finds the
+            // directory must find it remembered too, or its pending set
+            // lacks the parent and its instance can be acknowledged while
+            // the folder's entry is not durable.
+            let mut unsynced = self.lock_unsynced();
             match fs::create_dir(&created) {
                 Ok(()) => {
-                    self.lock_unsynced().insert(created);
+                    unsynced.insert(created);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_error("creating directory", &created, root, e)),
