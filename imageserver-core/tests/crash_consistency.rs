@@ -133,18 +133,37 @@ impl Crash {
     /// Counts an event; crashes when it is the planned one. Returns whether
     /// it did.
     fn count(&self, event: Event, detail: impl FnOnce() -> String) -> bool {
-        let (counter, planned) = match (event, self.moment) {
-            (Event::Rename, Moment::AfterRename(n)) => (&self.renames, n),
-            (Event::DirSync, Moment::AfterDirSync(n)) => (&self.syncs, n),
-            (Event::Commit, Moment::AfterCommit(n)) => (&self.commits, n),
-            (Event::Ack, Moment::AfterAck(n)) => (&self.acks, n),
+        let counter = match event {
+            Event::Rename => &self.renames,
+            Event::DirSync => &self.syncs,
+            Event::Commit => &self.commits,
+            Event::Ack => &self.acks,
+        };
+        let nth = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        let planned = match (event, self.moment) {
+            (Event::Rename, Moment::AfterRename(n))
+            | (Event::DirSync, Moment::AfterDirSync(n))
+            | (Event::Commit, Moment::AfterCommit(n))
+            | (Event::Ack, Moment::AfterAck(n)) => n,
             _ => return false,
         };
-        if counter.fetch_add(1, Ordering::SeqCst) + 1 == planned && !self.crashed() {
+        if nth == planned && !self.crashed() {
             self.crash(format!("{:?}: {}", self.moment, detail()));
             return true;
         }
         false
+    }
+
+    /// How many of each event happened (before the crash, and after it for
+    /// calls already under way).
+    fn tally(&self) -> String {
+        format!(
+            "{} renames, {} directory syncs, {} commits, {} responses",
+            self.renames.load(Ordering::SeqCst),
+            self.syncs.load(Ordering::SeqCst),
+            self.commits.load(Ordering::SeqCst),
+            self.acks.load(Ordering::SeqCst)
+        )
     }
 }
 
@@ -1052,7 +1071,9 @@ fn crash_run(moment: Moment, load: Workload) -> RunReport {
     });
     assert!(
         crash.crashed(),
-        "{moment:?} was never reached: the workload is too small for it"
+        "{moment:?} was never reached ({}): the workload is too small for it, or \
+         the step never happens",
+        crash.tally()
     );
     // Everything of the dead process goes: the committer thread is joined
     // and the index closed before the loss is applied.
