@@ -194,36 +194,18 @@ enum Node {
 
 #[derive(Debug, Default)]
 struct Model {
-    /// Per directory: when its snapshot was taken, and its entries then.
-    durable: HashMap<PathBuf, (u64, Entries)>,
+    /// Per directory: its entries as of its last sync.
+    durable: HashMap<PathBuf, Entries>,
     /// Files whose data was fsync'd before they got their name.
     fsynced: HashSet<PathBuf>,
-    clock: u64,
 }
 
 impl Model {
-    fn tick(&mut self) -> u64 {
-        self.clock += 1;
-        self.clock
-    }
-
-    /// Keeps the newer of two views of a directory.
-    fn record(&mut self, dir: PathBuf, at: u64, entries: Entries) {
-        match self.durable.get(&dir) {
-            Some((known, _)) if *known > at => {}
-            _ => {
-                self.durable.insert(dir, (at, entries));
-            }
-        }
-    }
-
     /// A durable removal of `path` from its directory.
     fn forget(&mut self, path: &Path) {
-        let at = self.tick();
         if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
-            if let Some((known, entries)) = self.durable.get_mut(dir) {
+            if let Some(entries) = self.durable.get_mut(dir) {
                 entries.remove(name);
-                *known = at;
             }
         }
     }
@@ -233,7 +215,6 @@ impl Model {
         let Some(root) = roots.iter().find(|r| path.starts_with(r)) else {
             return;
         };
-        let at = self.tick();
         let mut dir = root.clone();
         let parts: Vec<_> = path.strip_prefix(root).unwrap().components().collect();
         for (i, part) in parts.iter().enumerate() {
@@ -244,8 +225,7 @@ impl Model {
             } else {
                 Node::Dir
             };
-            let (known, entries) = self.durable.entry(dir.clone()).or_default();
-            *known = (*known).max(at);
+            let entries = self.durable.entry(dir.clone()).or_default();
             entries.insert(name.clone(), node);
             dir.push(name);
         }
@@ -278,7 +258,7 @@ impl CrashStorage {
                 "{} is not empty",
                 root.display()
             );
-            model.durable.insert(root.clone(), (0, Entries::new()));
+            model.durable.insert(root.clone(), Entries::new());
         }
         CrashStorage(Arc::new(Shared {
             inner: FsStorage::new(),
@@ -294,12 +274,11 @@ impl CrashStorage {
     }
 
     /// The entries of `dir` as an fsync started now would make durable.
-    fn snapshot(&self, dir: &Path) -> io::Result<(u64, Entries)> {
-        let at = lock(&self.0.model).tick();
+    fn snapshot(&self, dir: &Path) -> io::Result<Entries> {
         let mut entries = Entries::new();
         let listing = match fs::read_dir(dir) {
             Ok(listing) => listing,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((at, entries)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
             Err(e) => return Err(e),
         };
         for entry in listing {
@@ -322,7 +301,7 @@ impl CrashStorage {
             };
             entries.insert(entry.file_name(), node);
         }
-        Ok((at, entries))
+        Ok(entries)
     }
 
     /// The bytes a crash now would leave at `path`, or the first entry on
@@ -342,7 +321,7 @@ impl CrashStorage {
             let node = model
                 .durable
                 .get(&dir)
-                .and_then(|(_, entries)| entries.get(part.as_os_str()));
+                .and_then(|entries| entries.get(part.as_os_str()));
             match (node, last) {
                 (Some(Node::Dir), false) => dir.push(part),
                 (Some(Node::File(bytes)), true) => return Ok(bytes.clone()),
@@ -382,11 +361,11 @@ impl CrashStorage {
 
 fn restore(
     dir: &Path,
-    durable: &HashMap<PathBuf, (u64, Entries)>,
+    durable: &HashMap<PathBuf, Entries>,
     changes: &mut Vec<String>,
 ) -> io::Result<()> {
     let empty = Entries::new();
-    let wanted = durable.get(dir).map(|(_, e)| e).unwrap_or(&empty);
+    let wanted = durable.get(dir).unwrap_or(&empty);
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         if !wanted.contains_key(&entry.file_name()) {
@@ -458,13 +437,9 @@ impl StorageBackend for CrashStorage {
             snapshots.push((dir, snapshot));
         }
         self.0.inner.sync(pending)?;
+        // Recorded before any change can follow the fsyncs.
+        lock(&self.0.model).durable.extend(snapshots);
         drop(exclusive);
-        {
-            let mut model = lock(&self.0.model);
-            for (dir, (at, entries)) in snapshots {
-                model.record(dir, at, entries);
-            }
-        }
         if self.0.crash.count(Event::DirSync, || {
             format!("directory sync of {}", first.display())
         }) {
@@ -561,8 +536,7 @@ impl StorageBackend for CrashStorage {
         let _changing = self.changing();
         let deleted = self.0.inner.delete_study_metadata(filesystem, location)?;
         let mut model = lock(&self.0.model);
-        let at = model.tick();
-        model.record(dir.clone(), at, Entries::new());
+        model.durable.insert(dir.clone(), Entries::new());
         if !dir.exists() {
             model.forget(&dir);
         }
