@@ -1300,7 +1300,9 @@ fn crash_between_commit_and_response_loses_no_acknowledged_instance() {
 }
 
 /// Accept-latest over the same path: the new file is renamed over the
-/// acknowledged one before the index commit.
+/// acknowledged one before the index commit, so a crash between the sync
+/// and the commit leaves the old row over the new file. Fails until
+/// `Ingest::finish` stops replacing the stored file before its row.
 #[test]
 fn crash_before_the_commit_of_a_replacement_keeps_the_acknowledged_instance() {
     let load = Workload {
