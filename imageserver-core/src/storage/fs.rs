@@ -11,7 +11,7 @@
 //! own entry is not yet durable, and every write that lands below one of them
 //! also syncs its parent.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -36,9 +36,11 @@ pub struct FsStorage {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Directories we created whose entry in their parent is not yet durable.
-    unsynced_dirs: Mutex<HashSet<PathBuf>>,
-    /// Distinguishes temporary files of one process.
+    /// Directories we created whose entry in their parent is not yet
+    /// durable, each with the number it was made under (a folder removed and
+    /// made again is a new one).
+    unsynced_dirs: Mutex<HashMap<PathBuf, u64>>,
+    /// Distinguishes temporary files and folders made by one process.
     counter: AtomicU64,
 }
 
@@ -71,9 +73,15 @@ impl FsStorage {
             }
         }
         for created in missing.into_iter().rev() {
+            // Made and remembered in one step: a writer that finds the
+            // directory must find it remembered too, or its pending set
+            // lacks the parent and its instance can be acknowledged while
+            // the folder's entry is not durable.
+            let mut unsynced = self.lock_unsynced();
             match fs::create_dir(&created) {
                 Ok(()) => {
-                    self.lock_unsynced().insert(created);
+                    let made = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+                    unsynced.insert(created, made);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_error("creating directory", &created, root, e)),
@@ -82,7 +90,18 @@ impl FsStorage {
         Ok(())
     }
 
-    fn lock_unsynced(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+    /// Removes `dir` if it is empty, forgetting it in the same step (so that
+    /// a writer making it again is remembered). Whether it was removed.
+    fn remove_dir_if_empty(&self, dir: &Path) -> bool {
+        let mut unsynced = self.lock_unsynced();
+        let removed = fs::remove_dir(dir).is_ok();
+        if removed {
+            unsynced.remove(dir);
+        }
+        removed
+    }
+
+    fn lock_unsynced(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, u64>> {
         // A poisoned set only means a panic elsewhere; the set is still valid.
         self.inner
             .unsynced_dirs
@@ -115,17 +134,31 @@ impl StorageBackend for FsStorage {
     }
 
     fn sync(&self, pending: PendingSync) -> Result<(), Error> {
+        let mut dirs = Vec::new();
         let mut seen = HashSet::new();
         for dir in &pending.dirs {
-            if seen.insert(dir) {
-                sync_dir(dir)?;
+            if seen.insert(dir.as_path()) {
+                dirs.push(dir.as_path());
             }
         }
+        // The entries *in* a synced directory are durable: its children that
+        // we created no longer need their parent synced. Only those made
+        // before the fsyncs start: one made while they run may not be
+        // covered, and stays remembered.
+        let settled: Vec<(PathBuf, u64)> = self
+            .lock_unsynced()
+            .iter()
+            .filter(|(created, _)| created.parent().is_some_and(|p| seen.contains(p)))
+            .map(|(created, made)| (created.clone(), *made))
+            .collect();
+        for dir in dirs {
+            sync_dir(dir)?;
+        }
         let mut unsynced = self.lock_unsynced();
-        for dir in &pending.dirs {
-            // The entries *in* a synced directory are durable: its children
-            // that we created no longer need their parent synced.
-            unsynced.retain(|created| created.parent() != Some(dir.as_path()));
+        for (created, made) in settled {
+            if unsynced.get(&created) == Some(&made) {
+                unsynced.remove(&created);
+            }
         }
         Ok(())
     }
@@ -283,8 +316,7 @@ impl StorageBackend for FsStorage {
         sync_dir(&dir)?;
         // The folder is ours alone; one that is not empty now holds
         // something we did not put there, and keeps it.
-        if fs::remove_dir(&dir).is_ok() {
-            self.lock_unsynced().remove(&dir);
+        if self.remove_dir_if_empty(&dir) {
             if let Some(study) = dir.parent() {
                 sync_dir(study)?;
             }
@@ -331,14 +363,10 @@ impl StorageBackend for FsStorage {
         // arrivals): remove_dir refuses it.
         if let Ok(series_dirs) = fs::read_dir(&folder) {
             for series_dir in series_dirs.flatten() {
-                let path = series_dir.path();
-                if fs::remove_dir(&path).is_ok() {
-                    self.lock_unsynced().remove(&path);
-                }
+                self.remove_dir_if_empty(&series_dir.path());
             }
         }
-        if fs::remove_dir(&folder).is_ok() {
-            self.lock_unsynced().remove(&folder);
+        if self.remove_dir_if_empty(&folder) {
             if let Some(parent) = folder.parent() {
                 sync_dir(parent)?;
             }
@@ -461,7 +489,7 @@ impl FsWriter {
         let mut cursor = parent.as_path();
         while cursor != root {
             let Some(up) = cursor.parent() else { break };
-            if unsynced.contains(cursor) {
+            if unsynced.contains_key(cursor) {
                 dirs.push(up.to_path_buf());
             }
             cursor = up;

@@ -166,6 +166,13 @@ impl PendingSync {
     pub fn is_empty(&self) -> bool {
         self.dirs.is_empty()
     }
+
+    /// The directories a sync of this value fsyncs (repeats possible). Read
+    /// only: for a backend that wraps another and must know which entries
+    /// become durable (the crash-consistency test's simulated storage).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
 }
 
 /// A streamed write of one object to a temporary location. Dropping it
