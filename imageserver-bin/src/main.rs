@@ -220,7 +220,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     tracing::info!(
         address = %server.local_addr(),
         ae_title = %config.dicom.ae_title,
-        db = %config.db_url(),
+        db = %imageserver_core::db::redact_url(&config.db_url()),
         "imageserver ready"
     );
     while !stop.load(Ordering::Relaxed) {

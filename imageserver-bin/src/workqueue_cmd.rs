@@ -241,8 +241,12 @@ fn parse_utc(text: &str) -> Result<Timestamp> {
 fn open_store(args: &ArchiveArgs) -> Result<Arc<dyn WorkStore>> {
     let config = load_config(args)?;
     let url = config.db_url();
-    let database =
-        open_index(&url).with_context(|| format!("cannot open the index database {url}"))?;
+    let database = open_index(&url).with_context(|| {
+        format!(
+            "cannot open the index database {}",
+            imageserver_core::db::redact_url(&url)
+        )
+    })?;
     let store: Arc<dyn WorkStore> = database;
     Ok(store)
 }

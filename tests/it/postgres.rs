@@ -408,3 +408,23 @@ fn pg_migrate_db_from_a_small_deployment() {
     assert!(!again.success(), "{again}");
     assert!(again.text().contains("not empty"), "{again}");
 }
+
+/// The index URL's password never reaches the log: the server names its
+/// index when it is ready, with the password masked. (The throwaway
+/// cluster trusts local connections, so any password is accepted.)
+#[test]
+fn pg_the_index_password_is_never_logged() {
+    let dir = test_dir("pg-password");
+    let database = PgDatabase::create(&pg_server_url());
+    let secret = "n0t-l0gged-s3cret";
+    let url = database.url().replacen('@', &format!(":{secret}@"), 1);
+    assert!(url.contains(secret), "{url}");
+    let mut server = Server::builder(dir.path()).db_url(&url).start();
+    let echo = dcmtk::echo(server.addr(), server.ae_title(), Duration::from_secs(10));
+    assert!(echo.success(), "{echo}");
+    assert_eq!(server.sigterm().code(), Some(0));
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("the server log");
+    assert!(log.contains("imageserver ready"), "{log}");
+    assert!(log.contains(":***@"), "the index is named, masked: {log}");
+    assert!(!log.contains(secret), "the password was logged:\n{log}");
+}

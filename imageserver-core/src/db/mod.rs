@@ -247,3 +247,24 @@ pub trait QueryStore: Send + Sync + std::fmt::Debug {
 pub trait Database: IndexStore + QueryStore + work::WorkStore + studies::StudyStore {}
 
 impl<T: IndexStore + QueryStore + work::WorkStore + studies::StudyStore + ?Sized> Database for T {}
+
+/// An index URL fit for logs and messages: the password of a
+/// `scheme://user:password@host/...` URL replaced by `***`; anything else
+/// as it is.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or("");
+            let hidden = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}

@@ -58,7 +58,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, Row};
 
-use crate::db::{Error, FollowUp, IndexStore};
+use crate::db::{redact_url, Error, FollowUp, IndexStore};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
     IndexCounts, InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance,
@@ -124,7 +124,7 @@ impl PgOptions {
             return Ok((url.to_string(), options));
         };
         let bad = |key: &str, value: &str| Error::Open {
-            url: redact(url),
+            url: redact_url(url),
             source: format!("{key}={value}: expected a positive integer").into(),
         };
         let mut rest = Vec::new();
@@ -238,7 +238,7 @@ impl PgIndex {
     /// the connect timeout, [`Error::SchemaTooNew`] when it was migrated by a
     /// newer build, and [`Error::Migrate`] when a migration fails.
     pub fn connect_with(url: &str, options: PgOptions) -> Result<PgIndex, Error> {
-        let redacted = redact(url);
+        let redacted = redact_url(url);
         let open_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Open {
             url: redacted.clone(),
             source,
@@ -461,25 +461,6 @@ fn map_error(operation: &'static str, e: sqlx::Error) -> Error {
             operation,
             source: Box::new(e),
         },
-    }
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(at) => rest.split_at(at),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => {
-            let user = user_info.split(':').next().unwrap_or("");
-            let hidden = if user_info.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{path}")
-        }
-        None => url.to_string(),
     }
 }
 

@@ -267,7 +267,7 @@ fn url_options_are_read_and_removed() {
     assert_eq!(options.statement_timeout, None);
     assert!(PgOptions::from_url("postgres://h/db?pool_size=0").is_err());
     assert_eq!(
-        super::redact("postgres://u:secret@h:5/db"),
+        crate::db::redact_url("postgres://u:secret@h:5/db"),
         "postgres://u:***@h:5/db"
     );
     assert_eq!(
