@@ -149,6 +149,152 @@ fn code_lines(text: &str) -> Vec<(usize, &str)> {
     lines
 }
 
+/// The module path of a source file under `src/` (`dicom/link.rs` →
+/// `crate::dicom::link`, `dicom/mod.rs` → `crate::dicom`).
+fn module_path(relative: &str) -> Vec<String> {
+    let mut path = vec!["crate".to_string()];
+    let stem = relative.strip_suffix(".rs").unwrap_or(relative);
+    for part in stem.split('/') {
+        if part != "mod" && part != "lib" {
+            path.push(part.to_string());
+        }
+    }
+    path
+}
+
+/// Expands one `use` tree (`a::{b, c::{d, e}}`) into full paths.
+fn expand_use(tree: &str, out: &mut Vec<String>) {
+    let tree = tree.trim();
+    let Some(open) = tree.find('{') else {
+        if !tree.is_empty() {
+            out.push(tree.split(" as ").next().unwrap_or(tree).trim().to_string());
+        }
+        return;
+    };
+    let prefix = tree[..open].trim_end_matches("::").trim();
+    let inner = &tree[open + 1..tree.rfind('}').unwrap_or(tree.len())];
+    // Split the group at top-level commas.
+    let (mut depth, mut start) = (0, 0);
+    let mut parts = Vec::new();
+    for (i, c) in inner.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&inner[start..]);
+    for part in parts {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let name = part.split(" as ").next().unwrap_or(part).trim();
+        let joined = if name == "self" {
+            prefix.to_string()
+        } else {
+            format!("{prefix}::{part}")
+        };
+        expand_use(&joined, out);
+    }
+}
+
+/// Every path the `use` declarations of `lines` import, grouped imports
+/// expanded and `self::`/`super::` resolved against `module`, with the
+/// line each declaration starts on.
+fn use_paths(lines: &[(usize, &str)], module: &[String]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, code) in lines {
+        let trimmed = code.trim();
+        if current.is_none() {
+            let declaration = trimmed
+                .strip_prefix("pub(crate) use ")
+                .or_else(|| trimmed.strip_prefix("pub(super) use "))
+                .or_else(|| trimmed.strip_prefix("pub use "))
+                .or_else(|| trimmed.strip_prefix("use "));
+            if let Some(rest) = declaration {
+                current = Some((*n, rest.to_string()));
+            }
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push(' ');
+            text.push_str(trimmed);
+        }
+        if let Some((start, text)) = current.take() {
+            if !text.contains(';') {
+                current = Some((start, text));
+                continue;
+            }
+            let tree = text.split(';').next().unwrap_or("");
+            let mut paths = Vec::new();
+            expand_use(tree, &mut paths);
+            for path in paths {
+                out.push((start, resolve(&path, module)));
+            }
+        }
+    }
+    out
+}
+
+/// `self::x` and `super::x` as paths from the crate root.
+fn resolve(path: &str, module: &[String]) -> String {
+    let mut base: Vec<String> = module.to_vec();
+    let mut rest = path;
+    let mut relative = false;
+    loop {
+        if let Some(r) = rest.strip_prefix("super::") {
+            base.pop();
+            rest = r;
+            relative = true;
+        } else if let Some(r) = rest.strip_prefix("self::") {
+            rest = r;
+            relative = true;
+        } else {
+            break;
+        }
+    }
+    if relative {
+        format!("{}::{rest}", base.join("::"))
+    } else {
+        rest.to_string()
+    }
+}
+
+#[test]
+fn use_trees_are_expanded_and_resolved() {
+    let module = module_path("dicom/query_keys/matching.rs");
+    assert_eq!(module.join("::"), "crate::dicom::query_keys::matching");
+    let code = [
+        (1, "use crate::{db, services::{find::Find, send}};"),
+        (2, "use super::super::scp::Link;"),
+        (3, "pub(crate) use self::inner::{self as alias, Thing};"),
+        (4, "use crate::model::{"),
+        (5, "    error_chain,"),
+        (6, "    Uid,"),
+        (7, "};"),
+    ];
+    let paths: Vec<(usize, String)> = use_paths(&code, &module);
+    let got: Vec<String> = paths.iter().map(|(_, p)| p.clone()).collect();
+    assert_eq!(
+        got,
+        [
+            "crate::db",
+            "crate::services::find::Find",
+            "crate::services::send",
+            "crate::dicom::scp::Link",
+            "crate::dicom::query_keys::matching::inner",
+            "crate::dicom::query_keys::matching::inner::Thing",
+            "crate::model::error_chain",
+            "crate::model::Uid",
+        ]
+    );
+    assert_eq!(paths[6].0, 4, "a declaration is reported on its first line");
+}
+
 #[test]
 fn dependency_directions_hold() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -170,6 +316,9 @@ fn dependency_directions_hold() {
         }
         let text = std::fs::read_to_string(path).expect("read a source file");
         let lines = code_lines(&text);
+        // Grouped and relative imports (`use crate::{db, …}`, `super::`)
+        // are expanded to full paths and checked as well as the text.
+        let imports = use_paths(&lines, &module_path(&relative));
         for (prefix, forbidden, why) in RULES {
             if !relative.starts_with(prefix) {
                 continue;
@@ -178,6 +327,14 @@ fn dependency_directions_hold() {
                 for name in *forbidden {
                     if code.contains(name) {
                         broken.push(format!("{relative}:{n}: uses `{name}` ({why})"));
+                    }
+                }
+            }
+            for (n, import) in &imports {
+                for name in *forbidden {
+                    let edge = import == name || import.starts_with(&format!("{name}::"));
+                    if edge && !lines.iter().any(|(m, code)| m == n && code.contains(name)) {
+                        broken.push(format!("{relative}:{n}: imports `{import}` ({why})"));
                     }
                 }
             }
