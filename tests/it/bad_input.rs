@@ -41,6 +41,16 @@ fn close_bound(timeout_secs: u64) -> Duration {
     Duration::from_secs(2 * timeout_secs)
 }
 
+/// Fails unless the server's peak RSS stayed within [`RSS_HEADROOM`] of idle.
+fn assert_rss_within_headroom(idle_rss: u64, peak_rss: u64) {
+    assert!(
+        peak_rss <= idle_rss + RSS_HEADROOM,
+        "server RSS peaked at {} MiB, idle was {} MiB",
+        peak_rss >> 20,
+        idle_rss >> 20
+    );
+}
+
 /// Fails unless a C-ECHO succeeds (the server survived the last case).
 fn assert_still_answers(server: &Server, after: &str) {
     let echo = dcmtk::echo(server.addr(), server.ae_title(), Duration::from_secs(10));
@@ -147,13 +157,7 @@ fn malformed_pdus_close_the_connection() {
     );
     assert_still_answers(&server, "an unknown PDU type");
 
-    let peak_rss = sampler.stop();
-    assert!(
-        peak_rss <= idle_rss + RSS_HEADROOM,
-        "server RSS peaked at {} MiB, idle was {} MiB",
-        peak_rss >> 20,
-        idle_rss >> 20
-    );
+    assert_rss_within_headroom(idle_rss, sampler.stop());
     assert!(
         archived_files(server.archive()).is_empty(),
         "files were archived"
@@ -217,13 +221,7 @@ fn run_store_cases(server: &Server, context: &[Proposal], cases: &[StoreCase]) {
         peer.release();
         assert_still_answers(server, case.name);
     }
-    let peak_rss = sampler.stop();
-    assert!(
-        peak_rss <= idle_rss + RSS_HEADROOM,
-        "server RSS peaked at {} MiB, idle was {} MiB",
-        peak_rss >> 20,
-        idle_rss >> 20
-    );
+    assert_rss_within_headroom(idle_rss, sampler.stop());
 }
 
 #[test]

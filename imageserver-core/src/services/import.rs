@@ -2,7 +2,7 @@
 //! durable path as a C-STORE. A file that fails is left where it was.
 
 use std::fs::File;
-use std::io::{self, BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
 use crate::dicom::part10::read_file_meta;
@@ -109,11 +109,7 @@ pub fn import_file(
             return Ok(FileOutcome::AlreadyPresent);
         }
     }
-    // The meta group is 12 bytes of group length element plus its value.
-    let data_start = 128 + 4 + 12 + u64::from(meta.information_group_length);
-    reader
-        .seek(SeekFrom::Start(data_start))
-        .map_err(|e| format!("cannot read: {e}"))?;
+    // read_file_meta left the reader at the data set's first byte.
     let mut writer = ingest
         .begin(StoreRequest {
             partition,

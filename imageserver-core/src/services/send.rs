@@ -205,6 +205,7 @@ mod tests {
     use dicom_ul::Pdu;
 
     use crate::dicom::dimse::{Command, Status};
+    use crate::dicom::part10::reader::tests::part10;
     use crate::dicom::pdu::{self, Incoming, PduReader};
     use crate::dicom::scu::EXPLICIT_VR_LITTLE_ENDIAN;
 
@@ -247,16 +248,6 @@ mod tests {
         assert_eq!(*groups[0].last().unwrap(), 65, "order kept within a group");
         assert_eq!(plan(&items[..64]).unwrap().len(), 1);
         assert!(plan::<Item>(&[]).unwrap().is_empty());
-    }
-
-    fn part10(meta_len: u32, dataset: &[u8]) -> Vec<u8> {
-        let mut bytes = vec![0u8; 128];
-        bytes.extend_from_slice(b"DICM");
-        bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
-        bytes.extend_from_slice(&meta_len.to_le_bytes());
-        bytes.extend(std::iter::repeat_n(0xAA, meta_len as usize));
-        bytes.extend_from_slice(dataset);
-        bytes
     }
 
     /// An instance held in memory.

@@ -189,15 +189,7 @@ impl StorageBackend for FsStorage {
 
     fn delete(&self, filesystem: &Filesystem, key: &InstanceKey) -> Result<(), Error> {
         let path = filesystem.spec.path.join(layout::instance_path(key));
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error("deleting", &path, &filesystem.spec.path, e)),
-        }
-        if let Some(parent) = path.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(())
+        remove_durably(&path, &filesystem.spec.path)
     }
 
     fn move_instance(
@@ -276,15 +268,7 @@ impl StorageBackend for FsStorage {
     ) -> Result<(), Error> {
         let root = &filesystem.spec.path;
         let path = root.join(layout::series_metadata_path(key));
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error("deleting", &path, root, e)),
-        }
-        if let Some(parent) = path.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(())
+        remove_durably(&path, root)
     }
 
     fn delete_study_metadata(
@@ -342,15 +326,7 @@ impl StorageBackend for FsStorage {
     ) -> Result<(), Error> {
         let root = &filesystem.spec.path;
         let path = root.join(layout::aside_path(key, variant));
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error("deleting", &path, root, e)),
-        }
-        if let Some(parent) = path.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(())
+        remove_durably(&path, root)
     }
 
     fn remove_empty_study_folders(
@@ -612,6 +588,20 @@ fn modified_ms(meta: &fs::Metadata) -> i64 {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Removes a file and makes its removal durable (its folder synced); a
+/// missing file is not an error.
+fn remove_durably(path: &Path, root: &Path) -> Result<(), Error> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("deleting", path, root, e)),
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {

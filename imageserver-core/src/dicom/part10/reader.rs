@@ -121,11 +121,13 @@ impl Read for DataSetReader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
 
-    fn part10(meta_len: u32, dataset: &[u8]) -> Vec<u8> {
+    /// A Part 10 stream: preamble, `DICM`, a meta group of `meta_len`
+    /// filler bytes behind its group length, then `dataset`.
+    pub(crate) fn part10(meta_len: u32, dataset: &[u8]) -> Vec<u8> {
         let mut bytes = vec![0u8; 128];
         bytes.extend_from_slice(b"DICM");
         bytes.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00]);
