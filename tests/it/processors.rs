@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::cli::{cli_ok, command, load, wait_work_items, work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
-use crate::support::server::{free_port, test_dir, Archive, Server};
+use crate::support::server::{down_port, free_port, test_dir, Archive, Server};
 use crate::support::{archived_files, dcmtk, received_by_uid};
 use retrieve_peers::{assert_received, device_toml, STORESCP};
 
@@ -73,7 +73,7 @@ fn queued_send_retries_while_the_destination_is_down_and_then_delivers_everythin
     let dir = test_dir("proc-send");
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, 701, CorpusShape::uniform(1, 2, 3, (16, 16)));
-    let dest_port = free_port();
+    let dest_port = down_port();
     let server = Server::builder(dir.path())
         .setting("devices", format!("[{}]", device_toml("DEST", dest_port)))
         .start();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance, Rng, CT_IMAGE_STORAGE};
 use crate::support::dcmtk;
-use crate::support::server::{free_port, test_dir, Server};
+use crate::support::server::{down_port, free_port, test_dir, Server};
 use retrieve_peers::{
     assert_received, dataset_bytes, device_toml, getscu, movescu, py_retrieve, secondary_capture,
     StoreScp, SECONDARY_CAPTURE,
@@ -229,7 +229,7 @@ fn moves_to_unreachable_destinations_fail_every_sub_operation() {
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, 32, CorpusShape::uniform(1, 1, 4, (16, 16)));
     let refuser = StoreScp::start("REFUSER", &dir.path().join("refuser"), true);
-    let closed_port = free_port();
+    let closed_port = down_port();
     let server = Server::builder(dir.path())
         .setting(
             "devices",

@@ -26,7 +26,7 @@ use imageserver_core::model::{AeTitle, IndexCounts, PartitionId, Uid};
 use crate::support::cli::{cli, cli_ok, load, wait_work_items, work_items};
 use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
-use crate::support::server::{free_port, test_dir, Archive, Server, SERVER_AE};
+use crate::support::server::{down_port, test_dir, Archive, Server, SERVER_AE};
 use find_scu::{findscu, Model};
 use retrieve_peers::{assert_received, device_toml, StoreScp};
 
@@ -505,7 +505,7 @@ fn send_delivers_byte_identical_data_sets_and_reports_failed_uids() {
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, 504, CorpusShape::uniform(1, 1, 3, (16, 16)));
     let dest = StoreScp::start("DEST", &dir.path().join("dest"), false);
-    let down_port = free_port();
+    let down_port = down_port();
     let server = Server::builder(dir.path())
         .setting(
             "devices",

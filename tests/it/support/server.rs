@@ -41,6 +41,22 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// A loopback port for a destination that is meant to stay down for a
+/// while (a retry test starts it later, or never): taken below the
+/// kernel's ephemeral range (32768–60999), so no other test's
+/// [`free_port`] can be handed it while nothing listens on it.
+pub fn down_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    loop {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(7_919)) % 12_000) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A fresh temporary directory for one test, named after it.
 pub fn test_dir(test_name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
