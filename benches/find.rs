@@ -1177,8 +1177,8 @@ fn index_mode(options: &Options) -> Result<()> {
     let (target, mut studies) = {
         let archive = ServerBuilder::new(settings.clone()).open()?;
         let partition = archive.default_partition();
-        let filesystem = archive.index.filesystems()?[0].id;
-        let counts = archive.index.counts(partition.partition.id)?;
+        let filesystem = archive.index().filesystems()?[0].id;
+        let counts = archive.index().counts(partition.partition.id)?;
         (
             Target {
                 partition: partition.partition.id,
@@ -1260,7 +1260,7 @@ fn index_mode(options: &Options) -> Result<()> {
         );
         let load_before = load_average();
         let direct = DirectIndex {
-            query: server.archive().query.clone(),
+            query: server.archive().index().clone(),
             partition: target.partition,
         };
         let scu = FindScu::connect(&address, SERVER_AE, options.query_timeout)?;

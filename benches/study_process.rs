@@ -41,7 +41,6 @@ use imageserver_core::dicom::scu::{Destination, Outgoing, ScuOptions, StoreScu, 
 use imageserver_core::model::work::StudyLock;
 use imageserver_core::model::Uid;
 use imageserver_core::server::{open_index, Server, ServerBuilder};
-use imageserver_core::services::studies::Studies;
 use imageserver_core::workqueue::{
     KindProperties, ProcessContext, Processor, StepResult, WorkItem, WorkKind,
 };
@@ -228,7 +227,7 @@ fn measure(
     std::thread::sleep(Duration::from_millis(500));
 
     // What the real StudyProcess adds per study: its series metadata.
-    let studies = Studies::new(db.clone(), server.archive().storage.clone());
+    let studies = server.archive().studies();
     let partition = server.archive().default_partition().partition.clone();
     let started_at = Instant::now();
     let mut instances = 0;

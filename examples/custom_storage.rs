@@ -356,7 +356,7 @@ fn store_one_instance(
 
     let stored = server
         .archive()
-        .index
+        .index()
         .instance(partition.id, &sop_instance_uid)?
         .ok_or("storescu succeeded but the instance is not indexed")?;
     let seen = backend.totals(stored.location.filesystem);

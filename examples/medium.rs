@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         index.url(),
         server
             .archive()
-            .settings
+            .settings()
             .filesystems
             .iter()
             .map(|fs| fs.path.display().to_string())

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use imageserver_core::config::{Config, DeviceConfig};
-use imageserver_core::rules::RuleSet;
-use imageserver_core::server::{Archive, Server, ServerBuilder};
-use imageserver_core::services::import::{self, FileOutcome};
+use imageserver_core::config::DeviceConfig;
+use imageserver_core::services::import;
+use imageserver_core::{Archive, Config, FileOutcome, RuleSet, Server, ServerBuilder};
 
 mod study_cmd;
 mod workqueue_cmd;
@@ -247,8 +246,7 @@ fn run_import(args: ImportArgs) -> Result<ExitCode> {
         )
         .expect("a valid progress template"),
     );
-    let summary = import::import_files(
-        &archive.ingest,
+    let summary = archive.import_files(
         &archive.default_partition().partition,
         &files,
         &mut |path, outcome| {
@@ -278,11 +276,11 @@ fn run_import(args: ImportArgs) -> Result<ExitCode> {
 fn list_duplicates(args: DuplicatesArgs) -> Result<ExitCode> {
     let config = load_config(&args.archive)?;
     let archive = open_archive(&config)?;
-    for partition in &archive.partitions {
-        let duplicates = archive.index.duplicates(partition.partition.id)?;
+    for partition in archive.partitions() {
+        let duplicates = archive.index().duplicates(partition.partition.id)?;
         for duplicate in duplicates {
             let stored = archive
-                .index
+                .index()
                 .instance(partition.partition.id, &duplicate.sop_instance_uid)?;
             if args.json {
                 println!(

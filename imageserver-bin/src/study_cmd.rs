@@ -10,22 +10,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use imageserver_core::config::Config;
 use imageserver_core::db::studies::StudyStore;
 use imageserver_core::db::work::WorkError;
-use imageserver_core::db::Database;
 use imageserver_core::dicom::scu::ScuOptions;
-use imageserver_core::model::work::{NewWorkItem, Timestamp, WorkKind, WorkStatus, WorkUid};
-use imageserver_core::model::{AeTitle, Uid};
-use imageserver_core::processors::{AuditPayload, SendPayload};
-use imageserver_core::rules::{dry_run, RuleSet};
-use imageserver_core::server::{open_index, Archive, ArchivePartition, ServerBuilder};
-use imageserver_core::services::studies::{
-    DeleteOutcome, DigestCheck, EditOutcome, EditValue, Studies, StudyError,
+use imageserver_core::model::work::{Timestamp, WorkUid};
+use imageserver_core::rules::dry_run;
+use imageserver_core::services::studies::{DeleteOutcome, DigestCheck, EditOutcome, EditValue};
+use imageserver_core::{
+    AeTitle, Archive, ArchivePartition, Config, RuleSet, ServerBuilder, Studies, StudyError,
+    StudyRequest, Uid, WorkStatus,
 };
 
 use crate::{load_config, ArchiveArgs};
@@ -243,27 +239,23 @@ pub fn rules(args: RulesArgs) -> Result<ExitCode> {
     }
 }
 
-/// An opened archive with its database and study operations.
+/// An opened archive with its study operations.
 struct Opened {
     config: Config,
     archive: Archive,
-    db: Arc<dyn Database>,
     studies: Studies,
 }
 
 fn open(args: &ArchiveArgs) -> Result<Opened> {
     let config = load_config(args)?;
     let settings = config.validate()?;
-    let db = open_index(&settings.db_url).context("cannot open the index")?;
     let archive = ServerBuilder::new(settings)
-        .index(db.clone())
         .open()
         .context("cannot open the archive")?;
-    let studies = Studies::new(db.clone(), archive.storage.clone());
+    let studies = archive.studies();
     Ok(Opened {
         config,
         archive,
-        db,
         studies,
     })
 }
@@ -275,7 +267,7 @@ fn partition<'a>(archive: &'a Archive, ae: Option<&str>) -> Result<&'a ArchivePa
             format!(
                 "no partition {ae:?}; partitions: {}",
                 archive
-                    .partitions
+                    .partitions()
                     .iter()
                     .map(|p| p.partition.ae_title.as_str())
                     .collect::<Vec<_>>()
@@ -320,24 +312,19 @@ fn timestamp(ms: i64) -> String {
     )
 }
 
-/// Enqueues a work item for the study, prints its id and, unless
-/// `--queue`, polls it until it completes (success) or fails (exit
-/// status 1).
+/// Enqueues the request for the study, prints the work item's id and,
+/// unless `--queue`, follows it until it completes (success) or fails
+/// (exit status 1).
 fn enqueue(
     opened: &Opened,
     partition: &ArchivePartition,
     uid: &Uid,
-    kind: WorkKind,
-    payload: String,
-    uids: Vec<WorkUid>,
+    request: StudyRequest,
     mode: Mode,
 ) -> Result<ExitCode> {
     let queue = opened.archive.work_queue();
-    let item = NewWorkItem::new(kind.clone(), partition.partition.id)
-        .study(uid.clone())
-        .payload(payload)
-        .uids(uids);
-    let id = match queue.enqueue(item) {
+    let kind = request.kind();
+    let id = match queue.enqueue(request.work_item(partition.partition.id, uid.clone())) {
         Ok(id) => id,
         Err(WorkError::UnknownStudy { .. }) => bail!(
             "no study {uid} in partition {} (nothing enqueued)",
@@ -353,38 +340,41 @@ fn enqueue(
     let mut last = None;
     let hint_at = std::time::Instant::now() + UNCLAIMED_HINT;
     let mut hinted = false;
-    loop {
-        let Some(item) = queue.get(id)? else {
-            bail!("work item {id} was deleted before it finished");
-        };
-        if !hinted
-            && item.attempt == 0
-            && item.scheduled_at <= Timestamp::now()
-            && std::time::Instant::now() >= hint_at
-        {
-            eprintln!(
-                "no engine has started work item {id} yet: is `imageserver serve` running on \
-                 this database? Still waiting (Ctrl-C leaves the item queued; --now runs the \
-                 operation in this process)"
-            );
-            hinted = true;
-        }
-        if last != Some((item.status, item.failure_count)) {
-            match &item.failure_description {
-                Some(why) if item.failure_count > 0 => println!(
-                    "work item {id}: {} (failures: {}, last: {why}; next try {})",
-                    item.status, item.failure_count, item.scheduled_at
-                ),
-                _ => println!("work item {id}: {}", item.status),
+    let item = queue
+        .wait(id, std::time::Duration::from_millis(250), &mut |item| {
+            if !hinted
+                && item.attempt == 0
+                && item.scheduled_at <= Timestamp::now()
+                && std::time::Instant::now() >= hint_at
+            {
+                eprintln!(
+                    "no engine has started work item {id} yet: is `imageserver serve` running \
+                     on this database? Still waiting (Ctrl-C leaves the item queued; --now runs \
+                     the operation in this process)"
+                );
+                hinted = true;
             }
-            last = Some((item.status, item.failure_count));
-        }
-        match item.status {
-            WorkStatus::Completed => return Ok(ExitCode::SUCCESS),
-            WorkStatus::Failed => return Ok(ExitCode::from(1)),
-            _ => std::thread::sleep(std::time::Duration::from_millis(250)),
-        }
-    }
+            if last != Some((item.status, item.failure_count)) {
+                match &item.failure_description {
+                    Some(why) if item.failure_count > 0 => println!(
+                        "work item {id}: {} (failures: {}, last: {why}; next try {})",
+                        item.status, item.failure_count, item.scheduled_at
+                    ),
+                    _ => println!("work item {id}: {}", item.status),
+                }
+                last = Some((item.status, item.failure_count));
+            }
+        })
+        .map_err(|e| match e {
+            WorkError::NotFound { .. } => {
+                anyhow::anyhow!("work item {id} was deleted before it finished")
+            }
+            e => anyhow::Error::new(e),
+        })?;
+    Ok(match item.status {
+        WorkStatus::Completed => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
 }
 
 /// How long `--wait` waits for an engine to start the item before it says
@@ -404,20 +394,11 @@ fn delete(args: DeleteArgs) -> Result<ExitCode> {
         bail!("--reason must say why the study is deleted");
     }
     if args.mode.queued() {
-        let payload = AuditPayload {
-            actor: Some(actor.clone()),
-            reason: Some(args.reason.trim().to_string()),
-            values: Vec::new(),
+        let request = StudyRequest::Delete {
+            actor: actor.clone(),
+            reason: args.reason.trim().to_string(),
         };
-        return enqueue(
-            &opened,
-            partition,
-            &uid,
-            WorkKind::DELETE_STUDY,
-            payload.to_json(),
-            Vec::new(),
-            args.mode,
-        );
+        return enqueue(&opened, partition, &uid, request, args.mode);
     }
     match opened
         .studies
@@ -457,20 +438,12 @@ fn edit(args: EditArgs) -> Result<ExitCode> {
     let uid = study_uid(&args.target.study_uid)?;
     let actor = actor(&args.target);
     if args.mode.queued() {
-        let payload = AuditPayload {
-            actor: Some(actor.clone()),
-            reason: Some(args.reason.clone()),
+        let request = StudyRequest::Edit {
+            actor: actor.clone(),
+            reason: args.reason.clone(),
             values: args.set.clone(),
         };
-        return enqueue(
-            &opened,
-            partition,
-            &uid,
-            WorkKind::EDIT_STUDY,
-            payload.to_json(),
-            Vec::new(),
-            args.mode,
-        );
+        return enqueue(&opened, partition, &uid, request, args.mode);
     }
     match opened
         .studies
@@ -516,19 +489,10 @@ fn reprocess(args: ReprocessArgs) -> Result<ExitCode> {
     let partition = partition(&opened.archive, args.target.partition.as_deref())?;
     let uid = study_uid(&args.target.study_uid)?;
     if args.mode.queued() {
-        let payload = AuditPayload {
-            actor: Some(actor(&args.target)),
-            ..AuditPayload::default()
+        let request = StudyRequest::Reprocess {
+            actor: actor(&args.target),
         };
-        return enqueue(
-            &opened,
-            partition,
-            &uid,
-            WorkKind::REPROCESS_STUDY,
-            payload.to_json(),
-            Vec::new(),
-            args.mode,
-        );
+        return enqueue(&opened, partition, &uid, request, args.mode);
     }
     let report = opened
         .studies
@@ -561,7 +525,8 @@ fn send(args: SendArgs) -> Result<ExitCode> {
         let mut uids = Vec::new();
         if !only.is_empty() {
             let series: std::collections::BTreeMap<Uid, Uid> = opened
-                .db
+                .archive
+                .index()
                 .study_instances(partition.partition.id, &uid)?
                 .into_iter()
                 .map(|i| (i.sop_instance_uid, i.series_uid))
@@ -573,15 +538,11 @@ fn send(args: SendArgs) -> Result<ExitCode> {
                 uids.push(WorkUid::new(series.clone(), sop.clone()));
             }
         }
-        return enqueue(
-            &opened,
-            partition,
-            &uid,
-            WorkKind::MOVE_STUDY,
-            SendPayload::to(device.ae_title.as_str()).to_json(),
-            uids,
-            args.mode,
-        );
+        let request = StudyRequest::Send {
+            destination: device.ae_title.as_str().to_string(),
+            instances: uids,
+        };
+        return enqueue(&opened, partition, &uid, request, args.mode);
     }
     let options = ScuOptions::new(partition.partition.ae_title.as_str());
     let report = opened
@@ -655,7 +616,7 @@ fn history(args: StudyOnlyArgs) -> Result<ExitCode> {
     let opened = open(&args.target.archive)?;
     let partition = partition(&opened.archive, args.target.partition.as_deref())?;
     let uid = study_uid(&args.target.study_uid)?;
-    let store: &dyn StudyStore = &*opened.db;
+    let store: &dyn StudyStore = &**opened.archive.index();
     let edits = store.edit_history(partition.partition.id, &uid)?;
     let audit = store.audit_log(partition.partition.id, &uid)?;
     if edits.is_empty() && audit.is_empty() && store.study(partition.partition.id, &uid)?.is_none()
@@ -725,7 +686,7 @@ fn load_rules(opened: &Opened, config_file: Option<&Path>, flag: Option<&Path>) 
     let rules = RuleSet::from_file(&path)?;
     let deployment: Vec<(AeTitle, Vec<AeTitle>)> = opened
         .archive
-        .partitions
+        .partitions()
         .iter()
         .map(|p| {
             (
@@ -757,14 +718,13 @@ fn rules_test(args: RulesTestArgs) -> Result<ExitCode> {
     let uid = study_uid(&args.study)?;
     let partitions: Vec<&ArchivePartition> = match &args.partition {
         Some(ae) => vec![partition(&opened.archive, Some(ae))?],
-        None => opened.archive.partitions.iter().collect(),
+        None => opened.archive.partitions().iter().collect(),
     };
-    let now = imageserver_core::db::studies::now_ms();
+    let now = Timestamp::now().as_millis();
     let mut found = false;
+    let index = opened.archive.index();
     for p in partitions {
-        let Some(facts) =
-            dry_run::study_facts(&*opened.archive.query, &*opened.db, p.partition.id, &uid)?
-        else {
+        let Some(facts) = dry_run::study_facts(&**index, &**index, p.partition.id, &uid)? else {
             continue;
         };
         found = true;

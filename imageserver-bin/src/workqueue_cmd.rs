@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use imageserver_core::server::open_index;
+use imageserver_core::open_index;
 use imageserver_core::workqueue::{
     Engine, EngineConfig, KindProperties, ProcessContext, Registry, RetryPolicy, StepResult,
     StudyLock, Timestamp, WorkError, WorkFilter, WorkItem, WorkItemId, WorkKind, WorkPriority,

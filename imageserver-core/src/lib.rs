@@ -47,3 +47,20 @@ pub mod workqueue;
 
 pub use dicom_core;
 pub use dicom_object;
+
+// The embedding surface: what a product assembles an archive from and
+// talks to. Everything else is reached through its module when needed.
+pub use config::{Config, ConfigError, Settings};
+pub use db::{Database, IndexStore, QueryStore};
+pub use model::{error_chain, AeTitle, PartitionId, Uid};
+pub use processors::StudyRequest;
+pub use rules::RuleSet;
+pub use server::{open_index, Archive, ArchivePartition, Error, Server, ServerBuilder};
+pub use services::import::{FileOutcome, ImportSummary};
+pub use services::studies::{Studies, StudyError};
+pub use services::Partition;
+pub use storage::{Placement, StorageBackend};
+pub use workqueue::{
+    KindProperties, ProcessContext, Processor, Registry, StepResult, WorkItem, WorkKind, WorkQueue,
+    WorkStatus, WorkStore,
+};

@@ -20,6 +20,7 @@ use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
 use crate::services::commit::StudyProcessHook;
 use crate::services::devices::Devices;
 use crate::services::find::Find;
+use crate::services::import::{self, FileOutcome, ImportSummary};
 use crate::services::retrieve::Retrieve;
 use crate::services::studies::Studies;
 use crate::services::{Ingest, Partition};
@@ -192,6 +193,7 @@ impl ServerBuilder {
             None => open_index(&self.settings.db_url)?,
         };
         let database_for_work = database.clone();
+        let database_for_work_archive = database.clone();
         let index: Arc<dyn IndexStore> = database.clone();
         let work: Arc<dyn WorkStore> = database.clone();
         let query: Arc<dyn QueryStore> = database;
@@ -264,10 +266,10 @@ impl ServerBuilder {
                 }),
         )?;
         Ok(Archive {
+            database: database_for_work_archive,
             query,
             retrieve,
             settings: self.settings,
-            index,
             storage,
             ingest,
             partitions,
@@ -290,26 +292,21 @@ pub struct ArchivePartition {
 }
 
 /// An opened archive: index, storage and services, not yet on the network.
+///
+/// Its parts are reached through methods, so that what an embedder holds
+/// is the archive's interface, not its wiring.
 #[derive(Debug)]
 pub struct Archive {
-    /// The settings it was opened with.
-    pub settings: Settings,
-    /// The index.
-    pub index: Arc<dyn IndexStore>,
-    /// The index's query side.
-    pub query: Arc<dyn QueryStore>,
-    /// The retrieve service.
-    pub retrieve: Retrieve,
-    /// The storage backend.
-    pub storage: Arc<dyn StorageBackend>,
-    /// The ingest service.
-    pub ingest: Ingest,
-    /// The partitions, the default (`[dicom]`) one first.
-    pub partitions: Vec<ArchivePartition>,
-    /// The work queue's store (the index database).
-    pub work: Arc<dyn WorkStore>,
-    /// The work item kinds this archive runs.
-    pub processors: Registry,
+    settings: Settings,
+    database: Arc<dyn Database>,
+    query: Arc<dyn QueryStore>,
+    retrieve: Retrieve,
+    storage: Arc<dyn StorageBackend>,
+    ingest: Ingest,
+    /// The default (`[dicom]`) partition first.
+    partitions: Vec<ArchivePartition>,
+    work: Arc<dyn WorkStore>,
+    processors: Registry,
     /// Where ingest finds the engine to wake for the StudyProcess items
     /// it schedules (set by [`Server::start_on`]).
     study_process_wake: Arc<OnceLock<WorkQueue>>,
@@ -321,9 +318,56 @@ impl Archive {
         ServerBuilder::new(settings).open()
     }
 
+    /// The settings it was opened with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The partitions, the default (`[dicom]`) one first.
+    pub fn partitions(&self) -> &[ArchivePartition] {
+        &self.partitions
+    }
+
     /// The default partition.
     pub fn default_partition(&self) -> &ArchivePartition {
         &self.partitions[0]
+    }
+
+    /// The partition answering to `ae_title`.
+    pub fn partition(&self, ae_title: &str) -> Option<&ArchivePartition> {
+        self.partitions
+            .iter()
+            .find(|p| p.partition.ae_title.as_str() == ae_title.trim())
+    }
+
+    /// The index (the database seam), for reads an operator or embedder
+    /// makes beside the services.
+    pub fn index(&self) -> &Arc<dyn Database> {
+        &self.database
+    }
+
+    /// The storage backend (the file seam).
+    pub fn storage(&self) -> &Arc<dyn StorageBackend> {
+        &self.storage
+    }
+
+    /// The study operations (delete, edit, reprocess, send, check) run in
+    /// this process, without the work queue's study locks; a running
+    /// archive takes them through [`Archive::work_queue`] and
+    /// [`crate::processors::StudyRequest`] instead.
+    pub fn studies(&self) -> Studies {
+        Studies::new(self.database.clone(), self.storage.clone())
+    }
+
+    /// Imports Part 10 files into a partition through ingest (the same
+    /// checks and durability as a C-STORE); `on_file` sees each outcome.
+    pub fn import_files(
+        &self,
+        partition: &Partition,
+        files: &[PathBuf],
+        on_file: &mut dyn FnMut(&std::path::Path, &FileOutcome),
+    ) -> ImportSummary {
+        import::import_files(&self.ingest, partition, files, on_file)
     }
 
     /// A work queue handle without an engine (operator commands): items
@@ -332,11 +376,9 @@ impl Archive {
         WorkQueue::detached(self.work.clone(), self.processors.clone())
     }
 
-    /// The partition answering to `ae_title`.
-    pub fn partition(&self, ae_title: &str) -> Option<&ArchivePartition> {
-        self.partitions
-            .iter()
-            .find(|p| p.partition.ae_title.as_str() == ae_title.trim())
+    /// The work item kinds this archive runs.
+    pub fn processors(&self) -> &Registry {
+        &self.processors
     }
 }
 

@@ -174,7 +174,7 @@ fn open_studies(root: &Path, archive: &Archive) -> (Studies, Partition) {
         .expect("open the archive");
     let partition = opened.default_partition().partition.clone();
     assert_eq!(partition.ae_title.as_str(), SERVER_AE);
-    (Studies::new(db, opened.storage.clone()), partition)
+    (Studies::new(db, opened.storage().clone()), partition)
 }
 
 fn uid(text: &str) -> Uid {

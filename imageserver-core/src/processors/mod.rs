@@ -24,6 +24,7 @@ mod delete_study;
 mod edit_study;
 mod move_study;
 mod reprocess_study;
+mod requests;
 mod study_process;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use delete_study::DeleteStudy;
 pub use edit_study::EditStudy;
 pub use move_study::{MoveStudy, SendPayload};
 pub use reprocess_study::ReprocessStudy;
+pub use requests::StudyRequest;
 pub use study_process::StudyProcess;
 
 use crate::db::Database;

@@ -33,6 +33,7 @@ use super::{ProcessContext, Registry, StepResult};
 use crate::db::work::{ClaimKind, ClaimRequest, FailureAction, WorkError, WorkStore, WorkWatch};
 use crate::model::work::{
     Enqueued, Lease, NewWorkItem, Timestamp, WorkFilter, WorkItem, WorkItemId, WorkPriority,
+    WorkStatus,
 };
 use crate::model::Uid;
 
@@ -193,6 +194,27 @@ impl WorkQueue {
     /// Operator: changes an item's priority.
     pub fn reprioritise(&self, id: WorkItemId, priority: WorkPriority) -> Result<(), WorkError> {
         self.store.reprioritise(id, priority)
+    }
+
+    /// Waits until an item has completed or failed and returns it as it
+    /// ended. The store is read every `poll`; `on_poll` sees the item each
+    /// time (to report progress). An item deleted meanwhile is
+    /// [`WorkError::NotFound`]. Works from any process that shares the
+    /// store: the engine that runs the item need not be this one.
+    pub fn wait(
+        &self,
+        id: WorkItemId,
+        poll: Duration,
+        on_poll: &mut dyn FnMut(&WorkItem),
+    ) -> Result<WorkItem, WorkError> {
+        loop {
+            let item = self.store.get(id)?.ok_or(WorkError::NotFound { id })?;
+            on_poll(&item);
+            if matches!(item.status, WorkStatus::Completed | WorkStatus::Failed) {
+                return Ok(item);
+            }
+            std::thread::sleep(poll);
+        }
     }
 
     /// One item with its instances.
