@@ -39,7 +39,7 @@ pub mod dicom;
 pub mod model;
 pub mod processors;
 pub mod rules;
-pub mod scp;
+pub(crate) mod scp;
 pub mod server;
 pub mod services;
 pub mod storage;

@@ -288,7 +288,7 @@ pub struct ArchivePartition {
     /// Its validated settings.
     pub settings: PartitionSettings,
     /// Its device registry.
-    pub devices: Devices,
+    pub(crate) devices: Devices,
 }
 
 /// An opened archive: index, storage and services, not yet on the network.

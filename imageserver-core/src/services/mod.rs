@@ -9,12 +9,12 @@
 //! The use cases speak no DIMSE: the SCP handlers (`crate::scp`)
 //! turn their errors into DICOM statuses.
 
-pub mod commit;
-pub mod devices;
-pub mod find;
+pub(crate) mod commit;
+pub(crate) mod devices;
+pub(crate) mod find;
 pub mod import;
 pub mod ingest;
-pub mod retrieve;
+pub(crate) mod retrieve;
 pub mod send;
 pub mod studies;
 

@@ -63,11 +63,6 @@ pub struct RetrieveItem {
 }
 
 impl RetrieveItem {
-    /// The study the instance belongs to.
-    pub fn study_uid(&self) -> &Uid {
-        &self.location.study_uid
-    }
-
     fn key(&self) -> InstanceKey {
         InstanceKey {
             location: StudyLocation::clone(&self.location),
