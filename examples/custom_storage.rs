@@ -217,6 +217,14 @@ impl StorageBackend for AccountingStorage {
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, storage::Error> {
         self.inner.usage(filesystem)
     }
+
+    fn sweep_temporary(
+        &self,
+        filesystem: &Filesystem,
+        stale_after: Duration,
+    ) -> Result<storage::SweepReport, storage::Error> {
+        self.inner.sweep_temporary(filesystem, stale_after)
+    }
 }
 
 /// The filesystem backend's writer, counted when it persists.

@@ -105,6 +105,10 @@ fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn Database>, Error> {
     )))
 }
 
+/// The least age at which any node removes another writer's temporary
+/// file (a dead cluster node's): far beyond any live store's pause.
+const MIN_TEMPORARY_AGE: Duration = Duration::from_secs(3600);
+
 /// Assembles an archive from parts; defaults to the backends the settings name.
 pub struct ServerBuilder {
     settings: Settings,
@@ -206,6 +210,26 @@ impl ServerBuilder {
                 source,
             })?;
             index.ensure_filesystem(fs)?;
+        }
+        // What a crash (or a dead node) left half-written: no writer will
+        // finish it.
+        let stale_after = (self.settings.idle_timeout * 4).max(MIN_TEMPORARY_AGE);
+        for filesystem in index.filesystems()? {
+            match storage.sweep_temporary(&filesystem, stale_after) {
+                Ok(report) if report.removed > 0 => tracing::info!(
+                    filesystem = %filesystem.spec.path.display(),
+                    removed = report.removed,
+                    bytes = report.bytes,
+                    kept = report.kept,
+                    "temporary files of unfinished stores removed"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    filesystem = %filesystem.spec.path.display(),
+                    error = %crate::model::error_chain(&e),
+                    "cannot sweep temporary files"
+                ),
+            }
         }
         let mut partitions = Vec::new();
         for partition in &self.settings.partitions {

@@ -596,6 +596,15 @@ impl StorageBackend for CrashStorage {
         self.alive(&filesystem.spec.path)?;
         self.0.inner.usage(filesystem)
     }
+
+    fn sweep_temporary(
+        &self,
+        filesystem: &Filesystem,
+        stale_after: std::time::Duration,
+    ) -> Result<storage::SweepReport, storage::Error> {
+        self.alive(&filesystem.spec.path)?;
+        self.0.inner.sweep_temporary(filesystem, stale_after)
+    }
 }
 
 /// An [`FsStorage`] writer that dies with the process.

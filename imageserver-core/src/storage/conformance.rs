@@ -43,6 +43,7 @@ pub fn run(storage: &dyn StorageBackend, filesystem: &Filesystem, other: &Filesy
     };
     suite.written_objects_read_back();
     suite.a_dropped_writer_leaves_nothing();
+    suite.a_sweep_keeps_a_live_writer();
     suite.persist_replaces_the_instance();
     suite.kept_aside_copies_never_replace_the_instance();
     suite.deletes_are_idempotent();
@@ -472,6 +473,31 @@ impl Suite<'_> {
             &location,
             &[Listed::instance(&key, 4)],
             "one instance persisted beside a dropped writer",
+        );
+        self.clear(&location);
+    }
+
+    /// Sweeping temporary objects never takes one a live writer of this
+    /// process will still persist.
+    fn a_sweep_keeps_a_live_writer(&self) {
+        let location = study(self.filesystem, "1.999.9");
+        let key = instance(&location, "1.999.9.1", "1.999.9.1.1");
+        let writer = self.writer(&payload(9, 300 * 1024));
+        let report = succeeds(
+            "sweep_temporary",
+            self.storage
+                .sweep_temporary(self.filesystem, std::time::Duration::from_secs(3600)),
+        );
+        check(
+            report.removed == 0,
+            format_args!("a sweep removed {} live temporary objects", report.removed),
+        );
+        let pending = succeeds("persist after a sweep", writer.persist(&key));
+        self.sync(pending);
+        self.assert_reads(
+            &key,
+            &payload(9, 300 * 1024),
+            "an instance written across a sweep",
         );
         self.clear(&location);
     }

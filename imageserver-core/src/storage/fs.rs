@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{
     layout, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, StoredObject,
-    StudyObject, Usage,
+    StudyObject, SweepReport, Usage,
 };
 use crate::model::{Filesystem, StudyLocation, Uid};
 
@@ -56,8 +56,11 @@ impl FsStorage {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        root.join(layout::TEMP_DIR)
-            .join(format!("{}-{n}-{nanos}.part", std::process::id()))
+        root.join(layout::TEMP_DIR).join(format!(
+            "{}-{}-{n}-{nanos}.part",
+            host_tag(),
+            std::process::id()
+        ))
     }
 
     /// Creates `dir` and any missing ancestors below `root`, recording each
@@ -354,6 +357,66 @@ impl StorageBackend for FsStorage {
         filesystem.spec.path.join(layout::instance_path(key))
     }
 
+    fn sweep_temporary(
+        &self,
+        filesystem: &Filesystem,
+        stale_after: std::time::Duration,
+    ) -> Result<SweepReport, Error> {
+        let root = &filesystem.spec.path;
+        let dir = root.join(layout::TEMP_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SweepReport::default()),
+            Err(e) => return Err(io_error("list", &dir, root, e)),
+        };
+        let now = std::time::SystemTime::now();
+        let mut report = SweepReport::default();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("list", &dir, root, e))?;
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !name.ends_with(".part") {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(meta) if meta.is_file() => meta,
+                _ => continue,
+            };
+            let idle = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            let orphaned = writer_of(name).is_some_and(|(host, pid)| {
+                host == host_tag() && pid != std::process::id() && !process_alive(pid)
+            });
+            if !orphaned && idle < stale_after {
+                report.kept += 1;
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    report.removed += 1;
+                    report.bytes += meta.len();
+                    tracing::info!(
+                        path = %path.display(),
+                        bytes = meta.len(),
+                        idle_secs = idle.as_secs(),
+                        "removed a temporary file no writer will finish"
+                    );
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error("remove", &path, root, e)),
+            }
+        }
+        if report.removed > 0 {
+            sync_dir(&dir)?;
+        }
+        Ok(report)
+    }
+
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error> {
         statvfs(&filesystem.spec.path)
             .map_err(|e| io_error("measuring", &filesystem.spec.path, &filesystem.spec.path, e))
@@ -483,6 +546,47 @@ impl Drop for FsWriter {
             }
         }
     }
+}
+
+/// This host's name as temporary file names carry it: `-` and anything
+/// but ASCII letters, digits and `.` replaced, so that the name splits back.
+fn host_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let name = fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| fs::read_to_string("/etc/hostname"))
+            .unwrap_or_default();
+        let tag: String = name
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if tag.is_empty() {
+            "localhost".to_string()
+        } else {
+            tag
+        }
+    })
+}
+
+/// The host and process id a temporary file name carries
+/// (`HOST-PID-N-NANOS.part`); None for a name of another form.
+fn writer_of(name: &str) -> Option<(&str, u32)> {
+    let mut parts = name.strip_suffix(".part")?.split('-');
+    let host = parts.next()?;
+    let pid = parts.next()?.parse().ok()?;
+    Some((host, pid))
+}
+
+/// Whether a process of this host is running (Linux: its `/proc` entry).
+fn process_alive(pid: u32) -> bool {
+    Path::new("/proc").join(pid.to_string()).exists()
 }
 
 /// Every object of a study folder (none when the folder does not exist),
@@ -773,6 +877,61 @@ mod tests {
         assert_eq!(storage.delete_study_metadata(&fs, &location).unwrap(), 2);
         assert!(!metadata_dir.exists());
         assert_eq!(storage.delete_study_metadata(&fs, &location).unwrap(), 0);
+    }
+
+    /// At start, what a dead process of this host left is removed at once,
+    /// another host's only once stale; a live writer's is kept.
+    #[test]
+    fn sweeping_removes_only_what_no_writer_will_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs_ = filesystem(dir.path());
+        let storage = FsStorage::new();
+        let live = storage.begin_write(&fs_).unwrap();
+        let temp = dir.path().join(layout::TEMP_DIR);
+        // A process id no process has: beyond Linux's pid_max.
+        let dead = format!("{}-{}-0-1.part", host_tag(), 1u64 << 23);
+        let own = format!("{}-{}-7-1.part", host_tag(), std::process::id());
+        let fresh_elsewhere = "other.host-42-0-1.part";
+        let stale_elsewhere = "other.host-43-0-1.part";
+        for (name, bytes) in [
+            (&dead[..], 5),
+            (&own[..], 6),
+            (fresh_elsewhere, 7),
+            (stale_elsewhere, 8),
+            ("not-a-temporary.json", 9),
+        ] {
+            std::fs::write(temp.join(name), vec![0u8; bytes]).unwrap();
+        }
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(temp.join(stale_elsewhere))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let report = storage
+            .sweep_temporary(&fs_, std::time::Duration::from_secs(3600))
+            .unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&temp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(report.removed, 2, "{left:?}");
+        assert_eq!(report.bytes, 5 + 8);
+        assert!(!left.contains(&dead) && !left.iter().any(|n| n == stale_elsewhere));
+        for kept in [&own[..], fresh_elsewhere, "not-a-temporary.json"] {
+            assert!(
+                left.iter().any(|n| n == kept),
+                "{kept} was removed: {left:?}"
+            );
+        }
+        assert_eq!(
+            left.len(),
+            4,
+            "the live writer's file is kept too: {left:?}"
+        );
+        drop(live);
     }
 
     #[test]

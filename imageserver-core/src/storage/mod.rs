@@ -302,4 +302,26 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
 
     /// Space on a filesystem.
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error>;
+
+    /// Removes the temporary objects that no writer will finish: those
+    /// left by a process of this host that is gone (a crash), and, from any
+    /// host, those untouched for `stale_after` (a dead cluster node; a live
+    /// writer touches its object with every PDU, and its association ends
+    /// at the idle timeout). A writer still running keeps its object.
+    fn sweep_temporary(
+        &self,
+        filesystem: &Filesystem,
+        stale_after: std::time::Duration,
+    ) -> Result<SweepReport, Error>;
+}
+
+/// What [`StorageBackend::sweep_temporary`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Temporary objects removed.
+    pub removed: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Temporary objects kept: a writer may still finish them.
+    pub kept: u64,
 }
