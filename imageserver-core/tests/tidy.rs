@@ -74,6 +74,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "the DICOM toolkit stands below the services: model and dicom-rs only",
     ),
     (
+        "dicom/part10/",
+        &[
+            "crate::dicom::assoc",
+            "crate::dicom::link",
+            "crate::dicom::pdu",
+            "crate::dicom::dimse",
+            "crate::dicom::scu",
+            "crate::dicom::query_keys",
+            "crate::rules",
+            "dicom_ul",
+        ],
+        "part10 is files only: model and the dicom-rs file crates, no association",
+    ),
+    (
         "scp/",
         &[
             "rusqlite",

@@ -18,7 +18,7 @@
 //! (a store in flight is completed and answered) and are aborted after.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,6 +35,7 @@ use dicom_ul::pdu::{
 use dicom_ul::{Pdu, ServerAssociationOptions};
 use tracing::{debug, info, info_span, warn};
 
+use super::deadline::DeadlineReader;
 use super::link::Link;
 use super::pdu::{self, Incoming, PduError, PduReader, Pdv, MAX_CONTROL_PDU_LEN};
 use super::sop_classes;
@@ -555,25 +556,6 @@ impl Drop for CallerSlot {
     }
 }
 
-/// A reader that gives every PDU a deadline: each read waits at most until
-/// the deadline, so a peer trickling bytes cannot hold a thread forever.
-struct DeadlineReader<'a> {
-    socket: &'a mut TcpStream,
-    deadline: Instant,
-}
-
-impl Read for DeadlineReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let remaining = self
-            .deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "PDU deadline passed"))?;
-        self.socket.set_read_timeout(Some(remaining))?;
-        self.socket.read(buf)
-    }
-}
-
 fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span: &tracing::Span) {
     let peer = socket.peer_addr().ok();
     let requested_by = match await_association_rq(&socket, shared.config.artim_timeout) {
@@ -652,12 +634,13 @@ fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span
     let mut reader = PduReader::new(shared.config.max_pdu_length);
     let mut session = shared.handlers.handler(link);
     loop {
-        let mut timed = DeadlineReader {
-            deadline: Instant::now() + shared.config.idle_timeout,
+        let mut timed = DeadlineReader::new(
             socket,
-        };
+            Instant::now() + shared.config.idle_timeout,
+            "PDU deadline passed",
+        );
         let incoming = reader.read(&mut timed);
-        let socket_ref = timed.socket;
+        let socket_ref = timed.into_socket();
         match incoming {
             Ok(Incoming::PData(data)) => {
                 busy.store(true, Ordering::SeqCst);

@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::dicom::deadline::DeadlineReader;
 use crate::dicom::dimse::{Command, CommandField, FragmentBuffer};
 use crate::dicom::pdu::{self, Incoming, PduError, PduReader};
 use dicom_ul::Pdu;
@@ -342,10 +343,11 @@ impl Link {
     /// at most the idle timeout for it).
     fn next_pdv(&mut self) -> Result<OwnedPdv, LinkError> {
         while self.pending.is_empty() {
-            let mut reader = Deadline {
-                socket: &mut self.socket,
-                deadline: Instant::now() + self.idle_timeout,
-            };
+            let mut reader = DeadlineReader::new(
+                &mut self.socket,
+                Instant::now() + self.idle_timeout,
+                "PDU deadline passed",
+            );
             match self.side_reader.read(&mut reader)? {
                 Incoming::PData(data) => {
                     for pdv in data.pdvs() {
@@ -369,22 +371,5 @@ impl Link {
         self.pending
             .pop_front()
             .ok_or_else(|| LinkError::Broken("no PDV".into()))
-    }
-}
-
-struct Deadline<'a> {
-    socket: &'a mut TcpStream,
-    deadline: Instant,
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let remaining = self
-            .deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "PDU deadline passed"))?;
-        self.socket.set_read_timeout(Some(remaining))?;
-        self.socket.read(buf)
     }
 }

@@ -18,6 +18,7 @@
 //! services, the index, the storage or the handlers above it.
 
 pub mod assoc;
+mod deadline;
 pub mod dimse;
 pub mod link;
 pub(crate) mod part10;

@@ -39,6 +39,7 @@ use dicom_ul::pdu::{AbortRQSource, AssociationRJSource, PresentationContextResul
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use tracing::debug;
 
+use super::deadline::DeadlineReader;
 use super::dimse::{Command, CommandField, FragmentBuffer, Priority, Status, StatusClass};
 use super::part10::DataSetReader;
 use super::pdu::{self, Incoming, PduError, PduReader};
@@ -407,7 +408,7 @@ impl StoreScu {
 
     /// The accepted context for (SOP class, transfer syntax), or why there
     /// is none.
-    pub fn context_for(&self, sop_class: &str, transfer_syntax: &str) -> Result<u8, String> {
+    pub fn context_for(&self, sop_class: &str, transfer_syntax: &str) -> Result<u8, NoContext> {
         if let Some(pc) = self
             .contexts
             .iter()
@@ -422,16 +423,17 @@ impl StoreScu {
             .map(|pc| pc.transfer_syntax.as_str())
             .collect();
         if accepted.is_empty() {
-            Err(format!(
-                "{} does not accept SOP class {sop_class}",
-                self.destination
-            ))
+            Err(NoContext::SopClass {
+                destination: self.destination.clone(),
+                sop_class: sop_class.to_string(),
+            })
         } else {
-            Err(format!(
-                "{} accepts SOP class {sop_class} only in {}, the instance is stored in {transfer_syntax} (not transcoded)",
-                self.destination,
-                accepted.join(", ")
-            ))
+            Err(NoContext::TransferSyntax {
+                destination: self.destination.clone(),
+                sop_class: sop_class.to_string(),
+                accepted: accepted.join(", "),
+                stored: transfer_syntax.to_string(),
+            })
         }
     }
 
@@ -449,7 +451,11 @@ impl StoreScu {
         );
         let pc_id = match self.context_for(class, ts) {
             Ok(pc_id) => pc_id,
-            Err(reason) => return Ok(Outcome::Failed { reason }),
+            Err(no_context) => {
+                return Ok(Outcome::Failed {
+                    reason: no_context.to_string(),
+                })
+            }
         };
         let file = match item.open() {
             Ok(file) => file,
@@ -530,10 +536,8 @@ impl StoreScu {
         })?;
         let deadline = Instant::now() + self.options.response_timeout;
         let result = loop {
-            let mut timed = Deadline {
-                socket: &mut self.socket,
-                deadline,
-            };
+            let mut timed =
+                DeadlineReader::new(&mut self.socket, deadline, "response deadline passed");
             match self.reader.read(&mut timed) {
                 Ok(Incoming::Other(Pdu::ReleaseRP)) => break Ok(()),
                 // A late P-DATA or a release collision: keep waiting.
@@ -586,10 +590,8 @@ impl StoreScu {
         // command, held until the data set's last fragment went by.
         let mut answered: Option<Command> = None;
         loop {
-            let mut timed = Deadline {
-                socket: &mut self.socket,
-                deadline,
-            };
+            let mut timed =
+                DeadlineReader::new(&mut self.socket, deadline, "response deadline passed");
             let incoming = match self.reader.read(&mut timed) {
                 Ok(incoming) => incoming,
                 Err(error) => return Err(self.read_error(error, "the C-STORE response")),
@@ -695,22 +697,34 @@ impl StoreScu {
     }
 }
 
-/// A reader that gives the PDU being read a deadline.
-struct Deadline<'a> {
-    socket: &'a mut TcpStream,
-    deadline: Instant,
-}
-
-impl Read for Deadline<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let remaining = self
-            .deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "response deadline passed"))?;
-        self.socket.set_read_timeout(Some(remaining))?;
-        self.socket.read(buf)
-    }
+/// Why an association has no presentation context for an instance.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoContext {
+    /// The destination accepted no context for the SOP class.
+    #[error("{destination} does not accept SOP class {sop_class}")]
+    SopClass {
+        /// The destination, as the SCU names it.
+        destination: String,
+        /// The SOP class.
+        sop_class: String,
+    },
+    /// The destination accepted the SOP class only in other transfer
+    /// syntaxes (instances are never transcoded).
+    #[error(
+        "{destination} accepts SOP class {sop_class} only in {accepted}, the instance is \
+         stored in {stored} (not transcoded)"
+    )]
+    TransferSyntax {
+        /// The destination, as the SCU names it.
+        destination: String,
+        /// The SOP class.
+        sop_class: String,
+        /// The transfer syntaxes it accepted, comma separated.
+        accepted: String,
+        /// The transfer syntax the instance is stored in.
+        stored: String,
+    },
 }
 
 fn broken(destination: &str, error: impl std::fmt::Display) -> ScuError {

@@ -5,9 +5,10 @@ use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::dicom::part10::read_file_meta;
+use crate::dicom::part10::{read_file_meta, MetaError};
 
-use super::ingest::{Ingest, Partition, StoreRequest};
+use super::ingest::{Ingest, IngestError, Partition, StoreRequest};
+use crate::db;
 use crate::model::error_chain;
 use crate::model::Uid;
 use crate::storage::layout;
@@ -21,6 +22,27 @@ pub enum FileOutcome {
     AlreadyPresent,
     /// Not imported, with the reason.
     Rejected(String),
+}
+
+/// Why one file was not imported.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// The file cannot be opened.
+    #[error("cannot open")]
+    Open(#[source] io::Error),
+    /// Not a Part 10 file, or its meta group is refused.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// Looking the instance up in the index failed (transient).
+    #[error("index lookup failed")]
+    Index(#[source] db::Error),
+    /// Reading the data set failed.
+    #[error("cannot read")]
+    Read(#[source] io::Error),
+    /// Ingest refused or failed to store it.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
 }
 
 /// Totals of an import run.
@@ -76,7 +98,7 @@ pub fn import_files(
     for path in files {
         let outcome = match import_file(ingest, partition, path) {
             Ok(outcome) => outcome,
-            Err(reason) => FileOutcome::Rejected(reason),
+            Err(error) => FileOutcome::Rejected(error_chain(&error)),
         };
         match &outcome {
             FileOutcome::Imported => summary.imported += 1,
@@ -96,30 +118,28 @@ pub fn import_file(
     ingest: &Ingest,
     partition: &Partition,
     path: &Path,
-) -> Result<FileOutcome, String> {
-    let mut reader = BufReader::new(File::open(path).map_err(|e| format!("cannot open: {e}"))?);
+) -> Result<FileOutcome, ImportError> {
+    let mut reader = BufReader::new(File::open(path).map_err(ImportError::Open)?);
     let meta = read_file_meta(&mut reader)?;
     let sop_instance_uid = meta.media_storage_sop_instance_uid().to_string();
     if let Ok(uid) = Uid::parse(&sop_instance_uid) {
         let present = ingest
             .index()
             .instance(partition.id, &uid)
-            .map_err(|e| format!("index lookup failed: {}", error_chain(&e)))?;
+            .map_err(ImportError::Index)?;
         if present.is_some() {
             return Ok(FileOutcome::AlreadyPresent);
         }
     }
     // read_file_meta left the reader at the data set's first byte.
-    let mut writer = ingest
-        .begin(StoreRequest {
-            partition,
-            sop_class_uid: meta.media_storage_sop_class_uid(),
-            sop_instance_uid: &sop_instance_uid,
-            transfer_syntax_uid: meta.transfer_syntax(),
-            source_ae: meta.source_application_entity_title(),
-        })
-        .map_err(|e| error_chain(&e))?;
-    io::copy(&mut reader, &mut writer).map_err(|e| format!("cannot read: {e}"))?;
-    ingest.finish(writer).map_err(|e| error_chain(&e))?;
+    let mut writer = ingest.begin(StoreRequest {
+        partition,
+        sop_class_uid: meta.media_storage_sop_class_uid(),
+        sop_instance_uid: &sop_instance_uid,
+        transfer_syntax_uid: meta.transfer_syntax(),
+        source_ae: meta.source_application_entity_title(),
+    })?;
+    io::copy(&mut reader, &mut writer).map_err(ImportError::Read)?;
+    ingest.finish(writer)?;
     Ok(FileOutcome::Imported)
 }

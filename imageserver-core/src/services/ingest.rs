@@ -17,12 +17,13 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use super::commit::{CommitError, GroupCommitter, StudyProcessHook};
 use crate::db::{self, IndexStore};
+use crate::dicom::part10::header::{self, HeaderError};
+use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::DataSetWalker;
 use crate::model::error_chain;
 use crate::model::{
     study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
-    FolderName, InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs,
-    SeriesAttrs, StudyAttrs, StudyLocation, Uid, UidError,
+    FolderName, InsertOutcome, InstanceRecord, PartitionId, StudyLocation, Uid, UidError,
 };
 use crate::storage::{
     self, InstanceKey, LowestTierMostRoom, ObjectWriter, Placement, StorageBackend,
@@ -75,7 +76,7 @@ pub struct StoreRequest<'a> {
 #[non_exhaustive]
 pub enum IngestError {
     /// A UID (in the command or the data set) is not a valid UID.
-    #[error("invalid {attribute} {value:?}: {source}")]
+    #[error("invalid {attribute} {value:?}")]
     InvalidUid {
         /// Which attribute.
         attribute: &'static str,
@@ -89,8 +90,8 @@ pub enum IngestError {
     #[error("the data set has no {0}")]
     MissingAttribute(&'static str),
     /// The data set is incomplete or structurally broken.
-    #[error("the data set is incomplete or malformed: {0}")]
-    Malformed(String),
+    #[error("the data set is incomplete or malformed")]
+    Malformed(#[source] WalkError),
     /// The data set could not be parsed.
     #[error("the data set cannot be parsed: {0}")]
     Unparseable(String),
@@ -119,6 +120,23 @@ pub enum IngestError {
     /// The SOP instance is already stored and the partition rejects duplicates.
     #[error("SOP instance {0} is already stored and duplicates are rejected")]
     Duplicate(Uid),
+}
+
+impl From<HeaderError> for IngestError {
+    fn from(error: HeaderError) -> IngestError {
+        match error {
+            HeaderError::Missing(attribute) => IngestError::MissingAttribute(attribute),
+            HeaderError::InvalidUid {
+                attribute,
+                value,
+                source,
+            } => IngestError::InvalidUid {
+                attribute,
+                value,
+                source,
+            },
+        }
+    }
 }
 
 /// What a successful ingest did with the instance.
@@ -536,53 +554,23 @@ impl Ingest {
             });
         }
         let study_uid = required_uid(header, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
-        let series_uid = required_uid(header, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
-        let study_date = text(header, tags::STUDY_DATE);
+        required_uid(header, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
+        let study_date = header::text(header, tags::STUDY_DATE);
         let location = self.location(
             &writer.partition,
             &study_uid,
             study_date.as_deref(),
             writer.filesystem.id,
         )?;
-        Ok(InstanceRecord {
+        let facts = header::RecordFacts {
             partition: writer.partition.id,
             location,
-            patient: PatientAttrs {
-                patient_id: text(header, tags::PATIENT_ID).unwrap_or_default(),
-                issuer_of_patient_id: text(header, tags::ISSUER_OF_PATIENT_ID),
-                patient_name: text(header, tags::PATIENT_NAME),
-                birth_date: text(header, tags::PATIENT_BIRTH_DATE),
-                sex: text(header, tags::PATIENT_SEX),
-            },
-            study: StudyAttrs {
-                study_uid,
-                study_date,
-                study_time: text(header, tags::STUDY_TIME),
-                accession_number: text(header, tags::ACCESSION_NUMBER),
-                study_id: text(header, tags::STUDY_ID),
-                study_description: text(header, tags::STUDY_DESCRIPTION),
-                referring_physician_name: text(header, tags::REFERRING_PHYSICIAN_NAME),
-                specific_character_set: text(header, tags::SPECIFIC_CHARACTER_SET),
-            },
-            series: SeriesAttrs {
-                series_uid,
-                modality: text(header, tags::MODALITY),
-                series_number: int(header, tags::SERIES_NUMBER),
-                series_description: text(header, tags::SERIES_DESCRIPTION),
-                body_part_examined: text(header, tags::BODY_PART_EXAMINED),
-                series_date: text(header, tags::SERIES_DATE),
-                series_time: text(header, tags::SERIES_TIME),
-            },
-            instance: InstanceAttrs {
-                sop_instance_uid: sop_instance,
-                sop_class_uid: sop_class,
-                instance_number: int(header, tags::INSTANCE_NUMBER),
-                transfer_syntax_uid: writer.transfer_syntax_uid.clone(),
-                file_size: writer.written,
-                digest: writer.hasher.clone().finalize().to_hex().to_string(),
-                source_ae: writer.source_ae.clone(),
-            },
-        })
+            transfer_syntax_uid: writer.transfer_syntax_uid.clone(),
+            file_size: writer.written,
+            digest: writer.hasher.clone().finalize().to_hex().to_string(),
+            source_ae: writer.source_ae.clone(),
+        };
+        Ok(header::instance_record(header, facts)?)
     }
 }
 
@@ -714,11 +702,7 @@ fn file_meta(writer: &IngestWriter, source_ae: Option<&str>) -> Result<Vec<u8>, 
 }
 
 fn parse_uid(attribute: &'static str, value: &str) -> Result<Uid, IngestError> {
-    Uid::parse(value).map_err(|source| IngestError::InvalidUid {
-        attribute,
-        value: value.chars().take(80).collect(),
-        source,
-    })
+    Ok(header::parse_uid(attribute, value)?)
 }
 
 fn required_uid(
@@ -726,18 +710,5 @@ fn required_uid(
     tag: Tag,
     attribute: &'static str,
 ) -> Result<Uid, IngestError> {
-    let value = text(header, tag).ok_or(IngestError::MissingAttribute(attribute))?;
-    parse_uid(attribute, &value)
-}
-
-/// A trimmed, non-empty string value of a root-level attribute.
-fn text(header: &DefaultDicomObject, tag: Tag) -> Option<String> {
-    let element = header.element_opt(tag).ok().flatten()?;
-    let value = element.to_str().ok()?;
-    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
-}
-
-fn int(header: &DefaultDicomObject, tag: Tag) -> Option<i32> {
-    header.element_opt(tag).ok().flatten()?.to_int::<i32>().ok()
+    Ok(header::required_uid(header, tag, attribute)?)
 }

@@ -53,7 +53,6 @@ mod edit;
 mod files;
 mod metadata;
 mod reprocess;
-mod rewrite;
 mod send;
 
 pub use check::{DigestCheck, Finding, IntegrityReport};
@@ -79,9 +78,10 @@ use crate::services::devices::SendLimits;
 use crate::services::Partition;
 use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
 
+use crate::dicom::part10::{self, splice};
 use crate::storage::{StoredObject, StudyObject};
 pub use metadata::{MetadataReport, BULK_DATA_THRESHOLD};
-use rewrite::Target;
+use splice::Target;
 
 /// Why a study operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,93 @@ const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 /// thread's stack.
 pub(crate) const MAX_DEPTH: usize = 32;
 
+/// Why a data set stream was refused: the rule or limit broken and, for
+/// structural faults, the offset in the (inflated) data set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WalkError {
+    /// A header not allowed where it stands.
+    #[error("{fault} at byte {offset}")]
+    Misplaced {
+        /// What was found.
+        fault: Fault,
+        /// Offset of its header.
+        offset: u64,
+    },
+    /// Sequences nest deeper than [`MAX_DEPTH`].
+    #[error("sequences nested too deeply at byte {offset}")]
+    TooDeep {
+        /// The limit (levels of sequence and item).
+        limit: usize,
+        /// Offset of the header that went beyond it.
+        offset: u64,
+    },
+    /// An element's value runs past the end of its sequence or item.
+    #[error("an element runs past its container at byte {end}")]
+    PastContainer {
+        /// Where the container ends.
+        end: u64,
+    },
+    /// The stream ends inside an element value.
+    #[error("data set ends {missing} bytes before the end of an element value")]
+    TruncatedValue {
+        /// Bytes of the value that never came.
+        missing: u64,
+    },
+    /// The stream ends inside an element header.
+    #[error("data set ends inside an element header")]
+    TruncatedHeader,
+    /// The stream ends inside a sequence or item.
+    #[error("data set ends inside a sequence or item")]
+    Unclosed,
+    /// A deflated data set inflates beyond [`MAX_INFLATED_BYTES`].
+    #[error("the deflated data set inflates beyond {limit} bytes")]
+    InflateLimit {
+        /// The limit.
+        limit: u64,
+    },
+    /// The deflate stream is corrupt.
+    #[error("the deflated data set cannot be inflated: {reason}")]
+    Inflate {
+        /// The decompressor's message.
+        reason: String,
+    },
+    /// Non-padding bytes follow the end of the deflate stream.
+    #[error("bytes follow the end of the deflated data set")]
+    TrailingBytes,
+    /// The input ends before the deflate stream does.
+    #[error("the deflated data set ends before its deflate stream does")]
+    DeflateUnfinished,
+}
+
+/// A header found where the structure does not allow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// An item delimiter outside an undefined-length item.
+    UnexpectedItemDelimiter,
+    /// An item tag among a data set's elements.
+    ItemInDataSet,
+    /// Undefined length on an element that is not a sequence.
+    UndefinedLength,
+    /// Something other than an item in a sequence.
+    ExpectedItem,
+    /// Something other than a fragment in encapsulated pixel data.
+    ExpectedFragment,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::UnexpectedItemDelimiter => "unexpected item delimiter",
+            Fault::ItemInDataSet => "unexpected item tag in a data set",
+            Fault::UndefinedLength => "undefined length on a non-sequence element",
+            Fault::ExpectedItem => "expected an item in a sequence",
+            Fault::ExpectedFragment => "expected a pixel data fragment",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Context {
     /// Elements of a data set (the root, or an item), ending at a known
@@ -108,7 +195,7 @@ impl DataSetWalker {
     }
 
     /// Whether the data set ended cleanly; otherwise why not.
-    pub(crate) fn finish(self) -> Result<(), String> {
+    pub(crate) fn finish(self) -> Result<(), WalkError> {
         if let Some(inflate) = self.inflate {
             if let Some(error) = inflate.error {
                 return Err(error);
@@ -117,7 +204,7 @@ impl DataSetWalker {
                 return Err(error);
             }
             if !inflate.ended {
-                return Err("the deflated data set ends before its deflate stream does".into());
+                return Err(WalkError::DeflateUnfinished);
             }
         }
         self.structure.finish()
@@ -132,7 +219,7 @@ struct Inflate {
     ended: bool,
     /// Most bytes it may inflate to.
     limit: u64,
-    error: Option<String>,
+    error: Option<WalkError>,
 }
 
 impl std::fmt::Debug for Inflate {
@@ -154,7 +241,7 @@ impl Inflate {
             if self.ended {
                 // An odd-length stream is padded with one null byte.
                 if input.iter().any(|&b| b != 0) {
-                    self.error = Some("bytes follow the end of the deflated data set".into());
+                    self.error = Some(WalkError::TrailingBytes);
                 }
                 return;
             }
@@ -168,16 +255,15 @@ impl Inflate {
             if produced > 0 {
                 structure.feed(&self.out[..produced]);
                 if self.decompress.total_out() > self.limit {
-                    self.error = Some(format!(
-                        "the deflated data set inflates beyond {} bytes",
-                        self.limit
-                    ));
+                    self.error = Some(WalkError::InflateLimit { limit: self.limit });
                     return;
                 }
             }
             match status {
                 Err(error) => {
-                    self.error = Some(format!("the deflated data set cannot be inflated: {error}"));
+                    self.error = Some(WalkError::Inflate {
+                        reason: error.to_string(),
+                    });
                     return;
                 }
                 Ok(Status::StreamEnd) => self.ended = true,
@@ -204,7 +290,7 @@ struct Structure {
     header: [u8; 12],
     header_len: usize,
     stack: Vec<Context>,
-    error: Option<String>,
+    error: Option<WalkError>,
 }
 
 impl Structure {
@@ -243,25 +329,22 @@ impl Structure {
         }
     }
 
-    fn finish(mut self) -> Result<(), String> {
+    fn finish(mut self) -> Result<(), WalkError> {
         if let Some(error) = self.error {
             return Err(error);
         }
         if self.skip > 0 {
-            return Err(format!(
-                "data set ends {} bytes before the end of an element value",
-                self.skip
-            ));
+            return Err(WalkError::TruncatedValue { missing: self.skip });
         }
         if self.header_len > 0 {
-            return Err("data set ends inside an element header".into());
+            return Err(WalkError::TruncatedHeader);
         }
         self.close_finished_contexts();
         if let Some(error) = self.error {
             return Err(error);
         }
         if self.stack.len() != 1 {
-            return Err("data set ends inside a sequence or item".into());
+            return Err(WalkError::Unclosed);
         }
         Ok(())
     }
@@ -273,7 +356,7 @@ impl Structure {
                     self.stack.pop();
                 }
                 Some(end) if self.pos > end => {
-                    self.error = Some(format!("an element runs past its container at byte {end}"));
+                    self.error = Some(WalkError::PastContainer { end });
                     return;
                 }
                 _ => return,
@@ -329,19 +412,20 @@ impl Structure {
         let header_len = self.header_len;
         self.header_len = 0;
         let context = *self.stack.last().unwrap_or(&Context::DataSet { end: None });
-        let fail = |what: &str| Some(format!("{what} at byte {}", self.pos - header_len as u64));
+        let offset = self.pos - header_len as u64;
+        let fail = |fault| Some(WalkError::Misplaced { fault, offset });
         match context {
             Context::DataSet { end } => {
                 if tag == ITEM_END {
                     if end.is_none() && self.stack.len() > 1 {
                         self.stack.pop();
                     } else {
-                        self.error = fail("unexpected item delimiter");
+                        self.error = fail(Fault::UnexpectedItemDelimiter);
                     }
                     return;
                 }
                 if tag.0 == 0xFFFE {
-                    self.error = fail("unexpected item tag in a data set");
+                    self.error = fail(Fault::ItemInDataSet);
                     return;
                 }
                 let (vr, length) = if !self.explicit_vr {
@@ -361,7 +445,10 @@ impl Structure {
                     None => implicit_is_sequence(tag),
                 };
                 if self.stack.len() >= 2 * MAX_DEPTH && (length == UNDEFINED || sequence) {
-                    self.error = fail("sequences nested too deeply");
+                    self.error = Some(WalkError::TooDeep {
+                        limit: MAX_DEPTH,
+                        offset,
+                    });
                     return;
                 }
                 if length == UNDEFINED {
@@ -371,7 +458,7 @@ impl Structure {
                         None | Some(b"SQ") | Some(b"UN") => {
                             self.stack.push(Context::Sequence { end: None })
                         }
-                        _ => self.error = fail("undefined length on a non-sequence element"),
+                        _ => self.error = fail(Fault::UndefinedLength),
                     }
                 } else if sequence {
                     self.stack.push(Context::Sequence {
@@ -389,7 +476,7 @@ impl Structure {
                 } else if tag == SEQUENCE_END && end.is_none() {
                     self.stack.pop();
                 } else {
-                    self.error = fail("expected an item in a sequence");
+                    self.error = fail(Fault::ExpectedItem);
                 }
             }
             Context::Fragments => {
@@ -399,7 +486,7 @@ impl Structure {
                 } else if tag == SEQUENCE_END {
                     self.stack.pop();
                 } else {
-                    self.error = fail("expected a pixel data fragment");
+                    self.error = fail(Fault::ExpectedFragment);
                 }
             }
         }
@@ -446,6 +533,10 @@ mod tests {
     }
 
     fn walk(ts: &str, bytes: &[u8], chunk: usize) -> Result<(), String> {
+        walk_typed(ts, bytes, chunk).map_err(|e| e.to_string())
+    }
+
+    fn walk_typed(ts: &str, bytes: &[u8], chunk: usize) -> Result<(), WalkError> {
         let mut walker = DataSetWalker::for_transfer_syntax(ts);
         for piece in bytes.chunks(chunk.max(1)) {
             walker.feed(piece);
@@ -608,8 +699,18 @@ mod tests {
         // overflowed the header parser's stack.
         let bomb = deflate(&explicit_nesting(20_000));
         assert!(bomb.len() < 4096, "{} bytes", bomb.len());
-        let error = walk(DEFLATED_TS, &bomb, 1024).unwrap_err();
-        assert!(error.contains("nested too deeply"), "{error}");
+        let error = walk_typed(DEFLATED_TS, &bomb, 1024).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                WalkError::TooDeep {
+                    limit: MAX_DEPTH,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("nested too deeply"), "{error}");
         assert_eq!(
             walk(DEFLATED_TS, &deflate(&explicit_nesting(MAX_DEPTH - 1)), 64),
             Ok(())
@@ -623,6 +724,12 @@ mod tests {
         data.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0]);
         data.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
         data.extend_from_slice(&[0; 16]);
+        assert_eq!(
+            walk_typed(DEFLATED_TS, &deflate(&data), 64),
+            Err(WalkError::TruncatedValue {
+                missing: 0xFFFF_FFF0 - 16
+            })
+        );
         let error = walk(DEFLATED_TS, &deflate(&data), 64).unwrap_err();
         assert!(
             error.contains("before the end of an element value"),
@@ -655,7 +762,8 @@ mod tests {
         walker.inflate.as_mut().unwrap().limit = 16 << 20;
         walker.feed(&deflated);
         let error = walker.finish().unwrap_err();
-        assert!(error.contains("inflates beyond"), "{error}");
+        assert_eq!(error, WalkError::InflateLimit { limit: 16 << 20 });
+        assert!(error.to_string().contains("inflates beyond"), "{error}");
         // Under the default limit the same data set passes.
         assert_eq!(walk(DEFLATED_TS, &deflated, 4096), Ok(()));
     }

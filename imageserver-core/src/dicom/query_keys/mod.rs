@@ -412,7 +412,7 @@ pub fn read_identifier(
         big_endian,
     }
     .elements(Some(bytes.len()), 0)
-    .map_err(QueryKeyError::Undecodable)?;
+    .map_err(|fault| QueryKeyError::Undecodable(fault.to_string()))?;
     InMemDicomObject::read_dataset_with_ts(bytes, ts)
         .map_err(|e| QueryKeyError::Undecodable(error_chain(&e)))
 }
@@ -424,6 +424,25 @@ const ITEM: (u16, u16) = (0xFFFE, 0xE000);
 const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
 
+/// What the identifier walker found wrong, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Fault {
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    #[error("a length of {len} at byte {at} exceeds the data")]
+    LengthBeyondData { len: u32, at: usize },
+    #[error("unexpected ({:04X},{:04X})", .0.0, .0.1)]
+    UnexpectedDelimiter((u16, u16)),
+    #[error("bad VR at byte {0}")]
+    BadVr(usize),
+    #[error("undefined length on {0:?}")]
+    UndefinedLength(VR),
+    #[error("sequences nested deeper than {0}")]
+    TooDeep(usize),
+    #[error("unexpected ({:04X},{:04X}) in a sequence", .0.0, .0.1)]
+    NotAnItem((u16, u16)),
+}
+
 /// Checks that every element and item of an encoded data set lies within
 /// the bytes and that sequences nest at most [`MAX_NESTING`] deep.
 struct Walker<'a> {
@@ -434,10 +453,10 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn take<const N: usize>(&mut self, limit: usize) -> Result<[u8; N], String> {
+    fn take<const N: usize>(&mut self, limit: usize) -> Result<[u8; N], Fault> {
         let end = self.pos + N;
         if end > limit {
-            return Err(format!("truncated at byte {}", self.pos));
+            return Err(Fault::Truncated(self.pos));
         }
         let mut out = [0u8; N];
         out.copy_from_slice(&self.bytes[self.pos..end]);
@@ -461,27 +480,24 @@ impl Walker<'_> {
         }
     }
 
-    fn tag(&mut self, limit: usize) -> Result<(u16, u16), String> {
+    fn tag(&mut self, limit: usize) -> Result<(u16, u16), Fault> {
         let group = self.take::<2>(limit)?;
         let element = self.take::<2>(limit)?;
         Ok((self.u16(group), self.u16(element)))
     }
 
     /// A value of `len` bytes must end by `limit`; returns its end.
-    fn value_end(&self, len: u32, limit: usize) -> Result<usize, String> {
+    fn value_end(&self, len: u32, limit: usize) -> Result<usize, Fault> {
         let end = self.pos.saturating_add(len as usize);
         if end > limit {
-            return Err(format!(
-                "a length of {len} at byte {} exceeds the data",
-                self.pos
-            ));
+            return Err(Fault::LengthBeyondData { len, at: self.pos });
         }
         Ok(end)
     }
 
     /// Elements up to `end` (defined length), or up to an item delimiter
     /// (`None`: an item of undefined length).
-    fn elements(&mut self, end: Option<usize>, depth: usize) -> Result<(), String> {
+    fn elements(&mut self, end: Option<usize>, depth: usize) -> Result<(), Fault> {
         let limit = end.unwrap_or(self.bytes.len());
         loop {
             if end == Some(self.pos) {
@@ -493,11 +509,11 @@ impl Walker<'_> {
                 if tag == ITEM_END && end.is_none() && self.u32(len) == 0 {
                     return Ok(());
                 }
-                return Err(format!("unexpected ({:04X},{:04X})", tag.0, tag.1));
+                return Err(Fault::UnexpectedDelimiter(tag));
             }
             let (vr, len) = if self.explicit {
-                let vr = VR::from_binary(self.take::<2>(limit)?)
-                    .ok_or_else(|| format!("bad VR at byte {}", self.pos - 2))?;
+                let vr =
+                    VR::from_binary(self.take::<2>(limit)?).ok_or(Fault::BadVr(self.pos - 2))?;
                 let long = matches!(
                     vr,
                     VR::OB
@@ -528,7 +544,7 @@ impl Walker<'_> {
             };
             if len == UNDEFINED {
                 if self.explicit && vr != VR::SQ {
-                    return Err(format!("undefined length on {vr:?}"));
+                    return Err(Fault::UndefinedLength(vr));
                 }
                 self.sequence(None, depth + 1)?;
             } else {
@@ -543,9 +559,9 @@ impl Walker<'_> {
     }
 
     /// Items up to `end`, or up to a sequence delimiter (`None`).
-    fn sequence(&mut self, end: Option<usize>, depth: usize) -> Result<(), String> {
+    fn sequence(&mut self, end: Option<usize>, depth: usize) -> Result<(), Fault> {
         if depth > MAX_NESTING {
-            return Err(format!("sequences nested deeper than {MAX_NESTING}"));
+            return Err(Fault::TooDeep(MAX_NESTING));
         }
         let limit = end.unwrap_or(self.bytes.len());
         loop {
@@ -562,12 +578,7 @@ impl Walker<'_> {
                     self.elements(Some(item_end), depth)?;
                 }
                 SEQUENCE_END if end.is_none() && len == 0 => return Ok(()),
-                _ => {
-                    return Err(format!(
-                        "unexpected ({:04X},{:04X}) in a sequence",
-                        tag.0, tag.1
-                    ))
-                }
+                _ => return Err(Fault::NotAnItem(tag)),
             }
         }
     }

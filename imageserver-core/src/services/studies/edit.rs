@@ -86,10 +86,13 @@ impl Studies {
                 let record = self.online_study(partition, study_uid)?;
                 let changes: Vec<AttributeChange> = targets
                     .iter()
-                    .map(|t| AttributeChange {
-                        attribute: t.attribute,
-                        old_value: t.attribute.value_in(&record).map(str::to_string),
-                        new_value: t.value.clone(),
+                    .filter_map(|t| {
+                        let attribute = editable(t)?;
+                        Some(AttributeChange {
+                            attribute,
+                            old_value: attribute.value_in(&record).map(str::to_string),
+                            new_value: t.value.clone(),
+                        })
                     })
                     .collect();
                 if changes
@@ -115,8 +118,8 @@ impl Studies {
                 )?;
                 for instance in self.store().study_instances(partition.id, study_uid)? {
                     let mut source = self.storage.open(&filesystem, &key_of(&instance))?;
-                    let head = rewrite::read_head(&mut source)
-                        .and_then(|head| rewrite::check(&head, &targets).map(|()| head))
+                    let head = splice::read_head(&mut source)
+                        .and_then(|head| splice::check(&head, &targets).map(|()| head))
                         .map_err(|reason| StudyError::File {
                             sop_instance_uid: instance.sop_instance_uid.clone(),
                             reason,
@@ -148,8 +151,8 @@ impl Studies {
                 reason,
             };
             let mut source = files::HashingReader::new(self.storage.open(&filesystem, &key)?);
-            let head = rewrite::read_head(&mut source).map_err(file_error)?;
-            if rewrite::holds(&head.header, &targets) {
+            let head = splice::read_head(&mut source).map_err(file_error)?;
+            if splice::holds(&head.header, &targets) {
                 let (file_size, digest) = source.finish().map_err(|e| file_error(e.to_string()))?;
                 facts.push(FileFacts {
                     sop_instance_uid: instance.sop_instance_uid.clone(),
@@ -161,13 +164,14 @@ impl Studies {
             }
             let mut writer = self.storage.begin_write(&filesystem)?;
             let (file_size, digest) =
-                rewrite::write_edited(&head, &targets, &mut source, &mut writer)
+                splice::write_edited(&head, &targets, &mut source, &mut writer)
                     .map_err(file_error)?;
             drop(source);
             {
                 let mut back = writer.read_back()?;
-                let header = rewrite::verify(&mut back, &targets).map_err(file_error)?;
-                let sop = files::text(&header, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+                let header = splice::verify(&mut back, &targets).map_err(file_error)?;
+                let sop =
+                    part10::header::text(&header, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
                 if sop.as_deref() != Some(instance.sop_instance_uid.as_str()) {
                     return Err(file_error(
                         "the edited file names another SOP instance".to_string(),
@@ -270,11 +274,11 @@ impl Studies {
                 std::collections::btree_map::Entry::Vacant(new) => new.insert(self.filesystem(id)?),
             };
             let mut source = self.storage.open(filesystem, &key_of(instance))?;
-            let head = rewrite::read_head(&mut source).map_err(|reason| StudyError::File {
+            let head = splice::read_head(&mut source).map_err(|reason| StudyError::File {
                 sop_instance_uid: instance.sop_instance_uid.clone(),
                 reason,
             })?;
-            if !rewrite::holds(&head.header, targets) {
+            if !splice::holds(&head.header, targets) {
                 return Ok(Some(instance));
             }
         }
@@ -349,11 +353,11 @@ fn validate_values(values: &[EditValue]) -> Result<Vec<Target>, StudyError> {
             StudyError::InvalidEdit(format!("{}={value:?}: {reason}", v.attribute))
         })?;
         targets.push(Target {
-            attribute: v.attribute,
+            attribute: attribute(v.attribute),
             value: value.to_string(),
         });
     }
-    targets.sort_by_key(|t| t.attribute.tag());
+    targets.sort_by_key(|t| t.attribute.tag);
     Ok(targets)
 }
 
@@ -405,13 +409,29 @@ fn check_value(attribute: EditableAttribute, value: &str) -> Result<(), String> 
     }
 }
 
+/// An editable attribute as the splice in `dicom::part10` knows it.
+fn attribute(attribute: EditableAttribute) -> splice::Attribute {
+    splice::Attribute {
+        tag: attribute.tag(),
+        vr: attribute.vr(),
+        keyword: attribute.keyword(),
+    }
+}
+
+/// The editable attribute a target was made from.
+fn editable(target: &Target) -> Option<EditableAttribute> {
+    EditableAttribute::ALL
+        .into_iter()
+        .find(|a| a.tag() == target.attribute.tag)
+}
+
 fn same_targets(edit: &EditRecord, targets: &[Target]) -> bool {
-    let recorded: BTreeSet<(EditableAttribute, &str)> = edit
+    let recorded: BTreeSet<(splice::Attribute, &str)> = edit
         .changes
         .iter()
-        .map(|c| (c.attribute, c.new_value.as_str()))
+        .map(|c| (attribute(c.attribute), c.new_value.as_str()))
         .collect();
-    let wanted: BTreeSet<(EditableAttribute, &str)> = targets
+    let wanted: BTreeSet<(splice::Attribute, &str)> = targets
         .iter()
         .map(|t| (t.attribute, t.value.as_str()))
         .collect();
@@ -457,6 +477,9 @@ mod tests {
             EditValue::parse("StudyDescription=B").unwrap(),
         ])
         .unwrap();
-        assert_eq!(sorted[0].attribute, EditableAttribute::StudyDescription);
+        assert_eq!(
+            sorted[0].attribute,
+            attribute(EditableAttribute::StudyDescription)
+        );
     }
 }

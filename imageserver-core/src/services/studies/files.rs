@@ -1,18 +1,16 @@
-//! The files of one study: hashing them, and turning a file's header into
-//! an index record (reprocess). Listing a study's files is the storage
-//! seam's (`StorageBackend::list_study`).
+//! The files of one study: hashing them and reading their headers
+//! (reprocess; the header → record mapping is `dicom::part10::header`).
+//! Listing a study's files is the storage seam's
+//! (`StorageBackend::list_study`).
 
 use std::io::{self, Read};
 
-use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
-use crate::dicom::part10::{self, DataSetWalker};
-use crate::model::{
-    InstanceAttrs, InstanceRecord, PartitionId, PatientAttrs, SeriesAttrs, StudyAttrs,
-    StudyLocation, Uid,
-};
+use crate::dicom::part10::walker::WalkError;
+use crate::dicom::part10::{self, DataSetWalker, MetaError};
+use crate::storage;
 
 /// A reader that hashes (BLAKE3) and counts every byte read through it.
 pub(crate) struct HashingReader<R> {
@@ -51,6 +49,30 @@ pub(crate) fn digest(reader: impl Read) -> io::Result<(u64, String)> {
     HashingReader::new(reader).finish()
 }
 
+/// Why a stored file's header could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum FileError {
+    /// The storage could not open it.
+    #[error("cannot open the file")]
+    Open(#[source] storage::Error),
+    /// Preamble, magic or meta group refused.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// Reading it failed.
+    #[error("cannot read the file")]
+    Read(#[source] io::Error),
+    /// The walker refused the data set's structure.
+    #[error("the data set is incomplete or malformed")]
+    Malformed(#[source] WalkError),
+    /// The second pass could not skip the preamble.
+    #[error("cannot read the preamble")]
+    Preamble(#[source] io::Error),
+    /// The header parser refused it.
+    #[error("cannot parse the header")]
+    Parse(#[source] dicom_object::ReadError),
+}
+
 /// Reads a Part 10 file's header (meta and data set up to Pixel Data) and
 /// hashes the whole file: (header, size, digest). `open` is called twice:
 /// the first pass hashes the file and checks its structure (nesting depth,
@@ -58,9 +80,9 @@ pub(crate) fn digest(reader: impl Read) -> io::Result<(u64, String)> {
 /// only a file that passes is handed to the header parser, which recurses
 /// per nesting level and allocates the lengths it reads.
 pub(crate) fn read_header_and_digest<R: Read>(
-    mut open: impl FnMut() -> Result<R, String>,
-) -> Result<(DefaultDicomObject, u64, String), String> {
-    let mut hashing = HashingReader::new(open()?);
+    mut open: impl FnMut() -> Result<R, storage::Error>,
+) -> Result<(DefaultDicomObject, u64, String), FileError> {
+    let mut hashing = HashingReader::new(open().map_err(FileError::Open)?);
     let meta = part10::read_file_meta(&mut hashing)?;
     let mut walker = DataSetWalker::for_transfer_syntax(meta.transfer_syntax());
     let mut buf = vec![0u8; 64 * 1024];
@@ -69,99 +91,21 @@ pub(crate) fn read_header_and_digest<R: Read>(
             Ok(0) => break,
             Ok(n) => walker.feed(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("cannot read the file: {e}")),
+            Err(e) => return Err(FileError::Read(e)),
         }
     }
-    walker
-        .finish()
-        .map_err(|e| format!("the data set is incomplete or malformed: {e}"))?;
-    let (size, digest) = hashing
-        .finish()
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    let mut reader = open()?;
+    walker.finish().map_err(FileError::Malformed)?;
+    let (size, digest) = hashing.finish().map_err(FileError::Read)?;
+    let mut reader = open().map_err(FileError::Open)?;
     let mut preamble = [0u8; 128];
     reader
         .read_exact(&mut preamble)
-        .map_err(|e| format!("cannot read the preamble: {e}"))?;
+        .map_err(FileError::Preamble)?;
     let header = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .from_reader(reader)
-        .map_err(|e| format!("cannot parse the header: {e}"))?;
+        .map_err(FileError::Parse)?;
     Ok((header, size, digest))
-}
-
-/// A trimmed, non-empty string value of a root-level attribute.
-pub(crate) fn text(header: &DefaultDicomObject, tag: Tag) -> Option<String> {
-    let element = header.element_opt(tag).ok().flatten()?;
-    let value = element.to_str().ok()?;
-    let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
-}
-
-fn int(header: &DefaultDicomObject, tag: Tag) -> Option<i32> {
-    header.element_opt(tag).ok().flatten()?.to_int::<i32>().ok()
-}
-
-fn uid(header: &DefaultDicomObject, tag: Tag, name: &str) -> Result<Uid, String> {
-    let value = text(header, tag).ok_or_else(|| format!("no {name}"))?;
-    Uid::parse(&value).map_err(|e| format!("invalid {name} {value:?}: {e}"))
-}
-
-/// The index record of a stored file, from its header (as ingest builds it)
-/// and its size and digest.
-pub(crate) fn record_from_header(
-    partition: PartitionId,
-    location: &StudyLocation,
-    header: &DefaultDicomObject,
-    file_size: u64,
-    digest: String,
-) -> Result<InstanceRecord, String> {
-    let meta = header.meta();
-    let transfer_syntax_uid = Uid::parse(meta.transfer_syntax())
-        .map_err(|e| format!("invalid transfer syntax {:?}: {e}", meta.transfer_syntax()))?;
-    let source_ae = meta
-        .source_application_entity_title()
-        .map(|ae| ae.trim_matches([' ', '\0']).to_string())
-        .filter(|ae| !ae.is_empty());
-    Ok(InstanceRecord {
-        partition,
-        location: location.clone(),
-        patient: PatientAttrs {
-            patient_id: text(header, tags::PATIENT_ID).unwrap_or_default(),
-            issuer_of_patient_id: text(header, tags::ISSUER_OF_PATIENT_ID),
-            patient_name: text(header, tags::PATIENT_NAME),
-            birth_date: text(header, tags::PATIENT_BIRTH_DATE),
-            sex: text(header, tags::PATIENT_SEX),
-        },
-        study: StudyAttrs {
-            study_uid: uid(header, tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
-            study_date: text(header, tags::STUDY_DATE),
-            study_time: text(header, tags::STUDY_TIME),
-            accession_number: text(header, tags::ACCESSION_NUMBER),
-            study_id: text(header, tags::STUDY_ID),
-            study_description: text(header, tags::STUDY_DESCRIPTION),
-            referring_physician_name: text(header, tags::REFERRING_PHYSICIAN_NAME),
-            specific_character_set: text(header, tags::SPECIFIC_CHARACTER_SET),
-        },
-        series: SeriesAttrs {
-            series_uid: uid(header, tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
-            modality: text(header, tags::MODALITY),
-            series_number: int(header, tags::SERIES_NUMBER),
-            series_description: text(header, tags::SERIES_DESCRIPTION),
-            body_part_examined: text(header, tags::BODY_PART_EXAMINED),
-            series_date: text(header, tags::SERIES_DATE),
-            series_time: text(header, tags::SERIES_TIME),
-        },
-        instance: InstanceAttrs {
-            sop_instance_uid: uid(header, tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
-            sop_class_uid: uid(header, tags::SOP_CLASS_UID, "SOP Class UID")?,
-            instance_number: int(header, tags::INSTANCE_NUMBER),
-            transfer_syntax_uid,
-            file_size,
-            digest,
-            source_ae,
-        },
-    })
 }
 
 #[cfg(test)]
@@ -201,7 +145,8 @@ mod tests {
     }
 
     fn read(file: &[u8]) -> Result<(DefaultDicomObject, u64, String), String> {
-        read_header_and_digest(|| Ok::<_, String>(file))
+        read_header_and_digest(|| Ok::<_, storage::Error>(file))
+            .map_err(|e| crate::model::error_chain(&e))
     }
 
     #[test]
@@ -215,7 +160,7 @@ mod tests {
         let good = part10(ts, &deflate(&header));
         let (parsed, size, digest) = read(&good).unwrap();
         assert_eq!(
-            text(&parsed, tags::SOP_INSTANCE_UID).as_deref(),
+            part10::header::text(&parsed, tags::SOP_INSTANCE_UID).as_deref(),
             Some("1.2.3.4")
         );
         assert_eq!(size, good.len() as u64);

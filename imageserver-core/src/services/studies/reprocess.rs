@@ -1,6 +1,8 @@
 //! Reprocess a study: its rows rebuilt from its files.
 
 use super::*;
+use crate::dicom::part10;
+use crate::model::error_chain;
 
 /// What [`Studies::reprocess`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -11,6 +13,37 @@ pub struct ReprocessReport {
     pub indexed_instances: u64,
     /// Files not indexed, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Why a file of the study is not indexed by reprocess.
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    /// It cannot be read or its header parsed.
+    #[error(transparent)]
+    File(files::FileError),
+    /// Its header cannot become a record.
+    #[error(transparent)]
+    Header(part10::header::HeaderError),
+    /// Its header names another study, series or instance than its place.
+    #[error(
+        "its header names study {study}, series {series}, instance {instance}: not where it is"
+    )]
+    Misplaced {
+        /// The study it names.
+        study: Uid,
+        /// The series it names.
+        series: Uid,
+        /// The instance it names.
+        instance: Uid,
+    },
+    /// The instance is indexed in another study, and stays there.
+    #[error("instance {instance} is indexed in study {study}")]
+    IndexedElsewhere {
+        /// The instance.
+        instance: Uid,
+        /// The study it is indexed in.
+        study: Uid,
+    },
 }
 
 impl Studies {
@@ -60,9 +93,10 @@ impl Studies {
                         series_uid: file.series_uid,
                         sop_instance_uid: file.sop_instance_uid,
                     };
-                    report
-                        .skipped
-                        .push((self.storage.describe(&filesystem, &key), reason));
+                    report.skipped.push((
+                        self.storage.describe(&filesystem, &key),
+                        error_chain(&reason),
+                    ));
                 }
             }
         }
@@ -108,42 +142,41 @@ impl Studies {
         location: &crate::model::StudyLocation,
         filesystem: &Filesystem,
         file: &StoredObject,
-    ) -> Result<Result<crate::model::InstanceRecord, String>, StudyError> {
+    ) -> Result<Result<crate::model::InstanceRecord, Unusable>, StudyError> {
         let key = InstanceKey {
             location: location.clone(),
             series_uid: file.series_uid.clone(),
             sop_instance_uid: file.sop_instance_uid.clone(),
         };
-        let open = || {
-            self.storage
-                .open(filesystem, &key)
-                .map_err(|e| format!("cannot open the file: {e}"))
-        };
+        let open = || self.storage.open(filesystem, &key);
         let (header, size, digest) = match files::read_header_and_digest(open) {
             Ok(parsed) => parsed,
-            Err(reason) => return Ok(Err(reason)),
+            Err(error) => return Ok(Err(Unusable::File(error))),
         };
-        let record = match files::record_from_header(partition.id, location, &header, size, digest)
-        {
-            Ok(record) => record,
-            Err(reason) => return Ok(Err(reason)),
-        };
+        let record =
+            match part10::header::stored_file_facts(&header, partition.id, location, size, digest)
+                .and_then(|facts| part10::header::instance_record(&header, facts))
+            {
+                Ok(record) => record,
+                Err(error) => return Ok(Err(Unusable::Header(error))),
+            };
         if record.study.study_uid != location.study_uid
             || record.series.series_uid != file.series_uid
             || record.instance.sop_instance_uid != file.sop_instance_uid
         {
-            return Ok(Err(format!(
-                "its header names study {}, series {}, instance {}: not where it is",
-                record.study.study_uid, record.series.series_uid, record.instance.sop_instance_uid
-            )));
+            return Ok(Err(Unusable::Misplaced {
+                study: record.study.study_uid,
+                series: record.series.series_uid,
+                instance: record.instance.sop_instance_uid,
+            }));
         }
         // An instance indexed in another study stays there.
         if let Some(stored) = self.db.instance(partition.id, &file.sop_instance_uid)? {
             if stored.location.study_uid != location.study_uid {
-                return Ok(Err(format!(
-                    "instance {} is indexed in study {}",
-                    file.sop_instance_uid, stored.location.study_uid
-                )));
+                return Ok(Err(Unusable::IndexedElsewhere {
+                    instance: file.sop_instance_uid.clone(),
+                    study: stored.location.study_uid,
+                }));
             }
         }
         Ok(Ok(record))

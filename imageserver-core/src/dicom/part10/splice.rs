@@ -1,5 +1,5 @@
-//! Rewriting the patient/study attributes of a stored Part 10 file, and
-//! nothing else.
+//! Rewriting some top-level attributes of groups up to 0020 of a Part 10
+//! file (a study edit's patient/study attributes), and nothing else.
 //!
 //! The file is read as a stream: preamble, `DICM` and the file meta group
 //! are kept as they are; the data set's top-level elements of groups up to
@@ -26,8 +26,6 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
-use crate::db::studies::EditableAttribute;
-
 /// Value representations whose explicit-VR header has a 4-byte length.
 const LONG_VRS: [&[u8; 2]; 13] = [
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
@@ -40,11 +38,29 @@ const MAX_DEPTH: usize = 32;
 /// The last group the head holds.
 const LAST_GROUP: u16 = 0x0020;
 
+/// A top-level attribute of groups up to 0020 with a short (2-byte length)
+/// text VR: what an edit may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Attribute {
+    /// The tag as (group, element).
+    pub tag: (u16, u16),
+    /// The value representation, as its two-letter code.
+    pub vr: &'static str,
+    /// The keyword, for messages.
+    pub keyword: &'static str,
+}
+
+impl std::fmt::Display for Attribute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.keyword)
+    }
+}
+
 /// One attribute and the value it must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
     /// The attribute.
-    pub attribute: EditableAttribute,
+    pub attribute: Attribute,
     /// Its value, without padding ("" empties it).
     pub value: String,
 }
@@ -265,11 +281,8 @@ fn sequence(
 
 /// A root-level value as the file holds it (decoded, padding trimmed);
 /// `None` when absent.
-pub(crate) fn current_value(
-    header: &DefaultDicomObject,
-    attribute: EditableAttribute,
-) -> Option<String> {
-    let (group, element) = attribute.tag();
+pub(crate) fn current_value(header: &DefaultDicomObject, attribute: Attribute) -> Option<String> {
+    let (group, element) = attribute.tag;
     let element = header.element_opt(Tag(group, element)).ok().flatten()?;
     let value = element.to_str().ok()?;
     Some(value.trim_matches([' ', '\0']).to_string())
@@ -343,18 +356,18 @@ pub(crate) fn check(head: &Head, targets: &[Target]) -> Result<(), String> {
 
 fn encode_element(
     explicit_vr: bool,
-    attribute: EditableAttribute,
+    attribute: Attribute,
     mut value: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
     if value.len() % 2 == 1 {
         value.push(b' ');
     }
-    let (group, element) = attribute.tag();
+    let (group, element) = attribute.tag;
     let mut out = Vec::with_capacity(value.len() + 8);
     out.extend_from_slice(&group.to_le_bytes());
     out.extend_from_slice(&element.to_le_bytes());
     if explicit_vr {
-        out.extend_from_slice(attribute.vr().as_bytes());
+        out.extend_from_slice(attribute.vr.as_bytes());
         let len = u16::try_from(value.len())
             .map_err(|_| format!("{attribute} is too long ({} bytes)", value.len()))?;
         out.extend_from_slice(&len.to_le_bytes());
@@ -371,13 +384,13 @@ fn encode_element(
 fn new_region(head: &Head, targets: &[Target]) -> Result<Vec<u8>, String> {
     let mut replacements: Vec<((u16, u16), Vec<u8>)> = Vec::new();
     for target in targets {
-        let present = head.spans.iter().any(|s| s.tag == target.attribute.tag());
+        let present = head.spans.iter().any(|s| s.tag == target.attribute.tag);
         if !present && target.value.trim_matches([' ', '\0']).is_empty() {
             continue;
         }
         let value = encode_value(&head.header, target)?;
         replacements.push((
-            target.attribute.tag(),
+            target.attribute.tag,
             encode_element(head.explicit_vr, target.attribute, value)?,
         ));
     }
@@ -561,7 +574,38 @@ mod tests {
         Ok(out)
     }
 
-    fn target(attribute: EditableAttribute, value: &str) -> Target {
+    const PATIENT_NAME: Attribute = Attribute {
+        tag: (0x0010, 0x0010),
+        vr: "PN",
+        keyword: "PatientName",
+    };
+    const STUDY_DESCRIPTION: Attribute = Attribute {
+        tag: (0x0008, 0x1030),
+        vr: "LO",
+        keyword: "StudyDescription",
+    };
+    const ACCESSION_NUMBER: Attribute = Attribute {
+        tag: (0x0008, 0x0050),
+        vr: "SH",
+        keyword: "AccessionNumber",
+    };
+    const PATIENT_ID: Attribute = Attribute {
+        tag: (0x0010, 0x0020),
+        vr: "LO",
+        keyword: "PatientID",
+    };
+    const REFERRING_PHYSICIAN_NAME: Attribute = Attribute {
+        tag: (0x0008, 0x0090),
+        vr: "PN",
+        keyword: "ReferringPhysicianName",
+    };
+    const PATIENT_SEX: Attribute = Attribute {
+        tag: (0x0010, 0x0040),
+        vr: "CS",
+        keyword: "PatientSex",
+    };
+
+    fn target(attribute: Attribute, value: &str) -> Target {
         Target {
             attribute,
             value: value.to_string(),
@@ -573,9 +617,9 @@ mod tests {
         for ts in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"] {
             let original = file(ts, None, false);
             let targets = [
-                target(EditableAttribute::PatientName, "DOE^JANE"),
-                target(EditableAttribute::StudyDescription, "EDITED"),
-                target(EditableAttribute::AccessionNumber, ""),
+                target(PATIENT_NAME, "DOE^JANE"),
+                target(STUDY_DESCRIPTION, "EDITED"),
+                target(ACCESSION_NUMBER, ""),
             ];
             let edited = edit(&original, &targets).unwrap();
             let mut reader = &edited[..];
@@ -599,7 +643,7 @@ mod tests {
             };
             assert_eq!(strip(&before), strip(&head), "{ts}");
             assert_eq!(
-                current_value(&head.header, EditableAttribute::PatientId).as_deref(),
+                current_value(&head.header, PATIENT_ID).as_deref(),
                 Some("PID1")
             );
             // Editing again to the same values is recognised.
@@ -637,7 +681,7 @@ mod tests {
                 end: at + 12,
             },
         );
-        let targets = [target(EditableAttribute::PatientName, "A^MUCH^LONGER^NAME")];
+        let targets = [target(PATIENT_NAME, "A^MUCH^LONGER^NAME")];
         let region = new_region(&head, &targets).unwrap();
         let new_len = u32_at(&region, at + 8) as usize;
         let grown = "A^MUCH^LONGER^NAME".len() - "OLD^NAME".len();
@@ -647,29 +691,21 @@ mod tests {
     #[test]
     fn character_sets_are_respected() {
         let ascii = file("1.2.840.10008.1.2.1", None, false);
-        let err = edit(
-            &ascii,
-            &[target(EditableAttribute::PatientName, "MÜLLER^JO")],
-        )
-        .unwrap_err();
+        let err = edit(&ascii, &[target(PATIENT_NAME, "MÜLLER^JO")]).unwrap_err();
         assert!(err.contains("non-ASCII"), "{err}");
         let latin1 = file("1.2.840.10008.1.2.1", Some("ISO_IR 100"), false);
-        let edited = edit(
-            &latin1,
-            &[target(EditableAttribute::PatientName, "MÜLLER^JO")],
-        )
-        .unwrap();
+        let edited = edit(&latin1, &[target(PATIENT_NAME, "MÜLLER^JO")]).unwrap();
         assert!(edited.windows(2).any(|w| w == [b'M', 0xDC]));
         let utf8 = file("1.2.840.10008.1.2.1", Some("ISO_IR 192"), false);
-        edit(&utf8, &[target(EditableAttribute::PatientName, "王^小明")]).unwrap();
+        edit(&utf8, &[target(PATIENT_NAME, "王^小明")]).unwrap();
     }
 
     #[test]
     fn absent_attributes_are_inserted_in_tag_order() {
         let original = file("1.2.840.10008.1.2.1", None, false);
         let targets = [
-            target(EditableAttribute::ReferringPhysicianName, "WHO^DR"),
-            target(EditableAttribute::PatientSex, "F"),
+            target(REFERRING_PHYSICIAN_NAME, "WHO^DR"),
+            target(PATIENT_SEX, "F"),
         ];
         let edited = edit(&original, &targets).unwrap();
         let mut reader = &edited[..];
