@@ -14,7 +14,7 @@ use crate::support::raw::{
     self, ct_dataset, ct_dataset_header, ConnectionEnd, DatasetUids, Pdu, Proposal, RawPeer,
 };
 use crate::support::server::{test_dir, Server};
-use crate::support::{archived_files, files_under};
+use crate::support::{archived_files, assert_no_temp_files, files_under};
 
 /// ARTIM timeout the hostile tests configure, in seconds.
 const ARTIM_SECS: u64 = 3;
@@ -162,6 +162,7 @@ fn malformed_pdus_close_the_connection() {
         archived_files(server.archive()).is_empty(),
         "files were archived"
     );
+    assert_no_temp_files(server.archive(), "the malformed PDUs");
 }
 
 /// One hostile C-STORE: the command's UIDs, the data set sent, the status
@@ -278,12 +279,14 @@ fn malformed_data_sets_get_failure_statuses_and_write_nothing() {
         2,
         "indexed instances"
     );
-    let tmp = server.archive().fs1().join(".tmp");
+    // The filesystem's `.tmp` is checked too: a failed store must remove
+    // its temporary file.
+    assert_no_temp_files(server.archive(), "the hostile stores");
     let data = server.archive().data_dir().to_path_buf();
     let unexpected: Vec<PathBuf> = files_under(dir.path())
         .into_iter()
         .filter(|path| !files_before.contains(path))
-        .filter(|path| !expected_files.contains(path) && !path.starts_with(&tmp))
+        .filter(|path| !expected_files.contains(path))
         .filter(|path| {
             let name = path
                 .file_name()
@@ -612,6 +615,7 @@ fn deflated_data_sets_are_checked_before_they_are_parsed() {
     run_store_cases(&server, &deflated_ct_context(), &cases);
     assert_eq!(archived_files(server.archive()), vec![control_path]);
     assert_eq!(server.archive().index().counts().instances, 1);
+    assert_no_temp_files(server.archive(), "the hostile deflated stores");
 }
 
 #[test]
@@ -726,7 +730,10 @@ fn association_limit_rejects_the_extra_peer() {
         let mut peer = RawPeer::connect(server.addr());
         match peer.request_association(server.ae_title(), "RAWSCU", &ct_context(), 16384) {
             Some(Pdu::AssociateAc { .. }) => open.push(peer),
-            Some(Pdu::AssociateRj { .. }) => std::thread::sleep(Duration::from_millis(200)),
+            Some(rejected @ Pdu::AssociateRj { .. }) => {
+                assert_eq!(rejected, raw::REJECT_LOCAL_LIMIT, "while filling the slots");
+                std::thread::sleep(Duration::from_millis(200));
+            }
             other => panic!(
                 "unexpected reply to association {}: {other:?}",
                 open.len() + 1
@@ -736,9 +743,10 @@ fn association_limit_rejects_the_extra_peer() {
 
     let mut extra = RawPeer::connect(server.addr());
     let reply = extra.request_association(server.ae_title(), "RAWSCU", &ct_context(), 16384);
-    assert!(
-        matches!(reply, Some(Pdu::AssociateRj { .. })),
-        "association {} of {LIMIT} allowed: expected A-ASSOCIATE-RJ, got {reply:?}",
+    assert_eq!(
+        reply,
+        Some(raw::REJECT_LOCAL_LIMIT),
+        "association {} of {LIMIT}: expected A-ASSOCIATE-RJ (transient, local limit exceeded)",
         LIMIT + 1
     );
 

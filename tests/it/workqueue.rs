@@ -570,7 +570,11 @@ fn two_engine_processes_never_run_one_item_or_one_study_twice_at_once() {
 
     let all_runs = read_spans(&spans);
     let items = setup.items("test_write");
-    for id in gates.iter().map(|&g| WorkItemId(g)).chain(ids.iter().copied()) {
+    for id in gates
+        .iter()
+        .map(|&g| WorkItemId(g))
+        .chain(ids.iter().copied())
+    {
         assert_eq!(items[&id].status, WorkStatus::Completed, "{:?}", items[&id]);
     }
     let gate_pids: std::collections::BTreeSet<u32> = all_runs

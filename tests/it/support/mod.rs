@@ -169,3 +169,25 @@ pub fn archived_files(archive: &Archive) -> Vec<PathBuf> {
         .filter(|path| !path.components().any(|c| c.as_os_str() == ".metadata"))
         .collect()
 }
+
+/// Every entry inside a `.tmp` folder of any filesystem under the archive's
+/// data directory: the temporary files of stores and rewrites in progress
+/// (`*.part`), which a failed or interrupted write must not leave behind.
+pub fn temp_entries(archive: &Archive) -> Vec<PathBuf> {
+    let all = entries_under(archive.data_dir());
+    all.iter()
+        .filter(|path| path.file_name().is_some_and(|n| n == ".tmp") && path.is_dir())
+        .flat_map(|tmp| all.iter().filter(move |p| p.starts_with(tmp) && *p != tmp))
+        .cloned()
+        .collect()
+}
+
+/// Asserts that no filesystem of the archive holds a temporary file
+/// ([`temp_entries`]), `after` naming what just happened.
+pub fn assert_no_temp_files(archive: &Archive, after: &str) {
+    let left = temp_entries(archive);
+    assert!(
+        left.is_empty(),
+        "temporary files left after {after}: {left:#?}"
+    );
+}

@@ -38,6 +38,31 @@ const MAX_INCOMING_PDU: u32 = 4 << 20;
 /// The PDU size this client proposes and sends.
 pub const CLIENT_MAX_PDU: u32 = 16384;
 
+/// A-ASSOCIATE-RJ for a called AE title the server does not answer to:
+/// rejected-permanent, by the service user, called AE title not recognised
+/// (PS3.8 §9.3.4).
+pub const REJECT_CALLED_AE: Pdu = Pdu::AssociateRj {
+    result: 1,
+    source: 1,
+    reason: 7,
+};
+
+/// A-ASSOCIATE-RJ for a calling AE title the partition does not know:
+/// rejected-permanent, by the service user, calling AE title not recognised.
+pub const REJECT_CALLING_AE: Pdu = Pdu::AssociateRj {
+    result: 1,
+    source: 1,
+    reason: 3,
+};
+
+/// A-ASSOCIATE-RJ beyond an association limit: rejected-transient, by the
+/// service provider (presentation), local limit exceeded.
+pub const REJECT_LOCAL_LIMIT: Pdu = Pdu::AssociateRj {
+    result: 2,
+    source: 3,
+    reason: 2,
+};
+
 /// A PDU as received from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pdu {
