@@ -191,3 +191,15 @@ pub fn assert_no_temp_files(archive: &Archive, after: &str) {
         "temporary files left after {after}: {left:#?}"
     );
 }
+
+/// `IMAGESERVER_SKIP_PG=1` makes the library's PostgreSQL tests pass
+/// without running them; in CI (`CI=true`) that must fail the run instead.
+#[test]
+fn ci_does_not_skip_the_postgresql_tests() {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(
+            std::env::var_os("IMAGESERVER_SKIP_PG").is_none(),
+            "IMAGESERVER_SKIP_PG is set in CI: the PostgreSQL tests would pass without running"
+        );
+    }
+}
