@@ -487,3 +487,72 @@ fn duplicate_policy_compare_keeps_both_for_a_person() {
         .count();
     assert_eq!(aside, 1, "the kept-aside copy is not on disk");
 }
+
+/// Every file under the archive's data directory except the index's own,
+/// with inode, mtime and size, and every instance row.
+type ArchiveState = (
+    std::collections::BTreeMap<std::path::PathBuf, (u64, i64, i64, u64)>,
+    Vec<String>,
+);
+
+fn archive_state(server: &Server) -> ArchiveState {
+    use std::os::unix::fs::MetadataExt;
+    let data = server.archive().data_dir();
+    let files = crate::support::files_under(&data.join("fs1"))
+        .into_iter()
+        .filter(|p| !p.components().any(|c| c.as_os_str() == ".metadata"))
+        .map(|path| {
+            let meta = std::fs::metadata(&path).expect("stat a file");
+            let state = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len());
+            (path, state)
+        })
+        .collect();
+    let rows = server.archive().sql(
+        "SELECT id, series_fk, sop_instance_uid, file_size, digest, source_ae, received_at \
+         FROM instance ORDER BY id",
+    );
+    (files, rows)
+}
+
+/// "A byte-identical resend is always acknowledged without change", under
+/// every duplicate policy: Success, the same file, the same index row,
+/// nothing kept aside, nothing for a person to reconcile.
+#[test]
+fn an_identical_resend_is_acknowledged_unchanged_under_every_policy() {
+    for policy in ["reject", "compare", "send_success", "accept_latest"] {
+        let dir = test_dir(&format!("resend-{policy}"));
+        let server = Server::builder(dir.path())
+            .dicom_setting("duplicate_policy", format!("{policy:?}"))
+            .start();
+        let file = dir.path().join("one.dcm");
+        single_instance(&file, 23, 32, 32);
+        let first = dcmtk::store(server.addr(), "IMAGESERVER", &[&file], &[], TIMEOUT);
+        assert!(first.success(), "{policy}: {first}");
+        let before = archive_state(&server);
+        assert_eq!(before.0.len(), 1, "{policy}: {before:#?}");
+        assert_eq!(before.1.len(), 1, "{policy}: {before:#?}");
+
+        let again = dcmtk::store(server.addr(), "IMAGESERVER", &[&file], &[], TIMEOUT);
+        assert!(again.success(), "{policy}: {again}");
+        assert_eq!(
+            dcmtk::store_responses(&again.text()),
+            ["Success"],
+            "{policy}: {again}"
+        );
+        assert_eq!(
+            archive_state(&server),
+            before,
+            "{policy}: the resend changed the archive"
+        );
+        let listed = Command::new(BINARY)
+            .args(["duplicates", "--json", "--config"])
+            .arg(dir.path().join("imageserver.toml"))
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("run imageserver duplicates");
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(listed.status.success(), "{policy}: {text}");
+        assert_eq!(text.trim(), "", "{policy}: a duplicate was recorded");
+    }
+}
