@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::find::find_scu::{findscu, Model};
+use crate::support::archive_state;
 use crate::support::corpus::{
     blake3_hex, generate_corpus, single_instance, write_instance, CorpusShape, InstanceSpec,
 };
@@ -488,32 +489,6 @@ fn duplicate_policy_compare_keeps_both_for_a_person() {
     assert_eq!(aside, 1, "the kept-aside copy is not on disk");
 }
 
-/// Every file under the archive's data directory except the index's own,
-/// with inode, mtime and size, and every instance row.
-type ArchiveState = (
-    std::collections::BTreeMap<std::path::PathBuf, (u64, i64, i64, u64)>,
-    Vec<String>,
-);
-
-fn archive_state(server: &Server) -> ArchiveState {
-    use std::os::unix::fs::MetadataExt;
-    let data = server.archive().data_dir();
-    let files = crate::support::files_under(&data.join("fs1"))
-        .into_iter()
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".metadata"))
-        .map(|path| {
-            let meta = std::fs::metadata(&path).expect("stat a file");
-            let state = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len());
-            (path, state)
-        })
-        .collect();
-    let rows = server.archive().sql(
-        "SELECT id, series_fk, sop_instance_uid, file_size, digest, source_ae, received_at \
-         FROM instance ORDER BY id",
-    );
-    (files, rows)
-}
-
 /// "A byte-identical resend is always acknowledged without change", under
 /// every duplicate policy: Success, the same file, the same index row,
 /// nothing kept aside, nothing for a person to reconcile.
@@ -528,9 +503,9 @@ fn an_identical_resend_is_acknowledged_unchanged_under_every_policy() {
         single_instance(&file, 23, 32, 32);
         let first = dcmtk::store(server.addr(), "IMAGESERVER", &[&file], &[], TIMEOUT);
         assert!(first.success(), "{policy}: {first}");
-        let before = archive_state(&server);
-        assert_eq!(before.0.len(), 1, "{policy}: {before:#?}");
-        assert_eq!(before.1.len(), 1, "{policy}: {before:#?}");
+        let before = archive_state(server.archive());
+        assert_eq!(before.files.len(), 1, "{policy}: {before:#?}");
+        assert_eq!(before.rows.len(), 1, "{policy}: {before:#?}");
 
         let again = dcmtk::store(server.addr(), "IMAGESERVER", &[&file], &[], TIMEOUT);
         assert!(again.success(), "{policy}: {again}");
@@ -540,7 +515,7 @@ fn an_identical_resend_is_acknowledged_unchanged_under_every_policy() {
             "{policy}: {again}"
         );
         assert_eq!(
-            archive_state(&server),
+            archive_state(server.archive()),
             before,
             "{policy}: the resend changed the archive"
         );

@@ -1,15 +1,14 @@
 //! C-STORE of a generated corpus: index rows, digests, byte-identical data sets.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::corpus::{generate_corpus, CorpusShape, Rng};
 use crate::support::dcmtk::{self, CALLING_AE};
 use crate::support::raw::{self, DatasetUids, Proposal, RawPeer};
-use crate::support::server::{test_dir, Archive, Server};
-use crate::support::{archived_files, assert_archived, assert_no_temp_files, temp_entries};
+use crate::support::server::{test_dir, Server};
+use crate::support::{
+    archive_state, archived_files, assert_archived, assert_no_temp_files, temp_entries,
+};
 
 /// 3 studies × 2 series × 5 instances, 64×64 and 256×256 images.
 const SHAPE: CorpusShape = CorpusShape {
@@ -119,30 +118,12 @@ fn storing_the_same_corpus_twice_changes_nothing() {
     // Not rewritten either: the same files (inode, mtime, size) and the
     // same index rows (ids, reception times, source AE) as after the first.
     let first_run = first_run.expect("the state after the first run");
-    assert_eq!(first_run.1.len(), corpus.len(), "{:#?}", first_run.1);
+    assert_eq!(first_run.rows.len(), corpus.len(), "{first_run:#?}");
+    assert_eq!(first_run.files.len(), corpus.len(), "{first_run:#?}");
     let second_run = archive_state(server.archive());
-    assert_eq!(second_run.0, first_run.0, "the files changed");
-    assert_eq!(second_run.1, first_run.1, "the index rows changed");
+    assert_eq!(second_run.files, first_run.files, "the files changed");
+    assert_eq!(second_run.rows, first_run.rows, "the index rows changed");
     assert_no_temp_files(server.archive(), "storing the corpus twice");
-}
-
-/// The archived files with their inode, mtime (ns) and size, and every
-/// instance row of the index.
-fn archive_state(archive: &Archive) -> (BTreeMap<PathBuf, (u64, i64, i64, u64)>, Vec<String>) {
-    let files = archived_files(archive)
-        .into_iter()
-        .map(|path| {
-            let meta = std::fs::metadata(&path).expect("stat an archived file");
-            let state = (meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.len());
-            (path, state)
-        })
-        .collect();
-    let rows = archive.sql(
-        "SELECT id, partition_id, series_fk, sop_instance_uid, sop_class_uid, instance_number, \
-         transfer_syntax_uid, file_size, digest, source_ae, received_at FROM instance \
-         ORDER BY sop_instance_uid",
-    );
-    (files, rows)
 }
 
 #[test]
