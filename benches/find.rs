@@ -65,7 +65,7 @@
 //! Databases go to a temporary directory under `$BENCH_TMPDIR` (default
 //! `/tmp`) unless `--db` is given. `--help` lists every flag.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -639,8 +639,30 @@ struct StudyKeys {
     modalities: Vec<String>,
 }
 
-/// Where query parameters come from.
-enum Source {
+/// The keys of synthetic study `j`.
+fn synthetic_keys(j: u64) -> StudyKeys {
+    let st = study(j);
+    let pa = patient(st.patient);
+    let mut modalities: Vec<String> = st.series.iter().map(|m| m.0.to_string()).collect();
+    modalities.sort_unstable();
+    modalities.dedup();
+    StudyKeys {
+        patient_id: pa.id,
+        patient_name: pa.name,
+        date: st.date,
+        accession: st.accession,
+        modalities,
+    }
+}
+
+/// Where query parameters come from, and how many studies each query
+/// must match.
+struct Source {
+    studies: Studies,
+    expected: Expected,
+}
+
+enum Studies {
     /// The first `n` synthetic studies.
     Synthetic(u64),
     /// The studies of a corpus manifest.
@@ -648,23 +670,104 @@ enum Source {
 }
 
 impl Source {
+    /// The first `n` synthetic studies.
+    fn synthetic(n: u64) -> Source {
+        Source {
+            expected: Expected::of((0..n).map(synthetic_keys)),
+            studies: Studies::Synthetic(n),
+        }
+    }
+
+    /// The studies of a corpus manifest.
+    fn manifest(studies: Vec<StudyKeys>) -> Source {
+        Source {
+            expected: Expected::of(studies.iter().cloned()),
+            studies: Studies::Manifest(studies),
+        }
+    }
+
     fn random_study(&self, rng: &mut Rng) -> StudyKeys {
-        match self {
-            Source::Synthetic(n) => {
-                let st = study(rng.below(*n));
-                let pa = patient(st.patient);
-                let mut modalities: Vec<String> =
-                    st.series.iter().map(|m| m.0.to_string()).collect();
-                modalities.dedup();
-                StudyKeys {
-                    patient_id: pa.id,
-                    patient_name: pa.name,
-                    date: st.date,
-                    accession: st.accession,
-                    modalities,
+        match &self.studies {
+            Studies::Synthetic(n) => synthetic_keys(rng.below(*n)),
+            Studies::Manifest(studies) => studies[rng.below(studies.len() as u64) as usize].clone(),
+        }
+    }
+}
+
+/// How many studies match each query parameter, counted from the data the
+/// parameters are drawn from (the generator or the manifest), so that every
+/// answer is checked: a peer answering nothing, or too much, fails the run
+/// instead of looking fast.
+#[derive(Default)]
+struct Expected {
+    patient_id: HashMap<String, u64>,
+    accession: HashMap<String, u64>,
+    /// `YYYYMM`.
+    month: HashMap<String, u64>,
+    /// The first three characters of PatientName, upper case (person names
+    /// match case-insensitively).
+    name_prefix: HashMap<String, u64>,
+    /// (modality, `YYYYMM`), each modality of a study once.
+    modality_month: HashMap<(String, String), u64>,
+}
+
+impl Expected {
+    fn of(studies: impl Iterator<Item = StudyKeys>) -> Expected {
+        let mut expected = Expected::default();
+        for keys in studies {
+            let month = keys.date.get(..6).unwrap_or_default().to_string();
+            *expected.patient_id.entry(keys.patient_id).or_default() += 1;
+            *expected.accession.entry(keys.accession).or_default() += 1;
+            *expected.month.entry(month.clone()).or_default() += 1;
+            let prefix: String = keys.patient_name.to_uppercase().chars().take(3).collect();
+            *expected.name_prefix.entry(prefix).or_default() += 1;
+            let mut modalities = keys.modalities;
+            modalities.sort_unstable();
+            modalities.dedup();
+            for modality in modalities {
+                *expected
+                    .modality_month
+                    .entry((modality, month.clone()))
+                    .or_default() += 1;
+            }
+        }
+        expected
+    }
+
+    /// The studies a query with these matching keys must return.
+    fn count(&self, shape: Shape, matching: &[(Tag, String)]) -> u64 {
+        let value = |tag: Tag| {
+            matching
+                .iter()
+                .find(|(t, _)| *t == tag)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        let month = || value(STUDY_DATE).get(..6).unwrap_or_default().to_string();
+        let get = |map: &HashMap<String, u64>, key: &str| map.get(key).copied().unwrap_or(0);
+        match shape {
+            Shape::PatientId => get(&self.patient_id, value(PATIENT_ID)),
+            Shape::Accession => get(&self.accession, value(ACCESSION_NUMBER)),
+            Shape::DateMonth => get(&self.month, &month()),
+            Shape::NamePrefix => {
+                let prefix = value(PATIENT_NAME).trim_end_matches('*').to_uppercase();
+                if prefix.chars().count() >= 3 {
+                    get(&self.name_prefix, &prefix)
+                } else {
+                    // A name shorter than three characters: every name
+                    // that starts with it.
+                    self.name_prefix
+                        .iter()
+                        .filter(|(key, _)| key.starts_with(&prefix))
+                        .map(|(_, n)| n)
+                        .sum()
                 }
             }
-            Source::Manifest(studies) => studies[rng.below(studies.len() as u64) as usize].clone(),
+            Shape::ModalityMonth => self
+                .modality_month
+                .get(&(value(MODALITIES_IN_STUDY).to_string(), month()))
+                .copied()
+                .unwrap_or(0),
         }
     }
 }
@@ -977,6 +1080,10 @@ struct Samples {
     failures: u64,
     malformed: u64,
     last_error: Option<String>,
+    /// Answers (warm-up included) whose match count differs from what the
+    /// data holds.
+    wrong: u64,
+    last_wrong: Option<String>,
 }
 
 impl Samples {
@@ -1041,6 +1148,7 @@ fn measure(
             let keys = source.random_study(&mut rng);
             let matching = matching_keys(shape, &keys, &mut rng);
             let request = identifier(&matching);
+            let expected = source.expected.count(shape, &matching);
             let n = clients.len();
             for i in 0..n {
                 let c = if round % 2 == 0 { i } else { n - 1 - i };
@@ -1050,6 +1158,16 @@ fn measure(
                 let started = Instant::now();
                 let result = client.find(&matching, &request);
                 let elapsed = started.elapsed();
+                if let Ok(outcome) = &result {
+                    if outcome.status == 0 && outcome.matches != expected {
+                        let samples = results[c].entry(shape).or_default();
+                        samples.wrong += 1;
+                        samples.last_wrong = Some(format!(
+                            "{matching:?}: {} matches, the data holds {expected}",
+                            outcome.matches
+                        ));
+                    }
+                }
                 if round >= options.warmup {
                     results[c]
                         .entry(shape)
@@ -1073,7 +1191,7 @@ fn load_average() -> String {
 }
 
 const HEADER: &str =
-    "shape            n   p50_ms   p90_ms   p99_ms   max_ms  mean_ms  mean_matches  fail";
+    "shape            n   p50_ms   p90_ms   p99_ms   max_ms  mean_ms  mean_matches  fail  wrong";
 
 fn row(shape: Shape, s: &Samples) -> String {
     let mean = if s.times.is_empty() {
@@ -1082,7 +1200,7 @@ fn row(shape: Shape, s: &Samples) -> String {
         s.times.iter().map(|t| ms(*t)).sum::<f64>() / s.times.len() as f64
     };
     format!(
-        "{:<14} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>13.1} {:>5}",
+        "{:<14} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>13.1} {:>5} {:>6}",
         shape.label(),
         s.times.len(),
         s.percentile(0.50),
@@ -1091,7 +1209,8 @@ fn row(shape: Shape, s: &Samples) -> String {
         s.percentile(1.0),
         mean,
         s.mean_matches(),
-        s.failures
+        s.failures,
+        s.wrong
     )
 }
 
@@ -1108,7 +1227,14 @@ fn report_errors(results: &BTreeMap<Shape, Samples>) -> u64 {
                 s.malformed
             );
         }
-        bad += s.failures + s.malformed;
+        if let Some(wrong) = &s.last_wrong {
+            eprintln!(
+                "  {}: {} answers with a wrong match count, last: {wrong}",
+                shape.label(),
+                s.wrong
+            );
+        }
+        bad += s.failures + s.malformed + s.wrong;
     }
     bad
 }
@@ -1266,7 +1392,7 @@ fn index_mode(options: &Options) -> Result<()> {
         let scu = FindScu::connect(&address, SERVER_AE, options.query_timeout)?;
         let mut clients = vec![Some(Client::Association(scu)), Some(Client::Index(direct))];
         let deadline = (Instant::now() + options.measure_for).min(time_limit.max(Instant::now()));
-        let results = measure(&mut clients, &Source::Synthetic(studies), options, deadline);
+        let results = measure(&mut clients, &Source::synthetic(studies), options, deadline);
         for client in clients.into_iter().flatten() {
             client.close();
         }
@@ -1308,7 +1434,7 @@ fn index_mode(options: &Options) -> Result<()> {
         println!("kept {}", kept.display());
     }
     if total_bad > 0 {
-        return Err(format!("{total_bad} failed or malformed queries").into());
+        return Err(format!("{total_bad} failed, malformed or wrong queries").into());
     }
     Ok(())
 }
@@ -1373,11 +1499,13 @@ fn remote_mode(options: &Options) -> Result<()> {
     if studies.is_empty() {
         return Err("the manifest lists no studies".into());
     }
+    let n_studies = studies.len() as u64;
+    let source = Source::manifest(studies);
     println!(
         "C-FIND bench, remote: {} peers, corpus {} ({} studies), {} queries/shape (+{} warm-up)",
         options.peers.len(),
         manifest.display(),
-        studies.len(),
+        n_studies,
         options.queries,
         options.warmup
     );
@@ -1390,11 +1518,19 @@ fn remote_mode(options: &Options) -> Result<()> {
             "{}: {}@{} holds {} studies (status {:#06X})",
             peer.name, peer.ae_title, peer.address, all.matches, all.status
         );
+        if all.status != 0 || all.matches != n_studies {
+            return Err(format!(
+                "{} answers {} studies (status {:#06X}), the manifest lists {n_studies}: \
+                 not loaded as the manifest says",
+                peer.name, all.matches, all.status
+            )
+            .into());
+        }
         clients.push(Some(Client::Association(client)));
     }
     let load_before = load_average();
     let deadline = Instant::now() + options.measure_for.min(options.time_limit);
-    let results = measure(&mut clients, &Source::Manifest(studies), options, deadline);
+    let results = measure(&mut clients, &source, options, deadline);
     for client in clients.into_iter().flatten() {
         client.close();
     }
@@ -1434,7 +1570,7 @@ fn remote_mode(options: &Options) -> Result<()> {
         }
     }
     if bad > 0 {
-        return Err(format!("{bad} failed or malformed queries").into());
+        return Err(format!("{bad} failed, malformed or wrong queries").into());
     }
     Ok(())
 }

@@ -8,6 +8,12 @@
 # month. It prints p50/p90/p99 per shape and server and the Orthanc/imageserver
 # ratios.
 #
+# Nothing is timed on a wrong answer: a load counts only if storescu got
+# Success for every instance of the manifest (else no rate, exit 1); each
+# server must then answer as many studies as the manifest lists, and every
+# query's match count must equal what the manifest holds (find.rs fails the
+# run on any difference, so a server answering nothing cannot look fast).
+#
 # usage: benches/find_orthanc.sh [-s STUDIES] [-i INSTANCES_PER_SERIES] [-q QUERIES] [-k] [CORPUS_DIR]
 #   -s  studies of the generated corpus (default 4000; 2 series each, ~2 studies/patient)
 #   -i  instances per series (default 10): 4000 x 2 x 10 = 80,000 64x64 instances
@@ -48,7 +54,9 @@ FIND_BIN=$(cd "$ROOT" && cargo bench --bench find --no-run 2>&1 | tee /dev/stder
   sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
 [[ -x $ROOT/$FIND_BIN ]] && FIND_BIN=$ROOT/$FIND_BIN
 [[ -x $FIND_BIN ]] || die "cannot find the find bench executable"
-IMAGESERVER_BIN=$ROOT/target/release/imageserver
+IMAGESERVER_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/imageserver
+[[ -x $IMAGESERVER_BIN ]] || die "no imageserver binary at $IMAGESERVER_BIN"
+echo "imageserver binary $IMAGESERVER_BIN sha256 $(sha256sum "$IMAGESERVER_BIN" | cut -d' ' -f1)"
 
 WORK=$(mktemp -d "$TMP/imageserver-find-orthanc-XXXXXX")
 cleanup() {
@@ -69,15 +77,18 @@ start_peer imageserver "$WORK/imageserver" || die "imageserver did not start"
 IMAGESERVER_PORT=$TARGET_PORT
 
 load() {  # load NAME AET PORT: one storescu association with the whole corpus
-  local name=$1 aet=$2 port=$3 t0 t1 rc=0
+  local name=$1 aet=$2 port=$3 t0 t1 rc=0 acknowledged
   sync; sleep 1
   t0=$(date +%s.%N)
-  timeout "$STORE_TIMEOUT" "$DCMTK_BIN/storescu" +sd +r +sp '*.dcm' -aet "$BENCH_AET" -aec "$aet" \
+  timeout "$STORE_TIMEOUT" "$DCMTK_BIN/storescu" -v +sd +r +sp '*.dcm' -aet "$BENCH_AET" -aec "$aet" \
     "$BENCH_HOST" "$port" "$CORPUS" >"$WORK/storescu_$name.log" 2>&1 || rc=$?
   t1=$(date +%s.%N)
-  awk -v n="$name" -v i="$INSTANCES" -v a="$t0" -v b="$t1" -v rc="$rc" -v l="$(cut -d' ' -f1-3 /proc/loadavg)" \
-    'BEGIN { printf "load %-12s %d instances in %.1f s: %.0f instances/s (storescu exit %d; load %s)\n", n, i, b-a, i/(b-a), rc, l }'
   ((rc == 0)) || die "storescu to $name failed (exit $rc), see $WORK/storescu_$name.log"
+  acknowledged=$(grep -c 'Received Store Response (Success)' "$WORK/storescu_$name.log" || true)
+  ((acknowledged == INSTANCES)) \
+    || die "$name acknowledged $acknowledged of $INSTANCES instances: no rate (see $WORK/storescu_$name.log)"
+  awk -v n="$name" -v i="$INSTANCES" -v a="$t0" -v b="$t1" -v l="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    'BEGIN { printf "load %-12s %d instances in %.1f s: %.0f instances/s (all acknowledged; load %s)\n", n, i, b-a, i/(b-a), l }'
 }
 
 echo "corpus $CORPUS: $INSTANCES instances; $(/usr/sbin/Orthanc --version 2>/dev/null | head -1); $("$DCMTK_BIN/storescu" --version 2>/dev/null | head -1)"

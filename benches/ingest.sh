@@ -12,6 +12,16 @@
 #   CORPUS_DIR defaults to two generated corpora in $BENCH_TMPDIR (default /tmp):
 #   1000 x 512x512 CT (0.5 MB each) and 2000 x 64x64.
 # Prints the harness tables; JSON results land in $BENCH_TMPDIR.
+#
+# imageserver's figures are checked before they are printed: each run must
+# start on an empty archive (no file in its storage, no index; on PostgreSQL
+# a database created for the run), and after the run both the index
+# counters (the harness's C-FIND count) and the instance files in storage
+# must equal the corpus, with nothing left in .tmp. A run that fails any of
+# this gets no rate (the harness's own imageserver ingest rows, which would
+# show one, are left out), and the script exits 1. The binary's path and
+# sha256 are printed and recorded beside the figures
+# ($BENCH_TMPDIR/ingest_<corpus>_a<N>_<time>.imageserver.json).
 # Needs: DCMTK, orthanc (Debian), python3 with pydicom + numpy (corpus).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,8 +47,11 @@ fi
 # IMAGESERVER_BIN=path skips the build (e.g. a binary copied aside).
 if [[ -z ${IMAGESERVER_BIN:-} ]]; then
   (cd "$ROOT" && cargo build --release --bin imageserver)
-  IMAGESERVER_BIN=$ROOT/target/release/imageserver
+  IMAGESERVER_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/imageserver
 fi
+[[ -x $IMAGESERVER_BIN ]] || { echo "no imageserver binary at $IMAGESERVER_BIN" >&2; exit 1; }
+BIN_SHA256=$(sha256sum "$IMAGESERVER_BIN" | cut -d' ' -f1)
+echo "imageserver binary $IMAGESERVER_BIN sha256 $BIN_SHA256"
 export IMAGESERVER_BIN
 export TARGET_AET=IMAGESERVER TARGET_CAPS="echo store find move get"
 # The index and config go to the work directory, instances to TARGET_STORAGE
@@ -56,16 +69,84 @@ if [[ $BACKEND == postgres ]]; then
   DB_FLAG='--db "$PG_ADMIN_BASE/$db"'
 fi
 export TARGET_NAME="imageserver-$BACKEND"
-export TARGET_CMD="$DB_SETUP"'printf "data_dir = \"%s\"\n[dicom]\nmax_associations = 64\n[[filesystems]]\npath = \"%s\"\n" \
+# The server runs as a child of this wrapper (not exec'd): when the harness
+# stops it (SIGTERM to the process group), the wrapper waits for it, then
+# writes "<instance files> <temporary files>" of the storage to
+# $INGEST_COUNTS/<run directory>. It refuses to start on a non-empty archive.
+export TARGET_CMD='set -u;
+  if [ -n "$(find "$TARGET_STORAGE" -mindepth 1 -print -quit)" ] || [ -e "$TARGET_WORKDIR/index.db" ]; then
+    echo "ingest.sh: the archive is not empty at start: $TARGET_STORAGE, $TARGET_WORKDIR" >&2; exit 1
+  fi;
+  '"$DB_SETUP"'printf "data_dir = \"%s\"\n[dicom]\nmax_associations = 64\n[[filesystems]]\npath = \"%s\"\n" \
     "$TARGET_WORKDIR" "$TARGET_STORAGE" > "$TARGET_WORKDIR/imageserver.toml";
-  IMAGESERVER_LOG=warn exec "$IMAGESERVER_BIN" serve --config "$TARGET_WORKDIR/imageserver.toml" \
+  trap ":" TERM;
+  IMAGESERVER_LOG=warn "$IMAGESERVER_BIN" serve --config "$TARGET_WORKDIR/imageserver.toml" \
     --aet "$TARGET_AET" --bind "$TARGET_HOST" --port "$TARGET_PORT" \
-    --device "$MOVE_DEST_AET=127.0.0.1:$MOVE_DEST_PORT" '"$DB_FLAG"
+    --device "$MOVE_DEST_AET=127.0.0.1:$MOVE_DEST_PORT" '"$DB_FLAG"'; rc=$?;
+  files=$(find "$TARGET_STORAGE" -type f -name "*.dcm" -not -path "*/.tmp/*" -not -path "*/.metadata/*" | wc -l);
+  temps=$(find "$TARGET_STORAGE" -path "*/.tmp/*" -type f | wc -l);
+  echo "$files $temps" > "$INGEST_COUNTS/$(basename "$(dirname "$TARGET_WORKDIR")")";
+  exit $rc'
+
+# Checks the imageserver runs of one harness invocation and prints their
+# figures: a rate only for a run whose counts are right. Returns 1 otherwise.
+verify() {
+  local samples=$1 counts=$2 record=$3 expected_metric=$4
+  python3 - "$samples" "$counts" "$record" "$expected_metric" "$IMAGESERVER_BIN" "$BIN_SHA256" "$TARGET_NAME" <<'PY'
+import json, os, statistics, sys
+samples, counts, record, metric, binary, sha, name = sys.argv[1:]
+runs, ok = [], True
+for line in open(samples):
+    p = line.rstrip("\n").split("\t")
+    if p[0] != "target" or p[1] != metric:
+        continue
+    run, seconds, index, expected = int(p[2]), float(p[3]), int(p[4]), int(p[5])
+    path = os.path.join(counts, f"run{run}")
+    files, temps = map(int, open(path).read().split()) if os.path.exists(path) else (-1, -1)
+    # index is -1 when the harness found instances before the ingest.
+    good = index == expected and files == expected and temps == 0 and seconds > 0
+    ok &= good
+    runs.append({"run": run, "seconds": seconds, "index_count": index, "files": files,
+                 "temporary_files": temps, "expected": expected, "verified": good,
+                 "instances_per_s": expected / seconds if good else None})
+if not runs:
+    ok = False
+print(f"\n{name} {metric}, checked (binary {binary}, sha256 {sha}):")
+print(f"{'run':>4}{'seconds':>10}{'index':>8}{'files':>8}{'.tmp':>6}{'expected':>10}{'inst/s':>10}")
+for r in runs:
+    rate = f"{r['instances_per_s']:.1f}" if r["verified"] else "-"
+    print(f"{r['run']:>4}{r['seconds']:>10.2f}{r['index_count']:>8}{r['files']:>8}"
+          f"{r['temporary_files']:>6}{r['expected']:>10}{rate:>10}")
+if ok:
+    print(f"median {statistics.median(r['instances_per_s'] for r in runs):.1f} instances/s over {len(runs)} runs")
+else:
+    print("NO RATE: a run did not start empty or does not hold exactly the corpus (see above)")
+json.dump({"binary": binary, "sha256": sha, "target": name, "metric": metric,
+           "verified": ok, "runs": runs}, open(record, "w"), indent=1)
+print(f"recorded in {record}")
+sys.exit(0 if ok else 1)
+PY
+}
 
 
+failed=0
 for corpus in "${corpora[@]}"; do
   for n in $ASSOCS; do
     echo "=== $(basename "$corpus"), $n association(s), $RUNS runs: $PEERS"
-    "$BENCH/peer_bench.sh" -p "$PEERS" -r "$RUNS" -a "$n" ${PEER_BENCH_ARGS:-} "$corpus"
+    out=$TMP/ingest_$(basename "$corpus")_a${n}_$(date +%Y%m%d_%H%M%S)
+    INGEST_COUNTS=$(mktemp -d "$TMP/imageserver-ingest-counts.XXXXXX")
+    export INGEST_COUNTS
+    rc=0
+    # The harness's table without its imageserver ingest rows: verify()
+    # prints those, with a rate only where the counts are right.
+    "$BENCH/peer_bench.sh" -p "$PEERS" -r "$RUNS" -a "$n" -o "$out.json" ${PEER_BENCH_ARGS:-} "$corpus" \
+      | awk '!($1 == "target" && $2 ~ /^ingest/)' || rc=$?
+    ((rc == 0)) || { echo "peer_bench.sh exited with $rc"; failed=1; }
+    if [[ " ${PEERS//,/ } " == *" target "* ]]; then
+      metric=ingest; ((n == 1)) || metric=ingest_a$n
+      verify "$out.samples.tsv" "$INGEST_COUNTS" "$out.imageserver.json" "$metric" || failed=1
+    fi
+    rm -rf "$INGEST_COUNTS"
   done
 done
+exit $failed

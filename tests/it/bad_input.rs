@@ -14,7 +14,7 @@ use crate::support::raw::{
     self, ct_dataset, ct_dataset_header, ConnectionEnd, DatasetUids, Pdu, Proposal, RawPeer,
 };
 use crate::support::server::{test_dir, Server};
-use crate::support::{archived_files, files_under};
+use crate::support::{archived_files, assert_no_temp_files, files_under};
 
 /// ARTIM timeout the hostile tests configure, in seconds.
 const ARTIM_SECS: u64 = 3;
@@ -162,6 +162,7 @@ fn malformed_pdus_close_the_connection() {
         archived_files(server.archive()).is_empty(),
         "files were archived"
     );
+    assert_no_temp_files(server.archive(), "the malformed PDUs");
 }
 
 /// One hostile C-STORE: the command's UIDs, the data set sent, the status
@@ -278,12 +279,14 @@ fn malformed_data_sets_get_failure_statuses_and_write_nothing() {
         2,
         "indexed instances"
     );
-    let tmp = server.archive().fs1().join(".tmp");
+    // The filesystem's `.tmp` is checked too: a failed store must remove
+    // its temporary file.
+    assert_no_temp_files(server.archive(), "the hostile stores");
     let data = server.archive().data_dir().to_path_buf();
     let unexpected: Vec<PathBuf> = files_under(dir.path())
         .into_iter()
         .filter(|path| !files_before.contains(path))
-        .filter(|path| !expected_files.contains(path) && !path.starts_with(&tmp))
+        .filter(|path| !expected_files.contains(path))
         .filter(|path| {
             let name = path
                 .file_name()
@@ -612,6 +615,7 @@ fn deflated_data_sets_are_checked_before_they_are_parsed() {
     run_store_cases(&server, &deflated_ct_context(), &cases);
     assert_eq!(archived_files(server.archive()), vec![control_path]);
     assert_eq!(server.archive().index().counts().instances, 1);
+    assert_no_temp_files(server.archive(), "the hostile deflated stores");
 }
 
 #[test]
@@ -726,7 +730,10 @@ fn association_limit_rejects_the_extra_peer() {
         let mut peer = RawPeer::connect(server.addr());
         match peer.request_association(server.ae_title(), "RAWSCU", &ct_context(), 16384) {
             Some(Pdu::AssociateAc { .. }) => open.push(peer),
-            Some(Pdu::AssociateRj { .. }) => std::thread::sleep(Duration::from_millis(200)),
+            Some(rejected @ Pdu::AssociateRj { .. }) => {
+                assert_eq!(rejected, raw::REJECT_LOCAL_LIMIT, "while filling the slots");
+                std::thread::sleep(Duration::from_millis(200));
+            }
             other => panic!(
                 "unexpected reply to association {}: {other:?}",
                 open.len() + 1
@@ -736,9 +743,10 @@ fn association_limit_rejects_the_extra_peer() {
 
     let mut extra = RawPeer::connect(server.addr());
     let reply = extra.request_association(server.ae_title(), "RAWSCU", &ct_context(), 16384);
-    assert!(
-        matches!(reply, Some(Pdu::AssociateRj { .. })),
-        "association {} of {LIMIT} allowed: expected A-ASSOCIATE-RJ, got {reply:?}",
+    assert_eq!(
+        reply,
+        Some(raw::REJECT_LOCAL_LIMIT),
+        "association {} of {LIMIT}: expected A-ASSOCIATE-RJ (transient, local limit exceeded)",
         LIMIT + 1
     );
 
@@ -756,4 +764,101 @@ fn association_limit_rejects_the_extra_peer() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(open);
+}
+
+/// A fresh UID of exactly `len` characters (a random root, then nines).
+fn uid_of_len(rng: &mut Rng, len: usize) -> String {
+    let root = rng.uid();
+    assert!(root.len() + 2 <= len, "{root} is too long for {len}");
+    format!("{root}.{}", "9".repeat(len - root.len() - 1))
+}
+
+/// An Implicit VR LE data set without its top-level element `tag` (the
+/// hand-made ones have no sequences).
+fn without_element(mut dataset: &[u8], tag: (u16, u16)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dataset.len());
+    let mut removed = false;
+    while dataset.len() >= 8 {
+        let group = u16::from_le_bytes([dataset[0], dataset[1]]);
+        let element = u16::from_le_bytes([dataset[2], dataset[3]]);
+        let len = u32::from_le_bytes(dataset[4..8].try_into().expect("four bytes")) as usize;
+        let (whole, rest) = dataset.split_at(8 + len);
+        if (group, element) == tag {
+            removed = true;
+        } else {
+            out.extend_from_slice(whole);
+        }
+        dataset = rest;
+    }
+    assert!(removed, "no element {tag:04X?} to remove");
+    out
+}
+
+/// UIDs of 64 characters are taken; 65 characters, or a missing Study,
+/// Series or SOP Instance UID in the data set, get C000 and store nothing.
+#[test]
+fn uids_of_64_characters_are_taken_and_missing_or_longer_ones_refused() {
+    let dir = test_dir("uid-limits");
+    let server = start_hostile_target(dir.path());
+    let mut rng = Rng::new(6464);
+
+    let longest = DatasetUids {
+        sop_class_uid: raw::CT_IMAGE_STORAGE.to_string(),
+        sop_instance_uid: uid_of_len(&mut rng, 64),
+        study_uid: uid_of_len(&mut rng, 64),
+        series_uid: uid_of_len(&mut rng, 64),
+    };
+    let control_path = store_control(&server, &ct_context(), &longest, &ct_dataset(&longest));
+    let index = server.archive().index();
+    let stored = index
+        .instance(&longest.sop_instance_uid)
+        .expect("the 64-character SOP Instance UID is indexed");
+    assert_eq!(stored.location.study_uid.as_str(), longest.study_uid);
+    assert_eq!(stored.series_uid.as_str(), longest.series_uid);
+
+    let mut cases = Vec::new();
+    let mut case = |name, uids: DatasetUids, dataset: Vec<u8>| {
+        cases.push(StoreCase {
+            name,
+            sop_class_uid: uids.sop_class_uid,
+            sop_instance_uid: uids.sop_instance_uid,
+            dataset,
+            expected_status: CANNOT_UNDERSTAND,
+        });
+    };
+    let mut uids = fresh_uids(&mut rng);
+    uids.sop_instance_uid = uid_of_len(&mut rng, 65);
+    case(
+        "65-character SOP Instance UID",
+        uids.clone(),
+        ct_dataset(&uids),
+    );
+    let mut uids = fresh_uids(&mut rng);
+    uids.study_uid = uid_of_len(&mut rng, 65);
+    case(
+        "65-character Study Instance UID",
+        uids.clone(),
+        ct_dataset(&uids),
+    );
+    let mut uids = fresh_uids(&mut rng);
+    uids.series_uid = uid_of_len(&mut rng, 65);
+    case(
+        "65-character Series Instance UID",
+        uids.clone(),
+        ct_dataset(&uids),
+    );
+    for (name, tag) in [
+        ("no Study Instance UID", (0x0020, 0x000D)),
+        ("no Series Instance UID", (0x0020, 0x000E)),
+        ("no SOP Instance UID in the data set", (0x0008, 0x0018)),
+    ] {
+        let uids = fresh_uids(&mut rng);
+        let dataset = without_element(&ct_dataset(&uids), tag);
+        case(name, uids, dataset);
+    }
+    run_store_cases(&server, &ct_context(), &cases);
+
+    assert_eq!(archived_files(server.archive()), vec![control_path]);
+    assert_eq!(server.archive().index().counts().instances, 1);
+    assert_no_temp_files(server.archive(), "the refused UIDs");
 }

@@ -17,6 +17,8 @@ use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use imageserver_core::dicom::dimse::{Command, CommandField, Priority};
 
+use crate::support::archived_files;
+use crate::support::corpus::{generate_corpus, CorpusShape};
 use crate::support::dcmtk;
 use crate::support::raw::{self, Pdu, Proposal, RawPeer};
 use crate::support::server::{test_dir, Server};
@@ -1270,4 +1272,126 @@ fn result_cap_and_case_sensitive_names() {
         ..PyRequest::new(Model::Study, &keys)
     });
     assert_eq!(out.statuses, vec![SUCCESS], "{}", out.log);
+}
+
+/// Every answer of a server at every level of the Study Root model, as sets
+/// of rows (the values of `STUDY`, `SERIES` and `IMAGE` keys).
+fn every_answer(server: &Server, work: &std::path::Path) -> Vec<BTreeSet<Vec<Option<String>>>> {
+    let ask = |keys: &[&str], columns: &[Tag]| -> BTreeSet<Vec<Option<String>>> {
+        let out = findscu(
+            server.addr(),
+            server.ae_title(),
+            Model::Study,
+            keys,
+            &[],
+            work,
+        );
+        assert_eq!(out.final_status(), Some(SUCCESS), "{keys:?}:\n{out}");
+        out.responses
+            .iter()
+            .map(|r| columns.iter().map(|t| find_scu::value(r, *t)).collect())
+            .collect()
+    };
+    let studies = ask(
+        &[
+            "QueryRetrieveLevel=STUDY",
+            "StudyInstanceUID",
+            "PatientName",
+            "PatientID",
+            "StudyDate",
+            "ModalitiesInStudy",
+            "NumberOfStudyRelatedSeries",
+            "NumberOfStudyRelatedInstances",
+        ],
+        &[
+            tags::STUDY_INSTANCE_UID,
+            tags::PATIENT_NAME,
+            tags::PATIENT_ID,
+            tags::STUDY_DATE,
+            tags::MODALITIES_IN_STUDY,
+            tags::NUMBER_OF_STUDY_RELATED_SERIES,
+            tags::NUMBER_OF_STUDY_RELATED_INSTANCES,
+        ],
+    );
+    let mut answers = vec![studies.clone()];
+    for study in &studies {
+        let study_key = format!("StudyInstanceUID={}", study[0].clone().unwrap_or_default());
+        let series = ask(
+            &[
+                "QueryRetrieveLevel=SERIES",
+                &study_key,
+                "SeriesInstanceUID",
+                "Modality",
+                "SeriesNumber",
+                "NumberOfSeriesRelatedInstances",
+            ],
+            &[
+                tags::SERIES_INSTANCE_UID,
+                tags::MODALITY,
+                tags::SERIES_NUMBER,
+                tags::NUMBER_OF_SERIES_RELATED_INSTANCES,
+            ],
+        );
+        for one in &series {
+            let series_key = format!("SeriesInstanceUID={}", one[0].clone().unwrap_or_default());
+            answers.push(ask(
+                &[
+                    "QueryRetrieveLevel=IMAGE",
+                    &study_key,
+                    &series_key,
+                    "SOPInstanceUID",
+                    "SOPClassUID",
+                    "InstanceNumber",
+                ],
+                &[
+                    tags::SOP_INSTANCE_UID,
+                    tags::SOP_CLASS_UID,
+                    tags::INSTANCE_NUMBER,
+                ],
+            ));
+        }
+        answers.push(series);
+    }
+    answers
+}
+
+/// "Queries never read image files": with every stored file deleted, every
+/// level answers exactly as before, counts included.
+#[test]
+fn queries_are_answered_with_the_image_files_gone() {
+    let dir = test_dir("find-no-files");
+    let corpus_dir = dir.path().join("corpus");
+    let corpus = generate_corpus(&corpus_dir, 31, CorpusShape::uniform(2, 2, 3, (16, 16)));
+    let server = Server::start(dir.path());
+    let storescu = dcmtk::store(
+        server.addr(),
+        server.ae_title(),
+        &[&corpus_dir],
+        &[],
+        Duration::from_secs(120),
+    );
+    assert!(storescu.success(), "{storescu}");
+    let work = dir.path().join("find");
+    let before = every_answer(&server, &work);
+    // 1 study level, 2 × (1 series level + 2 image levels).
+    assert_eq!(before.len(), 7, "{before:#?}");
+    let instances: usize = before[1..]
+        .iter()
+        .flatten()
+        .filter(|row| row.len() == 3)
+        .count();
+    assert_eq!(instances, corpus.len(), "{before:#?}");
+    let counts: BTreeSet<Option<String>> = before[0].iter().map(|row| row[6].clone()).collect();
+    assert_eq!(
+        counts,
+        BTreeSet::from([Some("6".to_string())]),
+        "{before:#?}"
+    );
+
+    let files = archived_files(server.archive());
+    assert_eq!(files.len(), corpus.len());
+    for file in &files {
+        std::fs::remove_file(file).expect("delete a stored file");
+    }
+    assert_eq!(every_answer(&server, &work), before);
 }

@@ -107,5 +107,20 @@ fn stalled_c_finds_do_not_stop_ingest_or_queries() {
     );
     assert_eq!(find.final_status(), Some(0x0000), "{find}");
     assert_eq!(find.responses.len(), 3 + STORES, "{find}");
+
+    // All of that happened while the C-FINDs were still stalled: each
+    // stalled association is still open (it may have been sent the first
+    // match, if that left before its stray byte arrived, but it was neither
+    // aborted nor closed), so no timer of the server released what they held
+    // before the stores ran.
+    for (i, peer) in stalled.iter_mut().enumerate() {
+        loop {
+            match peer.read_pdu(Duration::from_millis(200)) {
+                Err(e) if raw::is_timeout(&e) => break,
+                Ok(Some(raw::Pdu::PData(_))) => {}
+                other => panic!("stalled peer {i} was not stalled any more: {other:?}"),
+            }
+        }
+    }
     drop(stalled);
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::cli::assert_import_summary;
 use crate::support::corpus::{
     generate_corpus, single_instance, write_instance, CorpusShape, Instance, InstanceSpec, Rng,
 };
@@ -63,11 +64,7 @@ fn import_indexes_a_folder_and_leaves_the_bad_file_in_place() {
         "exit code with a rejected file:\n{first}"
     );
     let summary = first.text();
-    assert!(
-        summary.contains(&format!("imported {}", corpus.len())),
-        "{first}"
-    );
-    assert!(summary.contains("rejected 1"), "{first}");
+    assert_import_summary(&summary, corpus.len(), 0, 1);
     assert!(
         summary.contains("garbage.dcm"),
         "the rejected file is not named:\n{first}"
@@ -88,12 +85,7 @@ fn import_indexes_a_folder_and_leaves_the_bad_file_in_place() {
 
     assert_eq!(second.status.and_then(|s| s.code()), Some(1), "{second}");
     let summary = second.text();
-    assert!(summary.contains("imported 0"), "{second}");
-    assert!(
-        summary.contains(&format!("already present {}", corpus.len())),
-        "{second}"
-    );
-    assert!(summary.contains("rejected 1"), "{second}");
+    assert_import_summary(&summary, 0, corpus.len(), 1);
     assert_eq!(archive.index().counts().instances, corpus.len() as u64);
     assert_eq!(archived_files(&archive).len(), corpus.len());
 }
@@ -112,8 +104,7 @@ fn import_of_only_good_files_exits_zero() {
     let output = import(&archive, &dir.path().join("corpus"));
 
     assert!(output.success(), "import failed:\n{output}");
-    assert!(output.text().contains("imported 4"), "{output}");
-    assert!(output.text().contains("rejected 0"), "{output}");
+    assert_import_summary(&output.text(), 4, 0, 0);
     let index = archive.index();
     for instance in &corpus {
         assert_archived(&archive, &index, instance, None);
@@ -155,8 +146,7 @@ fn import_rejects_a_path_trick_in_a_uid_and_writes_nothing_for_it() {
     let output = import(&archive, &incoming);
 
     assert_eq!(output.status.and_then(|s| s.code()), Some(1), "{output}");
-    assert!(output.text().contains("imported 1"), "{output}");
-    assert!(output.text().contains("rejected 1"), "{output}");
+    assert_import_summary(&output.text(), 1, 0, 1);
     assert!(
         hostile_path.is_file(),
         "the rejected file was not left in place"

@@ -20,7 +20,7 @@ use imageserver_core::server::{open_index, ServerBuilder};
 use imageserver_core::services::studies::{Studies, StudyError};
 use imageserver_core::services::Partition;
 
-use crate::support::cli::{cli_ok, load, BOUND};
+use crate::support::cli::{self, cli_ok, load, BOUND};
 use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
 use crate::support::server::{test_dir, Archive, Server, SERVER_AE};
 use crate::support::{dcmtk, files_under};
@@ -282,10 +282,7 @@ fn study_process_writes_series_metadata_that_follows_edits_and_goes_with_delete(
             incoming.to_str().unwrap(),
         ],
     );
-    assert!(
-        import.contains("imported 0, already present 6, rejected 0"),
-        "{import}"
-    );
+    cli::assert_import_summary(&import, 0, 6, 0);
 
     // An edit rewrites the metadata: the old name is nowhere in it.
     cli_ok(

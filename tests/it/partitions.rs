@@ -3,17 +3,26 @@
 //! per-device association limits, and what happens to a second instance
 //! with a known SOP Instance UID under each policy.
 
+#[path = "support/retrieve_peers.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod retrieve_peers;
+
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::find::find_scu::{findscu, Model};
+use crate::support::archive_state;
 use crate::support::corpus::{
     blake3_hex, generate_corpus, single_instance, write_instance, CorpusShape, InstanceSpec,
 };
 use crate::support::dcmtk::{self, CALLING_AE, ECHOSCU};
 use crate::support::raw::{self, Pdu, Proposal, RawPeer};
 use crate::support::server::{free_port, test_dir, Index, Server, BINARY};
+use dicom_dictionary_std::tags::STUDY_INSTANCE_UID;
+use retrieve_peers::StoreScp;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -79,6 +88,116 @@ fn partitions_keep_their_data_apart() {
     }
 }
 
+/// C-MOVE of one study to `destination` on one association: the final
+/// status and its number of pending responses.
+fn move_study(
+    addr: SocketAddr,
+    called_ae: &str,
+    study_uid: &str,
+    destination: &str,
+) -> Option<(u16, usize)> {
+    let mut peer = RawPeer::associate(
+        addr,
+        called_ae,
+        &[Proposal::implicit(1, raw::STUDY_ROOT_MOVE)],
+    );
+    peer.send_message(
+        1,
+        &raw::c_move_rq(1, raw::STUDY_ROOT_MOVE, destination),
+        Some(&raw::study_identifier(study_uid)),
+    )
+    .expect("send the C-MOVE");
+    let status = peer.read_final_status(TIMEOUT);
+    peer.release();
+    status
+}
+
+/// The StudyInstanceUIDs a universal study-level C-FIND answers.
+fn studies_found(addr: SocketAddr, called_ae: &str, work: &Path) -> BTreeSet<String> {
+    let find = findscu(
+        addr,
+        called_ae,
+        Model::Study,
+        &["QueryRetrieveLevel=STUDY", "StudyInstanceUID"],
+        &[],
+        work,
+    );
+    assert_eq!(find.final_status(), Some(0x0000), "{find}");
+    find.column(STUDY_INSTANCE_UID)
+        .into_iter()
+        .map(|uid| uid.expect("a StudyInstanceUID"))
+        .collect()
+}
+
+#[test]
+fn partitions_are_apart_on_the_wire() {
+    let dir = test_dir("partitions-wire");
+    let port2 = free_port();
+    let dest = StoreScp::start("DEST", &dir.path().join("dest"), false);
+    let server = Server::builder(dir.path())
+        .setting(
+            "partitions",
+            format!(r#"[{{ ae_title = "RESEARCH", port = {port2} }}]"#),
+        )
+        .setting(
+            "devices",
+            format!(
+                r#"[{{ ae_title = "DEST", host = "127.0.0.1", port = {0} }},
+                    {{ ae_title = "DEST", host = "127.0.0.1", port = {0}, partition = "RESEARCH" }}]"#,
+                dest.port
+            ),
+        )
+        .start();
+    let research: SocketAddr = ([127, 0, 0, 1], port2).into();
+    let shape = CorpusShape::uniform(1, 1, 3, (32, 32));
+    let main_corpus = generate_corpus(&dir.path().join("a"), 21, shape);
+    let research_corpus = generate_corpus(&dir.path().join("b"), 22, shape);
+    let a = dcmtk::store(
+        server.addr(),
+        "IMAGESERVER",
+        &[&dir.path().join("a")],
+        &[],
+        TIMEOUT,
+    );
+    assert!(a.success(), "{a}");
+    let b = dcmtk::store(research, "RESEARCH", &[&dir.path().join("b")], &[], TIMEOUT);
+    assert!(b.success(), "{b}");
+    let (main_study, research_study) = (&main_corpus[0].study_uid, &research_corpus[0].study_uid);
+
+    // C-FIND answers each partition's own study only.
+    let work = dir.path().join("find");
+    assert_eq!(
+        studies_found(server.addr(), "IMAGESERVER", &work),
+        BTreeSet::from([main_study.clone()])
+    );
+    assert_eq!(
+        studies_found(research, "RESEARCH", &work),
+        BTreeSet::from([research_study.clone()])
+    );
+
+    // C-MOVE of the other partition's study matches nothing: success with
+    // no sub-operation, nothing sent.
+    assert_eq!(
+        move_study(research, "RESEARCH", main_study, "DEST"),
+        Some((0x0000, 0))
+    );
+    assert_eq!(
+        move_study(server.addr(), "IMAGESERVER", research_study, "DEST"),
+        Some((0x0000, 0))
+    );
+    assert!(dest.received().is_empty(), "{:?}", dest.received());
+
+    // Its own study moves: the control.
+    let moved = move_study(research, "RESEARCH", research_study, "DEST");
+    assert_eq!(moved.map(|m| m.0), Some(0x0000));
+    let received: BTreeSet<String> = dest.received().into_keys().collect();
+    let expected: BTreeSet<String> = research_corpus
+        .iter()
+        .map(|i| i.sop_instance_uid.clone())
+        .collect();
+    assert_eq!(received, expected);
+}
+
 #[test]
 fn unknown_callers_permissions_and_device_limits() {
     let dir = test_dir("devices");
@@ -101,6 +220,18 @@ fn unknown_callers_permissions_and_device_limits() {
         stranger.text().contains("Association Rejected"),
         "{stranger}"
     );
+    let mut peer = RawPeer::connect(server.addr());
+    let reply = peer.request_association(
+        "IMAGESERVER",
+        "STRANGER",
+        &[Proposal::implicit(1, raw::VERIFICATION)],
+        raw::CLIENT_MAX_PDU,
+    );
+    assert_eq!(
+        reply,
+        Some(raw::REJECT_CALLING_AE),
+        "expected A-ASSOCIATE-RJ (permanent, service user, calling AE title not recognised)"
+    );
     assert!(echo_as(server.addr(), CALLING_AE, "IMAGESERVER").success());
 
     // A device without the store permission: refused, nothing stored.
@@ -109,9 +240,10 @@ fn unknown_callers_permissions_and_device_limits() {
     let mut storescu = dcmtk::store_command(server.addr(), "IMAGESERVER", &[&file], &[]);
     storescu.args(["-aet", "VIEWONLY"]);
     let refused = dcmtk::run(storescu, TIMEOUT);
-    assert!(
-        refused.text().contains("0x124"),
-        "storescu without permission was not refused:\n{refused}"
+    assert_eq!(
+        dcmtk::store_responses(&refused.text()),
+        ["Unknown Status: 0x124"],
+        "storescu without permission was not refused with 0124:\n{refused}"
     );
     let index = server.archive().index();
     assert_eq!(index.counts().instances, 0);
@@ -130,7 +262,11 @@ fn unknown_callers_permissions_and_device_limits() {
         &[Proposal::implicit(1, raw::VERIFICATION)],
         raw::CLIENT_MAX_PDU,
     );
-    assert!(matches!(reply, Some(Pdu::AssociateRj { .. })), "{reply:?}");
+    assert_eq!(
+        reply,
+        Some(raw::REJECT_LOCAL_LIMIT),
+        "expected A-ASSOCIATE-RJ (transient, local limit exceeded)"
+    );
     first.release();
     let mut third = RawPeer::connect(server.addr());
     let mut accepted = false;
@@ -153,6 +289,72 @@ fn unknown_callers_permissions_and_device_limits() {
         accepted,
         "RAWSCU stayed rejected after releasing its association"
     );
+}
+
+/// C-FIND, C-MOVE and C-GET of one study by `calling_ae` on one
+/// association: each final status and its number of pending responses.
+fn query_and_retrieve_as(
+    server: &Server,
+    calling_ae: &str,
+    study_uid: &str,
+) -> [Option<(u16, usize)>; 3] {
+    let contexts = [
+        Proposal::implicit(1, raw::STUDY_ROOT_FIND),
+        Proposal::implicit(3, raw::STUDY_ROOT_MOVE),
+        Proposal::implicit(5, raw::STUDY_ROOT_GET),
+    ];
+    let mut peer = RawPeer::associate_as(server.addr(), "IMAGESERVER", calling_ae, &contexts);
+    let identifier = raw::study_identifier(study_uid);
+    let mut ask = |context: u8, command: Vec<u8>| {
+        peer.send_message(context, &command, Some(&identifier))
+            .expect("send the request");
+        peer.read_final_status(TIMEOUT)
+    };
+    let find = ask(1, raw::c_find_rq(1, raw::STUDY_ROOT_FIND));
+    // An unknown destination: A801 once the request is allowed.
+    let moved = ask(3, raw::c_move_rq(2, raw::STUDY_ROOT_MOVE, "NOWHERE"));
+    // No storage context with the SCP role: the one sub-operation fails.
+    let got = ask(5, raw::c_get_rq(3, raw::STUDY_ROOT_GET));
+    peer.release();
+    [find, moved, got]
+}
+
+#[test]
+fn query_and_retrieve_need_their_permissions() {
+    let dir = test_dir("qr-permissions");
+    let server = Server::builder(dir.path())
+        .dicom_setting("accept_unknown_devices", false)
+        .setting(
+            "devices",
+            format!(
+                r#"[{{ ae_title = "{CALLING_AE}", host = "127.0.0.1", port = 104 }},
+                    {{ ae_title = "NOQUERY", host = "127.0.0.1", port = 104, allow_query = false }},
+                    {{ ae_title = "NORETRIEVE", host = "127.0.0.1", port = 104, allow_retrieve = false }}]"#
+            ),
+        )
+        .start();
+    let file = dir.path().join("one.dcm");
+    let instance = single_instance(&file, 9, 16, 16);
+    let stored = dcmtk::store(server.addr(), "IMAGESERVER", &[&file], &[], TIMEOUT);
+    assert!(stored.success(), "{stored}");
+
+    let refused = Some((0x0124, 0));
+    let [find, moved, got] = query_and_retrieve_as(&server, "NOQUERY", &instance.study_uid);
+    assert_eq!(find, refused, "C-FIND without the query permission");
+    assert_eq!(
+        moved,
+        Some((0xA801, 0)),
+        "C-MOVE with the retrieve permission"
+    );
+    assert_eq!(
+        got.map(|g| g.0),
+        Some(0xA702),
+        "C-GET with the retrieve permission"
+    );
+    let [find, moved, got] = query_and_retrieve_as(&server, "NORETRIEVE", &instance.study_uid);
+    assert_eq!(find, Some((0x0000, 1)), "C-FIND with the query permission");
+    assert_eq!(moved, refused, "C-MOVE without the retrieve permission");
+    assert_eq!(got, refused, "C-GET without the retrieve permission");
 }
 
 #[test]
@@ -254,7 +456,11 @@ fn duplicate_policy_reject_refuses_the_second() {
         dcmtk::acknowledged_files(&again.text()).is_empty(),
         "a rejected duplicate was acknowledged:\n{again}"
     );
-    assert!(again.text().contains("0x111"), "{again}");
+    assert_eq!(
+        dcmtk::store_responses(&again.text()),
+        ["Unknown Status: 0x111"],
+        "{again}"
+    );
     assert_eq!(kept, "first");
     assert_eq!(index.counts().instances, 1);
 }
@@ -281,4 +487,47 @@ fn duplicate_policy_compare_keeps_both_for_a_person() {
         .filter(|p| p.to_string_lossy().contains(".dup"))
         .count();
     assert_eq!(aside, 1, "the kept-aside copy is not on disk");
+}
+
+/// "A byte-identical resend is always acknowledged without change", under
+/// every duplicate policy: Success, the same file, the same index row,
+/// nothing kept aside, nothing for a person to reconcile.
+#[test]
+fn an_identical_resend_is_acknowledged_unchanged_under_every_policy() {
+    for policy in ["reject", "compare", "send_success", "accept_latest"] {
+        let dir = test_dir(&format!("resend-{policy}"));
+        let server = Server::builder(dir.path())
+            .dicom_setting("duplicate_policy", format!("{policy:?}"))
+            .start();
+        let file = dir.path().join("one.dcm");
+        single_instance(&file, 23, 32, 32);
+        let first = dcmtk::store(server.addr(), "IMAGESERVER", &[&file], &[], TIMEOUT);
+        assert!(first.success(), "{policy}: {first}");
+        let before = archive_state(server.archive());
+        assert_eq!(before.files.len(), 1, "{policy}: {before:#?}");
+        assert_eq!(before.rows.len(), 1, "{policy}: {before:#?}");
+
+        let again = dcmtk::store(server.addr(), "IMAGESERVER", &[&file], &[], TIMEOUT);
+        assert!(again.success(), "{policy}: {again}");
+        assert_eq!(
+            dcmtk::store_responses(&again.text()),
+            ["Success"],
+            "{policy}: {again}"
+        );
+        assert_eq!(
+            archive_state(server.archive()),
+            before,
+            "{policy}: the resend changed the archive"
+        );
+        let listed = Command::new(BINARY)
+            .args(["duplicates", "--json", "--config"])
+            .arg(dir.path().join("imageserver.toml"))
+            .arg("--data")
+            .arg(dir.path().join("data"))
+            .output()
+            .expect("run imageserver duplicates");
+        let text = String::from_utf8_lossy(&listed.stdout);
+        assert!(listed.status.success(), "{policy}: {text}");
+        assert_eq!(text.trim(), "", "{policy}: a duplicate was recorded");
+    }
 }

@@ -8,7 +8,7 @@ use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk::{self, CALLING_AE};
 use crate::support::raw::{self, Proposal, RawPeer};
 use crate::support::server::{test_dir, Server};
-use crate::support::{archived_files, assert_archived};
+use crate::support::{archived_files, assert_archived, assert_no_temp_files};
 
 /// Acknowledged instances to wait for before the SIGTERM.
 const SIGTERM_AFTER_ACKNOWLEDGED: usize = 20;
@@ -73,9 +73,11 @@ fn sigterm_during_a_transfer_exits_zero_and_keeps_acknowledged_instances() {
     }
     assert!(index.counts().instances >= acknowledged.len() as u64);
     assert!(archived_files(server.archive()).len() >= acknowledged.len());
+    assert_no_temp_files(server.archive(), "SIGTERM during a transfer");
 
     // It starts again on the same data and takes the rest.
     server.restart();
+    assert_no_temp_files(server.archive(), "the restart after SIGTERM");
     let rest = dcmtk::store(
         server.addr(),
         server.ae_title(),

@@ -131,8 +131,8 @@ fn delete_removes_rows_counts_files_and_is_audited() {
             "cli:tester",
         ],
     );
-    assert!(out.contains("2 instances in 1 series"), "{out}");
-    assert!(out.contains("2 files removed"), "{out}");
+    assert!(out.contains(": 2 instances in 1 series ("), "{out}");
+    assert!(out.contains("), 2 files removed;"), "{out}");
     assert_eq!(db.counts(partition).unwrap(), counts(2, 2, 2, 4));
     for instance in &corpus[..2] {
         assert!(db
@@ -308,7 +308,10 @@ fn edit_rewrites_every_file_and_the_index_and_keeps_history() {
             "typo",
         ],
     );
-    assert!(out.contains("3 files rewritten, 1 already edited"), "{out}");
+    assert!(
+        out.contains("): 3 files rewritten, 1 already edited\n"),
+        "{out}"
+    );
 
     assert_eq!(
         find_study(&server, dir.path(), study),
@@ -461,7 +464,7 @@ fn reprocess_restores_the_rows_and_the_check_finds_what_differs() {
 
     let out = cli_ok(dir.path(), archive, &["study", "reprocess", "--now", study]);
     assert!(
-        out.contains("2 instance rows rebuilt from its files (there were 3)"),
+        out.contains(": 2 instance rows rebuilt from its files (there were 3)\n"),
         "{out}"
     );
     assert_eq!(db.counts(partition).unwrap(), counts(1, 1, 1, 2));
@@ -671,7 +674,7 @@ actions = [{{ type = "delete", after_days = 3650 }}, {{ type = "tier1_retention"
         unknown
     );
     let out = cli_ok(dir.path(), archive, &["rules", "check"]);
-    assert!(out.contains("3 rules, valid"), "{out}");
+    assert!(out.contains(": 3 rules, valid\n"), "{out}");
 }
 
 /// Without `--now`, the study commands go through the server's work queue:

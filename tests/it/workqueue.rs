@@ -528,31 +528,65 @@ fn a_study_under_a_write_item_is_never_processed_by_two_items_at_once() {
 fn two_engine_processes_never_run_one_item_or_one_study_twice_at_once() {
     let setup = Setup::new("wq-two-processes");
     let studies: Vec<Uid> = (1..=8).map(|n| setup.study(&format!("1.6.{n}"))).collect();
+    // Eight gates come first in the queue and wait for a file: an engine
+    // runs at most four items at once, so the gates are only all running
+    // once both processes are up and claiming. The rest is released after:
+    // about 2.8 s of work, so that one engine alone would need twice as long
+    // as both, far beyond the other's poll interval.
+    let go = setup.dir.path().join("go");
+    let gate_payload = format!(r#"{{"wait_for":{:?}}}"#, go.display().to_string());
+    let mut gates = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let item = setup.item("test_write").payload(gate_payload.clone());
+        gates.insert(setup.db.enqueue(&item).expect("enqueue").0);
+    }
     let mut ids = Vec::new();
     for n in 0..160 {
         let item = setup
             .item("test_write")
             .study(studies[n % studies.len()].clone())
-            .payload(r#"{"sleep_ms":2}"#);
+            .payload(r#"{"sleep_ms":15}"#);
         ids.push(setup.db.enqueue(&item).expect("enqueue"));
     }
     for _ in 0..80 {
-        let item = setup.item("test_write").payload(r#"{"sleep_ms":1}"#);
+        let item = setup.item("test_write").payload(r#"{"sleep_ms":5}"#);
         ids.push(setup.db.enqueue(&item).expect("enqueue"));
     }
     let spans = setup.dir.path().join("spans.txt");
     let args = ["--threads", "4", "--poll-ms", "200"];
     let mut first = setup.spawn_engine(&spans, &args);
     let mut second = setup.spawn_engine(&spans, &args);
+    wait_until("both engines to run the gates", || {
+        read_spans(&spans)
+            .iter()
+            .filter(|r| gates.contains(&r.item))
+            .count()
+            == gates.len()
+    });
+    std::fs::write(&go, b"go").expect("open the gates");
     setup.wait_settled("test_write");
     first.stop();
     second.stop();
 
-    let runs = read_spans(&spans);
+    let all_runs = read_spans(&spans);
     let items = setup.items("test_write");
-    for id in &ids {
-        assert_eq!(items[id].status, WorkStatus::Completed, "{:?}", items[id]);
+    for id in gates
+        .iter()
+        .map(|&g| WorkItemId(g))
+        .chain(ids.iter().copied())
+    {
+        assert_eq!(items[&id].status, WorkStatus::Completed, "{:?}", items[&id]);
     }
+    let gate_pids: std::collections::BTreeSet<u32> = all_runs
+        .iter()
+        .filter(|r| gates.contains(&r.item))
+        .map(|r| r.pid)
+        .collect();
+    assert_eq!(gate_pids.len(), 2, "the gates ran in both processes");
+    let runs: Vec<Span> = all_runs
+        .into_iter()
+        .filter(|r| !gates.contains(&r.item))
+        .collect();
     // Nothing crashed, so every item ran exactly once...
     let mut per_item: BTreeMap<i64, Vec<&Span>> = BTreeMap::new();
     for run in &runs {
@@ -572,11 +606,24 @@ fn two_engine_processes_never_run_one_item_or_one_study_twice_at_once() {
     for (study, runs) in &per_study {
         assert_disjoint(runs, &format!("study {study}"));
     }
+    // Both processes ran the released items, and at least one study had
+    // writers in both: the exclusion above held across processes, not only
+    // within one.
     let pids: std::collections::BTreeSet<u32> = runs.iter().map(|r| r.pid).collect();
+    assert_eq!(pids, gate_pids, "the processes that ran the released items");
+    let shared = per_study
+        .values()
+        .filter(|runs| {
+            let by: std::collections::BTreeSet<u32> = runs.iter().map(|r| r.pid).collect();
+            by.len() == 2
+        })
+        .count();
+    assert!(shared >= 1, "no study had writers in both processes");
     eprintln!(
-        "two engines: {} runs by {} process(es)",
+        "two engines: {} runs by {} processes; {shared} of {} studies written by both",
         runs.len(),
-        pids.len()
+        pids.len(),
+        per_study.len()
     );
 }
 
@@ -725,7 +772,7 @@ fn cli_lists_shows_and_steers_real_items() {
             "{id} missing from\n{table}"
         );
     }
-    assert!(table.contains("4 item(s)"), "{table}");
+    assert!(table.lines().any(|l| l.trim() == "4 item(s)"), "{table}");
     let json = ok(setup.cli(&["list", "--status", "failed", "--json"]));
     let lines: Vec<serde_json::Value> = json
         .lines()
@@ -756,7 +803,8 @@ fn cli_lists_shows_and_steers_real_items() {
         })
         .collect();
     assert_eq!(listed, [running.0, pending.0]);
-    assert!(ok(setup.cli(&["list", "--type", "other_kind"])).contains("0 item(s)"));
+    let none = ok(setup.cli(&["list", "--type", "other_kind"]));
+    assert!(none.lines().any(|l| l.trim() == "0 item(s)"), "{none}");
 
     // show: text and JSON.
     let shown = ok(setup.cli(&["show", &failed.to_string()]));

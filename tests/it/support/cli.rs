@@ -94,3 +94,23 @@ pub fn wait_work_items(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Asserts that `output` holds exactly one line starting with `prefix` and
+/// that it is `expected` (so "rejected 1" cannot pass for "rejected 10").
+pub fn assert_line(output: &str, prefix: &str, expected: &str) {
+    let lines: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with(prefix))
+        .collect();
+    assert_eq!(lines, [expected], "lines starting {prefix:?} in:\n{output}");
+}
+
+/// Asserts `imageserver import`'s summary line: the exact counts.
+pub fn assert_import_summary(output: &str, imported: usize, present: usize, rejected: usize) {
+    assert_line(
+        output,
+        "imported ",
+        &format!("imported {imported}, already present {present}, rejected {rejected}"),
+    );
+}

@@ -182,6 +182,17 @@ pub fn acknowledged_files(storescu_log: &str) -> Vec<String> {
     acknowledged
 }
 
+/// What a `storescu -v` log says of each Store Response, in order: the text
+/// inside `Received Store Response (…)`, e.g. `Success` or
+/// `Unknown Status: 0x124`.
+pub fn store_responses(storescu_log: &str) -> Vec<String> {
+    storescu_log
+        .lines()
+        .filter_map(|line| line.split("Received Store Response (").nth(1))
+        .map(|rest| rest.strip_suffix(')').unwrap_or(rest).to_string())
+        .collect()
+}
+
 /// `dcmdump` of a file (meta group included).
 pub fn dump(path: &Path) -> ToolOutput {
     let mut command = command(DCMDUMP);

@@ -169,3 +169,84 @@ pub fn archived_files(archive: &Archive) -> Vec<PathBuf> {
         .filter(|path| !path.components().any(|c| c.as_os_str() == ".metadata"))
         .collect()
 }
+
+/// Every entry inside a `.tmp` folder of any filesystem under the archive's
+/// data directory: the temporary files of stores and rewrites in progress
+/// (`*.part`), which a failed or interrupted write must not leave behind.
+pub fn temp_entries(archive: &Archive) -> Vec<PathBuf> {
+    let all = entries_under(archive.data_dir());
+    all.iter()
+        .filter(|path| path.file_name().is_some_and(|n| n == ".tmp") && path.is_dir())
+        .flat_map(|tmp| all.iter().filter(move |p| p.starts_with(tmp) && *p != tmp))
+        .cloned()
+        .collect()
+}
+
+/// Asserts that no filesystem of the archive holds a temporary file
+/// ([`temp_entries`]), `after` naming what just happened.
+pub fn assert_no_temp_files(archive: &Archive, after: &str) {
+    let left = temp_entries(archive);
+    assert!(
+        left.is_empty(),
+        "temporary files left after {after}: {left:#?}"
+    );
+}
+
+/// `IMAGESERVER_SKIP_PG=1` makes the library's PostgreSQL tests pass
+/// without running them; in CI (`CI=true`) that must fail the run instead.
+#[test]
+fn ci_does_not_skip_the_postgresql_tests() {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(
+            std::env::var_os("IMAGESERVER_SKIP_PG").is_none(),
+            "IMAGESERVER_SKIP_PG is set in CI: the PostgreSQL tests would pass without running"
+        );
+    }
+}
+
+/// A file's identity and timestamps: what a rewrite would change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    /// Inode number.
+    pub inode: u64,
+    /// Modification time: seconds and nanoseconds.
+    pub mtime: (i64, i64),
+    /// Size in bytes.
+    pub len: u64,
+}
+
+/// What storing something again must leave alone: every file under `fs1`
+/// (kept-aside copies and `.tmp` included, series metadata left out) with
+/// its [`FileState`], and every instance row of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveState {
+    /// Files by path.
+    pub files: std::collections::BTreeMap<PathBuf, FileState>,
+    /// `instance` rows (id, partition, series, UIDs, syntax, size, digest,
+    /// source AE, reception time), one line each.
+    pub rows: Vec<String>,
+}
+
+/// The [`ArchiveState`] of `archive` now.
+pub fn archive_state(archive: &Archive) -> ArchiveState {
+    use std::os::unix::fs::MetadataExt;
+    let files = files_under(&archive.fs1())
+        .into_iter()
+        .filter(|path| !path.components().any(|c| c.as_os_str() == ".metadata"))
+        .map(|path| {
+            let meta = std::fs::metadata(&path).expect("stat an archived file");
+            let state = FileState {
+                inode: meta.ino(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                len: meta.len(),
+            };
+            (path, state)
+        })
+        .collect();
+    let rows = archive.sql(
+        "SELECT id, partition_id, series_fk, sop_instance_uid, sop_class_uid, instance_number, \
+         transfer_syntax_uid, file_size, digest, source_ae, received_at FROM instance \
+         ORDER BY partition_id, sop_instance_uid",
+    );
+    ArchiveState { files, rows }
+}

@@ -38,6 +38,31 @@ const MAX_INCOMING_PDU: u32 = 4 << 20;
 /// The PDU size this client proposes and sends.
 pub const CLIENT_MAX_PDU: u32 = 16384;
 
+/// A-ASSOCIATE-RJ for a called AE title the server does not answer to:
+/// rejected-permanent, by the service user, called AE title not recognised
+/// (PS3.8 §9.3.4).
+pub const REJECT_CALLED_AE: Pdu = Pdu::AssociateRj {
+    result: 1,
+    source: 1,
+    reason: 7,
+};
+
+/// A-ASSOCIATE-RJ for a calling AE title the partition does not know:
+/// rejected-permanent, by the service user, calling AE title not recognised.
+pub const REJECT_CALLING_AE: Pdu = Pdu::AssociateRj {
+    result: 1,
+    source: 1,
+    reason: 3,
+};
+
+/// A-ASSOCIATE-RJ beyond an association limit: rejected-transient, by the
+/// service provider (presentation), local limit exceeded.
+pub const REJECT_LOCAL_LIMIT: Pdu = Pdu::AssociateRj {
+    result: 2,
+    source: 3,
+    reason: 2,
+};
+
 /// A PDU as received from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pdu {
@@ -175,6 +200,31 @@ impl RawPeer {
         peer
     }
 
+    /// Connects and negotiates an association as `calling_ae`; panics
+    /// unless every proposed context is accepted.
+    pub fn associate_as(
+        addr: SocketAddr,
+        called_ae: &str,
+        calling_ae: &str,
+        proposals: &[Proposal],
+    ) -> RawPeer {
+        let mut peer = RawPeer::connect(addr);
+        match peer.request_association(called_ae, calling_ae, proposals, CLIENT_MAX_PDU) {
+            Some(Pdu::AssociateAc { contexts, .. }) => {
+                for proposal in proposals {
+                    assert!(
+                        contexts
+                            .iter()
+                            .any(|c| c.id == proposal.id && c.result == 0),
+                        "context {proposal:?} refused to {calling_ae}: {contexts:?}"
+                    );
+                }
+            }
+            other => panic!("association of {calling_ae} to {addr} not accepted: {other:?}"),
+        }
+        peer
+    }
+
     /// Sends an A-ASSOCIATE-RQ and returns the reply PDU (`None` if the
     /// server closed the connection instead of answering within 10 s).
     pub fn request_association(
@@ -295,6 +345,39 @@ impl RawPeer {
                         command.extend_from_slice(&pdv.data);
                         if pdv.is_last {
                             return Some(command_status(&command));
+                        }
+                    }
+                }
+                Ok(Some(Pdu::Abort { .. })) | Ok(None) => return None,
+                Ok(Some(other)) => panic!("unexpected PDU while awaiting a response: {other:?}"),
+                Err(e) if is_timeout(&e) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads responses (and their data sets) until one whose status is not
+    /// pending (FF00/FF01) and returns it, with how many pending ones came
+    /// first; `None` if the server closed or aborted instead.
+    pub fn read_final_status(&mut self, timeout: Duration) -> Option<(u16, usize)> {
+        let deadline = Instant::now() + timeout;
+        let mut command = Vec::new();
+        let mut pending = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "no final response within {timeout:?}");
+            match self.read_pdu(left) {
+                Ok(Some(Pdu::PData(pdvs))) => {
+                    for pdv in pdvs.into_iter().filter(|pdv| pdv.is_command) {
+                        command.extend_from_slice(&pdv.data);
+                        if pdv.is_last {
+                            let status = command_status(&command);
+                            command.clear();
+                            if matches!(status, 0xFF00 | 0xFF01) {
+                                pending += 1;
+                            } else {
+                                return Some((status, pending));
+                            }
                         }
                     }
                 }
@@ -638,6 +721,46 @@ pub fn c_find_rq(message_id: u16, sop_class_uid: &str) -> Vec<u8> {
             .us(0x0000, 0x0700, 0x0000)
             .us(0x0000, 0x0800, 0x0000),
     )
+}
+
+/// Study Root Query/Retrieve Information Model – MOVE.
+pub const STUDY_ROOT_MOVE: &str = "1.2.840.10008.5.1.4.1.2.2.2";
+
+/// Study Root Query/Retrieve Information Model – GET.
+pub const STUDY_ROOT_GET: &str = "1.2.840.10008.5.1.4.1.2.2.3";
+
+/// A C-MOVE-RQ command set to `destination` (a data set follows).
+pub fn c_move_rq(message_id: u16, sop_class_uid: &str, destination: &str) -> Vec<u8> {
+    command_set(
+        ImplicitLe::new()
+            .uid(0x0000, 0x0002, sop_class_uid)
+            .us(0x0000, 0x0100, 0x0021)
+            .us(0x0000, 0x0110, message_id)
+            .text(0x0000, 0x0600, destination)
+            .us(0x0000, 0x0700, 0x0000)
+            .us(0x0000, 0x0800, 0x0000),
+    )
+}
+
+/// A C-GET-RQ command set (a data set follows).
+pub fn c_get_rq(message_id: u16, sop_class_uid: &str) -> Vec<u8> {
+    command_set(
+        ImplicitLe::new()
+            .uid(0x0000, 0x0002, sop_class_uid)
+            .us(0x0000, 0x0100, 0x0010)
+            .us(0x0000, 0x0110, message_id)
+            .us(0x0000, 0x0700, 0x0000)
+            .us(0x0000, 0x0800, 0x0000),
+    )
+}
+
+/// A study-level identifier (Implicit VR LE): QueryRetrieveLevel=STUDY and
+/// StudyInstanceUID (empty for a C-FIND's universal match).
+pub fn study_identifier(study_uid: &str) -> Vec<u8> {
+    ImplicitLe::new()
+        .text(0x0008, 0x0052, "STUDY")
+        .uid(0x0020, 0x000D, study_uid)
+        .build()
 }
 
 /// A C-ECHO-RQ command set.

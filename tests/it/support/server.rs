@@ -288,6 +288,42 @@ impl Archive {
             .join(format!("{sop_instance_uid}.dcm"))
     }
 
+    /// Runs one read-only SQL statement on the index with the database's own
+    /// client (`sqlite3`, `psql`) and returns its rows, one line each with
+    /// the columns separated by `|`: for what the typed lookups do not show
+    /// (row ids, reception times).
+    pub fn sql(&self, statement: &str) -> Vec<String> {
+        let output = match self.db_url() {
+            Some(url) if url.starts_with("postgres") => Command::new("psql")
+                .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+                .args(["-d", url, "-c", statement])
+                .output(),
+            Some(url) => Command::new("sqlite3")
+                .args([
+                    "-readonly",
+                    url.strip_prefix("sqlite:").unwrap_or(url),
+                    statement,
+                ])
+                .output(),
+            None => Command::new("sqlite3")
+                .arg("-readonly")
+                .arg(self.data.join("index.db"))
+                .arg(statement)
+                .output(),
+        }
+        .unwrap_or_else(|e| panic!("run the index client for {statement:?}: {e}"));
+        assert!(
+            output.status.success(),
+            "{statement:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .expect("UTF-8 rows")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Opens the index (allowed while the server runs: SQLite WAL readers,
     /// PostgreSQL connections).
     pub fn index(&self) -> Index {
