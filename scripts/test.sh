@@ -56,15 +56,16 @@ PG_INITDB=/usr/lib/postgresql/15/bin/initdb
 
 missing_packages() {
     missing_dcmtk || [ ! -x "$ORTHANC" ] || ! command -v curl >/dev/null 2>&1 \
-        || [ ! -x "$PG_INITDB" ]
+        || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1
 }
 
 if missing_packages; then
-    step "installing DCMTK, Orthanc, curl and PostgreSQL: apt-get update && apt-get install -y dcmtk orthanc curl postgresql"
+    step "installing DCMTK, Orthanc, curl, PostgreSQL and sqlite3: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3
 fi
 [ -x "$PG_INITDB" ] || fail "PostgreSQL 15 is still missing after apt-get install ($PG_INITDB)"
+command -v sqlite3 >/dev/null 2>&1 || fail "sqlite3 is still missing after apt-get install (the tests read index rows with it)"
 
 if missing_dcmtk; then
     fail "DCMTK is still missing after apt-get install (need ${DCMTK_TOOLS[*]})"

@@ -313,8 +313,6 @@ fn interrupted_stores_leave_no_temporary_files() {
 }
 
 #[test]
-#[ignore = "known defect: nothing removes the `.tmp/*.part` file of a store in flight at kill -9; \
-            FsStorage only deletes a temporary file on drop, and serve does not sweep `.tmp` at start"]
 fn a_store_in_flight_at_kill_9_leaves_no_temporary_file_after_the_restart() {
     let dir = test_dir("store-killed");
     let mut server = Server::start(dir.path());
