@@ -14,6 +14,8 @@ mod matching;
 mod planner;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod rows;
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod studies;

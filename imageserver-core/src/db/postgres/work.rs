@@ -25,7 +25,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
 
-use super::{get_u64, parse_column, pg_text, PgIndex, TxError};
+use super::{pg_text, PgIndex, TxError};
+use crate::db::rows::Columns;
 use crate::db::work::{
     lease_lost, refused, takeover_description, validate, ClaimKind, ClaimRequest, FailureAction,
     WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
@@ -162,7 +163,7 @@ fn item_from_row(r: &PgRow) -> Result<WorkItem, sqlx::Error> {
     let study = match r.try_get::<Option<i64>, _>("study_storage_id")? {
         Some(storage) => Some(WorkStudy {
             storage: StudyStorageId(storage),
-            study_uid: parse_column(r, "study_uid", Uid::parse)?,
+            study_uid: r.uid("study_uid")?,
         }),
         None => None,
     };
@@ -171,23 +172,23 @@ fn item_from_row(r: &PgRow) -> Result<WorkItem, sqlx::Error> {
         id: WorkItemId(r.try_get("id")?),
         partition: PartitionId(r.try_get("partition_id")?),
         study,
-        kind: parse_column(r, "type", WorkKind::new)?,
+        kind: r.parsed("type", WorkKind::new)?,
         status: parse_status(&r.try_get::<String, _>("status")?)?,
         priority: WorkPriority::from_rank(r.try_get("priority")?),
         scheduled_at: Timestamp::from_millis(r.try_get("scheduled_time")?),
         expires_at: r
             .try_get::<Option<i64>, _>("expiration_time")?
             .map(Timestamp::from_millis),
-        failure_count: to_u32(get_u64(r, "failure_count")?),
+        failure_count: to_u32(r.count("failure_count")?),
         failure_description: r.try_get("failure_description")?,
         processor_id: r.try_get("processor_id")?,
         lease_expires_at: r
             .try_get::<Option<i64>, _>("lease_expires_at")?
             .map(Timestamp::from_millis),
-        attempt: to_u32(get_u64(r, "attempt")?),
+        attempt: to_u32(r.count("attempt")?),
         payload: r.try_get("payload")?,
         uids: Vec::new(),
-        uid_count: get_u64(r, "uid_count")?,
+        uid_count: r.count("uid_count")?,
         created_at: Timestamp::from_millis(r.try_get("created_at")?),
         updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
     })
@@ -222,10 +223,10 @@ async fn load_items(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<WorkItem
         let owner: i64 = r.try_get("work_queue_id")?;
         if let Some(item) = items.get_mut(&owner) {
             item.uids.push(WorkUid {
-                series_uid: parse_column(r, "series_uid", Uid::parse)?,
-                sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
+                series_uid: r.uid("series_uid")?,
+                sop_instance_uid: r.uid("sop_instance_uid")?,
                 failed: r.try_get("failed")?,
-                failure_count: u32::try_from(get_u64(r, "failure_count")?).unwrap_or(u32::MAX),
+                failure_count: u32::try_from(r.count("failure_count")?).unwrap_or(u32::MAX),
                 duplicate: r.try_get("duplicate")?,
                 relative_path: r.try_get("relative_path")?,
             });
@@ -896,60 +897,24 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use crate::db::postgres::{create_database, drop_database, PgIndex};
+    use crate::db::fixtures;
+    use crate::db::postgres::tests::TestDb;
     use crate::db::work::{conformance, WorkStore};
     use crate::model::work::{NewWorkItem, WorkKind};
     use crate::model::PartitionId;
 
-    /// A database of its own, dropped at the end (`IMAGESERVER_PG_URL`, as
-    /// in `db/postgres/tests.rs`; `IMAGESERVER_SKIP_PG=1` leaves it out).
-    struct TestDb {
-        server: String,
-        name: String,
-        url: String,
-    }
-
-    impl TestDb {
-        fn new() -> Option<TestDb> {
-            let Ok(server) = std::env::var("IMAGESERVER_PG_URL") else {
-                if std::env::var("IMAGESERVER_SKIP_PG").as_deref() == Ok("1") {
-                    eprintln!("note: IMAGESERVER_SKIP_PG=1: PostgreSQL test not run");
-                    return None;
-                }
-                panic!("IMAGESERVER_PG_URL is not set: run the tests through scripts/test.sh");
-            };
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let name = format!(
-                "it_work_{}_{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            let url = create_database(&server, &name).expect("create the test database");
-            Some(TestDb { server, name, url })
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            if let Err(e) = drop_database(&self.server, &self.name) {
-                eprintln!("cannot drop test database {}: {e}", self.name);
-            }
-        }
-    }
-
     #[test]
     fn work_store_conformance() {
         let Some(db) = TestDb::new() else { return };
-        let index = PgIndex::connect(&db.url).expect("connect");
-        conformance::run_all(&index);
+        conformance::run_all(&db.connect());
     }
 
     /// An enqueue through one connection pool wakes a watcher on another.
     #[test]
     fn enqueue_notifies_watchers() {
         let Some(db) = TestDb::new() else { return };
-        let watcher = PgIndex::connect(&db.url).expect("connect");
-        let writer = PgIndex::connect(&db.url).expect("connect");
+        let watcher = db.connect();
+        let writer = db.connect();
         let woken = Arc::new(AtomicU64::new(0));
         let counter = woken.clone();
         let _watch = watcher
@@ -965,20 +930,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let before = woken.load(Ordering::SeqCst);
-        let partition = crate::db::IndexStore::ensure_partition(
-            &writer,
-            &crate::model::PartitionSpec {
-                ae_title: crate::model::AeTitle::parse("WATCH").expect("AE"),
-                folder: crate::model::FolderName::parse("WATCH").expect("folder"),
-                description: String::new(),
-                port: 0,
-                accept_unknown_devices: true,
-                duplicate_policy: crate::model::DuplicatePolicy::default(),
-                pn_case_insensitive: true,
-            },
-        )
-        .expect("partition");
-        let _: PartitionId = partition;
+        let partition: PartitionId =
+            crate::db::IndexStore::ensure_partition(&writer, &fixtures::partition_spec("WATCH"))
+                .expect("partition");
         writer
             .enqueue(&NewWorkItem::new(
                 WorkKind::new("watched").expect("kind"),
