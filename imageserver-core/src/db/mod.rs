@@ -214,6 +214,21 @@ impl FollowUp {
     }
 }
 
+/// Logs a committed index batch: its size, how many records replaced an
+/// instance, how long it took since `start`.
+pub(crate) fn log_batch(outcomes: &[InsertOutcome], start: std::time::Instant) {
+    let replaced = outcomes
+        .iter()
+        .filter(|o| **o == InsertOutcome::Replaced)
+        .count();
+    tracing::debug!(
+        size = outcomes.len(),
+        replaced,
+        elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "index batch committed"
+    );
+}
+
 /// Queries against the index (C-FIND, retrieve, DICOMweb QIDO): matching per
 /// PS3.4 C.2.2.2, answered from the index alone, never from files.
 ///

@@ -6,8 +6,11 @@
 //! records. What a backend does differently (placeholders, locking, bulk
 //! statements) stays in the backend; what a row *means* lives here.
 
+use std::collections::BTreeSet;
+
 use crate::db::studies::{
-    AttributeChange, AuditEntry, EditRecord, EditStatus, EditableAttribute, StudyRecord,
+    AttributeChange, AuditEntry, DeletedStudy, EditRecord, EditStatus, EditableAttribute,
+    StudyRecord,
 };
 use crate::db::Error;
 use crate::model::{
@@ -313,5 +316,53 @@ impl From<EditGone> for Error {
         Error::NotFound {
             what: gone.to_string(),
         }
+    }
+}
+
+/// Joins distinct values with `\` in sorted order (a multi-valued column
+/// such as `modalities_in_study`).
+pub(crate) fn joined(values: &BTreeSet<String>) -> String {
+    values
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join("\\")
+}
+
+/// The distinct values of a `\`-joined column.
+pub(crate) fn split(values: &str) -> BTreeSet<String> {
+    values
+        .split('\\')
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// What [`crate::db::studies::StudyStore::delete_study_rows`] reports: the
+/// removed rows of a study with `num_series` series, deleted at `now`.
+pub(crate) fn deleted_study(
+    location: StudyLocation,
+    num_series: u64,
+    instances: Vec<StoredInstance>,
+    duplicates: Vec<DuplicateRecord>,
+    now: i64,
+) -> DeletedStudy {
+    DeletedStudy {
+        location,
+        size_bytes: instances.iter().map(|i| i.file_size).sum(),
+        num_series,
+        instances,
+        duplicates,
+        since_ms: now,
+    }
+}
+
+/// The audit entry of a deletion at `now` (the tombstone's time is its
+/// `at`).
+pub(crate) fn delete_audit(audit: &AuditEntry, now: i64) -> AuditEntry {
+    AuditEntry {
+        at_ms: now,
+        action: "study.delete".to_string(),
+        ..audit.clone()
     }
 }

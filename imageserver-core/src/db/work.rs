@@ -274,3 +274,82 @@ pub(crate) fn refused(
         Some(status) => WorkError::IllegalTransition { id, status, reason },
     }
 }
+
+/// A claimable item as both backends' candidate statements list it
+/// (`id, study_storage_id, type, priority, scheduled_time, status,
+/// processor_id, attempt`).
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    /// The item's key.
+    pub(crate) id: i64,
+    /// Its study storage row, if it is bound to a study.
+    pub(crate) study: Option<i64>,
+    /// Its kind's name.
+    pub(crate) kind: String,
+    /// Its priority rank.
+    pub(crate) priority: i64,
+    /// When it is due (ms since the Unix epoch).
+    pub(crate) scheduled: i64,
+    /// Whether another processor's lease on it has expired (a takeover).
+    pub(crate) in_progress: bool,
+    /// The processor that held it last.
+    pub(crate) processor_id: Option<String>,
+    /// Its attempt counter.
+    pub(crate) attempt: i64,
+}
+
+impl Candidate {
+    /// A row of a candidate statement.
+    pub(crate) fn from_row<R: db::rows::Columns>(r: &R) -> Result<Candidate, R::Error> {
+        Ok(Candidate {
+            id: r.int("id")?,
+            study: r.opt_int("study_storage_id")?,
+            kind: r.text("type")?,
+            priority: r.int("priority")?,
+            scheduled: r.int("scheduled_time")?,
+            in_progress: r.text("status")? == "in_progress",
+            processor_id: r.opt_text("processor_id")?,
+            attempt: r.int("attempt")?,
+        })
+    }
+}
+
+/// The candidates a claim takes, in claim order (priority, then due time,
+/// then key): within the request's limit and caps, and per study either one
+/// writer or only readers (counting the candidates taken before).
+pub(crate) fn choose_claims<'k>(
+    mut candidates: Vec<Candidate>,
+    kinds: &std::collections::HashMap<&str, &'k ClaimKind>,
+    request: &ClaimRequest<'_>,
+) -> Vec<(Candidate, &'k ClaimKind)> {
+    candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
+    let mut chosen: Vec<(Candidate, &ClaimKind)> = Vec::new();
+    let (mut normal, mut heavy) = (0usize, 0usize);
+    // Studies taken so far: true when a writer holds one.
+    let mut studies: std::collections::HashMap<i64, bool> = std::collections::HashMap::new();
+    for c in candidates {
+        if chosen.len() >= request.limit {
+            break;
+        }
+        let Some(kind) = kinds.get(c.kind.as_str()).copied() else {
+            continue;
+        };
+        let high = WorkPriority::from_rank(c.priority).is_high();
+        if (!high && normal >= request.max_normal)
+            || (kind.memory_heavy && heavy >= request.max_memory_heavy)
+        {
+            continue;
+        }
+        let write = kind.study_lock == StudyLock::Write;
+        if let Some(study) = c.study {
+            if matches!(studies.get(&study), Some(&writer) if writer || write) {
+                continue;
+            }
+            studies.insert(study, write);
+        }
+        normal += usize::from(!high);
+        heavy += usize::from(kind.memory_heavy);
+        chosen.push((c, kind));
+    }
+    chosen
+}

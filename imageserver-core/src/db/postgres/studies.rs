@@ -26,14 +26,23 @@ fn decode(column: &str, message: String) -> sqlx::Error {
     }
 }
 
+/// `statement` with its study bound: `$1` partition, `$2` study UID.
+fn of_study<'q>(
+    statement: &'static str,
+    partition: PartitionId,
+    study_uid: &'q Uid,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(statement)
+        .bind(partition.0)
+        .bind(study_uid.as_str())
+}
+
 async fn read_study(
     conn: &mut PgConnection,
     partition: PartitionId,
     study_uid: &Uid,
 ) -> Result<Option<StudyRecord>, sqlx::Error> {
-    let row = sqlx::query(sql::STUDY)
-        .bind(partition.0)
-        .bind(study_uid.as_str())
+    let row = of_study(sql::STUDY, partition, study_uid)
         .fetch_optional(&mut *conn)
         .await?;
     row.map(|r| rows::study(&r, partition)).transpose()
@@ -44,9 +53,7 @@ async fn read_instances(
     partition: PartitionId,
     study_uid: &Uid,
 ) -> Result<Vec<StoredInstance>, sqlx::Error> {
-    let found = sqlx::query(sql::STUDY_INSTANCES)
-        .bind(partition.0)
-        .bind(study_uid.as_str())
+    let found = of_study(sql::STUDY_INSTANCES, partition, study_uid)
         .fetch_all(&mut *conn)
         .await?;
     found.iter().map(rows::stored_instance).collect()
@@ -57,9 +64,7 @@ async fn read_duplicates(
     partition: PartitionId,
     study_uid: &Uid,
 ) -> Result<Vec<DuplicateRecord>, sqlx::Error> {
-    let found = sqlx::query(sql::STUDY_DUPLICATES)
-        .bind(partition.0)
-        .bind(study_uid.as_str())
+    let found = of_study(sql::STUDY_DUPLICATES, partition, study_uid)
         .fetch_all(&mut *conn)
         .await?;
     found
@@ -74,9 +79,7 @@ async fn study_keys(
     partition: PartitionId,
     study_uid: &Uid,
 ) -> Result<Option<(i64, i64, i64)>, sqlx::Error> {
-    let row = sqlx::query(sql::STUDY_KEYS)
-        .bind(partition.0)
-        .bind(study_uid.as_str())
+    let row = of_study(sql::STUDY_KEYS, partition, study_uid)
         .fetch_optional(&mut *conn)
         .await?;
     row.map(|r| {
@@ -167,9 +170,7 @@ async fn read_edits(
     study_uid: &Uid,
     pending_only: bool,
 ) -> Result<Vec<EditRecord>, sqlx::Error> {
-    let found = sqlx::query(sql::EDITS)
-        .bind(partition.0)
-        .bind(study_uid.as_str())
+    let found = of_study(sql::EDITS, partition, study_uid)
         .bind(pending_only)
         .fetch_all(&mut *conn)
         .await?;
@@ -360,9 +361,7 @@ impl StudyStore for PgIndex {
             let instances = read_instances(conn, partition, study_uid).await?;
             let duplicates = read_duplicates(conn, partition, study_uid).await?;
             delete_study_tree(conn, study).await?;
-            sqlx::query(sql::DELETE_STUDY_DUPLICATES)
-                .bind(partition.0)
-                .bind(study_uid.as_str())
+            of_study(sql::DELETE_STUDY_DUPLICATES, partition, study_uid)
                 .execute(&mut *conn)
                 .await?;
             recount_patient(conn, patient).await?;
@@ -376,18 +375,14 @@ impl StudyStore for PgIndex {
                 .bind(study_uid.as_str())
                 .execute(&mut *conn)
                 .await?;
-            let mut entry = audit.clone();
-            entry.at_ms = now;
-            entry.action = "study.delete".to_string();
-            insert_audit(conn, &entry).await?;
-            Ok(Some(DeletedStudy {
+            insert_audit(conn, &rows::delete_audit(audit, now)).await?;
+            Ok(Some(rows::deleted_study(
                 location,
-                size_bytes: instances.iter().map(|i| i.file_size).sum(),
-                num_series: record.num_series,
+                record.num_series,
                 instances,
                 duplicates,
-                since_ms: now,
-            }))
+                now,
+            )))
         })
     }
 
@@ -397,9 +392,7 @@ impl StudyStore for PgIndex {
         study_uid: &Uid,
     ) -> Result<Option<DeletingStudy>, Error> {
         self.read("looking up a study being deleted", async |conn| {
-            let row = sqlx::query(sql::DELETING_STUDY)
-                .bind(partition.0)
-                .bind(study_uid.as_str())
+            let row = of_study(sql::DELETING_STUDY, partition, study_uid)
                 .fetch_optional(&mut *conn)
                 .await?;
             row.map(|r| {
@@ -554,9 +547,7 @@ impl StudyStore for PgIndex {
 
     fn audit_log(&self, partition: PartitionId, study_uid: &Uid) -> Result<Vec<AuditEntry>, Error> {
         self.read("reading the audit log", async |conn| {
-            let found = sqlx::query(sql::AUDIT_LOG)
-                .bind(partition.0)
-                .bind(study_uid.as_str())
+            let found = of_study(sql::AUDIT_LOG, partition, study_uid)
                 .fetch_all(&mut *conn)
                 .await?;
             found

@@ -28,8 +28,8 @@ use sqlx::{PgConnection, Row};
 use super::{pg_text, PgIndex, TxError};
 use crate::db::rows::Columns;
 use crate::db::work::{
-    lease_lost, refused, takeover_description, validate, ClaimKind, ClaimRequest, FailureAction,
-    WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
+    choose_claims, lease_lost, refused, takeover_description, validate, Candidate, ClaimKind,
+    ClaimRequest, FailureAction, WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
 };
 use crate::model::work::{
     Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
@@ -59,63 +59,39 @@ const ITEM_SELECT: &str = "SELECT w.id, w.partition_id, w.study_storage_id, ss.s
         (SELECT COUNT(*) FROM work_queue_uid u WHERE u.work_queue_id = w.id) AS uid_count
      FROM work_queue w LEFT JOIN study_storage ss ON ss.id = w.study_storage_id";
 
-/// Claim candidates (see `db/sqlite/work.rs`): `$1` kinds, `$2` write
-/// kinds, `$3` now, `$4` most rows; locked, skipping rows others hold.
+/// The claim candidate statement over the items `$due` selects (see
+/// `db/sqlite/work.rs`): `$1` kinds, `$2` write kinds, `$3` now, `$4` most
+/// rows; locked, skipping rows others hold.
+macro_rules! candidates {
+    ($due:literal) => {
+        concat!(
+            "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
+                    w.processor_id, w.attempt
+             FROM work_queue w
+             WHERE ",
+            $due,
+            "
+               AND w.type = ANY($1::text[])
+               AND (w.study_storage_id IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM work_queue o
+                    WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
+                      AND o.status = 'in_progress' AND o.lease_expires_at > $3
+                      AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
+             ORDER BY w.priority DESC, w.scheduled_time, w.id
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED"
+        )
+    };
+}
+
+/// Claim candidates: waiting items that are due, or in-progress items
+/// whose lease has expired.
 fn candidates_sql(waiting: bool) -> &'static str {
     if waiting {
-        "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
-                w.processor_id, w.attempt
-         FROM work_queue w
-         WHERE w.status IN ('pending', 'idle') AND w.scheduled_time <= $3
-           AND w.type = ANY($1::text[])
-           AND (w.study_storage_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM work_queue o
-                WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
-                  AND o.status = 'in_progress' AND o.lease_expires_at > $3
-                  AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
-         ORDER BY w.priority DESC, w.scheduled_time, w.id
-         LIMIT $4
-         FOR UPDATE SKIP LOCKED"
+        candidates!("w.status IN ('pending', 'idle') AND w.scheduled_time <= $3")
     } else {
-        "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
-                w.processor_id, w.attempt
-         FROM work_queue w
-         WHERE w.status = 'in_progress' AND w.lease_expires_at <= $3
-           AND w.type = ANY($1::text[])
-           AND (w.study_storage_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM work_queue o
-                WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
-                  AND o.status = 'in_progress' AND o.lease_expires_at > $3
-                  AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
-         ORDER BY w.priority DESC, w.scheduled_time, w.id
-         LIMIT $4
-         FOR UPDATE SKIP LOCKED"
+        candidates!("w.status = 'in_progress' AND w.lease_expires_at <= $3")
     }
-}
-
-/// A claim candidate.
-struct Candidate {
-    id: i64,
-    study: Option<i64>,
-    kind: String,
-    priority: i64,
-    scheduled: i64,
-    in_progress: bool,
-    processor_id: Option<String>,
-    attempt: i64,
-}
-
-fn candidate(row: &PgRow) -> Result<Candidate, sqlx::Error> {
-    Ok(Candidate {
-        id: row.try_get("id")?,
-        study: row.try_get("study_storage_id")?,
-        kind: row.try_get("type")?,
-        priority: row.try_get("priority")?,
-        scheduled: row.try_get("scheduled_time")?,
-        in_progress: row.try_get::<String, _>("status")? == "in_progress",
-        processor_id: row.try_get("processor_id")?,
-        attempt: row.try_get("attempt")?,
-    })
 }
 
 async fn db_now(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
@@ -527,45 +503,22 @@ impl WorkStore for PgIndex {
                     .fetch_all(&mut *conn)
                     .await?;
                 for row in &rows {
-                    candidates.push(candidate(row)?);
+                    candidates.push(Candidate::from_row(row)?);
                 }
             }
-            candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
-
             // Choose within the caps, one writer (or only readers) per study.
-            let mut chosen: Vec<(Candidate, &ClaimKind)> = Vec::new();
-            let (mut normal, mut heavy) = (0usize, 0usize);
-            let mut studies: HashMap<i64, bool> = HashMap::new();
-            for c in candidates {
-                if chosen.len() >= request.limit {
-                    break;
-                }
-                let Some(kind) = kinds.get(c.kind.as_str()).copied() else {
-                    continue;
-                };
-                let high = WorkPriority::from_rank(c.priority).is_high();
-                if (!high && normal >= request.max_normal)
-                    || (kind.memory_heavy && heavy >= request.max_memory_heavy)
-                {
-                    continue;
-                }
-                let write = kind.study_lock == StudyLock::Write;
-                if let Some(study) = c.study {
-                    if matches!(studies.get(&study), Some(&writer) if writer || write) {
-                        continue;
-                    }
-                    studies.insert(study, write);
-                }
-                normal += usize::from(!high);
-                heavy += usize::from(kind.memory_heavy);
-                chosen.push((c, kind));
-            }
+            let mut chosen = choose_claims(candidates, &kinds, request);
 
             // Lock the studies (ascending) and re-check them with a fresh
             // snapshot: claims other nodes committed meanwhile are visible.
-            let mut keys: Vec<i64> = studies.keys().map(|s| CLAIM_LOCK | s).collect();
+            let mut keys: Vec<i64> = chosen
+                .iter()
+                .filter_map(|(c, _)| c.study)
+                .map(|s| CLAIM_LOCK | s)
+                .collect();
             if !keys.is_empty() {
                 keys.sort_unstable();
+                keys.dedup();
                 sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) AS k")
                     .bind(&keys)
                     .execute(&mut *conn)

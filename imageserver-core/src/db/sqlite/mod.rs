@@ -30,7 +30,7 @@ use rusqlite::{
 
 use crate::db::rows::{self, Columns};
 use crate::db::studies::now_ms;
-use crate::db::{sql, Error, FollowUp, IndexStore};
+use crate::db::{log_batch, sql, Error, FollowUp, IndexStore};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
     InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
@@ -668,16 +668,7 @@ impl IndexStore for SqliteIndex {
             }
             Ok(outcomes)
         })?;
-        let replaced = outcomes
-            .iter()
-            .filter(|o| **o == InsertOutcome::Replaced)
-            .count();
-        tracing::debug!(
-            size = batch.len(),
-            replaced,
-            elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "index batch committed"
-        );
+        log_batch(&outcomes, start);
         Ok(outcomes)
     }
 

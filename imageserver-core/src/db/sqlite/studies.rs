@@ -265,19 +265,14 @@ impl StudyStore for SqliteIndex {
                 partition.0,
                 study_uid.as_str()
             ])?;
-            // The tombstone's time is the `at` of this entry.
-            let mut entry = audit.clone();
-            entry.at_ms = now;
-            entry.action = "study.delete".to_string();
-            insert_audit(tx, &entry)?;
-            Ok(Some(DeletedStudy {
+            insert_audit(tx, &rows::delete_audit(audit, now))?;
+            Ok(Some(rows::deleted_study(
                 location,
-                size_bytes: instances.iter().map(|i| i.file_size).sum(),
-                num_series: record.num_series,
+                record.num_series,
                 instances,
                 duplicates,
-                since_ms: now,
-            }))
+                now,
+            )))
         })
     }
 

@@ -17,8 +17,8 @@ use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use super::{get_u64, now_ms, parse_column, SqliteIndex};
 use crate::db::work::{
-    lease_lost, refused, takeover_description, validate, ClaimRequest, FailureAction, WorkError,
-    WorkStore, RESCHEDULE_REFUSED,
+    choose_claims, lease_lost, refused, takeover_description, validate, Candidate, ClaimRequest,
+    FailureAction, WorkError, WorkStore, RESCHEDULE_REFUSED,
 };
 use crate::model::work::{
     Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
@@ -64,18 +64,6 @@ fn candidates_sql(waiting: bool) -> String {
          ORDER BY w.priority DESC, w.scheduled_time, w.id
          LIMIT ?4"
     )
-}
-
-/// A claim candidate.
-struct Candidate {
-    id: i64,
-    study: Option<i64>,
-    kind: String,
-    priority: i64,
-    scheduled: i64,
-    in_progress: bool,
-    processor_id: Option<String>,
-    attempt: i64,
 }
 
 impl SqliteIndex {
@@ -395,47 +383,14 @@ impl WorkStore for SqliteIndex {
             for waiting in [false, true] {
                 let mut stmt = tx.prepare_cached(&candidates_sql(waiting))?;
                 let rows = stmt.query_map(params![all, writers, now, window], |r| {
-                    Ok(Candidate {
-                        id: r.get(0)?,
-                        study: r.get(1)?,
-                        kind: r.get(2)?,
-                        priority: r.get(3)?,
-                        scheduled: r.get(4)?,
-                        in_progress: r.get::<_, String>(5)? == "in_progress",
-                        processor_id: r.get(6)?,
-                        attempt: r.get(7)?,
-                    })
+                    Candidate::from_row(r)
                 })?;
                 for row in rows {
                     candidates.push(row?);
                 }
             }
-            candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
             let mut taken = Vec::new();
-            let (mut normal, mut heavy) = (0usize, 0usize);
-            // Studies claimed in this batch: true when a writer holds one.
-            let mut studies: HashMap<i64, bool> = HashMap::new();
-            for c in candidates {
-                if taken.len() >= request.limit {
-                    break;
-                }
-                let Some(kind) = kinds.get(c.kind.as_str()) else {
-                    continue;
-                };
-                let high = WorkPriority::from_rank(c.priority).is_high();
-                if (!high && normal >= request.max_normal)
-                    || (kind.memory_heavy && heavy >= request.max_memory_heavy)
-                {
-                    continue;
-                }
-                let write = kind.study_lock == StudyLock::Write;
-                if let Some(study) = c.study {
-                    match studies.get(&study) {
-                        Some(&writer) if writer || write => continue,
-                        _ => {}
-                    }
-                    studies.insert(study, write);
-                }
+            for (c, kind) in choose_claims(candidates, &kinds, request) {
                 let description = c
                     .in_progress
                     .then(|| takeover_description(c.processor_id.as_deref(), c.attempt));
@@ -455,8 +410,6 @@ impl WorkStore for SqliteIndex {
                     description,
                     now
                 ])?;
-                normal += usize::from(!high);
-                heavy += usize::from(kind.memory_heavy);
                 taken.push(c.id);
             }
             let mut items = Vec::with_capacity(taken.len());
