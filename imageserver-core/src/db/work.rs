@@ -40,9 +40,10 @@ pub(crate) mod conformance;
 use std::time::Duration;
 
 use crate::db;
+use crate::db::rows::Columns;
 use crate::model::work::{
-    Enqueued, Lease, NewWorkItem, StudyLock, Timestamp, WorkFilter, WorkItem, WorkItemId, WorkKind,
-    WorkPriority, WorkStatus,
+    Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
+    WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkStudy,
 };
 
 /// Failures of the work store: the database's, and the refusals of the
@@ -300,7 +301,7 @@ pub(crate) struct Candidate {
 
 impl Candidate {
     /// A row of a candidate statement.
-    pub(crate) fn from_row<R: db::rows::Columns>(r: &R) -> Result<Candidate, R::Error> {
+    pub(crate) fn from_row<R: Columns>(r: &R) -> Result<Candidate, R::Error> {
         Ok(Candidate {
             id: r.int("id")?,
             study: r.opt_int("study_storage_id")?,
@@ -352,4 +353,69 @@ pub(crate) fn choose_claims<'k>(
         chosen.push((c, kind));
     }
     chosen
+}
+
+/// The `status` column of a work item row.
+pub(crate) fn status_from_row<R: Columns>(r: &R) -> Result<WorkStatus, R::Error> {
+    let status = r.text("status")?;
+    WorkStatus::parse(&status).ok_or_else(|| {
+        r.invalid(
+            "status",
+            format!("unknown work item status {status:?}").into(),
+        )
+    })
+}
+
+/// A row of the backends' item statements (`id, partition_id,
+/// study_storage_id, study_uid, type, status, priority, scheduled_time,
+/// expiration_time, failure_count, failure_description, processor_id,
+/// lease_expires_at, attempt, payload, created_at, updated_at, uid_count`),
+/// without its instances.
+pub(crate) fn item_from_row<R: Columns>(r: &R) -> Result<WorkItem, R::Error> {
+    let study = match r.opt_int("study_storage_id")? {
+        Some(storage) => Some(WorkStudy {
+            storage: StudyStorageId(storage),
+            study_uid: r.uid("study_uid")?,
+        }),
+        None => None,
+    };
+    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let at = |column: &str| Ok(r.opt_int(column)?.map(Timestamp::from_millis));
+    Ok(WorkItem {
+        id: WorkItemId(r.int("id")?),
+        partition: crate::model::PartitionId(r.int("partition_id")?),
+        study,
+        kind: r.parsed("type", WorkKind::new)?,
+        status: status_from_row(r)?,
+        priority: WorkPriority::from_rank(r.int("priority")?),
+        scheduled_at: Timestamp::from_millis(r.int("scheduled_time")?),
+        expires_at: at("expiration_time")?,
+        failure_count: to_u32(r.count("failure_count")?),
+        failure_description: r.opt_text("failure_description")?,
+        processor_id: r.opt_text("processor_id")?,
+        lease_expires_at: at("lease_expires_at")?,
+        attempt: to_u32(r.count("attempt")?),
+        payload: r.text("payload")?,
+        uids: Vec::new(),
+        uid_count: r.count("uid_count")?,
+        created_at: Timestamp::from_millis(r.int("created_at")?),
+        updated_at: Timestamp::from_millis(r.int("updated_at")?),
+    })
+}
+
+/// A duration in whole milliseconds (saturating).
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The refusal of an item bound to a study the index does not hold.
+pub(crate) fn unknown_study(item: &NewWorkItem) -> WorkError {
+    WorkError::UnknownStudy {
+        partition: item.partition.0,
+        study_uid: item
+            .study_uid
+            .as_ref()
+            .map(|u| u.as_str().to_string())
+            .unwrap_or_default(),
+    }
 }

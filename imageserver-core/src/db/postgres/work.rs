@@ -22,20 +22,21 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 
 use super::{pg_text, PgIndex, TxError};
 use crate::db::rows::Columns;
 use crate::db::work::{
-    choose_claims, lease_lost, refused, takeover_description, validate, Candidate, ClaimKind,
-    ClaimRequest, FailureAction, WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
+    choose_claims, item_from_row, lease_lost, millis, refused, status_from_row,
+    takeover_description, unknown_study, validate, Candidate, ClaimKind, ClaimRequest,
+    FailureAction, WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
 };
 use crate::model::work::{
-    Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
-    WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkStudy, WorkUid,
+    Enqueued, Lease, NewWorkItem, StudyLock, Timestamp, WorkFilter, WorkItem, WorkItemId,
+    WorkPriority, WorkStatus, WorkUid,
 };
-use crate::model::{PartitionId, Uid};
+use crate::model::Uid;
 
 /// The notification channel engines listen on.
 pub const CHANNEL: &str = "imageserver_work";
@@ -118,56 +119,8 @@ async fn work_state(
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    row.map(|r| {
-        Ok((
-            parse_status(&r.try_get::<String, _>("status")?)?,
-            r.try_get("attempt")?,
-        ))
-    })
-    .transpose()
-}
-
-fn parse_status(text: &str) -> Result<WorkStatus, sqlx::Error> {
-    WorkStatus::parse(text).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: "status".into(),
-        source: format!("unknown work item status {text:?}").into(),
-    })
-}
-
-/// Maps a row of [`ITEM_SELECT`] (without instances).
-fn item_from_row(r: &PgRow) -> Result<WorkItem, sqlx::Error> {
-    let study = match r.try_get::<Option<i64>, _>("study_storage_id")? {
-        Some(storage) => Some(WorkStudy {
-            storage: StudyStorageId(storage),
-            study_uid: r.uid("study_uid")?,
-        }),
-        None => None,
-    };
-    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-    Ok(WorkItem {
-        id: WorkItemId(r.try_get("id")?),
-        partition: PartitionId(r.try_get("partition_id")?),
-        study,
-        kind: r.parsed("type", WorkKind::new)?,
-        status: parse_status(&r.try_get::<String, _>("status")?)?,
-        priority: WorkPriority::from_rank(r.try_get("priority")?),
-        scheduled_at: Timestamp::from_millis(r.try_get("scheduled_time")?),
-        expires_at: r
-            .try_get::<Option<i64>, _>("expiration_time")?
-            .map(Timestamp::from_millis),
-        failure_count: to_u32(r.count("failure_count")?),
-        failure_description: r.try_get("failure_description")?,
-        processor_id: r.try_get("processor_id")?,
-        lease_expires_at: r
-            .try_get::<Option<i64>, _>("lease_expires_at")?
-            .map(Timestamp::from_millis),
-        attempt: to_u32(r.count("attempt")?),
-        payload: r.try_get("payload")?,
-        uids: Vec::new(),
-        uid_count: r.count("uid_count")?,
-        created_at: Timestamp::from_millis(r.try_get("created_at")?),
-        updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
-    })
+    row.map(|r| Ok((status_from_row(&r)?, r.try_get("attempt")?)))
+        .transpose()
 }
 
 /// Loads items with their instance lists, in the order of `ids`.
@@ -361,21 +314,6 @@ async fn insert_item(
     add_uids(conn, id, &item.uids).await?;
     notify(conn, item.kind.as_str()).await?;
     Ok(id)
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn unknown_study(item: &NewWorkItem) -> WorkError {
-    WorkError::UnknownStudy {
-        partition: item.partition.0,
-        study_uid: item
-            .study_uid
-            .as_ref()
-            .map(|u| u.as_str().to_string())
-            .unwrap_or_default(),
-    }
 }
 
 /// What a fenced update found: done, or the item's current state.
