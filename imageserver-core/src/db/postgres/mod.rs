@@ -699,7 +699,7 @@ impl IndexStore for PgIndex {
                 .bind(partition.0)
                 .fetch_one(&mut *conn)
                 .await?;
-            Ok(rows::counts(&row)?)
+            rows::counts(&row)
         })
     }
 
