@@ -7,8 +7,8 @@
 //! other's rows.
 
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 
+use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::{Error, IndexStore, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Match, Matcher, Query, Root};
 use crate::model::{
@@ -56,7 +56,7 @@ pub(crate) fn run_all(store: &dyn IndexStore) {
 
 /// Runs the checks that need the study summary probe.
 pub(crate) fn run_summaries(store: &dyn IndexStore, probe: &dyn StudySummaries) {
-    let f = Fixture::new(store, "SUMMARY");
+    let f = fixture(store, "SUMMARY");
     let st = "1.2.9.1";
     let mut batch = vec![
         f.record("P1", st, "1.2.9.1.1", "MR", "1.2.9.1.1.1", 100),
@@ -147,77 +147,35 @@ pub(crate) fn run_summaries(store: &dyn IndexStore, probe: &dyn StudySummaries) 
     assert_eq!(summary.modalities_in_study, "CT\\KO\\MR");
 }
 
-fn uid(value: &str) -> Uid {
-    Uid::parse(value).expect("test UID")
-}
-
 fn ae(value: &str) -> AeTitle {
     AeTitle::parse(value).expect("test AE title")
 }
 
-fn counts(patients: u64, studies: u64, series: u64, instances: u64) -> IndexCounts {
-    IndexCounts {
-        patients,
-        studies,
-        series,
-        instances,
-    }
-}
-
 fn fs_spec(path: &str, tier: u8) -> FilesystemSpec {
     FilesystemSpec {
-        path: PathBuf::from(path),
         tier: Tier(tier),
-        high_watermark: 90.0,
-        low_watermark: 80.0,
-        read_only: false,
-        write_only: false,
-        description: String::new(),
+        ..fixtures::fs_spec(path)
     }
 }
 
-/// A partition and filesystem of their own for one check, and a record maker.
-struct Fixture<'a> {
-    store: &'a dyn IndexStore,
-    partition: PartitionId,
-    folder: FolderName,
-    fs: FilesystemId,
+/// A partition and filesystem of their own for one check.
+type Fixture<'a> = Scope<'a, dyn IndexStore + 'a>;
+
+/// Partition `name` (described `conformance <name>`) on filesystem
+/// `/conformance/<name>`.
+fn fixture<'a>(store: &'a dyn IndexStore, name: &str) -> Fixture<'a> {
+    Scope::new(
+        store,
+        PartitionSpec {
+            description: format!("conformance {name}"),
+            ..fixtures::partition_spec(name)
+        },
+        fs_spec(&format!("/conformance/{name}"), 1),
+    )
 }
 
-impl<'a> Fixture<'a> {
-    fn new(store: &'a dyn IndexStore, name: &str) -> Fixture<'a> {
-        let folder = FolderName::parse(name).expect("test folder");
-        let partition = store
-            .ensure_partition(&PartitionSpec {
-                ae_title: ae(name),
-                folder: folder.clone(),
-                description: format!("conformance {name}"),
-                port: 0,
-                accept_unknown_devices: true,
-                duplicate_policy: DuplicatePolicy::default(),
-                pn_case_insensitive: true,
-            })
-            .expect("ensure partition");
-        let fs = store
-            .ensure_filesystem(&fs_spec(&format!("/conformance/{name}"), 1))
-            .expect("ensure filesystem");
-        Fixture {
-            store,
-            partition,
-            folder,
-            fs,
-        }
-    }
-
-    fn location(&self, study: &str, date_folder: &str) -> StudyLocation {
-        StudyLocation {
-            filesystem: self.fs,
-            partition_folder: self.folder.clone(),
-            date_folder: date_folder.to_string(),
-            study_uid: uid(study),
-        }
-    }
-
+/// The records of this suite.
+trait Records {
     /// An MR image record (or `modality` when given; "" for none).
     fn record(
         &self,
@@ -227,50 +185,28 @@ impl<'a> Fixture<'a> {
         modality: &str,
         sop: &str,
         size: u64,
-    ) -> InstanceRecord {
-        InstanceRecord {
-            partition: self.partition,
-            location: self.location(study, "20240131"),
-            patient: PatientAttrs {
-                patient_id: patient.to_string(),
-                issuer_of_patient_id: None,
-                patient_name: Some(format!("NAME^{patient}")),
-                birth_date: Some("19700101".to_string()),
-                sex: Some("O".to_string()),
-            },
-            study: StudyAttrs {
-                study_uid: uid(study),
-                study_date: Some("20240131".to_string()),
-                study_time: Some("101500".to_string()),
-                accession_number: Some(format!("ACC{study}")),
-                study_id: Some("1".to_string()),
-                study_description: Some("conformance".to_string()),
-                referring_physician_name: None,
-                specific_character_set: Some("ISO_IR 192".to_string()),
-            },
-            series: SeriesAttrs {
-                series_uid: uid(series),
-                modality: (!modality.is_empty()).then(|| modality.to_string()),
-                series_number: Some(1),
-                series_description: None,
-                body_part_examined: None,
-                series_date: None,
-                series_time: None,
-            },
-            instance: InstanceAttrs {
-                sop_instance_uid: uid(sop),
-                sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.4"),
-                instance_number: Some(1),
-                transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-                file_size: size,
-                digest: "ab".repeat(32),
-                source_ae: Some("MODALITY".to_string()),
-            },
-        }
-    }
+    ) -> InstanceRecord;
+}
 
-    fn counts(&self) -> IndexCounts {
-        self.store.counts(self.partition).expect("counts")
+impl Records for Fixture<'_> {
+    fn record(
+        &self,
+        patient: &str,
+        study: &str,
+        series: &str,
+        modality: &str,
+        sop: &str,
+        size: u64,
+    ) -> InstanceRecord {
+        let mut record = self.detailed_record(patient, study, series, sop);
+        record.study.accession_number = Some(format!("ACC{study}"));
+        record.study.study_description = Some("conformance".to_string());
+        record.study.specific_character_set = Some("ISO_IR 192".to_string());
+        record.series.modality = (!modality.is_empty()).then(|| modality.to_string());
+        record.instance.sop_class_uid = uid("1.2.840.10008.5.1.4.1.1.4");
+        record.instance.file_size = size;
+        record.instance.source_ae = Some("MODALITY".to_string());
+        record
     }
 }
 
@@ -387,8 +323,8 @@ fn filesystems(store: &dyn IndexStore) {
 }
 
 fn devices(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "DEVICES");
-    let g = Fixture::new(store, "DEVICES2");
+    let f = fixture(store, "DEVICES");
+    let g = fixture(store, "DEVICES2");
     assert_eq!(store.devices(f.partition).expect("none"), []);
     let mut ws = DeviceSpec {
         ae_title: ae("WS1"),
@@ -422,7 +358,7 @@ fn devices(store: &dyn IndexStore) {
 /// The first claim of a new study's location wins; the batch that indexes
 /// the study keeps it.
 fn study_location_claims(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "CLAIM");
+    let f = fixture(store, "CLAIM");
     let other_fs = store
         .ensure_filesystem(&fs_spec("/conformance/CLAIM2", 1))
         .expect("fs");
@@ -466,7 +402,7 @@ fn study_location_claims(store: &dyn IndexStore) {
 }
 
 fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "LOCATION");
+    let f = fixture(store, "LOCATION");
     let other_fs = store
         .ensure_filesystem(&fs_spec("/conformance/LOCATION2", 1))
         .expect("fs");
@@ -501,7 +437,7 @@ fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {
     assert_eq!(stored.location, expected);
 
     // Locations are per partition.
-    let g = Fixture::new(store, "LOCATION3");
+    let g = fixture(store, "LOCATION3");
     assert_eq!(
         store.study_location(g.partition, &study).expect("lookup"),
         None
@@ -509,7 +445,7 @@ fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {
 }
 
 fn batch_counts(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "COUNTS");
+    let f = fixture(store, "COUNTS");
     let mut batch = Vec::new();
     // Patient A: studies 1 (2 series × 3) and 2 (1 series × 2); patient B: study 3 (1 × 1).
     for series in 1..=2 {
@@ -568,7 +504,7 @@ fn batch_counts(store: &dyn IndexStore) {
     assert_eq!(f.counts(), counts(3, 4, 6, 12));
 
     // Other partitions see none of it; the same UIDs there are new rows.
-    let g = Fixture::new(store, "COUNTS2");
+    let g = fixture(store, "COUNTS2");
     assert_eq!(g.counts(), IndexCounts::default());
     let mut elsewhere = batch[0].clone();
     elsewhere.partition = g.partition;
@@ -582,7 +518,7 @@ fn batch_counts(store: &dyn IndexStore) {
 }
 
 fn replaced_instances_are_not_counted_twice(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "REPLACE");
+    let f = fixture(store, "REPLACE");
     let a = f.record("P", "1.2.4.1", "1.2.4.1.1", "CT", "1.2.4.1.1.1", 10);
     let b = f.record("P", "1.2.4.1", "1.2.4.1.1", "CT", "1.2.4.1.1.2", 10);
     assert_eq!(
@@ -626,7 +562,7 @@ fn replaced_instances_are_not_counted_twice(store: &dyn IndexStore) {
 }
 
 fn moved_instances_fix_both_sides(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "MOVED");
+    let f = fixture(store, "MOVED");
     let batch = vec![
         f.record("P", "1.2.5.1", "1.2.5.1.1", "CT", "1.2.5.1.1.1", 10),
         f.record("P", "1.2.5.1", "1.2.5.1.1", "CT", "1.2.5.1.1.2", 10),
@@ -676,7 +612,7 @@ fn moved_instances_fix_both_sides(store: &dyn IndexStore) {
 }
 
 fn patient_keys_and_demographics(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "PATIENTS");
+    let f = fixture(store, "PATIENTS");
     // Same patient ID, different issuers: two patients; no issuer is a third.
     let mut a = f.record("X", "1.2.6.1", "1.2.6.1.1", "CT", "1.2.6.1.1.1", 1);
     a.patient.issuer_of_patient_id = Some("HOSP_A".to_string());
@@ -709,7 +645,7 @@ fn patient_keys_and_demographics(store: &dyn IndexStore) {
 }
 
 fn batch_is_all_or_nothing(store: &dyn IndexStore) {
-    let f = Fixture::new(store, "ATOMIC");
+    let f = fixture(store, "ATOMIC");
     store
         .insert_instances(&[f.record("P", "1.2.7.1", "1.2.7.1.1", "CT", "1.2.7.1.1.1", 10)])
         .expect("seed");
@@ -1143,9 +1079,9 @@ fn all_instances(store: &dyn QueryStore, query: &Query) -> Vec<StoredInstance> {
 
 /// Runs every query check on a fresh store (partitions QUERY_A, QUERY_B).
 pub(crate) fn run_query_suite<S: IndexStore + QueryStore>(store: &S, nearline: &dyn Nearline) {
-    let a = Fixture::new(store, "QUERY_A");
+    let a = fixture(store, "QUERY_A");
     a.load(QUERY_STUDIES);
-    let b = Fixture::new(store, "QUERY_B");
+    let b = fixture(store, "QUERY_B");
     b.load(OTHER_PARTITION_STUDIES);
     study_matching(store, a.partition);
     person_names(store, a.partition);
@@ -1164,7 +1100,7 @@ pub(crate) fn run_query_suite<S: IndexStore + QueryStore>(store: &S, nearline: &
 /// that share an ID under different issuers are both answered.
 fn pages_across_changes<S: IndexStore + QueryStore>(store: &S) {
     use crate::services::find::Pages;
-    let f = Fixture::new(store, "PAGES");
+    let f = fixture(store, "PAGES");
     let study = |n: u32| format!("1.2.77.{n}");
     let records: Vec<InstanceRecord> = (1..=6)
         .map(|n| {

@@ -14,6 +14,8 @@ mod matching;
 mod planner;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod rows;
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod studies;
@@ -210,6 +212,21 @@ impl FollowUp {
             })
             .collect()
     }
+}
+
+/// Logs a committed index batch: its size, how many records replaced an
+/// instance, how long it took since `start`.
+pub(crate) fn log_batch(outcomes: &[InsertOutcome], start: std::time::Instant) {
+    let replaced = outcomes
+        .iter()
+        .filter(|o| **o == InsertOutcome::Replaced)
+        .count();
+    tracing::debug!(
+        size = outcomes.len(),
+        replaced,
+        elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "index batch committed"
+    );
 }
 
 /// Queries against the index (C-FIND, retrieve, DICOMweb QIDO): matching per

@@ -288,11 +288,12 @@ fn order(level: Level) -> &'static str {
 }
 
 /// The study location (filesystem, partition folder, date folder, study
-/// UID) and the instance columns of a stored instance, in this order, as
-/// SQLite's reader takes them by position.
+/// UID) and the instance columns of a stored instance, named as
+/// `rows::stored_instance` reads them.
 #[cfg(feature = "sqlite")]
 const INSTANCE_COLUMNS: &str = "ss.filesystem_id, \
-     (SELECT pa.folder FROM partition pa WHERE pa.id = ss.partition_id), ss.date_folder, st.study_uid, \
+     (SELECT pa.folder FROM partition pa WHERE pa.id = ss.partition_id) AS folder, \
+     ss.date_folder, st.study_uid, \
      se.series_uid, i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_size, \
      i.digest";
 
@@ -374,7 +375,7 @@ pub(crate) fn instances_below<D: Dialect>(level: Level) -> String {
 }
 
 /// The columns of a stored instance in [`retrieve_instances`], from its
-/// outer aliases (`x…`), named as PostgreSQL's reader takes them.
+/// outer aliases (`x…`), named as `rows::stored_instance` reads them.
 #[cfg(feature = "postgres")]
 const NAMED_INSTANCE_COLUMNS: &str = "xss.filesystem_id, xpa.folder, xss.date_folder, \
      xst.study_uid, xse.series_uid, xi.sop_instance_uid, xi.sop_class_uid, \

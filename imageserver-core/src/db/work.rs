@@ -40,9 +40,10 @@ pub(crate) mod conformance;
 use std::time::Duration;
 
 use crate::db;
+use crate::db::rows::Columns;
 use crate::model::work::{
-    Enqueued, Lease, NewWorkItem, StudyLock, Timestamp, WorkFilter, WorkItem, WorkItemId, WorkKind,
-    WorkPriority, WorkStatus,
+    Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
+    WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkStudy,
 };
 
 /// Failures of the work store: the database's, and the refusals of the
@@ -272,5 +273,149 @@ pub(crate) fn refused(
     match status {
         None => WorkError::NotFound { id },
         Some(status) => WorkError::IllegalTransition { id, status, reason },
+    }
+}
+
+/// A claimable item as both backends' candidate statements list it
+/// (`id, study_storage_id, type, priority, scheduled_time, status,
+/// processor_id, attempt`).
+#[derive(Debug)]
+pub(crate) struct Candidate {
+    /// The item's key.
+    pub(crate) id: i64,
+    /// Its study storage row, if it is bound to a study.
+    pub(crate) study: Option<i64>,
+    /// Its kind's name.
+    pub(crate) kind: String,
+    /// Its priority rank.
+    pub(crate) priority: i64,
+    /// When it is due (ms since the Unix epoch).
+    pub(crate) scheduled: i64,
+    /// Whether another processor's lease on it has expired (a takeover).
+    pub(crate) in_progress: bool,
+    /// The processor that held it last.
+    pub(crate) processor_id: Option<String>,
+    /// Its attempt counter.
+    pub(crate) attempt: i64,
+}
+
+impl Candidate {
+    /// A row of a candidate statement.
+    pub(crate) fn from_row<R: Columns>(r: &R) -> Result<Candidate, R::Error> {
+        Ok(Candidate {
+            id: r.int("id")?,
+            study: r.opt_int("study_storage_id")?,
+            kind: r.text("type")?,
+            priority: r.int("priority")?,
+            scheduled: r.int("scheduled_time")?,
+            in_progress: r.text("status")? == "in_progress",
+            processor_id: r.opt_text("processor_id")?,
+            attempt: r.int("attempt")?,
+        })
+    }
+}
+
+/// The candidates a claim takes, in claim order (priority, then due time,
+/// then key): within the request's limit and caps, and per study either one
+/// writer or only readers (counting the candidates taken before).
+pub(crate) fn choose_claims<'k>(
+    mut candidates: Vec<Candidate>,
+    kinds: &std::collections::HashMap<&str, &'k ClaimKind>,
+    request: &ClaimRequest<'_>,
+) -> Vec<(Candidate, &'k ClaimKind)> {
+    candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
+    let mut chosen: Vec<(Candidate, &ClaimKind)> = Vec::new();
+    let (mut normal, mut heavy) = (0usize, 0usize);
+    // Studies taken so far: true when a writer holds one.
+    let mut studies: std::collections::HashMap<i64, bool> = std::collections::HashMap::new();
+    for c in candidates {
+        if chosen.len() >= request.limit {
+            break;
+        }
+        let Some(kind) = kinds.get(c.kind.as_str()).copied() else {
+            continue;
+        };
+        let high = WorkPriority::from_rank(c.priority).is_high();
+        if (!high && normal >= request.max_normal)
+            || (kind.memory_heavy && heavy >= request.max_memory_heavy)
+        {
+            continue;
+        }
+        let write = kind.study_lock == StudyLock::Write;
+        if let Some(study) = c.study {
+            if matches!(studies.get(&study), Some(&writer) if writer || write) {
+                continue;
+            }
+            studies.insert(study, write);
+        }
+        normal += usize::from(!high);
+        heavy += usize::from(kind.memory_heavy);
+        chosen.push((c, kind));
+    }
+    chosen
+}
+
+/// The `status` column of a work item row.
+pub(crate) fn status_from_row<R: Columns>(r: &R) -> Result<WorkStatus, R::Error> {
+    let status = r.text("status")?;
+    WorkStatus::parse(&status).ok_or_else(|| {
+        r.invalid(
+            "status",
+            format!("unknown work item status {status:?}").into(),
+        )
+    })
+}
+
+/// A row of the backends' item statements (`id, partition_id,
+/// study_storage_id, study_uid, type, status, priority, scheduled_time,
+/// expiration_time, failure_count, failure_description, processor_id,
+/// lease_expires_at, attempt, payload, created_at, updated_at, uid_count`),
+/// without its instances.
+pub(crate) fn item_from_row<R: Columns>(r: &R) -> Result<WorkItem, R::Error> {
+    let study = match r.opt_int("study_storage_id")? {
+        Some(storage) => Some(WorkStudy {
+            storage: StudyStorageId(storage),
+            study_uid: r.uid("study_uid")?,
+        }),
+        None => None,
+    };
+    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    let at = |column: &str| Ok(r.opt_int(column)?.map(Timestamp::from_millis));
+    Ok(WorkItem {
+        id: WorkItemId(r.int("id")?),
+        partition: crate::model::PartitionId(r.int("partition_id")?),
+        study,
+        kind: r.parsed("type", WorkKind::new)?,
+        status: status_from_row(r)?,
+        priority: WorkPriority::from_rank(r.int("priority")?),
+        scheduled_at: Timestamp::from_millis(r.int("scheduled_time")?),
+        expires_at: at("expiration_time")?,
+        failure_count: to_u32(r.count("failure_count")?),
+        failure_description: r.opt_text("failure_description")?,
+        processor_id: r.opt_text("processor_id")?,
+        lease_expires_at: at("lease_expires_at")?,
+        attempt: to_u32(r.count("attempt")?),
+        payload: r.text("payload")?,
+        uids: Vec::new(),
+        uid_count: r.count("uid_count")?,
+        created_at: Timestamp::from_millis(r.int("created_at")?),
+        updated_at: Timestamp::from_millis(r.int("updated_at")?),
+    })
+}
+
+/// A duration in whole milliseconds (saturating).
+pub(crate) fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The refusal of an item bound to a study the index does not hold.
+pub(crate) fn unknown_study(item: &NewWorkItem) -> WorkError {
+    WorkError::UnknownStudy {
+        partition: item.partition.0,
+        study_uid: item
+            .study_uid
+            .as_ref()
+            .map(|u| u.as_str().to_string())
+            .unwrap_or_default(),
     }
 }

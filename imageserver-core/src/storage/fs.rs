@@ -753,32 +753,20 @@ fn statvfs(path: &Path) -> io::Result<Usage> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FilesystemId, FilesystemSpec, FolderName, StudyLocation, Tier, Uid};
+    use crate::db::fixtures;
+    use crate::model::{FilesystemId, Uid};
 
     fn filesystem(root: &Path) -> Filesystem {
         Filesystem {
             id: FilesystemId(1),
-            spec: FilesystemSpec {
-                path: root.to_path_buf(),
-                tier: Tier(1),
-                high_watermark: 90.0,
-                low_watermark: 80.0,
-                read_only: false,
-                write_only: false,
-                description: String::new(),
-            },
+            spec: fixtures::fs_spec(root),
             enabled: true,
         }
     }
 
     fn key(study: &str, sop: &str) -> InstanceKey {
         InstanceKey {
-            location: StudyLocation {
-                filesystem: FilesystemId(1),
-                partition_folder: FolderName::parse("P").unwrap(),
-                date_folder: "20240101".into(),
-                study_uid: Uid::parse(study).unwrap(),
-            },
+            location: fixtures::location(FilesystemId(1), "P", "20240101", study),
             series_uid: Uid::parse("1.9").unwrap(),
             sop_instance_uid: Uid::parse(sop).unwrap(),
         }

@@ -3,18 +3,15 @@
 //! larger ones on both backends and across processes.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::db::fixtures::{self, uid};
 use crate::db::sqlite::SqliteIndex;
 use crate::db::IndexStore;
-use crate::model::{
-    AeTitle, DuplicatePolicy, FilesystemSpec, FolderName, InstanceAttrs, InstanceRecord,
-    PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs, StudyAttrs, StudyLocation, Tier, Uid,
-};
+use crate::model::{PartitionId, Uid};
 
 /// How long an outcome may take before the test fails (never a measured
 /// duration).
@@ -30,15 +27,7 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let index = Arc::new(SqliteIndex::open(&dir.path().join("index.db")).expect("open"));
     let partition = index
-        .ensure_partition(&PartitionSpec {
-            ae_title: AeTitle::parse("ENGINE").expect("AE"),
-            folder: FolderName::parse("ENGINE").expect("folder"),
-            description: String::new(),
-            port: 0,
-            accept_unknown_devices: true,
-            duplicate_policy: DuplicatePolicy::default(),
-            pn_case_insensitive: true,
-        })
+        .ensure_partition(&fixtures::partition_spec("ENGINE"))
         .expect("partition");
     Fixture {
         _dir: dir,
@@ -55,58 +44,10 @@ impl Fixture {
     fn study(&self, study: &str) -> Uid {
         let fs = self
             .index
-            .ensure_filesystem(&FilesystemSpec {
-                path: PathBuf::from("/engine"),
-                tier: Tier(1),
-                high_watermark: 90.0,
-                low_watermark: 80.0,
-                read_only: false,
-                write_only: false,
-                description: String::new(),
-            })
+            .ensure_filesystem(&fixtures::fs_spec("/engine"))
             .expect("filesystem");
-        let uid = |v: &str| Uid::parse(v).expect("uid");
-        let record = InstanceRecord {
-            partition: self.partition,
-            location: StudyLocation {
-                filesystem: fs,
-                partition_folder: FolderName::parse("ENGINE").expect("folder"),
-                date_folder: "20240101".into(),
-                study_uid: uid(study),
-            },
-            patient: PatientAttrs {
-                patient_id: "P".into(),
-                ..PatientAttrs::default()
-            },
-            study: StudyAttrs {
-                study_uid: uid(study),
-                study_date: None,
-                study_time: None,
-                accession_number: None,
-                study_id: None,
-                study_description: None,
-                referring_physician_name: None,
-                specific_character_set: None,
-            },
-            series: SeriesAttrs {
-                series_uid: uid(&format!("{study}.1")),
-                modality: None,
-                series_number: None,
-                series_description: None,
-                body_part_examined: None,
-                series_date: None,
-                series_time: None,
-            },
-            instance: InstanceAttrs {
-                sop_instance_uid: uid(&format!("{study}.1.1")),
-                sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.7"),
-                instance_number: None,
-                transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-                file_size: 1,
-                digest: "00".repeat(32),
-                source_ae: None,
-            },
-        };
+        let location = fixtures::location(fs, "ENGINE", "20240101", study);
+        let record = fixtures::bare_record(self.partition, location, 1);
         self.index.insert_instances(&[record]).expect("study");
         uid(study)
     }

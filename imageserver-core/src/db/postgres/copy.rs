@@ -516,10 +516,14 @@ async fn copy_table(
             for (idx, (name, kind)) in columns.iter().enumerate() {
                 match row.get_ref(idx).map(|v| cell(v, *kind)) {
                     Ok(Ok(c)) => cells.push(c),
-                    Ok(Err(reason)) => {
+                    Ok(Err(cause)) => {
                         return Ok(Err(Error::Backend {
                             operation: OPERATION,
-                            source: format!("{table}.{name}: {reason}").into(),
+                            source: Box::new(BadCell {
+                                table,
+                                column: (*name).to_string(),
+                                cause,
+                            }),
                         }))
                     }
                     Err(e) => return Ok(Err(sqlite_error(e))),
@@ -632,8 +636,34 @@ async fn copy_table(
     }))
 }
 
+/// A SQLite value the target column cannot take.
+#[derive(Debug, thiserror::Error)]
+enum CellError {
+    /// Text that is not UTF-8.
+    #[error("the text is not UTF-8")]
+    NotUtf8(#[source] std::str::Utf8Error),
+    /// A value of another storage class than the column's.
+    #[error("{found:?} value where {expected:?} was expected")]
+    Mismatch {
+        /// The value's SQLite storage class.
+        found: rusqlite::types::Type,
+        /// What the column holds.
+        expected: Kind,
+    },
+}
+
+/// A value of the SQLite file that cannot be copied, and where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot copy a value of {table}.{column}")]
+struct BadCell {
+    table: &'static str,
+    column: String,
+    #[source]
+    cause: CellError,
+}
+
 /// A SQLite value as the target column takes it (text without NULs).
-fn cell(value: ValueRef<'_>, kind: Kind) -> Result<Cell, String> {
+fn cell(value: ValueRef<'_>, kind: Kind) -> Result<Cell, CellError> {
     Ok(match (value, kind) {
         (ValueRef::Null, _) => Cell::Null,
         (ValueRef::Integer(n), Int) => Cell::Int(n),
@@ -641,14 +671,14 @@ fn cell(value: ValueRef<'_>, kind: Kind) -> Result<Cell, String> {
         (ValueRef::Integer(n), Real) => Cell::Real(n as f64),
         (ValueRef::Real(x), Real) => Cell::Real(x),
         (ValueRef::Text(t), Text) => {
-            let text = std::str::from_utf8(t).map_err(|e| e.to_string())?;
+            let text = std::str::from_utf8(t).map_err(CellError::NotUtf8)?;
             Cell::Text(text.replace('\0', ""))
         }
-        (other, kind) => {
-            return Err(format!(
-                "{:?} value where {kind:?} was expected",
-                other.data_type()
-            ))
+        (other, expected) => {
+            return Err(CellError::Mismatch {
+                found: other.data_type(),
+                expected,
+            })
         }
     })
 }

@@ -30,6 +30,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::db::rows::{joined, split};
+
 use sqlx::{PgConnection, Row};
 
 use super::TxError;
@@ -50,23 +52,6 @@ fn merge<const N: usize>(into: &mut [Option<String>; N], from: [Option<String>; 
             *slot = value;
         }
     }
-}
-
-/// Joins distinct values with `\` in sorted order.
-fn joined(values: &BTreeSet<String>) -> String {
-    values
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join("\\")
-}
-
-fn split(values: &str) -> BTreeSet<String> {
-    values
-        .split('\\')
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 type PatientKey = (i64, String, String);

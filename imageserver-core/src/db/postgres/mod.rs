@@ -44,6 +44,7 @@
 //! `pool_size`, `query_pool_size`, `connect_timeout_secs`,
 //! `statement_timeout_secs`.
 
+mod admin;
 #[cfg(feature = "sqlite")]
 mod copy;
 mod ingest;
@@ -53,18 +54,20 @@ mod work;
 
 use std::future::Future;
 use std::str::FromStr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgConnection, Row};
+use sqlx::{ConnectOptions, PgConnection, Row};
 
-use crate::db::{redact_url, Error, FollowUp, IndexStore};
+use crate::db::rows::{self, Columns};
+use crate::db::studies::now_ms;
+use crate::db::{log_batch, redact_url, sql, Error, FollowUp, IndexStore};
 use crate::model::{
-    AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
-    IndexCounts, InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance,
-    StudyLocation, Tier, Uid,
+    AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
 };
 
+pub use admin::{create_database, database_url, drop_database};
 #[cfg(feature = "sqlite")]
 pub use copy::{copy_from_sqlite, CopyReport, TableCopy};
 
@@ -464,14 +467,6 @@ fn map_error(operation: &'static str, e: sqlx::Error) -> Error {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// Text as PostgreSQL can store it: NUL characters removed.
 pub(crate) fn pg_text(value: &str) -> std::borrow::Cow<'_, str> {
     if value.contains('\0') {
@@ -481,246 +476,124 @@ pub(crate) fn pg_text(value: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A decode error for a stored value the model refuses.
-fn decode_error(column: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
-    sqlx::Error::ColumnDecode {
-        index: column.to_string(),
-        source: Box::new(e),
+impl Columns for PgRow {
+    type Error = sqlx::Error;
+
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn int32(&self, column: &str) -> Result<i32, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn real(&self, column: &str) -> Result<f64, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(column)
+    }
+
+    fn invalid(&self, column: &str, cause: rows::Cause) -> sqlx::Error {
+        sqlx::Error::ColumnDecode {
+            index: column.to_string(),
+            source: cause,
+        }
     }
 }
-
-/// Reads a non-negative BIGINT column as `u64`.
-fn get_u64(row: &PgRow, column: &str) -> Result<u64, sqlx::Error> {
-    let value: i64 = row.try_get(column)?;
-    u64::try_from(value).map_err(|e| decode_error(column, e))
-}
-
-/// Reads a text column and validates it with `parse`.
-fn parse_column<T, E>(
-    row: &PgRow,
-    column: &str,
-    parse: fn(&str) -> Result<T, E>,
-) -> Result<T, sqlx::Error>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let text: String = row.try_get(column)?;
-    parse(&text).map_err(|e| decode_error(column, e))
-}
-
-/// A `duplicate` row selected with the columns `filesystem_id, folder,
-/// date_folder, study_uid, sop_instance_uid, series_uid, variant, file_size,
-/// digest, source_ae, received_at`.
-pub(super) fn duplicate_from_row(
-    r: &PgRow,
-    partition: PartitionId,
-) -> Result<DuplicateRecord, sqlx::Error> {
-    Ok(DuplicateRecord {
-        partition,
-        location: location_from_row(r)?,
-        sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
-        series_uid: parse_column(r, "series_uid", Uid::parse)?,
-        variant: get_u64(r, "variant")?,
-        file_size: get_u64(r, "file_size")?,
-        digest: r.try_get("digest")?,
-        source_ae: r.try_get("source_ae")?,
-        received_at_ms: r.try_get("received_at")?,
-    })
-}
-
-/// Maps the columns `filesystem_id, folder, date_folder, study_uid` of a
-/// row to a [`StudyLocation`].
-fn location_from_row(row: &PgRow) -> Result<StudyLocation, sqlx::Error> {
-    Ok(StudyLocation {
-        // NULL (a nearline study without online copy) is reported as an error.
-        filesystem: FilesystemId(row.try_get("filesystem_id")?),
-        partition_folder: parse_column(row, "folder", FolderName::parse)?,
-        date_folder: row.try_get("date_folder")?,
-        study_uid: parse_column(row, "study_uid", Uid::parse)?,
-    })
-}
-
-/// Maps a row of the instance columns, read by name (the retrieve list's
-/// are those of `planner::retrieve_instances`).
-fn stored_instance(row: &PgRow) -> Result<StoredInstance, sqlx::Error> {
-    Ok(StoredInstance {
-        location: location_from_row(row)?,
-        series_uid: parse_column(row, "series_uid", Uid::parse)?,
-        sop_instance_uid: parse_column(row, "sop_instance_uid", Uid::parse)?,
-        sop_class_uid: parse_column(row, "sop_class_uid", Uid::parse)?,
-        transfer_syntax_uid: parse_column(row, "transfer_syntax_uid", Uid::parse)?,
-        file_size: get_u64(row, "file_size")?,
-        digest: row.try_get("digest")?,
-    })
-}
-
-/// A study's online location (`$1` partition, `$2` study UID), for
-/// `location_from_row`; none while it is nearline.
-const STUDY_LOCATION: &str = "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
-     FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
-     WHERE ss.partition_id = $1 AND ss.study_uid = $2 AND ss.filesystem_id IS NOT NULL";
 
 impl IndexStore for PgIndex {
     fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error> {
         let now = now_ms();
         self.write("ensuring a partition", async |conn| {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO partition (ae_title, folder, description, port, accept_any_device,
-                                        duplicate_policy, pn_case_insensitive, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                 ON CONFLICT (ae_title) DO UPDATE
-                 SET folder = excluded.folder, description = excluded.description,
-                     port = excluded.port, accept_any_device = excluded.accept_any_device,
-                     duplicate_policy = excluded.duplicate_policy,
-                     pn_case_insensitive = excluded.pn_case_insensitive
-                 RETURNING id",
-            )
-            .bind(spec.ae_title.as_str())
-            .bind(spec.folder.as_str())
-            .bind(pg_text(&spec.description).as_ref())
-            .bind(i32::from(spec.port))
-            .bind(spec.accept_unknown_devices)
-            .bind(spec.duplicate_policy.as_str())
-            .bind(spec.pn_case_insensitive)
-            .bind(now)
-            .fetch_one(&mut *conn)
-            .await?;
+            let id: i64 = sqlx::query_scalar(sql::ENSURE_PARTITION)
+                .bind(spec.ae_title.as_str())
+                .bind(spec.folder.as_str())
+                .bind(pg_text(&spec.description).as_ref())
+                .bind(i32::from(spec.port))
+                .bind(spec.accept_unknown_devices)
+                .bind(spec.duplicate_policy.as_str())
+                .bind(spec.pn_case_insensitive)
+                .bind(now)
+                .fetch_one(&mut *conn)
+                .await?;
             Ok(PartitionId(id))
         })
     }
 
     fn partition(&self, ae_title: &AeTitle) -> Result<Option<PartitionId>, Error> {
         self.read("looking up a partition", async |conn| {
-            let id: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM partition WHERE ae_title = $1")
-                    .bind(ae_title.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await?;
+            let id: Option<i64> = sqlx::query_scalar(sql::PARTITION)
+                .bind(ae_title.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
             Ok(id.map(PartitionId))
         })
     }
 
     fn ensure_filesystem(&self, spec: &FilesystemSpec) -> Result<FilesystemId, Error> {
         const OPERATION: &str = "ensuring a filesystem";
-        let Some(path) = spec.path.to_str() else {
-            return Err(Error::Backend {
-                operation: OPERATION,
-                source: format!("filesystem path {} is not valid UTF-8", spec.path.display())
-                    .into(),
-            });
-        };
+        let path = rows::fs_path(spec, OPERATION)?;
         self.write(OPERATION, async |conn| {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO filesystem
-                     (path, tier, high_watermark, low_watermark, read_only, write_only, description)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (path) DO UPDATE
-                 SET tier = excluded.tier, high_watermark = excluded.high_watermark,
-                     low_watermark = excluded.low_watermark, read_only = excluded.read_only,
-                     write_only = excluded.write_only, description = excluded.description
-                 RETURNING id",
-            )
-            .bind(pg_text(path).as_ref())
-            .bind(i32::from(spec.tier.0))
-            .bind(spec.high_watermark)
-            .bind(spec.low_watermark)
-            .bind(spec.read_only)
-            .bind(spec.write_only)
-            .bind(pg_text(&spec.description).as_ref())
-            .fetch_one(&mut *conn)
-            .await?;
+            let id: i64 = sqlx::query_scalar(sql::ENSURE_FILESYSTEM)
+                .bind(pg_text(path).as_ref())
+                .bind(i32::from(spec.tier.0))
+                .bind(spec.high_watermark)
+                .bind(spec.low_watermark)
+                .bind(spec.read_only)
+                .bind(spec.write_only)
+                .bind(pg_text(&spec.description).as_ref())
+                .fetch_one(&mut *conn)
+                .await?;
             Ok(FilesystemId(id))
         })
     }
 
     fn filesystems(&self) -> Result<Vec<Filesystem>, Error> {
         self.read("listing filesystems", async |conn| {
-            let rows = sqlx::query(
-                "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
-                        enabled, description
-                 FROM filesystem ORDER BY tier, id",
-            )
-            .fetch_all(&mut *conn)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    let tier: i32 = r.try_get("tier")?;
-                    Ok(Filesystem {
-                        id: FilesystemId(r.try_get("id")?),
-                        spec: FilesystemSpec {
-                            path: std::path::PathBuf::from(r.try_get::<String, _>("path")?),
-                            tier: Tier(u8::try_from(tier).map_err(|e| decode_error("tier", e))?),
-                            high_watermark: r.try_get("high_watermark")?,
-                            low_watermark: r.try_get("low_watermark")?,
-                            read_only: r.try_get("read_only")?,
-                            write_only: r.try_get("write_only")?,
-                            description: r.try_get("description")?,
-                        },
-                        enabled: r.try_get("enabled")?,
-                    })
-                })
-                .collect()
+            let rows = sqlx::query(sql::FILESYSTEMS).fetch_all(&mut *conn).await?;
+            rows.iter().map(rows::filesystem).collect()
         })
     }
 
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error> {
         self.write("ensuring a device", async |conn| {
-            sqlx::query(
-                "INSERT INTO device
-                     (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                      max_associations, max_outgoing_associations)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                 ON CONFLICT (partition_id, ae_title) DO UPDATE
-                 SET host = excluded.host, port = excluded.port,
-                     allow_store = excluded.allow_store, allow_query = excluded.allow_query,
-                     allow_retrieve = excluded.allow_retrieve,
-                     max_associations = excluded.max_associations,
-                     max_outgoing_associations = excluded.max_outgoing_associations",
-            )
-            .bind(partition.0)
-            .bind(spec.ae_title.as_str())
-            .bind(pg_text(&spec.host).as_ref())
-            .bind(i32::from(spec.port))
-            .bind(spec.allow_store)
-            .bind(spec.allow_query)
-            .bind(spec.allow_retrieve)
-            .bind(i64::from(spec.max_associations))
-            .bind(i64::from(spec.max_outgoing_associations))
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(sql::ENSURE_DEVICE)
+                .bind(partition.0)
+                .bind(spec.ae_title.as_str())
+                .bind(pg_text(&spec.host).as_ref())
+                .bind(i32::from(spec.port))
+                .bind(spec.allow_store)
+                .bind(spec.allow_query)
+                .bind(spec.allow_retrieve)
+                .bind(i64::from(spec.max_associations))
+                .bind(i64::from(spec.max_outgoing_associations))
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         })
     }
 
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
         self.read("listing devices", async |conn| {
-            let rows = sqlx::query(
-                "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                        max_associations, max_outgoing_associations
-                 FROM device WHERE partition_id = $1 ORDER BY ae_title",
-            )
-            .bind(partition.0)
-            .fetch_all(&mut *conn)
-            .await?;
-            rows.iter()
-                .map(|r| {
-                    let port: i32 = r.try_get("port")?;
-                    let max_associations: i64 = r.try_get("max_associations")?;
-                    let max_outgoing: i64 = r.try_get("max_outgoing_associations")?;
-                    Ok(DeviceSpec {
-                        ae_title: parse_column(r, "ae_title", AeTitle::parse)?,
-                        host: r.try_get("host")?,
-                        port: u16::try_from(port).map_err(|e| decode_error("port", e))?,
-                        allow_store: r.try_get("allow_store")?,
-                        allow_query: r.try_get("allow_query")?,
-                        allow_retrieve: r.try_get("allow_retrieve")?,
-                        max_associations: u32::try_from(max_associations)
-                            .map_err(|e| decode_error("max_associations", e))?,
-                        max_outgoing_associations: u32::try_from(max_outgoing)
-                            .map_err(|e| decode_error("max_outgoing_associations", e))?,
-                    })
-                })
-                .collect()
+            let rows = sqlx::query(sql::DEVICES)
+                .bind(partition.0)
+                .fetch_all(&mut *conn)
+                .await?;
+            rows.iter().map(rows::device).collect()
         })
     }
 
@@ -730,12 +603,12 @@ impl IndexStore for PgIndex {
         study_uid: &Uid,
     ) -> Result<Option<StudyLocation>, Error> {
         self.read("looking up a study location", async |conn| {
-            let row = sqlx::query(STUDY_LOCATION)
+            let row = sqlx::query(sql::STUDY_LOCATION)
                 .bind(partition.0)
                 .bind(study_uid.as_str())
                 .fetch_optional(&mut *conn)
                 .await?;
-            row.as_ref().map(location_from_row).transpose()
+            row.as_ref().map(rows::location).transpose()
         })
     }
 
@@ -768,12 +641,12 @@ impl IndexStore for PgIndex {
             .bind(now)
             .execute(&mut *conn)
             .await?;
-            let row = sqlx::query(STUDY_LOCATION)
+            let row = sqlx::query(sql::STUDY_LOCATION)
             .bind(partition.0)
             .bind(proposed.study_uid.as_str())
             .fetch_one(&mut *conn)
             .await?;
-            Ok(location_from_row(&row)?)
+            Ok(rows::location(&row)?)
         })
     }
 
@@ -800,16 +673,7 @@ impl IndexStore for PgIndex {
             }
             Ok(outcomes)
         })?;
-        let replaced = outcomes
-            .iter()
-            .filter(|o| **o == InsertOutcome::Replaced)
-            .count();
-        tracing::debug!(
-            size = batch.len(),
-            replaced,
-            elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "index batch committed"
-        );
+        log_batch(&outcomes, start);
         Ok(outcomes)
     }
 
@@ -819,44 +683,23 @@ impl IndexStore for PgIndex {
         sop_instance_uid: &Uid,
     ) -> Result<Option<StoredInstance>, Error> {
         self.read("looking up an instance", async |conn| {
-            let row = sqlx::query(
-                "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
-                        se.series_uid, i.sop_instance_uid, i.sop_class_uid,
-                        i.transfer_syntax_uid, i.file_size, i.digest
-                 FROM instance i
-                 JOIN series se ON se.id = i.series_fk
-                 JOIN study st ON st.id = se.study_fk
-                 JOIN study_storage ss ON ss.id = st.study_storage_id
-                 JOIN partition p ON p.id = ss.partition_id
-                 WHERE i.partition_id = $1 AND i.sop_instance_uid = $2",
-            )
-            .bind(partition.0)
-            .bind(sop_instance_uid.as_str())
-            .fetch_optional(&mut *conn)
-            .await?;
-            row.as_ref().map(stored_instance).transpose()
+            let row = sqlx::query(sql::INSTANCE)
+                .bind(partition.0)
+                .bind(sop_instance_uid.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            row.as_ref().map(rows::stored_instance).transpose()
         })
     }
 
     fn counts(&self, partition: PartitionId) -> Result<IndexCounts, Error> {
         // From the maintained counters, as on SQLite.
         self.read("counting", async |conn| {
-            let row = sqlx::query(
-                "SELECT COUNT(*) AS patients,
-                        COALESCE(SUM(num_studies), 0)::BIGINT AS studies,
-                        COALESCE(SUM(num_series), 0)::BIGINT AS series,
-                        COALESCE(SUM(num_instances), 0)::BIGINT AS instances
-                 FROM patient WHERE partition_id = $1",
-            )
-            .bind(partition.0)
-            .fetch_one(&mut *conn)
-            .await?;
-            Ok(IndexCounts {
-                patients: get_u64(&row, "patients")?,
-                studies: get_u64(&row, "studies")?,
-                series: get_u64(&row, "series")?,
-                instances: get_u64(&row, "instances")?,
-            })
+            let row = sqlx::query(sql::COUNTS)
+                .bind(partition.0)
+                .fetch_one(&mut *conn)
+                .await?;
+            rows::counts(&row)
         })
     }
 
@@ -870,122 +713,33 @@ impl IndexStore for PgIndex {
         let variant = to_i64(duplicate.variant, "variant")?;
         let file_size = to_i64(duplicate.file_size, "file size")?;
         self.write("recording a duplicate", async |conn| {
-            sqlx::query(
-                "INSERT INTO duplicate (partition_id, sop_instance_uid, filesystem_id, date_folder,
-                                        study_uid, series_uid, variant, file_size, digest,
-                                        source_ae, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(duplicate.partition.0)
-            .bind(duplicate.sop_instance_uid.as_str())
-            .bind(duplicate.location.filesystem.0)
-            .bind(pg_text(&duplicate.location.date_folder).as_ref())
-            .bind(duplicate.location.study_uid.as_str())
-            .bind(duplicate.series_uid.as_str())
-            .bind(variant)
-            .bind(file_size)
-            .bind(pg_text(&duplicate.digest).as_ref())
-            .bind(duplicate.source_ae.as_deref().map(pg_text).as_deref())
-            .bind(duplicate.received_at_ms)
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query(sql::RECORD_DUPLICATE)
+                .bind(duplicate.partition.0)
+                .bind(duplicate.sop_instance_uid.as_str())
+                .bind(duplicate.location.filesystem.0)
+                .bind(pg_text(&duplicate.location.date_folder).as_ref())
+                .bind(duplicate.location.study_uid.as_str())
+                .bind(duplicate.series_uid.as_str())
+                .bind(variant)
+                .bind(file_size)
+                .bind(pg_text(&duplicate.digest).as_ref())
+                .bind(duplicate.source_ae.as_deref().map(pg_text).as_deref())
+                .bind(duplicate.received_at_ms)
+                .execute(&mut *conn)
+                .await?;
             Ok(())
         })
     }
 
     fn duplicates(&self, partition: PartitionId) -> Result<Vec<DuplicateRecord>, Error> {
         self.read("listing duplicates", async |conn| {
-            let rows = sqlx::query(
-                "SELECT d.filesystem_id, p.folder, d.date_folder, d.study_uid, d.sop_instance_uid,
-                        d.series_uid, d.variant, d.file_size, d.digest, d.source_ae, d.received_at
-                 FROM duplicate d JOIN partition p ON p.id = d.partition_id
-                 WHERE d.partition_id = $1 ORDER BY d.received_at, d.id",
-            )
-            .bind(partition.0)
-            .fetch_all(&mut *conn)
-            .await?;
-            rows.iter()
-                .map(|r| duplicate_from_row(r, partition))
-                .collect()
-        })
-    }
-}
-
-// ------------------------------------------------------ database admin ---
-
-/// The URL of database `name` on the server `url` points at (same user,
-/// host, port and parameters).
-pub fn database_url(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |at| at + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |at| authority_start + at);
-    let mut out = format!("{}/{name}", &base[..path_start]);
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// Creates the empty database `name` (ASCII letters, digits and `_`) on the
-/// server `server_url` points at, connecting to the database that URL
-/// names; returns the new database's URL. For tests and try-outs: a
-/// production database is created by its administrator.
-pub fn create_database(server_url: &str, name: &str) -> Result<String, Error> {
-    admin(server_url, name, "creating a database", |name| {
-        format!("CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'")
-    })?;
-    Ok(database_url(server_url, name))
-}
-
-/// Drops database `name`, disconnecting its sessions (`WITH (FORCE)`).
-pub fn drop_database(server_url: &str, name: &str) -> Result<(), Error> {
-    admin(server_url, name, "dropping a database", |name| {
-        format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
-    })
-}
-
-fn admin(
-    server_url: &str,
-    name: &str,
-    operation: &'static str,
-    statement: impl FnOnce(&str) -> String,
-) -> Result<(), Error> {
-    if name.is_empty()
-        || name.len() > 63
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return Err(Error::Backend {
-            operation,
-            source: format!("database name {name:?}: use ASCII letters, digits and _").into(),
-        });
-    }
-    let (url, _) = PgOptions::from_url(server_url)?;
-    let sql = statement(name);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Backend {
-            operation,
-            source: Box::new(e),
-        })?;
-    runtime
-        .block_on(async {
-            let options = PgConnectOptions::from_str(&url)?;
-            let mut conn = tokio::time::timeout(Duration::from_secs(10), options.connect())
-                .await
-                .map_err(|e| sqlx::Error::Io(e.into()))??;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
+            let rows = sqlx::query(sql::DUPLICATES)
+                .bind(partition.0)
+                .fetch_all(&mut *conn)
                 .await?;
-            conn.close().await
+            rows.iter().map(|r| rows::duplicate(r, partition)).collect()
         })
-        .map_err(|e| map_error(operation, e))
+    }
 }
 
 #[cfg(test)]

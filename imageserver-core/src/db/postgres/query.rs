@@ -31,9 +31,10 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 
-use super::{stored_instance, PgIndex};
+use super::PgIndex;
 use crate::db::matching::case_variants;
 use crate::db::planner::{self, Dialect, List, Sql};
+use crate::db::rows::stored_instance;
 use crate::db::{Error, QueryStore};
 use crate::model::query::{Attribute, Key, Match, Query};
 use crate::model::StoredInstance;

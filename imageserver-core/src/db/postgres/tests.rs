@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Row};
 use super::{create_database, drop_database, PgIndex, PgOptions, SCHEMA_VERSION};
 use crate::db::conformance::{self, Nearline, StudySummaries, StudySummary};
 use crate::db::fixtures::{mixed_batches, record, setup, Xorshift};
+use crate::db::rows::Columns;
 use crate::db::{Error, IndexStore, QueryStore};
 use crate::model::query::{Level, Query, Root};
 use crate::model::{InsertOutcome, PartitionId, Uid};
@@ -28,8 +29,9 @@ use crate::{
     model::AeTitle,
 };
 
-/// A database of its own for one test, dropped at the end.
-struct TestDb {
+/// A database of its own for one test, dropped at the end (the other
+/// PostgreSQL test modules use it too).
+pub(super) struct TestDb {
     server: String,
     name: String,
     url: String,
@@ -38,7 +40,7 @@ struct TestDb {
 impl TestDb {
     /// Creates `it_<random>`; `None` only when the developer set
     /// `IMAGESERVER_SKIP_PG=1`.
-    fn new() -> Option<TestDb> {
+    pub(super) fn new() -> Option<TestDb> {
         let Ok(server) = std::env::var("IMAGESERVER_PG_URL") else {
             if std::env::var("IMAGESERVER_SKIP_PG").as_deref() == Ok("1") {
                 eprintln!("note: IMAGESERVER_SKIP_PG=1: PostgreSQL test not run");
@@ -64,7 +66,7 @@ impl TestDb {
         Some(TestDb { server, name, url })
     }
 
-    fn connect(&self) -> PgIndex {
+    pub(super) fn connect(&self) -> PgIndex {
         PgIndex::connect(&self.url).expect("connect")
     }
 }
@@ -112,9 +114,9 @@ impl StudySummaries for PgIndex {
             .await?;
             row.map(|r| {
                 Ok(StudySummary {
-                    num_series: super::get_u64(&r, "num_series")?,
-                    num_instances: super::get_u64(&r, "num_instances")?,
-                    size_bytes: super::get_u64(&r, "size_bytes")?,
+                    num_series: r.count("num_series")?,
+                    num_instances: r.count("num_instances")?,
+                    size_bytes: r.count("size_bytes")?,
                     modalities_in_study: r.try_get("modalities_in_study")?,
                     sop_classes_in_study: r.try_get("sop_classes_in_study")?,
                 })

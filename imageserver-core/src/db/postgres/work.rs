@@ -22,19 +22,21 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, Row};
 
-use super::{get_u64, parse_column, pg_text, PgIndex, TxError};
+use super::{pg_text, PgIndex, TxError};
+use crate::db::rows::Columns;
 use crate::db::work::{
-    lease_lost, refused, takeover_description, validate, ClaimKind, ClaimRequest, FailureAction,
-    WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
+    choose_claims, item_from_row, lease_lost, millis, refused, status_from_row,
+    takeover_description, unknown_study, validate, Candidate, ClaimKind, ClaimRequest,
+    FailureAction, WorkError, WorkStore, WorkWatch, RESCHEDULE_REFUSED,
 };
 use crate::model::work::{
-    Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
-    WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkStudy, WorkUid,
+    Enqueued, Lease, NewWorkItem, StudyLock, Timestamp, WorkFilter, WorkItem, WorkItemId,
+    WorkPriority, WorkStatus, WorkUid,
 };
-use crate::model::{PartitionId, Uid};
+use crate::model::Uid;
 
 /// The notification channel engines listen on.
 pub const CHANNEL: &str = "imageserver_work";
@@ -58,63 +60,39 @@ const ITEM_SELECT: &str = "SELECT w.id, w.partition_id, w.study_storage_id, ss.s
         (SELECT COUNT(*) FROM work_queue_uid u WHERE u.work_queue_id = w.id) AS uid_count
      FROM work_queue w LEFT JOIN study_storage ss ON ss.id = w.study_storage_id";
 
-/// Claim candidates (see `db/sqlite/work.rs`): `$1` kinds, `$2` write
-/// kinds, `$3` now, `$4` most rows; locked, skipping rows others hold.
+/// The claim candidate statement over the items `$due` selects (see
+/// `db/sqlite/work.rs`): `$1` kinds, `$2` write kinds, `$3` now, `$4` most
+/// rows; locked, skipping rows others hold.
+macro_rules! candidates {
+    ($due:literal) => {
+        concat!(
+            "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
+                    w.processor_id, w.attempt
+             FROM work_queue w
+             WHERE ",
+            $due,
+            "
+               AND w.type = ANY($1::text[])
+               AND (w.study_storage_id IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM work_queue o
+                    WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
+                      AND o.status = 'in_progress' AND o.lease_expires_at > $3
+                      AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
+             ORDER BY w.priority DESC, w.scheduled_time, w.id
+             LIMIT $4
+             FOR UPDATE SKIP LOCKED"
+        )
+    };
+}
+
+/// Claim candidates: waiting items that are due, or in-progress items
+/// whose lease has expired.
 fn candidates_sql(waiting: bool) -> &'static str {
     if waiting {
-        "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
-                w.processor_id, w.attempt
-         FROM work_queue w
-         WHERE w.status IN ('pending', 'idle') AND w.scheduled_time <= $3
-           AND w.type = ANY($1::text[])
-           AND (w.study_storage_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM work_queue o
-                WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
-                  AND o.status = 'in_progress' AND o.lease_expires_at > $3
-                  AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
-         ORDER BY w.priority DESC, w.scheduled_time, w.id
-         LIMIT $4
-         FOR UPDATE SKIP LOCKED"
+        candidates!("w.status IN ('pending', 'idle') AND w.scheduled_time <= $3")
     } else {
-        "SELECT w.id, w.study_storage_id, w.type, w.priority, w.scheduled_time, w.status,
-                w.processor_id, w.attempt
-         FROM work_queue w
-         WHERE w.status = 'in_progress' AND w.lease_expires_at <= $3
-           AND w.type = ANY($1::text[])
-           AND (w.study_storage_id IS NULL OR NOT EXISTS (
-                SELECT 1 FROM work_queue o
-                WHERE o.study_storage_id = w.study_storage_id AND o.id != w.id
-                  AND o.status = 'in_progress' AND o.lease_expires_at > $3
-                  AND (o.study_lock = 'write' OR w.type = ANY($2::text[]))))
-         ORDER BY w.priority DESC, w.scheduled_time, w.id
-         LIMIT $4
-         FOR UPDATE SKIP LOCKED"
+        candidates!("w.status = 'in_progress' AND w.lease_expires_at <= $3")
     }
-}
-
-/// A claim candidate.
-struct Candidate {
-    id: i64,
-    study: Option<i64>,
-    kind: String,
-    priority: i64,
-    scheduled: i64,
-    in_progress: bool,
-    processor_id: Option<String>,
-    attempt: i64,
-}
-
-fn candidate(row: &PgRow) -> Result<Candidate, sqlx::Error> {
-    Ok(Candidate {
-        id: row.try_get("id")?,
-        study: row.try_get("study_storage_id")?,
-        kind: row.try_get("type")?,
-        priority: row.try_get("priority")?,
-        scheduled: row.try_get("scheduled_time")?,
-        in_progress: row.try_get::<String, _>("status")? == "in_progress",
-        processor_id: row.try_get("processor_id")?,
-        attempt: row.try_get("attempt")?,
-    })
 }
 
 async fn db_now(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
@@ -141,56 +119,8 @@ async fn work_state(
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
-    row.map(|r| {
-        Ok((
-            parse_status(&r.try_get::<String, _>("status")?)?,
-            r.try_get("attempt")?,
-        ))
-    })
-    .transpose()
-}
-
-fn parse_status(text: &str) -> Result<WorkStatus, sqlx::Error> {
-    WorkStatus::parse(text).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: "status".into(),
-        source: format!("unknown work item status {text:?}").into(),
-    })
-}
-
-/// Maps a row of [`ITEM_SELECT`] (without instances).
-fn item_from_row(r: &PgRow) -> Result<WorkItem, sqlx::Error> {
-    let study = match r.try_get::<Option<i64>, _>("study_storage_id")? {
-        Some(storage) => Some(WorkStudy {
-            storage: StudyStorageId(storage),
-            study_uid: parse_column(r, "study_uid", Uid::parse)?,
-        }),
-        None => None,
-    };
-    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-    Ok(WorkItem {
-        id: WorkItemId(r.try_get("id")?),
-        partition: PartitionId(r.try_get("partition_id")?),
-        study,
-        kind: parse_column(r, "type", WorkKind::new)?,
-        status: parse_status(&r.try_get::<String, _>("status")?)?,
-        priority: WorkPriority::from_rank(r.try_get("priority")?),
-        scheduled_at: Timestamp::from_millis(r.try_get("scheduled_time")?),
-        expires_at: r
-            .try_get::<Option<i64>, _>("expiration_time")?
-            .map(Timestamp::from_millis),
-        failure_count: to_u32(get_u64(r, "failure_count")?),
-        failure_description: r.try_get("failure_description")?,
-        processor_id: r.try_get("processor_id")?,
-        lease_expires_at: r
-            .try_get::<Option<i64>, _>("lease_expires_at")?
-            .map(Timestamp::from_millis),
-        attempt: to_u32(get_u64(r, "attempt")?),
-        payload: r.try_get("payload")?,
-        uids: Vec::new(),
-        uid_count: get_u64(r, "uid_count")?,
-        created_at: Timestamp::from_millis(r.try_get("created_at")?),
-        updated_at: Timestamp::from_millis(r.try_get("updated_at")?),
-    })
+    row.map(|r| Ok((status_from_row(&r)?, r.try_get("attempt")?)))
+        .transpose()
 }
 
 /// Loads items with their instance lists, in the order of `ids`.
@@ -222,10 +152,10 @@ async fn load_items(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<WorkItem
         let owner: i64 = r.try_get("work_queue_id")?;
         if let Some(item) = items.get_mut(&owner) {
             item.uids.push(WorkUid {
-                series_uid: parse_column(r, "series_uid", Uid::parse)?,
-                sop_instance_uid: parse_column(r, "sop_instance_uid", Uid::parse)?,
+                series_uid: r.uid("series_uid")?,
+                sop_instance_uid: r.uid("sop_instance_uid")?,
                 failed: r.try_get("failed")?,
-                failure_count: u32::try_from(get_u64(r, "failure_count")?).unwrap_or(u32::MAX),
+                failure_count: u32::try_from(r.count("failure_count")?).unwrap_or(u32::MAX),
                 duplicate: r.try_get("duplicate")?,
                 relative_path: r.try_get("relative_path")?,
             });
@@ -386,21 +316,6 @@ async fn insert_item(
     Ok(id)
 }
 
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn unknown_study(item: &NewWorkItem) -> WorkError {
-    WorkError::UnknownStudy {
-        partition: item.partition.0,
-        study_uid: item
-            .study_uid
-            .as_ref()
-            .map(|u| u.as_str().to_string())
-            .unwrap_or_default(),
-    }
-}
-
 /// What a fenced update found: done, or the item's current state.
 enum Fenced {
     Done,
@@ -526,45 +441,22 @@ impl WorkStore for PgIndex {
                     .fetch_all(&mut *conn)
                     .await?;
                 for row in &rows {
-                    candidates.push(candidate(row)?);
+                    candidates.push(Candidate::from_row(row)?);
                 }
             }
-            candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
-
             // Choose within the caps, one writer (or only readers) per study.
-            let mut chosen: Vec<(Candidate, &ClaimKind)> = Vec::new();
-            let (mut normal, mut heavy) = (0usize, 0usize);
-            let mut studies: HashMap<i64, bool> = HashMap::new();
-            for c in candidates {
-                if chosen.len() >= request.limit {
-                    break;
-                }
-                let Some(kind) = kinds.get(c.kind.as_str()).copied() else {
-                    continue;
-                };
-                let high = WorkPriority::from_rank(c.priority).is_high();
-                if (!high && normal >= request.max_normal)
-                    || (kind.memory_heavy && heavy >= request.max_memory_heavy)
-                {
-                    continue;
-                }
-                let write = kind.study_lock == StudyLock::Write;
-                if let Some(study) = c.study {
-                    if matches!(studies.get(&study), Some(&writer) if writer || write) {
-                        continue;
-                    }
-                    studies.insert(study, write);
-                }
-                normal += usize::from(!high);
-                heavy += usize::from(kind.memory_heavy);
-                chosen.push((c, kind));
-            }
+            let mut chosen = choose_claims(candidates, &kinds, request);
 
             // Lock the studies (ascending) and re-check them with a fresh
             // snapshot: claims other nodes committed meanwhile are visible.
-            let mut keys: Vec<i64> = studies.keys().map(|s| CLAIM_LOCK | s).collect();
+            let mut keys: Vec<i64> = chosen
+                .iter()
+                .filter_map(|(c, _)| c.study)
+                .map(|s| CLAIM_LOCK | s)
+                .collect();
             if !keys.is_empty() {
                 keys.sort_unstable();
+                keys.dedup();
                 sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::bigint[]) AS k")
                     .bind(&keys)
                     .execute(&mut *conn)
@@ -896,60 +788,24 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use crate::db::postgres::{create_database, drop_database, PgIndex};
+    use crate::db::fixtures;
+    use crate::db::postgres::tests::TestDb;
     use crate::db::work::{conformance, WorkStore};
     use crate::model::work::{NewWorkItem, WorkKind};
     use crate::model::PartitionId;
 
-    /// A database of its own, dropped at the end (`IMAGESERVER_PG_URL`, as
-    /// in `db/postgres/tests.rs`; `IMAGESERVER_SKIP_PG=1` leaves it out).
-    struct TestDb {
-        server: String,
-        name: String,
-        url: String,
-    }
-
-    impl TestDb {
-        fn new() -> Option<TestDb> {
-            let Ok(server) = std::env::var("IMAGESERVER_PG_URL") else {
-                if std::env::var("IMAGESERVER_SKIP_PG").as_deref() == Ok("1") {
-                    eprintln!("note: IMAGESERVER_SKIP_PG=1: PostgreSQL test not run");
-                    return None;
-                }
-                panic!("IMAGESERVER_PG_URL is not set: run the tests through scripts/test.sh");
-            };
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let name = format!(
-                "it_work_{}_{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            let url = create_database(&server, &name).expect("create the test database");
-            Some(TestDb { server, name, url })
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            if let Err(e) = drop_database(&self.server, &self.name) {
-                eprintln!("cannot drop test database {}: {e}", self.name);
-            }
-        }
-    }
-
     #[test]
     fn work_store_conformance() {
         let Some(db) = TestDb::new() else { return };
-        let index = PgIndex::connect(&db.url).expect("connect");
-        conformance::run_all(&index);
+        conformance::run_all(&db.connect());
     }
 
     /// An enqueue through one connection pool wakes a watcher on another.
     #[test]
     fn enqueue_notifies_watchers() {
         let Some(db) = TestDb::new() else { return };
-        let watcher = PgIndex::connect(&db.url).expect("connect");
-        let writer = PgIndex::connect(&db.url).expect("connect");
+        let watcher = db.connect();
+        let writer = db.connect();
         let woken = Arc::new(AtomicU64::new(0));
         let counter = woken.clone();
         let _watch = watcher
@@ -965,20 +821,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let before = woken.load(Ordering::SeqCst);
-        let partition = crate::db::IndexStore::ensure_partition(
-            &writer,
-            &crate::model::PartitionSpec {
-                ae_title: crate::model::AeTitle::parse("WATCH").expect("AE"),
-                folder: crate::model::FolderName::parse("WATCH").expect("folder"),
-                description: String::new(),
-                port: 0,
-                accept_unknown_devices: true,
-                duplicate_policy: crate::model::DuplicatePolicy::default(),
-                pn_case_insensitive: true,
-            },
-        )
-        .expect("partition");
-        let _: PartitionId = partition;
+        let partition: PartitionId =
+            crate::db::IndexStore::ensure_partition(&writer, &fixtures::partition_spec("WATCH"))
+                .expect("partition");
         writer
             .enqueue(&NewWorkItem::new(
                 WorkKind::new("watched").expect("kind"),

@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::db::rows::{joined, split};
+
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::to_sql_error;
@@ -62,23 +64,6 @@ fn owned(values: &[Option<&str>]) -> Vec<Option<String>> {
 
 fn same(cached: &[Option<String>], values: &[Option<&str>]) -> bool {
     cached.len() == values.len() && cached.iter().zip(values).all(|(a, b)| a.as_deref() == *b)
-}
-
-/// Joins distinct values with `\` in sorted order.
-fn joined(values: &BTreeSet<String>) -> String {
-    values
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join("\\")
-}
-
-fn split(values: &str) -> BTreeSet<String> {
-    values
-        .split('\\')
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 struct CachedPatient {

@@ -22,17 +22,18 @@ mod work;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
-use crate::db::{Error, FollowUp, IndexStore};
+use crate::db::rows::{self, Columns};
+use crate::db::studies::now_ms;
+use crate::db::{log_batch, sql, Error, FollowUp, IndexStore};
 use crate::model::{
-    AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
-    IndexCounts, InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance,
-    StudyLocation, Tier, Uid,
+    AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
 };
 
 /// The migrations, in order: `(version, SQL)`. Version `n` is the schema
@@ -354,14 +355,6 @@ fn map_error(operation: &'static str, e: rusqlite::Error) -> Error {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// An error for a value that cannot be stored.
 fn to_sql_error(message: String) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(message.into())
@@ -500,60 +493,48 @@ impl ReaderPool {
     }
 }
 
-/// Maps a row of `study_storage.filesystem_id, partition.folder,
-/// study_storage.date_folder, study_uid` (starting at column `at`).
-/// A `duplicate` row selected as `d.filesystem_id, p.folder, d.date_folder,
-/// d.study_uid, d.sop_instance_uid, d.series_uid, d.variant, d.file_size,
-/// d.digest, d.source_ae, d.received_at`.
-pub(super) fn duplicate_from_row(
-    r: &Row<'_>,
-    partition: PartitionId,
-) -> rusqlite::Result<DuplicateRecord> {
-    Ok(DuplicateRecord {
-        partition,
-        location: location_from_row(r, 0)?,
-        sop_instance_uid: parse_column(r, 4, Uid::parse)?,
-        series_uid: parse_column(r, 5, Uid::parse)?,
-        variant: get_u64(r, 6)?,
-        file_size: get_u64(r, 7)?,
-        digest: r.get(8)?,
-        source_ae: r.get(9)?,
-        received_at_ms: r.get(10)?,
-    })
-}
+impl Columns for Row<'_> {
+    type Error = rusqlite::Error;
 
-/// A study's online location (`?1` partition, `?2` study UID), for
-/// [`location_from_row`]; none while it is nearline.
-const STUDY_LOCATION: &str = "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
-     FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
-     WHERE ss.partition_id = ?1 AND ss.study_uid = ?2 AND ss.filesystem_id IS NOT NULL";
+    fn int(&self, column: &str) -> rusqlite::Result<i64> {
+        self.get(column)
+    }
 
-fn location_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<StudyLocation> {
-    Ok(StudyLocation {
-        // NULL (a nearline study without online copy) is reported as an error.
-        filesystem: FilesystemId(row.get(at)?),
-        partition_folder: parse_column(row, at + 1, FolderName::parse)?,
-        date_folder: row.get(at + 2)?,
-        study_uid: parse_column(row, at + 3, Uid::parse)?,
-    })
+    fn opt_int(&self, column: &str) -> rusqlite::Result<Option<i64>> {
+        self.get(column)
+    }
+
+    fn int32(&self, column: &str) -> rusqlite::Result<i32> {
+        self.get(column)
+    }
+
+    fn real(&self, column: &str) -> rusqlite::Result<f64> {
+        self.get(column)
+    }
+
+    fn flag(&self, column: &str) -> rusqlite::Result<bool> {
+        self.get(column)
+    }
+
+    fn text(&self, column: &str) -> rusqlite::Result<String> {
+        self.get(column)
+    }
+
+    fn opt_text(&self, column: &str) -> rusqlite::Result<Option<String>> {
+        self.get(column)
+    }
+
+    fn invalid(&self, column: &str, cause: rows::Cause) -> rusqlite::Error {
+        let index = self.as_ref().column_index(column).unwrap_or(usize::MAX);
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, cause)
+    }
 }
 
 impl IndexStore for SqliteIndex {
     fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error> {
         let now = now_ms();
         self.write("ensuring a partition", |tx| {
-            tx.prepare_cached(
-                "INSERT INTO partition (ae_title, folder, description, port, accept_any_device,
-                                        duplicate_policy, pn_case_insensitive, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (ae_title) DO UPDATE
-                 SET folder = excluded.folder, description = excluded.description,
-                     port = excluded.port, accept_any_device = excluded.accept_any_device,
-                     duplicate_policy = excluded.duplicate_policy,
-                     pn_case_insensitive = excluded.pn_case_insensitive
-                 RETURNING id",
-            )?
-            .query_row(
+            tx.prepare_cached(sql::ENSURE_PARTITION)?.query_row(
                 params![
                     spec.ae_title.as_str(),
                     spec.folder.as_str(),
@@ -571,7 +552,7 @@ impl IndexStore for SqliteIndex {
 
     fn partition(&self, ae_title: &AeTitle) -> Result<Option<PartitionId>, Error> {
         self.read("looking up a partition", |conn| {
-            conn.prepare_cached("SELECT id FROM partition WHERE ae_title = ?1")?
+            conn.prepare_cached(sql::PARTITION)?
                 .query_row([ae_title.as_str()], |r| r.get(0).map(PartitionId))
                 .optional()
         })
@@ -579,25 +560,9 @@ impl IndexStore for SqliteIndex {
 
     fn ensure_filesystem(&self, spec: &FilesystemSpec) -> Result<FilesystemId, Error> {
         const OPERATION: &str = "ensuring a filesystem";
-        let Some(path) = spec.path.to_str() else {
-            return Err(Error::Backend {
-                operation: OPERATION,
-                source: format!("filesystem path {} is not valid UTF-8", spec.path.display())
-                    .into(),
-            });
-        };
+        let path = rows::fs_path(spec, OPERATION)?;
         self.write(OPERATION, |tx| {
-            tx.prepare_cached(
-                "INSERT INTO filesystem
-                     (path, tier, high_watermark, low_watermark, read_only, write_only, description)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (path) DO UPDATE
-                 SET tier = excluded.tier, high_watermark = excluded.high_watermark,
-                     low_watermark = excluded.low_watermark, read_only = excluded.read_only,
-                     write_only = excluded.write_only, description = excluded.description
-                 RETURNING id",
-            )?
-            .query_row(
+            tx.prepare_cached(sql::ENSURE_FILESYSTEM)?.query_row(
                 params![
                     path,
                     spec.tier.0,
@@ -614,79 +579,35 @@ impl IndexStore for SqliteIndex {
 
     fn filesystems(&self) -> Result<Vec<Filesystem>, Error> {
         self.read("listing filesystems", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
-                        enabled, description
-                 FROM filesystem ORDER BY tier, id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(Filesystem {
-                    id: FilesystemId(r.get(0)?),
-                    spec: FilesystemSpec {
-                        path: PathBuf::from(r.get::<_, String>(1)?),
-                        tier: Tier(r.get(2)?),
-                        high_watermark: r.get(3)?,
-                        low_watermark: r.get(4)?,
-                        read_only: r.get(5)?,
-                        write_only: r.get(6)?,
-                        description: r.get(8)?,
-                    },
-                    enabled: r.get(7)?,
-                })
-            })?;
-            rows.collect()
+            let mut stmt = conn.prepare_cached(sql::FILESYSTEMS)?;
+            let found = stmt.query_map([], |r| rows::filesystem(r))?;
+            found.collect()
         })
     }
 
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error> {
         self.write("ensuring a device", |tx| {
-            tx.prepare_cached(
-                "INSERT INTO device
-                     (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                      max_associations, max_outgoing_associations)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (partition_id, ae_title) DO UPDATE
-                 SET host = excluded.host, port = excluded.port,
-                     allow_store = excluded.allow_store, allow_query = excluded.allow_query,
-                     allow_retrieve = excluded.allow_retrieve,
-                     max_associations = excluded.max_associations,
-                     max_outgoing_associations = excluded.max_outgoing_associations",
-            )?
-            .execute(params![
-                partition.0,
-                spec.ae_title.as_str(),
-                spec.host,
-                spec.port,
-                spec.allow_store,
-                spec.allow_query,
-                spec.allow_retrieve,
-                spec.max_associations,
-                spec.max_outgoing_associations
-            ])
-            .map(drop)
+            tx.prepare_cached(sql::ENSURE_DEVICE)?
+                .execute(params![
+                    partition.0,
+                    spec.ae_title.as_str(),
+                    spec.host,
+                    spec.port,
+                    spec.allow_store,
+                    spec.allow_query,
+                    spec.allow_retrieve,
+                    spec.max_associations,
+                    spec.max_outgoing_associations
+                ])
+                .map(drop)
         })
     }
 
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
         self.read("listing devices", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-                        max_associations, max_outgoing_associations
-                 FROM device WHERE partition_id = ?1 ORDER BY ae_title",
-            )?;
-            let rows = stmt.query_map([partition.0], |r| {
-                Ok(DeviceSpec {
-                    ae_title: parse_column(r, 0, AeTitle::parse)?,
-                    host: r.get(1)?,
-                    port: r.get(2)?,
-                    allow_store: r.get(3)?,
-                    allow_query: r.get(4)?,
-                    allow_retrieve: r.get(5)?,
-                    max_associations: r.get(6)?,
-                    max_outgoing_associations: r.get(7)?,
-                })
-            })?;
-            rows.collect()
+            let mut stmt = conn.prepare_cached(sql::DEVICES)?;
+            let found = stmt.query_map([partition.0], |r| rows::device(r))?;
+            found.collect()
         })
     }
 
@@ -696,9 +617,9 @@ impl IndexStore for SqliteIndex {
         study_uid: &Uid,
     ) -> Result<Option<StudyLocation>, Error> {
         self.read("looking up a study location", |conn| {
-            conn.prepare_cached(STUDY_LOCATION)?
+            conn.prepare_cached(sql::STUDY_LOCATION)?
                 .query_row(params![partition.0, study_uid.as_str()], |r| {
-                    location_from_row(r, 0)
+                    rows::location(r)
                 })
                 .optional()
         })
@@ -719,9 +640,9 @@ impl IndexStore for SqliteIndex {
                     proposed.date_folder,
                     now
                 ])?;
-            tx.prepare_cached(STUDY_LOCATION)?
+            tx.prepare_cached(sql::STUDY_LOCATION)?
                 .query_row(params![partition.0, proposed.study_uid.as_str()], |r| {
-                    location_from_row(r, 0)
+                    rows::location(r)
                 })
         })
     }
@@ -747,16 +668,7 @@ impl IndexStore for SqliteIndex {
             }
             Ok(outcomes)
         })?;
-        let replaced = outcomes
-            .iter()
-            .filter(|o| **o == InsertOutcome::Replaced)
-            .count();
-        tracing::debug!(
-            size = batch.len(),
-            replaced,
-            elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "index batch committed"
-        );
+        log_batch(&outcomes, start);
         Ok(outcomes)
     }
 
@@ -766,29 +678,11 @@ impl IndexStore for SqliteIndex {
         sop_instance_uid: &Uid,
     ) -> Result<Option<StoredInstance>, Error> {
         self.read("looking up an instance", |conn| {
-            conn.prepare_cached(
-                "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
-                        se.series_uid, i.sop_instance_uid, i.sop_class_uid,
-                        i.transfer_syntax_uid, i.file_size, i.digest
-                 FROM instance i
-                 JOIN series se ON se.id = i.series_fk
-                 JOIN study st ON st.id = se.study_fk
-                 JOIN study_storage ss ON ss.id = st.study_storage_id
-                 JOIN partition p ON p.id = ss.partition_id
-                 WHERE i.partition_id = ?1 AND i.sop_instance_uid = ?2",
-            )?
-            .query_row(params![partition.0, sop_instance_uid.as_str()], |r| {
-                Ok(StoredInstance {
-                    location: location_from_row(r, 0)?,
-                    series_uid: parse_column(r, 4, Uid::parse)?,
-                    sop_instance_uid: parse_column(r, 5, Uid::parse)?,
-                    sop_class_uid: parse_column(r, 6, Uid::parse)?,
-                    transfer_syntax_uid: parse_column(r, 7, Uid::parse)?,
-                    file_size: get_u64(r, 8)?,
-                    digest: r.get(9)?,
+            conn.prepare_cached(sql::INSTANCE)?
+                .query_row(params![partition.0, sop_instance_uid.as_str()], |r| {
+                    rows::stored_instance(r)
                 })
-            })
-            .optional()
+                .optional()
         })
     }
 
@@ -796,57 +690,36 @@ impl IndexStore for SqliteIndex {
         // From the maintained counters: one pass over the partition's
         // patients instead of counting millions of instance rows.
         self.read("counting", |conn| {
-            conn.prepare_cached(
-                "SELECT COUNT(*), COALESCE(SUM(num_studies), 0), COALESCE(SUM(num_series), 0),
-                        COALESCE(SUM(num_instances), 0)
-                 FROM patient WHERE partition_id = ?1",
-            )?
-            .query_row([partition.0], |r| {
-                Ok(IndexCounts {
-                    patients: get_u64(r, 0)?,
-                    studies: get_u64(r, 1)?,
-                    series: get_u64(r, 2)?,
-                    instances: get_u64(r, 3)?,
-                })
-            })
+            conn.prepare_cached(sql::COUNTS)?
+                .query_row([partition.0], |r| rows::counts(r))
         })
     }
 
     fn record_duplicate(&self, duplicate: &DuplicateRecord) -> Result<(), Error> {
         self.write("recording a duplicate", |tx| {
-            tx.prepare_cached(
-                "INSERT INTO duplicate (partition_id, sop_instance_uid, filesystem_id, date_folder,
-                                        study_uid, series_uid, variant, file_size, digest,
-                                        source_ae, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?
-            .execute(params![
-                duplicate.partition.0,
-                duplicate.sop_instance_uid.as_str(),
-                duplicate.location.filesystem.0,
-                duplicate.location.date_folder,
-                duplicate.location.study_uid.as_str(),
-                duplicate.series_uid.as_str(),
-                duplicate.variant as i64,
-                duplicate.file_size as i64,
-                duplicate.digest,
-                duplicate.source_ae,
-                duplicate.received_at_ms
-            ])
-            .map(drop)
+            tx.prepare_cached(sql::RECORD_DUPLICATE)?
+                .execute(params![
+                    duplicate.partition.0,
+                    duplicate.sop_instance_uid.as_str(),
+                    duplicate.location.filesystem.0,
+                    duplicate.location.date_folder,
+                    duplicate.location.study_uid.as_str(),
+                    duplicate.series_uid.as_str(),
+                    duplicate.variant as i64,
+                    duplicate.file_size as i64,
+                    duplicate.digest,
+                    duplicate.source_ae,
+                    duplicate.received_at_ms
+                ])
+                .map(drop)
         })
     }
 
     fn duplicates(&self, partition: PartitionId) -> Result<Vec<DuplicateRecord>, Error> {
         self.read("listing duplicates", |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT d.filesystem_id, p.folder, d.date_folder, d.study_uid, d.sop_instance_uid,
-                        d.series_uid, d.variant, d.file_size, d.digest, d.source_ae, d.received_at
-                 FROM duplicate d JOIN partition p ON p.id = d.partition_id
-                 WHERE d.partition_id = ?1 ORDER BY d.received_at, d.id",
-            )?;
-            let rows = stmt.query_map([partition.0], |r| duplicate_from_row(r, partition))?;
-            rows.collect()
+            let mut stmt = conn.prepare_cached(sql::DUPLICATES)?;
+            let found = stmt.query_map([partition.0], |r| rows::duplicate(r, partition))?;
+            found.collect()
         })
     }
 }

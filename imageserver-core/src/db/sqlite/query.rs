@@ -15,12 +15,13 @@ use std::ops::ControlFlow;
 use rusqlite::types::Value;
 use rusqlite::{Connection, Row};
 
-use super::{get_u64, is_busy, location_from_row, parse_column, SqliteIndex};
+use super::{is_busy, SqliteIndex};
 use crate::db::matching::{case_variants, effective};
 use crate::db::planner::{self, Dialect, List, Sql};
+use crate::db::rows::stored_instance;
 use crate::db::{Error, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Match, Matcher, Query};
-use crate::model::{StoredInstance, Uid};
+use crate::model::StoredInstance;
 
 impl QueryStore for SqliteIndex {
     fn find(
@@ -122,20 +123,6 @@ fn match_from_row(returned: &[Attribute], row: &Row<'_>) -> rusqlite::Result<Mat
         values.push((*attribute, value));
     }
     Ok(Match { values })
-}
-
-/// Reads a stored instance from the location and instance columns of the
-/// retrieve list, by position.
-fn stored_instance(row: &Row<'_>) -> rusqlite::Result<StoredInstance> {
-    Ok(StoredInstance {
-        location: location_from_row(row, 0)?,
-        series_uid: parse_column(row, 4, Uid::parse)?,
-        sop_instance_uid: parse_column(row, 5, Uid::parse)?,
-        sop_class_uid: parse_column(row, 6, Uid::parse)?,
-        transfer_syntax_uid: parse_column(row, 7, Uid::parse)?,
-        file_size: get_u64(row, 8)?,
-        digest: row.get(9)?,
-    })
 }
 
 /// SQLite's way of writing the planner's statements.

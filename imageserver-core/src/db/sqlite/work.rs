@@ -13,18 +13,19 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, Row, Transaction};
+use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{get_u64, now_ms, parse_column, SqliteIndex};
 use crate::db::work::{
-    lease_lost, refused, takeover_description, validate, ClaimRequest, FailureAction, WorkError,
-    WorkStore, RESCHEDULE_REFUSED,
+    choose_claims, item_from_row, lease_lost, millis, refused, status_from_row,
+    takeover_description, unknown_study, validate, Candidate, ClaimRequest, FailureAction,
+    WorkError, WorkStore, RESCHEDULE_REFUSED,
 };
 use crate::model::work::{
-    Enqueued, Lease, NewWorkItem, StudyLock, StudyStorageId, Timestamp, WorkFilter, WorkItem,
-    WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkStudy, WorkUid,
+    Enqueued, Lease, NewWorkItem, StudyLock, Timestamp, WorkFilter, WorkItem, WorkItemId,
+    WorkPriority, WorkStatus, WorkUid,
 };
-use crate::model::{PartitionId, Uid};
+use crate::model::Uid;
 
 /// The columns [`item_from_row`] reads, over `work_queue w LEFT JOIN
 /// study_storage ss`.
@@ -32,7 +33,7 @@ const ITEM_COLUMNS: &str = "w.id, w.partition_id, w.study_storage_id, ss.study_u
      w.status, w.priority, w.scheduled_time, w.expiration_time, w.failure_count,
      w.failure_description, w.processor_id, w.lease_expires_at, w.attempt, w.payload,
      w.created_at, w.updated_at,
-     (SELECT COUNT(*) FROM work_queue_uid u WHERE u.work_queue_id = w.id)";
+     (SELECT COUNT(*) FROM work_queue_uid u WHERE u.work_queue_id = w.id) AS uid_count";
 
 /// The claim candidates: waiting items that are due, or in-progress items
 /// whose lease expired, of the requested kinds (`?1`, JSON), whose study is
@@ -64,18 +65,6 @@ fn candidates_sql(waiting: bool) -> String {
          ORDER BY w.priority DESC, w.scheduled_time, w.id
          LIMIT ?4"
     )
-}
-
-/// A claim candidate.
-struct Candidate {
-    id: i64,
-    study: Option<i64>,
-    kind: String,
-    priority: i64,
-    scheduled: i64,
-    in_progress: bool,
-    processor_id: Option<String>,
-    attempt: i64,
 }
 
 impl SqliteIndex {
@@ -113,10 +102,7 @@ impl SqliteIndex {
         id: i64,
     ) -> rusqlite::Result<Option<(WorkStatus, i64)>> {
         conn.prepare_cached("SELECT status, attempt FROM work_queue WHERE id = ?1")?
-            .query_row([id], |r| {
-                let status: String = r.get(0)?;
-                Ok((parse_status(&status, 0)?, r.get(1)?))
-            })
+            .query_row([id], |r| Ok((status_from_row(r)?, r.get("attempt")?)))
             .optional()
     }
 
@@ -153,7 +139,7 @@ impl SqliteIndex {
                  FROM work_queue w LEFT JOIN study_storage ss ON ss.id = w.study_storage_id
                  WHERE w.id = ?1"
             ))?
-            .query_row([id], item_from_row)
+            .query_row([id], |r| item_from_row(r))
             .optional()?;
         let Some(mut item) = item else {
             return Ok(None);
@@ -299,53 +285,6 @@ fn json_list<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
     serde_json::to_string(&values.into_iter().collect::<Vec<_>>()).unwrap_or_else(|_| "[]".into())
 }
 
-fn parse_status(text: &str, idx: usize) -> rusqlite::Result<WorkStatus> {
-    WorkStatus::parse(text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            rusqlite::types::Type::Text,
-            format!("unknown work item status {text:?}").into(),
-        )
-    })
-}
-
-/// Maps a row of [`ITEM_COLUMNS`] (without instances).
-fn item_from_row(r: &Row<'_>) -> rusqlite::Result<WorkItem> {
-    let study = match r.get::<_, Option<i64>>(2)? {
-        Some(storage) => Some(WorkStudy {
-            storage: StudyStorageId(storage),
-            study_uid: parse_column(r, 3, Uid::parse)?,
-        }),
-        None => None,
-    };
-    let status: String = r.get(5)?;
-    let to_u32 = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-    Ok(WorkItem {
-        id: WorkItemId(r.get(0)?),
-        partition: PartitionId(r.get(1)?),
-        study,
-        kind: parse_column(r, 4, WorkKind::new)?,
-        status: parse_status(&status, 5)?,
-        priority: WorkPriority::from_rank(r.get(6)?),
-        scheduled_at: Timestamp::from_millis(r.get(7)?),
-        expires_at: r.get::<_, Option<i64>>(8)?.map(Timestamp::from_millis),
-        failure_count: to_u32(get_u64(r, 9)?),
-        failure_description: r.get(10)?,
-        processor_id: r.get(11)?,
-        lease_expires_at: r.get::<_, Option<i64>>(12)?.map(Timestamp::from_millis),
-        attempt: to_u32(get_u64(r, 13)?),
-        payload: r.get(14)?,
-        uids: Vec::new(),
-        uid_count: get_u64(r, 17)?,
-        created_at: Timestamp::from_millis(r.get(15)?),
-        updated_at: Timestamp::from_millis(r.get(16)?),
-    })
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl WorkStore for SqliteIndex {
     fn enqueue(&self, item: &NewWorkItem) -> Result<WorkItemId, WorkError> {
         validate(item)?;
@@ -395,47 +334,14 @@ impl WorkStore for SqliteIndex {
             for waiting in [false, true] {
                 let mut stmt = tx.prepare_cached(&candidates_sql(waiting))?;
                 let rows = stmt.query_map(params![all, writers, now, window], |r| {
-                    Ok(Candidate {
-                        id: r.get(0)?,
-                        study: r.get(1)?,
-                        kind: r.get(2)?,
-                        priority: r.get(3)?,
-                        scheduled: r.get(4)?,
-                        in_progress: r.get::<_, String>(5)? == "in_progress",
-                        processor_id: r.get(6)?,
-                        attempt: r.get(7)?,
-                    })
+                    Candidate::from_row(r)
                 })?;
                 for row in rows {
                     candidates.push(row?);
                 }
             }
-            candidates.sort_by_key(|c| (-c.priority, c.scheduled, c.id));
             let mut taken = Vec::new();
-            let (mut normal, mut heavy) = (0usize, 0usize);
-            // Studies claimed in this batch: true when a writer holds one.
-            let mut studies: HashMap<i64, bool> = HashMap::new();
-            for c in candidates {
-                if taken.len() >= request.limit {
-                    break;
-                }
-                let Some(kind) = kinds.get(c.kind.as_str()) else {
-                    continue;
-                };
-                let high = WorkPriority::from_rank(c.priority).is_high();
-                if (!high && normal >= request.max_normal)
-                    || (kind.memory_heavy && heavy >= request.max_memory_heavy)
-                {
-                    continue;
-                }
-                let write = kind.study_lock == StudyLock::Write;
-                if let Some(study) = c.study {
-                    match studies.get(&study) {
-                        Some(&writer) if writer || write => continue,
-                        _ => {}
-                    }
-                    studies.insert(study, write);
-                }
+            for (c, kind) in choose_claims(candidates, &kinds, request) {
                 let description = c
                     .in_progress
                     .then(|| takeover_description(c.processor_id.as_deref(), c.attempt));
@@ -455,8 +361,6 @@ impl WorkStore for SqliteIndex {
                     description,
                     now
                 ])?;
-                normal += usize::from(!high);
-                heavy += usize::from(kind.memory_heavy);
                 taken.push(c.id);
             }
             let mut items = Vec::with_capacity(taken.len());
@@ -610,7 +514,7 @@ impl WorkStore for SqliteIndex {
                     filter.study_uid.as_ref().map(Uid::as_str),
                     limit
                 ],
-                item_from_row,
+                |r| item_from_row(r),
             )?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
@@ -629,17 +533,6 @@ impl WorkStore for SqliteIndex {
             .execute([before.as_millis()])
         })?;
         Ok(removed as u64)
-    }
-}
-
-fn unknown_study(item: &NewWorkItem) -> WorkError {
-    WorkError::UnknownStudy {
-        partition: item.partition.0,
-        study_uid: item
-            .study_uid
-            .as_ref()
-            .map(|u| u.as_str().to_string())
-            .unwrap_or_default(),
     }
 }
 

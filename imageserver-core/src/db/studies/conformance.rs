@@ -1,15 +1,12 @@
 //! The backend-agnostic checks of [`StudyStore`]: both backends run
 //! [`run_all`] on a fresh store. Each check works in a partition of its own.
 
+use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::studies::{
     AttributeChange, AuditEntry, EditStatus, EditableAttribute, FileFacts, StudyStore,
 };
 use crate::db::{Error, IndexStore};
-use crate::model::{
-    AeTitle, DuplicatePolicy, DuplicateRecord, FilesystemId, FilesystemSpec, FolderName,
-    IndexCounts, InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs,
-    SeriesAttrs, StudyAttrs, StudyLocation, Tier, Uid,
-};
+use crate::model::{DuplicateRecord, InstanceRecord};
 
 /// Runs every check.
 pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
@@ -20,103 +17,31 @@ pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
     replace_rows(store);
 }
 
-fn uid(value: &str) -> Uid {
-    Uid::parse(value).expect("test UID")
+/// A partition and filesystem of their own for one check.
+type Fixture<'a, S> = Scope<'a, S>;
+
+/// Partition `name` on filesystem `/studies/<name>`.
+fn fixture<'a, S: IndexStore + StudyStore>(store: &'a S, name: &str) -> Fixture<'a, S> {
+    Scope::new(
+        store,
+        fixtures::partition_spec(name),
+        fixtures::fs_spec(format!("/studies/{name}")),
+    )
 }
 
-struct Fixture<'a, S> {
-    store: &'a S,
-    partition: PartitionId,
-    folder: FolderName,
-    fs: FilesystemId,
+/// The records and audit entries of this suite.
+trait StudyFixture {
+    /// A CT image of `patient` in series `series` of `study`
+    /// ([`Scope::detailed_record`]).
+    fn record(&self, patient: &str, study: &str, series: &str, sop: &str) -> InstanceRecord;
+
+    /// An audit entry of `action` about `study`, stamped now.
+    fn audit(&self, action: &str, study: &str) -> AuditEntry;
 }
 
-impl<'a, S: IndexStore + StudyStore> Fixture<'a, S> {
-    fn new(store: &'a S, name: &str) -> Fixture<'a, S> {
-        let folder = FolderName::parse(name).expect("folder");
-        let partition = store
-            .ensure_partition(&PartitionSpec {
-                ae_title: AeTitle::parse(name).expect("AE"),
-                folder: folder.clone(),
-                description: String::new(),
-                port: 0,
-                accept_unknown_devices: true,
-                duplicate_policy: DuplicatePolicy::default(),
-                pn_case_insensitive: true,
-            })
-            .expect("partition");
-        let fs = store
-            .ensure_filesystem(&FilesystemSpec {
-                path: format!("/studies/{name}").into(),
-                tier: Tier(1),
-                high_watermark: 90.0,
-                low_watermark: 80.0,
-                read_only: false,
-                write_only: false,
-                description: String::new(),
-            })
-            .expect("filesystem");
-        Fixture {
-            store,
-            partition,
-            folder,
-            fs,
-        }
-    }
-
-    fn location(&self, study: &str) -> StudyLocation {
-        StudyLocation {
-            filesystem: self.fs,
-            partition_folder: self.folder.clone(),
-            date_folder: "20240131".to_string(),
-            study_uid: uid(study),
-        }
-    }
-
+impl<S: IndexStore + StudyStore> StudyFixture for Fixture<'_, S> {
     fn record(&self, patient: &str, study: &str, series: &str, sop: &str) -> InstanceRecord {
-        InstanceRecord {
-            partition: self.partition,
-            location: self.location(study),
-            patient: PatientAttrs {
-                patient_id: patient.to_string(),
-                issuer_of_patient_id: None,
-                patient_name: Some(format!("NAME^{patient}")),
-                birth_date: Some("19700101".to_string()),
-                sex: Some("O".to_string()),
-            },
-            study: StudyAttrs {
-                study_uid: uid(study),
-                study_date: Some("20240131".to_string()),
-                study_time: Some("101500".to_string()),
-                accession_number: Some("ACC1".to_string()),
-                study_id: Some("1".to_string()),
-                study_description: Some("before".to_string()),
-                referring_physician_name: None,
-                specific_character_set: None,
-            },
-            series: SeriesAttrs {
-                series_uid: uid(series),
-                modality: Some("CT".to_string()),
-                series_number: Some(1),
-                series_description: None,
-                body_part_examined: None,
-                series_date: None,
-                series_time: None,
-            },
-            instance: InstanceAttrs {
-                sop_instance_uid: uid(sop),
-                sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
-                instance_number: Some(1),
-                transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-                file_size: 100,
-                digest: "ab".repeat(32),
-                source_ae: None,
-            },
-        }
-    }
-
-    fn counts(&self) -> IndexCounts {
-        self.store.counts(self.partition).expect("counts")
+        self.detailed_record(patient, study, series, sop)
     }
 
     fn audit(&self, action: &str, study: &str) -> AuditEntry {
@@ -130,17 +55,8 @@ impl<'a, S: IndexStore + StudyStore> Fixture<'a, S> {
     }
 }
 
-fn counts(patients: u64, studies: u64, series: u64, instances: u64) -> IndexCounts {
-    IndexCounts {
-        patients,
-        studies,
-        series,
-        instances,
-    }
-}
-
 fn reads<S: IndexStore + StudyStore>(store: &S) {
-    let f = Fixture::new(store, "ST_READS");
+    let f = fixture(store, "ST_READS");
     store
         .insert_instances(&[
             f.record("P1", "1.5.1", "1.5.1.1", "1.5.1.1.2"),
@@ -156,7 +72,7 @@ fn reads<S: IndexStore + StudyStore>(store: &S) {
         .study(f.partition, &uid("1.5.1"))
         .expect("lookup")
         .expect("known");
-    assert_eq!(study.location, Some(f.location("1.5.1")));
+    assert_eq!(study.location, Some(f.location("1.5.1", "20240131")));
     assert_eq!(study.patient.patient_id, "P1");
     assert_eq!(study.patient.issuer_of_patient_id, None);
     assert_eq!(study.patient.patient_name.as_deref(), Some("NAME^P1"));
@@ -177,7 +93,9 @@ fn reads<S: IndexStore + StudyStore>(store: &S) {
         .collect();
     // Ordered by series, instance number, then SOP Instance UID.
     assert_eq!(sops, ["1.5.1.1.1", "1.5.1.1.2", "1.5.1.2.1"]);
-    assert!(instances.iter().all(|i| i.location == f.location("1.5.1")));
+    assert!(instances
+        .iter()
+        .all(|i| i.location == f.location("1.5.1", "20240131")));
     assert!(store
         .study_instances(f.partition, &uid("1.5.9"))
         .expect("none")
@@ -185,7 +103,7 @@ fn reads<S: IndexStore + StudyStore>(store: &S) {
 }
 
 fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(store: &S) {
-    let f = Fixture::new(store, "ST_DELETE");
+    let f = fixture(store, "ST_DELETE");
     store
         .insert_instances(&[
             f.record("P1", "1.6.1", "1.6.1.1", "1.6.1.1.1"),
@@ -198,7 +116,7 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
         .record_duplicate(&DuplicateRecord {
             partition: f.partition,
             sop_instance_uid: uid("1.6.1.1.1"),
-            location: f.location("1.6.1"),
+            location: f.location("1.6.1", "20240131"),
             series_uid: uid("1.6.1.1"),
             variant: 7,
             file_size: 10,
@@ -231,7 +149,7 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
         )
         .expect("delete")
         .expect("the study was there");
-    assert_eq!(deleted.location, f.location("1.6.1"));
+    assert_eq!(deleted.location, f.location("1.6.1", "20240131"));
     assert_eq!(deleted.instances.len(), 2);
     assert_eq!(deleted.duplicates.len(), 1);
     assert_eq!((deleted.num_series, deleted.size_bytes), (1, 200));
@@ -263,7 +181,7 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
         .deleting_study(f.partition, &uid("1.6.1"))
         .expect("tombstone")
         .expect("left behind");
-    assert_eq!(tombstone.location, f.location("1.6.1"));
+    assert_eq!(tombstone.location, f.location("1.6.1", "20240131"));
     assert_eq!(tombstone.since_ms, deleted.since_ms);
     let audit = store.audit_log(f.partition, &uid("1.6.1")).expect("audit");
     assert_eq!(audit.len(), 1);
@@ -329,7 +247,7 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
         .expect("finish"));
     assert_eq!(
         store.study_location(f.partition, &uid("1.6.2")).unwrap(),
-        Some(f.location("1.6.2"))
+        Some(f.location("1.6.2", "20240131"))
     );
     assert_eq!(
         store.deleting_study(f.partition, &uid("1.6.2")).unwrap(),
@@ -347,7 +265,7 @@ fn change(attribute: EditableAttribute, old: Option<&str>, new: &str) -> Attribu
 }
 
 fn edit_demographics_and_history<S: IndexStore + StudyStore>(store: &S) {
-    let f = Fixture::new(store, "ST_EDIT");
+    let f = fixture(store, "ST_EDIT");
     store
         .insert_instances(&[
             f.record("P1", "1.7.1", "1.7.1.1", "1.7.1.1.1"),
@@ -447,7 +365,7 @@ fn edit_demographics_and_history<S: IndexStore + StudyStore>(store: &S) {
 }
 
 fn edit_patient_id_moves_the_study<S: IndexStore + StudyStore>(store: &S) {
-    let f = Fixture::new(store, "ST_MOVE");
+    let f = fixture(store, "ST_MOVE");
     store
         .insert_instances(&[
             f.record("P1", "1.8.1", "1.8.1.1", "1.8.1.1.1"),
@@ -504,7 +422,7 @@ fn edit_patient_id_moves_the_study<S: IndexStore + StudyStore>(store: &S) {
 }
 
 fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
-    let f = Fixture::new(store, "ST_REPLACE");
+    let f = fixture(store, "ST_REPLACE");
     let full = vec![
         f.record("P1", "1.9.1", "1.9.1.1", "1.9.1.1.1"),
         f.record("P1", "1.9.1", "1.9.1.1", "1.9.1.1.2"),

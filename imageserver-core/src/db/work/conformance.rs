@@ -7,20 +7,16 @@
 //! are made to expire by claiming with a lease of a millisecond and
 //! sleeping a little longer: the outcome is asserted, never a duration.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::db::fixtures::{self, uid, Scope};
 use crate::db::work::{ClaimKind, ClaimRequest, FailureAction, WorkError, WorkStore};
 use crate::db::Database;
 use crate::model::work::{
     Enqueued, NewWorkItem, StudyLock, Timestamp, WorkFilter, WorkItem, WorkItemId, WorkKind,
     WorkPriority, WorkStatus, WorkUid,
 };
-use crate::model::{
-    AeTitle, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, InstanceAttrs,
-    InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, SeriesAttrs, StudyAttrs,
-    StudyLocation, Tier, Uid,
-};
+use crate::model::{FilesystemId, InstanceRecord, Uid};
 
 /// Runs every check.
 pub(crate) fn run_all(db: &dyn Database) {
@@ -38,106 +34,51 @@ pub(crate) fn run_all(db: &dyn Database) {
 
 const LONG: Duration = Duration::from_secs(300);
 
-fn uid(value: &str) -> Uid {
-    Uid::parse(value).expect("test UID")
-}
-
 fn kind(name: &str) -> WorkKind {
     WorkKind::new(name).expect("test kind")
 }
 
 /// A partition with studies of its own.
-struct Fixture<'a> {
-    db: &'a dyn Database,
-    partition: PartitionId,
-    folder: FolderName,
-    fs: FilesystemId,
+type Fixture<'a> = Scope<'a, dyn Database + 'a>;
+
+/// Partition `name` on filesystem `/work-conformance/<name>`.
+fn fixture<'a>(db: &'a dyn Database, name: &str) -> Fixture<'a> {
+    Scope::new(
+        db,
+        fixtures::partition_spec(name),
+        fixtures::fs_spec(format!("/work-conformance/{name}")),
+    )
 }
 
-impl<'a> Fixture<'a> {
-    fn new(db: &'a dyn Database, name: &str) -> Fixture<'a> {
-        let folder = FolderName::parse(name).expect("folder");
-        let partition = db
-            .ensure_partition(&PartitionSpec {
-                ae_title: AeTitle::parse(name).expect("AE"),
-                folder: folder.clone(),
-                description: String::new(),
-                port: 0,
-                accept_unknown_devices: true,
-                duplicate_policy: DuplicatePolicy::default(),
-                pn_case_insensitive: true,
-            })
-            .expect("partition");
-        let fs = db
-            .ensure_filesystem(&FilesystemSpec {
-                path: PathBuf::from(format!("/work-conformance/{name}")),
-                tier: Tier(1),
-                high_watermark: 90.0,
-                low_watermark: 80.0,
-                read_only: false,
-                write_only: false,
-                description: String::new(),
-            })
-            .expect("filesystem");
-        Fixture {
-            db,
-            partition,
-            folder,
-            fs,
-        }
-    }
-
+/// The studies and work items of this suite.
+trait WorkFixture {
     /// Stores one instance of `study` so that items can be bound to it.
+    fn study(&self, study: &str) -> Uid;
+
+    /// Instance `n` of series 1 of `study`.
+    fn record(&self, study: &str, n: u32) -> InstanceRecord;
+
+    /// A new item of kind `kind_name` in this partition.
+    fn item(&self, kind_name: &str) -> NewWorkItem;
+
+    /// Enqueues `item`.
+    fn enqueue(&self, item: NewWorkItem) -> WorkItemId;
+
+    /// The item `id`, which must exist.
+    fn get(&self, id: WorkItemId) -> WorkItem;
+}
+
+impl WorkFixture for Fixture<'_> {
     fn study(&self, study: &str) -> Uid {
         let record = self.record(study, 1);
-        self.db.insert_instances(&[record]).expect("store a study");
+        self.store
+            .insert_instances(&[record])
+            .expect("store a study");
         uid(study)
     }
 
-    /// Instance `n` of series 1 of `study`.
     fn record(&self, study: &str, n: u32) -> InstanceRecord {
-        let study_uid = uid(study);
-        InstanceRecord {
-            partition: self.partition,
-            location: StudyLocation {
-                filesystem: self.fs,
-                partition_folder: self.folder.clone(),
-                date_folder: "20240131".into(),
-                study_uid: study_uid.clone(),
-            },
-            patient: PatientAttrs {
-                patient_id: "P".into(),
-                ..PatientAttrs::default()
-            },
-            study: StudyAttrs {
-                study_uid: study_uid.clone(),
-                study_date: None,
-                study_time: None,
-                accession_number: None,
-                study_id: None,
-                study_description: None,
-                referring_physician_name: None,
-                specific_character_set: None,
-            },
-            series: SeriesAttrs {
-                series_uid: uid(&format!("{study}.1")),
-                modality: None,
-                series_number: None,
-                series_description: None,
-                body_part_examined: None,
-                series_date: None,
-                series_time: None,
-            },
-            instance: InstanceAttrs {
-                sop_instance_uid: uid(&format!("{study}.1.{n}")),
-                sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.7"),
-                instance_number: None,
-                transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
-                file_size: 1,
-                digest: "00".repeat(32),
-                source_ae: None,
-            },
-        }
+        self.bare_record(study, n)
     }
 
     fn item(&self, kind_name: &str) -> NewWorkItem {
@@ -145,11 +86,11 @@ impl<'a> Fixture<'a> {
     }
 
     fn enqueue(&self, item: NewWorkItem) -> WorkItemId {
-        self.db.enqueue(&item).expect("enqueue")
+        self.store.enqueue(&item).expect("enqueue")
     }
 
     fn get(&self, id: WorkItemId) -> WorkItem {
-        self.db.get(id).expect("get").expect("item exists")
+        self.store.get(id).expect("get").expect("item exists")
     }
 }
 
@@ -189,7 +130,7 @@ fn expire_leases() {
 }
 
 fn enqueue_and_get(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_ENQ");
+    let f = fixture(db, "WQ_ENQ");
     let study = f.study("1.9.1");
     let before = Timestamp::now();
     let uids = [
@@ -253,7 +194,7 @@ fn enqueue_and_get(db: &dyn Database) {
 }
 
 fn enqueue_or_append(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_APPEND");
+    let f = fixture(db, "WQ_APPEND");
     let study = f.study("1.9.2");
     let other_study = f.study("1.9.3");
     let u = |n: u32| WorkUid::new(uid("1.9.2.1"), uid(&format!("1.9.2.1.{n}")));
@@ -329,7 +270,7 @@ fn enqueue_or_append(db: &dyn Database) {
 }
 
 fn claim_order_and_filters(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_ORDER");
+    let f = fixture(db, "WQ_ORDER");
     let now = Timestamp::now();
     let at = |secs_ago: u64| Timestamp::from_millis(now.as_millis() - secs_ago as i64 * 1000);
     let low_old = f.enqueue(
@@ -378,7 +319,7 @@ fn claim_order_and_filters(db: &dyn Database) {
 }
 
 fn study_locks(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_LOCKS");
+    let f = fixture(db, "WQ_LOCKS");
     let s1 = f.study("1.9.10");
     let s2 = f.study("1.9.11");
     let write = claim_kind("c4_write", StudyLock::Write);
@@ -446,7 +387,7 @@ fn study_locks(db: &dyn Database) {
 }
 
 fn caps(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_CAPS");
+    let f = fixture(db, "WQ_CAPS");
     let heavy = ClaimKind {
         kind: kind("c5_heavy"),
         study_lock: StudyLock::Write,
@@ -477,7 +418,7 @@ fn caps(db: &dyn Database) {
 }
 
 fn takeover_and_fencing(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_FENCE");
+    let f = fixture(db, "WQ_FENCE");
     let kinds = [claim_kind("c6_kind", StudyLock::Write)];
     let id = f.enqueue(f.item("c6_kind"));
     let first = claim(db, "node-a", &kinds, 1, Duration::from_millis(1));
@@ -539,7 +480,7 @@ fn takeover_and_fencing(db: &dyn Database) {
 }
 
 fn failures_postpone_release(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_FAIL");
+    let f = fixture(db, "WQ_FAIL");
     let kinds = [claim_kind("c7_kind", StudyLock::Write)];
     let id = f.enqueue(f.item("c7_kind"));
     let take = || claim(db, "node-a", &kinds, 1, LONG);
@@ -593,7 +534,7 @@ fn failures_postpone_release(db: &dyn Database) {
 }
 
 fn operator_transitions(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_OPS");
+    let f = fixture(db, "WQ_OPS");
     let kinds = [claim_kind("c8_kind", StudyLock::Write)];
     let id = f.enqueue(f.item("c8_kind"));
     let missing = WorkItemId(i64::MAX);
@@ -671,8 +612,8 @@ fn operator_transitions(db: &dyn Database) {
 }
 
 fn list_filters_and_purge(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_LIST");
-    let g = Fixture::new(db, "WQ_LIST2");
+    let f = fixture(db, "WQ_LIST");
+    let g = fixture(db, "WQ_LIST2");
     let study = f.study("1.9.20");
     let a = f.enqueue(f.item("c9_a").study(study.clone()));
     let b = f.enqueue(
@@ -747,7 +688,7 @@ fn list_filters_and_purge(db: &dyn Database) {
 
 /// `insert_instances_then`: the batch's follow-up items commit with it.
 fn batch_follow_ups(db: &dyn Database) {
-    let f = Fixture::new(db, "WQ_FOLLOW");
+    let f = fixture(db, "WQ_FOLLOW");
     let process = kind("c10_process");
     let items = |study: &str| -> Vec<WorkItem> {
         db.list(&WorkFilter {

@@ -1,0 +1,376 @@
+//! The statements both backends run as they are, once.
+//!
+//! Placeholders are written `$1`, `$2`, ... in the order they first appear:
+//! PostgreSQL numbers them by their digits, SQLite by first appearance, and
+//! in this order the two agree (a test below holds every statement to it).
+//! Column names are those [`crate::db::rows`] reads. Statements whose text
+//! differs (locking, bulk forms, `RETURNING` on a conflict) stay in the
+//! backends.
+
+/// The columns [`crate::db::rows::stored_instance`] reads, from `ss`
+/// (study storage), `p` (partition), `st`, `se` and `i`.
+macro_rules! instance_columns {
+    () => {
+        "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
+                se.series_uid, i.sop_instance_uid, i.sop_class_uid,
+                i.transfer_syntax_uid, i.file_size, i.digest"
+    };
+}
+
+/// The columns [`crate::db::rows::duplicate`] reads, from `d` and `p`.
+macro_rules! duplicate_columns {
+    () => {
+        "SELECT d.filesystem_id, p.folder, d.date_folder, d.study_uid, d.sop_instance_uid,
+                d.series_uid, d.variant, d.file_size, d.digest, d.source_ae, d.received_at
+         FROM duplicate d JOIN partition p ON p.id = d.partition_id"
+    };
+}
+
+/// Creates or updates a partition (`$1` AE title ... `$8` created at);
+/// returns its `id`.
+pub(crate) const ENSURE_PARTITION: &str =
+    "INSERT INTO partition (ae_title, folder, description, port, accept_any_device,
+                            duplicate_policy, pn_case_insensitive, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (ae_title) DO UPDATE
+     SET folder = excluded.folder, description = excluded.description,
+         port = excluded.port, accept_any_device = excluded.accept_any_device,
+         duplicate_policy = excluded.duplicate_policy,
+         pn_case_insensitive = excluded.pn_case_insensitive
+     RETURNING id";
+
+/// The partition answering to AE title `$1`.
+pub(crate) const PARTITION: &str = "SELECT id FROM partition WHERE ae_title = $1";
+
+/// Creates or updates a filesystem (`$1` path ... `$7` description);
+/// returns its `id`.
+pub(crate) const ENSURE_FILESYSTEM: &str = "INSERT INTO filesystem
+         (path, tier, high_watermark, low_watermark, read_only, write_only, description)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (path) DO UPDATE
+     SET tier = excluded.tier, high_watermark = excluded.high_watermark,
+         low_watermark = excluded.low_watermark, read_only = excluded.read_only,
+         write_only = excluded.write_only, description = excluded.description
+     RETURNING id";
+
+/// Every filesystem, by tier then key.
+pub(crate) const FILESYSTEMS: &str =
+    "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
+            enabled, description
+     FROM filesystem ORDER BY tier, id";
+
+/// Creates or updates a device of partition `$1` (`$2` AE title ... `$9`
+/// most outgoing associations).
+pub(crate) const ENSURE_DEVICE: &str = "INSERT INTO device
+         (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
+          max_associations, max_outgoing_associations)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (partition_id, ae_title) DO UPDATE
+     SET host = excluded.host, port = excluded.port,
+         allow_store = excluded.allow_store, allow_query = excluded.allow_query,
+         allow_retrieve = excluded.allow_retrieve,
+         max_associations = excluded.max_associations,
+         max_outgoing_associations = excluded.max_outgoing_associations";
+
+/// The devices of partition `$1`, by AE title.
+pub(crate) const DEVICES: &str =
+    "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
+            max_associations, max_outgoing_associations
+     FROM device WHERE partition_id = $1 ORDER BY ae_title";
+
+/// A study's online location (`$1` partition, `$2` study UID); none while
+/// it is nearline.
+pub(crate) const STUDY_LOCATION: &str =
+    "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid
+     FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+     WHERE ss.partition_id = $1 AND ss.study_uid = $2 AND ss.filesystem_id IS NOT NULL";
+
+/// Instance `$2` of partition `$1`, with where its file is.
+pub(crate) const INSTANCE: &str = concat!(
+    instance_columns!(),
+    "
+     FROM instance i
+     JOIN series se ON se.id = i.series_fk
+     JOIN study st ON st.id = se.study_fk
+     JOIN study_storage ss ON ss.id = st.study_storage_id
+     JOIN partition p ON p.id = ss.partition_id
+     WHERE i.partition_id = $1 AND i.sop_instance_uid = $2"
+);
+
+/// Row counts of partition `$1`, from the patients' counters.
+pub(crate) const COUNTS: &str = "SELECT COUNT(*) AS patients,
+            CAST(COALESCE(SUM(num_studies), 0) AS BIGINT) AS studies,
+            CAST(COALESCE(SUM(num_series), 0) AS BIGINT) AS series,
+            CAST(COALESCE(SUM(num_instances), 0) AS BIGINT) AS instances
+     FROM patient WHERE partition_id = $1";
+
+/// Records a kept-aside duplicate (`$1` partition ... `$11` received at).
+pub(crate) const RECORD_DUPLICATE: &str =
+    "INSERT INTO duplicate (partition_id, sop_instance_uid, filesystem_id, date_folder,
+                            study_uid, series_uid, variant, file_size, digest,
+                            source_ae, received_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// The duplicates of partition `$1`, oldest first.
+pub(crate) const DUPLICATES: &str = concat!(
+    duplicate_columns!(),
+    "
+     WHERE d.partition_id = $1 ORDER BY d.received_at, d.id"
+);
+
+/// Study `$2` of partition `$1` (see [`crate::db::rows::study`]).
+pub(crate) const STUDY: &str = "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
+            pa.patient_id, pa.issuer_of_patient_id, pa.patient_name, pa.birth_date, pa.sex,
+            st.study_date, st.study_time, st.accession_number, st.study_id,
+            st.study_description, st.referring_physician_name, st.specific_character_set,
+            st.modalities_in_study, st.num_series, st.num_instances, st.size_bytes,
+            pa.num_studies, ss.created_at AS received_at, st.updated_at
+     FROM study st
+     JOIN patient pa ON pa.id = st.patient_fk
+     JOIN study_storage ss ON ss.id = st.study_storage_id
+     JOIN partition p ON p.id = st.partition_id
+     WHERE st.partition_id = $1 AND st.study_uid = $2";
+
+/// The online instances of study `$2` of partition `$1`, by series UID,
+/// instance number (none first), SOP Instance UID.
+pub(crate) const STUDY_INSTANCES: &str = concat!(
+    instance_columns!(),
+    "
+     FROM study st
+     JOIN study_storage ss ON ss.id = st.study_storage_id
+     JOIN partition p ON p.id = st.partition_id
+     JOIN series se ON se.study_fk = st.id
+     JOIN instance i ON i.series_fk = se.id
+     WHERE st.partition_id = $1 AND st.study_uid = $2 AND ss.filesystem_id IS NOT NULL
+     ORDER BY se.series_uid, i.instance_number NULLS FIRST, i.sop_instance_uid"
+);
+
+/// The duplicates of study `$2` of partition `$1`.
+pub(crate) const STUDY_DUPLICATES: &str = concat!(
+    duplicate_columns!(),
+    "
+     WHERE d.partition_id = $1 AND d.study_uid = $2 ORDER BY d.id"
+);
+
+/// The row keys `id, patient_fk, study_storage_id` of study `$2` of
+/// partition `$1`.
+pub(crate) const STUDY_KEYS: &str = "SELECT id, patient_fk, study_storage_id FROM study
+     WHERE partition_id = $1 AND study_uid = $2";
+
+/// Recounts patient `$1` from its studies' counters; returns
+/// `num_studies`.
+pub(crate) const RECOUNT_PATIENT: &str = "UPDATE patient SET
+         num_studies = (SELECT COUNT(*) FROM study WHERE patient_fk = $1),
+         num_series = (SELECT COALESCE(SUM(num_series), 0) FROM study WHERE patient_fk = $1),
+         num_instances = (SELECT COALESCE(SUM(num_instances), 0) FROM study
+                          WHERE patient_fk = $1)
+     WHERE id = $1 RETURNING num_studies";
+
+/// Deletes patient `$1`.
+pub(crate) const DELETE_PATIENT: &str = "DELETE FROM patient WHERE id = $1";
+
+/// Deletes the instance rows of study row `$1`.
+pub(crate) const DELETE_STUDY_INSTANCES: &str =
+    "DELETE FROM instance WHERE series_fk IN (SELECT id FROM series WHERE study_fk = $1)";
+
+/// Deletes the series rows of study row `$1`.
+pub(crate) const DELETE_STUDY_SERIES: &str = "DELETE FROM series WHERE study_fk = $1";
+
+/// Deletes study row `$1`.
+pub(crate) const DELETE_STUDY: &str = "DELETE FROM study WHERE id = $1";
+
+/// Deletes the duplicates of study `$2` of partition `$1`.
+pub(crate) const DELETE_STUDY_DUPLICATES: &str =
+    "DELETE FROM duplicate WHERE partition_id = $1 AND study_uid = $2";
+
+/// Marks study storage row `$1` as a deletion's tombstone.
+pub(crate) const MARK_DELETING: &str = "UPDATE study_storage SET state = 'deleting' WHERE id = $1";
+
+/// Abandons at `$1` the pending edit of study `$3` of partition `$2`.
+pub(crate) const ABANDON_EDIT: &str =
+    "UPDATE study_edit SET status = 'abandoned', completed_at = $1
+     WHERE partition_id = $2 AND study_uid = $3 AND status = 'pending'";
+
+/// The tombstone of study `$2` of partition `$1` with the time of its
+/// deletion (`since`).
+pub(crate) const DELETING_STUDY: &str =
+    "SELECT ss.filesystem_id, p.folder, ss.date_folder, ss.study_uid,
+            (SELECT MAX(a.at) FROM audit_log a
+             WHERE a.partition_id = ss.partition_id AND a.study_uid = ss.study_uid
+               AND a.action = 'study.delete') AS since
+     FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
+     WHERE ss.partition_id = $1 AND ss.study_uid = $2 AND ss.state = 'deleting'
+       AND ss.filesystem_id IS NOT NULL";
+
+/// Removes tombstone `$1` unless a study row or work item refers to it.
+pub(crate) const REMOVE_TOMBSTONE: &str = "DELETE FROM study_storage WHERE id = $1
+       AND NOT EXISTS (SELECT 1 FROM study WHERE study_storage_id = $1)
+       AND NOT EXISTS (SELECT 1 FROM work_queue WHERE study_storage_id = $1)";
+
+/// Turns tombstone `$1` back into an ordinary study storage row.
+pub(crate) const REVIVE_TOMBSTONE: &str = "UPDATE study_storage SET state = 'idle' WHERE id = $1";
+
+/// Appends an audit entry (`$1` at ... `$6` details).
+pub(crate) const INSERT_AUDIT: &str =
+    "INSERT INTO audit_log (at, actor, action, partition_id, study_uid, details)
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// The audit entries about study `$2` of partition `$1`, oldest first.
+pub(crate) const AUDIT_LOG: &str = "SELECT at, actor, action, details FROM audit_log
+     WHERE partition_id = $1 AND study_uid = $2 ORDER BY at, id";
+
+/// The edits of study `$2` of partition `$1` (only the pending one when
+/// `$3`), oldest first.
+pub(crate) const EDITS: &str =
+    "SELECT id, actor, reason, status, requested_at, completed_at FROM study_edit
+     WHERE partition_id = $1 AND study_uid = $2 AND (NOT $3 OR status = 'pending')
+     ORDER BY id";
+
+/// The changes of edit `$1`.
+pub(crate) const EDIT_CHANGES: &str =
+    "SELECT attribute, old_value, new_value FROM study_edit_change WHERE edit_id = $1";
+
+/// Records one change (`$2` attribute, `$3` old, `$4` new) of edit `$1`.
+pub(crate) const INSERT_EDIT_CHANGE: &str =
+    "INSERT INTO study_edit_change (edit_id, attribute, old_value, new_value)
+     VALUES ($1, $2, $3, $4)";
+
+/// The key of patient row `$1`.
+pub(crate) const PATIENT_KEY: &str =
+    "SELECT patient_id, issuer_of_patient_id FROM patient WHERE id = $1";
+
+/// Creates patient (`$1` ID, `$2` issuer) in the partition of patient row
+/// `$3` with its demographics, unless it exists.
+pub(crate) const COPY_PATIENT: &str =
+    "INSERT INTO patient (partition_id, patient_id, issuer_of_patient_id, patient_name,
+                          birth_date, sex)
+     SELECT partition_id, $1, $2, patient_name, birth_date, sex FROM patient WHERE id = $3
+     ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO NOTHING";
+
+/// Moves study row `$2` to patient row `$1`.
+pub(crate) const MOVE_STUDY: &str = "UPDATE study SET patient_fk = $1 WHERE id = $2";
+
+/// Stamps study row `$2` changed at `$1` and recomputes its size.
+pub(crate) const RESIZE_STUDY: &str = "UPDATE study SET updated_at = $1,
+         size_bytes = (SELECT CAST(COALESCE(SUM(i.file_size), 0) AS BIGINT) FROM instance i
+                       JOIN series se ON se.id = i.series_fk WHERE se.study_fk = $2)
+     WHERE id = $2";
+
+/// Completes edit `$2` at `$1`.
+pub(crate) const COMPLETE_EDIT: &str =
+    "UPDATE study_edit SET status = 'completed', completed_at = $1 WHERE id = $2";
+
+/// The patient column `attribute` is stored in, if it is one of the
+/// demographics (the patient key moves the study instead).
+pub(crate) fn patient_column(
+    attribute: crate::db::studies::EditableAttribute,
+) -> Option<&'static str> {
+    use crate::db::studies::EditableAttribute as A;
+    Some(match attribute {
+        A::PatientName => "patient_name",
+        A::PatientBirthDate => "birth_date",
+        A::PatientSex => "sex",
+        _ => return None,
+    })
+}
+
+/// The study column `attribute` is stored in, if it is a study attribute.
+pub(crate) fn study_column(
+    attribute: crate::db::studies::EditableAttribute,
+) -> Option<&'static str> {
+    use crate::db::studies::EditableAttribute as A;
+    Some(match attribute {
+        A::StudyDate => "study_date",
+        A::StudyTime => "study_time",
+        A::AccessionNumber => "accession_number",
+        A::ReferringPhysicianName => "referring_physician_name",
+        A::StudyDescription => "study_description",
+        A::StudyId => "study_id",
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every shared statement.
+    pub(crate) const ALL: &[&str] = &[
+        super::ENSURE_PARTITION,
+        super::PARTITION,
+        super::ENSURE_FILESYSTEM,
+        super::FILESYSTEMS,
+        super::ENSURE_DEVICE,
+        super::DEVICES,
+        super::STUDY_LOCATION,
+        super::INSTANCE,
+        super::COUNTS,
+        super::RECORD_DUPLICATE,
+        super::DUPLICATES,
+        super::STUDY,
+        super::STUDY_INSTANCES,
+        super::STUDY_DUPLICATES,
+        super::STUDY_KEYS,
+        super::RECOUNT_PATIENT,
+        super::DELETE_PATIENT,
+        super::DELETE_STUDY_INSTANCES,
+        super::DELETE_STUDY_SERIES,
+        super::DELETE_STUDY,
+        super::DELETE_STUDY_DUPLICATES,
+        super::MARK_DELETING,
+        super::ABANDON_EDIT,
+        super::DELETING_STUDY,
+        super::REMOVE_TOMBSTONE,
+        super::REVIVE_TOMBSTONE,
+        super::INSERT_AUDIT,
+        super::AUDIT_LOG,
+        super::EDITS,
+        super::EDIT_CHANGES,
+        super::INSERT_EDIT_CHANGE,
+        super::PATIENT_KEY,
+        super::COPY_PATIENT,
+        super::MOVE_STUDY,
+        super::RESIZE_STUDY,
+        super::COMPLETE_EDIT,
+    ];
+
+    /// The placeholders `$1..$n` in order of first appearance, so SQLite
+    /// (which numbers `$name` parameters that way) binds them as
+    /// PostgreSQL does.
+    #[test]
+    fn placeholders_first_appear_in_order() {
+        for sql in ALL {
+            let mut seen = Vec::new();
+            let mut rest = *sql;
+            while let Some(at) = rest.find('$') {
+                rest = &rest[at + 1..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                let n: usize = digits.parse().expect("a numbered placeholder");
+                if !seen.contains(&n) {
+                    seen.push(n);
+                }
+            }
+            let expected: Vec<usize> = (1..=seen.len()).collect();
+            assert_eq!(seen, expected, "placeholders of {sql}");
+        }
+    }
+
+    /// SQLite prepares every statement against the real schema and numbers
+    /// its placeholders as their digits say.
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_prepares_every_statement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index.db");
+        drop(crate::db::sqlite::SqliteIndex::open(&path).expect("open"));
+        let conn = rusqlite::Connection::open(&path).expect("connect");
+        for sql in ALL {
+            let stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{e}: {sql}"));
+            for n in 1..=stmt.parameter_count() {
+                assert_eq!(
+                    stmt.parameter_index(&format!("${n}")).expect("index"),
+                    Some(n),
+                    "placeholder ${n} of {sql}"
+                );
+            }
+        }
+    }
+}
