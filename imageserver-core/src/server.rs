@@ -406,6 +406,30 @@ impl Archive {
     }
 }
 
+/// Descriptors kept free for everything but connections: index
+/// connections, files being written and read, the engine's sends.
+const DESCRIPTOR_RESERVE: u64 = 512;
+
+/// Raises the soft descriptor limit to the hard one and says so when the
+/// listeners' bounds (waiting connections and associations, per listener)
+/// could still exhaust it: a flood then fails accepts, not stores.
+fn check_descriptor_budget(settings: &Settings, listeners: usize) {
+    let per_listener = (settings.max_pending_associations + settings.max_associations) as u64;
+    // An association may hold a second socket (C-MOVE sub-operations).
+    let needed =
+        listeners as u64 * (per_listener + settings.max_associations as u64) + DESCRIPTOR_RESERVE;
+    match crate::dicom::assoc::raise_descriptor_limit() {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below what the connection bounds may use: \
+             lower max_pending_associations / max_associations or raise the limit"
+        ),
+        Ok(limit) => tracing::debug!(limit, needed, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot read the open-file limit"),
+    }
+}
+
 /// A running server: the archive plus one DICOM acceptor per partition.
 #[derive(Debug)]
 pub struct Server {
@@ -449,12 +473,15 @@ impl Server {
         if let Some(engine) = &engine {
             let _ = archive.study_process_wake.set(engine.handle());
         }
+        check_descriptor_budget(settings, archive.partitions.len());
         let mut acceptors = Vec::new();
         for (partition, listener) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
                 ae_title: partition.partition.ae_title.as_str().to_string(),
                 check_called_ae: settings.check_called_ae,
                 max_associations: settings.max_associations,
+                max_pending: settings.max_pending_associations,
+                max_pending_per_address: settings.max_pending_per_address,
                 max_pdu_length: settings.max_pdu_length,
                 artim_timeout: settings.artim_timeout,
                 idle_timeout: settings.idle_timeout,

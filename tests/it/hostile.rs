@@ -124,3 +124,186 @@ fn stalled_c_finds_do_not_stop_ingest_or_queries() {
     }
     drop(stalled);
 }
+
+/// The number of threads and open descriptors of a process (Linux `/proc`).
+fn threads_and_descriptors(pid: u32) -> (usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a Threads line");
+    let descriptors = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list descriptors")
+        .count();
+    (threads, descriptors)
+}
+
+/// Whether the server closed `socket` (EOF or reset) within `bound`.
+fn closed_within(socket: &mut std::net::TcpStream, bound: Duration) -> bool {
+    use std::io::Read;
+    socket.set_read_timeout(Some(bound)).expect("set timeout");
+    let mut byte = [0u8; 1];
+    match socket.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !raw::is_timeout(&e),
+    }
+}
+
+/// A TCP connection to `addr` from the loopback address `source`.
+fn connect_from(source: std::net::Ipv4Addr, addr: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(target) = addr else {
+        panic!("the test server listens on IPv4");
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let local = sockaddr(source, 0);
+    let remote = sockaddr(*target.ip(), target.port());
+    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns, with
+    // valid sockaddr_in structures of the given size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(
+            bound,
+            0,
+            "bind {source}: {}",
+            std::io::Error::last_os_error()
+        );
+        let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size);
+        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// Connections that never send their A-ASSOCIATE-RQ once took an
+/// association slot and a thread each for the whole ARTIM window: as many
+/// silent sockets as `max_associations` locked every caller out. Now they
+/// wait in a bounded stage that costs neither, and the ARTIM timeout here is
+/// far too long to rescue a server that still counted them.
+#[test]
+fn silent_connections_take_neither_association_slots_nor_threads() {
+    const SILENT: usize = 60;
+    let dir = test_dir("silent-connections");
+    let server = Server::builder(dir.path())
+        .dicom_setting("artim_timeout_secs", IDLE_SECS)
+        .dicom_setting("max_associations", 4)
+        .dicom_setting("max_pending_per_address", 0)
+        .start();
+    let (threads_before, _) = threads_and_descriptors(server.pid());
+    let silent: Vec<std::net::TcpStream> = (0..SILENT)
+        .map(|_| std::net::TcpStream::connect(server.addr()).expect("connect"))
+        .collect();
+    // Every silent connection is accepted (none closed) ...
+    std::thread::sleep(Duration::from_millis(300));
+    let (threads, _) = threads_and_descriptors(server.pid());
+    assert!(
+        threads < threads_before + 8,
+        "{SILENT} silent connections made the server go from {threads_before} to {threads} threads"
+    );
+    // ... and callers that do associate are served meanwhile, more of them
+    // than `max_associations`, one after another.
+    let mut rng = Rng::new(5);
+    for i in 0..6 {
+        assert_eq!(
+            store_ct(&server, &ct_uids(&mut rng)),
+            Some(0x0000),
+            "store {i} beside {SILENT} silent connections"
+        );
+    }
+    for (i, mut socket) in silent.into_iter().enumerate() {
+        assert!(
+            !closed_within(&mut socket, Duration::from_millis(10)),
+            "silent connection {i} was closed long before its ARTIM timeout"
+        );
+    }
+}
+
+/// A connection flood is bounded: beyond `max_pending_associations`
+/// waiting connections a new one is closed at once (not held for the ARTIM
+/// window on a thread of its own), the server's descriptors stay within the
+/// bound, and stores go on.
+#[test]
+fn a_connection_flood_is_closed_at_once_and_ingest_goes_on() {
+    const PENDING: usize = 16;
+    const FLOOD: usize = 400;
+    let dir = test_dir("connection-flood");
+    let server = Server::builder(dir.path())
+        .dicom_setting("artim_timeout_secs", IDLE_SECS)
+        .dicom_setting("max_pending_associations", PENDING)
+        .dicom_setting("max_pending_per_address", 0)
+        .start();
+    let (threads_before, descriptors_before) = threads_and_descriptors(server.pid());
+    let mut flood: Vec<std::net::TcpStream> = (0..FLOOD)
+        .map(|_| std::net::TcpStream::connect(server.addr()).expect("connect"))
+        .collect();
+    let closed = flood
+        .iter_mut()
+        .filter_map(|socket| closed_within(socket, Duration::from_millis(200)).then_some(()))
+        .count();
+    assert!(
+        closed >= FLOOD - PENDING,
+        "only {closed} of {FLOOD} connections beyond {PENDING} waiting ones were closed at once"
+    );
+    let (threads, descriptors) = threads_and_descriptors(server.pid());
+    assert!(
+        threads < threads_before + 8,
+        "the flood took the server from {threads_before} to {threads} threads"
+    );
+    assert!(
+        descriptors <= descriptors_before + PENDING + 8,
+        "the flood took the server from {descriptors_before} to {descriptors} descriptors"
+    );
+    // The waiting ones are all silent; once they are gone, a caller is served.
+    drop(flood);
+    let mut rng = Rng::new(6);
+    let mut status = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status != Some(0x0000) && Instant::now() < deadline {
+        status = store_ct(&server, &ct_uids(&mut rng));
+    }
+    assert_eq!(status, Some(0x0000), "a store after the flood");
+}
+
+/// One address cannot take every waiting slot: beyond
+/// `max_pending_per_address` its new connections are closed at once, while
+/// a caller from another address is served.
+#[test]
+fn one_address_cannot_take_every_waiting_slot() {
+    const PER_ADDRESS: usize = 4;
+    let dir = test_dir("per-address");
+    let server = Server::builder(dir.path())
+        .dicom_setting("artim_timeout_secs", IDLE_SECS)
+        .dicom_setting("max_pending_per_address", PER_ADDRESS)
+        .start();
+    let flooder = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut silent: Vec<std::net::TcpStream> = (0..PER_ADDRESS + 6)
+        .map(|_| connect_from(flooder, server.addr()))
+        .collect();
+    let closed: Vec<bool> = silent
+        .iter_mut()
+        .map(|socket| closed_within(socket, Duration::from_millis(200)))
+        .collect();
+    assert_eq!(
+        closed.iter().filter(|c| **c).count(),
+        6,
+        "connections beyond {PER_ADDRESS} from {flooder}: {closed:?}"
+    );
+    let mut rng = Rng::new(7);
+    assert_eq!(
+        store_ct(&server, &ct_uids(&mut rng)),
+        Some(0x0000),
+        "a store from 127.0.0.1 while {flooder} holds its {PER_ADDRESS} slots"
+    );
+}

@@ -21,6 +21,12 @@ pub struct DicomConfig {
     pub check_called_ae: bool,
     /// Most associations open at once; more are rejected (A-ASSOCIATE-RJ).
     pub max_associations: usize,
+    /// Most connections per listener that have not yet sent their whole
+    /// A-ASSOCIATE-RQ; more are closed at once.
+    pub max_pending_associations: usize,
+    /// Most such connections from one remote address (0: no limit; behind
+    /// a load balancer every connection comes from its address).
+    pub max_pending_per_address: usize,
     /// The largest PDU we accept, in bytes (4096 to 16777216).
     pub max_pdu_length: u32,
     /// Seconds a caller has to send its association request (ARTIM).
@@ -136,6 +142,8 @@ impl Default for DicomConfig {
             port: 11112,
             check_called_ae: true,
             max_associations: 64,
+            max_pending_associations: 256,
+            max_pending_per_address: 32,
             max_pdu_length: 256 * 1024,
             artim_timeout_secs: 30,
             idle_timeout_secs: 300,
@@ -161,6 +169,12 @@ impl DicomConfig {
         if self.max_associations == 0 {
             return Err(ConfigError::invalid(
                 "dicom.max_associations",
+                "must be at least 1",
+            ));
+        }
+        if self.max_pending_associations == 0 {
+            return Err(ConfigError::invalid(
+                "dicom.max_pending_associations",
                 "must be at least 1",
             ));
         }

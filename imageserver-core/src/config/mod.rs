@@ -126,6 +126,10 @@ pub struct Settings {
     pub check_called_ae: bool,
     /// Association limit (per partition listener).
     pub max_associations: usize,
+    /// Connections waiting for their A-ASSOCIATE-RQ (per listener).
+    pub max_pending_associations: usize,
+    /// Such connections from one address (0: no limit).
+    pub max_pending_per_address: usize,
     /// Largest PDU we accept.
     pub max_pdu_length: u32,
     /// ARTIM timeout.
@@ -180,6 +184,8 @@ impl Config {
             bind: self.dicom.bind.clone(),
             check_called_ae: self.dicom.check_called_ae,
             max_associations: self.dicom.max_associations,
+            max_pending_associations: self.dicom.max_pending_associations,
+            max_pending_per_address: self.dicom.max_pending_per_address,
             max_pdu_length: self.dicom.max_pdu_length,
             artim_timeout: Duration::from_secs(self.dicom.artim_timeout_secs),
             idle_timeout: Duration::from_secs(self.dicom.idle_timeout_secs),

@@ -37,7 +37,9 @@ use tracing::{debug, info, info_span, warn};
 
 use super::deadline::DeadlineReader;
 use super::link::Link;
-use super::pdu::{self, Incoming, PduError, PduReader, Pdv, MAX_CONTROL_PDU_LEN};
+use super::pdu::{self, Incoming, PduError, PduReader, Pdv};
+pub use super::pending::raise_descriptor_limit;
+use super::pending::{Outcome, PendingLimits, PendingStage, Refusal};
 use super::sop_classes;
 
 /// Who may associate: decided above the protocol layer (the archive's
@@ -88,6 +90,12 @@ pub struct AcceptorConfig {
     pub check_called_ae: bool,
     /// Most associations open at once; beyond it callers are rejected.
     pub max_associations: usize,
+    /// Most connections waiting for their A-ASSOCIATE-RQ at once; beyond
+    /// it new connections are closed at once.
+    pub max_pending: usize,
+    /// Most connections from one remote address waiting for their
+    /// A-ASSOCIATE-RQ at once (0: no limit).
+    pub max_pending_per_address: usize,
     /// The largest P-DATA PDU we accept (our maximum length, 4 KiB–16 MiB).
     pub max_pdu_length: u32,
     /// Time for a caller to send its whole A-ASSOCIATE-RQ.
@@ -343,69 +351,152 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(10);
+    if let Err(error) = listener.set_nonblocking(true) {
+        warn!(%error, "cannot make the listener non-blocking: not accepting");
+        return;
+    }
+    let mut stage = PendingStage::new(PendingLimits {
+        max_pending: shared.config.max_pending,
+        max_per_address: shared.config.max_pending_per_address,
+        artim: shared.config.artim_timeout,
+    });
+    let mut refusals = RefusalLog::default();
     loop {
-        let (socket, peer) = match listener.accept() {
-            Ok(accepted) => {
-                backoff = Duration::from_millis(10);
-                accepted
-            }
-            Err(error) => {
-                if shared.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                // Out of file descriptors and the like: back off, keep serving.
-                warn!(%error, "accept failed");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
         if shared.stopping.load(Ordering::SeqCst) {
+            // Dropping the stage closes the connections still waiting.
             return;
         }
-        let _ = socket.set_nodelay(true);
-        reap_finished(&shared);
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let over_limit = lock(&shared.live).len() >= shared.config.max_associations;
-        if over_limit {
-            let config = shared.config.clone();
-            let _ = std::thread::Builder::new()
-                .name(format!("reject-{id}"))
-                .spawn(move || reject_over_limit(socket, peer, &config));
-            continue;
-        }
-        let Ok(handle) = socket.try_clone() else {
-            continue;
-        };
-        let busy = Arc::new(AtomicBool::new(false));
-        let thread_shared = shared.clone();
-        let thread_busy = busy.clone();
-        let mut live = lock(&shared.live);
-        let spawned = std::thread::Builder::new()
-            .name(format!("assoc-{id}"))
-            // Headroom for dicom-object's recursive parsing of nested
-            // sequences (depth is also bounded before parsing).
-            .stack_size(ASSOCIATION_STACK)
-            .spawn(move || {
-                let span = info_span!("association", assoc_id = id, peer = %peer, calling_ae = tracing::field::Empty);
-                let _entered = span.enter();
-                serve_association(socket, &thread_shared, &thread_busy, &span);
-                lock(&thread_shared.live).remove(&id);
-            });
-        match spawned {
-            Ok(thread) => {
-                live.insert(
-                    id,
-                    Live {
-                        socket: handle,
-                        busy,
-                        thread: Some(thread),
-                    },
-                );
+        let (acceptable, outcomes) = stage.poll(&listener, Duration::from_millis(100));
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Ready {
+                    socket,
+                    peer,
+                    calling_ae,
+                } => start_association(&shared, socket, peer, calling_ae),
+                Outcome::Failed {
+                    mut socket,
+                    peer,
+                    abort,
+                    reason,
+                } => {
+                    match abort {
+                        Some(abort) => {
+                            warn!(%peer, %reason, "association aborted before negotiation");
+                            let _ = socket.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
+                            let _ = pdu::write_pdu(&mut socket, &abort_pdu(abort));
+                        }
+                        None => debug!(%peer, %reason, "connection closed before negotiation"),
+                    }
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
             }
-            Err(error) => warn!(%error, "cannot start an association thread"),
         }
+        if !acceptable {
+            continue;
+        }
+        // Everything queued on the listener, each taken in or closed at once.
+        loop {
+            match listener.accept() {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    if let Err(refusal) = stage.admit(socket, peer) {
+                        refusals.note(peer, refusal, stage.len());
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off, keep
+                    // serving what is open.
+                    warn!(%error, "accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// How long writing an A-ASSOCIATE-RJ or A-ABORT to a fresh connection may
+/// take: a peer that does not read does not hold the accept thread.
+const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Refused connections, logged at most once a second (a flood must not
+/// flood the log too).
+#[derive(Default)]
+struct RefusalLog {
+    since: Option<Instant>,
+    count: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, peer: SocketAddr, refusal: Refusal, waiting: usize) {
+        self.count += 1;
+        let now = Instant::now();
+        if self
+            .since
+            .is_some_and(|since| now.duration_since(since) < Duration::from_secs(1))
+        {
+            return;
+        }
+        warn!(
+            %peer,
+            reason = refusal.describe(),
+            waiting,
+            refused = self.count,
+            "connections closed without negotiation (counted since the last such line)"
+        );
+        self.since = Some(now);
+        self.count = 0;
+    }
+}
+
+/// A connection whose A-ASSOCIATE-RQ has arrived: rejected at once when the
+/// listener is at its association limit, otherwise served on a thread of
+/// its own.
+fn start_association(
+    shared: &Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    calling_ae: String,
+) {
+    reap_finished(shared);
+    if lock(&shared.live).len() >= shared.config.max_associations {
+        warn!(%peer, calling_ae, max = shared.config.max_associations, "association rejected: too many open associations");
+        reject_local_limit(socket, shared.config.max_pdu_length);
+        return;
+    }
+    let Ok(handle) = socket.try_clone() else {
+        return;
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let busy = Arc::new(AtomicBool::new(false));
+    let thread_shared = shared.clone();
+    let thread_busy = busy.clone();
+    let mut live = lock(&shared.live);
+    let spawned = std::thread::Builder::new()
+        .name(format!("assoc-{id}"))
+        // Headroom for dicom-object's recursive parsing of nested
+        // sequences (depth is also bounded before parsing).
+        .stack_size(ASSOCIATION_STACK)
+        .spawn(move || {
+            let span = info_span!("association", assoc_id = id, peer = %peer, calling_ae = tracing::field::Empty);
+            let _entered = span.enter();
+            serve_association(socket, calling_ae, &thread_shared, &thread_busy, &span);
+            lock(&thread_shared.live).remove(&id);
+        });
+    match spawned {
+        Ok(thread) => {
+            live.insert(
+                id,
+                Live {
+                    socket: handle,
+                    busy,
+                    thread: Some(thread),
+                },
+            );
+        }
+        Err(error) => warn!(%error, "cannot start an association thread"),
     }
 }
 
@@ -414,97 +505,17 @@ fn reap_finished(shared: &Shared) {
     live.retain(|_, a| a.thread.as_ref().is_some_and(|t| !t.is_finished()));
 }
 
-/// Waits (at most the ARTIM timeout) until a whole A-ASSOCIATE-RQ is in
-/// the socket's receive queue, without consuming it; returns its calling AE
-/// title.
-/// Waits for the whole A-ASSOCIATE-RQ (ARTIM) and returns its calling AE
-/// title; on failure, the A-ABORT reason to send and why.
-fn await_association_rq(
-    socket: &TcpStream,
-    artim: Duration,
-) -> Result<String, (AbortRQServiceProviderReason, String)> {
-    let unexpected = |why: String| (AbortRQServiceProviderReason::UnexpectedPdu, why);
-    let deadline = Instant::now() + artim;
-    let mut header = [0u8; pdu::PDU_HEADER_LEN];
-    let mut wanted = pdu::PDU_HEADER_LEN;
-    let mut buffer = Vec::new();
-    loop {
-        let remaining = deadline
-            .checked_duration_since(Instant::now())
-            .ok_or_else(|| {
-                unexpected("the association request did not arrive within the ARTIM timeout".into())
-            })?;
-        socket
-            .set_read_timeout(Some(remaining.max(Duration::from_millis(1))))
-            .map_err(|e| unexpected(e.to_string()))?;
-        let available = if wanted == pdu::PDU_HEADER_LEN {
-            socket.peek(&mut header)
-        } else {
-            socket.peek(&mut buffer)
-        };
-        let available = match available {
-            Ok(0) => return Err(unexpected("the peer closed the connection".into())),
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(unexpected(
-                    "the association request did not arrive within the ARTIM timeout".into(),
-                ))
-            }
-            Err(e) => return Err(unexpected(e.to_string())),
-        };
-        if wanted == pdu::PDU_HEADER_LEN && available >= pdu::PDU_HEADER_LEN {
-            if header[0] != 0x01 {
-                return Err(unexpected(format!(
-                    "expected an A-ASSOCIATE-RQ, got PDU type {:#04x}",
-                    header[0]
-                )));
-            }
-            let length = u32::from_be_bytes([header[2], header[3], header[4], header[5]]);
-            if length > MAX_CONTROL_PDU_LEN {
-                return Err((
-                    AbortRQServiceProviderReason::InvalidPduParameter,
-                    format!("A-ASSOCIATE-RQ of {length} bytes is too large"),
-                ));
-            }
-            wanted = pdu::PDU_HEADER_LEN + length as usize;
-            buffer = vec![0u8; wanted];
-            continue;
-        }
-        if wanted > pdu::PDU_HEADER_LEN && available >= wanted {
-            // Calling AE title: bytes 26..42 of the PDU (PS3.8 9.3.2).
-            let calling = buffer.get(26..42).unwrap_or_default();
-            return Ok(String::from_utf8_lossy(calling)
-                .trim_matches([' ', '\0'])
-                .to_string());
-        }
-        // Part of the PDU is queued; wait for more without spinning.
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn abort_pdu(reason: AbortRQServiceProviderReason) -> Pdu {
     Pdu::AbortRQ {
         source: AbortRQSource::ServiceProvider(reason),
     }
 }
 
-fn reject_over_limit(socket: TcpStream, peer: SocketAddr, config: &AcceptorConfig) {
-    if let Err((_, reason)) = await_association_rq(&socket, config.artim_timeout) {
-        debug!(%peer, %reason, "over-limit caller sent no association request");
-        return;
-    }
-    warn!(%peer, max = config.max_associations, "association rejected: too many open associations");
-    reject_local_limit(socket, config.max_pdu_length);
-}
-
 /// Consumes the queued A-ASSOCIATE-RQ and answers A-ASSOCIATE-RJ
 /// (transient, local limit exceeded).
 fn reject_local_limit(mut socket: TcpStream, max_pdu_length: u32) {
+    let _ = socket.set_read_timeout(Some(CONTROL_WRITE_TIMEOUT));
+    let _ = socket.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
     let mut reader = PduReader::new(max_pdu_length);
     let _ = reader.read(&mut socket);
     let reply = Pdu::AssociationRJ(AssociationRJ {
@@ -556,18 +567,14 @@ impl Drop for CallerSlot {
     }
 }
 
-fn serve_association(socket: TcpStream, shared: &Shared, busy: &AtomicBool, span: &tracing::Span) {
+fn serve_association(
+    socket: TcpStream,
+    requested_by: String,
+    shared: &Shared,
+    busy: &AtomicBool,
+    span: &tracing::Span,
+) {
     let peer = socket.peer_addr().ok();
-    let requested_by = match await_association_rq(&socket, shared.config.artim_timeout) {
-        Ok(calling_ae) => calling_ae,
-        Err((abort_reason, reason)) => {
-            warn!(?peer, %reason, "association aborted before negotiation");
-            let mut socket = socket;
-            let _ = pdu::write_pdu(&mut socket, &abort_pdu(abort_reason));
-            let _ = socket.shutdown(Shutdown::Both);
-            return;
-        }
-    };
     // The per-device limit is checked and counted before negotiating, so a
     // caller cannot slip a second association in while the first is being
     // accepted.

@@ -23,6 +23,7 @@ pub mod dimse;
 pub mod link;
 pub(crate) mod part10;
 pub mod pdu;
+mod pending;
 pub mod query_keys;
 pub mod scu;
 pub mod sop_classes;
