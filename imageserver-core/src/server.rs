@@ -237,7 +237,12 @@ impl ServerBuilder {
             for device in &partition.devices {
                 index.ensure_device(id, device)?;
             }
-            let devices = Devices::load(index.clone(), id, partition.spec.accept_unknown_devices)?;
+            let devices = Devices::load(
+                index.clone(),
+                id,
+                partition.spec.accept_unknown_devices,
+                self.settings.max_registered_devices,
+            )?;
             partitions.push(ArchivePartition {
                 partition: Partition {
                     id,

@@ -737,6 +737,25 @@ impl IndexStore for CrashIndex {
         self.inner.ensure_device(partition, spec)
     }
 
+    fn register_device(
+        &self,
+        partition: PartitionId,
+        spec: &DeviceSpec,
+        max_devices: u64,
+    ) -> Result<Option<DeviceSpec>, db::Error> {
+        self.alive()?;
+        self.inner.register_device(partition, spec, max_devices)
+    }
+
+    fn device(
+        &self,
+        partition: PartitionId,
+        ae_title: &AeTitle,
+    ) -> Result<Option<DeviceSpec>, db::Error> {
+        self.alive()?;
+        self.inner.device(partition, ae_title)
+    }
+
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, db::Error> {
         self.alive()?;
         self.inner.devices(partition)

@@ -307,3 +307,90 @@ fn one_address_cannot_take_every_waiting_slot() {
         "a store from 127.0.0.1 while {flooder} holds its {PER_ADDRESS} slots"
     );
 }
+
+fn store_ct_as(server: &Server, calling_ae: &str, uids: &DatasetUids) -> Option<u16> {
+    let context = [Proposal::implicit(1, raw::CT_IMAGE_STORAGE)];
+    let mut peer = RawPeer::associate_as(server.addr(), server.ae_title(), calling_ae, &context);
+    let status = peer.c_store(
+        1,
+        &uids.sop_class_uid,
+        &uids.sop_instance_uid,
+        &ct_dataset(uids),
+    );
+    peer.release();
+    status
+}
+
+/// Every new calling AE title of a partition that accepts unknown callers
+/// wrote a device row, without end. Registration now stops at
+/// `max_registered_devices`; callers beyond it are still served.
+#[test]
+fn unknown_callers_register_only_up_to_the_cap() {
+    const CAP: usize = 3;
+    let dir = test_dir("device-cap");
+    let server = Server::builder(dir.path())
+        .dicom_setting("max_registered_devices", CAP)
+        .start();
+    let names = |server: &Server| -> Vec<String> {
+        let mut names: Vec<String> = server
+            .archive()
+            .index()
+            .devices()
+            .iter()
+            .map(|d| d.ae_title.as_str().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    // The test server's own readiness check may have registered already.
+    let before = names(&server);
+    assert!(before.len() < CAP, "{before:?}");
+    let mut rng = Rng::new(8);
+    for i in 0..CAP + 4 {
+        let calling = format!("CALLER{i}");
+        assert_eq!(
+            store_ct_as(&server, &calling, &ct_uids(&mut rng)),
+            Some(0x0000),
+            "{calling} is admitted whether or not it is registered"
+        );
+    }
+    let mut expected = before.clone();
+    expected.extend((0..CAP - before.len()).map(|i| format!("CALLER{i}")));
+    expected.sort();
+    assert_eq!(names(&server), expected);
+}
+
+/// A device an administrator narrowed while the server ran (so the server
+/// had not cached it) was treated as unknown, given every permission, and
+/// its row overwritten with those defaults by the registration. The server
+/// now reads the row, refuses what it does not permit, and leaves it as it is.
+#[test]
+fn registration_never_overwrites_an_administrators_device() {
+    let dir = test_dir("device-narrowed");
+    let server = Server::start(dir.path());
+    let narrowed = imageserver_core::model::DeviceSpec {
+        ae_title: imageserver_core::AeTitle::parse("NARROWED").unwrap(),
+        host: "10.1.2.3".to_string(),
+        port: 104,
+        allow_store: false,
+        allow_query: true,
+        allow_retrieve: false,
+        max_associations: 2,
+        max_outgoing_associations: 1,
+    };
+    server.archive().index().ensure_device(&narrowed);
+    let mut rng = Rng::new(9);
+    assert_eq!(
+        store_ct_as(&server, "NARROWED", &ct_uids(&mut rng)),
+        Some(0x0124),
+        "a device without the store permission is refused"
+    );
+    let stored: Vec<_> = server
+        .archive()
+        .index()
+        .devices()
+        .into_iter()
+        .filter(|d| d.ae_title.as_str() == "NARROWED")
+        .collect();
+    assert_eq!(stored, vec![narrowed], "the administrator's row, unchanged");
+}

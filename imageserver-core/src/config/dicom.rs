@@ -43,6 +43,9 @@ pub struct DicomConfig {
     /// Accept (and register) callers that are not known devices; otherwise
     /// they get A-ASSOCIATE-RJ (calling AE title not recognised).
     pub accept_unknown_devices: bool,
+    /// Unknown callers are registered only while their partition holds
+    /// fewer devices than this (beyond it they are admitted, not recorded).
+    pub max_registered_devices: u64,
     /// `send_success`, `reject`, `compare` or `accept_latest`.
     pub duplicate_policy: String,
 }
@@ -151,6 +154,7 @@ impl Default for DicomConfig {
             pn_case_insensitive: default_pn_case_insensitive(),
             max_query_results: default_max_query_results(),
             accept_unknown_devices: default_accept_unknown_devices(),
+            max_registered_devices: 1_000,
             duplicate_policy: default_duplicate_policy(),
         }
     }

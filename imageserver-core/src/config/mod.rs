@@ -130,6 +130,8 @@ pub struct Settings {
     pub max_pending_associations: usize,
     /// Such connections from one address (0: no limit).
     pub max_pending_per_address: usize,
+    /// Most devices per partition that unknown callers are registered into.
+    pub max_registered_devices: u64,
     /// Largest PDU we accept.
     pub max_pdu_length: u32,
     /// ARTIM timeout.
@@ -186,6 +188,7 @@ impl Config {
             max_associations: self.dicom.max_associations,
             max_pending_associations: self.dicom.max_pending_associations,
             max_pending_per_address: self.dicom.max_pending_per_address,
+            max_registered_devices: self.dicom.max_registered_devices,
             max_pdu_length: self.dicom.max_pdu_length,
             artim_timeout: Duration::from_secs(self.dicom.artim_timeout_secs),
             idle_timeout: Duration::from_secs(self.dicom.idle_timeout_secs),

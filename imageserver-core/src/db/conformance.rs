@@ -351,7 +351,60 @@ fn devices(store: &dyn IndexStore) {
     ws.max_associations = 3;
     ws.max_outgoing_associations = 2;
     store.ensure_device(f.partition, &ws).expect("update ws");
-    assert_eq!(store.devices(f.partition).expect("list"), [ct.clone(), ws]);
+    assert_eq!(
+        store.devices(f.partition).expect("list"),
+        [ct.clone(), ws.clone()]
+    );
+    assert_eq!(store.devices(g.partition).expect("list"), [ct.clone()]);
+    assert_eq!(
+        store.device(f.partition, &ae("WS1")).expect("one"),
+        Some(ws.clone())
+    );
+    assert_eq!(store.device(f.partition, &ae("NONE")).expect("one"), None);
+
+    // Registration never overwrites: an administrator's narrowed row stays.
+    let unknown_ws = DeviceSpec {
+        allow_store: true,
+        allow_query: true,
+        allow_retrieve: true,
+        port: 0,
+        max_associations: 0,
+        max_outgoing_associations: 0,
+        ..ws.clone()
+    };
+    assert_eq!(
+        store
+            .register_device(f.partition, &unknown_ws, 100)
+            .expect("register over an existing row"),
+        Some(ws.clone()),
+        "registration must return the stored row, unchanged"
+    );
+    assert_eq!(
+        store.device(f.partition, &ae("WS1")).expect("one"),
+        Some(ws)
+    );
+    // A new caller is registered while the partition has room ...
+    let mr = DeviceSpec {
+        ae_title: ae("MR1"),
+        ..unknown_ws.clone()
+    };
+    assert_eq!(
+        store
+            .register_device(f.partition, &mr, 3)
+            .expect("register"),
+        Some(mr.clone())
+    );
+    // ... and not once it holds the most devices allowed.
+    let us = DeviceSpec {
+        ae_title: ae("US1"),
+        ..unknown_ws
+    };
+    assert_eq!(
+        store.register_device(f.partition, &us, 3).expect("cap"),
+        None
+    );
+    assert_eq!(store.device(f.partition, &ae("US1")).expect("one"), None);
+    assert_eq!(store.devices(f.partition).expect("list").len(), 3);
     assert_eq!(store.devices(g.partition).expect("list"), [ct]);
 }
 

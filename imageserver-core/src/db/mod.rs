@@ -31,7 +31,7 @@ use std::ops::ControlFlow;
 use crate::model::query::{Match, Query};
 use crate::model::work::{NewWorkItem, Timestamp, WorkKind, WorkPriority, WorkUid};
 use crate::model::{
-    DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
+    AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
     InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
 };
 
@@ -107,6 +107,25 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
 
     /// Creates or updates a known remote AE of a partition.
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error>;
+
+    /// Registers a caller as a device of a partition unless a device of its
+    /// AE title exists, and only while the partition has fewer than
+    /// `max_devices` devices. An existing row (an administrator's, or
+    /// another node's registration) is never changed. Returns the device as
+    /// stored; None when the cap kept it out.
+    fn register_device(
+        &self,
+        partition: PartitionId,
+        spec: &DeviceSpec,
+        max_devices: u64,
+    ) -> Result<Option<DeviceSpec>, Error>;
+
+    /// One device of a partition.
+    fn device(
+        &self,
+        partition: PartitionId,
+        ae_title: &AeTitle,
+    ) -> Result<Option<DeviceSpec>, Error>;
 
     /// The devices of a partition, ordered by AE title.
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error>;

@@ -72,6 +72,22 @@ pub(crate) const ENSURE_DEVICE: &str = "INSERT INTO device
          max_associations = excluded.max_associations,
          max_outgoing_associations = excluded.max_outgoing_associations";
 
+/// Registers a device of partition `$1` (columns as [`ENSURE_DEVICE`])
+/// unless one has its AE title, and only while the partition has fewer
+/// than `$10` devices: an existing row is never changed.
+pub(crate) const REGISTER_DEVICE: &str = "INSERT INTO device
+         (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
+          max_associations, max_outgoing_associations)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+     WHERE (SELECT count(*) FROM device WHERE partition_id = $1) < $10
+     ON CONFLICT (partition_id, ae_title) DO NOTHING";
+
+/// The device of partition `$1` with AE title `$2`.
+pub(crate) const DEVICE: &str =
+    "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
+            max_associations, max_outgoing_associations
+     FROM device WHERE partition_id = $1 AND ae_title = $2";
+
 /// The devices of partition `$1`, by AE title.
 pub(crate) const DEVICES: &str =
     "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
@@ -299,6 +315,8 @@ mod tests {
         super::ENSURE_FILESYSTEM,
         super::FILESYSTEMS,
         super::ENSURE_DEVICE,
+        super::REGISTER_DEVICE,
+        super::DEVICE,
         super::DEVICES,
         super::STUDY_LOCATION,
         super::INSTANCE,

@@ -38,15 +38,21 @@ struct Inner {
     index: Arc<dyn IndexStore>,
     partition: PartitionId,
     accept_unknown: bool,
+    /// Most devices a partition may hold before unknown callers are no
+    /// longer registered (they are still admitted when it accepts them).
+    max_registered: u64,
     known: RwLock<HashMap<String, DeviceSpec>>,
 }
 
 impl Devices {
-    /// Loads a partition's devices from the index.
+    /// Loads a partition's devices from the index. Unknown callers are
+    /// registered while the partition holds fewer than `max_registered`
+    /// devices.
     pub fn load(
         index: Arc<dyn IndexStore>,
         partition: PartitionId,
         accept_unknown: bool,
+        max_registered: u64,
     ) -> Result<Devices, db::Error> {
         let known = index
             .devices(partition)?
@@ -58,19 +64,47 @@ impl Devices {
                 index,
                 partition,
                 accept_unknown,
+                max_registered,
                 known: RwLock::new(known),
             }),
         })
     }
 
-    /// The device with this AE title, if known.
+    /// The device with this AE title, if known: from the cache, else from
+    /// the index (a device an administrator or another node added since
+    /// this node loaded its devices), which then joins the cache.
     pub fn get(&self, ae_title: &str) -> Option<DeviceSpec> {
+        let ae_title = ae_title.trim();
+        if let Some(device) = self.cached(ae_title) {
+            return Some(device);
+        }
+        let parsed = AeTitle::parse(ae_title).ok()?;
+        match self.inner.index.device(self.inner.partition, &parsed) {
+            Ok(Some(device)) => Some(self.remember(device)),
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(calling_ae = ae_title, error = %crate::model::error_chain(&error), "cannot look up a device");
+                None
+            }
+        }
+    }
+
+    fn cached(&self, ae_title: &str) -> Option<DeviceSpec> {
         self.inner
             .known
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(ae_title.trim())
+            .get(ae_title)
             .cloned()
+    }
+
+    fn remember(&self, device: DeviceSpec) -> DeviceSpec {
+        self.inner
+            .known
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device.ae_title.as_str().to_string(), device.clone());
+        device
     }
 
     /// Whether a caller may associate.
@@ -97,12 +131,15 @@ impl Devices {
     }
 
     /// Registers an unknown caller seen at `host` (its port is unknown: 0),
-    /// so an administrator can see and narrow it.
+    /// so an administrator can see and narrow it. A device of that AE
+    /// title already in the index (another node's registration, an
+    /// administrator's row) is taken as it is, never overwritten; once the
+    /// partition holds `max_registered` devices nobody more is registered.
     pub fn register_unknown(&self, calling_ae: &str, host: &str) -> Result<(), db::Error> {
         let Ok(ae_title) = AeTitle::parse(calling_ae) else {
             return Ok(());
         };
-        if self.get(ae_title.as_str()).is_some() {
+        if self.cached(ae_title.as_str()).is_some() {
             return Ok(());
         }
         let spec = DeviceSpec {
@@ -115,15 +152,24 @@ impl Devices {
             max_associations: 0,
             max_outgoing_associations: 0,
         };
-        self.inner
-            .index
-            .ensure_device(self.inner.partition, &spec)?;
-        tracing::info!(calling_ae, host, "registered an unknown device");
-        self.inner
-            .known
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.ae_title.as_str().to_string(), spec);
+        match self.inner.index.register_device(
+            self.inner.partition,
+            &spec,
+            self.inner.max_registered,
+        )? {
+            Some(stored) => {
+                if stored == spec {
+                    tracing::info!(calling_ae, host, "registered an unknown device");
+                }
+                self.remember(stored);
+            }
+            None => tracing::warn!(
+                calling_ae,
+                host,
+                max = self.inner.max_registered,
+                "not registering an unknown device: the partition holds the most devices allowed"
+            ),
+        }
         Ok(())
     }
 }

@@ -656,6 +656,14 @@ impl Index {
         self.store.devices(self.partition).expect("list devices")
     }
 
+    /// Writes a device row as an administrator would, behind the running
+    /// server's back.
+    pub fn ensure_device(&self, spec: &imageserver_core::model::DeviceSpec) {
+        self.store
+            .ensure_device(self.partition, spec)
+            .expect("write a device")
+    }
+
     /// Patient, study, series and instance counts of the partition.
     pub fn counts(&self) -> IndexCounts {
         self.store.counts(self.partition).expect("count the index")

@@ -587,6 +587,50 @@ impl IndexStore for PgIndex {
         })
     }
 
+    fn register_device(
+        &self,
+        partition: PartitionId,
+        spec: &DeviceSpec,
+        max_devices: u64,
+    ) -> Result<Option<DeviceSpec>, Error> {
+        self.write("registering a device", async |conn| {
+            sqlx::query(sql::REGISTER_DEVICE)
+                .bind(partition.0)
+                .bind(spec.ae_title.as_str())
+                .bind(pg_text(&spec.host).as_ref())
+                .bind(i32::from(spec.port))
+                .bind(spec.allow_store)
+                .bind(spec.allow_query)
+                .bind(spec.allow_retrieve)
+                .bind(i64::from(spec.max_associations))
+                .bind(i64::from(spec.max_outgoing_associations))
+                .bind(i64::try_from(max_devices).unwrap_or(i64::MAX))
+                .execute(&mut *conn)
+                .await?;
+            let row = sqlx::query(sql::DEVICE)
+                .bind(partition.0)
+                .bind(spec.ae_title.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(row.as_ref().map(rows::device).transpose()?)
+        })
+    }
+
+    fn device(
+        &self,
+        partition: PartitionId,
+        ae_title: &AeTitle,
+    ) -> Result<Option<DeviceSpec>, Error> {
+        self.read("looking up a device", async |conn| {
+            let row = sqlx::query(sql::DEVICE)
+                .bind(partition.0)
+                .bind(ae_title.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            row.as_ref().map(rows::device).transpose()
+        })
+    }
+
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
         self.read("listing devices", async |conn| {
             let rows = sqlx::query(sql::DEVICES)

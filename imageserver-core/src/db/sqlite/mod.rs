@@ -603,6 +603,45 @@ impl IndexStore for SqliteIndex {
         })
     }
 
+    fn register_device(
+        &self,
+        partition: PartitionId,
+        spec: &DeviceSpec,
+        max_devices: u64,
+    ) -> Result<Option<DeviceSpec>, Error> {
+        self.write("registering a device", |tx| {
+            tx.prepare_cached(sql::REGISTER_DEVICE)?.execute(params![
+                partition.0,
+                spec.ae_title.as_str(),
+                spec.host,
+                spec.port,
+                spec.allow_store,
+                spec.allow_query,
+                spec.allow_retrieve,
+                spec.max_associations,
+                spec.max_outgoing_associations,
+                i64::try_from(max_devices).unwrap_or(i64::MAX)
+            ])?;
+            tx.prepare_cached(sql::DEVICE)?
+                .query_row(params![partition.0, spec.ae_title.as_str()], |r| {
+                    rows::device(r)
+                })
+                .optional()
+        })
+    }
+
+    fn device(
+        &self,
+        partition: PartitionId,
+        ae_title: &AeTitle,
+    ) -> Result<Option<DeviceSpec>, Error> {
+        self.read("looking up a device", |conn| {
+            conn.prepare_cached(sql::DEVICE)?
+                .query_row(params![partition.0, ae_title.as_str()], |r| rows::device(r))
+                .optional()
+        })
+    }
+
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
         self.read("listing devices", |conn| {
             let mut stmt = conn.prepare_cached(sql::DEVICES)?;
