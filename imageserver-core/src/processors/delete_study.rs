@@ -1,6 +1,6 @@
 //! `delete_study`: files and rows, with an audit record.
 
-use super::{on_error, payload, step, study_uid, AuditPayload, BuiltinDeps};
+use super::{or_retry, step, AuditPayload, BuiltinDeps};
 use crate::model::work::WorkItem;
 use crate::workqueue::{ProcessContext, Processor, StepResult};
 
@@ -20,19 +20,13 @@ impl DeleteStudy {
 
 impl Processor for DeleteStudy {
     fn process(&self, item: &WorkItem, ctx: &ProcessContext<'_>) -> StepResult {
-        let partition = step!(self.deps.partition(item));
-        let study = step!(study_uid(item));
-        let audit: AuditPayload = step!(payload(item));
-        match self
+        let (partition, study, audit) = step!(self.deps.study_item::<AuditPayload>(item));
+        let deleted = self
             .deps
             .studies
-            .delete(partition, study, audit.actor(), audit.reason())
-        {
-            Ok(outcome) => {
-                tracing::info!(study_uid = %study, ?outcome, "study deleted");
-                StepResult::Done
-            }
-            Err(error) => on_error(&error, ctx.properties().retry.failure_delay),
-        }
+            .delete(partition, study, audit.actor(), audit.reason());
+        let outcome = step!(or_retry(deleted, ctx));
+        tracing::info!(study_uid = %study, ?outcome, "study deleted");
+        StepResult::Done
     }
 }

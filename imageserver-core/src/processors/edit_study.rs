@@ -1,6 +1,6 @@
 //! `edit_study`: change patient/study attributes in the index and files.
 
-use super::{on_error, payload, step, study_uid, AuditPayload, BuiltinDeps};
+use super::{or_retry, step, AuditPayload, BuiltinDeps};
 use crate::model::work::WorkItem;
 use crate::services::studies::EditValue;
 use crate::workqueue::{ProcessContext, Processor, StepResult};
@@ -21,9 +21,7 @@ impl EditStudy {
 
 impl Processor for EditStudy {
     fn process(&self, item: &WorkItem, ctx: &ProcessContext<'_>) -> StepResult {
-        let partition = step!(self.deps.partition(item));
-        let study = step!(study_uid(item));
-        let audit: AuditPayload = step!(payload(item));
+        let (partition, study, audit) = step!(self.deps.study_item::<AuditPayload>(item));
         if audit.values.is_empty() {
             return StepResult::Fail("an edit_study item needs \"values\"".to_string());
         }
@@ -33,16 +31,12 @@ impl Processor for EditStudy {
             .map(|v| EditValue::parse(v))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StepResult::Fail(e.to_string())));
-        match self
-            .deps
-            .studies
-            .edit(partition, study, &values, audit.actor(), audit.reason())
-        {
-            Ok(outcome) => {
-                tracing::info!(study_uid = %study, ?outcome, "study edited");
-                StepResult::Done
-            }
-            Err(error) => on_error(&error, ctx.properties().retry.failure_delay),
-        }
+        let edited =
+            self.deps
+                .studies
+                .edit(partition, study, &values, audit.actor(), audit.reason());
+        let outcome = step!(or_retry(edited, ctx));
+        tracing::info!(study_uid = %study, ?outcome, "study edited");
+        StepResult::Done
     }
 }

@@ -40,10 +40,11 @@ pub use study_process::StudyProcess;
 
 use crate::db::Database;
 use crate::model::work::{StudyLock, WorkItem, WorkKind, WorkPriority};
+use crate::model::Uid;
 use crate::rules::RuleSet;
 use crate::services::studies::{Studies, StudyError};
 use crate::services::Partition;
-use crate::workqueue::{KindProperties, Registry, RetryPolicy, StepResult};
+use crate::workqueue::{KindProperties, ProcessContext, Registry, RetryPolicy, StepResult};
 
 /// How long a send waits when its device is at its association limit.
 const DEVICE_BUSY_POSTPONE: Duration = Duration::from_secs(2);
@@ -76,6 +77,15 @@ impl BuiltinDeps {
                     item.partition
                 ))
             })
+    }
+
+    /// What an item bound to a study names: its partition, its study and
+    /// its payload (a failure when any is missing or invalid).
+    pub(crate) fn study_item<'a, P: serde::de::DeserializeOwned + Default>(
+        &'a self,
+        item: &'a WorkItem,
+    ) -> Result<(&'a Partition, &'a Uid, P), StepResult> {
+        Ok((self.partition(item)?, study_uid(item)?, payload(item)?))
     }
 }
 
@@ -150,6 +160,15 @@ pub(crate) fn on_error(error: &StudyError, retry_after: Duration) -> StepResult 
     }
 }
 
+/// A study operation's value, or what [`on_error`] makes of its error
+/// with the kind's failure delay.
+pub(crate) fn or_retry<T>(
+    result: Result<T, StudyError>,
+    ctx: &ProcessContext<'_>,
+) -> Result<T, StepResult> {
+    result.map_err(|error| on_error(&error, ctx.properties().retry.failure_delay))
+}
+
 /// Parses an item's JSON payload (`{}` or empty when none).
 pub(crate) fn payload<T: serde::de::DeserializeOwned + Default>(
     item: &WorkItem,
@@ -163,7 +182,7 @@ pub(crate) fn payload<T: serde::de::DeserializeOwned + Default>(
 }
 
 /// The study an item is bound to.
-pub(crate) fn study_uid(item: &WorkItem) -> Result<&crate::model::Uid, StepResult> {
+pub(crate) fn study_uid(item: &WorkItem) -> Result<&Uid, StepResult> {
     item.study_uid()
         .ok_or_else(|| StepResult::Fail(format!("a {} item must name a study", item.kind)))
 }

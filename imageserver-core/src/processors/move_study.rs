@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{on_error, payload, step, study_uid, BuiltinDeps};
+use super::{on_error, step, BuiltinDeps};
 use crate::dicom::scu::ScuOptions;
 use crate::model::work::{NewWorkItem, Timestamp, WorkItem, WorkKind, WorkUid};
 use crate::model::Uid;
@@ -74,9 +74,7 @@ impl MoveStudy {
 
 impl Processor for MoveStudy {
     fn process(&self, item: &WorkItem, ctx: &ProcessContext<'_>) -> StepResult {
-        let partition = step!(self.deps.partition(item));
-        let study = step!(study_uid(item));
-        let send: SendPayload = step!(payload(item));
+        let (partition, study, send) = step!(self.deps.study_item::<SendPayload>(item));
         let retry = &ctx.properties().retry;
         // This run's failure, if it fails, counting the chain's earlier ones.
         let failures = send

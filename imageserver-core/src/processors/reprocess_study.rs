@@ -1,6 +1,6 @@
 //! `reprocess_study`: rebuild a study's rows from its files.
 
-use super::{on_error, payload, step, study_uid, AuditPayload, BuiltinDeps};
+use super::{or_retry, step, AuditPayload, BuiltinDeps};
 use crate::model::work::WorkItem;
 use crate::workqueue::{ProcessContext, Processor, StepResult};
 
@@ -21,21 +21,10 @@ impl ReprocessStudy {
 
 impl Processor for ReprocessStudy {
     fn process(&self, item: &WorkItem, ctx: &ProcessContext<'_>) -> StepResult {
-        let partition = step!(self.deps.partition(item));
-        let study = step!(study_uid(item));
-        let audit: AuditPayload = step!(payload(item));
-        match self.deps.studies.reprocess(partition, study, audit.actor()) {
-            Ok(report) => {
-                tracing::info!(
-                    study_uid = %study,
-                    removed = report.removed_instances,
-                    indexed = report.indexed_instances,
-                    skipped = report.skipped.len(),
-                    "study reprocessed"
-                );
-                StepResult::Done
-            }
-            Err(error) => on_error(&error, ctx.properties().retry.failure_delay),
-        }
+        let (partition, study, audit) = step!(self.deps.study_item::<AuditPayload>(item));
+        // The service logs what the rebuild did.
+        let reprocessed = self.deps.studies.reprocess(partition, study, audit.actor());
+        step!(or_retry(reprocessed, ctx));
+        StepResult::Done
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 use super::{on_error, step, study_uid, AuditPayload, BuiltinDeps, SendPayload};
-use crate::model::work::{NewWorkItem, Timestamp, WorkItem, WorkKind};
+use crate::model::work::{NewWorkItem, Timestamp, WorkItem, WorkKind, WorkUid};
 use crate::model::Uid;
 use crate::rules::{dry_run, Action};
 use crate::services::studies::{DigestCheck, StudyError};
@@ -75,6 +75,12 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
+    /// The UIDs `uid` picks from what arrived (the item lists none when
+    /// the whole study is concerned).
+    fn arrived(&self, uid: impl Fn(&WorkUid) -> &Uid) -> BTreeSet<Uid> {
+        self.item.uids.iter().map(|u| uid(u).clone()).collect()
+    }
+
     /// A transient failure: retried after the kind's failure delay.
     fn transient(&self, what: &str, e: &dyn std::error::Error) -> StepResult {
         StepResult::RetryAfter(
@@ -93,11 +99,7 @@ impl StudyProcess {
     /// sender's values: an `edit_study` applies the study's edits again.
     fn reconcile_edits(&self, step: &Step<'_>) -> Next {
         let (item, partition, study) = (step.item, step.partition, step.study);
-        let arrived: Vec<Uid> = item
-            .uids
-            .iter()
-            .map(|u| u.sop_instance_uid.clone())
-            .collect();
+        let arrived = Vec::from_iter(step.arrived(|u| &u.sop_instance_uid));
         match self
             .deps
             .studies
@@ -136,12 +138,7 @@ impl StudyProcess {
     /// that received instances (all of them when the item lists none).
     fn write_metadata(&self, step: &Step<'_>) -> Next {
         let study = step.study;
-        let changed: BTreeSet<Uid> = step
-            .item
-            .uids
-            .iter()
-            .map(|u| u.series_uid.clone())
-            .collect();
+        let changed = step.arrived(|u| &u.series_uid);
         let changed = (!changed.is_empty()).then_some(&changed);
         match self
             .deps
@@ -168,12 +165,7 @@ impl StudyProcess {
     /// mismatch a reprocess fixes enqueues one.
     fn check_integrity(&self, step: &Step<'_>) -> Next {
         let study = step.study;
-        let arrived: BTreeSet<Uid> = step
-            .item
-            .uids
-            .iter()
-            .map(|u| u.sop_instance_uid.clone())
-            .collect();
+        let arrived = step.arrived(|u| &u.sop_instance_uid);
         let digests = if arrived.is_empty() {
             DigestCheck::All
         } else {

@@ -809,47 +809,21 @@ mod tests {
 
     #[test]
     fn invalid_identifiers_are_refused() {
-        let cases: Vec<(&str, InMemDicomObject, Root)> = vec![
-            (
-                "no level",
-                identifier(&[(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3")]),
-                Root::Study,
-            ),
-            (
-                "bad level",
-                identifier(&[
-                    (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "FRAME"),
-                    (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
-                ]),
-                Root::Study,
-            ),
+        let level = |level| (tags::QUERY_RETRIEVE_LEVEL, VR::CS, level);
+        let study = |uid| (tags::STUDY_INSTANCE_UID, VR::UI, uid);
+        let cases = [
+            ("no level", vec![study("1.2.3")]),
+            ("bad level", vec![level("FRAME"), study("1.2.3")]),
             (
                 "patient level in study root",
-                identifier(&[
-                    (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "PATIENT"),
-                    (tags::PATIENT_ID, VR::LO, "X"),
-                ]),
-                Root::Study,
+                vec![level("PATIENT"), (tags::PATIENT_ID, VR::LO, "X")],
             ),
-            (
-                "missing key",
-                identifier(&[
-                    (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "SERIES"),
-                    (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
-                ]),
-                Root::Study,
-            ),
-            (
-                "bad uid",
-                identifier(&[
-                    (tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY"),
-                    (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.x"),
-                ]),
-                Root::Study,
-            ),
+            ("missing key", vec![level("SERIES"), study("1.2.3")]),
+            ("bad uid", vec![level("STUDY"), study("1.2.x")]),
         ];
-        for (name, object, root) in cases {
-            assert!(parse_identifier(&object, root).is_err(), "{name}");
+        for (name, elements) in cases {
+            let object = identifier(&elements);
+            assert!(parse_identifier(&object, Root::Study).is_err(), "{name}");
         }
         // UID lists are capped: a whole large series, not without end.
         let uids = |n: usize| {

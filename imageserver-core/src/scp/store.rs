@@ -80,7 +80,7 @@ pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInPr
 /// cannot understand, 0111 for a rejected duplicate.
 pub fn status_of(error: &IngestError) -> Status {
     match error {
-        IngestError::InvalidUid { .. }
+        IngestError::InvalidUid(_)
         | IngestError::MissingAttribute(_)
         | IngestError::Malformed(_)
         | IngestError::Unparseable(_) => Status::CANNOT_UNDERSTAND,

@@ -17,13 +17,13 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use super::commit::{CommitError, GroupCommitter, StudyProcessHook};
 use crate::db::{self, IndexStore};
-use crate::dicom::part10::header::{self, HeaderError};
+use crate::dicom::part10::header::{self, HeaderError, InvalidUid};
 use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::DataSetWalker;
 use crate::model::error_chain;
 use crate::model::{
     study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
-    FolderName, InsertOutcome, InstanceRecord, PartitionId, StudyLocation, Uid, UidError,
+    FolderName, InsertOutcome, InstanceRecord, PartitionId, StudyLocation, Uid,
 };
 use crate::storage::{
     self, InstanceKey, LowestTierMostRoom, ObjectWriter, Placement, StorageBackend,
@@ -76,16 +76,8 @@ pub struct StoreRequest<'a> {
 #[non_exhaustive]
 pub enum IngestError {
     /// A UID (in the command or the data set) is not a valid UID.
-    #[error("invalid {attribute} {value:?}")]
-    InvalidUid {
-        /// Which attribute.
-        attribute: &'static str,
-        /// The offending value (truncated).
-        value: String,
-        /// What is wrong with it.
-        #[source]
-        source: UidError,
-    },
+    #[error(transparent)]
+    InvalidUid(#[from] InvalidUid),
     /// A required attribute is missing from the data set.
     #[error("the data set has no {0}")]
     MissingAttribute(&'static str),
@@ -110,7 +102,7 @@ pub enum IngestError {
     NoFilesystem,
     /// Writing the file failed.
     #[error("storage failure")]
-    Storage(#[source] storage::Error),
+    Storage(#[from] storage::Error),
     /// Indexing failed.
     #[error("index failure")]
     Index(#[source] db::Error),
@@ -126,15 +118,7 @@ impl From<HeaderError> for IngestError {
     fn from(error: HeaderError) -> IngestError {
         match error {
             HeaderError::Missing(attribute) => IngestError::MissingAttribute(attribute),
-            HeaderError::InvalidUid {
-                attribute,
-                value,
-                source,
-            } => IngestError::InvalidUid {
-                attribute,
-                value,
-                source,
-            },
+            HeaderError::InvalidUid(invalid) => IngestError::InvalidUid(invalid),
         }
     }
 }
@@ -253,11 +237,7 @@ impl Ingest {
         let sop_instance_uid = parse_uid("SOP Instance UID", request.sop_instance_uid)?;
         let transfer_syntax_uid = parse_uid("Transfer Syntax UID", request.transfer_syntax_uid)?;
         let filesystem = self.choose_filesystem()?;
-        let object = self
-            .inner
-            .storage
-            .begin_write(&filesystem)
-            .map_err(IngestError::Storage)?;
+        let object = self.inner.storage.begin_write(&filesystem)?;
         let mut writer = IngestWriter {
             object,
             filesystem,
@@ -328,24 +308,17 @@ impl Ingest {
             }
         }
         let pending = if key.location.filesystem == writer.filesystem.id {
-            writer.object.persist(&key).map_err(IngestError::Storage)?
+            writer.object.persist(&key)?
         } else {
             // The study already lives on another filesystem: keep it whole.
             let target = self.filesystem(key.location.filesystem)?;
             let mut staged = key.clone();
             staged.location.filesystem = writer.filesystem.id;
-            let pending = writer
-                .object
-                .persist(&staged)
-                .map_err(IngestError::Storage)?;
+            let pending = writer.object.persist(&staged)?;
+            self.inner.storage.sync(pending)?;
             self.inner
                 .storage
-                .sync(pending)
-                .map_err(IngestError::Storage)?;
-            self.inner
-                .storage
-                .move_instance(&writer.filesystem, &target, &staged, &key)
-                .map_err(IngestError::Storage)?;
+                .move_instance(&writer.filesystem, &target, &staged, &key)?;
             storage::PendingSync::default()
         };
         let study_uid = record.study.study_uid.clone();
@@ -388,14 +361,8 @@ impl Ingest {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let variant = received_at_ms as u64;
-        let pending = writer
-            .object
-            .persist_aside(&aside_key, variant)
-            .map_err(IngestError::Storage)?;
-        self.inner
-            .storage
-            .sync(pending)
-            .map_err(IngestError::Storage)?;
+        let pending = writer.object.persist_aside(&aside_key, variant)?;
+        self.inner.storage.sync(pending)?;
         self.inner
             .index
             .record_duplicate(&DuplicateRecord {
@@ -660,7 +627,7 @@ impl IngestWriter {
             }
             Err(_) => {}
         }
-        let mut reader = self.object.read_back().map_err(IngestError::Storage)?;
+        let mut reader = self.object.read_back()?;
         let mut preamble = [0u8; 128];
         reader
             .read_exact(&mut preamble)

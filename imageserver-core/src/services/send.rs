@@ -85,14 +85,9 @@ pub fn send<I: Outgoing>(
                     }
                     Err(error) => {
                         warn!(destination = %destination, %error, "cannot open a storage association");
-                        let reason = error.to_string();
-                        for &rest in &group[position..] {
-                            let outcome = Outcome::Failed {
-                                reason: reason.clone(),
-                            };
-                            if report(&items[rest], &outcome, &mut summary) {
-                                return Ok(summary);
-                            }
+                        let rest = group[position..].iter().map(|&i| &items[i]);
+                        if fail_all(rest, &error.to_string(), &mut summary, &mut report) {
+                            return Ok(summary);
                         }
                         break;
                     }
@@ -113,13 +108,9 @@ pub fn send<I: Outgoing>(
                     warn!(destination = %destination, %error, sop_instance_uid = item.sop_instance_uid(), "storage association lost");
                     if losses >= MAX_CONSECUTIVE_LOSSES {
                         let reason = format!("gave up after losing the association twice: {error}");
-                        for &rest in &group[position..] {
-                            let outcome = Outcome::Failed {
-                                reason: reason.clone(),
-                            };
-                            if report(&items[rest], &outcome, &mut summary) {
-                                return Ok(summary);
-                            }
+                        let rest = group[position..].iter().map(|&i| &items[i]);
+                        if fail_all(rest, &reason, &mut summary, &mut report) {
+                            return Ok(summary);
                         }
                         break;
                     }
@@ -146,6 +137,22 @@ pub fn send<I: Outgoing>(
         }
     }
     Ok(summary)
+}
+
+/// Reports each of `items` failed with `reason`, in turn; true when the
+/// callback stopped the job (the items after that one are not reported).
+fn fail_all<'a, I: 'a>(
+    items: impl IntoIterator<Item = &'a I>,
+    reason: &str,
+    summary: &mut SendSummary,
+    report: &mut impl FnMut(&I, &Outcome, &mut SendSummary) -> bool,
+) -> bool {
+    items.into_iter().any(|item| {
+        let outcome = Outcome::Failed {
+            reason: reason.to_string(),
+        };
+        report(item, &outcome, summary)
+    })
 }
 
 fn reported(summary: &SendSummary) -> usize {

@@ -73,7 +73,9 @@ use crate::db::studies::{
 };
 use crate::db::{self, Database};
 use crate::dicom::scu::{Destination, Outgoing, ScuOptions, Tally};
-use crate::model::{AeTitle, DeviceSpec, Filesystem, FilesystemId, StoredInstance, Uid};
+use crate::model::{
+    AeTitle, DeviceSpec, Filesystem, FilesystemId, StoredInstance, StudyLocation, Uid,
+};
 use crate::services::devices::SendLimits;
 use crate::services::Partition;
 use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
@@ -217,6 +219,19 @@ impl Studies {
             return Err(StudyError::Nearline(study_uid.clone()));
         }
         Ok(record)
+    }
+
+    /// Where the files of a study, which must exist and be online, lie:
+    /// its location and that filesystem.
+    fn online_files(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+    ) -> Result<(StudyLocation, Filesystem), StudyError> {
+        let record = self.online_study(partition, study_uid)?;
+        let location = record.location.expect("online");
+        let filesystem = self.filesystem(location.filesystem)?;
+        Ok((location, filesystem))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::studies::{
-    AttributeChange, AuditEntry, EditStatus, EditableAttribute, FileFacts, StudyStore,
+    AttributeChange, AuditEntry, DeletedStudy, EditStatus, EditableAttribute, FileFacts, StudyStore,
 };
 use crate::db::{Error, IndexStore};
 use crate::model::{DuplicateRecord, InstanceRecord};
@@ -37,6 +37,10 @@ trait StudyFixture {
 
     /// An audit entry of `action` about `study`, stamped now.
     fn audit(&self, action: &str, study: &str) -> AuditEntry;
+
+    /// Deletes the rows of `study` with a `study.delete` audit entry
+    /// (`None`: it was not there).
+    fn delete_rows(&self, study: &str) -> Option<DeletedStudy>;
 }
 
 impl<S: IndexStore + StudyStore> StudyFixture for Fixture<'_, S> {
@@ -52,6 +56,13 @@ impl<S: IndexStore + StudyStore> StudyFixture for Fixture<'_, S> {
             &uid(study),
             "{}".to_string(),
         )
+    }
+
+    fn delete_rows(&self, study: &str) -> Option<DeletedStudy> {
+        let audit = self.audit("study.delete", study);
+        self.store
+            .delete_study_rows(self.partition, &uid(study), &audit)
+            .expect("delete")
     }
 }
 
@@ -141,14 +152,7 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
         )
         .expect("begin edit");
 
-    let deleted = store
-        .delete_study_rows(
-            f.partition,
-            &uid("1.6.1"),
-            &f.audit("study.delete", "1.6.1"),
-        )
-        .expect("delete")
-        .expect("the study was there");
+    let deleted = f.delete_rows("1.6.1").expect("the study was there");
     assert_eq!(deleted.location, f.location("1.6.1", "20240131"));
     assert_eq!(deleted.instances.len(), 2);
     assert_eq!(deleted.duplicates.len(), 1);
@@ -188,16 +192,7 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
     assert_eq!(audit[0].action, "study.delete");
 
     // Again: nothing left to delete, nothing written.
-    assert_eq!(
-        store
-            .delete_study_rows(
-                f.partition,
-                &uid("1.6.1"),
-                &f.audit("study.delete", "1.6.1"),
-            )
-            .expect("again"),
-        None
-    );
+    assert_eq!(f.delete_rows("1.6.1"), None);
     assert_eq!(
         store.audit_log(f.partition, &uid("1.6.1")).unwrap().len(),
         1
@@ -218,26 +213,12 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
     );
 
     // The last study of a patient takes the patient with it.
-    store
-        .delete_study_rows(
-            f.partition,
-            &uid("1.6.3"),
-            &f.audit("study.delete", "1.6.3"),
-        )
-        .expect("delete")
-        .expect("there");
+    f.delete_rows("1.6.3").expect("there");
     assert_eq!(f.counts(), counts(1, 1, 1, 1));
 
     // An instance of the study arriving before the deletion finishes keeps
     // its storage row.
-    store
-        .delete_study_rows(
-            f.partition,
-            &uid("1.6.2"),
-            &f.audit("study.delete", "1.6.2"),
-        )
-        .expect("delete")
-        .expect("there");
+    f.delete_rows("1.6.2").expect("there");
     assert_eq!(f.counts(), counts(0, 0, 0, 0));
     store
         .insert_instances(&[f.record("P1", "1.6.2", "1.6.2.1", "1.6.2.1.9")])

@@ -19,16 +19,22 @@ pub enum HeaderError {
     #[error("no {0}")]
     Missing(&'static str),
     /// A UID attribute holds something that is not a UID.
-    #[error("invalid {attribute} {value:?}")]
-    InvalidUid {
-        /// Which attribute.
-        attribute: &'static str,
-        /// The offending value (truncated).
-        value: String,
-        /// What is wrong with it.
-        #[source]
-        source: UidError,
-    },
+    #[error(transparent)]
+    InvalidUid(#[from] InvalidUid),
+}
+
+/// A UID attribute (in a header or a command) that holds something that is
+/// not a UID.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {attribute} {value:?}")]
+pub struct InvalidUid {
+    /// Which attribute.
+    pub attribute: &'static str,
+    /// The offending value (truncated).
+    pub value: String,
+    /// What is wrong with it.
+    #[source]
+    pub source: UidError,
 }
 
 /// What the header does not say about an instance: where its file lies
@@ -63,10 +69,12 @@ fn int(header: &DefaultDicomObject, tag: Tag) -> Option<i32> {
 
 /// A UID value, checked (`attribute` names it in errors).
 pub(crate) fn parse_uid(attribute: &'static str, value: &str) -> Result<Uid, HeaderError> {
-    Uid::parse(value).map_err(|source| HeaderError::InvalidUid {
-        attribute,
-        value: value.chars().take(80).collect(),
-        source,
+    Uid::parse(value).map_err(|source| {
+        HeaderError::from(InvalidUid {
+            attribute,
+            value: value.chars().take(80).collect(),
+            source,
+        })
     })
 }
 

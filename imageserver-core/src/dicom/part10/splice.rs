@@ -574,36 +574,17 @@ mod tests {
         Ok(out)
     }
 
-    const PATIENT_NAME: Attribute = Attribute {
-        tag: (0x0010, 0x0010),
-        vr: "PN",
-        keyword: "PatientName",
-    };
-    const STUDY_DESCRIPTION: Attribute = Attribute {
-        tag: (0x0008, 0x1030),
-        vr: "LO",
-        keyword: "StudyDescription",
-    };
-    const ACCESSION_NUMBER: Attribute = Attribute {
-        tag: (0x0008, 0x0050),
-        vr: "SH",
-        keyword: "AccessionNumber",
-    };
-    const PATIENT_ID: Attribute = Attribute {
-        tag: (0x0010, 0x0020),
-        vr: "LO",
-        keyword: "PatientID",
-    };
-    const REFERRING_PHYSICIAN_NAME: Attribute = Attribute {
-        tag: (0x0008, 0x0090),
-        vr: "PN",
-        keyword: "ReferringPhysicianName",
-    };
-    const PATIENT_SEX: Attribute = Attribute {
-        tag: (0x0010, 0x0040),
-        vr: "CS",
-        keyword: "PatientSex",
-    };
+    const fn attribute(tag: (u16, u16), vr: &'static str, keyword: &'static str) -> Attribute {
+        Attribute { tag, vr, keyword }
+    }
+
+    const PATIENT_NAME: Attribute = attribute((0x0010, 0x0010), "PN", "PatientName");
+    const STUDY_DESCRIPTION: Attribute = attribute((0x0008, 0x1030), "LO", "StudyDescription");
+    const ACCESSION_NUMBER: Attribute = attribute((0x0008, 0x0050), "SH", "AccessionNumber");
+    const PATIENT_ID: Attribute = attribute((0x0010, 0x0020), "LO", "PatientID");
+    const REFERRING_PHYSICIAN_NAME: Attribute =
+        attribute((0x0008, 0x0090), "PN", "ReferringPhysicianName");
+    const PATIENT_SEX: Attribute = attribute((0x0010, 0x0040), "CS", "PatientSex");
 
     fn target(attribute: Attribute, value: &str) -> Target {
         Target {

@@ -127,9 +127,7 @@ impl Studies {
         study_uid: &Uid,
         digests: DigestCheck<'_>,
     ) -> Result<IntegrityReport, StudyError> {
-        let record = self.online_study(partition, study_uid)?;
-        let location = record.location.clone().expect("online");
-        let filesystem = self.filesystem(location.filesystem)?;
+        let (location, filesystem) = self.online_files(partition, study_uid)?;
         let indexed = self.store().study_instances(partition.id, study_uid)?;
         let mut on_disk: BTreeMap<Uid, StoredObject> = BTreeMap::new();
         for object in self.storage.list_study(&filesystem, &location)? {

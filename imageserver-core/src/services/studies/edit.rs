@@ -138,9 +138,7 @@ impl Studies {
 
         // No metadata with old values survives an interruption from here on.
         self.drop_series_metadata(partition, study_uid)?;
-        let record = self.online_study(partition, study_uid)?;
-        let location = record.location.clone().expect("online");
-        let filesystem = self.filesystem(location.filesystem)?;
+        let (_, filesystem) = self.online_files(partition, study_uid)?;
         let mut facts = Vec::new();
         let mut pending = PendingSync::default();
         let (mut rewritten, mut already) = (0u64, 0u64);

@@ -73,9 +73,7 @@ impl Studies {
         study_uid: &Uid,
         changed: Option<&BTreeSet<Uid>>,
     ) -> Result<MetadataReport, StudyError> {
-        let record = self.online_study(partition, study_uid)?;
-        let location = record.location.clone().expect("online");
-        let filesystem = self.filesystem(location.filesystem)?;
+        let (location, filesystem) = self.online_files(partition, study_uid)?;
         let mut series: BTreeMap<Uid, Vec<StoredInstance>> = BTreeMap::new();
         for instance in self.store().study_instances(partition.id, study_uid)? {
             series
@@ -203,9 +201,7 @@ impl Studies {
         study_uid: &Uid,
         series_uid: &Uid,
     ) -> Result<Option<Vec<u8>>, StudyError> {
-        let record = self.online_study(partition, study_uid)?;
-        let location = record.location.clone().expect("online");
-        let filesystem = self.filesystem(location.filesystem)?;
+        let (location, filesystem) = self.online_files(partition, study_uid)?;
         let key = SeriesKey {
             location,
             series_uid: series_uid.clone(),
@@ -220,9 +216,7 @@ impl Studies {
         partition: &Partition,
         study_uid: &Uid,
     ) -> Result<u64, StudyError> {
-        let record = self.online_study(partition, study_uid)?;
-        let location = record.location.clone().expect("online");
-        let filesystem = self.filesystem(location.filesystem)?;
+        let (location, filesystem) = self.online_files(partition, study_uid)?;
         Ok(self.storage.delete_study_metadata(&filesystem, &location)?)
     }
 
@@ -232,9 +226,7 @@ impl Studies {
         partition: &Partition,
         study_uid: &Uid,
     ) -> Result<bool, StudyError> {
-        let record = self.online_study(partition, study_uid)?;
-        let location = record.location.clone().expect("online");
-        let filesystem = self.filesystem(location.filesystem)?;
+        let (location, filesystem) = self.online_files(partition, study_uid)?;
         Ok(!self
             .storage
             .series_with_metadata(&filesystem, &location)?

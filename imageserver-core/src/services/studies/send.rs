@@ -73,9 +73,7 @@ impl Studies {
                 ae_title: device.ae_title.to_string(),
                 limit: device.max_outgoing_associations,
             })?;
-        let record = self.online_study(partition, study_uid)?;
-        let location = record.location.clone().expect("online");
-        let filesystem = self.filesystem(location.filesystem)?;
+        let (_, filesystem) = self.online_files(partition, study_uid)?;
         let mut instances = self.store().study_instances(partition.id, study_uid)?;
         let mut report = SendReport {
             destination: format!("{}@{}:{}", device.ae_title, device.host, device.port),
