@@ -314,7 +314,8 @@ fn list_duplicates(args: DuplicatesArgs) -> Result<ExitCode> {
 }
 
 /// `migrate-db`: copies the SQLite index into PostgreSQL, verifies it, and
-/// prints a summary; the SQLite file is opened read-only.
+/// prints a summary; the SQLite file is opened read-only, and only while
+/// no server or command has it open.
 fn migrate_db(args: MigrateDbArgs) -> Result<ExitCode> {
     use imageserver_core::db::postgres;
     let config = load_config(&args.archive)?;

@@ -341,6 +341,14 @@ fn pg_migrate_db_from_a_small_deployment() {
     let before = query(&small, "find-sqlite");
     assert_eq!(before.final_status(), Some(0), "{before}");
     assert_eq!(before.responses.len(), 3, "{before}");
+    // While the server has the index open, migrate-db refuses to copy it:
+    // the copy would miss what the server writes meanwhile.
+    let busy = PgDatabase::create(&pg_server_url());
+    let refused = migrate_db(&data, busy.url());
+    assert!(
+        !refused.success() && refused.text().contains("in use by a running server"),
+        "{refused}"
+    );
     let sqlite_archive = small.archive().clone();
     assert_eq!(small.sigterm().code(), Some(0));
 
@@ -403,7 +411,9 @@ fn pg_migrate_db_from_a_small_deployment() {
     assert!(stored.success(), "{stored}");
     assert_eq!(pg_index.counts().instances, corpus.len() as u64 + 1);
 
-    // A second copy into the now non-empty database is refused.
+    // A second copy into the now non-empty database is refused (this test's
+    // own handle on the SQLite index closed first: it counts as a user).
+    drop(sqlite_index);
     let again = migrate_db(&data, target.url());
     assert!(!again.success(), "{again}");
     assert!(again.text().contains("not empty"), "{again}");

@@ -83,6 +83,13 @@ pub enum Error {
         /// A description of the missing row.
         what: String,
     },
+    /// The operation needs the index to itself, and a server or another
+    /// command has it open: stop them and try again.
+    #[error("the index {path} is in use by a running server or command")]
+    InUse {
+        /// The index file.
+        path: std::path::PathBuf,
+    },
 }
 
 /// The index of partitions, filesystems, devices, study locations and the

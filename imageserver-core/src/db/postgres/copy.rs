@@ -356,6 +356,8 @@ pub fn copy_from_sqlite(sqlite_path: &Path, pg_url: &str) -> Result<CopyReport, 
             source: "no such file".into(),
         });
     }
+    // Nothing may write the source while it is copied.
+    let _exclusive = crate::db::sqlite::ExclusiveUse::take(sqlite_path)?;
     let source = Connection::open_with_flags(
         sqlite_path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

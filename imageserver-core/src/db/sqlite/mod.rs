@@ -86,9 +86,52 @@ impl Default for Options {
     }
 }
 
+/// The lock file beside an index database (`index.db` → `index.db.lock`):
+/// every [`SqliteIndex`] holds a shared lock on it while open.
+fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PathBuf::from(name))
+}
+
+/// Holds an index database to itself: no [`SqliteIndex`] (a server, an
+/// operator command) can open it while this lives, and it is refused with
+/// [`Error::InUse`] while one is open.
+#[derive(Debug)]
+pub struct ExclusiveUse {
+    _lock: std::fs::File,
+}
+
+impl ExclusiveUse {
+    /// Takes the index at `path` for this process alone, without waiting.
+    pub fn take(path: &Path) -> Result<ExclusiveUse, Error> {
+        let file = open_lock_file(path).map_err(|e| Error::Open {
+            url: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        match file.try_lock() {
+            Ok(()) => Ok(ExclusiveUse { _lock: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(Error::InUse {
+                path: path.to_path_buf(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::Open {
+                url: path.display().to_string(),
+                source: Box::new(e),
+            }),
+        }
+    }
+}
+
 /// The SQLite index: an [`IndexStore`] over one database file.
 pub struct SqliteIndex {
     path: PathBuf,
+    /// A shared lock on the index's lock file while it is open: a command
+    /// that needs the index to itself (migrate-db) takes it exclusively.
+    _in_use: std::fs::File,
     options: Options,
     writer: Mutex<Connection>,
     readers: ReaderPool,
@@ -119,6 +162,8 @@ impl SqliteIndex {
             url: path.display().to_string(),
             source,
         };
+        let in_use = open_lock_file(path).map_err(|e| open_error(Box::new(e)))?;
+        in_use.lock_shared().map_err(|e| open_error(Box::new(e)))?;
         let mut writer = Connection::open(path).map_err(|e| open_error(Box::new(e)))?;
         configure(&writer, &options, Role::Writer).map_err(|e| open_error(Box::new(e)))?;
         let mode: String = with_retry(options.retry_for, "enabling WAL", || {
@@ -138,6 +183,7 @@ impl SqliteIndex {
         .map_err(|e| open_error(Box::new(e)))?;
         Ok(SqliteIndex {
             path: path.to_path_buf(),
+            _in_use: in_use,
             options,
             writer: Mutex::new(writer),
             readers: ReaderPool::new(path.to_path_buf(), options, options.readers),
