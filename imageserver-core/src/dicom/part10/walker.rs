@@ -465,6 +465,17 @@ impl Structure {
                         end: Some(self.pos + u64::from(length)),
                     });
                 } else {
+                    let vr = match vr {
+                        Some(code) => dicom_core::VR::from_binary(code),
+                        None => Some(implicit_vr(tag)),
+                    };
+                    let unit = vr.map_or(1, value_unit);
+                    if length % unit != 0 {
+                        self.error = fail(&format!(
+                            "a value of {length} bytes is not a whole number of {unit}-byte values"
+                        ));
+                        return;
+                    }
                     self.skip = u64::from(length);
                 }
             }
@@ -490,6 +501,33 @@ impl Structure {
                 }
             }
         }
+    }
+}
+
+/// The VR dicom-rs gives an Implicit VR element: OW for Pixel Data and
+/// Overlay Data, else the standard dictionary's (UN when it has none).
+fn implicit_vr((group, element): (u16, u16)) -> dicom_core::VR {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if (group, element) == PIXEL_DATA || (group >> 8 == 0x60 && element == 0x3000) {
+        return dicom_core::VR::OW;
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(group, element))
+        .map_or(dicom_core::VR::UN, |entry| entry.vr().relaxed())
+}
+
+/// Size of one value of a binary VR as dicom-parser reads it (1 for the
+/// rest). dicom-parser reads `length / size` values but counts `length`
+/// bytes as read, so a length that is not a multiple of the size leaves it
+/// out of step with the bytes: the next "header" it reads is value bytes,
+/// whose claimed length it allocates.
+pub(crate) fn value_unit(vr: dicom_core::VR) -> u32 {
+    use dicom_core::VR;
+    match vr {
+        VR::US | VR::OW | VR::SS => 2,
+        VR::AT | VR::FL | VR::OF | VR::SL | VR::OL | VR::UL => 4,
+        VR::FD | VR::OD | VR::SV | VR::OV | VR::UV => 8,
+        _ => 1,
     }
 }
 
@@ -648,6 +686,33 @@ mod tests {
             ok.extend(raw(SEQUENCE_END, 0));
         }
         assert_eq!(walk("1.2.840.10008.1.2", &ok, 64), Ok(()));
+    }
+
+    /// dicom-parser reads an odd-length US value as whole u16s and loses
+    /// step with the bytes; the next header it reads is value bytes, whose
+    /// claimed length it allocates (hundreds of megabytes from a few dozen
+    /// bytes, found by the fuzz target). Such values are refused.
+    #[test]
+    fn a_binary_value_of_a_partial_length_is_rejected() {
+        // Implicit VR: Rows (0028,0010) is US in the dictionary.
+        let mut data = raw((0x0028, 0x0010), 3);
+        data.extend_from_slice(&[1, 2, 3]);
+        data.extend(raw((0x0010, 0x0010), 8));
+        data.extend_from_slice(b"DOE^JOHN");
+        let error = walk("1.2.840.10008.1.2", &data, 5).unwrap_err();
+        assert!(error.contains("whole number of 2-byte values"), "{error}");
+        // Explicit VR: the header's VR decides.
+        let data = explicit((0x0009, 0x1010), b"UL", &[0; 6]);
+        assert!(walk("1.2.840.10008.1.2.1", &data, 64).is_err());
+        let data = explicit((0x0009, 0x1010), b"FD", &[0; 12]);
+        assert!(walk("1.2.840.10008.1.2.1", &data, 64).is_err());
+        // Whole values, and byte VRs of any length, pass.
+        let mut data = explicit((0x0028, 0x0010), b"US", &[0; 4]);
+        data.extend(explicit((0x0029, 0x1010), b"OB", &[0; 3]));
+        assert_eq!(walk("1.2.840.10008.1.2.1", &data, 64), Ok(()));
+        let mut data = raw((0x0028, 0x0010), 2);
+        data.extend_from_slice(&[0, 2]);
+        assert_eq!(walk("1.2.840.10008.1.2", &data, 64), Ok(()));
     }
 
     #[test]

@@ -65,6 +65,7 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
 use crate::dicom::dimse::Status;
+use crate::dicom::part10::walker::value_unit;
 use crate::model::error_chain;
 use crate::model::query::{
     Attribute, Key, Kind, Level, Match, Matcher, Query, Root, MAX_LIST_VALUES,
@@ -540,7 +541,14 @@ impl Walker<'_> {
                 }
             } else {
                 let len = self.take::<4>(limit)?;
-                (dictionary_vr(Tag(tag.0, tag.1)), self.u32(len))
+                // As dicom-parser reads Implicit VR: OW for Pixel Data and
+                // Overlay Data, else the dictionary's VR.
+                let vr = if tag == (0x7FE0, 0x0010) || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+                    VR::OW
+                } else {
+                    dictionary_vr(Tag(tag.0, tag.1))
+                };
+                (vr, self.u32(len))
             };
             if len == UNDEFINED {
                 if self.explicit && vr != VR::SQ {
@@ -552,6 +560,15 @@ impl Walker<'_> {
                 if vr == VR::SQ {
                     self.sequence(Some(value_end), depth + 1)?;
                 } else {
+                    // dicom-parser loses step with a partial binary value.
+                    let unit = value_unit(vr);
+                    if len % unit != 0 {
+                        return Err(format!(
+                            "a value of {len} bytes at byte {} is not a whole number of \
+                             {unit}-byte values",
+                            self.pos
+                        ));
+                    }
                     self.pos = value_end;
                 }
             }

@@ -504,6 +504,12 @@ fn hostile_identifiers_are_refused_before_decoding() {
     };
     let mut truncated = level();
     truncated.extend([0x10, 0x00, 0x10]);
+    // Rows (0028,0010), US, of 3 bytes: dicom-parser reads one u16 and
+    // takes the third byte and the next element's as a header claiming
+    // 0x00001010 bytes... or, crafted, gigabytes.
+    let mut partial_value = level();
+    partial_value.extend([0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0, 1, 2, 3]);
+    partial_value.extend([0x10, 0x00, 0x10, 0x00, 2, 0, 0, 0, b'A', b' ']);
     // Deflated: a small stream inflating to 5 MiB.
     let mut bomb = Vec::new();
     {
@@ -522,6 +528,11 @@ fn hostile_identifiers_are_refused_before_decoding() {
         (big_huge, EXPLICIT_BE, Some("exceeds the data")),
         (item_too_long, IMPLICIT_LE, Some("exceeds the data")),
         (truncated, IMPLICIT_LE, Some("truncated")),
+        (
+            partial_value,
+            IMPLICIT_LE,
+            Some("whole number of 2-byte values"),
+        ),
         (nested(3), IMPLICIT_LE, None),
         (nested(MAX_NESTING), IMPLICIT_LE, None),
         (nested(MAX_NESTING + 1), IMPLICIT_LE, Some("nested deeper")),
