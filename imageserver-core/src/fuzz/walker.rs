@@ -102,7 +102,7 @@ fn walk(input: &Received) -> Result<(), String> {
         walker.feed(piece);
         rest = after;
     }
-    walker.finish()
+    walker.finish().map_err(|e| e.to_string())
 }
 
 /// The data set the header parser reads: the input, inflated when deflated.

@@ -118,6 +118,14 @@ pub enum Fault {
     ExpectedItem,
     /// Something other than a fragment in encapsulated pixel data.
     ExpectedFragment,
+    /// A binary value whose length is not a whole number of its values
+    /// (dicom-parser loses step with one).
+    PartialValue {
+        /// The value's length.
+        length: u32,
+        /// The size of one value of its VR.
+        unit: u32,
+    },
 }
 
 impl std::fmt::Display for Fault {
@@ -128,6 +136,12 @@ impl std::fmt::Display for Fault {
             Fault::UndefinedLength => "undefined length on a non-sequence element",
             Fault::ExpectedItem => "expected an item in a sequence",
             Fault::ExpectedFragment => "expected a pixel data fragment",
+            Fault::PartialValue { length, unit } => {
+                return write!(
+                    f,
+                    "a value of {length} bytes is not a whole number of {unit}-byte values"
+                )
+            }
         })
     }
 }
@@ -471,9 +485,7 @@ impl Structure {
                     };
                     let unit = vr.map_or(1, value_unit);
                     if length % unit != 0 {
-                        self.error = fail(&format!(
-                            "a value of {length} bytes is not a whole number of {unit}-byte values"
-                        ));
+                        self.error = fail(Fault::PartialValue { length, unit });
                         return;
                     }
                     self.skip = u64::from(length);

@@ -442,6 +442,8 @@ enum Fault {
     TooDeep(usize),
     #[error("unexpected ({:04X},{:04X}) in a sequence", .0.0, .0.1)]
     NotAnItem((u16, u16)),
+    #[error("a value of {len} bytes at byte {at} is not a whole number of {unit}-byte values")]
+    PartialValue { len: u32, at: usize, unit: u32 },
 }
 
 /// Checks that every element and item of an encoded data set lies within
@@ -563,11 +565,11 @@ impl Walker<'_> {
                     // dicom-parser loses step with a partial binary value.
                     let unit = value_unit(vr);
                     if len % unit != 0 {
-                        return Err(format!(
-                            "a value of {len} bytes at byte {} is not a whole number of \
-                             {unit}-byte values",
-                            self.pos
-                        ));
+                        return Err(Fault::PartialValue {
+                            len,
+                            at: self.pos,
+                            unit,
+                        });
                     }
                     self.pos = value_end;
                 }
