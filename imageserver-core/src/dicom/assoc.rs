@@ -400,8 +400,13 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             match listener.accept() {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    if let Err(refusal) = stage.admit(socket, peer) {
-                        refusals.note(peer, refusal, stage.len());
+                    match stage.admit(socket, peer) {
+                        Ok(None) => {}
+                        Ok(Some((evicted, evicted_peer))) => {
+                            let _ = evicted.shutdown(Shutdown::Both);
+                            refusals.note(evicted_peer, Refusal::Evicted, stage.len());
+                        }
+                        Err(refusal) => refusals.note(peer, refusal, stage.len()),
                     }
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,

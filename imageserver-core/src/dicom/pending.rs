@@ -4,10 +4,11 @@
 //! One thread per listener holds all of them and waits on them with
 //! `poll(2)`, so a silent or trickling connection costs a descriptor and a
 //! few bytes of state, never a thread or an association slot. The stage is
-//! bounded twice: at most `max_pending` connections in all and at most
-//! `max_pending_per_address` from one remote address; a connection beyond
-//! either is closed at once. Each connection has the ARTIM timeout to
-//! deliver its request; only then does it compete for an association.
+//! bounded twice: at most `max_pending_per_address` connections from one
+//! remote address (a new one beyond it is closed at once) and at most
+//! `max_pending` in all (a new one beyond it evicts the connection that has
+//! waited longest). Each connection has the ARTIM timeout to deliver its
+//! request; only then does it compete for an association.
 //!
 //! A waiting socket is non-blocking with `SO_RCVLOWAT` set to the bytes it
 //! still needs (the PDU header, then the whole request), so that `poll`
@@ -34,11 +35,11 @@ pub(crate) struct PendingLimits {
     pub artim: Duration,
 }
 
-/// Why a new connection was not taken into the stage.
+/// Why a connection was closed without negotiation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// `max_pending` connections are waiting already.
-    Full,
+    /// It waited longest when the stage was full and a new one came.
+    Evicted,
     /// Its address has `max_per_address` connections waiting already.
     AddressFull,
     /// The socket could not be prepared (an OS error).
@@ -49,7 +50,9 @@ impl Refusal {
     /// For the log.
     pub fn describe(self) -> &'static str {
         match self {
-            Refusal::Full => "too many connections waiting to associate",
+            Refusal::Evicted => {
+                "too many connections waiting to associate: the longest-waiting one closed"
+            }
             Refusal::AddressFull => "too many connections from one address waiting to associate",
             Refusal::Socket => "cannot prepare the socket",
         }
@@ -114,16 +117,26 @@ impl PendingStage {
     }
 
     /// Takes a new connection in, or refuses it (the caller closes it).
-    pub fn admit(&mut self, socket: TcpStream, peer: SocketAddr) -> Result<(), Refusal> {
-        if self.waiting.len() >= self.limits.max_pending {
-            return Err(Refusal::Full);
-        }
+    /// When the stage is full, the connection that has waited longest is
+    /// evicted to make room and returned for the caller to close: a caller
+    /// that sends its request at once is never starved by connections that
+    /// send nothing, however many addresses they come from.
+    pub fn admit(
+        &mut self,
+        socket: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<Option<(TcpStream, SocketAddr)>, Refusal> {
         let from_address = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
         if self.limits.max_per_address > 0 && from_address >= self.limits.max_per_address {
             return Err(Refusal::AddressFull);
         }
         socket.set_nonblocking(true).map_err(|_| Refusal::Socket)?;
         set_low_water(&socket, pdu::PDU_HEADER_LEN).map_err(|_| Refusal::Socket)?;
+        let evicted = (self.waiting.len() >= self.limits.max_pending).then(|| {
+            let oldest = self.remove(0);
+            let _ = restore_blocking(&oldest.socket);
+            (oldest.socket, oldest.peer)
+        });
         *self.per_address.entry(peer.ip()).or_insert(0) += 1;
         self.waiting.push(Waiting {
             socket,
@@ -131,7 +144,7 @@ impl PendingStage {
             deadline: Instant::now() + self.limits.artim,
             wanted: pdu::PDU_HEADER_LEN,
         });
-        Ok(())
+        Ok(evicted)
     }
 
     /// Waits at most `timeout` for the listener or a waiting connection to
