@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::find::find_scu::{findscu, Model};
 use crate::support::corpus::Rng;
+use crate::support::net::connect_from;
 use crate::support::raw::{self, ct_dataset, DatasetUids, Proposal, RawPeer};
 use crate::support::server::{test_dir, Server};
 
@@ -151,42 +152,6 @@ fn closed_within(socket: &mut std::net::TcpStream, bound: Duration) -> bool {
     }
 }
 
-/// A TCP connection to `addr` from the loopback address `source`.
-fn connect_from(source: std::net::Ipv4Addr, addr: std::net::SocketAddr) -> std::net::TcpStream {
-    use std::os::fd::FromRawFd;
-    let std::net::SocketAddr::V4(target) = addr else {
-        panic!("the test server listens on IPv4");
-    };
-    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let local = sockaddr(source, 0);
-    let remote = sockaddr(*target.ip(), target.port());
-    let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns, with
-    // valid sockaddr_in structures of the given size.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = std::net::TcpStream::from_raw_fd(fd);
-        let bound = libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), size);
-        assert_eq!(
-            bound,
-            0,
-            "bind {source}: {}",
-            std::io::Error::last_os_error()
-        );
-        let connected = libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), size);
-        assert_eq!(connected, 0, "connect: {}", std::io::Error::last_os_error());
-        stream
-    }
-}
-
 /// Connections that never send their A-ASSOCIATE-RQ once took an
 /// association slot and a thread each for the whole ARTIM window: as many
 /// silent sockets as `max_associations` locked every caller out. Now they
@@ -292,7 +257,7 @@ fn one_address_cannot_take_every_waiting_slot() {
         .start();
     let flooder = std::net::Ipv4Addr::new(127, 0, 0, 2);
     let mut silent: Vec<std::net::TcpStream> = (0..PER_ADDRESS + 6)
-        .map(|_| connect_from(flooder, server.addr()))
+        .map(|_| connect_from(flooder, server.addr()).expect("connect from 127.0.0.2"))
         .collect();
     let closed: Vec<bool> = silent
         .iter_mut()
