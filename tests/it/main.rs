@@ -40,3 +40,6 @@ mod processors;
 mod routing;
 // Series metadata (DICOM JSON) written by StudyProcess, checked with pydicom; edit, reprocess, import and delete around it.
 mod metadata;
+// Conformance promises no other test covers: storage as received in every
+// syntax, check_called_ae = false, private SOP classes, 0211.
+mod promises;
