@@ -506,6 +506,7 @@ impl Server {
                 options: ScpOptions {
                     pn_case_insensitive: partition.settings.spec.pn_case_insensitive,
                     max_query_results: partition.settings.max_query_results,
+                    max_echoed_unknown_keys: settings.max_echoed_unknown_keys,
                 },
             };
             let address = listener

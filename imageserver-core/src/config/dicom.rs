@@ -56,6 +56,10 @@ pub struct DicomConfig {
     /// none): what the header parse holds in memory. Beyond it a store
     /// fails with C000.
     pub max_header_size_mb: u64,
+    /// Most keys of a C-FIND identifier that the index does not know
+    /// returned (zero-length) in each response; the rest are left out, and
+    /// pendings are FF01 either way.
+    pub max_echoed_unknown_keys: usize,
 }
 
 /// A further partition: its own AE title, port, folder, devices and policies.
@@ -166,6 +170,7 @@ impl Default for DicomConfig {
             duplicate_policy: default_duplicate_policy(),
             max_instance_size_mb: IngestLimits::default().max_instance_bytes >> 20,
             max_header_size_mb: IngestLimits::default().max_header_bytes >> 20,
+            max_echoed_unknown_keys: 64,
         }
     }
 }

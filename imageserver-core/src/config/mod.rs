@@ -124,6 +124,8 @@ pub struct Settings {
     pub max_instance_bytes: u64,
     /// Most data set bytes before Pixel Data accepted.
     pub max_header_bytes: u64,
+    /// Most unknown C-FIND keys returned in each response.
+    pub max_echoed_unknown_keys: usize,
     /// Listen address (all partitions).
     pub bind: String,
     /// Reject associations calling another AE title.
@@ -189,6 +191,7 @@ impl Config {
             min_free_bytes: storage::min_free_bytes(self.min_free_space_mb),
             max_instance_bytes: self.dicom.max_instance_size_mb.saturating_mul(1 << 20),
             max_header_bytes: self.dicom.max_header_size_mb.saturating_mul(1 << 20),
+            max_echoed_unknown_keys: self.dicom.max_echoed_unknown_keys,
             bind: self.dicom.bind.clone(),
             check_called_ae: self.dicom.check_called_ae,
             max_associations: self.dicom.max_associations,
