@@ -23,7 +23,7 @@ use crate::services::find::Find;
 use crate::services::import::{self, FileOutcome, ImportSummary};
 use crate::services::retrieve::Retrieve;
 use crate::services::studies::Studies;
-use crate::services::{Ingest, Partition};
+use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::StorageBackend;
 use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue, WorkStore};
@@ -293,7 +293,12 @@ impl ServerBuilder {
                     priority: properties.priority,
                     wake: study_process_wake.clone(),
                 }),
-        )?;
+        )?
+        .with_limits(IngestLimits {
+            max_instance_bytes: self.settings.max_instance_bytes,
+            max_header_bytes: self.settings.max_header_bytes,
+            min_free_bytes: self.settings.min_free_bytes,
+        });
         Ok(Archive {
             database: database_for_work_archive,
             query,
@@ -501,6 +506,7 @@ impl Server {
                 options: ScpOptions {
                     pn_case_insensitive: partition.settings.spec.pn_case_insensitive,
                     max_query_results: partition.settings.max_query_results,
+                    max_echoed_unknown_keys: settings.max_echoed_unknown_keys,
                 },
             };
             let address = listener

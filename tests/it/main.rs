@@ -16,6 +16,8 @@ mod durability;
 mod bad_input;
 // Peers that hold resources to starve others: stalled C-FINDs vs ingest.
 mod hostile;
+// Size limits: an instance too large, free space eaten mid-store, a huge header.
+mod sizes;
 // `imageserver import` of a folder with a bad file in it.
 mod import;
 // SIGTERM during a transfer: clean exit, nothing acknowledged is lost.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use crate::model::{AeTitle, DeviceSpec, DuplicatePolicy, FolderName, PartitionSpec, Uid};
+use crate::services::IngestLimits;
 
 /// The DICOM acceptor's settings.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -48,6 +49,17 @@ pub struct DicomConfig {
     pub max_registered_devices: u64,
     /// `send_success`, `reject`, `compare` or `accept_latest`.
     pub duplicate_policy: String,
+    /// The largest instance (stored file) accepted, in MiB; a larger one
+    /// fails with A700 as soon as it crosses the limit.
+    pub max_instance_size_mb: u64,
+    /// Most MiB of a data set before Pixel Data (all of it when it has
+    /// none): what the header parse holds in memory. Beyond it a store
+    /// fails with C000.
+    pub max_header_size_mb: u64,
+    /// Most keys of a C-FIND identifier that the index does not know
+    /// returned (zero-length) in each response; the rest are left out, and
+    /// pendings are FF01 either way.
+    pub max_echoed_unknown_keys: usize,
 }
 
 /// A further partition: its own AE title, port, folder, devices and policies.
@@ -156,6 +168,9 @@ impl Default for DicomConfig {
             accept_unknown_devices: default_accept_unknown_devices(),
             max_registered_devices: 1_000,
             duplicate_policy: default_duplicate_policy(),
+            max_instance_size_mb: IngestLimits::default().max_instance_bytes >> 20,
+            max_header_size_mb: IngestLimits::default().max_header_bytes >> 20,
+            max_echoed_unknown_keys: 64,
         }
     }
 }
@@ -186,6 +201,18 @@ impl DicomConfig {
             return Err(ConfigError::invalid(
                 "dicom timeouts",
                 "must be at least 1 second",
+            ));
+        }
+        if self.max_instance_size_mb == 0 {
+            return Err(ConfigError::invalid(
+                "dicom.max_instance_size_mb",
+                "must be at least 1",
+            ));
+        }
+        if self.max_header_size_mb == 0 || self.max_header_size_mb > self.max_instance_size_mb {
+            return Err(ConfigError::invalid(
+                "dicom.max_header_size_mb",
+                "must be at least 1 and at most max_instance_size_mb",
             ));
         }
         for uid in &self.private_sop_classes {
@@ -388,6 +415,16 @@ mod tests {
                 "[dicom]\nmax_associations = 0",
                 "dicom.max_associations",
                 "at least 1",
+            ),
+            (
+                "[dicom]\nmax_instance_size_mb = 0",
+                "dicom.max_instance_size_mb",
+                "at least 1",
+            ),
+            (
+                "[dicom]\nmax_instance_size_mb = 10\nmax_header_size_mb = 11",
+                "dicom.max_header_size_mb",
+                "at most max_instance_size_mb",
             ),
             (
                 "[dicom]\nidle_timeout_secs = 0",

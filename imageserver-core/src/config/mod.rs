@@ -120,6 +120,12 @@ pub struct Settings {
     pub db_url: String,
     /// Minimum free bytes for new instances.
     pub min_free_bytes: u64,
+    /// Largest instance (stored file) accepted, in bytes.
+    pub max_instance_bytes: u64,
+    /// Most data set bytes before Pixel Data accepted.
+    pub max_header_bytes: u64,
+    /// Most unknown C-FIND keys returned in each response.
+    pub max_echoed_unknown_keys: usize,
     /// Listen address (all partitions).
     pub bind: String,
     /// Reject associations calling another AE title.
@@ -183,6 +189,9 @@ impl Config {
         Ok(Settings {
             db_url: self.db_url(),
             min_free_bytes: storage::min_free_bytes(self.min_free_space_mb),
+            max_instance_bytes: self.dicom.max_instance_size_mb.saturating_mul(1 << 20),
+            max_header_bytes: self.dicom.max_header_size_mb.saturating_mul(1 << 20),
+            max_echoed_unknown_keys: self.dicom.max_echoed_unknown_keys,
             bind: self.dicom.bind.clone(),
             check_called_ae: self.dicom.check_called_ae,
             max_associations: self.dicom.max_associations,

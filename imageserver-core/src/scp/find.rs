@@ -93,6 +93,7 @@ pub fn handle(
         // backend does with the limit.
         limit: Some(options.max_query_results.saturating_add(1)),
         retrieve_ae_title: dispatcher.partition.ae_title.as_str(),
+        max_echoed_unsupported: options.max_echoed_unknown_keys,
     };
     let parsed = match query_keys::parse_identifier(
         identifier,

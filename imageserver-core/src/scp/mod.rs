@@ -41,6 +41,8 @@ pub struct ScpOptions {
     pub pn_case_insensitive: bool,
     /// A C-FIND with more matches than this fails (A700) instead of running away.
     pub max_query_results: u64,
+    /// Most unknown keys of a C-FIND identifier returned in each response.
+    pub max_echoed_unknown_keys: usize,
 }
 
 /// The services a partition's associations use. Cheap to clone.

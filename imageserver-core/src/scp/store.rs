@@ -76,19 +76,24 @@ pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInPr
 }
 
 /// The C-STORE status of an ingest failure: A700 when resources ran out
-/// (disk, database), A900 for an identifier mismatch, C000 for data we
-/// cannot understand, 0111 for a rejected duplicate.
+/// (disk, database, the free space a filesystem must keep, the largest
+/// instance accepted), A900 for an identifier mismatch, C000 for data we
+/// cannot understand (a header beyond what we parse into memory
+/// included), 0111 for a rejected duplicate.
 pub fn status_of(error: &IngestError) -> Status {
     match error {
         IngestError::InvalidUid(_)
         | IngestError::MissingAttribute(_)
         | IngestError::Malformed(_)
-        | IngestError::Unparseable(_) => Status::CANNOT_UNDERSTAND,
+        | IngestError::Unparseable(_)
+        | IngestError::HeaderTooLarge { .. } => Status::CANNOT_UNDERSTAND,
         IngestError::Mismatch { .. } => Status::DATASET_MISMATCH,
         IngestError::NoFilesystem
         | IngestError::Storage(_)
         | IngestError::Index(_)
-        | IngestError::Commit(_) => Status::OUT_OF_RESOURCES,
+        | IngestError::Commit(_)
+        | IngestError::TooLarge { .. }
+        | IngestError::LowSpace { .. } => Status::OUT_OF_RESOURCES,
         IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
     }
 }

@@ -35,10 +35,49 @@ pub const IMPLEMENTATION_CLASS_UID: &str = "2.25.2822285255246315857378648433184
 pub const IMPLEMENTATION_VERSION_NAME: &str = "IMAGESERVER_01";
 
 /// Bytes of each file kept in memory to parse the header from, without
-/// reading the file back. Headers larger than this are read back from disk.
+/// reading the file back. Headers larger than this are read back from disk:
+/// at most [`IngestLimits::max_header_bytes`] of them, the walker's bound.
 const HEADER_PREFIX: usize = 128 * 1024;
 /// Study locations remembered between instances before the cache is reset.
 const LOCATION_CACHE: usize = 16 * 1024;
+/// Bytes written between two checks of the receiving filesystem's free
+/// space while a data set streams in (one `statvfs` each).
+pub const FREE_SPACE_CHECK_BYTES: u64 = 64 << 20;
+
+/// Bounds on what one stored instance may cost the archive, checked while
+/// its data set streams in, so that a store beyond one fails at once: its
+/// temporary file is removed and the rest of its data set is received
+/// into nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Largest stored file (preamble, meta and data set), in bytes; a
+    /// larger one fails with [`IngestError::TooLarge`].
+    pub max_instance_bytes: u64,
+    /// Most data set bytes before Pixel Data (every byte of a data set
+    /// without it): the part the header parse reads into memory. Beyond
+    /// it a store fails with [`IngestError::HeaderTooLarge`].
+    pub max_header_bytes: u64,
+    /// Free bytes the receiving filesystem must keep: checked when a
+    /// store begins (placement) and every [`FREE_SPACE_CHECK_BYTES`]
+    /// while it streams; below it the store fails with
+    /// [`IngestError::LowSpace`].
+    pub min_free_bytes: u64,
+}
+
+impl Default for IngestLimits {
+    /// 4 GiB per instance: above the largest objects modalities produce
+    /// (breast tomosynthesis, enhanced multi-frame and whole-slide levels
+    /// stay within a few GiB) and the most a deflated data set may inflate
+    /// to; 64 MiB before Pixel Data: headers are kilobytes, enhanced
+    /// multi-frame functional groups a few MiB; 256 MiB free.
+    fn default() -> IngestLimits {
+        IngestLimits {
+            max_instance_bytes: 4 << 30,
+            max_header_bytes: 64 << 20,
+            min_free_bytes: 256 << 20,
+        }
+    }
+}
 
 /// A partition as the services see it: a virtual server with its own AE
 /// title and storage folder.
@@ -112,6 +151,29 @@ pub enum IngestError {
     /// The SOP instance is already stored and the partition rejects duplicates.
     #[error("SOP instance {0} is already stored and duplicates are rejected")]
     Duplicate(Uid),
+    /// The instance is larger than [`IngestLimits::max_instance_bytes`].
+    #[error("the instance exceeds the largest accepted ({limit} bytes)")]
+    TooLarge {
+        /// The limit, in bytes of the stored file.
+        limit: u64,
+    },
+    /// The elements before Pixel Data exceed [`IngestLimits::max_header_bytes`].
+    #[error("the elements before Pixel Data exceed the {limit} bytes accepted")]
+    HeaderTooLarge {
+        /// The limit, in data set bytes.
+        limit: u64,
+    },
+    /// The receiving filesystem fell below [`IngestLimits::min_free_bytes`]
+    /// while the data set streamed in.
+    #[error("filesystem {root} has {available} bytes free, below the {required} it must keep")]
+    LowSpace {
+        /// The filesystem root.
+        root: std::path::PathBuf,
+        /// Bytes available when measured.
+        available: u64,
+        /// Bytes it must keep free.
+        required: u64,
+    },
 }
 
 impl From<HeaderError> for IngestError {
@@ -155,6 +217,7 @@ pub struct StoreOutcome {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     inner: Arc<Inner>,
+    limits: IngestLimits,
 }
 
 #[derive(Debug)]
@@ -179,6 +242,18 @@ impl Ingest {
         Ingest::with_study_process(index, storage, min_free_bytes, None)
     }
 
+    /// The same service (sharing its committer and caches) with other
+    /// limits on each store.
+    pub fn with_limits(mut self, limits: IngestLimits) -> Ingest {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits each store is held to.
+    pub fn limits(&self) -> IngestLimits {
+        self.limits
+    }
+
     /// As [`Ingest::new`], and each group commit schedules, in its own index
     /// transaction, one StudyProcess item per distinct study of the batch
     /// (or appends to the study's waiting one), due once the study has been
@@ -190,11 +265,17 @@ impl Ingest {
         study_process: Option<StudyProcessHook>,
     ) -> Result<Ingest, db::Error> {
         let placement = Arc::new(LowestTierMostRoom { min_free_bytes });
-        Ingest::with_placement(index, storage, placement, study_process)
+        let ingest = Ingest::with_placement(index, storage, placement, study_process)?;
+        let limits = IngestLimits {
+            min_free_bytes,
+            ..ingest.limits
+        };
+        Ok(ingest.with_limits(limits))
     }
 
     /// As [`Ingest::with_study_process`], with the [`Placement`] that
-    /// decides which filesystem new studies go to.
+    /// decides which filesystem new studies go to, and the default
+    /// [`IngestLimits`] (see [`Ingest::with_limits`]).
     pub fn with_placement(
         index: Arc<dyn IndexStore>,
         storage: Arc<dyn StorageBackend>,
@@ -212,6 +293,7 @@ impl Ingest {
                 locations: Mutex::new(HashMap::new()),
                 placement,
             }),
+            limits: IngestLimits::default(),
         })
     }
 
@@ -243,11 +325,15 @@ impl Ingest {
             filesystem,
             hasher: blake3::Hasher::new(),
             prefix: Vec::with_capacity(4096),
-            walker: Some(DataSetWalker::for_transfer_syntax(
-                transfer_syntax_uid.as_str(),
-            )),
+            walker: Some(
+                DataSetWalker::for_transfer_syntax(transfer_syntax_uid.as_str())
+                    .with_header_limit(self.limits.max_header_bytes),
+            ),
             written: 0,
-            error: None,
+            failure: None,
+            storage: self.inner.storage.clone(),
+            limits: self.limits,
+            next_space_check: FREE_SPACE_CHECK_BYTES,
             partition: request.partition.clone(),
             sop_class_uid,
             sop_instance_uid,
@@ -257,8 +343,8 @@ impl Ingest {
         let meta = file_meta(&writer, request.source_ae)?;
         writer.put(&[0u8; 128]);
         writer.put(&meta);
-        if let Some(error) = writer.error.take() {
-            return Err(IngestError::Storage(error));
+        if let Some(error) = writer.failure.take() {
+            return Err(error);
         }
         Ok(writer)
     }
@@ -266,8 +352,8 @@ impl Ingest {
     /// Checks, places and commits an instance whose data set has been
     /// written completely. On `Ok` the instance is durable and queryable.
     pub fn finish(&self, mut writer: IngestWriter) -> Result<StoreOutcome, IngestError> {
-        if let Some(error) = writer.error.take() {
-            return Err(IngestError::Storage(error));
+        if let Some(error) = writer.failure.take() {
+            return Err(error);
         }
         if let Some(walker) = writer.walker.take() {
             walker.finish().map_err(IngestError::Malformed)?;
@@ -541,9 +627,11 @@ impl Ingest {
     }
 }
 
-/// A streamed write of one instance's data set. Writes never fail: an IO
-/// error is remembered and reported by [`Ingest::finish`], so a receiver
-/// can keep draining the network until the message ends.
+/// A streamed write of one instance's data set. Writes never fail: the
+/// first failure (an IO error, a limit of [`IngestLimits`] crossed, a
+/// structural fault) is remembered and reported by [`Ingest::finish`], so
+/// a receiver can keep draining the network until the message ends. From
+/// that failure on the temporary file is gone and later bytes are dropped.
 pub struct IngestWriter {
     object: Box<dyn ObjectWriter>,
     filesystem: Filesystem,
@@ -552,7 +640,11 @@ pub struct IngestWriter {
     prefix: Vec<u8>,
     walker: Option<DataSetWalker>,
     written: u64,
-    error: Option<storage::Error>,
+    failure: Option<IngestError>,
+    storage: Arc<dyn StorageBackend>,
+    limits: IngestLimits,
+    /// File size at which free space is measured next.
+    next_space_check: u64,
     partition: Partition,
     sop_class_uid: Uid,
     sop_instance_uid: Uid,
@@ -572,10 +664,64 @@ impl std::fmt::Debug for IngestWriter {
 impl IngestWriter {
     /// Appends data set bytes (received verbatim).
     pub fn write_data(&mut self, bytes: &[u8]) {
+        if self.failure.is_some() {
+            return;
+        }
+        let size = self.written.saturating_add(bytes.len() as u64);
+        if size > self.limits.max_instance_bytes {
+            return self.fail(IngestError::TooLarge {
+                limit: self.limits.max_instance_bytes,
+            });
+        }
         if let Some(walker) = self.walker.as_mut() {
             walker.feed(bytes);
+            // A fault is final: nothing after it is worth a byte of disk.
+            match walker.error() {
+                None => {}
+                Some(WalkError::HeaderTooLarge { limit }) => {
+                    let limit = *limit;
+                    return self.fail(IngestError::HeaderTooLarge { limit });
+                }
+                Some(fault) => {
+                    let fault = fault.clone();
+                    return self.fail(IngestError::Malformed(fault));
+                }
+            }
         }
         self.put(bytes);
+        if self.failure.is_none() && self.written >= self.next_space_check {
+            self.next_space_check = self.written.saturating_add(FREE_SPACE_CHECK_BYTES);
+            self.check_free_space();
+        }
+    }
+
+    /// Fails the store: the temporary file is removed at once and later
+    /// bytes are dropped.
+    fn fail(&mut self, failure: IngestError) {
+        self.object = Box::new(Discarded);
+        self.walker = None;
+        self.prefix = Vec::new();
+        self.failure = Some(failure);
+    }
+
+    /// Fails the store if the receiving filesystem keeps less than it must.
+    fn check_free_space(&mut self) {
+        match self.storage.usage(&self.filesystem) {
+            Ok(usage) if usage.available_bytes < self.limits.min_free_bytes => {
+                self.fail(IngestError::LowSpace {
+                    root: self.filesystem.spec.path.clone(),
+                    available: usage.available_bytes,
+                    required: self.limits.min_free_bytes,
+                })
+            }
+            Ok(_) => {}
+            // Unmeasurable now: the next check, or ENOSPC, decides.
+            Err(error) => tracing::warn!(
+                filesystem = %self.filesystem.spec.path.display(),
+                error = %error_chain(&error),
+                "cannot measure free space"
+            ),
+        }
     }
 
     /// Bytes of the file so far (preamble and meta included).
@@ -589,13 +735,13 @@ impl IngestWriter {
     }
 
     fn put(&mut self, bytes: &[u8]) {
-        if self.error.is_some() {
+        if self.failure.is_some() {
             return;
         }
         if let Err(source) = self.object.write_all(bytes) {
             let path = self.filesystem.spec.path.clone();
             let full = matches!(source.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT);
-            self.error = Some(if full {
+            let error = if full {
                 storage::Error::Full { root: path, source }
             } else {
                 storage::Error::Io {
@@ -603,7 +749,8 @@ impl IngestWriter {
                     path,
                     source,
                 }
-            });
+            };
+            self.fail(IngestError::Storage(error));
             return;
         }
         self.hasher.update(bytes);
@@ -635,6 +782,58 @@ impl IngestWriter {
         options()
             .from_reader(reader)
             .map_err(|e| IngestError::Unparseable(error_chain(&e)))
+    }
+}
+
+/// What a failed store writes to: its temporary file is gone, and every
+/// use of it is an error (a failed writer's object is never persisted:
+/// [`Ingest::finish`] returns its failure first).
+struct Discarded;
+
+impl Discarded {
+    fn error() -> storage::Error {
+        storage::Error::NotFound {
+            what: "the discarded temporary file of a failed store".into(),
+        }
+    }
+}
+
+impl Write for Discarded {
+    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+        Err(io::Error::other(Discarded::error()))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ObjectWriter for Discarded {
+    fn len(&self) -> u64 {
+        0
+    }
+
+    fn read_back(&mut self) -> Result<Box<dyn Read + '_>, storage::Error> {
+        Err(Discarded::error())
+    }
+
+    fn persist(self: Box<Self>, _: &InstanceKey) -> Result<storage::PendingSync, storage::Error> {
+        Err(Discarded::error())
+    }
+
+    fn persist_aside(
+        self: Box<Self>,
+        _: &InstanceKey,
+        _: u64,
+    ) -> Result<storage::PendingSync, storage::Error> {
+        Err(Discarded::error())
+    }
+
+    fn persist_series_metadata(
+        self: Box<Self>,
+        _: &storage::SeriesKey,
+    ) -> Result<storage::PendingSync, storage::Error> {
+        Err(Discarded::error())
     }
 }
 

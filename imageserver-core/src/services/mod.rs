@@ -19,5 +19,5 @@ pub mod send;
 pub mod studies;
 
 pub use ingest::{
-    Ingest, IngestError, IngestWriter, Partition, StoreOutcome, StoreRequest, Stored,
+    Ingest, IngestError, IngestLimits, IngestWriter, Partition, StoreOutcome, StoreRequest, Stored,
 };

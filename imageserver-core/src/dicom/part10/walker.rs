@@ -102,6 +102,13 @@ pub enum WalkError {
     /// The input ends before the deflate stream does.
     #[error("the deflated data set ends before its deflate stream does")]
     DeflateUnfinished,
+    /// The elements before Pixel Data (what a header parse reads into
+    /// memory) run beyond the walker's header limit.
+    #[error("the elements before Pixel Data exceed {limit} bytes")]
+    HeaderTooLarge {
+        /// The limit, in bytes of the (inflated) data set.
+        limit: u64,
+    },
 }
 
 /// A header found where the structure does not allow it.
@@ -197,6 +204,24 @@ impl DataSetWalker {
             structure: Structure::new(explicit_vr, big_endian),
             inflate,
         }
+    }
+
+    /// Refuses ([`WalkError::HeaderTooLarge`]) a data set whose elements
+    /// before Pixel Data (every element when it has none) end beyond
+    /// `limit` bytes of the (inflated) data set: as soon as an element
+    /// header claims a value that would cross it, before the value arrives.
+    pub(crate) fn with_header_limit(mut self, limit: u64) -> DataSetWalker {
+        self.structure.header_limit = limit;
+        self
+    }
+
+    /// The fault found so far, if any: once there is one, nothing more is
+    /// walked and [`finish`](DataSetWalker::finish) returns it.
+    pub(crate) fn error(&self) -> Option<&WalkError> {
+        self.inflate
+            .as_ref()
+            .and_then(|inflate| inflate.error.as_ref())
+            .or(self.structure.error.as_ref())
     }
 
     /// Feeds the next bytes of the data set (as received: deflated ones
@@ -305,6 +330,10 @@ struct Structure {
     header_len: usize,
     stack: Vec<Context>,
     error: Option<WalkError>,
+    /// Most bytes the elements before Pixel Data may end at.
+    header_limit: u64,
+    /// No top-level element at or after Pixel Data seen yet.
+    in_header: bool,
 }
 
 impl Structure {
@@ -318,6 +347,8 @@ impl Structure {
             header_len: 0,
             stack: vec![Context::DataSet { end: None }],
             error: None,
+            header_limit: u64::MAX,
+            in_header: true,
         }
     }
 
@@ -339,6 +370,14 @@ impl Structure {
             bytes = &bytes[take..];
             if self.header_len == self.header_needed() {
                 self.on_header();
+                if self.error.is_none()
+                    && self.in_header
+                    && self.pos.saturating_add(self.skip) > self.header_limit
+                {
+                    self.error = Some(WalkError::HeaderTooLarge {
+                        limit: self.header_limit,
+                    });
+                }
             }
         }
     }
@@ -441,6 +480,10 @@ impl Structure {
                 if tag.0 == 0xFFFE {
                     self.error = fail(Fault::ItemInDataSet);
                     return;
+                }
+                if self.stack.len() == 1 && tag >= PIXEL_DATA {
+                    // Where a header parse stops (`read_until(PIXEL_DATA)`).
+                    self.in_header = false;
                 }
                 let (vr, length) = if !self.explicit_vr {
                     (None, self.u32_at(4))
@@ -616,6 +659,38 @@ mod tests {
         data.extend_from_slice(&[1, 2, 3, 4]);
         data.extend(raw(SEQUENCE_END, 0));
         data
+    }
+
+    #[test]
+    fn elements_before_pixel_data_are_held_to_the_header_limit() {
+        let data = sample();
+        let pixel_data = data
+            .windows(4)
+            .position(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+            .unwrap() as u64;
+        let limited = |limit: u64, bytes: &[u8]| {
+            let mut walker =
+                DataSetWalker::for_transfer_syntax("1.2.840.10008.1.2.1").with_header_limit(limit);
+            walker.feed(bytes);
+            (walker.error().cloned(), walker.finish())
+        };
+        // Pixel Data itself, however long, is not the header.
+        assert_eq!(limited(pixel_data, &data), (None, Ok(())));
+        let refused = Err(WalkError::HeaderTooLarge {
+            limit: pixel_data - 1,
+        });
+        assert_eq!(limited(pixel_data - 1, &data).1, refused);
+        // A large value is refused on its header, before its bytes arrive.
+        let mut big = explicit((0x0009, 0x1010), b"OB", &[]);
+        big[8..12].copy_from_slice(&(200u32 << 20).to_le_bytes());
+        let (early, _) = limited(64 << 20, &big);
+        assert_eq!(
+            early,
+            Some(WalkError::HeaderTooLarge { limit: 64 << 20 }),
+            "refused from its 12-byte header alone"
+        );
+        // Without a limit, the same header waits for its value.
+        assert_eq!(limited(u64::MAX, &big).0, None);
     }
 
     #[test]

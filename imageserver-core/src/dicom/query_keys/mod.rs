@@ -35,7 +35,10 @@
 //!   tag.
 //! - Elements the index does not know (sequences, private and other
 //!   attributes) are remembered and returned zero-length in every response;
-//!   their presence makes pendings FF01. Sequence matching is not supported.
+//!   their presence makes pendings FF01. Only the first
+//!   [`ParseOptions::max_echoed_unsupported`] are returned: an identifier of
+//!   100,000 of them would otherwise make every response as large as the
+//!   request. Sequence matching is not supported.
 //!   Retrieve AE Title (0008,0054) is answered with our AE title.
 //!
 //! # Responses ([`encode_response`])
@@ -81,6 +84,10 @@ pub struct ParseOptions<'a> {
     pub limit: Option<u64>,
     /// Our AE title, answered in Retrieve AE Title (0008,0054).
     pub retrieve_ae_title: &'a str,
+    /// Most elements the index does not know that every response returns
+    /// (zero-length, the first in tag order); the rest are left out. Any
+    /// of them makes pendings FF01 all the same.
+    pub max_echoed_unsupported: usize,
 }
 
 /// One element of every response, in the request's (tag) order.
@@ -102,7 +109,8 @@ pub struct ParsedQuery {
     requested: Vec<Requested>,
     specific_character_set: Option<String>,
     retrieve_ae_title: String,
-    /// A count attribute came with a value we could not match on.
+    /// A count attribute came with a value we could not match on, or an
+    /// unsupported key was left out of the responses.
     ignored_matching: bool,
 }
 
@@ -304,6 +312,7 @@ pub fn parse_identifier(
     let mut keys = Vec::new();
     let mut requested = Vec::new();
     let mut ignored_matching = false;
+    let mut unsupported = 0usize;
     for element in object.iter() {
         let tag = element.header().tag;
         if tag.element() == 0x0000
@@ -317,7 +326,12 @@ pub fn parse_identifier(
             continue;
         }
         let Some(attribute) = Attribute::from_tag((tag.group(), tag.element())) else {
-            requested.push(Requested::Unsupported(tag, element.header().vr));
+            if unsupported < options.max_echoed_unsupported {
+                requested.push(Requested::Unsupported(tag, element.header().vr));
+            } else {
+                ignored_matching = true;
+            }
+            unsupported += 1;
             continue;
         };
         if attribute.level_in(root) > level {

@@ -40,6 +40,7 @@ fn options() -> ParseOptions<'static> {
         pn_case_insensitive: true,
         limit: Some(11),
         retrieve_ae_title: OUR_AE,
+        max_echoed_unsupported: 64,
     }
 }
 
@@ -566,6 +567,44 @@ fn text(object: &InMemDicomObject, tag: Tag) -> Option<String> {
             .trim_end_matches([' ', '\0'])
             .to_string()
     })
+}
+
+#[test]
+fn only_the_first_unsupported_keys_are_echoed() {
+    // 5,000 private keys: each response would otherwise repeat them all.
+    let mut elements: Vec<(Tag, VR, &str)> = (0..5_000u16)
+        .map(|i| (Tag(0x0011, 0x1000 + i), VR::LO, ""))
+        .collect();
+    elements.push((tag_of(Attribute::PatientName), VR::PN, ""));
+    elements.sort_by_key(|(tag, _, _)| *tag);
+    let parsed = parse(Root::Study, "STUDY", &elements).unwrap();
+    let echoed = parsed.unsupported();
+    assert_eq!(echoed.len(), options().max_echoed_unsupported);
+    assert_eq!(echoed[0], Tag(0x0011, 0x1000), "the first in tag order");
+    assert!(parsed.optional_keys_unsupported(), "FF01 all the same");
+    let found = Match {
+        values: vec![(Attribute::PatientName, Some("Doe^John".into()))],
+    };
+    let response = encode_response(&parsed, &found, EXPLICIT_LE).unwrap();
+    assert!(response.len() < 2048, "{} bytes", response.len());
+
+    // None echoed: still FF01.
+    let none = ParseOptions {
+        max_echoed_unsupported: 0,
+        ..options()
+    };
+    let mut all = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY")];
+    all.extend_from_slice(&elements[1..4]);
+    let parsed = parse_identifier(
+        &identifier(EXPLICIT_LE, &all),
+        EXPLICIT_LE,
+        Root::Study,
+        PARTITION,
+        &none,
+    )
+    .unwrap();
+    assert!(parsed.unsupported().is_empty());
+    assert!(parsed.optional_keys_unsupported());
 }
 
 #[test]
