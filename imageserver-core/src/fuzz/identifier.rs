@@ -147,6 +147,7 @@ fn identifier_parsing_never_panics_hangs_or_overallocates() {
                 pn_case_insensitive: true,
                 limit: Some(10),
                 retrieve_ae_title: "IMAGESERVER",
+                max_echoed_unsupported: 64,
             };
             parse_identifier(
                 &request.bytes,
