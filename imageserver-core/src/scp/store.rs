@@ -88,7 +88,8 @@ pub fn status_of(error: &IngestError) -> Status {
         IngestError::NoFilesystem
         | IngestError::Storage(_)
         | IngestError::Index(_)
-        | IngestError::Commit(_) => Status::OUT_OF_RESOURCES,
+        | IngestError::Commit(_)
+        | IngestError::StudyDeleted(_) => Status::OUT_OF_RESOURCES,
         IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
     }
 }

@@ -131,6 +131,7 @@ pub(crate) fn instance_record(
             digest: facts.digest,
             source_ae: facts.source_ae,
         },
+        deletions_seen: None,
     })
 }
 
