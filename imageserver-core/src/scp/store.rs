@@ -82,6 +82,7 @@ pub fn status_of(error: &IngestError) -> Status {
     match error {
         IngestError::InvalidUid(_)
         | IngestError::MissingAttribute(_)
+        | IngestError::TooLong { .. }
         | IngestError::Malformed(_)
         | IngestError::Unparseable(_) => Status::CANNOT_UNDERSTAND,
         IngestError::Mismatch { .. } => Status::DATASET_MISMATCH,

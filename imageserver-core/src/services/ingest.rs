@@ -81,6 +81,16 @@ pub enum IngestError {
     /// A required attribute is missing from the data set.
     #[error("the data set has no {0}")]
     MissingAttribute(&'static str),
+    /// An identifying attribute is longer than its VR allows.
+    #[error("{attribute} is {length} characters long; its VR allows {max}")]
+    TooLong {
+        /// Which attribute (its keyword).
+        attribute: &'static str,
+        /// Its length in characters.
+        length: usize,
+        /// The VR's maximum.
+        max: usize,
+    },
     /// The data set is incomplete or structurally broken.
     #[error("the data set is incomplete or malformed")]
     Malformed(#[source] WalkError),
@@ -124,6 +134,15 @@ impl From<HeaderError> for IngestError {
         match error {
             HeaderError::Missing(attribute) => IngestError::MissingAttribute(attribute),
             HeaderError::InvalidUid(invalid) => IngestError::InvalidUid(invalid),
+            HeaderError::TooLong {
+                attribute,
+                length,
+                max,
+            } => IngestError::TooLong {
+                attribute,
+                length,
+                max,
+            },
         }
     }
 }
