@@ -592,6 +592,7 @@ fn study_records(j: u64, target: &Target, out: &mut Vec<InstanceRecord>) -> Resu
                     ),
                     source_ae: Some(format!("{modality}SCANNER01")),
                 },
+                deletions_seen: None,
             });
         }
     }

@@ -44,7 +44,7 @@ use imageserver_core::db::{self, FollowUp, IndexStore};
 use imageserver_core::model::{
     AeTitle, DeviceSpec, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
     FilesystemSpec, FolderName, IndexCounts, InsertOutcome, InstanceRecord, PartitionId,
-    PartitionSpec, StoredInstance, StudyLocation, Tier, Uid,
+    PartitionSpec, StoredInstance, StudyDeletions, StudyLocation, Tier, Uid,
 };
 use imageserver_core::services::{Ingest, IngestError, Partition, StoreRequest};
 use imageserver_core::storage::fs::FsStorage;
@@ -777,6 +777,15 @@ impl IndexStore for CrashIndex {
     ) -> Result<StudyLocation, db::Error> {
         self.alive()?;
         self.inner.claim_study_location(partition, proposed)
+    }
+
+    fn study_deletions(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<StudyDeletions, db::Error> {
+        self.alive()?;
+        self.inner.study_deletions(partition, study_uid)
     }
 
     fn insert_instances_then(

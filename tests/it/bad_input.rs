@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use crate::support::corpus::Rng;
 use crate::support::dcmtk;
 use crate::support::raw::{
-    self, ct_dataset, ct_dataset_header, ConnectionEnd, DatasetUids, Pdu, Proposal, RawPeer,
+    self, ct_dataset, ct_dataset_header, ConnectionEnd, DatasetUids, ImplicitLe, Pdu, Proposal,
+    RawPeer,
 };
 use crate::support::server::{test_dir, Server};
 use crate::support::{archived_files, assert_no_temp_files, files_under};
@@ -861,4 +862,91 @@ fn uids_of_64_characters_are_taken_and_missing_or_longer_ones_refused() {
     assert_eq!(archived_files(server.archive()), vec![control_path]);
     assert_eq!(server.archive().index().counts().instances, 1);
     assert_no_temp_files(server.archive(), "the refused UIDs");
+}
+
+/// A CT data set whose PatientID is `patient_id`.
+fn ct_dataset_of_patient(uids: &DatasetUids, patient_id: &str) -> Vec<u8> {
+    ImplicitLe::new()
+        .uid(0x0008, 0x0016, &uids.sop_class_uid)
+        .uid(0x0008, 0x0018, &uids.sop_instance_uid)
+        .text(0x0008, 0x0020, raw::CT_DATASET_STUDY_DATE)
+        .text(0x0008, 0x0060, "CT")
+        .text(0x0010, 0x0010, "HOSTILE^PEER")
+        .text(0x0010, 0x0020, patient_id)
+        .uid(0x0020, 0x000D, &uids.study_uid)
+        .uid(0x0020, 0x000E, &uids.series_uid)
+        .us(0x0028, 0x0002, 1)
+        .text(0x0028, 0x0004, "MONOCHROME2")
+        .us(0x0028, 0x0010, 8)
+        .us(0x0028, 0x0011, 8)
+        .us(0x0028, 0x0100, 16)
+        .us(0x0028, 0x0101, 16)
+        .us(0x0028, 0x0102, 15)
+        .us(0x0028, 0x0103, 0)
+        .header_only(0x7FE0, 0x0010, 128)
+        .bytes(&[0x11; 128])
+        .build()
+}
+
+/// A store whose PatientID is ~3 KB (past LO's 64 characters, and past
+/// PostgreSQL's btree row limit) among concurrent good stores: it alone
+/// fails (C000); every other store of its group commits is acknowledged.
+#[test]
+fn an_over_long_patient_id_fails_alone_among_concurrent_stores() {
+    const THREADS: usize = 6;
+    const PER_THREAD: usize = 15;
+    let dir = test_dir("long-patient-id");
+    let server = start_hostile_target(dir.path());
+    let mut rng = Rng::new(3000);
+    let good: Vec<Vec<DatasetUids>> = (0..THREADS)
+        .map(|_| (0..PER_THREAD).map(|_| fresh_uids(&mut rng)).collect())
+        .collect();
+    let bad: Vec<DatasetUids> = (0..PER_THREAD).map(|_| fresh_uids(&mut rng)).collect();
+    let long_id = "L".repeat(3000);
+    std::thread::scope(|scope| {
+        for uids in &good {
+            let server = &server;
+            scope.spawn(move || {
+                let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
+                for (n, u) in uids.iter().enumerate() {
+                    let status = peer.c_store(
+                        1,
+                        &u.sop_class_uid,
+                        &u.sop_instance_uid,
+                        &ct_dataset_of_patient(u, &format!("GOOD{n}")),
+                    );
+                    assert_eq!(status, Some(SUCCESS), "good store {n}");
+                }
+                peer.release();
+            });
+        }
+        let (server, long_id) = (&server, &long_id);
+        let bad = &bad;
+        scope.spawn(move || {
+            let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &ct_context());
+            for (n, u) in bad.iter().enumerate() {
+                let status = peer.c_store(
+                    1,
+                    &u.sop_class_uid,
+                    &u.sop_instance_uid,
+                    &ct_dataset_of_patient(u, long_id),
+                );
+                assert_eq!(status, Some(CANNOT_UNDERSTAND), "over-long PatientID {n}");
+            }
+            peer.release();
+        });
+    });
+    let index = server.archive().index();
+    for u in good.iter().flatten() {
+        assert!(
+            index.instance(&u.sop_instance_uid).is_some(),
+            "{} acknowledged but not indexed",
+            u.sop_instance_uid
+        );
+    }
+    for u in &bad {
+        assert!(index.instance(&u.sop_instance_uid).is_none());
+    }
+    assert_eq!(index.counts().instances, (THREADS * PER_THREAD) as u64);
+    assert_no_temp_files(server.archive(), "the over-long PatientIDs");
 }

@@ -127,6 +127,7 @@ impl Setup {
                 digest: "00".repeat(32),
                 source_ae: None,
             },
+            deletions_seen: None,
         };
         self.db.insert_instances(&[record]).expect("store a study");
         uid(study)

@@ -1044,6 +1044,7 @@ impl Fixture<'_> {
                             digest: format!("{:0>64}", sop.replace('.', "")),
                             source_ae: None,
                         },
+                        deletions_seen: None,
                     });
                 }
             }

@@ -112,6 +112,7 @@ pub(crate) fn bare_record(
             source_ae: None,
         },
         location,
+        deletions_seen: None,
     }
 }
 
@@ -208,6 +209,7 @@ impl<'a, S: IndexStore + ?Sized> Scope<'a, S> {
                 digest: "ab".repeat(32),
                 source_ae: None,
             },
+            deletions_seen: None,
         }
     }
 }
@@ -279,6 +281,7 @@ pub(crate) fn record(
             digest: format!("{sop:064x}"),
             source_ae: Some("CT01".to_string()),
         },
+        deletions_seen: None,
     }
 }
 

@@ -32,7 +32,8 @@ use crate::model::query::{Match, Query};
 use crate::model::work::{NewWorkItem, Timestamp, WorkKind, WorkPriority, WorkUid};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
-    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyDeletions,
+    StudyLocation, Uid,
 };
 
 /// Errors of the index backends.
@@ -156,12 +157,26 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         proposed: &StudyLocation,
     ) -> Result<StudyLocation, Error>;
 
+    /// Whether the study is being deleted and how many times it has been:
+    /// ingest reads it before placing a file and keeps the count in
+    /// [`InstanceRecord::deletions_seen`].
+    fn study_deletions(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<StudyDeletions, Error>;
+
     /// Indexes a batch of instances in **one** transaction: creates or
     /// updates the patient, study, series and study-storage rows, inserts or
     /// replaces each instance row, and keeps the related counts right (a
     /// replaced instance is not counted twice). Returns one outcome per
     /// record, in order. All or nothing: on error nothing of the batch is
     /// committed.
+    ///
+    /// A record whose study is being deleted, or has been deleted since its
+    /// [`InstanceRecord::deletions_seen`], is checked in the transaction and
+    /// not indexed ([`InsertOutcome::StudyDeleted`]): a deletion's file
+    /// work may have removed its file, and a deletion under way would.
     fn insert_instances(&self, batch: &[InstanceRecord]) -> Result<Vec<InsertOutcome>, Error> {
         self.insert_instances_then(batch, None)
     }
@@ -243,13 +258,11 @@ impl FollowUp {
 /// Logs a committed index batch: its size, how many records replaced an
 /// instance, how long it took since `start`.
 pub(crate) fn log_batch(outcomes: &[InsertOutcome], start: std::time::Instant) {
-    let replaced = outcomes
-        .iter()
-        .filter(|o| **o == InsertOutcome::Replaced)
-        .count();
+    let count = |kind: InsertOutcome| outcomes.iter().filter(|o| **o == kind).count();
     tracing::debug!(
         size = outcomes.len(),
-        replaced,
+        replaced = count(InsertOutcome::Replaced),
+        refused_study_deleted = count(InsertOutcome::StudyDeleted),
         elapsed_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
         "index batch committed"
     );
@@ -309,5 +322,84 @@ pub fn redact_url(url: &str) -> String {
             format!("{scheme}://{user}{hidden}@{host}{path}")
         }
         None => url.to_string(),
+    }
+}
+
+/// Which records of a batch the commit refuses because of their study's
+/// deletions (see [`IndexStore::insert_instances_then`]); both backends
+/// decide with it inside their transaction.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    refused: Vec<bool>,
+}
+
+impl Admission {
+    /// The distinct studies of `batch`, whose deletions the backend reads.
+    pub(crate) fn studies(batch: &[InstanceRecord]) -> Vec<(PartitionId, &Uid)> {
+        let mut studies: Vec<(PartitionId, &Uid)> = batch
+            .iter()
+            .map(|r| (r.partition, &r.study.study_uid))
+            .collect();
+        studies.sort();
+        studies.dedup();
+        studies
+    }
+
+    /// Decides per record from its study's `deletions` (a study missing
+    /// from the map has none).
+    pub(crate) fn decide(
+        batch: &[InstanceRecord],
+        deletions: &std::collections::HashMap<(PartitionId, &Uid), StudyDeletions>,
+    ) -> Admission {
+        let refused = batch
+            .iter()
+            .map(|r| {
+                let study = deletions
+                    .get(&(r.partition, &r.study.study_uid))
+                    .copied()
+                    .unwrap_or_default();
+                study.deleting || r.deletions_seen.is_some_and(|seen| study.count > seen)
+            })
+            .collect();
+        Admission { refused }
+    }
+
+    /// Whether any record is refused.
+    pub(crate) fn any_refused(&self) -> bool {
+        self.refused.iter().any(|r| *r)
+    }
+
+    /// The records to index: `batch` itself unless some are refused.
+    pub(crate) fn kept<'a>(
+        &self,
+        batch: &'a [InstanceRecord],
+    ) -> std::borrow::Cow<'a, [InstanceRecord]> {
+        if !self.any_refused() {
+            return std::borrow::Cow::Borrowed(batch);
+        }
+        std::borrow::Cow::Owned(
+            batch
+                .iter()
+                .zip(&self.refused)
+                .filter(|(_, refused)| !**refused)
+                .map(|(r, _)| r.clone())
+                .collect(),
+        )
+    }
+
+    /// One outcome per record of the batch, from the outcomes of the kept
+    /// records (in order).
+    pub(crate) fn outcomes(&self, kept: Vec<InsertOutcome>) -> Vec<InsertOutcome> {
+        let mut kept = kept.into_iter();
+        self.refused
+            .iter()
+            .map(|refused| {
+                if *refused {
+                    InsertOutcome::StudyDeleted
+                } else {
+                    kept.next().unwrap_or(InsertOutcome::StudyDeleted)
+                }
+            })
+            .collect()
     }
 }

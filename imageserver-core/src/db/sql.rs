@@ -101,6 +101,14 @@ pub(crate) const STUDY_LOCATION: &str =
      FROM study_storage ss JOIN partition p ON p.id = ss.partition_id
      WHERE ss.partition_id = $1 AND ss.study_uid = $2 AND ss.filesystem_id IS NOT NULL";
 
+/// The deletions of study `$2` of partition `$1`: whether its storage row
+/// is a deletion's tombstone, and how many deletions the audit log records
+/// (`study.delete` entries are never removed, so the count only grows).
+pub(crate) const STUDY_DELETIONS: &str = "SELECT EXISTS (SELECT 1 FROM study_storage
+                    WHERE partition_id = $1 AND study_uid = $2 AND state = 'deleting') AS deleting,
+            (SELECT COUNT(*) FROM audit_log
+             WHERE partition_id = $1 AND study_uid = $2 AND action = 'study.delete') AS deletions";
+
 /// Instance `$2` of partition `$1`, with where its file is.
 pub(crate) const INSTANCE: &str = concat!(
     instance_columns!(),
@@ -319,6 +327,7 @@ mod tests {
         super::DEVICE,
         super::DEVICES,
         super::STUDY_LOCATION,
+        super::STUDY_DELETIONS,
         super::INSTANCE,
         super::COUNTS,
         super::RECORD_DUPLICATE,

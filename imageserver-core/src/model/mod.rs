@@ -399,6 +399,21 @@ pub struct InstanceRecord {
     pub series: SeriesAttrs,
     /// Instance attributes.
     pub instance: InstanceAttrs,
+    /// How many times the study had been deleted when the instance's file
+    /// was placed ([`StudyDeletions::count`]): the commit refuses the record
+    /// if the study has been deleted since, because that deletion may have
+    /// removed the file. `None`: not checked (rows rebuilt from files).
+    pub deletions_seen: Option<u64>,
+}
+
+/// A study's deletions as the index knows them: what ingest reads before
+/// placing a file and the commit checks again in its transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StudyDeletions {
+    /// A deletion is under way (its rows are gone, its files may not be).
+    pub deleting: bool,
+    /// How many deletions of the study have been recorded (audit log).
+    pub count: u64,
 }
 
 /// What the index did with one [`InstanceRecord`].
@@ -408,6 +423,11 @@ pub enum InsertOutcome {
     Inserted,
     /// The SOP Instance UID was already indexed; its row was replaced.
     Replaced,
+    /// Not indexed: its study is being deleted, or was deleted after the
+    /// instance's file was placed (see [`InstanceRecord::deletions_seen`]).
+    /// Nothing of the record was written; its file is the caller's to
+    /// remove.
+    StudyDeleted,
 }
 
 /// An indexed instance, as a lookup returns it.

@@ -84,6 +84,7 @@ pub fn status_of(error: &IngestError) -> Status {
     match error {
         IngestError::InvalidUid(_)
         | IngestError::MissingAttribute(_)
+        | IngestError::TooLong { .. }
         | IngestError::Malformed(_)
         | IngestError::Unparseable(_)
         | IngestError::HeaderTooLarge { .. } => Status::CANNOT_UNDERSTAND,
@@ -93,7 +94,8 @@ pub fn status_of(error: &IngestError) -> Status {
         | IngestError::Index(_)
         | IngestError::Commit(_)
         | IngestError::TooLarge { .. }
-        | IngestError::LowSpace { .. } => Status::OUT_OF_RESOURCES,
+        | IngestError::LowSpace { .. }
+        | IngestError::StudyDeleted(_) => Status::OUT_OF_RESOURCES,
         IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
     }
 }

@@ -172,14 +172,7 @@ fn run(
         let result = storage
             .sync(pending)
             .map_err(|e| CommitError::Storage(error_chain(&e)))
-            .and_then(|()| {
-                index
-                    .insert_instances_then(&records, follow_up.as_ref())
-                    .map_err(|e| match e {
-                        crate::db::Error::Full(_) => CommitError::IndexFull(error_chain(&e)),
-                        other => CommitError::Index(error_chain(&other)),
-                    })
-            });
+            .and_then(|()| index_batch(index.as_ref(), &records, follow_up.as_ref()));
         tracing::debug!(
             batch = records.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -189,7 +182,7 @@ fn run(
         match result {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(outcome);
                 }
                 if let (Some(hook), Some(follow_up)) = (&study_process, &follow_up) {
                     let due = follow_up.due.as_millis();
@@ -210,5 +203,123 @@ fn run(
                 }
             }
         }
+    }
+}
+
+fn commit_error(error: crate::db::Error) -> CommitError {
+    match error {
+        crate::db::Error::Full(_) => CommitError::IndexFull(error_chain(&error)),
+        other => CommitError::Index(error_chain(&other)),
+    }
+}
+
+/// Indexes a batch in one transaction. When the index refuses it, every
+/// record is committed on its own, so one record the database refuses (a
+/// value past one of its limits that ingest's checks missed) fails alone.
+/// `Err` only when the whole batch failed and no record can go alone (the
+/// index is full, or the batch is one record).
+fn index_batch(
+    index: &dyn IndexStore,
+    records: &[InstanceRecord],
+    follow_up: Option<&FollowUp>,
+) -> Result<Vec<Result<InsertOutcome, CommitError>>, CommitError> {
+    let error = match index.insert_instances_then(records, follow_up) {
+        Ok(outcomes) => return Ok(outcomes.into_iter().map(Ok).collect()),
+        Err(error) => commit_error(error),
+    };
+    if records.len() == 1 || !matches!(error, CommitError::Index(_)) {
+        return Err(error);
+    }
+    tracing::warn!(batch = records.len(), %error, "group commit failed; committing its records one by one");
+    let mut failed = 0usize;
+    let outcomes: Vec<_> = records
+        .iter()
+        .map(|record| {
+            let one = index
+                .insert_instances_then(std::slice::from_ref(record), follow_up)
+                .map_err(commit_error)
+                .and_then(|outcomes| {
+                    outcomes
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| CommitError::Index("no outcome for the record".into()))
+                });
+            if let Err(error) = &one {
+                failed += 1;
+                tracing::error!(sop_instance_uid = %record.instance.sop_instance_uid, %error, "index commit of one record failed");
+            }
+            one
+        })
+        .collect();
+    tracing::info!(
+        batch = records.len(),
+        failed,
+        "group commit retried record by record"
+    );
+    Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::fixtures::{fs_spec, partition_spec, uid, Scope};
+    use crate::db::sqlite::SqliteIndex;
+    use crate::model::FilesystemId;
+
+    /// A batch with one record the database refuses (a filesystem it does
+    /// not know: a foreign key no ingest check looks at) commits the others.
+    #[test]
+    fn one_refused_record_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("index.db")).unwrap();
+        let scope = Scope::new(
+            &index,
+            partition_spec("COMMIT_ONE"),
+            fs_spec("/data/commit"),
+        );
+        let partition = scope.partition;
+        let mut bad = scope.bare_record("1.9.20.2", 1);
+        bad.location.filesystem = FilesystemId(i64::MAX - 7);
+        let batch = [
+            scope.bare_record("1.9.20.1", 1),
+            bad,
+            scope.bare_record("1.9.20.1", 2),
+            scope.bare_record("1.9.20.3", 1),
+        ];
+        assert!(
+            index.insert_instances(&batch).is_err(),
+            "the database refuses the batch as a whole"
+        );
+        let outcomes = index_batch(&index, &batch, None).expect("retried record by record");
+        assert!(
+            matches!(outcomes[0], Ok(InsertOutcome::Inserted)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[1], Err(CommitError::Index(_))),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[2], Ok(InsertOutcome::Inserted)),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[3], Ok(InsertOutcome::Inserted)),
+            "{outcomes:?}"
+        );
+        for (sop, indexed) in [
+            ("1.9.20.1.1.1", true),
+            ("1.9.20.2.1.1", false),
+            ("1.9.20.1.1.2", true),
+            ("1.9.20.3.1.1", true),
+        ] {
+            assert_eq!(
+                index.instance(partition, &uid(sop)).unwrap().is_some(),
+                indexed,
+                "{sop}"
+            );
+        }
+        // A batch of one that fails is that record's failure.
+        assert!(index_batch(&index, &batch[1..2], None).is_err());
     }
 }

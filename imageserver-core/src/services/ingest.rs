@@ -120,6 +120,16 @@ pub enum IngestError {
     /// A required attribute is missing from the data set.
     #[error("the data set has no {0}")]
     MissingAttribute(&'static str),
+    /// An identifying attribute is longer than its VR allows.
+    #[error("{attribute} is {length} characters long; its VR allows {max}")]
+    TooLong {
+        /// Which attribute (its keyword).
+        attribute: &'static str,
+        /// Its length in characters.
+        length: usize,
+        /// The VR's maximum.
+        max: usize,
+    },
     /// The data set is incomplete or structurally broken.
     #[error("the data set is incomplete or malformed")]
     Malformed(#[source] WalkError),
@@ -174,6 +184,11 @@ pub enum IngestError {
         /// Bytes it must keep free.
         required: u64,
     },
+    /// The instance's study is being deleted, or was deleted while the
+    /// instance was stored: nothing was kept; sent again, it starts the
+    /// study anew.
+    #[error("study {0} is being deleted")]
+    StudyDeleted(Uid),
 }
 
 impl From<HeaderError> for IngestError {
@@ -181,6 +196,15 @@ impl From<HeaderError> for IngestError {
         match error {
             HeaderError::Missing(attribute) => IngestError::MissingAttribute(attribute),
             HeaderError::InvalidUid(invalid) => IngestError::InvalidUid(invalid),
+            HeaderError::TooLong {
+                attribute,
+                length,
+                max,
+            } => IngestError::TooLong {
+                attribute,
+                length,
+                max,
+            },
         }
     }
 }
@@ -393,6 +417,18 @@ impl Ingest {
                 DuplicatePolicy::AcceptLatest => {}
             }
         }
+        // Read before the file is placed, checked again in the commit: a
+        // deletion of the study in between may remove the file.
+        let deletions = self
+            .inner
+            .index
+            .study_deletions(record.partition, &key.location.study_uid)
+            .map_err(IngestError::Index)?;
+        if deletions.deleting {
+            return Err(IngestError::StudyDeleted(key.location.study_uid.clone()));
+        }
+        let mut record = record;
+        record.deletions_seen = Some(deletions.count);
         let pending = if key.location.filesystem == writer.filesystem.id {
             writer.object.persist(&key)?
         } else {
@@ -409,19 +445,25 @@ impl Ingest {
         };
         let study_uid = record.study.study_uid.clone();
         let series_uid = record.series.series_uid.clone();
+        let writer_partition = record.partition;
         let outcome = self
             .inner
             .committer
             .commit(record, pending)
             .map_err(IngestError::Commit)?;
+        let outcome = match outcome {
+            InsertOutcome::Inserted => Stored::Inserted,
+            InsertOutcome::Replaced => Stored::Replaced,
+            InsertOutcome::StudyDeleted => {
+                self.remove_refused(writer_partition, &key);
+                return Err(IngestError::StudyDeleted(study_uid));
+            }
+        };
         if let Some(old) = existing {
             self.remove_replaced(&old, &key);
         }
         Ok(StoreOutcome {
-            outcome: match outcome {
-                InsertOutcome::Inserted => Stored::Inserted,
-                InsertOutcome::Replaced => Stored::Replaced,
-            },
+            outcome,
             study_uid,
             series_uid,
             file_size,
@@ -469,6 +511,37 @@ impl Ingest {
             "duplicate SOP instance kept aside for reconciliation"
         );
         Ok(())
+    }
+
+    /// After the commit refused the instance (its study was deleted): removes
+    /// its file, unless a row names that path meanwhile (the same instance
+    /// stored again and acknowledged: the file is that store's).
+    fn remove_refused(&self, partition: PartitionId, key: &InstanceKey) {
+        let indexed = self
+            .inner
+            .index
+            .instance(partition, &key.sop_instance_uid)
+            .map(|found| {
+                found.is_some_and(|stored| {
+                    stored.location == key.location && stored.series_uid == key.series_uid
+                })
+            });
+        let result = match indexed {
+            Ok(true) => return,
+            Ok(false) => self
+                .filesystem(key.location.filesystem)
+                .map_err(|e| error_chain(&e))
+                .and_then(|fs| {
+                    self.inner
+                        .storage
+                        .delete(&fs, key)
+                        .map_err(|e| error_chain(&e))
+                }),
+            Err(e) => Err(error_chain(&e)),
+        };
+        if let Err(error) = result {
+            tracing::warn!(sop_instance_uid = %key.sop_instance_uid, %error, "cannot remove the file of an instance whose study was deleted");
+        }
     }
 
     /// After a replacement is durable and indexed: removes the old file when

@@ -35,7 +35,8 @@ use crate::db::rows::{joined, split};
 use sqlx::{PgConnection, Row};
 
 use super::TxError;
-use crate::model::{InsertOutcome, InstanceRecord};
+use crate::db::Admission;
+use crate::model::{InsertOutcome, InstanceRecord, PartitionId, StudyDeletions, Uid};
 
 /// Trims DICOM padding and drops NULs; empty becomes `None`.
 fn text(value: Option<&str>) -> Option<String> {
@@ -157,6 +158,13 @@ pub(super) async fn insert_batch(
 
     // ---- Study storages: the per-study locks, in key order.
     let storage_ids = upsert_storages(conn, &storages, now).await?;
+    // Under those locks no deletion can start or finish: one that did since
+    // the records were admitted makes this a conflict (retried).
+    if Admission::decide(batch, &study_deletions(conn, batch).await?).any_refused() {
+        return Err(TxError::Conflict(
+            "a study was deleted while its batch was admitted",
+        ));
+    }
 
     // ---- Studies.
     let study_rows = upsert_studies(conn, &studies, &patient_ids, &storage_ids, now).await?;
@@ -352,6 +360,47 @@ pub(super) async fn insert_batch(
     };
     flush.apply(conn, now).await?;
     Ok(outcomes)
+}
+
+/// The deletions of the studies of `batch` ([`crate::db::sql::STUDY_DELETIONS`]
+/// for all of them in one statement).
+pub(super) async fn study_deletions<'a>(
+    conn: &mut PgConnection,
+    batch: &'a [InstanceRecord],
+) -> Result<HashMap<(PartitionId, &'a Uid), StudyDeletions>, TxError> {
+    let studies = Admission::studies(batch);
+    let partitions: Vec<i64> = studies.iter().map(|(p, _)| p.0).collect();
+    let uids: Vec<&str> = studies.iter().map(|(_, u)| u.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT t.n,
+                EXISTS (SELECT 1 FROM study_storage ss
+                        WHERE ss.partition_id = t.p AND ss.study_uid = t.uid
+                          AND ss.state = 'deleting') AS deleting,
+                (SELECT COUNT(*) FROM audit_log a
+                 WHERE a.partition_id = t.p AND a.study_uid = t.uid
+                   AND a.action = 'study.delete') AS deletions
+         FROM UNNEST($1::bigint[], $2::text[]) WITH ORDINALITY AS t(p, uid, n)",
+    )
+    .bind(&partitions)
+    .bind(&uids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut deletions = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let n: i64 = row.try_get("n")?;
+        let study = usize::try_from(n - 1)
+            .ok()
+            .and_then(|i| studies.get(i))
+            .ok_or(TxError::Conflict("a study's deletions were not returned"))?;
+        deletions.insert(
+            *study,
+            StudyDeletions {
+                deleting: row.try_get("deleting")?,
+                count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+            },
+        );
+    }
+    Ok(deletions)
 }
 
 async fn upsert_patients(

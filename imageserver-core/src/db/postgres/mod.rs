@@ -61,10 +61,11 @@ use sqlx::{ConnectOptions, PgConnection, Row};
 
 use crate::db::rows::{self, Columns};
 use crate::db::studies::now_ms;
-use crate::db::{log_batch, redact_url, sql, Error, FollowUp, IndexStore};
+use crate::db::{log_batch, redact_url, sql, Admission, Error, FollowUp, IndexStore};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
-    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyDeletions,
+    StudyLocation, Uid,
 };
 
 pub use admin::{create_database, database_url, drop_database};
@@ -694,6 +695,24 @@ impl IndexStore for PgIndex {
         })
     }
 
+    fn study_deletions(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<StudyDeletions, Error> {
+        self.read("looking up a study's deletions", async |conn| {
+            let row = sqlx::query(sql::STUDY_DELETIONS)
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(StudyDeletions {
+                deleting: row.try_get("deleting")?,
+                count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+            })
+        })
+    }
+
     fn insert_instances_then(
         &self,
         batch: &[InstanceRecord],
@@ -706,16 +725,25 @@ impl IndexStore for PgIndex {
         let now = now_ms();
         // In study UID order: every appender takes the studies' append
         // locks in that one order, so two nodes' batches never deadlock.
-        let follow_ups = follow_up.map(|f| f.items_for(batch)).unwrap_or_default();
         let outcomes = self.write("indexing instances", async |conn| {
-            let outcomes = ingest::insert_batch(conn, batch, now).await?;
+            // Decided before the rows are locked, and checked again once
+            // the studies' storage rows are (`insert_batch`): a deletion
+            // that committed in between makes the transaction a conflict,
+            // retried, and this decision then sees it.
+            let deletions = ingest::study_deletions(conn, batch).await?;
+            let admission = Admission::decide(batch, &deletions);
+            let kept = admission.kept(batch);
+            let outcomes = ingest::insert_batch(conn, &kept, now).await?;
+            let follow_ups = follow_up
+                .map(|f| f.items_for(kept.iter()))
+                .unwrap_or_default();
             for item in &follow_ups {
                 // The batch has just written the study's storage row.
                 if let Ok(study) = work::study_of(conn, item).await? {
                     work::append_in(conn, item, study).await?;
                 }
             }
-            Ok(outcomes)
+            Ok(admission.outcomes(outcomes))
         })?;
         log_batch(&outcomes, start);
         Ok(outcomes)

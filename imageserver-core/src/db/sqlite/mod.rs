@@ -30,10 +30,11 @@ use rusqlite::{
 
 use crate::db::rows::{self, Columns};
 use crate::db::studies::now_ms;
-use crate::db::{log_batch, sql, Error, FollowUp, IndexStore};
+use crate::db::{log_batch, sql, Admission, Error, FollowUp, IndexStore};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
-    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyLocation, Uid,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyDeletions,
+    StudyLocation, Uid,
 };
 
 /// The migrations, in order: `(version, SQL)`. Version `n` is the schema
@@ -732,6 +733,16 @@ impl IndexStore for SqliteIndex {
         })
     }
 
+    fn study_deletions(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<StudyDeletions, Error> {
+        self.read("looking up a study's deletions", |conn| {
+            study_deletions_in(conn, partition, study_uid)
+        })
+    }
+
     fn insert_instances_then(
         &self,
         batch: &[InstanceRecord],
@@ -742,16 +753,28 @@ impl IndexStore for SqliteIndex {
         }
         let start = Instant::now();
         let now = now_ms();
-        let follow_ups = follow_up.map(|f| f.items_for(batch)).unwrap_or_default();
         let outcomes = self.write("indexing instances", |tx| {
-            let outcomes = ingest::insert_batch(tx, batch, now)?;
+            // The only writer: what it reads here holds until it commits.
+            let mut deletions = std::collections::HashMap::new();
+            for (partition, study_uid) in Admission::studies(batch) {
+                deletions.insert(
+                    (partition, study_uid),
+                    study_deletions_in(tx, partition, study_uid)?,
+                );
+            }
+            let admission = Admission::decide(batch, &deletions);
+            let kept = admission.kept(batch);
+            let outcomes = ingest::insert_batch(tx, &kept, now)?;
+            let follow_ups = follow_up
+                .map(|f| f.items_for(kept.iter()))
+                .unwrap_or_default();
             for item in &follow_ups {
                 // The batch has just written the study's storage row.
                 if let Ok(study) = work::study_of(tx, item)? {
                     work::append_in(tx, item, study, now)?;
                 }
             }
-            Ok(outcomes)
+            Ok(admission.outcomes(outcomes))
         })?;
         log_batch(&outcomes, start);
         Ok(outcomes)
@@ -811,3 +834,20 @@ impl IndexStore for SqliteIndex {
 
 #[cfg(test)]
 mod tests;
+
+/// [`IndexStore::study_deletions`] on `conn` (in a transaction or not).
+fn study_deletions_in(
+    conn: &rusqlite::Connection,
+    partition: PartitionId,
+    study_uid: &Uid,
+) -> rusqlite::Result<StudyDeletions> {
+    conn.prepare_cached(sql::STUDY_DELETIONS)?.query_row(
+        params![partition.0, study_uid.as_str()],
+        |r| {
+            Ok(StudyDeletions {
+                deleting: r.get("deleting")?,
+                count: u64::try_from(r.get::<_, i64>("deletions")?).unwrap_or(0),
+            })
+        },
+    )
+}

@@ -824,6 +824,7 @@ fn bench_records(
                     digest: format!("{s:032x}{n:032x}"),
                     source_ae: Some("BENCH".to_string()),
                 },
+                deletions_seen: None,
             });
         }
     }

@@ -6,12 +6,13 @@ use crate::db::studies::{
     AttributeChange, AuditEntry, DeletedStudy, EditStatus, EditableAttribute, FileFacts, StudyStore,
 };
 use crate::db::{Error, IndexStore};
-use crate::model::{DuplicateRecord, InstanceRecord};
+use crate::model::{DuplicateRecord, InsertOutcome, InstanceRecord, StudyDeletions};
 
 /// Runs every check.
 pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
     reads(store);
     delete_keeps_counters_and_leaves_a_tombstone(store);
+    commit_refuses_records_of_a_deleted_study(store);
     edit_demographics_and_history(store);
     edit_patient_id_moves_the_study(store);
     replace_rows(store);
@@ -216,25 +217,133 @@ fn delete_keeps_counters_and_leaves_a_tombstone<S: IndexStore + StudyStore>(stor
     f.delete_rows("1.6.3").expect("there");
     assert_eq!(f.counts(), counts(1, 1, 1, 1));
 
-    // An instance of the study arriving before the deletion finishes keeps
-    // its storage row.
+    // An instance of the study arriving before the deletion finishes is
+    // refused (the deletion's file work may remove its file): the
+    // tombstone goes with the deletion.
     f.delete_rows("1.6.2").expect("there");
     assert_eq!(f.counts(), counts(0, 0, 0, 0));
-    store
-        .insert_instances(&[f.record("P1", "1.6.2", "1.6.2.1", "1.6.2.1.9")])
-        .expect("late arrival");
+    assert_eq!(
+        store
+            .insert_instances(&[f.record("P1", "1.6.2", "1.6.2.1", "1.6.2.1.9")])
+            .expect("late arrival"),
+        [InsertOutcome::StudyDeleted]
+    );
+    assert_eq!(f.counts(), counts(0, 0, 0, 0));
     assert!(store
         .finish_study_delete(f.partition, &uid("1.6.2"))
         .expect("finish"));
     assert_eq!(
         store.study_location(f.partition, &uid("1.6.2")).unwrap(),
-        Some(f.location("1.6.2", "20240131"))
+        None
     );
     assert_eq!(
         store.deleting_study(f.partition, &uid("1.6.2")).unwrap(),
         None
     );
+    // Once it has finished, the study arrives anew.
+    store
+        .insert_instances(&[f.record("P1", "1.6.2", "1.6.2.1", "1.6.2.1.9")])
+        .expect("arrival after the deletion");
+    assert_eq!(
+        store.study_location(f.partition, &uid("1.6.2")).unwrap(),
+        Some(f.location("1.6.2", "20240131"))
+    );
     assert_eq!(f.counts(), counts(1, 1, 1, 1));
+}
+
+/// A record of a study being deleted, or deleted since the record's
+/// `deletions_seen`, is not indexed; the rest of its batch is.
+fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: &S) {
+    let f = fixture(store, "ST_DEL_RACE");
+    let seen = |study: &str| {
+        store
+            .study_deletions(f.partition, &uid(study))
+            .expect("read")
+    };
+    let with_seen = |mut record: InstanceRecord, seen: StudyDeletions| {
+        record.deletions_seen = Some(seen.count);
+        record
+    };
+    store
+        .insert_instances(&[f.record("P1", "1.16.1", "1.16.1.1", "1.16.1.1.1")])
+        .expect("insert");
+    let before = seen("1.16.1");
+    assert_eq!(
+        before,
+        StudyDeletions {
+            deleting: false,
+            count: 0
+        }
+    );
+    f.delete_rows("1.16.1").expect("deleted");
+    assert_eq!(
+        seen("1.16.1"),
+        StudyDeletions {
+            deleting: true,
+            count: 1
+        }
+    );
+
+    // While the tombstone is there: refused, whatever the record saw; the
+    // other study of the batch commits.
+    let batch = [
+        f.record("P1", "1.16.1", "1.16.1.1", "1.16.1.1.2"),
+        f.record("P2", "1.16.2", "1.16.2.1", "1.16.2.1.1"),
+        with_seen(f.record("P1", "1.16.1", "1.16.1.1", "1.16.1.1.3"), before),
+    ];
+    assert_eq!(
+        store.insert_instances(&batch).expect("batch"),
+        [
+            InsertOutcome::StudyDeleted,
+            InsertOutcome::Inserted,
+            InsertOutcome::StudyDeleted
+        ]
+    );
+    assert!(store
+        .study(f.partition, &uid("1.16.1"))
+        .expect("lookup")
+        .is_none());
+    assert!(store
+        .instance(f.partition, &uid("1.16.1.1.2"))
+        .expect("lookup")
+        .is_none());
+    assert!(store
+        .instance(f.partition, &uid("1.16.2.1.1"))
+        .expect("lookup")
+        .is_some());
+
+    // Once the delete has finished: a record placed before it is refused,
+    // one placed after it starts the study anew.
+    assert!(store
+        .finish_study_delete(f.partition, &uid("1.16.1"))
+        .expect("finish"));
+    let after = seen("1.16.1");
+    assert_eq!(
+        after,
+        StudyDeletions {
+            deleting: false,
+            count: 1
+        }
+    );
+    let outcomes = store
+        .insert_instances(&[
+            with_seen(f.record("P1", "1.16.1", "1.16.1.1", "1.16.1.1.4"), before),
+            with_seen(f.record("P1", "1.16.1", "1.16.1.1", "1.16.1.1.5"), after),
+        ])
+        .expect("batch");
+    assert_eq!(
+        outcomes,
+        [InsertOutcome::StudyDeleted, InsertOutcome::Inserted]
+    );
+    let study = store
+        .study(f.partition, &uid("1.16.1"))
+        .expect("lookup")
+        .expect("arrived again");
+    assert_eq!(study.num_instances, 1);
+    assert!(store
+        .instance(f.partition, &uid("1.16.1.1.4"))
+        .expect("lookup")
+        .is_none());
 }
 
 fn change(attribute: EditableAttribute, old: Option<&str>, new: &str) -> AttributeChange {

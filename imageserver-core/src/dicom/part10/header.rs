@@ -21,6 +21,17 @@ pub enum HeaderError {
     /// A UID attribute holds something that is not a UID.
     #[error(transparent)]
     InvalidUid(#[from] InvalidUid),
+    /// An identifying attribute is longer than its VR allows (PS3.5 Table
+    /// 6.2-1): cutting it would merge it with another identity.
+    #[error("{attribute} is {length} characters long; its VR allows {max}")]
+    TooLong {
+        /// Which attribute.
+        attribute: &'static str,
+        /// Its length in characters.
+        length: usize,
+        /// The VR's maximum.
+        max: usize,
+    },
 }
 
 /// A UID attribute (in a header or a command) that holds something that is
@@ -88,39 +99,129 @@ pub(crate) fn required_uid(
     parse_uid(attribute, &value)
 }
 
-/// The index record of an instance, from its header and `facts`.
+/// Maximum value lengths of PS3.5 Table 6.2-1, in characters (TM as
+/// dicom-rs allows it: 16, for the fractional forms).
+mod max_len {
+    pub const AE_SH_CS: usize = 16;
+    pub const LO: usize = 64;
+    pub const PN_GROUP: usize = 64;
+    pub const DA: usize = 8;
+    pub const TM: usize = 16;
+}
+
+/// An identifying value (PatientID, IssuerOfPatientID): refused when longer
+/// than `max`, never cut.
+fn identifier(
+    value: Option<String>,
+    attribute: &'static str,
+    max: usize,
+) -> Result<Option<String>, HeaderError> {
+    match value {
+        Some(v) if v.chars().count() > max => Err(HeaderError::TooLong {
+            attribute,
+            length: v.chars().count(),
+            max,
+        }),
+        other => Ok(other),
+    }
+}
+
+/// The indexed copy of a descriptive value: each of its values (`\`
+/// separated) cut to `max` characters, at most `max * 4` characters in all
+/// (the file keeps the value as received).
+fn clipped(value: Option<String>, max: usize) -> Option<String> {
+    let value = value?;
+    let within = |v: &str| v.chars().count() <= max;
+    let total = max * 4;
+    if value.split('\\').all(within) && value.chars().count() <= total {
+        return Some(value);
+    }
+    let mut out = String::new();
+    for (i, part) in value.split('\\').enumerate() {
+        let part: String = part.chars().take(max).collect();
+        if out.chars().count() + part.chars().count() + usize::from(i > 0) > total {
+            break;
+        }
+        if i > 0 {
+            out.push('\\');
+        }
+        out.push_str(&part);
+    }
+    let out = out.trim_end_matches([' ', '\\']).to_string();
+    (!out.is_empty()).then_some(out)
+}
+
+/// The indexed copy of a person name: each component group (`=`) cut to
+/// 64 characters.
+fn person_name(value: Option<String>) -> Option<String> {
+    let value = value?;
+    if value
+        .split('=')
+        .all(|g| g.chars().count() <= max_len::PN_GROUP)
+    {
+        return clipped(Some(value), max_len::PN_GROUP * 3);
+    }
+    let groups: Vec<String> = value
+        .split('=')
+        .take(3)
+        .map(|g| g.chars().take(max_len::PN_GROUP).collect())
+        .collect();
+    clipped(Some(groups.join("=")), max_len::PN_GROUP * 3)
+}
+
+/// A date or time: a longer value is not one, and is indexed as absent (a
+/// cut date would match the wrong studies).
+fn temporal(value: Option<String>, max: usize) -> Option<String> {
+    value.filter(|v| v.chars().count() <= max)
+}
+
+/// The index record of an instance, from its header and `facts`. Indexed
+/// attributes are held to their VR's maximum length (PS3.5 Table 6.2-1):
+/// an over-long PatientID or IssuerOfPatientID is refused
+/// ([`HeaderError::TooLong`]); other text is cut in the index only, and an
+/// over-long date or time indexed as absent.
 pub(crate) fn instance_record(
     header: &DefaultDicomObject,
     facts: RecordFacts,
 ) -> Result<InstanceRecord, HeaderError> {
+    let lo = |tag| clipped(text(header, tag), max_len::LO);
+    let sh = |tag| clipped(text(header, tag), max_len::AE_SH_CS);
+    let pn = |tag| person_name(text(header, tag));
+    let da = |tag| temporal(text(header, tag), max_len::DA);
+    let tm = |tag| temporal(text(header, tag), max_len::TM);
     Ok(InstanceRecord {
         partition: facts.partition,
         location: facts.location,
         patient: PatientAttrs {
-            patient_id: text(header, tags::PATIENT_ID).unwrap_or_default(),
-            issuer_of_patient_id: text(header, tags::ISSUER_OF_PATIENT_ID),
-            patient_name: text(header, tags::PATIENT_NAME),
-            birth_date: text(header, tags::PATIENT_BIRTH_DATE),
-            sex: text(header, tags::PATIENT_SEX),
+            patient_id: identifier(text(header, tags::PATIENT_ID), "PatientID", max_len::LO)?
+                .unwrap_or_default(),
+            issuer_of_patient_id: identifier(
+                text(header, tags::ISSUER_OF_PATIENT_ID),
+                "IssuerOfPatientID",
+                max_len::LO,
+            )?,
+            patient_name: pn(tags::PATIENT_NAME),
+            birth_date: da(tags::PATIENT_BIRTH_DATE),
+            sex: sh(tags::PATIENT_SEX),
         },
         study: StudyAttrs {
             study_uid: required_uid(header, tags::STUDY_INSTANCE_UID, "Study Instance UID")?,
-            study_date: text(header, tags::STUDY_DATE),
-            study_time: text(header, tags::STUDY_TIME),
-            accession_number: text(header, tags::ACCESSION_NUMBER),
-            study_id: text(header, tags::STUDY_ID),
-            study_description: text(header, tags::STUDY_DESCRIPTION),
-            referring_physician_name: text(header, tags::REFERRING_PHYSICIAN_NAME),
-            specific_character_set: text(header, tags::SPECIFIC_CHARACTER_SET),
+            study_date: da(tags::STUDY_DATE),
+            study_time: tm(tags::STUDY_TIME),
+            accession_number: sh(tags::ACCESSION_NUMBER),
+            study_id: sh(tags::STUDY_ID),
+            study_description: lo(tags::STUDY_DESCRIPTION),
+            referring_physician_name: pn(tags::REFERRING_PHYSICIAN_NAME),
+            specific_character_set: sh(tags::SPECIFIC_CHARACTER_SET),
         },
         series: SeriesAttrs {
             series_uid: required_uid(header, tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
-            modality: text(header, tags::MODALITY),
+            modality: sh(tags::MODALITY),
             series_number: int(header, tags::SERIES_NUMBER),
-            series_description: text(header, tags::SERIES_DESCRIPTION),
-            body_part_examined: text(header, tags::BODY_PART_EXAMINED),
-            series_date: text(header, tags::SERIES_DATE),
-            series_time: text(header, tags::SERIES_TIME),
+            series_description: lo(tags::SERIES_DESCRIPTION),
+            body_part_examined: sh(tags::BODY_PART_EXAMINED),
+            series_date: da(tags::SERIES_DATE),
+            series_time: tm(tags::SERIES_TIME),
         },
         instance: InstanceAttrs {
             sop_instance_uid: required_uid(header, tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
@@ -131,6 +232,7 @@ pub(crate) fn instance_record(
             digest: facts.digest,
             source_ae: facts.source_ae,
         },
+        deletions_seen: None,
     })
 }
 
@@ -156,4 +258,55 @@ pub(crate) fn stored_file_facts(
         digest,
         source_ae,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_past_their_vr_length_are_refused_not_cut() {
+        let ok = "A".repeat(64);
+        assert_eq!(
+            identifier(Some(ok.clone()), "PatientID", max_len::LO).unwrap(),
+            Some(ok)
+        );
+        let long = "Ä".repeat(65);
+        assert!(matches!(
+            identifier(Some(long), "PatientID", max_len::LO),
+            Err(HeaderError::TooLong {
+                attribute: "PatientID",
+                length: 65,
+                max: 64
+            })
+        ));
+    }
+
+    #[test]
+    fn descriptive_values_are_cut_per_value_in_the_index() {
+        assert_eq!(clipped(Some("CT".into()), 16).as_deref(), Some("CT"));
+        assert_eq!(
+            clipped(Some("x".repeat(3000)), max_len::LO),
+            Some("x".repeat(64))
+        );
+        // Multi-valued: each value cut, at most four values' worth.
+        let many = vec!["ISO_IR 100"; 100].join("\\");
+        let cut = clipped(Some(many), 16).unwrap();
+        assert!(cut.chars().count() <= 64, "{cut}");
+        assert!(cut.split('\\').all(|v| v == "ISO_IR 100"), "{cut}");
+        let names = format!("{}={}", "A".repeat(100), "B".repeat(10));
+        assert_eq!(
+            person_name(Some(names)),
+            Some(format!("{}={}", "A".repeat(64), "B".repeat(10)))
+        );
+        assert_eq!(temporal(Some("2024-01-01".into()), max_len::DA), None);
+        assert_eq!(
+            temporal(Some("20240101".into()), max_len::DA).as_deref(),
+            Some("20240101")
+        );
+        assert_eq!(
+            temporal(Some("120000.123456".into()), max_len::TM).as_deref(),
+            Some("120000.123456")
+        );
+    }
 }
