@@ -578,6 +578,12 @@ fn copy_from_sqlite_keeps_everything() {
         .expect("insert after copy");
     verify_counters(&pg);
 
+    // Open, the SQLite index is in use and a copy is refused outright.
+    assert!(matches!(
+        super::copy_from_sqlite(&path, &db.url),
+        Err(Error::InUse { .. })
+    ));
+    drop(sqlite);
     match super::copy_from_sqlite(&path, &db.url) {
         Err(Error::Backend { source, .. }) => {
             assert!(source.to_string().contains("not empty"), "{source}");
