@@ -569,6 +569,41 @@ impl StorageBackend for CrashStorage {
         Ok(())
     }
 
+    fn open_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<Box<dyn Read + Send>, storage::Error> {
+        self.alive(&filesystem.spec.path)?;
+        self.0.inner.open_aside(filesystem, key, variant)
+    }
+
+    fn replace_with_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), storage::Error> {
+        let aside = filesystem.spec.path.join(layout::aside_path(key, variant));
+        let target = self.0.inner.describe(filesystem, key);
+        self.alive(&target)?;
+        let _changing = self.changing();
+        self.0.inner.replace_with_aside(filesystem, key, variant)?;
+        // Durable on return: the copy's bytes (fsync'd when it was
+        // persisted aside) under the instance's name, the aside name gone.
+        let bytes = fs::read(&target).map_err(|e| storage::Error::Io {
+            operation: "reading",
+            path: target.clone(),
+            source: e,
+        })?;
+        let mut model = lock(&self.0.model);
+        model.forget(&aside);
+        model.fsynced.insert(target.clone());
+        model.settle_path(&self.0.roots, &target, Arc::new(bytes));
+        Ok(())
+    }
+
     fn remove_empty_study_folders(
         &self,
         filesystem: &Filesystem,
@@ -957,6 +992,7 @@ fn send(
         sop_instance_uid: sop,
         transfer_syntax_uid: EXPLICIT_LE,
         source_ae: Some("MODALITY"),
+        may_replace: true,
     })?;
     for chunk in data_set.chunks(700) {
         writer.write_data(chunk);

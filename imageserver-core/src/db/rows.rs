@@ -151,6 +151,7 @@ pub(crate) fn device<R: Columns>(r: &R) -> Result<DeviceSpec, R::Error> {
         allow_store: r.flag("allow_store")?,
         allow_query: r.flag("allow_query")?,
         allow_retrieve: r.flag("allow_retrieve")?,
+        allow_replace: r.flag("allow_replace")?,
         max_associations: limit("max_associations")?,
         max_outgoing_associations: limit("max_outgoing_associations")?,
     })

@@ -60,38 +60,39 @@ pub(crate) const FILESYSTEMS: &str =
      FROM filesystem ORDER BY tier, id";
 
 /// Creates or updates a device of partition `$1` (`$2` AE title ... `$9`
-/// most outgoing associations).
+/// most outgoing associations, `$10` may replace).
 pub(crate) const ENSURE_DEVICE: &str = "INSERT INTO device
          (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-          max_associations, max_outgoing_associations)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+          max_associations, max_outgoing_associations, allow_replace)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
      ON CONFLICT (partition_id, ae_title) DO UPDATE
      SET host = excluded.host, port = excluded.port,
          allow_store = excluded.allow_store, allow_query = excluded.allow_query,
          allow_retrieve = excluded.allow_retrieve,
          max_associations = excluded.max_associations,
-         max_outgoing_associations = excluded.max_outgoing_associations";
+         max_outgoing_associations = excluded.max_outgoing_associations,
+         allow_replace = excluded.allow_replace";
 
 /// Registers a device of partition `$1` (columns as [`ENSURE_DEVICE`])
 /// unless one has its AE title, and only while the partition has fewer
-/// than `$10` devices: an existing row is never changed.
+/// than `$11` devices: an existing row is never changed.
 pub(crate) const REGISTER_DEVICE: &str = "INSERT INTO device
          (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-          max_associations, max_outgoing_associations)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
-     WHERE (SELECT count(*) FROM device WHERE partition_id = $1) < $10
+          max_associations, max_outgoing_associations, allow_replace)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+     WHERE (SELECT count(*) FROM device WHERE partition_id = $1) < $11
      ON CONFLICT (partition_id, ae_title) DO NOTHING";
 
 /// The device of partition `$1` with AE title `$2`.
 pub(crate) const DEVICE: &str =
     "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-            max_associations, max_outgoing_associations
+            max_associations, max_outgoing_associations, allow_replace
      FROM device WHERE partition_id = $1 AND ae_title = $2";
 
 /// The devices of partition `$1`, by AE title.
 pub(crate) const DEVICES: &str =
     "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-            max_associations, max_outgoing_associations
+            max_associations, max_outgoing_associations, allow_replace
      FROM device WHERE partition_id = $1 ORDER BY ae_title";
 
 /// A study's online location (`$1` partition, `$2` study UID); none while

@@ -68,6 +68,11 @@ pub struct StoreRequest<'a> {
     pub transfer_syntax_uid: &'a str,
     /// The sending AE title (`None` for imports).
     pub source_ae: Option<&'a str>,
+    /// Whether the sender may replace a stored instance of the same SOP
+    /// Instance UID (its device's `allow_replace`). Without it, a partition
+    /// whose policy is `accept_latest` keeps the stored instance and
+    /// acknowledges, as under `send_success`.
+    pub may_replace: bool,
 }
 
 /// Why an instance was not stored. The Storage SCP maps each to a C-STORE

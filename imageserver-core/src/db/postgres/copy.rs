@@ -79,6 +79,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("allow_autoroute", Bool),
             ("max_associations", Int),
             ("max_outgoing_associations", Int),
+            ("allow_replace", Bool),
             ("description", Text),
             ("enabled", Bool),
             ("last_seen", Int),

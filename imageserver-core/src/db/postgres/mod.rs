@@ -77,6 +77,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("migrations/0002_study_edit.sql")),
     (3, include_str!("migrations/0003_work_queue_claim.sql")),
     (4, include_str!("migrations/0004_device_outgoing_limit.sql")),
+    (5, include_str!("migrations/0005_replace_and_reconcile.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).
@@ -581,6 +582,7 @@ impl IndexStore for PgIndex {
                 .bind(spec.allow_retrieve)
                 .bind(i64::from(spec.max_associations))
                 .bind(i64::from(spec.max_outgoing_associations))
+                .bind(spec.allow_replace)
                 .execute(&mut *conn)
                 .await?;
             Ok(())
@@ -604,6 +606,7 @@ impl IndexStore for PgIndex {
                 .bind(spec.allow_retrieve)
                 .bind(i64::from(spec.max_associations))
                 .bind(i64::from(spec.max_outgoing_associations))
+                .bind(spec.allow_replace)
                 .bind(i64::try_from(max_devices).unwrap_or(i64::MAX))
                 .execute(&mut *conn)
                 .await?;

@@ -522,6 +522,7 @@ fn copy_from_sqlite_keeps_everything() {
                     allow_store: true,
                     allow_query: false,
                     allow_retrieve: true,
+                    allow_replace: false,
                     max_associations: 2,
                     max_outgoing_associations: 1,
                 },

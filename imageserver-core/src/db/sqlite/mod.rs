@@ -44,6 +44,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("migrations/0003_study_edit.sql")),
     (4, include_str!("migrations/0004_work_queue_claim.sql")),
     (5, include_str!("migrations/0005_device_outgoing_limit.sql")),
+    (6, include_str!("migrations/0006_replace_and_reconcile.sql")),
 ];
 
 /// The newest schema version this build knows (`PRAGMA user_version`).
@@ -597,7 +598,8 @@ impl IndexStore for SqliteIndex {
                     spec.allow_query,
                     spec.allow_retrieve,
                     spec.max_associations,
-                    spec.max_outgoing_associations
+                    spec.max_outgoing_associations,
+                    spec.allow_replace
                 ])
                 .map(drop)
         })
@@ -620,6 +622,7 @@ impl IndexStore for SqliteIndex {
                 spec.allow_retrieve,
                 spec.max_associations,
                 spec.max_outgoing_associations,
+                spec.allow_replace,
                 i64::try_from(max_devices).unwrap_or(i64::MAX)
             ])?;
             tx.prepare_cached(sql::DEVICE)?
