@@ -180,6 +180,7 @@ fn parse_device(text: &str) -> Result<DeviceConfig> {
         allow_store: true,
         allow_query: true,
         allow_retrieve: true,
+        allow_replace: false,
         max_associations: 0,
         max_outgoing_associations: 0,
         partition: None,

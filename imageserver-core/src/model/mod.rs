@@ -488,15 +488,23 @@ impl PatientIdentity {
     /// equal once padding is trimmed, an empty value the same as an absent
     /// one.
     pub fn same_as(&self, other: &PatientIdentity) -> bool {
-        fn norm(value: Option<&str>) -> &str {
-            value.unwrap_or("").trim_matches([' ', '\0'])
-        }
-        norm(Some(&self.patient_id)) == norm(Some(&other.patient_id))
-            && norm(self.issuer_of_patient_id.as_deref())
-                == norm(other.issuer_of_patient_id.as_deref())
-            && norm(self.patient_name.as_deref()) == norm(other.patient_name.as_deref())
-            && norm(self.birth_date.as_deref()) == norm(other.birth_date.as_deref())
+        same_text(Some(&self.patient_id), Some(&other.patient_id))
+            && same_text(
+                self.issuer_of_patient_id.as_deref(),
+                other.issuer_of_patient_id.as_deref(),
+            )
+            && same_text(self.patient_name.as_deref(), other.patient_name.as_deref())
+            && same_text(self.birth_date.as_deref(), other.birth_date.as_deref())
     }
+}
+
+/// Whether two attribute values are the same once padding (spaces, NUL) is
+/// trimmed, an empty value the same as an absent one.
+pub fn same_text(a: Option<&str>, b: Option<&str>) -> bool {
+    fn norm(value: Option<&str>) -> &str {
+        value.unwrap_or("").trim_matches([' ', '\0'])
+    }
+    norm(a) == norm(b)
 }
 
 /// An instance held for a person because its patient identity conflicts

@@ -553,14 +553,20 @@ impl Suite<'_> {
             "an instance with two kept-aside copies, and a lone copy",
         );
         let mut aside = Vec::new();
-        if let Err(e) = succeeds("open_aside", self.storage.open_aside(self.filesystem, &key, 7))
-            .read_to_end(&mut aside)
+        if let Err(e) = succeeds(
+            "open_aside",
+            self.storage.open_aside(self.filesystem, &key, 7),
+        )
+        .read_to_end(&mut aside)
         {
             panic!("storage conformance: reading a kept-aside copy failed: {e}");
         }
         check(
             aside == b"duplicate seven!",
-            format_args!("open_aside read {} bytes that are not the copy", aside.len()),
+            format_args!(
+                "open_aside read {} bytes that are not the copy",
+                aside.len()
+            ),
         );
         check(
             matches!(

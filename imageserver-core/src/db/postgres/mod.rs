@@ -787,6 +787,63 @@ impl IndexStore for PgIndex {
             rows.iter().map(|r| rows::duplicate(r, partition)).collect()
         })
     }
+
+    fn study_patient(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<crate::model::PatientAttrs>, Error> {
+        Ok(crate::db::studies::StudyStore::study(self, partition, study_uid)?.map(|s| s.patient))
+    }
+
+    fn study_edits(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Vec<crate::db::studies::EditRecord>, Error> {
+        crate::db::studies::StudyStore::edit_history(self, partition, study_uid)
+    }
+
+    fn hold_for_reconcile(&self, entry: &crate::model::ReconcileEntry) -> Result<i64, Error> {
+        let to_i64 = |value: u64, what: &str| {
+            i64::try_from(value).map_err(|_| Error::Backend {
+                operation: "holding an instance for reconciliation",
+                source: format!("{what} {value} out of range").into(),
+            })
+        };
+        let variant = to_i64(entry.variant, "variant")?;
+        let file_size = to_i64(entry.file_size, "file size")?;
+        let identity = &entry.identity;
+        self.write("holding an instance for reconciliation", async |conn| {
+            let id: i64 = sqlx::query_scalar(sql::HOLD_FOR_RECONCILE)
+                .bind(entry.partition.0)
+                .bind(entry.sop_instance_uid.as_str())
+                .bind(entry.sop_class_uid.as_str())
+                .bind(entry.transfer_syntax_uid.as_str())
+                .bind(entry.location.filesystem.0)
+                .bind(pg_text(&entry.location.date_folder).as_ref())
+                .bind(entry.location.study_uid.as_str())
+                .bind(entry.series_uid.as_str())
+                .bind(variant)
+                .bind(file_size)
+                .bind(pg_text(&entry.digest).as_ref())
+                .bind(entry.source_ae.as_deref().map(pg_text).as_deref())
+                .bind(entry.received_at_ms)
+                .bind(pg_text(&identity.patient_id).as_ref())
+                .bind(
+                    identity
+                        .issuer_of_patient_id
+                        .as_deref()
+                        .map(pg_text)
+                        .as_deref(),
+                )
+                .bind(identity.patient_name.as_deref().map(pg_text).as_deref())
+                .bind(identity.birth_date.as_deref().map(pg_text).as_deref())
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(id)
+        })
+    }
 }
 
 #[cfg(test)]

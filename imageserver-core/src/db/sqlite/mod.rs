@@ -764,6 +764,49 @@ impl IndexStore for SqliteIndex {
             found.collect()
         })
     }
+
+    fn study_patient(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<crate::model::PatientAttrs>, Error> {
+        Ok(crate::db::studies::StudyStore::study(self, partition, study_uid)?.map(|s| s.patient))
+    }
+
+    fn study_edits(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Vec<crate::db::studies::EditRecord>, Error> {
+        crate::db::studies::StudyStore::edit_history(self, partition, study_uid)
+    }
+
+    fn hold_for_reconcile(&self, entry: &crate::model::ReconcileEntry) -> Result<i64, Error> {
+        self.write("holding an instance for reconciliation", |tx| {
+            tx.prepare_cached(sql::HOLD_FOR_RECONCILE)?.query_row(
+                params![
+                    entry.partition.0,
+                    entry.sop_instance_uid.as_str(),
+                    entry.sop_class_uid.as_str(),
+                    entry.transfer_syntax_uid.as_str(),
+                    entry.location.filesystem.0,
+                    entry.location.date_folder,
+                    entry.location.study_uid.as_str(),
+                    entry.series_uid.as_str(),
+                    entry.variant as i64,
+                    entry.file_size as i64,
+                    entry.digest,
+                    entry.source_ae,
+                    entry.received_at_ms,
+                    entry.identity.patient_id,
+                    entry.identity.issuer_of_patient_id,
+                    entry.identity.patient_name,
+                    entry.identity.birth_date
+                ],
+                |r| r.get(0),
+            )
+        })
+    }
 }
 
 #[cfg(test)]
