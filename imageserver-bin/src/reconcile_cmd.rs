@@ -108,7 +108,10 @@ fn show(args: EntryArgs) -> Result<ExitCode> {
     println!("instance:     {}", entry.sop_instance_uid);
     println!("study:        {}", entry.location.study_uid);
     println!("series:       {}", entry.series_uid);
-    println!("from:         {}", entry.source_ae.as_deref().unwrap_or("-"));
+    println!(
+        "from:         {}",
+        entry.source_ae.as_deref().unwrap_or("-")
+    );
     println!("received at:  {} ms", entry.received_at_ms);
     println!("size:         {} bytes", entry.file_size);
     println!("instance's patient: {}", describe(&entry.identity));

@@ -40,3 +40,5 @@ mod processors;
 mod routing;
 // Series metadata (DICOM JSON) written by StudyProcess, checked with pydicom; edit, reprocess, import and delete around it.
 mod metadata;
+// Who may replace a stored instance (allow_replace), and the reconcile queue for conflicting patient identities.
+mod replace;
