@@ -202,6 +202,29 @@ impl StorageBackend for AccountingStorage {
         Ok(())
     }
 
+    fn open_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<Box<dyn Read + Send>, storage::Error> {
+        self.inner.open_aside(filesystem, key, variant)
+    }
+
+    fn replace_with_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), storage::Error> {
+        // The copy was counted when it was persisted aside; the instance it
+        // replaces, if there was one, is gone.
+        let existed = self.inner.exists(filesystem, key)?;
+        self.inner.replace_with_aside(filesystem, key, variant)?;
+        self.counters(filesystem.id).deleted(u64::from(existed));
+        Ok(())
+    }
+
     fn remove_empty_study_folders(
         &self,
         filesystem: &Filesystem,

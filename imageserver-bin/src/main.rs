@@ -16,6 +16,7 @@ use imageserver_core::config::DeviceConfig;
 use imageserver_core::services::import;
 use imageserver_core::{Archive, Config, FileOutcome, RuleSet, Server, ServerBuilder};
 
+mod reconcile_cmd;
 mod study_cmd;
 mod workqueue_cmd;
 
@@ -39,6 +40,9 @@ enum Command {
     /// Copy a small deployment's SQLite index into an empty PostgreSQL
     /// database (stop the server first; the SQLite file is only read).
     MigrateDb(MigrateDbArgs),
+    /// Instances held because their patient identity conflicted with their
+    /// study: list, show, accept, reject, merge.
+    Reconcile(reconcile_cmd::ReconcileArgs),
     /// Study operations: delete, edit, reprocess, send, check, history.
     Study(study_cmd::StudyArgs),
     /// Rules: dry run on a stored study, validation of the rules file.
@@ -120,6 +124,7 @@ fn main() -> ExitCode {
         Command::Import(args) => run_import(args),
         Command::Duplicates(args) => list_duplicates(args),
         Command::MigrateDb(args) => migrate_db(args),
+        Command::Reconcile(args) => reconcile_cmd::reconcile(args),
         Command::Study(args) => study_cmd::study(args),
         Command::Rules(args) => study_cmd::rules(args),
         Command::Workqueue(args) => workqueue_cmd::workqueue(args),
@@ -180,6 +185,7 @@ fn parse_device(text: &str) -> Result<DeviceConfig> {
         allow_store: true,
         allow_query: true,
         allow_retrieve: true,
+        allow_replace: false,
         max_associations: 0,
         max_outgoing_associations: 0,
         partition: None,

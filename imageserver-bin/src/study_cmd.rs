@@ -260,7 +260,10 @@ fn open(args: &ArchiveArgs) -> Result<Opened> {
     })
 }
 
-fn partition<'a>(archive: &'a Archive, ae: Option<&str>) -> Result<&'a ArchivePartition> {
+pub(crate) fn partition<'a>(
+    archive: &'a Archive,
+    ae: Option<&str>,
+) -> Result<&'a ArchivePartition> {
     match ae {
         None => Ok(archive.default_partition()),
         Some(ae) => archive.partition(ae).with_context(|| {

@@ -22,6 +22,7 @@ use crate::services::devices::Devices;
 use crate::services::find::Find;
 use crate::services::import::{self, FileOutcome, ImportSummary};
 use crate::services::retrieve::Retrieve;
+use crate::services::studies::Reconcile;
 use crate::services::studies::Studies;
 use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
@@ -391,6 +392,12 @@ impl Archive {
     /// [`crate::processors::StudyRequest`] instead.
     pub fn studies(&self) -> Studies {
         Studies::new(self.database.clone(), self.storage.clone())
+    }
+
+    /// The reconcile queue: instances held because their patient identity
+    /// conflicted with their study, and a person's decisions about them.
+    pub fn reconcile(&self) -> Reconcile {
+        Reconcile::new(self.studies(), self.ingest.clone())
     }
 
     /// Imports Part 10 files into a partition through ingest (the same

@@ -40,11 +40,13 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 
 use imageserver_core::db::sqlite::SqliteIndex;
+use imageserver_core::db::studies::EditRecord;
 use imageserver_core::db::{self, FollowUp, IndexStore};
 use imageserver_core::model::{
     AeTitle, DeviceSpec, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
     FilesystemSpec, FolderName, IndexCounts, InsertOutcome, InstanceRecord, PartitionId,
-    PartitionSpec, StoredInstance, StudyDeletions, StudyLocation, Tier, Uid,
+    PartitionSpec, PatientAttrs, ReconcileEntry, StoredInstance, StudyDeletions, StudyLocation,
+    Tier, Uid,
 };
 use imageserver_core::services::{Ingest, IngestError, Partition, StoreRequest};
 use imageserver_core::storage::fs::FsStorage;
@@ -569,6 +571,41 @@ impl StorageBackend for CrashStorage {
         Ok(())
     }
 
+    fn open_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<Box<dyn Read + Send>, storage::Error> {
+        self.alive(&filesystem.spec.path)?;
+        self.0.inner.open_aside(filesystem, key, variant)
+    }
+
+    fn replace_with_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), storage::Error> {
+        let aside = filesystem.spec.path.join(layout::aside_path(key, variant));
+        let target = self.0.inner.describe(filesystem, key);
+        self.alive(&target)?;
+        let _changing = self.changing();
+        self.0.inner.replace_with_aside(filesystem, key, variant)?;
+        // Durable on return: the copy's bytes (fsync'd when it was
+        // persisted aside) under the instance's name, the aside name gone.
+        let bytes = fs::read(&target).map_err(|e| storage::Error::Io {
+            operation: "reading",
+            path: target.clone(),
+            source: e,
+        })?;
+        let mut model = lock(&self.0.model);
+        model.forget(&aside);
+        model.fsynced.insert(target.clone());
+        model.settle_path(&self.0.roots, &target, Arc::new(bytes));
+        Ok(())
+    }
+
     fn remove_empty_study_folders(
         &self,
         filesystem: &Filesystem,
@@ -826,6 +863,29 @@ impl IndexStore for CrashIndex {
         self.alive()?;
         self.inner.duplicates(partition)
     }
+
+    fn study_patient(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<PatientAttrs>, db::Error> {
+        self.alive()?;
+        self.inner.study_patient(partition, study_uid)
+    }
+
+    fn study_edits(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Vec<EditRecord>, db::Error> {
+        self.alive()?;
+        self.inner.study_edits(partition, study_uid)
+    }
+
+    fn hold_for_reconcile(&self, entry: &ReconcileEntry) -> Result<i64, db::Error> {
+        self.alive()?;
+        self.inner.hold_for_reconcile(entry)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -966,6 +1026,7 @@ fn send(
         sop_instance_uid: sop,
         transfer_syntax_uid: EXPLICIT_LE,
         source_ae: Some("MODALITY"),
+        may_replace: true,
     })?;
     for chunk in data_set.chunks(700) {
         writer.write_data(chunk);
@@ -1339,15 +1400,11 @@ fn crash_between_commit_and_response_loses_no_acknowledged_instance() {
     );
 }
 
-/// Accept-latest over the same path: the new file is renamed over the
-/// acknowledged one before the index commit, so a crash between the sync
-/// and the commit leaves the old row over the new file. Fails until
-/// `Ingest::finish` stops replacing the stored file before its row: the
-/// known defect of the hostile-peers issue, item 5 (a replaced version is
-/// to be written under a new name, committed, and only then the old one
-/// removed). Run it with `--ignored` to see it fail.
+/// Accept-latest over the same path: the new version is written under a
+/// name of its own and takes the acknowledged file's place only once its
+/// row is committed, so a crash between the sync and the commit leaves the
+/// acknowledged version and its row as they were.
 #[test]
-#[ignore = "known defect: accept-latest replaces the stored file before its row is committed"]
 fn crash_before_the_commit_of_a_replacement_keeps_the_acknowledged_instance() {
     let load = Workload {
         threads: 1,

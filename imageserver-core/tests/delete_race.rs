@@ -143,6 +143,22 @@ impl StorageBackend for Hooked {
     ) -> Result<(), storage::Error> {
         self.inner.delete_aside(filesystem, key, variant)
     }
+    fn open_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<Box<dyn std::io::Read + Send>, storage::Error> {
+        self.inner.open_aside(filesystem, key, variant)
+    }
+    fn replace_with_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), storage::Error> {
+        self.inner.replace_with_aside(filesystem, key, variant)
+    }
     fn remove_empty_study_folders(
         &self,
         filesystem: &Filesystem,
@@ -257,6 +273,7 @@ fn store(
         sop_instance_uid: sop,
         transfer_syntax_uid: EXPLICIT_LE,
         source_ae: Some("MODALITY"),
+        may_replace: false,
     })?;
     writer.write_data(&data_set(sop, version));
     ingest.finish(writer).map(|_| ())

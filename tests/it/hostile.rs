@@ -343,6 +343,7 @@ fn registration_never_overwrites_an_administrators_device() {
         allow_store: false,
         allow_query: true,
         allow_retrieve: false,
+        allow_replace: false,
         max_associations: 2,
         max_outgoing_associations: 1,
     };

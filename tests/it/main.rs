@@ -45,3 +45,5 @@ mod metadata;
 // Conformance promises no other test covers: storage as received in every
 // syntax, check_called_ae = false, private SOP classes, 0211.
 mod promises;
+// Who may replace a stored instance (allow_replace), and the reconcile queue for conflicting patient identities.
+mod replace;

@@ -370,12 +370,21 @@ fn unknown_callers_are_registered_when_accepted() {
     );
 }
 
-/// Stores an instance, then a different instance with the same UIDs, under
-/// `policy`; returns the second storescu output, the index and both files.
+/// Stores an instance, then a different instance with the same UIDs (and
+/// patient), under `policy`, from a device allowed to replace (the
+/// permission `accept_latest` needs); returns the second storescu output,
+/// the index and which of the two is stored.
 fn store_twice(policy: &str) -> (dcmtk::ToolOutput, Index, String, String, tempfile::TempDir) {
     let dir = test_dir(&format!("duplicates-{policy}"));
     let server = Server::builder(dir.path())
         .dicom_setting("duplicate_policy", format!("{policy:?}"))
+        .setting(
+            "devices",
+            format!(
+                r#"[{{ ae_title = "{}", host = "127.0.0.1", port = 104, allow_replace = true }}]"#,
+                dcmtk::CALLING_AE
+            ),
+        )
         .start();
     let first = dir.path().join("first.dcm");
     let original = single_instance(&first, 21, 32, 32);
@@ -384,8 +393,8 @@ fn store_twice(policy: &str) -> (dcmtk::ToolOutput, Index, String, String, tempf
         &second,
         &InstanceSpec {
             pixel_seed: 99,
-            patient_id: "DUP".into(),
-            patient_name: "DUPLICATE^SECOND".into(),
+            patient_id: "PID21".into(),
+            patient_name: "SINGLE^SEED21".into(),
             study_date: original.study_date.clone(),
             study_uid: original.study_uid.clone(),
             series_uid: original.series_uid.clone(),

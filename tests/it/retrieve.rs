@@ -413,7 +413,7 @@ fn get_with_role_selection_and_a_transfer_syntax_mismatch() {
     let sc = secondary_capture(
         &dir.path().join("sc.dcm"),
         &corpus[0],
-        "PID35-0",
+        ("PID35-0", "TEST^PATIENT0^SEED35"),
         &rng.uid(),
         &rng.uid(),
     );

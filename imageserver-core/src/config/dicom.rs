@@ -109,6 +109,11 @@ pub struct DeviceConfig {
     /// May retrieve from us.
     #[serde(default = "yes")]
     pub allow_retrieve: bool,
+    /// May replace a stored instance under the `accept_latest` duplicate
+    /// policy (default: no; without it the caller's duplicates are
+    /// acknowledged and dropped, as under `send_success`).
+    #[serde(default)]
+    pub allow_replace: bool,
     /// Most associations it may hold open at once (0: no limit).
     #[serde(default)]
     pub max_associations: u32,
@@ -140,7 +145,7 @@ fn default_pn_case_insensitive() -> bool {
     true
 }
 fn default_duplicate_policy() -> String {
-    DuplicatePolicy::AcceptLatest.as_str().to_string()
+    DuplicatePolicy::default().as_str().to_string()
 }
 fn default_max_query_results() -> u64 {
     10_000
@@ -331,6 +336,7 @@ impl DeviceConfig {
             allow_store: self.allow_store,
             allow_query: self.allow_query,
             allow_retrieve: self.allow_retrieve,
+            allow_replace: self.allow_replace,
             max_associations: self.max_associations,
             max_outgoing_associations: self.max_outgoing_associations,
         })
@@ -395,10 +401,11 @@ mod tests {
         assert_eq!(policies(research), policies(main));
         assert_eq!(
             policies(main),
-            ((true, true), DuplicatePolicy::AcceptLatest, 10_000)
+            ((true, true), DuplicatePolicy::SendSuccess, 10_000)
         );
         let ct = &main.devices[0];
         assert!(ct.allow_store && ct.allow_query && ct.allow_retrieve);
+        assert!(!ct.allow_replace, "replacing is granted, never assumed");
         assert_eq!((ct.max_associations, ct.max_outgoing_associations), (0, 0));
     }
 

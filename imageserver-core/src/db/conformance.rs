@@ -333,6 +333,7 @@ fn devices(store: &dyn IndexStore) {
         allow_store: true,
         allow_query: true,
         allow_retrieve: false,
+        allow_replace: false,
         max_associations: 0,
         max_outgoing_associations: 0,
     };
@@ -350,6 +351,7 @@ fn devices(store: &dyn IndexStore) {
     ws.allow_store = false;
     ws.max_associations = 3;
     ws.max_outgoing_associations = 2;
+    ws.allow_replace = true;
     store.ensure_device(f.partition, &ws).expect("update ws");
     assert_eq!(
         store.devices(f.partition).expect("list"),
@@ -370,6 +372,7 @@ fn devices(store: &dyn IndexStore) {
         allow_store: true,
         allow_query: true,
         allow_retrieve: true,
+        allow_replace: false,
         port: 0,
         max_associations: 0,
         max_outgoing_associations: 0,

@@ -32,8 +32,8 @@ use crate::model::query::{Match, Query};
 use crate::model::work::{NewWorkItem, Timestamp, WorkKind, WorkPriority, WorkUid};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
-    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyDeletions,
-    StudyLocation, Uid,
+    InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs, ReconcileEntry,
+    StoredInstance, StudyDeletions, StudyLocation, Uid,
 };
 
 /// Errors of the index backends.
@@ -207,6 +207,26 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
 
     /// The kept-aside duplicates of a partition, oldest first.
     fn duplicates(&self, partition: PartitionId) -> Result<Vec<DuplicateRecord>, Error>;
+
+    /// The patient attributes of a stored study (its patient row), if the
+    /// index has the study.
+    fn study_patient(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<PatientAttrs>, Error>;
+
+    /// Every edit of a study, oldest first (as
+    /// [`studies::StudyStore::edit_history`]).
+    fn study_edits(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Vec<studies::EditRecord>, Error>;
+
+    /// Records an instance held for reconciliation (its file is already
+    /// kept aside durably); returns the entry's key.
+    fn hold_for_reconcile(&self, entry: &ReconcileEntry) -> Result<i64, Error>;
 }
 
 /// Work an index batch schedules in its own transaction: for each distinct

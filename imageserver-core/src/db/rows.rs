@@ -15,8 +15,8 @@ use crate::db::studies::{
 use crate::db::Error;
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
-    IndexCounts, InstanceRecord, PartitionId, PatientAttrs, StoredInstance, StudyAttrs,
-    StudyLocation, Tier, Uid,
+    IndexCounts, InstanceRecord, PartitionId, PatientAttrs, PatientIdentity, ReconcileEntry,
+    StoredInstance, StudyAttrs, StudyLocation, Tier, Uid,
 };
 
 /// The boxed cause of a value the model refuses.
@@ -121,6 +121,33 @@ pub(crate) fn duplicate<R: Columns>(
     })
 }
 
+/// A row of [`crate::db::sql::RECONCILE_ENTRIES`].
+pub(crate) fn reconcile_entry<R: Columns>(
+    r: &R,
+    partition: PartitionId,
+) -> Result<ReconcileEntry, R::Error> {
+    Ok(ReconcileEntry {
+        id: r.int("id")?,
+        partition,
+        location: location(r)?,
+        sop_instance_uid: r.uid("sop_instance_uid")?,
+        sop_class_uid: r.uid("sop_class_uid")?,
+        transfer_syntax_uid: r.uid("transfer_syntax_uid")?,
+        series_uid: r.uid("series_uid")?,
+        variant: r.count("variant")?,
+        file_size: r.count("file_size")?,
+        digest: r.text("digest")?,
+        source_ae: r.opt_text("source_ae")?,
+        received_at_ms: r.int("received_at")?,
+        identity: PatientIdentity {
+            patient_id: r.text("patient_id")?,
+            issuer_of_patient_id: r.opt_text("issuer_of_patient_id")?,
+            patient_name: r.opt_text("patient_name")?,
+            birth_date: r.opt_text("birth_date")?,
+        },
+    })
+}
+
 /// A row of [`crate::db::sql::FILESYSTEMS`].
 pub(crate) fn filesystem<R: Columns>(r: &R) -> Result<Filesystem, R::Error> {
     Ok(Filesystem {
@@ -151,6 +178,7 @@ pub(crate) fn device<R: Columns>(r: &R) -> Result<DeviceSpec, R::Error> {
         allow_store: r.flag("allow_store")?,
         allow_query: r.flag("allow_query")?,
         allow_retrieve: r.flag("allow_retrieve")?,
+        allow_replace: r.flag("allow_replace")?,
         max_associations: limit("max_associations")?,
         max_outgoing_associations: limit("max_outgoing_associations")?,
     })

@@ -60,38 +60,39 @@ pub(crate) const FILESYSTEMS: &str =
      FROM filesystem ORDER BY tier, id";
 
 /// Creates or updates a device of partition `$1` (`$2` AE title ... `$9`
-/// most outgoing associations).
+/// most outgoing associations, `$10` may replace).
 pub(crate) const ENSURE_DEVICE: &str = "INSERT INTO device
          (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-          max_associations, max_outgoing_associations)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+          max_associations, max_outgoing_associations, allow_replace)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
      ON CONFLICT (partition_id, ae_title) DO UPDATE
      SET host = excluded.host, port = excluded.port,
          allow_store = excluded.allow_store, allow_query = excluded.allow_query,
          allow_retrieve = excluded.allow_retrieve,
          max_associations = excluded.max_associations,
-         max_outgoing_associations = excluded.max_outgoing_associations";
+         max_outgoing_associations = excluded.max_outgoing_associations,
+         allow_replace = excluded.allow_replace";
 
 /// Registers a device of partition `$1` (columns as [`ENSURE_DEVICE`])
 /// unless one has its AE title, and only while the partition has fewer
-/// than `$10` devices: an existing row is never changed.
+/// than `$11` devices: an existing row is never changed.
 pub(crate) const REGISTER_DEVICE: &str = "INSERT INTO device
          (partition_id, ae_title, host, port, allow_store, allow_query, allow_retrieve,
-          max_associations, max_outgoing_associations)
-     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
-     WHERE (SELECT count(*) FROM device WHERE partition_id = $1) < $10
+          max_associations, max_outgoing_associations, allow_replace)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+     WHERE (SELECT count(*) FROM device WHERE partition_id = $1) < $11
      ON CONFLICT (partition_id, ae_title) DO NOTHING";
 
 /// The device of partition `$1` with AE title `$2`.
 pub(crate) const DEVICE: &str =
     "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-            max_associations, max_outgoing_associations
+            max_associations, max_outgoing_associations, allow_replace
      FROM device WHERE partition_id = $1 AND ae_title = $2";
 
 /// The devices of partition `$1`, by AE title.
 pub(crate) const DEVICES: &str =
     "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
-            max_associations, max_outgoing_associations
+            max_associations, max_outgoing_associations, allow_replace
      FROM device WHERE partition_id = $1 ORDER BY ae_title";
 
 /// A study's online location (`$1` partition, `$2` study UID); none while
@@ -141,6 +142,49 @@ pub(crate) const DUPLICATES: &str = concat!(
     "
      WHERE d.partition_id = $1 ORDER BY d.received_at, d.id"
 );
+
+/// Holds an instance in the reconcile queue (`$1` partition ... `$17`
+/// birth date); returns its `id`.
+pub(crate) const HOLD_FOR_RECONCILE: &str =
+    "INSERT INTO reconcile (partition_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,
+                            filesystem_id, date_folder, study_uid, series_uid, variant,
+                            file_size, digest, source_ae, received_at, patient_id,
+                            issuer_of_patient_id, patient_name, birth_date)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+     RETURNING id";
+
+macro_rules! reconcile_columns {
+    () => {
+        "SELECT r.id, r.filesystem_id, p.folder, r.date_folder, r.study_uid, r.sop_instance_uid,
+                r.sop_class_uid, r.transfer_syntax_uid, r.series_uid, r.variant, r.file_size,
+                r.digest, r.source_ae, r.received_at, r.patient_id, r.issuer_of_patient_id,
+                r.patient_name, r.birth_date
+         FROM reconcile r JOIN partition p ON p.id = r.partition_id"
+    };
+}
+
+/// The reconcile queue of partition `$1`, oldest first.
+pub(crate) const RECONCILE_ENTRIES: &str = concat!(
+    reconcile_columns!(),
+    "
+     WHERE r.partition_id = $1 ORDER BY r.received_at, r.id"
+);
+
+/// Entry `$2` of the reconcile queue of partition `$1`.
+pub(crate) const RECONCILE_ENTRY: &str = concat!(
+    reconcile_columns!(),
+    "
+     WHERE r.partition_id = $1 AND r.id = $2"
+);
+
+/// Removes entry `$2` of the reconcile queue of partition `$1`.
+pub(crate) const DELETE_RECONCILE_ENTRY: &str =
+    "DELETE FROM reconcile WHERE partition_id = $1 AND id = $2";
+
+/// Removes the reconcile entries of study `$2` of partition `$1` (its
+/// deletion removes their held files with the study's).
+pub(crate) const DELETE_STUDY_RECONCILE: &str =
+    "DELETE FROM reconcile WHERE partition_id = $1 AND study_uid = $2";
 
 /// Study `$2` of partition `$1` (see [`crate::db::rows::study`]).
 pub(crate) const STUDY: &str = "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
@@ -342,6 +386,11 @@ mod tests {
         super::DELETE_STUDY_SERIES,
         super::DELETE_STUDY,
         super::DELETE_STUDY_DUPLICATES,
+        super::HOLD_FOR_RECONCILE,
+        super::RECONCILE_ENTRIES,
+        super::RECONCILE_ENTRY,
+        super::DELETE_RECONCILE_ENTRY,
+        super::DELETE_STUDY_RECONCILE,
         super::MARK_DELETING,
         super::ABANDON_EDIT,
         super::DELETING_STUDY,

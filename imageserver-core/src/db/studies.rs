@@ -25,8 +25,8 @@
 
 use crate::db::Error;
 use crate::model::{
-    DuplicateRecord, InstanceRecord, PartitionId, PatientAttrs, StoredInstance, StudyAttrs,
-    StudyLocation, Uid,
+    DuplicateRecord, InstanceRecord, PartitionId, PatientAttrs, ReconcileEntry, StoredInstance,
+    StudyAttrs, StudyLocation, Uid,
 };
 
 /// A study as the index holds it.
@@ -437,6 +437,25 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         records: &[InstanceRecord],
         audit: &AuditEntry,
     ) -> Result<ReplaceOutcome, Error>;
+
+    /// The reconcile queue of a partition, oldest first.
+    fn reconcile_entries(&self, partition: PartitionId) -> Result<Vec<ReconcileEntry>, Error>;
+
+    /// One entry of the reconcile queue.
+    fn reconcile_entry(
+        &self,
+        partition: PartitionId,
+        id: i64,
+    ) -> Result<Option<ReconcileEntry>, Error>;
+
+    /// Removes an entry of the reconcile queue once a person decided, and
+    /// records `audit`, in one transaction. Returns whether it was there.
+    fn resolve_reconcile(
+        &self,
+        partition: PartitionId,
+        id: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, Error>;
 
     /// Appends an entry to the audit log.
     fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error>;

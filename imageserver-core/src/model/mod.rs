@@ -189,6 +189,8 @@ pub fn study_date_folder(value: Option<&str>) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum DuplicatePolicy {
     /// Answer success and keep the stored instance; the new one is dropped.
+    /// The default: no caller overwrites what another stored.
+    #[default]
     SendSuccess,
     /// Answer a failure (0111, duplicate SOP instance); keep the stored one.
     Reject,
@@ -196,8 +198,9 @@ pub enum DuplicatePolicy {
     /// person to reconcile (identical bytes are simply acknowledged).
     Compare,
     /// Replace the stored instance; the old file goes only once the new one
-    /// is durable and indexed.
-    #[default]
+    /// is durable and indexed. Only for callers whose device has
+    /// [`DeviceSpec::allow_replace`]; for every other caller the partition
+    /// behaves as [`DuplicatePolicy::SendSuccess`].
     AcceptLatest,
 }
 
@@ -290,6 +293,9 @@ pub struct DeviceSpec {
     pub allow_query: bool,
     /// May retrieve from us.
     pub allow_retrieve: bool,
+    /// May replace a stored instance by sending another one with its SOP
+    /// Instance UID (under the `accept_latest` duplicate policy).
+    pub allow_replace: bool,
     /// Most associations it may have open with us at once (0: no limit).
     pub max_associations: u32,
     /// Most associations this process opens to it at once for sends
@@ -471,6 +477,87 @@ pub struct DuplicateRecord {
     pub source_ae: Option<String>,
     /// When it arrived (milliseconds since the Unix epoch).
     pub received_at_ms: i64,
+}
+
+/// The attributes that say who a patient is: an instance whose identity
+/// differs from its stored study's is held for reconciliation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatientIdentity {
+    /// (0010,0020), empty when absent.
+    pub patient_id: String,
+    /// (0010,0021).
+    pub issuer_of_patient_id: Option<String>,
+    /// (0010,0010).
+    pub patient_name: Option<String>,
+    /// (0010,0030).
+    pub birth_date: Option<String>,
+}
+
+impl PatientIdentity {
+    /// The identity part of a patient's attributes.
+    pub fn of(patient: &PatientAttrs) -> PatientIdentity {
+        PatientIdentity {
+            patient_id: patient.patient_id.clone(),
+            issuer_of_patient_id: patient.issuer_of_patient_id.clone(),
+            patient_name: patient.patient_name.clone(),
+            birth_date: patient.birth_date.clone(),
+        }
+    }
+
+    /// Whether two identities name the same patient: every attribute
+    /// equal once padding is trimmed, an empty value the same as an absent
+    /// one.
+    pub fn same_as(&self, other: &PatientIdentity) -> bool {
+        same_text(Some(&self.patient_id), Some(&other.patient_id))
+            && same_text(
+                self.issuer_of_patient_id.as_deref(),
+                other.issuer_of_patient_id.as_deref(),
+            )
+            && same_text(self.patient_name.as_deref(), other.patient_name.as_deref())
+            && same_text(self.birth_date.as_deref(), other.birth_date.as_deref())
+    }
+}
+
+/// Whether two attribute values are the same once padding (spaces, NUL) is
+/// trimmed, an empty value the same as an absent one.
+pub fn same_text(a: Option<&str>, b: Option<&str>) -> bool {
+    fn norm(value: Option<&str>) -> &str {
+        value.unwrap_or("").trim_matches([' ', '\0'])
+    }
+    norm(a) == norm(b)
+}
+
+/// An instance held for a person because its patient identity conflicts
+/// with the stored study it names (the reconcile queue). Its file is kept
+/// aside beside the study's instances, as a `compare` duplicate is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconcileEntry {
+    /// Its key (0 before it is recorded).
+    pub id: i64,
+    /// The partition.
+    pub partition: PartitionId,
+    /// The instance.
+    pub sop_instance_uid: Uid,
+    /// Its SOP class.
+    pub sop_class_uid: Uid,
+    /// The transfer syntax of the held file.
+    pub transfer_syntax_uid: Uid,
+    /// The study it names (where the held file is kept aside).
+    pub location: StudyLocation,
+    /// Its series.
+    pub series_uid: Uid,
+    /// The kept-aside file's variant.
+    pub variant: u64,
+    /// Size of the held file.
+    pub file_size: u64,
+    /// BLAKE3 digest of the held file.
+    pub digest: String,
+    /// The AE title that sent it.
+    pub source_ae: Option<String>,
+    /// When it arrived (milliseconds since the Unix epoch).
+    pub received_at_ms: i64,
+    /// The patient identity the instance carries.
+    pub identity: PatientIdentity,
 }
 
 /// Row counts of one partition's index.

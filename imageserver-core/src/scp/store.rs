@@ -40,6 +40,9 @@ pub fn begin(
         sop_instance_uid: command.affected_sop_instance_uid.as_deref().unwrap_or(""),
         transfer_syntax_uid: transfer_syntax,
         source_ae: Some(calling_ae),
+        may_replace: dispatcher
+            .devices
+            .permits(calling_ae, crate::services::devices::Operation::Replace),
     });
     StoreInProgress { writer }
 }

@@ -16,6 +16,9 @@ pub enum Operation {
     Query,
     /// C-MOVE, C-GET.
     Retrieve,
+    /// Replace a stored instance (a C-STORE of a SOP Instance UID already
+    /// held, under the `accept_latest` duplicate policy).
+    Replace,
 }
 
 /// The verdict on a calling AE title.
@@ -117,16 +120,19 @@ impl Devices {
     }
 
     /// Whether `calling_ae` may perform `operation`. Unknown callers of a
-    /// partition that accepts them may do everything (they are registered
-    /// with every permission; an administrator narrows them).
+    /// partition that accepts them may store, query and retrieve (they are
+    /// registered with those permissions; an administrator narrows them),
+    /// never replace: only a device an administrator granted
+    /// `allow_replace` may.
     pub fn permits(&self, calling_ae: &str, operation: Operation) -> bool {
         match self.get(calling_ae) {
             Some(device) => match operation {
                 Operation::Store => device.allow_store,
                 Operation::Query => device.allow_query,
                 Operation::Retrieve => device.allow_retrieve,
+                Operation::Replace => device.allow_replace,
             },
-            None => self.inner.accept_unknown,
+            None => self.inner.accept_unknown && operation != Operation::Replace,
         }
     }
 
@@ -149,6 +155,7 @@ impl Devices {
             allow_store: true,
             allow_query: true,
             allow_retrieve: true,
+            allow_replace: false,
             max_associations: 0,
             max_outgoing_associations: 0,
         };
@@ -241,6 +248,7 @@ mod send_limit_tests {
             allow_store: true,
             allow_query: true,
             allow_retrieve: true,
+            allow_replace: false,
             max_associations: 0,
             max_outgoing_associations: limit,
         }

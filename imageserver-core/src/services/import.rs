@@ -138,6 +138,8 @@ pub fn import_file(
         sop_instance_uid: &sop_instance_uid,
         transfer_syntax_uid: meta.transfer_syntax(),
         source_ae: meta.source_application_entity_title(),
+        // Never reached for an instance already held (skipped above).
+        may_replace: false,
     })?;
     io::copy(&mut reader, &mut writer).map_err(ImportError::Read)?;
     ingest.finish(writer)?;

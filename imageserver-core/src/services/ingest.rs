@@ -16,14 +16,16 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use super::commit::{CommitError, GroupCommitter, StudyProcessHook};
+use crate::db::studies::{EditStatus, EditableAttribute};
 use crate::db::{self, IndexStore};
 use crate::dicom::part10::header::{self, HeaderError, InvalidUid};
 use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::DataSetWalker;
 use crate::model::error_chain;
 use crate::model::{
-    study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
-    FolderName, InsertOutcome, InstanceRecord, PartitionId, StudyLocation, Uid,
+    same_text, study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem,
+    FilesystemId, FolderName, InsertOutcome, InstanceRecord, PartitionId, PatientIdentity,
+    ReconcileEntry, StudyLocation, Uid,
 };
 use crate::storage::{
     self, InstanceKey, LowestTierMostRoom, ObjectWriter, Placement, StorageBackend,
@@ -107,6 +109,11 @@ pub struct StoreRequest<'a> {
     pub transfer_syntax_uid: &'a str,
     /// The sending AE title (`None` for imports).
     pub source_ae: Option<&'a str>,
+    /// Whether the sender may replace a stored instance of the same SOP
+    /// Instance UID (its device's `allow_replace`). Without it, a partition
+    /// whose policy is `accept_latest` keeps the stored instance and
+    /// acknowledges, as under `send_success`.
+    pub may_replace: bool,
 }
 
 /// Why an instance was not stored. The Storage SCP maps each to a C-STORE
@@ -222,6 +229,9 @@ pub enum Stored {
     DuplicateIgnored,
     /// A duplicate kept aside for a person (compare policy).
     DuplicateKeptAside,
+    /// Its patient identity conflicts with the stored study it names: kept
+    /// aside in the reconcile queue for a person, the study unchanged.
+    HeldForReconcile,
 }
 
 /// What a successful ingest did.
@@ -363,6 +373,7 @@ impl Ingest {
             sop_instance_uid,
             transfer_syntax_uid,
             source_ae: request.source_ae.map(str::to_string),
+            may_replace: request.may_replace,
         };
         let meta = file_meta(&writer, request.source_ae)?;
         writer.put(&[0u8; 128]);
@@ -395,18 +406,26 @@ impl Ingest {
             .index
             .instance(record.partition, &key.sop_instance_uid)
             .map_err(IngestError::Index)?;
+        let early = |outcome| StoreOutcome {
+            outcome,
+            study_uid: record.study.study_uid.clone(),
+            series_uid: record.series.series_uid.clone(),
+            file_size,
+        };
         if let Some(existing) = &existing {
-            let early = |outcome| StoreOutcome {
-                outcome,
-                study_uid: record.study.study_uid.clone(),
-                series_uid: record.series.series_uid.clone(),
-                file_size,
-            };
             if existing.digest == record.instance.digest {
                 return Ok(early(Stored::Identical));
             }
             match writer.partition.duplicate_policy {
                 DuplicatePolicy::SendSuccess => return Ok(early(Stored::DuplicateIgnored)),
+                DuplicatePolicy::AcceptLatest if !writer.may_replace => {
+                    tracing::info!(
+                        sop_instance_uid = %key.sop_instance_uid,
+                        source_ae = writer.source_ae.as_deref().unwrap_or(""),
+                        "duplicate SOP instance kept as stored: the caller may not replace"
+                    );
+                    return Ok(early(Stored::DuplicateIgnored));
+                }
                 DuplicatePolicy::Reject => {
                     return Err(IngestError::Duplicate(key.sop_instance_uid.clone()))
                 }
@@ -416,6 +435,10 @@ impl Ingest {
                 }
                 DuplicatePolicy::AcceptLatest => {}
             }
+        }
+        if self.conflicts_with_study(&record)? {
+            self.hold_for_reconcile(writer, &record, &key)?;
+            return Ok(early(Stored::HeldForReconcile));
         }
         // Read before the file is placed, checked again in the commit: a
         // deletion of the study in between may remove the file.
@@ -429,8 +452,38 @@ impl Ingest {
         }
         let mut record = record;
         record.deletions_seen = Some(deletions.count);
+        let study_uid = record.study.study_uid.clone();
+        let series_uid = record.series.series_uid.clone();
+        let writer_partition = record.partition;
+        let outcome = match &existing {
+            None => self.commit_new(writer, record, &key)?,
+            Some(old) => self.commit_replacement(writer, record, &key, old)?,
+        };
+        let outcome = match outcome {
+            InsertOutcome::Inserted => Stored::Inserted,
+            InsertOutcome::Replaced => Stored::Replaced,
+            InsertOutcome::StudyDeleted => {
+                self.remove_refused(writer_partition, &key);
+                return Err(IngestError::StudyDeleted(study_uid));
+            }
+        };
+        Ok(StoreOutcome {
+            outcome,
+            study_uid,
+            series_uid,
+            file_size,
+        })
+    }
+
+    /// Places a new instance at its path and commits its row.
+    fn commit_new(
+        &self,
+        writer: IngestWriter,
+        record: InstanceRecord,
+        key: &InstanceKey,
+    ) -> Result<InsertOutcome, IngestError> {
         let pending = if key.location.filesystem == writer.filesystem.id {
-            writer.object.persist(&key)?
+            writer.object.persist(key)?
         } else {
             // The study already lives on another filesystem: keep it whole.
             let target = self.filesystem(key.location.filesystem)?;
@@ -440,34 +493,186 @@ impl Ingest {
             self.inner.storage.sync(pending)?;
             self.inner
                 .storage
-                .move_instance(&writer.filesystem, &target, &staged, &key)?;
+                .move_instance(&writer.filesystem, &target, &staged, key)?;
             storage::PendingSync::default()
         };
-        let study_uid = record.study.study_uid.clone();
-        let series_uid = record.series.series_uid.clone();
-        let writer_partition = record.partition;
-        let outcome = self
-            .inner
+        self.inner
             .committer
             .commit(record, pending)
-            .map_err(IngestError::Commit)?;
-        let outcome = match outcome {
-            InsertOutcome::Inserted => Stored::Inserted,
-            InsertOutcome::Replaced => Stored::Replaced,
-            InsertOutcome::StudyDeleted => {
-                self.remove_refused(writer_partition, &key);
-                return Err(IngestError::StudyDeleted(study_uid));
-            }
+            .map_err(IngestError::Commit)
+    }
+
+    /// Replaces a stored instance (accept latest, a caller allowed to). At
+    /// the stored file's own path, the new copy is written under a name of
+    /// its own, its row committed, and only then does it take the stored
+    /// file's place: until the commit the acknowledged file and its row are
+    /// untouched, so a failed commit or a crash keeps them. See
+    /// ARCHITECTURE.md, invariants.
+    fn commit_replacement(
+        &self,
+        writer: IngestWriter,
+        record: InstanceRecord,
+        key: &InstanceKey,
+        old: &crate::model::StoredInstance,
+    ) -> Result<InsertOutcome, IngestError> {
+        let old_key = InstanceKey {
+            location: old.location.clone(),
+            series_uid: old.series_uid.clone(),
+            sop_instance_uid: old.sop_instance_uid.clone(),
         };
-        if let Some(old) = existing {
-            self.remove_replaced(&old, &key);
+        if old_key != *key {
+            // Another study or series: the new path holds nothing to lose,
+            // and the old file goes once the new row is committed.
+            let outcome = self.commit_new(writer, record, key)?;
+            if outcome != InsertOutcome::StudyDeleted {
+                self.remove_replaced(old, key);
+            }
+            return Ok(outcome);
         }
-        Ok(StoreOutcome {
-            outcome,
-            study_uid,
-            series_uid,
-            file_size,
-        })
+        let outcome = if key.location.filesystem == writer.filesystem.id {
+            let filesystem = writer.filesystem.clone();
+            let variant = next_variant();
+            let pending = writer.object.persist_aside(key, variant)?;
+            let committed = self.inner.committer.commit(record, pending);
+            let outcome = match committed {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    if let Err(e) = self.inner.storage.delete_aside(&filesystem, key, variant) {
+                        tracing::warn!(sop_instance_uid = %key.sop_instance_uid, error = %e, "cannot remove the uncommitted replacement");
+                    }
+                    return Err(IngestError::Commit(error));
+                }
+            };
+            if outcome == InsertOutcome::StudyDeleted {
+                // Refused: the new copy goes, the stored file is the study's
+                // deletion's to remove.
+                if let Err(e) = self.inner.storage.delete_aside(&filesystem, key, variant) {
+                    tracing::warn!(sop_instance_uid = %key.sop_instance_uid, error = %e, "cannot remove a refused replacement");
+                }
+                return Ok(outcome);
+            }
+            // The row describes the new copy from here on; a failure or a
+            // crash before this rename leaves the stored file under it until
+            // the study's StudyProcess finds the mismatch and reprocesses.
+            self.inner
+                .storage
+                .replace_with_aside(&filesystem, key, variant)?;
+            outcome
+        } else {
+            // The study lives on another filesystem: the new copy waits on
+            // the receiving one (where the study has no files) and is moved
+            // over the stored file once committed.
+            let target = self.filesystem(key.location.filesystem)?;
+            let mut staged = key.clone();
+            staged.location.filesystem = writer.filesystem.id;
+            let receiving = writer.filesystem.clone();
+            let pending = writer.object.persist(&staged)?;
+            let outcome = match self.inner.committer.commit(record, pending) {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    if let Err(e) = self.inner.storage.delete(&receiving, &staged) {
+                        tracing::warn!(sop_instance_uid = %key.sop_instance_uid, error = %e, "cannot remove the uncommitted replacement");
+                    }
+                    return Err(IngestError::Commit(error));
+                }
+            };
+            if outcome == InsertOutcome::StudyDeleted {
+                if let Err(e) = self.inner.storage.delete(&receiving, &staged) {
+                    tracing::warn!(sop_instance_uid = %key.sop_instance_uid, error = %e, "cannot remove a refused replacement");
+                }
+                return Ok(outcome);
+            }
+            self.inner
+                .storage
+                .move_instance(&receiving, &target, &staged, key)?;
+            outcome
+        };
+        Ok(outcome)
+    }
+
+    /// Whether the instance's patient identity conflicts with the stored
+    /// study it names. An instance of a study edited since it was sent
+    /// carries the values an edit replaced: those are mapped through the
+    /// study's completed edits first (StudyProcess applies the edits to it
+    /// later), so a late arrival is no conflict.
+    fn conflicts_with_study(&self, record: &InstanceRecord) -> Result<bool, IngestError> {
+        let index = &self.inner.index;
+        let Some(stored) = index
+            .study_patient(record.partition, &record.study.study_uid)
+            .map_err(IngestError::Index)?
+        else {
+            return Ok(false);
+        };
+        let stored = PatientIdentity::of(&stored);
+        let mut incoming = PatientIdentity::of(&record.patient);
+        if incoming.same_as(&stored) {
+            return Ok(false);
+        }
+        let edits = index
+            .study_edits(record.partition, &record.study.study_uid)
+            .map_err(IngestError::Index)?;
+        for edit in edits.iter().filter(|e| e.status == EditStatus::Completed) {
+            for change in &edit.changes {
+                let value = match change.attribute {
+                    EditableAttribute::PatientId => {
+                        if same_text(Some(&incoming.patient_id), change.old_value.as_deref()) {
+                            incoming.patient_id = change.new_value.clone();
+                        }
+                        continue;
+                    }
+                    EditableAttribute::IssuerOfPatientId => &mut incoming.issuer_of_patient_id,
+                    EditableAttribute::PatientName => &mut incoming.patient_name,
+                    EditableAttribute::PatientBirthDate => &mut incoming.birth_date,
+                    _ => continue,
+                };
+                if same_text(value.as_deref(), change.old_value.as_deref()) {
+                    *value = Some(change.new_value.clone());
+                }
+            }
+        }
+        Ok(!incoming.same_as(&stored))
+    }
+
+    /// Keeps an instance whose patient identity conflicts with its study
+    /// aside and records it in the reconcile queue.
+    fn hold_for_reconcile(
+        &self,
+        writer: IngestWriter,
+        record: &InstanceRecord,
+        key: &InstanceKey,
+    ) -> Result<(), IngestError> {
+        let mut aside_key = key.clone();
+        aside_key.location.filesystem = writer.filesystem.id;
+        let variant = next_variant();
+        let pending = writer.object.persist_aside(&aside_key, variant)?;
+        self.inner.storage.sync(pending)?;
+        let entry = ReconcileEntry {
+            id: 0,
+            partition: record.partition,
+            sop_instance_uid: key.sop_instance_uid.clone(),
+            sop_class_uid: record.instance.sop_class_uid.clone(),
+            transfer_syntax_uid: record.instance.transfer_syntax_uid.clone(),
+            location: aside_key.location.clone(),
+            series_uid: key.series_uid.clone(),
+            variant,
+            file_size: record.instance.file_size,
+            digest: record.instance.digest.clone(),
+            source_ae: record.instance.source_ae.clone(),
+            received_at_ms: crate::db::studies::now_ms(),
+            identity: PatientIdentity::of(&record.patient),
+        };
+        let id = self
+            .inner
+            .index
+            .hold_for_reconcile(&entry)
+            .map_err(IngestError::Index)?;
+        tracing::warn!(
+            reconcile = id,
+            sop_instance_uid = %key.sop_instance_uid,
+            study_uid = %key.location.study_uid,
+            "patient identity conflicts with the stored study: instance held for reconciliation"
+        );
+        Ok(())
     }
 
     /// Persists a duplicate beside the stored instance and records it.
@@ -488,7 +693,7 @@ impl Ingest {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
-        let variant = received_at_ms as u64;
+        let variant = next_variant();
         let pending = writer.object.persist_aside(&aside_key, variant)?;
         self.inner.storage.sync(pending)?;
         self.inner
@@ -700,6 +905,26 @@ impl Ingest {
     }
 }
 
+/// A variant name for a copy kept aside (a duplicate, a held instance, a
+/// replacement awaiting its commit): the time in microseconds, made unique
+/// within this process, so two copies of one instance never share a name.
+fn next_variant() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
 /// A streamed write of one instance's data set. Writes never fail: the
 /// first failure (an IO error, a limit of [`IngestLimits`] crossed, a
 /// structural fault) is remembered and reported by [`Ingest::finish`], so
@@ -723,6 +948,7 @@ pub struct IngestWriter {
     sop_instance_uid: Uid,
     transfer_syntax_uid: Uid,
     source_ae: Option<String>,
+    may_replace: bool,
 }
 
 impl std::fmt::Debug for IngestWriter {

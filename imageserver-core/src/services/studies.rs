@@ -52,12 +52,14 @@ mod delete;
 mod edit;
 mod files;
 mod metadata;
+mod reconcile;
 mod reprocess;
 mod send;
 
 pub use check::{DigestCheck, Finding, IntegrityReport};
 pub use delete::{DeleteOutcome, DeleteReport};
 pub use edit::{EditOutcome, EditValue};
+pub use reconcile::{Decision, Reconcile, ReconcileCase};
 pub use reprocess::ReprocessReport;
 pub use send::SendReport;
 
@@ -138,6 +140,9 @@ pub enum StudyError {
         /// Its limit.
         limit: u32,
     },
+    /// The reconcile queue has no such entry (decided already?).
+    #[error("no reconcile entry {0}")]
+    UnknownReconcileEntry(i64),
     /// The study lives on a filesystem the index does not list.
     #[error("filesystem {0:?} is unknown to the index")]
     UnknownFilesystem(FilesystemId),

@@ -552,6 +552,29 @@ impl Suite<'_> {
             ],
             "an instance with two kept-aside copies, and a lone copy",
         );
+        let mut aside = Vec::new();
+        if let Err(e) = succeeds(
+            "open_aside",
+            self.storage.open_aside(self.filesystem, &key, 7),
+        )
+        .read_to_end(&mut aside)
+        {
+            panic!("storage conformance: reading a kept-aside copy failed: {e}");
+        }
+        check(
+            aside == b"duplicate seven!",
+            format_args!(
+                "open_aside read {} bytes that are not the copy",
+                aside.len()
+            ),
+        );
+        check(
+            matches!(
+                self.storage.open_aside(self.filesystem, &key, 99),
+                Err(Error::NotFound { .. })
+            ),
+            format_args!("open_aside of a variant never written is not NotFound"),
+        );
         for _ in 0..2 {
             succeeds(
                 "delete_aside",
@@ -575,6 +598,34 @@ impl Suite<'_> {
             &key,
             b"the instance",
             "delete_aside must leave the instance",
+        );
+        // A copy put in the instance's place replaces it and is no longer
+        // kept aside; a missing copy changes nothing.
+        check(
+            matches!(
+                self.storage.replace_with_aside(self.filesystem, &key, 2),
+                Err(Error::NotFound { .. })
+            ),
+            format_args!("replace_with_aside of a deleted copy is not NotFound"),
+        );
+        self.assert_reads(
+            &key,
+            b"the instance",
+            "a failed replace_with_aside must leave the instance",
+        );
+        succeeds(
+            "replace_with_aside",
+            self.storage.replace_with_aside(self.filesystem, &key, 7),
+        );
+        self.assert_reads(
+            &key,
+            b"duplicate seven!",
+            "replace_with_aside must put the copy in the instance's place",
+        );
+        self.assert_listing(
+            &location,
+            &[Listed::instance(&key, 16), Listed::aside(&lone, 4, 1)],
+            "after replace_with_aside of variant 7",
         );
         self.clear(&location);
     }

@@ -332,6 +332,47 @@ impl StorageBackend for FsStorage {
         remove_durably(&path, root)
     }
 
+    fn open_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<Box<dyn Read + Send>, Error> {
+        let path = filesystem.spec.path.join(layout::aside_path(key, variant));
+        match File::open(&path) {
+            Ok(file) => Ok(Box::new(io::BufReader::with_capacity(WRITE_BUFFER, file))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotFound {
+                what: path.display().to_string(),
+            }),
+            Err(e) => Err(io_error("opening", &path, &filesystem.spec.path, e)),
+        }
+    }
+
+    fn replace_with_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), Error> {
+        let root = &filesystem.spec.path;
+        let aside = root.join(layout::aside_path(key, variant));
+        let target = root.join(layout::instance_path(key));
+        match fs::rename(&aside, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    what: aside.display().to_string(),
+                })
+            }
+            Err(e) => return Err(io_error("renaming into", &target, root, e)),
+        }
+        // Both names are in the series folder: one directory sync.
+        match target.parent() {
+            Some(parent) => sync_dir(parent),
+            None => Ok(()),
+        }
+    }
+
     fn remove_empty_study_folders(
         &self,
         filesystem: &Filesystem,

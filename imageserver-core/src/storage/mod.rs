@@ -287,6 +287,27 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
         variant: u64,
     ) -> Result<(), Error>;
 
+    /// Opens a kept-aside copy for streaming reads. A missing copy is
+    /// [`Error::NotFound`].
+    fn open_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<Box<dyn Read + Send>, Error>;
+
+    /// Puts a kept-aside copy in the instance's place, replacing the file
+    /// there, durably on return (the rename and its directory entry): how a
+    /// replacement written aside takes over once its index row is
+    /// committed. A missing copy is [`Error::NotFound`] and leaves the
+    /// instance as it was.
+    fn replace_with_aside(
+        &self,
+        filesystem: &Filesystem,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<(), Error>;
+
     /// Removes what of a study's storage is empty (series folders, the
     /// metadata folder, the study folder itself), durably. Anything still
     /// there keeps its place; a study with no storage at all is not an

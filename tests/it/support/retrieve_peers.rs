@@ -390,11 +390,11 @@ pub fn py_retrieve(addr: SocketAddr, called_ae: &str, mode: &str, args: &[String
 }
 
 /// Writes a small Secondary Capture image (Explicit VR Little Endian) into
-/// an existing study: its own series, 8×8 8-bit pixels.
+/// an existing study, of its patient: its own series, 8×8 8-bit pixels.
 pub fn secondary_capture(
     path: &Path,
     study: &Instance,
-    patient_id: &str,
+    (patient_id, patient_name): (&str, &str),
     series_uid: &str,
     sop_instance_uid: &str,
 ) -> Instance {
@@ -406,8 +406,11 @@ pub fn secondary_capture(
         text(tags::STUDY_DATE, VR::DA, &study.study_date),
         text(tags::MODALITY, VR::CS, "OT"),
         text(tags::CONVERSION_TYPE, VR::CS, "WSD"),
-        text(tags::PATIENT_NAME, VR::PN, "SECONDARY^CAPTURE"),
+        // The study's patient, as the corpus writes it: another identity
+        // would be held for reconciliation.
+        text(tags::PATIENT_NAME, VR::PN, patient_name),
         text(tags::PATIENT_ID, VR::LO, patient_id),
+        text(tags::PATIENT_BIRTH_DATE, VR::DA, "19700101"),
         text(tags::STUDY_INSTANCE_UID, VR::UI, &study.study_uid),
         text(tags::SERIES_INSTANCE_UID, VR::UI, series_uid),
         text(tags::SERIES_NUMBER, VR::IS, "99"),

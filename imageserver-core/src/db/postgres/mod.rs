@@ -78,6 +78,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (2, include_str!("migrations/0002_study_edit.sql")),
     (3, include_str!("migrations/0003_work_queue_claim.sql")),
     (4, include_str!("migrations/0004_device_outgoing_limit.sql")),
+    (5, include_str!("migrations/0005_replace_and_reconcile.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).
@@ -582,6 +583,7 @@ impl IndexStore for PgIndex {
                 .bind(spec.allow_retrieve)
                 .bind(i64::from(spec.max_associations))
                 .bind(i64::from(spec.max_outgoing_associations))
+                .bind(spec.allow_replace)
                 .execute(&mut *conn)
                 .await?;
             Ok(())
@@ -605,6 +607,7 @@ impl IndexStore for PgIndex {
                 .bind(spec.allow_retrieve)
                 .bind(i64::from(spec.max_associations))
                 .bind(i64::from(spec.max_outgoing_associations))
+                .bind(spec.allow_replace)
                 .bind(i64::try_from(max_devices).unwrap_or(i64::MAX))
                 .execute(&mut *conn)
                 .await?;
@@ -810,6 +813,63 @@ impl IndexStore for PgIndex {
                 .fetch_all(&mut *conn)
                 .await?;
             rows.iter().map(|r| rows::duplicate(r, partition)).collect()
+        })
+    }
+
+    fn study_patient(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<crate::model::PatientAttrs>, Error> {
+        Ok(crate::db::studies::StudyStore::study(self, partition, study_uid)?.map(|s| s.patient))
+    }
+
+    fn study_edits(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Vec<crate::db::studies::EditRecord>, Error> {
+        crate::db::studies::StudyStore::edit_history(self, partition, study_uid)
+    }
+
+    fn hold_for_reconcile(&self, entry: &crate::model::ReconcileEntry) -> Result<i64, Error> {
+        let to_i64 = |value: u64, what: &str| {
+            i64::try_from(value).map_err(|_| Error::Backend {
+                operation: "holding an instance for reconciliation",
+                source: format!("{what} {value} out of range").into(),
+            })
+        };
+        let variant = to_i64(entry.variant, "variant")?;
+        let file_size = to_i64(entry.file_size, "file size")?;
+        let identity = &entry.identity;
+        self.write("holding an instance for reconciliation", async |conn| {
+            let id: i64 = sqlx::query_scalar(sql::HOLD_FOR_RECONCILE)
+                .bind(entry.partition.0)
+                .bind(entry.sop_instance_uid.as_str())
+                .bind(entry.sop_class_uid.as_str())
+                .bind(entry.transfer_syntax_uid.as_str())
+                .bind(entry.location.filesystem.0)
+                .bind(pg_text(&entry.location.date_folder).as_ref())
+                .bind(entry.location.study_uid.as_str())
+                .bind(entry.series_uid.as_str())
+                .bind(variant)
+                .bind(file_size)
+                .bind(pg_text(&entry.digest).as_ref())
+                .bind(entry.source_ae.as_deref().map(pg_text).as_deref())
+                .bind(entry.received_at_ms)
+                .bind(pg_text(&identity.patient_id).as_ref())
+                .bind(
+                    identity
+                        .issuer_of_patient_id
+                        .as_deref()
+                        .map(pg_text)
+                        .as_deref(),
+                )
+                .bind(identity.patient_name.as_deref().map(pg_text).as_deref())
+                .bind(identity.birth_date.as_deref().map(pg_text).as_deref())
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(id)
         })
     }
 }

@@ -17,7 +17,9 @@ use crate::db::studies::{
     EditableAttribute, FileFacts, ReplaceOutcome, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
-use crate::model::{DuplicateRecord, InstanceRecord, PartitionId, StoredInstance, Uid};
+use crate::model::{
+    DuplicateRecord, InstanceRecord, PartitionId, ReconcileEntry, StoredInstance, Uid,
+};
 
 fn decode(column: &str, message: String) -> sqlx::Error {
     sqlx::Error::ColumnDecode {
@@ -364,6 +366,9 @@ impl StudyStore for PgIndex {
             of_study(sql::DELETE_STUDY_DUPLICATES, partition, study_uid)
                 .execute(&mut *conn)
                 .await?;
+            of_study(sql::DELETE_STUDY_RECONCILE, partition, study_uid)
+                .execute(&mut *conn)
+                .await?;
             recount_patient(conn, patient).await?;
             sqlx::query(sql::MARK_DELETING)
                 .bind(storage)
@@ -535,6 +540,57 @@ impl StudyStore for PgIndex {
             outcome.inserted_instances = records.len() as u64;
             insert_audit(conn, audit).await?;
             Ok(outcome)
+        })
+    }
+
+    fn reconcile_entries(&self, partition: PartitionId) -> Result<Vec<ReconcileEntry>, Error> {
+        self.read("listing the reconcile queue", async |conn| {
+            let found = sqlx::query(sql::RECONCILE_ENTRIES)
+                .bind(partition.0)
+                .fetch_all(&mut *conn)
+                .await?;
+            found
+                .iter()
+                .map(|r| rows::reconcile_entry(r, partition))
+                .collect()
+        })
+    }
+
+    fn reconcile_entry(
+        &self,
+        partition: PartitionId,
+        id: i64,
+    ) -> Result<Option<ReconcileEntry>, Error> {
+        self.read("reading a reconcile entry", async |conn| {
+            let found = sqlx::query(sql::RECONCILE_ENTRY)
+                .bind(partition.0)
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            found
+                .as_ref()
+                .map(|r| rows::reconcile_entry(r, partition))
+                .transpose()
+        })
+    }
+
+    fn resolve_reconcile(
+        &self,
+        partition: PartitionId,
+        id: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, Error> {
+        self.write("resolving a reconcile entry", async |conn| {
+            let removed = sqlx::query(sql::DELETE_RECONCILE_ENTRY)
+                .bind(partition.0)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if removed > 0 {
+                insert_audit(conn, audit).await?;
+            }
+            Ok(removed > 0)
         })
     }
 

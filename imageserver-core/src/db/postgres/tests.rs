@@ -522,6 +522,7 @@ fn copy_from_sqlite_keeps_everything() {
                     allow_store: true,
                     allow_query: false,
                     allow_retrieve: true,
+                    allow_replace: false,
                     max_associations: 2,
                     max_outgoing_associations: 1,
                 },
@@ -545,7 +546,8 @@ fn copy_from_sqlite_keeps_everything() {
     };
     assert_eq!(rows("instance"), 300);
     assert_eq!(rows("device"), 1);
-    assert_eq!(report.tables.len(), 15);
+    assert_eq!(rows("reconcile"), 0);
+    assert_eq!(report.tables.len(), 16);
 
     let sqlite = SqliteIndex::open(&path).expect("sqlite");
     let pg = db.connect();

@@ -45,6 +45,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("migrations/0003_study_edit.sql")),
     (4, include_str!("migrations/0004_work_queue_claim.sql")),
     (5, include_str!("migrations/0005_device_outgoing_limit.sql")),
+    (6, include_str!("migrations/0006_replace_and_reconcile.sql")),
 ];
 
 /// The newest schema version this build knows (`PRAGMA user_version`).
@@ -644,7 +645,8 @@ impl IndexStore for SqliteIndex {
                     spec.allow_query,
                     spec.allow_retrieve,
                     spec.max_associations,
-                    spec.max_outgoing_associations
+                    spec.max_outgoing_associations,
+                    spec.allow_replace
                 ])
                 .map(drop)
         })
@@ -667,6 +669,7 @@ impl IndexStore for SqliteIndex {
                 spec.allow_retrieve,
                 spec.max_associations,
                 spec.max_outgoing_associations,
+                spec.allow_replace,
                 i64::try_from(max_devices).unwrap_or(i64::MAX)
             ])?;
             tx.prepare_cached(sql::DEVICE)?
@@ -828,6 +831,49 @@ impl IndexStore for SqliteIndex {
             let mut stmt = conn.prepare_cached(sql::DUPLICATES)?;
             let found = stmt.query_map([partition.0], |r| rows::duplicate(r, partition))?;
             found.collect()
+        })
+    }
+
+    fn study_patient(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Option<crate::model::PatientAttrs>, Error> {
+        Ok(crate::db::studies::StudyStore::study(self, partition, study_uid)?.map(|s| s.patient))
+    }
+
+    fn study_edits(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+    ) -> Result<Vec<crate::db::studies::EditRecord>, Error> {
+        crate::db::studies::StudyStore::edit_history(self, partition, study_uid)
+    }
+
+    fn hold_for_reconcile(&self, entry: &crate::model::ReconcileEntry) -> Result<i64, Error> {
+        self.write("holding an instance for reconciliation", |tx| {
+            tx.prepare_cached(sql::HOLD_FOR_RECONCILE)?.query_row(
+                params![
+                    entry.partition.0,
+                    entry.sop_instance_uid.as_str(),
+                    entry.sop_class_uid.as_str(),
+                    entry.transfer_syntax_uid.as_str(),
+                    entry.location.filesystem.0,
+                    entry.location.date_folder,
+                    entry.location.study_uid.as_str(),
+                    entry.series_uid.as_str(),
+                    entry.variant as i64,
+                    entry.file_size as i64,
+                    entry.digest,
+                    entry.source_ae,
+                    entry.received_at_ms,
+                    entry.identity.patient_id,
+                    entry.identity.issuer_of_patient_id,
+                    entry.identity.patient_name,
+                    entry.identity.birth_date
+                ],
+                |r| r.get(0),
+            )
         })
     }
 }

@@ -11,7 +11,9 @@ use crate::db::studies::{
     EditableAttribute, FileFacts, ReplaceOutcome, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
-use crate::model::{DuplicateRecord, InstanceRecord, PartitionId, StoredInstance, Uid};
+use crate::model::{
+    DuplicateRecord, InstanceRecord, PartitionId, ReconcileEntry, StoredInstance, Uid,
+};
 
 fn read_study(
     conn: &Connection,
@@ -258,6 +260,8 @@ impl StudyStore for SqliteIndex {
             delete_study_tree(tx, study)?;
             tx.prepare_cached(sql::DELETE_STUDY_DUPLICATES)?
                 .execute(params![partition.0, study_uid.as_str()])?;
+            tx.prepare_cached(sql::DELETE_STUDY_RECONCILE)?
+                .execute(params![partition.0, study_uid.as_str()])?;
             recount_patient(tx, patient)?;
             tx.prepare_cached(sql::MARK_DELETING)?.execute([storage])?;
             tx.prepare_cached(sql::ABANDON_EDIT)?.execute(params![
@@ -410,6 +414,45 @@ impl StudyStore for SqliteIndex {
             outcome.inserted_instances = records.len() as u64;
             insert_audit(tx, audit)?;
             Ok(outcome)
+        })
+    }
+
+    fn reconcile_entries(&self, partition: PartitionId) -> Result<Vec<ReconcileEntry>, Error> {
+        self.read("listing the reconcile queue", |conn| {
+            let mut stmt = conn.prepare_cached(sql::RECONCILE_ENTRIES)?;
+            let found = stmt.query_map([partition.0], |r| rows::reconcile_entry(r, partition))?;
+            found.collect()
+        })
+    }
+
+    fn reconcile_entry(
+        &self,
+        partition: PartitionId,
+        id: i64,
+    ) -> Result<Option<ReconcileEntry>, Error> {
+        self.read("reading a reconcile entry", |conn| {
+            conn.prepare_cached(sql::RECONCILE_ENTRY)?
+                .query_row(params![partition.0, id], |r| {
+                    rows::reconcile_entry(r, partition)
+                })
+                .optional()
+        })
+    }
+
+    fn resolve_reconcile(
+        &self,
+        partition: PartitionId,
+        id: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, Error> {
+        self.write("resolving a reconcile entry", |tx| {
+            let removed = tx
+                .prepare_cached(sql::DELETE_RECONCILE_ENTRY)?
+                .execute(params![partition.0, id])?;
+            if removed > 0 {
+                insert_audit(tx, audit)?;
+            }
+            Ok(removed > 0)
         })
     }
 

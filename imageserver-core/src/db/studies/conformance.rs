@@ -6,7 +6,9 @@ use crate::db::studies::{
     AttributeChange, AuditEntry, DeletedStudy, EditStatus, EditableAttribute, FileFacts, StudyStore,
 };
 use crate::db::{Error, IndexStore};
-use crate::model::{DuplicateRecord, InsertOutcome, InstanceRecord, StudyDeletions};
+use crate::model::{
+    DuplicateRecord, InsertOutcome, InstanceRecord, PatientIdentity, ReconcileEntry, StudyDeletions,
+};
 
 /// Runs every check.
 pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
@@ -16,6 +18,7 @@ pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
     edit_demographics_and_history(store);
     edit_patient_id_moves_the_study(store);
     replace_rows(store);
+    reconcile_queue(store);
 }
 
 /// A partition and filesystem of their own for one check.
@@ -581,4 +584,108 @@ fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
         store.audit_log(f.partition, &uid("1.9.1")).unwrap().len(),
         3
     );
+}
+
+/// Held instances: recorded with their identity, listed oldest first,
+/// resolved once (with the audit entry), and gone with their study; a
+/// study's patient and edits are read for ingest's conflict check.
+fn reconcile_queue<S: IndexStore + StudyStore>(store: &S) {
+    let f = fixture(store, "ST_RECONCILE");
+    store
+        .insert_instances(&[f.record("P1", "1.9.1", "1.9.1.1", "1.9.1.1.1")])
+        .expect("insert");
+    let patient = store
+        .study_patient(f.partition, &uid("1.9.1"))
+        .expect("lookup")
+        .expect("known");
+    assert_eq!(
+        (patient.patient_id.as_str(), patient.patient_name.as_deref()),
+        ("P1", Some("NAME^P1"))
+    );
+    assert_eq!(
+        store
+            .study_patient(f.partition, &uid("1.9.9"))
+            .expect("lookup"),
+        None
+    );
+    assert!(store
+        .study_edits(f.partition, &uid("1.9.1"))
+        .expect("edits")
+        .is_empty());
+    let held = |sop: &str, variant: u64, at: i64| ReconcileEntry {
+        id: 0,
+        partition: f.partition,
+        sop_instance_uid: uid(sop),
+        sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),
+        transfer_syntax_uid: uid("1.2.840.10008.1.2.1"),
+        location: f.location("1.9.1", "20240131"),
+        series_uid: uid("1.9.1.1"),
+        variant,
+        file_size: 123,
+        digest: "ef".repeat(32),
+        source_ae: Some("CT1".to_string()),
+        received_at_ms: at,
+        identity: PatientIdentity {
+            patient_id: "P2".to_string(),
+            issuer_of_patient_id: Some("HOSP".to_string()),
+            patient_name: Some("OTHER^NAME".to_string()),
+            birth_date: None,
+        },
+    };
+    let late = store
+        .hold_for_reconcile(&held("1.9.1.1.3", 2, 20))
+        .expect("hold");
+    let early = store
+        .hold_for_reconcile(&held("1.9.1.1.2", 1, 10))
+        .expect("hold");
+    assert_ne!(early, late);
+    let listed = store.reconcile_entries(f.partition).expect("list");
+    assert_eq!(
+        listed,
+        [
+            ReconcileEntry {
+                id: early,
+                ..held("1.9.1.1.2", 1, 10)
+            },
+            ReconcileEntry {
+                id: late,
+                ..held("1.9.1.1.3", 2, 20)
+            }
+        ]
+    );
+    assert_eq!(
+        store.reconcile_entry(f.partition, late).expect("one"),
+        Some(listed[1].clone())
+    );
+    let other = fixture(store, "ST_RECONCILE2");
+    assert!(store
+        .reconcile_entries(other.partition)
+        .expect("list")
+        .is_empty());
+    assert_eq!(
+        store.reconcile_entry(other.partition, late).expect("one"),
+        None,
+        "an entry belongs to its partition"
+    );
+    let audit = f.audit("reconcile.reject", "1.9.1");
+    assert!(store
+        .resolve_reconcile(f.partition, early, &audit)
+        .expect("resolve"));
+    assert!(!store
+        .resolve_reconcile(f.partition, early, &audit)
+        .expect("resolve again"));
+    let log = store.audit_log(f.partition, &uid("1.9.1")).expect("audit");
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.action == "reconcile.reject")
+            .count(),
+        1,
+        "one audit entry per decision"
+    );
+    // Deleting the study drops what is held for it.
+    f.delete_rows("1.9.1").expect("deleted");
+    assert!(store
+        .reconcile_entries(f.partition)
+        .expect("list")
+        .is_empty());
 }

@@ -89,6 +89,14 @@ pub(crate) struct Head {
     pub header: DefaultDicomObject,
 }
 
+impl Head {
+    /// Bytes of the preamble, magic and file meta group: where the data
+    /// set starts in the file [`write_edited`] writes.
+    pub(crate) fn prefix_len(&self) -> usize {
+        self.prefix.len()
+    }
+}
+
 impl std::fmt::Debug for Head {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Head")

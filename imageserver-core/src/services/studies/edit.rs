@@ -331,7 +331,7 @@ impl Studies {
 
 /// Checks the requested values (one per attribute, each valid for its VR)
 /// and returns them as rewrite targets in tag order.
-fn validate_values(values: &[EditValue]) -> Result<Vec<Target>, StudyError> {
+pub(super) fn validate_values(values: &[EditValue]) -> Result<Vec<Target>, StudyError> {
     if values.is_empty() {
         return Err(StudyError::InvalidEdit(
             "nothing to change: give at least one Keyword=value".to_string(),
