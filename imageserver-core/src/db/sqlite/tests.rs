@@ -636,32 +636,47 @@ fn hold_write_lock(path: &Path, hold: Duration) -> std::thread::JoinHandle<()> {
 
 #[test]
 fn busy_database_is_retried() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     let (_dir, path) = temp_db();
     let options = Options {
         busy_timeout: Duration::from_millis(20),
-        retry_for: Duration::from_secs(10),
+        retry_for: Duration::from_secs(30),
         readers: 2,
         ..Options::default()
     };
-    let index = SqliteIndex::open_with(&path, options).expect("open");
-    let (partition, fs) = setup(&index, "BUSY");
-    let holder = hold_write_lock(&path, Duration::from_millis(800));
-    let start = Instant::now();
-    // Reads do not wait for the writer.
+    let index = Arc::new(SqliteIndex::open_with(&path, options).expect("open"));
+    let (partition, fs) = setup(&*index, "BUSY");
+    // Another connection holds the write lock until told to let go.
+    let conn = Connection::open(&path).expect("open");
+    conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO service_lock VALUES ('test', 'x', 0);")
+        .expect("lock");
+    let released = Arc::new(AtomicBool::new(false));
+    // Reads do not wait for the writer: this one returns while it holds.
     assert_eq!(
         index.counts(partition).expect("counts"),
         IndexCounts::default()
     );
-    assert!(start.elapsed() < Duration::from_millis(700));
-    let outcome = index
-        .insert_instances(&[record(partition, fs, 1, 1, 1, 1)])
-        .expect("retried");
-    assert_eq!(outcome, [InsertOutcome::Inserted]);
+    assert!(!released.load(Ordering::SeqCst));
+    // A write waits (retrying) until the lock is released, then succeeds.
+    let writer = {
+        let index = index.clone();
+        let released = released.clone();
+        std::thread::spawn(move || {
+            let outcome = index.insert_instances(&[record(partition, fs, 1, 1, 1, 1)]);
+            (outcome, released.load(Ordering::SeqCst))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!writer.is_finished(), "the write did not wait for the lock");
+    released.store(true, Ordering::SeqCst);
+    conn.execute_batch("ROLLBACK").expect("release");
+    let (outcome, after_release) = writer.join().expect("writer");
+    assert_eq!(outcome.expect("retried"), [InsertOutcome::Inserted]);
     assert!(
-        start.elapsed() >= Duration::from_millis(700),
-        "waited for the lock"
+        after_release,
+        "the write finished before the lock was released"
     );
-    holder.join().expect("holder");
 }
 
 #[test]
