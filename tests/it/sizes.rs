@@ -217,3 +217,57 @@ fn a_store_that_crosses_the_free_space_floor_fails_midway() {
     drop(server);
     drop(tmpfs);
 }
+
+/// A really full filesystem (no free-space floor to stop the store first):
+/// the write fails with ENOSPC, the store is answered A700 and leaves no
+/// temporary file, and once that space is given back the next store
+/// succeeds — one full disk costs one store.
+#[test]
+fn a_full_filesystem_fails_the_store_with_a700_and_the_next_one_succeeds() {
+    let dir = test_dir("sizes-full");
+    let Some(tmpfs) = Tmpfs::mount(&dir.path().join("fs"), 16) else {
+        return;
+    };
+    let server = Server::builder(dir.path())
+        .setting("min_free_space_mb", 0)
+        .setting(
+            "filesystems",
+            format!("[{{ path = {:?} }}]", tmpfs.path.display().to_string()),
+        )
+        .start();
+    let mut rng = Rng::new(104);
+    let uids = ct_uids(&mut rng);
+    let pixel_len: u32 = 32 << 20;
+    let status = stream_store(
+        &server,
+        &uids,
+        &ct_head(&uids, pixel_len),
+        pixel_len.into(),
+        &[],
+    );
+    assert_eq!(status, Some(0xA700), "32 MiB into a 16 MiB filesystem");
+    let left: Vec<_> = std::fs::read_dir(tmpfs.path.join(".tmp"))
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    assert!(server
+        .archive()
+        .index()
+        .instance(&uids.sop_instance_uid)
+        .is_none());
+    let small = ct_uids(&mut rng);
+    let pixel_len: u32 = 1 << 20;
+    assert_eq!(
+        stream_store(
+            &server,
+            &small,
+            &ct_head(&small, pixel_len),
+            pixel_len.into(),
+            &[]
+        ),
+        Some(0x0000),
+        "a store that fits, after the full one"
+    );
+    drop(server);
+    drop(tmpfs);
+}
