@@ -57,7 +57,7 @@ mod send;
 
 pub use check::{DigestCheck, Finding, IntegrityReport};
 pub use delete::{DeleteOutcome, DeleteReport};
-pub use edit::{EditOutcome, EditValue};
+pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
 pub use reprocess::ReprocessReport;
 pub use send::SendReport;
 
@@ -80,7 +80,7 @@ use crate::services::devices::SendLimits;
 use crate::services::Partition;
 use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
 
-use crate::dicom::part10::{self, splice};
+use crate::dicom::part10::splice;
 use crate::storage::{StoredObject, StudyObject};
 pub use metadata::{MetadataReport, BULK_DATA_THRESHOLD};
 use splice::Target;
@@ -111,15 +111,16 @@ pub enum StudyError {
     )]
     EditPending(Box<EditRecord>),
     /// The requested edit is not valid.
-    #[error("invalid edit: {0}")]
-    InvalidEdit(String),
+    #[error("invalid edit")]
+    InvalidEdit(#[source] EditError),
     /// A stored file cannot be edited or read.
-    #[error("instance {sop_instance_uid}: {reason}")]
+    #[error("instance {sop_instance_uid}")]
     File {
         /// The instance.
         sop_instance_uid: Uid,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: splice::SpliceError,
     },
     /// The partition does not know the destination AE title.
     #[error("partition {partition} has no device {ae_title}")]

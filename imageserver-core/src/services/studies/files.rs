@@ -144,9 +144,13 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    fn read(file: &[u8]) -> Result<(DefaultDicomObject, u64, String), String> {
+    fn read(file: &[u8]) -> Result<(DefaultDicomObject, u64, String), FileError> {
         read_header_and_digest(|| Ok::<_, storage::Error>(file))
-            .map_err(|e| crate::model::error_chain(&e))
+    }
+
+    /// The whole chain of why `file` is refused.
+    fn refusal(file: &[u8]) -> String {
+        crate::model::error_chain(&read(file).unwrap_err())
     }
 
     #[test]
@@ -184,6 +188,8 @@ mod tests {
         nested.extend(open.repeat(20_000));
         nested.extend(close.repeat(20_000));
         let error = read(&part10(ts, &deflate(&nested))).unwrap_err();
+        assert!(matches!(error, FileError::Malformed(_)), "{error:?}");
+        let error = crate::model::error_chain(&error);
         assert!(error.contains("nested too deeply"), "{error}");
 
         // A 4 GiB length claim with 16 bytes present.
@@ -195,7 +201,7 @@ mod tests {
             part10(ts, &deflate(&lie)),
             part10("1.2.840.10008.1.2.1", &lie),
         ] {
-            let error = read(&file).unwrap_err();
+            let error = refusal(&file);
             assert!(
                 error.contains("before the end of an element value"),
                 "{error}"
@@ -205,9 +211,11 @@ mod tests {
         // A meta group claiming 4 GiB is refused before allocating it.
         let mut huge_meta = good.clone();
         huge_meta[140..144].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
-        assert!(read(&huge_meta)
-            .unwrap_err()
-            .contains("file meta group claims"));
+        assert!(matches!(
+            read(&huge_meta),
+            Err(FileError::Meta(MetaError::TooLarge { .. }))
+        ));
+        assert!(refusal(&huge_meta).contains("file meta group claims"));
     }
 
     #[test]
