@@ -9,6 +9,8 @@ pub(crate) mod header;
 pub(crate) mod json;
 pub(crate) mod reader;
 pub(crate) mod splice;
+#[cfg(test)]
+pub(crate) mod testfiles;
 pub(crate) mod walker;
 
 pub use reader::DataSetReader;

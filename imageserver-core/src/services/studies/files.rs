@@ -111,6 +111,7 @@ pub(crate) fn read_header_and_digest<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dicom::part10::testfiles::{deflate, explicit};
 
     /// A Part 10 file: preamble, meta for `ts`, then `data_set` as is.
     fn part10(ts: &str, data_set: &[u8]) -> Vec<u8> {
@@ -126,22 +127,6 @@ mod tests {
         meta.write(&mut out).unwrap();
         out.extend_from_slice(data_set);
         out
-    }
-
-    fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
-        out.extend_from_slice(vr);
-        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        out.extend_from_slice(value);
-        out
-    }
-
-    fn deflate(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut encoder =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
     }
 
     fn read(file: &[u8]) -> Result<(DefaultDicomObject, u64, String), FileError> {
