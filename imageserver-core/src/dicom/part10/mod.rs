@@ -48,6 +48,17 @@ pub enum MetaError {
     Parse(#[source] dicom_object::meta::Error),
 }
 
+/// Parses a Part 10 stream's header: preamble, file meta group and the
+/// data set up to Pixel Data (whose value is never read).
+pub(crate) fn parse_header(
+    reader: impl std::io::Read,
+) -> Result<dicom_object::DefaultDicomObject, dicom_object::ReadError> {
+    dicom_object::OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Always)
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .from_reader(reader)
+}
+
 /// Reads the head of a Part 10 stream — preamble, `DICM`, and the file
 /// meta group, whose size is bounded before anything is allocated — and
 /// leaves the stream at the first byte of the data set.

@@ -24,7 +24,7 @@ use std::io::{self, Read, Write};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 
 use super::MetaError;
 
@@ -261,12 +261,8 @@ pub(crate) fn read_head(reader: &mut dyn Read) -> Result<Head, SpliceError> {
             end: region.len(),
         });
     }
-    let mut parse_input = prefix[128..].to_vec();
-    parse_input.extend_from_slice(&region);
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(&parse_input[..])
-        .map_err(SpliceError::Parse)?;
+    let header =
+        super::parse_header((&prefix[..]).chain(&region[..])).map_err(SpliceError::Parse)?;
     Ok(Head {
         prefix,
         explicit_vr,
@@ -573,14 +569,7 @@ pub(crate) fn verify(
     targets: &[Target],
     sop_instance_uid: &str,
 ) -> Result<(), SpliceError> {
-    let mut preamble = [0u8; 128];
-    reader
-        .read_exact(&mut preamble)
-        .map_err(SpliceError::Read)?;
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(reader)
-        .map_err(SpliceError::EditedUnparsable)?;
+    let header = super::parse_header(reader).map_err(SpliceError::EditedUnparsable)?;
     if !holds(&header, targets) {
         return Err(SpliceError::EditedWithoutValues);
     }

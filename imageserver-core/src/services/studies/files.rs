@@ -5,8 +5,7 @@
 
 use std::io::{self, Read};
 
-use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 
 use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::{self, DataSetWalker, MetaError};
@@ -65,9 +64,6 @@ pub(crate) enum FileError {
     /// The walker refused the data set's structure.
     #[error("the data set is incomplete or malformed")]
     Malformed(#[source] WalkError),
-    /// The second pass could not skip the preamble.
-    #[error("cannot read the preamble")]
-    Preamble(#[source] io::Error),
     /// The header parser refused it.
     #[error("cannot parse the header")]
     Parse(#[source] dicom_object::ReadError),
@@ -96,15 +92,8 @@ pub(crate) fn read_header_and_digest<R: Read>(
     }
     walker.finish().map_err(FileError::Malformed)?;
     let (size, digest) = hashing.finish().map_err(FileError::Read)?;
-    let mut reader = open().map_err(FileError::Open)?;
-    let mut preamble = [0u8; 128];
-    reader
-        .read_exact(&mut preamble)
-        .map_err(FileError::Preamble)?;
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(reader)
-        .map_err(FileError::Parse)?;
+    let reader = open().map_err(FileError::Open)?;
+    let header = part10::parse_header(reader).map_err(FileError::Parse)?;
     Ok((header, size, digest))
 }
 
@@ -112,6 +101,7 @@ pub(crate) fn read_header_and_digest<R: Read>(
 mod tests {
     use super::*;
     use crate::dicom::part10::testfiles::{deflate, explicit};
+    use dicom_dictionary_std::tags;
 
     /// A Part 10 file: preamble, meta for `ts`, then `data_set` as is.
     fn part10(ts: &str, data_set: &[u8]) -> Vec<u8> {
