@@ -120,7 +120,7 @@ pub enum StudyError {
         sop_instance_uid: Uid,
         /// What is wrong.
         #[source]
-        source: splice::SpliceError,
+        source: Box<splice::SpliceError>,
     },
     /// The partition does not know the destination AE title.
     #[error("partition {partition} has no device {ae_title}")]

@@ -667,7 +667,7 @@ impl IndexStore for SqliteIndex {
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error> {
         self.write("ensuring a device", |tx| {
             tx.prepare_cached(sql::ENSURE_DEVICE)?
-                .execute(&device_params(&partition, spec))
+                .execute(device_params(&partition, spec))
                 .map(drop)
         })
     }

@@ -143,7 +143,7 @@ pub enum SpliceError {
         charset: String,
         /// The encoder's refusal.
         #[source]
-        source: dicom_encoding::text::EncodeTextError,
+        source: Box<dicom_encoding::text::EncodeTextError>,
     },
     /// A non-ASCII value for a file in the default repertoire or with code
     /// extensions (an edit does not change the character set).
@@ -408,7 +408,7 @@ pub(crate) fn encode_value(
                 attribute: target.attribute.keyword,
                 value: value.to_string(),
                 charset: charset.unwrap_or_else(|| "ISO_IR 6".to_string()),
-                source,
+                source: Box::new(source),
             }),
         None => Err(SpliceError::NonAscii {
             attribute: target.attribute.keyword,

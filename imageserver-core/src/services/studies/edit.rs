@@ -178,7 +178,7 @@ impl Studies {
                         .and_then(|head| splice::check(&head, &targets).map(|()| head))
                         .map_err(|source| StudyError::File {
                             sop_instance_uid: instance.sop_instance_uid.clone(),
-                            source,
+                            source: Box::new(source),
                         })?;
                     drop(head);
                 }
@@ -202,7 +202,7 @@ impl Studies {
             let key = key_of(&instance);
             let file_error = |source: splice::SpliceError| StudyError::File {
                 sop_instance_uid: instance.sop_instance_uid.clone(),
-                source,
+                source: Box::new(source),
             };
             let mut source = files::HashingReader::new(self.storage.open(&filesystem, &key)?);
             let head = splice::read_head(&mut source).map_err(file_error)?;
@@ -327,7 +327,7 @@ impl Studies {
             let mut source = self.storage.open(filesystem, &key_of(instance))?;
             let head = splice::read_head(&mut source).map_err(|source| StudyError::File {
                 sop_instance_uid: instance.sop_instance_uid.clone(),
-                source,
+                source: Box::new(source),
             })?;
             if !splice::holds(&head.header, targets) {
                 return Ok(Some(instance));
