@@ -14,7 +14,7 @@ use crate::model::query::{Attribute, Key, Level, Match, Matcher, Query, Root};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, IndexCounts,
     InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs,
-    SeriesAttrs, StoredInstance, StudyAttrs, StudyLocation, Tier, Uid,
+    StoredInstance, StudyAttrs, StudyLocation, Tier, Uid,
 };
 
 /// The study-level summary a backend keeps, read back by a backend-specific
@@ -1029,15 +1029,7 @@ impl Fixture<'_> {
                             referring_physician_name: Some("REF^ONE".to_string()),
                             specific_character_set: Some("ISO_IR 192".to_string()),
                         },
-                        series: SeriesAttrs {
-                            series_uid: uid(series_uid),
-                            modality: modality.map(str::to_string),
-                            series_number: number,
-                            series_description: None,
-                            body_part_examined: None,
-                            series_date: None,
-                            series_time: None,
-                        },
+                        series: fixtures::series_attrs(series_uid, modality, number),
                         instance: InstanceAttrs {
                             sop_instance_uid: uid(sop),
                             sop_class_uid: uid(class),

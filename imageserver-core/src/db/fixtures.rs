@@ -20,6 +20,23 @@ pub(crate) fn uid(value: &str) -> Uid {
     Uid::parse(value).expect("uid")
 }
 
+/// Series `series_uid` with a modality and a number, nothing else.
+pub(crate) fn series_attrs(
+    series_uid: &str,
+    modality: Option<&str>,
+    number: Option<i32>,
+) -> SeriesAttrs {
+    SeriesAttrs {
+        series_uid: uid(series_uid),
+        modality: modality.map(str::to_string),
+        series_number: number,
+        series_description: None,
+        body_part_examined: None,
+        series_date: None,
+        series_time: None,
+    }
+}
+
 /// Partition `name`: AE title and folder `name`, no description, unknown
 /// devices accepted, default duplicate policy.
 pub(crate) fn partition_spec(name: &str) -> PartitionSpec {
@@ -93,15 +110,7 @@ pub(crate) fn bare_record(
             referring_physician_name: None,
             specific_character_set: None,
         },
-        series: SeriesAttrs {
-            series_uid: uid(&format!("{study}.1")),
-            modality: None,
-            series_number: None,
-            series_description: None,
-            body_part_examined: None,
-            series_date: None,
-            series_time: None,
-        },
+        series: series_attrs(&format!("{study}.1"), None, None),
         instance: InstanceAttrs {
             sop_instance_uid: uid(&format!("{study}.1.{sop}")),
             sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.7"),
@@ -191,15 +200,7 @@ impl<'a, S: IndexStore + ?Sized> Scope<'a, S> {
                 referring_physician_name: None,
                 specific_character_set: None,
             },
-            series: SeriesAttrs {
-                series_uid: uid(series),
-                modality: Some("CT".to_string()),
-                series_number: Some(1),
-                series_description: None,
-                body_part_examined: None,
-                series_date: None,
-                series_time: None,
-            },
+            series: series_attrs(series, Some("CT"), Some(1)),
             instance: InstanceAttrs {
                 sop_instance_uid: uid(sop),
                 sop_class_uid: uid("1.2.840.10008.5.1.4.1.1.2"),

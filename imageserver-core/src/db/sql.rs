@@ -7,13 +7,19 @@
 //! differs (locking, bulk forms, `RETURNING` on a conflict) stay in the
 //! backends.
 
-/// The columns [`crate::db::rows::stored_instance`] reads, from `ss`
-/// (study storage), `p` (partition), `st`, `se` and `i`.
-macro_rules! instance_columns {
+/// The columns [`crate::db::rows::stored_instance`] reads, from every
+/// instance joined to its series `se`, study `st`, study storage `ss` and
+/// partition `p`: the caller adds the `WHERE`.
+macro_rules! instances {
     () => {
         "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
                 se.series_uid, i.sop_instance_uid, i.sop_class_uid,
-                i.transfer_syntax_uid, i.file_size, i.digest"
+                i.transfer_syntax_uid, i.file_size, i.digest
+         FROM instance i
+         JOIN series se ON se.id = i.series_fk
+         JOIN study st ON st.id = se.study_fk
+         JOIN study_storage ss ON ss.id = st.study_storage_id
+         JOIN partition p ON p.id = ss.partition_id"
     };
 }
 
@@ -112,13 +118,8 @@ pub(crate) const STUDY_DELETIONS: &str = "SELECT EXISTS (SELECT 1 FROM study_sto
 
 /// Instance `$2` of partition `$1`, with where its file is.
 pub(crate) const INSTANCE: &str = concat!(
-    instance_columns!(),
+    instances!(),
     "
-     FROM instance i
-     JOIN series se ON se.id = i.series_fk
-     JOIN study st ON st.id = se.study_fk
-     JOIN study_storage ss ON ss.id = st.study_storage_id
-     JOIN partition p ON p.id = ss.partition_id
      WHERE i.partition_id = $1 AND i.sop_instance_uid = $2"
 );
 
@@ -202,13 +203,8 @@ pub(crate) const STUDY: &str = "SELECT ss.filesystem_id, p.folder, ss.date_folde
 /// The online instances of study `$2` of partition `$1`, by series UID,
 /// instance number (none first), SOP Instance UID.
 pub(crate) const STUDY_INSTANCES: &str = concat!(
-    instance_columns!(),
+    instances!(),
     "
-     FROM study st
-     JOIN study_storage ss ON ss.id = st.study_storage_id
-     JOIN partition p ON p.id = st.partition_id
-     JOIN series se ON se.study_fk = st.id
-     JOIN instance i ON i.series_fk = se.id
      WHERE st.partition_id = $1 AND st.study_uid = $2 AND ss.filesystem_id IS NOT NULL
      ORDER BY se.series_uid, i.instance_number NULLS FIRST, i.sop_instance_uid"
 );

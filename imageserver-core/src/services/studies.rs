@@ -58,7 +58,7 @@ mod send;
 
 pub use check::{DigestCheck, Finding, IntegrityReport};
 pub use delete::{DeleteOutcome, DeleteReport};
-pub use edit::{EditOutcome, EditValue};
+pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
 pub use reconcile::{Decision, Reconcile, ReconcileCase};
 pub use reprocess::ReprocessReport;
 pub use send::SendReport;
@@ -82,7 +82,7 @@ use crate::services::devices::SendLimits;
 use crate::services::Partition;
 use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
 
-use crate::dicom::part10::{self, splice};
+use crate::dicom::part10::splice;
 use crate::storage::{StoredObject, StudyObject};
 pub use metadata::{MetadataReport, BULK_DATA_THRESHOLD};
 use splice::Target;
@@ -113,15 +113,32 @@ pub enum StudyError {
     )]
     EditPending(Box<EditRecord>),
     /// The requested edit is not valid.
-    #[error("invalid edit: {0}")]
-    InvalidEdit(String),
+    #[error("invalid edit")]
+    InvalidEdit(#[source] EditError),
     /// A stored file cannot be edited or read.
-    #[error("instance {sop_instance_uid}: {reason}")]
+    #[error("instance {sop_instance_uid}")]
     File {
         /// The instance.
         sop_instance_uid: Uid,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: Box<splice::SpliceError>,
+    },
+    /// A held instance could not be stored (reconcile accept or merge).
+    #[error("instance {sop_instance_uid} could not be stored")]
+    Store {
+        /// The instance.
+        sop_instance_uid: Uid,
+        /// Why ingest refused it.
+        #[source]
+        source: Box<crate::services::IngestError>,
+    },
+    /// A held instance's identity still conflicts with its study (the
+    /// study changed meanwhile): it stays held.
+    #[error("instance {sop_instance_uid} still conflicts with its study (changed meanwhile?)")]
+    StillConflicts {
+        /// The instance.
+        sop_instance_uid: Uid,
     },
     /// The partition does not know the destination AE title.
     #[error("partition {partition} has no device {ae_title}")]

@@ -469,6 +469,40 @@ fn map_error(operation: &'static str, e: sqlx::Error) -> Error {
     }
 }
 
+/// `sql` with partition `$1` and a device's columns `$2`…`$9` bound, in
+/// the order of [`sql::ENSURE_DEVICE`].
+fn device_query<'q>(
+    sql: &'static str,
+    partition: PartitionId,
+    spec: &'q DeviceSpec,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(partition.0)
+        .bind(spec.ae_title.as_str())
+        .bind(pg_text(&spec.host))
+        .bind(i32::from(spec.port))
+        .bind(spec.allow_store)
+        .bind(spec.allow_query)
+        .bind(spec.allow_retrieve)
+        .bind(i64::from(spec.max_associations))
+        .bind(i64::from(spec.max_outgoing_associations))
+        .bind(spec.allow_replace)
+}
+
+/// The device of `partition` with `ae_title`, read on `conn`.
+async fn device_in(
+    conn: &mut PgConnection,
+    partition: PartitionId,
+    ae_title: &AeTitle,
+) -> Result<Option<DeviceSpec>, sqlx::Error> {
+    let row = sqlx::query(sql::DEVICE)
+        .bind(partition.0)
+        .bind(ae_title.as_str())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(rows::device).transpose()
+}
+
 /// Text as PostgreSQL can store it: NUL characters removed.
 pub(crate) fn pg_text(value: &str) -> std::borrow::Cow<'_, str> {
     if value.contains('\0') {
@@ -573,17 +607,7 @@ impl IndexStore for PgIndex {
 
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error> {
         self.write("ensuring a device", async |conn| {
-            sqlx::query(sql::ENSURE_DEVICE)
-                .bind(partition.0)
-                .bind(spec.ae_title.as_str())
-                .bind(pg_text(&spec.host).as_ref())
-                .bind(i32::from(spec.port))
-                .bind(spec.allow_store)
-                .bind(spec.allow_query)
-                .bind(spec.allow_retrieve)
-                .bind(i64::from(spec.max_associations))
-                .bind(i64::from(spec.max_outgoing_associations))
-                .bind(spec.allow_replace)
+            device_query(sql::ENSURE_DEVICE, partition, spec)
                 .execute(&mut *conn)
                 .await?;
             Ok(())
@@ -597,26 +621,11 @@ impl IndexStore for PgIndex {
         max_devices: u64,
     ) -> Result<Option<DeviceSpec>, Error> {
         self.write("registering a device", async |conn| {
-            sqlx::query(sql::REGISTER_DEVICE)
-                .bind(partition.0)
-                .bind(spec.ae_title.as_str())
-                .bind(pg_text(&spec.host).as_ref())
-                .bind(i32::from(spec.port))
-                .bind(spec.allow_store)
-                .bind(spec.allow_query)
-                .bind(spec.allow_retrieve)
-                .bind(i64::from(spec.max_associations))
-                .bind(i64::from(spec.max_outgoing_associations))
-                .bind(spec.allow_replace)
+            device_query(sql::REGISTER_DEVICE, partition, spec)
                 .bind(i64::try_from(max_devices).unwrap_or(i64::MAX))
                 .execute(&mut *conn)
                 .await?;
-            let row = sqlx::query(sql::DEVICE)
-                .bind(partition.0)
-                .bind(spec.ae_title.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
-            Ok(row.as_ref().map(rows::device).transpose()?)
+            Ok(device_in(conn, partition, &spec.ae_title).await?)
         })
     }
 
@@ -626,12 +635,7 @@ impl IndexStore for PgIndex {
         ae_title: &AeTitle,
     ) -> Result<Option<DeviceSpec>, Error> {
         self.read("looking up a device", async |conn| {
-            let row = sqlx::query(sql::DEVICE)
-                .bind(partition.0)
-                .bind(ae_title.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
-            row.as_ref().map(rows::device).transpose()
+            device_in(conn, partition, ae_title).await
         })
     }
 

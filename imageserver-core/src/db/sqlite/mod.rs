@@ -25,7 +25,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rusqlite::{
-    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+    params, Connection, ErrorCode, OptionalExtension, Row, ToSql, Transaction, TransactionBehavior,
 };
 
 use crate::db::rows::{self, Columns};
@@ -403,6 +403,34 @@ fn map_error(operation: &'static str, e: rusqlite::Error) -> Error {
     }
 }
 
+/// Partition `?1` and a device's columns `?2`…`?10`, in the order of
+/// [`sql::ENSURE_DEVICE`].
+fn device_params<'a>(partition: &'a PartitionId, spec: &'a DeviceSpec) -> [&'a dyn ToSql; 10] {
+    [
+        &partition.0,
+        &spec.ae_title,
+        &spec.host,
+        &spec.port,
+        &spec.allow_store,
+        &spec.allow_query,
+        &spec.allow_retrieve,
+        &spec.max_associations,
+        &spec.max_outgoing_associations,
+        &spec.allow_replace,
+    ]
+}
+
+/// The device of `partition` with `ae_title`, read on `conn`.
+fn device_in(
+    conn: &Connection,
+    partition: PartitionId,
+    ae_title: &AeTitle,
+) -> rusqlite::Result<Option<DeviceSpec>> {
+    conn.prepare_cached(sql::DEVICE)?
+        .query_row(params![partition.0, ae_title.as_str()], |r| rows::device(r))
+        .optional()
+}
+
 /// An error for a value that cannot be stored.
 fn to_sql_error(message: String) -> rusqlite::Error {
     rusqlite::Error::ToSqlConversionFailure(message.into())
@@ -541,6 +569,12 @@ impl ReaderPool {
     }
 }
 
+impl ToSql for AeTitle {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.as_str().to_sql()
+    }
+}
+
 impl Columns for Row<'_> {
     type Error = rusqlite::Error;
 
@@ -636,18 +670,7 @@ impl IndexStore for SqliteIndex {
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error> {
         self.write("ensuring a device", |tx| {
             tx.prepare_cached(sql::ENSURE_DEVICE)?
-                .execute(params![
-                    partition.0,
-                    spec.ae_title.as_str(),
-                    spec.host,
-                    spec.port,
-                    spec.allow_store,
-                    spec.allow_query,
-                    spec.allow_retrieve,
-                    spec.max_associations,
-                    spec.max_outgoing_associations,
-                    spec.allow_replace
-                ])
+                .execute(device_params(&partition, spec))
                 .map(drop)
         })
     }
@@ -659,24 +682,12 @@ impl IndexStore for SqliteIndex {
         max_devices: u64,
     ) -> Result<Option<DeviceSpec>, Error> {
         self.write("registering a device", |tx| {
-            tx.prepare_cached(sql::REGISTER_DEVICE)?.execute(params![
-                partition.0,
-                spec.ae_title.as_str(),
-                spec.host,
-                spec.port,
-                spec.allow_store,
-                spec.allow_query,
-                spec.allow_retrieve,
-                spec.max_associations,
-                spec.max_outgoing_associations,
-                spec.allow_replace,
-                i64::try_from(max_devices).unwrap_or(i64::MAX)
-            ])?;
-            tx.prepare_cached(sql::DEVICE)?
-                .query_row(params![partition.0, spec.ae_title.as_str()], |r| {
-                    rows::device(r)
-                })
-                .optional()
+            let max_devices = i64::try_from(max_devices).unwrap_or(i64::MAX);
+            let mut values = device_params(&partition, spec).to_vec();
+            values.push(&max_devices);
+            tx.prepare_cached(sql::REGISTER_DEVICE)?
+                .execute(&values[..])?;
+            device_in(tx, partition, &spec.ae_title)
         })
     }
 
@@ -686,9 +697,7 @@ impl IndexStore for SqliteIndex {
         ae_title: &AeTitle,
     ) -> Result<Option<DeviceSpec>, Error> {
         self.read("looking up a device", |conn| {
-            conn.prepare_cached(sql::DEVICE)?
-                .query_row(params![partition.0, ae_title.as_str()], |r| rows::device(r))
-                .optional()
+            device_in(conn, partition, ae_title)
         })
     }
 

@@ -587,11 +587,11 @@ fn numbers(value: &PrimitiveValue) -> Option<Vec<Value>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testfiles::{part10, text};
     use super::*;
     use dicom_core::value::{DataSetSequence, PixelFragmentSequence};
     use dicom_core::{DataElement, DicomValue};
     use dicom_dictionary_std::{tags, uids};
-    use dicom_object::meta::FileMetaTableBuilder;
     use dicom_object::InMemDicomObject;
     use serde_json::json;
 
@@ -601,24 +601,6 @@ mod tests {
 
     fn prefix() -> BulkPrefix {
         BulkPrefix::new(&uid("1.2"), &uid("1.2.3"), &uid("1.2.3.4"))
-    }
-
-    fn part10(object: InMemDicomObject, ts: &str) -> Vec<u8> {
-        let file = object
-            .with_meta(
-                FileMetaTableBuilder::new()
-                    .transfer_syntax(ts)
-                    .media_storage_sop_class_uid(uids::CT_IMAGE_STORAGE)
-                    .media_storage_sop_instance_uid("1.2.3.4"),
-            )
-            .unwrap();
-        let mut bytes = Vec::new();
-        file.write_all(&mut bytes).unwrap();
-        bytes
-    }
-
-    fn text(tag: Tag, vr: VR, value: &str) -> DataElement<InMemDicomObject> {
-        DataElement::new(tag, vr, PrimitiveValue::from(value))
     }
 
     fn encode(bytes: &[u8]) -> Value {

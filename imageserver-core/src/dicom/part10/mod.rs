@@ -9,6 +9,8 @@ pub(crate) mod header;
 pub(crate) mod json;
 pub(crate) mod reader;
 pub(crate) mod splice;
+#[cfg(test)]
+pub(crate) mod testfiles;
 pub(crate) mod walker;
 
 pub use reader::DataSetReader;
@@ -44,6 +46,17 @@ pub enum MetaError {
     /// The meta group does not parse.
     #[error("cannot parse the file meta group")]
     Parse(#[source] dicom_object::meta::Error),
+}
+
+/// Parses a Part 10 stream's header: preamble, file meta group and the
+/// data set up to Pixel Data (whose value is never read).
+pub(crate) fn parse_header(
+    reader: impl std::io::Read,
+) -> Result<dicom_object::DefaultDicomObject, dicom_object::ReadError> {
+    dicom_object::OpenFileOptions::new()
+        .read_preamble(dicom_object::file::ReadPreamble::Always)
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .from_reader(reader)
 }
 
 /// Reads the head of a Part 10 stream — preamble, `DICM`, and the file

@@ -24,7 +24,9 @@ use std::io::{self, Read, Write};
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
+
+use super::MetaError;
 
 /// Value representations whose explicit-VR header has a 4-byte length.
 const LONG_VRS: [&[u8; 2]; 13] = [
@@ -106,20 +108,103 @@ impl std::fmt::Debug for Head {
     }
 }
 
-fn io_err(e: io::Error) -> String {
-    format!("cannot read the file: {e}")
+/// Why a file cannot be edited, or its edit failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpliceError {
+    /// Reading the file failed.
+    #[error("cannot read the file")]
+    Read(#[source] io::Error),
+    /// Preamble, magic or meta group refused.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// The elements of groups up to 0020 exceed [`MAX_HEAD`] bytes.
+    #[error("the header before group 0021 is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// A transfer syntax the splice does not rewrite (Big Endian,
+    /// Deflated).
+    #[error("{0} files cannot be edited")]
+    Unsupported(&'static str),
+    /// The data set ends inside an element header.
+    #[error("the data set ends inside an element header")]
+    Truncated,
+    /// An item or delimiter tag at the top level of the data set.
+    #[error("an item or delimiter at the top level of the data set")]
+    ItemAtTopLevel,
+    /// Sequences nested deeper than [`MAX_DEPTH`].
+    #[error("sequences nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// A tag other than an item or delimiter inside a sequence.
+    #[error("unexpected ({:04X},{:04X}) inside a sequence", .0 .0, .0 .1)]
+    InsideSequence((u16, u16)),
+    /// The header parser refused the head.
+    #[error("cannot parse the header")]
+    Parse(#[source] dicom_object::ReadError),
+    /// A value the file's (single) character set cannot represent.
+    #[error("{attribute} {value:?} cannot be written in the file's character set {charset}")]
+    NotInCharset {
+        /// The attribute's keyword.
+        attribute: &'static str,
+        /// The value asked for.
+        value: String,
+        /// The file's character set.
+        charset: String,
+        /// The encoder's refusal.
+        #[source]
+        source: Box<dicom_encoding::text::EncodeTextError>,
+    },
+    /// A non-ASCII value for a file in the default repertoire or with code
+    /// extensions (an edit does not change the character set).
+    #[error(
+        "{attribute} {value:?} has non-ASCII characters, but the file's character set is \
+         {charset} (the character set is not changed by an edit)"
+    )]
+    NonAscii {
+        /// The attribute's keyword.
+        attribute: &'static str,
+        /// The value asked for.
+        value: String,
+        /// The file's character set (or the default repertoire).
+        charset: String,
+    },
+    /// The encoded value does not fit a 2-byte length.
+    #[error("{attribute} is too long ({len} bytes)")]
+    TooLong {
+        /// The attribute's keyword.
+        attribute: &'static str,
+        /// Its encoded length.
+        len: usize,
+    },
+    /// A corrected group length does not fit 32 bits.
+    #[error("group {0:04X} length out of range")]
+    GroupLength(u16),
+    /// Writing the edited file failed.
+    #[error("cannot write the edited file")]
+    Write(#[source] io::Error),
+    /// Copying the rest of the original failed.
+    #[error("cannot copy the rest of the file")]
+    Copy(#[source] io::Error),
+    /// The edited file does not parse back.
+    #[error("the edited file does not parse")]
+    EditedUnparsable(#[source] dicom_object::ReadError),
+    /// The edited file does not hold the new values.
+    #[error("the edited file does not hold the new values")]
+    EditedWithoutValues,
+    /// The edited file names another SOP instance than the original.
+    #[error("the edited file names another SOP instance")]
+    EditedOtherInstance,
 }
 
 /// Reads `n` bytes, appending them to `into`.
-fn take(reader: &mut dyn Read, into: &mut Vec<u8>, n: usize) -> Result<(), String> {
+fn take(reader: &mut dyn Read, into: &mut Vec<u8>, n: usize) -> Result<(), SpliceError> {
     if into.len() + n > MAX_HEAD {
-        return Err(format!(
-            "the header before group 0021 is larger than {MAX_HEAD} bytes"
-        ));
+        return Err(SpliceError::HeadTooLarge);
     }
     let start = into.len();
     into.resize(start + n, 0);
-    reader.read_exact(&mut into[start..]).map_err(io_err)
+    reader
+        .read_exact(&mut into[start..])
+        .map_err(SpliceError::Read)
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -131,28 +216,26 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 }
 
 /// Reads the head of a Part 10 stream; the stream is left right after it.
-pub(crate) fn read_head(reader: &mut dyn Read) -> Result<Head, String> {
+pub(crate) fn read_head(reader: &mut dyn Read) -> Result<Head, SpliceError> {
     let mut prefix = Vec::with_capacity(512);
     take(reader, &mut prefix, 132)?;
     if &prefix[128..132] != b"DICM" {
-        return Err("not a DICOM Part 10 file (no DICM magic)".to_string());
+        return Err(MetaError::NoMagic.into());
     }
     // (0002,0000) UL, explicit VR little endian: tag, "UL", 2-byte length, value.
     take(reader, &mut prefix, 12)?;
     if (u16_at(&prefix, 132), u16_at(&prefix, 134)) != (0x0002, 0x0000) {
-        return Err("the file meta group does not start with its group length".to_string());
+        return Err(MetaError::NoGroupLength.into());
     }
     let meta_len = u32_at(&prefix, 140) as usize;
     take(reader, &mut prefix, meta_len)?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(&prefix[128..])
-        .map_err(|e| format!("cannot parse the file meta group: {e}"))?;
+    let meta =
+        dicom_object::meta::FileMetaTable::from_reader(&prefix[128..]).map_err(MetaError::Parse)?;
     let explicit_vr = match meta.transfer_syntax() {
         "1.2.840.10008.1.2" => false,
-        "1.2.840.10008.1.2.2" => {
-            return Err("Explicit VR Big Endian files cannot be edited".to_string())
-        }
+        "1.2.840.10008.1.2.2" => return Err(SpliceError::Unsupported("Explicit VR Big Endian")),
         "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => {
-            return Err("deflated files cannot be edited".to_string())
+            return Err(SpliceError::Unsupported("deflated"))
         }
         _ => true,
     };
@@ -163,10 +246,10 @@ pub(crate) fn read_head(reader: &mut dyn Read) -> Result<Head, String> {
     loop {
         let start = region.len();
         let mut tag = [0u8; 4];
-        match read_full(reader, &mut tag).map_err(io_err)? {
+        match read_full(reader, &mut tag).map_err(SpliceError::Read)? {
             0 => break,
             4 => {}
-            _ => return Err("the data set ends inside an element header".to_string()),
+            _ => return Err(SpliceError::Truncated),
         }
         let group = u16::from_le_bytes([tag[0], tag[1]]);
         let element = u16::from_le_bytes([tag[2], tag[3]]);
@@ -175,7 +258,7 @@ pub(crate) fn read_head(reader: &mut dyn Read) -> Result<Head, String> {
             break;
         }
         if group == 0xFFFE {
-            return Err("an item or delimiter at the top level of the data set".to_string());
+            return Err(SpliceError::ItemAtTopLevel);
         }
         region.extend_from_slice(&tag);
         let header_len = element_rest(reader, &mut region, explicit_vr, 0)?;
@@ -186,12 +269,8 @@ pub(crate) fn read_head(reader: &mut dyn Read) -> Result<Head, String> {
             end: region.len(),
         });
     }
-    let mut parse_input = prefix[128..].to_vec();
-    parse_input.extend_from_slice(&region);
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(&parse_input[..])
-        .map_err(|e| format!("cannot parse the header: {e}"))?;
+    let header =
+        super::parse_header((&prefix[..]).chain(&region[..])).map_err(SpliceError::Parse)?;
     Ok(Head {
         prefix,
         explicit_vr,
@@ -224,7 +303,7 @@ fn element_rest(
     out: &mut Vec<u8>,
     explicit_vr: bool,
     depth: usize,
-) -> Result<usize, String> {
+) -> Result<usize, SpliceError> {
     let at = out.len();
     let (length, header_len, vr) = if explicit_vr {
         take(reader, out, 4)?;
@@ -256,9 +335,9 @@ fn sequence(
     out: &mut Vec<u8>,
     explicit_vr: bool,
     depth: usize,
-) -> Result<(), String> {
+) -> Result<(), SpliceError> {
     if depth > MAX_DEPTH {
-        return Err(format!("sequences nested deeper than {MAX_DEPTH} levels"));
+        return Err(SpliceError::TooDeep);
     }
     loop {
         let at = out.len();
@@ -277,12 +356,7 @@ fn sequence(
                 element_rest(reader, out, explicit_vr, depth)?;
             },
             (0xFFFE, 0xE000) => take(reader, out, length as usize)?,
-            other => {
-                return Err(format!(
-                    "unexpected ({:04X},{:04X}) inside a sequence",
-                    other.0, other.1
-                ))
-            }
+            other => return Err(SpliceError::InsideSequence(other)),
         }
     }
 }
@@ -324,7 +398,7 @@ fn charset_of(header: &DefaultDicomObject) -> Option<String> {
 pub(crate) fn encode_value(
     header: &DefaultDicomObject,
     target: &Target,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SpliceError> {
     let value = target.value.trim_matches([' ', '\0']);
     if value.is_ascii() {
         return Ok(value.as_bytes().to_vec());
@@ -336,26 +410,24 @@ pub(crate) fn encode_value(
         .and_then(SpecificCharacterSet::from_code)
         .filter(|codec| codec != &SpecificCharacterSet::ISO_IR_6);
     match codec {
-        Some(codec) => codec.encode(value).map_err(|e| {
-            format!(
-                "{} {value:?} cannot be written in the file's character set {}: {e}",
-                target.attribute,
-                charset.as_deref().unwrap_or("ISO_IR 6")
-            )
+        Some(codec) => codec
+            .encode(value)
+            .map_err(|source| SpliceError::NotInCharset {
+                attribute: target.attribute.keyword,
+                value: value.to_string(),
+                charset: charset.unwrap_or_else(|| "ISO_IR 6".to_string()),
+                source: Box::new(source),
+            }),
+        None => Err(SpliceError::NonAscii {
+            attribute: target.attribute.keyword,
+            value: value.to_string(),
+            charset: charset.unwrap_or_else(|| "the default repertoire (ISO_IR 6)".to_string()),
         }),
-        None => Err(format!(
-            "{} {value:?} has non-ASCII characters, but the file's character set is {} \
-             (the character set is not changed by an edit)",
-            target.attribute,
-            charset
-                .as_deref()
-                .unwrap_or("the default repertoire (ISO_IR 6)")
-        )),
     }
 }
 
 /// Checks that a file can take the targets (every value encodable).
-pub(crate) fn check(head: &Head, targets: &[Target]) -> Result<(), String> {
+pub(crate) fn check(head: &Head, targets: &[Target]) -> Result<(), SpliceError> {
     for target in targets {
         encode_value(&head.header, target)?;
     }
@@ -366,7 +438,7 @@ fn encode_element(
     explicit_vr: bool,
     attribute: Attribute,
     mut value: Vec<u8>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SpliceError> {
     if value.len() % 2 == 1 {
         value.push(b' ');
     }
@@ -376,8 +448,10 @@ fn encode_element(
     out.extend_from_slice(&element.to_le_bytes());
     if explicit_vr {
         out.extend_from_slice(attribute.vr.as_bytes());
-        let len = u16::try_from(value.len())
-            .map_err(|_| format!("{attribute} is too long ({} bytes)", value.len()))?;
+        let len = u16::try_from(value.len()).map_err(|_| SpliceError::TooLong {
+            attribute: attribute.keyword,
+            len: value.len(),
+        })?;
         out.extend_from_slice(&len.to_le_bytes());
     } else {
         out.extend_from_slice(&(value.len() as u32).to_le_bytes());
@@ -389,7 +463,7 @@ fn encode_element(
 /// The head's data set elements with the targets applied: (new region
 /// bytes). Elements other than the targets keep their bytes; group lengths
 /// of changed groups are corrected.
-fn new_region(head: &Head, targets: &[Target]) -> Result<Vec<u8>, String> {
+fn new_region(head: &Head, targets: &[Target]) -> Result<Vec<u8>, SpliceError> {
     let mut replacements: Vec<((u16, u16), Vec<u8>)> = Vec::new();
     for target in targets {
         let present = head.spans.iter().any(|s| s.tag == target.attribute.tag);
@@ -440,7 +514,7 @@ fn new_region(head: &Head, targets: &[Target]) -> Result<Vec<u8>, String> {
         {
             let old = i64::from(u32_at(bytes, span.header_len));
             let new = u32::try_from(old + group_delta)
-                .map_err(|_| format!("group {:04X} length out of range", span.tag.0))?;
+                .map_err(|_| SpliceError::GroupLength(span.tag.0))?;
             out.extend_from_slice(&bytes[..span.header_len]);
             out.extend_from_slice(&new.to_le_bytes());
         } else {
@@ -480,59 +554,57 @@ pub(crate) fn write_edited(
     targets: &[Target],
     source: &mut dyn Read,
     out: &mut dyn Write,
-) -> Result<(u64, String), String> {
+) -> Result<(u64, String), SpliceError> {
     let region = new_region(head, targets)?;
     let mut writer = HashingWriter {
         inner: out,
         hasher: blake3::Hasher::new(),
         len: 0,
     };
-    let write_err = |e: io::Error| format!("cannot write the edited file: {e}");
+    let write_err = SpliceError::Write;
     writer.write_all(&head.prefix).map_err(write_err)?;
     writer.write_all(&region).map_err(write_err)?;
     writer.write_all(&head.carry).map_err(write_err)?;
-    io::copy(source, &mut writer).map_err(|e| format!("cannot copy the rest of the file: {e}"))?;
+    io::copy(source, &mut writer).map_err(SpliceError::Copy)?;
     writer.flush().map_err(write_err)?;
     Ok((writer.len, writer.hasher.finalize().to_hex().to_string()))
 }
 
 /// Parses a written file back (up to Pixel Data) and checks that it holds
-/// the targets.
+/// the targets and is still the SOP instance `sop_instance_uid`.
 pub(crate) fn verify(
     reader: &mut dyn Read,
     targets: &[Target],
-) -> Result<DefaultDicomObject, String> {
-    let mut preamble = [0u8; 128];
-    reader.read_exact(&mut preamble).map_err(io_err)?;
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(reader)
-        .map_err(|e| format!("the edited file does not parse: {e}"))?;
+    sop_instance_uid: &str,
+) -> Result<(), SpliceError> {
+    let header = super::parse_header(reader).map_err(SpliceError::EditedUnparsable)?;
     if !holds(&header, targets) {
-        return Err("the edited file does not hold the new values".to_string());
+        return Err(SpliceError::EditedWithoutValues);
     }
-    Ok(header)
+    if super::header::text(&header, tags::SOP_INSTANCE_UID).as_deref() != Some(sop_instance_uid) {
+        return Err(SpliceError::EditedOtherInstance);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testfiles::{part10, text, texts};
     use super::*;
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_object::meta::FileMetaTableBuilder;
+    use dicom_core::{DataElement, VR};
     use dicom_object::InMemDicomObject;
 
-    fn file(ts: &str, charset: Option<&str>, with_group_length: bool) -> Vec<u8> {
-        let text = |tag, vr, value: &str| DataElement::new(tag, vr, PrimitiveValue::from(value));
-        let mut object = InMemDicomObject::from_element_iter([
-            text(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
-            text(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"),
-            text(tags::STUDY_DATE, VR::DA, "20240101"),
-            text(tags::PATIENT_NAME, VR::PN, "OLD^NAME"),
-            text(tags::PATIENT_ID, VR::LO, "PID1"),
-            text(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
-            text(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
-            text(tags::SERIES_NUMBER, VR::IS, "1"),
-            text(tags::MODALITY, VR::CS, "OT"),
+    fn file(ts: &str, charset: Option<&str>) -> Vec<u8> {
+        let mut object = texts(&[
+            (tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
+            (tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4"),
+            (tags::STUDY_DATE, VR::DA, "20240101"),
+            (tags::PATIENT_NAME, VR::PN, "OLD^NAME"),
+            (tags::PATIENT_ID, VR::LO, "PID1"),
+            (tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3"),
+            (tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.1"),
+            (tags::SERIES_NUMBER, VR::IS, "1"),
+            (tags::MODALITY, VR::CS, "OT"),
         ]);
         if let Some(charset) = charset {
             object.put(text(tags::SPECIFIC_CHARACTER_SET, VR::CS, charset));
@@ -551,15 +623,7 @@ mod tests {
             ),
         ));
         object.put(text(Tag(0x0028, 0x0010), VR::US, "2"));
-        let mut bytes = Vec::new();
-        let file = object
-            .with_meta(FileMetaTableBuilder::new().transfer_syntax(ts))
-            .unwrap();
-        file.write_all(&mut bytes).unwrap();
-        if with_group_length {
-            // Insert (0010,0000) UL by rewriting through the splice itself is
-            // circular; skip: group lengths are covered by the arithmetic below.
-        }
+        let mut bytes = part10(object, ts);
         // Pixel data, verbatim tail.
         bytes.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
         if ts == "1.2.840.10008.1.2" {
@@ -572,13 +636,13 @@ mod tests {
         bytes
     }
 
-    fn edit(bytes: &[u8], targets: &[Target]) -> Result<Vec<u8>, String> {
+    fn edit(bytes: &[u8], targets: &[Target]) -> Result<Vec<u8>, SpliceError> {
         let mut reader = bytes;
         let head = read_head(&mut reader)?;
         check(&head, targets)?;
         let mut out = Vec::new();
         write_edited(&head, targets, &mut reader, &mut out)?;
-        verify(&mut &out[..], targets)?;
+        verify(&mut &out[..], targets, "1.2.3.4")?;
         Ok(out)
     }
 
@@ -604,7 +668,7 @@ mod tests {
     #[test]
     fn only_the_edited_attributes_change() {
         for ts in ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"] {
-            let original = file(ts, None, false);
+            let original = file(ts, None);
             let targets = [
                 target(PATIENT_NAME, "DOE^JANE"),
                 target(STUDY_DESCRIPTION, "EDITED"),
@@ -643,7 +707,7 @@ mod tests {
     #[test]
     fn group_lengths_follow_the_edit() {
         // A group length element for group 0010 built by hand.
-        let original = file("1.2.840.10008.1.2.1", None, false);
+        let original = file("1.2.840.10008.1.2.1", None);
         let mut reader = &original[..];
         let mut head = read_head(&mut reader).unwrap();
         let group_10: usize = head
@@ -679,19 +743,20 @@ mod tests {
 
     #[test]
     fn character_sets_are_respected() {
-        let ascii = file("1.2.840.10008.1.2.1", None, false);
+        let ascii = file("1.2.840.10008.1.2.1", None);
         let err = edit(&ascii, &[target(PATIENT_NAME, "MÜLLER^JO")]).unwrap_err();
-        assert!(err.contains("non-ASCII"), "{err}");
-        let latin1 = file("1.2.840.10008.1.2.1", Some("ISO_IR 100"), false);
+        assert!(matches!(err, SpliceError::NonAscii { .. }), "{err:?}");
+        assert!(err.to_string().contains("non-ASCII"), "{err}");
+        let latin1 = file("1.2.840.10008.1.2.1", Some("ISO_IR 100"));
         let edited = edit(&latin1, &[target(PATIENT_NAME, "MÜLLER^JO")]).unwrap();
         assert!(edited.windows(2).any(|w| w == [b'M', 0xDC]));
-        let utf8 = file("1.2.840.10008.1.2.1", Some("ISO_IR 192"), false);
+        let utf8 = file("1.2.840.10008.1.2.1", Some("ISO_IR 192"));
         edit(&utf8, &[target(PATIENT_NAME, "王^小明")]).unwrap();
     }
 
     #[test]
     fn absent_attributes_are_inserted_in_tag_order() {
-        let original = file("1.2.840.10008.1.2.1", None, false);
+        let original = file("1.2.840.10008.1.2.1", None);
         let targets = [
             target(REFERRING_PHYSICIAN_NAME, "WHO^DR"),
             target(PATIENT_SEX, "F"),
@@ -708,13 +773,37 @@ mod tests {
 
     #[test]
     fn unsupported_files_are_refused() {
-        assert!(read_head(&mut &b"not dicom"[..]).is_err());
-        let big = file("1.2.840.10008.1.2.1", None, false);
-        let mut bytes = big.clone();
-        // Pretend the meta names Deflate: refused before the data set is read.
-        let ts = b"1.2.840.10008.1.2.1\0";
-        let at = bytes.windows(ts.len()).position(|w| w == ts).unwrap();
-        bytes.splice(at..at + ts.len(), b"1.2.840.10008.1.2.1.99".iter().copied());
-        assert!(read_head(&mut &bytes[..]).is_err());
+        assert!(matches!(
+            read_head(&mut &b"not dicom"[..]),
+            Err(SpliceError::Read(_))
+        ));
+        // The meta names another transfer syntax (its element and group
+        // lengths kept right): refused before the data set is read.
+        let named = |syntax: &[u8]| {
+            let mut bytes = file("1.2.840.10008.1.2.1", None);
+            let ts = b"1.2.840.10008.1.2.1\0";
+            let at = bytes.windows(ts.len()).position(|w| w == ts).unwrap();
+            let mut value = syntax.to_vec();
+            if value.len() % 2 == 1 {
+                value.push(0);
+            }
+            let grown = value.len() as u32 - ts.len() as u32;
+            bytes.splice(at..at + ts.len(), value.iter().copied());
+            bytes[at - 2..at].copy_from_slice(&(value.len() as u16).to_le_bytes());
+            let group = u32_at(&bytes, 140) + grown;
+            bytes[140..144].copy_from_slice(&group.to_le_bytes());
+            bytes
+        };
+        for (syntax, refused) in [
+            (&b"1.2.840.10008.1.2.1.99"[..], "deflated"),
+            (b"1.2.840.10008.1.2.4.95", "deflated"),
+            (b"1.2.840.10008.1.2.2", "Explicit VR Big Endian"),
+        ] {
+            let err = read_head(&mut &named(syntax)[..]).unwrap_err();
+            assert!(
+                matches!(err, SpliceError::Unsupported(name) if name == refused),
+                "{err:?}"
+            );
+        }
     }
 }

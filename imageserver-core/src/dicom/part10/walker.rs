@@ -22,7 +22,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 /// Value representations whose explicit-VR header has a 2-byte length
 /// (PS3.5 Table 7.1-2); every other VR, known or not, has a 4-byte length,
 /// as dicom-rs reads it.
-const SHORT_VRS: [&[u8; 2]; 21] = [
+pub(super) const SHORT_VRS: [&[u8; 2]; 21] = [
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
     b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 ];
@@ -600,22 +600,8 @@ fn implicit_is_sequence((group, element): (u16, u16)) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testfiles::{deflate, explicit};
     use super::*;
-
-    fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(&tag.0.to_le_bytes());
-        out.extend_from_slice(&tag.1.to_le_bytes());
-        out.extend_from_slice(vr);
-        if !SHORT_VRS.contains(&vr) {
-            out.extend_from_slice(&[0, 0]);
-            out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        }
-        out.extend_from_slice(value);
-        out
-    }
 
     fn raw(tag: (u16, u16), length: u32) -> Vec<u8> {
         let mut out = Vec::new();
@@ -806,14 +792,6 @@ mod tests {
     fn garbage_is_rejected() {
         let data = raw(ITEM_END, 0);
         assert!(walk("1.2.840.10008.1.2.1", &data, 8).is_err());
-    }
-
-    fn deflate(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut encoder =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
     }
 
     const DEFLATED_TS: &str = "1.2.840.10008.1.2.1.99";

@@ -23,25 +23,81 @@ impl EditValue {
     /// Parses `Keyword=value` (e.g. `PatientName=DOE^JANE`).
     pub fn parse(text: &str) -> Result<EditValue, StudyError> {
         let Some((keyword, value)) = text.split_once('=') else {
-            return Err(StudyError::InvalidEdit(format!(
-                "{text:?}: expected Keyword=value, e.g. PatientName=DOE^JANE"
+            return Err(StudyError::InvalidEdit(EditError::NotKeywordValue(
+                text.to_string(),
             )));
         };
-        let attribute = EditableAttribute::from_keyword(keyword.trim()).ok_or_else(|| {
-            StudyError::InvalidEdit(format!(
-                "{keyword:?} cannot be edited; editable: {}",
-                EditableAttribute::ALL
-                    .iter()
-                    .map(|a| a.keyword())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?;
+        let attribute = EditableAttribute::from_keyword(keyword.trim())
+            .ok_or_else(|| StudyError::InvalidEdit(EditError::NotEditable(keyword.to_string())))?;
         Ok(EditValue {
             attribute,
             value: value.trim().to_string(),
         })
     }
+}
+
+/// Why a requested edit is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EditError {
+    /// Not of the form `Keyword=value`.
+    #[error("{0:?}: expected Keyword=value, e.g. PatientName=DOE^JANE")]
+    NotKeywordValue(String),
+    /// The keyword names no editable attribute.
+    #[error("{0:?} cannot be edited; editable: {list}", list = editable_keywords())]
+    NotEditable(String),
+    /// No value given.
+    #[error("nothing to change: give at least one Keyword=value")]
+    NothingToChange,
+    /// One attribute given more than once.
+    #[error("{0} is given twice")]
+    GivenTwice(EditableAttribute),
+    /// A value its attribute's VR does not allow.
+    #[error("{attribute}={value:?}")]
+    Value {
+        /// The attribute.
+        attribute: EditableAttribute,
+        /// The value given (padding trimmed).
+        value: String,
+        /// The rule it breaks.
+        #[source]
+        source: EditValueError,
+    },
+}
+
+fn editable_keywords() -> String {
+    EditableAttribute::ALL
+        .iter()
+        .map(|a| a.keyword())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The PS3.5 6.2 rule a value breaks (editable VRs, single values only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EditValueError {
+    /// A backslash: more than one value.
+    #[error("a single value is expected (no backslash)")]
+    MultipleValues,
+    /// Control characters.
+    #[error("control characters are not allowed")]
+    ControlCharacters,
+    /// Not a DA value.
+    #[error("a date is YYYYMMDD")]
+    Date,
+    /// Not a TM value.
+    #[error("a time is HH, HHMM, HHMMSS or HHMMSS.FFFFFF")]
+    Time,
+    /// Not a CS value.
+    #[error("a code string is at most 16 of A-Z 0-9 space _")]
+    CodeString,
+    /// Longer than its VR allows (SH, LO): at most this many characters.
+    #[error("at most {0} characters")]
+    TooLong(usize),
+    /// Not a PN value.
+    #[error("a person name has at most 3 groups of 64 characters")]
+    PersonName,
 }
 
 /// What [`Studies::edit`] did.
@@ -120,9 +176,9 @@ impl Studies {
                     let mut source = self.storage.open(&filesystem, &key_of(&instance))?;
                     let head = splice::read_head(&mut source)
                         .and_then(|head| splice::check(&head, &targets).map(|()| head))
-                        .map_err(|reason| StudyError::File {
+                        .map_err(|source| StudyError::File {
                             sop_instance_uid: instance.sop_instance_uid.clone(),
-                            reason,
+                            source: Box::new(source),
                         })?;
                     drop(head);
                 }
@@ -144,14 +200,16 @@ impl Studies {
         let (mut rewritten, mut already) = (0u64, 0u64);
         for instance in self.store().study_instances(partition.id, study_uid)? {
             let key = key_of(&instance);
-            let file_error = |reason: String| StudyError::File {
+            let file_error = |source: splice::SpliceError| StudyError::File {
                 sop_instance_uid: instance.sop_instance_uid.clone(),
-                reason,
+                source: Box::new(source),
             };
             let mut source = files::HashingReader::new(self.storage.open(&filesystem, &key)?);
             let head = splice::read_head(&mut source).map_err(file_error)?;
             if splice::holds(&head.header, &targets) {
-                let (file_size, digest) = source.finish().map_err(|e| file_error(e.to_string()))?;
+                let (file_size, digest) = source
+                    .finish()
+                    .map_err(|e| file_error(splice::SpliceError::Read(e)))?;
                 facts.push(FileFacts {
                     sop_instance_uid: instance.sop_instance_uid.clone(),
                     file_size,
@@ -165,17 +223,12 @@ impl Studies {
                 splice::write_edited(&head, &targets, &mut source, &mut writer)
                     .map_err(file_error)?;
             drop(source);
-            {
-                let mut back = writer.read_back()?;
-                let header = splice::verify(&mut back, &targets).map_err(file_error)?;
-                let sop =
-                    part10::header::text(&header, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
-                if sop.as_deref() != Some(instance.sop_instance_uid.as_str()) {
-                    return Err(file_error(
-                        "the edited file names another SOP instance".to_string(),
-                    ));
-                }
-            }
+            splice::verify(
+                &mut writer.read_back()?,
+                &targets,
+                instance.sop_instance_uid.as_str(),
+            )
+            .map_err(file_error)?;
             pending.merge(writer.persist(&key)?);
             facts.push(FileFacts {
                 sop_instance_uid: instance.sop_instance_uid.clone(),
@@ -272,9 +325,9 @@ impl Studies {
                 std::collections::btree_map::Entry::Vacant(new) => new.insert(self.filesystem(id)?),
             };
             let mut source = self.storage.open(filesystem, &key_of(instance))?;
-            let head = splice::read_head(&mut source).map_err(|reason| StudyError::File {
+            let head = splice::read_head(&mut source).map_err(|source| StudyError::File {
                 sop_instance_uid: instance.sop_instance_uid.clone(),
-                reason,
+                source: Box::new(source),
             })?;
             if !splice::holds(&head.header, targets) {
                 return Ok(Some(instance));
@@ -333,22 +386,21 @@ impl Studies {
 /// and returns them as rewrite targets in tag order.
 pub(super) fn validate_values(values: &[EditValue]) -> Result<Vec<Target>, StudyError> {
     if values.is_empty() {
-        return Err(StudyError::InvalidEdit(
-            "nothing to change: give at least one Keyword=value".to_string(),
-        ));
+        return Err(StudyError::InvalidEdit(EditError::NothingToChange));
     }
     let mut seen = BTreeSet::new();
     let mut targets = Vec::new();
     for v in values {
         if !seen.insert(v.attribute) {
-            return Err(StudyError::InvalidEdit(format!(
-                "{} is given twice",
-                v.attribute
-            )));
+            return Err(StudyError::InvalidEdit(EditError::GivenTwice(v.attribute)));
         }
         let value = v.value.trim_matches([' ', '\0']);
-        check_value(v.attribute, value).map_err(|reason| {
-            StudyError::InvalidEdit(format!("{}={value:?}: {reason}", v.attribute))
+        check_value(v.attribute, value).map_err(|source| {
+            StudyError::InvalidEdit(EditError::Value {
+                attribute: v.attribute,
+                value: value.to_string(),
+                source,
+            })
         })?;
         targets.push(Target {
             attribute: attribute(v.attribute),
@@ -360,18 +412,18 @@ pub(super) fn validate_values(values: &[EditValue]) -> Result<Vec<Target>, Study
 }
 
 /// PS3.5 6.2 value rules of the editable VRs (single values only).
-fn check_value(attribute: EditableAttribute, value: &str) -> Result<(), String> {
+fn check_value(attribute: EditableAttribute, value: &str) -> Result<(), EditValueError> {
     if value.contains('\\') {
-        return Err("a single value is expected (no backslash)".to_string());
+        return Err(EditValueError::MultipleValues);
     }
     if value.chars().any(|c| c.is_control()) {
-        return Err("control characters are not allowed".to_string());
+        return Err(EditValueError::ControlCharacters);
     }
     let chars = value.chars().count();
-    let (ok, rule) = match attribute.vr() {
+    let (ok, broken) = match attribute.vr() {
         "DA" => (
             value.is_empty() || value.len() == 8 && value.bytes().all(|b| b.is_ascii_digit()),
-            "a date is YYYYMMDD",
+            EditValueError::Date,
         ),
         "TM" => {
             let (hms, fraction) = value.split_once('.').unwrap_or((value, ""));
@@ -382,7 +434,7 @@ fn check_value(attribute: EditableAttribute, value: &str) -> Result<(), String> 
                         && fraction.len() <= 6
                         && fraction.bytes().all(|b| b.is_ascii_digit())
                         && (fraction.is_empty() || hms.len() == 6)),
-                "a time is HH, HHMM, HHMMSS or HHMMSS.FFFFFF",
+                EditValueError::Time,
             )
         }
         "CS" => (
@@ -390,20 +442,20 @@ fn check_value(attribute: EditableAttribute, value: &str) -> Result<(), String> 
                 && value.bytes().all(|b| {
                     b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_'
                 }),
-            "a code string is at most 16 of A-Z 0-9 space _",
+            EditValueError::CodeString,
         ),
-        "SH" => (chars <= 16, "at most 16 characters"),
-        "LO" => (chars <= 64, "at most 64 characters"),
+        "SH" => (chars <= 16, EditValueError::TooLong(16)),
+        "LO" => (chars <= 64, EditValueError::TooLong(64)),
         "PN" => (
             value.split('=').count() <= 3 && value.split('=').all(|g| g.chars().count() <= 64),
-            "a person name has at most 3 groups of 64 characters",
+            EditValueError::PersonName,
         ),
-        _ => (true, ""),
+        _ => return Ok(()),
     };
     if ok {
         Ok(())
     } else {
-        Err(rule.to_string())
+        Err(broken)
     }
 }
 
@@ -468,8 +520,34 @@ mod tests {
             EditValue::parse("PatientName=A").unwrap(),
             EditValue::parse("PatientName=B").unwrap(),
         ];
-        assert!(validate_values(&twice).is_err());
-        assert!(validate_values(&[]).is_err());
+        assert!(matches!(
+            validate_values(&twice),
+            Err(StudyError::InvalidEdit(EditError::GivenTwice(
+                EditableAttribute::PatientName
+            )))
+        ));
+        assert!(matches!(
+            validate_values(&[]),
+            Err(StudyError::InvalidEdit(EditError::NothingToChange))
+        ));
+        // What a caller prints: each cause once.
+        let bad = EditValue::parse("StudyDate=2024-01-01").unwrap();
+        let err = validate_values(&[bad]).unwrap_err();
+        assert!(matches!(
+            &err,
+            StudyError::InvalidEdit(EditError::Value {
+                source: EditValueError::Date,
+                ..
+            })
+        ));
+        assert_eq!(
+            crate::model::error_chain(&err),
+            "invalid edit: StudyDate=\"2024-01-01\": a date is YYYYMMDD"
+        );
+        assert_eq!(
+            crate::model::error_chain(&EditValue::parse("PatientName").unwrap_err()),
+            "invalid edit: \"PatientName\": expected Keyword=value, e.g. PatientName=DOE^JANE"
+        );
         let sorted = validate_values(&[
             EditValue::parse("PatientName=A").unwrap(),
             EditValue::parse("StudyDescription=B").unwrap(),

@@ -5,8 +5,7 @@
 
 use std::io::{self, Read};
 
-use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 
 use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::{self, DataSetWalker, MetaError};
@@ -65,9 +64,6 @@ pub(crate) enum FileError {
     /// The walker refused the data set's structure.
     #[error("the data set is incomplete or malformed")]
     Malformed(#[source] WalkError),
-    /// The second pass could not skip the preamble.
-    #[error("cannot read the preamble")]
-    Preamble(#[source] io::Error),
     /// The header parser refused it.
     #[error("cannot parse the header")]
     Parse(#[source] dicom_object::ReadError),
@@ -96,21 +92,16 @@ pub(crate) fn read_header_and_digest<R: Read>(
     }
     walker.finish().map_err(FileError::Malformed)?;
     let (size, digest) = hashing.finish().map_err(FileError::Read)?;
-    let mut reader = open().map_err(FileError::Open)?;
-    let mut preamble = [0u8; 128];
-    reader
-        .read_exact(&mut preamble)
-        .map_err(FileError::Preamble)?;
-    let header = OpenFileOptions::new()
-        .read_until(tags::PIXEL_DATA)
-        .from_reader(reader)
-        .map_err(FileError::Parse)?;
+    let reader = open().map_err(FileError::Open)?;
+    let header = part10::parse_header(reader).map_err(FileError::Parse)?;
     Ok((header, size, digest))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dicom::part10::testfiles::{deflate, explicit};
+    use dicom_dictionary_std::tags;
 
     /// A Part 10 file: preamble, meta for `ts`, then `data_set` as is.
     fn part10(ts: &str, data_set: &[u8]) -> Vec<u8> {
@@ -128,25 +119,13 @@ mod tests {
         out
     }
 
-    fn explicit(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
-        let mut out = [tag.0.to_le_bytes(), tag.1.to_le_bytes()].concat();
-        out.extend_from_slice(vr);
-        out.extend_from_slice(&(value.len() as u16).to_le_bytes());
-        out.extend_from_slice(value);
-        out
-    }
-
-    fn deflate(bytes: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut encoder =
-            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-        encoder.write_all(bytes).unwrap();
-        encoder.finish().unwrap()
-    }
-
-    fn read(file: &[u8]) -> Result<(DefaultDicomObject, u64, String), String> {
+    fn read(file: &[u8]) -> Result<(DefaultDicomObject, u64, String), FileError> {
         read_header_and_digest(|| Ok::<_, storage::Error>(file))
-            .map_err(|e| crate::model::error_chain(&e))
+    }
+
+    /// The whole chain of why `file` is refused.
+    fn refusal(file: &[u8]) -> String {
+        crate::model::error_chain(&read(file).unwrap_err())
     }
 
     #[test]
@@ -184,6 +163,8 @@ mod tests {
         nested.extend(open.repeat(20_000));
         nested.extend(close.repeat(20_000));
         let error = read(&part10(ts, &deflate(&nested))).unwrap_err();
+        assert!(matches!(error, FileError::Malformed(_)), "{error:?}");
+        let error = crate::model::error_chain(&error);
         assert!(error.contains("nested too deeply"), "{error}");
 
         // A 4 GiB length claim with 16 bytes present.
@@ -195,7 +176,7 @@ mod tests {
             part10(ts, &deflate(&lie)),
             part10("1.2.840.10008.1.2.1", &lie),
         ] {
-            let error = read(&file).unwrap_err();
+            let error = refusal(&file);
             assert!(
                 error.contains("before the end of an element value"),
                 "{error}"
@@ -205,9 +186,11 @@ mod tests {
         // A meta group claiming 4 GiB is refused before allocating it.
         let mut huge_meta = good.clone();
         huge_meta[140..144].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
-        assert!(read(&huge_meta)
-            .unwrap_err()
-            .contains("file meta group claims"));
+        assert!(matches!(
+            read(&huge_meta),
+            Err(FileError::Meta(MetaError::TooLarge { .. }))
+        ));
+        assert!(refusal(&huge_meta).contains("file meta group claims"));
     }
 
     #[test]

@@ -163,9 +163,13 @@ impl Reconcile {
         entry: &ReconcileEntry,
         identity: &PatientIdentity,
     ) -> Result<(), StudyError> {
-        let file_error = |reason: String| StudyError::File {
+        let file_error = |source: splice::SpliceError| StudyError::File {
             sop_instance_uid: entry.sop_instance_uid.clone(),
-            reason,
+            source: Box::new(source),
+        };
+        let store_error = |source: crate::services::IngestError| StudyError::Store {
+            sop_instance_uid: entry.sop_instance_uid.clone(),
+            source: Box::new(source),
         };
         let values = identity_values(identity);
         let targets = edit::validate_values(&values)?;
@@ -189,21 +193,18 @@ impl Reconcile {
                 // anyone replace).
                 may_replace: true,
             })
-            .map_err(|e| file_error(crate::model::error_chain(&e)))?;
+            .map_err(store_error)?;
         // Ingest writes its own file meta: only the data set goes in.
         let mut data_set = SkipPrefix {
             skip: head.prefix_len(),
             inner: &mut writer,
         };
         splice::write_edited(&head, &targets, &mut source, &mut data_set).map_err(file_error)?;
-        let stored = self
-            .ingest
-            .finish(writer)
-            .map_err(|e| file_error(crate::model::error_chain(&e)))?;
+        let stored = self.ingest.finish(writer).map_err(store_error)?;
         if stored.outcome == crate::services::Stored::HeldForReconcile {
-            return Err(file_error(
-                "its identity still conflicts with the study (changed meanwhile?)".to_string(),
-            ));
+            return Err(StudyError::StillConflicts {
+                sop_instance_uid: entry.sop_instance_uid.clone(),
+            });
         }
         Ok(())
     }
