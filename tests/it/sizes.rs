@@ -176,6 +176,43 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A server whose one filesystem is `tmpfs`, keeping `min_free_mb` free.
+fn server_on(dir: &Path, tmpfs: &Tmpfs, min_free_mb: u64) -> Server {
+    Server::builder(dir)
+        .setting("min_free_space_mb", min_free_mb)
+        .setting(
+            "filesystems",
+            format!("[{{ path = {:?} }}]", tmpfs.path.display().to_string()),
+        )
+        .start()
+}
+
+/// Streams a CT of `pixel_mib` MiB of pixel data; returns its status after
+/// checking that a refused one left no temporary file and no row.
+fn store_on(server: &Server, tmpfs: &Tmpfs, rng: &mut Rng, pixel_mib: u32) -> Option<u16> {
+    let uids = ct_uids(rng);
+    let pixel_len: u32 = pixel_mib << 20;
+    let status = stream_store(
+        server,
+        &uids,
+        &ct_head(&uids, pixel_len),
+        pixel_len.into(),
+        &[],
+    );
+    if status != Some(0x0000) {
+        let left: Vec<_> = std::fs::read_dir(tmpfs.path.join(".tmp"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        assert!(server
+            .archive()
+            .index()
+            .instance(&uids.sop_instance_uid)
+            .is_none());
+    }
+    status
+}
+
 /// On a 160 MiB filesystem that must keep 64 MiB free, a 150 MiB store
 /// passes the check at its start (160 MiB free) and fails (A700) once it
 /// has eaten into the 64 MiB, its temporary file removed: the free space
@@ -186,33 +223,13 @@ fn a_store_that_crosses_the_free_space_floor_fails_midway() {
     let Some(tmpfs) = Tmpfs::mount(&dir.path().join("fs"), 160) else {
         return;
     };
-    let server = Server::builder(dir.path())
-        .setting("min_free_space_mb", 64)
-        .setting(
-            "filesystems",
-            format!("[{{ path = {:?} }}]", tmpfs.path.display().to_string()),
-        )
-        .start();
+    let server = server_on(dir.path(), &tmpfs, 64);
     let mut rng = Rng::new(103);
-    let uids = ct_uids(&mut rng);
-    let pixel_len: u32 = 150 << 20;
-    let status = stream_store(
-        &server,
-        &uids,
-        &ct_head(&uids, pixel_len),
-        pixel_len.into(),
-        &[],
+    assert_eq!(
+        store_on(&server, &tmpfs, &mut rng, 150),
+        Some(0xA700),
+        "150 MiB into 160 MiB keeping 64 MiB"
     );
-    assert_eq!(status, Some(0xA700), "150 MiB into 160 MiB keeping 64 MiB");
-    let left: Vec<_> = std::fs::read_dir(tmpfs.path.join(".tmp"))
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "temporary files left: {left:?}");
-    assert!(server
-        .archive()
-        .index()
-        .instance(&uids.sop_instance_uid)
-        .is_none());
     // The server (and its files on the tmpfs) goes before the unmount.
     drop(server);
     drop(tmpfs);
@@ -228,43 +245,15 @@ fn a_full_filesystem_fails_the_store_with_a700_and_the_next_one_succeeds() {
     let Some(tmpfs) = Tmpfs::mount(&dir.path().join("fs"), 16) else {
         return;
     };
-    let server = Server::builder(dir.path())
-        .setting("min_free_space_mb", 0)
-        .setting(
-            "filesystems",
-            format!("[{{ path = {:?} }}]", tmpfs.path.display().to_string()),
-        )
-        .start();
+    let server = server_on(dir.path(), &tmpfs, 0);
     let mut rng = Rng::new(104);
-    let uids = ct_uids(&mut rng);
-    let pixel_len: u32 = 32 << 20;
-    let status = stream_store(
-        &server,
-        &uids,
-        &ct_head(&uids, pixel_len),
-        pixel_len.into(),
-        &[],
-    );
-    assert_eq!(status, Some(0xA700), "32 MiB into a 16 MiB filesystem");
-    let left: Vec<_> = std::fs::read_dir(tmpfs.path.join(".tmp"))
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "temporary files left: {left:?}");
-    assert!(server
-        .archive()
-        .index()
-        .instance(&uids.sop_instance_uid)
-        .is_none());
-    let small = ct_uids(&mut rng);
-    let pixel_len: u32 = 1 << 20;
     assert_eq!(
-        stream_store(
-            &server,
-            &small,
-            &ct_head(&small, pixel_len),
-            pixel_len.into(),
-            &[]
-        ),
+        store_on(&server, &tmpfs, &mut rng, 32),
+        Some(0xA700),
+        "32 MiB into a 16 MiB filesystem"
+    );
+    assert_eq!(
+        store_on(&server, &tmpfs, &mut rng, 1),
         Some(0x0000),
         "a store that fits, after the full one"
     );
