@@ -12,7 +12,7 @@
 //!   codec, the association acceptor (with an access policy and a handler
 //!   factory of the caller's), the storage SCU, identifier codecs and Part
 //!   10 files. It imports only [`model`] and dicom-rs.
-//! - [`scp`]: the DIMSE service handlers above the services: C-ECHO,
+//! - `scp`: the DIMSE service handlers above the services: C-ECHO,
 //!   C-STORE, C-FIND, C-MOVE and C-GET, each calling [`services`]; never SQL
 //!   or a path.
 //! - [`services`]: the use cases (ingest with group commit, import) over the

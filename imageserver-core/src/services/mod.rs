@@ -1,9 +1,9 @@
 //! The use cases, over the [`crate::db`] and [`crate::storage`] seams.
 //!
 //! - [`ingest`]: a streamed data set becomes a durable, indexed instance.
-//! - [`commit`]: the group committer ingest waits on.
+//! - `commit`: the group committer ingest waits on.
 //! - [`import`]: existing Part 10 files brought in through ingest.
-//! - [`find`]: C-FIND's matches, read from the index a page at a time.
+//! - `find`: C-FIND's matches, read from the index a page at a time.
 //! - [`send`]: instances to a remote AE: the send plan and retry policy.
 //!
 //! The use cases speak no DIMSE: the SCP handlers (`crate::scp`)
