@@ -30,8 +30,14 @@ fn ct_uids(rng: &mut Rng) -> DatasetUids {
 }
 
 fn store_ct(server: &Server, uids: &DatasetUids) -> Option<u16> {
+    store_ct_as(server, "RAWSCU", uids)
+}
+
+/// One C-STORE of a CT data set on an association of its own, calling as
+/// `calling_ae`.
+fn store_ct_as(server: &Server, calling_ae: &str, uids: &DatasetUids) -> Option<u16> {
     let context = [Proposal::implicit(1, raw::CT_IMAGE_STORAGE)];
-    let mut peer = RawPeer::associate(server.addr(), server.ae_title(), &context);
+    let mut peer = RawPeer::associate_as(server.addr(), server.ae_title(), calling_ae, &context);
     let status = peer.c_store(
         1,
         &uids.sop_class_uid,
@@ -274,19 +280,6 @@ fn one_address_cannot_take_every_waiting_slot() {
         Some(0x0000),
         "a store from 127.0.0.1 while {flooder} holds its {PER_ADDRESS} slots"
     );
-}
-
-fn store_ct_as(server: &Server, calling_ae: &str, uids: &DatasetUids) -> Option<u16> {
-    let context = [Proposal::implicit(1, raw::CT_IMAGE_STORAGE)];
-    let mut peer = RawPeer::associate_as(server.addr(), server.ae_title(), calling_ae, &context);
-    let status = peer.c_store(
-        1,
-        &uids.sop_class_uid,
-        &uids.sop_instance_uid,
-        &ct_dataset(uids),
-    );
-    peer.release();
-    status
 }
 
 /// Every new calling AE title of a partition that accepts unknown callers
