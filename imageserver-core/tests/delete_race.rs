@@ -13,6 +13,7 @@
 //!
 //! Either the store is refused (study being deleted, nothing kept) or it is
 //! acknowledged, and then its row and its file are there after the delete.
+#![cfg(feature = "sqlite")]
 
 use std::io::Read;
 use std::path::PathBuf;

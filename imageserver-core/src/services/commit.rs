@@ -259,7 +259,7 @@ fn index_batch(
     Ok(outcomes)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
     use crate::db::fixtures::{fs_spec, partition_spec, uid, Scope};
