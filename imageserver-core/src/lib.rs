@@ -36,10 +36,6 @@ compile_error!(
 pub mod config;
 pub mod db;
 pub mod dicom;
-// Property-based fuzzing (docs/fuzzing.md); it tests no backend, so the
-// single-backend test runs skip it.
-#[cfg(all(test, feature = "sqlite", feature = "postgres"))]
-mod fuzz;
 pub mod model;
 pub mod processors;
 pub mod rules;
@@ -68,3 +64,8 @@ pub use workqueue::{
     KindProperties, ProcessContext, Processor, Registry, StepResult, WorkItem, WorkKind, WorkQueue,
     WorkStatus, WorkStore,
 };
+
+// Property-based fuzzing (docs/fuzzing.md); it tests no backend, so the
+// single-backend test runs skip it.
+#[cfg(all(test, feature = "sqlite", feature = "postgres"))]
+mod fuzz;

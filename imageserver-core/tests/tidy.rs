@@ -145,13 +145,13 @@ fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The checked lines of a file: code before any `#[cfg(test)]`, comments
-/// dropped.
+/// The checked lines of a file: code before any `#[cfg(test)]` (or
+/// `#[cfg(all(test, …))]`, a test module of one feature), comments dropped.
 fn code_lines(text: &str) -> Vec<(usize, &str)> {
     let mut lines = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
-        if trimmed.starts_with("#[cfg(test)]") {
+        if trimmed.starts_with("#[cfg(test)]") || trimmed.starts_with("#[cfg(all(test,") {
             break;
         }
         if trimmed.starts_with("//") {
