@@ -27,7 +27,7 @@ use crate::services::studies::Studies;
 use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::StorageBackend;
-use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue, WorkStore};
+use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue};
 
 /// Why an archive or server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -197,11 +197,8 @@ impl ServerBuilder {
             Some(database) => database,
             None => open_index(&self.settings.db_url)?,
         };
-        let database_for_work = database.clone();
-        let database_for_work_archive = database.clone();
         let index: Arc<dyn IndexStore> = database.clone();
-        let work: Arc<dyn WorkStore> = database.clone();
-        let query: Arc<dyn QueryStore> = database;
+        let query: Arc<dyn QueryStore> = database.clone();
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(FsStorage::new()) as Arc<dyn StorageBackend>);
@@ -261,8 +258,8 @@ impl ServerBuilder {
             None => {
                 let mut registry = Registry::new();
                 let deps = BuiltinDeps {
-                    studies: Studies::new(database_for_work.clone(), storage.clone()),
-                    db: database_for_work,
+                    studies: Studies::new(database.clone(), storage.clone()),
+                    db: database.clone(),
                     partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
                     rules: self.rules,
                 };
@@ -301,14 +298,12 @@ impl ServerBuilder {
             min_free_bytes: self.settings.min_free_bytes,
         });
         Ok(Archive {
-            database: database_for_work_archive,
-            query,
+            database,
             retrieve,
             settings: self.settings,
             storage,
             ingest,
             partitions,
-            work,
             processors,
             study_process_wake,
         })
@@ -333,14 +328,13 @@ pub struct ArchivePartition {
 #[derive(Debug)]
 pub struct Archive {
     settings: Settings,
+    /// The index; its query and work-queue sides are views of it.
     database: Arc<dyn Database>,
-    query: Arc<dyn QueryStore>,
     retrieve: Retrieve,
     storage: Arc<dyn StorageBackend>,
     ingest: Ingest,
     /// The default (`[dicom]`) partition first.
     partitions: Vec<ArchivePartition>,
-    work: Arc<dyn WorkStore>,
     processors: Registry,
     /// Where ingest finds the engine to wake for the StudyProcess items
     /// it schedules (set by [`Server::start_on`]).
@@ -414,7 +408,7 @@ impl Archive {
     /// A work queue handle without an engine (operator commands): items
     /// enqueued through it run on whichever engine shares the database.
     pub fn work_queue(&self) -> WorkQueue {
-        WorkQueue::detached(self.work.clone(), self.processors.clone())
+        WorkQueue::detached(self.database.clone(), self.processors.clone())
     }
 
     /// The work item kinds this archive runs.
@@ -479,7 +473,7 @@ impl Server {
         let engine = match settings.workqueue.engine.threads {
             0 => None,
             _ => Some(Engine::start(
-                archive.work.clone(),
+                archive.database.clone(),
                 archive.processors.clone(),
                 EngineConfig {
                     processor_id: workqueue::default_processor_id(),
@@ -506,7 +500,7 @@ impl Server {
             };
             let dispatcher = Dispatcher {
                 ingest: archive.ingest.clone(),
-                find: Find::new(archive.query.clone()),
+                find: Find::new(archive.database.clone()),
                 retrieve: archive.retrieve.clone(),
                 devices: partition.devices.clone(),
                 partition: partition.partition.clone(),
