@@ -6,6 +6,7 @@
 //! Every check works in partitions of its own, so the checks do not see each
 //! other's rows.
 
+use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use crate::db::fixtures::{self, counts, uid, Scope};
@@ -1144,6 +1145,7 @@ pub(crate) fn run_query_suite<S: IndexStore + QueryStore>(store: &S, nearline: &
     partitions_are_isolated(store, a.partition, b.partition);
     limits_and_cancel(store, a.partition);
     retrieve_lists(store, &a, nearline);
+    retrieve_batches(store, a.partition);
     pages_across_changes(store);
 }
 
@@ -2156,6 +2158,82 @@ fn limits_and_cancel(store: &dyn QueryStore, partition: PartitionId) {
         })
         .expect("find_instances");
     assert_eq!(seen, 3);
+}
+
+/// A retrieve planned without its list ([`crate::services::retrieve`]):
+/// its batches, loaded one by one, hold exactly the instances of the
+/// whole list, in its order; whole series, at most the batch size unless
+/// one series alone is larger; and only what the query named.
+fn retrieve_batches(store: &(impl IndexStore + QueryStore), partition: PartitionId) {
+    use crate::services::retrieve::{batch_on, plan_on};
+    use Attribute as A;
+    let sops = |items: &[crate::services::retrieve::RetrieveItem]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| i.sop_instance_uid.to_string())
+            .collect()
+    };
+    let patient = query(
+        partition,
+        Root::Patient,
+        Level::Patient,
+        vec![single(A::PatientId, "PID1")],
+    );
+    let images = query(
+        partition,
+        Root::Study,
+        Level::Image,
+        vec![list(
+            A::SopInstanceUid,
+            &["1.2.10.2.1.2", "1.2.10.1.2.1", "1.2.10.1.1.3", "9.9"],
+        )],
+    );
+    let everything = query(partition, Root::Study, Level::Study, vec![]);
+    for (name, q) in [
+        ("patient", &patient),
+        ("images", &images),
+        ("all", &everything),
+    ] {
+        let whole: Vec<String> = all_instances(store, q)
+            .iter()
+            .map(|i| i.sop_instance_uid.to_string())
+            .collect();
+        for size in [1, 2, 1000] {
+            let plan = plan_on(store, q, size).expect("plan");
+            assert_eq!(plan.total, whole.len(), "{name}/{size}: total");
+            let mut loaded = Vec::new();
+            for batch in 0..plan.batches() {
+                let items = batch_on(store, &plan, batch).expect("batch");
+                // A batch starts a new series only while it holds fewer
+                // than `size` instances: only its last series may overflow.
+                let last = items.last().map(|i| i.series_uid.clone());
+                let before_last = items
+                    .iter()
+                    .filter(|i| Some(&i.series_uid) != last.as_ref())
+                    .count();
+                assert!(
+                    before_last < size || before_last == 0,
+                    "{name}/{size}: batch {batch} holds {before_last} instances before its last series"
+                );
+                for item in &items {
+                    let pair = (item.sop_class_uid.clone(), item.transfer_syntax_uid.clone());
+                    assert!(plan.pairs.contains(&pair), "{name}/{size}: pair planned");
+                }
+                loaded.extend(sops(&items));
+            }
+            assert_eq!(loaded, whole, "{name}/{size}: batches = the whole list");
+            if size == 1 {
+                let series: BTreeSet<String> = all_instances(store, q)
+                    .iter()
+                    .map(|i| i.series_uid.to_string())
+                    .collect();
+                assert_eq!(plan.batches(), series.len(), "{name}: a batch per series");
+            }
+        }
+    }
+    assert!(batch_on(store, &plan_on(store, &patient, 2).unwrap(), 99)
+        .unwrap()
+        .is_empty());
 }
 
 /// The instances below matched entities, with their locations, in study,

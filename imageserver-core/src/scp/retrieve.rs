@@ -1,9 +1,11 @@
 //! Retrieve SCPs: C-MOVE (PS3.4 C.4.2) and C-GET (PS3.4 C.4.3).
 //!
-//! Both parse the identifier's unique keys into a [`Query`], list the
-//! matching instances with [`Retrieve::instances`] (the total is needed for
-//! the sub-operation counters), then run one C-STORE sub-operation per
-//! instance, each followed by a pending response with the counters:
+//! Both parse the identifier's unique keys into a [`Query`], plan the
+//! retrieve with [`Retrieve::plan`] (the total the sub-operation counters
+//! need and the contexts, without holding the instance list), then load
+//! the instances a batch of series at a time and run one C-STORE
+//! sub-operation per instance, each followed by a pending response with
+//! the counters:
 //!
 //! - C-MOVE stores to the move destination (a known device of the
 //!   partition) through the storage SCU, [`crate::services::send::send`], on an
@@ -21,7 +23,8 @@
 //! none completed (every sub-operation failed, or the move destination
 //! could not be reached); FE00 after a cancel. Failures, warnings and
 //! cancels carry the Failed SOP Instance UID List (0008,0058) when any
-//! sub-operation failed. An invalid identifier gets A900, an unknown move
+//! sub-operation failed (its first 4096 UIDs; the count is exact). A batch
+//! the index cannot read fails the rest of the retrieve by count. An invalid identifier gets A900, an unknown move
 //! destination (or one registered without a port) A801, an index failure
 //! C000.
 
@@ -43,7 +46,7 @@ use crate::dicom::sop_classes;
 use crate::model::error_chain;
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root, MAX_LIST_VALUES};
 use crate::model::Uid;
-use crate::services::retrieve::{Retrieve, RetrieveItem};
+use crate::services::retrieve::{Retrieve, RetrieveItem, RetrievePlan};
 
 /// Which retrieve service a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +147,8 @@ pub fn handle_move(
             return refuse(link, pc_id, command, Service::Move, refusal);
         }
     };
-    let items = match list_instances(&dispatcher.retrieve, &request.query) {
-        Ok(items) => items,
+    let plan = match plan_retrieve(&dispatcher.retrieve, &request.query) {
+        Ok(plan) => plan,
         Err(refusal) => return refuse(link, pc_id, command, Service::Move, refusal),
     };
     let destination = Destination {
@@ -153,27 +156,28 @@ pub fn handle_move(
         host: device.host.clone(),
         port: device.port,
     };
-    let mut progress = Progress::new(items.len());
-    let sources: Vec<Source<'_>> = items
-        .iter()
-        .map(|item| Source {
-            retrieve: &dispatcher.retrieve,
-            item,
-        })
-        .collect();
+    let mut progress = Progress::new(plan.total);
     let mut options = scu::ScuOptions::new(dispatcher.partition.ae_title.as_str());
     options.priority = command.priority.unwrap_or(Priority::Medium);
     options.move_originator = Some((link.calling_ae().to_string(), request.message_id));
 
     let mut link_error: Option<LinkError> = None;
     let mut comment: Option<String> = None;
-    if !sources.is_empty() {
-        let sent = crate::services::send::send(
+    if plan.total > 0 {
+        let retrieve = &dispatcher.retrieve;
+        let pairs: Vec<(&str, &str)> = plan
+            .pairs
+            .iter()
+            .map(|(class, ts)| (class.as_str(), ts.as_str()))
+            .collect();
+        let sent = crate::services::send::send_batches(
             &destination,
             &options,
-            &sources,
+            &pairs,
+            plan.batches(),
+            &mut |batch| load_batch(retrieve, &plan, batch),
             &mut |source: &Source<'_>, outcome: &Outcome| {
-                progress.record(source.item, outcome);
+                progress.record(&source.item.sop_instance_uid, outcome);
                 let pending = Service::Move.response(
                     command,
                     Status::PENDING,
@@ -197,16 +201,33 @@ pub fn handle_move(
                 }
             },
         );
-        if let Err(error) = sent {
-            warn!(destination = %destination, %error, "C-MOVE: cannot reach the move destination");
-            comment = Some(unreachable_comment(&error).to_string());
-            for item in &items {
-                progress.record(
-                    item,
-                    &Outcome::Failed {
-                        reason: error.to_string(),
-                    },
-                );
+        match sent {
+            Ok(summary) => {
+                if let Some(reason) = summary.unloaded {
+                    comment = Some(progress.give_up(&reason).to_string());
+                }
+            }
+            Err(error) => {
+                warn!(destination = %destination, %error, "C-MOVE: cannot reach the move destination");
+                comment = Some(unreachable_comment(&error).to_string());
+                let reason = error.to_string();
+                for batch in 0..plan.batches() {
+                    match load_batch(retrieve, &plan, batch) {
+                        Ok(sources) => {
+                            for source in &sources {
+                                progress.record(
+                                    &source.item.sop_instance_uid,
+                                    &Outcome::Failed {
+                                        reason: reason.clone(),
+                                    },
+                                );
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Whatever could not be listed failed too, by count.
+                progress.give_up(&reason);
             }
         }
     }
@@ -252,35 +273,45 @@ pub fn handle_get(
         Ok(request) => request,
         Err(refusal) => return refuse(link, pc_id, command, Service::Get, refusal),
     };
-    let items = match list_instances(&dispatcher.retrieve, &request.query) {
-        Ok(items) => items,
+    let plan = match plan_retrieve(&dispatcher.retrieve, &request.query) {
+        Ok(plan) => plan,
         Err(refusal) => return refuse(link, pc_id, command, Service::Get, refusal),
     };
     let priority = command.priority.unwrap_or(Priority::Medium);
-    let mut progress = Progress::new(items.len());
+    let mut progress = Progress::new(plan.total);
     let mut next_message_id: u16 = 1;
-    for item in &items {
-        if link.poll_cancel(request.message_id)? {
-            progress.cancelled = true;
-            break;
-        }
-        let message_id = next_message_id;
-        next_message_id = next_message_id.checked_add(1).unwrap_or(1);
-        let outcome = get_sub_operation(
-            &dispatcher.retrieve,
-            link,
-            item,
-            message_id,
-            priority,
-            request.message_id,
-            &mut progress.cancelled,
-        )?;
-        progress.record(item, &outcome);
-        let pending =
-            Service::Get.response(command, Status::PENDING, progress.pending_counts(), false);
-        link.send_command(pc_id, &pending)?;
-        if progress.cancelled {
-            break;
+    let mut comment: Option<String> = None;
+    'batches: for batch in 0..plan.batches() {
+        let sources = match load_batch(&dispatcher.retrieve, &plan, batch) {
+            Ok(sources) => sources,
+            Err(reason) => {
+                comment = Some(progress.give_up(&reason).to_string());
+                break;
+            }
+        };
+        for source in &sources {
+            if link.poll_cancel(request.message_id)? {
+                progress.cancelled = true;
+                break 'batches;
+            }
+            let message_id = next_message_id;
+            next_message_id = next_message_id.checked_add(1).unwrap_or(1);
+            let outcome = get_sub_operation(
+                &dispatcher.retrieve,
+                link,
+                &source.item,
+                message_id,
+                priority,
+                request.message_id,
+                &mut progress.cancelled,
+            )?;
+            progress.record(&source.item.sop_instance_uid, &outcome);
+            let pending =
+                Service::Get.response(command, Status::PENDING, progress.pending_counts(), false);
+            link.send_command(pc_id, &pending)?;
+            if progress.cancelled {
+                break 'batches;
+            }
         }
     }
     let result = finish(
@@ -290,7 +321,7 @@ pub fn handle_get(
         Service::Get,
         &request,
         &progress,
-        None,
+        comment,
     );
     log_done(Service::Get, &request, &progress, started, None);
     result
@@ -390,7 +421,7 @@ fn get_sub_operation(
 /// An instance as the storage SCU sees it.
 struct Source<'a> {
     retrieve: &'a Retrieve,
-    item: &'a RetrieveItem,
+    item: RetrieveItem,
 }
 
 impl Outgoing for Source<'_> {
@@ -413,11 +444,17 @@ impl Outgoing for Source<'_> {
     fn open(
         &self,
     ) -> Result<Box<dyn std::io::Read + Send + '_>, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(self.retrieve.open(self.item)?)
+        Ok(self.retrieve.open(&self.item)?)
     }
 }
 
-/// Sub-operation counters and the failed instances.
+/// Most UIDs a final response's Failed SOP Instance UID List holds (the
+/// count of failures is always exact): the list of a huge failed retrieve
+/// would not fit a response a peer can take.
+const MAX_FAILED_UIDS: usize = MAX_LIST_VALUES;
+
+/// Sub-operation counters and the failed instances (up to
+/// [`MAX_FAILED_UIDS`] of them).
 #[derive(Debug, Default)]
 struct Progress {
     total: usize,
@@ -442,29 +479,44 @@ impl Progress {
         self.completed + self.warning + self.failed
     }
 
-    fn record(&mut self, item: &RetrieveItem, outcome: &Outcome) {
+    fn record(&mut self, sop_instance_uid: &Uid, outcome: &Outcome) {
         match outcome.tally() {
             Tally::Completed => self.completed += 1,
             Tally::Warning => {
-                debug!(sop_instance_uid = %item.sop_instance_uid, outcome = %outcome.describe(), "sub-operation warning");
+                debug!(%sop_instance_uid, outcome = %outcome.describe(), "sub-operation warning");
                 self.warning += 1;
             }
             Tally::Failed => {
-                debug!(sop_instance_uid = %item.sop_instance_uid, outcome = %outcome.describe(), "sub-operation failed");
+                debug!(%sop_instance_uid, outcome = %outcome.describe(), "sub-operation failed");
                 if self.first_failure.is_none() {
                     self.first_failure = Some(outcome.describe());
                 }
                 self.failed += 1;
-                self.failed_uids
-                    .push(item.sop_instance_uid.as_str().to_string());
+                if self.failed_uids.len() < MAX_FAILED_UIDS {
+                    self.failed_uids.push(sop_instance_uid.as_str().to_string());
+                }
             }
         }
+    }
+
+    /// Fails, by count, every planned sub-operation not yet done: the job
+    /// cannot go on (`reason`, logged). Returns the final response's
+    /// comment.
+    fn give_up(&mut self, reason: &str) -> &'static str {
+        let rest = self.total.saturating_sub(self.done());
+        if rest > 0 {
+            self.failed += rest;
+            if self.first_failure.is_none() {
+                self.first_failure = Some(reason.to_string());
+            }
+        }
+        "the instances to send could not be read from the index"
     }
 
     /// Counters of a pending response: remaining = total − done.
     fn pending_counts(&self) -> SubOpCounts {
         SubOpCounts {
-            remaining: Some(clamp(self.total - self.done())),
+            remaining: Some(clamp(self.total.saturating_sub(self.done()))),
             ..self.final_counts()
         }
     }
@@ -601,11 +653,31 @@ fn log_done(
     );
 }
 
-fn list_instances(retrieve: &Retrieve, query: &Query) -> Result<Vec<RetrieveItem>, Refusal> {
-    retrieve.instances(query).map_err(|error| {
+fn plan_retrieve(retrieve: &Retrieve, query: &Query) -> Result<RetrievePlan, Refusal> {
+    retrieve.plan(query).map_err(|error| {
         warn!(error = %error_chain(&error), "retrieve: index query failed");
         Refusal::new(Status::UNABLE_TO_PROCESS, "index query failed")
     })
+}
+
+/// Batch `batch` of `plan`, read just before it is sent (no index
+/// connection is held while the peer is written to).
+fn load_batch<'r>(
+    retrieve: &'r Retrieve,
+    plan: &RetrievePlan,
+    batch: usize,
+) -> Result<Vec<Source<'r>>, String> {
+    match retrieve.batch(plan, batch) {
+        Ok(items) => Ok(items
+            .into_iter()
+            .map(|item| Source { retrieve, item })
+            .collect()),
+        Err(error) => {
+            let reason = error_chain(&error);
+            warn!(error = %reason, batch, "retrieve: cannot read the next batch of instances");
+            Err(reason)
+        }
+    }
 }
 
 /// A short ErrorComment for a destination that could not be reached.
@@ -872,6 +944,26 @@ mod tests {
         assert_eq!(progress(5, 2, 0, 1).final_counts().remaining, None);
         assert_eq!(progress(5, 2, 0, 1).pending_counts().remaining, Some(2));
         assert_eq!(clamp(70_000), u16::MAX);
+        // More answered than planned (instances stored meanwhile).
+        assert_eq!(progress(2, 3, 0, 0).pending_counts().remaining, Some(0));
+    }
+
+    #[test]
+    fn failures_are_counted_exactly_and_listed_up_to_the_cap() {
+        let mut p = progress(MAX_FAILED_UIDS + 10, 0, 0, 0);
+        let failed = Outcome::Failed {
+            reason: "refused".into(),
+        };
+        for n in 0..MAX_FAILED_UIDS + 5 {
+            p.record(&Uid::parse(&format!("1.2.3.{n}")).unwrap(), &failed);
+        }
+        assert_eq!(p.failed, MAX_FAILED_UIDS + 5);
+        assert_eq!(p.failed_uids.len(), MAX_FAILED_UIDS);
+        assert_eq!(p.failed_uids[0], "1.2.3.0");
+        p.give_up("index down");
+        assert_eq!(p.failed, MAX_FAILED_UIDS + 10, "the rest failed by count");
+        assert_eq!(p.final_counts().failed, clamp(MAX_FAILED_UIDS + 10));
+        assert_eq!(p.final_status(), Status::OUT_OF_RESOURCES_SUBOPS);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 
 use crate::db::{self, IndexStore, QueryStore};
-use crate::model::query::Query;
+use crate::model::query::{Attribute, Key, Level, Matcher, Query};
 use crate::model::{
     AeTitle, DeviceSpec, Filesystem, FilesystemId, PartitionId, StoredInstance, StudyLocation, Uid,
 };
@@ -72,6 +72,40 @@ impl RetrieveItem {
     }
 }
 
+/// Most instances a [`RetrievePlan`] batch holds, unless one series alone
+/// has more (a batch never splits a series).
+pub const BATCH_INSTANCES: usize = 1000;
+
+/// A retrieve planned without holding its instance list: how many
+/// instances it names, the (SOP class, transfer syntax) pairs they need,
+/// and batches of whole series, each loaded on its own
+/// ([`Retrieve::batch`]) just before it is sent. Memory grows with the
+/// number of series, never with the number of instances.
+#[derive(Debug, Clone)]
+pub struct RetrievePlan {
+    query: Query,
+    /// Instances named when the plan was made.
+    pub total: usize,
+    /// Distinct (SOP class, transfer syntax) pairs, in order of first
+    /// appearance.
+    pub pairs: Vec<(Uid, Uid)>,
+    batches: Vec<Batch>,
+}
+
+/// Consecutive series of one study, loaded together.
+#[derive(Debug, Clone)]
+struct Batch {
+    study_uid: Uid,
+    series: Vec<Uid>,
+}
+
+impl RetrievePlan {
+    /// How many batches [`Retrieve::batch`] loads.
+    pub fn batches(&self) -> usize {
+        self.batches.len()
+    }
+}
+
 /// The retrieve service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Retrieve {
@@ -97,33 +131,23 @@ impl Retrieve {
         }
     }
 
-    /// Every stored instance below the entities `query` matches, in the
-    /// index's order (study, series, instance number). A list, because
-    /// sub-operation counts need the total before the first one starts.
-    pub fn instances(&self, query: &Query) -> Result<Vec<RetrieveItem>, RetrieveError> {
-        let mut items: Vec<RetrieveItem> = Vec::new();
-        let mut current: Option<Arc<StudyLocation>> = None;
-        self.query
-            .find_instances(query, &mut |stored: StoredInstance| {
-                let location = match &current {
-                    Some(location) if **location == stored.location => location.clone(),
-                    _ => {
-                        let location = Arc::new(stored.location);
-                        current = Some(location.clone());
-                        location
-                    }
-                };
-                items.push(RetrieveItem {
-                    location,
-                    series_uid: stored.series_uid,
-                    sop_instance_uid: stored.sop_instance_uid,
-                    sop_class_uid: stored.sop_class_uid,
-                    transfer_syntax_uid: stored.transfer_syntax_uid,
-                    file_size: stored.file_size,
-                });
-                ControlFlow::Continue(())
-            })?;
-        Ok(items)
+    /// Plans the retrieve of everything below the entities `query`
+    /// matches: one pass over the index that keeps counts, the pairs and
+    /// series keys, not the instances. Batches hold whole series, up to
+    /// [`BATCH_INSTANCES`] instances where series are smaller.
+    pub fn plan(&self, query: &Query) -> Result<RetrievePlan, RetrieveError> {
+        plan_on(&*self.query, query, BATCH_INSTANCES)
+    }
+
+    /// Loads batch `index` of `plan`: the stored instances of its series
+    /// that the plan's query names, as they are now (an instance stored or
+    /// deleted since the plan was made is in or out).
+    pub fn batch(
+        &self,
+        plan: &RetrievePlan,
+        index: usize,
+    ) -> Result<Vec<RetrieveItem>, RetrieveError> {
+        batch_on(&*self.query, plan, index)
     }
 
     /// Opens the stored Part 10 file of `item` (preamble and meta group
@@ -178,4 +202,115 @@ impl Retrieve {
                 filesystem: id,
             })
     }
+}
+
+/// The item of a stored instance, sharing the location of the one before
+/// when it is the same study's.
+fn item_of(stored: StoredInstance, current: &mut Option<Arc<StudyLocation>>) -> RetrieveItem {
+    let location = match current {
+        Some(location) if **location == stored.location => location.clone(),
+        _ => {
+            let location = Arc::new(stored.location);
+            *current = Some(location.clone());
+            location
+        }
+    };
+    RetrieveItem {
+        location,
+        series_uid: stored.series_uid,
+        sop_instance_uid: stored.sop_instance_uid,
+        sop_class_uid: stored.sop_class_uid,
+        transfer_syntax_uid: stored.transfer_syntax_uid,
+        file_size: stored.file_size,
+    }
+}
+
+/// Every stored instance below the entities `query` matches, in the
+/// index's order (study, series, instance number), as one list.
+fn instances_on(store: &dyn QueryStore, query: &Query) -> Result<Vec<RetrieveItem>, RetrieveError> {
+    let mut items: Vec<RetrieveItem> = Vec::new();
+    let mut current: Option<Arc<StudyLocation>> = None;
+    store.find_instances(query, &mut |stored: StoredInstance| {
+        items.push(item_of(stored, &mut current));
+        ControlFlow::Continue(())
+    })?;
+    Ok(items)
+}
+
+/// [`Retrieve::plan`] on `store`, with batches of `batch_instances`.
+pub(crate) fn plan_on(
+    store: &dyn QueryStore,
+    query: &Query,
+    batch_instances: usize,
+) -> Result<RetrievePlan, RetrieveError> {
+    let mut plan = RetrievePlan {
+        query: query.clone(),
+        total: 0,
+        pairs: Vec::new(),
+        batches: Vec::new(),
+    };
+    // Instances in the last batch so far.
+    let mut in_batch = 0usize;
+    store.find_instances(query, &mut |stored: StoredInstance| {
+        plan.total += 1;
+        let pair = (stored.sop_class_uid, stored.transfer_syntax_uid);
+        if !plan.pairs.contains(&pair) {
+            plan.pairs.push(pair);
+        }
+        let same_series = plan.batches.last().is_some_and(|batch| {
+            batch.study_uid == stored.location.study_uid
+                && batch.series.last() == Some(&stored.series_uid)
+        });
+        if !same_series {
+            let joins = plan.batches.last().is_some_and(|batch| {
+                batch.study_uid == stored.location.study_uid
+                    && in_batch < batch_instances
+                    && batch.series.len() < crate::model::query::MAX_LIST_VALUES
+            });
+            if joins {
+                let batch = plan.batches.last_mut().expect("checked above");
+                batch.series.push(stored.series_uid);
+            } else {
+                plan.batches.push(Batch {
+                    study_uid: stored.location.study_uid,
+                    series: vec![stored.series_uid],
+                });
+                in_batch = 0;
+            }
+        }
+        in_batch += 1;
+        ControlFlow::Continue(())
+    })?;
+    Ok(plan)
+}
+
+/// [`Retrieve::batch`] on `store`.
+pub(crate) fn batch_on(
+    store: &dyn QueryStore,
+    plan: &RetrievePlan,
+    index: usize,
+) -> Result<Vec<RetrieveItem>, RetrieveError> {
+    let Some(batch) = plan.batches.get(index) else {
+        return Ok(Vec::new());
+    };
+    let mut query = plan.query.clone();
+    query.level = query.level.max(Level::Series);
+    query.keys.retain(|key| {
+        !matches!(
+            key.attribute,
+            Attribute::StudyInstanceUid | Attribute::SeriesInstanceUid
+        )
+    });
+    query.keys.push(Key {
+        attribute: Attribute::StudyInstanceUid,
+        matcher: Matcher::Single(batch.study_uid.as_str().to_string()),
+    });
+    query.keys.push(Key {
+        attribute: Attribute::SeriesInstanceUid,
+        matcher: match batch.series.as_slice() {
+            [one] => Matcher::Single(one.as_str().to_string()),
+            many => Matcher::List(many.iter().map(|uid| uid.as_str().to_string()).collect()),
+        },
+    });
+    instances_on(store, &query)
 }

@@ -5,7 +5,10 @@
 //! The plan groups instances by SOP class so that each association's
 //! presentation contexts fit in 128; the policy reconnects once after an
 //! association is lost mid-job, and gives the rest up after a second loss
-//! in a row.
+//! in a row. A job's instances may come a batch at a time
+//! ([`send_batches`]): the plan needs only the (SOP class, transfer
+//! syntax) pairs up front, so a retrieve of a million instances never
+//! holds their list.
 
 use std::ops::ControlFlow;
 
@@ -32,6 +35,9 @@ pub struct SendSummary {
     pub stopped: bool,
     /// Associations opened.
     pub associations: usize,
+    /// A batch could not be loaded (why): the job ended there, the rest
+    /// was neither attempted nor reported.
+    pub unloaded: Option<String>,
 }
 
 /// Sends `items` to `destination`, reporting every instance's outcome to
@@ -51,6 +57,33 @@ pub fn send<I: Outgoing>(
     items: &[I],
     on_result: &mut dyn FnMut(&I, &Outcome) -> ControlFlow<()>,
 ) -> Result<SendSummary, ScuError> {
+    let pairs = pairs_of(items);
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(c, t)| (*c, *t)).collect();
+    send_batches(
+        destination,
+        options,
+        &pairs,
+        1,
+        &mut |_| Ok(items),
+        on_result,
+    )
+}
+
+/// [`send`] over instances loaded a batch at a time: `load(b)` for `b` in
+/// `0..batches` (called again for each association group when the job
+/// needs more than one, which takes more than 128 contexts). `pairs` are
+/// the (SOP class, transfer syntax) pairs the whole job needs: contexts are
+/// proposed for them alone, so an instance outside them (one that arrived
+/// after the job was planned) fails for want of a context. A `load` error
+/// ends the job with [`SendSummary::unloaded`].
+pub fn send_batches<I: Outgoing, B: AsRef<[I]>>(
+    destination: &Destination,
+    options: &ScuOptions,
+    pairs: &[(&str, &str)],
+    batches: usize,
+    load: &mut dyn FnMut(usize) -> Result<B, String>,
+    on_result: &mut dyn FnMut(&I, &Outcome) -> ControlFlow<()>,
+) -> Result<SendSummary, ScuError> {
     let mut summary = SendSummary::default();
     let mut report = |item: &I, outcome: &Outcome, summary: &mut SendSummary| {
         match outcome.tally() {
@@ -63,109 +96,139 @@ pub fn send<I: Outgoing>(
         }
         summary.stopped
     };
-    for group in plan(items)? {
-        let pairs: Vec<(&str, &str)> = group
+    let groups = plan(pairs)?;
+    for (group, classes) in groups.iter().enumerate() {
+        let in_group = |item: &I| match groups
             .iter()
-            .map(|&i| (items[i].sop_class_uid(), items[i].transfer_syntax_uid()))
+            .position(|g| g.contains(&item.sop_class_uid()))
+        {
+            Some(g) => g == group,
+            // Not planned: fails for want of a context, in the first group.
+            None => group == 0,
+        };
+        let group_pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .filter(|(class, _)| classes.contains(class))
+            .copied()
             .collect();
         let mut scu: Option<StoreScu> = None;
         let mut losses = 0u32;
-        let mut position = 0;
-        while position < group.len() {
-            let item = &items[group[position]];
-            let current = match scu.as_mut() {
-                Some(current) => current,
-                None => match StoreScu::connect(destination, options, pairs.iter().copied()) {
-                    Ok(opened) => {
-                        summary.associations += 1;
-                        scu.insert(opened)
+        // Set once the rest of the group cannot be sent: each is failed.
+        let mut given_up: Option<String> = None;
+        for batch in 0..batches {
+            let loaded = match load(batch) {
+                Ok(loaded) => loaded,
+                Err(reason) => {
+                    warn!(destination = %destination, %reason, batch, "cannot load the instances to send");
+                    close(scu.take(), destination);
+                    summary.unloaded = Some(reason);
+                    return Ok(summary);
+                }
+            };
+            for item in loaded.as_ref().iter().filter(|item| in_group(item)) {
+                if let Some(reason) = &given_up {
+                    let outcome = Outcome::Failed {
+                        reason: reason.clone(),
+                    };
+                    if report(item, &outcome, &mut summary) {
+                        return Ok(summary);
                     }
-                    Err(error) if summary.associations == 0 && reported(&summary) == 0 => {
-                        return Err(error)
+                    continue;
+                }
+                let current = match scu.as_mut() {
+                    Some(current) => current,
+                    None => {
+                        match StoreScu::connect(destination, options, group_pairs.iter().copied()) {
+                            Ok(opened) => {
+                                summary.associations += 1;
+                                scu.insert(opened)
+                            }
+                            Err(error) if summary.associations == 0 && reported(&summary) == 0 => {
+                                return Err(error)
+                            }
+                            Err(error) => {
+                                warn!(destination = %destination, %error, "cannot open a storage association");
+                                let reason = error.to_string();
+                                given_up = Some(reason.clone());
+                                if report(item, &Outcome::Failed { reason }, &mut summary) {
+                                    return Ok(summary);
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let outcome = match current.store_item(item) {
+                    Ok(outcome) => {
+                        losses = 0;
+                        outcome
                     }
                     Err(error) => {
-                        warn!(destination = %destination, %error, "cannot open a storage association");
-                        let rest = group[position..].iter().map(|&i| &items[i]);
-                        if fail_all(rest, &error.to_string(), &mut summary, &mut report) {
-                            return Ok(summary);
+                        if let Some(lost) = scu.take() {
+                            lost.abort();
                         }
-                        break;
-                    }
-                },
-            };
-            let outcome = match current.store_item(item) {
-                Ok(outcome) => {
-                    losses = 0;
-                    outcome
-                }
-                Err(error) => {
-                    if let Some(lost) = scu.take() {
-                        lost.abort();
-                    }
-                    if !error.is_local() {
-                        losses += 1;
-                    }
-                    warn!(destination = %destination, %error, sop_instance_uid = item.sop_instance_uid(), "storage association lost");
-                    if losses >= MAX_CONSECUTIVE_LOSSES {
-                        let reason = format!("gave up after losing the association twice: {error}");
-                        let rest = group[position..].iter().map(|&i| &items[i]);
-                        if fail_all(rest, &reason, &mut summary, &mut report) {
-                            return Ok(summary);
+                        if !error.is_local() {
+                            losses += 1;
                         }
-                        break;
+                        warn!(destination = %destination, %error, sop_instance_uid = item.sop_instance_uid(), "storage association lost");
+                        if losses >= MAX_CONSECUTIVE_LOSSES {
+                            given_up = Some(format!(
+                                "gave up after losing the association twice: {error}"
+                            ));
+                        }
+                        Outcome::Failed {
+                            reason: given_up.clone().unwrap_or_else(|| error.to_string()),
+                        }
                     }
-                    Outcome::Failed {
-                        reason: error.to_string(),
+                };
+                if report(item, &outcome, &mut summary) {
+                    if let Some(open) = scu.take() {
+                        if let Err(error) = open.release() {
+                            debug!(destination = %destination, %error, "release after a stop failed");
+                        }
                     }
+                    return Ok(summary);
                 }
-            };
-            if report(item, &outcome, &mut summary) {
-                if let Some(open) = scu.take() {
-                    if let Err(error) = open.release() {
-                        debug!(destination = %destination, %error, "release after a stop failed");
-                    }
-                }
-                return Ok(summary);
-            }
-            position += 1;
-        }
-        if let Some(open) = scu.take() {
-            if let Err(error) = open.release() {
-                // Every instance was answered already: only worth a log line.
-                info!(destination = %destination, %error, "storage association release failed");
             }
         }
+        close(scu.take(), destination);
     }
     Ok(summary)
 }
 
-/// Reports each of `items` failed with `reason`, in turn; true when the
-/// callback stopped the job (the items after that one are not reported).
-fn fail_all<'a, I: 'a>(
-    items: impl IntoIterator<Item = &'a I>,
-    reason: &str,
-    summary: &mut SendSummary,
-    report: &mut impl FnMut(&I, &Outcome, &mut SendSummary) -> bool,
-) -> bool {
-    items.into_iter().any(|item| {
-        let outcome = Outcome::Failed {
-            reason: reason.to_string(),
-        };
-        report(item, &outcome, summary)
-    })
+/// Releases a finished association: every instance was answered already,
+/// so a failed release is only worth a log line.
+fn close(scu: Option<StoreScu>, destination: &Destination) {
+    if let Some(open) = scu {
+        if let Err(error) = open.release() {
+            info!(destination = %destination, %error, "storage association release failed");
+        }
+    }
 }
 
 fn reported(summary: &SendSummary) -> usize {
     summary.completed + summary.warning + summary.failed
 }
 
-/// Splits the items into association groups whose contexts fit in 128,
-/// by SOP class, keeping the order within each group.
-fn plan<I: Outgoing>(items: &[I]) -> Result<Vec<Vec<usize>>, ScuError> {
+/// The distinct (SOP class, transfer syntax) pairs of `items`, in order of
+/// first appearance.
+fn pairs_of<I: Outgoing>(items: &[I]) -> Vec<(&str, &str)> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for item in items {
+        let pair = (item.sop_class_uid(), item.transfer_syntax_uid());
+        if !pairs.contains(&pair) {
+            pairs.push(pair);
+        }
+    }
+    pairs
+}
+
+/// Splits the SOP classes of `pairs` into association groups whose
+/// contexts fit in 128, in order of first appearance.
+fn plan<'a>(pairs: &[(&'a str, &'a str)]) -> Result<Vec<Vec<&'a str>>, ScuError> {
     // contexts each class needs
     let mut classes: Vec<(&str, Vec<&str>)> = Vec::new();
-    for item in items {
-        let (class, ts) = (item.sop_class_uid(), item.transfer_syntax_uid());
+    for &(class, ts) in pairs {
         match classes.iter_mut().find(|(c, _)| *c == class) {
             Some((_, syntaxes)) => {
                 if !syntaxes.contains(&ts) {
@@ -175,30 +238,21 @@ fn plan<I: Outgoing>(items: &[I]) -> Result<Vec<Vec<usize>>, ScuError> {
             None => classes.push((class, vec![ts])),
         }
     }
-    let mut group_of_class: Vec<(&str, usize)> = Vec::new();
-    let (mut groups, mut used) = (0usize, 0usize);
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    let mut used = 0usize;
     for (class, syntaxes) in &classes {
         let needed = proposals(syntaxes.iter().map(|ts| (*class, *ts))).len();
         if needed > MAX_CONTEXTS {
             return Err(ScuError::TooManyContexts(needed));
         }
-        if groups == 0 || used + needed > MAX_CONTEXTS {
-            groups += 1;
+        if groups.is_empty() || used + needed > MAX_CONTEXTS {
+            groups.push(Vec::new());
             used = 0;
         }
         used += needed;
-        group_of_class.push((class, groups - 1));
+        groups.last_mut().expect("pushed above").push(class);
     }
-    let mut out = vec![Vec::new(); groups];
-    for (index, item) in items.iter().enumerate() {
-        let group = group_of_class
-            .iter()
-            .find(|(c, _)| *c == item.sop_class_uid())
-            .map(|(_, g)| *g)
-            .expect("every class was planned");
-        out[group].push(index);
-    }
-    Ok(out)
+    Ok(groups)
 }
 
 #[cfg(test)]
@@ -248,13 +302,15 @@ mod tests {
         };
         // 2 contexts per class: 64 classes fit one association, 65 do not.
         let items: Vec<Item> = (0..65).map(item).chain([item(0)]).collect();
-        let groups = plan(&items).unwrap();
+        let pairs = pairs_of(&items);
+        assert_eq!(pairs.len(), 65, "class 0 listed once");
+        let groups = plan(&pairs).unwrap();
         assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].len(), 65, "class 0 twice + 63 others");
-        assert_eq!(groups[1], vec![64]);
-        assert_eq!(*groups[0].last().unwrap(), 65, "order kept within a group");
-        assert_eq!(plan(&items[..64]).unwrap().len(), 1);
-        assert!(plan::<Item>(&[]).unwrap().is_empty());
+        assert_eq!(groups[0].len(), 64, "64 classes of 2 contexts fill one");
+        assert_eq!(groups[1], vec!["1.2.3.64"]);
+        assert_eq!(groups[0][..2], ["1.2.3.0", "1.2.3.1"], "order kept");
+        assert_eq!(plan(&pairs[..64]).unwrap().len(), 1);
+        assert!(plan(&[]).unwrap().is_empty());
     }
 
     /// An instance held in memory.
@@ -450,6 +506,45 @@ mod tests {
             let item = items.iter().find(|i| i.uid == uid).unwrap();
             assert_eq!(data, item.bytes[164..], "data set of {uid}");
         }
+    }
+
+    #[test]
+    fn batches_share_one_association_and_a_failed_load_ends_the_job() {
+        let items = instances(5);
+        let (addr, scp) = fake_scp(vec![Act::Answer(0x0000); 5]);
+        let pairs = [(CT, EXPLICIT_VR_LITTLE_ENDIAN)];
+        let mut loads = Vec::new();
+        let mut seen = Vec::new();
+        let summary = send_batches(
+            &destination(addr),
+            &ScuOptions::new("TESTSCU"),
+            &pairs,
+            4,
+            &mut |batch| {
+                loads.push(batch);
+                match batch {
+                    0 => Ok(&items[..2]),
+                    1 => Ok(&items[2..2]),
+                    2 => Ok(&items[2..5]),
+                    _ => Err("index down".to_string()),
+                }
+            },
+            &mut |item, outcome| {
+                seen.push((item.uid.clone(), outcome.tally()));
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+        assert_eq!(loads, vec![0, 1, 2, 3], "each batch loaded once, in order");
+        let uids: Vec<&str> = seen.iter().map(|(uid, _)| uid.as_str()).collect();
+        assert_eq!(
+            uids,
+            ["1.2.3.0", "1.2.3.1", "1.2.3.2", "1.2.3.3", "1.2.3.4"]
+        );
+        assert!(seen.iter().all(|(_, tally)| *tally == Tally::Completed));
+        assert_eq!(summary.associations, 1, "batches do not reconnect");
+        assert_eq!(summary.unloaded.as_deref(), Some("index down"));
+        assert_eq!(scp.join().unwrap().len(), 5);
     }
 
     #[test]
