@@ -95,7 +95,10 @@ stop_example small
 
 psql -q "$SERVER_URL" -c "DROP DATABASE IF EXISTS example_medium" >/dev/null
 psql -q "$SERVER_URL" -c "CREATE DATABASE example_medium" >/dev/null
-DB_URL="${SERVER_URL%/*}/example_medium"
+# The server URL's database swapped for example_medium, its query (TLS
+# settings) kept.
+SERVER_BASE=${SERVER_URL%%\?*}
+DB_URL="${SERVER_BASE%/*}/example_medium${SERVER_URL#"$SERVER_BASE"}"
 PORT=$(free_port)
 start_example medium "$PORT" --config deploy/medium.toml --db "$DB_URL" --nas "$WORK/nas"
 store_and_find medium "$PORT"

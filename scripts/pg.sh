@@ -5,6 +5,12 @@
 #   scripts/pg.sh start DIR   initdb in DIR (created, owned by the postgres
 #                             user), start it, print its URL on stdout:
 #                             postgres://postgres@127.0.0.1:PORT/postgres
+#   scripts/pg.sh start DIR --ssl
+#                             the same with TLS only (ssl = on; pg_hba
+#                             refuses connections without TLS): a CA and a
+#                             server certificate for 127.0.0.1 are made in
+#                             DIR/tls with openssl, and the URL asks for
+#                             sslmode=verify-full against DIR/tls/ca.crt
 #   scripts/pg.sh down DIR    stop it (fast shutdown), keep its files
 #   scripts/pg.sh up DIR      start a stopped cluster again on the same port
 #   scripts/pg.sh stop DIR    stop it and remove DIR
@@ -65,9 +71,40 @@ wait_ready() {
     done
 }
 
+# A certificate authority and a server certificate for 127.0.0.1 in $1/tls
+# (made for this cluster, never committed): the server's key readable by its
+# owner alone, the CA certificate by everyone.
+make_certificates() {
+    local tls=$1/tls
+    command -v openssl >/dev/null 2>&1 || {
+        note "openssl is missing: apt-get install -y openssl"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y openssl >&2
+    }
+    mkdir -p "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=imageserver test CA" \
+        -keyout "$tls/ca.key" -out "$tls/ca.crt" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+        >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; fail "cannot make the test CA"; }
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" >>"$tls/openssl.log" 2>&1 \
+        || { cat "$tls/openssl.log" >&2; fail "cannot make the server key"; }
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$tls/server.ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.crt" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 2 -extfile "$tls/server.ext" -out "$tls/server.crt" \
+        >>"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; fail "cannot sign the server certificate"; }
+    chmod 755 "$tls"
+    chmod 644 "$tls/ca.crt" "$tls/server.crt"
+    chmod 600 "$tls/server.key" "$tls/ca.key"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres: "$tls/server.key" "$tls/server.crt"
+    fi
+}
+
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: pg.sh start|down|up|stop DIR"
+ssl=no
+[ "${3:-}" = "--ssl" ] && ssl=yes
+[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: pg.sh start|down|up|stop DIR [--ssl]"
 
 case "$cmd" in
 start)
@@ -93,10 +130,30 @@ max_connections = 300
 shared_buffers = 128MB
 log_min_messages = warning
 EOF
+    if [ "$ssl" = yes ]; then
+        make_certificates "$dir"
+        cat >>"$dir/data/postgresql.conf" <<EOF
+ssl = on
+ssl_cert_file = '$dir/tls/server.crt'
+ssl_key_file = '$dir/tls/server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
+        # TLS or nothing: a connection without it is refused.
+        cat >"$dir/data/pg_hba.conf" <<EOF
+local     all all                trust
+hostssl   all all 127.0.0.1/32   trust
+hostnossl all all 127.0.0.1/32   reject
+EOF
+        chmod 755 "$dir"
+    fi
     as_owner "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w -t 60 start >&2 \
         || { cat "$dir/log" >&2; fail "pg_ctl start failed"; }
     wait_ready "$port" "$dir"
-    echo "postgres://postgres@127.0.0.1:$port/postgres"
+    if [ "$ssl" = yes ]; then
+        echo "postgres://postgres@127.0.0.1:$port/postgres?sslmode=verify-full&sslrootcert=$dir/tls/ca.crt"
+    else
+        echo "postgres://postgres@127.0.0.1:$port/postgres"
+    fi
     ;;
 down)
     [ -d "$dir/data" ] || fail "no cluster in $dir"

@@ -21,7 +21,33 @@ pub struct DatabaseConfig {
     pub connect_timeout_secs: Option<u64>,
     /// PostgreSQL `statement_timeout` in seconds, 0 for none (default 60).
     pub statement_timeout_secs: Option<u64>,
+    /// TLS to the database server, as libpq names it: `disable`, `prefer`
+    /// (the default: TLS when the server offers it, unverified),
+    /// `require` (TLS, unverified), `verify-ca` (TLS, the server's
+    /// certificate signed by `sslrootcert`) or `verify-full` (and issued
+    /// for the host the URL names). A site whose index crosses a network
+    /// uses `verify-full`.
+    pub sslmode: Option<String>,
+    /// PEM file of the certificate authorities the server's certificate
+    /// is checked against (`verify-ca`, `verify-full`).
+    pub sslrootcert: Option<String>,
+    /// PEM file of this client's certificate, for a server that
+    /// authenticates clients by certificate (`clientcert` in
+    /// `pg_hba.conf`); with `sslkey`.
+    pub sslcert: Option<String>,
+    /// PEM file of the private key of `sslcert`.
+    pub sslkey: Option<String>,
 }
+
+/// The values `[database] sslmode` takes.
+pub const SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
 
 impl DatabaseConfig {
     /// The index URL: `db` if set, else the SQLite file `index.db` in
@@ -34,6 +60,30 @@ impl DatabaseConfig {
         self.apply_to(url)
     }
 
+    /// Refuses an `sslmode` libpq does not know, and a client certificate
+    /// without its key (or the reverse).
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        let invalid = |setting: &str, reason: String| super::ConfigError::Invalid {
+            setting: setting.to_string(),
+            reason,
+        };
+        if let Some(mode) = &self.sslmode {
+            if !SSL_MODES.contains(&mode.as_str()) {
+                return Err(invalid(
+                    "database.sslmode",
+                    format!("{mode:?} is not one of {}", SSL_MODES.join(", ")),
+                ));
+            }
+        }
+        if self.sslcert.is_some() != self.sslkey.is_some() {
+            return Err(invalid(
+                "database.sslcert",
+                "a client certificate needs its key (sslkey), and a key its certificate".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// `url` with these settings added as query parameters (PostgreSQL
     /// URLs only).
     fn apply_to(&self, url: String) -> String {
@@ -41,11 +91,22 @@ impl DatabaseConfig {
             return url;
         }
         let mut url = url;
+        let number = |value: Option<u64>| value.map(|n| n.to_string());
         let settings = [
-            ("pool_size", self.pool_size.map(u64::from)),
-            ("query_pool_size", self.query_pool_size.map(u64::from)),
-            ("connect_timeout_secs", self.connect_timeout_secs),
-            ("statement_timeout_secs", self.statement_timeout_secs),
+            ("pool_size", number(self.pool_size.map(u64::from))),
+            (
+                "query_pool_size",
+                number(self.query_pool_size.map(u64::from)),
+            ),
+            ("connect_timeout_secs", number(self.connect_timeout_secs)),
+            (
+                "statement_timeout_secs",
+                number(self.statement_timeout_secs),
+            ),
+            ("sslmode", self.sslmode.clone()),
+            ("sslrootcert", self.sslrootcert.as_deref().map(url_escape)),
+            ("sslcert", self.sslcert.as_deref().map(url_escape)),
+            ("sslkey", self.sslkey.as_deref().map(url_escape)),
         ];
         for (key, value) in settings {
             let Some(value) = value else { continue };
@@ -59,6 +120,21 @@ impl DatabaseConfig {
         }
         url
     }
+}
+
+/// `value` percent-encoded for a URL's query (file paths may hold spaces,
+/// `&` or `%`).
+fn url_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -83,5 +159,32 @@ mod tests {
         let sqlite =
             Config::from_toml("db = \"sqlite:/x/index.db\"\n[database]\npool_size = 2").unwrap();
         assert_eq!(sqlite.db_url(), "sqlite:/x/index.db");
+    }
+
+    #[test]
+    fn tls_settings_travel_in_the_url_and_are_checked() {
+        let config = Config::from_toml(
+            r#"
+            db = "postgres://pacs@db.example/index"
+            [database]
+            sslmode = "verify-full"
+            sslrootcert = "/etc/pki/site CA&1.pem"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.validate().unwrap().db_url,
+            "postgres://pacs@db.example/index?sslmode=verify-full&sslrootcert=/etc/pki/site%20CA%261.pem"
+        );
+        crate::config::assert_refused(
+            "db = \"postgres://x/y\"\n[database]\nsslmode = \"verify\"",
+            "database.sslmode",
+            "is not one of",
+        );
+        crate::config::assert_refused(
+            "[database]\nsslcert = \"/c.pem\"",
+            "database.sslcert",
+            "needs its key",
+        );
     }
 }

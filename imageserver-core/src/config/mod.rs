@@ -184,6 +184,7 @@ impl Config {
     /// Checks every value and resolves defaults.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         self.dicom.validate_acceptor()?;
+        self.database.validate()?;
         let filesystems = storage::filesystems(&self.data_dir, &self.filesystems)?;
         let partitions = dicom::partitions(&self.dicom, &self.partitions, &self.devices)?;
         Ok(Settings {

@@ -100,6 +100,53 @@ impl PgIndex {
     }
 }
 
+/// TLS to the server. The test command's cluster takes TLS only
+/// (`scripts/pg.sh start DIR --ssl`) and its URL asks for `verify-full`:
+/// every connection is encrypted, a server whose certificate another CA
+/// signed is refused before anything is sent, and the server refuses a
+/// client that does not encrypt.
+#[test]
+fn connections_are_encrypted_and_the_server_verified() {
+    let Some(db) = TestDb::new() else { return };
+    let verified = db.url.contains("sslmode=verify-full");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        assert!(
+            verified,
+            "CI runs PostgreSQL with TLS only (scripts/pg.sh start DIR --ssl): {}",
+            db.url
+        );
+    }
+    if !verified {
+        eprintln!("note: IMAGESERVER_PG_URL does not ask for verify-full: TLS not checked here");
+        return;
+    }
+    let index = db.connect();
+    assert_eq!(
+        index.scalar("SELECT COUNT(*) FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl"),
+        1,
+        "the connection is encrypted"
+    );
+    let plain = db.url.replace("sslmode=verify-full", "sslmode=disable");
+    match PgIndex::connect(&plain) {
+        Err(Error::Open { .. }) => {}
+        other => panic!("a plain-text connection must be refused, got {other:?}"),
+    }
+    // The server's own certificate as the only trusted root: its issuer,
+    // the test CA, is then unknown.
+    let wrong_root = db.url.replace("/ca.crt", "/server.crt");
+    assert_ne!(wrong_root, db.url, "the URL names scripts/pg.sh's ca.crt");
+    match PgIndex::connect(&wrong_root) {
+        Err(Error::Open { source, .. }) => {
+            let chain = crate::model::error_chain(&*source);
+            assert!(
+                chain.to_lowercase().contains("certificate") || chain.contains("UnknownIssuer"),
+                "{chain}"
+            );
+        }
+        other => panic!("an unverifiable server must be refused, got {other:?}"),
+    }
+}
+
 impl StudySummaries for PgIndex {
     fn study_summary(&self, partition: PartitionId, study_uid: &Uid) -> Option<StudySummary> {
         self.read("probing a study", async |conn: &mut PgConnection| {
@@ -603,8 +650,9 @@ fn queries_have_their_own_pool() {
     let Some(db) = TestDb::new() else { return };
     let index = Arc::new(
         PgIndex::connect(&format!(
-            "{}?pool_size=1&query_pool_size=1&connect_timeout_secs=1",
-            db.url
+            "{}{}pool_size=1&query_pool_size=1&connect_timeout_secs=1",
+            db.url,
+            if db.url.contains('?') { '&' } else { '?' }
         ))
         .expect("connect"),
     );
