@@ -1251,6 +1251,8 @@ fn settings_for(dir: &Path, db: &Path) -> Result<imageserver_core::config::Setti
     config.dicom.ae_title = SERVER_AE.to_string();
     config.dicom.bind = "127.0.0.1".to_string();
     config.dicom.port = 0;
+    // The benchmark's client is an unknown caller: let it query.
+    config.dicom.unknown_devices_query_retrieve = true;
     Ok(config.validate()?)
 }
 

@@ -77,7 +77,7 @@ export TARGET_CMD='set -u;
   if [ -n "$(find "$TARGET_STORAGE" -mindepth 1 -print -quit)" ] || [ -e "$TARGET_WORKDIR/index.db" ]; then
     echo "ingest.sh: the archive is not empty at start: $TARGET_STORAGE, $TARGET_WORKDIR" >&2; exit 1
   fi;
-  '"$DB_SETUP"'printf "data_dir = \"%s\"\n[dicom]\nmax_associations = 64\n[[filesystems]]\npath = \"%s\"\n" \
+  '"$DB_SETUP"'printf "data_dir = \"%s\"\n[dicom]\nmax_associations = 64\nunknown_devices_query_retrieve = true\n[[filesystems]]\npath = \"%s\"\n" \
     "$TARGET_WORKDIR" "$TARGET_STORAGE" > "$TARGET_WORKDIR/imageserver.toml";
   trap ":" TERM;
   IMAGESERVER_LOG=warn "$IMAGESERVER_BIN" serve --config "$TARGET_WORKDIR/imageserver.toml" \

@@ -116,7 +116,8 @@ fn run() -> Result<()> {
     // Timers far beyond the run: nothing the attackers hold is released by
     // a timeout while it is measured.
     let toml = format!(
-        "data_dir = {:?}\n[dicom]\nartim_timeout_secs = 3600\nidle_timeout_secs = 3600\n",
+        // The stalling callers are unknown devices: let them query.
+        "data_dir = {:?}\n[dicom]\nartim_timeout_secs = 3600\nidle_timeout_secs = 3600\nunknown_devices_query_retrieve = true\n",
         data.display().to_string()
     );
     let settings = Config::from_toml(&toml)?.validate()?;

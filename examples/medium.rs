@@ -5,10 +5,11 @@
 //! ```text
 //! cargo run --release --example medium -- [--config deploy/medium.toml]
 //!     [--db postgres://user@host:port/database] [--nas /mnt/nas/imageserver]
-//!     [--port 11112]
+//!     [--port 11112] [--device VIEWER=10.0.0.5:11112]...
 //! ```
 //!
-//! `--db` and `--nas` may also come from `IMAGESERVER_DB` and
+//! `--device` adds a known device (unknown callers may only store). `--db`
+//! and `--nas` may also come from `IMAGESERVER_DB` and
 //! `IMAGESERVER_NAS`; both override the configuration file. The README shows
 //! how to start a local PostgreSQL to try it.
 
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imageserver_core::config::{Config, FilesystemConfig};
+use imageserver_core::config::{Config, DeviceConfig, FilesystemConfig};
 use imageserver_core::db::postgres::PgIndex;
 use imageserver_core::server::{Server, ServerBuilder};
 
@@ -36,6 +37,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut db = std::env::var("IMAGESERVER_DB").ok();
     let mut nas = std::env::var("IMAGESERVER_NAS").ok().map(PathBuf::from);
     let mut port = None;
+    let mut devices = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -44,6 +46,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             "--db" => db = Some(value()?),
             "--nas" => nas = Some(PathBuf::from(value()?)),
             "--port" => port = Some(value()?.parse()?),
+            "--device" => devices.push(device(&value()?)?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -66,6 +69,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     if let Some(port) = port {
         config.dicom.port = port;
     }
+    config.devices.extend(devices);
     let settings = config.validate()?;
     if !settings.db_url.starts_with("postgres") {
         return Err(format!(
@@ -106,4 +110,24 @@ fn main() -> Result<(), Box<dyn Error>> {
     eprintln!("stopping: finishing the stores in flight");
     server.shutdown(Duration::from_secs(30));
     Ok(())
+}
+
+/// `--device AE=HOST:PORT`: a known device, e.g. the workstation that
+/// queries and retrieves (unknown callers may only store).
+fn device(text: &str) -> Result<DeviceConfig, Box<dyn Error>> {
+    let bad = || format!("--device {text:?}: expected AE=HOST:PORT");
+    let (ae_title, address) = text.split_once('=').ok_or_else(bad)?;
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    Ok(DeviceConfig {
+        ae_title: ae_title.to_string(),
+        host: host.to_string(),
+        port: port.parse().map_err(|_| bad())?,
+        allow_store: true,
+        allow_query: true,
+        allow_retrieve: true,
+        allow_replace: false,
+        max_associations: 0,
+        max_outgoing_associations: 0,
+        partition: None,
+    })
 }

@@ -5,9 +5,12 @@
 //! until Ctrl-C or SIGTERM.
 //!
 //! ```text
-//! cargo run --release --example small -- [--data ./imageserver-data] [--port 11112]
+//! cargo run --release --example small -- [--data ./imageserver-data] [--port 11112] \
+//!     [--device VIEWER=10.0.0.5:11112]...
 //! ```
 //!
+//! `--device` adds a known device, a workstation that may query and
+//! retrieve (unknown callers may only store).
 //! It prints `small deployment ready: AE <ae> on <address>` once it listens;
 //! its log goes to stderr (`IMAGESERVER_LOG`, default `info`).
 
@@ -17,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use imageserver_core::config::Config;
+use imageserver_core::config::{Config, DeviceConfig};
 use imageserver_core::server::{Server, ServerBuilder};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use tracing_subscriber::EnvFilter;
@@ -34,6 +37,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         match flag.as_str() {
             "--data" => config.data_dir = value.into(),
             "--port" => config.dicom.port = value.parse()?,
+            "--device" => config.devices.push(device(&value)?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -50,4 +54,24 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     server.shutdown(Duration::from_secs(30));
     Ok(())
+}
+
+/// `--device AE=HOST:PORT`: a known device, e.g. the workstation that
+/// queries and retrieves (unknown callers may only store).
+fn device(text: &str) -> Result<DeviceConfig, Box<dyn Error>> {
+    let bad = || format!("--device {text:?}: expected AE=HOST:PORT");
+    let (ae_title, address) = text.split_once('=').ok_or_else(bad)?;
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    Ok(DeviceConfig {
+        ae_title: ae_title.to_string(),
+        host: host.to_string(),
+        port: port.parse().map_err(|_| bad())?,
+        allow_store: true,
+        allow_query: true,
+        allow_retrieve: true,
+        allow_replace: false,
+        max_associations: 0,
+        max_outgoing_associations: 0,
+        partition: None,
+    })
 }

@@ -65,13 +65,14 @@ start_example() {
     AE=$(sed -n 's/.*ready: AE \([^ ]*\) on.*/\1/p' "$WORK/$name.log")
 }
 
-# store_and_find NAME PORT: storescu stores the instance, findscu must find
-# its study.
+# store_and_find NAME PORT: storescu stores the instance (an unknown
+# caller may store), findscu as the known device WORKSTATION (unknown
+# callers may not query) must find its study.
 store_and_find() {
     local name=$1 port=$2 found
     TCP_NODELAY=1 timeout 60 /usr/bin/storescu -aec "$AE" 127.0.0.1 "$port" "$WORK/sc.dcm" \
         || { cat "$WORK/$name.log" >&2; fail "storescu to the $name example failed"; }
-    found=$(TCP_NODELAY=1 timeout 60 /usr/bin/findscu -S -aec "$AE" -k QueryRetrieveLevel=STUDY \
+    found=$(TCP_NODELAY=1 timeout 60 /usr/bin/findscu -S -aet WORKSTATION -aec "$AE" -k QueryRetrieveLevel=STUDY \
         -k PatientID=EX-INSTANCE-1 -k StudyInstanceUID 127.0.0.1 "$port" 2>&1) \
         || fail "findscu against the $name example failed: $found"
     grep -q "1.2.826.0.1.3680043.9.7433.1\]" <<<"$found" \
@@ -88,7 +89,7 @@ stop_example() {
 }
 
 PORT=$(free_port)
-start_example small "$PORT" --data "$WORK/small"
+start_example small "$PORT" --data "$WORK/small" --device WORKSTATION=127.0.0.1:11113
 store_and_find small "$PORT"
 find "$WORK/small" -name '*.dcm' | grep -q . || fail "no instance file in the small example's data directory"
 stop_example small
@@ -100,7 +101,8 @@ psql -q "$SERVER_URL" -c "CREATE DATABASE example_medium" >/dev/null
 SERVER_BASE=${SERVER_URL%%\?*}
 DB_URL="${SERVER_BASE%/*}/example_medium${SERVER_URL#"$SERVER_BASE"}"
 PORT=$(free_port)
-start_example medium "$PORT" --config deploy/medium.toml --db "$DB_URL" --nas "$WORK/nas"
+start_example medium "$PORT" --config deploy/medium.toml --db "$DB_URL" --nas "$WORK/nas" \
+    --device WORKSTATION=127.0.0.1:11113
 store_and_find medium "$PORT"
 ROWS=$(psql -qtA "$DB_URL" -c "SELECT COUNT(*) FROM instance")
 [ "$ROWS" = 1 ] || fail "the PostgreSQL index holds $ROWS instance rows, expected 1"

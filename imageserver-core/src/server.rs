@@ -18,7 +18,7 @@ use crate::processors::{self, BuiltinDeps};
 use crate::rules::RuleSet;
 use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
 use crate::services::commit::StudyProcessHook;
-use crate::services::devices::Devices;
+use crate::services::devices::{AdmissionRules, Devices};
 use crate::services::find::Find;
 use crate::services::import::{self, FileOutcome, ImportSummary};
 use crate::services::retrieve::Retrieve;
@@ -238,8 +238,12 @@ impl ServerBuilder {
             let devices = Devices::load(
                 index.clone(),
                 id,
-                partition.spec.accept_unknown_devices,
-                self.settings.max_registered_devices,
+                AdmissionRules {
+                    accept_unknown: partition.spec.accept_unknown_devices,
+                    unknown_may_query_retrieve: partition.unknown_devices_query_retrieve,
+                    check_hosts: partition.check_device_hosts,
+                    max_registered: self.settings.max_registered_devices,
+                },
             )?;
             partitions.push(ArchivePartition {
                 partition: Partition {

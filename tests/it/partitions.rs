@@ -137,7 +137,7 @@ fn partitions_are_apart_on_the_wire() {
     let server = Server::builder(dir.path())
         .setting(
             "partitions",
-            format!(r#"[{{ ae_title = "RESEARCH", port = {port2} }}]"#),
+            format!(r#"[{{ ae_title = "RESEARCH", port = {port2}, unknown_devices_query_retrieve = true }}]"#),
         )
         .setting(
             "devices",
@@ -355,6 +355,63 @@ fn query_and_retrieve_need_their_permissions() {
     assert_eq!(find, Some((0x0000, 1)), "C-FIND with the query permission");
     assert_eq!(moved, refused, "C-MOVE without the retrieve permission");
     assert_eq!(got, refused, "C-GET without the retrieve permission");
+}
+
+/// A known device with a host is accepted only from that host: another
+/// caller using its AE title is rejected like an unknown one. Unknown
+/// callers (accepted by default) may store, not query or retrieve.
+#[test]
+fn devices_are_bound_to_their_hosts_and_strangers_only_store() {
+    let dir = test_dir("hosts");
+    let server = Server::builder(dir.path())
+        .dicom_setting("unknown_devices_query_retrieve", false)
+        .setting(
+            "devices",
+            r#"[{ ae_title = "WS2", host = "127.0.0.2", port = 104 },
+                { ae_title = "WSLOCAL", host = "localhost", port = 104 }]"#,
+        )
+        .start();
+    let verification = [Proposal::implicit(1, raw::VERIFICATION)];
+    let from = |local: &str, calling: &str| {
+        let mut peer = RawPeer::connect_from(local.parse().unwrap(), server.addr());
+        peer.request_association("IMAGESERVER", calling, &verification, raw::CLIENT_MAX_PDU)
+    };
+    assert_eq!(
+        from("127.0.0.1", "WS2"),
+        Some(raw::REJECT_CALLING_AE),
+        "WS2 called from 127.0.0.1, not its host"
+    );
+    assert!(
+        matches!(from("127.0.0.2", "WS2"), Some(Pdu::AssociateAc { .. })),
+        "WS2 from its own host"
+    );
+    assert!(matches!(
+        from("127.0.0.1", "WSLOCAL"),
+        Some(Pdu::AssociateAc { .. })
+    ));
+    assert_eq!(from("127.0.0.3", "WSLOCAL"), Some(raw::REJECT_CALLING_AE));
+    let log = std::fs::read_to_string(dir.path().join("server.log")).expect("the server log");
+    assert!(
+        log.contains("the device calls from an address its host does not have"),
+        "the rejection says why"
+    );
+
+    // An unknown caller stores, and is refused queries and retrieves.
+    let file = dir.path().join("one.dcm");
+    let instance = single_instance(&file, 12, 16, 16);
+    let mut storescu = dcmtk::store_command(server.addr(), "IMAGESERVER", &[&file], &[]);
+    storescu.args(["-aet", "STRANGER"]);
+    let stored = dcmtk::run(storescu, TIMEOUT);
+    assert_eq!(
+        dcmtk::store_responses(&stored.text()),
+        ["Success"],
+        "{stored}"
+    );
+    let refused = Some((0x0124, 0));
+    let [find, moved, got] = query_and_retrieve_as(&server, "STRANGER", &instance.study_uid);
+    assert_eq!(find, refused, "C-FIND of an unknown caller");
+    assert_eq!(moved, refused, "C-MOVE of an unknown caller");
+    assert_eq!(got, refused, "C-GET of an unknown caller");
 }
 
 #[test]

@@ -44,6 +44,13 @@ pub struct DicomConfig {
     /// Accept (and register) callers that are not known devices; otherwise
     /// they get A-ASSOCIATE-RJ (calling AE title not recognised).
     pub accept_unknown_devices: bool,
+    /// Unknown callers may query (C-FIND) and retrieve (C-MOVE, C-GET) as
+    /// well as store; by default they may only store (0124 otherwise).
+    pub unknown_devices_query_retrieve: bool,
+    /// A known device with a host is accepted only from that host's
+    /// addresses (the name resolved at start and every 5 minutes); any
+    /// other caller using its AE title gets A-ASSOCIATE-RJ.
+    pub check_device_hosts: bool,
     /// Unknown callers are registered only while their partition holds
     /// fewer devices than this (beyond it they are admitted, not recorded).
     pub max_registered_devices: u64,
@@ -79,6 +86,12 @@ pub struct PartitionConfig {
     /// Accept (and register) callers that are not known devices.
     #[serde(default = "default_accept_unknown_devices")]
     pub accept_unknown_devices: bool,
+    /// Unknown callers may query and retrieve as well as store.
+    #[serde(default)]
+    pub unknown_devices_query_retrieve: bool,
+    /// Known devices with a host are accepted only from it.
+    #[serde(default = "yes")]
+    pub check_device_hosts: bool,
     /// `send_success`, `reject`, `compare` or `accept_latest`.
     #[serde(default = "default_duplicate_policy")]
     pub duplicate_policy: String,
@@ -133,6 +146,10 @@ pub struct PartitionSettings {
     pub spec: PartitionSpec,
     /// C-FIND result cap.
     pub max_query_results: u64,
+    /// Unknown callers may query and retrieve as well as store.
+    pub unknown_devices_query_retrieve: bool,
+    /// Known devices with a host are accepted only from it.
+    pub check_device_hosts: bool,
     /// Its known devices.
     pub devices: Vec<DeviceSpec>,
 }
@@ -171,6 +188,8 @@ impl Default for DicomConfig {
             pn_case_insensitive: default_pn_case_insensitive(),
             max_query_results: default_max_query_results(),
             accept_unknown_devices: default_accept_unknown_devices(),
+            unknown_devices_query_retrieve: false,
+            check_device_hosts: true,
             max_registered_devices: 1_000,
             duplicate_policy: default_duplicate_policy(),
             max_instance_size_mb: IngestLimits::default().max_instance_bytes >> 20,
@@ -236,6 +255,8 @@ impl DicomConfig {
             folder: None,
             description: "default partition".into(),
             accept_unknown_devices: self.accept_unknown_devices,
+            unknown_devices_query_retrieve: self.unknown_devices_query_retrieve,
+            check_device_hosts: self.check_device_hosts,
             duplicate_policy: self.duplicate_policy.clone(),
             pn_case_insensitive: self.pn_case_insensitive,
             max_query_results: self.max_query_results,
@@ -321,6 +342,8 @@ impl PartitionConfig {
                 pn_case_insensitive: self.pn_case_insensitive,
             },
             max_query_results: self.max_query_results,
+            unknown_devices_query_retrieve: self.unknown_devices_query_retrieve,
+            check_device_hosts: self.check_device_hosts,
             devices: Vec::new(),
         })
     }

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -45,8 +45,10 @@ use super::sop_classes;
 /// Who may associate: decided above the protocol layer (the archive's
 /// devices), asked by the acceptor.
 pub trait AccessPolicy: Send + Sync {
-    /// Whether a caller with this AE title may associate at all.
-    fn admit(&self, calling_ae: &str) -> bool;
+    /// Whether a caller with this AE title, calling from `peer` (None when
+    /// the socket cannot tell), may associate at all. The policy logs why
+    /// it refuses.
+    fn admit(&self, calling_ae: &str, peer: Option<IpAddr>) -> bool;
     /// Most associations this caller may hold open at once (0: no limit).
     fn max_associations(&self, calling_ae: &str) -> u32;
     /// An association of this caller, from `peer`, was established.
@@ -142,11 +144,13 @@ struct Live {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Accepts or rejects by the called AE title and the access policy.
+/// Accepts or rejects by the called AE title and the access policy, for
+/// one association (`peer` is its caller's address).
 #[derive(Clone)]
 struct CalledAePolicy {
     check_called_ae: bool,
     policy: Arc<dyn AccessPolicy>,
+    peer: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for CalledAePolicy {
@@ -174,13 +178,9 @@ impl AccessControl for CalledAePolicy {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         let calling = calling_ae_title.trim();
-        if self.policy.admit(calling) {
+        if self.policy.admit(calling, self.peer) {
             Ok(())
         } else {
-            warn!(
-                calling_ae = calling,
-                "association rejected: unknown calling AE title"
-            );
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
         }
     }
@@ -226,6 +226,7 @@ impl Acceptor {
             .ae_access_control(CalledAePolicy {
                 check_called_ae: config.check_called_ae,
                 policy: policy.clone(),
+                peer: None,
             })
             .ae_title(config.ae_title.clone())
             .max_pdu_length(config.max_pdu_length)
@@ -591,7 +592,13 @@ fn serve_association(
         reject_local_limit(socket, shared.config.max_pdu_length);
         return;
     };
-    let mut association = match shared.options.establish(socket) {
+    // The access policy sees the caller's address (devices bound to hosts).
+    let options = shared.options.clone().ae_access_control(CalledAePolicy {
+        check_called_ae: shared.config.check_called_ae,
+        policy: shared.policy.clone(),
+        peer: peer.map(|p| p.ip()),
+    });
+    let mut association = match options.establish(socket) {
         Ok(association) => association,
         Err(error) => {
             warn!(%error, "association not established");

@@ -15,7 +15,7 @@ pub mod find;
 pub mod retrieve;
 pub mod store;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use tracing::warn;
 
@@ -64,13 +64,33 @@ pub struct Dispatcher {
 
 /// The acceptor's access policy over a partition's devices: unknown
 /// callers are admitted or not by the partition's setting (and registered
-/// once associated), and a known device's association limit holds.
+/// once associated), a known device with a host only from that host, and
+/// a known device's association limit holds.
 #[derive(Debug, Clone)]
 pub struct DevicePolicy(pub Devices);
 
 impl AccessPolicy for DevicePolicy {
-    fn admit(&self, calling_ae: &str) -> bool {
-        matches!(self.0.admit(calling_ae), Admission::Admit(_))
+    fn admit(&self, calling_ae: &str, peer: Option<IpAddr>) -> bool {
+        match self.0.admit(calling_ae, peer) {
+            Admission::Admit(_) => true,
+            Admission::Unknown => {
+                warn!(
+                    calling_ae,
+                    ?peer,
+                    "association rejected: unknown calling AE title"
+                );
+                false
+            }
+            Admission::WrongHost { host, peer } => {
+                warn!(
+                    calling_ae,
+                    ?peer,
+                    device_host = %host,
+                    "association rejected: the device calls from an address its host does not have"
+                );
+                false
+            }
+        }
     }
 
     fn max_associations(&self, calling_ae: &str) -> u32 {

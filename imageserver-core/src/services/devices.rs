@@ -2,7 +2,9 @@
 //! and the registration of unknown callers when the partition allows it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::net::{IpAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::db::{self, IndexStore};
 use crate::model::{AeTitle, DeviceSpec, PartitionId};
@@ -28,7 +30,35 @@ pub enum Admission {
     Admit(Option<DeviceSpec>),
     /// Unknown, and the partition rejects unknown callers.
     Unknown,
+    /// A known device calling from an address its host does not have.
+    WrongHost {
+        /// The host the device is configured with.
+        host: String,
+        /// Where the call came from (None: not known).
+        peer: Option<IpAddr>,
+    },
 }
+
+/// A partition's rules for who may associate and what unknown callers may
+/// do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionRules {
+    /// Accept callers that are not known devices (and register them).
+    pub accept_unknown: bool,
+    /// Unknown callers may query and retrieve too; otherwise they may
+    /// only store (and echo).
+    pub unknown_may_query_retrieve: bool,
+    /// A known device with a host is accepted only from that host's
+    /// addresses.
+    pub check_hosts: bool,
+    /// Most devices a partition may hold before unknown callers are no
+    /// longer registered (they are still admitted when it accepts them).
+    pub max_registered: u64,
+}
+
+/// How long a device host's resolved addresses are trusted before the
+/// name is resolved again (a renumbered workstation is let in after this).
+const HOST_TTL: Duration = Duration::from_secs(300);
 
 /// One partition's device registry, cached in memory. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -40,37 +70,75 @@ pub struct Devices {
 struct Inner {
     index: Arc<dyn IndexStore>,
     partition: PartitionId,
-    accept_unknown: bool,
-    /// Most devices a partition may hold before unknown callers are no
-    /// longer registered (they are still admitted when it accepts them).
-    max_registered: u64,
+    rules: AdmissionRules,
     known: RwLock<HashMap<String, DeviceSpec>>,
+    /// Device hosts resolved to addresses, with when.
+    hosts: Mutex<HashMap<String, (Instant, Vec<IpAddr>)>>,
 }
 
 impl Devices {
-    /// Loads a partition's devices from the index. Unknown callers are
-    /// registered while the partition holds fewer than `max_registered`
-    /// devices.
+    /// Loads a partition's devices from the index, admitted by `rules`.
+    /// Their hosts are resolved now, so that a name that does not resolve
+    /// is reported at start.
     pub fn load(
         index: Arc<dyn IndexStore>,
         partition: PartitionId,
-        accept_unknown: bool,
-        max_registered: u64,
+        rules: AdmissionRules,
     ) -> Result<Devices, db::Error> {
         let known = index
             .devices(partition)?
             .into_iter()
             .map(|d| (d.ae_title.as_str().to_string(), d))
             .collect();
-        Ok(Devices {
+        let devices = Devices {
             inner: Arc::new(Inner {
                 index,
                 partition,
-                accept_unknown,
-                max_registered,
+                rules,
                 known: RwLock::new(known),
+                hosts: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        if rules.check_hosts {
+            let hosts: Vec<(String, String)> = devices
+                .inner
+                .known
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|d| !d.host.is_empty())
+                .map(|d| (d.ae_title.as_str().to_string(), d.host.clone()))
+                .collect();
+            for (ae_title, host) in hosts {
+                if devices.addresses(&host).is_empty() {
+                    tracing::warn!(%ae_title, %host, "the device's host does not resolve: its associations will be rejected until it does");
+                }
+            }
+        }
+        Ok(devices)
+    }
+
+    /// The addresses of `host`, resolved at most every [`HOST_TTL`] (an
+    /// empty list when it does not resolve).
+    fn addresses(&self, host: &str) -> Vec<IpAddr> {
+        if let Ok(address) = host.parse::<IpAddr>() {
+            return vec![address];
+        }
+        let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, addresses)) = hosts.get(host) {
+            if at.elapsed() < HOST_TTL {
+                return addresses.clone();
+            }
+        }
+        let addresses: Vec<IpAddr> = match (host, 0u16).to_socket_addrs() {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(error) => {
+                tracing::warn!(%host, %error, "cannot resolve a device's host");
+                Vec::new()
+            }
+        };
+        hosts.insert(host.to_string(), (Instant::now(), addresses.clone()));
+        addresses
     }
 
     /// The device with this AE title, if known: from the cache, else from
@@ -110,20 +178,38 @@ impl Devices {
         device
     }
 
-    /// Whether a caller may associate.
-    pub fn admit(&self, calling_ae: &str) -> Admission {
+    /// Whether a caller calling from `peer` may associate: a known device
+    /// with a host only from one of its host's addresses (when the
+    /// partition checks hosts), an unknown one when the partition accepts
+    /// unknown callers.
+    pub fn admit(&self, calling_ae: &str, peer: Option<IpAddr>) -> Admission {
         match self.get(calling_ae) {
+            Some(device) if self.inner.rules.check_hosts && !device.host.is_empty() => {
+                let from_its_host = peer.is_some_and(|peer| {
+                    self.addresses(&device.host)
+                        .iter()
+                        .any(|address| same_address(*address, peer))
+                });
+                if from_its_host {
+                    Admission::Admit(Some(device))
+                } else {
+                    Admission::WrongHost {
+                        host: device.host,
+                        peer,
+                    }
+                }
+            }
             Some(device) => Admission::Admit(Some(device)),
-            None if self.inner.accept_unknown => Admission::Admit(None),
+            None if self.inner.rules.accept_unknown => Admission::Admit(None),
             None => Admission::Unknown,
         }
     }
 
     /// Whether `calling_ae` may perform `operation`. Unknown callers of a
-    /// partition that accepts them may store, query and retrieve (they are
-    /// registered with those permissions; an administrator narrows them),
-    /// never replace: only a device an administrator granted
-    /// `allow_replace` may.
+    /// partition that accepts them may store, and query and retrieve only
+    /// when the partition allows it (they are registered with those
+    /// permissions; an administrator widens or narrows them); never
+    /// replace: only a device an administrator granted `allow_replace` may.
     pub fn permits(&self, calling_ae: &str, operation: Operation) -> bool {
         match self.get(calling_ae) {
             Some(device) => match operation {
@@ -132,7 +218,15 @@ impl Devices {
                 Operation::Retrieve => device.allow_retrieve,
                 Operation::Replace => device.allow_replace,
             },
-            None => self.inner.accept_unknown && operation != Operation::Replace,
+            None => {
+                let rules = &self.inner.rules;
+                rules.accept_unknown
+                    && match operation {
+                        Operation::Store => true,
+                        Operation::Query | Operation::Retrieve => rules.unknown_may_query_retrieve,
+                        Operation::Replace => false,
+                    }
+            }
         }
     }
 
@@ -153,8 +247,8 @@ impl Devices {
             host: host.to_string(),
             port: 0,
             allow_store: true,
-            allow_query: true,
-            allow_retrieve: true,
+            allow_query: self.inner.rules.unknown_may_query_retrieve,
+            allow_retrieve: self.inner.rules.unknown_may_query_retrieve,
             allow_replace: false,
             max_associations: 0,
             max_outgoing_associations: 0,
@@ -162,7 +256,7 @@ impl Devices {
         match self.inner.index.register_device(
             self.inner.partition,
             &spec,
-            self.inner.max_registered,
+            self.inner.rules.max_registered,
         )? {
             Some(stored) => {
                 if stored == spec {
@@ -173,12 +267,22 @@ impl Devices {
             None => tracing::warn!(
                 calling_ae,
                 host,
-                max = self.inner.max_registered,
+                max = self.inner.rules.max_registered,
                 "not registering an unknown device: the partition holds the most devices allowed"
             ),
         }
         Ok(())
     }
+}
+
+/// Whether two addresses are the same host: an IPv4 address equals its
+/// IPv4-mapped IPv6 form (a dual-stack listener reports callers so).
+fn same_address(a: IpAddr, b: IpAddr) -> bool {
+    let canonical = |address: IpAddr| match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+        v4 => v4,
+    };
+    canonical(a) == canonical(b)
 }
 
 /// This process's limits on the associations it opens to devices for sends
@@ -276,5 +380,138 @@ mod send_limit_tests {
             .collect();
         assert_eq!(limits.open(p1, &unlimited.ae_title), 50);
         drop(many);
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod admission_tests {
+    use super::*;
+    use crate::db::fixtures::partition_spec;
+    use crate::db::sqlite::SqliteIndex;
+
+    fn device(ae_title: &str, host: &str) -> DeviceSpec {
+        DeviceSpec {
+            ae_title: AeTitle::parse(ae_title).unwrap(),
+            host: host.into(),
+            port: 104,
+            allow_store: true,
+            allow_query: true,
+            allow_retrieve: true,
+            allow_replace: false,
+            max_associations: 0,
+            max_outgoing_associations: 0,
+        }
+    }
+
+    const RULES: AdmissionRules = AdmissionRules {
+        accept_unknown: true,
+        unknown_may_query_retrieve: false,
+        check_hosts: true,
+        max_registered: 100,
+    };
+
+    /// A partition holding devices bound to 127.0.0.2, to `localhost`, to
+    /// a name that does not resolve, and one without a host.
+    fn partition_with(rules: AdmissionRules) -> (tempfile::TempDir, Arc<SqliteIndex>, Devices) {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Arc::new(SqliteIndex::open(&dir.path().join("index.db")).unwrap());
+        let partition = index.ensure_partition(&partition_spec("HOSTS")).unwrap();
+        for spec in [
+            device("BOUND", "127.0.0.2"),
+            device("LOCAL", "localhost"),
+            device("NOWHERE", "no-such-host.invalid"),
+            device("ANYWHERE", ""),
+        ] {
+            index.ensure_device(partition, &spec).unwrap();
+        }
+        let devices = Devices::load(index.clone(), partition, rules).unwrap();
+        (dir, index, devices)
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    fn admitted(admission: Admission) -> bool {
+        matches!(admission, Admission::Admit(_))
+    }
+
+    #[test]
+    fn known_devices_are_admitted_only_from_their_host() {
+        let (_dir, _index, devices) = partition_with(RULES);
+        assert!(admitted(devices.admit("BOUND", ip("127.0.0.2"))));
+        assert!(admitted(devices.admit("BOUND", ip("::ffff:127.0.0.2"))));
+        assert_eq!(
+            devices.admit("BOUND", ip("127.0.0.1")),
+            Admission::WrongHost {
+                host: "127.0.0.2".into(),
+                peer: ip("127.0.0.1"),
+            }
+        );
+        assert!(
+            !admitted(devices.admit("BOUND", None)),
+            "no address, no entry"
+        );
+        assert!(admitted(devices.admit("LOCAL", ip("127.0.0.1"))));
+        assert!(!admitted(devices.admit("LOCAL", ip("127.0.0.3"))));
+        assert!(
+            !admitted(devices.admit("NOWHERE", ip("127.0.0.1"))),
+            "a host that does not resolve admits nobody"
+        );
+        assert!(admitted(devices.admit("ANYWHERE", ip("10.9.8.7"))));
+        // Unknown callers: by the partition's setting.
+        assert_eq!(
+            devices.admit("STRANGER", ip("10.9.8.7")),
+            Admission::Admit(None)
+        );
+
+        let (_dir, _index, unchecked) = partition_with(AdmissionRules {
+            check_hosts: false,
+            ..RULES
+        });
+        assert!(admitted(unchecked.admit("BOUND", ip("127.0.0.1"))));
+        let (_dir, _index, closed) = partition_with(AdmissionRules {
+            accept_unknown: false,
+            ..RULES
+        });
+        assert_eq!(
+            closed.admit("STRANGER", ip("127.0.0.1")),
+            Admission::Unknown
+        );
+    }
+
+    #[test]
+    fn unknown_callers_store_but_query_and_retrieve_only_when_allowed() {
+        let (_dir, index, devices) = partition_with(RULES);
+        assert!(devices.permits("STRANGER", Operation::Store));
+        assert!(!devices.permits("STRANGER", Operation::Query));
+        assert!(!devices.permits("STRANGER", Operation::Retrieve));
+        assert!(!devices.permits("STRANGER", Operation::Replace));
+        devices.register_unknown("STRANGER", "10.9.8.7").unwrap();
+        let registered = index
+            .device(
+                devices.inner.partition,
+                &AeTitle::parse("STRANGER").unwrap(),
+            )
+            .unwrap()
+            .expect("registered");
+        assert!(registered.allow_store);
+        assert!(!registered.allow_query && !registered.allow_retrieve);
+        assert!(
+            !devices.permits("STRANGER", Operation::Query),
+            "once registered too"
+        );
+
+        let (_dir, _index, open) = devices_with_open_queries();
+        assert!(open.permits("OTHER", Operation::Query));
+        assert!(open.permits("OTHER", Operation::Retrieve));
+        assert!(!open.permits("OTHER", Operation::Replace));
+    }
+
+    fn devices_with_open_queries() -> (tempfile::TempDir, Arc<SqliteIndex>, Devices) {
+        partition_with(AdmissionRules {
+            unknown_may_query_retrieve: true,
+            ..RULES
+        })
     }
 }

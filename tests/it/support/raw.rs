@@ -173,6 +173,53 @@ impl RawPeer {
     pub fn connect(addr: SocketAddr) -> RawPeer {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        RawPeer::over(stream)
+    }
+
+    /// Connects to an IPv4 `addr` from the loopback address `local` (e.g.
+    /// 127.0.0.2): another host, as the server sees it.
+    pub fn connect_from(local: std::net::Ipv4Addr, addr: SocketAddr) -> RawPeer {
+        use std::os::fd::FromRawFd;
+        let SocketAddr::V4(remote) = addr else {
+            panic!("connect_from needs an IPv4 address, not {addr}")
+        };
+        let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(ip).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: a fresh socket, plain sockaddr_in values of the right
+        // length, and the descriptor handed to exactly one TcpStream.
+        let stream = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let stream = TcpStream::from_raw_fd(fd);
+            let local_addr = sockaddr(local, 0);
+            let bound = libc::bind(fd, (&raw const local_addr).cast(), len);
+            assert_eq!(
+                bound,
+                0,
+                "bind {local}: {}",
+                std::io::Error::last_os_error()
+            );
+            let remote_addr = sockaddr(*remote.ip(), remote.port());
+            let connected = libc::connect(fd, (&raw const remote_addr).cast(), len);
+            assert_eq!(
+                connected,
+                0,
+                "connect to {addr} from {local}: {}",
+                std::io::Error::last_os_error()
+            );
+            stream
+        };
+        RawPeer::over(stream)
+    }
+
+    fn over(stream: TcpStream) -> RawPeer {
         stream.set_nodelay(true).expect("set TCP_NODELAY");
         stream
             .set_write_timeout(Some(Duration::from_secs(10)))

@@ -110,9 +110,17 @@ impl ServerBuilder {
             Some(url) => Archive::with_db_url(&data, &self.ae_title, url),
             None => Archive::new(&data, &self.ae_title),
         };
-        let config = if self.settings.is_empty() && self.dicom_settings.is_empty() {
-            None
-        } else {
+        // The tests' DCMTK and pynetdicom callers are unknown devices: let
+        // them query and retrieve, unless a test says otherwise (the
+        // default, store only, has tests of its own).
+        let mut dicom_settings = self.dicom_settings;
+        if !dicom_settings
+            .iter()
+            .any(|(key, _)| key == "unknown_devices_query_retrieve")
+        {
+            dicom_settings.push(("unknown_devices_query_retrieve".into(), "true".into()));
+        }
+        let config = {
             let mut text = String::new();
             if let Some(url) = archive.db_url() {
                 text.push_str(&format!("db = {url:?}\n"));
@@ -121,7 +129,7 @@ impl ServerBuilder {
                 text.push_str(&format!("{key} = {value}\n"));
             }
             text.push_str("[dicom]\n");
-            for (key, value) in &self.dicom_settings {
+            for (key, value) in &dicom_settings {
                 text.push_str(&format!("{key} = {value}\n"));
             }
             let path = self.root.join("imageserver.toml");
