@@ -16,6 +16,7 @@ use imageserver_core::config::DeviceConfig;
 use imageserver_core::services::import;
 use imageserver_core::{Archive, Config, FileOutcome, RuleSet, Server, ServerBuilder};
 
+mod nodes_cmd;
 mod reconcile_cmd;
 mod study_cmd;
 mod workqueue_cmd;
@@ -49,6 +50,8 @@ enum Command {
     Rules(study_cmd::RulesArgs),
     /// Work queue: list, show, retry, delete, reprioritise and reschedule work items.
     Workqueue(workqueue_cmd::WorkqueueArgs),
+    /// Cluster nodes: list them (state, heartbeat, work items held), drain one.
+    Nodes(nodes_cmd::NodesArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Command::Study(args) => study_cmd::study(args),
         Command::Rules(args) => study_cmd::rules(args),
         Command::Workqueue(args) => workqueue_cmd::workqueue(args),
+        Command::Nodes(args) => nodes_cmd::nodes(args),
     };
     match result {
         Ok(code) => code,
@@ -225,14 +229,18 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     tracing::info!(
         address = %server.local_addr(),
         ae_title = %config.dicom.ae_title,
+        node = %server.node().id(),
         db = %imageserver_core::db::redact_url(&config.db_url()),
         "imageserver ready"
     );
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !server.drain_requested() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    tracing::info!("stopping: no new associations; finishing messages in flight");
-    server.shutdown(Duration::from_secs(30));
+    // SIGTERM and `imageserver nodes drain` alike: health checks refused
+    // for [node] drain_grace_secs, then no new associations; what is in
+    // flight finishes.
+    tracing::info!("stopping: draining; finishing associations and work in flight");
+    server.drain(Duration::from_secs(30));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
