@@ -31,6 +31,8 @@ const DESTINATION: &str = "CLUSTERDEST";
 /// How long the dead node's leases hold (`[workqueue] lease_secs`).
 const LEASE: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// One association storing slowly (tests/it/py/slow_store_scu.py).
+const SLOW_STORE_SCU: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/slow_store_scu.py");
 
 /// A running cluster, stopped (by its script, which kills only what it
 /// started) when dropped.
@@ -150,6 +152,16 @@ fn parse_values(text: &str) -> BTreeMap<String, String> {
         .filter_map(|line| line.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// Starts `command` with its output piped (for [`dcmtk::wait_with_timeout`]).
+fn spawn_piped(mut command: Command) -> std::process::Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"))
 }
 
 /// Associations of the test's calling AE title a node's log shows.
@@ -457,6 +469,17 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     let third_dir = root.join("corpus3");
     let third = generate_corpus(&third_dir, 1203, CorpusShape::uniform(6, 1, 8, (64, 64)));
     let files: Vec<PathBuf> = third.iter().map(|i| i.path.clone()).collect();
+    // An association held on node 2 itself across the drain: it must end
+    // by itself, not be cut off.
+    let slow_dir = root.join("corpus4");
+    let slow = generate_corpus(&slow_dir, 1204, CorpusShape::uniform(1, 1, 12, (64, 64)));
+    let mut slow_sender = Command::new("python3");
+    slow_sender
+        .arg(SLOW_STORE_SCU)
+        .args([nodes[1].ip().to_string(), nodes[1].port().to_string()])
+        .args([ae.as_str(), "0.5"])
+        .args(slow.iter().map(|i| &i.path));
+    let slow_sender = spawn_piped(slow_sender);
     let load = std::thread::scope(|scope| {
         let senders: Vec<_> = files
             .chunks(12)
@@ -495,6 +518,11 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
             panic!("an association failed while node 2 drained:\n{output}");
         }
     }
+    let slow_output = dcmtk::wait_with_timeout(slow_sender, CLIENT_TIMEOUT);
+    assert!(
+        slow_output.success(),
+        "the association open on node 2 during its drain failed:\n{slow_output}"
+    );
     let exit = cluster.dir.join("node2.exit");
     wait_until(
         Duration::from_secs(60),
@@ -511,6 +539,7 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
         Some("stopped")
     );
     all.extend(third);
+    all.extend(slow);
     assert_stored_once(&cluster, &all);
     eprintln!("cluster: scenario done in {:?}", started.elapsed());
 }
