@@ -21,7 +21,7 @@ use crate::support::server::{test_dir, BINARY};
 use crate::support::{files_under, received_by_uid};
 
 #[path = "support/retrieve_peers.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::duplicate_mod)]
 mod retrieve_peers;
 use retrieve_peers::StoreScp;
 
