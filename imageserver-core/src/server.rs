@@ -675,10 +675,25 @@ fn start_node(
             }
         }
     });
+    let devices: Vec<Devices> = archive
+        .partitions
+        .iter()
+        .map(|p| p.devices.clone())
+        .collect();
+    let on_devices_changed = Box::new(move || {
+        for partition in &devices {
+            if let Err(e) = partition.reload() {
+                tracing::warn!(error = %crate::model::error_chain(&e), "cannot reload the devices");
+            }
+        }
+    });
     Ok(Node::start(
         archive.database.clone(),
         registration,
         settings,
-        on_dead,
+        node::NodeHooks {
+            on_dead,
+            on_devices_changed,
+        },
     )?)
 }

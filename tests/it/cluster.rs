@@ -254,6 +254,21 @@ fn find_answers(addr: SocketAddr, ae: &str) -> Vec<String> {
     answers
 }
 
+/// Whether a study-level C-FIND through `addr` is refused (0124, not
+/// authorised) rather than answered.
+fn find_refused(addr: SocketAddr, ae: &str) -> bool {
+    let mut command = dcmtk::command("/usr/bin/findscu");
+    command
+        .args(["-v", "-S", "-aet", CALLING_AE, "-aec", ae])
+        .args(["-to", "10", "-ta", "10", "-td", "60"])
+        .args(["-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID"])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string());
+    let output = dcmtk::run(command, CLIENT_TIMEOUT);
+    let text = output.text();
+    text.contains("Status: 0x124") || text.contains("Refused")
+}
+
 #[test]
 fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     let dir = test_dir("cluster");
@@ -328,6 +343,30 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     );
     assert_eq!(answers[0], answers[1], "node 1 and node 2 answer alike");
     assert_eq!(answers[0], answers[2], "node 1 and node 3 answer alike");
+
+    // 2b. A device changed in the index is used by every node without a
+    // restart: the test's AE loses its query permission, then gets it back.
+    let set_query = |allowed: bool| {
+        cluster.psql(&format!(
+            "UPDATE device SET allow_query = {allowed} WHERE ae_title = '{CALLING_AE}'"
+        ));
+    };
+    set_query(false);
+    for node in &nodes {
+        wait_until(
+            Duration::from_secs(15),
+            "the query permission withdrawn on every node",
+            || find_refused(*node, &ae),
+        );
+    }
+    set_query(true);
+    for node in &nodes {
+        wait_until(
+            Duration::from_secs(15),
+            "the query permission back on every node",
+            || !find_refused(*node, &ae),
+        );
+    }
 
     // 3. C-MOVE through the balancer: byte-identical data at the destination.
     let moved_study = &instances[0].study_uid;

@@ -13,11 +13,15 @@
 //! is older than `dead_after` is dead, and the first beat that sees it so
 //! runs the server's `on_dead` hook (the temporary files it left are
 //! removed). Its work items are taken over by the work queue's leases, not
-//! here.
+//! here. And it polls the device table's version
+//! ([`crate::db::nodes::DEVICES_VERSION`], moved by triggers on every
+//! write): when it moves, the server reloads its device caches, so a
+//! device changed on one node (or by an administrator) is used by every
+//! node within a heartbeat.
 //!
 //! The module knows the index's node table and nothing of DICOM, files or
 //! the services: `server.rs` wires it.
 
 pub mod node;
 
-pub use node::{Node, NodeSettings};
+pub use node::{Node, NodeHooks, NodeSettings};

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crossbeam::channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::db::nodes::{Liveness, NodeRecord, NodeRegistration, NodeState, NodeStore};
+use crate::db::nodes::{
+    Liveness, NodeRecord, NodeRegistration, NodeState, NodeStore, DEVICES_VERSION,
+};
 use crate::db::Error;
 use crate::model::error_chain;
 
@@ -65,8 +67,15 @@ pub fn default_node_id(listen: &std::net::SocketAddr) -> String {
     format!("{}:{listen}", host_name())
 }
 
-/// What the server does when its heartbeat first sees another node dead.
-pub type OnDead = Box<dyn Fn(&NodeRecord) + Send>;
+/// What the server does on what its heartbeat learns; each runs on the
+/// heartbeat thread.
+pub struct NodeHooks {
+    /// Another node was first seen dead.
+    pub on_dead: Box<dyn Fn(&NodeRecord) + Send>,
+    /// The device table changed (by any node or an administrator): caches
+    /// of it are to be reloaded.
+    pub on_devices_changed: Box<dyn Fn() + Send>,
+}
 
 /// A registered node and its heartbeat thread. Dropping it stops the
 /// thread without touching the row (the heartbeat then ages: the node
@@ -89,14 +98,14 @@ impl std::fmt::Debug for Node {
 
 impl Node {
     /// Registers the node (its row active, heartbeat now) and starts its
-    /// heartbeat thread; `on_dead` runs on that thread for each node it
-    /// first sees dead.
+    /// heartbeat thread, which runs `hooks` on what it learns.
     pub fn start(
         store: Arc<dyn NodeStore>,
         registration: NodeRegistration,
         settings: &NodeSettings,
-        on_dead: OnDead,
+        hooks: NodeHooks,
     ) -> Result<Node, Error> {
+        let devices_version = store.cache_version(DEVICES_VERSION)?;
         store.register_node(&registration)?;
         tracing::info!(
             node = %registration.id,
@@ -111,8 +120,9 @@ impl Node {
             drain_requested: drain_requested.clone(),
             every: settings.heartbeat,
             dead_after: settings.dead_after,
-            on_dead,
+            hooks,
             seen_dead: HashSet::new(),
+            devices_version,
         };
         let thread = std::thread::Builder::new()
             .name("node-heartbeat".into())
@@ -180,9 +190,11 @@ struct Heartbeat {
     drain_requested: Arc<AtomicBool>,
     every: Duration,
     dead_after: Duration,
-    on_dead: OnDead,
+    hooks: NodeHooks,
     /// Nodes already handed to `on_dead` (until they beat again).
     seen_dead: HashSet<(String, u32)>,
+    /// The device table's version the caches were loaded at.
+    devices_version: i64,
 }
 
 impl Heartbeat {
@@ -195,6 +207,7 @@ impl Heartbeat {
                 Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
             }
             self.beat();
+            self.watch_devices();
             self.watch_others();
         }
     }
@@ -222,6 +235,18 @@ impl Heartbeat {
         }
     }
 
+    fn watch_devices(&mut self) {
+        match self.store.cache_version(DEVICES_VERSION) {
+            Ok(version) if version != self.devices_version => {
+                tracing::info!(version, "devices changed in the index: reloading");
+                (self.hooks.on_devices_changed)();
+                self.devices_version = version;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %error_chain(&e), "cannot read the devices version"),
+        }
+    }
+
     fn watch_others(&mut self) {
         let nodes = match self.store.nodes() {
             Ok(nodes) => nodes,
@@ -242,7 +267,7 @@ impl Heartbeat {
                         heartbeat_age_secs = node.heartbeat_age.as_secs(),
                         "node dead: its heartbeat stopped"
                     );
-                    (self.on_dead)(&node);
+                    (self.hooks.on_dead)(&node);
                 }
             } else {
                 self.seen_dead.remove(&key);

@@ -169,7 +169,15 @@ pub trait NodeStore: Send + Sync {
 
     /// The current holder of a lease that has not expired.
     fn lease_holder(&self, name: &str) -> Result<Option<String>, Error>;
+
+    /// The version of what nodes cache (e.g. [`DEVICES_VERSION`]): it
+    /// moves whenever the cached rows are written, by any process; 0 for
+    /// an unknown name.
+    fn cache_version(&self, name: &str) -> Result<i64, Error>;
 }
+
+/// The [`NodeStore::cache_version`] of the device table.
+pub const DEVICES_VERSION: &str = "devices";
 
 /// Addresses as stored: comma-separated.
 pub(crate) fn join_addresses(addresses: &[String]) -> String {

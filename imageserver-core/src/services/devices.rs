@@ -73,6 +73,21 @@ impl Devices {
         })
     }
 
+    /// Reads every device of the partition from the index again, replacing
+    /// the cache (the cluster's heartbeat calls it when the device table
+    /// changed elsewhere).
+    pub fn reload(&self) -> Result<(), db::Error> {
+        let known: HashMap<String, DeviceSpec> = self
+            .inner
+            .index
+            .devices(self.inner.partition)?
+            .into_iter()
+            .map(|d| (d.ae_title.as_str().to_string(), d))
+            .collect();
+        *self.inner.known.write().unwrap_or_else(|p| p.into_inner()) = known;
+        Ok(())
+    }
+
     /// The device with this AE title, if known: from the cache, else from
     /// the index (a device an administrator or another node added since
     /// this node loaded its devices), which then joins the cache.

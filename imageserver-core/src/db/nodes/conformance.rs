@@ -4,12 +4,52 @@
 
 use std::time::Duration;
 
-use crate::db::nodes::{Liveness, NodeRegistration, NodeState, NodeStore};
+use crate::db::fixtures;
+use crate::db::nodes::{Liveness, NodeRegistration, NodeState, NodeStore, DEVICES_VERSION};
+use crate::db::Database;
+use crate::model::{AeTitle, DeviceSpec};
 
 /// Runs every check.
-pub(crate) fn run_all(store: &dyn NodeStore) {
+pub(crate) fn run_all(store: &dyn Database) {
     register_heartbeat_and_states(store);
     named_leases(store);
+    device_version_moves_with_device_writes(store);
+}
+
+fn device_version_moves_with_device_writes(db: &dyn Database) {
+    assert_eq!(db.cache_version("no such thing").unwrap(), 0);
+    let partition = db
+        .ensure_partition(&fixtures::partition_spec("NODEVERSION"))
+        .unwrap();
+    let before = db.cache_version(DEVICES_VERSION).unwrap();
+    let device = DeviceSpec {
+        ae_title: AeTitle::parse("WS1").unwrap(),
+        host: "10.0.0.5".to_string(),
+        port: 104,
+        allow_store: true,
+        allow_query: true,
+        allow_retrieve: true,
+        allow_replace: false,
+        max_associations: 0,
+        max_outgoing_associations: 0,
+    };
+    db.ensure_device(partition, &device).unwrap();
+    let added = db.cache_version(DEVICES_VERSION).unwrap();
+    assert!(added > before, "a new device moves the version");
+    let mut changed = device.clone();
+    changed.allow_query = !changed.allow_query;
+    db.ensure_device(partition, &changed).unwrap();
+    assert!(
+        db.cache_version(DEVICES_VERSION).unwrap() > added,
+        "a changed device moves the version"
+    );
+    let reads = db.cache_version(DEVICES_VERSION).unwrap();
+    db.devices(partition).unwrap();
+    assert_eq!(
+        db.cache_version(DEVICES_VERSION).unwrap(),
+        reads,
+        "reads do not"
+    );
 }
 
 fn registration(id: &str, pid: u32) -> NodeRegistration {

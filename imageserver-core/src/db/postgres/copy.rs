@@ -459,9 +459,10 @@ pub fn copy_from_sqlite(sqlite_path: &Path, pg_url: &str) -> Result<CopyReport, 
     Ok(report)
 }
 
-/// Tables deliberately not copied: a cluster's runtime state (its nodes
-/// and named leases), which every node writes again when it starts.
-const NOT_COPIED: &[&str] = &["node", "cluster_lease"];
+/// Tables deliberately not copied: a cluster's runtime state (its nodes,
+/// named leases and cache versions), which the target's own schema and
+/// nodes write.
+const NOT_COPIED: &[&str] = &["node", "cluster_lease", "cluster_version"];
 
 /// The `table.column`s of the SQLite file that [`TABLES`] does not copy
 /// (the schema bookkeeping tables and [`NOT_COPIED`] aside).

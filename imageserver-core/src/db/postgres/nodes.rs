@@ -175,6 +175,17 @@ impl NodeStore for PgIndex {
                 .await
         })
     }
+
+    fn cache_version(&self, name: &str) -> Result<i64, Error> {
+        self.read("reading a cache version", async |conn| {
+            let version: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM cluster_version WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            Ok(version.unwrap_or_default())
+        })
+    }
 }
 
 #[cfg(test)]

@@ -136,6 +136,15 @@ impl NodeStore for SqliteIndex {
             .optional()
         })
     }
+
+    fn cache_version(&self, name: &str) -> Result<i64, Error> {
+        self.read("reading a cache version", |conn| {
+            conn.prepare_cached("SELECT version FROM cluster_version WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
+                .optional()
+                .map(Option::unwrap_or_default)
+        })
+    }
 }
 
 #[cfg(test)]

@@ -18,3 +18,17 @@ CREATE TABLE cluster_lease (
     holder      TEXT COLLATE "C" NOT NULL,
     expires_at  BIGINT NOT NULL
 );
+
+CREATE TABLE cluster_version (
+    name     TEXT COLLATE "C" PRIMARY KEY,
+    version  BIGINT NOT NULL
+);
+INSERT INTO cluster_version (name, version) VALUES ('devices', 0);
+CREATE FUNCTION bump_devices_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE cluster_version SET version = version + 1 WHERE name = 'devices';
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER device_version AFTER INSERT OR UPDATE OR DELETE ON device
+    FOR EACH STATEMENT EXECUTE FUNCTION bump_devices_version();

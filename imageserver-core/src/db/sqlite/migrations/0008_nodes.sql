@@ -28,3 +28,22 @@ CREATE TABLE cluster_lease (
     holder      TEXT    NOT NULL,
     expires_at  INTEGER NOT NULL
 );
+
+-- Versions the nodes poll to learn that something they cache changed on
+-- another node: 'devices' counts the statements that wrote the device
+-- table (triggers below), so a node reloads its device caches when the
+-- number moves.
+CREATE TABLE cluster_version (
+    name     TEXT    PRIMARY KEY,
+    version  INTEGER NOT NULL
+);
+INSERT INTO cluster_version (name, version) VALUES ('devices', 0);
+CREATE TRIGGER device_version_insert AFTER INSERT ON device BEGIN
+    UPDATE cluster_version SET version = version + 1 WHERE name = 'devices';
+END;
+CREATE TRIGGER device_version_update AFTER UPDATE ON device BEGIN
+    UPDATE cluster_version SET version = version + 1 WHERE name = 'devices';
+END;
+CREATE TRIGGER device_version_delete AFTER DELETE ON device BEGIN
+    UPDATE cluster_version SET version = version + 1 WHERE name = 'devices';
+END;
