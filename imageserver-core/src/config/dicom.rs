@@ -117,7 +117,7 @@ pub struct DeviceConfig {
     /// Most associations it may hold open at once (0: no limit).
     #[serde(default)]
     pub max_associations: u32,
-    /// Most associations this process opens to it at once for sends
+    /// Most associations all processes sharing the index open to it at once for sends
     /// (auto-route, study send; 0: no limit).
     #[serde(default)]
     pub max_outgoing_associations: u32,
