@@ -137,7 +137,7 @@ cargo test -p imageserver-core --no-default-features --features sqlite
 step "cargo test -p imageserver-core --no-default-features --features postgres (PostgreSQL alone)"
 cargo test -p imageserver-core --no-default-features --features postgres
 
-step "examples: custom_processor, custom_storage, small, and medium on PostgreSQL (scripts/examples.sh)"
+step "examples: custom_processor, custom_storage, small, and medium and large on PostgreSQL (scripts/examples.sh)"
 bash scripts/examples.sh "$IMAGESERVER_PG_URL"
 
 step "all checks passed"
