@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         match flag.as_str() {
             "--data" => config.data_dir = value.into(),
             "--port" => config.dicom.port = value.parse()?,
-            "--device" => config.devices.push(device(&value)?),
+            "--device" => config.devices.push(DeviceConfig::from_flag(&value)?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -54,24 +54,4 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     server.shutdown(Duration::from_secs(30));
     Ok(())
-}
-
-/// `--device AE=HOST:PORT`: a known device, e.g. the workstation that
-/// queries and retrieves (unknown callers may only store).
-fn device(text: &str) -> Result<DeviceConfig, Box<dyn Error>> {
-    let bad = || format!("--device {text:?}: expected AE=HOST:PORT");
-    let (ae_title, address) = text.split_once('=').ok_or_else(bad)?;
-    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
-    Ok(DeviceConfig {
-        ae_title: ae_title.to_string(),
-        host: host.to_string(),
-        port: port.parse().map_err(|_| bad())?,
-        allow_store: true,
-        allow_query: true,
-        allow_retrieve: true,
-        allow_replace: false,
-        max_associations: 0,
-        max_outgoing_associations: 0,
-        partition: None,
-    })
 }

@@ -13,7 +13,11 @@
 # - medium: the medium deployment against a fresh database of the
 #   PostgreSQL server at $1 and a temporary "NAS" folder; storescu stores
 #   the same instance, findscu finds it, psql sees its row, and SIGTERM
-#   stops the example cleanly.
+#   stops the example cleanly;
+# - large: one node of the large deployment against another fresh
+#   database and a temporary "shared" folder; storescu stores, findscu
+#   finds, psql sees the node registered active, and SIGTERM drains it
+#   (exit 0, the node stopped in the index).
 #
 # usage: scripts/examples.sh POSTGRES_SERVER_URL
 set -euo pipefail
@@ -34,6 +38,7 @@ cleanup() {
         kill -KILL "$EXAMPLE_PID" 2>/dev/null || true
     fi
     psql -q "$SERVER_URL" -c "DROP DATABASE IF EXISTS example_medium" >/dev/null 2>&1 || true
+    psql -q "$SERVER_URL" -c "DROP DATABASE IF EXISTS example_large" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -45,7 +50,7 @@ free_port() {
 # The instance the examples store (custom_storage includes the same file).
 /usr/bin/dump2dcm -q -g +te examples/instance.dump "$WORK/sc.dcm"
 
-cargo build --quiet --example small --example medium
+cargo build --quiet --example small --example medium --example large
 
 # start_example NAME PORT ARGS...: runs the example in the background on
 # PORT (its log in $WORK/NAME.log) and waits for its "NAME deployment ready"
@@ -109,4 +114,18 @@ ROWS=$(psql -qtA "$DB_URL" -c "SELECT COUNT(*) FROM instance")
 find "$WORK/nas" -name '*.dcm' | grep -q . || fail "no instance file on the NAS path"
 stop_example medium
 
-echo "examples: custom_processor ran its items; custom_storage passed the storage conformance suite and counted a stored instance; small (SQLite) and medium (PostgreSQL) each stored and found an instance and stopped cleanly"
+psql -q "$SERVER_URL" -c "DROP DATABASE IF EXISTS example_large" >/dev/null
+psql -q "$SERVER_URL" -c "CREATE DATABASE example_large" >/dev/null
+DB_URL="${SERVER_BASE%/*}/example_large${SERVER_URL#"$SERVER_BASE"}"
+PORT=$(free_port)
+start_example large "$PORT" --config deploy/large/node.toml --db "$DB_URL" --shared "$WORK/shared" \
+    --bind 127.0.0.1 --node-id example-large --device WORKSTATION=127.0.0.1:11113
+store_and_find large "$PORT"
+STATE=$(psql -qtA "$DB_URL" -c "SELECT state FROM node WHERE id = 'example-large'")
+[ "$STATE" = active ] || fail "the large example's node is '$STATE' in the index, expected active"
+find "$WORK/shared" -name '*.dcm' | grep -q . || fail "no instance file on the shared path"
+stop_example large
+STATE=$(psql -qtA "$DB_URL" -c "SELECT state FROM node WHERE id = 'example-large'")
+[ "$STATE" = stopped ] || fail "the large example's node is '$STATE' after SIGTERM, expected stopped"
+
+echo "examples: custom_processor ran its items; custom_storage passed the storage conformance suite and counted a stored instance; small (SQLite), medium (PostgreSQL) and large (a cluster node) each stored and found an instance and stopped cleanly"

@@ -54,16 +54,21 @@ ORTHANC=/usr/sbin/Orthanc
 # PostgreSQL 15 for the PostgreSQL backend's tests (scripts/pg.sh runs it).
 PG_INITDB=/usr/lib/postgresql/15/bin/initdb
 
+# HAProxy, the large deployment's balancer (deploy/large/cluster.sh, the
+# cluster test).
+HAPROXY=/usr/sbin/haproxy
+
 missing_packages() {
     missing_dcmtk || [ ! -x "$ORTHANC" ] || ! command -v curl >/dev/null 2>&1 \
-        || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1
+        || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1 || [ ! -x "$HAPROXY" ]
 }
 
 if missing_packages; then
-    step "installing DCMTK, Orthanc, curl, PostgreSQL and sqlite3: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3"
+    step "installing DCMTK, Orthanc, curl, PostgreSQL, sqlite3 and HAProxy: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy
 fi
+[ -x "$HAPROXY" ] || fail "HAProxy is still missing after apt-get install ($HAPROXY)"
 [ -x "$PG_INITDB" ] || fail "PostgreSQL 15 is still missing after apt-get install ($PG_INITDB)"
 command -v sqlite3 >/dev/null 2>&1 || fail "sqlite3 is still missing after apt-get install (the tests read index rows with it)"
 
@@ -113,9 +118,10 @@ IMAGESERVER_PG_URL=$(bash scripts/pg.sh start "$PG_DIR" --ssl) || fail "cannot s
 export IMAGESERVER_PG_URL
 step "PostgreSQL at $IMAGESERVER_PG_URL"
 
-# The PostgreSQL-only integration tests (postgres::pg_*) run in the second pass.
+# The PostgreSQL-only integration tests (postgres::pg_*, and the cluster
+# test, which runs a PostgreSQL of its own) run in the second pass.
 step "cargo test --workspace (index on SQLite)"
-cargo test --workspace -- --skip postgres::pg_
+cargo test --workspace -- --skip postgres::pg_ --skip cluster::pg_
 
 step "IMAGESERVER_IT_BACKEND=postgres cargo test --test it (index on PostgreSQL)"
 IMAGESERVER_IT_BACKEND=postgres cargo test --test it
@@ -131,7 +137,7 @@ cargo test -p imageserver-core --no-default-features --features sqlite
 step "cargo test -p imageserver-core --no-default-features --features postgres (PostgreSQL alone)"
 cargo test -p imageserver-core --no-default-features --features postgres
 
-step "examples: custom_processor, custom_storage, small, and medium on PostgreSQL (scripts/examples.sh)"
+step "examples: custom_processor, custom_storage, small, and medium and large on PostgreSQL (scripts/examples.sh)"
 bash scripts/examples.sh "$IMAGESERVER_PG_URL"
 
 step "all checks passed"

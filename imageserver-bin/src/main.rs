@@ -16,6 +16,7 @@ use imageserver_core::config::DeviceConfig;
 use imageserver_core::services::import;
 use imageserver_core::{Archive, Config, FileOutcome, RuleSet, Server, ServerBuilder};
 
+mod nodes_cmd;
 mod reconcile_cmd;
 mod study_cmd;
 mod workqueue_cmd;
@@ -49,6 +50,8 @@ enum Command {
     Rules(study_cmd::RulesArgs),
     /// Work queue: list, show, retry, delete, reprioritise and reschedule work items.
     Workqueue(workqueue_cmd::WorkqueueArgs),
+    /// Cluster nodes: list them (state, heartbeat, work items held), drain one.
+    Nodes(nodes_cmd::NodesArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Command::Study(args) => study_cmd::study(args),
         Command::Rules(args) => study_cmd::rules(args),
         Command::Workqueue(args) => workqueue_cmd::workqueue(args),
+        Command::Nodes(args) => nodes_cmd::nodes(args),
     };
     match result {
         Ok(code) => code,
@@ -168,30 +172,6 @@ fn load_config(args: &ArchiveArgs) -> Result<Config> {
     Ok(config)
 }
 
-fn parse_device(text: &str) -> Result<DeviceConfig> {
-    let Some((ae, address)) = text.split_once('=') else {
-        bail!("--device {text:?}: expected AE=HOST:PORT");
-    };
-    let Some((host, port)) = address.rsplit_once(':') else {
-        bail!("--device {text:?}: expected AE=HOST:PORT");
-    };
-    let port = port
-        .parse()
-        .with_context(|| format!("--device {text:?}: bad port"))?;
-    Ok(DeviceConfig {
-        ae_title: ae.to_string(),
-        host: host.to_string(),
-        port,
-        allow_store: true,
-        allow_query: true,
-        allow_retrieve: true,
-        allow_replace: false,
-        max_associations: 0,
-        max_outgoing_associations: 0,
-        partition: None,
-    })
-}
-
 fn open_archive(config: &Config) -> Result<Archive> {
     let settings = config.validate()?;
     Archive::open(settings).context("cannot open the archive")
@@ -206,7 +186,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         config.dicom.port = port;
     }
     for device in &args.devices {
-        config.devices.push(parse_device(device)?);
+        config.devices.push(DeviceConfig::from_flag(device)?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -225,14 +205,18 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     tracing::info!(
         address = %server.local_addr(),
         ae_title = %config.dicom.ae_title,
+        node = %server.node().id(),
         db = %imageserver_core::db::redact_url(&config.db_url()),
         "imageserver ready"
     );
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) && !server.drain_requested() {
         std::thread::sleep(Duration::from_millis(100));
     }
-    tracing::info!("stopping: no new associations; finishing messages in flight");
-    server.shutdown(Duration::from_secs(30));
+    // SIGTERM and `imageserver nodes drain` alike: health checks refused
+    // for [node] drain_grace_secs, then no new associations; what is in
+    // flight finishes.
+    tracing::info!("stopping: draining; finishing associations and work in flight");
+    server.drain(Duration::from_secs(30));
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

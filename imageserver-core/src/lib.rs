@@ -33,6 +33,7 @@ compile_error!(
     "imageserver-core needs an index backend: enable feature `sqlite`, `postgres` or both"
 );
 
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod dicom;

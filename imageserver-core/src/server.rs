@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::cluster::{node, Node};
 use crate::config::{ConfigError, PartitionSettings, Settings};
 use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
@@ -452,6 +453,8 @@ pub struct Server {
     acceptors: Vec<Acceptor>,
     /// The WorkQueue engine (None with `[workqueue] threads = 0`).
     engine: Option<Engine>,
+    /// This process's row in the cluster's node table, and its heartbeat.
+    node: Node,
 }
 
 impl Server {
@@ -474,13 +477,14 @@ impl Server {
     /// order (tests bind port 0).
     pub fn start_on(archive: Archive, listeners: Vec<TcpListener>) -> Result<Server, Error> {
         let settings = &archive.settings;
+        let processor_id = workqueue::default_processor_id();
         let engine = match settings.workqueue.engine.threads {
             0 => None,
             _ => Some(Engine::start(
                 archive.database.clone(),
                 archive.processors.clone(),
                 EngineConfig {
-                    processor_id: workqueue::default_processor_id(),
+                    processor_id: processor_id.clone(),
                     ..settings.workqueue.engine.clone()
                 },
             )?),
@@ -523,10 +527,12 @@ impl Server {
                 .map_err(|source| Error::Bind { address, source })?;
             acceptors.push(acceptor);
         }
+        let node = start_node(&archive, &acceptors, engine.as_ref().map(|_| processor_id))?;
         Ok(Server {
             archive,
             acceptors,
             engine,
+            node,
         })
     }
 
@@ -553,9 +559,62 @@ impl Server {
         &self.archive
     }
 
+    /// This process as a node of the cluster.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Whether an operator asked this node to drain
+    /// (`imageserver nodes drain`): the caller then calls [`Server::drain`].
+    pub fn drain_requested(&self) -> bool {
+        self.node.drain_requested()
+    }
+
+    /// Leaves the cluster without failing an association (`[node]`):
+    /// marks the node draining; for `drain_grace` refuses the balancer's
+    /// health check while still accepting, so the balancer takes the node
+    /// out of its pool; then closes the listeners and lets the open
+    /// associations end by themselves and the running work items finish
+    /// (at most `drain_timeout`), gives the work items' leases back, and
+    /// shuts down as [`Server::shutdown`] does with `grace`.
+    pub fn drain(self, grace: Duration) {
+        let settings = self.archive.settings.node.clone();
+        self.node.set_state(crate::db::nodes::NodeState::Draining);
+        tracing::info!(
+            node = %self.node.id(),
+            grace_secs = settings.drain_grace.as_secs(),
+            "draining: health checks refused, associations still accepted"
+        );
+        for acceptor in &self.acceptors {
+            acceptor.refuse_caller(settings.health_check_ae.as_deref());
+        }
+        std::thread::sleep(settings.drain_grace);
+        tracing::info!(
+            timeout_secs = settings.drain_timeout.as_secs(),
+            "draining: listeners closed; waiting for open associations and work items"
+        );
+        for acceptor in &self.acceptors {
+            acceptor.stop_listening();
+        }
+        let timeout = settings.drain_timeout;
+        std::thread::scope(|scope| {
+            for acceptor in &self.acceptors {
+                scope.spawn(move || {
+                    if !acceptor.wait_idle(timeout) && !timeout.is_zero() {
+                        tracing::warn!(
+                            open = acceptor.open_associations(),
+                            "drain timeout: associations still open are cut off"
+                        );
+                    }
+                });
+            }
+        });
+        self.shutdown(grace.max(timeout));
+    }
+
     /// Stops accepting and claiming work, lets messages and work items in
-    /// flight finish (at most `grace`), then commits what is queued and
-    /// returns.
+    /// flight finish (at most `grace`), then commits what is queued, marks
+    /// the node stopped and returns.
     pub fn shutdown(self, grace: Duration) {
         std::thread::scope(|scope| {
             for acceptor in self.acceptors {
@@ -568,5 +627,77 @@ impl Server {
         // Dropping the archive drops the last ingest handle: the group
         // committer drains its queue and its thread is joined.
         drop(self.archive);
+        self.node.stop();
     }
+}
+
+/// Registers this process as a node and starts its heartbeat; when it sees
+/// another node dead, the temporary files that node left are swept.
+fn start_node(
+    archive: &Archive,
+    acceptors: &[Acceptor],
+    processor_id: Option<String>,
+) -> Result<Node, Error> {
+    let settings = &archive.settings.node;
+    let addresses: Vec<String> = acceptors
+        .iter()
+        .map(|a| a.local_addr().to_string())
+        .collect();
+    let id = match &settings.id {
+        Some(id) => id.clone(),
+        None => node::default_node_id(&acceptors[0].local_addr()),
+    };
+    let registration = crate::db::nodes::NodeRegistration {
+        id,
+        host: node::host_name(),
+        addresses,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        processor_id,
+    };
+    let index = archive.database.clone();
+    let storage = archive.storage.clone();
+    let stale_after = (archive.settings.idle_timeout * 4).max(MIN_TEMPORARY_AGE);
+    let on_dead = Box::new(move |dead: &crate::db::nodes::NodeRecord| {
+        let Ok(filesystems) = index.filesystems() else {
+            return;
+        };
+        for filesystem in filesystems {
+            match storage.sweep_temporary(&filesystem, stale_after) {
+                Ok(report) => tracing::info!(
+                    node = %dead.registration.id,
+                    filesystem = %filesystem.spec.path.display(),
+                    removed = report.removed,
+                    kept = report.kept,
+                    "temporary files swept after a node died"
+                ),
+                Err(e) => tracing::warn!(
+                    filesystem = %filesystem.spec.path.display(),
+                    error = %crate::model::error_chain(&e),
+                    "cannot sweep temporary files"
+                ),
+            }
+        }
+    });
+    let devices: Vec<Devices> = archive
+        .partitions
+        .iter()
+        .map(|p| p.devices.clone())
+        .collect();
+    let on_devices_changed = Box::new(move || {
+        for partition in &devices {
+            if let Err(e) = partition.reload() {
+                tracing::warn!(error = %crate::model::error_chain(&e), "cannot reload the devices");
+            }
+        }
+    });
+    Ok(Node::start(
+        archive.database.clone(),
+        registration,
+        settings,
+        node::NodeHooks {
+            on_dead,
+            on_devices_changed,
+        },
+    )?)
 }

@@ -117,6 +117,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "study operations reach files only through the storage seam",
     ),
     (
+        "cluster/",
+        &[
+            "crate::dicom",
+            "crate::scp",
+            "crate::services",
+            "crate::storage",
+            "crate::processors",
+            "crate::workqueue",
+            "rusqlite",
+            "sqlx",
+        ],
+        "the cluster knows the index's node table: no DICOM, files or use cases",
+    ),
+    (
         "rules/",
         &[
             "crate::dicom",

@@ -47,3 +47,5 @@ mod metadata;
 mod promises;
 // Who may replace a stored instance (allow_replace), and the reconcile queue for conflicting patient identities.
 mod replace;
+// The large deployment (deploy/large/cluster.sh): three nodes behind HAProxy; spread, C-FIND per node, C-MOVE, kill -9, drain.
+mod cluster;

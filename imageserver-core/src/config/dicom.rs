@@ -130,13 +130,35 @@ pub struct DeviceConfig {
     /// Most associations it may hold open at once (0: no limit).
     #[serde(default)]
     pub max_associations: u32,
-    /// Most associations this process opens to it at once for sends
+    /// Most associations all processes sharing the index open to it at once for sends
     /// (auto-route, study send; 0: no limit).
     #[serde(default)]
     pub max_outgoing_associations: u32,
     /// The AE title of the partition it belongs to (default: the `[dicom]` one).
     #[serde(default)]
     pub partition: Option<String>,
+}
+
+impl DeviceConfig {
+    /// A device of the default partition with every permission but
+    /// replace, from `AE=HOST:PORT` (what `--device` takes).
+    pub fn from_flag(text: &str) -> Result<DeviceConfig, ConfigError> {
+        let bad = || ConfigError::invalid("--device", format!("{text:?}: expected AE=HOST:PORT"));
+        let (ae_title, address) = text.split_once('=').ok_or_else(bad)?;
+        let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+        Ok(DeviceConfig {
+            ae_title: ae_title.to_string(),
+            host: host.to_string(),
+            port: port.parse().map_err(|_| bad())?,
+            allow_store: true,
+            allow_query: true,
+            allow_retrieve: true,
+            allow_replace: false,
+            max_associations: 0,
+            max_outgoing_associations: 0,
+            partition: None,
+        })
+    }
 }
 
 /// One partition's validated settings.

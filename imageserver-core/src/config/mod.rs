@@ -22,11 +22,13 @@ use crate::model::FilesystemSpec;
 
 mod database;
 mod dicom;
+mod node;
 mod storage;
 mod workqueue;
 
 pub use database::DatabaseConfig;
 pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
+pub use node::NodeConfig;
 pub use storage::FilesystemConfig;
 pub use workqueue::{KindConfig, WorkQueueConfig, WorkQueueSettings};
 
@@ -94,6 +96,8 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// The WorkQueue engine (`[workqueue]`).
     pub workqueue: WorkQueueConfig,
+    /// This process as a node of a cluster (`[node]`).
+    pub node: NodeConfig,
 }
 
 impl Default for Config {
@@ -109,6 +113,7 @@ impl Default for Config {
             partitions: Vec::new(),
             rules_file: None,
             workqueue: WorkQueueConfig::default(),
+            node: NodeConfig::default(),
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Settings {
     pub partitions: Vec<PartitionSettings>,
     /// The WorkQueue engine.
     pub workqueue: WorkQueueSettings,
+    /// This process as a node of a cluster.
+    pub node: crate::cluster::NodeSettings,
 }
 
 impl Settings {
@@ -206,6 +213,7 @@ impl Config {
             filesystems,
             partitions,
             workqueue: self.workqueue.validate()?,
+            node: self.node.validate()?,
         })
     }
 }

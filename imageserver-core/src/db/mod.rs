@@ -11,6 +11,7 @@
 //! retried inside the backend and never reaches callers.
 
 mod matching;
+pub mod nodes;
 mod planner;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -318,11 +319,19 @@ pub trait QueryStore: Send + Sync + std::fmt::Debug {
     ) -> Result<(), Error>;
 }
 
-/// Everything an archive needs from its database: the index and its queries.
-/// Implemented for every type that implements both.
-pub trait Database: IndexStore + QueryStore + work::WorkStore + studies::StudyStore {}
+/// Everything an archive needs from its database: the index, its queries,
+/// the work queue, the study operations and the cluster's nodes.
+/// Implemented for every type that implements them all.
+pub trait Database:
+    IndexStore + QueryStore + work::WorkStore + studies::StudyStore + nodes::NodeStore
+{
+}
 
-impl<T: IndexStore + QueryStore + work::WorkStore + studies::StudyStore + ?Sized> Database for T {}
+impl<
+        T: IndexStore + QueryStore + work::WorkStore + studies::StudyStore + nodes::NodeStore + ?Sized,
+    > Database for T
+{
+}
 
 /// An index URL fit for logs and messages: the password of a
 /// `scheme://user:password@host/...` URL replaced by `***`; anything else

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -130,6 +130,14 @@ struct Shared {
     policy: Arc<dyn AccessPolicy>,
     handlers: Arc<dyn HandlerFactory>,
     stopping: AtomicBool,
+    /// Draining: the listener is to be closed (connections already taken
+    /// in are still served).
+    closing: AtomicBool,
+    /// Connections in the pre-negotiation stage (the accept thread's count).
+    waiting: AtomicUsize,
+    /// A calling AE title answered with A-ASSOCIATE-RJ (transient) before
+    /// negotiation: the balancer's health check while the node drains.
+    refused_caller: Mutex<Option<String>>,
     next_id: AtomicU64,
     /// Open associations per calling AE title (device limits).
     per_caller: Arc<Mutex<HashMap<String, u32>>>,
@@ -253,6 +261,9 @@ impl Acceptor {
             policy,
             handlers,
             stopping: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
+            refused_caller: Mutex::new(None),
             next_id: AtomicU64::new(1),
             live: Mutex::new(HashMap::new()),
         });
@@ -278,12 +289,50 @@ impl Acceptor {
         lock(&self.shared.live).len()
     }
 
+    /// Answers associations called by `calling_ae` with A-ASSOCIATE-RJ
+    /// (transient) from now on, everything else as before (None: none
+    /// refused). A draining node refuses the balancer's health check this
+    /// way, so the balancer stops sending it associations while the
+    /// listener still accepts those already on their way.
+    pub fn refuse_caller(&self, calling_ae: Option<&str>) {
+        *lock(&self.shared.refused_caller) = calling_ae.map(|ae| ae.trim().to_string());
+    }
+
+    /// Closes the listener (new connections are refused by the operating
+    /// system), and keeps serving the connections already taken in: those
+    /// still sending their A-ASSOCIATE-RQ and the open associations.
+    pub fn stop_listening(&self) {
+        self.shared.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until no association is open and no connection waits to
+    /// negotiate (after [`Acceptor::stop_listening`]), at most `timeout`;
+    /// returns whether it got there.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            reap_finished(&self.shared);
+            let idle = lock(&self.shared.live).is_empty()
+                && self.shared.waiting.load(Ordering::SeqCst) == 0;
+            if idle {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops accepting, aborts idle associations, lets messages in flight
     /// finish (waiting at most `grace`), and returns when all are closed.
     pub fn shutdown(mut self, grace: Duration) {
         self.shared.stopping.store(true, Ordering::SeqCst);
-        // Wake the blocking accept with a connection of our own.
-        let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        // Wake the blocking accept with a connection of our own (refused
+        // at once when the listener is closed already).
+        if !self.shared.closing.load(Ordering::SeqCst) {
+            let _ = TcpStream::connect_timeout(&wake_addr(self.local_addr), Duration::from_secs(1));
+        }
         if let Some(thread) = self.accept_thread.take() {
             let _ = thread.join();
         }
@@ -362,12 +411,20 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         artim: shared.config.artim_timeout,
     });
     let mut refusals = RefusalLog::default();
+    let mut listener = Some(listener);
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
             // Dropping the stage closes the connections still waiting.
             return;
         }
-        let (acceptable, outcomes) = stage.poll(&listener, Duration::from_millis(100));
+        if listener.is_some() && shared.closing.load(Ordering::SeqCst) {
+            listener = None;
+            info!(
+                waiting = stage.len(),
+                "listener closed: serving the connections taken in"
+            );
+        }
+        let (acceptable, outcomes) = stage.poll(listener.as_ref(), Duration::from_millis(100));
         for outcome in outcomes {
             match outcome {
                 Outcome::Ready {
@@ -393,15 +450,18 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 }
             }
         }
-        if !acceptable {
+        shared.waiting.store(stage.len(), Ordering::SeqCst);
+        let Some(listener) = listener.as_ref().filter(|_| acceptable) else {
             continue;
-        }
+        };
         // Everything queued on the listener, each taken in or closed at once.
         loop {
             match listener.accept() {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    match stage.admit(socket, peer) {
+                    let admitted = stage.admit(socket, peer);
+                    shared.waiting.store(stage.len(), Ordering::SeqCst);
+                    match admitted {
                         Ok(None) => {}
                         Ok(Some((evicted, evicted_peer))) => {
                             let _ = evicted.shutdown(Shutdown::Both);
@@ -467,6 +527,14 @@ fn start_association(
     calling_ae: String,
 ) {
     reap_finished(shared);
+    let refused = lock(&shared.refused_caller)
+        .as_deref()
+        .is_some_and(|ae| ae == calling_ae);
+    if refused {
+        debug!(%peer, calling_ae, "association rejected: draining, the health check fails");
+        reject_local_limit(socket, shared.config.max_pdu_length);
+        return;
+    }
     if lock(&shared.live).len() >= shared.config.max_associations {
         warn!(%peer, calling_ae, max = shared.config.max_associations, "association rejected: too many open associations");
         reject_local_limit(socket, shared.config.max_pdu_length);

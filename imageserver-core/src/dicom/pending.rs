@@ -150,7 +150,13 @@ impl PendingStage {
     /// Waits at most `timeout` for the listener or a waiting connection to
     /// be readable. Returns whether the listener has connections to accept,
     /// and what became of waiting connections (ready, failed, timed out).
-    pub fn poll(&mut self, listener: &TcpListener, timeout: Duration) -> (bool, Vec<Outcome>) {
+    /// Without a listener (it was closed: the node drains), only the
+    /// waiting connections are watched.
+    pub fn poll(
+        &mut self,
+        listener: Option<&TcpListener>,
+        timeout: Duration,
+    ) -> (bool, Vec<Outcome>) {
         let now = Instant::now();
         let nearest = self
             .waiting
@@ -159,7 +165,9 @@ impl PendingStage {
             .min()
             .unwrap_or(timeout);
         let wait = timeout.min(nearest);
-        let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+        let mut fds: Vec<libc::pollfd> = listener
+            .map(|l| l.as_raw_fd())
+            .into_iter()
             .chain(self.waiting.iter().map(|w| w.socket.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
@@ -174,11 +182,12 @@ impl PendingStage {
             // EINTR and the like: nothing is ready; the caller loops.
             return (false, Vec::new());
         }
-        let listener_ready = fds[0].revents != 0;
+        let first = usize::from(listener.is_some());
+        let listener_ready = listener.is_some() && fds[0].revents != 0;
         let now = Instant::now();
         let mut outcomes = Vec::new();
         let mut index = 0;
-        let mut fd_index = 1;
+        let mut fd_index = first;
         while index < self.waiting.len() {
             let revents = fds[fd_index].revents;
             fd_index += 1;

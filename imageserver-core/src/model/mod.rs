@@ -298,7 +298,7 @@ pub struct DeviceSpec {
     pub allow_replace: bool,
     /// Most associations it may have open with us at once (0: no limit).
     pub max_associations: u32,
-    /// Most associations this process opens to it at once for sends
+    /// Most associations all processes sharing the index open to it at once for sends
     /// (auto-route, move_study; 0: no limit). Items beyond it wait.
     pub max_outgoing_associations: u32,
 }

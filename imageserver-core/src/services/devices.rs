@@ -6,6 +6,7 @@ use std::net::{IpAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::db::nodes::NodeStore;
 use crate::db::{self, IndexStore};
 use crate::model::{AeTitle, DeviceSpec, PartitionId};
 
@@ -139,6 +140,21 @@ impl Devices {
         };
         hosts.insert(host.to_string(), (Instant::now(), addresses.clone()));
         addresses
+    }
+
+    /// Reads every device of the partition from the index again, replacing
+    /// the cache (the cluster's heartbeat calls it when the device table
+    /// changed elsewhere).
+    pub fn reload(&self) -> Result<(), db::Error> {
+        let known: HashMap<String, DeviceSpec> = self
+            .inner
+            .index
+            .devices(self.inner.partition)?
+            .into_iter()
+            .map(|d| (d.ae_title.as_str().to_string(), d))
+            .collect();
+        *self.inner.known.write().unwrap_or_else(|p| p.into_inner()) = known;
+        Ok(())
     }
 
     /// The device with this AE title, if known: from the cache, else from
@@ -285,30 +301,65 @@ fn same_address(a: IpAddr, b: IpAddr) -> bool {
     canonical(a) == canonical(b)
 }
 
-/// This process's limits on the associations it opens to devices for sends
+/// The limits on the associations opened to devices for sends
 /// ([`DeviceSpec::max_outgoing_associations`]; 0: no limit). Cheap to
-/// clone; clones share the counts. In a cluster each node counts its own.
-#[derive(Debug, Clone, Default)]
+/// clone; clones share the counts. [`SendLimits::in_index`] makes them
+/// hold across every process sharing the index (a cluster): each open
+/// association then holds one of the device's numbered slots, a named
+/// lease in the index renewed while it is open and expiring when its
+/// holder dies.
+#[derive(Clone, Default)]
 pub struct SendLimits {
     open: Arc<std::sync::Mutex<HashMap<(PartitionId, AeTitle), u32>>>,
+    cluster: Option<Arc<dyn NodeStore>>,
 }
 
+impl std::fmt::Debug for SendLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendLimits")
+            .field("cluster_wide", &self.cluster.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a send slot's lease holds without renewal (renewed every
+/// third of it while the association is open).
+const SEND_SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl SendLimits {
+    /// Limits that hold across every process sharing `index`.
+    pub fn in_index(index: Arc<dyn NodeStore>) -> SendLimits {
+        SendLimits {
+            open: Arc::default(),
+            cluster: Some(index),
+        }
+    }
+
     /// A permit to open one association to `device`, or `None` when the
-    /// device's limit is reached. The permit is given back when dropped.
+    /// device's limit is reached (in this process, or, for limits
+    /// [`SendLimits::in_index`], in the cluster). The permit is given back
+    /// when dropped.
     pub fn try_acquire(&self, partition: PartitionId, device: &DeviceSpec) -> Option<SendPermit> {
         let key = (partition, device.ae_title.clone());
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(key.clone()).or_insert(0);
         let limit = device.max_outgoing_associations;
-        if limit != 0 && *count >= limit {
-            return None;
+        {
+            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+            let count = open.entry(key.clone()).or_insert(0);
+            if limit != 0 && *count >= limit {
+                return None;
+            }
+            *count += 1;
         }
-        *count += 1;
-        Some(SendPermit {
+        let mut permit = SendPermit {
             limits: self.clone(),
             key,
-        })
+            slot: None,
+        };
+        if let (Some(index), true) = (&self.cluster, limit != 0) {
+            // Dropping the permit without a slot gives the count back.
+            permit.slot = Some(ClusterSlot::take(index, partition, device)?);
+        }
+        Some(permit)
     }
 
     /// Associations open to a device now.
@@ -326,6 +377,95 @@ impl SendLimits {
 pub struct SendPermit {
     limits: SendLimits,
     key: (PartitionId, AeTitle),
+    slot: Option<ClusterSlot>,
+}
+
+/// A send slot held in the index, renewed by a thread of its own until
+/// dropped, then released.
+struct ClusterSlot {
+    index: Arc<dyn NodeStore>,
+    name: String,
+    holder: String,
+    stop: Option<crossbeam::channel::Sender<()>>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ClusterSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSlot")
+            .field("name", &self.name)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterSlot {
+    /// Takes a free slot of the device's `max_outgoing_associations`, or
+    /// None when every slot is held (or the index cannot be asked).
+    fn take(
+        index: &Arc<dyn NodeStore>,
+        partition: PartitionId,
+        device: &DeviceSpec,
+    ) -> Option<ClusterSlot> {
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let holder = format!(
+            "{}:{}:{}",
+            crate::cluster::node::host_name(),
+            std::process::id(),
+            SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        for slot in 0..device.max_outgoing_associations {
+            let name = format!("send:{}:{}:{slot}", partition.0, device.ae_title);
+            match index.take_lease(&name, &holder, SEND_SLOT_LEASE) {
+                Ok(true) => return Some(ClusterSlot::renewed(index.clone(), name, holder)),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(device = %device.ae_title, error = %crate::model::error_chain(&error), "cannot take a send slot: the send waits");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    fn renewed(index: Arc<dyn NodeStore>, name: String, holder: String) -> ClusterSlot {
+        let (stop, stopped) = crossbeam::channel::bounded::<()>(0);
+        let (renew_index, renew_name, renew_holder) = (index.clone(), name.clone(), holder.clone());
+        let renewer = std::thread::Builder::new()
+            .name("send-slot".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(SEND_SLOT_LEASE / 3) {
+                    Err(crossbeam::channel::RecvTimeoutError::Timeout) => {
+                        match renew_index.take_lease(&renew_name, &renew_holder, SEND_SLOT_LEASE) {
+                            Ok(true) => {}
+                            Ok(false) => tracing::warn!(slot = %renew_name, "send slot lost: another holder took it"),
+                            Err(error) => tracing::warn!(slot = %renew_name, error = %crate::model::error_chain(&error), "cannot renew a send slot"),
+                        }
+                    }
+                    _ => return,
+                }
+            })
+            .ok();
+        ClusterSlot {
+            index,
+            name,
+            holder,
+            stop: Some(stop),
+            renewer,
+        }
+    }
+}
+
+impl Drop for ClusterSlot {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(renewer) = self.renewer.take() {
+            let _ = renewer.join();
+        }
+        if let Err(error) = self.index.release_lease(&self.name, &self.holder) {
+            tracing::warn!(slot = %self.name, error = %crate::model::error_chain(&error), "cannot release a send slot: it expires");
+        }
+    }
 }
 
 impl Drop for SendPermit {
@@ -513,5 +653,51 @@ mod admission_tests {
             unknown_may_query_retrieve: true,
             ..RULES
         })
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod cluster_send_limit_tests {
+    use super::*;
+    use crate::db::sqlite::SqliteIndex;
+
+    /// Two processes' limits over one index (two nodes): the device's
+    /// limit holds across them, and a slot given back is free for either.
+    #[test]
+    fn the_limit_holds_across_limits_sharing_an_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index: Arc<dyn NodeStore> =
+            Arc::new(SqliteIndex::open(&dir.path().join("index.db")).expect("open"));
+        let (node_a, node_b) = (
+            SendLimits::in_index(index.clone()),
+            SendLimits::in_index(index),
+        );
+        let device = DeviceSpec {
+            ae_title: AeTitle::parse("DEST").unwrap(),
+            host: "127.0.0.1".into(),
+            port: 104,
+            allow_store: true,
+            allow_query: true,
+            allow_retrieve: true,
+            allow_replace: false,
+            max_associations: 0,
+            max_outgoing_associations: 2,
+        };
+        let p = PartitionId(1);
+        let a = node_a.try_acquire(p, &device).expect("a first slot");
+        let b = node_b.try_acquire(p, &device).expect("a second slot");
+        assert!(node_a.try_acquire(p, &device).is_none(), "both slots held");
+        assert!(node_b.try_acquire(p, &device).is_none(), "on either node");
+        assert!(
+            node_b.try_acquire(PartitionId(2), &device).is_some(),
+            "another partition's device counts apart"
+        );
+        drop(a);
+        let c = node_b
+            .try_acquire(p, &device)
+            .expect("the slot node A gave back");
+        assert!(node_a.try_acquire(p, &device).is_none());
+        drop((b, c));
+        assert!(node_a.try_acquire(p, &device).is_some());
     }
 }

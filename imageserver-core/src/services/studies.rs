@@ -202,9 +202,9 @@ impl Studies {
     /// The operations over `db` and `storage`.
     pub fn new(db: Arc<dyn Database>, storage: Arc<dyn StorageBackend>) -> Studies {
         Studies {
+            sends: SendLimits::in_index(db.clone()),
             db,
             storage,
-            sends: SendLimits::default(),
         }
     }
 

@@ -459,8 +459,13 @@ pub fn copy_from_sqlite(sqlite_path: &Path, pg_url: &str) -> Result<CopyReport, 
     Ok(report)
 }
 
+/// Tables deliberately not copied: a cluster's runtime state (its nodes,
+/// named leases and cache versions), which the target's own schema and
+/// nodes write.
+const NOT_COPIED: &[&str] = &["node", "cluster_lease", "cluster_version"];
+
 /// The `table.column`s of the SQLite file that [`TABLES`] does not copy
-/// (the schema bookkeeping tables aside).
+/// (the schema bookkeeping tables and [`NOT_COPIED`] aside).
 fn uncovered_columns(source: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut statement = source.prepare(
         "SELECT m.name, c.name FROM sqlite_schema m, pragma_table_info(m.name) c
@@ -472,6 +477,9 @@ fn uncovered_columns(source: &Connection) -> rusqlite::Result<Vec<String>> {
     let mut uncovered = Vec::new();
     for column in columns {
         let (table, column) = column?;
+        if NOT_COPIED.contains(&table.as_str()) {
+            continue;
+        }
         let known = TABLES
             .iter()
             .find(|(name, _)| *name == table)

@@ -48,6 +48,7 @@ mod admin;
 #[cfg(feature = "sqlite")]
 mod copy;
 mod ingest;
+mod nodes;
 mod query;
 mod studies;
 mod work;
@@ -79,6 +80,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("migrations/0003_work_queue_claim.sql")),
     (4, include_str!("migrations/0004_device_outgoing_limit.sql")),
     (5, include_str!("migrations/0005_replace_and_reconcile.sql")),
+    (7, include_str!("migrations/0007_nodes.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).

@@ -16,6 +16,7 @@
 //! `migrations/0001_initial.sql` for all conventions).
 
 mod ingest;
+mod nodes;
 mod query;
 mod studies;
 mod work;
@@ -46,6 +47,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (4, include_str!("migrations/0004_work_queue_claim.sql")),
     (5, include_str!("migrations/0005_device_outgoing_limit.sql")),
     (6, include_str!("migrations/0006_replace_and_reconcile.sql")),
+    (8, include_str!("migrations/0008_nodes.sql")),
 ];
 
 /// The newest schema version this build knows (`PRAGMA user_version`).
