@@ -183,7 +183,7 @@ fn wait_until(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
 
 /// Every instance indexed exactly once and its stored data set
 /// byte-identical to the one sent.
-fn assert_stored_once(cluster: &Cluster, instances: &[Instance]) {
+fn assert_stored_once(cluster: &Cluster, instances: &[Instance], phase: &str) {
     let uids: BTreeSet<&str> = instances
         .iter()
         .map(|i| i.sop_instance_uid.as_str())
@@ -194,7 +194,13 @@ fn assert_stored_once(cluster: &Cluster, instances: &[Instance]) {
         *indexed.entry(uid).or_default() += 1;
     }
     for uid in &uids {
-        assert_eq!(indexed.get(uid), Some(&1), "instance {uid} indexed once");
+        assert_eq!(
+            indexed.get(uid),
+            Some(&1),
+            "{phase}: instance {uid} indexed once ({} rows, {} instances sent)",
+            indexed.len(),
+            uids.len()
+        );
     }
     let stored: BTreeMap<String, PathBuf> = files_under(&cluster.data())
         .into_iter()
@@ -319,7 +325,7 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
         let output = dcmtk::wait_with_timeout(child, CLIENT_TIMEOUT);
         assert!(output.success(), "storescu through the balancer:\n{output}");
     }
-    assert_stored_once(&cluster, &instances);
+    assert_stored_once(&cluster, &instances, "eight associations");
     let spread: Vec<usize> = (0..3)
         .map(|n| associations_of(&cluster.log(n), CALLING_AE))
         .collect();
@@ -484,7 +490,7 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     );
     let mut all = instances.clone();
     all.extend(second.iter().cloned());
-    assert_stored_once(&cluster, &all);
+    assert_stored_once(&cluster, &all, "after kill -9 and re-sends");
     // The others see the node dead and remove its temporary files.
     wait_until(
         Duration::from_secs(30),
@@ -583,6 +589,6 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     );
     all.extend(third);
     all.extend(slow);
-    assert_stored_once(&cluster, &all);
+    assert_stored_once(&cluster, &all, "after the drain");
     eprintln!("cluster: scenario done in {:?}", started.elapsed());
 }
