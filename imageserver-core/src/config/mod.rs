@@ -9,7 +9,7 @@
 //! Each area has a module of its own, which validates its tables straight
 //! into the types their consumers take: `dicom` (`[dicom]`, partitions,
 //! devices), `storage` (data folder, filesystems, free space), `database`
-//! (`[database]`, the index URL) and `workqueue` (`[workqueue]`, per-kind
+//! (`[database]`, the index URL), `http` (`[http]`) and `workqueue` (`[workqueue]`, per-kind
 //! overrides, into the engine's own settings). The types are re-exported
 //! here, so every one is `config::Name`.
 
@@ -22,11 +22,13 @@ use crate::model::FilesystemSpec;
 
 mod database;
 mod dicom;
+mod http;
 mod storage;
 mod workqueue;
 
 pub use database::DatabaseConfig;
 pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
+pub use http::{HttpConfig, HttpSettings};
 pub use storage::FilesystemConfig;
 pub use workqueue::{KindConfig, WorkQueueConfig, WorkQueueSettings};
 
@@ -94,6 +96,8 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// The WorkQueue engine (`[workqueue]`).
     pub workqueue: WorkQueueConfig,
+    /// The HTTP server (`[http]`).
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -109,6 +113,7 @@ impl Default for Config {
             partitions: Vec::new(),
             rules_file: None,
             workqueue: WorkQueueConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Settings {
     pub partitions: Vec<PartitionSettings>,
     /// The WorkQueue engine.
     pub workqueue: WorkQueueSettings,
+    /// The HTTP server.
+    pub http: HttpSettings,
 }
 
 impl Settings {
@@ -205,6 +212,7 @@ impl Config {
             filesystems,
             partitions,
             workqueue: self.workqueue.validate()?,
+            http: self.http.validate()?,
         })
     }
 }
