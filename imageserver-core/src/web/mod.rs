@@ -165,6 +165,14 @@ fn router(services: Shared, cors: Arc<Vec<String>>) -> Router {
         .route(
             "/studies/{study}/series/{series}/instances/{instance}/metadata",
             get(wado::instance_metadata),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/bulk/{*path}",
+            get(wado::bulk),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+            get(wado::frames),
         );
     Router::new()
         .nest("/dicom-web", dicom_web)

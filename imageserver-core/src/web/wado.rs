@@ -430,3 +430,207 @@ pub(super) async fn wado_uri(
     )
         .into_response())
 }
+
+/// Passes written bytes on as chunks of a streamed answer.
+struct ChunkSink<'a> {
+    send: &'a mut dyn FnMut(Bytes) -> bool,
+}
+
+impl std::io::Write for ChunkSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if bytes.is_empty() {
+            return Ok(0);
+        }
+        if (self.send)(Bytes::copy_from_slice(bytes)) {
+            Ok(bytes.len())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client went away",
+            ))
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The one stored instance a bulk data or frame request names.
+async fn one_instance(
+    services: &Shared,
+    study: &str,
+    series: &str,
+    instance: &str,
+) -> Result<RetrieveItem, Failure> {
+    let target = Target::parse(study, Some(series), Some(instance))?;
+    let worker = services.clone();
+    blocking(move || Ok(target.instances(&worker)?.swap_remove(0))).await
+}
+
+/// The transfer syntaxes in which uncompressed pixel data is the same
+/// bytes (little endian, native): a frame request for either is served
+/// from either.
+const NATIVE_LITTLE_ENDIAN: &[&str] = &["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"];
+
+/// `GET …/instances/{instance}/bulk/{path}`: the value a `BulkDataURI`
+/// of the metadata names, as one `application/octet-stream` part.
+pub(super) async fn bulk(
+    State(services): State<Shared>,
+    Path((study, series, instance, path)): Path<(String, String, String, String)>,
+) -> Result<Response, Failure> {
+    let path = crate::dicom::part10::bulk::BulkPath::parse(&path)
+        .ok_or_else(|| Failure::not_found(format!("{path:?} is not a bulk data path")))?;
+    let item = one_instance(&services, &study, &series, &instance).await?;
+    // Find the value before answering: a path naming nothing is a 404,
+    // not an empty part.
+    let retrieve = services.retrieve.clone();
+    let probe = item.clone();
+    let probe_path = path.clone();
+    blocking(move || {
+        let reader = retrieve
+            .open(&probe)
+            .map_err(|e| Failure::internal("cannot open a stored instance", &e))?;
+        match crate::dicom::part10::bulk::write_bulk(reader, &probe_path, &mut std::io::sink()) {
+            Ok(()) => Ok(()),
+            Err(crate::dicom::part10::bulk::BulkError::NotFound(reason)) => {
+                Err(Failure::not_found(reason))
+            }
+            Err(e) => Err(Failure::internal("cannot read the bulk value", &e)),
+        }
+    })
+    .await?;
+    let boundary = multipart::new_boundary();
+    let content_type = multipart::content_type(&boundary, "application/octet-stream");
+    let retrieve = services.retrieve.clone();
+    let body = streamed_body(move |send| {
+        let reader = retrieve.open(&item).map_err(std::io::Error::other)?;
+        let part_type = format!(
+            "application/octet-stream; transfer-syntax={}",
+            item.transfer_syntax_uid
+        );
+        if !send(multipart::part_header(&boundary, &part_type, None)) {
+            return Ok(());
+        }
+        crate::dicom::part10::bulk::write_bulk(reader, &path, &mut ChunkSink { send })
+            .map_err(std::io::Error::other)?;
+        if send(Bytes::from_static(multipart::PART_END)) {
+            send(multipart::close(&boundary));
+        }
+        Ok(())
+    });
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// `GET …/instances/{instance}/frames/{list}`: the frames (from 1, comma
+/// separated), one `application/octet-stream` part each, in the stored
+/// transfer syntax (uncompressed frames in either little endian syntax
+/// are the same bytes).
+pub(super) async fn frames(
+    State(services): State<Shared>,
+    headers: HeaderMap,
+    Path((study, series, instance, list)): Path<(String, String, String, String)>,
+) -> Result<Response, Failure> {
+    let numbers: Vec<u32> = list
+        .split(',')
+        .map(|n| n.trim().parse::<u32>().ok().filter(|n| *n > 0))
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(|| Failure::bad_request(format!("{list:?} is not a list of frame numbers")))?;
+    if numbers.len() > 4096 {
+        return Err(Failure::bad_request("more than 4096 frames asked at once"));
+    }
+    let wanted = frame_transfer_syntax(&headers)?;
+    let item = one_instance(&services, &study, &series, &instance).await?;
+    let stored = item.transfer_syntax_uid.as_str().to_string();
+    let native = NATIVE_LITTLE_ENDIAN.contains(&stored.as_str());
+    let answered = match &wanted {
+        None => stored.clone(),
+        Some(uid) if *uid == stored => stored.clone(),
+        Some(uid) if native && NATIVE_LITTLE_ENDIAN.contains(&uid.as_str()) => uid.clone(),
+        Some(uid) => {
+            return Err(Failure::new(
+                StatusCode::NOT_ACCEPTABLE,
+                format!("frames are stored in {stored}, not {uid}, and nothing is transcoded"),
+            ))
+        }
+    };
+    // The last frame asked must exist before the answer starts.
+    let retrieve = services.retrieve.clone();
+    let probe = item.clone();
+    let last = numbers.iter().copied().max().unwrap_or(1);
+    blocking(move || {
+        let reader = retrieve
+            .open(&probe)
+            .map_err(|e| Failure::internal("cannot open a stored instance", &e))?;
+        use crate::dicom::part10::bulk::{write_frame, BulkError};
+        match write_frame(reader, last, &mut std::io::sink()) {
+            Ok(_) => Ok(()),
+            Err(BulkError::NotFound(reason)) => Err(Failure::not_found(reason)),
+            Err(BulkError::Unsupported(reason)) => {
+                Err(Failure::new(StatusCode::NOT_ACCEPTABLE, reason))
+            }
+            Err(e) => Err(Failure::internal("cannot read the frame", &e)),
+        }
+    })
+    .await?;
+    let boundary = multipart::new_boundary();
+    let content_type = multipart::content_type(&boundary, "application/octet-stream");
+    let retrieve = services.retrieve.clone();
+    let body = streamed_body(move |send| {
+        let part_type = format!("application/octet-stream; transfer-syntax={answered}");
+        for number in numbers {
+            let reader = retrieve.open(&item).map_err(std::io::Error::other)?;
+            if !send(multipart::part_header(&boundary, &part_type, None)) {
+                return Ok(());
+            }
+            crate::dicom::part10::bulk::write_frame(reader, number, &mut ChunkSink { send })
+                .map_err(std::io::Error::other)?;
+            if !send(Bytes::from_static(multipart::PART_END)) {
+                return Ok(());
+            }
+        }
+        send(multipart::close(&boundary));
+        Ok(())
+    });
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// The transfer syntax a frame request's `Accept` names (`None`: any,
+/// or the stored one).
+fn frame_transfer_syntax(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
+        return Ok(None);
+    };
+    for range in accept.split(',') {
+        let mut params = range.split(';');
+        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
+        if media == "*/*" || media == "multipart/*" {
+            return Ok(None);
+        }
+        if media != "multipart/related" {
+            continue;
+        }
+        let mut syntax = None;
+        let mut part_type = None;
+        for param in params {
+            if let Some((name, value)) = param.split_once('=') {
+                let value = value.trim().trim_matches('"').to_string();
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "type" => part_type = Some(value),
+                    "transfer-syntax" => syntax = Some(value),
+                    _ => {}
+                }
+            }
+        }
+        if part_type
+            .as_deref()
+            .is_none_or(|t| t == "application/octet-stream" || t == "*/*")
+        {
+            return Ok(syntax.filter(|s| s != "*"));
+        }
+    }
+    Err(Failure::new(
+        StatusCode::NOT_ACCEPTABLE,
+        "frames are served as multipart/related; type=\"application/octet-stream\"",
+    ))
+}

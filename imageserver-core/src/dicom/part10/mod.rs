@@ -5,6 +5,7 @@
 //! [`splice`], the byte-level rewrite of a file's patient/study elements,
 //! and [`json`], a data set's DICOM JSON model.
 
+pub mod bulk;
 pub(crate) mod header;
 pub(crate) mod json;
 pub(crate) mod reader;
