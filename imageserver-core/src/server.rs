@@ -546,6 +546,12 @@ impl Server {
             let _ = archive.study_process_wake.set(engine.handle());
         }
         check_descriptor_budget(settings, archive.partitions.len());
+        #[cfg(feature = "web")]
+        let metrics = Arc::new(crate::web::Metrics::new());
+        #[cfg(feature = "web")]
+        let observer: Option<Arc<dyn crate::scp::ScpObserver>> = Some(metrics.clone());
+        #[cfg(not(feature = "web"))]
+        let observer: Option<Arc<dyn crate::scp::ScpObserver>> = None;
         let mut acceptors = Vec::new();
         for (partition, listener) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
@@ -570,19 +576,19 @@ impl Server {
                     max_query_results: partition.settings.max_query_results,
                     max_echoed_unknown_keys: settings.max_echoed_unknown_keys,
                 },
+                observer: observer.clone(),
             };
             let address = listener
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let policy = Arc::new(DevicePolicy(partition.devices.clone()));
+            let policy = Arc::new(DevicePolicy(partition.devices.clone(), observer.clone()));
             let acceptor = Acceptor::start(listener, config, policy, Arc::new(dispatcher))
                 .map_err(|source| Error::Bind { address, source })?;
             acceptors.push(acceptor);
         }
         #[cfg(feature = "web")]
         let metrics = {
-            let metrics = Arc::new(crate::web::Metrics::new());
             let probes: Vec<_> = acceptors
                 .iter()
                 .map(Acceptor::open_associations_probe)

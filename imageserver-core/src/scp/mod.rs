@@ -16,6 +16,8 @@ pub mod retrieve;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::warn;
 
@@ -60,17 +62,38 @@ pub struct Dispatcher {
     pub partition: Partition,
     /// Query/retrieve behaviour.
     pub options: ScpOptions,
+    /// Told of what is served (metrics), when someone listens.
+    pub observer: Option<Arc<dyn ScpObserver>>,
+}
+
+/// What the DICOM handlers report as they serve: the metrics' side of the
+/// front-end (the HTTP server's registry implements it).
+pub trait ScpObserver: Send + Sync + std::fmt::Debug {
+    /// An association was accepted (`true`) or refused by the access
+    /// policy (`false`).
+    fn association(&self, accepted: bool);
+    /// A C-STORE ended: its outcome's name and, when stored, how long
+    /// ingest took from the last byte.
+    fn stored(&self, outcome: &str, took: Option<Duration>);
+    /// A C-FIND was answered, in `took`.
+    fn found(&self, took: Duration);
 }
 
 /// The acceptor's access policy over a partition's devices: unknown
 /// callers are admitted or not by the partition's setting (and registered
 /// once associated), and a known device's association limit holds.
 #[derive(Debug, Clone)]
-pub struct DevicePolicy(pub Devices);
+pub struct DevicePolicy(pub Devices, pub Option<Arc<dyn ScpObserver>>);
 
 impl AccessPolicy for DevicePolicy {
     fn admit(&self, calling_ae: &str) -> bool {
-        matches!(self.0.admit(calling_ae), Admission::Admit(_))
+        let admitted = matches!(self.0.admit(calling_ae), Admission::Admit(_));
+        if !admitted {
+            if let Some(observer) = &self.1 {
+                observer.association(false);
+            }
+        }
+        admitted
     }
 
     fn max_associations(&self, calling_ae: &str) -> u32 {
@@ -91,6 +114,9 @@ impl AccessPolicy for DevicePolicy {
 
 impl HandlerFactory for Dispatcher {
     fn handler(&self, link: Link) -> Box<dyn MessageHandler + '_> {
+        if let Some(observer) = &self.observer {
+            observer.association(true);
+        }
         Box::new(self.session(link))
     }
 }

@@ -222,6 +222,20 @@ impl Metrics {
     }
 }
 
+impl crate::scp::ScpObserver for Metrics {
+    fn association(&self, accepted: bool) {
+        Metrics::association(self, accepted);
+    }
+
+    fn stored(&self, outcome: &str, took: Option<Duration>) {
+        self.instance_stored("dicom", outcome, took);
+    }
+
+    fn found(&self, took: Duration) {
+        self.query_answered("dicom", took);
+    }
+}
+
 /// `GET /metrics`.
 pub(super) async fn scrape(State(services): State<Shared>) -> Result<impl IntoResponse, Failure> {
     let metrics: Arc<Metrics> = services.metrics.clone();

@@ -31,7 +31,7 @@ use super::qido::DICOM_JSON;
 use super::{multipart, Failure, Shared};
 use crate::dicom::part10::read_file_meta;
 use crate::model::error_chain;
-use crate::services::{IngestError, StoreRequest, Stored};
+use crate::services::{IngestError, StoreRequest};
 
 /// FailureReason for a part that is not a Part 10 file (C000: cannot
 /// understand).
@@ -77,28 +77,6 @@ enum PartOutcome {
     },
 }
 
-fn outcome_name(stored: Stored) -> &'static str {
-    match stored {
-        Stored::Inserted => "inserted",
-        Stored::Replaced => "replaced",
-        Stored::Identical => "identical",
-        Stored::DuplicateIgnored => "duplicate_ignored",
-        Stored::DuplicateKeptAside => "duplicate_kept_aside",
-        Stored::HeldForReconcile => "held_for_reconcile",
-    }
-}
-
-fn failure_name(error: &IngestError) -> &'static str {
-    match error {
-        IngestError::Duplicate(_) => "rejected_duplicate",
-        IngestError::LowSpace { .. } | IngestError::NoFilesystem | IngestError::TooLarge { .. } => {
-            "refused_resources"
-        }
-        IngestError::Storage(_) | IngestError::Index(_) | IngestError::Commit(_) => "failed",
-        _ => "refused_data",
-    }
-}
-
 /// Stores one part's bytes (blocking): meta first, then the data set.
 fn ingest_part(services: &Shared, mut reader: PartReader) -> PartOutcome {
     let meta = match read_file_meta(&mut reader) {
@@ -120,7 +98,7 @@ fn ingest_part(services: &Shared, mut reader: PartReader) -> PartOutcome {
     let failed = |error: IngestError| {
         services
             .metrics
-            .instance_stored("stow", failure_name(&error), None);
+            .instance_stored("stow", error.outcome_name(), None);
         PartOutcome::Failed {
             sop_class_uid: Some(sop_class_uid.clone()),
             sop_instance_uid: Some(sop_instance_uid.clone()),
@@ -155,7 +133,7 @@ fn ingest_part(services: &Shared, mut reader: PartReader) -> PartOutcome {
         Ok(outcome) => {
             services.metrics.instance_stored(
                 "stow",
-                outcome_name(outcome.outcome),
+                outcome.outcome.name(),
                 Some(started.elapsed()),
             );
             PartOutcome::Stored {
