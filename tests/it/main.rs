@@ -47,3 +47,5 @@ mod metadata;
 mod promises;
 // Who may replace a stored instance (allow_replace), and the reconcile queue for conflicting patient identities.
 mod replace;
+// DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) and /metrics, driven by dicomweb-client beside DCMTK.
+mod web;
