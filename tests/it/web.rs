@@ -351,3 +351,44 @@ fn dicomweb_client_searches_retrieves_and_stores() {
         found["metrics_after"]
     );
 }
+
+/// CORS from `[http] cors_origins`: an allowed origin gets the headers on
+/// a search and on a preflight, another origin none.
+#[test]
+fn cors_headers_follow_the_configured_origins() {
+    let dir = test_dir("web-cors");
+    let server = Server::builder(dir.path())
+        .setting("http", r#"{ cors_origins = ["http://viewer.test:3000"] }"#)
+        .start();
+    let curl = |args: &[&str]| {
+        let mut command = Command::new("curl");
+        command.args(["-s", "-i", "--max-time", "30"]).args(args);
+        let out = dcmtk::run(command, BOUND);
+        assert!(out.success(), "curl failed:\n{out}");
+        out.text().to_ascii_lowercase()
+    };
+    let studies = format!("{}/dicom-web/studies", server.http_url());
+    let allowed = curl(&["-H", "Origin: http://viewer.test:3000", &studies]);
+    assert!(allowed.starts_with("http/1.1 200"), "{allowed}");
+    assert!(
+        allowed.contains("access-control-allow-origin: http://viewer.test:3000"),
+        "{allowed}"
+    );
+    let preflight = curl(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: http://viewer.test:3000",
+        "-H",
+        "Access-Control-Request-Method: GET",
+        &studies,
+    ]);
+    assert!(preflight.starts_with("http/1.1 204"), "{preflight}");
+    assert!(
+        preflight.contains("access-control-allow-methods: get, post, options"),
+        "{preflight}"
+    );
+    let other = curl(&["-H", "Origin: http://elsewhere.test", &studies]);
+    assert!(other.starts_with("http/1.1 200"), "{other}");
+    assert!(!other.contains("access-control-allow-origin"), "{other}");
+}

@@ -1,18 +1,18 @@
 //! The HTTP front-end: DICOMweb (PS3.18) under `/dicom-web` and Prometheus
-//! metrics at `/metrics`, beside [`crate::scp`] over the same services.
+//! metrics at `/metrics`, beside `scp` over the same services.
 //!
 //! It runs on a tokio runtime of its own (two workers) and speaks to the
 //! services, which block, only through `spawn_blocking`: a handler never
 //! blocks the executor. Like the DICOM handlers it never names the index
-//! or a path: queries go through [`crate::services::find`], retrieves
-//! through [`crate::services::retrieve`]'s streams, uploads through
+//! or a path: queries go through `services::find`, retrieves
+//! through `services::retrieve`'s streams, uploads through
 //! [`Ingest`], series metadata through [`Studies`].
 //!
-//! - [`qido`]: QIDO-RS searches (studies, series, instances, nested);
-//! - [`wado`]: WADO-RS retrieve (instances as `multipart/related`,
+//! - `qido`: QIDO-RS searches (studies, series, instances, nested);
+//! - `wado`: WADO-RS retrieve (instances as `multipart/related`,
 //!   streamed from the stored files) and metadata;
-//! - [`stow`]: STOW-RS uploads through the durable ingest path;
-//! - [`multipart`]: the `multipart/related` framing both directions use;
+//! - `stow`: STOW-RS uploads through the durable ingest path;
+//! - `multipart`: the `multipart/related` framing both directions use;
 //! - [`metrics`]: the Prometheus registry and its text exposition.
 //!
 //! The DICOMweb root serves the default partition (the `[dicom]` one).
