@@ -234,21 +234,23 @@ fn skip_item(tokens: &mut Tokens<'_>) -> Result<(), BulkError> {
 /// The fragments of encapsulated Pixel Data whose start was just read,
 /// written one after the other (the offset table left out).
 fn write_fragments(tokens: &mut Tokens<'_>, out: &mut dyn Write) -> Result<(), BulkError> {
-    let mut first = true;
+    // Items begun: the first is the offset table (whose value token an
+    // empty table does not have).
+    let mut items = 0u32;
     loop {
         let token = next(tokens)?
             .ok_or_else(|| BulkError::Malformed("the data set ends inside Pixel Data".into()))?;
         match token {
             LazyDataToken::SequenceEnd => return Ok(()),
             value @ LazyDataToken::LazyItemValue { .. } => {
-                if first {
+                if items <= 1 {
                     value.skip().map_err(parse_failure)?;
                 } else {
                     value.read_value_into(&mut *out).map_err(parse_failure)?;
                 }
-                first = false;
             }
-            LazyDataToken::ItemStart { .. } | LazyDataToken::ItemEnd => {}
+            LazyDataToken::ItemStart { .. } => items += 1,
+            LazyDataToken::ItemEnd => {}
             other => {
                 return Err(BulkError::Malformed(format!(
                     "unexpected {:?} in Pixel Data",
@@ -358,6 +360,8 @@ fn write_encapsulated_frame(
     let mut position = 0u64;
     let mut index = 0u32;
     let mut written = false;
+    // Items begun: the first is the offset table.
+    let mut items = 0u32;
     loop {
         let token = next(tokens)?
             .ok_or_else(|| BulkError::Malformed("the data set ends inside Pixel Data".into()))?;
@@ -369,8 +373,15 @@ fn write_encapsulated_frame(
                     Err(BulkError::NotFound(format!("no fragment of frame {frame}")))
                 };
             }
+            LazyDataToken::ItemStart { .. } => {
+                items += 1;
+                if items >= 2 && offsets.is_none() {
+                    // The offset table was empty (no value token).
+                    offsets = Some(Vec::new());
+                }
+            }
             LazyDataToken::LazyItemValue { len, decoder } => {
-                let Some(table) = &offsets else {
+                let Some(table) = offsets.as_ref().filter(|_| items >= 2) else {
                     let mut bytes = Vec::new();
                     decoder
                         .read_to_vec(len, &mut bytes)
@@ -400,7 +411,7 @@ fn write_encapsulated_frame(
                 position += 8 + u64::from(len);
                 index += 1;
             }
-            LazyDataToken::ItemStart { .. } | LazyDataToken::ItemEnd => {}
+            LazyDataToken::ItemEnd => {}
             other => {
                 return Err(BulkError::Malformed(format!(
                     "unexpected {:?} in Pixel Data",
@@ -414,6 +425,121 @@ fn write_encapsulated_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dicom::part10::testfiles::{part10, texts};
+    use dicom_core::value::{PixelFragmentSequence, Value};
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_object::InMemDicomObject;
+
+    const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+    const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+
+    /// An image object: 2 × 2, 8 bits, `frames` frames, then `pixels`.
+    fn image(frames: u32, pixels: DataElement<InMemDicomObject>) -> InMemDicomObject {
+        let mut object = texts(&[
+            (Tag(0x0008, 0x0016), VR::UI, "1.2.840.10008.5.1.4.1.1.7"),
+            (Tag(0x0008, 0x0018), VR::UI, "1.2.3.4"),
+            (Tag(0x0028, 0x0008), VR::IS, &frames.to_string()),
+        ]);
+        for (element, value) in [(0x0002, 1u16), (0x0010, 2), (0x0011, 2), (0x0100, 8)] {
+            object.put(DataElement::new(
+                Tag(0x0028, element),
+                VR::US,
+                PrimitiveValue::from(value),
+            ));
+        }
+        object.put(pixels);
+        object
+    }
+
+    fn frame(file: &[u8], n: u32) -> Result<Vec<u8>, BulkError> {
+        let mut out = Vec::new();
+        write_frame(file, n, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn native_frames_are_slices_of_pixel_data() {
+        let pixels: Vec<u8> = (0..12).collect();
+        let file = part10(
+            image(
+                3,
+                DataElement::new(PIXEL_DATA, VR::OB, PrimitiveValue::from(pixels.clone())),
+            ),
+            EXPLICIT_LE,
+        );
+        assert_eq!(frame(&file, 1).unwrap(), pixels[0..4]);
+        assert_eq!(frame(&file, 3).unwrap(), pixels[8..12]);
+        assert!(matches!(frame(&file, 4), Err(BulkError::NotFound(_))));
+        let mut all = Vec::new();
+        write_bulk(&file[..], &BulkPath::parse("7FE00010").unwrap(), &mut all).unwrap();
+        assert_eq!(all, pixels);
+    }
+
+    #[test]
+    fn encapsulated_frames_follow_the_offset_table_or_one_fragment_each() {
+        let fragments = vec![vec![1u8; 6], vec![2u8; 4], vec![3u8; 8]];
+        let encapsulated = |table: Vec<u32>, fragments: Vec<Vec<u8>>| {
+            DataElement::new(
+                PIXEL_DATA,
+                VR::OB,
+                Value::PixelSequence(PixelFragmentSequence::new(table, fragments)),
+            )
+        };
+        // No offset table: fragment n is frame n.
+        let file = part10(
+            image(3, encapsulated(vec![], fragments.clone())),
+            JPEG_BASELINE,
+        );
+        assert_eq!(frame(&file, 2).unwrap(), fragments[1]);
+        // An offset table: frame 1 is the first two fragments.
+        let table = vec![0, (8 + 6) + (8 + 4)];
+        let file = part10(
+            image(2, encapsulated(table, fragments.clone())),
+            JPEG_BASELINE,
+        );
+        assert_eq!(
+            frame(&file, 1).unwrap(),
+            [&fragments[0][..], &fragments[1][..]].concat()
+        );
+        assert_eq!(frame(&file, 2).unwrap(), fragments[2]);
+        // The bulk value of encapsulated Pixel Data: every fragment.
+        let mut all = Vec::new();
+        write_bulk(&file[..], &BulkPath::parse("7FE00010").unwrap(), &mut all).unwrap();
+        assert_eq!(all, fragments.concat());
+    }
+
+    #[test]
+    fn bulk_values_inside_sequences_are_found_by_item() {
+        let item = |bytes: Vec<u8>| {
+            InMemDicomObject::from_element_iter([DataElement::new(
+                Tag(0x0042, 0x0011),
+                VR::OB,
+                PrimitiveValue::from(bytes),
+            )])
+        };
+        let mut object = texts(&[
+            (Tag(0x0008, 0x0016), VR::UI, "1.2.840.10008.5.1.4.1.1.104.1"),
+            (Tag(0x0008, 0x0018), VR::UI, "1.2.3.5"),
+        ]);
+        object.put(DataElement::new(
+            Tag(0x0040, 0x0275),
+            VR::SQ,
+            Value::from(dicom_core::value::DataSetSequence::from(vec![
+                item(vec![7u8; 2000]),
+                item(vec![9u8; 3000]),
+            ])),
+        ));
+        let file = part10(object, EXPLICIT_LE);
+        let mut out = Vec::new();
+        let path = BulkPath::parse("00400275/1/00420011").unwrap();
+        write_bulk(&file[..], &path, &mut out).unwrap();
+        assert_eq!(out, vec![9u8; 3000]);
+        let missing = BulkPath::parse("00400275/2/00420011").unwrap();
+        assert!(matches!(
+            write_bulk(&file[..], &missing, &mut Vec::new()),
+            Err(BulkError::NotFound(_))
+        ));
+    }
 
     #[test]
     fn bulk_paths_parse() {
