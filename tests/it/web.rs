@@ -338,6 +338,21 @@ fn dicomweb_client_searches_retrieves_and_stores() {
         found["metrics_after"]
     );
     assert!(metric(&found, "metrics_before", "imageserver_associations_total{}") >= 1.0);
+    // The StudyProcess items of the three stored studies wait out their
+    // quiet delay (60 s by default): the work queue gauge, read at scrape
+    // time, shows them.
+    let waiting: f64 = found["metrics_before"]
+        .as_object()
+        .expect("metrics")
+        .iter()
+        .filter(|(name, _)| name.starts_with("imageserver_work_items{kind=study_process,"))
+        .filter_map(|(_, v)| v.as_f64())
+        .sum();
+    assert!(
+        waiting >= 3.0,
+        "work items gauge: {}",
+        found["metrics_before"]
+    );
     assert!(
         moved("imageserver_http_requests_total{method=GET,route=/dicom-web/studies,status=200}")
             >= 5.0,

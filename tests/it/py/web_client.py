@@ -45,7 +45,8 @@ def metrics(root):
     out = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name.endswith("_total") or sample.name.endswith("_count"):
+            gauge = family.type == "gauge"
+            if gauge or sample.name.endswith("_total") or sample.name.endswith("_count"):
                 labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
                 out[f"{sample.name}{{{labels}}}"] = sample.value
     return out
