@@ -18,7 +18,9 @@ pub const DEFAULT_MAX_UPLOAD_MB: u64 = 4096;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Whether `serve` starts the HTTP server (default true).
+    /// Whether `serve` starts the HTTP server (default false: deployments
+    /// and scripts that run several servers on one machine would all want
+    /// port 8080; `serve --http-port` also enables it).
     pub enabled: bool,
     /// Its TCP port (default 8080; 0 picks a free one).
     pub port: u16,
@@ -35,7 +37,7 @@ pub struct HttpConfig {
 impl Default for HttpConfig {
     fn default() -> HttpConfig {
         HttpConfig {
-            enabled: true,
+            enabled: false,
             port: DEFAULT_HTTP_PORT,
             bind: DEFAULT_HTTP_BIND.to_string(),
             cors_origins: Vec::new(),
@@ -98,9 +100,9 @@ mod tests {
     use super::super::{assert_refused, Config};
 
     #[test]
-    fn defaults_listen_on_loopback_8080() {
+    fn defaults_listen_on_loopback_8080_once_enabled() {
         let settings = Config::from_toml("").unwrap().validate().unwrap();
-        assert!(settings.http.enabled);
+        assert!(!settings.http.enabled);
         assert_eq!(settings.http.address.to_string(), "127.0.0.1:8080");
         assert!(settings.http.cors_origins.is_empty());
     }
