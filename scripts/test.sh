@@ -88,6 +88,14 @@ fi
 python3 -c 'import pynetdicom, pydicom' || fail "pynetdicom is still missing"
 step "pynetdicom $(python3 -c 'import pynetdicom; print(pynetdicom.__version__)')"
 
+# dicomweb-client drives the DICOMweb tests; prometheus_client parses /metrics.
+if ! python3 -c 'import dicomweb_client, prometheus_client, requests' >/dev/null 2>&1; then
+    step "installing DICOMweb clients: python3 -m pip install dicomweb-client prometheus_client requests"
+    python3 -m pip install --quiet dicomweb-client prometheus_client requests \
+        || fail "cannot install dicomweb-client with pip"
+fi
+python3 -c 'import dicomweb_client, prometheus_client, requests' || fail "dicomweb-client is still missing"
+
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
         command -v rustup >/dev/null 2>&1 \

@@ -81,6 +81,10 @@ struct ServeArgs {
     /// DICOM port.
     #[arg(long, value_name = "N")]
     port: Option<u16>,
+    /// HTTP port (DICOMweb at /dicom-web, metrics at /metrics); also
+    /// enables the HTTP server when the configuration disables it.
+    #[arg(long, value_name = "N")]
+    http_port: Option<u16>,
     /// A known remote AE, AE=HOST:PORT (repeatable).
     #[arg(long = "device", value_name = "AE=HOST:PORT")]
     devices: Vec<String>,
@@ -185,6 +189,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     if let Some(port) = args.port {
         config.dicom.port = port;
     }
+    if let Some(port) = args.http_port {
+        config.http.port = port;
+        config.http.enabled = true;
+    }
     for device in &args.devices {
         config.devices.push(DeviceConfig::from_flag(device)?);
     }
@@ -204,6 +212,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     let server = Server::start(archive)?;
     tracing::info!(
         address = %server.local_addr(),
+        http = %server.http_addr().map_or_else(|| "off".to_string(), |a| a.to_string()),
         ae_title = %config.dicom.ae_title,
         node = %server.node().id(),
         db = %imageserver_core::db::redact_url(&config.db_url()),

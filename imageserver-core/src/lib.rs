@@ -44,6 +44,8 @@ pub(crate) mod scp;
 pub mod server;
 pub mod services;
 pub mod storage;
+#[cfg(feature = "web")]
+pub mod web;
 pub mod workqueue;
 
 pub use dicom_core;

@@ -55,6 +55,10 @@ pub enum Error {
     /// The WorkQueue engine could not start.
     #[error(transparent)]
     WorkQueue(#[from] workqueue::Error),
+    /// The HTTP server could not start.
+    #[cfg(feature = "web")]
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {address}")]
     Bind {
@@ -455,6 +459,12 @@ pub struct Server {
     engine: Option<Engine>,
     /// This process's row in the cluster's node table, and its heartbeat.
     node: Node,
+    /// The HTTP server (`[http]`), once started.
+    #[cfg(feature = "web")]
+    web: Option<crate::web::WebServer>,
+    /// The metrics both front-ends update.
+    #[cfg(feature = "web")]
+    metrics: Arc<crate::web::Metrics>,
 }
 
 impl Server {
@@ -470,7 +480,58 @@ impl Server {
             })?;
             listeners.push(listener);
         }
-        Server::start_on(archive, listeners)
+        #[cfg(feature = "web")]
+        let http =
+            match &archive.settings.http {
+                http if http.enabled => Some(TcpListener::bind(http.address).map_err(
+                    |source| Error::Bind {
+                        address: http.address.to_string(),
+                        source,
+                    },
+                )?),
+                _ => None,
+            };
+        #[allow(unused_mut)]
+        let mut server = Server::start_on(archive, listeners)?;
+        #[cfg(feature = "web")]
+        if let Some(listener) = http {
+            server.start_http_on(listener)?;
+        }
+        Ok(server)
+    }
+
+    /// Starts the HTTP server (DICOMweb for the default partition,
+    /// metrics) on a listener the caller bound.
+    #[cfg(feature = "web")]
+    pub fn start_http_on(&mut self, listener: TcpListener) -> Result<(), Error> {
+        let archive = &self.archive;
+        let partition = archive.default_partition();
+        let services = crate::web::WebServices {
+            find: Find::new(archive.database.clone()),
+            retrieve: archive.retrieve.clone(),
+            ingest: archive.ingest.clone(),
+            studies: archive.studies(),
+            partition: partition.partition.clone(),
+            pn_case_insensitive: partition.settings.spec.pn_case_insensitive,
+            max_query_results: partition.settings.max_query_results,
+            max_upload_bytes: archive.settings.http.max_upload_bytes,
+            metrics: self.metrics.clone(),
+        };
+        let web = crate::web::WebServer::start(listener, services, &archive.settings.http)?;
+        self.web = Some(web);
+        Ok(())
+    }
+
+    /// Where the HTTP server listens, when it runs.
+    #[cfg(feature = "web")]
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().map(crate::web::WebServer::local_addr)
+    }
+
+    /// The metrics both front-ends update (exposed at `/metrics`).
+    #[cfg(feature = "web")]
+    pub fn metrics(&self) -> &Arc<crate::web::Metrics> {
+        &self.metrics
     }
 
     /// Starts accepting on listeners the caller bound, one per partition in
@@ -493,6 +554,12 @@ impl Server {
             let _ = archive.study_process_wake.set(engine.handle());
         }
         check_descriptor_budget(settings, archive.partitions.len());
+        #[cfg(feature = "web")]
+        let metrics = Arc::new(crate::web::Metrics::new());
+        #[cfg(feature = "web")]
+        let observer: Option<Arc<dyn crate::scp::ScpObserver>> = Some(metrics.clone());
+        #[cfg(not(feature = "web"))]
+        let observer: Option<Arc<dyn crate::scp::ScpObserver>> = None;
         let mut acceptors = Vec::new();
         for (partition, listener) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
@@ -517,22 +584,41 @@ impl Server {
                     max_query_results: partition.settings.max_query_results,
                     max_echoed_unknown_keys: settings.max_echoed_unknown_keys,
                 },
+                observer: observer.clone(),
             };
             let address = listener
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let policy = Arc::new(DevicePolicy(partition.devices.clone()));
+            let policy = Arc::new(DevicePolicy(partition.devices.clone(), observer.clone()));
             let acceptor = Acceptor::start(listener, config, policy, Arc::new(dispatcher))
                 .map_err(|source| Error::Bind { address, source })?;
             acceptors.push(acceptor);
         }
+        #[cfg(feature = "web")]
+        let metrics = {
+            let probes: Vec<_> = acceptors
+                .iter()
+                .map(Acceptor::open_associations_probe)
+                .collect();
+            metrics.set_open_associations_source(move || probes.iter().map(|p| p() as u64).sum());
+            let queue = match &engine {
+                Some(engine) => engine.handle(),
+                None => archive.work_queue(),
+            };
+            metrics.set_work_items_source(move || work_item_counts(&queue));
+            metrics
+        };
         let node = start_node(&archive, &acceptors, engine.as_ref().map(|_| processor_id))?;
         Ok(Server {
             archive,
             acceptors,
             engine,
             node,
+            #[cfg(feature = "web")]
+            web: None,
+            #[cfg(feature = "web")]
+            metrics,
         })
     }
 
@@ -616,7 +702,13 @@ impl Server {
     /// flight finish (at most `grace`), then commits what is queued, marks
     /// the node stopped and returns.
     pub fn shutdown(self, grace: Duration) {
+        #[cfg(feature = "web")]
+        let web = self.web;
         std::thread::scope(|scope| {
+            #[cfg(feature = "web")]
+            if let Some(web) = web {
+                scope.spawn(move || web.shutdown(grace));
+            }
             for acceptor in self.acceptors {
                 scope.spawn(move || acceptor.shutdown(grace));
             }
@@ -701,3 +793,39 @@ fn start_node(
         },
     )?)
 }
+
+/// Work items not completed, counted by kind and state (a metrics scrape:
+/// at most [`WORK_ITEMS_SCRAPED`] items read).
+#[cfg(feature = "web")]
+fn work_item_counts(queue: &WorkQueue) -> Vec<(String, String, u64)> {
+    use crate::model::work::{WorkFilter, WorkStatus};
+    let filter = WorkFilter {
+        statuses: WorkStatus::ALL
+            .into_iter()
+            .filter(|s| *s != WorkStatus::Completed)
+            .collect(),
+        limit: Some(WORK_ITEMS_SCRAPED),
+        ..WorkFilter::default()
+    };
+    let items = match queue.list(&filter) {
+        Ok(items) => items,
+        Err(error) => {
+            tracing::warn!(error = %crate::model::error_chain(&error), "cannot count work items for metrics");
+            return Vec::new();
+        }
+    };
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    for item in items {
+        *counts
+            .entry((
+                item.kind.as_str().to_string(),
+                item.status.as_str().to_string(),
+            ))
+            .or_default() += 1;
+    }
+    counts.into_iter().map(|((k, s), n)| (k, s, n)).collect()
+}
+
+/// Most work items a metrics scrape reads.
+#[cfg(feature = "web")]
+const WORK_ITEMS_SCRAPED: usize = 100_000;

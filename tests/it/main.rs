@@ -49,3 +49,5 @@ mod promises;
 mod replace;
 // The large deployment (deploy/large/cluster.sh): three nodes behind HAProxy; spread, C-FIND per node, C-MOVE, kill -9, drain.
 mod cluster;
+// DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) and /metrics, driven by dicomweb-client beside DCMTK.
+mod web;

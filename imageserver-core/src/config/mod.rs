@@ -9,7 +9,7 @@
 //! Each area has a module of its own, which validates its tables straight
 //! into the types their consumers take: `dicom` (`[dicom]`, partitions,
 //! devices), `storage` (data folder, filesystems, free space), `database`
-//! (`[database]`, the index URL) and `workqueue` (`[workqueue]`, per-kind
+//! (`[database]`, the index URL), `http` (`[http]`) and `workqueue` (`[workqueue]`, per-kind
 //! overrides, into the engine's own settings). The types are re-exported
 //! here, so every one is `config::Name`.
 
@@ -22,12 +22,14 @@ use crate::model::FilesystemSpec;
 
 mod database;
 mod dicom;
+mod http;
 mod node;
 mod storage;
 mod workqueue;
 
 pub use database::DatabaseConfig;
 pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
+pub use http::{HttpConfig, HttpSettings};
 pub use node::NodeConfig;
 pub use storage::FilesystemConfig;
 pub use workqueue::{KindConfig, WorkQueueConfig, WorkQueueSettings};
@@ -98,6 +100,8 @@ pub struct Config {
     pub workqueue: WorkQueueConfig,
     /// This process as a node of a cluster (`[node]`).
     pub node: NodeConfig,
+    /// The HTTP server (`[http]`).
+    pub http: HttpConfig,
 }
 
 impl Default for Config {
@@ -114,6 +118,7 @@ impl Default for Config {
             rules_file: None,
             workqueue: WorkQueueConfig::default(),
             node: NodeConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -159,6 +164,8 @@ pub struct Settings {
     pub workqueue: WorkQueueSettings,
     /// This process as a node of a cluster.
     pub node: crate::cluster::NodeSettings,
+    /// The HTTP server.
+    pub http: HttpSettings,
 }
 
 impl Settings {
@@ -214,6 +221,7 @@ impl Config {
             partitions,
             workqueue: self.workqueue.validate()?,
             node: self.node.validate()?,
+            http: self.http.validate()?,
         })
     }
 }

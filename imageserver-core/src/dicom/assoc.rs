@@ -324,6 +324,13 @@ impl Acceptor {
         }
     }
 
+    /// Reads [`Acceptor::open_associations`] later, from elsewhere (a
+    /// metrics scrape).
+    pub fn open_associations_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move || lock(&shared.live).len()
+    }
+
     /// Stops accepting, aborts idle associations, lets messages in flight
     /// finish (waiting at most `grace`), and returns when all are closed.
     pub fn shutdown(mut self, grace: Duration) {

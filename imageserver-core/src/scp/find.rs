@@ -202,6 +202,9 @@ pub fn handle(
         (Ok(()), Outcome::Complete) => (Status::SUCCESS, None, None),
     };
     let elapsed_ms = started.elapsed().as_millis() as u64;
+    if let Some(observer) = &dispatcher.observer {
+        observer.found(started.elapsed());
+    }
     match failure {
         None => info!(calling_ae, level, matches = sent, %status, elapsed_ms, "C-FIND"),
         Some(failure) => warn!(

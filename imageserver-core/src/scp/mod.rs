@@ -16,6 +16,8 @@ pub mod retrieve;
 pub mod store;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::warn;
 
@@ -60,6 +62,21 @@ pub struct Dispatcher {
     pub partition: Partition,
     /// Query/retrieve behaviour.
     pub options: ScpOptions,
+    /// Told of what is served (metrics), when someone listens.
+    pub observer: Option<Arc<dyn ScpObserver>>,
+}
+
+/// What the DICOM handlers report as they serve: the metrics' side of the
+/// front-end (the HTTP server's registry implements it).
+pub trait ScpObserver: Send + Sync + std::fmt::Debug {
+    /// An association was accepted (`true`) or refused by the access
+    /// policy (`false`).
+    fn association(&self, accepted: bool);
+    /// A C-STORE ended: its outcome's name and, when stored, how long
+    /// ingest took from the last byte.
+    fn stored(&self, outcome: &str, took: Option<Duration>);
+    /// A C-FIND was answered, in `took`.
+    fn found(&self, took: Duration);
 }
 
 /// The acceptor's access policy over a partition's devices: unknown
@@ -67,11 +84,11 @@ pub struct Dispatcher {
 /// once associated), a known device with a host only from that host, and
 /// a known device's association limit holds.
 #[derive(Debug, Clone)]
-pub struct DevicePolicy(pub Devices);
+pub struct DevicePolicy(pub Devices, pub Option<Arc<dyn ScpObserver>>);
 
 impl AccessPolicy for DevicePolicy {
     fn admit(&self, calling_ae: &str, peer: Option<IpAddr>) -> bool {
-        match self.0.admit(calling_ae, peer) {
+        let admitted = match self.0.admit(calling_ae, peer) {
             Admission::Admit(_) => true,
             Admission::Unknown => {
                 warn!(
@@ -90,7 +107,13 @@ impl AccessPolicy for DevicePolicy {
                 );
                 false
             }
+        };
+        if !admitted {
+            if let Some(observer) = &self.1 {
+                observer.association(false);
+            }
         }
+        admitted
     }
 
     fn max_associations(&self, calling_ae: &str) -> u32 {
@@ -111,6 +134,9 @@ impl AccessPolicy for DevicePolicy {
 
 impl HandlerFactory for Dispatcher {
     fn handler(&self, link: Link) -> Box<dyn MessageHandler + '_> {
+        if let Some(observer) = &self.observer {
+            observer.association(true);
+        }
         Box::new(self.session(link))
     }
 }

@@ -49,9 +49,16 @@ pub fn begin(
 
 /// Completes a C-STORE and builds its response.
 pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInProgress) -> Command {
+    let started = std::time::Instant::now();
     let result = in_progress
         .writer
         .and_then(|writer| dispatcher.ingest.finish(writer));
+    if let Some(observer) = &dispatcher.observer {
+        match &result {
+            Ok(outcome) => observer.stored(outcome.outcome.name(), Some(started.elapsed())),
+            Err(error) => observer.stored(error.outcome_name(), None),
+        }
+    }
     let sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or("");
     match result {
         Ok(outcome) => {

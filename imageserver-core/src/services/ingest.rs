@@ -234,6 +234,37 @@ pub enum Stored {
     HeldForReconcile,
 }
 
+impl Stored {
+    /// A short stable name (metrics labels, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stored::Inserted => "inserted",
+            Stored::Replaced => "replaced",
+            Stored::Identical => "identical",
+            Stored::DuplicateIgnored => "duplicate_ignored",
+            Stored::DuplicateKeptAside => "duplicate_kept_aside",
+            Stored::HeldForReconcile => "held_for_reconcile",
+        }
+    }
+}
+
+impl IngestError {
+    /// A short stable name of the failure's class (metrics labels):
+    /// `rejected_duplicate`, `refused_resources` (space, size), `failed`
+    /// (storage, index) or `refused_data` (the instance itself).
+    pub fn outcome_name(&self) -> &'static str {
+        match self {
+            IngestError::Duplicate(_) => "rejected_duplicate",
+            IngestError::LowSpace { .. }
+            | IngestError::NoFilesystem
+            | IngestError::TooLarge { .. }
+            | IngestError::StudyDeleted(_) => "refused_resources",
+            IngestError::Storage(_) | IngestError::Index(_) | IngestError::Commit(_) => "failed",
+            _ => "refused_data",
+        }
+    }
+}
+
 /// What a successful ingest did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOutcome {

@@ -131,6 +131,14 @@ impl Retrieve {
         }
     }
 
+    /// Every stored instance below the entities `query` matches, in the
+    /// index's order, as one list: for a target of bounded size (WADO-RS's
+    /// one study, series or instance). A C-MOVE or C-GET, which may name a
+    /// patient's every study, uses [`Retrieve::plan`].
+    pub fn instances(&self, query: &Query) -> Result<Vec<RetrieveItem>, RetrieveError> {
+        instances_on(&*self.query, query)
+    }
+
     /// Plans the retrieve of everything below the entities `query`
     /// matches: one pass over the index that keeps counts, the pairs and
     /// series keys, not the instances. Batches hold whole series, up to

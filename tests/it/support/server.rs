@@ -144,6 +144,7 @@ impl ServerBuilder {
             config,
             ae_title: self.ae_title,
             port: free_port(),
+            http_port: free_port(),
             child: None,
         };
         server.spawn();
@@ -366,6 +367,8 @@ pub struct Server {
     config: Option<PathBuf>,
     ae_title: String,
     port: u16,
+    /// Its HTTP port (DICOMweb, metrics).
+    http_port: u16,
     child: Option<Child>,
 }
 
@@ -389,6 +392,11 @@ impl Server {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The HTTP server's root URL (`http://127.0.0.1:PORT`).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
     }
 
     /// Its AE title.
@@ -474,6 +482,7 @@ impl Server {
             .args(self.archive.db_args())
             .args(["--aet", &self.ae_title, "--bind", "127.0.0.1"])
             .args(["--port", &self.port.to_string()])
+            .args(["--http-port", &self.http_port.to_string()])
             .arg("--data")
             .arg(&self.data)
             .env("RUST_LOG", "info")

@@ -3,8 +3,12 @@
 //! of a file's meta group, [`reader`], a stored file's data set as a
 //! stream for sending, [`header`], a parsed header as an index record,
 //! [`splice`], the byte-level rewrite of a file's patient/study elements,
-//! and [`json`], a data set's DICOM JSON model.
+//! [`json`], a data set's DICOM JSON model, and `bulk` (feature `web`), its
+//! bulk values and frames streamed out for WADO-RS.
 
+// Used by the HTTP front-end (WADO-RS bulk data and frames) only.
+#[cfg(feature = "web")]
+pub mod bulk;
 pub(crate) mod header;
 pub(crate) mod json;
 pub(crate) mod reader;
