@@ -20,11 +20,13 @@ use serde::Deserialize;
 
 use crate::model::FilesystemSpec;
 
+mod audit;
 mod database;
 mod dicom;
 mod storage;
 mod workqueue;
 
+pub use audit::AuditConfig;
 pub use database::DatabaseConfig;
 pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
 pub use storage::FilesystemConfig;
@@ -94,6 +96,8 @@ pub struct Config {
     pub rules_file: Option<PathBuf>,
     /// The WorkQueue engine (`[workqueue]`).
     pub workqueue: WorkQueueConfig,
+    /// The IHE ATNA audit trail (`[audit]`).
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -109,6 +113,7 @@ impl Default for Config {
             partitions: Vec::new(),
             rules_file: None,
             workqueue: WorkQueueConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -152,6 +157,8 @@ pub struct Settings {
     pub partitions: Vec<PartitionSettings>,
     /// The WorkQueue engine.
     pub workqueue: WorkQueueSettings,
+    /// The audit trail, None when `[audit]` is not enabled.
+    pub audit: Option<crate::audit::AuditSettings>,
 }
 
 impl Settings {
@@ -205,6 +212,7 @@ impl Config {
             filesystems,
             partitions,
             workqueue: self.workqueue.validate()?,
+            audit: self.audit.validate(&self.data_dir, &self.dicom.ae_title)?,
         })
     }
 }
