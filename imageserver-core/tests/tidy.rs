@@ -117,6 +117,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "study operations reach files only through the storage seam",
     ),
     (
+        "audit/",
+        &[
+            "crate::scp",
+            "crate::dicom",
+            "crate::services",
+            "crate::storage",
+            "crate::server",
+            "crate::processors",
+            "rusqlite",
+            "sqlx",
+        ],
+        "the audit trail is told events: it records them in the index and sends them, nothing more",
+    ),
+    (
         "rules/",
         &[
             "crate::dicom",
