@@ -47,3 +47,5 @@ mod metadata;
 mod promises;
 // Who may replace a stored instance (allow_replace), and the reconcile queue for conflicting patient identities.
 mod replace;
+// The ATNA audit trail: messages of a store, query, move, delete and refusal at a syslog receiver, spooled while it is down.
+mod audit;
