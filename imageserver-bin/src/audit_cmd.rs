@@ -18,7 +18,7 @@ use crate::{load_config, ArchiveArgs};
 pub struct AuditArgs {
     #[command(flatten)]
     archive: ArchiveArgs,
-    /// Only entries since TIME: a UTC time (YYYY-MM-DD HH:MM[:SS]) or an
+    /// Only entries since TIME: a UTC time (`YYYY-MM-DD HH:MM[:SS]`) or an
     /// age (90s, 10m, 2h, 7d).
     #[arg(long, value_name = "TIME")]
     since: Option<String>,

@@ -610,7 +610,7 @@ impl StudyStore for PgIndex {
                 .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
                 .fetch_all(&mut *conn)
                 .await?;
-            found.iter().map(|r| rows::audit_entry(r)).collect()
+            found.iter().map(rows::audit_entry).collect()
         })
     }
 
