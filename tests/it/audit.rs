@@ -447,4 +447,14 @@ fn store_query_move_delete_and_refusal_are_audited_and_spooled_while_the_reposit
     assert_eq!(of_second.len(), 1, "{of_second:?}");
     assert_eq!(of_second[0]["details"]["event_id"], "110104");
     assert_eq!(of_second[0]["actor"], CALLING_AE);
+
+    // Application Activity: stopped, sent before the process exits.
+    let mut server = server;
+    assert!(server.sigterm().success());
+    let messages = receiver.wait_for("Application Stop", |m| {
+        of_event(m, "110100")
+            .iter()
+            .any(|m| m["event_type"] == "110121")
+    });
+    assert!(messages.iter().all(|m| m.get("error").is_none()));
 }

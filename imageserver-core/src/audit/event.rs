@@ -353,17 +353,21 @@ impl TransferTally {
         patient_id: Option<&str>,
         ok: bool,
     ) {
-        let study = self.studies.entry(study_uid.to_string()).or_default();
+        // Allocates only for a study or SOP class not seen yet.
+        if !self.studies.contains_key(study_uid) {
+            self.studies
+                .insert(study_uid.to_string(), StudyTally::default());
+        }
+        let study = self.studies.get_mut(study_uid).expect("inserted above");
         if study.patient_id.is_none() {
             study.patient_id = patient_id.filter(|p| !p.is_empty()).map(str::to_string);
         }
-        if ok {
-            *study
-                .sop_classes
-                .entry(sop_class_uid.to_string())
-                .or_default() += 1;
-        } else {
+        if !ok {
             study.failed += 1;
+        } else if let Some(count) = study.sop_classes.get_mut(sop_class_uid) {
+            *count += 1;
+        } else {
+            study.sop_classes.insert(sop_class_uid.to_string(), 1);
         }
     }
 

@@ -250,9 +250,16 @@ impl Worker {
         self.send_spooled(Some(Instant::now() + FINAL_FLUSH));
     }
 
-    /// Writes the event's index row and spools its message.
+    /// Spools the event's message, then writes its index row (a slow index
+    /// delays neither the spool nor the sends).
     fn take(&mut self, event: AuditEvent) {
         let message = xml::audit_message(&event, &self.source);
+        if self.repository.is_some() {
+            let framed = syslog::message(event.at_ms, &self.hostname, &message);
+            if let Err(error) = self.spool.put(event.at_ms, &framed) {
+                warn!(%error, spool = %self.spool.dir().display(), "cannot spool an audit message: it is lost");
+            }
+        }
         let entry = AuditEntry {
             at_ms: event.at_ms,
             actor: event.actor().to_string(),
@@ -263,12 +270,6 @@ impl Worker {
         };
         if let Err(error) = self.store.record_audit(&entry) {
             warn!(error = %crate::model::error_chain(&error), action = entry.action, "cannot record an audit event in the index");
-        }
-        if self.repository.is_some() {
-            let framed = syslog::message(event.at_ms, &self.hostname, &message);
-            if let Err(error) = self.spool.put(event.at_ms, &framed) {
-                warn!(%error, spool = %self.spool.dir().display(), "cannot spool an audit message: it is lost");
-            }
         }
     }
 

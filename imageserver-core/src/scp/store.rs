@@ -62,13 +62,15 @@ pub fn finish(
     let sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or("");
     match result {
         Ok(outcome) => {
-            let sop_class_uid = command.affected_sop_class_uid.as_deref().unwrap_or("");
-            stored.add(
-                outcome.study_uid.as_str(),
-                sop_class_uid.trim_end_matches(['\0', ' ']),
-                Some(&outcome.patient_id),
-                true,
-            );
+            if dispatcher.auditor.is_enabled() {
+                let sop_class_uid = command.affected_sop_class_uid.as_deref().unwrap_or("");
+                stored.add(
+                    outcome.study_uid.as_str(),
+                    sop_class_uid.trim_end_matches(['\0', ' ']),
+                    Some(&outcome.patient_id),
+                    true,
+                );
+            }
             debug!(
                 study_uid = %outcome.study_uid,
                 sop_instance_uid,
