@@ -18,7 +18,8 @@ pub struct AuditConfig {
     /// (syslog, RFC 5424). Unset: events are kept in the index only.
     pub repository: Option<String>,
     /// Where messages wait until the repository takes them (default
-    /// `<data_dir>/audit-spool`, beside the default SQLite index).
+    /// `<data_dir>/audit-spool`, beside the default SQLite index). Local to
+    /// one host: processes recognise each other's leftovers by pid.
     pub spool_dir: Option<PathBuf>,
     /// AuditSourceID (default: the default partition's AE title).
     pub audit_source_id: Option<String>,
