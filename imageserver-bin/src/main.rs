@@ -16,6 +16,7 @@ use imageserver_core::config::DeviceConfig;
 use imageserver_core::services::import;
 use imageserver_core::{Archive, Config, FileOutcome, RuleSet, Server, ServerBuilder};
 
+mod audit_cmd;
 mod nodes_cmd;
 mod reconcile_cmd;
 mod study_cmd;
@@ -52,6 +53,8 @@ enum Command {
     Workqueue(workqueue_cmd::WorkqueueArgs),
     /// Cluster nodes: list them (state, heartbeat, work items held), drain one.
     Nodes(nodes_cmd::NodesArgs),
+    /// The audit trail kept in the index (ATNA events, study operations).
+    Audit(audit_cmd::AuditArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -136,6 +139,7 @@ fn main() -> ExitCode {
         Command::Rules(args) => study_cmd::rules(args),
         Command::Workqueue(args) => workqueue_cmd::workqueue(args),
         Command::Nodes(args) => nodes_cmd::nodes(args),
+        Command::Audit(args) => audit_cmd::audit(args),
     };
     match result {
         Ok(code) => code,

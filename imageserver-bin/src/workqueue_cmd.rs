@@ -189,7 +189,7 @@ pub fn workqueue(args: WorkqueueArgs) -> Result<ExitCode> {
 }
 
 /// `90s`, `10m`, `2h`, `1d`.
-fn parse_duration(text: &str) -> Result<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -213,7 +213,7 @@ fn parse_duration(text: &str) -> Result<Duration> {
 }
 
 /// `YYYY-MM-DD HH:MM[:SS]` (or with a `T`, and an optional `Z`), UTC.
-fn parse_utc(text: &str) -> Result<Timestamp> {
+pub(crate) fn parse_utc(text: &str) -> Result<Timestamp> {
     let bad = || anyhow::anyhow!("{text:?}: expected a UTC time as YYYY-MM-DD HH:MM[:SS]");
     let trimmed = text.trim().trim_end_matches('Z');
     let (date, time) = trimmed.split_once([' ', 'T']).ok_or_else(bad)?;

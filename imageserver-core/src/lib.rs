@@ -23,6 +23,8 @@
 //! - [`server`]: the composition root ([`server::ServerBuilder`]) that wires
 //!   concrete backends together; the only module that names them.
 //! - [`config`]: the TOML settings, raw and validated.
+//! - [`audit`]: the IHE ATNA audit trail (DICOM audit messages kept in the
+//!   index and sent over syslog through an on-disk spool).
 //!
 //! See ARCHITECTURE.md at the repository root for the data flow and the
 //! invariants.
@@ -33,6 +35,7 @@ compile_error!(
     "imageserver-core needs an index backend: enable feature `sqlite`, `postgres` or both"
 );
 
+pub mod audit;
 pub mod cluster;
 pub mod config;
 pub mod db;

@@ -11,6 +11,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::audit::event::types;
+use crate::audit::{
+    Action, AuditError, AuditEvent, Auditor, EventKind, Outcome, Participant, Role,
+};
 use crate::cluster::{node, Node};
 use crate::config::{ConfigError, PartitionSettings, Settings};
 use crate::db::{self, Database, IndexStore, QueryStore};
@@ -59,6 +63,9 @@ pub enum Error {
     #[cfg(feature = "web")]
     #[error(transparent)]
     Web(#[from] crate::web::WebError),
+    /// The audit trail could not start.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     /// The listening socket could not be bound.
     #[error("cannot listen on {address}")]
     Bind {
@@ -262,12 +269,17 @@ impl ServerBuilder {
             });
         }
         let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone());
+        let auditor = match &self.settings.audit {
+            Some(settings) => Auditor::start(settings.clone(), database.clone())?,
+            None => Auditor::disabled(),
+        };
         let mut processors = match self.processors {
             Some(processors) => processors,
             None => {
                 let mut registry = Registry::new();
                 let deps = BuiltinDeps {
-                    studies: Studies::new(database.clone(), storage.clone()),
+                    studies: Studies::new(database.clone(), storage.clone())
+                        .with_auditor(auditor.clone()),
                     db: database.clone(),
                     partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
                     rules: self.rules,
@@ -307,6 +319,7 @@ impl ServerBuilder {
             min_free_bytes: self.settings.min_free_bytes,
         });
         Ok(Archive {
+            auditor,
             database,
             retrieve,
             settings: self.settings,
@@ -348,6 +361,8 @@ pub struct Archive {
     /// Where ingest finds the engine to wake for the StudyProcess items
     /// it schedules (set by [`Server::start_on`]).
     study_process_wake: Arc<OnceLock<WorkQueue>>,
+    /// The audit trail (disabled unless `[audit]` enables it).
+    auditor: Auditor,
 }
 
 impl Archive {
@@ -394,7 +409,41 @@ impl Archive {
     /// archive takes them through [`Archive::work_queue`] and
     /// [`crate::processors::StudyRequest`] instead.
     pub fn studies(&self) -> Studies {
-        Studies::new(self.database.clone(), self.storage.clone())
+        Studies::new(self.database.clone(), self.storage.clone()).with_auditor(self.auditor.clone())
+    }
+
+    /// The audit trail: where an embedder records events of its own.
+    pub fn auditor(&self) -> &Auditor {
+        &self.auditor
+    }
+
+    /// Records Application Activity (PS3.15 A.5.3.1): this process, as
+    /// the partitions' AE titles, started or stopped.
+    fn audit_activity(&self, type_code: crate::audit::event::Code) {
+        if !self.auditor.is_enabled() {
+            return;
+        }
+        let titles: Vec<&str> = self
+            .partitions
+            .iter()
+            .map(|p| p.partition.ae_title.as_str())
+            .collect();
+        let application = Participant {
+            user_id: format!("imageserver@{}", std::process::id()),
+            alternative_user_id: Some(format!("AETITLES={}", titles.join(";"))),
+            requestor: false,
+            network_access_point: None,
+            role: Some(Role::Application),
+        };
+        self.auditor.record(
+            AuditEvent::new(
+                EventKind::ApplicationActivity,
+                Action::Execute,
+                Outcome::Success,
+            )
+            .type_code(type_code)
+            .participant(application),
+        );
     }
 
     /// The reconcile queue: instances held because their patient identity
@@ -585,12 +634,18 @@ impl Server {
                     max_echoed_unknown_keys: settings.max_echoed_unknown_keys,
                 },
                 observer: observer.clone(),
+                auditor: archive.auditor.clone(),
             };
             let address = listener
                 .local_addr()
                 .map(|a| a.to_string())
                 .unwrap_or_default();
-            let policy = Arc::new(DevicePolicy(partition.devices.clone(), observer.clone()));
+            let policy = Arc::new(DevicePolicy {
+                devices: partition.devices.clone(),
+                observer: observer.clone(),
+                auditor: archive.auditor.clone(),
+                partition: partition.partition.clone(),
+            });
             let acceptor = Acceptor::start(listener, config, policy, Arc::new(dispatcher))
                 .map_err(|source| Error::Bind { address, source })?;
             acceptors.push(acceptor);
@@ -610,6 +665,7 @@ impl Server {
             metrics
         };
         let node = start_node(&archive, &acceptors, engine.as_ref().map(|_| processor_id))?;
+        archive.audit_activity(types::APPLICATION_START);
         Ok(Server {
             archive,
             acceptors,
@@ -716,8 +772,11 @@ impl Server {
                 scope.spawn(move || engine.shutdown(grace));
             }
         });
+        self.archive.audit_activity(types::APPLICATION_STOP);
         // Dropping the archive drops the last ingest handle: the group
-        // committer drains its queue and its thread is joined.
+        // committer drains its queue and its thread is joined; the last
+        // auditor handle too: the audit thread sends what it can (a few
+        // seconds at most), leaves the rest spooled, and is joined.
         drop(self.archive);
         self.node.stop();
     }

@@ -156,6 +156,20 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "the cluster knows the index's node table: no DICOM, files or use cases",
     ),
     (
+        "audit/",
+        &[
+            "crate::scp",
+            "crate::dicom",
+            "crate::services",
+            "crate::storage",
+            "crate::server",
+            "crate::processors",
+            "rusqlite",
+            "sqlx",
+        ],
+        "the audit trail is told events: it records them in the index and sends them, nothing more",
+    ),
+    (
         "rules/",
         &[
             "crate::dicom",

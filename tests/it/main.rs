@@ -51,3 +51,5 @@ mod replace;
 mod cluster;
 // DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) and /metrics, driven by dicomweb-client beside DCMTK.
 mod web;
+// The ATNA audit trail: messages of a store, query, move, delete and refusal at a syslog receiver, spooled while it is down.
+mod audit;

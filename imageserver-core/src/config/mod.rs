@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::model::FilesystemSpec;
 
+mod audit;
 mod database;
 mod dicom;
 mod http;
@@ -27,6 +28,7 @@ mod node;
 mod storage;
 mod workqueue;
 
+pub use audit::AuditConfig;
 pub use database::DatabaseConfig;
 pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
 pub use http::{HttpConfig, HttpSettings};
@@ -102,6 +104,8 @@ pub struct Config {
     pub node: NodeConfig,
     /// The HTTP server (`[http]`).
     pub http: HttpConfig,
+    /// The IHE ATNA audit trail (`[audit]`).
+    pub audit: AuditConfig,
 }
 
 impl Default for Config {
@@ -119,6 +123,7 @@ impl Default for Config {
             workqueue: WorkQueueConfig::default(),
             node: NodeConfig::default(),
             http: HttpConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -166,6 +171,8 @@ pub struct Settings {
     pub node: crate::cluster::NodeSettings,
     /// The HTTP server.
     pub http: HttpSettings,
+    /// The audit trail, None when `[audit]` is not enabled.
+    pub audit: Option<crate::audit::AuditSettings>,
 }
 
 impl Settings {
@@ -222,6 +229,7 @@ impl Config {
             workqueue: self.workqueue.validate()?,
             node: self.node.validate()?,
             http: self.http.validate()?,
+            audit: self.audit.validate(&self.data_dir, &self.dicom.ae_title)?,
         })
     }
 }

@@ -293,6 +293,22 @@ pub(crate) fn audit<R: Columns>(
     })
 }
 
+/// An audit entry of any partition and study (`audit_entries`).
+pub(crate) fn audit_entry<R: Columns>(r: &R) -> Result<AuditEntry, R::Error> {
+    let study_uid = match r.opt_text("study_uid")? {
+        Some(text) => Some(Uid::parse(&text).map_err(|e| r.invalid("study_uid", Box::new(e)))?),
+        None => None,
+    };
+    Ok(AuditEntry {
+        at_ms: r.int("at")?,
+        actor: r.text("actor")?,
+        action: r.text("action")?,
+        partition: r.opt_int("partition_id")?.map(PartitionId),
+        study_uid,
+        details: r.opt_text("details")?.unwrap_or_default(),
+    })
+}
+
 /// Refuses records of another partition or study than the one whose rows
 /// [`crate::db::studies::StudyStore::replace_study_rows`] replaces.
 pub(crate) fn check_replacement(

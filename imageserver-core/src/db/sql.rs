@@ -283,6 +283,13 @@ pub(crate) const INSERT_AUDIT: &str =
 pub(crate) const AUDIT_LOG: &str = "SELECT at, actor, action, details FROM audit_log
      WHERE partition_id = $1 AND study_uid = $2 ORDER BY at, id";
 
+/// Audit entries at or after `$1`, of action `$2` (any when empty), about
+/// study `$3` (any when empty), oldest first, at most `$4`.
+pub(crate) const AUDIT_ENTRIES: &str =
+    "SELECT at, actor, action, partition_id, study_uid, details FROM audit_log
+     WHERE at >= $1 AND ($2 = '' OR action = $2) AND ($3 = '' OR study_uid = $3)
+     ORDER BY at, id LIMIT $4";
+
 /// The edits of study `$2` of partition `$1` (only the pending one when
 /// `$3`), oldest first.
 pub(crate) const EDITS: &str =
@@ -394,6 +401,7 @@ mod tests {
         super::REVIVE_TOMBSTONE,
         super::INSERT_AUDIT,
         super::AUDIT_LOG,
+        super::AUDIT_ENTRIES,
         super::EDITS,
         super::EDIT_CHANGES,
         super::INSERT_EDIT_CHANGE,

@@ -336,6 +336,30 @@ impl AuditEntry {
     }
 }
 
+/// Which audit entries [`StudyStore::audit_entries`] lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only entries at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<i64>,
+    /// Only entries of this action (`atna.query`, `study.delete`, …).
+    pub action: Option<String>,
+    /// Only entries about this study.
+    pub study_uid: Option<Uid>,
+    /// At most this many entries (the oldest that match).
+    pub limit: u64,
+}
+
+impl Default for AuditFilter {
+    fn default() -> AuditFilter {
+        AuditFilter {
+            since_ms: None,
+            action: None,
+            study_uid: None,
+            limit: 1000,
+        }
+    }
+}
+
 /// What [`StudyStore::replace_study_rows`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReplaceOutcome {
@@ -462,6 +486,10 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
 
     /// The audit entries about a study, oldest first.
     fn audit_log(&self, partition: PartitionId, study_uid: &Uid) -> Result<Vec<AuditEntry>, Error>;
+
+    /// The audit entries of every partition that `filter` selects, oldest
+    /// first.
+    fn audit_entries(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, Error>;
 }
 
 /// Milliseconds since the Unix epoch.

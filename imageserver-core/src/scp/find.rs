@@ -28,6 +28,9 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::{Dispatcher, Link, LinkError};
+use crate::audit::{
+    Action, AuditEvent, EventKind, Outcome as AuditOutcome, ParticipantObject, Role,
+};
 use crate::dicom::dimse::{Command, Status};
 use crate::dicom::query_keys::{self, ParseOptions};
 use crate::dicom::sop_classes::{PATIENT_ROOT_FIND, STUDY_ROOT_FIND};
@@ -111,6 +114,8 @@ pub fn handle(
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "C-FIND refused: {error}"
             );
+            let query = QueryAudit::new(&abstract_syntax, &transfer_syntax, identifier);
+            query.record(dispatcher, link, AuditOutcome::MinorFailure);
             let mut response = Command::find_rsp(command, status, false)
                 .with_error_comment(ascii(&error.to_string()));
             response.offending_element = error.offending_element().map(|tag| vec![tag]);
@@ -172,8 +177,10 @@ pub fn handle(
     }
 
     // (status, ErrorComment, failure detail for the log)
+    let query = QueryAudit::new(&abstract_syntax, &transfer_syntax, identifier);
     let (status, comment, failure) = match (found, outcome) {
         (_, Outcome::Link(error)) => {
+            query.record(dispatcher, link, AuditOutcome::SeriousFailure);
             info!(
                 calling_ae,
                 level,
@@ -216,11 +223,54 @@ pub fn handle(
             "C-FIND failed: {failure}"
         ),
     }
+    let audit_outcome = if status == Status::SUCCESS || status == Status::CANCEL {
+        AuditOutcome::Success
+    } else if status == Status::OUT_OF_RESOURCES {
+        AuditOutcome::MinorFailure
+    } else {
+        AuditOutcome::SeriousFailure
+    };
+    query.record(dispatcher, link, audit_outcome);
     let mut response = Command::find_rsp(command, status, false);
     if let Some(comment) = comment {
         response = response.with_error_comment(comment);
     }
     link.send_command(pc_id, &response)
+}
+
+/// The Query audit message of one C-FIND request (PS3.15 A.5.3.12): the
+/// caller, this AE, and the identifier as received.
+struct QueryAudit<'a> {
+    sop_class_uid: &'a str,
+    transfer_syntax_uid: &'a str,
+    identifier: &'a [u8],
+}
+
+impl<'a> QueryAudit<'a> {
+    fn new(sop_class_uid: &'a str, transfer_syntax_uid: &'a str, identifier: &'a [u8]) -> Self {
+        QueryAudit {
+            sop_class_uid,
+            transfer_syntax_uid,
+            identifier,
+        }
+    }
+
+    fn record(&self, dispatcher: &Dispatcher, link: &Link, outcome: AuditOutcome) {
+        if !dispatcher.auditor.is_enabled() {
+            return;
+        }
+        dispatcher.auditor.record(
+            AuditEvent::new(EventKind::Query, Action::Execute, outcome)
+                .participant(dispatcher.caller(link, Role::Source))
+                .participant(dispatcher.us(Role::Destination))
+                .in_partition(dispatcher.partition.id)
+                .object(ParticipantObject::Query {
+                    sop_class_uid: self.sop_class_uid.to_string(),
+                    transfer_syntax_uid: self.transfer_syntax_uid.to_string(),
+                    identifier: self.identifier.to_vec(),
+                }),
+        );
+    }
 }
 
 /// ErrorComment is LO in the default repertoire: other characters become `?`.

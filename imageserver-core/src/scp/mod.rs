@@ -23,6 +23,10 @@ use tracing::warn;
 
 pub use crate::dicom::link::{Link, LinkError};
 
+use crate::audit::event::types;
+use crate::audit::{
+    Action, AuditEvent, Auditor, EventKind, Outcome, Participant, Role, TransferTally,
+};
 use crate::dicom::assoc::{AccessPolicy, HandlerFactory, MessageHandler, MessageOutcome};
 use crate::dicom::dimse::{Command, CommandField, FragmentBuffer, Status};
 use crate::dicom::pdu::Pdv;
@@ -64,6 +68,8 @@ pub struct Dispatcher {
     pub options: ScpOptions,
     /// Told of what is served (metrics), when someone listens.
     pub observer: Option<Arc<dyn ScpObserver>>,
+    /// The audit trail.
+    pub auditor: Auditor,
 }
 
 /// What the DICOM handlers report as they serve: the metrics' side of the
@@ -79,24 +85,50 @@ pub trait ScpObserver: Send + Sync + std::fmt::Debug {
     fn found(&self, took: Duration);
 }
 
+impl Dispatcher {
+    /// The calling AE of `link` as an audit participant (the requestor).
+    pub(crate) fn caller(&self, link: &Link, role: Role) -> Participant {
+        let address = link.peer_ip().map(|ip| ip.to_string());
+        Participant::ae(link.calling_ae(), true, address, role)
+    }
+
+    /// This partition's AE as an audit participant.
+    pub(crate) fn us(&self, role: Role) -> Participant {
+        Participant::ae(self.partition.ae_title.as_str(), false, None, role)
+    }
+}
+
 /// The acceptor's access policy over a partition's devices: unknown
 /// callers are admitted or not by the partition's setting (and registered
 /// once associated), a known device with a host only from that host, and
-/// a known device's association limit holds.
+/// a known device's association limit holds. A refused caller is counted
+/// (metrics) and audited (Security Alert, Node Authentication).
 #[derive(Debug, Clone)]
-pub struct DevicePolicy(pub Devices, pub Option<Arc<dyn ScpObserver>>);
+pub struct DevicePolicy {
+    /// The partition's devices.
+    pub devices: Devices,
+    /// Told of refusals (metrics), when someone listens.
+    pub observer: Option<Arc<dyn ScpObserver>>,
+    /// Where refusals are recorded.
+    pub auditor: Auditor,
+    /// The partition (AE title and id), for the audit record.
+    pub partition: Partition,
+}
 
 impl AccessPolicy for DevicePolicy {
     fn admit(&self, calling_ae: &str, peer: Option<IpAddr>) -> bool {
-        let admitted = match self.0.admit(calling_ae, peer) {
-            Admission::Admit(_) => true,
+        let refusal = match self.devices.admit(calling_ae, peer) {
+            Admission::Admit(_) => return true,
             Admission::Unknown => {
                 warn!(
                     calling_ae,
                     ?peer,
                     "association rejected: unknown calling AE title"
                 );
-                false
+                format!(
+                    "association rejected: unknown calling AE title {:?}",
+                    calling_ae.trim()
+                )
             }
             Admission::WrongHost { host, peer } => {
                 warn!(
@@ -105,27 +137,46 @@ impl AccessPolicy for DevicePolicy {
                     device_host = %host,
                     "association rejected: the device calls from an address its host does not have"
                 );
-                false
+                format!(
+                    "association rejected: AE title {:?} called from an address its host {host:?} does not have",
+                    calling_ae.trim()
+                )
             }
         };
-        if !admitted {
-            if let Some(observer) = &self.1 {
-                observer.association(false);
-            }
+        if let Some(observer) = &self.observer {
+            observer.association(false);
         }
-        admitted
+        let address = peer.map(|ip| ip.to_string());
+        self.auditor.record(
+            AuditEvent::new(
+                EventKind::SecurityAlert,
+                Action::Execute,
+                Outcome::MinorFailure,
+            )
+            .type_code(types::NODE_AUTHENTICATION)
+            .described(refusal)
+            .participant(Participant::ae(calling_ae, true, address, Role::Source))
+            .participant(Participant::ae(
+                self.partition.ae_title.as_str(),
+                false,
+                None,
+                Role::Destination,
+            ))
+            .in_partition(self.partition.id),
+        );
+        false
     }
 
     fn max_associations(&self, calling_ae: &str) -> u32 {
-        self.0
+        self.devices
             .get(calling_ae)
             .map_or(0, |device| device.max_associations)
     }
 
     fn established(&self, calling_ae: &str, peer: Option<SocketAddr>) {
-        if self.0.get(calling_ae).is_none() {
+        if self.devices.get(calling_ae).is_none() {
             let host = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-            if let Err(error) = self.0.register_unknown(calling_ae, &host) {
+            if let Err(error) = self.devices.register_unknown(calling_ae, &host) {
                 warn!(%error, "cannot register the calling AE as a device");
             }
         }
@@ -180,6 +231,26 @@ pub struct Session<'a> {
     link: Link,
     command: FragmentBuffer,
     state: State,
+    /// The instances stored on this association, per study: one DICOM
+    /// Instances Transferred message each when the association ends.
+    stored: TransferTally,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let stored = std::mem::take(&mut self.stored);
+        if stored.is_empty() || !self.dispatcher.auditor.is_enabled() {
+            return;
+        }
+        let participants = [
+            self.dispatcher.caller(&self.link, Role::Source),
+            self.dispatcher.us(Role::Destination),
+        ];
+        let partition = Some(self.dispatcher.partition.id);
+        for event in stored.events(Action::Create, &participants, partition) {
+            self.dispatcher.auditor.record(event);
+        }
+    }
 }
 
 impl Dispatcher {
@@ -190,6 +261,7 @@ impl Dispatcher {
             link,
             command: FragmentBuffer::new(MAX_COMMAND_LEN),
             state: State::Command,
+            stored: TransferTally::default(),
         }
     }
 }
@@ -250,6 +322,18 @@ impl Session<'_> {
                     ?operation,
                     calling_ae = self.link.calling_ae(),
                     "refused: the device lacks the permission"
+                );
+                self.dispatcher.auditor.record(
+                    AuditEvent::new(
+                        EventKind::SecurityAlert,
+                        Action::Execute,
+                        Outcome::MinorFailure,
+                    )
+                    .type_code(types::RESTRICTED_FUNCTION)
+                    .described(format!("{operation:?} is not permitted for this AE title"))
+                    .participant(self.dispatcher.caller(&self.link, Role::Source))
+                    .participant(self.dispatcher.us(Role::Destination))
+                    .in_partition(self.dispatcher.partition.id),
                 );
                 let response = Command::response_for(&command, Status::NOT_AUTHORIZED)
                     .with_error_comment(format!(
@@ -350,7 +434,9 @@ impl Session<'_> {
             unreachable!("state checked above");
         };
         let response = match sink {
-            DataSink::Store(in_progress) => store::finish(self.dispatcher, &command, *in_progress),
+            DataSink::Store(in_progress) => {
+                store::finish(self.dispatcher, &command, *in_progress, &mut self.stored)
+            }
             DataSink::Discard(status) => Command::response_for(&command, status),
             DataSink::Refused(response) => *response,
             DataSink::Identifier(mut buffer) => {

@@ -39,6 +39,10 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use tracing::{debug, info, warn};
 
 use super::{Dispatcher, Link, LinkError};
+use crate::audit::{
+    Action, AuditEvent, EventKind, Outcome as AuditOutcome, Participant, ParticipantObject, Role,
+    TransferTally,
+};
 use crate::dicom::dimse::{Command, CommandField, Priority, Status, SubOpCounts};
 use crate::dicom::part10::DataSetReader;
 use crate::dicom::scu::{self, Destination, Outcome, Outgoing, ScuError, Tally};
@@ -157,6 +161,20 @@ pub fn handle_move(
         port: device.port,
     };
     let mut progress = Progress::new(plan.total);
+    let audit_participants = [
+        dispatcher.us(Role::Source),
+        Participant::ae(
+            &destination.ae_title,
+            false,
+            Some(destination.host.clone()),
+            Role::Destination,
+        ),
+        Participant {
+            role: None,
+            ..dispatcher.caller(link, Role::Source)
+        },
+    ];
+    audit_begin(dispatcher, &plan, &audit_participants);
     let mut options = scu::ScuOptions::new(dispatcher.partition.ae_title.as_str());
     options.priority = command.priority.unwrap_or(Priority::Medium);
     options.move_originator = Some((link.calling_ae().to_string(), request.message_id));
@@ -177,7 +195,7 @@ pub fn handle_move(
             plan.batches(),
             &mut |batch| load_batch(retrieve, &plan, batch),
             &mut |source: &Source<'_>, outcome: &Outcome| {
-                progress.record(&source.item.sop_instance_uid, outcome);
+                progress.record_item(&source.item, outcome);
                 let pending = Service::Move.response(
                     command,
                     Status::PENDING,
@@ -215,8 +233,8 @@ pub fn handle_move(
                     match load_batch(retrieve, &plan, batch) {
                         Ok(sources) => {
                             for source in &sources {
-                                progress.record(
-                                    &source.item.sop_instance_uid,
+                                progress.record_item(
+                                    &source.item,
                                     &Outcome::Failed {
                                         reason: reason.clone(),
                                     },
@@ -231,6 +249,7 @@ pub fn handle_move(
             }
         }
     }
+    audit_transferred(dispatcher, &mut progress, &audit_participants);
     if let Some(error) = link_error {
         log_done(
             Service::Move,
@@ -279,10 +298,54 @@ pub fn handle_get(
     };
     let priority = command.priority.unwrap_or(Priority::Medium);
     let mut progress = Progress::new(plan.total);
+    let audit_participants = [
+        dispatcher.us(Role::Source),
+        dispatcher.caller(link, Role::Destination),
+    ];
+    audit_begin(dispatcher, &plan, &audit_participants);
+    let result = get_sub_operations(
+        dispatcher,
+        link,
+        command,
+        pc_id,
+        &request,
+        &plan,
+        priority,
+        &mut progress,
+    );
+    audit_transferred(dispatcher, &mut progress, &audit_participants);
+    let comment = result?;
+    let result = finish(
+        link,
+        pc_id,
+        command,
+        Service::Get,
+        &request,
+        &progress,
+        comment,
+    );
+    log_done(Service::Get, &request, &progress, started, None);
+    result
+}
+
+/// C-GET's sub-operations, batch by batch, on the requestor's association;
+/// returns the final response's comment. `Err` when the association
+/// cannot go on.
+#[allow(clippy::too_many_arguments)]
+fn get_sub_operations(
+    dispatcher: &Dispatcher,
+    link: &mut Link,
+    command: &Command,
+    pc_id: u8,
+    request: &Request,
+    plan: &RetrievePlan,
+    priority: Priority,
+    progress: &mut Progress,
+) -> Result<Option<String>, LinkError> {
     let mut next_message_id: u16 = 1;
     let mut comment: Option<String> = None;
     'batches: for batch in 0..plan.batches() {
-        let sources = match load_batch(&dispatcher.retrieve, &plan, batch) {
+        let sources = match load_batch(&dispatcher.retrieve, plan, batch) {
             Ok(sources) => sources,
             Err(reason) => {
                 comment = Some(progress.give_up(&reason).to_string());
@@ -305,7 +368,7 @@ pub fn handle_get(
                 request.message_id,
                 &mut progress.cancelled,
             )?;
-            progress.record(&source.item.sop_instance_uid, &outcome);
+            progress.record_item(&source.item, &outcome);
             let pending =
                 Service::Get.response(command, Status::PENDING, progress.pending_counts(), false);
             link.send_command(pc_id, &pending)?;
@@ -314,17 +377,45 @@ pub fn handle_get(
             }
         }
     }
-    let result = finish(
-        link,
-        pc_id,
-        command,
-        Service::Get,
-        &request,
-        &progress,
-        comment,
-    );
-    log_done(Service::Get, &request, &progress, started, None);
-    result
+    Ok(comment)
+}
+
+/// Begin Transferring DICOM Instances (PS3.15 A.5.3.3): the studies a
+/// C-MOVE/C-GET is about to send.
+fn audit_begin(dispatcher: &Dispatcher, plan: &RetrievePlan, participants: &[Participant]) {
+    if !dispatcher.auditor.is_enabled() || plan.total == 0 {
+        return;
+    }
+    let mut event = AuditEvent::new(
+        EventKind::BeginTransferring,
+        Action::Execute,
+        AuditOutcome::Success,
+    )
+    .in_partition(dispatcher.partition.id);
+    event.participants = participants.to_vec();
+    for uid in plan.study_uids() {
+        event = event.object(ParticipantObject::Study {
+            uid: uid.as_str().to_string(),
+            sop_classes: Default::default(),
+        });
+    }
+    dispatcher.auditor.record(event);
+}
+
+/// DICOM Instances Transferred (PS3.15 A.5.3.4), one per study, for the
+/// sub-operations done so far.
+fn audit_transferred(
+    dispatcher: &Dispatcher,
+    progress: &mut Progress,
+    participants: &[Participant],
+) {
+    let studies = std::mem::take(&mut progress.studies);
+    if studies.is_empty() {
+        return;
+    }
+    for event in studies.events(Action::Read, participants, Some(dispatcher.partition.id)) {
+        dispatcher.auditor.record(event);
+    }
 }
 
 /// One C-GET sub-operation on the requestor's association. `Err` only when
@@ -465,6 +556,8 @@ struct Progress {
     cancelled: bool,
     /// The first failure, for the log line.
     first_failure: Option<String>,
+    /// Sub-operations per study, for the audit trail.
+    studies: TransferTally,
 }
 
 impl Progress {
@@ -477,6 +570,18 @@ impl Progress {
 
     fn done(&self) -> usize {
         self.completed + self.warning + self.failed
+    }
+
+    /// Records a sub-operation's outcome, counted for its study too.
+    fn record_item(&mut self, item: &RetrieveItem, outcome: &Outcome) {
+        let ok = !matches!(outcome.tally(), Tally::Failed);
+        self.studies.add(
+            item.study_uid().as_str(),
+            item.sop_class_uid.as_str(),
+            None,
+            ok,
+        );
+        self.record(&item.sop_instance_uid, outcome);
     }
 
     fn record(&mut self, sop_instance_uid: &Uid, outcome: &Outcome) {

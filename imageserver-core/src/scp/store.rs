@@ -5,6 +5,7 @@
 use tracing::{debug, warn};
 
 use super::Dispatcher;
+use crate::audit::TransferTally;
 use crate::dicom::dimse::{Command, Status};
 use crate::services::{IngestError, IngestWriter, StoreRequest};
 
@@ -47,8 +48,14 @@ pub fn begin(
     StoreInProgress { writer }
 }
 
-/// Completes a C-STORE and builds its response.
-pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInProgress) -> Command {
+/// Completes a C-STORE and builds its response; a stored instance is
+/// counted in `stored` (the association's audit tally).
+pub fn finish(
+    dispatcher: &Dispatcher,
+    command: &Command,
+    in_progress: StoreInProgress,
+    stored: &mut TransferTally,
+) -> Command {
     let started = std::time::Instant::now();
     let result = in_progress
         .writer
@@ -62,6 +69,15 @@ pub fn finish(dispatcher: &Dispatcher, command: &Command, in_progress: StoreInPr
     let sop_instance_uid = command.affected_sop_instance_uid.as_deref().unwrap_or("");
     match result {
         Ok(outcome) => {
+            if dispatcher.auditor.is_enabled() {
+                let sop_class_uid = command.affected_sop_class_uid.as_deref().unwrap_or("");
+                stored.add(
+                    outcome.study_uid.as_str(),
+                    sop_class_uid.trim_end_matches(['\0', ' ']),
+                    Some(&outcome.patient_id),
+                    true,
+                );
+            }
             debug!(
                 study_uid = %outcome.study_uid,
                 sop_instance_uid,

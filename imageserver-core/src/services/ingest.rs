@@ -276,6 +276,8 @@ pub struct StoreOutcome {
     pub series_uid: Uid,
     /// Bytes of the stored file.
     pub file_size: u64,
+    /// Its Patient ID (empty when absent), for the audit trail.
+    pub patient_id: String,
 }
 
 /// The ingest service. Cheap to clone; shared by every association.
@@ -442,6 +444,7 @@ impl Ingest {
             study_uid: record.study.study_uid.clone(),
             series_uid: record.series.series_uid.clone(),
             file_size,
+            patient_id: record.patient.patient_id.clone(),
         };
         if let Some(existing) = &existing {
             if existing.digest == record.instance.digest {
@@ -485,6 +488,7 @@ impl Ingest {
         record.deletions_seen = Some(deletions.count);
         let study_uid = record.study.study_uid.clone();
         let series_uid = record.series.series_uid.clone();
+        let patient_id = record.patient.patient_id.clone();
         let writer_partition = record.partition;
         let outcome = match &existing {
             None => self.commit_new(writer, record, &key)?,
@@ -503,6 +507,7 @@ impl Ingest {
             study_uid,
             series_uid,
             file_size,
+            patient_id,
         })
     }
 

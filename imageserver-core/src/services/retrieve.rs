@@ -63,6 +63,11 @@ pub struct RetrieveItem {
 }
 
 impl RetrieveItem {
+    /// The study it belongs to.
+    pub fn study_uid(&self) -> &Uid {
+        &self.location.study_uid
+    }
+
     fn key(&self) -> InstanceKey {
         InstanceKey {
             location: StudyLocation::clone(&self.location),
@@ -103,6 +108,17 @@ impl RetrievePlan {
     /// How many batches [`Retrieve::batch`] loads.
     pub fn batches(&self) -> usize {
         self.batches.len()
+    }
+
+    /// The studies it names, in order, each once.
+    pub fn study_uids(&self) -> Vec<&Uid> {
+        let mut uids: Vec<&Uid> = Vec::new();
+        for batch in &self.batches {
+            if uids.last() != Some(&&batch.study_uid) && !uids.contains(&&batch.study_uid) {
+                uids.push(&batch.study_uid);
+            }
+        }
+        uids
     }
 }
 

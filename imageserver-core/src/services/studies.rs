@@ -69,6 +69,10 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::audit::{
+    Action as AuditAction, AuditEvent, Auditor, EventKind, Outcome as AuditOutcome, Participant,
+    ParticipantObject, Role,
+};
 use crate::db::studies::{
     index_text, json_strings, AttributeChange, AuditEntry, EditRecord, EditStatus,
     EditableAttribute, FileFacts, JsonObject, StudyRecord, StudyStore,
@@ -76,7 +80,7 @@ use crate::db::studies::{
 use crate::db::{self, Database};
 use crate::dicom::scu::{Destination, Outgoing, ScuOptions, Tally};
 use crate::model::{
-    AeTitle, DeviceSpec, Filesystem, FilesystemId, StoredInstance, StudyLocation, Uid,
+    AeTitle, DeviceSpec, Filesystem, FilesystemId, PatientAttrs, StoredInstance, StudyLocation, Uid,
 };
 use crate::services::devices::SendLimits;
 use crate::services::Partition;
@@ -196,6 +200,7 @@ pub struct Studies {
     db: Arc<dyn Database>,
     storage: Arc<dyn StorageBackend>,
     sends: SendLimits,
+    auditor: Auditor,
 }
 
 impl Studies {
@@ -205,7 +210,64 @@ impl Studies {
             sends: SendLimits::in_index(db.clone()),
             db,
             storage,
+            auditor: Auditor::disabled(),
         }
+    }
+
+    /// The same operations, each recorded in the audit trail: delete as
+    /// DICOM Study Deleted, edit and reprocess as DICOM Instances Accessed
+    /// (and an edit of patient attributes as Patient Record too).
+    pub fn with_auditor(mut self, auditor: Auditor) -> Studies {
+        self.auditor = auditor;
+        self
+    }
+
+    /// Records a study operation's audit event: `actor` asked for it, the
+    /// study (and its patient, when known) is what it was about.
+    fn audit_study(
+        &self,
+        kind: EventKind,
+        action: AuditAction,
+        partition: &Partition,
+        study_uid: &Uid,
+        actor: &str,
+        patient: Option<&PatientAttrs>,
+    ) {
+        if !self.auditor.is_enabled() {
+            return;
+        }
+        let mut event = AuditEvent::new(kind, action, AuditOutcome::Success)
+            .participant(Participant::user(actor, true))
+            .participant(Participant::ae(
+                partition.ae_title.as_str(),
+                false,
+                None,
+                Role::Application,
+            ))
+            .in_partition(partition.id)
+            .object(ParticipantObject::Study {
+                uid: study_uid.as_str().to_string(),
+                sop_classes: Default::default(),
+            });
+        if let Some(patient) = patient.filter(|p| !p.patient_id.is_empty()) {
+            event = event.object(ParticipantObject::Patient {
+                id: patient.patient_id.clone(),
+                name: patient.patient_name.clone(),
+            });
+        }
+        self.auditor.record(event);
+    }
+
+    /// The study's patient, read for the audit trail only when it records.
+    fn patient_for_audit(&self, partition: &Partition, study_uid: &Uid) -> Option<PatientAttrs> {
+        if !self.auditor.is_enabled() {
+            return None;
+        }
+        self.store()
+            .study(partition.id, study_uid)
+            .ok()
+            .flatten()
+            .map(|r| r.patient)
     }
 
     fn store(&self) -> &dyn StudyStore {

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, Row};
 use super::{now_ms, pg_text, PgIndex, TxError};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
-    index_text, AttributeChange, AuditEntry, DeletedStudy, DeletingStudy, EditRecord,
+    index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
     EditableAttribute, FileFacts, ReplaceOutcome, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
@@ -598,6 +598,19 @@ impl StudyStore for PgIndex {
         self.write("recording an audit entry", async |conn| {
             insert_audit(conn, entry).await?;
             Ok(())
+        })
+    }
+
+    fn audit_entries(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, Error> {
+        self.read("listing the audit log", async |conn| {
+            let found = sqlx::query(sql::AUDIT_ENTRIES)
+                .bind(filter.since_ms.unwrap_or(i64::MIN))
+                .bind(filter.action.as_deref().unwrap_or(""))
+                .bind(filter.study_uid.as_ref().map_or("", Uid::as_str))
+                .bind(i64::try_from(filter.limit).unwrap_or(i64::MAX))
+                .fetch_all(&mut *conn)
+                .await?;
+            found.iter().map(rows::audit_entry).collect()
         })
     }
 

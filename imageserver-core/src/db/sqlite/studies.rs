@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use super::{now_ms, SqliteIndex};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
-    index_text, AttributeChange, AuditEntry, DeletedStudy, DeletingStudy, EditRecord,
+    index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
     EditableAttribute, FileFacts, ReplaceOutcome, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
@@ -458,6 +458,22 @@ impl StudyStore for SqliteIndex {
 
     fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error> {
         self.write("recording an audit entry", |tx| insert_audit(tx, entry))
+    }
+
+    fn audit_entries(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, Error> {
+        self.read("listing the audit log", |conn| {
+            let mut stmt = conn.prepare_cached(sql::AUDIT_ENTRIES)?;
+            let found = stmt.query_map(
+                params![
+                    filter.since_ms.unwrap_or(i64::MIN),
+                    filter.action.as_deref().unwrap_or(""),
+                    filter.study_uid.as_ref().map_or("", Uid::as_str),
+                    i64::try_from(filter.limit).unwrap_or(i64::MAX),
+                ],
+                |r| rows::audit_entry(r),
+            )?;
+            found.collect()
+        })
     }
 
     fn audit_log(&self, partition: PartitionId, study_uid: &Uid) -> Result<Vec<AuditEntry>, Error> {

@@ -3,7 +3,8 @@
 
 use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::studies::{
-    AttributeChange, AuditEntry, DeletedStudy, EditStatus, EditableAttribute, FileFacts, StudyStore,
+    AttributeChange, AuditEntry, AuditFilter, DeletedStudy, EditStatus, EditableAttribute,
+    FileFacts, StudyStore,
 };
 use crate::db::{Error, IndexStore};
 use crate::model::{
@@ -19,6 +20,7 @@ pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
     edit_patient_id_moves_the_study(store);
     replace_rows(store);
     reconcile_queue(store);
+    audit_entries_are_listed_and_filtered(store);
 }
 
 /// A partition and filesystem of their own for one check.
@@ -688,4 +690,71 @@ fn reconcile_queue<S: IndexStore + StudyStore>(store: &S) {
         .reconcile_entries(f.partition)
         .expect("list")
         .is_empty());
+}
+
+/// `audit_entries` lists every partition's entries oldest first, filtered
+/// by time, action and study, and limited. The entries are stamped far in
+/// the future, after anything the other checks write.
+fn audit_entries_are_listed_and_filtered<S: IndexStore + StudyStore>(store: &S) {
+    let f = fixture(store, "ST_AUDIT");
+    let t = 4_000_000_000_000_i64;
+    let entry = |at: i64, action: &str, partition: bool, study: Option<&str>| AuditEntry {
+        at_ms: at,
+        actor: "AE_\u{e9}".to_string(),
+        action: action.to_string(),
+        partition: partition.then_some(f.partition),
+        study_uid: study.map(uid),
+        details: format!("{{\"n\":{at}}}"),
+    };
+    let before = entry(t - 1, "atna.query", true, None);
+    let query = entry(t, "atna.query", true, None);
+    let stored = entry(t + 1, "atna.instances-transferred", true, Some("1.9.1"));
+    let deleted = entry(t + 2, "atna.study-deleted", false, Some("1.9.1"));
+    // Recorded out of order: the listing orders by time.
+    for e in [&deleted, &query, &stored, &before] {
+        store.record_audit(e).expect("record");
+    }
+    let list = |filter: AuditFilter| store.audit_entries(&filter).expect("list");
+    let since = |filter: AuditFilter| AuditFilter {
+        since_ms: Some(t),
+        ..filter
+    };
+    assert_eq!(
+        list(since(AuditFilter::default())),
+        vec![query.clone(), stored.clone(), deleted.clone()]
+    );
+    assert_eq!(
+        list(since(AuditFilter {
+            action: Some("atna.query".into()),
+            ..AuditFilter::default()
+        })),
+        vec![query.clone()]
+    );
+    assert_eq!(
+        list(since(AuditFilter {
+            study_uid: Some(uid("1.9.1")),
+            ..AuditFilter::default()
+        })),
+        vec![stored.clone(), deleted.clone()]
+    );
+    assert_eq!(
+        list(since(AuditFilter {
+            action: Some("atna.study-deleted".into()),
+            study_uid: Some(uid("1.9.1")),
+            ..AuditFilter::default()
+        })),
+        vec![deleted]
+    );
+    assert_eq!(
+        list(since(AuditFilter {
+            limit: 2,
+            ..AuditFilter::default()
+        })),
+        vec![query, stored]
+    );
+    assert!(list(AuditFilter {
+        since_ms: Some(t - 1),
+        ..AuditFilter::default()
+    })
+    .contains(&before));
 }

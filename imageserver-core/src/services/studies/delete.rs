@@ -49,6 +49,7 @@ impl Studies {
             study_uid,
             JsonObject::new().string("reason", Some(reason)).finish(),
         );
+        let patient = self.patient_for_audit(partition, study_uid);
         let deleted = match self
             .store()
             .delete_study_rows(partition.id, study_uid, &audit)?
@@ -91,6 +92,14 @@ impl Studies {
         }
         files_deleted += self.sweep(partition, &filesystem, &deleted.location, deleted.since_ms)?;
         self.store().finish_study_delete(partition.id, study_uid)?;
+        self.audit_study(
+            crate::audit::EventKind::StudyDeleted,
+            crate::audit::Action::Delete,
+            partition,
+            study_uid,
+            actor,
+            patient.as_ref(),
+        );
         tracing::info!(
             study_uid = %study_uid,
             instances = deleted.instances.len(),

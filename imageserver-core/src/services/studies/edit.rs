@@ -269,6 +269,27 @@ impl Studies {
                 .finish(),
         );
         self.store().complete_edit(&edit, &facts, &audit)?;
+        if self.auditor.is_enabled() {
+            let patient = self.patient_for_audit(partition, study_uid);
+            let (kind, action) = (
+                crate::audit::EventKind::InstancesAccessed,
+                crate::audit::Action::Update,
+            );
+            self.audit_study(kind, action, partition, study_uid, actor, patient.as_ref());
+            if edit.changes.iter().any(|c| {
+                matches!(
+                    c.attribute,
+                    EditableAttribute::PatientName
+                        | EditableAttribute::PatientId
+                        | EditableAttribute::IssuerOfPatientId
+                        | EditableAttribute::PatientBirthDate
+                        | EditableAttribute::PatientSex
+                )
+            }) {
+                let kind = crate::audit::EventKind::PatientRecord;
+                self.audit_study(kind, action, partition, study_uid, actor, patient.as_ref());
+            }
+        }
         let completed = self
             .store()
             .edit_history(partition.id, study_uid)?

@@ -115,6 +115,15 @@ impl Studies {
             .replace_study_rows(partition.id, study_uid, &records, &audit)?;
         report.removed_instances = outcome.removed_instances;
         report.indexed_instances = outcome.inserted_instances;
+        let patient = self.patient_for_audit(partition, study_uid);
+        self.audit_study(
+            crate::audit::EventKind::InstancesAccessed,
+            crate::audit::Action::Update,
+            partition,
+            study_uid,
+            actor,
+            patient.as_ref(),
+        );
         tracing::info!(
             study_uid = %study_uid,
             before = outcome.removed_instances,
