@@ -16,6 +16,7 @@ use imageserver_core::config::DeviceConfig;
 use imageserver_core::services::import;
 use imageserver_core::{Archive, Config, FileOutcome, RuleSet, Server, ServerBuilder};
 
+mod filesystem_cmd;
 mod reconcile_cmd;
 mod study_cmd;
 mod workqueue_cmd;
@@ -49,6 +50,8 @@ enum Command {
     Rules(study_cmd::RulesArgs),
     /// Work queue: list, show, retry, delete, reprioritise and reschedule work items.
     Workqueue(workqueue_cmd::WorkqueueArgs),
+    /// Filesystems and tiers: list with usage, add, set (while servers run).
+    Filesystem(filesystem_cmd::FilesystemArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Command::Study(args) => study_cmd::study(args),
         Command::Rules(args) => study_cmd::rules(args),
         Command::Workqueue(args) => workqueue_cmd::workqueue(args),
+        Command::Filesystem(args) => filesystem_cmd::filesystem(args),
     };
     match result {
         Ok(code) => code,

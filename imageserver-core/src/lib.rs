@@ -43,6 +43,7 @@ pub(crate) mod scp;
 pub mod server;
 pub mod services;
 pub mod storage;
+pub mod tiering;
 pub mod workqueue;
 
 pub use dicom_core;

@@ -26,6 +26,7 @@ use crate::services::studies::Reconcile;
 use crate::services::studies::Studies;
 use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
+use crate::storage::placement::{FilesystemStates, Tiered};
 use crate::storage::StorageBackend;
 use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue};
 
@@ -54,6 +55,15 @@ pub enum Error {
     /// The WorkQueue engine could not start.
     #[error(transparent)]
     WorkQueue(#[from] workqueue::Error),
+    /// A background thread could not be started.
+    #[error("cannot start the {name} thread")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// The listening socket could not be bound.
     #[error("cannot listen on {address}")]
     Bind {
@@ -202,17 +212,24 @@ impl ServerBuilder {
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(FsStorage::new()) as Arc<dyn StorageBackend>);
-        for fs in &self.settings.filesystems {
-            std::fs::create_dir_all(&fs.path).map_err(|source| Error::CreateDir {
-                path: fs.path.clone(),
-                source,
-            })?;
-            index.ensure_filesystem(fs)?;
-        }
+        // The configuration seeds the index; the index's rows are in force.
+        crate::tiering::seed(index.as_ref(), &self.settings.filesystems)?;
+        // First use writes each filesystem's identity marker; a root
+        // without its recorded marker is refused (and not swept).
+        let filesystem_states = Arc::new(FilesystemStates::default());
+        crate::tiering::refresh(
+            index.as_ref(),
+            storage.as_ref(),
+            Some(&filesystem_states),
+            true,
+        )?;
         // What a crash (or a dead node) left half-written: no writer will
         // finish it.
         let stale_after = (self.settings.idle_timeout * 4).max(MIN_TEMPORARY_AGE);
         for filesystem in index.filesystems()? {
+            if filesystem_states.refusal(filesystem.id).is_some() {
+                continue;
+            }
             match storage.sweep_temporary(&filesystem, stale_after) {
                 Ok(report) if report.removed > 0 => tracing::info!(
                     filesystem = %filesystem.spec.path.display(),
@@ -279,10 +296,14 @@ impl ServerBuilder {
             .workqueue
             .apply_kind_overrides(&mut processors)?;
         let study_process_wake = Arc::new(OnceLock::new());
-        let ingest = Ingest::with_study_process(
+        let placement = Arc::new(Tiered {
+            min_free_bytes: self.settings.min_free_bytes,
+            states: filesystem_states.clone(),
+        });
+        let ingest = Ingest::with_placement(
             index.clone(),
             storage.clone(),
-            self.settings.min_free_bytes,
+            placement,
             // Only when something runs StudyProcess items.
             processors
                 .properties(&crate::model::work::WorkKind::STUDY_PROCESS)
@@ -306,6 +327,7 @@ impl ServerBuilder {
             partitions,
             processors,
             study_process_wake,
+            filesystem_states,
         })
     }
 }
@@ -339,6 +361,9 @@ pub struct Archive {
     /// Where ingest finds the engine to wake for the StudyProcess items
     /// it schedules (set by [`Server::start_on`]).
     study_process_wake: Arc<OnceLock<WorkQueue>>,
+    /// What placement knows of each filesystem (markers, bytes held),
+    /// refreshed by the server's [`crate::tiering::Monitor`].
+    filesystem_states: Arc<FilesystemStates>,
 }
 
 impl Archive {
@@ -448,6 +473,8 @@ pub struct Server {
     acceptors: Vec<Acceptor>,
     /// The WorkQueue engine (None with `[workqueue] threads = 0`).
     engine: Option<Engine>,
+    /// Re-reads the filesystems (rows, markers, usage) while it runs.
+    filesystems: Option<crate::tiering::Monitor>,
 }
 
 impl Server {
@@ -485,6 +512,22 @@ impl Server {
             let _ = archive.study_process_wake.set(engine.handle());
         }
         check_descriptor_budget(settings, archive.partitions.len());
+        let refreshed = archive.ingest.clone();
+        let filesystems = crate::tiering::Monitor::start(
+            archive.database.clone(),
+            archive.storage.clone(),
+            archive.filesystem_states.clone(),
+            settings.filesystem_refresh,
+            Box::new(move || {
+                if let Err(e) = refreshed.refresh_filesystems() {
+                    tracing::warn!(error = %crate::model::error_chain(&e), "cannot re-read the filesystems");
+                }
+            }),
+        )
+        .map_err(|source| Error::Thread {
+            name: "filesystems",
+            source,
+        })?;
         let mut acceptors = Vec::new();
         for (partition, listener) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
@@ -523,6 +566,7 @@ impl Server {
             archive,
             acceptors,
             engine,
+            filesystems: Some(filesystems),
         })
     }
 
@@ -552,7 +596,8 @@ impl Server {
     /// Stops accepting and claiming work, lets messages and work items in
     /// flight finish (at most `grace`), then commits what is queued and
     /// returns.
-    pub fn shutdown(self, grace: Duration) {
+    pub fn shutdown(mut self, grace: Duration) {
+        drop(self.filesystems.take());
         std::thread::scope(|scope| {
             for acceptor in self.acceptors {
                 scope.spawn(move || acceptor.shutdown(grace));

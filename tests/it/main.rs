@@ -47,3 +47,5 @@ mod metadata;
 mod promises;
 // Who may replace a stored instance (allow_replace), and the reconcile queue for conflicting patient identities.
 mod replace;
+// Filesystems and tiers at run time: placement by watermark, quotas, A700 with a reserve, the filesystem CLI, identity markers.
+mod tiering;

@@ -83,7 +83,12 @@ pub struct Config {
     /// The DICOM acceptor.
     pub dicom: DicomConfig,
     /// Storage filesystems; empty means one tier-1 filesystem at `<data_dir>/fs1`.
+    /// They seed the index: once a path is there, the index's row is in
+    /// force (`imageserver filesystem set` changes it).
     pub filesystems: Vec<FilesystemConfig>,
+    /// Seconds between a running server's re-reads of the filesystems
+    /// (rows, identity markers, usage).
+    pub filesystem_refresh_secs: u64,
     /// Known remote AEs.
     pub devices: Vec<DeviceConfig>,
     /// Further partitions (virtual servers), besides the one `[dicom]` describes.
@@ -105,6 +110,7 @@ impl Default for Config {
             min_free_space_mb: storage::DEFAULT_MIN_FREE_SPACE_MB,
             dicom: DicomConfig::default(),
             filesystems: Vec::new(),
+            filesystem_refresh_secs: storage::DEFAULT_FILESYSTEM_REFRESH_SECS,
             devices: Vec::new(),
             partitions: Vec::new(),
             rules_file: None,
@@ -148,6 +154,8 @@ pub struct Settings {
     pub private_sop_classes: Vec<String>,
     /// Filesystems.
     pub filesystems: Vec<FilesystemSpec>,
+    /// How often a running server re-reads the filesystems.
+    pub filesystem_refresh: Duration,
     /// Partitions; the first is the default (the `[dicom]` one).
     pub partitions: Vec<PartitionSettings>,
     /// The WorkQueue engine.
@@ -203,6 +211,7 @@ impl Config {
             idle_timeout: Duration::from_secs(self.dicom.idle_timeout_secs),
             private_sop_classes: self.dicom.private_sop_classes.clone(),
             filesystems,
+            filesystem_refresh: storage::filesystem_refresh(self.filesystem_refresh_secs)?,
             partitions,
             workqueue: self.workqueue.validate()?,
         })

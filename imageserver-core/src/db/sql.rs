@@ -48,22 +48,62 @@ pub(crate) const ENSURE_PARTITION: &str =
 /// The partition answering to AE title `$1`.
 pub(crate) const PARTITION: &str = "SELECT id FROM partition WHERE ae_title = $1";
 
-/// Creates or updates a filesystem (`$1` path ... `$7` description);
-/// returns its `id`.
+/// Creates or updates a filesystem (`$1` path ... `$7` description, `$8`
+/// capacity in MiB); returns its `id`.
 pub(crate) const ENSURE_FILESYSTEM: &str = "INSERT INTO filesystem
-         (path, tier, high_watermark, low_watermark, read_only, write_only, description)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)
+         (path, tier, high_watermark, low_watermark, read_only, write_only, description,
+          capacity_mb)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
      ON CONFLICT (path) DO UPDATE
      SET tier = excluded.tier, high_watermark = excluded.high_watermark,
          low_watermark = excluded.low_watermark, read_only = excluded.read_only,
-         write_only = excluded.write_only, description = excluded.description
+         write_only = excluded.write_only, description = excluded.description,
+         capacity_mb = excluded.capacity_mb
      RETURNING id";
+
+/// Creates a filesystem (columns as [`ENSURE_FILESYSTEM`]) unless its path
+/// is known: a row already there is never changed. Returns the `id` only
+/// when it created the row.
+pub(crate) const SEED_FILESYSTEM: &str = "INSERT INTO filesystem
+         (path, tier, high_watermark, low_watermark, read_only, write_only, description,
+          capacity_mb)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (path) DO NOTHING
+     RETURNING id";
+
+/// The filesystem at path `$1`, with every column of [`FILESYSTEMS`].
+pub(crate) const FILESYSTEM_AT: &str =
+    "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
+            enabled, description, capacity_mb, marker
+     FROM filesystem WHERE path = $1";
 
 /// Every filesystem, by tier then key.
 pub(crate) const FILESYSTEMS: &str =
     "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
-            enabled, description
+            enabled, description, capacity_mb, marker
      FROM filesystem ORDER BY tier, id";
+
+/// Sets every property of filesystem `$10` an operator may change (`$1`
+/// path ... `$8` capacity as [`ENSURE_FILESYSTEM`], `$9` enabled).
+pub(crate) const UPDATE_FILESYSTEM: &str = "UPDATE filesystem
+     SET path = $1, tier = $2, high_watermark = $3, low_watermark = $4, read_only = $5,
+         write_only = $6, description = $7, capacity_mb = $8, enabled = $9
+     WHERE id = $10";
+
+/// Records marker `$1` of filesystem `$2` unless it has one already.
+pub(crate) const RECORD_MARKER: &str =
+    "UPDATE filesystem SET marker = $1 WHERE id = $2 AND marker IS NULL";
+
+/// The marker of filesystem `$1`.
+pub(crate) const MARKER: &str = "SELECT marker FROM filesystem WHERE id = $1";
+
+/// The bytes of the studies each filesystem holds (`filesystem_id`,
+/// `held`): the sum of their instance files as the index counts them.
+pub(crate) const HELD_BYTES: &str = "SELECT ss.filesystem_id,
+            CAST(COALESCE(SUM(st.size_bytes), 0) AS BIGINT) AS held
+     FROM study st JOIN study_storage ss ON ss.id = st.study_storage_id
+     WHERE ss.filesystem_id IS NOT NULL
+     GROUP BY ss.filesystem_id";
 
 /// Creates or updates a device of partition `$1` (`$2` AE title ... `$9`
 /// most outgoing associations, `$10` may replace).
@@ -362,6 +402,12 @@ mod tests {
         super::PARTITION,
         super::ENSURE_FILESYSTEM,
         super::FILESYSTEMS,
+        super::SEED_FILESYSTEM,
+        super::FILESYSTEM_AT,
+        super::UPDATE_FILESYSTEM,
+        super::RECORD_MARKER,
+        super::MARKER,
+        super::HELD_BYTES,
         super::ENSURE_DEVICE,
         super::REGISTER_DEVICE,
         super::DEVICE,

@@ -191,6 +191,15 @@ pub enum IngestError {
         /// Bytes it must keep free.
         required: u64,
     },
+    /// The study's filesystem may not be written now (its identity marker
+    /// is missing: an unmounted share, an empty folder where it should be).
+    #[error("filesystem {root} is not written to: {reason}")]
+    Refused {
+        /// The filesystem root.
+        root: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The instance's study is being deleted, or was deleted while the
     /// instance was stored: nothing was kept; sent again, it starts the
     /// study anew.
@@ -366,6 +375,7 @@ impl Ingest {
             written: 0,
             failure: None,
             storage: self.inner.storage.clone(),
+            placement: self.inner.placement.clone(),
             limits: self.limits,
             next_space_check: FREE_SPACE_CHECK_BYTES,
             partition: request.partition.clone(),
@@ -482,6 +492,12 @@ impl Ingest {
         record: InstanceRecord,
         key: &InstanceKey,
     ) -> Result<InsertOutcome, IngestError> {
+        if let Some(reason) = self.inner.placement.refusal(key.location.filesystem) {
+            let root = self.filesystem(key.location.filesystem)?.spec.path;
+            return Err(IngestError::Refused { root, reason });
+        }
+        let study_filesystem = key.location.filesystem;
+        let file_size = record.instance.file_size;
         let pending = if key.location.filesystem == writer.filesystem.id {
             writer.object.persist(key)?
         } else {
@@ -496,10 +512,15 @@ impl Ingest {
                 .move_instance(&writer.filesystem, &target, &staged, key)?;
             storage::PendingSync::default()
         };
-        self.inner
+        let outcome = self
+            .inner
             .committer
             .commit(record, pending)
-            .map_err(IngestError::Commit)
+            .map_err(IngestError::Commit)?;
+        if outcome == InsertOutcome::Inserted {
+            self.inner.placement.stored(study_filesystem, file_size);
+        }
+        Ok(outcome)
     }
 
     /// Replaces a stored instance (accept latest, a caller allowed to). At
@@ -940,6 +961,7 @@ pub struct IngestWriter {
     written: u64,
     failure: Option<IngestError>,
     storage: Arc<dyn StorageBackend>,
+    placement: Arc<dyn Placement>,
     limits: IngestLimits,
     /// File size at which free space is measured next.
     next_space_check: u64,
@@ -1005,7 +1027,10 @@ impl IngestWriter {
 
     /// Fails the store if the receiving filesystem keeps less than it must.
     fn check_free_space(&mut self) {
-        match self.storage.usage(&self.filesystem) {
+        match self
+            .placement
+            .usage(&self.filesystem, self.storage.as_ref())
+        {
             Ok(usage) if usage.available_bytes < self.limits.min_free_bytes => {
                 self.fail(IngestError::LowSpace {
                     root: self.filesystem.spec.path.clone(),
