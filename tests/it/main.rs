@@ -49,3 +49,5 @@ mod promises;
 mod replace;
 // Filesystems and tiers at run time: placement by watermark, quotas, A700 with a reserve, the filesystem CLI, identity markers.
 mod tiering;
+// migrate_study under kill -9 at each step: one complete location, nothing left behind, byte-identical retrieves.
+mod tiering_migrate;

@@ -560,9 +560,11 @@ fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {
         Some(expected.clone())
     );
 
-    // A later instance proposing another place does not move the study.
+    // A later instance proposing another place does not move the study;
+    // one placed on another filesystem than the study's (before a
+    // migration moved the study) is refused: its file is not where the
+    // study's row would send readers.
     let mut second = f.record("P", "1.2.2.1", "1.2.2.1.1", "CT", "1.2.2.1.1.2", 10);
-    second.location.filesystem = other_fs;
     second.location.date_folder = "20250505".to_string();
     store.insert_instances(&[second]).expect("second");
     assert_eq!(
@@ -574,6 +576,16 @@ fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {
         .expect("lookup")
         .expect("stored");
     assert_eq!(stored.location, expected);
+    let mut elsewhere = f.record("P", "1.2.2.1", "1.2.2.1.1", "CT", "1.2.2.1.1.3", 10);
+    elsewhere.location.filesystem = other_fs;
+    assert_eq!(
+        store.insert_instances(&[elsewhere]).expect("third"),
+        [InsertOutcome::StudyDeleted]
+    );
+    assert_eq!(
+        store.study_location(f.partition, &study).expect("lookup"),
+        Some(expected.clone())
+    );
 
     // Locations are per partition.
     let g = fixture(store, "LOCATION3");

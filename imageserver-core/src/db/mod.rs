@@ -399,7 +399,10 @@ impl Admission {
                     .get(&(r.partition, &r.study.study_uid))
                     .copied()
                     .unwrap_or_default();
-                study.deleting || r.deletions_seen.is_some_and(|seen| study.count > seen)
+                study.deleting
+                    || r.deletions_seen.is_some_and(|seen| study.count > seen)
+                    // Placed before a migration moved the study.
+                    || study.filesystem.is_some_and(|fs| fs != r.location.filesystem)
             })
             .collect();
         Admission { refused }

@@ -97,6 +97,18 @@ pub(crate) const RECORD_MARKER: &str =
 /// The marker of filesystem `$1`.
 pub(crate) const MARKER: &str = "SELECT marker FROM filesystem WHERE id = $1";
 
+/// Moves study `$3` of partition `$2` to filesystem `$1`, only while it is
+/// on filesystem `$4`, not being deleted, and holds exactly `$5` instances
+/// of `$6` bytes (what the migration copied and verified).
+pub(crate) const SWITCH_STUDY_LOCATION: &str = "UPDATE study_storage SET filesystem_id = $1
+     WHERE partition_id = $2 AND study_uid = $3 AND filesystem_id = $4 AND state <> 'deleting'
+       AND (SELECT COUNT(*) FROM instance i
+            JOIN series se ON se.id = i.series_fk JOIN study st ON st.id = se.study_fk
+            WHERE st.partition_id = $2 AND st.study_uid = $3) = $5
+       AND (SELECT CAST(COALESCE(SUM(i.file_size), 0) AS BIGINT) FROM instance i
+            JOIN series se ON se.id = i.series_fk JOIN study st ON st.id = se.study_fk
+            WHERE st.partition_id = $2 AND st.study_uid = $3) = $6";
+
 /// The bytes of the studies each filesystem holds (`filesystem_id`,
 /// `held`): the sum of their instance files as the index counts them.
 pub(crate) const HELD_BYTES: &str = "SELECT ss.filesystem_id,
@@ -154,7 +166,9 @@ pub(crate) const STUDY_LOCATION: &str =
 pub(crate) const STUDY_DELETIONS: &str = "SELECT EXISTS (SELECT 1 FROM study_storage
                     WHERE partition_id = $1 AND study_uid = $2 AND state = 'deleting') AS deleting,
             (SELECT COUNT(*) FROM audit_log
-             WHERE partition_id = $1 AND study_uid = $2 AND action = 'study.delete') AS deletions";
+             WHERE partition_id = $1 AND study_uid = $2 AND action = 'study.delete') AS deletions,
+            (SELECT filesystem_id FROM study_storage
+             WHERE partition_id = $1 AND study_uid = $2) AS filesystem";
 
 /// Instance `$2` of partition `$1`, with where its file is.
 pub(crate) const INSTANCE: &str = concat!(
@@ -408,6 +422,7 @@ mod tests {
         super::RECORD_MARKER,
         super::MARKER,
         super::HELD_BYTES,
+        super::SWITCH_STUDY_LOCATION,
         super::ENSURE_DEVICE,
         super::REGISTER_DEVICE,
         super::DEVICE,

@@ -360,6 +360,22 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         study_uid: &Uid,
     ) -> Result<Vec<StoredInstance>, Error>;
 
+    /// A migration's switch: moves the study's location from filesystem
+    /// `from` to `to` (the date and partition folders stay), only if it is
+    /// still on `from`, not being deleted, and has exactly `instances`
+    /// instance rows of `bytes` bytes in all (what was copied and
+    /// verified; an instance that arrived meanwhile makes it false, and the
+    /// migration copies again). Whether it moved.
+    fn switch_study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        from: crate::model::FilesystemId,
+        to: crate::model::FilesystemId,
+        instances: u64,
+        bytes: u64,
+    ) -> Result<bool, Error>;
+
     /// Deletes the study's instance, series, study and duplicate rows,
     /// recounts its patient (deleting it when left without studies),
     /// abandons a pending edit, marks the study storage row as the

@@ -428,6 +428,10 @@ pub struct StudyDeletions {
     pub deleting: bool,
     /// How many deletions of the study have been recorded (audit log).
     pub count: u64,
+    /// The filesystem the study is on now (`None`: no location yet, or
+    /// nearline): a record placed elsewhere (before a migration moved the
+    /// study) is refused by the commit, and ingest re-reads the location.
+    pub filesystem: Option<FilesystemId>,
 }
 
 /// What the index did with one [`InstanceRecord`].

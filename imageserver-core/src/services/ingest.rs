@@ -404,8 +404,8 @@ impl Ingest {
             walker.finish().map_err(IngestError::Malformed)?;
         }
         let header = writer.parse_header()?;
-        let record = self.record_for(&writer, &header)?;
-        let key = InstanceKey {
+        let mut record = self.record_for(&writer, &header)?;
+        let mut key = InstanceKey {
             location: record.location.clone(),
             series_uid: record.series.series_uid.clone(),
             sop_instance_uid: record.instance.sop_instance_uid.clone(),
@@ -460,7 +460,26 @@ impl Ingest {
         if deletions.deleting {
             return Err(IngestError::StudyDeleted(key.location.study_uid.clone()));
         }
-        let mut record = record;
+        if deletions
+            .filesystem
+            .is_some_and(|fs| fs != key.location.filesystem)
+        {
+            // A migration moved the study since its location was cached:
+            // follow it.
+            self.inner
+                .locations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(record.partition, key.location.study_uid.clone()));
+            let location = self.location(
+                &writer.partition,
+                &key.location.study_uid,
+                record.study.study_date.as_deref(),
+                writer.filesystem.id,
+            )?;
+            record.location = location.clone();
+            key.location = location;
+        }
         record.deletions_seen = Some(deletions.count);
         let study_uid = record.study.study_uid.clone();
         let series_uid = record.series.series_uid.clone();

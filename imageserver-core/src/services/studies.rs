@@ -52,6 +52,7 @@ mod delete;
 mod edit;
 mod files;
 mod metadata;
+mod migrate;
 mod reconcile;
 mod reprocess;
 mod send;
@@ -85,6 +86,7 @@ use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
 use crate::dicom::part10::splice;
 use crate::storage::{StoredObject, StudyObject};
 pub use metadata::{MetadataReport, BULK_DATA_THRESHOLD};
+pub use migrate::{MigrationReport, FAULT_PAUSE_ENV};
 use splice::Target;
 
 /// Why a study operation failed.
@@ -105,6 +107,12 @@ pub enum StudyError {
     /// The study is being deleted.
     #[error("study {0} is being deleted")]
     BeingDeleted(Uid),
+    /// Instances kept arriving while the study was migrated: try again.
+    #[error("study {0} kept changing while it was migrated")]
+    Busy(Uid),
+    /// A migrated copy differs from the index's digest after it was written.
+    #[error("the copy of instance {0} differs from its indexed digest")]
+    CopyMismatch(Uid),
     /// Another edit of the study is pending (it must be finished first:
     /// run it again with the same values).
     #[error(

@@ -137,6 +137,7 @@ impl ServerBuilder {
             ae_title: self.ae_title,
             port: free_port(),
             child: None,
+            env: Vec::new(),
         };
         server.spawn();
         server
@@ -359,9 +360,21 @@ pub struct Server {
     ae_title: String,
     port: u16,
     child: Option<Child>,
+    /// Extra environment of the next spawn (fault-injection hooks).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
+    /// Sets (`Some`) or clears (`None`) an environment variable of the
+    /// server from its next (re)start on: how a test arms a library's
+    /// fault-injection point.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_string(), value.to_string()));
+        }
+    }
+
     /// Settings for a server whose files live under `root`/data.
     pub fn builder(root: &Path) -> ServerBuilder {
         ServerBuilder {
@@ -472,6 +485,7 @@ impl Server {
             .env("RUST_BACKTRACE", "1")
             // Plain log lines in the log file.
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.root)
             .stdin(Stdio::null());
         command

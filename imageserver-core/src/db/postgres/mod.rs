@@ -806,6 +806,9 @@ impl IndexStore for PgIndex {
             Ok(StudyDeletions {
                 deleting: row.try_get("deleting")?,
                 count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+                filesystem: row
+                    .try_get::<Option<i64>, _>("filesystem")?
+                    .map(FilesystemId),
             })
         })
     }

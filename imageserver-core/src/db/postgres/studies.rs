@@ -594,6 +594,32 @@ impl StudyStore for PgIndex {
         })
     }
 
+    fn switch_study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        from: crate::model::FilesystemId,
+        to: crate::model::FilesystemId,
+        instances: u64,
+        bytes: u64,
+    ) -> Result<bool, Error> {
+        let instances = i64::try_from(instances).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let moved = self.write("switching a study's location", async |conn| {
+            let done = sqlx::query(sql::SWITCH_STUDY_LOCATION)
+                .bind(to.0)
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .bind(from.0)
+                .bind(instances)
+                .bind(bytes)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected())
+        })?;
+        Ok(moved == 1)
+    }
+
     fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error> {
         self.write("recording an audit entry", async |conn| {
             insert_audit(conn, entry).await?;

@@ -987,6 +987,7 @@ fn study_deletions_in(
             Ok(StudyDeletions {
                 deleting: r.get("deleting")?,
                 count: u64::try_from(r.get::<_, i64>("deletions")?).unwrap_or(0),
+                filesystem: r.get::<_, Option<i64>>("filesystem")?.map(FilesystemId),
             })
         },
     )

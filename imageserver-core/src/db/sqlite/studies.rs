@@ -456,6 +456,30 @@ impl StudyStore for SqliteIndex {
         })
     }
 
+    fn switch_study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        from: crate::model::FilesystemId,
+        to: crate::model::FilesystemId,
+        instances: u64,
+        bytes: u64,
+    ) -> Result<bool, Error> {
+        let instances = i64::try_from(instances).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let moved = self.write("switching a study's location", |tx| {
+            tx.prepare_cached(sql::SWITCH_STUDY_LOCATION)?.execute(params![
+                to.0,
+                partition.0,
+                study_uid.as_str(),
+                from.0,
+                instances,
+                bytes
+            ])
+        })?;
+        Ok(moved == 1)
+    }
+
     fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error> {
         self.write("recording an audit entry", |tx| insert_audit(tx, entry))
     }

@@ -19,6 +19,53 @@ pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
     edit_patient_id_moves_the_study(store);
     replace_rows(store);
     reconcile_queue(store);
+    migration_switch(store);
+}
+
+/// A migration's switch moves the study only as copied; afterwards a
+/// record placed at the old location is refused.
+fn migration_switch<S: IndexStore + StudyStore>(store: &S) {
+    let f = fixture(store, "ST_MIGRATE");
+    let other = store
+        .ensure_filesystem(&fixtures::fs_spec("/studies/ST_MIGRATE_TIER2"))
+        .expect("second filesystem");
+    let study = uid("1.17.1");
+    let records = [
+        f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.1"),
+        f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.2"),
+    ];
+    store.insert_instances(&records).expect("insert");
+    let bytes: u64 = records.iter().map(|r| r.instance.file_size).sum();
+    // Not as copied (an instance more, other bytes, another source): no.
+    for (from, count, size) in [(f.fs, 3, bytes), (f.fs, 2, bytes + 1), (other, 2, bytes)] {
+        assert!(!store
+            .switch_study_location(f.partition, &study, from, other, count, size)
+            .expect("switch"));
+    }
+    assert_eq!(
+        store.study_location(f.partition, &study).expect("read").map(|l| l.filesystem),
+        Some(f.fs)
+    );
+    assert!(store
+        .switch_study_location(f.partition, &study, f.fs, other, 2, bytes)
+        .expect("switch"));
+    assert_eq!(
+        store.study_location(f.partition, &study).expect("read").map(|l| l.filesystem),
+        Some(other)
+    );
+    assert_eq!(
+        store.study_deletions(f.partition, &study).expect("read").filesystem,
+        Some(other)
+    );
+    // A record placed before the switch is refused; one placed after it
+    // goes in.
+    let stale = f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.3");
+    let mut fresh = f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.4");
+    fresh.location.filesystem = other;
+    assert_eq!(
+        store.insert_instances(&[stale, fresh]).expect("batch"),
+        [InsertOutcome::StudyDeleted, InsertOutcome::Inserted]
+    );
 }
 
 /// A partition and filesystem of their own for one check.
@@ -275,7 +322,8 @@ fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: 
         before,
         StudyDeletions {
             deleting: false,
-            count: 0
+            count: 0,
+            filesystem: Some(f.fs),
         }
     );
     f.delete_rows("1.16.1").expect("deleted");
@@ -283,7 +331,8 @@ fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: 
         seen("1.16.1"),
         StudyDeletions {
             deleting: true,
-            count: 1
+            count: 1,
+            filesystem: Some(f.fs),
         }
     );
 
@@ -325,7 +374,8 @@ fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: 
         after,
         StudyDeletions {
             deleting: false,
-            count: 1
+            count: 1,
+            filesystem: None,
         }
     );
     let outcomes = store
