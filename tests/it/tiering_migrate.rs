@@ -152,3 +152,39 @@ fn a_migration_killed_after_its_switch_removes_the_source() {
 fn a_migration_killed_mid_removal_finishes_it() {
     killed_at("removed-one", 84);
 }
+
+#[test]
+fn an_instance_arriving_after_a_migration_follows_the_study() {
+    let dir = test_dir("migrate-follow");
+    let data = dir.path().join("data");
+    let (t1, t2) = (data.join("t1"), data.join("t2"));
+    let corpus_dir = dir.path().join("corpus");
+    let corpus = generate_corpus(&corpus_dir, 85, CorpusShape::uniform(1, 1, 4, (32, 32)));
+    let (study, late) = corpus.split_at(corpus.len() - 1);
+    let server = Server::builder(dir.path())
+        .setting(
+            "filesystems",
+            format!(
+                "[{{ path = {:?}, tier = 1 }}, {{ path = {:?}, tier = 2 }}]",
+                t1.display().to_string(),
+                t2.display().to_string()
+            ),
+        )
+        .start();
+    // The running server has the study's location (t1) in hand.
+    let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
+    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
+    assert_eq!(dcmtk::acknowledged_files(&out.text()).len(), study.len(), "{out}");
+    let uid = &study[0].study_uid;
+    cli_ok(
+        dir.path(),
+        server.archive(),
+        &["study", "migrate", uid, "--to", &t2.display().to_string()],
+    );
+    assert!(instance_files(&t1).is_empty());
+    let out = dcmtk::store(server.addr(), server.ae_title(), &[&late[0].path], &[], BOUND);
+    assert_eq!(dcmtk::store_responses(&out.text()), ["Success"], "{out}");
+    let file = stored_at(&t2, &late[0]).expect("the late instance is with its study on t2");
+    assert!(same_dataset(&file, &late[0].path));
+    assert!(instance_files(&t1).is_empty(), "{:#?}", instance_files(&t1));
+}
