@@ -539,7 +539,12 @@ fn migrate(args: MigrateArgs) -> Result<ExitCode> {
         .filesystems()?
         .into_iter()
         .find(|fs| fs.id.0.to_string() == args.to || fs.spec.path == Path::new(&args.to))
-        .with_context(|| format!("no filesystem {:?} (`imageserver filesystem list`)", args.to))?;
+        .with_context(|| {
+            format!(
+                "no filesystem {:?} (`imageserver filesystem list`)",
+                args.to
+            )
+        })?;
     if args.mode.queued() {
         let request = StudyRequest::Migrate { to: to.id };
         return enqueue(&opened, partition, &uid, request, args.mode);

@@ -518,6 +518,15 @@ impl Server {
             archive.storage.clone(),
             archive.filesystem_states.clone(),
             settings.filesystem_refresh,
+            Some(crate::tiering::Watermarks {
+                db: archive.database.clone(),
+                queue: match &engine {
+                    Some(engine) => engine.handle(),
+                    None => archive.work_queue(),
+                },
+                batch: settings.migration_batch,
+                stuck: Default::default(),
+            }),
             Box::new(move || {
                 if let Err(e) = refreshed.refresh_filesystems() {
                     tracing::warn!(error = %crate::model::error_chain(&e), "cannot re-read the filesystems");

@@ -11,13 +11,13 @@ mod retrieve_peers;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::cli::{cli_ok, BOUND};
+use crate::support::cli::{cli_ok, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
 use crate::support::files_under;
 use crate::support::server::{test_dir, Server};
-use crate::support::{assert_no_temp_files, temp_entries};
-use retrieve_peers::{assert_received, movescu, StoreScp};
+use crate::support::{assert_no_temp_files, received_by_uid, temp_entries};
+use retrieve_peers::{assert_received, getscu, movescu, StoreScp};
 
 /// One `[[filesystems]]` entry as an inline TOML table.
 fn fs_toml(path: &Path, tier: u8, capacity_mb: Option<u64>, high: f64, low: f64) -> String {
@@ -73,7 +73,8 @@ fn new_studies_go_to_the_highest_tier_below_its_high_watermark() {
     let data = dir.path().join("data");
     let (t1, t2) = (data.join("t1"), data.join("t2"));
     // Two studies of 12 instances of ~33 KB: the first takes the 1 MiB
-    // tier-1 quota past its 30 % high watermark.
+    // tier-1 quota past its 30 % high watermark. (Every filesystem has a
+    // quota: the test machine's disk may itself be past 90 %.)
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, 71, CorpusShape::uniform(2, 1, 12, (128, 128)));
     let server = Server::builder(dir.path())
@@ -82,7 +83,7 @@ fn new_studies_go_to_the_highest_tier_below_its_high_watermark() {
             "filesystems",
             format!(
                 "[{}, {}]",
-                fs_toml(&t2, 2, None, 90.0, 80.0),
+                fs_toml(&t2, 2, Some(1024), 90.0, 80.0),
                 fs_toml(&t1, 1, Some(1), 30.0, 10.0)
             ),
         )
@@ -241,7 +242,7 @@ fn filesystems_added_and_changed_reach_a_running_server() {
         .setting("filesystem_refresh_secs", 1)
         .setting(
             "filesystems",
-            format!("[{}]", fs_toml(&a, 1, None, 90.0, 80.0)),
+            format!("[{}]", fs_toml(&a, 1, Some(1024), 90.0, 80.0)),
         )
         .start();
     let pid = server.pid();
@@ -307,8 +308,8 @@ fn a_root_without_its_identity_marker_is_never_written() {
             "filesystems",
             format!(
                 "[{}, {}]",
-                fs_toml(&t1, 1, None, 90.0, 80.0),
-                fs_toml(&t2, 2, None, 90.0, 80.0)
+                fs_toml(&t1, 1, Some(1024), 90.0, 80.0),
+                fs_toml(&t2, 2, Some(1024), 90.0, 80.0)
             ),
         )
         .start();
@@ -372,4 +373,93 @@ fn a_root_without_its_identity_marker_is_never_written() {
     }
     assert!(stored, "the remounted filesystem was not written again");
     assert!(holds(&t1, &corpus[1].sop_instance_uid));
+}
+
+#[test]
+fn the_watermark_service_drains_a_tier_below_its_low_watermark() {
+    let dir = test_dir("tier-watermark");
+    let data = dir.path().join("data");
+    let (t1, t2) = (data.join("t1"), data.join("t2"));
+    let corpus_dir = dir.path().join("corpus");
+    // 8 studies of ~100 KB against a 1 MiB tier 1 (high 60 %, low 30 %).
+    let corpus = generate_corpus(&corpus_dir, 75, CorpusShape::uniform(8, 1, 3, (128, 128)));
+    let server = Server::builder(dir.path())
+        .setting("min_free_space_mb", 0)
+        .setting("filesystem_refresh_secs", 1)
+        .setting("workqueue", "{ lease_secs = 5, poll_secs = 1 }")
+        .setting(
+            "filesystems",
+            format!(
+                "[{}, {}]",
+                fs_toml(&t1, 1, Some(1), 60.0, 30.0),
+                fs_toml(&t2, 2, Some(1024), 90.0, 80.0)
+            ),
+        )
+        .start();
+    // One study after the other: their order of arrival is known.
+    for study in corpus.chunks(3) {
+        let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
+        assert_eq!(store(&server, &paths), vec!["Success"; study.len()]);
+    }
+
+    // Migrations are queued and run until tier 1 is below its low mark.
+    let deadline = std::time::Instant::now() + BOUND;
+    let used = loop {
+        let items = crate::support::cli::work_items(dir.path(), server.archive(), "migrate_study");
+        let rows = listed(dir.path(), &server);
+        let used = row(&rows, &t1)["used_percent"].as_f64().expect("measured");
+        if !items.is_empty() && used < 30.0 && items.iter().all(|i| i["status"] == "completed") {
+            break used;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tier 1 at {used} %, items {items:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let items = wait_work_items(
+        dir.path(),
+        server.archive(),
+        "migrate_study",
+        "done",
+        |_| true,
+    );
+    assert!(used < 30.0);
+    // Least recently arrived first: the first study left tier 1.
+    assert!(
+        holds(&t2, &corpus[0].sop_instance_uid),
+        "the oldest study was not migrated"
+    );
+    assert!(
+        !instance_files(&t1).is_empty(),
+        "tier 1 was emptied, not drained to its low mark: {items:#?}"
+    );
+    assert_eq!(
+        instance_files(&t1).len() + instance_files(&t2).len(),
+        corpus.len()
+    );
+
+    // Every instance still retrievable, byte-identical.
+    let studies: Vec<&str> = {
+        let mut uids: Vec<&str> = corpus.iter().map(|i| i.study_uid.as_str()).collect();
+        uids.dedup();
+        uids
+    };
+    let out_dir = dir.path().join("get");
+    let run = getscu(
+        server.addr(),
+        server.ae_title(),
+        &[
+            "QueryRetrieveLevel=STUDY".to_string(),
+            format!("StudyInstanceUID={}", studies.join("\\")),
+        ],
+        &out_dir,
+    );
+    assert_eq!(run.status, Some(0), "C-GET:\n{}", run.tool);
+    let all: Vec<&Instance> = corpus.iter().collect();
+    assert_received(
+        &received_by_uid(&out_dir),
+        &all,
+        "C-GET after the watermark migrations",
+    );
 }

@@ -53,7 +53,10 @@ fn wait_log(root: &Path, text: &str) {
         if log.contains(text) {
             return;
         }
-        assert!(Instant::now() < deadline, "the log never said {text:?}:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {text:?}:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -70,7 +73,7 @@ fn killed_at(step: &str, seed: u64) {
         .setting(
             "filesystems",
             format!(
-                "[{{ path = {:?}, tier = 1 }}, {{ path = {:?}, tier = 2 }}]",
+                "[{{ path = {:?}, tier = 1, capacity_mb = 1024 }}, {{ path = {:?}, tier = 2, capacity_mb = 1024 }}]",
                 t1.display().to_string(),
                 t2.display().to_string()
             ),
@@ -79,7 +82,11 @@ fn killed_at(step: &str, seed: u64) {
         .start();
     let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
     let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(dcmtk::acknowledged_files(&out.text()).len(), study.len(), "{out}");
+    assert_eq!(
+        dcmtk::acknowledged_files(&out.text()).len(),
+        study.len(),
+        "{out}"
+    );
     assert_eq!(instance_files(&t1).len(), study.len());
     let t2_id = filesystem_id(dir.path(), &server, &t2);
 
@@ -91,15 +98,29 @@ fn killed_at(step: &str, seed: u64) {
     cli_ok(
         dir.path(),
         server.archive(),
-        &["study", "migrate", uid, "--to", &t2.display().to_string(), "--queue"],
+        &[
+            "study",
+            "migrate",
+            uid,
+            "--to",
+            &t2.display().to_string(),
+            "--queue",
+        ],
     );
-    wait_log(dir.path(), &format!("fault injection: the migration pauses here step=\"{step}\""));
+    wait_log(
+        dir.path(),
+        &format!("fault injection: the migration pauses here step=\"{step}\""),
+    );
     server.kill_9();
     server.set_env(FAULT_ENV, None);
     server.restart();
-    wait_work_items(dir.path(), server.archive(), "migrate_study", "the migration", |items| {
-        !items.is_empty() && items.iter().all(|i| i["status"] == "completed")
-    });
+    wait_work_items(
+        dir.path(),
+        server.archive(),
+        "migrate_study",
+        "the migration",
+        |items| !items.is_empty() && items.iter().all(|i| i["status"] == "completed"),
+    );
 
     // Exactly one location, complete, and nothing left behind.
     let index = server.archive().index();
@@ -107,10 +128,23 @@ fn killed_at(step: &str, seed: u64) {
         let row = index.instance(&instance.sop_instance_uid).expect("indexed");
         assert_eq!(row.location.filesystem.0, t2_id, "{step}: not switched");
         let file = stored_at(&t2, instance).unwrap_or_else(|| panic!("{step}: missing on t2"));
-        assert!(same_dataset(&file, &instance.path), "{step}: {} differs", file.display());
+        assert!(
+            same_dataset(&file, &instance.path),
+            "{step}: {} differs",
+            file.display()
+        );
     }
-    assert_eq!(instance_files(&t2).len(), study.len(), "{step}: {:#?}", instance_files(&t2));
-    assert!(instance_files(&t1).is_empty(), "{step}: left on t1: {:#?}", instance_files(&t1));
+    assert_eq!(
+        instance_files(&t2).len(),
+        study.len(),
+        "{step}: {:#?}",
+        instance_files(&t2)
+    );
+    assert!(
+        instance_files(&t1).is_empty(),
+        "{step}: left on t1: {:#?}",
+        instance_files(&t1)
+    );
     let check = cli(dir.path(), server.archive(), &["study", "check", uid]);
     assert!(check.success(), "{step}: integrity check:\n{check}");
 
@@ -119,7 +153,10 @@ fn killed_at(step: &str, seed: u64) {
     let run = getscu(
         server.addr(),
         server.ae_title(),
-        &["QueryRetrieveLevel=STUDY".to_string(), format!("StudyInstanceUID={uid}")],
+        &[
+            "QueryRetrieveLevel=STUDY".to_string(),
+            format!("StudyInstanceUID={uid}"),
+        ],
         &out_dir,
     );
     assert_eq!(run.status, Some(0), "{step}: C-GET:\n{}", run.tool);
@@ -127,9 +164,18 @@ fn killed_at(step: &str, seed: u64) {
     assert_received(&received_by_uid(&out_dir), &expected, step);
 
     // A later instance follows the study to its new filesystem.
-    let out = dcmtk::store(server.addr(), server.ae_title(), &[&late[0].path], &[], BOUND);
+    let out = dcmtk::store(
+        server.addr(),
+        server.ae_title(),
+        &[&late[0].path],
+        &[],
+        BOUND,
+    );
     assert_eq!(dcmtk::acknowledged_files(&out.text()).len(), 1, "{out}");
-    assert!(stored_at(&t2, &late[0]).is_some(), "{step}: the late instance is not with its study");
+    assert!(
+        stored_at(&t2, &late[0]).is_some(),
+        "{step}: the late instance is not with its study"
+    );
     assert!(instance_files(&t1).is_empty());
 }
 
@@ -165,7 +211,7 @@ fn an_instance_arriving_after_a_migration_follows_the_study() {
         .setting(
             "filesystems",
             format!(
-                "[{{ path = {:?}, tier = 1 }}, {{ path = {:?}, tier = 2 }}]",
+                "[{{ path = {:?}, tier = 1, capacity_mb = 1024 }}, {{ path = {:?}, tier = 2, capacity_mb = 1024 }}]",
                 t1.display().to_string(),
                 t2.display().to_string()
             ),
@@ -174,7 +220,11 @@ fn an_instance_arriving_after_a_migration_follows_the_study() {
     // The running server has the study's location (t1) in hand.
     let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
     let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(dcmtk::acknowledged_files(&out.text()).len(), study.len(), "{out}");
+    assert_eq!(
+        dcmtk::acknowledged_files(&out.text()).len(),
+        study.len(),
+        "{out}"
+    );
     let uid = &study[0].study_uid;
     cli_ok(
         dir.path(),
@@ -182,7 +232,13 @@ fn an_instance_arriving_after_a_migration_follows_the_study() {
         &["study", "migrate", uid, "--to", &t2.display().to_string()],
     );
     assert!(instance_files(&t1).is_empty());
-    let out = dcmtk::store(server.addr(), server.ae_title(), &[&late[0].path], &[], BOUND);
+    let out = dcmtk::store(
+        server.addr(),
+        server.ae_title(),
+        &[&late[0].path],
+        &[],
+        BOUND,
+    );
     assert_eq!(dcmtk::store_responses(&out.text()), ["Success"], "{out}");
     let file = stored_at(&t2, &late[0]).expect("the late instance is with its study on t2");
     assert!(same_dataset(&file, &late[0].path));

@@ -89,6 +89,9 @@ pub struct Config {
     /// Seconds between a running server's re-reads of the filesystems
     /// (rows, identity markers, usage).
     pub filesystem_refresh_secs: u64,
+    /// Most studies the watermark service queues for migration per
+    /// filesystem and round (every `filesystem_refresh_secs`).
+    pub migration_batch: u64,
     /// Known remote AEs.
     pub devices: Vec<DeviceConfig>,
     /// Further partitions (virtual servers), besides the one `[dicom]` describes.
@@ -111,6 +114,7 @@ impl Default for Config {
             dicom: DicomConfig::default(),
             filesystems: Vec::new(),
             filesystem_refresh_secs: storage::DEFAULT_FILESYSTEM_REFRESH_SECS,
+            migration_batch: storage::DEFAULT_MIGRATION_BATCH,
             devices: Vec::new(),
             partitions: Vec::new(),
             rules_file: None,
@@ -156,6 +160,9 @@ pub struct Settings {
     pub filesystems: Vec<FilesystemSpec>,
     /// How often a running server re-reads the filesystems.
     pub filesystem_refresh: Duration,
+    /// Most studies the watermark service queues for migration per
+    /// filesystem and round.
+    pub migration_batch: u64,
     /// Partitions; the first is the default (the `[dicom]` one).
     pub partitions: Vec<PartitionSettings>,
     /// The WorkQueue engine.
@@ -212,6 +219,7 @@ impl Config {
             private_sop_classes: self.dicom.private_sop_classes.clone(),
             filesystems,
             filesystem_refresh: storage::filesystem_refresh(self.filesystem_refresh_secs)?,
+            migration_batch: self.migration_batch.max(1),
             partitions,
             workqueue: self.workqueue.validate()?,
         })

@@ -19,6 +19,10 @@ pub(super) const DEFAULT_MIN_FREE_SPACE_MB: u64 = 256;
 /// (`filesystem_refresh_secs`).
 pub(super) const DEFAULT_FILESYSTEM_REFRESH_SECS: u64 = 5;
 
+/// Most studies queued for migration per filesystem and round
+/// (`migration_batch`).
+pub(super) const DEFAULT_MIGRATION_BATCH: u64 = 20;
+
 /// One storage filesystem.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

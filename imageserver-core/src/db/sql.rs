@@ -109,6 +109,34 @@ pub(crate) const SWITCH_STUDY_LOCATION: &str = "UPDATE study_storage SET filesys
             JOIN series se ON se.id = i.series_fk JOIN study st ON st.id = se.study_fk
             WHERE st.partition_id = $2 AND st.study_uid = $3) = $6";
 
+/// The studies on filesystem `$1` no open `migrate_study` item names,
+/// least recently accessed (or arrived) first, at most `$2`
+/// (`partition_id`, `study_uid`, `size_bytes`).
+pub(crate) const MIGRATION_CANDIDATES: &str = "SELECT ss.partition_id, ss.study_uid, st.size_bytes
+     FROM study_storage ss JOIN study st ON st.study_storage_id = ss.id
+     WHERE ss.filesystem_id = $1 AND ss.state <> 'deleting'
+       AND NOT EXISTS (SELECT 1 FROM work_queue w
+                       WHERE w.study_storage_id = ss.id AND w.type = 'migrate_study'
+                         AND w.status IN ('idle', 'pending', 'in_progress'))
+     ORDER BY COALESCE(ss.last_accessed, ss.created_at), ss.id
+     LIMIT $2";
+
+/// The bytes of the studies on filesystem `$1` that an open
+/// `migrate_study` item names (`queued`).
+pub(crate) const MIGRATION_QUEUED_BYTES: &str =
+    "SELECT CAST(COALESCE(SUM(st.size_bytes), 0) AS BIGINT) AS queued
+     FROM study_storage ss JOIN study st ON st.study_storage_id = ss.id
+     WHERE ss.filesystem_id = $1
+       AND EXISTS (SELECT 1 FROM work_queue w
+                   WHERE w.study_storage_id = ss.id AND w.type = 'migrate_study'
+                     AND w.status IN ('idle', 'pending', 'in_progress'))";
+
+/// Records an access of study `$2` of partition `$1` at `$3` unless one
+/// was recorded after `$4`.
+pub(crate) const TOUCH_STUDY: &str = "UPDATE study_storage SET last_accessed = $3
+     WHERE partition_id = $1 AND study_uid = $2
+       AND (last_accessed IS NULL OR last_accessed < $4)";
+
 /// The bytes of the studies each filesystem holds (`filesystem_id`,
 /// `held`): the sum of their instance files as the index counts them.
 pub(crate) const HELD_BYTES: &str = "SELECT ss.filesystem_id,
@@ -423,6 +451,9 @@ mod tests {
         super::MARKER,
         super::HELD_BYTES,
         super::SWITCH_STUDY_LOCATION,
+        super::MIGRATION_CANDIDATES,
+        super::MIGRATION_QUEUED_BYTES,
+        super::TOUCH_STUDY,
         super::ENSURE_DEVICE,
         super::REGISTER_DEVICE,
         super::DEVICE,

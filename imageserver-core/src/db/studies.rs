@@ -376,6 +376,27 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         bytes: u64,
     ) -> Result<bool, Error>;
 
+    /// What the watermark service may migrate off `filesystem`: the bytes
+    /// of its studies already named by an open `migrate_study` item, and up
+    /// to `limit` other studies (partition, study, bytes), least recently
+    /// accessed (or, never accessed, arrived) first.
+    fn migration_candidates(
+        &self,
+        filesystem: crate::model::FilesystemId,
+        limit: u64,
+    ) -> Result<(u64, Vec<(PartitionId, Uid, u64)>), Error>;
+
+    /// Records that the study was read at `now_ms` (a retrieve), unless an
+    /// access after `now_ms - coarseness_ms` is recorded already (one write
+    /// per study per `coarseness_ms` at most).
+    fn touch_study(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        now_ms: i64,
+        coarseness_ms: i64,
+    ) -> Result<(), Error>;
+
     /// Deletes the study's instance, series, study and duplicate rows,
     /// recounts its patient (deleting it when left without studies),
     /// abandons a pending edit, marks the study storage row as the

@@ -44,7 +44,9 @@ impl Processor for MigrateStudy {
             return StepResult::Fail("a migrate_study item must name its target (\"to\")".into());
         };
         let report = step!(or_retry(
-            self.deps.studies.migrate(partition, study, FilesystemId(to)),
+            self.deps
+                .studies
+                .migrate(partition, study, FilesystemId(to)),
             ctx
         ));
         tracing::info!(

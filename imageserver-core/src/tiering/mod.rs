@@ -13,6 +13,8 @@
 //! Everything here goes through the seams: the index through
 //! [`IndexStore`], the roots through [`StorageBackend`].
 
+pub mod watermark;
+
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -252,9 +254,63 @@ pub fn refresh(
     Ok(reports)
 }
 
+/// What the watermark service needs: the index and where to enqueue.
+#[derive(Debug, Clone)]
+pub struct Watermarks {
+    /// The index (its study and work sides).
+    pub db: Arc<dyn crate::db::Database>,
+    /// Where `migrate_study` items go (the local engine, woken at once).
+    pub queue: crate::workqueue::WorkQueue,
+    /// Most studies enqueued per filesystem and round.
+    pub batch: u64,
+    /// The filesystems last seen stuck above their high watermark (each
+    /// logged once until it is not).
+    pub stuck: Arc<std::sync::Mutex<std::collections::BTreeSet<crate::model::FilesystemId>>>,
+}
+
+impl Watermarks {
+    /// One round: plans and enqueues the migrations the watermarks call
+    /// for (see [`watermark::plan`]).
+    pub fn run(&self, reports: &[FilesystemReport]) {
+        let mut now_stuck = std::collections::BTreeSet::new();
+        let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
+        let planned = watermark::plan_noting(self.db.as_ref(), reports, self.batch, &mut |r| {
+            now_stuck.insert(r.filesystem.id);
+            if !stuck.contains(&r.filesystem.id) {
+                tracing::warn!(
+                    filesystem = %r.filesystem.spec.path.display(),
+                    used_percent = r.used_percent().unwrap_or(100.0),
+                    "above its high watermark, and no lower tier has room to migrate to"
+                );
+            }
+        });
+        *stuck = now_stuck;
+        drop(stuck);
+        let planned = match planned {
+            Ok(planned) => planned,
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "cannot plan migrations");
+                return;
+            }
+        };
+        for migration in planned {
+            let item = crate::processors::StudyRequest::Migrate { to: migration.to }
+                .work_item(migration.partition, migration.study_uid.clone());
+            match self.queue.enqueue(item) {
+                Ok(id) => {
+                    tracing::info!(study_uid = %migration.study_uid, bytes = migration.bytes, to = migration.to.0, item = ?id, "watermark: study queued for migration")
+                }
+                Err(e) => {
+                    tracing::warn!(study_uid = %migration.study_uid, error = %error_chain(&e), "watermark: cannot queue a migration")
+                }
+            }
+        }
+    }
+}
+
 /// The thread of a running server that refreshes the filesystems every
-/// interval and then calls `on_refresh` (ingest re-reads its list). Stops
-/// when dropped.
+/// interval, then runs the watermark service (when given) and calls
+/// `on_refresh` (ingest re-reads its list). Stops when dropped.
 #[derive(Debug)]
 pub struct Monitor {
     stop: Option<mpsc::Sender<()>>,
@@ -268,6 +324,7 @@ impl Monitor {
         storage: Arc<dyn StorageBackend>,
         states: Arc<FilesystemStates>,
         interval: Duration,
+        watermarks: Option<Watermarks>,
         on_refresh: Box<dyn Fn() + Send>,
     ) -> std::io::Result<Monitor> {
         let (stop, stopped) = mpsc::channel::<()>();
@@ -279,7 +336,12 @@ impl Monitor {
                     Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
                 }
                 match refresh(index.as_ref(), storage.as_ref(), Some(&states), true) {
-                    Ok(_) => on_refresh(),
+                    Ok(reports) => {
+                        on_refresh();
+                        if let Some(watermarks) = &watermarks {
+                            watermarks.run(&reports);
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %error_chain(&e), "cannot refresh the filesystems")
                     }

@@ -43,18 +43,27 @@ fn migration_switch<S: IndexStore + StudyStore>(store: &S) {
             .expect("switch"));
     }
     assert_eq!(
-        store.study_location(f.partition, &study).expect("read").map(|l| l.filesystem),
+        store
+            .study_location(f.partition, &study)
+            .expect("read")
+            .map(|l| l.filesystem),
         Some(f.fs)
     );
     assert!(store
         .switch_study_location(f.partition, &study, f.fs, other, 2, bytes)
         .expect("switch"));
     assert_eq!(
-        store.study_location(f.partition, &study).expect("read").map(|l| l.filesystem),
+        store
+            .study_location(f.partition, &study)
+            .expect("read")
+            .map(|l| l.filesystem),
         Some(other)
     );
     assert_eq!(
-        store.study_deletions(f.partition, &study).expect("read").filesystem,
+        store
+            .study_deletions(f.partition, &study)
+            .expect("read")
+            .filesystem,
         Some(other)
     );
     // A record placed before the switch is refused; one placed after it
