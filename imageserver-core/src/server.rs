@@ -269,7 +269,8 @@ impl ServerBuilder {
                 devices,
             });
         }
-        let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone());
+        let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone())
+            .recording_access(database.clone());
         let mut processors = match self.processors {
             Some(processors) => processors,
             None => {

@@ -396,8 +396,29 @@ fn the_watermark_service_drains_a_tier_below_its_low_watermark() {
             ),
         )
         .start();
-    // One study after the other: their order of arrival is known.
-    for study in corpus.chunks(3) {
+    // One study after the other: their order of arrival is known. Six
+    // stay below the high watermark; the first is then retrieved (its
+    // access recorded), and two more take tier 1 past the watermark.
+    let studies_in_order: Vec<&[Instance]> = corpus.chunks(3).collect();
+    for (n, study) in studies_in_order.iter().enumerate() {
+        if n == 6 {
+            let run = getscu(
+                server.addr(),
+                server.ae_title(),
+                &[
+                    "QueryRetrieveLevel=STUDY".to_string(),
+                    format!("StudyInstanceUID={}", studies_in_order[0][0].study_uid),
+                ],
+                &dir.path().join("get-first"),
+            );
+            assert_eq!(run.status, Some(0), "C-GET:\n{}", run.tool);
+            let items =
+                crate::support::cli::work_items(dir.path(), server.archive(), "migrate_study");
+            assert!(
+                items.is_empty(),
+                "below the high watermark, nothing migrates: {items:#?}"
+            );
+        }
         let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
         assert_eq!(store(&server, &paths), vec!["Success"; study.len()]);
     }
@@ -425,10 +446,16 @@ fn the_watermark_service_drains_a_tier_below_its_low_watermark() {
         |_| true,
     );
     assert!(used < 30.0);
-    // Least recently arrived first: the first study left tier 1.
+    // Least recently accessed first: the second study (never retrieved,
+    // the oldest arrival after the first) left tier 1; the first, just
+    // retrieved, stayed.
     assert!(
-        holds(&t2, &corpus[0].sop_instance_uid),
-        "the oldest study was not migrated"
+        holds(&t2, &corpus[3].sop_instance_uid),
+        "the least recently accessed study stayed"
+    );
+    assert!(
+        holds(&t1, &corpus[0].sop_instance_uid),
+        "the recently retrieved study was migrated"
     );
     assert!(
         !instance_files(&t1).is_empty(),

@@ -131,10 +131,10 @@ pub(crate) const MIGRATION_QUEUED_BYTES: &str =
                    WHERE w.study_storage_id = ss.id AND w.type = 'migrate_study'
                      AND w.status IN ('idle', 'pending', 'in_progress'))";
 
-/// Records an access of study `$2` of partition `$1` at `$3` unless one
+/// Records an access at `$1` of study `$3` of partition `$2` unless one
 /// was recorded after `$4`.
-pub(crate) const TOUCH_STUDY: &str = "UPDATE study_storage SET last_accessed = $3
-     WHERE partition_id = $1 AND study_uid = $2
+pub(crate) const TOUCH_STUDY: &str = "UPDATE study_storage SET last_accessed = $1
+     WHERE partition_id = $2 AND study_uid = $3
        AND (last_accessed IS NULL OR last_accessed < $4)";
 
 /// The bytes of the studies each filesystem holds (`filesystem_id`,

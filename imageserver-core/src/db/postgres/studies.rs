@@ -657,9 +657,9 @@ impl StudyStore for PgIndex {
     ) -> Result<(), Error> {
         self.write("recording a study access", async |conn| {
             sqlx::query(sql::TOUCH_STUDY)
+                .bind(now_ms)
                 .bind(partition.0)
                 .bind(study_uid.as_str())
-                .bind(now_ms)
                 .bind(now_ms - coarseness_ms)
                 .execute(&mut *conn)
                 .await?;

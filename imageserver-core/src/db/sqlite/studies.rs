@@ -515,9 +515,9 @@ impl StudyStore for SqliteIndex {
     ) -> Result<(), Error> {
         self.write("recording a study access", |tx| {
             tx.prepare_cached(sql::TOUCH_STUDY)?.execute(params![
+                now_ms,
                 partition.0,
                 study_uid.as_str(),
-                now_ms,
                 now_ms - coarseness_ms
             ])
         })

@@ -75,6 +75,48 @@ fn migration_switch<S: IndexStore + StudyStore>(store: &S) {
         store.insert_instances(&[stale, fresh]).expect("batch"),
         [InsertOutcome::StudyDeleted, InsertOutcome::Inserted]
     );
+
+    // Candidates: least recently accessed (or arrived) first.
+    for study in ["1.17.2", "1.17.3"] {
+        store
+            .insert_instances(&[f.record(
+                "P1",
+                study,
+                &format!("{study}.1"),
+                &format!("{study}.1.1"),
+            )])
+            .expect("insert");
+    }
+    let order = |store: &S| -> Vec<String> {
+        let (queued, found) = store.migration_candidates(f.fs, 10).expect("candidates");
+        assert_eq!(queued, 0);
+        found
+            .into_iter()
+            .map(|(_, uid, _)| uid.to_string())
+            .collect()
+    };
+    assert_eq!(order(store), ["1.17.2", "1.17.3"]);
+    let later = crate::db::studies::now_ms() + 60_000;
+    store
+        .touch_study(f.partition, &uid("1.17.2"), later, 3_600_000)
+        .expect("touch");
+    assert_eq!(order(store), ["1.17.3", "1.17.2"]);
+    // Within the coarseness an access is not written again.
+    store
+        .touch_study(f.partition, &uid("1.17.3"), later + 2, 3_600_000)
+        .expect("touch");
+    store
+        .touch_study(f.partition, &uid("1.17.2"), later + 1, 3_600_000)
+        .expect("touch again");
+    assert_eq!(order(store), ["1.17.2", "1.17.3"]);
+    assert_eq!(
+        store
+            .migration_candidates(f.fs, 1)
+            .expect("limited")
+            .1
+            .len(),
+        1
+    );
 }
 
 /// A partition and filesystem of their own for one check.
