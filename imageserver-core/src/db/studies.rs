@@ -345,6 +345,11 @@ pub struct ReplaceOutcome {
     pub inserted_instances: u64,
 }
 
+/// What [`StudyStore::migration_candidates`] answers: the bytes already
+/// queued for migration, and (partition, study, bytes) of the studies that
+/// may be.
+pub type MigrationCandidates = (u64, Vec<(PartitionId, Uid, u64)>);
+
 /// The index operations of study delete, edit, reprocess and send. Every
 /// write method is one transaction; none touches files.
 pub trait StudyStore: Send + Sync + std::fmt::Debug {
@@ -384,7 +389,7 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         &self,
         filesystem: crate::model::FilesystemId,
         limit: u64,
-    ) -> Result<(u64, Vec<(PartitionId, Uid, u64)>), Error>;
+    ) -> Result<crate::db::studies::MigrationCandidates, Error>;
 
     /// Records that the study was read at `now_ms` (a retrieve), unless an
     /// access after `now_ms - coarseness_ms` is recorded already (one write

@@ -83,11 +83,14 @@ pub struct Retrieve {
     filesystems: Arc<Mutex<HashMap<FilesystemId, Filesystem>>>,
     /// Where study accesses are recorded (the watermark service migrates
     /// the least recently accessed first), and when this process last did.
-    accesses: Option<(
-        Arc<dyn crate::db::studies::StudyStore>,
-        Arc<Mutex<HashMap<(PartitionId, Uid), std::time::Instant>>>,
-    )>,
+    accesses: Option<Accesses>,
 }
+
+/// Where accesses are recorded, and when this process last recorded each.
+type Accesses = (
+    Arc<dyn crate::db::studies::StudyStore>,
+    Arc<Mutex<HashMap<(PartitionId, Uid), std::time::Instant>>>,
+);
 
 /// A study's access is recorded at most once per this long.
 const ACCESS_COARSENESS: std::time::Duration = std::time::Duration::from_secs(3600);

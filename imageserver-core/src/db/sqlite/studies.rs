@@ -485,7 +485,7 @@ impl StudyStore for SqliteIndex {
         &self,
         filesystem: crate::model::FilesystemId,
         limit: u64,
-    ) -> Result<(u64, Vec<(PartitionId, Uid, u64)>), Error> {
+    ) -> Result<crate::db::studies::MigrationCandidates, Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read("choosing studies to migrate", |conn| {
             let queued: i64 = conn
