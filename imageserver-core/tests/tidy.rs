@@ -117,6 +117,18 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "study operations reach files only through the storage seam",
     ),
     (
+        "tiering/",
+        &[
+            "crate::dicom",
+            "crate::scp",
+            "crate::services",
+            "rusqlite",
+            "sqlx",
+            "std::fs",
+        ],
+        "tiering works through the seams: the index's traits and the storage backend",
+    ),
+    (
         "rules/",
         &[
             "crate::dicom",

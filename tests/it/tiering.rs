@@ -358,6 +358,10 @@ fn a_root_without_its_identity_marker_is_never_written() {
         "written into the unmounted folder: {:?}",
         files_under(&t1)
     );
+    assert!(
+        !t1.join(crate::support::MARKER_FILE).exists(),
+        "a new marker was written into the unmounted folder"
+    );
     assert_no_temp_files(server.archive(), "a refused filesystem");
 
     // Mounted again: the running server writes there again.
