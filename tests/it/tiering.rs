@@ -363,6 +363,25 @@ fn a_root_without_its_identity_marker_is_never_written() {
         "a new marker was written into the unmounted folder"
     );
     assert_no_temp_files(server.archive(), "a refused filesystem");
+    // Nor does a migration write there.
+    let refused = crate::support::cli::cli(
+        dir.path(),
+        server.archive(),
+        &[
+            "study",
+            "migrate",
+            &corpus[2].study_uid,
+            "--to",
+            &t1.display().to_string(),
+            "--now",
+        ],
+    );
+    assert!(
+        !refused.success() && refused.text().contains("identity marker"),
+        "a migration into the unmounted folder:\n{refused}"
+    );
+    assert!(files_under(&t1).is_empty() && !t1.join(crate::support::MARKER_FILE).exists());
+    assert!(holds(&t2, &corpus[2].sop_instance_uid));
 
     // Mounted again: the running server writes there again.
     std::fs::remove_dir(&t1).expect("remove the mount point");

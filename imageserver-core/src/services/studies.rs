@@ -107,6 +107,13 @@ pub enum StudyError {
     /// The study is being deleted.
     #[error("study {0} is being deleted")]
     BeingDeleted(Uid),
+    /// The target filesystem's root lacks the identity marker the index
+    /// recorded (an unmounted share): nothing is written there.
+    #[error("filesystem {path} lacks its identity marker (not mounted?)")]
+    FilesystemRefused {
+        /// The root.
+        path: PathBuf,
+    },
     /// Instances kept arriving while the study was migrated: try again.
     #[error("study {0} kept changing while it was migrated")]
     Busy(Uid),

@@ -65,6 +65,14 @@ impl Studies {
         to: FilesystemId,
     ) -> Result<MigrationReport, StudyError> {
         let target = self.filesystem(to)?;
+        // Never into a root that is not the filesystem it was.
+        if let Some(expected) = &target.marker {
+            if self.storage.read_marker(&target)?.as_ref() != Some(expected) {
+                return Err(StudyError::FilesystemRefused {
+                    path: target.spec.path.clone(),
+                });
+            }
+        }
         let mut report = MigrationReport::default();
         for _ in 0..ROUNDS {
             let (location, source) = self.online_files(partition, study_uid)?;
