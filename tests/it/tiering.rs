@@ -513,3 +513,57 @@ fn the_watermark_service_drains_a_tier_below_its_low_watermark() {
         "C-GET after the watermark migrations",
     );
 }
+
+#[test]
+fn a_tier1_retention_rule_migrates_studies_off_tier_1() {
+    let dir = test_dir("tier-retention");
+    let data = dir.path().join("data");
+    let (t1, t2) = (data.join("t1"), data.join("t2"));
+    let corpus_dir = dir.path().join("corpus");
+    let corpus = generate_corpus(&corpus_dir, 76, CorpusShape::uniform(1, 1, 3, (16, 16)));
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        r#"version = 1
+
+[[rule]]
+name = "tier1-for-0-days"
+when = { attribute = "StudyInstanceUID", wildcard = "*" }
+actions = [{ type = "tier1_retention", after_days = 0 }]
+"#,
+    )
+    .expect("write the rules");
+    let server = Server::builder(dir.path())
+        .setting("rules_file", r#""rules.toml""#)
+        .setting(
+            "workqueue",
+            "{ study_process_delay_secs = 1, poll_secs = 1 }",
+        )
+        .setting(
+            "filesystems",
+            format!(
+                "[{}, {}]",
+                fs_toml(&t1, 1, Some(1024), 90.0, 80.0),
+                fs_toml(&t2, 2, Some(1024), 90.0, 80.0)
+            ),
+        )
+        .start();
+    assert_eq!(
+        store(&server, &[&corpus_dir]),
+        vec!["Success"; corpus.len()]
+    );
+    wait_work_items(
+        dir.path(),
+        server.archive(),
+        "migrate_study",
+        "tier retention",
+        |items| !items.is_empty() && items.iter().all(|i| i["status"] == "completed"),
+    );
+    for instance in &corpus {
+        assert!(
+            holds(&t2, &instance.sop_instance_uid),
+            "{} stayed on tier 1",
+            instance.sop_instance_uid
+        );
+    }
+    assert!(instance_files(&t1).is_empty());
+}

@@ -99,9 +99,13 @@ impl StudyRequest {
             } => item
                 .payload(SendPayload::to(destination).to_json())
                 .uids(instances.clone()),
-            StudyRequest::Migrate { to } => {
-                item.payload(MigratePayload { to: Some(to.0) }.to_json())
-            }
+            StudyRequest::Migrate { to } => item.payload(
+                MigratePayload {
+                    to: Some(to.0),
+                    off_tier: None,
+                }
+                .to_json(),
+            ),
         }
     }
 }

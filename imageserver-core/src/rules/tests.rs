@@ -223,7 +223,7 @@ fn a_full_file_evaluates_per_partition() {
     assert_eq!(delete.due_at_ms, Some(NOW + 20 * DAY));
     assert!(!delete.due_now);
     let tier1 = actions[2].1;
-    assert!(tier1.due_now && !tier1.action.is_executed());
+    assert!(tier1.due_now && tier1.action.is_executed());
     assert_eq!(
         actions[4].1.action,
         Action::Compress {
