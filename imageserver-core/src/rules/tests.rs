@@ -248,7 +248,7 @@ fn a_full_file_evaluates_per_partition() {
         "{text}"
     );
     assert!(
-        text.contains("declared, not executed by this version: migrate off tier 1"),
+        text.contains("would migrate off tier 1"),
         "{text}"
     );
     assert!(text.contains("=> 2 of 3 rules match"), "{text}");
