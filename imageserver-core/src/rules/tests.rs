@@ -247,10 +247,7 @@ fn a_full_file_evaluates_per_partition() {
         text.contains("would delete 30 days after arrival (on 2024-03-21)"),
         "{text}"
     );
-    assert!(
-        text.contains("would migrate off tier 1"),
-        "{text}"
-    );
+    assert!(text.contains("would migrate off tier 1"), "{text}");
     assert!(text.contains("=> 2 of 3 rules match"), "{text}");
 }
 
