@@ -241,6 +241,14 @@ impl StorageBackend for AccountingStorage {
         self.inner.usage(filesystem)
     }
 
+    fn read_marker(&self, filesystem: &Filesystem) -> Result<Option<String>, storage::Error> {
+        self.inner.read_marker(filesystem)
+    }
+
+    fn write_marker(&self, filesystem: &Filesystem, marker: &str) -> Result<(), storage::Error> {
+        self.inner.write_marker(filesystem, marker)
+    }
+
     fn sweep_temporary(
         &self,
         filesystem: &Filesystem,
@@ -343,8 +351,10 @@ fn filesystem(id: i64, root: PathBuf) -> io::Result<Filesystem> {
             read_only: false,
             write_only: false,
             description: format!("conformance filesystem {id}"),
+            capacity_mb: None,
         },
         enabled: true,
+        marker: None,
     })
 }
 

@@ -70,6 +70,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             read_only: false,
             write_only: false,
             description: "shared filesystem, tier 1".into(),
+            capacity_mb: None,
         }];
     }
     if let Some(bind) = bind {

@@ -64,6 +64,7 @@ fn main() -> Result<(), Box<dyn Error>> {
             read_only: false,
             write_only: false,
             description: "NAS share, tier 1".into(),
+            capacity_mb: None,
         }];
     }
     if let Some(port) = port {

@@ -17,6 +17,7 @@ use imageserver_core::services::import;
 use imageserver_core::{Archive, Config, FileOutcome, RuleSet, Server, ServerBuilder};
 
 mod audit_cmd;
+mod filesystem_cmd;
 mod nodes_cmd;
 mod reconcile_cmd;
 mod study_cmd;
@@ -55,6 +56,8 @@ enum Command {
     Nodes(nodes_cmd::NodesArgs),
     /// The audit trail kept in the index (ATNA events, study operations).
     Audit(audit_cmd::AuditArgs),
+    /// Filesystems and tiers: list with usage, add, set (while servers run).
+    Filesystem(filesystem_cmd::FilesystemArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
         Command::Workqueue(args) => workqueue_cmd::workqueue(args),
         Command::Nodes(args) => nodes_cmd::nodes(args),
         Command::Audit(args) => audit_cmd::audit(args),
+        Command::Filesystem(args) => filesystem_cmd::filesystem(args),
     };
     match result {
         Ok(code) => code,

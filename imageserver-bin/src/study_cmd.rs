@@ -65,6 +65,23 @@ enum StudyCommand {
     Check(CheckArgs),
     /// Show a study's edit history and audit log.
     History(StudyOnlyArgs),
+    /// Move a study's files to another filesystem (tier), through a
+    /// migrate_study work item (--now: in this process): copied, fsync'd,
+    /// verified, switched in one transaction, then the source removed.
+    /// Safe to run again after an interruption.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = MODES)]
+struct MigrateArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(flatten)]
+    mode: Mode,
+    /// The target filesystem: its id or path (`imageserver filesystem list`).
+    #[arg(long, value_name = "FS")]
+    to: String,
 }
 
 /// Which study, in which partition.
@@ -228,6 +245,7 @@ pub fn study(args: StudyArgs) -> Result<ExitCode> {
         StudyCommand::Send(args) => send(args),
         StudyCommand::Check(args) => check(args),
         StudyCommand::History(args) => history(args),
+        StudyCommand::Migrate(args) => migrate(args),
     }
 }
 
@@ -508,6 +526,40 @@ fn reprocess(args: ReprocessArgs) -> Result<ExitCode> {
     for (path, reason) in &report.skipped {
         println!("  skipped {}: {reason}", path.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn migrate(args: MigrateArgs) -> Result<ExitCode> {
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    let to = opened
+        .archive
+        .index()
+        .filesystems()?
+        .into_iter()
+        .find(|fs| fs.id.0.to_string() == args.to || fs.spec.path == Path::new(&args.to))
+        .with_context(|| {
+            format!(
+                "no filesystem {:?} (`imageserver filesystem list`)",
+                args.to
+            )
+        })?;
+    if args.mode.queued() {
+        let request = StudyRequest::Migrate { to: to.id };
+        return enqueue(&opened, partition, &uid, request, args.mode);
+    }
+    let report = opened
+        .studies
+        .migrate(&partition.partition, &uid, to.id)
+        .map_err(unknown)?;
+    println!(
+        "study {uid} is on {}: {} files ({} bytes) copied, {} source files removed",
+        to.spec.path.display(),
+        report.copied,
+        report.bytes,
+        report.removed
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -47,6 +47,7 @@ pub(crate) mod scp;
 pub mod server;
 pub mod services;
 pub mod storage;
+pub mod tiering;
 #[cfg(feature = "web")]
 pub mod web;
 pub mod workqueue;

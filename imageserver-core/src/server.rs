@@ -31,6 +31,7 @@ use crate::services::studies::Reconcile;
 use crate::services::studies::Studies;
 use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
+use crate::storage::placement::{FilesystemStates, Tiered};
 use crate::storage::StorageBackend;
 use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue};
 
@@ -66,6 +67,15 @@ pub enum Error {
     /// The audit trail could not start.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// A background thread could not be started.
+    #[error("cannot start the {name} thread")]
+    Thread {
+        /// The thread's name.
+        name: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
     /// The listening socket could not be bound.
     #[error("cannot listen on {address}")]
     Bind {
@@ -214,17 +224,24 @@ impl ServerBuilder {
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(FsStorage::new()) as Arc<dyn StorageBackend>);
-        for fs in &self.settings.filesystems {
-            std::fs::create_dir_all(&fs.path).map_err(|source| Error::CreateDir {
-                path: fs.path.clone(),
-                source,
-            })?;
-            index.ensure_filesystem(fs)?;
-        }
+        // The configuration seeds the index; the index's rows are in force.
+        crate::tiering::seed(index.as_ref(), &self.settings.filesystems)?;
+        // First use writes each filesystem's identity marker; a root
+        // without its recorded marker is refused (and not swept).
+        let filesystem_states = Arc::new(FilesystemStates::default());
+        crate::tiering::refresh(
+            index.as_ref(),
+            storage.as_ref(),
+            Some(&filesystem_states),
+            true,
+        )?;
         // What a crash (or a dead node) left half-written: no writer will
         // finish it.
         let stale_after = (self.settings.idle_timeout * 4).max(MIN_TEMPORARY_AGE);
         for filesystem in index.filesystems()? {
+            if filesystem_states.refusal(filesystem.id).is_some() {
+                continue;
+            }
             match storage.sweep_temporary(&filesystem, stale_after) {
                 Ok(report) if report.removed > 0 => tracing::info!(
                     filesystem = %filesystem.spec.path.display(),
@@ -268,11 +285,12 @@ impl ServerBuilder {
                 devices,
             });
         }
-        let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone());
         let auditor = match &self.settings.audit {
             Some(settings) => Auditor::start(settings.clone(), database.clone())?,
             None => Auditor::disabled(),
         };
+        let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone())
+            .recording_access(database.clone());
         let mut processors = match self.processors {
             Some(processors) => processors,
             None => {
@@ -300,10 +318,14 @@ impl ServerBuilder {
             .workqueue
             .apply_kind_overrides(&mut processors)?;
         let study_process_wake = Arc::new(OnceLock::new());
-        let ingest = Ingest::with_study_process(
+        let placement = Arc::new(Tiered {
+            min_free_bytes: self.settings.min_free_bytes,
+            states: filesystem_states.clone(),
+        });
+        let ingest = Ingest::with_placement(
             index.clone(),
             storage.clone(),
-            self.settings.min_free_bytes,
+            placement,
             // Only when something runs StudyProcess items.
             processors
                 .properties(&crate::model::work::WorkKind::STUDY_PROCESS)
@@ -328,6 +350,7 @@ impl ServerBuilder {
             partitions,
             processors,
             study_process_wake,
+            filesystem_states,
         })
     }
 }
@@ -363,6 +386,9 @@ pub struct Archive {
     study_process_wake: Arc<OnceLock<WorkQueue>>,
     /// The audit trail (disabled unless `[audit]` enables it).
     auditor: Auditor,
+    /// What placement knows of each filesystem (markers, bytes held),
+    /// refreshed by the server's [`crate::tiering::Monitor`].
+    filesystem_states: Arc<FilesystemStates>,
 }
 
 impl Archive {
@@ -514,6 +540,8 @@ pub struct Server {
     /// The metrics both front-ends update.
     #[cfg(feature = "web")]
     metrics: Arc<crate::web::Metrics>,
+    /// Re-reads the filesystems (rows, markers, usage) while it runs.
+    filesystems: Option<crate::tiering::Monitor>,
 }
 
 impl Server {
@@ -609,6 +637,31 @@ impl Server {
         let observer: Option<Arc<dyn crate::scp::ScpObserver>> = Some(metrics.clone());
         #[cfg(not(feature = "web"))]
         let observer: Option<Arc<dyn crate::scp::ScpObserver>> = None;
+        let refreshed = archive.ingest.clone();
+        let filesystems = crate::tiering::Monitor::start(
+            archive.database.clone(),
+            archive.storage.clone(),
+            archive.filesystem_states.clone(),
+            settings.filesystem_refresh,
+            Some(crate::tiering::Watermarks {
+                db: archive.database.clone(),
+                queue: match &engine {
+                    Some(engine) => engine.handle(),
+                    None => archive.work_queue(),
+                },
+                batch: settings.migration_batch,
+                stuck: Default::default(),
+            }),
+            Box::new(move || {
+                if let Err(e) = refreshed.refresh_filesystems() {
+                    tracing::warn!(error = %crate::model::error_chain(&e), "cannot re-read the filesystems");
+                }
+            }),
+        )
+        .map_err(|source| Error::Thread {
+            name: "filesystems",
+            source,
+        })?;
         let mut acceptors = Vec::new();
         for (partition, listener) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
@@ -675,6 +728,7 @@ impl Server {
             web: None,
             #[cfg(feature = "web")]
             metrics,
+            filesystems: Some(filesystems),
         })
     }
 
@@ -757,7 +811,8 @@ impl Server {
     /// Stops accepting and claiming work, lets messages and work items in
     /// flight finish (at most `grace`), then commits what is queued, marks
     /// the node stopped and returns.
-    pub fn shutdown(self, grace: Duration) {
+    pub fn shutdown(mut self, grace: Duration) {
+        drop(self.filesystems.take());
         #[cfg(feature = "web")]
         let web = self.web;
         std::thread::scope(|scope| {

@@ -634,6 +634,16 @@ impl StorageBackend for CrashStorage {
         self.0.inner.usage(filesystem)
     }
 
+    fn read_marker(&self, filesystem: &Filesystem) -> Result<Option<String>, storage::Error> {
+        self.alive(&filesystem.spec.path)?;
+        self.0.inner.read_marker(filesystem)
+    }
+
+    fn write_marker(&self, filesystem: &Filesystem, marker: &str) -> Result<(), storage::Error> {
+        self.alive(&filesystem.spec.path)?;
+        self.0.inner.write_marker(filesystem, marker)
+    }
+
     fn sweep_temporary(
         &self,
         filesystem: &Filesystem,
@@ -767,6 +777,32 @@ impl IndexStore for CrashIndex {
     fn filesystems(&self) -> Result<Vec<Filesystem>, db::Error> {
         self.alive()?;
         self.inner.filesystems()
+    }
+
+    fn seed_filesystem(&self, spec: &FilesystemSpec) -> Result<(Filesystem, bool), db::Error> {
+        self.alive()?;
+        self.inner.seed_filesystem(spec)
+    }
+
+    fn update_filesystem(&self, filesystem: &Filesystem) -> Result<(), db::Error> {
+        self.alive()?;
+        self.inner.update_filesystem(filesystem)
+    }
+
+    fn record_filesystem_marker(
+        &self,
+        id: imageserver_core::model::FilesystemId,
+        marker: &str,
+    ) -> Result<String, db::Error> {
+        self.alive()?;
+        self.inner.record_filesystem_marker(id, marker)
+    }
+
+    fn filesystem_held_bytes(
+        &self,
+    ) -> Result<Vec<(imageserver_core::model::FilesystemId, u64)>, db::Error> {
+        self.alive()?;
+        self.inner.filesystem_held_bytes()
     }
 
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), db::Error> {
@@ -986,6 +1022,7 @@ fn fixture() -> Fixture {
             read_only: false,
             write_only: false,
             description: "crash test".into(),
+            capacity_mb: None,
         })
         .unwrap();
     let ae_title = AeTitle::parse("CRASHTEST").unwrap();
@@ -1433,8 +1470,10 @@ fn the_simulated_crash_discards_what_was_not_made_durable() {
             read_only: false,
             write_only: false,
             description: String::new(),
+            capacity_mb: None,
         },
         enabled: true,
+        marker: None,
     };
     let key = |study: &str, series: &str, sop: &str| InstanceKey {
         location: StudyLocation {

@@ -173,6 +173,12 @@ impl StorageBackend for Hooked {
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, storage::Error> {
         self.inner.usage(filesystem)
     }
+    fn read_marker(&self, filesystem: &Filesystem) -> Result<Option<String>, storage::Error> {
+        self.inner.read_marker(filesystem)
+    }
+    fn write_marker(&self, filesystem: &Filesystem, marker: &str) -> Result<(), storage::Error> {
+        self.inner.write_marker(filesystem, marker)
+    }
     fn sweep_temporary(
         &self,
         filesystem: &Filesystem,
@@ -228,6 +234,7 @@ fn fixture() -> Fixture {
             read_only: false,
             write_only: false,
             description: "delete race".into(),
+            capacity_mb: None,
         })
         .unwrap();
     let filesystem = index

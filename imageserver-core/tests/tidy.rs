@@ -170,6 +170,18 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "the audit trail is told events: it records them in the index and sends them, nothing more",
     ),
     (
+        "tiering/",
+        &[
+            "crate::dicom",
+            "crate::scp",
+            "crate::services",
+            "rusqlite",
+            "sqlx",
+            "std::fs",
+        ],
+        "tiering works through the seams: the index's traits and the storage backend",
+    ),
+    (
         "rules/",
         &[
             "crate::dicom",

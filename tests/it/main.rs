@@ -53,3 +53,7 @@ mod cluster;
 mod web;
 // The ATNA audit trail: messages of a store, query, move, delete and refusal at a syslog receiver, spooled while it is down.
 mod audit;
+// Filesystems and tiers at run time: placement by watermark, quotas, A700 with a reserve, the filesystem CLI, identity markers.
+mod tiering;
+// migrate_study under kill -9 at each step: one complete location, nothing left behind, byte-identical retrieves.
+mod tiering_migrate;

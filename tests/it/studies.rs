@@ -644,7 +644,7 @@ actions = [{{ type = "delete", after_days = 3650 }}, {{ type = "tier1_retention"
         "rule \"first-patient\": MATCHES",
         "because PatientID \"PID505-0\" is one of [\"PID505-0\"]",
         "would delete 3650 days after arrival (on ",
-        "declared, not executed by this version: migrate off tier 1 0 days after arrival (now)",
+        "would migrate off tier 1 0 days after arrival (now)",
         "=> 2 of 3 rules match",
     ] {
         assert!(out.contains(expected), "missing {expected:?} in:\n{out}");

@@ -85,6 +85,7 @@ impl Setup {
                 read_only: false,
                 write_only: false,
                 description: String::new(),
+                capacity_mb: None,
             })
             .expect("filesystem");
         let record = InstanceRecord {

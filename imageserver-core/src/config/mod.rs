@@ -89,7 +89,15 @@ pub struct Config {
     /// The DICOM acceptor.
     pub dicom: DicomConfig,
     /// Storage filesystems; empty means one tier-1 filesystem at `<data_dir>/fs1`.
+    /// They seed the index: once a path is there, the index's row is in
+    /// force (`imageserver filesystem set` changes it).
     pub filesystems: Vec<FilesystemConfig>,
+    /// Seconds between a running server's re-reads of the filesystems
+    /// (rows, identity markers, usage).
+    pub filesystem_refresh_secs: u64,
+    /// Most studies the watermark service queues for migration per
+    /// filesystem and round (every `filesystem_refresh_secs`).
+    pub migration_batch: u64,
     /// Known remote AEs.
     pub devices: Vec<DeviceConfig>,
     /// Further partitions (virtual servers), besides the one `[dicom]` describes.
@@ -117,6 +125,8 @@ impl Default for Config {
             min_free_space_mb: storage::DEFAULT_MIN_FREE_SPACE_MB,
             dicom: DicomConfig::default(),
             filesystems: Vec::new(),
+            filesystem_refresh_secs: storage::DEFAULT_FILESYSTEM_REFRESH_SECS,
+            migration_batch: storage::DEFAULT_MIGRATION_BATCH,
             devices: Vec::new(),
             partitions: Vec::new(),
             rules_file: None,
@@ -163,6 +173,11 @@ pub struct Settings {
     pub private_sop_classes: Vec<String>,
     /// Filesystems.
     pub filesystems: Vec<FilesystemSpec>,
+    /// How often a running server re-reads the filesystems.
+    pub filesystem_refresh: Duration,
+    /// Most studies the watermark service queues for migration per
+    /// filesystem and round.
+    pub migration_batch: u64,
     /// Partitions; the first is the default (the `[dicom]` one).
     pub partitions: Vec<PartitionSettings>,
     /// The WorkQueue engine.
@@ -225,6 +240,8 @@ impl Config {
             idle_timeout: Duration::from_secs(self.dicom.idle_timeout_secs),
             private_sop_classes: self.dicom.private_sop_classes.clone(),
             filesystems,
+            filesystem_refresh: storage::filesystem_refresh(self.filesystem_refresh_secs)?,
+            migration_batch: self.migration_batch.max(1),
             partitions,
             workqueue: self.workqueue.validate()?,
             node: self.node.validate()?,

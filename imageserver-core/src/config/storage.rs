@@ -15,6 +15,14 @@ pub(super) const DEFAULT_DATA_DIR: &str = "./imageserver-data";
 /// (`min_free_space_mb`).
 pub(super) const DEFAULT_MIN_FREE_SPACE_MB: u64 = 256;
 
+/// Seconds between a running server's re-reads of the filesystems
+/// (`filesystem_refresh_secs`).
+pub(super) const DEFAULT_FILESYSTEM_REFRESH_SECS: u64 = 5;
+
+/// Most studies queued for migration per filesystem and round
+/// (`migration_batch`).
+pub(super) const DEFAULT_MIGRATION_BATCH: u64 = 20;
+
 /// One storage filesystem.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +47,10 @@ pub struct FilesystemConfig {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// A quota in MiB below what the volume reports (usage is then the
+    /// bytes of the studies held there); none: the volume's size.
+    #[serde(default)]
+    pub capacity_mb: Option<u64>,
 }
 
 fn default_tier() -> u8 {
@@ -63,10 +75,13 @@ impl FilesystemConfig {
             read_only: false,
             write_only: false,
             description: "default tier-1 filesystem".into(),
+            capacity_mb: None,
         }
     }
 
-    fn validate(&self) -> Result<FilesystemSpec, ConfigError> {
+    /// Checks the values (tier, watermarks, quota): the spec the index
+    /// stores.
+    pub fn validate(&self) -> Result<FilesystemSpec, ConfigError> {
         if self.tier == 0 {
             return Err(ConfigError::invalid("filesystems.tier", "tiers start at 1"));
         }
@@ -79,6 +94,12 @@ impl FilesystemConfig {
                 "need 0 <= low <= high <= 100",
             ));
         }
+        if self.capacity_mb == Some(0) {
+            return Err(ConfigError::invalid(
+                "filesystems.capacity_mb",
+                "a quota is at least 1 MiB",
+            ));
+        }
         Ok(FilesystemSpec {
             path: self.path.clone(),
             tier: Tier(self.tier),
@@ -87,6 +108,7 @@ impl FilesystemConfig {
             read_only: self.read_only,
             write_only: self.write_only,
             description: self.description.clone(),
+            capacity_mb: self.capacity_mb,
         })
     }
 }
@@ -100,6 +122,17 @@ pub(super) fn filesystems(
         return Ok(vec![FilesystemConfig::default_in(data_dir).validate()?]);
     }
     listed.iter().map(FilesystemConfig::validate).collect()
+}
+
+/// `filesystem_refresh_secs`, at least one second.
+pub(super) fn filesystem_refresh(secs: u64) -> Result<std::time::Duration, ConfigError> {
+    if secs == 0 {
+        return Err(ConfigError::invalid(
+            "filesystem_refresh_secs",
+            "at least 1 second",
+        ));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// `min_free_space_mb` in bytes.

@@ -44,6 +44,7 @@ pub(crate) trait StudySummaries {
 pub(crate) fn run_all(store: &dyn IndexStore) {
     partitions(store);
     filesystems(store);
+    filesystems_at_run_time(store);
     devices(store);
     study_location_is_fixed_by_the_first_instance(store);
     study_location_claims(store);
@@ -323,6 +324,85 @@ fn filesystems(store: &dyn IndexStore) {
     assert!(read_back.enabled, "new filesystems are enabled");
 }
 
+/// The configuration seeds, the operator changes, the first marker
+/// stays, and the bytes held are the studies' files.
+fn filesystems_at_run_time(store: &dyn IndexStore) {
+    let mut spec = fs_spec("/conformance/fs/seeded", 2);
+    spec.capacity_mb = Some(64);
+    let (row, created) = store.seed_filesystem(&spec).expect("seed");
+    assert!(created, "a new path is created");
+    assert_eq!(row.spec, spec);
+    assert!(row.enabled && row.marker.is_none());
+
+    // The configuration changed: the index's row stays in force.
+    let mut edited = spec.clone();
+    edited.tier = Tier(1);
+    edited.capacity_mb = None;
+    let (again, created) = store.seed_filesystem(&edited).expect("seed again");
+    assert!(!created);
+    assert_eq!(again, row, "a known path is never changed by the seed");
+
+    // The operator's change.
+    let mut changed = row.clone();
+    changed.enabled = false;
+    changed.spec.capacity_mb = Some(7);
+    changed.spec.low_watermark = 10.0;
+    changed.spec.write_only = true;
+    store.update_filesystem(&changed).expect("update");
+    let listed = store.filesystems().expect("list");
+    let read_back = listed.iter().find(|f| f.id == row.id).expect("listed");
+    assert_eq!(*read_back, changed);
+    let mut unknown = changed.clone();
+    unknown.id = FilesystemId(i64::MAX);
+    assert!(matches!(
+        store.update_filesystem(&unknown),
+        Err(Error::NotFound { .. })
+    ));
+
+    // The first marker recorded wins.
+    assert_eq!(
+        store
+            .record_filesystem_marker(row.id, "first")
+            .expect("mark"),
+        "first"
+    );
+    assert_eq!(
+        store
+            .record_filesystem_marker(row.id, "second")
+            .expect("mark again"),
+        "first"
+    );
+    store
+        .update_filesystem(&changed)
+        .expect("update keeps the marker");
+    let listed = store.filesystems().expect("list");
+    let read_back = listed.iter().find(|f| f.id == row.id).expect("listed");
+    assert_eq!(read_back.marker.as_deref(), Some("first"));
+    assert!(matches!(
+        store.record_filesystem_marker(FilesystemId(i64::MAX), "x"),
+        Err(Error::NotFound { .. })
+    ));
+
+    // Bytes held: the studies' instance files.
+    let f = fixture(store, "HELD");
+    let held = |store: &dyn IndexStore| {
+        store
+            .filesystem_held_bytes()
+            .expect("held")
+            .into_iter()
+            .find(|(id, _)| *id == f.fs)
+            .map_or(0, |(_, bytes)| bytes)
+    };
+    assert_eq!(held(store), 0);
+    let batch = vec![
+        f.record("P1", "1.2.77.1", "1.2.77.1.1", "CT", "1.2.77.1.1.1", 1000),
+        f.record("P1", "1.2.77.1", "1.2.77.1.1", "CT", "1.2.77.1.1.2", 500),
+        f.record("P2", "1.2.77.2", "1.2.77.2.1", "MR", "1.2.77.2.1.1", 25),
+    ];
+    store.insert_instances(&batch).expect("insert");
+    assert_eq!(held(store), 1525);
+}
+
 fn devices(store: &dyn IndexStore) {
     let f = fixture(store, "DEVICES");
     let g = fixture(store, "DEVICES2");
@@ -481,9 +561,11 @@ fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {
         Some(expected.clone())
     );
 
-    // A later instance proposing another place does not move the study.
+    // A later instance proposing another place does not move the study;
+    // one placed on another filesystem than the study's (before a
+    // migration moved the study) is refused: its file is not where the
+    // study's row would send readers.
     let mut second = f.record("P", "1.2.2.1", "1.2.2.1.1", "CT", "1.2.2.1.1.2", 10);
-    second.location.filesystem = other_fs;
     second.location.date_folder = "20250505".to_string();
     store.insert_instances(&[second]).expect("second");
     assert_eq!(
@@ -495,6 +577,16 @@ fn study_location_is_fixed_by_the_first_instance(store: &dyn IndexStore) {
         .expect("lookup")
         .expect("stored");
     assert_eq!(stored.location, expected);
+    let mut elsewhere = f.record("P", "1.2.2.1", "1.2.2.1.1", "CT", "1.2.2.1.1.3", 10);
+    elsewhere.location.filesystem = other_fs;
+    assert_eq!(
+        store.insert_instances(&[elsewhere]).expect("third"),
+        [InsertOutcome::StudyDeleted]
+    );
+    assert_eq!(
+        store.study_location(f.partition, &study).expect("lookup"),
+        Some(expected.clone())
+    );
 
     // Locations are per partition.
     let g = fixture(store, "LOCATION3");

@@ -61,6 +61,7 @@ pub(crate) fn fs_spec(path: impl Into<PathBuf>) -> FilesystemSpec {
         read_only: false,
         write_only: false,
         description: String::new(),
+        capacity_mb: None,
     }
 }
 

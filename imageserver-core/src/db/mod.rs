@@ -114,6 +114,27 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// All filesystems, ordered by tier then key.
     fn filesystems(&self) -> Result<Vec<Filesystem>, Error>;
 
+    /// Creates the filesystem unless its path is known (the configuration
+    /// seeds the index; the index is the truth afterwards): a row already
+    /// there is never changed. Returns the row as the index holds it and
+    /// whether this call created it.
+    fn seed_filesystem(&self, spec: &FilesystemSpec) -> Result<(Filesystem, bool), Error>;
+
+    /// Sets what an operator may change of filesystem `filesystem.id`: its
+    /// whole spec and `enabled` (never its marker). [`Error::NotFound`]
+    /// when there is no such filesystem.
+    fn update_filesystem(&self, filesystem: &Filesystem) -> Result<(), Error>;
+
+    /// Records the identity marker of a filesystem unless it has one;
+    /// returns the marker the index holds afterwards (the first recorded
+    /// wins).
+    fn record_filesystem_marker(&self, id: FilesystemId, marker: &str) -> Result<String, Error>;
+
+    /// The bytes of the studies each filesystem holds, as the index counts
+    /// them (the sum of their instance files); filesystems holding none are
+    /// absent.
+    fn filesystem_held_bytes(&self) -> Result<Vec<(FilesystemId, u64)>, Error>;
+
     /// Creates or updates a known remote AE of a partition.
     fn ensure_device(&self, partition: PartitionId, spec: &DeviceSpec) -> Result<(), Error>;
 
@@ -387,7 +408,10 @@ impl Admission {
                     .get(&(r.partition, &r.study.study_uid))
                     .copied()
                     .unwrap_or_default();
-                study.deleting || r.deletions_seen.is_some_and(|seen| study.count > seen)
+                study.deleting
+                    || r.deletions_seen.is_some_and(|seen| study.count > seen)
+                    // Placed before a migration moved the study.
+                    || study.filesystem.is_some_and(|fs| fs != r.location.filesystem)
             })
             .collect();
         Admission { refused }

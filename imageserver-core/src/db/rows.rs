@@ -160,8 +160,13 @@ pub(crate) fn filesystem<R: Columns>(r: &R) -> Result<Filesystem, R::Error> {
             read_only: r.flag("read_only")?,
             write_only: r.flag("write_only")?,
             description: r.text("description")?,
+            capacity_mb: r
+                .opt_int("capacity_mb")?
+                .map(|mb| u64::try_from(mb).map_err(|e| r.invalid("capacity_mb", Box::new(e))))
+                .transpose()?,
         },
         enabled: r.flag("enabled")?,
+        marker: r.opt_text("marker")?,
     })
 }
 
@@ -342,6 +347,22 @@ pub(crate) fn fs_path<'a>(
         operation,
         source: format!("filesystem path {} is not valid UTF-8", spec.path.display()).into(),
     })
+}
+
+/// A filesystem's capacity as the index stores it (a signed 64-bit
+/// integer), or the error of `operation`.
+pub(crate) fn capacity(
+    spec: &FilesystemSpec,
+    operation: &'static str,
+) -> Result<Option<i64>, Error> {
+    spec.capacity_mb
+        .map(|mb| {
+            i64::try_from(mb).map_err(|e| Error::Backend {
+                operation,
+                source: Box::new(e),
+            })
+        })
+        .transpose()
 }
 
 /// Why a pending edit cannot be completed: what is missing.

@@ -48,22 +48,102 @@ pub(crate) const ENSURE_PARTITION: &str =
 /// The partition answering to AE title `$1`.
 pub(crate) const PARTITION: &str = "SELECT id FROM partition WHERE ae_title = $1";
 
-/// Creates or updates a filesystem (`$1` path ... `$7` description);
-/// returns its `id`.
+/// Creates or updates a filesystem (`$1` path ... `$7` description, `$8`
+/// capacity in MiB); returns its `id`.
 pub(crate) const ENSURE_FILESYSTEM: &str = "INSERT INTO filesystem
-         (path, tier, high_watermark, low_watermark, read_only, write_only, description)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)
+         (path, tier, high_watermark, low_watermark, read_only, write_only, description,
+          capacity_mb)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
      ON CONFLICT (path) DO UPDATE
      SET tier = excluded.tier, high_watermark = excluded.high_watermark,
          low_watermark = excluded.low_watermark, read_only = excluded.read_only,
-         write_only = excluded.write_only, description = excluded.description
+         write_only = excluded.write_only, description = excluded.description,
+         capacity_mb = excluded.capacity_mb
      RETURNING id";
+
+/// Creates a filesystem (columns as [`ENSURE_FILESYSTEM`]) unless its path
+/// is known: a row already there is never changed. Returns the `id` only
+/// when it created the row.
+pub(crate) const SEED_FILESYSTEM: &str = "INSERT INTO filesystem
+         (path, tier, high_watermark, low_watermark, read_only, write_only, description,
+          capacity_mb)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (path) DO NOTHING
+     RETURNING id";
+
+/// The filesystem at path `$1`, with every column of [`FILESYSTEMS`].
+pub(crate) const FILESYSTEM_AT: &str =
+    "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
+            enabled, description, capacity_mb, marker
+     FROM filesystem WHERE path = $1";
 
 /// Every filesystem, by tier then key.
 pub(crate) const FILESYSTEMS: &str =
     "SELECT id, path, tier, high_watermark, low_watermark, read_only, write_only,
-            enabled, description
+            enabled, description, capacity_mb, marker
      FROM filesystem ORDER BY tier, id";
+
+/// Sets every property of filesystem `$10` an operator may change (`$1`
+/// path ... `$8` capacity as [`ENSURE_FILESYSTEM`], `$9` enabled).
+pub(crate) const UPDATE_FILESYSTEM: &str = "UPDATE filesystem
+     SET path = $1, tier = $2, high_watermark = $3, low_watermark = $4, read_only = $5,
+         write_only = $6, description = $7, capacity_mb = $8, enabled = $9
+     WHERE id = $10";
+
+/// Records marker `$1` of filesystem `$2` unless it has one already.
+pub(crate) const RECORD_MARKER: &str =
+    "UPDATE filesystem SET marker = $1 WHERE id = $2 AND marker IS NULL";
+
+/// The marker of filesystem `$1`.
+pub(crate) const MARKER: &str = "SELECT marker FROM filesystem WHERE id = $1";
+
+/// Moves study `$3` of partition `$2` to filesystem `$1`, only while it is
+/// on filesystem `$4`, not being deleted, and holds exactly `$5` instances
+/// of `$6` bytes (what the migration copied and verified).
+pub(crate) const SWITCH_STUDY_LOCATION: &str = "UPDATE study_storage SET filesystem_id = $1
+     WHERE partition_id = $2 AND study_uid = $3 AND filesystem_id = $4 AND state <> 'deleting'
+       AND (SELECT COUNT(*) FROM instance i
+            JOIN series se ON se.id = i.series_fk JOIN study st ON st.id = se.study_fk
+            WHERE st.partition_id = $2 AND st.study_uid = $3) = $5
+       AND (SELECT CAST(COALESCE(SUM(i.file_size), 0) AS BIGINT) FROM instance i
+            JOIN series se ON se.id = i.series_fk JOIN study st ON st.id = se.study_fk
+            WHERE st.partition_id = $2 AND st.study_uid = $3) = $6";
+
+/// The studies on filesystem `$1` no open `migrate_study` item names,
+/// least recently accessed (or arrived) first, at most `$2`
+/// (`partition_id`, `study_uid`, `size_bytes`).
+pub(crate) const MIGRATION_CANDIDATES: &str = "SELECT ss.partition_id, ss.study_uid, st.size_bytes
+     FROM study_storage ss JOIN study st ON st.study_storage_id = ss.id
+     WHERE ss.filesystem_id = $1 AND ss.state <> 'deleting'
+       AND NOT EXISTS (SELECT 1 FROM work_queue w
+                       WHERE w.study_storage_id = ss.id AND w.type = 'migrate_study'
+                         AND w.status IN ('idle', 'pending', 'in_progress'))
+     ORDER BY COALESCE(ss.last_accessed, ss.created_at), ss.id
+     LIMIT $2";
+
+/// The bytes of the studies on filesystem `$1` that an open
+/// `migrate_study` item names (`queued`).
+pub(crate) const MIGRATION_QUEUED_BYTES: &str =
+    "SELECT CAST(COALESCE(SUM(st.size_bytes), 0) AS BIGINT) AS queued
+     FROM study_storage ss JOIN study st ON st.study_storage_id = ss.id
+     WHERE ss.filesystem_id = $1
+       AND EXISTS (SELECT 1 FROM work_queue w
+                   WHERE w.study_storage_id = ss.id AND w.type = 'migrate_study'
+                     AND w.status IN ('idle', 'pending', 'in_progress'))";
+
+/// Records an access at `$1` of study `$3` of partition `$2` unless one
+/// was recorded after `$4`.
+pub(crate) const TOUCH_STUDY: &str = "UPDATE study_storage SET last_accessed = $1
+     WHERE partition_id = $2 AND study_uid = $3
+       AND (last_accessed IS NULL OR last_accessed < $4)";
+
+/// The bytes of the studies each filesystem holds (`filesystem_id`,
+/// `held`): the sum of their instance files as the index counts them.
+pub(crate) const HELD_BYTES: &str = "SELECT ss.filesystem_id,
+            CAST(COALESCE(SUM(st.size_bytes), 0) AS BIGINT) AS held
+     FROM study st JOIN study_storage ss ON ss.id = st.study_storage_id
+     WHERE ss.filesystem_id IS NOT NULL
+     GROUP BY ss.filesystem_id";
 
 /// Creates or updates a device of partition `$1` (`$2` AE title ... `$9`
 /// most outgoing associations, `$10` may replace).
@@ -114,7 +194,9 @@ pub(crate) const STUDY_LOCATION: &str =
 pub(crate) const STUDY_DELETIONS: &str = "SELECT EXISTS (SELECT 1 FROM study_storage
                     WHERE partition_id = $1 AND study_uid = $2 AND state = 'deleting') AS deleting,
             (SELECT COUNT(*) FROM audit_log
-             WHERE partition_id = $1 AND study_uid = $2 AND action = 'study.delete') AS deletions";
+             WHERE partition_id = $1 AND study_uid = $2 AND action = 'study.delete') AS deletions,
+            (SELECT filesystem_id FROM study_storage
+             WHERE partition_id = $1 AND study_uid = $2) AS filesystem";
 
 /// Instance `$2` of partition `$1`, with where its file is.
 pub(crate) const INSTANCE: &str = concat!(
@@ -369,6 +451,16 @@ mod tests {
         super::PARTITION,
         super::ENSURE_FILESYSTEM,
         super::FILESYSTEMS,
+        super::SEED_FILESYSTEM,
+        super::FILESYSTEM_AT,
+        super::UPDATE_FILESYSTEM,
+        super::RECORD_MARKER,
+        super::MARKER,
+        super::HELD_BYTES,
+        super::SWITCH_STUDY_LOCATION,
+        super::MIGRATION_CANDIDATES,
+        super::MIGRATION_QUEUED_BYTES,
+        super::TOUCH_STUDY,
         super::ENSURE_DEVICE,
         super::REGISTER_DEVICE,
         super::DEVICE,

@@ -369,6 +369,11 @@ pub struct ReplaceOutcome {
     pub inserted_instances: u64,
 }
 
+/// What [`StudyStore::migration_candidates`] answers: the bytes already
+/// queued for migration, and (partition, study, bytes) of the studies that
+/// may be.
+pub type MigrationCandidates = (u64, Vec<(PartitionId, Uid, u64)>);
+
 /// The index operations of study delete, edit, reprocess and send. Every
 /// write method is one transaction; none touches files.
 pub trait StudyStore: Send + Sync + std::fmt::Debug {
@@ -383,6 +388,43 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         partition: PartitionId,
         study_uid: &Uid,
     ) -> Result<Vec<StoredInstance>, Error>;
+
+    /// A migration's switch: moves the study's location from filesystem
+    /// `from` to `to` (the date and partition folders stay), only if it is
+    /// still on `from`, not being deleted, and has exactly `instances`
+    /// instance rows of `bytes` bytes in all (what was copied and
+    /// verified; an instance that arrived meanwhile makes it false, and the
+    /// migration copies again). Whether it moved.
+    fn switch_study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        from: crate::model::FilesystemId,
+        to: crate::model::FilesystemId,
+        instances: u64,
+        bytes: u64,
+    ) -> Result<bool, Error>;
+
+    /// What the watermark service may migrate off `filesystem`: the bytes
+    /// of its studies already named by an open `migrate_study` item, and up
+    /// to `limit` other studies (partition, study, bytes), least recently
+    /// accessed (or, never accessed, arrived) first.
+    fn migration_candidates(
+        &self,
+        filesystem: crate::model::FilesystemId,
+        limit: u64,
+    ) -> Result<crate::db::studies::MigrationCandidates, Error>;
+
+    /// Records that the study was read at `now_ms` (a retrieve), unless an
+    /// access after `now_ms - coarseness_ms` is recorded already (one write
+    /// per study per `coarseness_ms` at most).
+    fn touch_study(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        now_ms: i64,
+        coarseness_ms: i64,
+    ) -> Result<(), Error>;
 
     /// Deletes the study's instance, series, study and duplicate rows,
     /// recounts its patient (deleting it when left without studies),

@@ -265,6 +265,10 @@ pub struct FilesystemSpec {
     pub write_only: bool,
     /// Human description.
     pub description: String,
+    /// A quota in MiB below what the volume reports: usage is then the
+    /// bytes of the studies held there, measured against it (`None`: the
+    /// volume's own size and free space).
+    pub capacity_mb: Option<u64>,
 }
 
 /// A filesystem row as the index knows it.
@@ -276,6 +280,10 @@ pub struct Filesystem {
     pub spec: FilesystemSpec,
     /// Whether the filesystem takes new studies.
     pub enabled: bool,
+    /// The identity written into its root when it was first used (`None`
+    /// until then): a root without it (an unmounted share) is never
+    /// written to.
+    pub marker: Option<String>,
 }
 
 /// A remote application entity we know (routing destination, query source).
@@ -420,6 +428,10 @@ pub struct StudyDeletions {
     pub deleting: bool,
     /// How many deletions of the study have been recorded (audit log).
     pub count: u64,
+    /// The filesystem the study is on now (`None`: no location yet, or
+    /// nearline): a record placed elsewhere (before a migration moved the
+    /// study) is refused by the commit, and ingest re-reads the location.
+    pub filesystem: Option<FilesystemId>,
 }
 
 /// What the index did with one [`InstanceRecord`].

@@ -127,6 +127,8 @@ impl WorkKind {
     pub const REPROCESS_STUDY: WorkKind = WorkKind(Cow::Borrowed("reprocess_study"));
     /// Sends a study to a device on request.
     pub const MOVE_STUDY: WorkKind = WorkKind(Cow::Borrowed("move_study"));
+    /// Moves a study's files to another filesystem (tier).
+    pub const MIGRATE_STUDY: WorkKind = WorkKind(Cow::Borrowed("migrate_study"));
 
     /// Validates a kind name: 1–64 characters of `[a-z0-9_]`, starting with
     /// a letter.

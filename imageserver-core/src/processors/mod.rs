@@ -16,12 +16,14 @@
 //! | `move_study` | `{"destination": AE}`; instance UIDs: a subset (none: all) | read |
 //! | `auto_route` | `{"destination": AE, "rule": name}`; as `move_study` | read |
 //! | `study_process` | none; instance UIDs: what arrived | read |
+//! | `migrate_study` | `{"to": filesystem id}` | write |
 //!
 //! All payload fields are optional but `destination`.
 
 mod auto_route;
 mod delete_study;
 mod edit_study;
+mod migrate_study;
 mod move_study;
 mod reprocess_study;
 mod requests;
@@ -33,6 +35,7 @@ use std::time::Duration;
 pub use auto_route::AutoRoute;
 pub use delete_study::DeleteStudy;
 pub use edit_study::EditStudy;
+pub use migrate_study::{MigratePayload, MigrateStudy};
 pub use move_study::{MoveStudy, SendPayload};
 pub use reprocess_study::ReprocessStudy;
 pub use requests::StudyRequest;
@@ -117,8 +120,13 @@ pub fn register_builtin(registry: &mut Registry, deps: BuiltinDeps, study_proces
         )
         .register(
             WorkKind::REPROCESS_STUDY,
-            write.memory_heavy(true),
+            write.clone().memory_heavy(true),
             ReprocessStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::MIGRATE_STUDY,
+            write,
+            MigrateStudy::new(deps.clone()),
         )
         .register(
             WorkKind::MOVE_STUDY,

@@ -6,7 +6,7 @@
 //! runs it, with the payload that kind reads; callers never write payload
 //! JSON themselves.
 
-use super::{AuditPayload, SendPayload};
+use super::{AuditPayload, MigratePayload, SendPayload};
 use crate::model::work::{NewWorkItem, WorkKind, WorkUid};
 use crate::model::{PartitionId, Uid};
 
@@ -36,6 +36,11 @@ pub enum StudyRequest {
         /// Who asks.
         actor: String,
     },
+    /// Move the study's files to another filesystem (tier).
+    Migrate {
+        /// The target filesystem's key.
+        to: crate::model::FilesystemId,
+    },
     /// Send the study (or some of its instances) to a device with C-STORE.
     Send {
         /// The device's AE title.
@@ -53,6 +58,7 @@ impl StudyRequest {
             StudyRequest::Edit { .. } => WorkKind::EDIT_STUDY,
             StudyRequest::Reprocess { .. } => WorkKind::REPROCESS_STUDY,
             StudyRequest::Send { .. } => WorkKind::MOVE_STUDY,
+            StudyRequest::Migrate { .. } => WorkKind::MIGRATE_STUDY,
         }
     }
 
@@ -93,6 +99,13 @@ impl StudyRequest {
             } => item
                 .payload(SendPayload::to(destination).to_json())
                 .uids(instances.clone()),
+            StudyRequest::Migrate { to } => item.payload(
+                MigratePayload {
+                    to: Some(to.0),
+                    off_tier: None,
+                }
+                .to_json(),
+            ),
         }
     }
 }

@@ -244,11 +244,26 @@ impl StudyProcess {
                         .payload(payload.to_json())
                         .scheduled_at(due)
                 }
+                Action::Tier1Retention { .. } => {
+                    let due = planned
+                        .due_at_ms
+                        .map_or(now, Timestamp::from_millis)
+                        .max(now);
+                    let payload = super::MigratePayload {
+                        to: None,
+                        off_tier: Some(1),
+                    };
+                    NewWorkItem::new(WorkKind::MIGRATE_STUDY, item.partition)
+                        .payload(payload.to_json())
+                        .scheduled_at(due)
+                }
                 // Declared hooks (and actions not due) are not executed.
                 _ => continue,
             }
             .study(study.clone());
             let kind = new.kind.clone();
+            // A migrate_study item is never appended to: a waiting one may be
+            // the watermark service's, due now; a repeat is a no-op.
             let result = if kind == WorkKind::DELETE_STUDY {
                 queue.enqueue_or_append(new).map(|e| e.id())
             } else {

@@ -4,11 +4,11 @@
 //! A rule has a condition on the study's DICOM attributes and actions.
 //! Conditions test one attribute (`equals`, `wildcard`, `in`,
 //! `older_than_days`, `contains`) and combine with `all`, `any` and `not`.
-//! Actions: `auto_route` to a device and `delete` after N days, which the
+//! Actions: `auto_route` to a device, `delete` after N days and
+//! `tier1_retention` (migrate off tier 1 N days after arrival), which the
 //! work queue executes, and the hooks of later issues, declared and
-//! validated now but not yet executed: `tier1_retention` (migrate off tier 1
-//! after N days), `online_retention` (purge the online copy of an archived
-//! study after N days) and `compress` (lossless).
+//! validated now but not yet executed: `online_retention` (purge the online
+//! copy of an archived study after N days) and `compress` (lossless).
 //!
 //! Evaluation is pure ([`RuleSet::evaluate`]): a study's attributes and the
 //! time in, the matching rules' actions out, each with the reason (the rule,
@@ -178,7 +178,10 @@ impl Action {
     /// Whether this version executes the action (through the work queue);
     /// the others are declared hooks.
     pub fn is_executed(&self) -> bool {
-        matches!(self, Action::AutoRoute { .. } | Action::Delete { .. })
+        matches!(
+            self,
+            Action::AutoRoute { .. } | Action::Delete { .. } | Action::Tier1Retention { .. }
+        )
     }
 
     /// Days after the study's arrival from which the action applies.

@@ -121,6 +121,7 @@ pub fn status_of(error: &IngestError) -> Status {
         | IngestError::Commit(_)
         | IngestError::TooLarge { .. }
         | IngestError::LowSpace { .. }
+        | IngestError::Refused { .. }
         | IngestError::StudyDeleted(_) => Status::OUT_OF_RESOURCES,
         IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
     }

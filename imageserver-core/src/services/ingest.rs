@@ -191,6 +191,15 @@ pub enum IngestError {
         /// Bytes it must keep free.
         required: u64,
     },
+    /// The study's filesystem may not be written now (its identity marker
+    /// is missing: an unmounted share, an empty folder where it should be).
+    #[error("filesystem {root} is not written to: {reason}")]
+    Refused {
+        /// The filesystem root.
+        root: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The instance's study is being deleted, or was deleted while the
     /// instance was stored: nothing was kept; sent again, it starts the
     /// study anew.
@@ -399,6 +408,7 @@ impl Ingest {
             written: 0,
             failure: None,
             storage: self.inner.storage.clone(),
+            placement: self.inner.placement.clone(),
             limits: self.limits,
             next_space_check: FREE_SPACE_CHECK_BYTES,
             partition: request.partition.clone(),
@@ -427,8 +437,8 @@ impl Ingest {
             walker.finish().map_err(IngestError::Malformed)?;
         }
         let header = writer.parse_header()?;
-        let record = self.record_for(&writer, &header)?;
-        let key = InstanceKey {
+        let mut record = self.record_for(&writer, &header)?;
+        let mut key = InstanceKey {
             location: record.location.clone(),
             series_uid: record.series.series_uid.clone(),
             sop_instance_uid: record.instance.sop_instance_uid.clone(),
@@ -484,7 +494,26 @@ impl Ingest {
         if deletions.deleting {
             return Err(IngestError::StudyDeleted(key.location.study_uid.clone()));
         }
-        let mut record = record;
+        if deletions
+            .filesystem
+            .is_some_and(|fs| fs != key.location.filesystem)
+        {
+            // A migration moved the study since its location was cached:
+            // follow it.
+            self.inner
+                .locations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(record.partition, key.location.study_uid.clone()));
+            let location = self.location(
+                &writer.partition,
+                &key.location.study_uid,
+                record.study.study_date.as_deref(),
+                writer.filesystem.id,
+            )?;
+            record.location = location.clone();
+            key.location = location;
+        }
         record.deletions_seen = Some(deletions.count);
         let study_uid = record.study.study_uid.clone();
         let series_uid = record.series.series_uid.clone();
@@ -518,6 +547,12 @@ impl Ingest {
         record: InstanceRecord,
         key: &InstanceKey,
     ) -> Result<InsertOutcome, IngestError> {
+        if let Some(reason) = self.inner.placement.refusal(key.location.filesystem) {
+            let root = self.filesystem(key.location.filesystem)?.spec.path;
+            return Err(IngestError::Refused { root, reason });
+        }
+        let study_filesystem = key.location.filesystem;
+        let file_size = record.instance.file_size;
         let pending = if key.location.filesystem == writer.filesystem.id {
             writer.object.persist(key)?
         } else {
@@ -532,10 +567,15 @@ impl Ingest {
                 .move_instance(&writer.filesystem, &target, &staged, key)?;
             storage::PendingSync::default()
         };
-        self.inner
+        let outcome = self
+            .inner
             .committer
             .commit(record, pending)
-            .map_err(IngestError::Commit)
+            .map_err(IngestError::Commit)?;
+        if outcome == InsertOutcome::Inserted {
+            self.inner.placement.stored(study_filesystem, file_size);
+        }
+        Ok(outcome)
     }
 
     /// Replaces a stored instance (accept latest, a caller allowed to). At
@@ -976,6 +1016,7 @@ pub struct IngestWriter {
     written: u64,
     failure: Option<IngestError>,
     storage: Arc<dyn StorageBackend>,
+    placement: Arc<dyn Placement>,
     limits: IngestLimits,
     /// File size at which free space is measured next.
     next_space_check: u64,
@@ -1041,7 +1082,10 @@ impl IngestWriter {
 
     /// Fails the store if the receiving filesystem keeps less than it must.
     fn check_free_space(&mut self) {
-        match self.storage.usage(&self.filesystem) {
+        match self
+            .placement
+            .usage(&self.filesystem, self.storage.as_ref())
+        {
             Ok(usage) if usage.available_bytes < self.limits.min_free_bytes => {
                 self.fail(IngestError::LowSpace {
                     root: self.filesystem.spec.path.clone(),

@@ -50,6 +50,7 @@ pub enum RetrieveError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetrieveItem {
     location: Arc<StudyLocation>,
+    partition: PartitionId,
     /// The series.
     pub series_uid: Uid,
     /// The instance.
@@ -130,7 +131,19 @@ pub struct Retrieve {
     storage: Arc<dyn StorageBackend>,
     /// Filesystems by key, loaded on first use and reloaded on a miss.
     filesystems: Arc<Mutex<HashMap<FilesystemId, Filesystem>>>,
+    /// Where study accesses are recorded (the watermark service migrates
+    /// the least recently accessed first), and when this process last did.
+    accesses: Option<Accesses>,
 }
+
+/// Where accesses are recorded, and when this process last recorded each.
+type Accesses = (
+    Arc<dyn crate::db::studies::StudyStore>,
+    Arc<Mutex<HashMap<(PartitionId, Uid), std::time::Instant>>>,
+);
+
+/// A study's access is recorded at most once per this long.
+const ACCESS_COARSENESS: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Retrieve {
     /// A service over an index and a storage backend.
@@ -144,6 +157,45 @@ impl Retrieve {
             query,
             storage,
             filesystems: Arc::new(Mutex::new(HashMap::new())),
+            accesses: None,
+        }
+    }
+
+    /// The same service, recording in `studies` when each study was last
+    /// retrieved (at most one write per study per hour).
+    pub fn recording_access(
+        mut self,
+        studies: Arc<dyn crate::db::studies::StudyStore>,
+    ) -> Retrieve {
+        self.accesses = Some((studies, Arc::new(Mutex::new(HashMap::new()))));
+        self
+    }
+
+    /// Records an access of the study at `location` (cheaply: once per
+    /// study per [`ACCESS_COARSENESS`] from this process, and the index
+    /// ignores one as recent as that). Failures are logged, not returned.
+    fn record_access(&self, partition: PartitionId, study_uid: &Uid) {
+        let Some((studies, recent)) = &self.accesses else {
+            return;
+        };
+        let key = (partition, study_uid.clone());
+        {
+            let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < ACCESS_COARSENESS)
+            {
+                return;
+            }
+            if recent.len() >= 10_000 {
+                recent.clear();
+            }
+            recent.insert(key, std::time::Instant::now());
+        }
+        let now = crate::db::studies::now_ms();
+        let coarseness = ACCESS_COARSENESS.as_millis() as i64;
+        if let Err(e) = studies.touch_study(partition, study_uid, now, coarseness) {
+            tracing::warn!(%study_uid, error = %crate::model::error_chain(&e), "cannot record a study access");
         }
     }
 
@@ -152,7 +204,14 @@ impl Retrieve {
     /// one study, series or instance). A C-MOVE or C-GET, which may name a
     /// patient's every study, uses [`Retrieve::plan`].
     pub fn instances(&self, query: &Query) -> Result<Vec<RetrieveItem>, RetrieveError> {
-        instances_on(&*self.query, query)
+        let items = instances_on(&*self.query, query)?;
+        // After the query: its connection is back in the pool.
+        let mut studies: Vec<&Uid> = items.iter().map(|i| &i.location.study_uid).collect();
+        studies.dedup();
+        for study_uid in studies {
+            self.record_access(query.partition, study_uid);
+        }
+        Ok(items)
     }
 
     /// Plans the retrieve of everything below the entities `query`
@@ -160,7 +219,13 @@ impl Retrieve {
     /// series keys, not the instances. Batches hold whole series, up to
     /// [`BATCH_INSTANCES`] instances where series are smaller.
     pub fn plan(&self, query: &Query) -> Result<RetrievePlan, RetrieveError> {
-        plan_on(&*self.query, query, BATCH_INSTANCES)
+        let plan = plan_on(&*self.query, query, BATCH_INSTANCES)?;
+        let mut studies: Vec<&Uid> = plan.batches.iter().map(|b| &b.study_uid).collect();
+        studies.dedup();
+        for study_uid in studies {
+            self.record_access(query.partition, study_uid);
+        }
+        Ok(plan)
     }
 
     /// Loads batch `index` of `plan`: the stored instances of its series
@@ -176,14 +241,38 @@ impl Retrieve {
 
     /// Opens the stored Part 10 file of `item` (preamble and meta group
     /// included) for streaming.
+    /// A study migrated since the list was read is followed to its new
+    /// location.
     pub fn open(&self, item: &RetrieveItem) -> Result<Box<dyn Read + Send>, RetrieveError> {
-        let filesystem = self.filesystem(item)?;
-        self.storage
-            .open(&filesystem, &item.key())
-            .map_err(|source| RetrieveError::Storage {
-                sop_instance_uid: item.sop_instance_uid.clone(),
-                source,
-            })
+        let filesystem = self.filesystem(item.location.filesystem, item)?;
+        let failed = match self.storage.open(&filesystem, &item.key()) {
+            Ok(reader) => return Ok(reader),
+            Err(failed) => failed,
+        };
+        if let crate::storage::Error::NotFound { .. } = failed {
+            if let Some(now) = self
+                .index
+                .instance(item.partition, &item.sop_instance_uid)?
+            {
+                if now.location != *item.location {
+                    let filesystem = self.filesystem(now.location.filesystem, item)?;
+                    let key = InstanceKey {
+                        location: now.location,
+                        ..item.key()
+                    };
+                    return self.storage.open(&filesystem, &key).map_err(|source| {
+                        RetrieveError::Storage {
+                            sop_instance_uid: item.sop_instance_uid.clone(),
+                            source,
+                        }
+                    });
+                }
+            }
+        }
+        Err(RetrieveError::Storage {
+            sop_instance_uid: item.sop_instance_uid.clone(),
+            source: failed,
+        })
     }
 
     /// The device of `partition` called `ae_title`, if the partition knows
@@ -203,8 +292,11 @@ impl Retrieve {
             .find(|device| device.ae_title == ae_title))
     }
 
-    fn filesystem(&self, item: &RetrieveItem) -> Result<Filesystem, RetrieveError> {
-        let id = item.location.filesystem;
+    fn filesystem(
+        &self,
+        id: FilesystemId,
+        item: &RetrieveItem,
+    ) -> Result<Filesystem, RetrieveError> {
         let mut cache = self
             .filesystems
             .lock()
@@ -230,7 +322,11 @@ impl Retrieve {
 
 /// The item of a stored instance, sharing the location of the one before
 /// when it is the same study's.
-fn item_of(stored: StoredInstance, current: &mut Option<Arc<StudyLocation>>) -> RetrieveItem {
+fn item_of(
+    stored: StoredInstance,
+    partition: PartitionId,
+    current: &mut Option<Arc<StudyLocation>>,
+) -> RetrieveItem {
     let location = match current {
         Some(location) if **location == stored.location => location.clone(),
         _ => {
@@ -241,6 +337,7 @@ fn item_of(stored: StoredInstance, current: &mut Option<Arc<StudyLocation>>) -> 
     };
     RetrieveItem {
         location,
+        partition,
         series_uid: stored.series_uid,
         sop_instance_uid: stored.sop_instance_uid,
         sop_class_uid: stored.sop_class_uid,
@@ -255,7 +352,7 @@ fn instances_on(store: &dyn QueryStore, query: &Query) -> Result<Vec<RetrieveIte
     let mut items: Vec<RetrieveItem> = Vec::new();
     let mut current: Option<Arc<StudyLocation>> = None;
     store.find_instances(query, &mut |stored: StoredInstance| {
-        items.push(item_of(stored, &mut current));
+        items.push(item_of(stored, query.partition, &mut current));
         ControlFlow::Continue(())
     })?;
     Ok(items)

@@ -52,6 +52,7 @@ mod delete;
 mod edit;
 mod files;
 mod metadata;
+mod migrate;
 mod reconcile;
 mod reprocess;
 mod send;
@@ -89,6 +90,7 @@ use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
 use crate::dicom::part10::splice;
 use crate::storage::{StoredObject, StudyObject};
 pub use metadata::{MetadataReport, BULK_DATA_THRESHOLD};
+pub use migrate::{MigrationReport, FAULT_PAUSE_ENV};
 use splice::Target;
 
 /// Why a study operation failed.
@@ -109,6 +111,19 @@ pub enum StudyError {
     /// The study is being deleted.
     #[error("study {0} is being deleted")]
     BeingDeleted(Uid),
+    /// The target filesystem's root lacks the identity marker the index
+    /// recorded (an unmounted share): nothing is written there.
+    #[error("filesystem {path} lacks its identity marker (not mounted?)")]
+    FilesystemRefused {
+        /// The root.
+        path: PathBuf,
+    },
+    /// Instances kept arriving while the study was migrated: try again.
+    #[error("study {0} kept changing while it was migrated")]
+    Busy(Uid),
+    /// A migrated copy differs from the index's digest after it was written.
+    #[error("the copy of instance {0} differs from its indexed digest")]
+    CopyMismatch(Uid),
     /// Another edit of the study is pending (it must be finished first:
     /// run it again with the same values).
     #[error(

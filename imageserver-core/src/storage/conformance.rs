@@ -10,7 +10,8 @@
 //! and deleted; a study lists its objects with their sizes, sorted by
 //! their [`layout`] path; emptied folders go and the rest stays; an
 //! instance moves between filesystems; a missing instance is
-//! [`Error::NotFound`]; usage is consistent.
+//! [`Error::NotFound`]; usage is consistent; an identity marker is written
+//! once and read back (the suite leaves it in `other`'s root).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -52,6 +53,7 @@ pub fn run(storage: &dyn StorageBackend, filesystem: &Filesystem, other: &Filesy
     suite.only_empty_folders_are_removed();
     suite.usage_is_consistent();
     suite.instances_move_between_filesystems(other);
+    suite.the_marker_is_written_once(other);
 }
 
 /// Panics with the suite's prefix unless `ok`.
@@ -868,6 +870,34 @@ impl Suite<'_> {
         check(
             (0.0..=100.0).contains(&used),
             format_args!("usage reports {used}% used"),
+        );
+    }
+
+    /// A root without a marker reads `None`; a written marker reads back,
+    /// and a second one is refused without replacing it.
+    fn the_marker_is_written_once(&self, other: &Filesystem) {
+        let before = succeeds("read_marker", self.storage.read_marker(other));
+        check(
+            before.is_none(),
+            format_args!("a fresh root reads marker {before:?}"),
+        );
+        succeeds(
+            "write_marker",
+            self.storage.write_marker(other, "conformance-1"),
+        );
+        let first = succeeds("read_marker", self.storage.read_marker(other));
+        check(
+            first.as_deref() == Some("conformance-1"),
+            format_args!("the written marker reads back as {first:?}"),
+        );
+        check(
+            self.storage.write_marker(other, "conformance-2").is_err(),
+            format_args!("a second marker was written over the first"),
+        );
+        let still = succeeds("read_marker", self.storage.read_marker(other));
+        check(
+            still.as_deref() == Some("conformance-1"),
+            format_args!("after a refused second marker the root reads {still:?}"),
         );
     }
 

@@ -458,6 +458,37 @@ impl StorageBackend for FsStorage {
         Ok(report)
     }
 
+    fn read_marker(&self, filesystem: &Filesystem) -> Result<Option<String>, Error> {
+        let root = &filesystem.spec.path;
+        let path = root.join(layout::MARKER_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("reading", &path, root, e)),
+        }
+    }
+
+    fn write_marker(&self, filesystem: &Filesystem, marker: &str) -> Result<(), Error> {
+        let root = &filesystem.spec.path;
+        fs::create_dir_all(root).map_err(|e| io_error("creating directory", root, root, e))?;
+        let path = root.join(layout::MARKER_FILE);
+        let temp = root.join(format!(
+            "{}.{}.new",
+            layout::MARKER_FILE,
+            std::process::id()
+        ));
+        let mut file = File::create(&temp).map_err(|e| io_error("creating", &temp, root, e))?;
+        file.write_all(format!("{marker}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(|e| io_error("writing", &temp, root, e))?;
+        drop(file);
+        // A hard link, not a rename: it fails when a marker is there.
+        let linked = fs::hard_link(&temp, &path);
+        let _ = fs::remove_file(&temp);
+        linked.map_err(|e| io_error("creating", &path, root, e))?;
+        sync_dir(root)
+    }
+
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error> {
         statvfs(&filesystem.spec.path)
             .map_err(|e| io_error("measuring", &filesystem.spec.path, &filesystem.spec.path, e))
@@ -785,8 +816,12 @@ fn statvfs(path: &Path) -> io::Result<Usage> {
         return Err(io::Error::last_os_error());
     }
     let fragment = stat.f_frsize as u64;
+    // The blocks a volume reserves for root are neither ours nor used: as
+    // df does, the total is what is used plus what we may still use, so
+    // that an empty volume does not start above its high watermark.
+    let used = (stat.f_blocks as u64).saturating_sub(stat.f_bfree as u64);
     Ok(Usage {
-        total_bytes: stat.f_blocks as u64 * fragment,
+        total_bytes: (used + stat.f_bavail as u64) * fragment,
         available_bytes: stat.f_bavail as u64 * fragment,
     })
 }
@@ -802,6 +837,7 @@ mod tests {
             id: FilesystemId(1),
             spec: fixtures::fs_spec(root),
             enabled: true,
+            marker: None,
         }
     }
 

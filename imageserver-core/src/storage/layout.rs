@@ -17,6 +17,10 @@ use crate::model::StudyLocation;
 /// Name of the folder of temporary files under each filesystem root.
 pub const TEMP_DIR: &str = ".tmp";
 
+/// Name of the identity marker file in each filesystem root (see
+/// [`StorageBackend::write_marker`](super::StorageBackend::write_marker)).
+pub const MARKER_FILE: &str = ".imageserver-filesystem";
+
 /// Name of the study subfolder reserved for derived data (series metadata).
 /// It starts with a dot, so it can never be a UID (a series folder).
 pub const METADATA_DIR: &str = ".metadata";

@@ -132,7 +132,8 @@ pub enum StudyObject {
 /// Space on a filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
-    /// Total bytes.
+    /// Total bytes: used and still available to us (blocks a volume keeps
+    /// for root not counted, as `df` reports).
     pub total_bytes: u64,
     /// Bytes available to us.
     pub available_bytes: u64,
@@ -323,6 +324,15 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
 
     /// Space on a filesystem.
     fn usage(&self, filesystem: &Filesystem) -> Result<Usage, Error>;
+
+    /// The identity marker in the filesystem's root, `None` when there is
+    /// none (also when the root itself is missing: an unmounted share).
+    fn read_marker(&self, filesystem: &Filesystem) -> Result<Option<String>, Error>;
+
+    /// Writes the identity marker into the filesystem's root (creating the
+    /// root), durably on return. A marker already there is never
+    /// overwritten: that is an error, and the caller reads it instead.
+    fn write_marker(&self, filesystem: &Filesystem, marker: &str) -> Result<(), Error>;
 
     /// Removes the temporary objects that no writer will finish: those
     /// left by a process of this host that is gone (a crash), and, from any

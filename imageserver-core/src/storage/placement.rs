@@ -2,11 +2,18 @@
 //!
 //! [`Ingest`](crate::services::Ingest) asks its [`Placement`] for every new
 //! instance's temporary file, and a study new to the index is claimed on
-//! the filesystem it chose; later instances follow the study. Tiering plugs
-//! in here.
+//! the filesystem it chose; later instances follow the study.
+//!
+//! [`Tiered`] is the server's policy: tiers and watermarks, quotas
+//! (`capacity_mb`) and identity markers, over the per-filesystem facts a
+//! [`FilesystemStates`] keeps (the tiering monitor refreshes them from the
+//! index and the roots). [`LowestTierMostRoom`] is the plain one.
 
-use super::StorageBackend;
-use crate::model::Filesystem;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use super::{Error, StorageBackend, Usage};
+use crate::model::{Filesystem, FilesystemId};
 
 /// Decides where new studies go.
 pub trait Placement: Send + Sync + std::fmt::Debug {
@@ -14,12 +21,26 @@ pub trait Placement: Send + Sync + std::fmt::Debug {
     /// list), or `None` when none can take it.
     fn place(&self, filesystems: &[Filesystem], storage: &dyn StorageBackend)
         -> Option<Filesystem>;
+
+    /// Space on a filesystem as this policy counts it (a quota, when it
+    /// knows one): what ingest checks while a store streams in.
+    fn usage(&self, filesystem: &Filesystem, storage: &dyn StorageBackend) -> Result<Usage, Error> {
+        storage.usage(filesystem)
+    }
+
+    /// Why nothing may be written to `filesystem` now (its identity marker
+    /// is missing: an unmounted share), `None` when it may be.
+    fn refusal(&self, _filesystem: FilesystemId) -> Option<String> {
+        None
+    }
+
+    /// Told after a commit that `bytes` more are held on `filesystem`.
+    fn stored(&self, _filesystem: FilesystemId, _bytes: u64) {}
 }
 
-/// Today's policy: among enabled, writable filesystems with at least
-/// `min_free_bytes` available, the lowest tier number, and within it the
-/// one with the most room. A filesystem whose usage cannot be read is
-/// skipped with a warning.
+/// Among enabled, writable filesystems with at least `min_free_bytes`
+/// available, the lowest tier number, and within it the one with the most
+/// room. A filesystem whose usage cannot be read is skipped with a warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LowestTierMostRoom {
     /// Free space a filesystem must keep to take new instances.
@@ -63,5 +84,164 @@ impl Placement for LowestTierMostRoom {
             }
         }
         best.map(|(fs, _)| fs.clone())
+    }
+}
+
+/// What is known of each filesystem beyond its index row: the bytes of
+/// the studies the index holds on it (what a `capacity_mb` quota is
+/// measured against) and whether it may be written (its identity marker).
+/// Shared by placement, ingest and the tiering monitor that refreshes it.
+#[derive(Debug, Default)]
+pub struct FilesystemStates {
+    states: RwLock<HashMap<FilesystemId, State>>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct State {
+    held_bytes: u64,
+    refused: Option<String>,
+}
+
+impl FilesystemStates {
+    /// Sets the bytes held per filesystem (as the index counts them); a
+    /// filesystem not listed holds none.
+    pub fn set_held(&self, held: &[(FilesystemId, u64)]) {
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        for state in states.values_mut() {
+            state.held_bytes = 0;
+        }
+        for (id, bytes) in held {
+            states.entry(*id).or_default().held_bytes = *bytes;
+        }
+    }
+
+    /// Counts `bytes` more held on `filesystem` (until the next
+    /// [`FilesystemStates::set_held`]).
+    pub fn add_held(&self, filesystem: FilesystemId, bytes: u64) {
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        let state = states.entry(filesystem).or_default();
+        state.held_bytes = state.held_bytes.saturating_add(bytes);
+    }
+
+    /// The bytes held on `filesystem`.
+    pub fn held(&self, filesystem: FilesystemId) -> u64 {
+        self.states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&filesystem)
+            .map_or(0, |s| s.held_bytes)
+    }
+
+    /// Marks `filesystem` as not to be written, with why (`None`: it may
+    /// be written again).
+    pub fn set_refusal(&self, filesystem: FilesystemId, reason: Option<String>) {
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        states.entry(filesystem).or_default().refused = reason;
+    }
+
+    /// Why `filesystem` may not be written, if it may not.
+    pub fn refusal(&self, filesystem: FilesystemId) -> Option<String> {
+        self.states
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&filesystem)
+            .and_then(|s| s.refused.clone())
+    }
+
+    /// Space on `filesystem`: with a `capacity_mb` quota, the quota is the
+    /// total and the bytes held are used (never more available than the
+    /// volume has); without one, the volume's own figures.
+    pub fn usage(
+        &self,
+        filesystem: &Filesystem,
+        storage: &dyn StorageBackend,
+    ) -> Result<Usage, Error> {
+        let volume = storage.usage(filesystem)?;
+        Ok(quota_usage(filesystem, volume, self.held(filesystem.id)))
+    }
+}
+
+/// The usage of `filesystem` under its quota, if it has one.
+pub fn quota_usage(filesystem: &Filesystem, volume: Usage, held_bytes: u64) -> Usage {
+    match filesystem.spec.capacity_mb {
+        None => volume,
+        Some(mb) => {
+            let total = mb.saturating_mul(1024 * 1024);
+            Usage {
+                total_bytes: total,
+                available_bytes: total.saturating_sub(held_bytes).min(volume.available_bytes),
+            }
+        }
+    }
+}
+
+/// The server's placement. Among enabled, writable filesystems that may be
+/// written (marker present) and keep at least `min_free_bytes` available
+/// (the reserve): first those used below their high watermark, the
+/// highest tier (lowest number) first and within a tier the most room;
+/// when every one is above its high watermark, the same order over the
+/// rest (the watermark service frees space; the reserve is what refuses
+/// stores). Usage counts a `capacity_mb` quota.
+#[derive(Debug)]
+pub struct Tiered {
+    /// Free space a filesystem must keep to take new instances.
+    pub min_free_bytes: u64,
+    /// The facts the choice reads.
+    pub states: std::sync::Arc<FilesystemStates>,
+}
+
+impl Placement for Tiered {
+    fn place(
+        &self,
+        filesystems: &[Filesystem],
+        storage: &dyn StorageBackend,
+    ) -> Option<Filesystem> {
+        // (below its high watermark, tier, room)
+        let mut best: Option<(&Filesystem, bool, u64)> = None;
+        for fs in filesystems
+            .iter()
+            .filter(|fs| fs.enabled && !fs.spec.read_only)
+        {
+            if self.states.refusal(fs.id).is_some() {
+                continue;
+            }
+            let usage = match self.states.usage(fs, storage) {
+                Ok(usage) => usage,
+                Err(error) => {
+                    tracing::warn!(filesystem = %fs.spec.path.display(), %error, "filesystem unusable");
+                    continue;
+                }
+            };
+            if usage.available_bytes < self.min_free_bytes.max(1) {
+                continue;
+            }
+            let below = usage.used_percent() < fs.spec.high_watermark;
+            let better = match best {
+                None => true,
+                Some((chosen, chosen_below, room)) => {
+                    (
+                        below,
+                        std::cmp::Reverse(fs.spec.tier),
+                        usage.available_bytes,
+                    ) > (chosen_below, std::cmp::Reverse(chosen.spec.tier), room)
+                }
+            };
+            if better {
+                best = Some((fs, below, usage.available_bytes));
+            }
+        }
+        best.map(|(fs, _, _)| fs.clone())
+    }
+
+    fn usage(&self, filesystem: &Filesystem, storage: &dyn StorageBackend) -> Result<Usage, Error> {
+        self.states.usage(filesystem, storage)
+    }
+
+    fn refusal(&self, filesystem: FilesystemId) -> Option<String> {
+        self.states.refusal(filesystem)
+    }
+
+    fn stored(&self, filesystem: FilesystemId, bytes: u64) {
+        self.states.add_held(filesystem, bytes);
     }
 }

@@ -136,7 +136,12 @@ pub fn entries_under(dir: &Path) -> std::collections::BTreeSet<PathBuf> {
     entries
 }
 
-/// Every regular file under `dir`, recursively (symlinks not followed).
+/// The identity marker each filesystem root holds: bookkeeping, never an
+/// instance, so the file listings below leave it out.
+pub const MARKER_FILE: &str = ".imageserver-filesystem";
+
+/// Every regular file under `dir`, recursively (symlinks not followed),
+/// but filesystem identity markers ([`MARKER_FILE`]).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
@@ -150,7 +155,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             };
             if file_type.is_dir() {
                 pending.push(entry.path());
-            } else {
+            } else if entry.file_name() != MARKER_FILE {
                 files.push(entry.path());
             }
         }

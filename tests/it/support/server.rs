@@ -146,6 +146,7 @@ impl ServerBuilder {
             port: free_port(),
             http_port: free_port(),
             child: None,
+            env: Vec::new(),
         };
         server.spawn();
         server
@@ -370,9 +371,21 @@ pub struct Server {
     /// Its HTTP port (DICOMweb, metrics).
     http_port: u16,
     child: Option<Child>,
+    /// Extra environment of the next spawn (fault-injection hooks).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
+    /// Sets (`Some`) or clears (`None`) an environment variable of the
+    /// server from its next (re)start on: how a test arms a library's
+    /// fault-injection point.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.env.push((key.to_string(), value.to_string()));
+        }
+    }
+
     /// Settings for a server whose files live under `root`/data.
     pub fn builder(root: &Path) -> ServerBuilder {
         ServerBuilder {
@@ -489,6 +502,7 @@ impl Server {
             .env("RUST_BACKTRACE", "1")
             // Plain log lines in the log file.
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.root)
             .stdin(Stdio::null());
         command

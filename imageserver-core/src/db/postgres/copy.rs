@@ -63,6 +63,8 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("write_only", Bool),
             ("enabled", Bool),
             ("description", Text),
+            ("capacity_mb", Int),
+            ("marker", Text),
         ],
     ),
     (

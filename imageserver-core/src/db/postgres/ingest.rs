@@ -378,7 +378,9 @@ pub(super) async fn study_deletions<'a>(
                           AND ss.state = 'deleting') AS deleting,
                 (SELECT COUNT(*) FROM audit_log a
                  WHERE a.partition_id = t.p AND a.study_uid = t.uid
-                   AND a.action = 'study.delete') AS deletions
+                   AND a.action = 'study.delete') AS deletions,
+                (SELECT ss.filesystem_id FROM study_storage ss
+                 WHERE ss.partition_id = t.p AND ss.study_uid = t.uid) AS filesystem
          FROM UNNEST($1::bigint[], $2::text[]) WITH ORDINALITY AS t(p, uid, n)",
     )
     .bind(&partitions)
@@ -397,6 +399,9 @@ pub(super) async fn study_deletions<'a>(
             StudyDeletions {
                 deleting: row.try_get("deleting")?,
                 count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+                filesystem: row
+                    .try_get::<Option<i64>, _>("filesystem")?
+                    .map(crate::model::FilesystemId),
             },
         );
     }

@@ -80,6 +80,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (3, include_str!("migrations/0003_work_queue_claim.sql")),
     (4, include_str!("migrations/0004_device_outgoing_limit.sql")),
     (5, include_str!("migrations/0005_replace_and_reconcile.sql")),
+    (
+        6,
+        include_str!("migrations/0006_filesystem_capacity_marker.sql"),
+    ),
     (7, include_str!("migrations/0007_nodes.sql")),
 ];
 
@@ -585,6 +589,7 @@ impl IndexStore for PgIndex {
     fn ensure_filesystem(&self, spec: &FilesystemSpec) -> Result<FilesystemId, Error> {
         const OPERATION: &str = "ensuring a filesystem";
         let path = rows::fs_path(spec, OPERATION)?;
+        let capacity = rows::capacity(spec, OPERATION)?;
         self.write(OPERATION, async |conn| {
             let id: i64 = sqlx::query_scalar(sql::ENSURE_FILESYSTEM)
                 .bind(pg_text(path).as_ref())
@@ -594,9 +599,94 @@ impl IndexStore for PgIndex {
                 .bind(spec.read_only)
                 .bind(spec.write_only)
                 .bind(pg_text(&spec.description).as_ref())
+                .bind(capacity)
                 .fetch_one(&mut *conn)
                 .await?;
             Ok(FilesystemId(id))
+        })
+    }
+
+    fn seed_filesystem(&self, spec: &FilesystemSpec) -> Result<(Filesystem, bool), Error> {
+        const OPERATION: &str = "seeding a filesystem";
+        let path = rows::fs_path(spec, OPERATION)?;
+        let capacity = rows::capacity(spec, OPERATION)?;
+        self.write(OPERATION, async |conn| {
+            let created: Option<i64> = sqlx::query_scalar(sql::SEED_FILESYSTEM)
+                .bind(pg_text(path).as_ref())
+                .bind(i32::from(spec.tier.0))
+                .bind(spec.high_watermark)
+                .bind(spec.low_watermark)
+                .bind(spec.read_only)
+                .bind(spec.write_only)
+                .bind(pg_text(&spec.description).as_ref())
+                .bind(capacity)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let row = sqlx::query(sql::FILESYSTEM_AT)
+                .bind(pg_text(path).as_ref())
+                .fetch_one(&mut *conn)
+                .await?;
+            let row = rows::filesystem(&row)?;
+            Ok((row, created.is_some()))
+        })
+    }
+
+    fn update_filesystem(&self, filesystem: &Filesystem) -> Result<(), Error> {
+        const OPERATION: &str = "updating a filesystem";
+        let spec = &filesystem.spec;
+        let path = rows::fs_path(spec, OPERATION)?;
+        let capacity = rows::capacity(spec, OPERATION)?;
+        let changed = self.write(OPERATION, async |conn| {
+            let done = sqlx::query(sql::UPDATE_FILESYSTEM)
+                .bind(pg_text(path).as_ref())
+                .bind(i32::from(spec.tier.0))
+                .bind(spec.high_watermark)
+                .bind(spec.low_watermark)
+                .bind(spec.read_only)
+                .bind(spec.write_only)
+                .bind(pg_text(&spec.description).as_ref())
+                .bind(capacity)
+                .bind(filesystem.enabled)
+                .bind(filesystem.id.0)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected())
+        })?;
+        if changed == 0 {
+            return Err(Error::NotFound {
+                what: format!("filesystem {}", filesystem.id.0),
+            });
+        }
+        Ok(())
+    }
+
+    fn record_filesystem_marker(&self, id: FilesystemId, marker: &str) -> Result<String, Error> {
+        let held = self.write("recording a filesystem marker", async |conn| {
+            sqlx::query(sql::RECORD_MARKER)
+                .bind(pg_text(marker).as_ref())
+                .bind(id.0)
+                .execute(&mut *conn)
+                .await?;
+            let held: Option<Option<String>> = sqlx::query_scalar(sql::MARKER)
+                .bind(id.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(held.flatten())
+        })?;
+        held.ok_or_else(|| Error::NotFound {
+            what: format!("filesystem {}", id.0),
+        })
+    }
+
+    fn filesystem_held_bytes(&self) -> Result<Vec<(FilesystemId, u64)>, Error> {
+        self.read("measuring filesystem usage", async |conn| {
+            let rows: Vec<(i64, i64)> = sqlx::query_as(sql::HELD_BYTES)
+                .fetch_all(&mut *conn)
+                .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, held)| (FilesystemId(id), held.max(0) as u64))
+                .collect())
         })
     }
 
@@ -718,6 +808,9 @@ impl IndexStore for PgIndex {
             Ok(StudyDeletions {
                 deleting: row.try_get("deleting")?,
                 count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+                filesystem: row
+                    .try_get::<Option<i64>, _>("filesystem")?
+                    .map(FilesystemId),
             })
         })
     }

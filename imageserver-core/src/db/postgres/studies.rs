@@ -594,6 +594,79 @@ impl StudyStore for PgIndex {
         })
     }
 
+    fn switch_study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        from: crate::model::FilesystemId,
+        to: crate::model::FilesystemId,
+        instances: u64,
+        bytes: u64,
+    ) -> Result<bool, Error> {
+        let instances = i64::try_from(instances).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let moved = self.write("switching a study's location", async |conn| {
+            let done = sqlx::query(sql::SWITCH_STUDY_LOCATION)
+                .bind(to.0)
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .bind(from.0)
+                .bind(instances)
+                .bind(bytes)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected())
+        })?;
+        Ok(moved == 1)
+    }
+
+    fn migration_candidates(
+        &self,
+        filesystem: crate::model::FilesystemId,
+        limit: u64,
+    ) -> Result<crate::db::studies::MigrationCandidates, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("choosing studies to migrate", async |conn| {
+            let queued: i64 = sqlx::query_scalar(sql::MIGRATION_QUEUED_BYTES)
+                .bind(filesystem.0)
+                .fetch_one(&mut *conn)
+                .await?;
+            let rows = sqlx::query(sql::MIGRATION_CANDIDATES)
+                .bind(filesystem.0)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut found = Vec::with_capacity(rows.len());
+            for row in &rows {
+                found.push((
+                    PartitionId(row.try_get("partition_id")?),
+                    row.uid("study_uid")?,
+                    row.count("size_bytes")?,
+                ));
+            }
+            Ok((queued.max(0) as u64, found))
+        })
+    }
+
+    fn touch_study(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        now_ms: i64,
+        coarseness_ms: i64,
+    ) -> Result<(), Error> {
+        self.write("recording a study access", async |conn| {
+            sqlx::query(sql::TOUCH_STUDY)
+                .bind(now_ms)
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .bind(now_ms - coarseness_ms)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+    }
+
     fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error> {
         self.write("recording an audit entry", async |conn| {
             insert_audit(conn, entry).await?;

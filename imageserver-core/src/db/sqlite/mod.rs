@@ -47,6 +47,10 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (4, include_str!("migrations/0004_work_queue_claim.sql")),
     (5, include_str!("migrations/0005_device_outgoing_limit.sql")),
     (6, include_str!("migrations/0006_replace_and_reconcile.sql")),
+    (
+        7,
+        include_str!("migrations/0007_filesystem_capacity_marker.sql"),
+    ),
     (8, include_str!("migrations/0008_nodes.sql")),
 ];
 
@@ -645,6 +649,7 @@ impl IndexStore for SqliteIndex {
     fn ensure_filesystem(&self, spec: &FilesystemSpec) -> Result<FilesystemId, Error> {
         const OPERATION: &str = "ensuring a filesystem";
         let path = rows::fs_path(spec, OPERATION)?;
+        let capacity = rows::capacity(spec, OPERATION)?;
         self.write(OPERATION, |tx| {
             tx.prepare_cached(sql::ENSURE_FILESYSTEM)?.query_row(
                 params![
@@ -654,10 +659,90 @@ impl IndexStore for SqliteIndex {
                     spec.low_watermark,
                     spec.read_only,
                     spec.write_only,
-                    spec.description
+                    spec.description,
+                    capacity
                 ],
                 |r| r.get(0).map(FilesystemId),
             )
+        })
+    }
+
+    fn seed_filesystem(&self, spec: &FilesystemSpec) -> Result<(Filesystem, bool), Error> {
+        const OPERATION: &str = "seeding a filesystem";
+        let path = rows::fs_path(spec, OPERATION)?;
+        let capacity = rows::capacity(spec, OPERATION)?;
+        self.write(OPERATION, |tx| {
+            let created = tx
+                .prepare_cached(sql::SEED_FILESYSTEM)?
+                .query_row(
+                    params![
+                        path,
+                        spec.tier.0,
+                        spec.high_watermark,
+                        spec.low_watermark,
+                        spec.read_only,
+                        spec.write_only,
+                        spec.description,
+                        capacity
+                    ],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()?
+                .is_some();
+            let row = tx
+                .prepare_cached(sql::FILESYSTEM_AT)?
+                .query_row([path], |r| rows::filesystem(r))?;
+            Ok((row, created))
+        })
+    }
+
+    fn update_filesystem(&self, filesystem: &Filesystem) -> Result<(), Error> {
+        const OPERATION: &str = "updating a filesystem";
+        let spec = &filesystem.spec;
+        let path = rows::fs_path(spec, OPERATION)?;
+        let capacity = rows::capacity(spec, OPERATION)?;
+        let changed = self.write(OPERATION, |tx| {
+            tx.prepare_cached(sql::UPDATE_FILESYSTEM)?.execute(params![
+                path,
+                spec.tier.0,
+                spec.high_watermark,
+                spec.low_watermark,
+                spec.read_only,
+                spec.write_only,
+                spec.description,
+                capacity,
+                filesystem.enabled,
+                filesystem.id.0
+            ])
+        })?;
+        if changed == 0 {
+            return Err(Error::NotFound {
+                what: format!("filesystem {}", filesystem.id.0),
+            });
+        }
+        Ok(())
+    }
+
+    fn record_filesystem_marker(&self, id: FilesystemId, marker: &str) -> Result<String, Error> {
+        let held = self.write("recording a filesystem marker", |tx| {
+            tx.prepare_cached(sql::RECORD_MARKER)?
+                .execute(params![marker, id.0])?;
+            tx.prepare_cached(sql::MARKER)?
+                .query_row([id.0], |r| r.get::<_, Option<String>>(0))
+                .optional()
+        })?;
+        held.flatten().ok_or_else(|| Error::NotFound {
+            what: format!("filesystem {}", id.0),
+        })
+    }
+
+    fn filesystem_held_bytes(&self) -> Result<Vec<(FilesystemId, u64)>, Error> {
+        self.read("measuring filesystem usage", |conn| {
+            let mut stmt = conn.prepare_cached(sql::HELD_BYTES)?;
+            let found = stmt.query_map([], |r| {
+                Ok((FilesystemId(r.get(0)?), r.get::<_, i64>(1)?.max(0) as u64))
+            })?;
+            found.collect()
         })
     }
 
@@ -904,6 +989,7 @@ fn study_deletions_in(
             Ok(StudyDeletions {
                 deleting: r.get("deleting")?,
                 count: u64::try_from(r.get::<_, i64>("deletions")?).unwrap_or(0),
+                filesystem: r.get::<_, Option<i64>>("filesystem")?.map(FilesystemId),
             })
         },
     )

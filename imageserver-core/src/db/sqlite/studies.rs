@@ -456,6 +456,74 @@ impl StudyStore for SqliteIndex {
         })
     }
 
+    fn switch_study_location(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        from: crate::model::FilesystemId,
+        to: crate::model::FilesystemId,
+        instances: u64,
+        bytes: u64,
+    ) -> Result<bool, Error> {
+        let instances = i64::try_from(instances).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let moved = self.write("switching a study's location", |tx| {
+            tx.prepare_cached(sql::SWITCH_STUDY_LOCATION)?
+                .execute(params![
+                    to.0,
+                    partition.0,
+                    study_uid.as_str(),
+                    from.0,
+                    instances,
+                    bytes
+                ])
+        })?;
+        Ok(moved == 1)
+    }
+
+    fn migration_candidates(
+        &self,
+        filesystem: crate::model::FilesystemId,
+        limit: u64,
+    ) -> Result<crate::db::studies::MigrationCandidates, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("choosing studies to migrate", |conn| {
+            let queued: i64 = conn
+                .prepare_cached(sql::MIGRATION_QUEUED_BYTES)?
+                .query_row([filesystem.0], |r| r.get(0))?;
+            let mut stmt = conn.prepare_cached(sql::MIGRATION_CANDIDATES)?;
+            let found = stmt.query_map(params![filesystem.0, limit], |r| {
+                Ok((
+                    PartitionId(r.get(0)?),
+                    r.uid("study_uid")?,
+                    r.count("size_bytes")?,
+                ))
+            })?;
+            Ok((
+                queued.max(0) as u64,
+                found.collect::<rusqlite::Result<_>>()?,
+            ))
+        })
+    }
+
+    fn touch_study(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        now_ms: i64,
+        coarseness_ms: i64,
+    ) -> Result<(), Error> {
+        self.write("recording a study access", |tx| {
+            tx.prepare_cached(sql::TOUCH_STUDY)?.execute(params![
+                now_ms,
+                partition.0,
+                study_uid.as_str(),
+                now_ms - coarseness_ms
+            ])
+        })
+        .map(drop)
+    }
+
     fn record_audit(&self, entry: &AuditEntry) -> Result<(), Error> {
         self.write("recording an audit entry", |tx| insert_audit(tx, entry))
     }

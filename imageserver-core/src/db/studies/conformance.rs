@@ -21,6 +21,104 @@ pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
     replace_rows(store);
     reconcile_queue(store);
     audit_entries_are_listed_and_filtered(store);
+    migration_switch(store);
+}
+
+/// A migration's switch moves the study only as copied; afterwards a
+/// record placed at the old location is refused.
+fn migration_switch<S: IndexStore + StudyStore>(store: &S) {
+    let f = fixture(store, "ST_MIGRATE");
+    let other = store
+        .ensure_filesystem(&fixtures::fs_spec("/studies/ST_MIGRATE_TIER2"))
+        .expect("second filesystem");
+    let study = uid("1.17.1");
+    let records = [
+        f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.1"),
+        f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.2"),
+    ];
+    store.insert_instances(&records).expect("insert");
+    let bytes: u64 = records.iter().map(|r| r.instance.file_size).sum();
+    // Not as copied (an instance more, other bytes, another source): no.
+    for (from, count, size) in [(f.fs, 3, bytes), (f.fs, 2, bytes + 1), (other, 2, bytes)] {
+        assert!(!store
+            .switch_study_location(f.partition, &study, from, other, count, size)
+            .expect("switch"));
+    }
+    assert_eq!(
+        store
+            .study_location(f.partition, &study)
+            .expect("read")
+            .map(|l| l.filesystem),
+        Some(f.fs)
+    );
+    assert!(store
+        .switch_study_location(f.partition, &study, f.fs, other, 2, bytes)
+        .expect("switch"));
+    assert_eq!(
+        store
+            .study_location(f.partition, &study)
+            .expect("read")
+            .map(|l| l.filesystem),
+        Some(other)
+    );
+    assert_eq!(
+        store
+            .study_deletions(f.partition, &study)
+            .expect("read")
+            .filesystem,
+        Some(other)
+    );
+    // A record placed before the switch is refused; one placed after it
+    // goes in.
+    let stale = f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.3");
+    let mut fresh = f.record("P1", "1.17.1", "1.17.1.1", "1.17.1.1.4");
+    fresh.location.filesystem = other;
+    assert_eq!(
+        store.insert_instances(&[stale, fresh]).expect("batch"),
+        [InsertOutcome::StudyDeleted, InsertOutcome::Inserted]
+    );
+
+    // Candidates: least recently accessed (or arrived) first.
+    for study in ["1.17.2", "1.17.3"] {
+        store
+            .insert_instances(&[f.record(
+                "P1",
+                study,
+                &format!("{study}.1"),
+                &format!("{study}.1.1"),
+            )])
+            .expect("insert");
+    }
+    let order = |store: &S| -> Vec<String> {
+        let (queued, found) = store.migration_candidates(f.fs, 10).expect("candidates");
+        assert_eq!(queued, 0);
+        found
+            .into_iter()
+            .map(|(_, uid, _)| uid.to_string())
+            .collect()
+    };
+    assert_eq!(order(store), ["1.17.2", "1.17.3"]);
+    let later = crate::db::studies::now_ms() + 60_000;
+    store
+        .touch_study(f.partition, &uid("1.17.2"), later, 3_600_000)
+        .expect("touch");
+    assert_eq!(order(store), ["1.17.3", "1.17.2"]);
+    // Within the coarseness an access is not written again.
+    store
+        .touch_study(f.partition, &uid("1.17.3"), later + 2, 3_600_000)
+        .expect("touch");
+    store
+        .touch_study(f.partition, &uid("1.17.2"), later + 1, 3_600_000)
+        .expect("touch again");
+    assert_eq!(order(store), ["1.17.2", "1.17.3"]);
+    assert_eq!(
+        store
+            .migration_candidates(f.fs, 1)
+            .expect("limited")
+            .1
+            .len(),
+        1
+    );
 }
 
 /// A partition and filesystem of their own for one check.
@@ -277,7 +375,8 @@ fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: 
         before,
         StudyDeletions {
             deleting: false,
-            count: 0
+            count: 0,
+            filesystem: Some(f.fs),
         }
     );
     f.delete_rows("1.16.1").expect("deleted");
@@ -285,7 +384,8 @@ fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: 
         seen("1.16.1"),
         StudyDeletions {
             deleting: true,
-            count: 1
+            count: 1,
+            filesystem: Some(f.fs),
         }
     );
 
@@ -327,7 +427,8 @@ fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: 
         after,
         StudyDeletions {
             deleting: false,
-            count: 1
+            count: 1,
+            filesystem: None,
         }
     );
     let outcomes = store
