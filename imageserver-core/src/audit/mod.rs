@@ -109,6 +109,7 @@ impl Drop for Inner {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(thread) = thread {
+            tracing::debug!("audit trail: the last handle is gone, sending what is spooled");
             let _ = thread.join();
         }
     }

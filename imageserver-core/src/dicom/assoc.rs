@@ -325,10 +325,16 @@ impl Acceptor {
     }
 
     /// Reads [`Acceptor::open_associations`] later, from elsewhere (a
-    /// metrics scrape).
+    /// metrics scrape); 0 once the acceptor is gone. The probe holds no
+    /// strong reference: whoever keeps it (the metrics, which the handlers
+    /// report to) must not keep the acceptor's handlers alive in a cycle.
     pub fn open_associations_probe(&self) -> impl Fn() -> usize + Send + Sync + 'static {
-        let shared = self.shared.clone();
-        move || lock(&shared.live).len()
+        let shared = Arc::downgrade(&self.shared);
+        move || {
+            shared
+                .upgrade()
+                .map_or(0, |shared| lock(&shared.live).len())
+        }
     }
 
     /// Stops accepting, aborts idle associations, lets messages in flight
