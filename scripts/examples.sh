@@ -59,7 +59,7 @@ start_example() {
     local name=$1 port=$2
     shift 2
     : > "$WORK/$name.log"
-    IMAGESERVER_LOG=warn "target/debug/examples/$name" "$@" --port "$port" > "$WORK/$name.log" 2>&1 &
+    IMAGESERVER_LOG=warn "${CARGO_TARGET_DIR:-target}/debug/examples/$name" "$@" --port "$port" > "$WORK/$name.log" 2>&1 &
     EXAMPLE_PID=$!
     for _ in $(seq 1 150); do
         grep -q "$name deployment ready" "$WORK/$name.log" && break
