@@ -99,14 +99,27 @@ impl Target {
 /// one (no parameter, `*`), or the UID asked. A header naming neither
 /// `multipart/related` nor a wildcard is refused.
 fn accepted_transfer_syntax(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+    multipart_transfer_syntax(headers, &["application/dicom"]).ok_or_else(|| {
+        Failure::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "only multipart/related; type=\"application/dicom\" is served here",
+        )
+    })
+}
+
+/// The transfer syntax the first acceptable range of an `Accept` header
+/// names: a wildcard range, or `multipart/related` whose `type` is absent
+/// or one of `part_types`. `Some(None)`: any, or the stored one (no
+/// header, no `transfer-syntax`, or `*`); `None`: nothing acceptable.
+fn multipart_transfer_syntax(headers: &HeaderMap, part_types: &[&str]) -> Option<Option<String>> {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
-        return Ok(None);
+        return Some(None);
     };
     for range in accept.split(',') {
         let mut params = range.split(';');
         let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
         if media == "*/*" || media == "multipart/*" {
-            return Ok(None);
+            return Some(None);
         }
         if media != "multipart/related" {
             continue;
@@ -123,20 +136,11 @@ fn accepted_transfer_syntax(headers: &HeaderMap) -> Result<Option<String>, Failu
                 }
             }
         }
-        if part_type
-            .as_deref()
-            .is_none_or(|t| t == "application/dicom")
-        {
-            match syntax.as_deref() {
-                None | Some("*") => return Ok(None),
-                Some(uid) => return Ok(Some(uid.to_string())),
-            }
+        if part_type.as_deref().is_none_or(|t| part_types.contains(&t)) {
+            return Some(syntax.filter(|s| s != "*"));
         }
     }
-    Err(Failure::new(
-        StatusCode::NOT_ACCEPTABLE,
-        "only multipart/related; type=\"application/dicom\" is served here",
-    ))
+    None
 }
 
 /// The multipart answer streaming `items`' stored files.
@@ -598,39 +602,10 @@ pub(super) async fn frames(
 /// The transfer syntax a frame request's `Accept` names (`None`: any,
 /// or the stored one).
 fn frame_transfer_syntax(headers: &HeaderMap) -> Result<Option<String>, Failure> {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
-        return Ok(None);
-    };
-    for range in accept.split(',') {
-        let mut params = range.split(';');
-        let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
-        if media == "*/*" || media == "multipart/*" {
-            return Ok(None);
-        }
-        if media != "multipart/related" {
-            continue;
-        }
-        let mut syntax = None;
-        let mut part_type = None;
-        for param in params {
-            if let Some((name, value)) = param.split_once('=') {
-                let value = value.trim().trim_matches('"').to_string();
-                match name.trim().to_ascii_lowercase().as_str() {
-                    "type" => part_type = Some(value),
-                    "transfer-syntax" => syntax = Some(value),
-                    _ => {}
-                }
-            }
-        }
-        if part_type
-            .as_deref()
-            .is_none_or(|t| t == "application/octet-stream" || t == "*/*")
-        {
-            return Ok(syntax.filter(|s| s != "*"));
-        }
-    }
-    Err(Failure::new(
-        StatusCode::NOT_ACCEPTABLE,
-        "frames are served as multipart/related; type=\"application/octet-stream\"",
-    ))
+    multipart_transfer_syntax(headers, &["application/octet-stream", "*/*"]).ok_or_else(|| {
+        Failure::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "frames are served as multipart/related; type=\"application/octet-stream\"",
+        )
+    })
 }
