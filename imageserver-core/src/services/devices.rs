@@ -125,12 +125,14 @@ impl Devices {
         if let Ok(address) = host.parse::<IpAddr>() {
             return vec![address];
         }
-        let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, addresses)) = hosts.get(host) {
+        let hosts = || self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, addresses)) = hosts().get(host) {
             if at.elapsed() < HOST_TTL {
                 return addresses.clone();
             }
         }
+        // Resolved without the lock: a slow name server delays this
+        // caller's admission, not every other caller's.
         let addresses: Vec<IpAddr> = match (host, 0u16).to_socket_addrs() {
             Ok(found) => found.map(|a| a.ip()).collect(),
             Err(error) => {
@@ -138,7 +140,7 @@ impl Devices {
                 Vec::new()
             }
         };
-        hosts.insert(host.to_string(), (Instant::now(), addresses.clone()));
+        hosts().insert(host.to_string(), (Instant::now(), addresses.clone()));
         addresses
     }
 
