@@ -230,6 +230,10 @@ pub fn handle_move(
                 comment = Some(unreachable_comment(&error).to_string());
                 let reason = error.to_string();
                 for batch in 0..plan.batches() {
+                    if progress.failed_uids.len() >= MAX_FAILED_UIDS {
+                        // The list is full: the rest fail by count, unread.
+                        break;
+                    }
                     match load_batch(retrieve, &plan, batch) {
                         Ok(sources) => {
                             for source in &sources {

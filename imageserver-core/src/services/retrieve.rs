@@ -171,9 +171,22 @@ impl Retrieve {
         self
     }
 
-    /// Records an access of the study at `location` (cheaply: once per
-    /// study per [`ACCESS_COARSENESS`] from this process, and the index
-    /// ignores one as recent as that). Failures are logged, not returned.
+    /// Records an access of each study of a list in study order (cheaply:
+    /// once per study per [`ACCESS_COARSENESS`] from this process, and the
+    /// index ignores one as recent as that). Failures are logged, not
+    /// returned.
+    fn record_accesses<'a>(&self, partition: PartitionId, studies: impl Iterator<Item = &'a Uid>) {
+        let mut previous: Option<&Uid> = None;
+        for study_uid in studies {
+            // Lists are in study order: each study once.
+            if previous != Some(study_uid) {
+                self.record_access(partition, study_uid);
+                previous = Some(study_uid);
+            }
+        }
+    }
+
+    /// Records an access of one study (see [`Retrieve::record_accesses`]).
     fn record_access(&self, partition: PartitionId, study_uid: &Uid) {
         let Some((studies, recent)) = &self.accesses else {
             return;
@@ -206,11 +219,7 @@ impl Retrieve {
     pub fn instances(&self, query: &Query) -> Result<Vec<RetrieveItem>, RetrieveError> {
         let items = instances_on(&*self.query, query)?;
         // After the query: its connection is back in the pool.
-        let mut studies: Vec<&Uid> = items.iter().map(|i| &i.location.study_uid).collect();
-        studies.dedup();
-        for study_uid in studies {
-            self.record_access(query.partition, study_uid);
-        }
+        self.record_accesses(query.partition, items.iter().map(|i| &i.location.study_uid));
         Ok(items)
     }
 
@@ -220,11 +229,7 @@ impl Retrieve {
     /// [`BATCH_INSTANCES`] instances where series are smaller.
     pub fn plan(&self, query: &Query) -> Result<RetrievePlan, RetrieveError> {
         let plan = plan_on(&*self.query, query, BATCH_INSTANCES)?;
-        let mut studies: Vec<&Uid> = plan.batches.iter().map(|b| &b.study_uid).collect();
-        studies.dedup();
-        for study_uid in studies {
-            self.record_access(query.partition, study_uid);
-        }
+        self.record_accesses(query.partition, plan.batches.iter().map(|b| &b.study_uid));
         Ok(plan)
     }
 
