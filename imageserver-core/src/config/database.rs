@@ -37,6 +37,12 @@ pub struct DatabaseConfig {
     pub sslcert: Option<String>,
     /// PEM file of the private key of `sslcert`.
     pub sslkey: Option<String>,
+    /// A tablespace (created beforehand by the administrator) for the
+    /// work-queue tables, the ones updated most; at start the server moves
+    /// them there. For the large deployment's separate volumes.
+    pub work_queue_tablespace: Option<String>,
+    /// A tablespace for every index of the schema, moved there at start.
+    pub index_tablespace: Option<String>,
 }
 
 /// The values `[database] sslmode` takes.
@@ -75,6 +81,30 @@ impl DatabaseConfig {
                 ));
             }
         }
+        for (setting, name) in [
+            (
+                "database.work_queue_tablespace",
+                &self.work_queue_tablespace,
+            ),
+            ("database.index_tablespace", &self.index_tablespace),
+        ] {
+            let plain = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+            if let Some(name) = name {
+                if name.is_empty()
+                    || name.len() > 63
+                    || name.starts_with(|c: char| c.is_ascii_digit())
+                    || !name.chars().all(plain)
+                {
+                    return Err(invalid(
+                        setting,
+                        format!(
+                            "{name:?} is not a plain PostgreSQL identifier \
+                             (lower-case letters, digits and _, at most 63)"
+                        ),
+                    ));
+                }
+            }
+        }
         if self.sslcert.is_some() != self.sslkey.is_some() {
             return Err(invalid(
                 "database.sslcert",
@@ -107,6 +137,8 @@ impl DatabaseConfig {
             ("sslrootcert", self.sslrootcert.as_deref().map(url_escape)),
             ("sslcert", self.sslcert.as_deref().map(url_escape)),
             ("sslkey", self.sslkey.as_deref().map(url_escape)),
+            ("work_tablespace", self.work_queue_tablespace.clone()),
+            ("index_tablespace", self.index_tablespace.clone()),
         ];
         for (key, value) in settings {
             let Some(value) = value else { continue };
@@ -149,12 +181,15 @@ mod tests {
             [database]
             pool_size = 16
             connect_timeout_secs = 3
+            work_queue_tablespace = "queue_ssd"
+            index_tablespace = "index_ssd"
             "#,
         )
         .unwrap();
         assert_eq!(
             config.validate().unwrap().db_url,
-            "postgres://pacs@db.example:5432/index?pool_size=4&connect_timeout_secs=3"
+            "postgres://pacs@db.example:5432/index?pool_size=4&connect_timeout_secs=3\
+             &work_tablespace=queue_ssd&index_tablespace=index_ssd"
         );
         let sqlite =
             Config::from_toml("db = \"sqlite:/x/index.db\"\n[database]\npool_size = 2").unwrap();
@@ -180,6 +215,11 @@ mod tests {
             "db = \"postgres://x/y\"\n[database]\nsslmode = \"verify\"",
             "database.sslmode",
             "is not one of",
+        );
+        crate::config::assert_refused(
+            "[database]\nindex_tablespace = \"Fast SSD\"",
+            "database.index_tablespace",
+            "not a plain PostgreSQL identifier",
         );
         crate::config::assert_refused(
             "[database]\nsslcert = \"/c.pem\"",

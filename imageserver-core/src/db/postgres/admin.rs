@@ -48,7 +48,10 @@ pub fn drop_database(server_url: &str, name: &str) -> Result<(), Error> {
     })
 }
 
-fn admin(
+/// Runs the one statement `statement(name)` makes, for the object `name`
+/// (ASCII letters, digits and `_`), on the server `server_url` points at,
+/// outside any transaction.
+pub(super) fn admin(
     server_url: &str,
     name: &str,
     operation: &'static str,

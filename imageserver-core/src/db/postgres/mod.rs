@@ -42,7 +42,8 @@
 //! URL: `postgres://user[:password]@host[:port]/database`, plus optional
 //! query parameters read here and removed before sqlx sees the URL:
 //! `pool_size`, `query_pool_size`, `connect_timeout_secs`,
-//! `statement_timeout_secs`.
+//! `statement_timeout_secs`, `work_tablespace`, `index_tablespace` (see
+//! `tablespaces.rs`).
 
 mod admin;
 #[cfg(feature = "sqlite")]
@@ -51,6 +52,7 @@ mod ingest;
 mod nodes;
 mod query;
 mod studies;
+mod tablespaces;
 mod work;
 
 use std::future::Future;
@@ -97,7 +99,7 @@ pub const RETRY_FOR: Duration = Duration::from_secs(10);
 const MIGRATION_LOCK: i64 = 0x696d_6773_7276;
 
 /// Connection settings of a [`PgIndex`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PgOptions {
     /// Most connections open at once for ingest, work items and study
     /// operations.
@@ -111,6 +113,13 @@ pub struct PgOptions {
     pub connect_timeout: Duration,
     /// PostgreSQL's `statement_timeout` for every statement (None: no limit).
     pub statement_timeout: Option<Duration>,
+    /// The tablespace the work-queue tables live in (the tables updated
+    /// most: work items, their UIDs, leases, nodes); None leaves them where
+    /// they are.
+    pub work_tablespace: Option<String>,
+    /// The tablespace every index of the schema lives in; None leaves them
+    /// where they are.
+    pub index_tablespace: Option<String>,
 }
 
 impl Default for PgOptions {
@@ -120,13 +129,16 @@ impl Default for PgOptions {
             query_pool_size: 4,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Some(Duration::from_secs(60)),
+            work_tablespace: None,
+            index_tablespace: None,
         }
     }
 }
 
 impl PgOptions {
     /// Splits the options this module reads (`pool_size`, `query_pool_size`,
-    /// `connect_timeout_secs`, `statement_timeout_secs`) off a URL's query
+    /// `connect_timeout_secs`, `statement_timeout_secs`, `work_tablespace`,
+    /// `index_tablespace`) off a URL's query
     /// string; returns the URL without them and the options (defaults for
     /// those absent).
     pub fn from_url(url: &str) -> Result<(String, PgOptions), Error> {
@@ -164,6 +176,21 @@ impl PgOptions {
                             number().ok_or_else(|| bad(key, value))?,
                         )),
                     };
+                }
+                "work_tablespace" | "index_tablespace" => {
+                    let name = tablespaces::checked_name(value).ok_or_else(|| Error::Open {
+                        url: redact_url(url),
+                        source: format!(
+                            "{key}={value}: expected a PostgreSQL identifier \
+                             (lower-case letters, digits and _, at most 63)"
+                        )
+                        .into(),
+                    })?;
+                    if key == "work_tablespace" {
+                        options.work_tablespace = Some(name);
+                    } else {
+                        options.index_tablespace = Some(name);
+                    }
                 }
                 _ => rest.push(pair),
             }
@@ -299,7 +326,8 @@ impl PgIndex {
     }
 
     /// Applies the migrations the database lacks, in one transaction that
-    /// holds the migration advisory lock.
+    /// holds the migration advisory lock, then moves tables and indexes to
+    /// their configured tablespaces (in the same transaction).
     fn migrate(&self) -> Result<(), Error> {
         let open_error = |e: sqlx::Error| Error::Open {
             url: self.url.clone(),
@@ -352,7 +380,11 @@ impl PgIndex {
                         .map_err(migrate_error)?;
                     applied.push(version);
                 }
+                let moved = tablespaces::apply(&mut tx, &self.options).await?;
                 tx.commit().await.map_err(open_error)?;
+                for (relation, tablespace) in moved {
+                    tracing::info!(%relation, %tablespace, "moved to its configured tablespace");
+                }
                 Ok(applied)
             })
             .unwrap_or_else(|elapsed| {

@@ -91,6 +91,17 @@ impl PgIndex {
         .expect("test query")
     }
 
+    /// Runs a statement returning one text value (tests only).
+    fn text(&self, sql: &str) -> String {
+        let sql = sql.to_string();
+        self.read("test query", async |conn: &mut PgConnection| {
+            sqlx::query_scalar(AssertSqlSafe(sql))
+                .fetch_one(&mut *conn)
+                .await
+        })
+        .expect("test query")
+    }
+
     fn execute(&self, sql: &str) {
         let sql = sql.to_string();
         self.read("test statement", async |conn: &mut PgConnection| {
@@ -302,6 +313,112 @@ fn schema_is_versioned_and_migrations_run_once() {
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
+}
+
+/// Two tablespaces of the test's own, dropped (after the test's database)
+/// when it goes.
+struct Tablespaces {
+    server: String,
+    names: Vec<String>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl Tablespaces {
+    /// Creates `{base}_work` and `{base}_index` in directories beside the
+    /// server's data directory, owned by the server's user.
+    fn create(index: &PgIndex, server: &str, base: &str) -> Tablespaces {
+        use std::os::unix::fs::MetadataExt;
+        let data = std::path::PathBuf::from(index.text("SHOW data_directory"));
+        let owner = std::fs::metadata(&data)
+            .expect("the server's data directory")
+            .uid();
+        let mut spaces = Tablespaces {
+            server: server.to_string(),
+            names: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for role in ["work", "index"] {
+            let name = format!("{base}_{role}");
+            let dir = data.with_file_name(format!("tablespace_{name}"));
+            std::fs::create_dir_all(&dir).expect("tablespace directory");
+            std::os::unix::fs::chown(&dir, Some(owner), None).expect("chown to the server's user");
+            super::admin::admin(server, &name, "creating a tablespace", |name| {
+                format!("CREATE TABLESPACE \"{name}\" LOCATION '{}'", dir.display())
+            })
+            .expect("CREATE TABLESPACE");
+            spaces.names.push(name);
+            spaces.dirs.push(dir);
+        }
+        spaces
+    }
+}
+
+impl Drop for Tablespaces {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let dropped = super::admin::admin(&self.server, name, "dropping a tablespace", |n| {
+                format!("DROP TABLESPACE IF EXISTS \"{n}\"")
+            });
+            if let Err(e) = dropped {
+                eprintln!("cannot drop tablespace {name}: {e}");
+            }
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// `[database] work_queue_tablespace` and `index_tablespace`: at connect
+/// the work-queue tables and every index move to their tablespaces, the
+/// other tables stay, and the index keeps working.
+#[test]
+fn work_queue_tables_and_indexes_move_to_their_tablespaces() {
+    // Declared before the database, so dropped after it (a tablespace in
+    // use cannot be dropped).
+    let spaces;
+    let Some(db) = TestDb::new() else { return };
+    spaces = Tablespaces::create(&db.connect(), &db.server, &db.name);
+    let (work, index_space) = (&spaces.names[0], &spaces.names[1]);
+    let separator = if db.url.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{}{separator}work_tablespace={work}&index_tablespace={index_space}",
+        db.url
+    );
+    let index = PgIndex::connect(&url).expect("connect with tablespaces");
+    let in_space = |kind: &str, space: &str| {
+        index.scalar(&format!(
+            "SELECT COUNT(*) FROM pg_{kind} WHERE schemaname = current_schema() \
+             AND tablespace = '{space}'"
+        ))
+    };
+    assert_eq!(
+        in_space("tables", work),
+        super::tablespaces::WORK_TABLES.len() as i64,
+        "every work-queue table"
+    );
+    assert_eq!(
+        index.scalar(
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() \
+             AND tablename = 'instance' AND tablespace IS NULL"
+        ),
+        1,
+        "the other tables stay in the default tablespace"
+    );
+    let indexes =
+        index.scalar("SELECT COUNT(*) FROM pg_indexes WHERE schemaname = current_schema()");
+    assert!(indexes > 10, "the schema has its indexes ({indexes})");
+    assert_eq!(in_space("indexes", index_space), indexes, "every index");
+    // The index works where it now lives, and a second connect has nothing
+    // left to move.
+    let (partition, fs) = setup(&index, "TABLESPACES");
+    let batch = &mixed_batches(partition, fs)[0];
+    index.insert_instances(batch).expect("insert");
+    let rows = index.scalar("SELECT COUNT(*) FROM instance");
+    assert!(rows > 0, "rows were written after the move");
+    drop(index);
+    let again = PgIndex::connect(&url).expect("connect again");
+    assert_eq!(again.scalar("SELECT COUNT(*) FROM instance"), rows);
 }
 
 #[test]
