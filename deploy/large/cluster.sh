@@ -19,7 +19,8 @@
 # Environment: IMAGESERVER_BIN (default: cargo build, then the debug
 # binary), AE (default IMAGESERVER), CLUSTER_EXTRA (a TOML file appended to
 # every node's configuration, e.g. [[devices]] for C-MOVE destinations),
-# CLUSTER_LEASE_SECS (work item lease, default 10),
+# CLUSTER_NODES (how many nodes, 1 to 3, default 3: the benchmark compares
+# one node with three), CLUSTER_LEASE_SECS (work item lease, default 10),
 # CLUSTER_STUDY_PROCESS_DELAY_SECS (default 60). HAProxy is installed
 # with apt-get when missing; in CI (CI=true) a failed install fails.
 set -euo pipefail
@@ -32,7 +33,13 @@ note() { printf 'cluster.sh: %s\n' "$*" >&2; }
 ACTION=$1
 DIR=$2
 ENV_FILE=$DIR/cluster.env
-HOSTS=(127.0.0.1 127.0.0.2 127.0.0.3)
+ALL_HOSTS=(127.0.0.1 127.0.0.2 127.0.0.3)
+NODE_COUNT=${CLUSTER_NODES:-3}
+case "$NODE_COUNT" in
+    1 | 2 | 3) ;;
+    *) fail "CLUSTER_NODES must be 1, 2 or 3 (got $NODE_COUNT)" ;;
+esac
+HOSTS=("${ALL_HOSTS[@]:0:$NODE_COUNT}")
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -199,7 +206,7 @@ EOF
         write_env
     done
     local i
-    for i in 0 1 2; do
+    for i in "${!HOSTS[@]}"; do
         local tries=0
         until echo_ok "${HOSTS[$i]}" "$port"; do
             alive "${pids[$i]}" || { tail -20 "$DIR/node$((i + 1)).log" >&2; fail "node$((i + 1)) exited"; }
