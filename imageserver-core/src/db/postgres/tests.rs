@@ -82,17 +82,19 @@ impl Drop for TestDb {
 impl PgIndex {
     /// Runs a statement returning one BIGINT (tests only).
     fn scalar(&self, sql: &str) -> i64 {
-        let sql = sql.to_string();
-        self.read("test query", async |conn: &mut PgConnection| {
-            sqlx::query_scalar(AssertSqlSafe(sql))
-                .fetch_one(&mut *conn)
-                .await
-        })
-        .expect("test query")
+        self.value(sql)
     }
 
     /// Runs a statement returning one text value (tests only).
     fn text(&self, sql: &str) -> String {
+        self.value(sql)
+    }
+
+    /// Runs a statement returning one value of type `T`.
+    fn value<T>(&self, sql: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
         let sql = sql.to_string();
         self.read("test query", async |conn: &mut PgConnection| {
             sqlx::query_scalar(AssertSqlSafe(sql))
