@@ -535,3 +535,89 @@ pub(crate) async fn logout() -> Response {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn access(toml: &str) -> Access {
+        let settings = Config::from_toml(toml).unwrap().validate().unwrap();
+        Access::new(&settings.http).unwrap()
+    }
+
+    fn with_cookie(cookie: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = cookie.split(';').next().unwrap();
+        headers.insert(header::COOKIE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    fn remote() -> Option<SocketAddr> {
+        Some("192.0.2.7:5000".parse().unwrap())
+    }
+
+    #[test]
+    fn a_session_is_signed_and_bound_to_its_user() {
+        let hash = hash_password("correct horse").unwrap();
+        let a = access(&format!(
+            "[[http.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\nrole = \"admin\"\n"
+        ));
+        assert_eq!(a.verify("ann", "correct horse"), Some(Role::Admin));
+        assert_eq!(a.verify("ann", "wrong"), None);
+        assert_eq!(a.verify("bob", "correct horse"), None);
+        let (cookie, csrf) = a.begin("ann");
+        let id = a
+            .identify(&with_cookie(&cookie), remote())
+            .expect("the session");
+        assert_eq!(
+            (id.name.as_str(), id.role, id.csrf.as_str()),
+            ("ann", Role::Admin, csrf.as_str())
+        );
+        // Another user's name in the same cookie breaks its MAC.
+        let forged = cookie.replacen("ann:", "bob:", 1);
+        assert!(a.identify(&with_cookie(&forged), remote()).is_none());
+        // Another process's key (no shared secret) does not accept it.
+        let other = access(&format!(
+            "[[http.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\n"
+        ));
+        assert!(other.identify(&with_cookie(&cookie), remote()).is_none());
+    }
+
+    #[test]
+    fn a_shared_secret_lets_every_node_accept_the_session() {
+        let config = "[http]\nsession_secret = \"0123456789abcdef0123456789abcdef\"\n\
+                      trusted_user_header = \"X-Remote-User\"\ntrusted_proxies = [\"192.0.2.1\"]\n";
+        let (one, two) = (access(config), access(config));
+        let (cookie, csrf) = one.begin("carol");
+        let id = two
+            .identify(&with_cookie(&cookie), remote())
+            .expect("accepted");
+        assert_eq!((id.role, id.csrf), (Role::ReadOnly, csrf));
+    }
+
+    #[test]
+    fn the_proxy_header_counts_only_from_the_proxy() {
+        let a = access(
+            "[http]\ntrusted_user_header = \"X-Remote-User\"\ntrusted_proxies = [\"192.0.2.1\"]\n",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-remote-user", HeaderValue::from_static("dave"));
+        let proxy = Some("192.0.2.1:4000".parse().unwrap());
+        assert_eq!(
+            a.identify(&headers, proxy).map(|i| i.name),
+            Some("dave".into())
+        );
+        assert!(a.identify(&headers, remote()).is_none());
+    }
+
+    #[test]
+    fn without_users_only_loopback_is_let_in() {
+        let a = access("");
+        let loopback = Some("127.0.0.1:4000".parse().unwrap());
+        let id = a.identify(&HeaderMap::new(), loopback).expect("loopback");
+        assert_eq!((id.name.as_str(), id.role), (LOCAL_USER, Role::Admin));
+        assert!(id.cookie.is_some(), "a session is begun for its CSRF token");
+        assert!(a.identify(&HeaderMap::new(), remote()).is_none());
+    }
+}

@@ -141,3 +141,15 @@ pub(crate) fn router() -> Router<Shared> {
         .route("/logout", post(super::auth::logout))
         .route("/static/admin.css", get(stylesheet))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_are_escaped_for_text_and_attributes() {
+        assert_eq!(
+            super::esc(r#"<img src=x onerror="a('b')">&"#),
+            "&lt;img src=x onerror=&quot;a(&#39;b&#39;)&quot;&gt;&amp;"
+        );
+        assert_eq!(super::url("A B/&?"), "A+B%2F%26%3F");
+    }
+}
