@@ -37,7 +37,12 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 fn node_modules() -> PathBuf {
     std::env::var_os("IMAGESERVER_NODE_MODULES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/node/node_modules")))
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/target/node/node_modules"
+            ))
+        })
 }
 
 /// `imageserver user hash-password` with `password` on its stdin.
@@ -52,7 +57,10 @@ fn hash_password(password: &str) -> String {
     writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write the password");
     let out = child.wait_with_output().expect("hash-password");
     assert!(out.status.success(), "hash-password failed: {out:?}");
-    let hash = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    let hash = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
     assert!(hash.starts_with("$argon2id$"), "not an argon2 hash: {hash}");
     hash
 }
@@ -90,7 +98,10 @@ fn admin_api_and_pages_with_access_control() {
     let out_dir = dir.path().join("artifacts");
     std::fs::create_dir_all(&out_dir).expect("artifacts dir");
     let study = &corpus[0];
-    let instances_of_study = corpus.iter().filter(|i| i.study_uid == study.study_uid).count();
+    let instances_of_study = corpus
+        .iter()
+        .filter(|i| i.study_uid == study.study_uid)
+        .count();
     let request = json!({
         "base": server.http_url(),
         "admin": ["admin", "admin-password"],
@@ -107,14 +118,20 @@ fn admin_api_and_pages_with_access_control() {
     command.arg(API_SCRIPT).arg(&request_file);
     let out = dcmtk::run(command, BOUND);
     let log = || std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
-    assert!(out.success(), "the admin API script failed:\n{out}\nserver log:\n{}", log());
+    assert!(
+        out.success(),
+        "the admin API script failed:\n{out}\nserver log:\n{}",
+        log()
+    );
     let found: Value = out
         .text()
         .lines()
         .rev()
         .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no JSON from the API script:\n{out}"));
-    let failed_item = found["failed_item"].as_i64().expect("the failed send's item");
+    let failed_item = found["failed_item"]
+        .as_i64()
+        .expect("the failed send's item");
 
     let pages = json!({
         "base": server.http_url(),
@@ -133,8 +150,18 @@ fn admin_api_and_pages_with_access_control() {
     command.arg(PAGES_SCRIPT).arg(&pages_file);
     let out = dcmtk::run(command, BOUND);
     println!("page screenshots: {}", out_dir.display());
-    assert!(out.success(), "the pages script failed:\n{out}\nserver log:\n{}", log());
-    for shot in ["studies.png", "study.png", "devices.png", "work.png", "filesystems-tablet.png"] {
+    assert!(
+        out.success(),
+        "the pages script failed:\n{out}\nserver log:\n{}",
+        log()
+    );
+    for shot in [
+        "studies.png",
+        "study.png",
+        "devices.png",
+        "work.png",
+        "filesystems-tablet.png",
+    ] {
         assert!(out_dir.join(shot).exists(), "no screenshot {shot}:\n{out}");
     }
     // Keep the screenshots past the temporary directory.

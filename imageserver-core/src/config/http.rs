@@ -270,18 +270,19 @@ impl HttpConfig {
                 "must be 1 to 720",
             ));
         }
-        let dicomweb_auth =
-            match self.dicomweb_auth.as_str() {
-                "open-on-loopback" => DicomWebAuth::OpenOnLoopback,
-                "authenticated" => DicomWebAuth::Authenticated,
-                "open" => DicomWebAuth::Open,
-                other => return Err(ConfigError::invalid(
+        let dicomweb_auth = match self.dicomweb_auth.as_str() {
+            "open-on-loopback" => DicomWebAuth::OpenOnLoopback,
+            "authenticated" => DicomWebAuth::Authenticated,
+            "open" => DicomWebAuth::Open,
+            other => {
+                return Err(ConfigError::invalid(
                     "http.dicomweb_auth",
                     format!(
                         "{other:?}: expected \"open-on-loopback\", \"authenticated\" or \"open\""
                     ),
-                )),
-            };
+                ))
+            }
+        };
         Ok(HttpSettings {
             users,
             trusted_user_header,

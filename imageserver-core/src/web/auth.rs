@@ -278,13 +278,15 @@ enum Surface {
     Open,
 }
 
-fn surface(method: &Method, path: &str) -> Surface {
+fn surface(path: &str) -> Surface {
     match path {
         "/metrics" | "/api/openapi.json" | "/static/admin.css" => Surface::Open,
         "/login" | "/api/login" => Surface::Open,
-        _ if method == Method::GET && path == "/api/session" => Surface::Api,
         _ if path.starts_with("/api/") || path == "/api" => Surface::Api,
-        _ if path.starts_with("/dicom-web") || path == "/wado" => Surface::DicomWeb,
+        // The viewer's files are read as DICOMweb is.
+        _ if path.starts_with("/dicom-web") || path == "/wado" || path.starts_with("/viewer") => {
+            Surface::DicomWeb
+        }
         _ => Surface::Pages,
     }
 }
@@ -314,7 +316,7 @@ pub(crate) async fn guard(
         .map(|c| c.0);
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let surface = surface(&method, &path);
+    let surface = surface(&path);
     if surface == Surface::Open {
         if matches!(path.as_str(), "/login" | "/api/login")
             && access.loopback_only()

@@ -57,7 +57,7 @@ pub(super) async fn filesystems(
             "<tr><td>{id}</td><td>{tier}</td><td><code>{path}</code></td><td>{state}{refused}</td>\
 <td><div class=\"bar\" title=\"used {pct}; low {low}%, high {high}%\"><div class=\"used{hot}\" style=\"width:{w:.1}%\"></div>\
 <div class=\"mark low\" style=\"left:{low:.1}%\"></div><div class=\"mark\" style=\"left:{high:.1}%\"></div></div></td>\
-<td>{pct}</td><td class=\"hide-narrow\">{total}</td><td class=\"hide-narrow\">{held}</td></tr>",
+<td>{pct}</td><td class=\"hide-narrow\">{used} of {total}</td><td class=\"hide-narrow\">{held}</td></tr>",
             id = show(&fs["id"]),
             tier = show(&fs["tier"]),
             path = show(&fs["path"]),
@@ -67,7 +67,8 @@ pub(super) async fn filesystems(
             w = used.unwrap_or(0.0).clamp(0.0, 100.0),
             low = low.clamp(0.0, 100.0),
             high = high.clamp(0.0, 100.0),
-            total = format!("{} of {}", mib(&used_bytes), mib(&fs["total_bytes"])),
+            used = mib(&used_bytes),
+            total = mib(&fs["total_bytes"]),
             held = mib(&fs["held_bytes"]),
         ));
     }

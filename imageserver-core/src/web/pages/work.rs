@@ -89,8 +89,16 @@ pub(super) async fn queue(
     Extension(identity): Extension<Identity>,
     Query(q): Query<Filter>,
 ) -> Response {
+    // By default everything not completed (completed items pile up until
+    // they are purged, and the listing is oldest first).
+    let statuses = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        Some(status) => vec![status.to_string()],
+        None => ["idle", "pending", "in_progress", "failed"]
+            .map(String::from)
+            .to_vec(),
+    };
     let listing = WorkListing {
-        statuses: q.status.iter().cloned().collect(),
+        statuses,
         kinds: Vec::new(),
         study_uid: q.study.clone(),
         limit: crate::services::admin::MAX_LIST,
@@ -132,7 +140,7 @@ pub(super) async fn queue(
             } else {
                 ""
             },
-            label = if st.is_empty() { "any" } else { st },
+            label = if st.is_empty() { "not completed" } else { st },
         ));
     }
     body.push_str(&format!(
