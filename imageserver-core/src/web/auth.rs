@@ -58,8 +58,9 @@ pub(crate) struct Access {
     lifetime: Duration,
     dicomweb: DicomWebAuth,
     /// Verified against for unknown names, so that a wrong name costs what
-    /// a wrong password does.
-    dummy_hash: String,
+    /// a wrong password does (made at the first such login: every server
+    /// start would pay for it otherwise).
+    dummy_hash: std::sync::OnceLock<String>,
 }
 
 /// Who a request comes from.
@@ -132,7 +133,7 @@ impl Access {
             secret,
             lifetime: settings.session_lifetime,
             dicomweb: settings.dicomweb_auth,
-            dummy_hash: hash_password("not a password of anyone")?,
+            dummy_hash: std::sync::OnceLock::new(),
         })
     }
 
@@ -251,9 +252,12 @@ impl Access {
     /// executor); the user's role when they match.
     fn verify(&self, name: &str, password: &str) -> Option<Role> {
         let user = self.users.iter().find(|u| u.name == name);
-        let hash = user
-            .and_then(|u| u.password_hash.as_deref())
-            .unwrap_or(&self.dummy_hash);
+        let hash = match user.and_then(|u| u.password_hash.as_deref()) {
+            Some(hash) => hash,
+            None => self
+                .dummy_hash
+                .get_or_init(|| hash_password("not a password of anyone").unwrap_or_default()),
+        };
         let parsed = PasswordHash::new(hash).ok()?;
         let matched = Argon2::default()
             .verify_password(password.as_bytes(), &parsed)
