@@ -58,16 +58,23 @@ PG_INITDB=/usr/lib/postgresql/15/bin/initdb
 # cluster test).
 HAPROXY=/usr/sbin/haproxy
 
+# Chromium (headless) renders the admin pages in the web_admin test; Node
+# runs playwright-core, which drives it.
+CHROMIUM=/usr/bin/chromium
+
 missing_packages() {
     missing_dcmtk || [ ! -x "$ORTHANC" ] || ! command -v curl >/dev/null 2>&1 \
-        || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1 || [ ! -x "$HAPROXY" ]
+        || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1 || [ ! -x "$HAPROXY" ] \
+        || [ ! -x "$CHROMIUM" ] || ! command -v npm >/dev/null 2>&1
 }
 
 if missing_packages; then
-    step "installing DCMTK, Orthanc, curl, PostgreSQL, sqlite3 and HAProxy: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy"
+    step "installing DCMTK, Orthanc, curl, PostgreSQL, sqlite3, HAProxy, Chromium and npm: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm
 fi
+[ -x "$CHROMIUM" ] || fail "Chromium is still missing after apt-get install ($CHROMIUM)"
+command -v npm >/dev/null 2>&1 || fail "npm is still missing after apt-get install"
 [ -x "$HAPROXY" ] || fail "HAProxy is still missing after apt-get install ($HAPROXY)"
 [ -x "$PG_INITDB" ] || fail "PostgreSQL 15 is still missing after apt-get install ($PG_INITDB)"
 command -v sqlite3 >/dev/null 2>&1 || fail "sqlite3 is still missing after apt-get install (the tests read index rows with it)"
@@ -95,6 +102,25 @@ if ! python3 -c 'import dicomweb_client, prometheus_client, requests' >/dev/null
         || fail "cannot install dicomweb-client with pip"
 fi
 python3 -c 'import dicomweb_client, prometheus_client, requests' || fail "dicomweb-client is still missing"
+
+# The admin API test checks the server against its OpenAPI description.
+if ! python3 -c 'import openapi_spec_validator, jsonschema' >/dev/null 2>&1; then
+    step "installing OpenAPI checkers: python3 -m pip install openapi-spec-validator jsonschema"
+    python3 -m pip install --quiet openapi-spec-validator jsonschema \
+        || fail "cannot install openapi-spec-validator with pip"
+fi
+python3 -c 'import openapi_spec_validator, jsonschema' || fail "openapi-spec-validator is still missing"
+
+# playwright-core drives Chromium in the admin pages test (its own browser
+# download is not used); installed beside the build, never committed.
+if [ ! -d target/node/node_modules/playwright-core ]; then
+    step "installing playwright-core: npm install --prefix target/node playwright-core@1"
+    mkdir -p target/node
+    npm install --no-audit --no-fund --prefix target/node playwright-core@1 \
+        || fail "cannot install playwright-core with npm"
+fi
+[ -d target/node/node_modules/playwright-core ] || fail "playwright-core is still missing"
+export IMAGESERVER_NODE_MODULES="$PWD/target/node/node_modules"
 
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -21,6 +21,7 @@ mod filesystem_cmd;
 mod nodes_cmd;
 mod reconcile_cmd;
 mod study_cmd;
+mod user_cmd;
 mod workqueue_cmd;
 
 /// A DICOM image archive: C-ECHO and durable C-STORE into an indexed,
@@ -58,6 +59,9 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Filesystems and tiers: list with usage, add, set (while servers run).
     Filesystem(filesystem_cmd::FilesystemArgs),
+    /// Users of the admin pages and API: hash a password for the
+    /// configuration.
+    User(user_cmd::UserArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
         Command::Nodes(args) => nodes_cmd::nodes(args),
         Command::Audit(args) => audit_cmd::audit(args),
         Command::Filesystem(args) => filesystem_cmd::filesystem(args),
+        Command::User(args) => user_cmd::user(args),
     };
     match result {
         Ok(code) => code,

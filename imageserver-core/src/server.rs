@@ -300,7 +300,7 @@ impl ServerBuilder {
                         .with_auditor(auditor.clone()),
                     db: database.clone(),
                     partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
-                    rules: self.rules,
+                    rules: self.rules.clone(),
                 };
                 processors::register_builtin(
                     &mut registry,
@@ -351,6 +351,7 @@ impl ServerBuilder {
             processors,
             study_process_wake,
             filesystem_states,
+            rules: self.rules,
         })
     }
 }
@@ -389,6 +390,8 @@ pub struct Archive {
     /// What placement knows of each filesystem (markers, bytes held),
     /// refreshed by the server's [`crate::tiering::Monitor`].
     filesystem_states: Arc<FilesystemStates>,
+    /// The rules StudyProcess applies (for the admin API's dry run).
+    rules: Option<Arc<RuleSet>>,
 }
 
 impl Archive {
@@ -499,6 +502,23 @@ impl Archive {
     pub fn processors(&self) -> &Registry {
         &self.processors
     }
+
+    /// The operator's use cases (what the admin API and the CLI ask):
+    /// devices, filesystems, rules, work queue, studies, audit, nodes.
+    pub fn admin(&self) -> crate::services::admin::Admin {
+        crate::services::admin::Admin::new(crate::services::admin::AdminParts {
+            index: self.database.clone(),
+            storage: self.storage.clone(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| (p.partition.clone(), p.devices.clone()))
+                .collect(),
+            work_queue: self.work_queue(),
+            rules: self.rules.clone(),
+            dead_after: self.settings.node.dead_after,
+        })
+    }
 }
 
 /// Descriptors kept free for everything but connections: index
@@ -593,6 +613,8 @@ impl Server {
             max_query_results: partition.settings.max_query_results,
             max_upload_bytes: archive.settings.http.max_upload_bytes,
             metrics: self.metrics.clone(),
+            admin: archive.admin(),
+            access: Arc::new(crate::web::auth::Access::new(&archive.settings.http)?),
         };
         let web = crate::web::WebServer::start(listener, services, &archive.settings.http)?;
         self.web = Some(web);

@@ -829,6 +829,11 @@ impl IndexStore for CrashIndex {
         self.inner.device(partition, ae_title)
     }
 
+    fn delete_device(&self, partition: PartitionId, ae_title: &AeTitle) -> Result<bool, db::Error> {
+        self.alive()?;
+        self.inner.delete_device(partition, ae_title)
+    }
+
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, db::Error> {
         self.alive()?;
         self.inner.devices(partition)

@@ -51,6 +51,7 @@ mod replace;
 mod cluster;
 // DICOMweb (QIDO-RS, WADO-RS, STOW-RS, WADO-URI) and /metrics, driven by dicomweb-client beside DCMTK.
 mod web;
+mod web_admin;
 // The ATNA audit trail: messages of a store, query, move, delete and refusal at a syslog receiver, spooled while it is down.
 mod audit;
 // Filesystems and tiers at run time: placement by watermark, quotas, A700 with a reserve, the filesystem CLI, identity markers.

@@ -31,7 +31,7 @@ mod workqueue;
 pub use audit::AuditConfig;
 pub use database::DatabaseConfig;
 pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
-pub use http::{HttpConfig, HttpSettings};
+pub use http::{DicomWebAuth, HttpConfig, HttpSettings, Role, User, UserConfig};
 pub use node::NodeConfig;
 pub use storage::FilesystemConfig;
 pub use workqueue::{KindConfig, WorkQueueConfig, WorkQueueSettings};

@@ -448,6 +448,27 @@ fn devices(store: &dyn IndexStore) {
     );
     assert_eq!(store.device(f.partition, &ae("NONE")).expect("one"), None);
 
+    // Deleting: only that partition's row goes; a second delete finds none.
+    store
+        .ensure_device(
+            f.partition,
+            &DeviceSpec {
+                ae_title: ae("GONE"),
+                ..ws.clone()
+            },
+        )
+        .expect("gone");
+    assert!(store
+        .delete_device(f.partition, &ae("GONE"))
+        .expect("delete"));
+    assert!(!store
+        .delete_device(f.partition, &ae("GONE"))
+        .expect("again"));
+    assert!(!store
+        .delete_device(g.partition, &ae("WS1"))
+        .expect("not in g"));
+    assert_eq!(store.device(f.partition, &ae("GONE")).expect("one"), None);
+
     // Registration never overwrites: an administrator's narrowed row stays.
     let unknown_ws = DeviceSpec {
         allow_store: true,

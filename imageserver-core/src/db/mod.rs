@@ -157,6 +157,10 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         ae_title: &AeTitle,
     ) -> Result<Option<DeviceSpec>, Error>;
 
+    /// Removes a device of a partition; returns whether it was there
+    /// (the partition's policy for unknown callers applies to it again).
+    fn delete_device(&self, partition: PartitionId, ae_title: &AeTitle) -> Result<bool, Error>;
+
     /// The devices of a partition, ordered by AE title.
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error>;
 

@@ -169,6 +169,10 @@ pub(crate) const REGISTER_DEVICE: &str = "INSERT INTO device
      WHERE (SELECT count(*) FROM device WHERE partition_id = $1) < $11
      ON CONFLICT (partition_id, ae_title) DO NOTHING";
 
+/// Removes the device of partition `$1` with AE title `$2`.
+pub(crate) const DELETE_DEVICE: &str =
+    "DELETE FROM device WHERE partition_id = $1 AND ae_title = $2";
+
 /// The device of partition `$1` with AE title `$2`.
 pub(crate) const DEVICE: &str =
     "SELECT ae_title, host, port, allow_store, allow_query, allow_retrieve,
@@ -463,6 +467,7 @@ mod tests {
         super::TOUCH_STUDY,
         super::ENSURE_DEVICE,
         super::REGISTER_DEVICE,
+        super::DELETE_DEVICE,
         super::DEVICE,
         super::DEVICES,
         super::STUDY_LOCATION,

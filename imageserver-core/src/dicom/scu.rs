@@ -284,6 +284,9 @@ struct Accepted {
     transfer_syntax: String,
 }
 
+/// The Verification SOP Class (C-ECHO).
+pub const VERIFICATION: &str = "1.2.840.10008.1.1";
+
 /// One association to a storage SCP.
 pub struct StoreScu {
     socket: TcpStream,
@@ -521,7 +524,7 @@ impl StoreScu {
             return Err(ScuError::Source { reason });
         }
         sent.map_err(|e| self.write_error(e))?;
-        let response = self.read_response(message_id)?;
+        let response = self.read_response(message_id, CommandField::CStoreRsp)?;
         Ok(Outcome::Answered {
             status: response.status.unwrap_or(Status::PROCESSING_FAILURE),
             error_comment: response.error_comment,
@@ -582,8 +585,39 @@ impl StoreScu {
         id
     }
 
-    /// Reads PDUs until the C-STORE-RSP to `message_id` is complete.
-    fn read_response(&mut self, message_id: u16) -> Result<Command, ScuError> {
+    /// Sends a C-ECHO-RQ on the Verification context and returns the
+    /// response's status (the association must have been opened with
+    /// [`VERIFICATION`] among its pairs).
+    pub fn echo(&mut self) -> Result<Status, ScuError> {
+        let pc_id = self
+            .contexts
+            .iter()
+            .find(|pc| pc.abstract_syntax == VERIFICATION)
+            .map(|pc| pc.id)
+            .ok_or_else(|| ScuError::NoAcceptableContext {
+                destination: self.destination.clone(),
+            })?;
+        let message_id = self.message_id();
+        pdu::write_pdata(
+            &mut self.socket,
+            &mut self.scratch,
+            pc_id,
+            true,
+            &Command::echo_rq(message_id).encode(),
+            self.peer_max_pdu,
+        )
+        .map_err(|e| self.write_error(e))?;
+        let response = self.read_response(message_id, CommandField::CEchoRsp)?;
+        Ok(response.status.unwrap_or(Status::PROCESSING_FAILURE))
+    }
+
+    /// Reads PDUs until the response (`expected`) to `message_id` is
+    /// complete.
+    fn read_response(
+        &mut self,
+        message_id: u16,
+        expected: CommandField,
+    ) -> Result<Command, ScuError> {
         let deadline = Instant::now() + self.options.response_timeout;
         let mut command_bytes = FragmentBuffer::new(MAX_COMMAND_LEN);
         // A response with a data set (not expected for C-STORE): its
@@ -639,13 +673,13 @@ impl StoreScu {
                         destination: self.destination.clone(),
                         detail: e.to_string(),
                     })?;
-                if command.field != CommandField::CStoreRsp
+                if command.field != expected
                     || command.message_id_being_responded_to != Some(message_id)
                 {
                     return Err(ScuError::Protocol {
                         destination: self.destination.clone(),
                         detail: format!(
-                            "{:?} responding to {:?} while the C-STORE response to {message_id} was awaited",
+                            "{:?} responding to {:?} while the {expected:?} to {message_id} was awaited",
                             command.field, command.message_id_being_responded_to
                         ),
                     });

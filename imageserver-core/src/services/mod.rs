@@ -9,6 +9,7 @@
 //! The use cases speak no DIMSE: the SCP handlers (`crate::scp`)
 //! turn their errors into DICOM statuses.
 
+pub mod admin;
 pub(crate) mod commit;
 pub(crate) mod devices;
 pub(crate) mod find;

@@ -13,12 +13,18 @@
 //!   streamed from the stored files) and metadata;
 //! - `stow`: STOW-RS uploads through the durable ingest path;
 //! - `multipart`: the `multipart/related` framing both directions use;
-//! - [`metrics`]: the Prometheus registry and its text exposition.
+//! - [`metrics`]: the Prometheus registry and its text exposition;
+//! - `api`: the admin API (JSON under `/api`, described by `openapi.json`);
+//! - `pages`: the admin pages (server-rendered HTML at `/`);
+//! - [`auth`]: users, sessions, CSRF and who may read DICOMweb.
 //!
 //! The DICOMweb root serves the default partition (the `[dicom]` one).
 
+mod api;
+pub mod auth;
 pub mod metrics;
 mod multipart;
+mod pages;
 mod qido;
 mod stow;
 mod wado;
@@ -55,6 +61,9 @@ pub enum WebError {
     /// The listening socket could not be handed to the runtime.
     #[error("cannot listen for HTTP")]
     Listen(#[source] std::io::Error),
+    /// A password could not be hashed, or no random key drawn.
+    #[error("cannot hash a password or draw a random key: {0}")]
+    Password(String),
 }
 
 /// What the HTTP handlers use: the services of the partition they serve.
@@ -78,6 +87,10 @@ pub(crate) struct WebServices {
     pub max_upload_bytes: u64,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The operator's use cases (admin API and pages).
+    pub admin: crate::services::admin::Admin,
+    /// Who may do what (filled in by [`WebServer::start`]).
+    pub access: Arc<auth::Access>,
 }
 
 type Shared = Arc<WebServices>;
@@ -86,8 +99,8 @@ type Shared = Arc<WebServices>;
 /// text).
 #[derive(Debug)]
 pub(crate) struct Failure {
-    status: StatusCode,
-    reason: String,
+    pub(crate) status: StatusCode,
+    pub(crate) reason: String,
 }
 
 impl Failure {
@@ -178,7 +191,13 @@ fn router(services: Shared, cors: Arc<Vec<String>>) -> Router {
         .nest("/dicom-web", dicom_web)
         .route("/metrics", get(metrics::scrape))
         .route("/wado", get(wado::wado_uri))
+        .nest("/api", api::router())
+        .merge(pages::router())
         .fallback(|| async { Failure::not_found("no such resource") })
+        .layer(middleware::from_fn_with_state(
+            services.clone(),
+            auth::guard,
+        ))
         .layer(middleware::from_fn_with_state(services.clone(), observe))
         .layer(middleware::from_fn_with_state(cors, cross_origin))
         .with_state(services)
@@ -286,16 +305,19 @@ impl WebServer {
         let app = router(Arc::new(services), Arc::new(settings.cors_origins.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = runtime.spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+            let served = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
             if let Err(error) = served {
                 tracing::warn!(error = %error, "the HTTP server stopped");
             }
         });
-        tracing::info!(address = %local_addr, "HTTP server listening (DICOMweb at /dicom-web)");
+        tracing::info!(address = %local_addr, "HTTP server listening (DICOMweb at /dicom-web, admin pages at /, admin API at /api)");
         Ok(WebServer {
             runtime,
             stop: Some(stop),

@@ -763,6 +763,18 @@ impl IndexStore for PgIndex {
         })
     }
 
+    fn delete_device(&self, partition: PartitionId, ae_title: &AeTitle) -> Result<bool, Error> {
+        let ae_title = ae_title.as_str().to_string();
+        self.write("deleting a device", async |conn| {
+            let done = sqlx::query(sql::DELETE_DEVICE)
+                .bind(partition.0)
+                .bind(&ae_title)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
         self.read("listing devices", async |conn| {
             let rows = sqlx::query(sql::DEVICES)

@@ -788,6 +788,14 @@ impl IndexStore for SqliteIndex {
         })
     }
 
+    fn delete_device(&self, partition: PartitionId, ae_title: &AeTitle) -> Result<bool, Error> {
+        self.write("deleting a device", |tx| {
+            tx.prepare_cached(sql::DELETE_DEVICE)?
+                .execute(rusqlite::params![partition.0, ae_title.as_str()])
+                .map(|n| n > 0)
+        })
+    }
+
     fn devices(&self, partition: PartitionId) -> Result<Vec<DeviceSpec>, Error> {
         self.read("listing devices", |conn| {
             let mut stmt = conn.prepare_cached(sql::DEVICES)?;

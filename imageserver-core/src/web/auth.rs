@@ -1,0 +1,629 @@
+//! Who calls, and what they may do: the admin API and pages, and DICOMweb.
+//!
+//! - **Users** come from `[[http.users]]` (argon2 password hashes, role
+//!   `admin` or `read_only`), or from a reverse proxy's header
+//!   (`[http] trusted_user_header`, believed only from `trusted_proxies`).
+//!   With no users configured, the admin API and pages answer only callers
+//!   on loopback, as the user `local` (admin).
+//! - **Sessions** are signed cookies (`imageserver_session`: name, expiry,
+//!   nonce and a keyed BLAKE3 MAC; HttpOnly, SameSite=Strict), so any node
+//!   holding the same `session_secret` accepts them; without one, a random
+//!   key per process.
+//! - **CSRF**: every change needs the session's token (derived from its
+//!   nonce) in an `X-CSRF-Token` header or a form's `csrf` field; a
+//!   read-only user changes nothing. Refusals of both are audited.
+//! - **DICOMweb** reads follow `[http] dicomweb_auth`: open on loopback
+//!   (the default), authenticated, or open.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use serde_json::json;
+
+use super::{blocking, Failure, Shared, WebError};
+use crate::config::{DicomWebAuth, HttpSettings, Role, User};
+
+/// The session cookie's name.
+pub(crate) const COOKIE: &str = "imageserver_session";
+/// Largest form body the guard reads to find its CSRF token.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+/// The user of loopback callers while no users are configured.
+pub(crate) const LOCAL_USER: &str = "local";
+
+/// Hashes a password as `[[http.users]] password_hash` expects (argon2id,
+/// random salt, PHC string).
+pub fn hash_password(password: &str) -> Result<String, WebError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| WebError::Password(e.to_string()))
+}
+
+/// The access settings in force.
+#[derive(Debug)]
+pub(crate) struct Access {
+    users: Vec<User>,
+    header: Option<String>,
+    proxies: Vec<IpAddr>,
+    secret: [u8; 32],
+    lifetime: Duration,
+    dicomweb: DicomWebAuth,
+    /// Verified against for unknown names, so that a wrong name costs what
+    /// a wrong password does (made at the first such login: every server
+    /// start would pay for it otherwise).
+    dummy_hash: std::sync::OnceLock<String>,
+}
+
+/// Who a request comes from.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    /// The user's name.
+    pub name: String,
+    /// What the user may do.
+    pub role: Role,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// A cookie to set (a session begun by this request).
+    cookie: Option<String>,
+}
+
+impl Identity {
+    /// The audit log's actor.
+    pub fn actor(&self) -> String {
+        format!("http:{}", self.name)
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Equal strings, compared in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn is_loopback(peer: Option<SocketAddr>) -> bool {
+    peer.is_some_and(|p| p.ip().is_loopback())
+}
+
+impl Access {
+    /// The access the settings describe (a random session key unless one
+    /// is configured).
+    pub(crate) fn new(settings: &HttpSettings) -> Result<Access, WebError> {
+        let secret = match &settings.session_secret {
+            Some(text) => *blake3::hash(text.as_bytes()).as_bytes(),
+            None => {
+                let mut key = [0u8; 32];
+                OsRng
+                    .try_fill_bytes(&mut key)
+                    .map_err(|e| WebError::Password(e.to_string()))?;
+                key
+            }
+        };
+        if settings.users.is_empty() && settings.trusted_user_header.is_none() {
+            tracing::info!(
+                "no [[http.users]] configured: the admin API and pages answer only callers on loopback"
+            );
+        } else if settings.session_secret.is_none() {
+            tracing::info!(
+                "sessions are signed with a random key: they end when this process stops \
+                 (set [http] session_secret, the same on every node of a cluster)"
+            );
+        }
+        Ok(Access {
+            users: settings.users.clone(),
+            header: settings.trusted_user_header.clone(),
+            proxies: settings.trusted_proxies.clone(),
+            secret,
+            lifetime: settings.session_lifetime,
+            dicomweb: settings.dicomweb_auth,
+            dummy_hash: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Whether the admin surface is limited to loopback (no users).
+    fn loopback_only(&self) -> bool {
+        self.users.is_empty() && self.header.is_none()
+    }
+
+    fn mac(&self, text: &str) -> String {
+        blake3::keyed_hash(&self.secret, text.as_bytes()).to_hex()[..32].to_string()
+    }
+
+    fn csrf_of(&self, nonce: &str) -> String {
+        self.mac(&format!("csrf:{nonce}"))
+    }
+
+    /// A new session for `name`: its cookie and CSRF token.
+    fn begin(&self, name: &str) -> (String, String) {
+        let mut nonce = [0u8; 16];
+        OsRng.fill_bytes(&mut nonce);
+        let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+        let expires = now_secs() + self.lifetime.as_secs();
+        let payload = format!("{name}:{expires}:{nonce}");
+        let value = format!("{payload}:{}", self.mac(&payload));
+        let cookie = format!(
+            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            self.lifetime.as_secs()
+        );
+        (cookie, self.csrf_of(&nonce))
+    }
+
+    /// The role of `name`, if it may have a session at all.
+    fn role_of(&self, name: &str, peer: Option<SocketAddr>) -> Option<Role> {
+        if let Some(user) = self.users.iter().find(|u| u.name == name) {
+            return Some(user.role);
+        }
+        if self.header.is_some() && name != LOCAL_USER {
+            return Some(Role::ReadOnly);
+        }
+        (self.loopback_only() && name == LOCAL_USER && is_loopback(peer)).then_some(Role::Admin)
+    }
+
+    /// The session a cookie holds: (name, CSRF token), when its MAC is
+    /// right and it has not expired.
+    fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
+        let value = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE)
+            .map(|(_, v)| v.to_string())?;
+        let (payload, mac) = value.rsplit_once(':')?;
+        if !same(&self.mac(payload), mac) {
+            return None;
+        }
+        let mut parts = payload.split(':');
+        let (name, expires, nonce) = (parts.next()?, parts.next()?, parts.next()?);
+        if expires.parse::<u64>().ok()? < now_secs() {
+            return None;
+        }
+        Some((name.to_string(), self.csrf_of(nonce)))
+    }
+
+    /// Who the request comes from, if anyone known.
+    pub(crate) fn identify(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Option<Identity> {
+        let session = self.session(headers);
+        let with_session = |name: String, role: Role| -> Identity {
+            match &session {
+                Some((held, csrf)) if *held == name => Identity {
+                    name,
+                    role,
+                    csrf: csrf.clone(),
+                    cookie: None,
+                },
+                _ => {
+                    let (cookie, csrf) = self.begin(&name);
+                    Identity {
+                        name,
+                        role,
+                        csrf,
+                        cookie: Some(cookie),
+                    }
+                }
+            }
+        };
+        if let (Some(header), Some(peer)) = (&self.header, peer) {
+            if self.proxies.contains(&peer.ip()) {
+                if let Some(name) = headers
+                    .get(header.as_str())
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty() && !n.contains(':'))
+                {
+                    let role = self.role_of(name, Some(peer))?;
+                    return Some(with_session(name.to_string(), role));
+                }
+            }
+        }
+        if let Some((name, _)) = &session {
+            let role = self.role_of(name, peer)?;
+            return Some(with_session(name.clone(), role));
+        }
+        if self.loopback_only() && is_loopback(peer) {
+            return Some(with_session(LOCAL_USER.to_string(), Role::Admin));
+        }
+        None
+    }
+
+    /// Checks a name and password (argon2, slow by design: call it off the
+    /// executor); the user's role when they match.
+    fn verify(&self, name: &str, password: &str) -> Option<Role> {
+        let user = self.users.iter().find(|u| u.name == name);
+        let hash = match user.and_then(|u| u.password_hash.as_deref()) {
+            Some(hash) => hash,
+            None => self
+                .dummy_hash
+                .get_or_init(|| hash_password("not a password of anyone").unwrap_or_default()),
+        };
+        let parsed = PasswordHash::new(hash).ok()?;
+        let matched = Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok();
+        match user {
+            Some(u) if matched && u.password_hash.is_some() => Some(u.role),
+            _ => None,
+        }
+    }
+}
+
+/// Where a request goes, for the guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Surface {
+    /// `/api/...` (JSON answers).
+    Api,
+    /// The pages.
+    Pages,
+    /// `/dicom-web/...`, `/wado`.
+    DicomWeb,
+    /// Open: `/metrics`, the login form and call, the API's description.
+    Open,
+}
+
+fn surface(path: &str) -> Surface {
+    match path {
+        "/metrics" | "/api/openapi.json" | "/static/admin.css" => Surface::Open,
+        "/login" | "/api/login" => Surface::Open,
+        _ if path.starts_with("/api/") || path == "/api" => Surface::Api,
+        // The viewer's files are read as DICOMweb is.
+        _ if path.starts_with("/dicom-web") || path == "/wado" || path.starts_with("/viewer") => {
+            Surface::DicomWeb
+        }
+        _ => Surface::Pages,
+    }
+}
+
+fn refuse(surface: Surface, status: StatusCode, reason: &str) -> Response {
+    match surface {
+        Surface::Api => (status, axum::Json(json!({ "error": reason }))).into_response(),
+        _ => Failure::new(status, reason).into_response(),
+    }
+}
+
+fn is_change(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The guard every request passes: who it is, whether they may, and (for
+/// changes) the CSRF token.
+pub(crate) async fn guard(
+    State(services): State<Shared>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let access = &services.access;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let surface = surface(&path);
+    if surface == Surface::Open {
+        if matches!(path.as_str(), "/login" | "/api/login")
+            && access.loopback_only()
+            && !is_loopback(peer)
+        {
+            return refuse(
+                Surface::Api,
+                StatusCode::FORBIDDEN,
+                "no users are configured: the admin pages answer only on loopback",
+            );
+        }
+        return next.run(request).await;
+    }
+    let identity = access.identify(request.headers(), peer);
+    if surface == Surface::DicomWeb {
+        let open = match access.dicomweb {
+            DicomWebAuth::Open => true,
+            DicomWebAuth::OpenOnLoopback => is_loopback(peer),
+            DicomWebAuth::Authenticated => false,
+        };
+        if open {
+            return next.run(request).await;
+        }
+        return match identity {
+            None => refuse(surface, StatusCode::UNAUTHORIZED, "log in first (/login)"),
+            Some(id) if is_change(&method) && id.role != Role::Admin => refuse(
+                surface,
+                StatusCode::FORBIDDEN,
+                "a read-only user cannot store",
+            ),
+            Some(_) => next.run(request).await,
+        };
+    }
+    if access.loopback_only() && !is_loopback(peer) {
+        return refuse(
+            surface,
+            StatusCode::FORBIDDEN,
+            "no [[http.users]] are configured: the admin API and pages answer only callers on loopback",
+        );
+    }
+    let Some(identity) = identity else {
+        return match surface {
+            Surface::Pages if !is_change(&method) => {
+                let next_page = request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/".to_string(), |p| p.as_str().to_string());
+                let target = format!(
+                    "/login?next={}",
+                    form_urlencoded::byte_serialize(next_page.as_bytes()).collect::<String>()
+                );
+                Redirect::to(&target).into_response()
+            }
+            _ => refuse(surface, StatusCode::UNAUTHORIZED, "log in first"),
+        };
+    };
+    let mut request = request;
+    if is_change(&method) {
+        if identity.role != Role::Admin {
+            audit_refusal(&services, &identity, &method, &path, "read-only user").await;
+            return refuse(
+                surface,
+                StatusCode::FORBIDDEN,
+                "a read-only user cannot change anything",
+            );
+        }
+        let (checked, rebuilt) = csrf_checked(request, &identity.csrf).await;
+        request = match rebuilt {
+            Some(r) => r,
+            None => return refuse(surface, StatusCode::BAD_REQUEST, "the form is too large"),
+        };
+        if !checked {
+            audit_refusal(
+                &services,
+                &identity,
+                &method,
+                &path,
+                "missing or wrong CSRF token",
+            )
+            .await;
+            return refuse(
+                surface,
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token (X-CSRF-Token header or csrf form field)",
+            );
+        }
+    }
+    let cookie = identity.cookie.clone();
+    request.extensions_mut().insert(identity);
+    let mut response = next.run(request).await;
+    if let Some(cookie) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// Whether the request carries the token (header, or a form's `csrf`
+/// field), and the request to pass on (None: a form too large to read).
+async fn csrf_checked(request: Request, token: &str) -> (bool, Option<Request>) {
+    if let Some(given) = request
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+    {
+        let ok = same(given, token);
+        return (ok, Some(request));
+    }
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return (false, Some(request));
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
+        return (false, None);
+    };
+    let ok = form_urlencoded::parse(&bytes).any(|(k, v)| k == "csrf" && same(&v, token));
+    (ok, Some(Request::from_parts(parts, Body::from(bytes))))
+}
+
+async fn audit_refusal(
+    services: &Shared,
+    identity: &Identity,
+    method: &Method,
+    path: &str,
+    why: &str,
+) {
+    let admin = services.admin.clone();
+    let actor = identity.actor();
+    let details = json!({ "method": method.as_str(), "path": path, "refused": why });
+    let _ = blocking(move || {
+        admin
+            .record(&actor, "admin.refused", None, None, &details)
+            .map_err(|e| Failure::internal("cannot record the refusal", &e))
+    })
+    .await;
+}
+
+/// `POST /login` (form: name, password, next) and `POST /api/login`
+/// (JSON: name, password): a session cookie when they match.
+pub(crate) async fn login(
+    State(services): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    let (name, password, next_page) = if is_json {
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        (
+            value["name"].as_str().unwrap_or_default().to_string(),
+            value["password"].as_str().unwrap_or_default().to_string(),
+            None,
+        )
+    } else {
+        let mut fields = (String::new(), String::new(), Some("/".to_string()));
+        for (k, v) in form_urlencoded::parse(&body) {
+            match &*k {
+                "name" => fields.0 = v.into_owned(),
+                "password" => fields.1 = v.into_owned(),
+                "next" if v.starts_with('/') && !v.starts_with("//") => {
+                    fields.2 = Some(v.into_owned())
+                }
+                _ => {}
+            }
+        }
+        fields
+    };
+    let shared = services.clone();
+    let checked_name = name.clone();
+    let role = blocking(move || Ok(shared.access.verify(&checked_name, &password)))
+        .await
+        .ok()
+        .flatten();
+    let Some(role) = role else {
+        tracing::info!(user = %name, "HTTP login refused");
+        return match next_page {
+            None => refuse(
+                Surface::Api,
+                StatusCode::UNAUTHORIZED,
+                "wrong name or password",
+            ),
+            Some(next_page) => Redirect::to(&format!(
+                "/login?failed=1&next={}",
+                form_urlencoded::byte_serialize(next_page.as_bytes()).collect::<String>()
+            ))
+            .into_response(),
+        };
+    };
+    tracing::info!(user = %name, role = role.as_str(), "HTTP login");
+    let (cookie, csrf) = services.access.begin(&name);
+    let mut response = match next_page {
+        None => {
+            axum::Json(json!({ "name": name, "role": role.as_str(), "csrf": csrf })).into_response()
+        }
+        Some(next_page) => Redirect::to(&next_page).into_response(),
+    };
+    if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// `POST /logout`: the cookie is cleared (a copied cookie stays valid
+/// until it expires: sessions are stateless).
+pub(crate) async fn logout() -> Response {
+    let mut response = Redirect::to("/login").into_response();
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "imageserver_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn access(toml: &str) -> Access {
+        let settings = Config::from_toml(toml).unwrap().validate().unwrap();
+        Access::new(&settings.http).unwrap()
+    }
+
+    fn with_cookie(cookie: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        let value = cookie.split(';').next().unwrap();
+        headers.insert(header::COOKIE, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    fn remote() -> Option<SocketAddr> {
+        Some("192.0.2.7:5000".parse().unwrap())
+    }
+
+    #[test]
+    fn a_session_is_signed_and_bound_to_its_user() {
+        let hash = hash_password("correct horse").unwrap();
+        let a = access(&format!(
+            "[[http.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\nrole = \"admin\"\n"
+        ));
+        assert_eq!(a.verify("ann", "correct horse"), Some(Role::Admin));
+        assert_eq!(a.verify("ann", "wrong"), None);
+        assert_eq!(a.verify("bob", "correct horse"), None);
+        let (cookie, csrf) = a.begin("ann");
+        let id = a
+            .identify(&with_cookie(&cookie), remote())
+            .expect("the session");
+        assert_eq!(
+            (id.name.as_str(), id.role, id.csrf.as_str()),
+            ("ann", Role::Admin, csrf.as_str())
+        );
+        // Another user's name in the same cookie breaks its MAC.
+        let forged = cookie.replacen("ann:", "bob:", 1);
+        assert!(a.identify(&with_cookie(&forged), remote()).is_none());
+        // Another process's key (no shared secret) does not accept it.
+        let other = access(&format!(
+            "[[http.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\n"
+        ));
+        assert!(other.identify(&with_cookie(&cookie), remote()).is_none());
+    }
+
+    #[test]
+    fn a_shared_secret_lets_every_node_accept_the_session() {
+        let config = "[http]\nsession_secret = \"0123456789abcdef0123456789abcdef\"\n\
+                      trusted_user_header = \"X-Remote-User\"\ntrusted_proxies = [\"192.0.2.1\"]\n";
+        let (one, two) = (access(config), access(config));
+        let (cookie, csrf) = one.begin("carol");
+        let id = two
+            .identify(&with_cookie(&cookie), remote())
+            .expect("accepted");
+        assert_eq!((id.role, id.csrf), (Role::ReadOnly, csrf));
+    }
+
+    #[test]
+    fn the_proxy_header_counts_only_from_the_proxy() {
+        let a = access(
+            "[http]\ntrusted_user_header = \"X-Remote-User\"\ntrusted_proxies = [\"192.0.2.1\"]\n",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-remote-user", HeaderValue::from_static("dave"));
+        let proxy = Some("192.0.2.1:4000".parse().unwrap());
+        assert_eq!(
+            a.identify(&headers, proxy).map(|i| i.name),
+            Some("dave".into())
+        );
+        assert!(a.identify(&headers, remote()).is_none());
+    }
+
+    #[test]
+    fn without_users_only_loopback_is_let_in() {
+        let a = access("");
+        let loopback = Some("127.0.0.1:4000".parse().unwrap());
+        let id = a.identify(&HeaderMap::new(), loopback).expect("loopback");
+        assert_eq!((id.name.as_str(), id.role), (LOCAL_USER, Role::Admin));
+        assert!(id.cookie.is_some(), "a session is begun for its CSRF token");
+        assert!(a.identify(&HeaderMap::new(), remote()).is_none());
+    }
+}
