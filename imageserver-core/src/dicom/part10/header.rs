@@ -67,15 +67,20 @@ pub(crate) struct RecordFacts {
 }
 
 /// A trimmed, non-empty string value of a root-level attribute.
+///
+/// Reads with `get`, never `element_opt`: dicom-object makes an absent
+/// attribute an error first, which captures a backtrace unconditionally
+/// (`Backtrace::force_capture`) — a few percent of the server's CPU at
+/// ingest, where most optional attributes are absent.
 pub(crate) fn text(header: &DefaultDicomObject, tag: Tag) -> Option<String> {
-    let element = header.element_opt(tag).ok().flatten()?;
+    let element = header.get(tag)?;
     let value = element.to_str().ok()?;
     let trimmed = value.trim_matches(|c: char| c == ' ' || c == '\0');
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }
 
 fn int(header: &DefaultDicomObject, tag: Tag) -> Option<i32> {
-    header.element_opt(tag).ok().flatten()?.to_int::<i32>().ok()
+    header.get(tag)?.to_int::<i32>().ok()
 }
 
 /// A UID value, checked (`attribute` names it in errors).

@@ -365,7 +365,7 @@ fn sequence(
 /// `None` when absent.
 pub(crate) fn current_value(header: &DefaultDicomObject, attribute: Attribute) -> Option<String> {
     let (group, element) = attribute.tag;
-    let element = header.element_opt(Tag(group, element)).ok().flatten()?;
+    let element = header.get(Tag(group, element))?;
     let value = element.to_str().ok()?;
     Some(value.trim_matches([' ', '\0']).to_string())
 }
@@ -383,10 +383,7 @@ pub(crate) fn holds(header: &DefaultDicomObject, targets: &[Target]) -> bool {
 
 /// The file's character set, for encoding new values.
 fn charset_of(header: &DefaultDicomObject) -> Option<String> {
-    let element = header
-        .element_opt(tags::SPECIFIC_CHARACTER_SET)
-        .ok()
-        .flatten()?;
+    let element = header.get(tags::SPECIFIC_CHARACTER_SET)?;
     let value = element.to_str().ok()?;
     let value = value.trim_matches([' ', '\0']).to_string();
     (!value.is_empty()).then_some(value)

@@ -288,17 +288,13 @@ pub fn parse_identifier(
     let object = read_identifier(bytes, transfer_syntax_uid)?;
 
     let specific_character_set = object
-        .element_opt(tags::SPECIFIC_CHARACTER_SET)
-        .ok()
-        .flatten()
+        .get(tags::SPECIFIC_CHARACTER_SET)
         .and_then(|e| e.value().to_multi_str().ok().map(|v| v.join("\\")))
         .map(|v| v.trim_matches([' ', '\0']).to_string())
         .filter(|v| !v.is_empty());
 
     let level_value = object
-        .element_opt(tags::QUERY_RETRIEVE_LEVEL)
-        .ok()
-        .flatten()
+        .get(tags::QUERY_RETRIEVE_LEVEL)
         .and_then(|e| e.to_str().ok().map(|v| trim(&v).to_string()))
         .filter(|v| !v.is_empty())
         .ok_or(QueryKeyError::MissingLevel)?;
