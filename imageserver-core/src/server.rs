@@ -19,6 +19,7 @@ use crate::cluster::{node, Node};
 use crate::config::{ConfigError, PartitionSettings, Settings};
 use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
+use crate::dicom::transport::ServerTls;
 use crate::processors::{self, BuiltinDeps};
 use crate::rules::RuleSet;
 use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
@@ -33,6 +34,7 @@ use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::placement::{FilesystemStates, Tiered};
 use crate::storage::StorageBackend;
+use crate::tls::ReloadingServer;
 use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue};
 
 /// Why an archive or server could not start.
@@ -67,6 +69,9 @@ pub enum Error {
     /// The audit trail could not start.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// A TLS listener's certificate, key or CA bundle does not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A background thread could not be started.
     #[error("cannot start the {name} thread")]
     Thread {
@@ -525,11 +530,23 @@ fn check_descriptor_budget(settings: &Settings, listeners: usize) {
     }
 }
 
+/// A partition's listening sockets (at least one).
+#[derive(Debug)]
+pub struct PartitionListeners {
+    /// The plain DICOM listener.
+    pub plain: Option<TcpListener>,
+    /// The TLS listener (the partition's `tls` must be configured).
+    pub tls: Option<TcpListener>,
+}
+
 /// A running server: the archive plus one DICOM acceptor per partition.
 #[derive(Debug)]
 pub struct Server {
     archive: Archive,
+    /// Each partition's first listener: plain, or TLS when TLS only.
     acceptors: Vec<Acceptor>,
+    /// TLS listeners beside a plain one.
+    tls_acceptors: Vec<Acceptor>,
     /// The WorkQueue engine (None with `[workqueue] threads = 0`).
     engine: Option<Engine>,
     /// This process's row in the cluster's node table, and its heartbeat.
@@ -549,13 +566,22 @@ impl Server {
     /// accepting associations.
     pub fn start(archive: Archive) -> Result<Server, Error> {
         let mut listeners = Vec::new();
-        for partition in &archive.partitions {
-            let address = format!("{}:{}", archive.settings.bind, partition.settings.spec.port);
-            let listener = TcpListener::bind(&address).map_err(|source| Error::Bind {
+        let bind = |port: u16| {
+            let address = format!("{}:{}", archive.settings.bind, port);
+            TcpListener::bind(&address).map_err(|source| Error::Bind {
                 address: address.clone(),
                 source,
-            })?;
-            listeners.push(listener);
+            })
+        };
+        for partition in &archive.partitions {
+            let tls = partition.settings.tls.as_ref();
+            listeners.push(PartitionListeners {
+                plain: match tls {
+                    Some(tls) if tls.tls_only => None,
+                    _ => Some(bind(partition.settings.spec.port)?),
+                },
+                tls: tls.map(|tls| bind(tls.port)).transpose()?,
+            });
         }
         #[cfg(feature = "web")]
         let http =
@@ -569,7 +595,7 @@ impl Server {
                 _ => None,
             };
         #[allow(unused_mut)]
-        let mut server = Server::start_on(archive, listeners)?;
+        let mut server = Server::start_with(archive, listeners)?;
         #[cfg(feature = "web")]
         if let Some(listener) = http {
             server.start_http_on(listener)?;
@@ -612,8 +638,24 @@ impl Server {
     }
 
     /// Starts accepting on listeners the caller bound, one per partition in
-    /// order (tests bind port 0).
+    /// order (tests bind port 0); plain only.
     pub fn start_on(archive: Archive, listeners: Vec<TcpListener>) -> Result<Server, Error> {
+        let listeners = listeners
+            .into_iter()
+            .map(|plain| PartitionListeners {
+                plain: Some(plain),
+                tls: None,
+            })
+            .collect();
+        Server::start_with(archive, listeners)
+    }
+
+    /// Starts accepting on each partition's listeners, bound by the caller,
+    /// in partition order.
+    pub fn start_with(
+        archive: Archive,
+        listeners: Vec<PartitionListeners>,
+    ) -> Result<Server, Error> {
         let settings = &archive.settings;
         let processor_id = workqueue::default_processor_id();
         let engine = match settings.workqueue.engine.threads {
@@ -663,7 +705,8 @@ impl Server {
             source,
         })?;
         let mut acceptors = Vec::new();
-        for (partition, listener) in archive.partitions.iter().zip(listeners) {
+        let mut tls_acceptors = Vec::new();
+        for (partition, listeners) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
                 ae_title: partition.partition.ae_title.as_str().to_string(),
                 check_called_ae: settings.check_called_ae,
@@ -689,24 +732,59 @@ impl Server {
                 observer: observer.clone(),
                 auditor: archive.auditor.clone(),
             };
-            let address = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
             let policy = Arc::new(DevicePolicy {
                 devices: partition.devices.clone(),
                 observer: observer.clone(),
                 auditor: archive.auditor.clone(),
                 partition: partition.partition.clone(),
+                users: settings.users.clone(),
+                require_user_identity: partition.settings.require_user_identity,
             });
-            let acceptor = Acceptor::start(listener, config, policy, Arc::new(dispatcher))
-                .map_err(|source| Error::Bind { address, source })?;
-            acceptors.push(acceptor);
+            let dispatcher = Arc::new(dispatcher);
+            let start = |listener: TcpListener, tls: Option<Arc<dyn ServerTls>>| {
+                let address = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                Acceptor::start(
+                    listener,
+                    config.clone(),
+                    tls,
+                    policy.clone(),
+                    dispatcher.clone(),
+                )
+                .map_err(|source| Error::Bind { address, source })
+            };
+            let tls_source = match &partition.settings.tls {
+                Some(tls) => {
+                    Some(Arc::new(ReloadingServer::new(tls.files.clone())?) as Arc<dyn ServerTls>)
+                }
+                None => None,
+            };
+            match (listeners.plain, listeners.tls, tls_source) {
+                (Some(plain), tls, source) => {
+                    acceptors.push(start(plain, None)?);
+                    if let (Some(tls), Some(source)) = (tls, source) {
+                        tls_acceptors.push(start(tls, Some(source))?);
+                    }
+                }
+                (None, Some(tls), Some(source)) => acceptors.push(start(tls, Some(source))?),
+                _ => {
+                    return Err(Error::Bind {
+                        address: partition.partition.ae_title.as_str().to_string(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "a partition needs a plain or a TLS listener",
+                        ),
+                    })
+                }
+            }
         }
         #[cfg(feature = "web")]
         let metrics = {
             let probes: Vec<_> = acceptors
                 .iter()
+                .chain(&tls_acceptors)
                 .map(Acceptor::open_associations_probe)
                 .collect();
             metrics.set_open_associations_source(move || probes.iter().map(|p| p() as u64).sum());
@@ -722,6 +800,7 @@ impl Server {
         Ok(Server {
             archive,
             acceptors,
+            tls_acceptors,
             engine,
             node,
             #[cfg(feature = "web")]
@@ -735,6 +814,14 @@ impl Server {
     /// The address of the default partition's listener.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.acceptors[0].local_addr()
+    }
+
+    /// The TLS listener addresses beside plain ones, in partition order.
+    pub fn tls_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.tls_acceptors
+            .iter()
+            .map(Acceptor::local_addr)
+            .collect()
     }
 
     /// The listener addresses, one per partition in order.
@@ -781,7 +868,7 @@ impl Server {
             grace_secs = settings.drain_grace.as_secs(),
             "draining: health checks refused, associations still accepted"
         );
-        for acceptor in &self.acceptors {
+        for acceptor in self.acceptors.iter().chain(&self.tls_acceptors) {
             acceptor.refuse_caller(settings.health_check_ae.as_deref());
         }
         std::thread::sleep(settings.drain_grace);
@@ -789,12 +876,12 @@ impl Server {
             timeout_secs = settings.drain_timeout.as_secs(),
             "draining: listeners closed; waiting for open associations and work items"
         );
-        for acceptor in &self.acceptors {
+        for acceptor in self.acceptors.iter().chain(&self.tls_acceptors) {
             acceptor.stop_listening();
         }
         let timeout = settings.drain_timeout;
         std::thread::scope(|scope| {
-            for acceptor in &self.acceptors {
+            for acceptor in self.acceptors.iter().chain(&self.tls_acceptors) {
                 scope.spawn(move || {
                     if !acceptor.wait_idle(timeout) && !timeout.is_zero() {
                         tracing::warn!(
@@ -820,7 +907,7 @@ impl Server {
             if let Some(web) = web {
                 scope.spawn(move || web.shutdown(grace));
             }
-            for acceptor in self.acceptors {
+            for acceptor in self.acceptors.into_iter().chain(self.tls_acceptors) {
                 scope.spawn(move || acceptor.shutdown(grace));
             }
             if let Some(engine) = self.engine {

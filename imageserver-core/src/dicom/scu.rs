@@ -43,6 +43,7 @@ use super::deadline::DeadlineReader;
 use super::dimse::{Command, CommandField, FragmentBuffer, Priority, Status, StatusClass};
 use super::part10::DataSetReader;
 use super::pdu::{self, Incoming, PduError, PduReader};
+use super::transport::Transport;
 use crate::model::error_chain;
 
 /// Explicit VR Little Endian.
@@ -286,7 +287,7 @@ struct Accepted {
 
 /// One association to a storage SCP.
 pub struct StoreScu {
-    socket: TcpStream,
+    socket: Transport,
     destination: String,
     options: ScuOptions,
     contexts: Vec<Accepted>,
@@ -395,7 +396,7 @@ impl StoreScu {
             "storage association established"
         );
         Ok(StoreScu {
-            socket,
+            socket: Transport::Plain(socket),
             destination: name,
             options: options.clone(),
             contexts,
