@@ -58,6 +58,9 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Filesystems and tiers: list with usage, add, set (while servers run).
     Filesystem(filesystem_cmd::FilesystemArgs),
+    /// Print the Argon2 hash of a passcode read from standard input (one
+    /// line), for a `[[users]]` entry's `passcode_hash`.
+    HashPasscode,
 }
 
 /// Settings shared by every command that opens the archive.
@@ -144,6 +147,7 @@ fn main() -> ExitCode {
         Command::Nodes(args) => nodes_cmd::nodes(args),
         Command::Audit(args) => audit_cmd::audit(args),
         Command::Filesystem(args) => filesystem_cmd::filesystem(args),
+        Command::HashPasscode => hash_passcode(),
     };
     match result {
         Ok(code) => code,
@@ -152,6 +156,19 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn hash_passcode() -> Result<ExitCode> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let passcode = line.trim_end_matches(['\n', '\r']);
+    if passcode.is_empty() {
+        anyhow::bail!("no passcode on standard input");
+    }
+    let hash = imageserver_core::config::hash_passcode(passcode.as_bytes())
+        .map_err(|e| anyhow::anyhow!("cannot hash the passcode: {e}"))?;
+    println!("{hash}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging() {

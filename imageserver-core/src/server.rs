@@ -6,6 +6,7 @@
 //! WorkQueue engine.
 //! Embedders that bring their own backends use [`ServerBuilder`].
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +20,9 @@ use crate::cluster::{node, Node};
 use crate::config::{ConfigError, PartitionSettings, Settings};
 use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
+use crate::dicom::scu::ClientTls;
 use crate::dicom::transport::ServerTls;
+use crate::model::PartitionId;
 use crate::processors::{self, BuiltinDeps};
 use crate::rules::RuleSet;
 use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
@@ -264,6 +267,7 @@ impl ServerBuilder {
             }
         }
         let mut partitions = Vec::new();
+        let mut device_tls = HashMap::new();
         for partition in &self.settings.partitions {
             let id = index.ensure_partition(&partition.spec)?;
             for device in &partition.devices {
@@ -279,6 +283,13 @@ impl ServerBuilder {
                     max_registered: self.settings.max_registered_devices,
                 },
             )?;
+            let mut tls = HashMap::new();
+            for (ae_title, ca) in &partition.device_tls {
+                let config = ClientTls(crate::tls::client_config(ca)?);
+                device_tls.insert((id, ae_title.clone()), config.clone());
+                tls.insert(ae_title.clone(), config);
+            }
+            let devices = devices.with_tls(tls);
             partitions.push(ArchivePartition {
                 partition: Partition {
                     id,
@@ -290,6 +301,7 @@ impl ServerBuilder {
                 devices,
             });
         }
+        let device_tls = Arc::new(device_tls);
         let auditor = match &self.settings.audit {
             Some(settings) => Auditor::start(settings.clone(), database.clone())?,
             None => Auditor::disabled(),
@@ -302,7 +314,8 @@ impl ServerBuilder {
                 let mut registry = Registry::new();
                 let deps = BuiltinDeps {
                     studies: Studies::new(database.clone(), storage.clone())
-                        .with_auditor(auditor.clone()),
+                        .with_auditor(auditor.clone())
+                        .with_device_tls(device_tls.clone()),
                     db: database.clone(),
                     partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
                     rules: self.rules,
@@ -347,6 +360,7 @@ impl ServerBuilder {
         });
         Ok(Archive {
             auditor,
+            device_tls,
             database,
             retrieve,
             settings: self.settings,
@@ -391,6 +405,8 @@ pub struct Archive {
     study_process_wake: Arc<OnceLock<WorkQueue>>,
     /// The audit trail (disabled unless `[audit]` enables it).
     auditor: Auditor,
+    /// Devices reached over TLS: (partition, AE title) → TLS.
+    device_tls: Arc<HashMap<(PartitionId, String), ClientTls>>,
     /// What placement knows of each filesystem (markers, bytes held),
     /// refreshed by the server's [`crate::tiering::Monitor`].
     filesystem_states: Arc<FilesystemStates>,
@@ -440,7 +456,9 @@ impl Archive {
     /// archive takes them through [`Archive::work_queue`] and
     /// [`crate::processors::StudyRequest`] instead.
     pub fn studies(&self) -> Studies {
-        Studies::new(self.database.clone(), self.storage.clone()).with_auditor(self.auditor.clone())
+        Studies::new(self.database.clone(), self.storage.clone())
+            .with_auditor(self.auditor.clone())
+            .with_device_tls(self.device_tls.clone())
     }
 
     /// The audit trail: where an embedder records events of its own.

@@ -180,6 +180,14 @@ pub struct DeviceConfig {
     /// Most associations it may hold open at once (0: no limit).
     #[serde(default)]
     pub max_associations: u32,
+    /// Associations to it (C-MOVE sub-operations, auto-route, study
+    /// send) use TLS, its certificate verified against `tls_ca_file`.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle (PEM) its certificate must chain to (required with
+    /// `tls`).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Most associations all processes sharing the index open to it at once for sends
     /// (auto-route, study send; 0: no limit).
     #[serde(default)]
@@ -207,6 +215,8 @@ impl DeviceConfig {
             max_associations: 0,
             max_outgoing_associations: 0,
             partition: None,
+            tls: false,
+            tls_ca_file: None,
         })
     }
 }
@@ -228,6 +238,8 @@ pub struct PartitionSettings {
     pub tls: Option<TlsListener>,
     /// Callers must send a User Identity.
     pub require_user_identity: bool,
+    /// Devices reached over TLS: AE title → CA bundle.
+    pub device_tls: Vec<(String, PathBuf)>,
 }
 
 // The partition policies' defaults, for `[dicom]` and `[[partitions]]` alike.
@@ -388,6 +400,20 @@ pub(super) fn partitions(
                 format!("no partition has AE title {ae:?}", ae = device.partition),
             ));
         };
+        if device.tls {
+            let Some(ca) = &device.tls_ca_file else {
+                return Err(ConfigError::invalid(
+                    "devices.tls_ca_file",
+                    format!(
+                        "{}: tls = true needs the CA bundle its certificate is verified against",
+                        device.ae_title
+                    ),
+                ));
+            };
+            owner
+                .device_tls
+                .push((spec.ae_title.as_str().to_string(), ca.clone()));
+        }
         owner.devices.push(spec);
     }
     Ok(partitions)
@@ -446,6 +472,7 @@ impl PartitionConfig {
             devices: Vec::new(),
             tls,
             require_user_identity: self.require_user_identity,
+            device_tls: Vec::new(),
         })
     }
 }
