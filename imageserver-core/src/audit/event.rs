@@ -92,7 +92,7 @@ pub mod types {
     pub const APPLICATION_START: Code = dcm("110120", "Application Start");
     /// 110121 Application Stop.
     pub const APPLICATION_STOP: Code = dcm("110121", "Application Stop");
-    /// 110122 Login: with [`EventKind::UserAuthentication`].
+    /// 110122 Login: with [`super::EventKind::UserAuthentication`].
     pub const LOGIN: Code = dcm("110122", "Login");
     /// 110126 Node Authentication: an association refused (by the access
     /// policy, or a failed TLS handshake).

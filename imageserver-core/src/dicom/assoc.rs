@@ -4,7 +4,7 @@
 //! We read every PDU ourselves with [`PduReader`], which refuses oversized
 //! PDUs before allocating and lets every PDU carry a deadline, so that a
 //! slow or idle peer only ever costs its own thread; the A-ASSOCIATE-RQ is
-//! answered by [`negotiate`](super::negotiate) (dicom-ul's PDU codec, our
+//! answered by `negotiate` (dicom-ul's PDU codec, our
 //! negotiation: it works over plain and TLS transports alike):
 //!
 //! - the whole A-ASSOCIATE-RQ must arrive within the ARTIM timeout (checked

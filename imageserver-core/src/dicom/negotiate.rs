@@ -96,7 +96,7 @@ pub(crate) fn answer(
                 if (options.role_selectable)(&uid, &options.extra_storage) {
                     user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
                         class,
-                        requested.clone(),
+                        requested,
                     ));
                     roles.push((uid, requested));
                 }
