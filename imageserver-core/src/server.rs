@@ -480,6 +480,7 @@ impl Archive {
         let application = Participant {
             user_id: format!("imageserver@{}", std::process::id()),
             alternative_user_id: Some(format!("AETITLES={}", titles.join(";"))),
+            user_name: None,
             requestor: false,
             network_access_point: None,
             role: Some(Role::Application),

@@ -476,7 +476,16 @@ fn tls_mutual_auth_user_identity_and_syslog_over_tls() {
     // The audit trail reached the repository over TLS: the store, the
     // refused handshakes (Security Alert, Node Authentication) and the
     // refused user (User Authentication, Login, minor failure).
-    receiver.wait_for("DICOM Instances Transferred", |m| m["event_id"] == "110104");
+    // The store's audit message names the caller by its certificate.
+    receiver.wait_for(
+        "DICOM Instances Transferred with the certificate's subject",
+        |m| {
+            m["event_id"] == "110104"
+                && m["participants"].as_array().unwrap().iter().any(|p| {
+                    p["user_id"] == CALLING_AE && p["user_name"] == "O=Test Hospital, CN=ITSCU"
+                })
+        },
+    );
     receiver.wait_for("Security Alert for a failed handshake", |m| {
         m["event_id"] == "110113" && m["event_type"] == "110126"
     });

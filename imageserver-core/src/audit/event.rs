@@ -186,6 +186,9 @@ pub struct Participant {
     pub user_id: String,
     /// AlternativeUserID (e.g. `AETITLES=…`, a process id).
     pub alternative_user_id: Option<String>,
+    /// UserName: for a caller authenticated by a TLS client certificate,
+    /// the certificate's subject.
+    pub user_name: Option<String>,
     /// Whether this participant asked for the event.
     pub requestor: bool,
     /// NetworkAccessPointID: an IP address (type 2) or host name (type 1).
@@ -200,6 +203,7 @@ impl Participant {
         Participant {
             user_id: ae_title.trim().to_string(),
             alternative_user_id: Some(format!("AETITLES={}", ae_title.trim())),
+            user_name: None,
             requestor,
             network_access_point: address,
             role: Some(role),
@@ -211,6 +215,7 @@ impl Participant {
         Participant {
             user_id: user_id.to_string(),
             alternative_user_id: None,
+            user_name: None,
             requestor,
             network_access_point: None,
             role: None,

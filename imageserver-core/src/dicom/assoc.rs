@@ -697,8 +697,8 @@ fn serve_association(
         }
         Err(reject) => {
             let _ = pdu::write_pdu(&mut socket, &Pdu::AssociationRJ(reject));
-            let _ = socket.shutdown(Shutdown::Both);
             info!("association rejected");
+            close_after_reply(socket);
             return;
         }
     };
@@ -848,6 +848,23 @@ fn serve_association(
                 let _ = socket_ref.shutdown(Shutdown::Both);
                 return;
             }
+        }
+    }
+}
+
+/// After an A-ASSOCIATE-RJ: our side closed for writing, then the peer's
+/// close awaited (PS3.8 9.1.5: the requestor closes; at most
+/// [`CONTROL_WRITE_TIMEOUT`], a few KiB read), so that closing never
+/// resets a connection whose peer has not read the rejection yet.
+fn close_after_reply(mut socket: Transport) {
+    let _ = socket.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + CONTROL_WRITE_TIMEOUT;
+    let mut sink = [0u8; 1024];
+    for _ in 0..16 {
+        let mut timed = DeadlineReader::new(&mut socket, deadline, "closing");
+        match io::Read::read(&mut timed, &mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }

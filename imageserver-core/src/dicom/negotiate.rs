@@ -95,8 +95,7 @@ pub(crate) fn answer(
                 let uid = trim(&class).to_string();
                 if (options.role_selectable)(&uid, &options.extra_storage) {
                     user_variables.push(UserVariableItem::ScuScpRoleSelectionSubItem(
-                        class,
-                        requested,
+                        class, requested,
                     ));
                     roles.push((uid, requested));
                 }

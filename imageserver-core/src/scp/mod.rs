@@ -91,7 +91,11 @@ impl Dispatcher {
     /// The calling AE of `link` as an audit participant (the requestor).
     pub(crate) fn caller(&self, link: &Link, role: Role) -> Participant {
         let address = link.peer_ip().map(|ip| ip.to_string());
-        Participant::ae(link.calling_ae(), true, address, role)
+        Participant {
+            // The TLS client certificate's subject, when it presented one.
+            user_name: link.tls_subject(),
+            ..Participant::ae(link.calling_ae(), true, address, role)
+        }
     }
 
     /// This partition's AE as an audit participant.

@@ -66,6 +66,7 @@ def summarize(raw, transport):
         role = p.find("RoleIDCode")
         record["participants"].append({
             "user_id": p.get("UserID"),
+            "user_name": p.get("UserName"),
             "requestor": p.get("UserIsRequestor"),
             "address": p.get("NetworkAccessPointID"),
             "role": role.get("csd-code") if role is not None else None,
