@@ -65,19 +65,21 @@ CHROMIUM=/usr/bin/chromium
 missing_packages() {
     missing_dcmtk || [ ! -x "$ORTHANC" ] || ! command -v curl >/dev/null 2>&1 \
         || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1 || [ ! -x "$HAPROXY" ] \
-        || [ ! -x "$CHROMIUM" ] || ! command -v npm >/dev/null 2>&1
+        || [ ! -x "$CHROMIUM" ] || ! command -v npm >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1
 }
 
 if missing_packages; then
-    step "installing DCMTK, Orthanc, curl, PostgreSQL, sqlite3, HAProxy, Chromium and npm: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm"
+    step "installing DCMTK, Orthanc, curl, PostgreSQL, sqlite3, HAProxy, Chromium, npm and openssl: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm openssl"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm openssl
 fi
 [ -x "$CHROMIUM" ] || fail "Chromium is still missing after apt-get install ($CHROMIUM)"
 command -v npm >/dev/null 2>&1 || fail "npm is still missing after apt-get install"
+command -v openssl >/dev/null 2>&1 || fail "openssl is still missing after apt-get install (the TLS tests make their certificates with it)"
 [ -x "$HAPROXY" ] || fail "HAProxy is still missing after apt-get install ($HAPROXY)"
 [ -x "$PG_INITDB" ] || fail "PostgreSQL 15 is still missing after apt-get install ($PG_INITDB)"
 command -v sqlite3 >/dev/null 2>&1 || fail "sqlite3 is still missing after apt-get install (the tests read index rows with it)"
+command -v openssl >/dev/null 2>&1 || fail "openssl is still missing after apt-get install (the TLS test makes its certificates with it)"
 
 if missing_dcmtk; then
     fail "DCMTK is still missing after apt-get install (need ${DCMTK_TOOLS[*]})"

@@ -59,8 +59,8 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Filesystems and tiers: list with usage, add, set (while servers run).
     Filesystem(filesystem_cmd::FilesystemArgs),
-    /// Users of the admin pages and API: hash a password for the
-    /// configuration.
+    /// Users: hash a password for the configuration (`[[http.users]]` of
+    /// the admin pages, `[[users]]` of DICOM User Identity).
     User(user_cmd::UserArgs),
 }
 

@@ -48,6 +48,7 @@ pub mod server;
 pub mod services;
 pub mod storage;
 pub mod tiering;
+pub mod tls;
 #[cfg(feature = "web")]
 pub mod web;
 pub mod workqueue;

@@ -6,6 +6,7 @@
 //! WorkQueue engine.
 //! Embedders that bring their own backends use [`ServerBuilder`].
 
+use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,9 @@ use crate::cluster::{node, Node};
 use crate::config::{ConfigError, PartitionSettings, Settings};
 use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
+use crate::dicom::scu::ClientTls;
+use crate::dicom::transport::ServerTls;
+use crate::model::PartitionId;
 use crate::processors::{self, BuiltinDeps};
 use crate::rules::RuleSet;
 use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
@@ -33,6 +37,7 @@ use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::placement::{FilesystemStates, Tiered};
 use crate::storage::StorageBackend;
+use crate::tls::ReloadingServer;
 use crate::workqueue::{self, Engine, EngineConfig, Registry, WorkQueue};
 
 /// Why an archive or server could not start.
@@ -67,6 +72,9 @@ pub enum Error {
     /// The audit trail could not start.
     #[error(transparent)]
     Audit(#[from] AuditError),
+    /// A TLS listener's certificate, key or CA bundle does not load.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A background thread could not be started.
     #[error("cannot start the {name} thread")]
     Thread {
@@ -259,6 +267,7 @@ impl ServerBuilder {
             }
         }
         let mut partitions = Vec::new();
+        let mut device_tls = HashMap::new();
         for partition in &self.settings.partitions {
             let id = index.ensure_partition(&partition.spec)?;
             for device in &partition.devices {
@@ -274,6 +283,13 @@ impl ServerBuilder {
                     max_registered: self.settings.max_registered_devices,
                 },
             )?;
+            let mut tls = HashMap::new();
+            for (ae_title, ca) in &partition.device_tls {
+                let config = ClientTls(crate::tls::client_config(ca)?);
+                device_tls.insert((id, ae_title.clone()), config.clone());
+                tls.insert(ae_title.clone(), config);
+            }
+            let devices = devices.with_tls(tls);
             partitions.push(ArchivePartition {
                 partition: Partition {
                     id,
@@ -285,6 +301,7 @@ impl ServerBuilder {
                 devices,
             });
         }
+        let device_tls = Arc::new(device_tls);
         let auditor = match &self.settings.audit {
             Some(settings) => Auditor::start(settings.clone(), database.clone())?,
             None => Auditor::disabled(),
@@ -297,7 +314,8 @@ impl ServerBuilder {
                 let mut registry = Registry::new();
                 let deps = BuiltinDeps {
                     studies: Studies::new(database.clone(), storage.clone())
-                        .with_auditor(auditor.clone()),
+                        .with_auditor(auditor.clone())
+                        .with_device_tls(device_tls.clone()),
                     db: database.clone(),
                     partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
                     rules: self.rules.clone(),
@@ -342,6 +360,7 @@ impl ServerBuilder {
         });
         Ok(Archive {
             auditor,
+            device_tls,
             database,
             retrieve,
             settings: self.settings,
@@ -387,6 +406,8 @@ pub struct Archive {
     study_process_wake: Arc<OnceLock<WorkQueue>>,
     /// The audit trail (disabled unless `[audit]` enables it).
     auditor: Auditor,
+    /// Devices reached over TLS: (partition, AE title) → TLS.
+    device_tls: Arc<HashMap<(PartitionId, String), ClientTls>>,
     /// What placement knows of each filesystem (markers, bytes held),
     /// refreshed by the server's [`crate::tiering::Monitor`].
     filesystem_states: Arc<FilesystemStates>,
@@ -438,7 +459,9 @@ impl Archive {
     /// archive takes them through [`Archive::work_queue`] and
     /// [`crate::processors::StudyRequest`] instead.
     pub fn studies(&self) -> Studies {
-        Studies::new(self.database.clone(), self.storage.clone()).with_auditor(self.auditor.clone())
+        Studies::new(self.database.clone(), self.storage.clone())
+            .with_auditor(self.auditor.clone())
+            .with_device_tls(self.device_tls.clone())
     }
 
     /// The audit trail: where an embedder records events of its own.
@@ -460,6 +483,7 @@ impl Archive {
         let application = Participant {
             user_id: format!("imageserver@{}", std::process::id()),
             alternative_user_id: Some(format!("AETITLES={}", titles.join(";"))),
+            user_name: None,
             requestor: false,
             network_access_point: None,
             role: Some(Role::Application),
@@ -545,11 +569,23 @@ fn check_descriptor_budget(settings: &Settings, listeners: usize) {
     }
 }
 
+/// A partition's listening sockets (at least one).
+#[derive(Debug)]
+pub struct PartitionListeners {
+    /// The plain DICOM listener.
+    pub plain: Option<TcpListener>,
+    /// The TLS listener (the partition's `tls` must be configured).
+    pub tls: Option<TcpListener>,
+}
+
 /// A running server: the archive plus one DICOM acceptor per partition.
 #[derive(Debug)]
 pub struct Server {
     archive: Archive,
+    /// Each partition's first listener: plain, or TLS when TLS only.
     acceptors: Vec<Acceptor>,
+    /// TLS listeners beside a plain one.
+    tls_acceptors: Vec<Acceptor>,
     /// The WorkQueue engine (None with `[workqueue] threads = 0`).
     engine: Option<Engine>,
     /// This process's row in the cluster's node table, and its heartbeat.
@@ -569,13 +605,22 @@ impl Server {
     /// accepting associations.
     pub fn start(archive: Archive) -> Result<Server, Error> {
         let mut listeners = Vec::new();
-        for partition in &archive.partitions {
-            let address = format!("{}:{}", archive.settings.bind, partition.settings.spec.port);
-            let listener = TcpListener::bind(&address).map_err(|source| Error::Bind {
+        let bind = |port: u16| {
+            let address = format!("{}:{}", archive.settings.bind, port);
+            TcpListener::bind(&address).map_err(|source| Error::Bind {
                 address: address.clone(),
                 source,
-            })?;
-            listeners.push(listener);
+            })
+        };
+        for partition in &archive.partitions {
+            let tls = partition.settings.tls.as_ref();
+            listeners.push(PartitionListeners {
+                plain: match tls {
+                    Some(tls) if tls.tls_only => None,
+                    _ => Some(bind(partition.settings.spec.port)?),
+                },
+                tls: tls.map(|tls| bind(tls.port)).transpose()?,
+            });
         }
         #[cfg(feature = "web")]
         let http =
@@ -589,7 +634,7 @@ impl Server {
                 _ => None,
             };
         #[allow(unused_mut)]
-        let mut server = Server::start_on(archive, listeners)?;
+        let mut server = Server::start_with(archive, listeners)?;
         #[cfg(feature = "web")]
         if let Some(listener) = http {
             server.start_http_on(listener)?;
@@ -634,8 +679,24 @@ impl Server {
     }
 
     /// Starts accepting on listeners the caller bound, one per partition in
-    /// order (tests bind port 0).
+    /// order (tests bind port 0); plain only.
     pub fn start_on(archive: Archive, listeners: Vec<TcpListener>) -> Result<Server, Error> {
+        let listeners = listeners
+            .into_iter()
+            .map(|plain| PartitionListeners {
+                plain: Some(plain),
+                tls: None,
+            })
+            .collect();
+        Server::start_with(archive, listeners)
+    }
+
+    /// Starts accepting on each partition's listeners, bound by the caller,
+    /// in partition order.
+    pub fn start_with(
+        archive: Archive,
+        listeners: Vec<PartitionListeners>,
+    ) -> Result<Server, Error> {
         let settings = &archive.settings;
         let processor_id = workqueue::default_processor_id();
         let engine = match settings.workqueue.engine.threads {
@@ -685,7 +746,8 @@ impl Server {
             source,
         })?;
         let mut acceptors = Vec::new();
-        for (partition, listener) in archive.partitions.iter().zip(listeners) {
+        let mut tls_acceptors = Vec::new();
+        for (partition, listeners) in archive.partitions.iter().zip(listeners) {
             let config = AcceptorConfig {
                 ae_title: partition.partition.ae_title.as_str().to_string(),
                 check_called_ae: settings.check_called_ae,
@@ -711,24 +773,59 @@ impl Server {
                 observer: observer.clone(),
                 auditor: archive.auditor.clone(),
             };
-            let address = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
             let policy = Arc::new(DevicePolicy {
                 devices: partition.devices.clone(),
                 observer: observer.clone(),
                 auditor: archive.auditor.clone(),
                 partition: partition.partition.clone(),
+                users: settings.users.clone(),
+                require_user_identity: partition.settings.require_user_identity,
             });
-            let acceptor = Acceptor::start(listener, config, policy, Arc::new(dispatcher))
-                .map_err(|source| Error::Bind { address, source })?;
-            acceptors.push(acceptor);
+            let dispatcher = Arc::new(dispatcher);
+            let start = |listener: TcpListener, tls: Option<Arc<dyn ServerTls>>| {
+                let address = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                Acceptor::start(
+                    listener,
+                    config.clone(),
+                    tls,
+                    policy.clone(),
+                    dispatcher.clone(),
+                )
+                .map_err(|source| Error::Bind { address, source })
+            };
+            let tls_source = match &partition.settings.tls {
+                Some(tls) => {
+                    Some(Arc::new(ReloadingServer::new(tls.files.clone())?) as Arc<dyn ServerTls>)
+                }
+                None => None,
+            };
+            match (listeners.plain, listeners.tls, tls_source) {
+                (Some(plain), tls, source) => {
+                    acceptors.push(start(plain, None)?);
+                    if let (Some(tls), Some(source)) = (tls, source) {
+                        tls_acceptors.push(start(tls, Some(source))?);
+                    }
+                }
+                (None, Some(tls), Some(source)) => acceptors.push(start(tls, Some(source))?),
+                _ => {
+                    return Err(Error::Bind {
+                        address: partition.partition.ae_title.as_str().to_string(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            "a partition needs a plain or a TLS listener",
+                        ),
+                    })
+                }
+            }
         }
         #[cfg(feature = "web")]
         let metrics = {
             let probes: Vec<_> = acceptors
                 .iter()
+                .chain(&tls_acceptors)
                 .map(Acceptor::open_associations_probe)
                 .collect();
             metrics.set_open_associations_source(move || probes.iter().map(|p| p() as u64).sum());
@@ -744,6 +841,7 @@ impl Server {
         Ok(Server {
             archive,
             acceptors,
+            tls_acceptors,
             engine,
             node,
             #[cfg(feature = "web")]
@@ -757,6 +855,14 @@ impl Server {
     /// The address of the default partition's listener.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.acceptors[0].local_addr()
+    }
+
+    /// The TLS listener addresses beside plain ones, in partition order.
+    pub fn tls_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.tls_acceptors
+            .iter()
+            .map(Acceptor::local_addr)
+            .collect()
     }
 
     /// The listener addresses, one per partition in order.
@@ -803,7 +909,7 @@ impl Server {
             grace_secs = settings.drain_grace.as_secs(),
             "draining: health checks refused, associations still accepted"
         );
-        for acceptor in &self.acceptors {
+        for acceptor in self.acceptors.iter().chain(&self.tls_acceptors) {
             acceptor.refuse_caller(settings.health_check_ae.as_deref());
         }
         std::thread::sleep(settings.drain_grace);
@@ -811,12 +917,12 @@ impl Server {
             timeout_secs = settings.drain_timeout.as_secs(),
             "draining: listeners closed; waiting for open associations and work items"
         );
-        for acceptor in &self.acceptors {
+        for acceptor in self.acceptors.iter().chain(&self.tls_acceptors) {
             acceptor.stop_listening();
         }
         let timeout = settings.drain_timeout;
         std::thread::scope(|scope| {
-            for acceptor in &self.acceptors {
+            for acceptor in self.acceptors.iter().chain(&self.tls_acceptors) {
                 scope.spawn(move || {
                     if !acceptor.wait_idle(timeout) && !timeout.is_zero() {
                         tracing::warn!(
@@ -842,7 +948,7 @@ impl Server {
             if let Some(web) = web {
                 scope.spawn(move || web.shutdown(grace));
             }
-            for acceptor in self.acceptors {
+            for acceptor in self.acceptors.into_iter().chain(self.tls_acceptors) {
                 scope.spawn(move || acceptor.shutdown(grace));
             }
             if let Some(engine) = self.engine {

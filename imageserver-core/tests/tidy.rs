@@ -192,6 +192,21 @@ const RULES: &[(&str, &[&str], &str)] = &[
         ],
         "rules are pure decisions over facts",
     ),
+    (
+        "tls.rs",
+        &[
+            "crate::db",
+            "crate::services",
+            "crate::scp",
+            "crate::server",
+            "crate::storage",
+            "crate::web",
+            "crate::workqueue",
+            "rusqlite",
+            "sqlx",
+        ],
+        "TLS configuration is PEM files to rustls, for whoever listens or connects",
+    ),
 ];
 
 /// Concrete backends: named only by the composition root and inside their

@@ -58,3 +58,5 @@ mod audit;
 mod tiering;
 // migrate_study under kill -9 at each step: one complete location, nothing left behind, byte-identical retrieves.
 mod tiering_migrate;
+// DICOM TLS with and without client certificates, C-MOVE to a TLS device, User Identity, syslog over TLS.
+mod tls;

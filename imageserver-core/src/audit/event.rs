@@ -46,6 +46,9 @@ pub enum EventKind {
     StudyDeleted,
     /// 110110 Patient Record: an edit changed patient demographics.
     PatientRecord,
+    /// 110114 User Authentication: a caller's User Identity (PS3.7
+    /// D.3.3.7) refused (type Login, outcome minor failure).
+    UserAuthentication,
 }
 
 impl EventKind {
@@ -60,6 +63,7 @@ impl EventKind {
             EventKind::InstancesAccessed => dcm("110103", "DICOM Instances Accessed"),
             EventKind::StudyDeleted => dcm("110105", "DICOM Study Deleted"),
             EventKind::PatientRecord => dcm("110110", "Patient Record"),
+            EventKind::UserAuthentication => dcm("110114", "User Authentication"),
         }
     }
 
@@ -74,6 +78,7 @@ impl EventKind {
             EventKind::InstancesAccessed => "atna.instances-accessed",
             EventKind::StudyDeleted => "atna.study-deleted",
             EventKind::PatientRecord => "atna.patient-record",
+            EventKind::UserAuthentication => "atna.user-authentication",
         }
     }
 }
@@ -87,7 +92,10 @@ pub mod types {
     pub const APPLICATION_START: Code = dcm("110120", "Application Start");
     /// 110121 Application Stop.
     pub const APPLICATION_STOP: Code = dcm("110121", "Application Stop");
-    /// 110126 Node Authentication: an association refused.
+    /// 110122 Login: with [`super::EventKind::UserAuthentication`].
+    pub const LOGIN: Code = dcm("110122", "Login");
+    /// 110126 Node Authentication: an association refused (by the access
+    /// policy, or a failed TLS handshake).
     pub const NODE_AUTHENTICATION: Code = dcm("110126", "Node Authentication");
     /// 110132 Use of a restricted function: an operation without permission.
     pub const RESTRICTED_FUNCTION: Code = dcm("110132", "Use of a restricted function");
@@ -178,6 +186,9 @@ pub struct Participant {
     pub user_id: String,
     /// AlternativeUserID (e.g. `AETITLES=…`, a process id).
     pub alternative_user_id: Option<String>,
+    /// UserName: for a caller authenticated by a TLS client certificate,
+    /// the certificate's subject.
+    pub user_name: Option<String>,
     /// Whether this participant asked for the event.
     pub requestor: bool,
     /// NetworkAccessPointID: an IP address (type 2) or host name (type 1).
@@ -192,6 +203,7 @@ impl Participant {
         Participant {
             user_id: ae_title.trim().to_string(),
             alternative_user_id: Some(format!("AETITLES={}", ae_title.trim())),
+            user_name: None,
             requestor,
             network_access_point: address,
             role: Some(role),
@@ -203,6 +215,7 @@ impl Participant {
         Participant {
             user_id: user_id.to_string(),
             alternative_user_id: None,
+            user_name: None,
             requestor,
             network_access_point: None,
             role: None,

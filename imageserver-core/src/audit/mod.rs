@@ -5,7 +5,7 @@
 //! - [`event`]: the event model ([`AuditEvent`]) and the per-study tally
 //!   of an operation ([`TransferTally`]);
 //! - [`xml`]: the DICOM audit message XML;
-//! - [`syslog`]: RFC 5424 messages over UDP or TCP (TLS is a later step);
+//! - [`syslog`]: RFC 5424 messages over UDP, TCP or TLS (RFC 5425);
 //! - [`spool`]: the on-disk queue of messages not yet sent.
 //!
 //! [`Auditor::record`] never blocks its caller: events go through a
@@ -58,6 +58,8 @@ const MAX_EVENTS_PER_TURN: usize = 1000;
 pub struct AuditSettings {
     /// Where messages are sent; None: kept in the index only.
     pub repository: Option<Repository>,
+    /// CA bundle a `tls://` repository is verified against.
+    pub tls_ca_file: Option<PathBuf>,
     /// The spool directory.
     pub spool_dir: PathBuf,
     /// AuditSourceIdentification.
@@ -81,6 +83,9 @@ pub enum AuditError {
     /// The audit thread could not be started.
     #[error("cannot start the audit thread")]
     Thread(#[source] std::io::Error),
+    /// The `tls://` repository's CA bundle does not load.
+    #[error("audit repository CA bundle")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// The handle events are recorded through. Cheap to clone; a disabled
@@ -132,13 +137,22 @@ impl Auditor {
                 path: settings.spool_dir.clone(),
                 source,
             })?;
+        let tls = settings
+            .tls_ca_file
+            .as_deref()
+            .map(crate::tls::client_config)
+            .transpose()
+            .map_err(AuditError::Tls)?;
         let (sender, receiver) = channel::bounded(settings.queue_capacity.max(1));
         let source = settings.source.clone();
         let worker = Worker {
             receiver,
             store,
             spool,
-            sender: settings.repository.clone().map(syslog::Sender::new),
+            sender: settings
+                .repository
+                .clone()
+                .map(|repository| syslog::Sender::new(repository, tls)),
             repository: settings.repository,
             source: settings.source,
             hostname: hostname(),

@@ -1,14 +1,16 @@
 //! Syslog transport of audit messages: RFC 5424 messages, sent over UDP
-//! (RFC 5426, one datagram each) or TCP with octet-counting framing
-//! (`LEN SP MSG`, RFC 6587 §3.4.1, the framing RFC 5425 uses over TLS).
-//!
-//! TLS (RFC 5425) is the seam left open: it is the TCP transport with the
-//! stream wrapped by rustls once rustls is in the tree (`tls://host:port`
-//! is refused by [`Repository::parse`] until then).
+//! (RFC 5426, one datagram each), TCP with octet-counting framing
+//! (`LEN SP MSG`, RFC 6587 §3.4.1), or TLS with the same framing (RFC
+//! 5425), the repository's certificate verified against a configured CA
+//! bundle and its host name.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::xml::rfc3339;
 
@@ -27,14 +29,21 @@ pub enum Repository {
     Udp(String),
     /// `tcp://host:port`.
     Tcp(String),
+    /// `tls://host:port` (RFC 5425).
+    Tls(String),
 }
 
 /// Why a repository URL or a send failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyslogError {
-    /// The URL is not `udp://host:port` or `tcp://host:port`.
-    #[error("audit repository {0:?}: expected udp://host:port or tcp://host:port (TLS is not supported yet)")]
+    /// The URL is not `udp://`, `tcp://` or `tls://host:port`.
+    #[error(
+        "audit repository {0:?}: expected udp://host:port, tcp://host:port or tls://host:port"
+    )]
     BadUrl(String),
+    /// A `tls://` repository without a CA bundle to verify it against.
+    #[error("audit repository {0}: TLS needs the repository's CA bundle (audit.tls_ca_file)")]
+    NoTlsConfig(String),
     /// The host name did not resolve.
     #[error("cannot resolve the audit repository {0}")]
     Resolve(String, #[source] std::io::Error),
@@ -58,13 +67,14 @@ impl Repository {
         match scheme {
             "udp" if valid => Ok(Repository::Udp(address.to_string())),
             "tcp" if valid => Ok(Repository::Tcp(address.to_string())),
+            "tls" if valid => Ok(Repository::Tls(address.to_string())),
             _ => Err(SyslogError::BadUrl(url.to_string())),
         }
     }
 
     fn address(&self) -> &str {
         match self {
-            Repository::Udp(a) | Repository::Tcp(a) => a,
+            Repository::Udp(a) | Repository::Tcp(a) | Repository::Tls(a) => a,
         }
     }
 
@@ -88,6 +98,7 @@ impl std::fmt::Display for Repository {
         match self {
             Repository::Udp(a) => write!(f, "udp://{a}"),
             Repository::Tcp(a) => write!(f, "tcp://{a}"),
+            Repository::Tls(a) => write!(f, "tls://{a}"),
         }
     }
 }
@@ -122,22 +133,27 @@ fn header_field(value: &str, max: usize) -> String {
     }
 }
 
-/// A connection to the repository, kept across messages (TCP) or a bound
-/// socket (UDP).
+/// A connection to the repository, kept across messages (TCP, TLS) or a
+/// bound socket (UDP).
 #[derive(Debug)]
 pub struct Sender {
     repository: Repository,
     tcp: Option<TcpStream>,
     udp: Option<UdpSocket>,
+    tls_config: Option<Arc<ClientConfig>>,
+    tls: Option<Box<StreamOwned<ClientConnection, TcpStream>>>,
 }
 
 impl Sender {
-    /// A sender to `repository`; nothing is connected yet.
-    pub fn new(repository: Repository) -> Sender {
+    /// A sender to `repository`; nothing is connected yet. A `tls://`
+    /// repository is verified with `tls_config` (its CA bundle).
+    pub fn new(repository: Repository, tls_config: Option<Arc<ClientConfig>>) -> Sender {
         Sender {
             repository,
             tcp: None,
             udp: None,
+            tls_config,
+            tls: None,
         }
     }
 
@@ -148,6 +164,7 @@ impl Sender {
         if result.is_err() {
             self.tcp = None;
             self.udp = None;
+            self.tls = None;
         }
         result
     }
@@ -179,6 +196,48 @@ impl Sender {
                     Ok(None) => Ok(()),
                     Ok(Some(e)) | Err(e) => Err(io(e)),
                 }
+            }
+            Repository::Tls(address) => {
+                if self.tls.is_none() {
+                    let config = self
+                        .tls_config
+                        .clone()
+                        .ok_or_else(|| SyslogError::NoTlsConfig(self.repository.to_string()))?;
+                    let host = address
+                        .rsplit_once(':')
+                        .map_or(address.as_str(), |(host, _)| host)
+                        .trim_matches(['[', ']']);
+                    let name = ServerName::try_from(host.to_string()).map_err(|e| {
+                        io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                    })?;
+                    let connection = ClientConnection::new(config, name)
+                        .map_err(|e| io(std::io::Error::other(e)))?;
+                    let target = self.repository.resolve()?;
+                    let stream = TcpStream::connect_timeout(&target, IO_TIMEOUT).map_err(io)?;
+                    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+                    stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+                    stream.set_nodelay(true).map_err(io)?;
+                    let mut tls = StreamOwned::new(connection, stream);
+                    // The handshake now: a repository whose certificate
+                    // does not verify fails here, and the message stays
+                    // spooled.
+                    while tls.conn.is_handshaking() {
+                        tls.conn.complete_io(&mut tls.sock).map_err(io)?;
+                    }
+                    self.tls = Some(Box::new(tls));
+                }
+                let stream = self.tls.as_mut().expect("connected");
+                let mut frame = format!("{} ", message.len()).into_bytes();
+                frame.extend_from_slice(message);
+                stream.write_all(&frame).map_err(io)?;
+                stream.flush().map_err(io)?;
+                if peer_closed(&stream.sock) {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "the repository closed the connection",
+                    )));
+                }
+                Ok(())
             }
             Repository::Tcp(_) => {
                 if self.tcp.is_none() {
@@ -233,7 +292,11 @@ mod tests {
             Repository::parse("tcp://audit.example:6514").unwrap(),
             Repository::Tcp("audit.example:6514".into())
         );
-        for bad in ["tls://a:1", "udp://a", "udp://:5", "a:5", "tcp://a:0"] {
+        assert_eq!(
+            Repository::parse("tls://audit.example:6514").unwrap(),
+            Repository::Tls("audit.example:6514".into())
+        );
+        for bad in ["ftp://a:1", "udp://a", "udp://:5", "a:5", "tcp://a:0"] {
             assert!(Repository::parse(bad).is_err(), "{bad}");
         }
     }
@@ -252,7 +315,7 @@ mod tests {
     fn tcp_frames_count_octets() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("tcp://{}", listener.local_addr().unwrap());
-        let mut sender = Sender::new(Repository::parse(&url).unwrap());
+        let mut sender = Sender::new(Repository::parse(&url).unwrap(), None);
         sender.send(b"hello").unwrap();
         sender.send("é".as_bytes()).unwrap();
         drop(sender);
@@ -266,7 +329,7 @@ mod tests {
     fn udp_sends_one_datagram_per_message() {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let url = format!("udp://{}", socket.local_addr().unwrap());
-        let mut sender = Sender::new(Repository::parse(&url).unwrap());
+        let mut sender = Sender::new(Repository::parse(&url).unwrap(), None);
         sender.send(b"one").unwrap();
         let mut buffer = [0u8; 16];
         let n = socket.recv(&mut buffer).unwrap();

@@ -103,6 +103,9 @@ pub fn audit_message(event: &AuditEvent, source: &AuditSource) -> String {
         if let Some(alternative) = &p.alternative_user_id {
             attribute(&mut out, "AlternativeUserID", alternative);
         }
+        if let Some(name) = &p.user_name {
+            attribute(&mut out, "UserName", name);
+        }
         attribute(
             &mut out,
             "UserIsRequestor",

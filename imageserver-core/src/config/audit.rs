@@ -14,9 +14,13 @@ use crate::audit::{AuditSettings, AuditSource, Repository, DEFAULT_QUEUE_CAPACIT
 pub struct AuditConfig {
     /// Record audit events (default false).
     pub enabled: bool,
-    /// The audit record repository, `udp://host:port` or `tcp://host:port`
-    /// (syslog, RFC 5424). Unset: events are kept in the index only.
+    /// The audit record repository, `udp://host:port`, `tcp://host:port`
+    /// or `tls://host:port` (syslog, RFC 5424; over TLS per RFC 5425).
+    /// Unset: events are kept in the index only.
     pub repository: Option<String>,
+    /// CA bundle (PEM) the `tls://` repository's certificate must chain
+    /// to (its name is checked against the URL's host).
+    pub tls_ca_file: Option<PathBuf>,
     /// Where messages wait until the repository takes them (default
     /// `<data_dir>/audit-spool`, beside the default SQLite index). Local to
     /// one host: processes recognise each other's leftovers by pid.
@@ -46,6 +50,12 @@ impl AuditConfig {
             .map(Repository::parse)
             .transpose()
             .map_err(|e| ConfigError::invalid("audit.repository", e.to_string()))?;
+        if matches!(repository, Some(Repository::Tls(_))) && self.tls_ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                "audit.tls_ca_file",
+                "a tls:// repository needs the CA bundle its certificate is verified against",
+            ));
+        }
         let queue_capacity = self.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
         if queue_capacity == 0 {
             return Err(ConfigError::invalid(
@@ -65,6 +75,7 @@ impl AuditConfig {
         }
         Ok(Some(AuditSettings {
             repository,
+            tls_ca_file: self.tls_ca_file.clone(),
             spool_dir: self
                 .spool_dir
                 .clone()
@@ -96,9 +107,14 @@ mod tests {
         assert_eq!(audit.spool_dir, std::path::PathBuf::from("/d/audit-spool"));
         assert_eq!(audit.source.source_id, "IMAGESERVER");
         assert_refused(
-            "[audit]\nenabled = true\nrepository = \"tls://a:1\"\n",
+            "[audit]\nenabled = true\nrepository = \"ftp://a:1\"\n",
             "audit.repository",
             "udp://host:port",
+        );
+        assert_refused(
+            "[audit]\nenabled = true\nrepository = \"tls://a:1\"\n",
+            "audit.tls_ca_file",
+            "CA bundle",
         );
     }
 }

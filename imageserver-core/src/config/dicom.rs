@@ -2,6 +2,8 @@
 //! partitions (virtual servers) it answers as, and the remote AEs each
 //! partition knows.
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -67,6 +69,48 @@ pub struct DicomConfig {
     /// returned (zero-length) in each response; the rest are left out, and
     /// pendings are FF01 either way.
     pub max_echoed_unknown_keys: usize,
+    /// `[dicom.tls]`: the default partition's TLS listener.
+    pub tls: Option<TlsConfig>,
+    /// Callers must identify themselves (User Identity negotiation,
+    /// username and passcode checked against `[[users]]`); without it an
+    /// identity sent is still checked.
+    pub require_user_identity: bool,
+}
+
+/// `[dicom.tls]` (or a partition's `tls`): a TLS listener (PS3.15 B.1/B.9,
+/// TLS 1.2 and 1.3) beside the plain one, or instead of it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Its port (2762 by convention).
+    #[serde(default = "default_tls_port")]
+    pub port: u16,
+    /// The server certificate chain, PEM, leaf first.
+    pub certificate: PathBuf,
+    /// Its private key, PEM.
+    pub private_key: PathBuf,
+    /// CA bundle (PEM) a client certificate must chain to: set, every
+    /// caller must present one (mutual authentication).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// No plain listener for the partition: TLS only.
+    #[serde(default)]
+    pub tls_only: bool,
+}
+
+fn default_tls_port() -> u16 {
+    2762
+}
+
+/// A partition's validated TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    /// Its port.
+    pub port: u16,
+    /// Its PEM files (loaded when the server starts, reloaded on change).
+    pub files: crate::tls::ServerFiles,
+    /// The partition has no plain listener.
+    pub tls_only: bool,
 }
 
 /// A further partition: its own AE title, port, folder, devices and policies.
@@ -101,6 +145,12 @@ pub struct PartitionConfig {
     /// C-FIND result cap.
     #[serde(default = "default_max_query_results")]
     pub max_query_results: u64,
+    /// Its TLS listener.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Callers must send a User Identity (checked against `[[users]]`).
+    #[serde(default)]
+    pub require_user_identity: bool,
 }
 
 /// One known remote AE.
@@ -130,6 +180,14 @@ pub struct DeviceConfig {
     /// Most associations it may hold open at once (0: no limit).
     #[serde(default)]
     pub max_associations: u32,
+    /// Associations to it (C-MOVE sub-operations, auto-route, study
+    /// send) use TLS, its certificate verified against `tls_ca_file`.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle (PEM) its certificate must chain to (required with
+    /// `tls`).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Most associations all processes sharing the index open to it at once for sends
     /// (auto-route, study send; 0: no limit).
     #[serde(default)]
@@ -157,6 +215,8 @@ impl DeviceConfig {
             max_associations: 0,
             max_outgoing_associations: 0,
             partition: None,
+            tls: false,
+            tls_ca_file: None,
         })
     }
 }
@@ -174,6 +234,12 @@ pub struct PartitionSettings {
     pub check_device_hosts: bool,
     /// Its known devices.
     pub devices: Vec<DeviceSpec>,
+    /// Its TLS listener.
+    pub tls: Option<TlsListener>,
+    /// Callers must send a User Identity.
+    pub require_user_identity: bool,
+    /// Devices reached over TLS: AE title → CA bundle.
+    pub device_tls: Vec<(String, PathBuf)>,
 }
 
 // The partition policies' defaults, for `[dicom]` and `[[partitions]]` alike.
@@ -217,6 +283,8 @@ impl Default for DicomConfig {
             max_instance_size_mb: IngestLimits::default().max_instance_bytes >> 20,
             max_header_size_mb: IngestLimits::default().max_header_bytes >> 20,
             max_echoed_unknown_keys: 64,
+            tls: None,
+            require_user_identity: false,
         }
     }
 }
@@ -282,6 +350,8 @@ impl DicomConfig {
             duplicate_policy: self.duplicate_policy.clone(),
             pn_case_insensitive: self.pn_case_insensitive,
             max_query_results: self.max_query_results,
+            tls: self.tls.clone(),
+            require_user_identity: self.require_user_identity,
         }
     }
 }
@@ -330,6 +400,20 @@ pub(super) fn partitions(
                 format!("no partition has AE title {ae:?}", ae = device.partition),
             ));
         };
+        if device.tls {
+            let Some(ca) = &device.tls_ca_file else {
+                return Err(ConfigError::invalid(
+                    "devices.tls_ca_file",
+                    format!(
+                        "{}: tls = true needs the CA bundle its certificate is verified against",
+                        device.ae_title
+                    ),
+                ));
+            };
+            owner
+                .device_tls
+                .push((spec.ae_title.as_str().to_string(), ca.clone()));
+        }
         owner.devices.push(spec);
     }
     Ok(partitions)
@@ -353,6 +437,25 @@ impl PartitionConfig {
                 self.duplicate_policy
             ))
         })?;
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => {
+                if tls.port == self.port && !tls.tls_only {
+                    return Err(invalid(
+                        "tls.port: the TLS listener needs a port of its own".into(),
+                    ));
+                }
+                Some(TlsListener {
+                    port: tls.port,
+                    files: crate::tls::ServerFiles {
+                        certificate: tls.certificate.clone(),
+                        private_key: tls.private_key.clone(),
+                        client_ca: tls.client_ca.clone(),
+                    },
+                    tls_only: tls.tls_only,
+                })
+            }
+        };
         Ok(PartitionSettings {
             spec: PartitionSpec {
                 ae_title,
@@ -367,6 +470,9 @@ impl PartitionConfig {
             unknown_devices_query_retrieve: self.unknown_devices_query_retrieve,
             check_device_hosts: self.check_device_hosts,
             devices: Vec::new(),
+            tls,
+            require_user_identity: self.require_user_identity,
+            device_tls: Vec::new(),
         })
     }
 }

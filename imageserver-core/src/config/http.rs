@@ -34,7 +34,7 @@ pub struct HttpConfig {
     pub max_upload_mb: u64,
     /// The people who may use the admin API and pages (`[[http.users]]`).
     /// None: the admin API and pages answer only callers on loopback.
-    pub users: Vec<UserConfig>,
+    pub users: Vec<HttpUserConfig>,
     /// A header a reverse proxy sets to the authenticated user's name
     /// (e.g. `X-Remote-User`), honoured only from `trusted_proxies`.
     pub trusted_user_header: Option<String>,
@@ -55,7 +55,7 @@ pub struct HttpConfig {
 /// One `[[http.users]]` entry.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct UserConfig {
+pub struct HttpUserConfig {
     /// The login name (letters, digits, `.`, `_`, `-`, `@`).
     pub name: String,
     /// Its argon2 password hash (PHC string; `imageserver user

@@ -26,14 +26,18 @@ mod dicom;
 mod http;
 mod node;
 mod storage;
+mod users;
 mod workqueue;
 
 pub use audit::AuditConfig;
 pub use database::DatabaseConfig;
-pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
-pub use http::{DicomWebAuth, HttpConfig, HttpSettings, Role, User, UserConfig};
+pub use dicom::{
+    DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings, TlsConfig, TlsListener,
+};
+pub use http::{DicomWebAuth, HttpConfig, HttpSettings, HttpUserConfig, Role, User};
 pub use node::NodeConfig;
 pub use storage::FilesystemConfig;
+pub use users::{hash_passcode, UserConfig, Users};
 pub use workqueue::{KindConfig, WorkQueueConfig, WorkQueueSettings};
 
 /// Why a configuration is not usable.
@@ -114,6 +118,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The IHE ATNA audit trail (`[audit]`).
     pub audit: AuditConfig,
+    /// Users who may identify themselves in associations (`[[users]]`).
+    pub users: Vec<UserConfig>,
 }
 
 impl Default for Config {
@@ -134,6 +140,7 @@ impl Default for Config {
             node: NodeConfig::default(),
             http: HttpConfig::default(),
             audit: AuditConfig::default(),
+            users: Vec::new(),
         }
     }
 }
@@ -188,6 +195,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// The audit trail, None when `[audit]` is not enabled.
     pub audit: Option<crate::audit::AuditSettings>,
+    /// The users of User Identity negotiation.
+    pub users: std::sync::Arc<Users>,
 }
 
 impl Settings {
@@ -247,6 +256,7 @@ impl Config {
             node: self.node.validate()?,
             http: self.http.validate()?,
             audit: self.audit.validate(&self.data_dir, &self.dicom.ae_title)?,
+            users: std::sync::Arc::new(Users::validate(&self.users)?),
         })
     }
 }

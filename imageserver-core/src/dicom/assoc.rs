@@ -1,10 +1,11 @@
 //! The association acceptor: one listener per partition, one thread per
 //! association.
 //!
-//! dicom-ul negotiates the association (A-ASSOCIATE-RQ/AC/RJ); after that we
-//! read PDUs ourselves with [`PduReader`], which refuses oversized PDUs
-//! before allocating and lets every PDU carry a deadline, so that a slow or
-//! idle peer only ever costs its own thread:
+//! We read every PDU ourselves with [`PduReader`], which refuses oversized
+//! PDUs before allocating and lets every PDU carry a deadline, so that a
+//! slow or idle peer only ever costs its own thread; the A-ASSOCIATE-RQ is
+//! answered by `negotiate` (dicom-ul's PDU codec, our
+//! negotiation: it works over plain and TLS transports alike):
 //!
 //! - the whole A-ASSOCIATE-RQ must arrive within the ARTIM timeout (checked
 //!   with `peek` before dicom-ul reads it, so a trickling peer cannot hold
@@ -18,6 +19,7 @@
 //! (a store in flight is completed and answered) and are aborted after.
 
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,22 +27,22 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dicom_ul::association::server::{AccessControl, Negotiation};
-use dicom_ul::association::Association;
 use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, AssociationRJ, AssociationRJResult,
     AssociationRJServiceProviderPresentationReason, AssociationRJServiceUserReason,
-    AssociationRJSource, PresentationContextResultReason, RequestorRoles, UserIdentity,
+    AssociationRJSource, UserIdentity,
 };
-use dicom_ul::{Pdu, ServerAssociationOptions};
+use dicom_ul::Pdu;
 use tracing::{debug, info, info_span, warn};
 
 use super::deadline::DeadlineReader;
 use super::link::Link;
+use super::negotiate::{self, AcceptOptions};
 use super::pdu::{self, Incoming, PduError, PduReader, Pdv};
 pub use super::pending::raise_descriptor_limit;
 use super::pending::{Outcome, PendingLimits, PendingStage, Refusal};
 use super::sop_classes;
+use super::transport::{ServerTls, Transport};
 
 /// Who may associate: decided above the protocol layer (the archive's
 /// devices), asked by the acceptor.
@@ -53,6 +55,21 @@ pub trait AccessPolicy: Send + Sync {
     fn max_associations(&self, calling_ae: &str) -> u32;
     /// An association of this caller, from `peer`, was established.
     fn established(&self, calling_ae: &str, peer: Option<SocketAddr>);
+    /// Whether the caller's User Identity (PS3.7 D.3.3.7; None when it
+    /// sent none) is accepted; checked after [`AccessPolicy::admit`]. The
+    /// policy logs and records why it refuses. Default: anyone.
+    fn check_user(
+        &self,
+        _calling_ae: &str,
+        _peer: Option<IpAddr>,
+        _user: Option<&UserIdentity>,
+    ) -> bool {
+        true
+    }
+    /// A TLS handshake with `peer` failed (a plain-text caller on the TLS
+    /// port, a refused or missing client certificate): the connection is
+    /// closed. Default: nothing beyond the acceptor's log line.
+    fn handshake_failed(&self, _peer: SocketAddr, _reason: &str) {}
 }
 
 /// What serves the messages of each association.
@@ -126,7 +143,9 @@ impl std::fmt::Debug for Acceptor {
 
 struct Shared {
     config: AcceptorConfig,
-    options: ServerAssociationOptions<'static, CalledAePolicy, RoleSelection>,
+    options: AcceptOptions,
+    /// TLS listener: where each handshake's configuration comes from.
+    tls: Option<Arc<dyn ServerTls>>,
     policy: Arc<dyn AccessPolicy>,
     handlers: Arc<dyn HandlerFactory>,
     stopping: AtomicBool,
@@ -147,117 +166,51 @@ struct Shared {
 }
 
 struct Live {
+    /// The TCP socket under the association (TLS or not), to shut down.
     socket: TcpStream,
     busy: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// Accepts or rejects by the called AE title and the access policy, for
-/// one association (`peer` is its caller's address).
-#[derive(Clone)]
-struct CalledAePolicy {
-    check_called_ae: bool,
-    policy: Arc<dyn AccessPolicy>,
-    peer: Option<IpAddr>,
-}
-
-impl std::fmt::Debug for CalledAePolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CalledAePolicy")
-            .field("check_called_ae", &self.check_called_ae)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AccessControl for CalledAePolicy {
-    fn check_access(
-        &self,
-        this_ae_title: &str,
-        calling_ae_title: &str,
-        called_ae_title: &str,
-        _user_identity: Option<&UserIdentity>,
-    ) -> Result<(), AssociationRJServiceUserReason> {
-        if self.check_called_ae && this_ae_title.trim() != called_ae_title.trim() {
-            warn!(
-                called_ae = called_ae_title.trim(),
-                calling_ae = calling_ae_title.trim(),
-                "association rejected: called AE title not ours"
-            );
-            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        let calling = calling_ae_title.trim();
-        if self.policy.admit(calling, self.peer) {
-            Ok(())
-        } else {
-            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
-        }
-    }
-}
-
-/// SCP/SCU role selection: a caller may take the SCP role for storage SOP
-/// classes (it receives C-GET sub-operations); every other role request is
-/// answered with the default roles.
-#[derive(Debug, Clone)]
-struct RoleSelection {
-    extra_storage: Vec<String>,
-}
-
-impl Negotiation for RoleSelection {
-    fn negotiate_roles(
-        &self,
-        sop_class_uid: &str,
-        scu_role: bool,
-        scp_role: bool,
-    ) -> Option<RequestorRoles> {
-        let uid = sop_class_uid.trim_end_matches('\0');
-        let storage = sop_classes::is_storage(uid) || self.extra_storage.iter().any(|c| c == uid);
-        storage.then_some(RequestorRoles {
-            scu: scu_role,
-            scp: scp_role,
-        })
-    }
+/// Whether a caller may take the SCP role for a SOP class: storage classes
+/// (it receives C-GET sub-operations); other role requests are left out of
+/// the answer (the default roles).
+fn role_selectable(uid: &str, extra_storage: &[String]) -> bool {
+    sop_classes::is_storage(uid) || extra_storage.iter().any(|c| c == uid)
 }
 
 impl Acceptor {
     /// Starts accepting on `listener` (bound by the caller) in a thread:
     /// `policy` says who may associate, `handlers` serves each
-    /// association's messages.
+    /// association's messages. With `tls`, every connection is TLS (the
+    /// configuration asked for at each handshake).
     pub fn start(
         listener: TcpListener,
         config: AcceptorConfig,
+        tls: Option<Arc<dyn ServerTls>>,
         policy: Arc<dyn AccessPolicy>,
         handlers: Arc<dyn HandlerFactory>,
     ) -> io::Result<Acceptor> {
         let local_addr = listener.local_addr()?;
         let per_caller = Arc::new(Mutex::new(HashMap::new()));
-        let mut options = ServerAssociationOptions::new()
-            .ae_access_control(CalledAePolicy {
-                check_called_ae: config.check_called_ae,
-                policy: policy.clone(),
-                peer: None,
-            })
-            .ae_title(config.ae_title.clone())
-            .max_pdu_length(config.max_pdu_length)
-            .strict(false)
-            .read_timeout(config.artim_timeout)
-            .write_timeout(Duration::from_secs(60))
-            .with_negotiation(RoleSelection {
-                extra_storage: config.extra_sop_classes.clone(),
-            })
-            .with_abstract_syntax(sop_classes::VERIFICATION);
-        for uid in sop_classes::QUERY_RETRIEVE
-            .iter()
-            .chain(sop_classes::STORAGE)
-        {
-            options = options.with_abstract_syntax(*uid);
-        }
-        for uid in &config.extra_sop_classes {
-            options = options.with_abstract_syntax(uid.clone());
-        }
+        let abstract_syntaxes: HashSet<String> = std::iter::once(sop_classes::VERIFICATION)
+            .chain(sop_classes::QUERY_RETRIEVE.iter().copied())
+            .chain(sop_classes::STORAGE.iter().copied())
+            .map(String::from)
+            .chain(config.extra_sop_classes.iter().cloned())
+            .collect();
+        let options = AcceptOptions {
+            max_pdu_length: config.max_pdu_length,
+            abstract_syntaxes,
+            role_selectable,
+            extra_storage: config.extra_sop_classes.clone(),
+        };
+        let tls_listener = tls.is_some();
         let shared = Arc::new(Shared {
             per_caller,
             config,
             options,
+            tls,
             policy,
             handlers,
             stopping: AtomicBool::new(false),
@@ -271,7 +224,7 @@ impl Acceptor {
         let accept_thread = std::thread::Builder::new()
             .name(format!("accept-{}", local_addr.port()))
             .spawn(move || accept_loop(listener, accept_shared))?;
-        info!(%local_addr, ae_title = %shared.config.ae_title, "accepting associations");
+        info!(%local_addr, ae_title = %shared.config.ae_title, tls = tls_listener, "accepting associations");
         Ok(Acceptor {
             local_addr,
             shared,
@@ -450,8 +403,13 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     peer,
                     abort,
                     reason,
+                    handshake,
                 } => {
                     match abort {
+                        _ if handshake => {
+                            warn!(%peer, %reason, "TLS handshake failed: connection closed");
+                            shared.policy.handshake_failed(peer, &reason);
+                        }
                         Some(abort) => {
                             warn!(%peer, %reason, "association aborted before negotiation");
                             let _ = socket.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
@@ -472,7 +430,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             match listener.accept() {
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
-                    let admitted = stage.admit(socket, peer);
+                    let tls = shared.tls.as_ref().map(|tls| tls.server_config());
+                    let admitted = stage.admit(socket, peer, tls);
                     shared.waiting.store(stage.len(), Ordering::SeqCst);
                     match admitted {
                         Ok(None) => {}
@@ -535,7 +494,7 @@ impl RefusalLog {
 /// its own.
 fn start_association(
     shared: &Arc<Shared>,
-    socket: TcpStream,
+    socket: Transport,
     peer: SocketAddr,
     calling_ae: String,
 ) {
@@ -553,7 +512,7 @@ fn start_association(
         reject_local_limit(socket, shared.config.max_pdu_length);
         return;
     }
-    let Ok(handle) = socket.try_clone() else {
+    let Ok(handle) = socket.tcp().try_clone() else {
         return;
     };
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -567,7 +526,13 @@ fn start_association(
         // sequences (depth is also bounded before parsing).
         .stack_size(ASSOCIATION_STACK)
         .spawn(move || {
-            let span = info_span!("association", assoc_id = id, peer = %peer, calling_ae = tracing::field::Empty);
+            let span = info_span!(
+                "association",
+                assoc_id = id,
+                peer = %peer,
+                calling_ae = tracing::field::Empty,
+                tls_subject = tracing::field::Empty
+            );
             let _entered = span.enter();
             serve_association(socket, calling_ae, &thread_shared, &thread_busy, &span);
             lock(&thread_shared.live).remove(&id);
@@ -600,7 +565,7 @@ fn abort_pdu(reason: AbortRQServiceProviderReason) -> Pdu {
 
 /// Consumes the queued A-ASSOCIATE-RQ and answers A-ASSOCIATE-RJ
 /// (transient, local limit exceeded).
-fn reject_local_limit(mut socket: TcpStream, max_pdu_length: u32) {
+fn reject_local_limit(mut socket: Transport, max_pdu_length: u32) {
     let _ = socket.set_read_timeout(Some(CONTROL_WRITE_TIMEOUT));
     let _ = socket.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
     let mut reader = PduReader::new(max_pdu_length);
@@ -655,7 +620,7 @@ impl Drop for CallerSlot {
 }
 
 fn serve_association(
-    socket: TcpStream,
+    mut socket: Transport,
     requested_by: String,
     shared: &Shared,
     busy: &AtomicBool,
@@ -673,48 +638,84 @@ fn serve_association(
         reject_local_limit(socket, shared.config.max_pdu_length);
         return;
     };
-    // The access policy sees the caller's address (devices bound to hosts).
-    let options = shared.options.clone().ae_access_control(CalledAePolicy {
-        check_called_ae: shared.config.check_called_ae,
-        policy: shared.policy.clone(),
-        peer: peer.map(|p| p.ip()),
+    let tls_subject = socket.peer_subject();
+    if let Some(subject) = &tls_subject {
+        span.record("tls_subject", subject.as_str());
+    }
+    let _ = socket.set_write_timeout(Some(Duration::from_secs(60)));
+    let mut reader = PduReader::new(shared.config.max_pdu_length);
+    let request = {
+        let mut timed = DeadlineReader::new(
+            &mut socket,
+            Instant::now() + shared.config.artim_timeout,
+            "ARTIM timeout passed",
+        );
+        match reader.read(&mut timed) {
+            Ok(Incoming::Other(Pdu::AssociationRQ(request))) => request,
+            Ok(_) => {
+                warn!("association not established: the first PDU is not an A-ASSOCIATE-RQ");
+                let _ = pdu::write_pdu(
+                    &mut socket,
+                    &abort_pdu(AbortRQServiceProviderReason::UnexpectedPdu),
+                );
+                let _ = socket.shutdown(Shutdown::Both);
+                return;
+            }
+            Err(error) => {
+                warn!(error = %crate::model::error_chain(&error), "association not established");
+                let _ = socket.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+    };
+    let ip = peer.map(|p| p.ip());
+    let access = Box::new(|calling: &str, called: &str, user: Option<&UserIdentity>| {
+        if shared.config.check_called_ae && shared.config.ae_title.trim() != called {
+            warn!(
+                called_ae = called,
+                calling_ae = calling,
+                "association rejected: called AE title not ours"
+            );
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        // The access policy sees the caller's address (devices bound to hosts).
+        if !shared.policy.admit(calling, ip) {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        if !shared.policy.check_user(calling, ip, user) {
+            return Err(AssociationRJServiceUserReason::NoReasonGiven);
+        }
+        Ok(())
     });
-    let mut association = match options.establish(socket) {
-        Ok(association) => association,
-        Err(error) => {
-            warn!(%error, "association not established");
+    let negotiated = match negotiate::answer(request, &shared.options, access) {
+        Ok((accept, negotiated)) => {
+            if let Err(error) = pdu::write_pdu(&mut socket, &Pdu::AssociationAC(accept)) {
+                warn!(error = %crate::model::error_chain(&error), "association not established: cannot answer");
+                return;
+            }
+            negotiated
+        }
+        Err(reject) => {
+            let _ = pdu::write_pdu(&mut socket, &Pdu::AssociationRJ(reject));
+            info!("association rejected");
+            close_after_reply(socket);
             return;
         }
     };
-    let calling_ae = association.peer_ae_title().trim().to_string();
+    let calling_ae = negotiated.calling_ae.clone();
     span.record("calling_ae", calling_ae.as_str());
     shared.policy.established(&calling_ae, peer);
-    let contexts: HashMap<u8, (String, String)> = association
-        .presentation_contexts()
-        .iter()
-        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .map(|pc| {
-            (
-                pc.id,
-                (
-                    pc.abstract_syntax.trim_end_matches('\0').to_string(),
-                    pc.transfer_syntax.trim_end_matches('\0').to_string(),
-                ),
-            )
-        })
+    let contexts: HashMap<u8, (String, String)> = negotiated
+        .contexts
+        .into_iter()
+        .map(|(id, abstract_syntax, transfer_syntax)| (id, (abstract_syntax, transfer_syntax)))
         .collect();
     info!(
         accepted_contexts = contexts.len(),
-        peer_max_pdu = association.peer_max_pdu_length(),
+        peer_max_pdu = negotiated.peer_max_pdu,
+        tls = socket.is_tls(),
         "association established"
     );
-    let peer_max_pdu = association.peer_max_pdu_length();
-    let scp_roles: Vec<String> = contexts
-        .values()
-        .map(|(abstract_syntax, _)| abstract_syntax.clone())
-        .filter(|a| association.requestor_roles_for(a).scp)
-        .collect();
-    let socket = association.inner_stream();
     let link_socket = match socket.try_clone() {
         Ok(clone) => clone,
         Err(error) => {
@@ -726,11 +727,12 @@ fn serve_association(
         link_socket,
         &calling_ae,
         contexts,
-        scp_roles,
-        peer_max_pdu,
+        negotiated.scp_roles,
+        negotiated.peer_max_pdu,
         shared.config.max_pdu_length,
         shared.config.idle_timeout,
     );
+    let socket = &mut socket;
     let mut reader = PduReader::new(shared.config.max_pdu_length);
     let mut session = shared.handlers.handler(link);
     loop {
@@ -846,6 +848,23 @@ fn serve_association(
                 let _ = socket_ref.shutdown(Shutdown::Both);
                 return;
             }
+        }
+    }
+}
+
+/// After an A-ASSOCIATE-RJ: our side closed for writing, then the peer's
+/// close awaited (PS3.8 9.1.5: the requestor closes; at most
+/// [`CONTROL_WRITE_TIMEOUT`], a few KiB read), so that closing never
+/// resets a connection whose peer has not read the rejection yet.
+fn close_after_reply(mut socket: Transport) {
+    let _ = socket.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + CONTROL_WRITE_TIMEOUT;
+    let mut sink = [0u8; 1024];
+    for _ in 0..16 {
+        let mut timed = DeadlineReader::new(&mut socket, deadline, "closing");
+        match io::Read::read(&mut timed, &mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }

@@ -3,13 +3,14 @@
 //! it, so a peer trickling bytes cannot hold a thread beyond the deadline.
 
 use std::io::{self, Read};
-use std::net::TcpStream;
+
+use super::transport::Transport;
 use std::time::Instant;
 
 /// A socket reader whose every read waits at most until `deadline`; past
 /// it, reads fail with [`io::ErrorKind::TimedOut`] and the message given.
 pub(crate) struct DeadlineReader<'a> {
-    socket: &'a mut TcpStream,
+    socket: &'a mut Transport,
     deadline: Instant,
     expired: &'static str,
 }
@@ -18,7 +19,7 @@ impl<'a> DeadlineReader<'a> {
     /// Reads `socket` until `deadline`; `expired` is the error's message
     /// once it has passed.
     pub(crate) fn new(
-        socket: &'a mut TcpStream,
+        socket: &'a mut Transport,
         deadline: Instant,
         expired: &'static str,
     ) -> DeadlineReader<'a> {
@@ -30,7 +31,7 @@ impl<'a> DeadlineReader<'a> {
     }
 
     /// The socket back, for writing after the read.
-    pub(crate) fn into_socket(self) -> &'a mut TcpStream {
+    pub(crate) fn into_socket(self) -> &'a mut Transport {
         self.socket
     }
 }

@@ -8,12 +8,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::dicom::deadline::DeadlineReader;
 use crate::dicom::dimse::{Command, CommandField, FragmentBuffer};
 use crate::dicom::pdu::{self, Incoming, PduError, PduReader};
+use crate::dicom::transport::{Readiness, Transport};
 use dicom_ul::Pdu;
 
 /// Largest data set a handler reads back through [`Link::receive_message`]
@@ -60,7 +60,7 @@ pub struct Message {
 
 /// One association as a handler sees it.
 pub struct Link {
-    socket: TcpStream,
+    socket: Transport,
     scratch: Vec<u8>,
     peer_max_pdu: u32,
     side_reader: PduReader,
@@ -97,7 +97,7 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// A link over (a clone of) the association's socket.
     pub fn new(
-        socket: TcpStream,
+        socket: Transport,
         calling_ae: &str,
         contexts: HashMap<u8, (String, String)>,
         scp_roles: Vec<String>,
@@ -122,6 +122,12 @@ impl Link {
     /// The caller's AE title.
     pub fn calling_ae(&self) -> &str {
         &self.calling_ae
+    }
+
+    /// The subject of the caller's TLS client certificate, when it
+    /// presented one.
+    pub fn tls_subject(&self) -> Option<String> {
+        self.socket.peer_subject()
     }
 
     /// The caller's address (host part), to reach it for C-MOVE to itself.
@@ -239,30 +245,10 @@ impl Link {
         if !self.pending.is_empty() {
             return self.cancel_arrived(message_id);
         }
-        // One non-blocking peek: no switching the socket's mode per call.
-        let mut probe = [0u8; 1];
-        // SAFETY: the descriptor is this link's open socket and `probe` is a
-        // valid one-byte buffer.
-        let n = unsafe {
-            libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(&self.socket),
-                probe.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n == 0 {
-            return Err(LinkError::Ended);
-        }
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            if matches!(
-                error.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) {
-                return Ok(false);
-            }
-            return Err(LinkError::from(error));
+        match self.socket.probe()? {
+            Readiness::Closed => return Err(LinkError::Ended),
+            Readiness::Nothing => return Ok(false),
+            Readiness::Data => {}
         }
         self.cancel_arrived(message_id)
     }

@@ -8,6 +8,9 @@
 //! - [`link`]: one association's outgoing side for the handlers (commands,
 //!   data sets, C-CANCEL, C-GET sub-operation responses).
 //! - [`scu`]: the storage SCU (client associations).
+//! - [`transport`]: an association's byte stream, plain TCP or TLS.
+//! - `negotiate`: the answer to an A-ASSOCIATE-RQ (contexts, roles, user
+//!   identity), over either transport.
 //! - [`query_keys`]: C-FIND identifiers to [`crate::model::query::Query`]
 //!   and matches back to identifiers.
 //! - `part10`: Part 10 files and the structural walker that guards the
@@ -21,9 +24,11 @@ pub mod assoc;
 mod deadline;
 pub mod dimse;
 pub mod link;
+mod negotiate;
 pub(crate) mod part10;
 pub mod pdu;
 mod pending;
 pub mod query_keys;
 pub mod scu;
 pub mod sop_classes;
+pub mod transport;

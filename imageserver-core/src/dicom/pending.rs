@@ -13,6 +13,14 @@
 //! A waiting socket is non-blocking with `SO_RCVLOWAT` set to the bytes it
 //! still needs (the PDU header, then the whole request), so that `poll`
 //! wakes once per step instead of once per segment of a trickle.
+//!
+//! A TLS connection (a TLS listener) first completes its handshake here,
+//! driven without blocking on the same `poll` (rustls `read_tls`,
+//! `process_new_packets`, `write_tls` on readiness; `POLLOUT` while it has
+//! records to send; `SO_RCVLOWAT` left at 1, records are not PDUs); the
+//! decrypted request is kept and handed on with the connection. Same ARTIM,
+//! same bounds; a failed handshake (a plain-text caller, a refused client
+//! certificate) closes the connection and is reported as such.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,9 +28,22 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use std::io::Read;
+use std::sync::Arc;
+
 use dicom_ul::pdu::AbortRQServiceProviderReason;
+use rustls::ServerConnection;
 
 use super::pdu::{self, MAX_CONTROL_PDU_LEN};
+use super::transport::Transport;
+
+/// The fixed fields of an A-ASSOCIATE-RQ after its header (PS3.8 9.3.2):
+/// a shorter one is malformed (and a zero length would never complete).
+const MIN_REQUEST_BODY: u32 = 68;
+
+/// Most TLS reads per readiness: a fast sender cannot hold the accept
+/// thread.
+const MAX_TLS_READS_PER_STEP: usize = 16;
 
 /// The bounds of the stage.
 #[derive(Debug, Clone, Copy)]
@@ -62,11 +83,12 @@ impl Refusal {
 /// What became of a waiting connection.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Its whole A-ASSOCIATE-RQ is queued in the socket (not consumed);
-    /// the socket is blocking again.
+    /// Its whole A-ASSOCIATE-RQ is queued in the socket (not consumed;
+    /// over TLS: decrypted and held by the transport); the socket is
+    /// blocking again.
     Ready {
         /// The connection.
-        socket: TcpStream,
+        socket: Transport,
         /// Its remote address.
         peer: SocketAddr,
         /// The request's calling AE title.
@@ -82,6 +104,8 @@ pub(crate) enum Outcome {
         abort: Option<AbortRQServiceProviderReason>,
         /// Why, for the log.
         reason: String,
+        /// The TLS handshake failed (a security event, not a slow peer).
+        handshake: bool,
     },
 }
 
@@ -91,6 +115,13 @@ struct Waiting {
     deadline: Instant,
     /// Bytes the next step needs: the header, then header plus body.
     wanted: usize,
+    /// A TLS connection's state and the plain text read so far.
+    tls: Option<Box<Handshake>>,
+}
+
+struct Handshake {
+    connection: ServerConnection,
+    plain: Vec<u8>,
 }
 
 /// The connections waiting for their request, with their per-address
@@ -121,17 +152,28 @@ impl PendingStage {
     /// evicted to make room and returned for the caller to close: a caller
     /// that sends its request at once is never starved by connections that
     /// send nothing, however many addresses they come from.
+    /// With `tls`, the connection is TLS: its handshake is done here too.
     pub fn admit(
         &mut self,
         socket: TcpStream,
         peer: SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<Option<(TcpStream, SocketAddr)>, Refusal> {
         let from_address = self.per_address.get(&peer.ip()).copied().unwrap_or(0);
         if self.limits.max_per_address > 0 && from_address >= self.limits.max_per_address {
             return Err(Refusal::AddressFull);
         }
+        let tls = match tls {
+            Some(config) => Some(Box::new(Handshake {
+                connection: ServerConnection::new(config).map_err(|_| Refusal::Socket)?,
+                plain: Vec::new(),
+            })),
+            None => None,
+        };
         socket.set_nonblocking(true).map_err(|_| Refusal::Socket)?;
-        set_low_water(&socket, pdu::PDU_HEADER_LEN).map_err(|_| Refusal::Socket)?;
+        if tls.is_none() {
+            set_low_water(&socket, pdu::PDU_HEADER_LEN).map_err(|_| Refusal::Socket)?;
+        }
         let evicted = (self.waiting.len() >= self.limits.max_pending).then(|| {
             let oldest = self.remove(0);
             let _ = restore_blocking(&oldest.socket);
@@ -143,6 +185,7 @@ impl PendingStage {
             peer,
             deadline: Instant::now() + self.limits.artim,
             wanted: pdu::PDU_HEADER_LEN,
+            tls,
         });
         Ok(evicted)
     }
@@ -168,10 +211,14 @@ impl PendingStage {
         let mut fds: Vec<libc::pollfd> = listener
             .map(|l| l.as_raw_fd())
             .into_iter()
-            .chain(self.waiting.iter().map(|w| w.socket.as_raw_fd()))
-            .map(|fd| libc::pollfd {
+            .map(|fd| (fd, false))
+            .chain(self.waiting.iter().map(|w| {
+                let sending = w.tls.as_ref().is_some_and(|t| t.connection.wants_write());
+                (w.socket.as_raw_fd(), sending)
+            }))
+            .map(|(fd, sending)| libc::pollfd {
                 fd,
-                events: libc::POLLIN | libc::POLLRDHUP,
+                events: libc::POLLIN | libc::POLLRDHUP | if sending { libc::POLLOUT } else { 0 },
                 revents: 0,
             })
             .collect();
@@ -192,7 +239,11 @@ impl PendingStage {
             let revents = fds[fd_index].revents;
             fd_index += 1;
             let step = if revents != 0 {
-                self.step(index)
+                if self.waiting[index].tls.is_some() {
+                    self.step_tls(index)
+                } else {
+                    self.step(index)
+                }
             } else if now >= self.waiting[index].deadline {
                 Step::Failed(
                     Some(AbortRQServiceProviderReason::UnexpectedPdu),
@@ -205,9 +256,18 @@ impl PendingStage {
                 Step::Wait => index += 1,
                 Step::Ready(calling_ae) => {
                     let waiting = self.remove(index);
-                    outcomes.push(match restore_blocking(&waiting.socket) {
-                        Ok(()) => Outcome::Ready {
-                            socket: waiting.socket,
+                    let ready =
+                        restore_blocking(&waiting.socket).and_then(|()| match waiting.tls {
+                            Some(handshake) => Transport::server_tls(
+                                waiting.socket.try_clone()?,
+                                handshake.connection,
+                                handshake.plain,
+                            ),
+                            None => waiting.socket.try_clone().map(Transport::Plain),
+                        });
+                    outcomes.push(match ready {
+                        Ok(transport) => Outcome::Ready {
+                            socket: transport,
                             peer: waiting.peer,
                             calling_ae,
                         },
@@ -216,6 +276,7 @@ impl PendingStage {
                             peer: waiting.peer,
                             abort: None,
                             reason: e.to_string(),
+                            handshake: false,
                         },
                     });
                 }
@@ -223,10 +284,23 @@ impl PendingStage {
                     let waiting = self.remove(index);
                     let _ = restore_blocking(&waiting.socket);
                     outcomes.push(Outcome::Failed {
+                        // No A-ABORT in the clear on a TLS connection.
+                        abort: abort.filter(|_| waiting.tls.is_none()),
                         socket: waiting.socket,
                         peer: waiting.peer,
-                        abort,
                         reason,
+                        handshake: false,
+                    });
+                }
+                Step::Handshake(reason) => {
+                    let waiting = self.remove(index);
+                    let _ = restore_blocking(&waiting.socket);
+                    outcomes.push(Outcome::Failed {
+                        abort: None,
+                        socket: waiting.socket,
+                        peer: waiting.peer,
+                        reason,
+                        handshake: true,
                     });
                 }
             }
@@ -249,37 +323,76 @@ impl PendingStage {
             // wait for the rest.
             return Step::Wait;
         }
-        if waiting.wanted == pdu::PDU_HEADER_LEN {
-            if buffer[0] != 0x01 {
-                return Step::Failed(
-                    Some(AbortRQServiceProviderReason::UnexpectedPdu),
-                    format!(
-                        "expected an A-ASSOCIATE-RQ, got PDU type {:#04x}",
-                        buffer[0]
-                    ),
-                );
+        match examine(&buffer, &mut waiting.wanted) {
+            Examined::More => {
+                if let Err(e) = set_low_water(&waiting.socket, waiting.wanted) {
+                    return Step::Failed(None, e.to_string());
+                }
+                // The whole request may be queued already.
+                self.step(index)
             }
-            let length = u32::from_be_bytes([buffer[2], buffer[3], buffer[4], buffer[5]]);
-            if length > MAX_CONTROL_PDU_LEN {
-                return Step::Failed(
-                    Some(AbortRQServiceProviderReason::InvalidPduParameter),
-                    format!("A-ASSOCIATE-RQ of {length} bytes is too large"),
-                );
-            }
-            waiting.wanted = pdu::PDU_HEADER_LEN + length as usize;
-            if let Err(e) = set_low_water(&waiting.socket, waiting.wanted) {
-                return Step::Failed(None, e.to_string());
-            }
-            // The whole request may be queued already.
-            return self.step(index);
+            Examined::Step(step) => step,
         }
-        // Calling AE title: bytes 26..42 of the PDU (PS3.8 9.3.2).
-        let calling = buffer.get(26..42).unwrap_or_default();
-        Step::Ready(
-            String::from_utf8_lossy(calling)
-                .trim_matches([' ', '\0'])
-                .to_string(),
-        )
+    }
+
+    /// Drives a TLS connection: reads and decrypts what is queued, sends
+    /// what the handshake has to send, and looks at the plain text.
+    fn step_tls(&mut self, index: usize) -> Step {
+        let waiting = &mut self.waiting[index];
+        let Some(tls) = waiting.tls.as_mut() else {
+            return Step::Wait;
+        };
+        let limit = pdu::PDU_HEADER_LEN + MAX_CONTROL_PDU_LEN as usize;
+        for _ in 0..MAX_TLS_READS_PER_STEP {
+            match tls.connection.read_tls(&mut waiting.socket) {
+                Ok(0) => {
+                    return if tls.connection.is_handshaking() {
+                        Step::Handshake(
+                            "the peer closed the connection during the TLS handshake".into(),
+                        )
+                    } else {
+                        Step::Failed(None, "the peer closed the connection".into())
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Step::Failed(None, e.to_string()),
+            }
+            if let Err(error) = tls.connection.process_new_packets() {
+                // The alert, if it can go at once.
+                let _ = tls.connection.write_tls(&mut waiting.socket);
+                return Step::Handshake(format!("TLS handshake failed: {error}"));
+            }
+            // Plain text out of rustls's buffer, bounded by the largest
+            // request.
+            let mut chunk = [0u8; 4096];
+            while tls.plain.len() < limit {
+                let room = (limit - tls.plain.len()).min(chunk.len());
+                match tls.connection.reader().read(&mut chunk[..room]) {
+                    Ok(0) => return Step::Failed(None, "the peer closed the connection".into()),
+                    Ok(n) => tls.plain.extend_from_slice(&chunk[..n]),
+                    Err(_) => break,
+                }
+            }
+        }
+        while tls.connection.wants_write() {
+            match tls.connection.write_tls(&mut waiting.socket) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Step::Failed(None, e.to_string()),
+            }
+        }
+        loop {
+            if tls.plain.len() < waiting.wanted {
+                return Step::Wait;
+            }
+            match examine(&tls.plain[..waiting.wanted], &mut waiting.wanted) {
+                Examined::More => continue,
+                Examined::Step(step) => return step,
+            }
+        }
     }
 
     fn remove(&mut self, index: usize) -> Waiting {
@@ -295,10 +408,53 @@ impl PendingStage {
     }
 }
 
+enum Examined {
+    /// The header is good: `wanted` now covers the whole request.
+    More,
+    Step(Step),
+}
+
+/// Looks at the first `wanted` bytes of a connection: the PDU header (a
+/// request of an acceptable length?), then the whole request.
+fn examine(bytes: &[u8], wanted: &mut usize) -> Examined {
+    if *wanted == pdu::PDU_HEADER_LEN {
+        if bytes[0] != 0x01 {
+            return Examined::Step(Step::Failed(
+                Some(AbortRQServiceProviderReason::UnexpectedPdu),
+                format!("expected an A-ASSOCIATE-RQ, got PDU type {:#04x}", bytes[0]),
+            ));
+        }
+        let length = u32::from_be_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+        if length < MIN_REQUEST_BODY {
+            return Examined::Step(Step::Failed(
+                Some(AbortRQServiceProviderReason::InvalidPduParameter),
+                format!("A-ASSOCIATE-RQ of {length} bytes is too short"),
+            ));
+        }
+        if length > MAX_CONTROL_PDU_LEN {
+            return Examined::Step(Step::Failed(
+                Some(AbortRQServiceProviderReason::InvalidPduParameter),
+                format!("A-ASSOCIATE-RQ of {length} bytes is too large"),
+            ));
+        }
+        *wanted = pdu::PDU_HEADER_LEN + length as usize;
+        return Examined::More;
+    }
+    // Calling AE title: bytes 26..42 of the PDU (PS3.8 9.3.2).
+    let calling = bytes.get(26..42).unwrap_or_default();
+    Examined::Step(Step::Ready(
+        String::from_utf8_lossy(calling)
+            .trim_matches([' ', '\0'])
+            .to_string(),
+    ))
+}
+
 enum Step {
     Wait,
     Ready(String),
     Failed(Option<AbortRQServiceProviderReason>, String),
+    /// The TLS handshake failed.
+    Handshake(String),
 }
 
 /// `SO_RCVLOWAT`: `poll` reports the socket readable only once `bytes` are

@@ -29,13 +29,24 @@
 //! [`pdu::copy_pdata`], one PDU of memory, never the whole instance. The
 //! socket has `TCP_NODELAY`. Every wait for the peer is bounded by
 //! [`ScuOptions::response_timeout`].
+//!
+//! ## TLS
+//!
+//! With [`ScuOptions::tls`] the association runs over TLS (PS3.15 B.1/B.9),
+//! the destination's certificate verified against the configured CA bundle
+//! and its host name; we negotiate the association ourselves then (dicom-ul's
+//! client connects plain TCP only), proposing the same contexts.
 
 use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dicom_ul::association::Error as UlError;
-use dicom_ul::pdu::{AbortRQSource, AssociationRJSource, PresentationContextResultReason};
+use dicom_ul::pdu::{
+    AbortRQSource, AssociationRJ, AssociationRJSource, AssociationRQ, PresentationContextProposed,
+    PresentationContextResultReason, UserVariableItem,
+};
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use tracing::debug;
 
@@ -43,6 +54,7 @@ use super::deadline::DeadlineReader;
 use super::dimse::{Command, CommandField, FragmentBuffer, Priority, Status, StatusClass};
 use super::part10::DataSetReader;
 use super::pdu::{self, Incoming, PduError, PduReader};
+use super::transport::Transport;
 use crate::model::error_chain;
 
 /// Explicit VR Little Endian.
@@ -88,7 +100,22 @@ pub struct ScuOptions {
     pub priority: Priority,
     /// AE title and message id of the C-MOVE the stores belong to.
     pub move_originator: Option<(String, u16)>,
+    /// TLS to the destination (a device configured with `tls = true`).
+    pub tls: Option<ClientTls>,
 }
+
+/// A TLS client configuration for outgoing associations: the CA bundle
+/// destinations' certificates are verified against. Compared by identity.
+#[derive(Debug, Clone)]
+pub struct ClientTls(pub Arc<rustls::ClientConfig>);
+
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &ClientTls) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ClientTls {}
 
 impl ScuOptions {
     /// Defaults: 64 KiB PDUs, 10 s to connect, 60 s per answer, medium
@@ -101,6 +128,7 @@ impl ScuOptions {
             response_timeout: Duration::from_secs(60),
             priority: Priority::Medium,
             move_originator: None,
+            tls: None,
         }
     }
 }
@@ -289,7 +317,7 @@ pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
 /// One association to a storage SCP.
 pub struct StoreScu {
-    socket: TcpStream,
+    socket: Transport,
     destination: String,
     options: ScuOptions,
     contexts: Vec<Accepted>,
@@ -356,6 +384,9 @@ impl StoreScu {
         if proposed.is_empty() {
             return Err(ScuError::NoAcceptableContext { destination: name });
         }
+        if let Some(tls) = &options.tls {
+            return connect_tls(destination, options, &proposed, tls);
+        }
         let mut request = ClientAssociationOptions::new()
             .calling_ae_title(options.calling_ae.clone())
             .called_ae_title(destination.ae_title.clone())
@@ -398,7 +429,7 @@ impl StoreScu {
             "storage association established"
         );
         Ok(StoreScu {
-            socket,
+            socket: Transport::Plain(socket),
             destination: name,
             options: options.clone(),
             contexts,
@@ -776,6 +807,197 @@ fn abort_source(source: &AbortRQSource) -> String {
     }
 }
 
+/// [`StoreScu::connect`] over TLS: connect, handshake, A-ASSOCIATE-RQ, and
+/// the answer read through the same bounded reader as every later PDU.
+fn connect_tls(
+    destination: &Destination,
+    options: &ScuOptions,
+    proposed: &[(String, String)],
+    tls: &ClientTls,
+) -> Result<StoreScu, ScuError> {
+    let name = destination.to_string();
+    let address = (destination.host.as_str(), destination.port)
+        .to_socket_addrs()
+        .and_then(|mut addresses| {
+            addresses
+                .next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+        })
+        .map_err(|source| ScuError::Resolve {
+            destination: name.clone(),
+            source,
+        })?;
+    let socket = TcpStream::connect_timeout(&address, options.connect_timeout).map_err(
+        |source| match source.kind() {
+            io::ErrorKind::ConnectionRefused => ScuError::ConnectionRefused {
+                destination: name.clone(),
+            },
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ScuError::Timeout {
+                destination: name.clone(),
+                timeout: options.connect_timeout,
+                waiting_for: "connecting",
+            },
+            _ => ScuError::Connect {
+                destination: name.clone(),
+                source,
+            },
+        },
+    )?;
+    let server_name = rustls::pki_types::ServerName::try_from(destination.host.clone())
+        .map_err(|e| broken(&name, format!("not a TLS server name: {e}")))?;
+    let connection = rustls::ClientConnection::new(tls.0.clone(), server_name)
+        .map_err(|e| broken(&name, format!("TLS: {e}")))?;
+    socket.set_nodelay(true).map_err(|e| broken(&name, e))?;
+    socket
+        .set_write_timeout(Some(options.response_timeout))
+        .map_err(|e| broken(&name, e))?;
+    let mut transport = Transport::client_tls(socket, connection).map_err(|e| broken(&name, e))?;
+    let request = AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: options.calling_ae.clone(),
+        called_ae_title: destination.ae_title.clone(),
+        application_context_name: "1.2.840.10008.3.1.1.1".to_string(),
+        presentation_contexts: proposed
+            .iter()
+            .enumerate()
+            .map(|(i, (class, ts))| PresentationContextProposed {
+                id: (2 * i + 1) as u8,
+                abstract_syntax: class.clone(),
+                transfer_syntaxes: vec![ts.clone()],
+            })
+            .collect(),
+        user_variables: vec![
+            UserVariableItem::MaxLength(options.max_pdu_length),
+            UserVariableItem::ImplementationClassUID(
+                dicom_ul::IMPLEMENTATION_CLASS_UID.to_string(),
+            ),
+            UserVariableItem::ImplementationVersionName(
+                dicom_ul::IMPLEMENTATION_VERSION_NAME.to_string(),
+            ),
+        ],
+    };
+    // The handshake happens in this write: a certificate that does not
+    // verify fails it.
+    pdu::write_pdu(&mut transport, &Pdu::AssociationRQ(request)).map_err(|e| {
+        broken(
+            &name,
+            format!(
+                "TLS connection or association request failed: {}",
+                error_chain(&e)
+            ),
+        )
+    })?;
+    let mut reader = PduReader::new(options.max_pdu_length);
+    let answer = {
+        let mut timed = DeadlineReader::new(
+            &mut transport,
+            Instant::now() + options.response_timeout,
+            "association answer deadline passed",
+        );
+        reader.read(&mut timed)
+    };
+    let accept = match answer {
+        Ok(Incoming::Other(Pdu::AssociationAC(accept))) => accept,
+        Ok(Incoming::Other(Pdu::AssociationRJ(reject))) => {
+            return Err(rejected(&name, &reject));
+        }
+        Ok(Incoming::Other(Pdu::AbortRQ { .. })) => {
+            return Err(ScuError::Aborted {
+                destination: name,
+                source_desc: "during negotiation".to_string(),
+            })
+        }
+        Ok(_) => {
+            return Err(ScuError::Protocol {
+                destination: name,
+                detail: "expected A-ASSOCIATE-AC or -RJ".to_string(),
+            })
+        }
+        Err(PduError::Io(e))
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(ScuError::Timeout {
+                destination: name,
+                timeout: options.response_timeout,
+                waiting_for: "the association to be accepted",
+            })
+        }
+        Err(e) => {
+            return Err(broken(
+                &name,
+                format!("association negotiation failed: {}", error_chain(&e)),
+            ))
+        }
+    };
+    let contexts: Vec<Accepted> = accept
+        .presentation_contexts
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .filter_map(|pc| {
+            let (class, _) = proposed.get(usize::from(pc.id / 2))?;
+            Some(Accepted {
+                id: pc.id,
+                abstract_syntax: class.clone(),
+                transfer_syntax: pc.transfer_syntax.trim_end_matches('\0').to_string(),
+            })
+        })
+        .collect();
+    if contexts.is_empty() {
+        let _ = pdu::write_pdu(
+            &mut transport,
+            &Pdu::AbortRQ {
+                source: AbortRQSource::ServiceUser,
+            },
+        );
+        return Err(ScuError::NoAcceptableContext { destination: name });
+    }
+    let peer_max_pdu = accept
+        .user_variables
+        .iter()
+        .find_map(|v| match v {
+            UserVariableItem::MaxLength(0) => Some(dicom_ul::pdu::MAXIMUM_PDU_SIZE),
+            UserVariableItem::MaxLength(n) => Some(*n),
+            _ => None,
+        })
+        .unwrap_or(dicom_ul::pdu::DEFAULT_MAX_PDU);
+    debug!(
+        destination = %name,
+        proposed = proposed.len(),
+        accepted = contexts.len(),
+        peer_max_pdu,
+        "storage association established over TLS"
+    );
+    Ok(StoreScu {
+        socket: transport,
+        destination: name,
+        options: options.clone(),
+        contexts,
+        peer_max_pdu,
+        reader: PduReader::new(options.max_pdu_length),
+        scratch: Vec::new(),
+        next_message_id: 1,
+    })
+}
+
+fn rejected(destination: &str, association_rj: &AssociationRJ) -> ScuError {
+    let source = match &association_rj.source {
+        AssociationRJSource::ServiceUser(reason) => format!("service user: {reason:?}"),
+        AssociationRJSource::ServiceProviderASCE(reason) => {
+            format!("service provider (ACSE): {reason:?}")
+        }
+        AssociationRJSource::ServiceProviderPresentation(reason) => {
+            format!("service provider (presentation): {reason:?}")
+        }
+    };
+    ScuError::Rejected {
+        destination: destination.to_string(),
+        reason: format!("{:?}, {source}", association_rj.result),
+    }
+}
+
 /// Maps dicom-ul's negotiation errors to ours.
 fn establish_error(destination: &str, timeout: Duration, error: UlError) -> ScuError {
     let destination = destination.to_string();
@@ -803,21 +1025,7 @@ fn establish_error(destination: &str, timeout: Duration, error: UlError) -> ScuE
             destination,
             source,
         },
-        UlError::Rejected { association_rj, .. } => {
-            let source = match &association_rj.source {
-                AssociationRJSource::ServiceUser(reason) => format!("service user: {reason:?}"),
-                AssociationRJSource::ServiceProviderASCE(reason) => {
-                    format!("service provider (ACSE): {reason:?}")
-                }
-                AssociationRJSource::ServiceProviderPresentation(reason) => {
-                    format!("service provider (presentation): {reason:?}")
-                }
-            };
-            ScuError::Rejected {
-                destination,
-                reason: format!("{:?}, {source}", association_rj.result),
-            }
-        }
+        UlError::Rejected { association_rj, .. } => rejected(&destination, &association_rj),
         UlError::NoAcceptedPresentationContexts { .. } => {
             ScuError::NoAcceptableContext { destination }
         }

@@ -19,7 +19,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
+use dicom_ul::pdu::{UserIdentity, UserIdentityType};
+use tracing::{info, warn};
 
 pub use crate::dicom::link::{Link, LinkError};
 
@@ -27,6 +28,7 @@ use crate::audit::event::types;
 use crate::audit::{
     Action, AuditEvent, Auditor, EventKind, Outcome, Participant, Role, TransferTally,
 };
+use crate::config::Users;
 use crate::dicom::assoc::{AccessPolicy, HandlerFactory, MessageHandler, MessageOutcome};
 use crate::dicom::dimse::{Command, CommandField, FragmentBuffer, Status};
 use crate::dicom::pdu::Pdv;
@@ -89,7 +91,11 @@ impl Dispatcher {
     /// The calling AE of `link` as an audit participant (the requestor).
     pub(crate) fn caller(&self, link: &Link, role: Role) -> Participant {
         let address = link.peer_ip().map(|ip| ip.to_string());
-        Participant::ae(link.calling_ae(), true, address, role)
+        Participant {
+            // The TLS client certificate's subject, when it presented one.
+            user_name: link.tls_subject(),
+            ..Participant::ae(link.calling_ae(), true, address, role)
+        }
     }
 
     /// This partition's AE as an audit participant.
@@ -113,6 +119,39 @@ pub struct DevicePolicy {
     pub auditor: Auditor,
     /// The partition (AE title and id), for the audit record.
     pub partition: Partition,
+    /// The users a User Identity is checked against.
+    pub users: Arc<Users>,
+    /// Callers must send a User Identity.
+    pub require_user_identity: bool,
+}
+
+impl DevicePolicy {
+    /// Records a refusal before or during negotiation as a Security Alert
+    /// of type `type_code`.
+    fn alert(
+        &self,
+        kind: EventKind,
+        type_code: crate::audit::event::Code,
+        description: String,
+        caller: Participant,
+    ) {
+        if let Some(observer) = &self.observer {
+            observer.association(false);
+        }
+        self.auditor.record(
+            AuditEvent::new(kind, Action::Execute, Outcome::MinorFailure)
+                .type_code(type_code)
+                .described(description)
+                .participant(caller)
+                .participant(Participant::ae(
+                    self.partition.ae_title.as_str(),
+                    false,
+                    None,
+                    Role::Destination,
+                ))
+                .in_partition(self.partition.id),
+        );
+    }
 }
 
 impl AccessPolicy for DevicePolicy {
@@ -171,6 +210,51 @@ impl AccessPolicy for DevicePolicy {
         self.devices
             .get(calling_ae)
             .map_or(0, |device| device.max_associations)
+    }
+
+    fn check_user(
+        &self,
+        calling_ae: &str,
+        peer: Option<IpAddr>,
+        user: Option<&UserIdentity>,
+    ) -> bool {
+        let refusal = match user {
+            None if !self.require_user_identity => return true,
+            None => "no User Identity sent, and the partition requires one".to_string(),
+            Some(user) => {
+                let name = String::from_utf8_lossy(&user.primary_field()).to_string();
+                let accepted = match user.identity_type() {
+                    UserIdentityType::Username => self.users.verify(&name, None),
+                    UserIdentityType::UsernamePassword => {
+                        self.users.verify(&name, Some(&user.secondary_field()))
+                    }
+                    _ => false,
+                };
+                if accepted {
+                    info!(calling_ae, user = %name, "user identity accepted");
+                    return true;
+                }
+                format!("user {name:?} not accepted (unknown user, wrong passcode or unsupported identity type)")
+            }
+        };
+        warn!(calling_ae, ?peer, reason = %refusal, "association rejected: user identity");
+        let address = peer.map(|ip| ip.to_string());
+        self.alert(
+            EventKind::UserAuthentication,
+            types::LOGIN,
+            format!("association rejected: {refusal}"),
+            Participant::ae(calling_ae, true, address, Role::Source),
+        );
+        false
+    }
+
+    fn handshake_failed(&self, peer: SocketAddr, reason: &str) {
+        self.alert(
+            EventKind::SecurityAlert,
+            types::NODE_AUTHENTICATION,
+            format!("TLS connection refused: {reason}"),
+            Participant::ae("", true, Some(peer.ip().to_string()), Role::Source),
+        );
     }
 
     fn established(&self, calling_ae: &str, peer: Option<SocketAddr>) {

@@ -178,6 +178,7 @@ pub fn handle_move(
     let mut options = scu::ScuOptions::new(dispatcher.partition.ae_title.as_str());
     options.priority = command.priority.unwrap_or(Priority::Medium);
     options.move_originator = Some((link.calling_ae().to_string(), request.message_id));
+    options.tls = dispatcher.devices.tls_for(&destination.ae_title);
 
     let mut link_error: Option<LinkError> = None;
     let mut comment: Option<String> = None;

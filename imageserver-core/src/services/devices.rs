@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::db::nodes::NodeStore;
 use crate::db::{self, IndexStore};
+use crate::dicom::scu::ClientTls;
 use crate::model::{AeTitle, DeviceSpec, PartitionId};
 
 /// What a caller wants to do, for permission checks.
@@ -73,6 +74,8 @@ struct Inner {
     partition: PartitionId,
     rules: AdmissionRules,
     known: RwLock<HashMap<String, DeviceSpec>>,
+    /// Devices reached over TLS, by AE title.
+    tls: HashMap<String, ClientTls>,
     /// Device hosts resolved to addresses, with when.
     hosts: Mutex<HashMap<String, (Instant, Vec<IpAddr>)>>,
 }
@@ -97,6 +100,7 @@ impl Devices {
                 partition,
                 rules,
                 known: RwLock::new(known),
+                tls: HashMap::new(),
                 hosts: Mutex::new(HashMap::new()),
             }),
         };
@@ -157,6 +161,23 @@ impl Devices {
             .collect();
         *self.inner.known.write().unwrap_or_else(|p| p.into_inner()) = known;
         Ok(())
+    }
+
+    /// The same registry with the TLS configuration of the devices
+    /// reached over TLS (by AE title); called right after [`Devices::load`],
+    /// before the registry is shared.
+    pub fn with_tls(mut self, tls: HashMap<String, ClientTls>) -> Devices {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.tls = tls,
+            None => tracing::warn!("device TLS settings given to a shared registry: ignored"),
+        }
+        self
+    }
+
+    /// The TLS configuration for associations to `ae_title`, when the
+    /// device is reached over TLS.
+    pub fn tls_for(&self, ae_title: &str) -> Option<ClientTls> {
+        self.inner.tls.get(ae_title.trim()).cloned()
     }
 
     /// The device with this AE title, if known: from the cache, else from

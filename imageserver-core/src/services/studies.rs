@@ -64,7 +64,7 @@ pub use reconcile::{Decision, Reconcile, ReconcileCase};
 pub use reprocess::ReprocessReport;
 pub use send::SendReport;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -79,9 +79,10 @@ use crate::db::studies::{
     EditableAttribute, FileFacts, JsonObject, StudyRecord, StudyStore,
 };
 use crate::db::{self, Database};
-use crate::dicom::scu::{Destination, Outgoing, ScuOptions, Tally};
+use crate::dicom::scu::{ClientTls, Destination, Outgoing, ScuOptions, Tally};
 use crate::model::{
-    AeTitle, DeviceSpec, Filesystem, FilesystemId, PatientAttrs, StoredInstance, StudyLocation, Uid,
+    AeTitle, DeviceSpec, Filesystem, FilesystemId, PartitionId, PatientAttrs, StoredInstance,
+    StudyLocation, Uid,
 };
 use crate::services::devices::SendLimits;
 use crate::services::Partition;
@@ -216,6 +217,8 @@ pub struct Studies {
     storage: Arc<dyn StorageBackend>,
     sends: SendLimits,
     auditor: Auditor,
+    /// Devices reached over TLS: (partition, AE title) → TLS.
+    device_tls: Arc<HashMap<(PartitionId, String), ClientTls>>,
 }
 
 impl Studies {
@@ -226,7 +229,25 @@ impl Studies {
             db,
             storage,
             auditor: Auditor::disabled(),
+            device_tls: Arc::default(),
         }
+    }
+
+    /// The same operations, sends to the devices in `device_tls` over TLS.
+    pub fn with_device_tls(
+        mut self,
+        device_tls: Arc<HashMap<(PartitionId, String), ClientTls>>,
+    ) -> Studies {
+        self.device_tls = device_tls;
+        self
+    }
+
+    /// The TLS configuration for sends to `ae_title` of `partition`, when
+    /// the device is reached over TLS.
+    pub(crate) fn device_tls(&self, partition: PartitionId, ae_title: &str) -> Option<ClientTls> {
+        self.device_tls
+            .get(&(partition, ae_title.trim().to_string()))
+            .cloned()
     }
 
     /// The same operations, each recorded in the audit trail: delete as

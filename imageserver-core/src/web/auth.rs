@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use argon2::Argon2;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -41,11 +41,7 @@ pub(crate) const LOCAL_USER: &str = "local";
 /// Hashes a password as `[[http.users]] password_hash` expects (argon2id,
 /// random salt, PHC string).
 pub fn hash_password(password: &str) -> Result<String, WebError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| WebError::Password(e.to_string()))
+    crate::config::hash_passcode(password.as_bytes()).map_err(WebError::Password)
 }
 
 /// The access settings in force.

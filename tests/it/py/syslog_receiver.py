@@ -2,7 +2,7 @@
 """A syslog audit record repository for the audit tests.
 
 Listens on 127.0.0.1 for RFC 5426 UDP datagrams and RFC 6587 octet-counted
-TCP frames, checks each message's RFC 5424 header, parses its DICOM audit
+TCP frames (and, with --tls-port, the same frames over TLS, RFC 5425), checks each message's RFC 5424 header, parses its DICOM audit
 message XML (PS3.15 A.5.1) with the standard library, and appends one JSON
 line per message to --out (flushed at once, so a killed receiver has
 written everything it took). Prints "ready" once both sockets listen.
@@ -14,6 +14,7 @@ import json
 import re
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import xml.etree.ElementTree as ET
@@ -65,6 +66,7 @@ def summarize(raw, transport):
         role = p.find("RoleIDCode")
         record["participants"].append({
             "user_id": p.get("UserID"),
+            "user_name": p.get("UserName"),
             "requestor": p.get("UserIsRequestor"),
             "address": p.get("NetworkAccessPointID"),
             "role": role.get("csd-code") if role is not None else None,
@@ -118,7 +120,7 @@ class Tcp(socketserver.StreamRequestHandler):
             body = self.rfile.read(int(length))
             if len(body) < int(length):
                 return
-            emit(body, "tcp")
+            emit(body, self.server.transport)
 
 
 class ReusableUdp(socketserver.ThreadingUDPServer):
@@ -129,6 +131,20 @@ class ReusableUdp(socketserver.ThreadingUDPServer):
 class ReusableTcp(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    transport = "tcp"
+
+
+class TlsTcp(ReusableTcp):
+    transport = "tls"
+    context = None
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        try:
+            return self.context.wrap_socket(sock, server_side=True), address
+        except (ssl.SSLError, OSError):
+            sock.close()
+            raise
 
 
 def main():
@@ -137,11 +153,19 @@ def main():
     parser.add_argument("--udp-port", type=int, required=True)
     parser.add_argument("--tcp-port", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--tls-port", type=int)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
     OUT = open(args.out, "a", encoding="utf-8")
     udp = ReusableUdp(("127.0.0.1", args.udp_port), Udp)
     tcp = ReusableTcp(("127.0.0.1", args.tcp_port), Tcp)
-    for server in (udp, tcp):
+    servers = [udp, tcp]
+    if args.tls_port:
+        TlsTcp.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        TlsTcp.context.load_cert_chain(args.cert, args.key)
+        servers.append(TlsTcp(("127.0.0.1", args.tls_port), Tcp))
+    for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     print("ready", flush=True)
     # Runs until the test kills it (by its pid).

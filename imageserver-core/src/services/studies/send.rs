@@ -102,6 +102,16 @@ impl Studies {
             host: device.host.clone(),
             port: device.port,
         };
+        // A device configured for TLS gets it whoever asked for the send.
+        let mut tls_options;
+        let options = match self.device_tls(partition.id, device.ae_title.as_str()) {
+            Some(tls) if options.tls.is_none() => {
+                tls_options = options.clone();
+                tls_options.tls = Some(tls);
+                &tls_options
+            }
+            _ => options,
+        };
         let mut answered: BTreeSet<Uid> = BTreeSet::new();
         let result =
             crate::services::send::send(&destination, options, &items, &mut |item, outcome| {
