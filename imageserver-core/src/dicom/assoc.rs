@@ -216,6 +216,24 @@ impl Negotiation for RoleSelection {
             scp: scp_role,
         })
     }
+    /// C-FIND extended negotiation (PS3.4 C.5.1.1.1, Table C.5-1): of the
+    /// options only combined date-time matching (the second byte) is
+    /// accepted; relational queries, fuzzy semantic matching of person
+    /// names, timezone adjustment, empty value matching and the rest are
+    /// answered 0 (at most the seven bytes the table defines).
+    fn extended_negotiation(&self, sop_class_uid: &str, input: &[u8]) -> Option<Vec<u8>> {
+        let uid = sop_class_uid.trim_end_matches('\0');
+        if ![sop_classes::PATIENT_ROOT_FIND, sop_classes::STUDY_ROOT_FIND].contains(&uid) {
+            return None;
+        }
+        let answer = input
+            .iter()
+            .take(7)
+            .enumerate()
+            .map(|(i, byte)| u8::from(i == 1 && *byte == 1))
+            .collect();
+        Some(answer)
+    }
 }
 
 impl Acceptor {
@@ -714,6 +732,15 @@ fn serve_association(
         .map(|(abstract_syntax, _)| abstract_syntax.clone())
         .filter(|a| association.requestor_roles_for(a).scp)
         .collect();
+    let combined_date_time: Vec<String> = contexts
+        .values()
+        .map(|(abstract_syntax, _)| abstract_syntax.clone())
+        .filter(|a| {
+            association
+                .extended_negotiation_for(a)
+                .is_some_and(|answer| answer.get(1) == Some(&1))
+        })
+        .collect();
     let socket = association.inner_stream();
     let link_socket = match socket.try_clone() {
         Ok(clone) => clone,
@@ -730,7 +757,8 @@ fn serve_association(
         peer_max_pdu,
         shared.config.max_pdu_length,
         shared.config.idle_timeout,
-    );
+    )
+    .with_combined_date_time(combined_date_time);
     let mut reader = PduReader::new(shared.config.max_pdu_length);
     let mut session = shared.handlers.handler(link);
     loop {
