@@ -57,3 +57,5 @@ mod audit;
 mod tiering;
 // migrate_study under kill -9 at each step: one complete location, nothing left behind, byte-identical retrieves.
 mod tiering_migrate;
+// Query leniency (study-level Modality) and combined date-time matching: findscu, pynetdicom with extended negotiation, dicomweb-client.
+mod query_leniency;

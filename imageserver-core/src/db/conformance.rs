@@ -1589,7 +1589,10 @@ fn study_matching(store: &dyn QueryStore, partition: PartitionId) {
             ),
             (
                 "date-time without a lower time",
-                vec![date_time(at("20231231", None), at("20240115", Some("1015")))],
+                vec![date_time(
+                    at("20231231", None),
+                    at("20240115", Some("1015")),
+                )],
                 &[3, 1][..],
             ),
             (

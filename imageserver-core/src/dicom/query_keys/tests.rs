@@ -939,8 +939,14 @@ fn combined_date_time_only_when_negotiated() {
         combined_date_time: true,
         ..options()
     };
-    let combined =
-        parse_identifier(&bytes, EXPLICIT_LE, Root::Study, PARTITION, &combined_options).unwrap();
+    let combined = parse_identifier(
+        &bytes,
+        EXPLICIT_LE,
+        Root::Study,
+        PARTITION,
+        &combined_options,
+    )
+    .unwrap();
     let bound = |date: &str, time: &str| {
         Some(DateTimeBound {
             date: date.into(),
@@ -992,7 +998,10 @@ fn combined_date_time_pairs() {
         (range(Some("20240101"), None), Matcher::Universal),
         (range(Some("20240101"), None), list(&["10", "12"])),
     ] {
-        let mut keys = vec![key(A::StudyDate, date.clone()), key(A::StudyTime, time.clone())];
+        let mut keys = vec![
+            key(A::StudyDate, date.clone()),
+            key(A::StudyTime, time.clone()),
+        ];
         combine_date_time(&mut keys);
         assert_eq!(keys, vec![key(A::StudyDate, date), key(A::StudyTime, time)]);
     }
