@@ -59,3 +59,5 @@ mod tiering;
 mod tiering_migrate;
 // Query leniency (study-level Modality) and combined date-time matching: findscu, pynetdicom with extended negotiation, dicomweb-client.
 mod query_leniency;
+// The OHIF viewer (npm @ohif/app) in headless Chromium against our DICOMweb root; rendered and thumbnail resources.
+mod ohif;

@@ -12,8 +12,8 @@
 //! - Colour: RGB as stored (8 or 16 bits, either planar configuration);
 //!   native YBR_FULL is converted to RGB. Palette colour is unsupported.
 //! - The image is scaled, keeping its aspect ratio, to fit the viewport
-//!   asked (`viewport=w,h`) or, for a thumbnail, into 128 × 128 pixels
-//!   (never enlarged).
+//!   asked (`viewport=w,h`); a thumbnail fits into the viewport or else
+//!   into 128 × 128 pixels, and is never enlarged.
 //!
 //! Bounds: frames of more than [`MAX_FRAME_SAMPLES`] samples, or a
 //! viewport beyond [`MAX_VIEWPORT`] pixels a side, are refused before any
@@ -112,19 +112,14 @@ pub fn render(file: &[u8], frame: u32, options: &RenderOptions) -> Result<Vec<u8
     encode(&image, options)
 }
 
-/// A thumbnail: frame `frame` fitted into [`THUMBNAIL_SIZE`] pixels.
-pub fn thumbnail(file: &[u8], frame: u32, format: ImageFormat) -> Result<Vec<u8>, RenderError> {
+/// A thumbnail: frame `frame` fitted into the viewport asked, else into
+/// [`THUMBNAIL_SIZE`] pixels, never enlarged.
+pub fn thumbnail(file: &[u8], frame: u32, options: &RenderOptions) -> Result<Vec<u8>, RenderError> {
     let object = read(file)?;
-    let decoded = decode_frame(&object, frame, None)?;
-    let image = scale(decoded, Some((THUMBNAIL_SIZE, THUMBNAIL_SIZE)), false);
-    encode(
-        &image,
-        &RenderOptions {
-            format,
-            quality: 80,
-            ..RenderOptions::default()
-        },
-    )
+    let decoded = decode_frame(&object, frame, options.window)?;
+    let fit = options.viewport.unwrap_or((THUMBNAIL_SIZE, THUMBNAIL_SIZE));
+    let image = scale(decoded, Some(fit), false);
+    encode(&image, options)
 }
 
 fn read(file: &[u8]) -> Result<DefaultDicomObject, RenderError> {
@@ -468,8 +463,12 @@ mod tests {
         };
         let image = png_pixels(&render(&bytes, 1, &fitted).unwrap());
         assert_eq!((image.width(), image.height()), (64, 32));
-        let thumb = png_pixels(&thumbnail(&bytes, 1, ImageFormat::Png).unwrap());
+        let thumb = png_pixels(&thumbnail(&bytes, 1, &png()).unwrap());
         assert_eq!((thumb.width(), thumb.height()), (16, 8));
+        let wide: Vec<u8> = (0..512 * 2).flat_map(|_| [1u8, 2, 3]).collect();
+        let wide = file("RGB", (512, 2), PrimitiveValue::U8(wide.into()), &[]);
+        let thumb = png_pixels(&thumbnail(&wide, 1, &png()).unwrap());
+        assert_eq!(thumb.width(), THUMBNAIL_SIZE);
     }
 
     #[test]

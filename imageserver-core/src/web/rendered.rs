@@ -8,7 +8,8 @@
 //!   `/studies/{s}/rendered`: every instance's first frame, one part each,
 //!   rendered one at a time as the answer streams (instances without an
 //!   image are left out).
-//! - `…/thumbnail` at each level: one image fitted into 128 pixels; for a
+//! - `…/thumbnail` at each level: one image fitted into the viewport asked
+//!   or else 128 pixels, never enlarged; for a
 //!   series its middle instance's first frame, for a study that of its
 //!   first series that has an image.
 //! - `Accept`: `image/jpeg` (the default), `image/png`, wildcards;
@@ -187,7 +188,7 @@ fn render_item(
 ) -> Result<Vec<u8>, Failure> {
     let file = read_file(retrieve, item)?;
     let rendered = if thumbnail {
-        render::thumbnail(&file, frame, options.format)
+        render::thumbnail(&file, frame, options)
     } else {
         render::render(&file, frame, options)
     };
