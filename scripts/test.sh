@@ -96,6 +96,22 @@ if ! python3 -c 'import dicomweb_client, prometheus_client, requests' >/dev/null
 fi
 python3 -c 'import dicomweb_client, prometheus_client, requests' || fail "dicomweb-client is still missing"
 
+# The OHIF test drives Debian's Chromium (Playwright's own browser download
+# is not reachable) with playwright-core under Node.js; scripts/ohif.sh
+# fetches the viewer (npm's @ohif/app) and playwright-core into a cache
+# outside git, once.
+if [ ! -x /usr/bin/chromium ] || ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    step "installing Chromium and Node.js: apt-get update && apt-get install -y chromium nodejs npm"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium nodejs npm
+fi
+[ -x /usr/bin/chromium ] || fail "Chromium is still missing after apt-get install (/usr/bin/chromium)"
+command -v node >/dev/null 2>&1 || fail "Node.js is still missing after apt-get install"
+step "fetching the OHIF viewer and playwright-core: scripts/ohif.sh"
+IMAGESERVER_OHIF_CACHE=$(bash scripts/ohif.sh) || fail "cannot fetch the OHIF viewer (npm)"
+export IMAGESERVER_OHIF_CACHE
+step "OHIF viewer cached in $IMAGESERVER_OHIF_CACHE"
+
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
         command -v rustup >/dev/null 2>&1 \
