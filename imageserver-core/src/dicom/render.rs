@@ -280,9 +280,7 @@ fn linear_window(x: f64, center: f64, width: f64) -> u8 {
     let high = center - 0.5 + (width - 1.0) / 2.0;
     if x <= low {
         0
-    } else if x > high {
-        255
-    } else if width <= 1.0 {
+    } else if x > high || width <= 1.0 {
         255
     } else {
         (((x - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0)

@@ -22,8 +22,11 @@
 //!   a single value (that matches nothing), a DA or TM value must be a valid
 //!   date/time (or range of them) or the query fails with C000. Wildcards
 //!   inside a multi-valued key are refused (C000) rather than matched
-//!   literally. Date and time ranges are matched independently: combined
-//!   date-time matching needs extended negotiation, which we do not offer.
+//!   literally. Date and time ranges are matched independently, unless
+//!   the SCU negotiated combined date-time matching (SOP class extended
+//!   negotiation, [`ParseOptions::combined_date_time`]): then a date range
+//!   and its paired time are one range ([`combine_date_time`], PS3.4
+//!   C.2.2.2.5).
 //!   A value on a count attribute (NumberOf…) cannot be matched: it is
 //!   returned as if universal and the query answers "pending, optional keys
 //!   not supported" (FF01).
@@ -32,7 +35,9 @@
 //!   value (Patient Root: PatientID; both roots: StudyInstanceUID above
 //!   SERIES, SeriesInstanceUID above IMAGE); a known attribute of a level
 //!   below the query level is an error. Both give A900 with the offending
-//!   tag.
+//!   tag. One leniency, as other archives have it: Modality (0008,0060) in
+//!   a STUDY-level query is read as ModalitiesInStudy and answered under
+//!   the tag asked.
 //! - Elements the index does not know (sequences, private and other
 //!   attributes) are remembered and returned zero-length in every response;
 //!   their presence makes pendings FF01. Only the first
