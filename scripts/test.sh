@@ -65,7 +65,8 @@ CHROMIUM=/usr/bin/chromium
 missing_packages() {
     missing_dcmtk || [ ! -x "$ORTHANC" ] || ! command -v curl >/dev/null 2>&1 \
         || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1 || [ ! -x "$HAPROXY" ] \
-        || [ ! -x "$CHROMIUM" ] || ! command -v npm >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1
+        || [ ! -x "$CHROMIUM" ] || ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1 \
+        || ! command -v openssl >/dev/null 2>&1
 }
 
 if missing_packages; then
@@ -123,6 +124,14 @@ if [ ! -d target/node/node_modules/playwright-core ]; then
 fi
 [ -d target/node/node_modules/playwright-core ] || fail "playwright-core is still missing"
 export IMAGESERVER_NODE_MODULES="$PWD/target/node/node_modules"
+
+# The OHIF test: scripts/ohif.sh fetches the viewer (npm's @ohif/app) and
+# playwright-core into a cache outside git, once.
+command -v node >/dev/null 2>&1 || fail "Node.js is still missing after apt-get install (package nodejs)"
+step "fetching the OHIF viewer and playwright-core: scripts/ohif.sh"
+IMAGESERVER_OHIF_CACHE=$(bash scripts/ohif.sh) || fail "cannot fetch the OHIF viewer (npm)"
+export IMAGESERVER_OHIF_CACHE
+step "OHIF viewer cached in $IMAGESERVER_OHIF_CACHE"
 
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

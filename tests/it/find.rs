@@ -583,10 +583,11 @@ fn refusals_unknown_keys_and_pending_statuses() {
             vec!["0008,0052=SERIES", "PatientID=FIND-P1"],
             IDENTIFIER_MISMATCH,
         ),
-        // Keys below the level.
+        // Keys below the level (Modality at STUDY level is the one
+        // leniency: tests/it/query_leniency.rs).
         (
             Model::Study,
-            vec!["0008,0052=STUDY", "Modality=CT"],
+            vec!["0008,0052=STUDY", "SeriesDescription=CT"],
             IDENTIFIER_MISMATCH,
         ),
         (
@@ -659,10 +660,10 @@ fn refusals_unknown_keys_and_pending_statuses() {
         ),
         (
             Model::Study,
-            vec![("QueryRetrieveLevel", "STUDY"), ("Modality", "CT")],
+            vec![("QueryRetrieveLevel", "STUDY"), ("SeriesNumber", "1")],
             IDENTIFIER_MISMATCH,
-            0x0008_0060,
-            "Modality",
+            0x0020_0011,
+            "SeriesNumber",
         ),
         (
             Model::Study,

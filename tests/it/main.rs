@@ -60,3 +60,7 @@ mod tiering;
 mod tiering_migrate;
 // DICOM TLS with and without client certificates, C-MOVE to a TLS device, User Identity, syslog over TLS.
 mod tls;
+// Query leniency (study-level Modality) and combined date-time matching: findscu, pynetdicom with extended negotiation, dicomweb-client.
+mod query_leniency;
+// The OHIF viewer (npm @ohif/app) in headless Chromium against our DICOMweb root; rendered and thumbnail resources.
+mod ohif;

@@ -320,7 +320,12 @@ fn tls_mutual_auth_user_identity_and_syslog_over_tls() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("imageserver user hash-password");
-    child.stdin.take().unwrap().write_all(b"s3cret-passcode\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"s3cret-passcode\n")
+        .unwrap();
     let hashed = child.wait_with_output().unwrap();
     assert!(hashed.status.success());
     let hash = String::from_utf8(hashed.stdout).unwrap().trim().to_string();

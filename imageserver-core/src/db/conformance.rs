@@ -11,7 +11,7 @@ use std::ops::ControlFlow;
 
 use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::{Error, IndexStore, QueryStore};
-use crate::model::query::{Attribute, Key, Level, Match, Matcher, Query, Root};
+use crate::model::query::{Attribute, DateTimeBound, Key, Level, Match, Matcher, Query, Root};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicatePolicy, FilesystemId, FilesystemSpec, FolderName, IndexCounts,
     InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, PartitionSpec, PatientAttrs,
@@ -1578,6 +1578,54 @@ fn study_matching(store: &dyn QueryStore, partition: PartitionId) {
             &[3, 1, 4, 2, 6, 7, 8, 5],
         ),
     ];
+    let at = |date: &str, time: Option<&str>| {
+        Some(DateTimeBound {
+            date: date.to_string(),
+            time: time.map(str::to_string),
+        })
+    };
+    let date_time = |from, to| key(A::StudyDate, Matcher::DateTimeRange { from, to });
+    let cases: Vec<(&str, Vec<Key>, &[u32])> = cases
+        .into_iter()
+        .chain([
+            // Combined date-time (PS3.4 C.2.2.2.5): separately, 20240115 to
+            // 20240302 and 11:00 to 10:00 match nothing.
+            (
+                "date-time closed range",
+                vec![date_time(
+                    at("20240115", Some("1100")),
+                    at("20240302", Some("1000")),
+                )],
+                &[4, 2, 6][..],
+            ),
+            (
+                "date-time open lower, partial upper time",
+                vec![date_time(None, at("20240115", Some("11")))],
+                &[3, 1][..],
+            ),
+            (
+                "date-time open upper, colons stored",
+                vec![date_time(at("20240302", Some("1200")), None)],
+                &[7, 8][..],
+            ),
+            (
+                "date-time without a lower time",
+                vec![date_time(
+                    at("20231231", None),
+                    at("20240115", Some("1015")),
+                )],
+                &[3, 1][..],
+            ),
+            (
+                "date-time with the time key returned",
+                vec![
+                    date_time(at("20240301", Some("0800")), at("20240303", Some("1659"))),
+                    universal(A::StudyTime),
+                ],
+                &[6, 7][..],
+            ),
+        ])
+        .collect();
     for (name, keys, expected) in cases {
         let q = query(partition, Root::Study, Level::Study, keys);
         let found = column_of(&find_all(store, &q), A::StudyInstanceUid);

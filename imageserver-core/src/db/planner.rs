@@ -51,7 +51,12 @@
 //!   bound so that a partial bound covers its whole unit (`12` →
 //!   `125959.999999`, `1200` → `120059.999999`, `120000` → `120000.999999`,
 //!   `120000.5` → `120000.599999`), and they compare as strings. A single
-//!   time is the range over its unit. (No combined date-time range matching.)
+//!   time is the range over its unit.
+//! - Combined date-time ([`Matcher::DateTimeRange`], PS3.4 C.2.2.2.5): the
+//!   date column and its paired time column as one range: after the lower
+//!   date or on it from the lower time, before the upper date or on it up
+//!   to the upper time (bounds padded as above); an absent stored time
+//!   counts as midnight.
 //! - Person name: exact or wildcard. With `pn_case_insensitive` the match
 //!   folds case **beyond ASCII**: every letter of the value becomes a class
 //!   of its simple (one-character) case mappings, on SQLite in a GLOB
@@ -470,6 +475,15 @@ fn column(attribute: Attribute) -> &'static str {
     }
 }
 
+/// A stored time as it compares (see the module docs): colons removed,
+/// padded with zeros to `HHMMSS`.
+fn stored_time(col: &str) -> String {
+    format!(
+        "(CASE WHEN length(replace({col}, ':', '')) >= 6 THEN replace({col}, ':', '') \
+         ELSE substr(replace({col}, ':', '') || '000000', 1, 6) END)"
+    )
+}
+
 /// Whether the name index (`patient_name_idx`, ASCII case folded) serves
 /// the column.
 fn has_name_index(attribute: Attribute) -> bool {
@@ -556,6 +570,9 @@ impl<D: Dialect> Where<D> {
                 "sop_class_uid",
                 &matcher,
             ),
+            (_, _) if matches!(matcher, Matcher::DateTimeRange { .. }) => {
+                self.date_time(attribute, &matcher)
+            }
             (_, Kind::Time) => self.time(column(attribute), &matcher),
             (_, Kind::Integer) => self.integer(column(attribute), &matcher),
             (_, Kind::PersonName) => self.person_name(
@@ -595,15 +612,63 @@ impl<D: Dialect> Where<D> {
                 parts.join(" AND ")
             }
             Matcher::List(values) => D::any_of(&mut self.sql, col, List::Texts(values)),
+            Matcher::DateTimeRange { from, to } => {
+                // On a column without a paired time: its dates alone.
+                let range = Matcher::Range {
+                    from: from.as_ref().map(|b| b.date.clone()),
+                    to: to.as_ref().map(|b| b.date.clone()),
+                };
+                return self.text(col, &range);
+            }
         })
+    }
+
+    /// Combined date-time range (PS3.4 C.2.2.2.5) on a date column and its
+    /// paired time column: after the lower bound's date, or on it at or
+    /// after its time; before the upper bound's date, or on it at or before
+    /// its time. A stored time that is absent counts as midnight.
+    fn date_time(&mut self, attribute: Attribute, matcher: &Matcher) -> Option<String> {
+        let Matcher::DateTimeRange { from, to } = matcher else {
+            return self.text(column(attribute), matcher);
+        };
+        let date = column(attribute);
+        let Some(time_attribute) = attribute.paired_time() else {
+            // No time column: the date range alone.
+            let range = Matcher::Range {
+                from: from.as_ref().map(|b| b.date.clone()),
+                to: to.as_ref().map(|b| b.date.clone()),
+            };
+            return self.text(date, &range);
+        };
+        let time_col = column(time_attribute);
+        let stored = stored_time(&format!("COALESCE({time_col}, '')"));
+        let mut parts = vec![format!("{date} > ''")];
+        if let Some(bound) = from {
+            let d = self.sql.text(bound.date.clone());
+            parts.push(match &bound.time {
+                Some(t) => {
+                    let t = self.sql.text(time_from(t));
+                    format!("({date} > {d} OR ({date} = {d} AND {stored} >= {t}))")
+                }
+                None => format!("{date} >= {d}"),
+            });
+        }
+        if let Some(bound) = to {
+            let d = self.sql.text(bound.date.clone());
+            parts.push(match &bound.time {
+                Some(t) => {
+                    let t = self.sql.text(time_to(t));
+                    format!("({date} < {d} OR ({date} = {d} AND {stored} <= {t}))")
+                }
+                None => format!("{date} <= {d}"),
+            });
+        }
+        Some(parts.join(" AND "))
     }
 
     /// Times: colons removed, partial values padded (see the module docs).
     fn time(&mut self, col: &str, matcher: &Matcher) -> Option<String> {
-        let stored = format!(
-            "(CASE WHEN length(replace({col}, ':', '')) >= 6 THEN replace({col}, ':', '') \
-             ELSE substr(replace({col}, ':', '') || '000000', 1, 6) END)"
-        );
+        let stored = stored_time(col);
         let range = |w: &mut Where<D>, from: Option<String>, to: Option<String>| -> String {
             let mut parts = vec![format!("{col} <> ''")];
             if let Some(from) = from {
@@ -623,6 +688,7 @@ impl<D: Dialect> Where<D> {
                 from.as_deref().map(time_from),
                 to.as_deref().map(time_to),
             ),
+            Matcher::DateTimeRange { .. } => return None,
             Matcher::List(values) => {
                 let alternatives: Vec<String> = values
                     .iter()
@@ -655,6 +721,7 @@ impl<D: Dialect> Where<D> {
                 }
                 parts.join(" AND ")
             }
+            Matcher::DateTimeRange { .. } => return None,
             Matcher::List(values) => {
                 let numbers: Vec<i64> = values.iter().filter_map(|v| parse(v)).collect();
                 D::any_of(&mut self.sql, col, List::Ints(&numbers))

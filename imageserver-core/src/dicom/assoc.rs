@@ -731,7 +731,8 @@ fn serve_association(
         negotiated.peer_max_pdu,
         shared.config.max_pdu_length,
         shared.config.idle_timeout,
-    );
+    )
+    .with_combined_date_time(negotiated.combined_date_time);
     let socket = &mut socket;
     let mut reader = PduReader::new(shared.config.max_pdu_length);
     let mut session = shared.handlers.handler(link);

@@ -70,6 +70,9 @@ pub struct Link {
     contexts: HashMap<u8, (String, String)>,
     /// SOP classes for which the peer accepted the SCP role (C-GET).
     scp_roles: Vec<String>,
+    /// C-FIND SOP classes for which combined date-time matching was
+    /// negotiated (extended negotiation).
+    combined_date_time: Vec<String>,
     /// PDVs read but not yet consumed (several messages in one PDU).
     pending: VecDeque<OwnedPdv>,
     /// Reused buffer for messages written with one system call.
@@ -114,6 +117,7 @@ impl Link {
             calling_ae: calling_ae.to_string(),
             contexts,
             scp_roles,
+            combined_date_time: Vec::new(),
             pending: VecDeque::new(),
             out: Vec::new(),
         }
@@ -153,6 +157,18 @@ impl Link {
             .collect();
         found.sort_by_key(|(id, _)| *id);
         found
+    }
+
+    /// The link with combined date-time matching (PS3.4 C.2.2.2.5)
+    /// negotiated for these C-FIND SOP classes.
+    pub fn with_combined_date_time(mut self, sop_classes: Vec<String>) -> Link {
+        self.combined_date_time = sop_classes;
+        self
+    }
+
+    /// Whether combined date-time matching was negotiated for `sop_class`.
+    pub fn combined_date_time(&self, sop_class: &str) -> bool {
+        self.combined_date_time.iter().any(|c| c == sop_class)
     }
 
     /// Whether the peer took the SCP role for `sop_class` (role selection).

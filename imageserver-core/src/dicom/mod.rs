@@ -16,8 +16,11 @@
 //! - `part10`: Part 10 files and the structural walker that guards the
 //!   header parser.
 //! - [`sop_classes`]: the abstract syntaxes we accept.
+//! - `render` (feature `web`): one frame as a JPEG or PNG (dicom-pixeldata
+//!   decodes, `image` encodes), for DICOMweb's rendered resources.
 //!
-//! It imports only [`crate::model`] and the dicom-rs crates: never the
+//! It imports only [`crate::model`] and the dicom-rs crates (and `image`
+//! to encode rendered frames): never the
 //! services, the index, the storage or the handlers above it.
 
 pub mod assoc;
@@ -29,6 +32,8 @@ pub(crate) mod part10;
 pub mod pdu;
 mod pending;
 pub mod query_keys;
+#[cfg(feature = "web")]
+pub(crate) mod render;
 pub mod scu;
 pub mod sop_classes;
 pub mod transport;

@@ -1,8 +1,9 @@
 //! The acceptor's answer to an A-ASSOCIATE-RQ (PS3.8 9.3.2–9.3.4, D.3.3):
 //! protocol version, application context, the caller's access, the
 //! presentation contexts (first proposed transfer syntax the registry
-//! reads), SCP/SCU role selection for storage classes, and the User
-//! Identity server response when one was asked for.
+//! reads), SCP/SCU role selection for storage classes, C-FIND's extended
+//! negotiation (combined date-time matching only), and the User Identity
+//! server response when one was asked for.
 //!
 //! Pure: the acceptor reads the request and writes the answer over
 //! whichever [`Transport`](super::transport::Transport) it has, plain or
@@ -48,6 +49,8 @@ pub(crate) struct Negotiated {
     pub peer_max_pdu: u32,
     /// Abstract syntaxes for which the caller takes the SCP role.
     pub scp_roles: Vec<String>,
+    /// C-FIND SOP classes with combined date-time matching agreed.
+    pub combined_date_time: Vec<String>,
 }
 
 /// The caller's access, asked with (calling AE, called AE, user identity):
@@ -84,6 +87,7 @@ pub(crate) fn answer(
     let mut identity = None;
     let mut peer_max_pdu = dicom_ul::pdu::DEFAULT_MAX_PDU;
     let mut roles: Vec<(String, RequestorRoles)> = Vec::new();
+    let mut combined_date_time = Vec::new();
     for item in request.user_variables {
         match item {
             UserVariableItem::MaxLength(0) => peer_max_pdu = dicom_ul::pdu::MAXIMUM_PDU_SIZE,
@@ -98,6 +102,17 @@ pub(crate) fn answer(
                         class, requested,
                     ));
                     roles.push((uid, requested));
+                }
+            }
+            UserVariableItem::SopClassExtendedNegotiationSubItem(class, asked) => {
+                let uid = trim(&class).to_string();
+                if let Some(agreed) = find_extended_negotiation(&uid, &asked) {
+                    if agreed.get(1) == Some(&1) {
+                        combined_date_time.push(uid);
+                    }
+                    user_variables.push(UserVariableItem::SopClassExtendedNegotiationSubItem(
+                        class, agreed,
+                    ));
                 }
             }
             _ => {}
@@ -160,11 +175,13 @@ pub(crate) fn answer(
         })
         .map(|(_, abstract_syntax, _)| abstract_syntax.clone())
         .collect();
+    combined_date_time.retain(|uid| negotiated_classes(&contexts).any(|c| c == uid));
     let negotiated = Negotiated {
         calling_ae: trim(&request.calling_ae_title).to_string(),
         contexts,
         peer_max_pdu,
         scp_roles,
+        combined_date_time,
     };
     Ok((
         AssociationAC {
@@ -177,6 +194,33 @@ pub(crate) fn answer(
         },
         negotiated,
     ))
+}
+
+/// The abstract syntaxes of the accepted contexts.
+fn negotiated_classes(contexts: &[(u8, String, String)]) -> impl Iterator<Item = &String> {
+    contexts
+        .iter()
+        .map(|(_, abstract_syntax, _)| abstract_syntax)
+}
+
+/// C-FIND extended negotiation (PS3.4 C.5.1.1.1, Table C.5-1): of the
+/// options only combined date-time matching (the second byte) is accepted;
+/// relational queries, fuzzy semantic matching of person names, timezone
+/// adjustment, empty value matching and the rest are answered 0 (at most
+/// the seven bytes the table defines). Other SOP classes: no answer.
+fn find_extended_negotiation(uid: &str, asked: &[u8]) -> Option<Vec<u8>> {
+    use super::sop_classes::{PATIENT_ROOT_FIND, STUDY_ROOT_FIND};
+    if ![PATIENT_ROOT_FIND, STUDY_ROOT_FIND].contains(&uid) {
+        return None;
+    }
+    Some(
+        asked
+            .iter()
+            .take(7)
+            .enumerate()
+            .map(|(i, byte)| u8::from(i == 1 && *byte == 1))
+            .collect(),
+    )
 }
 
 fn trim(uid: &str) -> &str {

@@ -148,6 +148,7 @@ fn identifier_parsing_never_panics_hangs_or_overallocates() {
                 limit: Some(10),
                 retrieve_ae_title: "IMAGESERVER",
                 max_echoed_unsupported: 64,
+                combined_date_time: false,
             };
             parse_identifier(
                 &request.bytes,

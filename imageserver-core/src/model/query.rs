@@ -148,6 +148,16 @@ impl Attribute {
         Attribute::ALL.iter().copied().find(|a| a.tag() == tag)
     }
 
+    /// The time attribute that combined date-time matching (PS3.4
+    /// C.2.2.2.5) pairs with this date attribute, if the index holds one.
+    pub fn paired_time(self) -> Option<Attribute> {
+        match self {
+            Attribute::StudyDate => Some(Attribute::StudyTime),
+            Attribute::SeriesDate => Some(Attribute::SeriesTime),
+            _ => None,
+        }
+    }
+
     /// The unique key of a level (PS3.4 C.2.2.1.1). PatientID serves as the
     /// patient level's key (with IssuerOfPatientID when given).
     pub fn unique_key(level: Level) -> Attribute {
@@ -189,6 +199,28 @@ pub enum Matcher {
     },
     /// Any of several values (UID lists, multi-valued keys).
     List(Vec<String>),
+    /// Combined date-time range matching (PS3.4 C.2.2.2.5) on a date
+    /// attribute with a paired time ([`Attribute::paired_time`]): the date
+    /// and time keys read as one range from `from`'s instant to `to`'s,
+    /// bounds inclusive, open ends allowed. The paired time key is then
+    /// universal (returned only).
+    DateTimeRange {
+        /// Inclusive lower bound.
+        from: Option<DateTimeBound>,
+        /// Inclusive upper bound.
+        to: Option<DateTimeBound>,
+    },
+}
+
+/// One end of a [`Matcher::DateTimeRange`]: a date and, optionally, a time
+/// of day (as given: a partial time covers its unit, as in time ranges).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateTimeBound {
+    /// `YYYYMMDD`.
+    pub date: String,
+    /// `HH[MM[SS[.F]]]`; none: the start (lower bound) or end (upper
+    /// bound) of the day.
+    pub time: Option<String>,
 }
 
 /// One key of a query.

@@ -97,6 +97,7 @@ pub fn handle(
         limit: Some(options.max_query_results.saturating_add(1)),
         retrieve_ae_title: dispatcher.partition.ae_title.as_str(),
         max_echoed_unsupported: options.max_echoed_unknown_keys,
+        combined_date_time: link.combined_date_time(&abstract_syntax),
     };
     let parsed = match query_keys::parse_identifier(
         identifier,

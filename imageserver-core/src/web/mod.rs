@@ -11,6 +11,8 @@
 //! - `qido`: QIDO-RS searches (studies, series, instances, nested);
 //! - `wado`: WADO-RS retrieve (instances as `multipart/related`,
 //!   streamed from the stored files) and metadata;
+//! - `rendered`: rendered and thumbnail resources (JPEG, PNG) of studies,
+//!   series, instances and frames;
 //! - `stow`: STOW-RS uploads through the durable ingest path;
 //! - `multipart`: the `multipart/related` framing both directions use;
 //! - [`metrics`]: the Prometheus registry and its text exposition;
@@ -26,6 +28,7 @@ pub mod metrics;
 mod multipart;
 mod pages;
 mod qido;
+mod rendered;
 mod stow;
 mod wado;
 
@@ -186,6 +189,32 @@ fn router(services: Shared, cors: Arc<Vec<String>>) -> Router {
         .route(
             "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
             get(wado::frames),
+        )
+        .route("/studies/{study}/rendered", get(rendered::study))
+        .route("/studies/{study}/thumbnail", get(rendered::study_thumbnail))
+        .route(
+            "/studies/{study}/series/{series}/rendered",
+            get(rendered::series),
+        )
+        .route(
+            "/studies/{study}/series/{series}/thumbnail",
+            get(rendered::series_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/rendered",
+            get(rendered::instance),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/thumbnail",
+            get(rendered::instance_thumbnail),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+            get(rendered::frames),
+        )
+        .route(
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
+            get(rendered::frame_thumbnail),
         );
     Router::new()
         .nest("/dicom-web", dicom_web)

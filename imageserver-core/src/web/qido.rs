@@ -16,6 +16,9 @@
 //! - Unknown parameters and attributes of a lower level are ignored, as
 //!   PS3.18 asks; `Modality` in a study search matches ModalitiesInStudy,
 //!   as other archives read it.
+//! - A date range and the paired time (StudyDate and StudyTime, SeriesDate
+//!   and SeriesTime) match as one date-time range (PS3.4 C.2.2.2.5), always
+//!   ([`combine_date_time`]).
 //! - A value that cannot be matched (a malformed date) is a 400.
 
 use std::time::Instant;
@@ -29,7 +32,7 @@ use dicom_dictionary_std::StandardDataDictionary;
 use serde_json::{json, Map, Value};
 
 use super::{blocking, Failure, Shared};
-use crate::dicom::query_keys::parse_matcher;
+use crate::dicom::query_keys::{combine_date_time, parse_matcher};
 use crate::model::query::{Attribute, Key, Kind, Level, Match, Matcher, Query, Root};
 use crate::model::Uid;
 
@@ -254,6 +257,8 @@ fn parse_request(
             parse_matcher(attribute, &given).map_err(|e| Failure::bad_request(e.to_string()))?;
         keys.push(Key { attribute, matcher });
     }
+    // PS3.18 8.3.4.6.2: a date and a time key match as one date-time range.
+    combine_date_time(&mut keys);
     // What every answer holds: the level's defaults (and, for a search not
     // nested in a study, the levels above), the keys and the fields asked.
     let mut defaults: Vec<Attribute> = match level {

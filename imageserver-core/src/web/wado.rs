@@ -38,14 +38,19 @@ const CHUNK: usize = 64 * 1024;
 
 /// Which entities a request names.
 #[derive(Debug, Clone)]
-struct Target {
+pub(super) struct Target {
     study: Uid,
     series: Option<Uid>,
     instance: Option<Uid>,
 }
 
 impl Target {
-    fn parse(study: &str, series: Option<&str>, instance: Option<&str>) -> Result<Target, Failure> {
+    /// The entities of a request's path (400 for a value that is no UID).
+    pub(super) fn parse(
+        study: &str,
+        series: Option<&str>,
+        instance: Option<&str>,
+    ) -> Result<Target, Failure> {
         let uid = |text: &str| {
             Uid::parse(text).map_err(|_| Failure::bad_request(format!("{text:?} is not a UID")))
         };
@@ -82,8 +87,9 @@ impl Target {
         }
     }
 
-    /// The stored instances named (none: 404).
-    fn instances(&self, services: &Shared) -> Result<Vec<RetrieveItem>, Failure> {
+    /// The stored instances named (none: 404), in study, series and
+    /// instance order.
+    pub(super) fn instances(&self, services: &Shared) -> Result<Vec<RetrieveItem>, Failure> {
         let items = services
             .retrieve
             .instances(&self.query(services))

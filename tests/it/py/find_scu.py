@@ -4,7 +4,12 @@
 Sends one C-FIND and prints one JSON line on stdout:
 
     {"associated": bool, "statuses": [int, ...], "error_comment": str|null,
-     "offending": [int, ...], "responses": [{"Keyword": "value", ...}, ...]}
+     "offending": [int, ...], "responses": [{"Keyword": "value", ...}, ...],
+     "extended_negotiation": {"SOP Class UID": "hex", ...}}
+
+With --combined-datetime the association asks for combined date-time
+matching (SOP class extended negotiation); "extended_negotiation" is what
+the acceptor answered.
 
 `statuses` holds every response's status in order (pendings, then the final
 one); `error_comment` and `offending` are those of the final response.
@@ -30,6 +35,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dsutils import decode
+from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -129,6 +135,11 @@ def main():
     parser.add_argument("--charset")
     parser.add_argument("--cancel-after", type=int)
     parser.add_argument("--transfer-syntax", default="1.2.840.10008.1.2")
+    parser.add_argument(
+        "--combined-datetime",
+        action="store_true",
+        help="ask for combined date-time matching (SOP class extended negotiation)",
+    )
     args = parser.parse_args()
 
     model = MODELS[args.model]
@@ -154,13 +165,29 @@ def main():
             if encoded:
                 received.append(encoded)
 
+    ext_neg = []
+    if args.combined_datetime:
+        # PS3.4 Table C.5-1: byte 1 relational queries, byte 2 combined
+        # date-time matching.
+        item = SOPClassExtendedNegotiation()
+        item.sop_class_uid = model
+        item.service_class_application_information = b"\x00\x01"
+        ext_neg.append(item)
     assoc = ae.associate(
-        args.host, args.port, ae_title=args.aec, evt_handlers=[(evt.EVT_DIMSE_RECV, on_receive)]
+        args.host,
+        args.port,
+        ae_title=args.aec,
+        ext_neg=ext_neg or None,
+        evt_handlers=[(evt.EVT_DIMSE_RECV, on_receive)],
     )
     if not assoc.is_established:
         print(json.dumps(result))
         return
     result["associated"] = True
+    # What the acceptor answered to the extended negotiation, per SOP class.
+    result["extended_negotiation"] = {
+        str(uid): info.hex() for uid, info in assoc.acceptor.sop_class_extended.items()
+    }
     context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == model)
     context_id = context.context_id
     transfer_syntax = context.transfer_syntax[0]

@@ -174,6 +174,9 @@ pub struct PyOutput {
     /// Each pending identifier as keyword (or `gggg,eeee`) → value
     /// (`\`-joined, `""` when empty).
     pub responses: Vec<BTreeMap<String, String>>,
+    /// The acceptor's SOP class extended negotiation answers: SOP class
+    /// UID → the bytes in hex.
+    pub extended_negotiation: BTreeMap<String, String>,
     /// Raw stdout and stderr, for messages.
     pub log: String,
 }
@@ -212,6 +215,9 @@ pub struct PyRequest<'a> {
     pub cancel_after: Option<usize>,
     /// Transfer syntax to propose (default: Implicit VR Little Endian).
     pub transfer_syntax: Option<&'a str>,
+    /// Ask for combined date-time matching by SOP class extended
+    /// negotiation (PS3.4 C.5.1.1.1).
+    pub combined_date_time: bool,
 }
 
 impl<'a> PyRequest<'a> {
@@ -223,6 +229,7 @@ impl<'a> PyRequest<'a> {
             charset: None,
             cancel_after: None,
             transfer_syntax: None,
+            combined_date_time: false,
         }
     }
 }
@@ -244,6 +251,9 @@ pub fn py_find(addr: SocketAddr, called_ae: &str, request: &PyRequest<'_>) -> Py
     }
     if let Some(ts) = request.transfer_syntax {
         command.args(["--transfer-syntax", ts]);
+    }
+    if request.combined_date_time {
+        command.arg("--combined-datetime");
     }
     for (key, value) in request.keys {
         command.arg("--key").arg(format!("{key}={value}"));
@@ -288,6 +298,13 @@ fn parse_py_json(stdout: &str, log: String) -> PyOutput {
             .filter_map(|s| s.number().map(|n| n as u32))
             .collect(),
         responses,
+        extended_negotiation: match field("extended_negotiation") {
+            Json::Object(entries) => entries
+                .iter()
+                .map(|(k, v)| (k.clone(), v.string().unwrap_or_default().to_string()))
+                .collect(),
+            _ => BTreeMap::new(),
+        },
         log,
     }
 }

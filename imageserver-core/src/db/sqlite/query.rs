@@ -270,6 +270,9 @@ impl Entry {
             Some(Matcher::Range { from, to }) => {
                 key.attribute == Attribute::StudyDate && (from.is_some() || to.is_some())
             }
+            Some(Matcher::DateTimeRange { from, to }) => {
+                key.attribute == Attribute::StudyDate && (from.is_some() || to.is_some())
+            }
             Some(Matcher::Universal) | None => false,
         };
         if !indexed {

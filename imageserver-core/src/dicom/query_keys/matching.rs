@@ -147,3 +147,39 @@ fn check_integer(value: &str) -> Result<(), &'static str> {
     }
     Ok(())
 }
+
+/// Combined date-time matching (PS3.4 C.2.2.2.5): a date range key and its
+/// paired time key ([`Attribute::paired_time`], a single value or a range)
+/// become one [`Matcher::DateTimeRange`] on the date key, from the lower
+/// date at the lower time to the upper date at the upper time; the time key
+/// is then universal (still returned). Any other pair (a single date, a
+/// universal date or time, a list) matches as before: for a single date
+/// the combined range and the separate ones are the same. C-FIND applies
+/// this when the SCU negotiated it; QIDO-RS always (PS3.18 8.3.4.6.2).
+pub fn combine_date_time(keys: &mut [Key]) {
+    for date_index in 0..keys.len() {
+        let Some(time_attribute) = keys[date_index].attribute.paired_time() else {
+            continue;
+        };
+        let Matcher::Range { from, to } = &keys[date_index].matcher else {
+            continue;
+        };
+        let Some(time_index) = keys.iter().position(|k| k.attribute == time_attribute) else {
+            continue;
+        };
+        let (time_from, time_to) = match &keys[time_index].matcher {
+            Matcher::Single(t) => (Some(t.clone()), Some(t.clone())),
+            Matcher::Range { from, to } => (from.clone(), to.clone()),
+            _ => continue,
+        };
+        let bound = |date: &Option<String>, time: Option<String>| {
+            date.clone().map(|date| DateTimeBound { date, time })
+        };
+        let combined = Matcher::DateTimeRange {
+            from: bound(from, time_from),
+            to: bound(to, time_to),
+        };
+        keys[date_index].matcher = combined;
+        keys[time_index].matcher = Matcher::Universal;
+    }
+}

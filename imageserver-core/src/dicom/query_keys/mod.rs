@@ -22,8 +22,11 @@
 //!   a single value (that matches nothing), a DA or TM value must be a valid
 //!   date/time (or range of them) or the query fails with C000. Wildcards
 //!   inside a multi-valued key are refused (C000) rather than matched
-//!   literally. Date and time ranges are matched independently: combined
-//!   date-time matching needs extended negotiation, which we do not offer.
+//!   literally. Date and time ranges are matched independently, unless
+//!   the SCU negotiated combined date-time matching (SOP class extended
+//!   negotiation, [`ParseOptions::combined_date_time`]): then a date range
+//!   and its paired time are one range ([`combine_date_time`], PS3.4
+//!   C.2.2.2.5).
 //!   A value on a count attribute (NumberOf…) cannot be matched: it is
 //!   returned as if universal and the query answers "pending, optional keys
 //!   not supported" (FF01).
@@ -32,7 +35,9 @@
 //!   value (Patient Root: PatientID; both roots: StudyInstanceUID above
 //!   SERIES, SeriesInstanceUID above IMAGE); a known attribute of a level
 //!   below the query level is an error. Both give A900 with the offending
-//!   tag.
+//!   tag. One leniency, as other archives have it: Modality (0008,0060) in
+//!   a STUDY-level query is read as ModalitiesInStudy and answered under
+//!   the tag asked.
 //! - Elements the index does not know (sequences, private and other
 //!   attributes) are remembered and returned zero-length in every response;
 //!   their presence makes pendings FF01. Only the first
@@ -71,7 +76,7 @@ use crate::dicom::dimse::Status;
 use crate::dicom::part10::walker::value_unit;
 use crate::model::error_chain;
 use crate::model::query::{
-    Attribute, Key, Kind, Level, Match, Matcher, Query, Root, MAX_LIST_VALUES,
+    Attribute, DateTimeBound, Key, Kind, Level, Match, Matcher, Query, Root, MAX_LIST_VALUES,
 };
 use crate::model::PartitionId;
 
@@ -88,6 +93,10 @@ pub struct ParseOptions<'a> {
     /// (zero-length, the first in tag order); the rest are left out. Any
     /// of them makes pendings FF01 all the same.
     pub max_echoed_unsupported: usize,
+    /// The SCU negotiated combined date-time matching (PS3.4 C.2.2.2.5)
+    /// for the SOP class: date and time range keys match as one range
+    /// ([`combine_date_time`]).
+    pub combined_date_time: bool,
 }
 
 /// One element of every response, in the request's (tag) order.
@@ -99,6 +108,9 @@ enum Requested {
     RetrieveAeTitle,
     /// An element the index does not know: returned zero-length.
     Unsupported(Tag, VR),
+    /// Modality (0008,0060) in a study-level query, read as
+    /// ModalitiesInStudy and answered with its value under the tag asked.
+    ModalityAsModalitiesInStudy,
 }
 
 /// A parsed C-FIND identifier.
@@ -330,14 +342,28 @@ pub fn parse_identifier(
             unsupported += 1;
             continue;
         };
+        let values = element_values(element);
+        if attribute == Attribute::Modality && level == Level::Study {
+            // As other archives do: a study-level Modality key is the
+            // study's modalities (PS3.4 has it at SERIES level only).
+            let (matcher, _) = parse_matcher(Attribute::ModalitiesInStudy, &values)?;
+            keys.push(Key {
+                attribute: Attribute::ModalitiesInStudy,
+                matcher,
+            });
+            requested.push(Requested::ModalityAsModalitiesInStudy);
+            continue;
+        }
         if attribute.level_in(root) > level {
             return Err(QueryKeyError::BelowLevel { attribute, level });
         }
-        let values = element_values(element);
         let (matcher, ignored) = parse_matcher(attribute, &values)?;
         ignored_matching |= ignored;
         keys.push(Key { attribute, matcher });
         requested.push(Requested::Attribute(attribute));
+    }
+    if options.combined_date_time {
+        combine_date_time(&mut keys);
     }
 
     for above in levels(root).iter().filter(|l| **l < level) {
@@ -643,6 +669,6 @@ mod response;
 #[cfg(test)]
 mod tests;
 
-pub use matching::parse_matcher;
+pub use matching::{combine_date_time, parse_matcher};
 use response::dictionary_vr;
 pub use response::{encode_response, EncodeError};

@@ -132,6 +132,12 @@ pub fn encode_response(
                 &parsed.retrieve_ae_title,
             )),
             Requested::Unsupported(tag, vr) => object.put(empty_element(*tag, *vr)),
+            Requested::ModalityAsModalitiesInStudy => {
+                object.put(match found.get(Attribute::ModalitiesInStudy) {
+                    Some(value) => text_element(tags::MODALITY, VR::CS, value),
+                    None => empty_element(tags::MODALITY, VR::CS),
+                })
+            }
             Requested::Attribute(_) => None,
         };
     }

@@ -41,6 +41,7 @@ fn options() -> ParseOptions<'static> {
         limit: Some(11),
         retrieve_ae_title: OUR_AE,
         max_echoed_unsupported: 64,
+        combined_date_time: false,
     }
 }
 
@@ -354,10 +355,12 @@ fn hierarchy_rules() {
             a900,
             Some(A::StudyInstanceUid),
         ),
+        // A study-level Modality is read as ModalitiesInStudy.
+        (Root::Patient, "STUDY", vec![modality, pid], None, None),
         (
             Root::Patient,
-            "STUDY",
-            vec![modality, pid],
+            "PATIENT",
+            vec![modality],
             a900,
             Some(A::Modality),
         ),
@@ -371,13 +374,7 @@ fn hierarchy_rules() {
             None,
             None,
         ),
-        (
-            Root::Study,
-            "STUDY",
-            vec![modality],
-            a900,
-            Some(A::Modality),
-        ),
+        (Root::Study, "STUDY", vec![modality], None, None),
         (
             Root::Study,
             "STUDY",
@@ -591,6 +588,7 @@ fn only_the_first_unsupported_keys_are_echoed() {
     // None echoed: still FF01.
     let none = ParseOptions {
         max_echoed_unsupported: 0,
+        combined_date_time: false,
         ..options()
     };
     let mut all = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY")];
@@ -876,4 +874,139 @@ fn character_sets() {
         response_character_set(Some("\\ISO 2022 IR 100"), &["Müller"]).as_deref(),
         Some("ISO_IR 100")
     );
+}
+
+#[test]
+fn a_study_level_modality_is_read_as_modalities_in_study() {
+    use Attribute as A;
+    let parsed = parse(
+        Root::Study,
+        "STUDY",
+        &[(tag_of(A::Modality), VR::CS, "CT\\MR")],
+    )
+    .unwrap();
+    assert_eq!(
+        parsed.query.keys,
+        vec![Key {
+            attribute: A::ModalitiesInStudy,
+            matcher: list(&["CT", "MR"]),
+        }]
+    );
+    assert!(!parsed.optional_keys_unsupported());
+    // Answered under the tag asked, with the study's modalities.
+    let found = Match {
+        values: vec![
+            (A::ModalitiesInStudy, Some("CT\\SR".into())),
+            (A::StudyInstanceUid, Some("1.2.3".into())),
+        ],
+    };
+    let response = read(
+        &encode_response(&parsed, &found, EXPLICIT_LE).unwrap(),
+        EXPLICIT_LE,
+    );
+    assert_eq!(text(&response, tags::MODALITY).as_deref(), Some("CT\\SR"));
+    assert!(response.element(tag_of(A::ModalitiesInStudy)).is_err());
+    // At SERIES level it is the series' own modality.
+    let parsed = parse(
+        Root::Study,
+        "SERIES",
+        &[
+            (tag_of(A::Modality), VR::CS, "CT"),
+            (tag_of(A::StudyInstanceUid), VR::UI, STUDY_UID),
+        ],
+    )
+    .unwrap();
+    assert_eq!(parsed.query.keys[0].attribute, A::Modality);
+}
+
+#[test]
+fn combined_date_time_only_when_negotiated() {
+    use Attribute as A;
+    let elements = [
+        (tag_of(A::StudyDate), VR::DA, "20240101-20240131"),
+        (tag_of(A::StudyTime), VR::TM, "1000-1800"),
+    ];
+    let mut all = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY")];
+    all.extend_from_slice(&elements);
+    let bytes = identifier(EXPLICIT_LE, &all);
+    let separate =
+        parse_identifier(&bytes, EXPLICIT_LE, Root::Study, PARTITION, &options()).unwrap();
+    assert_eq!(
+        separate.query.keys[0].matcher,
+        range(Some("20240101"), Some("20240131"))
+    );
+    let combined_options = ParseOptions {
+        combined_date_time: true,
+        ..options()
+    };
+    let combined = parse_identifier(
+        &bytes,
+        EXPLICIT_LE,
+        Root::Study,
+        PARTITION,
+        &combined_options,
+    )
+    .unwrap();
+    let bound = |date: &str, time: &str| {
+        Some(DateTimeBound {
+            date: date.into(),
+            time: Some(time.into()),
+        })
+    };
+    assert_eq!(
+        combined.query.keys,
+        vec![
+            Key {
+                attribute: A::StudyDate,
+                matcher: Matcher::DateTimeRange {
+                    from: bound("20240101", "1000"),
+                    to: bound("20240131", "1800"),
+                },
+            },
+            Key {
+                attribute: A::StudyTime,
+                matcher: Matcher::Universal,
+            },
+        ]
+    );
+}
+
+#[test]
+fn combined_date_time_pairs() {
+    use Attribute as A;
+    let key = |attribute, matcher| Key { attribute, matcher };
+    // Open ends; a single time bounds both ends.
+    let mut keys = vec![
+        key(A::SeriesDate, range(None, Some("20240131"))),
+        key(A::SeriesTime, single("12")),
+    ];
+    combine_date_time(&mut keys);
+    assert_eq!(
+        keys[0].matcher,
+        Matcher::DateTimeRange {
+            from: None,
+            to: Some(DateTimeBound {
+                date: "20240131".into(),
+                time: Some("12".into())
+            }),
+        }
+    );
+    assert_eq!(keys[1].matcher, Matcher::Universal);
+    // A single date, a universal time, a time list: matched separately.
+    for (date, time) in [
+        (single("20240101"), range(Some("10"), Some("12"))),
+        (range(Some("20240101"), None), Matcher::Universal),
+        (range(Some("20240101"), None), list(&["10", "12"])),
+    ] {
+        let mut keys = vec![
+            key(A::StudyDate, date.clone()),
+            key(A::StudyTime, time.clone()),
+        ];
+        combine_date_time(&mut keys);
+        assert_eq!(keys, vec![key(A::StudyDate, date), key(A::StudyTime, time)]);
+    }
+    // Dates without a paired time are left alone.
+    let mut keys = vec![key(A::PatientBirthDate, range(Some("19700101"), None))];
+    combine_date_time(&mut keys);
+    assert_eq!(keys[0].matcher, range(Some("19700101"), None));
 }
