@@ -502,6 +502,15 @@ mod tests {
         super::MOVE_STUDY,
         super::RESIZE_STUDY,
         super::COMPLETE_EDIT,
+        crate::db::archive::RECORD_ARCHIVE,
+        crate::db::archive::ARCHIVE_ENTRY,
+        crate::db::archive::FORGET_ARCHIVE,
+        crate::db::archive::INSERT_ARCHIVE_ROOT,
+        crate::db::archive::ARCHIVE_ROOT_MARKER,
+        crate::db::archive::ARCHIVE_CANDIDATES,
+        crate::db::archive::PURGE_CANDIDATES,
+        crate::db::archive::SWITCH_TO_NEARLINE,
+        crate::db::archive::SWITCH_FROM_NEARLINE,
     ];
 
     /// The placeholders `$1..$n` in order of first appearance, so SQLite

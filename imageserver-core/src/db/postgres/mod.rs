@@ -45,6 +45,7 @@
 //! `statement_timeout_secs`.
 
 mod admin;
+mod archive;
 #[cfg(feature = "sqlite")]
 mod copy;
 mod ingest;
@@ -85,6 +86,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("migrations/0006_filesystem_capacity_marker.sql"),
     ),
     (7, include_str!("migrations/0007_nodes.sql")),
+    (10, include_str!("migrations/0010_archive.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).
