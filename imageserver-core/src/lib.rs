@@ -35,6 +35,7 @@ compile_error!(
     "imageserver-core needs an index backend: enable feature `sqlite`, `postgres` or both"
 );
 
+pub mod archive;
 pub mod audit;
 pub mod cluster;
 pub mod config;

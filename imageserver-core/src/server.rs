@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::archive::ArchiveRoot;
 use crate::audit::event::types;
 use crate::audit::{
     Action, AuditError, AuditEvent, Auditor, EventKind, Outcome, Participant, Role,
@@ -28,7 +29,7 @@ use crate::services::find::Find;
 use crate::services::import::{self, FileOutcome, ImportSummary};
 use crate::services::retrieve::Retrieve;
 use crate::services::studies::Reconcile;
-use crate::services::studies::Studies;
+use crate::services::studies::{Hsm, Studies};
 use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::placement::{FilesystemStates, Tiered};
@@ -289,6 +290,15 @@ impl ServerBuilder {
             Some(settings) => Auditor::start(settings.clone(), database.clone())?,
             None => Auditor::disabled(),
         };
+        let placement = Arc::new(Tiered {
+            min_free_bytes: self.settings.min_free_bytes,
+            states: filesystem_states.clone(),
+        });
+        let hsm = Hsm::new(
+            self.settings.archive.root.clone().map(ArchiveRoot::new),
+            placement.clone(),
+            self.settings.archive.max_concurrent_restores,
+        );
         let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone())
             .recording_access(database.clone());
         let mut processors = match self.processors {
@@ -297,7 +307,8 @@ impl ServerBuilder {
                 let mut registry = Registry::new();
                 let deps = BuiltinDeps {
                     studies: Studies::new(database.clone(), storage.clone())
-                        .with_auditor(auditor.clone()),
+                        .with_auditor(auditor.clone())
+                        .with_hsm(hsm.clone()),
                     db: database.clone(),
                     partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
                     rules: self.rules,
@@ -318,10 +329,6 @@ impl ServerBuilder {
             .workqueue
             .apply_kind_overrides(&mut processors)?;
         let study_process_wake = Arc::new(OnceLock::new());
-        let placement = Arc::new(Tiered {
-            min_free_bytes: self.settings.min_free_bytes,
-            states: filesystem_states.clone(),
-        });
         let ingest = Ingest::with_placement(
             index.clone(),
             storage.clone(),
@@ -351,6 +358,7 @@ impl ServerBuilder {
             processors,
             study_process_wake,
             filesystem_states,
+            hsm,
         })
     }
 }
@@ -389,6 +397,8 @@ pub struct Archive {
     /// What placement knows of each filesystem (markers, bytes held),
     /// refreshed by the server's [`crate::tiering::Monitor`].
     filesystem_states: Arc<FilesystemStates>,
+    /// The HSM archive's root, restore placement and limit.
+    hsm: Hsm,
 }
 
 impl Archive {
@@ -435,7 +445,9 @@ impl Archive {
     /// archive takes them through [`Archive::work_queue`] and
     /// [`crate::processors::StudyRequest`] instead.
     pub fn studies(&self) -> Studies {
-        Studies::new(self.database.clone(), self.storage.clone()).with_auditor(self.auditor.clone())
+        Studies::new(self.database.clone(), self.storage.clone())
+            .with_auditor(self.auditor.clone())
+            .with_hsm(self.hsm.clone())
     }
 
     /// The audit trail: where an embedder records events of its own.

@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::model::FilesystemSpec;
 
+mod archive;
 mod audit;
 mod database;
 mod dicom;
@@ -28,6 +29,7 @@ mod node;
 mod storage;
 mod workqueue;
 
+pub use archive::{ArchiveConfig, ArchiveSettings, ServicesConfig, ServicesSettings};
 pub use audit::AuditConfig;
 pub use database::DatabaseConfig;
 pub use dicom::{DeviceConfig, DicomConfig, PartitionConfig, PartitionSettings};
@@ -114,6 +116,10 @@ pub struct Config {
     pub http: HttpConfig,
     /// The IHE ATNA audit trail (`[audit]`).
     pub audit: AuditConfig,
+    /// The HSM archive (`[archive]`).
+    pub archive: ArchiveConfig,
+    /// The scheduled services (`[services]`).
+    pub services: ServicesConfig,
 }
 
 impl Default for Config {
@@ -134,6 +140,8 @@ impl Default for Config {
             node: NodeConfig::default(),
             http: HttpConfig::default(),
             audit: AuditConfig::default(),
+            archive: ArchiveConfig::default(),
+            services: ServicesConfig::default(),
         }
     }
 }
@@ -188,6 +196,10 @@ pub struct Settings {
     pub http: HttpSettings,
     /// The audit trail, None when `[audit]` is not enabled.
     pub audit: Option<crate::audit::AuditSettings>,
+    /// The HSM archive.
+    pub archive: ArchiveSettings,
+    /// The scheduled services.
+    pub services: ServicesSettings,
 }
 
 impl Settings {
@@ -247,6 +259,8 @@ impl Config {
             node: self.node.validate()?,
             http: self.http.validate()?,
             audit: self.audit.validate(&self.data_dir, &self.dicom.ae_title)?,
+            archive: self.archive.validate()?,
+            services: self.services.validate(),
         })
     }
 }

@@ -60,7 +60,8 @@ pub trait ArchiveStore: Send + Sync {
 
     /// Online studies of `partition` quiet since `quiet_before_ms` (no
     /// instance arrived after it) whose current content no pack holds and
-    /// no open `archive_study` item names, oldest first, at most `limit`.
+    /// no open `archive_study` or `delete_study` item names (a study a rule
+    /// deletes is not archived), oldest first, at most `limit`.
     fn archive_candidates(
         &self,
         partition: PartitionId,
@@ -144,7 +145,8 @@ pub(crate) const ARCHIVE_CANDIDATES: &str = "SELECT ss.partition_id, ss.study_ui
                          AND ae.instances = st.num_instances
                          AND ae.instance_bytes = st.size_bytes)
        AND NOT EXISTS (SELECT 1 FROM work_queue w
-                       WHERE w.study_storage_id = ss.id AND w.type = 'archive_study'
+                       WHERE w.study_storage_id = ss.id
+                         AND w.type IN ('archive_study', 'delete_study')
                          AND w.status IN ('idle', 'pending', 'in_progress'))
      ORDER BY st.updated_at, ss.id
      LIMIT $3";

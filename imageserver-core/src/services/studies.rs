@@ -47,21 +47,27 @@
 //! - **Send**: read-only; the outcome lists the UIDs that failed, which is
 //!   what a retry sends again.
 
+mod archive;
 mod check;
 mod delete;
 mod edit;
 mod files;
 mod metadata;
 mod migrate;
+mod purge;
 mod reconcile;
 mod reprocess;
+mod restore;
 mod send;
 
+pub use archive::{ArchiveReport, Hsm, ARCHIVE_FAULT_PAUSE_ENV};
 pub use check::{DigestCheck, Finding, IntegrityReport};
 pub use delete::{DeleteOutcome, DeleteReport};
 pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
+pub use purge::PurgeReport;
 pub use reconcile::{Decision, Reconcile, ReconcileCase};
 pub use reprocess::ReprocessReport;
+pub use restore::RestoreReport;
 pub use send::SendReport;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -182,6 +188,25 @@ pub enum StudyError {
     /// The study lives on a filesystem the index does not list.
     #[error("filesystem {0:?} is unknown to the index")]
     UnknownFilesystem(FilesystemId),
+    /// No archive root is configured (`[archive] path`).
+    #[error("no archive is configured ([archive] path)")]
+    NoArchive,
+    /// The study has no pack (archive it first).
+    #[error("study {0} is not archived")]
+    NotArchived(Uid),
+    /// The study's pack does not hold its current content (instances
+    /// arrived after it was packed): archive it again first.
+    #[error("study {0} changed since it was archived")]
+    StaleArchive(Uid),
+    /// As many restores as allowed run already: try again shortly.
+    #[error("the restore of study {0} waits for a restore slot")]
+    RestoreBusy(Uid),
+    /// No writable filesystem can take a restored study.
+    #[error("no writable filesystem has room for the study")]
+    NoRoom,
+    /// An archive pack could not be written or read.
+    #[error("archive failure")]
+    Archive(#[from] crate::archive::ArchiveError),
     /// The index failed.
     #[error("index failure")]
     Index(#[from] db::Error),
@@ -216,6 +241,7 @@ pub struct Studies {
     storage: Arc<dyn StorageBackend>,
     sends: SendLimits,
     auditor: Auditor,
+    hsm: archive::Hsm,
 }
 
 impl Studies {
@@ -226,6 +252,7 @@ impl Studies {
             db,
             storage,
             auditor: Auditor::disabled(),
+            hsm: archive::Hsm::default(),
         }
     }
 

@@ -1,9 +1,8 @@
 //! The backend-agnostic checks of [`ArchiveStore`]: both backends run
 //! [`run_all`] on a fresh database.
 
-use crate::db::archive::{ArchiveEntry, ArchiveStore};
+use crate::db::archive::ArchiveEntry;
 use crate::db::fixtures::{self, uid, Scope};
-use crate::db::studies::StudyStore;
 use crate::db::Database;
 
 /// Runs every check.
