@@ -29,7 +29,7 @@ use crate::services::find::Find;
 use crate::services::import::{self, FileOutcome, ImportSummary};
 use crate::services::retrieve::Retrieve;
 use crate::services::studies::Reconcile;
-use crate::services::studies::{Hsm, Studies};
+use crate::services::studies::{Hsm, Restorer, Studies};
 use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::placement::{FilesystemStates, Tiered};
@@ -299,8 +299,19 @@ impl ServerBuilder {
             placement.clone(),
             self.settings.archive.max_concurrent_restores,
         );
+        // The engine's handle, once a server starts one: StudyProcess
+        // items are woken and restores run through it.
+        let study_process_wake = Arc::new(OnceLock::new());
+        let restorer = Restorer::new(
+            Studies::new(database.clone(), storage.clone())
+                .with_auditor(auditor.clone())
+                .with_hsm(hsm.clone()),
+            study_process_wake.clone(),
+            self.settings.archive.restore_wait,
+        );
         let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone())
-            .recording_access(database.clone());
+            .recording_access(database.clone())
+            .restoring(restorer.clone());
         let mut processors = match self.processors {
             Some(processors) => processors,
             None => {
@@ -328,7 +339,6 @@ impl ServerBuilder {
         self.settings
             .workqueue
             .apply_kind_overrides(&mut processors)?;
-        let study_process_wake = Arc::new(OnceLock::new());
         let ingest = Ingest::with_placement(
             index.clone(),
             storage.clone(),
@@ -346,7 +356,8 @@ impl ServerBuilder {
             max_instance_bytes: self.settings.max_instance_bytes,
             max_header_bytes: self.settings.max_header_bytes,
             min_free_bytes: self.settings.min_free_bytes,
-        });
+        })
+        .with_restorer(restorer);
         Ok(Archive {
             auditor,
             database,

@@ -57,3 +57,5 @@ mod audit;
 mod tiering;
 // migrate_study under kill -9 at each step: one complete location, nothing left behind, byte-identical retrieves.
 mod tiering_migrate;
+// The HSM archive: archive, purge to nearline, restore by C-MOVE and by a new instance, kill -9 mid-way.
+mod archive;

@@ -25,6 +25,9 @@ pub struct ArchiveConfig {
     pub partitions: Vec<String>,
     /// Most restores running at once in one process (default 2).
     pub max_concurrent_restores: usize,
+    /// How long a retrieve or a store waits for a nearline study's
+    /// restore before it gives up (default 1800 s; the restore goes on).
+    pub restore_wait_secs: u64,
 }
 
 impl Default for ArchiveConfig {
@@ -34,6 +37,7 @@ impl Default for ArchiveConfig {
             after_quiet_hours: 24.0,
             partitions: Vec::new(),
             max_concurrent_restores: 2,
+            restore_wait_secs: 1800,
         }
     }
 }
@@ -49,6 +53,8 @@ pub struct ArchiveSettings {
     pub partitions: Vec<String>,
     /// Most concurrent restores per process.
     pub max_concurrent_restores: usize,
+    /// How long a caller waits for a restore.
+    pub restore_wait: Duration,
 }
 
 impl ArchiveSettings {
@@ -82,6 +88,7 @@ impl ArchiveConfig {
             after_quiet: Duration::from_secs_f64(self.after_quiet_hours * 3600.0),
             partitions: self.partitions.clone(),
             max_concurrent_restores: self.max_concurrent_restores,
+            restore_wait: Duration::from_secs(self.restore_wait_secs.max(1)),
         })
     }
 }

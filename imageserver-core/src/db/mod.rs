@@ -215,7 +215,8 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         follow_up: Option<&FollowUp>,
     ) -> Result<Vec<InsertOutcome>, Error>;
 
-    /// Looks up one instance of a partition by SOP Instance UID.
+    /// Looks up one instance of a partition by SOP Instance UID (none while
+    /// its study is nearline: it has no file to read).
     fn instance(
         &self,
         partition: PartitionId,

@@ -202,7 +202,7 @@ pub(crate) const STUDY_DELETIONS: &str = "SELECT EXISTS (SELECT 1 FROM study_sto
 pub(crate) const INSTANCE: &str = concat!(
     instances!(),
     "
-     WHERE i.partition_id = $1 AND i.sop_instance_uid = $2"
+     WHERE i.partition_id = $1 AND i.sop_instance_uid = $2 AND ss.filesystem_id IS NOT NULL"
 );
 
 /// Row counts of partition `$1`, from the patients' counters.

@@ -67,7 +67,7 @@ pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
 pub use purge::PurgeReport;
 pub use reconcile::{Decision, Reconcile, ReconcileCase};
 pub use reprocess::ReprocessReport;
-pub use restore::RestoreReport;
+pub use restore::{RestoreReport, Restorer};
 pub use send::SendReport;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -201,6 +201,14 @@ pub enum StudyError {
     /// As many restores as allowed run already: try again shortly.
     #[error("the restore of study {0} waits for a restore slot")]
     RestoreBusy(Uid),
+    /// A restore a caller waited for failed or took too long.
+    #[error("study {study_uid} could not be restored: {reason}")]
+    RestoreFailed {
+        /// The study.
+        study_uid: Uid,
+        /// Why.
+        reason: String,
+    },
     /// No writable filesystem can take a restored study.
     #[error("no writable filesystem has room for the study")]
     NoRoom,

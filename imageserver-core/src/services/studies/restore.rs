@@ -15,9 +15,13 @@
 //! its files are verified. The pack stays: an unchanged study can be
 //! purged again without packing it again.
 
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use super::archive::fault_point;
 use super::*;
 use crate::archive::{self, ArchiveError};
+use crate::workqueue::WorkQueue;
 
 /// What a restore did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -214,5 +218,88 @@ impl Studies {
             source,
         })?;
         Ok(found_size == size && found == digest)
+    }
+}
+
+/// How often a waiting caller re-reads a restore's work item.
+const RESTORE_POLL: Duration = Duration::from_millis(200);
+
+/// Brings nearline studies online for a caller that needs their files now
+/// (a C-MOVE or C-GET, a C-STORE of another instance): through a
+/// `restore_study` item on the server's engine (under the study's write
+/// lock, within the restore limit), waited for; in a process without an
+/// engine, by restoring in place. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Restorer {
+    studies: Studies,
+    queue: Arc<OnceLock<WorkQueue>>,
+    timeout: Duration,
+}
+
+impl Restorer {
+    /// Restores with `studies`, through the engine once `queue` is set,
+    /// waiting at most `timeout` for each study.
+    pub fn new(studies: Studies, queue: Arc<OnceLock<WorkQueue>>, timeout: Duration) -> Restorer {
+        Restorer {
+            studies,
+            queue,
+            timeout,
+        }
+    }
+
+    /// Brings the study online if it is nearline: true when it was
+    /// restored, false when it was online (or unknown). `on_wait` is
+    /// called every poll while the restore runs (a retrieve sends pending
+    /// responses from it).
+    pub fn ensure_online(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+        on_wait: &mut dyn FnMut(),
+    ) -> Result<bool, StudyError> {
+        if !self.studies.is_nearline(partition, study_uid)? {
+            return Ok(false);
+        }
+        tracing::info!(%study_uid, "the study is nearline: restoring it first");
+        let Some(queue) = self.queue.get() else {
+            return self
+                .studies
+                .restore(partition, study_uid)
+                .map(|r| r.switched);
+        };
+        let item =
+            crate::processors::StudyRequest::Restore.work_item(partition.id, study_uid.clone());
+        let id = queue.enqueue(item).map_err(|e| StudyError::RestoreFailed {
+            study_uid: study_uid.clone(),
+            reason: crate::model::error_chain(&e),
+        })?;
+        let deadline = std::time::Instant::now() + self.timeout;
+        let failed = |reason: String| StudyError::RestoreFailed {
+            study_uid: study_uid.clone(),
+            reason,
+        };
+        loop {
+            let item = queue
+                .get(id)
+                .map_err(|e| failed(crate::model::error_chain(&e)))?
+                .ok_or_else(|| failed(format!("work item {id} was deleted")))?;
+            match item.status {
+                crate::model::work::WorkStatus::Completed => {
+                    return Ok(!self.studies.is_nearline(partition, study_uid)?)
+                }
+                crate::model::work::WorkStatus::Failed => {
+                    return Err(failed(item.failure_description.unwrap_or_default()))
+                }
+                _ => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(failed(format!(
+                    "not restored within {} s (work item {id} goes on)",
+                    self.timeout.as_secs()
+                )));
+            }
+            on_wait();
+            std::thread::sleep(RESTORE_POLL);
+        }
     }
 }
