@@ -20,6 +20,7 @@ mod audit_cmd;
 mod filesystem_cmd;
 mod nodes_cmd;
 mod reconcile_cmd;
+mod service_cmd;
 mod study_cmd;
 mod workqueue_cmd;
 
@@ -58,6 +59,9 @@ enum Command {
     Audit(audit_cmd::AuditArgs),
     /// Filesystems and tiers: list with usage, add, set (while servers run).
     Filesystem(filesystem_cmd::FilesystemArgs),
+    /// Scheduled services (watermark check, archive scan, integrity scan,
+    /// folder import): list them, run one now.
+    Service(service_cmd::ServiceArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -144,6 +148,7 @@ fn main() -> ExitCode {
         Command::Nodes(args) => nodes_cmd::nodes(args),
         Command::Audit(args) => audit_cmd::audit(args),
         Command::Filesystem(args) => filesystem_cmd::filesystem(args),
+        Command::Service(args) => service_cmd::service(args),
     };
     match result {
         Ok(code) => code,

@@ -44,6 +44,7 @@ pub mod dicom;
 pub mod model;
 pub mod processors;
 pub mod rules;
+pub mod scheduler;
 pub(crate) mod scp;
 pub mod server;
 pub mod services;

@@ -22,6 +22,9 @@ use crate::db::{self, Database, IndexStore, QueryStore};
 use crate::dicom::assoc::{Acceptor, AcceptorConfig};
 use crate::processors::{self, BuiltinDeps};
 use crate::rules::RuleSet;
+use crate::scheduler::{
+    ArchiveScan, FolderImport, IntegrityScan, ScheduledService, WatermarkCheck,
+};
 use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
 use crate::services::commit::StudyProcessHook;
 use crate::services::devices::{AdmissionRules, Devices};
@@ -522,6 +525,55 @@ impl Archive {
     pub fn processors(&self) -> &Registry {
         &self.processors
     }
+
+    /// The scheduled services (`[services]`), enqueuing through `queue`:
+    /// what a server's scheduler runs and `imageserver service run` names.
+    pub fn scheduled_services(&self, queue: WorkQueue) -> Vec<Arc<dyn ScheduledService>> {
+        let settings = &self.settings;
+        let partitions: Vec<Partition> = self
+            .partitions
+            .iter()
+            .map(|p| p.partition.clone())
+            .collect();
+        let mut services: Vec<Arc<dyn ScheduledService>> = vec![
+            Arc::new(WatermarkCheck {
+                db: self.database.clone(),
+                storage: self.storage.clone(),
+                watermarks: crate::tiering::Watermarks {
+                    db: self.database.clone(),
+                    queue: queue.clone(),
+                    batch: settings.migration_batch,
+                    stuck: Default::default(),
+                },
+                interval: Some(settings.filesystem_refresh),
+            }),
+            Arc::new(ArchiveScan {
+                db: self.database.clone(),
+                queue: queue.clone(),
+                partitions: partitions.clone(),
+                settings: settings.archive.clone(),
+                interval: settings.services.archive_scan,
+            }),
+            Arc::new(IntegrityScan {
+                db: self.database.clone(),
+                studies: self.studies(),
+                queue: queue.clone(),
+                partitions: partitions.clone(),
+                digest_studies: settings.services.integrity_digest_studies,
+                interval: settings.services.integrity_scan,
+                cursor: Default::default(),
+            }),
+        ];
+        if let Some(folder) = &settings.services.import_folder {
+            services.push(Arc::new(FolderImport {
+                folder: folder.clone(),
+                ingest: self.ingest.clone(),
+                partitions,
+                interval: settings.services.folder_import,
+            }));
+        }
+        services
+    }
 }
 
 /// Descriptors kept free for everything but connections: index
@@ -565,6 +617,8 @@ pub struct Server {
     metrics: Arc<crate::web::Metrics>,
     /// Re-reads the filesystems (rows, markers, usage) while it runs.
     filesystems: Option<crate::tiering::Monitor>,
+    /// Runs the scheduled services this node holds the lease of.
+    scheduler: Option<crate::scheduler::Scheduler>,
 }
 
 impl Server {
@@ -666,15 +720,8 @@ impl Server {
             archive.storage.clone(),
             archive.filesystem_states.clone(),
             settings.filesystem_refresh,
-            Some(crate::tiering::Watermarks {
-                db: archive.database.clone(),
-                queue: match &engine {
-                    Some(engine) => engine.handle(),
-                    None => archive.work_queue(),
-                },
-                batch: settings.migration_batch,
-                stuck: Default::default(),
-            }),
+            // The watermark service runs under the scheduler (one node).
+            None,
             Box::new(move || {
                 if let Err(e) = refreshed.refresh_filesystems() {
                     tracing::warn!(error = %crate::model::error_chain(&e), "cannot re-read the filesystems");
@@ -741,6 +788,25 @@ impl Server {
             metrics
         };
         let node = start_node(&archive, &acceptors, engine.as_ref().map(|_| processor_id))?;
+        let scheduler = if settings.services.enabled {
+            let queue = match &engine {
+                Some(engine) => engine.handle(),
+                None => archive.work_queue(),
+            };
+            Some(
+                crate::scheduler::Scheduler::start(
+                    archive.scheduled_services(queue),
+                    archive.database.clone(),
+                    node.id().to_string(),
+                )
+                .map_err(|source| Error::Thread {
+                    name: "scheduler",
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
         archive.audit_activity(types::APPLICATION_START);
         Ok(Server {
             archive,
@@ -752,6 +818,7 @@ impl Server {
             #[cfg(feature = "web")]
             metrics,
             filesystems: Some(filesystems),
+            scheduler,
         })
     }
 
@@ -835,6 +902,7 @@ impl Server {
     /// flight finish (at most `grace`), then commits what is queued, marks
     /// the node stopped and returns.
     pub fn shutdown(mut self, grace: Duration) {
+        drop(self.scheduler.take());
         drop(self.filesystems.take());
         #[cfg(feature = "web")]
         let web = self.web;

@@ -59,3 +59,5 @@ mod tiering;
 mod tiering_migrate;
 // The HSM archive: archive, purge to nearline, restore by C-MOVE and by a new instance, kill -9 mid-way.
 mod archive;
+// Scheduled services: folder import (a broken file set aside), archive scan, integrity scan, watermark purge.
+mod services;

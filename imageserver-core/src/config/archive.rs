@@ -108,6 +108,11 @@ pub struct ServicesConfig {
     /// Whether the scheduler runs at all in this process (default true; a
     /// cluster's nodes all may: a lease picks one per service).
     pub enabled: bool,
+    /// The drop folder: files put in `<import_folder>/<AE title>/` are
+    /// imported into that partition (none, the default: no folder import).
+    pub import_folder: Option<PathBuf>,
+    /// The folder import (default 10).
+    pub folder_import_secs: u64,
 }
 
 impl Default for ServicesConfig {
@@ -117,6 +122,8 @@ impl Default for ServicesConfig {
             integrity_scan_secs: 3600,
             integrity_digest_studies: 20,
             enabled: true,
+            import_folder: None,
+            folder_import_secs: 10,
         }
     }
 }
@@ -132,6 +139,10 @@ pub struct ServicesSettings {
     pub integrity_digest_studies: u64,
     /// Whether the scheduler runs.
     pub enabled: bool,
+    /// The drop folder (None: no folder import).
+    pub import_folder: Option<PathBuf>,
+    /// The folder import's interval (None: on request only).
+    pub folder_import: Option<Duration>,
 }
 
 impl ServicesConfig {
@@ -143,6 +154,8 @@ impl ServicesConfig {
             integrity_scan: every(self.integrity_scan_secs),
             integrity_digest_studies: self.integrity_digest_studies,
             enabled: self.enabled,
+            import_folder: self.import_folder.clone(),
+            folder_import: every(self.folder_import_secs),
         }
     }
 }

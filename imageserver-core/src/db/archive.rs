@@ -79,6 +79,12 @@ pub trait ArchiveStore: Send + Sync {
         limit: u64,
     ) -> Result<Vec<StudyCandidate>, Error>;
 
+    /// Online studies after storage row `after` (its key; 0: from the
+    /// first), by key, at most `limit`: (key, partition, study). The
+    /// integrity scan pages through them.
+    fn online_studies(&self, after: i64, limit: u64)
+        -> Result<Vec<(i64, PartitionId, Uid)>, Error>;
+
     /// A purge's switch: the study becomes nearline (no filesystem, state
     /// `nearline`), only while it is on `from`, not being deleted, and
     /// holds exactly `instances` instance rows of `bytes` bytes (what its
@@ -150,6 +156,11 @@ pub(crate) const ARCHIVE_CANDIDATES: &str = "SELECT ss.partition_id, ss.study_ui
                          AND w.status IN ('idle', 'pending', 'in_progress'))
      ORDER BY st.updated_at, ss.id
      LIMIT $3";
+
+/// See [`ArchiveStore::online_studies`] (`$1` after, `$2` limit).
+pub(crate) const ONLINE_STUDIES: &str = "SELECT id, partition_id, study_uid FROM study_storage
+     WHERE id > $1 AND filesystem_id IS NOT NULL AND state <> 'deleting'
+     ORDER BY id LIMIT $2";
 
 /// See [`ArchiveStore::purge_candidates`] (`$1` filesystem, `$2` limit).
 pub(crate) const PURGE_CANDIDATES: &str = "SELECT ss.partition_id, ss.study_uid, st.size_bytes

@@ -47,6 +47,17 @@ fn archive_purge_restore(db: &dyn Database) {
     assert_eq!(found, vec![(f.partition, study.clone(), bytes)]);
     assert!(db.purge_candidates(f.fs, 10).unwrap().is_empty());
     assert_eq!(db.archive_entry(f.partition, &study).unwrap(), None);
+    let listed = db.online_studies(0, 10_000).unwrap();
+    let (key, _, _) = listed
+        .iter()
+        .find(|(_, p, u)| *p == f.partition && *u == study)
+        .expect("an online study is listed")
+        .clone();
+    assert!(db
+        .online_studies(key, 10_000)
+        .unwrap()
+        .iter()
+        .all(|(k, _, _)| *k > key));
 
     let mut entry = ArchiveEntry {
         partition: f.partition,

@@ -119,6 +119,29 @@ impl ArchiveStore for PgIndex {
         })
     }
 
+    fn online_studies(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, PartitionId, Uid)>, Error> {
+        self.read("listing online studies", async |conn| {
+            let rows = sqlx::query(shared::ONLINE_STUDIES)
+                .bind(after)
+                .bind(signed(limit))
+                .fetch_all(&mut *conn)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("id")?,
+                        PartitionId(row.try_get("partition_id")?),
+                        row.uid("study_uid")?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
     fn switch_to_nearline(
         &self,
         partition: PartitionId,

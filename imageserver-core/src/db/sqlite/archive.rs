@@ -102,6 +102,20 @@ impl ArchiveStore for SqliteIndex {
         })
     }
 
+    fn online_studies(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, PartitionId, Uid)>, Error> {
+        self.read("listing online studies", |conn| {
+            let mut stmt = conn.prepare_cached(shared::ONLINE_STUDIES)?;
+            let found = stmt.query_map(params![after, signed(limit)], |r| {
+                Ok((r.get(0)?, PartitionId(r.get(1)?), r.uid("study_uid")?))
+            })?;
+            found.collect()
+        })
+    }
+
     fn switch_to_nearline(
         &self,
         partition: PartitionId,
