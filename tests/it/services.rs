@@ -189,6 +189,7 @@ fn scheduled_services_archive_purge_check_and_import() {
         .instance(&first[0].sop_instance_uid)
         .is_some();
     assert!(!first_study_online, "the archived study was not purged");
+
     let status = cli(root, archive, &["service", "run", "watermark"]);
     assert!(status.success(), "{status}");
 }

@@ -141,6 +141,11 @@ impl Studies {
     }
 
     fn checked_root(&self, root: &ArchiveRoot) -> Result<(), StudyError> {
+        // Two operations marking a fresh root at once would propose two
+        // markers: one at a time in this process (another process's is
+        // seen by the re-read below).
+        static MARKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = MARKING.lock().unwrap_or_else(|p| p.into_inner());
         let found = root.read_marker()?;
         let proposed = found.clone().unwrap_or_else(archive::new_marker);
         let path = root.path().to_string_lossy().into_owned();
@@ -152,6 +157,8 @@ impl Studies {
                 tracing::info!(root = %path, "archive root marked");
                 Ok(())
             }
+            // Another process marked it just now.
+            None if root.read_marker()?.as_ref() == Some(&recorded) => Ok(()),
             _ => Err(archive::ArchiveError::Unmounted {
                 path: root.path().to_path_buf(),
             }
