@@ -172,6 +172,17 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "the archive's packs are files only: the index and the studies are the caller's",
     ),
     (
+        "scheduler/",
+        &[
+            "crate::web",
+            "crate::scp",
+            "crate::dicom",
+            "rusqlite",
+            "sqlx",
+        ],
+        "scheduled services call services, the index's traits and the work queue: no DICOM wire, no SQL",
+    ),
+    (
         "audit/",
         &[
             "crate::scp",

@@ -186,7 +186,7 @@ impl Drop for Scheduler {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
