@@ -193,6 +193,26 @@ fn archived_purged_study_is_found_and_restored_by_c_move_and_by_a_new_instance()
         "integrity after the new instance:\n{check}"
     );
     assert_get(dir.path(), &server, uid, &corpus, "after the new instance");
+
+    // Deleted while nearline: restored, deleted, and its pack goes too.
+    cli_ok(dir.path(), server.archive(), &["study", "archive", uid]);
+    cli_ok(dir.path(), server.archive(), &["study", "purge", uid]);
+    cli_ok(
+        dir.path(),
+        server.archive(),
+        &["study", "delete", uid, "--reason", "test"],
+    );
+    assert!(
+        instance_files(&fs1).is_empty(),
+        "{:#?}",
+        instance_files(&fs1)
+    );
+    assert!(
+        packs(&archive_root).is_empty(),
+        "{:#?}",
+        packs(&archive_root)
+    );
+    assert_eq!(server.archive().index().counts().instances, 0);
 }
 
 /// One operation killed at `step`, finished after a restart: exactly one

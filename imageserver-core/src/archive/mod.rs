@@ -335,6 +335,15 @@ fn write_pack(
     })
 }
 
+/// Removes a pack durably; a missing one is not an error.
+pub fn remove_pack(path: &Path) -> Result<(), ArchiveError> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("remove", path, e)),
+    }
+}
+
 /// The size and BLAKE3 of a pack file.
 pub fn digest_pack(path: &Path) -> Result<(u64, String), ArchiveError> {
     let file = File::open(path).map_err(|e| io_error("open", path, e))?;

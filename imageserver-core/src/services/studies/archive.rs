@@ -258,6 +258,22 @@ impl Studies {
         })
     }
 
+    /// A deleted study's pack: the file removed, then its record (a crash
+    /// between leaves a record of a missing pack, which the delete's rerun
+    /// forgets).
+    pub(super) fn forget_pack(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+    ) -> Result<(), StudyError> {
+        if let Some(entry) = self.db.archive_entry(partition.id, study_uid)? {
+            archive::remove_pack(std::path::Path::new(&entry.path))?;
+            self.db.forget_archive(partition.id, study_uid)?;
+            tracing::info!(%study_uid, pack = %entry.path, "the deleted study's pack removed");
+        }
+        Ok(())
+    }
+
     /// The study's pack as recorded, which must hold its current content
     /// (`instances` rows of `bytes`), its root's marker checked.
     pub(super) fn current_pack(
