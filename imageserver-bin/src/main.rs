@@ -20,6 +20,7 @@ mod audit_cmd;
 mod filesystem_cmd;
 mod nodes_cmd;
 mod reconcile_cmd;
+mod service_cmd;
 mod study_cmd;
 mod user_cmd;
 mod workqueue_cmd;
@@ -62,6 +63,9 @@ enum Command {
     /// Users: hash a password for the configuration (`[[http.users]]` of
     /// the admin pages, `[[users]]` of DICOM User Identity).
     User(user_cmd::UserArgs),
+    /// Scheduled services (watermark check, archive scan, integrity scan,
+    /// folder import): list them, run one now.
+    Service(service_cmd::ServiceArgs),
 }
 
 /// Settings shared by every command that opens the archive.
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => audit_cmd::audit(args),
         Command::Filesystem(args) => filesystem_cmd::filesystem(args),
         Command::User(args) => user_cmd::user(args),
+        Command::Service(args) => service_cmd::service(args),
     };
     match result {
         Ok(code) => code,

@@ -70,6 +70,18 @@ enum StudyCommand {
     /// verified, switched in one transaction, then the source removed.
     /// Safe to run again after an interruption.
     Migrate(MigrateArgs),
+    /// Pack a study into the archive (`[archive] path`): one tar file with
+    /// a manifest of every instance's digest, fsync'd, then recorded,
+    /// through an archive_study work item (--now: in this process).
+    Archive(ReprocessArgs),
+    /// Make an archived study nearline: its online files removed, its
+    /// index rows kept (C-FIND still finds it), through a purge_study work
+    /// item (--now: in this process).
+    Purge(ReprocessArgs),
+    /// Bring a nearline study back online from its pack, verified against
+    /// the manifest's digests, through a restore_study work item (--now:
+    /// in this process).
+    Restore(ReprocessArgs),
 }
 
 #[derive(Args, Debug)]
@@ -246,6 +258,9 @@ pub fn study(args: StudyArgs) -> Result<ExitCode> {
         StudyCommand::Check(args) => check(args),
         StudyCommand::History(args) => history(args),
         StudyCommand::Migrate(args) => migrate(args),
+        StudyCommand::Archive(args) => hsm(args, StudyRequest::Archive),
+        StudyCommand::Purge(args) => hsm(args, StudyRequest::Purge),
+        StudyCommand::Restore(args) => hsm(args, StudyRequest::Restore),
     }
 }
 
@@ -525,6 +540,56 @@ fn reprocess(args: ReprocessArgs) -> Result<ExitCode> {
     );
     for (path, reason) in &report.skipped {
         println!("  skipped {}: {reason}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `study archive|purge|restore`.
+fn hsm(args: ReprocessArgs, request: StudyRequest) -> Result<ExitCode> {
+    let opened = open(&args.target.archive)?;
+    let partition = partition(&opened.archive, args.target.partition.as_deref())?;
+    let uid = study_uid(&args.target.study_uid)?;
+    if args.mode.queued() {
+        return enqueue(&opened, partition, &uid, request, args.mode);
+    }
+    let studies = &opened.studies;
+    let p = &partition.partition;
+    match request {
+        StudyRequest::Archive => {
+            let report = studies.archive(p, &uid).map_err(unknown)?;
+            if report.written {
+                println!(
+                    "study {uid} archived: {} instances ({} bytes) in {} ({} bytes)",
+                    report.instances,
+                    report.instance_bytes,
+                    report.path.display(),
+                    report.pack_bytes
+                );
+            } else {
+                println!(
+                    "study {uid} is archived already in {}",
+                    report.path.display()
+                );
+            }
+        }
+        StudyRequest::Purge => {
+            let report = studies.purge(p, &uid).map_err(unknown)?;
+            println!(
+                "study {uid} is nearline: {} online files removed ({} bytes freed)",
+                report.removed, report.bytes
+            );
+        }
+        _ => {
+            let report = studies.restore(p, &uid).map_err(unknown)?;
+            if report.switched {
+                println!(
+                    "study {uid} restored: {} files ({} bytes) written and verified",
+                    report.written, report.bytes
+                );
+            } else {
+                println!("study {uid} is online");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -35,6 +35,7 @@ compile_error!(
     "imageserver-core needs an index backend: enable feature `sqlite`, `postgres` or both"
 );
 
+pub mod archive;
 pub mod audit;
 pub mod cluster;
 pub mod config;
@@ -43,6 +44,7 @@ pub mod dicom;
 pub mod model;
 pub mod processors;
 pub mod rules;
+pub mod scheduler;
 pub(crate) mod scp;
 pub mod server;
 pub mod services;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::archive::ArchiveRoot;
 use crate::audit::event::types;
 use crate::audit::{
     Action, AuditError, AuditEvent, Auditor, EventKind, Outcome, Participant, Role,
@@ -25,6 +26,9 @@ use crate::dicom::transport::ServerTls;
 use crate::model::PartitionId;
 use crate::processors::{self, BuiltinDeps};
 use crate::rules::RuleSet;
+use crate::scheduler::{
+    ArchiveScan, FolderImport, IntegrityScan, ScheduledService, WatermarkCheck,
+};
 use crate::scp::{DevicePolicy, Dispatcher, ScpOptions};
 use crate::services::commit::StudyProcessHook;
 use crate::services::devices::{AdmissionRules, Devices};
@@ -32,7 +36,7 @@ use crate::services::find::Find;
 use crate::services::import::{self, FileOutcome, ImportSummary};
 use crate::services::retrieve::Retrieve;
 use crate::services::studies::Reconcile;
-use crate::services::studies::Studies;
+use crate::services::studies::{Hsm, Restorer, Studies};
 use crate::services::{Ingest, IngestLimits, Partition};
 use crate::storage::fs::FsStorage;
 use crate::storage::placement::{FilesystemStates, Tiered};
@@ -306,8 +310,28 @@ impl ServerBuilder {
             Some(settings) => Auditor::start(settings.clone(), database.clone())?,
             None => Auditor::disabled(),
         };
+        let placement = Arc::new(Tiered {
+            min_free_bytes: self.settings.min_free_bytes,
+            states: filesystem_states.clone(),
+        });
+        let hsm = Hsm::new(
+            self.settings.archive.root.clone().map(ArchiveRoot::new),
+            placement.clone(),
+            self.settings.archive.max_concurrent_restores,
+        );
+        // The engine's handle, once a server starts one: StudyProcess
+        // items are woken and restores run through it.
+        let study_process_wake = Arc::new(OnceLock::new());
+        let restorer = Restorer::new(
+            Studies::new(database.clone(), storage.clone())
+                .with_auditor(auditor.clone())
+                .with_hsm(hsm.clone()),
+            study_process_wake.clone(),
+            self.settings.archive.restore_wait,
+        );
         let retrieve = Retrieve::new(index.clone(), query.clone(), storage.clone())
-            .recording_access(database.clone());
+            .recording_access(database.clone())
+            .restoring(restorer.clone());
         let mut processors = match self.processors {
             Some(processors) => processors,
             None => {
@@ -315,7 +339,8 @@ impl ServerBuilder {
                 let deps = BuiltinDeps {
                     studies: Studies::new(database.clone(), storage.clone())
                         .with_auditor(auditor.clone())
-                        .with_device_tls(device_tls.clone()),
+                        .with_device_tls(device_tls.clone())
+                        .with_hsm(hsm.clone()),
                     db: database.clone(),
                     partitions: partitions.iter().map(|p| p.partition.clone()).collect(),
                     rules: self.rules.clone(),
@@ -335,11 +360,6 @@ impl ServerBuilder {
         self.settings
             .workqueue
             .apply_kind_overrides(&mut processors)?;
-        let study_process_wake = Arc::new(OnceLock::new());
-        let placement = Arc::new(Tiered {
-            min_free_bytes: self.settings.min_free_bytes,
-            states: filesystem_states.clone(),
-        });
         let ingest = Ingest::with_placement(
             index.clone(),
             storage.clone(),
@@ -357,7 +377,8 @@ impl ServerBuilder {
             max_instance_bytes: self.settings.max_instance_bytes,
             max_header_bytes: self.settings.max_header_bytes,
             min_free_bytes: self.settings.min_free_bytes,
-        });
+        })
+        .with_restorer(restorer);
         Ok(Archive {
             auditor,
             device_tls,
@@ -371,6 +392,7 @@ impl ServerBuilder {
             study_process_wake,
             filesystem_states,
             rules: self.rules,
+            hsm,
         })
     }
 }
@@ -413,6 +435,8 @@ pub struct Archive {
     filesystem_states: Arc<FilesystemStates>,
     /// The rules StudyProcess applies (for the admin API's dry run).
     rules: Option<Arc<RuleSet>>,
+    /// The HSM archive's root, restore placement and limit.
+    hsm: Hsm,
 }
 
 impl Archive {
@@ -462,6 +486,7 @@ impl Archive {
         Studies::new(self.database.clone(), self.storage.clone())
             .with_auditor(self.auditor.clone())
             .with_device_tls(self.device_tls.clone())
+            .with_hsm(self.hsm.clone())
     }
 
     /// The audit trail: where an embedder records events of its own.
@@ -543,6 +568,55 @@ impl Archive {
             dead_after: self.settings.node.dead_after,
         })
     }
+
+    /// The scheduled services (`[services]`), enqueuing through `queue`:
+    /// what a server's scheduler runs and `imageserver service run` names.
+    pub fn scheduled_services(&self, queue: WorkQueue) -> Vec<Arc<dyn ScheduledService>> {
+        let settings = &self.settings;
+        let partitions: Vec<Partition> = self
+            .partitions
+            .iter()
+            .map(|p| p.partition.clone())
+            .collect();
+        let mut services: Vec<Arc<dyn ScheduledService>> = vec![
+            Arc::new(WatermarkCheck {
+                db: self.database.clone(),
+                storage: self.storage.clone(),
+                watermarks: crate::tiering::Watermarks {
+                    db: self.database.clone(),
+                    queue: queue.clone(),
+                    batch: settings.migration_batch,
+                    stuck: Default::default(),
+                },
+                interval: Some(settings.filesystem_refresh),
+            }),
+            Arc::new(ArchiveScan {
+                db: self.database.clone(),
+                queue: queue.clone(),
+                partitions: partitions.clone(),
+                settings: settings.archive.clone(),
+                interval: settings.services.archive_scan,
+            }),
+            Arc::new(IntegrityScan {
+                db: self.database.clone(),
+                studies: self.studies(),
+                queue: queue.clone(),
+                partitions: partitions.clone(),
+                digest_studies: settings.services.integrity_digest_studies,
+                interval: settings.services.integrity_scan,
+                cursor: Default::default(),
+            }),
+        ];
+        if let Some(folder) = &settings.services.import_folder {
+            services.push(Arc::new(FolderImport {
+                folder: folder.clone(),
+                ingest: self.ingest.clone(),
+                partitions,
+                interval: settings.services.folder_import,
+            }));
+        }
+        services
+    }
 }
 
 /// Descriptors kept free for everything but connections: index
@@ -598,6 +672,8 @@ pub struct Server {
     metrics: Arc<crate::web::Metrics>,
     /// Re-reads the filesystems (rows, markers, usage) while it runs.
     filesystems: Option<crate::tiering::Monitor>,
+    /// Runs the scheduled services this node holds the lease of.
+    scheduler: Option<crate::scheduler::Scheduler>,
 }
 
 impl Server {
@@ -726,15 +802,8 @@ impl Server {
             archive.storage.clone(),
             archive.filesystem_states.clone(),
             settings.filesystem_refresh,
-            Some(crate::tiering::Watermarks {
-                db: archive.database.clone(),
-                queue: match &engine {
-                    Some(engine) => engine.handle(),
-                    None => archive.work_queue(),
-                },
-                batch: settings.migration_batch,
-                stuck: Default::default(),
-            }),
+            // The watermark service runs under the scheduler (one node).
+            None,
             Box::new(move || {
                 if let Err(e) = refreshed.refresh_filesystems() {
                     tracing::warn!(error = %crate::model::error_chain(&e), "cannot re-read the filesystems");
@@ -837,6 +906,25 @@ impl Server {
             metrics
         };
         let node = start_node(&archive, &acceptors, engine.as_ref().map(|_| processor_id))?;
+        let scheduler = if settings.services.enabled {
+            let queue = match &engine {
+                Some(engine) => engine.handle(),
+                None => archive.work_queue(),
+            };
+            Some(
+                crate::scheduler::Scheduler::start(
+                    archive.scheduled_services(queue),
+                    archive.database.clone(),
+                    node.id().to_string(),
+                )
+                .map_err(|source| Error::Thread {
+                    name: "scheduler",
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
         archive.audit_activity(types::APPLICATION_START);
         Ok(Server {
             archive,
@@ -849,6 +937,7 @@ impl Server {
             #[cfg(feature = "web")]
             metrics,
             filesystems: Some(filesystems),
+            scheduler,
         })
     }
 
@@ -940,6 +1029,7 @@ impl Server {
     /// flight finish (at most `grace`), then commits what is queued, marks
     /// the node stopped and returns.
     pub fn shutdown(mut self, grace: Duration) {
+        drop(self.scheduler.take());
         drop(self.filesystems.take());
         #[cfg(feature = "web")]
         let web = self.web;

@@ -156,6 +156,33 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "the cluster knows the index's node table: no DICOM, files or use cases",
     ),
     (
+        "archive/",
+        &[
+            "crate::web",
+            "crate::db",
+            "crate::dicom",
+            "crate::scp",
+            "crate::services",
+            "crate::storage",
+            "crate::processors",
+            "crate::workqueue",
+            "rusqlite",
+            "sqlx",
+        ],
+        "the archive's packs are files only: the index and the studies are the caller's",
+    ),
+    (
+        "scheduler/",
+        &[
+            "crate::web",
+            "crate::scp",
+            "crate::dicom",
+            "rusqlite",
+            "sqlx",
+        ],
+        "scheduled services call services, the index's traits and the work queue: no DICOM wire, no SQL",
+    ),
+    (
         "audit/",
         &[
             "crate::scp",

@@ -64,3 +64,7 @@ mod tls;
 mod query_leniency;
 // The OHIF viewer (npm @ohif/app) in headless Chromium against our DICOMweb root; rendered and thumbnail resources.
 mod ohif;
+// The HSM archive: archive, purge to nearline, restore by C-MOVE and by a new instance, kill -9 mid-way.
+mod archive;
+// Scheduled services: folder import (a broken file set aside), archive scan, integrity scan, watermark purge.
+mod services;

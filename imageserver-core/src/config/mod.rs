@@ -20,6 +20,7 @@ use serde::Deserialize;
 
 use crate::model::FilesystemSpec;
 
+mod archive;
 mod audit;
 mod database;
 mod dicom;
@@ -29,6 +30,7 @@ mod storage;
 mod users;
 mod workqueue;
 
+pub use archive::{ArchiveConfig, ArchiveSettings, ServicesConfig, ServicesSettings};
 pub use audit::AuditConfig;
 pub use database::DatabaseConfig;
 pub use dicom::{
@@ -120,6 +122,10 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Users who may identify themselves in associations (`[[users]]`).
     pub users: Vec<UserConfig>,
+    /// The HSM archive (`[archive]`).
+    pub archive: ArchiveConfig,
+    /// The scheduled services (`[services]`).
+    pub services: ServicesConfig,
 }
 
 impl Default for Config {
@@ -141,6 +147,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             audit: AuditConfig::default(),
             users: Vec::new(),
+            archive: ArchiveConfig::default(),
+            services: ServicesConfig::default(),
         }
     }
 }
@@ -197,6 +205,10 @@ pub struct Settings {
     pub audit: Option<crate::audit::AuditSettings>,
     /// The users of User Identity negotiation.
     pub users: std::sync::Arc<Users>,
+    /// The HSM archive.
+    pub archive: ArchiveSettings,
+    /// The scheduled services.
+    pub services: ServicesSettings,
 }
 
 impl Settings {
@@ -257,6 +269,8 @@ impl Config {
             http: self.http.validate()?,
             audit: self.audit.validate(&self.data_dir, &self.dicom.ae_title)?,
             users: std::sync::Arc::new(Users::validate(&self.users)?),
+            archive: self.archive.validate()?,
+            services: self.services.validate(),
         })
     }
 }

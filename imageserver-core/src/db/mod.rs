@@ -10,6 +10,7 @@
 //! instances. Transient contention (SQLite busy, serialization failures) is
 //! retried inside the backend and never reaches callers.
 
+pub mod archive;
 mod matching;
 pub mod nodes;
 mod planner;
@@ -218,7 +219,8 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         follow_up: Option<&FollowUp>,
     ) -> Result<Vec<InsertOutcome>, Error>;
 
-    /// Looks up one instance of a partition by SOP Instance UID.
+    /// Looks up one instance of a partition by SOP Instance UID (none while
+    /// its study is nearline: it has no file to read).
     fn instance(
         &self,
         partition: PartitionId,
@@ -348,12 +350,23 @@ pub trait QueryStore: Send + Sync + std::fmt::Debug {
 /// the work queue, the study operations and the cluster's nodes.
 /// Implemented for every type that implements them all.
 pub trait Database:
-    IndexStore + QueryStore + work::WorkStore + studies::StudyStore + nodes::NodeStore
+    IndexStore
+    + QueryStore
+    + work::WorkStore
+    + studies::StudyStore
+    + nodes::NodeStore
+    + archive::ArchiveStore
 {
 }
 
 impl<
-        T: IndexStore + QueryStore + work::WorkStore + studies::StudyStore + nodes::NodeStore + ?Sized,
+        T: IndexStore
+            + QueryStore
+            + work::WorkStore
+            + studies::StudyStore
+            + nodes::NodeStore
+            + archive::ArchiveStore
+            + ?Sized,
     > Database for T
 {
 }

@@ -109,26 +109,27 @@ pub(crate) const SWITCH_STUDY_LOCATION: &str = "UPDATE study_storage SET filesys
             JOIN series se ON se.id = i.series_fk JOIN study st ON st.id = se.study_fk
             WHERE st.partition_id = $2 AND st.study_uid = $3) = $6";
 
-/// The studies on filesystem `$1` no open `migrate_study` item names,
+/// The studies on filesystem `$1` no open `migrate_study` or
+/// `purge_study` item names,
 /// least recently accessed (or arrived) first, at most `$2`
 /// (`partition_id`, `study_uid`, `size_bytes`).
 pub(crate) const MIGRATION_CANDIDATES: &str = "SELECT ss.partition_id, ss.study_uid, st.size_bytes
      FROM study_storage ss JOIN study st ON st.study_storage_id = ss.id
      WHERE ss.filesystem_id = $1 AND ss.state <> 'deleting'
        AND NOT EXISTS (SELECT 1 FROM work_queue w
-                       WHERE w.study_storage_id = ss.id AND w.type = 'migrate_study'
+                       WHERE w.study_storage_id = ss.id AND w.type IN ('migrate_study', 'purge_study')
                          AND w.status IN ('idle', 'pending', 'in_progress'))
      ORDER BY COALESCE(ss.last_accessed, ss.created_at), ss.id
      LIMIT $2";
 
 /// The bytes of the studies on filesystem `$1` that an open
-/// `migrate_study` item names (`queued`).
+/// `migrate_study` or `purge_study` item names (`queued`).
 pub(crate) const MIGRATION_QUEUED_BYTES: &str =
     "SELECT CAST(COALESCE(SUM(st.size_bytes), 0) AS BIGINT) AS queued
      FROM study_storage ss JOIN study st ON st.study_storage_id = ss.id
      WHERE ss.filesystem_id = $1
        AND EXISTS (SELECT 1 FROM work_queue w
-                   WHERE w.study_storage_id = ss.id AND w.type = 'migrate_study'
+                   WHERE w.study_storage_id = ss.id AND w.type IN ('migrate_study', 'purge_study')
                      AND w.status IN ('idle', 'pending', 'in_progress'))";
 
 /// Records an access at `$1` of study `$3` of partition `$2` unless one
@@ -206,7 +207,7 @@ pub(crate) const STUDY_DELETIONS: &str = "SELECT EXISTS (SELECT 1 FROM study_sto
 pub(crate) const INSTANCE: &str = concat!(
     instances!(),
     "
-     WHERE i.partition_id = $1 AND i.sop_instance_uid = $2"
+     WHERE i.partition_id = $1 AND i.sop_instance_uid = $2 AND ss.filesystem_id IS NOT NULL"
 );
 
 /// Row counts of partition `$1`, from the patients' counters.
@@ -507,6 +508,16 @@ mod tests {
         super::MOVE_STUDY,
         super::RESIZE_STUDY,
         super::COMPLETE_EDIT,
+        crate::db::archive::RECORD_ARCHIVE,
+        crate::db::archive::ARCHIVE_ENTRY,
+        crate::db::archive::FORGET_ARCHIVE,
+        crate::db::archive::INSERT_ARCHIVE_ROOT,
+        crate::db::archive::ARCHIVE_ROOT_MARKER,
+        crate::db::archive::ARCHIVE_CANDIDATES,
+        crate::db::archive::PURGE_CANDIDATES,
+        crate::db::archive::ONLINE_STUDIES,
+        crate::db::archive::SWITCH_TO_NEARLINE,
+        crate::db::archive::SWITCH_FROM_NEARLINE,
     ];
 
     /// The placeholders `$1..$n` in order of first appearance, so SQLite

@@ -406,7 +406,7 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
     ) -> Result<bool, Error>;
 
     /// What the watermark service may migrate off `filesystem`: the bytes
-    /// of its studies already named by an open `migrate_study` item, and up
+    /// of its studies already named by an open `migrate_study` or `purge_study` item, and up
     /// to `limit` other studies (partition, study, bytes), least recently
     /// accessed (or, never accessed, arrived) first.
     fn migration_candidates(

@@ -129,6 +129,12 @@ impl WorkKind {
     pub const MOVE_STUDY: WorkKind = WorkKind(Cow::Borrowed("move_study"));
     /// Moves a study's files to another filesystem (tier).
     pub const MIGRATE_STUDY: WorkKind = WorkKind(Cow::Borrowed("migrate_study"));
+    /// Packs a quiet study into the archive (HSM).
+    pub const ARCHIVE_STUDY: WorkKind = WorkKind(Cow::Borrowed("archive_study"));
+    /// Removes an archived study's online files (it becomes nearline).
+    pub const PURGE_STUDY: WorkKind = WorkKind(Cow::Borrowed("purge_study"));
+    /// Brings a nearline study back online from its pack.
+    pub const RESTORE_STUDY: WorkKind = WorkKind(Cow::Borrowed("restore_study"));
 
     /// Validates a kind name: 1–64 characters of `[a-z0-9_]`, starting with
     /// a letter.

@@ -17,9 +17,13 @@
 //! | `auto_route` | `{"destination": AE, "rule": name}`; as `move_study` | read |
 //! | `study_process` | none; instance UIDs: what arrived | read |
 //! | `migrate_study` | `{"to": filesystem id}` | write |
+//! | `archive_study` | none | read |
+//! | `purge_study` | none (archives first when the pack is missing or stale) | write |
+//! | `restore_study` | none | write |
 //!
 //! All payload fields are optional but `destination`.
 
+mod archive_study;
 mod auto_route;
 mod delete_study;
 mod edit_study;
@@ -32,6 +36,7 @@ mod study_process;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use archive_study::{ArchiveStudy, PurgeStudy, RestoreStudy};
 pub use auto_route::AutoRoute;
 pub use delete_study::DeleteStudy;
 pub use edit_study::EditStudy;
@@ -125,8 +130,23 @@ pub fn register_builtin(registry: &mut Registry, deps: BuiltinDeps, study_proces
         )
         .register(
             WorkKind::MIGRATE_STUDY,
-            write,
+            write.clone(),
             MigrateStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::PURGE_STUDY,
+            write.clone(),
+            PurgeStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::RESTORE_STUDY,
+            write.priority(WorkPriority::High),
+            RestoreStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::ARCHIVE_STUDY,
+            read.clone().priority(WorkPriority::Low),
+            ArchiveStudy::new(deps.clone()),
         )
         .register(
             WorkKind::MOVE_STUDY,
@@ -161,6 +181,9 @@ pub(crate) fn on_error(error: &StudyError, retry_after: Duration) -> StepResult 
         }
         StudyError::UnknownStudy { .. }
         | StudyError::Nearline(_)
+        | StudyError::NoArchive
+        | StudyError::NotArchived(_)
+        | StudyError::StaleArchive(_)
         | StudyError::EditPending(_)
         | StudyError::InvalidEdit(_)
         | StudyError::UnknownDevice { .. } => StepResult::Fail(text),

@@ -41,6 +41,12 @@ pub enum StudyRequest {
         /// The target filesystem's key.
         to: crate::model::FilesystemId,
     },
+    /// Pack the study into the archive (HSM).
+    Archive,
+    /// Make the archived study nearline (its online files removed).
+    Purge,
+    /// Bring the nearline study back online from its pack.
+    Restore,
     /// Send the study (or some of its instances) to a device with C-STORE.
     Send {
         /// The device's AE title.
@@ -59,6 +65,9 @@ impl StudyRequest {
             StudyRequest::Reprocess { .. } => WorkKind::REPROCESS_STUDY,
             StudyRequest::Send { .. } => WorkKind::MOVE_STUDY,
             StudyRequest::Migrate { .. } => WorkKind::MIGRATE_STUDY,
+            StudyRequest::Archive => WorkKind::ARCHIVE_STUDY,
+            StudyRequest::Purge => WorkKind::PURGE_STUDY,
+            StudyRequest::Restore => WorkKind::RESTORE_STUDY,
         }
     }
 
@@ -106,6 +115,7 @@ impl StudyRequest {
                 }
                 .to_json(),
             ),
+            StudyRequest::Archive | StudyRequest::Purge | StudyRequest::Restore => item,
         }
     }
 }

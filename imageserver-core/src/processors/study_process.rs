@@ -257,6 +257,13 @@ impl StudyProcess {
                         .payload(payload.to_json())
                         .scheduled_at(due)
                 }
+                Action::OnlineRetention { .. } => {
+                    let due = planned
+                        .due_at_ms
+                        .map_or(now, Timestamp::from_millis)
+                        .max(now);
+                    NewWorkItem::new(WorkKind::PURGE_STUDY, item.partition).scheduled_at(due)
+                }
                 // Declared hooks (and actions not due) are not executed.
                 _ => continue,
             }

@@ -29,7 +29,7 @@
 //! C000.
 
 use std::ops::ControlFlow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
@@ -151,6 +151,10 @@ pub fn handle_move(
             return refuse(link, pc_id, command, Service::Move, refusal);
         }
     };
+    if let Err(refusal) = restore_first(dispatcher, link, pc_id, command, Service::Move, &request)?
+    {
+        return refuse(link, pc_id, command, Service::Move, refusal);
+    }
     let plan = match plan_retrieve(&dispatcher.retrieve, &request.query) {
         Ok(plan) => plan,
         Err(refusal) => return refuse(link, pc_id, command, Service::Move, refusal),
@@ -297,6 +301,9 @@ pub fn handle_get(
         Ok(request) => request,
         Err(refusal) => return refuse(link, pc_id, command, Service::Get, refusal),
     };
+    if let Err(refusal) = restore_first(dispatcher, link, pc_id, command, Service::Get, &request)? {
+        return refuse(link, pc_id, command, Service::Get, refusal);
+    }
     let plan = match plan_retrieve(&dispatcher.retrieve, &request.query) {
         Ok(plan) => plan,
         Err(refusal) => return refuse(link, pc_id, command, Service::Get, refusal),
@@ -761,6 +768,65 @@ fn log_done(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "retrieve done"
     );
+}
+
+/// How often a retrieve waiting for a restore tells the peer it is alive.
+const PENDING_WHILE_RESTORING: Duration = Duration::from_secs(5);
+
+/// Brings the nearline studies the request names online before it is
+/// planned, with a pending response (no sub-operation counted yet) every
+/// [`PENDING_WHILE_RESTORING`] while a restore runs. `Err` when the peer
+/// is gone; the inner `Err` when a study could not be restored.
+fn restore_first(
+    dispatcher: &Dispatcher,
+    link: &mut Link,
+    pc_id: u8,
+    command: &Command,
+    service: Service,
+    request: &Request,
+) -> Result<Result<(), Refusal>, LinkError> {
+    let mut last = Instant::now();
+    let mut lost: Option<LinkError> = None;
+    let restored =
+        dispatcher
+            .retrieve
+            .restore_nearline(&dispatcher.partition, &request.query, &mut || {
+                if lost.is_some() || last.elapsed() < PENDING_WHILE_RESTORING {
+                    return;
+                }
+                last = Instant::now();
+                let counts = SubOpCounts {
+                    remaining: None,
+                    completed: 0,
+                    failed: 0,
+                    warning: 0,
+                };
+                let pending = service.response(command, Status::PENDING, counts, false);
+                if let Err(error) = link.send_command(pc_id, &pending) {
+                    lost = Some(error);
+                }
+            });
+    if let Some(error) = lost {
+        return Err(error);
+    }
+    Ok(match restored {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            tracing::info!(
+                service = service.name(),
+                studies = n,
+                "nearline studies restored for a retrieve"
+            );
+            Ok(())
+        }
+        Err(error) => {
+            warn!(service = service.name(), error = %error_chain(&error), "cannot restore a nearline study");
+            Err(Refusal::new(
+                Status::UNABLE_TO_PROCESS,
+                "a nearline study could not be restored",
+            ))
+        }
+    })
 }
 
 fn plan_retrieve(retrieve: &Retrieve, query: &Query) -> Result<RetrievePlan, Refusal> {

@@ -122,7 +122,8 @@ pub fn status_of(error: &IngestError) -> Status {
         | IngestError::TooLarge { .. }
         | IngestError::LowSpace { .. }
         | IngestError::Refused { .. }
-        | IngestError::StudyDeleted(_) => Status::OUT_OF_RESOURCES,
+        | IngestError::StudyDeleted(_)
+        | IngestError::Restore(_) => Status::OUT_OF_RESOURCES,
         IngestError::Duplicate(_) => Status::DUPLICATE_SOP_INSTANCE,
     }
 }

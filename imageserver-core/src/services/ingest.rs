@@ -165,6 +165,9 @@ pub enum IngestError {
     /// The durable commit failed.
     #[error("commit failed")]
     Commit(#[source] CommitError),
+    /// The instance's study is nearline and could not be restored.
+    #[error("the study is nearline and could not be restored")]
+    Restore(#[source] Box<crate::services::studies::StudyError>),
     /// The SOP instance is already stored and the partition rejects duplicates.
     #[error("SOP instance {0} is already stored and duplicates are rejected")]
     Duplicate(Uid),
@@ -294,6 +297,8 @@ pub struct StoreOutcome {
 pub struct Ingest {
     inner: Arc<Inner>,
     limits: IngestLimits,
+    /// Brings a nearline study online before an instance of it is stored.
+    restorer: Option<crate::services::studies::Restorer>,
 }
 
 #[derive(Debug)]
@@ -322,6 +327,14 @@ impl Ingest {
     /// limits on each store.
     pub fn with_limits(mut self, limits: IngestLimits) -> Ingest {
         self.limits = limits;
+        self
+    }
+
+    /// The same service, restoring a nearline study (through `restorer`)
+    /// before an instance of it is stored: the instance joins the study's
+    /// restored files instead of starting a second location.
+    pub fn with_restorer(mut self, restorer: crate::services::studies::Restorer) -> Ingest {
+        self.restorer = Some(restorer);
         self
     }
 
@@ -370,6 +383,7 @@ impl Ingest {
                 placement,
             }),
             limits: IngestLimits::default(),
+            restorer: None,
         })
     }
 
@@ -443,6 +457,27 @@ impl Ingest {
             series_uid: record.series.series_uid.clone(),
             sop_instance_uid: record.instance.sop_instance_uid.clone(),
         };
+        // Read before the file is placed, checked again in the commit: a
+        // deletion of the study in between may remove the file.
+        let mut deletions = self
+            .inner
+            .index
+            .study_deletions(record.partition, &key.location.study_uid)
+            .map_err(IngestError::Index)?;
+        if let (None, Some(restorer)) = (deletions.filesystem, &self.restorer) {
+            // A nearline study is restored first; the location is then
+            // followed below as after a migration.
+            if restorer
+                .ensure_online(&writer.partition, &key.location.study_uid, &mut || {})
+                .map_err(|e| IngestError::Restore(Box::new(e)))?
+            {
+                deletions = self
+                    .inner
+                    .index
+                    .study_deletions(record.partition, &key.location.study_uid)
+                    .map_err(IngestError::Index)?;
+            }
+        }
         let file_size = record.instance.file_size;
         let existing = self
             .inner
@@ -484,13 +519,6 @@ impl Ingest {
             self.hold_for_reconcile(writer, &record, &key)?;
             return Ok(early(Stored::HeldForReconcile));
         }
-        // Read before the file is placed, checked again in the commit: a
-        // deletion of the study in between may remove the file.
-        let deletions = self
-            .inner
-            .index
-            .study_deletions(record.partition, &key.location.study_uid)
-            .map_err(IngestError::Index)?;
         if deletions.deleting {
             return Err(IngestError::StudyDeleted(key.location.study_uid.clone()));
         }

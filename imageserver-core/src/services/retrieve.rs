@@ -123,6 +123,27 @@ impl RetrievePlan {
     }
 }
 
+/// Most nearline studies one retrieve restores.
+pub const MAX_RESTORED_STUDIES: usize = 64;
+
+/// The Study Instance UIDs a query names (single values and lists).
+fn named_studies(query: &Query) -> Vec<Uid> {
+    let mut found = Vec::new();
+    for key in query
+        .keys
+        .iter()
+        .filter(|k| k.attribute == Attribute::StudyInstanceUid)
+    {
+        let values: Vec<&String> = match &key.matcher {
+            Matcher::Single(value) => vec![value],
+            Matcher::List(values) => values.iter().collect(),
+            _ => Vec::new(),
+        };
+        found.extend(values.into_iter().filter_map(|v| Uid::parse(v).ok()));
+    }
+    found
+}
+
 /// The retrieve service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Retrieve {
@@ -134,6 +155,8 @@ pub struct Retrieve {
     /// Where study accesses are recorded (the watermark service migrates
     /// the least recently accessed first), and when this process last did.
     accesses: Option<Accesses>,
+    /// Brings the nearline studies a retrieve names online first.
+    restorer: Option<crate::services::studies::Restorer>,
 }
 
 /// Where accesses are recorded, and when this process last recorded each.
@@ -158,7 +181,37 @@ impl Retrieve {
             storage,
             filesystems: Arc::new(Mutex::new(HashMap::new())),
             accesses: None,
+            restorer: None,
         }
+    }
+
+    /// The same service, restoring the nearline studies a retrieve names
+    /// (through `restorer`) before it is planned.
+    pub fn restoring(mut self, restorer: crate::services::studies::Restorer) -> Retrieve {
+        self.restorer = Some(restorer);
+        self
+    }
+
+    /// Brings the nearline studies `query` names by Study Instance UID
+    /// online (at most [`MAX_RESTORED_STUDIES`]; a query without study
+    /// UIDs restores nothing), calling `on_wait` while a restore runs.
+    /// Returns how many were restored.
+    pub fn restore_nearline(
+        &self,
+        partition: &crate::services::Partition,
+        query: &Query,
+        on_wait: &mut dyn FnMut(),
+    ) -> Result<usize, crate::services::studies::StudyError> {
+        let Some(restorer) = &self.restorer else {
+            return Ok(0);
+        };
+        let mut restored = 0;
+        for study in named_studies(query).into_iter().take(MAX_RESTORED_STUDIES) {
+            if restorer.ensure_online(partition, &study, on_wait)? {
+                restored += 1;
+            }
+        }
+        Ok(restored)
     }
 
     /// The same service, recording in `studies` when each study was last

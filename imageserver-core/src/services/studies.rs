@@ -47,21 +47,27 @@
 //! - **Send**: read-only; the outcome lists the UIDs that failed, which is
 //!   what a retry sends again.
 
+mod archive;
 mod check;
 mod delete;
 mod edit;
 mod files;
 mod metadata;
 mod migrate;
+mod purge;
 mod reconcile;
 mod reprocess;
+mod restore;
 mod send;
 
+pub use archive::{ArchiveReport, Hsm, ARCHIVE_FAULT_PAUSE_ENV};
 pub use check::{DigestCheck, Finding, IntegrityReport};
 pub use delete::{DeleteOutcome, DeleteReport};
 pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
+pub use purge::PurgeReport;
 pub use reconcile::{Decision, Reconcile, ReconcileCase};
 pub use reprocess::ReprocessReport;
+pub use restore::{RestoreReport, Restorer};
 pub use send::SendReport;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -183,6 +189,33 @@ pub enum StudyError {
     /// The study lives on a filesystem the index does not list.
     #[error("filesystem {0:?} is unknown to the index")]
     UnknownFilesystem(FilesystemId),
+    /// No archive root is configured (`[archive] path`).
+    #[error("no archive is configured ([archive] path)")]
+    NoArchive,
+    /// The study has no pack (archive it first).
+    #[error("study {0} is not archived")]
+    NotArchived(Uid),
+    /// The study's pack does not hold its current content (instances
+    /// arrived after it was packed): archive it again first.
+    #[error("study {0} changed since it was archived")]
+    StaleArchive(Uid),
+    /// As many restores as allowed run already: try again shortly.
+    #[error("the restore of study {0} waits for a restore slot")]
+    RestoreBusy(Uid),
+    /// A restore a caller waited for failed or took too long.
+    #[error("study {study_uid} could not be restored: {reason}")]
+    RestoreFailed {
+        /// The study.
+        study_uid: Uid,
+        /// Why.
+        reason: String,
+    },
+    /// No writable filesystem can take a restored study.
+    #[error("no writable filesystem has room for the study")]
+    NoRoom,
+    /// An archive pack could not be written or read.
+    #[error("archive failure")]
+    Archive(#[from] crate::archive::ArchiveError),
     /// The index failed.
     #[error("index failure")]
     Index(#[from] db::Error),
@@ -219,6 +252,7 @@ pub struct Studies {
     auditor: Auditor,
     /// Devices reached over TLS: (partition, AE title) → TLS.
     device_tls: Arc<HashMap<(PartitionId, String), ClientTls>>,
+    hsm: archive::Hsm,
 }
 
 impl Studies {
@@ -230,6 +264,7 @@ impl Studies {
             storage,
             auditor: Auditor::disabled(),
             device_tls: Arc::default(),
+            hsm: archive::Hsm::default(),
         }
     }
 

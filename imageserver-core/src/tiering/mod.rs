@@ -269,9 +269,10 @@ pub struct Watermarks {
 }
 
 impl Watermarks {
-    /// One round: plans and enqueues the migrations the watermarks call
-    /// for (see [`watermark::plan`]).
-    pub fn run(&self, reports: &[FilesystemReport]) {
+    /// One round: plans and enqueues the migrations and purges the
+    /// watermarks call for (see [`watermark::plan`]); returns what was
+    /// enqueued.
+    pub fn run(&self, reports: &[FilesystemReport]) -> Vec<watermark::PlannedMigration> {
         let mut now_stuck = std::collections::BTreeSet::new();
         let mut stuck = self.stuck.lock().unwrap_or_else(|p| p.into_inner());
         let planned = watermark::plan_noting(self.db.as_ref(), reports, self.batch, &mut |r| {
@@ -290,21 +291,27 @@ impl Watermarks {
             Ok(planned) => planned,
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), "cannot plan migrations");
-                return;
+                return Vec::new();
             }
         };
+        let mut enqueued = Vec::new();
         for migration in planned {
-            let item = crate::processors::StudyRequest::Migrate { to: migration.to }
-                .work_item(migration.partition, migration.study_uid.clone());
+            let request = match migration.to {
+                Some(to) => crate::processors::StudyRequest::Migrate { to },
+                None => crate::processors::StudyRequest::Purge,
+            };
+            let item = request.work_item(migration.partition, migration.study_uid.clone());
             match self.queue.enqueue(item) {
                 Ok(id) => {
-                    tracing::info!(study_uid = %migration.study_uid, bytes = migration.bytes, to = migration.to.0, item = ?id, "watermark: study queued for migration")
+                    tracing::info!(study_uid = %migration.study_uid, bytes = migration.bytes, to = ?migration.to.map(|f| f.0), item = ?id, "watermark: study queued for migration (to none: purge)");
+                    enqueued.push(migration);
                 }
                 Err(e) => {
                     tracing::warn!(study_uid = %migration.study_uid, error = %error_chain(&e), "watermark: cannot queue a migration")
                 }
             }
         }
+        enqueued
     }
 }
 

@@ -21,8 +21,9 @@ pub struct PlannedMigration {
     pub partition: PartitionId,
     /// The study.
     pub study_uid: Uid,
-    /// Where it goes.
-    pub to: FilesystemId,
+    /// Where it goes; `None`: nowhere, it is purged (archived already, its
+    /// pack holds its current content: it becomes nearline).
+    pub to: Option<FilesystemId>,
     /// Its bytes.
     pub bytes: u64,
 }
@@ -55,6 +56,29 @@ pub(super) fn plan_noting(
         if usage.used_percent() < fs.spec.high_watermark {
             continue;
         }
+        let used = usage.total_bytes.saturating_sub(usage.available_bytes);
+        let goal = (usage.total_bytes as f64 * fs.spec.low_watermark / 100.0) as u64;
+        let (queued, candidates) = db.migration_candidates(fs.id, batch)?;
+        let mut projected = used.saturating_sub(queued);
+        // Archived studies first: their pack is a copy already, so purging
+        // them frees the space without writing anywhere.
+        let mut purged = std::collections::BTreeSet::new();
+        for (partition, study_uid, bytes) in db.purge_candidates(fs.id, batch)? {
+            if projected < goal {
+                break;
+            }
+            projected = projected.saturating_sub(bytes);
+            purged.insert((partition, study_uid.clone()));
+            planned.push(PlannedMigration {
+                partition,
+                study_uid,
+                to: None,
+                bytes,
+            });
+        }
+        if projected < goal {
+            continue;
+        }
         let target = reports
             .iter()
             .filter(|r| r.filesystem.spec.tier > fs.spec.tier)
@@ -74,19 +98,18 @@ pub(super) fn plan_noting(
             stuck(report);
             continue;
         };
-        let used = usage.total_bytes.saturating_sub(usage.available_bytes);
-        let goal = (usage.total_bytes as f64 * fs.spec.low_watermark / 100.0) as u64;
-        let (queued, candidates) = db.migration_candidates(fs.id, batch)?;
-        let mut projected = used.saturating_sub(queued);
         for (partition, study_uid, bytes) in candidates {
             if projected < goal {
                 break;
+            }
+            if purged.contains(&(partition, study_uid.clone())) {
+                continue;
             }
             projected = projected.saturating_sub(bytes);
             planned.push(PlannedMigration {
                 partition,
                 study_uid,
-                to: target.filesystem.id,
+                to: Some(target.filesystem.id),
                 bytes,
             });
         }

@@ -287,6 +287,25 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         "service_lock",
         &[("name", Text), ("holder", Text), ("expires_at", Int)],
     ),
+    (
+        "archive_root",
+        &[("id", Int), ("path", Text), ("marker", Text)],
+    ),
+    (
+        "archive_entry",
+        &[
+            ("id", Int),
+            ("partition_id", Int),
+            ("study_uid", Text),
+            ("path", Text),
+            ("date_folder", Text),
+            ("size_bytes", Int),
+            ("digest", Text),
+            ("instances", Int),
+            ("instance_bytes", Int),
+            ("archived_at", Int),
+        ],
+    ),
 ];
 
 /// Rows per multi-row insert.

@@ -46,6 +46,7 @@
 //! `tablespaces.rs`).
 
 mod admin;
+mod archive;
 #[cfg(feature = "sqlite")]
 mod copy;
 mod ingest;
@@ -87,6 +88,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("migrations/0006_filesystem_capacity_marker.sql"),
     ),
     (7, include_str!("migrations/0007_nodes.sql")),
+    (8, include_str!("migrations/0008_archive.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).

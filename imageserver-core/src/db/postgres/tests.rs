@@ -714,7 +714,7 @@ fn copy_from_sqlite_keeps_everything() {
     assert_eq!(rows("instance"), 300);
     assert_eq!(rows("device"), 1);
     assert_eq!(rows("reconcile"), 0);
-    assert_eq!(report.tables.len(), 16);
+    assert_eq!(report.tables.len(), 18);
 
     let sqlite = SqliteIndex::open(&path).expect("sqlite");
     let pg = db.connect();

@@ -15,6 +15,7 @@
 //! Time stamps are stored as INTEGER milliseconds since the Unix epoch (see
 //! `migrations/0001_initial.sql` for all conventions).
 
+mod archive;
 mod ingest;
 mod nodes;
 mod query;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
         include_str!("migrations/0007_filesystem_capacity_marker.sql"),
     ),
     (8, include_str!("migrations/0008_nodes.sql")),
+    (9, include_str!("migrations/0009_archive.sql")),
 ];
 
 /// The newest schema version this build knows (`PRAGMA user_version`).

@@ -49,6 +49,11 @@ impl Studies {
             study_uid,
             JsonObject::new().string("reason", Some(reason)).finish(),
         );
+        // A nearline study is brought back first: delete then runs on its
+        // files as on any study's, and its pack goes after them.
+        if self.is_nearline(partition, study_uid)? {
+            self.restore(partition, study_uid)?;
+        }
         let patient = self.patient_for_audit(partition, study_uid);
         let deleted = match self
             .store()
@@ -57,6 +62,8 @@ impl Studies {
             Some(deleted) => deleted,
             None => {
                 let Some(tombstone) = self.store().deleting_study(partition.id, study_uid)? else {
+                    // A pack a crash left after the rows and files went.
+                    self.forget_pack(partition, study_uid)?;
                     return Ok(DeleteOutcome::Absent);
                 };
                 let filesystem = self.filesystem(tombstone.location.filesystem)?;
@@ -67,6 +74,7 @@ impl Studies {
                     tombstone.since_ms,
                 )?;
                 self.store().finish_study_delete(partition.id, study_uid)?;
+                self.forget_pack(partition, study_uid)?;
                 tracing::info!(study_uid = %study_uid, files_deleted, "finished an interrupted study deletion");
                 return Ok(DeleteOutcome::Finished(DeleteReport {
                     files_deleted,
@@ -92,6 +100,7 @@ impl Studies {
         }
         files_deleted += self.sweep(partition, &filesystem, &deleted.location, deleted.since_ms)?;
         self.store().finish_study_delete(partition.id, study_uid)?;
+        self.forget_pack(partition, study_uid)?;
         self.audit_study(
             crate::audit::EventKind::StudyDeleted,
             crate::audit::Action::Delete,

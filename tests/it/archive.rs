@@ -1,0 +1,302 @@
+//! The HSM archive: a study packed, purged to nearline (C-FIND still finds
+//! it), restored by the C-MOVE that names it (pending responses meanwhile)
+//! and delivered byte-identical; a new instance for a nearline study
+//! restores it first; kill -9 in the middle of archive, purge and restore
+//! leaves exactly one good copy as the study's location.
+
+#[path = "support/retrieve_peers.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod retrieve_peers;
+
+#[path = "support/find_scu.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod find_scu;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::support::cli::{cli, cli_ok, wait_work_items, BOUND};
+use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
+use crate::support::dcmtk;
+use crate::support::server::{test_dir, Server};
+use crate::support::{files_under, received_by_uid};
+use find_scu::{findscu, Model};
+use retrieve_peers::{assert_received, getscu, movescu, StoreScp};
+
+const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_ARCHIVE_AT";
+
+/// The instance files under a filesystem root (no temporary files).
+fn instance_files(root: &Path) -> Vec<PathBuf> {
+    files_under(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
+        .collect()
+}
+
+/// The packs under the archive root.
+fn packs(root: &Path) -> Vec<PathBuf> {
+    files_under(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect()
+}
+
+/// Waits (bounded) for the server log to contain `text`.
+fn wait_log(root: &Path, text: &str) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {text:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server with an archive root (`<dir>/archive`); `devices` as TOML.
+fn archive_server(dir: &Path, devices: Option<String>) -> Server {
+    let archive = dir.join("archive");
+    let mut builder = Server::builder(dir)
+        .setting(
+            "archive",
+            format!(
+                "{{ path = {:?}, after_quiet_hours = 0.0 }}",
+                archive.display().to_string()
+            ),
+        )
+        .setting("services", "{ archive_scan_secs = 0 }")
+        .setting("workqueue", "{ lease_secs = 2, poll_secs = 1 }");
+    if let Some(devices) = devices {
+        builder = builder.setting("devices", devices);
+    }
+    builder.start()
+}
+
+fn store_all(server: &Server, instances: &[Instance]) {
+    let paths: Vec<&Path> = instances.iter().map(|i| i.path.as_path()).collect();
+    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
+    assert_eq!(
+        dcmtk::acknowledged_files(&out.text()).len(),
+        instances.len(),
+        "{out}"
+    );
+}
+
+/// The study's instances are retrieved by C-GET, byte-identical.
+fn assert_get(dir: &Path, server: &Server, uid: &str, expected: &[Instance], what: &str) {
+    let out_dir = dir.join(format!("get-{what}"));
+    let run = getscu(
+        server.addr(),
+        server.ae_title(),
+        &[
+            "QueryRetrieveLevel=STUDY".to_string(),
+            format!("StudyInstanceUID={uid}"),
+        ],
+        &out_dir,
+    );
+    assert_eq!(run.status, Some(0), "{what}: C-GET:\n{}", run.tool);
+    let expected: Vec<&Instance> = expected.iter().collect();
+    assert_received(&received_by_uid(&out_dir), &expected, what);
+}
+
+#[test]
+fn archived_purged_study_is_found_and_restored_by_c_move_and_by_a_new_instance() {
+    let dir = test_dir("archive-cycle");
+    let scp = StoreScp::start("ARCHDEST", &dir.path().join("scp"), false);
+    let corpus = generate_corpus(
+        &dir.path().join("corpus"),
+        91,
+        CorpusShape::uniform(1, 2, 2, (32, 32)),
+    );
+    let (study, late) = corpus.split_at(corpus.len() - 1);
+    let server = archive_server(dir.path(), Some(format!("[{}]", scp.device())));
+    let fs1 = server.archive().fs1();
+    let archive_root = dir.path().join("archive");
+    store_all(&server, study);
+    let uid = &study[0].study_uid;
+
+    let out = cli_ok(dir.path(), server.archive(), &["study", "archive", uid]);
+    assert!(out.contains("archive_study"), "{out}");
+    assert_eq!(packs(&archive_root).len(), 1, "one pack per study");
+    assert!(archive_root.join(".imageserver-archive").exists(), "marker");
+    cli_ok(dir.path(), server.archive(), &["study", "purge", uid]);
+    assert!(
+        instance_files(&fs1).is_empty(),
+        "online files left: {:#?}",
+        instance_files(&fs1)
+    );
+    assert!(server
+        .archive()
+        .index()
+        .instance(&study[0].sop_instance_uid)
+        .is_none());
+
+    // C-FIND still finds the nearline study.
+    let found = findscu(
+        server.addr(),
+        server.ae_title(),
+        Model::Study,
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyInstanceUID={uid}"),
+            "NumberOfStudyRelatedInstances=",
+        ],
+        &[],
+        &dir.path().join("find"),
+    );
+    assert_eq!(found.responses.len(), 1, "{}", found.tool);
+
+    // C-MOVE restores it, then delivers every instance byte-identical.
+    let run = movescu(
+        server.addr(),
+        server.ae_title(),
+        &scp.ae_title,
+        false,
+        &[
+            "QueryRetrieveLevel=STUDY".to_string(),
+            format!("StudyInstanceUID={uid}"),
+        ],
+    );
+    assert_eq!(run.status, Some(0), "C-MOVE:\n{}", run.tool);
+    assert_eq!(run.completed, Some(study.len() as u16), "{}", run.tool);
+    let expected: Vec<&Instance> = study.iter().collect();
+    assert_received(&scp.received(), &expected, "C-MOVE of a nearline study");
+    assert_eq!(instance_files(&fs1).len(), study.len(), "online again");
+    let check = cli(dir.path(), server.archive(), &["study", "check", uid]);
+    assert!(check.success(), "integrity after restore:\n{check}");
+
+    // Purged again (the pack still holds it), then a new instance arrives:
+    // the study is restored first and the instance joins it.
+    cli_ok(dir.path(), server.archive(), &["study", "purge", uid]);
+    assert!(instance_files(&fs1).is_empty());
+    let out = dcmtk::store(
+        server.addr(),
+        server.ae_title(),
+        &[&late[0].path],
+        &[],
+        BOUND,
+    );
+    assert_eq!(dcmtk::store_responses(&out.text()), ["Success"], "{out}");
+    assert_eq!(
+        instance_files(&fs1).len(),
+        corpus.len(),
+        "restored, then stored"
+    );
+    let check = cli(dir.path(), server.archive(), &["study", "check", uid]);
+    assert!(
+        check.success(),
+        "integrity after the new instance:\n{check}"
+    );
+    assert_get(dir.path(), &server, uid, &corpus, "after the new instance");
+
+    // Deleted while nearline: restored, deleted, and its pack goes too.
+    cli_ok(dir.path(), server.archive(), &["study", "archive", uid]);
+    cli_ok(dir.path(), server.archive(), &["study", "purge", uid]);
+    cli_ok(
+        dir.path(),
+        server.archive(),
+        &["study", "delete", uid, "--reason", "test"],
+    );
+    assert!(
+        instance_files(&fs1).is_empty(),
+        "{:#?}",
+        instance_files(&fs1)
+    );
+    assert!(
+        packs(&archive_root).is_empty(),
+        "{:#?}",
+        packs(&archive_root)
+    );
+    assert_eq!(server.archive().index().counts().instances, 0);
+}
+
+/// One operation killed at `step`, finished after a restart: exactly one
+/// good copy is the study's location, nothing lost.
+fn killed_at(step: &str, seed: u64) {
+    let dir = test_dir(&format!("archive-{step}"));
+    let corpus = generate_corpus(
+        &dir.path().join("corpus"),
+        seed,
+        CorpusShape::uniform(1, 1, 3, (32, 32)),
+    );
+    let mut server = archive_server(dir.path(), None);
+    let fs1 = server.archive().fs1();
+    store_all(&server, &corpus);
+    let uid = &corpus[0].study_uid;
+    let (kind, before, operation) = match step {
+        "archive-packed" => ("archive_study", &[][..], "archive"),
+        "purge-switched" | "purge-removed-one" => ("purge_study", &["archive"][..], "purge"),
+        _ => ("restore_study", &["archive", "purge"][..], "restore"),
+    };
+    for operation in before {
+        cli_ok(dir.path(), server.archive(), &["study", operation, uid]);
+    }
+    assert!(server.sigterm().success());
+    server.set_env(FAULT_ENV, Some(step));
+    server.restart();
+    cli_ok(
+        dir.path(),
+        server.archive(),
+        &["study", operation, uid, "--queue"],
+    );
+    wait_log(
+        dir.path(),
+        &format!("fault injection: the archive operation pauses here step=\"{step}\""),
+    );
+    server.kill_9();
+    server.set_env(FAULT_ENV, None);
+    server.restart();
+    wait_work_items(dir.path(), server.archive(), kind, step, |items| {
+        !items.is_empty() && items.iter().all(|i| i["status"] == "completed")
+    });
+    let online = server
+        .archive()
+        .index()
+        .instance(&corpus[0].sop_instance_uid)
+        .is_some();
+    match operation {
+        "purge" => {
+            assert!(!online, "{step}: not nearline");
+            assert!(instance_files(&fs1).is_empty(), "{step}: files left");
+        }
+        _ => {
+            assert!(online, "{step}: not online");
+            assert_eq!(instance_files(&fs1).len(), corpus.len(), "{step}");
+            let check = cli(dir.path(), server.archive(), &["study", "check", uid]);
+            assert!(check.success(), "{step}: integrity:\n{check}");
+        }
+    }
+    // An archive killed before its record is written again; then the
+    // study can be purged. Whatever the step, a retrieve gets it all.
+    if operation == "archive" {
+        cli_ok(dir.path(), server.archive(), &["study", "purge", uid]);
+        assert!(instance_files(&fs1).is_empty());
+    }
+    assert_get(dir.path(), &server, uid, &corpus, step);
+    assert_eq!(packs(&dir.path().join("archive")).len(), 1, "{step}");
+}
+
+#[test]
+fn an_archive_killed_before_its_record_is_done_again() {
+    killed_at("archive-packed", 92);
+}
+
+#[test]
+fn a_purge_killed_after_its_switch_removes_the_files() {
+    killed_at("purge-switched", 93);
+}
+
+#[test]
+fn a_restore_killed_mid_unpack_finishes_with_one_location() {
+    killed_at("restore-unpacked-one", 94);
+}
+
+#[test]
+fn a_restore_killed_before_its_switch_finishes_with_one_location() {
+    killed_at("restore-verified", 95);
+}
