@@ -8,6 +8,8 @@
 //! - [`link`]: one association's outgoing side for the handlers (commands,
 //!   data sets, C-CANCEL, C-GET sub-operation responses).
 //! - [`scu`]: the storage SCU (client associations).
+//! - [`codec`]: lossless compression (RLE) and decoding for peers that
+//!   accept only uncompressed data sets.
 //! - [`query_keys`]: C-FIND identifiers to [`crate::model::query::Query`]
 //!   and matches back to identifiers.
 //! - `part10`: Part 10 files and the structural walker that guards the
@@ -18,6 +20,7 @@
 //! services, the index, the storage or the handlers above it.
 
 pub mod assoc;
+pub mod codec;
 mod deadline;
 pub mod dimse;
 pub mod link;
