@@ -392,26 +392,44 @@ pub fn verify_recoded(original: &[u8], recoded: &[u8]) -> Result<(), CodecError>
     Ok(())
 }
 
+/// Checks that `bytes` is a recoded file of instance `sop_instance_uid`:
+/// it parses, is stored in a transfer syntax [`can_decode`] takes, names
+/// that instance, and every frame decodes. What a rerun of an interrupted
+/// compression asks of a file the index does not describe yet.
+pub fn check_recoded(bytes: &[u8], sop_instance_uid: &str) -> Result<(), CodecError> {
+    let object = parse(bytes)?;
+    let ts = ts_of(&object);
+    if !can_decode(ts) {
+        return Err(CodecError::Mismatch(format!("stored in {ts}, not a recoded file")));
+    }
+    let meta_uid = object.meta().media_storage_sop_instance_uid();
+    let uid = object
+        .element(tags::SOP_INSTANCE_UID)
+        .ok()
+        .and_then(|e| e.to_str().ok().map(|t| t.trim_end_matches(['\0', ' ']).to_string()));
+    if meta_uid.trim_end_matches(['\0', ' ']) != sop_instance_uid
+        || uid.as_deref() != Some(sop_instance_uid)
+    {
+        return Err(CodecError::Mismatch(format!("not instance {sop_instance_uid}")));
+    }
+    native_frames(&object).map(drop)
+}
+
 /// Decodes a stored file whose transfer syntax [`can_decode`] into a Part
 /// 10 file in `to` (Explicit or Implicit VR Little Endian) with native
 /// Pixel Data: what a peer that accepts only uncompressed data sets gets.
-pub fn decode_to_native(file: &mut dyn Read, to: &str) -> Result<Vec<u8>, CodecError> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(CodecError::Read)?;
-    let mut object = parse(&bytes)?;
-    drop(bytes);
+pub fn decode_to_native(stored: &[u8], to: &str) -> Result<Vec<u8>, CodecError> {
+    let mut object = parse(stored)?;
     let target = TransferSyntaxRegistry
         .get(to)
         .filter(|_| to == EXPLICIT_LE || to == IMPLICIT_LE)
         .ok_or_else(|| CodecError::NoDecoder(to.to_string()))?;
     let pixels = native_frames(&object)?;
-    let wide = uint(&object, tags::BITS_ALLOCATED) == Some(16);
-    let value = if wide {
-        let mut samples: Vec<u16> = pixels
+    let value = if uint(&object, tags::BITS_ALLOCATED) == Some(16) {
+        let samples: Vec<u16> = pixels
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect();
-        samples.shrink_to_fit();
         DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(samples.into()))
     } else {
         let mut pixels = pixels;
@@ -423,6 +441,33 @@ pub fn decode_to_native(file: &mut dyn Read, to: &str) -> Result<Vec<u8>, CodecE
     object.put(value);
     object.update_meta(|meta| meta.set_transfer_syntax(target));
     write(&object)
+}
+
+/// A stored file decoded for a peer ([`decode_to_native`] into `to`) as
+/// the data set stream the storage SCU and C-GET send. `file_size` is the
+/// indexed size the stored file must have. The reason on failure.
+pub(crate) fn decoded_data_set(
+    file: &mut dyn Read,
+    file_size: Option<u64>,
+    to: &str,
+) -> Result<super::part10::DataSetReader<'static>, String> {
+    let limit = file_size.unwrap_or(u64::MAX);
+    let mut stored = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut stored)
+        .map_err(|e| format!("cannot read the stored instance: {e}"))?;
+    if file_size.is_some_and(|size| size != stored.len() as u64) {
+        return Err(format!(
+            "the stored file has {} bytes, the index says {limit}",
+            stored.len()
+        ));
+    }
+    let native = decode_to_native(&stored, to)
+        .map_err(|e| format!("cannot decode the stored instance for the peer: {e}"))?;
+    drop(stored);
+    let len = native.len() as u64;
+    super::part10::DataSetReader::new(Box::new(std::io::Cursor::new(native)), Some(len))
+        .map_err(|e| format!("the decoded instance is not a Part 10 file: {e}"))
 }
 
 /// The transfer syntax to decode `stored` into for a peer that accepted
@@ -516,7 +561,7 @@ mod tests {
             assert_eq!(native_frames(&decoded).unwrap(), raw, "{bits} bits {rows}x{cols}x{frames}");
             // Sent to a peer that takes only uncompressed data sets.
             for to in [EXPLICIT_LE, IMPLICIT_LE] {
-                let native = decode_to_native(&mut recoded.bytes.as_slice(), to).unwrap();
+                let native = decode_to_native(&recoded.bytes, to).unwrap();
                 let back = parse(&native).unwrap();
                 assert_eq!(ts_of(&back), to);
                 assert_eq!(native_frames(&back).unwrap(), raw);

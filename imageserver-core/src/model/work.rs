@@ -129,6 +129,8 @@ impl WorkKind {
     pub const MOVE_STUDY: WorkKind = WorkKind(Cow::Borrowed("move_study"));
     /// Moves a study's files to another filesystem (tier).
     pub const MIGRATE_STUDY: WorkKind = WorkKind(Cow::Borrowed("migrate_study"));
+    /// Re-encodes a study's images losslessly (RLE Lossless).
+    pub const COMPRESS_STUDY: WorkKind = WorkKind(Cow::Borrowed("compress_study"));
 
     /// Validates a kind name: 1–64 characters of `[a-z0-9_]`, starting with
     /// a letter.

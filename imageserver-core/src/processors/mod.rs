@@ -17,10 +17,12 @@
 //! | `auto_route` | `{"destination": AE, "rule": name}`; as `move_study` | read |
 //! | `study_process` | none; instance UIDs: what arrived | read |
 //! | `migrate_study` | `{"to": filesystem id}` | write |
+//! | `compress_study` | none | write |
 //!
 //! All payload fields are optional but `destination`.
 
 mod auto_route;
+mod compress_study;
 mod delete_study;
 mod edit_study;
 mod migrate_study;
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auto_route::AutoRoute;
+pub use compress_study::CompressStudy;
 pub use delete_study::DeleteStudy;
 pub use edit_study::EditStudy;
 pub use migrate_study::{MigratePayload, MigrateStudy};
@@ -125,8 +128,13 @@ pub fn register_builtin(registry: &mut Registry, deps: BuiltinDeps, study_proces
         )
         .register(
             WorkKind::MIGRATE_STUDY,
-            write,
+            write.clone(),
             MigrateStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::COMPRESS_STUDY,
+            write.memory_heavy(true),
+            CompressStudy::new(deps.clone()),
         )
         .register(
             WorkKind::MOVE_STUDY,

@@ -41,6 +41,8 @@ pub enum StudyRequest {
         /// The target filesystem's key.
         to: crate::model::FilesystemId,
     },
+    /// Re-encode the study's images losslessly (RLE Lossless).
+    Compress,
     /// Send the study (or some of its instances) to a device with C-STORE.
     Send {
         /// The device's AE title.
@@ -59,6 +61,7 @@ impl StudyRequest {
             StudyRequest::Reprocess { .. } => WorkKind::REPROCESS_STUDY,
             StudyRequest::Send { .. } => WorkKind::MOVE_STUDY,
             StudyRequest::Migrate { .. } => WorkKind::MIGRATE_STUDY,
+            StudyRequest::Compress => WorkKind::COMPRESS_STUDY,
         }
     }
 
@@ -99,6 +102,7 @@ impl StudyRequest {
             } => item
                 .payload(SendPayload::to(destination).to_json())
                 .uids(instances.clone()),
+            StudyRequest::Compress => item,
             StudyRequest::Migrate { to } => item.payload(
                 MigratePayload {
                     to: Some(to.0),

@@ -48,6 +48,7 @@
 //!   what a retry sends again.
 
 mod check;
+mod compress;
 mod delete;
 mod edit;
 mod files;
@@ -58,6 +59,7 @@ mod reprocess;
 mod send;
 
 pub use check::{DigestCheck, Finding, IntegrityReport};
+pub use compress::{CompressionReport, COMPRESS_FAULT_PAUSE_ENV};
 pub use delete::{DeleteOutcome, DeleteReport};
 pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
 pub use reconcile::{Decision, Reconcile, ReconcileCase};
@@ -158,6 +160,15 @@ pub enum StudyError {
     StillConflicts {
         /// The instance.
         sop_instance_uid: Uid,
+    },
+    /// A recoded file failed its verification: the original stays.
+    #[error("instance {sop_instance_uid}: the compressed copy failed verification")]
+    Recode {
+        /// The instance.
+        sop_instance_uid: Uid,
+        /// What differed.
+        #[source]
+        source: Box<crate::dicom::codec::CodecError>,
     },
     /// The partition does not know the destination AE title.
     #[error("partition {partition} has no device {ae_title}")]
