@@ -57,3 +57,5 @@ mod audit;
 mod tiering;
 // migrate_study under kill -9 at each step: one complete location, nothing left behind, byte-identical retrieves.
 mod tiering_migrate;
+// Lossless compression (RLE): DCMTK decodes it, C-MOVE/C-GET to uncompressed-only peers get the original pixels, kill -9 at each step.
+mod compress;
