@@ -56,7 +56,9 @@ fn phantom(rows: u16, cols: u16, seed: u64) -> Vec<u16> {
             if inside(0.0, 0.4, 0.08, 0.08) {
                 v = 1724.0;
             }
-            let noise: f64 = (0..4).map(|_| (rng.next_u64() % 1000) as f64 / 1000.0).sum();
+            let noise: f64 = (0..4)
+                .map(|_| (rng.next_u64() % 1000) as f64 / 1000.0)
+                .sum();
             out.push((v + (noise - 2.0) * 20.0).clamp(0.0, 4095.0) as u16);
         }
     }
@@ -67,7 +69,11 @@ fn phantom(rows: u16, cols: u16, seed: u64) -> Vec<u16> {
 fn with_phantom(instance: &mut Instance, seed: u64) {
     let mut object = dicom_object::open_file(&instance.path).expect("open");
     let rows = object.element(tags::ROWS).unwrap().to_int::<u16>().unwrap();
-    let cols = object.element(tags::COLUMNS).unwrap().to_int::<u16>().unwrap();
+    let cols = object
+        .element(tags::COLUMNS)
+        .unwrap()
+        .to_int::<u16>()
+        .unwrap();
     object.put(DataElement::new(
         tags::PIXEL_DATA,
         VR::OW,
@@ -92,7 +98,11 @@ fn study(dir: &Path, seed: u64, instances: usize, size: u16) -> Vec<Instance> {
 
 /// Pixel Data of a data set as little-endian bytes (native only).
 fn native_pixels(object: &InMemDicomObject) -> Vec<u8> {
-    match object.element(tags::PIXEL_DATA).expect("pixel data").value() {
+    match object
+        .element(tags::PIXEL_DATA)
+        .expect("pixel data")
+        .value()
+    {
         dicom_core::DicomValue::Primitive(PrimitiveValue::U16(v)) => {
             v.iter().flat_map(|s| s.to_le_bytes()).collect()
         }
@@ -103,7 +113,11 @@ fn native_pixels(object: &InMemDicomObject) -> Vec<u8> {
 
 fn file_pixels(path: &Path) -> (String, Vec<u8>) {
     let object = dicom_object::open_file(path).expect("open a received file");
-    let ts = object.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let ts = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
     (ts, native_pixels(&object))
 }
 
@@ -118,14 +132,21 @@ fn instance_files(root: &Path) -> Vec<PathBuf> {
 fn stored_path(root: &Path, sop: &str) -> PathBuf {
     instance_files(root)
         .into_iter()
-        .find(|p| p.file_name().is_some_and(|n| n == format!("{sop}.dcm").as_str()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n == format!("{sop}.dcm").as_str())
+        })
         .unwrap_or_else(|| panic!("{sop} is not stored under {}", root.display()))
 }
 
 fn store_all(server: &Server, corpus: &[Instance]) {
     let paths: Vec<&Path> = corpus.iter().map(|i| i.path.as_path()).collect();
     let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(dcmtk::acknowledged_files(&out.text()).len(), corpus.len(), "{out}");
+    assert_eq!(
+        dcmtk::acknowledged_files(&out.text()).len(),
+        corpus.len(),
+        "{out}"
+    );
 }
 
 /// The original pixels by SOP Instance UID.
@@ -150,7 +171,12 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
     let index = server.archive().index();
     let before: u64 = corpus
         .iter()
-        .map(|i| index.instance(&i.sop_instance_uid).expect("indexed").file_size)
+        .map(|i| {
+            index
+                .instance(&i.sop_instance_uid)
+                .expect("indexed")
+                .file_size
+        })
         .sum();
 
     // Compressed through the server's work queue; the CLI reports the space saved.
@@ -162,15 +188,26 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
     let mut after = 0;
     for instance in &corpus {
         let row = index.instance(&instance.sop_instance_uid).expect("indexed");
-        assert_eq!(row.transfer_syntax_uid.as_str(), RLE, "{}", instance.sop_instance_uid);
+        assert_eq!(
+            row.transfer_syntax_uid.as_str(),
+            RLE,
+            "{}",
+            instance.sop_instance_uid
+        );
         let path = stored_path(&server.archive().fs1(), &instance.sop_instance_uid);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), row.file_size);
         after += row.file_size;
     }
     assert!(after < before, "{after} >= {before}");
-    assert!(saved_line.contains(&format!("({} saved)", before - after)), "{saved_line}");
+    assert!(
+        saved_line.contains(&format!("({} saved)", before - after)),
+        "{saved_line}"
+    );
     let check = cli(dir.path(), server.archive(), &["study", "check", uid]);
-    assert!(check.success(), "integrity check after compression:\n{check}");
+    assert!(
+        check.success(),
+        "integrity check after compression:\n{check}"
+    );
 
     // DCMTK decodes the stored RLE file to the original pixels.
     let stored = stored_path(&server.archive().fs1(), &corpus[0].sop_instance_uid);
@@ -186,7 +223,10 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
     assert!(run.success(), "dcmdrle:\n{run}");
     let (ts, pixels) = file_pixels(&decoded);
     assert_ne!(ts, RLE);
-    assert!(pixels == original[&corpus[0].sop_instance_uid], "dcmdrle decoded other pixels");
+    assert!(
+        pixels == original[&corpus[0].sop_instance_uid],
+        "dcmdrle decoded other pixels"
+    );
 
     // C-MOVE to a storescp that accepts only uncompressed syntaxes.
     let moved = movescu(
@@ -194,7 +234,10 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
         server.ae_title(),
         &dest.ae_title,
         false,
-        &["QueryRetrieveLevel=STUDY".to_string(), format!("StudyInstanceUID={uid}")],
+        &[
+            "QueryRetrieveLevel=STUDY".to_string(),
+            format!("StudyInstanceUID={uid}"),
+        ],
     );
     assert_eq!(moved.status, Some(0x0000), "C-MOVE:\n{}", moved.tool);
     let received = dest.received();
@@ -202,7 +245,10 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
     for (sop, path) in &received {
         let (ts, pixels) = file_pixels(path);
         assert_ne!(ts, RLE, "{sop} arrived compressed");
-        assert!(pixels == original[sop], "{sop}: C-MOVE delivered other pixels");
+        assert!(
+            pixels == original[sop],
+            "{sop}: C-MOVE delivered other pixels"
+        );
     }
 
     // C-GET by pynetdicom proposing only Implicit VR LE for CT.
@@ -229,7 +275,10 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
         let raw = std::fs::read(get_dir.join(format!("{sop}.ds"))).expect("received");
         let object = InMemDicomObject::read_dataset_with_ts(raw.as_slice(), implicit)
             .expect("an Implicit VR LE data set");
-        assert!(native_pixels(&object) == original[sop], "{sop}: C-GET delivered other pixels");
+        assert!(
+            native_pixels(&object) == original[sop],
+            "{sop}: C-GET delivered other pixels"
+        );
     }
 
     // Again: nothing left to compress, nothing changes.
@@ -261,7 +310,10 @@ fn wait_log(root: &Path, text: &str) {
         if log.contains(text) {
             return;
         }
-        assert!(Instant::now() < deadline, "the log never said {text:?}:\n{log}");
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {text:?}:\n{log}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -289,7 +341,11 @@ fn a_compression_killed_at_any_step_leaves_one_good_file_per_instance() {
         assert!(server.sigterm().success());
         server.set_env(FAULT_ENV, Some(step));
         server.restart();
-        cli_ok(dir.path(), server.archive(), &["study", "compress", uid, "--queue"]);
+        cli_ok(
+            dir.path(),
+            server.archive(),
+            &["study", "compress", uid, "--queue"],
+        );
         wait_log(
             dir.path(),
             &format!("fault injection: the compression pauses here step=\"{step}\""),

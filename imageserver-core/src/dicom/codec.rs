@@ -31,10 +31,10 @@ use std::io::Read;
 use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;
+use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::file::ReadPreamble;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_encoding::TransferSyntaxIndex;
 
 /// RLE Lossless.
 pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -400,17 +400,22 @@ pub fn check_recoded(bytes: &[u8], sop_instance_uid: &str) -> Result<(), CodecEr
     let object = parse(bytes)?;
     let ts = ts_of(&object);
     if !can_decode(ts) {
-        return Err(CodecError::Mismatch(format!("stored in {ts}, not a recoded file")));
+        return Err(CodecError::Mismatch(format!(
+            "stored in {ts}, not a recoded file"
+        )));
     }
     let meta_uid = object.meta().media_storage_sop_instance_uid();
-    let uid = object
-        .element(tags::SOP_INSTANCE_UID)
-        .ok()
-        .and_then(|e| e.to_str().ok().map(|t| t.trim_end_matches(['\0', ' ']).to_string()));
+    let uid = object.element(tags::SOP_INSTANCE_UID).ok().and_then(|e| {
+        e.to_str()
+            .ok()
+            .map(|t| t.trim_end_matches(['\0', ' ']).to_string())
+    });
     if meta_uid.trim_end_matches(['\0', ' ']) != sop_instance_uid
         || uid.as_deref() != Some(sop_instance_uid)
     {
-        return Err(CodecError::Mismatch(format!("not instance {sop_instance_uid}")));
+        return Err(CodecError::Mismatch(format!(
+            "not instance {sop_instance_uid}"
+        )));
     }
     native_frames(&object).map(drop)
 }
@@ -430,7 +435,11 @@ pub fn decode_to_native(stored: &[u8], to: &str) -> Result<Vec<u8>, CodecError> 
             .chunks_exact(2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]))
             .collect();
-        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(samples.into()))
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(samples.into()),
+        )
     } else {
         let mut pixels = pixels;
         if pixels.len() % 2 == 1 {
@@ -491,19 +500,67 @@ mod tests {
     fn image(bits: u16, rows: u16, cols: u16, frames: u32, ts: &str) -> (Vec<u8>, Vec<u8>) {
         let mut obj = InMemDicomObject::new_empty();
         let sop = "1.2.3.4.5.6";
-        obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2")));
-        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop)));
-        obj.put(DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("DOE^JOHN")));
-        obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
-        obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
-        obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)));
-        obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)));
-        obj.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(bits)));
-        obj.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits)));
-        obj.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(bits - 1)));
-        obj.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)));
+        obj.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.2"),
+        ));
+        obj.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop),
+        ));
+        obj.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            PrimitiveValue::from("DOE^JOHN"),
+        ));
+        obj.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(1u16),
+        ));
+        obj.put(DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from("MONOCHROME2"),
+        ));
+        obj.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(rows),
+        ));
+        obj.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(cols),
+        ));
+        obj.put(DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(bits),
+        ));
+        obj.put(DataElement::new(
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(bits),
+        ));
+        obj.put(DataElement::new(
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(bits - 1),
+        ));
+        obj.put(DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ));
         if frames > 1 {
-            obj.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from(frames.to_string())));
+            obj.put(DataElement::new(
+                tags::NUMBER_OF_FRAMES,
+                VR::IS,
+                PrimitiveValue::from(frames.to_string()),
+            ));
         }
         let n = rows as usize * cols as usize * frames as usize;
         // Smooth areas, runs, noise and edges: every PackBits case.
@@ -516,7 +573,13 @@ mod tests {
                     0 => 0,
                     1 => (x as u16 / 3) * 40,
                     2 => (state >> 16) as u16,
-                    _ => if x % 2 == 0 { 1000 } else { (state >> 20) as u16 },
+                    _ => {
+                        if x % 2 == 0 {
+                            1000
+                        } else {
+                            (state >> 20) as u16
+                        }
+                    }
                 }
             })
             .collect();
@@ -526,13 +589,21 @@ mod tests {
             samples.iter().map(|s| *s as u8).collect()
         };
         if bits == 16 {
-            obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(samples.into())));
+            obj.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OW,
+                PrimitiveValue::U16(samples.into()),
+            ));
         } else {
             let mut padded = raw.clone();
             if padded.len() % 2 == 1 {
                 padded.push(0);
             }
-            obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(padded.into())));
+            obj.put(DataElement::new(
+                tags::PIXEL_DATA,
+                VR::OB,
+                PrimitiveValue::U8(padded.into()),
+            ));
         }
         let file = obj
             .with_meta(
@@ -558,7 +629,11 @@ mod tests {
             assert_eq!(recoded.frames, frames);
             verify_recoded(&file, &recoded.bytes).unwrap();
             let decoded = parse(&recoded.bytes).unwrap();
-            assert_eq!(native_frames(&decoded).unwrap(), raw, "{bits} bits {rows}x{cols}x{frames}");
+            assert_eq!(
+                native_frames(&decoded).unwrap(),
+                raw,
+                "{bits} bits {rows}x{cols}x{frames}"
+            );
             // Sent to a peer that takes only uncompressed data sets.
             for to in [EXPLICIT_LE, IMPLICIT_LE] {
                 let native = decode_to_native(&recoded.bytes, to).unwrap();
@@ -614,14 +689,22 @@ mod tests {
         let (file, _) = image(16, 4, 4, 1, EXPLICIT_LE);
         let recoded = compress_rle(&file).unwrap().unwrap();
         let mut object = parse(&recoded.bytes).unwrap();
-        object.put(DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("DOE^JANE")));
+        object.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            PrimitiveValue::from("DOE^JANE"),
+        ));
         assert!(matches!(
             verify_recoded(&file, &write(&object).unwrap()),
             Err(CodecError::Mismatch(_))
         ));
         let (other, _) = image(16, 4, 4, 1, EXPLICIT_LE);
         let mut other_obj = parse(&other).unwrap();
-        other_obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(vec![7u16; 16].into())));
+        other_obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(vec![7u16; 16].into()),
+        ));
         let other_rle = compress_rle(&write(&other_obj).unwrap()).unwrap().unwrap();
         assert!(matches!(
             verify_recoded(&file, &other_rle.bytes),
@@ -631,9 +714,18 @@ mod tests {
 
     #[test]
     fn fallbacks_prefer_explicit_little_endian() {
-        assert_eq!(fallback_for(RLE_LOSSLESS, &[IMPLICIT_LE, EXPLICIT_LE]), Some(EXPLICIT_LE));
-        assert_eq!(fallback_for(RLE_LOSSLESS, &[IMPLICIT_LE]), Some(IMPLICIT_LE));
-        assert_eq!(fallback_for(RLE_LOSSLESS, &["1.2.840.10008.1.2.4.80"]), None);
+        assert_eq!(
+            fallback_for(RLE_LOSSLESS, &[IMPLICIT_LE, EXPLICIT_LE]),
+            Some(EXPLICIT_LE)
+        );
+        assert_eq!(
+            fallback_for(RLE_LOSSLESS, &[IMPLICIT_LE]),
+            Some(IMPLICIT_LE)
+        );
+        assert_eq!(
+            fallback_for(RLE_LOSSLESS, &["1.2.840.10008.1.2.4.80"]),
+            None
+        );
         assert_eq!(fallback_for("1.2.840.10008.1.2.4.80", &[EXPLICIT_LE]), None);
     }
 }

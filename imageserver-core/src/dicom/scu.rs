@@ -477,7 +477,12 @@ impl StoreScu {
                 format!("the stored file is not a readable Part 10 file: {error}")
             }),
             Some(to) => {
-                debug!(sop_instance_uid = instance, from = ts, to, "decoding for the peer");
+                debug!(
+                    sop_instance_uid = instance,
+                    from = ts,
+                    to,
+                    "decoding for the peer"
+                );
                 codec::decoded_data_set(&mut file, item.file_size(), to)
             }
         };

@@ -46,8 +46,8 @@ use crate::audit::{
     Action, AuditEvent, EventKind, Outcome as AuditOutcome, Participant, ParticipantObject, Role,
     TransferTally,
 };
-use crate::dicom::dimse::{Command, CommandField, Priority, Status, SubOpCounts};
 use crate::dicom::codec;
+use crate::dicom::dimse::{Command, CommandField, Priority, Status, SubOpCounts};
 use crate::dicom::part10::DataSetReader;
 use crate::dicom::scu::{self, Destination, Outcome, Outgoing, ScuError, Tally};
 use crate::dicom::sop_classes;

@@ -149,7 +149,10 @@ fn recoded_files<S: IndexStore + StudyStore>(store: &S) {
     );
     let after = store.study_instances(f.partition, &study).expect("read");
     assert_eq!(after[0].transfer_syntax_uid.as_str(), "1.2.840.10008.1.2.5");
-    assert_eq!((after[0].file_size, after[0].digest.as_str()), (100, files[0].digest.as_str()));
+    assert_eq!(
+        (after[0].file_size, after[0].digest.as_str()),
+        (100, files[0].digest.as_str())
+    );
     assert_eq!(after[1], before[1]);
     let size = store
         .study(f.partition, &study)
