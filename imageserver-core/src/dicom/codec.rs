@@ -574,7 +574,7 @@ mod tests {
                     1 => (x as u16 / 3) * 40,
                     2 => (state >> 16) as u16,
                     _ => {
-                        if x % 2 == 0 {
+                        if x.is_multiple_of(2) {
                             1000
                         } else {
                             (state >> 20) as u16
