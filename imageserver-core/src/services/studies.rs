@@ -161,15 +161,6 @@ pub enum StudyError {
         /// The instance.
         sop_instance_uid: Uid,
     },
-    /// A recoded file failed its verification: the original stays.
-    #[error("instance {sop_instance_uid}: the compressed copy failed verification")]
-    Recode {
-        /// The instance.
-        sop_instance_uid: Uid,
-        /// What differed.
-        #[source]
-        source: Box<crate::dicom::codec::CodecError>,
-    },
     /// The partition does not know the destination AE title.
     #[error("partition {partition} has no device {ae_title}")]
     UnknownDevice {

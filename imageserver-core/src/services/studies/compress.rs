@@ -7,7 +7,8 @@
 //! 2. the recoded file is written beside it (a temporary file, fsync'd),
 //!    read back, parsed and decoded by the registry's decoder: every frame
 //!    must equal the original's pixels and every other element the
-//!    original's, the SOP Instance UID kept;
+//!    original's, the SOP Instance UID kept (otherwise the instance stays
+//!    as it is, with a warning);
 //! 3. it is renamed over the original (the directory synced per batch);
 //! 4. one index transaction records the batch's new transfer syntax, size
 //!    and digest, for rows that still hold the recoded file's old digest.
@@ -61,7 +62,7 @@ pub struct CompressionReport {
     /// Instances already stored compressed.
     pub already_compressed: u64,
     /// Instances left as they are (no pixel data, an image the codec does
-    /// not take, no gain, too large).
+    /// not take, no gain, too large, a recode that failed verification).
     pub skipped: u64,
     /// Files that are not what the index says (left for the integrity
     /// check).
@@ -233,10 +234,12 @@ impl Studies {
             .read_back()?
             .read_to_end(&mut written)
             .map_err(|e| io_error("read back", e))?;
-        codec::verify_recoded(&original, &written).map_err(|source| StudyError::Recode {
-            sop_instance_uid: sop.clone(),
-            source: Box::new(source),
-        })?;
+        if let Err(e) = codec::verify_recoded(&original, &written) {
+            // The original stays (the temporary file goes with the writer).
+            tracing::warn!(sop_instance_uid = %sop, error = %crate::model::error_chain(&e), "the compressed copy failed verification: not compressed");
+            report.skipped += 1;
+            return Ok(None);
+        }
         if blake3::hash(&written).to_hex().as_str() != new_digest {
             return Err(StudyError::CopyMismatch(sop.clone()));
         }
