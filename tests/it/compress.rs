@@ -391,3 +391,43 @@ fn a_compression_killed_at_any_step_leaves_one_good_file_per_instance() {
         assert_eq!(files.len(), corpus.len(), "{step}: {files:#?}");
     }
 }
+
+/// A rule's `compress` action: StudyProcess queues `compress_study` for
+/// the quiet study (due at once with `after_days = 0`), which compresses it.
+#[test]
+fn a_compress_rule_compresses_a_quiet_study() {
+    let dir = test_dir("compress-rule");
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        r#"
+version = 1
+
+[[rule]]
+name = "pack-ct"
+when = { attribute = "ModalitiesInStudy", contains = "CT" }
+actions = [{ type = "compress", after_days = 0 }]
+"#,
+    )
+    .unwrap();
+    let server = Server::builder(dir.path())
+        .setting("rules_file", r#""rules.toml""#)
+        .setting(
+            "workqueue",
+            "{ study_process_delay_secs = 1, poll_secs = 1 }",
+        )
+        .start();
+    let corpus = study(&dir.path().join("corpus"), 95, 3, 64);
+    store_all(&server, &corpus);
+    wait_work_items(
+        dir.path(),
+        server.archive(),
+        "compress_study",
+        "the rule's compression",
+        |items| !items.is_empty() && items.iter().all(|i| i["status"] == "completed"),
+    );
+    let index = server.archive().index();
+    for instance in &corpus {
+        let row = index.instance(&instance.sop_instance_uid).expect("indexed");
+        assert_eq!(row.transfer_syntax_uid.as_str(), RLE);
+    }
+}
