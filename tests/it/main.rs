@@ -68,3 +68,5 @@ mod ohif;
 mod archive;
 // Scheduled services: folder import (a broken file set aside), archive scan, integrity scan, watermark purge.
 mod services;
+// Lossless compression (RLE): DCMTK decodes it, C-MOVE/C-GET to uncompressed-only peers get the original pixels, kill -9 at each step.
+mod compress;

@@ -469,7 +469,8 @@ fn an_override_of_a_kind_nothing_runs_stops_serve() {
     );
     let text = out.text();
     assert!(
-        text.contains("workqueue.kinds.auto_rout") && text.contains("auto_route, delete_study"),
+        text.contains("workqueue.kinds.auto_rout")
+            && text.contains("auto_route, compress_study, delete_study"),
         "the error names the setting and the kinds that run:\n{out}"
     );
 }

@@ -414,6 +414,15 @@ pub(crate) const RESIZE_STUDY: &str = "UPDATE study SET updated_at = $1,
                        JOIN series se ON se.id = i.series_fk WHERE se.study_fk = $2)
      WHERE id = $2";
 
+/// A compression's record of one recoded file: instance `$5` of study row
+/// `$6` in partition `$4` takes transfer syntax `$1`, size `$2` and digest
+/// `$3`, only while its row still holds digest `$7` (the file that was
+/// recoded).
+pub(crate) const RECORD_RECODED: &str =
+    "UPDATE instance SET transfer_syntax_uid = $1, file_size = $2, digest = $3
+     WHERE partition_id = $4 AND sop_instance_uid = $5
+       AND series_fk IN (SELECT id FROM series WHERE study_fk = $6) AND digest = $7";
+
 /// Completes edit `$2` at `$1`.
 pub(crate) const COMPLETE_EDIT: &str =
     "UPDATE study_edit SET status = 'completed', completed_at = $1 WHERE id = $2";
@@ -518,6 +527,7 @@ mod tests {
         crate::db::archive::ONLINE_STUDIES,
         crate::db::archive::SWITCH_TO_NEARLINE,
         crate::db::archive::SWITCH_FROM_NEARLINE,
+        super::RECORD_RECODED,
     ];
 
     /// The placeholders `$1..$n` in order of first appearance, so SQLite

@@ -299,6 +299,21 @@ pub struct FileFacts {
     pub digest: String,
 }
 
+/// A file a compression rewrote, as the index is to record it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecodedFile {
+    /// The instance.
+    pub sop_instance_uid: Uid,
+    /// The digest of the file that was recoded (the row must still hold it).
+    pub old_digest: String,
+    /// The new file's transfer syntax.
+    pub transfer_syntax_uid: String,
+    /// The new file's size in bytes.
+    pub file_size: u64,
+    /// The new file's BLAKE3 digest, lowercase hex.
+    pub digest: String,
+}
+
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -404,6 +419,17 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         instances: u64,
         bytes: u64,
     ) -> Result<bool, Error>;
+
+    /// A compression's record, in one transaction: each instance of `files`
+    /// whose row still holds its `old_digest` takes the new transfer
+    /// syntax, size and digest; the study's size is recomputed. Returns
+    /// the rows changed (a row that changed meanwhile is left alone).
+    fn record_recoded_files(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        files: &[RecodedFile],
+    ) -> Result<u64, Error>;
 
     /// What the watermark service may migrate off `filesystem`: the bytes
     /// of its studies already named by an open `migrate_study` or `purge_study` item, and up

@@ -11,6 +11,8 @@
 //! - [`transport`]: an association's byte stream, plain TCP or TLS.
 //! - `negotiate`: the answer to an A-ASSOCIATE-RQ (contexts, roles, user
 //!   identity), over either transport.
+//! - [`codec`]: lossless compression (RLE) and decoding for peers that
+//!   accept only uncompressed data sets.
 //! - [`query_keys`]: C-FIND identifiers to [`crate::model::query::Query`]
 //!   and matches back to identifiers.
 //! - `part10`: Part 10 files and the structural walker that guards the
@@ -24,6 +26,7 @@
 //! services, the index, the storage or the handlers above it.
 
 pub mod assoc;
+pub mod codec;
 mod deadline;
 pub mod dimse;
 pub mod link;

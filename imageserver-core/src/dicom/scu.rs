@@ -13,11 +13,14 @@
 //! proposed per transfer syntax its instances are stored in, plus Explicit
 //! VR Little Endian and Implicit VR Little Endian, each context with exactly
 //! one transfer syntax so that the peer accepts or refuses each on its own.
-//! **An instance is only sent on a context whose accepted transfer syntax is
-//! the one it is stored in: nothing is transcoded**, so the data set bytes
-//! that arrive are the stored bytes. The fallback contexts make the failure
-//! reason precise ("accepts CT only as Implicit VR LE") and are the hook for
-//! a later transcoder. At most 128 contexts fit one association; more
+//! **An instance is sent in the transfer syntax it is stored in whenever
+//! the peer accepts it**, so the data set bytes that arrive are the stored
+//! bytes. Only an instance stored compressed in a syntax the archive
+//! decodes ([`codec::can_decode`]: RLE Lossless, what compression writes)
+//! for a peer that accepted its SOP class only uncompressed is decoded on
+//! the fly into Explicit VR LE (else Implicit) — in memory, one instance at
+//! a time; nothing else is ever transcoded, and the fallback contexts make
+//! the failure reason precise ("accepts CT only as Implicit VR LE"). At most 128 contexts fit one association; more
 //! distinct pairs are spread over successive associations.
 //!
 //! ## Wire
@@ -50,6 +53,7 @@ use dicom_ul::pdu::{
 use dicom_ul::{ClientAssociationOptions, Pdu};
 use tracing::debug;
 
+use super::codec;
 use super::deadline::DeadlineReader;
 use super::dimse::{Command, CommandField, FragmentBuffer, Priority, Status, StatusClass};
 use super::part10::DataSetReader;
@@ -483,15 +487,18 @@ impl StoreScu {
             item.sop_instance_uid(),
             item.transfer_syntax_uid(),
         );
-        let pc_id = match self.context_for(class, ts) {
-            Ok(pc_id) => pc_id,
-            Err(no_context) => {
-                return Ok(Outcome::Failed {
-                    reason: no_context.to_string(),
-                })
-            }
+        let (pc_id, decode_to) = match self.context_for(class, ts) {
+            Ok(pc_id) => (pc_id, None),
+            Err(no_context) => match self.decoding_context(class, ts) {
+                Some((pc_id, to)) => (pc_id, Some(to)),
+                None => {
+                    return Ok(Outcome::Failed {
+                        reason: no_context.to_string(),
+                    })
+                }
+            },
         };
-        let file = match item.open() {
+        let mut file = match item.open() {
             Ok(file) => file,
             Err(error) => {
                 return Ok(Outcome::Failed {
@@ -499,15 +506,42 @@ impl StoreScu {
                 })
             }
         };
-        let mut dataset = match DataSetReader::new(file, item.file_size()) {
-            Ok(dataset) => dataset,
-            Err(error) => {
-                return Ok(Outcome::Failed {
-                    reason: format!("the stored file is not a readable Part 10 file: {error}"),
-                })
+        let dataset = match decode_to {
+            None => DataSetReader::new(file, item.file_size()).map_err(|error| {
+                format!("the stored file is not a readable Part 10 file: {error}")
+            }),
+            Some(to) => {
+                debug!(
+                    sop_instance_uid = instance,
+                    from = ts,
+                    to,
+                    "decoding for the peer"
+                );
+                codec::decoded_data_set(&mut file, item.file_size(), to)
             }
         };
+        let mut dataset = match dataset {
+            Ok(dataset) => dataset,
+            Err(reason) => return Ok(Outcome::Failed { reason }),
+        };
         self.store(pc_id, class, instance, &mut dataset)
+    }
+
+    /// For an instance stored compressed in `stored` that the peer takes
+    /// only uncompressed: the accepted context of `sop_class` in the
+    /// syntax to decode into (Explicit VR LE first).
+    fn decoding_context(&self, sop_class: &str, stored: &str) -> Option<(u8, &'static str)> {
+        let accepted: Vec<&str> = self
+            .contexts
+            .iter()
+            .filter(|pc| pc.abstract_syntax == sop_class)
+            .map(|pc| pc.transfer_syntax.as_str())
+            .collect();
+        let to = codec::fallback_for(stored, &accepted)?;
+        let to = [EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN]
+            .into_iter()
+            .find(|t| *t == to)?;
+        self.context_for(sop_class, to).ok().map(|id| (id, to))
     }
 
     /// Sends one C-STORE-RQ on `pc_id` with the data set of `dataset` and

@@ -135,6 +135,8 @@ impl WorkKind {
     pub const PURGE_STUDY: WorkKind = WorkKind(Cow::Borrowed("purge_study"));
     /// Brings a nearline study back online from its pack.
     pub const RESTORE_STUDY: WorkKind = WorkKind(Cow::Borrowed("restore_study"));
+    /// Re-encodes a study's images losslessly (RLE Lossless).
+    pub const COMPRESS_STUDY: WorkKind = WorkKind(Cow::Borrowed("compress_study"));
 
     /// Validates a kind name: 1–64 characters of `[a-z0-9_]`, starting with
     /// a letter.

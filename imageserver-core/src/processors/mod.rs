@@ -20,11 +20,13 @@
 //! | `archive_study` | none | read |
 //! | `purge_study` | none (archives first when the pack is missing or stale) | write |
 //! | `restore_study` | none | write |
+//! | `compress_study` | none | write |
 //!
 //! All payload fields are optional but `destination`.
 
 mod archive_study;
 mod auto_route;
+mod compress_study;
 mod delete_study;
 mod edit_study;
 mod migrate_study;
@@ -38,6 +40,7 @@ use std::time::Duration;
 
 pub use archive_study::{ArchiveStudy, PurgeStudy, RestoreStudy};
 pub use auto_route::AutoRoute;
+pub use compress_study::CompressStudy;
 pub use delete_study::DeleteStudy;
 pub use edit_study::EditStudy;
 pub use migrate_study::{MigratePayload, MigrateStudy};
@@ -140,13 +143,18 @@ pub fn register_builtin(registry: &mut Registry, deps: BuiltinDeps, study_proces
         )
         .register(
             WorkKind::RESTORE_STUDY,
-            write.priority(WorkPriority::High),
+            write.clone().priority(WorkPriority::High),
             RestoreStudy::new(deps.clone()),
         )
         .register(
             WorkKind::ARCHIVE_STUDY,
             read.clone().priority(WorkPriority::Low),
             ArchiveStudy::new(deps.clone()),
+        )
+        .register(
+            WorkKind::COMPRESS_STUDY,
+            write.memory_heavy(true),
+            CompressStudy::new(deps.clone()),
         )
         .register(
             WorkKind::MOVE_STUDY,

@@ -47,6 +47,8 @@ pub enum StudyRequest {
     Purge,
     /// Bring the nearline study back online from its pack.
     Restore,
+    /// Re-encode the study's images losslessly (RLE Lossless).
+    Compress,
     /// Send the study (or some of its instances) to a device with C-STORE.
     Send {
         /// The device's AE title.
@@ -68,6 +70,7 @@ impl StudyRequest {
             StudyRequest::Archive => WorkKind::ARCHIVE_STUDY,
             StudyRequest::Purge => WorkKind::PURGE_STUDY,
             StudyRequest::Restore => WorkKind::RESTORE_STUDY,
+            StudyRequest::Compress => WorkKind::COMPRESS_STUDY,
         }
     }
 
@@ -108,6 +111,7 @@ impl StudyRequest {
             } => item
                 .payload(SendPayload::to(destination).to_json())
                 .uids(instances.clone()),
+            StudyRequest::Compress => item,
             StudyRequest::Migrate { to } => item.payload(
                 MigratePayload {
                     to: Some(to.0),

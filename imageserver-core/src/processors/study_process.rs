@@ -264,13 +264,21 @@ impl StudyProcess {
                         .max(now);
                     NewWorkItem::new(WorkKind::PURGE_STUDY, item.partition).scheduled_at(due)
                 }
+                Action::Compress { .. } if planned.action.is_executed() => {
+                    let due = planned
+                        .due_at_ms
+                        .map_or(now, Timestamp::from_millis)
+                        .max(now);
+                    NewWorkItem::new(WorkKind::COMPRESS_STUDY, item.partition).scheduled_at(due)
+                }
                 // Declared hooks (and actions not due) are not executed.
                 _ => continue,
             }
             .study(study.clone());
             let kind = new.kind.clone();
             // A migrate_study item is never appended to: a waiting one may be
-            // the watermark service's, due now; a repeat is a no-op.
+            // the watermark service's, due now; a repeat is a no-op (as is a
+            // repeated compress_study: compressed instances are skipped).
             let result = if kind == WorkKind::DELETE_STUDY {
                 queue.enqueue_or_append(new).map(|e| e.id())
             } else {

@@ -23,9 +23,9 @@
 //! ]
 //! actions = [
 //!     { type = "delete", after_days = 30 },
-//!     { type = "tier1_retention", after_days = 7 },      # declared hook
+//!     { type = "tier1_retention", after_days = 7 },
 //!     { type = "online_retention", after_days = 90 },    # declared hook
-//!     { type = "compress", after_days = 1, to = "jpeg-ls-lossless" },  # declared hook
+//!     { type = "compress", after_days = 1, to = "rle" },  # "rle" (the default) is executed
 //! ]
 //! ```
 //!
@@ -397,7 +397,7 @@ fn action(raw: &RawAction, place: &str) -> Result<Action, RulesError> {
             after_days: days(true)?,
         },
         _ => {
-            let to = raw.to.as_deref().unwrap_or("");
+            let to = raw.to.as_deref().unwrap_or("rle");
             let to = Compression::ALL
                 .iter()
                 .find(|(_, name)| *name == to)

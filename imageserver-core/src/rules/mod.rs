@@ -5,10 +5,11 @@
 //! Conditions test one attribute (`equals`, `wildcard`, `in`,
 //! `older_than_days`, `contains`) and combine with `all`, `any` and `not`.
 //! Actions: `auto_route` to a device, `delete` after N days and
-//! `tier1_retention` (migrate off tier 1 N days after arrival), which the
-//! work queue executes, and the hooks of later issues, declared and
-//! validated now but not yet executed: `online_retention` (purge the online
-//! copy of an archived study after N days) and `compress` (lossless).
+//! `tier1_retention` (migrate off tier 1 N days after arrival) and
+//! `compress` to RLE Lossless (N days after arrival), which the work queue
+//! executes, and the hooks of later issues, declared and validated now but
+//! not yet executed: `online_retention` (purge the online copy of an
+//! archived study after N days) and `compress` to the other lossless codecs.
 //!
 //! Evaluation is pure ([`RuleSet::evaluate`]): a study's attributes and the
 //! time in, the matching rules' actions out, each with the reason (the rule,
@@ -154,7 +155,8 @@ pub enum Action {
         after_days: u32,
     },
     /// Compress the study losslessly this many days after it arrived.
-    /// Declared; executed by a later version.
+    /// Executed for RLE Lossless (`compress_study`); the other codecs are
+    /// declared for a later version.
     Compress {
         /// Days after arrival.
         after_days: u32,
@@ -180,7 +182,13 @@ impl Action {
     pub fn is_executed(&self) -> bool {
         matches!(
             self,
-            Action::AutoRoute { .. } | Action::Delete { .. } | Action::Tier1Retention { .. }
+            Action::AutoRoute { .. }
+                | Action::Delete { .. }
+                | Action::Tier1Retention { .. }
+                | Action::Compress {
+                    to: Compression::Rle,
+                    ..
+                }
         )
     }
 

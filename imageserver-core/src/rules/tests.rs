@@ -224,6 +224,13 @@ fn a_full_file_evaluates_per_partition() {
     assert!(!delete.due_now);
     let tier1 = actions[2].1;
     assert!(tier1.due_now && tier1.action.is_executed());
+    // Only RLE Lossless is executed; the other codecs are declared.
+    assert!(!actions[4].1.action.is_executed());
+    assert!(Action::Compress {
+        after_days: 1,
+        to: Compression::Rle
+    }
+    .is_executed());
     assert_eq!(
         actions[4].1.action,
         Action::Compress {

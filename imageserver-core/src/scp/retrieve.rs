@@ -11,12 +11,15 @@
 //!   partition) through the storage SCU, [`crate::services::send::send`], on an
 //!   association of its own;
 //! - C-GET stores on the requestor's association, on an accepted context of
-//!   the instance's SOP class whose transfer syntax is the stored one and for
+//!   the instance's SOP class whose transfer syntax is the stored one (or,
+//!   for an instance stored compressed that the requestor takes only
+//!   uncompressed, Explicit/Implicit VR LE: decoded on the fly) and for
 //!   which the requestor took the SCP role.
 //!
 //! Between sub-operations a C-CANCEL-RQ stops the retrieve (final status
-//! FE00). Nothing is transcoded: an instance without a context in its
-//! stored transfer syntax is a failed sub-operation.
+//! FE00). Nothing else is transcoded: an instance without a context in its
+//! stored transfer syntax (or an uncompressed one it decodes to) is a failed
+//! sub-operation.
 //!
 //! Final status (PS3.4 C.4.2.1.4, C.4.3.1.4): 0000 when every sub-operation
 //! completed; B000 when some failed or completed with a warning; A702 when
@@ -43,6 +46,7 @@ use crate::audit::{
     Action, AuditEvent, EventKind, Outcome as AuditOutcome, Participant, ParticipantObject, Role,
     TransferTally,
 };
+use crate::dicom::codec;
 use crate::dicom::dimse::{Command, CommandField, Priority, Status, SubOpCounts};
 use crate::dicom::part10::DataSetReader;
 use crate::dicom::scu::{self, Destination, Outcome, Outgoing, ScuError, Tally};
@@ -449,12 +453,20 @@ fn get_sub_operation(
         });
     }
     let contexts = link.contexts_for(class);
-    let Some(pc_id) = contexts
+    let stored = contexts
         .iter()
         .find(|(_, accepted)| *accepted == ts)
-        .map(|(id, _)| *id)
-    else {
-        let accepted: Vec<&str> = contexts.iter().map(|(_, t)| *t).collect();
+        .map(|(id, _)| (*id, None));
+    // Stored compressed, taken only uncompressed: decoded for the requestor.
+    let accepted: Vec<&str> = contexts.iter().map(|(_, t)| *t).collect();
+    let decoded = || {
+        let to = codec::fallback_for(ts, &accepted)?;
+        contexts
+            .iter()
+            .find(|(_, t)| *t == to)
+            .map(|(id, _)| (*id, Some(to.to_string())))
+    };
+    let Some((pc_id, decode_to)) = stored.or_else(decoded) else {
         return Ok(Outcome::Failed {
             reason: if accepted.is_empty() {
                 format!("the requestor accepted no context for SOP class {class}")
@@ -466,11 +478,15 @@ fn get_sub_operation(
             },
         });
     };
-    let mut dataset = match retrieve
-        .open(item)
-        .map_err(|e| e.to_string())
-        .and_then(|file| DataSetReader::new(file, Some(item.file_size)).map_err(|e| e.to_string()))
-    {
+    let opened = retrieve.open(item).map_err(|e| e.to_string());
+    let dataset = match (opened, decode_to) {
+        (Err(reason), _) => Err(reason),
+        (Ok(file), None) => {
+            DataSetReader::new(file, Some(item.file_size)).map_err(|e| e.to_string())
+        }
+        (Ok(mut file), Some(to)) => codec::decoded_data_set(&mut file, Some(item.file_size), &to),
+    };
+    let mut dataset = match dataset {
         Ok(dataset) => dataset,
         Err(reason) => {
             return Ok(Outcome::Failed {

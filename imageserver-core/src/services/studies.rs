@@ -49,6 +49,7 @@
 
 mod archive;
 mod check;
+mod compress;
 mod delete;
 mod edit;
 mod files;
@@ -62,6 +63,7 @@ mod send;
 
 pub use archive::{ArchiveReport, Hsm, ARCHIVE_FAULT_PAUSE_ENV};
 pub use check::{DigestCheck, Finding, IntegrityReport};
+pub use compress::{CompressionReport, COMPRESS_FAULT_PAUSE_ENV};
 pub use delete::{DeleteOutcome, DeleteReport};
 pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
 pub use purge::PurgeReport;

@@ -14,7 +14,7 @@ use super::{now_ms, pg_text, PgIndex, TxError};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
     index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
-    EditableAttribute, FileFacts, ReplaceOutcome, StudyRecord, StudyStore,
+    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
 use crate::model::{
@@ -618,6 +618,46 @@ impl StudyStore for PgIndex {
             Ok(done.rows_affected())
         })?;
         Ok(moved == 1)
+    }
+
+    fn record_recoded_files(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        files: &[RecodedFile],
+    ) -> Result<u64, Error> {
+        self.write("recording recoded files", async |conn| {
+            // Ingest's lock order: patient, then the study's storage row.
+            let Some((study, _, _)) = lock_study(conn, partition, study_uid).await? else {
+                return Ok(0);
+            };
+            let mut changed = 0u64;
+            for file in files {
+                let size = i64::try_from(file.file_size).map_err(|_| {
+                    TxError::Sql(decode(
+                        "file_size",
+                        format!("file size {} out of range", file.file_size),
+                    ))
+                })?;
+                changed += sqlx::query(sql::RECORD_RECODED)
+                    .bind(pg_text(&file.transfer_syntax_uid).into_owned())
+                    .bind(size)
+                    .bind(pg_text(&file.digest).into_owned())
+                    .bind(partition.0)
+                    .bind(file.sop_instance_uid.as_str())
+                    .bind(study)
+                    .bind(pg_text(&file.old_digest).into_owned())
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+            }
+            sqlx::query(sql::RESIZE_STUDY)
+                .bind(now_ms())
+                .bind(study)
+                .execute(&mut *conn)
+                .await?;
+            Ok(changed)
+        })
     }
 
     fn migration_candidates(

@@ -8,7 +8,7 @@ use super::{now_ms, SqliteIndex};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
     index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
-    EditableAttribute, FileFacts, ReplaceOutcome, StudyRecord, StudyStore,
+    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
 use crate::model::{
@@ -479,6 +479,37 @@ impl StudyStore for SqliteIndex {
                 ])
         })?;
         Ok(moved == 1)
+    }
+
+    fn record_recoded_files(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        files: &[RecodedFile],
+    ) -> Result<u64, Error> {
+        self.write("recording recoded files", |tx| {
+            let Some((study, _, _)) = study_keys(tx, partition, study_uid)? else {
+                return Ok(0);
+            };
+            let mut changed = 0u64;
+            for file in files {
+                let size = i64::try_from(file.file_size).map_err(|_| {
+                    super::to_sql_error(format!("file size {} out of range", file.file_size))
+                })?;
+                changed += tx.prepare_cached(sql::RECORD_RECODED)?.execute(params![
+                    file.transfer_syntax_uid,
+                    size,
+                    file.digest,
+                    partition.0,
+                    file.sop_instance_uid.as_str(),
+                    study,
+                    file.old_digest,
+                ])? as u64;
+            }
+            tx.prepare_cached(sql::RESIZE_STUDY)?
+                .execute(params![now_ms(), study])?;
+            Ok(changed)
+        })
     }
 
     fn migration_candidates(

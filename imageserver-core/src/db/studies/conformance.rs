@@ -4,7 +4,7 @@
 use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::studies::{
     AttributeChange, AuditEntry, AuditFilter, DeletedStudy, EditStatus, EditableAttribute,
-    FileFacts, StudyStore,
+    FileFacts, RecodedFile, StudyStore,
 };
 use crate::db::{Error, IndexStore};
 use crate::model::{
@@ -22,6 +22,7 @@ pub(crate) fn run_all<S: IndexStore + StudyStore>(store: &S) {
     reconcile_queue(store);
     audit_entries_are_listed_and_filtered(store);
     migration_switch(store);
+    recoded_files(store);
 }
 
 /// A migration's switch moves the study only as copied; afterwards a
@@ -118,6 +119,60 @@ fn migration_switch<S: IndexStore + StudyStore>(store: &S) {
             .1
             .len(),
         1
+    );
+}
+
+/// A compression's record changes only the rows that still hold the
+/// recoded file's digest, and the study's size follows.
+fn recoded_files<S: IndexStore + StudyStore>(store: &S) {
+    let f = fixture(store, "ST_RECODE");
+    let study = uid("1.18.1");
+    let records = [
+        f.record("P1", "1.18.1", "1.18.1.1", "1.18.1.1.1"),
+        f.record("P1", "1.18.1", "1.18.1.1", "1.18.1.1.2"),
+    ];
+    store.insert_instances(&records).expect("insert");
+    let before = store.study_instances(f.partition, &study).expect("read");
+    let recoded = |i: usize, old: &str| RecodedFile {
+        sop_instance_uid: records[i].instance.sop_instance_uid.clone(),
+        old_digest: old.to_string(),
+        transfer_syntax_uid: "1.2.840.10008.1.2.5".into(),
+        file_size: 100 + i as u64,
+        digest: format!("{i:064x}"),
+    };
+    let files = [recoded(0, &before[0].digest), recoded(1, "not the digest")];
+    assert_eq!(
+        store
+            .record_recoded_files(f.partition, &study, &files)
+            .expect("record"),
+        1
+    );
+    let after = store.study_instances(f.partition, &study).expect("read");
+    assert_eq!(after[0].transfer_syntax_uid.as_str(), "1.2.840.10008.1.2.5");
+    assert_eq!(
+        (after[0].file_size, after[0].digest.as_str()),
+        (100, files[0].digest.as_str())
+    );
+    assert_eq!(after[1], before[1]);
+    let size = store
+        .study(f.partition, &study)
+        .expect("read")
+        .expect("study")
+        .size_bytes;
+    assert_eq!(size, 100 + before[1].file_size);
+    // Again (a rerun): the row no longer holds the old digest.
+    assert_eq!(
+        store
+            .record_recoded_files(f.partition, &study, &files[..1])
+            .expect("record"),
+        0
+    );
+    // An unknown study changes nothing.
+    assert_eq!(
+        store
+            .record_recoded_files(f.partition, &uid("1.18.9"), &files)
+            .expect("record"),
+        0
     );
 }
 

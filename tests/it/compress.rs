@@ -1,0 +1,433 @@
+//! Lossless compression (`compress_study`, RLE Lossless) and sends to
+//! peers that take only uncompressed data sets: a CT study with phantom
+//! pixels (body, lungs, vertebra and noise, as the benchmark corpus
+//! generator draws them) is compressed; DCMTK's `dcmdrle` decodes a stored
+//! file to the original pixels; C-MOVE to a DCMTK `storescp` (which accepts
+//! only uncompressed syntaxes by default) and C-GET by pynetdicom proposing
+//! only Implicit VR LE deliver the original pixels; kill -9 at each step
+//! of a compression leaves every instance one good file the index
+//! describes.
+
+#[path = "support/retrieve_peers.rs"]
+#[allow(dead_code, clippy::duplicate_mod)]
+mod retrieve_peers;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dicom_core::value::PrimitiveValue;
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::InMemDicomObject;
+
+use crate::support::cli::{cli, cli_ok, wait_work_items, BOUND};
+use crate::support::corpus::{generate_corpus, CorpusShape, Instance, Rng};
+use crate::support::dcmtk;
+use crate::support::files_under;
+use crate::support::server::{test_dir, Server};
+use retrieve_peers::{movescu, py_retrieve, StoreScp};
+
+const RLE: &str = "1.2.840.10008.1.2.5";
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_COMPRESSION_AT";
+
+/// A CT slice as `gen_corpus.py --pixels pattern` draws it: air, an
+/// elliptic body, two lungs, a vertebra (stored = HU + 1024, 12 bits),
+/// plus noise (a sum of uniforms, sigma about 12).
+fn phantom(rows: u16, cols: u16, seed: u64) -> Vec<u16> {
+    let mut rng = Rng::new(seed);
+    let (rows, cols) = (rows as usize, cols as usize);
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            let y = -1.0 + 2.0 * r as f64 / (rows - 1) as f64;
+            let x = -1.0 + 2.0 * c as f64 / (cols - 1) as f64;
+            let inside = |cx: f64, cy: f64, ax: f64, ay: f64| {
+                ((x - cx) / ax).powi(2) + ((y - cy) / ay).powi(2) <= 1.0
+            };
+            let mut v = 24.0;
+            if inside(0.0, 0.0, 0.81, 0.63) {
+                v = 1064.0;
+            }
+            if inside(-0.38, -0.05, 0.25, 0.4) || inside(0.38, -0.05, 0.25, 0.4) {
+                v = 224.0;
+            }
+            if inside(0.0, 0.4, 0.08, 0.08) {
+                v = 1724.0;
+            }
+            let noise: f64 = (0..4)
+                .map(|_| (rng.next_u64() % 1000) as f64 / 1000.0)
+                .sum();
+            out.push((v + (noise - 2.0) * 20.0).clamp(0.0, 4095.0) as u16);
+        }
+    }
+    out
+}
+
+/// Rewrites a corpus instance's pixels with [`phantom`].
+fn with_phantom(instance: &mut Instance, seed: u64) {
+    let mut object = dicom_object::open_file(&instance.path).expect("open");
+    let rows = object.element(tags::ROWS).unwrap().to_int::<u16>().unwrap();
+    let cols = object
+        .element(tags::COLUMNS)
+        .unwrap()
+        .to_int::<u16>()
+        .unwrap();
+    object.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(phantom(rows, cols, seed).into()),
+    ));
+    object.write_to_file(&instance.path).expect("write");
+    instance.file_size = std::fs::metadata(&instance.path).unwrap().len();
+}
+
+/// A CT study of phantom slices.
+fn study(dir: &Path, seed: u64, instances: usize, size: u16) -> Vec<Instance> {
+    let mut corpus = generate_corpus(
+        dir,
+        seed,
+        CorpusShape::uniform(1, 1, instances, (size, size)),
+    );
+    for (i, instance) in corpus.iter_mut().enumerate() {
+        with_phantom(instance, seed * 1000 + i as u64);
+    }
+    corpus
+}
+
+/// Pixel Data of a data set as little-endian bytes (native only).
+fn native_pixels(object: &InMemDicomObject) -> Vec<u8> {
+    match object
+        .element(tags::PIXEL_DATA)
+        .expect("pixel data")
+        .value()
+    {
+        dicom_core::DicomValue::Primitive(PrimitiveValue::U16(v)) => {
+            v.iter().flat_map(|s| s.to_le_bytes()).collect()
+        }
+        dicom_core::DicomValue::Primitive(other) => other.to_bytes().into_owned(),
+        _ => panic!("encapsulated pixel data where native was expected"),
+    }
+}
+
+fn file_pixels(path: &Path) -> (String, Vec<u8>) {
+    let object = dicom_object::open_file(path).expect("open a received file");
+    let ts = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .to_string();
+    (ts, native_pixels(&object))
+}
+
+fn instance_files(root: &Path) -> Vec<PathBuf> {
+    files_under(root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
+        .collect()
+}
+
+fn stored_path(root: &Path, sop: &str) -> PathBuf {
+    instance_files(root)
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n == format!("{sop}.dcm").as_str())
+        })
+        .unwrap_or_else(|| panic!("{sop} is not stored under {}", root.display()))
+}
+
+fn store_all(server: &Server, corpus: &[Instance]) {
+    let paths: Vec<&Path> = corpus.iter().map(|i| i.path.as_path()).collect();
+    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
+    assert_eq!(
+        dcmtk::acknowledged_files(&out.text()).len(),
+        corpus.len(),
+        "{out}"
+    );
+}
+
+/// The original pixels by SOP Instance UID.
+fn originals(corpus: &[Instance]) -> BTreeMap<String, Vec<u8>> {
+    corpus
+        .iter()
+        .map(|i| (i.sop_instance_uid.clone(), file_pixels(&i.path).1))
+        .collect()
+}
+
+#[test]
+fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
+    let dir = test_dir("compress");
+    let corpus = study(&dir.path().join("corpus"), 91, 5, 128);
+    let original = originals(&corpus);
+    let dest = StoreScp::start("PLAIN", &dir.path().join("dest"), false);
+    let server = Server::builder(dir.path())
+        .setting("devices", format!("[{}]", dest.device()))
+        .start();
+    store_all(&server, &corpus);
+    let uid = &corpus[0].study_uid;
+    let index = server.archive().index();
+    let before: u64 = corpus
+        .iter()
+        .map(|i| {
+            index
+                .instance(&i.sop_instance_uid)
+                .expect("indexed")
+                .file_size
+        })
+        .sum();
+
+    // Compressed through the server's work queue; the CLI reports the space saved.
+    let out = cli_ok(dir.path(), server.archive(), &["study", "compress", uid]);
+    let saved_line = out
+        .lines()
+        .find(|l| l.contains("saved"))
+        .unwrap_or_else(|| panic!("no saving reported:\n{out}"));
+    let mut after = 0;
+    for instance in &corpus {
+        let row = index.instance(&instance.sop_instance_uid).expect("indexed");
+        assert_eq!(
+            row.transfer_syntax_uid.as_str(),
+            RLE,
+            "{}",
+            instance.sop_instance_uid
+        );
+        let path = stored_path(&server.archive().fs1(), &instance.sop_instance_uid);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), row.file_size);
+        after += row.file_size;
+    }
+    assert!(after < before, "{after} >= {before}");
+    assert!(
+        saved_line.contains(&format!("({} saved)", before - after)),
+        "{saved_line}"
+    );
+    let check = cli(dir.path(), server.archive(), &["study", "check", uid]);
+    assert!(
+        check.success(),
+        "integrity check after compression:\n{check}"
+    );
+
+    // DCMTK decodes the stored RLE file to the original pixels.
+    let stored = stored_path(&server.archive().fs1(), &corpus[0].sop_instance_uid);
+    let decoded = dir.path().join("decoded.dcm");
+    let run = dcmtk::run(
+        {
+            let mut c = dcmtk::command("/usr/bin/dcmdrle");
+            c.arg(&stored).arg(&decoded);
+            c
+        },
+        BOUND,
+    );
+    assert!(run.success(), "dcmdrle:\n{run}");
+    let (ts, pixels) = file_pixels(&decoded);
+    assert_ne!(ts, RLE);
+    assert!(
+        pixels == original[&corpus[0].sop_instance_uid],
+        "dcmdrle decoded other pixels"
+    );
+
+    // C-MOVE to a storescp that accepts only uncompressed syntaxes.
+    let moved = movescu(
+        server.addr(),
+        server.ae_title(),
+        &dest.ae_title,
+        false,
+        &[
+            "QueryRetrieveLevel=STUDY".to_string(),
+            format!("StudyInstanceUID={uid}"),
+        ],
+    );
+    assert_eq!(moved.status, Some(0x0000), "C-MOVE:\n{}", moved.tool);
+    let received = dest.received();
+    assert_eq!(received.len(), corpus.len(), "{}", dest.log_text());
+    for (sop, path) in &received {
+        let (ts, pixels) = file_pixels(path);
+        assert_ne!(ts, RLE, "{sop} arrived compressed");
+        assert!(
+            pixels == original[sop],
+            "{sop}: C-MOVE delivered other pixels"
+        );
+    }
+
+    // C-GET by pynetdicom proposing only Implicit VR LE for CT.
+    let get_dir = dir.path().join("get");
+    let run = py_retrieve(
+        server.addr(),
+        server.ae_title(),
+        "get",
+        &[
+            "--key".into(),
+            "QueryRetrieveLevel=STUDY".into(),
+            "--key".into(),
+            format!("StudyInstanceUID={uid}"),
+            "--context".into(),
+            format!("{CT}=1.2.840.10008.1.2"),
+            "--out".into(),
+            get_dir.display().to_string(),
+        ],
+    );
+    assert_eq!(run.last().status, 0x0000, "C-GET:\n{}", run.tool);
+    assert_eq!(run.stored.len(), corpus.len(), "{}", run.tool);
+    let implicit = dicom_transfer_syntax_registry_implicit();
+    for sop in &run.stored {
+        let raw = std::fs::read(get_dir.join(format!("{sop}.ds"))).expect("received");
+        let object = InMemDicomObject::read_dataset_with_ts(raw.as_slice(), implicit)
+            .expect("an Implicit VR LE data set");
+        assert!(
+            native_pixels(&object) == original[sop],
+            "{sop}: C-GET delivered other pixels"
+        );
+    }
+
+    // Again: nothing left to compress, nothing changes.
+    let rows: Vec<String> = corpus
+        .iter()
+        .map(|i| index.instance(&i.sop_instance_uid).unwrap().digest)
+        .collect();
+    cli_ok(dir.path(), server.archive(), &["study", "compress", uid]);
+    let again: Vec<String> = corpus
+        .iter()
+        .map(|i| index.instance(&i.sop_instance_uid).unwrap().digest)
+        .collect();
+    assert_eq!(rows, again);
+}
+
+/// Implicit VR Little Endian as dicom-object reads data sets.
+fn dicom_transfer_syntax_registry_implicit() -> &'static dicom_encoding::TransferSyntax {
+    use dicom_encoding::TransferSyntaxIndex;
+    dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get("1.2.840.10008.1.2")
+        .expect("implicit VR LE")
+}
+
+/// Waits (bounded) for the server log to contain `text`.
+fn wait_log(root: &Path, text: &str) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {text:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Kill -9 at each step of a compression (one server, a study per step),
+/// restart: the retried item finishes; every instance is one file, in RLE,
+/// that the index describes (size, digest: `study check`), with the
+/// original pixels.
+#[test]
+fn a_compression_killed_at_any_step_leaves_one_good_file_per_instance() {
+    let dir = test_dir("compress-kill");
+    let mut server = Server::builder(dir.path())
+        .setting("workqueue", "{ lease_secs = 2, poll_secs = 1 }")
+        .start();
+    // 20 instances: more than one batch of 16, so "recorded" is mid-study.
+    let steps = [("written-one", 92), ("swapped-one", 93), ("recorded", 94)];
+    let mut studies = Vec::new();
+    for (step, seed) in steps {
+        let corpus = study(&dir.path().join(step), seed, 20, 32);
+        store_all(&server, &corpus);
+        studies.push((step, corpus));
+    }
+    for (round, (step, corpus)) in studies.iter().enumerate() {
+        let uid = &corpus[0].study_uid;
+        assert!(server.sigterm().success());
+        server.set_env(FAULT_ENV, Some(step));
+        server.restart();
+        cli_ok(
+            dir.path(),
+            server.archive(),
+            &["study", "compress", uid, "--queue"],
+        );
+        wait_log(
+            dir.path(),
+            &format!("fault injection: the compression pauses here step=\"{step}\""),
+        );
+        server.kill_9();
+        server.set_env(FAULT_ENV, None);
+        server.restart();
+        wait_work_items(
+            dir.path(),
+            server.archive(),
+            "compress_study",
+            "the compression",
+            |items| items.len() == round + 1 && items.iter().all(|i| i["status"] == "completed"),
+        );
+        let index = server.archive().index();
+        let original = originals(corpus);
+        for instance in corpus {
+            let row = index.instance(&instance.sop_instance_uid).expect("indexed");
+            assert_eq!(row.transfer_syntax_uid.as_str(), RLE, "{step}");
+            let path = stored_path(&server.archive().fs1(), &instance.sop_instance_uid);
+            let decoded = dir.path().join(format!("{step}.dcm"));
+            let run = dcmtk::run(
+                {
+                    let mut c = dcmtk::command("/usr/bin/dcmdrle");
+                    c.arg(&path).arg(&decoded);
+                    c
+                },
+                BOUND,
+            );
+            assert!(run.success(), "{step}: dcmdrle:\n{run}");
+            assert!(
+                file_pixels(&decoded).1 == original[&instance.sop_instance_uid],
+                "{step}: {} lost its pixels",
+                instance.sop_instance_uid
+            );
+        }
+        let check = cli(dir.path(), server.archive(), &["study", "check", uid]);
+        assert!(check.success(), "{step}: integrity check:\n{check}");
+        let files: Vec<PathBuf> = instance_files(&server.archive().fs1())
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(uid.as_str()))
+            .collect();
+        assert_eq!(files.len(), corpus.len(), "{step}: {files:#?}");
+    }
+}
+
+/// A rule's `compress` action: StudyProcess queues `compress_study` for
+/// the quiet study (due at once with `after_days = 0`), which compresses it.
+#[test]
+fn a_compress_rule_compresses_a_quiet_study() {
+    let dir = test_dir("compress-rule");
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        r#"
+version = 1
+
+[[rule]]
+name = "pack-ct"
+when = { attribute = "ModalitiesInStudy", contains = "CT" }
+actions = [{ type = "compress", after_days = 0 }]
+"#,
+    )
+    .unwrap();
+    let server = Server::builder(dir.path())
+        .setting("rules_file", r#""rules.toml""#)
+        .setting(
+            "workqueue",
+            "{ study_process_delay_secs = 1, poll_secs = 1 }",
+        )
+        .start();
+    let corpus = study(&dir.path().join("corpus"), 95, 3, 64);
+    store_all(&server, &corpus);
+    wait_work_items(
+        dir.path(),
+        server.archive(),
+        "compress_study",
+        "the rule's compression",
+        |items| !items.is_empty() && items.iter().all(|i| i["status"] == "completed"),
+    );
+    let index = server.archive().index();
+    for instance in &corpus {
+        let row = index.instance(&instance.sop_instance_uid).expect("indexed");
+        assert_eq!(row.transfer_syntax_uid.as_str(), RLE);
+    }
+}
