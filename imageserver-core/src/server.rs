@@ -603,6 +603,7 @@ impl Archive {
                 queue: queue.clone(),
                 partitions: partitions.clone(),
                 digest_studies: settings.services.integrity_digest_studies,
+                settle: settings.services.integrity_settle,
                 interval: settings.services.integrity_scan,
                 cursor: Default::default(),
             }),

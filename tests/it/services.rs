@@ -53,7 +53,8 @@ fn scheduled_services_archive_purge_check_and_import() {
         .setting(
             "services",
             format!(
-                "{{ archive_scan_secs = 0, integrity_scan_secs = 0, folder_import_secs = 0, import_folder = {:?} }}",
+                "{{ archive_scan_secs = 0, integrity_scan_secs = 0, integrity_settle_secs = 0, \
+                 folder_import_secs = 0, import_folder = {:?} }}",
                 drop.display().to_string()
             ),
         )

@@ -105,6 +105,11 @@ pub struct ServicesConfig {
     /// Studies whose files the integrity scan hashes per run (the slow
     /// rotation of digests; sizes are checked for every study), default 20.
     pub integrity_digest_studies: u64,
+    /// A study whose newest file is younger than this many seconds may
+    /// still be receiving instances (a file is durable before its index row
+    /// is committed): the integrity scan leaves it for a later run, and
+    /// never queues a repair that would race ingest (default 600).
+    pub integrity_settle_secs: u64,
     /// Whether the scheduler runs at all in this process (default true; a
     /// cluster's nodes all may: a lease picks one per service).
     pub enabled: bool,
@@ -121,6 +126,7 @@ impl Default for ServicesConfig {
             archive_scan_secs: 300,
             integrity_scan_secs: 3600,
             integrity_digest_studies: 20,
+            integrity_settle_secs: 600,
             enabled: true,
             import_folder: None,
             folder_import_secs: 10,
@@ -137,6 +143,9 @@ pub struct ServicesSettings {
     pub integrity_scan: Option<Duration>,
     /// Studies hashed per integrity scan.
     pub integrity_digest_studies: u64,
+    /// How long a study's newest file must be quiet before the integrity
+    /// scan judges it.
+    pub integrity_settle: Duration,
     /// Whether the scheduler runs.
     pub enabled: bool,
     /// The drop folder (None: no folder import).
@@ -153,6 +162,7 @@ impl ServicesConfig {
             archive_scan: every(self.archive_scan_secs),
             integrity_scan: every(self.integrity_scan_secs),
             integrity_digest_studies: self.integrity_digest_studies,
+            integrity_settle: Duration::from_secs(self.integrity_settle_secs),
             enabled: self.enabled,
             import_folder: self.import_folder.clone(),
             folder_import: every(self.folder_import_secs),

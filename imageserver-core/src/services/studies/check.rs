@@ -101,6 +101,10 @@ pub struct IntegrityReport {
     pub files: u64,
     /// The disagreements.
     pub findings: Vec<Finding>,
+    /// When the study's newest file was last modified (ms since the Unix
+    /// epoch; None without files). A study still receiving instances has
+    /// files whose rows are not committed yet: its findings are transient.
+    pub newest_file_ms: Option<i64>,
 }
 
 impl IntegrityReport {
@@ -139,6 +143,7 @@ impl Studies {
             indexed: indexed.len() as u64,
             files: on_disk.len() as u64,
             findings: Vec::new(),
+            newest_file_ms: on_disk.values().map(|f| f.modified_ms).max(),
         };
         for instance in &indexed {
             let sop = &instance.sop_instance_uid;
