@@ -278,7 +278,10 @@ def bench_takeover(args, files, binary_path):
     samples = {}
     for lease in args.leases:
         with tempfile.TemporaryDirectory(dir=TMP) as tier2:
-            extra = f'[[filesystems]]\npath = "{tier2}"\ntier = 2\n'
+            # Every takeover counts as a failure of the item (a poison-pill guard):
+            # allow enough for the repeated kills.
+            extra = (f"[[filesystems]]\npath = \"{tier2}\"\ntier = 2\n"
+                     f"[workqueue.kinds.migrate_study]\nmax_failures = {args.kills + 5}\n")
             with Cluster(3, lease=lease, extra=extra,
                          env={"IMAGESERVER_FAULT_PAUSE_MIGRATION_AT": "copied"}) as cluster:
                 host, port = cluster.balancer
@@ -326,7 +329,12 @@ def wait_for_holder(cluster, exclude, bound):
             if pid != exclude and pid in cluster.pids:
                 return pid
         time.sleep(0.05)
-    sys.exit(f"no node took the work item within {bound} s")
+    rows = cluster.psql("SELECT id, type, status, processor_id, failure_count, failure_description "
+                        "FROM work_queue")
+    nodes = cluster.psql("SELECT * FROM node")
+    logs = "".join(f"--- {p.name}\n" + p.read_text()[-1500:] for p in sorted((cluster.dir / "c").glob("node*.log")))
+    sys.exit(f"no node took the work item within {bound} s (node pids {cluster.pids})\n"
+             f"work_queue:\n{rows}\nnode:\n{nodes}\n{logs}")
 
 
 def main():
