@@ -1,7 +1,7 @@
 //! The scheduled services on one running server: `service list`, the
 //! archive scan queueing a quiet study, the watermark check (run by the
 //! server's scheduler) purging the archived study before anything else,
-//! the integrity scan reporting a missing file and queueing its repair,
+//! the integrity scan reporting a missing file (for a person, unrepaired),
 //! and the folder import taking dropped files, with a broken one set aside
 //! in `failed/` with its reason.
 
@@ -147,7 +147,8 @@ fn scheduled_services_archive_purge_check_and_import() {
     let out = cli_ok(root, archive, &["service", "run", "archive-scan"]);
     assert!(out.contains("queued 0 studies"), "packed already: {out}");
 
-    // Integrity scan: a missing file is reported and its repair queued.
+    // Integrity scan: a missing file is reported for a person, never
+    // "repaired" by dropping its row (the index still answers for it).
     let gone = instance_files(&fs1)
         .into_iter()
         .find(|p| p.ends_with(format!("{}.dcm", second[0].sop_instance_uid)))
@@ -155,10 +156,8 @@ fn scheduled_services_archive_purge_check_and_import() {
     std::fs::remove_file(&gone).unwrap();
     let out = cli_ok(root, archive, &["service", "run", "integrity-scan"]);
     assert!(out.contains(&second[0].sop_instance_uid), "{out}");
-    assert!(out.contains("queued 1 reprocess items"), "{out}");
-    wait_work_items(root, archive, "reprocess_study", "the repair", |items| {
-        !items.is_empty() && items.iter().all(|i| i["status"] == "completed")
-    });
+    assert!(out.contains("queued 0 reprocess items"), "{out}");
+    assert!(out.contains("1 with findings for a person"), "{out}");
 
     // The watermark check, run by the server's scheduler: the filesystem is
     // made "full"; the archived studies are purged (nearline) rather than

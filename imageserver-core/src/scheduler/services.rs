@@ -153,7 +153,10 @@ impl ScheduledService for ArchiveScan {
 
 /// The integrity scan: every online study's files against the index —
 /// sizes always, BLAKE3 digests for a rotating slice of studies each run.
-/// Findings are reported; a mismatch a reprocess fixes queues one.
+/// Findings are reported; files the index lacks queue a reprocess (which
+/// adds their rows); missing, resized or changed files are left for a
+/// person (`study check`, `study reprocess`), since rebuilding rows from
+/// the disk would erase what the index still knows.
 #[derive(Debug)]
 pub struct IntegrityScan {
     /// The index.
@@ -192,6 +195,7 @@ impl ScheduledService for IntegrityScan {
         let mut lines = Vec::new();
         let (mut after, mut checked, mut hashed, mut repairs) = (0, 0usize, 0u64, 0usize);
         let mut deferred = 0usize;
+        let mut reported = 0usize;
         let resume = self.cursor.load(Ordering::Relaxed);
         let mut last_hashed = resume;
         while checked < INTEGRITY_MAX_STUDIES {
@@ -244,7 +248,16 @@ impl ScheduledService for IntegrityScan {
                 for finding in &report.findings {
                     lines.push(format!("study {study_uid}: {finding}"));
                 }
-                if report.needs_reprocess() {
+                if !report.is_clean() && !report.repaired_unattended() {
+                    tracing::warn!(
+                        study_uid = %study_uid,
+                        findings = report.findings.len(),
+                        "integrity scan: the study's files disagree with the index; \
+                         see `imageserver study check`, repair with `imageserver study reprocess`"
+                    );
+                    reported += 1;
+                }
+                if report.repaired_unattended() {
                     let item = NewWorkItem::new(WorkKind::REPROCESS_STUDY, partition.id)
                         .study(study_uid.clone())
                         .payload(
@@ -273,7 +286,8 @@ impl ScheduledService for IntegrityScan {
         self.cursor.store(next, Ordering::Relaxed);
         lines.push(format!(
             "checked {checked} studies (digests of {hashed}), queued {repairs} reprocess items; \
-             {deferred} with findings left for a later run (a file younger than {} s)",
+             {reported} with findings for a person; {deferred} with findings left for a later \
+             run (a file younger than {} s)",
             self.settle.as_secs()
         ));
         Ok(lines)

@@ -605,7 +605,17 @@ impl IndexStore for PgIndex {
                 .bind(spec.pn_case_insensitive)
                 .bind(now)
                 .fetch_one(&mut *conn)
-                .await?;
+                .await
+                .map_err(|e| match &e {
+                    // Nodes of a cluster starting together insert the same
+                    // partition at once: ON CONFLICT arbitrates on the AE
+                    // title only, so the loser can trip the folder's unique
+                    // index instead. Retried, it finds the row and updates.
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                        TxError::Conflict("the partition was inserted concurrently")
+                    }
+                    _ => TxError::Sql(e),
+                })?;
             Ok(PartitionId(id))
         })
     }

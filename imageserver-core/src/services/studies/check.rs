@@ -52,6 +52,16 @@ impl Finding {
     pub fn needs_reprocess(&self) -> bool {
         !matches!(self, Finding::Unreadable { .. })
     }
+
+    /// Whether a scheduled scan may queue that reprocess by itself: only
+    /// for files the index does not hold (it adds their rows). A missing
+    /// file, or one whose size or digest changed, is reported for a person:
+    /// rebuilding the rows from what is on disk would drop the rows of
+    /// files on a share that comes back, or record a damaged file's digest
+    /// as the truth.
+    pub fn repaired_unattended(&self) -> bool {
+        matches!(self, Finding::ExtraFile { .. })
+    }
 }
 
 impl std::fmt::Display for Finding {
@@ -116,6 +126,12 @@ impl IntegrityReport {
     /// Whether a reprocess would fix something (StudyProcess schedules one).
     pub fn needs_reprocess(&self) -> bool {
         self.findings.iter().any(Finding::needs_reprocess)
+    }
+
+    /// Whether every finding is one a scheduled scan repairs by itself
+    /// ([`Finding::repaired_unattended`]), and there is one.
+    pub fn repaired_unattended(&self) -> bool {
+        !self.findings.is_empty() && self.findings.iter().all(Finding::repaired_unattended)
     }
 }
 
