@@ -79,17 +79,7 @@ pub fn audit(args: AuditArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     for entry in &entries {
         if args.json {
-            let details: serde_json::Value = serde_json::from_str(&entry.details)
-                .unwrap_or_else(|_| serde_json::Value::String(entry.details.clone()));
-            let line = serde_json::json!({
-                "at_ms": entry.at_ms,
-                "at": rfc3339(entry.at_ms),
-                "actor": entry.actor,
-                "action": entry.action,
-                "partition_id": entry.partition.map(|p| p.0),
-                "study_uid": entry.study_uid.as_ref().map(Uid::as_str),
-                "details": details,
-            });
+            let line = imageserver_core::services::admin::audit_json(entry);
             writeln!(out, "{line}")?;
         } else {
             writeln!(

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use imageserver_core::config::FilesystemConfig;
 use imageserver_core::model::Filesystem;
 use imageserver_core::storage::fs::FsStorage;
-use imageserver_core::tiering::{self, FilesystemReport};
+use imageserver_core::tiering;
 use imageserver_core::{open_index, Database, IndexStore};
 
 use crate::{load_config, ArchiveArgs};
@@ -148,7 +148,10 @@ fn list(args: ListArgs) -> Result<ExitCode> {
     let index = open(&args.archive)?;
     let reports = tiering::refresh(index.as_ref(), &FsStorage::new(), None, false)?;
     if args.json {
-        let rows: Vec<serde_json::Value> = reports.iter().map(report_json).collect();
+        let rows: Vec<serde_json::Value> = reports
+            .iter()
+            .map(imageserver_core::services::admin::filesystem_json)
+            .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -200,30 +203,6 @@ fn state(fs: &Filesystem) -> String {
         words.push("wo");
     }
     words.join(",")
-}
-
-fn report_json(report: &FilesystemReport) -> serde_json::Value {
-    let fs = &report.filesystem;
-    serde_json::json!({
-        "id": fs.id.0,
-        "path": fs.spec.path.display().to_string(),
-        "tier": fs.spec.tier.0,
-        "enabled": fs.enabled,
-        "read_only": fs.spec.read_only,
-        "write_only": fs.spec.write_only,
-        "high_watermark": fs.spec.high_watermark,
-        "low_watermark": fs.spec.low_watermark,
-        "capacity_mb": fs.spec.capacity_mb,
-        "description": fs.spec.description,
-        "marker": fs.marker,
-        "marker_state": report.marker.word(),
-        "refused": report.marker.refusal(),
-        "held_bytes": report.held_bytes,
-        "total_bytes": report.usage.map(|u| u.total_bytes),
-        "available_bytes": report.usage.map(|u| u.available_bytes),
-        "used_percent": report.used_percent(),
-        "above_high_watermark": report.used_percent().map(|p| p >= fs.spec.high_watermark),
-    })
 }
 
 fn add(args: AddArgs) -> Result<ExitCode> {

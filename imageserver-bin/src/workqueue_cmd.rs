@@ -301,7 +301,11 @@ fn list(args: ListArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     if args.json {
         for item in &items {
-            writeln!(out, "{}", item_json(item, false))?;
+            writeln!(
+                out,
+                "{}",
+                imageserver_core::services::admin::work_item_json(item, false)
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -336,7 +340,10 @@ fn show(args: ShowArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     if args.json {
-        println!("{}", item_json(&item, true));
+        println!(
+            "{}",
+            imageserver_core::services::admin::work_item_json(&item, true)
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let optional = |t: Option<imageserver_core::workqueue::Timestamp>| {
@@ -377,48 +384,6 @@ fn show(args: ShowArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn item_json(item: &WorkItem, with_uids: bool) -> serde_json::Value {
-    let time = |t: Option<imageserver_core::workqueue::Timestamp>| {
-        t.map(|t| serde_json::json!({ "ms": t.as_millis(), "utc": t.to_string() }))
-    };
-    let payload: serde_json::Value = serde_json::from_str(&item.payload)
-        .unwrap_or(serde_json::Value::String(item.payload.clone()));
-    let mut value = serde_json::json!({
-        "id": item.id.0,
-        "type": item.kind.as_str(),
-        "status": item.status.as_str(),
-        "priority": item.priority.as_str(),
-        "partition": item.partition.0,
-        "study_uid": item.study_uid().map(|u| u.as_str()),
-        "scheduled_at": time(Some(item.scheduled_at)),
-        "expires_at": time(item.expires_at),
-        "failure_count": item.failure_count,
-        "failure_description": item.failure_description,
-        "attempt": item.attempt,
-        "processor_id": item.processor_id,
-        "lease_expires_at": time(item.lease_expires_at),
-        "created_at": time(Some(item.created_at)),
-        "updated_at": time(Some(item.updated_at)),
-        "payload": payload,
-        "instances": item.uid_count,
-    });
-    if with_uids {
-        value["uids"] = item
-            .uids
-            .iter()
-            .map(|u| {
-                serde_json::json!({
-                    "series_uid": u.series_uid.as_str(),
-                    "sop_instance_uid": u.sop_instance_uid.as_str(),
-                    "failed": u.failed,
-                    "failure_count": u.failure_count,
-                })
-            })
-            .collect();
-    }
-    value
 }
 
 // ------------------------------------------------------------ test engine

@@ -255,7 +255,7 @@ fn device_json(device: &DeviceSpec) -> Value {
 }
 
 /// A filesystem's report as JSON (the `filesystem list --json` shape).
-fn filesystem_json(report: &FilesystemReport) -> Value {
+pub fn filesystem_json(report: &FilesystemReport) -> Value {
     let fs = &report.filesystem;
     json!({
         "id": fs.id.0,
@@ -268,6 +268,7 @@ fn filesystem_json(report: &FilesystemReport) -> Value {
         "low_watermark": fs.spec.low_watermark,
         "capacity_mb": fs.spec.capacity_mb,
         "description": fs.spec.description,
+        "marker": fs.marker,
         "marker_state": report.marker.word(),
         "refused": report.marker.refusal(),
         "held_bytes": report.held_bytes,
@@ -278,7 +279,8 @@ fn filesystem_json(report: &FilesystemReport) -> Value {
     })
 }
 
-fn audit_json(entry: &AuditEntry) -> Value {
+/// An audit log entry as JSON (the `audit --json` shape).
+pub fn audit_json(entry: &AuditEntry) -> Value {
     let details: Value = serde_json::from_str(&entry.details)
         .unwrap_or_else(|_| Value::String(entry.details.clone()));
     json!({
