@@ -11,7 +11,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints the minutes and seconds since the script started, so a
+# run's log shows where the suite's time goes (it must stay under 20 min).
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # IMAGESERVER_SKIP_PG=1 turns the library's PostgreSQL tests green without
