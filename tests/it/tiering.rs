@@ -404,7 +404,10 @@ fn the_watermark_service_drains_a_tier_below_its_low_watermark() {
     let data = dir.path().join("data");
     let (t1, t2) = (data.join("t1"), data.join("t2"));
     let corpus_dir = dir.path().join("corpus");
-    // 8 studies of ~100 KB against a 1 MiB tier 1 (high 60 %, low 30 %).
+    // 8 studies of ~100 KB against a 1 MiB tier 1 (high 90 %, low 30 %):
+    // all of them fit below the high watermark, so placement puts every
+    // one on tier 1 however fresh its view of the usage is. The high
+    // watermark is lowered to 60 % once they are stored.
     let corpus = generate_corpus(&corpus_dir, 75, CorpusShape::uniform(8, 1, 3, (128, 128)));
     let server = Server::builder(dir.path())
         .setting("min_free_space_mb", 0)
@@ -414,14 +417,13 @@ fn the_watermark_service_drains_a_tier_below_its_low_watermark() {
             "filesystems",
             format!(
                 "[{}, {}]",
-                fs_toml(&t1, 1, Some(1), 60.0, 30.0),
+                fs_toml(&t1, 1, Some(1), 90.0, 30.0),
                 fs_toml(&t2, 2, Some(1024), 90.0, 80.0)
             ),
         )
         .start();
-    // One study after the other: their order of arrival is known. Six
-    // stay below the high watermark; the first is then retrieved (its
-    // access recorded), and two more take tier 1 past the watermark.
+    // One study after the other: their order of arrival is known. After
+    // six the first is retrieved (its access recorded); then two more.
     let studies_in_order: Vec<&[Instance]> = corpus.chunks(3).collect();
     for (n, study) in studies_in_order.iter().enumerate() {
         if n == 6 {
@@ -445,6 +447,24 @@ fn the_watermark_service_drains_a_tier_below_its_low_watermark() {
         let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
         assert_eq!(store(&server, &paths), vec!["Success"; study.len()]);
     }
+    assert_eq!(
+        instance_files(&t1).len(),
+        corpus.len(),
+        "every study is on tier 1 before the watermark is lowered"
+    );
+    let items = crate::support::cli::work_items(dir.path(), server.archive(), "migrate_study");
+    assert!(
+        items.is_empty(),
+        "below the high watermark, nothing migrates: {items:#?}"
+    );
+    // About 76 % used: lowering the high watermark to 60 % puts tier 1
+    // above it.
+    let t1_text = t1.display().to_string();
+    cli_ok(
+        dir.path(),
+        server.archive(),
+        &["filesystem", "set", &t1_text, "--high-watermark", "60"],
+    );
 
     // Migrations are queued and run until tier 1 is below its low mark.
     let deadline = std::time::Instant::now() + BOUND;
