@@ -11,6 +11,15 @@
 #                             server certificate for 127.0.0.1 are made in
 #                             DIR/tls with openssl, and the URL asks for
 #                             sslmode=verify-full against DIR/tls/ca.crt
+#   scripts/pg.sh start DIR --no-fsync
+#                             (with or without --ssl) fsync = off and
+#                             full_page_writes = off: for the test command,
+#                             whose tests kill our server and stop or kill
+#                             PostgreSQL's processes but never the machine,
+#                             and a crashed process loses nothing written
+#                             (commits still write the WAL before they
+#                             return). Never for benchmarks or real data:
+#                             a power cut can corrupt such a cluster.
 #   scripts/pg.sh down DIR    stop it (fast shutdown), keep its files
 #   scripts/pg.sh up DIR      start a stopped cluster again on the same port
 #   scripts/pg.sh stop DIR    stop it and remove DIR
@@ -103,8 +112,15 @@ make_certificates() {
 cmd=${1:-}
 dir=${2:-}
 ssl=no
-[ "${3:-}" = "--ssl" ] && ssl=yes
-[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: pg.sh start|down|up|stop DIR [--ssl]"
+fsync=yes
+for option in "${@:3}"; do
+    case "$option" in
+    --ssl) ssl=yes ;;
+    --no-fsync) fsync=no ;;
+    *) fail "unknown option $option (--ssl, --no-fsync)" ;;
+    esac
+done
+[ -n "$cmd" ] && [ -n "$dir" ] || fail "usage: pg.sh start|down|up|stop DIR [--ssl] [--no-fsync]"
 
 case "$cmd" in
 start)
@@ -130,6 +146,13 @@ max_connections = 300
 shared_buffers = 128MB
 log_min_messages = warning
 EOF
+    if [ "$fsync" = no ]; then
+        cat >>"$dir/data/postgresql.conf" <<EOF
+# --no-fsync: for tests only (see scripts/pg.sh).
+fsync = off
+full_page_writes = off
+EOF
+    fi
     if [ "$ssl" = yes ]; then
         make_certificates "$dir"
         cat >>"$dir/data/postgresql.conf" <<EOF

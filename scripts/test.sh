@@ -160,8 +160,9 @@ cargo build --workspace --all-targets
 # a test fails). Tests create and drop their own databases in it.
 PG_DIR=$(mktemp -d /tmp/imageserver-test-pg.XXXXXX)
 trap 'bash scripts/pg.sh stop "$PG_DIR" >/dev/null 2>&1 || true' EXIT
-step "starting a throwaway PostgreSQL cluster, TLS only: scripts/pg.sh start $PG_DIR --ssl"
-IMAGESERVER_PG_URL=$(bash scripts/pg.sh start "$PG_DIR" --ssl) || fail "cannot start PostgreSQL"
+# No fsync in it: the tests kill processes, never the machine (scripts/pg.sh).
+step "starting a throwaway PostgreSQL cluster, TLS only: scripts/pg.sh start $PG_DIR --ssl --no-fsync"
+IMAGESERVER_PG_URL=$(bash scripts/pg.sh start "$PG_DIR" --ssl --no-fsync) || fail "cannot start PostgreSQL"
 export IMAGESERVER_PG_URL
 step "PostgreSQL at $IMAGESERVER_PG_URL"
 
