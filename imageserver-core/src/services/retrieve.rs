@@ -269,6 +269,7 @@ impl Retrieve {
     /// index's order, as one list: for a target of bounded size (WADO-RS's
     /// one study, series or instance). A C-MOVE or C-GET, which may name a
     /// patient's every study, uses [`Retrieve::plan`].
+    #[cfg(feature = "web")]
     pub fn instances(&self, query: &Query) -> Result<Vec<RetrieveItem>, RetrieveError> {
         let items = instances_on(&*self.query, query)?;
         // After the query: its connection is back in the pool.
