@@ -14,6 +14,7 @@
 #
 # `start` and `status` print KEY=VALUE lines for scripts:
 #   AE=  BALANCER=host:port  NODES=host:port,...  NODE_PIDS=pid,...
+#   HTTP=host:port,... (each node's admin API and DICOMweb, same order)
 #   HAPROXY_PID=  DB=postgres://...  DATA=shared filesystem path
 #
 # Environment: IMAGESERVER_BIN (default: cargo build, then the debug
@@ -61,8 +62,8 @@ ensure_haproxy() {
     [ -x "$HAPROXY" ] || fail "haproxy is still missing after apt-get install ($HAPROXY)"
 }
 
-# A port free on every node address (the nodes share it) and another for
-# the balancer.
+# A port free on every node address (the nodes share it), another for their
+# HTTP servers, and one for the balancer.
 free_ports() {
     python3 - "${HOSTS[@]}" <<'EOF'
 import socket, sys
@@ -81,8 +82,11 @@ def free_on_all():
             for t in held: t.close()
     sys.exit("no port free on every address")
 node = free_on_all()
+http = free_on_all()
+while http == node:
+    http = free_on_all()
 s = socket.socket(); s.bind(("127.0.0.1", 0)); balancer = s.getsockname()[1]; s.close()
-print(node, balancer)
+print(node, http, balancer)
 EOF
 }
 
@@ -109,8 +113,8 @@ alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 print_status() {
     # shellcheck disable=SC1090
     . "$ENV_FILE"
-    printf 'AE=%s\nBALANCER=%s\nNODES=%s\nNODE_PIDS=%s\nHAPROXY_PID=%s\nDB=%s\nDATA=%s\n' \
-        "$AE" "$BALANCER" "$NODES" "$NODE_PIDS" "$HAPROXY_PID" "$DB" "$DATA"
+    printf 'AE=%s\nBALANCER=%s\nNODES=%s\nNODE_PIDS=%s\nHTTP=%s\nHAPROXY_PID=%s\nDB=%s\nDATA=%s\n' \
+        "$AE" "$BALANCER" "$NODES" "$NODE_PIDS" "${HTTP:-}" "$HAPROXY_PID" "$DB" "$DATA"
 }
 
 start() {
@@ -137,11 +141,11 @@ start() {
     DATA=$DIR/data
     mkdir -p "$DATA"
 
-    local ports port balancer_port
+    local ports port http_port balancer_port
     ports=$(free_ports) || fail "no free ports"
-    read -r port balancer_port <<<"$ports"
+    read -r port http_port balancer_port <<<"$ports"
     BALANCER=127.0.0.1:$balancer_port
-    local pids=() nodes=() n=0 host
+    local pids=() nodes=() https=() n=0 host
     # Record what runs as it starts, so that `stop` finds it even if start fails.
     write_env() {
         local IFS=,
@@ -150,6 +154,7 @@ AE='$AE'
 BALANCER='$BALANCER'
 NODES='${nodes[*]}'
 NODE_PIDS='${pids[*]}'
+HTTP='${https[*]}'
 HAPROXY_PID='${HAPROXY_PID:-}'
 DB='$DB'
 DATA='$DATA'
@@ -181,6 +186,12 @@ dead_after_secs = 4
 drain_grace_secs = 3
 drain_timeout_secs = 60
 
+# The admin API and DICOMweb, on every node (no users: loopback callers).
+[http]
+enabled = true
+bind = "$host"
+port = $http_port
+
 [workqueue]
 lease_secs = ${CLUSTER_LEASE_SECS:-10}
 poll_secs = 1
@@ -203,6 +214,7 @@ EOF
         done
         pids+=("$(cat "$DIR/node$n.pid")")
         nodes+=("$host:$port")
+        https+=("$host:$http_port")
         write_env
     done
     local i

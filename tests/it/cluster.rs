@@ -2,8 +2,11 @@
 //! nodes on 127.0.0.1-3 behind HAProxy, one PostgreSQL, one shared data
 //! path. One cluster serves the whole scenario (starting one costs ~10 s):
 //! eight associations through the balancer, C-FIND through each node,
-//! C-MOVE through the balancer, kill -9 of a node mid-ingest, and a node
-//! drained under load.
+//! C-MOVE through the balancer, a modality sending to one node directly
+//! (divided modalities), a device added and changed through node 1's admin
+//! API and used at once by every node's sends, queued through all three,
+//! which keep to its `max_outgoing_associations` of one together, kill -9
+//! of a node mid-ingest, and a node drained under load.
 //!
 //! It runs PostgreSQL of its own, so it runs once, in the PostgreSQL pass
 //! of the test command (the SQLite pass skips `cluster::pg_`).
@@ -17,13 +20,14 @@ use std::time::{Duration, Instant};
 use crate::support::corpus::{self, generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk::{self, CALLING_AE};
 use crate::support::raw::{c_store_rq, Proposal, RawPeer};
-use crate::support::server::{test_dir, BINARY};
+use crate::support::scp::{FlakyScp, Refuse};
+use crate::support::server::{free_port, test_dir, BINARY};
 use crate::support::{files_under, received_by_uid};
 
 #[path = "support/retrieve_peers.rs"]
 #[allow(dead_code, clippy::duplicate_mod)]
 mod retrieve_peers;
-use retrieve_peers::StoreScp;
+use retrieve_peers::{assert_received, StoreScp};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/large/cluster.sh");
 /// The move destination's AE title (a device in every node's configuration).
@@ -31,6 +35,11 @@ const DESTINATION: &str = "CLUSTERDEST";
 /// How long the dead node's leases hold (`[workqueue] lease_secs`).
 const LEASE: Duration = Duration::from_secs(10);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// The slow destination of the queued sends, with a limit of one
+/// association (added through node 1's admin API only).
+const LIMITED: &str = "SLOWDEST";
+/// How long the slow destination holds each C-STORE.
+const SLOW_STORE: Duration = Duration::from_millis(300);
 /// One association storing slowly (tests/it/py/slow_store_scu.py).
 const SLOW_STORE_SCU: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/slow_store_scu.py");
 
@@ -84,6 +93,14 @@ impl Cluster {
         self.value("NODES")
             .split(',')
             .map(|a| a.parse().expect("NODES=host:port,..."))
+            .collect()
+    }
+
+    /// Each node's HTTP server (admin API), in the order of [`Cluster::nodes`].
+    fn http(&self) -> Vec<SocketAddr> {
+        self.value("HTTP")
+            .split(',')
+            .map(|a| a.parse().expect("HTTP=host:port,..."))
             .collect()
     }
 
@@ -275,11 +292,92 @@ fn find_refused(addr: SocketAddr, ae: &str) -> bool {
     text.contains("Status: 0x124") || text.contains("Refused")
 }
 
+/// `PUT /api/devices/{ae}` through one node's admin API (loopback, no
+/// users: the session's CSRF token from `GET /api/session`, with curl).
+fn put_device(http: SocketAddr, jar: &Path, ae: &str, body: &serde_json::Value) {
+    let curl = |args: &[&str]| -> String {
+        let output = Command::new("curl")
+            .args(["-sS", "--max-time", "30", "-c"])
+            .arg(jar)
+            .arg("-b")
+            .arg(jar)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run curl");
+        assert!(
+            output.status.success(),
+            "curl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let session: serde_json::Value =
+        serde_json::from_str(&curl(&[&format!("http://{http}/api/session")]))
+            .expect("the session as JSON");
+    let csrf = session["csrf"].as_str().expect("a CSRF token");
+    let answer = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("X-CSRF-Token: {csrf}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        &body.to_string(),
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{http}/api/devices/{ae}"),
+    ]);
+    let status = answer.lines().last().unwrap_or_default();
+    assert!(
+        status == "200" || status == "201",
+        "PUT /api/devices/{ae} through {http}: {answer}"
+    );
+}
+
+/// NumberOfStudyRelatedInstances of one study, as C-FIND through `addr`
+/// answers it (one value per answer).
+fn study_count_via(addr: SocketAddr, ae: &str, study_uid: &str) -> Vec<String> {
+    let mut command = dcmtk::command("/usr/bin/findscu");
+    command
+        .args(["-v", "-S", "-aet", CALLING_AE, "-aec", ae])
+        .args(["-to", "10", "-ta", "10", "-td", "60"])
+        .args(["-k", "QueryRetrieveLevel=STUDY"])
+        .arg("-k")
+        .arg(format!("StudyInstanceUID={study_uid}"))
+        .args(["-k", "NumberOfStudyRelatedInstances"])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string());
+    let output = dcmtk::run(command, CLIENT_TIMEOUT);
+    assert!(output.success(), "findscu through {addr}:\n{output}");
+    output
+        .text()
+        .lines()
+        .filter(|l| l.contains("(0020,1208)") && !l.contains("no value available"))
+        .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.trim().to_string()))
+        .collect()
+}
+
 #[test]
 fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     let dir = test_dir("cluster");
     let root = dir.path();
     let destination = StoreScp::start(DESTINATION, &root.join("dest"), false);
+    // The slow destination starts (python) while the cluster does.
+    let slow_port = free_port();
+    let slow_root = root.join("slowdest");
+    std::fs::create_dir_all(&slow_root).expect("create the slow destination's folder");
+    let slow_scp = std::thread::spawn(move || {
+        FlakyScp::start_slow(
+            &slow_root,
+            LIMITED,
+            slow_port,
+            Refuse::FirstTime(&[]),
+            &[],
+            SLOW_STORE,
+        )
+    });
     let extra = root.join("extra.toml");
     std::fs::write(
         &extra,
@@ -405,6 +503,136 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
             instance.sop_instance_uid
         );
     }
+
+    // 3b. Divided modalities: a modality configured with node 2's address
+    // stores there directly, not through the balancer; node 1 answers for
+    // the study at once.
+    let divided_dir = root.join("corpus-divided");
+    let divided = generate_corpus(&divided_dir, 1205, CorpusShape::uniform(1, 1, 2, (16, 16)));
+    let stored = dcmtk::store(nodes[1], &ae, &[&divided_dir], &[], CLIENT_TIMEOUT);
+    assert!(stored.success(), "storescu to node 2 directly:\n{stored}");
+    assert_eq!(dcmtk::acknowledged_files(&stored.text()).len(), 2);
+    assert_eq!(
+        study_count_via(nodes[0], &ae, &divided[0].study_uid),
+        ["2"],
+        "node 1 answers for what node 2 stored"
+    );
+    assert_stored_once(&cluster, &divided, "divided modalities");
+
+    // 3c. A device added, then changed, through node 1's admin API alone
+    // (no node has it in its configuration), with a limit of one
+    // association: sends of six studies, queued two through each node's
+    // CLI, run on the nodes' engines at the new port, never more than one
+    // association at a time across the cluster.
+    let limit_started = Instant::now();
+    let slow_scp = slow_scp.join().expect("start the slow destination");
+    let jar = root.join("admin-cookies.txt");
+    let device = |port: u16| {
+        serde_json::json!({
+            "host": "127.0.0.1",
+            "port": port,
+            "max_associations": 0,
+            "max_outgoing_associations": 1,
+        })
+    };
+    // First at a port nothing listens on: a node still using it would fail
+    // the send (a failure counted on its item).
+    put_device(cluster.http()[0], &jar, LIMITED, &device(free_port()));
+    put_device(cluster.http()[0], &jar, LIMITED, &device(slow_port));
+    let study_uids: Vec<&str> = instances
+        .iter()
+        .map(|i| i.study_uid.as_str())
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .take(6)
+        .collect();
+    let mut sent: Vec<&Instance> = Vec::new();
+    std::thread::scope(|scope| {
+        let queued: Vec<_> = study_uids
+            .iter()
+            .enumerate()
+            .map(|(n, &study)| {
+                // Three instances of each study, to keep the serial sends short.
+                let picked: Vec<&Instance> = instances
+                    .iter()
+                    .filter(|i| i.study_uid == *study)
+                    .take(3)
+                    .collect();
+                sent.extend(picked.iter().copied());
+                let config = cluster.dir.join(format!("node{}.toml", n % 3 + 1));
+                scope.spawn(move || {
+                    let mut command = Command::new(BINARY);
+                    command
+                        .args(["study", "send", study, "--to", LIMITED, "--queue"])
+                        .args(
+                            picked
+                                .iter()
+                                .flat_map(|i| ["--instance", i.sop_instance_uid.as_str()]),
+                        )
+                        .arg("--config")
+                        .arg(config)
+                        .env("IMAGESERVER_LOG", "warn");
+                    dcmtk::run(command, CLIENT_TIMEOUT)
+                })
+            })
+            .collect();
+        for queue in queued {
+            let output = queue.join().expect("a queueing thread");
+            assert!(output.success(), "study send --queue:\n{output}");
+        }
+    });
+    let items = || {
+        cluster.psql(&format!(
+            "SELECT status, failure_count, COALESCE(processor_id, '') FROM work_queue \
+             WHERE type = 'move_study' AND payload LIKE '%{LIMITED}%' ORDER BY id"
+        ))
+    };
+    wait_until(
+        Duration::from_secs(90),
+        "the six sends to the limited device completed",
+        || {
+            let rows = items();
+            rows.lines().count() == 6 && rows.lines().all(|l| l.starts_with("completed|"))
+        },
+    );
+    let rows = items();
+    assert!(
+        rows.lines().all(|l| l.starts_with("completed|0|")),
+        "no send failed (no node used the old port, waiting for the limit is no failure): {rows}"
+    );
+    let nodes_of: BTreeMap<String, String> = cluster
+        .psql("SELECT processor_id, id FROM node WHERE processor_id IS NOT NULL")
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(processor, node)| (processor.to_string(), node.to_string()))
+        .collect();
+    let ran_on: BTreeSet<&str> = rows
+        .lines()
+        .filter_map(|l| l.rsplit('|').next())
+        .map(|processor| nodes_of.get(processor).map_or(processor, String::as_str))
+        .collect();
+    assert!(
+        ran_on.len() >= 2,
+        "the sends ran on one node only ({ran_on:?}): the limit was not shared: {rows}"
+    );
+    assert_eq!(
+        slow_scp.max_open_connections(0),
+        1,
+        "associations open at once at the limited device: {:?}",
+        slow_scp.connection_events()
+    );
+    let stores = slow_scp.stores();
+    assert_eq!(
+        stores.len(),
+        sent.len(),
+        "each instance sent once: {stores:?}"
+    );
+    assert_received(&slow_scp.received(), &sent, "limited sends");
+    eprintln!(
+        "cluster: {} sends through {ran_on:?} kept to one association in {:?}",
+        study_uids.len(),
+        limit_started.elapsed()
+    );
 
     // 4. kill -9 a node mid-ingest: a half-sent store leaves a temporary
     // file of the victim; senders whose association it held re-send

@@ -38,6 +38,8 @@ mod studies;
 mod workqueue;
 // Built-in processors via a running server: queued send with retries, queued delete, StudyProcess after ingest.
 mod processors;
+// Reprocess racing ingest: instances stored between its listing and its rewrite keep their rows.
+mod reprocess;
 // Partial send failures: a destination refusing some instances once or forever; only what failed is sent again.
 mod routing;
 // Series metadata (DICOM JSON) written by StudyProcess, checked with pydicom; edit, reprocess, import and delete around it.

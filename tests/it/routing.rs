@@ -1,6 +1,7 @@
 //! Sends that partly fail, through a running server (`imageserver serve`)
 //! and the CLI, on the selected backend. The destination is a real Storage
-//! SCP (`tests/it/py/flaky_store_scp.py`, pynetdicom) that refuses chosen
+//! SCP (`tests/it/py/flaky_store_scp.py`, pynetdicom, driven by
+//! `support::scp::FlakyScp`) that refuses chosen
 //! instances with 0xA700, once or forever, and logs every C-STORE it gets:
 //! the log shows what each round sent, the items show what the archive
 //! decided, the SCP's files show what arrived.
@@ -22,184 +23,19 @@
 mod retrieve_peers;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::cli::{cli_ok, command, load, wait_work_items, work_item, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
+use crate::support::dcmtk;
+use crate::support::scp::{FlakyScp, Refuse};
 use crate::support::server::{free_port, test_dir, Archive, Server};
-use crate::support::{dcmtk, received_by_uid};
 use retrieve_peers::{assert_received, device_toml};
 
-/// The pynetdicom Storage SCP.
-const FLAKY_SCP: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/it/py/flaky_store_scp.py"
-);
 /// Out of Resources: what the SCP answers a refused instance.
 const REFUSED: u16 = 0xA700;
 /// Coercion of Data Elements: stored, with a warning.
 const WARNING: u16 = 0xB000;
-
-/// `flaky_store_scp.py` on a loopback port, killed (by its handle) on drop.
-struct FlakyScp {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-    output: PathBuf,
-}
-
-/// Which instances the SCP refuses, and for how long.
-enum Refuse<'a> {
-    /// The first time each arrives.
-    FirstTime(&'a [&'a str]),
-    /// Every time.
-    Always(&'a [&'a str]),
-}
-
-impl FlakyScp {
-    /// Starts the SCP as `ae_title` on `port` under `root`, answering the
-    /// `warn` instances with 0xB000; waits until it listens.
-    fn start(
-        root: &Path,
-        ae_title: &str,
-        port: u16,
-        refuse: Refuse<'_>,
-        warn: &[&str],
-    ) -> FlakyScp {
-        FlakyScp::start_slow(root, ae_title, port, refuse, warn, Duration::ZERO)
-    }
-
-    /// [`FlakyScp::start`], holding every C-STORE `delay` before answering.
-    fn start_slow(
-        root: &Path,
-        ae_title: &str,
-        port: u16,
-        refuse: Refuse<'_>,
-        warn: &[&str],
-        delay: Duration,
-    ) -> FlakyScp {
-        let dir = root.join("dest");
-        let (mode, refused) = match refuse {
-            Refuse::FirstTime(uids) => ("first", uids),
-            Refuse::Always(uids) => ("always", uids),
-        };
-        let refuse_file = root.join("refuse.txt");
-        std::fs::write(&refuse_file, lines(refused)).expect("write the refuse list");
-        let warn_file = root.join("warn.txt");
-        std::fs::write(&warn_file, lines(warn)).expect("write the warn list");
-        let log = root.join("dest-stores.log");
-        let output = root.join("dest-output.log");
-        let out = std::fs::File::create(&output).expect("create the SCP output file");
-        let child = Command::new("python3")
-            .arg(FLAKY_SCP)
-            .args(["--port", &port.to_string(), "--aet", ae_title])
-            .arg("--out")
-            .arg(&dir)
-            .arg("--log")
-            .arg(&log)
-            .arg("--refuse")
-            .arg(&refuse_file)
-            .args(["--refuse-mode", mode])
-            .arg("--warn")
-            .arg(&warn_file)
-            .args(["--delay", &delay.as_secs_f64().to_string()])
-            .arg("--conn-log")
-            .arg(root.join("dest-connections.log"))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("clone the output handle"))
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn python3 {FLAKY_SCP}: {e}"));
-        let mut scp = FlakyScp {
-            child,
-            dir,
-            log,
-            output,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let printed = std::fs::read_to_string(&scp.output).unwrap_or_default();
-            if printed.lines().any(|l| l == "READY") {
-                return scp;
-            }
-            if let Some(status) = scp.child.try_wait().expect("poll the SCP") {
-                panic!("{FLAKY_SCP} exited ({status}) before listening:\n{printed}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{FLAKY_SCP} did not listen:\n{printed}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Every C-STORE so far, in arrival order: SOP Instance UID and the
-    /// status answered.
-    fn stores(&self) -> Vec<(String, u16)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                let fields: Vec<&str> = line.split(' ').collect();
-                assert!(
-                    fields.len() == 4 && fields[0] == "STORE",
-                    "bad log line {line:?}"
-                );
-                let status = u16::from_str_radix(fields[3], 16).expect("a hex status");
-                (fields[2].to_string(), status)
-            })
-            .collect()
-    }
-
-    /// The most connections the SCP had open at once, over the lines of
-    /// its connection log from line `from` on.
-    fn max_open_connections(&self, from: usize) -> usize {
-        self.connection_events()
-            .into_iter()
-            .skip(from)
-            .map(|(_, open)| open)
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Its connection log: (opened?, connections open after the event).
-    fn connection_events(&self) -> Vec<(bool, usize)> {
-        let path = self.log.with_file_name("dest-connections.log");
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                let (event, open) = line.split_once(' ').expect("EVENT COUNT");
-                (event == "OPEN", open.parse().expect("a count"))
-            })
-            .collect()
-    }
-
-    /// The stored files by SOP Instance UID (from their meta group).
-    fn received(&self) -> BTreeMap<String, PathBuf> {
-        received_by_uid(&self.dir)
-    }
-}
-
-impl Drop for FlakyScp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "===== {FLAKY_SCP} output =====\n{}\n===== C-STOREs =====\n{}",
-                std::fs::read_to_string(&self.output).unwrap_or_default(),
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-fn lines(uids: &[&str]) -> String {
-    uids.iter().map(|uid| format!("{uid}\n")).collect()
-}
 
 /// The SOP Instance UIDs of a shown item, checked against their series.
 fn item_uids(shown: &serde_json::Value, corpus: &[Instance]) -> BTreeSet<String> {

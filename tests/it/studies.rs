@@ -486,9 +486,11 @@ fn reprocess_restores_the_rows_and_the_check_finds_what_differs() {
         partition,
         &uid(study),
         &[],
+        db.study_row_fence(partition, &uid(study)).unwrap(),
         &AuditEntry::now("test", "test.corrupt", partition, &uid(study), "{}".into()),
     )
-    .unwrap();
+    .unwrap()
+    .expect("no row inserted after the fence");
     assert_eq!(db.counts(partition).unwrap(), counts(0, 0, 0, 0));
     assert!(find_study(&server, dir.path(), study).is_empty());
     cli_ok(dir.path(), archive, &["study", "reprocess", "--now", study]);

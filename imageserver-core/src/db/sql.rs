@@ -324,6 +324,18 @@ pub(crate) const DELETE_PATIENT: &str = "DELETE FROM patient WHERE id = $1";
 pub(crate) const DELETE_STUDY_INSTANCES: &str =
     "DELETE FROM instance WHERE series_fk IN (SELECT id FROM series WHERE study_fk = $1)";
 
+/// The largest instance row id of study row `$1` (0 without rows): the
+/// check of `StudyStore::replace_study_rows` against its fence.
+pub(crate) const STUDY_ROW_FENCE: &str = "SELECT COALESCE(MAX(id), 0) FROM instance
+     WHERE series_fk IN (SELECT id FROM series WHERE study_fk = $1)";
+
+/// The largest instance row id of study `$2` of partition `$1` (0 without
+/// rows): `StudyStore::study_row_fence`.
+pub(crate) const STUDY_ROW_FENCE_BY_UID: &str = "SELECT COALESCE(MAX(i.id), 0) FROM instance i
+     JOIN series s ON s.id = i.series_fk
+     JOIN study st ON st.id = s.study_fk
+     WHERE st.partition_id = $1 AND st.study_uid = $2";
+
 /// Deletes the series rows of study row `$1`.
 pub(crate) const DELETE_STUDY_SERIES: &str = "DELETE FROM series WHERE study_fk = $1";
 
@@ -493,6 +505,8 @@ mod tests {
         super::RECOUNT_PATIENT,
         super::DELETE_PATIENT,
         super::DELETE_STUDY_INSTANCES,
+        super::STUDY_ROW_FENCE,
+        super::STUDY_ROW_FENCE_BY_UID,
         super::DELETE_STUDY_SERIES,
         super::DELETE_STUDY,
         super::DELETE_STUDY_DUPLICATES,

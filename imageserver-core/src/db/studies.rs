@@ -21,7 +21,10 @@
 //!   and writes the audit record, all in one transaction. The rows are the
 //!   edit history ([`StudyStore::edit_history`]).
 //! - **Reprocess** replaces a study's rows by a set rebuilt from its files
-//!   in one transaction ([`StudyStore::replace_study_rows`]).
+//!   in one transaction ([`StudyStore::replace_study_rows`]), unless rows
+//!   were inserted since the [`RowFence`] it read before listing the files
+//!   (ingest does not wait for reprocess): then nothing changes and it
+//!   lists again.
 
 use crate::db::Error;
 use crate::model::{
@@ -384,6 +387,16 @@ pub struct ReplaceOutcome {
     pub inserted_instances: u64,
 }
 
+/// The newest instance row of a study at one moment
+/// ([`StudyStore::study_row_fence`]): every row inserted later has a
+/// greater id (PostgreSQL's identity sequence; SQLite's rowid, one above the
+/// table's largest). Ingest makes a file durable at its path before it
+/// inserts the row, so a row at or below a fence read *before* a listing of
+/// the study's files names a file that listing saw, unless the file is
+/// really gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct RowFence(pub i64);
+
 /// What [`StudyStore::migration_candidates`] answers: the bytes already
 /// queued for migration, and (partition, study, bytes) of the studies that
 /// may be.
@@ -517,18 +530,25 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         study_uid: &Uid,
     ) -> Result<Vec<EditRecord>, Error>;
 
+    /// The study's [`RowFence`] now (`RowFence(0)` while it has no rows).
+    fn study_row_fence(&self, partition: PartitionId, study_uid: &Uid) -> Result<RowFence, Error>;
+
     /// Replaces the study's instance, series and study rows by `records`
     /// (every one of this partition and study) in one transaction, with the
     /// counters right (patients left without studies go), and records
     /// `audit`. The study storage row (location) is kept. With no records,
-    /// the study's rows are simply removed.
+    /// the study's rows are simply removed. `None`, with nothing changed,
+    /// when the study holds a row inserted after `fence` (under the study's
+    /// lock, so no insert slips in between the check and the replacement):
+    /// `records` may lack it.
     fn replace_study_rows(
         &self,
         partition: PartitionId,
         study_uid: &Uid,
         records: &[InstanceRecord],
+        fence: RowFence,
         audit: &AuditEntry,
-    ) -> Result<ReplaceOutcome, Error>;
+    ) -> Result<Option<ReplaceOutcome>, Error>;
 
     /// The reconcile queue of a partition, oldest first.
     fn reconcile_entries(&self, partition: PartitionId) -> Result<Vec<ReconcileEntry>, Error>;

@@ -127,8 +127,9 @@ pub enum StudyError {
         /// The root.
         path: PathBuf,
     },
-    /// Instances kept arriving while the study was migrated: try again.
-    #[error("study {0} kept changing while it was migrated")]
+    /// Instances kept arriving while the study was migrated or
+    /// reprocessed: try again.
+    #[error("study {0} kept changing (instances arriving) while it was migrated or reprocessed")]
     Busy(Uid),
     /// A migrated copy differs from the index's digest after it was written.
     #[error("the copy of instance {0} differs from its indexed digest")]

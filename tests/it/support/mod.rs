@@ -7,6 +7,7 @@ pub mod corpus;
 pub mod dcmtk;
 pub mod net;
 pub mod raw;
+pub mod scp;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -14,7 +14,7 @@ use super::{now_ms, pg_text, PgIndex, TxError};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
     index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
-    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, StudyRecord, StudyStore,
+    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, RowFence, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
 use crate::model::{
@@ -520,17 +520,40 @@ impl StudyStore for PgIndex {
         })
     }
 
+    fn study_row_fence(&self, partition: PartitionId, study_uid: &Uid) -> Result<RowFence, Error> {
+        self.read("reading a study's row fence", async |conn| {
+            let newest: i64 = sqlx::query_scalar(sql::STUDY_ROW_FENCE_BY_UID)
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(RowFence(newest))
+        })
+    }
+
     fn replace_study_rows(
         &self,
         partition: PartitionId,
         study_uid: &Uid,
         records: &[InstanceRecord],
+        fence: RowFence,
         audit: &AuditEntry,
-    ) -> Result<ReplaceOutcome, Error> {
+    ) -> Result<Option<ReplaceOutcome>, Error> {
         rows::check_replacement(partition, study_uid, records)?;
         self.write("replacing a study's rows", async |conn| {
             let mut outcome = ReplaceOutcome::default();
+            // The study's storage row is locked, as ingest's commit locks
+            // it: no insert into the study runs between the fence check
+            // (a statement after the lock, so it sees every committed row)
+            // and the replacement.
             if let Some((study, patient, _)) = lock_study(conn, partition, study_uid).await? {
+                let newest: i64 = sqlx::query_scalar(sql::STUDY_ROW_FENCE)
+                    .bind(study)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if newest > fence.0 {
+                    return Ok(None);
+                }
                 outcome.removed_instances = delete_study_tree(conn, study).await?;
                 recount_patient(conn, patient).await?;
             }
@@ -539,7 +562,7 @@ impl StudyStore for PgIndex {
             }
             outcome.inserted_instances = records.len() as u64;
             insert_audit(conn, audit).await?;
-            Ok(outcome)
+            Ok(Some(outcome))
         })
     }
 

@@ -8,7 +8,7 @@ use super::{now_ms, SqliteIndex};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
     index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
-    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, StudyRecord, StudyStore,
+    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, RowFence, StudyRecord, StudyStore,
 };
 use crate::db::{sql, Error};
 use crate::model::{
@@ -395,25 +395,42 @@ impl StudyStore for SqliteIndex {
         })
     }
 
+    fn study_row_fence(&self, partition: PartitionId, study_uid: &Uid) -> Result<RowFence, Error> {
+        self.read("reading a study's row fence", |conn| {
+            conn.prepare_cached(sql::STUDY_ROW_FENCE_BY_UID)?
+                .query_row(params![partition.0, study_uid.as_str()], |r| r.get(0))
+                .map(RowFence)
+        })
+    }
+
     fn replace_study_rows(
         &self,
         partition: PartitionId,
         study_uid: &Uid,
         records: &[InstanceRecord],
+        fence: RowFence,
         audit: &AuditEntry,
-    ) -> Result<ReplaceOutcome, Error> {
+    ) -> Result<Option<ReplaceOutcome>, Error> {
         rows::check_replacement(partition, study_uid, records)?;
         let now = now_ms();
+        // The one writer connection is the study's lock: no insert runs
+        // between the fence check and the replacement.
         self.write("replacing a study's rows", |tx| {
             let mut outcome = ReplaceOutcome::default();
             if let Some((study, patient, _)) = study_keys(tx, partition, study_uid)? {
+                let newest: i64 = tx
+                    .prepare_cached(sql::STUDY_ROW_FENCE)?
+                    .query_row([study], |r| r.get(0))?;
+                if newest > fence.0 {
+                    return Ok(None);
+                }
                 outcome.removed_instances = delete_study_tree(tx, study)?;
                 recount_patient(tx, patient)?;
             }
             super::ingest::insert_batch(tx, records, now)?;
             outcome.inserted_instances = records.len() as u64;
             insert_audit(tx, audit)?;
-            Ok(outcome)
+            Ok(Some(outcome))
         })
     }
 

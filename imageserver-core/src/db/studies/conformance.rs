@@ -4,7 +4,7 @@
 use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::studies::{
     AttributeChange, AuditEntry, AuditFilter, DeletedStudy, EditStatus, EditableAttribute,
-    FileFacts, RecodedFile, StudyStore,
+    FileFacts, RecodedFile, RowFence, StudyStore,
 };
 use crate::db::{Error, IndexStore};
 use crate::model::{
@@ -674,6 +674,12 @@ fn edit_patient_id_moves_the_study<S: IndexStore + StudyStore>(store: &S) {
 
 fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
     let f = fixture(store, "ST_REPLACE");
+    let fence = |store: &S| {
+        store
+            .study_row_fence(f.partition, &uid("1.9.1"))
+            .expect("fence")
+    };
+    assert_eq!(fence(store), RowFence(0), "no rows yet");
     let full = vec![
         f.record("P1", "1.9.1", "1.9.1.1", "1.9.1.1.1"),
         f.record("P1", "1.9.1", "1.9.1.1", "1.9.1.1.2"),
@@ -689,9 +695,11 @@ fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
             f.partition,
             &uid("1.9.1"),
             &full[..1],
+            fence(store),
             &f.audit("test.corrupt", "1.9.1"),
         )
-        .expect("replace");
+        .expect("replace")
+        .expect("no row inserted after the fence");
     assert_eq!(
         (outcome.removed_instances, outcome.inserted_instances),
         (3, 1)
@@ -708,9 +716,11 @@ fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
             f.partition,
             &uid("1.9.1"),
             &rebuilt,
+            fence(store),
             &f.audit("study.reprocess", "1.9.1"),
         )
-        .expect("replace");
+        .expect("replace")
+        .expect("no row inserted after the fence");
     assert_eq!(f.counts(), counts(2, 2, 3, 4));
     let study = store.study(f.partition, &uid("1.9.1")).unwrap().unwrap();
     assert_eq!(study.study.study_description.as_deref(), Some("rebuilt"));
@@ -724,6 +734,7 @@ fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
             f.partition,
             &uid("1.9.1"),
             &[f.record("P2", "1.9.2", "1.9.2.1", "1.9.2.1.1")],
+            fence(store),
             &f.audit("study.reprocess", "1.9.1"),
         )
         .is_err());
@@ -733,14 +744,57 @@ fn replace_rows<S: IndexStore + StudyStore>(store: &S) {
             f.partition,
             &uid("1.9.1"),
             &[],
+            fence(store),
             &f.audit("study.reprocess", "1.9.1"),
         )
-        .expect("empty");
+        .expect("empty")
+        .expect("no row inserted after the fence");
     assert_eq!(f.counts(), counts(1, 1, 1, 1));
     assert_eq!(store.study(f.partition, &uid("1.9.1")).unwrap(), None);
     assert_eq!(
         store.audit_log(f.partition, &uid("1.9.1")).unwrap().len(),
         3
+    );
+
+    // A row inserted after the fence was read (ingest, while reprocess
+    // listed the files) is never replaced away: nothing changes.
+    store.insert_instances(&full[..2]).expect("insert");
+    let before = fence(store);
+    assert!(before > RowFence(0));
+    store.insert_instances(&full[2..]).expect("a later insert");
+    assert!(fence(store) > before, "a later row has a greater id");
+    assert_eq!(
+        store
+            .replace_study_rows(
+                f.partition,
+                &uid("1.9.1"),
+                &full[..2],
+                before,
+                &f.audit("study.reprocess", "1.9.1"),
+            )
+            .expect("replace"),
+        None
+    );
+    assert_eq!(f.counts(), counts(2, 2, 3, 4), "nothing changed");
+    assert_eq!(
+        store.audit_log(f.partition, &uid("1.9.1")).unwrap().len(),
+        3,
+        "nor audited"
+    );
+    // Rebuilt from a listing taken after the fence: it replaces.
+    let outcome = store
+        .replace_study_rows(
+            f.partition,
+            &uid("1.9.1"),
+            &full,
+            fence(store),
+            &f.audit("study.reprocess", "1.9.1"),
+        )
+        .expect("replace")
+        .expect("no row after the fence");
+    assert_eq!(
+        (outcome.removed_instances, outcome.inserted_instances),
+        (3, 3)
     );
 }
 

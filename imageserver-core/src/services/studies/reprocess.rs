@@ -1,8 +1,43 @@
 //! Reprocess a study: its rows rebuilt from its files.
+//!
+//! Ingest takes no study lock, so instances may be committed while the
+//! files are listed and read. Ingest makes a file durable at its path before
+//! it commits the row, so the study's
+//! [`RowFence`](crate::db::studies::RowFence), read *before* the
+//! listing, separates the rows the listing accounts for from those it may
+//! have missed: the replacement is refused (nothing changes) when the study
+//! holds a row above the fence, and the study is listed again. No
+//! acknowledged instance loses its row, and ingest pays nothing for it.
 
 use super::*;
 use crate::dicom::part10;
 use crate::model::error_chain;
+use std::time::{Duration, Instant};
+
+/// Names a fault-injection point of reprocess: when the environment
+/// variable equals `listed`, reprocess logs and pauses after reading the
+/// study's files, before replacing its rows (ten minutes, or until the
+/// file [`FAULT_RESUME_ENV`] names exists), so that a test stores
+/// instances into the study meanwhile. Never set in production.
+pub const FAULT_PAUSE_ENV: &str = "IMAGESERVER_FAULT_PAUSE_REPROCESS_AT";
+
+/// A file whose appearance ends a [`FAULT_PAUSE_ENV`] pause early.
+pub const FAULT_RESUME_ENV: &str = "IMAGESERVER_FAULT_RESUME_FILE";
+
+/// Listings before giving up for now (instances kept arriving).
+const ROUNDS: usize = 3;
+
+fn fault_point(step: &str) {
+    if std::env::var(FAULT_PAUSE_ENV).is_ok_and(|at| at == step) {
+        tracing::warn!(step, "fault injection: the reprocess pauses here");
+        let resume = std::env::var_os(FAULT_RESUME_ENV).map(PathBuf::from);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while Instant::now() < deadline && !resume.as_ref().is_some_and(|f| f.exists()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::warn!(step, "fault injection: the reprocess goes on");
+    }
+}
 
 /// What [`Studies::reprocess`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,13 +81,23 @@ enum Unusable {
     },
 }
 
+/// A study's records as read from its files.
+struct Rebuilt {
+    location: crate::model::StudyLocation,
+    filesystem: Filesystem,
+    records: Vec<crate::model::InstanceRecord>,
+    report: ReprocessReport,
+}
+
 impl Studies {
     // ---------------------------------------------------------- reprocess
 
     /// Rebuilds a study's rows from its files: every `<series>/<sop>.dcm`
     /// of the study folder whose header names this study, that series and
     /// that instance is indexed with its size and digest; other files are
-    /// skipped and reported. The old rows are replaced in one transaction.
+    /// skipped and reported. The old rows are replaced in one transaction,
+    /// unless instances were committed since the listing began (then the
+    /// study is listed again; [`StudyError::Busy`] after three listings).
     pub fn reprocess(
         &self,
         partition: &Partition,
@@ -66,6 +111,52 @@ impl Studies {
         {
             return Err(StudyError::BeingDeleted(study_uid.clone()));
         }
+        for _ in 0..ROUNDS {
+            // Before the listing: every row at or below it names a file the
+            // listing sees (or a file that is really gone).
+            let fence = self.store().study_row_fence(partition.id, study_uid)?;
+            let Rebuilt {
+                location,
+                filesystem,
+                records,
+                mut report,
+            } = self.rebuild_records(partition, study_uid)?;
+            fault_point("listed");
+            let audit = AuditEntry::now(
+                actor,
+                "study.reprocess",
+                partition.id,
+                study_uid,
+                JsonObject::new()
+                    .int("instances", records.len() as i128)
+                    .int("skipped", report.skipped.len() as i128)
+                    .finish(),
+            );
+            let Some(outcome) = self.store().replace_study_rows(
+                partition.id,
+                study_uid,
+                &records,
+                fence,
+                &audit,
+            )?
+            else {
+                tracing::info!(%study_uid, "instances arrived while the study was reprocessed: listing again");
+                continue;
+            };
+            report.removed_instances = outcome.removed_instances;
+            report.indexed_instances = outcome.inserted_instances;
+            return self.reprocessed(partition, study_uid, actor, &location, &filesystem, report);
+        }
+        Err(StudyError::Busy(study_uid.clone()))
+    }
+
+    /// The records of the study's usable files, and the report of the
+    /// others.
+    fn rebuild_records(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+    ) -> Result<Rebuilt, StudyError> {
         let location = self
             .db
             .study_location(partition.id, study_uid)?
@@ -100,21 +191,25 @@ impl Studies {
                 }
             }
         }
-        let audit = AuditEntry::now(
-            actor,
-            "study.reprocess",
-            partition.id,
-            study_uid,
-            JsonObject::new()
-                .int("instances", records.len() as i128)
-                .int("skipped", report.skipped.len() as i128)
-                .finish(),
-        );
-        let outcome = self
-            .store()
-            .replace_study_rows(partition.id, study_uid, &records, &audit)?;
-        report.removed_instances = outcome.removed_instances;
-        report.indexed_instances = outcome.inserted_instances;
+        Ok(Rebuilt {
+            location,
+            filesystem,
+            records,
+            report,
+        })
+    }
+
+    /// After the rows were replaced: the audit event, the log line and the
+    /// series metadata.
+    fn reprocessed(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+        actor: &str,
+        location: &crate::model::StudyLocation,
+        filesystem: &Filesystem,
+        report: ReprocessReport,
+    ) -> Result<ReprocessReport, StudyError> {
         let patient = self.patient_for_audit(partition, study_uid);
         self.audit_study(
             crate::audit::EventKind::InstancesAccessed,
@@ -126,8 +221,8 @@ impl Studies {
         );
         tracing::info!(
             study_uid = %study_uid,
-            before = outcome.removed_instances,
-            after = outcome.inserted_instances,
+            before = report.removed_instances,
+            after = report.indexed_instances,
             skipped = report.skipped.len(),
             "study reprocessed"
         );
@@ -137,7 +232,7 @@ impl Studies {
             // No instance row left: no study to describe, and nothing may
             // describe the instances that are gone.
             Err(StudyError::UnknownStudy { .. } | StudyError::Nearline(_)) => {
-                self.storage.delete_study_metadata(&filesystem, &location)?;
+                self.storage.delete_study_metadata(filesystem, location)?;
             }
             Err(e) => return Err(e),
         }
