@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Before/after ingest table (the ingest issue's four-by-two table): two
+# imageserver binaries against DCMTK's storescp (no fsync, no index) and
+# Orthanc, on one backend, in one interleaved run.
+#
+# usage: benches/ingest_compare.sh [-r ROUNDS] [-a "1 8"] [-d sqlite|postgres] BEFORE_BIN AFTER_BIN [CORPUS_DIR...]
+#
+# Each round runs benches/ingest.sh once with each binary (-r 1, the peers
+# storescp, orthanc or orthanc-pg, and target), the binaries' order swapped
+# every round, so both binaries and both references see the same machine
+# state. storescp and Orthanc are measured in every invocation; their
+# medians are over all of them. imageserver's rate counts only when
+# ingest.sh verified its run (empty at start, exactly the corpus in the
+# index and in storage, nothing in .tmp); otherwise the cell says so.
+# CORPUS_DIR defaults to ingest.sh's two corpora (1000 x 0.5 MB CT,
+# 2000 x 64x64) in $BENCH_TMPDIR (default /tmp), generated when missing.
+# Prints one table per backend: medians in instances/s and the ratios of
+# each binary to storescp and to Orthanc, measured in the same run.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROUNDS=3 ASSOCS="1 8" BACKEND=sqlite
+while getopts "r:a:d:" opt; do
+  case $opt in
+    r) ROUNDS=$OPTARG ;; a) ASSOCS=$OPTARG ;; d) BACKEND=$OPTARG ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+(($# >= 2)) || { sed -n '2,18p' "$0"; exit 2; }
+BEFORE=$(realpath "$1") AFTER=$(realpath "$2")
+shift 2
+for bin in "$BEFORE" "$AFTER"; do
+  [[ -x $bin ]] || { echo "no executable at $bin" >&2; exit 2; }
+done
+TMP=${BENCH_TMPDIR:-/tmp}
+BENCH=${BENCH_DIR:-$ROOT/../shared/bench}
+corpora=("$@")
+if ((${#corpora[@]} == 0)); then
+  [[ -d $TMP/imageserver_corpus_ct512 ]] || python3 "$BENCH/gen_corpus.py" --out "$TMP/imageserver_corpus_ct512" \
+    --studies 20 --series-per-study 2 --instances-per-series 25 --seed 1
+  [[ -d $TMP/imageserver_corpus_tiny2000 ]] || python3 "$BENCH/gen_corpus.py" --out "$TMP/imageserver_corpus_tiny2000" \
+    --tiny --studies 40 --series-per-study 2 --instances-per-series 25 --seed 2
+  corpora=("$TMP/imageserver_corpus_ct512" "$TMP/imageserver_corpus_tiny2000")
+fi
+orthanc=orthanc
+[[ $BACKEND == postgres ]] && orthanc=orthanc-pg
+
+WORK=$(mktemp -d "$TMP/imageserver-compare.XXXXXX")
+echo "before: $BEFORE sha256 $(sha256sum "$BEFORE" | cut -c1-16)"
+echo "after:  $AFTER sha256 $(sha256sum "$AFTER" | cut -c1-16)"
+echo "backend $BACKEND, $ROUNDS rounds, associations: $ASSOCS; results under $WORK"
+# Only ingest matters here: one C-ECHO and one C-FIND repetition per peer.
+export ECHO_REPS=1 FIND_REPS=1 FIND_INASSOC=1 FIND_INASSOC_TARGET_MS=1 FIND_INASSOC_MAX=1
+failed=0
+for round in $(seq 1 "$ROUNDS"); do
+  order=(before after)
+  ((round % 2 == 0)) && order=(after before)
+  for label in "${order[@]}"; do
+    bin=$BEFORE
+    [[ $label == after ]] && bin=$AFTER
+    dir=$WORK/round${round}_$label
+    mkdir -p "$dir"
+    echo "=== round $round: $label"
+    BENCH_TMPDIR=$dir IMAGESERVER_BIN=$bin "$ROOT/benches/ingest.sh" -r 1 -a "$ASSOCS" -d "$BACKEND" \
+      -p "storescp,$orthanc,target" "${corpora[@]}" >"$dir/ingest.log" 2>&1 || {
+      echo "round $round ($label): ingest.sh failed; see $dir/ingest.log"
+      failed=1
+    }
+  done
+done
+
+python3 - "$WORK" "$BACKEND" "$orthanc" <<'PY'
+import glob, json, os, re, statistics, sys
+work, backend, orthanc = sys.argv[1:]
+rates = {}  # (corpus, assoc, peer) -> [instances/s]
+for tsv in glob.glob(os.path.join(work, "round*_*", "ingest_*.samples.tsv")):
+    label = os.path.basename(os.path.dirname(tsv)).split("_", 1)[1]
+    m = re.match(r"ingest_(.+)_a(\d+)_\d{8}_\d{6}\.samples\.tsv$", os.path.basename(tsv))
+    corpus, assoc = m.group(1), int(m.group(2))
+    record = tsv.replace(".samples.tsv", ".imageserver.json")
+    verified = os.path.exists(record) and json.load(open(record))["verified"]
+    for line in open(tsv):
+        p = line.rstrip("\n").split("\t")
+        if p[0] == "peer" or not p[1].startswith("ingest"):
+            continue
+        seconds, count, expected = float(p[3]), int(p[4]), int(p[5])
+        peer = label if p[0] == "target" else p[0]
+        if p[0] == "target" and not verified:
+            rates.setdefault((corpus, assoc, peer + " (unverified)"), []).append(0.0)
+            continue
+        if count != expected or seconds <= 0:
+            continue
+        rates.setdefault((corpus, assoc, peer), []).append(expected / seconds)
+med = {k: statistics.median(v) for k, v in rates.items()}
+print(f"\nbackend {backend}: medians in instances/s (samples), ratios from the same run")
+print(f"{'load':<34}{'storescp':>14}{orthanc:>14}{'before':>14}{'after':>14}"
+      f"{'bef/scp':>9}{'aft/scp':>9}{'bef/orth':>9}{'aft/orth':>9}{'aft/bef':>9}")
+for corpus, assoc in sorted({(c, a) for c, a, _ in rates}):
+    def cell(peer):
+        v = rates.get((corpus, assoc, peer))
+        return f"{med[(corpus, assoc, peer)]:.0f} ({len(v)})" if v else "-"
+    def ratio(a, b):
+        x, y = med.get((corpus, assoc, a)), med.get((corpus, assoc, b))
+        return f"{x / y:.2f}x" if x and y else "-"
+    print(f"{corpus + ', ' + str(assoc) + ' assoc':<34}{cell('storescp'):>14}{cell(orthanc):>14}"
+          f"{cell('before'):>14}{cell('after'):>14}{ratio('before', 'storescp'):>9}{ratio('after', 'storescp'):>9}"
+          f"{ratio('before', orthanc):>9}{ratio('after', orthanc):>9}{ratio('after', 'before'):>9}")
+bad = [k for k in rates if k[2].endswith("(unverified)")]
+if bad:
+    print("unverified imageserver runs (no rate):", bad)
+PY
+exit $failed
