@@ -177,9 +177,10 @@ pub enum StudyError {
         /// The destination asked for.
         ae_title: String,
     },
-    /// The device already has as many associations from this process as
-    /// its `max_outgoing_associations` allows: try again later.
-    #[error("device {ae_title} already has {limit} association(s) from this process (its limit)")]
+    /// The device already has as many associations from the archive (every
+    /// node of a cluster together) as its `max_outgoing_associations`
+    /// allows: try again later.
+    #[error("device {ae_title} already has {limit} association(s) from the archive (its limit)")]
     DeviceBusy {
         /// The device.
         ae_title: String,
