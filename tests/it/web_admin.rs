@@ -21,6 +21,11 @@
 //!   failures are throttled (429) while credentials verified just before
 //!   still work. It runs last: the throttle locks out loopback.
 //!
+//! Admin changes are ATNA events too: a device changed (Security Alert,
+//! Network Configuration), a work item retried (Software Configuration),
+//! a read-only user's refused change (Use of Restricted Function), each
+//! naming the user, read back with `imageserver audit`.
+//!
 //! One server serves every scenario. The bounds only stop a test that
 //! would hang.
 
@@ -30,7 +35,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::support::cli::BOUND;
+use crate::support::cli::{cli_ok, BOUND};
 use crate::support::corpus::{generate_corpus, single_instance, CorpusShape};
 use crate::support::dcmtk;
 use crate::support::server::{down_port, test_dir, Server, BINARY};
@@ -98,6 +103,9 @@ fn admin_api_and_pages_with_access_control() {
     let server = Server::builder(dir.path())
         .setting("http.users", users)
         .setting("http.dicomweb_auth", "\"authenticated\"")
+        // ATNA events kept in the index (no repository): admin changes
+        // are among them.
+        .setting("audit.enabled", true)
         // A failed send fails its item at once (no backoff to wait out).
         .setting("workqueue.kinds.move_study.max_failures", 1)
         .start();
@@ -201,4 +209,37 @@ fn admin_api_and_pages_with_access_control() {
         "the DICOMweb auth script failed:\n{out}\nserver log:\n{}",
         log()
     );
+
+    // The admin changes as ATNA events (written by the audit thread: poll).
+    let wanted = [
+        ("110128", "http:admin"),
+        ("110131", "http:admin"),
+        ("110132", "http:viewer"),
+    ];
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let listed = cli_ok(
+            dir.path(),
+            server.archive(),
+            &["audit", "--action", "security-alert", "--json"],
+        );
+        let events: Vec<Value> = listed
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let has = |code: &str, user: &str| {
+            events.iter().any(|e| {
+                let text = e.to_string();
+                text.contains(&format!("\"{code}\"")) && text.contains(user)
+            })
+        };
+        if wanted.iter().all(|(code, user)| has(code, user)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin changes are not all ATNA security alerts ({wanted:?}):\n{listed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

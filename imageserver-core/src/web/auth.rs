@@ -43,6 +43,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
 
 use super::{blocking, Failure, Shared, WebError};
+use crate::audit::{
+    event::types, Action as AuditAction, AuditEvent, EventKind, Outcome, Participant,
+};
 use crate::config::{DicomWebAuth, HttpSettings, Role, User};
 
 /// The session cookie's name.
@@ -716,6 +719,16 @@ async fn audit_refusal(
     let admin = services.admin.clone();
     let actor = identity.actor();
     let details = json!({ "method": method.as_str(), "path": path, "refused": why });
+    services.auditor.record(
+        AuditEvent::new(
+            EventKind::SecurityAlert,
+            AuditAction::Execute,
+            Outcome::MinorFailure,
+        )
+        .type_code(types::RESTRICTED_FUNCTION)
+        .participant(Participant::user(&actor, true))
+        .described(format!("{} {path} refused: {why}", method.as_str())),
+    );
     let _ = blocking(move || {
         admin
             .record(&actor, "admin.refused", None, None, &details)

@@ -96,6 +96,8 @@ pub(crate) struct WebServices {
     pub admin: crate::services::admin::Admin,
     /// Who may do what (filled in by [`WebServer::start`]).
     pub access: Arc<auth::Access>,
+    /// The ATNA trail admin changes and refusals are also sent to.
+    pub auditor: crate::audit::Auditor,
 }
 
 type Shared = Arc<WebServices>;
@@ -352,7 +354,7 @@ impl WebServer {
                 tracing::warn!(error = %error, "the HTTP server stopped");
             }
         });
-        tracing::info!(address = %local_addr, "HTTP server listening (DICOMweb at /dicom-web, admin pages at /, admin API at /api)");
+        tracing::info!(address = %local_addr, viewer = settings.viewer_dir.is_some(), "HTTP server listening (DICOMweb at /dicom-web, admin pages at /, admin API at /api, the OHIF viewer at /viewer/ when configured)");
         Ok(WebServer {
             runtime,
             stop: Some(stop),
