@@ -737,6 +737,7 @@ impl Server {
             metrics: self.metrics.clone(),
             admin: archive.admin(),
             access: Arc::new(crate::web::auth::Access::new(&archive.settings.http)?),
+            auditor: archive.auditor().clone(),
         };
         let web = crate::web::WebServer::start(listener, services, &archive.settings.http)?;
         self.web = Some(web);

@@ -6,9 +6,9 @@
 //! `scripts/ohif.sh` fetches the viewer and playwright-core into a cache
 //! outside git (`IMAGESERVER_OHIF_CACHE`, default
 //! `~/.cache/imageserver-ohif`); the test command runs it first. The
-//! viewer is served by the test (`tests/it/py/spa_server.py`, with this
-//! test's `app-config.js`) on another port, so its calls are cross-origin
-//! and go through our CORS, as with a viewer deployed on its own.
+//! viewer is served by our server at `/viewer/` (`[http] viewer_dir`: the
+//! cached `dist/`, with our own `app-config.js`), so the test proves the
+//! served viewer works: none of its own files may fail to load either.
 //!
 //! A small CT series (random 12-bit pixels) is C-STORE'd by DCMTK; the
 //! study list must show it, the study must open with pixels in its
@@ -16,9 +16,8 @@
 //! OHIF made may get a 4xx or 5xx. Screenshots are kept (the paths are
 //! printed).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,7 +27,6 @@ use crate::support::corpus::{generate_corpus, CorpusShape};
 use crate::support::dcmtk;
 use crate::support::server::{free_port, test_dir, Server};
 
-const SPA_SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/spa_server.py");
 const DRIVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/ohif/ohif_check.cjs");
 const OHIF_VERSION: &str = "3.13.2";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -45,83 +43,6 @@ fn cache() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .expect("HOME is set");
     base.join("imageserver-ohif")
-}
-
-/// The viewer's configuration: one DICOMweb data source, our root.
-fn app_config(dicom_web: &str) -> String {
-    format!(
-        r#"window.config = {{
-  routerBasename: null,
-  extensions: [],
-  modes: [],
-  customizationService: {{}},
-  showStudyList: true,
-  maxNumberOfWebWorkers: 1,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: false,
-  showLoadingIndicator: true,
-  strictZSpacingForVolumeViewport: true,
-  defaultDataSourceName: 'imageserver',
-  dataSources: [
-    {{
-      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-      sourceName: 'imageserver',
-      configuration: {{
-        friendlyName: 'imageserver',
-        name: 'imageserver',
-        wadoUriRoot: '{dicom_web}',
-        qidoRoot: '{dicom_web}',
-        wadoRoot: '{dicom_web}',
-        qidoSupportsIncludeField: true,
-        imageRendering: 'wadors',
-        thumbnailRendering: 'thumbnail',
-        thumbnailRequestStrategy: 'fetch',
-        enableStudyLazyLoad: true,
-        supportsFuzzyMatching: true,
-        supportsWildcard: true,
-        singlepart: 'bulkdata,video',
-        bulkDataURI: {{ enabled: true, relativeResolution: 'studies' }},
-        omitQuotationForMultipartRequest: true,
-      }},
-    }},
-  ],
-}};
-"#
-    )
-}
-
-/// The SPA server, killed (by its handle) when dropped.
-struct Spa(Child);
-
-impl Drop for Spa {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_spa(dist: &Path, config: &Path, port: u16) -> Spa {
-    let mut child = Command::new("python3")
-        .arg(SPA_SERVER)
-        .arg("--root")
-        .arg(dist)
-        .arg("--config")
-        .arg(config)
-        .args(["--port", &port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the SPA server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("its stdout"))
-        .read_line(&mut line)
-        .expect("read the SPA server's first line");
-    assert!(
-        line.starts_with("ready"),
-        "the SPA server did not start: {line:?}"
-    );
-    Spa(child)
 }
 
 /// `curl` a URL: (status, content type, body bytes).
@@ -165,10 +86,8 @@ fn ohif_viewer_opens_a_ct_study_and_rendered_resources_answer() {
     let dir = test_dir("ohif");
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, 1601, CorpusShape::uniform(1, 1, 4, (64, 64)));
-    let viewer_port = free_port();
-    let viewer = format!("http://127.0.0.1:{viewer_port}");
     let server = Server::builder(dir.path())
-        .setting("http", format!("{{ cors_origins = [{viewer:?}] }}"))
+        .setting("http", format!("{{ viewer_dir = {dist:?} }}"))
         .start();
     let stored = dcmtk::store(server.addr(), server.ae_title(), &[&corpus_dir], &[], BOUND);
     assert!(stored.success(), "storescu failed:\n{stored}");
@@ -226,10 +145,30 @@ fn ohif_viewer_opens_a_ct_study_and_rendered_resources_answer() {
     let (status, _, _) = get(&format!("{instance}/frames/2/rendered"), "image/png", &work);
     assert_eq!(status, 404, "no frame 2");
 
+    // The served viewer: our configuration, its root paths under /viewer/,
+    // a client-side route answered by its index.html.
+    let viewer = format!("{}/viewer", server.http_url());
+    let (status, kind, config) = get(&format!("{viewer}/app-config.js"), "*/*", &work);
+    let config = String::from_utf8_lossy(&config);
+    assert_eq!(status, 200);
+    assert!(kind.starts_with("text/javascript"), "{kind}");
+    assert!(
+        config.contains("routerBasename: '/viewer'") && config.contains("'/dicom-web'"),
+        "{config}"
+    );
+    let (status, _, index) = get(
+        &format!("{viewer}/viewer?StudyInstanceUIDs=1.2"),
+        "*/*",
+        &work,
+    );
+    let index = String::from_utf8_lossy(&index);
+    assert_eq!(status, 200);
+    assert!(
+        index.contains("src=\"/viewer/app-config.js\"") && !index.contains("src=\"/app"),
+        "index.html rebased under /viewer/: {index}"
+    );
+
     // OHIF, for real.
-    let config = dir.path().join("app-config.js");
-    std::fs::write(&config, app_config(&dicom_web)).expect("write app-config.js");
-    let _spa = start_spa(&dist, &config, viewer_port);
     let shots = dir.path().join("screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot folder");
     // OHIF lists the patient name as "TEST, PATIENT0 SEED1601".
@@ -267,6 +206,11 @@ fn ohif_viewer_opens_a_ct_study_and_rendered_resources_answer() {
         "the viewport renders pixels: {what}"
     );
     assert_eq!(found["error_panel"], Value::Null, "no error panel: {what}");
+    assert_eq!(
+        found["viewer_failures"],
+        serde_json::json!([]),
+        "every file of the viewer we serve loaded: {what}"
+    );
     let requests = found["dicomweb_requests"]
         .as_array()
         .cloned()

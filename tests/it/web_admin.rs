@@ -12,7 +12,19 @@
 //!   (Debian's `chromium`, through playwright-core): log in, search, open
 //!   the study, C-ECHO a device, retry the failed work item (which runs
 //!   and fails again), the filesystems page on a tablet's viewport; the
-//!   screenshots are kept in the test's output directory (printed).
+//!   screenshots are kept in the test's output directory (printed);
+//! - `tests/it/py/dicomweb_auth.py` is a non-browser DICOMweb client
+//!   (dicomweb-client) on the same server, whose DICOMweb is
+//!   `authenticated`: 401 with a Basic challenge without credentials, the
+//!   read-only user's Basic credentials read but cannot STOW (403), the
+//!   admin's store, a bearer token from `/api/login` reads, and repeated
+//!   failures are throttled (429) while credentials verified just before
+//!   still work. It runs last: the throttle locks out loopback.
+//!
+//! Admin changes are ATNA events too: a device changed (Security Alert,
+//! Network Configuration), a work item retried (Software Configuration),
+//! a read-only user's refused change (Use of Restricted Function), each
+//! naming the user, read back with `imageserver audit`.
 //!
 //! One server serves every scenario. The bounds only stop a test that
 //! would hang.
@@ -23,12 +35,13 @@ use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::support::cli::BOUND;
-use crate::support::corpus::{generate_corpus, CorpusShape};
+use crate::support::cli::{cli_ok, BOUND};
+use crate::support::corpus::{generate_corpus, single_instance, CorpusShape};
 use crate::support::dcmtk;
 use crate::support::server::{down_port, test_dir, Server, BINARY};
 
 const API_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/web_admin.py");
+const AUTH_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/dicomweb_auth.py");
 const PAGES_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/js/web_pages.cjs");
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -89,6 +102,10 @@ fn admin_api_and_pages_with_access_control() {
     );
     let server = Server::builder(dir.path())
         .setting("http.users", users)
+        .setting("http.dicomweb_auth", "\"authenticated\"")
+        // ATNA events kept in the index (no repository): admin changes
+        // are among them.
+        .setting("audit.enabled", true)
         // A failed send fails its item at once (no backoff to wait out).
         .setting("workqueue.kinds.move_study.max_failures", 1)
         .start();
@@ -171,4 +188,58 @@ fn admin_api_and_pages_with_access_control() {
         let _ = std::fs::copy(entry.path(), kept.join(entry.file_name()));
     }
     println!("screenshots kept in {}", kept.display());
+
+    // A non-browser DICOMweb client with HTTP Basic credentials (last: its
+    // failure throttle locks out loopback for a minute).
+    let stow = single_instance(&dir.path().join("stow.dcm"), 1502, 16, 16);
+    let auth = json!({
+        "base": server.http_url(),
+        "admin": ["admin", "admin-password"],
+        "viewer": ["viewer", "viewer-password"],
+        "study_uid": study.study_uid,
+        "stow": stow.path,
+    });
+    let auth_file = dir.path().join("dicomweb-auth-request.json");
+    std::fs::write(&auth_file, auth.to_string()).expect("write the request");
+    let mut command = Command::new("python3");
+    command.arg(AUTH_SCRIPT).arg(&auth_file);
+    let out = dcmtk::run(command, BOUND);
+    assert!(
+        out.success(),
+        "the DICOMweb auth script failed:\n{out}\nserver log:\n{}",
+        log()
+    );
+
+    // The admin changes as ATNA events (written by the audit thread: poll).
+    let wanted = [
+        ("110128", "http:admin"),
+        ("110131", "http:admin"),
+        ("110132", "http:viewer"),
+    ];
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let listed = cli_ok(
+            dir.path(),
+            server.archive(),
+            &["audit", "--action", "security-alert", "--json"],
+        );
+        let events: Vec<Value> = listed
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let has = |code: &str, user: &str| {
+            events.iter().any(|e| {
+                let text = e.to_string();
+                text.contains(&format!("\"{code}\"")) && text.contains(user)
+            })
+        };
+        if wanted.iter().all(|(code, user)| has(code, user)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "admin changes are not all ATNA security alerts ({wanted:?}):\n{listed}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

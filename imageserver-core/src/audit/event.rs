@@ -97,6 +97,12 @@ pub mod types {
     /// 110126 Node Authentication: an association refused (by the access
     /// policy, or a failed TLS handshake).
     pub const NODE_AUTHENTICATION: Code = dcm("110126", "Node Authentication");
+    /// 110128 Network Configuration: a known device added, changed or
+    /// removed through the admin API or pages.
+    pub const NETWORK_CONFIGURATION: Code = dcm("110128", "Network Configuration");
+    /// 110131 Software Configuration: a work item retried, deleted,
+    /// reprioritised or postponed by an operator.
+    pub const SOFTWARE_CONFIGURATION: Code = dcm("110131", "Software Configuration");
     /// 110132 Use of a restricted function: an operation without permission.
     pub const RESTRICTED_FUNCTION: Code = dcm("110132", "Use of a restricted function");
 }

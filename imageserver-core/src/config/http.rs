@@ -2,6 +2,7 @@
 //! `/metrics`), on a port of its own beside the DICOM listeners.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -50,6 +51,14 @@ pub struct HttpConfig {
     /// callers on loopback without logging in, others authenticated),
     /// `authenticated` or `open`.
     pub dicomweb_auth: String,
+    /// Mark the session cookie `Secure` (default false: it is also marked
+    /// when a trusted proxy says `X-Forwarded-Proto: https`). Set it when
+    /// browsers reach the server only through HTTPS.
+    pub secure_cookies: bool,
+    /// A prebuilt OHIF viewer (`@ohif/app`'s `dist/` folder) to serve at
+    /// `/viewer/`, with an `app-config.js` of ours pointing it at
+    /// `/dicom-web`. Unset (the default): no `/viewer`.
+    pub viewer_dir: Option<PathBuf>,
 }
 
 /// One `[[http.users]]` entry.
@@ -127,6 +136,8 @@ impl Default for HttpConfig {
             session_secret: None,
             session_hours: 12,
             dicomweb_auth: "open-on-loopback".to_string(),
+            secure_cookies: false,
+            viewer_dir: None,
         }
     }
 }
@@ -154,6 +165,10 @@ pub struct HttpSettings {
     pub session_lifetime: std::time::Duration,
     /// Who may read through DICOMweb.
     pub dicomweb_auth: DicomWebAuth,
+    /// Session cookies are always `Secure`.
+    pub secure_cookies: bool,
+    /// The OHIF viewer's `dist/` served at `/viewer/`, if any.
+    pub viewer_dir: Option<PathBuf>,
 }
 
 impl HttpConfig {
@@ -283,7 +298,20 @@ impl HttpConfig {
                 ))
             }
         };
+        if let Some(dir) = &self.viewer_dir {
+            if !dir.join("index.html").is_file() {
+                return Err(ConfigError::invalid(
+                    "http.viewer_dir",
+                    format!(
+                        "{} holds no index.html (expected a prebuilt OHIF dist/ folder)",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
         Ok(HttpSettings {
+            secure_cookies: self.secure_cookies,
+            viewer_dir: self.viewer_dir.clone(),
             users,
             trusted_user_header,
             trusted_proxies,
@@ -354,6 +382,11 @@ mod tests {
             "[http]\ndicomweb_auth = \"maybe\"",
             "http.dicomweb_auth",
             "open-on-loopback",
+        );
+        assert_refused(
+            "[http]\nviewer_dir = \"/nonexistent/dist\"",
+            "http.viewer_dir",
+            "index.html",
         );
         assert_refused(
             "[http]\nmax_upload_mb = 0",

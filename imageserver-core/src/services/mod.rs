@@ -17,6 +17,8 @@ pub mod import;
 pub mod ingest;
 pub(crate) mod retrieve;
 pub mod send;
+#[cfg(feature = "web")]
+pub(crate) mod static_files;
 pub mod studies;
 
 pub use ingest::{

@@ -13,10 +13,24 @@
 //!   nonce) in an `X-CSRF-Token` header or a form's `csrf` field; a
 //!   read-only user changes nothing. Refusals of both are audited.
 //! - **DICOMweb** reads follow `[http] dicomweb_auth`: open on loopback
-//!   (the default), authenticated, or open.
+//!   (the default), authenticated, or open. Besides the session cookie,
+//!   DICOMweb (and `/wado`, `/viewer`) take the same users' HTTP Basic
+//!   credentials (what dicomweb-client and other archives send; a refusal
+//!   says `WWW-Authenticate: Basic`) and `Authorization: Bearer` with the
+//!   `token` `POST /api/login` answers. A verified Basic credential is
+//!   remembered for a minute (keyed by a keyed hash of name and password),
+//!   so argon2 does not run on every request.
+//! - **Failed logins** (form, API, Basic) are counted per user and per
+//!   address: after 5 in a minute, further attempts get 429 until the
+//!   minute has passed.
+//! - The session cookie is `Secure` when `[http] secure_cookies` is set or
+//!   a trusted proxy says the request came over HTTPS
+//!   (`X-Forwarded-Proto: https`).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
@@ -29,6 +43,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde_json::json;
 
 use super::{blocking, Failure, Shared, WebError};
+use crate::audit::{
+    event::types, Action as AuditAction, AuditEvent, EventKind, Outcome, Participant,
+};
 use crate::config::{DicomWebAuth, HttpSettings, Role, User};
 
 /// The session cookie's name.
@@ -37,6 +54,18 @@ pub(crate) const COOKIE: &str = "imageserver_session";
 const MAX_FORM_BYTES: usize = 64 * 1024;
 /// The user of loopback callers while no users are configured.
 pub(crate) const LOCAL_USER: &str = "local";
+/// How long a verified Basic credential is believed without argon2.
+const BASIC_REMEMBERED: Duration = Duration::from_secs(60);
+/// Most Basic credentials remembered at once (all forgotten beyond).
+const BASIC_REMEMBERED_MAX: usize = 1024;
+/// Failed logins allowed per user and per address within `FAILURE_WINDOW`.
+const MAX_FAILURES: u32 = 5;
+/// The window failed logins are counted in.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Most users and addresses whose failures are counted at once.
+const FAILURES_MAX_KEYS: usize = 10_000;
+/// The realm a Basic challenge names.
+const CHALLENGE: &str = "Basic realm=\"imageserver\", charset=\"UTF-8\"";
 
 /// Hashes a password as `[[http.users]] password_hash` expects (argon2id,
 /// random salt, PHC string).
@@ -57,6 +86,53 @@ pub(crate) struct Access {
     /// a wrong password does (made at the first such login: every server
     /// start would pay for it otherwise).
     dummy_hash: std::sync::OnceLock<String>,
+    /// Session cookies are always `Secure`.
+    secure_cookies: bool,
+    /// Verified Basic credentials (keyed hash of name and password) → the
+    /// user's name and until when the verification holds.
+    remembered: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    /// Failed logins by `user:NAME` and `ip:ADDRESS`: count and the start
+    /// of their window.
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+/// What an `Authorization` header carries.
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// No header.
+    Absent,
+    /// `Basic` name and password.
+    Basic(String, String),
+    /// `Bearer` token (a session's value).
+    Bearer(String),
+    /// A header that is neither.
+    Unreadable,
+}
+
+fn credentials(headers: &HeaderMap) -> Credentials {
+    use base64::Engine as _;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Credentials::Absent;
+    };
+    let Some((scheme, rest)) = value.to_str().ok().and_then(|v| v.trim().split_once(' ')) else {
+        return Credentials::Unreadable;
+    };
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Credentials::Bearer(rest.to_string());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Credentials::Unreadable;
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|text| {
+            text.split_once(':')
+                .map(|(n, p)| Credentials::Basic(n.to_string(), p.to_string()))
+        })
+        .unwrap_or(Credentials::Unreadable)
 }
 
 /// Who a request comes from.
@@ -130,6 +206,9 @@ impl Access {
             lifetime: settings.session_lifetime,
             dicomweb: settings.dicomweb_auth,
             dummy_hash: std::sync::OnceLock::new(),
+            secure_cookies: settings.secure_cookies,
+            remembered: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         })
     }
 
@@ -146,8 +225,21 @@ impl Access {
         self.mac(&format!("csrf:{nonce}"))
     }
 
-    /// A new session for `name`: its cookie and CSRF token.
-    fn begin(&self, name: &str) -> (String, String) {
+    /// Whether a session cookie set in answer to this request is marked
+    /// `Secure`: always when configured, else when a trusted proxy says the
+    /// request came over HTTPS.
+    fn secure(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> bool {
+        self.secure_cookies
+            || (peer.is_some_and(|p| self.proxies.contains(&p.ip()))
+                && headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("https")))
+    }
+
+    /// A new session for `name`: its cookie, CSRF token and value (the
+    /// bearer token).
+    fn begin(&self, name: &str, secure: bool) -> (String, String, String) {
         let mut nonce = [0u8; 16];
         OsRng.fill_bytes(&mut nonce);
         let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
@@ -155,10 +247,11 @@ impl Access {
         let payload = format!("{name}:{expires}:{nonce}");
         let value = format!("{payload}:{}", self.mac(&payload));
         let cookie = format!(
-            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-            self.lifetime.as_secs()
+            "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+            self.lifetime.as_secs(),
+            if secure { "; Secure" } else { "" }
         );
-        (cookie, self.csrf_of(&nonce))
+        (cookie, self.csrf_of(&nonce), value)
     }
 
     /// The role of `name`, if it may have a session at all.
@@ -183,6 +276,11 @@ impl Access {
             .filter_map(|c| c.trim().split_once('='))
             .find(|(k, _)| *k == COOKIE)
             .map(|(_, v)| v.to_string())?;
+        self.session_of(&value)
+    }
+
+    /// The session a cookie's value (or bearer token) holds.
+    fn session_of(&self, value: &str) -> Option<(String, String)> {
         let (payload, mac) = value.rsplit_once(':')?;
         if !same(&self.mac(payload), mac) {
             return None;
@@ -202,6 +300,7 @@ impl Access {
         peer: Option<SocketAddr>,
     ) -> Option<Identity> {
         let session = self.session(headers);
+        let secure = self.secure(headers, peer);
         let with_session = |name: String, role: Role| -> Identity {
             match &session {
                 Some((held, csrf)) if *held == name => Identity {
@@ -211,7 +310,7 @@ impl Access {
                     cookie: None,
                 },
                 _ => {
-                    let (cookie, csrf) = self.begin(&name);
+                    let (cookie, csrf, _) = self.begin(&name, secure);
                     Identity {
                         name,
                         role,
@@ -261,6 +360,176 @@ impl Access {
         match user {
             Some(u) if matched && u.password_hash.is_some() => Some(u.role),
             _ => None,
+        }
+    }
+
+    fn credentials_key(&self, name: &str, password: &str) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new_keyed(&self.secret);
+        hasher.update(b"basic\0");
+        hasher.update(name.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(password.as_bytes());
+        *hasher.finalize().as_bytes()
+    }
+
+    /// The role of a Basic credential verified less than a minute ago.
+    fn remembered(&self, name: &str, password: &str) -> Option<Role> {
+        let key = self.credentials_key(name, password);
+        let mut remembered = self
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match remembered.get(&key) {
+            Some((held, until)) if *until > Instant::now() && held == name => {
+                self.users.iter().find(|u| u.name == name).map(|u| u.role)
+            }
+            Some(_) => {
+                remembered.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Checks a Basic credential: remembered, else argon2 (slow: call it
+    /// off the executor), remembered when it matches.
+    fn verify_basic(&self, name: &str, password: &str) -> Option<Role> {
+        if let Some(role) = self.remembered(name, password) {
+            return Some(role);
+        }
+        let role = self.verify(name, password)?;
+        let key = self.credentials_key(name, password);
+        let mut remembered = self
+            .remembered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if remembered.len() >= BASIC_REMEMBERED_MAX {
+            let now = Instant::now();
+            remembered.retain(|_, (_, until)| *until > now);
+            if remembered.len() >= BASIC_REMEMBERED_MAX {
+                remembered.clear();
+            }
+        }
+        remembered.insert(key, (name.to_string(), Instant::now() + BASIC_REMEMBERED));
+        Some(role)
+    }
+
+    /// What failed logins are counted against: the user, and the caller's
+    /// address unless it is a trusted proxy (every user behind it shares
+    /// its address).
+    fn failure_keys(&self, name: &str, peer: Option<SocketAddr>) -> Vec<String> {
+        let mut keys = vec![format!("user:{name}")];
+        if let Some(peer) = peer.filter(|p| !self.proxies.contains(&p.ip())) {
+            keys.push(format!("ip:{}", peer.ip()));
+        }
+        keys
+    }
+
+    /// Whether `name` or `peer` failed to log in too often within the
+    /// last minute.
+    fn throttled(&self, name: &str, peer: Option<SocketAddr>) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        self.failure_keys(name, peer).iter().any(|key| {
+            failures.get(key).is_some_and(|(count, since)| {
+                *count >= MAX_FAILURES && since.elapsed() < FAILURE_WINDOW
+            })
+        })
+    }
+
+    /// Counts a failed login of `name` from `peer`.
+    fn failed(&self, name: &str, peer: Option<SocketAddr>) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() >= FAILURES_MAX_KEYS {
+            failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+            if failures.len() >= FAILURES_MAX_KEYS {
+                failures.clear();
+            }
+        }
+        for key in self.failure_keys(name, peer) {
+            let entry = failures.entry(key).or_insert((0, Instant::now()));
+            if entry.1.elapsed() >= FAILURE_WINDOW {
+                *entry = (0, Instant::now());
+            }
+            entry.0 = entry.0.saturating_add(1);
+        }
+    }
+
+    /// Forgets the failures of `name` after a successful login.
+    fn succeeded(&self, name: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&format!("user:{name}"));
+    }
+}
+
+/// The 429 answer of a throttled login.
+fn too_many(surface: Surface) -> Response {
+    let mut response = refuse(
+        surface,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed logins: try again in a minute",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    response
+}
+
+/// The 401 answer of DICOMweb, with its Basic challenge.
+fn challenge(reason: &str) -> Response {
+    let mut response = refuse(Surface::DicomWeb, StatusCode::UNAUTHORIZED, reason);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(CHALLENGE),
+    );
+    response
+}
+
+/// Who a DICOMweb request comes from: its `Authorization` (Basic or
+/// Bearer), else its session; Err is the answer to give instead.
+async fn dicomweb_caller(
+    services: &Shared,
+    headers: &HeaderMap,
+    peer: Option<SocketAddr>,
+) -> Result<(String, Role), Response> {
+    let access = &services.access;
+    match credentials(headers) {
+        Credentials::Absent => access
+            .identify(headers, peer)
+            .map(|id| (id.name, id.role))
+            .ok_or_else(|| challenge("log in first (/login), or send HTTP Basic credentials")),
+        Credentials::Unreadable => Err(challenge(
+            "unreadable Authorization header (expected Basic or Bearer)",
+        )),
+        Credentials::Bearer(token) => access
+            .session_of(&token)
+            .and_then(|(name, _)| access.role_of(&name, peer).map(|role| (name, role)))
+            .ok_or_else(|| challenge("the bearer token is not valid (expired?)")),
+        Credentials::Basic(name, password) => {
+            if let Some(role) = access.remembered(&name, &password) {
+                return Ok((name, role));
+            }
+            if access.throttled(&name, peer) {
+                return Err(too_many(Surface::DicomWeb));
+            }
+            let shared = services.clone();
+            let checked = name.clone();
+            let role = blocking(move || Ok(shared.access.verify_basic(&checked, &password)))
+                .await
+                .ok()
+                .flatten();
+            match role {
+                Some(role) => {
+                    access.succeeded(&name);
+                    Ok((name, role))
+                }
+                None => {
+                    access.failed(&name, peer);
+                    tracing::info!(user = %name, "HTTP Basic credentials refused");
+                    Err(challenge("wrong name or password"))
+                }
+            }
         }
     }
 }
@@ -330,7 +599,6 @@ pub(crate) async fn guard(
         }
         return next.run(request).await;
     }
-    let identity = access.identify(request.headers(), peer);
     if surface == Surface::DicomWeb {
         let open = match access.dicomweb {
             DicomWebAuth::Open => true,
@@ -340,16 +608,17 @@ pub(crate) async fn guard(
         if open {
             return next.run(request).await;
         }
-        return match identity {
-            None => refuse(surface, StatusCode::UNAUTHORIZED, "log in first (/login)"),
-            Some(id) if is_change(&method) && id.role != Role::Admin => refuse(
+        return match dicomweb_caller(&services, request.headers(), peer).await {
+            Err(refusal) => refusal,
+            Ok((_, role)) if is_change(&method) && role != Role::Admin => refuse(
                 surface,
                 StatusCode::FORBIDDEN,
                 "a read-only user cannot store",
             ),
-            Some(_) => next.run(request).await,
+            Ok(_) => next.run(request).await,
         };
     }
+    let identity = access.identify(request.headers(), peer);
     if access.loopback_only() && !is_loopback(peer) {
         return refuse(
             surface,
@@ -450,6 +719,16 @@ async fn audit_refusal(
     let admin = services.admin.clone();
     let actor = identity.actor();
     let details = json!({ "method": method.as_str(), "path": path, "refused": why });
+    services.auditor.record(
+        AuditEvent::new(
+            EventKind::SecurityAlert,
+            AuditAction::Execute,
+            Outcome::MinorFailure,
+        )
+        .type_code(types::RESTRICTED_FUNCTION)
+        .participant(Participant::user(&actor, true))
+        .described(format!("{} {path} refused: {why}", method.as_str())),
+    );
     let _ = blocking(move || {
         admin
             .record(&actor, "admin.refused", None, None, &details)
@@ -462,9 +741,11 @@ async fn audit_refusal(
 /// (JSON: name, password): a session cookie when they match.
 pub(crate) async fn login(
     State(services): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let peer = Some(peer);
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -490,6 +771,14 @@ pub(crate) async fn login(
         }
         fields
     };
+    if services.access.throttled(&name, peer) {
+        tracing::info!(user = %name, "HTTP login throttled");
+        return too_many(if is_json {
+            Surface::Api
+        } else {
+            Surface::Pages
+        });
+    }
     let shared = services.clone();
     let checked_name = name.clone();
     let role = blocking(move || Ok(shared.access.verify(&checked_name, &password)))
@@ -497,6 +786,7 @@ pub(crate) async fn login(
         .ok()
         .flatten();
     let Some(role) = role else {
+        services.access.failed(&name, peer);
         tracing::info!(user = %name, "HTTP login refused");
         return match next_page {
             None => refuse(
@@ -512,10 +802,13 @@ pub(crate) async fn login(
         };
     };
     tracing::info!(user = %name, role = role.as_str(), "HTTP login");
-    let (cookie, csrf) = services.access.begin(&name);
+    services.access.succeeded(&name);
+    let secure = services.access.secure(&headers, peer);
+    let (cookie, csrf, token) = services.access.begin(&name, secure);
     let mut response = match next_page {
         None => {
-            axum::Json(json!({ "name": name, "role": role.as_str(), "csrf": csrf })).into_response()
+            axum::Json(json!({ "name": name, "role": role.as_str(), "csrf": csrf, "token": token }))
+                .into_response()
         }
         Some(next_page) => Redirect::to(&next_page).into_response(),
     };
@@ -568,7 +861,7 @@ mod tests {
         assert_eq!(a.verify("ann", "correct horse"), Some(Role::Admin));
         assert_eq!(a.verify("ann", "wrong"), None);
         assert_eq!(a.verify("bob", "correct horse"), None);
-        let (cookie, csrf) = a.begin("ann");
+        let (cookie, csrf, _) = a.begin("ann", false);
         let id = a
             .identify(&with_cookie(&cookie), remote())
             .expect("the session");
@@ -591,7 +884,7 @@ mod tests {
         let config = "[http]\nsession_secret = \"0123456789abcdef0123456789abcdef\"\n\
                       trusted_user_header = \"X-Remote-User\"\ntrusted_proxies = [\"192.0.2.1\"]\n";
         let (one, two) = (access(config), access(config));
-        let (cookie, csrf) = one.begin("carol");
+        let (cookie, csrf, _) = one.begin("carol", false);
         let id = two
             .identify(&with_cookie(&cookie), remote())
             .expect("accepted");
@@ -621,5 +914,90 @@ mod tests {
         assert_eq!((id.name.as_str(), id.role), (LOCAL_USER, Role::Admin));
         assert!(id.cookie.is_some(), "a session is begun for its CSRF token");
         assert!(a.identify(&HeaderMap::new(), remote()).is_none());
+    }
+
+    #[test]
+    fn basic_and_bearer_credentials_are_read() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(credentials(&headers), Credentials::Absent);
+        // "ann:pass:word" (the password may hold colons).
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YW5uOnBhc3M6d29yZA=="),
+        );
+        assert_eq!(
+            credentials(&headers),
+            Credentials::Basic("ann".into(), "pass:word".into())
+        );
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer x:y"),
+        );
+        assert_eq!(credentials(&headers), Credentials::Bearer("x:y".into()));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!"));
+        assert_eq!(credentials(&headers), Credentials::Unreadable);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Digest a=b"),
+        );
+        assert_eq!(credentials(&headers), Credentials::Unreadable);
+    }
+
+    #[test]
+    fn a_verified_basic_credential_is_remembered_only_as_given() {
+        let hash = hash_password("correct horse").unwrap();
+        let a = access(&format!(
+            "[[http.users]]\nname = \"ann\"\npassword_hash = \"{hash}\"\n"
+        ));
+        assert_eq!(a.remembered("ann", "correct horse"), None);
+        assert_eq!(a.verify_basic("ann", "wrong"), None);
+        assert_eq!(a.remembered("ann", "wrong"), None, "failures are not kept");
+        assert_eq!(a.verify_basic("ann", "correct horse"), Some(Role::ReadOnly));
+        assert_eq!(a.remembered("ann", "correct horse"), Some(Role::ReadOnly));
+        assert_eq!(a.remembered("ann", "correct hors"), None);
+        assert_eq!(a.remembered("bob", "correct horse"), None);
+        // The session token is the bearer token.
+        let (_, csrf, token) = a.begin("ann", false);
+        assert_eq!(a.session_of(&token), Some(("ann".into(), csrf)));
+        assert_eq!(a.session_of(&token.replacen("ann", "bob", 1)), None);
+    }
+
+    #[test]
+    fn five_failures_in_a_minute_throttle_the_user_and_the_address() {
+        let a = access("");
+        let here = remote();
+        let elsewhere = Some("192.0.2.8:5000".parse().unwrap());
+        for _ in 0..MAX_FAILURES - 1 {
+            a.failed("ann", here);
+        }
+        assert!(!a.throttled("ann", here));
+        a.failed("ann", here);
+        assert!(a.throttled("ann", here));
+        assert!(a.throttled("ann", elsewhere), "per user");
+        assert!(a.throttled("bob", here), "per address");
+        assert!(!a.throttled("bob", elsewhere));
+        a.succeeded("ann");
+        assert!(!a.throttled("ann", elsewhere));
+        assert!(a.throttled("ann", here), "the address stays throttled");
+    }
+
+    #[test]
+    fn the_cookie_is_secure_when_configured_or_behind_an_https_proxy() {
+        let (cookie, _, _) = access("[http]\nsecure_cookies = true\n").begin("ann", true);
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+        let a = access(
+            "[http]\ntrusted_user_header = \"X-Remote-User\"\ntrusted_proxies = [\"192.0.2.1\"]\n",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let proxy = Some("192.0.2.1:4000".parse().unwrap());
+        assert!(a.secure(&headers, proxy));
+        assert!(
+            !a.secure(&headers, remote()),
+            "only a trusted proxy says so"
+        );
+        assert!(!a.secure(&HeaderMap::new(), proxy));
+        let (cookie, _, _) = a.begin("ann", false);
+        assert!(!cookie.contains("Secure"), "{cookie}");
     }
 }

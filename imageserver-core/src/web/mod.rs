@@ -18,7 +18,8 @@
 //! - [`metrics`]: the Prometheus registry and its text exposition;
 //! - `api`: the admin API (JSON under `/api`, described by `openapi.json`);
 //! - `pages`: the admin pages (server-rendered HTML at `/`);
-//! - [`auth`]: users, sessions, CSRF and who may read DICOMweb.
+//! - [`auth`]: users, sessions, CSRF and who may read DICOMweb;
+//! - `viewer`: the OHIF viewer at `/viewer/` (`[http] viewer_dir`).
 //!
 //! The DICOMweb root serves the default partition (the `[dicom]` one).
 
@@ -30,6 +31,7 @@ mod pages;
 mod qido;
 mod rendered;
 mod stow;
+mod viewer;
 mod wado;
 
 use std::net::SocketAddr;
@@ -94,6 +96,8 @@ pub(crate) struct WebServices {
     pub admin: crate::services::admin::Admin,
     /// Who may do what (filled in by [`WebServer::start`]).
     pub access: Arc<auth::Access>,
+    /// The ATNA trail admin changes and refusals are also sent to.
+    pub auditor: crate::audit::Auditor,
 }
 
 type Shared = Arc<WebServices>;
@@ -153,7 +157,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// The routes.
-fn router(services: Shared, cors: Arc<Vec<String>>) -> Router {
+fn router(services: Shared, settings: &HttpSettings) -> Router {
+    let cors = Arc::new(settings.cors_origins.clone());
     let dicom_web = Router::new()
         .route("/studies", get(qido::studies).post(stow::store))
         .route("/series", get(qido::all_series))
@@ -216,8 +221,11 @@ fn router(services: Shared, cors: Arc<Vec<String>>) -> Router {
             "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail",
             get(rendered::frame_thumbnail),
         );
-    Router::new()
-        .nest("/dicom-web", dicom_web)
+    let mut app = Router::new();
+    if let Some(dist) = &settings.viewer_dir {
+        app = app.merge(viewer::router(dist));
+    }
+    app.nest("/dicom-web", dicom_web)
         .route("/metrics", get(metrics::scrape))
         .route("/wado", get(wado::wado_uri))
         .nest("/api", api::router())
@@ -331,7 +339,7 @@ impl WebServer {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(listener).map_err(WebError::Listen)?
         };
-        let app = router(Arc::new(services), Arc::new(settings.cors_origins.clone()));
+        let app = router(Arc::new(services), settings);
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = runtime.spawn(async move {
             let served = axum::serve(
@@ -346,7 +354,7 @@ impl WebServer {
                 tracing::warn!(error = %error, "the HTTP server stopped");
             }
         });
-        tracing::info!(address = %local_addr, "HTTP server listening (DICOMweb at /dicom-web, admin pages at /, admin API at /api)");
+        tracing::info!(address = %local_addr, viewer = settings.viewer_dir.is_some(), "HTTP server listening (DICOMweb at /dicom-web, admin pages at /, admin API at /api, the OHIF viewer at /viewer/ when configured)");
         Ok(WebServer {
             runtime,
             stop: Some(stop),

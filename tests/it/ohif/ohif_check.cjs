@@ -4,6 +4,7 @@
 //
 //   {"list_ok": bool, "list_text": str, "viewport_colours": int,
 //    "error_panel": str|null, "dicomweb_failures": [str], "dicomweb_requests": [str],
+//    "viewer_failures": [str],
 //    "screenshots": [path], "console_errors": [str], "stage": str}
 //
 //   node ohif_check.cjs VIEWER_URL DICOMWEB_ROOT STUDY_UID EXPECTED_TEXT SHOT_DIR
@@ -12,7 +13,8 @@
 // study then opens (/viewer?StudyInstanceUIDs=) and its viewport canvas
 // must hold more than one colour. Every response OHIF got from
 // DICOMWEB_ROOT is recorded; those with a status of 400 or more (and
-// requests that failed outright) are listed. Every wait is bounded.
+// requests that failed outright) are listed, and so are those of the
+// viewer's own files (under VIEWER_URL). Every wait is bounded.
 
 const { chromium } = require('playwright-core');
 const path = require('path');
@@ -25,6 +27,7 @@ const result = {
   error_panel: null,
   dicomweb_failures: [],
   dicomweb_requests: [],
+  viewer_failures: [],
   screenshots: [],
   console_errors: [],
   stage: 'launch',
@@ -83,12 +86,16 @@ async function shot(page, name) {
         const entry = `${response.status()} ${response.request().method()} ${url.slice(dicomweb.length)}`;
         if (result.dicomweb_requests.length < 200) result.dicomweb_requests.push(entry);
         if (response.status() >= 400) result.dicomweb_failures.push(entry);
+      } else if (url.startsWith(viewer) && response.status() >= 400 && result.viewer_failures.length < 50) {
+        result.viewer_failures.push(`${response.status()} ${url.slice(viewer.length)}`);
       }
     });
     page.on('requestfailed', request => {
       const url = request.url();
       if (url.startsWith(dicomweb)) {
         result.dicomweb_failures.push(`failed ${request.method()} ${url.slice(dicomweb.length)}: ${request.failure() && request.failure().errorText}`);
+      } else if (url.startsWith(viewer) && result.viewer_failures.length < 50) {
+        result.viewer_failures.push(`failed ${url.slice(viewer.length)}: ${request.failure() && request.failure().errorText}`);
       }
     });
     page.on('console', message => {

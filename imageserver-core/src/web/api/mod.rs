@@ -20,6 +20,9 @@ use serde_json::{json, Value};
 
 use super::auth::Identity;
 use super::{blocking, Failure, Shared};
+use crate::audit::{
+    event::types, Action, AuditEvent, EventKind, Outcome, Participant, ParticipantObject,
+};
 use crate::services::admin::{Admin, AdminError};
 
 /// The API's description (OpenAPI 3).
@@ -103,6 +106,7 @@ pub(crate) async fn change<T: Send + 'static>(
     work: impl FnOnce(&Admin) -> Result<T, AdminError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let actor = identity.actor();
+    let auditor = services.auditor.clone();
     run(services, move |admin| {
         let result = work(admin)?;
         admin.record(
@@ -112,9 +116,67 @@ pub(crate) async fn change<T: Send + 'static>(
             study_uid.as_deref(),
             &details,
         )?;
+        if let Some(event) = atna_event(action, &actor, study_uid.as_deref(), &details) {
+            auditor.record(event);
+        }
         Ok(result)
     })
     .await
+}
+
+/// The ATNA message (PS3.15 A.5.3) an admin change is also sent as: a
+/// device changed is a Security Alert of type Network Configuration, a
+/// work item changed one of type Software Configuration, a study
+/// operation requested is DICOM Instances Accessed (the work item that
+/// carries it out sends its own event too: Study Deleted for a delete).
+/// None for what changes nothing (a C-ECHO).
+pub(crate) fn atna_event(
+    action: &str,
+    actor: &str,
+    study_uid: Option<&str>,
+    details: &Value,
+) -> Option<AuditEvent> {
+    let (kind, verb, type_code) = match action {
+        "admin.device.put" => (
+            EventKind::SecurityAlert,
+            Action::Update,
+            Some(types::NETWORK_CONFIGURATION),
+        ),
+        "admin.device.delete" => (
+            EventKind::SecurityAlert,
+            Action::Delete,
+            Some(types::NETWORK_CONFIGURATION),
+        ),
+        "admin.work.delete" => (
+            EventKind::SecurityAlert,
+            Action::Delete,
+            Some(types::SOFTWARE_CONFIGURATION),
+        ),
+        "admin.work.retry" | "admin.work.reprioritise" | "admin.work.postpone" => (
+            EventKind::SecurityAlert,
+            Action::Update,
+            Some(types::SOFTWARE_CONFIGURATION),
+        ),
+        "admin.study.delete" => (EventKind::InstancesAccessed, Action::Delete, None),
+        "admin.study.edit" => (EventKind::InstancesAccessed, Action::Update, None),
+        "admin.study.reprocess" | "admin.study.send" => {
+            (EventKind::InstancesAccessed, Action::Execute, None)
+        }
+        _ => return None,
+    };
+    let mut event = AuditEvent::new(kind, verb, Outcome::Success)
+        .participant(Participant::user(actor, true))
+        .described(format!("{action} {details}"));
+    if let Some(code) = type_code {
+        event = event.type_code(code);
+    }
+    if let Some(uid) = study_uid {
+        event = event.object(ParticipantObject::Study {
+            uid: uid.to_string(),
+            sop_classes: Default::default(),
+        });
+    }
+    Some(event)
 }
 
 /// A JSON body, or a 400 saying why not.
@@ -163,4 +225,36 @@ pub(crate) fn router() -> Router<Shared> {
                 reason: "no such API resource (see /api/openapi.json)".into(),
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_changes_become_atna_events() {
+        let event = atna_event("admin.device.put", "http:ann", None, &json!({"ae": "X"}))
+            .expect("an event");
+        assert_eq!(
+            (
+                event.kind,
+                event.action,
+                event.type_code.as_ref().map(|c| c.code)
+            ),
+            (
+                EventKind::SecurityAlert,
+                Action::Update,
+                Some(types::NETWORK_CONFIGURATION.code)
+            )
+        );
+        assert_eq!(event.actor(), "http:ann");
+        let event =
+            atna_event("admin.study.delete", "http:ann", Some("1.2.3"), &json!({})).expect("one");
+        assert_eq!(
+            (event.kind, event.action),
+            (EventKind::InstancesAccessed, Action::Delete)
+        );
+        assert_eq!(event.study_uid(), Some("1.2.3"));
+        assert!(atna_event("admin.device.echo", "http:ann", None, &json!({})).is_none());
+    }
 }
