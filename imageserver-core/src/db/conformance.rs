@@ -54,6 +54,8 @@ pub(crate) fn run_all(store: &dyn IndexStore) {
     patient_keys_and_demographics(store);
     batch_is_all_or_nothing(store);
     empty_batch(store);
+    batch_mixes_every_case(store);
+    ingest_lookup_matches_its_parts(store);
 }
 
 /// Runs the checks that need the study summary probe.
@@ -869,6 +871,102 @@ fn batch_is_all_or_nothing(store: &dyn IndexStore) {
 
 fn empty_batch(store: &dyn IndexStore) {
     assert_eq!(store.insert_instances(&[]).expect("empty"), []);
+}
+
+/// One batch doing everything at once: a new instance of a stored study, a
+/// new study, one SOP Instance UID twice, a stored instance replaced, and
+/// records of a second partition (whose UIDs repeat the first's).
+fn batch_mixes_every_case(store: &dyn IndexStore) {
+    let f = fixture(store, "MIXED");
+    let g = fixture(store, "MIXED2");
+    store
+        .insert_instances(&[
+            f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.1", 10),
+            f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.2", 10),
+        ])
+        .expect("seed");
+    assert_eq!(f.counts(), counts(1, 1, 1, 2));
+
+    let in_g = |mut r: InstanceRecord| {
+        r.partition = g.partition;
+        r.location = g.location(r.study.study_uid.as_str(), "20240131");
+        r
+    };
+    let mut replaced = f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.2", 30);
+    replaced.instance.digest = "ee".repeat(32);
+    let twice = f.record("Q", "1.2.8.2", "1.2.8.2.1", "MR", "1.2.8.2.1.1", 5);
+    let batch = vec![
+        f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.3", 10),
+        in_g(f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.1", 10)),
+        twice.clone(),
+        replaced,
+        in_g(f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.2", 10)),
+        twice,
+        in_g(f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.1", 20)),
+    ];
+    assert_eq!(
+        store.insert_instances(&batch).expect("mixed batch"),
+        [
+            InsertOutcome::Inserted,
+            InsertOutcome::Inserted,
+            InsertOutcome::Inserted,
+            InsertOutcome::Replaced,
+            InsertOutcome::Inserted,
+            InsertOutcome::Replaced,
+            InsertOutcome::Replaced,
+        ]
+    );
+    assert_eq!(f.counts(), counts(2, 2, 2, 4));
+    assert_eq!(g.counts(), counts(1, 1, 1, 2));
+    let size = |scope: &Fixture<'_>, sop: &str| {
+        store
+            .instance(scope.partition, &uid(sop))
+            .expect("lookup")
+            .expect("row")
+            .file_size
+    };
+    assert_eq!(size(&f, "1.2.8.1.1.2"), 30);
+    assert_eq!(size(&g, "1.2.8.1.1.1"), 20);
+}
+
+/// [`IndexStore::ingest_lookup`] answers what its three parts answer.
+fn ingest_lookup_matches_its_parts(store: &dyn IndexStore) {
+    let f = fixture(store, "LOOKUP");
+    let parts = |study: &str, sop: &str| crate::db::IngestLookup {
+        deletions: store
+            .study_deletions(f.partition, &uid(study))
+            .expect("deletions"),
+        existing: store.instance(f.partition, &uid(sop)).expect("instance"),
+        study_patient: store
+            .study_patient(f.partition, &uid(study))
+            .expect("patient"),
+    };
+    let check = |study: &str, sop: &str| {
+        let lookup = store
+            .ingest_lookup(f.partition, &uid(study), &uid(sop))
+            .expect("lookup");
+        assert_eq!(lookup, parts(study, sop), "study {study}, instance {sop}");
+        lookup
+    };
+    // Nothing stored yet.
+    let empty = check("1.2.10.1", "1.2.10.1.1.1");
+    assert_eq!(
+        (empty.existing, empty.study_patient),
+        (None, None),
+        "nothing is stored yet"
+    );
+    let mut record = f.record("P", "1.2.10.1", "1.2.10.1.1", "CT", "1.2.10.1.1.1", 10);
+    record.patient.issuer_of_patient_id = Some("HOSP".to_string());
+    store.insert_instances(&[record]).expect("seed");
+    let found = check("1.2.10.1", "1.2.10.1.1.1");
+    assert!(found.existing.is_some() && found.study_patient.is_some());
+    assert_eq!(found.deletions.filesystem, Some(f.fs));
+    // A stored study with a new instance; a stored instance asked with
+    // another study; neither.
+    assert!(check("1.2.10.1", "1.2.10.1.1.2").existing.is_none());
+    let other = check("1.2.10.2", "1.2.10.1.1.1");
+    assert!(other.existing.is_some() && other.study_patient.is_none());
+    check("1.2.10.3", "1.2.10.3.1.1");
 }
 
 // ---------------------------------------------------------------- queries ---

@@ -193,6 +193,24 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         study_uid: &Uid,
     ) -> Result<StudyDeletions, Error>;
 
+    /// What ingest reads before placing a file, in one call: the study's
+    /// deletions ([`IndexStore::study_deletions`]), the stored instance of
+    /// the SOP Instance UID ([`IndexStore::instance`]) and the patient of
+    /// the stored study ([`IndexStore::study_patient`]). A backend whose
+    /// every call is a network round trip answers it with one statement.
+    fn ingest_lookup(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        sop_instance_uid: &Uid,
+    ) -> Result<IngestLookup, Error> {
+        Ok(IngestLookup {
+            deletions: self.study_deletions(partition, study_uid)?,
+            existing: self.instance(partition, sop_instance_uid)?,
+            study_patient: self.study_patient(partition, study_uid)?,
+        })
+    }
+
     /// Indexes a batch of instances in **one** transaction: creates or
     /// updates the patient, study, series and study-storage rows, inserts or
     /// replaces each instance row, and keeps the related counts right (a
@@ -255,6 +273,17 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// Records an instance held for reconciliation (its file is already
     /// kept aside durably); returns the entry's key.
     fn hold_for_reconcile(&self, entry: &ReconcileEntry) -> Result<i64, Error>;
+}
+
+/// The answer of [`IndexStore::ingest_lookup`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestLookup {
+    /// The study's deletions.
+    pub deletions: StudyDeletions,
+    /// The stored instance with the SOP Instance UID (none while nearline).
+    pub existing: Option<StoredInstance>,
+    /// The patient of the stored study, if the index has the study.
+    pub study_patient: Option<PatientAttrs>,
 }
 
 /// Work an index batch schedules in its own transaction: for each distinct

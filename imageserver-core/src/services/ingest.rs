@@ -17,15 +17,15 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use super::commit::{CommitError, GroupCommitter, StudyProcessHook};
 use crate::db::studies::{EditStatus, EditableAttribute};
-use crate::db::{self, IndexStore};
+use crate::db::{self, IndexStore, IngestLookup};
 use crate::dicom::part10::header::{self, HeaderError, InvalidUid};
 use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::DataSetWalker;
 use crate::model::error_chain;
 use crate::model::{
     same_text, study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem,
-    FilesystemId, FolderName, InsertOutcome, InstanceRecord, PartitionId, PatientIdentity,
-    ReconcileEntry, StudyLocation, Uid,
+    FilesystemId, FolderName, InsertOutcome, InstanceRecord, PartitionId, PatientAttrs,
+    PatientIdentity, ReconcileEntry, StudyLocation, Uid,
 };
 use crate::storage::{
     self, InstanceKey, LowestTierMostRoom, ObjectWriter, Placement, StorageBackend,
@@ -457,33 +457,37 @@ impl Ingest {
             series_uid: record.series.series_uid.clone(),
             sop_instance_uid: record.instance.sop_instance_uid.clone(),
         };
-        // Read before the file is placed, checked again in the commit: a
-        // deletion of the study in between may remove the file.
-        let mut deletions = self
-            .inner
-            .index
-            .study_deletions(record.partition, &key.location.study_uid)
-            .map_err(IngestError::Index)?;
-        if let (None, Some(restorer)) = (deletions.filesystem, &self.restorer) {
+        // Read before the file is placed, in one index call (one round trip
+        // on PostgreSQL): the study's deletions, checked again in the
+        // commit (a deletion of the study in between may remove the file),
+        // the stored instance and the study's patient.
+        let lookup = || {
+            self.inner
+                .index
+                .ingest_lookup(
+                    record.partition,
+                    &key.location.study_uid,
+                    &key.sop_instance_uid,
+                )
+                .map_err(IngestError::Index)
+        };
+        let mut looked_up = lookup()?;
+        if let (None, Some(restorer)) = (looked_up.deletions.filesystem, &self.restorer) {
             // A nearline study is restored first; the location is then
             // followed below as after a migration.
             if restorer
                 .ensure_online(&writer.partition, &key.location.study_uid, &mut || {})
                 .map_err(|e| IngestError::Restore(Box::new(e)))?
             {
-                deletions = self
-                    .inner
-                    .index
-                    .study_deletions(record.partition, &key.location.study_uid)
-                    .map_err(IngestError::Index)?;
+                looked_up = lookup()?;
             }
         }
+        let IngestLookup {
+            deletions,
+            existing,
+            study_patient,
+        } = looked_up;
         let file_size = record.instance.file_size;
-        let existing = self
-            .inner
-            .index
-            .instance(record.partition, &key.sop_instance_uid)
-            .map_err(IngestError::Index)?;
         let early = |outcome| StoreOutcome {
             outcome,
             study_uid: record.study.study_uid.clone(),
@@ -515,7 +519,7 @@ impl Ingest {
                 DuplicatePolicy::AcceptLatest => {}
             }
         }
-        if self.conflicts_with_study(&record)? {
+        if self.conflicts_with_study(&record, study_patient)? {
             self.hold_for_reconcile(writer, &record, &key)?;
             return Ok(early(Stored::HeldForReconcile));
         }
@@ -699,12 +703,13 @@ impl Ingest {
     /// carries the values an edit replaced: those are mapped through the
     /// study's completed edits first (StudyProcess applies the edits to it
     /// later), so a late arrival is no conflict.
-    fn conflicts_with_study(&self, record: &InstanceRecord) -> Result<bool, IngestError> {
+    fn conflicts_with_study(
+        &self,
+        record: &InstanceRecord,
+        stored: Option<PatientAttrs>,
+    ) -> Result<bool, IngestError> {
         let index = &self.inner.index;
-        let Some(stored) = index
-            .study_patient(record.partition, &record.study.study_uid)
-            .map_err(IngestError::Index)?
-        else {
+        let Some(stored) = stored else {
             return Ok(false);
         };
         let stored = PatientIdentity::of(&stored);

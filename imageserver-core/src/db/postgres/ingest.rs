@@ -8,8 +8,13 @@
 //! instance of a study fixes its location; a study follows the patient of
 //! its latest record; a SOP Instance UID seen twice is inserted then
 //! replaced. Each level is then one multi-row upsert over `UNNEST` arrays
-//! (`INSERT … ON CONFLICT … DO UPDATE … RETURNING`), so a batch costs about
-//! a dozen round trips whatever its size.
+//! (`INSERT … ON CONFLICT … DO UPDATE … RETURNING`); the instance level
+//! reads the rows it replaces in the same statement, and the counters and
+//! summaries are one statement in the common case (nothing to recount). A
+//! batch therefore costs the same number of round trips whatever its size:
+//! BEGIN, patients with study storages, studies with the deletion check,
+//! series, instances, counters, one per follow-up item (migration 0009's
+//! `imageserver_append_work`), COMMIT.
 //!
 //! **Concurrent nodes.** The upserts lock rows in a stable order: patients,
 //! then study storages (one row per study: the study's lock), then studies,
@@ -56,7 +61,7 @@ fn merge<const N: usize>(into: &mut [Option<String>; N], from: [Option<String>; 
 }
 
 type PatientKey = (i64, String, String);
-type StudyKey = (i64, String);
+pub(super) type StudyKey = (i64, String);
 type SeriesKey = (i64, String);
 type InstanceKey = (i64, String);
 
@@ -99,13 +104,16 @@ struct PatientDelta {
     instances: i64,
 }
 
+/// The study storage keys of a batch's studies, by partition and study UID.
+pub(super) type StorageIds = HashMap<StudyKey, i64>;
+
 /// Indexes `batch` on `conn` (inside a transaction) and returns one outcome
-/// per record.
+/// per record, and the storage keys of the batch's studies.
 pub(super) async fn insert_batch(
     conn: &mut PgConnection,
     batch: &[InstanceRecord],
     now: i64,
-) -> Result<Vec<InsertOutcome>, TxError> {
+) -> Result<(Vec<InsertOutcome>, StorageIds), TxError> {
     // ---- Fold the batch, record by record.
     let mut patients: BTreeMap<PatientKey, [Option<String>; 3]> = BTreeMap::new();
     let mut storages: BTreeMap<StudyKey, &InstanceRecord> = BTreeMap::new();
@@ -153,28 +161,37 @@ pub(super) async fn insert_batch(
         record_keys.push(study_key);
     }
 
-    // ---- Patients (locked first, in key order).
-    let patient_ids = upsert_patients(conn, &patients).await?;
+    // ---- Patients (locked first, in key order), then the study storages:
+    // the per-study locks, in key order.
+    let (patient_ids, storage_ids) =
+        upsert_patients_and_storages(conn, &patients, &storages, now).await?;
 
-    // ---- Study storages: the per-study locks, in key order.
-    let storage_ids = upsert_storages(conn, &storages, now).await?;
-    // Under those locks no deletion can start or finish: one that did since
-    // the records were admitted makes this a conflict (retried).
-    if Admission::decide(batch, &study_deletions(conn, batch).await?).any_refused() {
+    // ---- Studies.
+    let study_rows = upsert_studies(conn, &studies, &patient_ids, &storage_ids, now).await?;
+    // The same statement read the studies' deletions after the storage
+    // rows were locked: under those locks no deletion can start or finish,
+    // and one that did since the records were admitted makes this a
+    // conflict (retried; the rows just written roll back).
+    let deletions: HashMap<(PartitionId, &Uid), StudyDeletions> = batch
+        .iter()
+        .filter_map(|r| {
+            let key = (r.partition.0, r.study.study_uid.as_str().to_string());
+            let (_, _, _, deletions) = study_rows.get(&key)?;
+            Some(((r.partition, &r.study.study_uid), *deletions))
+        })
+        .collect();
+    if Admission::decide(batch, &deletions).any_refused() {
         return Err(TxError::Conflict(
             "a study was deleted while its batch was admitted",
         ));
     }
-
-    // ---- Studies.
-    let study_rows = upsert_studies(conn, &studies, &patient_ids, &storage_ids, now).await?;
     let mut patient_delta: BTreeMap<i64, PatientDelta> = BTreeMap::new();
     let mut recount_patients: BTreeSet<i64> = BTreeSet::new();
     let mut study_ids: HashMap<StudyKey, i64> = HashMap::new();
     let mut study_patient: HashMap<i64, i64> = HashMap::new();
     let mut study_classes: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
     for (key, row) in &studies {
-        let (id, old_patient, old_classes) = study_rows
+        let (id, old_patient, old_classes, _) = study_rows
             .get(key)
             .cloned()
             .ok_or(TxError::Conflict("a study row was not returned"))?;
@@ -254,22 +271,12 @@ pub(super) async fn insert_batch(
         }
     }
 
-    // ---- Instances: existing rows, locked in key order.
-    let mut instance_keys: BTreeSet<InstanceKey> = BTreeSet::new();
-    for r in batch {
-        instance_keys.insert((
-            r.partition.0,
-            r.instance.sop_instance_uid.as_str().to_string(),
-        ));
-    }
-    let existing = lock_instances(conn, &instance_keys).await?;
-    let mut recount_series: BTreeSet<i64> = BTreeSet::new();
-    let mut recount_studies: BTreeSet<i64> = BTreeSet::new();
-    // Per key: the state before the batch and the state now.
-    let mut initial: HashMap<InstanceKey, Option<InstanceState>> = HashMap::new();
-    let mut current: HashMap<InstanceKey, InstanceState> = HashMap::new();
+    // ---- Instances: each key's final state (its last record's), then in
+    // one statement the existing rows read and locked in key order and
+    // every key inserted or replaced.
+    let mut states = Vec::with_capacity(batch.len());
+    let mut finals: HashMap<InstanceKey, InstanceState> = HashMap::new();
     let mut last_record: BTreeMap<InstanceKey, usize> = BTreeMap::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
     for (record_idx, (r, series_key)) in batch.iter().zip(&record_series_keys).enumerate() {
         let i = &r.instance;
         let key = (r.partition.0, i.sop_instance_uid.as_str().to_string());
@@ -283,6 +290,19 @@ pub(super) async fn insert_batch(
             size,
             class: i.sop_class_uid.as_str().to_string(),
         };
+        finals.insert(key.clone(), state.clone());
+        last_record.insert(key.clone(), record_idx);
+        states.push((key, state));
+    }
+    let (existing, inserted) =
+        lock_and_upsert_instances(conn, batch, &last_record, &finals, now).await?;
+    let mut recount_series: BTreeSet<i64> = BTreeSet::new();
+    let mut recount_studies: BTreeSet<i64> = BTreeSet::new();
+    // Per key: the state before the batch and the state now.
+    let mut initial: HashMap<InstanceKey, Option<InstanceState>> = HashMap::new();
+    let mut current: HashMap<InstanceKey, InstanceState> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (key, state) in states {
         let previous = match current.get(&key) {
             Some(previous) => Some(previous.clone()),
             None => {
@@ -304,8 +324,18 @@ pub(super) async fn insert_batch(
                 recount_patients.insert(study_patient[study]);
             }
         }
-        current.insert(key.clone(), state);
-        last_record.insert(key, record_idx);
+        current.insert(key, state);
+    }
+    // A row we did not see when reading appeared before our upsert (another
+    // node inserted it meanwhile): retried, so nothing is counted twice.
+    if inserted.len() != initial.len()
+        || inserted
+            .iter()
+            .any(|(key, inserted)| initial.get(key).map(Option::is_none) != Some(*inserted))
+    {
+        return Err(TxError::Conflict(
+            "an instance was indexed by another writer meanwhile",
+        ));
     }
     let mut classes_added: BTreeSet<i64> = BTreeSet::new();
     let mut classes_dirty: BTreeSet<i64> = BTreeSet::new();
@@ -343,7 +373,6 @@ pub(super) async fn insert_batch(
             }
         }
     }
-    upsert_instances(conn, batch, &last_record, &current, &initial, now).await?;
 
     // ---- Counters and summaries.
     let flush = Flush {
@@ -359,7 +388,7 @@ pub(super) async fn insert_batch(
         recount_patients,
     };
     flush.apply(conn, now).await?;
-    Ok(outcomes)
+    Ok((outcomes, storage_ids))
 }
 
 /// The deletions of the studies of `batch` ([`crate::db::sql::STUDY_DELETIONS`]
@@ -408,10 +437,16 @@ pub(super) async fn study_deletions<'a>(
     Ok(deletions)
 }
 
-async fn upsert_patients(
+/// Upserts the patients (locked first, in key order), then the study
+/// storages (the per-study locks, in key order), in one statement: the
+/// storage upsert waits for the patients' (it depends on their row count).
+/// Returns their keys.
+async fn upsert_patients_and_storages(
     conn: &mut PgConnection,
     patients: &BTreeMap<PatientKey, [Option<String>; 3]>,
-) -> Result<HashMap<PatientKey, i64>, TxError> {
+    storages: &BTreeMap<StudyKey, &InstanceRecord>,
+    now: i64,
+) -> Result<(HashMap<PatientKey, i64>, HashMap<StudyKey, i64>), TxError> {
     let mut partition = Vec::with_capacity(patients.len());
     let mut patient_id = Vec::with_capacity(patients.len());
     let mut issuer = Vec::with_capacity(patients.len());
@@ -424,18 +459,53 @@ async fn upsert_patients(
             column.push(value.clone());
         }
     }
+    let mut study_partition = Vec::with_capacity(storages.len());
+    let mut study_uid = Vec::with_capacity(storages.len());
+    let mut filesystem = Vec::with_capacity(storages.len());
+    let mut date_folder = Vec::with_capacity(storages.len());
+    for (key, record) in storages {
+        study_partition.push(key.0);
+        study_uid.push(key.1.clone());
+        filesystem.push(record.location.filesystem.0);
+        date_folder.push(record.location.date_folder.replace('\0', ""));
+    }
+    // An existing storage row is kept, unless the study has no online copy
+    // (nearline): then the arriving instance's location becomes its home.
+    // Every touched row is updated (and so locked), in key order.
     let rows = sqlx::query(
-        "INSERT INTO patient
-             (partition_id, patient_id, issuer_of_patient_id, patient_name, birth_date, sex)
-         SELECT p, id, iss, name, birth, sex
-         FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-              WITH ORDINALITY AS t(p, id, iss, name, birth, sex, n)
-         ORDER BY n
-         ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE
-         SET patient_name = COALESCE(excluded.patient_name, patient.patient_name),
-             birth_date = COALESCE(excluded.birth_date, patient.birth_date),
-             sex = COALESCE(excluded.sex, patient.sex)
-         RETURNING id, partition_id, patient_id, issuer_of_patient_id",
+        "WITH pa AS (
+             INSERT INTO patient
+                 (partition_id, patient_id, issuer_of_patient_id, patient_name, birth_date, sex)
+             SELECT p, id, iss, name, birth, sex
+             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::text[])
+                  WITH ORDINALITY AS t(p, id, iss, name, birth, sex, n)
+             ORDER BY n
+             ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE
+             SET patient_name = COALESCE(excluded.patient_name, patient.patient_name),
+                 birth_date = COALESCE(excluded.birth_date, patient.birth_date),
+                 sex = COALESCE(excluded.sex, patient.sex)
+             RETURNING id, partition_id, patient_id, issuer_of_patient_id),
+         ss AS (
+             INSERT INTO study_storage
+                 (partition_id, study_uid, filesystem_id, date_folder, created_at)
+             SELECT p, uid, fs, folder, $11
+             FROM UNNEST($7::bigint[], $8::text[], $9::bigint[], $10::text[])
+                  WITH ORDINALITY AS t(p, uid, fs, folder, n)
+             WHERE (SELECT COUNT(*) FROM pa) >= 0
+             ORDER BY n
+             ON CONFLICT (partition_id, study_uid) DO UPDATE
+             SET filesystem_id = COALESCE(study_storage.filesystem_id, excluded.filesystem_id),
+                 date_folder = CASE WHEN study_storage.filesystem_id IS NULL
+                                    THEN excluded.date_folder ELSE study_storage.date_folder END
+             RETURNING id, partition_id, study_uid, filesystem_id, date_folder)
+         SELECT FALSE AS storage, id, partition_id, patient_id, issuer_of_patient_id,
+                NULL::TEXT AS study_uid, NULL::BIGINT AS filesystem_id,
+                NULL::TEXT AS date_folder
+         FROM pa
+         UNION ALL
+         SELECT TRUE, id, partition_id, NULL, NULL, study_uid, filesystem_id, date_folder
+         FROM ss",
     )
     .bind(&partition)
     .bind(&patient_id)
@@ -443,64 +513,27 @@ async fn upsert_patients(
     .bind(&columns[0])
     .bind(&columns[1])
     .bind(&columns[2])
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut ids = HashMap::with_capacity(rows.len());
-    for row in rows {
-        ids.insert(
-            (
-                row.try_get("partition_id")?,
-                row.try_get("patient_id")?,
-                row.try_get("issuer_of_patient_id")?,
-            ),
-            row.try_get("id")?,
-        );
-    }
-    if ids.len() != patients.len() {
-        return Err(TxError::Conflict("a patient row was not returned"));
-    }
-    Ok(ids)
-}
-
-async fn upsert_storages(
-    conn: &mut PgConnection,
-    storages: &BTreeMap<StudyKey, &InstanceRecord>,
-    now: i64,
-) -> Result<HashMap<StudyKey, i64>, TxError> {
-    let mut partition = Vec::with_capacity(storages.len());
-    let mut study_uid = Vec::with_capacity(storages.len());
-    let mut filesystem = Vec::with_capacity(storages.len());
-    let mut date_folder = Vec::with_capacity(storages.len());
-    for (key, record) in storages {
-        partition.push(key.0);
-        study_uid.push(key.1.clone());
-        filesystem.push(record.location.filesystem.0);
-        date_folder.push(record.location.date_folder.replace('\0', ""));
-    }
-    // An existing row is kept, unless the study has no online copy
-    // (nearline): then the arriving instance's location becomes its home.
-    // Every touched row is updated (and so locked), in key order.
-    let rows = sqlx::query(
-        "INSERT INTO study_storage (partition_id, study_uid, filesystem_id, date_folder, created_at)
-         SELECT p, uid, fs, folder, $5
-         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[])
-              WITH ORDINALITY AS t(p, uid, fs, folder, n)
-         ORDER BY n
-         ON CONFLICT (partition_id, study_uid) DO UPDATE
-         SET filesystem_id = COALESCE(study_storage.filesystem_id, excluded.filesystem_id),
-             date_folder = CASE WHEN study_storage.filesystem_id IS NULL
-                                THEN excluded.date_folder ELSE study_storage.date_folder END
-         RETURNING id, partition_id, study_uid, filesystem_id, date_folder",
-    )
-    .bind(&partition)
+    .bind(&study_partition)
     .bind(&study_uid)
     .bind(&filesystem)
     .bind(&date_folder)
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    let mut ids = HashMap::with_capacity(rows.len());
+    let mut patient_ids = HashMap::with_capacity(patients.len());
+    let mut storage_ids = HashMap::with_capacity(storages.len());
     for row in rows {
+        if !row.try_get::<bool, _>("storage")? {
+            patient_ids.insert(
+                (
+                    row.try_get("partition_id")?,
+                    row.try_get("patient_id")?,
+                    row.try_get("issuer_of_patient_id")?,
+                ),
+                row.try_get("id")?,
+            );
+            continue;
+        }
         let key: StudyKey = (row.try_get("partition_id")?, row.try_get("study_uid")?);
         let filesystem: Option<i64> = row.try_get("filesystem_id")?;
         let date_folder: String = row.try_get("date_folder")?;
@@ -517,23 +550,31 @@ async fn upsert_storages(
                 );
             }
         }
-        ids.insert(key, row.try_get("id")?);
+        storage_ids.insert(key, row.try_get("id")?);
     }
-    if ids.len() != storages.len() {
+    if patient_ids.len() != patients.len() {
+        return Err(TxError::Conflict("a patient row was not returned"));
+    }
+    if storage_ids.len() != storages.len() {
         return Err(TxError::Conflict("a study storage row was not returned"));
     }
-    Ok(ids)
+    Ok((patient_ids, storage_ids))
 }
 
 /// Upserts the studies; returns per key: id, the patient before (None: new
 /// study) and the SOP classes before.
+/// Per study: its key, its patient and SOP classes before, its deletions.
+type StudyRows = HashMap<StudyKey, (i64, Option<i64>, Option<String>, StudyDeletions)>;
+
+/// Upserts the studies and, in the same statement, reads their deletions
+/// (as [`study_deletions`]).
 async fn upsert_studies(
     conn: &mut PgConnection,
     studies: &BTreeMap<StudyKey, StudyRow>,
     patient_ids: &HashMap<PatientKey, i64>,
     storage_ids: &HashMap<StudyKey, i64>,
     now: i64,
-) -> Result<HashMap<StudyKey, (i64, Option<i64>, Option<String>)>, TxError> {
+) -> Result<StudyRows, TxError> {
     let mut partition = Vec::with_capacity(studies.len());
     let mut study_uid = Vec::with_capacity(studies.len());
     let mut patient = Vec::with_capacity(studies.len());
@@ -587,7 +628,16 @@ async fn upsert_studies(
              RETURNING id, partition_id, study_uid
          )
          SELECT up.id, up.partition_id, up.study_uid, old.patient_fk AS old_patient,
-                old.sop_classes_in_study AS old_classes
+                old.sop_classes_in_study AS old_classes,
+                EXISTS (SELECT 1 FROM study_storage ss
+                        WHERE ss.partition_id = up.partition_id AND ss.study_uid = up.study_uid
+                          AND ss.state = 'deleting') AS deleting,
+                (SELECT COUNT(*) FROM audit_log a
+                 WHERE a.partition_id = up.partition_id AND a.study_uid = up.study_uid
+                   AND a.action = 'study.delete') AS deletions,
+                (SELECT ss.filesystem_id FROM study_storage ss
+                 WHERE ss.partition_id = up.partition_id
+                   AND ss.study_uid = up.study_uid) AS filesystem
          FROM up LEFT JOIN old
               ON old.partition_id = up.partition_id AND old.study_uid = up.study_uid",
     )
@@ -613,6 +663,13 @@ async fn upsert_studies(
                 row.try_get("id")?,
                 row.try_get("old_patient")?,
                 row.try_get("old_classes")?,
+                StudyDeletions {
+                    deleting: row.try_get("deleting")?,
+                    count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+                    filesystem: row
+                        .try_get::<Option<i64>, _>("filesystem")?
+                        .map(crate::model::FilesystemId),
+                },
             ),
         );
     }
@@ -695,61 +752,25 @@ async fn upsert_series(
     Ok(out)
 }
 
-/// Reads and locks (in key order) the instance rows the batch will replace:
-/// per key its state, its study and that study's patient.
-async fn lock_instances(
-    conn: &mut PgConnection,
-    keys: &BTreeSet<InstanceKey>,
-) -> Result<HashMap<InstanceKey, (InstanceState, i64, i64)>, TxError> {
-    let partition: Vec<i64> = keys.iter().map(|k| k.0).collect();
-    let uid: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    let rows = sqlx::query(
-        "SELECT i.partition_id, i.sop_instance_uid, i.series_fk, i.file_size, i.sop_class_uid,
-                se.study_fk, st.patient_fk
-         FROM instance i
-         JOIN series se ON se.id = i.series_fk
-         JOIN study st ON st.id = se.study_fk
-         WHERE (i.partition_id, i.sop_instance_uid) IN
-               (SELECT * FROM UNNEST($1::bigint[], $2::text[]))
-         ORDER BY i.partition_id, i.sop_instance_uid
-         FOR UPDATE OF i",
-    )
-    .bind(&partition)
-    .bind(&uid)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for row in rows {
-        out.insert(
-            (
-                row.try_get("partition_id")?,
-                row.try_get("sop_instance_uid")?,
-            ),
-            (
-                InstanceState {
-                    series: row.try_get("series_fk")?,
-                    size: row.try_get("file_size")?,
-                    class: row.try_get("sop_class_uid")?,
-                },
-                row.try_get("study_fk")?,
-                row.try_get("patient_fk")?,
-            ),
-        );
-    }
-    Ok(out)
-}
+/// The instance rows the batch replaces (per key its state, its study and
+/// that study's patient) and, per key, whether the upsert inserted it.
+type InstanceRows = (
+    HashMap<InstanceKey, (InstanceState, i64, i64)>,
+    HashMap<InstanceKey, bool>,
+);
 
-/// Inserts or replaces one row per instance key with the values of its last
-/// record; fails with a conflict when a row we did not see appeared (another
-/// node inserted it meanwhile).
-async fn upsert_instances(
+/// In one statement: reads and locks (in key order) the instance rows the
+/// batch will replace, then inserts or replaces one row per instance key
+/// with the values of its last record. The upsert waits for the read (it
+/// depends on its row count), so the read sees every row before the
+/// batch touches it.
+async fn lock_and_upsert_instances(
     conn: &mut PgConnection,
     batch: &[InstanceRecord],
     last_record: &BTreeMap<InstanceKey, usize>,
-    current: &HashMap<InstanceKey, InstanceState>,
-    initial: &HashMap<InstanceKey, Option<InstanceState>>,
+    finals: &HashMap<InstanceKey, InstanceState>,
     now: i64,
-) -> Result<(), TxError> {
+) -> Result<InstanceRows, TxError> {
     let n = last_record.len();
     let mut partition = Vec::with_capacity(n);
     let mut series = Vec::with_capacity(n);
@@ -762,7 +783,7 @@ async fn upsert_instances(
     let mut source = Vec::with_capacity(n);
     for (key, record_idx) in last_record {
         let i = &batch[*record_idx].instance;
-        let state = &current[key];
+        let state = &finals[key];
         partition.push(key.0);
         series.push(state.series);
         sop.push(key.1.as_str());
@@ -774,21 +795,39 @@ async fn upsert_instances(
         source.push(text(i.source_ae.as_deref()));
     }
     let rows = sqlx::query(
-        "INSERT INTO instance
-             (partition_id, series_fk, sop_instance_uid, sop_class_uid, instance_number,
-              transfer_syntax_uid, file_size, digest, source_ae, received_at)
-         SELECT p, se, uid, cls, num, ts, sz, dg, ae, $10
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int4[], $6::text[],
-                     $7::bigint[], $8::text[], $9::text[])
-              WITH ORDINALITY AS t(p, se, uid, cls, num, ts, sz, dg, ae, n)
-         ORDER BY n
-         ON CONFLICT (partition_id, sop_instance_uid) DO UPDATE
-         SET series_fk = excluded.series_fk, sop_class_uid = excluded.sop_class_uid,
-             instance_number = excluded.instance_number,
-             transfer_syntax_uid = excluded.transfer_syntax_uid,
-             file_size = excluded.file_size, digest = excluded.digest,
-             source_ae = excluded.source_ae, received_at = excluded.received_at
-         RETURNING partition_id, sop_instance_uid, (xmax = 0) AS inserted",
+        "WITH old AS (
+             SELECT i.partition_id, i.sop_instance_uid, i.series_fk, i.file_size,
+                    i.sop_class_uid, se.study_fk, st.patient_fk
+             FROM instance i
+             JOIN series se ON se.id = i.series_fk
+             JOIN study st ON st.id = se.study_fk
+             WHERE (i.partition_id, i.sop_instance_uid) IN
+                   (SELECT * FROM UNNEST($1::bigint[], $3::text[]))
+             ORDER BY i.partition_id, i.sop_instance_uid
+             FOR UPDATE OF i),
+         up AS (
+             INSERT INTO instance
+                 (partition_id, series_fk, sop_instance_uid, sop_class_uid, instance_number,
+                  transfer_syntax_uid, file_size, digest, source_ae, received_at)
+             SELECT p, se, uid, cls, num, ts, sz, dg, ae, $10
+             FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::int4[],
+                         $6::text[], $7::bigint[], $8::text[], $9::text[])
+                  WITH ORDINALITY AS t(p, se, uid, cls, num, ts, sz, dg, ae, n)
+             WHERE (SELECT COUNT(*) FROM old) >= 0
+             ORDER BY n
+             ON CONFLICT (partition_id, sop_instance_uid) DO UPDATE
+             SET series_fk = excluded.series_fk, sop_class_uid = excluded.sop_class_uid,
+                 instance_number = excluded.instance_number,
+                 transfer_syntax_uid = excluded.transfer_syntax_uid,
+                 file_size = excluded.file_size, digest = excluded.digest,
+                 source_ae = excluded.source_ae, received_at = excluded.received_at
+             RETURNING partition_id, sop_instance_uid, (xmax = 0) AS inserted)
+         SELECT FALSE AS upserted, partition_id, sop_instance_uid, series_fk, file_size,
+                sop_class_uid, study_fk, patient_fk, NULL::BOOLEAN AS inserted
+         FROM old
+         UNION ALL
+         SELECT TRUE, partition_id, sop_instance_uid, NULL, NULL, NULL, NULL, NULL, inserted
+         FROM up",
     )
     .bind(&partition)
     .bind(&series)
@@ -802,23 +841,34 @@ async fn upsert_instances(
     .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    if rows.len() != n {
-        return Err(TxError::Conflict("an instance row was not returned"));
-    }
+    let mut existing = HashMap::new();
+    let mut inserted = HashMap::with_capacity(n);
     for row in rows {
         let key: InstanceKey = (
             row.try_get("partition_id")?,
             row.try_get("sop_instance_uid")?,
         );
-        let inserted: bool = row.try_get("inserted")?;
-        let expected = initial.get(&key).is_some_and(Option::is_none);
-        if inserted != expected {
-            return Err(TxError::Conflict(
-                "an instance was indexed by another writer meanwhile",
-            ));
+        if row.try_get("upserted")? {
+            inserted.insert(key, row.try_get("inserted")?);
+        } else {
+            existing.insert(
+                key,
+                (
+                    InstanceState {
+                        series: row.try_get("series_fk")?,
+                        size: row.try_get("file_size")?,
+                        class: row.try_get("sop_class_uid")?,
+                    },
+                    row.try_get("study_fk")?,
+                    row.try_get("patient_fk")?,
+                ),
+            );
         }
     }
-    Ok(())
+    if inserted.len() != n {
+        return Err(TxError::Conflict("an instance row was not returned"));
+    }
+    Ok((existing, inserted))
 }
 
 /// What remains to write once the rows are in: counters, summaries,
@@ -838,6 +888,136 @@ struct Flush {
 }
 
 impl Flush {
+    /// The common case (nothing to recount) in one statement: the
+    /// series, study and patient counters, the studies' SOP classes and
+    /// modalities, as the general path below would write them.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_deltas(
+        conn: &mut PgConnection,
+        now: i64,
+        series_delta: &BTreeMap<i64, i64>,
+        study_delta: &BTreeMap<i64, StudyDelta>,
+        patient_delta: &BTreeMap<i64, PatientDelta>,
+        study_classes: &BTreeMap<i64, BTreeSet<String>>,
+        classes_added: &BTreeSet<i64>,
+        classes_dirty: &BTreeSet<i64>,
+        modalities_dirty: &BTreeSet<i64>,
+    ) -> Result<(), TxError> {
+        let (series_ids, series_deltas): (Vec<i64>, Vec<i64>) = series_delta
+            .iter()
+            .filter(|(_, delta)| **delta != 0)
+            .map(|(id, delta)| (*id, *delta))
+            .unzip();
+        // One row per touched study: its deltas (NULL: none), its SOP
+        // classes when only added to (NULL: unchanged), whether its classes
+        // and its modalities are rebuilt from the rows.
+        let studies: BTreeSet<i64> = study_delta
+            .keys()
+            .chain(classes_added)
+            .chain(classes_dirty)
+            .chain(modalities_dirty)
+            .copied()
+            .collect();
+        let n = studies.len();
+        let (mut ids, mut series, mut instances, mut sizes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut classes, mut rebuild_classes, mut rebuild_modalities) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for id in &studies {
+            let delta = study_delta.get(id);
+            ids.push(*id);
+            series.push(delta.map(|d| d.series));
+            instances.push(delta.map(|d| d.instances));
+            sizes.push(delta.map(|d| d.size));
+            let dirty = classes_dirty.contains(id);
+            classes.push(
+                (classes_added.contains(id) && !dirty)
+                    .then(|| study_classes.get(id).map(joined))
+                    .flatten(),
+            );
+            rebuild_classes.push(dirty);
+            rebuild_modalities.push(modalities_dirty.contains(id));
+        }
+        let m = patient_delta.len();
+        let (mut patient_ids, mut patient_studies, mut patient_series, mut patient_instances) = (
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+            Vec::with_capacity(m),
+        );
+        for (id, delta) in patient_delta {
+            patient_ids.push(*id);
+            patient_studies.push(delta.studies);
+            patient_series.push(delta.series);
+            patient_instances.push(delta.instances);
+        }
+        sqlx::query(
+            "WITH se AS (
+                 UPDATE series SET num_instances = series.num_instances + d.delta
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, delta)
+                 WHERE series.id = d.id
+                 RETURNING 1),
+             st AS (
+                 UPDATE study SET
+                     num_series = study.num_series + COALESCE(d.series, 0),
+                     num_instances = study.num_instances + COALESCE(d.instances, 0),
+                     size_bytes = study.size_bytes + COALESCE(d.size, 0),
+                     updated_at = CASE WHEN d.series IS NULL THEN study.updated_at ELSE $10 END,
+                     sop_classes_in_study = CASE
+                         WHEN d.rebuild_classes THEN COALESCE(
+                             (SELECT string_agg(DISTINCT i.sop_class_uid, '\\'
+                                                ORDER BY i.sop_class_uid)
+                              FROM instance i JOIN series se ON se.id = i.series_fk
+                              WHERE se.study_fk = study.id AND i.sop_class_uid <> ''), '')
+                         ELSE COALESCE(d.classes, study.sop_classes_in_study) END,
+                     modalities_in_study = CASE
+                         WHEN d.rebuild_modalities THEN COALESCE(
+                             (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality)
+                              FROM series WHERE study_fk = study.id AND modality <> ''), '')
+                         ELSE study.modalities_in_study END
+                 FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
+                             $8::bool[], $9::bool[])
+                      AS d(id, series, instances, size, classes, rebuild_classes,
+                           rebuild_modalities)
+                 WHERE study.id = d.id
+                 RETURNING 1),
+             pa AS (
+                 UPDATE patient SET num_studies = patient.num_studies + d.studies,
+                     num_series = patient.num_series + d.series,
+                     num_instances = patient.num_instances + d.instances
+                 FROM UNNEST($11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[])
+                      AS d(id, studies, series, instances)
+                 WHERE patient.id = d.id
+                 RETURNING 1)
+             SELECT (SELECT COUNT(*) FROM se) + (SELECT COUNT(*) FROM st)
+                    + (SELECT COUNT(*) FROM pa)",
+        )
+        .bind(&series_ids)
+        .bind(&series_deltas)
+        .bind(&ids)
+        .bind(&series)
+        .bind(&instances)
+        .bind(&sizes)
+        .bind(&classes)
+        .bind(&rebuild_classes)
+        .bind(&rebuild_modalities)
+        .bind(now)
+        .bind(&patient_ids)
+        .bind(&patient_studies)
+        .bind(&patient_series)
+        .bind(&patient_instances)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
     async fn apply(self, conn: &mut PgConnection, now: i64) -> Result<(), TxError> {
         let Flush {
             series_delta,
@@ -851,6 +1031,20 @@ impl Flush {
             mut recount_studies,
             mut recount_patients,
         } = self;
+        if recount_series.is_empty() && recount_studies.is_empty() && recount_patients.is_empty() {
+            return Flush::apply_deltas(
+                conn,
+                now,
+                &series_delta,
+                &study_delta,
+                &patient_delta,
+                &study_classes,
+                &classes_added,
+                &classes_dirty,
+                &modalities_dirty,
+            )
+            .await;
+        }
 
         // Series.
         let (ids, deltas): (Vec<i64>, Vec<i64>) = series_delta

@@ -65,7 +65,7 @@ use sqlx::{ConnectOptions, PgConnection, Row};
 
 use crate::db::rows::{self, Columns};
 use crate::db::studies::now_ms;
-use crate::db::{log_batch, redact_url, sql, Admission, Error, FollowUp, IndexStore};
+use crate::db::{log_batch, redact_url, sql, Admission, Error, FollowUp, IndexStore, IngestLookup};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
     InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyDeletions,
@@ -89,6 +89,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     ),
     (7, include_str!("migrations/0007_nodes.sql")),
     (8, include_str!("migrations/0008_archive.sql")),
+    (9, include_str!("migrations/0009_ingest_round_trips.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).
@@ -482,6 +483,44 @@ impl PgIndex {
     }
 }
 
+/// [`IndexStore::ingest_lookup`] in one statement (`$1` partition, `$2`
+/// study UID, `$3` SOP Instance UID): [`sql::STUDY_DELETIONS`], then the
+/// columns of [`sql::INSTANCE`] (NULL when there is no such online
+/// instance) and the patient columns of [`sql::STUDY`] (NULL when the study
+/// is not indexed).
+const INGEST_LOOKUP: &str = concat!(
+    "SELECT d.deleting, d.deletions, d.filesystem,
+            i.filesystem_id, i.folder, i.date_folder, i.study_uid, i.series_uid,
+            i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_size, i.digest,
+            s.patient_id, s.issuer_of_patient_id, s.patient_name, s.birth_date, s.sex
+     FROM (SELECT EXISTS (SELECT 1 FROM study_storage
+                          WHERE partition_id = $1 AND study_uid = $2
+                            AND state = 'deleting') AS deleting,
+                  (SELECT COUNT(*) FROM audit_log
+                   WHERE partition_id = $1 AND study_uid = $2
+                     AND action = 'study.delete') AS deletions,
+                  (SELECT filesystem_id FROM study_storage
+                   WHERE partition_id = $1 AND study_uid = $2) AS filesystem) d
+     LEFT JOIN LATERAL (",
+    "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
+            se.series_uid, i.sop_instance_uid, i.sop_class_uid,
+            i.transfer_syntax_uid, i.file_size, i.digest
+     FROM instance i
+     JOIN series se ON se.id = i.series_fk
+     JOIN study st ON st.id = se.study_fk
+     JOIN study_storage ss ON ss.id = st.study_storage_id
+     JOIN partition p ON p.id = ss.partition_id
+     WHERE i.partition_id = $1 AND i.sop_instance_uid = $3 AND ss.filesystem_id IS NOT NULL",
+    ") i ON TRUE
+     LEFT JOIN LATERAL (
+         SELECT pa.patient_id, pa.issuer_of_patient_id, pa.patient_name, pa.birth_date, pa.sex
+         FROM study st
+         JOIN patient pa ON pa.id = st.patient_fk
+         JOIN study_storage ss ON ss.id = st.study_storage_id
+         JOIN partition p ON p.id = st.partition_id
+         WHERE st.partition_id = $1 AND st.study_uid = $2) s ON TRUE"
+);
+
 /// Whether a transaction failed in a way that a retry can fix.
 fn is_retryable(e: &TxError) -> bool {
     match e {
@@ -871,6 +910,50 @@ impl IndexStore for PgIndex {
         })
     }
 
+    fn ingest_lookup(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        sop_instance_uid: &Uid,
+    ) -> Result<IngestLookup, Error> {
+        self.read("looking up an instance before ingest", async |conn| {
+            let row = sqlx::query(INGEST_LOOKUP)
+                .bind(partition.0)
+                .bind(study_uid.as_str())
+                .bind(sop_instance_uid.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+            let existing = match row.try_get::<Option<String>, _>("sop_instance_uid")? {
+                Some(_) => Some(rows::stored_instance(&row)?),
+                None => None,
+            };
+            let study_patient = match row.try_get::<Option<String>, _>("patient_id")? {
+                Some(patient_id) => {
+                    let issuer: String = row.try_get("issuer_of_patient_id")?;
+                    Some(crate::model::PatientAttrs {
+                        patient_id,
+                        issuer_of_patient_id: (!issuer.is_empty()).then_some(issuer),
+                        patient_name: row.try_get("patient_name")?,
+                        birth_date: row.try_get("birth_date")?,
+                        sex: row.try_get("sex")?,
+                    })
+                }
+                None => None,
+            };
+            Ok(IngestLookup {
+                deletions: StudyDeletions {
+                    deleting: row.try_get("deleting")?,
+                    count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+                    filesystem: row
+                        .try_get::<Option<i64>, _>("filesystem")?
+                        .map(FilesystemId),
+                },
+                existing,
+                study_patient,
+            })
+        })
+    }
+
     fn insert_instances_then(
         &self,
         batch: &[InstanceRecord],
@@ -883,21 +966,37 @@ impl IndexStore for PgIndex {
         let now = now_ms();
         // In study UID order: every appender takes the studies' append
         // locks in that one order, so two nodes' batches never deadlock.
+        // The first attempt admits every record: ingest read the studies'
+        // deletions just before placing each file, so a refusal is rare.
+        // `insert_batch` checks the deletions once the studies' storage
+        // rows are locked; a record it would refuse (a deletion committed
+        // since) makes the attempt a conflict, and the retry decides
+        // before locking, reading the deletions first.
+        let mut optimistic = true;
         let outcomes = self.write("indexing instances", async |conn| {
-            // Decided before the rows are locked, and checked again once
-            // the studies' storage rows are (`insert_batch`): a deletion
-            // that committed in between makes the transaction a conflict,
-            // retried, and this decision then sees it.
-            let deletions = ingest::study_deletions(conn, batch).await?;
+            let deletions = if std::mem::take(&mut optimistic) {
+                std::collections::HashMap::new()
+            } else {
+                ingest::study_deletions(conn, batch).await?
+            };
             let admission = Admission::decide(batch, &deletions);
             let kept = admission.kept(batch);
-            let outcomes = ingest::insert_batch(conn, &kept, now).await?;
+            let (outcomes, storages) = ingest::insert_batch(conn, &kept, now).await?;
             let follow_ups = follow_up
                 .map(|f| f.items_for(kept.iter()))
                 .unwrap_or_default();
             for item in &follow_ups {
                 // The batch has just written the study's storage row.
-                if let Ok(study) = work::study_of(conn, item).await? {
+                let study = match &item.study_uid {
+                    None => Ok(None),
+                    Some(uid) => {
+                        match storages.get(&(item.partition.0, uid.as_str().to_string())) {
+                            Some(id) => Ok(Some(*id)),
+                            None => work::study_of(conn, item).await?,
+                        }
+                    }
+                };
+                if let Ok(study) = study {
                     work::append_in(conn, item, study).await?;
                 }
             }

@@ -177,53 +177,50 @@ pub(super) async fn append_in(
         let id = insert_item(conn, item, None).await?;
         return Ok(Enqueued::Created(WorkItemId(id)));
     };
-    // One appender per study at a time, so that two nodes receiving
-    // instances of one study do not both create an item.
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(APPEND_LOCK | study)
-        .execute(&mut *conn)
-        .await?;
-    let existing: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM work_queue
-         WHERE study_storage_id = $1 AND partition_id = $2 AND type = $3
-           AND status IN ('idle', 'pending')
-         ORDER BY id LIMIT 1
-         FOR UPDATE",
+    // One statement (migration 0009's `imageserver_append_work`): under
+    // the study's append lock (one appender per study at a time, so that
+    // two nodes receiving instances of one study do not both create an
+    // item), append to the waiting item or create one. An item claimed
+    // between the function's read and its update fails the transaction
+    // with 40001, retried by the caller (it will create a new item).
+    let uids = distinct_uids(&item.uids);
+    let series: Vec<&str> = uids.iter().map(|u| u.series_uid.as_str()).collect();
+    let sops: Vec<&str> = uids.iter().map(|u| u.sop_instance_uid.as_str()).collect();
+    let failed: Vec<bool> = uids.iter().map(|u| u.failed).collect();
+    let counts: Vec<i64> = uids.iter().map(|u| i64::from(u.failure_count)).collect();
+    let duplicate: Vec<bool> = uids.iter().map(|u| u.duplicate).collect();
+    let paths: Vec<Option<String>> = uids
+        .iter()
+        .map(|u| u.relative_path.as_deref().map(|p| pg_text(p).into_owned()))
+        .collect();
+    let row = sqlx::query(
+        "SELECT item_id, created FROM imageserver_append_work(
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
+    .bind(APPEND_LOCK | study)
     .bind(study)
     .bind(item.partition.0)
     .bind(item.kind.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(id) = existing else {
-        let id = insert_item(conn, item, Some(study)).await?;
-        return Ok(Enqueued::Created(WorkItemId(id)));
-    };
-    let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE work_queue SET
-             scheduled_time = GREATEST(scheduled_time, COALESCE($2, {NOW_MS})),
-             expiration_time = CASE WHEN expiration_time IS NULL OR $3::BIGINT IS NULL
-                                    THEN NULL ELSE GREATEST(expiration_time, $3) END,
-             priority = GREATEST(priority, $4),
-             status = CASE WHEN $5 = 'pending' THEN 'pending' ELSE status END,
-             updated_at = {NOW_MS}
-         WHERE id = $1 AND status IN ('idle', 'pending')"
-    )))
-    .bind(id)
+    .bind(item.status.as_str())
+    .bind(item.priority.unwrap_or_default().rank())
     .bind(item.scheduled_at.map(Timestamp::as_millis))
     .bind(item.expires_at.map(Timestamp::as_millis))
-    .bind(item.priority.unwrap_or_default().rank())
-    .bind(item.status.as_str())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if changed != 1 {
-        // Claimed between our read and our update: retry the whole
-        // transaction (it will create a new item).
-        return Err(TxError::Conflict("a work item was claimed while appending"));
-    }
-    add_uids(conn, id, &item.uids).await?;
-    Ok(Enqueued::Appended(WorkItemId(id)))
+    .bind(pg_text(&item.payload).as_ref())
+    .bind(CHANNEL)
+    .bind(&series)
+    .bind(&sops)
+    .bind(&failed)
+    .bind(&counts)
+    .bind(&duplicate)
+    .bind(&paths)
+    .fetch_one(&mut *conn)
+    .await?;
+    let id = WorkItemId(row.try_get("item_id")?);
+    Ok(if row.try_get("created")? {
+        Enqueued::Created(id)
+    } else {
+        Enqueued::Appended(id)
+    })
 }
 
 pub(super) async fn study_of(
@@ -243,6 +240,14 @@ pub(super) async fn study_of(
     Ok(id.map(Some).ok_or(()))
 }
 
+/// `uids` without the repeats of a SOP Instance UID (the first one kept).
+fn distinct_uids(uids: &[WorkUid]) -> Vec<&WorkUid> {
+    let mut seen = std::collections::HashSet::new();
+    uids.iter()
+        .filter(|u| seen.insert(u.sop_instance_uid.as_str()))
+        .collect()
+}
+
 /// Adds instances to an item, skipping those it (or the list before them)
 /// has already.
 async fn add_uids(
@@ -250,11 +255,7 @@ async fn add_uids(
     item_id: i64,
     uids: &[WorkUid],
 ) -> Result<(), sqlx::Error> {
-    let mut seen = std::collections::HashSet::new();
-    let uids: Vec<&WorkUid> = uids
-        .iter()
-        .filter(|u| seen.insert(u.sop_instance_uid.as_str()))
-        .collect();
+    let uids = distinct_uids(uids);
     if uids.is_empty() {
         return Ok(());
     }
