@@ -324,16 +324,19 @@ fn run(
     }
 }
 
+/// Directories to sync and where to report the outcome.
+type SyncJob = (PendingSync, Sender<Result<(), CommitError>>);
+
 /// The directory syncs of a batch, on a thread of their own while the
 /// committer commits the index transaction.
 struct Syncer {
-    sender: Option<Sender<(PendingSync, Sender<Result<(), CommitError>>)>>,
+    sender: Option<Sender<SyncJob>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Syncer {
     fn start(storage: Arc<dyn StorageBackend>) -> Syncer {
-        let (sender, receiver) = channel::unbounded::<(PendingSync, Sender<_>)>();
+        let (sender, receiver) = channel::unbounded::<SyncJob>();
         let thread = std::thread::Builder::new()
             .name("group-commit-sync".into())
             .spawn(move || {

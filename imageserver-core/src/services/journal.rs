@@ -316,6 +316,6 @@ mod tests {
         let last = changed.len() - 2;
         changed[last] ^= 1;
         assert_eq!(parse(&changed), None);
-        assert_eq!(parse(&vec![0u8; 100]), None);
+        assert_eq!(parse(&[0u8; 100]), None);
     }
 }
