@@ -41,6 +41,7 @@ pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod dicom;
+pub mod fault;
 pub mod model;
 pub mod processors;
 pub mod rules;

@@ -306,6 +306,23 @@ impl ServerBuilder {
             });
         }
         let device_tls = Arc::new(device_tls);
+        // What a crash left of the group commit's open batches: a row
+        // durable before its file was whole goes (it was never acknowledged).
+        {
+            let filesystems: Vec<_> = index
+                .filesystems()?
+                .into_iter()
+                .filter(|f| filesystem_states.refusal(f.id).is_none())
+                .collect();
+            let known: Vec<Partition> = partitions.iter().map(|p| p.partition.clone()).collect();
+            crate::services::journal::recover(
+                index.as_ref(),
+                storage.as_ref(),
+                &Studies::new(database.clone(), storage.clone()),
+                &known,
+                &filesystems,
+            );
+        }
         let auditor = match &self.settings.audit {
             Some(settings) => Auditor::start(settings.clone(), database.clone())?,
             None => Auditor::disabled(),

@@ -220,6 +220,15 @@ const RULES: &[(&str, &[&str], &str)] = &[
         "rules are pure decisions over facts",
     ),
     (
+        "fault.rs",
+        &[
+            "crate::",
+            "rusqlite",
+            "sqlx",
+        ],
+        "fault points know nothing of ours: any module may pass one",
+    ),
+    (
         "tls.rs",
         &[
             "crate::db",

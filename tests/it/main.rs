@@ -12,6 +12,8 @@ mod store;
 mod large;
 // kill -9 during ingest: every acknowledged instance survives the restart.
 mod durability;
+// kill -9 at every step of the group commit's window: the journal of open batches and recovery.
+mod commit_crash;
 // Malformed, lying, slow and too many peers: statuses, closes, limits.
 mod bad_input;
 // Peers that hold resources to starve others: stalled C-FINDs vs ingest.

@@ -1,12 +1,25 @@
 //! Group commit: many writers, one directory sync and one transaction.
 //!
-//! Every association thread fsyncs and renames its own file (that part runs
-//! in parallel), then hands the index record and its pending directory
-//! entries to [`GroupCommitter`]. One committer thread takes everything that
-//! queued up while it was busy, syncs each distinct directory once, commits
-//! all records in one index transaction, and only then answers each writer.
+//! Every association thread writes its own file and renames it into place
+//! (that part runs in parallel), then hands the index record and what is
+//! left to make durable to [`GroupCommitter`]. One committer thread takes
+//! everything that queued up while it was busy and commits all records in
+//! one index transaction.
+//!
+//! A file persisted deferred (renamed before its data sync) has its
+//! `fdatasync` run by its own association thread while the committer works,
+//! and the batch's directory syncs run on a helper thread while the index
+//! transaction commits: the three flushes of an instance overlap instead of
+//! queueing. Since an index row may then be durable before its file, the
+//! batch's entries are first written to the journal of open batches and
+//! synced (`services::journal`), which start-up recovery reads after a
+//! crash. Every writer is answered only when its file's data, the batch's
+//! directory entries and its index row are all durable. A batch with an
+//! eagerly persisted file (already synced: a replacement, a move) syncs its
+//! directories before its transaction, as that needs no journal.
 //! Under load the batch grows by itself; with one writer it is a batch of one.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -14,9 +27,11 @@ use std::time::Duration;
 use crossbeam::channel::{self, Receiver, Sender};
 
 use crate::db::{FollowUp, IndexStore};
+use crate::fault::COMMIT as FAULT;
 use crate::model::error_chain;
 use crate::model::work::{Timestamp, WorkKind, WorkPriority};
-use crate::model::{InsertOutcome, InstanceRecord};
+use crate::model::{Filesystem, FilesystemId, InsertOutcome, InstanceRecord};
+use crate::services::journal;
 use crate::storage::{PendingSync, StorageBackend};
 use crate::workqueue::WorkQueue;
 
@@ -43,7 +58,11 @@ pub enum CommitError {
 
 struct Request {
     record: InstanceRecord,
-    pending: PendingSync,
+    /// The directories to sync (and, when `file_synced` is `None`, nothing
+    /// else: the file was synced before its rename).
+    dirs: PendingSync,
+    /// The outcome of the writer's own sync of its deferred file.
+    file_synced: Option<Receiver<Result<(), CommitError>>>,
     reply: Sender<Result<InsertOutcome, CommitError>>,
 }
 
@@ -52,6 +71,7 @@ struct Request {
 #[derive(Clone)]
 pub struct GroupCommitter {
     sender: Sender<Request>,
+    storage: Arc<dyn StorageBackend>,
     _thread: Arc<ThreadGuard>,
 }
 
@@ -85,31 +105,50 @@ impl GroupCommitter {
         study_process: Option<StudyProcessHook>,
     ) -> GroupCommitter {
         let (sender, receiver) = channel::unbounded::<Request>();
+        let committer_storage = storage.clone();
         let handle = std::thread::Builder::new()
             .name("group-commit".into())
-            .spawn(move || run(receiver, index, storage, study_process))
+            .spawn(move || run(receiver, index, committer_storage, study_process))
             .expect("spawning the group-commit thread");
         GroupCommitter {
             sender,
+            storage,
             _thread: Arc::new(ThreadGuard(Some(handle))),
         }
     }
 
     /// Queues one record whose file is persisted and waits until it is durable
-    /// and indexed.
+    /// and indexed. A deferred file's data is synced here, on the caller's
+    /// thread, while the committer journals, syncs directories and commits.
     pub fn commit(
         &self,
         record: InstanceRecord,
-        pending: PendingSync,
+        mut pending: PendingSync,
     ) -> Result<InsertOutcome, CommitError> {
         let (reply, answer) = channel::bounded(1);
+        let files = pending.take_files();
+        let (file_synced, file_synced_rx) = if files.has_files() {
+            let (sender, receiver) = channel::bounded(1);
+            (Some(sender), Some(receiver))
+        } else {
+            (None, None)
+        };
         self.sender
             .send(Request {
                 record,
-                pending,
+                dirs: pending,
+                file_synced: file_synced_rx,
                 reply,
             })
             .map_err(|_| CommitError::Stopped)?;
+        if let Some(file_synced) = file_synced {
+            FAULT.pass("renamed");
+            let synced = self
+                .storage
+                .sync(files)
+                .map_err(|e| CommitError::Storage(error_chain(&e)));
+            let _ = file_synced.send(synced);
+        }
         answer.recv().map_err(|_| CommitError::Stopped)?
     }
 }
@@ -151,6 +190,11 @@ fn run(
     study_process: Option<StudyProcessHook>,
 ) {
     let mut last_wake: Option<Timestamp> = None;
+    let syncer = Syncer::start(storage.clone());
+    let mut journals = Journals {
+        number: JOURNAL_NUMBERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ..Journals::default()
+    };
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -160,21 +204,91 @@ fn run(
             }
         }
         let started = std::time::Instant::now();
-        let mut pending = PendingSync::default();
+        let mut dirs = PendingSync::default();
         let mut records = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
+        let mut file_waits = Vec::with_capacity(batch.len());
+        let mut eager = false;
         for request in batch {
-            pending.merge(request.pending);
+            eager |= request.file_synced.is_none() && !request.dirs.is_empty();
+            dirs.merge(request.dirs);
             records.push(request.record);
             replies.push(request.reply);
+            file_waits.push(request.file_synced);
         }
         let follow_up = study_process.as_ref().map(StudyProcessHook::follow_up);
-        let result = storage
-            .sync(pending)
-            .map_err(|e| CommitError::Storage(error_chain(&e)))
-            .and_then(|()| index_batch(index.as_ref(), &records, follow_up.as_ref()));
+        let deferred: Vec<&InstanceRecord> = records
+            .iter()
+            .zip(&file_waits)
+            .filter(|(_, wait)| wait.is_some())
+            .map(|(record, _)| record)
+            .collect();
+        let journaled = journals.write(index.as_ref(), storage.as_ref(), &deferred);
+        FAULT.pass("journaled");
+        let mut committed_unsynced = false;
+        let result = journaled.and_then(|()| {
+            if eager {
+                // An eagerly persisted file needs no journal, so nothing
+                // may be indexed before its directory entry is durable.
+                storage
+                    .sync(dirs)
+                    .map_err(|e| CommitError::Storage(error_chain(&e)))?;
+                index_batch(index.as_ref(), &records, follow_up.as_ref())
+            } else {
+                let dirs_synced = syncer.sync(dirs);
+                let indexed = index_batch(index.as_ref(), &records, follow_up.as_ref());
+                FAULT.pass("indexed");
+                // Waited for even when the index failed: the directories
+                // are synced before the next batch reuses the journal.
+                let dirs_synced = dirs_synced.recv().unwrap_or(Err(CommitError::Stopped));
+                match (indexed, dirs_synced) {
+                    (Ok(outcomes), Ok(())) => Ok(outcomes),
+                    (Ok(_), Err(error)) => {
+                        committed_unsynced = true;
+                        Err(error)
+                    }
+                    (Err(error), _) => Err(error),
+                }
+            }
+        });
+        if committed_unsynced {
+            for record in &deferred {
+                journals.keep(record);
+            }
+        }
+        // Every deferred file's own sync, whatever the index said: the
+        // journal is overwritten by the next batch only once all are known.
+        let result = result.map(|outcomes| {
+            outcomes
+                .into_iter()
+                .zip(&file_waits)
+                .map(|(outcome, wait)| match (outcome, wait) {
+                    (Ok(outcome), Some(wait)) => wait
+                        .recv()
+                        .unwrap_or(Err(CommitError::Stopped))
+                        .map(|()| outcome),
+                    (outcome, _) => outcome,
+                })
+                .collect::<Vec<_>>()
+        });
+        if result.is_err() {
+            for wait in file_waits.iter().flatten() {
+                let _ = wait.recv();
+            }
+        }
+        // A row committed whose file could not be made durable stays in the
+        // journal until the next start checks it.
+        if let Ok(outcomes) = &result {
+            for (record, outcome) in records.iter().zip(outcomes) {
+                if matches!(outcome, Err(CommitError::Storage(_))) {
+                    journals.keep(record);
+                }
+            }
+        }
+        FAULT.pass("synced");
         tracing::debug!(
             batch = records.len(),
+            deferred = deferred.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             ok = result.is_ok(),
             "group commit"
@@ -203,6 +317,130 @@ fn run(
                 }
             }
         }
+    }
+    // Nothing is open: the journals go, unless they keep a failed entry.
+    if journals.kept.is_empty() {
+        storage.close_journals(journals.number);
+    }
+}
+
+/// Directories to sync and where to report the outcome.
+type SyncJob = (PendingSync, Sender<Result<(), CommitError>>);
+
+/// The directory syncs of a batch, on a thread of their own while the
+/// committer commits the index transaction.
+struct Syncer {
+    sender: Option<Sender<SyncJob>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(storage: Arc<dyn StorageBackend>) -> Syncer {
+        let (sender, receiver) = channel::unbounded::<SyncJob>();
+        let thread = std::thread::Builder::new()
+            .name("group-commit-sync".into())
+            .spawn(move || {
+                for (pending, done) in receiver {
+                    let synced = storage
+                        .sync(pending)
+                        .map_err(|e| CommitError::Storage(error_chain(&e)));
+                    let _ = done.send(synced);
+                }
+            })
+            .expect("spawning the group-commit sync thread");
+        Syncer {
+            sender: Some(sender),
+            thread: Some(thread),
+        }
+    }
+
+    /// Starts syncing `pending`; the receiver gets the outcome.
+    fn sync(&self, pending: PendingSync) -> Receiver<Result<(), CommitError>> {
+        let (done, outcome) = channel::bounded(1);
+        if pending.is_empty() {
+            let _ = done.send(Ok(()));
+        } else if let Some(sender) = &self.sender {
+            let _ = sender.send((pending, done));
+        }
+        outcome
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Numbers the committers of this process, so each has journals of its own.
+static JOURNAL_NUMBERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The committer's journals of open batches, one per filesystem (see
+/// `services::journal`).
+#[derive(Default)]
+struct Journals {
+    /// This committer's journal number (one per committer in a process).
+    number: u64,
+    /// Filesystems by id, as the index knows them (reread on a miss).
+    filesystems: HashMap<FilesystemId, Filesystem>,
+    /// Entries of committed rows whose files could not be made durable:
+    /// written with every batch, so they stay until the next start.
+    kept: HashMap<FilesystemId, Vec<u8>>,
+}
+
+impl Journals {
+    /// Writes and syncs the journal of the batch's deferred records on
+    /// each of their filesystems.
+    fn write(
+        &mut self,
+        index: &dyn IndexStore,
+        storage: &dyn StorageBackend,
+        deferred: &[&InstanceRecord],
+    ) -> Result<(), CommitError> {
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let mut bodies: HashMap<FilesystemId, Vec<u8>> = HashMap::new();
+        for record in deferred {
+            let filesystem = record.location.filesystem;
+            let body = bodies
+                .entry(filesystem)
+                .or_insert_with(|| self.kept.get(&filesystem).cloned().unwrap_or_default());
+            journal::push_entry(body, record);
+        }
+        for (id, body) in bodies {
+            let filesystem = self.filesystem(index, id)?;
+            storage
+                .write_journal(&filesystem, self.number, &journal::frame(&body))
+                .map_err(|e| CommitError::Storage(error_chain(&e)))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a record's entry in every later journal.
+    fn keep(&mut self, record: &InstanceRecord) {
+        let body = self.kept.entry(record.location.filesystem).or_default();
+        journal::push_entry(body, record);
+    }
+
+    fn filesystem(
+        &mut self,
+        index: &dyn IndexStore,
+        id: FilesystemId,
+    ) -> Result<Filesystem, CommitError> {
+        if !self.filesystems.contains_key(&id) {
+            let known = index
+                .filesystems()
+                .map_err(|e| CommitError::Index(error_chain(&e)))?;
+            self.filesystems = known.into_iter().map(|f| (f.id, f)).collect();
+        }
+        self.filesystems
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| CommitError::Storage(format!("filesystem {} is unknown", id.0)))
     }
 }
 

@@ -552,7 +552,7 @@ impl Ingest {
         let patient_id = record.patient.patient_id.clone();
         let writer_partition = record.partition;
         let outcome = match &existing {
-            None => self.commit_new(writer, record, &key)?,
+            None => self.commit_new(writer, record, &key, true)?,
             Some(old) => self.commit_replacement(writer, record, &key, old)?,
         };
         let outcome = match outcome {
@@ -572,12 +572,16 @@ impl Ingest {
         })
     }
 
-    /// Places a new instance at its path and commits its row.
+    /// Places a new instance at its path and commits its row. `deferred`:
+    /// renamed before its data sync, which the group commit overlaps with
+    /// its journal, directory syncs and transaction (nothing was
+    /// acknowledged at that path, so recovery may remove what is not whole).
     fn commit_new(
         &self,
         writer: IngestWriter,
         record: InstanceRecord,
         key: &InstanceKey,
+        deferred: bool,
     ) -> Result<InsertOutcome, IngestError> {
         if let Some(reason) = self.inner.placement.refusal(key.location.filesystem) {
             let root = self.filesystem(key.location.filesystem)?.spec.path;
@@ -586,7 +590,11 @@ impl Ingest {
         let study_filesystem = key.location.filesystem;
         let file_size = record.instance.file_size;
         let pending = if key.location.filesystem == writer.filesystem.id {
-            writer.object.persist(key)?
+            if deferred {
+                writer.object.persist_deferred(key)?
+            } else {
+                writer.object.persist(key)?
+            }
         } else {
             // The study already lives on another filesystem: keep it whole.
             let target = self.filesystem(key.location.filesystem)?;
@@ -631,7 +639,7 @@ impl Ingest {
         if old_key != *key {
             // Another study or series: the new path holds nothing to lose,
             // and the old file goes once the new row is committed.
-            let outcome = self.commit_new(writer, record, key)?;
+            let outcome = self.commit_new(writer, record, key, false)?;
             if outcome != InsertOutcome::StudyDeleted {
                 self.remove_replaced(old, key);
             }

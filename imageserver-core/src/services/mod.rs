@@ -1,7 +1,8 @@
 //! The use cases, over the [`crate::db`] and [`crate::storage`] seams.
 //!
 //! - [`ingest`]: a streamed data set becomes a durable, indexed instance.
-//! - `commit`: the group committer ingest waits on.
+//! - `commit`: the group committer ingest waits on; [`journal`], its
+//!   journal of open batches and start-up recovery from it.
 //! - [`import`]: existing Part 10 files brought in through ingest.
 //! - `find`: C-FIND's matches, read from the index a page at a time.
 //! - [`send`]: instances to a remote AE: the send plan and retry policy.
@@ -15,6 +16,7 @@ pub(crate) mod devices;
 pub(crate) mod find;
 pub mod import;
 pub mod ingest;
+pub mod journal;
 pub(crate) mod retrieve;
 pub mod send;
 #[cfg(feature = "web")]

@@ -16,6 +16,11 @@
 //! 3. [`StorageBackend::sync`] makes a batch of those durable (each distinct
 //!    directory once).
 //!
+//! [`ObjectWriter::persist_deferred`] renames before the file's data is
+//! synced, so that the data sync, the directory syncs and the index commit
+//! run at once; the group commit then keeps a journal of its open batch
+//! ([`StorageBackend::write_journal`]) that start-up recovery reads back.
+//!
 //! Only after step 3 may anyone be told the instance is stored.
 //!
 //! Series metadata (derived data, see [`layout::METADATA_DIR`]) is written
@@ -150,22 +155,27 @@ impl Usage {
     }
 }
 
-/// Directory entries that a [`ObjectWriter::persist`] created or changed and
-/// that are not yet durable. Opaque: hand it back to [`StorageBackend::sync`].
+/// What a persisted write left to make durable: directory entries that a
+/// [`ObjectWriter::persist`] created or changed and, after
+/// [`ObjectWriter::persist_deferred`], the file's own data. Opaque: hand it
+/// back to [`StorageBackend::sync`].
 #[derive(Debug, Default)]
 pub struct PendingSync {
     pub(crate) dirs: Vec<PathBuf>,
+    /// Files renamed into place whose data is not yet synced.
+    pub(crate) files: Vec<std::fs::File>,
 }
 
 impl PendingSync {
     /// Merges another pending set into this one.
     pub fn merge(&mut self, other: PendingSync) {
         self.dirs.extend(other.dirs);
+        self.files.extend(other.files);
     }
 
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty()
+        self.dirs.is_empty() && self.files.is_empty()
     }
 
     /// The directories a sync of this value fsyncs (repeats possible). Read
@@ -173,6 +183,21 @@ impl PendingSync {
     /// become durable (the crash-consistency test's simulated storage).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    /// Whether file data is pending (a deferred persist).
+    pub fn has_files(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    /// Splits off the pending file data: the returned value syncs only the
+    /// files, `self` keeps only the directories. Both may be synced at once,
+    /// on different threads.
+    pub fn take_files(&mut self) -> PendingSync {
+        PendingSync {
+            dirs: Vec::new(),
+            files: std::mem::take(&mut self.files),
+        }
     }
 }
 
@@ -196,6 +221,17 @@ pub trait ObjectWriter: Write + Send {
     /// only after [`StorageBackend::sync`] of the returned value.
     fn persist(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error>;
 
+    /// Like [`persist`](ObjectWriter::persist), but renames first and leaves
+    /// the file's data sync to [`StorageBackend::sync`] of the returned
+    /// value, so that it can run at the same time as the directory syncs
+    /// and the index commit. Until then the file at `key` may not be whole
+    /// after a crash: the caller must be able to tell (the group commit's
+    /// journal of open batches). A backend that cannot defer persists as
+    /// [`persist`](ObjectWriter::persist) does (the default).
+    fn persist_deferred(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error> {
+        self.persist(key)
+    }
+
     /// Like [`persist`](ObjectWriter::persist), but to a kept-aside name
     /// beside `key` (a duplicate awaiting reconciliation), never replacing
     /// the instance itself.
@@ -215,9 +251,45 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
     /// Starts writing a new object on `filesystem`.
     fn begin_write(&self, filesystem: &Filesystem) -> Result<Box<dyn ObjectWriter>, Error>;
 
-    /// Makes the directory entries of many persisted writes durable, syncing
-    /// each distinct directory once.
+    /// Makes what persisted writes left pending durable: the data of each
+    /// deferred file, and each distinct directory once.
     fn sync(&self, pending: PendingSync) -> Result<(), Error>;
+
+    /// Durably replaces the open-batch journal of `journal` (a number
+    /// unique in this process: one per group committer) on `filesystem`
+    /// with `contents` (the group commit writes it before its index
+    /// transaction begins; see `services::commit`). The default keeps no
+    /// journal: a backend whose writers never defer needs none.
+    fn write_journal(
+        &self,
+        filesystem: &Filesystem,
+        journal: u64,
+        contents: &[u8],
+    ) -> Result<(), Error> {
+        let _ = (filesystem, journal, contents);
+        Ok(())
+    }
+
+    /// The journals on `filesystem` left by processes of this host that are
+    /// gone (a crash), each with its name and contents. Another host's
+    /// journal is never returned: its process may be alive.
+    fn orphan_journals(&self, filesystem: &Filesystem) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let _ = filesystem;
+        Ok(Vec::new())
+    }
+
+    /// Removes a journal [`orphan_journals`](StorageBackend::orphan_journals)
+    /// returned, durably.
+    fn remove_journal(&self, filesystem: &Filesystem, name: &str) -> Result<(), Error> {
+        let _ = (filesystem, name);
+        Ok(())
+    }
+
+    /// Removes the journals of `journal` on every filesystem (its
+    /// committer stopped: nothing is open).
+    fn close_journals(&self, journal: u64) {
+        let _ = journal;
+    }
 
     /// Opens a stored instance for streaming reads. A missing instance is
     /// [`Error::NotFound`].

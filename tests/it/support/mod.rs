@@ -180,11 +180,14 @@ pub fn archived_files(archive: &Archive) -> Vec<PathBuf> {
 /// Every entry inside a `.tmp` folder of any filesystem under the archive's
 /// data directory: the temporary files of stores and rewrites in progress
 /// (`*.part`), which a failed or interrupted write must not leave behind.
+/// The running server's journal of open batches (`*.journal`, the group
+/// commit's, removed at shutdown and checked by `commit_crash`) is not one.
 pub fn temp_entries(archive: &Archive) -> Vec<PathBuf> {
     let all = entries_under(archive.data_dir());
     all.iter()
         .filter(|path| path.file_name().is_some_and(|n| n == ".tmp") && path.is_dir())
         .flat_map(|tmp| all.iter().filter(move |p| p.starts_with(tmp) && *p != tmp))
+        .filter(|p| p.extension().is_none_or(|e| e != "journal"))
         .cloned()
         .collect()
 }

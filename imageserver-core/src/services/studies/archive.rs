@@ -15,7 +15,6 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
 use crate::archive::{self, ArchiveRoot, Manifest, ManifestEntry};
@@ -28,13 +27,10 @@ use crate::storage::placement::{LowestTierMostRoom, Placement};
 /// `restore-verified`, `restore-switched`), the operation logs and pauses
 /// there for ten minutes, so that a test can kill -9 the process at that
 /// step. Never set in production.
-pub const ARCHIVE_FAULT_PAUSE_ENV: &str = "IMAGESERVER_FAULT_PAUSE_ARCHIVE_AT";
+pub const ARCHIVE_FAULT_PAUSE_ENV: &str = crate::fault::ARCHIVE_ENV;
 
 pub(super) fn fault_point(step: &str) {
-    if std::env::var(ARCHIVE_FAULT_PAUSE_ENV).is_ok_and(|at| at == step) {
-        tracing::warn!(step, "fault injection: the archive operation pauses here");
-        std::thread::sleep(Duration::from_secs(600));
-    }
+    crate::fault::ARCHIVE.pass(step);
 }
 
 /// What the archive operations need beside the index and the storage: the

@@ -23,7 +23,6 @@
 //! smaller once recoded are left as they are.
 
 use std::io::{Read, Write};
-use std::time::Duration;
 
 use super::*;
 use crate::db::studies::RecodedFile;
@@ -36,7 +35,7 @@ use crate::dicom::codec::{self, Skip};
 /// recorded), the compression logs and pauses there for ten minutes, so
 /// that a test can kill -9 the process at that step. Never set in
 /// production.
-pub const COMPRESS_FAULT_PAUSE_ENV: &str = "IMAGESERVER_FAULT_PAUSE_COMPRESSION_AT";
+pub const COMPRESS_FAULT_PAUSE_ENV: &str = crate::fault::COMPRESSION_ENV;
 
 /// Instances recoded between two index transactions.
 pub const BATCH: usize = 16;
@@ -46,10 +45,7 @@ pub const BATCH: usize = 16;
 pub const MAX_FILE_BYTES: u64 = 512 * 1024 * 1024;
 
 fn fault_point(step: &str) {
-    if std::env::var(COMPRESS_FAULT_PAUSE_ENV).is_ok_and(|at| at == step) {
-        tracing::warn!(step, "fault injection: the compression pauses here");
-        std::thread::sleep(Duration::from_secs(600));
-    }
+    crate::fault::COMPRESSION.pass(step);
 }
 
 /// What a compression did.

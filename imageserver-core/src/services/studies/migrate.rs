@@ -19,8 +19,6 @@
 //! source after the switch (ingest read the old location just before) is
 //! copied over by step 4 instead of being removed.
 
-use std::time::Duration;
-
 use super::*;
 
 /// Names a fault-injection point of the migration: when the environment
@@ -28,17 +26,14 @@ use super::*;
 /// `copied`, `switched`, `removed-one`), the migration logs and pauses
 /// there for ten minutes, so that a test can kill -9 the process at that
 /// step. Never set in production.
-pub const FAULT_PAUSE_ENV: &str = "IMAGESERVER_FAULT_PAUSE_MIGRATION_AT";
+pub const FAULT_PAUSE_ENV: &str = crate::fault::MIGRATION_ENV;
 
 /// Rounds of copy-and-switch before giving up for now (new instances kept
 /// arriving).
 const ROUNDS: usize = 3;
 
 fn fault_point(step: &str) {
-    if std::env::var(FAULT_PAUSE_ENV).is_ok_and(|at| at == step) {
-        tracing::warn!(step, "fault injection: the migration pauses here");
-        std::thread::sleep(Duration::from_secs(600));
-    }
+    crate::fault::MIGRATION.pass(step);
 }
 
 /// What a migration did.

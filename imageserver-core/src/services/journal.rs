@@ -1,0 +1,321 @@
+//! The group commit's journal of open batches, and start-up recovery from
+//! it.
+//!
+//! An instance persisted with [`crate::storage::ObjectWriter::persist_deferred`]
+//! is renamed into place before its data is synced, and the group commit
+//! syncs the file, its directory and the index at once: an index row may
+//! then be durable before its file is whole. Before a batch's index
+//! transaction begins, the committer writes the batch's entries (partition,
+//! location, series, SOP instance, size, BLAKE3) to its journal on each
+//! filesystem and syncs it ([`crate::storage::StorageBackend::write_journal`]);
+//! the next batch overwrites it (one batch is open at a time). A crash
+//! leaves the journal of the dead process; [`recover`] reads it at start:
+//! every listed file that is not whole (missing, or another size or digest)
+//! was never acknowledged, so it is removed, and a row the batch committed
+//! for it is removed by reprocessing its study (rows rebuilt from the
+//! files). Then the journal goes.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+
+use crate::db::IndexStore;
+use crate::model::{
+    error_chain, Filesystem, FilesystemId, FolderName, InstanceRecord, PartitionId, StudyLocation,
+    Uid,
+};
+use crate::services::ingest::Partition;
+use crate::services::studies::Studies;
+use crate::storage::{InstanceKey, StorageBackend};
+
+/// First line of a journal: magic, version, body length, body digest.
+const MAGIC: &str = "IMAGESERVER-OPEN-BATCH 1";
+
+/// Appends a record's entry (one tab-separated line) to a journal body.
+pub(crate) fn push_entry(body: &mut Vec<u8>, record: &InstanceRecord) {
+    use std::io::Write;
+    let location = &record.location;
+    let _ = writeln!(
+        body,
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        record.partition.0,
+        location.filesystem.0,
+        location.partition_folder.as_str(),
+        location.date_folder,
+        location.study_uid.as_str(),
+        record.series.series_uid.as_str(),
+        record.instance.sop_instance_uid.as_str(),
+        record.instance.file_size,
+        record.instance.digest,
+    );
+}
+
+/// A journal's bytes: the header (with the body's length and BLAKE3, so a
+/// torn write is recognised) and the body.
+pub(crate) fn frame(body: &[u8]) -> Vec<u8> {
+    let mut framed =
+        format!("{MAGIC} {} {}\n", body.len(), blake3::hash(body).to_hex()).into_bytes();
+    framed.extend_from_slice(body);
+    framed
+}
+
+/// One instance of an open batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub partition: PartitionId,
+    pub key: InstanceKey,
+    pub size: u64,
+    pub digest: String,
+}
+
+/// The entries of a journal; `None` when its header or digest does not
+/// hold (a torn write: that batch's index transaction never began).
+pub(crate) fn parse(contents: &[u8]) -> Option<Vec<Entry>> {
+    let newline = contents.iter().position(|&b| b == b'\n')?;
+    let header = std::str::from_utf8(&contents[..newline]).ok()?;
+    let rest = header.strip_prefix(MAGIC)?.trim();
+    let (length, digest) = rest.split_once(' ')?;
+    let length: usize = length.parse().ok()?;
+    let body = contents.get(newline + 1..newline + 1 + length)?;
+    if blake3::hash(body).to_hex().as_str() != digest {
+        return None;
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines().map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<Entry> {
+    let fields: Vec<&str> = line.split('\t').collect();
+    let [partition, filesystem, folder, date, study, series, sop, size, digest] = fields[..] else {
+        return None;
+    };
+    Some(Entry {
+        partition: PartitionId(partition.parse().ok()?),
+        key: InstanceKey {
+            location: StudyLocation {
+                filesystem: FilesystemId(filesystem.parse().ok()?),
+                partition_folder: FolderName::parse(folder).ok()?,
+                date_folder: date.to_string(),
+                study_uid: Uid::parse(study).ok()?,
+            },
+            series_uid: Uid::parse(series).ok()?,
+            sop_instance_uid: Uid::parse(sop).ok()?,
+        },
+        size: size.parse().ok()?,
+        digest: digest.to_string(),
+    })
+}
+
+/// What [`recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Journals read (and removed).
+    pub journals: u64,
+    /// Entries checked.
+    pub checked: u64,
+    /// Files that were not whole, removed.
+    pub removed_files: u64,
+    /// Studies reprocessed because a row of theirs had no whole file.
+    pub reprocessed_studies: u64,
+}
+
+/// Reads the journals a crashed process left on `filesystems` and removes
+/// what of their batches is not whole (see the module). A journal is
+/// removed only once all of it was handled; one left is read again at the
+/// next start.
+pub fn recover(
+    index: &dyn IndexStore,
+    storage: &dyn StorageBackend,
+    studies: &Studies,
+    partitions: &[Partition],
+    filesystems: &[Filesystem],
+) -> RecoveryReport {
+    let mut report = RecoveryReport::default();
+    for filesystem in filesystems {
+        let journals = match storage.orphan_journals(filesystem) {
+            Ok(journals) => journals,
+            Err(e) => {
+                tracing::warn!(filesystem = %filesystem.spec.path.display(), error = %error_chain(&e), "cannot read the open-batch journals");
+                continue;
+            }
+        };
+        for (name, contents) in journals {
+            report.journals += 1;
+            let handled = match parse(&contents) {
+                None => {
+                    tracing::info!(journal = %name, "an open-batch journal was torn: its batch never reached the index");
+                    true
+                }
+                Some(entries) => recover_entries(
+                    index,
+                    storage,
+                    studies,
+                    partitions,
+                    filesystems,
+                    &entries,
+                    &mut report,
+                ),
+            };
+            if handled {
+                if let Err(e) = storage.remove_journal(filesystem, &name) {
+                    tracing::warn!(journal = %name, error = %error_chain(&e), "cannot remove an open-batch journal");
+                }
+            }
+        }
+    }
+    if report.journals > 0 {
+        tracing::info!(
+            journals = report.journals,
+            checked = report.checked,
+            removed_files = report.removed_files,
+            reprocessed_studies = report.reprocessed_studies,
+            "open batches of a crashed process checked"
+        );
+    }
+    report
+}
+
+/// Checks one journal's entries; whether all went well.
+fn recover_entries(
+    index: &dyn IndexStore,
+    storage: &dyn StorageBackend,
+    studies: &Studies,
+    partitions: &[Partition],
+    filesystems: &[Filesystem],
+    entries: &[Entry],
+    report: &mut RecoveryReport,
+) -> bool {
+    let mut ok = true;
+    let mut to_reprocess = BTreeSet::new();
+    for entry in entries {
+        report.checked += 1;
+        let sop = &entry.key.sop_instance_uid;
+        let Some(filesystem) = filesystems
+            .iter()
+            .find(|f| f.id == entry.key.location.filesystem)
+        else {
+            tracing::warn!(sop_instance_uid = %sop, "an open batch's filesystem is unknown");
+            continue;
+        };
+        let file = match facts(storage, filesystem, &entry.key) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(sop_instance_uid = %sop, error = %error_chain(&e), "cannot read an open batch's file");
+                ok = false;
+                continue;
+            }
+        };
+        if file.as_ref() == Some(&(entry.size, entry.digest.clone())) {
+            continue;
+        }
+        let row = match index.instance(entry.partition, sop) {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::warn!(sop_instance_uid = %sop, error = %error_chain(&e), "cannot look up an open batch's row");
+                ok = false;
+                continue;
+            }
+        };
+        let ours = row.as_ref().is_some_and(|r| r.digest == entry.digest);
+        let rows_file = row.as_ref().is_some_and(|r| {
+            r.location == entry.key.location
+                && r.series_uid == entry.key.series_uid
+                && file.as_ref() == Some(&(r.file_size, r.digest.clone()))
+        });
+        if rows_file {
+            // A later acknowledged version holds the path.
+            continue;
+        }
+        if file.is_some() {
+            match storage.delete(filesystem, &entry.key) {
+                Ok(()) => report.removed_files += 1,
+                Err(e) => {
+                    tracing::warn!(sop_instance_uid = %sop, error = %error_chain(&e), "cannot remove a file that is not whole");
+                    ok = false;
+                    continue;
+                }
+            }
+        }
+        tracing::warn!(
+            sop_instance_uid = %sop,
+            path = %storage.describe(filesystem, &entry.key).display(),
+            indexed = ours,
+            "an instance of an open batch was not whole at the crash (never acknowledged): removed"
+        );
+        if ours {
+            to_reprocess.insert((entry.partition, entry.key.location.study_uid.clone()));
+        }
+    }
+    for (partition_id, study_uid) in to_reprocess {
+        let Some(partition) = partitions.iter().find(|p| p.id == partition_id) else {
+            tracing::warn!(study_uid = %study_uid, "an open batch's partition is not configured: its rows stay");
+            ok = false;
+            continue;
+        };
+        match studies.reprocess(partition, &study_uid, "recovery") {
+            Ok(_) => report.reprocessed_studies += 1,
+            Err(e) => {
+                tracing::warn!(study_uid = %study_uid, error = %error_chain(&e), "cannot reprocess a study after a crash");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// The size and BLAKE3 of a stored file, `None` when it is missing.
+fn facts(
+    storage: &dyn StorageBackend,
+    filesystem: &Filesystem,
+    key: &InstanceKey,
+) -> Result<Option<(u64, String)>, crate::storage::Error> {
+    let mut reader = match storage.open(filesystem, key) {
+        Ok(reader) => reader,
+        Err(crate::storage::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let n = reader
+            .read(&mut buffer)
+            .map_err(|e| crate::storage::Error::Io {
+                operation: "reading",
+                path: storage.describe(filesystem, key),
+                source: e,
+            })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        size += n as u64;
+    }
+    Ok(Some((size, hasher.finalize().to_hex().to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_reads_back_and_a_torn_one_is_recognised() {
+        let line = "3\t1\tP\t20240101\t1.2.3\t1.2.3.4\t1.2.3.4.5\t9216\tabcdef\n";
+        let framed = frame(line.as_bytes());
+        let entries = parse(&framed).expect("a whole journal parses");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].partition, PartitionId(3));
+        assert_eq!(entries[0].key.sop_instance_uid.as_str(), "1.2.3.4.5");
+        assert_eq!(entries[0].size, 9216);
+        // Bytes of an older, longer batch after the body are ignored.
+        let mut longer = framed.clone();
+        longer.extend_from_slice(b"3\t1\tP\t20240101\t9.9\t9.9\t9.9\t1\tff\n");
+        assert_eq!(parse(&longer), Some(entries));
+        // A torn write (the body short or changed) is not a journal.
+        assert_eq!(parse(&framed[..framed.len() - 3]), None);
+        let mut changed = framed.clone();
+        let last = changed.len() - 2;
+        changed[last] ^= 1;
+        assert_eq!(parse(&changed), None);
+        assert_eq!(parse(&[0u8; 100]), None);
+    }
+}
