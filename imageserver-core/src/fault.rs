@@ -6,13 +6,18 @@
 //! a point costs one comparison when the variable is set and a load when it
 //! is not, so the points may sit on the ingest path. When the variable
 //! equals a point's step name, the operation logs "fault injection: …
-//! pauses here" and sleeps for ten minutes. Never set in production.
+//! pauses here" and sleeps for ten minutes, or until the file that
+//! [`RESUME_ENV`] names exists (for a test that lets the operation go on
+//! after doing something meanwhile). Never set in production.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 /// How long a point pauses: longer than any test waits before its kill.
 const PAUSE: Duration = Duration::from_secs(600);
+
+/// A file whose appearance ends a pause early: the operation goes on.
+pub const RESUME_ENV: &str = "IMAGESERVER_FAULT_RESUME_FILE";
 
 /// The fault points of one operation, switched by one environment variable
 /// naming the step to pause at.
@@ -41,12 +46,20 @@ impl FaultPoints {
         self.env
     }
 
-    /// Pauses here (ten minutes) when the variable names `step`.
+    /// Pauses here (ten minutes, or until the [`RESUME_ENV`] file exists)
+    /// when the variable names `step`.
     pub fn pass(&self, step: &str) {
         let chosen = self.step.get_or_init(|| std::env::var(self.env).ok());
         if chosen.as_deref() == Some(step) {
             tracing::warn!(step, "fault injection: {} pauses here", self.what);
-            std::thread::sleep(PAUSE);
+            let resume = std::env::var_os(RESUME_ENV).map(std::path::PathBuf::from);
+            let deadline = std::time::Instant::now() + PAUSE;
+            while std::time::Instant::now() < deadline
+                && !resume.as_ref().is_some_and(|file| file.exists())
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            tracing::warn!(step, "fault injection: {} goes on", self.what);
         }
     }
 }
@@ -88,6 +101,14 @@ pub const COMMIT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_COMMIT_AT";
 
 /// See [`COMMIT_ENV`].
 pub static COMMIT: FaultPoints = FaultPoints::new(COMMIT_ENV, "the group commit");
+
+/// A reprocess's step: `listed` (the study's files listed and read, its
+/// rows not yet replaced; `services::studies::reprocess`).
+/// The variable of [`REPROCESS`].
+pub const REPROCESS_ENV: &str = "IMAGESERVER_FAULT_PAUSE_REPROCESS_AT";
+
+/// See [`REPROCESS_ENV`].
+pub static REPROCESS: FaultPoints = FaultPoints::new(REPROCESS_ENV, "the reprocess");
 
 #[cfg(test)]
 mod tests {

@@ -12,32 +12,9 @@
 use super::*;
 use crate::dicom::part10;
 use crate::model::error_chain;
-use std::time::{Duration, Instant};
-
-/// Names a fault-injection point of reprocess: when the environment
-/// variable equals `listed`, reprocess logs and pauses after reading the
-/// study's files, before replacing its rows (ten minutes, or until the
-/// file [`FAULT_RESUME_ENV`] names exists), so that a test stores
-/// instances into the study meanwhile. Never set in production.
-pub const FAULT_PAUSE_ENV: &str = "IMAGESERVER_FAULT_PAUSE_REPROCESS_AT";
-
-/// A file whose appearance ends a [`FAULT_PAUSE_ENV`] pause early.
-pub const FAULT_RESUME_ENV: &str = "IMAGESERVER_FAULT_RESUME_FILE";
 
 /// Listings before giving up for now (instances kept arriving).
 const ROUNDS: usize = 3;
-
-fn fault_point(step: &str) {
-    if std::env::var(FAULT_PAUSE_ENV).is_ok_and(|at| at == step) {
-        tracing::warn!(step, "fault injection: the reprocess pauses here");
-        let resume = std::env::var_os(FAULT_RESUME_ENV).map(PathBuf::from);
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while Instant::now() < deadline && !resume.as_ref().is_some_and(|f| f.exists()) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tracing::warn!(step, "fault injection: the reprocess goes on");
-    }
-}
 
 /// What [`Studies::reprocess`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,7 +98,7 @@ impl Studies {
                 records,
                 mut report,
             } = self.rebuild_records(partition, study_uid)?;
-            fault_point("listed");
+            crate::fault::REPROCESS.pass("listed");
             let audit = AuditEntry::now(
                 actor,
                 "study.reprocess",
