@@ -371,15 +371,14 @@ fn reinventory(args: ReinventoryArgs) -> Result<ExitCode> {
     let studies = archive.studies();
     let mut failed = false;
     for target in targets {
-        let filesystem =
-            match tiering::adopt(index.as_ref(), storage.as_ref(), &target.spec) {
-                Ok(filesystem) => filesystem,
-                Err(e) => {
-                    eprintln!("{}: {}", target.spec.path.display(), error_chain(&e));
-                    failed = true;
-                    continue;
-                }
-            };
+        let filesystem = match tiering::adopt(index.as_ref(), storage.as_ref(), &target.spec) {
+            Ok(filesystem) => filesystem,
+            Err(e) => {
+                eprintln!("{}: {}", target.spec.path.display(), error_chain(&e));
+                failed = true;
+                continue;
+            }
+        };
         let mut done = 0u64;
         let report = studies.reinventory(&filesystem, &partitions, &actor, &mut |study| {
             done += 1;
@@ -391,7 +390,7 @@ fn reinventory(args: ReinventoryArgs) -> Result<ExitCode> {
                     study.location.date_folder,
                     describe(&study.outcome)
                 );
-            } else if done % 100 == 0 {
+            } else if done.is_multiple_of(100) {
                 eprintln!("{done} study folders done");
             }
         });
@@ -437,7 +436,10 @@ fn reinventory(args: ReinventoryArgs) -> Result<ExitCode> {
 fn describe(outcome: &ReinventoryOutcome) -> String {
     match outcome {
         ReinventoryOutcome::Indexed { instances, skipped } => {
-            format!("indexed, {instances} instances, {} files skipped", skipped.len())
+            format!(
+                "indexed, {instances} instances, {} files skipped",
+                skipped.len()
+            )
         }
         ReinventoryOutcome::Known => "already known".to_string(),
         ReinventoryOutcome::Skipped(reason) => format!("skipped: {reason}"),

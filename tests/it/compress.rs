@@ -313,8 +313,16 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
         ("instance-explicit", Some(EXPLICIT_LE), vec![first]),
         ("instance-implicit", Some(IMPLICIT_LE), vec![first]),
         ("instance-default", Some(EXPLICIT_LE), vec![first]),
-        ("series-default", Some(EXPLICIT_LE), corpus.iter().map(|i| &i.sop_instance_uid).collect()),
-        ("series-explicit", Some(EXPLICIT_LE), corpus.iter().map(|i| &i.sop_instance_uid).collect()),
+        (
+            "series-default",
+            Some(EXPLICIT_LE),
+            corpus.iter().map(|i| &i.sop_instance_uid).collect(),
+        ),
+        (
+            "series-explicit",
+            Some(EXPLICIT_LE),
+            corpus.iter().map(|i| &i.sop_instance_uid).collect(),
+        ),
         ("frames-explicit", None, vec![first]),
         ("frames-default", None, vec![first]),
     ] {
@@ -332,7 +340,10 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
             );
         }
     }
-    assert_eq!(found["stored_syntax"], RLE, "transfer-syntax=* answers the stored file");
+    assert_eq!(
+        found["stored_syntax"], RLE,
+        "transfer-syntax=* answers the stored file"
+    );
     assert_eq!(found["jpeg_status"], 406, "nothing is encoded to JPEG");
 
     // Again: nothing left to compress, nothing changes.

@@ -144,7 +144,10 @@ fn snapshot(server: &Server, work: &Path, patients: &[find_corpus::Patient]) -> 
                     work,
                     Model::Study,
                     "IMAGE",
-                    &[study_key.clone(), format!("SeriesInstanceUID={}", series.uid)],
+                    &[
+                        study_key.clone(),
+                        format!("SeriesInstanceUID={}", series.uid),
+                    ],
                     IMAGE_KEYS,
                 ),
             );
@@ -222,7 +225,13 @@ fn reinventory_rebuilds_a_lost_index_that_answers_as_before() {
                 format!("PatientID={}", patient.id),
             ],
         );
-        assert_eq!(run.status, Some(0), "C-MOVE of {}:\n{}", patient.id, run.tool);
+        assert_eq!(
+            run.status,
+            Some(0),
+            "C-MOVE of {}:\n{}",
+            patient.id,
+            run.tool
+        );
     }
     let received = scp.received();
     assert_eq!(received.len(), files.len(), "every instance moved");

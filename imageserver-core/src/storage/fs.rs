@@ -328,9 +328,8 @@ impl StorageBackend for FsStorage {
         visit: &mut dyn FnMut(StudyLocation) -> ControlFlow<()>,
     ) -> Result<(), Error> {
         let root = &filesystem.spec.path;
-        let listing = |dir: &Path| {
-            sorted_folders(dir).map_err(|e| io_error("listing", dir, root, e))
-        };
+        let listing =
+            |dir: &Path| sorted_folders(dir).map_err(|e| io_error("listing", dir, root, e));
         for (partition, partition_dir) in listing(root)? {
             for (date, date_dir) in listing(&partition_dir)? {
                 for (study, _) in listing(&date_dir)? {

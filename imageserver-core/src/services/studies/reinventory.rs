@@ -68,9 +68,9 @@ impl ReinventoryReport {
                 self.skipped_files.extend(skipped.iter().cloned());
             }
             ReinventoryOutcome::Known => self.known_studies += 1,
-            ReinventoryOutcome::Skipped(reason) => self
-                .skipped
-                .push((study.location.clone(), reason.clone())),
+            ReinventoryOutcome::Skipped(reason) => {
+                self.skipped.push((study.location.clone(), reason.clone()))
+            }
         }
     }
 }
@@ -92,8 +92,10 @@ impl Studies {
     ) -> Result<ReinventoryReport, StudyError> {
         let mut report = ReinventoryReport::default();
         let mut failure = None;
-        self.storage.list_studies(filesystem, &mut |location| {
-            match self.reinventory_study(filesystem, partitions, &location, actor) {
+        self.storage
+            .list_studies(filesystem, &mut |location| match self
+                .reinventory_study(filesystem, partitions, &location, actor)
+            {
                 Ok(outcome) => {
                     let study = ReinventoriedStudy { location, outcome };
                     report.add(&study);
@@ -104,8 +106,7 @@ impl Studies {
                     failure = Some(error);
                     ControlFlow::Break(())
                 }
-            }
-        })?;
+            })?;
         if let Some(error) = failure {
             return Err(error);
         }
@@ -158,7 +159,11 @@ impl Studies {
             return skipped(format!(
                 "the index records {} deletion(s) of the study{}: a leftover, not indexed again",
                 deletions.count,
-                if deletions.deleting { ", one under way" } else { "" }
+                if deletions.deleting {
+                    ", one under way"
+                } else {
+                    ""
+                }
             ));
         }
         let has_instances = self
