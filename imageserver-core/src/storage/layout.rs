@@ -5,7 +5,7 @@
 //! study folder too, under [`METADATA_DIR`] (`.metadata/<series uid>.json`:
 //! the series metadata), so that whatever moves or deletes the study folder
 //! carries it; that name is never a UID, so it is never taken for a series. Every component is validated before it gets
-//! here: UIDs are [`Uid`](crate::model::Uid)s (digits and dots), the partition folder is a
+//! here: UIDs are [`Uid`]s (digits and dots), the partition folder is a
 //! [`crate::model::FolderName`], and the date folder is checked to be eight
 //! digits, so no component can be `..` or hold a separator.
 
