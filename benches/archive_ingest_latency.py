@@ -21,6 +21,8 @@ def main():
     host, port, called = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     datasets = [dcmread(path) for path in sys.argv[4:]]
     ae = AE(ae_title="LATENCYPROBE")
+    # A slow response is a figure, not a failure.
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 600
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [EXPLICIT])
     assoc = ae.associate(host, port, ae_title=called)
@@ -29,6 +31,9 @@ def main():
         sys.exit(1)
     latencies, failures = [], []
     for ds in datasets:
+        if not assoc.is_established:
+            print(json.dumps({"error": "association lost", "latencies_ms": latencies}))
+            sys.exit(1)
         start = time.perf_counter()
         status = assoc.send_c_store(ds)
         latencies.append((time.perf_counter() - start) * 1000.0)
