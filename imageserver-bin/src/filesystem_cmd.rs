@@ -1,6 +1,7 @@
 //! `imageserver filesystem`: the filesystems and tiers in the index, with
 //! their usage against the watermarks; added and changed while servers run
-//! (they re-read the index every `filesystem_refresh_secs`).
+//! (they re-read the index every `filesystem_refresh_secs`); a
+//! filesystem's lost index rows rebuilt from its files (`reinventory`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,9 +11,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use imageserver_core::config::FilesystemConfig;
 use imageserver_core::model::Filesystem;
+use imageserver_core::services::studies::ReinventoryOutcome;
 use imageserver_core::storage::fs::FsStorage;
 use imageserver_core::tiering;
-use imageserver_core::{open_index, Database, IndexStore};
+use imageserver_core::{error_chain, open_index, Database, IndexStore};
 
 use crate::{load_config, ArchiveArgs};
 
@@ -32,6 +34,31 @@ enum FilesystemCommand {
     Add(AddArgs),
     /// Change a filesystem's properties (id or path).
     Set(SetArgs),
+    /// Rebuild the index rows of the studies on a filesystem that the
+    /// index lacks, from their files (after the index was lost or restored
+    /// from an old backup). A path the index does not know is added (tier
+    /// --tier) unless its identity marker names another filesystem.
+    /// Runs in this process, one study after the other; studies the index
+    /// already knows are left alone.
+    Reinventory(ReinventoryArgs),
+}
+
+#[derive(Args, Debug)]
+struct ReinventoryArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// The filesystem: its id or its path (default: every filesystem of
+    /// the index).
+    filesystem: Option<String>,
+    /// Tier of a filesystem the index does not know yet.
+    #[arg(long, default_value_t = 1)]
+    tier: u8,
+    /// Who asks, for the audit log (default cli:$USER).
+    #[arg(long)]
+    actor: Option<String>,
+    /// One line per study folder as it is done.
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +140,7 @@ pub fn filesystem(args: FilesystemArgs) -> Result<ExitCode> {
         FilesystemCommand::List(args) => list(args),
         FilesystemCommand::Add(args) => add(args),
         FilesystemCommand::Set(args) => set(args),
+        FilesystemCommand::Reinventory(args) => reinventory(args),
     }
 }
 
@@ -278,4 +306,142 @@ fn set(args: SetArgs) -> Result<ExitCode> {
     index.update_filesystem(&fs)?;
     println!("filesystem {} updated: {}", fs.id.0, fs.spec.path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+fn reinventory(args: ReinventoryArgs) -> Result<ExitCode> {
+    let config = load_config(&args.archive)?;
+    let settings = config.validate()?;
+    let archive = imageserver_core::ServerBuilder::new(settings)
+        .open()
+        .context("cannot open the archive")?;
+    let index = archive.index();
+    let storage = archive.storage();
+    let targets: Vec<Filesystem> = match &args.filesystem {
+        None => index.filesystems()?,
+        Some(which) => {
+            let known = find(index.as_ref(), which).ok().or_else(|| {
+                // The same root by another spelling of its path.
+                let canonical = std::fs::canonicalize(which).ok()?;
+                index.filesystems().ok()?.into_iter().find(|fs| {
+                    std::fs::canonicalize(&fs.spec.path).ok().as_ref() == Some(&canonical)
+                })
+            });
+            match known {
+                Some(row) => vec![row],
+                None if which.parse::<i64>().is_ok() => {
+                    bail!("no filesystem {which} (an id from `filesystem list`)")
+                }
+                None => {
+                    let path = std::fs::canonicalize(which)
+                        .with_context(|| format!("no directory {which}"))?;
+                    vec![FilesystemConfig {
+                        path,
+                        tier: args.tier,
+                        high_watermark: 90.0,
+                        low_watermark: 80.0,
+                        read_only: false,
+                        write_only: false,
+                        description: "added by reinventory".to_string(),
+                        capacity_mb: None,
+                    }
+                    .validate()
+                    .map(|spec| Filesystem {
+                        id: imageserver_core::model::FilesystemId(0),
+                        spec,
+                        enabled: true,
+                        marker: None,
+                    })?]
+                }
+            }
+        }
+    };
+    let partitions: Vec<_> = archive
+        .partitions()
+        .iter()
+        .map(|p| p.partition.clone())
+        .collect();
+    let actor = args.actor.clone().unwrap_or_else(|| {
+        format!(
+            "cli:{}",
+            std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| "unknown".to_string())
+        )
+    });
+    let studies = archive.studies();
+    let mut failed = false;
+    for target in targets {
+        let filesystem = match tiering::adopt(index.as_ref(), storage.as_ref(), &target.spec) {
+            Ok(filesystem) => filesystem,
+            Err(e) => {
+                eprintln!("{}: {}", target.spec.path.display(), error_chain(&e));
+                failed = true;
+                continue;
+            }
+        };
+        let mut done = 0u64;
+        let report = studies.reinventory(&filesystem, &partitions, &actor, &mut |study| {
+            done += 1;
+            if args.verbose {
+                eprintln!(
+                    "{} {}/{}: {}",
+                    study.location.study_uid,
+                    study.location.partition_folder.as_str(),
+                    study.location.date_folder,
+                    describe(&study.outcome)
+                );
+            } else if done.is_multiple_of(100) {
+                eprintln!("{done} study folders done");
+            }
+        });
+        let report = match report {
+            Ok(report) => report,
+            Err(e) => {
+                eprintln!("{}: {}", filesystem.spec.path.display(), error_chain(&e));
+                failed = true;
+                continue;
+            }
+        };
+        for (location, reason) in &report.skipped {
+            println!(
+                "skipped study {} ({}/{}): {reason}",
+                location.study_uid,
+                location.partition_folder.as_str(),
+                location.date_folder
+            );
+        }
+        for (path, reason) in &report.skipped_files {
+            println!("skipped file {}: {reason}", path.display());
+        }
+        println!(
+            "filesystem {} ({}): {} study folders, {} studies indexed ({} instances), {} already \
+             known, {} skipped, {} files skipped",
+            filesystem.id.0,
+            filesystem.spec.path.display(),
+            report.studies,
+            report.indexed_studies,
+            report.indexed_instances,
+            report.known_studies,
+            report.skipped.len(),
+            report.skipped_files.len()
+        );
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn describe(outcome: &ReinventoryOutcome) -> String {
+    match outcome {
+        ReinventoryOutcome::Indexed { instances, skipped } => {
+            format!(
+                "indexed, {instances} instances, {} files skipped",
+                skipped.len()
+            )
+        }
+        ReinventoryOutcome::Known => "already known".to_string(),
+        ReinventoryOutcome::Skipped(reason) => format!("skipped: {reason}"),
+    }
 }

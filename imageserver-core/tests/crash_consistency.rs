@@ -557,6 +557,15 @@ impl StorageBackend for CrashStorage {
         self.0.inner.list_study(filesystem, location)
     }
 
+    fn list_studies(
+        &self,
+        filesystem: &Filesystem,
+        visit: &mut dyn FnMut(StudyLocation) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), storage::Error> {
+        self.alive(&filesystem.spec.path)?;
+        self.0.inner.list_studies(filesystem, visit)
+    }
+
     fn delete_aside(
         &self,
         filesystem: &Filesystem,

@@ -136,6 +136,13 @@ impl StorageBackend for Hooked {
     ) -> Result<Vec<StudyObject>, storage::Error> {
         self.inner.list_study(filesystem, location)
     }
+    fn list_studies(
+        &self,
+        filesystem: &Filesystem,
+        visit: &mut dyn FnMut(StudyLocation) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), storage::Error> {
+        self.inner.list_studies(filesystem, visit)
+    }
     fn delete_aside(
         &self,
         filesystem: &Filesystem,

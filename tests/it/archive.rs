@@ -1,6 +1,7 @@
 //! The HSM archive: a study packed, purged to nearline (C-FIND still finds
 //! it), restored by the C-MOVE that names it (pending responses meanwhile)
-//! and delivered byte-identical; a new instance for a nearline study
+//! and by a patient-level C-MOVE of its patient, and delivered
+//! byte-identical; a new instance for a nearline study
 //! restores it first; kill -9 in the middle of archive, purge and restore
 //! leaves exactly one good copy as the study's location.
 
@@ -193,6 +194,39 @@ fn archived_purged_study_is_found_and_restored_by_c_move_and_by_a_new_instance()
         "integrity after the new instance:\n{check}"
     );
     assert_get(dir.path(), &server, uid, &corpus, "after the new instance");
+
+    // Purged again: a patient-level C-MOVE (Patient Root, PatientID only)
+    // restores it and delivers every instance byte-identical.
+    cli_ok(dir.path(), server.archive(), &["study", "purge", uid]);
+    assert!(instance_files(&fs1).is_empty());
+    let patient_id = dicom_object::open_file(&corpus[0].path)
+        .expect("open a corpus file")
+        .element(dicom_dictionary_std::tags::PATIENT_ID)
+        .expect("PatientID")
+        .to_str()
+        .expect("text")
+        .trim()
+        .to_string();
+    scp.clear();
+    let run = movescu(
+        server.addr(),
+        server.ae_title(),
+        &scp.ae_title,
+        true,
+        &[
+            "QueryRetrieveLevel=PATIENT".to_string(),
+            format!("PatientID={patient_id}"),
+        ],
+    );
+    assert_eq!(run.status, Some(0), "patient C-MOVE:\n{}", run.tool);
+    assert_eq!(run.completed, Some(corpus.len() as u16), "{}", run.tool);
+    let expected: Vec<&Instance> = corpus.iter().collect();
+    assert_received(
+        &scp.received(),
+        &expected,
+        "patient-level C-MOVE of a nearline study",
+    );
+    assert_eq!(instance_files(&fs1).len(), corpus.len(), "online again");
 
     // Deleted while nearline: restored, deleted, and its pack goes too.
     cli_ok(dir.path(), server.archive(), &["study", "archive", uid]);

@@ -4,7 +4,9 @@
 //! generator draws them) is compressed; DCMTK's `dcmdrle` decodes a stored
 //! file to the original pixels; C-MOVE to a DCMTK `storescp` (which accepts
 //! only uncompressed syntaxes by default) and C-GET by pynetdicom proposing
-//! only Implicit VR LE deliver the original pixels; kill -9 at each step
+//! only Implicit VR LE deliver the original pixels, and so do WADO-RS
+//! instance, series and frames retrieves (dicomweb-client) asking for an
+//! uncompressed syntax or none; kill -9 at each step
 //! of a compression leaves every instance one good file the index
 //! describes.
 
@@ -31,6 +33,10 @@ use retrieve_peers::{movescu, py_retrieve, StoreScp};
 const RLE: &str = "1.2.840.10008.1.2.5";
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_COMPRESSION_AT";
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+/// The dicomweb-client script retrieving the compressed series.
+const WADO_DECODED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/py/wado_decoded.py");
 
 /// A CT slice as `gen_corpus.py --pixels pattern` draws it: air, an
 /// elliptic body, two lungs, a vertebra (stored = HU + 1024, 12 bits),
@@ -280,6 +286,65 @@ fn a_compressed_study_decodes_to_its_pixels_and_is_sent_uncompressed() {
             "{sop}: C-GET delivered other pixels"
         );
     }
+
+    // WADO-RS by dicomweb-client: instance, series and frames asked in an
+    // uncompressed syntax (or none: PS3.18's default) arrive decoded.
+    let wado_dir = dir.path().join("wado");
+    let mut command = std::process::Command::new("python3");
+    command
+        .arg(WADO_DECODED)
+        .arg(format!("{}/dicom-web", server.http_url()))
+        .arg(uid)
+        .arg(&corpus[0].series_uid)
+        .arg(&wado_dir)
+        .args(corpus.iter().map(|i| i.sop_instance_uid.as_str()));
+    let out = dcmtk::run(command, BOUND);
+    assert!(out.success(), "the dicomweb-client script failed:\n{out}");
+    let found: serde_json::Value = serde_json::from_str(
+        out.text()
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or("{}"),
+    )
+    .unwrap_or_else(|e| panic!("no JSON from the script ({e}):\n{out}"));
+    let first = &corpus[0].sop_instance_uid;
+    for (label, syntax, sops) in [
+        ("instance-explicit", Some(EXPLICIT_LE), vec![first]),
+        ("instance-implicit", Some(IMPLICIT_LE), vec![first]),
+        ("instance-default", Some(EXPLICIT_LE), vec![first]),
+        (
+            "series-default",
+            Some(EXPLICIT_LE),
+            corpus.iter().map(|i| &i.sop_instance_uid).collect(),
+        ),
+        (
+            "series-explicit",
+            Some(EXPLICIT_LE),
+            corpus.iter().map(|i| &i.sop_instance_uid).collect(),
+        ),
+        ("frames-explicit", None, vec![first]),
+        ("frames-default", None, vec![first]),
+    ] {
+        for sop in sops {
+            assert_eq!(
+                found[label][sop].as_str(),
+                syntax,
+                "{label} {sop}: transfer syntax answered ({found})"
+            );
+            let pixels = std::fs::read(wado_dir.join(format!("{label}-{sop}.raw")))
+                .unwrap_or_else(|e| panic!("{label} {sop}: {e} ({found})"));
+            assert!(
+                pixels == original[sop.as_str()],
+                "{label} {sop}: WADO-RS delivered other pixels"
+            );
+        }
+    }
+    assert_eq!(
+        found["stored_syntax"], RLE,
+        "transfer-syntax=* answers the stored file"
+    );
+    assert_eq!(found["jpeg_status"], 406, "nothing is encoded to JPEG");
 
     // Again: nothing left to compress, nothing changes.
     let rows: Vec<String> = corpus

@@ -74,3 +74,5 @@ mod archive;
 mod services;
 // Lossless compression (RLE): DCMTK decodes it, C-MOVE/C-GET to uncompressed-only peers get the original pixels, kill -9 at each step.
 mod compress;
+// Reinventory: a lost index (SQLite file, PostgreSQL database) rebuilt from a filesystem's files answers C-FIND and C-MOVE as before.
+mod reinventory;

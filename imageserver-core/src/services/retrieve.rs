@@ -193,8 +193,9 @@ impl Retrieve {
     }
 
     /// Brings the nearline studies `query` names by Study Instance UID
-    /// online (at most [`MAX_RESTORED_STUDIES`]; a query without study
-    /// UIDs restores nothing), calling `on_wait` while a restore runs.
+    /// online (at most [`MAX_RESTORED_STUDIES`]; a patient- or study-level
+    /// query without study UIDs, such as a patient's, restores the studies
+    /// it matches), calling `on_wait` while a restore runs.
     /// Returns how many were restored.
     pub fn restore_nearline(
         &self,
@@ -205,13 +206,60 @@ impl Retrieve {
         let Some(restorer) = &self.restorer else {
             return Ok(0);
         };
+        let mut studies = named_studies(query);
+        if studies.is_empty() {
+            studies = self.matching_studies(query)?;
+        }
         let mut restored = 0;
-        for study in named_studies(query).into_iter().take(MAX_RESTORED_STUDIES) {
+        for study in studies.into_iter().take(MAX_RESTORED_STUDIES) {
             if restorer.ensure_online(partition, &study, on_wait)? {
                 restored += 1;
             }
         }
         Ok(restored)
+    }
+
+    /// The studies a patient- or study-level query matches without naming
+    /// them (a patient's C-MOVE): its patient and study keys asked at the
+    /// study level, at most [`MAX_RESTORED_STUDIES`]. None for a lower
+    /// level (a series or image query without its study is not a retrieve
+    /// we restore for).
+    fn matching_studies(&self, query: &Query) -> Result<Vec<Uid>, db::Error> {
+        if !matches!(query.level, Level::Patient | Level::Study) {
+            return Ok(Vec::new());
+        }
+        let studies = Query {
+            level: Level::Study,
+            keys: query
+                .keys
+                .iter()
+                .filter(|k| {
+                    matches!(
+                        k.attribute.level_in(query.root),
+                        Level::Patient | Level::Study
+                    )
+                })
+                .cloned()
+                .collect(),
+            limit: Some(MAX_RESTORED_STUDIES as u64),
+            offset: 0,
+            ..query.clone()
+        };
+        let mut found = Vec::new();
+        self.query.find(&studies, &mut |m| {
+            if let Some(uid) = m
+                .get(Attribute::StudyInstanceUid)
+                .and_then(|v| Uid::parse(v).ok())
+            {
+                found.push(uid);
+            }
+            if found.len() >= MAX_RESTORED_STUDIES {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        Ok(found)
     }
 
     /// The same service, recording in `studies` when each study was last

@@ -1,6 +1,7 @@
 //! Study operations: delete, edit, reprocess and send a study, check a
-//! study's integrity (index against files), and write and read its series
-//! metadata (`metadata.rs`).
+//! study's integrity (index against files), write and read its series
+//! metadata (`metadata.rs`), and rebuild a filesystem's rows from its files
+//! (`reinventory.rs`).
 //!
 //! These are plain, blocking service functions over the index
 //! ([`crate::db::Database`], through its [`StudyStore`] part) and the
@@ -57,6 +58,7 @@ mod metadata;
 mod migrate;
 mod purge;
 mod reconcile;
+mod reinventory;
 mod reprocess;
 mod restore;
 mod send;
@@ -68,6 +70,7 @@ pub use delete::{DeleteOutcome, DeleteReport};
 pub use edit::{EditError, EditOutcome, EditValue, EditValueError};
 pub use purge::PurgeReport;
 pub use reconcile::{Decision, Reconcile, ReconcileCase};
+pub use reinventory::{ReinventoriedStudy, ReinventoryOutcome, ReinventoryReport};
 pub use reprocess::ReprocessReport;
 pub use restore::{RestoreReport, Restorer};
 pub use send::SendReport;

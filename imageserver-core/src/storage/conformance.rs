@@ -8,7 +8,8 @@
 //! leaves nothing; persisting replaces an instance and keeping aside never
 //! does; deletes are idempotent; series metadata is written, read, listed
 //! and deleted; a study lists its objects with their sizes, sorted by
-//! their [`layout`] path; emptied folders go and the rest stays; an
+//! their [`layout`] path, and a filesystem its studies in layout order;
+//! emptied folders go and the rest stays; an
 //! instance moves between filesystems; a missing instance is
 //! [`Error::NotFound`]; usage is consistent; an identity marker is written
 //! once and read back (the suite leaves it in `other`'s root).
@@ -50,6 +51,7 @@ pub fn run(storage: &dyn StorageBackend, filesystem: &Filesystem, other: &Filesy
     suite.deletes_are_idempotent();
     suite.series_metadata_is_written_read_listed_and_deleted();
     suite.a_study_lists_its_objects_sorted();
+    suite.a_filesystem_lists_its_studies_sorted();
     suite.only_empty_folders_are_removed();
     suite.usage_is_consistent();
     suite.instances_move_between_filesystems(other);
@@ -809,6 +811,59 @@ impl Suite<'_> {
         );
         self.clear(&location);
         self.clear(&neighbour);
+    }
+
+    /// `list_studies` hands over every study folder, in layout order,
+    /// stops when asked, and no longer names a study whose folders went.
+    fn a_filesystem_lists_its_studies_sorted(&self) {
+        let listed = |stop_after: usize| {
+            let mut found = Vec::new();
+            succeeds(
+                "list_studies",
+                self.storage.list_studies(self.filesystem, &mut |location| {
+                    if location.study_uid.as_str().starts_with("1.999.12.") {
+                        found.push(location);
+                    }
+                    if found.len() >= stop_after {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
+                }),
+            );
+            found
+        };
+        check(
+            listed(usize::MAX).is_empty(),
+            format_args!("list_studies names studies never written"),
+        );
+        let later = study(self.filesystem, "1.999.12.2");
+        let first = study(self.filesystem, "1.999.12.1");
+        let mut earlier = study(self.filesystem, "1.999.12.3");
+        earlier.date_folder = "20231231".to_string();
+        // Written out of order.
+        for location in [&later, &earlier, &first] {
+            self.store(&instance(location, "1.999.12.9", "1.999.12.9.1"), b"x");
+        }
+        let expected = vec![earlier.clone(), first.clone(), later.clone()];
+        let found = listed(usize::MAX);
+        check(
+            found == expected,
+            format_args!("list_studies gave {found:?}, expected {expected:?} (layout order)"),
+        );
+        let found = listed(1);
+        check(
+            found == expected[..1],
+            format_args!("list_studies went on after the visitor stopped: {found:?}"),
+        );
+        for location in &expected {
+            self.clear(location);
+        }
+        let found = listed(usize::MAX);
+        check(
+            found.is_empty(),
+            format_args!("list_studies names cleared studies: {found:?}"),
+        );
     }
 
     /// `remove_empty_study_folders` keeps whatever is left and makes an

@@ -14,6 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -370,6 +371,31 @@ impl StorageBackend for FsStorage {
         let root = &filesystem.spec.path;
         let folder = root.join(layout::study_dir(location));
         list_study_folder(&folder).map_err(|e| io_error("listing", &folder, root, e))
+    }
+
+    fn list_studies(
+        &self,
+        filesystem: &Filesystem,
+        visit: &mut dyn FnMut(StudyLocation) -> ControlFlow<()>,
+    ) -> Result<(), Error> {
+        let root = &filesystem.spec.path;
+        let listing =
+            |dir: &Path| sorted_folders(dir).map_err(|e| io_error("listing", dir, root, e));
+        for (partition, partition_dir) in listing(root)? {
+            for (date, date_dir) in listing(&partition_dir)? {
+                for (study, _) in listing(&date_dir)? {
+                    let Some(location) =
+                        layout::study_location_of(filesystem.id, &partition, &date, &study)
+                    else {
+                        continue;
+                    };
+                    if visit(location).is_break() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn delete_aside(
@@ -955,6 +981,28 @@ fn list_metadata_folder(
 }
 
 /// The UID a file or folder is named after (with `suffix` removed).
+/// The folders in `dir` with UTF-8 names, sorted by name; none when `dir`
+/// is missing.
+fn sorted_folders(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut folders = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        if let Ok(name) = entry.file_name().into_string() {
+            folders.push((name, entry.path()));
+        }
+    }
+    folders.sort();
+    Ok(folders)
+}
+
 fn uid_of_name(path: &Path, suffix: &str) -> Option<Uid> {
     path.file_name()
         .and_then(|n| n.to_str())

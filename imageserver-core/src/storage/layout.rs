@@ -5,14 +5,14 @@
 //! study folder too, under [`METADATA_DIR`] (`.metadata/<series uid>.json`:
 //! the series metadata), so that whatever moves or deletes the study folder
 //! carries it; that name is never a UID, so it is never taken for a series. Every component is validated before it gets
-//! here: UIDs are [`Uid`](crate::model::Uid)s (digits and dots), the partition folder is a
+//! here: UIDs are [`Uid`]s (digits and dots), the partition folder is a
 //! [`crate::model::FolderName`], and the date folder is checked to be eight
 //! digits, so no component can be `..` or hold a separator.
 
 use std::path::PathBuf;
 
 use super::{InstanceKey, SeriesKey};
-use crate::model::StudyLocation;
+use crate::model::{FilesystemId, FolderName, StudyLocation, Uid};
 
 /// Name of the folder of temporary files under each filesystem root.
 pub const TEMP_DIR: &str = ".tmp";
@@ -69,6 +69,30 @@ pub fn aside_path(key: &InstanceKey, variant: u64) -> PathBuf {
     path
 }
 
+/// The study a study folder's three components name (the inverse of
+/// [`study_dir`]), on `filesystem`; `None` when they are not a partition
+/// folder name (a name starting with a dot, such as [`TEMP_DIR`], never
+/// is), eight digits and a UID.
+pub fn study_location_of(
+    filesystem: FilesystemId,
+    partition_folder: &str,
+    date_folder: &str,
+    study_uid: &str,
+) -> Option<StudyLocation> {
+    if partition_folder.starts_with('.')
+        || date_folder.len() != 8
+        || !date_folder.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some(StudyLocation {
+        filesystem,
+        partition_folder: FolderName::parse(partition_folder).ok()?,
+        date_folder: date_folder.to_string(),
+        study_uid: Uid::parse(study_uid).ok()?,
+    })
+}
+
 /// The date folder, or `00000000` for anything that is not eight digits
 /// (defence in depth: the services only ever produce eight digits).
 fn date_component(date: &str) -> &str {
@@ -82,7 +106,6 @@ fn date_component(date: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FilesystemId, FolderName, Uid};
 
     #[test]
     fn instance_paths_follow_the_layout() {
@@ -115,5 +138,22 @@ mod tests {
             instance_path(&odd),
             PathBuf::from("IMAGESERVER/00000000/1.2.3/1.2.3.4/1.2.3.4.5.dcm")
         );
+        assert_eq!(
+            study_location_of(FilesystemId(1), "IMAGESERVER", "20240131", "1.2.3"),
+            Some(key.location.clone())
+        );
+        for (partition, date, study) in [
+            (TEMP_DIR, "20240131", "1.2.3"),
+            ("IMAGESERVER", "2024013", "1.2.3"),
+            ("IMAGESERVER", "2024013x", "1.2.3"),
+            ("IMAGESERVER", "20240131", METADATA_DIR),
+            ("IMAGE SERVER", "20240131", "1.2.3"),
+        ] {
+            assert_eq!(
+                study_location_of(FilesystemId(1), partition, date, study),
+                None,
+                "{partition}/{date}/{study}"
+            );
+        }
     }
 }

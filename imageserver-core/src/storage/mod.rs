@@ -27,7 +27,8 @@
 //! the same way ([`ObjectWriter::persist_series_metadata`]) and read, listed
 //! and deleted by [`SeriesKey`].
 //!
-//! A study's objects are listed ([`StorageBackend::list_study`]) and its
+//! A filesystem's studies are listed ([`StorageBackend::list_studies`]),
+//! a study's objects too ([`StorageBackend::list_study`]) and its
 //! emptied folders removed ([`StorageBackend::remove_empty_study_folders`])
 //! through the trait as well: the study operations (delete, reprocess,
 //! integrity check) never read a directory themselves.
@@ -46,6 +47,7 @@ pub mod placement;
 pub use placement::{LowestTierMostRoom, Placement};
 
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use crate::model::{Filesystem, StudyLocation, Uid};
@@ -350,6 +352,19 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
         filesystem: &Filesystem,
         location: &StudyLocation,
     ) -> Result<Vec<StudyObject>, Error>;
+
+    /// Every study folder on the filesystem, as locations on it, handed to
+    /// `visit` in the order of their [`layout`] paths (partition folder,
+    /// date folder, study). What is not a study folder of the layout
+    /// (temporary objects, the identity marker, names that are no folder
+    /// name, date or UID) is passed over; a folder may be empty. `visit`
+    /// may stop the walk. What a study holds is [`Self::list_study`]'s
+    /// answer: how reinventory finds a filesystem's studies.
+    fn list_studies(
+        &self,
+        filesystem: &Filesystem,
+        visit: &mut dyn FnMut(StudyLocation) -> ControlFlow<()>,
+    ) -> Result<(), Error>;
 
     /// Deletes a kept-aside duplicate (durably); a missing file is not an
     /// error.

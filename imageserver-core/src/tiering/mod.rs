@@ -49,6 +49,87 @@ pub fn seed(
     Ok(rows)
 }
 
+/// Why a root cannot be taken as a filesystem of the index ([`adopt`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdoptError {
+    /// The root holds the identity marker of another row of the index:
+    /// that filesystem is mounted at another path than the index says.
+    #[error(
+        "{path} holds the identity marker of filesystem {id} ({known}): mount it at {known}, or          reinventory filesystem {id}"
+    )]
+    MarkerOfAnother {
+        /// The root asked for.
+        path: std::path::PathBuf,
+        /// The filesystem whose marker it holds.
+        id: i64,
+        /// Where the index expects that filesystem.
+        known: std::path::PathBuf,
+    },
+    /// The root's identity marker does not fit the index's row.
+    #[error("filesystem {path} refused: {reason}")]
+    Refused {
+        /// The root.
+        path: std::path::PathBuf,
+        /// What is wrong with its marker.
+        reason: String,
+    },
+    /// The index failed.
+    #[error("index failure")]
+    Index(#[from] db::Error),
+}
+
+/// The index's row for the root `spec.path`, for a reinventory of it: the
+/// row with that path, else a new row from `spec` — unless the root holds
+/// the marker another row recorded. Its identity marker is checked, and
+/// adopted from the root when the index recorded none (the marker written
+/// at the filesystem's first use is what says which filesystem a root is,
+/// also to an index rebuilt from nothing).
+pub fn adopt(
+    index: &dyn IndexStore,
+    storage: &dyn StorageBackend,
+    spec: &FilesystemSpec,
+) -> Result<Filesystem, AdoptError> {
+    let rows = index.filesystems()?;
+    let row = match rows.iter().find(|fs| fs.spec.path == spec.path) {
+        Some(row) => row.clone(),
+        None => {
+            let probe = Filesystem {
+                id: crate::model::FilesystemId(0),
+                spec: spec.clone(),
+                enabled: false,
+                marker: None,
+            };
+            if let Ok(Some(found)) = storage.read_marker(&probe) {
+                if let Some(other) = rows.iter().find(|fs| fs.marker.as_ref() == Some(&found)) {
+                    return Err(AdoptError::MarkerOfAnother {
+                        path: spec.path.clone(),
+                        id: other.id.0,
+                        known: other.spec.path.clone(),
+                    });
+                }
+            }
+            let (row, created) = index.seed_filesystem(spec)?;
+            if created {
+                tracing::info!(filesystem = %spec.path.display(), id = row.id.0, "filesystem added for its reinventory");
+            }
+            row
+        }
+    };
+    match check_marker(index, storage, &row, true) {
+        MarkerState::Present(marker) => Ok(Filesystem {
+            marker: Some(marker),
+            ..row
+        }),
+        other => Err(AdoptError::Refused {
+            path: row.spec.path.clone(),
+            reason: other
+                .refusal()
+                .unwrap_or_else(|| "no identity marker".to_string()),
+        }),
+    }
+}
+
 /// What a filesystem's identity marker says about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MarkerState {

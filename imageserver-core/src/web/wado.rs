@@ -4,8 +4,17 @@
 //!   type="application/dicom"`, one part per stored Part 10 file, streamed
 //!   from storage through [`crate::services::retrieve`] (a few 64 KiB
 //!   chunks in memory at a time, whatever the study's size), in the stored
-//!   transfer syntax: an `Accept` asking for another one (other than `*`)
-//!   gets 406, since nothing is transcoded.
+//!   transfer syntax, with one exception: an instance stored compressed in
+//!   a syntax [`codec`] decodes (RLE Lossless) is decoded in memory into
+//!   Explicit (or Implicit) VR Little Endian when the `Accept` asks for
+//!   that, or names no transfer syntax (PS3.18 §8.7.3: the default of
+//!   `application/dicom` and of frames' `application/octet-stream` is
+//!   Explicit VR Little Endian), as the storage SCU does for a peer that
+//!   takes only uncompressed data sets. `transfer-syntax=*` answers the
+//!   stored bytes; any other syntax than the stored one gets 406, since
+//!   nothing else is transcoded (an instance stored uncompressed, or
+//!   compressed in a syntax we cannot decode, is served as stored when no
+//!   syntax is named).
 //! - Series metadata is the file StudyProcess wrote
 //!   ([`Studies::series_metadata`]); a series without one yet is encoded
 //!   from its files ([`crate::dicom::part10::json`]). Study metadata is its
@@ -27,6 +36,7 @@ use bytes::Bytes;
 use super::multipart;
 use super::qido::DICOM_JSON;
 use super::{blocking, streamed_body, Failure, Shared};
+use crate::dicom::codec;
 use crate::dicom::part10::json::{encode_instance, BulkPrefix};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
 use crate::model::Uid;
@@ -101,10 +111,78 @@ impl Target {
     }
 }
 
-/// The transfer syntax an `Accept` header asks for: `None` for the stored
-/// one (no parameter, `*`), or the UID asked. A header naming neither
-/// `multipart/related` nor a wildcard is refused.
-fn accepted_transfer_syntax(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+/// What an `Accept` header asks of the transfer syntax of the parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Wanted {
+    /// Any (`transfer-syntax=*`, a wildcard range): the stored one.
+    Stored,
+    /// Nothing said (no header, no `transfer-syntax`): PS3.18's default,
+    /// Explicit VR Little Endian — a decodable compressed instance is
+    /// decoded, anything else served as stored.
+    Default,
+    /// This transfer syntax.
+    Exactly(String),
+}
+
+/// The transfer syntaxes in which uncompressed pixel data is the same
+/// bytes (little endian, native): a frame request for either is served
+/// from either, and a compressed instance is decoded into either.
+const NATIVE_LITTLE_ENDIAN: &[&str] = &["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"];
+
+/// Explicit VR Little Endian: PS3.18's default transfer syntax.
+const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
+
+/// How an instance stored in `stored` is answered for `wanted`:
+/// `Ok(None)` as stored, `Ok(Some(uid))` decoded into `uid` (a native
+/// little endian syntax), `Err` with the reason for a 406.
+fn answered_syntax(stored: &str, wanted: &Wanted) -> Result<Option<&'static str>, String> {
+    match wanted {
+        Wanted::Stored => Ok(None),
+        Wanted::Default if codec::can_decode(stored) => Ok(Some(EXPLICIT_LE)),
+        Wanted::Default => Ok(None),
+        Wanted::Exactly(uid) if uid == stored => Ok(None),
+        Wanted::Exactly(uid) if codec::can_decode(stored) => NATIVE_LITTLE_ENDIAN
+            .iter()
+            .copied()
+            .find(|native| native == uid)
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "it is stored in {stored}, which is decoded to {} only: ask for either, or \
+                     transfer-syntax=*",
+                    NATIVE_LITTLE_ENDIAN.join(" or ")
+                )
+            }),
+        Wanted::Exactly(uid) => Err(format!(
+            "it is stored in {stored}, not {uid}, and nothing is transcoded: ask for \
+             transfer-syntax=*"
+        )),
+    }
+}
+
+/// A stored file read whole (at most its indexed size) and decoded into
+/// `to`: the Part 10 file a client that wants native pixels gets.
+fn decoded_file(
+    reader: &mut dyn Read,
+    file_size: u64,
+    to: &str,
+) -> Result<Vec<u8>, std::io::Error> {
+    let mut stored = Vec::new();
+    reader
+        .take(file_size.saturating_add(1))
+        .read_to_end(&mut stored)?;
+    if stored.len() as u64 != file_size {
+        return Err(std::io::Error::other(format!(
+            "the stored file has {} bytes, the index says {file_size}",
+            stored.len()
+        )));
+    }
+    codec::decode_to_native(&stored, to).map_err(std::io::Error::other)
+}
+
+/// The transfer syntax an `Accept` header asks for. A header naming
+/// neither `multipart/related` nor a wildcard is refused.
+fn accepted_transfer_syntax(headers: &HeaderMap) -> Result<Wanted, Failure> {
     multipart_transfer_syntax(headers, &["application/dicom"]).ok_or_else(|| {
         Failure::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -114,18 +192,18 @@ fn accepted_transfer_syntax(headers: &HeaderMap) -> Result<Option<String>, Failu
 }
 
 /// The transfer syntax the first acceptable range of an `Accept` header
-/// names: a wildcard range, or `multipart/related` whose `type` is absent
-/// or one of `part_types`. `Some(None)`: any, or the stored one (no
-/// header, no `transfer-syntax`, or `*`); `None`: nothing acceptable.
-fn multipart_transfer_syntax(headers: &HeaderMap, part_types: &[&str]) -> Option<Option<String>> {
+/// names: a wildcard range (any), or `multipart/related` whose `type` is
+/// absent or one of `part_types`. No header, or no `transfer-syntax`
+/// parameter: the default; `None`: nothing acceptable.
+fn multipart_transfer_syntax(headers: &HeaderMap, part_types: &[&str]) -> Option<Wanted> {
     let Some(accept) = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()) else {
-        return Some(None);
+        return Some(Wanted::Default);
     };
     for range in accept.split(',') {
         let mut params = range.split(';');
         let media = params.next().unwrap_or("").trim().to_ascii_lowercase();
         if media == "*/*" || media == "multipart/*" {
-            return Some(None);
+            return Some(Wanted::Stored);
         }
         if media != "multipart/related" {
             continue;
@@ -143,30 +221,33 @@ fn multipart_transfer_syntax(headers: &HeaderMap, part_types: &[&str]) -> Option
             }
         }
         if part_type.as_deref().is_none_or(|t| part_types.contains(&t)) {
-            return Some(syntax.filter(|s| s != "*"));
+            return Some(match syntax {
+                None => Wanted::Default,
+                Some(s) if s == "*" => Wanted::Stored,
+                Some(s) => Wanted::Exactly(s),
+            });
         }
     }
     None
 }
 
-/// The multipart answer streaming `items`' stored files.
+/// The multipart answer streaming `items`' stored files (decoded ones
+/// read, decoded and sent one at a time).
 fn retrieve_response(
     services: &Shared,
     items: Vec<RetrieveItem>,
-    wanted: Option<String>,
+    wanted: Wanted,
 ) -> Result<Response, Failure> {
-    if let Some(wanted) = &wanted {
-        if let Some(other) = items
-            .iter()
-            .find(|i| i.transfer_syntax_uid.as_str() != wanted)
-        {
-            return Err(Failure::new(
-                StatusCode::NOT_ACCEPTABLE,
-                format!(
-                    "{} is stored in {}, and nothing is transcoded: ask for transfer-syntax=*",
-                    other.sop_instance_uid, other.transfer_syntax_uid
-                ),
-            ));
+    let mut answered = Vec::with_capacity(items.len());
+    for item in &items {
+        match answered_syntax(item.transfer_syntax_uid.as_str(), &wanted) {
+            Ok(syntax) => answered.push(syntax),
+            Err(reason) => {
+                return Err(Failure::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    format!("{}: {reason}", item.sop_instance_uid),
+                ))
+            }
         }
     }
     let boundary = multipart::new_boundary();
@@ -174,8 +255,22 @@ fn retrieve_response(
     let retrieve = services.retrieve.clone();
     let body = streamed_body(move |send| {
         let mut buffer = vec![0u8; CHUNK];
-        for item in &items {
+        for (item, decode_to) in items.iter().zip(answered) {
             let mut reader = retrieve.open(item).map_err(std::io::Error::other)?;
+            if let Some(to) = decode_to {
+                let decoded = decoded_file(&mut reader, item.file_size, to)?;
+                let part_type = format!("application/dicom; transfer-syntax={to}");
+                if !send(multipart::part_header(
+                    &boundary,
+                    &part_type,
+                    Some(decoded.len() as u64),
+                )) || !send(Bytes::from(decoded))
+                    || !send(Bytes::from_static(multipart::PART_END))
+                {
+                    return Ok(());
+                }
+                continue;
+            }
             let part_type = format!(
                 "application/dicom; transfer-syntax={}",
                 item.transfer_syntax_uid
@@ -478,11 +573,6 @@ async fn one_instance(
     blocking(move || Ok(target.instances(&worker)?.swap_remove(0))).await
 }
 
-/// The transfer syntaxes in which uncompressed pixel data is the same
-/// bytes (little endian, native): a frame request for either is served
-/// from either.
-const NATIVE_LITTLE_ENDIAN: &[&str] = &["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"];
-
 /// `GET …/instances/{instance}/bulk/{path}`: the value a `BulkDataURI`
 /// of the metadata names, as one `application/octet-stream` part.
 pub(super) async fn bulk(
@@ -535,7 +625,9 @@ pub(super) async fn bulk(
 /// `GET …/instances/{instance}/frames/{list}`: the frames (from 1, comma
 /// separated), one `application/octet-stream` part each, in the stored
 /// transfer syntax (uncompressed frames in either little endian syntax
-/// are the same bytes).
+/// are the same bytes), or decoded to native pixels for a request that
+/// names a native little endian syntax or none (the instance decoded once
+/// in memory, see the module's doc).
 pub(super) async fn frames(
     State(services): State<Shared>,
     headers: HeaderMap,
@@ -553,28 +645,44 @@ pub(super) async fn frames(
     let item = one_instance(&services, &study, &series, &instance).await?;
     let stored = item.transfer_syntax_uid.as_str().to_string();
     let native = NATIVE_LITTLE_ENDIAN.contains(&stored.as_str());
-    let answered = match &wanted {
-        None => stored.clone(),
-        Some(uid) if *uid == stored => stored.clone(),
-        Some(uid) if native && NATIVE_LITTLE_ENDIAN.contains(&uid.as_str()) => uid.clone(),
-        Some(uid) => {
-            return Err(Failure::new(
-                StatusCode::NOT_ACCEPTABLE,
-                format!("frames are stored in {stored}, not {uid}, and nothing is transcoded"),
-            ))
+    let (answered, decode_to) = match &wanted {
+        Wanted::Exactly(uid) if native && NATIVE_LITTLE_ENDIAN.contains(&uid.as_str()) => {
+            (uid.clone(), None)
         }
+        _ => match answered_syntax(&stored, &wanted) {
+            Ok(None) => (stored.clone(), None),
+            Ok(Some(to)) => (to.to_string(), Some(to)),
+            Err(reason) => {
+                return Err(Failure::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    format!("frames of {}: {reason}", item.sop_instance_uid),
+                ))
+            }
+        },
     };
-    // The last frame asked must exist before the answer starts.
+    // The last frame asked must exist before the answer starts; a
+    // decoded instance is decoded here, once.
     let retrieve = services.retrieve.clone();
     let probe = item.clone();
     let last = numbers.iter().copied().max().unwrap_or(1);
-    blocking(move || {
-        let reader = retrieve
+    let decoded: Option<std::sync::Arc<Vec<u8>>> = blocking(move || {
+        let mut reader = retrieve
             .open(&probe)
             .map_err(|e| Failure::internal("cannot open a stored instance", &e))?;
+        let decoded = match decode_to {
+            Some(to) => Some(std::sync::Arc::new(
+                decoded_file(&mut reader, probe.file_size, to)
+                    .map_err(|e| Failure::internal("cannot decode the stored instance", &e))?,
+            )),
+            None => None,
+        };
+        let reader: Box<dyn Read + Send> = match &decoded {
+            Some(bytes) => Box::new(ArcCursor::new(bytes.clone())),
+            None => reader,
+        };
         use crate::dicom::part10::bulk::{write_frame, BulkError};
         match write_frame(reader, last, &mut std::io::sink()) {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(decoded),
             Err(BulkError::NotFound(reason)) => Err(Failure::not_found(reason)),
             Err(BulkError::Unsupported(reason)) => {
                 Err(Failure::new(StatusCode::NOT_ACCEPTABLE, reason))
@@ -589,7 +697,10 @@ pub(super) async fn frames(
     let body = streamed_body(move |send| {
         let part_type = format!("application/octet-stream; transfer-syntax={answered}");
         for number in numbers {
-            let reader = retrieve.open(&item).map_err(std::io::Error::other)?;
+            let reader: Box<dyn Read + Send> = match &decoded {
+                Some(bytes) => Box::new(ArcCursor::new(bytes.clone())),
+                None => retrieve.open(&item).map_err(std::io::Error::other)?,
+            };
             if !send(multipart::part_header(&boundary, &part_type, None)) {
                 return Ok(());
             }
@@ -605,9 +716,30 @@ pub(super) async fn frames(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-/// The transfer syntax a frame request's `Accept` names (`None`: any,
-/// or the stored one).
-fn frame_transfer_syntax(headers: &HeaderMap) -> Result<Option<String>, Failure> {
+/// A reader over shared bytes (a decoded instance read once per frame).
+struct ArcCursor {
+    bytes: std::sync::Arc<Vec<u8>>,
+    at: usize,
+}
+
+impl ArcCursor {
+    fn new(bytes: std::sync::Arc<Vec<u8>>) -> ArcCursor {
+        ArcCursor { bytes, at: 0 }
+    }
+}
+
+impl Read for ArcCursor {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.bytes[self.at.min(self.bytes.len())..];
+        let n = rest.len().min(out.len());
+        out[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The transfer syntax a frame request's `Accept` names.
+fn frame_transfer_syntax(headers: &HeaderMap) -> Result<Wanted, Failure> {
     multipart_transfer_syntax(headers, &["application/octet-stream", "*/*"]).ok_or_else(|| {
         Failure::new(
             StatusCode::NOT_ACCEPTABLE,

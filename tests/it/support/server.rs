@@ -211,6 +211,14 @@ impl PgDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Drops the database and creates it again, empty, under the same name.
+    pub fn recreate(&self) {
+        postgres::drop_database(&self.server, &self.name)
+            .unwrap_or_else(|e| panic!("drop database {}: {e:?}", self.name));
+        postgres::create_database(&self.server, &self.name)
+            .unwrap_or_else(|e| panic!("create database {} again: {e:?}", self.name));
+    }
 }
 
 impl Drop for PgDatabase {
@@ -269,6 +277,25 @@ impl Archive {
         match self.db_url() {
             Some(url) => vec!["--db".to_string(), url.to_string()],
             None => Vec::new(),
+        }
+    }
+
+    /// Loses the whole index (the server must be stopped): the SQLite file
+    /// and its journal deleted, or the PostgreSQL database dropped and
+    /// created again, empty.
+    pub fn delete_index(&self) {
+        match (&self.db, self.db_url()) {
+            (Some(db), _) => db.recreate(),
+            (None, None) => {
+                for name in ["index.db", "index.db-wal", "index.db-shm"] {
+                    match std::fs::remove_file(self.data.join(name)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => panic!("delete {name}: {e}"),
+                    }
+                }
+            }
+            (None, Some(url)) => panic!("cannot delete the index {url} the test manages"),
         }
     }
 
