@@ -124,6 +124,9 @@ pub struct ParsedQuery {
     /// A count attribute came with a value we could not match on, or an
     /// unsupported key was left out of the responses.
     ignored_matching: bool,
+    /// How every response is written without a data set
+    /// ([`flat::Plan`]).
+    plan: flat::Plan,
 }
 
 impl ParsedQuery {
@@ -379,7 +382,7 @@ pub fn parse_identifier(
         }
     }
 
-    Ok(ParsedQuery {
+    let mut parsed = ParsedQuery {
         query: Query {
             partition,
             root,
@@ -393,7 +396,10 @@ pub fn parse_identifier(
         specific_character_set,
         retrieve_ae_title: options.retrieve_ae_title.to_string(),
         ignored_matching,
-    })
+        plan: flat::Plan::default(),
+    };
+    parsed.plan = flat::Plan::new(&parsed);
+    Ok(parsed)
 }
 
 /// Largest inflated identifier of the Deflated transfer syntax.
@@ -664,6 +670,7 @@ fn trim(value: &str) -> &str {
     value.trim_matches([' ', '\0'])
 }
 
+mod flat;
 mod matching;
 mod response;
 #[cfg(test)]
