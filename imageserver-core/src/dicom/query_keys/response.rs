@@ -84,8 +84,8 @@ pub(super) fn empty_element(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
 }
 
 /// Encodes the response identifier of one match in `transfer_syntax_uid`.
-/// See the module documentation for its content. Written flat
-/// ([`super::flat`]) when it can be, else through a data set.
+/// See the module documentation for its content. Written flat (straight
+/// into bytes) when it can be, else through a data set.
 pub fn encode_response(
     parsed: &ParsedQuery,
     found: &Match,
