@@ -146,6 +146,48 @@ pub struct SqliteIndex {
     writer: Mutex<Connection>,
     readers: ReaderPool,
     query_readers: ReaderPool,
+    /// The planner statistics' refresh started at open, joined on drop.
+    optimizer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for SqliteIndex {
+    fn drop(&mut self) {
+        let optimizer = self
+            .optimizer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = optimizer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Refreshes the planner's statistics (`PRAGMA optimize`, each index
+/// sampled at most `analysis_limit` rows) on a connection of its own, off
+/// the open path: after a bulk load it analyses every table, and start-up
+/// need not wait for that. Queries planned meanwhile use the statistics
+/// already there. A failure is logged; the next open tries again.
+fn optimize_in_background(path: PathBuf, options: Options) -> Option<std::thread::JoinHandle<()>> {
+    let optimize = move || {
+        let result = Connection::open(&path).and_then(|conn| {
+            configure(&conn, &options, Role::Writer)?;
+            with_retry(options.retry_for, "optimizing", || {
+                conn.execute_batch("PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002;")
+            })
+        });
+        if let Err(error) = result {
+            tracing::warn!(
+                path = %path.display(),
+                %error,
+                "cannot refresh the index's planner statistics"
+            );
+        }
+    };
+    std::thread::Builder::new()
+        .name("sqlite-optimize".into())
+        .spawn(optimize)
+        .map_err(|error| tracing::warn!(%error, "no thread for the planner statistics: skipped"))
+        .ok()
 }
 
 impl std::fmt::Debug for SqliteIndex {
@@ -186,11 +228,7 @@ impl SqliteIndex {
             ));
         }
         migrate(&mut writer, &options)?;
-        // Keeps the planner's statistics fresh at a bounded cost.
-        with_retry(options.retry_for, "optimizing", || {
-            writer.execute_batch("PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002;")
-        })
-        .map_err(|e| open_error(Box::new(e)))?;
+        let optimizer = Mutex::new(optimize_in_background(path.to_path_buf(), options));
         Ok(SqliteIndex {
             path: path.to_path_buf(),
             _in_use: in_use,
@@ -198,6 +236,7 @@ impl SqliteIndex {
             writer: Mutex::new(writer),
             readers: ReaderPool::new(path.to_path_buf(), options, options.readers),
             query_readers: ReaderPool::new(path.to_path_buf(), options, options.query_readers),
+            optimizer,
         })
     }
 

@@ -57,6 +57,10 @@
 //! it, else "ISO_IR 192" (UTF-8). The writer encodes the text in that
 //! character set because it meets (0008,0005) first. A deflated response of
 //! odd length gets its trailing NUL (PS3.5 A.5), which the writer omits.
+//! Implicit and Explicit VR Little Endian responses are written flat,
+//! straight from the match's values into bytes by a plan made once per
+//! query; the data set path writes the rest and is the reference a test
+//! compares the flat bytes with.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -124,6 +128,8 @@ pub struct ParsedQuery {
     /// A count attribute came with a value we could not match on, or an
     /// unsupported key was left out of the responses.
     ignored_matching: bool,
+    /// How every response is written without a data set (`flat::Plan`).
+    plan: flat::Plan,
 }
 
 impl ParsedQuery {
@@ -379,7 +385,7 @@ pub fn parse_identifier(
         }
     }
 
-    Ok(ParsedQuery {
+    let mut parsed = ParsedQuery {
         query: Query {
             partition,
             root,
@@ -393,7 +399,10 @@ pub fn parse_identifier(
         specific_character_set,
         retrieve_ae_title: options.retrieve_ae_title.to_string(),
         ignored_matching,
-    })
+        plan: flat::Plan::default(),
+    };
+    parsed.plan = flat::Plan::new(&parsed);
+    Ok(parsed)
 }
 
 /// Largest inflated identifier of the Deflated transfer syntax.
@@ -664,6 +673,7 @@ fn trim(value: &str) -> &str {
     value.trim_matches([' ', '\0'])
 }
 
+mod flat;
 mod matching;
 mod response;
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub struct EncodeError(String);
 
 /// Whether text of this VR is encoded in the Specific Character Set (the
 /// others always use the default repertoire).
-fn uses_character_set(vr: VR) -> bool {
+pub(super) fn uses_character_set(vr: VR) -> bool {
     matches!(
         vr,
         VR::SH | VR::LO | VR::ST | VR::LT | VR::PN | VR::UC | VR::UT
@@ -84,8 +84,22 @@ pub(super) fn empty_element(tag: Tag, vr: VR) -> DataElement<InMemDicomObject> {
 }
 
 /// Encodes the response identifier of one match in `transfer_syntax_uid`.
-/// See the module documentation for its content.
+/// See the module documentation for its content. Written flat (straight
+/// into bytes) when it can be, else through a data set.
 pub fn encode_response(
+    parsed: &ParsedQuery,
+    found: &Match,
+    transfer_syntax_uid: &str,
+) -> Result<Vec<u8>, EncodeError> {
+    match super::flat::encode(parsed, found, transfer_syntax_uid) {
+        Some(bytes) => Ok(bytes),
+        None => encode_dataset(parsed, found, transfer_syntax_uid),
+    }
+}
+
+/// [`encode_response`] through an `InMemDicomObject`: every case, and the
+/// reference the flat encoder is tested against.
+pub(super) fn encode_dataset(
     parsed: &ParsedQuery,
     found: &Match,
     transfer_syntax_uid: &str,

@@ -1010,3 +1010,253 @@ fn combined_date_time_pairs() {
     combine_date_time(&mut keys);
     assert_eq!(keys[0].matcher, range(Some("19700101"), None));
 }
+
+/// A small deterministic generator (splitmix64) for the flat encoder's
+/// property test: the same cases on every run.
+struct Cases(u64);
+
+impl Cases {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, from: &'a [T]) -> &'a T {
+        &from[self.below(from.len())]
+    }
+}
+
+/// A stored value of `attribute` as the index may return it: absent,
+/// empty, odd and even lengths, several values, PN components and groups,
+/// Latin-1, other scripts, C1 controls, padding kept, too long for a
+/// 16-bit length.
+fn stored_value(cases: &mut Cases, attribute: Attribute) -> Option<String> {
+    let common: &[&str] = match attribute.kind() {
+        Kind::PersonName => &[
+            "Doe^John",
+            "Doe^Jane^^Dr",
+            "Doe^Jo",
+            "Müller^Hans",
+            "Ñúñez^José^María",
+            "Yamada^Tarou=山田^太郎=やまだ^たろう",
+            "Żółć^Jan",
+            "Doe^John\\Roe^Richard",
+            "^",
+        ],
+        Kind::Uid => &[
+            "1.2.3",
+            "1.2.34",
+            "1.2.840.10008.5.1.4.1.1.2",
+            "1.2.840.10008.5.1.4.1.1.2\\1.2.840.10008.5.1.4.1.1.4",
+        ],
+        Kind::Date => &["20200105", "19700101"],
+        Kind::Time => &["101500", "1015", "101500.123", "07"],
+        Kind::Integer | Kind::Count => &["1", "12", "123", "0"],
+        Kind::Text => &[
+            "CT",
+            "MR",
+            "CT\\MR",
+            "CT\\MR\\US",
+            "PID1",
+            "A1",
+            "ABC ",
+            "Brain w/o contrast",
+            "Schädel",
+            "Thorax ↑",
+            "x\u{85}y",
+            "M",
+        ],
+    };
+    match cases.below(12) {
+        0 => None,
+        1 => Some(String::new()),
+        2 if cases.below(40) == 0 => Some("x".repeat(70_000)),
+        3 => Some("ÿ".repeat(1 + cases.below(4))),
+        _ => Some(cases.pick(common).to_string()),
+    }
+}
+
+/// The request of one generated case: the level, its character set and
+/// the elements asked for.
+fn generated_request(
+    cases: &mut Cases,
+    root: Root,
+    level: Level,
+    charset: Option<&'static str>,
+) -> Vec<(Tag, VR, &'static str)> {
+    use Attribute as A;
+    let mut elements = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, level.code())];
+    if let Some(cs) = charset {
+        elements.push((tags::SPECIFIC_CHARACTER_SET, VR::CS, cs));
+    }
+    for attribute in Attribute::ALL {
+        let tag = tag_of(*attribute);
+        let vr = dictionary_vr(tag);
+        let attribute_level = attribute.level_in(root);
+        if attribute_level < level && *attribute == A::unique_key(attribute_level) {
+            let value = match attribute_level {
+                Level::Patient => "PID1",
+                Level::Study => STUDY_UID,
+                _ => SERIES_UID,
+            };
+            elements.push((tag, vr, value));
+        } else if *attribute == A::Modality && level == Level::Study {
+            if cases.below(3) == 0 {
+                elements.push((tag, vr, ""));
+            }
+        } else if attribute_level <= level && cases.below(2) == 0 {
+            elements.push((tag, vr, ""));
+        }
+    }
+    let extras = [
+        (tags::RETRIEVE_AE_TITLE, VR::AE),
+        (Tag(0x0008, 0x0056), VR::CS),
+        (Tag(0x0008, 0x1110), VR::SQ),
+        (Tag(0x0009, 0x0010), VR::LO),
+        (Tag(0x0009, 0x1001), VR::UN),
+        (Tag(0x0040, 0xA730), VR::SQ),
+        (Tag(0x0040, 0x0009), VR::SH),
+    ];
+    for (tag, vr) in extras {
+        if cases.below(4) == 0 {
+            elements.push((tag, vr, ""));
+        }
+    }
+    elements.sort_by_key(|e| e.0);
+    elements
+}
+
+#[test]
+fn the_flat_encoder_writes_the_data_set_paths_bytes() {
+    use Attribute as A;
+    const DEFLATED_OR_BE: [&str; 2] = [DEFLATED, EXPLICIT_BE];
+    let charsets: &[Option<&'static str>] = &[
+        None,
+        Some("ISO_IR 100"),
+        Some("ISO_IR 192"),
+        Some("ISO 2022 IR 100"),
+        Some("ISO_IR 144"),
+        Some("ISO_IR 13"),
+        Some("ISO 2022 IR 87"),
+        Some("ISO_IR 999"),
+    ];
+    let models = [
+        (Root::Patient, Level::Patient),
+        (Root::Patient, Level::Study),
+        (Root::Study, Level::Study),
+        (Root::Study, Level::Series),
+        (Root::Study, Level::Image),
+    ];
+    let mut cases = Cases(15);
+    let (mut compared, mut flat) = (0usize, 0usize);
+    for round in 0..6 {
+        for &charset in charsets {
+            for (root, level) in models {
+                for ts in [EXPLICIT_LE, IMPLICIT_LE] {
+                    let elements = generated_request(&mut cases, root, level, charset);
+                    let parsed = parse_identifier(
+                        &identifier(ts, &elements),
+                        ts,
+                        root,
+                        PARTITION,
+                        &options(),
+                    )
+                    .unwrap();
+                    for _ in 0..8 {
+                        let found = Match {
+                            values: A::ALL
+                                .iter()
+                                .map(|a| (*a, stored_value(&mut cases, *a)))
+                                .collect(),
+                        };
+                        let what = || {
+                            let shown: Vec<_> = found
+                                .values
+                                .iter()
+                                .map(|(a, v)| {
+                                    (
+                                        *a,
+                                        v.as_ref().map(|v| v.chars().take(40).collect::<String>()),
+                                    )
+                                })
+                                .collect();
+                            format!("round {round}, {charset:?}, {level:?}, {ts}, {elements:?}, {shown:?}")
+                        };
+                        let reference = response::encode_dataset(&parsed, &found, ts);
+                        let written = flat::encode(&parsed, &found, ts);
+                        if let Some(bytes) = &written {
+                            flat += 1;
+                            assert!(
+                                Ok(bytes) == reference.as_ref(),
+                                "{}\nflat {bytes:?}\ndata set {reference:?}",
+                                what()
+                            );
+                        }
+                        assert!(
+                            encode_response(&parsed, &found, ts) == reference,
+                            "{}",
+                            what()
+                        );
+                        compared += 1;
+                    }
+                }
+            }
+        }
+    }
+    // The flat path is taken for most of them, not left to the fallback.
+    assert!(flat * 2 > compared, "{flat} of {compared} written flat");
+
+    // The common responses always go flat, in both transfer syntaxes and
+    // the character sets other than ISO 2022 Japanese.
+    let common = Match {
+        values: vec![
+            (A::StudyDate, Some("20200105".into())),
+            (A::StudyTime, Some("101500".into())),
+            (A::AccessionNumber, Some("A1".into())),
+            (A::ModalitiesInStudy, Some("CT\\MR".into())),
+            (A::StudyDescription, Some("Brain".into())),
+            (A::PatientName, Some("Müller^Hans".into())),
+            (A::PatientId, Some("PID1".into())),
+            (A::StudyInstanceUid, Some("1.2.345".into())),
+            (A::NumberOfStudyRelatedInstances, Some("100".into())),
+        ],
+    };
+    for charset in [None, Some("ISO_IR 100"), Some("ISO_IR 192")] {
+        for ts in [EXPLICIT_LE, IMPLICIT_LE] {
+            let mut elements = vec![(tags::QUERY_RETRIEVE_LEVEL, VR::CS, "STUDY")];
+            if let Some(cs) = charset {
+                elements.push((tags::SPECIFIC_CHARACTER_SET, VR::CS, cs));
+            }
+            for (attribute, _) in &common.values {
+                elements.push((tag_of(*attribute), dictionary_vr(tag_of(*attribute)), ""));
+            }
+            elements.sort_by_key(|e| e.0);
+            let parsed = parse_identifier(
+                &identifier(ts, &elements),
+                ts,
+                Root::Study,
+                PARTITION,
+                &options(),
+            )
+            .unwrap();
+            let written = flat::encode(&parsed, &common, ts);
+            assert!(written.is_some(), "{charset:?} {ts}");
+            assert_eq!(
+                Ok(written.unwrap()),
+                response::encode_dataset(&parsed, &common, ts)
+            );
+        }
+        // Deflated and big endian responses keep the data set path.
+        for ts in DEFLATED_OR_BE {
+            let parsed = parse(Root::Study, "STUDY", &[]).unwrap();
+            assert_eq!(flat::encode(&parsed, &common, ts), None);
+        }
+    }
+}
