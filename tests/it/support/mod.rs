@@ -226,8 +226,9 @@ pub struct FileState {
 }
 
 /// What storing something again must leave alone: every file under `fs1`
-/// (kept-aside copies and `.tmp` included, series metadata left out) with
-/// its [`FileState`], and every instance row of the index.
+/// (kept-aside copies and `.tmp` included; series metadata and the group
+/// commit's journal of open batches, rewritten by every batch, left out)
+/// with its [`FileState`], and every instance row of the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveState {
     /// Files by path.
@@ -243,6 +244,7 @@ pub fn archive_state(archive: &Archive) -> ArchiveState {
     let files = files_under(&archive.fs1())
         .into_iter()
         .filter(|path| !path.components().any(|c| c.as_os_str() == ".metadata"))
+        .filter(|path| path.extension().is_none_or(|e| e != "journal"))
         .map(|path| {
             let meta = std::fs::metadata(&path).expect("stat an archived file");
             let state = FileState {
