@@ -296,6 +296,12 @@ fn malformed_data_sets_get_failure_statuses_and_write_nothing() {
             !(path.parent() == Some(data.as_path()) && name.starts_with("index.db"))
         })
         .filter(|path| path.file_name().and_then(|n| n.to_str()) != Some("server.log"))
+        // The group commit's journal of open batches (in a filesystem's
+        // `.tmp`; its entries are checked by `commit_crash`).
+        .filter(|path| {
+            !(path.extension().is_some_and(|e| e == "journal")
+                && path.parent().and_then(|p| p.file_name()) == Some(".tmp".as_ref()))
+        })
         .collect();
     assert!(unexpected.is_empty(), "unexpected files: {unexpected:#?}");
     assert!(
