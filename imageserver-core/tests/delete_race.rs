@@ -3,10 +3,12 @@
 //!
 //! The interleavings are fixed by a storage wrapper that runs a hook at one
 //! point of the other operation:
-//! - the ingest's group commit syncs the directory of a file already renamed
-//!   into place, and only then indexes it: a whole delete of the study runs
-//!   after the sync, before the index transaction (`sync` hook of the
-//!   ingest's storage);
+//! - the ingest's group commit writes the journal of its open batch (the
+//!   new file already renamed into place), and only then indexes it: a
+//!   whole delete of the study runs after the journal, before the index
+//!   transaction (`write_journal` hook of the ingest's storage; the
+//!   directory syncs run beside the index transaction, so a hook there
+//!   would not be before it);
 //! - the delete has deleted the study's rows (its row list read) and starts
 //!   on the files: the same instance is stored again in between (`delete`
 //!   hook of the delete's storage).
@@ -44,12 +46,14 @@ const SERIES: &str = "1.2.826.0.1.3680043.10.1.1.1";
 
 type Hook = Box<dyn FnOnce() + Send>;
 
-/// `FsStorage` with one-shot hooks: after the next `sync`, before the next
-/// `delete`.
+/// `FsStorage` with one-shot hooks: after the next journal write (the last
+/// step before a group commit's index transaction), before the next
+/// `delete`. Like every wrapper that hands out `FsStorage`'s writers (which
+/// persist deferred), it passes the journal calls on.
 #[derive(Default)]
 struct Hooked {
     inner: FsStorage,
-    after_sync: Mutex<Option<Hook>>,
+    after_journal: Mutex<Option<Hook>>,
     before_delete: Mutex<Option<Hook>>,
 }
 
@@ -74,9 +78,29 @@ impl StorageBackend for Hooked {
         self.inner.begin_write(filesystem)
     }
     fn sync(&self, pending: PendingSync) -> Result<(), storage::Error> {
-        self.inner.sync(pending)?;
-        run(&self.after_sync);
+        self.inner.sync(pending)
+    }
+    fn write_journal(
+        &self,
+        filesystem: &Filesystem,
+        journal: u64,
+        contents: &[u8],
+    ) -> Result<(), storage::Error> {
+        self.inner.write_journal(filesystem, journal, contents)?;
+        run(&self.after_journal);
         Ok(())
+    }
+    fn orphan_journals(
+        &self,
+        filesystem: &Filesystem,
+    ) -> Result<Vec<(String, Vec<u8>)>, storage::Error> {
+        self.inner.orphan_journals(filesystem)
+    }
+    fn remove_journal(&self, filesystem: &Filesystem, name: &str) -> Result<(), storage::Error> {
+        self.inner.remove_journal(filesystem, name)
+    }
+    fn close_journals(&self, journal: u64) {
+        self.inner.close_journals(journal)
     }
     fn open(
         &self,
@@ -346,7 +370,7 @@ fn a_delete_between_rename_and_commit_never_leaves_an_acknowledged_row_without_f
     let (partition, uid) = (f.partition.clone(), Uid::parse(STUDY).unwrap());
     let deleted = Arc::new(Mutex::new(None));
     let (studies2, deleted2) = (studies.clone(), deleted.clone());
-    *storage.after_sync.lock().unwrap() = Some(Box::new(move || {
+    *storage.after_journal.lock().unwrap() = Some(Box::new(move || {
         let outcome = studies2
             .delete(&partition, &uid, "test", "race")
             .expect("delete");
@@ -376,7 +400,7 @@ fn a_delete_between_rename_and_commit_never_leaves_an_acknowledged_row_without_f
                 "nothing of the study is left"
             );
         }
-        Err(other) => panic!("unexpected failure: {other}"),
+        Err(other) => panic!("unexpected failure: {other:?}"),
     }
     // Sent again after the delete: a new study.
     store(&ingest, &f.partition, second, 2).expect("stored again");
@@ -423,7 +447,7 @@ fn an_instance_stored_while_its_study_is_deleted_is_refused_not_lost() {
                 "nothing of the study is left"
             );
         }
-        Err(other) => panic!("unexpected failure: {other}"),
+        Err(other) => panic!("unexpected failure: {other:?}"),
     }
     // After the delete the study can arrive again.
     store(&ingest, &f.partition, sop, 1).expect("stored again");

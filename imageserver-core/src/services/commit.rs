@@ -243,9 +243,22 @@ fn run(
                 let dirs_synced = dirs_synced.recv().unwrap_or(Err(CommitError::Stopped));
                 match (indexed, dirs_synced) {
                     (Ok(outcomes), Ok(())) => Ok(outcomes),
-                    (Ok(_), Err(error)) => {
+                    // The rows committed may name directory entries that
+                    // are not durable: their writers fail, and the journal
+                    // keeps them for the next start. A record the index
+                    // refused was never committed: its own outcome stands
+                    // (a study deleted meanwhile, whose folder the delete
+                    // removed before the sync reached it, is refused as
+                    // such, not as a storage failure).
+                    (Ok(outcomes), Err(error)) => {
                         committed_unsynced = true;
-                        Err(error)
+                        Ok(outcomes
+                            .into_iter()
+                            .map(|outcome| match outcome {
+                                Ok(InsertOutcome::StudyDeleted) | Err(_) => outcome,
+                                Ok(_) => Err(error.clone()),
+                            })
+                            .collect())
                     }
                     (Err(error), _) => Err(error),
                 }
