@@ -1075,7 +1075,9 @@ impl Server {
 }
 
 /// Registers this process as a node and starts its heartbeat; when it sees
-/// another node dead, the temporary files that node left are swept.
+/// another node dead, the journals of open batches and the temporary files
+/// that node left are handled (journals only of a process of this host: a
+/// process elsewhere cannot be told dead by its PID).
 fn start_node(
     archive: &Archive,
     acceptors: &[Acceptor],
@@ -1100,11 +1102,26 @@ fn start_node(
     };
     let index = archive.database.clone();
     let storage = archive.storage.clone();
+    let studies = Studies::new(archive.database.clone(), archive.storage.clone());
+    let known: Vec<Partition> = archive
+        .partitions
+        .iter()
+        .map(|p| p.partition.clone())
+        .collect();
     let stale_after = (archive.settings.idle_timeout * 4).max(MIN_TEMPORARY_AGE);
     let on_dead = Box::new(move |dead: &crate::db::nodes::NodeRecord| {
         let Ok(filesystems) = index.filesystems() else {
             return;
         };
+        // The group commit's open batches of a dead process of this host,
+        // as at start-up: a row durable before its file was whole goes.
+        crate::services::journal::recover(
+            index.as_ref(),
+            storage.as_ref(),
+            &studies,
+            &known,
+            &filesystems,
+        );
         for filesystem in filesystems {
             match storage.sweep_temporary(&filesystem, stale_after) {
                 Ok(report) => tracing::info!(
