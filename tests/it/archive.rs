@@ -14,9 +14,8 @@ mod retrieve_peers;
 mod find_scu;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::support::cli::{cli, cli_ok, wait_work_items, BOUND};
+use crate::support::cli::{cli, cli_ok, wait_log, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
 use crate::support::server::{test_dir, Server};
@@ -41,22 +40,6 @@ fn packs(root: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "tar"))
         .collect()
-}
-
-/// Waits (bounded) for the server log to contain `text`.
-fn wait_log(root: &Path, text: &str) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
-        if log.contains(text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the log never said {text:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A server with an archive root (`<dir>/archive`); `devices` as TOML.

@@ -12,10 +12,11 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dicom_dictionary_std::tags;
 
+use crate::support::cli::wait_log;
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk::{self, CALLING_AE};
 use crate::support::server::{test_dir, Server};
@@ -188,20 +189,4 @@ fn expected_path(server: &Server, instance: &Instance) -> std::path::PathBuf {
         &instance.series_uid,
         &instance.sop_instance_uid,
     )
-}
-
-/// Waits (bounded) for the server log to contain `text`.
-fn wait_log(root: &Path, text: &str) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
-        if log.contains(text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the log never said {text:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

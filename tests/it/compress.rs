@@ -16,14 +16,13 @@ mod retrieve_peers;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use crate::support::cli::{cli, cli_ok, wait_work_items, BOUND};
+use crate::support::cli::{cli, cli_ok, wait_log, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance, Rng};
 use crate::support::dcmtk;
 use crate::support::files_under;
@@ -365,22 +364,6 @@ fn dicom_transfer_syntax_registry_implicit() -> &'static dicom_encoding::Transfe
     dicom_transfer_syntax_registry::TransferSyntaxRegistry
         .get("1.2.840.10008.1.2")
         .expect("implicit VR LE")
-}
-
-/// Waits (bounded) for the server log to contain `text`.
-fn wait_log(root: &Path, text: &str) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
-        if log.contains(text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the log never said {text:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Kill -9 at each step of a compression (one server, a study per step),

@@ -9,9 +9,8 @@
 mod retrieve_peers;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use crate::support::cli::{cli, cli_ok, wait_work_items, BOUND};
+use crate::support::cli::{cli, cli_ok, wait_log, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, same_dataset, CorpusShape, Instance};
 use crate::support::dcmtk;
 use crate::support::server::{test_dir, Server};
@@ -43,22 +42,6 @@ fn filesystem_id(root: &Path, server: &Server, path: &Path) -> i64 {
         .find(|r| r["path"] == path.display().to_string().as_str())
         .and_then(|r| r["id"].as_i64())
         .unwrap_or_else(|| panic!("{} not listed: {rows:#?}", path.display()))
-}
-
-/// Waits (bounded) for the server log to contain `text`.
-fn wait_log(root: &Path, text: &str) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
-        if log.contains(text) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the log never said {text:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// One migration killed at `step`, then finished after a restart.

@@ -114,3 +114,20 @@ pub fn assert_import_summary(output: &str, imported: usize, present: usize, reje
         &format!("imported {imported}, already present {present}, rejected {rejected}"),
     );
 }
+
+/// Waits (bounded by [`BOUND`]) for the server log under `root` to contain
+/// `text` (a fault-injection pause, a step logged).
+pub fn wait_log(root: &Path, text: &str) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {text:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
