@@ -46,6 +46,8 @@ orthanc=orthanc
 [[ $BACKEND == postgres ]] && orthanc=orthanc-pg
 
 WORK=$(mktemp -d "$TMP/imageserver-compare.XXXXXX")
+# ingest.sh -d postgres runs its cluster below it, as the postgres user.
+chmod 755 "$WORK"
 echo "before: $BEFORE sha256 $(sha256sum "$BEFORE" | cut -c1-16)"
 echo "after:  $AFTER sha256 $(sha256sum "$AFTER" | cut -c1-16)"
 echo "backend $BACKEND, $ROUNDS rounds, associations: $ASSOCS; results under $WORK"
