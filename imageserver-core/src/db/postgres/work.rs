@@ -184,15 +184,14 @@ pub(super) async fn append_in(
     // between the function's read and its update fails the transaction
     // with 40001, retried by the caller (it will create a new item).
     let uids = distinct_uids(&item.uids);
-    let series: Vec<&str> = uids.iter().map(|u| u.series_uid.as_str()).collect();
-    let sops: Vec<&str> = uids.iter().map(|u| u.sop_instance_uid.as_str()).collect();
-    let failed: Vec<bool> = uids.iter().map(|u| u.failed).collect();
-    let counts: Vec<i64> = uids.iter().map(|u| i64::from(u.failure_count)).collect();
-    let duplicate: Vec<bool> = uids.iter().map(|u| u.duplicate).collect();
-    let paths: Vec<Option<String>> = uids
-        .iter()
-        .map(|u| u.relative_path.as_deref().map(|p| pg_text(p).into_owned()))
-        .collect();
+    let UidColumns {
+        series,
+        sops,
+        failed,
+        counts,
+        duplicate,
+        paths,
+    } = UidColumns::of(&uids);
     let row = sqlx::query(
         "SELECT item_id, created FROM imageserver_append_work(
              $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
@@ -241,6 +240,33 @@ pub(super) async fn study_of(
 }
 
 /// `uids` without the repeats of a SOP Instance UID (the first one kept).
+/// Work-item UIDs as the column arrays `unnest` takes (the item function
+/// and the UID insert bind the same six).
+struct UidColumns<'a> {
+    series: Vec<&'a str>,
+    sops: Vec<&'a str>,
+    failed: Vec<bool>,
+    counts: Vec<i64>,
+    duplicate: Vec<bool>,
+    paths: Vec<Option<String>>,
+}
+
+impl<'a> UidColumns<'a> {
+    fn of(uids: &[&'a WorkUid]) -> UidColumns<'a> {
+        UidColumns {
+            series: uids.iter().map(|u| u.series_uid.as_str()).collect(),
+            sops: uids.iter().map(|u| u.sop_instance_uid.as_str()).collect(),
+            failed: uids.iter().map(|u| u.failed).collect(),
+            counts: uids.iter().map(|u| i64::from(u.failure_count)).collect(),
+            duplicate: uids.iter().map(|u| u.duplicate).collect(),
+            paths: uids
+                .iter()
+                .map(|u| u.relative_path.as_deref().map(|p| pg_text(p).into_owned()))
+                .collect(),
+        }
+    }
+}
+
 fn distinct_uids(uids: &[WorkUid]) -> Vec<&WorkUid> {
     let mut seen = std::collections::HashSet::new();
     uids.iter()
@@ -259,15 +285,14 @@ async fn add_uids(
     if uids.is_empty() {
         return Ok(());
     }
-    let series: Vec<&str> = uids.iter().map(|u| u.series_uid.as_str()).collect();
-    let sops: Vec<&str> = uids.iter().map(|u| u.sop_instance_uid.as_str()).collect();
-    let failed: Vec<bool> = uids.iter().map(|u| u.failed).collect();
-    let counts: Vec<i64> = uids.iter().map(|u| i64::from(u.failure_count)).collect();
-    let duplicate: Vec<bool> = uids.iter().map(|u| u.duplicate).collect();
-    let paths: Vec<Option<String>> = uids
-        .iter()
-        .map(|u| u.relative_path.as_deref().map(|p| pg_text(p).into_owned()))
-        .collect();
+    let UidColumns {
+        series,
+        sops,
+        failed,
+        counts,
+        duplicate,
+        paths,
+    } = UidColumns::of(&uids);
     sqlx::query(
         "INSERT INTO work_queue_uid (work_queue_id, series_uid, sop_instance_uid, failed,
                                      failure_count, duplicate, relative_path)
