@@ -35,8 +35,8 @@ use imageserver_core::services::studies::{DeleteOutcome, Studies};
 use imageserver_core::services::{Ingest, IngestError, Partition, StoreRequest};
 use imageserver_core::storage::fs::FsStorage;
 use imageserver_core::storage::{
-    self, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, StudyObject,
-    SweepReport, Usage,
+    self, DeferredSync, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend,
+    StudyObject, SweepReport, Usage,
 };
 
 const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
@@ -48,8 +48,9 @@ type Hook = Box<dyn FnOnce() + Send>;
 
 /// `FsStorage` with one-shot hooks: after the next journal write (the last
 /// step before a group commit's index transaction), before the next
-/// `delete`. Like every wrapper that hands out `FsStorage`'s writers (which
-/// persist deferred), it passes the journal calls on.
+/// `delete`. It passes `FsStorage`'s deferral on (and with it the journal,
+/// which it hooks): without `deferred` its stores would persist eagerly and
+/// the first interleaving would not be the one under test.
 #[derive(Default)]
 struct Hooked {
     inner: FsStorage,
@@ -70,15 +71,15 @@ fn run(slot: &Mutex<Option<Hook>>) {
     }
 }
 
-impl StorageBackend for Hooked {
-    fn begin_write(
+/// Deferral and the journal passed on together, with the hook after each
+/// journal write.
+impl DeferredSync for Hooked {
+    fn persist_deferred(
         &self,
-        filesystem: &Filesystem,
-    ) -> Result<Box<dyn ObjectWriter>, storage::Error> {
-        self.inner.begin_write(filesystem)
-    }
-    fn sync(&self, pending: PendingSync) -> Result<(), storage::Error> {
-        self.inner.sync(pending)
+        writer: Box<dyn ObjectWriter>,
+        key: &InstanceKey,
+    ) -> Result<PendingSync, storage::Error> {
+        self.inner.persist_deferred(writer, key)
     }
     fn write_journal(
         &self,
@@ -101,6 +102,21 @@ impl StorageBackend for Hooked {
     }
     fn close_journals(&self, journal: u64) {
         self.inner.close_journals(journal)
+    }
+}
+
+impl StorageBackend for Hooked {
+    fn begin_write(
+        &self,
+        filesystem: &Filesystem,
+    ) -> Result<Box<dyn ObjectWriter>, storage::Error> {
+        self.inner.begin_write(filesystem)
+    }
+    fn sync(&self, pending: PendingSync) -> Result<(), storage::Error> {
+        self.inner.sync(pending)
+    }
+    fn deferred(&self) -> Option<&dyn DeferredSync> {
+        Some(self)
     }
     fn open(
         &self,

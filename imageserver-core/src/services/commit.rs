@@ -16,7 +16,11 @@
 //! crash. Every writer is answered only when its file's data, the batch's
 //! directory entries and its index row are all durable. A batch with an
 //! eagerly persisted file (already synced: a replacement, a move) syncs its
-//! directories before its transaction, as that needs no journal.
+//! directories before its transaction, as that needs no journal. So is a
+//! deferred file whose backend offers no journal
+//! ([`crate::storage::StorageBackend::deferred`] is `None`): its data is
+//! synced before it is queued, so deferral without a journal degrades to
+//! the eager order, never to a row durable before its file.
 //! Under load the batch grows by itself; with one writer it is a batch of one.
 
 use std::collections::HashMap;
@@ -126,7 +130,16 @@ impl GroupCommitter {
         mut pending: PendingSync,
     ) -> Result<InsertOutcome, CommitError> {
         let (reply, answer) = channel::bounded(1);
-        let files = pending.take_files();
+        let mut files = pending.take_files();
+        if files.has_files() && self.storage.deferred().is_none() {
+            // Deferred by a writer whose backend offers us no journal (a
+            // wrapper that did not pass `deferred` on): no row may be
+            // durable before its file, so the data is synced first and the
+            // batch takes the eager path.
+            self.storage
+                .sync(std::mem::take(&mut files))
+                .map_err(|e| CommitError::Storage(error_chain(&e)))?;
+        }
         let (file_synced, file_synced_rx) = if files.has_files() {
             let (sender, receiver) = channel::bounded(1);
             (Some(sender), Some(receiver))
@@ -332,8 +345,8 @@ fn run(
         }
     }
     // Nothing is open: the journals go, unless they keep a failed entry.
-    if journals.kept.is_empty() {
-        storage.close_journals(journals.number);
+    if let (true, Some(journal)) = (journals.kept.is_empty(), storage.deferred()) {
+        journal.close_journals(journals.number);
     }
 }
 
@@ -416,6 +429,11 @@ impl Journals {
         if deferred.is_empty() {
             return Ok(());
         }
+        // `commit` synced the files of a backend without a journal: a
+        // deferred record here always has one.
+        let journal = storage.deferred().ok_or_else(|| {
+            CommitError::Storage("a deferred file, and the storage keeps no journal".into())
+        })?;
         let mut bodies: HashMap<FilesystemId, Vec<u8>> = HashMap::new();
         for record in deferred {
             let filesystem = record.location.filesystem;
@@ -426,7 +444,7 @@ impl Journals {
         }
         for (id, body) in bodies {
             let filesystem = self.filesystem(index, id)?;
-            storage
+            journal
                 .write_journal(&filesystem, self.number, &journal::frame(&body))
                 .map_err(|e| CommitError::Storage(error_chain(&e)))?;
         }

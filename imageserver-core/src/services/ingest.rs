@@ -590,10 +590,9 @@ impl Ingest {
         let study_filesystem = key.location.filesystem;
         let file_size = record.instance.file_size;
         let pending = if key.location.filesystem == writer.filesystem.id {
-            if deferred {
-                writer.object.persist_deferred(key)?
-            } else {
-                writer.object.persist(key)?
+            match self.inner.storage.deferred().filter(|_| deferred) {
+                Some(deferral) => deferral.persist_deferred(writer.object, key)?,
+                None => writer.object.persist(key)?,
             }
         } else {
             // The study already lives on another filesystem: keep it whole.

@@ -1,13 +1,13 @@
 //! The group commit's journal of open batches, and start-up recovery from
 //! it.
 //!
-//! An instance persisted with [`crate::storage::ObjectWriter::persist_deferred`]
+//! An instance persisted with [`crate::storage::DeferredSync::persist_deferred`]
 //! is renamed into place before its data is synced, and the group commit
 //! syncs the file, its directory and the index at once: an index row may
 //! then be durable before its file is whole. Before a batch's index
 //! transaction begins, the committer writes the batch's entries (partition,
 //! location, series, SOP instance, size, BLAKE3) to its journal on each
-//! filesystem and syncs it ([`crate::storage::StorageBackend::write_journal`]);
+//! filesystem and syncs it ([`crate::storage::DeferredSync::write_journal`]);
 //! the next batch overwrites it (one batch is open at a time). A crash
 //! leaves the journal of the dead process; [`recover`] reads it at start:
 //! every listed file that is not whole (missing, or another size or digest)
@@ -130,8 +130,12 @@ pub fn recover(
     filesystems: &[Filesystem],
 ) -> RecoveryReport {
     let mut report = RecoveryReport::default();
+    // A backend that never defers keeps no journals.
+    let Some(journal) = storage.deferred() else {
+        return report;
+    };
     for filesystem in filesystems {
-        let journals = match storage.orphan_journals(filesystem) {
+        let journals = match journal.orphan_journals(filesystem) {
             Ok(journals) => journals,
             Err(e) => {
                 tracing::warn!(filesystem = %filesystem.spec.path.display(), error = %error_chain(&e), "cannot read the open-batch journals");
@@ -156,7 +160,7 @@ pub fn recover(
                 ),
             };
             if handled {
-                if let Err(e) = storage.remove_journal(filesystem, &name) {
+                if let Err(e) = journal.remove_journal(filesystem, &name) {
                     tracing::warn!(journal = %name, error = %error_chain(&e), "cannot remove an open-batch journal");
                 }
             }
