@@ -7,8 +7,8 @@
 //! where a power loss could have lost the file's data (every step before
 //! `synced`) the file is cut short as that loss would leave it; the next
 //! start must leave every acknowledged instance whole and queryable, no
-//! row without its whole file, no journal of the dead process and nothing
-//! in `.tmp`.
+//! row without its whole file, the study's instance count equal to its
+//! rows, no journal of the dead process and nothing in `.tmp`.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -172,6 +172,29 @@ fn check(
             instance.sop_instance_uid
         );
     }
+    // The study's counter follows its rows: a removed row is uncounted.
+    let rows = corpus
+        .iter()
+        .filter(|i| index.instance(&i.sop_instance_uid).is_some())
+        .count();
+    let study = findscu(
+        server.addr(),
+        server.ae_title(),
+        Model::Study,
+        &[
+            "QueryRetrieveLevel=STUDY",
+            &format!("StudyInstanceUID={}", corpus[0].study_uid),
+            "NumberOfStudyRelatedInstances",
+        ],
+        &[],
+        &root.join("find-study"),
+    );
+    assert_eq!(study.final_status(), Some(0), "{}", study.tool);
+    assert_eq!(
+        study.column(tags::NUMBER_OF_STUDY_RELATED_INSTANCES),
+        vec![Some(rows.to_string())],
+        "the study's instance count"
+    );
     // Recovery ran before the server answered: the dead process's journal
     // is gone, and the new one is made only by its first batch.
     let tmp: Vec<_> = entries_under(archive.data_dir())
