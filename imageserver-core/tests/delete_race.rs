@@ -3,12 +3,11 @@
 //!
 //! The interleavings are fixed by a storage wrapper that runs a hook at one
 //! point of the other operation:
-//! - the ingest's group commit writes the journal of its open batch (the
-//!   new file already renamed into place), and only then indexes it: a
-//!   whole delete of the study runs after the journal, before the index
-//!   transaction (`write_journal` hook of the ingest's storage; the
-//!   directory syncs run beside the index transaction, so a hook there
-//!   would not be before it);
+//! - the ingest's group commit writes the journal of its open batch, puts
+//!   the new file in place, and only then indexes it: a whole delete of the
+//!   study runs after the file is placed, before the index transaction
+//!   (`place` hook of the ingest's storage; the directory syncs run beside
+//!   the index transaction, so a hook there would not be before it);
 //! - the delete has deleted the study's rows (its row list read) and starts
 //!   on the files: the same instance is stored again in between (`delete`
 //!   hook of the delete's storage).
@@ -46,15 +45,15 @@ const SERIES: &str = "1.2.826.0.1.3680043.10.1.1.1";
 
 type Hook = Box<dyn FnOnce() + Send>;
 
-/// `FsStorage` with one-shot hooks: after the next journal write (the last
-/// step before a group commit's index transaction), before the next
-/// `delete`. It passes `FsStorage`'s deferral on (and with it the journal,
+/// `FsStorage` with one-shot hooks: after the next placing of deferred
+/// files (the last step before a group commit's index transaction), before
+/// the next `delete`. It passes `FsStorage`'s deferral on (and with it the journal,
 /// which it hooks): without `deferred` its stores would persist eagerly and
 /// the first interleaving would not be the one under test.
 #[derive(Default)]
 struct Hooked {
     inner: FsStorage,
-    after_journal: Mutex<Option<Hook>>,
+    after_place: Mutex<Option<Hook>>,
     before_delete: Mutex<Option<Hook>>,
 }
 
@@ -72,7 +71,7 @@ fn run(slot: &Mutex<Option<Hook>>) {
 }
 
 /// Deferral and the journal passed on together, with the hook after each
-/// journal write.
+/// placing.
 impl DeferredSync for Hooked {
     fn persist_deferred(
         &self,
@@ -81,15 +80,18 @@ impl DeferredSync for Hooked {
     ) -> Result<PendingSync, storage::Error> {
         self.inner.persist_deferred(writer, key)
     }
+    fn place(&self, pending: &mut PendingSync) -> Result<(), storage::Error> {
+        self.inner.place(pending)?;
+        run(&self.after_place);
+        Ok(())
+    }
     fn write_journal(
         &self,
         filesystem: &Filesystem,
         journal: u64,
         contents: &[u8],
     ) -> Result<(), storage::Error> {
-        self.inner.write_journal(filesystem, journal, contents)?;
-        run(&self.after_journal);
-        Ok(())
+        self.inner.write_journal(filesystem, journal, contents)
     }
     fn orphan_journals(
         &self,
@@ -386,7 +388,7 @@ fn a_delete_between_rename_and_commit_never_leaves_an_acknowledged_row_without_f
     let (partition, uid) = (f.partition.clone(), Uid::parse(STUDY).unwrap());
     let deleted = Arc::new(Mutex::new(None));
     let (studies2, deleted2) = (studies.clone(), deleted.clone());
-    *storage.after_journal.lock().unwrap() = Some(Box::new(move || {
+    *storage.after_place.lock().unwrap() = Some(Box::new(move || {
         let outcome = studies2
             .delete(&partition, &uid, "test", "race")
             .expect("delete");

@@ -6,14 +6,15 @@
 //! everything that queued up while it was busy and commits all records in
 //! one index transaction.
 //!
-//! A file persisted deferred (renamed before its data sync) has its
-//! `fdatasync` run by its own association thread while the committer works,
-//! and the batch's directory syncs run on a helper thread while the index
-//! transaction commits: the three flushes of an instance overlap instead of
-//! queueing. Since an index row may then be durable before its file, the
-//! batch's entries are first written to the journal of open batches and
-//! synced (`services::journal`), which start-up recovery reads after a
-//! crash. Every writer is answered only when its file's data, the batch's
+//! A file persisted deferred (neither synced nor renamed yet) has its
+//! `fdatasync` run by its own association thread while the committer
+//! writes and syncs the batch's entries to the journal of open batches
+//! (`services::journal`, which start-up recovery reads after a crash), then
+//! renames the batch's files into place; the batch's directory syncs run on
+//! a helper thread while the index transaction commits: the three flushes
+//! of an instance overlap instead of queueing. An index row may then be
+//! durable before its file is whole, but a file at its path is never
+//! there before its journal entry is durable. Every writer is answered only when its file's data, the batch's
 //! directory entries and its index row are all durable. A batch with an
 //! eagerly persisted file (already synced: a replacement, a move) syncs its
 //! directories before its transaction, as that needs no journal. So is a
@@ -130,16 +131,16 @@ impl GroupCommitter {
         mut pending: PendingSync,
     ) -> Result<InsertOutcome, CommitError> {
         let (reply, answer) = channel::bounded(1);
-        let mut files = pending.take_files();
-        if files.has_files() && self.storage.deferred().is_none() {
+        if (pending.has_files() || pending.has_placings()) && self.storage.deferred().is_none() {
             // Deferred by a writer whose backend offers us no journal (a
             // wrapper that did not pass `deferred` on): no row may be
-            // durable before its file, so the data is synced first and the
-            // batch takes the eager path.
+            // durable before its file, so the file is synced and placed
+            // (and its directories synced) first, as an eager persist is.
             self.storage
-                .sync(std::mem::take(&mut files))
+                .sync(std::mem::take(&mut pending))
                 .map_err(|e| CommitError::Storage(error_chain(&e)))?;
         }
+        let files = pending.take_files();
         let (file_synced, file_synced_rx) = if files.has_files() {
             let (sender, receiver) = channel::bounded(1);
             (Some(sender), Some(receiver))
@@ -155,7 +156,7 @@ impl GroupCommitter {
             })
             .map_err(|_| CommitError::Stopped)?;
         if let Some(file_synced) = file_synced {
-            FAULT.pass("renamed");
+            FAULT.pass("queued");
             let synced = self
                 .storage
                 .sync(files)
@@ -236,7 +237,12 @@ fn run(
             .filter(|(_, wait)| wait.is_some())
             .map(|(record, _)| record)
             .collect();
-        let journaled = journals.write(index.as_ref(), storage.as_ref(), &deferred);
+        // The deferred files go in place only once their journal entries
+        // are durable: a file at its path that may not be whole is always
+        // journaled.
+        let journaled = journals
+            .write(index.as_ref(), storage.as_ref(), &deferred)
+            .and_then(|()| place(storage.as_ref(), &mut dirs));
         FAULT.pass("journaled");
         let mut committed_unsynced = false;
         let result = journaled.and_then(|()| {
@@ -348,6 +354,20 @@ fn run(
     if let (true, Some(journal)) = (journals.kept.is_empty(), storage.deferred()) {
         journal.close_journals(journals.number);
     }
+}
+
+/// Renames a batch's deferred files into place (adding their directories
+/// to `pending`).
+fn place(storage: &dyn StorageBackend, pending: &mut PendingSync) -> Result<(), CommitError> {
+    if !pending.has_placings() {
+        return Ok(());
+    }
+    let journal = storage.deferred().ok_or_else(|| {
+        CommitError::Storage("a deferred file, and the storage keeps no journal".into())
+    })?;
+    journal
+        .place(pending)
+        .map_err(|e| CommitError::Storage(error_chain(&e)))
 }
 
 /// Directories to sync and where to report the outcome.

@@ -572,10 +572,12 @@ impl Ingest {
         })
     }
 
-    /// Places a new instance at its path and commits its row. `deferred`:
-    /// renamed before its data sync, which the group commit overlaps with
-    /// its journal, directory syncs and transaction (nothing was
-    /// acknowledged at that path, so recovery may remove what is not whole).
+    /// Places a new instance at its path and commits its row. `deferred`
+    /// (when the storage offers it): the group commit overlaps its data
+    /// sync with the batch's journal, and renames it into place once the
+    /// journal is durable, before the directory syncs and transaction
+    /// (nothing was acknowledged at that path, so recovery may remove what
+    /// is not whole).
     fn commit_new(
         &self,
         writer: IngestWriter,

@@ -15,7 +15,8 @@
 //! once and read back (the suite leaves it in `other`'s root).
 //!
 //! [`run_deferred`] checks a backend that offers [`DeferredSync`]: a
-//! deferred persist is in place and reads back once synced, a writer the
+//! deferred persist is in place only once placed and reads back once
+//! synced, one dropped unplaced leaves nothing, a writer the
 //! backend did not make is persisted eagerly, and the journal of open
 //! batches is rewritten, never an orphan while its process lives, found
 //! only for a process of this host that is gone, removed and closed.
@@ -492,22 +493,47 @@ impl Suite<'_> {
 
     /// write → persist → sync → open gives back the same bytes, also when
     /// several writes share one sync.
-    /// A deferred persist puts the instance in place at once (its data
-    /// still to sync), and it reads back whole once synced.
+    /// A deferred persist puts nothing in place until `place` (its data
+    /// still to sync then), and it reads back whole once synced; `sync`
+    /// alone places it too; one dropped unplaced leaves nothing.
     fn a_deferred_persist_reads_back_once_synced(&self, deferred: &dyn DeferredSync) {
         let location = study(self.filesystem, "1.999.20");
         let key = instance(&location, "1.999.20.1", "1.999.20.1.1");
         let bytes = payload(20, 300 * 1024 + 3);
-        let pending = succeeds(
+        let mut pending = succeeds(
             "persist_deferred",
             deferred.persist_deferred(self.writer(&bytes), &key),
         );
         check(
-            self.exists(&key),
-            format_args!("a deferred persist is not in place before its sync"),
+            !self.exists(&key),
+            format_args!("a deferred persist is in place before `place`"),
         );
+        let files = pending.take_files();
+        succeeds("place", deferred.place(&mut pending));
+        check(
+            self.exists(&key),
+            format_args!("a placed deferred persist is not in place"),
+        );
+        self.sync(files);
         self.sync(pending);
         self.assert_reads(&key, &bytes, "after a deferred persist and its sync");
+        let other = instance(&location, "1.999.20.1", "1.999.20.1.2");
+        let pending = succeeds(
+            "persist_deferred",
+            deferred.persist_deferred(self.writer(&bytes), &other),
+        );
+        self.sync(pending);
+        self.assert_reads(&other, &bytes, "after a deferred persist synced whole");
+        succeeds("delete", self.storage.delete(self.filesystem, &other));
+        let dropped = instance(&location, "1.999.20.1", "1.999.20.1.3");
+        drop(succeeds(
+            "persist_deferred",
+            deferred.persist_deferred(self.writer(&bytes), &dropped),
+        ));
+        check(
+            !self.exists(&dropped),
+            format_args!("a deferred persist dropped unplaced is in place"),
+        );
         succeeds("delete", self.storage.delete(self.filesystem, &key));
         succeeds(
             "remove_empty_study_folders",

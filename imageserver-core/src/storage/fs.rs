@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 mod journal;
 
 use super::{
-    layout, DeferredSync, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend,
-    StoredObject, StudyObject, SweepReport, Usage,
+    layout, DeferredSync, Error, InstanceKey, ObjectWriter, PendingSync, Placing, SeriesKey,
+    StorageBackend, StoredObject, StudyObject, SweepReport, Usage,
 };
 use crate::model::{Filesystem, StudyLocation, Uid};
 
@@ -155,14 +155,17 @@ impl StorageBackend for FsStorage {
         }))
     }
 
-    fn sync(&self, pending: PendingSync) -> Result<(), Error> {
+    fn sync(&self, mut pending: PendingSync) -> Result<(), Error> {
         for file in &pending.files {
             file.sync_data().map_err(|e| Error::Io {
                 operation: "syncing",
-                path: PathBuf::from("a renamed instance file"),
+                path: PathBuf::from("a deferred instance file"),
                 source: e,
             })?;
         }
+        // Deferred files not placed yet: their data is durable now, so
+        // this is the eager order.
+        pending.place_files()?;
         let mut dirs = Vec::new();
         let mut seen = HashSet::new();
         for dir in &pending.dirs {
@@ -651,9 +654,9 @@ impl FsWriter {
         self.persist_with(relative, false)
     }
 
-    /// Flushes, syncs the data (unless `deferred`: then the open file goes
-    /// into the pending set), renames into place and lists the directories
-    /// to sync.
+    /// Flushes and syncs the data (unless `deferred`: then the open file
+    /// and its rename go into the pending set), renames into place and
+    /// lists the directories to sync.
     fn persist_with(mut self, relative: &Path, deferred: bool) -> Result<PendingSync, Error> {
         let root = self.root.clone();
         let temp_path = self.temp_path.clone();
@@ -664,25 +667,58 @@ impl FsWriter {
         let file = buffered
             .into_inner()
             .map_err(|e| io_error("writing", &temp_path, &root, e.into_error()))?;
-        let mut files = Vec::new();
+        // From here the temporary file is the placing's (or gone).
+        self.temp_path = PathBuf::new();
+        let placing = FsPlacing {
+            storage: self.storage.clone(),
+            root: root.clone(),
+            temp_path,
+            target: root.join(relative),
+        };
         if deferred {
-            files.push(file);
-        } else {
-            file.sync_data()
-                .map_err(|e| io_error("syncing", &temp_path, &root, e))?;
-            drop(file);
+            return Ok(PendingSync {
+                files: vec![file],
+                placings: vec![Box::new(placing)],
+                ..PendingSync::default()
+            });
         }
+        file.sync_data()
+            .map_err(|e| io_error("syncing", &placing.temp_path, &root, e))?;
+        drop(file);
+        let dirs = Box::new(placing).place()?;
+        Ok(PendingSync {
+            dirs,
+            ..PendingSync::default()
+        })
+    }
+}
 
-        let final_path = root.join(relative);
+/// A written temporary file and where it goes; removed on drop unless
+/// placed.
+#[derive(Debug)]
+struct FsPlacing {
+    storage: FsStorage,
+    root: PathBuf,
+    temp_path: PathBuf,
+    target: PathBuf,
+}
+
+impl Placing for FsPlacing {
+    /// Renames the file into place (making its folders) and lists the
+    /// directories to sync: its own, and the parents of those whose entry
+    /// is not durable yet.
+    fn place(mut self: Box<Self>) -> Result<Vec<PathBuf>, Error> {
+        let root = self.root.clone();
+        let final_path = self.target.clone();
         let parent = final_path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| root.clone());
-        let renamed = match fs::rename(&temp_path, &final_path) {
+        let renamed = match fs::rename(&self.temp_path, &final_path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.storage.create_dirs(&root, &parent)?;
-                fs::rename(&temp_path, &final_path)
+                fs::rename(&self.temp_path, &final_path)
             }
             Err(e) => Err(e),
         };
@@ -700,7 +736,17 @@ impl FsWriter {
             }
             cursor = up;
         }
-        Ok(PendingSync { dirs, files })
+        Ok(dirs)
+    }
+}
+
+impl Drop for FsPlacing {
+    fn drop(&mut self) {
+        if !self.temp_path.as_os_str().is_empty() {
+            if let Err(e) = fs::remove_file(&self.temp_path) {
+                tracing::warn!(path = %self.temp_path.display(), error = %e, "cannot remove temporary file");
+            }
+        }
     }
 }
 

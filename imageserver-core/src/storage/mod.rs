@@ -17,11 +17,13 @@
 //!    directory once).
 //!
 //! A backend may also offer [`DeferredSync`] ([`StorageBackend::deferred`]):
-//! [`DeferredSync::persist_deferred`] renames before the file's data is
-//! synced, so that the data sync, the directory syncs and the index commit
-//! run at once, and the group commit keeps a journal of its open batch
-//! ([`DeferredSync::write_journal`]) that start-up recovery reads back. The
-//! two come as one object, so nothing can defer without a journal.
+//! [`DeferredSync::persist_deferred`] leaves the file's data sync and its
+//! rename to the caller, so that the data sync runs beside the group
+//! commit's journal of its open batch ([`DeferredSync::write_journal`]),
+//! and the directory syncs beside the index commit, once the journal is
+//! durable and the files are in place ([`DeferredSync::place`]); start-up
+//! recovery reads the journal back. The two come as one object, so nothing
+//! can defer without a journal.
 //!
 //! Only after step 3 may anyone be told the instance is stored.
 //!
@@ -161,13 +163,23 @@ impl Usage {
 
 /// What a persisted write left to make durable: directory entries that a
 /// [`ObjectWriter::persist`] created or changed and, after
-/// [`DeferredSync::persist_deferred`], the file's own data. Opaque: hand it
-/// back to [`StorageBackend::sync`].
+/// [`DeferredSync::persist_deferred`], the file's own data and its placing
+/// (the rename into place, [`DeferredSync::place`]). Opaque: hand it back
+/// to [`StorageBackend::sync`], which does all of it, in a safe order.
 #[derive(Debug, Default)]
 pub struct PendingSync {
     pub(crate) dirs: Vec<PathBuf>,
-    /// Files renamed into place whose data is not yet synced.
+    /// Files persisted deferred whose data is not yet synced.
     pub(crate) files: Vec<std::fs::File>,
+    /// Files persisted deferred not yet renamed into place.
+    pub(crate) placings: Vec<Box<dyn Placing>>,
+}
+
+/// A deferred file's rename into place, still to do (a backend's own).
+pub(crate) trait Placing: Send + std::fmt::Debug {
+    /// Renames the file into place; the directories whose entries that
+    /// created or changed. Dropped unplaced, the file is discarded.
+    fn place(self: Box<Self>) -> Result<Vec<PathBuf>, Error>;
 }
 
 impl PendingSync {
@@ -175,11 +187,12 @@ impl PendingSync {
     pub fn merge(&mut self, other: PendingSync) {
         self.dirs.extend(other.dirs);
         self.files.extend(other.files);
+        self.placings.extend(other.placings);
     }
 
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.files.is_empty()
+        self.dirs.is_empty() && self.files.is_empty() && self.placings.is_empty()
     }
 
     /// The directories a sync of this value fsyncs (repeats possible). Read
@@ -194,14 +207,30 @@ impl PendingSync {
         !self.files.is_empty()
     }
 
+    /// Whether files are still to be put in place (a deferred persist).
+    pub fn has_placings(&self) -> bool {
+        !self.placings.is_empty()
+    }
+
     /// Splits off the pending file data: the returned value syncs only the
-    /// files, `self` keeps only the directories. Both may be synced at once,
-    /// on different threads.
+    /// files, `self` keeps the directories and the placings. Both may be
+    /// synced at once, on different threads.
     pub fn take_files(&mut self) -> PendingSync {
         PendingSync {
-            dirs: Vec::new(),
             files: std::mem::take(&mut self.files),
+            ..PendingSync::default()
         }
+    }
+
+    /// Puts every pending file in place, adding the directories that made
+    /// entries in: how [`DeferredSync::place`] and a backend's
+    /// [`StorageBackend::sync`] do it. Stops at the first failure; the
+    /// files not placed are discarded.
+    pub(crate) fn place_files(&mut self) -> Result<(), Error> {
+        for placing in std::mem::take(&mut self.placings) {
+            self.dirs.extend(placing.place()?);
+        }
+        Ok(())
     }
 }
 
@@ -412,17 +441,26 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
 /// any deferred file before its row is indexed. Nothing can defer without
 /// a journal.
 pub trait DeferredSync: Send + Sync {
-    /// Like [`ObjectWriter::persist`], but renames first and leaves the
-    /// file's data sync to [`StorageBackend::sync`] of the returned value,
-    /// so that it can run at the same time as the directory syncs and the
-    /// index commit. Until then the file at `key` may not be whole after a
-    /// crash: the caller journals it first ([`DeferredSync::write_journal`]).
-    /// A writer this backend did not make is persisted eagerly.
+    /// Like [`ObjectWriter::persist`], but neither syncs the file's data
+    /// nor renames it into place: the returned value holds both, so that the
+    /// data sync ([`PendingSync::take_files`], then
+    /// [`StorageBackend::sync`]) runs while the caller journals the file
+    /// ([`DeferredSync::write_journal`]), and the rename
+    /// ([`DeferredSync::place`]) comes once the journal is durable: a file
+    /// at `key` that may not be whole after a crash is always journaled.
+    /// [`StorageBackend::sync`] of the whole value does all of it, data
+    /// first. A writer this backend did not make is persisted eagerly.
     fn persist_deferred(
         &self,
         writer: Box<dyn ObjectWriter>,
         key: &InstanceKey,
     ) -> Result<PendingSync, Error>;
+
+    /// Renames the files `pending` holds from
+    /// [`persist_deferred`](DeferredSync::persist_deferred) into place
+    /// (their data may not be synced yet), adding to it the directories to
+    /// sync. The files not placed after a failure are discarded.
+    fn place(&self, pending: &mut PendingSync) -> Result<(), Error>;
 
     /// Durably replaces the open-batch journal of `journal` (a number
     /// unique in this process: one per group committer) on `filesystem`

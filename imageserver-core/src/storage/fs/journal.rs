@@ -93,6 +93,10 @@ impl DeferredSync for FsStorage {
         }
     }
 
+    fn place(&self, pending: &mut PendingSync) -> Result<(), Error> {
+        pending.place_files()
+    }
+
     fn write_journal(
         &self,
         filesystem: &Filesystem,
@@ -186,8 +190,9 @@ mod tests {
     use crate::storage::conformance::Planted;
     use crate::storage::StorageBackend;
 
-    /// A deferred persist renames at once and leaves the data sync to
-    /// `sync`; a large write starts writeback on the way.
+    /// A deferred persist leaves the rename to `place` and the data sync
+    /// to `sync`; a large write starts writeback on the way. A deferred
+    /// file never placed is discarded.
     #[test]
     fn a_deferred_persist_is_in_place_before_its_sync() {
         let dir = tempfile::tempdir().unwrap();
@@ -198,10 +203,12 @@ mod tests {
         writer.write_all(&big).unwrap();
         let k = key("1.2.3", "1.2.3.9");
         let mut pending = storage.persist_deferred(writer, &k).unwrap();
-        assert!(pending.has_files());
-        assert!(storage.exists(&fs, &k).unwrap(), "renamed before the sync");
+        assert!(pending.has_files() && pending.has_placings());
+        assert!(!storage.exists(&fs, &k).unwrap(), "in place before `place`");
         let files = pending.take_files();
-        assert!(!pending.has_files() && files.has_files());
+        assert!(!pending.has_files() && files.has_files() && !files.has_placings());
+        storage.place(&mut pending).unwrap();
+        assert!(storage.exists(&fs, &k).unwrap(), "placed before the sync");
         assert!(files.dirs().is_empty() && !pending.dirs().is_empty());
         storage.sync(files).unwrap();
         storage.sync(pending).unwrap();
@@ -213,6 +220,16 @@ mod tests {
             .unwrap();
         assert!(back == big);
         assert!(storage.lock_unsynced().is_empty());
+
+        let mut writer = storage.begin_write(&fs).unwrap();
+        writer.write_all(b"never placed").unwrap();
+        let k = key("1.2.3", "1.2.3.10");
+        drop(storage.persist_deferred(writer, &k).unwrap());
+        assert!(!storage.exists(&fs, &k).unwrap());
+        assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
+            .unwrap()
+            .next()
+            .is_none());
     }
 
     /// The journal's file: made preallocated, rewritten in place, gone
