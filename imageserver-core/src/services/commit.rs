@@ -555,6 +555,54 @@ mod tests {
     use crate::db::sqlite::SqliteIndex;
     use crate::model::FilesystemId;
 
+    /// A deferred file whose backend offers no journal (a wrapper that did
+    /// not pass `deferred` on) is synced and placed before its record is
+    /// queued: committed, in place, and no journal is needed or written.
+    #[test]
+    fn a_deferred_file_without_a_journal_is_committed_eagerly() {
+        use crate::storage::fs::FsStorage;
+        use crate::storage::{DeferredSync, InstanceKey};
+        use std::io::Write;
+
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("index.db")).unwrap();
+        let root = dir.path().join("fs");
+        let (mut record, fs_id) = {
+            let scope = Scope::new(&index, partition_spec("NO_JOURNAL"), fs_spec(&root));
+            (scope.bare_record("1.9.30.1", 1), scope.fs)
+        };
+        let filesystem = index
+            .filesystems()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.id == fs_id)
+            .unwrap();
+        let storage = FsStorage::without_deferral();
+        let mut writer = storage.begin_write(&filesystem).unwrap();
+        writer.write_all(b"five!").unwrap();
+        record.instance.file_size = 5;
+        let key = InstanceKey {
+            location: record.location.clone(),
+            series_uid: record.series.series_uid.clone(),
+            sop_instance_uid: record.instance.sop_instance_uid.clone(),
+        };
+        let pending = storage.persist_deferred(writer, &key).unwrap();
+        assert!(pending.has_files() && pending.has_placings());
+        let committer = GroupCommitter::start(Arc::new(index), Arc::new(storage.clone()), None);
+        assert_eq!(
+            committer.commit(record, pending).unwrap(),
+            InsertOutcome::Inserted
+        );
+        assert!(storage.exists(&filesystem, &key).unwrap());
+        drop(committer);
+        let journals: Vec<_> = std::fs::read_dir(root.join(crate::storage::layout::TEMP_DIR))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".journal"))
+            .collect();
+        assert!(journals.is_empty(), "{journals:?}");
+    }
+
     /// A batch with one record the database refuses (a filesystem it does
     /// not know: a foreign key no ingest check looks at) commits the others.
     #[test]

@@ -56,12 +56,27 @@ struct Inner {
     counter: AtomicU64,
     /// The open-batch journals written through this backend.
     journals: journal::OpenJournals,
+    /// Offers no [`DeferredSync`] (a wrapper that does not pass it on).
+    #[cfg(test)]
+    without_deferral: bool,
 }
 
 impl FsStorage {
     /// A backend with no state beyond the filesystems passed to each call.
     pub fn new() -> FsStorage {
         FsStorage::default()
+    }
+
+    /// A backend whose [`StorageBackend::deferred`] is `None`, as a wrapper
+    /// that does not pass it on (its `persist_deferred` still works).
+    #[cfg(test)]
+    pub(crate) fn without_deferral() -> FsStorage {
+        FsStorage {
+            inner: Arc::new(Inner {
+                without_deferral: true,
+                ..Inner::default()
+            }),
+        }
     }
 
     fn temp_path(&self, root: &Path) -> PathBuf {
@@ -129,6 +144,10 @@ impl FsStorage {
 
 impl StorageBackend for FsStorage {
     fn deferred(&self) -> Option<&dyn DeferredSync> {
+        #[cfg(test)]
+        if self.inner.without_deferral {
+            return None;
+        }
         Some(self)
     }
 
