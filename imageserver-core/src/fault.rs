@@ -90,10 +90,11 @@ pub const ARCHIVE_ENV: &str = "IMAGESERVER_FAULT_PAUSE_ARCHIVE_AT";
 /// See [`ARCHIVE_ENV`].
 pub static ARCHIVE: FaultPoints = FaultPoints::new(ARCHIVE_ENV, "the archive operation");
 
-/// The group commit's window (`services::commit`): `renamed` (an
-/// instance's file renamed into place, its data not yet synced),
-/// `journaled` (a batch's open-batch journal durable, its index transaction
-/// not begun), `indexed` (the index transaction committed, the file and
+/// The group commit's window (`services::commit`): `queued` (an
+/// instance handed to the committer, its data not yet synced; its file in
+/// place only if its batch's journal is already durable), `journaled` (a
+/// batch's open-batch journal durable and its files in place, its index
+/// transaction not begun), `indexed` (the index transaction committed, the file and
 /// directory syncs not yet waited for), `synced` (everything durable, the
 /// writers not yet answered).
 /// The variable of [`COMMIT`].

@@ -936,6 +936,15 @@ impl IndexStore for CrashIndex {
         self.alive()?;
         self.inner.hold_for_reconcile(entry)
     }
+
+    fn remove_instance_row(
+        &self,
+        partition: PartitionId,
+        file: &db::InstanceFile,
+    ) -> Result<bool, db::Error> {
+        self.alive()?;
+        self.inner.remove_instance_row(partition, file)
+    }
 }
 
 // ---------------------------------------------------------------------------

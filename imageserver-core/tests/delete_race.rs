@@ -3,12 +3,11 @@
 //!
 //! The interleavings are fixed by a storage wrapper that runs a hook at one
 //! point of the other operation:
-//! - the ingest's group commit writes the journal of its open batch (the
-//!   new file already renamed into place), and only then indexes it: a
-//!   whole delete of the study runs after the journal, before the index
-//!   transaction (`write_journal` hook of the ingest's storage; the
-//!   directory syncs run beside the index transaction, so a hook there
-//!   would not be before it);
+//! - the ingest's group commit writes the journal of its open batch, puts
+//!   the new file in place, and only then indexes it: a whole delete of the
+//!   study runs after the file is placed, before the index transaction
+//!   (`place` hook of the ingest's storage; the directory syncs run beside
+//!   the index transaction, so a hook there would not be before it);
 //! - the delete has deleted the study's rows (its row list read) and starts
 //!   on the files: the same instance is stored again in between (`delete`
 //!   hook of the delete's storage).
@@ -35,8 +34,8 @@ use imageserver_core::services::studies::{DeleteOutcome, Studies};
 use imageserver_core::services::{Ingest, IngestError, Partition, StoreRequest};
 use imageserver_core::storage::fs::FsStorage;
 use imageserver_core::storage::{
-    self, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, StudyObject,
-    SweepReport, Usage,
+    self, DeferredSync, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend,
+    StudyObject, SweepReport, Usage,
 };
 
 const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
@@ -46,14 +45,15 @@ const SERIES: &str = "1.2.826.0.1.3680043.10.1.1.1";
 
 type Hook = Box<dyn FnOnce() + Send>;
 
-/// `FsStorage` with one-shot hooks: after the next journal write (the last
-/// step before a group commit's index transaction), before the next
-/// `delete`. Like every wrapper that hands out `FsStorage`'s writers (which
-/// persist deferred), it passes the journal calls on.
+/// `FsStorage` with one-shot hooks: after the next placing of deferred
+/// files (the last step before a group commit's index transaction), before
+/// the next `delete`. It passes `FsStorage`'s deferral on (and with it the journal,
+/// which it hooks): without `deferred` its stores would persist eagerly and
+/// the first interleaving would not be the one under test.
 #[derive(Default)]
 struct Hooked {
     inner: FsStorage,
-    after_journal: Mutex<Option<Hook>>,
+    after_place: Mutex<Option<Hook>>,
     before_delete: Mutex<Option<Hook>>,
 }
 
@@ -70,15 +70,20 @@ fn run(slot: &Mutex<Option<Hook>>) {
     }
 }
 
-impl StorageBackend for Hooked {
-    fn begin_write(
+/// Deferral and the journal passed on together, with the hook after each
+/// placing.
+impl DeferredSync for Hooked {
+    fn persist_deferred(
         &self,
-        filesystem: &Filesystem,
-    ) -> Result<Box<dyn ObjectWriter>, storage::Error> {
-        self.inner.begin_write(filesystem)
+        writer: Box<dyn ObjectWriter>,
+        key: &InstanceKey,
+    ) -> Result<PendingSync, storage::Error> {
+        self.inner.persist_deferred(writer, key)
     }
-    fn sync(&self, pending: PendingSync) -> Result<(), storage::Error> {
-        self.inner.sync(pending)
+    fn place(&self, pending: &mut PendingSync) -> Result<(), storage::Error> {
+        self.inner.place(pending)?;
+        run(&self.after_place);
+        Ok(())
     }
     fn write_journal(
         &self,
@@ -86,9 +91,7 @@ impl StorageBackend for Hooked {
         journal: u64,
         contents: &[u8],
     ) -> Result<(), storage::Error> {
-        self.inner.write_journal(filesystem, journal, contents)?;
-        run(&self.after_journal);
-        Ok(())
+        self.inner.write_journal(filesystem, journal, contents)
     }
     fn orphan_journals(
         &self,
@@ -101,6 +104,21 @@ impl StorageBackend for Hooked {
     }
     fn close_journals(&self, journal: u64) {
         self.inner.close_journals(journal)
+    }
+}
+
+impl StorageBackend for Hooked {
+    fn begin_write(
+        &self,
+        filesystem: &Filesystem,
+    ) -> Result<Box<dyn ObjectWriter>, storage::Error> {
+        self.inner.begin_write(filesystem)
+    }
+    fn sync(&self, pending: PendingSync) -> Result<(), storage::Error> {
+        self.inner.sync(pending)
+    }
+    fn deferred(&self) -> Option<&dyn DeferredSync> {
+        Some(self)
     }
     fn open(
         &self,
@@ -370,7 +388,7 @@ fn a_delete_between_rename_and_commit_never_leaves_an_acknowledged_row_without_f
     let (partition, uid) = (f.partition.clone(), Uid::parse(STUDY).unwrap());
     let deleted = Arc::new(Mutex::new(None));
     let (studies2, deleted2) = (studies.clone(), deleted.clone());
-    *storage.after_journal.lock().unwrap() = Some(Box::new(move || {
+    *storage.after_place.lock().unwrap() = Some(Box::new(move || {
         let outcome = studies2
             .delete(&partition, &uid, "test", "race")
             .expect("delete");

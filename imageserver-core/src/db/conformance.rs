@@ -60,6 +60,7 @@ pub(crate) fn run_all(store: &dyn IndexStore) {
 
 /// Runs the checks that need the study summary probe.
 pub(crate) fn run_summaries(store: &dyn IndexStore, probe: &dyn StudySummaries) {
+    removing_one_instance_row(store, probe);
     let f = fixture(store, "SUMMARY");
     let st = "1.2.9.1";
     let mut batch = vec![
@@ -149,6 +150,96 @@ pub(crate) fn run_summaries(store: &dyn IndexStore, probe: &dyn StudySummaries) 
         .study_summary(f.partition, &uid(st))
         .expect("study exists");
     assert_eq!(summary.modalities_in_study, "CT\\KO\\MR");
+}
+
+/// `IndexStore::remove_instance_row` removes a row only while it names
+/// exactly the file given, and keeps the counts and summaries right;
+/// emptied series, studies and patients go.
+fn removing_one_instance_row(store: &dyn IndexStore, probe: &dyn StudySummaries) {
+    let f = fixture(store, "REMOVE_ROW");
+    let (st, other) = ("1.2.11.1", "1.2.11.2");
+    let mut batch = vec![
+        f.record("P1", st, "1.2.11.1.1", "MR", "1.2.11.1.1.1", 100),
+        f.record("P1", st, "1.2.11.1.1", "MR", "1.2.11.1.1.2", 100),
+        f.record("P1", st, "1.2.11.1.2", "CT", "1.2.11.1.2.1", 50),
+        f.record("P1", other, "1.2.11.2.1", "PT", "1.2.11.2.1.1", 10),
+    ];
+    batch[2].instance.sop_class_uid = uid("1.2.840.10008.5.1.4.1.1.2");
+    batch[2].instance.digest = "cd".repeat(32);
+    store.insert_instances(&batch).expect("batch");
+    let file = |record: &InstanceRecord| crate::db::InstanceFile {
+        location: record.location.clone(),
+        series_uid: record.series.series_uid.clone(),
+        sop_instance_uid: record.instance.sop_instance_uid.clone(),
+        file_size: record.instance.file_size,
+        digest: record.instance.digest.clone(),
+    };
+    let remove = |file: &crate::db::InstanceFile| {
+        store
+            .remove_instance_row(f.partition, file)
+            .expect("remove_instance_row")
+    };
+    assert_eq!(f.counts(), counts(1, 2, 3, 4));
+
+    // An unknown UID, and a row that names another file (digest, size,
+    // series or location differ: a later replacement), are left alone.
+    let mut unknown = file(&batch[2]);
+    unknown.sop_instance_uid = uid("1.2.11.9.9");
+    assert!(!remove(&unknown), "an unknown UID removed something");
+    let changes: [fn(&mut crate::db::InstanceFile); 4] = [
+        |f| f.digest = "ef".repeat(32),
+        |f| f.file_size += 1,
+        |f| f.series_uid = uid("1.2.11.1.1"),
+        |f| f.location.date_folder = "20240201".to_string(),
+    ];
+    for (n, change) in changes.iter().enumerate() {
+        let mut differs = file(&batch[2]);
+        change(&mut differs);
+        assert!(!remove(&differs), "a row naming another file went ({n})");
+    }
+    assert!(store
+        .instance(f.partition, &uid("1.2.11.1.2.1"))
+        .expect("instance")
+        .is_some());
+    assert_eq!(f.counts(), counts(1, 2, 3, 4));
+
+    // The only CT image: its series goes, and CT and its SOP class leave
+    // the study's summaries.
+    assert!(remove(&file(&batch[2])), "the matching row stayed");
+    assert!(!remove(&file(&batch[2])), "removed twice");
+    assert!(store
+        .instance(f.partition, &uid("1.2.11.1.2.1"))
+        .expect("instance")
+        .is_none());
+    let summary = probe
+        .study_summary(f.partition, &uid(st))
+        .expect("study stays");
+    assert_eq!(
+        (
+            summary.num_series,
+            summary.num_instances,
+            summary.size_bytes
+        ),
+        (1, 2, 200)
+    );
+    assert_eq!(summary.modalities_in_study, "MR");
+    assert_eq!(summary.sop_classes_in_study, "1.2.840.10008.5.1.4.1.1.4");
+    assert_eq!(f.counts(), counts(1, 2, 2, 3));
+
+    // A study's only instance: the study goes, the patient stays.
+    assert!(remove(&file(&batch[3])));
+    assert!(probe.study_summary(f.partition, &uid(other)).is_none());
+    assert_eq!(f.counts(), counts(1, 1, 1, 2));
+
+    // The patient's last instances: everything goes.
+    assert!(remove(&file(&batch[0])));
+    let summary = probe
+        .study_summary(f.partition, &uid(st))
+        .expect("study stays");
+    assert_eq!((summary.num_instances, summary.size_bytes), (1, 100));
+    assert!(remove(&file(&batch[1])));
+    assert!(probe.study_summary(f.partition, &uid(st)).is_none());
+    assert_eq!(f.counts(), counts(0, 0, 0, 0));
 }
 
 fn ae(value: &str) -> AeTitle {

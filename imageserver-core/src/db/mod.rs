@@ -273,6 +273,37 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
     /// Records an instance held for reconciliation (its file is already
     /// kept aside durably); returns the entry's key.
     fn hold_for_reconcile(&self, entry: &ReconcileEntry) -> Result<i64, Error>;
+
+    /// Removes the instance row of `file.sop_instance_uid` in `partition`,
+    /// in one transaction, but only while it names exactly `file` (study
+    /// location, series, size and digest): a later row for the same UID
+    /// (an acknowledged replacement) stays. The counts are kept right as a
+    /// deletion keeps them (series, study — its size, modalities and SOP
+    /// classes — and patient), and a series, study or patient left without
+    /// instances goes (the study's storage row, its location claim, stays).
+    /// Whether a row was removed. How crash recovery removes the row of a
+    /// file that was never whole (`services::journal`).
+    fn remove_instance_row(
+        &self,
+        partition: PartitionId,
+        file: &InstanceFile,
+    ) -> Result<bool, Error>;
+}
+
+/// An instance file as an index row names it: what
+/// [`IndexStore::remove_instance_row`] checks the row against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceFile {
+    /// The study's location.
+    pub location: StudyLocation,
+    /// The series.
+    pub series_uid: Uid,
+    /// The instance.
+    pub sop_instance_uid: Uid,
+    /// The file's size in bytes.
+    pub file_size: u64,
+    /// The file's BLAKE3 digest, lowercase hex.
+    pub digest: String,
 }
 
 /// The answer of [`IndexStore::ingest_lookup`].

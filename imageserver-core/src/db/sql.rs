@@ -435,6 +435,57 @@ pub(crate) const RECORD_RECODED: &str =
      WHERE partition_id = $4 AND sop_instance_uid = $5
        AND series_fk IN (SELECT id FROM series WHERE study_fk = $6) AND digest = $7";
 
+/// Recovery's look-up (`IndexStore::remove_instance_row`): the row of SOP
+/// Instance `$2` of partition `$1` only while it names exactly the file
+/// `$3` filesystem, `$4` partition folder, `$5` date folder, `$6` study,
+/// `$7` series, `$8` size, `$9` digest; its `id`, `series_id`, `study_id`.
+pub(crate) const INSTANCE_ROW_OF_FILE: &str = "SELECT i.id, se.id AS series_id, st.id AS study_id
+     FROM instance i
+     JOIN series se ON se.id = i.series_fk
+     JOIN study st ON st.id = se.study_fk
+     JOIN study_storage ss ON ss.id = st.study_storage_id
+     JOIN partition p ON p.id = ss.partition_id
+     WHERE i.partition_id = $1 AND i.sop_instance_uid = $2 AND ss.filesystem_id = $3
+       AND p.folder = $4 AND ss.date_folder = $5 AND st.study_uid = $6 AND se.series_uid = $7
+       AND i.file_size = $8 AND i.digest = $9";
+
+/// Deletes instance row `$1`.
+pub(crate) const DELETE_INSTANCE: &str = "DELETE FROM instance WHERE id = $1";
+
+/// Recounts series row `$1` from its instance rows; returns
+/// `num_instances`.
+pub(crate) const RECOUNT_SERIES: &str = "UPDATE series SET
+         num_instances = (SELECT COUNT(*) FROM instance WHERE series_fk = $1)
+     WHERE id = $1 RETURNING num_instances";
+
+/// Deletes series row `$1`.
+pub(crate) const DELETE_SERIES: &str = "DELETE FROM series WHERE id = $1";
+
+/// Recounts study row `$1` from its series and instance rows, updated at
+/// `$2`; returns `num_instances`.
+pub(crate) const RECOUNT_STUDY: &str = "UPDATE study SET
+         num_series = (SELECT COUNT(*) FROM series WHERE study_fk = $1),
+         num_instances = (SELECT CAST(COALESCE(SUM(num_instances), 0) AS BIGINT) FROM series
+                          WHERE study_fk = $1),
+         size_bytes = (SELECT CAST(COALESCE(SUM(i.file_size), 0) AS BIGINT) FROM instance i
+                       JOIN series se ON se.id = i.series_fk WHERE se.study_fk = $1),
+         updated_at = $2
+     WHERE id = $1 RETURNING num_instances";
+
+/// The distinct modalities (`value`; '' for none) of study row `$1`'s
+/// series.
+pub(crate) const STUDY_MODALITIES: &str =
+    "SELECT DISTINCT COALESCE(modality, '') AS value FROM series WHERE study_fk = $1";
+
+/// The distinct SOP classes (`value`) of study row `$1`'s instances.
+pub(crate) const STUDY_SOP_CLASSES: &str = "SELECT DISTINCT i.sop_class_uid AS value
+     FROM instance i JOIN series se ON se.id = i.series_fk WHERE se.study_fk = $1";
+
+/// Sets study row `$3`'s modalities to `$1` and SOP classes to `$2`
+/// (`\`-joined, sorted).
+pub(crate) const SET_STUDY_SUMMARIES: &str =
+    "UPDATE study SET modalities_in_study = $1, sop_classes_in_study = $2 WHERE id = $3";
+
 /// Completes edit `$2` at `$1`.
 pub(crate) const COMPLETE_EDIT: &str =
     "UPDATE study_edit SET status = 'completed', completed_at = $1 WHERE id = $2";
@@ -542,6 +593,14 @@ mod tests {
         crate::db::archive::SWITCH_TO_NEARLINE,
         crate::db::archive::SWITCH_FROM_NEARLINE,
         super::RECORD_RECODED,
+        super::INSTANCE_ROW_OF_FILE,
+        super::DELETE_INSTANCE,
+        super::RECOUNT_SERIES,
+        super::DELETE_SERIES,
+        super::RECOUNT_STUDY,
+        super::STUDY_MODALITIES,
+        super::STUDY_SOP_CLASSES,
+        super::SET_STUDY_SUMMARIES,
     ];
 
     /// The placeholders `$1..$n` in order of first appearance, so SQLite

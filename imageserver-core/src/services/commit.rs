@@ -6,17 +6,22 @@
 //! everything that queued up while it was busy and commits all records in
 //! one index transaction.
 //!
-//! A file persisted deferred (renamed before its data sync) has its
-//! `fdatasync` run by its own association thread while the committer works,
-//! and the batch's directory syncs run on a helper thread while the index
-//! transaction commits: the three flushes of an instance overlap instead of
-//! queueing. Since an index row may then be durable before its file, the
-//! batch's entries are first written to the journal of open batches and
-//! synced (`services::journal`), which start-up recovery reads after a
-//! crash. Every writer is answered only when its file's data, the batch's
+//! A file persisted deferred (neither synced nor renamed yet) has its
+//! `fdatasync` run by its own association thread while the committer
+//! writes and syncs the batch's entries to the journal of open batches
+//! (`services::journal`, which start-up recovery reads after a crash), then
+//! renames the batch's files into place; the batch's directory syncs run on
+//! a helper thread while the index transaction commits: the three flushes
+//! of an instance overlap instead of queueing. An index row may then be
+//! durable before its file is whole, but a file at its path is never
+//! there before its journal entry is durable. Every writer is answered only when its file's data, the batch's
 //! directory entries and its index row are all durable. A batch with an
 //! eagerly persisted file (already synced: a replacement, a move) syncs its
-//! directories before its transaction, as that needs no journal.
+//! directories before its transaction, as that needs no journal. So is a
+//! deferred file whose backend offers no journal
+//! ([`crate::storage::StorageBackend::deferred`] is `None`): its data is
+//! synced before it is queued, so deferral without a journal degrades to
+//! the eager order, never to a row durable before its file.
 //! Under load the batch grows by itself; with one writer it is a batch of one.
 
 use std::collections::HashMap;
@@ -126,6 +131,15 @@ impl GroupCommitter {
         mut pending: PendingSync,
     ) -> Result<InsertOutcome, CommitError> {
         let (reply, answer) = channel::bounded(1);
+        if (pending.has_files() || pending.has_placings()) && self.storage.deferred().is_none() {
+            // Deferred by a writer whose backend offers us no journal (a
+            // wrapper that did not pass `deferred` on): no row may be
+            // durable before its file, so the file is synced and placed
+            // (and its directories synced) first, as an eager persist is.
+            self.storage
+                .sync(std::mem::take(&mut pending))
+                .map_err(|e| CommitError::Storage(error_chain(&e)))?;
+        }
         let files = pending.take_files();
         let (file_synced, file_synced_rx) = if files.has_files() {
             let (sender, receiver) = channel::bounded(1);
@@ -142,7 +156,7 @@ impl GroupCommitter {
             })
             .map_err(|_| CommitError::Stopped)?;
         if let Some(file_synced) = file_synced {
-            FAULT.pass("renamed");
+            FAULT.pass("queued");
             let synced = self
                 .storage
                 .sync(files)
@@ -223,7 +237,12 @@ fn run(
             .filter(|(_, wait)| wait.is_some())
             .map(|(record, _)| record)
             .collect();
-        let journaled = journals.write(index.as_ref(), storage.as_ref(), &deferred);
+        // The deferred files go in place only once their journal entries
+        // are durable: a file at its path that may not be whole is always
+        // journaled.
+        let journaled = journals
+            .write(index.as_ref(), storage.as_ref(), &deferred)
+            .and_then(|()| place(storage.as_ref(), &mut dirs));
         FAULT.pass("journaled");
         let mut committed_unsynced = false;
         let result = journaled.and_then(|()| {
@@ -332,9 +351,23 @@ fn run(
         }
     }
     // Nothing is open: the journals go, unless they keep a failed entry.
-    if journals.kept.is_empty() {
-        storage.close_journals(journals.number);
+    if let (true, Some(journal)) = (journals.kept.is_empty(), storage.deferred()) {
+        journal.close_journals(journals.number);
     }
+}
+
+/// Renames a batch's deferred files into place (adding their directories
+/// to `pending`).
+fn place(storage: &dyn StorageBackend, pending: &mut PendingSync) -> Result<(), CommitError> {
+    if !pending.has_placings() {
+        return Ok(());
+    }
+    let journal = storage.deferred().ok_or_else(|| {
+        CommitError::Storage("a deferred file, and the storage keeps no journal".into())
+    })?;
+    journal
+        .place(pending)
+        .map_err(|e| CommitError::Storage(error_chain(&e)))
 }
 
 /// Directories to sync and where to report the outcome.
@@ -416,6 +449,11 @@ impl Journals {
         if deferred.is_empty() {
             return Ok(());
         }
+        // `commit` synced the files of a backend without a journal: a
+        // deferred record here always has one.
+        let journal = storage.deferred().ok_or_else(|| {
+            CommitError::Storage("a deferred file, and the storage keeps no journal".into())
+        })?;
         let mut bodies: HashMap<FilesystemId, Vec<u8>> = HashMap::new();
         for record in deferred {
             let filesystem = record.location.filesystem;
@@ -426,7 +464,7 @@ impl Journals {
         }
         for (id, body) in bodies {
             let filesystem = self.filesystem(index, id)?;
-            storage
+            journal
                 .write_journal(&filesystem, self.number, &journal::frame(&body))
                 .map_err(|e| CommitError::Storage(error_chain(&e)))?;
         }
@@ -516,6 +554,54 @@ mod tests {
     use crate::db::fixtures::{fs_spec, partition_spec, uid, Scope};
     use crate::db::sqlite::SqliteIndex;
     use crate::model::FilesystemId;
+
+    /// A deferred file whose backend offers no journal (a wrapper that did
+    /// not pass `deferred` on) is synced and placed before its record is
+    /// queued: committed, in place, and no journal is needed or written.
+    #[test]
+    fn a_deferred_file_without_a_journal_is_committed_eagerly() {
+        use crate::storage::fs::FsStorage;
+        use crate::storage::{DeferredSync, InstanceKey};
+        use std::io::Write;
+
+        let dir = tempfile::tempdir().unwrap();
+        let index = SqliteIndex::open(&dir.path().join("index.db")).unwrap();
+        let root = dir.path().join("fs");
+        let (mut record, fs_id) = {
+            let scope = Scope::new(&index, partition_spec("NO_JOURNAL"), fs_spec(&root));
+            (scope.bare_record("1.9.30.1", 1), scope.fs)
+        };
+        let filesystem = index
+            .filesystems()
+            .unwrap()
+            .into_iter()
+            .find(|f| f.id == fs_id)
+            .unwrap();
+        let storage = FsStorage::without_deferral();
+        let mut writer = storage.begin_write(&filesystem).unwrap();
+        writer.write_all(b"five!").unwrap();
+        record.instance.file_size = 5;
+        let key = InstanceKey {
+            location: record.location.clone(),
+            series_uid: record.series.series_uid.clone(),
+            sop_instance_uid: record.instance.sop_instance_uid.clone(),
+        };
+        let pending = storage.persist_deferred(writer, &key).unwrap();
+        assert!(pending.has_files() && pending.has_placings());
+        let committer = GroupCommitter::start(Arc::new(index), Arc::new(storage.clone()), None);
+        assert_eq!(
+            committer.commit(record, pending).unwrap(),
+            InsertOutcome::Inserted
+        );
+        assert!(storage.exists(&filesystem, &key).unwrap());
+        drop(committer);
+        let journals: Vec<_> = std::fs::read_dir(root.join(crate::storage::layout::TEMP_DIR))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".journal"))
+            .collect();
+        assert!(journals.is_empty(), "{journals:?}");
+    }
 
     /// A batch with one record the database refuses (a filesystem it does
     /// not know: a foreign key no ingest check looks at) commits the others.

@@ -572,10 +572,12 @@ impl Ingest {
         })
     }
 
-    /// Places a new instance at its path and commits its row. `deferred`:
-    /// renamed before its data sync, which the group commit overlaps with
-    /// its journal, directory syncs and transaction (nothing was
-    /// acknowledged at that path, so recovery may remove what is not whole).
+    /// Places a new instance at its path and commits its row. `deferred`
+    /// (when the storage offers it): the group commit overlaps its data
+    /// sync with the batch's journal, and renames it into place once the
+    /// journal is durable, before the directory syncs and transaction
+    /// (nothing was acknowledged at that path, so recovery may remove what
+    /// is not whole).
     fn commit_new(
         &self,
         writer: IngestWriter,
@@ -590,10 +592,9 @@ impl Ingest {
         let study_filesystem = key.location.filesystem;
         let file_size = record.instance.file_size;
         let pending = if key.location.filesystem == writer.filesystem.id {
-            if deferred {
-                writer.object.persist_deferred(key)?
-            } else {
-                writer.object.persist(key)?
+            match self.inner.storage.deferred().filter(|_| deferred) {
+                Some(deferral) => deferral.persist_deferred(writer.object, key)?,
+                None => writer.object.persist(key)?,
             }
         } else {
             // The study already lives on another filesystem: keep it whole.

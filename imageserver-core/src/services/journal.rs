@@ -1,31 +1,37 @@
 //! The group commit's journal of open batches, and start-up recovery from
 //! it.
 //!
-//! An instance persisted with [`crate::storage::ObjectWriter::persist_deferred`]
+//! An instance persisted with [`crate::storage::DeferredSync::persist_deferred`]
 //! is renamed into place before its data is synced, and the group commit
 //! syncs the file, its directory and the index at once: an index row may
 //! then be durable before its file is whole. Before a batch's index
 //! transaction begins, the committer writes the batch's entries (partition,
 //! location, series, SOP instance, size, BLAKE3) to its journal on each
-//! filesystem and syncs it ([`crate::storage::StorageBackend::write_journal`]);
+//! filesystem and syncs it ([`crate::storage::DeferredSync::write_journal`]);
 //! the next batch overwrites it (one batch is open at a time). A crash
 //! leaves the journal of the dead process; [`recover`] reads it at start:
 //! every listed file that is not whole (missing, or another size or digest)
 //! was never acknowledged, so it is removed, and a row the batch committed
-//! for it is removed by reprocessing its study (rows rebuilt from the
-//! files). Then the journal goes.
+//! for it is removed ([`IndexStore::remove_instance_row`]: only while the
+//! row still names that very file, so a later acknowledged replacement
+//! stays; the counts fixed as a deletion fixes them) and its series'
+//! metadata file dropped (it may list the instance; WADO-RS encodes from
+//! the files until StudyProcess writes it again). A row that holds the
+//! entry's digest but no longer names its file exactly (its study moved
+//! meanwhile) is left to the old remedy: its study is reprocessed (rows
+//! rebuilt from the files). Then the journal goes.
 
 use std::collections::BTreeSet;
 use std::io::Read;
 
-use crate::db::IndexStore;
+use crate::db::{IndexStore, InstanceFile};
 use crate::model::{
     error_chain, Filesystem, FilesystemId, FolderName, InstanceRecord, PartitionId, StudyLocation,
     Uid,
 };
 use crate::services::ingest::Partition;
 use crate::services::studies::Studies;
-use crate::storage::{InstanceKey, StorageBackend};
+use crate::storage::{InstanceKey, SeriesKey, StorageBackend};
 
 /// First line of a journal: magic, version, body length, body digest.
 const MAGIC: &str = "IMAGESERVER-OPEN-BATCH 1";
@@ -114,7 +120,10 @@ pub struct RecoveryReport {
     pub checked: u64,
     /// Files that were not whole, removed.
     pub removed_files: u64,
-    /// Studies reprocessed because a row of theirs had no whole file.
+    /// Index rows of files that were not whole, removed.
+    pub removed_rows: u64,
+    /// Studies reprocessed because a row of theirs had no whole file and
+    /// could not be removed alone.
     pub reprocessed_studies: u64,
 }
 
@@ -130,8 +139,12 @@ pub fn recover(
     filesystems: &[Filesystem],
 ) -> RecoveryReport {
     let mut report = RecoveryReport::default();
+    // A backend that never defers keeps no journals.
+    let Some(journal) = storage.deferred() else {
+        return report;
+    };
     for filesystem in filesystems {
-        let journals = match storage.orphan_journals(filesystem) {
+        let journals = match journal.orphan_journals(filesystem) {
             Ok(journals) => journals,
             Err(e) => {
                 tracing::warn!(filesystem = %filesystem.spec.path.display(), error = %error_chain(&e), "cannot read the open-batch journals");
@@ -156,7 +169,7 @@ pub fn recover(
                 ),
             };
             if handled {
-                if let Err(e) = storage.remove_journal(filesystem, &name) {
+                if let Err(e) = journal.remove_journal(filesystem, &name) {
                     tracing::warn!(journal = %name, error = %error_chain(&e), "cannot remove an open-batch journal");
                 }
             }
@@ -167,6 +180,7 @@ pub fn recover(
             journals = report.journals,
             checked = report.checked,
             removed_files = report.removed_files,
+            removed_rows = report.removed_rows,
             reprocessed_studies = report.reprocessed_studies,
             "open batches of a crashed process checked"
         );
@@ -235,13 +249,29 @@ fn recover_entries(
                 }
             }
         }
+        let removed_row = if ours {
+            match remove_row(index, storage, filesystem, entry) {
+                Ok(removed) => removed,
+                Err(e) => {
+                    tracing::warn!(sop_instance_uid = %sop, error = %error_chain(&e), "cannot remove the row of a file that was not whole");
+                    ok = false;
+                    continue;
+                }
+            }
+        } else {
+            false
+        };
         tracing::warn!(
             sop_instance_uid = %sop,
             path = %storage.describe(filesystem, &entry.key).display(),
             indexed = ours,
             "an instance of an open batch was not whole at the crash (never acknowledged): removed"
         );
-        if ours {
+        if removed_row {
+            report.removed_rows += 1;
+        } else if ours {
+            // The row holds the entry's digest but not its file exactly:
+            // the study is rebuilt from its files instead.
             to_reprocess.insert((entry.partition, entry.key.location.study_uid.clone()));
         }
     }
@@ -260,6 +290,35 @@ fn recover_entries(
         }
     }
     ok
+}
+
+/// Removes the row of an entry's file if it still names it, and then the
+/// series' metadata file (a failure there is only logged: WADO-RS's answer
+/// is rebuilt by StudyProcess anyway); whether a row went.
+fn remove_row(
+    index: &dyn IndexStore,
+    storage: &dyn StorageBackend,
+    filesystem: &Filesystem,
+    entry: &Entry,
+) -> Result<bool, crate::db::Error> {
+    let file = InstanceFile {
+        location: entry.key.location.clone(),
+        series_uid: entry.key.series_uid.clone(),
+        sop_instance_uid: entry.key.sop_instance_uid.clone(),
+        file_size: entry.size,
+        digest: entry.digest.clone(),
+    };
+    if !index.remove_instance_row(entry.partition, &file)? {
+        return Ok(false);
+    }
+    let series = SeriesKey {
+        location: file.location,
+        series_uid: file.series_uid,
+    };
+    if let Err(e) = storage.delete_series_metadata(filesystem, &series) {
+        tracing::warn!(series_uid = %series.series_uid, error = %error_chain(&e), "cannot drop the metadata of a series whose row was removed");
+    }
+    Ok(true)
 }
 
 /// The size and BLAKE3 of a stored file, `None` when it is missing.

@@ -13,14 +13,21 @@
 //! instance moves between filesystems; a missing instance is
 //! [`Error::NotFound`]; usage is consistent; an identity marker is written
 //! once and read back (the suite leaves it in `other`'s root).
+//!
+//! [`run_deferred`] checks a backend that offers [`DeferredSync`]: a
+//! deferred persist is in place only once placed and reads back once
+//! synced, one dropped unplaced leaves nothing, a writer the
+//! backend did not make is persisted eagerly, and the journal of open
+//! batches is rewritten, never an orphan while its process lives, found
+//! only for a process of this host that is gone, removed and closed.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use super::{
-    layout, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, StoredObject,
-    StudyObject,
+    layout, DeferredSync, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend,
+    StoredObject, StudyObject,
 };
 use crate::model::{Filesystem, FolderName, StudyLocation, Uid};
 
@@ -56,6 +63,80 @@ pub fn run(storage: &dyn StorageBackend, filesystem: &Filesystem, other: &Filesy
     suite.usage_is_consistent();
     suite.instances_move_between_filesystems(other);
     suite.the_marker_is_written_once(other);
+}
+
+/// Whose journal [`run_deferred`] asks its caller to leave on a
+/// filesystem: only the backend knows how a journal names its process, and
+/// the suite cannot make a process die.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planted {
+    /// A journal as a process of this host leaves it when it dies (a crash).
+    DeadProcess,
+    /// A journal of a process of another host (which may be alive).
+    OtherHost,
+}
+
+/// Runs the checks of [`DeferredSync`] against `storage` on `filesystem`
+/// (an empty directory the caller owns, as for [`run`]); `plant` leaves a
+/// journal of another process with the given contents there, as that
+/// process would have written it. Panics like [`run`]; a backend whose
+/// [`StorageBackend::deferred`] is `None` fails it.
+pub fn run_deferred(
+    storage: &dyn StorageBackend,
+    filesystem: &Filesystem,
+    plant: &dyn Fn(&Filesystem, Planted, &[u8]),
+) {
+    let Some(deferred) = storage.deferred() else {
+        panic!("storage conformance: run_deferred needs a backend that offers DeferredSync");
+    };
+    let suite = Suite {
+        storage,
+        filesystem,
+        started: SystemTime::now(),
+    };
+    suite.a_deferred_persist_reads_back_once_synced(deferred);
+    suite.a_foreign_writer_is_persisted_eagerly(deferred);
+    suite.journals_are_found_only_for_a_dead_process(deferred, plant);
+}
+
+/// A writer the backend did not make: it passes everything on to one the
+/// backend did, so only its type is foreign.
+struct ForeignWriter(Box<dyn ObjectWriter>);
+
+impl Write for ForeignWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl ObjectWriter for ForeignWriter {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn read_back(&mut self) -> Result<Box<dyn Read + '_>, Error> {
+        self.0.read_back()
+    }
+
+    fn persist(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error> {
+        self.0.persist(key)
+    }
+
+    fn persist_aside(
+        self: Box<Self>,
+        key: &InstanceKey,
+        variant: u64,
+    ) -> Result<PendingSync, Error> {
+        self.0.persist_aside(key, variant)
+    }
+
+    fn persist_series_metadata(self: Box<Self>, key: &SeriesKey) -> Result<PendingSync, Error> {
+        self.0.persist_series_metadata(key)
+    }
 }
 
 /// Panics with the suite's prefix unless `ok`.
@@ -412,6 +493,154 @@ impl Suite<'_> {
 
     /// write → persist → sync → open gives back the same bytes, also when
     /// several writes share one sync.
+    /// A deferred persist puts nothing in place until `place` (its data
+    /// still to sync then), and it reads back whole once synced; `sync`
+    /// alone places it too; one dropped unplaced leaves nothing.
+    fn a_deferred_persist_reads_back_once_synced(&self, deferred: &dyn DeferredSync) {
+        let location = study(self.filesystem, "1.999.20");
+        let key = instance(&location, "1.999.20.1", "1.999.20.1.1");
+        let bytes = payload(20, 300 * 1024 + 3);
+        let mut pending = succeeds(
+            "persist_deferred",
+            deferred.persist_deferred(self.writer(&bytes), &key),
+        );
+        check(
+            !self.exists(&key),
+            format_args!("a deferred persist is in place before `place`"),
+        );
+        let files = pending.take_files();
+        succeeds("place", deferred.place(&mut pending));
+        check(
+            self.exists(&key),
+            format_args!("a placed deferred persist is not in place"),
+        );
+        self.sync(files);
+        self.sync(pending);
+        self.assert_reads(&key, &bytes, "after a deferred persist and its sync");
+        let other = instance(&location, "1.999.20.1", "1.999.20.1.2");
+        let pending = succeeds(
+            "persist_deferred",
+            deferred.persist_deferred(self.writer(&bytes), &other),
+        );
+        self.sync(pending);
+        self.assert_reads(&other, &bytes, "after a deferred persist synced whole");
+        succeeds("delete", self.storage.delete(self.filesystem, &other));
+        let dropped = instance(&location, "1.999.20.1", "1.999.20.1.3");
+        drop(succeeds(
+            "persist_deferred",
+            deferred.persist_deferred(self.writer(&bytes), &dropped),
+        ));
+        check(
+            !self.exists(&dropped),
+            format_args!("a deferred persist dropped unplaced is in place"),
+        );
+        succeeds("delete", self.storage.delete(self.filesystem, &key));
+        succeeds(
+            "remove_empty_study_folders",
+            self.storage
+                .remove_empty_study_folders(self.filesystem, &location),
+        );
+    }
+
+    /// A writer of another type (a wrapper's) is persisted eagerly: its
+    /// data is durable before the call returns, nothing is left to sync
+    /// but directories.
+    fn a_foreign_writer_is_persisted_eagerly(&self, deferred: &dyn DeferredSync) {
+        let location = study(self.filesystem, "1.999.21");
+        let key = instance(&location, "1.999.21.1", "1.999.21.1.1");
+        let bytes = payload(21, 4096);
+        let foreign = Box::new(ForeignWriter(self.writer(&bytes)));
+        let pending = succeeds("persist_deferred", deferred.persist_deferred(foreign, &key));
+        check(
+            !pending.has_files(),
+            format_args!("a writer the backend did not make was persisted deferred"),
+        );
+        self.sync(pending);
+        self.assert_reads(&key, &bytes, "after a foreign writer's deferred persist");
+        succeeds("delete", self.storage.delete(self.filesystem, &key));
+        succeeds(
+            "remove_empty_study_folders",
+            self.storage
+                .remove_empty_study_folders(self.filesystem, &location),
+        );
+    }
+
+    /// This process's journal is rewritten and never an orphan; a dead
+    /// process's is, with its contents, until removed; another host's never.
+    fn journals_are_found_only_for_a_dead_process(
+        &self,
+        deferred: &dyn DeferredSync,
+        plant: &dyn Fn(&Filesystem, Planted, &[u8]),
+    ) {
+        let fs = self.filesystem;
+        let orphans = |when: &str| succeeds(when, deferred.orphan_journals(fs));
+        check(
+            orphans("orphan_journals").is_empty(),
+            format_args!("an empty filesystem has orphan journals"),
+        );
+        succeeds(
+            "write_journal",
+            deferred.write_journal(fs, 7, b"a first batch, the longer"),
+        );
+        succeeds(
+            "write_journal",
+            deferred.write_journal(fs, 7, b"the second"),
+        );
+        succeeds("write_journal", deferred.write_journal(fs, 8, b"another"));
+        check(
+            orphans("orphan_journals").is_empty(),
+            format_args!("a journal of this (live) process is an orphan"),
+        );
+        plant(fs, Planted::OtherHost, b"another host's batch");
+        check(
+            orphans("orphan_journals").is_empty(),
+            format_args!("another host's journal is an orphan (its process may be alive)"),
+        );
+        plant(fs, Planted::DeadProcess, b"a dead process's batch");
+        let found = orphans("orphan_journals");
+        check(
+            found.len() == 1 && found[0].1 == b"a dead process's batch",
+            format_args!(
+                "a dead process's journal is not the one orphan, with its contents: {:?}",
+                found
+                    .iter()
+                    .map(|(name, bytes)| (name, String::from_utf8_lossy(bytes)))
+                    .collect::<Vec<_>>()
+            ),
+        );
+        let name = found[0].0.clone();
+        check(
+            orphans("orphan_journals") == found,
+            format_args!("reading the orphans removed or changed them"),
+        );
+        succeeds("remove_journal", deferred.remove_journal(fs, &name));
+        check(
+            orphans("orphan_journals").is_empty(),
+            format_args!("a removed journal is still an orphan"),
+        );
+        succeeds(
+            "remove_journal of one already removed",
+            deferred.remove_journal(fs, &name),
+        );
+        check(
+            matches!(
+                deferred.remove_journal(fs, "../not-a-journal"),
+                Err(Error::NotFound { .. })
+            ),
+            format_args!("removing a name that is no journal's is not Error::NotFound"),
+        );
+        deferred.close_journals(7);
+        deferred.close_journals(8);
+        deferred.close_journals(9);
+        // Closed, a number is written again from scratch.
+        succeeds("write_journal", deferred.write_journal(fs, 7, b"reopened"));
+        deferred.close_journals(7);
+        check(
+            orphans("orphan_journals").is_empty(),
+            format_args!("closing journals made orphans"),
+        );
+    }
+
     fn written_objects_read_back(&self) {
         let location = study(self.filesystem, "1.999.1");
         let key = instance(&location, "1.999.1.1", "1.999.1.1.1");

@@ -10,6 +10,10 @@
 //! batch is synced first; [`FsStorage`] therefore remembers directories whose
 //! own entry is not yet durable, and every write that lands below one of them
 //! also syncs its parent.
+//!
+//! Deferred persistence (rename before the data sync) and the group
+//! commit's journal of open batches that makes it safe are
+//! [`DeferredSync`], in `fs/journal.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
@@ -19,9 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+mod journal;
+
 use super::{
-    layout, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend, StoredObject,
-    StudyObject, SweepReport, Usage,
+    layout, DeferredSync, Error, InstanceKey, ObjectWriter, PendingSync, Placing, SeriesKey,
+    StorageBackend, StoredObject, StudyObject, SweepReport, Usage,
 };
 use crate::model::{Filesystem, StudyLocation, Uid};
 
@@ -33,13 +39,6 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`) every this many bytes, so that
 /// the final `fdatasync` has little left to write.
 const WRITEBACK_STEP: u64 = 4 * 1024 * 1024;
-
-/// Bytes a journal file is made with, so that rewriting a batch's entries
-/// in place changes no metadata and its `fdatasync` is a data write only.
-const JOURNAL_PREALLOCATED: usize = 64 * 1024;
-
-/// The suffix of open-batch journal files in `.tmp` (`HOST-PID-N.journal`).
-const JOURNAL_SUFFIX: &str = ".journal";
 
 /// Storage on directories of the local machine (local disk or a NAS mount).
 #[derive(Debug, Default, Clone)]
@@ -55,15 +54,29 @@ struct Inner {
     unsynced_dirs: Mutex<HashMap<PathBuf, u64>>,
     /// Distinguishes temporary files and folders made by one process.
     counter: AtomicU64,
-    /// The open-batch journals written through this backend, open, by
-    /// root and journal number.
-    journals: Mutex<HashMap<(PathBuf, u64), (PathBuf, File)>>,
+    /// The open-batch journals written through this backend.
+    journals: journal::OpenJournals,
+    /// Offers no [`DeferredSync`] (a wrapper that does not pass it on).
+    #[cfg(test)]
+    without_deferral: bool,
 }
 
 impl FsStorage {
     /// A backend with no state beyond the filesystems passed to each call.
     pub fn new() -> FsStorage {
         FsStorage::default()
+    }
+
+    /// A backend whose [`StorageBackend::deferred`] is `None`, as a wrapper
+    /// that does not pass it on (its `persist_deferred` still works).
+    #[cfg(test)]
+    pub(crate) fn without_deferral() -> FsStorage {
+        FsStorage {
+            inner: Arc::new(Inner {
+                without_deferral: true,
+                ..Inner::default()
+            }),
+        }
     }
 
     fn temp_path(&self, root: &Path) -> PathBuf {
@@ -120,34 +133,6 @@ impl FsStorage {
         removed
     }
 
-    /// Creates this backend's journal on `root`, preallocated and durable
-    /// (its directory entry too, or recovery could not find it).
-    fn create_journal(&self, root: &Path, journal: u64) -> Result<(PathBuf, File), Error> {
-        let dir = root.join(layout::TEMP_DIR);
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|e| io_error("creating directory", &dir, root, e))?;
-            sync_dir(root)?;
-        }
-        let path = dir.join(format!(
-            "{}-{}-{journal}{JOURNAL_SUFFIX}",
-            host_tag(),
-            std::process::id()
-        ));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| io_error("creating", &path, root, e))?;
-        (&file)
-            .write_all(&[0u8; JOURNAL_PREALLOCATED])
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_error("writing", &path, root, e))?;
-        sync_dir(&dir)?;
-        Ok((path, file))
-    }
-
     fn lock_unsynced(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, u64>> {
         // A poisoned set only means a panic elsewhere; the set is still valid.
         self.inner
@@ -158,6 +143,14 @@ impl FsStorage {
 }
 
 impl StorageBackend for FsStorage {
+    fn deferred(&self) -> Option<&dyn DeferredSync> {
+        #[cfg(test)]
+        if self.inner.without_deferral {
+            return None;
+        }
+        Some(self)
+    }
+
     fn begin_write(&self, filesystem: &Filesystem) -> Result<Box<dyn ObjectWriter>, Error> {
         let root = filesystem.spec.path.clone();
         let temp_dir = root.join(layout::TEMP_DIR);
@@ -181,14 +174,17 @@ impl StorageBackend for FsStorage {
         }))
     }
 
-    fn sync(&self, pending: PendingSync) -> Result<(), Error> {
+    fn sync(&self, mut pending: PendingSync) -> Result<(), Error> {
         for file in &pending.files {
             file.sync_data().map_err(|e| Error::Io {
                 operation: "syncing",
-                path: PathBuf::from("a renamed instance file"),
+                path: PathBuf::from("a deferred instance file"),
                 source: e,
             })?;
         }
+        // Deferred files not placed yet: their data is durable now, so
+        // this is the eager order.
+        pending.place_files()?;
         let mut dirs = Vec::new();
         let mut seen = HashSet::new();
         for dir in &pending.dirs {
@@ -535,97 +531,6 @@ impl StorageBackend for FsStorage {
         Ok(report)
     }
 
-    fn write_journal(
-        &self,
-        filesystem: &Filesystem,
-        journal: u64,
-        contents: &[u8],
-    ) -> Result<(), Error> {
-        use std::os::unix::fs::FileExt;
-        let root = &filesystem.spec.path;
-        let mut journals = self
-            .inner
-            .journals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let id = (root.clone(), journal);
-        if !journals.contains_key(&id) {
-            let opened = self.create_journal(root, journal)?;
-            journals.insert(id.clone(), opened);
-        }
-        let (path, file) = &journals[&id];
-        file.write_all_at(contents, 0)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io_error("writing", path, root, e))
-    }
-
-    fn orphan_journals(&self, filesystem: &Filesystem) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let root = &filesystem.spec.path;
-        let dir = root.join(layout::TEMP_DIR);
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_error("listing", &dir, root, e)),
-        };
-        let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error("listing", &dir, root, e))?;
-            let path = entry.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let Some(stem) = name.strip_suffix(JOURNAL_SUFFIX) else {
-                continue;
-            };
-            // Only a dead process of this host: another host's process
-            // may be alive however long its journal has been quiet.
-            let orphaned = writer_of_stem(stem).is_some_and(|(host, pid)| {
-                host == host_tag() && pid != std::process::id() && !process_alive(pid)
-            });
-            if !orphaned {
-                continue;
-            }
-            let contents = fs::read(&path).map_err(|e| io_error("reading", &path, root, e))?;
-            found.push((name.to_string(), contents));
-        }
-        found.sort();
-        Ok(found)
-    }
-
-    fn remove_journal(&self, filesystem: &Filesystem, name: &str) -> Result<(), Error> {
-        let root = &filesystem.spec.path;
-        if !name.ends_with(JOURNAL_SUFFIX) || name.contains('/') {
-            return Err(Error::NotFound {
-                what: format!("journal {name}"),
-            });
-        }
-        remove_durably(&root.join(layout::TEMP_DIR).join(name), root)
-    }
-
-    fn close_journals(&self, journal: u64) {
-        let closed: Vec<_> = {
-            let mut journals = self
-                .inner
-                .journals
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let ids: Vec<_> = journals
-                .keys()
-                .filter(|(_, n)| *n == journal)
-                .cloned()
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| journals.remove(&id).map(|open| (id.0, open)))
-                .collect()
-        };
-        for (root, (path, file)) in closed {
-            drop(file);
-            if let Err(e) = remove_durably(&path, &root) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove the open-batch journal");
-            }
-        }
-    }
-
     fn read_marker(&self, filesystem: &Filesystem) -> Result<Option<String>, Error> {
         let root = &filesystem.spec.path;
         let path = root.join(layout::MARKER_FILE);
@@ -748,11 +653,6 @@ impl ObjectWriter for FsWriter {
         (*self).persist_to(&relative)
     }
 
-    fn persist_deferred(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error> {
-        let relative = layout::instance_path(key);
-        (*self).persist_to_deferred(&relative)
-    }
-
     fn persist_aside(
         self: Box<Self>,
         key: &InstanceKey,
@@ -773,13 +673,9 @@ impl FsWriter {
         self.persist_with(relative, false)
     }
 
-    fn persist_to_deferred(self, relative: &Path) -> Result<PendingSync, Error> {
-        self.persist_with(relative, true)
-    }
-
-    /// Flushes, syncs the data (unless `deferred`: then the open file goes
-    /// into the pending set), renames into place and lists the directories
-    /// to sync.
+    /// Flushes and syncs the data (unless `deferred`: then the open file
+    /// and its rename go into the pending set), renames into place and
+    /// lists the directories to sync.
     fn persist_with(mut self, relative: &Path, deferred: bool) -> Result<PendingSync, Error> {
         let root = self.root.clone();
         let temp_path = self.temp_path.clone();
@@ -790,25 +686,58 @@ impl FsWriter {
         let file = buffered
             .into_inner()
             .map_err(|e| io_error("writing", &temp_path, &root, e.into_error()))?;
-        let mut files = Vec::new();
+        // From here the temporary file is the placing's (or gone).
+        self.temp_path = PathBuf::new();
+        let placing = FsPlacing {
+            storage: self.storage.clone(),
+            root: root.clone(),
+            temp_path,
+            target: root.join(relative),
+        };
         if deferred {
-            files.push(file);
-        } else {
-            file.sync_data()
-                .map_err(|e| io_error("syncing", &temp_path, &root, e))?;
-            drop(file);
+            return Ok(PendingSync {
+                files: vec![file],
+                placings: vec![Box::new(placing)],
+                ..PendingSync::default()
+            });
         }
+        file.sync_data()
+            .map_err(|e| io_error("syncing", &placing.temp_path, &root, e))?;
+        drop(file);
+        let dirs = Box::new(placing).place()?;
+        Ok(PendingSync {
+            dirs,
+            ..PendingSync::default()
+        })
+    }
+}
 
-        let final_path = root.join(relative);
+/// A written temporary file and where it goes; removed on drop unless
+/// placed.
+#[derive(Debug)]
+struct FsPlacing {
+    storage: FsStorage,
+    root: PathBuf,
+    temp_path: PathBuf,
+    target: PathBuf,
+}
+
+impl Placing for FsPlacing {
+    /// Renames the file into place (making its folders) and lists the
+    /// directories to sync: its own, and the parents of those whose entry
+    /// is not durable yet.
+    fn place(mut self: Box<Self>) -> Result<Vec<PathBuf>, Error> {
+        let root = self.root.clone();
+        let final_path = self.target.clone();
         let parent = final_path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| root.clone());
-        let renamed = match fs::rename(&temp_path, &final_path) {
+        let renamed = match fs::rename(&self.temp_path, &final_path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.storage.create_dirs(&root, &parent)?;
-                fs::rename(&temp_path, &final_path)
+                fs::rename(&self.temp_path, &final_path)
             }
             Err(e) => Err(e),
         };
@@ -826,7 +755,17 @@ impl FsWriter {
             }
             cursor = up;
         }
-        Ok(PendingSync { dirs, files })
+        Ok(dirs)
+    }
+}
+
+impl Drop for FsPlacing {
+    fn drop(&mut self) {
+        if !self.temp_path.as_os_str().is_empty() {
+            if let Err(e) = fs::remove_file(&self.temp_path) {
+                tracing::warn!(path = %self.temp_path.display(), error = %e, "cannot remove temporary file");
+            }
+        }
     }
 }
 
@@ -872,15 +811,6 @@ fn host_tag() -> &'static str {
 /// (`HOST-PID-N-NANOS.part`); None for a name of another form.
 fn writer_of(name: &str) -> Option<(&str, u32)> {
     let mut parts = name.strip_suffix(".part")?.split('-');
-    let host = parts.next()?;
-    let pid = parts.next()?.parse().ok()?;
-    Some((host, pid))
-}
-
-/// The host and process id a journal's name (without its suffix) carries
-/// (`HOST-PID-N`).
-fn writer_of_stem(stem: &str) -> Option<(&str, u32)> {
-    let mut parts = stem.split('-');
     let host = parts.next()?;
     let pid = parts.next()?.parse().ok()?;
     Some((host, pid))
@@ -1084,7 +1014,7 @@ mod tests {
     use crate::db::fixtures;
     use crate::model::{FilesystemId, Uid};
 
-    fn filesystem(root: &Path) -> Filesystem {
+    pub(super) fn filesystem(root: &Path) -> Filesystem {
         Filesystem {
             id: FilesystemId(1),
             spec: fixtures::fs_spec(root),
@@ -1093,7 +1023,7 @@ mod tests {
         }
     }
 
-    fn key(study: &str, sop: &str) -> InstanceKey {
+    pub(super) fn key(study: &str, sop: &str) -> InstanceKey {
         InstanceKey {
             location: fixtures::location(FilesystemId(1), "P", "20240101", study),
             series_uid: Uid::parse("1.9").unwrap(),
@@ -1249,66 +1179,6 @@ mod tests {
             "the live writer's file is kept too: {left:?}"
         );
         drop(live);
-    }
-
-    /// A deferred persist renames at once and leaves the data sync to
-    /// `sync`; a large write starts writeback on the way.
-    #[test]
-    fn a_deferred_persist_is_in_place_before_its_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = filesystem(dir.path());
-        let storage = FsStorage::new();
-        let mut writer = storage.begin_write(&fs).unwrap();
-        let big = vec![7u8; 9 * 1024 * 1024];
-        writer.write_all(&big).unwrap();
-        let k = key("1.2.3", "1.2.3.9");
-        let mut pending = writer.persist_deferred(&k).unwrap();
-        assert!(pending.has_files());
-        assert!(storage.exists(&fs, &k).unwrap(), "renamed before the sync");
-        let files = pending.take_files();
-        assert!(!pending.has_files() && files.has_files());
-        assert!(files.dirs().is_empty() && !pending.dirs().is_empty());
-        storage.sync(files).unwrap();
-        storage.sync(pending).unwrap();
-        let mut back = Vec::new();
-        storage
-            .open(&fs, &k)
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
-        assert!(back == big);
-        assert!(storage.lock_unsynced().is_empty());
-    }
-
-    /// A journal is rewritten in place, is no orphan while its process
-    /// lives, is found once a process of this host is gone, and goes.
-    #[test]
-    fn journals_are_rewritten_found_after_a_crash_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = filesystem(dir.path());
-        let storage = FsStorage::new();
-        storage
-            .write_journal(&fs, 5, b"first batch, longer")
-            .unwrap();
-        storage.write_journal(&fs, 5, b"second").unwrap();
-        let temp = dir.path().join(layout::TEMP_DIR);
-        let own = temp.join(format!("{}-{}-5.journal", host_tag(), std::process::id()));
-        let bytes = std::fs::read(&own).unwrap();
-        assert!(bytes.starts_with(b"second"));
-        assert_eq!(bytes.len(), JOURNAL_PREALLOCATED);
-        assert!(storage.orphan_journals(&fs).unwrap().is_empty());
-        // A process id no process has: beyond Linux's pid_max.
-        let dead = format!("{}-{}-0.journal", host_tag(), 1u64 << 23);
-        std::fs::write(temp.join(&dead), b"left by a crash").unwrap();
-        std::fs::write(temp.join("other.host-42-0.journal"), b"alive?").unwrap();
-        let orphans = storage.orphan_journals(&fs).unwrap();
-        assert_eq!(orphans, vec![(dead.clone(), b"left by a crash".to_vec())]);
-        storage.remove_journal(&fs, &dead).unwrap();
-        assert!(storage.remove_journal(&fs, "../escape").is_err());
-        assert!(storage.orphan_journals(&fs).unwrap().is_empty());
-        storage.close_journals(5);
-        assert!(!own.exists());
-        assert!(temp.join("other.host-42-0.journal").exists());
     }
 
     #[test]

@@ -16,10 +16,14 @@
 //! 3. [`StorageBackend::sync`] makes a batch of those durable (each distinct
 //!    directory once).
 //!
-//! [`ObjectWriter::persist_deferred`] renames before the file's data is
-//! synced, so that the data sync, the directory syncs and the index commit
-//! run at once; the group commit then keeps a journal of its open batch
-//! ([`StorageBackend::write_journal`]) that start-up recovery reads back.
+//! A backend may also offer [`DeferredSync`] ([`StorageBackend::deferred`]):
+//! [`DeferredSync::persist_deferred`] leaves the file's data sync and its
+//! rename to the caller, so that the data sync runs beside the group
+//! commit's journal of its open batch ([`DeferredSync::write_journal`]),
+//! and the directory syncs beside the index commit, once the journal is
+//! durable and the files are in place ([`DeferredSync::place`]); start-up
+//! recovery reads the journal back. The two come as one object, so nothing
+//! can defer without a journal.
 //!
 //! Only after step 3 may anyone be told the instance is stored.
 //!
@@ -159,13 +163,23 @@ impl Usage {
 
 /// What a persisted write left to make durable: directory entries that a
 /// [`ObjectWriter::persist`] created or changed and, after
-/// [`ObjectWriter::persist_deferred`], the file's own data. Opaque: hand it
-/// back to [`StorageBackend::sync`].
+/// [`DeferredSync::persist_deferred`], the file's own data and its placing
+/// (the rename into place, [`DeferredSync::place`]). Opaque: hand it back
+/// to [`StorageBackend::sync`], which does all of it, in a safe order.
 #[derive(Debug, Default)]
 pub struct PendingSync {
     pub(crate) dirs: Vec<PathBuf>,
-    /// Files renamed into place whose data is not yet synced.
+    /// Files persisted deferred whose data is not yet synced.
     pub(crate) files: Vec<std::fs::File>,
+    /// Files persisted deferred not yet renamed into place.
+    pub(crate) placings: Vec<Box<dyn Placing>>,
+}
+
+/// A deferred file's rename into place, still to do (a backend's own).
+pub(crate) trait Placing: Send + std::fmt::Debug {
+    /// Renames the file into place; the directories whose entries that
+    /// created or changed. Dropped unplaced, the file is discarded.
+    fn place(self: Box<Self>) -> Result<Vec<PathBuf>, Error>;
 }
 
 impl PendingSync {
@@ -173,11 +187,12 @@ impl PendingSync {
     pub fn merge(&mut self, other: PendingSync) {
         self.dirs.extend(other.dirs);
         self.files.extend(other.files);
+        self.placings.extend(other.placings);
     }
 
     /// Whether nothing is pending.
     pub fn is_empty(&self) -> bool {
-        self.dirs.is_empty() && self.files.is_empty()
+        self.dirs.is_empty() && self.files.is_empty() && self.placings.is_empty()
     }
 
     /// The directories a sync of this value fsyncs (repeats possible). Read
@@ -192,20 +207,39 @@ impl PendingSync {
         !self.files.is_empty()
     }
 
+    /// Whether files are still to be put in place (a deferred persist).
+    pub fn has_placings(&self) -> bool {
+        !self.placings.is_empty()
+    }
+
     /// Splits off the pending file data: the returned value syncs only the
-    /// files, `self` keeps only the directories. Both may be synced at once,
-    /// on different threads.
+    /// files, `self` keeps the directories and the placings. Both may be
+    /// synced at once, on different threads.
     pub fn take_files(&mut self) -> PendingSync {
         PendingSync {
-            dirs: Vec::new(),
             files: std::mem::take(&mut self.files),
+            ..PendingSync::default()
         }
+    }
+
+    /// Puts every pending file in place, adding the directories that made
+    /// entries in: how [`DeferredSync::place`] and a backend's
+    /// [`StorageBackend::sync`] do it. Stops at the first failure; the
+    /// files not placed are discarded.
+    pub(crate) fn place_files(&mut self) -> Result<(), Error> {
+        for placing in std::mem::take(&mut self.placings) {
+            self.dirs.extend(placing.place()?);
+        }
+        Ok(())
     }
 }
 
 /// A streamed write of one object to a temporary location. Dropping it
 /// without [`persist`](ObjectWriter::persist) discards the temporary file.
-pub trait ObjectWriter: Write + Send {
+///
+/// `Any`: a backend's [`DeferredSync::persist_deferred`] recognises its own
+/// writers (and persists any other eagerly).
+pub trait ObjectWriter: Write + Send + std::any::Any {
     /// Bytes written so far.
     fn len(&self) -> u64;
 
@@ -222,17 +256,6 @@ pub trait ObjectWriter: Write + Send {
     /// replacing any file already there. The directory entries are durable
     /// only after [`StorageBackend::sync`] of the returned value.
     fn persist(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error>;
-
-    /// Like [`persist`](ObjectWriter::persist), but renames first and leaves
-    /// the file's data sync to [`StorageBackend::sync`] of the returned
-    /// value, so that it can run at the same time as the directory syncs
-    /// and the index commit. Until then the file at `key` may not be whole
-    /// after a crash: the caller must be able to tell (the group commit's
-    /// journal of open batches). A backend that cannot defer persists as
-    /// [`persist`](ObjectWriter::persist) does (the default).
-    fn persist_deferred(self: Box<Self>, key: &InstanceKey) -> Result<PendingSync, Error> {
-        self.persist(key)
-    }
 
     /// Like [`persist`](ObjectWriter::persist), but to a kept-aside name
     /// beside `key` (a duplicate awaiting reconciliation), never replacing
@@ -257,40 +280,12 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
     /// deferred file, and each distinct directory once.
     fn sync(&self, pending: PendingSync) -> Result<(), Error>;
 
-    /// Durably replaces the open-batch journal of `journal` (a number
-    /// unique in this process: one per group committer) on `filesystem`
-    /// with `contents` (the group commit writes it before its index
-    /// transaction begins; see `services::commit`). The default keeps no
-    /// journal: a backend whose writers never defer needs none.
-    fn write_journal(
-        &self,
-        filesystem: &Filesystem,
-        journal: u64,
-        contents: &[u8],
-    ) -> Result<(), Error> {
-        let _ = (filesystem, journal, contents);
-        Ok(())
-    }
-
-    /// The journals on `filesystem` left by processes of this host that are
-    /// gone (a crash), each with its name and contents. Another host's
-    /// journal is never returned: its process may be alive.
-    fn orphan_journals(&self, filesystem: &Filesystem) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        let _ = filesystem;
-        Ok(Vec::new())
-    }
-
-    /// Removes a journal [`orphan_journals`](StorageBackend::orphan_journals)
-    /// returned, durably.
-    fn remove_journal(&self, filesystem: &Filesystem, name: &str) -> Result<(), Error> {
-        let _ = (filesystem, name);
-        Ok(())
-    }
-
-    /// Removes the journals of `journal` on every filesystem (its
-    /// committer stopped: nothing is open).
-    fn close_journals(&self, journal: u64) {
-        let _ = journal;
+    /// Deferred persistence and its journal, when this backend offers them
+    /// (`None`, the default: every write is persisted eagerly). A backend
+    /// that wraps another must pass this on to offer it: one that does not
+    /// is safe, only slower (see [`DeferredSync`]).
+    fn deferred(&self) -> Option<&dyn DeferredSync> {
+        None
     }
 
     /// Opens a stored instance for streaming reads. A missing instance is
@@ -431,6 +426,67 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
         filesystem: &Filesystem,
         stale_after: std::time::Duration,
     ) -> Result<SweepReport, Error>;
+}
+
+/// Deferred persistence, and the journal of open batches that makes it
+/// safe, as one capability of a backend ([`StorageBackend::deferred`]).
+///
+/// A file persisted deferred may be renamed into place before its data is
+/// durable, so after a crash an index row may name a file that is not
+/// whole; the group commit therefore journals every open batch, and
+/// start-up recovery reads the journals a dead process left. Both halves
+/// are one object with no defaults: a backend (or a wrapper around one)
+/// either offers deferral together with a journal that works, or offers
+/// neither, and then ingest persists eagerly and the group commit syncs
+/// any deferred file before its row is indexed. Nothing can defer without
+/// a journal.
+pub trait DeferredSync: Send + Sync {
+    /// Like [`ObjectWriter::persist`], but neither syncs the file's data
+    /// nor renames it into place: the returned value holds both, so that the
+    /// data sync ([`PendingSync::take_files`], then
+    /// [`StorageBackend::sync`]) runs while the caller journals the file
+    /// ([`DeferredSync::write_journal`]), and the rename
+    /// ([`DeferredSync::place`]) comes once the journal is durable: a file
+    /// at `key` that may not be whole after a crash is always journaled.
+    /// [`StorageBackend::sync`] of the whole value does all of it, data
+    /// first. A writer this backend did not make is persisted eagerly.
+    fn persist_deferred(
+        &self,
+        writer: Box<dyn ObjectWriter>,
+        key: &InstanceKey,
+    ) -> Result<PendingSync, Error>;
+
+    /// Renames the files `pending` holds from
+    /// [`persist_deferred`](DeferredSync::persist_deferred) into place
+    /// (their data may not be synced yet), adding to it the directories to
+    /// sync. The files not placed after a failure are discarded.
+    fn place(&self, pending: &mut PendingSync) -> Result<(), Error>;
+
+    /// Durably replaces the open-batch journal of `journal` (a number
+    /// unique in this process: one per group committer) on `filesystem`
+    /// with `contents` (the group commit writes it before its index
+    /// transaction begins; see `services::commit`).
+    fn write_journal(
+        &self,
+        filesystem: &Filesystem,
+        journal: u64,
+        contents: &[u8],
+    ) -> Result<(), Error>;
+
+    /// The journals on `filesystem` left by processes of this host that are
+    /// gone (a crash), each with its name and contents, sorted by name.
+    /// This process's journals and another host's are never returned: their
+    /// process may be alive.
+    fn orphan_journals(&self, filesystem: &Filesystem) -> Result<Vec<(String, Vec<u8>)>, Error>;
+
+    /// Removes a journal [`orphan_journals`](DeferredSync::orphan_journals)
+    /// returned, durably; a name that is no journal's is
+    /// [`Error::NotFound`].
+    fn remove_journal(&self, filesystem: &Filesystem, name: &str) -> Result<(), Error>;
+
+    /// Removes the journals of `journal` on every filesystem (its
+    /// committer stopped: nothing is open).
+    fn close_journals(&self, journal: u64);
 }
 
 /// What [`StorageBackend::sweep_temporary`] removed.

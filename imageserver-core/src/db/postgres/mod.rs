@@ -52,6 +52,7 @@ mod copy;
 mod ingest;
 mod nodes;
 mod query;
+mod recovery;
 mod studies;
 mod tablespaces;
 mod work;
@@ -1125,6 +1126,14 @@ impl IndexStore for PgIndex {
                 .await?;
             Ok(id)
         })
+    }
+
+    fn remove_instance_row(
+        &self,
+        partition: PartitionId,
+        file: &crate::db::InstanceFile,
+    ) -> Result<bool, Error> {
+        self.remove_file_row(partition, file)
     }
 }
 

@@ -96,7 +96,7 @@ async fn study_keys(
 
 /// Locks the study's patient, then its storage row (ingest's order), and
 /// returns its keys; a study that changed meanwhile is a conflict.
-async fn lock_study(
+pub(super) async fn lock_study(
     conn: &mut PgConnection,
     partition: PartitionId,
     study_uid: &Uid,
@@ -122,7 +122,10 @@ async fn lock_study(
 
 /// Recounts a patient from its studies' counters; deletes it when it has
 /// no study left.
-async fn recount_patient(conn: &mut PgConnection, patient: i64) -> Result<(), sqlx::Error> {
+pub(super) async fn recount_patient(
+    conn: &mut PgConnection,
+    patient: i64,
+) -> Result<(), sqlx::Error> {
     let studies: Option<i64> = sqlx::query_scalar(sql::RECOUNT_PATIENT)
         .bind(patient)
         .fetch_optional(&mut *conn)

@@ -19,6 +19,7 @@ mod archive;
 mod ingest;
 mod nodes;
 mod query;
+mod recovery;
 mod studies;
 mod work;
 
@@ -1019,6 +1020,17 @@ impl IndexStore for SqliteIndex {
                 ],
                 |r| r.get(0),
             )
+        })
+    }
+
+    fn remove_instance_row(
+        &self,
+        partition: PartitionId,
+        file: &crate::db::InstanceFile,
+    ) -> Result<bool, Error> {
+        let now = now_ms();
+        self.write("removing an instance row", |tx| {
+            recovery::remove_instance_row(tx, partition, file, now)
         })
     }
 }

@@ -53,7 +53,7 @@ fn read_duplicates(
 
 /// Recounts a patient from its studies' counters; deletes it when it has
 /// no study left.
-fn recount_patient(tx: &Transaction<'_>, patient: i64) -> rusqlite::Result<()> {
+pub(super) fn recount_patient(tx: &Transaction<'_>, patient: i64) -> rusqlite::Result<()> {
     let studies: Option<i64> = tx
         .prepare_cached(sql::RECOUNT_PATIENT)?
         .query_row([patient], |r| r.get(0))
