@@ -77,7 +77,16 @@ pub struct Link {
     pending: VecDeque<OwnedPdv>,
     /// Reused buffer for messages written with one system call.
     out: Vec<u8>,
+    /// Messages queued by [`Link::queue_command_with_dataset`], not yet
+    /// written.
+    queued: Vec<u8>,
 }
+
+/// How many queued bytes [`Link::queue_command_with_dataset`]'s callers let
+/// gather before they flush: large enough that a long C-FIND costs few
+/// system calls and wake-ups, small enough that the first matches reach the
+/// peer at once.
+pub const QUEUE_FLUSH_BYTES: usize = 32 * 1024;
 
 /// A PDV copied out of the reader's buffer.
 #[derive(Debug)]
@@ -120,6 +129,7 @@ impl Link {
             combined_date_time: Vec::new(),
             pending: VecDeque::new(),
             out: Vec::new(),
+            queued: Vec::new(),
         }
     }
 
@@ -223,6 +233,52 @@ impl Link {
         self.out = out;
         written?;
         Ok(())
+    }
+
+    /// Appends an encoded command set and its data set to the queue of
+    /// messages not yet written; [`flush_queued`](Link::flush_queued) writes
+    /// them with one system call. A C-FIND answering hundreds of matches
+    /// then wakes its peer once per [`QUEUE_FLUSH_BYTES`], not once per
+    /// match. Returns the bytes now queued.
+    pub fn queue_command_with_dataset(
+        &mut self,
+        pc_id: u8,
+        command: &[u8],
+        data: &[u8],
+    ) -> Result<usize, LinkError> {
+        pdu::write_pdata(
+            &mut self.queued,
+            &mut self.scratch,
+            pc_id,
+            true,
+            command,
+            self.peer_max_pdu,
+        )?;
+        pdu::write_pdata(
+            &mut self.queued,
+            &mut self.scratch,
+            pc_id,
+            false,
+            data,
+            self.peer_max_pdu,
+        )?;
+        Ok(self.queued.len())
+    }
+
+    /// Writes the queued messages, if any.
+    pub fn flush_queued(&mut self) -> Result<(), LinkError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let written = self.socket.write_all(&self.queued);
+        self.queued.clear();
+        written?;
+        Ok(())
+    }
+
+    /// Drops the queued messages unsent (the operation was cancelled).
+    pub fn discard_queued(&mut self) {
+        self.queued.clear();
     }
 
     /// Sends a data set held in memory.

@@ -28,6 +28,7 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::{Dispatcher, Link, LinkError};
+use crate::dicom::link::QUEUE_FLUSH_BYTES;
 use crate::audit::{
     Action, AuditEvent, EventKind, Outcome as AuditOutcome, ParticipantObject, Role,
 };
@@ -135,6 +136,19 @@ pub fn handle(
     let mut sent: u64 = 0;
     let mut outcome = Outcome::Complete;
     let mut found = Ok(());
+    // Every pending response carries the same command set: encoded once.
+    let response = Command::find_rsp(command, pending, true).encode();
+    // Responses are queued and written QUEUE_FLUSH_BYTES at a time; a
+    // C-CANCEL-RQ is looked for before each write, and what is queued when
+    // it arrives is never sent.
+    let flush = |link: &mut Link| -> Result<bool, LinkError> {
+        if link.poll_cancel(message_id)? {
+            link.discard_queued();
+            return Ok(true);
+        }
+        link.flush_queued()?;
+        Ok(false)
+    };
     // A page at a time: the index connection is back in its pool before a
     // byte goes to the peer, so a peer that stalls holds no connection.
     'pages: for page in dispatcher.find.pages(parsed.query.clone()) {
@@ -150,17 +164,6 @@ pub fn handle(
                 outcome = Outcome::Capped;
                 break 'pages;
             }
-            match link.poll_cancel(message_id) {
-                Ok(false) => {}
-                Ok(true) => {
-                    outcome = Outcome::Cancelled;
-                    break 'pages;
-                }
-                Err(error) => {
-                    outcome = Outcome::Link(error);
-                    break 'pages;
-                }
-            }
             let data = match query_keys::encode_response(&parsed, &matched, &transfer_syntax) {
                 Ok(data) => data,
                 Err(error) => {
@@ -168,13 +171,49 @@ pub fn handle(
                     break 'pages;
                 }
             };
-            let response = Command::find_rsp(command, pending, true);
-            if let Err(error) = link.send_command_with_dataset(pc_id, &response, &data) {
+            let queued = match link.queue_command_with_dataset(pc_id, &response, &data) {
+                Ok(queued) => queued,
+                Err(error) => {
+                    outcome = Outcome::Link(error);
+                    break 'pages;
+                }
+            };
+            sent += 1;
+            if queued >= QUEUE_FLUSH_BYTES {
+                match flush(link) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        outcome = Outcome::Cancelled;
+                        break 'pages;
+                    }
+                    Err(error) => {
+                        outcome = Outcome::Link(error);
+                        break 'pages;
+                    }
+                }
+            }
+        }
+        // The page is out before the next is read from the index.
+        match flush(link) {
+            Ok(false) => {}
+            Ok(true) => {
+                outcome = Outcome::Cancelled;
+                break 'pages;
+            }
+            Err(error) => {
                 outcome = Outcome::Link(error);
                 break 'pages;
             }
-            sent += 1;
         }
+    }
+    // Queued responses of a query that stopped early (cap, encoding error,
+    // index failure) still go before the final response.
+    if matches!(outcome, Outcome::Capped | Outcome::Encode(_)) || found.is_err() {
+        if let Err(error) = link.flush_queued() {
+            outcome = Outcome::Link(error);
+        }
+    } else if matches!(outcome, Outcome::Cancelled | Outcome::Link(_)) {
+        link.discard_queued();
     }
 
     // (status, ErrorComment, failure detail for the log)
