@@ -4,14 +4,16 @@
 //! The identifier becomes a [`crate::model::query::Query`] through
 //! [`crate::dicom::query_keys`]; matches are read from the index a page at
 //! a time ([`crate::services::find::Pages`], no connection held while the peer is written to),
-//! one pending C-FIND-RSP and identifier each.
+//! one pending C-FIND-RSP and identifier each. Responses are queued and
+//! written [`QUEUE_FLUSH_BYTES`] at a time and at the end of every page: a
+//! long answer costs few writes and wakes its peer rarely.
 //!
 //! Statuses:
 //! - FF00 per match, FF01 when the identifier held keys we do not support
 //!   (returned zero-length) or a value we could not match on;
 //! - 0000 after the last match;
-//! - FE00 when a C-CANCEL-RQ for the request arrives (checked before every
-//!   match): matching stops, nothing more is sent;
+//! - FE00 when a C-CANCEL-RQ for the request arrives (looked for before
+//!   every write): matching stops, and what is queued is never sent;
 //! - A700 (out of resources) when there are more than `max_query_results`
 //!   matches: the first `max_query_results` pendings have been sent and stay
 //!   sent; the final response says so in its ErrorComment;
