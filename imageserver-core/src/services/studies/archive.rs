@@ -270,6 +270,28 @@ impl Studies {
         Ok(())
     }
 
+    /// The study's pack as recorded, if it holds the study's current
+    /// content (its root's marker checked): [`StudyError::NotArchived`] when
+    /// none was recorded, [`StudyError::StaleArchive`] when instances
+    /// changed since. `archived_at_ms` is when that pack was recorded (an
+    /// `online_retention` rule counts from it).
+    pub fn current_archive(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+    ) -> Result<ArchiveEntry, StudyError> {
+        let record = self
+            .store()
+            .study(partition.id, study_uid)?
+            .ok_or_else(|| Self::unknown(partition, study_uid))?;
+        self.current_pack(
+            partition,
+            study_uid,
+            record.num_instances,
+            record.size_bytes,
+        )
+    }
+
     /// The study's pack as recorded, which must hold its current content
     /// (`instances` rows of `bytes`), its root's marker checked.
     pub(super) fn current_pack(
