@@ -18,21 +18,13 @@ use std::path::{Path, PathBuf};
 use crate::support::cli::{cli, cli_ok, wait_log, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
+use crate::support::lifecycle::{instance_files, store_all};
 use crate::support::server::{test_dir, Server, ServerBuilder};
 use crate::support::{files_under, received_by_uid};
 use find_scu::{findscu, Model};
 use retrieve_peers::{assert_received, getscu, movescu, StoreScp};
 
 const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_ARCHIVE_AT";
-
-/// The instance files under a filesystem root (no temporary files).
-fn instance_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
-        .collect()
-}
 
 /// The packs under the archive root.
 fn packs(root: &Path) -> Vec<PathBuf> {
@@ -67,16 +59,6 @@ fn archive_server_builder(dir: &Path, devices: Option<String>) -> ServerBuilder 
         builder = builder.setting("devices", devices);
     }
     builder
-}
-
-fn store_all(server: &Server, instances: &[Instance]) {
-    let paths: Vec<&Path> = instances.iter().map(|i| i.path.as_path()).collect();
-    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(
-        dcmtk::acknowledged_files(&out.text()).len(),
-        instances.len(),
-        "{out}"
-    );
 }
 
 /// The study's instances are retrieved by C-GET, byte-identical.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use crate::support::cli::{cli, cli_ok, command, wait_log, wait_work_items, Resume, BOUND};
 use crate::support::corpus::{dataset_offset, generate_corpus, CorpusShape, Instance, Rng};
 use crate::support::dcmtk;
-use crate::support::files_under;
+use crate::support::lifecycle::{instance_files, store_all, stored_path};
 use crate::support::server::{test_dir, Server};
 use retrieve_peers::{movescu, py_retrieve, StoreScp};
 
@@ -128,34 +128,6 @@ fn file_pixels(path: &Path) -> (String, Vec<u8>) {
         .trim_end_matches('\0')
         .to_string();
     (ts, native_pixels(&object))
-}
-
-fn instance_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
-        .collect()
-}
-
-fn stored_path(root: &Path, sop: &str) -> PathBuf {
-    instance_files(root)
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n == format!("{sop}.dcm").as_str())
-        })
-        .unwrap_or_else(|| panic!("{sop} is not stored under {}", root.display()))
-}
-
-fn store_all(server: &Server, corpus: &[Instance]) {
-    let paths: Vec<&Path> = corpus.iter().map(|i| i.path.as_path()).collect();
-    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(
-        dcmtk::acknowledged_files(&out.text()).len(),
-        corpus.len(),
-        "{out}"
-    );
 }
 
 /// The original pixels by SOP Instance UID.
