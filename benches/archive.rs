@@ -18,12 +18,15 @@
 #[path = "../tests/it/support/corpus.rs"]
 #[allow(dead_code)]
 mod corpus;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use imageserver_core::{Config, ServerBuilder, Uid};
+use imageserver_core::Uid;
+use lifecycle::files;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -89,22 +92,6 @@ fn rate(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64()
 }
 
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "dcm") {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
 fn main() -> Result<()> {
     let options = options()?;
     let work = tempfile::Builder::new()
@@ -119,22 +106,17 @@ fn main() -> Result<()> {
         (options.size, options.size),
     );
     let corpus = corpus::generate_corpus(&root.join("corpus"), 13, shape);
-    let (fs1, fs2, archive_dir) = (root.join("fs1"), root.join("fs2"), root.join("archive"));
-    let config = Config::from_toml(&format!(
-        "data_dir = {:?}\nfilesystems = [{{ path = {:?}, tier = 1 }}, {{ path = {:?}, tier = 2 }}]\n\
-         [archive]\npath = {:?}\n",
-        root.display().to_string(),
-        fs1.display().to_string(),
-        fs2.display().to_string(),
-        archive_dir.display().to_string()
-    ))?;
-    let archive = ServerBuilder::new(config.validate()?).open()?;
-    let partition = archive.default_partition().partition.clone();
-    let paths: Vec<PathBuf> = corpus.iter().map(|i| i.path.clone()).collect();
-    let summary = archive.import_files(&partition, &paths, &mut |_, _| {});
-    if summary.imported as usize != corpus.len() {
-        return Err(format!("imported {} of {}", summary.imported, corpus.len()).into());
-    }
+    let archive_dir = root.join("archive");
+    let (archive, fs1, fs2) = lifecycle::two_tier_archive(
+        root,
+        "",
+        "",
+        &format!(
+            "[archive]\npath = {:?}\n",
+            archive_dir.display().to_string()
+        ),
+    )?;
+    let partition = lifecycle::import_all(&archive, &corpus)?;
     let uid = Uid::parse(&corpus[0].study_uid)?;
     let bytes: u64 = files(&fs1)
         .iter()

@@ -31,6 +31,8 @@
 #[path = "../tests/it/support/corpus.rs"]
 #[allow(dead_code)]
 mod corpus;
+#[path = "support/lifecycle.rs"]
+mod lifecycle;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -38,7 +40,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use imageserver_core::model::work::{WorkFilter, WorkKind, WorkStatus};
-use imageserver_core::{Config, Server, ServerBuilder};
+use imageserver_core::Server;
+use lifecycle::files;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -95,28 +98,6 @@ fn options() -> Result<Options> {
         }
     }
     Ok(options)
-}
-
-/// The instance files under a root (no temporary files).
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                if path.file_name().is_some_and(|n| n != ".tmp") {
-                    stack.push(path);
-                }
-            } else if path.extension().is_some_and(|e| e == "dcm") {
-                out.push(path);
-            }
-        }
-    }
-    out
 }
 
 /// Runs the probe over `paths`; the latencies in ms, in order.
@@ -232,24 +213,14 @@ fn main() -> Result<()> {
             })
             .count()
     };
-    let (fs1, fs2) = (root.join("fs1"), root.join("fs2"));
-    let config = Config::from_toml(&format!(
-        "data_dir = {:?}\nfilesystem_refresh_secs = 1\nmigration_batch = 1000\n\
-         filesystems = [{{ path = {:?}, tier = 1, high_watermark = 90.0, low_watermark = 5.0 }}, \
-         {{ path = {:?}, tier = 2 }}]\n",
-        root.display().to_string(),
-        fs1.display().to_string(),
-        fs2.display().to_string(),
-    ))?;
-    let settings = config.validate()?;
-    let ae = settings.partitions[0].spec.ae_title.as_str().to_string();
-    let archive = ServerBuilder::new(settings).open()?;
-    let partition = archive.default_partition().partition.clone();
-    let paths: Vec<PathBuf> = set.iter().map(|i| i.path.clone()).collect();
-    let summary = archive.import_files(&partition, &paths, &mut |_, _| {});
-    if summary.imported as usize != set.len() {
-        return Err(format!("imported {} of {}", summary.imported, set.len()).into());
-    }
+    let (archive, fs1, fs2) = lifecycle::two_tier_archive(
+        root,
+        "filesystem_refresh_secs = 1\nmigration_batch = 1000\n",
+        ", high_watermark = 90.0, low_watermark = 5.0",
+        "",
+    )?;
+    let partition = lifecycle::import_all(&archive, &set)?;
+    let ae = partition.ae_title.as_str().to_string();
     let set_bytes: u64 = set.iter().map(|i| i.file_size).sum();
     let server = Server::start_on(archive, vec![TcpListener::bind("127.0.0.1:0")?])?;
 

@@ -641,12 +641,14 @@ fn compress(args: CompressArgs) -> Result<ExitCode> {
         .map_err(unknown)?;
     println!(
         "study {uid}: {} instances compressed ({} resumed), {} already compressed, {} left as \
-         they are, {} not matching the index; {} bytes before, {} after ({} saved)",
+         they are, {} not matching the index, {} replaced meanwhile; {} bytes before, {} after \
+         ({} saved)",
         report.compressed,
         report.resumed,
         report.already_compressed,
         report.skipped,
         report.mismatched,
+        report.replaced,
         report.bytes_before,
         report.bytes_after,
         report.saved()

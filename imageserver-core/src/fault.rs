@@ -73,8 +73,9 @@ pub const MIGRATION_ENV: &str = "IMAGESERVER_FAULT_PAUSE_MIGRATION_AT";
 pub static MIGRATION: FaultPoints = FaultPoints::new(MIGRATION_ENV, "the migration");
 
 /// A compression's steps: `written-one` (the first recoded file written and
-/// verified, not yet renamed), `swapped-one` (renamed over its original, not
-/// yet recorded), `recorded` (the first batch recorded).
+/// verified, not yet renamed), `swapped-one` (renamed over its original
+/// inside the recording transaction, not yet committed), `recorded` (the
+/// first batch recorded).
 /// The variable of [`COMPRESSION`].
 pub const COMPRESSION_ENV: &str = "IMAGESERVER_FAULT_PAUSE_COMPRESSION_AT";
 

@@ -335,7 +335,8 @@ impl ServerBuilder {
             self.settings.archive.root.clone().map(ArchiveRoot::new),
             placement.clone(),
             self.settings.archive.max_concurrent_restores,
-        );
+        )
+        .in_index(database.clone());
         // The engine's handle, once a server starts one: StudyProcess
         // items are woken and restores run through it.
         let study_process_wake = Arc::new(OnceLock::new());

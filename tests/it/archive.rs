@@ -18,21 +18,13 @@ use std::path::{Path, PathBuf};
 use crate::support::cli::{cli, cli_ok, wait_log, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
-use crate::support::server::{test_dir, Server};
+use crate::support::lifecycle::{instance_files, store_all};
+use crate::support::server::{test_dir, Server, ServerBuilder};
 use crate::support::{files_under, received_by_uid};
 use find_scu::{findscu, Model};
 use retrieve_peers::{assert_received, getscu, movescu, StoreScp};
 
 const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_ARCHIVE_AT";
-
-/// The instance files under a filesystem root (no temporary files).
-fn instance_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
-        .collect()
-}
 
 /// The packs under the archive root.
 fn packs(root: &Path) -> Vec<PathBuf> {
@@ -44,6 +36,11 @@ fn packs(root: &Path) -> Vec<PathBuf> {
 
 /// A server with an archive root (`<dir>/archive`); `devices` as TOML.
 fn archive_server(dir: &Path, devices: Option<String>) -> Server {
+    archive_server_builder(dir, devices).start()
+}
+
+/// [`archive_server`]'s builder, to add settings.
+fn archive_server_builder(dir: &Path, devices: Option<String>) -> ServerBuilder {
     let archive = dir.join("archive");
     let mut builder = Server::builder(dir)
         .setting(
@@ -54,21 +51,14 @@ fn archive_server(dir: &Path, devices: Option<String>) -> Server {
             ),
         )
         .setting("services", "{ archive_scan_secs = 0 }")
-        .setting("workqueue", "{ lease_secs = 2, poll_secs = 1 }");
+        .setting(
+            "workqueue",
+            "{ lease_secs = 2, poll_secs = 1, study_process_delay_secs = 1 }",
+        );
     if let Some(devices) = devices {
         builder = builder.setting("devices", devices);
     }
-    builder.start()
-}
-
-fn store_all(server: &Server, instances: &[Instance]) {
-    let paths: Vec<&Path> = instances.iter().map(|i| i.path.as_path()).collect();
-    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(
-        dcmtk::acknowledged_files(&out.text()).len(),
-        instances.len(),
-        "{out}"
-    );
+    builder
 }
 
 /// The study's instances are retrieved by C-GET, byte-identical.
@@ -230,6 +220,111 @@ fn archived_purged_study_is_found_and_restored_by_c_move_and_by_a_new_instance()
         packs(&archive_root)
     );
     assert_eq!(server.archive().index().counts().instances, 0);
+}
+
+/// `online_retention` counts from the archiving: with 0 days a study is
+/// archived and purged at once; with 30 days it is archived, stays online,
+/// and its `purge_study` item waits until the pack is 30 days old.
+#[test]
+fn online_retention_purges_n_days_after_archiving() {
+    const DAYS: i64 = 30;
+    let dir = test_dir("archive-retention");
+    let corpus = generate_corpus(
+        &dir.path().join("corpus"),
+        96,
+        CorpusShape::uniform(2, 1, 2, (16, 16)),
+    );
+    let (now_study, later_study) = corpus.split_at(2);
+    let (now_uid, later_uid) = (&now_study[0].study_uid, &later_study[0].study_uid);
+    assert_ne!(now_uid, later_uid);
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        format!(
+            r#"version = 1
+
+[[rule]]
+name = "purge-when-archived"
+when = {{ attribute = "StudyInstanceUID", equals = "{now_uid}" }}
+actions = [{{ type = "online_retention", after_days = 0 }}]
+
+[[rule]]
+name = "purge-a-month-after-archiving"
+when = {{ attribute = "StudyInstanceUID", equals = "{later_uid}" }}
+actions = [{{ type = "online_retention", after_days = {DAYS} }}]
+"#
+        ),
+    )
+    .expect("write the rules");
+    let server = archive_server_builder(dir.path(), None)
+        .setting("rules_file", r#""rules.toml""#)
+        .start();
+    let fs1 = server.archive().fs1();
+    store_all(&server, &corpus);
+    let index = server.archive().index();
+    let of = |items: &[serde_json::Value], uid: &str| -> Vec<serde_json::Value> {
+        items
+            .iter()
+            .filter(|i| i["study_uid"] == uid)
+            .cloned()
+            .collect()
+    };
+    // The 30-day item is due 30 days after arrival (the earliest the pack
+    // can be that old); made due now, as if that time had passed, it
+    // archives the study and waits 30 days from the pack.
+    let items = wait_work_items(
+        dir.path(),
+        server.archive(),
+        "purge_study",
+        "online retention queued",
+        |items| {
+            let now = of(items, now_uid);
+            !now.is_empty()
+                && now.iter().all(|i| i["status"] == "completed")
+                && !of(items, later_uid).is_empty()
+        },
+    );
+    assert!(index.archive_entry(later_uid).is_none(), "not archived yet");
+    for item in of(&items, later_uid) {
+        cli_ok(
+            dir.path(),
+            server.archive(),
+            &["workqueue", "reschedule", &item["id"].to_string(), "--now"],
+        );
+    }
+    let items = wait_work_items(
+        dir.path(),
+        server.archive(),
+        "purge_study",
+        "online retention postponed",
+        |items| {
+            let later = of(items, later_uid);
+            // (Purged at once: the assertions below say so.)
+            later.iter().any(|i| i["status"] == "completed")
+                || index.archive_entry(later_uid).is_some_and(|entry| {
+                    later.iter().all(|i| {
+                        i["status"] == "pending"
+                            && i["scheduled_at"]["ms"].as_i64() > Some(entry.archived_at_ms)
+                    })
+                })
+        },
+    );
+    // 0 days: archived, then purged (nearline).
+    assert!(index.archive_entry(now_uid).is_some(), "archived first");
+    assert!(index.instance(&now_study[0].sop_instance_uid).is_none());
+    // 30 days: archived but online, its item due 30 days after the pack.
+    let entry = index.archive_entry(later_uid).expect("archived");
+    for instance in later_study {
+        assert!(index.instance(&instance.sop_instance_uid).is_some());
+    }
+    assert_eq!(instance_files(&fs1).len(), later_study.len(), "online");
+    for item in of(&items, later_uid) {
+        assert_eq!(
+            item["scheduled_at"]["ms"].as_i64(),
+            Some(entry.archived_at_ms + DAYS * 24 * 60 * 60 * 1000),
+            "{item:#}"
+        );
+    }
+    assert_get(dir.path(), &server, later_uid, later_study, "retention");
 }
 
 /// One operation killed at `step`, finished after a restart: exactly one

@@ -22,16 +22,20 @@ use dicom_core::{DataElement, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use crate::support::cli::{cli, cli_ok, wait_log, wait_work_items, BOUND};
-use crate::support::corpus::{generate_corpus, CorpusShape, Instance, Rng};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::cli::{cli, cli_ok, command, wait_log, wait_work_items, Resume, BOUND};
+use crate::support::corpus::{dataset_offset, generate_corpus, CorpusShape, Instance, Rng};
 use crate::support::dcmtk;
-use crate::support::files_under;
+use crate::support::lifecycle::{instance_files, store_all, stored_path};
 use crate::support::server::{test_dir, Server};
 use retrieve_peers::{movescu, py_retrieve, StoreScp};
 
 const RLE: &str = "1.2.840.10008.1.2.5";
 const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_COMPRESSION_AT";
+const RESUME_ENV: &str = "IMAGESERVER_FAULT_RESUME_FILE";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 /// The dicomweb-client script retrieving the compressed series.
@@ -124,34 +128,6 @@ fn file_pixels(path: &Path) -> (String, Vec<u8>) {
         .trim_end_matches('\0')
         .to_string();
     (ts, native_pixels(&object))
-}
-
-fn instance_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
-        .collect()
-}
-
-fn stored_path(root: &Path, sop: &str) -> PathBuf {
-    instance_files(root)
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n == format!("{sop}.dcm").as_str())
-        })
-        .unwrap_or_else(|| panic!("{sop} is not stored under {}", root.display()))
-}
-
-fn store_all(server: &Server, corpus: &[Instance]) {
-    let paths: Vec<&Path> = corpus.iter().map(|i| i.path.as_path()).collect();
-    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(
-        dcmtk::acknowledged_files(&out.text()).len(),
-        corpus.len(),
-        "{out}"
-    );
 }
 
 /// The original pixels by SOP Instance UID.
@@ -438,6 +414,102 @@ fn a_compression_killed_at_any_step_leaves_one_good_file_per_instance() {
             .collect();
         assert_eq!(files.len(), corpus.len(), "{step}: {files:#?}");
     }
+}
+
+/// A replacement (`accept_latest`) stored while its instance is being
+/// recoded is kept: the compression, paused after recoding the older
+/// version (`written-one`), finds the row changed when it switches and
+/// drops its recode; the stored file is the replacement as it was sent.
+#[test]
+fn a_replacement_stored_during_a_compression_is_kept() {
+    let dir = test_dir("compress-replace");
+    let server = Server::builder(dir.path())
+        .dicom_setting("duplicate_policy", r#""accept_latest""#)
+        .setting(
+            "devices",
+            format!(
+                r#"[{{ ae_title = "{}", host = "127.0.0.1", port = 104, allow_replace = true }}]"#,
+                dcmtk::CALLING_AE
+            ),
+        )
+        .start();
+    let corpus = study(&dir.path().join("corpus"), 96, 1, 32);
+    store_all(&server, &corpus);
+    let original = &corpus[0];
+    // The replacement: the same UIDs, other pixels.
+    let mut replacement = original.clone();
+    replacement.path = dir.path().join("replacement.dcm");
+    std::fs::copy(&original.path, &replacement.path).expect("copy");
+    with_phantom(&mut replacement, 4242);
+    assert_ne!(file_pixels(&replacement.path), file_pixels(&original.path));
+
+    let resume = Resume(dir.path().join("resume"));
+    let stderr = dir.path().join("compress.err");
+    let mut compress = command(
+        dir.path(),
+        server.archive(),
+        &["study", "compress", "--now", &original.study_uid],
+    );
+    compress
+        .env("IMAGESERVER_LOG", "info")
+        .env(FAULT_ENV, "written-one")
+        .env(RESUME_ENV, &resume.0)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).expect("create the log"));
+    let child = compress.spawn().expect("spawn imageserver study compress");
+    let deadline = Instant::now() + BOUND;
+    while !std::fs::read_to_string(&stderr)
+        .unwrap_or_default()
+        .contains("the compression pauses here")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the compression never reached its pause:\n{}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While the recode of the older version waits to be switched.
+    let out = dcmtk::store(
+        server.addr(),
+        server.ae_title(),
+        &[&replacement.path],
+        &[],
+        BOUND,
+    );
+    assert_eq!(dcmtk::store_responses(&out.text()), ["Success"], "{out}");
+    drop(resume);
+    let output = dcmtk::wait_with_timeout(child, BOUND);
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(output.success(), "study compress:\n{output}\n{log}");
+
+    let stored = stored_path(&server.archive().fs1(), &original.sop_instance_uid);
+    let dataset = |path: &Path| {
+        let bytes = std::fs::read(path).expect("read");
+        bytes[dataset_offset(path) as usize..].to_vec()
+    };
+    assert!(
+        dataset(&stored) == dataset(&replacement.path),
+        "the stored instance is not the replacement as it was sent"
+    );
+    let row = server
+        .archive()
+        .index()
+        .instance(&original.sop_instance_uid)
+        .expect("indexed");
+    assert_eq!(
+        row.digest,
+        blake3::hash(&std::fs::read(&stored).unwrap())
+            .to_hex()
+            .to_string()
+    );
+    let check = cli(
+        dir.path(),
+        server.archive(),
+        &["study", "check", &original.study_uid],
+    );
+    assert!(check.success(), "integrity:\n{check}");
+    assert!(output.stdout.contains("1 replaced meanwhile"), "{output}");
 }
 
 /// A rule's `compress` action: StudyProcess queues `compress_study` for

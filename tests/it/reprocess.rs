@@ -9,7 +9,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::cli::{command, load, BOUND};
+use crate::support::cli::{command, load, Resume, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape};
 use crate::support::dcmtk::{self, CALLING_AE};
 use crate::support::server::{test_dir, Server};
@@ -36,15 +36,6 @@ fn queried_instances(server: &Server, study_uid: &str) -> Vec<String> {
         .filter(|l| l.contains("(0020,1208)") && !l.contains("no value available"))
         .filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.trim().to_string()))
         .collect()
-}
-
-/// Ends the reprocess's pause when dropped (also when the test fails).
-struct Resume(std::path::PathBuf);
-
-impl Drop for Resume {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.0, b"");
-    }
 }
 
 #[test]

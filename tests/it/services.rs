@@ -5,21 +5,14 @@
 //! and the folder import taking dropped files, with a broken one set aside
 //! in `failed/` with its reason.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::support::cli::{cli, cli_ok, wait_work_items};
 use crate::support::corpus::{generate_corpus, CorpusShape};
 use crate::support::files_under;
+use crate::support::lifecycle::instance_files;
 use crate::support::server::{test_dir, Server};
-
-fn instance_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
-        .collect()
-}
 
 /// Files dropped a minute ago (settled: the import takes them).
 fn settle(files: &[PathBuf]) {

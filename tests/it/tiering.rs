@@ -8,13 +8,14 @@
 #[allow(dead_code, clippy::duplicate_mod)]
 mod retrieve_peers;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::support::cli::{cli_ok, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
 use crate::support::files_under;
+use crate::support::lifecycle::{instance_files, stored_at};
 use crate::support::server::{test_dir, Server};
 use crate::support::{assert_no_temp_files, received_by_uid, temp_entries};
 use retrieve_peers::{assert_received, getscu, movescu, StoreScp};
@@ -41,22 +42,9 @@ fn row<'a>(rows: &'a [serde_json::Value], path: &Path) -> &'a serde_json::Value 
         .unwrap_or_else(|| panic!("{path} not listed: {rows:#?}"))
 }
 
-/// The instance files under a filesystem root (no temporary files, no
-/// series metadata, no marker).
-fn instance_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
-        .collect()
-}
-
 /// Whether instance `sop` is filed under `root`.
 fn holds(root: &Path, sop: &str) -> bool {
-    instance_files(root).iter().any(|p| {
-        p.file_name()
-            .is_some_and(|n| n == format!("{sop}.dcm").as_str())
-    })
+    stored_at(root, sop).is_some()
 }
 
 /// storescu of `paths`; the Store Responses in order.

@@ -8,68 +8,27 @@
 #[allow(dead_code, clippy::duplicate_mod)]
 mod retrieve_peers;
 
-use std::path::{Path, PathBuf};
-
 use crate::support::cli::{cli, cli_ok, wait_log, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, same_dataset, CorpusShape, Instance};
 use crate::support::dcmtk;
-use crate::support::server::{test_dir, Server};
-use crate::support::{files_under, received_by_uid};
+use crate::support::lifecycle::{filesystem_id, instance_files, store_all, stored_at, two_tiers};
+use crate::support::received_by_uid;
+use crate::support::server::test_dir;
 use retrieve_peers::{assert_received, getscu};
 
 const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_MIGRATION_AT";
 
-fn instance_files(root: &Path) -> Vec<PathBuf> {
-    files_under(root)
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
-        .filter(|p| !p.components().any(|c| c.as_os_str() == ".tmp"))
-        .collect()
-}
-
-fn stored_at(root: &Path, instance: &Instance) -> Option<PathBuf> {
-    instance_files(root).into_iter().find(|p| {
-        p.file_name()
-            .is_some_and(|n| n == format!("{}.dcm", instance.sop_instance_uid).as_str())
-    })
-}
-
-/// The filesystem id `filesystem list --json` gives `path`.
-fn filesystem_id(root: &Path, server: &Server, path: &Path) -> i64 {
-    let out = cli_ok(root, server.archive(), &["filesystem", "list", "--json"]);
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("list --json");
-    rows.iter()
-        .find(|r| r["path"] == path.display().to_string().as_str())
-        .and_then(|r| r["id"].as_i64())
-        .unwrap_or_else(|| panic!("{} not listed: {rows:#?}", path.display()))
-}
-
 /// One migration killed at `step`, then finished after a restart.
 fn killed_at(step: &str, seed: u64) {
     let dir = test_dir(&format!("migrate-{step}"));
-    let data = dir.path().join("data");
-    let (t1, t2) = (data.join("t1"), data.join("t2"));
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, seed, CorpusShape::uniform(1, 2, 4, (64, 64)));
     let (study, late) = corpus.split_at(corpus.len() - 1);
-    let mut server = Server::builder(dir.path())
-        .setting(
-            "filesystems",
-            format!(
-                "[{{ path = {:?}, tier = 1, capacity_mb = 1024 }}, {{ path = {:?}, tier = 2, capacity_mb = 1024 }}]",
-                t1.display().to_string(),
-                t2.display().to_string()
-            ),
-        )
+    let (builder, t1, t2) = two_tiers(dir.path());
+    let mut server = builder
         .setting("workqueue", "{ lease_secs = 2, poll_secs = 1 }")
         .start();
-    let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
-    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(
-        dcmtk::acknowledged_files(&out.text()).len(),
-        study.len(),
-        "{out}"
-    );
+    store_all(&server, study);
     assert_eq!(instance_files(&t1).len(), study.len());
     let t2_id = filesystem_id(dir.path(), &server, &t2);
 
@@ -110,7 +69,8 @@ fn killed_at(step: &str, seed: u64) {
     for instance in study {
         let row = index.instance(&instance.sop_instance_uid).expect("indexed");
         assert_eq!(row.location.filesystem.0, t2_id, "{step}: not switched");
-        let file = stored_at(&t2, instance).unwrap_or_else(|| panic!("{step}: missing on t2"));
+        let file = stored_at(&t2, &instance.sop_instance_uid)
+            .unwrap_or_else(|| panic!("{step}: missing on t2"));
         assert!(
             same_dataset(&file, &instance.path),
             "{step}: {} differs",
@@ -156,7 +116,7 @@ fn killed_at(step: &str, seed: u64) {
     );
     assert_eq!(dcmtk::acknowledged_files(&out.text()).len(), 1, "{out}");
     assert!(
-        stored_at(&t2, &late[0]).is_some(),
+        stored_at(&t2, &late[0].sop_instance_uid).is_some(),
         "{step}: the late instance is not with its study"
     );
     assert!(instance_files(&t1).is_empty());
@@ -185,29 +145,13 @@ fn a_migration_killed_mid_removal_finishes_it() {
 #[test]
 fn an_instance_arriving_after_a_migration_follows_the_study() {
     let dir = test_dir("migrate-follow");
-    let data = dir.path().join("data");
-    let (t1, t2) = (data.join("t1"), data.join("t2"));
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, 85, CorpusShape::uniform(1, 1, 4, (32, 32)));
     let (study, late) = corpus.split_at(corpus.len() - 1);
-    let server = Server::builder(dir.path())
-        .setting(
-            "filesystems",
-            format!(
-                "[{{ path = {:?}, tier = 1, capacity_mb = 1024 }}, {{ path = {:?}, tier = 2, capacity_mb = 1024 }}]",
-                t1.display().to_string(),
-                t2.display().to_string()
-            ),
-        )
-        .start();
+    let (builder, t1, t2) = two_tiers(dir.path());
+    let server = builder.start();
     // The running server has the study's location (t1) in hand.
-    let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
-    let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
-    assert_eq!(
-        dcmtk::acknowledged_files(&out.text()).len(),
-        study.len(),
-        "{out}"
-    );
+    store_all(&server, study);
     let uid = &study[0].study_uid;
     cli_ok(
         dir.path(),
@@ -223,7 +167,8 @@ fn an_instance_arriving_after_a_migration_follows_the_study() {
         BOUND,
     );
     assert_eq!(dcmtk::store_responses(&out.text()), ["Success"], "{out}");
-    let file = stored_at(&t2, &late[0]).expect("the late instance is with its study on t2");
+    let file = stored_at(&t2, &late[0].sop_instance_uid)
+        .expect("the late instance is with its study on t2");
     assert!(same_dataset(&file, &late[0].path));
     assert!(instance_files(&t1).is_empty(), "{:#?}", instance_files(&t1));
 }

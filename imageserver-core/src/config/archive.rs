@@ -23,7 +23,8 @@ pub struct ArchiveConfig {
     /// The partitions (AE titles) whose studies the scan archives; empty
     /// (the default): every partition.
     pub partitions: Vec<String>,
-    /// Most restores running at once in one process (default 2).
+    /// Most restores running at once in the deployment (every process
+    /// sharing the index; default 2).
     pub max_concurrent_restores: usize,
     /// How long a retrieve or a store waits for a nearline study's
     /// restore before it gives up (default 1800 s; the restore goes on).
@@ -51,7 +52,7 @@ pub struct ArchiveSettings {
     pub after_quiet: Duration,
     /// The partitions archived (empty: all).
     pub partitions: Vec<String>,
-    /// Most concurrent restores per process.
+    /// Most concurrent restores in the deployment.
     pub max_concurrent_restores: usize,
     /// How long a caller waits for a restore.
     pub restore_wait: Duration,

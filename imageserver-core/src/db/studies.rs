@@ -317,6 +317,30 @@ pub struct RecodedFile {
     pub digest: String,
 }
 
+/// What a compression does with its files inside
+/// [`StudyStore::record_recoded_files`]'s transaction: a recoded file is put
+/// in place only after its row changed, while the transaction holds the row
+/// (and, on PostgreSQL, the study) locked, so a replacement (`accept_latest`)
+/// whose row committed first keeps its file, and one committing later waits
+/// and then puts its own file over the recode.
+pub trait RecodedSwitch {
+    /// Puts `file`'s recoded copy in place: called for each row the
+    /// transaction just changed. A retried transaction calls it again for
+    /// the same file; it must then succeed without doing anything. An error
+    /// rolls the transaction back (the switch keeps the reason).
+    fn put_in_place(&mut self, file: &RecodedFile) -> Result<(), SwitchFailed>;
+
+    /// Makes everything put in place durable: called once before the
+    /// commit, after the last [`RecodedSwitch::put_in_place`].
+    fn make_durable(&mut self) -> Result<(), SwitchFailed>;
+}
+
+/// A [`RecodedSwitch`] failed: the transaction rolled back; the switch
+/// holds the reason.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the recoded files could not be put in place")]
+pub struct SwitchFailed;
+
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -433,15 +457,21 @@ pub trait StudyStore: Send + Sync + std::fmt::Debug {
         bytes: u64,
     ) -> Result<bool, Error>;
 
-    /// A compression's record, in one transaction: each instance of `files`
+    /// A compression's switch, in one transaction: each instance of `files`
     /// whose row still holds its `old_digest` takes the new transfer
-    /// syntax, size and digest; the study's size is recomputed. Returns
-    /// the rows changed (a row that changed meanwhile is left alone).
+    /// syntax, size and digest, and `switch` puts its file in place at
+    /// once, under the row's lock; the study's size is recomputed,
+    /// `switch` makes the files durable, and the transaction commits.
+    /// Returns the rows changed (a row that changed meanwhile — a
+    /// replacement — is left alone and its file is not touched). A failed
+    /// switch rolls back and is an [`Error::Backend`] whose source is
+    /// [`SwitchFailed`].
     fn record_recoded_files(
         &self,
         partition: PartitionId,
         study_uid: &Uid,
         files: &[RecodedFile],
+        switch: &mut dyn RecodedSwitch,
     ) -> Result<u64, Error>;
 
     /// What the watermark service may migrate off `filesystem`: the bytes

@@ -9,7 +9,8 @@ use crate::rules::Action;
 use crate::services::studies::StudyError;
 use crate::workqueue::{ProcessContext, Processor, StepResult};
 
-/// The payload of these items: none (an empty object is accepted).
+/// The payload of archive and restore items: none (an empty object is
+/// accepted).
 #[derive(Debug, Default, serde::Deserialize)]
 struct NoPayload {}
 
@@ -71,10 +72,31 @@ impl Processor for ArchiveStudy {
     }
 }
 
+/// The payload of a `purge_study` item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PurgePayload {
+    /// An `online_retention` rule's item: purge only once the study's
+    /// current pack is this many days old (archiving it first when it has
+    /// none). None: purge now (an operator's or the watermark service's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_days: Option<u32>,
+}
+
+impl PurgePayload {
+    /// The payload as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
 /// Purges the item's archived study to nearline
 /// ([`crate::services::studies::Studies::purge`]); a study whose pack is
-/// missing or older than its content is archived first (an
-/// `online_retention` rule's item). Holds the study's write lock.
+/// missing or older than its content is archived first. An
+/// `online_retention` rule's item ([`PurgePayload::after_days`]) purges
+/// only once the current pack is that old: until then it postpones itself
+/// to the pack's `archived_at` plus the days (and a study it had to
+/// archive is not purged at once, unless the days are 0). Holds the
+/// study's write lock.
 #[derive(Debug, Clone)]
 pub struct PurgeStudy {
     deps: BuiltinDeps,
@@ -85,13 +107,56 @@ impl PurgeStudy {
     pub fn new(deps: BuiltinDeps) -> PurgeStudy {
         PurgeStudy { deps }
     }
+
+    /// When a rule's purge is due: the study's current pack's
+    /// `archived_at` plus `hold` (the study is archived first when its pack
+    /// is missing or stale).
+    fn retention_due(
+        &self,
+        partition: &crate::services::Partition,
+        study: &crate::model::Uid,
+        hold: Duration,
+        ctx: &ProcessContext<'_>,
+    ) -> Result<Timestamp, StepResult> {
+        let studies = &self.deps.studies;
+        let entry = match studies.current_archive(partition, study) {
+            Err(StudyError::NotArchived(_) | StudyError::StaleArchive(_)) => {
+                let report = or_retry(studies.archive(partition, study), ctx)?;
+                tracing::info!(study_uid = %study, pack = %report.path.display(), "archived for online retention");
+                studies.current_archive(partition, study)
+            }
+            other => other,
+        };
+        match entry {
+            Ok(entry) => Ok(Timestamp::from_millis(entry.archived_at_ms).after(hold)),
+            // Deleted while the item waited: nothing to purge.
+            Err(StudyError::UnknownStudy { .. }) => Err(StepResult::Done),
+            Err(error) => Err(on_error(&error, ctx.properties().retry.failure_delay)),
+        }
+    }
 }
+
+/// A day.
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl Processor for PurgeStudy {
     fn process(&self, item: &WorkItem, ctx: &ProcessContext<'_>) -> StepResult {
-        let (partition, study, NoPayload {}) = step!(self.deps.study_item::<NoPayload>(item));
+        let (partition, study, payload) = step!(self.deps.study_item::<PurgePayload>(item));
         let studies = &self.deps.studies;
+        let hold = payload.after_days.map(|days| DAY * days);
+        if let Some(hold) = hold {
+            let due = step!(self.retention_due(partition, study, hold, ctx));
+            if Timestamp::now() < due {
+                tracing::info!(study_uid = %study, %due, "online retention: purge postponed until the pack is old enough");
+                return StepResult::PostponeUntil(due);
+            }
+        }
         let report = match studies.purge(partition, study) {
+            // Instances arrived since the check: run again, which archives
+            // them and counts the retention from that pack.
+            Err(StudyError::NotArchived(_) | StudyError::StaleArchive(_)) if hold.is_some() => {
+                return StepResult::PostponeUntil(Timestamp::now());
+            }
             Err(StudyError::NotArchived(_) | StudyError::StaleArchive(_)) => {
                 step!(or_retry(studies.archive(partition, study), ctx));
                 studies.purge(partition, study)

@@ -18,7 +18,7 @@
 //! | `study_process` | none; instance UIDs: what arrived | read |
 //! | `migrate_study` | `{"to": filesystem id}` | write |
 //! | `archive_study` | none | read |
-//! | `purge_study` | none (archives first when the pack is missing or stale) | write |
+//! | `purge_study` | `{"after_days": N}` (an `online_retention` rule's: once the pack is N days old); archives first when the pack is missing or stale | write |
 //! | `restore_study` | none | write |
 //! | `compress_study` | none | write |
 //!
@@ -38,7 +38,7 @@ mod study_process;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use archive_study::{ArchiveStudy, PurgeStudy, RestoreStudy};
+pub use archive_study::{ArchiveStudy, PurgePayload, PurgeStudy, RestoreStudy};
 pub use auto_route::AutoRoute;
 pub use compress_study::CompressStudy;
 pub use delete_study::DeleteStudy;

@@ -257,12 +257,20 @@ impl StudyProcess {
                         .payload(payload.to_json())
                         .scheduled_at(due)
                 }
-                Action::OnlineRetention { .. } => {
+                // Due N days after archiving, which is after arrival: the
+                // item runs no earlier than arrival + N and postpones itself
+                // to the pack's time + N.
+                Action::OnlineRetention { after_days } => {
                     let due = planned
                         .due_at_ms
                         .map_or(now, Timestamp::from_millis)
                         .max(now);
-                    NewWorkItem::new(WorkKind::PURGE_STUDY, item.partition).scheduled_at(due)
+                    let payload = super::PurgePayload {
+                        after_days: Some(*after_days),
+                    };
+                    NewWorkItem::new(WorkKind::PURGE_STUDY, item.partition)
+                        .payload(payload.to_json())
+                        .scheduled_at(due)
                 }
                 Action::Compress { .. } if planned.action.is_executed() => {
                     let due = planned

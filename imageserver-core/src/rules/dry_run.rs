@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
 
-use super::{civil_date, format::condition_attributes, Evaluation, StudyFacts};
+use super::{civil_date, format::condition_attributes, Action, Evaluation, StudyFacts};
 use crate::db::studies::StudyStore;
 use crate::db::{self, QueryStore};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
@@ -101,8 +101,15 @@ pub fn render(evaluation: &Evaluation<'_>, facts: &StudyFacts) -> String {
             let _ = writeln!(out, "  because {reason}");
         }
         for planned in &result.actions {
+            // online_retention counts from the archiving: arrival + N is
+            // only the earliest.
+            let from_archiving = matches!(planned.action, Action::OnlineRetention { .. });
             let when = match (planned.due_now, planned.due_at_ms) {
+                (true, _) if from_archiving => "once archived that long".to_string(),
                 (true, _) => "now".to_string(),
+                (false, Some(due)) if from_archiving => {
+                    format!("not before {}", civil_date(due))
+                }
                 (false, Some(due)) => format!("on {}", civil_date(due)),
                 (false, None) => "when due (arrival time unknown)".to_string(),
             };

@@ -24,7 +24,7 @@
 //! actions = [
 //!     { type = "delete", after_days = 30 },
 //!     { type = "tier1_retention", after_days = 7 },
-//!     { type = "online_retention", after_days = 90 },    # declared hook
+//!     { type = "online_retention", after_days = 90 },    # 90 days after archiving
 //!     { type = "compress", after_days = 1, to = "rle" },  # "rle" (the default) is executed
 //! ]
 //! ```

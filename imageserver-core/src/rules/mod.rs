@@ -4,12 +4,13 @@
 //! A rule has a condition on the study's DICOM attributes and actions.
 //! Conditions test one attribute (`equals`, `wildcard`, `in`,
 //! `older_than_days`, `contains`) and combine with `all`, `any` and `not`.
-//! Actions: `auto_route` to a device, `delete` after N days and
-//! `tier1_retention` (migrate off tier 1 N days after arrival) and
-//! `compress` to RLE Lossless (N days after arrival), which the work queue
-//! executes, and the hooks of later issues, declared and validated now but
-//! not yet executed: `online_retention` (purge the online copy of an
-//! archived study after N days) and `compress` to the other lossless codecs.
+//! Actions, which the work queue executes: `auto_route` to a device,
+//! `delete` after N days, `tier1_retention` (migrate off tier 1 N days
+//! after arrival), `online_retention` (purge the online copy N days after
+//! the study was archived, archiving it first) and `compress` to RLE
+//! Lossless (N days after arrival); and hooks of later issues, declared and
+//! validated now but not yet executed: `compress` to the other lossless
+//! codecs.
 //!
 //! Evaluation is pure ([`RuleSet::evaluate`]): a study's attributes and the
 //! time in, the matching rules' actions out, each with the reason (the rule,
@@ -142,16 +143,17 @@ pub enum Action {
         /// Days after arrival.
         after_days: u32,
     },
-    /// Migrate the study off tier 1 this many days after it arrived.
-    /// Declared; executed by a later version.
+    /// Migrate the study off tier 1 this many days after it arrived
+    /// (`migrate_study`).
     Tier1Retention {
         /// Days after arrival.
         after_days: u32,
     },
-    /// Purge the online copy of an archived study this many days after it
-    /// arrived. Declared; executed by a later version.
+    /// Purge the online copy of the study this many days after it was
+    /// archived (`purge_study`, which archives it first when it has no
+    /// current pack and then waits the days from that pack).
     OnlineRetention {
-        /// Days after arrival.
+        /// Days after archiving (so never before as many after arrival).
         after_days: u32,
     },
     /// Compress the study losslessly this many days after it arrived.
@@ -185,6 +187,7 @@ impl Action {
             Action::AutoRoute { .. }
                 | Action::Delete { .. }
                 | Action::Tier1Retention { .. }
+                | Action::OnlineRetention { .. }
                 | Action::Compress {
                     to: Compression::Rle,
                     ..
@@ -192,7 +195,8 @@ impl Action {
         )
     }
 
-    /// Days after the study's arrival from which the action applies.
+    /// Days after the study's arrival from which the action applies (for
+    /// `online_retention` the earliest: it counts from the archiving).
     pub fn after_days(&self) -> u32 {
         match self {
             Action::AutoRoute { .. } => 0,
@@ -216,7 +220,7 @@ impl std::fmt::Display for Action {
             }
             Action::OnlineRetention { after_days } => write!(
                 f,
-                "purge the online copy (once archived) {after_days} days after arrival"
+                "purge the online copy {after_days} days after archiving (archived first if needed)"
             ),
             Action::Compress { after_days, to } => write!(
                 f,

@@ -345,8 +345,8 @@ impl std::fmt::Debug for SendLimits {
     }
 }
 
-/// How long a send slot's lease holds without renewal (renewed every
-/// third of it while the association is open).
+/// How long a slot's lease holds without renewal (renewed every third of
+/// it while the association or the restore runs).
 const SEND_SLOT_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl SendLimits {
@@ -403,9 +403,10 @@ pub struct SendPermit {
     slot: Option<ClusterSlot>,
 }
 
-/// A send slot held in the index, renewed by a thread of its own until
-/// dropped, then released.
-struct ClusterSlot {
+/// A slot held in the index (a named lease: a send's to a device, a
+/// restore's), renewed by a thread of its own until dropped, then
+/// released; it expires when its holder dies.
+pub(crate) struct ClusterSlot {
     index: Arc<dyn NodeStore>,
     name: String,
     holder: String,
@@ -430,6 +431,19 @@ impl ClusterSlot {
         partition: PartitionId,
         device: &DeviceSpec,
     ) -> Option<ClusterSlot> {
+        let names = (0..device.max_outgoing_associations)
+            .map(|slot| format!("send:{}:{}:{slot}", partition.0, device.ae_title));
+        ClusterSlot::take_named(index, names, "send")
+    }
+
+    /// Takes the first free lease of `names`, or None when every one is
+    /// held (or the index cannot be asked: logged, the caller waits).
+    /// `what` names the slot's use in the log.
+    pub(crate) fn take_named(
+        index: &Arc<dyn NodeStore>,
+        names: impl IntoIterator<Item = String>,
+        what: &str,
+    ) -> Option<ClusterSlot> {
         static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let holder = format!(
             "{}:{}:{}",
@@ -437,13 +451,12 @@ impl ClusterSlot {
             std::process::id(),
             SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        for slot in 0..device.max_outgoing_associations {
-            let name = format!("send:{}:{}:{slot}", partition.0, device.ae_title);
+        for name in names {
             match index.take_lease(&name, &holder, SEND_SLOT_LEASE) {
                 Ok(true) => return Some(ClusterSlot::renewed(index.clone(), name, holder)),
                 Ok(false) => {}
                 Err(error) => {
-                    tracing::warn!(device = %device.ae_title, error = %crate::model::error_chain(&error), "cannot take a send slot: the send waits");
+                    tracing::warn!(slot = %name, error = %crate::model::error_chain(&error), "cannot take a {what} slot: it waits");
                     return None;
                 }
             }
@@ -455,14 +468,14 @@ impl ClusterSlot {
         let (stop, stopped) = crossbeam::channel::bounded::<()>(0);
         let (renew_index, renew_name, renew_holder) = (index.clone(), name.clone(), holder.clone());
         let renewer = std::thread::Builder::new()
-            .name("send-slot".into())
+            .name("cluster-slot".into())
             .spawn(move || loop {
                 match stopped.recv_timeout(SEND_SLOT_LEASE / 3) {
                     Err(crossbeam::channel::RecvTimeoutError::Timeout) => {
                         match renew_index.take_lease(&renew_name, &renew_holder, SEND_SLOT_LEASE) {
                             Ok(true) => {}
-                            Ok(false) => tracing::warn!(slot = %renew_name, "send slot lost: another holder took it"),
-                            Err(error) => tracing::warn!(slot = %renew_name, error = %crate::model::error_chain(&error), "cannot renew a send slot"),
+                            Ok(false) => tracing::warn!(slot = %renew_name, "slot lost: another holder took it"),
+                            Err(error) => tracing::warn!(slot = %renew_name, error = %crate::model::error_chain(&error), "cannot renew a slot"),
                         }
                     }
                     _ => return,
@@ -486,7 +499,7 @@ impl Drop for ClusterSlot {
             let _ = renewer.join();
         }
         if let Err(error) = self.index.release_lease(&self.name, &self.holder) {
-            tracing::warn!(slot = %self.name, error = %crate::model::error_chain(&error), "cannot release a send slot: it expires");
+            tracing::warn!(slot = %self.name, error = %crate::model::error_chain(&error), "cannot release a slot: it expires");
         }
     }
 }

@@ -131,3 +131,13 @@ pub fn wait_log(root: &Path, text: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Ends a fault-injection pause (the file `IMAGESERVER_FAULT_RESUME_FILE`
+/// names) when dropped, also when the test fails.
+pub struct Resume(pub std::path::PathBuf);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, b"");
+    }
+}

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod corpus;
 pub mod dcmtk;
+pub mod lifecycle;
 pub mod net;
 pub mod raw;
 pub mod scp;

@@ -709,6 +709,17 @@ impl Index {
             .expect("look up an instance")
     }
 
+    /// The study's recorded pack (HSM archive), if any.
+    pub fn archive_entry(
+        &self,
+        study_uid: &str,
+    ) -> Option<imageserver_core::db::archive::ArchiveEntry> {
+        let uid = Uid::parse(study_uid).expect("valid Study Instance UID");
+        self.store
+            .archive_entry(self.partition, &uid)
+            .expect("look up a pack")
+    }
+
     /// The partition's known devices.
     pub fn devices(&self) -> Vec<imageserver_core::model::DeviceSpec> {
         self.store.devices(self.partition).expect("list devices")

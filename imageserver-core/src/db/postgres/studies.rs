@@ -14,7 +14,8 @@ use super::{now_ms, pg_text, PgIndex, TxError};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
     index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
-    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, RowFence, StudyRecord, StudyStore,
+    EditableAttribute, FileFacts, RecodedFile, RecodedSwitch, ReplaceOutcome, RowFence,
+    StudyRecord, StudyStore, SwitchFailed,
 };
 use crate::db::{sql, Error};
 use crate::model::{
@@ -651,9 +652,14 @@ impl StudyStore for PgIndex {
         partition: PartitionId,
         study_uid: &Uid,
         files: &[RecodedFile],
+        switch: &mut dyn RecodedSwitch,
     ) -> Result<u64, Error> {
+        let failed = |e: SwitchFailed| TxError::Sql(sqlx::Error::Io(std::io::Error::other(e)));
         self.write("recording recoded files", async |conn| {
-            // Ingest's lock order: patient, then the study's storage row.
+            // Ingest's lock order: patient, then the study's storage row;
+            // the UPDATE then holds the instance row: a replacement's commit
+            // waits for this transaction (or committed before, and the row
+            // no longer holds the old digest).
             let Some((study, _, _)) = lock_study(conn, partition, study_uid).await? else {
                 return Ok(0);
             };
@@ -665,7 +671,7 @@ impl StudyStore for PgIndex {
                         format!("file size {} out of range", file.file_size),
                     ))
                 })?;
-                changed += sqlx::query(sql::RECORD_RECODED)
+                let updated = sqlx::query(sql::RECORD_RECODED)
                     .bind(pg_text(&file.transfer_syntax_uid).into_owned())
                     .bind(size)
                     .bind(pg_text(&file.digest).into_owned())
@@ -676,12 +682,17 @@ impl StudyStore for PgIndex {
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
+                if updated > 0 {
+                    switch.put_in_place(file).map_err(failed)?;
+                }
+                changed += updated;
             }
             sqlx::query(sql::RESIZE_STUDY)
                 .bind(now_ms())
                 .bind(study)
                 .execute(&mut *conn)
                 .await?;
+            switch.make_durable().map_err(failed)?;
             Ok(changed)
         })
     }

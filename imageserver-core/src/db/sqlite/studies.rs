@@ -8,7 +8,8 @@ use super::{now_ms, SqliteIndex};
 use crate::db::rows::{self, Columns, EditGone};
 use crate::db::studies::{
     index_text, AttributeChange, AuditEntry, AuditFilter, DeletedStudy, DeletingStudy, EditRecord,
-    EditableAttribute, FileFacts, RecodedFile, ReplaceOutcome, RowFence, StudyRecord, StudyStore,
+    EditableAttribute, FileFacts, RecodedFile, RecodedSwitch, ReplaceOutcome, RowFence,
+    StudyRecord, StudyStore, SwitchFailed,
 };
 use crate::db::{sql, Error};
 use crate::model::{
@@ -503,7 +504,12 @@ impl StudyStore for SqliteIndex {
         partition: PartitionId,
         study_uid: &Uid,
         files: &[RecodedFile],
+        switch: &mut dyn RecodedSwitch,
     ) -> Result<u64, Error> {
+        let failed = |e: SwitchFailed| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+        // The write transaction is IMMEDIATE: ingest's commit of a
+        // replacement waits for it (or committed before, and the row no
+        // longer holds the old digest).
         self.write("recording recoded files", |tx| {
             let Some((study, _, _)) = study_keys(tx, partition, study_uid)? else {
                 return Ok(0);
@@ -513,7 +519,7 @@ impl StudyStore for SqliteIndex {
                 let size = i64::try_from(file.file_size).map_err(|_| {
                     super::to_sql_error(format!("file size {} out of range", file.file_size))
                 })?;
-                changed += tx.prepare_cached(sql::RECORD_RECODED)?.execute(params![
+                let updated = tx.prepare_cached(sql::RECORD_RECODED)?.execute(params![
                     file.transfer_syntax_uid,
                     size,
                     file.digest,
@@ -522,9 +528,14 @@ impl StudyStore for SqliteIndex {
                     study,
                     file.old_digest,
                 ])? as u64;
+                if updated > 0 {
+                    switch.put_in_place(file).map_err(failed)?;
+                }
+                changed += updated;
             }
             tx.prepare_cached(sql::RESIZE_STUDY)?
                 .execute(params![now_ms(), study])?;
+            switch.make_durable().map_err(failed)?;
             Ok(changed)
         })
     }

@@ -4,11 +4,12 @@
 use crate::db::fixtures::{self, counts, uid, Scope};
 use crate::db::studies::{
     AttributeChange, AuditEntry, AuditFilter, DeletedStudy, EditStatus, EditableAttribute,
-    FileFacts, RecodedFile, RowFence, StudyStore,
+    FileFacts, RecodedFile, RecodedSwitch, RowFence, StudyStore, SwitchFailed,
 };
 use crate::db::{Error, IndexStore};
 use crate::model::{
-    DuplicateRecord, InsertOutcome, InstanceRecord, PatientIdentity, ReconcileEntry, StudyDeletions,
+    DuplicateRecord, InsertOutcome, InstanceRecord, PatientIdentity, ReconcileEntry,
+    StudyDeletions, Uid,
 };
 
 /// Runs every check.
@@ -122,8 +123,34 @@ fn migration_switch<S: IndexStore + StudyStore>(store: &S) {
     );
 }
 
+/// A switch that records which files it was asked to put in place, and
+/// fails when told to.
+#[derive(Default)]
+struct Recorder {
+    put: Vec<Uid>,
+    durable: u32,
+    fail: bool,
+}
+
+impl RecodedSwitch for Recorder {
+    fn put_in_place(&mut self, file: &RecodedFile) -> Result<(), SwitchFailed> {
+        self.put.push(file.sop_instance_uid.clone());
+        if self.fail {
+            return Err(SwitchFailed);
+        }
+        Ok(())
+    }
+
+    fn make_durable(&mut self) -> Result<(), SwitchFailed> {
+        self.durable += 1;
+        Ok(())
+    }
+}
+
 /// A compression's record changes only the rows that still hold the
-/// recoded file's digest, and the study's size follows.
+/// recoded file's digest, puts only their files in place (a row that
+/// changed — a replacement — keeps its file), and the study's size
+/// follows; a failed switch changes nothing.
 fn recoded_files<S: IndexStore + StudyStore>(store: &S) {
     let f = fixture(store, "ST_RECODE");
     let study = uid("1.18.1");
@@ -141,12 +168,28 @@ fn recoded_files<S: IndexStore + StudyStore>(store: &S) {
         digest: format!("{i:064x}"),
     };
     let files = [recoded(0, &before[0].digest), recoded(1, "not the digest")];
+    // A failing switch rolls the transaction back.
+    let mut failing = Recorder {
+        fail: true,
+        ..Recorder::default()
+    };
+    assert!(matches!(
+        store.record_recoded_files(f.partition, &study, &files, &mut failing),
+        Err(Error::Backend { .. })
+    ));
+    assert_eq!(
+        store.study_instances(f.partition, &study).expect("read"),
+        before
+    );
+    let mut switch = Recorder::default();
     assert_eq!(
         store
-            .record_recoded_files(f.partition, &study, &files)
+            .record_recoded_files(f.partition, &study, &files, &mut switch)
             .expect("record"),
         1
     );
+    assert_eq!(switch.put, [files[0].sop_instance_uid.clone()]);
+    assert_eq!(switch.durable, 1);
     let after = store.study_instances(f.partition, &study).expect("read");
     assert_eq!(after[0].transfer_syntax_uid.as_str(), "1.2.840.10008.1.2.5");
     assert_eq!(
@@ -161,19 +204,22 @@ fn recoded_files<S: IndexStore + StudyStore>(store: &S) {
         .size_bytes;
     assert_eq!(size, 100 + before[1].file_size);
     // Again (a rerun): the row no longer holds the old digest.
+    let mut switch = Recorder::default();
     assert_eq!(
         store
-            .record_recoded_files(f.partition, &study, &files[..1])
+            .record_recoded_files(f.partition, &study, &files[..1], &mut switch)
             .expect("record"),
         0
     );
+    assert!(switch.put.is_empty());
     // An unknown study changes nothing.
     assert_eq!(
         store
-            .record_recoded_files(f.partition, &uid("1.18.9"), &files)
+            .record_recoded_files(f.partition, &uid("1.18.9"), &files, &mut switch)
             .expect("record"),
         0
     );
+    assert!(switch.put.is_empty());
 }
 
 /// A partition and filesystem of their own for one check.

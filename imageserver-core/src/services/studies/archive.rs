@@ -63,8 +63,22 @@ impl Hsm {
             restores: Arc::new(RestoreSlots {
                 max: max_restores.max(1),
                 running: AtomicUsize::new(0),
+                cluster: None,
             }),
         }
+    }
+
+    /// The restore limit held across every process sharing `index` (a
+    /// cluster): each running restore holds one of the numbered slots, a
+    /// named lease in the index (`restore:<n>`) renewed while it runs and
+    /// expiring when its holder dies.
+    pub fn in_index(mut self, index: Arc<dyn crate::db::nodes::NodeStore>) -> Hsm {
+        self.restores = Arc::new(RestoreSlots {
+            max: self.restores.max,
+            running: AtomicUsize::new(0),
+            cluster: Some(index),
+        });
+        self
     }
 
     /// The archive root, if archiving is on.
@@ -73,15 +87,30 @@ impl Hsm {
     }
 }
 
-/// The restores running in this process, and how many may.
-#[derive(Debug)]
+/// The restores running in this process, and how many may (in this
+/// process, and with [`Hsm::in_index`] in the whole deployment).
 pub(super) struct RestoreSlots {
     max: usize,
     running: AtomicUsize,
+    cluster: Option<Arc<dyn crate::db::nodes::NodeStore>>,
+}
+
+impl std::fmt::Debug for RestoreSlots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreSlots")
+            .field("max", &self.max)
+            .field("running", &self.running)
+            .field("cluster_wide", &self.cluster.is_some())
+            .finish()
+    }
 }
 
 /// A restore's slot, given back when dropped.
-pub(super) struct RestoreSlot(Arc<RestoreSlots>);
+pub(super) struct RestoreSlot {
+    slots: Arc<RestoreSlots>,
+    /// Its lease in the index (cluster-wide limits), released when dropped.
+    _lease: Option<crate::services::devices::ClusterSlot>,
+}
 
 impl RestoreSlots {
     pub(super) fn take(self: &Arc<Self>) -> Option<RestoreSlot> {
@@ -89,14 +118,56 @@ impl RestoreSlots {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| RestoreSlot(self.clone()))
+            .ok()?;
+        let mut slot = RestoreSlot {
+            slots: self.clone(),
+            _lease: None,
+        };
+        if let Some(index) = &self.cluster {
+            // Dropping the slot without a lease gives the count back.
+            let names = (0..self.max).map(|n| format!("restore:{n}"));
+            slot._lease = Some(crate::services::devices::ClusterSlot::take_named(
+                index, names, "restore",
+            )?);
+        }
+        Some(slot)
     }
 }
 
 impl Drop for RestoreSlot {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.slots.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod restore_slot_tests {
+    use super::*;
+    use crate::db::sqlite::SqliteIndex;
+
+    /// Two processes' slots over one index (two nodes): the limit holds
+    /// across them, and a slot given back is free for either.
+    #[test]
+    fn the_restore_limit_holds_across_processes_sharing_an_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index: Arc<dyn crate::db::nodes::NodeStore> =
+            Arc::new(SqliteIndex::open(&dir.path().join("index.db")).expect("open"));
+        let placement = || Arc::new(LowestTierMostRoom { min_free_bytes: 0 });
+        let node_a = Hsm::new(None, placement(), 2).in_index(index.clone());
+        let node_b = Hsm::new(None, placement(), 2).in_index(index);
+        let a = node_a.restores.take().expect("a first slot");
+        let b = node_b.restores.take().expect("a second slot");
+        assert!(node_a.restores.take().is_none(), "both slots held");
+        assert!(node_b.restores.take().is_none(), "on either node");
+        drop(a);
+        let c = node_b.restores.take().expect("the slot given back");
+        assert!(node_a.restores.take().is_none());
+        drop((b, c));
+        assert!(node_a.restores.take().is_some());
+        // Per process only (no index): the process's own limit.
+        let alone = Hsm::new(None, placement(), 1);
+        let _held = alone.restores.take().expect("one");
+        assert!(alone.restores.take().is_none());
     }
 }
 
@@ -268,6 +339,28 @@ impl Studies {
             tracing::info!(%study_uid, pack = %entry.path, "the deleted study's pack removed");
         }
         Ok(())
+    }
+
+    /// The study's pack as recorded, if it holds the study's current
+    /// content (its root's marker checked): [`StudyError::NotArchived`] when
+    /// none was recorded, [`StudyError::StaleArchive`] when instances
+    /// changed since. `archived_at_ms` is when that pack was recorded (an
+    /// `online_retention` rule counts from it).
+    pub fn current_archive(
+        &self,
+        partition: &Partition,
+        study_uid: &Uid,
+    ) -> Result<ArchiveEntry, StudyError> {
+        let record = self
+            .store()
+            .study(partition.id, study_uid)?
+            .ok_or_else(|| Self::unknown(partition, study_uid))?;
+        self.current_pack(
+            partition,
+            study_uid,
+            record.num_instances,
+            record.size_bytes,
+        )
     }
 
     /// The study's pack as recorded, which must hold its current content

@@ -9,30 +9,39 @@
 //!    must equal the original's pixels and every other element the
 //!    original's, the SOP Instance UID kept (otherwise the instance stays
 //!    as it is, with a warning);
-//! 3. it is renamed over the original (the directory synced per batch);
-//! 4. one index transaction records the batch's new transfer syntax, size
-//!    and digest, for rows that still hold the recoded file's old digest.
+//! 3. one index transaction per batch records the new transfer syntax,
+//!    size and digest of each row that still holds the recoded file's old
+//!    digest and, while it holds that row, renames the recoded file over
+//!    the original; the directories are synced before it commits. A row
+//!    that changed — a replacement (`accept_latest`) committed after step
+//!    1 — is left alone and so is its file: the recode is dropped, and a
+//!    replacement committing after the switch waits for it, then puts its
+//!    own file over the recode.
 //!
 //! A crash before 3 leaves the original and a temporary file (swept at
-//! start). A crash between 3 and 4 leaves a verified recoded file the index
-//! does not describe yet: the rerun (the work item is retried) recognises
-//! it — the index names a native transfer syntax and another digest, the
-//! file is this instance in RLE Lossless and decodes — and records it.
-//! Until then a retrieve of that instance fails its size check; the window
-//! is one batch. Instances already compressed, without pixel data, or not
-//! smaller once recoded are left as they are.
+//! start). A crash inside 3 leaves verified recoded files the index does
+//! not describe (the transaction rolled back): the rerun (the work item is
+//! retried) recognises each — the index names a native transfer syntax
+//! and another digest, the file is this instance in RLE Lossless and
+//! decodes — and records it. Instances already compressed, without pixel
+//! data, or not smaller once recoded are left as they are. The switch
+//! holds the index's write lock (SQLite) or the study's rows (PostgreSQL)
+//! for one batch's renames and directory sync.
 
 use std::io::{Read, Write};
 
 use super::*;
-use crate::db::studies::RecodedFile;
+use std::collections::HashMap;
+
+use crate::db::studies::{RecodedFile, RecodedSwitch, SwitchFailed};
 use crate::dicom::codec::{self, Skip};
+use crate::storage::ObjectWriter;
 
 /// Names a fault-injection point of the compression: when the environment
 /// variable equals a step's name (`written-one`: the first recoded file
 /// written and verified, not yet renamed; `swapped-one`: the first renamed
-/// over its original, not yet recorded; `recorded`: the first batch
-/// recorded), the compression logs and pauses there for ten minutes, so
+/// over its original inside the recording transaction, not yet committed;
+/// `recorded`: the first batch recorded), the compression logs and pauses there for ten minutes, so
 /// that a test can kill -9 the process at that step. Never set in
 /// production.
 pub const COMPRESS_FAULT_PAUSE_ENV: &str = crate::fault::COMPRESSION_ENV;
@@ -63,6 +72,9 @@ pub struct CompressionReport {
     /// Files that are not what the index says (left for the integrity
     /// check).
     pub mismatched: u64,
+    /// Instances replaced (a newer version stored) while they were
+    /// recoded: the replacement is kept, the recode dropped.
+    pub replaced: u64,
     /// Bytes of the compressed (and resumed) instances before.
     pub bytes_before: u64,
     /// Their bytes after.
@@ -103,8 +115,14 @@ impl Studies {
         let mut report = CompressionReport::default();
         let mut recorded_any = false;
         for batch in instances.chunks(BATCH) {
-            let mut pending = PendingSync::default();
             let mut files = Vec::new();
+            let mut switch = Switch {
+                studies: self,
+                writers: HashMap::new(),
+                pending: PendingSync::default(),
+                swapped: 0,
+                error: None,
+            };
             for instance in batch {
                 let ts = instance.transfer_syntax_uid.as_str();
                 if codec::can_decode(ts) {
@@ -115,22 +133,42 @@ impl Studies {
                     report.skipped += 1;
                     continue;
                 }
-                if let Some(file) =
-                    self.compress_one(&filesystem, instance, &mut pending, &mut report)?
+                if let Some((file, writer)) =
+                    self.compress_one(&filesystem, instance, &mut report)?
                 {
-                    files.push(file);
+                    if let Some(writer) = writer {
+                        switch
+                            .writers
+                            .insert(file.sop_instance_uid.clone(), (key_of(instance), writer));
+                    }
+                    files.push((file, instance.file_size));
                 }
             }
             if files.is_empty() {
                 continue;
             }
-            // Every rename durable before the index says so.
-            self.storage.sync(pending)?;
-            let changed = self
-                .store()
-                .record_recoded_files(partition.id, study_uid, &files)?;
+            let recoded: Vec<RecodedFile> = files.iter().map(|(f, _)| f.clone()).collect();
+            let changed = match self.store().record_recoded_files(
+                partition.id,
+                study_uid,
+                &recoded,
+                &mut switch,
+            ) {
+                Ok(changed) => changed,
+                Err(e) => return Err(switch.error.take().unwrap_or_else(|| e.into())),
+            };
+            // A recode whose row changed meanwhile was not put in place.
+            for (file, before) in &files {
+                if switch.writers.remove(&file.sop_instance_uid).is_some() {
+                    tracing::warn!(%study_uid, sop_instance_uid = %file.sop_instance_uid, "replaced while it was compressed: the replacement is kept");
+                    report.compressed -= 1;
+                    report.replaced += 1;
+                    report.bytes_before -= before;
+                    report.bytes_after -= file.file_size;
+                }
+            }
             if changed < files.len() as u64 {
-                tracing::warn!(%study_uid, recoded = files.len(), recorded = changed, "some instances changed while they were compressed; the study's next check finds them");
+                tracing::info!(%study_uid, recoded = files.len(), recorded = changed, "some instances changed while they were compressed: left as they are now");
             }
             if !recorded_any {
                 recorded_any = true;
@@ -144,6 +182,7 @@ impl Studies {
             already = report.already_compressed,
             skipped = report.skipped,
             mismatched = report.mismatched,
+            replaced = report.replaced,
             bytes_before = report.bytes_before,
             bytes_after = report.bytes_after,
             saved = report.saved(),
@@ -152,15 +191,15 @@ impl Studies {
         Ok(report)
     }
 
-    /// Steps 1–3 for one instance: the record to write, or `None` when it
-    /// is left as it is.
+    /// Steps 1 and 2 for one instance: the record to write with the
+    /// recoded file to put in place (none: an interrupted run's, in place
+    /// already), or `None` when it is left as it is.
     fn compress_one(
         &self,
         filesystem: &Filesystem,
         instance: &StoredInstance,
-        pending: &mut PendingSync,
         report: &mut CompressionReport,
-    ) -> Result<Option<RecodedFile>, StudyError> {
+    ) -> Result<Option<Recoded>, StudyError> {
         let key = key_of(instance);
         let sop = &instance.sop_instance_uid;
         let io_error = |operation, source| StudyError::Io {
@@ -190,7 +229,7 @@ impl Studies {
                     report.resumed += 1;
                     report.bytes_before += instance.file_size;
                     report.bytes_after += original.len() as u64;
-                    Some(record(&original, digest))
+                    Some((record(&original, digest), None))
                 }
                 Err(e) => {
                     tracing::warn!(sop_instance_uid = %sop, path = %self.storage.describe(filesystem, &key).display(), error = %crate::model::error_chain(&e), "the file is not what the index says: not compressed");
@@ -242,13 +281,59 @@ impl Studies {
         if report.compressed == 0 {
             fault_point("written-one");
         }
-        pending.merge(writer.persist(&key)?);
         report.compressed += 1;
         report.bytes_before += original.len() as u64;
         report.bytes_after += written.len() as u64;
-        if report.compressed == 1 {
+        Ok(Some((record(&written, new_digest), Some(writer))))
+    }
+}
+
+/// A recoded file's record, and its writer when it is still to be put in
+/// place.
+type Recoded = (RecodedFile, Option<Box<dyn ObjectWriter>>);
+
+/// Puts a batch's recoded files in place inside the index transaction
+/// that records them ([`StudyStore::record_recoded_files`]).
+struct Switch<'a> {
+    studies: &'a Studies,
+    /// The recoded files not yet in place, by SOP Instance UID.
+    writers: HashMap<Uid, (InstanceKey, Box<dyn ObjectWriter>)>,
+    /// What the renames left to sync.
+    pending: PendingSync,
+    /// Files put in place by this compression.
+    swapped: u64,
+    /// Why the switch failed.
+    error: Option<StudyError>,
+}
+
+impl RecodedSwitch for Switch<'_> {
+    fn put_in_place(&mut self, file: &RecodedFile) -> Result<(), SwitchFailed> {
+        // Absent: an interrupted run's (in place already) or a retried
+        // transaction's second call.
+        let Some((key, writer)) = self.writers.remove(&file.sop_instance_uid) else {
+            return Ok(());
+        };
+        match writer.persist(&key) {
+            Ok(pending) => self.pending.merge(pending),
+            Err(e) => {
+                self.error = Some(e.into());
+                return Err(SwitchFailed);
+            }
+        }
+        self.swapped += 1;
+        if self.swapped == 1 {
             fault_point("swapped-one");
         }
-        Ok(Some(record(&written, new_digest)))
+        Ok(())
+    }
+
+    fn make_durable(&mut self) -> Result<(), SwitchFailed> {
+        // Every rename durable before the index says so.
+        let pending = std::mem::take(&mut self.pending);
+        self.studies.storage.sync(pending).map_err(|e| {
+            self.error = Some(e.into());
+            SwitchFailed
+        })?;
+        Ok(())
     }
 }

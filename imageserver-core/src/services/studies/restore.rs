@@ -47,7 +47,8 @@ impl Studies {
 
     /// Restores a nearline study (see the module); an online study is left
     /// alone. At most the configured number of restores run at once in
-    /// this process ([`StudyError::RestoreBusy`] otherwise). Take the
+    /// this process and, with [`Hsm::in_index`], in every process sharing
+    /// the index ([`StudyError::RestoreBusy`] otherwise). Take the
     /// study's write lock (the `restore_study` item does).
     pub fn restore(
         &self,
