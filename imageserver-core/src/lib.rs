@@ -64,7 +64,7 @@ pub use dicom_object;
 pub use config::{Config, ConfigError, Settings};
 pub use db::{Database, IndexStore, QueryStore};
 pub use model::{error_chain, AeTitle, PartitionId, Uid};
-pub use processors::StudyRequest;
+pub use model::requests::StudyRequest;
 pub use rules::RuleSet;
 pub use server::{open_index, Archive, ArchivePartition, Error, Server, ServerBuilder};
 pub use services::import::{FileOutcome, ImportSummary};

@@ -6,6 +6,7 @@
 //! because it cannot hold anything but digits and dots.
 
 pub mod query;
+pub mod requests;
 pub mod work;
 
 use std::fmt;

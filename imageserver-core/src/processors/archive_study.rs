@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{on_error, or_retry, step, BuiltinDeps};
+use crate::model::requests::PurgePayload;
 use crate::model::work::{Timestamp, WorkItem};
 use crate::rules::Action;
 use crate::services::studies::StudyError;
@@ -69,23 +70,6 @@ impl Processor for ArchiveStudy {
             Err(StudyError::Nearline(_) | StudyError::UnknownStudy { .. }) => StepResult::Done,
             Err(error) => on_error(&error, ctx.properties().retry.failure_delay),
         }
-    }
-}
-
-/// The payload of a `purge_study` item.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PurgePayload {
-    /// An `online_retention` rule's item: purge only once the study's
-    /// current pack is this many days old (archiving it first when it has
-    /// none). None: purge now (an operator's or the watermark service's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after_days: Option<u32>,
-}
-
-impl PurgePayload {
-    /// The payload as JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
     }
 }
 

@@ -1,29 +1,10 @@
 //! `migrate_study`: a study's files to another filesystem (tier).
 
-use serde::{Deserialize, Serialize};
-
 use super::{or_retry, step, BuiltinDeps};
+use crate::model::requests::MigratePayload;
 use crate::model::work::WorkItem;
 use crate::model::FilesystemId;
 use crate::workqueue::{ProcessContext, Processor, StepResult};
-
-/// The payload of a `migrate_study` item.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MigratePayload {
-    /// The target filesystem's key.
-    pub to: Option<i64>,
-    /// Without `to`: migrate the study if it is on this tier, to the
-    /// next tier down (a `tier1_retention` rule); otherwise nothing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub off_tier: Option<u8>,
-}
-
-impl MigratePayload {
-    /// The payload as JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
-    }
-}
 
 /// Migrates the item's study to the payload's filesystem
 /// ([`crate::services::studies::Studies::migrate`]: copy, fsync, verify,

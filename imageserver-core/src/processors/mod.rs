@@ -32,22 +32,25 @@ mod edit_study;
 mod migrate_study;
 mod move_study;
 mod reprocess_study;
-mod requests;
 mod study_process;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use archive_study::{ArchiveStudy, PurgePayload, PurgeStudy, RestoreStudy};
+pub use archive_study::{ArchiveStudy, PurgeStudy, RestoreStudy};
 pub use auto_route::AutoRoute;
 pub use compress_study::CompressStudy;
 pub use delete_study::DeleteStudy;
 pub use edit_study::EditStudy;
-pub use migrate_study::{MigratePayload, MigrateStudy};
-pub use move_study::{MoveStudy, SendPayload};
+pub use migrate_study::MigrateStudy;
+pub use move_study::MoveStudy;
 pub use reprocess_study::ReprocessStudy;
-pub use requests::StudyRequest;
 pub use study_process::StudyProcess;
+// The payloads and requests live in the model (enqueuers use them without
+// reaching up here); re-exported where processors were always read from.
+pub use crate::model::requests::{
+    AuditPayload, MigratePayload, PurgePayload, SendPayload, StudyRequest, DEFAULT_ACTOR,
+};
 
 use crate::db::Database;
 use crate::model::work::{StudyLock, WorkItem, WorkKind, WorkPriority};
@@ -59,9 +62,6 @@ use crate::workqueue::{KindProperties, ProcessContext, Registry, RetryPolicy, St
 
 /// How long a send waits when its device is at its association limit.
 const DEVICE_BUSY_POSTPONE: Duration = Duration::from_secs(2);
-
-/// The actor recorded in audit entries when a payload names none.
-pub const DEFAULT_ACTOR: &str = "workqueue";
 
 /// What the built-in processors need from the archive.
 #[derive(Debug, Clone)]
@@ -236,53 +236,3 @@ macro_rules! step {
     };
 }
 pub(crate) use step;
-
-/// Payload of delete, edit and reprocess items: who asked and why.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct AuditPayload {
-    /// Who asked (audit records).
-    pub actor: Option<String>,
-    /// Why.
-    pub reason: Option<String>,
-    /// Edit only: `Keyword=value` changes.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub values: Vec<String>,
-}
-
-impl AuditPayload {
-    /// The actor, or [`DEFAULT_ACTOR`].
-    pub fn actor(&self) -> &str {
-        self.actor.as_deref().unwrap_or(DEFAULT_ACTOR)
-    }
-
-    /// The reason, or "".
-    pub fn reason(&self) -> &str {
-        self.reason.as_deref().unwrap_or("")
-    }
-
-    /// As JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("serialisable")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_round_trip_and_default() {
-        let p = AuditPayload {
-            actor: Some("alice".into()),
-            reason: Some("duplicate".into()),
-            values: vec!["PatientName=DOE^JANE".into()],
-        };
-        let back: AuditPayload = serde_json::from_str(&p.to_json()).unwrap();
-        assert_eq!(back, p);
-        let empty: AuditPayload = serde_json::from_str("{}").unwrap();
-        assert_eq!(empty.actor(), DEFAULT_ACTOR);
-        let send: SendPayload = serde_json::from_str(r#"{"destination":"DEST"}"#).unwrap();
-        assert_eq!(send.destination, "DEST");
-    }
-}

@@ -4,44 +4,10 @@ use std::collections::BTreeMap;
 
 use super::{on_error, step, BuiltinDeps};
 use crate::dicom::scu::ScuOptions;
+use crate::model::requests::SendPayload;
 use crate::model::work::{NewWorkItem, Timestamp, WorkItem, WorkKind, WorkUid};
 use crate::model::Uid;
 use crate::workqueue::{ProcessContext, Processor, RetryPolicy, StepResult};
-
-/// Payload of `move_study` and `auto_route` items.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(default)]
-pub struct SendPayload {
-    /// The device's AE title (a device of the item's partition).
-    pub destination: String,
-    /// The rule that asked for it (auto-route).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    /// Failures of the items this one continues (a partial failure hands
-    /// what failed to a new item; the count carries over so the kind's
-    /// failure limit still holds).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub previous_failures: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-impl SendPayload {
-    /// A send to `destination`.
-    pub fn to(destination: &str) -> SendPayload {
-        SendPayload {
-            destination: destination.to_string(),
-            ..SendPayload::default()
-        }
-    }
-
-    /// As JSON text.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("serialisable")
-    }
-}
 
 /// Sends the item's study to `destination` with the storage SCU: every
 /// instance, or only the item's instance UIDs when it has some.

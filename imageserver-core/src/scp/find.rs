@@ -30,11 +30,11 @@ use std::time::Instant;
 use tracing::{info, warn};
 
 use super::{Dispatcher, Link, LinkError};
-use crate::dicom::link::QUEUE_FLUSH_BYTES;
 use crate::audit::{
     Action, AuditEvent, EventKind, Outcome as AuditOutcome, ParticipantObject, Role,
 };
 use crate::dicom::dimse::{Command, Status};
+use crate::dicom::link::QUEUE_FLUSH_BYTES;
 use crate::dicom::query_keys::{self, ParseOptions};
 use crate::dicom::sop_classes::{PATIENT_ROOT_FIND, STUDY_ROOT_FIND};
 use crate::model::error_chain;

@@ -27,11 +27,11 @@ use crate::db::{self, Database};
 use crate::dicom::query_keys::parse_matcher;
 use crate::dicom::scu::{Destination, ScuOptions, StoreScu, VERIFICATION};
 use crate::model::query::{Attribute, Key, Level, Matcher, Query, Root};
+use crate::model::requests::StudyRequest;
 use crate::model::work::{
     Timestamp, WorkFilter, WorkItem, WorkItemId, WorkKind, WorkPriority, WorkStatus, WorkUid,
 };
 use crate::model::{AeTitle, DeviceSpec, Uid};
-use crate::processors::StudyRequest;
 use crate::rules::{dry_run, RuleSet};
 use crate::storage::StorageBackend;
 use crate::tiering::{self, FilesystemReport};

@@ -378,8 +378,8 @@ impl Watermarks {
         let mut enqueued = Vec::new();
         for migration in planned {
             let request = match migration.to {
-                Some(to) => crate::processors::StudyRequest::Migrate { to },
-                None => crate::processors::StudyRequest::Purge,
+                Some(to) => crate::model::requests::StudyRequest::Migrate { to },
+                None => crate::model::requests::StudyRequest::Purge,
             };
             let item = request.work_item(migration.partition, migration.study_uid.clone());
             match self.queue.enqueue(item) {

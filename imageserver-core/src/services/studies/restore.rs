@@ -268,8 +268,8 @@ impl Restorer {
                 .restore(partition, study_uid)
                 .map(|r| r.switched);
         };
-        let item =
-            crate::processors::StudyRequest::Restore.work_item(partition.id, study_uid.clone());
+        let item = crate::model::requests::StudyRequest::Restore
+            .work_item(partition.id, study_uid.clone());
         let id = queue.enqueue(item).map_err(|e| StudyError::RestoreFailed {
             study_uid: study_uid.clone(),
             reason: crate::model::error_chain(&e),

@@ -1,14 +1,120 @@
-//! Study operations asked of the work queue: what an operator command, an
-//! admin API or an embedding product enqueues so that the operation runs
-//! on an engine, under the study's lock, with retries.
+//! Study operations asked of the work queue, and the payloads their work
+//! items carry: the contract between who enqueues (operator commands, the
+//! admin API, the scheduled services, an embedding product) and the
+//! processors that run them ([`crate::processors`]). It sits in the model so
+//! that the enqueuers need not reach up to the processors.
 //!
 //! A [`StudyRequest`] becomes the [`NewWorkItem`] of the built-in kind that
 //! runs it, with the payload that kind reads; callers never write payload
 //! JSON themselves.
 
-use super::{AuditPayload, MigratePayload, SendPayload};
-use crate::model::work::{NewWorkItem, WorkKind, WorkUid};
-use crate::model::{PartitionId, Uid};
+use serde::{Deserialize, Serialize};
+
+use super::work::{NewWorkItem, WorkKind, WorkUid};
+use super::{FilesystemId, PartitionId, Uid};
+
+/// The actor recorded in audit entries when a payload names none.
+pub const DEFAULT_ACTOR: &str = "workqueue";
+
+/// Payload of delete, edit and reprocess items: who asked and why.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct AuditPayload {
+    /// Who asked (audit records).
+    pub actor: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// Edit only: `Keyword=value` changes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+impl AuditPayload {
+    /// The actor, or [`DEFAULT_ACTOR`].
+    pub fn actor(&self) -> &str {
+        self.actor.as_deref().unwrap_or(DEFAULT_ACTOR)
+    }
+
+    /// The reason, or "".
+    pub fn reason(&self) -> &str {
+        self.reason.as_deref().unwrap_or("")
+    }
+
+    /// As JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+}
+
+/// The payload of a `migrate_study` item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigratePayload {
+    /// The target filesystem's key.
+    pub to: Option<i64>,
+    /// Without `to`: migrate the study if it is on this tier, to the
+    /// next tier down (a `tier1_retention` rule); otherwise nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_tier: Option<u8>,
+}
+
+impl MigratePayload {
+    /// The payload as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// The payload of a `purge_study` item.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurgePayload {
+    /// An `online_retention` rule's item: purge only once the study's
+    /// current pack is this many days old (archiving it first when it has
+    /// none). None: purge now (an operator's or the watermark service's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_days: Option<u32>,
+}
+
+impl PurgePayload {
+    /// The payload as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string())
+    }
+}
+
+/// Payload of `move_study` and `auto_route` items.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SendPayload {
+    /// The device's AE title (a device of the item's partition).
+    pub destination: String,
+    /// The rule that asked for it (auto-route).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Failures of the items this one continues (a partial failure hands
+    /// what failed to a new item; the count carries over so the kind's
+    /// failure limit still holds).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub previous_failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl SendPayload {
+    /// A send to `destination`.
+    pub fn to(destination: &str) -> SendPayload {
+        SendPayload {
+            destination: destination.to_string(),
+            ..SendPayload::default()
+        }
+    }
+
+    /// As JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("serialisable")
+    }
+}
 
 /// One study operation for the work queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +145,7 @@ pub enum StudyRequest {
     /// Move the study's files to another filesystem (tier).
     Migrate {
         /// The target filesystem's key.
-        to: crate::model::FilesystemId,
+        to: FilesystemId,
     },
     /// Pack the study into the archive (HSM).
     Archive,
@@ -160,5 +266,20 @@ mod tests {
         assert_eq!(send.uids, vec![instance]);
         let payload: SendPayload = serde_json::from_str(&send.payload).unwrap();
         assert_eq!(payload.destination, "PEER");
+    }
+
+    #[test]
+    fn payloads_round_trip_and_default() {
+        let p = AuditPayload {
+            actor: Some("alice".into()),
+            reason: Some("duplicate".into()),
+            values: vec!["PatientName=DOE^JANE".into()],
+        };
+        let back: AuditPayload = serde_json::from_str(&p.to_json()).unwrap();
+        assert_eq!(back, p);
+        let empty: AuditPayload = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty.actor(), DEFAULT_ACTOR);
+        let send: SendPayload = serde_json::from_str(r#"{"destination":"DEST"}"#).unwrap();
+        assert_eq!(send.destination, "DEST");
     }
 }
