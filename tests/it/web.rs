@@ -57,6 +57,13 @@ fn dicomweb_client_searches_retrieves_and_stores() {
     let corpus_dir = dir.path().join("corpus");
     let corpus = generate_corpus(&corpus_dir, 1401, CorpusShape::uniform(3, 2, 2, (16, 16)));
     let stow_file = single_instance(&dir.path().join("stow.dcm"), 1402, 16, 16);
+    // One STOW-RS request of more parts than are ingested at once, one of
+    // them no DICOM file.
+    let stow_many = generate_corpus(
+        &dir.path().join("stow-many"),
+        1403,
+        CorpusShape::uniform(1, 1, 20, (8, 8)),
+    );
     let server = Server::start(dir.path());
 
     let storescu = dcmtk::store(server.addr(), server.ae_title(), &[&corpus_dir], &[], BOUND);
@@ -85,6 +92,7 @@ fn dicomweb_client_searches_retrieves_and_stores() {
         "base": server.http_url(),
         "instances": instances,
         "stow": stow_file.path,
+        "stow_many": stow_many.iter().map(|i| &i.path).collect::<Vec<_>>(),
         "out": dir.path().join("parts"),
         "queries": queries.iter().map(|q| q.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
     });
@@ -171,7 +179,9 @@ fn dicomweb_client_searches_retrieves_and_stores() {
         .zip(found["queries"].as_array().expect("queries"))
     {
         let keys: Vec<String> = query.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let cfind = cfind_studies(&server, &keys, &work);
+        let mut cfind = cfind_studies(&server, &keys, &work);
+        // Stored by the script after its queries.
+        cfind.remove(&stow_many[0].study_uid);
         let qido: BTreeSet<String> = answer
             .as_array()
             .expect("an answer")
@@ -310,6 +320,24 @@ fn dicomweb_client_searches_retrieves_and_stores() {
         "FailureReason C000"
     );
 
+    // A request of 21 parts: each answered in request order, the non-DICOM
+    // one (the 8th) failed alone, every other one stored before the answer.
+    assert_eq!(found["stow_many_status"], json!(202), "some failed: 202");
+    assert_eq!(
+        found["stow_many_referenced"],
+        json!(stow_many
+            .iter()
+            .map(|i| &i.sop_instance_uid)
+            .collect::<Vec<_>>()),
+        "the stored parts, in request order"
+    );
+    assert_eq!(found["stow_many_reasons"], json!([0xC000]));
+    assert_eq!(
+        found["stow_many_found"],
+        json!(stow_many.len()),
+        "QIDO finds every stored part as soon as the answer came"
+    );
+
     // /metrics parsed as OpenMetrics; the counters moved with the traffic.
     let moved =
         |name: &str| metric(&found, "metrics_after", name) - metric(&found, "metrics_before", name);
@@ -324,13 +352,13 @@ fn dicomweb_client_searches_retrieves_and_stores() {
     );
     assert_eq!(
         moved("imageserver_instances_stored_total{frontend=stow,outcome=inserted}"),
-        1.0,
+        1.0 + stow_many.len() as f64,
         "{}",
         found["metrics_after"]
     );
     assert_eq!(
         moved("imageserver_instances_stored_total{frontend=stow,outcome=refused_data}"),
-        1.0
+        2.0
     );
     assert!(
         moved("imageserver_find_seconds_count{frontend=qido}") >= 10.0,

@@ -5,7 +5,10 @@
 //! first, then the data set bytes into the [`IngestWriter`]
 //! through a small channel to a blocking thread), through the same durable
 //! path as a C-STORE: the answer is sent only once every instance is
-//! durable and indexed (group commit) or has failed. The answer is the
+//! durable and indexed (group commit) or has failed. While a part waits
+//! for its commit the next ones are read and ingested (at most
+//! `PARTS_IN_FLIGHT` at once), so the parts of one request join the same
+//! commit batches. The answer is the
 //! PS3.18 response data set in DICOM JSON: ReferencedSOPSequence (with
 //! each instance's RetrieveURL), FailedSOPSequence with FailureReason (the
 //! C-STORE status ingest's failure maps to), and the status: 200 when all
@@ -16,6 +19,7 @@
 //!
 //! [`IngestWriter`]: crate::services::IngestWriter
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::time::Instant;
 
@@ -40,19 +44,57 @@ const CANNOT_UNDERSTAND: u16 = 0xC000;
 /// could not run (0110: processing failure).
 const PROCESSING_FAILURE: u16 = 0x0110;
 
+/// Most parts of one request ingested at once. The body is read on while
+/// earlier parts wait for their group commit, so the parts of a request
+/// share commit batches instead of paying one batch each, one after the
+/// other; the bound keeps a request of thousands of parts from holding as
+/// many blocking threads and open files.
+const PARTS_IN_FLIGHT: usize = 16;
+
+/// What the request side sends the blocking side of one part.
+enum Chunk {
+    /// Bytes of the part.
+    Data(Bytes),
+    /// The part ended as the body says it does. Without it, a closed
+    /// channel means the request went away mid-part.
+    End,
+}
+
 /// The data set bytes of one part, read on the blocking side.
 struct PartReader {
-    chunks: mpsc::Receiver<io::Result<Bytes>>,
+    chunks: mpsc::Receiver<io::Result<Chunk>>,
     current: Bytes,
+    ended: bool,
+}
+
+impl PartReader {
+    /// The next bytes of the part (empty once it has ended).
+    fn next_chunk(&mut self) -> io::Result<Bytes> {
+        if !self.current.is_empty() {
+            return Ok(std::mem::take(&mut self.current));
+        }
+        while !self.ended {
+            match self.chunks.blocking_recv() {
+                Some(Ok(Chunk::Data(chunk))) if chunk.is_empty() => {}
+                Some(Ok(Chunk::Data(chunk))) => return Ok(chunk),
+                Some(Ok(Chunk::End)) => self.ended = true,
+                Some(Err(error)) => return Err(error),
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the request ended in the middle of the part",
+                    ))
+                }
+            }
+        }
+        Ok(Bytes::new())
+    }
 }
 
 impl Read for PartReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.chunks.blocking_recv() {
-                Some(chunk) => self.current = chunk?,
-                None => return Ok(0),
-            }
+        if self.current.is_empty() {
+            self.current = self.next_chunk()?;
         }
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current[..n]);
@@ -119,7 +161,15 @@ fn ingest_part(services: &Shared, mut reader: PartReader) -> PartOutcome {
         Ok(writer) => writer,
         Err(error) => return failed(error),
     };
-    if let Err(error) = io::copy(&mut reader, &mut writer) {
+    // The chunks as they came, into the writer without another copy.
+    let copied = loop {
+        match reader.next_chunk() {
+            Ok(chunk) if chunk.is_empty() => break Ok(()),
+            Ok(chunk) => writer.write_data(&chunk),
+            Err(error) => break Err(error),
+        }
+    };
+    if let Err(error) = copied {
         services.metrics.instance_stored("stow", "failed", None);
         return PartOutcome::Failed {
             sop_class_uid: Some(sop_class_uid),
@@ -145,6 +195,26 @@ fn ingest_part(services: &Shared, mut reader: PartReader) -> PartOutcome {
         }
         Err(error) => failed(error),
     }
+}
+
+/// The parts whose ingest is still running: their index among the
+/// request's outcomes and their task, oldest first.
+type Running = VecDeque<(usize, tokio::task::JoinHandle<PartOutcome>)>;
+
+/// Waits for the oldest part still being ingested and records its
+/// outcome; `false` when none is left.
+async fn settle_oldest(
+    running: &mut Running,
+    outcomes: &mut [Option<PartOutcome>],
+) -> Result<bool, Failure> {
+    let Some((index, ingesting)) = running.pop_front() else {
+        return Ok(false);
+    };
+    let outcome = ingesting
+        .await
+        .map_err(|e| Failure::internal("an upload handler failed", &e))?;
+    outcomes[index] = Some(outcome);
+    Ok(true)
 }
 
 /// `POST /studies`.
@@ -190,7 +260,10 @@ async fn stow(services: Shared, headers: HeaderMap, body: Body) -> Result<Respon
         .size_limit(multer::SizeLimit::new().whole_stream(services.max_upload_bytes));
     let mut parts =
         multer::Multipart::with_constraints(body.into_data_stream(), boundary, constraints);
-    let mut outcomes = Vec::new();
+    // Each part's outcome in request order: known at once (refused before
+    // ingest) or from its ingest, still running while later parts are read.
+    let mut outcomes: Vec<Option<PartOutcome>> = Vec::new();
+    let mut running = Running::new();
     loop {
         let mut field = match parts.next_field().await {
             Ok(Some(field)) => field,
@@ -201,25 +274,28 @@ async fn stow(services: Shared, headers: HeaderMap, body: Body) -> Result<Respon
                 )));
             }
             Err(error) => {
-                outcomes.push(PartOutcome::Failed {
+                outcomes.push(Some(PartOutcome::Failed {
                     sop_class_uid: None,
                     sop_instance_uid: None,
                     reason: PROCESSING_FAILURE,
                     detail: format!("the rest of the body is unreadable: {error}"),
-                });
+                }));
                 break;
             }
         };
         if let Some(media) = field.content_type() {
             if media.essence_str() != "application/dicom" {
-                outcomes.push(PartOutcome::Failed {
+                outcomes.push(Some(PartOutcome::Failed {
                     sop_class_uid: None,
                     sop_instance_uid: None,
                     reason: CANNOT_UNDERSTAND,
                     detail: format!("a part of type {media} is not a DICOM file"),
-                });
+                }));
                 continue;
             }
+        }
+        if running.len() == PARTS_IN_FLIGHT {
+            settle_oldest(&mut running, &mut outcomes).await?;
         }
         let (sender, chunks) = mpsc::channel(8);
         let worker = services.clone();
@@ -229,19 +305,23 @@ async fn stow(services: Shared, headers: HeaderMap, body: Body) -> Result<Respon
                 PartReader {
                     chunks,
                     current: Bytes::new(),
+                    ended: false,
                 },
             )
         });
         loop {
             match field.chunk().await {
                 Ok(Some(chunk)) => {
-                    if sender.send(Ok(chunk)).await.is_err() {
+                    if sender.send(Ok(Chunk::Data(chunk))).await.is_err() {
                         // Ingest stopped reading (refused early): drain.
                         while let Ok(Some(_)) = field.chunk().await {}
                         break;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    let _ = sender.send(Ok(Chunk::End)).await;
+                    break;
+                }
                 Err(error) => {
                     let _ = sender.send(Err(io::Error::other(error.to_string()))).await;
                     break;
@@ -249,11 +329,12 @@ async fn stow(services: Shared, headers: HeaderMap, body: Body) -> Result<Respon
             }
         }
         drop(sender);
-        let outcome = ingesting
-            .await
-            .map_err(|e| Failure::internal("an upload handler failed", &e))?;
-        outcomes.push(outcome);
+        running.push_back((outcomes.len(), ingesting));
+        outcomes.push(None);
     }
+    // Every part answered only once all are durable or failed.
+    while settle_oldest(&mut running, &mut outcomes).await? {}
+    let outcomes: Vec<PartOutcome> = outcomes.into_iter().flatten().collect();
     if outcomes.is_empty() {
         return Err(Failure::bad_request("the request holds no part"));
     }

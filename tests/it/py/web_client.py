@@ -3,7 +3,8 @@ for raw bytes) against the running server.
 
 Reads a JSON request file (argv[1]):
   {"base": URL root, "instances": [{"study", "series", "sop", "path"}],
-   "stow": path of a Part 10 file to STOW, "out": folder for raw parts,
+   "stow": path of a Part 10 file to STOW, "stow_many": paths of Part 10
+   files of one study STOWed in one request, "out": folder for raw parts,
    "queries": [{"PatientName": ..., ...}]}
 and prints one JSON object of findings on stdout. It asserts nothing
 itself: the Rust test does, so that every finding is reported.
@@ -140,6 +141,24 @@ def main():
     found["stow_bad_status"] = bad.status_code
     failed = bad.json().get("00081198", {}).get("Value", [])
     found["stow_bad_reasons"] = [f["00081197"]["Value"][0] for f in failed]
+
+    # One request of many parts, the 8th no DICOM file; then a search for
+    # the study's instances.
+    parts = [open(p, "rb").read() for p in request["stow_many"]]
+    parts.insert(7, b"not a dicom file" * 20)
+    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n"
+                    for part in parts) + f"--{boundary}--\r\n".encode()
+    many = requests.post(
+        f"{base}/studies", data=body,
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
+        timeout=120,
+    )
+    found["stow_many_status"] = many.status_code
+    answer = many.json()
+    found["stow_many_referenced"] = [uid(item, "00081155") for item in answer.get("00081199", {}).get("Value", [])]
+    found["stow_many_reasons"] = [f["00081197"]["Value"][0] for f in answer.get("00081198", {}).get("Value", [])]
+    many_study = pydicom.dcmread(request["stow_many"][0], stop_before_pixels=True).StudyInstanceUID
+    found["stow_many_found"] = len(requests.get(f"{base}/studies/{many_study}/instances", timeout=60).json())
 
     found["metrics_after"] = metrics(root)
     print(json.dumps(found))
