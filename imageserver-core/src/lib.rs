@@ -63,8 +63,8 @@ pub use dicom_object;
 // talks to. Everything else is reached through its module when needed.
 pub use config::{Config, ConfigError, Settings};
 pub use db::{Database, IndexStore, QueryStore};
-pub use model::{error_chain, AeTitle, PartitionId, Uid};
 pub use model::requests::StudyRequest;
+pub use model::{error_chain, AeTitle, PartitionId, Uid};
 pub use rules::RuleSet;
 pub use server::{open_index, Archive, ArchivePartition, Error, Server, ServerBuilder};
 pub use services::import::{FileOutcome, ImportSummary};

@@ -256,8 +256,44 @@ fn peek_socket(socket: &TcpStream) -> io::Result<Readiness> {
     Ok(Readiness::Data)
 }
 
+/// Asks the kernel to acknowledge what arrived at once rather than after
+/// its delayed-ACK timer (~40 ms). A peer that leaves Nagle's algorithm on
+/// (DCMTK's tools do unless `TCP_NODELAY=1` is set in their environment)
+/// holds a small segment back until its previous one is acknowledged: a
+/// C-STORE's data set waited for the ACK of its command, an instance at a
+/// time. Linux leaves quick-ACK mode by itself, so it is asked again after
+/// every read; elsewhere this does nothing.
+#[cfg(target_os = "linux")]
+fn quick_ack(socket: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option of its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn quick_ack(_socket: &TcpStream) {}
+
 impl Read for Transport {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.read_inner(buf)?;
+        if n > 0 {
+            quick_ack(self.tcp());
+        }
+        Ok(n)
+    }
+}
+
+impl Transport {
+    fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.read(buf),
             Transport::Tls(t) => {
