@@ -97,7 +97,7 @@ impl PgIndex {
     {
         let sql = sql.to_string();
         self.read("test query", async |conn: &mut PgConnection| {
-            sqlx::query_scalar(AssertSqlSafe(sql))
+            sqlx::query_scalar(AssertSqlSafe(sql.clone()))
                 .fetch_one(&mut *conn)
                 .await
         })
@@ -107,7 +107,9 @@ impl PgIndex {
     fn execute(&self, sql: &str) {
         let sql = sql.to_string();
         self.read("test statement", async |conn: &mut PgConnection| {
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await
+            sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .execute(&mut *conn)
+                .await
         })
         .expect("test statement");
     }
