@@ -41,6 +41,7 @@ use sqlx::{PgConnection, Row};
 
 use super::TxError;
 use crate::db::Admission;
+use crate::model::work::NewWorkItem;
 use crate::model::{InsertOutcome, InstanceRecord, PartitionId, StudyDeletions, Uid};
 
 /// Trims DICOM padding and drops NULs; empty becomes `None`.
@@ -108,12 +109,16 @@ struct PatientDelta {
 pub(super) type StorageIds = HashMap<StudyKey, i64>;
 
 /// Indexes `batch` on `conn` (inside a transaction) and returns one outcome
-/// per record, and the storage keys of the batch's studies.
+/// per record, the storage keys of the batch's studies, and whether the
+/// one item of `follow_ups` was appended too (in the counters' statement,
+/// the common case: a batch of one study with nothing to recount); when
+/// not, the caller appends them.
 pub(super) async fn insert_batch(
     conn: &mut PgConnection,
     batch: &[InstanceRecord],
+    follow_ups: &[NewWorkItem],
     now: i64,
-) -> Result<(Vec<InsertOutcome>, StorageIds), TxError> {
+) -> Result<(Vec<InsertOutcome>, StorageIds, bool), TxError> {
     // ---- Fold the batch, record by record.
     let mut patients: BTreeMap<PatientKey, [Option<String>; 3]> = BTreeMap::new();
     let mut storages: BTreeMap<StudyKey, &InstanceRecord> = BTreeMap::new();
@@ -387,8 +392,18 @@ pub(super) async fn insert_batch(
         recount_studies,
         recount_patients,
     };
-    flush.apply(conn, now).await?;
-    Ok((outcomes, storage_ids))
+    // The follow-up item of a one-study batch, appended by the counters'
+    // statement.
+    let append = match follow_ups {
+        [item] => item
+            .study_uid
+            .as_ref()
+            .and_then(|uid| storage_ids.get(&(item.partition.0, uid.as_str().to_string())))
+            .map(|study| (item, *study)),
+        _ => None,
+    };
+    let appended = flush.apply(conn, now, append).await?;
+    Ok((outcomes, storage_ids, appended))
 }
 
 /// The deletions of the studies of `batch` ([`crate::db::sql::STUDY_DELETIONS`]
@@ -871,6 +886,56 @@ async fn lock_and_upsert_instances(
     Ok((existing, inserted))
 }
 
+/// The counters' statement of [`Flush::apply_deltas`], with `$cte` added
+/// to its CTEs and `$count` to its result.
+macro_rules! counters_sql {
+    ($cte:expr, $count:expr) => {
+        concat!(
+            "WITH se AS (
+                 UPDATE series SET num_instances = series.num_instances + d.delta
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, delta)
+                 WHERE series.id = d.id
+                 RETURNING 1),
+             st AS (
+                 UPDATE study SET
+                     num_series = study.num_series + COALESCE(d.series, 0),
+                     num_instances = study.num_instances + COALESCE(d.instances, 0),
+                     size_bytes = study.size_bytes + COALESCE(d.size, 0),
+                     updated_at = CASE WHEN d.series IS NULL THEN study.updated_at ELSE $10 END,
+                     sop_classes_in_study = CASE
+                         WHEN d.rebuild_classes THEN COALESCE(
+                             (SELECT string_agg(DISTINCT i.sop_class_uid, '\\'
+                                                ORDER BY i.sop_class_uid)
+                              FROM instance i JOIN series se ON se.id = i.series_fk
+                              WHERE se.study_fk = study.id AND i.sop_class_uid <> ''), '')
+                         ELSE COALESCE(d.classes, study.sop_classes_in_study) END,
+                     modalities_in_study = CASE
+                         WHEN d.rebuild_modalities THEN COALESCE(
+                             (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality)
+                              FROM series WHERE study_fk = study.id AND modality <> ''), '')
+                         ELSE study.modalities_in_study END
+                 FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
+                             $8::bool[], $9::bool[])
+                      AS d(id, series, instances, size, classes, rebuild_classes,
+                           rebuild_modalities)
+                 WHERE study.id = d.id
+                 RETURNING 1),
+             pa AS (
+                 UPDATE patient SET num_studies = patient.num_studies + d.studies,
+                     num_series = patient.num_series + d.series,
+                     num_instances = patient.num_instances + d.instances
+                 FROM UNNEST($11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[])
+                      AS d(id, studies, series, instances)
+                 WHERE patient.id = d.id
+                 RETURNING 1)",
+            $cte,
+            " SELECT (SELECT COUNT(*) FROM se) + (SELECT COUNT(*) FROM st)
+                    + (SELECT COUNT(*) FROM pa)",
+            $count
+        )
+    };
+}
+
 /// What remains to write once the rows are in: counters, summaries,
 /// recounts.
 struct Flush {
@@ -902,6 +967,7 @@ impl Flush {
         classes_added: &BTreeSet<i64>,
         classes_dirty: &BTreeSet<i64>,
         modalities_dirty: &BTreeSet<i64>,
+        append: Option<(&NewWorkItem, i64)>,
     ) -> Result<(), TxError> {
         let (series_ids, series_deltas): (Vec<i64>, Vec<i64>) = series_delta
             .iter()
@@ -958,67 +1024,49 @@ impl Flush {
             patient_series.push(delta.series);
             patient_instances.push(delta.instances);
         }
-        sqlx::query(
-            "WITH se AS (
-                 UPDATE series SET num_instances = series.num_instances + d.delta
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, delta)
-                 WHERE series.id = d.id
-                 RETURNING 1),
-             st AS (
-                 UPDATE study SET
-                     num_series = study.num_series + COALESCE(d.series, 0),
-                     num_instances = study.num_instances + COALESCE(d.instances, 0),
-                     size_bytes = study.size_bytes + COALESCE(d.size, 0),
-                     updated_at = CASE WHEN d.series IS NULL THEN study.updated_at ELSE $10 END,
-                     sop_classes_in_study = CASE
-                         WHEN d.rebuild_classes THEN COALESCE(
-                             (SELECT string_agg(DISTINCT i.sop_class_uid, '\\'
-                                                ORDER BY i.sop_class_uid)
-                              FROM instance i JOIN series se ON se.id = i.series_fk
-                              WHERE se.study_fk = study.id AND i.sop_class_uid <> ''), '')
-                         ELSE COALESCE(d.classes, study.sop_classes_in_study) END,
-                     modalities_in_study = CASE
-                         WHEN d.rebuild_modalities THEN COALESCE(
-                             (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality)
-                              FROM series WHERE study_fk = study.id AND modality <> ''), '')
-                         ELSE study.modalities_in_study END
-                 FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
-                             $8::bool[], $9::bool[])
-                      AS d(id, series, instances, size, classes, rebuild_classes,
-                           rebuild_modalities)
-                 WHERE study.id = d.id
-                 RETURNING 1),
-             pa AS (
-                 UPDATE patient SET num_studies = patient.num_studies + d.studies,
-                     num_series = patient.num_series + d.series,
-                     num_instances = patient.num_instances + d.instances
-                 FROM UNNEST($11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[])
-                      AS d(id, studies, series, instances)
-                 WHERE patient.id = d.id
-                 RETURNING 1)
-             SELECT (SELECT COUNT(*) FROM se) + (SELECT COUNT(*) FROM st)
-                    + (SELECT COUNT(*) FROM pa)",
-        )
-        .bind(&series_ids)
-        .bind(&series_deltas)
-        .bind(&ids)
-        .bind(&series)
-        .bind(&instances)
-        .bind(&sizes)
-        .bind(&classes)
-        .bind(&rebuild_classes)
-        .bind(&rebuild_modalities)
-        .bind(now)
-        .bind(&patient_ids)
-        .bind(&patient_studies)
-        .bind(&patient_series)
-        .bind(&patient_instances)
-        .execute(&mut *conn)
-        .await?;
+        let sql = match append {
+            None => counters_sql!("", ""),
+            Some(_) => counters_sql!(
+                ", wq AS (SELECT item_id FROM imageserver_append_work(
+                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
+                     $29, $30))",
+                " + (SELECT COUNT(*) FROM wq)"
+            ),
+        };
+        let query = sqlx::query(sql)
+            .bind(&series_ids)
+            .bind(&series_deltas)
+            .bind(&ids)
+            .bind(&series)
+            .bind(&instances)
+            .bind(&sizes)
+            .bind(&classes)
+            .bind(&rebuild_classes)
+            .bind(&rebuild_modalities)
+            .bind(now)
+            .bind(&patient_ids)
+            .bind(&patient_studies)
+            .bind(&patient_series)
+            .bind(&patient_instances);
+        match append {
+            None => query.execute(&mut *conn).await?,
+            Some((item, study)) => {
+                super::work::bind_append(query, item, study)
+                    .execute(&mut *conn)
+                    .await?
+            }
+        };
         Ok(())
     }
 
-    async fn apply(self, conn: &mut PgConnection, now: i64) -> Result<(), TxError> {
+    /// Writes the counters; in the common case (nothing to recount) with
+    /// `append`'s item appended by the same statement: whether it was.
+    async fn apply(
+        self,
+        conn: &mut PgConnection,
+        now: i64,
+        append: Option<(&NewWorkItem, i64)>,
+    ) -> Result<bool, TxError> {
         let Flush {
             series_delta,
             study_delta,
@@ -1032,7 +1080,7 @@ impl Flush {
             mut recount_patients,
         } = self;
         if recount_series.is_empty() && recount_studies.is_empty() && recount_patients.is_empty() {
-            return Flush::apply_deltas(
+            Flush::apply_deltas(
                 conn,
                 now,
                 &series_delta,
@@ -1042,8 +1090,10 @@ impl Flush {
                 &classes_added,
                 &classes_dirty,
                 &modalities_dirty,
+                append,
             )
-            .await;
+            .await?;
+            return Ok(append.is_some());
         }
 
         // Series.
@@ -1236,6 +1286,6 @@ impl Flush {
                     .await?;
             }
         }
-        Ok(())
+        Ok(false)
     }
 }

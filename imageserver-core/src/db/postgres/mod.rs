@@ -1049,11 +1049,12 @@ impl IndexStore for PgIndex {
             };
             let admission = Admission::decide(batch, &deletions);
             let kept = admission.kept(batch);
-            let (outcomes, storages) = ingest::insert_batch(conn, &kept, now).await?;
             let follow_ups = follow_up
                 .map(|f| f.items_for(kept.iter()))
                 .unwrap_or_default();
-            for item in &follow_ups {
+            let (outcomes, storages, appended) =
+                ingest::insert_batch(conn, &kept, &follow_ups, now).await?;
+            for item in follow_ups.iter().filter(|_| !appended) {
                 // The batch has just written the study's storage row.
                 let study = match &item.study_uid {
                     None => Ok(None),
