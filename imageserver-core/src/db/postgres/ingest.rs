@@ -171,8 +171,36 @@ pub(super) async fn insert_batch(
     let (patient_ids, storage_ids) =
         upsert_patients_and_storages(conn, &patients, &storages, now).await?;
 
-    // ---- Studies.
-    let study_rows = upsert_studies(conn, &studies, &patient_ids, &storage_ids, now).await?;
+    // ---- Series, folded by study key (their studies' ids come with the
+    // statement that writes them).
+    let mut series_in: BTreeMap<(StudyKey, String), SeriesRow> = BTreeMap::new();
+    let mut record_series_in = Vec::with_capacity(batch.len());
+    for (r, study_key) in batch.iter().zip(&record_keys) {
+        let uid = r.series.series_uid.as_str().to_string();
+        let s = &r.series;
+        let row = series_in
+            .entry((study_key.clone(), uid.clone()))
+            .or_default();
+        merge(
+            &mut row.attrs,
+            [
+                text(s.modality.as_deref()),
+                text(s.series_description.as_deref()),
+                text(s.body_part_examined.as_deref()),
+                text(s.series_date.as_deref()),
+                text(s.series_time.as_deref()),
+            ],
+        );
+        if s.series_number.is_some() {
+            row.series_number = s.series_number;
+        }
+        record_series_in.push((study_key, uid));
+    }
+
+    // ---- Studies and series, in one statement.
+    let (study_rows, series_rows) =
+        upsert_studies_and_series(conn, &studies, &patient_ids, &storage_ids, &series_in, now)
+            .await?;
     // The same statement read the studies' deletions after the storage
     // rows were locked: under those locks no deletion can start or finish,
     // and one that did since the records were admitted makes this a
@@ -222,32 +250,15 @@ pub(super) async fn insert_batch(
         study_classes.insert(id, split(old_classes.as_deref().unwrap_or("")));
     }
 
-    // ---- Series.
+    // ---- Series: the fold keyed by study id.
     let mut series: BTreeMap<SeriesKey, SeriesRow> = BTreeMap::new();
-    let mut record_series_keys = Vec::with_capacity(batch.len());
-    for (r, study_key) in batch.iter().zip(&record_keys) {
-        let key = (
-            study_ids[study_key],
-            r.series.series_uid.as_str().to_string(),
-        );
-        let s = &r.series;
-        let row = series.entry(key.clone()).or_default();
-        merge(
-            &mut row.attrs,
-            [
-                text(s.modality.as_deref()),
-                text(s.series_description.as_deref()),
-                text(s.body_part_examined.as_deref()),
-                text(s.series_date.as_deref()),
-                text(s.series_time.as_deref()),
-            ],
-        );
-        if s.series_number.is_some() {
-            row.series_number = s.series_number;
-        }
-        record_series_keys.push(key);
+    for ((study_key, uid), row) in series_in {
+        series.insert((study_ids[&study_key], uid), row);
     }
-    let series_rows = upsert_series(conn, &series).await?;
+    let record_series_keys: Vec<SeriesKey> = record_series_in
+        .into_iter()
+        .map(|(study_key, uid)| (study_ids[study_key], uid))
+        .collect();
     let mut study_delta: BTreeMap<i64, StudyDelta> = BTreeMap::new();
     let mut modalities_dirty: BTreeSet<i64> = BTreeSet::new();
     let mut series_ids: HashMap<SeriesKey, i64> = HashMap::new();
@@ -576,32 +587,50 @@ async fn upsert_patients_and_storages(
     Ok((patient_ids, storage_ids))
 }
 
-/// Upserts the studies; returns per key: id, the patient before (None: new
-/// study) and the SOP classes before.
 /// Per study: its key, its patient and SOP classes before, its deletions.
 type StudyRows = HashMap<StudyKey, (i64, Option<i64>, Option<String>, StudyDeletions)>;
 
-/// Upserts the studies and, in the same statement, reads their deletions
-/// (as [`study_deletions`]).
-async fn upsert_studies(
+/// Per series: its id, whether it existed, and its modality before.
+type SeriesRows = HashMap<SeriesKey, (i64, bool, Option<String>)>;
+
+/// Upserts the studies and their series in one statement, and reads the
+/// studies' deletions (as [`study_deletions`]: this statement runs after
+/// the one that locked the studies' storage rows, so it sees every
+/// deletion committed before those locks were taken).
+async fn upsert_studies_and_series(
     conn: &mut PgConnection,
     studies: &BTreeMap<StudyKey, StudyRow>,
     patient_ids: &HashMap<PatientKey, i64>,
     storage_ids: &HashMap<StudyKey, i64>,
+    series: &BTreeMap<(StudyKey, String), SeriesRow>,
     now: i64,
-) -> Result<StudyRows, TxError> {
+) -> Result<(StudyRows, SeriesRows), TxError> {
     let mut partition = Vec::with_capacity(studies.len());
     let mut study_uid = Vec::with_capacity(studies.len());
     let mut patient = Vec::with_capacity(studies.len());
     let mut storage = Vec::with_capacity(studies.len());
-    let mut columns: [Vec<Option<String>>; 7] = Default::default();
+    let mut columns: [Vec<Option<&str>>; 7] = Default::default();
     for (key, row) in studies {
         partition.push(key.0);
-        study_uid.push(key.1.clone());
+        study_uid.push(key.1.as_str());
         patient.push(patient_ids[&row.patient]);
         storage.push(storage_ids[&row.storage_key]);
         for (column, value) in columns.iter_mut().zip(&row.attrs) {
-            column.push(value.clone());
+            column.push(value.as_deref());
+        }
+    }
+    let mut series_partition = Vec::with_capacity(series.len());
+    let mut series_study = Vec::with_capacity(series.len());
+    let mut series_uid = Vec::with_capacity(series.len());
+    let mut number = Vec::with_capacity(series.len());
+    let mut series_columns: [Vec<Option<&str>>; 5] = Default::default();
+    for ((study_key, uid), row) in series {
+        series_partition.push(study_key.0);
+        series_study.push(study_key.1.as_str());
+        series_uid.push(uid.as_str());
+        number.push(row.series_number);
+        for (column, value) in series_columns.iter_mut().zip(&row.attrs) {
+            column.push(value.as_deref());
         }
     }
     let rows = sqlx::query(
@@ -641,9 +670,43 @@ async fn upsert_studies(
                      COALESCE(excluded.specific_character_set, study.specific_character_set),
                  updated_at = excluded.updated_at
              RETURNING id, partition_id, study_uid
+         ),
+         series_input AS (
+             SELECT * FROM UNNEST($13::bigint[], $14::text[], $15::text[], $16::text[],
+                                  $17::int4[], $18::text[], $19::text[], $20::text[],
+                                  $21::text[])
+                 WITH ORDINALITY AS t(partition_id, study_uid, series_uid, modality,
+                                      series_number, series_description, body_part_examined,
+                                      series_date, series_time, n)
+         ),
+         series_old AS (
+             SELECT s.study_fk, s.series_uid, s.modality
+             FROM series_input i
+             JOIN up ON up.partition_id = i.partition_id AND up.study_uid = i.study_uid
+             JOIN series s ON s.study_fk = up.id AND s.series_uid = i.series_uid
+         ),
+         series_up AS (
+             INSERT INTO series
+                 (study_fk, series_uid, modality, series_number, series_description,
+                  body_part_examined, series_date, series_time)
+             SELECT up.id, i.series_uid, i.modality, i.series_number, i.series_description,
+                    i.body_part_examined, i.series_date, i.series_time
+             FROM series_input i
+             JOIN up ON up.partition_id = i.partition_id AND up.study_uid = i.study_uid
+             ORDER BY i.n
+             ON CONFLICT (study_fk, series_uid) DO UPDATE SET
+                 modality = COALESCE(excluded.modality, series.modality),
+                 series_number = COALESCE(excluded.series_number, series.series_number),
+                 series_description =
+                     COALESCE(excluded.series_description, series.series_description),
+                 body_part_examined =
+                     COALESCE(excluded.body_part_examined, series.body_part_examined),
+                 series_date = COALESCE(excluded.series_date, series.series_date),
+                 series_time = COALESCE(excluded.series_time, series.series_time)
+             RETURNING id, study_fk, series_uid
          )
-         SELECT up.id, up.partition_id, up.study_uid, old.patient_fk AS old_patient,
-                old.sop_classes_in_study AS old_classes,
+         SELECT FALSE AS is_series, up.id, up.partition_id, up.study_uid,
+                old.patient_fk AS old_patient, old.sop_classes_in_study AS old_classes,
                 EXISTS (SELECT 1 FROM study_storage ss
                         WHERE ss.partition_id = up.partition_id AND ss.study_uid = up.study_uid
                           AND ss.state = 'deleting') AS deleting,
@@ -652,9 +715,17 @@ async fn upsert_studies(
                    AND a.action = 'study.delete') AS deletions,
                 (SELECT ss.filesystem_id FROM study_storage ss
                  WHERE ss.partition_id = up.partition_id
-                   AND ss.study_uid = up.study_uid) AS filesystem
+                   AND ss.study_uid = up.study_uid) AS filesystem,
+                NULL::BIGINT AS study_fk, NULL::TEXT AS series_uid, NULL::BOOLEAN AS existed,
+                NULL::TEXT AS old_modality
          FROM up LEFT JOIN old
-              ON old.partition_id = up.partition_id AND old.study_uid = up.study_uid",
+              ON old.partition_id = up.partition_id AND old.study_uid = up.study_uid
+         UNION ALL
+         SELECT TRUE, su.id, NULL::BIGINT, NULL::TEXT, NULL::BIGINT, NULL::TEXT,
+                NULL::BOOLEAN, NULL::BIGINT, NULL::BIGINT, su.study_fk, su.series_uid,
+                so.study_fk IS NOT NULL, so.modality
+         FROM series_up su LEFT JOIN series_old so
+              ON so.study_fk = su.study_fk AND so.series_uid = su.series_uid",
     )
     .bind(&partition)
     .bind(&study_uid)
@@ -668,11 +739,32 @@ async fn upsert_studies(
     .bind(&columns[5])
     .bind(&columns[6])
     .bind(now)
+    .bind(&series_partition)
+    .bind(&series_study)
+    .bind(&series_uid)
+    .bind(&series_columns[0])
+    .bind(&number)
+    .bind(&series_columns[1])
+    .bind(&series_columns[2])
+    .bind(&series_columns[3])
+    .bind(&series_columns[4])
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let mut study_rows = HashMap::with_capacity(studies.len());
+    let mut series_rows = HashMap::with_capacity(series.len());
     for row in rows {
-        out.insert(
+        if row.try_get("is_series")? {
+            series_rows.insert(
+                (row.try_get("study_fk")?, row.try_get("series_uid")?),
+                (
+                    row.try_get("id")?,
+                    row.try_get("existed")?,
+                    row.try_get("old_modality")?,
+                ),
+            );
+            continue;
+        }
+        study_rows.insert(
             (row.try_get("partition_id")?, row.try_get("study_uid")?),
             (
                 row.try_get("id")?,
@@ -688,83 +780,7 @@ async fn upsert_studies(
             ),
         );
     }
-    Ok(out)
-}
-
-/// Upserts the series; returns per key: id, whether it existed, and its
-/// modality before.
-async fn upsert_series(
-    conn: &mut PgConnection,
-    series: &BTreeMap<SeriesKey, SeriesRow>,
-) -> Result<HashMap<SeriesKey, (i64, bool, Option<String>)>, TxError> {
-    let mut study = Vec::with_capacity(series.len());
-    let mut series_uid = Vec::with_capacity(series.len());
-    let mut number = Vec::with_capacity(series.len());
-    let mut columns: [Vec<Option<String>>; 5] = Default::default();
-    for (key, row) in series {
-        study.push(key.0);
-        series_uid.push(key.1.clone());
-        number.push(row.series_number);
-        for (column, value) in columns.iter_mut().zip(&row.attrs) {
-            column.push(value.clone());
-        }
-    }
-    let rows = sqlx::query(
-        "WITH input AS (
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::int4[], $5::text[],
-                                  $6::text[], $7::text[], $8::text[])
-                 WITH ORDINALITY AS t(study_fk, series_uid, modality, series_number,
-                                      series_description, body_part_examined, series_date,
-                                      series_time, n)
-         ),
-         old AS (
-             SELECT s.study_fk, s.series_uid, s.modality
-             FROM series s JOIN input i ON s.study_fk = i.study_fk AND s.series_uid = i.series_uid
-         ),
-         up AS (
-             INSERT INTO series
-                 (study_fk, series_uid, modality, series_number, series_description,
-                  body_part_examined, series_date, series_time)
-             SELECT study_fk, series_uid, modality, series_number, series_description,
-                    body_part_examined, series_date, series_time
-             FROM input ORDER BY n
-             ON CONFLICT (study_fk, series_uid) DO UPDATE SET
-                 modality = COALESCE(excluded.modality, series.modality),
-                 series_number = COALESCE(excluded.series_number, series.series_number),
-                 series_description =
-                     COALESCE(excluded.series_description, series.series_description),
-                 body_part_examined =
-                     COALESCE(excluded.body_part_examined, series.body_part_examined),
-                 series_date = COALESCE(excluded.series_date, series.series_date),
-                 series_time = COALESCE(excluded.series_time, series.series_time)
-             RETURNING id, study_fk, series_uid
-         )
-         SELECT up.id, up.study_fk, up.series_uid, old.study_fk IS NOT NULL AS existed,
-                old.modality AS old_modality
-         FROM up LEFT JOIN old ON old.study_fk = up.study_fk AND old.series_uid = up.series_uid",
-    )
-    .bind(&study)
-    .bind(&series_uid)
-    .bind(&columns[0])
-    .bind(&number)
-    .bind(&columns[1])
-    .bind(&columns[2])
-    .bind(&columns[3])
-    .bind(&columns[4])
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for row in rows {
-        out.insert(
-            (row.try_get("study_fk")?, row.try_get("series_uid")?),
-            (
-                row.try_get("id")?,
-                row.try_get("existed")?,
-                row.try_get("old_modality")?,
-            ),
-        );
-    }
-    Ok(out)
+    Ok((study_rows, series_rows))
 }
 
 /// The instance rows the batch replaces (per key its state, its study and
