@@ -12,9 +12,10 @@
 //! reads the rows it replaces in the same statement, and the counters and
 //! summaries are one statement in the common case (nothing to recount). A
 //! batch therefore costs the same number of round trips whatever its size:
-//! BEGIN, patients with study storages, studies with the deletion check,
-//! series, instances, counters, one per follow-up item (migration 0009's
-//! `imageserver_append_work`), COMMIT.
+//! BEGIN, patients with study storages, studies with the deletion check and
+//! their series (the series join the studies' RETURNING), instances,
+//! counters (with a one-study batch's follow-up item: migration 0009's
+//! `imageserver_append_work`), one per further follow-up item, COMMIT.
 //!
 //! **Concurrent nodes.** The upserts lock rows in a stable order: patients,
 //! then study storages (one row per study: the study's lock), then studies,

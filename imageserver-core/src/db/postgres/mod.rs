@@ -9,23 +9,31 @@
 //!   (associations, the group committer), never from an executor.
 //! - **Pools.** A sqlx pool of at most `pool_size` connections, and one of
 //!   `query_pool_size` for queries (C-FIND, retrieve lists), so that queries
-//!   can never take the connections ingest needs. Connections
-//!   are pinged before use, so after a database restart dead ones are
-//!   replaced; when the database is unreachable a call fails after
-//!   `connect_timeout` with [`Error::Backend`] (ingest answers A700, C-FIND a
-//!   failure status) and the next call tries again: reconnecting is the
+//!   can never take the connections ingest needs. Connections are not
+//!   pinged when they leave the pool (that was a round trip per call): an
+//!   operation that finds its connection dead (a database restart, an
+//!   administrator's `pg_terminate_backend`) before its COMMIT was sent
+//!   runs again, once, on a pinged connection, dead ones being discarded
+//!   (`PgIndex::write`, `PgIndex::read`). When the database is
+//!   unreachable a call fails after `connect_timeout` with
+//!   [`Error::Backend`] (ingest answers A700, C-FIND a failure status)
+//!   and the next call tries again: reconnecting is the
 //!   pool's job, nothing restarts. Every call is also bounded as a whole
 //!   (statement timeout + connect timeout + a margin), so a vanished network
 //!   gives an error, not a hang.
 //! - **Transactions.** Every write method is one transaction at READ
 //!   COMMITTED. Serialization failures and deadlocks (SQLSTATE 40001, 40P01)
 //!   retry the whole transaction with backoff for up to [`RETRY_FOR`]; they
-//!   never reach callers before that. Other failures are not retried: a
-//!   commit that may not have happened is reported, so no C-STORE is
-//!   acknowledged without a commit.
+//!   never reach callers before that. A lost connection is retried once
+//!   (above) unless it was lost during COMMIT; other failures are not
+//!   retried: a commit that may not have happened is reported, so no
+//!   C-STORE is acknowledged without a commit, and none is re-run blindly
+//!   (re-indexing a batch by SOP Instance UID would leave the rows right
+//!   but answer Replaced for what was Inserted, and a follow-up item
+//!   claimed meanwhile would be created a second time).
 //! - **Group commit.** `insert_instances` indexes a whole batch with a fixed
-//!   number of set-based statements (UNNEST arrays, multi-row upserts), about
-//!   a dozen round trips whatever the batch size: see `ingest.rs`, which also
+//!   number of set-based statements (UNNEST arrays, multi-row upserts), six
+//!   round trips for a one-study batch whatever its size: see `ingest.rs`, which also
 //!   explains how concurrent nodes are kept from deadlocking or counting
 //!   twice.
 //! - **Migrations.** `migrations/NNNN_*.sql`, applied at connect inside one
