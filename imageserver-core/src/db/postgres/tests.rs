@@ -463,6 +463,22 @@ fn unreachable_database_fails_fast() {
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 
+/// Only a connection's own failure is worth a second try on another one:
+/// not a timed-out call (its time is spent), a closed pool or a pool that
+/// had no connection to give.
+#[test]
+fn only_lost_connections_are_retried() {
+    use std::io::{Error as IoError, ErrorKind};
+    let lost = |e: sqlx::Error| super::lost_connection(&e);
+    assert!(lost(sqlx::Error::Io(IoError::from(ErrorKind::ConnectionReset))));
+    assert!(lost(sqlx::Error::Io(IoError::from(ErrorKind::UnexpectedEof))));
+    assert!(lost(sqlx::Error::Io(IoError::from(ErrorKind::BrokenPipe))));
+    assert!(!lost(sqlx::Error::Io(IoError::from(ErrorKind::TimedOut))));
+    assert!(!lost(sqlx::Error::PoolClosed));
+    assert!(!lost(sqlx::Error::PoolTimedOut));
+    assert!(!lost(sqlx::Error::RowNotFound));
+}
+
 /// Connections the server drops (a restart, an administrator) are replaced
 /// by the pool: the next calls work without a new `PgIndex`.
 #[test]
