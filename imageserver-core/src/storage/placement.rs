@@ -10,6 +10,7 @@
 //! index and the roots). [`LowestTierMostRoom`] is the plain one.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Duration;
 
@@ -101,6 +102,9 @@ impl Placement for LowestTierMostRoom {
 #[derive(Debug)]
 pub struct FilesystemStates {
     states: RwLock<HashMap<FilesystemId, State>>,
+    /// Whether a measurement is under way ([`FilesystemStates::measuring`]);
+    /// read and written under the `states` write lock only.
+    measuring: AtomicBool,
     /// Whether the held bytes were measured.
     measured: Mutex<bool>,
     measured_now: Condvar,
@@ -113,6 +117,7 @@ impl Default for FilesystemStates {
     fn default() -> Self {
         FilesystemStates {
             states: RwLock::default(),
+            measuring: AtomicBool::new(false),
             measured: Mutex::new(true),
             measured_now: Condvar::new(),
             unmeasured_wait: Duration::ZERO,
@@ -123,6 +128,8 @@ impl Default for FilesystemStates {
 #[derive(Debug, Default, Clone)]
 struct State {
     held_bytes: u64,
+    /// Bytes added since the measurement under way started.
+    added_while_measuring: u64,
     refused: Option<String>,
 }
 
@@ -139,15 +146,36 @@ impl FilesystemStates {
         }
     }
 
-    /// Sets the bytes held per filesystem (as the index counts them); a
-    /// filesystem not listed holds none.
-    pub fn set_held(&self, held: &[(FilesystemId, u64)]) {
+    /// Notes that a measurement of the bytes held starts: what
+    /// [`FilesystemStates::add_held`] counts from now on is added to the
+    /// figures [`FilesystemStates::set_held`] then sets (the measurement
+    /// may not see those instances; counted twice if it does, which errs
+    /// on the full side until the next measurement).
+    pub fn measuring(&self) {
         let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
         for state in states.values_mut() {
-            state.held_bytes = 0;
+            state.added_while_measuring = 0;
+        }
+        self.measuring.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets the bytes held per filesystem (as the index counts them), plus
+    /// those added since [`FilesystemStates::measuring`] when it was
+    /// called; a filesystem not listed holds none.
+    pub fn set_held(&self, held: &[(FilesystemId, u64)]) {
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        let measuring = self.measuring.swap(false, Ordering::Relaxed);
+        for state in states.values_mut() {
+            state.held_bytes = if measuring {
+                state.added_while_measuring
+            } else {
+                0
+            };
+            state.added_while_measuring = 0;
         }
         for (id, bytes) in held {
-            states.entry(*id).or_default().held_bytes = *bytes;
+            let state = states.entry(*id).or_default();
+            state.held_bytes = state.held_bytes.saturating_add(*bytes);
         }
         drop(states);
         *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = true;
@@ -174,8 +202,12 @@ impl FilesystemStates {
     /// [`FilesystemStates::set_held`]).
     pub fn add_held(&self, filesystem: FilesystemId, bytes: u64) {
         let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        let measuring = self.measuring.load(Ordering::Relaxed);
         let state = states.entry(filesystem).or_default();
         state.held_bytes = state.held_bytes.saturating_add(bytes);
+        if measuring {
+            state.added_while_measuring = state.added_while_measuring.saturating_add(bytes);
+        }
     }
 
     /// The bytes held on `filesystem`.
@@ -374,6 +406,23 @@ mod tests {
         let usage = states.usage(&fs, &FsStorage::new()).expect("usage");
         measure.join().expect("measure");
         assert!(usage.available_bytes > 0, "{usage:?}");
+    }
+
+    /// Bytes stored while a measurement runs are not lost when its (older)
+    /// figures land.
+    #[test]
+    fn bytes_stored_during_a_measurement_are_kept() {
+        let fs = FilesystemId(1);
+        let states = FilesystemStates::unmeasured(Duration::ZERO);
+        states.measuring();
+        states.add_held(fs, 100);
+        states.set_held(&[(fs, 1000)]);
+        assert_eq!(states.held(fs), 1100);
+        // A measurement that started after them counts them itself.
+        states.add_held(fs, 10);
+        states.measuring();
+        states.set_held(&[(fs, 1110)]);
+        assert_eq!(states.held(fs), 1110);
     }
 
     /// Without a quota the bytes held are not read: nothing waits.

@@ -292,6 +292,9 @@ pub fn refresh(
     states: Option<&FilesystemStates>,
     may_write: bool,
 ) -> Result<Vec<FilesystemReport>, db::Error> {
+    if let Some(states) = states {
+        states.measuring();
+    }
     let held = index.filesystem_held_bytes()?;
     let reports = check(index, storage, states, may_write, &held)?;
     if let Some(states) = states {
@@ -322,6 +325,8 @@ pub fn measure_later(
     index: Arc<dyn IndexStore>,
     states: Arc<FilesystemStates>,
 ) -> std::io::Result<()> {
+    // From now on: what is stored before the figures land adds to them.
+    states.measuring();
     std::thread::Builder::new()
         .name("filesystem-usage".into())
         .spawn(move || {

@@ -470,8 +470,12 @@ fn unreachable_database_fails_fast() {
 fn only_lost_connections_are_retried() {
     use std::io::{Error as IoError, ErrorKind};
     let lost = |e: sqlx::Error| super::lost_connection(&e);
-    assert!(lost(sqlx::Error::Io(IoError::from(ErrorKind::ConnectionReset))));
-    assert!(lost(sqlx::Error::Io(IoError::from(ErrorKind::UnexpectedEof))));
+    assert!(lost(sqlx::Error::Io(IoError::from(
+        ErrorKind::ConnectionReset
+    ))));
+    assert!(lost(sqlx::Error::Io(IoError::from(
+        ErrorKind::UnexpectedEof
+    ))));
     assert!(lost(sqlx::Error::Io(IoError::from(ErrorKind::BrokenPipe))));
     assert!(!lost(sqlx::Error::Io(IoError::from(ErrorKind::TimedOut))));
     assert!(!lost(sqlx::Error::PoolClosed));
