@@ -11,7 +11,7 @@ mod retrieve_peers;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::cli::{cli_ok, wait_work_items, BOUND};
+use crate::support::cli::{cli_ok, wait_log, wait_work_items, BOUND};
 use crate::support::corpus::{generate_corpus, CorpusShape, Instance};
 use crate::support::dcmtk;
 use crate::support::files_under;
@@ -79,6 +79,10 @@ fn new_studies_go_to_the_highest_tier_below_its_high_watermark() {
     let corpus = generate_corpus(&corpus_dir, 71, CorpusShape::uniform(2, 1, 12, (128, 128)));
     let server = Server::builder(dir.path())
         .setting("min_free_space_mb", 0)
+        // The watermark service runs once, at the scheduler's first tick
+        // (awaited below), not again during the test: it would move the
+        // first study off tier 1, as it should.
+        .setting("filesystem_refresh_secs", 3600)
         .setting(
             "filesystems",
             format!(
@@ -88,6 +92,7 @@ fn new_studies_go_to_the_highest_tier_below_its_high_watermark() {
             ),
         )
         .start();
+    wait_log(dir.path(), "queued 0 purges and 0 migrations");
     let (first, second) = corpus.split_at(12);
     for study in [first, second] {
         let paths: Vec<&Path> = study.iter().map(|i| i.path.as_path()).collect();
