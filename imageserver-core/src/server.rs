@@ -144,6 +144,11 @@ fn open_sqlite(path: &std::path::Path) -> Result<Arc<dyn Database>, Error> {
 /// file (a dead cluster node's): far beyond any live store's pause.
 const MIN_TEMPORARY_AGE: Duration = Duration::from_secs(3600);
 
+/// How long placement waits, after start-up, for the first measurement of
+/// the bytes held before a filesystem with a quota counts as full (the
+/// measurement takes about a second at 10 M instances).
+const UNMEASURED_QUOTA_WAIT: Duration = Duration::from_secs(30);
+
 /// Assembles an archive from parts; defaults to the backends the settings name.
 pub struct ServerBuilder {
     settings: Settings,
@@ -240,12 +245,16 @@ impl ServerBuilder {
         crate::tiering::seed(index.as_ref(), &self.settings.filesystems)?;
         // First use writes each filesystem's identity marker; a root
         // without its recorded marker is refused (and not swept).
-        let filesystem_states = Arc::new(FilesystemStates::default());
-        crate::tiering::refresh(
-            index.as_ref(),
-            storage.as_ref(),
-            Some(&filesystem_states),
-            true,
+        // The bytes held per filesystem (a sum over every study) are
+        // measured on a thread: start-up does not wait for them, a quota
+        // does (see FilesystemStates::unmeasured).
+        let filesystem_states = Arc::new(FilesystemStates::unmeasured(UNMEASURED_QUOTA_WAIT));
+        crate::tiering::check_at_start(index.as_ref(), storage.as_ref(), &filesystem_states)?;
+        crate::tiering::measure_later(index.clone(), filesystem_states.clone()).map_err(
+            |source| Error::Thread {
+                name: "filesystem-usage",
+                source,
+            },
         )?;
         // What a crash (or a dead node) left half-written: no writer will
         // finish it.

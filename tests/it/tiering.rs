@@ -142,7 +142,7 @@ fn a700_before_the_quota_is_full_and_the_rest_keeps_working() {
     // ~2 MiB of instances against a 2 MiB quota that keeps 1 MiB free.
     let corpus = generate_corpus(&corpus_dir, 72, CorpusShape::uniform(1, 1, 60, (128, 128)));
     let dest = StoreScp::start("DEST", &dir.path().join("dest"), false);
-    let server = Server::builder(dir.path())
+    let mut server = Server::builder(dir.path())
         .setting("min_free_space_mb", 1)
         .setting(
             "filesystems",
@@ -173,6 +173,15 @@ fn a700_before_the_quota_is_full_and_the_rest_keeps_working() {
         store(&server, &[&unsent.path]),
         [OUT_OF_RESOURCES],
         "still full"
+    );
+    // Right after a restart (the bytes held are measured once the server
+    // runs, not before it listens): still full, never a guess of empty.
+    server.sigterm();
+    server.restart();
+    assert_eq!(
+        store(&server, &[&unsent.path]),
+        [OUT_OF_RESOURCES],
+        "still full right after a restart"
     );
 
     // The reserve: the quota never filled.

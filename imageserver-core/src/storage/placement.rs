@@ -10,7 +10,9 @@
 //! index and the roots). [`LowestTierMostRoom`] is the plain one.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use super::{Error, StorageBackend, Usage};
 use crate::model::{Filesystem, FilesystemId};
@@ -91,36 +93,121 @@ impl Placement for LowestTierMostRoom {
 /// the studies the index holds on it (what a `capacity_mb` quota is
 /// measured against) and whether it may be written (its identity marker).
 /// Shared by placement, ingest and the tiering monitor that refreshes it.
-#[derive(Debug, Default)]
+///
+/// A server starts with the held bytes not yet measured
+/// ([`FilesystemStates::unmeasured`]: summing every study's bytes would
+/// delay start-up at a large index); until the first
+/// [`FilesystemStates::set_held`], the space of a filesystem with a quota
+/// waits for it, and counts as full if it does not come in time.
+#[derive(Debug)]
 pub struct FilesystemStates {
     states: RwLock<HashMap<FilesystemId, State>>,
+    /// Whether a measurement is under way ([`FilesystemStates::measuring`]);
+    /// read and written under the `states` write lock only.
+    measuring: AtomicBool,
+    /// Whether the held bytes were measured.
+    measured: Mutex<bool>,
+    measured_now: Condvar,
+    /// How long a quota's usage waits for the first measurement.
+    unmeasured_wait: Duration,
+}
+
+impl Default for FilesystemStates {
+    /// Measured: every filesystem holds nothing until told otherwise.
+    fn default() -> Self {
+        FilesystemStates {
+            states: RwLock::default(),
+            measuring: AtomicBool::new(false),
+            measured: Mutex::new(true),
+            measured_now: Condvar::new(),
+            unmeasured_wait: Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
 struct State {
     held_bytes: u64,
+    /// Bytes added since the measurement under way started.
+    added_while_measuring: u64,
     refused: Option<String>,
 }
 
 impl FilesystemStates {
-    /// Sets the bytes held per filesystem (as the index counts them); a
-    /// filesystem not listed holds none.
-    pub fn set_held(&self, held: &[(FilesystemId, u64)]) {
+    /// States whose held bytes are still to be measured: until the first
+    /// [`FilesystemStates::set_held`], [`FilesystemStates::usage`] of a
+    /// filesystem with a quota waits for it for at most `wait`, then
+    /// counts the quota as used up (never more than it allows).
+    pub fn unmeasured(wait: Duration) -> FilesystemStates {
+        FilesystemStates {
+            measured: Mutex::new(false),
+            unmeasured_wait: wait,
+            ..FilesystemStates::default()
+        }
+    }
+
+    /// Notes that a measurement of the bytes held starts: what
+    /// [`FilesystemStates::add_held`] counts from now on is added to the
+    /// figures [`FilesystemStates::set_held`] then sets (the measurement
+    /// may not see those instances; counted twice if it does, which errs
+    /// on the full side until the next measurement).
+    pub fn measuring(&self) {
         let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
         for state in states.values_mut() {
-            state.held_bytes = 0;
+            state.added_while_measuring = 0;
+        }
+        self.measuring.store(true, Ordering::Relaxed);
+    }
+
+    /// Sets the bytes held per filesystem (as the index counts them), plus
+    /// those added since [`FilesystemStates::measuring`] when it was
+    /// called; a filesystem not listed holds none.
+    pub fn set_held(&self, held: &[(FilesystemId, u64)]) {
+        let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        let measuring = self.measuring.swap(false, Ordering::Relaxed);
+        for state in states.values_mut() {
+            state.held_bytes = if measuring {
+                state.added_while_measuring
+            } else {
+                0
+            };
+            state.added_while_measuring = 0;
         }
         for (id, bytes) in held {
-            states.entry(*id).or_default().held_bytes = *bytes;
+            let state = states.entry(*id).or_default();
+            state.held_bytes = state.held_bytes.saturating_add(*bytes);
         }
+        drop(states);
+        *self.measured.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.measured_now.notify_all();
+    }
+
+    /// Whether the held bytes have been measured.
+    pub fn is_measured(&self) -> bool {
+        *self.measured.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (at most the wait given to [`FilesystemStates::unmeasured`])
+    /// for the held bytes to be measured; whether they are.
+    fn wait_measured(&self) -> bool {
+        let measured = self.measured.lock().unwrap_or_else(|p| p.into_inner());
+        let (measured, _) = self
+            .measured_now
+            .wait_timeout_while(measured, self.unmeasured_wait, |measured| !*measured)
+            .unwrap_or_else(|p| p.into_inner());
+        *measured
     }
 
     /// Counts `bytes` more held on `filesystem` (until the next
     /// [`FilesystemStates::set_held`]).
     pub fn add_held(&self, filesystem: FilesystemId, bytes: u64) {
         let mut states = self.states.write().unwrap_or_else(|p| p.into_inner());
+        let measuring = self.measuring.load(Ordering::Relaxed);
         let state = states.entry(filesystem).or_default();
         state.held_bytes = state.held_bytes.saturating_add(bytes);
+        if measuring {
+            state.added_while_measuring = state.added_while_measuring.saturating_add(bytes);
+        }
     }
 
     /// The bytes held on `filesystem`.
@@ -150,14 +237,26 @@ impl FilesystemStates {
 
     /// Space on `filesystem`: with a `capacity_mb` quota, the quota is the
     /// total and the bytes held are used (never more available than the
-    /// volume has); without one, the volume's own figures.
+    /// volume has; before the first measurement, see
+    /// [`FilesystemStates::unmeasured`]); without one, the volume's own
+    /// figures.
     pub fn usage(
         &self,
         filesystem: &Filesystem,
         storage: &dyn StorageBackend,
     ) -> Result<Usage, Error> {
         let volume = storage.usage(filesystem)?;
-        Ok(quota_usage(filesystem, volume, self.held(filesystem.id)))
+        let held = match filesystem.spec.capacity_mb {
+            Some(_) if !self.wait_measured() => {
+                tracing::warn!(
+                    filesystem = %filesystem.spec.path.display(),
+                    "the bytes held are not measured yet: the quota counts as used up"
+                );
+                u64::MAX
+            }
+            _ => self.held(filesystem.id),
+        };
+        Ok(quota_usage(filesystem, volume, held))
     }
 }
 
@@ -243,5 +342,97 @@ impl Placement for Tiered {
 
     fn stored(&self, filesystem: FilesystemId, bytes: u64) {
         self.states.add_held(filesystem, bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FilesystemSpec, Tier};
+    use crate::storage::fs::FsStorage;
+
+    fn quota_filesystem(root: &std::path::Path) -> Filesystem {
+        Filesystem {
+            id: FilesystemId(1),
+            spec: FilesystemSpec {
+                path: root.to_path_buf(),
+                tier: Tier(1),
+                high_watermark: 90.0,
+                low_watermark: 80.0,
+                read_only: false,
+                write_only: false,
+                description: String::new(),
+                capacity_mb: Some(1),
+            },
+            enabled: true,
+            marker: None,
+        }
+    }
+
+    /// Right after start-up, before the bytes held are measured, a quota
+    /// counts as used up: placement never overfills it on a guess.
+    #[test]
+    fn an_unmeasured_quota_counts_as_used_up_until_measured() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let storage = FsStorage::new();
+        let fs = quota_filesystem(root.path());
+        let states = std::sync::Arc::new(FilesystemStates::unmeasured(Duration::ZERO));
+        assert!(!states.is_measured());
+        let usage = states.usage(&fs, &storage).expect("usage");
+        assert_eq!(usage.available_bytes, 0, "{usage:?}");
+        let tiered = Tiered {
+            min_free_bytes: 0,
+            states: states.clone(),
+        };
+        assert!(tiered.place(std::slice::from_ref(&fs), &storage).is_none());
+
+        states.set_held(&[(fs.id, 1 << 19)]);
+        assert!(states.is_measured());
+        let usage = states.usage(&fs, &storage).expect("usage");
+        assert!(usage.available_bytes <= 1 << 19, "{usage:?}");
+        assert!(usage.available_bytes > 0, "{usage:?}");
+        assert!(tiered.place(std::slice::from_ref(&fs), &storage).is_some());
+    }
+
+    /// A quota's usage waits for a measurement under way rather than count
+    /// the quota as used up.
+    #[test]
+    fn a_quota_waits_for_the_first_measurement() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let fs = quota_filesystem(root.path());
+        let states = std::sync::Arc::new(FilesystemStates::unmeasured(Duration::from_secs(60)));
+        let measuring = states.clone();
+        let measure = std::thread::spawn(move || measuring.set_held(&[]));
+        let usage = states.usage(&fs, &FsStorage::new()).expect("usage");
+        measure.join().expect("measure");
+        assert!(usage.available_bytes > 0, "{usage:?}");
+    }
+
+    /// Bytes stored while a measurement runs are not lost when its (older)
+    /// figures land.
+    #[test]
+    fn bytes_stored_during_a_measurement_are_kept() {
+        let fs = FilesystemId(1);
+        let states = FilesystemStates::unmeasured(Duration::ZERO);
+        states.measuring();
+        states.add_held(fs, 100);
+        states.set_held(&[(fs, 1000)]);
+        assert_eq!(states.held(fs), 1100);
+        // A measurement that started after them counts them itself.
+        states.add_held(fs, 10);
+        states.measuring();
+        states.set_held(&[(fs, 1110)]);
+        assert_eq!(states.held(fs), 1110);
+    }
+
+    /// Without a quota the bytes held are not read: nothing waits.
+    #[test]
+    fn without_a_quota_nothing_waits() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut fs = quota_filesystem(root.path());
+        fs.spec.capacity_mb = None;
+        let states = FilesystemStates::unmeasured(Duration::from_secs(3600));
+        let usage = states.usage(&fs, &FsStorage::new()).expect("usage");
+        assert!(usage.total_bytes > 0, "{usage:?}");
     }
 }

@@ -12,9 +12,10 @@
 //! reads the rows it replaces in the same statement, and the counters and
 //! summaries are one statement in the common case (nothing to recount). A
 //! batch therefore costs the same number of round trips whatever its size:
-//! BEGIN, patients with study storages, studies with the deletion check,
-//! series, instances, counters, one per follow-up item (migration 0009's
-//! `imageserver_append_work`), COMMIT.
+//! BEGIN, patients with study storages, studies with the deletion check and
+//! their series (the series join the studies' RETURNING), instances,
+//! counters (with a one-study batch's follow-up item: migration 0009's
+//! `imageserver_append_work`), one per further follow-up item, COMMIT.
 //!
 //! **Concurrent nodes.** The upserts lock rows in a stable order: patients,
 //! then study storages (one row per study: the study's lock), then studies,
@@ -41,6 +42,7 @@ use sqlx::{PgConnection, Row};
 
 use super::TxError;
 use crate::db::Admission;
+use crate::model::work::NewWorkItem;
 use crate::model::{InsertOutcome, InstanceRecord, PartitionId, StudyDeletions, Uid};
 
 /// Trims DICOM padding and drops NULs; empty becomes `None`.
@@ -108,12 +110,16 @@ struct PatientDelta {
 pub(super) type StorageIds = HashMap<StudyKey, i64>;
 
 /// Indexes `batch` on `conn` (inside a transaction) and returns one outcome
-/// per record, and the storage keys of the batch's studies.
+/// per record, the storage keys of the batch's studies, and whether the
+/// one item of `follow_ups` was appended too (in the counters' statement,
+/// the common case: a batch of one study with nothing to recount); when
+/// not, the caller appends them.
 pub(super) async fn insert_batch(
     conn: &mut PgConnection,
     batch: &[InstanceRecord],
+    follow_ups: &[NewWorkItem],
     now: i64,
-) -> Result<(Vec<InsertOutcome>, StorageIds), TxError> {
+) -> Result<(Vec<InsertOutcome>, StorageIds, bool), TxError> {
     // ---- Fold the batch, record by record.
     let mut patients: BTreeMap<PatientKey, [Option<String>; 3]> = BTreeMap::new();
     let mut storages: BTreeMap<StudyKey, &InstanceRecord> = BTreeMap::new();
@@ -166,8 +172,36 @@ pub(super) async fn insert_batch(
     let (patient_ids, storage_ids) =
         upsert_patients_and_storages(conn, &patients, &storages, now).await?;
 
-    // ---- Studies.
-    let study_rows = upsert_studies(conn, &studies, &patient_ids, &storage_ids, now).await?;
+    // ---- Series, folded by study key (their studies' ids come with the
+    // statement that writes them).
+    let mut series_in: BTreeMap<(StudyKey, String), SeriesRow> = BTreeMap::new();
+    let mut record_series_in = Vec::with_capacity(batch.len());
+    for (r, study_key) in batch.iter().zip(&record_keys) {
+        let uid = r.series.series_uid.as_str().to_string();
+        let s = &r.series;
+        let row = series_in
+            .entry((study_key.clone(), uid.clone()))
+            .or_default();
+        merge(
+            &mut row.attrs,
+            [
+                text(s.modality.as_deref()),
+                text(s.series_description.as_deref()),
+                text(s.body_part_examined.as_deref()),
+                text(s.series_date.as_deref()),
+                text(s.series_time.as_deref()),
+            ],
+        );
+        if s.series_number.is_some() {
+            row.series_number = s.series_number;
+        }
+        record_series_in.push((study_key, uid));
+    }
+
+    // ---- Studies and series, in one statement.
+    let (study_rows, series_rows) =
+        upsert_studies_and_series(conn, &studies, &patient_ids, &storage_ids, &series_in, now)
+            .await?;
     // The same statement read the studies' deletions after the storage
     // rows were locked: under those locks no deletion can start or finish,
     // and one that did since the records were admitted makes this a
@@ -217,32 +251,15 @@ pub(super) async fn insert_batch(
         study_classes.insert(id, split(old_classes.as_deref().unwrap_or("")));
     }
 
-    // ---- Series.
+    // ---- Series: the fold keyed by study id.
     let mut series: BTreeMap<SeriesKey, SeriesRow> = BTreeMap::new();
-    let mut record_series_keys = Vec::with_capacity(batch.len());
-    for (r, study_key) in batch.iter().zip(&record_keys) {
-        let key = (
-            study_ids[study_key],
-            r.series.series_uid.as_str().to_string(),
-        );
-        let s = &r.series;
-        let row = series.entry(key.clone()).or_default();
-        merge(
-            &mut row.attrs,
-            [
-                text(s.modality.as_deref()),
-                text(s.series_description.as_deref()),
-                text(s.body_part_examined.as_deref()),
-                text(s.series_date.as_deref()),
-                text(s.series_time.as_deref()),
-            ],
-        );
-        if s.series_number.is_some() {
-            row.series_number = s.series_number;
-        }
-        record_series_keys.push(key);
+    for ((study_key, uid), row) in series_in {
+        series.insert((study_ids[&study_key], uid), row);
     }
-    let series_rows = upsert_series(conn, &series).await?;
+    let record_series_keys: Vec<SeriesKey> = record_series_in
+        .into_iter()
+        .map(|(study_key, uid)| (study_ids[study_key], uid))
+        .collect();
     let mut study_delta: BTreeMap<i64, StudyDelta> = BTreeMap::new();
     let mut modalities_dirty: BTreeSet<i64> = BTreeSet::new();
     let mut series_ids: HashMap<SeriesKey, i64> = HashMap::new();
@@ -387,8 +404,18 @@ pub(super) async fn insert_batch(
         recount_studies,
         recount_patients,
     };
-    flush.apply(conn, now).await?;
-    Ok((outcomes, storage_ids))
+    // The follow-up item of a one-study batch, appended by the counters'
+    // statement.
+    let append = match follow_ups {
+        [item] => item
+            .study_uid
+            .as_ref()
+            .and_then(|uid| storage_ids.get(&(item.partition.0, uid.as_str().to_string())))
+            .map(|study| (item, *study)),
+        _ => None,
+    };
+    let appended = flush.apply(conn, now, append).await?;
+    Ok((outcomes, storage_ids, appended))
 }
 
 /// The deletions of the studies of `batch` ([`crate::db::sql::STUDY_DELETIONS`]
@@ -561,32 +588,50 @@ async fn upsert_patients_and_storages(
     Ok((patient_ids, storage_ids))
 }
 
-/// Upserts the studies; returns per key: id, the patient before (None: new
-/// study) and the SOP classes before.
 /// Per study: its key, its patient and SOP classes before, its deletions.
 type StudyRows = HashMap<StudyKey, (i64, Option<i64>, Option<String>, StudyDeletions)>;
 
-/// Upserts the studies and, in the same statement, reads their deletions
-/// (as [`study_deletions`]).
-async fn upsert_studies(
+/// Per series: its id, whether it existed, and its modality before.
+type SeriesRows = HashMap<SeriesKey, (i64, bool, Option<String>)>;
+
+/// Upserts the studies and their series in one statement, and reads the
+/// studies' deletions (as [`study_deletions`]: this statement runs after
+/// the one that locked the studies' storage rows, so it sees every
+/// deletion committed before those locks were taken).
+async fn upsert_studies_and_series(
     conn: &mut PgConnection,
     studies: &BTreeMap<StudyKey, StudyRow>,
     patient_ids: &HashMap<PatientKey, i64>,
     storage_ids: &HashMap<StudyKey, i64>,
+    series: &BTreeMap<(StudyKey, String), SeriesRow>,
     now: i64,
-) -> Result<StudyRows, TxError> {
+) -> Result<(StudyRows, SeriesRows), TxError> {
     let mut partition = Vec::with_capacity(studies.len());
     let mut study_uid = Vec::with_capacity(studies.len());
     let mut patient = Vec::with_capacity(studies.len());
     let mut storage = Vec::with_capacity(studies.len());
-    let mut columns: [Vec<Option<String>>; 7] = Default::default();
+    let mut columns: [Vec<Option<&str>>; 7] = Default::default();
     for (key, row) in studies {
         partition.push(key.0);
-        study_uid.push(key.1.clone());
+        study_uid.push(key.1.as_str());
         patient.push(patient_ids[&row.patient]);
         storage.push(storage_ids[&row.storage_key]);
         for (column, value) in columns.iter_mut().zip(&row.attrs) {
-            column.push(value.clone());
+            column.push(value.as_deref());
+        }
+    }
+    let mut series_partition = Vec::with_capacity(series.len());
+    let mut series_study = Vec::with_capacity(series.len());
+    let mut series_uid = Vec::with_capacity(series.len());
+    let mut number = Vec::with_capacity(series.len());
+    let mut series_columns: [Vec<Option<&str>>; 5] = Default::default();
+    for ((study_key, uid), row) in series {
+        series_partition.push(study_key.0);
+        series_study.push(study_key.1.as_str());
+        series_uid.push(uid.as_str());
+        number.push(row.series_number);
+        for (column, value) in series_columns.iter_mut().zip(&row.attrs) {
+            column.push(value.as_deref());
         }
     }
     let rows = sqlx::query(
@@ -626,9 +671,43 @@ async fn upsert_studies(
                      COALESCE(excluded.specific_character_set, study.specific_character_set),
                  updated_at = excluded.updated_at
              RETURNING id, partition_id, study_uid
+         ),
+         series_input AS (
+             SELECT * FROM UNNEST($13::bigint[], $14::text[], $15::text[], $16::text[],
+                                  $17::int4[], $18::text[], $19::text[], $20::text[],
+                                  $21::text[])
+                 WITH ORDINALITY AS t(partition_id, study_uid, series_uid, modality,
+                                      series_number, series_description, body_part_examined,
+                                      series_date, series_time, n)
+         ),
+         series_old AS (
+             SELECT s.study_fk, s.series_uid, s.modality
+             FROM series_input i
+             JOIN up ON up.partition_id = i.partition_id AND up.study_uid = i.study_uid
+             JOIN series s ON s.study_fk = up.id AND s.series_uid = i.series_uid
+         ),
+         series_up AS (
+             INSERT INTO series
+                 (study_fk, series_uid, modality, series_number, series_description,
+                  body_part_examined, series_date, series_time)
+             SELECT up.id, i.series_uid, i.modality, i.series_number, i.series_description,
+                    i.body_part_examined, i.series_date, i.series_time
+             FROM series_input i
+             JOIN up ON up.partition_id = i.partition_id AND up.study_uid = i.study_uid
+             ORDER BY i.n
+             ON CONFLICT (study_fk, series_uid) DO UPDATE SET
+                 modality = COALESCE(excluded.modality, series.modality),
+                 series_number = COALESCE(excluded.series_number, series.series_number),
+                 series_description =
+                     COALESCE(excluded.series_description, series.series_description),
+                 body_part_examined =
+                     COALESCE(excluded.body_part_examined, series.body_part_examined),
+                 series_date = COALESCE(excluded.series_date, series.series_date),
+                 series_time = COALESCE(excluded.series_time, series.series_time)
+             RETURNING id, study_fk, series_uid
          )
-         SELECT up.id, up.partition_id, up.study_uid, old.patient_fk AS old_patient,
-                old.sop_classes_in_study AS old_classes,
+         SELECT FALSE AS is_series, up.id, up.partition_id, up.study_uid,
+                old.patient_fk AS old_patient, old.sop_classes_in_study AS old_classes,
                 EXISTS (SELECT 1 FROM study_storage ss
                         WHERE ss.partition_id = up.partition_id AND ss.study_uid = up.study_uid
                           AND ss.state = 'deleting') AS deleting,
@@ -637,9 +716,17 @@ async fn upsert_studies(
                    AND a.action = 'study.delete') AS deletions,
                 (SELECT ss.filesystem_id FROM study_storage ss
                  WHERE ss.partition_id = up.partition_id
-                   AND ss.study_uid = up.study_uid) AS filesystem
+                   AND ss.study_uid = up.study_uid) AS filesystem,
+                NULL::BIGINT AS study_fk, NULL::TEXT AS series_uid, NULL::BOOLEAN AS existed,
+                NULL::TEXT AS old_modality
          FROM up LEFT JOIN old
-              ON old.partition_id = up.partition_id AND old.study_uid = up.study_uid",
+              ON old.partition_id = up.partition_id AND old.study_uid = up.study_uid
+         UNION ALL
+         SELECT TRUE, su.id, NULL::BIGINT, NULL::TEXT, NULL::BIGINT, NULL::TEXT,
+                NULL::BOOLEAN, NULL::BIGINT, NULL::BIGINT, su.study_fk, su.series_uid,
+                so.study_fk IS NOT NULL, so.modality
+         FROM series_up su LEFT JOIN series_old so
+              ON so.study_fk = su.study_fk AND so.series_uid = su.series_uid",
     )
     .bind(&partition)
     .bind(&study_uid)
@@ -653,11 +740,32 @@ async fn upsert_studies(
     .bind(&columns[5])
     .bind(&columns[6])
     .bind(now)
+    .bind(&series_partition)
+    .bind(&series_study)
+    .bind(&series_uid)
+    .bind(&series_columns[0])
+    .bind(&number)
+    .bind(&series_columns[1])
+    .bind(&series_columns[2])
+    .bind(&series_columns[3])
+    .bind(&series_columns[4])
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = HashMap::with_capacity(rows.len());
+    let mut study_rows = HashMap::with_capacity(studies.len());
+    let mut series_rows = HashMap::with_capacity(series.len());
     for row in rows {
-        out.insert(
+        if row.try_get("is_series")? {
+            series_rows.insert(
+                (row.try_get("study_fk")?, row.try_get("series_uid")?),
+                (
+                    row.try_get("id")?,
+                    row.try_get("existed")?,
+                    row.try_get("old_modality")?,
+                ),
+            );
+            continue;
+        }
+        study_rows.insert(
             (row.try_get("partition_id")?, row.try_get("study_uid")?),
             (
                 row.try_get("id")?,
@@ -673,83 +781,7 @@ async fn upsert_studies(
             ),
         );
     }
-    Ok(out)
-}
-
-/// Upserts the series; returns per key: id, whether it existed, and its
-/// modality before.
-async fn upsert_series(
-    conn: &mut PgConnection,
-    series: &BTreeMap<SeriesKey, SeriesRow>,
-) -> Result<HashMap<SeriesKey, (i64, bool, Option<String>)>, TxError> {
-    let mut study = Vec::with_capacity(series.len());
-    let mut series_uid = Vec::with_capacity(series.len());
-    let mut number = Vec::with_capacity(series.len());
-    let mut columns: [Vec<Option<String>>; 5] = Default::default();
-    for (key, row) in series {
-        study.push(key.0);
-        series_uid.push(key.1.clone());
-        number.push(row.series_number);
-        for (column, value) in columns.iter_mut().zip(&row.attrs) {
-            column.push(value.clone());
-        }
-    }
-    let rows = sqlx::query(
-        "WITH input AS (
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::int4[], $5::text[],
-                                  $6::text[], $7::text[], $8::text[])
-                 WITH ORDINALITY AS t(study_fk, series_uid, modality, series_number,
-                                      series_description, body_part_examined, series_date,
-                                      series_time, n)
-         ),
-         old AS (
-             SELECT s.study_fk, s.series_uid, s.modality
-             FROM series s JOIN input i ON s.study_fk = i.study_fk AND s.series_uid = i.series_uid
-         ),
-         up AS (
-             INSERT INTO series
-                 (study_fk, series_uid, modality, series_number, series_description,
-                  body_part_examined, series_date, series_time)
-             SELECT study_fk, series_uid, modality, series_number, series_description,
-                    body_part_examined, series_date, series_time
-             FROM input ORDER BY n
-             ON CONFLICT (study_fk, series_uid) DO UPDATE SET
-                 modality = COALESCE(excluded.modality, series.modality),
-                 series_number = COALESCE(excluded.series_number, series.series_number),
-                 series_description =
-                     COALESCE(excluded.series_description, series.series_description),
-                 body_part_examined =
-                     COALESCE(excluded.body_part_examined, series.body_part_examined),
-                 series_date = COALESCE(excluded.series_date, series.series_date),
-                 series_time = COALESCE(excluded.series_time, series.series_time)
-             RETURNING id, study_fk, series_uid
-         )
-         SELECT up.id, up.study_fk, up.series_uid, old.study_fk IS NOT NULL AS existed,
-                old.modality AS old_modality
-         FROM up LEFT JOIN old ON old.study_fk = up.study_fk AND old.series_uid = up.series_uid",
-    )
-    .bind(&study)
-    .bind(&series_uid)
-    .bind(&columns[0])
-    .bind(&number)
-    .bind(&columns[1])
-    .bind(&columns[2])
-    .bind(&columns[3])
-    .bind(&columns[4])
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for row in rows {
-        out.insert(
-            (row.try_get("study_fk")?, row.try_get("series_uid")?),
-            (
-                row.try_get("id")?,
-                row.try_get("existed")?,
-                row.try_get("old_modality")?,
-            ),
-        );
-    }
-    Ok(out)
+    Ok((study_rows, series_rows))
 }
 
 /// The instance rows the batch replaces (per key its state, its study and
@@ -871,6 +903,56 @@ async fn lock_and_upsert_instances(
     Ok((existing, inserted))
 }
 
+/// The counters' statement of [`Flush::apply_deltas`], with `$cte` added
+/// to its CTEs and `$count` to its result.
+macro_rules! counters_sql {
+    ($cte:expr, $count:expr) => {
+        concat!(
+            "WITH se AS (
+                 UPDATE series SET num_instances = series.num_instances + d.delta
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, delta)
+                 WHERE series.id = d.id
+                 RETURNING 1),
+             st AS (
+                 UPDATE study SET
+                     num_series = study.num_series + COALESCE(d.series, 0),
+                     num_instances = study.num_instances + COALESCE(d.instances, 0),
+                     size_bytes = study.size_bytes + COALESCE(d.size, 0),
+                     updated_at = CASE WHEN d.series IS NULL THEN study.updated_at ELSE $10 END,
+                     sop_classes_in_study = CASE
+                         WHEN d.rebuild_classes THEN COALESCE(
+                             (SELECT string_agg(DISTINCT i.sop_class_uid, '\\'
+                                                ORDER BY i.sop_class_uid)
+                              FROM instance i JOIN series se ON se.id = i.series_fk
+                              WHERE se.study_fk = study.id AND i.sop_class_uid <> ''), '')
+                         ELSE COALESCE(d.classes, study.sop_classes_in_study) END,
+                     modalities_in_study = CASE
+                         WHEN d.rebuild_modalities THEN COALESCE(
+                             (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality)
+                              FROM series WHERE study_fk = study.id AND modality <> ''), '')
+                         ELSE study.modalities_in_study END
+                 FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
+                             $8::bool[], $9::bool[])
+                      AS d(id, series, instances, size, classes, rebuild_classes,
+                           rebuild_modalities)
+                 WHERE study.id = d.id
+                 RETURNING 1),
+             pa AS (
+                 UPDATE patient SET num_studies = patient.num_studies + d.studies,
+                     num_series = patient.num_series + d.series,
+                     num_instances = patient.num_instances + d.instances
+                 FROM UNNEST($11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[])
+                      AS d(id, studies, series, instances)
+                 WHERE patient.id = d.id
+                 RETURNING 1)",
+            $cte,
+            " SELECT (SELECT COUNT(*) FROM se) + (SELECT COUNT(*) FROM st)
+                    + (SELECT COUNT(*) FROM pa)",
+            $count
+        )
+    };
+}
+
 /// What remains to write once the rows are in: counters, summaries,
 /// recounts.
 struct Flush {
@@ -902,6 +984,7 @@ impl Flush {
         classes_added: &BTreeSet<i64>,
         classes_dirty: &BTreeSet<i64>,
         modalities_dirty: &BTreeSet<i64>,
+        append: Option<(&NewWorkItem, i64)>,
     ) -> Result<(), TxError> {
         let (series_ids, series_deltas): (Vec<i64>, Vec<i64>) = series_delta
             .iter()
@@ -958,67 +1041,49 @@ impl Flush {
             patient_series.push(delta.series);
             patient_instances.push(delta.instances);
         }
-        sqlx::query(
-            "WITH se AS (
-                 UPDATE series SET num_instances = series.num_instances + d.delta
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, delta)
-                 WHERE series.id = d.id
-                 RETURNING 1),
-             st AS (
-                 UPDATE study SET
-                     num_series = study.num_series + COALESCE(d.series, 0),
-                     num_instances = study.num_instances + COALESCE(d.instances, 0),
-                     size_bytes = study.size_bytes + COALESCE(d.size, 0),
-                     updated_at = CASE WHEN d.series IS NULL THEN study.updated_at ELSE $10 END,
-                     sop_classes_in_study = CASE
-                         WHEN d.rebuild_classes THEN COALESCE(
-                             (SELECT string_agg(DISTINCT i.sop_class_uid, '\\'
-                                                ORDER BY i.sop_class_uid)
-                              FROM instance i JOIN series se ON se.id = i.series_fk
-                              WHERE se.study_fk = study.id AND i.sop_class_uid <> ''), '')
-                         ELSE COALESCE(d.classes, study.sop_classes_in_study) END,
-                     modalities_in_study = CASE
-                         WHEN d.rebuild_modalities THEN COALESCE(
-                             (SELECT string_agg(DISTINCT modality, '\\' ORDER BY modality)
-                              FROM series WHERE study_fk = study.id AND modality <> ''), '')
-                         ELSE study.modalities_in_study END
-                 FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
-                             $8::bool[], $9::bool[])
-                      AS d(id, series, instances, size, classes, rebuild_classes,
-                           rebuild_modalities)
-                 WHERE study.id = d.id
-                 RETURNING 1),
-             pa AS (
-                 UPDATE patient SET num_studies = patient.num_studies + d.studies,
-                     num_series = patient.num_series + d.series,
-                     num_instances = patient.num_instances + d.instances
-                 FROM UNNEST($11::bigint[], $12::bigint[], $13::bigint[], $14::bigint[])
-                      AS d(id, studies, series, instances)
-                 WHERE patient.id = d.id
-                 RETURNING 1)
-             SELECT (SELECT COUNT(*) FROM se) + (SELECT COUNT(*) FROM st)
-                    + (SELECT COUNT(*) FROM pa)",
-        )
-        .bind(&series_ids)
-        .bind(&series_deltas)
-        .bind(&ids)
-        .bind(&series)
-        .bind(&instances)
-        .bind(&sizes)
-        .bind(&classes)
-        .bind(&rebuild_classes)
-        .bind(&rebuild_modalities)
-        .bind(now)
-        .bind(&patient_ids)
-        .bind(&patient_studies)
-        .bind(&patient_series)
-        .bind(&patient_instances)
-        .execute(&mut *conn)
-        .await?;
+        let sql = match append {
+            None => counters_sql!("", ""),
+            Some(_) => counters_sql!(
+                ", wq AS (SELECT item_id FROM imageserver_append_work(
+                     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
+                     $29, $30))",
+                " + (SELECT COUNT(*) FROM wq)"
+            ),
+        };
+        let query = sqlx::query(sql)
+            .bind(&series_ids)
+            .bind(&series_deltas)
+            .bind(&ids)
+            .bind(&series)
+            .bind(&instances)
+            .bind(&sizes)
+            .bind(&classes)
+            .bind(&rebuild_classes)
+            .bind(&rebuild_modalities)
+            .bind(now)
+            .bind(&patient_ids)
+            .bind(&patient_studies)
+            .bind(&patient_series)
+            .bind(&patient_instances);
+        match append {
+            None => query.execute(&mut *conn).await?,
+            Some((item, study)) => {
+                super::work::bind_append(query, item, study)
+                    .execute(&mut *conn)
+                    .await?
+            }
+        };
         Ok(())
     }
 
-    async fn apply(self, conn: &mut PgConnection, now: i64) -> Result<(), TxError> {
+    /// Writes the counters; in the common case (nothing to recount) with
+    /// `append`'s item appended by the same statement: whether it was.
+    async fn apply(
+        self,
+        conn: &mut PgConnection,
+        now: i64,
+        append: Option<(&NewWorkItem, i64)>,
+    ) -> Result<bool, TxError> {
         let Flush {
             series_delta,
             study_delta,
@@ -1032,7 +1097,7 @@ impl Flush {
             mut recount_patients,
         } = self;
         if recount_series.is_empty() && recount_studies.is_empty() && recount_patients.is_empty() {
-            return Flush::apply_deltas(
+            Flush::apply_deltas(
                 conn,
                 now,
                 &series_delta,
@@ -1042,8 +1107,10 @@ impl Flush {
                 &classes_added,
                 &classes_dirty,
                 &modalities_dirty,
+                append,
             )
-            .await;
+            .await?;
+            return Ok(append.is_some());
         }
 
         // Series.
@@ -1236,6 +1303,6 @@ impl Flush {
                     .await?;
             }
         }
-        Ok(())
+        Ok(false)
     }
 }

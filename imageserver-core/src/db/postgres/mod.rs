@@ -9,23 +9,31 @@
 //!   (associations, the group committer), never from an executor.
 //! - **Pools.** A sqlx pool of at most `pool_size` connections, and one of
 //!   `query_pool_size` for queries (C-FIND, retrieve lists), so that queries
-//!   can never take the connections ingest needs. Connections
-//!   are pinged before use, so after a database restart dead ones are
-//!   replaced; when the database is unreachable a call fails after
-//!   `connect_timeout` with [`Error::Backend`] (ingest answers A700, C-FIND a
-//!   failure status) and the next call tries again: reconnecting is the
+//!   can never take the connections ingest needs. Connections are not
+//!   pinged when they leave the pool (that was a round trip per call): an
+//!   operation that finds its connection dead (a database restart, an
+//!   administrator's `pg_terminate_backend`) before its COMMIT was sent
+//!   runs again, once, on a pinged connection, dead ones being discarded
+//!   (`PgIndex::write`, `PgIndex::read`). When the database is
+//!   unreachable a call fails after `connect_timeout` with
+//!   [`Error::Backend`] (ingest answers A700, C-FIND a failure status)
+//!   and the next call tries again: reconnecting is the
 //!   pool's job, nothing restarts. Every call is also bounded as a whole
 //!   (statement timeout + connect timeout + a margin), so a vanished network
 //!   gives an error, not a hang.
 //! - **Transactions.** Every write method is one transaction at READ
 //!   COMMITTED. Serialization failures and deadlocks (SQLSTATE 40001, 40P01)
 //!   retry the whole transaction with backoff for up to [`RETRY_FOR`]; they
-//!   never reach callers before that. Other failures are not retried: a
-//!   commit that may not have happened is reported, so no C-STORE is
-//!   acknowledged without a commit.
+//!   never reach callers before that. A lost connection is retried once
+//!   (above) unless it was lost during COMMIT; other failures are not
+//!   retried: a commit that may not have happened is reported, so no
+//!   C-STORE is acknowledged without a commit, and none is re-run blindly
+//!   (re-indexing a batch by SOP Instance UID would leave the rows right
+//!   but answer Replaced for what was Inserted, and a follow-up item
+//!   claimed meanwhile would be created a second time).
 //! - **Group commit.** `insert_instances` indexes a whole batch with a fixed
-//!   number of set-based statements (UNNEST arrays, multi-row upserts), about
-//!   a dozen round trips whatever the batch size: see `ingest.rs`, which also
+//!   number of set-based statements (UNNEST arrays, multi-row upserts), six
+//!   round trips for a one-study batch whatever its size: see `ingest.rs`, which also
 //!   explains how concurrent nodes are kept from deadlocking or counting
 //!   twice.
 //! - **Migrations.** `migrations/NNNN_*.sql`, applied at connect inside one
@@ -61,8 +69,9 @@ use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, PgConnection, Row};
+use sqlx::{ConnectOptions, PgConnection, Postgres, Row};
 
 use crate::db::rows::{self, Columns};
 use crate::db::studies::now_ms;
@@ -307,7 +316,7 @@ impl PgIndex {
                     .min_connections(0)
                     .acquire_timeout(options.connect_timeout)
                     .idle_timeout(Some(Duration::from_secs(600)))
-                    .test_before_acquire(true)
+                    .test_before_acquire(false)
                     .connect_lazy_with(connect.clone())
             })
         };
@@ -414,7 +423,12 @@ impl PgIndex {
     }
 
     /// Runs `f` in one transaction, retrying the whole transaction on
-    /// serialization failures, deadlocks and detected conflicts.
+    /// serialization failures, deadlocks and detected conflicts, and once
+    /// on a checked connection when the connection was lost before COMMIT
+    /// was sent (see [`lost_connection`]). A connection lost while COMMIT
+    /// was under way is reported, never retried: that transaction may
+    /// have committed. `f` must therefore be safe to run again from the
+    /// start (it is: nothing of a rolled-back attempt stays).
     pub(crate) fn write<T>(
         &self,
         operation: &'static str,
@@ -423,21 +437,34 @@ impl PgIndex {
         let start = Instant::now();
         let mut delay = Duration::from_millis(5);
         let mut attempt = 1u32;
+        let mut checked = false;
         loop {
+            let mut committing = false;
             let result = self
                 .block_on(async {
-                    let mut tx = self.pool.begin().await?;
+                    let mut conn = lease(&self.pool, checked).await?;
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
                     let value = f(&mut tx).await?;
+                    committing = true;
                     tx.commit().await?;
                     Ok::<T, TxError>(value)
                 })
-                .unwrap_or_else(|elapsed| Err(TxError::Sql(sqlx::Error::Io(elapsed.into()))));
+                .unwrap_or_else(|elapsed| {
+                    // Abandoned (no retry): the call's time is spent.
+                    committing = true;
+                    Err(TxError::Sql(sqlx::Error::Io(elapsed.into())))
+                });
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) if is_retryable(&e) && start.elapsed() < RETRY_FOR => {
                     tracing::debug!(operation, attempt, error = ?e, "index transaction conflict, retrying");
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_millis(200));
+                    attempt += 1;
+                }
+                Err(TxError::Sql(e)) if !checked && !committing && lost_connection(&e) => {
+                    tracing::info!(operation, error = %e, "index connection lost before commit, retrying on a checked connection");
+                    checked = true;
                     attempt += 1;
                 }
                 Err(TxError::Sql(e)) => return Err(map_error(operation, e)),
@@ -451,20 +478,22 @@ impl PgIndex {
         }
     }
 
-    /// Runs `f` on a pooled connection (autocommit).
+    /// Runs `f` on a pooled connection (autocommit). `f` must only read:
+    /// after a lost connection it runs again, once, on a checked one.
     pub(crate) fn read<T>(
         &self,
         operation: &'static str,
-        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+        f: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, Error> {
         self.read_on(&self.pool, operation, f)
     }
 
-    /// Runs a query's `f` on a connection of the query pool (autocommit).
+    /// Runs a query's `f` on a connection of the query pool (autocommit),
+    /// as [`PgIndex::read`].
     pub(crate) fn read_query<T>(
         &self,
         operation: &'static str,
-        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+        f: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, Error> {
         self.read_on(&self.query_pool, operation, f)
     }
@@ -473,14 +502,61 @@ impl PgIndex {
         &self,
         pool: &PgPool,
         operation: &'static str,
-        f: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+        mut f: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, Error> {
-        self.block_on(async {
+        let mut checked = false;
+        loop {
+            let result = self.block_on(async {
+                let mut conn = lease(pool, checked).await?;
+                f(&mut conn).await
+            });
+            match result {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if !checked && lost_connection(&e) => {
+                    tracing::info!(operation, error = %e, "index connection lost, retrying on a checked connection");
+                    checked = true;
+                }
+                Ok(Err(e)) => return Err(map_error(operation, e)),
+                Err(elapsed) => return Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
+            }
+        }
+    }
+}
+
+/// A connection of `pool`. Connections are not pinged when they leave the
+/// pool (a round trip per call on the hot path); a call that finds its
+/// connection dead is retried once with `checked`: then idle connections
+/// are pinged and dead ones discarded (at most the pool's size of them)
+/// before one is handed out.
+async fn lease(pool: &PgPool, checked: bool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    if checked {
+        for _ in 0..pool.options().get_max_connections() {
             let mut conn = pool.acquire().await?;
-            f(&mut conn).await
-        })
-        .unwrap_or_else(|elapsed| Err(sqlx::Error::Io(elapsed.into())))
-        .map_err(|e| map_error(operation, e))
+            match sqlx::Connection::ping(&mut *conn).await {
+                Ok(()) => return Ok(conn),
+                Err(e) => {
+                    tracing::debug!(error = %e, "discarding a dead index connection");
+                    // Out of the pool, which may open a replacement.
+                    drop(conn.detach());
+                }
+            }
+        }
+    }
+    pool.acquire().await
+}
+
+/// Whether `e` says the connection itself failed (the server ended the
+/// session: SQLSTATE 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03
+/// cannot_connect_now, class 08 connection exceptions; or the socket
+/// failed), so that the same work may succeed on another connection. A
+/// closed pool and a pool timeout are not: retrying cannot help.
+fn lost_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::TimedOut,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            matches!(code.as_ref(), "57P01" | "57P02" | "57P03") || code.starts_with("08")
+        }),
+        _ => false,
     }
 }
 
@@ -982,11 +1058,12 @@ impl IndexStore for PgIndex {
             };
             let admission = Admission::decide(batch, &deletions);
             let kept = admission.kept(batch);
-            let (outcomes, storages) = ingest::insert_batch(conn, &kept, now).await?;
             let follow_ups = follow_up
                 .map(|f| f.items_for(kept.iter()))
                 .unwrap_or_default();
-            for item in &follow_ups {
+            let (outcomes, storages, appended) =
+                ingest::insert_batch(conn, &kept, &follow_ups, now).await?;
+            for item in follow_ups.iter().filter(|_| !appended) {
                 // The batch has just written the study's storage row.
                 let study = match &item.study_uid {
                     None => Ok(None),

@@ -97,7 +97,7 @@ impl PgIndex {
     {
         let sql = sql.to_string();
         self.read("test query", async |conn: &mut PgConnection| {
-            sqlx::query_scalar(AssertSqlSafe(sql))
+            sqlx::query_scalar(AssertSqlSafe(sql.clone()))
                 .fetch_one(&mut *conn)
                 .await
         })
@@ -107,7 +107,9 @@ impl PgIndex {
     fn execute(&self, sql: &str) {
         let sql = sql.to_string();
         self.read("test statement", async |conn: &mut PgConnection| {
-            sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await
+            sqlx::raw_sql(AssertSqlSafe(sql.clone()))
+                .execute(&mut *conn)
+                .await
         })
         .expect("test statement");
     }
@@ -459,6 +461,26 @@ fn unreachable_database_fails_fast() {
     ));
     assert!(matches!(result, Err(Error::Open { .. })), "{result:?}");
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+/// Only a connection's own failure is worth a second try on another one:
+/// not a timed-out call (its time is spent), a closed pool or a pool that
+/// had no connection to give.
+#[test]
+fn only_lost_connections_are_retried() {
+    use std::io::{Error as IoError, ErrorKind};
+    let lost = |e: sqlx::Error| super::lost_connection(&e);
+    assert!(lost(sqlx::Error::Io(IoError::from(
+        ErrorKind::ConnectionReset
+    ))));
+    assert!(lost(sqlx::Error::Io(IoError::from(
+        ErrorKind::UnexpectedEof
+    ))));
+    assert!(lost(sqlx::Error::Io(IoError::from(ErrorKind::BrokenPipe))));
+    assert!(!lost(sqlx::Error::Io(IoError::from(ErrorKind::TimedOut))));
+    assert!(!lost(sqlx::Error::PoolClosed));
+    assert!(!lost(sqlx::Error::PoolTimedOut));
+    assert!(!lost(sqlx::Error::RowNotFound));
 }
 
 /// Connections the server drops (a restart, an administrator) are replaced

@@ -183,6 +183,32 @@ pub(super) async fn append_in(
     // item), append to the waiting item or create one. An item claimed
     // between the function's read and its update fails the transaction
     // with 40001, retried by the caller (it will create a new item).
+    let row = bind_append(
+        sqlx::query(
+            "SELECT item_id, created FROM imageserver_append_work(
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        ),
+        item,
+        study,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let id = WorkItemId(row.try_get("item_id")?);
+    Ok(if row.try_get("created")? {
+        Enqueued::Created(id)
+    } else {
+        Enqueued::Appended(id)
+    })
+}
+
+/// Binds, after those `query` has, the sixteen arguments of migration
+/// 0009's `imageserver_append_work` that append `item` to the waiting work
+/// of study storage `study` (see [`append_in`]).
+pub(super) fn bind_append<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    item: &'q NewWorkItem,
+    study: i64,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let uids = distinct_uids(&item.uids);
     let UidColumns {
         series,
@@ -192,34 +218,23 @@ pub(super) async fn append_in(
         duplicate,
         paths,
     } = UidColumns::of(&uids);
-    let row = sqlx::query(
-        "SELECT item_id, created FROM imageserver_append_work(
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(APPEND_LOCK | study)
-    .bind(study)
-    .bind(item.partition.0)
-    .bind(item.kind.as_str())
-    .bind(item.status.as_str())
-    .bind(item.priority.unwrap_or_default().rank())
-    .bind(item.scheduled_at.map(Timestamp::as_millis))
-    .bind(item.expires_at.map(Timestamp::as_millis))
-    .bind(pg_text(&item.payload).as_ref())
-    .bind(CHANNEL)
-    .bind(&series)
-    .bind(&sops)
-    .bind(&failed)
-    .bind(&counts)
-    .bind(&duplicate)
-    .bind(&paths)
-    .fetch_one(&mut *conn)
-    .await?;
-    let id = WorkItemId(row.try_get("item_id")?);
-    Ok(if row.try_get("created")? {
-        Enqueued::Created(id)
-    } else {
-        Enqueued::Appended(id)
-    })
+    query
+        .bind(APPEND_LOCK | study)
+        .bind(study)
+        .bind(item.partition.0)
+        .bind(item.kind.as_str())
+        .bind(item.status.as_str())
+        .bind(item.priority.unwrap_or_default().rank())
+        .bind(item.scheduled_at.map(Timestamp::as_millis))
+        .bind(item.expires_at.map(Timestamp::as_millis))
+        .bind(pg_text(&item.payload).into_owned())
+        .bind(CHANNEL)
+        .bind(series)
+        .bind(sops)
+        .bind(failed)
+        .bind(counts)
+        .bind(duplicate)
+        .bind(paths)
 }
 
 pub(super) async fn study_of(
