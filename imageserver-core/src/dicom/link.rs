@@ -75,8 +75,6 @@ pub struct Link {
     combined_date_time: Vec<String>,
     /// PDVs read but not yet consumed (several messages in one PDU).
     pending: VecDeque<OwnedPdv>,
-    /// Reused buffer for messages written with one system call.
-    out: Vec<u8>,
     /// Messages queued by [`Link::queue_command_with_dataset`], not yet
     /// written.
     queued: Vec<u8>,
@@ -128,7 +126,6 @@ impl Link {
             scp_roles,
             combined_date_time: Vec::new(),
             pending: VecDeque::new(),
-            out: Vec::new(),
             queued: Vec::new(),
         }
     }
@@ -197,41 +194,6 @@ impl Link {
             &bytes,
             self.peer_max_pdu,
         )?;
-        Ok(())
-    }
-
-    /// Sends a command set and its data set (held in memory) with one
-    /// `write`: a pending C-FIND response costs one system call, not two.
-    pub fn send_command_with_dataset(
-        &mut self,
-        pc_id: u8,
-        command: &Command,
-        data: &[u8],
-    ) -> Result<(), LinkError> {
-        let bytes = command.encode();
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        let written = pdu::write_pdata(
-            &mut out,
-            &mut self.scratch,
-            pc_id,
-            true,
-            &bytes,
-            self.peer_max_pdu,
-        )
-        .and_then(|()| {
-            pdu::write_pdata(
-                &mut out,
-                &mut self.scratch,
-                pc_id,
-                false,
-                data,
-                self.peer_max_pdu,
-            )
-        })
-        .and_then(|()| self.socket.write_all(&out));
-        self.out = out;
-        written?;
         Ok(())
     }
 

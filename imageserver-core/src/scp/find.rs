@@ -143,13 +143,15 @@ pub fn handle(
     // Responses are queued and written QUEUE_FLUSH_BYTES at a time; a
     // C-CANCEL-RQ is looked for before each write, and what is queued when
     // it arrives is never sent.
-    let flush = |link: &mut Link| -> Result<bool, LinkError> {
-        if link.poll_cancel(message_id)? {
-            link.discard_queued();
-            return Ok(true);
+    let flush = |link: &mut Link| -> Option<Outcome> {
+        match link.poll_cancel(message_id) {
+            Ok(true) => {
+                link.discard_queued();
+                Some(Outcome::Cancelled)
+            }
+            Ok(false) => link.flush_queued().err().map(Outcome::Link),
+            Err(error) => Some(Outcome::Link(error)),
         }
-        link.flush_queued()?;
-        Ok(false)
     };
     // A page at a time: the index connection is back in its pool before a
     // byte goes to the peer, so a peer that stalls holds no connection.
@@ -182,30 +184,16 @@ pub fn handle(
             };
             sent += 1;
             if queued >= QUEUE_FLUSH_BYTES {
-                match flush(link) {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        outcome = Outcome::Cancelled;
-                        break 'pages;
-                    }
-                    Err(error) => {
-                        outcome = Outcome::Link(error);
-                        break 'pages;
-                    }
+                if let Some(stopped) = flush(link) {
+                    outcome = stopped;
+                    break 'pages;
                 }
             }
         }
         // The page is out before the next is read from the index.
-        match flush(link) {
-            Ok(false) => {}
-            Ok(true) => {
-                outcome = Outcome::Cancelled;
-                break 'pages;
-            }
-            Err(error) => {
-                outcome = Outcome::Link(error);
-                break 'pages;
-            }
+        if let Some(stopped) = flush(link) {
+            outcome = stopped;
+            break 'pages;
         }
     }
     // Queued responses of a query that stopped early (cap, encoding error,

@@ -664,7 +664,11 @@ impl Batch {
 }
 
 /// The distinct non-empty text values a one-parameter query returns.
-fn distinct(tx: &Transaction<'_>, sql: &str, id: i64) -> rusqlite::Result<BTreeSet<String>> {
+pub(super) fn distinct(
+    tx: &Transaction<'_>,
+    sql: &str,
+    id: i64,
+) -> rusqlite::Result<BTreeSet<String>> {
     let mut stmt = tx.prepare_cached(sql)?;
     let values = stmt.query_map([id], |row| row.get::<_, String>(0))?;
     let mut set = BTreeSet::new();

@@ -4,8 +4,6 @@
 //!
 //! [`IndexStore::remove_instance_row`]: crate::db::IndexStore::remove_instance_row
 
-use std::collections::BTreeSet;
-
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::studies::recount_patient;
@@ -59,29 +57,11 @@ pub(super) fn remove_instance_row(
             tx.prepare_cached(statement)?.execute([study])?;
         }
     } else {
-        let modalities = distinct(tx, sql::STUDY_MODALITIES, study)?;
-        let classes = distinct(tx, sql::STUDY_SOP_CLASSES, study)?;
+        let modalities = super::ingest::distinct(tx, sql::STUDY_MODALITIES, study)?;
+        let classes = super::ingest::distinct(tx, sql::STUDY_SOP_CLASSES, study)?;
         tx.prepare_cached(sql::SET_STUDY_SUMMARIES)?
             .execute(params![joined(&modalities), joined(&classes), study])?;
     }
     recount_patient(tx, patient)?;
     Ok(true)
-}
-
-/// The non-empty values of a one-column statement on study row `study`.
-fn distinct(
-    tx: &Transaction<'_>,
-    statement: &str,
-    study: i64,
-) -> rusqlite::Result<BTreeSet<String>> {
-    let mut stmt = tx.prepare_cached(statement)?;
-    let values = stmt.query_map([study], |r| r.get::<_, String>("value"))?;
-    let mut set = BTreeSet::new();
-    for value in values {
-        let value = value?;
-        if !value.is_empty() {
-            set.insert(value);
-        }
-    }
-    Ok(set)
 }
