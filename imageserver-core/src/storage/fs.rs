@@ -69,7 +69,7 @@ impl FsStorage {
 
     /// A backend whose [`StorageBackend::deferred`] is `None`, as a wrapper
     /// that does not pass it on (its `persist_deferred` still works).
-    #[cfg(test)]
+    #[cfg(all(test, feature = "sqlite"))]
     pub(crate) fn without_deferral() -> FsStorage {
         FsStorage {
             inner: Arc::new(Inner {
