@@ -148,7 +148,7 @@ impl ServerBuilder {
             child: None,
             env: Vec::new(),
         };
-        server.spawn();
+        server.spawn_on_free_ports();
         server
     }
 }
@@ -535,7 +535,39 @@ impl Server {
         command
     }
 
+    /// The first start: ports from [`free_port`] were free a moment ago,
+    /// but a test running beside this one may take one before the server
+    /// binds it; then the server exits at once ("Address already in use")
+    /// and it is started again on other ports (at most four tries).
+    fn spawn_on_free_ports(&mut self) {
+        for _ in 0..3 {
+            let logged = std::fs::metadata(&self.log).map_or(0, |m| m.len());
+            match self.try_spawn() {
+                Ok(()) => return,
+                Err(status) => {
+                    let log = std::fs::read(&self.log).unwrap_or_default();
+                    let since = String::from_utf8_lossy(&log[(logged as usize).min(log.len())..])
+                        .into_owned();
+                    if !since.contains("Address already in use") {
+                        panic!("the server exited during startup: {status}");
+                    }
+                    self.port = free_port();
+                    self.http_port = free_port();
+                }
+            }
+        }
+        self.spawn();
+    }
+
     fn spawn(&mut self) {
+        if let Err(status) = self.try_spawn() {
+            panic!("the server exited during startup: {status}");
+        }
+    }
+
+    /// Starts the server and waits until it answers; `Err` when it exited
+    /// first.
+    fn try_spawn(&mut self) -> Result<(), std::process::ExitStatus> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -549,11 +581,12 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {BINARY}: {e}"));
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    /// Polls C-ECHO until it succeeds (bounded by [`READY_TIMEOUT`]).
-    fn wait_ready(&mut self) {
+    /// Polls C-ECHO until it succeeds (bounded by [`READY_TIMEOUT`]);
+    /// `Err` when the server exited first.
+    fn wait_ready(&mut self) -> Result<(), std::process::ExitStatus> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self
@@ -564,11 +597,11 @@ impl Server {
                 .expect("poll the server")
             {
                 self.child = None;
-                panic!("the server exited during startup: {status}");
+                return Err(status);
             }
             let echo = dcmtk::echo(self.addr(), &self.ae_title, Duration::from_secs(5));
             if echo.success() {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
