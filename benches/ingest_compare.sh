@@ -3,7 +3,9 @@
 # imageserver binaries against DCMTK's storescp (no fsync, no index) and
 # Orthanc, on one backend, in one interleaved run.
 #
-# usage: benches/ingest_compare.sh [-r ROUNDS] [-a "1 8"] [-d sqlite|postgres] BEFORE_BIN AFTER_BIN [CORPUS_DIR...]
+# usage: benches/ingest_compare.sh [-r ROUNDS] [-a "1 8"] [-d sqlite|postgres] [-n] BEFORE_BIN AFTER_BIN [CORPUS_DIR...]
+#   -n: no reference peers (storescp, Orthanc), only the two binaries: a
+#   quicker A/B of two builds; the ratios to the references print as "-".
 #
 # Each round runs benches/ingest.sh once with each binary (-r 1, the peers
 # storescp, orthanc or orthanc-pg, and target), the binaries' order swapped
@@ -18,15 +20,15 @@
 # each binary to storescp and to Orthanc, measured in the same run.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-ROUNDS=3 ASSOCS="1 8" BACKEND=sqlite
-while getopts "r:a:d:" opt; do
+ROUNDS=3 ASSOCS="1 8" BACKEND=sqlite PEERS=1
+while getopts "r:a:d:n" opt; do
   case $opt in
-    r) ROUNDS=$OPTARG ;; a) ASSOCS=$OPTARG ;; d) BACKEND=$OPTARG ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
+    r) ROUNDS=$OPTARG ;; a) ASSOCS=$OPTARG ;; d) BACKEND=$OPTARG ;; n) PEERS=0 ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
-(($# >= 2)) || { sed -n '2,18p' "$0"; exit 2; }
+(($# >= 2)) || { sed -n '2,20p' "$0"; exit 2; }
 BEFORE=$(realpath "$1") AFTER=$(realpath "$2")
 shift 2
 for bin in "$BEFORE" "$AFTER"; do
@@ -44,6 +46,8 @@ if ((${#corpora[@]} == 0)); then
 fi
 orthanc=orthanc
 [[ $BACKEND == postgres ]] && orthanc=orthanc-pg
+peers="storescp,$orthanc,target"
+((PEERS)) || peers=target
 
 WORK=$(mktemp -d "$TMP/imageserver-compare.XXXXXX")
 # ingest.sh -d postgres runs its cluster below it, as the postgres user.
@@ -64,7 +68,7 @@ for round in $(seq 1 "$ROUNDS"); do
     mkdir -p "$dir"
     echo "=== round $round: $label"
     BENCH_TMPDIR=$dir IMAGESERVER_BIN=$bin "$ROOT/benches/ingest.sh" -r 1 -a "$ASSOCS" -d "$BACKEND" \
-      -p "storescp,$orthanc,target" "${corpora[@]}" >"$dir/ingest.log" 2>&1 || {
+      -p "$peers" "${corpora[@]}" >"$dir/ingest.log" 2>&1 || {
       echo "round $round ($label): ingest.sh failed; see $dir/ingest.log"
       failed=1
     }
