@@ -1,22 +1,26 @@
 //! Group commit: many writers, one directory sync and one transaction.
 //!
-//! Every association thread writes its own file and renames it into place
-//! (that part runs in parallel), then hands the index record and what is
-//! left to make durable to [`GroupCommitter`]. One committer thread takes
-//! everything that queued up while it was busy and commits all records in
-//! one index transaction.
+//! Every association thread writes its own file (that part runs in
+//! parallel), then hands the index record and what is left to make durable
+//! to [`GroupCommitter`]. One committer thread takes everything that queued
+//! up while it was busy and commits all records in one index transaction.
 //!
-//! A file persisted deferred (neither synced nor renamed yet) has its
-//! `fdatasync` run by its own association thread while the committer
-//! writes and syncs the batch's entries to the journal of open batches
-//! (`services::journal`, which start-up recovery reads after a crash), then
-//! renames the batch's files into place; the batch's directory syncs run on
-//! a helper thread while the index transaction commits: the three flushes
-//! of an instance overlap instead of queueing. An index row may then be
-//! durable before its file is whole, but a file at its path is never
-//! there before its journal entry is durable. Every writer is answered only when its file's data, the batch's
-//! directory entries and its index row are all durable. A batch with an
-//! eagerly persisted file (already synced: a replacement, a move) syncs its
+//! A file persisted deferred (neither synced nor renamed yet) takes two
+//! rounds of flushes. First the committer writes and syncs the batch's
+//! entries to the journal of open batches (`services::journal`, which
+//! start-up recovery reads after a crash) and renames the batch's files
+//! into place: a file at its path is never there before its journal entry
+//! is durable. Then, at once, each writer syncs its file's data on its own
+//! thread, a helper thread syncs the batch's directories and the committer
+//! commits the index transaction. The data sync waits for the rename so
+//! that the filesystem-journal commit it forces (ext4, XFS) carries the
+//! rename too, and the directory sync beside it has little left to do;
+//! synced before the rename, the file's data was one commit and its
+//! directory entry another, one after the other. An index row may be
+//! durable before its file is whole; the journal covers that window. Every
+//! writer is answered only when its file's data, the batch's directory
+//! entries and its index row are all durable. A batch with an eagerly
+//! persisted file (already synced: a replacement, a move) syncs its
 //! directories before its transaction, as that needs no journal. So is a
 //! deferred file whose backend offers no journal
 //! ([`crate::storage::StorageBackend::deferred`] is `None`): its data is
@@ -68,6 +72,9 @@ struct Request {
     dirs: PendingSync,
     /// The outcome of the writer's own sync of its deferred file.
     file_synced: Option<Receiver<Result<(), CommitError>>>,
+    /// Told once the deferred file is in place (its journal entry durable):
+    /// the writer syncs its data only then.
+    placed: Option<Sender<Result<(), CommitError>>>,
     reply: Sender<Result<InsertOutcome, CommitError>>,
 }
 
@@ -124,7 +131,8 @@ impl GroupCommitter {
 
     /// Queues one record whose file is persisted and waits until it is durable
     /// and indexed. A deferred file's data is synced here, on the caller's
-    /// thread, while the committer journals, syncs directories and commits.
+    /// thread once the committer has journaled and placed it, while it syncs
+    /// directories and commits.
     pub fn commit(
         &self,
         record: InstanceRecord,
@@ -141,26 +149,35 @@ impl GroupCommitter {
                 .map_err(|e| CommitError::Storage(error_chain(&e)))?;
         }
         let files = pending.take_files();
-        let (file_synced, file_synced_rx) = if files.has_files() {
-            let (sender, receiver) = channel::bounded(1);
-            (Some(sender), Some(receiver))
+        let (file_synced, file_synced_rx, placed, placed_rx) = if files.has_files() {
+            let (synced, synced_rx) = channel::bounded(1);
+            let (placed, placed_rx) = channel::bounded(1);
+            (Some(synced), Some(synced_rx), Some(placed), Some(placed_rx))
         } else {
-            (None, None)
+            (None, None, None, None)
         };
         self.sender
             .send(Request {
                 record,
                 dirs: pending,
                 file_synced: file_synced_rx,
+                placed,
                 reply,
             })
             .map_err(|_| CommitError::Stopped)?;
-        if let Some(file_synced) = file_synced {
+        if let (Some(file_synced), Some(placed)) = (file_synced, placed_rx) {
             FAULT.pass("queued");
-            let synced = self
-                .storage
-                .sync(files)
-                .map_err(|e| CommitError::Storage(error_chain(&e)));
+            // The data is synced once the file is in place, so that the
+            // one filesystem-journal commit its sync forces carries the
+            // rename too and the batch's directory sync finds little left.
+            let synced = placed
+                .recv()
+                .unwrap_or(Err(CommitError::Stopped))
+                .and_then(|()| {
+                    self.storage
+                        .sync(files)
+                        .map_err(|e| CommitError::Storage(error_chain(&e)))
+                });
             let _ = file_synced.send(synced);
         }
         answer.recv().map_err(|_| CommitError::Stopped)?
@@ -222,6 +239,7 @@ fn run(
         let mut records = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         let mut file_waits = Vec::with_capacity(batch.len());
+        let mut placed = Vec::new();
         let mut eager = false;
         for request in batch {
             eager |= request.file_synced.is_none() && !request.dirs.is_empty();
@@ -229,6 +247,7 @@ fn run(
             records.push(request.record);
             replies.push(request.reply);
             file_waits.push(request.file_synced);
+            placed.extend(request.placed);
         }
         let follow_up = study_process.as_ref().map(StudyProcessHook::follow_up);
         let deferred: Vec<&InstanceRecord> = records
@@ -243,6 +262,10 @@ fn run(
         let journaled = journals
             .write(index.as_ref(), storage.as_ref(), &deferred)
             .and_then(|()| place(storage.as_ref(), &mut dirs));
+        // Their writers sync the data now, while the index commits.
+        for writer in placed {
+            let _ = writer.send(journaled.clone());
+        }
         FAULT.pass("journaled");
         let mut committed_unsynced = false;
         let result = journaled.and_then(|()| {

@@ -443,11 +443,12 @@ pub trait StorageBackend: Send + Sync + std::fmt::Debug {
 pub trait DeferredSync: Send + Sync {
     /// Like [`ObjectWriter::persist`], but neither syncs the file's data
     /// nor renames it into place: the returned value holds both, so that the
-    /// data sync ([`PendingSync::take_files`], then
-    /// [`StorageBackend::sync`]) runs while the caller journals the file
-    /// ([`DeferredSync::write_journal`]), and the rename
-    /// ([`DeferredSync::place`]) comes once the journal is durable: a file
-    /// at `key` that may not be whole after a crash is always journaled.
+    /// caller journals the file ([`DeferredSync::write_journal`]), renames
+    /// it ([`DeferredSync::place`]) once the journal is durable, so that a
+    /// file at `key` that may not be whole after a crash is always
+    /// journaled, and syncs its data ([`PendingSync::take_files`], then
+    /// [`StorageBackend::sync`]) while it commits the index (the group
+    /// commit syncs after the rename; either order is safe).
     /// [`StorageBackend::sync`] of the whole value does all of it, data
     /// first. A writer this backend did not make is persisted eagerly.
     fn persist_deferred(
