@@ -301,7 +301,7 @@ fn quick_ack(socket: &TcpStream) {
 fn quick_ack(_socket: &TcpStream) {}
 
 impl Read for Transport {
-    /// A plain read asks for an immediate ACK ([`quick_ack`]) only when it
+    /// A plain read asks for an immediate ACK (`TCP_QUICKACK`) only when it
     /// has to wait, that is when the peer may be holding its next segment
     /// for our ACK: a read that finds its bytes sends no pure ACK, so the
     /// last read of a message leaves the ACK to our response (one pure ACK
