@@ -317,10 +317,10 @@ impl Read for Transport {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => s.read(buf),
                 read => read,
             },
-            Transport::Tls(_) => {
-                let n = self.read_tls(buf)?;
+            Transport::Tls(t) => {
+                let n = t.read(buf)?;
                 if n > 0 {
-                    quick_ack(self.tcp());
+                    quick_ack(&t.tcp);
                 }
                 Ok(n)
             }
@@ -328,26 +328,22 @@ impl Read for Transport {
     }
 }
 
-impl Transport {
-    fn read_tls(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Transport::Plain(s) => s.read(buf),
-            Transport::Tls(t) => {
-                let mut state = t.state.lock().unwrap_or_else(|p| p.into_inner());
-                if state.prefix_at < state.prefix.len() {
-                    let rest = &state.prefix[state.prefix_at..];
-                    let n = rest.len().min(buf.len());
-                    buf[..n].copy_from_slice(&rest[..n]);
-                    state.prefix_at += n;
-                    if state.prefix_at == state.prefix.len() {
-                        state.prefix = Vec::new();
-                        state.prefix_at = 0;
-                    }
-                    return Ok(n);
-                }
-                state.with_stream(|s| s.read(buf))
+impl TlsTransport {
+    /// Plain text: what the acceptor read ahead first, then the connection's.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.prefix_at < state.prefix.len() {
+            let rest = &state.prefix[state.prefix_at..];
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            state.prefix_at += n;
+            if state.prefix_at == state.prefix.len() {
+                state.prefix = Vec::new();
+                state.prefix_at = 0;
             }
+            return Ok(n);
         }
+        state.with_stream(|s| s.read(buf))
     }
 }
 
