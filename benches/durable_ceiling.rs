@@ -25,7 +25,13 @@
 //!   the index transaction, in the server);
 //! - **writeback**: journal, plus `sync_file_range(SYNC_FILE_RANGE_WRITE)`
 //!   every 4 MiB while an instance is written (only instances above 4 MiB
-//!   differ from journal: try `--sizes 33554432`).
+//!   differ from journal: try `--sizes 33554432`);
+//! - **placed**: the group commit's order today: the writer hands its
+//!   unsynced temporary file over; per batch the committer writes and syncs
+//!   the journal, renames the batch's files into place, then syncs the
+//!   folders while each writer syncs its file's data (a file is at its path
+//!   only once its journal entry is durable; the data sync's
+//!   filesystem-journal commit carries the rename). Writeback as above.
 //!
 //! The folders (20 studies of 2 series, as the benchmark corpora) are made
 //! and synced before the clock starts. Every run is checked afterwards:
@@ -70,6 +76,16 @@ enum Mode {
     Overlap,
     Journal,
     Writeback,
+    Placed,
+}
+
+/// What a writer hands the committer: the folder to sync, and in
+/// [`Mode::Placed`] the rename to do first (temporary, target) and whom to
+/// tell once it is done.
+struct Job {
+    dir: PathBuf,
+    rename: Option<(PathBuf, PathBuf, mpsc::Sender<()>)>,
+    done: mpsc::Sender<()>,
 }
 
 /// What the server's `FsWriter` starts writeback after.
@@ -152,6 +168,7 @@ fn run() -> Result<()> {
                 Mode::Overlap,
                 Mode::Journal,
                 Mode::Writeback,
+                Mode::Placed,
             ] {
                 let root = tempfile::Builder::new()
                     .prefix("imageserver-durable-ceiling-")
@@ -191,8 +208,8 @@ fn write_run(root: &Path, count: usize, size: usize, threads: usize, mode: Mode)
     File::open(root)?.sync_all()?;
     let data: Arc<Vec<u8>> = Arc::new((0..size).map(|i| (i * 31 % 251) as u8).collect());
     let next = Arc::new(AtomicUsize::new(0));
-    let (to_committer, committer_inbox) = mpsc::channel::<(PathBuf, mpsc::Sender<()>)>();
-    let journal = if matches!(mode, Mode::Journal | Mode::Writeback) {
+    let (to_committer, committer_inbox) = mpsc::channel::<Job>();
+    let journal = if matches!(mode, Mode::Journal | Mode::Writeback | Mode::Placed) {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -215,20 +232,27 @@ fn write_run(root: &Path, count: usize, size: usize, threads: usize, mode: Mode)
                 if let Some(journal) = &journal {
                     // About the size of the server's entries.
                     let mut entries = Vec::with_capacity(batch.len() * 200);
-                    for (dir, _) in &batch {
-                        entries.extend_from_slice(format!("{:<199}\n", dir.display()).as_bytes());
+                    for job in &batch {
+                        entries
+                            .extend_from_slice(format!("{:<199}\n", job.dir.display()).as_bytes());
                     }
                     journal.write_all_at(&entries, 0)?;
                     journal.sync_data()?;
                 }
-                let mut folders: Vec<&PathBuf> = batch.iter().map(|(dir, _)| dir).collect();
+                for job in &mut batch {
+                    if let Some((temporary, target, placed)) = job.rename.take() {
+                        fs::rename(&temporary, &target)?;
+                        let _ = placed.send(());
+                    }
+                }
+                let mut folders: Vec<&PathBuf> = batch.iter().map(|job| &job.dir).collect();
                 folders.sort();
                 folders.dedup();
                 for dir in folders {
                     File::open(dir)?.sync_all()?;
                 }
-                for (_, done) in &batch {
-                    let _ = done.send(());
+                for job in &batch {
+                    let _ = job.done.send(());
                 }
             }
             Ok(())
@@ -255,7 +279,9 @@ fn write_run(root: &Path, count: usize, size: usize, threads: usize, mode: Mode)
                     for chunk in data.chunks(CHUNK) {
                         file.write_all(chunk)?;
                         written += chunk.len();
-                        if mode == Mode::Writeback && written - writeback_from >= WRITEBACK_STEP {
+                        if matches!(mode, Mode::Writeback | Mode::Placed)
+                            && written - writeback_from >= WRITEBACK_STEP
+                        {
                             start_writeback(&file, writeback_from, written - writeback_from);
                             writeback_from = written;
                         }
@@ -270,12 +296,21 @@ fn write_run(root: &Path, count: usize, size: usize, threads: usize, mode: Mode)
                             if mode == Mode::Naive {
                                 File::open(&dir)?.sync_all()?;
                             } else {
-                                commit(&to_committer, dir)?.recv().map_err(stopped)?;
+                                commit(&to_committer, dir, None)?.recv().map_err(stopped)?;
                             }
+                        }
+                        Mode::Placed => {
+                            let (placed, in_place) = mpsc::channel();
+                            let done =
+                                commit(&to_committer, dir, Some((temporary, target, placed)))?;
+                            in_place.recv().map_err(stopped)?;
+                            file.sync_data()?;
+                            drop(file);
+                            done.recv().map_err(stopped)?;
                         }
                         Mode::Overlap | Mode::Journal | Mode::Writeback => {
                             fs::rename(&temporary, &target)?;
-                            let done = commit(&to_committer, dir)?;
+                            let done = commit(&to_committer, dir, None)?;
                             file.sync_data()?;
                             drop(file);
                             done.recv().map_err(stopped)?;
@@ -296,14 +331,16 @@ fn write_run(root: &Path, count: usize, size: usize, threads: usize, mode: Mode)
     Ok(seconds)
 }
 
-/// Hands a folder to the committer; the receiver hears when it is synced.
+/// Hands a folder (and a rename to do first) to the committer; the
+/// receiver hears when the folder is synced.
 fn commit(
-    to_committer: &mpsc::Sender<(PathBuf, mpsc::Sender<()>)>,
+    to_committer: &mpsc::Sender<Job>,
     dir: PathBuf,
+    rename: Option<(PathBuf, PathBuf, mpsc::Sender<()>)>,
 ) -> std::io::Result<mpsc::Receiver<()>> {
     let (done, wait) = mpsc::channel();
     to_committer
-        .send((dir, done))
+        .send(Job { dir, rename, done })
         .map_err(|_| std::io::Error::other("the committer stopped"))?;
     Ok(wait)
 }
