@@ -210,15 +210,7 @@ pub(super) fn bind_append<'q>(
     study: i64,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let uids = distinct_uids(&item.uids);
-    let UidColumns {
-        series,
-        sops,
-        failed,
-        counts,
-        duplicate,
-        paths,
-    } = UidColumns::of(&uids);
-    query
+    let query = query
         .bind(APPEND_LOCK | study)
         .bind(study)
         .bind(item.partition.0)
@@ -228,13 +220,8 @@ pub(super) fn bind_append<'q>(
         .bind(item.scheduled_at.map(Timestamp::as_millis))
         .bind(item.expires_at.map(Timestamp::as_millis))
         .bind(pg_text(&item.payload).into_owned())
-        .bind(CHANNEL)
-        .bind(series)
-        .bind(sops)
-        .bind(failed)
-        .bind(counts)
-        .bind(duplicate)
-        .bind(paths)
+        .bind(CHANNEL);
+    UidColumns::of(&uids).bind(query)
 }
 
 pub(super) async fn study_of(
@@ -254,9 +241,8 @@ pub(super) async fn study_of(
     Ok(id.map(Some).ok_or(()))
 }
 
-/// `uids` without the repeats of a SOP Instance UID (the first one kept).
 /// Work-item UIDs as the column arrays `unnest` takes (the item function
-/// and the UID insert bind the same six).
+/// and the UID insert bind the same six, in this order).
 struct UidColumns<'a> {
     series: Vec<&'a str>,
     sops: Vec<&'a str>,
@@ -280,8 +266,26 @@ impl<'a> UidColumns<'a> {
                 .collect(),
         }
     }
+
+    /// Binds the six arrays, in order, after those `query` has.
+    fn bind<'q>(
+        self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.series)
+            .bind(self.sops)
+            .bind(self.failed)
+            .bind(self.counts)
+            .bind(self.duplicate)
+            .bind(self.paths)
+    }
 }
 
+/// `uids` without the repeats of a SOP Instance UID (the first one kept).
 fn distinct_uids(uids: &[WorkUid]) -> Vec<&WorkUid> {
     let mut seen = std::collections::HashSet::new();
     uids.iter()
@@ -300,15 +304,7 @@ async fn add_uids(
     if uids.is_empty() {
         return Ok(());
     }
-    let UidColumns {
-        series,
-        sops,
-        failed,
-        counts,
-        duplicate,
-        paths,
-    } = UidColumns::of(&uids);
-    sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO work_queue_uid (work_queue_id, series_uid, sop_instance_uid, failed,
                                      failure_count, duplicate, relative_path)
          SELECT $1, t.s, t.o, t.f, t.c, t.d, t.r
@@ -318,15 +314,11 @@ async fn add_uids(
                            WHERE x.work_queue_id = $1 AND x.sop_instance_uid = t.o)
          ORDER BY t.n",
     )
-    .bind(item_id)
-    .bind(&series)
-    .bind(&sops)
-    .bind(&failed)
-    .bind(&counts)
-    .bind(&duplicate)
-    .bind(&paths)
-    .execute(&mut *conn)
-    .await?;
+    .bind(item_id);
+    UidColumns::of(&uids)
+        .bind(query)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

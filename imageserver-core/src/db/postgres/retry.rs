@@ -1,0 +1,206 @@
+//! How every operation runs: on a pooled connection, inside the private
+//! runtime and its call timeout, and — for writes — in one transaction
+//! retried on conflicts, and once on a checked connection when the
+//! connection was lost before COMMIT (the backend's module doc says why a lost
+//! COMMIT is never re-run).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgPool;
+use sqlx::{PgConnection, Postgres};
+
+use super::{PgIndex, RETRY_FOR};
+use crate::db::Error;
+
+/// A failure inside a transaction: a database error, or a conflict with a
+/// concurrent writer detected by the code (retried like a serialization
+/// failure).
+#[derive(Debug)]
+pub(crate) enum TxError {
+    Sql(sqlx::Error),
+    Conflict(&'static str),
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(e: sqlx::Error) -> Self {
+        TxError::Sql(e)
+    }
+}
+
+impl PgIndex {
+    /// Runs `future` on the private runtime, bounded by the call timeout.
+    pub(super) fn block_on<T>(
+        &self,
+        future: impl Future<Output = T>,
+    ) -> Result<T, tokio::time::error::Elapsed> {
+        let timeout = self.options.call_timeout();
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, future).await })
+    }
+
+    /// Runs `f` in one transaction, retrying the whole transaction on
+    /// serialization failures, deadlocks and detected conflicts, and once
+    /// on a checked connection when the connection was lost before COMMIT
+    /// was sent (see [`lost_connection`]). A connection lost while COMMIT
+    /// was under way is reported, never retried: that transaction may
+    /// have committed. `f` must therefore be safe to run again from the
+    /// start (it is: nothing of a rolled-back attempt stays).
+    pub(crate) fn write<T>(
+        &self,
+        operation: &'static str,
+        mut f: impl AsyncFnMut(&mut PgConnection) -> Result<T, TxError>,
+    ) -> Result<T, Error> {
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(5);
+        let mut attempt = 1u32;
+        let mut checked = false;
+        loop {
+            let mut committing = false;
+            let result = self
+                .block_on(async {
+                    let mut conn = lease(&self.pool, checked).await?;
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                    let value = f(&mut tx).await?;
+                    committing = true;
+                    tx.commit().await?;
+                    Ok::<T, TxError>(value)
+                })
+                .unwrap_or_else(|elapsed| {
+                    // Abandoned (no retry): the call's time is spent.
+                    committing = true;
+                    Err(TxError::Sql(sqlx::Error::Io(elapsed.into())))
+                });
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if is_retryable(&e) && start.elapsed() < RETRY_FOR => {
+                    tracing::debug!(operation, attempt, error = ?e, "index transaction conflict, retrying");
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                    attempt += 1;
+                }
+                Err(TxError::Sql(e)) if !checked && !committing && lost_connection(&e) => {
+                    tracing::info!(operation, error = %e, "index connection lost before commit, retrying on a checked connection");
+                    checked = true;
+                    attempt += 1;
+                }
+                Err(TxError::Sql(e)) => return Err(map_error(operation, e)),
+                Err(TxError::Conflict(what)) => {
+                    return Err(Error::Backend {
+                        operation,
+                        source: format!("concurrent writers kept conflicting: {what}").into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on a pooled connection (autocommit). `f` must only read:
+    /// after a lost connection it runs again, once, on a checked one.
+    pub(crate) fn read<T>(
+        &self,
+        operation: &'static str,
+        f: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Error> {
+        self.read_on(&self.pool, operation, f)
+    }
+
+    /// Runs a query's `f` on a connection of the query pool (autocommit),
+    /// as [`PgIndex::read`].
+    pub(crate) fn read_query<T>(
+        &self,
+        operation: &'static str,
+        f: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Error> {
+        self.read_on(&self.query_pool, operation, f)
+    }
+
+    fn read_on<T>(
+        &self,
+        pool: &PgPool,
+        operation: &'static str,
+        mut f: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, Error> {
+        let mut checked = false;
+        loop {
+            let result = self.block_on(async {
+                let mut conn = lease(pool, checked).await?;
+                f(&mut conn).await
+            });
+            match result {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) if !checked && lost_connection(&e) => {
+                    tracing::info!(operation, error = %e, "index connection lost, retrying on a checked connection");
+                    checked = true;
+                }
+                Ok(Err(e)) => return Err(map_error(operation, e)),
+                Err(elapsed) => return Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
+            }
+        }
+    }
+}
+
+/// A connection of `pool`. Connections are not pinged when they leave the
+/// pool (a round trip per call on the hot path); a call that finds its
+/// connection dead is retried once with `checked`: then idle connections
+/// are pinged and dead ones discarded (at most the pool's size of them)
+/// before one is handed out.
+async fn lease(pool: &PgPool, checked: bool) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+    if checked {
+        for _ in 0..pool.options().get_max_connections() {
+            let mut conn = pool.acquire().await?;
+            match sqlx::Connection::ping(&mut *conn).await {
+                Ok(()) => return Ok(conn),
+                Err(e) => {
+                    tracing::debug!(error = %e, "discarding a dead index connection");
+                    // Out of the pool, which may open a replacement.
+                    drop(conn.detach());
+                }
+            }
+        }
+    }
+    pool.acquire().await
+}
+
+/// Whether `e` says the connection itself failed (the server ended the
+/// session: SQLSTATE 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03
+/// cannot_connect_now, class 08 connection exceptions; or the socket
+/// failed), so that the same work may succeed on another connection. A
+/// closed pool and a pool timeout are not: retrying cannot help.
+pub(super) fn lost_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(io) => io.kind() != std::io::ErrorKind::TimedOut,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            matches!(code.as_ref(), "57P01" | "57P02" | "57P03") || code.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a transaction failed in a way that a retry can fix.
+fn is_retryable(e: &TxError) -> bool {
+    match e {
+        TxError::Conflict(_) => true,
+        TxError::Sql(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40001" | "40P01"))
+        }
+        TxError::Sql(_) => false,
+    }
+}
+
+/// Maps a sqlx failure to the backend-neutral [`Error`]: out of disk space
+/// (SQLSTATE 53100) is [`Error::Full`]; everything else, including an
+/// unreachable database, a pool timeout and an administrator's shutdown, is
+/// [`Error::Backend`].
+pub(super) fn map_error(operation: &'static str, e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("53100") => {
+            Error::Full(Box::new(e))
+        }
+        _ => Error::Backend {
+            operation,
+            source: Box::new(e),
+        },
+    }
+}
