@@ -64,17 +64,29 @@ HAPROXY=/usr/sbin/haproxy
 # runs playwright-core, which drives it.
 CHROMIUM=/usr/bin/chromium
 
+# The Debian packages of the tools that are missing, one per tool: a
+# machine that already has a tool (Node.js and npm from elsewhere, say) is
+# not asked to install Debian's, which may conflict with it (Debian's npm
+# conflicts with a nodejs not of its own).
 missing_packages() {
-    missing_dcmtk || [ ! -x "$ORTHANC" ] || ! command -v curl >/dev/null 2>&1 \
-        || [ ! -x "$PG_INITDB" ] || ! command -v sqlite3 >/dev/null 2>&1 || [ ! -x "$HAPROXY" ] \
-        || [ ! -x "$CHROMIUM" ] || ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1 \
-        || ! command -v openssl >/dev/null 2>&1
+    missing_dcmtk && echo dcmtk
+    [ -x "$ORTHANC" ] || echo orthanc
+    command -v curl >/dev/null 2>&1 || echo curl
+    [ -x "$PG_INITDB" ] || echo postgresql
+    command -v sqlite3 >/dev/null 2>&1 || echo sqlite3
+    [ -x "$HAPROXY" ] || echo haproxy
+    [ -x "$CHROMIUM" ] || echo chromium
+    command -v node >/dev/null 2>&1 || echo nodejs
+    command -v npm >/dev/null 2>&1 || echo npm
+    command -v openssl >/dev/null 2>&1 || echo openssl
+    return 0
 }
 
-if missing_packages; then
-    step "installing DCMTK, Orthanc, curl, PostgreSQL, sqlite3, HAProxy, Chromium, npm and openssl: apt-get update && apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm openssl"
+mapfile -t PACKAGES < <(missing_packages)
+if [ "${#PACKAGES[@]}" -gt 0 ]; then
+    step "installing what is missing: apt-get update && apt-get install -y ${PACKAGES[*]}"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dcmtk orthanc curl postgresql sqlite3 haproxy chromium npm openssl
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${PACKAGES[@]}"
 fi
 [ -x "$CHROMIUM" ] || fail "Chromium is still missing after apt-get install ($CHROMIUM)"
 command -v npm >/dev/null 2>&1 || fail "npm is still missing after apt-get install"
@@ -82,7 +94,6 @@ command -v openssl >/dev/null 2>&1 || fail "openssl is still missing after apt-g
 [ -x "$HAPROXY" ] || fail "HAProxy is still missing after apt-get install ($HAPROXY)"
 [ -x "$PG_INITDB" ] || fail "PostgreSQL 15 is still missing after apt-get install ($PG_INITDB)"
 command -v sqlite3 >/dev/null 2>&1 || fail "sqlite3 is still missing after apt-get install (the tests read index rows with it)"
-command -v openssl >/dev/null 2>&1 || fail "openssl is still missing after apt-get install (the TLS test makes its certificates with it)"
 
 if missing_dcmtk; then
     fail "DCMTK is still missing after apt-get install (need ${DCMTK_TOOLS[*]})"
