@@ -8,10 +8,7 @@
 //! `synced`) the file is cut short as that loss would leave it; the next
 //! start must leave every acknowledged instance whole and queryable, no
 //! row without its whole file, the study's instance count equal to its
-//! rows, no journal of the dead process and nothing in `.tmp`. Last, two
-//! batches open at once (the committer journals and places a batch while
-//! the one before it is in its index transaction, in its other journal):
-//! killed there, both are cut short, and each journal must name its own.
+//! rows, no journal of the dead process and nothing in `.tmp`.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -42,8 +39,6 @@ const STEPS: [(&str, bool); 4] = [
     ("synced", false),
 ];
 const BOUND: Duration = Duration::from_secs(60);
-/// The instances of the last kill: two batches open at once.
-const TWO_OPEN: usize = 2;
 
 #[test]
 fn kills_in_the_commit_window_leave_no_row_without_its_whole_file() {
@@ -52,10 +47,9 @@ fn kills_in_the_commit_window_leave_no_row_without_its_whole_file() {
     let corpus = generate_corpus(
         &corpus_dir,
         31,
-        CorpusShape::uniform(1, 1, 2 + STEPS.len() + TWO_OPEN, (64, 64)),
+        CorpusShape::uniform(1, 1, 2 + STEPS.len(), (64, 64)),
     );
-    let (first, rest) = corpus.split_at(2);
-    let (in_flight, two_open) = rest.split_at(STEPS.len());
+    let (first, in_flight) = corpus.split_at(2);
     let mut server = Server::start(dir.path());
     let paths: Vec<&Path> = first.iter().map(|i| i.path.as_path()).collect();
     let out = dcmtk::store(server.addr(), server.ae_title(), &paths, &[], BOUND);
@@ -105,65 +99,6 @@ fn kills_in_the_commit_window_leave_no_row_without_its_whole_file() {
             torn.push(instance.clone());
         }
     }
-
-    // Two batches open: the first paused just after its index commit, the
-    // second journaled in the committer's other journal, placed and its
-    // data synced meanwhile (the batch after next would reuse the first's
-    // journal, and waits). Both files cut short as a power loss may leave
-    // them: the first's committed row must go too.
-    server.set_env(FAULT_ENV, Some("indexed"));
-    server.restart();
-    check(&server, dir.path(), &corpus, &acknowledged, &torn);
-    let paused = "fault injection: the group commit pauses here step=\"indexed\"";
-    let seen = log_count(dir.path(), paused);
-    let mut senders = Vec::new();
-    for (n, instance) in two_open.iter().enumerate() {
-        senders.push(
-            dcmtk::store_command(
-                server.addr(),
-                server.ae_title(),
-                &[instance.path.as_path()],
-                &[],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn storescu"),
-        );
-        if n == 0 {
-            let deadline = std::time::Instant::now() + BOUND;
-            while log_count(dir.path(), paused) == seen {
-                assert!(std::time::Instant::now() < deadline, "never paused");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-    let second = expected_path(&server, &two_open[1]);
-    let deadline = std::time::Instant::now() + BOUND;
-    while !second.is_file() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the second batch was never placed while the first was open"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server.kill_9();
-    for mut storescu in senders {
-        let _ = storescu.kill();
-        let _ = storescu.wait();
-    }
-    for instance in two_open {
-        let path = expected_path(&server, instance);
-        assert!(path.is_file(), "{}: in place", path.display());
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open the stored file");
-        let len = file.metadata().expect("stat").len();
-        file.set_len(len / 2).expect("cut the file short");
-        torn.push(instance.clone());
-    }
-
     server.set_env(FAULT_ENV, None);
     server.restart();
     check(&server, dir.path(), &corpus, &acknowledged, &torn);
@@ -276,14 +211,6 @@ fn check(
         .filter(|p| p.file_name().is_some_and(|n| n != ".tmp"))
         .collect();
     assert!(tmp.is_empty(), "left in .tmp after the restart: {tmp:#?}");
-}
-
-/// How many times the server's log says `text`.
-fn log_count(root: &Path, text: &str) -> usize {
-    std::fs::read_to_string(root.join("server.log"))
-        .unwrap_or_default()
-        .matches(text)
-        .count()
 }
 
 fn expected_path(server: &Server, instance: &Instance) -> std::path::PathBuf {

@@ -27,12 +27,9 @@
 //! synced before it is queued, so deferral without a journal degrades to
 //! the eager order, never to a row durable before its file.
 //! Under load the batch grows by itself; with one writer it is a batch of one.
-//! The committer runs in two stages on two threads, so that one batch's
-//! journal and renames overlap the index transaction of the one before it
-//! (see [`run`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -217,70 +214,19 @@ impl StudyProcessHook {
 /// busy ingest sets one engine timer per step, not one per batch.
 const WAKE_STEP_MS: i64 = 100;
 
-/// A batch between the committer's two stages: journaled and placed by the
-/// first, indexed, synced and answered by the second.
-struct Staged {
-    records: Vec<InstanceRecord>,
-    replies: Vec<Sender<Result<InsertOutcome, CommitError>>>,
-    /// Per record, the outcome of its writer's own data sync (deferred
-    /// files only).
-    file_waits: Vec<Option<Receiver<Result<(), CommitError>>>>,
-    /// The directories to sync.
-    dirs: PendingSync,
-    /// Whether a file was persisted eagerly (synced, not journaled).
-    eager: bool,
-    /// The journal and the placing of the deferred files.
-    journaled: Result<(), CommitError>,
-    follow_up: Option<FollowUp>,
-    started: std::time::Instant,
-}
-
-/// The committer, in two stages on two threads so that one batch's
-/// journal and renames overlap the previous batch's index transaction:
-/// this thread gathers a batch, journals and places its deferred files and
-/// hands it to the index stage ([`index_stage`]), which commits it, waits
-/// for its syncs and answers its writers. The two journals of the
-/// committer are used in turn: a batch's journal is rewritten only by the
-/// batch after next, and this stage waits for that batch to be finished
-/// (at most one batch is in the index stage while the next is journaled),
-/// so an entry stays durable until its batch's outcome is known.
 fn run(
     receiver: Receiver<Request>,
     index: Arc<dyn IndexStore>,
     storage: Arc<dyn StorageBackend>,
     study_process: Option<StudyProcessHook>,
 ) {
-    let first_number = JOURNAL_NUMBERS.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+    let mut last_wake: Option<Timestamp> = None;
+    let syncer = Syncer::start(storage.clone());
     let mut journals = Journals {
-        numbers: [first_number, first_number + 1],
+        number: JOURNAL_NUMBERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ..Journals::default()
     };
-    let kept = journals.kept.clone();
-    let (to_index, staged) = channel::unbounded::<Staged>();
-    let (finished, finished_rx) = channel::unbounded::<()>();
-    let indexer = {
-        let index = index.clone();
-        let storage = storage.clone();
-        let study_process = study_process.clone();
-        std::thread::Builder::new()
-            .name("group-commit-index".into())
-            .spawn(move || index_stage(staged, finished, index, storage, study_process, kept))
-            .expect("spawning the group-commit index thread")
-    };
-    let mut outstanding = 0usize;
-    let mut slot = 0usize;
     while let Ok(first) = receiver.recv() {
-        // This batch's journal was the batch before last's: that one must
-        // be finished (its entries kept where its outcome needs them).
-        while outstanding > 1 {
-            if finished_rx.recv().is_err() {
-                break;
-            }
-            outstanding -= 1;
-        }
-        while finished_rx.try_recv().is_ok() {
-            outstanding -= 1;
-        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
@@ -314,73 +260,13 @@ fn run(
         // are durable: a file at its path that may not be whole is always
         // journaled.
         let journaled = journals
-            .write(index.as_ref(), storage.as_ref(), &deferred, slot)
+            .write(index.as_ref(), storage.as_ref(), &deferred)
             .and_then(|()| place(storage.as_ref(), &mut dirs));
         // Their writers sync the data now, while the index commits.
         for writer in placed {
             let _ = writer.send(journaled.clone());
         }
         FAULT.pass("journaled");
-        let staged = Staged {
-            records,
-            replies,
-            file_waits,
-            dirs,
-            eager,
-            journaled,
-            follow_up,
-            started,
-        };
-        if to_index.send(staged).is_err() {
-            break;
-        }
-        outstanding += 1;
-        slot ^= 1;
-    }
-    drop(to_index);
-    let _ = indexer.join();
-    // Nothing is open: the journals go, unless they keep a failed entry.
-    let nothing_kept = journals
-        .kept
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty();
-    if let (true, Some(journal)) = (nothing_kept, storage.deferred()) {
-        for number in journals.numbers {
-            journal.close_journals(number);
-        }
-    }
-}
-
-/// The committer's second stage: per batch, in order, the index
-/// transaction beside the directory syncs, then every writer's data sync
-/// waited for, entries kept whose rows committed without their files, the
-/// writers answered and `finished` told.
-fn index_stage(
-    staged: Receiver<Staged>,
-    finished: Sender<()>,
-    index: Arc<dyn IndexStore>,
-    storage: Arc<dyn StorageBackend>,
-    study_process: Option<StudyProcessHook>,
-    kept: Arc<Mutex<KeptEntries>>,
-) {
-    let mut last_wake: Option<Timestamp> = None;
-    let syncer = Syncer::start(storage.clone());
-    for batch in staged {
-        let Staged {
-            records,
-            replies,
-            file_waits,
-            dirs,
-            eager,
-            journaled,
-            follow_up,
-            started,
-        } = batch;
-        let keep = |record: &InstanceRecord| {
-            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
-            journal::push_entry(kept.entry(record.location.filesystem).or_default(), record);
-        };
         let mut committed_unsynced = false;
         let result = journaled.and_then(|()| {
             if eager {
@@ -395,7 +281,7 @@ fn index_stage(
                 let indexed = index_batch(index.as_ref(), &records, follow_up.as_ref());
                 FAULT.pass("indexed");
                 // Waited for even when the index failed: the directories
-                // are synced before the batch's journal is reused.
+                // are synced before the next batch reuses the journal.
                 let dirs_synced = dirs_synced.recv().unwrap_or(Err(CommitError::Stopped));
                 match (indexed, dirs_synced) {
                     (Ok(outcomes), Ok(())) => Ok(outcomes),
@@ -421,12 +307,12 @@ fn index_stage(
             }
         });
         if committed_unsynced {
-            for (record, _) in records.iter().zip(&file_waits).filter(|(_, w)| w.is_some()) {
-                keep(record);
+            for record in &deferred {
+                journals.keep(record);
             }
         }
         // Every deferred file's own sync, whatever the index said: the
-        // journal is reused only once all are known.
+        // journal is overwritten by the next batch only once all are known.
         let result = result.map(|outcomes| {
             outcomes
                 .into_iter()
@@ -450,21 +336,18 @@ fn index_stage(
         if let Ok(outcomes) = &result {
             for (record, outcome) in records.iter().zip(outcomes) {
                 if matches!(outcome, Err(CommitError::Storage(_))) {
-                    keep(record);
+                    journals.keep(record);
                 }
             }
         }
         FAULT.pass("synced");
         tracing::debug!(
             batch = records.len(),
-            deferred = file_waits.iter().flatten().count(),
+            deferred = deferred.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             ok = result.is_ok(),
             "group commit"
         );
-        // The batch's journal may be reused from here: what must stay is
-        // kept above.
-        let _ = finished.send(());
         match result {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -489,6 +372,10 @@ fn index_stage(
                 }
             }
         }
+    }
+    // Nothing is open: the journals go, unless they keep a failed entry.
+    if let (true, Some(journal)) = (journals.kept.is_empty(), storage.deferred()) {
+        journal.close_journals(journals.number);
     }
 }
 
@@ -557,35 +444,30 @@ impl Drop for Syncer {
     }
 }
 
-/// Numbers the journals of this process's committers (two each), so each
-/// has journals of its own.
+/// Numbers the committers of this process, so each has journals of its own.
 static JOURNAL_NUMBERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Entries of committed rows whose files could not be made durable, by
-/// filesystem: written with every batch, so they stay until the next start.
-type KeptEntries = HashMap<FilesystemId, Vec<u8>>;
-
-/// The committer's journals of open batches, two per filesystem used in
-/// turn (see [`run`] and `services::journal`).
+/// The committer's journals of open batches, one per filesystem (see
+/// `services::journal`).
 #[derive(Default)]
 struct Journals {
-    /// The committer's two journal numbers (unique in this process).
-    numbers: [u64; 2],
+    /// This committer's journal number (one per committer in a process).
+    number: u64,
     /// Filesystems by id, as the index knows them (reread on a miss).
     filesystems: HashMap<FilesystemId, Filesystem>,
-    /// Shared with the index stage, which adds to it.
-    kept: Arc<Mutex<KeptEntries>>,
+    /// Entries of committed rows whose files could not be made durable:
+    /// written with every batch, so they stay until the next start.
+    kept: HashMap<FilesystemId, Vec<u8>>,
 }
 
 impl Journals {
-    /// Writes and syncs journal `slot` (0 or 1) of the batch's deferred
-    /// records on each of their filesystems, with the kept entries.
+    /// Writes and syncs the journal of the batch's deferred records on
+    /// each of their filesystems.
     fn write(
         &mut self,
         index: &dyn IndexStore,
         storage: &dyn StorageBackend,
         deferred: &[&InstanceRecord],
-        slot: usize,
     ) -> Result<(), CommitError> {
         if deferred.is_empty() {
             return Ok(());
@@ -596,23 +478,26 @@ impl Journals {
             CommitError::Storage("a deferred file, and the storage keeps no journal".into())
         })?;
         let mut bodies: HashMap<FilesystemId, Vec<u8>> = HashMap::new();
-        {
-            let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            for record in deferred {
-                let filesystem = record.location.filesystem;
-                let body = bodies
-                    .entry(filesystem)
-                    .or_insert_with(|| kept.get(&filesystem).cloned().unwrap_or_default());
-                journal::push_entry(body, record);
-            }
+        for record in deferred {
+            let filesystem = record.location.filesystem;
+            let body = bodies
+                .entry(filesystem)
+                .or_insert_with(|| self.kept.get(&filesystem).cloned().unwrap_or_default());
+            journal::push_entry(body, record);
         }
         for (id, body) in bodies {
             let filesystem = self.filesystem(index, id)?;
             journal
-                .write_journal(&filesystem, self.numbers[slot], &journal::frame(&body))
+                .write_journal(&filesystem, self.number, &journal::frame(&body))
                 .map_err(|e| CommitError::Storage(error_chain(&e)))?;
         }
         Ok(())
+    }
+
+    /// Keeps a record's entry in every later journal.
+    fn keep(&mut self, record: &InstanceRecord) {
+        let body = self.kept.entry(record.location.filesystem).or_default();
+        journal::push_entry(body, record);
     }
 
     fn filesystem(

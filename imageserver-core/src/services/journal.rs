@@ -7,12 +7,9 @@
 //! then be durable before its file is whole. Before a batch's index
 //! transaction begins, the committer writes the batch's entries (partition,
 //! location, series, SOP instance, size, BLAKE3) to its journal on each
-//! filesystem and syncs it ([`crate::storage::DeferredSync::write_journal`]).
-//! A committer has two journals, used in turn: the next batch's goes to the
-//! other (two batches are open at most: one committing while the next is
-//! journaled), and the batch after next overwrites this one once this
-//! batch's outcome is known. A crash leaves the journals of the dead
-//! process; [`recover`] reads them at start:
+//! filesystem and syncs it ([`crate::storage::DeferredSync::write_journal`]);
+//! the next batch overwrites it (one batch is open at a time). A crash
+//! leaves the journal of the dead process; [`recover`] reads it at start:
 //! every listed file that is not whole (missing, or another size or digest)
 //! was never acknowledged, so it is removed, and a row the batch committed
 //! for it is removed ([`IndexStore::remove_instance_row`]: only while the

@@ -464,7 +464,7 @@ pub trait DeferredSync: Send + Sync {
     fn place(&self, pending: &mut PendingSync) -> Result<(), Error>;
 
     /// Durably replaces the open-batch journal of `journal` (a number
-    /// unique in this process: two per group committer) on `filesystem`
+    /// unique in this process: one per group committer) on `filesystem`
     /// with `contents` (the group commit writes it before its index
     /// transaction begins; see `services::commit`).
     fn write_journal(

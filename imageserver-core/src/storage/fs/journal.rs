@@ -1,8 +1,8 @@
 //! [`FsStorage`]'s deferred persistence and its journal of open batches
 //! ([`DeferredSync`]).
 //!
-//! A journal is a file `<root>/.tmp/HOST-PID-N.journal` (`N`: the journal's
-//! number in its process, two per group committer), made once at its first write with
+//! A journal is a file `<root>/.tmp/HOST-PID-N.journal` (`N`: the group
+//! committer's number in its process), made once at its first write with
 //! [`JOURNAL_PREALLOCATED`] bytes and then rewritten in place and
 //! `fdatasync`ed per batch, so that a batch's journal write changes no
 //! metadata. Whose journal it is — and so whether its process is gone — is
