@@ -693,6 +693,7 @@ impl FsWriter {
             root: root.clone(),
             temp_path,
             target: root.join(relative),
+            synced: !deferred,
         };
         if deferred {
             return Ok(PendingSync {
@@ -720,6 +721,82 @@ struct FsPlacing {
     root: PathBuf,
     temp_path: PathBuf,
     target: PathBuf,
+    /// Whether the file's data is durable already (an eager persist).
+    synced: bool,
+}
+
+/// What a rename that must not replace found.
+enum NoReplace {
+    /// Renamed: nothing was at the target.
+    Renamed,
+    /// A file is at the target (nothing was renamed).
+    Occupied,
+}
+
+/// Renames `from` to `to` unless something is at `to`. Where the
+/// filesystem cannot say so atomically (`renameat2`'s `RENAME_NOREPLACE`
+/// is refused: NFS, some FUSE filesystems), the target is looked at first:
+/// only another process could then place a file between the look and the
+/// rename.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<NoReplace> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        };
+        let (from_c, to_c) = (c(from)?, c(to)?);
+        // SAFETY: two NUL-terminated paths, relative to the working
+        // directory (absolute here); no memory is shared.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from_c.as_ptr(),
+                libc::AT_FDCWD,
+                to_c.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(NoReplace::Renamed);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EEXIST) => return Ok(NoReplace::Occupied),
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => {}
+            _ => return Err(error),
+        }
+    }
+    if fs::symlink_metadata(to).is_ok() {
+        return Ok(NoReplace::Occupied);
+    }
+    fs::rename(from, to).map(|()| NoReplace::Renamed)
+}
+
+impl FsPlacing {
+    /// Renames the file to its target. A file whose data is not durable
+    /// yet never replaces one already there (a stored instance another
+    /// store of the same SOP instance placed and may have acknowledged: a
+    /// crash before this file's data sync would leave neither whole). It
+    /// then has its data synced first, so the path holds one whole version
+    /// or the other at every moment.
+    fn rename(&self) -> io::Result<()> {
+        if self.synced {
+            return fs::rename(&self.temp_path, &self.target);
+        }
+        match rename_no_replace(&self.temp_path, &self.target)? {
+            NoReplace::Renamed => Ok(()),
+            NoReplace::Occupied => {
+                tracing::info!(
+                    path = %self.target.display(),
+                    "a file is already at a deferred file's path (a concurrent store of the same instance): its data is synced before it replaces it"
+                );
+                File::open(&self.temp_path)?.sync_data()?;
+                fs::rename(&self.temp_path, &self.target)
+            }
+        }
+    }
 }
 
 impl Placing for FsPlacing {
@@ -733,11 +810,11 @@ impl Placing for FsPlacing {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| root.clone());
-        let renamed = match fs::rename(&self.temp_path, &final_path) {
+        let renamed = match self.rename() {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.storage.create_dirs(&root, &parent)?;
-                fs::rename(&self.temp_path, &final_path)
+                self.rename()
             }
             Err(e) => Err(e),
         };

@@ -232,6 +232,53 @@ mod tests {
             .is_none());
     }
 
+    /// A deferred file never replaces a file already at its path before
+    /// its data is durable (a stored instance a concurrent store of the
+    /// same SOP instance placed, perhaps acknowledged: a crash before the
+    /// new file's sync would leave neither whole): the rename that must not
+    /// replace leaves an occupied target and the new file alone, and the
+    /// placement then syncs the new file and replaces the stored one.
+    #[test]
+    fn a_deferred_file_replaces_a_stored_one_only_once_synced() {
+        use super::super::{rename_no_replace, NoReplace};
+        let dir = tempfile::tempdir().unwrap();
+        let fs = filesystem(dir.path());
+        let storage = FsStorage::new();
+        let k = key("1.2.3", "1.2.3.11");
+        let store = |contents: &[u8]| {
+            let mut writer = storage.begin_write(&fs).unwrap();
+            writer.write_all(contents).unwrap();
+            let mut pending = storage.persist_deferred(writer, &k).unwrap();
+            let files = pending.take_files();
+            storage.place(&mut pending).unwrap();
+            storage.sync(files).unwrap();
+            storage.sync(pending).unwrap();
+        };
+        store(b"stored first");
+        let target = storage.describe(&fs, &k);
+        let probe = dir.path().join("probe");
+        fs::write(&probe, b"second").unwrap();
+        assert!(matches!(
+            rename_no_replace(&probe, &target).unwrap(),
+            NoReplace::Occupied
+        ));
+        assert_eq!(fs::read(&target).unwrap(), b"stored first");
+        assert_eq!(fs::read(&probe).unwrap(), b"second");
+        let free = target.with_file_name("free.dcm");
+        assert!(matches!(
+            rename_no_replace(&probe, &free).unwrap(),
+            NoReplace::Renamed
+        ));
+        assert_eq!(fs::read(&free).unwrap(), b"second");
+        fs::remove_file(&free).unwrap();
+        store(b"stored second");
+        assert_eq!(fs::read(&target).unwrap(), b"stored second");
+        assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name().to_string_lossy().ends_with(".journal")));
+    }
+
     /// The journal's file: made preallocated, rewritten in place, gone
     /// once closed; another process's stays.
     #[test]
