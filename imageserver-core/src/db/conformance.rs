@@ -1499,6 +1499,13 @@ fn pages_across_changes<S: IndexStore + QueryStore>(store: &S) {
         );
     }
 
+    // Pages grow fourfold: seven studies from a first page of one are
+    // three statements, not seven.
+    let sizes: Vec<usize> = Pages::with_page_size(store, q.clone(), 1)
+        .map(|page| page.expect("read").len())
+        .collect();
+    assert_eq!(sizes, [1, 4, 2]);
+
     // Two patients with one ID, told apart by their issuers.
     let mut other = f.record("PG", "1.2.78.1", "1.2.78.1.1", "CT", "1.2.78.1.1.1", 1);
     other.patient.issuer_of_patient_id = Some("OTHER".to_string());
