@@ -34,6 +34,13 @@ while getopts "r:a:p:d:" opt; do
   esac
 done
 shift $((OPTIND - 1))
+# Without its plugin Orthanc would start on its SQLite index and the
+# "PostgreSQL" reference would silently be Orthanc/SQLite.
+ORTHANC_PG_PLUGIN=${ORTHANC_PG_INDEX_PLUGIN:-/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so}
+if [[ ,$PEERS, == *,orthanc-pg,* && ! -f $ORTHANC_PG_PLUGIN ]]; then
+  echo "ingest.sh: Orthanc's PostgreSQL index plugin is missing ($ORTHANC_PG_PLUGIN): apt-get install -y orthanc-postgresql" >&2
+  exit 1
+fi
 TMP=${BENCH_TMPDIR:-/tmp}
 corpora=("$@")
 if ((${#corpora[@]} == 0)); then
