@@ -67,15 +67,21 @@ pub enum CommitError {
 
 struct Request {
     record: InstanceRecord,
-    /// The directories to sync (and, when `file_synced` is `None`, nothing
+    /// The directories to sync (and, when `deferred` is `None`, nothing
     /// else: the file was synced before its rename).
     dirs: PendingSync,
-    /// The outcome of the writer's own sync of its deferred file.
-    file_synced: Option<Receiver<Result<(), CommitError>>>,
-    /// Told once the deferred file is in place (its journal entry durable):
-    /// the writer syncs its data only then.
-    placed: Option<Sender<Result<(), CommitError>>>,
+    /// The committer's side of a deferred file's hand-over.
+    deferred: Option<DeferredFile>,
     reply: Sender<Result<InsertOutcome, CommitError>>,
+}
+
+/// A deferred file between its writer and the committer.
+struct DeferredFile {
+    /// Told once the file is in place (its journal entry durable): the
+    /// writer syncs its data only then.
+    placed: Sender<Result<(), CommitError>>,
+    /// The outcome of the writer's own sync of its data.
+    synced: Receiver<Result<(), CommitError>>,
 }
 
 /// Handle to the committer thread; cloning shares it. The thread ends when
@@ -149,23 +155,26 @@ impl GroupCommitter {
                 .map_err(|e| CommitError::Storage(error_chain(&e)))?;
         }
         let files = pending.take_files();
-        let (file_synced, file_synced_rx, placed, placed_rx) = if files.has_files() {
+        let (deferred, writer_side) = if files.has_files() {
             let (synced, synced_rx) = channel::bounded(1);
             let (placed, placed_rx) = channel::bounded(1);
-            (Some(synced), Some(synced_rx), Some(placed), Some(placed_rx))
+            let deferred = DeferredFile {
+                placed,
+                synced: synced_rx,
+            };
+            (Some(deferred), Some((synced, placed_rx)))
         } else {
-            (None, None, None, None)
+            (None, None)
         };
         self.sender
             .send(Request {
                 record,
                 dirs: pending,
-                file_synced: file_synced_rx,
-                placed,
+                deferred,
                 reply,
             })
             .map_err(|_| CommitError::Stopped)?;
-        if let (Some(file_synced), Some(placed)) = (file_synced, placed_rx) {
+        if let Some((file_synced, placed)) = writer_side {
             FAULT.pass("queued");
             // The data is synced once the file is in place, so that the
             // one filesystem-journal commit its sync forces carries the
@@ -242,12 +251,14 @@ fn run(
         let mut placed = Vec::new();
         let mut eager = false;
         for request in batch {
-            eager |= request.file_synced.is_none() && !request.dirs.is_empty();
+            eager |= request.deferred.is_none() && !request.dirs.is_empty();
             dirs.merge(request.dirs);
             records.push(request.record);
             replies.push(request.reply);
-            file_waits.push(request.file_synced);
-            placed.extend(request.placed);
+            file_waits.push(request.deferred.map(|file| {
+                placed.push(file.placed);
+                file.synced
+            }));
         }
         let follow_up = study_process.as_ref().map(StudyProcessHook::follow_up);
         let deferred: Vec<&InstanceRecord> = records
