@@ -87,8 +87,8 @@ enum Mode {
 }
 
 /// What a writer hands the committer: the folder to sync, and in
-/// [`Mode::Placed`] the rename to do first (temporary, target) and whom to
-/// tell once it is done.
+/// [`Mode::Placed`] and [`Mode::Syncfs`] the rename to do first
+/// (temporary, target) and whom to tell once it is done.
 struct Job {
     dir: PathBuf,
     rename: Option<(PathBuf, PathBuf, mpsc::Sender<()>)>,

@@ -741,12 +741,7 @@ enum NoReplace {
 fn rename_no_replace(from: &Path, to: &Path) -> io::Result<NoReplace> {
     #[cfg(target_os = "linux")]
     {
-        use std::os::unix::ffi::OsStrExt;
-        let c = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        };
-        let (from_c, to_c) = (c(from)?, c(to)?);
+        let (from_c, to_c) = (c_path(from)?, c_path(to)?);
         // SAFETY: two NUL-terminated paths, relative to the working
         // directory (absolute here); no memory is shared.
         let rc = unsafe {
@@ -1064,10 +1059,15 @@ fn io_error(operation: &'static str, path: &Path, root: &Path, source: io::Error
     }
 }
 
-fn statvfs(path: &Path) -> io::Result<Usage> {
+/// `path` as the C string a libc call takes.
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+}
+
+fn statvfs(path: &Path) -> io::Result<Usage> {
+    let c_path = c_path(path)?;
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: c_path is a valid NUL-terminated string and stat a valid out pointer.
     let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) };
