@@ -1060,8 +1060,12 @@ fn every_uncompressed_transfer_syntax() {
 }
 
 /// Instances of the bulk series: enough that matching is still going on
-/// when a C-CANCEL sent after the first pending arrives.
-const BULK: usize = 2500;
+/// when a C-CANCEL sent after the first pending arrives. More than C-FIND's
+/// first page (`services::find::PAGE_SIZE`, 5,000), so that a second
+/// statement runs after the first page's responses are written: an answer
+/// of one statement is written out before pynetdicom has read its first
+/// pending.
+const BULK: usize = 6000;
 
 #[test]
 fn cancel_stops_matching() {
