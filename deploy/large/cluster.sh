@@ -202,9 +202,11 @@ EOF
         fi
         # A small keeper per node records the server's pid and, when it
         # ends, its exit status (nodeN.exit): a drained node must exit 0.
+        # Both files appear whole (written aside, then renamed): a reader
+        # that sees the file must never read it empty.
         rm -f "$DIR/node$n.pid" "$DIR/node$n.exit"
         IMAGESERVER_LOG=${IMAGESERVER_LOG:-info} setsid bash -c \
-            '"$0" serve --config "$1" > "$2" 2>&1 < /dev/null & echo $! > "$3.tmp"; mv "$3.tmp" "$3"; wait $!; echo $? > "$4"' \
+            '"$0" serve --config "$1" > "$2" 2>&1 < /dev/null & echo $! > "$3.tmp"; mv "$3.tmp" "$3"; wait $!; echo $? > "$4.tmp"; mv "$4.tmp" "$4"' \
             "$bin" "$config" "$DIR/node$n.log" "$DIR/node$n.pid" "$DIR/node$n.exit" < /dev/null > /dev/null 2>&1 &
         local tries=0
         until [ -s "$DIR/node$n.pid" ]; do
