@@ -31,9 +31,13 @@ const FAULT_ENV: &str = "IMAGESERVER_FAULT_PAUSE_COMMIT_AT";
 /// The steps, in the order an instance passes them; whether a power loss
 /// at the step could leave the file not whole. At `queued` (the writer's
 /// thread, before its data sync) the committer may not have journaled and
-/// placed the file yet: then there is no file at its path to cut short.
-const STEPS: [(&str, bool); 4] = [
+/// placed the file yet: then there is no file at its path to cut short. At
+/// `journaling` (before the journal is written) the index has run the
+/// batch's statements and waits: a row committed there would name a file
+/// that is not in place and that no journal names.
+const STEPS: [(&str, bool); 5] = [
     ("queued", true),
+    ("journaling", true),
     ("journaled", true),
     ("indexed", true),
     ("synced", false),
@@ -81,11 +85,13 @@ fn kills_in_the_commit_window_leave_no_row_without_its_whole_file() {
         let _ = storescu.kill();
         let _ = storescu.wait();
         let path = expected_path(&server, instance);
-        // Past `queued` the batch's journal is durable and its file in place.
-        assert!(
-            path.is_file() || *step == "queued",
-            "{step}: the file is in place"
-        );
+        // Past `journaling` the batch's journal is durable and its file in
+        // place; at `journaling` neither.
+        match *step {
+            "queued" => {}
+            "journaling" => assert!(!path.exists(), "{step}: the file is not in place"),
+            _ => assert!(path.is_file(), "{step}: the file is in place"),
+        }
         if *loses_data {
             // What a power loss may leave of data never synced.
             if path.is_file() {

@@ -53,6 +53,7 @@ pub(crate) fn run_all(store: &dyn IndexStore) {
     moved_instances_fix_both_sides(store);
     patient_keys_and_demographics(store);
     batch_is_all_or_nothing(store);
+    a_called_off_commit_leaves_nothing(store);
     empty_batch(store);
     batch_mixes_every_case(store);
     ingest_lookup_matches_its_parts(store);
@@ -958,6 +959,47 @@ fn batch_is_all_or_nothing(store: &dyn IndexStore) {
         [InsertOutcome::Inserted]
     );
     assert_eq!(f.counts(), counts(1, 2, 2, 2));
+}
+
+/// `insert_instances_when`: a commit called off leaves nothing and says so;
+/// one let through commits, asking once.
+fn a_called_off_commit_leaves_nothing(store: &dyn IndexStore) {
+    let f = fixture(store, "GATED");
+    let record = f.record("P", "1.2.8.1", "1.2.8.1.1", "CT", "1.2.8.1.1.1", 10);
+    let asked = std::cell::Cell::new(0);
+    let result = store.insert_instances_when(std::slice::from_ref(&record), None, &|| {
+        asked.set(asked.get() + 1);
+        false
+    });
+    assert!(
+        matches!(result, Err(Error::CommitCalledOff)),
+        "called off: {result:?}"
+    );
+    assert_eq!(asked.get(), 1);
+    assert_eq!(f.counts(), counts(0, 0, 0, 0));
+    assert_eq!(
+        store
+            .instance(f.partition, &record.instance.sop_instance_uid)
+            .expect("lookup"),
+        None
+    );
+    assert_eq!(
+        store
+            .study_location(f.partition, &uid("1.2.8.1"))
+            .expect("lookup"),
+        None
+    );
+
+    asked.set(0);
+    let outcomes = store
+        .insert_instances_when(std::slice::from_ref(&record), None, &|| {
+            asked.set(asked.get() + 1);
+            true
+        })
+        .expect("let through");
+    assert_eq!(outcomes, [InsertOutcome::Inserted]);
+    assert_eq!(asked.get(), 1);
+    assert_eq!(f.counts(), counts(1, 1, 1, 1));
 }
 
 fn empty_batch(store: &dyn IndexStore) {

@@ -93,6 +93,10 @@ pub enum Error {
         /// The index file.
         path: std::path::PathBuf,
     },
+    /// The caller called the commit off
+    /// ([`IndexStore::insert_instances_when`]): nothing was committed.
+    #[error("the commit was called off by its caller")]
+    CommitCalledOff,
 }
 
 /// The index of partitions, filesystems, devices, study locations and the
@@ -236,6 +240,28 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         batch: &[InstanceRecord],
         follow_up: Option<&FollowUp>,
     ) -> Result<Vec<InsertOutcome>, Error>;
+
+    /// [`IndexStore::insert_instances_then`], whose transaction commits only
+    /// once `ready` says so: it is called after the batch's statements have
+    /// run, just before COMMIT (again before each retried COMMIT), and may
+    /// block. `false` rolls the transaction back:
+    /// [`Error::CommitCalledOff`]. The group commit runs the batch's
+    /// statements while its journal of open batches is being synced, and
+    /// lets the rows commit only once that journal is durable.
+    ///
+    /// The default asks `ready` first, then runs
+    /// [`IndexStore::insert_instances_then`]: correct, without the overlap.
+    fn insert_instances_when(
+        &self,
+        batch: &[InstanceRecord],
+        follow_up: Option<&FollowUp>,
+        ready: &dyn Fn() -> bool,
+    ) -> Result<Vec<InsertOutcome>, Error> {
+        if !ready() {
+            return Err(Error::CommitCalledOff);
+        }
+        self.insert_instances_then(batch, follow_up)
+    }
 
     /// Looks up one instance of a partition by SOP Instance UID (none while
     /// its study is nearline: it has no file to read).

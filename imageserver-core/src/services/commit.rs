@@ -6,13 +6,16 @@
 //! up while it was busy and commits all records in one index transaction.
 //!
 //! A file persisted deferred (neither synced nor renamed yet) takes two
-//! rounds of flushes. First the committer writes and syncs the batch's
-//! entries to the journal of open batches (`services::journal`, which
-//! start-up recovery reads after a crash) and renames the batch's files
-//! into place: a file at its path is never there before its journal entry
-//! is durable. Then, at once, each writer syncs its file's data on its own
-//! thread, a helper thread syncs the batch's directories and the committer
-//! commits the index transaction. The data sync waits for the rename so
+//! rounds of flushes. First a helper thread (the placer) writes and syncs
+//! the batch's entries to the journal of open batches (`services::journal`,
+//! which start-up recovery reads after a crash) and renames the batch's
+//! files into place: a file at its path is never there before its journal
+//! entry is durable. Meanwhile the committer runs the batch's index
+//! statements; the transaction waits before its COMMIT until the files are
+//! journaled and placed ([`IndexStore::insert_instances_when`]), so no row
+//! is durable before its journal entry. Then, at once, each writer syncs
+//! its file's data on its own thread, the placer syncs the batch's
+//! directories and the index commits. The data sync waits for the rename so
 //! that the filesystem-journal commit it forces (ext4, XFS) carries the
 //! rename too, and the directory sync beside it has little left to do;
 //! synced before the rename, the file's data was one commit and its
@@ -230,7 +233,7 @@ fn run(
     study_process: Option<StudyProcessHook>,
 ) {
     let mut last_wake: Option<Timestamp> = None;
-    let syncer = Syncer::start(storage.clone());
+    let placer = Placer::start(storage.clone());
     let mut journals = Journals {
         number: JOURNAL_NUMBERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         ..Journals::default()
@@ -267,56 +270,79 @@ fn run(
             .filter(|(_, wait)| wait.is_some())
             .map(|(record, _)| record)
             .collect();
-        // The deferred files go in place only once their journal entries
-        // are durable: a file at its path that may not be whole is always
-        // journaled.
-        let journaled = journals
-            .write(index.as_ref(), storage.as_ref(), &deferred)
-            .and_then(|()| place(storage.as_ref(), &mut dirs));
-        // Their writers sync the data now, while the index commits.
-        for writer in placed {
-            let _ = writer.send(journaled.clone());
-        }
-        FAULT.pass("journaled");
-        let mut committed_unsynced = false;
-        let result = journaled.and_then(|()| {
-            if eager {
-                // An eagerly persisted file needs no journal, so nothing
-                // may be indexed before its directory entry is durable.
-                storage
-                    .sync(dirs)
-                    .map_err(|e| CommitError::Storage(error_chain(&e)))?;
-                index_batch(index.as_ref(), &records, follow_up.as_ref())
-            } else {
-                let dirs_synced = syncer.sync(dirs);
-                let indexed = index_batch(index.as_ref(), &records, follow_up.as_ref());
-                FAULT.pass("indexed");
-                // Waited for even when the index failed: the directories
-                // are synced before the next batch reuses the journal.
-                let dirs_synced = dirs_synced.recv().unwrap_or(Err(CommitError::Stopped));
-                match (indexed, dirs_synced) {
-                    (Ok(outcomes), Ok(())) => Ok(outcomes),
-                    // The rows committed may name directory entries that
-                    // are not durable: their writers fail, and the journal
-                    // keeps them for the next start. A record the index
-                    // refused was never committed: its own outcome stands
-                    // (a study deleted meanwhile, whose folder the delete
-                    // removed before the sync reached it, is refused as
-                    // such, not as a storage failure).
-                    (Ok(outcomes), Err(error)) => {
-                        committed_unsynced = true;
-                        Ok(outcomes
-                            .into_iter()
-                            .map(|outcome| match outcome {
-                                Ok(InsertOutcome::StudyDeleted) | Err(_) => outcome,
-                                Ok(_) => Err(error.clone()),
-                            })
-                            .collect())
-                    }
-                    (Err(error), _) => Err(error),
+        // The placer journals the deferred files, puts them in place once
+        // their journal entries are durable (a file at its path that may
+        // not be whole is always journaled), tells their writers to sync
+        // their data, and syncs the batch's directories; meanwhile the
+        // index runs the batch's statements and commits once the files
+        // are journaled and placed.
+        let (placed_tx, placed_rx) = channel::bounded(1);
+        let (dirs_tx, dirs_rx) = channel::bounded(1);
+        match journals.frames(index.as_ref(), storage.as_ref(), &deferred) {
+            Ok(frames) => placer.start_job(PlaceJob {
+                frames,
+                number: journals.number,
+                dirs,
+                writers: placed,
+                placed: placed_tx,
+                synced: dirs_tx,
+            }),
+            Err(error) => {
+                for writer in placed {
+                    let _ = writer.send(Err(error.clone()));
                 }
+                let _ = placed_tx.send(Err(error.clone()));
+                let _ = dirs_tx.send(Err(error));
             }
-        });
+        }
+        let placed = std::cell::OnceCell::new();
+        let placed = || {
+            placed
+                .get_or_init(|| placed_rx.recv().unwrap_or(Err(CommitError::Stopped)))
+                .clone()
+        };
+        let dirs_synced = || dirs_rx.recv().unwrap_or(Err(CommitError::Stopped));
+        let mut committed_unsynced = false;
+        let result = if eager {
+            // An eagerly persisted file needs no journal, so nothing may be
+            // indexed before its directory entry is durable.
+            placed()
+                .and_then(|()| dirs_synced())
+                .and_then(|()| index_batch(index.as_ref(), &records, follow_up.as_ref(), &|| true))
+        } else {
+            let indexed = index_batch(index.as_ref(), &records, follow_up.as_ref(), &|| {
+                placed().is_ok()
+            });
+            FAULT.pass("indexed");
+            // Waited for even when the index failed: the files are placed
+            // and the directories synced before the next batch reuses the
+            // journal.
+            let placed = placed();
+            let dirs_synced = dirs_synced();
+            match (placed, indexed, dirs_synced) {
+                // Nothing committed: the files were not journaled.
+                (Err(error), _, _) => Err(error),
+                (Ok(()), Ok(outcomes), Ok(())) => Ok(outcomes),
+                // The rows committed may name directory entries that are
+                // not durable: their writers fail, and the journal keeps
+                // them for the next start. A record the index refused was
+                // never committed: its own outcome stands (a study deleted
+                // meanwhile, whose folder the delete removed before the
+                // sync reached it, is refused as such, not as a storage
+                // failure).
+                (Ok(()), Ok(outcomes), Err(error)) => {
+                    committed_unsynced = true;
+                    Ok(outcomes
+                        .into_iter()
+                        .map(|outcome| match outcome {
+                            Ok(InsertOutcome::StudyDeleted) | Err(_) => outcome,
+                            Ok(_) => Err(error.clone()),
+                        })
+                        .collect())
+                }
+                (Ok(()), Err(error), _) => Err(error),
+            }
+        };
         if committed_unsynced {
             for record in &deferred {
                 journals.keep(record);
@@ -404,49 +430,97 @@ fn place(storage: &dyn StorageBackend, pending: &mut PendingSync) -> Result<(), 
         .map_err(|e| CommitError::Storage(error_chain(&e)))
 }
 
-/// Directories to sync and where to report the outcome.
-type SyncJob = (PendingSync, Sender<Result<(), CommitError>>);
+/// What the placer does for one batch.
+struct PlaceJob {
+    /// The journal of open batches to write on each filesystem (framed).
+    frames: Vec<(Filesystem, Vec<u8>)>,
+    /// The committer's journal number.
+    number: u64,
+    /// The files to place and the directories to sync.
+    dirs: PendingSync,
+    /// The writers of the deferred files, told once their files are placed.
+    writers: Vec<Sender<Result<(), CommitError>>>,
+    /// The committer, told once every file is journaled and placed.
+    placed: Sender<Result<(), CommitError>>,
+    /// The committer, told once the directories are synced.
+    synced: Sender<Result<(), CommitError>>,
+}
 
-/// The directory syncs of a batch, on a thread of their own while the
-/// committer commits the index transaction.
-struct Syncer {
-    sender: Option<Sender<SyncJob>>,
+/// A batch's journal, placements and directory syncs, on a thread of their
+/// own while the committer runs the batch's index statements.
+struct Placer {
+    sender: Option<Sender<PlaceJob>>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Syncer {
-    fn start(storage: Arc<dyn StorageBackend>) -> Syncer {
-        let (sender, receiver) = channel::unbounded::<SyncJob>();
+impl Placer {
+    fn start(storage: Arc<dyn StorageBackend>) -> Placer {
+        let (sender, receiver) = channel::unbounded::<PlaceJob>();
         let thread = std::thread::Builder::new()
             .name("group-commit-sync".into())
             .spawn(move || {
-                for (pending, done) in receiver {
-                    let synced = storage
-                        .sync(pending)
-                        .map_err(|e| CommitError::Storage(error_chain(&e)));
-                    let _ = done.send(synced);
+                for job in receiver {
+                    run_place_job(storage.as_ref(), job);
                 }
             })
             .expect("spawning the group-commit sync thread");
-        Syncer {
+        Placer {
             sender: Some(sender),
             thread: Some(thread),
         }
     }
 
-    /// Starts syncing `pending`; the receiver gets the outcome.
-    fn sync(&self, pending: PendingSync) -> Receiver<Result<(), CommitError>> {
-        let (done, outcome) = channel::bounded(1);
-        if pending.is_empty() {
-            let _ = done.send(Ok(()));
-        } else if let Some(sender) = &self.sender {
-            let _ = sender.send((pending, done));
+    /// Hands `job` to the thread (its channels report the outcome; they
+    /// are dropped, so read as stopped, if the thread is gone).
+    fn start_job(&self, job: PlaceJob) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(job);
         }
-        outcome
     }
 }
 
-impl Drop for Syncer {
+fn run_place_job(storage: &dyn StorageBackend, mut job: PlaceJob) {
+    FAULT.pass("journaling");
+    let placed = write_journals(storage, &job.frames, job.number)
+        .and_then(|()| place(storage, &mut job.dirs));
+    // The writers sync their data now, while the index commits.
+    for writer in job.writers {
+        let _ = writer.send(placed.clone());
+    }
+    FAULT.pass("journaled");
+    let _ = job.placed.send(placed.clone());
+    let synced = placed.and_then(|()| {
+        if job.dirs.is_empty() {
+            return Ok(());
+        }
+        storage
+            .sync(job.dirs)
+            .map_err(|e| CommitError::Storage(error_chain(&e)))
+    });
+    let _ = job.synced.send(synced);
+}
+
+/// Writes and syncs a batch's journals of open batches.
+fn write_journals(
+    storage: &dyn StorageBackend,
+    frames: &[(Filesystem, Vec<u8>)],
+    number: u64,
+) -> Result<(), CommitError> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let journal = storage.deferred().ok_or_else(|| {
+        CommitError::Storage("a deferred file, and the storage keeps no journal".into())
+    })?;
+    for (filesystem, frame) in frames {
+        journal
+            .write_journal(filesystem, number, frame)
+            .map_err(|e| CommitError::Storage(error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+impl Drop for Placer {
     fn drop(&mut self) {
         self.sender.take();
         if let Some(thread) = self.thread.take() {
@@ -472,22 +546,24 @@ struct Journals {
 }
 
 impl Journals {
-    /// Writes and syncs the journal of the batch's deferred records on
-    /// each of their filesystems.
-    fn write(
+    /// The journal of the batch's deferred records on each of their
+    /// filesystems, framed (with the entries kept from earlier batches).
+    fn frames(
         &mut self,
         index: &dyn IndexStore,
         storage: &dyn StorageBackend,
         deferred: &[&InstanceRecord],
-    ) -> Result<(), CommitError> {
+    ) -> Result<Vec<(Filesystem, Vec<u8>)>, CommitError> {
         if deferred.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // `commit` synced the files of a backend without a journal: a
         // deferred record here always has one.
-        let journal = storage.deferred().ok_or_else(|| {
-            CommitError::Storage("a deferred file, and the storage keeps no journal".into())
-        })?;
+        if storage.deferred().is_none() {
+            return Err(CommitError::Storage(
+                "a deferred file, and the storage keeps no journal".into(),
+            ));
+        }
         let mut bodies: HashMap<FilesystemId, Vec<u8>> = HashMap::new();
         for record in deferred {
             let filesystem = record.location.filesystem;
@@ -496,13 +572,10 @@ impl Journals {
                 .or_insert_with(|| self.kept.get(&filesystem).cloned().unwrap_or_default());
             journal::push_entry(body, record);
         }
-        for (id, body) in bodies {
-            let filesystem = self.filesystem(index, id)?;
-            journal
-                .write_journal(&filesystem, self.number, &journal::frame(&body))
-                .map_err(|e| CommitError::Storage(error_chain(&e)))?;
-        }
-        Ok(())
+        bodies
+            .into_iter()
+            .map(|(id, body)| Ok((self.filesystem(index, id)?, journal::frame(&body))))
+            .collect()
     }
 
     /// Keeps a record's entry in every later journal.
@@ -531,6 +604,10 @@ impl Journals {
 
 fn commit_error(error: crate::db::Error) -> CommitError {
     match error {
+        // The files were not placed: the committer reports why.
+        crate::db::Error::CommitCalledOff => {
+            CommitError::Storage("the batch's files could not be placed".into())
+        }
         crate::db::Error::Full(_) => CommitError::IndexFull(error_chain(&error)),
         other => CommitError::Index(error_chain(&other)),
     }
@@ -545,8 +622,9 @@ fn index_batch(
     index: &dyn IndexStore,
     records: &[InstanceRecord],
     follow_up: Option<&FollowUp>,
+    ready: &dyn Fn() -> bool,
 ) -> Result<Vec<Result<InsertOutcome, CommitError>>, CommitError> {
-    let error = match index.insert_instances_then(records, follow_up) {
+    let error = match index.insert_instances_when(records, follow_up, ready) {
         Ok(outcomes) => return Ok(outcomes.into_iter().map(Ok).collect()),
         Err(error) => commit_error(error),
     };
@@ -559,7 +637,7 @@ fn index_batch(
         .iter()
         .map(|record| {
             let one = index
-                .insert_instances_then(std::slice::from_ref(record), follow_up)
+                .insert_instances_when(std::slice::from_ref(record), follow_up, ready)
                 .map_err(commit_error)
                 .and_then(|outcomes| {
                     outcomes
@@ -661,7 +739,8 @@ mod tests {
             index.insert_instances(&batch).is_err(),
             "the database refuses the batch as a whole"
         );
-        let outcomes = index_batch(&index, &batch, None).expect("retried record by record");
+        let outcomes =
+            index_batch(&index, &batch, None, &|| true).expect("retried record by record");
         assert!(
             matches!(outcomes[0], Ok(InsertOutcome::Inserted)),
             "{outcomes:?}"
@@ -691,6 +770,6 @@ mod tests {
             );
         }
         // A batch of one that fails is that record's failure.
-        assert!(index_batch(&index, &batch[1..2], None).is_err());
+        assert!(index_batch(&index, &batch[1..2], None, &|| true).is_err());
     }
 }

@@ -14,13 +14,14 @@ use sqlx::{PgConnection, Postgres};
 use super::{PgIndex, RETRY_FOR};
 use crate::db::Error;
 
-/// A failure inside a transaction: a database error, or a conflict with a
+/// A failure inside a transaction: a database error, a conflict with a
 /// concurrent writer detected by the code (retried like a serialization
-/// failure).
+/// failure), or the caller calling the commit off (never retried).
 #[derive(Debug)]
 pub(crate) enum TxError {
     Sql(sqlx::Error),
     Conflict(&'static str),
+    CalledOff,
 }
 
 impl From<sqlx::Error> for TxError {
@@ -86,6 +87,7 @@ impl PgIndex {
                     attempt += 1;
                 }
                 Err(TxError::Sql(e)) => return Err(map_error(operation, e)),
+                Err(TxError::CalledOff) => return Err(Error::CommitCalledOff),
                 Err(TxError::Conflict(what)) => {
                     return Err(Error::Backend {
                         operation,
@@ -185,7 +187,7 @@ fn is_retryable(e: &TxError) -> bool {
         TxError::Sql(sqlx::Error::Database(db)) => {
             matches!(db.code().as_deref(), Some("40001" | "40P01"))
         }
-        TxError::Sql(_) => false,
+        TxError::Sql(_) | TxError::CalledOff => false,
     }
 }
 
