@@ -1491,6 +1491,89 @@ pub(crate) fn run_query_suite<S: IndexStore + QueryStore>(store: &S, nearline: &
     retrieve_lists(store, &a, nearline);
     retrieve_batches(store, a.partition);
     pages_across_changes(store);
+    later_batches_update_attributes(store);
+}
+
+/// Attributes across batches (each its own transaction): a later record's
+/// non-empty values replace the patient's, study's and series' stored
+/// ones, its empty ones keep them, and a record that changes nothing
+/// leaves them as they are.
+fn later_batches_update_attributes<S: IndexStore + QueryStore>(store: &S) {
+    use Attribute as A;
+    let f = fixture(store, "LATER");
+    let (st, se) = ("1.2.78.1", "1.2.78.1.1");
+    let first = f.record("LT", st, se, "CT", "1.2.78.1.1.1", 1);
+    store.insert_instances(&[first]).expect("first");
+    let mut second = f.record("LT", st, se, "CT", "1.2.78.1.1.2", 1);
+    second.patient.patient_name = Some("LATER^NAME".to_string());
+    second.patient.birth_date = None;
+    second.study.study_description = Some("later".to_string());
+    second.study.accession_number = None;
+    second.series.series_description = Some("series later".to_string());
+    second.series.series_number = None;
+    store.insert_instances(&[second.clone()]).expect("second");
+    let study_keys = || {
+        vec![
+            universal(A::PatientName),
+            universal(A::PatientBirthDate),
+            universal(A::StudyDescription),
+            universal(A::AccessionNumber),
+        ]
+    };
+    let series_keys = || {
+        vec![
+            universal(A::SeriesDescription),
+            universal(A::SeriesNumber),
+            universal(A::Modality),
+        ]
+    };
+    let read = || {
+        let studies = find_all(
+            store,
+            &query(f.partition, Root::Study, Level::Study, study_keys()),
+        );
+        let series = find_all(
+            store,
+            &query(f.partition, Root::Study, Level::Series, series_keys()),
+        );
+        assert_eq!((studies.len(), series.len()), (1, 1));
+        let mut values: Vec<String> = study_keys()
+            .iter()
+            .map(|k| column_of(&studies, k.attribute)[0].clone())
+            .collect();
+        values.extend(
+            series_keys()
+                .iter()
+                .map(|k| column_of(&series, k.attribute)[0].clone()),
+        );
+        values
+    };
+    let expected = [
+        "LATER^NAME",
+        "19700101",
+        "later",
+        &format!("ACC{st}"),
+        "series later",
+        "1",
+        "CT",
+    ];
+    assert_eq!(read(), expected);
+    // The same values again, and a record that carries none: no change.
+    let mut third = second.clone();
+    third.instance.sop_instance_uid = uid("1.2.78.1.1.3");
+    let mut fourth = f.record("LT", st, se, "", "1.2.78.1.1.4", 1);
+    fourth.patient.patient_name = None;
+    fourth.patient.birth_date = None;
+    fourth.patient.sex = None;
+    fourth.study.study_description = None;
+    fourth.study.accession_number = None;
+    fourth.series.series_description = None;
+    fourth.series.series_number = None;
+    for record in [third, fourth] {
+        store.insert_instances(&[record]).expect("again");
+        assert_eq!(read(), expected);
+    }
+    assert_eq!(f.counts(), counts(1, 1, 1, 4));
 }
 
 /// [`crate::services::find::Pages`] on this backend: every match once,

@@ -235,6 +235,34 @@ impl Batch {
                 return Ok(cached.id);
             }
         }
+        // A known patient whose demographics this record does not change
+        // is only read: an UPDATE rewrites the entries of every index on
+        // the columns it sets, changed or not (pages of the WAL commit).
+        let known: Option<(i64, [Option<String>; 3])> = tx
+            .prepare_cached(
+                "SELECT id, patient_name, birth_date, sex FROM patient
+                 WHERE partition_id = ?1 AND patient_id = ?2 AND issuer_of_patient_id = ?3",
+            )?
+            .query_row(params![partition, patient_id, issuer], |row| {
+                Ok((row.get(0)?, [row.get(1)?, row.get(2)?, row.get(3)?]))
+            })
+            .optional()?;
+        if let Some((id, stored)) = &known {
+            let unchanged = demographics
+                .iter()
+                .zip(stored)
+                .all(|(new, old)| new.is_none() || *new == old.as_deref());
+            if unchanged {
+                self.patients.insert(
+                    key,
+                    CachedPatient {
+                        id: *id,
+                        demographics: owned(&demographics),
+                    },
+                );
+                return Ok(*id);
+            }
+        }
         let id = tx
             .prepare_cached(
                 "INSERT INTO patient
@@ -359,7 +387,20 @@ impl Batch {
                          referring_physician_name = COALESCE(?8, referring_physician_name),
                          specific_character_set = COALESCE(?9, specific_character_set),
                          updated_at = ?10
-                     WHERE id = ?1",
+                     WHERE id = ?1
+                       -- Only when something changes: an UPDATE rewrites the
+                       -- entries of every index on the columns it sets. The
+                       -- counters' UPDATE sets updated_at in any case.
+                       AND (patient_fk IS NOT ?2
+                            OR study_date IS NOT COALESCE(?3, study_date)
+                            OR study_time IS NOT COALESCE(?4, study_time)
+                            OR accession_number IS NOT COALESCE(?5, accession_number)
+                            OR study_id IS NOT COALESCE(?6, study_id)
+                            OR study_description IS NOT COALESCE(?7, study_description)
+                            OR referring_physician_name
+                                   IS NOT COALESCE(?8, referring_physician_name)
+                            OR specific_character_set
+                                   IS NOT COALESCE(?9, specific_character_set))",
                 )?
                 .execute(params![
                     id, patient, attrs[0], attrs[1], attrs[2], attrs[3], attrs[4], attrs[5],
@@ -457,7 +498,14 @@ impl Batch {
                          body_part_examined = COALESCE(?5, body_part_examined),
                          series_date = COALESCE(?6, series_date),
                          series_time = COALESCE(?7, series_time)
-                     WHERE id = ?1",
+                     WHERE id = ?1
+                       -- Only when something changes (see the study's).
+                       AND (modality IS NOT COALESCE(?2, modality)
+                            OR series_number IS NOT COALESCE(?3, series_number)
+                            OR series_description IS NOT COALESCE(?4, series_description)
+                            OR body_part_examined IS NOT COALESCE(?5, body_part_examined)
+                            OR series_date IS NOT COALESCE(?6, series_date)
+                            OR series_time IS NOT COALESCE(?7, series_time))",
                 )?
                 .execute(params![
                     id,

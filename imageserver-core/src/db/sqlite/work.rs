@@ -209,8 +209,7 @@ pub(super) fn append_in(
              expiration_time = CASE WHEN expiration_time IS NULL OR ?3 IS NULL THEN NULL
                                     ELSE MAX(expiration_time, ?3) END,
              priority = MAX(priority, ?4),
-             status = CASE WHEN ?5 = 'pending' THEN 'pending' ELSE status END,
-             updated_at = ?6
+             updated_at = ?5
          WHERE id = ?1",
     )?
     .execute(params![
@@ -218,9 +217,17 @@ pub(super) fn append_in(
         item.scheduled_at.map_or(now, Timestamp::as_millis),
         item.expires_at.map(Timestamp::as_millis),
         item.priority.unwrap_or_default().rank(),
-        item.status.as_str(),
         now
     ])?;
+    // Apart, so that the common append (an idle item's) does not set the
+    // status: an UPDATE rewrites the entries of every index on the columns
+    // it sets, changed or not.
+    if matches!(item.status, WorkStatus::Pending) {
+        tx.prepare_cached(
+            "UPDATE work_queue SET status = 'pending' WHERE id = ?1 AND status <> 'pending'",
+        )?
+        .execute([id])?;
+    }
     add_uids(tx, id, &item.uids)?;
     Ok(Enqueued::Appended(WorkItemId(id)))
 }
