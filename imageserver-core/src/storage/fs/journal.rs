@@ -240,7 +240,7 @@ mod tests {
     /// placement then syncs the new file and replaces the stored one.
     #[test]
     fn a_deferred_file_replaces_a_stored_one_only_once_synced() {
-        use super::super::{rename_no_replace, NoReplace};
+        use super::super::place::{rename_no_replace, NoReplace};
         let dir = tempfile::tempdir().unwrap();
         let fs = filesystem(dir.path());
         let storage = FsStorage::new();
