@@ -16,6 +16,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use super::commit::{CommitError, GroupCommitter, StudyProcessHook};
+pub use super::partition::Partition;
 use crate::db::studies::{EditStatus, EditableAttribute};
 use crate::db::{self, IndexStore, IngestLookup};
 use crate::dicom::part10::header::{self, HeaderError, InvalidUid};
@@ -23,9 +24,9 @@ use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::DataSetWalker;
 use crate::model::error_chain;
 use crate::model::{
-    same_text, study_date_folder, AeTitle, DuplicatePolicy, DuplicateRecord, Filesystem,
-    FilesystemId, FolderName, InsertOutcome, InstanceRecord, PartitionId, PatientAttrs,
-    PatientIdentity, ReconcileEntry, StudyLocation, Uid,
+    same_text, study_date_folder, DuplicatePolicy, DuplicateRecord, Filesystem, FilesystemId,
+    InsertOutcome, InstanceRecord, PartitionId, PatientAttrs, PatientIdentity, ReconcileEntry,
+    StudyLocation, Uid,
 };
 use crate::storage::{
     self, InstanceKey, LowestTierMostRoom, ObjectWriter, Placement, StorageBackend,
@@ -79,20 +80,6 @@ impl Default for IngestLimits {
             min_free_bytes: 256 << 20,
         }
     }
-}
-
-/// A partition as the services see it: a virtual server with its own AE
-/// title and storage folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partition {
-    /// Index key.
-    pub id: PartitionId,
-    /// The AE title it answers to.
-    pub ae_title: AeTitle,
-    /// Its folder under each filesystem.
-    pub folder: FolderName,
-    /// What to do with duplicate SOP instances.
-    pub duplicate_policy: DuplicatePolicy,
 }
 
 /// What a caller knows about an instance before its data set arrives (from

@@ -29,7 +29,7 @@ use crate::model::{
     error_chain, Filesystem, FilesystemId, FolderName, InstanceRecord, PartitionId, StudyLocation,
     Uid,
 };
-use crate::services::ingest::Partition;
+use crate::services::partition::Partition;
 use crate::services::studies::Studies;
 use crate::storage::{InstanceKey, SeriesKey, StorageBackend};
 

@@ -17,6 +17,7 @@ pub(crate) mod find;
 pub mod import;
 pub mod ingest;
 pub mod journal;
+mod partition;
 pub(crate) mod retrieve;
 pub mod send;
 #[cfg(feature = "web")]
@@ -24,5 +25,6 @@ pub(crate) mod static_files;
 pub mod studies;
 
 pub use ingest::{
-    Ingest, IngestError, IngestLimits, IngestWriter, Partition, StoreOutcome, StoreRequest, Stored,
+    Ingest, IngestError, IngestLimits, IngestWriter, StoreOutcome, StoreRequest, Stored,
 };
+pub use partition::Partition;

@@ -96,7 +96,7 @@ use crate::model::{
     StudyLocation, Uid,
 };
 use crate::services::devices::SendLimits;
-use crate::services::Partition;
+use crate::services::partition::Partition;
 use crate::storage::{self, InstanceKey, PendingSync, SeriesKey, StorageBackend};
 
 use crate::dicom::part10::splice;

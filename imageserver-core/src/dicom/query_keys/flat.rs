@@ -20,7 +20,7 @@
 //! long for a 16-bit length, a character the chosen set cannot hold. The
 //! unit tests encode many matches both ways and compare the bytes.
 
-use super::response::{dictionary_vr, response_character_set, uses_character_set};
+use super::charset::{dictionary_vr, response_character_set, uses_character_set};
 use super::{Attribute, Match, ParsedQuery, Requested, Tag, VR};
 use dicom_dictionary_std::tags;
 

@@ -673,12 +673,13 @@ fn trim(value: &str) -> &str {
     value.trim_matches([' ', '\0'])
 }
 
+mod charset;
 mod flat;
 mod matching;
 mod response;
 #[cfg(test)]
 mod tests;
 
+use charset::dictionary_vr;
 pub use matching::{combine_date_time, parse_matcher};
-use response::dictionary_vr;
 pub use response::{encode_response, EncodeError};

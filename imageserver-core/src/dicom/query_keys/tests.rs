@@ -1,4 +1,5 @@
-use super::response::{empty_element, response_character_set};
+use super::charset::response_character_set;
+use super::response::empty_element;
 use super::*;
 use dicom_dictionary_std::uids;
 
