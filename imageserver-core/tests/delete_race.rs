@@ -3,11 +3,13 @@
 //!
 //! The interleavings are fixed by a storage wrapper that runs a hook at one
 //! point of the other operation:
-//! - the ingest's group commit writes the journal of its open batch, puts
-//!   the new file in place, and only then indexes it: a whole delete of the
-//!   study runs after the file is placed, before the index transaction
-//!   (`place` hook of the ingest's storage; the directory syncs run beside
-//!   the index transaction, so a hook there would not be before it);
+//! - the ingest's group commit writes the journal of its open batch and puts
+//!   the new file in place while its index transaction has run its
+//!   statements and waits to commit: a whole delete of the study starts
+//!   once the file is placed (`place` hook of the ingest's storage), on a
+//!   thread of its own — it has to wait for that transaction, which holds
+//!   the study's locks (the index's write lock on SQLite), so a delete run
+//!   inside the hook would wait for the commit that waits for the hook;
 //! - the delete has deleted the study's rows (its row list read) and starts
 //!   on the files: the same instance is stored again in between (`delete`
 //!   hook of the delete's storage).
@@ -374,9 +376,12 @@ impl Fixture {
     }
 }
 
-/// A whole delete runs between the rename of a new instance's file and its
-/// index commit: the delete's sweep takes the file (not yet indexed). The
-/// store must not then be acknowledged with a row and no file.
+/// A whole delete starts between the rename of a new instance's file and
+/// its index commit: its sweep must not take the file (not yet indexed)
+/// of a store that is then acknowledged with a row. The delete waits for
+/// the open index transaction, so it deletes the new instance too once
+/// the store is acknowledged, or the store is refused: never a row
+/// without its file.
 #[test]
 fn a_delete_between_rename_and_commit_never_leaves_an_acknowledged_row_without_file() {
     let f = fixture();
@@ -386,28 +391,39 @@ fn a_delete_between_rename_and_commit_never_leaves_an_acknowledged_row_without_f
     store(&ingest, &f.partition, "1.2.826.0.1.3680043.10.1.1.1.1", 1).expect("first store");
 
     let (partition, uid) = (f.partition.clone(), Uid::parse(STUDY).unwrap());
-    let deleted = Arc::new(Mutex::new(None));
-    let (studies2, deleted2) = (studies.clone(), deleted.clone());
+    let deleting = Arc::new(Mutex::new(None));
+    let (studies2, deleting2) = (studies.clone(), deleting.clone());
     *storage.after_place.lock().unwrap() = Some(Box::new(move || {
-        let outcome = studies2
-            .delete(&partition, &uid, "test", "race")
-            .expect("delete");
-        *deleted2.lock().unwrap() = Some(outcome);
+        let delete = std::thread::spawn(move || studies2.delete(&partition, &uid, "test", "race"));
+        *deleting2.lock().unwrap() = Some(delete);
     }));
     let second = "1.2.826.0.1.3680043.10.1.1.1.2";
     let result = store(&ingest, &f.partition, second, 2);
-    assert!(
-        matches!(
-            deleted.lock().unwrap().as_ref(),
-            Some(DeleteOutcome::Deleted(_))
-        ),
-        "the delete ran inside the commit"
-    );
+    // At every moment, the delete running or not: a row has its file (the
+    // delete removes rows before their files).
     let (indexed, present) = f.indexed_and_present(second);
+    assert!(
+        !indexed || present,
+        "a row without its file as the store returned"
+    );
+    let delete = deleting
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the delete started inside the commit");
+    let outcome = delete.join().expect("the delete thread").expect("delete");
+    assert!(matches!(outcome, DeleteOutcome::Deleted(_)), "{outcome:?}");
+    let (indexed, present) = f.indexed_and_present(second);
+    assert_eq!(
+        indexed, present,
+        "never a row without its file, nor a file without its row"
+    );
     match result {
-        Ok(()) => assert!(
-            indexed && present,
-            "acknowledged: indexed {indexed}, file {present}"
+        // Acknowledged, and then deleted with its study.
+        Ok(()) => assert_eq!(
+            (indexed, f.files()),
+            (false, Vec::<PathBuf>::new()),
+            "the delete that came after the store took it"
         ),
         Err(IngestError::StudyDeleted(study)) => {
             assert_eq!(study.as_str(), STUDY);
