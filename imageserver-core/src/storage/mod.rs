@@ -461,6 +461,11 @@ pub trait DeferredSync: Send + Sync {
     /// [`persist_deferred`](DeferredSync::persist_deferred) into place
     /// (their data may not be synced yet), adding to it the directories to
     /// sync. The files not placed after a failure are discarded.
+    ///
+    /// The group commit calls it on its placer thread while the batch's
+    /// index transaction is open and waits for it
+    /// ([`crate::db::IndexStore::insert_instances_when`]): it must never
+    /// wait for the index (a write would wait for that transaction).
     fn place(&self, pending: &mut PendingSync) -> Result<(), Error>;
 
     /// Durably replaces the open-batch journal of `journal` (a number
