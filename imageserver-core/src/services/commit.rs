@@ -278,23 +278,14 @@ fn run(
         // are journaled and placed.
         let (placed_tx, placed_rx) = channel::bounded(1);
         let (dirs_tx, dirs_rx) = channel::bounded(1);
-        match journals.frames(index.as_ref(), storage.as_ref(), &deferred) {
-            Ok(frames) => placer.start_job(PlaceJob {
-                frames,
-                number: journals.number,
-                dirs,
-                writers: placed,
-                placed: placed_tx,
-                synced: dirs_tx,
-            }),
-            Err(error) => {
-                for writer in placed {
-                    let _ = writer.send(Err(error.clone()));
-                }
-                let _ = placed_tx.send(Err(error.clone()));
-                let _ = dirs_tx.send(Err(error));
-            }
-        }
+        placer.start_job(PlaceJob {
+            frames: journals.frames(index.as_ref(), &deferred),
+            number: journals.number,
+            dirs,
+            writers: placed,
+            placed: placed_tx,
+            synced: dirs_tx,
+        });
         let placed = std::cell::OnceCell::new();
         let placed = || {
             placed
@@ -432,8 +423,9 @@ fn place(storage: &dyn StorageBackend, pending: &mut PendingSync) -> Result<(), 
 
 /// What the placer does for one batch.
 struct PlaceJob {
-    /// The journal of open batches to write on each filesystem (framed).
-    frames: Vec<(Filesystem, Vec<u8>)>,
+    /// The journal of open batches to write on each filesystem (framed),
+    /// or why it could not be made (nothing is then placed).
+    frames: Result<Vec<(Filesystem, Vec<u8>)>, CommitError>,
     /// The committer's journal number.
     number: u64,
     /// The files to place and the directories to sync.
@@ -481,7 +473,9 @@ impl Placer {
 
 fn run_place_job(storage: &dyn StorageBackend, mut job: PlaceJob) {
     FAULT.pass("journaling");
-    let placed = write_journals(storage, &job.frames, job.number)
+    let placed = job
+        .frames
+        .and_then(|frames| write_journals(storage, &frames, job.number))
         .and_then(|()| place(storage, &mut job.dirs));
     // The writers sync their data now, while the index commits.
     for writer in job.writers {
@@ -509,6 +503,8 @@ fn write_journals(
     if frames.is_empty() {
         return Ok(());
     }
+    // `commit` synced the files of a backend without a journal: a deferred
+    // record here always has one.
     let journal = storage.deferred().ok_or_else(|| {
         CommitError::Storage("a deferred file, and the storage keeps no journal".into())
     })?;
@@ -551,18 +547,10 @@ impl Journals {
     fn frames(
         &mut self,
         index: &dyn IndexStore,
-        storage: &dyn StorageBackend,
         deferred: &[&InstanceRecord],
     ) -> Result<Vec<(Filesystem, Vec<u8>)>, CommitError> {
         if deferred.is_empty() {
             return Ok(Vec::new());
-        }
-        // `commit` synced the files of a backend without a journal: a
-        // deferred record here always has one.
-        if storage.deferred().is_none() {
-            return Err(CommitError::Storage(
-                "a deferred file, and the storage keeps no journal".into(),
-            ));
         }
         let mut bodies: HashMap<FilesystemId, Vec<u8>> = HashMap::new();
         for record in deferred {

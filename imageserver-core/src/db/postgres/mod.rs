@@ -529,67 +529,6 @@ impl Columns for PgRow {
     }
 }
 
-impl PgIndex {
-    /// [`IndexStore::insert_instances_when`], `ready` optional.
-    fn insert_instances_gated(
-        &self,
-        batch: &[InstanceRecord],
-        follow_up: Option<&FollowUp>,
-        ready: Option<&dyn Fn() -> bool>,
-    ) -> Result<Vec<InsertOutcome>, Error> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let start = Instant::now();
-        let now = now_ms();
-        // In study UID order: every appender takes the studies' append
-        // locks in that one order, so two nodes' batches never deadlock.
-        // The first attempt admits every record: ingest read the studies'
-        // deletions just before placing each file, so a refusal is rare.
-        // `insert_batch` checks the deletions once the studies' storage
-        // rows are locked; a record it would refuse (a deletion committed
-        // since) makes the attempt a conflict, and the retry decides
-        // before locking, reading the deletions first.
-        let mut optimistic = true;
-        let outcomes = self.write("indexing instances", async |conn| {
-            let deletions = if std::mem::take(&mut optimistic) {
-                std::collections::HashMap::new()
-            } else {
-                ingest::study_deletions(conn, batch).await?
-            };
-            let admission = Admission::decide(batch, &deletions);
-            let kept = admission.kept(batch);
-            let follow_ups = follow_up
-                .map(|f| f.items_for(kept.iter()))
-                .unwrap_or_default();
-            let (outcomes, storages, appended) =
-                ingest::insert_batch(conn, &kept, &follow_ups, now).await?;
-            for item in follow_ups.iter().filter(|_| !appended) {
-                // The batch has just written the study's storage row.
-                let study = match &item.study_uid {
-                    None => Ok(None),
-                    Some(uid) => {
-                        match storages.get(&(item.partition.0, uid.as_str().to_string())) {
-                            Some(id) => Ok(Some(*id)),
-                            None => work::study_of(conn, item).await?,
-                        }
-                    }
-                };
-                if let Ok(study) = study {
-                    work::append_in(conn, item, study).await?;
-                }
-            }
-            // The statements ran: the commit waits for the caller.
-            if ready.is_some_and(|ready| !ready()) {
-                return Err(TxError::CalledOff);
-            }
-            Ok(admission.outcomes(outcomes))
-        })?;
-        log_batch(&outcomes, start);
-        Ok(outcomes)
-    }
-}
-
 impl IndexStore for PgIndex {
     fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error> {
         let now = now_ms();
@@ -919,7 +858,7 @@ impl IndexStore for PgIndex {
         batch: &[InstanceRecord],
         follow_up: Option<&FollowUp>,
     ) -> Result<Vec<InsertOutcome>, Error> {
-        self.insert_instances_gated(batch, follow_up, None)
+        self.insert_instances_when(batch, follow_up, &|| true)
     }
 
     fn insert_instances_when(
@@ -928,7 +867,56 @@ impl IndexStore for PgIndex {
         follow_up: Option<&FollowUp>,
         ready: &dyn Fn() -> bool,
     ) -> Result<Vec<InsertOutcome>, Error> {
-        self.insert_instances_gated(batch, follow_up, Some(ready))
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let now = now_ms();
+        // In study UID order: every appender takes the studies' append
+        // locks in that one order, so two nodes' batches never deadlock.
+        // The first attempt admits every record: ingest read the studies'
+        // deletions just before placing each file, so a refusal is rare.
+        // `insert_batch` checks the deletions once the studies' storage
+        // rows are locked; a record it would refuse (a deletion committed
+        // since) makes the attempt a conflict, and the retry decides
+        // before locking, reading the deletions first.
+        let mut optimistic = true;
+        let outcomes = self.write("indexing instances", async |conn| {
+            let deletions = if std::mem::take(&mut optimistic) {
+                std::collections::HashMap::new()
+            } else {
+                ingest::study_deletions(conn, batch).await?
+            };
+            let admission = Admission::decide(batch, &deletions);
+            let kept = admission.kept(batch);
+            let follow_ups = follow_up
+                .map(|f| f.items_for(kept.iter()))
+                .unwrap_or_default();
+            let (outcomes, storages, appended) =
+                ingest::insert_batch(conn, &kept, &follow_ups, now).await?;
+            for item in follow_ups.iter().filter(|_| !appended) {
+                // The batch has just written the study's storage row.
+                let study = match &item.study_uid {
+                    None => Ok(None),
+                    Some(uid) => {
+                        match storages.get(&(item.partition.0, uid.as_str().to_string())) {
+                            Some(id) => Ok(Some(*id)),
+                            None => work::study_of(conn, item).await?,
+                        }
+                    }
+                };
+                if let Ok(study) = study {
+                    work::append_in(conn, item, study).await?;
+                }
+            }
+            // The statements ran: the commit waits for the caller.
+            if !ready() {
+                return Err(TxError::CalledOff);
+            }
+            Ok(admission.outcomes(outcomes))
+        })?;
+        log_batch(&outcomes, start);
+        Ok(outcomes)
     }
 
     fn instance(

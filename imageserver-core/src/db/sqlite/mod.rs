@@ -660,60 +660,6 @@ impl Columns for Row<'_> {
     }
 }
 
-impl SqliteIndex {
-    /// [`IndexStore::insert_instances_when`], `ready` optional.
-    fn insert_instances_gated(
-        &self,
-        batch: &[InstanceRecord],
-        follow_up: Option<&FollowUp>,
-        ready: Option<&dyn Fn() -> bool>,
-    ) -> Result<Vec<InsertOutcome>, Error> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let start = Instant::now();
-        let now = now_ms();
-        let called_off = std::cell::Cell::new(false);
-        let outcomes = self.write("indexing instances", |tx| {
-            // The only writer: what it reads here holds until it commits.
-            let mut deletions = std::collections::HashMap::new();
-            for (partition, study_uid) in Admission::studies(batch) {
-                deletions.insert(
-                    (partition, study_uid),
-                    study_deletions_in(tx, partition, study_uid)?,
-                );
-            }
-            let admission = Admission::decide(batch, &deletions);
-            let kept = admission.kept(batch);
-            let outcomes = ingest::insert_batch(tx, &kept, now)?;
-            let follow_ups = follow_up
-                .map(|f| f.items_for(kept.iter()))
-                .unwrap_or_default();
-            for item in &follow_ups {
-                // The batch has just written the study's storage row.
-                if let Ok(study) = work::study_of(tx, item)? {
-                    work::append_in(tx, item, study, now)?;
-                }
-            }
-            // The statements ran: the commit waits for the caller.
-            if ready.is_some_and(|ready| !ready()) {
-                called_off.set(true);
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-                    Some("the commit was called off by its caller".into()),
-                ));
-            }
-            Ok(admission.outcomes(outcomes))
-        });
-        let outcomes = match outcomes {
-            Err(_) if called_off.get() => return Err(Error::CommitCalledOff),
-            outcomes => outcomes?,
-        };
-        log_batch(&outcomes, start);
-        Ok(outcomes)
-    }
-}
-
 impl IndexStore for SqliteIndex {
     fn ensure_partition(&self, spec: &PartitionSpec) -> Result<PartitionId, Error> {
         let now = now_ms();
@@ -951,7 +897,7 @@ impl IndexStore for SqliteIndex {
         batch: &[InstanceRecord],
         follow_up: Option<&FollowUp>,
     ) -> Result<Vec<InsertOutcome>, Error> {
-        self.insert_instances_gated(batch, follow_up, None)
+        self.insert_instances_when(batch, follow_up, &|| true)
     }
 
     fn insert_instances_when(
@@ -960,7 +906,49 @@ impl IndexStore for SqliteIndex {
         follow_up: Option<&FollowUp>,
         ready: &dyn Fn() -> bool,
     ) -> Result<Vec<InsertOutcome>, Error> {
-        self.insert_instances_gated(batch, follow_up, Some(ready))
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = Instant::now();
+        let now = now_ms();
+        let called_off = std::cell::Cell::new(false);
+        let outcomes = self.write("indexing instances", |tx| {
+            // The only writer: what it reads here holds until it commits.
+            let mut deletions = std::collections::HashMap::new();
+            for (partition, study_uid) in Admission::studies(batch) {
+                deletions.insert(
+                    (partition, study_uid),
+                    study_deletions_in(tx, partition, study_uid)?,
+                );
+            }
+            let admission = Admission::decide(batch, &deletions);
+            let kept = admission.kept(batch);
+            let outcomes = ingest::insert_batch(tx, &kept, now)?;
+            let follow_ups = follow_up
+                .map(|f| f.items_for(kept.iter()))
+                .unwrap_or_default();
+            for item in &follow_ups {
+                // The batch has just written the study's storage row.
+                if let Ok(study) = work::study_of(tx, item)? {
+                    work::append_in(tx, item, study, now)?;
+                }
+            }
+            // The statements ran: the commit waits for the caller.
+            if !ready() {
+                called_off.set(true);
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                    Some("the commit was called off by its caller".into()),
+                ));
+            }
+            Ok(admission.outcomes(outcomes))
+        });
+        let outcomes = match outcomes {
+            Err(_) if called_off.get() => return Err(Error::CommitCalledOff),
+            outcomes => outcomes?,
+        };
+        log_batch(&outcomes, start);
+        Ok(outcomes)
     }
 
     fn instance(
