@@ -346,17 +346,23 @@ pub struct IngestLookup {
 /// Work an index batch schedules in its own transaction: for each distinct
 /// study of the batch, the batch's instances of that study are appended to
 /// the study's waiting (Idle or Pending) item of `kind`, or a new item is
-/// created ([`work::WorkStore::enqueue_or_append`] semantics). Its
-/// scheduled time becomes `due` (moving later, never earlier), so the item
-/// runs once the study has been quiet until then.
+/// created ([`work::WorkStore::enqueue_or_append`] semantics). The item
+/// runs no earlier than `due` (moving later, never earlier), so once the
+/// study has been quiet until then, and at most `slack` after the latest
+/// batch's `due`: an item is moved only when a batch's `due` passes its
+/// schedule, and then `slack` beyond it, so a study arriving batch after
+/// batch moves its item once per `slack`, not on every batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowUp {
     /// The kind of the items (StudyProcess for ingest).
     pub kind: WorkKind,
     /// Their priority.
     pub priority: WorkPriority,
-    /// When they become due.
+    /// When they become due, at the earliest.
     pub due: Timestamp,
+    /// How much later than `due` they may be scheduled
+    /// ([`NewWorkItem::slack`]).
+    pub slack: std::time::Duration,
 }
 
 impl FollowUp {
@@ -383,6 +389,7 @@ impl FollowUp {
                     .study(study.clone())
                     .priority(self.priority)
                     .scheduled_at(self.due)
+                    .slack(self.slack)
                     .uids(uids)
             })
             .collect()

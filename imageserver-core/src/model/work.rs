@@ -448,6 +448,13 @@ pub struct NewWorkItem {
     pub priority: Option<WorkPriority>,
     /// None: now plus the kind's processing delay (now in the store).
     pub scheduled_at: Option<Timestamp>,
+    /// How much later than `scheduled_at` the store may schedule the item,
+    /// so that appending to a waiting item need not move it every time: a
+    /// new item, and a waiting item scheduled before `scheduled_at`, are
+    /// scheduled at `scheduled_at` plus the slack; a waiting item scheduled
+    /// at or after `scheduled_at` stays where it is. Zero (the default):
+    /// exactly `scheduled_at`, later only where an append found it later.
+    pub slack: Duration,
     /// Fails instead of running when claimed after this time.
     pub expires_at: Option<Timestamp>,
     /// Kind-specific parameters, JSON text.
@@ -467,6 +474,7 @@ impl NewWorkItem {
             status: WorkStatus::Pending,
             priority: None,
             scheduled_at: None,
+            slack: Duration::ZERO,
             expires_at: None,
             payload: "{}".to_string(),
             uids: Vec::new(),
@@ -488,6 +496,13 @@ impl NewWorkItem {
     /// Schedules it.
     pub fn scheduled_at(mut self, at: Timestamp) -> NewWorkItem {
         self.scheduled_at = Some(at);
+        self
+    }
+
+    /// Lets the store schedule it up to `slack` after its schedule (see
+    /// [`NewWorkItem::slack`]).
+    pub fn slack(mut self, slack: Duration) -> NewWorkItem {
+        self.slack = slack;
         self
     }
 

@@ -199,7 +199,9 @@ impl GroupCommitter {
 /// What a committed batch schedules, in its own index transaction: one
 /// StudyProcess item per distinct study, due `delay` after the batch
 /// (appending to the study's waiting item moves it later, so it runs once
-/// the study has been quiet that long). See [`crate::db::FollowUp`].
+/// the study has been quiet that long, and at most a tenth of `delay`, at
+/// most [`MAX_SLACK`], later: the item moves once per that slack, not on
+/// every batch). See [`crate::db::FollowUp`].
 #[derive(Debug, Clone)]
 pub struct StudyProcessHook {
     /// How long a study must be quiet.
@@ -211,6 +213,9 @@ pub struct StudyProcessHook {
     pub wake: Arc<OnceLock<WorkQueue>>,
 }
 
+/// The longest a StudyProcess item runs after its study's quiet period.
+pub const MAX_SLACK: Duration = Duration::from_secs(5);
+
 impl StudyProcessHook {
     /// The follow-up of a batch committed now.
     fn follow_up(&self) -> FollowUp {
@@ -218,6 +223,7 @@ impl StudyProcessHook {
             kind: WorkKind::STUDY_PROCESS,
             priority: self.priority,
             due: Timestamp::now().after(self.delay),
+            slack: (self.delay / 10).min(MAX_SLACK),
         }
     }
 }
@@ -382,7 +388,8 @@ fn run(
                     let _ = reply.send(outcome);
                 }
                 if let (Some(hook), Some(follow_up)) = (&study_process, &follow_up) {
-                    let due = follow_up.due.as_millis();
+                    // The latest the batch's items may be scheduled.
+                    let due = follow_up.due.after(follow_up.slack).as_millis();
                     let step = (due + WAKE_STEP_MS - 1) / WAKE_STEP_MS * WAKE_STEP_MS;
                     let wake_at = Timestamp::from_millis(step);
                     if last_wake != Some(wake_at) {

@@ -14,7 +14,7 @@
 //! batch therefore costs the same number of round trips whatever its size:
 //! BEGIN, patients with study storages, studies with the deletion check and
 //! their series (the series join the studies' RETURNING), instances,
-//! counters (with a one-study batch's follow-up item: migration 0009's
+//! counters (with a one-study batch's follow-up item: migration 0010's
 //! `imageserver_append_work`), one per further follow-up item, COMMIT.
 //!
 //! **Concurrent nodes.** The upserts lock rows in a stable order: patients,
@@ -1046,7 +1046,7 @@ impl Flush {
             Some(_) => counters_sql!(
                 ", wq AS (SELECT item_id FROM imageserver_append_work(
                      $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
-                     $29, $30))",
+                     $29, $30, $31))",
                 " + (SELECT COUNT(*) FROM wq)"
             ),
         };

@@ -103,6 +103,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (7, include_str!("migrations/0007_nodes.sql")),
     (8, include_str!("migrations/0008_archive.sql")),
     (9, include_str!("migrations/0009_ingest_round_trips.sql")),
+    (10, include_str!("migrations/0010_append_work_slack.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).

@@ -177,7 +177,7 @@ pub(super) async fn append_in(
         let id = insert_item(conn, item, None).await?;
         return Ok(Enqueued::Created(WorkItemId(id)));
     };
-    // One statement (migration 0009's `imageserver_append_work`): under
+    // One statement (migration 0010's `imageserver_append_work`): under
     // the study's append lock (one appender per study at a time, so that
     // two nodes receiving instances of one study do not both create an
     // item), append to the waiting item or create one. An item claimed
@@ -186,7 +186,7 @@ pub(super) async fn append_in(
     let row = bind_append(
         sqlx::query(
             "SELECT item_id, created FROM imageserver_append_work(
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         ),
         item,
         study,
@@ -201,8 +201,8 @@ pub(super) async fn append_in(
     })
 }
 
-/// Binds, after those `query` has, the sixteen arguments of migration
-/// 0009's `imageserver_append_work` that append `item` to the waiting work
+/// Binds, after those `query` has, the seventeen arguments of migration
+/// 0010's `imageserver_append_work` that append `item` to the waiting work
 /// of study storage `study` (see [`append_in`]).
 pub(super) fn bind_append<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -220,8 +220,14 @@ pub(super) fn bind_append<'q>(
         .bind(item.scheduled_at.map(Timestamp::as_millis))
         .bind(item.expires_at.map(Timestamp::as_millis))
         .bind(pg_text(&item.payload).into_owned())
-        .bind(CHANNEL);
+        .bind(CHANNEL)
+        .bind(slack_ms(item));
     UidColumns::of(&uids).bind(query)
+}
+
+/// [`NewWorkItem::slack`] in milliseconds.
+fn slack_ms(item: &NewWorkItem) -> i64 {
+    i64::try_from(item.slack.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(super) async fn study_of(
@@ -331,7 +337,7 @@ async fn insert_item(
     let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "INSERT INTO work_queue (partition_id, study_storage_id, type, status, priority,
                                  scheduled_time, expiration_time, payload, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, COALESCE($6, {NOW_MS}), $7, $8, {NOW_MS}, {NOW_MS})
+         VALUES ($1, $2, $3, $4, $5, COALESCE($6, {NOW_MS}) + $9, $7, $8, {NOW_MS}, {NOW_MS})
          RETURNING id"
     )))
     .bind(item.partition.0)
@@ -342,6 +348,7 @@ async fn insert_item(
     .bind(item.scheduled_at.map(Timestamp::as_millis))
     .bind(item.expires_at.map(Timestamp::as_millis))
     .bind(pg_text(&item.payload).as_ref())
+    .bind(slack_ms(item))
     .fetch_one(&mut *conn)
     .await?;
     add_uids(conn, id, &item.uids).await?;

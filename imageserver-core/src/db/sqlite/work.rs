@@ -180,56 +180,73 @@ pub(super) fn study_of(
 
 /// [`WorkStore::enqueue_or_append`] inside a write transaction, the study
 /// resolved: appends to the study's waiting item of the kind, or creates one.
+/// The item's row is written only where the append changes it (its
+/// schedule, expiry, priority or status): an UPDATE rewrites the entries of
+/// every index on the columns it sets, changed or not, and the schedule is
+/// in two. With a slack ([`NewWorkItem::slack`]) most appends of a study
+/// arriving batch after batch leave it as it is.
 pub(super) fn append_in(
     tx: &Transaction<'_>,
     item: &NewWorkItem,
     study: Option<i64>,
     now: i64,
 ) -> rusqlite::Result<Enqueued> {
-    let existing: Option<i64> = match study {
+    let existing = match study {
         None => None,
         Some(study) => tx
             .prepare_cached(
-                "SELECT id FROM work_queue
+                "SELECT id, scheduled_time, expiration_time, priority, status FROM work_queue
                  WHERE study_storage_id = ?1 AND partition_id = ?2 AND type = ?3
                    AND status IN ('idle', 'pending')
                  ORDER BY id LIMIT 1",
             )?
             .query_row(params![study, item.partition.0, item.kind.as_str()], |r| {
-                r.get(0)
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
             })
             .optional()?,
     };
-    let Some(id) = existing else {
+    let Some((id, scheduled, expires, priority, status)) = existing else {
         return insert_item(tx, item, study, now).map(|id| Enqueued::Created(WorkItemId(id)));
     };
-    tx.prepare_cached(
-        "UPDATE work_queue SET
-             scheduled_time = MAX(scheduled_time, ?2),
-             expiration_time = CASE WHEN expiration_time IS NULL OR ?3 IS NULL THEN NULL
-                                    ELSE MAX(expiration_time, ?3) END,
-             priority = MAX(priority, ?4),
-             updated_at = ?5
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        id,
-        item.scheduled_at.map_or(now, Timestamp::as_millis),
-        item.expires_at.map(Timestamp::as_millis),
-        item.priority.unwrap_or_default().rank(),
-        now
-    ])?;
-    // Apart, so that the common append (an idle item's) does not set the
-    // status: an UPDATE rewrites the entries of every index on the columns
-    // it sets, changed or not.
-    if matches!(item.status, WorkStatus::Pending) {
+    let due = item.scheduled_at.map_or(now, Timestamp::as_millis);
+    let new_scheduled = if scheduled < due {
+        slackened(due, item.slack)
+    } else {
+        scheduled
+    };
+    // An item without expiry keeps none; otherwise the later of the two.
+    let new_expires = match (expires, item.expires_at.map(Timestamp::as_millis)) {
+        (Some(old), Some(new)) => Some(old.max(new)),
+        _ => None,
+    };
+    let new_priority = priority.max(item.priority.unwrap_or_default().rank());
+    if (new_scheduled, new_expires, new_priority) != (scheduled, expires, priority) {
         tx.prepare_cached(
-            "UPDATE work_queue SET status = 'pending' WHERE id = ?1 AND status <> 'pending'",
+            "UPDATE work_queue SET scheduled_time = ?2, expiration_time = ?3, priority = ?4,
+                 updated_at = ?5
+             WHERE id = ?1",
         )?
-        .execute([id])?;
+        .execute(params![id, new_scheduled, new_expires, new_priority, now])?;
+    }
+    if matches!(item.status, WorkStatus::Pending) && status != WorkStatus::Pending.as_str() {
+        tx.prepare_cached(
+            "UPDATE work_queue SET status = 'pending', updated_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![id, now])?;
     }
     add_uids(tx, id, &item.uids)?;
     Ok(Enqueued::Appended(WorkItemId(id)))
+}
+
+/// `due` plus `slack`, in milliseconds.
+fn slackened(due: i64, slack: std::time::Duration) -> i64 {
+    due.saturating_add(i64::try_from(slack.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Adds instances to an item, skipping those it lists already.
@@ -277,7 +294,10 @@ fn insert_item(
                 item.kind.as_str(),
                 item.status.as_str(),
                 item.priority.unwrap_or_default().rank(),
-                item.scheduled_at.map_or(now, Timestamp::as_millis),
+                slackened(
+                    item.scheduled_at.map_or(now, Timestamp::as_millis),
+                    item.slack
+                ),
                 item.expires_at.map(Timestamp::as_millis),
                 item.payload,
                 now

@@ -267,6 +267,44 @@ fn enqueue_or_append(db: &dyn Database) {
     assert!(db
         .enqueue_or_append(&f.item("c2_process").study(uid("1.9.404")))
         .is_err());
+
+    // With a slack: created at its schedule plus the slack; an append due
+    // before that leaves the row as it is (not even its update time); one
+    // due after moves it to its own schedule plus the slack; a priority
+    // raise is written whatever the schedule.
+    let slack = Duration::from_secs(10);
+    let slack_study = f.study("1.9.4");
+    let slacked = |at: Timestamp| {
+        f.item("c2_slack")
+            .study(slack_study.clone())
+            .scheduled_at(at)
+            .slack(slack)
+    };
+    let id = db
+        .enqueue_or_append(&slacked(t0).uids([u(1)]))
+        .expect("slack: first")
+        .id();
+    let created = f.get(id);
+    assert_eq!(created.scheduled_at, t0.after(slack));
+    std::thread::sleep(Duration::from_millis(5));
+    let within = db
+        .enqueue_or_append(&slacked(t0.after(Duration::from_secs(7))).uids([u(2)]))
+        .expect("slack: within");
+    assert_eq!(within, Enqueued::Appended(id));
+    let unmoved = f.get(id);
+    assert_eq!(unmoved.scheduled_at, t0.after(slack));
+    assert_eq!(unmoved.updated_at, created.updated_at);
+    assert_eq!(unmoved.uid_count, 2);
+    let t2 = t0.after(Duration::from_secs(11));
+    db.enqueue_or_append(&slacked(t2)).expect("slack: past");
+    assert_eq!(f.get(id).scheduled_at, t2.after(slack));
+    db.enqueue_or_append(&slacked(t2).priority(WorkPriority::High))
+        .expect("slack: priority");
+    let raised = f.get(id);
+    assert_eq!(
+        (raised.scheduled_at, raised.priority),
+        (t2.after(slack), WorkPriority::High)
+    );
 }
 
 fn claim_order_and_filters(db: &dyn Database) {
@@ -713,6 +751,7 @@ fn batch_follow_ups(db: &dyn Database) {
         kind: process.clone(),
         priority: WorkPriority::Low,
         due,
+        slack: Duration::ZERO,
     };
     // Two studies in one batch: one item each, listing their instances.
     let batch = [
@@ -742,6 +781,43 @@ fn batch_follow_ups(db: &dyn Database) {
         sops(&again[0]),
         ["1.9.10.1.1.1", "1.9.10.1.1.2", "1.9.10.1.1.3"]
     );
+
+    // With a slack, the batches of a study move its item only when one is
+    // due after the item's schedule: then to that batch's due plus the
+    // slack. Two studies in one batch: each item is handled alike.
+    let slack = Duration::from_secs(10);
+    let slacked = |due| crate::db::FollowUp {
+        slack,
+        ..follow_up(due)
+    };
+    let t2 = t1.after(Duration::from_secs(60));
+    db.insert_instances_then(
+        &[f.record("1.9.10.6", 1), f.record("1.9.10.7", 1)],
+        Some(&slacked(t2)),
+    )
+    .expect("slack: first batch");
+    let at = |study: &str| items(study)[0].scheduled_at;
+    assert_eq!(
+        (at("1.9.10.6"), at("1.9.10.7")),
+        (t2.after(slack), t2.after(slack))
+    );
+    for (n, seconds) in [(2, 3), (3, 9)] {
+        db.insert_instances_then(
+            &[f.record("1.9.10.6", n), f.record("1.9.10.7", n)],
+            Some(&slacked(t2.after(Duration::from_secs(seconds)))),
+        )
+        .expect("slack: batch within");
+        assert_eq!(
+            (at("1.9.10.6"), at("1.9.10.7")),
+            (t2.after(slack), t2.after(slack))
+        );
+    }
+    let t3 = t2.after(Duration::from_secs(12));
+    db.insert_instances_then(&[f.record("1.9.10.6", 4)], Some(&slacked(t3)))
+        .expect("slack: batch past");
+    assert_eq!(at("1.9.10.6"), t3.after(slack));
+    assert_eq!(at("1.9.10.7"), t2.after(slack));
+    assert_eq!(items("1.9.10.6")[0].uid_count, 4);
 
     // A failed batch schedules nothing: rows and items are one transaction.
     let mut bad = f.record("1.9.10.4", 1);
