@@ -18,6 +18,14 @@
 # 2000 x 64x64) in $BENCH_TMPDIR (default /tmp), generated when missing.
 # Prints one table per backend: medians in instances/s and the ratios of
 # each binary to storescp and to Orthanc, measured in the same run.
+#
+# Received files are kept until the end of the whole comparison (the peer
+# harness's -k), then removed, when the disk has room for all of them
+# (rounds x 2 binaries x peers x association counts x corpus size):
+# ext4 skips inodes freed in the last ~30 s when it allocates new ones, so
+# a run that starts right after the previous run's files were deleted pays
+# up to a quarter of the server's CPU in that scan (measured with perf on
+# this machine), and every peer pays it by turns.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=3 ASSOCS="1 8" BACKEND=sqlite PEERS=1
@@ -52,6 +60,19 @@ peers="storescp,$orthanc,target"
 WORK=$(mktemp -d "$TMP/imageserver-compare.XXXXXX")
 # ingest.sh -d postgres runs its cluster below it, as the postgres user.
 chmod 755 "$WORK"
+corpus_bytes=$(du -sbc "${corpora[@]}" | tail -n 1 | cut -f1)
+npeers=$(tr ',' '\n' <<<"$peers" | wc -l)
+nassoc=$(wc -w <<<"$ASSOCS")
+needed=$((ROUNDS * 2 * npeers * nassoc * corpus_bytes * 11 / 10))
+free=$(($(df --output=avail -B1 "$TMP" | tail -n 1)))
+if ((needed < free)); then
+  export PEER_BENCH_ARGS="${PEER_BENCH_ARGS:-} -k"
+  trap 'rm -rf "$WORK"/round*/peer_bench.*' EXIT
+  echo "received files kept until the end: $((needed / 1000000)) MB of $((free / 1000000)) MB free"
+else
+  echo "WARNING: $((needed / 1000000)) MB of received files do not fit in $((free / 1000000)) MB:" \
+    "each run's are deleted before the next (ext4's recently-freed inode scan will add noise)"
+fi
 echo "before: $BEFORE sha256 $(sha256sum "$BEFORE" | cut -c1-16)"
 echo "after:  $AFTER sha256 $(sha256sum "$AFTER" | cut -c1-16)"
 echo "backend $BACKEND, $ROUNDS rounds, associations: $ASSOCS; results under $WORK"
