@@ -151,6 +151,19 @@ pub(crate) fn run_summaries(store: &dyn IndexStore, probe: &dyn StudySummaries) 
         .study_summary(f.partition, &uid(st))
         .expect("study exists");
     assert_eq!(summary.modalities_in_study, "CT\\KO\\MR");
+
+    // A later batch's new SOP class and modality join those the study has.
+    let mut sr = f.record("P1", st, "1.2.9.1.6", "SR", "1.2.9.1.6.1", 10);
+    sr.instance.sop_class_uid = uid("1.2.840.10008.5.1.4.1.1.88.11");
+    store.insert_instances(&[sr]).expect("new class");
+    let summary = probe
+        .study_summary(f.partition, &uid(st))
+        .expect("study exists");
+    assert_eq!(summary.modalities_in_study, "CT\\KO\\MR\\SR");
+    assert_eq!(
+        summary.sop_classes_in_study,
+        "1.2.840.10008.5.1.4.1.1.4\\1.2.840.10008.5.1.4.1.1.88.11"
+    );
 }
 
 /// `IndexStore::remove_instance_row` removes a row only while it names

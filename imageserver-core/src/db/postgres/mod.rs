@@ -67,6 +67,7 @@ mod tablespaces;
 mod work;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -104,6 +105,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (8, include_str!("migrations/0008_archive.sql")),
     (9, include_str!("migrations/0009_ingest_round_trips.sql")),
     (10, include_str!("migrations/0010_append_work_slack.sql")),
+    (11, include_str!("migrations/0011_ingest_one_statement.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).
@@ -237,6 +239,9 @@ pub struct PgIndex {
     pool: PgPool,
     /// Queries' own connections (see [`PgOptions::query_pool_size`]).
     query_pool: PgPool,
+    /// Ingest batches indexed in one statement, and those that tried and
+    /// fell back to the general way (see `ingest::single`).
+    one_statement: [AtomicU64; 2],
     /// Drives the pool's sockets; declared last so that it outlives the pool
     /// when dropped.
     runtime: tokio::runtime::Runtime,
@@ -324,10 +329,21 @@ impl PgIndex {
             options,
             pool,
             query_pool,
+            one_statement: Default::default(),
             runtime,
         };
         index.migrate()?;
         Ok(index)
+    }
+
+    /// How many ingest batches were indexed in one statement, and how many
+    /// tried to and fell back to the general way (a batch that replaces an
+    /// instance, or met a concurrent writer), since this handle opened.
+    pub fn one_statement_batches(&self) -> (u64, u64) {
+        (
+            self.one_statement[0].load(Ordering::Relaxed),
+            self.one_statement[1].load(Ordering::Relaxed),
+        )
     }
 
     /// The URL it connects to, without password.
@@ -883,7 +899,8 @@ impl IndexStore for PgIndex {
         // before locking, reading the deletions first.
         let mut optimistic = true;
         let outcomes = self.write("indexing instances", async |conn| {
-            let deletions = if std::mem::take(&mut optimistic) {
+            let first = std::mem::take(&mut optimistic);
+            let deletions = if first {
                 std::collections::HashMap::new()
             } else {
                 ingest::study_deletions(conn, batch).await?
@@ -893,8 +910,23 @@ impl IndexStore for PgIndex {
             let follow_ups = follow_up
                 .map(|f| f.items_for(kept.iter()))
                 .unwrap_or_default();
-            let (outcomes, storages, appended) =
-                ingest::insert_batch(conn, &kept, &follow_ups, now).await?;
+            // The first attempt may take the one-statement way.
+            let indexed = match ingest::insert_batch(conn, &kept, &follow_ups, now, first).await {
+                Err(TxError::Optimism(what)) => {
+                    self.one_statement[1].fetch_add(1, Ordering::Relaxed);
+                    return Err(TxError::Optimism(what));
+                }
+                indexed => indexed?,
+            };
+            if indexed.one_statement {
+                self.one_statement[0].fetch_add(1, Ordering::Relaxed);
+            }
+            let ingest::Indexed {
+                outcomes,
+                storages,
+                appended,
+                ..
+            } = indexed;
             for item in follow_ups.iter().filter(|_| !appended) {
                 // The batch has just written the study's storage row.
                 let study = match &item.study_uid {

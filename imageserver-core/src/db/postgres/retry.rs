@@ -16,11 +16,14 @@ use crate::db::Error;
 
 /// A failure inside a transaction: a database error, a conflict with a
 /// concurrent writer detected by the code (retried like a serialization
-/// failure), or the caller calling the commit off (never retried).
+/// failure), an optimistic attempt whose assumption did not hold (retried
+/// at once: the next attempt takes the general way), or the caller calling
+/// the commit off (never retried).
 #[derive(Debug)]
 pub(crate) enum TxError {
     Sql(sqlx::Error),
     Conflict(&'static str),
+    Optimism(&'static str),
     CalledOff,
 }
 
@@ -75,6 +78,15 @@ impl PgIndex {
                 });
             match result {
                 Ok(value) => return Ok(value),
+                Err(TxError::Optimism(what)) if start.elapsed() < RETRY_FOR => {
+                    tracing::debug!(
+                        operation,
+                        attempt,
+                        what,
+                        "optimistic attempt rolled back, retrying"
+                    );
+                    attempt += 1;
+                }
                 Err(e) if is_retryable(&e) && start.elapsed() < RETRY_FOR => {
                     tracing::debug!(operation, attempt, error = ?e, "index transaction conflict, retrying");
                     std::thread::sleep(delay);
@@ -88,7 +100,7 @@ impl PgIndex {
                 }
                 Err(TxError::Sql(e)) => return Err(map_error(operation, e)),
                 Err(TxError::CalledOff) => return Err(Error::CommitCalledOff),
-                Err(TxError::Conflict(what)) => {
+                Err(TxError::Conflict(what) | TxError::Optimism(what)) => {
                     return Err(Error::Backend {
                         operation,
                         source: format!("concurrent writers kept conflicting: {what}").into(),
@@ -187,7 +199,7 @@ fn is_retryable(e: &TxError) -> bool {
         TxError::Sql(sqlx::Error::Database(db)) => {
             matches!(db.code().as_deref(), Some("40001" | "40P01"))
         }
-        TxError::Sql(_) | TxError::CalledOff => false,
+        TxError::Sql(_) | TxError::Optimism(_) | TxError::CalledOff => false,
     }
 }
 

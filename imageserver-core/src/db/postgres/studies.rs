@@ -562,7 +562,7 @@ impl StudyStore for PgIndex {
                 recount_patient(conn, patient).await?;
             }
             if !records.is_empty() {
-                super::ingest::insert_batch(conn, records, &[], now_ms()).await?;
+                super::ingest::insert_batch(conn, records, &[], now_ms(), false).await?;
             }
             outcome.inserted_instances = records.len() as u64;
             insert_audit(conn, audit).await?;

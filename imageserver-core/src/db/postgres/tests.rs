@@ -603,6 +603,148 @@ fn same_batches_same_answers_as_sqlite() {
     }
 }
 
+/// Batches that only add are indexed in one statement; a batch that
+/// replaces, moves a study to another patient or changes a series' modality
+/// falls back to the general way. Either way the rows, counters and
+/// summaries are those SQLite writes.
+#[test]
+fn one_statement_batches_match_the_general_way() {
+    let Some(db) = TestDb::new() else { return };
+    let pg = db.connect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sqlite = SqliteIndex::open(&dir.path().join("index.db")).expect("sqlite");
+    let (partition, fs) = setup(&pg, "ONE");
+    assert_eq!(setup(&sqlite, "ONE"), (partition, fs));
+    let rec = |p, st, se, sop| record(partition, fs, p, st, se, sop);
+    let with_modality = |mut r: crate::model::InstanceRecord, modality: Option<&str>| {
+        r.series.modality = modality.map(str::to_string);
+        r
+    };
+    let mut renamed = rec(0, 1, 0, 21);
+    renamed.patient.patient_name = Some("DOE^JANE".to_string());
+    renamed.study.study_description = None;
+    // (batch, how it is indexed: Some(true) in one statement, Some(false)
+    // tried and fell back, None the general way from the start)
+    let batches = [
+        (vec![rec(0, 1, 0, 1), rec(0, 1, 0, 2)], Some(true)),
+        (vec![rec(0, 1, 0, 3)], Some(true)),
+        // A new series, modality and SOP class in an existing study.
+        (vec![rec(0, 1, 1, 7)], Some(true)),
+        // Three new studies of two new patients.
+        (
+            vec![rec(1, 2, 0, 8), rec(2, 3, 2, 9), rec(1, 4, 3, 10)],
+            Some(true),
+        ),
+        // A series without modality, then one given.
+        (vec![with_modality(rec(0, 1, 2, 11), None)], Some(true)),
+        (
+            vec![with_modality(rec(0, 1, 2, 12), Some("KO"))],
+            Some(true),
+        ),
+        // Sent again: replaced.
+        (vec![rec(0, 1, 0, 1)], Some(false)),
+        // Study 2 now of patient 3.
+        (vec![rec(3, 2, 0, 13)], Some(false)),
+        // Series 1.2 changes modality.
+        (
+            vec![with_modality(rec(0, 1, 2, 14), Some("SR"))],
+            Some(false),
+        ),
+        // One SOP Instance UID twice.
+        (vec![rec(0, 1, 0, 20), rec(0, 1, 0, 20)], None),
+        // New demographics, an attribute absent.
+        (vec![renamed], Some(true)),
+        // Adds and replaces at once.
+        (vec![rec(0, 5, 0, 30), rec(0, 1, 0, 2)], Some(false)),
+    ];
+    let mut expected = (0, 0);
+    for (i, (batch, way)) in batches.iter().enumerate() {
+        assert_eq!(
+            pg.insert_instances(batch).expect("pg"),
+            sqlite.insert_instances(batch).expect("sqlite"),
+            "batch {i}"
+        );
+        match way {
+            Some(true) => expected.0 += 1,
+            Some(false) => expected.1 += 1,
+            None => {}
+        }
+        assert_eq!(pg.one_statement_batches(), expected, "batch {i}");
+    }
+    verify_counters(&pg);
+    assert_eq!(
+        pg.counts(partition).expect("pg"),
+        sqlite.counts(partition).expect("sqlite")
+    );
+    for st in 1..=5 {
+        let study = uid(&format!("1.2.826.0.1.3680043.2.{st}"));
+        assert_eq!(
+            pg.study_summary(partition, &study),
+            sqlite.study_summary(partition, &study),
+            "study {st}"
+        );
+        assert_eq!(
+            crate::db::studies::StudyStore::study(&pg, partition, &study)
+                .expect("pg")
+                .map(|s| (s.patient, s.study)),
+            crate::db::studies::StudyStore::study(&sqlite, partition, &study)
+                .expect("sqlite")
+                .map(|s| (s.patient, s.study)),
+            "study {st}"
+        );
+    }
+}
+
+/// Two nodes add the same new study (with different series), then the same
+/// new series, at once: the
+/// second node's statement read the rows as absent, then waited for the
+/// first node's locks and found them there. It must fall back to the
+/// general way, not count the study or series a second time.
+#[test]
+fn one_statement_batch_that_met_a_concurrent_writer_falls_back() {
+    let Some(db) = TestDb::new() else { return };
+    let (first, second) = (db.connect(), db.connect());
+    let (partition, fs) = setup(&first, "RACE");
+    let rec = |st, se, sop| record(partition, fs, 0, st, se, sop);
+    // Study 1 exists before the second round, whose series is new.
+    first.insert_instances(&[rec(1, 0, 1)]).expect("study 1");
+    for (round, (st, se, other_se)) in [(7, 0, 1), (1, 1, 1)].into_iter().enumerate() {
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let (node, rec) = (&first, &rec);
+            let holder = scope.spawn(move || {
+                node.insert_instances_when(&[rec(st, se, 100 + round as u32)], None, &|| {
+                    held_tx.send(()).expect("signal");
+                    release_rx.recv().is_ok()
+                })
+                .expect("first node")
+            });
+            held.recv().expect("first node holds its locks");
+            let waiter = scope.spawn(|| {
+                second
+                    .insert_instances(&[rec(st, other_se, 200 + round as u32)])
+                    .expect("second node")
+            });
+            // The second node's statement has its snapshot and waits.
+            let start = Instant::now();
+            while first.scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ) == 0
+            {
+                assert!(start.elapsed() < Duration::from_secs(10), "no waiter");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            release.send(()).expect("release");
+            assert_eq!(holder.join().expect("holder"), [InsertOutcome::Inserted]);
+            assert_eq!(waiter.join().expect("waiter"), [InsertOutcome::Inserted]);
+        });
+        assert_eq!(second.one_statement_batches(), (0, round as u64 + 1));
+        verify_counters(&first);
+    }
+}
+
 /// Several nodes (handles with their own pools) index overlapping batches at
 /// once: no deadlock reaches the caller and every counter is exact.
 #[test]

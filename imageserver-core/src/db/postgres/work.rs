@@ -49,7 +49,7 @@ const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 /// [`APPEND_LOCK`]: an append waits for the item rows a claimer holds, so
 /// it must not also wait for the claimer's study lock.
 const CLAIM_LOCK: i64 = 0x5751 << 48;
-const APPEND_LOCK: i64 = 0x5741 << 48;
+pub(super) const APPEND_LOCK: i64 = 0x5741 << 48;
 
 /// The item columns [`item_from_row`] reads, over `work_queue w LEFT JOIN
 /// study_storage ss`.
@@ -209,10 +209,64 @@ pub(super) fn bind_append<'q>(
     item: &'q NewWorkItem,
     study: i64,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    bind_append_item(query.bind(APPEND_LOCK | study).bind(study), item)
+}
+
+/// Binds, after those `query` has, the arguments of migration 0011's
+/// `imageserver_append_works` after its first two (the lock base, see
+/// [`APPEND_LOCK`], and the study storage rows, which the statement knows):
+/// for a statement that appends `items`, in their order, to study storage
+/// rows it writes itself.
+pub(super) fn bind_appends<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    items: &'q [NewWorkItem],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let n = items.len();
+    let mut partitions = Vec::with_capacity(n);
+    let mut kinds = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut priorities = Vec::with_capacity(n);
+    let mut scheduled = Vec::with_capacity(n);
+    let mut expires = Vec::with_capacity(n);
+    let mut payloads = Vec::with_capacity(n);
+    let mut slacks = Vec::with_capacity(n);
+    let mut owners = Vec::new();
+    let mut uids = Vec::new();
+    for (item, k) in items.iter().zip(1i64..) {
+        partitions.push(item.partition.0);
+        kinds.push(item.kind.as_str());
+        statuses.push(item.status.as_str());
+        priorities.push(item.priority.unwrap_or_default().rank());
+        scheduled.push(item.scheduled_at.map(Timestamp::as_millis));
+        expires.push(item.expires_at.map(Timestamp::as_millis));
+        payloads.push(pg_text(&item.payload).into_owned());
+        slacks.push(slack_ms(item));
+        let distinct = distinct_uids(&item.uids);
+        owners.extend(std::iter::repeat_n(k, distinct.len()));
+        uids.extend(distinct);
+    }
+    let query = query
+        .bind(partitions)
+        .bind(kinds)
+        .bind(statuses)
+        .bind(priorities)
+        .bind(scheduled)
+        .bind(expires)
+        .bind(payloads)
+        .bind(CHANNEL)
+        .bind(slacks)
+        .bind(owners);
+    UidColumns::of(&uids).bind(query)
+}
+
+/// Binds the arguments of `imageserver_append_work` after the lock and the
+/// study.
+fn bind_append_item<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    item: &'q NewWorkItem,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let uids = distinct_uids(&item.uids);
     let query = query
-        .bind(APPEND_LOCK | study)
-        .bind(study)
         .bind(item.partition.0)
         .bind(item.kind.as_str())
         .bind(item.status.as_str())

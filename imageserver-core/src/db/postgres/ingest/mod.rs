@@ -8,14 +8,19 @@
 //! instance of a study fixes its location; a study follows the patient of
 //! its latest record; a SOP Instance UID seen twice is inserted then
 //! replaced. Each level is then one multi-row upsert over `UNNEST` arrays
-//! (`INSERT … ON CONFLICT … DO UPDATE … RETURNING`); the instance level
-//! reads the rows it replaces in the same statement, and the counters and
-//! summaries are one statement in the common case (nothing to recount). A
-//! batch therefore costs the same number of round trips whatever its size:
-//! BEGIN, patients with study storages, studies with the deletion check and
-//! their series (the series join the studies' RETURNING), instances,
-//! counters (with a one-study batch's follow-up item: migration 0010's
-//! `imageserver_append_work`), one per further follow-up item, COMMIT.
+//! (`INSERT … ON CONFLICT … DO UPDATE … RETURNING`).
+//!
+//! Two ways: a batch that only adds (new instances, no study changing
+//! patient; most batches) is first tried in one statement that writes each
+//! row once with its counters and appends the follow-up items ([`single`]:
+//! BEGIN, the statement, COMMIT). The general way, for the rest and for a
+//! one-statement attempt that found its assumption wrong, takes a fixed
+//! number of round trips whatever the batch's size: BEGIN, patients with
+//! study storages, studies with the deletion check and their series (the
+//! series join the studies' RETURNING), instances (reading the rows they
+//! replace in the same statement), counters and summaries (with a one-study
+//! batch's follow-up item: migration 0010's `imageserver_append_work`), one
+//! per further follow-up item, COMMIT.
 //!
 //! **Concurrent nodes.** The upserts lock rows in a stable order: patients,
 //! then study storages (one row per study: the study's lock), then studies,
@@ -33,6 +38,8 @@
 //! Counters are kept as on SQLite: deltas for the common case, and an exact
 //! recount (which also deletes rows left empty) for the rows a moved
 //! instance or a study that changed patient left behind.
+
+mod single;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -109,94 +116,134 @@ struct PatientDelta {
 /// The study storage keys of a batch's studies, by partition and study UID.
 pub(super) type StorageIds = HashMap<StudyKey, i64>;
 
-/// Indexes `batch` on `conn` (inside a transaction) and returns one outcome
-/// per record, the storage keys of the batch's studies, and whether the
-/// one item of `follow_ups` was appended too (in the counters' statement,
-/// the common case: a batch of one study with nothing to recount); when
-/// not, the caller appends them.
+/// A batch folded in memory, record by record (see the module doc).
+struct Folded<'a> {
+    patients: BTreeMap<PatientKey, [Option<String>; 3]>,
+    /// Per study: the record that fixes its location (its first).
+    storages: BTreeMap<StudyKey, &'a InstanceRecord>,
+    studies: BTreeMap<StudyKey, StudyRow>,
+    series: BTreeMap<(StudyKey, String), SeriesRow>,
+    /// Per record: its study's key and its series UID.
+    record_series: Vec<(StudyKey, String)>,
+}
+
+impl<'a> Folded<'a> {
+    fn of(batch: &'a [InstanceRecord]) -> Folded<'a> {
+        let mut patients: BTreeMap<PatientKey, [Option<String>; 3]> = BTreeMap::new();
+        let mut storages: BTreeMap<StudyKey, &InstanceRecord> = BTreeMap::new();
+        let mut studies: BTreeMap<StudyKey, StudyRow> = BTreeMap::new();
+        let mut series: BTreeMap<(StudyKey, String), SeriesRow> = BTreeMap::new();
+        let mut record_series = Vec::with_capacity(batch.len());
+        for r in batch {
+            let partition = r.partition.0;
+            let p = &r.patient;
+            let patient_key = (
+                partition,
+                p.patient_id.trim_matches([' ', '\0']).replace('\0', ""),
+                text(p.issuer_of_patient_id.as_deref()).unwrap_or_default(),
+            );
+            merge(
+                patients.entry(patient_key.clone()).or_default(),
+                [
+                    text(p.patient_name.as_deref()),
+                    text(p.birth_date.as_deref()),
+                    text(p.sex.as_deref()),
+                ],
+            );
+            let study_key = (partition, r.study.study_uid.as_str().to_string());
+            storages.entry(study_key.clone()).or_insert(r);
+            let s = &r.study;
+            let attrs = [
+                text(s.study_date.as_deref()),
+                text(s.study_time.as_deref()),
+                text(s.accession_number.as_deref()),
+                text(s.study_id.as_deref()),
+                text(s.study_description.as_deref()),
+                text(s.referring_physician_name.as_deref()),
+                text(s.specific_character_set.as_deref()),
+            ];
+            let study = studies
+                .entry(study_key.clone())
+                .or_insert_with(|| StudyRow {
+                    storage_key: study_key.clone(),
+                    attrs: Default::default(),
+                    patient: patient_key.clone(),
+                    patients_seen: BTreeSet::new(),
+                });
+            merge(&mut study.attrs, attrs);
+            study.patient = patient_key.clone();
+            study.patients_seen.insert(patient_key);
+
+            let uid = r.series.series_uid.as_str().to_string();
+            let s = &r.series;
+            let row = series.entry((study_key.clone(), uid.clone())).or_default();
+            merge(
+                &mut row.attrs,
+                [
+                    text(s.modality.as_deref()),
+                    text(s.series_description.as_deref()),
+                    text(s.body_part_examined.as_deref()),
+                    text(s.series_date.as_deref()),
+                    text(s.series_time.as_deref()),
+                ],
+            );
+            if s.series_number.is_some() {
+                row.series_number = s.series_number;
+            }
+            record_series.push((study_key, uid));
+        }
+        Folded {
+            patients,
+            storages,
+            studies,
+            series,
+            record_series,
+        }
+    }
+}
+
+/// What [`insert_batch`] did.
+pub(super) struct Indexed {
+    /// One outcome per record.
+    pub(super) outcomes: Vec<InsertOutcome>,
+    /// The storage keys of the batch's studies.
+    pub(super) storages: StorageIds,
+    /// Whether the one item of `follow_ups` was appended too (the common
+    /// case: a batch of one study with nothing to recount); when not, the
+    /// caller appends them.
+    pub(super) appended: bool,
+    /// Whether the batch took the one-statement way ([`single`]).
+    pub(super) one_statement: bool,
+}
+
+/// Indexes `batch` on `conn` (inside a transaction), with the item of
+/// `follow_ups` when there is one. With `one_statement`, a batch that only
+/// adds is tried in one statement ([`single`]); that attempt fails with
+/// [`TxError::Optimism`] when the batch turns out not to.
 pub(super) async fn insert_batch(
     conn: &mut PgConnection,
     batch: &[InstanceRecord],
     follow_ups: &[NewWorkItem],
     now: i64,
-) -> Result<(Vec<InsertOutcome>, StorageIds, bool), TxError> {
-    // ---- Fold the batch, record by record.
-    let mut patients: BTreeMap<PatientKey, [Option<String>; 3]> = BTreeMap::new();
-    let mut storages: BTreeMap<StudyKey, &InstanceRecord> = BTreeMap::new();
-    let mut studies: BTreeMap<StudyKey, StudyRow> = BTreeMap::new();
-    let mut record_keys = Vec::with_capacity(batch.len());
-    for r in batch {
-        let partition = r.partition.0;
-        let p = &r.patient;
-        let patient_key = (
-            partition,
-            p.patient_id.trim_matches([' ', '\0']).replace('\0', ""),
-            text(p.issuer_of_patient_id.as_deref()).unwrap_or_default(),
-        );
-        merge(
-            patients.entry(patient_key.clone()).or_default(),
-            [
-                text(p.patient_name.as_deref()),
-                text(p.birth_date.as_deref()),
-                text(p.sex.as_deref()),
-            ],
-        );
-        let study_key = (partition, r.study.study_uid.as_str().to_string());
-        storages.entry(study_key.clone()).or_insert(r);
-        let s = &r.study;
-        let attrs = [
-            text(s.study_date.as_deref()),
-            text(s.study_time.as_deref()),
-            text(s.accession_number.as_deref()),
-            text(s.study_id.as_deref()),
-            text(s.study_description.as_deref()),
-            text(s.referring_physician_name.as_deref()),
-            text(s.specific_character_set.as_deref()),
-        ];
-        let study = studies
-            .entry(study_key.clone())
-            .or_insert_with(|| StudyRow {
-                storage_key: study_key.clone(),
-                attrs: Default::default(),
-                patient: patient_key.clone(),
-                patients_seen: BTreeSet::new(),
-            });
-        merge(&mut study.attrs, attrs);
-        study.patient = patient_key.clone();
-        study.patients_seen.insert(patient_key);
-        record_keys.push(study_key);
+    one_statement: bool,
+) -> Result<Indexed, TxError> {
+    let Folded {
+        patients,
+        storages,
+        studies,
+        series: series_in,
+        record_series: record_series_in,
+    } = Folded::of(batch);
+    if one_statement {
+        if let Some(single) = single::Single::of(batch, &patients, &studies, &series_in) {
+            return single.run(conn, batch, &storages, follow_ups, now).await;
+        }
     }
 
     // ---- Patients (locked first, in key order), then the study storages:
     // the per-study locks, in key order.
     let (patient_ids, storage_ids) =
         upsert_patients_and_storages(conn, &patients, &storages, now).await?;
-
-    // ---- Series, folded by study key (their studies' ids come with the
-    // statement that writes them).
-    let mut series_in: BTreeMap<(StudyKey, String), SeriesRow> = BTreeMap::new();
-    let mut record_series_in = Vec::with_capacity(batch.len());
-    for (r, study_key) in batch.iter().zip(&record_keys) {
-        let uid = r.series.series_uid.as_str().to_string();
-        let s = &r.series;
-        let row = series_in
-            .entry((study_key.clone(), uid.clone()))
-            .or_default();
-        merge(
-            &mut row.attrs,
-            [
-                text(s.modality.as_deref()),
-                text(s.series_description.as_deref()),
-                text(s.body_part_examined.as_deref()),
-                text(s.series_date.as_deref()),
-                text(s.series_time.as_deref()),
-            ],
-        );
-        if s.series_number.is_some() {
-            row.series_number = s.series_number;
-        }
-        record_series_in.push((study_key, uid));
-    }
 
     // ---- Studies and series, in one statement.
     let (study_rows, series_rows) =
@@ -258,7 +305,7 @@ pub(super) async fn insert_batch(
     }
     let record_series_keys: Vec<SeriesKey> = record_series_in
         .into_iter()
-        .map(|(study_key, uid)| (study_ids[study_key], uid))
+        .map(|(study_key, uid)| (study_ids[&study_key], uid))
         .collect();
     let mut study_delta: BTreeMap<i64, StudyDelta> = BTreeMap::new();
     let mut modalities_dirty: BTreeSet<i64> = BTreeSet::new();
@@ -415,7 +462,12 @@ pub(super) async fn insert_batch(
         _ => None,
     };
     let appended = flush.apply(conn, now, append).await?;
-    Ok((outcomes, storage_ids, appended))
+    Ok(Indexed {
+        outcomes,
+        storages: storage_ids,
+        appended,
+        one_statement: false,
+    })
 }
 
 /// The deletions of the studies of `batch` ([`crate::db::sql::STUDY_DELETIONS`]
@@ -565,17 +617,7 @@ async fn upsert_patients_and_storages(
         let filesystem: Option<i64> = row.try_get("filesystem_id")?;
         let date_folder: String = row.try_get("date_folder")?;
         if let Some(record) = storages.get(&key) {
-            let location = &record.location;
-            if filesystem != Some(location.filesystem.0) || date_folder != location.date_folder {
-                tracing::warn!(
-                    study_uid = %record.study.study_uid,
-                    indexed_filesystem = ?filesystem,
-                    indexed_date_folder = %date_folder,
-                    record_filesystem = location.filesystem.0,
-                    record_date_folder = %location.date_folder,
-                    "instance stored outside its study's indexed location"
-                );
-            }
+            warn_if_elsewhere(record, filesystem, &date_folder);
         }
         storage_ids.insert(key, row.try_get("id")?);
     }
@@ -586,6 +628,22 @@ async fn upsert_patients_and_storages(
         return Err(TxError::Conflict("a study storage row was not returned"));
     }
     Ok((patient_ids, storage_ids))
+}
+
+/// Logs `record` when its study's indexed location (`filesystem`,
+/// `date_folder`) is not where the record's file was placed.
+fn warn_if_elsewhere(record: &InstanceRecord, filesystem: Option<i64>, date_folder: &str) {
+    let location = &record.location;
+    if filesystem != Some(location.filesystem.0) || date_folder != location.date_folder {
+        tracing::warn!(
+            study_uid = %record.study.study_uid,
+            indexed_filesystem = ?filesystem,
+            indexed_date_folder = %date_folder,
+            record_filesystem = location.filesystem.0,
+            record_date_folder = %location.date_folder,
+            "instance stored outside its study's indexed location"
+        );
+    }
 }
 
 /// Per study: its key, its patient and SOP classes before, its deletions.
