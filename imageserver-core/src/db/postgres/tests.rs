@@ -608,6 +608,7 @@ fn same_batches_same_answers_as_sqlite() {
 /// falls back to the general way. Either way the rows, counters and
 /// summaries are those SQLite writes.
 #[test]
+#[cfg(feature = "sqlite")]
 fn one_statement_batches_match_the_general_way() {
     let Some(db) = TestDb::new() else { return };
     let pg = db.connect();
