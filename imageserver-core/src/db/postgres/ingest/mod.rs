@@ -39,6 +39,43 @@
 //! recount (which also deletes rows left empty) for the rows a moved
 //! instance or a study that changed patient left behind.
 
+/// The SET list that merges a patient row's attributes in an upsert:
+/// later non-empty values win, absent ones never erase (both ways share it).
+macro_rules! patient_merge {
+    () => {
+        "patient_name = COALESCE(excluded.patient_name, patient.patient_name),
+         birth_date = COALESCE(excluded.birth_date, patient.birth_date),
+         sex = COALESCE(excluded.sex, patient.sex)"
+    };
+}
+
+/// [`patient_merge`] for a study row's attributes.
+macro_rules! study_merge {
+    () => {
+        "study_date = COALESCE(excluded.study_date, study.study_date),
+         study_time = COALESCE(excluded.study_time, study.study_time),
+         accession_number = COALESCE(excluded.accession_number, study.accession_number),
+         study_id = COALESCE(excluded.study_id, study.study_id),
+         study_description = COALESCE(excluded.study_description, study.study_description),
+         referring_physician_name =
+             COALESCE(excluded.referring_physician_name, study.referring_physician_name),
+         specific_character_set =
+             COALESCE(excluded.specific_character_set, study.specific_character_set)"
+    };
+}
+
+/// [`patient_merge`] for a series row's attributes.
+macro_rules! series_merge {
+    () => {
+        "modality = COALESCE(excluded.modality, series.modality),
+         series_number = COALESCE(excluded.series_number, series.series_number),
+         series_description = COALESCE(excluded.series_description, series.series_description),
+         body_part_examined = COALESCE(excluded.body_part_examined, series.body_part_examined),
+         series_date = COALESCE(excluded.series_date, series.series_date),
+         series_time = COALESCE(excluded.series_time, series.series_time)"
+    };
+}
+
 mod single;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -551,7 +588,7 @@ async fn upsert_patients_and_storages(
     // An existing storage row is kept, unless the study has no online copy
     // (nearline): then the arriving instance's location becomes its home.
     // Every touched row is updated (and so locked), in key order.
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH pa AS (
              INSERT INTO patient
                  (partition_id, patient_id, issuer_of_patient_id, patient_name, birth_date, sex)
@@ -560,10 +597,9 @@ async fn upsert_patients_and_storages(
                          $6::text[])
                   WITH ORDINALITY AS t(p, id, iss, name, birth, sex, n)
              ORDER BY n
-             ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE
-             SET patient_name = COALESCE(excluded.patient_name, patient.patient_name),
-                 birth_date = COALESCE(excluded.birth_date, patient.birth_date),
-                 sex = COALESCE(excluded.sex, patient.sex)
+             ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE SET ",
+        patient_merge!(),
+        "
              RETURNING id, partition_id, patient_id, issuer_of_patient_id),
          ss AS (
              INSERT INTO study_storage
@@ -584,8 +620,8 @@ async fn upsert_patients_and_storages(
          FROM pa
          UNION ALL
          SELECT TRUE, id, partition_id, NULL, NULL, study_uid, filesystem_id, date_folder
-         FROM ss",
-    )
+         FROM ss"
+    ))
     .bind(&partition)
     .bind(&patient_id)
     .bind(&issuer)
@@ -692,7 +728,7 @@ async fn upsert_studies_and_series(
             column.push(value.as_deref());
         }
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query(concat!(
         "WITH input AS (
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[],
                                   $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
@@ -717,16 +753,9 @@ async fn upsert_studies_and_series(
                     specific_character_set, $12, $12
              FROM input ORDER BY n
              ON CONFLICT (partition_id, study_uid) DO UPDATE SET
-                 patient_fk = excluded.patient_fk,
-                 study_date = COALESCE(excluded.study_date, study.study_date),
-                 study_time = COALESCE(excluded.study_time, study.study_time),
-                 accession_number = COALESCE(excluded.accession_number, study.accession_number),
-                 study_id = COALESCE(excluded.study_id, study.study_id),
-                 study_description = COALESCE(excluded.study_description, study.study_description),
-                 referring_physician_name =
-                     COALESCE(excluded.referring_physician_name, study.referring_physician_name),
-                 specific_character_set =
-                     COALESCE(excluded.specific_character_set, study.specific_character_set),
+                 patient_fk = excluded.patient_fk, ",
+        study_merge!(),
+        ",
                  updated_at = excluded.updated_at
              RETURNING id, partition_id, study_uid
          ),
@@ -753,15 +782,9 @@ async fn upsert_studies_and_series(
              FROM series_input i
              JOIN up ON up.partition_id = i.partition_id AND up.study_uid = i.study_uid
              ORDER BY i.n
-             ON CONFLICT (study_fk, series_uid) DO UPDATE SET
-                 modality = COALESCE(excluded.modality, series.modality),
-                 series_number = COALESCE(excluded.series_number, series.series_number),
-                 series_description =
-                     COALESCE(excluded.series_description, series.series_description),
-                 body_part_examined =
-                     COALESCE(excluded.body_part_examined, series.body_part_examined),
-                 series_date = COALESCE(excluded.series_date, series.series_date),
-                 series_time = COALESCE(excluded.series_time, series.series_time)
+             ON CONFLICT (study_fk, series_uid) DO UPDATE SET ",
+        series_merge!(),
+        "
              RETURNING id, study_fk, series_uid
          )
          SELECT FALSE AS is_series, up.id, up.partition_id, up.study_uid,
@@ -784,8 +807,8 @@ async fn upsert_studies_and_series(
                 NULL::BOOLEAN, NULL::BIGINT, NULL::BIGINT, su.study_fk, su.series_uid,
                 so.study_fk IS NOT NULL, so.modality
          FROM series_up su LEFT JOIN series_old so
-              ON so.study_fk = su.study_fk AND so.series_uid = su.series_uid",
-    )
+              ON so.study_fk = su.study_fk AND so.series_uid = su.series_uid"
+    ))
     .bind(&partition)
     .bind(&study_uid)
     .bind(&patient)

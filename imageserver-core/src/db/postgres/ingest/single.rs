@@ -45,6 +45,24 @@ use crate::db::Admission;
 use crate::model::work::NewWorkItem;
 use crate::model::{InsertOutcome, InstanceRecord, PartitionId, StudyDeletions, Uid};
 
+/// A study summary column (`\`-joined distinct values) merged with the
+/// values the batch adds: the union, sorted byte-wise (as SQLite's and the
+/// general way's `joined`), empty values dropped.
+macro_rules! summary_merge {
+    ($column:literal) => {
+        concat!(
+            "(SELECT COALESCE(string_agg(v, '\\' ORDER BY v), '')
+              FROM (SELECT DISTINCT v COLLATE \"C\" AS v
+                    FROM unnest(string_to_array(study.",
+            $column,
+            ", '\\') || string_to_array(excluded.",
+            $column,
+            ", '\\')) AS v
+                    WHERE v <> '') m)"
+        )
+    };
+}
+
 /// The statement, with `$append` added to its CTEs and `$appended` to its
 /// result.
 macro_rules! single_sql {
@@ -95,10 +113,9 @@ macro_rules! single_sql {
                          WHERE d.patient_n = p.n),
                         p.instances
                  FROM pa_in p ORDER BY p.n
-                 ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE
-                 SET patient_name = COALESCE(excluded.patient_name, patient.patient_name),
-                     birth_date = COALESCE(excluded.birth_date, patient.birth_date),
-                     sex = COALESCE(excluded.sex, patient.sex),
+                 ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE SET ",
+            patient_merge!(),
+            ",
                      num_studies = patient.num_studies + excluded.num_studies,
                      num_series = patient.num_series + excluded.num_series,
                      num_instances = patient.num_instances + excluded.num_instances
@@ -135,32 +152,15 @@ macro_rules! single_sql {
                         AND pa.issuer_of_patient_id = p.issuer
                  JOIN ss ON ss.partition_id = i.partition_id AND ss.study_uid = i.study_uid
                  ORDER BY i.n
-                 ON CONFLICT (partition_id, study_uid) DO UPDATE SET
-                     study_date = COALESCE(excluded.study_date, study.study_date),
-                     study_time = COALESCE(excluded.study_time, study.study_time),
-                     accession_number =
-                         COALESCE(excluded.accession_number, study.accession_number),
-                     study_id = COALESCE(excluded.study_id, study.study_id),
-                     study_description =
-                         COALESCE(excluded.study_description, study.study_description),
-                     referring_physician_name = COALESCE(excluded.referring_physician_name,
-                                                         study.referring_physician_name),
-                     specific_character_set = COALESCE(excluded.specific_character_set,
-                                                       study.specific_character_set),
-                     modalities_in_study = (
-                         SELECT COALESCE(string_agg(v, '\\' ORDER BY v), '')
-                         FROM (SELECT DISTINCT v COLLATE \"C\" AS v
-                               FROM unnest(string_to_array(study.modalities_in_study, '\\')
-                                           || string_to_array(excluded.modalities_in_study,
-                                                              '\\')) AS v
-                               WHERE v <> '') m),
-                     sop_classes_in_study = (
-                         SELECT COALESCE(string_agg(v, '\\' ORDER BY v), '')
-                         FROM (SELECT DISTINCT v COLLATE \"C\" AS v
-                               FROM unnest(string_to_array(study.sop_classes_in_study, '\\')
-                                           || string_to_array(excluded.sop_classes_in_study,
-                                                              '\\')) AS v
-                               WHERE v <> '') m),
+                 ON CONFLICT (partition_id, study_uid) DO UPDATE SET ",
+            study_merge!(),
+            ",
+                     modalities_in_study = ",
+            summary_merge!("modalities_in_study"),
+            ",
+                     sop_classes_in_study = ",
+            summary_merge!("sop_classes_in_study"),
+            ",
                      num_series = study.num_series + excluded.num_series,
                      num_instances = study.num_instances + excluded.num_instances,
                      size_bytes = study.size_bytes + excluded.size_bytes,
@@ -177,15 +177,9 @@ macro_rules! single_sql {
                  JOIN st_in t ON t.n = i.study_n
                  JOIN st ON st.partition_id = t.partition_id AND st.study_uid = t.study_uid
                  ORDER BY i.n
-                 ON CONFLICT (study_fk, series_uid) DO UPDATE SET
-                     modality = COALESCE(excluded.modality, series.modality),
-                     series_number = COALESCE(excluded.series_number, series.series_number),
-                     series_description =
-                         COALESCE(excluded.series_description, series.series_description),
-                     body_part_examined =
-                         COALESCE(excluded.body_part_examined, series.body_part_examined),
-                     series_date = COALESCE(excluded.series_date, series.series_date),
-                     series_time = COALESCE(excluded.series_time, series.series_time),
+                 ON CONFLICT (study_fk, series_uid) DO UPDATE SET ",
+            series_merge!(),
+            ",
                      num_instances = series.num_instances + excluded.num_instances
                  WHERE series.modality IS NULL OR excluded.modality IS NULL
                        OR series.modality = excluded.modality
