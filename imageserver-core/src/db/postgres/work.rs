@@ -177,7 +177,7 @@ pub(super) async fn append_in(
         let id = insert_item(conn, item, None).await?;
         return Ok(Enqueued::Created(WorkItemId(id)));
     };
-    // One statement (migration 0010's `imageserver_append_work`): under
+    // One statement (migration 0011's `imageserver_append_works`): under
     // the study's append lock (one appender per study at a time, so that
     // two nodes receiving instances of one study do not both create an
     // item), append to the waiting item or create one. An item claimed
@@ -185,8 +185,9 @@ pub(super) async fn append_in(
     // with 40001, retried by the caller (it will create a new item).
     let row = bind_append(
         sqlx::query(
-            "SELECT item_id, created FROM imageserver_append_work(
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            "SELECT item_id, created FROM imageserver_append_works(
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $18)",
         ),
         item,
         study,
@@ -201,15 +202,18 @@ pub(super) async fn append_in(
     })
 }
 
-/// Binds, after those `query` has, the seventeen arguments of migration
-/// 0010's `imageserver_append_work` that append `item` to the waiting work
+/// Binds, after those `query` has, the eighteen arguments of migration
+/// 0011's `imageserver_append_works` that append `item` to the waiting work
 /// of study storage `study` (see [`append_in`]).
 pub(super) fn bind_append<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     item: &'q NewWorkItem,
     study: i64,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    bind_append_item(query.bind(APPEND_LOCK | study).bind(study), item)
+    bind_appends(
+        query.bind(APPEND_LOCK).bind(vec![study]),
+        std::slice::from_ref(item),
+    )
 }
 
 /// Binds, after those `query` has, the arguments of migration 0011's
@@ -256,26 +260,6 @@ pub(super) fn bind_appends<'q>(
         .bind(CHANNEL)
         .bind(slacks)
         .bind(owners);
-    UidColumns::of(&uids).bind(query)
-}
-
-/// Binds the arguments of `imageserver_append_work` after the lock and the
-/// study.
-fn bind_append_item<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    item: &'q NewWorkItem,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let uids = distinct_uids(&item.uids);
-    let query = query
-        .bind(item.partition.0)
-        .bind(item.kind.as_str())
-        .bind(item.status.as_str())
-        .bind(item.priority.unwrap_or_default().rank())
-        .bind(item.scheduled_at.map(Timestamp::as_millis))
-        .bind(item.expires_at.map(Timestamp::as_millis))
-        .bind(pg_text(&item.payload).into_owned())
-        .bind(CHANNEL)
-        .bind(slack_ms(item));
     UidColumns::of(&uids).bind(query)
 }
 

@@ -819,6 +819,28 @@ fn batch_follow_ups(db: &dyn Database) {
     assert_eq!(at("1.9.10.7"), t2.after(slack));
     assert_eq!(items("1.9.10.6")[0].uid_count, 4);
 
+    // A batch that indexes an instance again (a replacement) appends to
+    // each of its studies' items like any other, listing nothing twice.
+    let t4 = t3.after(Duration::from_secs(60));
+    let ids = (items("1.9.10.6")[0].id, items("1.9.10.7")[0].id);
+    db.insert_instances_then(
+        &[f.record("1.9.10.6", 1), f.record("1.9.10.7", 5)],
+        Some(&slacked(t4)),
+    )
+    .expect("slack: batch with a replacement");
+    assert_eq!((items("1.9.10.6")[0].id, items("1.9.10.7")[0].id), ids);
+    assert_eq!(
+        (at("1.9.10.6"), at("1.9.10.7")),
+        (t4.after(slack), t4.after(slack))
+    );
+    assert_eq!(
+        (
+            items("1.9.10.6")[0].uid_count,
+            items("1.9.10.7")[0].uid_count
+        ),
+        (4, 4)
+    );
+
     // A failed batch schedules nothing: rows and items are one transaction.
     let mut bad = f.record("1.9.10.4", 1);
     bad.location.filesystem = FilesystemId(i64::MAX - 7);

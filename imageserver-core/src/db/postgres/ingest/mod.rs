@@ -18,9 +18,9 @@
 //! number of round trips whatever the batch's size: BEGIN, patients with
 //! study storages, studies with the deletion check and their series (the
 //! series join the studies' RETURNING), instances (reading the rows they
-//! replace in the same statement), counters and summaries (with a one-study
-//! batch's follow-up item: migration 0010's `imageserver_append_work`), one
-//! per further follow-up item, COMMIT.
+//! replace in the same statement), counters and summaries (with the
+//! follow-up items: migration 0011's `imageserver_append_works`), COMMIT.
+//! A batch with rows to recount appends its items one call each.
 //!
 //! **Concurrent nodes.** The upserts lock rows in a stable order: patients,
 //! then study storages (one row per study: the study's lock), then studies,
@@ -87,7 +87,9 @@ use sqlx::{PgConnection, Row};
 use super::TxError;
 use crate::db::Admission;
 use crate::model::work::NewWorkItem;
-use crate::model::{InsertOutcome, InstanceRecord, PartitionId, StudyDeletions, Uid};
+use crate::model::{
+    InsertOutcome, InstanceAttrs, InstanceRecord, PartitionId, StudyDeletions, Uid,
+};
 
 /// Trims DICOM padding and drops NULs; empty becomes `None`.
 fn text(value: Option<&str>) -> Option<String> {
@@ -95,6 +97,15 @@ fn text(value: Option<&str>) -> Option<String> {
         .map(|v| v.trim_matches([' ', '\0']))
         .filter(|v| !v.is_empty())
         .map(|v| v.replace('\0', ""))
+}
+
+/// An instance's file size as the index's BIGINT column holds it.
+fn file_size(instance: &InstanceAttrs) -> Result<i64, TxError> {
+    i64::try_from(instance.file_size).map_err(|_| {
+        TxError::Sql(sqlx::Error::Encode(
+            format!("file size {} out of range", instance.file_size).into(),
+        ))
+    })
 }
 
 /// Overwrites `into` with the values of `from` that are present.
@@ -245,9 +256,8 @@ pub(super) struct Indexed {
     pub(super) outcomes: Vec<InsertOutcome>,
     /// The storage keys of the batch's studies.
     pub(super) storages: StorageIds,
-    /// Whether the one item of `follow_ups` was appended too (the common
-    /// case: a batch of one study with nothing to recount); when not, the
-    /// caller appends them.
+    /// Whether the items of `follow_ups` were appended too (the common
+    /// case: nothing to recount); when not, the caller appends them.
     pub(super) appended: bool,
     /// Whether the batch took the one-statement way ([`single`]).
     pub(super) one_statement: bool,
@@ -381,11 +391,7 @@ pub(super) async fn insert_batch(
     for (record_idx, (r, series_key)) in batch.iter().zip(&record_series_keys).enumerate() {
         let i = &r.instance;
         let key = (r.partition.0, i.sop_instance_uid.as_str().to_string());
-        let size = i64::try_from(i.file_size).map_err(|_| {
-            TxError::Sql(sqlx::Error::Encode(
-                format!("file size {} out of range", i.file_size).into(),
-            ))
-        })?;
+        let size = file_size(i)?;
         let state = InstanceState {
             series: series_ids[series_key],
             size,
@@ -488,16 +494,22 @@ pub(super) async fn insert_batch(
         recount_studies,
         recount_patients,
     };
-    // The follow-up item of a one-study batch, appended by the counters'
-    // statement.
-    let append = match follow_ups {
-        [item] => item
-            .study_uid
-            .as_ref()
-            .and_then(|uid| storage_ids.get(&(item.partition.0, uid.as_str().to_string())))
-            .map(|study| (item, *study)),
-        _ => None,
-    };
+    // The follow-up items (one per study, in study order), appended by the
+    // counters' statement to the storage rows the batch wrote; when one
+    // names no study of the batch, the caller appends them all.
+    let studies: Option<Vec<i64>> = follow_ups
+        .iter()
+        .map(|item| {
+            let uid = item.study_uid.as_ref()?;
+            storage_ids
+                .get(&(item.partition.0, uid.as_str().to_string()))
+                .copied()
+        })
+        .collect();
+    let append = studies
+        .as_deref()
+        .filter(|studies| !studies.is_empty())
+        .map(|studies| (follow_ups, studies));
     let appended = flush.apply(conn, now, append).await?;
     Ok(Indexed {
         outcomes,
@@ -1065,7 +1077,7 @@ impl Flush {
         classes_added: &BTreeSet<i64>,
         classes_dirty: &BTreeSet<i64>,
         modalities_dirty: &BTreeSet<i64>,
-        append: Option<(&NewWorkItem, i64)>,
+        append: Option<(&[NewWorkItem], &[i64])>,
     ) -> Result<(), TxError> {
         let (series_ids, series_deltas): (Vec<i64>, Vec<i64>) = series_delta
             .iter()
@@ -1125,9 +1137,9 @@ impl Flush {
         let sql = match append {
             None => counters_sql!("", ""),
             Some(_) => counters_sql!(
-                ", wq AS (SELECT item_id FROM imageserver_append_work(
+                ", wq AS (SELECT item_id FROM imageserver_append_works(
                      $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
-                     $29, $30, $31))",
+                     $29, $30, $31, $32))",
                 " + (SELECT COUNT(*) FROM wq)"
             ),
         };
@@ -1148,8 +1160,8 @@ impl Flush {
             .bind(&patient_instances);
         match append {
             None => query.execute(&mut *conn).await?,
-            Some((item, study)) => {
-                super::work::bind_append(query, item, study)
+            Some((items, studies)) => {
+                super::work::bind_appends(query.bind(super::work::APPEND_LOCK).bind(studies), items)
                     .execute(&mut *conn)
                     .await?
             }
@@ -1158,12 +1170,13 @@ impl Flush {
     }
 
     /// Writes the counters; in the common case (nothing to recount) with
-    /// `append`'s item appended by the same statement: whether it was.
+    /// `append`'s items (each with its study storage row) appended by the
+    /// same statement: whether they were.
     async fn apply(
         self,
         conn: &mut PgConnection,
         now: i64,
-        append: Option<(&NewWorkItem, i64)>,
+        append: Option<(&[NewWorkItem], &[i64])>,
     ) -> Result<bool, TxError> {
         let Flush {
             series_delta,

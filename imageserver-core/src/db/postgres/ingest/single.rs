@@ -36,8 +36,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sqlx::{PgConnection, Row};
 
 use super::{
-    text, warn_if_elsewhere, Indexed, InstanceKey, PatientKey, SeriesRow, StorageIds, StudyKey,
-    StudyRow, TxError,
+    file_size, text, warn_if_elsewhere, Indexed, InstanceKey, PatientKey, SeriesRow, StorageIds,
+    StudyKey, StudyRow, TxError,
 };
 use crate::db::postgres::work;
 use crate::db::rows::joined;
@@ -297,11 +297,7 @@ impl<'a> Single<'a> {
         let mut series_instances: HashMap<(&StudyKey, &str), i64> = HashMap::new();
         let mut record_series = Vec::with_capacity(batch.len());
         for r in batch {
-            let size = i64::try_from(r.instance.file_size).map_err(|_| {
-                TxError::Sql(sqlx::Error::Encode(
-                    format!("file size {} out of range", r.instance.file_size).into(),
-                ))
-            })?;
+            let size = file_size(&r.instance)?;
             sizes.push(size);
             let key = (r.partition.0, r.study.study_uid.as_str().to_string());
             let (study_key, study) = studies
