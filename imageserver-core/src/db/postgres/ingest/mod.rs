@@ -300,19 +300,7 @@ pub(super) async fn insert_batch(
     // rows were locked: under those locks no deletion can start or finish,
     // and one that did since the records were admitted makes this a
     // conflict (retried; the rows just written roll back).
-    let deletions: HashMap<(PartitionId, &Uid), StudyDeletions> = batch
-        .iter()
-        .filter_map(|r| {
-            let key = (r.partition.0, r.study.study_uid.as_str().to_string());
-            let (_, _, _, deletions) = study_rows.get(&key)?;
-            Some(((r.partition, &r.study.study_uid), *deletions))
-        })
-        .collect();
-    if Admission::decide(batch, &deletions).any_refused() {
-        return Err(TxError::Conflict(
-            "a study was deleted while its batch was admitted",
-        ));
-    }
+    refuse_if_deleted(batch, |key| study_rows.get(key).map(|row| row.3))?;
     let mut patient_delta: BTreeMap<i64, PatientDelta> = BTreeMap::new();
     let mut recount_patients: BTreeSet<i64> = BTreeSet::new();
     let mut study_ids: HashMap<StudyKey, i64> = HashMap::new();
@@ -676,6 +664,29 @@ async fn upsert_patients_and_storages(
         return Err(TxError::Conflict("a study storage row was not returned"));
     }
     Ok((patient_ids, storage_ids))
+}
+
+/// Fails the attempt as a conflict when a record of `batch` would be
+/// refused because of its study's deletions (`deletions`, per study key:
+/// what the transaction read after locking the study's storage row). The
+/// rows just written roll back, and the retry decides before locking.
+fn refuse_if_deleted(
+    batch: &[InstanceRecord],
+    deletions: impl Fn(&StudyKey) -> Option<StudyDeletions>,
+) -> Result<(), TxError> {
+    let deletions: HashMap<(PartitionId, &Uid), StudyDeletions> = batch
+        .iter()
+        .filter_map(|r| {
+            let key = (r.partition.0, r.study.study_uid.as_str().to_string());
+            Some(((r.partition, &r.study.study_uid), deletions(&key)?))
+        })
+        .collect();
+    if Admission::decide(batch, &deletions).any_refused() {
+        return Err(TxError::Conflict(
+            "a study was deleted while its batch was admitted",
+        ));
+    }
+    Ok(())
 }
 
 /// Logs `record` when its study's indexed location (`filesystem`,

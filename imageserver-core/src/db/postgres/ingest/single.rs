@@ -36,14 +36,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sqlx::{PgConnection, Row};
 
 use super::{
-    file_size, text, warn_if_elsewhere, Indexed, InstanceKey, PatientKey, SeriesRow, StorageIds,
-    StudyKey, StudyRow, TxError,
+    file_size, refuse_if_deleted, text, warn_if_elsewhere, Indexed, InstanceKey, PatientKey,
+    SeriesRow, StorageIds, StudyKey, StudyRow, TxError,
 };
 use crate::db::postgres::work;
 use crate::db::rows::joined;
-use crate::db::Admission;
 use crate::model::work::NewWorkItem;
-use crate::model::{InsertOutcome, InstanceRecord, PartitionId, StudyDeletions, Uid};
+use crate::model::{InsertOutcome, InstanceRecord, StudyDeletions};
 
 /// A study summary column (`\`-joined distinct values) merged with the
 /// values the batch adds: the union, sorted byte-wise (as SQLite's and the
@@ -556,20 +555,7 @@ impl<'a> Single<'a> {
             );
             storage_ids.insert(key, row.try_get("id")?);
         }
-        // As on the general path: a deletion since the records were
-        // admitted makes this a conflict, and the retry decides first.
-        let deletions: HashMap<(PartitionId, &Uid), StudyDeletions> = batch
-            .iter()
-            .filter_map(|r| {
-                let key = (r.partition.0, r.study.study_uid.as_str().to_string());
-                Some(((r.partition, &r.study.study_uid), *deletions.get(&key)?))
-            })
-            .collect();
-        if Admission::decide(batch, &deletions).any_refused() {
-            return Err(TxError::Conflict(
-                "a study was deleted while its batch was admitted",
-            ));
-        }
+        refuse_if_deleted(batch, |key| deletions.get(key).copied())?;
         Ok(Indexed {
             outcomes: vec![InsertOutcome::Inserted; batch.len()],
             storages: storage_ids,
