@@ -106,6 +106,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (9, include_str!("migrations/0009_ingest_round_trips.sql")),
     (10, include_str!("migrations/0010_append_work_slack.sql")),
     (11, include_str!("migrations/0011_ingest_one_statement.sql")),
+    (12, include_str!("migrations/0012_work_uid_unique.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).

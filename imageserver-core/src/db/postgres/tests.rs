@@ -528,6 +528,50 @@ fn mixed_workload_keeps_counters_exact() {
     assert_eq!(counts.instances, u64::try_from(rows).expect("count"));
 }
 
+/// Appending instances to a study's waiting item finds those it lists
+/// through the index, whatever the table's statistics: on a queue never
+/// analyzed, the cached plan of a NOT EXISTS check read the whole
+/// `work_queue_uid` table at every append, so each batch of a burst was
+/// slower than the one before. Counted on the write pool (the plans ingest
+/// uses), in one transaction: no sequential scan of the table, and an
+/// instance listed already is listed once.
+#[test]
+fn appending_to_a_waiting_item_never_reads_the_whole_queue() {
+    use crate::model::work::{NewWorkItem, WorkKind, WorkUid};
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    let (partition, fs) = setup(&index, "APPEND");
+    index
+        .insert_instances(&[record(partition, fs, 0, 1, 0, 1)])
+        .expect("a study");
+    let study = index.scalar("SELECT id FROM study_storage");
+    let series = Uid::parse("1.2.3.4").expect("uid");
+    let sop = |n: u32| Uid::parse(&format!("1.2.3.4.{n}")).expect("uid");
+    let (scans, listed) = index
+        .write("appending in a test", async |conn: &mut PgConnection| {
+            for round in 0..40u32 {
+                // Each round lists ten instances again and adds fifty.
+                let uids = (round * 50..round * 50 + 50)
+                    .chain(round.saturating_sub(1) * 50..round.saturating_sub(1) * 50 + 10)
+                    .map(|n| WorkUid::new(series.clone(), sop(n)));
+                let item = NewWorkItem::new(WorkKind::STUDY_PROCESS, partition).uids(uids);
+                super::work::append_in(conn, &item, Some(study)).await?;
+            }
+            let scans: i64 = sqlx::query_scalar(
+                "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relname = 'work_queue_uid'",
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            let listed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM work_queue_uid")
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok((scans, listed))
+        })
+        .expect("appends");
+    assert_eq!(listed, 40 * 50, "every instance listed once");
+    assert_eq!(scans, 0, "appends read the whole queue {scans} times");
+}
+
 /// The same generator on SQLite and PostgreSQL ends with the same counts and
 /// the same C-FIND answers: one semantics, two backends.
 #[test]

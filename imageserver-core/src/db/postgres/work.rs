@@ -338,7 +338,8 @@ fn distinct_uids(uids: &[WorkUid]) -> Vec<&WorkUid> {
 }
 
 /// Adds instances to an item, skipping those it (or the list before them)
-/// has already.
+/// has already: through the unique index of migration 0012, never a plan
+/// that reads the whole queue.
 async fn add_uids(
     conn: &mut PgConnection,
     item_id: i64,
@@ -354,9 +355,8 @@ async fn add_uids(
          SELECT $1, t.s, t.o, t.f, t.c, t.d, t.r
          FROM UNNEST($2::text[], $3::text[], $4::bool[], $5::bigint[], $6::bool[], $7::text[])
               WITH ORDINALITY AS t(s, o, f, c, d, r, n)
-         WHERE NOT EXISTS (SELECT 1 FROM work_queue_uid x
-                           WHERE x.work_queue_id = $1 AND x.sop_instance_uid = t.o)
-         ORDER BY t.n",
+         ORDER BY t.n
+         ON CONFLICT (work_queue_id, sop_instance_uid) DO NOTHING",
     )
     .bind(item_id);
     UidColumns::of(&uids)
