@@ -555,6 +555,67 @@ fn duplicate_policy_compare_keeps_both_for_a_person() {
     assert_eq!(aside, 1, "the kept-aside copy is not on disk");
 }
 
+/// A large instance's index read begins once its header is whole, while its
+/// pixel data still arrives (half a megabyte comes in several PDUs): what
+/// that read finds decides as a read after the last byte would. Under
+/// `reject`, the same instance sent again is acknowledged unchanged, and one
+/// with the same UIDs but other pixels is refused, the stored one kept.
+#[test]
+fn a_large_instance_sent_again_is_recognised_while_it_arrives() {
+    let dir = test_dir("large-resend");
+    let server = Server::builder(dir.path())
+        .dicom_setting("duplicate_policy", "\"reject\"")
+        .start();
+    let first = dir.path().join("first.dcm");
+    let original = single_instance(&first, 24, 512, 512);
+    assert!(std::fs::metadata(&first).expect("written").len() > 512 * 1024);
+    let stored = dcmtk::store(server.addr(), "IMAGESERVER", &[&first], &[], TIMEOUT);
+    assert!(stored.success(), "{stored}");
+    let before = archive_state(server.archive());
+    assert_eq!(before.rows.len(), 1, "{before:#?}");
+
+    let again = dcmtk::store(server.addr(), "IMAGESERVER", &[&first], &[], TIMEOUT);
+    assert_eq!(
+        dcmtk::store_responses(&again.text()),
+        ["Success"],
+        "{again}"
+    );
+    assert_eq!(
+        archive_state(server.archive()),
+        before,
+        "the resend changed the archive"
+    );
+
+    let other = dir.path().join("other.dcm");
+    write_instance(
+        &other,
+        &InstanceSpec {
+            pixel_seed: 7,
+            patient_id: "PID24".into(),
+            patient_name: "SINGLE^SEED24".into(),
+            study_date: original.study_date.clone(),
+            study_uid: original.study_uid.clone(),
+            series_uid: original.series_uid.clone(),
+            sop_instance_uid: original.sop_instance_uid.clone(),
+            series_number: 1,
+            instance_number: 1,
+            rows: 512,
+            columns: 512,
+        },
+    );
+    let refused = dcmtk::store(server.addr(), "IMAGESERVER", &[&other], &[], TIMEOUT);
+    assert_eq!(
+        dcmtk::store_responses(&refused.text()),
+        ["Unknown Status: 0x111"],
+        "{refused}"
+    );
+    assert_eq!(
+        archive_state(server.archive()),
+        before,
+        "a refused duplicate changed the archive"
+    );
+}
+
 /// "A byte-identical resend is always acknowledged without change", under
 /// every duplicate policy: Success, the same file, the same index row,
 /// nothing kept aside, nothing for a person to reconcile.

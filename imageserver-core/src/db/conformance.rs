@@ -1075,7 +1075,8 @@ fn batch_mixes_every_case(store: &dyn IndexStore) {
     assert_eq!(size(&g, "1.2.8.1.1.1"), 20);
 }
 
-/// [`IndexStore::ingest_lookup`] answers what its three parts answer.
+/// [`IndexStore::ingest_lookup`] answers what its three parts answer, and
+/// [`IndexStore::begin_ingest_lookup`] what it answers.
 fn ingest_lookup_matches_its_parts(store: &dyn IndexStore) {
     let f = fixture(store, "LOOKUP");
     let parts = |study: &str, sop: &str| crate::db::IngestLookup {
@@ -1092,6 +1093,12 @@ fn ingest_lookup_matches_its_parts(store: &dyn IndexStore) {
             .ingest_lookup(f.partition, &uid(study), &uid(sop))
             .expect("lookup");
         assert_eq!(lookup, parts(study, sop), "study {study}, instance {sop}");
+        let begun = store.begin_ingest_lookup(f.partition, &uid(study), &uid(sop));
+        assert_eq!(
+            begun.wait().expect("begun"),
+            lookup,
+            "begun: {study}, {sop}"
+        );
         lookup
     };
     // Nothing stored yet.

@@ -215,6 +215,21 @@ pub trait IndexStore: Send + Sync + std::fmt::Debug {
         })
     }
 
+    /// [`IndexStore::ingest_lookup`], begun now and answered by
+    /// [`PendingLookup::wait`]: ingest begins it once an instance's header
+    /// is whole while much of its pixel data is still to arrive, so that a
+    /// backend whose every call is a network round trip answers while the
+    /// bytes come in. The default reads at once, on the calling thread.
+    fn begin_ingest_lookup(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        sop_instance_uid: &Uid,
+    ) -> PendingLookup {
+        let answer = self.ingest_lookup(partition, study_uid, sop_instance_uid);
+        PendingLookup::new(move || answer)
+    }
+
     /// Indexes a batch of instances in **one** transaction: creates or
     /// updates the patient, study, series and study-storage rows, inserts or
     /// replaces each instance row, and keeps the related counts right (a
@@ -341,6 +356,29 @@ pub struct IngestLookup {
     pub existing: Option<StoredInstance>,
     /// The patient of the stored study, if the index has the study.
     pub study_patient: Option<PatientAttrs>,
+}
+
+/// An [`IndexStore::ingest_lookup`] under way
+/// ([`IndexStore::begin_ingest_lookup`]).
+pub struct PendingLookup(Box<dyn FnOnce() -> Result<IngestLookup, Error> + Send>);
+
+impl PendingLookup {
+    /// A lookup `answer` gives when waited for.
+    pub fn new(answer: impl FnOnce() -> Result<IngestLookup, Error> + Send + 'static) -> Self {
+        PendingLookup(Box::new(answer))
+    }
+
+    /// Waits for the answer. An error says only that this attempt failed:
+    /// the caller may read again with [`IndexStore::ingest_lookup`].
+    pub fn wait(self) -> Result<IngestLookup, Error> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for PendingLookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingLookup")
+    }
 }
 
 /// Work an index batch schedules in its own transaction: for each distinct

@@ -18,7 +18,7 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use super::commit::{CommitError, GroupCommitter, StudyProcessHook};
 pub use super::partition::Partition;
 use crate::db::studies::{EditStatus, EditableAttribute};
-use crate::db::{self, IndexStore, IngestLookup};
+use crate::db::{self, IndexStore, IngestLookup, PendingLookup};
 use crate::dicom::part10::header::{self, HeaderError, InvalidUid};
 use crate::dicom::part10::walker::WalkError;
 use crate::dicom::part10::DataSetWalker;
@@ -41,6 +41,11 @@ pub const IMPLEMENTATION_VERSION_NAME: &str = "IMAGESERVER_01";
 /// reading the file back. Headers larger than this are read back from disk:
 /// at most [`IngestLimits::max_header_bytes`] of them, the walker's bound.
 const HEADER_PREFIX: usize = 128 * 1024;
+/// Pixel data bytes still to come, once the header is whole, from which
+/// ingest reads the index while they arrive ([`IngestWriter::write_data`]):
+/// below it the rest comes within a round trip anyway, and a read begun on
+/// another thread only adds the hand-over.
+const EARLY_LOOKUP_BYTES: u64 = 64 * 1024;
 /// Study locations remembered between instances before the cache is reset.
 const LOCATION_CACHE: usize = 16 * 1024;
 /// Bytes written between two checks of the receiving filesystem's free
@@ -418,6 +423,8 @@ impl Ingest {
             transfer_syntax_uid,
             source_ae: request.source_ae.map(str::to_string),
             may_replace: request.may_replace,
+            index: self.inner.index.clone(),
+            early: Early::NotYet,
         };
         let meta = file_meta(&writer, request.source_ae)?;
         writer.put(&[0u8; 128]);
@@ -437,7 +444,17 @@ impl Ingest {
         if let Some(walker) = writer.walker.take() {
             walker.finish().map_err(IngestError::Malformed)?;
         }
-        let header = writer.parse_header()?;
+        let (header, early) = match std::mem::replace(&mut writer.early, Early::Done(None)) {
+            Early::Done(Some(early)) => {
+                let EarlyLookup {
+                    header,
+                    study_uid,
+                    lookup,
+                } = *early;
+                (header, Some((study_uid, lookup)))
+            }
+            _ => (writer.parse_header()?, None),
+        };
         let mut record = self.record_for(&writer, &header)?;
         let mut key = InstanceKey {
             location: record.location.clone(),
@@ -458,7 +475,17 @@ impl Ingest {
                 )
                 .map_err(IngestError::Index)
         };
-        let mut looked_up = lookup()?;
+        let mut looked_up = match early {
+            // Begun while the pixel data arrived, for the same study (the
+            // same header) and SOP Instance UID (`record_for` checked it).
+            Some((study_uid, early)) if study_uid == key.location.study_uid => {
+                early.wait().or_else(|error| {
+                    tracing::debug!(error = %error_chain(&error), "the early index read failed, reading again");
+                    lookup()
+                })?
+            }
+            _ => lookup()?,
+        };
         if let (None, Some(restorer)) = (looked_up.deletions.filesystem, &self.restorer) {
             // A nearline study is restored first; the location is then
             // followed below as after a migration.
@@ -1055,6 +1082,24 @@ pub struct IngestWriter {
     transfer_syntax_uid: Uid,
     source_ae: Option<String>,
     may_replace: bool,
+    index: Arc<dyn IndexStore>,
+    early: Early,
+}
+
+/// The header parsed, and the index read begun, while the pixel data of a
+/// large instance still arrives (see [`EARLY_LOOKUP_BYTES`]).
+enum Early {
+    /// The header is not known whole yet.
+    NotYet,
+    /// Begun, or not worth beginning: [`Ingest::finish`] parses and reads.
+    Done(Option<Box<EarlyLookup>>),
+}
+
+/// What [`Early::Done`] holds when the read was begun.
+struct EarlyLookup {
+    header: DefaultDicomObject,
+    study_uid: Uid,
+    lookup: PendingLookup,
 }
 
 impl std::fmt::Debug for IngestWriter {
@@ -1094,10 +1139,47 @@ impl IngestWriter {
             }
         }
         self.put(bytes);
+        if matches!(self.early, Early::NotYet) && self.failure.is_none() {
+            self.begin_lookup();
+        }
         if self.failure.is_none() && self.written >= self.next_space_check {
             self.next_space_check = self.written.saturating_add(FREE_SPACE_CHECK_BYTES);
             self.check_free_space();
         }
+    }
+
+    /// Once the header is whole and at least [`EARLY_LOOKUP_BYTES`] of the
+    /// value under way (pixel data, or a fragment of it) are still to
+    /// come: parses the header and begins the index read that
+    /// [`Ingest::finish`] would make, so that its round trip overlaps the
+    /// rest of the transfer. Both happen at most once; a header that does
+    /// not parse here is left to `finish`, which reports it.
+    fn begin_lookup(&mut self) {
+        let Some(left) = self.walker.as_ref().and_then(DataSetWalker::past_header) else {
+            return;
+        };
+        if left < EARLY_LOOKUP_BYTES {
+            return;
+        }
+        let parsed = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .from_reader(&self.prefix[..]);
+        let early = parsed.ok().and_then(|header| {
+            let study_uid =
+                header::required_uid(&header, tags::STUDY_INSTANCE_UID, "Study Instance UID")
+                    .ok()?;
+            let lookup = self.index.begin_ingest_lookup(
+                self.partition.id,
+                &study_uid,
+                &self.sop_instance_uid,
+            );
+            Some(Box::new(EarlyLookup {
+                header,
+                study_uid,
+                lookup,
+            }))
+        });
+        self.early = Early::Done(early);
     }
 
     /// Fails the store: the temporary file is removed at once and later

@@ -465,6 +465,49 @@ const INGEST_LOOKUP: &str = concat!(
          WHERE st.partition_id = $1 AND st.study_uid = $2) s ON TRUE"
 );
 
+/// [`INGEST_LOOKUP`] on `conn`.
+async fn ingest_lookup_on(
+    conn: &mut PgConnection,
+    partition: PartitionId,
+    study_uid: &Uid,
+    sop_instance_uid: &Uid,
+) -> Result<IngestLookup, sqlx::Error> {
+    let row = sqlx::query(INGEST_LOOKUP)
+        .bind(partition.0)
+        .bind(study_uid.as_str())
+        .bind(sop_instance_uid.as_str())
+        .fetch_one(&mut *conn)
+        .await?;
+    let existing = match row.try_get::<Option<String>, _>("sop_instance_uid")? {
+        Some(_) => Some(rows::stored_instance(&row)?),
+        None => None,
+    };
+    let study_patient = match row.try_get::<Option<String>, _>("patient_id")? {
+        Some(patient_id) => {
+            let issuer: String = row.try_get("issuer_of_patient_id")?;
+            Some(crate::model::PatientAttrs {
+                patient_id,
+                issuer_of_patient_id: (!issuer.is_empty()).then_some(issuer),
+                patient_name: row.try_get("patient_name")?,
+                birth_date: row.try_get("birth_date")?,
+                sex: row.try_get("sex")?,
+            })
+        }
+        None => None,
+    };
+    Ok(IngestLookup {
+        deletions: StudyDeletions {
+            deleting: row.try_get("deleting")?,
+            count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
+            filesystem: row
+                .try_get::<Option<i64>, _>("filesystem")?
+                .map(FilesystemId),
+        },
+        existing,
+        study_patient,
+    })
+}
+
 /// `sql` with partition `$1` and a device's columns `$2`…`$9` bound, in
 /// the order of [`sql::ENSURE_DEVICE`].
 fn device_query<'q>(
@@ -834,40 +877,44 @@ impl IndexStore for PgIndex {
         sop_instance_uid: &Uid,
     ) -> Result<IngestLookup, Error> {
         self.read("looking up an instance before ingest", async |conn| {
-            let row = sqlx::query(INGEST_LOOKUP)
-                .bind(partition.0)
-                .bind(study_uid.as_str())
-                .bind(sop_instance_uid.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
-            let existing = match row.try_get::<Option<String>, _>("sop_instance_uid")? {
-                Some(_) => Some(rows::stored_instance(&row)?),
-                None => None,
-            };
-            let study_patient = match row.try_get::<Option<String>, _>("patient_id")? {
-                Some(patient_id) => {
-                    let issuer: String = row.try_get("issuer_of_patient_id")?;
-                    Some(crate::model::PatientAttrs {
-                        patient_id,
-                        issuer_of_patient_id: (!issuer.is_empty()).then_some(issuer),
-                        patient_name: row.try_get("patient_name")?,
-                        birth_date: row.try_get("birth_date")?,
-                        sex: row.try_get("sex")?,
-                    })
-                }
-                None => None,
-            };
-            Ok(IngestLookup {
-                deletions: StudyDeletions {
-                    deleting: row.try_get("deleting")?,
-                    count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
-                    filesystem: row
-                        .try_get::<Option<i64>, _>("filesystem")?
-                        .map(FilesystemId),
-                },
-                existing,
-                study_patient,
+            ingest_lookup_on(conn, partition, study_uid, sop_instance_uid).await
+        })
+    }
+
+    /// Sent at once on a connection of the write pool; the runtime's
+    /// workers carry the round trip while the caller receives the rest of
+    /// the instance.
+    fn begin_ingest_lookup(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        sop_instance_uid: &Uid,
+    ) -> crate::db::PendingLookup {
+        let (pool, study_uid, sop_instance_uid) = (
+            self.pool.clone(),
+            study_uid.clone(),
+            sop_instance_uid.clone(),
+        );
+        let timeout = self.options.call_timeout();
+        let task = self.runtime.spawn(async move {
+            tokio::time::timeout(timeout, async {
+                let mut conn = pool.acquire().await?;
+                ingest_lookup_on(&mut conn, partition, &study_uid, &sop_instance_uid).await
             })
+            .await
+        });
+        let runtime = self.runtime.handle().clone();
+        crate::db::PendingLookup::new(move || {
+            let operation = "looking up an instance before ingest";
+            match runtime.block_on(task) {
+                Ok(Ok(Ok(lookup))) => Ok(lookup),
+                Ok(Ok(Err(e))) => Err(map_error(operation, e)),
+                Ok(Err(elapsed)) => Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
+                Err(join) => Err(Error::Backend {
+                    operation,
+                    source: Box::new(join),
+                }),
+            }
         })
     }
 

@@ -224,6 +224,15 @@ impl DataSetWalker {
             .or(self.structure.error.as_ref())
     }
 
+    /// Once every element before Pixel Data has been walked (a top-level
+    /// element at or after Pixel Data has begun), how many bytes of the
+    /// value under way are still to come; `None` before. A receiver learns
+    /// from it that the header is whole while much of the instance is yet
+    /// to arrive.
+    pub(crate) fn past_header(&self) -> Option<u64> {
+        (!self.structure.in_header && self.error().is_none()).then_some(self.structure.skip)
+    }
+
     /// Feeds the next bytes of the data set (as received: deflated ones
     /// are inflated here).
     pub(crate) fn feed(&mut self, bytes: &[u8]) {
@@ -645,6 +654,30 @@ mod tests {
         data.extend_from_slice(&[1, 2, 3, 4]);
         data.extend(raw(SEQUENCE_END, 0));
         data
+    }
+
+    #[test]
+    fn the_header_is_known_whole_while_pixel_data_still_arrives() {
+        let mut data = explicit((0x0020, 0x000D), b"UI", b"1.2.3\0");
+        let pixel_data = data.len();
+        data.extend(explicit((0x7FE0, 0x0010), b"OW", &[7u8; 1000]));
+        let mut walker = DataSetWalker::for_transfer_syntax("1.2.840.10008.1.2.1");
+        // Up to the last byte of Pixel Data's 12-byte header: not yet.
+        walker.feed(&data[..pixel_data + 11]);
+        assert_eq!(walker.past_header(), None);
+        walker.feed(&data[pixel_data + 11..pixel_data + 112]);
+        assert_eq!(
+            walker.past_header(),
+            Some(900),
+            "the value's bytes still to come"
+        );
+        walker.feed(&data[pixel_data + 112..]);
+        assert_eq!(walker.past_header(), Some(0));
+        assert_eq!(walker.finish(), Ok(()));
+        // A data set without Pixel Data never says so.
+        let mut walker = DataSetWalker::for_transfer_syntax("1.2.840.10008.1.2.1");
+        walker.feed(&data[..pixel_data]);
+        assert_eq!(walker.past_header(), None);
     }
 
     #[test]
