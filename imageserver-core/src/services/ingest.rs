@@ -445,14 +445,7 @@ impl Ingest {
             walker.finish().map_err(IngestError::Malformed)?;
         }
         let (header, early) = match std::mem::replace(&mut writer.early, Early::Done(None)) {
-            Early::Done(Some(early)) => {
-                let EarlyLookup {
-                    header,
-                    study_uid,
-                    lookup,
-                } = *early;
-                (header, Some((study_uid, lookup)))
-            }
+            Early::Done(Some(early)) => (early.header, Some(early.lookup)),
             _ => (writer.parse_header()?, None),
         };
         let mut record = self.record_for(&writer, &header)?;
@@ -475,16 +468,14 @@ impl Ingest {
                 )
                 .map_err(IngestError::Index)
         };
+        // An early read asked for this header's study and the command's SOP
+        // Instance UID, which `record_for` checked against the header.
         let mut looked_up = match early {
-            // Begun while the pixel data arrived, for the same study (the
-            // same header) and SOP Instance UID (`record_for` checked it).
-            Some((study_uid, early)) if study_uid == key.location.study_uid => {
-                early.wait().or_else(|error| {
-                    tracing::debug!(error = %error_chain(&error), "the early index read failed, reading again");
-                    lookup()
-                })?
-            }
-            _ => lookup()?,
+            Some(early) => early.wait().or_else(|error| {
+                tracing::debug!(error = %error_chain(&error), "the early index read failed, reading again");
+                lookup()
+            })?,
+            None => lookup()?,
         };
         if let (None, Some(restorer)) = (looked_up.deletions.filesystem, &self.restorer) {
             // A nearline study is restored first; the location is then
@@ -1095,10 +1086,10 @@ enum Early {
     Done(Option<Box<EarlyLookup>>),
 }
 
-/// What [`Early::Done`] holds when the read was begun.
+/// What [`Early::Done`] holds when the read was begun: the parsed header
+/// and the read of its study.
 struct EarlyLookup {
     header: DefaultDicomObject,
-    study_uid: Uid,
     lookup: PendingLookup,
 }
 
@@ -1161,10 +1152,7 @@ impl IngestWriter {
         if left < EARLY_LOOKUP_BYTES {
             return;
         }
-        let parsed = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .from_reader(&self.prefix[..]);
-        let early = parsed.ok().and_then(|header| {
+        let early = self.parse_prefix().ok().and_then(|header| {
             let study_uid =
                 header::required_uid(&header, tags::STUDY_INSTANCE_UID, "Study Instance UID")
                     .ok()?;
@@ -1173,11 +1161,7 @@ impl IngestWriter {
                 &study_uid,
                 &self.sop_instance_uid,
             );
-            Some(Box::new(EarlyLookup {
-                header,
-                study_uid,
-                lookup,
-            }))
+            Some(Box::new(EarlyLookup { header, lookup }))
         });
         self.early = Early::Done(early);
     }
@@ -1256,8 +1240,7 @@ impl IngestWriter {
 
     /// Parses the file's meta and data set up to Pixel Data.
     fn parse_header(&mut self) -> Result<DefaultDicomObject, IngestError> {
-        let options = || OpenFileOptions::new().read_until(tags::PIXEL_DATA);
-        match options().from_reader(&self.prefix[..]) {
+        match self.parse_prefix() {
             Ok(object) => return Ok(object),
             Err(error) if self.written <= 128 + self.prefix.len() as u64 => {
                 return Err(IngestError::Unparseable(error_chain(&error)));
@@ -1269,10 +1252,21 @@ impl IngestWriter {
         reader
             .read_exact(&mut preamble)
             .map_err(|e| IngestError::Unparseable(e.to_string()))?;
-        options()
+        header_options()
             .from_reader(reader)
             .map_err(|e| IngestError::Unparseable(error_chain(&e)))
     }
+
+    /// Parses the meta and data set up to Pixel Data from the in-memory
+    /// prefix alone.
+    fn parse_prefix(&self) -> Result<DefaultDicomObject, dicom_object::ReadError> {
+        header_options().from_reader(&self.prefix[..])
+    }
+}
+
+/// How a stored file's header is parsed: up to Pixel Data.
+fn header_options() -> OpenFileOptions {
+    OpenFileOptions::new().read_until(tags::PIXEL_DATA)
 }
 
 /// What a failed store writes to: its temporary file is gone, and every
