@@ -3,8 +3,9 @@
 //! A backend's row type implements [`Columns`] (typed reads by column
 //! name, and the backend's own decode error); the mappers below turn the
 //! columns the shared statements of [`crate::db::sql`] select into model
-//! records. What a backend does differently (placeholders, locking, bulk
-//! statements) stays in the backend; what a row *means* lives here.
+//! records, and the counter deltas both ingests fold a batch into. What a
+//! backend does differently (placeholders, locking, bulk statements) stays
+//! in the backend; what a row *means* lives here.
 
 use std::collections::BTreeSet;
 
@@ -382,6 +383,24 @@ impl From<EditGone> for Error {
             what: gone.to_string(),
         }
     }
+}
+
+/// What an ingest batch adds to a study's counters (`num_series`,
+/// `num_instances`, `size_bytes`), folded before they are written.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct StudyDelta {
+    pub(crate) series: i64,
+    pub(crate) instances: i64,
+    pub(crate) size: i64,
+}
+
+/// What an ingest batch adds to a patient's counters (`num_studies`,
+/// `num_series`, `num_instances`).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PatientDelta {
+    pub(crate) studies: i64,
+    pub(crate) series: i64,
+    pub(crate) instances: i64,
 }
 
 /// Joins distinct values with `\` in sorted order (a multi-valued column

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::db::rows::{joined, split};
+use crate::db::rows::{joined, split, PatientDelta, StudyDelta};
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
@@ -85,20 +85,6 @@ struct CachedSeries {
     series_number: Option<i32>,
     /// The modality as stored.
     modality: Option<String>,
-}
-
-#[derive(Default, Clone, Copy)]
-struct StudyDelta {
-    series: i64,
-    instances: i64,
-    size: i64,
-}
-
-#[derive(Default, Clone, Copy)]
-struct PatientDelta {
-    studies: i64,
-    series: i64,
-    instances: i64,
 }
 
 /// What one batch has seen and must still write.

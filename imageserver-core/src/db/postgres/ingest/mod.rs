@@ -80,7 +80,7 @@ mod single;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::db::rows::{joined, split};
+use crate::db::rows::{joined, split, PatientDelta, StudyDelta};
 
 use sqlx::{PgConnection, Row};
 
@@ -145,20 +145,6 @@ struct InstanceState {
     series: i64,
     size: i64,
     class: String,
-}
-
-#[derive(Default, Clone, Copy)]
-struct StudyDelta {
-    series: i64,
-    instances: i64,
-    size: i64,
-}
-
-#[derive(Default, Clone, Copy)]
-struct PatientDelta {
-    studies: i64,
-    series: i64,
-    instances: i64,
 }
 
 /// The study storage keys of a batch's studies, by partition and study UID.
