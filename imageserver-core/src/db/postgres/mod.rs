@@ -68,6 +68,7 @@ mod work;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -238,6 +239,8 @@ pub struct PgIndex {
     url: String,
     options: PgOptions,
     pool: PgPool,
+    /// Write-pool connections kept between calls (see [`retry::Kept`]).
+    kept: Arc<retry::Kept>,
     /// Queries' own connections (see [`PgOptions::query_pool_size`]).
     query_pool: PgPool,
     /// Ingest batches indexed in one statement, and those that tried and
@@ -261,7 +264,9 @@ impl Drop for PgIndex {
     fn drop(&mut self) {
         // Closes the connections politely (bounded) before the runtime goes.
         let pools = [self.pool.clone(), self.query_pool.clone()];
+        let kept = self.kept.drain();
         self.runtime.block_on(async move {
+            drop(kept);
             let close = futures_util::future::join_all(pools.iter().map(|pool| pool.close()));
             let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
         });
@@ -329,6 +334,7 @@ impl PgIndex {
             url: redacted,
             options,
             pool,
+            kept: Default::default(),
             query_pool,
             one_statement: Default::default(),
             runtime,
@@ -890,16 +896,20 @@ impl IndexStore for PgIndex {
         study_uid: &Uid,
         sop_instance_uid: &Uid,
     ) -> crate::db::PendingLookup {
-        let (pool, study_uid, sop_instance_uid) = (
+        let (pool, kept, study_uid, sop_instance_uid) = (
             self.pool.clone(),
+            self.kept.clone(),
             study_uid.clone(),
             sop_instance_uid.clone(),
         );
         let timeout = self.options.call_timeout();
         let task = self.runtime.spawn(async move {
             tokio::time::timeout(timeout, async {
-                let mut conn = pool.acquire().await?;
-                ingest_lookup_on(&mut conn, partition, &study_uid, &sop_instance_uid).await
+                let mut conn = retry::lease(&pool, Some(&kept), false).await?;
+                let lookup =
+                    ingest_lookup_on(&mut conn, partition, &study_uid, &sop_instance_uid).await?;
+                kept.put(&pool, conn);
+                Ok::<_, sqlx::Error>(lookup)
             })
             .await
         });

@@ -483,6 +483,44 @@ fn only_lost_connections_are_retried() {
     assert!(!lost(sqlx::Error::RowNotFound));
 }
 
+/// A write-pool call that ends well keeps its connection for the next one
+/// instead of returning it to the pool (which pings it, a round trip), but
+/// never while that would leave a caller waiting in the pool: with one
+/// connection, it goes back.
+#[test]
+fn a_connection_is_kept_for_the_next_call_unless_the_pool_needs_it() {
+    let Some(db) = TestDb::new() else { return };
+    let index = db.connect();
+    let (partition, fs) = setup(&index, "KEPT");
+    let pid = index.scalar("SELECT pg_backend_pid()::bigint");
+    index
+        .insert_instances(&[record(partition, fs, 1, 1, 1, 1)])
+        .expect("insert");
+    assert_eq!(
+        index.scalar("SELECT pg_backend_pid()::bigint"),
+        pid,
+        "the next calls use the kept connection"
+    );
+    {
+        // Dropped inside the runtime: a pooled connection's drop spawns its return.
+        let _runtime = index.runtime.enter();
+        assert_eq!(index.kept.drain().len(), 1, "the connection was not kept");
+    }
+
+    let single = PgIndex::connect(&format!(
+        "{}{}pool_size=1",
+        db.url,
+        if db.url.contains('?') { '&' } else { '?' }
+    ))
+    .expect("connect");
+    single.scalar("SELECT 1::bigint");
+    let _runtime = single.runtime.enter();
+    assert!(
+        single.kept.drain().is_empty(),
+        "the only connection was kept"
+    );
+}
+
 /// Connections the server drops (a restart, an administrator) are replaced
 /// by the pool: the next calls work without a new `PgIndex`.
 #[test]
