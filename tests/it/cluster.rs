@@ -22,7 +22,7 @@ use crate::support::dcmtk::{self, CALLING_AE};
 use crate::support::raw::{c_store_rq, Proposal, RawPeer};
 use crate::support::scp::{FlakyScp, Refuse};
 use crate::support::server::{free_port, test_dir, BINARY};
-use crate::support::{files_under, is_idle_spare, received_by_uid};
+use crate::support::{files_under, received_by_uid};
 
 #[path = "support/retrieve_peers.rs"]
 #[allow(dead_code, clippy::duplicate_mod)]
@@ -662,7 +662,6 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
         files_under(&cluster.data().join(".tmp"))
             .into_iter()
             .filter(|p| p.to_string_lossy().contains(&part_prefix))
-            .filter(|p| !is_idle_spare(p))
             .collect()
     };
     wait_until(

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::assert_no_temp_files;
 use crate::support::corpus::Rng;
 use crate::support::raw::{self, ct_dataset_header, DatasetUids, Proposal, RawPeer};
 use crate::support::server::{test_dir, Server};
-use crate::support::{assert_no_temp_files, is_idle_spare};
 
 /// Data set bytes per P-DATA-TF: well below the server's largest PDU.
 const FRAGMENT: usize = 64 * 1024;
@@ -201,13 +201,7 @@ fn store_on(server: &Server, tmpfs: &Tmpfs, rng: &mut Rng, pixel_mib: u32) -> Op
     );
     if status != Some(0x0000) {
         let left: Vec<_> = std::fs::read_dir(tmpfs.path.join(".tmp"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| !is_idle_spare(p))
-                    .collect()
-            })
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
         assert!(left.is_empty(), "temporary files left: {left:?}");
         assert!(server

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 
 mod journal;
 mod place;
-mod spare;
 mod writer;
 
 use writer::FsWriter;
@@ -56,8 +55,6 @@ struct Inner {
     counter: AtomicU64,
     /// The open-batch journals written through this backend.
     journals: journal::OpenJournals,
-    /// Temporary files made ahead of the stores that take them.
-    spares: spare::Spares,
     /// Offers no [`DeferredSync`] (a wrapper that does not pass it on).
     #[cfg(test)]
     without_deferral: bool,
@@ -81,17 +78,14 @@ impl FsStorage {
         }
     }
 
-    /// A fresh temporary name in `root`'s `.tmp`:
-    /// `HOST-PID-N-NANOS.<extension>` (`part` for a file a store is
-    /// writing, `spare` for one made ahead, see `fs/spare.rs`).
-    fn temp_path(&self, root: &Path, extension: &str) -> PathBuf {
+    fn temp_path(&self, root: &Path) -> PathBuf {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         root.join(layout::TEMP_DIR).join(format!(
-            "{}-{}-{n}-{nanos}.{extension}",
+            "{}-{}-{n}-{nanos}.part",
             host_tag(),
             std::process::id()
         ))
@@ -163,19 +157,12 @@ impl StorageBackend for FsStorage {
             fs::create_dir_all(&temp_dir)
                 .map_err(|e| io_error("creating directory", &temp_dir, &root, e))?;
         }
-        let next_spare = self.temp_path(&root, spare::EXTENSION);
-        let (temp_path, file) = match self.inner.spares.take(&temp_dir, next_spare) {
-            Some(spare) => (spare.path, spare.file),
-            None => {
-                let temp_path = self.temp_path(&root, "part");
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&temp_path)
-                    .map_err(|e| io_error("creating", &temp_path, &root, e))?;
-                (temp_path, file)
-            }
-        };
+        let temp_path = self.temp_path(&root);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+            .map_err(|e| io_error("creating", &temp_path, &root, e))?;
         Ok(Box::new(FsWriter {
             storage: self.clone(),
             root,
@@ -503,7 +490,7 @@ impl StorageBackend for FsStorage {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if !(name.ends_with(".part") || name.ends_with(spare::SUFFIX)) {
+            if !name.ends_with(".part") {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -608,12 +595,9 @@ fn host_tag() -> &'static str {
 }
 
 /// The host and process id a temporary file name carries
-/// (`HOST-PID-N-NANOS.part`, or `.spare`); None for a name of another form.
+/// (`HOST-PID-N-NANOS.part`); None for a name of another form.
 fn writer_of(name: &str) -> Option<(&str, u32)> {
-    let stem = name
-        .strip_suffix(".part")
-        .or_else(|| name.strip_suffix(spare::SUFFIX))?;
-    let mut parts = stem.split('-');
+    let mut parts = name.strip_suffix(".part")?.split('-');
     let host = parts.next()?;
     let pid = parts.next()?.parse().ok()?;
     Some((host, pid))
@@ -839,25 +823,6 @@ mod tests {
         }
     }
 
-    /// What is in `root`'s `.tmp` but this process's spares not handed out
-    /// (empty; the backend's thread makes them at any time).
-    pub(super) fn temp_left(root: &Path) -> Vec<String> {
-        let own_spare = format!("{}-{}-", host_tag(), std::process::id());
-        let mut left: Vec<String> = fs::read_dir(root.join(layout::TEMP_DIR))
-            .unwrap()
-            .map(|e| e.unwrap())
-            .filter(|e| {
-                let name = e.file_name().into_string().unwrap();
-                !(name.starts_with(&own_spare)
-                    && name.ends_with(spare::SUFFIX)
-                    && e.metadata().unwrap().len() == 0)
-            })
-            .map(|e| e.file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        left
-    }
-
     #[test]
     fn write_persist_sync_read_delete() {
         let dir = tempfile::tempdir().unwrap();
@@ -899,9 +864,6 @@ mod tests {
         storage.delete(&fs, &k).unwrap();
         assert!(!storage.exists(&fs, &k).unwrap());
         storage.delete(&fs, &k).unwrap();
-        assert_eq!(temp_left(dir.path()), Vec::<String>::new());
-        // Dropping the backend removes its spares.
-        drop(storage);
         assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
             .unwrap()
             .next()
@@ -970,11 +932,8 @@ mod tests {
         let own = format!("{}-{}-7-1.part", host_tag(), std::process::id());
         let fresh_elsewhere = "other.host-42-0-1.part";
         let stale_elsewhere = "other.host-43-0-1.part";
-        // A dead process's spare, made ahead and never taken.
-        let dead_spare = format!("{}-{}-1-1.spare", host_tag(), 1u64 << 23);
         for (name, bytes) in [
             (&dead[..], 5),
-            (&dead_spare[..], 0),
             (&own[..], 6),
             (fresh_elsewhere, 7),
             (stale_elsewhere, 8),
@@ -992,11 +951,14 @@ mod tests {
         let report = storage
             .sweep_temporary(&fs_, std::time::Duration::from_secs(3600))
             .unwrap();
-        let left = temp_left(dir.path());
-        assert_eq!(report.removed, 3, "{left:?}");
+        let mut left: Vec<String> = std::fs::read_dir(&temp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(report.removed, 2, "{left:?}");
         assert_eq!(report.bytes, 5 + 8);
         assert!(!left.contains(&dead) && !left.iter().any(|n| n == stale_elsewhere));
-        assert!(!left.contains(&dead_spare), "{left:?}");
         for kept in [&own[..], fresh_elsewhere, "not-a-temporary.json"] {
             assert!(
                 left.iter().any(|n| n == kept),
@@ -1019,7 +981,10 @@ mod tests {
         let mut writer = storage.begin_write(&fs).unwrap();
         writer.write_all(&[0u8; 1000]).unwrap();
         drop(writer);
-        assert_eq!(temp_left(dir.path()), Vec::<String>::new());
+        assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
+            .unwrap()
+            .next()
+            .is_none());
     }
 
     #[test]

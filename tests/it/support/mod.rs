@@ -180,41 +180,17 @@ pub fn archived_files(archive: &Archive) -> Vec<PathBuf> {
 
 /// Every entry inside a `.tmp` folder of any filesystem under the archive's
 /// data directory: the temporary files of stores and rewrites in progress
-/// (`*.part`, or a `*.spare` a store took), which a failed or interrupted
-/// write must not leave behind. The running server's journal of open
-/// batches (`*.journal`, the group commit's, removed at shutdown and
-/// checked by `commit_crash`) is not one, nor is a spare it has not handed
-/// out ([`is_idle_spare`]).
+/// (`*.part`), which a failed or interrupted write must not leave behind.
+/// The running server's journal of open batches (`*.journal`, the group
+/// commit's, removed at shutdown and checked by `commit_crash`) is not one.
 pub fn temp_entries(archive: &Archive) -> Vec<PathBuf> {
     let all = entries_under(archive.data_dir());
     all.iter()
         .filter(|path| path.file_name().is_some_and(|n| n == ".tmp") && path.is_dir())
         .flat_map(|tmp| all.iter().filter(move |p| p.starts_with(tmp) && *p != tmp))
         .filter(|p| p.extension().is_none_or(|e| e != "journal"))
-        .filter(|p| !is_idle_spare(p))
         .cloned()
         .collect()
-}
-
-/// Whether `path` is a temporary file a running server made ahead of the
-/// store that will take it and has not handed out: an empty
-/// `HOST-PID-N-NANOS.spare` whose process is alive. A store writes its
-/// first bytes to the file it took at once, and a dead process's spares are
-/// the sweeps' to remove, so anything else in `.tmp` is a store's.
-pub fn is_idle_spare(path: &Path) -> bool {
-    let Some(stem) = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".spare"))
-    else {
-        return false;
-    };
-    let alive = stem
-        .split('-')
-        .nth(1)
-        .and_then(|pid| pid.parse::<u32>().ok())
-        .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
-    alive && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// Asserts that no filesystem of the archive holds a temporary file
@@ -252,8 +228,7 @@ pub struct FileState {
 
 /// What storing something again must leave alone: every file under `fs1`
 /// (kept-aside copies and `.tmp` included; series metadata and the group
-/// commit's journal of open batches, rewritten by every batch, and the
-/// spares made ahead of the next store ([`is_idle_spare`]) left out)
+/// commit's journal of open batches, rewritten by every batch, left out)
 /// with its [`FileState`], and every instance row of the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveState {
@@ -271,7 +246,6 @@ pub fn archive_state(archive: &Archive) -> ArchiveState {
         .into_iter()
         .filter(|path| !path.components().any(|c| c.as_os_str() == ".metadata"))
         .filter(|path| path.extension().is_none_or(|e| e != "journal"))
-        .filter(|path| !is_idle_spare(path))
         .map(|path| {
             let meta = std::fs::metadata(&path).expect("stat an archived file");
             let state = FileState {

@@ -1,5 +1,4 @@
-//! A file being written: a temporary file under `<root>/.tmp` (a `.part`
-//! made for it, or a `.spare` made ahead: see `spare.rs`), persisted
+//! A file being written: a temporary file under `<root>/.tmp`, persisted
 //! (synced and renamed, or deferred: see `journal.rs`) or removed on drop.
 
 use std::fs::{self, File};
@@ -63,31 +62,16 @@ impl FsWriter {
     }
 }
 
-/// The first bytes written go straight to the file, past the buffer: a
-/// file that is being written is then never empty on disk for long, which
-/// is what tells a store's file from a spare not handed out (`spare.rs`).
 impl Write for FsWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let first = self.len == 0;
-        let file = self.file()?;
-        let n = if first && file.buffer().is_empty() {
-            file.get_mut().write(buf)?
-        } else {
-            file.write(buf)?
-        };
+        let n = self.file()?.write(buf)?;
         self.len += n as u64;
         self.start_writeback();
         Ok(n)
     }
 
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let first = self.len == 0;
-        let file = self.file()?;
-        if first && file.buffer().is_empty() {
-            file.get_mut().write_all(buf)?;
-        } else {
-            file.write_all(buf)?;
-        }
+        self.file()?.write_all(buf)?;
         self.len += buf.len() as u64;
         self.start_writeback();
         Ok(())
