@@ -16,7 +16,8 @@ use std::time::Duration;
 use crate::find::find_scu::{findscu, Model};
 use crate::support::archive_state;
 use crate::support::corpus::{
-    blake3_hex, generate_corpus, single_instance, write_instance, CorpusShape, InstanceSpec,
+    blake3_hex, generate_corpus, single_instance, single_spec, write_instance, CorpusShape,
+    InstanceSpec,
 };
 use crate::support::dcmtk::{self, CALLING_AE, ECHOSCU};
 use crate::support::raw::{self, Pdu, Proposal, RawPeer};
@@ -450,16 +451,7 @@ fn store_twice(policy: &str) -> (dcmtk::ToolOutput, Index, String, String, tempf
         &second,
         &InstanceSpec {
             pixel_seed: 99,
-            patient_id: "PID21".into(),
-            patient_name: "SINGLE^SEED21".into(),
-            study_date: original.study_date.clone(),
-            study_uid: original.study_uid.clone(),
-            series_uid: original.series_uid.clone(),
-            sop_instance_uid: original.sop_instance_uid.clone(),
-            series_number: 1,
-            instance_number: 1,
-            rows: 32,
-            columns: 32,
+            ..single_spec(21, 32, 32)
         },
     );
     let stored = dcmtk::store(server.addr(), "IMAGESERVER", &[&first], &[], TIMEOUT);
@@ -567,7 +559,7 @@ fn a_large_instance_sent_again_is_recognised_while_it_arrives() {
         .dicom_setting("duplicate_policy", "\"reject\"")
         .start();
     let first = dir.path().join("first.dcm");
-    let original = single_instance(&first, 24, 512, 512);
+    single_instance(&first, 24, 512, 512);
     assert!(std::fs::metadata(&first).expect("written").len() > 512 * 1024);
     let stored = dcmtk::store(server.addr(), "IMAGESERVER", &[&first], &[], TIMEOUT);
     assert!(stored.success(), "{stored}");
@@ -591,16 +583,7 @@ fn a_large_instance_sent_again_is_recognised_while_it_arrives() {
         &other,
         &InstanceSpec {
             pixel_seed: 7,
-            patient_id: "PID24".into(),
-            patient_name: "SINGLE^SEED24".into(),
-            study_date: original.study_date.clone(),
-            study_uid: original.study_uid.clone(),
-            series_uid: original.series_uid.clone(),
-            sop_instance_uid: original.sop_instance_uid.clone(),
-            series_number: 1,
-            instance_number: 1,
-            rows: 512,
-            columns: 512,
+            ..single_spec(24, 512, 512)
         },
     );
     let refused = dcmtk::store(server.addr(), "IMAGESERVER", &[&other], &[], TIMEOUT);

@@ -177,8 +177,15 @@ pub fn generate_corpus(dir: &Path, seed: u64, shape: CorpusShape) -> Vec<Instanc
 
 /// One instance with its own study and series, `rows × columns` pixels.
 pub fn single_instance(path: &Path, seed: u64, rows: u16, columns: u16) -> Instance {
+    write_instance(path, &single_spec(seed, rows, columns))
+}
+
+/// What [`single_instance`] writes for `seed`: the same seed gives the same
+/// patient and UIDs, so `InstanceSpec { pixel_seed, ..single_spec(..) }` is
+/// that instance with other pixels (a duplicate that differs).
+pub fn single_spec(seed: u64, rows: u16, columns: u16) -> InstanceSpec {
     let mut rng = Rng::new(seed);
-    let spec = InstanceSpec {
+    InstanceSpec {
         pixel_seed: rng.next_u64(),
         patient_id: format!("PID{seed}"),
         patient_name: format!("SINGLE^SEED{seed}"),
@@ -190,8 +197,7 @@ pub fn single_instance(path: &Path, seed: u64, rows: u16, columns: u16) -> Insta
         instance_number: 1,
         rows,
         columns,
-    };
-    write_instance(path, &spec)
+    }
 }
 
 /// Writes one instance as a Part 10 file.
