@@ -108,6 +108,7 @@ const MIGRATIONS: &[(u32, &str)] = &[
     (10, include_str!("migrations/0010_append_work_slack.sql")),
     (11, include_str!("migrations/0011_ingest_one_statement.sql")),
     (12, include_str!("migrations/0012_work_uid_unique.sql")),
+    (13, include_str!("migrations/0013_ingest_function.sql")),
 ];
 
 /// The newest schema version this build knows (`schema_version.version`).

@@ -758,6 +758,16 @@ fn one_statement_batches_match_the_general_way() {
             None => {}
         }
         assert_eq!(pg.one_statement_batches(), expected, "batch {i}");
+        // After every batch: a later general-way batch rebuilds a summary,
+        // which would hide one the one-statement way got wrong.
+        for st in 1..=5 {
+            let study = uid(&format!("1.2.826.0.1.3680043.2.{st}"));
+            assert_eq!(
+                pg.study_summary(partition, &study),
+                sqlite.study_summary(partition, &study),
+                "batch {i}, study {st}"
+            );
+        }
     }
     verify_counters(&pg);
     assert_eq!(

@@ -11,9 +11,10 @@
 //! (`INSERT … ON CONFLICT … DO UPDATE … RETURNING`).
 //!
 //! Two ways: a batch that only adds (new instances, no study changing
-//! patient; most batches) is first tried in one statement that writes each
-//! row once with its counters and appends the follow-up items ([`single`]:
-//! BEGIN, the statement, COMMIT). The general way, for the rest and for a
+//! patient; most batches) is first tried in one statement, a call of
+//! migration 0013's `imageserver_ingest`, that writes each row once with its
+//! counters and appends the follow-up items ([`single`]: BEGIN, the call,
+//! COMMIT). The general way, for the rest and for a
 //! one-statement attempt that found its assumption wrong, takes a fixed
 //! number of round trips whatever the batch's size: BEGIN, patients with
 //! study storages, studies with the deletion check and their series (the

@@ -1,32 +1,36 @@
-//! The common batch in one statement.
+//! The common batch in one call.
 //!
 //! Most batches only add: new instances, no SOP Instance UID twice, no study
 //! changing patient. Their counters then follow from which studies and
 //! series are new, so every row can be written once with its counters
 //! (patients, study storages, studies, series, instances) and the
 //! StudyProcess items appended (one per study, by migration 0011's
-//! `imageserver_append_works`), all in one statement: BEGIN, the statement,
-//! COMMIT, where the general path ([`super::insert_batch`]) takes four
-//! statements plus one per further study's item, and writes the patient,
-//! study and series rows twice.
+//! `imageserver_append_works`), all in one call of migration 0013's
+//! `imageserver_ingest`: BEGIN, the call, COMMIT, where the general path
+//! ([`super::insert_batch`]) takes four statements plus one per further
+//! study's item, and writes the patient, study and series rows twice.
 //!
-//! What is new is read from the statement's snapshot, taken before it
-//! waits for any lock. The statement checks itself and returns what it
-//! found; any difference makes the attempt an [`TxError::Optimism`]
-//! failure, rolled back and run again at once on the general path:
-//! - a study or series new in the snapshot and there when locked (or the
+//! The function is a PL/pgSQL loop of one-row statements. It replaced
+//! (2026-12-07) one statement of CTEs that did the same: that statement's
+//! ~130 plan nodes were built and torn down on every call, 0.75–0.8 ms for
+//! a batch of one instance against 0.44 ms for the function.
+//!
+//! What is new is read before any lock is taken. The function checks
+//! itself and returns what it found; any difference makes the attempt an
+//! [`TxError::Optimism`] failure, rolled back and run again at once on the
+//! general path:
+//! - a study or series new when read and there when locked (or the
 //!   reverse: deleted meanwhile), seen from `xmax = 0` in RETURNING;
-//! - an instance already indexed (`ON CONFLICT DO NOTHING` leaves it out of
-//!   RETURNING): a replacement, which needs the general path's recount;
+//! - an instance already indexed (`ON CONFLICT DO NOTHING` writes nothing):
+//!   a replacement, which needs the general path's recount;
 //! - a study whose row, once locked, names another patient, or a series
-//!   whose modality changes (the `DO UPDATE … WHERE` guards leave them out
-//!   of RETURNING): both need a recount or a rebuilt summary.
+//!   whose modality changes (the `DO UPDATE … WHERE` guards write nothing):
+//!   both need a recount or a rebuilt summary.
 //!
 //! The study summaries (SOP classes, modalities) are merged into the values
 //! of the locked row, so a concurrent writer's additions stay. The
-//! deletions are read for each study by migration 0011's
-//! `imageserver_study_deletions`, with a snapshot of its own taken after
-//! the study's storage row was locked, as the general path's separate
+//! deletions are read for each study with a snapshot taken after every
+//! storage row of the batch was locked, as the general path's separate
 //! statement reads them. The locks are taken in the general path's order:
 //! patients, study storages, studies, series, instances (each level in key
 //! order), then the appends' (in study order).
@@ -44,184 +48,20 @@ use crate::db::rows::joined;
 use crate::model::work::NewWorkItem;
 use crate::model::{InsertOutcome, InstanceRecord, StudyDeletions};
 
-/// A study summary column (`\`-joined distinct values) merged with the
-/// values the batch adds: the union, sorted byte-wise (as SQLite's and the
-/// general way's `joined`), empty values dropped.
-macro_rules! summary_merge {
-    ($column:literal) => {
-        concat!(
-            "(SELECT COALESCE(string_agg(v, '\\' ORDER BY v), '')
-              FROM (SELECT DISTINCT v COLLATE \"C\" AS v
-                    FROM unnest(string_to_array(study.",
-            $column,
-            ", '\\') || string_to_array(excluded.",
-            $column,
-            ", '\\')) AS v
-                    WHERE v <> '') m)"
-        )
-    };
-}
+/// The call of migration 0013's `imageserver_ingest`, with the appends'
+/// arguments (`$43`-`$60`, see [`work::bind_appends`]).
+const INGEST_AND_APPEND: &str = "SELECT * FROM imageserver_ingest(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+    $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38,
+    $39, $40, $41, $42, $43, $44, $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56,
+    $57, $58, $59, $60)";
 
-/// The statement, with `$append` added to its CTEs and `$appended` to its
-/// result.
-macro_rules! single_sql {
-    ($append:expr, $appended:expr) => {
-        concat!(
-            "WITH pa_in AS (
-                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[],
-                                      $5::text[], $6::text[], $7::bigint[])
-                     WITH ORDINALITY AS t(partition_id, patient_id, issuer, name, birth, sex,
-                                          instances, n)),
-             st_in AS (
-                 SELECT * FROM UNNEST($8::bigint[], $9::text[], $10::bigint[], $11::bigint[],
-                                      $12::text[], $13::text[], $14::text[], $15::text[],
-                                      $16::text[], $17::text[], $18::text[], $19::text[],
-                                      $20::bigint[], $21::bigint[], $22::text[], $23::text[])
-                     WITH ORDINALITY AS t(partition_id, study_uid, patient_n, filesystem_id,
-                                          date_folder, study_date, study_time, accession_number,
-                                          study_id, study_description, referring_physician_name,
-                                          specific_character_set, instances, size, classes,
-                                          modalities, n)),
-             se_in AS (
-                 SELECT * FROM UNNEST($24::bigint[], $25::text[], $26::text[], $27::int4[],
-                                      $28::text[], $29::text[], $30::text[], $31::text[],
-                                      $32::bigint[])
-                     WITH ORDINALITY AS t(study_n, series_uid, modality, series_number,
-                                          series_description, body_part_examined, series_date,
-                                          series_time, instances, n)),
-             st_old AS (
-                 SELECT i.n, s.id FROM st_in i
-                 JOIN study s ON s.partition_id = i.partition_id AND s.study_uid = i.study_uid),
-             se_old AS (
-                 SELECT i.n, EXISTS (SELECT 1 FROM st_old o JOIN series x ON x.study_fk = o.id
-                                     WHERE o.n = i.study_n AND x.series_uid = i.series_uid)
-                        AS existed
-                 FROM se_in i),
-             st_d AS (
-                 SELECT i.n, i.patient_n, o.id IS NULL AS new_study,
-                        (SELECT COUNT(*) FROM se_in s JOIN se_old so ON so.n = s.n
-                         WHERE s.study_n = i.n AND NOT so.existed) AS new_series
-                 FROM st_in i LEFT JOIN st_old o ON o.n = i.n),
-             pa AS (
-                 INSERT INTO patient
-                     (partition_id, patient_id, issuer_of_patient_id, patient_name, birth_date,
-                      sex, num_studies, num_series, num_instances)
-                 SELECT p.partition_id, p.patient_id, p.issuer, p.name, p.birth, p.sex,
-                        (SELECT COUNT(*) FROM st_d d WHERE d.patient_n = p.n AND d.new_study),
-                        (SELECT COALESCE(SUM(d.new_series), 0)::BIGINT FROM st_d d
-                         WHERE d.patient_n = p.n),
-                        p.instances
-                 FROM pa_in p ORDER BY p.n
-                 ON CONFLICT (partition_id, patient_id, issuer_of_patient_id) DO UPDATE SET ",
-            patient_merge!(),
-            ",
-                     num_studies = patient.num_studies + excluded.num_studies,
-                     num_series = patient.num_series + excluded.num_series,
-                     num_instances = patient.num_instances + excluded.num_instances
-                 RETURNING id, partition_id, patient_id, issuer_of_patient_id),
-             ss AS (
-                 INSERT INTO study_storage
-                     (partition_id, study_uid, filesystem_id, date_folder, created_at)
-                 SELECT i.partition_id, i.study_uid, i.filesystem_id, i.date_folder, $33
-                 FROM st_in i
-                 WHERE (SELECT COUNT(*) FROM pa) >= 0
-                 ORDER BY i.n
-                 ON CONFLICT (partition_id, study_uid) DO UPDATE
-                 SET filesystem_id =
-                         COALESCE(study_storage.filesystem_id, excluded.filesystem_id),
-                     date_folder = CASE WHEN study_storage.filesystem_id IS NULL
-                                        THEN excluded.date_folder
-                                        ELSE study_storage.date_folder END
-                 RETURNING id, partition_id, study_uid, filesystem_id, date_folder),
-             st AS (
-                 INSERT INTO study
-                     (partition_id, patient_fk, study_storage_id, study_uid, study_date,
-                      study_time, accession_number, study_id, study_description,
-                      referring_physician_name, specific_character_set, modalities_in_study,
-                      sop_classes_in_study, num_series, num_instances, size_bytes, created_at,
-                      updated_at)
-                 SELECT i.partition_id, pa.id, ss.id, i.study_uid, i.study_date, i.study_time,
-                        i.accession_number, i.study_id, i.study_description,
-                        i.referring_physician_name, i.specific_character_set, i.modalities,
-                        i.classes, d.new_series, i.instances, i.size, $33, $33
-                 FROM st_in i
-                 JOIN st_d d ON d.n = i.n
-                 JOIN pa_in p ON p.n = i.patient_n
-                 JOIN pa ON pa.partition_id = p.partition_id AND pa.patient_id = p.patient_id
-                        AND pa.issuer_of_patient_id = p.issuer
-                 JOIN ss ON ss.partition_id = i.partition_id AND ss.study_uid = i.study_uid
-                 ORDER BY i.n
-                 ON CONFLICT (partition_id, study_uid) DO UPDATE SET ",
-            study_merge!(),
-            ",
-                     modalities_in_study = ",
-            summary_merge!("modalities_in_study"),
-            ",
-                     sop_classes_in_study = ",
-            summary_merge!("sop_classes_in_study"),
-            ",
-                     num_series = study.num_series + excluded.num_series,
-                     num_instances = study.num_instances + excluded.num_instances,
-                     size_bytes = study.size_bytes + excluded.size_bytes,
-                     updated_at = excluded.updated_at
-                 WHERE study.patient_fk = excluded.patient_fk
-                 RETURNING id, partition_id, study_uid, (xmax = 0) AS inserted),
-             se AS (
-                 INSERT INTO series
-                     (study_fk, series_uid, modality, series_number, series_description,
-                      body_part_examined, series_date, series_time, num_instances)
-                 SELECT st.id, i.series_uid, i.modality, i.series_number, i.series_description,
-                        i.body_part_examined, i.series_date, i.series_time, i.instances
-                 FROM se_in i
-                 JOIN st_in t ON t.n = i.study_n
-                 JOIN st ON st.partition_id = t.partition_id AND st.study_uid = t.study_uid
-                 ORDER BY i.n
-                 ON CONFLICT (study_fk, series_uid) DO UPDATE SET ",
-            series_merge!(),
-            ",
-                     num_instances = series.num_instances + excluded.num_instances
-                 WHERE series.modality IS NULL OR excluded.modality IS NULL
-                       OR series.modality = excluded.modality
-                 RETURNING id, study_fk, series_uid, (xmax = 0) AS inserted),
-             ins AS (
-                 INSERT INTO instance
-                     (partition_id, series_fk, sop_instance_uid, sop_class_uid, instance_number,
-                      transfer_syntax_uid, file_size, digest, source_ae, received_at)
-                 SELECT i.p, se.id, i.uid, i.cls, i.num, i.ts, i.sz, i.dg, i.ae, $33
-                 FROM UNNEST($34::bigint[], $35::bigint[], $36::text[], $37::text[],
-                             $38::int4[], $39::text[], $40::bigint[], $41::text[], $42::text[])
-                      WITH ORDINALITY AS i(p, series_n, uid, cls, num, ts, sz, dg, ae, n)
-                 JOIN se_in s ON s.n = i.series_n
-                 JOIN st_in t ON t.n = s.study_n
-                 JOIN st ON st.partition_id = t.partition_id AND st.study_uid = t.study_uid
-                 JOIN se ON se.study_fk = st.id AND se.series_uid = s.series_uid
-                 ORDER BY i.n
-                 ON CONFLICT (partition_id, sop_instance_uid) DO NOTHING
-                 RETURNING 1)",
-            $append,
-            " SELECT ss.id, ss.partition_id, ss.study_uid, ss.filesystem_id, ss.date_folder,
-                     d.deleting, d.deletions, d.filesystem AS filesystem_now,
-                     (SELECT COUNT(*) FROM pa) AS patients,
-                     (SELECT COUNT(*) FROM st) AS studies,
-                     (SELECT COUNT(*) FROM st
-                      JOIN st_in i ON i.partition_id = st.partition_id
-                                  AND i.study_uid = st.study_uid
-                      JOIN st_d ON st_d.n = i.n
-                      WHERE st.inserted <> st_d.new_study) AS studies_off,
-                     (SELECT COUNT(*) FROM se) AS series,
-                     (SELECT COUNT(*) FROM se
-                      JOIN st ON st.id = se.study_fk
-                      JOIN st_in t ON t.partition_id = st.partition_id
-                                  AND t.study_uid = st.study_uid
-                      JOIN se_in i ON i.study_n = t.n AND i.series_uid = se.series_uid
-                      JOIN se_old o ON o.n = i.n
-                      WHERE se.inserted = o.existed) AS series_off,
-                     (SELECT COUNT(*) FROM ins) AS instances",
-            $appended,
-            " FROM ss CROSS JOIN LATERAL imageserver_study_deletions(ss.partition_id, ss.study_uid) d"
-        )
-    };
-}
+/// [`INGEST_AND_APPEND`] without appends: the caller appends the items.
+const INGEST: &str = "SELECT * FROM imageserver_ingest(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+    $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38,
+    $39, $40, $41, $42, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+    NULL, NULL, NULL, NULL, NULL, NULL)";
 
 /// A batch [`super::insert_batch`] may index in one statement, as its
 /// columns.
@@ -432,25 +272,7 @@ impl<'a> Single<'a> {
             append_studies.push(*n);
         }
         let append = !append_studies.is_empty() && append_studies.is_sorted();
-        let sql = if append {
-            single_sql!(
-                ", wq AS (
-                     SELECT w.item_id FROM imageserver_append_works(
-                         $43::bigint,
-                         ARRAY(SELECT ss.id
-                               FROM UNNEST($44::bigint[]) WITH ORDINALITY AS a(study_n, k)
-                               JOIN st_in t ON t.n = a.study_n
-                               JOIN ss ON ss.partition_id = t.partition_id
-                                      AND ss.study_uid = t.study_uid
-                               ORDER BY a.k),
-                         $45, $46, $47, $48, $49, $50, $51, $52, $53, $54, $55, $56, $57, $58,
-                         $59, $60) w
-                     WHERE (SELECT COUNT(*) FROM ins) >= 0)",
-                ", (SELECT COUNT(*) FROM wq) AS appended"
-            )
-        } else {
-            single_sql!("", "")
-        };
+        let sql = if append { INGEST_AND_APPEND } else { INGEST };
         let query = sqlx::query(sql)
             .bind(&pa.0)
             .bind(&pa.1)
