@@ -31,7 +31,6 @@ impl FsWriter {
     /// that is [`WRITEBACK_STEP`] or more: a hint, its failure ignored (the
     /// final sync reports any).
     fn start_writeback(&mut self) {
-        use std::os::fd::AsRawFd;
         if self.len - self.writeback_from < WRITEBACK_STEP {
             return;
         }
@@ -42,16 +41,7 @@ impl FsWriter {
         if written <= self.writeback_from {
             return;
         }
-        let fd = buffered.get_ref().as_raw_fd();
-        // SAFETY: fd is our open file; the range is within what was written.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                self.writeback_from as libc::off64_t,
-                (written - self.writeback_from) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
+        start_writeback(buffered.get_ref(), self.writeback_from, written);
         self.writeback_from = written;
     }
 
@@ -59,6 +49,26 @@ impl FsWriter {
         self.file
             .as_mut()
             .ok_or_else(|| io::Error::other("writer already closed"))
+    }
+}
+
+/// Starts writeback of `file`'s bytes `from..to` (`sync_file_range` with
+/// `SYNC_FILE_RANGE_WRITE`): a hint that returns at once, its failure
+/// ignored (the final sync reports any).
+fn start_writeback(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    if to <= from {
+        return;
+    }
+    // SAFETY: the descriptor is `file`'s, open for the call; the range is
+    // plain numbers the kernel checks.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            (to - from) as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
@@ -147,6 +157,9 @@ impl FsWriter {
             synced: !deferred,
         };
         if deferred {
+            // The data sync waits for the batch's journal and rename: start
+            // writing what is left now, so that sync finds it on its way.
+            start_writeback(&file, self.writeback_from, self.len);
             return Ok(PendingSync {
                 files: vec![file],
                 placings: vec![Box::new(placing)],
