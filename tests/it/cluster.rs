@@ -59,6 +59,8 @@ impl Cluster {
             .env("CLUSTER_EXTRA", extra)
             .env("CLUSTER_LEASE_SECS", LEASE.as_secs().to_string())
             .env("CLUSTER_STUDY_PROCESS_DELAY_SECS", "1")
+            // A send refused for the device's limit is logged at debug (step 3c).
+            .env("IMAGESERVER_LOG", "info,imageserver_core::processors=debug")
             .stdin(Stdio::null())
             .output()
             .expect("run cluster.sh start");
@@ -611,9 +613,25 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
         .filter_map(|l| l.rsplit('|').next())
         .map(|processor| nodes_of.get(processor).map_or(processor, String::as_str))
         .collect();
+    // The limit held across nodes if two nodes sent (never at once: checked
+    // below), or if a node that sent nothing was refused: its own count was
+    // zero, so only the cluster's slot refused it. Which node takes each
+    // freed slot is a race, and on a loaded machine one node can win all six.
+    let refused_elsewhere: Vec<String> = (0..3)
+        .filter(|n| !ran_on.contains(format!("node{}", n + 1).as_str()))
+        .filter(|&n| {
+            cluster
+                .log(n)
+                .lines()
+                .any(|line| line.contains("device at its send limit") && line.contains(LIMITED))
+        })
+        .map(|n| format!("node{}", n + 1))
+        .collect();
+    eprintln!("cluster: the limited sends ran on {ran_on:?}, refused on {refused_elsewhere:?}");
     assert!(
-        ran_on.len() >= 2,
-        "the sends ran on one node only ({ran_on:?}): the limit was not shared: {rows}"
+        ran_on.len() >= 2 || !refused_elsewhere.is_empty(),
+        "the sends ran on one node only ({ran_on:?}) and no other node was refused: \
+         the limit was not shown shared: {rows}"
     );
     assert_eq!(
         slow_scp.max_open_connections(0),
