@@ -18,6 +18,11 @@
 # 2000 x 64x64) in $BENCH_TMPDIR (default /tmp), generated when missing.
 # Prints one table per backend: medians in instances/s and the ratios of
 # each binary to storescp and to Orthanc, measured in the same run.
+# Beside them, the durable ceiling (benches/durable_ceiling.rs, run once
+# per round on the same disk with each corpus's mean file size and each
+# association count as threads): the group commit's write recipe
+# ("placed") without the network and the index, and the ratio of the
+# "after" binary to it.
 #
 # Received files are kept until the end of the whole comparison (the peer
 # harness's -k), then removed, when the disk has room for all of them
@@ -78,6 +83,17 @@ else
   echo "WARNING: $((needed / 1000000)) MB of received files do not fit in $((free / 1000000)) MB:" \
     "each run's are deleted before the next (ext4's recently-freed inode scan will add noise)"
 fi
+# Each corpus's mean file size, for the durable ceiling.
+sizes=()
+for corpus in "${corpora[@]}"; do
+  files=$(find "$corpus" -name '*.dcm' | wc -l)
+  bytes=$(find "$corpus" -name '*.dcm' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+  size=$((bytes / (files > 0 ? files : 1)))
+  sizes+=("$size")
+  echo "$(basename "$corpus") $size $files" >>"$WORK/corpora.txt"
+done
+(cd "$ROOT" && cargo bench --quiet --bench durable_ceiling --no-run) >/dev/null 2>&1 \
+  || { echo "cannot build benches/durable_ceiling.rs" >&2; exit 1; }
 echo "before: $BEFORE sha256 $(sha256sum "$BEFORE" | cut -c1-16)"
 echo "after:  $AFTER sha256 $(sha256sum "$AFTER" | cut -c1-16)"
 echo "backend $BACKEND, $ROUNDS rounds, associations: $ASSOCS; results under $WORK"
@@ -99,6 +115,13 @@ for round in $(seq 1 "$ROUNDS"); do
       failed=1
     }
   done
+  mkdir -p "$WORK/ceiling"
+  echo "=== round $round: durable ceiling"
+  (cd "$ROOT" && cargo bench --quiet --bench durable_ceiling -- --count 1000 --threads "$ASSOCS" \
+    --sizes "${sizes[*]}" --dir "$WORK/ceiling") >"$WORK/round${round}_ceiling.txt" 2>&1 || {
+    echo "round $round: the durable ceiling failed; see $WORK/round${round}_ceiling.txt"
+    failed=1
+  }
 done
 
 python3 - "$WORK" "$BACKEND" "$orthanc" <<'PY'
@@ -123,11 +146,24 @@ for tsv in glob.glob(os.path.join(work, "round*_*", "ingest_*.samples.tsv")):
         if count != expected or seconds <= 0:
             continue
         rates.setdefault((corpus, assoc, peer), []).append(expected / seconds)
+# The durable ceiling: the group commit's recipe ("placed") per corpus and
+# thread count, from each round's run.
+size_of = {}
+for line in open(os.path.join(work, "corpora.txt")):
+    name, size, _ = line.split()
+    size_of.setdefault(int(size), []).append(name)
+for path in glob.glob(os.path.join(work, "round*_ceiling.txt")):
+    for line in open(path):
+        p = line.split()
+        if len(p) == 5 and p[2] == "placed" and p[0].isdigit():
+            for corpus in size_of.get(int(p[0]), []):
+                rates.setdefault((corpus, int(p[1]), "ceiling"), []).append(float(p[3]))
 med = {k: statistics.median(v) for k, v in rates.items()}
 print(f"\nbackend {backend}: medians in instances/s (samples), ratios from the same run")
 print(f"{'load':<34}{'storescp':>14}{orthanc:>14}{'before':>14}{'after':>14}"
-      f"{'bef/scp':>9}{'aft/scp':>9}{'bef/orth':>9}{'aft/orth':>9}{'aft/bef':>9}")
-for corpus, assoc in sorted({(c, a) for c, a, _ in rates}):
+      f"{'bef/scp':>9}{'aft/scp':>9}{'bef/orth':>9}{'aft/orth':>9}{'aft/bef':>9}"
+      f"{'ceiling':>14}{'aft/ceil':>9}")
+for corpus, assoc in sorted({(c, a) for c, a, p in rates if p != "ceiling"}):
     def cell(peer):
         v = rates.get((corpus, assoc, peer))
         return f"{med[(corpus, assoc, peer)]:.0f} ({len(v)})" if v else "-"
@@ -136,7 +172,8 @@ for corpus, assoc in sorted({(c, a) for c, a, _ in rates}):
         return f"{x / y:.2f}x" if x and y else "-"
     print(f"{corpus + ', ' + str(assoc) + ' assoc':<34}{cell('storescp'):>14}{cell(orthanc):>14}"
           f"{cell('before'):>14}{cell('after'):>14}{ratio('before', 'storescp'):>9}{ratio('after', 'storescp'):>9}"
-          f"{ratio('before', orthanc):>9}{ratio('after', orthanc):>9}{ratio('after', 'before'):>9}")
+          f"{ratio('before', orthanc):>9}{ratio('after', orthanc):>9}{ratio('after', 'before'):>9}"
+          f"{cell('ceiling'):>14}{ratio('after', 'ceiling'):>9}")
 bad = [k for k in rates if k[2].endswith("(unverified)")]
 if bad:
     print("unverified imageserver runs (no rate):", bad)
