@@ -28,10 +28,11 @@
 //!   both need a recount or a rebuilt summary.
 //!
 //! The study summaries (SOP classes, modalities) are merged into the values
-//! of the locked row, so a concurrent writer's additions stay. The
-//! deletions are read for each study with a snapshot taken after every
-//! storage row of the batch was locked, as the general path's separate
-//! statement reads them. The locks are taken in the general path's order:
+//! of the locked row, so a concurrent writer's additions stay. A study's
+//! state and filesystem are those its storage row's upsert returns (the
+//! latest version, locked from then on); its deletions are counted with a
+//! snapshot taken after every storage row of the batch was locked, as the
+//! general path's separate statement reads them. The locks are taken in the general path's order:
 //! patients, study storages, studies, series, instances (each level in key
 //! order), then the appends' (in study order).
 
@@ -370,9 +371,7 @@ impl<'a> Single<'a> {
                 StudyDeletions {
                     deleting: row.try_get("deleting")?,
                     count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
-                    filesystem: row
-                        .try_get::<Option<i64>, _>("filesystem_now")?
-                        .map(crate::model::FilesystemId),
+                    filesystem: filesystem.map(crate::model::FilesystemId),
                 },
             );
             storage_ids.insert(key, row.try_get("id")?);

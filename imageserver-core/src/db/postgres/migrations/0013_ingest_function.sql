@@ -19,8 +19,10 @@
 -- - A study whose row names another patient, or a series whose modality
 --   changes, is not written and not counted (`studies`, `series` fall short).
 -- - An instance already indexed is not written and not counted.
--- - The deletions of each study are read after its storage row was locked,
---   with a snapshot taken then (0011's `imageserver_study_deletions`).
+-- - A study's state and filesystem are its storage row's as its upsert
+--   returns it: the latest version, locked from then on. Its deletions are
+--   counted after every storage row is locked, with a snapshot taken then
+--   (what 0011's `imageserver_study_deletions` read, in one statement).
 -- Arguments, in the statement's order: patients ($1-$7), studies ($8-$23),
 -- series ($24-$32), the time ($33), instances ($34-$42), then the appends
 -- ($43 the lock base, $44 each item's study (1-based, in the studies'
@@ -65,7 +67,7 @@ CREATE FUNCTION imageserver_ingest(
     ap_items BIGINT[], ap_series TEXT[], ap_sops TEXT[], ap_failed BOOLEAN[],
     ap_counts BIGINT[], ap_duplicate BOOLEAN[], ap_paths TEXT[])
 RETURNS TABLE (id BIGINT, partition_id BIGINT, study_uid TEXT, filesystem_id BIGINT,
-               date_folder TEXT, deleting BOOLEAN, deletions BIGINT, filesystem_now BIGINT,
+               date_folder TEXT, deleting BOOLEAN, deletions BIGINT,
                patients BIGINT, studies BIGINT, studies_off BIGINT, series BIGINT,
                series_off BIGINT, instances BIGINT, appended BIGINT)
 LANGUAGE plpgsql AS $$
@@ -82,6 +84,7 @@ DECLARE
     ss_id BIGINT[] := array_fill(NULL::BIGINT, ARRAY[n_st]);
     ss_fs BIGINT[] := array_fill(NULL::BIGINT, ARRAY[n_st]);
     ss_folder TEXT[] := array_fill(NULL::TEXT, ARRAY[n_st]);
+    ss_deleting BOOLEAN[] := array_fill(FALSE, ARRAY[n_st]);
     st_row BIGINT[] := array_fill(NULL::BIGINT, ARRAY[n_st]);
     -- Per series: whether it was there when looked up; its row once written.
     se_existed BOOLEAN[] := array_fill(FALSE, ARRAY[n_se]);
@@ -91,6 +94,7 @@ DECLARE
     v_inserted BOOLEAN;
     v_fs BIGINT;
     v_folder TEXT;
+    v_deleting BOOLEAN;
     v_studies BIGINT;
     v_series BIGINT;
     c_patients BIGINT := 0;
@@ -155,10 +159,12 @@ BEGIN
         SET filesystem_id = COALESCE(s.filesystem_id, excluded.filesystem_id),
             date_folder = CASE WHEN s.filesystem_id IS NULL THEN excluded.date_folder
                                ELSE s.date_folder END
-        RETURNING s.id, s.filesystem_id, s.date_folder INTO v_id, v_fs, v_folder;
+        RETURNING s.id, s.filesystem_id, s.date_folder, s.state = 'deleting'
+            INTO v_id, v_fs, v_folder, v_deleting;
         ss_id[i] := v_id;
         ss_fs[i] := v_fs;
         ss_folder[i] := v_folder;
+        ss_deleting[i] := v_deleting;
     END LOOP;
 
     FOR i IN 1 .. n_st LOOP
@@ -258,17 +264,11 @@ BEGIN
         study_uid := st_uid[i];
         filesystem_id := ss_fs[i];
         date_folder := ss_folder[i];
-        -- Read now: a snapshot taken after every storage row was locked
-        -- (0011's imageserver_study_deletions).
-        SELECT EXISTS (SELECT 1 FROM study_storage x
-                       WHERE x.partition_id = st_partition[i] AND x.study_uid = st_uid[i]
-                         AND x.state = 'deleting'),
-               (SELECT COUNT(*) FROM audit_log a
-                WHERE a.partition_id = st_partition[i] AND a.study_uid = st_uid[i]
-                  AND a.action = 'study.delete'),
-               (SELECT x.filesystem_id FROM study_storage x
-                WHERE x.partition_id = st_partition[i] AND x.study_uid = st_uid[i])
-          INTO deleting, deletions, filesystem_now;
+        deleting := ss_deleting[i];
+        -- Counted now: a snapshot taken after every storage row was locked.
+        SELECT COUNT(*) INTO deletions FROM audit_log a
+        WHERE a.partition_id = st_partition[i] AND a.study_uid = st_uid[i]
+          AND a.action = 'study.delete';
         patients := c_patients;
         studies := c_studies;
         studies_off := c_studies_off;
