@@ -618,14 +618,15 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     // zero, so only the cluster's slot refused it. Which node takes each
     // freed slot is a race, and on a loaded machine one node can win all six.
     let refused_elsewhere: Vec<String> = (0..3)
-        .filter(|n| !ran_on.contains(format!("node{}", n + 1).as_str()))
-        .filter(|&n| {
+        .map(|n| (n, format!("node{}", n + 1)))
+        .filter(|(_, node)| !ran_on.contains(node.as_str()))
+        .filter(|(n, _)| {
             cluster
-                .log(n)
+                .log(*n)
                 .lines()
                 .any(|line| line.contains("device at its send limit") && line.contains(LIMITED))
         })
-        .map(|n| format!("node{}", n + 1))
+        .map(|(_, node)| node)
         .collect();
     eprintln!("cluster: the limited sends ran on {ran_on:?}, refused on {refused_elsewhere:?}");
     assert!(
