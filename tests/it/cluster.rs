@@ -677,6 +677,8 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     .expect("send the command");
     half.send_pdv(1, false, false, &[0u8; 4096])
         .expect("send half a data set");
+    // The node's temporary files: its writers' (`*.part`) and those it
+    // made ahead of need (`*.spare`).
     let temporary = || -> Vec<PathBuf> {
         files_under(&cluster.data().join(".tmp"))
             .into_iter()
@@ -686,7 +688,11 @@ fn pg_cluster_behind_haproxy_stores_finds_moves_survives_kill_and_drains() {
     wait_until(
         Duration::from_secs(10),
         "the half-sent store's temporary file",
-        || !temporary().is_empty(),
+        || {
+            temporary()
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "part"))
+        },
     );
     let second_dir = root.join("corpus2");
     let second = generate_corpus(

@@ -201,7 +201,13 @@ fn store_on(server: &Server, tmpfs: &Tmpfs, rng: &mut Rng, pixel_mib: u32) -> Op
     );
     if status != Some(0x0000) {
         let left: Vec<_> = std::fs::read_dir(tmpfs.path.join(".tmp"))
-            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !crate::support::is_empty_spare(p))
+                    .collect()
+            })
             .unwrap_or_default();
         assert!(left.is_empty(), "temporary files left: {left:?}");
         assert!(server

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 mod journal;
 mod place;
+mod spares;
 mod writer;
 
 use writer::FsWriter;
@@ -55,6 +56,8 @@ struct Inner {
     counter: AtomicU64,
     /// The open-batch journals written through this backend.
     journals: journal::OpenJournals,
+    /// Temporary files made ahead of need.
+    spares: spares::Spares,
     /// Offers no [`DeferredSync`] (a wrapper that does not pass it on).
     #[cfg(test)]
     without_deferral: bool,
@@ -153,16 +156,21 @@ impl StorageBackend for FsStorage {
     fn begin_write(&self, filesystem: &Filesystem) -> Result<Box<dyn ObjectWriter>, Error> {
         let root = filesystem.spec.path.clone();
         let temp_dir = root.join(layout::TEMP_DIR);
-        if !temp_dir.is_dir() {
-            fs::create_dir_all(&temp_dir)
-                .map_err(|e| io_error("creating directory", &temp_dir, &root, e))?;
-        }
         let temp_path = self.temp_path(&root);
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)
-            .map_err(|e| io_error("creating", &temp_path, &root, e))?;
+        let file = match self.inner.spares.take(&temp_dir, &temp_path) {
+            Some(file) => file,
+            None => {
+                if !temp_dir.is_dir() {
+                    fs::create_dir_all(&temp_dir)
+                        .map_err(|e| io_error("creating directory", &temp_dir, &root, e))?;
+                }
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&temp_path)
+                    .map_err(|e| io_error("creating", &temp_path, &root, e))?
+            }
+        };
         Ok(Box::new(FsWriter {
             storage: self.clone(),
             root,
@@ -490,7 +498,7 @@ impl StorageBackend for FsStorage {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if !name.ends_with(".part") {
+            if !name.ends_with(".part") && !name.ends_with(".spare") {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -595,9 +603,13 @@ fn host_tag() -> &'static str {
 }
 
 /// The host and process id a temporary file name carries
-/// (`HOST-PID-N-NANOS.part`); None for a name of another form.
+/// (`HOST-PID-N-NANOS.part`, or `.spare` for one made ahead of need); None
+/// for a name of another form.
 fn writer_of(name: &str) -> Option<(&str, u32)> {
-    let mut parts = name.strip_suffix(".part")?.split('-');
+    let stem = name
+        .strip_suffix(".part")
+        .or_else(|| name.strip_suffix(".spare"))?;
+    let mut parts = stem.split('-');
     let host = parts.next()?;
     let pid = parts.next()?.parse().ok()?;
     Some((host, pid))
@@ -806,6 +818,16 @@ mod tests {
     use crate::db::fixtures;
     use crate::model::{FilesystemId, Uid};
 
+    /// What writers left in `root`'s temporary folder: every entry but the
+    /// spares made ahead of need.
+    pub(super) fn writers_files(root: &Path) -> Vec<String> {
+        fs::read_dir(root.join(layout::TEMP_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !name.ends_with(".spare"))
+            .collect()
+    }
+
     pub(super) fn filesystem(root: &Path) -> Filesystem {
         Filesystem {
             id: FilesystemId(1),
@@ -864,10 +886,7 @@ mod tests {
         storage.delete(&fs, &k).unwrap();
         assert!(!storage.exists(&fs, &k).unwrap());
         storage.delete(&fs, &k).unwrap();
-        assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
-            .unwrap()
-            .next()
-            .is_none());
+        assert!(writers_files(dir.path()).is_empty());
     }
 
     #[test]
@@ -918,8 +937,9 @@ mod tests {
         assert_eq!(storage.delete_study_metadata(&fs, &location).unwrap(), 0);
     }
 
-    /// At start, what a dead process of this host left is removed at once,
-    /// another host's only once stale; a live writer's is kept.
+    /// At start, what a dead process of this host left is removed at once
+    /// (its spares too), another host's only once stale; a live writer's
+    /// is kept, and so are this process's spares.
     #[test]
     fn sweeping_removes_only_what_no_writer_will_finish() {
         let dir = tempfile::tempdir().unwrap();
@@ -929,11 +949,13 @@ mod tests {
         let temp = dir.path().join(layout::TEMP_DIR);
         // A process id no process has: beyond Linux's pid_max.
         let dead = format!("{}-{}-0-1.part", host_tag(), 1u64 << 23);
+        let dead_spare = format!("{}-{}-s0-1.spare", host_tag(), 1u64 << 23);
         let own = format!("{}-{}-7-1.part", host_tag(), std::process::id());
         let fresh_elsewhere = "other.host-42-0-1.part";
         let stale_elsewhere = "other.host-43-0-1.part";
         for (name, bytes) in [
             (&dead[..], 5),
+            (&dead_spare[..], 0),
             (&own[..], 6),
             (fresh_elsewhere, 7),
             (stale_elsewhere, 8),
@@ -951,14 +973,12 @@ mod tests {
         let report = storage
             .sweep_temporary(&fs_, std::time::Duration::from_secs(3600))
             .unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(&temp)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+        let mut left = writers_files(dir.path());
         left.sort();
-        assert_eq!(report.removed, 2, "{left:?}");
+        assert_eq!(report.removed, 3, "{left:?}");
         assert_eq!(report.bytes, 5 + 8);
         assert!(!left.contains(&dead) && !left.iter().any(|n| n == stale_elsewhere));
+        assert!(!temp.join(&dead_spare).exists());
         for kept in [&own[..], fresh_elsewhere, "not-a-temporary.json"] {
             assert!(
                 left.iter().any(|n| n == kept),
@@ -981,10 +1001,7 @@ mod tests {
         let mut writer = storage.begin_write(&fs).unwrap();
         writer.write_all(&[0u8; 1000]).unwrap();
         drop(writer);
-        assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
-            .unwrap()
-            .next()
-            .is_none());
+        assert!(writers_files(dir.path()).is_empty());
     }
 
     #[test]

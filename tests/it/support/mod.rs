@@ -182,15 +182,26 @@ pub fn archived_files(archive: &Archive) -> Vec<PathBuf> {
 /// data directory: the temporary files of stores and rewrites in progress
 /// (`*.part`), which a failed or interrupted write must not leave behind.
 /// The running server's journal of open batches (`*.journal`, the group
-/// commit's, removed at shutdown and checked by `commit_crash`) is not one.
+/// commit's, removed at shutdown and checked by `commit_crash`) is not one,
+/// nor are its empty files made ahead of need (`*.spare`: a writer renames
+/// one to `*.part` before it writes a byte).
 pub fn temp_entries(archive: &Archive) -> Vec<PathBuf> {
     let all = entries_under(archive.data_dir());
     all.iter()
         .filter(|path| path.file_name().is_some_and(|n| n == ".tmp") && path.is_dir())
         .flat_map(|tmp| all.iter().filter(move |p| p.starts_with(tmp) && *p != tmp))
         .filter(|p| p.extension().is_none_or(|e| e != "journal"))
+        .filter(|p| !is_empty_spare(p))
         .cloned()
         .collect()
+}
+
+/// An empty file a server made ahead of need in a `.tmp` folder (`*.spare`,
+/// renamed to a writer's `*.part` before a byte is written to it).
+pub fn is_empty_spare(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "spare")
+        && path.parent().and_then(|p| p.file_name()) == Some(".tmp".as_ref())
+        && path.metadata().is_ok_and(|m| m.is_file() && m.len() == 0)
 }
 
 /// Asserts that no filesystem of the archive holds a temporary file
@@ -246,6 +257,8 @@ pub fn archive_state(archive: &Archive) -> ArchiveState {
         .into_iter()
         .filter(|path| !path.components().any(|c| c.as_os_str() == ".metadata"))
         .filter(|path| path.extension().is_none_or(|e| e != "journal"))
+        // The writers' spare temporary files come and go with every store.
+        .filter(|path| !is_empty_spare(path))
         .map(|path| {
             let meta = std::fs::metadata(&path).expect("stat an archived file");
             let state = FileState {

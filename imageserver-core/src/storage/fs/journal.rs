@@ -226,10 +226,7 @@ mod tests {
         let k = key("1.2.3", "1.2.3.10");
         drop(storage.persist_deferred(writer, &k).unwrap());
         assert!(!storage.exists(&fs, &k).unwrap());
-        assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
-            .unwrap()
-            .next()
-            .is_none());
+        assert!(super::super::tests::writers_files(dir.path()).is_empty());
     }
 
     /// A deferred file never replaces a file already at its path before
@@ -273,10 +270,9 @@ mod tests {
         fs::remove_file(&free).unwrap();
         store(b"stored second");
         assert_eq!(fs::read(&target).unwrap(), b"stored second");
-        assert!(fs::read_dir(dir.path().join(layout::TEMP_DIR))
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .all(|e| e.file_name().to_string_lossy().ends_with(".journal")));
+        assert!(super::super::tests::writers_files(dir.path())
+            .iter()
+            .all(|name| name.ends_with(".journal")));
     }
 
     /// The journal's file: made preallocated, rewritten in place, gone
