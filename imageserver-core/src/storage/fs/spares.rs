@@ -262,14 +262,18 @@ mod tests {
     /// The first take finds none and starts the helper; the pool fills,
     /// a take renames a spare to the writer's name, and the drop removes
     /// what is left.
+    /// A pool of `dir` after its first take (which finds none), once full.
+    fn filled(dir: &Path) -> Spares {
+        let spares = Spares::default();
+        assert!(spares.take(dir, &dir.join("a.part")).is_none());
+        wait_for("a full pool", || spares_in(dir).len() == SPARES);
+        spares
+    }
+
     #[test]
     fn spares_are_made_taken_renamed_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let spares = Spares::default();
-        assert!(spares
-            .take(dir.path(), &dir.path().join("a.part"))
-            .is_none());
-        wait_for("a full pool", || spares_in(dir.path()).len() == SPARES);
+        let spares = filled(dir.path());
         let mut file = spares
             .take(dir.path(), &dir.path().join("b.part"))
             .expect("a spare");
@@ -288,11 +292,7 @@ mod tests {
     #[test]
     fn a_removed_or_old_spare_is_not_taken() {
         let dir = tempfile::tempdir().unwrap();
-        let spares = Spares::default();
-        assert!(spares
-            .take(dir.path(), &dir.path().join("a.part"))
-            .is_none());
-        wait_for("a full pool", || spares_in(dir.path()).len() == SPARES);
+        let spares = filled(dir.path());
         for spare in spares_in(dir.path()) {
             fs::remove_file(spare).unwrap();
         }
