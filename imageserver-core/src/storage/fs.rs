@@ -83,15 +83,7 @@ impl FsStorage {
 
     fn temp_path(&self, root: &Path) -> PathBuf {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        root.join(layout::TEMP_DIR).join(format!(
-            "{}-{}-{n}-{nanos}.part",
-            host_tag(),
-            std::process::id()
-        ))
+        root.join(layout::TEMP_DIR).join(temp_name(n, PART_SUFFIX))
     }
 
     /// Creates `dir` and any missing ancestors below `root`, recording each
@@ -498,7 +490,7 @@ impl StorageBackend for FsStorage {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
-            if !name.ends_with(".part") && !name.ends_with(".spare") {
+            if !name.ends_with(PART_SUFFIX) && !name.ends_with(spares::SUFFIX) {
                 continue;
             }
             let meta = match entry.metadata() {
@@ -602,13 +594,26 @@ fn host_tag() -> &'static str {
     })
 }
 
+/// A writer's temporary file ends so.
+const PART_SUFFIX: &str = ".part";
+
+/// A temporary file's name, `HOST-PID-N-NANOS` and `suffix` (`N` tells the
+/// process's files apart), which [`writer_of`] reads back.
+fn temp_name(n: impl std::fmt::Display, suffix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{}-{n}-{nanos}{suffix}", host_tag(), std::process::id())
+}
+
 /// The host and process id a temporary file name carries
-/// (`HOST-PID-N-NANOS.part`, or `.spare` for one made ahead of need); None
-/// for a name of another form.
+/// ([`temp_name`]: a writer's `.part`, or a spare's); None for a name of
+/// another form.
 fn writer_of(name: &str) -> Option<(&str, u32)> {
     let stem = name
-        .strip_suffix(".part")
-        .or_else(|| name.strip_suffix(".spare"))?;
+        .strip_suffix(PART_SUFFIX)
+        .or_else(|| name.strip_suffix(spares::SUFFIX))?;
     let mut parts = stem.split('-');
     let host = parts.next()?;
     let pid = parts.next()?.parse().ok()?;
@@ -824,7 +829,7 @@ mod tests {
         fs::read_dir(root.join(layout::TEMP_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| !name.ends_with(".spare"))
+            .filter(|name| !name.ends_with(spares::SUFFIX))
             .collect()
     }
 

@@ -22,6 +22,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A spare's name ends so (its name is otherwise a writer's).
+pub(super) const SUFFIX: &str = ".spare";
+
 /// Spares kept per temporary folder.
 pub(super) const SPARES: usize = 8;
 
@@ -101,15 +104,7 @@ impl Shared {
 
     fn make(&self, dir: &Path) -> std::io::Result<Spare> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let path = dir.join(format!(
-            "{}-{}-s{n}-{nanos}.spare",
-            super::host_tag(),
-            std::process::id()
-        ));
+        let path = dir.join(super::temp_name(format_args!("s{n}"), SUFFIX));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -247,7 +242,7 @@ mod tests {
         fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "spare"))
+            .filter(|p| p.to_string_lossy().ends_with(SUFFIX))
             .collect()
     }
 
