@@ -24,15 +24,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod journal;
+mod listing;
 mod place;
 mod spares;
+mod temp;
 mod writer;
 
+use listing::{list_study_folder, sorted_folders};
+use temp::{temp_name, PART_SUFFIX};
 use writer::FsWriter;
 
 use super::{
     layout, DeferredSync, Error, InstanceKey, ObjectWriter, PendingSync, SeriesKey, StorageBackend,
-    StoredObject, StudyObject, SweepReport, Usage,
+    StudyObject, SweepReport, Usage,
 };
 use crate::model::{Filesystem, StudyLocation, Uid};
 
@@ -475,59 +479,7 @@ impl StorageBackend for FsStorage {
         filesystem: &Filesystem,
         stale_after: std::time::Duration,
     ) -> Result<SweepReport, Error> {
-        let root = &filesystem.spec.path;
-        let dir = root.join(layout::TEMP_DIR);
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SweepReport::default()),
-            Err(e) => return Err(io_error("list", &dir, root, e)),
-        };
-        let now = std::time::SystemTime::now();
-        let mut report = SweepReport::default();
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error("list", &dir, root, e))?;
-            let path = entry.path();
-            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            if !name.ends_with(PART_SUFFIX) && !name.ends_with(spares::SUFFIX) {
-                continue;
-            }
-            let meta = match entry.metadata() {
-                Ok(meta) if meta.is_file() => meta,
-                _ => continue,
-            };
-            let idle = meta
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok())
-                .unwrap_or_default();
-            let orphaned = writer_of(name).is_some_and(|(host, pid)| {
-                host == host_tag() && pid != std::process::id() && !process_alive(pid)
-            });
-            if !orphaned && idle < stale_after {
-                report.kept += 1;
-                continue;
-            }
-            match fs::remove_file(&path) {
-                Ok(()) => {
-                    report.removed += 1;
-                    report.bytes += meta.len();
-                    tracing::info!(
-                        path = %path.display(),
-                        bytes = meta.len(),
-                        idle_secs = idle.as_secs(),
-                        "removed a temporary file no writer will finish"
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error("remove", &path, root, e)),
-            }
-        }
-        if report.removed > 0 {
-            sync_dir(&dir)?;
-        }
-        Ok(report)
+        temp::sweep(&filesystem.spec.path, stale_after)
     }
 
     fn read_marker(&self, filesystem: &Filesystem) -> Result<Option<String>, Error> {
@@ -565,191 +517,6 @@ impl StorageBackend for FsStorage {
         statvfs(&filesystem.spec.path)
             .map_err(|e| io_error("measuring", &filesystem.spec.path, &filesystem.spec.path, e))
     }
-}
-
-/// This host's name as temporary file names carry it: `-` and anything
-/// but ASCII letters, digits and `.` replaced, so that the name splits back.
-fn host_tag() -> &'static str {
-    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TAG.get_or_init(|| {
-        let name = fs::read_to_string("/proc/sys/kernel/hostname")
-            .or_else(|_| fs::read_to_string("/etc/hostname"))
-            .unwrap_or_default();
-        let tag: String = name
-            .trim()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if tag.is_empty() {
-            "localhost".to_string()
-        } else {
-            tag
-        }
-    })
-}
-
-/// A writer's temporary file ends so.
-const PART_SUFFIX: &str = ".part";
-
-/// A temporary file's name, `HOST-PID-N-NANOS` and `suffix` (`N` tells the
-/// process's files apart), which [`writer_of`] reads back.
-fn temp_name(n: impl std::fmt::Display, suffix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{}-{}-{n}-{nanos}{suffix}", host_tag(), std::process::id())
-}
-
-/// The host and process id a temporary file name carries
-/// ([`temp_name`]: a writer's `.part`, or a spare's); None for a name of
-/// another form.
-fn writer_of(name: &str) -> Option<(&str, u32)> {
-    let stem = name
-        .strip_suffix(PART_SUFFIX)
-        .or_else(|| name.strip_suffix(spares::SUFFIX))?;
-    let mut parts = stem.split('-');
-    let host = parts.next()?;
-    let pid = parts.next()?.parse().ok()?;
-    Some((host, pid))
-}
-
-/// Whether a process of this host is running (Linux: its `/proc` entry).
-fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
-}
-
-/// Every object of a study folder (none when the folder does not exist),
-/// sorted by path. Every name is parsed back into a [`Uid`] before it is
-/// used; anything else is a stray.
-fn list_study_folder(folder: &Path) -> io::Result<Vec<StudyObject>> {
-    let mut entries: Vec<(PathBuf, StudyObject)> = Vec::new();
-    let series_dirs = match fs::read_dir(folder) {
-        Ok(dirs) => dirs,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    for series_dir in series_dirs {
-        let series_dir = series_dir?;
-        let path = series_dir.path();
-        if !series_dir.file_type()?.is_dir() {
-            entries.push((path.clone(), StudyObject::Stray(path)));
-            continue;
-        }
-        if series_dir.file_name() == layout::METADATA_DIR {
-            list_metadata_folder(&path, &mut entries)?;
-            continue;
-        }
-        let Some(series_uid) = uid_of_name(&path, "") else {
-            entries.push((path.clone(), StudyObject::Stray(path)));
-            continue;
-        };
-        for file in fs::read_dir(&path)? {
-            let file = file?;
-            let file_path = file.path();
-            let meta = file.metadata()?;
-            if !meta.is_file() {
-                entries.push((file_path.clone(), StudyObject::Stray(file_path)));
-                continue;
-            }
-            let name = file_path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("")
-                .to_string();
-            let object = |sop: &str| {
-                Uid::parse(sop).ok().map(|sop_instance_uid| StoredObject {
-                    series_uid: series_uid.clone(),
-                    sop_instance_uid,
-                    size: meta.len(),
-                    modified_ms: modified_ms(&meta),
-                })
-            };
-            let parsed = match name.strip_suffix(".dcm") {
-                Some(stem) => match stem.rsplit_once(".dup") {
-                    Some((sop, variant)) if variant.bytes().all(|b| b.is_ascii_digit()) => {
-                        match (object(sop), variant.parse::<u64>()) {
-                            (Some(file), Ok(variant)) => Some(StudyObject::Aside(file, variant)),
-                            _ => None,
-                        }
-                    }
-                    _ => object(stem).map(StudyObject::Instance),
-                },
-                None => None,
-            };
-            let parsed = parsed.unwrap_or_else(|| StudyObject::Stray(file_path.clone()));
-            entries.push((file_path, parsed));
-        }
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(entries.into_iter().map(|(_, object)| object).collect())
-}
-
-/// The entries of a study's metadata folder.
-fn list_metadata_folder(
-    folder: &Path,
-    entries: &mut Vec<(PathBuf, StudyObject)>,
-) -> io::Result<()> {
-    for file in fs::read_dir(folder)? {
-        let file = file?;
-        let path = file.path();
-        let meta = file.metadata()?;
-        match uid_of_name(&path, ".json") {
-            Some(series_uid) if meta.is_file() => {
-                let object = StudyObject::Metadata {
-                    series_uid,
-                    modified_ms: modified_ms(&meta),
-                };
-                entries.push((path, object));
-            }
-            _ => entries.push((path.clone(), StudyObject::Stray(path))),
-        }
-    }
-    Ok(())
-}
-
-/// The UID a file or folder is named after (with `suffix` removed).
-/// The folders in `dir` with UTF-8 names, sorted by name; none when `dir`
-/// is missing.
-fn sorted_folders(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut folders = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        if !entry.file_type()?.is_dir() {
-            continue;
-        }
-        if let Ok(name) = entry.file_name().into_string() {
-            folders.push((name, entry.path()));
-        }
-    }
-    folders.sort();
-    Ok(folders)
-}
-
-fn uid_of_name(path: &Path, suffix: &str) -> Option<Uid> {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(suffix))
-        .and_then(|n| Uid::parse(n).ok())
-}
-
-fn modified_ms(meta: &fs::Metadata) -> i64 {
-    meta.modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Removes a file and makes its removal durable (its folder synced); a
@@ -819,6 +586,7 @@ fn statvfs(path: &Path) -> io::Result<Usage> {
 
 #[cfg(test)]
 mod tests {
+    use super::temp::host_tag;
     use super::*;
     use crate::db::fixtures;
     use crate::model::{FilesystemId, Uid};

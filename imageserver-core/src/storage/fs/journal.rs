@@ -14,7 +14,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{host_tag, io_error, process_alive, remove_durably, sync_dir, FsStorage, FsWriter};
+use super::temp::{host_tag, process_alive};
+use super::{io_error, remove_durably, sync_dir, FsStorage, FsWriter};
 use crate::model::Filesystem;
 use crate::storage::{layout, DeferredSync, Error, InstanceKey, ObjectWriter, PendingSync};
 

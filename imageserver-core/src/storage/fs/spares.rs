@@ -104,7 +104,7 @@ impl Shared {
 
     fn make(&self, dir: &Path) -> std::io::Result<Spare> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(super::temp_name(format_args!("s{n}"), SUFFIX));
+        let path = dir.join(super::temp::temp_name(format_args!("s{n}"), SUFFIX));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
