@@ -28,10 +28,13 @@
 # harness's -k), then removed, when the disk has room for all of them
 # (rounds x 2 binaries x peers x association counts x corpus size, with a
 # margin):
-# ext4 skips inodes freed in the last ~30 s when it allocates new ones, so
-# a run that starts right after the previous run's files were deleted pays
-# up to a quarter of the server's CPU in that scan (measured with perf on
-# this machine), and every peer pays it by turns.
+# ext4 without a journal (the development machine's root filesystem: no
+# jbd2 thread) skips inodes freed in the last ~30 s when it allocates new
+# ones, so a run that starts right after the previous run's files were
+# deleted pays up to a quarter of the server's CPU in that scan (measured
+# with perf on this machine), and every peer pays it by turns. A journaled
+# ext4 does not scan so. BENCH_TMPDIR on another filesystem (a loop-mounted
+# journaled image, say) moves the runs' storage and index there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=3 ASSOCS="1 8" BACKEND=sqlite PEERS=1
