@@ -597,7 +597,7 @@ mod tests {
         fs::read_dir(root.join(layout::TEMP_DIR))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| !name.ends_with(spares::SUFFIX))
+            .filter(|name| !name.ends_with(super::temp::SPARE_SUFFIX))
             .collect()
     }
 

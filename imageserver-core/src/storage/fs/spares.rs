@@ -22,8 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// A spare's name ends so (its name is otherwise a writer's).
-pub(super) const SUFFIX: &str = ".spare";
+use super::temp::{temp_name, SPARE_SUFFIX};
 
 /// Spares kept per temporary folder.
 pub(super) const SPARES: usize = 8;
@@ -104,7 +103,7 @@ impl Shared {
 
     fn make(&self, dir: &Path) -> std::io::Result<Spare> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(super::temp::temp_name(format_args!("s{n}"), SUFFIX));
+        let path = dir.join(temp_name(format_args!("s{n}"), SPARE_SUFFIX));
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -242,7 +241,7 @@ mod tests {
         fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.to_string_lossy().ends_with(SUFFIX))
+            .filter(|p| p.to_string_lossy().ends_with(SPARE_SUFFIX))
             .collect()
     }
 

@@ -8,7 +8,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{io_error, spares, sync_dir};
+use super::{io_error, sync_dir};
 use crate::storage::{layout, Error, SweepReport};
 
 /// This host's name as temporary file names carry it: `-` and anything
@@ -41,6 +41,10 @@ pub(super) fn host_tag() -> &'static str {
 /// A writer's temporary file ends so.
 pub(super) const PART_SUFFIX: &str = ".part";
 
+/// A spare's name ends so (made ahead of need, `fs/spares.rs`; its name
+/// is otherwise a writer's).
+pub(super) const SPARE_SUFFIX: &str = ".spare";
+
 /// A temporary file's name, `HOST-PID-N-NANOS` and `suffix` (`N` tells the
 /// process's files apart), which [`writer_of`] reads back.
 pub(super) fn temp_name(n: impl std::fmt::Display, suffix: &str) -> String {
@@ -57,7 +61,7 @@ pub(super) fn temp_name(n: impl std::fmt::Display, suffix: &str) -> String {
 fn writer_of(name: &str) -> Option<(&str, u32)> {
     let stem = name
         .strip_suffix(PART_SUFFIX)
-        .or_else(|| name.strip_suffix(spares::SUFFIX))?;
+        .or_else(|| name.strip_suffix(SPARE_SUFFIX))?;
     let mut parts = stem.split('-');
     let host = parts.next()?;
     let pid = parts.next()?.parse().ok()?;
@@ -86,7 +90,7 @@ pub(super) fn sweep(root: &Path, stale_after: Duration) -> Result<SweepReport, E
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if !name.ends_with(PART_SUFFIX) && !name.ends_with(spares::SUFFIX) {
+        if !name.ends_with(PART_SUFFIX) && !name.ends_with(SPARE_SUFFIX) {
             continue;
         }
         let meta = match entry.metadata() {
