@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::temp::{host_tag, process_alive};
+use super::temp::{host_tag, of_dead_process};
 use super::{io_error, remove_durably, sync_dir, FsStorage, FsWriter};
 use crate::model::Filesystem;
 use crate::storage::{layout, DeferredSync, Error, InstanceKey, ObjectWriter, PendingSync};
@@ -64,15 +64,6 @@ fn create_journal(root: &Path, journal: u64) -> Result<(PathBuf, File), Error> {
         .map_err(|e| io_error("writing", &path, root, e))?;
     sync_dir(&dir)?;
     Ok((path, file))
-}
-
-/// The host and process id a journal's name (without its suffix) carries
-/// (`HOST-PID-N`).
-fn writer_of_stem(stem: &str) -> Option<(&str, u32)> {
-    let mut parts = stem.split('-');
-    let host = parts.next()?;
-    let pid = parts.next()?.parse().ok()?;
-    Some((host, pid))
 }
 
 impl DeferredSync for FsStorage {
@@ -138,10 +129,7 @@ impl DeferredSync for FsStorage {
             };
             // Only a dead process of this host: another host's process
             // may be alive however long its journal has been quiet.
-            let orphaned = writer_of_stem(stem).is_some_and(|(host, pid)| {
-                host == host_tag() && pid != std::process::id() && !process_alive(pid)
-            });
-            if !orphaned {
+            if !of_dead_process(stem) {
                 continue;
             }
             let contents = fs::read(&path).map_err(|e| io_error("reading", &path, root, e))?;

@@ -253,9 +253,6 @@ mod tests {
         }
     }
 
-    /// The first take finds none and starts the helper; the pool fills,
-    /// a take renames a spare to the writer's name, and the drop removes
-    /// what is left.
     /// A pool of `dir` after its first take (which finds none), once full.
     fn filled(dir: &Path) -> Spares {
         let spares = Spares::default();
@@ -264,6 +261,9 @@ mod tests {
         spares
     }
 
+    /// The first take finds none and starts the helper; the pool fills,
+    /// a take renames a spare to the writer's name, and the drop removes
+    /// what is left.
     #[test]
     fn spares_are_made_taken_renamed_and_removed() {
         let dir = tempfile::tempdir().unwrap();

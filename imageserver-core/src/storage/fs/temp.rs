@@ -46,7 +46,7 @@ pub(super) const PART_SUFFIX: &str = ".part";
 pub(super) const SPARE_SUFFIX: &str = ".spare";
 
 /// A temporary file's name, `HOST-PID-N-NANOS` and `suffix` (`N` tells the
-/// process's files apart), which [`writer_of`] reads back.
+/// process's files apart), whose writer [`of_dead_process`] reads back.
 pub(super) fn temp_name(n: impl std::fmt::Display, suffix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -55,21 +55,20 @@ pub(super) fn temp_name(n: impl std::fmt::Display, suffix: &str) -> String {
     format!("{}-{}-{n}-{nanos}{suffix}", host_tag(), std::process::id())
 }
 
-/// The host and process id a temporary file name carries
-/// ([`temp_name`]: a writer's `.part`, or a spare's); None for a name of
-/// another form.
-fn writer_of(name: &str) -> Option<(&str, u32)> {
-    let stem = name
-        .strip_suffix(PART_SUFFIX)
-        .or_else(|| name.strip_suffix(SPARE_SUFFIX))?;
+/// Whether a `HOST-PID-…` name (a temporary file's without its suffix, or
+/// a journal's) is a process's of this host that is no longer running:
+/// nothing it left will be finished. Another host's process may be alive
+/// however long its files have been quiet.
+pub(super) fn of_dead_process(stem: &str) -> bool {
     let mut parts = stem.split('-');
-    let host = parts.next()?;
-    let pid = parts.next()?.parse().ok()?;
-    Some((host, pid))
+    let (Some(host), Some(Ok(pid))) = (parts.next(), parts.next().map(str::parse::<u32>)) else {
+        return false;
+    };
+    host == host_tag() && pid != std::process::id() && !process_alive(pid)
 }
 
 /// Whether a process of this host is running (Linux: its `/proc` entry).
-pub(super) fn process_alive(pid: u32) -> bool {
+fn process_alive(pid: u32) -> bool {
     Path::new("/proc").join(pid.to_string()).exists()
 }
 
@@ -90,9 +89,12 @@ pub(super) fn sweep(root: &Path, stale_after: Duration) -> Result<SweepReport, E
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        if !name.ends_with(PART_SUFFIX) && !name.ends_with(SPARE_SUFFIX) {
+        let Some(stem) = name
+            .strip_suffix(PART_SUFFIX)
+            .or_else(|| name.strip_suffix(SPARE_SUFFIX))
+        else {
             continue;
-        }
+        };
         let meta = match entry.metadata() {
             Ok(meta) if meta.is_file() => meta,
             _ => continue,
@@ -102,9 +104,7 @@ pub(super) fn sweep(root: &Path, stale_after: Duration) -> Result<SweepReport, E
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .unwrap_or_default();
-        let orphaned = writer_of(name).is_some_and(|(host, pid)| {
-            host == host_tag() && pid != std::process::id() && !process_alive(pid)
-        });
+        let orphaned = of_dead_process(stem);
         if !orphaned && idle < stale_after {
             report.kept += 1;
             continue;
