@@ -13,11 +13,11 @@ use crate::db::studies::{
     AttributeChange, AuditEntry, DeletedStudy, EditRecord, EditStatus, EditableAttribute,
     StudyRecord,
 };
-use crate::db::Error;
+use crate::db::{Error, IngestLookup};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, FolderName,
     IndexCounts, InstanceRecord, PartitionId, PatientAttrs, PatientIdentity, ReconcileEntry,
-    StoredInstance, StudyAttrs, StudyLocation, Tier, Uid,
+    StoredInstance, StudyAttrs, StudyDeletions, StudyLocation, Tier, Uid,
 };
 
 /// The boxed cause of a value the model refuses.
@@ -200,6 +200,40 @@ pub(crate) fn counts<R: Columns>(r: &R) -> Result<IndexCounts, R::Error> {
     })
 }
 
+/// The columns `issuer_of_patient_id` (empty: none), `patient_name`,
+/// `birth_date` and `sex` of the patient whose ID is `patient_id`.
+fn patient_attrs<R: Columns>(r: &R, patient_id: String) -> Result<PatientAttrs, R::Error> {
+    let issuer = r.text("issuer_of_patient_id")?;
+    Ok(PatientAttrs {
+        patient_id,
+        issuer_of_patient_id: (!issuer.is_empty()).then_some(issuer),
+        patient_name: r.opt_text("patient_name")?,
+        birth_date: r.opt_text("birth_date")?,
+        sex: r.opt_text("sex")?,
+    })
+}
+
+/// A row of [`crate::db::sql::INGEST_LOOKUP`].
+pub(crate) fn ingest_lookup<R: Columns>(r: &R) -> Result<IngestLookup, R::Error> {
+    let existing = match r.opt_text("sop_instance_uid")? {
+        Some(_) => Some(stored_instance(r)?),
+        None => None,
+    };
+    let study_patient = match r.opt_text("patient_id")? {
+        Some(patient_id) => Some(patient_attrs(r, patient_id)?),
+        None => None,
+    };
+    Ok(IngestLookup {
+        deletions: StudyDeletions {
+            deleting: r.flag("deleting")?,
+            count: r.count("deletions")?,
+            filesystem: r.opt_int("filesystem")?.map(FilesystemId),
+        },
+        existing,
+        study_patient,
+    })
+}
+
 /// A row of [`crate::db::sql::STUDY`]: the location only when the study
 /// has an online copy.
 pub(crate) fn study<R: Columns>(r: &R, partition: PartitionId) -> Result<StudyRecord, R::Error> {
@@ -207,17 +241,10 @@ pub(crate) fn study<R: Columns>(r: &R, partition: PartitionId) -> Result<StudyRe
         Some(_) => Some(location(r)?),
         None => None,
     };
-    let issuer = r.text("issuer_of_patient_id")?;
     Ok(StudyRecord {
         partition,
         location,
-        patient: PatientAttrs {
-            patient_id: r.text("patient_id")?,
-            issuer_of_patient_id: (!issuer.is_empty()).then_some(issuer),
-            patient_name: r.opt_text("patient_name")?,
-            birth_date: r.opt_text("birth_date")?,
-            sex: r.opt_text("sex")?,
-        },
+        patient: patient_attrs(r, r.text("patient_id")?)?,
         study: StudyAttrs {
             study_uid: r.uid("study_uid")?,
             study_date: r.opt_text("study_date")?,

@@ -23,6 +23,18 @@ macro_rules! instances {
     };
 }
 
+/// The columns of [`STUDY_DELETIONS`], for statements that join them.
+macro_rules! study_deletions {
+    () => {
+        "SELECT EXISTS (SELECT 1 FROM study_storage
+                        WHERE partition_id = $1 AND study_uid = $2 AND state = 'deleting') AS deleting,
+                (SELECT COUNT(*) FROM audit_log
+                 WHERE partition_id = $1 AND study_uid = $2 AND action = 'study.delete') AS deletions,
+                (SELECT filesystem_id FROM study_storage
+                 WHERE partition_id = $1 AND study_uid = $2) AS filesystem"
+    };
+}
+
 /// The columns [`crate::db::rows::duplicate`] reads, from `d` and `p`.
 macro_rules! duplicate_columns {
     () => {
@@ -196,18 +208,42 @@ pub(crate) const STUDY_LOCATION: &str =
 /// The deletions of study `$2` of partition `$1`: whether its storage row
 /// is a deletion's tombstone, and how many deletions the audit log records
 /// (`study.delete` entries are never removed, so the count only grows).
-pub(crate) const STUDY_DELETIONS: &str = "SELECT EXISTS (SELECT 1 FROM study_storage
-                    WHERE partition_id = $1 AND study_uid = $2 AND state = 'deleting') AS deleting,
-            (SELECT COUNT(*) FROM audit_log
-             WHERE partition_id = $1 AND study_uid = $2 AND action = 'study.delete') AS deletions,
-            (SELECT filesystem_id FROM study_storage
-             WHERE partition_id = $1 AND study_uid = $2) AS filesystem";
+pub(crate) const STUDY_DELETIONS: &str = study_deletions!();
 
 /// Instance `$2` of partition `$1`, with where its file is.
 pub(crate) const INSTANCE: &str = concat!(
     instances!(),
     "
      WHERE i.partition_id = $1 AND i.sop_instance_uid = $2 AND ss.filesystem_id IS NOT NULL"
+);
+
+/// What ingest reads before placing a file, in one statement (`$1`
+/// partition, `$2` study UID, `$3` SOP Instance UID): the columns of
+/// [`STUDY_DELETIONS`], then those of [`INSTANCE`] (NULL when there is no
+/// such online instance) and the study's patient (NULL when the study is
+/// not indexed). Read by [`crate::db::rows::ingest_lookup`]. The joined
+/// subqueries name only parameters, so both backends plan each as its own
+/// index look-up.
+pub(crate) const INGEST_LOOKUP: &str = concat!(
+    "SELECT d.deleting, d.deletions, d.filesystem,
+            i.filesystem_id, i.folder, i.date_folder, i.study_uid, i.series_uid,
+            i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_size, i.digest,
+            s.patient_id, s.issuer_of_patient_id, s.patient_name, s.birth_date, s.sex
+     FROM (",
+    study_deletions!(),
+    ") d
+     LEFT JOIN (",
+    instances!(),
+    "
+     WHERE i.partition_id = $1 AND i.sop_instance_uid = $3 AND ss.filesystem_id IS NOT NULL",
+    ") i ON TRUE
+     LEFT JOIN (
+         SELECT pa.patient_id, pa.issuer_of_patient_id, pa.patient_name, pa.birth_date, pa.sex
+         FROM study st
+         JOIN patient pa ON pa.id = st.patient_fk
+         JOIN study_storage ss ON ss.id = st.study_storage_id
+         JOIN partition p ON p.id = st.partition_id
+         WHERE st.partition_id = $1 AND st.study_uid = $2) s ON TRUE"
 );
 
 /// Row counts of partition `$1`, from the patients' counters.
@@ -545,6 +581,7 @@ mod tests {
         super::DEVICES,
         super::STUDY_LOCATION,
         super::STUDY_DELETIONS,
+        super::INGEST_LOOKUP,
         super::INSTANCE,
         super::COUNTS,
         super::RECORD_DUPLICATE,

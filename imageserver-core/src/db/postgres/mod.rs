@@ -434,85 +434,20 @@ impl PgIndex {
     }
 }
 
-/// [`IndexStore::ingest_lookup`] in one statement (`$1` partition, `$2`
-/// study UID, `$3` SOP Instance UID): [`sql::STUDY_DELETIONS`], then the
-/// columns of [`sql::INSTANCE`] (NULL when there is no such online
-/// instance) and the patient columns of [`sql::STUDY`] (NULL when the study
-/// is not indexed).
-const INGEST_LOOKUP: &str = concat!(
-    "SELECT d.deleting, d.deletions, d.filesystem,
-            i.filesystem_id, i.folder, i.date_folder, i.study_uid, i.series_uid,
-            i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax_uid, i.file_size, i.digest,
-            s.patient_id, s.issuer_of_patient_id, s.patient_name, s.birth_date, s.sex
-     FROM (SELECT EXISTS (SELECT 1 FROM study_storage
-                          WHERE partition_id = $1 AND study_uid = $2
-                            AND state = 'deleting') AS deleting,
-                  (SELECT COUNT(*) FROM audit_log
-                   WHERE partition_id = $1 AND study_uid = $2
-                     AND action = 'study.delete') AS deletions,
-                  (SELECT filesystem_id FROM study_storage
-                   WHERE partition_id = $1 AND study_uid = $2) AS filesystem) d
-     LEFT JOIN LATERAL (",
-    "SELECT ss.filesystem_id, p.folder, ss.date_folder, st.study_uid,
-            se.series_uid, i.sop_instance_uid, i.sop_class_uid,
-            i.transfer_syntax_uid, i.file_size, i.digest
-     FROM instance i
-     JOIN series se ON se.id = i.series_fk
-     JOIN study st ON st.id = se.study_fk
-     JOIN study_storage ss ON ss.id = st.study_storage_id
-     JOIN partition p ON p.id = ss.partition_id
-     WHERE i.partition_id = $1 AND i.sop_instance_uid = $3 AND ss.filesystem_id IS NOT NULL",
-    ") i ON TRUE
-     LEFT JOIN LATERAL (
-         SELECT pa.patient_id, pa.issuer_of_patient_id, pa.patient_name, pa.birth_date, pa.sex
-         FROM study st
-         JOIN patient pa ON pa.id = st.patient_fk
-         JOIN study_storage ss ON ss.id = st.study_storage_id
-         JOIN partition p ON p.id = st.partition_id
-         WHERE st.partition_id = $1 AND st.study_uid = $2) s ON TRUE"
-);
-
-/// [`INGEST_LOOKUP`] on `conn`.
+/// [`sql::INGEST_LOOKUP`] on `conn`.
 async fn ingest_lookup_on(
     conn: &mut PgConnection,
     partition: PartitionId,
     study_uid: &Uid,
     sop_instance_uid: &Uid,
 ) -> Result<IngestLookup, sqlx::Error> {
-    let row = sqlx::query(INGEST_LOOKUP)
+    let row = sqlx::query(sql::INGEST_LOOKUP)
         .bind(partition.0)
         .bind(study_uid.as_str())
         .bind(sop_instance_uid.as_str())
         .fetch_one(&mut *conn)
         .await?;
-    let existing = match row.try_get::<Option<String>, _>("sop_instance_uid")? {
-        Some(_) => Some(rows::stored_instance(&row)?),
-        None => None,
-    };
-    let study_patient = match row.try_get::<Option<String>, _>("patient_id")? {
-        Some(patient_id) => {
-            let issuer: String = row.try_get("issuer_of_patient_id")?;
-            Some(crate::model::PatientAttrs {
-                patient_id,
-                issuer_of_patient_id: (!issuer.is_empty()).then_some(issuer),
-                patient_name: row.try_get("patient_name")?,
-                birth_date: row.try_get("birth_date")?,
-                sex: row.try_get("sex")?,
-            })
-        }
-        None => None,
-    };
-    Ok(IngestLookup {
-        deletions: StudyDeletions {
-            deleting: row.try_get("deleting")?,
-            count: u64::try_from(row.try_get::<i64, _>("deletions")?).unwrap_or(0),
-            filesystem: row
-                .try_get::<Option<i64>, _>("filesystem")?
-                .map(FilesystemId),
-        },
-        existing,
-        study_patient,
-    })
+    rows::ingest_lookup(&row)
 }
 
 /// `sql` with partition `$1` and a device's columns `$2`…`$9` bound, in

@@ -33,7 +33,7 @@ use rusqlite::{
 
 use crate::db::rows::{self, Columns};
 use crate::db::studies::now_ms;
-use crate::db::{log_batch, sql, Admission, Error, FollowUp, IndexStore};
+use crate::db::{log_batch, sql, Admission, Error, FollowUp, IndexStore, IngestLookup};
 use crate::model::{
     AeTitle, DeviceSpec, DuplicateRecord, Filesystem, FilesystemId, FilesystemSpec, IndexCounts,
     InsertOutcome, InstanceRecord, PartitionId, PartitionSpec, StoredInstance, StudyDeletions,
@@ -889,6 +889,22 @@ impl IndexStore for SqliteIndex {
     ) -> Result<StudyDeletions, Error> {
         self.read("looking up a study's deletions", |conn| {
             study_deletions_in(conn, partition, study_uid)
+        })
+    }
+
+    /// One statement on one reader: the trait's default would take three
+    /// readers and read the study's every column for its patient.
+    fn ingest_lookup(
+        &self,
+        partition: PartitionId,
+        study_uid: &Uid,
+        sop_instance_uid: &Uid,
+    ) -> Result<IngestLookup, Error> {
+        self.read("looking up an instance before ingest", |conn| {
+            conn.prepare_cached(sql::INGEST_LOOKUP)?.query_row(
+                params![partition.0, study_uid.as_str(), sop_instance_uid.as_str()],
+                |r| rows::ingest_lookup(r),
+            )
         })
     }
 

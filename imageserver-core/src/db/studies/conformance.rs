@@ -489,6 +489,14 @@ fn commit_refuses_records_of_a_deleted_study<S: IndexStore + StudyStore>(store: 
             filesystem: Some(f.fs),
         }
     );
+    // Ingest's one read says the same.
+    assert_eq!(
+        store
+            .ingest_lookup(f.partition, &uid("1.16.1"), &uid("1.16.1.1.2"))
+            .expect("lookup")
+            .deletions,
+        seen("1.16.1")
+    );
 
     // While the tombstone is there: refused, whatever the record saw; the
     // other study of the batch commits.
