@@ -13,7 +13,8 @@
 # On this shared machine rates swing ±15-50 % between rounds while CPU per
 # instance repeats far better: compare CPU here, rates in ingest_compare.sh.
 # The binaries' order turns every round. A run counts only when exactly the
-# corpus was stored (*.dcm outside .tmp; storescp: every file).
+# corpus was stored (*.dcm outside .tmp; storescp: every file); another
+# run prints no figure.
 #
 # usage: benches/ingest_cpu.sh [-r ROUNDS] [-a "1 8"] [-d sqlite|postgres] [-s] BIN... CORPUS_DIR
 # Received files are kept until the end (ext4 without a journal makes
@@ -110,8 +111,11 @@ run() {
   kill "$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   local stored
-  stored=$(find "$dir/storage" -name '*.dcm' -not -path '*/.tmp/*' | wc -l)
-  [[ $bin == storescp ]] && stored=$(find "$dir/storage" -type f | wc -l)
+  if [[ $bin == storescp ]]; then
+    stored=$(find "$dir/storage" -type f | wc -l)
+  else
+    stored=$(find "$dir/storage" -name '*.dcm' -not -path '*/.tmp/*' | wc -l)
+  fi
   [[ -n $db ]] && psql -q "$PG_URL" -c "DROP DATABASE $db" > /dev/null
   python3 - "$label" "$n" "$TOTAL" "$stored" "$TICK" "$t0" "$t1" "$s0" "$s1" "$p0" "$p1" \
     "$m0" "$m1" "$BACKEND" "$(cat "$dir"/time.* | awk '{s += $1 + $2} END {print s + 0}')" <<'PY'
@@ -121,12 +125,14 @@ t0, t1, s0, s1, p0, p1 = map(float, sys.argv[6:12])
 (mb0, mt0), (mb1, mt1) = (map(int, a.split()) for a in sys.argv[12:14])
 backend, clients = sys.argv[14], float(sys.argv[15])
 us = 1e6 / tick / total
+# A run that did not store exactly the corpus gives no figure at all.
 ok = stored == total
-pg = f"{(p1 - p0) * us:.0f}" if label != "storescp" and backend == "postgres" else "-"
-print("\t".join([label, str(n), f"{total / (t1 - t0):.0f}" if ok else "-",
-                 f"{(s1 - s0) * us:.0f}", pg, f"{clients * 1e6 / total:.0f}",
-                 f"{(mb1 - mb0) * us:.0f}", f"{100 * (mb1 - mb0) / max(1, mt1 - mt0):.0f}",
-                 "ok" if ok else f"stored {stored} of {total}"]))
+figures = [f"{total / (t1 - t0):.0f}", f"{(s1 - s0) * us:.0f}",
+           f"{(p1 - p0) * us:.0f}" if label != "storescp" and backend == "postgres" else "-",
+           f"{clients * 1e6 / total:.0f}", f"{(mb1 - mb0) * us:.0f}",
+           f"{100 * (mb1 - mb0) / max(1, mt1 - mt0):.0f}"]
+print("\t".join([label, str(n)] + (figures if ok else ["-"] * len(figures))
+                + ["ok" if ok else f"stored {stored} of {total}"]))
 PY
 }
 
