@@ -19,12 +19,15 @@
 //! - `api`: the admin API (JSON under `/api`, described by `openapi.json`);
 //! - `pages`: the admin pages (server-rendered HTML at `/`);
 //! - [`auth`]: users, sessions, CSRF and who may read DICOMweb;
+//! - `keep_alive`: connections stay usable after answers given before a
+//!   request's body was read (small bodies are read first);
 //! - `viewer`: the OHIF viewer at `/viewer/` (`[http] viewer_dir`).
 //!
 //! The DICOMweb root serves the default partition (the `[dicom]` one).
 
 mod api;
 pub mod auth;
+mod keep_alive;
 pub mod metrics;
 mod multipart;
 mod pages;
@@ -237,6 +240,7 @@ fn router(services: Shared, settings: &HttpSettings) -> Router {
         ))
         .layer(middleware::from_fn_with_state(services.clone(), observe))
         .layer(middleware::from_fn_with_state(cors, cross_origin))
+        .layer(middleware::from_fn(keep_alive::read_small_bodies_first))
         .with_state(services)
 }
 

@@ -9,8 +9,10 @@ end: {"failed_item": ID}. Any failed check raises (exit status 1).
 
 import json
 import re
+import socket
 import sys
 import time
+from urllib.parse import urlsplit
 
 import jsonschema
 import requests
@@ -31,6 +33,41 @@ def login(base, name, password):
     token = r.json()["csrf"]
     check(session.get(f"{base}/api/session", timeout=30).json()["csrf"] == token, "session token")
     return session, token
+
+
+def head_of(sock):
+    """The status line and headers of the next answer on `sock` (lower case)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        check(chunk, f"the connection closed without an answer after {data!r}")
+        data += chunk
+    return data.split(b"\r\n\r\n")[0].decode().lower()
+
+
+def refusals_before_the_body(base):
+    """An answer given before the request's body arrived (a refusal) leaves
+    the connection usable, or says `Connection: close`. The body is sent
+    after a pause, as clients that send headers and body apart do."""
+    address = urlsplit(base)
+    request = (f"POST /api/studies/1.2.3/reprocess HTTP/1.1\r\nHost: {address.netloc}\r\n"
+               "Content-Type: application/json\r\n")
+    with socket.create_connection((address.hostname, address.port), timeout=BOUND) as sock:
+        sock.sendall((request + "Content-Length: 2\r\n\r\n").encode())
+        time.sleep(0.2)
+        sock.sendall(b"{}")
+        head = head_of(sock)
+        check(head.startswith("http/1.1 401"), f"an anonymous change answered {head}")
+        check("connection: close" not in head, f"a small body closed the connection: {head}")
+        time.sleep(0.2)
+        sock.sendall(f"GET /api/openapi.json HTTP/1.1\r\nHost: {address.netloc}\r\n\r\n".encode())
+        head = head_of(sock)
+        check(head.startswith("http/1.1 200"), f"the next request on the connection: {head}")
+    with socket.create_connection((address.hostname, address.port), timeout=BOUND) as sock:
+        sock.sendall((request + "Transfer-Encoding: chunked\r\n\r\n").encode())
+        head = head_of(sock)
+        check(head.startswith("http/1.1 401") and "connection: close" in head,
+              f"a refusal leaving a chunked body unread does not say it closes: {head}")
 
 
 def schema_of(spec, schema):
@@ -54,6 +91,7 @@ def main():
           f"an anonymous page view is not sent to /login: {r.status_code}")
     spec = requests.get(f"{base}/api/openapi.json", timeout=30).json()
     validate_spec(spec)
+    refusals_before_the_body(base)
 
     admin, token = login(base, *request["admin"])
     viewer, viewer_token = login(base, *request["viewer"])
