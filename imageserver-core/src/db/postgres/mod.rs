@@ -2,9 +2,15 @@
 //! of the medium deployment, and the shared database of a cluster.
 //!
 //! - **Sync trait, async driver.** [`IndexStore`] and [`QueryStore`](crate::db::QueryStore) are
-//!   blocking traits; a [`PgIndex`] owns a private tokio runtime (multi-thread,
-//!   two workers) that drives sqlx's sockets, and every method `block_on`s a
-//!   future on the calling thread. Never call a `PgIndex` from inside a tokio
+//!   blocking traits; a [`PgIndex`] owns a private current-thread tokio
+//!   runtime, and every method `block_on`s a future on the calling thread,
+//!   which drives sqlx's sockets itself: a round trip wakes no other
+//!   thread (a multi-thread runtime's workers cost a futex wake-up and an
+//!   epoll round per round trip; ARCHITECTURE.md's `postgres/` entry has
+//!   the measurements). Callers at once take turns
+//!   driving it. Work that must go on between calls runs elsewhere: the
+//!   work queue's LISTEN on a runtime of its own, an early ingest look-up
+//!   on a thread of its own. Never call a `PgIndex` from inside a tokio
 //!   runtime (that panics): the archive calls it from its own threads
 //!   (associations, the group committer), never from an executor.
 //! - **Pools.** A sqlx pool of at most `pool_size` connections, and one of
@@ -247,9 +253,10 @@ pub struct PgIndex {
     /// Ingest batches indexed in one statement, and those that tried and
     /// fell back to the general way (see `ingest::single`).
     one_statement: [AtomicU64; 2],
-    /// Drives the pool's sockets; declared last so that it outlives the pool
-    /// when dropped.
-    runtime: tokio::runtime::Runtime,
+    /// Drives the pool's sockets (current-thread: driven by whichever
+    /// caller is in `block_on`); declared last so that it outlives the pool
+    /// when dropped. Shared with early look-ups under way.
+    runtime: Arc<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for PgIndex {
@@ -304,9 +311,7 @@ impl PgIndex {
         if let Some(timeout) = options.statement_timeout {
             connect = connect.options([("statement_timeout", timeout.as_millis().to_string())]);
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("imageserver-pg")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| open_error(Box::new(e)))?;
@@ -338,7 +343,7 @@ impl PgIndex {
             kept: Default::default(),
             query_pool,
             one_statement: Default::default(),
-            runtime,
+            runtime: Arc::new(runtime),
         };
         index.migrate()?;
         Ok(index)
@@ -823,9 +828,11 @@ impl IndexStore for PgIndex {
         })
     }
 
-    /// Sent at once on a connection of the write pool; the runtime's
-    /// workers carry the round trip while the caller receives the rest of
-    /// the instance.
+    /// Sent at once on a connection of the write pool, from a thread of its
+    /// own that drives the runtime while the caller receives the rest of
+    /// the instance (ingest asks only when tens of KiB are still to come,
+    /// so a thread per look-up is cheap beside them). When no thread can
+    /// be started the look-up runs when waited for.
     fn begin_ingest_lookup(
         &self,
         partition: PartitionId,
@@ -839,28 +846,50 @@ impl IndexStore for PgIndex {
             sop_instance_uid.clone(),
         );
         let timeout = self.options.call_timeout();
-        let task = self.runtime.spawn(async move {
-            tokio::time::timeout(timeout, async {
-                let mut conn = retry::lease(&pool, Some(&kept), false).await?;
-                let lookup =
-                    ingest_lookup_on(&mut conn, partition, &study_uid, &sop_instance_uid).await?;
-                kept.put(&pool, conn);
-                Ok::<_, sqlx::Error>(lookup)
-            })
-            .await
-        });
-        let runtime = self.runtime.handle().clone();
-        crate::db::PendingLookup::new(move || {
-            let operation = "looking up an instance before ingest";
-            match runtime.block_on(task) {
-                Ok(Ok(Ok(lookup))) => Ok(lookup),
-                Ok(Ok(Err(e))) => Err(map_error(operation, e)),
-                Ok(Err(elapsed)) => Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
-                Err(join) => Err(Error::Backend {
-                    operation,
-                    source: Box::new(join),
-                }),
+        let runtime = self.runtime.clone();
+        let operation = "looking up an instance before ingest";
+        let look_up = move || {
+            let looked_up = runtime.block_on(async {
+                tokio::time::timeout(timeout, async {
+                    let mut conn = retry::lease(&pool, Some(&kept), false).await?;
+                    let lookup =
+                        ingest_lookup_on(&mut conn, partition, &study_uid, &sop_instance_uid)
+                            .await?;
+                    kept.put(&pool, conn);
+                    Ok::<_, sqlx::Error>(lookup)
+                })
+                .await
+            });
+            match looked_up {
+                Ok(Ok(lookup)) => Ok(lookup),
+                Ok(Err(e)) => Err(map_error(operation, e)),
+                Err(elapsed) => Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
             }
+        };
+        let look_up = Arc::new(std::sync::Mutex::new(Some(look_up)));
+        let (answer, answered) = crossbeam::channel::bounded(1);
+        let on_thread = look_up.clone();
+        let started = std::thread::Builder::new()
+            .name("pg-early-lookup".into())
+            .spawn(move || {
+                let taken = on_thread.lock().ok().and_then(|mut f| f.take());
+                if let Some(look_up) = taken {
+                    let _ = answer.send(look_up());
+                }
+            });
+        if let Err(error) = started {
+            tracing::debug!(error = %error, "no thread for an early index look-up: it runs when waited for");
+        }
+        crate::db::PendingLookup::new(move || {
+            // Not started (or not yet running): run it here.
+            let here = look_up.lock().ok().and_then(|mut f| f.take());
+            if let Some(look_up) = here {
+                return look_up();
+            }
+            answered.recv().map_err(|disconnected| Error::Backend {
+                operation,
+                source: Box::new(disconnected),
+            })?
         })
     }
 
@@ -892,56 +921,58 @@ impl IndexStore for PgIndex {
         // since) makes the attempt a conflict, and the retry decides
         // before locking, reading the deletions first.
         let mut optimistic = true;
-        let outcomes = self.write("indexing instances", async |conn| {
-            let first = std::mem::take(&mut optimistic);
-            let deletions = if first {
-                std::collections::HashMap::new()
-            } else {
-                ingest::study_deletions(conn, batch).await?
-            };
-            let admission = Admission::decide(batch, &deletions);
-            let kept = admission.kept(batch);
-            let follow_ups = follow_up
-                .map(|f| f.items_for(kept.iter()))
-                .unwrap_or_default();
-            // The first attempt may take the one-statement way.
-            let indexed = match ingest::insert_batch(conn, &kept, &follow_ups, now, first).await {
-                Err(TxError::Optimism(what)) => {
-                    self.one_statement[1].fetch_add(1, Ordering::Relaxed);
-                    return Err(TxError::Optimism(what));
-                }
-                indexed => indexed?,
-            };
-            if indexed.one_statement {
-                self.one_statement[0].fetch_add(1, Ordering::Relaxed);
-            }
-            let ingest::Indexed {
-                outcomes,
-                storages,
-                appended,
-                ..
-            } = indexed;
-            for item in follow_ups.iter().filter(|_| !appended) {
-                // The batch has just written the study's storage row.
-                let study = match &item.study_uid {
-                    None => Ok(None),
-                    Some(uid) => {
-                        match storages.get(&(item.partition.0, uid.as_str().to_string())) {
-                            Some(id) => Ok(Some(*id)),
-                            None => work::study_of(conn, item).await?,
-                        }
-                    }
+        let outcomes = self.write_when(
+            "indexing instances",
+            async |conn| {
+                let first = std::mem::take(&mut optimistic);
+                let deletions = if first {
+                    std::collections::HashMap::new()
+                } else {
+                    ingest::study_deletions(conn, batch).await?
                 };
-                if let Ok(study) = study {
-                    work::append_in(conn, item, study).await?;
+                let admission = Admission::decide(batch, &deletions);
+                let kept = admission.kept(batch);
+                let follow_ups = follow_up
+                    .map(|f| f.items_for(kept.iter()))
+                    .unwrap_or_default();
+                // The first attempt may take the one-statement way.
+                let indexed = match ingest::insert_batch(conn, &kept, &follow_ups, now, first).await
+                {
+                    Err(TxError::Optimism(what)) => {
+                        self.one_statement[1].fetch_add(1, Ordering::Relaxed);
+                        return Err(TxError::Optimism(what));
+                    }
+                    indexed => indexed?,
+                };
+                if indexed.one_statement {
+                    self.one_statement[0].fetch_add(1, Ordering::Relaxed);
                 }
-            }
+                let ingest::Indexed {
+                    outcomes,
+                    storages,
+                    appended,
+                    ..
+                } = indexed;
+                for item in follow_ups.iter().filter(|_| !appended) {
+                    // The batch has just written the study's storage row.
+                    let study = match &item.study_uid {
+                        None => Ok(None),
+                        Some(uid) => {
+                            match storages.get(&(item.partition.0, uid.as_str().to_string())) {
+                                Some(id) => Ok(Some(*id)),
+                                None => work::study_of(conn, item).await?,
+                            }
+                        }
+                    };
+                    if let Ok(study) = study {
+                        work::append_in(conn, item, study).await?;
+                    }
+                }
+                Ok(admission.outcomes(outcomes))
+            },
             // The statements ran: the commit waits for the caller.
-            if !ready() {
-                return Err(TxError::CalledOff);
-            }
-            Ok(admission.outcomes(outcomes))
-        })?;
+            Some(ready),
+        )?;
         log_batch(&outcomes, start);
         Ok(outcomes)
     }

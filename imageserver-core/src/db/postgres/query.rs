@@ -23,7 +23,10 @@
 //! matching entities in a subquery), so the instances come from one
 //! snapshot, as SQLite's one read transaction gives; the rows are read whole
 //! before they reach the sink, so a slow sink (a C-MOVE sending files) never
-//! holds a statement open against `statement_timeout`.
+//! holds a statement open against `statement_timeout`. `find` streams its
+//! rows to the sink [`FIND_CHUNK`] at a time: each chunk is read inside the
+//! index's runtime and handed to the sink outside it, so a sink that
+//! blocks holds its connection but not the runtime other callers drive.
 
 use std::ops::ControlFlow;
 
@@ -31,7 +34,8 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 
-use super::PgIndex;
+use super::retry::{lease, lost_connection};
+use super::{map_error, PgIndex};
 use crate::db::matching::case_variants;
 use crate::db::planner::{self, Dialect, List, Sql};
 use crate::db::rows::stored_instance;
@@ -39,23 +43,31 @@ use crate::db::{Error, QueryStore};
 use crate::model::query::{Attribute, Key, Match, Query};
 use crate::model::StoredInstance;
 
+/// Rows of a query read at once before they go to the sink.
+const FIND_CHUNK: usize = 256;
+
 impl QueryStore for PgIndex {
+    /// A connection lost before any row reached the sink is retried once on
+    /// a checked connection; after that, the error is the caller's.
     fn find(
         &self,
         query: &Query,
         sink: &mut dyn FnMut(Match) -> ControlFlow<()>,
     ) -> Result<(), Error> {
         let plan = planner::find::<PgDialect>(query);
-        self.read_query("answering a query", async |conn: &mut PgConnection| {
-            let mut rows = statement(&plan.sql).fetch(&mut *conn);
-            while let Some(row) = rows.try_next().await? {
-                let found = match_from_row(&plan.returned, &row)?;
-                if sink(found).is_break() {
-                    break;
+        let operation = "answering a query";
+        let mut checked = false;
+        loop {
+            let mut delivered = false;
+            match self.find_once(&plan, checked, sink, &mut delivered) {
+                Ok(()) => return Ok(()),
+                Err(e) if !checked && !delivered && lost_connection(&e) => {
+                    tracing::info!(operation, error = %e, "index connection lost, retrying on a checked connection");
+                    checked = true;
                 }
+                Err(e) => return Err(map_error(operation, e)),
             }
-            Ok(())
-        })
+        }
     }
 
     fn find_instances(
@@ -79,6 +91,50 @@ impl QueryStore for PgIndex {
             }
         }
         Ok(())
+    }
+}
+
+impl PgIndex {
+    /// One attempt of [`QueryStore::find`]; `delivered` is set once a row
+    /// reached the sink. Each chunk's read is bounded by the call timeout.
+    fn find_once(
+        &self,
+        plan: &planner::Plan<PgDialect>,
+        checked: bool,
+        sink: &mut dyn FnMut(Match) -> ControlFlow<()>,
+        delivered: &mut bool,
+    ) -> Result<(), sqlx::Error> {
+        let timed_out = |elapsed: tokio::time::error::Elapsed| sqlx::Error::Io(elapsed.into());
+        // The connection goes back to its pool (a task of the runtime) when
+        // dropped, here or on an early return.
+        let _runtime = self.runtime.enter();
+        let mut conn = self
+            .block_on(lease(&self.query_pool, None, checked))
+            .map_err(timed_out)??;
+        let mut rows = statement(&plan.sql).fetch(&mut *conn);
+        let mut chunk = Vec::with_capacity(FIND_CHUNK);
+        loop {
+            let ended = self
+                .block_on(async {
+                    while chunk.len() < FIND_CHUNK {
+                        match rows.try_next().await? {
+                            Some(row) => chunk.push(match_from_row(&plan.returned, &row)?),
+                            None => return Ok(true),
+                        }
+                    }
+                    Ok::<_, sqlx::Error>(false)
+                })
+                .map_err(timed_out)??;
+            for found in chunk.drain(..) {
+                *delivered = true;
+                if sink(found).is_break() {
+                    return Ok(());
+                }
+            }
+            if ended {
+                return Ok(());
+            }
+        }
     }
 }
 

@@ -45,6 +45,17 @@ impl PgIndex {
             .block_on(async { tokio::time::timeout(timeout, future).await })
     }
 
+    /// Runs `future` on the private runtime until `deadline`.
+    fn block_until<T>(
+        &self,
+        deadline: Instant,
+        future: impl Future<Output = T>,
+    ) -> Result<T, tokio::time::error::Elapsed> {
+        self.runtime.block_on(async {
+            tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), future).await
+        })
+    }
+
     /// Runs `f` in one transaction, retrying the whole transaction on
     /// serialization failures, deadlocks and detected conflicts, and once
     /// on a checked connection when the connection was lost before COMMIT
@@ -55,7 +66,20 @@ impl PgIndex {
     pub(crate) fn write<T>(
         &self,
         operation: &'static str,
+        f: impl AsyncFnMut(&mut PgConnection) -> Result<T, TxError>,
+    ) -> Result<T, Error> {
+        self.write_when(operation, f, None)
+    }
+
+    /// [`PgIndex::write`] whose COMMIT waits until `ready` (called once
+    /// `f` has run, outside the runtime: it may block without holding the
+    /// runtime from other callers) says to go on; `false` rolls back and
+    /// fails with [`Error::CommitCalledOff`].
+    pub(crate) fn write_when<T>(
+        &self,
+        operation: &'static str,
         mut f: impl AsyncFnMut(&mut PgConnection) -> Result<T, TxError>,
+        ready: Option<&dyn Fn() -> bool>,
     ) -> Result<T, Error> {
         let start = Instant::now();
         let mut delay = Duration::from_millis(5);
@@ -63,21 +87,7 @@ impl PgIndex {
         let mut checked = false;
         loop {
             let mut committing = false;
-            let result = self
-                .block_on(async {
-                    let mut conn = lease(&self.pool, Some(&self.kept), checked).await?;
-                    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    let value = f(&mut tx).await?;
-                    committing = true;
-                    tx.commit().await?;
-                    self.kept.put(&self.pool, conn);
-                    Ok::<T, TxError>(value)
-                })
-                .unwrap_or_else(|elapsed| {
-                    // Abandoned (no retry): the call's time is spent.
-                    committing = true;
-                    Err(TxError::Sql(sqlx::Error::Io(elapsed.into())))
-                });
+            let result = self.attempt(&mut f, checked, ready, &mut committing);
             match result {
                 Ok(value) => return Ok(value),
                 Err(TxError::Optimism(what)) if start.elapsed() < RETRY_FOR => {
@@ -110,6 +120,55 @@ impl PgIndex {
                 }
             }
         }
+    }
+
+    /// One attempt of [`PgIndex::write_when`], bounded by the call timeout
+    /// (but for the wait in `ready`). `committing` is set once COMMIT may
+    /// have been sent, or the attempt was abandoned for its time: neither
+    /// is retried on another connection.
+    fn attempt<T>(
+        &self,
+        f: &mut impl AsyncFnMut(&mut PgConnection) -> Result<T, TxError>,
+        checked: bool,
+        ready: Option<&dyn Fn() -> bool>,
+        committing: &mut bool,
+    ) -> Result<T, TxError> {
+        let deadline = Instant::now() + self.options.call_timeout();
+        // A connection dropped on the way back (an error, a rollback) is
+        // returned to its pool by a task of the runtime.
+        let _runtime = self.runtime.enter();
+        let abandoned = |committing: &mut bool, elapsed: tokio::time::error::Elapsed| {
+            // Abandoned (no retry): the call's time is spent.
+            *committing = true;
+            TxError::Sql(sqlx::Error::Io(elapsed.into()))
+        };
+        // A kept connection needs no turn on the runtime.
+        let kept = if checked { None } else { self.kept.take() };
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => self
+                .block_until(deadline, lease(&self.pool, Some(&self.kept), checked))
+                .map_err(|e| abandoned(committing, e))??,
+        };
+        let (tx, value) = self
+            .block_until(deadline, async {
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                let value = f(&mut tx).await?;
+                Ok::<_, TxError>((tx, value))
+            })
+            .map_err(|e| abandoned(committing, e))??;
+        // The statements ran: the commit waits for the caller (the
+        // transaction rolls back when dropped).
+        if let Some(ready) = ready {
+            if !ready() {
+                return Err(TxError::CalledOff);
+            }
+        }
+        *committing = true;
+        self.block_until(deadline, tx.commit())
+            .map_err(|e| abandoned(committing, e))??;
+        self.kept.put(&self.pool, conn);
+        Ok(value)
     }
 
     /// Runs `f` on a pooled connection (autocommit). `f` must only read:

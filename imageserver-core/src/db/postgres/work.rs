@@ -806,10 +806,23 @@ impl WorkStore for PgIndex {
         })?)
     }
 
+    /// The LISTEN runs on a runtime of its own (one worker): the index's
+    /// runtime is driven only while a caller is in it.
     fn watch(&self, wake: Box<dyn Fn() + Send + Sync>) -> Result<Option<WorkWatch>, WorkError> {
         let options = (*self.pool.connect_options()).clone();
         let connect_timeout = self.options.connect_timeout;
-        let task = self.runtime.spawn(async move {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pg-notify")
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                WorkError::Db(crate::db::Error::Backend {
+                    operation: "listening for work notifications",
+                    source: Box::new(e),
+                })
+            })?;
+        runtime.spawn(async move {
             // A pool of one connection of its own: LISTEN holds it for good.
             let pool = PgPoolOptions::new()
                 .max_connections(1)
@@ -840,7 +853,7 @@ impl WorkStore for PgIndex {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        Ok(Some(WorkWatch::new(AbortOnDrop(task))))
+        Ok(Some(WorkWatch::new(StopOnDrop(Some(runtime)))))
     }
 }
 
@@ -852,11 +865,15 @@ async fn listen(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
 }
 
 /// Stops the listener task when the watch is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// The listener's runtime, shut down without waiting when the watch is
+/// dropped (its task ends at its next await).
+struct StopOnDrop(Option<tokio::runtime::Runtime>);
 
-impl Drop for AbortOnDrop {
+impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
