@@ -9,8 +9,8 @@
 //!   epoll round per round trip; ARCHITECTURE.md's `postgres/` entry has
 //!   the measurements). Callers at once take turns
 //!   driving it. Work that must go on between calls runs elsewhere: the
-//!   work queue's LISTEN on a runtime of its own, an early ingest look-up
-//!   on a thread of its own. Never call a `PgIndex` from inside a tokio
+//!   work queue's LISTEN on a runtime of its own, early ingest look-ups on
+//!   a helper thread (`early.rs`). Never call a `PgIndex` from inside a tokio
 //!   runtime (that panics): the archive calls it from its own threads
 //!   (associations, the group committer), never from an executor.
 //! - **Pools.** A sqlx pool of at most `pool_size` connections, and one of
@@ -63,6 +63,7 @@ mod admin;
 mod archive;
 #[cfg(feature = "sqlite")]
 mod copy;
+mod early;
 mod ingest;
 mod nodes;
 mod query;
@@ -253,6 +254,8 @@ pub struct PgIndex {
     /// Ingest batches indexed in one statement, and those that tried and
     /// fell back to the general way (see `ingest::single`).
     one_statement: [AtomicU64; 2],
+    /// The helper thread of early ingest look-ups.
+    early: early::EarlyLookups,
     /// Drives the pool's sockets (current-thread: driven by whichever
     /// caller is in `block_on`); declared last so that it outlives the pool
     /// when dropped. Shared with early look-ups under way.
@@ -343,6 +346,7 @@ impl PgIndex {
             kept: Default::default(),
             query_pool,
             one_statement: Default::default(),
+            early: Default::default(),
             runtime: Arc::new(runtime),
         };
         index.migrate()?;
@@ -828,11 +832,9 @@ impl IndexStore for PgIndex {
         })
     }
 
-    /// Sent at once on a connection of the write pool, from a thread of its
-    /// own that drives the runtime while the caller receives the rest of
-    /// the instance (ingest asks only when tens of KiB are still to come,
-    /// so a thread per look-up is cheap beside them). When no thread can
-    /// be started the look-up runs when waited for.
+    /// Sent at once on a connection of the write pool by the helper thread
+    /// of early look-ups (`early.rs`), which drives the runtime while the
+    /// caller receives the rest of the instance.
     fn begin_ingest_lookup(
         &self,
         partition: PartitionId,
@@ -866,31 +868,7 @@ impl IndexStore for PgIndex {
                 Err(elapsed) => Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
             }
         };
-        let look_up = Arc::new(std::sync::Mutex::new(Some(look_up)));
-        let (answer, answered) = crossbeam::channel::bounded(1);
-        let on_thread = look_up.clone();
-        let started = std::thread::Builder::new()
-            .name("pg-early-lookup".into())
-            .spawn(move || {
-                let taken = on_thread.lock().ok().and_then(|mut f| f.take());
-                if let Some(look_up) = taken {
-                    let _ = answer.send(look_up());
-                }
-            });
-        if let Err(error) = started {
-            tracing::debug!(error = %error, "no thread for an early index look-up: it runs when waited for");
-        }
-        crate::db::PendingLookup::new(move || {
-            // Not started (or not yet running): run it here.
-            let here = look_up.lock().ok().and_then(|mut f| f.take());
-            if let Some(look_up) = here {
-                return look_up();
-            }
-            answered.recv().map_err(|disconnected| Error::Backend {
-                operation,
-                source: Box::new(disconnected),
-            })?
-        })
+        self.early.begin(operation, look_up)
     }
 
     fn insert_instances_then(
