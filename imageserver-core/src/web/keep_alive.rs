@@ -22,10 +22,12 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, BodyDataStream, Bytes};
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
+
+use super::Failure;
 
 /// Bodies up to this size are read before routing.
 const READ_FIRST: u64 = 256 * 1024;
@@ -44,7 +46,7 @@ pub(crate) async fn read_small_bodies_first(request: Request, next: Next) -> Res
             Err(error) => {
                 tracing::debug!(error = %error, "an HTTP request body ended early");
                 let mut answer =
-                    (StatusCode::BAD_REQUEST, "the request body ended early").into_response();
+                    Failure::bad_request("the request body ended early").into_response();
                 close(&mut answer);
                 answer
             }

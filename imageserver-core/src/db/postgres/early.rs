@@ -49,7 +49,7 @@ impl EarlyLookups {
             }
         });
         // Without a helper the waiter runs it.
-        let _ = self.queue(job);
+        self.queue(job);
         PendingLookup::new(move || {
             // Not started yet (or no helper): run it here.
             if let Some(look_up) = take(&look_up) {
@@ -62,9 +62,9 @@ impl EarlyLookups {
         })
     }
 
-    /// Hands `job` to the helper, starting it if needed; false when there
-    /// is none.
-    fn queue(&self, job: Job) -> bool {
+    /// Hands `job` to the helper, starting it if needed; drops it when
+    /// there is none (its waiter runs the look-up).
+    fn queue(&self, job: Job) {
         let mut helper = self.helper.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(*helper, Helper::NotStarted) {
             let (jobs, queue) = crossbeam::channel::unbounded::<Job>();
@@ -83,9 +83,8 @@ impl EarlyLookups {
                 }
             };
         }
-        match &*helper {
-            Helper::Running(jobs) => jobs.send(job).is_ok(),
-            Helper::NotStarted | Helper::Failed => false,
+        if let Helper::Running(jobs) = &*helper {
+            let _ = jobs.send(job);
         }
     }
 }

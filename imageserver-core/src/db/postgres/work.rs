@@ -864,9 +864,8 @@ async fn listen(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-/// Stops the listener task when the watch is dropped.
-/// The listener's runtime, shut down without waiting when the watch is
-/// dropped (its task ends at its next await).
+/// Stops the listener when the watch is dropped: its runtime is shut down
+/// without waiting (the task ends at its next await).
 struct StopOnDrop(Option<tokio::runtime::Runtime>);
 
 impl Drop for StopOnDrop {
