@@ -136,9 +136,13 @@ PY
 }
 
 
+source "$ROOT/benches/support/quiet_inodes.sh"
 failed=0
 for corpus in "${corpora[@]}"; do
   for n in $ASSOCS; do
+    # Files deleted in the last minutes make every create dear on ext4
+    # without a journal: wait until they have aged (see quiet_inodes.sh).
+    wait_for_quiet_inodes "$TMP"
     echo "=== $(basename "$corpus"), $n association(s), $RUNS runs: $PEERS"
     out=$TMP/ingest_$(basename "$corpus")_a${n}_$(date +%Y%m%d_%H%M%S)
     INGEST_COUNTS=$(mktemp -d "$TMP/imageserver-ingest-counts.XXXXXX")

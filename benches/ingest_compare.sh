@@ -29,12 +29,15 @@
 # (rounds x 2 binaries x peers x association counts x corpus size, with a
 # margin):
 # ext4 without a journal (the development machine's root filesystem: no
-# jbd2 thread) skips inodes freed in the last ~30 s when it allocates new
-# ones, so a run that starts right after the previous run's files were
-# deleted pays up to a quarter of the server's CPU in that scan (measured
-# with perf on this machine), and every peer pays it by turns. A journaled
-# ext4 does not scan so. BENCH_TMPDIR on another filesystem (a loop-mounted
-# journaled image, say) moves the runs' storage and index there.
+# jbd2 thread) skips inodes freed in the last 60 s (360 s while their inode
+# table block is dirty) when it allocates new ones, so a run that starts
+# after a deletion pays that scan on every create (100-450 µs of CPU
+# instead of ~20), and every peer pays it by turns. The durable ceiling
+# keeps its files too (--keep), and each ingest.sh run first waits until a
+# create costs what it does on a quiet filesystem
+# (benches/support/quiet_inodes.sh). A journaled ext4 does not scan so.
+# BENCH_TMPDIR on another filesystem (a loop-mounted journaled image, say)
+# moves the runs' storage and index there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=3 ASSOCS="1 8" BACKEND=sqlite PEERS=1
@@ -121,7 +124,7 @@ for round in $(seq 1 "$ROUNDS"); do
   mkdir -p "$WORK/ceiling"
   echo "=== round $round: durable ceiling"
   (cd "$ROOT" && cargo bench --quiet --bench durable_ceiling -- --count 1000 --threads "$ASSOCS" \
-    --sizes "${sizes[*]}" --dir "$WORK/ceiling") >"$WORK/round${round}_ceiling.txt" 2>&1 || {
+    --sizes "${sizes[*]}" --dir "$WORK/ceiling" --keep) >"$WORK/round${round}_ceiling.txt" 2>&1 || {
     echo "round $round: the durable ceiling failed; see $WORK/round${round}_ceiling.txt"
     failed=1
   }
