@@ -72,6 +72,7 @@ usage: cargo bench --bench durable_ceiling -- [options]
   --threads \"T…\"  writer threads, one run each (default \"1 8\")
   --sizes \"B…\"    instance sizes in bytes (default \"524288 9216\": 512x512 CT, 64x64)
   --dir DIR       where to write (default $BENCH_TMPDIR or /tmp): the disk ingest uses
+  --modes \"M…\"    the recipes to run (default all: naive grouped overlap journal writeback placed syncfs)
   --keep          leave the runs' folders in DIR (the caller removes them later)";
 
 /// Studies and series per study of the folder layout.
@@ -91,6 +92,32 @@ enum Mode {
     Syncfs,
 }
 
+impl Mode {
+    /// Every recipe, in the order they run.
+    const ALL: [Mode; 7] = [
+        Mode::Naive,
+        Mode::Grouped,
+        Mode::Overlap,
+        Mode::Journal,
+        Mode::Writeback,
+        Mode::Placed,
+        Mode::Syncfs,
+    ];
+
+    /// The name printed and taken by `--modes`.
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Naive => "naive",
+            Mode::Grouped => "grouped",
+            Mode::Overlap => "overlap",
+            Mode::Journal => "journal",
+            Mode::Writeback => "writeback",
+            Mode::Placed => "placed",
+            Mode::Syncfs => "syncfs",
+        }
+    }
+}
+
 /// What a writer hands the committer: the folder to sync, and in
 /// [`Mode::Placed`] and [`Mode::Syncfs`] the rename to do first
 /// (temporary, target) and whom to tell once it is done.
@@ -108,6 +135,7 @@ struct Options {
     threads: Vec<usize>,
     sizes: Vec<usize>,
     dir: PathBuf,
+    modes: Vec<Mode>,
     keep: bool,
 }
 
@@ -126,6 +154,7 @@ impl Options {
             },
             dir: std::env::var_os("BENCH_TMPDIR")
                 .map_or_else(|| PathBuf::from("/tmp"), PathBuf::from),
+            modes: Mode::ALL.to_vec(),
             keep: false,
         };
         let mut args = args.into_iter();
@@ -141,6 +170,17 @@ impl Options {
                 "--threads" => options.threads = numbers(value()?)?,
                 "--sizes" => options.sizes = numbers(value()?)?,
                 "--dir" => options.dir = PathBuf::from(value()?),
+                "--modes" => {
+                    options.modes = value()?
+                        .split_whitespace()
+                        .map(|name| {
+                            Mode::ALL
+                                .into_iter()
+                                .find(|mode| mode.name() == name)
+                                .ok_or(format!("unknown mode {name}\n{USAGE}"))
+                        })
+                        .collect::<std::result::Result<_, _>>()?;
+                }
                 "--keep" => options.keep = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -149,7 +189,11 @@ impl Options {
                 other => return Err(format!("unknown argument {other}\n{USAGE}").into()),
             }
         }
-        if options.count == 0 || options.threads.contains(&0) || options.sizes.contains(&0) {
+        if options.count == 0
+            || options.threads.contains(&0)
+            || options.sizes.contains(&0)
+            || options.modes.is_empty()
+        {
             return Err(format!("counts, threads and sizes must be positive\n{USAGE}").into());
         }
         Ok(options)
@@ -186,15 +230,7 @@ fn run() -> Result<()> {
     for &size in &options.sizes {
         for &threads in &options.threads {
             // Interleaved, so both modes see the same machine.
-            for mode in [
-                Mode::Naive,
-                Mode::Grouped,
-                Mode::Overlap,
-                Mode::Journal,
-                Mode::Writeback,
-                Mode::Placed,
-                Mode::Syncfs,
-            ] {
+            for &mode in &options.modes {
                 let root = tempfile::Builder::new()
                     .prefix("imageserver-durable-ceiling-")
                     .tempdir_in(&options.dir)?;
@@ -204,7 +240,7 @@ fn run() -> Result<()> {
                 let rate = options.count as f64 / seconds;
                 println!(
                     "{size:>9} {threads:>8} {:>9} {rate:>11.0} {:>9.1}",
-                    format!("{mode:?}").to_lowercase(),
+                    mode.name(),
                     rate * size as f64 / 1e6
                 );
             }

@@ -75,7 +75,10 @@ chmod 755 "$WORK"
 corpus_bytes=$(du -sbc "${corpora[@]}" | tail -n 1 | cut -f1)
 npeers=$(tr ',' '\n' <<<"$peers" | wc -l)
 nassoc=$(wc -w <<<"$ASSOCS")
-needed=$((ROUNDS * 2 * npeers * nassoc * corpus_bytes * 11 / 10))
+# The durable ceiling keeps its files too (one corpus's worth per round and
+# association count at most), removed at the end as well.
+needed=$((ROUNDS * (2 * npeers + 1) * nassoc * corpus_bytes * 11 / 10))
+trap 'rm -rf "$WORK/ceiling"' EXIT
 free=$(($(df --output=avail -B1 "$TMP" | tail -n 1)))
 # Beside the received files: the corpus copied into groups for several
 # associations, the databases and their WAL, Orthanc's storage. A
@@ -83,7 +86,7 @@ free=$(($(df --output=avail -B1 "$TMP" | tail -n 1)))
 # failed its second round; half again and 4 GB more leave room for them.
 if ((needed * 3 / 2 + 4000000000 < free)); then
   export PEER_BENCH_ARGS="${PEER_BENCH_ARGS:-} -k"
-  trap 'rm -rf "$WORK"/round*/peer_bench.*' EXIT
+  trap 'rm -rf "$WORK"/round*/peer_bench.* "$WORK/ceiling"' EXIT
   echo "received files kept until the end: $((needed / 1000000)) MB of $((free / 1000000)) MB free"
 else
   echo "WARNING: $((needed / 1000000)) MB of received files do not fit in $((free / 1000000)) MB:" \
@@ -124,7 +127,7 @@ for round in $(seq 1 "$ROUNDS"); do
   mkdir -p "$WORK/ceiling"
   echo "=== round $round: durable ceiling"
   (cd "$ROOT" && cargo bench --quiet --bench durable_ceiling -- --count 1000 --threads "$ASSOCS" \
-    --sizes "${sizes[*]}" --dir "$WORK/ceiling" --keep) >"$WORK/round${round}_ceiling.txt" 2>&1 || {
+    --sizes "${sizes[*]}" --modes placed --dir "$WORK/ceiling" --keep) >"$WORK/round${round}_ceiling.txt" 2>&1 || {
     echo "round $round: the durable ceiling failed; see $WORK/round${round}_ceiling.txt"
     failed=1
   }
