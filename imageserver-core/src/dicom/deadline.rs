@@ -43,7 +43,6 @@ impl Read for DeadlineReader<'_> {
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
             .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, self.expired))?;
-        self.socket.set_read_timeout(Some(remaining))?;
-        self.socket.read(buf)
+        self.socket.read_within(buf, remaining)
     }
 }

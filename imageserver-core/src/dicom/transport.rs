@@ -308,16 +308,44 @@ impl Read for Transport {
     /// a message cost a `TCP_NODELAY` peer ~9 % of its small-instance rate
     /// on one association). A TLS read asks after every read.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_waiting(buf, None)
+    }
+}
+
+impl Transport {
+    /// Reads as [`Read::read`] does, waiting at most `timeout` for bytes
+    /// when none are there yet. A plain socket's timeout is set only when
+    /// the read has to wait: most reads of a message find their bytes, and
+    /// each `setsockopt` is a system call on the path of every PDU.
+    pub(crate) fn read_within(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+        self.read_waiting(buf, Some(timeout))
+    }
+
+    /// A read; `timeout`, when given, becomes the socket's read timeout
+    /// before a read that may wait.
+    fn read_waiting(&mut self, buf: &mut [u8], timeout: Option<Duration>) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => match recv_nowait(s, buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    quick_ack(s);
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if timeout.is_some() {
+                        s.set_read_timeout(timeout)?;
+                    }
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        quick_ack(s);
+                    }
                     s.read(buf)
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => s.read(buf),
                 read => read,
             },
             Transport::Tls(t) => {
+                if timeout.is_some() {
+                    t.tcp.set_read_timeout(timeout)?;
+                }
                 let n = t.read(buf)?;
                 if n > 0 {
                     quick_ack(&t.tcp);
