@@ -37,7 +37,9 @@
 //!   whatever else is dirty there: a reference for a dedicated filesystem,
 //!   not what the server does). Measured on 2026-12-06 within the noise of
 //!   placed (0.5 MB: 0.6–1.15× of it; 9 KB: 0.8–1.15×), so the server
-//!   keeps its per-file syncs.
+//!   keeps its per-file syncs; but it ran last, after six recipes' files
+//!   were deleted. With them kept (2026-12-07, three rounds) it beat
+//!   placed 1.23–1.45× at eight threads for 9 KB and was level on one.
 //!
 //! The folders (20 studies of 2 series, as the benchmark corpora) are made
 //! and synced before the clock starts. Every run is checked afterwards:
@@ -194,7 +196,10 @@ impl Options {
             || options.sizes.contains(&0)
             || options.modes.is_empty()
         {
-            return Err(format!("counts, threads and sizes must be positive\n{USAGE}").into());
+            return Err(format!(
+                "counts, threads and sizes must be positive, and --modes name one\n{USAGE}"
+            )
+            .into());
         }
         Ok(options)
     }
