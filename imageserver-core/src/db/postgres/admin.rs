@@ -80,7 +80,7 @@ pub(super) fn admin(
             let options = PgConnectOptions::from_str(&url)?;
             let mut conn = tokio::time::timeout(Duration::from_secs(10), options.connect())
                 .await
-                .map_err(|e| sqlx::Error::Io(e.into()))??;
+                .map_err(super::retry::timed_out)??;
             sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
                 .execute(&mut conn)
                 .await?;

@@ -865,7 +865,7 @@ impl IndexStore for PgIndex {
             match looked_up {
                 Ok(Ok(lookup)) => Ok(lookup),
                 Ok(Err(e)) => Err(map_error(operation, e)),
-                Err(elapsed) => Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
+                Err(elapsed) => Err(map_error(operation, retry::timed_out(elapsed))),
             }
         };
         self.early.begin(operation, look_up)

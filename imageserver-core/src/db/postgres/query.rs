@@ -34,7 +34,7 @@ use futures_util::TryStreamExt;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 
-use super::retry::{lease, lost_connection};
+use super::retry::{lease, lost_connection, timed_out};
 use super::{map_error, PgIndex};
 use crate::db::matching::case_variants;
 use crate::db::planner::{self, Dialect, List, Sql};
@@ -104,7 +104,6 @@ impl PgIndex {
         sink: &mut dyn FnMut(Match) -> ControlFlow<()>,
         delivered: &mut bool,
     ) -> Result<(), sqlx::Error> {
-        let timed_out = |elapsed: tokio::time::error::Elapsed| sqlx::Error::Io(elapsed.into());
         // The connection goes back to its pool (a task of the runtime) when
         // dropped, here or on an early return.
         let _runtime = self.runtime.enter();

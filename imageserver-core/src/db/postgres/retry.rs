@@ -140,7 +140,7 @@ impl PgIndex {
         let abandoned = |committing: &mut bool, elapsed: tokio::time::error::Elapsed| {
             // Abandoned (no retry): the call's time is spent.
             *committing = true;
-            TxError::Sql(sqlx::Error::Io(elapsed.into()))
+            TxError::Sql(timed_out(elapsed))
         };
         // A kept connection needs no turn on the runtime.
         let kept = if checked { None } else { self.kept.take() };
@@ -215,7 +215,7 @@ impl PgIndex {
                     checked = true;
                 }
                 Ok(Err(e)) => return Err(map_error(operation, e)),
-                Err(elapsed) => return Err(map_error(operation, sqlx::Error::Io(elapsed.into()))),
+                Err(elapsed) => return Err(map_error(operation, timed_out(elapsed))),
             }
         }
     }
@@ -313,6 +313,12 @@ pub(super) async fn lease(
         }
     }
     pool.acquire().await
+}
+
+/// A call that ran out of its time, as the I/O error sqlx reports for a
+/// socket that timed out.
+pub(super) fn timed_out(elapsed: tokio::time::error::Elapsed) -> sqlx::Error {
+    sqlx::Error::Io(elapsed.into())
 }
 
 /// Whether `e` says the connection itself failed (the server ended the
